@@ -1,0 +1,1 @@
+"""Control plane: plain classes with the logic, thin detached-actor wrappers, the SQLite store, auth."""

@@ -1,0 +1,82 @@
+"""Thin detached-actor wrappers around the plain control-plane classes, and their lookup/creation."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+
+import ray
+
+from actors import registry, store
+from actors.settings import NAMESPACE, PlatformSettings
+
+logger = logging.getLogger(__name__)
+
+REGISTRY_NAME = "ProviderRegistry"
+# Pins control-plane actors to the head node, where the state dir (and so the database) is.
+HEAD_NODE_RESOURCE = {"node:__internal_head__": 0.001}
+
+
+def thin_actor(core_cls: type, build) -> type:
+    """A class forwarding every public coroutine method of core_cls to an instance made by build(*args).
+
+    The instance's `start()` runs on the actor's event loop from __init__ (recovery happens
+    on every restart); calls wait for it. Background loops named `run_*` are started after it.
+    """
+
+    class Wrapper:
+        def __init__(self, *args):
+            self._core = build(*args)
+            self._ready = asyncio.get_running_loop().create_task(self._start())
+            self._loops: list[asyncio.Task] = []
+
+        async def _start(self):
+            await self._core.start()
+            for name, _ in inspect.getmembers(core_cls, inspect.iscoroutinefunction):
+                if name.startswith("run_"):
+                    self._loops.append(asyncio.create_task(getattr(self._core, name)()))
+
+        async def ready(self) -> bool:
+            await self._ready
+            return True
+
+    def forward(name: str):
+        async def method(self, *args, **kwargs):
+            await self._ready
+            return await getattr(self._core, name)(*args, **kwargs)
+        method.__name__ = name
+        method.__doc__ = getattr(core_cls, name).__doc__
+        return method
+
+    for name, _ in inspect.getmembers(core_cls, inspect.iscoroutinefunction):
+        if not name.startswith("_") and not name.startswith("run_") and name != "start":
+            setattr(Wrapper, name, forward(name))
+    Wrapper.__name__ = Wrapper.__qualname__ = core_cls.__name__ + "Actor"
+    return Wrapper
+
+
+def _build_registry(settings_json: str) -> registry.ProviderRegistry:
+    settings = PlatformSettings.model_validate_json(settings_json)
+    logging.basicConfig(level=logging.INFO)
+    return registry.ProviderRegistry(store.Store(settings.db_path), settings)
+
+
+ProviderRegistryActor = thin_actor(registry.ProviderRegistry, _build_registry)
+
+
+def _detached(cls: type, name: str):
+    return ray.remote(cls).options(
+        name=name, namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
+        max_restarts=-1, max_task_retries=-1, num_cpus=0, resources=HEAD_NODE_RESOURCE,
+        # Long polls from many agents wait inside the registry at once.
+        max_concurrency=10_000,
+    )
+
+
+def ensure_actors(settings: PlatformSettings) -> dict[str, "ray.actor.ActorHandle"]:
+    """Looks up the control-plane actors, creating any that do not exist yet."""
+    settings_json = settings.model_dump_json()
+    return {
+        REGISTRY_NAME: _detached(ProviderRegistryActor, REGISTRY_NAME).remote(settings_json),
+    }

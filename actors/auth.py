@@ -1,0 +1,162 @@
+"""Passwords (bcrypt via passlib), JWTs (HS256), the JWT secret file, and the failed-login limiter."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import os
+import secrets
+import time
+import uuid
+from pathlib import Path
+from typing import Callable
+
+import jwt
+from passlib.context import CryptContext
+
+from actors import domain, errors
+
+JWT_ALGORITHM = "HS256"
+JWT_SECRET_ENV = "DCLUSTER_JWT_SECRET"
+JWT_SECRET_FILE = "jwt_secret"
+MIN_SECRET_BYTES = 32
+
+
+class PasswordHasher:
+    """bcrypt hashing; callers run it off the event loop (it is slow on purpose)."""
+
+    def __init__(self, rounds: int = 12):
+        self._context = CryptContext(schemes=["bcrypt"], bcrypt__rounds=rounds)
+        # A fixed hash to verify against when the user does not exist, so that
+        # unknown usernames cost as much time as wrong passwords.
+        self._dummy_hash = self._context.hash(secrets.token_urlsafe(16))
+
+    def hash(self, password: str) -> str:
+        return self._context.hash(password)
+
+    def verify(self, password: str, password_hash: str | None) -> bool:
+        if password_hash is None:
+            self._context.verify(password, self._dummy_hash)
+            return False
+        return self._context.verify(password, password_hash)
+
+
+def write_secret_file(path: Path, content: str) -> None:
+    """Create (or replace) a file holding a secret, readable by its owner only."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(content)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+def load_or_create_jwt_secret(state_dir: Path, environ: dict | None = None) -> str:
+    """The signing secret: from the environment if set, else from a 0600 file made on first start."""
+    environ = os.environ if environ is None else environ
+    from_env = environ.get(JWT_SECRET_ENV)
+    if from_env:
+        if len(from_env.encode()) < MIN_SECRET_BYTES:
+            raise errors.InvalidInput(f"{JWT_SECRET_ENV} must be at least {MIN_SECRET_BYTES} bytes long")
+        return from_env
+    path = Path(state_dir) / JWT_SECRET_FILE
+    if path.exists():
+        os.chmod(path, 0o600)
+        return path.read_text().strip()
+    write_secret_file(path, secrets.token_urlsafe(48))
+    return path.read_text().strip()
+
+
+@dataclasses.dataclass(frozen=True)
+class Principal:
+    """Who is calling, as proven by a verified token."""
+
+    account_id: int
+    username: str
+    role: domain.Role
+    # Set for a token scoped to one buyer cluster (its node provider's credential).
+    cluster_id: str | None = None
+
+    def to_dict(self) -> dict:
+        return {"account_id": self.account_id, "username": self.username,
+                "role": self.role.value, "cluster_id": self.cluster_id}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Principal":
+        return cls(int(data["account_id"]), data["username"], domain.Role(data["role"]), data.get("cluster_id"))
+
+
+class TokenIssuer:
+    """Issues and verifies the platform's JWTs."""
+
+    def __init__(self, secret: str, *, ttl_s: int = 1800, clock: Callable[[], float] = time.time):
+        self._secret = secret
+        self._ttl_s = ttl_s
+        self._clock = clock
+
+    @property
+    def ttl_s(self) -> int:
+        return self._ttl_s
+
+    def issue(self, principal: Principal, ttl_s: int | None = None) -> str:
+        now = int(self._clock())
+        claims = {
+            "sub": str(principal.account_id),
+            "name": principal.username,
+            "role": principal.role.value,
+            "iat": now,
+            "exp": now + (ttl_s or self._ttl_s),
+            "jti": uuid.uuid4().hex,
+        }
+        if principal.cluster_id:
+            claims["cluster"] = principal.cluster_id
+        return jwt.encode(claims, self._secret, algorithm=JWT_ALGORITHM)
+
+    def verify(self, token: str) -> Principal:
+        try:
+            claims = jwt.decode(
+                token, self._secret, algorithms=[JWT_ALGORITHM],
+                # PyJWT checks times against the wall clock; ours is injected, so check them here.
+                options={"require": ["sub", "role", "exp", "iat", "jti"], "verify_exp": False, "verify_iat": False},
+            )
+            if claims["exp"] < self._clock():
+                raise jwt.ExpiredSignatureError("expired")
+            return Principal(int(claims["sub"]), str(claims.get("name", "")),
+                             domain.Role(claims["role"]), claims.get("cluster"))
+        except jwt.ExpiredSignatureError:
+            raise errors.Unauthenticated("token expired: sign in again at POST /v1/token") from None
+        except (jwt.InvalidTokenError, ValueError, KeyError):
+            raise errors.Unauthenticated("invalid token: sign in at POST /v1/token") from None
+
+
+class LoginLimiter:
+    """At most `max_failures` failed logins per username within `window_s`; then 429 until the window passes."""
+
+    def __init__(self, *, max_failures: int = 10, window_s: float = 60.0, clock: Callable[[], float] = time.monotonic):
+        self._max = max_failures
+        self._window = window_s
+        self._clock = clock
+        self._failures: dict[str, collections.deque] = {}
+
+    def _recent(self, username: str) -> collections.deque:
+        now = self._clock()
+        q = self._failures.setdefault(username, collections.deque())
+        while q and q[0] <= now - self._window:
+            q.popleft()
+        return q
+
+    def check(self, username: str) -> None:
+        q = self._recent(username)
+        if len(q) >= self._max:
+            retry = max(1, int(q[0] + self._window - self._clock()) + 1)
+            raise errors.RateLimited(
+                f"too many failed sign-ins for '{username}': try again in {retry} s", retry_after_s=retry)
+
+    def record_failure(self, username: str) -> None:
+        self._recent(username).append(self._clock())
+        if len(self._failures) > 100_000:  # bound memory under a username-spraying attack
+            self._failures = {k: v for k, v in self._failures.items() if v}
+
+    def record_success(self, username: str) -> None:
+        self._failures.pop(username, None)

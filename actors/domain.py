@@ -1,0 +1,67 @@
+"""Domain types shared by the control plane, the API and the agent (no Ray, no I/O)."""
+
+from __future__ import annotations
+
+import enum
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+USERNAME_PATTERN = r"^[a-z0-9_.-]{3,64}$"
+GPU_MODEL_PATTERN = r"^[A-Za-z0-9 _.()/+-]{1,64}$"
+
+
+class Role(str, enum.Enum):
+    PROVIDER = "provider"
+    BUYER = "buyer"
+    ADMIN = "admin"
+
+
+class MachineStatus(str, enum.Enum):
+    ONLINE = "online"
+    OFFLINE = "offline"  # missed heartbeats; comes back on the next one
+    GONE = "gone"  # the agent left on purpose
+
+    def is_leasable(self) -> bool:
+        return self is MachineStatus.ONLINE
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class GpuInfo(StrictModel):
+    index: Annotated[int, Field(ge=0, le=63, description="Device index on the machine")]
+    model: Annotated[str, Field(pattern=GPU_MODEL_PATTERN, description="Marketing name, e.g. 'NVIDIA H100 80GB HBM3'")]
+    memory_mb: Annotated[int, Field(ge=0, le=10_000_000, description="Total device memory in MiB")]
+    uuid: Annotated[str | None, Field(default=None, max_length=128)] = None
+
+
+class MachineSpec(StrictModel):
+    """What the agent found (or was told) about its machine."""
+
+    hostname: Annotated[str, Field(min_length=1, max_length=255)]
+    os: Annotated[str, Field(max_length=128, description="e.g. 'Linux 6.1'")] = ""
+    arch: Annotated[str, Field(max_length=32, description="e.g. 'x86_64'")] = ""
+    cpus: Annotated[int, Field(ge=1, le=4096, description="Logical CPU count")]
+    memory_mb: Annotated[int, Field(ge=1, le=1_000_000_000, description="Total RAM in MiB")]
+    gpus: Annotated[list[GpuInfo], Field(max_length=64)] = []
+    gpus_declared: Annotated[bool, Field(description="True when GPUs were declared with --gpus, not detected")] = False
+    driver_version: Annotated[str | None, Field(max_length=64)] = None
+    cuda_version: Annotated[str | None, Field(max_length=32)] = None
+    ray_version: Annotated[str, Field(max_length=32)] = ""
+    python_version: Annotated[str, Field(max_length=32)] = ""
+
+    @property
+    def gpu_model(self) -> str | None:
+        """The machine's GPU model, or None for a CPU-only machine."""
+        return self.gpus[0].model if self.gpus else None
+
+
+class MachineUsage(StrictModel):
+    """Current use, carried by each heartbeat."""
+
+    cpu_percent: Annotated[float, Field(ge=0, le=100)] = 0.0
+    memory_used_mb: Annotated[int, Field(ge=0, le=1_000_000_000)] = 0
+    gpu_utilization: Annotated[list[Annotated[float, Field(ge=0, le=100)]], Field(max_length=64)] = []
+    active_leases: Annotated[int, Field(ge=0, le=1024)] = 0

@@ -1,0 +1,43 @@
+"""Domain exceptions: one root, a few kinds; the HTTP edge maps each kind to a status code."""
+
+from __future__ import annotations
+
+
+class DClusterError(Exception):
+    """Root of every error the control plane raises on purpose."""
+
+    http_status = 400
+
+    def __init__(self, message: str, **fields):
+        super().__init__(message)
+        self.message = message
+        self.fields = fields
+
+
+class InvalidInput(DClusterError):
+    http_status = 400
+
+
+class Unauthenticated(DClusterError):
+    http_status = 401
+
+
+class Forbidden(DClusterError):
+    http_status = 403
+
+
+class NotFound(DClusterError):
+    http_status = 404
+
+
+class Conflict(DClusterError):
+    http_status = 409
+
+
+class RateLimited(DClusterError):
+    http_status = 429
+
+    # A default keeps the exception picklable: Ray rebuilds it as cls(message), then restores __dict__.
+    def __init__(self, message: str, *, retry_after_s: int = 60, **fields):
+        super().__init__(message, retry_after_s=retry_after_s, **fields)
+        self.retry_after_s = retry_after_s

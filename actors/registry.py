@@ -1,0 +1,204 @@
+"""ProviderRegistry: accounts, sign-in, provider machines, heartbeats and the agents' work channel."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import logging
+import secrets
+import time
+import uuid
+from typing import Callable
+
+from actors import auth, domain, errors, offers, store as store_mod
+from actors.settings import PlatformSettings
+
+logger = logging.getLogger(__name__)
+
+ADMIN_USERNAME = "admin"
+
+
+class ProviderRegistry:
+    """Plain class with the logic; `actors.actor_classes` turns it into a detached actor."""
+
+    def __init__(self, store: store_mod.Store, settings: PlatformSettings, *,
+                 clock: Callable[[], float] = time.time,
+                 hasher: auth.PasswordHasher | None = None,
+                 limiter: auth.LoginLimiter | None = None):
+        self._store = store
+        self._settings = settings
+        self._clock = clock
+        self._hasher = hasher or auth.PasswordHasher(rounds=settings.bcrypt_rounds)
+        self._limiter = limiter or auth.LoginLimiter(max_failures=settings.login_max_failures_per_minute)
+        self._tokens: auth.TokenIssuer | None = None
+        # Work for agents is handed over through the long poll; a waiting poll is woken at once.
+        self._work: dict[str, collections.deque] = collections.defaultdict(collections.deque)
+        self._work_ready: dict[str, asyncio.Event] = collections.defaultdict(asyncio.Event)
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Recover from the database: schema, signing secret, the bootstrap admin."""
+        await self._store.conn()
+        secret = auth.load_or_create_jwt_secret(self._settings.state_dir)
+        self._tokens = auth.TokenIssuer(secret, ttl_s=self._settings.token_ttl_s, clock=self._clock)
+        await self._ensure_admin()
+
+    async def _ensure_admin(self) -> None:
+        if await self._store.count_accounts(domain.Role.ADMIN):
+            return
+        password = secrets.token_urlsafe(18)
+        password_hash = await asyncio.to_thread(self._hasher.hash, password)
+        await self._store.create_account(ADMIN_USERNAME, password_hash, domain.Role.ADMIN, self._clock())
+        auth.write_secret_file(self._settings.admin_credentials_path,
+                               json.dumps({"username": ADMIN_USERNAME, "password": password}))
+        logger.info("created the bootstrap admin account; credentials in %s", self._settings.admin_credentials_path)
+
+    async def run_offline_sweeper(self) -> None:
+        """Marks machines offline once they miss enough heartbeats; never dies."""
+        while True:
+            await asyncio.sleep(self._settings.heartbeat_interval_s)
+            try:
+                cutoff = self._clock() - self._settings.offline_after_s
+                for machine_id in await self._store.mark_silent_machines_offline(cutoff):
+                    logger.info("machine %s missed %d heartbeats: offline",
+                                machine_id, self._settings.missed_heartbeats_offline)
+            except Exception:
+                logger.exception("offline sweep failed")
+
+    async def signing_secret(self) -> str:
+        """For the API replicas, which verify tokens themselves (no actor hop per request)."""
+        return self._tokens_or_fail()._secret
+
+    def _tokens_or_fail(self) -> auth.TokenIssuer:
+        if self._tokens is None:
+            raise RuntimeError("registry not started")
+        return self._tokens
+
+    # --- accounts -----------------------------------------------------------------------
+
+    async def create_account(self, username: str, password: str, role: domain.Role,
+                             by: auth.Principal | None = None) -> dict:
+        role = domain.Role(role)
+        if role is domain.Role.ADMIN and (by is None or by.role is not domain.Role.ADMIN):
+            raise errors.Forbidden("only an admin can create admin accounts")
+        password_hash = await asyncio.to_thread(self._hasher.hash, password)
+        row = await self._store.create_account(username, password_hash, role, self._clock())
+        logger.info("account %s created with role %s", username, role.value)
+        return _public_account(row)
+
+    async def login(self, username: str, password: str) -> dict:
+        self._limiter.check(username)
+        row = await self._store.get_account_by_username(username)
+        ok = await asyncio.to_thread(self._hasher.verify, password, row["password_hash"] if row else None)
+        if not ok:
+            self._limiter.record_failure(username)
+            raise errors.Unauthenticated("wrong username or password")
+        self._limiter.record_success(username)
+        principal = auth.Principal(row["id"], row["username"], domain.Role(row["role"]))
+        tokens = self._tokens_or_fail()
+        return {"access_token": tokens.issue(principal), "token_type": "bearer", "expires_in": tokens.ttl_s}
+
+    async def get_account(self, principal: auth.Principal) -> dict:
+        row = await self._store.get_account(principal.account_id)
+        if row is None:
+            raise errors.Unauthenticated("this account no longer exists")
+        return _public_account(row)
+
+    # --- machines -----------------------------------------------------------------------
+
+    async def register_machine(self, principal: auth.Principal, request: dict) -> dict:
+        _require_role(principal, domain.Role.PROVIDER)
+        spec = domain.MachineSpec.model_validate(request["spec"])
+        row = await self._store.upsert_machine(
+            machine_id="m-" + uuid.uuid4().hex[:12], provider_id=principal.account_id,
+            machine_key=request["machine_key"], name=request["name"], spec=spec,
+            price_per_gpu_hour=request.get("price_per_gpu_hour", 0.0),
+            price_per_cpu_hour=request.get("price_per_cpu_hour", 0.0), now=self._clock())
+        logger.info("machine %s (%s) registered by %s: %d GPU(s) %s, %d CPUs", row["id"], row["name"],
+                    principal.username, row["gpus"], row["gpu_model"] or "", row["cpus"])
+        return {**self._public_machine(row), "heartbeat_interval_s": self._settings.heartbeat_interval_s}
+
+    async def heartbeat(self, principal: auth.Principal, machine_id: str, usage: dict) -> dict:
+        row = await self._own_machine(principal, machine_id)
+        if row["status"] == domain.MachineStatus.GONE.value:
+            raise errors.NotFound(f"machine {machine_id} has left the platform: register it again")
+        await self._store.record_heartbeat(machine_id, self._clock(), domain.MachineUsage.model_validate(usage))
+        return {"status": domain.MachineStatus.ONLINE.value,
+                "heartbeat_interval_s": self._settings.heartbeat_interval_s}
+
+    async def leave(self, principal: auth.Principal, machine_id: str) -> dict:
+        await self._own_machine(principal, machine_id)
+        await self._store.set_machine_status(machine_id, domain.MachineStatus.GONE)
+        self._work_ready[machine_id].set()  # release a poll in flight
+        logger.info("machine %s left the platform", machine_id)
+        return self._public_machine(await self._store.get_machine(machine_id))
+
+    async def list_machines(self, principal: auth.Principal) -> list[dict]:
+        if principal.role is domain.Role.ADMIN:
+            rows = await self._store.list_machines()
+        else:
+            _require_role(principal, domain.Role.PROVIDER)
+            rows = await self._store.list_machines(principal.account_id)
+        return [self._public_machine(r) for r in rows]
+
+    async def get_machine(self, principal: auth.Principal, machine_id: str) -> dict:
+        return self._public_machine(await self._own_machine(principal, machine_id))
+
+    async def list_offers(self) -> list[dict]:
+        rows = await self._store.list_machines_by_status(domain.MachineStatus.ONLINE)
+        cutoff = self._clock() - self._settings.offline_after_s
+        return offers.group_offers([r for r in rows if (r["last_heartbeat"] or 0) >= cutoff])
+
+    # --- the agents' work channel -------------------------------------------------------
+
+    async def next_work(self, principal: auth.Principal, machine_id: str, wait_s: float) -> list[dict]:
+        """Long poll: returns the machine's queued work items, waiting up to wait_s for one."""
+        await self._own_machine(principal, machine_id)
+        wait_s = min(max(wait_s, 0.0), self._settings.max_long_poll_s)
+        queue, ready = self._work[machine_id], self._work_ready[machine_id]
+        if not queue and wait_s > 0:
+            ready.clear()
+            try:
+                await asyncio.wait_for(ready.wait(), timeout=wait_s)
+            except asyncio.TimeoutError:
+                pass
+        items = list(queue)
+        queue.clear()
+        return items
+
+    async def push_work(self, machine_id: str, kind: str, payload: dict) -> dict:
+        """Queues an item for the machine's agent (the buyer-cluster layer sends node leases this way)."""
+        if await self._store.get_machine(machine_id) is None:
+            raise errors.NotFound(f"machine {machine_id} not found")
+        item = {"id": "w-" + uuid.uuid4().hex[:12], "kind": kind, "payload": payload}
+        self._work[machine_id].append(item)
+        self._work_ready[machine_id].set()
+        return item
+
+    # --- helpers ------------------------------------------------------------------------
+
+    async def _own_machine(self, principal: auth.Principal, machine_id: str) -> dict:
+        row = await self._store.get_machine(machine_id)
+        # Another provider's machine is reported as missing, not forbidden: ids are not to be probed.
+        if row is None or (principal.role is not domain.Role.ADMIN and row["provider_id"] != principal.account_id):
+            raise errors.NotFound(f"machine {machine_id} not found")
+        return row
+
+    def _public_machine(self, row: dict) -> dict:
+        machine = store_mod.decode_machine(row)
+        silent_since = self._clock() - self._settings.offline_after_s
+        # The sweeper persists this within one interval; readers see it at once.
+        if machine["status"] == domain.MachineStatus.ONLINE.value and (machine["last_heartbeat"] or 0) < silent_since:
+            machine["status"] = domain.MachineStatus.OFFLINE.value
+        return machine
+
+
+def _require_role(principal: auth.Principal, role: domain.Role) -> None:
+    if principal.role is not role:
+        raise errors.Forbidden(f"this route is for {role.value} accounts; you are signed in as {principal.role.value}")
+
+
+def _public_account(row: dict) -> dict:
+    return {"id": row["id"], "username": row["username"], "role": row["role"], "created_at": row["created_at"]}

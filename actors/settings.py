@@ -1,0 +1,34 @@
+"""Platform settings, built once at the entry point (the Serve app's args) and passed down."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+NAMESPACE = "dcluster"
+
+
+class PlatformSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    state_dir: Annotated[Path, Field(description="Where the database and the platform's secrets live")]
+    heartbeat_interval_s: Annotated[float, Field(ge=0.2, le=300, description="How often agents heartbeat")] = 5.0
+    missed_heartbeats_offline: Annotated[int, Field(ge=1, le=100, description="Missed beats before offline")] = 3
+    token_ttl_s: Annotated[int, Field(ge=60, le=86_400, description="Lifetime of a sign-in JWT")] = 1800
+    login_max_failures_per_minute: Annotated[int, Field(ge=1, le=10_000)] = 10
+    bcrypt_rounds: Annotated[int, Field(ge=4, le=16)] = 12
+    max_long_poll_s: Annotated[float, Field(ge=1, le=120)] = 30.0
+
+    @property
+    def db_path(self) -> Path:
+        return self.state_dir / "platform.db"
+
+    @property
+    def admin_credentials_path(self) -> Path:
+        return self.state_dir / "admin_credentials.json"
+
+    @property
+    def offline_after_s(self) -> float:
+        return self.heartbeat_interval_s * self.missed_heartbeats_offline

@@ -1,0 +1,207 @@
+"""The platform's SQLite database (aiosqlite, WAL): schema migrations and every query."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sqlite3
+from pathlib import Path
+
+import aiosqlite
+
+from actors import domain, errors
+
+logger = logging.getLogger(__name__)
+
+DB_FILE = "platform.db"
+
+# Each entry moves the schema one version up; never edit a released entry, append a new one.
+MIGRATIONS: list[str] = [
+    # 1: accounts and provider machines
+    """
+    CREATE TABLE accounts (
+        id            INTEGER PRIMARY KEY AUTOINCREMENT,
+        username      TEXT NOT NULL UNIQUE,
+        password_hash TEXT NOT NULL,
+        role          TEXT NOT NULL CHECK (role IN ('provider', 'buyer', 'admin')),
+        created_at    REAL NOT NULL
+    );
+    CREATE TABLE machines (
+        id                 TEXT PRIMARY KEY,
+        provider_id        INTEGER NOT NULL REFERENCES accounts(id),
+        machine_key        TEXT NOT NULL,
+        name               TEXT NOT NULL,
+        spec               TEXT NOT NULL,
+        gpu_model          TEXT,
+        gpus               INTEGER NOT NULL,
+        cpus               INTEGER NOT NULL,
+        memory_mb          INTEGER NOT NULL,
+        price_per_gpu_hour REAL NOT NULL,
+        price_per_cpu_hour REAL NOT NULL,
+        status             TEXT NOT NULL,
+        registered_at      REAL NOT NULL,
+        last_heartbeat     REAL,
+        usage              TEXT,
+        UNIQUE (provider_id, machine_key)
+    );
+    CREATE INDEX machines_status ON machines(status, gpu_model);
+    """,
+]
+
+
+class Store:
+    """One connection to the database file; opened lazily on first use."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._conn: aiosqlite.Connection | None = None
+        self._lock = asyncio.Lock()
+
+    async def conn(self) -> aiosqlite.Connection:
+        if self._conn is None:
+            async with self._lock:
+                if self._conn is None:
+                    self._conn = await self._open()
+        return self._conn
+
+    async def _open(self) -> aiosqlite.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = await aiosqlite.connect(self.path, timeout=30)
+        conn.row_factory = aiosqlite.Row
+        await conn.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode: a commit survives a process crash; only an OS crash may lose the last ones.
+        await conn.execute("PRAGMA synchronous=NORMAL")
+        await conn.execute("PRAGMA foreign_keys=ON")
+        await self._migrate(conn)
+        self.path.chmod(0o600)
+        return conn
+
+    async def _migrate(self, conn: aiosqlite.Connection) -> None:
+        await conn.execute("BEGIN IMMEDIATE")  # serialises migrations across processes
+        try:
+            (version,) = await (await conn.execute("PRAGMA user_version")).fetchone()
+            for target, script in enumerate(MIGRATIONS[version:], start=version + 1):
+                logger.info("migrating %s to schema version %d", self.path, target)
+                for statement in filter(str.strip, script.split(";")):
+                    await conn.execute(statement)
+                await conn.execute(f"PRAGMA user_version = {target}")
+            await conn.commit()
+        except BaseException:
+            await conn.rollback()
+            raise
+
+    async def schema_version(self) -> int:
+        (version,) = await (await (await self.conn()).execute("PRAGMA user_version")).fetchone()
+        return version
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
+
+    async def _fetchone(self, sql: str, args=()) -> dict | None:
+        row = await (await (await self.conn()).execute(sql, args)).fetchone()
+        return dict(row) if row else None
+
+    async def _fetchall(self, sql: str, args=()) -> list[dict]:
+        rows = await (await (await self.conn()).execute(sql, args)).fetchall()
+        return [dict(r) for r in rows]
+
+    async def _write(self, sql: str, args=()) -> aiosqlite.Cursor:
+        conn = await self.conn()
+        cursor = await conn.execute(sql, args)
+        await conn.commit()
+        return cursor
+
+    # --- accounts -----------------------------------------------------------------------
+
+    async def create_account(self, username: str, password_hash: str, role: domain.Role, now: float) -> dict:
+        try:
+            cursor = await self._write(
+                "INSERT INTO accounts (username, password_hash, role, created_at) VALUES (?, ?, ?, ?)",
+                (username, password_hash, role.value, now))
+        except sqlite3.IntegrityError:
+            await (await self.conn()).rollback()
+            raise errors.Conflict(f"username '{username}' is already taken", username=username) from None
+        return await self.get_account(cursor.lastrowid)
+
+    async def get_account(self, account_id: int) -> dict | None:
+        return await self._fetchone("SELECT * FROM accounts WHERE id = ?", (account_id,))
+
+    async def get_account_by_username(self, username: str) -> dict | None:
+        return await self._fetchone("SELECT * FROM accounts WHERE username = ?", (username,))
+
+    async def count_accounts(self, role: domain.Role) -> int:
+        row = await self._fetchone("SELECT COUNT(*) AS n FROM accounts WHERE role = ?", (role.value,))
+        return row["n"]
+
+    # --- machines -----------------------------------------------------------------------
+
+    _MACHINE_SELECT = ("SELECT m.*, a.username AS provider FROM machines m "
+                       "JOIN accounts a ON a.id = m.provider_id")
+
+    async def upsert_machine(self, *, machine_id: str, provider_id: int, machine_key: str, name: str,
+                             spec: domain.MachineSpec, price_per_gpu_hour: float,
+                             price_per_cpu_hour: float, now: float) -> dict:
+        """Insert, or refresh the machine this provider registered earlier with the same key."""
+        await self._write(
+            """INSERT INTO machines (id, provider_id, machine_key, name, spec, gpu_model, gpus, cpus,
+                   memory_mb, price_per_gpu_hour, price_per_cpu_hour, status, registered_at, last_heartbeat)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+               ON CONFLICT (provider_id, machine_key) DO UPDATE SET
+                   name = excluded.name, spec = excluded.spec, gpu_model = excluded.gpu_model,
+                   gpus = excluded.gpus, cpus = excluded.cpus, memory_mb = excluded.memory_mb,
+                   price_per_gpu_hour = excluded.price_per_gpu_hour,
+                   price_per_cpu_hour = excluded.price_per_cpu_hour,
+                   status = excluded.status, last_heartbeat = excluded.last_heartbeat""",
+            (machine_id, provider_id, machine_key, name, spec.model_dump_json(), spec.gpu_model,
+             len(spec.gpus), spec.cpus, spec.memory_mb, price_per_gpu_hour, price_per_cpu_hour,
+             domain.MachineStatus.ONLINE.value, now, now))
+        return await self._fetchone(self._MACHINE_SELECT + " WHERE m.provider_id = ? AND m.machine_key = ?",
+                                    (provider_id, machine_key))
+
+    async def get_machine(self, machine_id: str) -> dict | None:
+        return await self._fetchone(self._MACHINE_SELECT + " WHERE m.id = ?", (machine_id,))
+
+    async def list_machines(self, provider_id: int | None = None) -> list[dict]:
+        if provider_id is None:
+            return await self._fetchall(self._MACHINE_SELECT + " ORDER BY m.registered_at")
+        return await self._fetchall(self._MACHINE_SELECT + " WHERE m.provider_id = ? ORDER BY m.registered_at",
+                                    (provider_id,))
+
+    async def list_machines_by_status(self, status: domain.MachineStatus) -> list[dict]:
+        return await self._fetchall(self._MACHINE_SELECT + " WHERE m.status = ?", (status.value,))
+
+    async def record_heartbeat(self, machine_id: str, now: float, usage: domain.MachineUsage) -> None:
+        await self._write("UPDATE machines SET last_heartbeat = ?, usage = ?, status = ? WHERE id = ?",
+                          (now, usage.model_dump_json(), domain.MachineStatus.ONLINE.value, machine_id))
+
+    async def set_machine_status(self, machine_id: str, status: domain.MachineStatus) -> None:
+        await self._write("UPDATE machines SET status = ? WHERE id = ?", (status.value, machine_id))
+
+    async def mark_silent_machines_offline(self, cutoff: float) -> list[str]:
+        """Online machines whose last heartbeat is older than cutoff become offline; returns their ids."""
+        rows = await self._fetchall("SELECT id FROM machines WHERE status = ? AND last_heartbeat < ?",
+                                    (domain.MachineStatus.ONLINE.value, cutoff))
+        if rows:
+            await self._write("UPDATE machines SET status = ? WHERE status = ? AND last_heartbeat < ?",
+                              (domain.MachineStatus.OFFLINE.value, domain.MachineStatus.ONLINE.value, cutoff))
+        return [r["id"] for r in rows]
+
+
+def decode_machine(row: dict) -> dict:
+    """A machines row (with the provider's username) as the API's MachinePublic dict."""
+    return {
+        "id": row["id"],
+        "provider_id": row["provider_id"],
+        "provider": row["provider"],
+        "name": row["name"],
+        "status": row["status"],
+        "spec": json.loads(row["spec"]),
+        "price_per_gpu_hour": row["price_per_gpu_hour"],
+        "price_per_cpu_hour": row["price_per_cpu_hour"],
+        "registered_at": row["registered_at"],
+        "last_heartbeat": row["last_heartbeat"],
+        "usage": json.loads(row["usage"]) if row["usage"] else None,
+    }

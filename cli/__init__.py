@@ -1,0 +1,1 @@
+"""Command-line entry points: `dcluster` for operators and buyers."""

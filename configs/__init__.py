@@ -1,0 +1,1 @@
+"""Cluster-launcher templates for sub-clusters and their pydantic models."""

@@ -1,0 +1,1 @@
+"""The FastAPI ingress deployment: routes, request/response models, auth dependencies, error mapping."""

@@ -1,0 +1,57 @@
+"""The platform API: one FastAPI app served by one Ray Serve ingress deployment."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from fastapi import FastAPI
+from ray import serve
+
+from actors import actor_classes
+from actors.settings import PlatformSettings
+from serve_app import errors, routes_accounts, routes_machines
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(registry) -> FastAPI:
+    """The FastAPI app, bound to the control-plane actor handles it forwards to."""
+    app = FastAPI(
+        title="decentralized-clusters",
+        version="0.1.0",
+        description="GPU cluster marketplace on Ray: providers offer machines, buyers lease Ray clusters.",
+    )
+    app.state.registry = registry
+    app.state.tokens = None  # fetched from the registry on first use
+    app.add_middleware(errors.BodySizeLimit)
+    errors.install(app)
+    app.include_router(routes_accounts.router)
+    app.include_router(routes_accounts.seed_router)
+    app.include_router(routes_machines.router)
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz():
+        """200 once the control plane has recovered its state and answers."""
+        await asyncio.wait_for(app.state.registry.ready.remote(), timeout=10)
+        return {"status": "ok"}
+
+    return app
+
+
+@serve.deployment(name="api", ray_actor_options={"num_cpus": 0})
+@serve.ingress()
+class PlatformAPI:
+    def __init__(self, settings_json: str):
+        settings = PlatformSettings.model_validate_json(settings_json)
+        self._handles = actor_classes.ensure_actors(settings)
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        # Late-bound app: built in the replica, so its state holds this replica's handles.
+        return create_app(self._handles[actor_classes.REGISTRY_NAME])
+
+
+def build_app(args: dict) -> serve.Application:
+    """Entry point named in platform/serve.yaml; args: PlatformSettings fields (state_dir required)."""
+    settings = PlatformSettings.model_validate(args)
+    return PlatformAPI.bind(settings.model_dump_json())

@@ -1,0 +1,61 @@
+"""Auth dependencies: the calling account, verified in the replica from the token alone."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from actors import auth, domain, errors
+
+_bearer = HTTPBearer(auto_error=False, description="A JWT from POST /v1/token")
+
+
+async def _token_issuer(request: Request) -> auth.TokenIssuer:
+    state = request.app.state
+    if state.tokens is None:
+        # Fetched once per replica; every later request verifies locally, with no actor hop.
+        state.tokens = auth.TokenIssuer(await state.registry.signing_secret.remote())
+    return state.tokens
+
+
+async def optional_principal(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> auth.Principal | None:
+    if credentials is None:
+        return None
+    tokens = await _token_issuer(request)
+    principal = tokens.verify(credentials.credentials)
+    if principal.cluster_id is not None:
+        raise errors.Forbidden("a cluster-scoped token cannot call this route")
+    return principal
+
+
+async def current_principal(principal: Annotated[auth.Principal | None, Depends(optional_principal)]) -> auth.Principal:
+    if principal is None:
+        raise errors.Unauthenticated("missing bearer token: sign in at POST /v1/token")
+    return principal
+
+
+def require_role(*roles: domain.Role):
+    async def check(principal: Annotated[auth.Principal, Depends(current_principal)]) -> auth.Principal:
+        if principal.role not in roles:
+            allowed = " or ".join(r.value for r in roles)
+            raise errors.Forbidden(f"this route is for {allowed} accounts; you are signed in as {principal.role.value}")
+        return principal
+    return check
+
+
+OptionalPrincipal = Annotated[auth.Principal | None, Depends(optional_principal)]
+CurrentPrincipal = Annotated[auth.Principal, Depends(current_principal)]
+ProviderPrincipal = Annotated[auth.Principal, Depends(require_role(domain.Role.PROVIDER))]
+ProviderOrAdmin = Annotated[auth.Principal, Depends(require_role(domain.Role.PROVIDER, domain.Role.ADMIN))]
+BuyerPrincipal = Annotated[auth.Principal, Depends(require_role(domain.Role.BUYER))]
+
+
+def registry(request: Request):
+    return request.app.state.registry
+
+
+Registry = Annotated[object, Depends(registry)]

@@ -1,0 +1,117 @@
+"""Request and response models of the HTTP API (Create / Public variants per resource)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from actors import domain
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- accounts ---------------------------------------------------------------------------
+
+def _fits_bcrypt(password: str) -> str:
+    # bcrypt reads only the first 72 bytes: longer passwords would silently share a hash.
+    if len(password.encode("utf-8")) > 72:
+        raise ValueError("password must be at most 72 bytes in UTF-8")
+    return password
+
+
+Username = Annotated[str, Field(pattern=domain.USERNAME_PATTERN, description="3-64 of [a-z0-9_.-]")]
+Password = Annotated[str, Field(min_length=8, max_length=72, description="8 to 72 bytes"),
+                     AfterValidator(_fits_bcrypt)]
+
+
+class AccountCreate(Strict):
+    username: Username
+    password: Password
+    role: Annotated[domain.Role, Field(description="provider or buyer; admin only by an admin")] = domain.Role.BUYER
+
+
+class SeedRegister(Strict):
+    """The seed's POST /register body: always a provider account."""
+
+    username: Username
+    password: Password
+
+
+class AccountPublic(Strict):
+    id: int
+    username: str
+    role: domain.Role
+    created_at: float
+
+
+class Token(Strict):
+    access_token: str
+    token_type: str = "bearer"
+    expires_in: int
+
+
+# --- machines ---------------------------------------------------------------------------
+
+class MachineRegister(Strict):
+    machine_key: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{8,128}$",
+                                      description="Stable id the agent keeps on disk; re-registering with it returns the same machine")]
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Display name")]
+    spec: domain.MachineSpec
+    price_per_gpu_hour: Annotated[float, Field(ge=0, le=10_000, description="USD per GPU-hour")] = 0.0
+    price_per_cpu_hour: Annotated[float, Field(ge=0, le=10_000, description="USD per CPU-hour (CPU-only leases)")] = 0.0
+
+
+class Heartbeat(Strict):
+    usage: domain.MachineUsage = domain.MachineUsage()
+
+
+class MachinePublic(Strict):
+    id: str
+    provider_id: int
+    provider: str
+    name: str
+    status: domain.MachineStatus
+    spec: domain.MachineSpec
+    price_per_gpu_hour: float
+    price_per_cpu_hour: float
+    registered_at: float
+    last_heartbeat: float | None
+    usage: domain.MachineUsage | None
+
+
+class HeartbeatAck(Strict):
+    status: domain.MachineStatus
+    heartbeat_interval_s: float
+
+
+class MachineRegistered(MachinePublic):
+    heartbeat_interval_s: float
+
+
+class WorkItem(Strict):
+    id: str
+    kind: str
+    payload: dict
+
+
+class WorkBatch(Strict):
+    items: list[WorkItem]
+
+
+class Offer(Strict):
+    gpu_model: str | None = Field(description="None groups the CPU-only machines")
+    machines: int
+    gpus: int
+    cpus: int
+    memory_mb: int
+    price_per_gpu_hour_min: float
+    price_per_gpu_hour_max: float
+    price_per_cpu_hour_min: float
+    price_per_cpu_hour_max: float
+
+
+class Message(Strict):
+    message: str

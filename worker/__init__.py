@@ -1,0 +1,1 @@
+"""The provider agent and the MarketNodeProvider; must import on provider machines."""
