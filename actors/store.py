@@ -74,7 +74,11 @@ class Store:
         await conn.execute("PRAGMA synchronous=NORMAL")
         await conn.execute("PRAGMA foreign_keys=ON")
         await self._migrate(conn)
-        self.path.chmod(0o600)
+        # The WAL and shared-memory files hold the same data as the database: owner-only too.
+        for path in (self.path, self.path.with_name(self.path.name + "-wal"),
+                     self.path.with_name(self.path.name + "-shm")):
+            if path.exists():
+                path.chmod(0o600)
         return conn
 
     async def _migrate(self, conn: aiosqlite.Connection) -> None:

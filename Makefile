@@ -1,0 +1,34 @@
+# Two commands for a newcomer: `make demo` (platform + 2 local providers on this machine)
+# and `make test` (the whole suite). Both create the virtualenv first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PROVIDERS ?= 2
+PORT ?= 8000
+
+.PHONY: venv test unit up down status demo bench
+
+$(BIN)/dcluster: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+venv: $(BIN)/dcluster
+
+test: venv
+	$(BIN)/pytest -q tests
+
+unit: venv
+	$(BIN)/pytest -q tests/unit
+
+up: venv
+	$(BIN)/dcluster up --providers $(PROVIDERS) --port $(PORT)
+
+down: venv
+	$(BIN)/dcluster down
+
+status: venv
+	$(BIN)/dcluster status
+
+demo: up

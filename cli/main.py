@@ -1,0 +1,164 @@
+"""`dcluster`: the command line; one function per subcommand, registered in SUBCOMMANDS."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from cli import platform as platform_mod
+from cli import platform_state
+from worker import client as client_mod
+
+logger = logging.getLogger(__name__)
+
+# Failures a user can fix from the message alone: one line on stderr, exit 1, no traceback.
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (platform_state.PlatformError, client_mod.ClientError)
+
+
+def _state_dir_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--state-dir", type=Path, default=None,
+                        help="platform state directory (default: $DCLUSTER_STATE_DIR or ~/.dcluster)")
+
+
+def _launcher(args: argparse.Namespace, **kw) -> platform_mod.PlatformLauncher:
+    return platform_mod.PlatformLauncher(args.state_dir or platform_state.default_state_dir(), **kw)
+
+
+# --- up ---------------------------------------------------------------------------------
+
+def _add_up(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("up", help="start the platform on this machine (Ray head, API, local provider agents)")
+    _state_dir_arg(p)
+    p.add_argument("--providers", type=int, default=0, help="local provider agents to start (default 0)")
+    p.add_argument("--port", type=int, default=8000, help="HTTP port of the API (default 8000)")
+    p.add_argument("--host", default="127.0.0.1", help="address the API binds to (default 127.0.0.1)")
+    p.add_argument("--heartbeat-s", type=float, default=5.0, help="agents' heartbeat interval (default 5)")
+    p.add_argument("--agent-gpus", type=int, default=None,
+                   help="GPUs each local agent declares (default: what it detects)")
+    return p
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    launcher = _launcher(args, port=args.port, host=args.host, providers=args.providers,
+                         heartbeat_s=args.heartbeat_s, agent_gpus=args.agent_gpus)
+    result = launcher.up()
+    print("\n".join(result.lines()))
+    if result.timings_s:
+        logger.info("timings: %s", ", ".join(f"{k} {v:.1f} s" for k, v in result.timings_s.items()))
+    return 0
+
+
+# --- down -------------------------------------------------------------------------------
+
+def _add_down(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("down", help="stop the platform and its local agents (keeps accounts, machines, data)")
+    _state_dir_arg(p)
+    return p
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    result = _launcher(args).down()
+    if result.get("left_running"):
+        raise platform_state.PlatformError(result["message"])
+    if not result.get("stopped"):
+        print(result["message"])
+        return 0
+    print(f"platform stopped ({result['processes_stopped']} processes, {result['elapsed_s']:.1f} s)")
+    return 0
+
+
+# --- status -----------------------------------------------------------------------------
+
+def _add_status(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("status", help="show the platform's processes, health, machines and clusters")
+    _state_dir_arg(p)
+    p.add_argument("--json", action="store_true", help="print the full status as JSON")
+    return p
+
+
+def _format_status(st: dict) -> list[str]:
+    if st.get("status") == "absent":
+        return [st["message"]]
+    lines = [f"platform: {st['status']}  ({st['api_url']}, healthz {'ok' if st['healthz'] else 'failing'})",
+             f"  state dir: {st['state_dir']}",
+             f"  Ray GCS:   {st['ray_gcs_address']}  temp dir {st['temp_dir']}"]
+    if st.get("error"):
+        lines.append(f"  last error: {st['error']}")
+    for r in st["head_processes"]:
+        lines.append(f"  {r['name']:<12} pid {r['pid']:<8} {'alive' if r['alive'] else 'dead'}")
+    for a in st["agents"]:
+        lines.append(f"  agent {a['index']} ({a['username']}) pid {a['pid']} "
+                     f"{'alive' if a['alive'] else 'dead'}  log {a['log']}")
+    if "machines" in st:
+        lines.append(f"  machines: {len(st['machines'])}")
+        for m in st["machines"]:
+            lines.append(f"    {m['id']}  {m['name']:<16} {m['provider']:<20} {m['status']}")
+    elif st.get("machines_error"):
+        lines.append(f"  machines: unavailable ({st['machines_error']})")
+    if "clusters" in st:
+        lines.append(f"  clusters: {len(st['clusters'])}")
+        for c in st["clusters"]:
+            lines.append(f"    {c.get('cluster_id') or c.get('id')}  {c.get('status')}")
+    return lines
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    st = _launcher(args).status()
+    if args.json:
+        print(json.dumps(st, indent=2, default=str))
+    else:
+        print("\n".join(_format_status(st)))
+    return 0
+
+
+# --- wiring -----------------------------------------------------------------------------
+
+Handler = Callable[[argparse.Namespace], int]
+
+# name -> (add the subparser, run it). Later subcommands (demo, login, cluster ...) add a pair here.
+SUBCOMMANDS: dict[str, tuple[Callable[[argparse._SubParsersAction], argparse.ArgumentParser], Handler]] = {
+    "up": (_add_up, cmd_up),
+    "down": (_add_down, cmd_down),
+    "status": (_add_status, cmd_status),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dcluster", description="GPU cluster marketplace on Ray")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (add, handler) in SUBCOMMANDS.items():
+        add(sub).set_defaults(handler=handler)
+    return parser
+
+
+def _configure_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s" if verbose else "%(message)s")
+    if not verbose:
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _configure_logging(args.verbose)
+    try:
+        return args.handler(args)
+    except EXPECTED_ERRORS as exc:
+        details = getattr(exc, "details", None)
+        if details:
+            print(details, file=sys.stderr)
+        # The last line on stderr is the one-line message.
+        print(f"dcluster {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"dcluster {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,442 @@
+"""PlatformLauncher: start, stop and inspect the persistent platform (Ray head + Serve app + local agents)."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import re
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+from cli import platform_state as pstate
+from cli import platform_status
+from worker import client as client_mod
+from worker import procs
+
+logger = logging.getLogger(__name__)
+
+RAY_START_TIMEOUT_S = 120.0
+SERVE_DEPLOY_TIMEOUT_S = 120.0
+HEALTHZ_TIMEOUT_S = 180.0
+ADMIN_CREDENTIALS_TIMEOUT_S = 60.0
+MACHINES_TIMEOUT_S = 60.0
+AGENT_LEAVE_GRACE_S = 10.0
+STOP_GRACE_S = 5.0
+# The executables (not a kill list: only to tell whether the recorded node is still up).
+HEAD_CORE_PROCESSES = ("gcs_server", "raylet")
+
+
+@dataclasses.dataclass
+class UpResult:
+    already_running: bool
+    api_url: str
+    docs_url: str
+    state_dir: Path
+    admin_credentials: Path
+    credentials: Path
+    agent_logs: list[Path]
+    ray_dashboard_url: str
+    timings_s: dict[str, float]
+
+    def lines(self) -> list[str]:
+        head = "platform already running" if self.already_running else "platform is up"
+        out = [
+            f"{head}: {self.api_url}",
+            f"  API docs:          {self.docs_url}",
+            f"  admin credentials: {self.admin_credentials}",
+            f"  local accounts:    {self.credentials}",
+            f"  Ray dashboard:     {self.ray_dashboard_url}",
+        ]
+        out += [f"  agent log:         {p}" for p in self.agent_logs]
+        return out
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return f"(no log at {path})"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _wait_for(what: str, predicate: Callable[[], Any], timeout_s: float, interval_s: float = 0.5,
+              on_timeout: Callable[[], str] | None = None) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            extra = on_timeout() if on_timeout else ""
+            raise pstate.PlatformError(f"timed out after {timeout_s:.0f} s waiting for {what}", details=extra or None)
+        time.sleep(interval_s)
+
+
+def _serve_app_failure(dashboard_port: int, token_path: Path) -> str | None:
+    """The error of a Serve application that failed to deploy (from the dashboard), else None."""
+    try:
+        headers = {"Authorization": f"Bearer {token_path.read_text().strip()}"}
+        resp = httpx.get(f"http://127.0.0.1:{dashboard_port}/api/serve/applications/", headers=headers, timeout=5)
+        apps = resp.json().get("applications") or {}
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return None
+    for name, app in apps.items():
+        if isinstance(app, dict) and app.get("status") == "DEPLOY_FAILED":
+            return f"application {name!r}: {app.get('message') or 'DEPLOY_FAILED'}"
+    return None
+
+
+def _last_error_line(text: str) -> str:
+    """The `SomeError: message` line of a traceback (the last one), else its last line."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if re.match(r"^[\w.]+(Error|Exception)\b", ln)]
+    return ((errors or lines or [""])[-1])[:300]
+
+
+class PlatformLauncher:
+    """The platform on this machine, described by <state_dir>/platform.json."""
+
+    def __init__(self, state_dir: Path | None = None, *, port: int = 8000, host: str = "127.0.0.1",
+                 providers: int = 0, heartbeat_s: float = 5.0, agent_gpus: int | None = None):
+        if providers < 0:
+            raise pstate.PlatformError("--providers must be >= 0")
+        if not 1 <= port <= 65535:
+            raise pstate.PlatformError(f"--port {port} is not a TCP port")
+        self.state_dir = Path(state_dir or pstate.default_state_dir()).expanduser().absolute()
+        self.layout = pstate.Layout(self.state_dir)
+        self.port = port
+        self.host = host
+        self.providers = providers
+        self.heartbeat_s = heartbeat_s
+        self.agent_gpus = agent_gpus
+
+    # --- recorded state ------------------------------------------------------------------
+
+    def _load(self) -> dict | None:
+        return pstate.read_json(self.layout.platform_json)
+
+    def _save(self, record: dict) -> None:
+        pstate.write_json(self.layout.platform_json, record)
+
+    def _is_running(self, record: dict | None) -> bool:
+        if not record or record.get("status") != pstate.STATUS_RUNNING:
+            return False
+        head = record.get("head_processes") or []
+        if not head or not all(platform_status.record_alive(r) for r in head):
+            return False
+        return platform_status.healthy(platform_status.api_url(record))
+
+    # --- up ------------------------------------------------------------------------------
+
+    def up(self) -> UpResult:
+        pstate.ensure_private_dir(self.state_dir)
+        with pstate.state_lock(self.state_dir):
+            record = self._load()
+            if self._is_running(record):
+                return self._already_running(record)
+            if record and record.get("owner_tag"):
+                self._stop_leftovers(record)
+            return self._start()
+
+    def _already_running(self, record: dict) -> UpResult:
+        logger.info("platform already running (owner tag %s)", record["owner_tag"])
+        if record.get("host") != self.host or record.get("port") != self.port:
+            logger.warning("it listens on %s:%s; run `dcluster down` first to change that",
+                           record.get("host"), record.get("port"))
+        if len(record.get("agents", [])) != self.providers:
+            logger.warning("it runs %d local agents, not %d; run `dcluster down` first to change that",
+                           len(record.get("agents", [])), self.providers)
+        return self._result(record, already_running=True, timings={})
+
+    def _stop_leftovers(self, record: dict) -> None:
+        """A previous platform died or `up` failed midway: stop whatever of it is still alive."""
+        tags = [a["owner_tag"] for a in record.get("agents", [])] + [record["owner_tag"]]
+        for tag in tags:
+            summary = procs.stop_owned(tag, grace_s=STOP_GRACE_S)
+            if summary.terminated:
+                logger.info("stopped %d leftover processes of %s", len(summary.terminated), tag)
+
+    def _start(self) -> UpResult:
+        t0 = time.monotonic()
+        timings: dict[str, float] = {}
+        if not procs.port_is_free(self.port, self.host):
+            raise pstate.PlatformError(f"port {self.port} on {self.host} is already in use; "
+                                   f"choose another with --port, or stop what listens there")
+        template = pstate.SERVE_TEMPLATE
+        if not template.exists():
+            raise pstate.PlatformError(f"{template} not found: the Serve config of the platform is missing")
+        pstate.ensure_private_dir(self.layout.home)
+        pstate.ensure_private_dir(self.layout.logs)
+        ports = pstate.RayPorts.allocate(exclude=(self.port,))
+        temp_dir = pstate.ray_temp_dir(self.state_dir)
+        pstate.ensure_private_dir(temp_dir)
+        record = {
+            "version": 1,
+            "status": pstate.STATUS_STARTING,
+            "owner_tag": pstate.new_owner_tag(),
+            "host": self.host,
+            "port": self.port,
+            "providers": self.providers,
+            "heartbeat_s": self.heartbeat_s,
+            "agent_gpus": self.agent_gpus,
+            "temp_dir": str(temp_dir),
+            "ray_ports": ports.to_dict(),
+            "head_processes": [],
+            "agents": [],
+            "started_at": time.time(),
+        }
+        self._save(record)
+        try:
+            env = pstate.ray_env(os.environ, layout=self.layout, ports=ports)
+            self._start_head(record, env, ports, temp_dir)
+            timings["ray_head"] = round(time.monotonic() - t0, 1)
+            t1 = time.monotonic()
+            self._deploy_serve(record, env, ports, temp_dir)
+            timings["serve"] = round(time.monotonic() - t1, 1)
+            api = client_mod.PlatformClient(platform_status.api_url(record))
+            try:
+                self._login_admin(api)
+                self._ensure_accounts(api)
+                t2, agents_started = time.monotonic(), time.time()
+                self._start_agents(record)
+                self._wait_for_machines(api, since=agents_started)
+                timings["agents"] = round(time.monotonic() - t2, 1)
+            finally:
+                api.close()
+        except BaseException as exc:
+            record["status"] = pstate.STATUS_FAILED
+            record["error"] = (str(exc).splitlines() or [type(exc).__name__])[0]
+            self._save(record)
+            logger.info("start failed; stopping what was started")
+            self._stop_leftovers(record)
+            raise
+        record["status"] = pstate.STATUS_RUNNING
+        record.pop("error", None)
+        self._save(record)
+        timings["total"] = round(time.monotonic() - t0, 1)
+        return self._result(record, already_running=False, timings=timings)
+
+    def _start_head(self, record: dict, env: dict, ports: pstate.RayPorts, temp_dir: Path) -> None:
+        for port in ports.listening():  # taken since allocation: a GCS port in use would join another cluster
+            if not procs.port_is_free(port):
+                raise pstate.PlatformError(f"port {port} was taken while starting; run `dcluster up` again")
+        cmd = pstate.ray_head_command(ports=ports, temp_dir=temp_dir)
+        logger.info("starting the Ray head (GCS port %d, temp dir %s)", ports.gcs, temp_dir)
+        proc = procs.spawn(cmd, env=env, cwd=self.state_dir, log_path=self.layout.ray_log,
+                           owner_tag=record["owner_tag"])
+        try:
+            rc = proc.wait(RAY_START_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            raise pstate.PlatformError(f"`ray start` did not finish in {RAY_START_TIMEOUT_S:.0f} s; "
+                                   f"see {self.layout.ray_log}", details=_tail(self.layout.ray_log)) from None
+        if rc != 0:
+            raise pstate.PlatformError(f"`ray start` failed (exit {rc}); see {self.layout.ray_log}",
+                                   details=_tail(self.layout.ray_log))
+        owned = [r for r in map(platform_status.proc_record, procs.owned_processes(record["owner_tag"])) if r]
+        # Only the two processes the node lives and dies with; workers come and go.
+        head = [r for r in owned if r["name"] in HEAD_CORE_PROCESSES]
+        if {r["name"] for r in head} != set(HEAD_CORE_PROCESSES):
+            raise pstate.PlatformError(f"`ray start` returned but gcs_server/raylet are not running; "
+                                   f"see {self.layout.ray_log}", details=_tail(self.layout.ray_log))
+        record["head_processes"] = head
+        self._save(record)
+        logger.info("Ray head up (%d processes, GCS 127.0.0.1:%d)", len(owned), ports.gcs)
+
+    def _serve_logs_tail(self, temp_dir: Path) -> str:
+        serve_dir = temp_dir / "session_latest" / "logs" / "serve"
+        files = sorted(serve_dir.glob("*.log"), key=lambda p: p.stat().st_mtime)[-3:] if serve_dir.is_dir() else []
+        parts = [f"--- {f} ---\n{_tail(f, 20)}" for f in files]
+        return "\n".join(parts) or f"(no Serve logs under {serve_dir})"
+
+    def _deploy_serve(self, record: dict, env: dict, ports: pstate.RayPorts, temp_dir: Path) -> None:
+        config = pstate.patch_serve_config(pstate.SERVE_TEMPLATE.read_text(), host=self.host, port=self.port,
+                                       state_dir=self.state_dir, heartbeat_interval_s=self.heartbeat_s)
+        pstate.write_private(self.layout.serve_deploy_yaml, pstate.dump_serve_config(config))
+        cmd = [*pstate.venv_script("serve"), "deploy", str(self.layout.serve_deploy_yaml),
+               "--address", f"http://127.0.0.1:{ports.dashboard}"]
+        logger.info("deploying the Serve app")
+        with open(self.layout.serve_log, "ab") as log:
+            try:
+                rc = subprocess.run(cmd, env=env, cwd=self.state_dir, stdin=subprocess.DEVNULL, stdout=log,
+                                    stderr=subprocess.STDOUT, timeout=SERVE_DEPLOY_TIMEOUT_S).returncode
+            except subprocess.TimeoutExpired:
+                rc = "timeout"
+        if rc != 0:
+            raise pstate.PlatformError(f"`serve deploy` failed ({rc}); see {self.layout.serve_log}",
+                                   details=_tail(self.layout.serve_log))
+        api_url = platform_status.api_url(record)
+        logger.info("waiting for %s/healthz", api_url)
+
+        def ready() -> bool:
+            if platform_status.healthy(api_url):
+                return True
+            failed = _serve_app_failure(ports.dashboard, self.layout.ray_auth_token)
+            if failed:
+                raise pstate.PlatformError(f"the Serve app failed to deploy: {_last_error_line(failed)}",
+                                       details=failed + "\n" + self._serve_logs_tail(temp_dir))
+            return False
+
+        _wait_for(f"{api_url}/healthz", ready, HEALTHZ_TIMEOUT_S, interval_s=1.0,
+                  on_timeout=lambda: self._serve_logs_tail(temp_dir))
+
+    def _login_admin(self, api: client_mod.PlatformClient) -> None:
+        path = self.layout.admin_credentials_json
+        creds = _wait_for(str(path), lambda: pstate.read_json(path) if path.exists() else None,
+                          ADMIN_CREDENTIALS_TIMEOUT_S)
+        try:
+            api.login(creds["username"], creds["password"])
+        except client_mod.ApiError as exc:
+            raise pstate.PlatformError(f"the admin credentials in {path} are refused ({exc})") from None
+
+    def _ensure_account(self, api: client_mod.PlatformClient, store: pstate.CredentialStore,
+                        username: str, role: str) -> None:
+        password, created = store.get_or_create(username, role)
+        try:
+            api.create_account(username, password, role)
+            logger.info("created %s account %s", role, username)
+        except client_mod.ApiError as exc:
+            if exc.status_code != 409:
+                raise pstate.PlatformError(f"could not create account {username}: {exc}") from None
+            if created:
+                raise pstate.PlatformError(
+                    f"account {username} already exists but its password is not in {store.path}; "
+                    f"use another --state-dir, or restore that file") from None
+            # Exists from an earlier `up`: the saved password is the one the agents will use.
+
+    def _ensure_accounts(self, api: client_mod.PlatformClient) -> None:
+        store = pstate.CredentialStore(self.layout.credentials_json)
+        store.set_url(platform_status.api_url({"host": self.host, "port": self.port}))
+        for i in range(1, self.providers + 1):
+            self._ensure_account(api, store, pstate.provider_username(i), "provider")
+        self._ensure_account(api, store, pstate.BUYER_USERNAME, "buyer")
+
+    def _start_agents(self, record: dict) -> None:
+        store = pstate.CredentialStore(self.layout.credentials_json)
+        env = pstate.agent_env(os.environ)
+        for i in range(1, self.providers + 1):
+            username = pstate.provider_username(i)
+            agent_dir = self.layout.agent_dir(i)
+            pstate.ensure_private_dir(agent_dir.parent)
+            pstate.ensure_private_dir(agent_dir)
+            password_file = agent_dir / "password"
+            pstate.write_private(password_file, store.password(username) + "\n")
+            cmd = [*pstate.venv_script("dcluster-agent"),
+                   "--platform-url", platform_status.api_url(record),
+                   "--username", username,
+                   "--password-file", str(password_file),
+                   "--state-dir", str(agent_dir),
+                   "--name", pstate.agent_name(i)]
+            if self.agent_gpus is not None:
+                cmd += ["--gpus", str(self.agent_gpus)]
+            tag = pstate.agent_owner_tag(record["owner_tag"], i)
+            proc = procs.spawn(cmd, env=env, cwd=agent_dir, log_path=self.layout.agent_log(i), owner_tag=tag)
+            entry = {"index": i, "username": username, "name": pstate.agent_name(i), "owner_tag": tag,
+                     "pid": proc.pid, "log": str(self.layout.agent_log(i)), "state_dir": str(agent_dir)}
+            rec = platform_status.proc_record(psutil.Process(proc.pid)) if procs.pid_alive(proc.pid) else None
+            entry["create_time"] = rec["create_time"] if rec else None
+            record["agents"].append(entry)
+            self._save(record)
+        if self.providers:
+            logger.info("started %d local agents", self.providers)
+
+    def _wait_for_machines(self, api: client_mod.PlatformClient, since: float) -> None:
+        wanted = {pstate.provider_username(i) for i in range(1, self.providers + 1)}
+        if not wanted:
+            return
+        since -= 1.0  # same machine, same clock; a little slack for rounding
+
+        def all_online() -> bool:
+            try:
+                machines = api.list_machines()
+            except client_mod.ClientError as exc:
+                logger.debug("list_machines: %s", exc)
+                return False
+            # Heard from since the agents started: not a stale "online" left by a crashed platform.
+            online = {m.get("provider") for m in machines
+                      if m.get("status") == "online" and (m.get("last_heartbeat") or 0) >= since}
+            return wanted <= online
+
+        def agent_logs() -> str:
+            return "\n".join(f"--- {self.layout.agent_log(i)} ---\n{_tail(self.layout.agent_log(i), 10)}"
+                             for i in range(1, self.providers + 1))
+
+        logger.info("waiting for %d machines to come online", len(wanted))
+        _wait_for(f"{len(wanted)} local machines to come online", all_online, MACHINES_TIMEOUT_S,
+                  interval_s=1.0, on_timeout=agent_logs)
+
+    def _result(self, record: dict, *, already_running: bool, timings: dict) -> UpResult:
+        api_url = platform_status.api_url(record)
+        return UpResult(
+            already_running=already_running,
+            api_url=api_url,
+            docs_url=f"{api_url}/docs",
+            state_dir=self.state_dir,
+            admin_credentials=self.layout.admin_credentials_json,
+            credentials=self.layout.credentials_json,
+            agent_logs=[Path(a["log"]) for a in record.get("agents", [])],
+            ray_dashboard_url=f"http://127.0.0.1:{record['ray_ports']['dashboard']}",
+            timings_s=timings,
+        )
+
+    # --- down ----------------------------------------------------------------------------
+
+    def down(self) -> dict:
+        """Stop the agents (graceful leave first), then every platform Ray process; keep all files."""
+        t0 = time.monotonic()
+        if not self.layout.platform_json.exists():
+            return {"stopped": False, "message": f"no platform recorded in {self.state_dir}"}
+        with pstate.state_lock(self.state_dir):
+            record = self._load() or {}
+            tag = record.get("owner_tag")
+            if not tag:
+                return {"stopped": False, "message": f"{self.layout.platform_json} names no platform"}
+            agents = record.get("agents", [])
+            self._leave_agents(agents)
+            summaries = [procs.stop_owned(a["owner_tag"], grace_s=STOP_GRACE_S) for a in agents]
+            logger.info("stopping the Ray head (owner tag %s)", tag)
+            summaries.append(procs.stop_owned(tag, grace_s=STOP_GRACE_S))
+            left = [pid for t in [*(a["owner_tag"] for a in agents), tag] for pid in
+                    (p.pid for p in procs.owned_processes(t))]
+            record["status"] = pstate.STATUS_STOPPED if not left else pstate.STATUS_FAILED
+            record["stopped_at"] = time.time()
+            record["head_processes"] = []
+            self._save(record)
+        result = {
+            "stopped": not left,
+            "owner_tag": tag,
+            "processes_stopped": sum(len(s.terminated) for s in summaries),
+            "processes_killed": sum(len(s.killed) for s in summaries),
+            "left_running": left,
+            "elapsed_s": round(time.monotonic() - t0, 1),
+        }
+        if left:
+            result["message"] = f"processes still running after down: {left}"
+        return result
+
+    def _leave_agents(self, agents: list[dict]) -> None:
+        """SIGTERM each agent's root so it can tell the platform it leaves, and give it a moment."""
+        roots = []
+        for agent in agents:
+            if agent.get("pid") and procs.pid_alive(agent["pid"], agent.get("create_time")):
+                try:
+                    proc = psutil.Process(agent["pid"])
+                    proc.terminate()
+                    roots.append(proc)
+                except (psutil.NoSuchProcess, psutil.ZombieProcess):
+                    pass
+        if roots:
+            logger.info("asking %d agents to leave", len(roots))
+            procs.wait_gone(roots, AGENT_LEAVE_GRACE_S)
+
+    # --- status --------------------------------------------------------------------------
+
+    def status(self) -> dict:
+        """What is recorded, what is alive, and what the API says (a dict; `dcluster status` prints it)."""
+        return platform_status.collect(self.layout)

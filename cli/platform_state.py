@@ -1,0 +1,353 @@
+"""The local platform's files and pure decisions: state dir layout, ports, Ray env and commands, Serve config."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import json
+import os
+import secrets
+import sys
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from worker import procs
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SERVE_TEMPLATE = REPO_ROOT / "platform" / "serve.yaml"
+SERVE_IMPORT_PATH = "serve_app.app:build_app"
+
+# Ray's unix socket paths (<temp>/session_<date>_<pid>/sockets/plasma_store ...) must fit in
+# 107 bytes; a temp dir longer than this leaves too little room.
+MAX_TEMP_DIR_LEN = 40
+WORKER_PORT_RANGE = 200
+HEAD_NUM_CPUS = 2
+
+# Variables of the caller's shell that would point the platform at another cluster or turn
+# token auth on for it.
+_ENV_DROP = ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_NAMESPACE")
+
+STATUS_STARTING = "starting"
+STATUS_RUNNING = "running"
+STATUS_STOPPED = "stopped"
+STATUS_FAILED = "failed"
+
+
+class PlatformError(Exception):
+    """An expected failure of `dcluster up/down/status`: a one-line message that says what to do,
+    and optional details (a log tail) for the reader."""
+
+    def __init__(self, message: str, *, details: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+def default_state_dir() -> Path:
+    env = os.environ.get("DCLUSTER_STATE_DIR")
+    return Path(env).expanduser() if env else Path.home() / ".dcluster"
+
+
+def connect_host(host: str) -> str:
+    """The address a local client uses to reach a server bound to host."""
+    return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+
+
+# --- files ------------------------------------------------------------------------------
+
+def ensure_private_dir(path: Path) -> Path:
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path, 0o700)  # mkdir's mode is masked by umask and ignored for an existing dir
+    return path
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write atomically, readable by the owner only (never world-readable, not even for a moment)."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.chmod(path, 0o600)
+
+
+def write_json(path: Path, data: Any) -> None:
+    write_private(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: Path) -> Any | None:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except json.JSONDecodeError as exc:
+        raise PlatformError(f"{path} is not valid JSON ({exc}); fix or delete it") from None
+
+
+@contextlib.contextmanager
+def state_lock(state_dir: Path) -> Iterator[None]:
+    """One `up`/`down` at a time per state dir."""
+    ensure_private_dir(state_dir)
+    fd = os.open(state_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise PlatformError(f"another dcluster up/down is running on {state_dir}; wait for it") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """Where everything of one platform lives."""
+
+    state_dir: Path
+
+    @property
+    def platform_json(self) -> Path:
+        return self.state_dir / "platform.json"
+
+    @property
+    def credentials_json(self) -> Path:
+        return self.state_dir / "credentials.json"
+
+    @property
+    def admin_credentials_json(self) -> Path:
+        return self.state_dir / "admin_credentials.json"
+
+    @property
+    def serve_deploy_yaml(self) -> Path:
+        return self.state_dir / "serve.deploy.yaml"
+
+    @property
+    def ray_auth_token(self) -> Path:
+        return self.state_dir / "ray_auth_token"
+
+    @property
+    def home(self) -> Path:
+        return self.state_dir / "home"
+
+    @property
+    def logs(self) -> Path:
+        return self.state_dir / "logs"
+
+    @property
+    def ray_log(self) -> Path:
+        return self.logs / "ray-head.log"
+
+    @property
+    def serve_log(self) -> Path:
+        return self.logs / "serve-deploy.log"
+
+    def agent_dir(self, index: int) -> Path:
+        return self.state_dir / "agents" / str(index)
+
+    def agent_log(self, index: int) -> Path:
+        return self.logs / f"agent-{index}.log"
+
+
+def ensure_ray_auth_token(path: Path) -> Path:
+    """The platform cluster's Ray auth token file (0600), made once."""
+    if not path.exists():
+        write_private(path, secrets.token_hex(32))
+    return path
+
+
+def ray_temp_dir(state_dir: Path) -> Path:
+    """<state>/ray, or /tmp/dcl-<hash> when that path would make Ray's socket paths too long."""
+    state_dir = Path(state_dir).absolute()
+    preferred = state_dir / "ray"
+    if len(str(preferred)) <= MAX_TEMP_DIR_LEN:
+        return preferred
+    digest = hashlib.sha256(str(state_dir).encode()).hexdigest()[:10]
+    return Path("/tmp") / f"dcl-{digest}"
+
+
+def new_owner_tag() -> str:
+    return "dcl-platform-" + secrets.token_hex(4)
+
+
+def agent_owner_tag(owner_tag: str, index: int) -> str:
+    return f"{owner_tag}-agent-{index}"
+
+
+def provider_username(index: int) -> str:
+    return f"local-provider-{index}"
+
+
+def agent_name(index: int) -> str:
+    return f"local-{index}"
+
+
+BUYER_USERNAME = "local-buyer"
+
+
+# --- ports ------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class RayPorts:
+    """Every port a Ray head listens on, explicit so clusters on one machine never collide."""
+
+    gcs: int
+    dashboard: int
+    client_server: int
+    node_manager: int
+    object_manager: int
+    dashboard_agent_listen: int
+    dashboard_agent_grpc: int
+    runtime_env_agent: int
+    metrics_export: int
+    autoscaler_metric: int
+    dashboard_metric: int
+    min_worker: int
+    max_worker: int
+
+    @classmethod
+    def allocate(cls, *, exclude: tuple[int, ...] = (), worker_range: int = WORKER_PORT_RANGE) -> RayPorts:
+        single = [f.name for f in dataclasses.fields(cls) if f.name not in ("min_worker", "max_worker")]
+        ports = procs.free_ports(len(single), exclude=exclude)
+        start = procs.free_port_range(worker_range, exclude=(*exclude, *ports))
+        return cls(**dict(zip(single, ports)), min_worker=start, max_worker=start + worker_range - 1)
+
+    def listening(self) -> list[int]:
+        """The single ports (not the worker range)."""
+        return [v for k, v in dataclasses.asdict(self).items() if k not in ("min_worker", "max_worker")]
+
+    def all_ports(self) -> set[int]:
+        return set(self.listening()) | set(range(self.min_worker, self.max_worker + 1))
+
+    def to_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, int]) -> RayPorts:
+        return cls(**data)
+
+
+# --- Ray environment and commands -------------------------------------------------------
+
+def ray_env(base: Mapping[str, str], *, layout: Layout, ports: RayPorts) -> dict[str, str]:
+    """The environment of every platform Ray process (DCLUSTER_OWNER is added by procs.spawn)."""
+    env = {k: v for k, v in base.items() if k not in _ENV_DROP}
+    env["HOME"] = str(layout.home)  # never the user's ~/.ray/auth_token
+    # The platform cluster holds the database: only holders of its own token may join or submit.
+    env["RAY_AUTH_MODE"] = "token"
+    env["RAY_AUTH_TOKEN_PATH"] = str(ensure_ray_auth_token(layout.ray_auth_token))
+    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    env["AUTOSCALER_METRIC_PORT"] = str(ports.autoscaler_metric)
+    env["DASHBOARD_METRIC_PORT"] = str(ports.dashboard_metric)
+    old = env.get("PYTHONPATH")
+    env["PYTHONPATH"] = str(REPO_ROOT) + (os.pathsep + old if old else "")
+    return env
+
+
+def agent_env(base: Mapping[str, str]) -> dict[str, str]:
+    """The agents run like a provider's would: the user's environment, plus the repo on the path."""
+    env = {k: v for k, v in base.items() if k not in _ENV_DROP}
+    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    old = env.get("PYTHONPATH")
+    env["PYTHONPATH"] = str(REPO_ROOT) + (os.pathsep + old if old else "")
+    return env
+
+
+def venv_script(name: str) -> list[str]:
+    """A console script installed beside this interpreter (the venv's bin/)."""
+    path = Path(sys.executable).parent / name
+    if not path.exists():
+        raise PlatformError(f"{path} not found; install the project into this interpreter (pip install -e .)")
+    return [str(path)]
+
+
+def ray_head_command(*, ports: RayPorts, temp_dir: Path, num_cpus: int = HEAD_NUM_CPUS) -> list[str]:
+    return [
+        *venv_script("ray"), "start", "--head", "--disable-usage-stats",
+        "--port", str(ports.gcs),
+        "--temp-dir", str(temp_dir),
+        "--dashboard-host", "127.0.0.1",
+        "--include-dashboard", "true",
+        "--dashboard-port", str(ports.dashboard),
+        "--ray-client-server-port", str(ports.client_server),
+        "--node-manager-port", str(ports.node_manager),
+        "--object-manager-port", str(ports.object_manager),
+        "--dashboard-agent-listen-port", str(ports.dashboard_agent_listen),
+        "--dashboard-agent-grpc-port", str(ports.dashboard_agent_grpc),
+        "--runtime-env-agent-port", str(ports.runtime_env_agent),
+        "--metrics-export-port", str(ports.metrics_export),
+        "--min-worker-port", str(ports.min_worker),
+        "--max-worker-port", str(ports.max_worker),
+        "--num-cpus", str(num_cpus),
+    ]
+
+
+# --- Serve config -----------------------------------------------------------------------
+
+def patch_serve_config(text: str, *, host: str, port: int, state_dir: Path, heartbeat_interval_s: float) -> dict:
+    """The platform's Serve config with this machine's HTTP address and state dir filled in."""
+    config = yaml.safe_load(text)
+    if not isinstance(config, dict):
+        raise PlatformError("the Serve config must be a YAML mapping")
+    http = config.setdefault("http_options", {}) or {}
+    config["http_options"] = http
+    http["host"] = host
+    http["port"] = int(port)
+    apps = config.get("applications") or []
+    if not apps:
+        raise PlatformError("the Serve config has no applications")
+    targets = [a for a in apps if a.get("import_path") == SERVE_IMPORT_PATH] or (apps if len(apps) == 1 else [])
+    if not targets:
+        raise PlatformError(f"no application with import_path {SERVE_IMPORT_PATH} in the Serve config")
+    for app in targets:
+        args = app.setdefault("args", {}) or {}
+        app["args"] = args
+        args["state_dir"] = str(Path(state_dir).absolute())
+        args["heartbeat_interval_s"] = float(heartbeat_interval_s)
+    return config
+
+
+def dump_serve_config(config: dict) -> str:
+    return yaml.safe_dump(config, sort_keys=False)
+
+
+# --- credentials of the local accounts --------------------------------------------------
+
+class CredentialStore:
+    """<state>/credentials.json (0600): the passwords of the accounts `up` created."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def _load(self) -> dict:
+        data = read_json(self.path) or {}
+        data.setdefault("accounts", {})
+        return data
+
+    def password(self, username: str) -> str | None:
+        entry = self._load()["accounts"].get(username)
+        return entry.get("password") if entry else None
+
+    def get_or_create(self, username: str, role: str) -> tuple[str, bool]:
+        """(password, created): a saved password, or a new one saved before anyone uses it."""
+        saved = self.password(username)
+        if saved:
+            return saved, False
+        password = secrets.token_urlsafe(24)
+        data = self._load()
+        data["accounts"][username] = {"password": password, "role": role}
+        write_json(self.path, data)
+        return password, True
+
+    def set_url(self, url: str) -> None:
+        data = self._load()
+        data["platform_url"] = url
+        write_json(self.path, data)

@@ -1,0 +1,74 @@
+"""One real platform per test session: Ray head, Serve app, detached actors, SQLite, on free ports."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from cli import platform as platform_mod
+from cli import platform_state
+from tests.integration.helpers import Api, LocalAgent, wait_for
+from worker import procs
+
+HEARTBEAT_S = 1.0  # short, so that "offline after 3 missed beats" takes seconds
+
+
+class RunningPlatform:
+    def __init__(self, launcher: platform_mod.PlatformLauncher, url: str, state_dir: Path, work_dir: Path):
+        self.launcher = launcher
+        self.url = url
+        self.state_dir = state_dir
+        self.work_dir = work_dir
+        self._agents: list[LocalAgent] = []
+
+    @property
+    def record(self) -> dict:
+        return json.loads((self.state_dir / "platform.json").read_text())
+
+    def admin(self) -> Api:
+        creds = json.loads((self.state_dir / "admin_credentials.json").read_text())
+        r = Api(self.url).post("/v1/token", data=creds)
+        assert r.status_code == 200, r.text
+        return Api(self.url, r.json()["access_token"])
+
+    def start_agent(self, provider: Api, **kwargs) -> LocalAgent:
+        agent = LocalAgent(self.url, provider.username, provider.password, self.work_dir, **kwargs).start()
+        self._agents.append(agent)
+        return agent
+
+    def owned_processes(self):
+        return procs.owned_processes(self.record["owner_tag"])
+
+    def stop_agents(self) -> None:
+        for agent in self._agents:
+            agent.stop(grace_s=3)
+        self._agents.clear()
+
+
+@pytest.fixture(scope="session")
+def platform():
+    # Short paths: Ray's unix sockets live under the temp dir and are limited to ~107 bytes.
+    root = Path(tempfile.mkdtemp(prefix="dcl-it-", dir="/tmp"))
+    state_dir, work_dir = root / "state", root / "work"
+    work_dir.mkdir()
+    port = procs.free_port()
+    launcher = platform_mod.PlatformLauncher(state_dir, port=port, providers=0, heartbeat_s=HEARTBEAT_S)
+    result = launcher.up()
+    running = RunningPlatform(launcher, result.api_url, state_dir, work_dir)
+    try:
+        yield running
+    finally:
+        running.stop_agents()
+        launcher.down()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def agents(platform):
+    """Agents started by a test are stopped after it, whatever happens."""
+    yield platform
+    platform.stop_agents()

@@ -1,0 +1,92 @@
+"""Helpers for integration tests: polling, HTTP sessions, local agents."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+import httpx
+
+from worker import procs
+
+
+def wait_for(predicate: Callable[[], Any], *, timeout_s: float = 30.0, interval_s: float = 0.2, what: str = "condition"):
+    """Polls until predicate() is truthy and returns its value; never a fixed sleep."""
+    deadline = time.monotonic() + timeout_s
+    last_error = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as exc:  # the condition may raise while things settle
+            last_error = exc
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}" + (f" (last error: {last_error!r})" if last_error else ""))
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+class Api:
+    """A signed-in HTTP session against the platform."""
+
+    def __init__(self, base_url: str, token: str | None = None):
+        self.base_url = base_url
+        self.http = httpx.Client(base_url=base_url, timeout=30)
+        if token:
+            self.http.headers["Authorization"] = f"Bearer {token}"
+
+    def __getattr__(self, name):  # get/post/delete/... straight to httpx
+        return getattr(self.http, name)
+
+    @classmethod
+    def sign_up(cls, base_url: str, role: str, username: str | None = None, password: str = "password123") -> "Api":
+        username = username or unique(role)
+        anon = httpx.Client(base_url=base_url, timeout=30)
+        r = anon.post("/v1/accounts", json={"username": username, "password": password, "role": role})
+        assert r.status_code == 201, r.text
+        r = anon.post("/v1/token", data={"username": username, "password": password})
+        assert r.status_code == 200, r.text
+        api = cls(base_url, r.json()["access_token"])
+        api.username, api.password = username, password
+        return api
+
+
+class LocalAgent:
+    """A real `dcluster-agent` process for one provider account, stopped by its owner tag."""
+
+    def __init__(self, base_url: str, username: str, password: str, work_dir: Path, *, name: str | None = None,
+                 extra_args: tuple[str, ...] = ()):
+        self.tag = unique("dcl-test-agent")
+        self.state_dir = work_dir / self.tag
+        self.state_dir.mkdir(parents=True, mode=0o700)
+        password_file = self.state_dir / "password"
+        password_file.write_text(password)
+        password_file.chmod(0o600)
+        self.cmd = [str(Path(sys.executable).parent / "dcluster-agent"), "--platform-url", base_url,
+                    "--username", username, "--password-file", str(password_file),
+                    "--state-dir", str(self.state_dir / "agent"), "--name", name or self.tag, *extra_args]
+        self.log = self.state_dir / "agent.log"
+        self.proc = None
+
+    def start(self) -> "LocalAgent":
+        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+        self.proc = procs.spawn(self.cmd, env=env, log_path=self.log, owner_tag=self.tag)
+        return self
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        procs.stop_owned(self.tag, grace_s=grace_s)
+
+    def kill9(self) -> None:
+        for p in procs.owned_processes(self.tag):
+            p.kill()
+        self.proc.wait(timeout=10)
+
+    def log_text(self) -> str:
+        return self.log.read_text() if self.log.exists() else ""

@@ -1,0 +1,349 @@
+"""The provider agent: registers this machine, heartbeats, long-polls for work, leaves on stop."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import re
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from actors import domain
+from worker import client as api
+from worker import detect
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "machine.json"
+DEFAULT_HEARTBEAT_S = 5.0
+NAME_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+_KEY_RE = re.compile(r"^[A-Za-z0-9_.:-]{8,128}$")
+_OUTAGE_LOG_EVERY_S = 60.0
+
+
+def default_state_dir() -> Path:
+    return Path("~/.dcluster-agent").expanduser()
+
+
+class AgentSettings(BaseModel):
+    """The agent's configuration, built by agent_cli and passed in."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    platform_url: str = Field(min_length=1, description="Base URL of the platform API")
+    username: str = Field(min_length=1, description="Provider account")
+    password: SecretStr = Field(description="SecretStr so repr() and logs never show it")
+    name: str | None = Field(default=None, pattern=NAME_PATTERN, description="Display name; default: hostname")
+    state_dir: Path = Field(default_factory=default_state_dir)
+    declared_gpus: int | None = Field(default=None, ge=0, le=detect.MAX_GPUS, description="Override NVML")
+    declared_gpu_model: str = Field(default="Logical GPU", pattern=domain.GPU_MODEL_PATTERN)
+    declared_gpu_memory_mb: int = Field(default=0, ge=0, le=10_000_000)
+    price_per_gpu_hour: float = Field(default=0.0, ge=0, le=10_000)
+    price_per_cpu_hour: float = Field(default=0.0, ge=0, le=10_000)
+    poll_wait_s: float = Field(default=20.0, gt=0, le=30, description="Long-poll wait; the API allows 30 s")
+    leave_timeout_s: float = Field(default=5.0, gt=0, le=60)
+    stop_join_s: float = Field(default=3.0, ge=0, le=60, description="How long stop() waits for the loops")
+
+
+class MachineState:
+    """machine.json in the state dir (0600 in a 0700 dir): the stable machine_key and last machine id."""
+
+    def __init__(self, state_dir: Path):
+        self.dir = Path(state_dir).expanduser()
+        self.path = self.dir / STATE_FILE
+        if not self.dir.exists():
+            self.dir.mkdir(parents=True, mode=0o700)
+            os.chmod(self.dir, 0o700)  # mkdir's mode is filtered by the umask
+        elif self.dir.stat().st_mode & 0o077:
+            logger.warning("state dir %s is accessible to other users; consider chmod 700", self.dir)
+        data = self._load()
+        key, machine_id = data.get("machine_key"), data.get("machine_id")
+        self.machine_id: str | None = machine_id if isinstance(machine_id, str) else None
+        if isinstance(key, str) and _KEY_RE.match(key):
+            self.machine_key = key
+        else:
+            self.machine_key = "mk-" + uuid.uuid4().hex
+            self.save()
+
+    def _load(self) -> dict:
+        try:
+            data = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return {}
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            backup = self.path.with_name(STATE_FILE + ".corrupt")
+            os.replace(self.path, backup)  # keep it: the old key is the only link to the old machine
+            logger.error("%s is unreadable (moved to %s); this machine gets a new machine_key", self.path, backup)
+            return {}
+        return data
+
+    def save(self) -> None:
+        tmp = self.path.with_name(f".{STATE_FILE}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"machine_key": self.machine_key, "machine_id": self.machine_id}, f, indent=2)
+            f.write("\n")
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, self.path)  # atomic: a crash never leaves half a key
+
+
+def _machine_name(hostname: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", hostname)[:64] or "machine"
+
+
+class Agent:
+    """Keeps this machine registered and heartbeating; hands platform work items to handlers."""
+
+    def __init__(self, client: api.PlatformApi, settings: AgentSettings, *,
+                 detect_fn: Callable[[], domain.MachineSpec] | None = None,
+                 usage_fn: Callable[[int], domain.MachineUsage] | None = None,
+                 sleep: Callable[[float], Any] | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 rand: Callable[[], float] = random.random):
+        self.client = client
+        self.settings = settings
+        self._detect = detect_fn or (lambda: detect.detect_machine(
+            settings.declared_gpus, settings.declared_gpu_model, settings.declared_gpu_memory_mb))
+        self._usage = usage_fn or self._default_usage
+        self._sleep = sleep  # None: wait on the stop event, so stop() interrupts every wait
+        self._clock = clock
+        self._state = MachineState(settings.state_dir)
+        self.machine_key = self._state.machine_key
+        self.machine_id: str | None = None  # set once registered in this run
+        self.spec: domain.MachineSpec | None = None
+        self.heartbeat_interval_s = DEFAULT_HEARTBEAT_S
+        # Extension point: work item kind -> handler(item). The node-lease issue adds its kinds here.
+        self.work_handlers: dict[str, Callable[[dict], Any]] = {}
+        self._need_login = True
+        self._hb_backoff = api.Backoff(rand=rand)
+        self._poll_backoff = api.Backoff(rand=rand)
+        self._outage_since: float | None = None
+        self._outage_logged_at = 0.0
+        self._was_unreachable = False
+        self._stopping = threading.Event()
+        self._stopped = threading.Event()
+        self._stop_started = False
+        self._in_long_poll = threading.Event()  # set while the poll thread only waits on the network
+        self._poll_wakeup = threading.Event()  # ends the poll thread's backoff once the platform is back
+        self._threads: dict[str, threading.Thread] = {}
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the heartbeat and work-poll threads (daemons: an in-flight long poll never blocks exit)."""
+        if self._threads:
+            return
+        logger.info("agent for %s as %s (machine_key %s, state %s)", self.settings.platform_url,
+                    self.settings.username, self.machine_key, self._state.path)
+        for name, step, wakeup in (("heartbeat", self._heartbeat_step, self._stopping),
+                                   ("poll", self._poll_step, self._poll_wakeup)):
+            thread = threading.Thread(target=self._loop, args=(step, wakeup), name=f"dcluster-agent-{name}",
+                                      daemon=True)
+            thread.start()
+            self._threads[name] = thread
+
+    def run(self) -> None:
+        """start(), then block until stop() (e.g. from a signal handler) has finished."""
+        self.start()
+        while not self._stopping.wait(0.5):  # short waits keep the main thread free for signal handlers
+            pass
+        self.stop()
+        self._stopped.wait(self.settings.stop_join_s + self.settings.leave_timeout_s + 1)
+
+    def stop(self) -> None:
+        """Stop the loops, stop what the agent started, then tell the platform we leave (best effort)."""
+        if self._stop_started:  # a second signal, or run() after the handler already stopped us
+            return
+        self._stop_started = True
+        self._stopping.set()
+        self._poll_wakeup.set()
+        deadline = time.monotonic() + self.settings.stop_join_s
+        for name, thread in self._threads.items():
+            if thread is threading.current_thread():
+                continue
+            if name == "poll" and self._in_long_poll.is_set():
+                continue  # nothing to finish there, and the daemon thread never blocks exit
+            thread.join(max(0.0, deadline - time.monotonic()))
+        try:
+            self._stop_leases()
+        except Exception:  # noqa: BLE001 - leaving the platform matters more than a clean lease stop
+            logger.exception("stopping leases failed")
+        machine_id = self.machine_id
+        if machine_id is not None:
+            try:
+                self.client.leave(machine_id, timeout_s=self.settings.leave_timeout_s)
+                logger.info("machine %s left the platform", machine_id)
+            except api.ClientError as exc:
+                logger.warning("could not tell the platform that machine %s left (%s); it will be marked "
+                               "offline after missed heartbeats", machine_id, exc)
+            except Exception:  # noqa: BLE001
+                logger.exception("leave failed")
+        self._stopped.set()
+
+    def _stop_leases(self) -> None:
+        """Hook: stop every node this agent runs for buyers (none yet; the node-lease issue fills it)."""
+
+    def _active_leases(self) -> int:
+        return 0
+
+    # --- loops ---------------------------------------------------------------------------
+
+    def _wait(self, seconds: float, wakeup: threading.Event) -> bool:
+        """Wait, or return early when wakeup is set (stop() sets them all); True when stopping."""
+        if self._sleep is not None:
+            self._sleep(seconds)
+        elif wakeup.wait(seconds) and wakeup is not self._stopping:
+            wakeup.clear()
+        return self._stopping.is_set()
+
+    def _loop(self, step: Callable[[], float], wakeup: threading.Event) -> None:
+        while not self._stopping.is_set():
+            try:
+                delay = step()
+            except Exception:  # noqa: BLE001 - steps catch their own errors; this is the last net
+                logger.exception("agent loop step failed")
+                delay = 1.0
+            if self._wait(delay, wakeup):
+                return
+
+    def _heartbeat_step(self) -> float:
+        """Log in and register when needed, then heartbeat; returns seconds until the next step."""
+        stage = "login"
+        try:
+            if self._need_login:
+                self.client.login(self.settings.username, self.settings.password.get_secret_value())
+                self._need_login = False
+                logger.info("logged in as %s", self.settings.username)
+            if self.machine_id is None:
+                stage = "register"
+                self._register()
+            stage = "heartbeat"
+            ack = self.client.heartbeat(self.machine_id, self._usage(self._active_leases()))
+            self._set_interval(ack)
+        except api.ApiError as exc:
+            if exc.is_transient:
+                self._failed(stage, exc)
+                return max(self._hb_backoff.next(), min(exc.retry_after_s or 0.0, 300.0))  # 429 says when
+            if self._was_unreachable:  # it answers again: start re-login/re-register without the outage's delay
+                self._was_unreachable = False
+                self._hb_backoff.reset()
+            if stage == "heartbeat" and exc.status_code == 404:
+                logger.warning("the platform no longer knows machine %s; registering again", self.machine_id)
+                self.machine_id = None
+            elif stage != "login" and exc.status_code == 401:
+                logger.warning("the platform rejected our token at %s; logging in again", stage)
+                self._need_login, self.machine_id = True, None
+            else:
+                self._failed(stage, exc)
+            return self._hb_backoff.next()
+        except api.PlatformUnreachable as exc:
+            self._failed(stage, exc)
+            return self._hb_backoff.next()
+        except Exception:  # noqa: BLE001 - never let the heartbeat loop die
+            logger.exception("unexpected error at %s", stage)
+            return self._hb_backoff.next()
+        self._recovered()
+        self._hb_backoff.reset()
+        return self.heartbeat_interval_s
+
+    def _register(self) -> None:
+        self.spec = self._detect()  # again on each registration: drivers and GPUs change over days
+        name = self.settings.name or _machine_name(self.spec.hostname)
+        answer = self.client.register_machine(self.machine_key, name, self.spec,
+                                              self.settings.price_per_gpu_hour, self.settings.price_per_cpu_hour)
+        self.machine_id = str(answer["id"])
+        self._set_interval(answer)
+        self._wake_poll()
+        logger.info("registered machine %s as %r: %d CPUs, %d MiB RAM, %d GPU(s)%s", self.machine_id, name,
+                    self.spec.cpus, self.spec.memory_mb, len(self.spec.gpus),
+                    f" {self.spec.gpu_model}" if self.spec.gpus else "")
+        if self._state.machine_id != self.machine_id:
+            self._state.machine_id = self.machine_id
+            try:
+                self._state.save()
+            except OSError as exc:  # the key is already on disk; only the informative id is lost
+                logger.warning("could not save %s: %s", self._state.path, exc)
+
+    def _set_interval(self, answer: Any) -> None:
+        try:
+            self.heartbeat_interval_s = min(300.0, max(0.1, float(answer["heartbeat_interval_s"])))
+        except (KeyError, TypeError, ValueError):
+            pass  # keep the last interval the platform gave
+
+    def _failed(self, stage: str, exc: Exception) -> None:
+        """Log a failure once, then once a minute while it lasts (agents run for days)."""
+        self._was_unreachable = isinstance(exc, api.PlatformUnreachable) or getattr(exc, "is_transient", False)
+        now = self._clock()
+        if self._outage_since is None:
+            self._outage_since = self._outage_logged_at = now
+            logger.warning("%s failed: %s; retrying with backoff", stage, exc)
+        elif now - self._outage_logged_at >= _OUTAGE_LOG_EVERY_S:
+            self._outage_logged_at = now
+            logger.warning("%s still failing after %.0f s: %s", stage, now - self._outage_since, exc)
+        else:
+            logger.debug("%s failed: %s", stage, exc)
+
+    def _recovered(self) -> None:
+        if self._outage_since is not None:
+            logger.info("platform reachable again after %.0f s", self._clock() - self._outage_since)
+            self._outage_since = None
+            self._wake_poll()
+
+    def _wake_poll(self) -> None:
+        """Let the poll thread retry now rather than at the end of its outage backoff."""
+        self._poll_backoff.reset()
+        self._poll_wakeup.set()
+
+    def _poll_step(self) -> float:
+        machine_id = self.machine_id
+        if machine_id is None:
+            return 0.2  # the heartbeat thread is still registering
+        started = self._clock()
+        self._in_long_poll.set()
+        try:
+            if self._stopping.is_set():  # checked after the flag, so stop() either sees it or we see stop
+                return 0.0
+            items = self.client.poll_work(machine_id, wait_s=self.settings.poll_wait_s)
+        except api.ClientError as exc:
+            # The heartbeat loop reports outages and re-registers; here only back off.
+            logger.debug("work poll failed: %s", exc)
+            return self._poll_backoff.next()
+        except Exception:  # noqa: BLE001
+            logger.exception("unexpected error polling for work")
+            return self._poll_backoff.next()
+        finally:
+            self._in_long_poll.clear()
+        self._poll_backoff.reset()
+        for item in items:
+            if self._stopping.is_set():
+                break
+            self.handle_work(item)
+        # An empty answer that came back at once means no long poll: don't hammer the platform.
+        return 1.0 if not items and self._clock() - started < 1.0 else 0.0
+
+    # --- work ----------------------------------------------------------------------------
+
+    def handle_work(self, item: dict) -> None:
+        """Dispatch one work item to its kind's handler; a failing handler never stops polling."""
+        kind = item.get("kind") if isinstance(item, dict) else None
+        handler = self.work_handlers.get(kind, self._log_work)
+        try:
+            handler(item)
+        except Exception:  # noqa: BLE001
+            logger.exception("work item %s (%s) failed", item.get("id") if isinstance(item, dict) else item, kind)
+
+    def _log_work(self, item: dict) -> None:
+        logger.info("work item %s of kind %r received (no handler yet)", item.get("id"), item.get("kind"))
+
+    def _default_usage(self, active_leases: int) -> domain.MachineUsage:
+        real_gpus = bool(self.spec and self.spec.gpus and not self.spec.gpus_declared)
+        return detect.current_usage(active_leases, with_gpus=real_gpus)

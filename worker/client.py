@@ -1,0 +1,214 @@
+"""PlatformClient: the one synchronous HTTP client of the platform API (agent and dcluster CLI)."""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from typing import Any, Callable, Protocol
+from urllib.parse import quote
+
+import httpx
+
+from actors import domain
+from serve_app import models
+
+logger = logging.getLogger(__name__)
+
+
+class ClientError(Exception):
+    """Root of the errors PlatformClient raises."""
+
+
+class ApiError(ClientError):
+    """The platform answered with a non-2xx status."""
+
+    def __init__(self, status_code: int, detail: Any, *, retry_after_s: float | None = None):
+        super().__init__(f"HTTP {status_code}: {detail}")
+        self.status_code = status_code
+        self.detail = detail
+        self.retry_after_s = retry_after_s
+
+    @property
+    def is_transient(self) -> bool:
+        """Worth retrying as is: the platform is overloaded or failing, not refusing."""
+        return self.status_code >= 500 or self.status_code in (408, 429)
+
+
+class PlatformUnreachable(ClientError):
+    """No HTTP answer at all: connection refused, DNS failure, timeout."""
+
+
+def _detail(resp: httpx.Response) -> Any:
+    try:
+        body = resp.json()
+    except ValueError:
+        return resp.text[:500] or resp.reason_phrase
+    if isinstance(body, dict) and "detail" in body:
+        return body["detail"]
+    return body
+
+
+def _retry_after(resp: httpx.Response) -> float | None:
+    try:
+        return float(resp.headers["retry-after"])
+    except (KeyError, ValueError):
+        return None
+
+
+def _items(body: Any) -> list[dict]:
+    # List endpoints may answer a bare list or an {"items": [...]} envelope.
+    if isinstance(body, dict) and "items" in body:
+        return list(body["items"])
+    return list(body or [])
+
+
+def _machine_path(machine_id: str) -> str:
+    return "/v1/machines/" + quote(str(machine_id), safe="")
+
+
+class Backoff:
+    """Exponential backoff, 1 s doubling to 30 s, with equal jitter (half fixed, half random)."""
+
+    def __init__(self, base_s: float = 1.0, cap_s: float = 30.0, rand: Callable[[], float] = random.random):
+        self.base_s, self.cap_s, self._rand = base_s, cap_s, rand
+        self.attempts = 0
+
+    def next(self) -> float:
+        delay = min(self.cap_s, self.base_s * 2 ** min(self.attempts, 32))
+        self.attempts += 1
+        return delay * (0.5 + 0.5 * self._rand())
+
+    def reset(self) -> None:
+        self.attempts = 0
+
+
+class PlatformApi(Protocol):
+    """What the agent needs from the platform; PlatformClient implements it, test fakes too."""
+
+    def login(self, username: str, password: str) -> str: ...
+
+    def register_machine(self, machine_key: str, name: str, spec: domain.MachineSpec,
+                         price_per_gpu_hour: float = 0.0, price_per_cpu_hour: float = 0.0) -> dict: ...
+
+    def heartbeat(self, machine_id: str, usage: domain.MachineUsage) -> dict: ...
+
+    def poll_work(self, machine_id: str, wait_s: float = 20) -> list[dict]: ...
+
+    def leave(self, machine_id: str, *, timeout_s: float | None = None) -> dict: ...
+
+
+class PlatformClient:
+    """All calls to the platform's HTTP API go through here; never logs a password or token."""
+
+    def __init__(self, base_url: str, *, timeout_s: float = 10.0, transport: httpx.BaseTransport | None = None):
+        self.base_url = base_url.rstrip("/")
+        self._timeout = httpx.Timeout(timeout_s)
+        self._http = httpx.Client(base_url=self.base_url, timeout=self._timeout, transport=transport,
+                                  headers={"User-Agent": "dcluster-agent/0.1"})
+        self._token: str | None = None
+        self._credentials: tuple[str, str] | None = None
+        self._login_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"PlatformClient({self.base_url!r})"
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> PlatformClient:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    # --- plumbing ------------------------------------------------------------------------
+
+    def _send(self, method: str, path: str, token: str | None, *, timeout: Any = None, **kw) -> httpx.Response:
+        headers = {**kw.pop("headers", {}), **({"Authorization": f"Bearer {token}"} if token else {})}
+        try:
+            resp = self._http.request(method, path, headers=headers,
+                                      timeout=timeout if timeout is not None else self._timeout, **kw)
+        except httpx.TransportError as exc:  # connect/read/write errors and timeouts
+            raise PlatformUnreachable(f"{method} {self.base_url}{path}: {type(exc).__name__}: {exc}") from None
+        logger.debug("%s %s -> %d", method, path, resp.status_code)
+        return resp
+
+    def request(self, method: str, path: str, *, auth: bool = True, timeout: Any = None, **kw) -> Any:
+        """Send one call; returns the decoded JSON body (None when empty). 401 → one re-login + retry."""
+        token = self._token if auth else None
+        resp = self._send(method, path, token, timeout=timeout, **kw)
+        if resp.status_code == 401 and auth and self._credentials is not None:
+            with self._login_lock:
+                if self._token == token:  # another thread may have renewed it meanwhile
+                    self.login(*self._credentials)
+            resp = self._send(method, path, self._token, timeout=timeout, **kw)
+        if not resp.is_success:
+            raise ApiError(resp.status_code, _detail(resp), retry_after_s=_retry_after(resp))
+        if not resp.content:
+            return None
+        try:
+            return resp.json()
+        except ValueError:
+            raise ApiError(resp.status_code, f"expected JSON, got {resp.text[:200]!r}") from None
+
+    # --- accounts ------------------------------------------------------------------------
+
+    def healthz(self) -> bool:
+        try:
+            body = self.request("GET", "/healthz", auth=False)
+        except ClientError:
+            return False
+        return isinstance(body, dict) and body.get("status") == "ok"
+
+    def login(self, username: str, password: str) -> str:
+        """Get a JWT with the OAuth2 password form; keeps credentials to renew it on a later 401."""
+        body = self.request("POST", "/v1/token", auth=False, data={"username": username, "password": password})
+        token = body.get("access_token") if isinstance(body, dict) else None
+        if not isinstance(token, str) or not token:
+            raise ApiError(200, "the token answer has no access_token")
+        self._token = token
+        self._credentials = (username, password)
+        return self._token
+
+    def set_token(self, token: str | None) -> None:
+        self._token = token
+
+    def create_account(self, username: str, password: str, role: str = "buyer") -> dict:
+        return self.request("POST", "/v1/accounts", auth=False,
+                            json={"username": username, "password": password, "role": str(getattr(role, "value", role))})
+
+    def me(self) -> dict:
+        return self.request("GET", "/v1/accounts/me")
+
+    # --- machines ------------------------------------------------------------------------
+
+    def register_machine(self, machine_key: str, name: str, spec: domain.MachineSpec,
+                         price_per_gpu_hour: float = 0.0, price_per_cpu_hour: float = 0.0) -> dict:
+        body = models.MachineRegister(machine_key=machine_key, name=name, spec=spec,
+                                      price_per_gpu_hour=price_per_gpu_hour, price_per_cpu_hour=price_per_cpu_hour)
+        return self.request("POST", "/v1/machines", json=body.model_dump(mode="json"))
+
+    def heartbeat(self, machine_id: str, usage: domain.MachineUsage) -> dict:
+        body = models.Heartbeat(usage=usage)
+        return self.request("POST", f"{_machine_path(machine_id)}/heartbeat", json=body.model_dump(mode="json"))
+
+    def poll_work(self, machine_id: str, wait_s: float = 20) -> list[dict]:
+        """Long poll: the platform holds the call up to wait_s; the read timeout leaves it room."""
+        timeout = httpx.Timeout(self._timeout.connect, read=wait_s + 10, write=self._timeout.write,
+                                pool=self._timeout.pool)
+        body = self.request("GET", f"{_machine_path(machine_id)}/work", params={"wait_s": wait_s}, timeout=timeout)
+        return _items(body)
+
+    def leave(self, machine_id: str, *, timeout_s: float | None = None) -> dict:
+        body = self.request("DELETE", _machine_path(machine_id), timeout=timeout_s)
+        return body if isinstance(body, dict) else {}
+
+    def list_machines(self) -> list[dict]:
+        return _items(self.request("GET", "/v1/machines"))
+
+    def get_machine(self, machine_id: str) -> dict:
+        return self.request("GET", _machine_path(machine_id))
+
+    def offers(self) -> list[dict]:
+        return _items(self.request("GET", "/v1/offers"))

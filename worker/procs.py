@@ -1,0 +1,335 @@
+"""Owning and stopping process trees by an environment tag, and picking free ports.
+
+Ray puts gcs_server, raylet, the dashboard and every `ray::` worker in process groups of
+their own, and workers can outlive the raylet for seconds, so "kill my process group" is not
+enough and "kill everything called raylet" would stop other people's clusters. Instead every
+process we start carries ``DCLUSTER_OWNER=<tag>`` in its environment, which all its
+descendants inherit; stopping means finding exactly the processes with that tag (plus the
+descendants of PIDs we know) and terminating them. Nothing here ever matches by name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import logging
+import os
+import random
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import psutil
+
+logger = logging.getLogger(__name__)
+
+OWNER_ENV = "DCLUSTER_OWNER"
+
+# Ray Serve's direct ingress listens from 30000 up; keep worker port ranges away from it.
+_RANGE_WINDOWS = ((20000, 29000), (32000, 59000))
+
+
+# --- owning -----------------------------------------------------------------------------
+
+def spawn(
+    cmd: list[str],
+    *,
+    env: Mapping[str, str],
+    cwd: str | os.PathLike | None = None,
+    log_path: Path,
+    owner_tag: str,
+) -> subprocess.Popen:
+    """Start `cmd` in a new session, tagged with DCLUSTER_OWNER=owner_tag, output appended to log_path."""
+    if not owner_tag:
+        raise ValueError("owner_tag must be a non-empty string")
+    log_path = Path(log_path)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    full_env = {**env, OWNER_ENV: owner_tag}
+    with open(log_path, "ab", buffering=0) as log:
+        # The child keeps its own copy of the descriptor; ours is closed on leaving the block.
+        proc = subprocess.Popen(
+            list(cmd),
+            env=full_env,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+        )
+    logger.debug("spawned pid %d tag %s: %s", proc.pid, owner_tag, cmd[0])
+    return proc
+
+
+def _has_tag(proc: psutil.Process, owner_tag: str) -> bool:
+    try:
+        return proc.environ().get(OWNER_ENV) == owner_tag
+    except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess, OSError):
+        return False
+
+
+def owned_processes(owner_tag: str, roots: Iterable[int] = ()) -> list[psutil.Process]:
+    """Every live process tagged with owner_tag, plus the given roots and all their descendants.
+
+    The calling process is never included, even if it carries the tag itself.
+    """
+    if not owner_tag:
+        raise ValueError("owner_tag must be a non-empty string")
+    me = os.getpid()
+    found: dict[int, psutil.Process] = {}
+    for proc in psutil.process_iter():
+        if proc.pid != me and _has_tag(proc, owner_tag):
+            found[proc.pid] = proc
+    for pid in roots:
+        try:
+            root = psutil.Process(pid)
+            family = [root, *root.children(recursive=True)]
+        except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+            continue
+        for proc in family:
+            if proc.pid != me and _is_live(proc):
+                found.setdefault(proc.pid, proc)
+    return sorted(found.values(), key=lambda p: p.pid)
+
+
+def _is_live(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return False
+    except psutil.AccessDenied:
+        return True
+
+
+# --- stopping ---------------------------------------------------------------------------
+
+def _signal_all(procs: Iterable[psutil.Process], sig: int) -> list[psutil.Process]:
+    signalled = []
+    for proc in procs:
+        try:
+            proc.send_signal(sig)
+            signalled.append(proc)
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            pass
+        except psutil.AccessDenied:
+            logger.warning("no permission to signal pid %d", proc.pid)
+    return signalled
+
+
+def wait_gone(procs: list[psutil.Process], timeout_s: float) -> list[psutil.Process]:
+    """Wait until every process has exited; return those still alive after timeout_s.
+
+    A zombie counts as gone: it holds no ports or files any more, and when its parent is
+    not us, reaping it is up to that parent or init (which on some machines takes seconds).
+    """
+    deadline = time.monotonic() + timeout_s
+    alive = procs
+    while True:
+        _, alive = psutil.wait_procs(alive, timeout=0.05)  # reaps the ones that are our children
+        alive = [p for p in alive if _is_live(p)]
+        if not alive or time.monotonic() >= deadline:
+            return alive
+
+
+def terminate(procs: Iterable[psutil.Process], *, grace_s: float = 5.0) -> list[int]:
+    """SIGTERM all, wait up to grace_s, SIGKILL the survivors; return the PIDs that needed SIGKILL."""
+    procs = list(procs)
+    if not procs:
+        return []
+    signalled = _signal_all(procs, signal.SIGTERM)
+    alive = wait_gone(signalled, grace_s)
+    if not alive:
+        return []
+    killed = [p.pid for p in _signal_all(alive, signal.SIGKILL)]
+    still = wait_gone(alive, 5.0)
+    for proc in still:
+        logger.warning("pid %d survived SIGKILL (uninterruptible sleep?)", proc.pid)
+    return killed
+
+
+@dataclasses.dataclass
+class StopSummary:
+    owner_tag: str
+    terminated: list[int]  # every PID signalled, in the order found
+    killed: list[int]  # the ones that needed SIGKILL
+    remaining: list[int]  # still alive when settle_s ran out (should be empty)
+    rounds: int
+    elapsed_s: float
+
+    @property
+    def clean(self) -> bool:
+        return not self.remaining
+
+
+# Shutdown order of a Ray node, as `ray stop` does it: the raylet first (its workers and agents
+# fate-share with it and exit cleanly), then everything else, the GCS last. Terminated all at
+# once, gcs_server, raylet and the autoscaler monitor ignore SIGTERM for over 15 s; in this
+# order every process exits on SIGTERM within ~2 s per stage. The executable name only orders
+# processes that are already known to be ours; it never selects one.
+_FIRST = frozenset({"raylet"})
+_LAST = frozenset({"gcs_server"})
+
+
+def _stages(found: list[psutil.Process]) -> list[list[psutil.Process]]:
+    def name(proc: psutil.Process) -> str:
+        try:
+            return proc.name()
+        except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+            return ""
+
+    first = [p for p in found if name(p) in _FIRST]
+    last = [p for p in found if name(p) in _LAST]
+    middle = [p for p in found if p not in first and p not in last]
+    return [stage for stage in (first, middle, last) if stage]
+
+
+def stop_owned(
+    owner_tag: str,
+    roots: Iterable[int] = (),
+    grace_s: float = 5.0,
+    settle_s: float = 10.0,
+) -> StopSummary:
+    """Terminate everything owned by owner_tag until nothing is left or settle_s has passed.
+
+    Each sweep stops the processes in Ray's order (raylet, others, GCS), each stage with its
+    own SIGTERM grace. Loops because a raylet being torn down can start a worker after a sweep.
+    """
+    roots = list(roots)
+    start = time.monotonic()
+    terminated: list[int] = []
+    killed: list[int] = []
+    rounds = 0
+    remaining: list[psutil.Process] = []
+    while True:
+        procs = owned_processes(owner_tag, roots)
+        if not procs:
+            remaining = []
+            break
+        if rounds and time.monotonic() - start > settle_s:
+            remaining = procs
+            break
+        rounds += 1
+        terminated.extend(p.pid for p in procs if p.pid not in terminated)
+        for stage in _stages(procs):
+            t_stage = time.monotonic()
+            killed.extend(terminate(stage, grace_s=grace_s))
+            logger.debug("%s: stage of %d stopped in %.1f s", owner_tag, len(stage), time.monotonic() - t_stage)
+        roots = []  # descendants found now carry the tag or are already gone
+        time.sleep(0.2)
+    summary = StopSummary(
+        owner_tag=owner_tag,
+        terminated=terminated,
+        killed=killed,
+        remaining=[p.pid for p in remaining],
+        rounds=rounds,
+        elapsed_s=round(time.monotonic() - start, 2),
+    )
+    if summary.remaining:
+        logger.warning("%s: still alive after %.0f s: %s", owner_tag, settle_s, summary.remaining)
+    else:
+        logger.debug("%s: stopped %d processes (%d killed) in %.1f s",
+                     owner_tag, len(terminated), len(killed), summary.elapsed_s)
+    return summary
+
+
+def pid_alive(pid: int, create_time: float | None = None) -> bool:
+    """True when pid is a live, non-zombie process (and, if given, started at create_time)."""
+    try:
+        proc = psutil.Process(pid)
+        if create_time is not None and abs(proc.create_time() - create_time) > 0.5:
+            return False  # the PID was reused
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return False
+    except psutil.AccessDenied:
+        return True
+
+
+# --- ports ------------------------------------------------------------------------------
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """True when nothing listens on port, on host or on the wildcard address.
+
+    SO_REUSEADDR makes a port whose old connections sit in TIME_WAIT count as free (servers
+    set it too), while a listening socket still makes the bind fail.
+    """
+    for addr in {host, "0.0.0.0"}:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((addr, port))
+            except OSError as exc:
+                if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                    return False
+                if exc.errno == errno.EADDRNOTAVAIL:
+                    continue
+                raise
+    return True
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port the kernel considers free right now (bind to 0)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def free_ports(n: int, exclude: Iterable[int] = (), host: str = "127.0.0.1") -> list[int]:
+    """n distinct free ports, none of them in exclude.
+
+    All n sockets stay bound until every port is picked, so the kernel cannot hand out the
+    same port twice.
+    """
+    excluded = set(exclude)
+    socks: list[socket.socket] = []
+    ports: list[int] = []
+    try:
+        tries = 0
+        while len(ports) < n:
+            tries += 1
+            if tries > n * 20 + 20:
+                raise RuntimeError(f"could not find {n} free ports")
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            socks.append(sock)
+            sock.bind((host, 0))
+            port = sock.getsockname()[1]
+            if port not in excluded and port not in ports:
+                ports.append(port)
+    finally:
+        for sock in socks:
+            sock.close()
+    return ports
+
+
+def free_port_range(
+    size: int,
+    exclude: Iterable[int] = (),
+    host: str = "127.0.0.1",
+    *,
+    rng: random.Random | None = None,
+    attempts: int = 200,
+) -> int:
+    """First port of `size` consecutive free ports (none in exclude), from a random start.
+
+    Searches 20000-29000 and 32000-59000; 30000-31999 is left to Serve's direct ingress.
+    """
+    if size < 1:
+        raise ValueError("size must be >= 1")
+    rng = rng or random.Random()
+    excluded = set(exclude)
+    windows = [(lo, hi) for lo, hi in _RANGE_WINDOWS if hi - lo >= size]
+    if not windows:
+        raise ValueError(f"no window holds {size} consecutive ports")
+    weights = [hi - lo for lo, hi in windows]
+    for _ in range(attempts):
+        lo, hi = rng.choices(windows, weights=weights)[0]
+        start = rng.randint(lo, hi - size)
+        for port in range(start, start + size):
+            if port in excluded or not port_is_free(port, host):
+                break
+        else:
+            return start
+    raise RuntimeError(f"could not find {size} consecutive free ports")
