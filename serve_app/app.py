@@ -39,7 +39,8 @@ def create_app(registry) -> FastAPI:
     return app
 
 
-@serve.deployment(name="api", ray_actor_options={"num_cpus": 0})
+# Long polls from agents and launcher commands hold requests open: allow many at once.
+@serve.deployment(name="api", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=2000)
 @serve.ingress()
 class PlatformAPI:
     def __init__(self, settings_json: str):

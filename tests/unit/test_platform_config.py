@@ -111,8 +111,12 @@ def test_ray_env_isolates_home_auth_and_metric_ports(tmp_path):
     assert env["DASHBOARD_METRIC_PORT"] == str(ports.dashboard_metric)
     assert env["PYTHONPATH"].split(":") == [str(pstate.REPO_ROOT), "/x"]
     assert (pstate.REPO_ROOT / "serve_app").is_dir()
-    for key in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN"):
-        assert key not in env
+    assert "RAY_ADDRESS" not in env and "RAY_AUTH_TOKEN" not in env  # never the caller's cluster or token
+    # The platform's own token: a 0600 file in its state dir.
+    assert env["RAY_AUTH_MODE"] == "token"
+    token_file = tmp_path / "ray_auth_token"
+    assert env["RAY_AUTH_TOKEN_PATH"] == str(token_file)
+    assert oct(token_file.stat().st_mode & 0o777) == "0o600" and len(token_file.read_text()) == 64
     assert env["PATH"] == "/usr/bin"
     assert base["HOME"] == "/root"  # the caller's mapping is not modified
 
