@@ -8,12 +8,13 @@ import logging
 
 import ray
 
-from actors import registry, store
+from actors import cluster_manager, cluster_store, launcher, registry, store
 from actors.settings import NAMESPACE, PlatformSettings
 
 logger = logging.getLogger(__name__)
 
 REGISTRY_NAME = "ProviderRegistry"
+CLUSTER_MANAGER_NAME = "ClusterManager"
 # Pins control-plane actors to the head node, where the state dir (and so the database) is.
 HEAD_NODE_RESOURCE = {"node:__internal_head__": 0.001}
 
@@ -65,6 +66,32 @@ def _build_registry(settings_json: str) -> registry.ProviderRegistry:
 ProviderRegistryActor = thin_actor(registry.ProviderRegistry, _build_registry)
 
 
+class ActorProxy:
+    """Calls an actor's methods as coroutines, so a plain class can use an actor or a plain object alike."""
+
+    def __init__(self, handle):
+        self._handle = handle
+
+    def __getattr__(self, name):
+        method = getattr(self._handle, name)
+
+        async def call(*args, **kwargs):
+            return await method.remote(*args, **kwargs)
+        return call
+
+
+def _build_cluster_manager(settings_json: str) -> cluster_manager.ClusterManager:
+    settings = PlatformSettings.model_validate_json(settings_json)
+    logging.basicConfig(level=logging.INFO)
+    registry_handle = ray.get_actor(REGISTRY_NAME, namespace=NAMESPACE)
+    return cluster_manager.ClusterManager(cluster_store.ClusterStore(settings.db_path), settings,
+                                          registry=ActorProxy(registry_handle),
+                                          launcher=launcher.RayClusterLauncher(str(settings.state_dir / "launcher-tmp")))
+
+
+ClusterManagerActor = thin_actor(cluster_manager.ClusterManager, _build_cluster_manager)
+
+
 def _detached(cls: type, name: str):
     return ray.remote(cls).options(
         name=name, namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
@@ -77,6 +104,7 @@ def _detached(cls: type, name: str):
 def ensure_actors(settings: PlatformSettings) -> dict[str, "ray.actor.ActorHandle"]:
     """Looks up the control-plane actors, creating any that do not exist yet."""
     settings_json = settings.model_dump_json()
-    return {
-        REGISTRY_NAME: _detached(ProviderRegistryActor, REGISTRY_NAME).remote(settings_json),
-    }
+    handles = {REGISTRY_NAME: _detached(ProviderRegistryActor, REGISTRY_NAME).remote(settings_json)}
+    # The manager looks the registry up by name in its constructor: the registry exists by now.
+    handles[CLUSTER_MANAGER_NAME] = _detached(ClusterManagerActor, CLUSTER_MANAGER_NAME).remote(settings_json)
+    return handles

@@ -26,6 +26,33 @@ class MachineStatus(str, enum.Enum):
         return self is MachineStatus.ONLINE
 
 
+class ClusterStatus(str, enum.Enum):
+    PENDING = "pending"  # machines reserved, launch not started
+    PROVISIONING = "provisioning"  # the launcher is starting the head; workers are joining
+    RUNNING = "running"  # head and every worker joined
+    TERMINATING = "terminating"
+    TERMINATED = "terminated"  # deleted by its owner
+    FAILED = "failed"  # with a reason
+    EXPIRED = "expired"  # its lifetime ended and it was torn down
+
+    def is_terminal(self) -> bool:
+        return self in (ClusterStatus.TERMINATED, ClusterStatus.FAILED, ClusterStatus.EXPIRED)
+
+    def is_active(self) -> bool:
+        """Still holds (or is acquiring) machines and must be torn down some day."""
+        return self in (ClusterStatus.PENDING, ClusterStatus.PROVISIONING, ClusterStatus.RUNNING)
+
+
+class LeaseStatus(str, enum.Enum):
+    RESERVED = "reserved"  # capacity held for a cluster; no node yet
+    OPEN = "open"  # the agent prepared it; the launcher runs commands in it
+    CLOSED = "closed"  # released; its processes are gone
+    LOST = "lost"  # the machine stopped answering while the lease was held
+
+    def holds_capacity(self) -> bool:
+        return self in (LeaseStatus.RESERVED, LeaseStatus.OPEN)
+
+
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

@@ -35,6 +35,8 @@ class ProviderRegistry:
         # Work for agents is handed over through the long poll; a waiting poll is woken at once.
         self._work: dict[str, collections.deque] = collections.defaultdict(collections.deque)
         self._work_ready: dict[str, asyncio.Event] = collections.defaultdict(asyncio.Event)
+        # Items whose sender waits for the agent's answer: item id → (machine id, future).
+        self._pending_results: dict[str, tuple[str, asyncio.Future]] = {}
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -176,6 +178,37 @@ class ProviderRegistry:
         self._work[machine_id].append(item)
         self._work_ready[machine_id].set()
         return item
+
+    async def send_work(self, machine_id: str, kind: str, payload: dict, timeout_s: float) -> dict:
+        """Queues an item and waits for the agent's WorkResult; a silent agent gives ok=False."""
+        machine = await self._store.get_machine(machine_id)
+        if machine is None or self._public_machine(machine)["status"] != domain.MachineStatus.ONLINE.value:
+            return {"ok": False, "exit_code": None, "data": {},
+                    "output": f"machine {machine_id} is not online: its agent cannot run {kind}"}
+        item = await self.push_work(machine_id, kind, payload)
+        future = asyncio.get_running_loop().create_future()
+        self._pending_results[item["id"]] = (machine_id, future)
+        try:
+            return await asyncio.wait_for(future, timeout=timeout_s)
+        except asyncio.TimeoutError:
+            return {"ok": False, "exit_code": None, "data": {},
+                    "output": f"machine {machine_id} did not answer {kind} within {timeout_s:.0f} s"}
+        finally:
+            self._pending_results.pop(item["id"], None)
+            # An item nobody waits for any more must not run late.
+            queue = self._work.get(machine_id)
+            if queue and item in queue:
+                queue.remove(item)
+
+    async def complete_work(self, principal: auth.Principal, machine_id: str, item_id: str, result: dict) -> dict:
+        """The agent's answer to an item."""
+        await self._own_machine(principal, machine_id)
+        pending = self._pending_results.get(item_id)
+        if pending is None or pending[0] != machine_id:
+            raise errors.NotFound(f"no work item {item_id} is waiting for an answer from machine {machine_id}")
+        if not pending[1].done():
+            pending[1].set_result(result)
+        return {"accepted": True}
 
     # --- helpers ------------------------------------------------------------------------
 

@@ -20,10 +20,18 @@ class PlatformSettings(BaseModel):
     login_max_failures_per_minute: Annotated[int, Field(ge=1, le=10_000)] = 10
     bcrypt_rounds: Annotated[int, Field(ge=4, le=16)] = 12
     max_long_poll_s: Annotated[float, Field(ge=1, le=120)] = 30.0
+    api_url: Annotated[str, Field(pattern=r"^https?://[^\s/]+(:[0-9]+)?/?$",
+                                  description="The API's URL as provider machines reach it")] = "http://127.0.0.1:8000"
+    provision_timeout_s: Annotated[float, Field(ge=30, le=3600, description="Launch to running, or failed")] = 600.0
+    reconcile_interval_s: Annotated[float, Field(ge=0.1, le=60)] = 1.0
 
     @property
     def db_path(self) -> Path:
         return self.state_dir / "platform.db"
+
+    @property
+    def clusters_dir(self) -> Path:
+        return self.state_dir / "clusters"
 
     @property
     def admin_credentials_path(self) -> Path:

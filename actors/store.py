@@ -47,11 +47,57 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX machines_status ON machines(status, gpu_model);
     """,
+    # 2: buyer clusters, their leases of machines, and their lifecycle events
+    """
+    CREATE TABLE clusters (
+        id          TEXT PRIMARY KEY,
+        owner_id    INTEGER NOT NULL REFERENCES accounts(id),
+        name        TEXT NOT NULL,
+        spec        TEXT NOT NULL,
+        status      TEXT NOT NULL,
+        reason      TEXT,
+        created_at  REAL NOT NULL,
+        updated_at  REAL NOT NULL,
+        expires_at  REAL NOT NULL,
+        running_at  REAL,
+        ended_at    REAL,
+        ending_as   TEXT
+    );
+    CREATE INDEX clusters_owner ON clusters(owner_id, created_at);
+    CREATE INDEX clusters_status ON clusters(status);
+    CREATE TABLE leases (
+        id          TEXT PRIMARY KEY,
+        cluster_id  TEXT NOT NULL REFERENCES clusters(id),
+        machine_id  TEXT NOT NULL REFERENCES machines(id),
+        role        TEXT NOT NULL CHECK (role IN ('head', 'worker')),
+        gpus        TEXT NOT NULL,
+        cpus        INTEGER NOT NULL,
+        status      TEXT NOT NULL,
+        node_type   TEXT,
+        tags        TEXT NOT NULL DEFAULT '{}',
+        ports       TEXT,
+        node_ip     TEXT,
+        created_at  REAL NOT NULL,
+        opened_at   REAL,
+        joined_at   REAL,
+        left_at     REAL
+    );
+    CREATE INDEX leases_cluster ON leases(cluster_id);
+    CREATE INDEX leases_machine_status ON leases(machine_id, status);
+    CREATE TABLE cluster_events (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        cluster_id  TEXT NOT NULL REFERENCES clusters(id),
+        ts          REAL NOT NULL,
+        kind        TEXT NOT NULL,
+        message     TEXT NOT NULL
+    );
+    CREATE INDEX cluster_events_cluster ON cluster_events(cluster_id, id);
+    """,
 ]
 
 
-class Store:
-    """One connection to the database file; opened lazily on first use."""
+class Database:
+    """One connection to the database file; opened (and migrated) lazily on first use."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -117,6 +163,10 @@ class Store:
         cursor = await conn.execute(sql, args)
         await conn.commit()
         return cursor
+
+
+class Store(Database):
+    """The ProviderRegistry's queries: accounts and machines."""
 
     # --- accounts -----------------------------------------------------------------------
 

@@ -37,6 +37,8 @@ def _add_up(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000, help="HTTP port of the API (default 8000)")
     p.add_argument("--host", default="127.0.0.1", help="address the API binds to (default 127.0.0.1)")
     p.add_argument("--heartbeat-s", type=float, default=5.0, help="agents' heartbeat interval (default 5)")
+    p.add_argument("--agent-cpus", type=int, default=None,
+                   help="Local agents offer N logical CPUs each (default: detected)")
     p.add_argument("--agent-gpus", type=int, default=None,
                    help="GPUs each local agent declares (default: what it detects)")
     return p
@@ -44,7 +46,7 @@ def _add_up(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def cmd_up(args: argparse.Namespace) -> int:
     launcher = _launcher(args, port=args.port, host=args.host, providers=args.providers,
-                         heartbeat_s=args.heartbeat_s, agent_gpus=args.agent_gpus)
+                         heartbeat_s=args.heartbeat_s, agent_gpus=args.agent_gpus, agent_cpus=args.agent_cpus)
     result = launcher.up()
     print("\n".join(result.lines()))
     if result.timings_s:

@@ -104,7 +104,8 @@ class PlatformLauncher:
     """The platform on this machine, described by <state_dir>/platform.json."""
 
     def __init__(self, state_dir: Path | None = None, *, port: int = 8000, host: str = "127.0.0.1",
-                 providers: int = 0, heartbeat_s: float = 5.0, agent_gpus: int | None = None):
+                 providers: int = 0, heartbeat_s: float = 5.0, agent_gpus: int | None = None,
+                 agent_cpus: int | None = None):
         if providers < 0:
             raise pstate.PlatformError("--providers must be >= 0")
         if not 1 <= port <= 65535:
@@ -116,6 +117,7 @@ class PlatformLauncher:
         self.providers = providers
         self.heartbeat_s = heartbeat_s
         self.agent_gpus = agent_gpus
+        self.agent_cpus = agent_cpus
 
     # --- recorded state ------------------------------------------------------------------
 
@@ -186,6 +188,7 @@ class PlatformLauncher:
             "providers": self.providers,
             "heartbeat_s": self.heartbeat_s,
             "agent_gpus": self.agent_gpus,
+            "agent_cpus": self.agent_cpus,
             "temp_dir": str(temp_dir),
             "ray_ports": ports.to_dict(),
             "head_processes": [],
@@ -335,6 +338,8 @@ class PlatformLauncher:
                    "--name", pstate.agent_name(i)]
             if self.agent_gpus is not None:
                 cmd += ["--gpus", str(self.agent_gpus)]
+            if self.agent_cpus is not None:
+                cmd += ["--cpus", str(self.agent_cpus)]
             tag = pstate.agent_owner_tag(record["owner_tag"], i)
             proc = procs.spawn(cmd, env=env, cwd=agent_dir, log_path=self.layout.agent_log(i), owner_tag=tag)
             entry = {"index": i, "username": username, "name": pstate.agent_name(i), "owner_tag": tag,

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from worker import procs
+from worker.ray_ports import WORKER_PORT_RANGE, RayPorts  # noqa: F401 (re-exported for the launcher)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SERVE_TEMPLATE = REPO_ROOT / "platform" / "serve.yaml"
@@ -25,7 +26,6 @@ SERVE_IMPORT_PATH = "serve_app.app:build_app"
 # Ray's unix socket paths (<temp>/session_<date>_<pid>/sockets/plasma_store ...) must fit in
 # 107 bytes; a temp dir longer than this leaves too little room.
 MAX_TEMP_DIR_LEN = 40
-WORKER_PORT_RANGE = 200
 HEAD_NUM_CPUS = 2
 
 # Variables of the caller's shell that would point the platform at another cluster or turn
@@ -195,46 +195,6 @@ BUYER_USERNAME = "local-buyer"
 
 # --- ports ------------------------------------------------------------------------------
 
-@dataclasses.dataclass(frozen=True)
-class RayPorts:
-    """Every port a Ray head listens on, explicit so clusters on one machine never collide."""
-
-    gcs: int
-    dashboard: int
-    client_server: int
-    node_manager: int
-    object_manager: int
-    dashboard_agent_listen: int
-    dashboard_agent_grpc: int
-    runtime_env_agent: int
-    metrics_export: int
-    autoscaler_metric: int
-    dashboard_metric: int
-    min_worker: int
-    max_worker: int
-
-    @classmethod
-    def allocate(cls, *, exclude: tuple[int, ...] = (), worker_range: int = WORKER_PORT_RANGE) -> RayPorts:
-        single = [f.name for f in dataclasses.fields(cls) if f.name not in ("min_worker", "max_worker")]
-        ports = procs.free_ports(len(single), exclude=exclude)
-        start = procs.free_port_range(worker_range, exclude=(*exclude, *ports))
-        return cls(**dict(zip(single, ports)), min_worker=start, max_worker=start + worker_range - 1)
-
-    def listening(self) -> list[int]:
-        """The single ports (not the worker range)."""
-        return [v for k, v in dataclasses.asdict(self).items() if k not in ("min_worker", "max_worker")]
-
-    def all_ports(self) -> set[int]:
-        return set(self.listening()) | set(range(self.min_worker, self.max_worker + 1))
-
-    def to_dict(self) -> dict[str, int]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, int]) -> RayPorts:
-        return cls(**data)
-
-
 # --- Ray environment and commands -------------------------------------------------------
 
 def ray_env(base: Mapping[str, str], *, layout: Layout, ports: RayPorts) -> dict[str, str]:
@@ -245,8 +205,7 @@ def ray_env(base: Mapping[str, str], *, layout: Layout, ports: RayPorts) -> dict
     env["RAY_AUTH_MODE"] = "token"
     env["RAY_AUTH_TOKEN_PATH"] = str(ensure_ray_auth_token(layout.ray_auth_token))
     env["RAY_USAGE_STATS_ENABLED"] = "0"
-    env["AUTOSCALER_METRIC_PORT"] = str(ports.autoscaler_metric)
-    env["DASHBOARD_METRIC_PORT"] = str(ports.dashboard_metric)
+    env.update(ports.env())
     old = env.get("PYTHONPATH")
     env["PYTHONPATH"] = str(REPO_ROOT) + (os.pathsep + old if old else "")
     return env
@@ -272,27 +231,17 @@ def venv_script(name: str) -> list[str]:
 def ray_head_command(*, ports: RayPorts, temp_dir: Path, num_cpus: int = HEAD_NUM_CPUS) -> list[str]:
     return [
         *venv_script("ray"), "start", "--head", "--disable-usage-stats",
-        "--port", str(ports.gcs),
-        "--temp-dir", str(temp_dir),
         "--dashboard-host", "127.0.0.1",
         "--include-dashboard", "true",
-        "--dashboard-port", str(ports.dashboard),
-        "--ray-client-server-port", str(ports.client_server),
-        "--node-manager-port", str(ports.node_manager),
-        "--object-manager-port", str(ports.object_manager),
-        "--dashboard-agent-listen-port", str(ports.dashboard_agent_listen),
-        "--dashboard-agent-grpc-port", str(ports.dashboard_agent_grpc),
-        "--runtime-env-agent-port", str(ports.runtime_env_agent),
-        "--metrics-export-port", str(ports.metrics_export),
-        "--min-worker-port", str(ports.min_worker),
-        "--max-worker-port", str(ports.max_worker),
+        *ports.start_flags(head=True, temp_dir=temp_dir),
         "--num-cpus", str(num_cpus),
     ]
 
 
 # --- Serve config -----------------------------------------------------------------------
 
-def patch_serve_config(text: str, *, host: str, port: int, state_dir: Path, heartbeat_interval_s: float) -> dict:
+def patch_serve_config(text: str, *, host: str, port: int, state_dir: Path, heartbeat_interval_s: float,
+                       api_url: str | None = None) -> dict:
     """The platform's Serve config with this machine's HTTP address and state dir filled in."""
     config = yaml.safe_load(text)
     if not isinstance(config, dict):
@@ -312,6 +261,8 @@ def patch_serve_config(text: str, *, host: str, port: int, state_dir: Path, hear
         app["args"] = args
         args["state_dir"] = str(Path(state_dir).absolute())
         args["heartbeat_interval_s"] = float(heartbeat_interval_s)
+        # Where provider machines (agents, sub-cluster autoscalers) reach the API.
+        args["api_url"] = api_url or f"http://{connect_host(host)}:{int(port)}"
     return config
 
 

@@ -10,12 +10,12 @@ from ray import serve
 
 from actors import actor_classes
 from actors.settings import PlatformSettings
-from serve_app import errors, routes_accounts, routes_machines
+from serve_app import errors, routes_accounts, routes_clusters, routes_machines
 
 logger = logging.getLogger(__name__)
 
 
-def create_app(registry) -> FastAPI:
+def create_app(registry, clusters) -> FastAPI:
     """The FastAPI app, bound to the control-plane actor handles it forwards to."""
     app = FastAPI(
         title="decentralized-clusters",
@@ -23,17 +23,22 @@ def create_app(registry) -> FastAPI:
         description="GPU cluster marketplace on Ray: providers offer machines, buyers lease Ray clusters.",
     )
     app.state.registry = registry
+    app.state.clusters = clusters
     app.state.tokens = None  # fetched from the registry on first use
     app.add_middleware(errors.BodySizeLimit)
     errors.install(app)
     app.include_router(routes_accounts.router)
     app.include_router(routes_accounts.seed_router)
     app.include_router(routes_machines.router)
+    app.include_router(routes_clusters.router)
+    app.include_router(routes_clusters.seed_router)
+    app.include_router(routes_clusters.node_router)
 
     @app.get("/healthz", tags=["health"])
     async def healthz():
         """200 once the control plane has recovered its state and answers."""
-        await asyncio.wait_for(app.state.registry.ready.remote(), timeout=10)
+        await asyncio.wait_for(asyncio.gather(app.state.registry.ready.remote(), app.state.clusters.ready.remote()),
+                               timeout=10)
         return {"status": "ok"}
 
     return app
@@ -49,7 +54,7 @@ class PlatformAPI:
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         # Late-bound app: built in the replica, so its state holds this replica's handles.
-        return create_app(self._handles[actor_classes.REGISTRY_NAME])
+        return create_app(self._handles[actor_classes.REGISTRY_NAME], self._handles[actor_classes.CLUSTER_MANAGER_NAME])
 
 
 def build_app(args: dict) -> serve.Application:

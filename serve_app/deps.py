@@ -20,13 +20,18 @@ async def _token_issuer(request: Request) -> auth.TokenIssuer:
     return state.tokens
 
 
+async def _verified(request: Request, credentials: HTTPAuthorizationCredentials | None) -> auth.Principal:
+    if credentials is None:
+        raise errors.Unauthenticated("missing bearer token: sign in at POST /v1/token")
+    return (await _token_issuer(request)).verify(credentials.credentials)
+
+
 async def optional_principal(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> auth.Principal | None:
     if credentials is None:
         return None
-    tokens = await _token_issuer(request)
-    principal = tokens.verify(credentials.credentials)
+    principal = await _verified(request, credentials)
     if principal.cluster_id is not None:
         raise errors.Forbidden("a cluster-scoped token cannot call this route")
     return principal
@@ -47,15 +52,32 @@ def require_role(*roles: domain.Role):
     return check
 
 
+async def node_provider_principal(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> auth.Principal:
+    """The credential of one cluster's node provider (or an admin): the only callers of the node routes."""
+    principal = await _verified(request, credentials)
+    if principal.cluster_id is None and principal.role is not domain.Role.ADMIN:
+        raise errors.Forbidden("node routes take the cluster's node-provider credential, not a sign-in token")
+    return principal
+
+
 OptionalPrincipal = Annotated[auth.Principal | None, Depends(optional_principal)]
 CurrentPrincipal = Annotated[auth.Principal, Depends(current_principal)]
 ProviderPrincipal = Annotated[auth.Principal, Depends(require_role(domain.Role.PROVIDER))]
 ProviderOrAdmin = Annotated[auth.Principal, Depends(require_role(domain.Role.PROVIDER, domain.Role.ADMIN))]
 BuyerPrincipal = Annotated[auth.Principal, Depends(require_role(domain.Role.BUYER))]
+BuyerOrAdmin = Annotated[auth.Principal, Depends(require_role(domain.Role.BUYER, domain.Role.ADMIN))]
+NodeProviderPrincipal = Annotated[auth.Principal, Depends(node_provider_principal)]
 
 
 def registry(request: Request):
     return request.app.state.registry
 
 
+def clusters(request: Request):
+    return request.app.state.clusters
+
+
 Registry = Annotated[object, Depends(registry)]
+Clusters = Annotated[object, Depends(clusters)]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from actors import domain
+from configs.models import ClusterSpec  # noqa: F401 (the POST /v1/clusters body)
+from worker import protocol
 
 
 class Strict(BaseModel):
@@ -101,6 +103,9 @@ class WorkBatch(Strict):
     items: list[WorkItem]
 
 
+WorkResult = protocol.WorkResult
+
+
 class Offer(Strict):
     gpu_model: str | None = Field(description="None groups the CPU-only machines")
     machines: int
@@ -115,3 +120,100 @@ class Offer(Strict):
 
 class Message(Strict):
     message: str
+
+
+# --- clusters ---------------------------------------------------------------------------
+
+class NodePublic(Strict):
+    id: str
+    role: str
+    status: str
+    node_type: str | None
+    tags: dict[str, str]
+    node_ip: str | None
+    machine_id: str
+    gpus: int
+    cpus: int
+    joined: bool
+    joined_at: float | None
+    left_at: float | None
+
+
+class ClusterPublic(Strict):
+    id: str
+    name: str
+    status: domain.ClusterStatus
+    reason: str | None
+    num_workers: int
+    gpus_per_worker: int
+    gpu_model: str | None
+    cpus_per_worker: int
+    duration_s: int
+    backend: str
+    created_at: float
+    expires_at: float
+    running_at: float | None
+    ended_at: float | None
+    workers_joined: int
+    head_node_ip: str | None
+    nodes: list[NodePublic]
+
+
+class ClusterConnection(Strict):
+    dashboard_url: str
+    job_submission_url: str
+    ray_client_address: str
+    gcs_address: str
+    ray_auth_token: str
+    env: dict[str, str]
+    ray_job_submit: str
+
+
+class ClusterEvent(Strict):
+    id: int
+    ts: float
+    kind: str
+    message: str
+
+
+class SeedDeploy(Strict):
+    """The seed's POST /deploy_cluster body: duration in minutes (its example: 60 is an hour)."""
+
+    num_workers: Annotated[int, Field(ge=1, le=64)]
+    duration: Annotated[int, Field(ge=1, le=10080, description="Minutes")]
+
+
+class SeedClusterInfo(Strict):
+    cluster_id: str
+    status: str
+    head_node_ip: str | None
+    expiration_time: float
+    creation_time: float
+    num_workers: int
+
+
+# --- node provider (cluster-scoped credential) --------------------------------------------
+
+Tags = Annotated[dict[Annotated[str, Field(max_length=256)], Annotated[str, Field(max_length=1024)]],
+                 Field(max_length=64)]
+
+
+class NodesCreate(Strict):
+    role: Literal["head", "worker"]
+    node_type: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+    tags: Tags = {}
+    count: Annotated[int, Field(ge=1, le=64)] = 1
+
+
+class NodeTags(Strict):
+    tags: Tags
+
+
+class NodeExec(Strict):
+    op: Literal["run", "put_file"]
+    cmd: Annotated[str, Field(max_length=64 * 1024)] = ""
+    env: Annotated[dict[Annotated[str, Field(max_length=256)], Annotated[str, Field(max_length=64 * 1024)]],
+                   Field(max_length=256)] = {}
+    timeout_s: Annotated[float, Field(gt=0, le=3600)] = 120.0
+    path: Annotated[str, Field(max_length=1024)] = ""
+    content_b64: Annotated[str, Field(max_length=700 * 1024)] = ""

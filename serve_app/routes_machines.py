@@ -48,6 +48,13 @@ async def next_work(machine_id: MachineId, principal: deps.ProviderPrincipal, re
     return {"items": await registry.next_work.remote(principal, machine_id, wait_s)}
 
 
+@router.post("/v1/machines/{machine_id}/results/{item_id}")
+async def work_result(machine_id: MachineId, item_id: Annotated[str, Path(pattern=r"^w-[0-9a-f]{12}$")],
+                      body: models.WorkResult, principal: deps.ProviderPrincipal, registry: deps.Registry):
+    """The agent's answer to a work item (a lease opened, a command's exit code and output)."""
+    return await registry.complete_work.remote(principal, machine_id, item_id, body.model_dump())
+
+
 @router.get("/v1/offers", response_model=list[models.Offer])
 async def offers(principal: deps.CurrentPrincipal, registry: deps.Registry, response: Response):
     response.headers["Cache-Control"] = "no-store"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import collections
 import json
 import logging
 import os
@@ -13,11 +15,12 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable
 
+import pydantic
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from actors import domain
 from worker import client as api
-from worker import detect
+from worker import detect, leases, protocol
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +29,8 @@ DEFAULT_HEARTBEAT_S = 5.0
 NAME_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
 _KEY_RE = re.compile(r"^[A-Za-z0-9_.:-]{8,128}$")
 _OUTAGE_LOG_EVERY_S = 60.0
+RESULT_POST_ATTEMPTS = 6  # backoff 1, 2, 4, 8, 16 s between them: about half a minute
+LEASES_DIR = "leases"
 
 
 def default_state_dir() -> Path:
@@ -45,6 +50,7 @@ class AgentSettings(BaseModel):
     declared_gpus: int | None = Field(default=None, ge=0, le=detect.MAX_GPUS, description="Override NVML")
     declared_gpu_model: str = Field(default="Logical GPU", pattern=domain.GPU_MODEL_PATTERN)
     declared_gpu_memory_mb: int = Field(default=0, ge=0, le=10_000_000)
+    declared_cpus: int | None = Field(default=None, ge=1, le=4096, description="Override the CPU count offered")
     price_per_gpu_hour: float = Field(default=0.0, ge=0, le=10_000)
     price_per_cpu_hour: float = Field(default=0.0, ge=0, le=10_000)
     poll_wait_s: float = Field(default=20.0, gt=0, le=30, description="Long-poll wait; the API allows 30 s")
@@ -108,21 +114,33 @@ class Agent:
                  usage_fn: Callable[[int], domain.MachineUsage] | None = None,
                  sleep: Callable[[float], Any] | None = None,
                  clock: Callable[[], float] = time.monotonic,
-                 rand: Callable[[], float] = random.random):
+                 rand: Callable[[], float] = random.random,
+                 lease_runner: leases.LeaseRunner | None = None):
         self.client = client
         self.settings = settings
         self._detect = detect_fn or (lambda: detect.detect_machine(
-            settings.declared_gpus, settings.declared_gpu_model, settings.declared_gpu_memory_mb))
+            settings.declared_gpus, settings.declared_gpu_model, settings.declared_gpu_memory_mb,
+            declared_cpus=settings.declared_cpus))
         self._usage = usage_fn or self._default_usage
         self._sleep = sleep  # None: wait on the stop event, so stop() interrupts every wait
         self._clock = clock
+        self._rand = rand
         self._state = MachineState(settings.state_dir)
         self.machine_key = self._state.machine_key
         self.machine_id: str | None = None  # set once registered in this run
         self.spec: domain.MachineSpec | None = None
         self.heartbeat_interval_s = DEFAULT_HEARTBEAT_S
-        # Extension point: work item kind -> handler(item). The node-lease issue adds its kinds here.
+        # Work item kind -> handler(item), called on the poll thread: a handler must not block.
         self.work_handlers: dict[str, Callable[[dict], Any]] = {}
+        if lease_runner is None:
+            lease_runner = leases.LeaseRunner(self._state.dir / LEASES_DIR, machine_id_fn=lambda: self.machine_id)
+        self.leases = lease_runner
+        # Items of one lease run in order on one thread, leases in parallel: lease id -> pending items.
+        # A lease's thread exists while it has items and ends when its queue is empty.
+        self._lease_queues: dict[str, collections.deque] = {}
+        self._lease_queues_lock = threading.Lock()
+        for kind in (protocol.LEASE_OPEN, protocol.LEASE_EXEC, protocol.LEASE_CLOSE):
+            self.work_handlers[kind] = self._enqueue_lease_item
         self._need_login = True
         self._hb_backoff = api.Backoff(rand=rand)
         self._poll_backoff = api.Backoff(rand=rand)
@@ -142,6 +160,13 @@ class Agent:
         """Start the heartbeat and work-poll threads (daemons: an in-flight long poll never blocks exit)."""
         if self._threads:
             return
+        try:
+            recovered = self.leases.recover()
+            if recovered:
+                logger.warning("cleaned up %d lease(s) left by a previous run of the agent: %s",
+                               len(recovered), ", ".join(recovered))
+        except Exception:  # noqa: BLE001 - the machine can still serve; the leftovers stay on disk
+            logger.exception("cleaning up leases of a previous run failed")
         logger.info("agent for %s as %s (machine_key %s, state %s)", self.settings.platform_url,
                     self.settings.username, self.machine_key, self._state.path)
         for name, step, wakeup in (("heartbeat", self._heartbeat_step, self._stopping),
@@ -190,10 +215,14 @@ class Agent:
         self._stopped.set()
 
     def _stop_leases(self) -> None:
-        """Hook: stop every node this agent runs for buyers (none yet; the node-lease issue fills it)."""
+        """Stop every node this agent runs for buyers (and refuse new ones)."""
+        results = self.leases.close_all()
+        if results:
+            failed = [lease_id for lease_id, result in results.items() if not result.ok]
+            logger.info("closed %d lease(s)%s", len(results), f"; failed: {', '.join(failed)}" if failed else "")
 
     def _active_leases(self) -> int:
-        return 0
+        return len(self.leases.lease_ids())
 
     # --- loops ---------------------------------------------------------------------------
 
@@ -347,3 +376,103 @@ class Agent:
     def _default_usage(self, active_leases: int) -> domain.MachineUsage:
         real_gpus = bool(self.spec and self.spec.gpus and not self.spec.gpus_declared)
         return detect.current_usage(active_leases, with_gpus=real_gpus)
+
+    # --- leases --------------------------------------------------------------------------
+
+    def _enqueue_lease_item(self, item: dict) -> None:
+        """Queue a lease item behind the earlier items of its lease; never blocks the poll thread."""
+        payload = item.get("payload")
+        lease_id = payload.get("lease_id") if isinstance(payload, dict) else None
+        key = lease_id if isinstance(lease_id, str) else ""  # "": no lease id; validation will say so
+        with self._lease_queues_lock:
+            queue = self._lease_queues.get(key)
+            start = queue is None
+            if start:
+                queue = self._lease_queues[key] = collections.deque()
+            queue.append(item)
+        if start:
+            threading.Thread(target=self._drain_lease_queue, args=(key,), name=f"dcluster-lease-{key or 'invalid'}",
+                             daemon=True).start()
+
+    def _drain_lease_queue(self, key: str) -> None:
+        while True:
+            with self._lease_queues_lock:
+                queue = self._lease_queues[key]
+                if not queue:
+                    del self._lease_queues[key]
+                    return
+                item = queue.popleft()
+            try:
+                self._handle_lease_item(item)
+            except Exception:  # noqa: BLE001 - last net: the queue must keep draining
+                logger.exception("lease work item %s failed", item.get("id"))
+
+    def _handle_lease_item(self, item: dict) -> None:
+        item_id, kind = item.get("id"), item.get("kind")
+        started = time.monotonic()
+        result = self._lease_result(kind, item.get("payload"))
+        logger.debug("work item %s (%s): ok=%s exit %s in %.1f s", item_id, kind, result.ok, result.exit_code,
+                     time.monotonic() - started)
+        if not isinstance(item_id, str) or not item_id:
+            logger.warning("work item of kind %r has no id; its result cannot be posted", kind)
+            return
+        self._post_result(item_id, result)
+
+    def _lease_result(self, kind: Any, payload: Any) -> protocol.WorkResult:
+        """Carry out one lease work item; every failure becomes a WorkResult with ok=False."""
+        try:
+            if kind == protocol.LEASE_OPEN:
+                opened = self.leases.open(protocol.LeaseOpen.model_validate(payload))
+                return protocol.WorkResult(ok=True, exit_code=0, data=opened.model_dump())
+            if kind == protocol.LEASE_EXEC:
+                req = protocol.LeaseExec.model_validate(payload)
+                if req.op == "run":
+                    return self.leases.run(req.lease_id, req.cmd, req.env, req.timeout_s)
+                return self.leases.put_file(req.lease_id, req.path, base64.b64decode(req.content_b64, validate=True))
+            if kind == protocol.LEASE_CLOSE:
+                req = protocol.LeaseClose.model_validate(payload)
+                return self.leases.close(req.lease_id, req.grace_s)
+            return protocol.WorkResult(ok=False, output=f"unknown lease work kind {kind!r}")
+        except pydantic.ValidationError as exc:
+            # Only locations and messages: pydantic's own text would echo the input, auth token included.
+            errors = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'payload'}: {e['msg']}"
+                               for e in exc.errors(include_input=False))
+            logger.warning("invalid %s payload: %s", kind, errors)
+            return protocol.WorkResult(ok=False, output=f"invalid {kind} payload: {errors}")
+        except leases.LeaseError as exc:
+            logger.warning("%s: %s", kind, exc)
+            return protocol.WorkResult(ok=False, output=str(exc))
+        except Exception as exc:  # noqa: BLE001 - answered, never a dead thread
+            logger.exception("%s failed", kind)
+            return protocol.WorkResult(ok=False, output=f"{kind} failed on the agent: {type(exc).__name__}: {exc}")
+
+    def _post_result(self, item_id: str, result: protocol.WorkResult) -> bool:
+        """Send the result, retrying with backoff while the platform is unreachable; True once accepted."""
+        body = result.model_dump(mode="json")
+        backoff = api.Backoff(rand=self._rand)
+        for attempt in range(1, RESULT_POST_ATTEMPTS + 1):
+            machine_id = self.machine_id
+            if machine_id is None:
+                error: object = "not registered"
+            else:
+                try:
+                    self.client.post_result(machine_id, item_id, body)
+                    return True
+                except api.ApiError as exc:
+                    if exc.status_code == 404:
+                        logger.info("the platform no longer waits for work item %s; result dropped", item_id)
+                        return False
+                    if not exc.is_transient:
+                        logger.warning("the platform refused the result of work item %s: %s", item_id, exc)
+                        return False
+                    error = exc
+                except api.PlatformUnreachable as exc:
+                    error = exc
+                except Exception:  # noqa: BLE001
+                    logger.exception("posting the result of work item %s failed", item_id)
+                    return False
+            if attempt == RESULT_POST_ATTEMPTS or self._wait(backoff.next(), self._stopping):
+                break
+            logger.debug("posting the result of work item %s failed (%s); retrying", item_id, error)
+        logger.warning("gave up posting the result of work item %s after %d attempt(s): %s", item_id, attempt, error)
+        return False

@@ -35,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Declare N GPUs instead of detecting them with NVML (0: CPU-only)")
     p.add_argument("--gpu-model", default="Logical GPU", help="Model name of declared GPUs")
     p.add_argument("--gpu-memory-mb", type=int, default=0, help="Memory of each declared GPU, MiB")
+    p.add_argument("--cpus", type=int, default=None, metavar="N",
+                   help="Offer N logical CPUs instead of the detected count")
     p.add_argument("--price-per-gpu-hour", type=float, default=0.0, help="USD per GPU-hour")
     p.add_argument("--price-per-cpu-hour", type=float, default=0.0, help="USD per CPU-hour (CPU-only leases)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -64,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--gpus must be between 0 and {detect.MAX_GPUS}")
 
     if args.detect_only:
-        spec = detect.detect_machine(args.gpus, args.gpu_model, args.gpu_memory_mb)
+        spec = detect.detect_machine(args.gpus, args.gpu_model, args.gpu_memory_mb, declared_cpus=args.cpus)
         print(spec.model_dump_json(indent=2))
         return 0
 
@@ -79,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
 
     fields = {"platform_url": args.platform_url, "username": args.username, "password": password,
               "name": args.name, "declared_gpus": args.gpus, "declared_gpu_model": args.gpu_model,
-              "declared_gpu_memory_mb": args.gpu_memory_mb, "price_per_gpu_hour": args.price_per_gpu_hour,
+              "declared_gpu_memory_mb": args.gpu_memory_mb, "declared_cpus": args.cpus, "price_per_gpu_hour": args.price_per_gpu_hour,
               "price_per_cpu_hour": args.price_per_cpu_hour}
     if args.state_dir is not None:
         fields["state_dir"] = args.state_dir

@@ -97,6 +97,8 @@ class PlatformApi(Protocol):
 
     def leave(self, machine_id: str, *, timeout_s: float | None = None) -> dict: ...
 
+    def post_result(self, machine_id: str, item_id: str, result: dict) -> dict: ...
+
 
 class PlatformClient:
     """All calls to the platform's HTTP API go through here; never logs a password or token."""
@@ -202,6 +204,12 @@ class PlatformClient:
 
     def leave(self, machine_id: str, *, timeout_s: float | None = None) -> dict:
         body = self.request("DELETE", _machine_path(machine_id), timeout=timeout_s)
+        return body if isinstance(body, dict) else {}
+
+    def post_result(self, machine_id: str, item_id: str, result: dict) -> dict:
+        """Answer a work item with its protocol.WorkResult (404: the platform no longer waits for it)."""
+        path = f"{_machine_path(machine_id)}/results/{quote(str(item_id), safe='')}"
+        body = self.request("POST", path, json=result)
         return body if isinstance(body, dict) else {}
 
     def list_machines(self) -> list[dict]:

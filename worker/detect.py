@@ -115,9 +115,11 @@ def detect_machine(
     declared_gpu_model: str = "Logical GPU",
     declared_gpu_memory_mb: int = 0,
     *,
+    declared_cpus: int | None = None,
     nvml: Any = None,
 ) -> domain.MachineSpec:
-    """Describe this machine. declared_gpus overrides NVML (0 = CPU-only without probing)."""
+    """Describe this machine. declared_gpus overrides NVML (0 = CPU-only without probing);
+    declared_cpus the CPU count offered (logical CPUs, e.g. to share a small test machine)."""
     driver = cuda = None
     declared = declared_gpus is not None and declared_gpus > 0
     if declared_gpus is not None:
@@ -134,7 +136,8 @@ def detect_machine(
         hostname=(_safe(socket.gethostname, "") or "localhost")[:255],
         os=f"{_safe(platform.system, '')} {release}".strip()[:128],
         arch=_safe(platform.machine, "")[:32],
-        cpus=max(1, min(_safe(lambda: psutil.cpu_count(logical=True), None) or os.cpu_count() or 1, 4096)),
+        cpus=declared_cpus or max(1, min(_safe(lambda: psutil.cpu_count(logical=True), None) or os.cpu_count() or 1,
+                                         4096)),
         memory_mb=max(1, min(vm_total // _MIB, 1_000_000_000)),
         gpus=gpus,
         gpus_declared=declared,

@@ -14,7 +14,7 @@ from cli import platform_state
 from tests.integration.helpers import Api, LocalAgent, wait_for
 from worker import procs
 
-HEARTBEAT_S = 1.0  # short, so that "offline after 3 missed beats" takes seconds
+HEARTBEAT_S = 2.0  # short, so that "offline after 3 missed beats" takes seconds; not so short that a busy 2-core machine misses beats
 
 
 class RunningPlatform:

@@ -22,6 +22,7 @@ from actors import domain
 from worker import agent as agent_mod
 from worker import agent_cli
 from worker import client as api
+from worker import leases, procs, protocol
 
 PASSWORD = "s3cret-pass"
 SPEC = domain.MachineSpec(hostname="gpu box #1", cpus=8, memory_mb=32000,
@@ -35,12 +36,13 @@ class FakeClient:
     def __init__(self, interval_s: float = 7.0):
         self.interval_s = interval_s
         self.script: dict[str, list] = {"login": [], "register_machine": [], "heartbeat": [], "poll_work": [],
-                                        "leave": []}
+                                        "leave": [], "post_result": []}
         self.calls: list[str] = []
         self.registrations: list[tuple[str, str]] = []
         self.heartbeats: list[tuple[str, domain.MachineUsage]] = []
         self.left: list[tuple[str, float | None]] = []
         self.work: queue.Queue = queue.Queue()
+        self.results: list[tuple[str, str, dict]] = []  # (machine_id, item_id, WorkResult JSON) accepted
         self.lock = threading.Lock()
 
     def _next(self, name):
@@ -82,6 +84,23 @@ class FakeClient:
         self.left.append((machine_id, timeout_s))
         return {}
 
+    def post_result(self, machine_id: str, item_id: str, result: dict) -> dict:
+        self._next("post_result")
+        protocol.WorkResult.model_validate(result)  # the agent sends exactly the protocol's body
+        with self.lock:
+            self.results.append((machine_id, item_id, result))
+        return {}
+
+    def wait_results(self, n: int, timeout_s: float = 10.0) -> dict[str, dict]:
+        """Wait until n results were posted; item id -> result."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self.lock:
+                if len(self.results) >= n:
+                    return {item_id: result for _, item_id, result in self.results}
+            time.sleep(0.01)
+        raise AssertionError(f"{len(self.results)} of {n} results posted within {timeout_s} s")
+
 
 class FakeWaits:
     """Stands in for the agent's sleep and clock: records each wait and advances the clock by it."""
@@ -113,7 +132,7 @@ def make_agent(tmp_path, client=None, waits=None, detect_fn=lambda: SPEC, **kw):
 def test_fake_client_matches_the_real_one():
     """The fake implements the same Protocol as PlatformClient, so it cannot drift."""
     methods = [n for n, _ in inspect.getmembers(api.PlatformApi, inspect.isfunction) if not n.startswith("_")]
-    assert set(methods) == {"login", "register_machine", "heartbeat", "poll_work", "leave"}
+    assert set(methods) == {"login", "register_machine", "heartbeat", "poll_work", "leave", "post_result"}
     for name in methods:
         def shape(fn):
             return [(p.name, p.kind, p.default) for p in inspect.signature(fn).parameters.values()]
@@ -444,3 +463,188 @@ def test_sigterm_exits_zero(tmp_path):
         seen.append(lines.get())
     assert PASSWORD not in "".join(seen)
     assert (tmp_path / "state" / "machine.json").exists()
+
+
+# --- leases --------------------------------------------------------------------------------
+
+LEASE_TOKEN = "lease-token-" + "q" * 20
+CLUSTER_ID = "c-" + "b" * 12
+
+
+def _lease_id() -> str:
+    return "l-" + os.urandom(6).hex()
+
+
+def _open_item(item_id: str, lease_id: str, role: str = "head") -> dict:
+    return {"id": item_id, "kind": protocol.LEASE_OPEN,
+            "payload": {"lease_id": lease_id, "cluster_id": CLUSTER_ID, "role": role, "ray_auth_token": LEASE_TOKEN}}
+
+
+def _exec_item(item_id: str, lease_id: str, cmd: str, **kw) -> dict:
+    return {"id": item_id, "kind": protocol.LEASE_EXEC,
+            "payload": {"lease_id": lease_id, "op": "run", "cmd": cmd, **kw}}
+
+
+def _close_item(item_id: str, lease_id: str) -> dict:
+    return {"id": item_id, "kind": protocol.LEASE_CLOSE, "payload": {"lease_id": lease_id, "grace_s": 0.5}}
+
+
+@pytest.fixture
+def lease_root(tmp_path):
+    root = tmp_path / "leases"
+    yield root
+    # Whatever a failing test left running: stopped by its lease tags, never by name.
+    for lease_dir in root.glob("l-*"):
+        procs.stop_owned(leases.owner_tag(lease_dir.name), grace_s=0.5)
+
+
+def make_lease_agent(tmp_path, lease_root, client, waits=None, **kw):
+    runner = leases.LeaseRunner(lease_root, node_ip="127.0.0.1")
+    waits = waits or FakeWaits()
+    agent = agent_mod.Agent(client, make_settings(tmp_path, **kw), detect_fn=lambda: SPEC,
+                            usage_fn=lambda n: domain.MachineUsage(active_leases=n), sleep=waits.sleep,
+                            clock=waits.clock, rand=lambda: 1.0, lease_runner=runner)
+    return agent, runner
+
+
+def test_lease_items_run_in_order_and_are_answered(tmp_path, lease_root):
+    client = FakeClient()
+    agent, runner = make_lease_agent(tmp_path, lease_root, client)
+    agent._heartbeat_step()
+    lease_id = _lease_id()
+    agent.handle_work(_open_item("w-1", lease_id))
+    opened = client.wait_results(1)["w-1"]
+    assert opened["ok"] and opened["data"]["node_ip"] == "127.0.0.1" and "gcs" in opened["data"]["ports"]
+    assert agent._active_leases() == 1
+    agent._heartbeat_step()
+    assert client.heartbeats[-1][1].active_leases == 1
+    put = {"id": "w-3", "kind": protocol.LEASE_EXEC,
+           "payload": {"lease_id": lease_id, "op": "put_file", "path": "~/f", "content_b64": "dHdvCg=="}}
+    for item in (_exec_item("w-2", lease_id, "sleep 0.3; echo one > ~/log"), put,
+                 _exec_item("w-4", lease_id, "cat ~/f >> ~/log; cat ~/log; exit 5"), _close_item("w-5", lease_id)):
+        agent.handle_work(item)
+    results = client.wait_results(5)
+    assert [item_id for _, item_id, _ in client.results] == ["w-1", "w-2", "w-3", "w-4", "w-5"]
+    assert all(machine_id == "m-1" for machine_id, _, _ in client.results)
+    assert results["w-2"]["ok"] and results["w-3"]["ok"]
+    assert results["w-4"]["output"] == "one\ntwo\n" and results["w-4"]["exit_code"] == 5
+    assert not results["w-4"]["ok"]
+    assert results["w-5"]["ok"] and agent._active_leases() == 0 and not (lease_root / lease_id).exists()
+    deadline = time.monotonic() + 5
+    while agent._lease_queues and time.monotonic() < deadline:  # the lease's thread ends when idle
+        time.sleep(0.01)
+    assert agent._lease_queues == {}
+
+
+def test_a_long_command_blocks_neither_polling_nor_other_leases(tmp_path, lease_root):
+    client = FakeClient()
+    agent, runner = make_lease_agent(tmp_path, lease_root, client)
+    agent._heartbeat_step()
+    slow, fast = _lease_id(), _lease_id()
+    started = time.monotonic()
+    agent.handle_work(_open_item("w-1", slow))
+    agent.handle_work(_open_item("w-2", fast, role="worker"))
+    agent.handle_work(_exec_item("w-3", slow, "while [ ! -e ~/go ]; do sleep 0.02; done; echo slow-done",
+                                 timeout_s=30))
+    agent.handle_work(_exec_item("w-4", fast, "echo fast-done"))
+    assert time.monotonic() - started < 0.5  # handlers only queue: the poll thread never waits on a command
+    results = client.wait_results(3)
+    assert results["w-4"]["output"] == "fast-done\n" and "w-3" not in results
+    (lease_root / slow / "home" / "go").touch()
+    assert client.wait_results(4)["w-3"]["output"] == "slow-done\n"
+    agent.handle_work(_close_item("w-5", slow))
+    agent.handle_work(_close_item("w-6", fast))
+    results = client.wait_results(6)
+    assert results["w-5"]["ok"] and results["w-6"]["ok"] and runner.lease_ids() == []
+
+
+def test_bad_lease_items_become_failed_results(tmp_path, lease_root, caplog):
+    caplog.set_level(logging.DEBUG)
+    client = FakeClient()
+    agent, runner = make_lease_agent(tmp_path, lease_root, client)
+    agent._heartbeat_step()
+    short_token = "too-short-token"
+    lease_id = _lease_id()
+    bad_open = _open_item("w-1", lease_id)
+    bad_open["payload"]["ray_auth_token"] = short_token
+    items = [
+        bad_open,
+        _exec_item("w-2", lease_id, "true"),  # never opened
+        {"id": "w-3", "kind": protocol.LEASE_EXEC,
+         "payload": {"lease_id": lease_id, "op": "put_file", "path": "~/f", "content_b64": "%%%"}},
+        {"id": "w-4", "kind": protocol.LEASE_CLOSE, "payload": "not an object"},
+        {"id": "w-5", "kind": protocol.LEASE_EXEC, "payload": {"lease_id": lease_id, "op": "run", "rm": "-rf"}},
+        {"id": "w-6", "kind": protocol.LEASE_OPEN, "payload": {"lease_id": "../../etc"}},
+    ]
+    for item in items:
+        agent.handle_work(item)
+    results = client.wait_results(len(items))
+    assert not any(r["ok"] for r in results.values())
+    assert "ray_auth_token" in results["w-1"]["output"] and "not open" in results["w-2"]["output"]
+    assert "invalid" in results["w-4"]["output"] and "rm" in results["w-5"]["output"]
+    assert "lease_id" in results["w-6"]["output"]
+    assert short_token not in caplog.text and short_token not in json.dumps(results)
+    assert runner.lease_ids() == []
+
+
+def test_result_posting_retries_then_gives_up_or_drops_on_404(tmp_path, lease_root, caplog):
+    caplog.set_level(logging.INFO, logger="worker.agent")
+    client = FakeClient()
+    waits = FakeWaits()
+    agent, _ = make_lease_agent(tmp_path, lease_root, client, waits)
+    agent._heartbeat_step()
+    result = protocol.WorkResult(ok=True, exit_code=0)
+    client.script["post_result"] = [api.PlatformUnreachable("refused"), api.ApiError(503, "busy")]
+    assert agent._post_result("w-1", result) is True
+    assert client.calls.count("post_result") == 3 and waits.waits[-2:] == [1.0, 2.0]
+    client.script["post_result"] = [api.ApiError(404, "no such item")]
+    assert agent._post_result("w-2", result) is False and "no longer waits" in caplog.text
+    client.script["post_result"] = [api.PlatformUnreachable("refused")] * agent_mod.RESULT_POST_ATTEMPTS
+    assert agent._post_result("w-3", result) is False and "gave up" in caplog.text
+    assert [item_id for _, item_id, _ in client.results] == ["w-1"]
+
+
+def test_stop_closes_leases_and_start_recovers_leftovers(tmp_path, lease_root):
+    # A previous agent run left a lease with a running process behind (it crashed: no close).
+    previous = leases.LeaseRunner(lease_root, node_ip="127.0.0.1")
+    left_over = _lease_id()
+    previous.open(protocol.LeaseOpen(lease_id=left_over, cluster_id=CLUSTER_ID, role="worker",
+                                     ray_auth_token=LEASE_TOKEN))
+    previous.run(left_over, "sleep 300 & echo $! > ~/pid", {}, 10)
+    old_sleeper = int((lease_root / left_over / "home" / "pid").read_text())
+
+    client = FakeClient(interval_s=0.05)
+    runner = leases.LeaseRunner(lease_root, node_ip="127.0.0.1")
+    agent = agent_mod.Agent(client, make_settings(tmp_path, poll_wait_s=30), detect_fn=lambda: SPEC,
+                            lease_runner=runner)  # real waits: stop() interrupts them
+    agent.start()
+    assert not procs.pid_alive(old_sleeper) and not (lease_root / left_over).exists()
+    lease_id = _lease_id()
+    client.work.put(_open_item("w-1", lease_id))
+    client.wait_results(1)
+    client.work.put(_exec_item("w-2", lease_id, "sleep 300 & echo $! > ~/pid"))
+    client.wait_results(2)
+    sleeper = int((lease_root / lease_id / "home" / "pid").read_text())
+    assert procs.pid_alive(sleeper)
+    agent.stop()
+    assert not procs.pid_alive(sleeper) and runner.lease_ids() == [] and not (lease_root / lease_id).exists()
+    assert client.left == [("m-1", 5.0)]
+
+
+def test_client_posts_results_to_the_item_path():
+    import httpx
+
+    seen = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append((request.method, request.url.raw_path.decode(), json.loads(request.content)))
+        return httpx.Response(200 if request.url.path.endswith("/w-1") else 404, json={"detail": "gone"})
+
+    with api.PlatformClient("http://platform.test", transport=httpx.MockTransport(handler)) as client:
+        body = protocol.WorkResult(ok=True, exit_code=0, output="up").model_dump(mode="json")
+        client.post_result("m-1", "w-1", body)
+        with pytest.raises(api.ApiError) as err:
+            client.post_result("m 2", "w-2", body)
+    assert err.value.status_code == 404
+    assert seen[0] == ("POST", "/v1/machines/m-1/results/w-1", body)
+    assert seen[1][1] == "/v1/machines/m%202/results/w-2"

@@ -128,7 +128,8 @@ def test_patch_serve_config(tmp_path):
                                    heartbeat_interval_s=1.5)
     assert config["http_options"] == {"host": "0.0.0.0", "port": 18080}
     (app,) = config["applications"]
-    assert app["args"] == {"state_dir": str(tmp_path), "heartbeat_interval_s": 1.5, "token_ttl_s": 900}
+    assert app["args"] == {"state_dir": str(tmp_path), "heartbeat_interval_s": 1.5, "token_ttl_s": 900,
+                           "api_url": "http://127.0.0.1:18080"}  # where provider machines reach the API
     assert app["import_path"] == "serve_app.app:build_app" and app["route_prefix"] == "/"
     assert config["proxy_location"] == "HeadOnly"
     assert yaml.safe_load(pstate.dump_serve_config(config)) == config

@@ -1,0 +1,471 @@
+"""ClusterManager: buyer clusters' state machine, their leases of machines, launcher calls, reconcile loop."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import secrets
+import shlex
+import time
+import uuid
+from typing import Callable, Protocol
+
+from actors import auth, domain, errors, placement
+from actors import cluster_store as cstore
+from actors.launcher import Launcher
+from actors.settings import PlatformSettings
+from configs import market
+from configs.models import ClusterSpec
+from worker import protocol
+
+logger = logging.getLogger(__name__)
+
+S = domain.ClusterStatus
+RAY_START = re.compile(r"\bray\s+start\b")
+LEASE_OPEN_TIMEOUT_S = 30.0
+LEASE_CLOSE_TIMEOUT_S = 30.0
+TEARDOWN_TIMEOUT_S = 120.0
+
+
+class Registry(Protocol):
+    """What the manager needs of the ProviderRegistry (the actor, or the plain class in tests)."""
+
+    async def send_work(self, machine_id: str, kind: str, payload: dict, timeout_s: float) -> dict: ...
+
+    async def signing_secret(self) -> str: ...
+
+
+class ClusterManager:
+    """Plain class with the logic; `actors.actor_classes` turns it into a detached actor."""
+
+    def __init__(self, store: cstore.ClusterStore, settings: PlatformSettings, *, registry: Registry,
+                 launcher: Launcher, clock: Callable[[], float] = time.time):
+        self._store = store
+        self._settings = settings
+        self._registry = registry
+        self._launcher = launcher
+        self._clock = clock
+        self._tokens: auth.TokenIssuer | None = None
+        self._placement_lock = asyncio.Lock()  # placements see each other's reservations
+        self._tasks: dict[str, asyncio.Task] = {}  # cluster id → its provisioning or teardown
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Recovers: a launch in flight when the manager died cannot be resumed safely, so it is
+        failed with a reason and torn down; an interrupted teardown is finished."""
+        await self._store.conn()
+        self._tokens = auth.TokenIssuer(await self._registry.signing_secret(), clock=self._clock)
+        interrupted = await self._store.clusters_with_status(S.TERMINATING)
+        for row in await self._store.clusters_with_status(S.PENDING, S.PROVISIONING):
+            await self._fail(row["id"], "the control plane restarted while the cluster was provisioning")
+        for row in interrupted:
+            self._spawn(row["id"], self._teardown(row["id"], S(row["ending_as"] or S.TERMINATED.value)))
+
+    async def run_reconcile_loop(self) -> None:
+        """Notices joined workers, lost machines and ended lifetimes; never dies."""
+        while True:
+            await asyncio.sleep(self._settings.reconcile_interval_s)
+            try:
+                await self.reconcile_once()
+            except Exception:
+                logger.exception("reconcile step failed")
+
+    async def reconcile_once(self) -> None:
+        now = self._clock()
+        for row in await self._store.clusters_with_status(S.PROVISIONING, S.RUNNING):
+            try:
+                await self._reconcile_cluster(row, now)
+            except Exception:
+                logger.exception("reconcile of cluster %s failed", row["id"])
+
+    async def _reconcile_cluster(self, row: dict, now: float) -> None:
+        cid = row["id"]
+        if row["expires_at"] <= now:
+            await self._begin_teardown(cid, S.EXPIRED, "its lifetime ended")
+            return
+        leases = await self._store.leases_of(cid)
+        live = [l for l in leases if domain.LeaseStatus(l["status"]).holds_capacity()]
+        statuses = await cstore.machine_statuses(self._store, [l["machine_id"] for l in live],
+                                                 now - self._settings.offline_after_s)
+        for lease in live:
+            if statuses.get(lease["machine_id"]) != domain.MachineStatus.ONLINE.value:
+                if await self._store.end_lease(lease["id"], domain.LeaseStatus.LOST, now):
+                    await self._event(cid, "lease_lost", f"{lease['role']} node {lease['id']} lost: machine "
+                                      f"{lease['machine_id']} is {statuses.get(lease['machine_id'], 'unknown')}")
+                    if lease["role"] == "head":
+                        await self._fail(cid, f"the head node's machine {lease['machine_id']} went away")
+                        return
+        spec = ClusterSpec.model_validate_json(row["spec"])
+        joined = [l for l in await self._store.leases_of(cid)
+                  if l["status"] == domain.LeaseStatus.OPEN.value and l["joined_at"]]
+        head_joined = any(l["role"] == "head" for l in joined)
+        workers_joined = sum(1 for l in joined if l["role"] == "worker")
+        if row["status"] == S.PROVISIONING.value:
+            if head_joined and workers_joined >= spec.num_workers:
+                if await self._store.set_cluster_status(cid, S.RUNNING, now, only_from=(S.PROVISIONING,)):
+                    await self._event(cid, "running", f"running: head and {workers_joined} worker(s) joined "
+                                      f"{now - row['created_at']:.1f} s after the request")
+            elif now - row["created_at"] > self._settings.provision_timeout_s:
+                await self._fail(cid, f"not running after {self._settings.provision_timeout_s:.0f} s: "
+                                      f"{workers_joined}/{spec.num_workers} workers joined")
+
+    # --- buyer API ----------------------------------------------------------------------
+
+    async def create_cluster(self, principal: auth.Principal, spec: dict) -> dict:
+        _require_buyer(principal)
+        spec = ClusterSpec.model_validate(spec)
+        if spec.backend != "market":
+            raise errors.InvalidInput("backend 'aws' is not enabled on this platform; use backend 'market'")
+        now = self._clock()
+        cid = "c-" + uuid.uuid4().hex[:12]
+        async with self._placement_lock:
+            assignments = await self._place(cid, placement.cluster_requests(
+                spec.num_workers, spec.gpus_per_worker, spec.cpus_per_worker, spec.gpu_model))
+            leases = [_lease_row(a) for a in assignments]
+            summary = ", ".join(f"{l['role']} on {l['machine_id']}" for l in leases)
+            await self._store.create_cluster(
+                cluster={"id": cid, "owner_id": principal.account_id, "name": spec.name or cid,
+                         "spec": spec.model_dump_json(), "status": S.PENDING.value,
+                         "expires_at": now + spec.duration_s},
+                leases=leases, event=f"machines reserved: {summary}", now=now)
+        write_cluster_token(self._settings.clusters_dir / cid, secrets.token_hex(32))
+        logger.info("cluster %s created for %s: %d worker(s)", cid, principal.username, spec.num_workers)
+        self._spawn(cid, self._provision(cid))
+        return await self._public(await self._store.get_cluster(cid))
+
+    async def list_clusters(self, principal: auth.Principal) -> list[dict]:
+        owner = None if principal.role is domain.Role.ADMIN else principal.account_id
+        _require_buyer_or_admin(principal)
+        return [await self._public(r) for r in await self._store.list_clusters(owner)]
+
+    async def get_cluster(self, principal: auth.Principal, cluster_id: str) -> dict:
+        return await self._public(await self._own_cluster(principal, cluster_id))
+
+    async def delete_cluster(self, principal: auth.Principal, cluster_id: str) -> dict:
+        """Idempotent: an ended cluster is returned as it is."""
+        row = await self._own_cluster(principal, cluster_id)
+        if S(row["status"]).is_active():
+            await self._begin_teardown(cluster_id, S.TERMINATED, f"deleted by {principal.username}")
+        return await self._public(await self._store.get_cluster(cluster_id))
+
+    async def cluster_events(self, principal: auth.Principal, cluster_id: str, after_id: int = 0) -> list[dict]:
+        await self._own_cluster(principal, cluster_id)
+        return await self._store.events(cluster_id, after_id)
+
+    async def connection(self, principal: auth.Principal, cluster_id: str) -> dict:
+        row = await self._own_cluster(principal, cluster_id)
+        head = next((l for l in await self._store.leases_of(cluster_id)
+                     if l["role"] == "head" and l["status"] == domain.LeaseStatus.OPEN.value and l["joined_at"]),
+                    None)
+        if not S(row["status"]).is_active() or head is None:
+            raise errors.Conflict(f"cluster {cluster_id} is {row['status']}: connection details exist once its "
+                                  "head node has joined (see GET /v1/clusters/{id}/events)")
+        token = read_cluster_token(self._settings.clusters_dir / cluster_id)
+        return connection_details(head["node_ip"], head["ports"], token)
+
+    # --- node provider API (cluster-scoped credential) ----------------------------------
+
+    async def list_nodes(self, principal: auth.Principal, cluster_id: str) -> list[dict]:
+        await self._scoped_cluster(principal, cluster_id)
+        return [_public_node(l) for l in await self._store.leases_of(cluster_id)
+                if l["status"] != domain.LeaseStatus.RESERVED.value]
+
+    async def create_nodes(self, principal: auth.Principal, cluster_id: str, role: str, node_type: str,
+                           tags: dict, count: int) -> list[dict]:
+        row = await self._scoped_cluster(principal, cluster_id)
+        if not S(row["status"]).is_active():
+            raise errors.Conflict(f"cluster {cluster_id} is {row['status']}: no new nodes")
+        spec = ClusterSpec.model_validate_json(row["spec"])
+        async with self._placement_lock:
+            leases = await self._store.leases_of(cluster_id)
+            # The credential sits on the head, where buyers' job drivers run: never more nodes than paid for.
+            limit = spec.num_workers if role == "worker" else 1
+            open_now = sum(1 for l in leases if l["role"] == role and l["status"] == domain.LeaseStatus.OPEN.value)
+            if open_now + count > limit:
+                raise errors.Conflict(f"cluster {cluster_id} has {open_now} open {role} node(s) of {limit}: "
+                                      f"cannot add {count}")
+            reserved = [l for l in leases
+                        if l["role"] == role and l["status"] == domain.LeaseStatus.RESERVED.value][:count]
+            missing = count - len(reserved)
+            if missing > 0:  # e.g. a replacement: reserve more on other machines
+                if role == "worker":
+                    request = placement.NodeRequest("worker", spec.gpus_per_worker, spec.cpus_per_worker,
+                                                    spec.gpu_model if spec.gpus_per_worker else None)
+                else:
+                    request = placement.NodeRequest("head", 0, placement.HEAD_CPUS)
+                extra = [_lease_row(a) for a in await self._place(cluster_id, [request] * missing)]
+                await self._store.add_leases(cluster_id, extra, self._clock())
+                reserved += [await self._store.get_lease(l["id"]) for l in extra]
+        opened = await asyncio.gather(*(self._open_lease(row, l, node_type, tags) for l in reserved))
+        return [_public_node(l) for l in opened]
+
+    async def set_node_tags(self, principal: auth.Principal, cluster_id: str, node_id: str, tags: dict) -> dict:
+        lease = await self._scoped_lease(principal, cluster_id, node_id)
+        merged = {**lease["tags"], **tags}
+        await self._store.set_lease_tags(node_id, merged)
+        return _public_node({**lease, "tags": merged})
+
+    async def terminate_node(self, principal: auth.Principal, cluster_id: str, node_id: str) -> dict:
+        await self._scoped_lease(principal, cluster_id, node_id)
+        await self._close_lease(cluster_id, await self._store.get_lease(node_id))
+        return _public_node(await self._store.get_lease(node_id))
+
+    async def exec_on_node(self, principal: auth.Principal, cluster_id: str, node_id: str, body: dict) -> dict:
+        lease = await self._scoped_lease(principal, cluster_id, node_id)
+        if lease["status"] != domain.LeaseStatus.OPEN.value:
+            if body.get("op") == "run" and re.search(r"\bray\s+stop\b", body.get("cmd", "")):
+                return {"ok": True, "exit_code": 0, "output": "node already released", "data": {}}
+            raise errors.Conflict(f"node {node_id} is {lease['status']}: it runs no commands")
+        payload = protocol.LeaseExec(lease_id=node_id, **body)
+        result = await self._registry.send_work(lease["machine_id"], protocol.LEASE_EXEC,
+                                                payload.model_dump(), timeout_s=payload.timeout_s + 10)
+        if payload.op == "run" and RAY_START.search(payload.cmd):
+            if result.get("ok"):
+                if await self._store.mark_joined(node_id, self._clock()):
+                    await self._event(cluster_id, f"{lease['role']}_joined",
+                                      f"{lease['role']} node {node_id} joined Ray on machine {lease['machine_id']}")
+            else:
+                await self._event(cluster_id, "command_failed",
+                                  f"`ray start` failed on {lease['role']} node {node_id} (exit "
+                                  f"{result.get('exit_code')}): {_tail(result.get('output', ''))}")
+        return result
+
+    # --- internals ----------------------------------------------------------------------
+
+    async def _place(self, cluster_id: str, requests: list[placement.NodeRequest]) -> list[placement.Assignment]:
+        cutoff = self._clock() - self._settings.offline_after_s
+        machines = await cstore.online_machines(self._store, cutoff)
+        active = await self._store.active_leases()
+        caps = placement.capacities(machines, active)
+        for cap in caps:
+            cap.leases_of_cluster = sum(1 for l in active if l["machine_id"] == cap.machine_id
+                                        and l["cluster_id"] == cluster_id)
+        try:
+            return placement.place(caps, requests)
+        except placement.InsufficientCapacity as exc:
+            raise errors.Conflict(str(exc), available=exc.available) from None
+
+    async def _open_lease(self, cluster: dict, lease: dict, node_type: str, tags: dict) -> dict:
+        machine = await self._machine(lease["machine_id"])
+        head = next((l for l in await self._store.leases_of(cluster["id"])
+                     if l["role"] == "head" and l["status"] == domain.LeaseStatus.OPEN.value), None)
+        payload = protocol.LeaseOpen(
+            lease_id=lease["id"], cluster_id=cluster["id"], role=lease["role"], gpu_indices=lease["gpus"],
+            resources={f"provider_{lease['machine_id']}": 1.0},
+            labels=node_labels(cluster["id"], lease, machine),
+            ray_auth_token=read_cluster_token(self._settings.clusters_dir / cluster["id"]),
+            head_gcs_port=head["ports"]["gcs"] if head and lease["role"] == "worker" else None)
+        result = await self._registry.send_work(lease["machine_id"], protocol.LEASE_OPEN, payload.model_dump(),
+                                                timeout_s=LEASE_OPEN_TIMEOUT_S)
+        if not result.get("ok"):
+            await self._store.end_lease(lease["id"], domain.LeaseStatus.LOST, self._clock())
+            await self._event(cluster["id"], "lease_failed",
+                              f"machine {lease['machine_id']} could not open {lease['role']} node "
+                              f"{lease['id']}: {_tail(result.get('output', ''))}")
+            raise errors.Conflict(f"machine {lease['machine_id']} could not open a node; try again")
+        opened = protocol.LeaseOpened.model_validate(result["data"])
+        await self._store.open_lease(lease["id"], node_type=node_type, tags=tags, ports=opened.ports,
+                                     node_ip=opened.node_ip, now=self._clock())
+        await self._event(cluster["id"], "node_opened",
+                          f"{lease['role']} node {lease['id']} opened on machine {lease['machine_id']} "
+                          f"({opened.node_ip})")
+        return await self._store.get_lease(lease["id"])
+
+    async def _close_lease(self, cluster_id: str, lease: dict) -> None:
+        if lease["status"] == domain.LeaseStatus.OPEN.value:
+            payload = protocol.LeaseClose(lease_id=lease["id"]).model_dump()
+            result = await self._registry.send_work(lease["machine_id"], protocol.LEASE_CLOSE, payload,
+                                                    timeout_s=LEASE_CLOSE_TIMEOUT_S)
+            if not result.get("ok"):
+                # The agent cleans up leases the platform no longer knows when it returns.
+                await self._event(cluster_id, "lease_close_failed",
+                                  f"node {lease['id']}: {_tail(result.get('output', ''))}")
+        if await self._store.end_lease(lease["id"], domain.LeaseStatus.CLOSED, self._clock()):
+            if lease["status"] == domain.LeaseStatus.OPEN.value:
+                await self._event(cluster_id, "node_closed", f"{lease['role']} node {lease['id']} released")
+
+    async def _provision(self, cluster_id: str) -> None:
+        row = await self._store.get_cluster(cluster_id)
+        if not await self._store.set_cluster_status(cluster_id, S.PROVISIONING, self._clock(), only_from=(S.PENDING,)):
+            return
+        await self._event(cluster_id, "provisioning", "starting the head node with the Ray cluster launcher")
+        try:
+            await asyncio.wait_for(self._launcher.create(self._launcher_config(row)),
+                                   timeout=self._settings.provision_timeout_s)
+        except Exception as exc:
+            await self._fail(cluster_id, f"the cluster launcher failed: {_describe(exc)}")
+            return
+        spec = ClusterSpec.model_validate_json(row["spec"])
+        await self._event(cluster_id, "head_ready",
+                          f"head node up; its autoscaler is starting {spec.num_workers} worker(s)")
+
+    async def _begin_teardown(self, cluster_id: str, final: S, reason: str) -> None:
+        if await self._store.set_cluster_status(cluster_id, S.TERMINATING, self._clock(), ending_as=final,
+                                                only_from=(S.PENDING, S.PROVISIONING, S.RUNNING)):
+            await self._event(cluster_id, "terminating", f"tearing down: {reason}")
+            provisioning = self._tasks.pop(cluster_id, None)
+            if provisioning is not None:
+                provisioning.cancel()
+            self._spawn(cluster_id, self._teardown(cluster_id, final, reason))
+
+    async def _fail(self, cluster_id: str, reason: str) -> None:
+        logger.warning("cluster %s failed: %s", cluster_id, reason)
+        await self._event(cluster_id, "failed", reason)
+        if await self._store.set_cluster_status(cluster_id, S.TERMINATING, self._clock(), reason=reason,
+                                                ending_as=S.FAILED, only_from=(S.PENDING, S.PROVISIONING, S.RUNNING)):
+            provisioning = self._tasks.pop(cluster_id, None)
+            if provisioning is not None and provisioning is not asyncio.current_task():
+                provisioning.cancel()
+            self._spawn(cluster_id, self._teardown(cluster_id, S.FAILED, reason))
+
+    async def _teardown(self, cluster_id: str, final: S, reason: str | None = None) -> None:
+        started = self._clock()
+        row = await self._store.get_cluster(cluster_id)
+        leases = await self._store.leases_of(cluster_id)
+        if any(l["status"] == domain.LeaseStatus.OPEN.value for l in leases):
+            try:
+                await asyncio.wait_for(self._launcher.teardown(self._launcher_config(row)), timeout=TEARDOWN_TIMEOUT_S)
+            except Exception as exc:
+                await self._event(cluster_id, "teardown_warning", f"launcher teardown: {_describe(exc)}; "
+                                  "releasing the nodes directly")
+        # Whatever the launcher left: every lease ends, in parallel.
+        await asyncio.gather(*(self._close_lease(cluster_id, l) for l in await self._store.leases_of(cluster_id)))
+        await self._store.set_cluster_status(cluster_id, final, self._clock(), reason=reason)
+        await self._event(cluster_id, final.value, f"{final.value}: all nodes released in "
+                          f"{self._clock() - started:.1f} s")
+
+    def _launcher_config(self, row: dict) -> dict:
+        ttl = int(row["expires_at"] - self._clock()) + 3600
+        principal = auth.Principal(row["owner_id"], "cluster-" + row["id"], domain.Role.BUYER, cluster_id=row["id"])
+        token = self._tokens.issue(principal, ttl_s=max(ttl, 3600))
+        return market.render_market_config(cluster_id=row["id"], spec=ClusterSpec.model_validate_json(row["spec"]),
+                                           platform_url=self._settings.api_url, provider_token=token)
+
+    def _spawn(self, cluster_id: str, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks[cluster_id] = task
+
+        def done(t: asyncio.Task) -> None:
+            if self._tasks.get(cluster_id) is t:
+                self._tasks.pop(cluster_id, None)
+            if not t.cancelled() and t.exception() is not None:
+                logger.error("background work of cluster %s failed", cluster_id, exc_info=t.exception())
+        task.add_done_callback(done)
+
+    async def _event(self, cluster_id: str, kind: str, message: str) -> None:
+        logger.info("cluster %s: %s", cluster_id, message)
+        await self._store.add_event(cluster_id, kind, message, self._clock())
+
+    async def _machine(self, machine_id: str) -> dict:
+        return await self._store._fetchone(
+            "SELECT m.id, m.gpu_model, m.gpus, a.username AS provider FROM machines m"
+            " JOIN accounts a ON a.id = m.provider_id WHERE m.id = ?", (machine_id,))
+
+    async def _own_cluster(self, principal: auth.Principal, cluster_id: str) -> dict:
+        _require_buyer_or_admin(principal)
+        row = await self._store.get_cluster(cluster_id)
+        if row is None or (principal.role is not domain.Role.ADMIN and row["owner_id"] != principal.account_id):
+            raise errors.NotFound(f"cluster {cluster_id} not found")
+        return row
+
+    async def _scoped_cluster(self, principal: auth.Principal, cluster_id: str) -> dict:
+        if principal.cluster_id != cluster_id and principal.role is not domain.Role.ADMIN:
+            raise errors.NotFound(f"cluster {cluster_id} not found")
+        row = await self._store.get_cluster(cluster_id)
+        if row is None:
+            raise errors.NotFound(f"cluster {cluster_id} not found")
+        return row
+
+    async def _scoped_lease(self, principal: auth.Principal, cluster_id: str, node_id: str) -> dict:
+        await self._scoped_cluster(principal, cluster_id)
+        lease = await self._store.get_lease(node_id)
+        if lease is None or lease["cluster_id"] != cluster_id:
+            raise errors.NotFound(f"node {node_id} not found in cluster {cluster_id}")
+        return lease
+
+    async def _public(self, row: dict) -> dict:
+        spec = json.loads(row["spec"])
+        leases = await self._store.leases_of(row["id"])
+        nodes = [_public_node(l) for l in leases]
+        return {
+            "id": row["id"], "name": row["name"], "status": row["status"], "reason": row["reason"],
+            **{k: spec[k] for k in ("num_workers", "gpus_per_worker", "gpu_model", "cpus_per_worker",
+                                    "duration_s", "backend")},
+            "created_at": row["created_at"], "expires_at": row["expires_at"], "running_at": row["running_at"],
+            "ended_at": row["ended_at"],
+            "workers_joined": sum(1 for n in nodes if n["role"] == "worker" and n["status"] == "open" and n["joined"]),
+            "head_node_ip": next((n["node_ip"] for n in nodes if n["role"] == "head" and n["status"] == "open"), None),
+            "nodes": nodes,
+        }
+
+
+def connection_details(node_ip: str, ports: dict, token: str) -> dict:
+    dashboard = f"http://{node_ip}:{ports['dashboard']}"
+    env = {"RAY_ADDRESS": dashboard, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
+    exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
+    return {
+        "dashboard_url": dashboard,
+        "job_submission_url": dashboard,
+        "ray_client_address": f"ray://{node_ip}:{ports['client_server']}",
+        "gcs_address": f"{node_ip}:{ports['gcs']}",
+        "ray_auth_token": token,
+        "env": env,
+        "ray_job_submit": f"{exports} ray job submit --working-dir . -- python train.py",
+    }
+
+
+def node_labels(cluster_id: str, lease: dict, machine: dict) -> dict:
+    return {
+        "dcluster.io/cluster": cluster_id,
+        "dcluster.io/role": lease["role"],
+        "dcluster.io/provider": market.ray_label_value(machine["provider"]),
+        "dcluster.io/machine": lease["machine_id"],
+        "dcluster.io/gpu": market.ray_label_value(machine["gpu_model"]) if machine["gpus"] and lease["gpus"] else "none",
+    }
+
+
+def _lease_row(a: placement.Assignment) -> dict:
+    return {"id": "l-" + uuid.uuid4().hex[:12], "machine_id": a.machine_id, "role": a.request.role,
+            "gpus": list(a.gpu_indices), "cpus": a.request.cpus}
+
+
+def _public_node(lease: dict) -> dict:
+    return {"id": lease["id"], "role": lease["role"], "status": lease["status"], "node_type": lease["node_type"],
+            "tags": lease["tags"], "node_ip": lease["node_ip"], "machine_id": lease["machine_id"],
+            "gpus": len(lease["gpus"]), "cpus": lease["cpus"], "joined": lease["joined_at"] is not None,
+            "joined_at": lease["joined_at"], "left_at": lease["left_at"]}
+
+
+def _require_buyer(principal: auth.Principal) -> None:
+    if principal.role is not domain.Role.BUYER:
+        raise errors.Forbidden(f"clusters are for buyer accounts; you are signed in as {principal.role.value}")
+
+
+def _require_buyer_or_admin(principal: auth.Principal) -> None:
+    if principal.role not in (domain.Role.BUYER, domain.Role.ADMIN):
+        raise errors.Forbidden(f"clusters are for buyer accounts; you are signed in as {principal.role.value}")
+
+
+def _tail(text: str, limit: int = 400) -> str:
+    text = (text or "").strip()
+    return text if len(text) <= limit else "..." + text[-limit:]
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, asyncio.TimeoutError):
+        return "timed out"
+    cause = getattr(exc, "cause", None) or exc
+    return _tail(f"{type(cause).__name__}: {cause}")
+
+
+def write_cluster_token(cluster_dir, token: str) -> None:
+    """The sub-cluster's Ray auth token, owner-only on disk; given to its buyer and its agents only."""
+    cluster_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    auth.write_secret_file(cluster_dir / "ray_auth_token", token)
+
+
+def read_cluster_token(cluster_dir) -> str:
+    return (cluster_dir / "ray_auth_token").read_text().strip()

@@ -1,0 +1,167 @@
+"""The ClusterManager's queries: clusters, leases of machines, lifecycle events."""
+
+from __future__ import annotations
+
+import json
+
+from actors import domain
+from actors.store import Database
+
+ACTIVE_LEASE_STATUSES = tuple(s.value for s in domain.LeaseStatus if s.holds_capacity())
+
+
+class ClusterStore(Database):
+
+    # --- clusters -----------------------------------------------------------------------
+
+    async def create_cluster(self, *, cluster: dict, leases: list[dict], event: str, now: float) -> None:
+        """The cluster, its reserved leases and its first event, in one transaction."""
+        conn = await self.conn()
+        try:
+            await conn.execute(
+                "INSERT INTO clusters (id, owner_id, name, spec, status, created_at, updated_at, expires_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (cluster["id"], cluster["owner_id"], cluster["name"], cluster["spec"], cluster["status"],
+                 now, now, cluster["expires_at"]))
+            await conn.executemany(
+                "INSERT INTO leases (id, cluster_id, machine_id, role, gpus, cpus, status, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(l["id"], cluster["id"], l["machine_id"], l["role"], json.dumps(l["gpus"]), l["cpus"],
+                  domain.LeaseStatus.RESERVED.value, now) for l in leases])
+            await conn.execute("INSERT INTO cluster_events (cluster_id, ts, kind, message) VALUES (?, ?, ?, ?)",
+                               (cluster["id"], now, "created", event))
+            await conn.commit()
+        except BaseException:
+            await conn.rollback()
+            raise
+
+    async def get_cluster(self, cluster_id: str) -> dict | None:
+        return await self._fetchone("SELECT * FROM clusters WHERE id = ?", (cluster_id,))
+
+    async def list_clusters(self, owner_id: int | None = None) -> list[dict]:
+        if owner_id is None:
+            return await self._fetchall("SELECT * FROM clusters ORDER BY created_at")
+        return await self._fetchall("SELECT * FROM clusters WHERE owner_id = ? ORDER BY created_at", (owner_id,))
+
+    async def clusters_with_status(self, *statuses: domain.ClusterStatus) -> list[dict]:
+        marks = ",".join("?" * len(statuses))
+        return await self._fetchall(f"SELECT * FROM clusters WHERE status IN ({marks})",
+                                    tuple(s.value for s in statuses))
+
+    async def set_cluster_status(self, cluster_id: str, status: domain.ClusterStatus, now: float, *,
+                                 reason: str | None = None, only_from: tuple[domain.ClusterStatus, ...] = (),
+                                 ending_as: domain.ClusterStatus | None = None) -> bool:
+        """Moves the cluster to status; with only_from, only from one of those (returns False otherwise).
+
+        ending_as records, with TERMINATING, the status the teardown ends in (a restart resumes it)."""
+        sql = "UPDATE clusters SET status = ?, updated_at = ?, reason = COALESCE(?, reason)"
+        args: list = [status.value, now, reason]
+        if ending_as is not None:
+            sql += ", ending_as = ?"
+            args.append(ending_as.value)
+        if status is domain.ClusterStatus.RUNNING:
+            sql += ", running_at = COALESCE(running_at, ?)"
+            args.append(now)
+        if status.is_terminal():
+            sql += ", ended_at = COALESCE(ended_at, ?)"
+            args.append(now)
+        sql += " WHERE id = ?"
+        args.append(cluster_id)
+        if only_from:
+            sql += f" AND status IN ({','.join('?' * len(only_from))})"
+            args += [s.value for s in only_from]
+        cursor = await self._write(sql, tuple(args))
+        return cursor.rowcount > 0
+
+    async def set_expiry(self, cluster_id: str, expires_at: float, now: float) -> None:
+        await self._write("UPDATE clusters SET expires_at = ?, updated_at = ? WHERE id = ?",
+                          (expires_at, now, cluster_id))
+
+    # --- events -------------------------------------------------------------------------
+
+    async def add_event(self, cluster_id: str, kind: str, message: str, now: float) -> None:
+        await self._write("INSERT INTO cluster_events (cluster_id, ts, kind, message) VALUES (?, ?, ?, ?)",
+                          (cluster_id, now, kind, message))
+
+    async def events(self, cluster_id: str, after_id: int = 0) -> list[dict]:
+        return await self._fetchall(
+            "SELECT id, ts, kind, message FROM cluster_events WHERE cluster_id = ? AND id > ? ORDER BY id",
+            (cluster_id, after_id))
+
+    # --- leases -------------------------------------------------------------------------
+
+    async def leases_of(self, cluster_id: str) -> list[dict]:
+        rows = await self._fetchall("SELECT * FROM leases WHERE cluster_id = ? ORDER BY created_at, id",
+                                    (cluster_id,))
+        return [decode_lease(r) for r in rows]
+
+    async def get_lease(self, lease_id: str) -> dict | None:
+        row = await self._fetchone("SELECT * FROM leases WHERE id = ?", (lease_id,))
+        return decode_lease(row) if row else None
+
+    async def active_leases(self) -> list[dict]:
+        marks = ",".join("?" * len(ACTIVE_LEASE_STATUSES))
+        rows = await self._fetchall(f"SELECT * FROM leases WHERE status IN ({marks})", ACTIVE_LEASE_STATUSES)
+        return [decode_lease(r) for r in rows]
+
+    async def add_leases(self, cluster_id: str, leases: list[dict], now: float) -> None:
+        conn = await self.conn()
+        await conn.executemany(
+            "INSERT INTO leases (id, cluster_id, machine_id, role, gpus, cpus, status, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [(l["id"], cluster_id, l["machine_id"], l["role"], json.dumps(l["gpus"]), l["cpus"],
+              domain.LeaseStatus.RESERVED.value, now) for l in leases])
+        await conn.commit()
+
+    async def open_lease(self, lease_id: str, *, node_type: str, tags: dict, ports: dict, node_ip: str,
+                         now: float) -> None:
+        await self._write(
+            "UPDATE leases SET status = ?, node_type = ?, tags = ?, ports = ?, node_ip = ?, opened_at = ?"
+            " WHERE id = ?",
+            (domain.LeaseStatus.OPEN.value, node_type, json.dumps(tags), json.dumps(ports), node_ip, now, lease_id))
+
+    async def set_lease_tags(self, lease_id: str, tags: dict) -> None:
+        await self._write("UPDATE leases SET tags = ? WHERE id = ?", (json.dumps(tags), lease_id))
+
+    async def mark_joined(self, lease_id: str, now: float) -> bool:
+        cursor = await self._write("UPDATE leases SET joined_at = ? WHERE id = ? AND joined_at IS NULL",
+                                   (now, lease_id))
+        return cursor.rowcount > 0
+
+    async def end_lease(self, lease_id: str, status: domain.LeaseStatus, now: float) -> bool:
+        """Closes or loses a lease that still held capacity; returns False if it already ended."""
+        marks = ",".join("?" * len(ACTIVE_LEASE_STATUSES))
+        cursor = await self._write(
+            f"UPDATE leases SET status = ?, left_at = CASE WHEN joined_at IS NULL THEN left_at ELSE ? END"
+            f" WHERE id = ? AND status IN ({marks})",
+            (status.value, now, lease_id, *ACTIVE_LEASE_STATUSES))
+        return cursor.rowcount > 0
+
+
+def decode_lease(row: dict) -> dict:
+    lease = dict(row)
+    lease["gpus"] = json.loads(row["gpus"])
+    lease["tags"] = json.loads(row["tags"] or "{}")
+    lease["ports"] = json.loads(row["ports"]) if row["ports"] else None
+    return lease
+
+
+async def online_machines(store: Database, cutoff: float) -> list[dict]:
+    """Machines that may take new leases: online, with a heartbeat since cutoff (read-only here)."""
+    return await store._fetchall(
+        "SELECT m.*, a.username AS provider FROM machines m JOIN accounts a ON a.id = m.provider_id"
+        " WHERE m.status = ? AND m.last_heartbeat >= ?", (domain.MachineStatus.ONLINE.value, cutoff))
+
+
+async def machine_statuses(store: Database, machine_ids: list[str], cutoff: float) -> dict[str, str]:
+    """Effective status of each machine: online only while its heartbeats are fresh."""
+    if not machine_ids:
+        return {}
+    marks = ",".join("?" * len(machine_ids))
+    rows = await store._fetchall(f"SELECT id, status, last_heartbeat FROM machines WHERE id IN ({marks})",
+                                 tuple(machine_ids))
+    out = {}
+    for r in rows:
+        silent = r["status"] == domain.MachineStatus.ONLINE.value and (r["last_heartbeat"] or 0) < cutoff
+        out[r["id"]] = domain.MachineStatus.OFFLINE.value if silent else r["status"]
+    return out

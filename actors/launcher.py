@@ -1,0 +1,73 @@
+"""All calls to Ray's cluster-launcher SDK go through here, each in a fresh Ray worker process."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Protocol
+
+import ray
+
+logger = logging.getLogger(__name__)
+
+# Pins launcher work to the platform head (trusted, where the control plane runs).
+_HEAD_NODE = {"node:__internal_head__": 0.001}
+
+
+class Launcher(Protocol):
+    async def create(self, config: dict) -> None: ...
+
+    async def teardown(self, config: dict) -> None: ...
+
+
+def _prepare_process(private_tmp: str) -> None:
+    """Launcher hygiene for this (fresh) worker process."""
+    import os
+    import tempfile
+
+    from ray.autoscaler._private.cli_logger import cli_logger
+    cli_logger.configure(log_style="record", verbosity=0)
+    # teardown_cluster writes the config, provider credential included, to a 0644 file in the temp dir.
+    os.makedirs(private_tmp, mode=0o700, exist_ok=True)
+    tempfile.tempdir = private_tmp
+    os.environ["TMPDIR"] = private_tmp
+    # The updater copies the launcher's usage-stats setting onto the sub-cluster head.
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+
+
+# max_calls=1: the launcher keeps process-wide globals (cli_logger, provider caches), so every call
+# gets a worker process of its own and concurrent launches cannot interfere.
+@ray.remote(num_cpus=0, max_calls=1, max_retries=0, resources=_HEAD_NODE)
+def _create_or_update(config: dict, private_tmp: str) -> None:
+    from ray.autoscaler import sdk
+    _prepare_process(private_tmp)
+    sdk.create_or_update_cluster(config, no_restart=False, restart_only=False, no_config_cache=True)
+
+
+@ray.remote(num_cpus=0, max_calls=1, max_retries=0, resources=_HEAD_NODE)
+def _teardown(config: dict, private_tmp: str) -> None:
+    from ray.autoscaler import sdk
+    _prepare_process(private_tmp)
+    sdk.teardown_cluster(config, workers_only=False, keep_min_workers=False)
+
+
+class RayClusterLauncher:
+    """The real launcher: ray.autoscaler.sdk in a Ray task each."""
+
+    def __init__(self, private_tmp: str):
+        self._private_tmp = private_tmp
+
+    async def create(self, config: dict) -> None:
+        await _run(_create_or_update.remote(config, self._private_tmp))
+
+    async def teardown(self, config: dict) -> None:
+        await _run(_teardown.remote(config, self._private_tmp))
+
+
+async def _run(ref) -> None:
+    try:
+        await ref
+    except asyncio.CancelledError:
+        # Whoever waited gave up (e.g. the cluster is being deleted): stop the launcher too.
+        ray.cancel(ref, force=True)
+        raise

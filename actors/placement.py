@@ -1,0 +1,127 @@
+"""Deciding which machines host a cluster's nodes (pure functions: decide here, act elsewhere)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+HEAD_CPUS = 1  # a head runs no buyer tasks (num-cpus=0) but its GCS, dashboard and autoscaler need a core
+
+
+@dataclasses.dataclass
+class MachineCapacity:
+    """What is left of one online machine after its current leases."""
+
+    machine_id: str
+    provider: str
+    gpu_model: str | None
+    free_gpus: list[int]  # device indices not leased
+    free_cpus: int
+    price_per_gpu_hour: float = 0.0
+    price_per_cpu_hour: float = 0.0
+    leases_of_cluster: int = 0  # spread: prefer machines this cluster does not use yet
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeRequest:
+    role: str  # "head" | "worker"
+    gpus: int
+    cpus: int
+    gpu_model: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Assignment:
+    request: NodeRequest
+    machine_id: str
+    gpu_indices: tuple[int, ...]
+
+
+class InsufficientCapacity(Exception):
+    def __init__(self, message: str, available: dict):
+        super().__init__(message)
+        self.available = available
+
+
+def capacities(machines: list[dict], active_leases: list[dict], head_cpus: int = HEAD_CPUS) -> list[MachineCapacity]:
+    """Machines rows (online, fresh) and the leases holding capacity → what each machine has left."""
+    used_gpus: dict[str, set[int]] = {}
+    used_cpus: dict[str, int] = {}
+    for lease in active_leases:
+        used_gpus.setdefault(lease["machine_id"], set()).update(lease["gpus"])
+        used_cpus[lease["machine_id"]] = used_cpus.get(lease["machine_id"], 0) + lease["cpus"]
+    result = []
+    for m in machines:
+        gpu_indices = list(range(m["gpus"]))
+        result.append(MachineCapacity(
+            machine_id=m["id"], provider=m["provider"], gpu_model=m["gpu_model"] if m["gpus"] else None,
+            free_gpus=[i for i in gpu_indices if i not in used_gpus.get(m["id"], set())],
+            free_cpus=m["cpus"] - used_cpus.get(m["id"], 0),
+            price_per_gpu_hour=m["price_per_gpu_hour"], price_per_cpu_hour=m["price_per_cpu_hour"]))
+    return result
+
+
+def cluster_requests(num_workers: int, gpus_per_worker: int, cpus_per_worker: int, gpu_model: str | None,
+                     *, with_head: bool = True) -> list[NodeRequest]:
+    worker = NodeRequest("worker", gpus_per_worker, cpus_per_worker, gpu_model if gpus_per_worker else None)
+    return ([NodeRequest("head", 0, HEAD_CPUS)] if with_head else []) + [worker] * num_workers
+
+
+def _fits(m: MachineCapacity, r: NodeRequest) -> bool:
+    if r.gpus and (len(m.free_gpus) < r.gpus or (r.gpu_model and m.gpu_model != r.gpu_model)):
+        return False
+    return m.free_cpus >= r.cpus
+
+
+def place(machines: list[MachineCapacity], requests: list[NodeRequest]) -> list[Assignment]:
+    """Assigns every request to a machine, or raises InsufficientCapacity naming what is available.
+
+    Workers go first, biggest first, spread over machines (fewest of this cluster's nodes, then
+    cheapest, then roomiest); the head goes last where it wastes the fewest GPUs.
+    """
+    pool = [dataclasses.replace(m, free_gpus=list(m.free_gpus)) for m in machines]
+    ordered = sorted(requests, key=lambda r: (r.role == "head", -r.gpus, -r.cpus))
+    assignments = []
+    for r in ordered:
+        fitting = [m for m in pool if _fits(m, r)]
+        if not fitting:
+            raise InsufficientCapacity(_shortage_message(machines, requests, r), available=summarize(machines))
+        if r.role == "head":
+            best = min(fitting, key=lambda m: (len(m.free_gpus), m.leases_of_cluster, -m.free_cpus))
+        else:
+            price = (lambda m: m.price_per_gpu_hour) if r.gpus else (lambda m: m.price_per_cpu_hour)
+            best = min(fitting, key=lambda m: (m.leases_of_cluster, price(m), -len(m.free_gpus), -m.free_cpus))
+        taken = tuple(best.free_gpus[:r.gpus])
+        best.free_gpus = best.free_gpus[r.gpus:]
+        best.free_cpus -= r.cpus
+        best.leases_of_cluster += 1
+        assignments.append(Assignment(r, best.machine_id, taken))
+    return assignments
+
+
+def summarize(machines: list[MachineCapacity]) -> dict:
+    """Free capacity by GPU model, for the 409 answer."""
+    by_model: dict[str, dict] = {}
+    for m in machines:
+        key = m.gpu_model or "cpu-only"
+        entry = by_model.setdefault(key, {"machines": 0, "free_gpus": 0, "free_cpus": 0,
+                                          "largest_free_gpus_on_one_machine": 0})
+        entry["machines"] += 1
+        entry["free_gpus"] += len(m.free_gpus)
+        entry["free_cpus"] += max(m.free_cpus, 0)
+        entry["largest_free_gpus_on_one_machine"] = max(entry["largest_free_gpus_on_one_machine"], len(m.free_gpus))
+    return by_model
+
+
+def _shortage_message(machines: list[MachineCapacity], requests: list[NodeRequest], failed: NodeRequest) -> str:
+    workers = [r for r in requests if r.role == "worker"]
+    want = f"{len(workers)} worker(s)"
+    if workers and workers[0].gpus:
+        want += f" with {workers[0].gpus} {workers[0].gpu_model or 'any-model'} GPU(s) and {workers[0].cpus} CPU(s) each"
+    elif workers:
+        want += f" with {workers[0].cpus} CPU(s) each"
+    if not machines:
+        return f"not enough capacity for {want} plus a head: no machine is online"
+    free_gpus = sum(len(m.free_gpus) for m in machines)
+    free_cpus = sum(max(m.free_cpus, 0) for m in machines)
+    return (f"not enough capacity for {want} plus a head ({failed.role} could not be placed); "
+            f"online now: {len(machines)} machine(s) with {free_gpus} free GPU(s) and {free_cpus} free CPU(s)")

@@ -1,0 +1,64 @@
+"""Render the cluster-launcher config of a buyer's sub-cluster on the market backend (market.yaml)."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import importlib.resources
+import re
+from typing import Any
+
+import yaml
+
+from configs import models
+
+TEMPLATE = "market.yaml"
+PROVIDER_MODULE = "worker.market_provider.MarketNodeProvider"
+CLUSTER_LABEL = "dcluster.io/cluster"
+MAX_LABEL_VALUE_LEN = 63
+_CLUSTER_ID_RE = re.compile(r"^c-[0-9a-f]{12}$")  # worker.protocol.CLUSTER_ID_PATTERN
+_NOT_LABEL_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
+_EDGE = re.compile(r"^[^A-Za-z0-9]+|[^A-Za-z0-9]+$")
+
+
+@functools.lru_cache(maxsize=1)
+def _template() -> dict[str, Any]:
+    text = importlib.resources.files("configs").joinpath(TEMPLATE).read_text(encoding="utf-8")
+    return yaml.safe_load(text)
+
+
+def render_market_config(*, cluster_id: str, spec: models.ClusterSpec, platform_url: str,
+                         provider_token: str) -> dict[str, Any]:
+    """The launcher config for `create_or_update_cluster(config, no_config_cache=True)`.
+
+    Head: CPU 0 / GPU 0 (buyers' work runs on workers). Workers: min = max = spec.num_workers, each
+    with spec's CPUs and GPUs (GPU left out when 0) and the label dcluster.io/cluster=<cluster id>.
+    """
+    if not _CLUSTER_ID_RE.match(cluster_id):
+        raise ValueError(f"cluster_id {cluster_id!r} is not a cluster id (c-<12 hex>)")
+    if not platform_url or not provider_token:
+        raise ValueError("platform_url and provider_token are required: the head's autoscaler calls the platform")
+    config = copy.deepcopy(_template())
+    config["cluster_name"] = cluster_id
+    config["max_workers"] = spec.num_workers
+    config["provider"].update(platform_url=platform_url.rstrip("/"), cluster_id=cluster_id, token=provider_token)
+    worker = config["available_node_types"]["worker"]
+    worker["resources"] = {"CPU": spec.cpus_per_worker}
+    if spec.gpus_per_worker:
+        worker["resources"]["GPU"] = spec.gpus_per_worker
+    worker["labels"] = {CLUSTER_LABEL: cluster_id}
+    worker["min_workers"] = worker["max_workers"] = spec.num_workers
+    return config
+
+
+def ray_label_value(text: str) -> str:
+    """A valid Ray node-label value made from text ("NVIDIA H100 80GB HBM3" -> "NVIDIA-H100-80GB-HBM3").
+
+    Ray's rule (ray/_private/label_utils.py, Kubernetes' syntax): at most 63 characters of
+    [A-Za-z0-9_.-], beginning and ending with an alphanumeric; "" is also valid. Runs of other
+    characters become one '-'; "" comes back when nothing alphanumeric is left.
+    """
+    value = _NOT_LABEL_CHARS.sub("-", text or "")
+    value = re.sub(r"-{2,}", "-", value)
+    value = _EDGE.sub("", value)
+    return _EDGE.sub("", value[:MAX_LABEL_VALUE_LEN])

@@ -1,0 +1,204 @@
+"""ClusterManager logic with a real SQLite store, a fake clock, a fake registry and a fake launcher."""
+
+import asyncio
+
+import pytest
+
+from actors import auth, cluster_manager, cluster_store, domain, errors, store
+from actors.settings import PlatformSettings
+from worker import protocol
+
+
+class FakeRegistry:
+    """Answers work items as a healthy agent would (same methods as the ProviderRegistry)."""
+
+    def __init__(self):
+        self.sent: list[tuple[str, str, dict]] = []
+        self.fail_kinds: set[str] = set()
+
+    async def signing_secret(self) -> str:
+        return "s" * 48
+
+    async def send_work(self, machine_id, kind, payload, timeout_s):
+        self.sent.append((machine_id, kind, payload))
+        if kind in self.fail_kinds:
+            return {"ok": False, "exit_code": 1, "output": "boom", "data": {}}
+        if kind == protocol.LEASE_OPEN:
+            ports = {k: 20000 + i for i, k in enumerate(
+                ["gcs", "dashboard", "client_server", "node_manager", "object_manager", "dashboard_agent_listen",
+                 "dashboard_agent_grpc", "runtime_env_agent", "metrics_export", "autoscaler_metric",
+                 "dashboard_metric", "min_worker", "max_worker"])}
+            return {"ok": True, "exit_code": 0, "output": "", "data": {"ports": ports, "node_ip": "10.9.9.9"}}
+        return {"ok": True, "exit_code": 0, "output": "", "data": {}}
+
+
+class FakeLauncher:
+    """Does through the node API what the real launcher and the head's autoscaler do."""
+
+    def __init__(self):
+        self.manager = None
+        self.created, self.torn_down = [], []
+        self.fail = False
+
+    async def create(self, config):
+        self.created.append(config)
+        if self.fail:
+            raise RuntimeError("head start command failed")
+        cid = config["provider"]["cluster_id"]
+        principal = auth.TokenIssuer("s" * 48, clock=self.manager._clock).verify(config["provider"]["token"])
+        (head,) = await self.manager.create_nodes(principal, cid, "head", "head", {"ray-node-kind": "head"}, 1)
+        await self.manager.exec_on_node(principal, cid, head["id"], {"op": "run", "cmd": "ray start --head"})
+        n = config["available_node_types"]["worker"]["min_workers"]
+        workers = await self.manager.create_nodes(principal, cid, "worker", "worker", {}, n)
+        for w in workers:
+            await self.manager.exec_on_node(principal, cid, w["id"], {"op": "run", "cmd": "export X=1; ray start"})
+
+    async def teardown(self, config):
+        self.torn_down.append(config["provider"]["cluster_id"])
+
+
+@pytest.fixture
+def env(tmp_path, clock):
+    async def build():
+        settings = PlatformSettings(state_dir=tmp_path, heartbeat_interval_s=5, api_url="http://127.0.0.1:9")
+        db = store.Store(settings.db_path)
+        buyer = await db.create_account("buyer", "h", domain.Role.BUYER, clock())
+        prov = await db.create_account("prov", "h", domain.Role.PROVIDER, clock())
+        for i in range(2):
+            await db.upsert_machine(machine_id=f"m-00000000000{i}", provider_id=prov["id"], machine_key=f"key-0000{i}",
+                                    name=f"n{i}", spec=domain.MachineSpec(hostname="h", cpus=4, memory_mb=1000),
+                                    price_per_gpu_hour=0, price_per_cpu_hour=0.1, now=clock())
+        registry, launcher = FakeRegistry(), FakeLauncher()
+        manager = cluster_manager.ClusterManager(cluster_store.ClusterStore(settings.db_path), settings,
+                                                 registry=registry, launcher=launcher, clock=clock)
+        launcher.manager = manager
+        await manager.start()
+        principal = auth.Principal(buyer["id"], "buyer", domain.Role.BUYER)
+        return manager, registry, launcher, principal, db
+    return build
+
+
+async def close(*stores):
+    for s in stores:
+        await s.close()
+
+
+async def settle(manager):
+    for _ in range(50):
+        await asyncio.sleep(0)
+    while manager._tasks:
+        await asyncio.gather(*manager._tasks.values(), return_exceptions=True)
+
+
+def test_create_to_running_to_terminated(env, clock):
+    async def go():
+        manager, registry, launcher, buyer, db = await env()
+        c = await manager.create_cluster(buyer, {"num_workers": 2, "duration_s": 600})
+        assert c["status"] == "pending" and len(c["nodes"]) == 3
+        await settle(manager)
+        await manager.reconcile_once()
+        c = await manager.get_cluster(buyer, c["id"])
+        assert c["status"] == "running" and c["workers_joined"] == 2
+        opens = [p for _, k, p in registry.sent if k == protocol.LEASE_OPEN]
+        assert {p["labels"]["dcluster.io/cluster"] for p in opens} == {c["id"]}
+        worker_opens = [p for p in opens if p["role"] == "worker"]
+        assert all(p["head_gcs_port"] == 20000 for p in worker_opens)
+        assert all(p["resources"] == {f"provider_{p['labels']['dcluster.io/machine']}": 1.0} for p in worker_opens)
+        conn = await manager.connection(buyer, c["id"])
+        assert conn["gcs_address"] == "10.9.9.9:20000" and len(conn["ray_auth_token"]) == 64
+        d = await manager.delete_cluster(buyer, c["id"])
+        assert d["status"] == "terminating"
+        await settle(manager)
+        c = await manager.get_cluster(buyer, c["id"])
+        assert c["status"] == "terminated" and launcher.torn_down == [c["id"]]
+        assert all(n["status"] == "closed" for n in c["nodes"])
+        assert (await manager.delete_cluster(buyer, c["id"]))["status"] == "terminated"
+        kinds = [e["kind"] for e in await manager.cluster_events(buyer, c["id"])]
+        assert kinds[0] == "created" and "running" in kinds and kinds[-1] == "terminated"
+        await close(manager._store, db)
+    asyncio.run(go())
+
+
+def test_short_capacity_is_409_and_leaves_nothing(env):
+    async def go():
+        manager, _, _, buyer, db = await env()
+        with pytest.raises(errors.Conflict, match="not enough capacity") as caught:
+            await manager.create_cluster(buyer, {"num_workers": 8, "duration_s": 600})
+        assert caught.value.fields["available"]["cpu-only"]["free_cpus"] == 8
+        assert await manager.list_clusters(buyer) == []
+        await close(manager._store, db)
+    asyncio.run(go())
+
+
+def test_launcher_failure_fails_with_reason_and_releases(env):
+    async def go():
+        manager, _, launcher, buyer, db = await env()
+        launcher.fail = True
+        c = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
+        await settle(manager)
+        c = await manager.get_cluster(buyer, c["id"])
+        assert c["status"] == "failed" and "head start command failed" in c["reason"]
+        assert all(n["status"] == "closed" for n in c["nodes"])
+        # The machines are free again.
+        c2 = await manager.create_cluster(buyer, {"num_workers": 3, "duration_s": 600})
+        assert len(c2["nodes"]) == 4
+        await settle(manager)
+        await close(manager._store, db)
+    asyncio.run(go())
+
+
+def test_restart_during_provisioning_fails_and_cleans_up(env, tmp_path, clock):
+    async def go():
+        manager, registry, launcher, buyer, db = await env()
+        c = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
+        for task in manager._tasks.values():
+            task.cancel()  # the actor died mid-launch
+        await asyncio.sleep(0)
+        again = cluster_manager.ClusterManager(cluster_store.ClusterStore(tmp_path / "platform.db"), manager._settings,
+                                               registry=registry, launcher=launcher, clock=clock)
+        await again.start()
+        await settle(again)
+        got = await again.get_cluster(buyer, c["id"])
+        assert got["status"] == "failed" and "restarted" in got["reason"]
+        assert all(n["status"] == "closed" for n in got["nodes"])
+        await close(manager._store, again._store, db)
+    asyncio.run(go())
+
+
+def test_expiry_and_lost_head(env, clock):
+    async def go():
+        manager, _, _, buyer, db = await env()
+        c = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 60})
+        await settle(manager)
+        clock.advance(61)
+        for m in ("m-000000000000", "m-000000000001"):  # keep machines fresh
+            await db.record_heartbeat(m, clock(), domain.MachineUsage())
+        await manager.reconcile_once()
+        await settle(manager)
+        assert (await manager.get_cluster(buyer, c["id"]))["status"] == "expired"
+
+        c = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
+        await settle(manager)
+        head = next(n for n in (await manager.get_cluster(buyer, c["id"]))["nodes"] if n["role"] == "head")
+        clock.advance(30)  # every machine silent for 6 beats
+        await manager.reconcile_once()
+        await settle(manager)
+        got = await manager.get_cluster(buyer, c["id"])
+        assert got["status"] == "failed" and head["machine_id"] in got["reason"]
+        await close(manager._store, db)
+    asyncio.run(go())
+
+
+def test_other_buyers_and_scoped_credentials(env):
+    async def go():
+        manager, _, _, buyer, db = await env()
+        c = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
+        other = auth.Principal(999, "other", domain.Role.BUYER)
+        with pytest.raises(errors.NotFound):
+            await manager.get_cluster(other, c["id"])
+        wrong_scope = auth.Principal(buyer.account_id, "x", domain.Role.BUYER, cluster_id="c-000000000000")
+        with pytest.raises(errors.NotFound):
+            await manager.list_nodes(wrong_scope, c["id"])
+        await settle(manager)
+        await close(manager._store, db)
+    asyncio.run(go())

@@ -1,0 +1,502 @@
+"""LeaseRunner: the Ray nodes this machine runs for buyers, one lease each (dir, HOME, ports, processes).
+
+A lease is one Ray node (head or worker) of a buyer's sub-cluster. The platform's cluster
+launcher (and later the sub-cluster head's autoscaler) sends its commands through the agent,
+and they run here: each in `bash -c` with the lease's HOME, ports, auth token and GPUs, every
+process it starts tagged ``DCLUSTER_OWNER=dcl-lease-<lease id>`` (worker.procs), so that
+`ray stop` and closing the lease stop exactly this lease's processes and nothing else.
+
+Layout, all private to the agent's user::
+
+    <root>/<lease id>/           0700
+        lease.json               0600  what recover() needs after an agent restart
+        ray_auth_token           0600  the sub-cluster's token (RAY_AUTH_TOKEN_PATH)
+        home/                    0700  HOME of every command ('~' of the launcher)
+        logs/NNNN-run.log              output of each command (stdout and stderr)
+    /tmp/dcl-<lease id>/         0700  Ray's --temp-dir (short: unix socket paths <= 107 bytes)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import worker
+from worker import procs, protocol
+from worker import ray_ports as ray_ports_mod
+
+logger = logging.getLogger(__name__)
+
+RECORD_FILE = "lease.json"
+TOKEN_FILE = "ray_auth_token"
+TEMP_DIR_PREFIX = "/tmp/dcl-"
+OWNER_TAG_PREFIX = "dcl-lease-"
+
+# The agent's own Ray settings must never leak into a buyer's node.
+_DROPPED_ENV = frozenset({"RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_NAMESPACE"})
+# JSON objects the launcher sets per node type; the lease's own entries are merged over them.
+_OVERRIDE_ENV = {"RAY_OVERRIDE_RESOURCES": "resources", "RAY_OVERRIDE_LABELS": "labels"}
+# `ray stop` stops every Ray node of the machine, other buyers' included: it never runs in a lease.
+RAY_STOP_RE = re.compile(r"\bray\s+stop\b")
+_LEASE_ID_RE = re.compile(protocol.LEASE_ID_PATTERN)
+_TERM_GRACE_S = 2.0  # a timed-out command's process group: SIGTERM, then SIGKILL after this
+
+
+class LeaseError(Exception):
+    """Root of the errors LeaseRunner raises; the agent reports them as a failed WorkResult."""
+
+    def __init__(self, message: str, *, lease_id: str | None = None):
+        super().__init__(message)
+        self.lease_id = lease_id
+
+
+class UnknownLease(LeaseError):
+    """No open lease has this id on this machine (never opened, closed, or lost in an agent restart)."""
+
+
+class LeaseConflict(LeaseError):
+    """LEASE_OPEN for an id that is already open for another cluster or role."""
+
+
+class RunnerClosed(LeaseError):
+    """The agent is shutting down; no new lease or command starts."""
+
+
+def owner_tag(lease_id: str) -> str:
+    return OWNER_TAG_PREFIX + lease_id
+
+
+def temp_dir_for(lease_id: str) -> Path:
+    return Path(TEMP_DIR_PREFIX + lease_id)
+
+
+@dataclasses.dataclass
+class _Lease:
+    """One open lease: the record persisted as lease.json plus runtime-only fields."""
+
+    lease_id: str
+    cluster_id: str
+    role: str
+    gpu_indices: list[int]
+    resources: dict[str, float]
+    labels: dict[str, str]
+    head_gcs_port: int | None
+    ports: ray_ports_mod.RayPorts
+    node_ip: str
+    dir: Path
+    temp_dir: Path
+    machine_id: str | None
+    opened_at: float
+    seq: int = 0  # numbers the command logs
+    closing: bool = False  # set by close(): no command starts any more
+
+    @property
+    def home(self) -> Path:
+        return self.dir / "home"
+
+    @property
+    def token_path(self) -> Path:
+        return self.dir / TOKEN_FILE
+
+    @property
+    def tag(self) -> str:
+        return owner_tag(self.lease_id)
+
+    def record(self) -> dict:
+        return {"lease_id": self.lease_id, "cluster_id": self.cluster_id, "role": self.role,
+                "gpu_indices": self.gpu_indices, "resources": self.resources, "labels": self.labels,
+                "head_gcs_port": self.head_gcs_port, "ports": self.ports.to_dict(), "node_ip": self.node_ip,
+                "temp_dir": str(self.temp_dir), "owner_tag": self.tag, "machine_id": self.machine_id,
+                "opened_at": self.opened_at, "agent_pid": os.getpid()}
+
+    def opened(self) -> protocol.LeaseOpened:
+        return protocol.LeaseOpened(ports=self.ports.to_dict(), node_ip=self.node_ip)
+
+
+def _private_write(path: Path, data: bytes) -> None:
+    """Write atomically with mode 0600 from the first byte (never briefly world-readable)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _private_dir(path: Path) -> None:
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path, 0o700)  # mkdir's mode is filtered by the umask
+
+
+def _make_temp_dir(path: Path) -> None:
+    """/tmp is shared: create ours 0700, or accept an existing one only if it is our own real directory."""
+    try:
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        st = path.lstat()
+        if path.is_symlink() or not path.is_dir() or st.st_uid != os.getuid():
+            raise LeaseError(f"{path} exists and is not a directory of this user; remove it and retry")
+    os.chmod(path, 0o700)
+
+
+def _remove_tree(path: Path) -> None:
+    if path.is_symlink():
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _read_tail(path: Path, limit: int = protocol.MAX_OUTPUT_BYTES) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - limit))
+            data = f.read(limit)
+    except FileNotFoundError:
+        return ""
+    return data.decode(errors="replace")
+
+
+def _exit_code(returncode: int) -> int:
+    return 128 - returncode if returncode < 0 else returncode  # killed by signal N: 128+N, as shells say
+
+
+def _merge_json_object(name: str, sent: str | None, ours: Mapping) -> str:
+    base: dict = {}
+    if sent:
+        try:
+            base = json.loads(sent)
+        except ValueError:
+            raise LeaseError(f"{name} in the command's env is not JSON; send a JSON object") from None
+        if not isinstance(base, dict):
+            raise LeaseError(f"{name} in the command's env must be a JSON object, not {type(base).__name__}")
+    return json.dumps({**base, **ours}, sort_keys=True)
+
+
+def default_node_ip() -> str:
+    """The IP Ray uses for a node on this machine (Ray rewrites 127.0.0.1 to it anyway)."""
+    from ray._private import services  # heavy import, and only needed once per agent
+
+    return services.get_node_ip_address()
+
+
+class LeaseRunner:
+    """Opens, runs commands in, and closes this machine's leases; thread-safe, one per agent."""
+
+    def __init__(self, root_dir: Path, *, machine_id_fn: Callable[[], str | None] | None = None,
+                 node_ip: str | None = None, base_env: Mapping[str, str] | None = None):
+        self.root = Path(root_dir).expanduser()
+        _private_dir(self.root)
+        self._machine_id_fn = machine_id_fn or (lambda: None)
+        self._node_ip = node_ip
+        source = os.environ if base_env is None else base_env
+        self._base_env = {k: v for k, v in source.items() if k not in _DROPPED_ENV}
+        self._leases: dict[str, _Lease] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @property
+    def node_ip(self) -> str:
+        if self._node_ip is None:
+            self._node_ip = default_node_ip()
+        return self._node_ip
+
+    def lease_ids(self) -> list[str]:
+        with self._lock:
+            return sorted(self._leases)
+
+    def _get(self, lease_id: str) -> _Lease:
+        with self._lock:
+            lease = self._leases.get(lease_id)
+        if lease is None:
+            raise UnknownLease(f"lease {lease_id} is not open on this machine (closed, or lost when the agent "
+                               "restarted); open it again", lease_id=lease_id)
+        return lease
+
+    # --- open ----------------------------------------------------------------------------
+
+    def open(self, payload: protocol.LeaseOpen) -> protocol.LeaseOpened:
+        """Prepare the lease's dirs, token, ports and record; a repeated open returns the same answer."""
+        lease_id = payload.lease_id
+        node_ip = self.node_ip  # outside the lock: the first call imports Ray
+        with self._lock:
+            if self._closed:
+                raise RunnerClosed("the agent is stopping; no new lease opens", lease_id=lease_id)
+            lease = self._leases.get(lease_id)
+            if lease is not None:
+                if (lease.cluster_id, lease.role) != (payload.cluster_id, payload.role):
+                    raise LeaseConflict(f"lease {lease_id} is already open for {lease.cluster_id} as "
+                                        f"{lease.role}; close it first", lease_id=lease_id)
+                return lease.opened()
+            taken: set[int] = set()
+            for other in self._leases.values():  # nothing listens yet: free ports alone do not tell
+                taken |= other.ports.all_ports()
+            ports = ray_ports_mod.RayPorts.allocate(exclude=tuple(sorted(taken)))
+            lease = _Lease(lease_id=lease_id, cluster_id=payload.cluster_id, role=payload.role,
+                           gpu_indices=list(payload.gpu_indices), resources=dict(payload.resources),
+                           labels=dict(payload.labels), head_gcs_port=payload.head_gcs_port, ports=ports,
+                           node_ip=node_ip, dir=self.root / lease_id, temp_dir=temp_dir_for(lease_id),
+                           machine_id=self._machine_id_fn(), opened_at=time.time())
+            try:
+                _private_dir(lease.dir)
+                _private_dir(lease.home)
+                _make_temp_dir(lease.temp_dir)
+                _private_write(lease.token_path, payload.ray_auth_token.encode())
+                _private_write(lease.dir / RECORD_FILE, json.dumps(lease.record(), indent=2).encode())
+            except BaseException:
+                _remove_tree(lease.dir)
+                _remove_tree(lease.temp_dir)
+                raise
+            self._leases[lease_id] = lease
+        logger.info("lease %s opened: %s of %s, GCS port %s, GPUs %s", lease_id, lease.role, lease.cluster_id,
+                    ports.gcs if lease.role == "head" else payload.head_gcs_port, lease.gpu_indices or "none")
+        return lease.opened()
+
+    # --- environment ---------------------------------------------------------------------
+
+    def environment(self, lease_id: str, command_env: Mapping[str, str] | None = None) -> dict[str, str]:
+        """The environment of a command of this lease: agent env, lease settings, then the command's env."""
+        lease = self._get(lease_id)
+        env = dict(self._base_env)
+        bin_dir = str(Path(sys.executable).parent)
+        repo_root = str(Path(worker.__file__).resolve().parents[1])
+        env["HOME"] = str(lease.home)
+        env["PATH"] = os.pathsep.join(p for p in (bin_dir, self._base_env.get("PATH", "")) if p)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (repo_root, self._base_env.get("PYTHONPATH", "")) if p)
+        env["RAY_USAGE_STATS_ENABLED"] = "0"
+        env["RAY_AUTH_MODE"] = "token"
+        env["RAY_AUTH_TOKEN_PATH"] = str(lease.token_path)
+        env.update(lease.ports.env())
+        env[protocol.ENV_PORT_FLAGS] = " ".join(lease.ports.start_flags(head=lease.role == "head",
+                                                                        temp_dir=lease.temp_dir))
+        env[protocol.ENV_LEASE_ID] = lease.lease_id
+        if lease.role == "worker" and lease.head_gcs_port is not None:
+            env[protocol.ENV_HEAD_GCS_PORT] = str(lease.head_gcs_port)
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in lease.gpu_indices)  # "": a CPU lease sees no GPU
+        command_env = dict(command_env or {})
+        overrides = {name: command_env.pop(name, None) for name in _OVERRIDE_ENV}
+        env.update(command_env)
+        for name, sent in overrides.items():
+            env[name] = _merge_json_object(name, sent, getattr(lease, _OVERRIDE_ENV[name]))
+        return env
+
+    # --- run -----------------------------------------------------------------------------
+
+    def run(self, lease_id: str, cmd: str, env: Mapping[str, str] | None = None,
+            timeout_s: float = 120.0) -> protocol.WorkResult:
+        """Run `bash -c cmd` in the lease; `ray stop` in it stops this lease's processes instead."""
+        lease = self._get(lease_id)
+        note = ""
+        data: dict = {}
+        if RAY_STOP_RE.search(cmd):
+            # Stop first, then run what is left with every `ray stop` replaced by the no-op `:`
+            # (its arguments become arguments of `:`), so `ray stop; ray start ...` still starts.
+            summary = procs.stop_owned(lease.tag, grace_s=2.0)
+            logger.info("lease %s: `ray stop` intercepted; stopped %d process(es) (%d killed) in %.1f s",
+                        lease_id, len(summary.terminated), len(summary.killed), summary.elapsed_s)
+            note = (f"[dcluster-agent] `ray stop` intercepted: stopped {len(summary.terminated)} process(es) of "
+                    f"lease {lease_id} ({len(summary.killed)} needed SIGKILL) in {summary.elapsed_s:.1f} s; "
+                    "other Ray clusters on this machine were not touched\n")
+            data = {"ray_stop": _summary_data(summary)}
+            if not summary.clean:
+                return protocol.WorkResult(ok=False, exit_code=1, data=data, output=note + (
+                    f"[dcluster-agent] still alive after the stop: {summary.remaining}\n"))
+            cmd = RAY_STOP_RE.sub(":", cmd)
+        full_env = self.environment(lease_id, env)
+        started = time.monotonic()
+        with self._lock:  # close() sets `closing` under this lock: no command starts after its sweep
+            if self._closed or lease.closing:
+                raise RunnerClosed(f"lease {lease_id} is closing; the command was not run", lease_id=lease_id)
+            lease.seq += 1
+            log_path = lease.dir / "logs" / f"{lease.seq:04d}-run.log"
+            proc = procs.spawn(["bash", "-c", cmd], env=full_env, cwd=lease.home, log_path=log_path,
+                               owner_tag=lease.tag)
+        logger.debug("lease %s: pid %d runs %s", lease_id, proc.pid, _redact(cmd)[:300])
+        try:
+            returncode = proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            elapsed = round(time.monotonic() - started, 2)
+            logger.warning("lease %s: command timed out after %g s; its process group was killed",
+                           lease_id, timeout_s)
+            tail = note + _read_tail(log_path) + (
+                f"\n[dcluster-agent] timed out after {timeout_s:g} s; the command's process group was killed\n")
+            return protocol.WorkResult(ok=False, exit_code=124, output=_last(tail),
+                                       data={**data, "elapsed_s": elapsed, "timed_out": True})
+        elapsed = round(time.monotonic() - started, 2)
+        exit_code = _exit_code(returncode)
+        logger.info("lease %s: command exited %d in %.1f s", lease_id, exit_code, elapsed)
+        return protocol.WorkResult(ok=exit_code == 0, exit_code=exit_code, output=_last(note + _read_tail(log_path)),
+                                   data={**data, "elapsed_s": elapsed})
+
+    # --- files ---------------------------------------------------------------------------
+
+    def put_file(self, lease_id: str, path: str, content: bytes) -> protocol.WorkResult:
+        """Write content (mode 0600) at path: '~' is the lease's HOME, relative paths are under it."""
+        lease = self._get(lease_id)
+        try:
+            target = self._target(lease, path)
+        except LeaseError as exc:
+            return protocol.WorkResult(ok=False, output=str(exc))
+        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _private_write(target, content)
+        logger.info("lease %s: wrote %d bytes to %s", lease_id, len(content), target)
+        return protocol.WorkResult(ok=True, exit_code=0, data={"path": str(target), "bytes": len(content)})
+
+    @staticmethod
+    def _target(lease: _Lease, path: str) -> Path:
+        if not path or "\0" in path:
+            raise LeaseError("put_file needs a path, e.g. ~/ray_bootstrap_config.yaml", lease_id=lease.lease_id)
+        if path == "~" or path.startswith("~/"):
+            candidate = lease.home / path[2:]
+        elif path.startswith("~"):
+            raise LeaseError(f"{path!r}: only the lease's own home '~' is allowed", lease_id=lease.lease_id)
+        else:
+            candidate = lease.home / path  # an absolute path replaces the home here
+        real = Path(os.path.realpath(candidate))  # resolves '..' and symlinks that exist
+        lease_dir = Path(os.path.realpath(lease.dir))
+        protected = {lease_dir / RECORD_FILE, lease_dir / TOKEN_FILE, lease_dir, lease.home.resolve()}
+        if not real.is_relative_to(lease_dir) or real in protected:
+            raise LeaseError(f"{path!r} is outside the lease's directory; write under ~ instead",
+                             lease_id=lease.lease_id)
+        if real.is_dir():
+            raise LeaseError(f"{path!r} is a directory; give a file path", lease_id=lease.lease_id)
+        return real
+
+    # --- close ---------------------------------------------------------------------------
+
+    def close(self, lease_id: str, grace_s: float = 2.0) -> protocol.WorkResult:
+        """Stop every process of the lease (only those), remove its files, forget it; idempotent."""
+        _check_id(lease_id)
+        with self._lock:
+            lease = self._leases.get(lease_id)
+            if lease is not None:
+                lease.closing = True
+        tag = owner_tag(lease_id)
+        summary = procs.stop_owned(tag, grace_s=grace_s)
+        data = _summary_data(summary)
+        if not summary.clean:
+            logger.warning("lease %s: processes %s survived the stop; the lease stays for a retry",
+                           lease_id, summary.remaining)
+            return protocol.WorkResult(ok=False, output=f"processes {summary.remaining} of lease {lease_id} are "
+                                       "still alive; close it again", data=data)
+        _remove_tree(lease.temp_dir if lease else temp_dir_for(lease_id))
+        _remove_tree(self.root / lease_id)
+        with self._lock:
+            self._leases.pop(lease_id, None)
+        if lease is None and not summary.terminated:
+            return protocol.WorkResult(ok=True, exit_code=0, output=f"lease {lease_id} was not open", data=data)
+        logger.info("lease %s closed: %d process(es) stopped (%d killed) in %.1f s", lease_id,
+                    len(summary.terminated), len(summary.killed), summary.elapsed_s)
+        return protocol.WorkResult(ok=True, exit_code=0, data=data, output=(
+            f"lease {lease_id} closed: stopped {len(summary.terminated)} process(es) in {summary.elapsed_s:.1f} s"))
+
+    def close_all(self, grace_s: float = 2.0) -> dict[str, protocol.WorkResult]:
+        """Agent shutdown: refuse new work, then close every lease in parallel."""
+        with self._lock:
+            self._closed = True
+            ids = sorted(self._leases)
+        results: dict[str, protocol.WorkResult] = {}
+
+        def close_one(lease_id: str) -> None:
+            try:
+                results[lease_id] = self.close(lease_id, grace_s=grace_s)
+            except Exception as exc:  # noqa: BLE001 - one lease must not keep the others running
+                logger.exception("closing lease %s failed", lease_id)
+                results[lease_id] = protocol.WorkResult(ok=False, output=f"{type(exc).__name__}: {exc}")
+
+        threads = [threading.Thread(target=close_one, args=(i,), name=f"dcluster-close-{i}") for i in ids]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return results
+
+    def recover(self) -> list[str]:
+        """At agent start: stop and remove the leases a previous run of the agent left on disk."""
+        found = []
+        for entry in sorted(self.root.iterdir()):
+            lease_id = entry.name
+            if not _LEASE_ID_RE.match(lease_id) or not entry.is_dir() or entry.is_symlink():
+                continue
+            with self._lock:
+                if lease_id in self._leases:
+                    continue
+            found.append(lease_id)
+            summary = procs.stop_owned(owner_tag(lease_id), grace_s=2.0)
+            if not summary.clean:
+                logger.warning("lease %s from a previous run: processes %s survive; its files stay",
+                               lease_id, summary.remaining)
+                continue
+            _remove_tree(temp_dir_for(lease_id))
+            _remove_tree(entry)
+            logger.warning("lease %s from a previous run of the agent cleaned up: %d process(es) stopped",
+                           lease_id, len(summary.terminated))
+        return found
+
+
+def _check_id(lease_id: str) -> None:
+    if not isinstance(lease_id, str) or not _LEASE_ID_RE.match(lease_id):
+        raise LeaseError(f"{lease_id!r} is not a lease id (l- and 12 hex digits)")
+
+
+def _summary_data(summary: procs.StopSummary) -> dict:
+    return {"stopped": len(summary.terminated), "killed": len(summary.killed), "remaining": summary.remaining,
+            "elapsed_s": summary.elapsed_s}
+
+
+def _last(text: str, limit: int = protocol.MAX_OUTPUT_BYTES) -> str:
+    return text[-limit:]
+
+
+_SECRET_RE = re.compile(r"(RAY_AUTH_TOKEN\w*=)\S+")
+
+
+def _redact(text: str) -> str:
+    return _SECRET_RE.sub(r"\1***", text)
+
+
+def _kill_group(proc: subprocess.Popen, grace_s: float = _TERM_GRACE_S) -> None:
+    """SIGTERM the command's process group, SIGKILL it after grace_s, reap the command.
+
+    The command stays unreaped (a zombie at worst) until after the SIGKILL, so its PID, which
+    is the group's id, cannot be reused by a stranger in between.
+    """
+    pgid = proc.pid  # start_new_session: the command leads its own group
+
+    def killpg(sig: int) -> None:
+        try:
+            os.killpg(pgid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    killpg(signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        try:
+            if os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                break
+        except ChildProcessError:
+            break
+        time.sleep(0.02)
+    killpg(signal.SIGKILL)
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        logger.warning("pid %d survived SIGKILL", proc.pid)

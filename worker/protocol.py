@@ -1,0 +1,77 @@
+"""The contract between the platform and agents for node leases: work-item kinds, payloads, results.
+
+Work items reach the agent through its long poll (`GET /v1/machines/{id}/work`) as
+`{"id", "kind", "payload"}`; the agent answers each with `POST /v1/machines/{id}/results/{item id}`
+and a `WorkResult` body. Items of one lease are handled in order; leases run in parallel.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+LEASE_OPEN = "lease_open"
+LEASE_EXEC = "lease_exec"
+LEASE_CLOSE = "lease_close"
+
+MAX_OUTPUT_BYTES = 64 * 1024
+LEASE_ID_PATTERN = r"^l-[0-9a-f]{12}$"
+CLUSTER_ID_PATTERN = r"^c-[0-9a-f]{12}$"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LeaseOpen(Strict):
+    """Prepare a lease: its directory, HOME, ports, auth token; nothing runs yet."""
+
+    lease_id: Annotated[str, Field(pattern=LEASE_ID_PATTERN)]
+    cluster_id: Annotated[str, Field(pattern=CLUSTER_ID_PATTERN)]
+    role: Literal["head", "worker"]
+    gpu_indices: list[int] = []
+    # Merged into RAY_OVERRIDE_RESOURCES / RAY_OVERRIDE_LABELS of every command of the lease.
+    resources: dict[str, float] = {}
+    labels: dict[str, str] = {}
+    ray_auth_token: Annotated[str, Field(min_length=16, max_length=256)]
+    head_gcs_port: int | None = None  # workers: where the head's GCS listens (exported as DCL_HEAD_GCS_PORT)
+
+
+class LeaseOpened(Strict):
+    """WorkResult.data of a LEASE_OPEN."""
+
+    ports: dict[str, int]  # RayPorts.to_dict()
+    node_ip: str
+
+
+class LeaseExec(Strict):
+    """Run a launcher command in the lease (op=run), or write a file there (op=put_file)."""
+
+    lease_id: Annotated[str, Field(pattern=LEASE_ID_PATTERN)]
+    op: Literal["run", "put_file"]
+    cmd: str = ""
+    env: dict[str, str] = {}
+    timeout_s: Annotated[float, Field(gt=0, le=3600)] = 120.0
+    path: str = ""  # put_file: '~' is the lease's HOME
+    content_b64: str = ""
+
+
+class LeaseClose(Strict):
+    """Stop every process of the lease (and only those), then remove its files."""
+
+    lease_id: Annotated[str, Field(pattern=LEASE_ID_PATTERN)]
+    grace_s: Annotated[float, Field(ge=0, le=60)] = 2.0
+
+
+class WorkResult(Strict):
+    ok: bool
+    exit_code: int | None = None
+    output: Annotated[str, Field(max_length=MAX_OUTPUT_BYTES * 2)] = ""
+    data: dict = {}
+
+
+# Environment variables an agent sets for every command of a lease (the launcher templates use them).
+ENV_PORT_FLAGS = "DCL_RAY_PORT_FLAGS"  # all `ray start` port flags and --temp-dir of this node
+ENV_HEAD_GCS_PORT = "DCL_HEAD_GCS_PORT"
+ENV_LEASE_ID = "DCL_LEASE_ID"
