@@ -8,13 +8,14 @@ import logging
 
 import ray
 
-from actors import cluster_manager, cluster_store, launcher, registry, store
+from actors import cluster_manager, cluster_store, expiry_reaper, launcher, registry, store
 from actors.settings import NAMESPACE, PlatformSettings
 
 logger = logging.getLogger(__name__)
 
 REGISTRY_NAME = "ProviderRegistry"
 CLUSTER_MANAGER_NAME = "ClusterManager"
+EXPIRY_REAPER_NAME = "ExpiryReaper"
 # Pins control-plane actors to the head node, where the state dir (and so the database) is.
 HEAD_NODE_RESOURCE = {"node:__internal_head__": 0.001}
 
@@ -67,29 +68,40 @@ ProviderRegistryActor = thin_actor(registry.ProviderRegistry, _build_registry)
 
 
 class ActorProxy:
-    """Calls an actor's methods as coroutines, so a plain class can use an actor or a plain object alike."""
+    """Calls a named actor's methods as coroutines, so a plain class can use an actor or a plain object
+    alike. The handle is looked up on first use: actors that call each other may start in any order."""
 
-    def __init__(self, handle):
-        self._handle = handle
+    def __init__(self, name: str):
+        self._name = name
+        self._handle = None
 
-    def __getattr__(self, name):
-        method = getattr(self._handle, name)
-
+    def __getattr__(self, method_name):
         async def call(*args, **kwargs):
-            return await method.remote(*args, **kwargs)
+            if self._handle is None:
+                self._handle = ray.get_actor(self._name, namespace=NAMESPACE)
+            return await getattr(self._handle, method_name).remote(*args, **kwargs)
         return call
 
 
 def _build_cluster_manager(settings_json: str) -> cluster_manager.ClusterManager:
     settings = PlatformSettings.model_validate_json(settings_json)
     logging.basicConfig(level=logging.INFO)
-    registry_handle = ray.get_actor(REGISTRY_NAME, namespace=NAMESPACE)
     return cluster_manager.ClusterManager(cluster_store.ClusterStore(settings.db_path), settings,
-                                          registry=ActorProxy(registry_handle),
+                                          registry=ActorProxy(REGISTRY_NAME), reaper=ActorProxy(EXPIRY_REAPER_NAME),
                                           launcher=launcher.RayClusterLauncher(str(settings.state_dir / "launcher-tmp")))
 
 
 ClusterManagerActor = thin_actor(cluster_manager.ClusterManager, _build_cluster_manager)
+
+
+def _build_expiry_reaper(settings_json: str) -> expiry_reaper.ExpiryReaper:
+    settings = PlatformSettings.model_validate_json(settings_json)
+    logging.basicConfig(level=logging.INFO)
+    return expiry_reaper.ExpiryReaper(cluster_store.ClusterStore(settings.db_path),
+                                      clusters=ActorProxy(CLUSTER_MANAGER_NAME))
+
+
+ExpiryReaperActor = thin_actor(expiry_reaper.ExpiryReaper, _build_expiry_reaper)
 
 
 def _detached(cls: type, name: str):
@@ -104,7 +116,8 @@ def _detached(cls: type, name: str):
 def ensure_actors(settings: PlatformSettings) -> dict[str, "ray.actor.ActorHandle"]:
     """Looks up the control-plane actors, creating any that do not exist yet."""
     settings_json = settings.model_dump_json()
-    handles = {REGISTRY_NAME: _detached(ProviderRegistryActor, REGISTRY_NAME).remote(settings_json)}
-    # The manager looks the registry up by name in its constructor: the registry exists by now.
-    handles[CLUSTER_MANAGER_NAME] = _detached(ClusterManagerActor, CLUSTER_MANAGER_NAME).remote(settings_json)
-    return handles
+    return {
+        REGISTRY_NAME: _detached(ProviderRegistryActor, REGISTRY_NAME).remote(settings_json),
+        CLUSTER_MANAGER_NAME: _detached(ClusterManagerActor, CLUSTER_MANAGER_NAME).remote(settings_json),
+        EXPIRY_REAPER_NAME: _detached(ExpiryReaperActor, EXPIRY_REAPER_NAME).remote(settings_json),
+    }

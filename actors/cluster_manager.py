@@ -13,6 +13,7 @@ import uuid
 from typing import Callable, Protocol
 
 from actors import auth, domain, errors, placement
+from actors import usage as usage_mod
 from actors import cluster_store as cstore
 from actors.launcher import Launcher
 from actors.settings import PlatformSettings
@@ -27,6 +28,7 @@ RAY_START = re.compile(r"\bray\s+start\b")
 LEASE_OPEN_TIMEOUT_S = 30.0
 LEASE_CLOSE_TIMEOUT_S = 30.0
 TEARDOWN_TIMEOUT_S = 120.0
+EXPIRY_BACKSTOP_S = 10.0
 
 
 class Registry(Protocol):
@@ -37,15 +39,20 @@ class Registry(Protocol):
     async def signing_secret(self) -> str: ...
 
 
+class Reaper(Protocol):
+    async def schedule(self, cluster_id: str) -> float | None: ...
+
+
 class ClusterManager:
     """Plain class with the logic; `actors.actor_classes` turns it into a detached actor."""
 
     def __init__(self, store: cstore.ClusterStore, settings: PlatformSettings, *, registry: Registry,
-                 launcher: Launcher, clock: Callable[[], float] = time.time):
+                 launcher: Launcher, reaper: Reaper | None = None, clock: Callable[[], float] = time.time):
         self._store = store
         self._settings = settings
         self._registry = registry
         self._launcher = launcher
+        self._reaper = reaper
         self._clock = clock
         self._tokens: auth.TokenIssuer | None = None
         self._placement_lock = asyncio.Lock()  # placements see each other's reservations
@@ -75,7 +82,7 @@ class ClusterManager:
 
     async def reconcile_once(self) -> None:
         now = self._clock()
-        for row in await self._store.clusters_with_status(S.PROVISIONING, S.RUNNING):
+        for row in await self._store.clusters_with_status(S.PROVISIONING, S.RUNNING, S.DEGRADED):
             try:
                 await self._reconcile_cluster(row, now)
             except Exception:
@@ -83,8 +90,8 @@ class ClusterManager:
 
     async def _reconcile_cluster(self, row: dict, now: float) -> None:
         cid = row["id"]
-        if row["expires_at"] <= now:
-            await self._begin_teardown(cid, S.EXPIRED, "its lifetime ended")
+        if row["expires_at"] + EXPIRY_BACKSTOP_S <= now:  # the ExpiryReaper missed it (e.g. it is restarting)
+            await self.expire(cid, row["expires_at"])
             return
         leases = await self._store.leases_of(cid)
         live = [l for l in leases if domain.LeaseStatus(l["status"]).holds_capacity()]
@@ -103,6 +110,8 @@ class ClusterManager:
                   if l["status"] == domain.LeaseStatus.OPEN.value and l["joined_at"]]
         head_joined = any(l["role"] == "head" for l in joined)
         workers_joined = sum(1 for l in joined if l["role"] == "worker")
+        if row["status"] in (S.RUNNING.value, S.DEGRADED.value):
+            await self._check_workers(row, workers_joined, spec.num_workers, now)
         if row["status"] == S.PROVISIONING.value:
             if head_joined and workers_joined >= spec.num_workers:
                 if await self._store.set_cluster_status(cid, S.RUNNING, now, only_from=(S.PROVISIONING,)):
@@ -111,6 +120,73 @@ class ClusterManager:
             elif now - row["created_at"] > self._settings.provision_timeout_s:
                 await self._fail(cid, f"not running after {self._settings.provision_timeout_s:.0f} s: "
                                       f"{workers_joined}/{spec.num_workers} workers joined")
+
+    async def _check_workers(self, row: dict, joined: int, wanted: int, now: float) -> None:
+        """Running with fewer workers → degraded (the head's autoscaler asks for replacements); back → running."""
+        cid = row["id"]
+        if joined < wanted and row["status"] == S.RUNNING.value:
+            reason = f"{joined}/{wanted} workers: a worker's machine was lost; replacing it on another machine"
+            if await self._store.set_cluster_status(cid, S.DEGRADED, now, reason=reason, only_from=(S.RUNNING,)):
+                await self._event(cid, "degraded", reason)
+        elif joined >= wanted and row["status"] == S.DEGRADED.value:
+            if await self._store.set_cluster_status(cid, S.RUNNING, now, only_from=(S.DEGRADED,)):
+                await self._store.clear_reason(cid)
+                await self._event(cid, "running", f"back to {joined} worker(s)")
+
+    async def note_no_capacity(self, cluster_id: str, detail: str) -> None:
+        row = await self._store.get_cluster(cluster_id)
+        if row and row["status"] == S.DEGRADED.value and detail not in (row["reason"] or ""):
+            reason = f"{row['reason'].split(';')[0]}; no matching machine is free: {detail}"
+            await self._store.set_cluster_status(cluster_id, S.DEGRADED, self._clock(), reason=reason)
+
+    # --- lifetimes (the ExpiryReaper calls these) ----------------------------------------
+
+    async def expire(self, cluster_id: str, deadline: float) -> bool:
+        late = self._clock() - deadline
+        return await self._begin_teardown(cluster_id, S.EXPIRED,
+                                          f"its lifetime ended (teardown started {late:.3f} s after the deadline)")
+
+    async def warn_expiry(self, cluster_id: str, deadline: float) -> None:
+        await self._event(cluster_id, "expiry_warning",
+                          f"expires in {deadline - self._clock():.0f} s; POST /v1/clusters/{cluster_id}/extend "
+                          "to keep it")
+
+    async def extend_cluster(self, principal: auth.Principal, cluster_id: str, duration_s: int) -> dict:
+        row = await self._own_cluster(principal, cluster_id)
+        if not S(row["status"]).is_active():
+            raise errors.Conflict(f"cluster {cluster_id} is {row['status']}: only a live cluster can be extended")
+        new_expiry = row["expires_at"] + duration_s
+        limit = row["created_at"] + self._settings.max_lifetime_s
+        if new_expiry > limit:
+            room = max(0, int(limit - row["expires_at"]))
+            raise errors.Conflict(f"a cluster lives at most {self._settings.max_lifetime_s} s; this one can be "
+                                  f"extended by at most {room} s more")
+        await self._store.set_expiry(cluster_id, new_expiry, self._clock())
+        await self._event(cluster_id, "extended", f"lifetime extended by {duration_s} s by {principal.username}")
+        await self._schedule_expiry(cluster_id)
+        return await self._public(await self._store.get_cluster(cluster_id))
+
+    async def _schedule_expiry(self, cluster_id: str) -> None:
+        if self._reaper is None:
+            return
+        try:
+            await self._reaper.schedule(cluster_id)
+        except Exception:  # the reaper reloads every deadline from the database when it (re)starts
+            logger.exception("could not reach the expiry reaper for %s", cluster_id)
+
+    async def usage(self, principal: auth.Principal, start: float, end: float) -> dict:
+        now = self._clock()
+        if principal.role is domain.Role.PROVIDER:
+            leases = await self._store.leases_in_window(start, end, provider_id=principal.account_id)
+            summary = usage_mod.summarize(leases, group_by="machine_id", start=start, end=end, now=now)
+            summary["total"]["earnings"] = summary["total"].pop("cost")
+            for item in summary["items"]:
+                item["earnings"] = item.pop("cost")
+            return {"role": "provider", **summary}
+        owner = None if principal.role is domain.Role.ADMIN else principal.account_id
+        leases = await self._store.leases_in_window(start, end, owner_id=owner)
+        return {"role": principal.role.value,
+                **usage_mod.summarize(leases, group_by="cluster_id", start=start, end=end, now=now)}
 
     # --- buyer API ----------------------------------------------------------------------
 
@@ -133,6 +209,7 @@ class ClusterManager:
                 leases=leases, event=f"machines reserved: {summary}", now=now)
         write_cluster_token(self._settings.clusters_dir / cid, secrets.token_hex(32))
         logger.info("cluster %s created for %s: %d worker(s)", cid, principal.username, spec.num_workers)
+        await self._schedule_expiry(cid)
         self._spawn(cid, self._provision(cid))
         return await self._public(await self._store.get_cluster(cid))
 
@@ -302,40 +379,46 @@ class ClusterManager:
         await self._event(cluster_id, "head_ready",
                           f"head node up; its autoscaler is starting {spec.num_workers} worker(s)")
 
-    async def _begin_teardown(self, cluster_id: str, final: S, reason: str) -> None:
+    async def _begin_teardown(self, cluster_id: str, final: S, reason: str) -> bool:
         if await self._store.set_cluster_status(cluster_id, S.TERMINATING, self._clock(), ending_as=final,
-                                                only_from=(S.PENDING, S.PROVISIONING, S.RUNNING)):
+                                                only_from=S.active()):
             await self._event(cluster_id, "terminating", f"tearing down: {reason}")
             provisioning = self._tasks.pop(cluster_id, None)
             if provisioning is not None:
                 provisioning.cancel()
             self._spawn(cluster_id, self._teardown(cluster_id, final, reason))
+            return True
+        return False
 
     async def _fail(self, cluster_id: str, reason: str) -> None:
         logger.warning("cluster %s failed: %s", cluster_id, reason)
         await self._event(cluster_id, "failed", reason)
         if await self._store.set_cluster_status(cluster_id, S.TERMINATING, self._clock(), reason=reason,
-                                                ending_as=S.FAILED, only_from=(S.PENDING, S.PROVISIONING, S.RUNNING)):
+                                                ending_as=S.FAILED, only_from=S.active()):
             provisioning = self._tasks.pop(cluster_id, None)
             if provisioning is not None and provisioning is not asyncio.current_task():
                 provisioning.cancel()
             self._spawn(cluster_id, self._teardown(cluster_id, S.FAILED, reason))
 
     async def _teardown(self, cluster_id: str, final: S, reason: str | None = None) -> None:
+        """Releases every node at once (the agents stop exactly the lease's processes, in parallel),
+        then lets the launcher clear what it keeps of the cluster, then records the end."""
         started = self._clock()
         row = await self._store.get_cluster(cluster_id)
         leases = await self._store.leases_of(cluster_id)
-        if any(l["status"] == domain.LeaseStatus.OPEN.value for l in leases):
+        had_nodes = any(l["status"] == domain.LeaseStatus.OPEN.value for l in leases)
+        # The head first: its autoscaler must not ask for replacements of the workers going away.
+        for group in ([l for l in leases if l["role"] == "head"], [l for l in leases if l["role"] != "head"]):
+            await asyncio.gather(*(self._close_lease(cluster_id, l) for l in group))
+        await self._event(cluster_id, "released", f"all nodes released in {self._clock() - started:.1f} s")
+        if had_nodes:
             try:
                 await asyncio.wait_for(self._launcher.teardown(self._launcher_config(row)), timeout=TEARDOWN_TIMEOUT_S)
             except Exception as exc:
-                await self._event(cluster_id, "teardown_warning", f"launcher teardown: {_describe(exc)}; "
-                                  "releasing the nodes directly")
-        # Whatever the launcher left: every lease ends, in parallel.
-        await asyncio.gather(*(self._close_lease(cluster_id, l) for l in await self._store.leases_of(cluster_id)))
+                await self._event(cluster_id, "teardown_warning", f"launcher teardown: {_describe(exc)}")
         await self._store.set_cluster_status(cluster_id, final, self._clock(), reason=reason)
-        await self._event(cluster_id, final.value, f"{final.value}: all nodes released in "
-                          f"{self._clock() - started:.1f} s")
+        await self._event(cluster_id, final.value, f"{final.value} {self._clock() - started:.1f} s after "
+                          "the teardown began")
 
     def _launcher_config(self, row: dict) -> dict:
         ttl = int(row["expires_at"] - self._clock()) + 3600
@@ -429,7 +512,8 @@ def node_labels(cluster_id: str, lease: dict, machine: dict) -> dict:
 
 def _lease_row(a: placement.Assignment) -> dict:
     return {"id": "l-" + uuid.uuid4().hex[:12], "machine_id": a.machine_id, "role": a.request.role,
-            "gpus": list(a.gpu_indices), "cpus": a.request.cpus}
+            "gpus": list(a.gpu_indices), "cpus": a.request.cpus,
+            "price_per_gpu_hour": a.price_per_gpu_hour, "price_per_cpu_hour": a.price_per_cpu_hour}
 
 
 def _public_node(lease: dict) -> dict:

@@ -9,6 +9,16 @@ from actors.store import Database
 
 ACTIVE_LEASE_STATUSES = tuple(s.value for s in domain.LeaseStatus if s.holds_capacity())
 
+_INSERT_LEASE = ("INSERT INTO leases (id, cluster_id, machine_id, role, gpus, cpus, price_per_gpu_hour,"
+                 " price_per_cpu_hour, status, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+
+
+def _lease_values(cluster_id: str, lease: dict, now: float) -> tuple:
+    # Prices are copied at reservation: a provider changing its price does not re-bill running leases.
+    return (lease["id"], cluster_id, lease["machine_id"], lease["role"], json.dumps(lease["gpus"]), lease["cpus"],
+            lease.get("price_per_gpu_hour", 0.0), lease.get("price_per_cpu_hour", 0.0),
+            domain.LeaseStatus.RESERVED.value, now)
+
 
 class ClusterStore(Database):
 
@@ -23,11 +33,7 @@ class ClusterStore(Database):
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (cluster["id"], cluster["owner_id"], cluster["name"], cluster["spec"], cluster["status"],
                  now, now, cluster["expires_at"]))
-            await conn.executemany(
-                "INSERT INTO leases (id, cluster_id, machine_id, role, gpus, cpus, status, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [(l["id"], cluster["id"], l["machine_id"], l["role"], json.dumps(l["gpus"]), l["cpus"],
-                  domain.LeaseStatus.RESERVED.value, now) for l in leases])
+            await conn.executemany(_INSERT_LEASE, [_lease_values(cluster["id"], l, now) for l in leases])
             await conn.execute("INSERT INTO cluster_events (cluster_id, ts, kind, message) VALUES (?, ?, ?, ?)",
                                (cluster["id"], now, "created", event))
             await conn.commit()
@@ -73,6 +79,9 @@ class ClusterStore(Database):
         cursor = await self._write(sql, tuple(args))
         return cursor.rowcount > 0
 
+    async def clear_reason(self, cluster_id: str) -> None:
+        await self._write("UPDATE clusters SET reason = NULL WHERE id = ?", (cluster_id,))
+
     async def set_expiry(self, cluster_id: str, expires_at: float, now: float) -> None:
         await self._write("UPDATE clusters SET expires_at = ?, updated_at = ? WHERE id = ?",
                           (expires_at, now, cluster_id))
@@ -99,6 +108,21 @@ class ClusterStore(Database):
         row = await self._fetchone("SELECT * FROM leases WHERE id = ?", (lease_id,))
         return decode_lease(row) if row else None
 
+    async def leases_in_window(self, start: float, end: float, *, owner_id: int | None = None,
+                               provider_id: int | None = None) -> list[dict]:
+        """Leases whose node was in Ray at some time in [start, end], with their cluster's owner and machine's provider."""
+        sql = ("SELECT l.*, c.owner_id, c.name AS cluster_name, m.provider_id, m.name AS machine_name FROM leases l"
+               " JOIN clusters c ON c.id = l.cluster_id JOIN machines m ON m.id = l.machine_id"
+               " WHERE l.joined_at IS NOT NULL AND l.joined_at < ? AND (l.left_at IS NULL OR l.left_at > ?)")
+        args: list = [end, start]
+        if owner_id is not None:
+            sql += " AND c.owner_id = ?"
+            args.append(owner_id)
+        if provider_id is not None:
+            sql += " AND m.provider_id = ?"
+            args.append(provider_id)
+        return [decode_lease(r) for r in await self._fetchall(sql, tuple(args))]
+
     async def active_leases(self) -> list[dict]:
         marks = ",".join("?" * len(ACTIVE_LEASE_STATUSES))
         rows = await self._fetchall(f"SELECT * FROM leases WHERE status IN ({marks})", ACTIVE_LEASE_STATUSES)
@@ -106,11 +130,7 @@ class ClusterStore(Database):
 
     async def add_leases(self, cluster_id: str, leases: list[dict], now: float) -> None:
         conn = await self.conn()
-        await conn.executemany(
-            "INSERT INTO leases (id, cluster_id, machine_id, role, gpus, cpus, status, created_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [(l["id"], cluster_id, l["machine_id"], l["role"], json.dumps(l["gpus"]), l["cpus"],
-              domain.LeaseStatus.RESERVED.value, now) for l in leases])
+        await conn.executemany(_INSERT_LEASE, [_lease_values(cluster_id, l, now) for l in leases])
         await conn.commit()
 
     async def open_lease(self, lease_id: str, *, node_type: str, tags: dict, ports: dict, node_ip: str,

@@ -30,6 +30,7 @@ class ClusterStatus(str, enum.Enum):
     PENDING = "pending"  # machines reserved, launch not started
     PROVISIONING = "provisioning"  # the launcher is starting the head; workers are joining
     RUNNING = "running"  # head and every worker joined
+    DEGRADED = "degraded"  # running with fewer workers than requested (a machine was lost), with a reason
     TERMINATING = "terminating"
     TERMINATED = "terminated"  # deleted by its owner
     FAILED = "failed"  # with a reason
@@ -40,7 +41,12 @@ class ClusterStatus(str, enum.Enum):
 
     def is_active(self) -> bool:
         """Still holds (or is acquiring) machines and must be torn down some day."""
-        return self in (ClusterStatus.PENDING, ClusterStatus.PROVISIONING, ClusterStatus.RUNNING)
+        return self in (ClusterStatus.PENDING, ClusterStatus.PROVISIONING, ClusterStatus.RUNNING,
+                        ClusterStatus.DEGRADED)
+
+    @classmethod
+    def active(cls) -> tuple["ClusterStatus", ...]:
+        return tuple(s for s in cls if s.is_active())
 
 
 class LeaseStatus(str, enum.Enum):

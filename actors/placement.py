@@ -34,6 +34,8 @@ class Assignment:
     request: NodeRequest
     machine_id: str
     gpu_indices: tuple[int, ...]
+    price_per_gpu_hour: float = 0.0
+    price_per_cpu_hour: float = 0.0
 
 
 class InsufficientCapacity(Exception):
@@ -94,7 +96,7 @@ def place(machines: list[MachineCapacity], requests: list[NodeRequest]) -> list[
         best.free_gpus = best.free_gpus[r.gpus:]
         best.free_cpus -= r.cpus
         best.leases_of_cluster += 1
-        assignments.append(Assignment(r, best.machine_id, taken))
+        assignments.append(Assignment(r, best.machine_id, taken, best.price_per_gpu_hour, best.price_per_cpu_hour))
     return assignments
 
 

@@ -122,13 +122,16 @@ class ProviderRegistry:
                     principal.username, row["gpus"], row["gpu_model"] or "", row["cpus"])
         return {**self._public_machine(row), "heartbeat_interval_s": self._settings.heartbeat_interval_s}
 
-    async def heartbeat(self, principal: auth.Principal, machine_id: str, usage: dict) -> dict:
+    async def heartbeat(self, principal: auth.Principal, machine_id: str, usage: dict,
+                        leases: list[str] = ()) -> dict:
         row = await self._own_machine(principal, machine_id)
         if row["status"] == domain.MachineStatus.GONE.value:
             raise errors.NotFound(f"machine {machine_id} has left the platform: register it again")
         await self._store.record_heartbeat(machine_id, self._clock(), domain.MachineUsage.model_validate(usage))
+        # The sweeper's agent half: leases no live cluster owns (ended while the agent was away) are closed.
+        stale = sorted(set(leases) - await self._store.live_lease_ids(machine_id)) if leases else []
         return {"status": domain.MachineStatus.ONLINE.value,
-                "heartbeat_interval_s": self._settings.heartbeat_interval_s}
+                "heartbeat_interval_s": self._settings.heartbeat_interval_s, "stale_leases": stale}
 
     async def leave(self, principal: auth.Principal, machine_id: str) -> dict:
         await self._own_machine(principal, machine_id)

@@ -24,6 +24,7 @@ class PlatformSettings(BaseModel):
                                   description="The API's URL as provider machines reach it")] = "http://127.0.0.1:8000"
     provision_timeout_s: Annotated[float, Field(ge=30, le=3600, description="Launch to running, or failed")] = 600.0
     reconcile_interval_s: Annotated[float, Field(ge=0.1, le=60)] = 1.0
+    max_lifetime_s: Annotated[int, Field(ge=60, le=90 * 86_400, description="Longest a cluster may live, extensions included")] = 7 * 86_400
 
     @property
     def db_path(self) -> Path:

@@ -72,6 +72,8 @@ MIGRATIONS: list[str] = [
         role        TEXT NOT NULL CHECK (role IN ('head', 'worker')),
         gpus        TEXT NOT NULL,
         cpus        INTEGER NOT NULL,
+        price_per_gpu_hour REAL NOT NULL DEFAULT 0,
+        price_per_cpu_hour REAL NOT NULL DEFAULT 0,
         status      TEXT NOT NULL,
         node_type   TEXT,
         tags        TEXT NOT NULL DEFAULT '{}',
@@ -230,6 +232,12 @@ class Store(Database):
     async def record_heartbeat(self, machine_id: str, now: float, usage: domain.MachineUsage) -> None:
         await self._write("UPDATE machines SET last_heartbeat = ?, usage = ?, status = ? WHERE id = ?",
                           (now, usage.model_dump_json(), domain.MachineStatus.ONLINE.value, machine_id))
+
+    async def live_lease_ids(self, machine_id: str) -> set[str]:
+        """Leases on the machine that still hold capacity (the leases table is the ClusterManager's)."""
+        rows = await self._fetchall("SELECT id FROM leases WHERE machine_id = ? AND status IN ('reserved', 'open')",
+                                    (machine_id,))
+        return {r["id"] for r in rows}
 
     async def set_machine_status(self, machine_id: str, status: domain.MachineStatus) -> None:
         await self._write("UPDATE machines SET status = ? WHERE id = ?", (status.value, machine_id))

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from cli import buyer, demo
 from cli import platform as platform_mod
 from cli import platform_state
 from worker import client as client_mod
@@ -126,6 +127,10 @@ SUBCOMMANDS: dict[str, tuple[Callable[[argparse._SubParsersAction], argparse.Arg
     "up": (_add_up, cmd_up),
     "down": (_add_down, cmd_down),
     "status": (_add_status, cmd_status),
+    "demo": (demo.add_demo, demo.cmd_demo),
+    "login": (buyer.add_login, buyer.cmd_login),
+    "logout": (buyer.add_logout, buyer.cmd_logout),
+    "cluster": (buyer.add_cluster, buyer.cmd_cluster),
 }
 
 

@@ -68,6 +68,8 @@ class MachineRegister(Strict):
 
 class Heartbeat(Strict):
     usage: domain.MachineUsage = domain.MachineUsage()
+    leases: Annotated[list[Annotated[str, Field(pattern=protocol.LEASE_ID_PATTERN)]], Field(
+        max_length=1024, description="Leases the agent holds; the answer names those the platform ended")] = []
 
 
 class MachinePublic(Strict):
@@ -87,6 +89,7 @@ class MachinePublic(Strict):
 class HeartbeatAck(Strict):
     status: domain.MachineStatus
     heartbeat_interval_s: float
+    stale_leases: list[str] = Field(default=[], description="Leases the agent holds that no live cluster owns: close them")
 
 
 class MachineRegistered(MachinePublic):
@@ -174,6 +177,10 @@ class ClusterEvent(Strict):
     ts: float
     kind: str
     message: str
+
+
+class ClusterExtend(Strict):
+    duration_s: Annotated[int, Field(ge=1, le=90 * 86_400, description="Seconds added to the lifetime")]
 
 
 class SeedDeploy(Strict):

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import time
+
 from fastapi import APIRouter, Path, Query, status
+
+from actors import errors
 
 from configs.models import ClusterSpec
 from serve_app import deps, models
@@ -38,6 +42,26 @@ async def get_cluster(cluster_id: ClusterId, principal: deps.BuyerOrAdmin, clust
 async def delete_cluster(cluster_id: ClusterId, principal: deps.BuyerOrAdmin, clusters: deps.Clusters):
     """Idempotent; the teardown runs in the background (status terminating, then terminated)."""
     return await clusters.delete_cluster.remote(principal, cluster_id)
+
+
+@router.post("/v1/clusters/{cluster_id}/extend", response_model=models.ClusterPublic)
+async def extend(cluster_id: ClusterId, body: models.ClusterExtend, principal: deps.BuyerOrAdmin,
+                 clusters: deps.Clusters):
+    """Moves the deadline by duration_s; 409 past the platform's maximum lifetime."""
+    return await clusters.extend_cluster.remote(principal, cluster_id, body.duration_s)
+
+
+@router.get("/v1/usage")
+async def usage(principal: deps.CurrentPrincipal, clusters: deps.Clusters,
+                start: Annotated[float | None, Query(ge=0, description="Epoch seconds; default 30 days ago")] = None,
+                end: Annotated[float | None, Query(ge=0, description="Epoch seconds; default now")] = None):
+    """Buyers: GPU/CPU-seconds and cost per cluster. Providers: supplied seconds and earnings per machine.
+    Seconds count from a node joining Ray to it leaving."""
+    end = time.time() if end is None else end
+    start = end - 30 * 86_400 if start is None else start
+    if start > end:
+        raise errors.InvalidInput("start must not be after end")
+    return await clusters.usage.remote(principal, start, end)
 
 
 @router.get("/v1/clusters/{cluster_id}/connection", response_model=models.ClusterConnection)

@@ -32,7 +32,7 @@ async def get_machine(machine_id: MachineId, principal: deps.ProviderOrAdmin, re
 @router.post("/v1/machines/{machine_id}/heartbeat", response_model=models.HeartbeatAck)
 async def heartbeat(machine_id: MachineId, body: models.Heartbeat, principal: deps.ProviderPrincipal,
                     registry: deps.Registry):
-    return await registry.heartbeat.remote(principal, machine_id, body.usage.model_dump(mode="json"))
+    return await registry.heartbeat.remote(principal, machine_id, body.usage.model_dump(mode="json"), body.leases)
 
 
 @router.delete("/v1/machines/{machine_id}", response_model=models.MachinePublic)

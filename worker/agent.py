@@ -256,8 +256,10 @@ class Agent:
                 stage = "register"
                 self._register()
             stage = "heartbeat"
-            ack = self.client.heartbeat(self.machine_id, self._usage(self._active_leases()))
+            held = self.leases.lease_ids()
+            ack = self.client.heartbeat(self.machine_id, self._usage(len(held)), held)
             self._set_interval(ack)
+            self._close_stale_leases(ack.get("stale_leases") or [])
         except api.ApiError as exc:
             if exc.is_transient:
                 self._failed(stage, exc)
@@ -379,6 +381,13 @@ class Agent:
 
     # --- leases --------------------------------------------------------------------------
 
+    def _close_stale_leases(self, lease_ids: list) -> None:
+        """Leases the platform ended while we could not hear it: stop their processes (behind their queue)."""
+        for lease_id in lease_ids:
+            if isinstance(lease_id, str) and lease_id in self.leases.lease_ids():
+                logger.info("lease %s has no live cluster on the platform: closing it", lease_id)
+                self._enqueue_lease_item({"id": None, "kind": protocol.LEASE_CLOSE, "payload": {"lease_id": lease_id}})
+
     def _enqueue_lease_item(self, item: dict) -> None:
         """Queue a lease item behind the earlier items of its lease; never blocks the poll thread."""
         payload = item.get("payload")
@@ -413,6 +422,8 @@ class Agent:
         result = self._lease_result(kind, item.get("payload"))
         logger.debug("work item %s (%s): ok=%s exit %s in %.1f s", item_id, kind, result.ok, result.exit_code,
                      time.monotonic() - started)
+        if item_id is None:  # the agent's own item (a stale lease closed): nobody waits for it
+            return
         if not isinstance(item_id, str) or not item_id:
             logger.warning("work item of kind %r has no id; its result cannot be posted", kind)
             return

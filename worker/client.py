@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import logging
 import random
 import threading
@@ -91,7 +93,7 @@ class PlatformApi(Protocol):
     def register_machine(self, machine_key: str, name: str, spec: domain.MachineSpec,
                          price_per_gpu_hour: float = 0.0, price_per_cpu_hour: float = 0.0) -> dict: ...
 
-    def heartbeat(self, machine_id: str, usage: domain.MachineUsage) -> dict: ...
+    def heartbeat(self, machine_id: str, usage: domain.MachineUsage, leases: Sequence[str] = ()) -> dict: ...
 
     def poll_work(self, machine_id: str, wait_s: float = 20) -> list[dict]: ...
 
@@ -191,8 +193,8 @@ class PlatformClient:
                                       price_per_gpu_hour=price_per_gpu_hour, price_per_cpu_hour=price_per_cpu_hour)
         return self.request("POST", "/v1/machines", json=body.model_dump(mode="json"))
 
-    def heartbeat(self, machine_id: str, usage: domain.MachineUsage) -> dict:
-        body = models.Heartbeat(usage=usage)
+    def heartbeat(self, machine_id: str, usage: domain.MachineUsage, leases: Sequence[str] = ()) -> dict:
+        body = models.Heartbeat(usage=usage, leases=list(leases))
         return self.request("POST", f"{_machine_path(machine_id)}/heartbeat", json=body.model_dump(mode="json"))
 
     def poll_work(self, machine_id: str, wait_s: float = 20) -> list[dict]:

@@ -158,3 +158,33 @@ def test_bad_cluster_requests_are_4xx(platform):
     # Sign-in tokens cannot drive the node routes, and node credentials are per cluster.
     assert buyer.get("/v1/clusters/c-000000000000/nodes").status_code == 403
     assert buyer.get("/v1/clusters").json() == []
+
+
+def manager_actor_pids(platform) -> list[int]:
+    # Only among this platform's own processes (never by name machine-wide).
+    return [p.pid for p in platform.owned_processes()
+            if p.cmdline() and p.cmdline()[0].startswith("ray::ClusterManagerActor")]
+
+
+def test_kill_9_of_cluster_manager_during_provisioning(market, platform):
+    buyer = Api.sign_up(platform.url, "buyer")
+    cid = buyer.post("/v1/clusters", json={"num_workers": 1, "duration_s": 1800}).json()["id"]
+    wait_for(lambda: any(e["kind"] == "node_opened" for e in buyer.get(f"/v1/clusters/{cid}/events").json()),
+             timeout_s=60, interval_s=0.1, what="the head node opened (launch in flight)")
+    (pid,) = manager_actor_pids(platform)
+    os.kill(pid, 9)
+    ended = wait_for(lambda: (c := buyer.get(f"/v1/clusters/{cid}")).status_code == 200
+                     and c.json()["status"] in ("running", "failed") and c.json(),
+                     timeout_s=120, interval_s=0.5, what="running or failed after the restart")
+    if ended["status"] == "failed":
+        assert "restarted" in ended["reason"], ended["reason"]
+    leases = [n["id"] for n in ended["nodes"]]
+    buyer.delete(f"/v1/clusters/{cid}")
+    wait_for(lambda: buyer.get(f"/v1/clusters/{cid}").json()["status"] in ("terminated", "failed"),
+             timeout_s=60, what="ended")
+    wait_for(lambda: not lease_processes(leases), timeout_s=30, what="no orphaned processes")
+    # The machines are leasable again.
+    again = buyer.post("/v1/clusters", json={"num_workers": 2, "duration_s": 600})
+    assert again.status_code == 202, again.text
+    buyer.delete(f"/v1/clusters/{again.json()['id']}")
+    wait_status(buyer, again.json()["id"], "terminated", timeout_s=90)

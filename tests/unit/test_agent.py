@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import inspect
 import json
 import logging
@@ -65,7 +67,7 @@ class FakeClient:
         self.registrations.append((machine_key, name))
         return answer or {"id": "m-1", "heartbeat_interval_s": self.interval_s}
 
-    def heartbeat(self, machine_id: str, usage: domain.MachineUsage) -> dict:
+    def heartbeat(self, machine_id: str, usage: domain.MachineUsage, leases: Sequence[str] = ()) -> dict:
         answer = self._next("heartbeat")
         self.heartbeats.append((machine_id, usage))
         return answer or {"status": "online", "heartbeat_interval_s": self.interval_s}

@@ -171,6 +171,8 @@ def test_expiry_and_lost_head(env, clock):
         c = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 60})
         await settle(manager)
         clock.advance(61)
+        assert await manager.expire(c["id"], c["expires_at"])  # what the ExpiryReaper calls at the deadline
+        assert not await manager.expire(c["id"], c["expires_at"])  # never twice
         for m in ("m-000000000000", "m-000000000001"):  # keep machines fresh
             await db.record_heartbeat(m, clock(), domain.MachineUsage())
         await manager.reconcile_once()

@@ -1,0 +1,111 @@
+"""ExpiryReaper: a heap of cluster deadlines; sleeps until the next one and has the cluster torn down."""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import time
+from typing import Callable, Protocol
+
+from actors import domain
+from actors import cluster_store as cstore
+
+logger = logging.getLogger(__name__)
+
+EXPIRE = "expire"
+WARN = "warn"
+
+
+class Clusters(Protocol):
+    """What the reaper needs of the ClusterManager."""
+
+    async def expire(self, cluster_id: str, deadline: float) -> bool: ...
+
+    async def warn_expiry(self, cluster_id: str, deadline: float) -> None: ...
+
+
+def warning_lead_s(duration_s: float) -> float:
+    """How long before the deadline the owner is warned: 5 minutes, or a tenth of a short lifetime."""
+    return min(300.0, duration_s / 10)
+
+
+class ExpiryReaper:
+    """Plain class with the logic; `actors.actor_classes` turns it into a detached actor.
+
+    The heap may hold stale entries (a cluster extended or deleted since): each entry is checked
+    against the database when it comes due, so extend and delete only ever push or do nothing.
+    """
+
+    def __init__(self, store: cstore.ClusterStore, *, clusters: Clusters, clock: Callable[[], float] = time.time):
+        self._store = store
+        self._clusters = clusters
+        self._clock = clock
+        self._heap: list[tuple[float, str, str]] = []
+        self._wake = asyncio.Event()
+
+    async def start(self) -> None:
+        """Recovers every active cluster's deadline; ones that passed while the platform was down fire at once."""
+        for row in await self._store.clusters_with_status(*domain.ClusterStatus.active()):
+            self._push(row)
+        logger.info("expiry reaper tracks %d deadline(s)", len(self._heap))
+
+    async def schedule(self, cluster_id: str) -> float | None:
+        """(Re)reads the cluster's deadline and wakes the loop; called on create and extend."""
+        row = await self._store.get_cluster(cluster_id)
+        if row is None or not domain.ClusterStatus(row["status"]).is_active():
+            return None
+        self._push(row)
+        self._wake.set()
+        return row["expires_at"]
+
+    def _push(self, row: dict) -> None:
+        deadline = row["expires_at"]
+        heapq.heappush(self._heap, (deadline, EXPIRE, row["id"]))
+        lead = warning_lead_s(deadline - row["created_at"])
+        if deadline - lead > self._clock():
+            heapq.heappush(self._heap, (deadline - lead, WARN, row["id"]))
+
+    def next_deadline(self) -> float | None:
+        return self._heap[0][0] if self._heap else None
+
+    async def fire_due(self) -> list[str]:
+        """Acts on every entry that is due; returns the clusters it had torn down."""
+        expired = []
+        while self._heap and self._heap[0][0] <= self._clock():
+            when, kind, cluster_id = heapq.heappop(self._heap)
+            try:
+                if await self._fire(when, kind, cluster_id):
+                    expired.append(cluster_id)
+            except Exception:
+                logger.exception("expiry of cluster %s failed; retrying in 1 s", cluster_id)
+                heapq.heappush(self._heap, (self._clock() + 1.0, kind, cluster_id))
+        return expired
+
+    async def _fire(self, when: float, kind: str, cluster_id: str) -> bool:
+        row = await self._store.get_cluster(cluster_id)
+        if row is None or not domain.ClusterStatus(row["status"]).is_active():
+            return False  # deleted or ended already: a stale entry
+        if kind == WARN:
+            lead = warning_lead_s(row["expires_at"] - row["created_at"])
+            if abs((row["expires_at"] - lead) - when) < 0.5:  # not for an earlier deadline
+                await self._clusters.warn_expiry(cluster_id, row["expires_at"])
+            return False
+        if row["expires_at"] > self._clock():
+            return False  # extended: its new deadline has its own entry
+        return await self._clusters.expire(cluster_id, row["expires_at"])
+
+    async def run_deadline_loop(self) -> None:
+        """Sleeps until the next deadline or a wake-up; no fixed polling interval."""
+        while True:
+            try:
+                await self.fire_due()
+            except Exception:
+                logger.exception("expiry step failed")
+            next_at = self.next_deadline()
+            timeout = None if next_at is None else max(0.0, next_at - self._clock())
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=timeout)
+            except asyncio.TimeoutError:
+                pass

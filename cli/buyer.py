@@ -1,0 +1,652 @@
+"""`dcluster login/logout/cluster ...`: the buyer's commands, their session file and their exit codes.
+
+Exit codes:
+  0  ok
+  1  error from the platform, or unexpected
+  2  usage error: bad arguments, or a request the platform rejects as invalid (HTTP 400/422)
+  3  not signed in, or the session expired or was refused: run `dcluster login`
+  4  not found (no such cluster, or not yours)
+  5  conflict, e.g. not enough capacity (the platform's detail is printed) or past the maximum lifetime
+  6  the cluster ended (failed, expired, deleted) while waiting for it to run
+  7  the platform is unreachable
+  8  timed out waiting (--timeout); the cluster is left as it is
+
+They are defined once, in `Exit` and `HTTP_EXIT`; `exit_code_for` maps every failure to one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import enum
+import functools
+import getpass
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from cli import output
+from cli import platform_state as pstate
+from worker import client as client_mod
+
+EXIT_CODES_HELP = __doc__.split("\n\n")[1]
+
+POLL_INTERVAL_S = 1.0
+# The waits' clock and sleep (tests replace both with a fake clock).
+MONOTONIC: Callable[[], float] = time.monotonic
+SLEEP: Callable[[float], None] = time.sleep
+DEFAULT_WAIT_TIMEOUT_S = 600.0
+SESSION_FILE = "session.json"
+# Seconds before a token's expiry at which the CLI stops using it (clock skew, slow calls).
+EXPIRY_MARGIN_S = 5.0
+
+ENDED_WHILE_WAITING = ("terminating", "terminated", "failed", "expired")
+TERMINAL = ("terminated", "failed", "expired")
+ACTIVE = ("pending", "provisioning", "running")
+
+# Request fields → the flags that set them, so that the platform's validation errors name the flag.
+CREATE_FLAGS = {"num_workers": "--workers", "gpus_per_worker": "--gpus", "gpu_model": "--gpu-model",
+                "cpus_per_worker": "--cpus", "duration_s": "--duration", "name": "--name"}
+
+
+class Exit(enum.IntEnum):
+    OK = 0
+    ERROR = 1
+    USAGE = 2
+    AUTH = 3
+    NOT_FOUND = 4
+    CONFLICT = 5
+    CLUSTER_ENDED = 6
+    UNREACHABLE = 7
+    TIMEOUT = 8
+
+
+HTTP_EXIT = {400: Exit.USAGE, 401: Exit.AUTH, 404: Exit.NOT_FOUND, 409: Exit.CONFLICT, 422: Exit.USAGE}
+
+
+class CliError(Exception):
+    """A failure with the message to print and the exit code to return."""
+
+    def __init__(self, message: str, code: Exit = Exit.ERROR, **fields: Any):
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.fields = fields
+
+
+def exit_code_for(exc: BaseException) -> Exit:
+    if isinstance(exc, CliError):
+        return exc.code
+    if isinstance(exc, client_mod.ApiError):
+        return HTTP_EXIT.get(exc.status_code, Exit.ERROR)
+    if isinstance(exc, client_mod.PlatformUnreachable):
+        return Exit.UNREACHABLE
+    return Exit.ERROR
+
+
+def detail_text(detail: Any, field_names: Mapping[str, str] | None = None) -> str:
+    """The platform's error detail as one line (FastAPI's 422 list becomes 'field: message; ...')."""
+    if isinstance(detail, list):
+        parts = []
+        for item in detail:
+            if not isinstance(item, dict):
+                parts.append(str(item))
+                continue
+            loc = [str(x) for x in item.get("loc", []) if x not in ("body", "path", "query")]
+            name = ".".join((field_names or {}).get(x, x) for x in loc)
+            parts.append(f"{name}: {item.get('msg')}" if name else str(item.get("msg")))
+        return "; ".join(parts)
+    return str(detail)
+
+
+def error_message(exc: BaseException, field_names: Mapping[str, str] | None = None) -> str:
+    if isinstance(exc, CliError):
+        return exc.message
+    if isinstance(exc, client_mod.ApiError):
+        text = detail_text(exc.detail, field_names)
+        if exc.status_code == 401:
+            return f"the platform refused the session ({text}); run `dcluster login`"
+        if exc.status_code == 429 and exc.retry_after_s:
+            return f"{text} (retry in {exc.retry_after_s:.0f} s)"
+        return text
+    if isinstance(exc, client_mod.PlatformUnreachable):
+        return f"the platform is unreachable ({exc}); is it up, and is the URL of `dcluster login` right?"
+    return str(exc)
+
+
+# --- durations --------------------------------------------------------------------------
+
+_DURATION = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
+_UNIT_S = (86400, 3600, 60, 1)
+
+
+def parse_duration(text: str) -> int:
+    """'30m' → 1800, '2h' → 7200, '1h30m' → 5400, '90s' → 90, '3600' → 3600 (plain numbers are seconds)."""
+    value = str(text).strip().lower()
+    if value.isdigit():
+        seconds = int(value)
+    else:
+        match = _DURATION.fullmatch(value)
+        if not value or not match or not any(match.groups()):
+            raise ValueError(f"invalid duration {text!r}: use seconds (3600) or d/h/m/s units (30m, 2h, 1h30m, 90s)")
+        seconds = sum(int(g) * unit for g, unit in zip(match.groups(), _UNIT_S) if g)
+    if seconds <= 0:
+        raise ValueError(f"invalid duration {text!r}: it must be longer than 0 s")
+    return seconds
+
+
+def _duration_arg(text: str) -> int:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+# --- session ----------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Session:
+    url: str
+    username: str
+    token: str
+    expires_at: float
+    role: str | None = None
+
+    def expired(self, now: float) -> bool:
+        return now >= self.expires_at - EXPIRY_MARGIN_S
+
+    def public(self) -> dict:
+        """What may be printed: everything but the token."""
+        return {"url": self.url, "username": self.username, "role": self.role, "expires_at": self.expires_at}
+
+
+def config_dir() -> Path:
+    """$DCLUSTER_CONFIG_DIR, else $XDG_CONFIG_HOME/dcluster, else ~/.config/dcluster."""
+    if os.environ.get("DCLUSTER_CONFIG_DIR"):
+        return Path(os.environ["DCLUSTER_CONFIG_DIR"]).expanduser()
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base).expanduser() / "dcluster"
+
+
+def session_path() -> Path:
+    return config_dir() / SESSION_FILE
+
+
+def read_session() -> Session | None:
+    """The saved session (expired or not), None when there is none."""
+    path = session_path()
+    try:
+        data = json.loads(path.read_text())
+        return Session(url=data["url"], username=data["username"], token=data["token"],
+                       expires_at=float(data["expires_at"]), role=data.get("role"))
+    except FileNotFoundError:
+        return None
+    except (ValueError, KeyError, TypeError):
+        raise CliError(f"{path} is not a valid session file; run `dcluster login` again", Exit.AUTH) from None
+
+
+def save_session(session: Session) -> Path:
+    pstate.ensure_private_dir(config_dir())
+    path = session_path()
+    pstate.write_json(path, dataclasses.asdict(session))  # atomic, 0600 from the first byte
+    return path
+
+
+def current_session(now: float | None = None) -> Session:
+    session = read_session()
+    if session is None:
+        raise CliError("not signed in; run `dcluster login --url URL --username NAME`", Exit.AUTH)
+    if session.expired(time.time() if now is None else now):
+        raise CliError(f"your session on {session.url} expired at {output.clock_time(session.expires_at)}; "
+                       f"run `dcluster login`", Exit.AUTH)
+    return session
+
+
+def new_client(base_url: str) -> client_mod.PlatformClient:
+    """Every command's HTTP client (tests replace this factory with one on a mock transport)."""
+    return client_mod.PlatformClient(base_url)
+
+
+def signed_in_client() -> client_mod.PlatformClient:
+    session = current_session()
+    client = new_client(session.url)
+    client.set_token(session.token)
+    return client
+
+
+# --- the platform's cluster API ---------------------------------------------------------
+
+def cluster_path(cluster_id: str, suffix: str = "") -> str:
+    return "/v1/clusters/" + quote(str(cluster_id), safe="") + suffix
+
+
+def cluster_body(args: argparse.Namespace) -> dict:
+    body: dict[str, Any] = {"num_workers": args.workers, "gpus_per_worker": args.gpus,
+                            "cpus_per_worker": args.cpus, "duration_s": args.duration, "backend": args.backend}
+    if args.gpu_model:
+        body["gpu_model"] = args.gpu_model
+    if args.name:
+        body["name"] = args.name
+    return body
+
+
+class ClusterWatcher:
+    """Follows one cluster: its new events (after the last id seen) and its status, until a condition holds."""
+
+    def __init__(self, client: client_mod.PlatformClient, cluster_id: str,
+                 on_event: Callable[[dict], None] | None = None, *, sleep: Callable[[float], None] | None = None,
+                 clock: Callable[[], float] | None = None):
+        self.client = client
+        self.cluster_id = cluster_id
+        self.on_event = on_event or (lambda e: None)
+        self.after = 0
+        self.events: list[dict] = []
+        # Looked up at call time, so that tests can swap the module's clock for a fake one.
+        self._sleep = sleep or SLEEP
+        self._clock = clock or MONOTONIC
+
+    def drain_events(self) -> list[dict]:
+        new = self.client.request("GET", cluster_path(self.cluster_id, "/events"), params={"after": self.after}) or []
+        for event in new:
+            self.after = max(self.after, int(event.get("id", 0)))
+            self.events.append(event)
+            self.on_event(event)
+        return new
+
+    def cluster(self) -> dict:
+        return self.client.request("GET", cluster_path(self.cluster_id))
+
+    def until(self, done: Callable[[dict], bool], timeout_s: float, what: str) -> dict:
+        """Polls status then events until done(cluster); the platform's brief hiccups (5xx, 429,
+        unreachable) are retried until the deadline. Raises CliError(TIMEOUT) past it."""
+        deadline = self._clock() + timeout_s
+        last_error: client_mod.ClientError | None = None
+        while True:
+            try:
+                cluster = self.cluster()
+                self.drain_events()
+                last_error = None
+                if done(cluster):
+                    return cluster
+            except client_mod.ClientError as exc:
+                transient = isinstance(exc, client_mod.PlatformUnreachable) or \
+                    (isinstance(exc, client_mod.ApiError) and exc.is_transient)
+                if not transient:
+                    raise
+                last_error = exc
+            if self._clock() >= deadline:
+                if last_error is not None:
+                    raise last_error
+                raise CliError(f"timed out after {timeout_s:.0f} s waiting for cluster {self.cluster_id} to "
+                               f"{what}; it is {cluster['status']} and left as it is", Exit.TIMEOUT,
+                               cluster=cluster)
+            self._sleep(POLL_INTERVAL_S)
+
+    def wait_running(self, timeout_s: float) -> dict:
+        cluster = self.until(lambda c: c["status"] == "running" or c["status"] in ENDED_WHILE_WAITING,
+                             timeout_s, "run")
+        if cluster["status"] != "running":
+            reason = cluster.get("reason") or "no reason given"
+            raise CliError(f"cluster {self.cluster_id} is {cluster['status']} instead of running: {reason}",
+                           Exit.CLUSTER_ENDED, cluster=cluster)
+        return cluster
+
+    def wait_ended(self, timeout_s: float) -> dict:
+        return self.until(lambda c: c["status"] in TERMINAL, timeout_s, "end")
+
+
+# --- printing clusters ------------------------------------------------------------------
+
+def _gpus(c: Mapping) -> str:
+    total = int(c.get("num_workers", 0)) * int(c.get("gpus_per_worker", 0))
+    return f"{total} {c['gpu_model']}" if total and c.get("gpu_model") else str(total)
+
+
+def _expires_in(c: Mapping, now: float) -> str:
+    return output.human_duration(c["expires_at"] - now) if c.get("status") in ACTIVE else "-"
+
+
+def cluster_table(clusters: list[dict], now: float) -> str:
+    rows = [(c["id"], c.get("name") or "", c["status"], f"{c.get('workers_joined', 0)}/{c['num_workers']}",
+             _gpus(c), _expires_in(c, now)) for c in clusters]
+    return output.table(("ID", "NAME", "STATUS", "WORKERS", "GPUS", "EXPIRES IN"), rows)
+
+
+def cluster_summary(c: Mapping, now: float) -> str:
+    """One line: 'cluster c-... (name) is running: 2/2 workers, ...; expires in 29m58s'."""
+    per_worker = f"{c['gpus_per_worker']} GPU" + (f" {c['gpu_model']}" if c.get("gpu_model") else "") + \
+        f", {c['cpus_per_worker']} CPU each"
+    line = f"cluster {c['id']} ({c.get('name')}) is {c['status']}: " \
+           f"{c.get('workers_joined', 0)}/{c['num_workers']} workers joined ({per_worker})"
+    if c["status"] in ACTIVE:
+        line += f"; expires in {_expires_in(c, now)}"
+    if c.get("reason"):
+        line += f"; reason: {c['reason']}"
+    return line
+
+
+def cluster_details(c: Mapping, now: float) -> str:
+    lines = [cluster_summary(c, now),
+             f"  backend:  {c.get('backend')}",
+             f"  created:  {output.clock_time(c.get('created_at'))}",
+             f"  running:  {output.clock_time(c.get('running_at'))}",
+             f"  expires:  {output.clock_time(c.get('expires_at'))}",
+             f"  ended:    {output.clock_time(c.get('ended_at'))}",
+             f"  head IP:  {c.get('head_node_ip') or '-'}"]
+    nodes = c.get("nodes") or []
+    if nodes:
+        rows = [(n["id"], n["role"], n["status"], n["machine_id"], n.get("node_ip") or "-", n["gpus"], n["cpus"],
+                 "yes" if n.get("joined") else "no") for n in nodes]
+        table = output.table(("NODE", "ROLE", "STATUS", "MACHINE", "IP", "GPUS", "CPUS", "JOINED"), rows)
+        lines += ["  nodes:"] + ["    " + row for row in table.splitlines()]
+    return "\n".join(lines)
+
+
+def _progress_event(start: float) -> Callable[[dict], None]:
+    def show(event: dict) -> None:
+        output.progress(f"  +{time.monotonic() - start:6.1f}s  {event.get('kind', ''):<14} {event.get('message', '')}")
+    return show
+
+
+# --- commands ---------------------------------------------------------------------------
+
+def _guarded(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Turns every expected failure into its exit code and one line on stderr (and JSON on stdout with --json)."""
+
+    @functools.wraps(fn)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return int(fn(args))
+        except (CliError, client_mod.ClientError) as exc:
+            code = exit_code_for(exc)
+            message = error_message(exc, CREATE_FLAGS)
+            if getattr(args, "json", False):
+                body: dict[str, Any] = {"error": message, "exit_code": int(code)}
+                if isinstance(exc, client_mod.ApiError):
+                    body["status_code"] = exc.status_code
+                if isinstance(exc, CliError) and "cluster" in exc.fields:
+                    body["cluster"] = exc.fields["cluster"]
+                output.print_json(body)
+            name = " ".join(x for x in (args.command, getattr(args, "cluster_command", None)) if x)
+            print(f"dcluster {name}: error: {message}", file=sys.stderr)
+            return int(code)
+    return run
+
+
+def _read_password(args: argparse.Namespace) -> str:
+    if args.password_file:
+        try:
+            text = sys.stdin.read() if str(args.password_file) == "-" else Path(args.password_file).read_text()
+        except OSError as exc:
+            raise CliError(f"cannot read the password file: {exc}", Exit.USAGE) from None
+        return text.rstrip("\r\n")
+    if os.environ.get("DCLUSTER_PASSWORD"):
+        return os.environ["DCLUSTER_PASSWORD"]
+    if sys.stdin.isatty():
+        return getpass.getpass(f"password for {args.username}: ")
+    raise CliError("no password: use --password-file FILE (- for stdin), set DCLUSTER_PASSWORD, "
+                   "or run in a terminal", Exit.USAGE)
+
+
+@_guarded
+def cmd_login(args: argparse.Namespace) -> int:
+    try:
+        previous = read_session()
+    except CliError:
+        previous = None
+    url = args.url or os.environ.get("DCLUSTER_URL") or (previous.url if previous else None)
+    if not url:
+        raise CliError("no platform URL: pass --url URL (or set DCLUSTER_URL)", Exit.USAGE)
+    args.username = args.username or (previous.username if previous else None)
+    if not args.username:
+        raise CliError("no username: pass --username NAME", Exit.USAGE)
+    password = _read_password(args)
+    with new_client(url) as client:
+        try:
+            body = client.request("POST", "/v1/token", auth=False,
+                                  data={"username": args.username, "password": password})
+        except client_mod.ApiError as exc:
+            if exc.status_code == 401:
+                raise CliError(f"sign-in refused: {detail_text(exc.detail)}", Exit.AUTH) from None
+            raise
+        token = body.get("access_token") if isinstance(body, dict) else None
+        if not isinstance(token, str) or not token:
+            raise CliError("the platform's token answer has no access_token")
+        client.set_token(token)
+        me = client.request("GET", "/v1/accounts/me")
+    role = me.get("role") if isinstance(me, dict) else None
+    session = Session(url=client.base_url, username=args.username, token=token,
+                      expires_at=time.time() + float(body.get("expires_in") or 1800), role=role)
+    path = save_session(session)
+    if args.json:
+        output.print_json({**session.public(), "session_file": str(path)})
+    else:
+        print(f"signed in to {session.url} as {session.username} ({role}); "
+              f"session valid until {output.clock_time(session.expires_at)}")
+    if role not in (None, "buyer", "admin"):
+        output.progress(f"note: {session.username} is a {role} account; cluster commands need a buyer account")
+    return Exit.OK
+
+
+@_guarded
+def cmd_logout(args: argparse.Namespace) -> int:
+    path = session_path()
+    existed = path.exists()
+    path.unlink(missing_ok=True)
+    if args.json:
+        output.print_json({"signed_out": existed, "session_file": str(path)})
+    else:
+        print("signed out" if existed else "not signed in")
+    return Exit.OK
+
+
+@_guarded
+def cmd_create(args: argparse.Namespace) -> int:
+    with signed_in_client() as client:
+        cluster = client.request("POST", "/v1/clusters", json=cluster_body(args))
+        cid = cluster["id"]
+        if not args.wait:
+            if args.json:
+                output.print_json(cluster)
+            else:
+                print(cluster_summary(cluster, time.time()))
+                output.progress(f"follow it with: dcluster cluster events {cid} --follow")
+            return Exit.OK
+        output.progress(f"cluster {cid} requested; waiting up to {args.timeout:.0f} s for it to run")
+        watcher = ClusterWatcher(client, cid, _progress_event(time.monotonic()))
+        cluster = watcher.wait_running(args.timeout)
+        connection = client.request("GET", cluster_path(cid, "/connection"))
+    if args.json:
+        output.print_json({**cluster, "connection": connection})
+    else:
+        output.progress(cluster_summary(cluster, time.time()))
+        output.progress(f"its environment (for `eval \"$(dcluster cluster connect {cid})\"`):")
+        print("\n".join(output.export_lines(connection["env"])))
+    return Exit.OK
+
+
+@_guarded
+def cmd_list(args: argparse.Namespace) -> int:
+    with signed_in_client() as client:
+        clusters = client.request("GET", "/v1/clusters") or []
+    if args.json:
+        output.print_json(clusters)
+    elif clusters:
+        print(cluster_table(clusters, time.time()))
+    else:
+        print("no clusters")
+    return Exit.OK
+
+
+@_guarded
+def cmd_status(args: argparse.Namespace) -> int:
+    with signed_in_client() as client:
+        cluster = client.request("GET", cluster_path(args.cluster_id))
+    if args.json:
+        output.print_json(cluster)
+    else:
+        print(cluster_details(cluster, time.time()))
+    return Exit.OK
+
+
+@_guarded
+def cmd_events(args: argparse.Namespace) -> int:
+    def show(event: dict) -> None:
+        if args.json and args.follow:
+            output.print_json(event, compact=True)  # one object per line while following
+        elif not args.json:
+            print(output.event_line(event), flush=True)
+
+    with signed_in_client() as client:
+        watcher = ClusterWatcher(client, args.cluster_id, show)
+        if not args.follow:
+            watcher.drain_events()
+            if args.json:
+                output.print_json(watcher.events)
+            return Exit.OK
+        watcher.until(lambda c: c["status"] in TERMINAL, float("inf"), "end")
+        watcher.drain_events()
+    return Exit.OK
+
+
+@_guarded
+def cmd_extend(args: argparse.Namespace) -> int:
+    with signed_in_client() as client:
+        try:
+            cluster = client.request("POST", cluster_path(args.cluster_id, "/extend"),
+                                     json={"duration_s": args.duration})
+        except client_mod.ApiError as exc:
+            if exc.status_code in (404, 405) and exc.detail in ("Not Found", "Method Not Allowed"):
+                raise CliError("this platform cannot extend clusters yet (POST /v1/clusters/{id}/extend "
+                               f"answered {exc.status_code} {exc.detail})") from None
+            raise
+    if args.json:
+        output.print_json(cluster)
+    else:
+        print(f"cluster {cluster['id']} now expires at {output.clock_time(cluster['expires_at'])} "
+              f"(in {output.human_duration(cluster['expires_at'] - time.time())})")
+    return Exit.OK
+
+
+@_guarded
+def cmd_delete(args: argparse.Namespace) -> int:
+    with signed_in_client() as client:
+        cluster = client.request("DELETE", cluster_path(args.cluster_id))
+        if args.wait and cluster["status"] not in TERMINAL:
+            output.progress(f"cluster {cluster['id']} is {cluster['status']}; waiting up to {args.timeout:.0f} s "
+                            f"for its nodes to be released")
+            watcher = ClusterWatcher(client, cluster["id"], _progress_event(time.monotonic()))
+            cluster = watcher.wait_ended(args.timeout)
+    if args.json:
+        output.print_json(cluster)
+    else:
+        print(cluster_summary(cluster, time.time()))
+    return Exit.OK
+
+
+@_guarded
+def cmd_connect(args: argparse.Namespace) -> int:
+    with signed_in_client() as client:
+        connection = client.request("GET", cluster_path(args.cluster_id, "/connection"))
+    if args.json:
+        output.print_json(connection)
+        return Exit.OK
+    print("\n".join(output.export_lines(connection["env"])))
+    if sys.stdout.isatty():
+        output.progress(f"# load it: eval \"$(dcluster cluster connect {args.cluster_id})\"; "
+                        f"then: ray job submit --working-dir . -- python your_script.py")
+    return Exit.OK
+
+
+# --- parsers ----------------------------------------------------------------------------
+
+def _parser_kw(help_text: str) -> dict:
+    return {"help": help_text, "description": help_text, "epilog": EXIT_CODES_HELP,
+            "formatter_class": argparse.RawDescriptionHelpFormatter}
+
+
+def _json_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="machine-readable JSON on stdout (progress goes to stderr)")
+
+
+def _wait_args(p: argparse.ArgumentParser, wait_help: str) -> None:
+    p.add_argument("--wait", action="store_true", help=wait_help)
+    p.add_argument("--timeout", type=_duration_arg, default=DEFAULT_WAIT_TIMEOUT_S,
+                   help=f"how long --wait waits: seconds or 10m (default {DEFAULT_WAIT_TIMEOUT_S:.0f}; exit 8 past it)")
+
+
+def add_login(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("login", **_parser_kw("sign in to a platform and keep the session (never the password)"))
+    p.add_argument("--url", help="the platform's API URL, e.g. http://127.0.0.1:8000 "
+                                 "(default: $DCLUSTER_URL, else the last session's)")
+    p.add_argument("--username", help="account name (default: the last session's)")
+    p.add_argument("--password-file", help="read the password from this file (- for stdin); else "
+                                           "$DCLUSTER_PASSWORD, else a prompt")
+    _json_arg(p)
+    return p
+
+
+def add_logout(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("logout", **_parser_kw("forget the saved session"))
+    _json_arg(p)
+    return p
+
+
+def add_cluster(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("cluster", **_parser_kw("buyer clusters: create, list, status, events, extend, delete, "
+                                               "connect"))
+    csub = p.add_subparsers(dest="cluster_command", metavar="ACTION", required=True)
+
+    c = csub.add_parser("create", **_parser_kw("ask for a Ray cluster of N workers for a while"))
+    c.add_argument("--workers", type=int, required=True, help="worker nodes (the head is extra)")
+    c.add_argument("--gpus", type=int, default=0, help="GPUs on each worker (default 0)")
+    c.add_argument("--gpu-model", help="exact GPU model, e.g. 'NVIDIA A100-SXM4-80GB' (default: any)")
+    c.add_argument("--cpus", type=int, default=1, help="CPUs on each worker (default 1)")
+    c.add_argument("--duration", type=_duration_arg, default=3600,
+                   help="lifetime: 30m, 2h, 1h30m, 90s or seconds (default 1h)")
+    c.add_argument("--name", help="display name: 1-40 of [a-z0-9-]")
+    c.add_argument("--backend", choices=("market", "aws"), default="market", help="where nodes run (default market)")
+    _wait_args(c, "show its events until it runs, then print its environment (`export` lines)")
+    _json_arg(c)
+    c.set_defaults(cluster_handler=cmd_create)
+
+    ls = csub.add_parser("list", **_parser_kw("your clusters, as a table"))
+    _json_arg(ls)
+    ls.set_defaults(cluster_handler=cmd_list)
+
+    for name, handler, text in (("status", cmd_status, "one cluster: status, lifetime, nodes"),
+                                ("connect", cmd_connect, "print `export` lines for the stock Ray CLI: "
+                                                         "eval \"$(dcluster cluster connect ID)\"")):
+        q = csub.add_parser(name, **_parser_kw(text))
+        q.add_argument("cluster_id", metavar="ID")
+        _json_arg(q)
+        q.set_defaults(cluster_handler=handler)
+
+    e = csub.add_parser("events", **_parser_kw("a cluster's events (--json --follow: one JSON object per line)"))
+    e.add_argument("cluster_id", metavar="ID")
+    e.add_argument("--follow", "-f", action="store_true", help="keep printing new events until the cluster ends")
+    _json_arg(e)
+    e.set_defaults(cluster_handler=cmd_events)
+
+    x = csub.add_parser("extend", **_parser_kw("add time to a cluster's lifetime"))
+    x.add_argument("cluster_id", metavar="ID")
+    x.add_argument("--duration", type=_duration_arg, required=True, help="time to add: 30m, 2h, 90s or seconds")
+    _json_arg(x)
+    x.set_defaults(cluster_handler=cmd_extend)
+
+    d = csub.add_parser("delete", **_parser_kw("tear a cluster down (idempotent)"))
+    d.add_argument("cluster_id", metavar="ID")
+    _wait_args(d, "show its events until it has ended and its nodes are released")
+    _json_arg(d)
+    d.set_defaults(cluster_handler=cmd_delete)
+    return p
+
+
+def cmd_cluster(args: argparse.Namespace) -> int:
+    return args.cluster_handler(args)
