@@ -407,9 +407,9 @@ class ClusterManager:
         row = await self._store.get_cluster(cluster_id)
         leases = await self._store.leases_of(cluster_id)
         had_nodes = any(l["status"] == domain.LeaseStatus.OPEN.value for l in leases)
-        # The head first: its autoscaler must not ask for replacements of the workers going away.
-        for group in ([l for l in leases if l["role"] == "head"], [l for l in leases if l["role"] != "head"]):
-            await asyncio.gather(*(self._close_lease(cluster_id, l) for l in group))
+        # All at once: the head's autoscaler cannot replace a worker meanwhile, since the cluster is
+        # terminating and create_nodes refuses.
+        await asyncio.gather(*(self._close_lease(cluster_id, l) for l in leases))
         await self._event(cluster_id, "released", f"all nodes released in {self._clock() - started:.1f} s")
         if had_nodes:
             try:

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from ray._private import label_utils
 from ray.autoscaler._private import commands
 from ray.autoscaler._private.aws import config as ray_aws_config
+from ray.autoscaler._private.aws import node_provider as ray_aws_node_provider
 from ray.autoscaler._private.aws import utils as ray_aws_utils
 from ray.autoscaler._private.aws.node_provider import AWSNodeProvider
 from ray.autoscaler._private.providers import _get_default_config
@@ -40,6 +41,7 @@ SPECS = [
                        duration_s=3600, backend="aws"),
     models.ClusterSpec(num_workers=64, gpus_per_worker=1, duration_s=7 * 24 * 3600, backend="aws"),
 ]
+PROFILE_ARN = "arn:aws:iam::123456789012:instance-profile/dcluster-head"
 SEED_RULE = {"IpProtocol": "tcp", "FromPort": 0, "ToPort": 65535, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}
 
 
@@ -252,8 +254,7 @@ def _clear_ray_aws_caches():
     ray_aws_config._get_subnets_or_die.cache_clear()
 
 
-@pytest.fixture
-def moto_aws(monkeypatch, tmp_path):
+def _moto(monkeypatch, tmp_path, *, iam_managed_policies: bool):
     """Fake credentials, no network at all, moto for every AWS call, HOME (for ~/.ssh keys) in tmp_path."""
     for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_ROLE_ARN",
                 "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"):
@@ -264,8 +265,9 @@ def moto_aws(monkeypatch, tmp_path):
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    # Ray's IAM bootstrap attaches AWS-managed policies (AmazonEC2FullAccess...): moto knows them only so.
-    monkeypatch.setenv("MOTO_IAM_LOAD_MANAGED_POLICIES", "true")
+    # Ray's default IAM bootstrap attaches AWS-managed policies (AmazonEC2FullAccess...), which moto knows
+    # only when it loads its copy of them: seconds per mock start, so only for the tests that need it.
+    monkeypatch.setenv("MOTO_IAM_LOAD_MANAGED_POLICIES", "true" if iam_managed_policies else "false")
     # Nothing here looks AMIs up (Ray's bootstrap only names its default one): skip moto's AMI catalog.
     monkeypatch.setenv("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
     home = tmp_path / "home"
@@ -279,10 +281,42 @@ def moto_aws(monkeypatch, tmp_path):
     # Ray's IAM bootstrap sleeps 15 s twice "for propagation"; moto needs none. Only that module's view of
     # `time` is replaced (it uses nothing else from it).
     monkeypatch.setattr(ray_aws_config, "time", types.SimpleNamespace(sleep=lambda seconds: None))
+    # Ray reads EC2's whole instance-type catalog (~1,400 types, seconds in moto) on every bootstrap;
+    # the catalog is static, so it is read through moto once per session.
+    monkeypatch.setattr(ray_aws_node_provider, "list_ec2_instances", _instance_catalog)
     _clear_ray_aws_caches()
     with mock_aws():
         yield boto3.client("ec2", region_name=REGION)
     _clear_ray_aws_caches()
+
+
+@pytest.fixture
+def moto_aws(monkeypatch, tmp_path):
+    """moto, for tests whose head uses an operator's instance profile (Ray creates no IAM role)."""
+    yield from _moto(monkeypatch, tmp_path, iam_managed_policies=False)
+
+
+@pytest.fixture
+def moto_aws_iam(monkeypatch, tmp_path):
+    """moto, for tests of Ray's default path: it creates the ray-autoscaler-v1 role and instance profile."""
+    yield from _moto(monkeypatch, tmp_path, iam_managed_policies=True)
+
+
+@pytest.fixture
+def scoped_settings():
+    return aws.AwsSettings(allowed_cidr=CIDR, head_instance_profile_arn=PROFILE_ARN)
+
+
+_catalog: list[dict] = []
+
+
+def _instance_catalog(region, aws_credentials=None):
+    if not _catalog:
+        _catalog.extend(_real_list_ec2_instances(region, aws_credentials))
+    return copy.deepcopy(_catalog)
+
+
+_real_list_ec2_instances = ray_aws_node_provider.list_ec2_instances
 
 
 def launcher_bootstrap(config: dict) -> dict:
@@ -326,8 +360,8 @@ def test_instance_shapes_match_ec2s_catalog(moto_aws):
 
 
 @pytest.mark.parametrize("spec", SPECS[:2], ids=lambda s: f"{s.num_workers}x{s.gpus_per_worker}gpu")
-def test_launcher_bootstrap_under_moto_leaves_only_our_rules(moto_aws, spec, settings, token_file):
-    ec2 = moto_aws
+def test_launcher_bootstrap_under_moto_leaves_only_our_rules(moto_aws_iam, spec, settings, token_file):
+    ec2 = moto_aws_iam
     config = aws.ensure_security_group(render(spec, settings, token_file))
     resolved = launcher_bootstrap(config)  # (Ray validates before bootstrapping, not after: it adds head_node)
 
@@ -360,11 +394,11 @@ def test_launcher_bootstrap_under_moto_leaves_only_our_rules(moto_aws, spec, set
     assert group_rules(ec2, f"dcluster-{CID}") == (group_id, perms)
 
 
-def test_rays_bootstrap_alone_opens_ssh_to_the_world_and_ensure_repairs_it(moto_aws, settings, token_file):
+def test_rays_bootstrap_alone_opens_ssh_to_the_world_and_ensure_repairs_it(moto_aws, scoped_settings, token_file):
     """Why ensure_security_group exists: given only GroupName and IpPermissions, Ray makes the group and
     adds TCP 22 from 0.0.0.0/0 on its own (_create_default_ssh_inbound_rules; no knob turns it off)."""
     ec2 = moto_aws
-    config = render(SPECS[1], settings, token_file)
+    config = render(SPECS[1], scoped_settings, token_file)
     launcher_bootstrap(config)
     group_id, perms = group_rules(ec2, f"dcluster-{CID}")
     assert aws.security_group_findings(perms) == ["tcp 22 is open to the whole internet (0.0.0.0/0)"]
@@ -396,12 +430,12 @@ def test_ensure_security_group_refuses_world_open_rules(moto_aws, settings, toke
         Filters=[{"Name": "group-name", "Values": [f"dcluster-{CID}"]}])["SecurityGroups"]
 
 
-def test_ensure_security_group_uses_the_configured_vpc(moto_aws, settings, token_file):
+def test_ensure_security_group_uses_the_configured_vpc(moto_aws, scoped_settings, token_file):
     ec2 = moto_aws
     vpc_id = ec2.create_vpc(CidrBlock="10.7.0.0/16")["Vpc"]["VpcId"]
     subnet_id = ec2.create_subnet(VpcId=vpc_id, CidrBlock="10.7.1.0/24", AvailabilityZone="us-west-2a")["Subnet"]["SubnetId"]
     ec2.modify_subnet_attribute(SubnetId=subnet_id, MapPublicIpOnLaunch={"Value": True})
-    resolved = launcher_bootstrap(aws.ensure_security_group(render(SPECS[0], settings, token_file), vpc_id=vpc_id))
+    resolved = launcher_bootstrap(aws.ensure_security_group(render(SPECS[0], scoped_settings, token_file), vpc_id=vpc_id))
     group_id, perms = group_rules(ec2, f"dcluster-{CID}")
     assert ec2.describe_security_groups(GroupIds=[group_id])["SecurityGroups"][0]["VpcId"] == vpc_id
     assert resolved["available_node_types"]["worker"]["node_config"]["SubnetIds"] == [subnet_id]
@@ -411,7 +445,7 @@ def test_ensure_security_group_uses_the_configured_vpc(moto_aws, settings, token
 def test_operator_key_and_instance_profile_make_ray_create_neither(moto_aws, token_file, tmp_path):
     ec2 = moto_aws
     settings = aws.AwsSettings(allowed_cidr=CIDR, ssh_private_key=tmp_path / "ops.pem", key_name="ops",
-                               head_instance_profile_arn="arn:aws:iam::123456789012:instance-profile/dcluster-head")
+                               head_instance_profile_arn=PROFILE_ARN)
     resolved = launcher_bootstrap(aws.ensure_security_group(render(SPECS[1], settings, token_file)))
     assert resolved["auth"]["ssh_private_key"] == str(tmp_path / "ops.pem")
     assert ec2.describe_key_pairs()["KeyPairs"] == []
@@ -420,8 +454,8 @@ def test_operator_key_and_instance_profile_make_ray_create_neither(moto_aws, tok
         "Arn": settings.head_instance_profile_arn}
 
 
-def test_the_head_node_ray_launches_lands_in_the_group(moto_aws, settings, token_file):
-    ec2 = moto_aws
+def test_the_head_node_ray_launches_lands_in_the_group(moto_aws_iam, settings, token_file):
+    ec2 = moto_aws_iam
     resolved = launcher_bootstrap(aws.ensure_security_group(render(SPECS[1], settings, token_file)))
     group_id, _ = group_rules(ec2, f"dcluster-{CID}")
     provider = AWSNodeProvider(resolved["provider"], CID)
@@ -434,9 +468,9 @@ def test_the_head_node_ray_launches_lands_in_the_group(moto_aws, settings, token
     assert instance["IamInstanceProfile"]["Arn"].endswith("instance-profile/ray-autoscaler-v1")
 
 
-def test_delete_cluster_resources_removes_group_and_key_pair(moto_aws, settings, token_file):
+def test_delete_cluster_resources_removes_group_and_key_pair(moto_aws, scoped_settings, token_file):
     ec2 = moto_aws
-    config = aws.ensure_security_group(render(SPECS[0], settings, token_file))
+    config = aws.ensure_security_group(render(SPECS[0], scoped_settings, token_file))
     launcher_bootstrap(config)
     key_path = os.path.expanduser(f"~/.ssh/dcluster-{CID}.pem")
     assert os.path.exists(key_path)
