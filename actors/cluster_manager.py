@@ -304,6 +304,8 @@ class ClusterManager:
                 if await self._store.mark_joined(node_id, self._clock()):
                     await self._event(cluster_id, f"{lease['role']}_joined",
                                       f"{lease['role']} node {node_id} joined Ray on machine {lease['machine_id']}")
+                    # Running the moment the last node joins, not at the next reconcile tick.
+                    await self._reconcile_cluster(await self._store.get_cluster(cluster_id), self._clock())
             else:
                 await self._event(cluster_id, "command_failed",
                                   f"`ray start` failed on {lease['role']} node {node_id} (exit "

@@ -46,9 +46,8 @@ SESSION_FILE = "session.json"
 # Seconds before a token's expiry at which the CLI stops using it (clock skew, slow calls).
 EXPIRY_MARGIN_S = 5.0
 
-ENDED_WHILE_WAITING = ("terminating", "terminated", "failed", "expired")
-TERMINAL = ("terminated", "failed", "expired")
-ACTIVE = ("pending", "provisioning", "running")
+# Statuses in which a cluster takes jobs (degraded: a worker's machine was lost; the rest runs).
+USABLE = ("running", "degraded")
 
 # Request fields → the flags that set them, so that the platform's validation errors name the flag.
 CREATE_FLAGS = {"num_workers": "--workers", "gpus_per_worker": "--gpus", "gpu_model": "--gpu-model",
@@ -90,26 +89,11 @@ def exit_code_for(exc: BaseException) -> Exit:
     return Exit.ERROR
 
 
-def detail_text(detail: Any, field_names: Mapping[str, str] | None = None) -> str:
-    """The platform's error detail as one line (FastAPI's 422 list becomes 'field: message; ...')."""
-    if isinstance(detail, list):
-        parts = []
-        for item in detail:
-            if not isinstance(item, dict):
-                parts.append(str(item))
-                continue
-            loc = [str(x) for x in item.get("loc", []) if x not in ("body", "path", "query")]
-            name = ".".join((field_names or {}).get(x, x) for x in loc)
-            parts.append(f"{name}: {item.get('msg')}" if name else str(item.get("msg")))
-        return "; ".join(parts)
-    return str(detail)
-
-
 def error_message(exc: BaseException, field_names: Mapping[str, str] | None = None) -> str:
     if isinstance(exc, CliError):
         return exc.message
     if isinstance(exc, client_mod.ApiError):
-        text = detail_text(exc.detail, field_names)
+        text = output.detail_text(exc.detail, field_names)
         if exc.status_code == 401:
             return f"the platform refused the session ({text}); run `dcluster login`"
         if exc.status_code == 429 and exc.retry_after_s:
@@ -259,6 +243,15 @@ class ClusterWatcher:
             self.on_event(event)
         return new
 
+    def skip_past_events(self) -> None:
+        """From now on, report only events newer than the ones that exist already."""
+        on_event, self.on_event = self.on_event, (lambda e: None)
+        try:
+            self.drain_events()
+        finally:
+            self.on_event = on_event
+        self.events.clear()
+
     def cluster(self) -> dict:
         return self.client.request("GET", cluster_path(self.cluster_id))
 
@@ -289,63 +282,15 @@ class ClusterWatcher:
             self._sleep(POLL_INTERVAL_S)
 
     def wait_running(self, timeout_s: float) -> dict:
-        cluster = self.until(lambda c: c["status"] == "running" or c["status"] in ENDED_WHILE_WAITING,
-                             timeout_s, "run")
-        if cluster["status"] != "running":
+        cluster = self.until(lambda c: c["status"] in USABLE or not output.is_active(c["status"]), timeout_s, "run")
+        if cluster["status"] not in USABLE:
             reason = cluster.get("reason") or "no reason given"
             raise CliError(f"cluster {self.cluster_id} is {cluster['status']} instead of running: {reason}",
                            Exit.CLUSTER_ENDED, cluster=cluster)
         return cluster
 
     def wait_ended(self, timeout_s: float) -> dict:
-        return self.until(lambda c: c["status"] in TERMINAL, timeout_s, "end")
-
-
-# --- printing clusters ------------------------------------------------------------------
-
-def _gpus(c: Mapping) -> str:
-    total = int(c.get("num_workers", 0)) * int(c.get("gpus_per_worker", 0))
-    return f"{total} {c['gpu_model']}" if total and c.get("gpu_model") else str(total)
-
-
-def _expires_in(c: Mapping, now: float) -> str:
-    return output.human_duration(c["expires_at"] - now) if c.get("status") in ACTIVE else "-"
-
-
-def cluster_table(clusters: list[dict], now: float) -> str:
-    rows = [(c["id"], c.get("name") or "", c["status"], f"{c.get('workers_joined', 0)}/{c['num_workers']}",
-             _gpus(c), _expires_in(c, now)) for c in clusters]
-    return output.table(("ID", "NAME", "STATUS", "WORKERS", "GPUS", "EXPIRES IN"), rows)
-
-
-def cluster_summary(c: Mapping, now: float) -> str:
-    """One line: 'cluster c-... (name) is running: 2/2 workers, ...; expires in 29m58s'."""
-    per_worker = f"{c['gpus_per_worker']} GPU" + (f" {c['gpu_model']}" if c.get("gpu_model") else "") + \
-        f", {c['cpus_per_worker']} CPU each"
-    line = f"cluster {c['id']} ({c.get('name')}) is {c['status']}: " \
-           f"{c.get('workers_joined', 0)}/{c['num_workers']} workers joined ({per_worker})"
-    if c["status"] in ACTIVE:
-        line += f"; expires in {_expires_in(c, now)}"
-    if c.get("reason"):
-        line += f"; reason: {c['reason']}"
-    return line
-
-
-def cluster_details(c: Mapping, now: float) -> str:
-    lines = [cluster_summary(c, now),
-             f"  backend:  {c.get('backend')}",
-             f"  created:  {output.clock_time(c.get('created_at'))}",
-             f"  running:  {output.clock_time(c.get('running_at'))}",
-             f"  expires:  {output.clock_time(c.get('expires_at'))}",
-             f"  ended:    {output.clock_time(c.get('ended_at'))}",
-             f"  head IP:  {c.get('head_node_ip') or '-'}"]
-    nodes = c.get("nodes") or []
-    if nodes:
-        rows = [(n["id"], n["role"], n["status"], n["machine_id"], n.get("node_ip") or "-", n["gpus"], n["cpus"],
-                 "yes" if n.get("joined") else "no") for n in nodes]
-        table = output.table(("NODE", "ROLE", "STATUS", "MACHINE", "IP", "GPUS", "CPUS", "JOINED"), rows)
-        lines += ["  nodes:"] + ["    " + row for row in table.splitlines()]
-    return "\n".join(lines)
+        return self.until(lambda c: output.is_terminal(c["status"]), timeout_s, "end")
 
 
 def _progress_event(start: float) -> Callable[[dict], None]:
@@ -413,7 +358,7 @@ def cmd_login(args: argparse.Namespace) -> int:
                                   data={"username": args.username, "password": password})
         except client_mod.ApiError as exc:
             if exc.status_code == 401:
-                raise CliError(f"sign-in refused: {detail_text(exc.detail)}", Exit.AUTH) from None
+                raise CliError(f"sign-in refused: {output.detail_text(exc.detail)}", Exit.AUTH) from None
             raise
         token = body.get("access_token") if isinstance(body, dict) else None
         if not isinstance(token, str) or not token:
@@ -455,7 +400,7 @@ def cmd_create(args: argparse.Namespace) -> int:
             if args.json:
                 output.print_json(cluster)
             else:
-                print(cluster_summary(cluster, time.time()))
+                print(output.cluster_summary(cluster, time.time()))
                 output.progress(f"follow it with: dcluster cluster events {cid} --follow")
             return Exit.OK
         output.progress(f"cluster {cid} requested; waiting up to {args.timeout:.0f} s for it to run")
@@ -465,7 +410,7 @@ def cmd_create(args: argparse.Namespace) -> int:
     if args.json:
         output.print_json({**cluster, "connection": connection})
     else:
-        output.progress(cluster_summary(cluster, time.time()))
+        output.progress(output.cluster_summary(cluster, time.time()))  # a degraded one says why
         output.progress(f"its environment (for `eval \"$(dcluster cluster connect {cid})\"`):")
         print("\n".join(output.export_lines(connection["env"])))
     return Exit.OK
@@ -478,7 +423,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.json:
         output.print_json(clusters)
     elif clusters:
-        print(cluster_table(clusters, time.time()))
+        print(output.cluster_table(clusters, time.time()))
     else:
         print("no clusters")
     return Exit.OK
@@ -491,7 +436,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         output.print_json(cluster)
     else:
-        print(cluster_details(cluster, time.time()))
+        print(output.cluster_details(cluster, time.time()))
     return Exit.OK
 
 
@@ -510,7 +455,7 @@ def cmd_events(args: argparse.Namespace) -> int:
             if args.json:
                 output.print_json(watcher.events)
             return Exit.OK
-        watcher.until(lambda c: c["status"] in TERMINAL, float("inf"), "end")
+        watcher.wait_ended(float("inf"))
         watcher.drain_events()
     return Exit.OK
 
@@ -537,16 +482,18 @@ def cmd_extend(args: argparse.Namespace) -> int:
 @_guarded
 def cmd_delete(args: argparse.Namespace) -> int:
     with signed_in_client() as client:
+        watcher = ClusterWatcher(client, args.cluster_id, _progress_event(time.monotonic()))
+        if args.wait:
+            watcher.skip_past_events()  # show the teardown, not the cluster's whole history
         cluster = client.request("DELETE", cluster_path(args.cluster_id))
-        if args.wait and cluster["status"] not in TERMINAL:
+        if args.wait and not output.is_terminal(cluster["status"]):
             output.progress(f"cluster {cluster['id']} is {cluster['status']}; waiting up to {args.timeout:.0f} s "
                             f"for its nodes to be released")
-            watcher = ClusterWatcher(client, cluster["id"], _progress_event(time.monotonic()))
             cluster = watcher.wait_ended(args.timeout)
     if args.json:
         output.print_json(cluster)
     else:
-        print(cluster_summary(cluster, time.time()))
+        print(output.cluster_summary(cluster, time.time()))
     return Exit.OK
 
 

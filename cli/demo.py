@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -27,6 +28,8 @@ JOB_TIMEOUT_S = 600.0
 ENDED_TIMEOUT_S = 180.0
 EXAMPLES_DIR = pstate.REPO_ROOT / "examples"
 JOB_SCRIPT = "train.py"
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_RAN_ON = re.compile(r"\bran on machine (m-[0-9a-f]+)\b")
 
 
 @dataclasses.dataclass
@@ -60,11 +63,13 @@ def job_command(dashboard_url: str, working_dir: Path = EXAMPLES_DIR) -> list[st
 
 
 def machines_in(lines: list[str]) -> list[str]:
-    """The machines of the job's last `MACHINES m-... m-...` line."""
-    for line in reversed(lines):
+    """The machines the job's tasks ran on: its `... ran on machine m-...` and `MACHINES m-... m-...` lines."""
+    found: set[str] = set()
+    for line in lines:
         if line.startswith("MACHINES "):
-            return line.split()[1:]
-    return []
+            found.update(line.split()[1:])
+        found.update(_RAN_ON.findall(line))
+    return sorted(found)
 
 
 def run_streaming(cmd: list[str], env: Mapping[str, str], timeout_s: float, prefix: str = "  | ") -> tuple[int, list[str]]:
@@ -84,7 +89,7 @@ def run_streaming(cmd: list[str], env: Mapping[str, str], timeout_s: float, pref
     try:
         assert proc.stdout is not None
         for line in proc.stdout:
-            line = line.rstrip("\n")
+            line = _ANSI.sub("", line.rstrip("\n"))  # Ray colours its output even into a pipe
             lines.append(line)
             print(prefix + line, flush=True)
         rc = proc.wait()
@@ -117,6 +122,16 @@ def _stop_group(proc: subprocess.Popen) -> None:
 
 def _say(text: str) -> None:
     print(text, flush=True)
+
+
+class _EventPrinter:
+    """Prints a cluster's events with the seconds since `start` (reset for each step)."""
+
+    def __init__(self) -> None:
+        self.start = time.monotonic()
+
+    def __call__(self, event: dict) -> None:
+        _say(f"  +{time.monotonic() - self.start:6.1f}s  {event['kind']:<14} {event['message']}")
 
 
 def _buyer_client(url: str, state_dir: Path) -> client_mod.PlatformClient:
@@ -177,12 +192,12 @@ def _run_cluster(client: client_mod.PlatformClient, args: argparse.Namespace, ti
         cluster = client.request("POST", "/v1/clusters", json={"name": "demo", "num_workers": args.workers,
                                                                "duration_s": DEMO_DURATION_S})
     except client_mod.ApiError as exc:
-        _say(f"the platform refused the cluster: {buyer.detail_text(exc.detail)}")
+        _say(f"the platform refused the cluster: {output.detail_text(exc.detail)}")
         return False
     cid = cluster["id"]
     _say(f"POST /v1/clusters -> {cid} {cluster['status']}")
-    watcher = buyer.ClusterWatcher(client, cid, lambda e: _say(f"  +{time.monotonic() - t:6.1f}s  "
-                                                                f"{e['kind']:<14} {e['message']}"))
+    printer = _EventPrinter()
+    watcher = buyer.ClusterWatcher(client, cid, printer)
     delete = not args.keep
     try:
         try:
@@ -202,8 +217,8 @@ def _run_cluster(client: client_mod.PlatformClient, args: argparse.Namespace, ti
         timings.add("job submit -> done", time.monotonic() - t)
         machines = machines_in(lines)
         wanted = min(2, args.workers)
-        ok = rc == 0 and len(set(machines)) >= wanted
-        _say(f"job exit code {rc}; tasks ran on {len(set(machines))} machine(s): {' '.join(machines) or '-'}"
+        ok = rc == 0 and len(machines) >= wanted
+        _say(f"job exit code {rc}; tasks ran on {len(machines)} machine(s): {' '.join(machines) or '-'}"
              + ("" if ok else f"  (FAILED: wanted exit 0 and >= {wanted} machines)"))
 
         if args.keep:
@@ -216,6 +231,7 @@ def _run_cluster(client: client_mod.PlatformClient, args: argparse.Namespace, ti
         return ok
     finally:
         if delete:
+            printer.start = time.monotonic()
             _delete(client, watcher, timings)
 
 

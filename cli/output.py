@@ -1,4 +1,4 @@
-"""Printing for the buyer commands: aligned tables, JSON on stdout, progress on stderr, shell exports."""
+"""Printing for the buyer commands: aligned tables, clusters, JSON on stdout, progress on stderr, shell exports."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
+
+from actors import domain
 
 
 def print_json(data: Any, *, stream: TextIO | None = None, compact: bool = False) -> None:
@@ -62,3 +64,83 @@ def export_lines(env: Mapping[str, str]) -> list[str]:
 
 def event_line(event: Mapping[str, Any]) -> str:
     return f"{clock_time(event.get('ts'))}  {event.get('kind', ''):<14} {event.get('message', '')}"
+
+
+def detail_text(detail: Any, field_names: Mapping[str, str] | None = None) -> str:
+    """The platform's error detail as one line (FastAPI's 422 list becomes 'field: message; ...')."""
+    if isinstance(detail, list):
+        parts = []
+        for item in detail:
+            if not isinstance(item, dict):
+                parts.append(str(item))
+                continue
+            loc = [str(x) for x in item.get("loc", []) if x not in ("body", "path", "query")]
+            name = ".".join((field_names or {}).get(x, x) for x in loc)
+            parts.append(f"{name}: {item.get('msg')}" if name else str(item.get("msg")))
+        return "; ".join(parts)
+    return str(detail)
+
+
+# --- clusters ---------------------------------------------------------------------------
+
+def _cluster_status(value: Any) -> domain.ClusterStatus | None:
+    try:
+        return domain.ClusterStatus(value)
+    except ValueError:  # a status this CLI does not know yet (a newer platform)
+        return None
+
+
+def is_active(status: Any) -> bool:
+    """Holds or is acquiring machines (pending, provisioning, running, degraded)."""
+    s = _cluster_status(status)
+    return bool(s and s.is_active())
+
+
+def is_terminal(status: Any) -> bool:
+    s = _cluster_status(status)
+    return bool(s and s.is_terminal())
+
+
+def _gpus(c: Mapping) -> str:
+    total = int(c.get("num_workers", 0)) * int(c.get("gpus_per_worker", 0))
+    return f"{total} {c['gpu_model']}" if total and c.get("gpu_model") else str(total)
+
+
+def _expires_in(c: Mapping, now: float) -> str:
+    return human_duration(c["expires_at"] - now) if is_active(c.get("status")) else "-"
+
+
+def cluster_table(clusters: list[dict], now: float) -> str:
+    rows = [(c["id"], c.get("name") or "", c["status"], f"{c.get('workers_joined', 0)}/{c['num_workers']}",
+             _gpus(c), _expires_in(c, now)) for c in clusters]
+    return table(("ID", "NAME", "STATUS", "WORKERS", "GPUS", "EXPIRES IN"), rows)
+
+
+def cluster_summary(c: Mapping, now: float) -> str:
+    """One line: 'cluster c-... (name) is running: 2/2 workers, ...; expires in 29m58s'."""
+    per_worker = f"{c['gpus_per_worker']} GPU" + (f" {c['gpu_model']}" if c.get("gpu_model") else "") + \
+        f", {c['cpus_per_worker']} CPU each"
+    line = f"cluster {c['id']} ({c.get('name')}) is {c['status']}: " \
+           f"{c.get('workers_joined', 0)}/{c['num_workers']} workers joined ({per_worker})"
+    if is_active(c["status"]):
+        line += f"; expires in {_expires_in(c, now)}"
+    if c.get("reason"):
+        line += f"; reason: {c['reason']}"
+    return line
+
+
+def cluster_details(c: Mapping, now: float) -> str:
+    lines = [cluster_summary(c, now),
+             f"  backend:  {c.get('backend')}",
+             f"  created:  {clock_time(c.get('created_at'))}",
+             f"  running:  {clock_time(c.get('running_at'))}",
+             f"  expires:  {clock_time(c.get('expires_at'))}",
+             f"  ended:    {clock_time(c.get('ended_at'))}",
+             f"  head IP:  {c.get('head_node_ip') or '-'}"]
+    nodes = c.get("nodes") or []
+    if nodes:
+        rows = [(n["id"], n["role"], n["status"], n["machine_id"], n.get("node_ip") or "-", n["gpus"], n["cpus"],
+                 "yes" if n.get("joined") else "no") for n in nodes]
+        nodes_table = table(("NODE", "ROLE", "STATUS", "MACHINE", "IP", "GPUS", "CPUS", "JOINED"), rows)
+        lines += ["  nodes:"] + ["    " + row for row in nodes_table.splitlines()]
+    return "\n".join(lines)

@@ -161,7 +161,7 @@ def ip_permissions(allowed_cidr: str) -> list[dict[str, Any]]:
 
 
 def render_aws_config(*, cluster_id: str, spec: models.ClusterSpec, settings: AwsSettings,
-                      ray_auth_token_path: str) -> dict[str, Any]:
+                      ray_auth_token_path: str | os.PathLike) -> dict[str, Any]:
     """The launcher config; pass it through ensure_security_group before `create_or_update_cluster`.
 
     Head: settings.head_instance_type, CPU 0 / GPU 0. Workers: settings.worker_instance_type,
@@ -173,6 +173,7 @@ def render_aws_config(*, cluster_id: str, spec: models.ClusterSpec, settings: Aw
         raise ValueError(f"cluster_id {cluster_id!r} is not a cluster id (c-<12 hex>)")
     if spec.backend != "aws":
         raise ValueError(f"spec.backend is {spec.backend!r}; render_aws_config renders backend 'aws' only")
+    ray_auth_token_path = os.fspath(ray_auth_token_path)
     if not os.path.isabs(ray_auth_token_path):
         raise ValueError("ray_auth_token_path must be the absolute path of the token file (never the token)")
     check_spec(spec, settings)
@@ -297,6 +298,12 @@ def _default_vpc(ec2) -> str:
     return vpcs[0]["VpcId"]
 
 
+def _find_group(ec2, vpc_id: str, name: str) -> dict[str, Any] | None:
+    found = ec2.describe_security_groups(Filters=[{"Name": "vpc-id", "Values": [vpc_id]},
+                                                  {"Name": "group-name", "Values": [name]}])["SecurityGroups"]
+    return found[0] if found else None
+
+
 def ensure_security_group(config: dict[str, Any], *, vpc_id: str | None = None) -> dict[str, Any]:
     """Create or repair the cluster's security group; return config with every node type in it.
 
@@ -311,19 +318,21 @@ def ensure_security_group(config: dict[str, Any], *, vpc_id: str | None = None) 
         raise ValueError(f"refusing the rules of security group {name}: {'; '.join(problems)}")
     ec2 = _ec2(config)
     vpc_id = vpc_id or _default_vpc(ec2)
-    found = ec2.describe_security_groups(Filters=[{"Name": "vpc-id", "Values": [vpc_id]},
-                                                  {"Name": "group-name", "Values": [name]}])["SecurityGroups"]
-    if found:
-        group_id, current = found[0]["GroupId"], found[0].get("IpPermissions", [])
-    else:
+    group = _find_group(ec2, vpc_id, name)
+    if group is None:
+        from botocore.exceptions import ClientError
         cluster = config["cluster_name"]
-        group_id = ec2.create_security_group(
-            GroupName=name, VpcId=vpc_id, Description=f"dcluster sub-cluster {cluster}",
-            TagSpecifications=[{"ResourceType": "security-group", "Tags": [
-                {"Key": CLUSTER_LABEL, "Value": cluster}, {"Key": "ray-cluster-name", "Value": cluster}]}],
-        )["GroupId"]
-        current = []
-        logger.info("created security group %s (%s) in %s", name, group_id, vpc_id)
+        try:
+            ec2.create_security_group(
+                GroupName=name, VpcId=vpc_id, Description=f"dcluster sub-cluster {cluster}",
+                TagSpecifications=[{"ResourceType": "security-group", "Tags": [
+                    {"Key": CLUSTER_LABEL, "Value": cluster}, {"Key": "ray-cluster-name", "Value": cluster}]}])
+            logger.info("created security group %s in %s", name, vpc_id)
+        except ClientError as exc:  # made meanwhile by a concurrent call: use that one
+            if exc.response.get("Error", {}).get("Code") != "InvalidGroup.Duplicate":
+                raise
+        group = _find_group(ec2, vpc_id, name)
+    group_id, current = group["GroupId"], group.get("IpPermissions", [])
     inside = {"IpProtocol": "-1", "UserIdGroupPairs": [
         {"GroupId": group_id, "Description": "dcluster: between the cluster's own nodes"}]}
     wanted = dict(_grants([inside, *outside]))

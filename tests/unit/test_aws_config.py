@@ -13,6 +13,7 @@ import types
 
 import boto3
 import pytest
+import ray
 import yaml
 from moto import mock_aws
 from pydantic import ValidationError
@@ -123,7 +124,7 @@ def test_no_password_no_token_value_and_token_auth_on_every_node(settings, token
     head_cmd, = config["head_start_ray_commands"]
     assert "--dashboard-port=8265" in head_cmd and "--ray-client-server-port=10001" in head_cmd
     assert "--port=6379" in head_cmd and "--num-cpus=0" in head_cmd
-    assert any(f'"ray[default]=={__import__("ray").__version__}"' in c for c in config["setup_commands"])
+    assert any(f'"ray[default]=={ray.__version__}"' in c for c in config["setup_commands"])
 
 
 def test_operator_settings_are_rendered(token_file, tmp_path):
@@ -433,12 +434,13 @@ def test_ensure_security_group_refuses_world_open_rules(moto_aws, settings, toke
 def test_ensure_security_group_uses_the_configured_vpc(moto_aws, scoped_settings, token_file):
     ec2 = moto_aws
     vpc_id = ec2.create_vpc(CidrBlock="10.7.0.0/16")["Vpc"]["VpcId"]
-    subnet_id = ec2.create_subnet(VpcId=vpc_id, CidrBlock="10.7.1.0/24", AvailabilityZone="us-west-2a")["Subnet"]["SubnetId"]
-    ec2.modify_subnet_attribute(SubnetId=subnet_id, MapPublicIpOnLaunch={"Value": True})
-    resolved = launcher_bootstrap(aws.ensure_security_group(render(SPECS[0], scoped_settings, token_file), vpc_id=vpc_id))
+    subnet = ec2.create_subnet(VpcId=vpc_id, CidrBlock="10.7.1.0/24", AvailabilityZone="us-west-2a")["Subnet"]
+    ec2.modify_subnet_attribute(SubnetId=subnet["SubnetId"], MapPublicIpOnLaunch={"Value": True})
+    config = aws.ensure_security_group(render(SPECS[0], scoped_settings, token_file), vpc_id=vpc_id)
+    resolved = launcher_bootstrap(config)
     group_id, perms = group_rules(ec2, f"dcluster-{CID}")
     assert ec2.describe_security_groups(GroupIds=[group_id])["SecurityGroups"][0]["VpcId"] == vpc_id
-    assert resolved["available_node_types"]["worker"]["node_config"]["SubnetIds"] == [subnet_id]
+    assert resolved["available_node_types"]["worker"]["node_config"]["SubnetIds"] == [subnet["SubnetId"]]
     assert_locked_down(ec2, group_id, perms)
 
 
@@ -485,3 +487,23 @@ def test_ip_permissions_per_address_family():
     v4, v6 = aws.ip_permissions("192.0.2.0/24"), aws.ip_permissions("2001:db8::/64")
     assert all(list(p["IpRanges"][0]) == ["CidrIp", "Description"] for p in v4)
     assert all(ipaddress.ip_network(p["Ipv6Ranges"][0]["CidrIpv6"]).version == 6 for p in v6)
+
+
+def test_delete_cluster_resources_says_false_while_instances_hold_the_group(moto_aws, scoped_settings, token_file,
+                                                                             monkeypatch):
+    from botocore.exceptions import ClientError
+    config = aws.ensure_security_group(render(SPECS[0], scoped_settings, token_file))
+    real_ec2 = aws._ec2
+
+    def ec2_with_group_in_use(cfg):
+        # EC2 refuses to delete a group that instances still use; moto does not model that refusal.
+        client = real_ec2(cfg)
+
+        def in_use(**kwargs):
+            raise ClientError({"Error": {"Code": "DependencyViolation", "Message": "in use"}}, "DeleteSecurityGroup")
+        client.delete_security_group = in_use
+        return client
+    monkeypatch.setattr(aws, "_ec2", ec2_with_group_in_use)
+    assert aws.delete_cluster_resources(config) is False
+    monkeypatch.setattr(aws, "_ec2", real_ec2)
+    assert aws.delete_cluster_resources(config) is True

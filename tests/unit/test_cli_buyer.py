@@ -36,6 +36,7 @@ class FakePlatform:
         self.requests: list[httpx.Request] = []
         self.fail_next_launch: str | None = None
         self.stuck = False  # clusters never leave provisioning
+        self.degrade = False  # clusters come up short of a worker
         self.has_extend = True
         self.capacity_workers = 8
         self.next_event_id = 1
@@ -89,7 +90,7 @@ class FakePlatform:
             after = int(request.url.params.get("after", 0))
             return httpx.Response(200, json=[e for e in self.events[cid] if e["id"] > after])
         if sub == "/connection":
-            if c["status"] != "running":
+            if c["status"] not in ("running", "degraded"):
                 return httpx.Response(409, json={"detail": f"cluster {cid} is {c['status']}"})
             env = {"RAY_ADDRESS": "http://10.0.0.5:8265", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": RAY_TOKEN}
             return httpx.Response(200, json={"dashboard_url": env["RAY_ADDRESS"], "job_submission_url": env["RAY_ADDRESS"],
@@ -128,8 +129,14 @@ class FakePlatform:
         elif status == "provisioning" and self.fail_next_launch:
             c["status"], c["reason"] = "terminating", self.fail_next_launch
             self._event(cid, "failed", self.fail_next_launch)
+        elif status == "provisioning" and self.degrade:
+            c["status"], c["reason"] = "degraded", "worker node lost: machine m-2 is offline"
         elif status == "provisioning" and not self.stuck:
             c["status"], c["workers_joined"], c["running_at"] = "running", c["num_workers"], time.time()
+            c["nodes"] = [{"id": f"l-{i:012x}", "role": "head" if i == 0 else "worker", "status": "open",
+                           "node_type": None, "tags": {}, "node_ip": "10.0.0.5", "machine_id": f"m-{i}",
+                           "gpus": 0, "cpus": 1, "joined": True, "joined_at": time.time(), "left_at": None}
+                          for i in range(c["num_workers"] + 1)]
             self._event(cid, "running", f"running: head and {c['num_workers']} worker(s) joined")
         elif status == "terminating":
             c["status"] = "failed" if c["reason"] else "terminated"
@@ -390,6 +397,13 @@ def test_create_wait_exits_6_when_the_cluster_fails(fake, capsys, tmp_path):
     assert "head did not start" in err
 
 
+def test_create_wait_accepts_a_degraded_cluster_and_says_why(fake, capsys, tmp_path):
+    login(capsys, tmp_path)
+    fake.degrade = True
+    code, out, err = run(capsys, "cluster", "create", "--workers", "2", "--wait")
+    assert code == 0 and "is degraded" in err and "machine m-2 is offline" in err
+
+
 def test_create_wait_times_out_with_exit_8(fake, capsys, tmp_path):
     login(capsys, tmp_path)
     fake.stuck = True
@@ -417,6 +431,9 @@ def test_list_status_and_not_found(fake, capsys, tmp_path):
     assert [c["id"] for c in json.loads(out)] == ["c-000000000001", "c-000000000002"]
     code, out, _ = run(capsys, "cluster", "status", "c-000000000002")
     assert code == 0 and "is running" in out and "expires in" in out
+    node_rows = out.split("  nodes:\n")[1].splitlines()
+    assert node_rows[0].split() == ["NODE", "ROLE", "STATUS", "MACHINE", "IP", "GPUS", "CPUS", "JOINED"]
+    assert [r.split()[1] for r in node_rows[1:]] == ["head", "worker"]
     code, out, err = run(capsys, "cluster", "status", "c-0000000000ff")
     assert code == 4 and out == "" and "not found" in err
     for argv in (("delete", "c-0000000000ff"), ("events", "c-0000000000ff"), ("connect", "c-0000000000ff")):
@@ -446,6 +463,7 @@ def test_delete_wait_and_connect_conflict(fake, capsys, tmp_path):
     assert code == 5 and "is pending" in err  # not running yet: a conflict
     code, out, err = run(capsys, "cluster", "delete", cid, "--wait", "--json")
     assert code == 0 and json.loads(out)["status"] == "terminated" and "terminating" in err
+    assert "created" not in err  # the teardown's events, not the whole history
     code, out, _ = run(capsys, "cluster", "delete", cid)  # idempotent
     assert code == 0 and "is terminated" in out
 
@@ -473,11 +491,15 @@ def test_demo_job_env_drops_ray_variables_and_uses_a_private_home():
 
 
 def test_demo_machines_and_streaming(tmp_path, capsys):
-    rc, lines = demo.run_streaming(["sh", "-c", "echo train shard 0; echo MACHINES m-1 m-2; exit 3"],
-                                   {"PATH": os.environ["PATH"]}, timeout_s=30)
+    script = "printf '\\033[32mtrain shard 0\\033[39m\\n'; echo MACHINES m-1 m-2; exit 3"
+    rc, lines = demo.run_streaming(["sh", "-c", script], {"PATH": os.environ["PATH"]}, timeout_s=30)
     assert rc == 3 and demo.machines_in(lines) == ["m-1", "m-2"]
+    assert lines[0] == "train shard 0"  # without Ray's colour codes
     assert "  | MACHINES m-1 m-2" in capsys.readouterr().out
     assert demo.machines_in(["no machines here"]) == []
+    # Every task's line counts, not only the training shards' summary.
+    assert demo.machines_in(["train shard 0 ran on machine m-0a1 (provider p)", "MACHINES m-0a1",
+                             "inference ran on machine m-0b2: prediction 47.258"]) == ["m-0a1", "m-0b2"]
     t0 = time.monotonic()
     rc, lines = demo.run_streaming(["sh", "-c", "echo start; sleep 30"], {"PATH": os.environ["PATH"]}, timeout_s=0.5)
     assert rc == 124 and time.monotonic() - t0 < 15

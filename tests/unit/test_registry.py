@@ -9,10 +9,26 @@ from actors import auth, domain, errors, registry, store
 from actors.settings import PlatformSettings
 
 
+_OPEN: list = []
+
+
 def make_registry(tmp_path, clock):
     settings = PlatformSettings(state_dir=tmp_path, heartbeat_interval_s=5.0, bcrypt_rounds=4)
-    return registry.ProviderRegistry(store.Store(settings.db_path), settings, clock=clock,
-                                     limiter=auth.LoginLimiter(clock=clock))
+    reg = registry.ProviderRegistry(store.Store(settings.db_path), settings, clock=clock,
+                                    limiter=auth.LoginLimiter(clock=clock))
+    _OPEN.append(reg)
+    return reg
+
+
+def run(go):
+    """Runs the test's coroutine, then closes its registries' databases on the same loop."""
+    async def wrapped():
+        try:
+            return await go()
+        finally:
+            while _OPEN:
+                await _OPEN.pop()._store.close()
+    return asyncio.run(wrapped())
 
 
 def machine_request(key="mk-00000001", gpus=1, model="NVIDIA T4", price=0.5):
@@ -39,7 +55,7 @@ def test_bootstrap_admin_credentials_file(tmp_path, clock):
         await reg.login(creds["username"], creds["password"])
         await reg.start()  # a restart creates no second admin
         return await reg._store.count_accounts(domain.Role.ADMIN)
-    assert asyncio.run(go()) == 1
+    assert run(go) == 1
     assert stat.S_IMODE(os.stat(tmp_path / "admin_credentials.json").st_mode) == 0o600
 
 
@@ -53,7 +69,7 @@ def test_only_admins_create_admins(tmp_path, clock):
         creds = json.loads((tmp_path / "admin_credentials.json").read_text())
         admin = await principal_of(reg, creds["username"], creds["password"])
         return await reg.create_account("ops2", "password123", domain.Role.ADMIN, admin)
-    assert asyncio.run(go())["role"] == "admin"
+    assert run(go)["role"] == "admin"
 
 
 def test_machines_heartbeats_offline_and_isolation(tmp_path, clock):
@@ -82,7 +98,7 @@ def test_machines_heartbeats_offline_and_isolation(tmp_path, clock):
         with pytest.raises(errors.NotFound, match="register it again"):
             await reg.heartbeat(p1, m["id"], {})
         return await reg.list_offers()
-    assert asyncio.run(go()) == []
+    assert run(go) == []
 
 
 def test_work_long_poll_wakes_on_push(tmp_path, clock):
@@ -97,7 +113,7 @@ def test_work_long_poll_wakes_on_push(tmp_path, clock):
         item = await reg.push_work(m["id"], "lease", {"x": 1})
         got = await asyncio.wait_for(waiter, 2)
         return item, got
-    item, got = asyncio.run(go())
+    item, got = run(go)
     assert got == [item]
 
 
@@ -111,4 +127,4 @@ def test_wrong_passwords_rate_limited(tmp_path, clock):
                 await reg.login("alice", "nope-nope")
         with pytest.raises(errors.RateLimited):
             await reg.login("alice", "password123")
-    asyncio.run(go())
+    run(go)

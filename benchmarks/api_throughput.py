@@ -1,0 +1,151 @@
+"""Figure 4: API throughput and latency of `GET /v1/clusters/{id}` and the agent heartbeat at 32 concurrent
+keep-alive connections, against the same FastAPI app under plain uvicorn (benchmarks.baseline_app).
+
+Windows alternate baseline and platform per repetition. The load generator is a Python process on
+the same 2 cores: it takes CPU from both servers alike, so the ratio holds better than the rates.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from benchmarks import common
+from benchmarks.platform_session import PlatformSession
+from worker import procs
+
+NAME = "api_throughput"
+CONNECTIONS = 32
+TARGET_RATIO = 0.5
+TARGET_P99_MS = 25.0
+HEARTBEAT_BODY = {"usage": {"cpu_percent": 12.5, "memory_used_mb": 2048, "gpu_utilization": [], "active_leases": 0},
+                  "leases": []}
+
+
+def run_loadgen(spec: dict, workdir: Path) -> dict:
+    path = workdir / f"loadgen-{secrets.token_hex(4)}.json"
+    path.write_text(json.dumps(spec))
+    try:
+        r = subprocess.run([sys.executable, "-m", "benchmarks.loadgen", str(path)], cwd=common.REPO_ROOT,
+                           capture_output=True, text=True,
+                           timeout=spec.get("warmup_s", 1) + spec["duration_s"] + 60)
+    finally:
+        path.unlink(missing_ok=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"load generator failed ({r.returncode}): {r.stderr[-500:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def register_machine(api, key: str, *, gpus: int = 0, gpu_model: str = "NVIDIA H100 80GB HBM3", cpus: int = 32,
+                     price: float = 2.0) -> dict:
+    spec = {"hostname": key, "os": "Linux", "arch": "x86_64", "cpus": cpus, "memory_mb": 256_000,
+            "gpus": [{"index": i, "model": gpu_model, "memory_mb": 81_559} for i in range(gpus)],
+            "gpus_declared": True}
+    return api.ok("POST", "/v1/machines", json={"machine_key": key, "name": key[:64], "spec": spec,
+                                                "price_per_gpu_hour": price, "price_per_cpu_hour": 0.05})
+
+
+def a_cluster(session: PlatformSession) -> str:
+    """A cluster with nodes to read: figure 1's last one, else a 2-worker cluster made and deleted here."""
+    if session.cycles:
+        return session.cycles[-1]["cluster_id"]
+    cluster = session.create(num_workers=2, duration_s=600)
+    session.buyer.ok("DELETE", f"/v1/clusters/{cluster['id']}")
+    session.wait_ended(cluster["id"])
+    return cluster["id"]
+
+
+class BaselineServer:
+    """benchmarks.baseline_app in its own process on a free port, stopped by its owner tag."""
+
+    def __init__(self, workdir: Path, jwt_secret: Path, cluster: dict, heartbeat_s: float):
+        self.tag = "dclb-uvicorn-" + secrets.token_hex(4)
+        self.port = procs.free_port()
+        self.workdir = workdir
+        self.cluster_json = workdir / "cluster.json"
+        self.cluster_json.write_text(json.dumps(cluster))
+        self.cmd = [sys.executable, "-m", "benchmarks.baseline_app", "--port", str(self.port), "--jwt-secret-file",
+                    str(jwt_secret), "--cluster-json", str(self.cluster_json), "--heartbeat-interval-s", str(heartbeat_s)]
+
+    def __enter__(self) -> BaselineServer:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+        env["PYTHONPATH"] = str(common.REPO_ROOT)
+        procs.spawn(self.cmd, env=env, cwd=common.REPO_ROOT, log_path=self.workdir / "uvicorn.log", owner_tag=self.tag)
+        common.wait_for(lambda: httpx.get(f"http://127.0.0.1:{self.port}/docs", timeout=2).status_code == 200,
+                        timeout_s=60, interval_s=0.2, what="the baseline uvicorn app")
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        procs.stop_owned(self.tag, grace_s=3.0)
+
+    def processes(self):
+        return procs.owned_processes(self.tag)
+
+
+def run(ctx) -> list[common.Row]:
+    session = ctx.platform()
+    duration = 3.0 if ctx.quick else 5.0
+    cid = a_cluster(session)
+    cluster = session.get_cluster(cid)
+    provider = session.new_account("provider", "bench-hb-" + secrets.token_hex(3))
+    machine = register_machine(provider, "bench-hb-" + secrets.token_hex(8))
+    platform_port = int(session.url.rsplit(":", 1)[1])
+    endpoints = {
+        "GET /v1/clusters/{id}": {"method": "GET", "path": f"/v1/clusters/{cid}",
+                                  "headers": {"Authorization": f"Bearer {session.buyer.token}"}},
+        "POST /v1/machines/{id}/heartbeat": {"method": "POST", "path": f"/v1/machines/{machine['id']}/heartbeat",
+                                             "headers": {"Authorization": f"Bearer {provider.token}"},
+                                             "body": json.dumps(HEARTBEAT_BODY)},
+    }
+    results: dict[str, dict[str, list[dict]]] = {e: {"baseline": [], "platform": []} for e in endpoints}
+    cpu: dict[str, list[dict]] = {"baseline": [], "platform": []}
+    with BaselineServer(ctx.workdir, session.jwt_secret_path(), cluster, session.heartbeat_s) as baseline:
+        ports = {"baseline": baseline.port, "platform": platform_port}
+        finders = {"baseline": baseline.processes, "platform": session.platform_processes}
+        for rep in range(ctx.reps):
+            for endpoint, req in endpoints.items():
+                for target in ("baseline", "platform"):
+                    spec = {"mode": "closed", "port": ports[target], "connections": CONNECTIONS,
+                            "duration_s": duration, "warmup_s": 1.0, "requests": [req]}
+                    with common.ResourceSampler(finders[target], refresh_s=60) as sampler:
+                        res = run_loadgen(spec, ctx.workdir)
+                    res["server"] = sampler.report()
+                    results[endpoint][target].append(res)
+                    common.log(f"{NAME}: rep {rep + 1} {endpoint} {target}: {res['ok_per_s']:.0f} req/s, "
+                               f"p99 {res['latency'].get('p99_ms')} ms, statuses {res['statuses']}")
+    rows = []
+    for endpoint, by in results.items():
+        rate = {t: common.median([r["ok_per_s"] for r in by[t]]) for t in by}
+        p99 = {t: common.median([r["latency"]["p99_ms"] for r in by[t] if r["latency"]["n"]]) for t in by}
+        p50 = {t: common.median([r["latency"]["p50_ms"] for r in by[t] if r["latency"]["n"]]) for t in by}
+        r = common.ratio(rate["platform"], rate["baseline"])
+        bad = {t: [r_["statuses"] for r_ in by[t] if set(r_["statuses"]) - {"200"} or r_["errors"]] for t in by}
+        details = {
+            "connections": CONNECTIONS, "window_s": duration, "reps": ctx.reps,
+            "platform_req_s": [x["ok_per_s"] for x in by["platform"]],
+            "baseline_req_s": [x["ok_per_s"] for x in by["baseline"]],
+            "platform_p50_ms": p50["platform"], "baseline_p50_ms": p50["baseline"],
+            "baseline_p99_ms": p99["baseline"],
+            "non_200_or_errors": bad,
+            "loadgen_cpu_s_per_window": [x["loadgen_cpu_s"] for t in by for x in by[t]],
+            "server_cpu_percent_mean": {t: [x["server"]["cpu_percent_mean"] for x in by[t]] for t in by},
+        }
+        met = None
+        if r is not None and p99["platform"] is not None:
+            met = r >= TARGET_RATIO and p99["platform"] <= TARGET_P99_MS
+        rows.append(common.Row(figure=NAME, metric=f"{endpoint} throughput, {CONNECTIONS} conns", value=rate["platform"],
+                               unit="req/s", baseline=rate["baseline"], ratio=r,
+                               target=f">= {TARGET_RATIO}x uvicorn, p99 <= {TARGET_P99_MS:g} ms", met=met,
+                               details=details))
+        rows.append(common.Row(figure=NAME, metric=f"{endpoint} p99 latency", value=p99["platform"], unit="ms",
+                               baseline=p99["baseline"], ratio=common.ratio(p99["platform"], p99["baseline"]),
+                               target=f"<= {TARGET_P99_MS:g} ms",
+                               met=None if p99["platform"] is None else p99["platform"] <= TARGET_P99_MS))
+    return rows

@@ -1,0 +1,288 @@
+"""One real platform for the whole run (Ray head, Serve app, actors, SQLite, 2 local agents), and the
+create → usable → delete → released cycle of a buyer cluster that several figures read."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+from benchmarks import common
+from cli import platform as platform_mod
+from worker import procs
+
+RAY = str(Path(sys.executable).parent / "ray")
+LEASE_TAG_PREFIX = "dcl-lease-"
+POLL_S = 0.2
+ENDED = ("terminated", "expired", "failed")
+
+
+def _live(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return False
+    except psutil.AccessDenied:
+        return True
+
+
+class Api:
+    """A signed-in HTTP session against the platform."""
+
+    def __init__(self, base_url: str, token: str | None = None):
+        self.http = httpx.Client(base_url=base_url, timeout=60)
+        self.token = token
+        if token:
+            self.http.headers["Authorization"] = f"Bearer {token}"
+
+    def __getattr__(self, name):
+        return getattr(self.http, name)
+
+    def ok(self, method: str, path: str, expect: tuple[int, ...] = (200, 201, 202), **kw) -> Any:
+        r = self.http.request(method, path, **kw)
+        if r.status_code not in expect:
+            raise RuntimeError(f"{method} {path} → {r.status_code}: {r.text[:300]}")
+        return r.json()
+
+
+class PlatformSession:
+    """The platform under test: started once, on free ports, in its own /tmp dir; stopped by `close()`."""
+
+    def __init__(self, *, providers: int = 2, agent_cpus: int = 8, heartbeat_s: float = 5.0,
+                 idle_s: float = 10.0):
+        self.providers = providers
+        self.agent_cpus = agent_cpus
+        self.heartbeat_s = heartbeat_s
+        self.idle_s = idle_s
+        self.root: Path | None = None
+        self.launcher: platform_mod.PlatformLauncher | None = None
+        self.url = ""
+        self.up_timings: dict[str, float] = {}
+        self.idle_footprint: dict[str, Any] = {}
+        self.lease_ids: set[str] = set()  # every node of every cluster we made: checked for leftovers
+        self.cycles: list[dict] = []  # create → usable → delete → released, shared by several figures
+        self._buyer: Api | None = None
+        self._admin: Api | None = None
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> PlatformSession:
+        # Short path: Ray's unix sockets live under <state>/ray and must fit in 107 bytes.
+        self.root = Path(tempfile.mkdtemp(prefix="dclb-", dir="/tmp"))
+        port = procs.free_port()
+        self.launcher = platform_mod.PlatformLauncher(self.root / "s", port=port, providers=self.providers,
+                                                      agent_cpus=self.agent_cpus, heartbeat_s=self.heartbeat_s)
+        common.log(f"starting the platform in {self.root} (port {port}, {self.providers} agents)")
+        result = self.launcher.up()
+        self.url = result.api_url
+        self.up_timings = result.timings_s
+        common.log(f"platform up in {result.timings_s.get('total')} s; idling {self.idle_s:.0f} s for the footprint")
+        time.sleep(self.idle_s)
+        self.idle_footprint = self.footprint()
+        return self
+
+    def close(self) -> dict:
+        """down(), then make sure nothing of ours is left (lease processes included), then remove the dir."""
+        out: dict[str, Any] = {}
+        if self.launcher is not None:
+            common.log("stopping the platform")
+            try:
+                out = self.launcher.down()
+            except Exception as exc:  # still sweep below
+                out = {"error": repr(exc)}
+        leftovers = 0
+        tags = [LEASE_TAG_PREFIX + lid for lid in sorted(self.lease_ids)]
+        if self.root is not None and (self.root / "s" / "platform.json").exists():
+            record = json.loads((self.root / "s" / "platform.json").read_text())
+            tags += [a["owner_tag"] for a in record.get("agents", [])] + [record["owner_tag"]]
+        for tag in tags:
+            summary = procs.stop_owned(tag, grace_s=3.0)
+            leftovers += len(summary.terminated)
+        out["leftover_processes_stopped"] = leftovers
+        for lid in self.lease_ids:
+            shutil.rmtree(f"/tmp/dcl-{lid}", ignore_errors=True)
+        if self.root is not None:
+            shutil.rmtree(self.root, ignore_errors=True)
+        return out
+
+    # --- accounts -----------------------------------------------------------------------
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / "s"
+
+    @property
+    def record(self) -> dict:
+        return json.loads((self.state_dir / "platform.json").read_text())
+
+    def _login(self, username: str, password: str) -> Api:
+        r = httpx.post(f"{self.url}/v1/token", data={"username": username, "password": password}, timeout=60)
+        r.raise_for_status()
+        return Api(self.url, r.json()["access_token"])
+
+    @property
+    def buyer(self) -> Api:
+        if self._buyer is None:
+            creds = json.loads((self.state_dir / "credentials.json").read_text())["accounts"]
+            self._buyer = self._login("local-buyer", creds["local-buyer"]["password"])
+        return self._buyer
+
+    @property
+    def admin(self) -> Api:
+        if self._admin is None:
+            creds = json.loads((self.state_dir / "admin_credentials.json").read_text())
+            self._admin = self._login(creds["username"], creds["password"])
+        return self._admin
+
+    def new_account(self, role: str, username: str) -> Api:
+        password = "bench-" + os.urandom(8).hex()
+        r = httpx.post(f"{self.url}/v1/accounts", json={"username": username, "password": password, "role": role},
+                       timeout=60)
+        if r.status_code != 201:
+            raise RuntimeError(f"could not create {role} {username}: {r.status_code} {r.text[:200]}")
+        return self._login(username, password)
+
+    def jwt_secret_path(self) -> Path:
+        return self.state_dir / "jwt_secret"
+
+    # --- processes ----------------------------------------------------------------------
+
+    def platform_processes(self) -> list[psutil.Process]:
+        return procs.owned_processes(self.record["owner_tag"])
+
+    def agent_processes(self) -> list[psutil.Process]:
+        return [p for a in self.record.get("agents", []) for p in procs.owned_processes(a["owner_tag"])]
+
+    def footprint(self) -> dict[str, Any]:
+        return {"platform": common.memory_of(self.platform_processes()),
+                "agents": common.memory_of(self.agent_processes())}
+
+    # --- a buyer cluster's cycle --------------------------------------------------------
+
+    def get_cluster(self, cid: str) -> dict:
+        return self.buyer.ok("GET", f"/v1/clusters/{cid}")
+
+    def events(self, cid: str) -> list[dict]:
+        return self.buyer.ok("GET", f"/v1/clusters/{cid}/events")
+
+    def create(self, num_workers: int, duration_s: int) -> dict:
+        cluster = self.buyer.ok("POST", "/v1/clusters", json={"num_workers": num_workers, "duration_s": duration_s},
+                                expect=(202,))
+        self.lease_ids.update(n["id"] for n in cluster["nodes"])
+        return cluster
+
+    def wait_ended(self, cid: str, timeout_s: float = 180) -> dict:
+        return common.wait_for(lambda: (c := self.get_cluster(cid))["status"] in ENDED and c,
+                               timeout_s=timeout_s, interval_s=0.5, what=f"cluster {cid} ended")
+
+    def run_cycle(self, *, num_workers: int = 2, footprint: bool = False, timeout_s: float = 240) -> dict:
+        """POST → head and every worker joined → a job accepted → DELETE → every process gone and every
+        node released. Times are seconds from the POST (usable) and from the DELETE (release)."""
+        out: dict[str, Any] = {"num_workers": num_workers}
+        wall0, t0 = time.time(), time.monotonic()
+        cluster = self.create(num_workers, 1800)
+        cid = out["cluster_id"] = cluster["id"]
+        out["post_s"] = time.monotonic() - t0
+        conn = None
+        try:
+            def progressed():
+                nonlocal conn
+                c = self.get_cluster(cid)
+                if c["status"] in ENDED or c["status"] == "terminating":
+                    raise RuntimeError(f"cluster {cid} is {c['status']}: {c['reason']}")
+                if conn is None and c["head_node_ip"]:
+                    r = self.buyer.get(f"/v1/clusters/{cid}/connection")
+                    if r.status_code == 200:
+                        conn = r.json()
+                        out.setdefault("head_connection_s", time.monotonic() - t0)
+                return conn is not None and c["workers_joined"] >= num_workers and c
+
+            cluster = common.wait_for(progressed, timeout_s=timeout_s, interval_s=POLL_S, what=f"{cid} joined")
+            out["joined_seen_s"] = time.monotonic() - t0
+            joined = [n["joined_at"] for n in cluster["nodes"] if n["joined_at"]]
+            out["joined_at_s"] = max(joined) - wall0  # server-side time of the last node's `ray start`
+            job = submit_job(conn["env"], self.root)
+            out["job_accepted_s"] = time.monotonic() - t0
+            out["job_submit_s"] = job["elapsed_s"]
+            if not job["ok"]:
+                raise RuntimeError(f"ray job submit failed: {job['output'][-300:]}")
+            out["usable_s"] = out["job_accepted_s"]
+            self.lease_ids.update(n["id"] for n in cluster["nodes"])
+            if footprint:
+                time.sleep(3.0)  # the job's driver has come and gone; the nodes idle
+                out["nodes_memory"] = self.nodes_memory(cluster)
+                out["platform_with_cluster"] = common.memory_of(self.platform_processes())
+            out.update(self.release(cluster))
+        except BaseException:
+            self.buyer.delete(f"/v1/clusters/{cid}")
+            raise
+        finally:
+            out["events"] = [f"{e['ts'] - wall0:7.2f} {e['kind']}: {e['message'][:120]}" for e in self.events(cid)]
+        self.cycles.append(out)
+        return out
+
+    def nodes_memory(self, cluster: dict) -> list[dict]:
+        return [{"role": n["role"], "lease": n["id"], **common.memory_of(procs.owned_processes(LEASE_TAG_PREFIX + n["id"]))}
+                for n in cluster["nodes"] if n["status"] == "open"]
+
+    def release(self, cluster: dict, timeout_s: float = 120) -> dict:
+        """DELETE, then wait for every node to be released (leasable) and every lease process to be gone."""
+        cid = cluster["id"]
+        lease_ids = [n["id"] for n in cluster["nodes"]]
+        tags = [LEASE_TAG_PREFIX + lid for lid in lease_ids]
+
+        def scan() -> list[psutil.Process]:
+            return [p for tag in tags for p in procs.owned_processes(tag)]
+
+        watched = scan()
+        out: dict[str, Any] = {"processes_before_delete": len(watched)}
+        t0 = time.monotonic()
+        self.buyer.ok("DELETE", f"/v1/clusters/{cid}")
+        out["delete_call_s"] = time.monotonic() - t0
+        deadline = t0 + timeout_s
+        t_gone = t_nodes = None
+        last_api = 0.0
+        while time.monotonic() < deadline and (t_gone is None or t_nodes is None):
+            now = time.monotonic()
+            if t_gone is None:
+                watched = [p for p in watched if _live(p)]
+                if not watched:
+                    watched = scan()  # anything started since the first look (a late Ray worker)
+                    if not watched:
+                        t_gone = now - t0
+            if t_nodes is None and now - last_api >= POLL_S:
+                last_api = now
+                c = self.get_cluster(cid)
+                if all(n["status"] in ("closed", "lost") for n in c["nodes"]):
+                    t_nodes = now - t0
+            time.sleep(0.05)
+        if t_gone is None or t_nodes is None:
+            raise common.Timeout(f"cluster {cid} not released {timeout_s:.0f} s after DELETE "
+                                 f"(processes gone: {t_gone}, nodes released: {t_nodes})")
+        out["processes_gone_s"] = t_gone
+        out["nodes_released_s"] = t_nodes
+        out["release_s"] = max(t_gone, t_nodes)
+        ended = self.wait_ended(cid)
+        out["final_status"] = ended["status"]
+        out["terminated_s"] = time.monotonic() - t0
+        return out
+
+
+def submit_job(conn_env: dict, home: Path, timeout_s: float = 120) -> dict:
+    """`ray job submit --no-wait` (returns once the cluster accepted the job), as a buyer runs it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env["HOME"] = str(home)  # never a ~/.ray/auth_token of this machine's user
+    env.update(conn_env)
+    t0 = time.monotonic()
+    r = subprocess.run([RAY, "job", "submit", "--no-wait", "--", "python", "-c", "print(1)"], env=env,
+                       capture_output=True, text=True, timeout=timeout_s)
+    return {"ok": r.returncode == 0, "elapsed_s": time.monotonic() - t0, "output": r.stdout + r.stderr}

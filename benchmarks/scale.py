@@ -1,0 +1,239 @@
+"""Figure 5: control-plane scale. 10,000 simulated machines registered through the API and heartbeating
+every 10 s (1,000 heartbeats/s, open loop) for 60 s: sustained rate, p99 latency, platform CPU and RSS.
+Then the time to place an 8-GPU request among 10,000 machines: the pure decision
+(actors.placement), the ClusterManager's whole decision path on a real SQLite database, and
+POST /v1/clusters on the running platform.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import random
+import secrets
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from actors import cluster_manager, cluster_store, placement
+from actors.settings import PlatformSettings
+from benchmarks import common
+from benchmarks.api_throughput import HEARTBEAT_BODY, run_loadgen
+
+NAME = "scale"
+TARGET_P99_MS = 50.0
+TARGET_PLACE_MS = 10.0
+BEAT_EVERY_S = 10.0
+REGISTER_CONCURRENCY = 32
+HEARTBEAT_CONNECTIONS = 128
+
+# The simulated fleet, by machine index: a quarter each of 8x H100, 4x A100, 1x RTX 4090, CPU-only.
+_SHAPES = [(8, "NVIDIA H100 80GB HBM3", 2.5), (4, "NVIDIA A100-SXM4-80GB", 1.4), (1, "NVIDIA GeForce RTX 4090", 0.4),
+           (0, None, 0.0)]
+
+
+def machine_shape(i: int) -> tuple[int, str | None, float]:
+    gpus, model, price = _SHAPES[i % len(_SHAPES)]
+    return gpus, model, round(price * (0.8 + 0.4 * ((i * 7919) % 100) / 100), 3)
+
+
+def register_body(i: int, key: str) -> dict:
+    gpus, model, price = machine_shape(i)
+    spec = {"hostname": f"sim-{i}", "os": "Linux", "arch": "x86_64", "cpus": 64 if gpus else 16,
+            "memory_mb": 512_000, "gpus_declared": True,
+            "gpus": [{"index": g, "model": model, "memory_mb": 81_559} for g in range(gpus)]}
+    return {"machine_key": key, "name": f"sim-{i}", "spec": spec, "price_per_gpu_hour": price,
+            "price_per_cpu_hour": 0.05}
+
+
+async def register_fleet(url: str, tokens: list[str], n: int) -> dict:
+    """POST /v1/machines n times (REGISTER_CONCURRENCY at once); machine i belongs to provider i % len(tokens)."""
+    ids: list[str | None] = [None] * n
+    errors: list[str] = []
+    counter = itertools.count()
+    run = secrets.token_hex(4)
+    limits = httpx.Limits(max_connections=REGISTER_CONCURRENCY, max_keepalive_connections=REGISTER_CONCURRENCY)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+        async def worker():
+            while (i := next(counter)) < n:
+                headers = {"Authorization": f"Bearer {tokens[i % len(tokens)]}"}
+                for _attempt in range(3):
+                    try:
+                        r = await client.post("/v1/machines", json=register_body(i, f"sim-{run}-{i:06d}"), headers=headers)
+                        if r.status_code == 201:
+                            ids[i] = r.json()["id"]
+                            break
+                        errors.append(f"{r.status_code} {r.text[:100]}")
+                    except httpx.HTTPError as exc:
+                        errors.append(repr(exc)[:100])
+                if len(errors) > 50:
+                    raise RuntimeError(f"registration keeps failing: {errors[-3:]}")
+
+        t0 = time.monotonic()
+        await asyncio.gather(*(worker() for _ in range(REGISTER_CONCURRENCY)))
+        elapsed = time.monotonic() - t0
+    return {"ids": ids, "elapsed_s": elapsed, "errors": len(errors), "per_s": n / elapsed}
+
+
+# --- placement ----------------------------------------------------------------------------
+
+def synthetic_rows(n: int) -> list[dict]:
+    """Machines as cluster_store.online_machines returns them."""
+    rows = []
+    for i in range(n):
+        gpus, model, price = machine_shape(i)
+        rows.append({"id": f"m-{i:012x}", "provider": f"prov-{i % 10}", "gpu_model": model, "gpus": gpus,
+                     "cpus": 64 if gpus else 16, "price_per_gpu_hour": price, "price_per_cpu_hour": 0.05})
+    return rows
+
+
+def synthetic_leases(rows: list[dict], count: int) -> list[dict]:
+    """count active leases, each taking a whole machine's GPUs (or 1 CPU) on machines 0..count-1."""
+    return [{"id": f"l-{j:012x}", "cluster_id": f"c-{j // 4:012x}", "machine_id": rows[j]["id"],
+             "role": "worker", "gpus": list(range(rows[j]["gpus"])), "cpus": 1} for j in range(count)]
+
+
+def time_pure_placement(n: int, active: int, reps: int) -> list[float]:
+    rows = synthetic_rows(n)
+    leases = synthetic_leases(rows, active)
+    requests = placement.cluster_requests(1, 8, 1, None)
+    out = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        caps = placement.capacities(rows, leases)
+        assignments = placement.place(caps, requests)
+        out.append(time.perf_counter() - t0)
+        assert any(a.request.gpus == 8 for a in assignments)
+    return out
+
+
+async def time_manager_placement(db_dir: Path, n: int, active: int, reps: int) -> list[float]:
+    """ClusterManager._place (the SQL queries of online machines and active leases, then the decision)
+    on a real SQLite database holding n machines and `active` active leases."""
+    store = cluster_store.ClusterStore(db_dir / "platform.db")
+    conn = await store.conn()
+    now = time.time()
+    await conn.executemany("INSERT INTO accounts (id, username, password_hash, role, created_at) VALUES (?, ?, ?, ?, ?)",
+                           [(p + 1, f"prov-{p}", "x", "provider", now) for p in range(10)])
+    rows = synthetic_rows(n)
+    await conn.executemany(
+        "INSERT INTO machines (id, provider_id, machine_key, name, spec, gpu_model, gpus, cpus, memory_mb,"
+        " price_per_gpu_hour, price_per_cpu_hour, status, registered_at, last_heartbeat)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'online', ?, ?)",
+        [(r["id"], i % 10 + 1, r["id"], r["id"], json.dumps({"hostname": r["id"]}), r["gpu_model"], r["gpus"], r["cpus"],
+          512_000, r["price_per_gpu_hour"], r["price_per_cpu_hour"], now, now) for i, r in enumerate(rows)])
+    leases = synthetic_leases(rows, active)
+    clusters = sorted({l["cluster_id"] for l in leases})
+    await conn.executemany("INSERT INTO clusters (id, owner_id, name, spec, status, created_at, updated_at, expires_at)"
+                           " VALUES (?, 1, ?, '{}', 'running', ?, ?, ?)", [(c, c, now, now, now + 3600) for c in clusters])
+    await conn.executemany(
+        "INSERT INTO leases (id, cluster_id, machine_id, role, gpus, cpus, status, created_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, 'open', ?)",
+        [(l["id"], l["cluster_id"], l["machine_id"], l["role"], json.dumps(l["gpus"]), l["cpus"], now) for l in leases])
+    await conn.commit()
+    settings = PlatformSettings(state_dir=db_dir, heartbeat_interval_s=BEAT_EVERY_S)
+    manager = cluster_manager.ClusterManager(store, settings, registry=None, launcher=None)
+    requests = placement.cluster_requests(1, 8, 1, None)
+    out = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        await manager._place("c-" + secrets.token_hex(6), requests)  # noqa: SLF001 (the path create_cluster runs)
+        out.append(time.perf_counter() - t0)
+    await store.close()
+    return out
+
+
+def _ms(values: list[float]) -> list[float]:
+    return [v * 1000 for v in values]
+
+
+def placement_rows(ctx, n: int) -> list[common.Row]:
+    reps = 10 if ctx.quick else 30
+    rows = []
+    pure = _ms(time_pure_placement(n, 0, reps))
+    pure_leased = _ms(time_pure_placement(n, n // 10, reps))
+    p50 = common.median(pure)
+    rows.append(common.Row(figure=NAME, metric=f"place 8-GPU request among {n:,} machines: decision only",
+                           value=p50, unit="ms", target=f"<= {TARGET_PLACE_MS:g} ms", met=p50 <= TARGET_PLACE_MS,
+                           details={"ms": common.summary(pure, 2),
+                                    f"ms_with_{n // 10}_active_leases": common.summary(pure_leased, 2)}))
+    for active in (0, n // 10):
+        db_dir = Path(tempfile.mkdtemp(prefix="place-", dir=ctx.workdir))
+        full = _ms(asyncio.run(time_manager_placement(db_dir, n, active, max(3, reps // 3))))
+        p50 = common.median(full)
+        rows.append(common.Row(
+            figure=NAME, metric=f"place 8-GPU request: ClusterManager path incl. SQLite, {active:,} active leases",
+            value=p50, unit="ms", target=f"<= {TARGET_PLACE_MS:g} ms", met=p50 <= TARGET_PLACE_MS,
+            details={"ms": common.summary(full, 2)}))
+    return rows
+
+
+def api_placement(session, reps: int = 3) -> dict:
+    """POST /v1/clusters (1 worker with 8 GPUs) right after the heartbeats, deleted at once."""
+    offers = session.admin.ok("GET", "/v1/offers")
+    latencies, statuses = [], []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        r = session.buyer.post("/v1/clusters", json={"num_workers": 1, "gpus_per_worker": 8, "duration_s": 600})
+        latencies.append((time.perf_counter() - t0) * 1000)
+        statuses.append(r.status_code)
+        if r.status_code == 202:
+            cluster = r.json()
+            session.lease_ids.update(n["id"] for n in cluster["nodes"])
+            session.buyer.ok("DELETE", f"/v1/clusters/{cluster['id']}")
+            session.wait_ended(cluster["id"], timeout_s=120)
+    return {"ms": [round(x, 1) for x in latencies], "statuses": statuses,
+            "online_machines_by_model": {o["gpu_model"] or "cpu-only": o["machines"] for o in offers}}
+
+
+# --- the figure ---------------------------------------------------------------------------
+
+def run(ctx) -> list[common.Row]:
+    n = 500 if ctx.quick else 10_000
+    duration = 10.0 if ctx.quick else 60.0
+    rate = n / BEAT_EVERY_S
+    n_providers = 2 if ctx.quick else 10
+    rows = placement_rows(ctx, n)  # in-process, no platform needed: first, while the machine is quiet
+    session = ctx.platform()
+    tokens = [session.new_account("provider", f"bench-sim-{p}-{secrets.token_hex(3)}").token for p in range(n_providers)]
+    common.log(f"{NAME}: registering {n:,} simulated machines ({n_providers} provider accounts)")
+    reg = asyncio.run(register_fleet(session.url, tokens, n))
+    ids = [i for i in reg["ids"] if i]
+    common.log(f"{NAME}: registered {len(ids):,} in {reg['elapsed_s']:.0f} s ({reg['per_s']:.0f}/s); "
+               f"heartbeats at {rate:.0f}/s for {duration:.0f} s")
+    requests = [{"method": "POST", "path": f"/v1/machines/{mid}/heartbeat",
+                 "headers": {"Authorization": f"Bearer {tokens[i % n_providers]}"}, "body": json.dumps(HEARTBEAT_BODY)}
+                for i, mid in enumerate(reg["ids"]) if mid]
+    random.Random(0).shuffle(requests)  # machines beat in no particular order
+    spec = {"mode": "open", "port": int(session.url.rsplit(":", 1)[1]), "connections": HEARTBEAT_CONNECTIONS,
+            "rate": rate, "duration_s": duration, "warmup_s": 2.0, "max_backlog": int(rate * 5), "requests": requests}
+    with common.ResourceSampler(session.platform_processes, interval_s=1.0, refresh_s=10.0) as sampler:
+        res = run_loadgen(spec, ctx.workdir)
+    load = sampler.report()
+    common.log(f"{NAME}: {res['ok_per_s']:.0f} heartbeats/s answered, p99 {res['latency'].get('p99_ms')} ms; "
+               f"platform CPU {load['cpu_percent_mean']}%")
+    api = api_placement(session, reps=1 if ctx.quick else 3)
+    p99 = res["latency"].get("p99_ms")
+    sustained = res["ok_per_s"] >= 0.98 * rate
+    details = {"machines": len(ids), "providers": n_providers, "window_s": duration, "target_rate": rate,
+               "registration": {k: round(v, 2) if isinstance(v, float) else v for k, v in reg.items() if k != "ids"},
+               "loadgen": {k: v for k, v in res.items()}, "platform_processes": load}
+    rows.append(common.Row(figure=NAME, metric=f"heartbeats answered/s ({len(ids):,} machines, every {BEAT_EVERY_S:g} s)",
+                           value=res["ok_per_s"], unit="/s", ratio=res["ok_per_s"] / rate,
+                           target=f">= {rate:,.0f}/s with p99 <= {TARGET_P99_MS:g} ms",
+                           met=sustained and p99 is not None and p99 <= TARGET_P99_MS, details=details))
+    rows.append(common.Row(figure=NAME, metric="heartbeat p99 latency (from its scheduled time)", value=p99, unit="ms",
+                           target=f"<= {TARGET_P99_MS:g} ms", met=None if p99 is None else p99 <= TARGET_P99_MS,
+                           details={"service_latency (send → answer)": res["service_latency"],
+                                    "latency (scheduled → answer)": res["latency"]}))
+    rows.append(common.Row(figure=NAME, metric="platform CPU during heartbeats (100 = one core)",
+                           value=load["cpu_percent_mean"], unit="%", details=load))
+    rows.append(common.Row(figure=NAME, metric="platform RSS during heartbeats (max)", value=load["rss_mib_max"],
+                           unit="MiB"))
+    median_api = common.median(api["ms"])
+    rows.append(common.Row(figure=NAME, metric=f"POST /v1/clusters (8 GPUs) on the platform, {len(ids):,} machines",
+                           value=median_api, unit="ms", details=api))
+    return rows
