@@ -17,7 +17,7 @@ from actors import usage as usage_mod
 from actors import cluster_store as cstore
 from actors.launcher import Launcher
 from actors.settings import PlatformSettings
-from configs import market
+from configs import aws, market
 from configs.models import ClusterSpec
 from worker import protocol
 
@@ -93,6 +93,9 @@ class ClusterManager:
         if row["expires_at"] + EXPIRY_BACKSTOP_S <= now:  # the ExpiryReaper missed it (e.g. it is restarting)
             await self.expire(cid, row["expires_at"])
             return
+        spec = ClusterSpec.model_validate_json(row["spec"])
+        if spec.backend == "aws":
+            return  # EC2 nodes: the sub-cluster's own autoscaler keeps min_workers; no leases to watch
         leases = await self._store.leases_of(cid)
         live = [l for l in leases if domain.LeaseStatus(l["status"]).holds_capacity()]
         statuses = await cstore.machine_statuses(self._store, [l["machine_id"] for l in live],
@@ -105,7 +108,6 @@ class ClusterManager:
                     if lease["role"] == "head":
                         await self._fail(cid, f"the head node's machine {lease['machine_id']} went away")
                         return
-        spec = ClusterSpec.model_validate_json(row["spec"])
         joined = [l for l in await self._store.leases_of(cid)
                   if l["status"] == domain.LeaseStatus.OPEN.value and l["joined_at"]]
         head_joined = any(l["role"] == "head" for l in joined)
@@ -193,20 +195,26 @@ class ClusterManager:
     async def create_cluster(self, principal: auth.Principal, spec: dict) -> dict:
         _require_buyer(principal)
         spec = ClusterSpec.model_validate(spec)
-        if spec.backend != "market":
-            raise errors.InvalidInput("backend 'aws' is not enabled on this platform; use backend 'market'")
+        if spec.backend == "aws":
+            if self._settings.aws is None:
+                raise errors.InvalidInput("backend 'aws' is not enabled on this platform; use backend 'market'")
+            aws.check_spec(spec, self._settings.aws)
         now = self._clock()
         cid = "c-" + uuid.uuid4().hex[:12]
         async with self._placement_lock:
-            assignments = await self._place(cid, placement.cluster_requests(
-                spec.num_workers, spec.gpus_per_worker, spec.cpus_per_worker, spec.gpu_model))
-            leases = [_lease_row(a) for a in assignments]
-            summary = ", ".join(f"{l['role']} on {l['machine_id']}" for l in leases)
+            if spec.backend == "aws":
+                leases, summary = [], f"EC2: a {self._settings.aws.head_instance_type} head and {spec.num_workers} " \
+                                      f"{self._settings.aws.worker_instance_type} worker(s)"
+            else:
+                assignments = await self._place(cid, placement.cluster_requests(
+                    spec.num_workers, spec.gpus_per_worker, spec.cpus_per_worker, spec.gpu_model))
+                leases = [_lease_row(a) for a in assignments]
+                summary = "machines reserved: " + ", ".join(f"{l['role']} on {l['machine_id']}" for l in leases)
             await self._store.create_cluster(
                 cluster={"id": cid, "owner_id": principal.account_id, "name": spec.name or cid,
                          "spec": spec.model_dump_json(), "status": S.PENDING.value,
                          "expires_at": now + spec.duration_s},
-                leases=leases, event=f"machines reserved: {summary}", now=now)
+                leases=leases, event=summary, now=now)
         write_cluster_token(self._settings.clusters_dir / cid, secrets.token_hex(32))
         logger.info("cluster %s created for %s: %d worker(s)", cid, principal.username, spec.num_workers)
         await self._schedule_expiry(cid)
@@ -380,6 +388,10 @@ class ClusterManager:
         spec = ClusterSpec.model_validate_json(row["spec"])
         await self._event(cluster_id, "head_ready",
                           f"head node up; its autoscaler is starting {spec.num_workers} worker(s)")
+        if spec.backend == "aws" and await self._store.set_cluster_status(
+                cluster_id, S.RUNNING, self._clock(), only_from=(S.PROVISIONING,)):
+            await self._event(cluster_id, "running", "running: the EC2 head is up; workers join through "
+                              "the sub-cluster's own autoscaler")
 
     async def _begin_teardown(self, cluster_id: str, final: S, reason: str) -> bool:
         if await self._store.set_cluster_status(cluster_id, S.TERMINATING, self._clock(), ending_as=final,
@@ -408,7 +420,8 @@ class ClusterManager:
         started = self._clock()
         row = await self._store.get_cluster(cluster_id)
         leases = await self._store.leases_of(cluster_id)
-        had_nodes = any(l["status"] == domain.LeaseStatus.OPEN.value for l in leases)
+        had_nodes = any(l["status"] == domain.LeaseStatus.OPEN.value for l in leases) or \
+            json.loads(row["spec"]).get("backend") == "aws"
         # All at once: the head's autoscaler cannot replace a worker meanwhile, since the cluster is
         # terminating and create_nodes refuses.
         await asyncio.gather(*(self._close_lease(cluster_id, l) for l in leases))
@@ -423,6 +436,12 @@ class ClusterManager:
                           "the teardown began")
 
     def _launcher_config(self, row: dict) -> dict:
+        spec = ClusterSpec.model_validate_json(row["spec"])
+        if spec.backend == "aws":
+            config = aws.render_aws_config(cluster_id=row["id"], spec=spec, settings=self._settings.aws,
+                                           ray_auth_token_path=self._settings.clusters_dir / row["id"] / "ray_auth_token")
+            config["provider"]["dcluster_vpc_id"] = self._settings.aws.vpc_id
+            return config
         ttl = int(row["expires_at"] - self._clock()) + 3600
         principal = auth.Principal(row["owner_id"], "cluster-" + row["id"], domain.Role.BUYER, cluster_id=row["id"])
         token = self._tokens.issue(principal, ttl_s=max(ttl, 3600))

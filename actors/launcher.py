@@ -41,14 +41,34 @@ def _prepare_process(private_tmp: str) -> None:
 def _create_or_update(config: dict, private_tmp: str) -> None:
     from ray.autoscaler import sdk
     _prepare_process(private_tmp)
-    sdk.create_or_update_cluster(config, no_restart=False, restart_only=False, no_config_cache=True)
+    sdk.create_or_update_cluster(_with_cloud_resources(config), no_restart=False, restart_only=False,
+                                 no_config_cache=True)
 
 
 @ray.remote(num_cpus=0, max_calls=1, max_retries=0, resources=_HEAD_NODE)
 def _teardown(config: dict, private_tmp: str) -> None:
     from ray.autoscaler import sdk
     _prepare_process(private_tmp)
+    config = _with_cloud_resources(config)
     sdk.teardown_cluster(config, workers_only=False, keep_min_workers=False)
+    if config["provider"]["type"] == "aws":
+        import time
+
+        from configs import aws
+        # The group stays in use until EC2 has let the instances go.
+        for _ in range(30):
+            if aws.delete_cluster_resources(config):
+                break
+            time.sleep(10)
+
+
+def _with_cloud_resources(config: dict) -> dict:
+    """AWS: the cluster's own locked-down security group, made before Ray's bootstrap (which would
+    otherwise create one with SSH open to the world)."""
+    if config["provider"]["type"] != "aws":
+        return config
+    from configs import aws
+    return aws.ensure_security_group(config, vpc_id=config["provider"].get("dcluster_vpc_id"))
 
 
 class RayClusterLauncher:

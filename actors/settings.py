@@ -7,6 +7,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from configs import aws as aws_config
+
 NAMESPACE = "dcluster"
 
 
@@ -24,6 +26,8 @@ class PlatformSettings(BaseModel):
                                   description="The API's URL as provider machines reach it")] = "http://127.0.0.1:8000"
     provision_timeout_s: Annotated[float, Field(ge=30, le=3600, description="Launch to running, or failed")] = 600.0
     reconcile_interval_s: Annotated[float, Field(ge=0.1, le=60)] = 1.0
+    aws: Annotated[aws_config.AwsSettings | None, Field(
+        description="Enables backend 'aws' (EC2 head and GPU workers); None: only the provider market")] = None
     max_lifetime_s: Annotated[int, Field(ge=60, le=90 * 86_400, description="Longest a cluster may live, extensions included")] = 7 * 86_400
 
     @property

@@ -44,6 +44,8 @@ class FakeLauncher:
         self.created.append(config)
         if self.fail:
             raise RuntimeError("head start command failed")
+        if config["provider"]["type"] == "aws":
+            return  # EC2 nodes: nothing goes through the node routes
         cid = config["provider"]["cluster_id"]
         principal = auth.TokenIssuer("s" * 48, clock=self.manager._clock).verify(config["provider"]["token"])
         (head,) = await self.manager.create_nodes(principal, cid, "head", "head", {"ray-node-kind": "head"}, 1)
@@ -54,7 +56,7 @@ class FakeLauncher:
             await self.manager.exec_on_node(principal, cid, w["id"], {"op": "run", "cmd": "export X=1; ray start"})
 
     async def teardown(self, config):
-        self.torn_down.append(config["provider"]["cluster_id"])
+        self.torn_down.append(config["cluster_name"])
 
 
 @pytest.fixture
@@ -202,5 +204,29 @@ def test_other_buyers_and_scoped_credentials(env):
         with pytest.raises(errors.NotFound):
             await manager.list_nodes(wrong_scope, c["id"])
         await settle(manager)
+        await close(manager._store, db)
+    asyncio.run(go())
+
+
+def test_aws_backend_only_when_enabled(env, tmp_path):
+    from configs import aws
+
+    async def go():
+        manager, _, launcher, buyer, db = await env()
+        with pytest.raises(errors.InvalidInput, match="not enabled"):
+            await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600, "backend": "aws"})
+        manager._settings = manager._settings.model_copy(
+            update={"aws": aws.AwsSettings(allowed_cidr="203.0.113.0/24")})
+        c = await manager.create_cluster(buyer, {"num_workers": 2, "gpus_per_worker": 1, "duration_s": 600,
+                                                 "backend": "aws"})
+        assert c["nodes"] == []  # no provider machine is leased
+        await settle(manager)
+        (config,) = launcher.created
+        assert config["provider"]["type"] == "aws" and config["provider"]["security_group"]["IpPermissions"]
+        assert (await manager.get_cluster(buyer, c["id"]))["status"] == "running"
+        await manager.delete_cluster(buyer, c["id"])
+        await settle(manager)
+        assert (await manager.get_cluster(buyer, c["id"]))["status"] == "terminated"
+        assert launcher.torn_down == [c["id"]]
         await close(manager._store, db)
     asyncio.run(go())
