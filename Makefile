@@ -31,4 +31,8 @@ down: venv
 status: venv
 	$(BIN)/dcluster status
 
-demo: up
+demo: venv
+	$(BIN)/dcluster demo --port $(PORT)
+
+bench: venv
+	$(BIN)/python -m benchmarks

@@ -72,7 +72,8 @@ def machines_in(lines: list[str]) -> list[str]:
     return sorted(found)
 
 
-def run_streaming(cmd: list[str], env: Mapping[str, str], timeout_s: float, prefix: str = "  | ") -> tuple[int, list[str]]:
+def run_streaming(cmd: list[str], env: Mapping[str, str], timeout_s: float,
+                  prefix: str = "  | ") -> tuple[int, list[str]]:
     """Runs cmd in its own process group, echoing its output as it comes; past timeout_s (or on
     Ctrl-C) that group is stopped. Returns (exit code, output lines)."""
     proc = subprocess.Popen(cmd, env=dict(env), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,

@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 try:  # torch is optional: numpy does the same job when it is not installed
     import torch
@@ -29,7 +30,7 @@ def where() -> dict:
     }
 
 
-@ray.remote(num_cpus=1, scheduling_strategy="SPREAD")
+@ray.remote(num_cpus=1)
 def train_shard(shard: int, data: list, epochs: int = 50) -> dict:
     x = np.array(data, dtype=np.float64)
     rng = np.random.default_rng(shard)
@@ -49,11 +50,12 @@ def run_inference(weights: list, input_data: list) -> dict:
 def main() -> None:
     ray.init()
     workers = [n for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) > 0]
-    shards = max(1, len(workers))
-    print(f"cluster: {len(ray.nodes())} node(s), {shards} worker(s) with CPUs; torch: {torch is not None}")
+    print(f"cluster: {len(ray.nodes())} node(s), {len(workers)} worker(s) with CPUs; torch: {torch is not None}")
     start = time.time()
     data = [1.0, 2.0, 3.0, 4.0, 5.0]
-    results = ray.get([train_shard.remote(i, data) for i in range(shards)])
+    # One shard per worker node, pinned there: data parallel over every machine leased.
+    pinned = [NodeAffinitySchedulingStrategy(w["NodeID"], soft=False) for w in workers] or ["DEFAULT"]
+    results = ray.get([train_shard.options(scheduling_strategy=s).remote(i, data) for i, s in enumerate(pinned)])
     for r in results:
         w = r["where"]
         print(f"train shard {r['shard']} ran on machine {w['machine']} (provider {w['provider']}, "

@@ -93,9 +93,10 @@ class FakePlatform:
             if c["status"] not in ("running", "degraded"):
                 return httpx.Response(409, json={"detail": f"cluster {cid} is {c['status']}"})
             env = {"RAY_ADDRESS": "http://10.0.0.5:8265", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": RAY_TOKEN}
-            return httpx.Response(200, json={"dashboard_url": env["RAY_ADDRESS"], "job_submission_url": env["RAY_ADDRESS"],
-                                             "ray_client_address": "ray://10.0.0.5:10001", "gcs_address": "10.0.0.5:6379",
-                                             "ray_auth_token": RAY_TOKEN, "env": env, "ray_job_submit": "..."})
+            return httpx.Response(200, json={
+                "dashboard_url": env["RAY_ADDRESS"], "job_submission_url": env["RAY_ADDRESS"],
+                "ray_client_address": "ray://10.0.0.5:10001", "gcs_address": "10.0.0.5:6379",
+                "ray_auth_token": RAY_TOKEN, "env": env, "ray_job_submit": "..."})
         if sub == "/extend" and method == "POST":
             c["expires_at"] += json.loads(request.content)["duration_s"]
             return httpx.Response(200, json=c)
@@ -178,7 +179,8 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
 def login(capsys, tmp_path) -> None:
     pw = tmp_path / "pw"
     pw.write_text(PASSWORD + "\n")
-    code, _, err = run(capsys, "login", "--url", "http://platform.test", "--username", "alice", "--password-file", str(pw))
+    code, _, err = run(capsys, "login", "--url", "http://platform.test", "--username", "alice",
+                       "--password-file", str(pw))
     assert code == 0, err
 
 
@@ -343,7 +345,8 @@ def test_create_wait_prints_events_then_an_evalable_environment(fake, capsys, tm
     script = f'eval "$(cat {shlex.quote(str(tmp_path / "env"))})"; printf "%s\\n%s\\n%s" ' \
              f'"$RAY_ADDRESS" "$RAY_AUTH_MODE" "$RAY_AUTH_TOKEN"'
     (tmp_path / "env").write_text(out)
-    shell = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True, env={"PATH": os.environ["PATH"]})
+    shell = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True,
+                           env={"PATH": os.environ["PATH"]})
     assert shell.stdout.split("\n") == ["http://10.0.0.5:8265", "token", RAY_TOKEN]
 
 
