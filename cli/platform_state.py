@@ -16,7 +16,6 @@ from typing import Any
 
 import yaml
 
-from worker import procs
 from worker.ray_ports import WORKER_PORT_RANGE, RayPorts  # noqa: F401 (re-exported for the launcher)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

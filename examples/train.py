@@ -5,7 +5,6 @@ Submit it to your cluster with the environment from GET /v1/clusters/{id}/connec
 Each task prints which provider machine ran it (the node labels the platform sets).
 """
 
-import os
 import socket
 import time
 

@@ -7,7 +7,6 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from actors import domain
-from configs.models import ClusterSpec  # noqa: F401 (the POST /v1/clusters body)
 from worker import protocol
 
 

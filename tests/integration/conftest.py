@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from cli import platform as platform_mod
-from cli import platform_state
 from tests.integration.helpers import Api, LocalAgent, wait_for
 from worker import procs
 
@@ -72,3 +71,17 @@ def agents(platform):
     """Agents started by a test are stopped after it, whatever happens."""
     yield platform
     platform.stop_agents()
+
+
+@pytest.fixture(scope="module")
+def market(platform):
+    """Two provider machines (4 logical CPUs each) that stay up for one module's clusters."""
+    agents, machines = [], []
+    for _ in range(2):
+        provider = Api.sign_up(platform.url, "provider")
+        agents.append(platform.start_agent(provider, extra_args=("--cpus", "4")))
+        machines.append(wait_for(lambda: [m for m in provider.get("/v1/machines").json()
+                                          if m["status"] == "online"], timeout_s=60, what="market machine")[0])
+    yield [m["id"] for m in machines]
+    for agent in agents:
+        agent.stop(grace_s=5)

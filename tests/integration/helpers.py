@@ -4,29 +4,13 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable
 
 import httpx
 
+from tests.waiting import wait_for  # noqa: F401 (re-exported for the integration tests)
 from worker import procs
-
-
-def wait_for(predicate: Callable[[], Any], *, timeout_s: float = 30.0, interval_s: float = 0.2, what: str = "condition"):
-    """Polls until predicate() is truthy and returns its value; never a fixed sleep."""
-    deadline = time.monotonic() + timeout_s
-    last_error = None
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except Exception as exc:  # the condition may raise while things settle
-            last_error = exc
-        time.sleep(interval_s)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}" + (f" (last error: {last_error!r})" if last_error else ""))
 
 
 def unique(prefix: str) -> str:

@@ -12,26 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.helpers import Api, wait_for
+from tests.integration.helpers import Api
 
 pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
 DCLUSTER = str(BIN / "dcluster")
-
-
-@pytest.fixture(scope="module")
-def market(platform):
-    """Two provider machines (4 logical CPUs each) for this module's cluster."""
-    agents, machines = [], []
-    for _ in range(2):
-        provider = Api.sign_up(platform.url, "provider")
-        agents.append(platform.start_agent(provider, extra_args=("--cpus", "4")))
-        machines.append(wait_for(lambda: [m for m in provider.get("/v1/machines").json()
-                                          if m["status"] == "online"], timeout_s=60, what="market machine")[0])
-    yield [m["id"] for m in machines]
-    for agent in agents:
-        agent.stop(grace_s=5)
 
 
 class Cli:

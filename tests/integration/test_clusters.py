@@ -18,20 +18,6 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 RAY = str(Path(sys.executable).parent / "ray")
 
 
-@pytest.fixture(scope="module")
-def market(platform):
-    """Two provider machines (4 logical CPUs each) that stay up for this module's clusters."""
-    agents, machines = [], []
-    for i in range(2):
-        provider = Api.sign_up(platform.url, "provider")
-        agents.append(platform.start_agent(provider, extra_args=("--cpus", "4")))
-        machines.append(wait_for(lambda: [m for m in provider.get("/v1/machines").json()
-                                          if m["status"] == "online"], timeout_s=60, what="market machine")[0])
-    yield [m["id"] for m in machines]
-    for agent in agents:
-        agent.stop(grace_s=5)
-
-
 def events_text(buyer: Api, cid: str) -> str:
     return "\n".join(f"{e['kind']}: {e['message']}" for e in buyer.get(f"/v1/clusters/{cid}/events").json())
 

@@ -13,6 +13,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.waiting import wait_for
+
 import worker
 from worker import leases, procs, protocol
 
@@ -25,13 +27,7 @@ def _lease_id() -> str:
 
 
 def _wait_for(predicate, timeout_s: float = 10.0, interval_s: float = 0.05):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval_s)
-    raise AssertionError(f"condition not met within {timeout_s} s")
+    return wait_for(predicate, timeout_s=timeout_s, interval_s=interval_s)
 
 
 def _alive(pid: int) -> bool:

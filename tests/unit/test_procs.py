@@ -13,6 +13,8 @@ import time
 import psutil
 import pytest
 
+from tests.waiting import wait_for
+
 from worker import procs
 
 # A bash that starts one grandchild in a session of its own (like Ray's workers, which sit in
@@ -25,13 +27,7 @@ def _tag() -> str:
 
 
 def _wait_for(predicate, timeout_s: float = 10.0, interval_s: float = 0.05):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval_s)
-    raise AssertionError(f"condition not met within {timeout_s} s")
+    return wait_for(predicate, timeout_s=timeout_s, interval_s=interval_s)
 
 
 @pytest.fixture
