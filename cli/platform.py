@@ -260,7 +260,7 @@ class PlatformLauncher:
 
     def _deploy_serve(self, record: dict, env: dict, ports: pstate.RayPorts, temp_dir: Path) -> None:
         config = pstate.patch_serve_config(pstate.SERVE_TEMPLATE.read_text(), host=self.host, port=self.port,
-                                       state_dir=self.state_dir, heartbeat_interval_s=self.heartbeat_s)
+                                           state_dir=self.state_dir, heartbeat_interval_s=self.heartbeat_s)
         pstate.write_private(self.layout.serve_deploy_yaml, pstate.dump_serve_config(config))
         cmd = [*pstate.venv_script("serve"), "deploy", str(self.layout.serve_deploy_yaml),
                "--address", f"http://127.0.0.1:{ports.dashboard}"]

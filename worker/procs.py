@@ -29,9 +29,6 @@ logger = logging.getLogger(__name__)
 OWNER_ENV = "DCLUSTER_OWNER"
 
 # Ray Serve's direct ingress listens from 30000 up; keep worker port ranges away from it.
-_RANGE_WINDOWS = ((20000, 29000), (32000, 59000))
-
-
 # --- owning -----------------------------------------------------------------------------
 
 def spawn(
@@ -270,38 +267,38 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     return True
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port the kernel considers free right now (bind to 0)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
-
-
-def free_ports(n: int, exclude: Iterable[int] = (), host: str = "127.0.0.1") -> list[int]:
-    """n distinct free ports, none of them in exclude.
-
-    All n sockets stay bound until every port is picked, so the kernel cannot hand out the
-    same port twice.
-    """
-    excluded = set(exclude)
-    socks: list[socket.socket] = []
-    ports: list[int] = []
+def listen_window() -> tuple[int, int]:
+    """Where servers of ours listen: below the kernel's ephemeral range (an outgoing connection may
+    take a port of that range as its own local port, even connect to itself when nothing listens
+    there, and a server restarting on that port then cannot bind it), and below 30000, which
+    Serve's direct ingress uses by default."""
     try:
-        tries = 0
-        while len(ports) < n:
-            tries += 1
-            if tries > n * 20 + 20:
-                raise RuntimeError(f"could not find {n} free ports")
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            socks.append(sock)
-            sock.bind((host, 0))
-            port = sock.getsockname()[1]
-            if port not in excluded and port not in ports:
-                ports.append(port)
-    finally:
-        for sock in socks:
-            sock.close()
-    return ports
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            ephemeral_low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768
+    return 10000, min(ephemeral_low, 30000) - 1
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free right now, in the listen window."""
+    return free_ports(1, host=host)[0]
+
+
+def free_ports(n: int, exclude: Iterable[int] = (), host: str = "127.0.0.1", *,
+               rng: random.Random | None = None) -> list[int]:
+    """n distinct ports free right now, in the listen window, none of them in exclude."""
+    rng = rng or random.Random()
+    lo, hi = listen_window()
+    excluded = set(exclude)
+    ports: list[int] = []
+    for _ in range(n * 50 + 50):
+        port = rng.randint(lo, hi)
+        if port not in excluded and port not in ports and port_is_free(port, host):
+            ports.append(port)
+            if len(ports) == n:
+                return ports
+    raise RuntimeError(f"could not find {n} free ports in {lo}-{hi}")
 
 
 def free_port_range(
@@ -314,13 +311,13 @@ def free_port_range(
 ) -> int:
     """First port of `size` consecutive free ports (none in exclude), from a random start.
 
-    Searches 20000-29000 and 32000-59000; 30000-31999 is left to Serve's direct ingress.
+    Searches the listen window (see listen_window()).
     """
     if size < 1:
         raise ValueError("size must be >= 1")
     rng = rng or random.Random()
     excluded = set(exclude)
-    windows = [(lo, hi) for lo, hi in _RANGE_WINDOWS if hi - lo >= size]
+    windows = [(lo, hi) for lo, hi in (listen_window(),) if hi - lo >= size]
     if not windows:
         raise ValueError(f"no window holds {size} consecutive ports")
     weights = [hi - lo for lo, hi in windows]
