@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import itertools
 import logging
 
 import ray
@@ -34,7 +35,15 @@ def thin_actor(core_cls: type, build) -> type:
             self._loops: list[asyncio.Task] = []
 
         async def _start(self):
-            await self._core.start()
+            # Recovery must not fail for good on a passing fault (a locked database on a busy
+            # machine, a peer actor still starting): retry, so the actor becomes ready.
+            for attempt in itertools.count():
+                try:
+                    await self._core.start()
+                    break
+                except Exception:
+                    logger.exception("%s start failed (attempt %d); retrying", core_cls.__name__, attempt + 1)
+                    await asyncio.sleep(min(2 ** attempt, 10))
             for name, _ in inspect.getmembers(core_cls, inspect.iscoroutinefunction):
                 if name.startswith("run_"):
                     self._loops.append(asyncio.create_task(getattr(self._core, name)()))
@@ -78,7 +87,8 @@ class ActorProxy:
     def __getattr__(self, method_name):
         async def call(*args, **kwargs):
             if self._handle is None:
-                self._handle = ray.get_actor(self._name, namespace=NAMESPACE)
+                # A blocking lookup on the actor's event loop can stall it: do it in a thread.
+                self._handle = await asyncio.to_thread(ray.get_actor, self._name, namespace=NAMESPACE)
             return await getattr(self._handle, method_name).remote(*args, **kwargs)
         return call
 

@@ -16,8 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks import api_throughput, cluster_start, common, expiry, footprint, release, scale
-from benchmarks.platform_session import PlatformSession
+from benchmarks import api_throughput, cluster_start, common, expiry, footprint, platform_session, release, scale
 
 # Run order: the cluster cycles first (figures 1, 2 and 6 share them), the 10,000 machines last.
 FIGURES = {m.NAME: m for m in (cluster_start, release, footprint, expiry, api_throughput, scale)}
@@ -31,14 +30,15 @@ class Context:
         self.quick = args.quick
         self.reps = args.reps
         self.workdir = workdir
-        self._session: PlatformSession | None = None
+        self._session: platform_session.PlatformSession | None = None
         self._start_error: BaseException | None = None
 
-    def platform(self) -> PlatformSession:
+    def platform(self) -> platform_session.PlatformSession:
         if self._start_error is not None:
             raise RuntimeError(f"the platform did not start: {self._start_error}")
         if self._session is None:
-            session = PlatformSession(providers=2, agent_cpus=8, heartbeat_s=5.0, idle_s=5.0 if self.quick else 10.0)
+            session = platform_session.PlatformSession(providers=2, agent_cpus=8, heartbeat_s=5.0,
+                                                       idle_s=5.0 if self.quick else 10.0)
             self._session = session  # stopped by close() even if start() fails midway
             try:
                 session.start()

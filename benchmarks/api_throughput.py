@@ -12,13 +12,12 @@ import os
 import secrets
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 
 from benchmarks import common
-from benchmarks.platform_session import PlatformSession
+from benchmarks import platform_session
 from worker import procs
 
 NAME = "api_throughput"
@@ -43,6 +42,14 @@ def run_loadgen(spec: dict, workdir: Path) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+def cpu_ms_per_request(result: dict) -> float | None:
+    """The server's CPU time per answered request in one window (its processes only)."""
+    cpu = result["server"]["cpu_percent_mean"]
+    if cpu is None or not result["ok_per_s"]:
+        return None
+    return round(cpu / 100 * 1000 / result["ok_per_s"], 3)
+
+
 def register_machine(api, key: str, *, gpus: int = 0, gpu_model: str = "NVIDIA H100 80GB HBM3", cpus: int = 32,
                      price: float = 2.0) -> dict:
     spec = {"hostname": key, "os": "Linux", "arch": "x86_64", "cpus": cpus, "memory_mb": 256_000,
@@ -52,7 +59,7 @@ def register_machine(api, key: str, *, gpus: int = 0, gpu_model: str = "NVIDIA H
                                                 "price_per_gpu_hour": price, "price_per_cpu_hour": 0.05})
 
 
-def a_cluster(session: PlatformSession) -> str:
+def a_cluster(session: platform_session.PlatformSession) -> str:
     """A cluster with nodes to read: figure 1's last one, else a 2-worker cluster made and deleted here."""
     if session.cycles:
         return session.cycles[-1]["cluster_id"]
@@ -105,7 +112,6 @@ def run(ctx) -> list[common.Row]:
                                              "body": json.dumps(HEARTBEAT_BODY)},
     }
     results: dict[str, dict[str, list[dict]]] = {e: {"baseline": [], "platform": []} for e in endpoints}
-    cpu: dict[str, list[dict]] = {"baseline": [], "platform": []}
     with BaselineServer(ctx.workdir, session.jwt_secret_path(), cluster, session.heartbeat_s) as baseline:
         ports = {"baseline": baseline.port, "platform": platform_port}
         finders = {"baseline": baseline.processes, "platform": session.platform_processes}
@@ -136,6 +142,7 @@ def run(ctx) -> list[common.Row]:
             "non_200_or_errors": bad,
             "loadgen_cpu_s_per_window": [x["loadgen_cpu_s"] for t in by for x in by[t]],
             "server_cpu_percent_mean": {t: [x["server"]["cpu_percent_mean"] for x in by[t]] for t in by},
+            "server_cpu_ms_per_request": {t: common.median([cpu_ms_per_request(x) for x in by[t]]) for t in by},
         }
         met = None
         if r is not None and p99["platform"] is not None:

@@ -16,10 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks import common
-from benchmarks.platform_session import RAY, submit_job
-from worker import procs
-from worker.ray_ports import RayPorts
+from benchmarks import common, platform_session
+from worker import procs, ray_ports
 
 NAME = "cluster_start"
 TARGET_RATIO = 1.2
@@ -65,14 +63,14 @@ def bare_ray_start(workdir: Path, *, num_workers: int = NUM_WORKERS, with_job: b
     taken: set[int] = set()
     ports = []
     for _ in range(1 + num_workers):
-        p = RayPorts.allocate(exclude=tuple(sorted(taken)))
+        p = ray_ports.RayPorts.allocate(exclude=tuple(sorted(taken)))
         taken |= p.all_ports()
         ports.append(p)
     head = ports[0]
     # The same node shapes as the market's sub-cluster: a head with no CPUs for tasks, 1-CPU workers.
-    head_cmd = [RAY, "start", "--head", *head.start_flags(head=True, temp_dir=root / "n0"), "--num-cpus=0",
+    head_cmd = [platform_session.RAY, "start", "--head", *head.start_flags(head=True, temp_dir=root / "n0"), "--num-cpus=0",
                 "--num-gpus=0", "--dashboard-host=127.0.0.1", "--disable-usage-stats"]
-    worker_cmds = [[RAY, "start", f"--address=127.0.0.1:{head.gcs}",
+    worker_cmds = [[platform_session.RAY, "start", f"--address=127.0.0.1:{head.gcs}",
                     *p.start_flags(head=False, temp_dir=root / f"n{i}"), "--num-cpus=1", "--disable-usage-stats"]
                    for i, p in enumerate(ports[1:], start=1)]
     probe = subprocess.Popen([sys.executable, "-m", "benchmarks.cluster_start", "--probe"], cwd=common.REPO_ROOT,
@@ -99,7 +97,7 @@ def bare_ray_start(workdir: Path, *, num_workers: int = NUM_WORKERS, with_job: b
             raise RuntimeError("bare cluster: not every node ALIVE within 120 s")
         out["alive_s"] = float(line) - t0
         if with_job:
-            job = submit_job({"RAY_ADDRESS": f"http://127.0.0.1:{head.dashboard}"}, root / "home")
+            job = platform_session.submit_job({"RAY_ADDRESS": f"http://127.0.0.1:{head.dashboard}"}, root / "home")
             out["job_accepted_s"] = time.monotonic() - t0
             out["job_ok"] = job["ok"]
     finally:
@@ -140,6 +138,9 @@ def run(ctx) -> list[common.Row]:
         "bare_plus_job_accepted_s": [round(b["job_accepted_s"], 2) for b in bare if b.get("job_ok")],
         "ratio_joined_vs_bare_alive": round(common.ratio(joined, alive), 3) if alive else None,
         "ratio_usable_vs_bare_plus_job": round(common.ratio(usable, bare_job), 3) if bare_job else None,
+        "platform_phases_s_median (from the cluster's events)": {
+            k: common.median([c["phases_s"][k] for c in cycles if c.get("phases_s", {}).get(k) is not None])
+            for k in cycles[0].get("phases_s", {})},
         "platform_events_first_rep": cycles[0]["events"],
     }
     return [common.Row(

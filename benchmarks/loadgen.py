@@ -5,9 +5,10 @@ Two modes, both to 127.0.0.1 only and bounded in time:
 - closed: `connections` clients each send the next request as soon as the last answered
   (throughput and latency at a fixed concurrency, as wrk does);
 - open: requests are scheduled at a fixed `rate` whatever the answers do (a fleet of agents
-  heartbeating on their own clocks); at most `connections` are in flight, the rest wait in a
-  bounded queue and count as late. Latency is measured from the scheduled time, so a server
-  that falls behind shows it (no coordinated omission).
+  heartbeating on their own clocks); at most `connections` are in flight, the rest wait in line,
+  and one that waited longer than `max_wait_s` is dropped as its client would have timed out.
+  Latency is measured from the scheduled time, so a server that falls behind shows it (no
+  coordinated omission).
 
     python -m benchmarks.loadgen spec.json   # prints one JSON object with the results
 
@@ -142,12 +143,13 @@ async def run_closed(spec: dict, raws: list[bytes]) -> Recorder:
 
 async def run_open(spec: dict, raws: list[bytes]) -> tuple[Recorder, dict]:
     host, port, rate = spec.get("host", "127.0.0.1"), spec["port"], float(spec["rate"])
-    max_backlog = int(spec.get("max_backlog", max(1000, rate * 5)))
+    max_backlog = int(spec.get("max_backlog", max(1000, rate * 30)))  # a memory bound only
+    max_wait_s = spec.get("max_wait_s")  # a request that waited longer in line is dropped (its client gave up)
     start = time.perf_counter()
     warmup = spec.get("warmup_s", 1.0)
     rec = Recorder(start + warmup, start + warmup + spec["duration_s"])
     queue: asyncio.Queue = asyncio.Queue()
-    extra = {"scheduled": 0, "dropped": 0, "max_backlog_seen": 0}
+    extra = {"scheduled": 0, "dropped": 0, "gave_up": 0, "max_backlog_seen": 0}
 
     async def scheduler() -> None:
         i = 0
@@ -175,6 +177,9 @@ async def run_open(spec: dict, raws: list[bytes]) -> tuple[Recorder, dict]:
         try:
             while True:
                 scheduled, raw = await queue.get()
+                if max_wait_s is not None and time.perf_counter() - scheduled > max_wait_s:
+                    extra["gave_up"] += rec.window_start <= scheduled < rec.window_end  # its client timed out
+                    continue
                 in_flight += 1
                 try:
                     await conn.send(raw, scheduled)

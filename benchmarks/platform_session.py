@@ -226,7 +226,12 @@ class PlatformSession:
             self.buyer.delete(f"/v1/clusters/{cid}")
             raise
         finally:
-            out["events"] = [f"{e['ts'] - wall0:7.2f} {e['kind']}: {e['message'][:120]}" for e in self.events(cid)]
+            try:
+                events = self.events(cid)
+                out["events"] = [f"{e['ts'] - wall0:7.2f} {e['kind']}: {e['message'][:120]}" for e in events]
+                out["phases_s"] = phases(events, wall0)
+            except Exception as exc:  # the timeline is a detail; never hide the real outcome
+                out["events"] = [f"(events unavailable: {exc!r})"]
         self.cycles.append(out)
         return out
 
@@ -275,6 +280,16 @@ class PlatformSession:
         out["final_status"] = ended["status"]
         out["terminated_s"] = time.monotonic() - t0
         return out
+
+
+def phases(events: list[dict], wall0: float) -> dict[str, float]:
+    """Seconds from the POST to each step of a launch, from the cluster's own event times."""
+    def at(kind: str, last: bool = False) -> float | None:
+        times = [e["ts"] - wall0 for e in events if e["kind"] == kind]
+        return round((times[-1] if last else times[0]), 2) if times else None
+
+    return {"head node opened": at("node_opened"), "head joined": at("head_joined"),
+            "workers opened": at("node_opened", last=True), "workers joined": at("worker_joined", last=True)}
 
 
 def submit_job(conn_env: dict, home: Path, timeout_s: float = 120) -> dict:
