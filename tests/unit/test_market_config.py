@@ -91,7 +91,7 @@ def test_start_commands_use_the_agents_ports_and_never_stop_ray():
     assert all("ray stop" not in cmd for cmd in commands(config))
     (head,) = config["head_start_ray_commands"]
     (worker,) = config["worker_start_ray_commands"]
-    assert head.startswith("ray start --head $DCL_RAY_PORT_FLAGS ")
+    assert head.startswith("AUTOSCALER_UPDATE_INTERVAL_S=1 ray start --head $DCL_RAY_PORT_FLAGS ")
     assert "--autoscaling-config=~/ray_bootstrap_config.yaml" in head and "--disable-usage-stats" in head
     assert worker.startswith("ray start --address=$RAY_HEAD_IP:$DCL_HEAD_GCS_PORT $DCL_RAY_PORT_FLAGS")
 
