@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 import re
@@ -327,9 +328,9 @@ class ClusterManager:
         machines = await cstore.online_machines(self._store, cutoff)
         active = await self._store.active_leases()
         caps = placement.capacities(machines, active)
+        mine = collections.Counter(l["machine_id"] for l in active if l["cluster_id"] == cluster_id)
         for cap in caps:
-            cap.leases_of_cluster = sum(1 for l in active if l["machine_id"] == cap.machine_id
-                                        and l["cluster_id"] == cluster_id)
+            cap.leases_of_cluster = mine[cap.machine_id]
         try:
             return placement.place(caps, requests)
         except placement.InsufficientCapacity as exc:

@@ -168,8 +168,10 @@ def decode_lease(row: dict) -> dict:
 
 async def online_machines(store: Database, cutoff: float) -> list[dict]:
     """Machines that may take new leases: online, with a heartbeat since cutoff (read-only here)."""
+    # Only what placement reads (not the spec JSON): this runs over every machine on each request.
     return await store._fetchall(
-        "SELECT m.*, a.username AS provider FROM machines m JOIN accounts a ON a.id = m.provider_id"
+        "SELECT m.id, m.gpu_model, m.gpus, m.cpus, m.price_per_gpu_hour, m.price_per_cpu_hour,"
+        " a.username AS provider FROM machines m JOIN accounts a ON a.id = m.provider_id"
         " WHERE m.status = ? AND m.last_heartbeat >= ?", (domain.MachineStatus.ONLINE.value, cutoff))
 
 

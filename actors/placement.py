@@ -7,7 +7,7 @@ import dataclasses
 HEAD_CPUS = 1  # a head runs no buyer tasks (num-cpus=0) but its GCS, dashboard and autoscaler need a core
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class MachineCapacity:
     """What is left of one online machine after its current leases."""
 
@@ -53,12 +53,12 @@ def capacities(machines: list[dict], active_leases: list[dict], head_cpus: int =
         used_cpus[lease["machine_id"]] = used_cpus.get(lease["machine_id"], 0) + lease["cpus"]
     result = []
     for m in machines:
-        gpu_indices = list(range(m["gpus"]))
+        mid, gpus = m["id"], m["gpus"]
+        used = used_gpus.get(mid)
         result.append(MachineCapacity(
-            machine_id=m["id"], provider=m["provider"], gpu_model=m["gpu_model"] if m["gpus"] else None,
-            free_gpus=[i for i in gpu_indices if i not in used_gpus.get(m["id"], set())],
-            free_cpus=m["cpus"] - used_cpus.get(m["id"], 0),
-            price_per_gpu_hour=m["price_per_gpu_hour"], price_per_cpu_hour=m["price_per_cpu_hour"]))
+            mid, m["provider"], m["gpu_model"] if gpus else None,
+            [i for i in range(gpus) if i not in used] if used else list(range(gpus)),
+            m["cpus"] - used_cpus.get(mid, 0), m["price_per_gpu_hour"], m["price_per_cpu_hour"]))
     return result
 
 
@@ -80,11 +80,12 @@ def place(machines: list[MachineCapacity], requests: list[NodeRequest]) -> list[
     Workers go first, biggest first, spread over machines (fewest of this cluster's nodes, then
     cheapest, then roomiest); the head goes last where it wastes the fewest GPUs.
     """
-    pool = [dataclasses.replace(m, free_gpus=list(m.free_gpus)) for m in machines]
+    # Copy-on-pick: of 10,000 machines only the few chosen are copied and changed.
+    picked: dict[str, MachineCapacity] = {}
     ordered = sorted(requests, key=lambda r: (r.role == "head", -r.gpus, -r.cpus))
     assignments = []
     for r in ordered:
-        fitting = [m for m in pool if _fits(m, r)]
+        fitting = [v for m in machines if _fits(v := picked.get(m.machine_id, m), r)]
         if not fitting:
             raise InsufficientCapacity(_shortage_message(machines, requests, r), available=summarize(machines))
         if r.role == "head":
@@ -92,6 +93,8 @@ def place(machines: list[MachineCapacity], requests: list[NodeRequest]) -> list[
         else:
             price = (lambda m: m.price_per_gpu_hour) if r.gpus else (lambda m: m.price_per_cpu_hour)
             best = min(fitting, key=lambda m: (m.leases_of_cluster, price(m), -len(m.free_gpus), -m.free_cpus))
+        if best.machine_id not in picked:
+            best = picked[best.machine_id] = dataclasses.replace(best, free_gpus=list(best.free_gpus))
         taken = tuple(best.free_gpus[:r.gpus])
         best.free_gpus = best.free_gpus[r.gpus:]
         best.free_cpus -= r.cpus
