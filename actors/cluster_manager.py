@@ -16,6 +16,7 @@ from typing import Callable, Protocol
 from actors import auth, domain, errors, placement
 from actors import usage as usage_mod
 from actors import cluster_store as cstore
+from actors import launcher as launcher_mod
 from actors.launcher import Launcher
 from actors.settings import PlatformSettings
 from configs import aws, market
@@ -30,6 +31,7 @@ LEASE_OPEN_TIMEOUT_S = 30.0
 LEASE_CLOSE_TIMEOUT_S = 30.0
 TEARDOWN_TIMEOUT_S = 120.0
 EXPIRY_BACKSTOP_S = 10.0
+SWEEP_INTERVAL_S = 60.0
 
 
 class Registry(Protocol):
@@ -58,6 +60,7 @@ class ClusterManager:
         self._tokens: auth.TokenIssuer | None = None
         self._placement_lock = asyncio.Lock()  # placements see each other's reservations
         self._tasks: dict[str, asyncio.Task] = {}  # cluster id → its provisioning or teardown
+        self._last_sweep = 0.0
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -88,6 +91,25 @@ class ClusterManager:
                 await self._reconcile_cluster(row, now)
             except Exception:
                 logger.exception("reconcile of cluster %s failed", row["id"])
+        if now - self._last_sweep >= SWEEP_INTERVAL_S:
+            self._last_sweep = now
+            await self.sweep()
+
+    async def sweep(self) -> dict:
+        """Releases what no live cluster owns: leases of ended clusters (a close that failed, a crash
+        between steps) and launcher temp files of ended clusters. Agents drop their own strays when
+        a heartbeat's answer names them (ProviderRegistry.heartbeat)."""
+        closed = 0
+        for lease in await self._store.active_leases():
+            cluster = await self._store.get_cluster(lease["cluster_id"])
+            if cluster is None or S(cluster["status"]).is_terminal():
+                await self._close_lease(lease["cluster_id"], lease)
+                closed += 1
+        removed = launcher_mod.remove_stale_files(self._settings.state_dir / "launcher-tmp",
+                                                  older_than_s=SWEEP_INTERVAL_S)
+        if closed or removed:
+            logger.info("sweep: closed %d stray lease(s), removed %d launcher file(s)", closed, removed)
+        return {"leases_closed": closed, "launcher_files_removed": removed}
 
     async def _reconcile_cluster(self, row: dict, now: float) -> None:
         cid = row["id"]

@@ -71,6 +71,26 @@ def _with_cloud_resources(config: dict) -> dict:
     return aws.ensure_security_group(config, vpc_id=config["provider"].get("dcluster_vpc_id"))
 
 
+def remove_stale_files(directory, *, older_than_s: float) -> int:
+    """Deletes the launcher's leftovers (config caches it writes even with no_config_cache) older than
+    older_than_s from its private temp dir; returns how many."""
+    import pathlib
+    import time as time_mod
+
+    directory = pathlib.Path(directory)
+    if not directory.is_dir():
+        return 0
+    removed, cutoff = 0, time_mod.time() - older_than_s
+    for path in directory.glob("ray-config-*"):
+        try:
+            if path.is_file() and path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed += 1
+        except OSError:
+            pass
+    return removed
+
+
 class RayClusterLauncher:
     """The real launcher: ray.autoscaler.sdk in a Ray task each."""
 

@@ -230,3 +230,20 @@ def test_aws_backend_only_when_enabled(env, tmp_path):
         assert launcher.torn_down == [c["id"]]
         await close(manager._store, db)
     asyncio.run(go())
+
+
+def test_sweep_closes_leases_no_live_cluster_owns(env, clock):
+    async def go():
+        manager, registry, _, buyer, db = await env()
+        c = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
+        await settle(manager)
+        # A crash between steps: the cluster is recorded as ended while its nodes are still open.
+        lease = next(n for n in c["nodes"] if n["role"] == "worker")
+        await manager._store.set_cluster_status(c["id"], domain.ClusterStatus.FAILED, clock())
+        got = await manager.sweep()
+        assert got["leases_closed"] == 2  # head and worker
+        assert (await manager._store.get_lease(lease["id"]))["status"] == "closed"
+        assert lease["id"] in [p["lease_id"] for _, k, p in registry.sent if k == protocol.LEASE_CLOSE]
+        assert (await manager.sweep())["leases_closed"] == 0
+        await close(manager._store, db)
+    asyncio.run(go())
