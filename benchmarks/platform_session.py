@@ -26,15 +26,6 @@ POLL_S = 0.2
 ENDED = ("terminated", "expired", "failed")
 
 
-def _live(proc: psutil.Process) -> bool:
-    try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
-    except (psutil.NoSuchProcess, psutil.ZombieProcess):
-        return False
-    except psutil.AccessDenied:
-        return True
-
-
 class Api:
     """A signed-in HTTP session against the platform."""
 
@@ -259,7 +250,7 @@ class PlatformSession:
         while time.monotonic() < deadline and (t_gone is None or t_nodes is None):
             now = time.monotonic()
             if t_gone is None:
-                watched = [p for p in watched if _live(p)]
+                watched = [p for p in watched if procs.is_live(p)]
                 if not watched:
                     watched = scan()  # anything started since the first look (a late Ray worker)
                     if not watched:

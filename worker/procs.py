@@ -87,12 +87,13 @@ def owned_processes(owner_tag: str, roots: Iterable[int] = ()) -> list[psutil.Pr
         except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
             continue
         for proc in family:
-            if proc.pid != me and _is_live(proc):
+            if proc.pid != me and is_live(proc):
                 found.setdefault(proc.pid, proc)
     return sorted(found.values(), key=lambda p: p.pid)
 
 
-def _is_live(proc: psutil.Process) -> bool:
+def is_live(proc: psutil.Process) -> bool:
+    """Running and not a zombie (a zombie holds no ports or files any more)."""
     try:
         return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
     except (psutil.NoSuchProcess, psutil.ZombieProcess):
@@ -126,7 +127,7 @@ def wait_gone(procs: list[psutil.Process], timeout_s: float) -> list[psutil.Proc
     alive = procs
     while True:
         _, alive = psutil.wait_procs(alive, timeout=0.05)  # reaps the ones that are our children
-        alive = [p for p in alive if _is_live(p)]
+        alive = [p for p in alive if is_live(p)]
         if not alive or time.monotonic() >= deadline:
             return alive
 
