@@ -8,12 +8,11 @@ import json
 import logging
 import re
 import secrets
-import shlex
 import time
 import uuid
 from typing import Callable, Protocol
 
-from actors import auth, domain, errors, placement
+from actors import auth, cluster_views as views, domain, errors, placement
 from actors import usage as usage_mod
 from actors import cluster_store as cstore
 from actors import launcher as launcher_mod
@@ -216,7 +215,7 @@ class ClusterManager:
     # --- buyer API ----------------------------------------------------------------------
 
     async def create_cluster(self, principal: auth.Principal, spec: dict) -> dict:
-        _require_buyer(principal)
+        views.require_buyer(principal)
         spec = ClusterSpec.model_validate(spec)
         if spec.backend == "aws":
             if self._settings.aws is None:
@@ -231,14 +230,14 @@ class ClusterManager:
             else:
                 assignments = await self._place(cid, placement.cluster_requests(
                     spec.num_workers, spec.gpus_per_worker, spec.cpus_per_worker, spec.gpu_model))
-                leases = [_lease_row(a) for a in assignments]
+                leases = [views.lease_row(a) for a in assignments]
                 summary = "machines reserved: " + ", ".join(f"{l['role']} on {l['machine_id']}" for l in leases)
             await self._store.create_cluster(
                 cluster={"id": cid, "owner_id": principal.account_id, "name": spec.name or cid,
                          "spec": spec.model_dump_json(), "status": S.PENDING.value,
                          "expires_at": now + spec.duration_s},
                 leases=leases, event=summary, now=now)
-        write_cluster_token(self._settings.clusters_dir / cid, secrets.token_hex(32))
+        views.write_cluster_token(self._settings.clusters_dir / cid, secrets.token_hex(32))
         logger.info("cluster %s created for %s: %d worker(s)", cid, principal.username, spec.num_workers)
         await self._schedule_expiry(cid)
         self._spawn(cid, self._provision(cid))
@@ -246,7 +245,7 @@ class ClusterManager:
 
     async def list_clusters(self, principal: auth.Principal) -> list[dict]:
         owner = None if principal.role is domain.Role.ADMIN else principal.account_id
-        _require_buyer_or_admin(principal)
+        views.require_buyer_or_admin(principal)
         return [await self._public(r) for r in await self._store.list_clusters(owner)]
 
     async def get_cluster(self, principal: auth.Principal, cluster_id: str) -> dict:
@@ -271,14 +270,14 @@ class ClusterManager:
         if not S(row["status"]).is_active() or head is None:
             raise errors.Conflict(f"cluster {cluster_id} is {row['status']}: connection details exist once its "
                                   "head node has joined (see GET /v1/clusters/{id}/events)")
-        token = read_cluster_token(self._settings.clusters_dir / cluster_id)
-        return connection_details(head["node_ip"], head["ports"], token)
+        token = views.read_cluster_token(self._settings.clusters_dir / cluster_id)
+        return views.connection_details(head["node_ip"], head["ports"], token)
 
     # --- node provider API (cluster-scoped credential) ----------------------------------
 
     async def list_nodes(self, principal: auth.Principal, cluster_id: str) -> list[dict]:
         await self._scoped_cluster(principal, cluster_id)
-        return [_public_node(l) for l in await self._store.leases_of(cluster_id)
+        return [views.public_node(l) for l in await self._store.leases_of(cluster_id)
                 if l["status"] != domain.LeaseStatus.RESERVED.value]
 
     async def create_nodes(self, principal: auth.Principal, cluster_id: str, role: str, node_type: str,
@@ -304,22 +303,22 @@ class ClusterManager:
                                                     spec.gpu_model if spec.gpus_per_worker else None)
                 else:
                     request = placement.NodeRequest("head", 0, placement.HEAD_CPUS)
-                extra = [_lease_row(a) for a in await self._place(cluster_id, [request] * missing)]
+                extra = [views.lease_row(a) for a in await self._place(cluster_id, [request] * missing)]
                 await self._store.add_leases(cluster_id, extra, self._clock())
                 reserved += [await self._store.get_lease(l["id"]) for l in extra]
         opened = await asyncio.gather(*(self._open_lease(row, l, node_type, tags) for l in reserved))
-        return [_public_node(l) for l in opened]
+        return [views.public_node(l) for l in opened]
 
     async def set_node_tags(self, principal: auth.Principal, cluster_id: str, node_id: str, tags: dict) -> dict:
         lease = await self._scoped_lease(principal, cluster_id, node_id)
         merged = {**lease["tags"], **tags}
         await self._store.set_lease_tags(node_id, merged)
-        return _public_node({**lease, "tags": merged})
+        return views.public_node({**lease, "tags": merged})
 
     async def terminate_node(self, principal: auth.Principal, cluster_id: str, node_id: str) -> dict:
         await self._scoped_lease(principal, cluster_id, node_id)
         await self._close_lease(cluster_id, await self._store.get_lease(node_id))
-        return _public_node(await self._store.get_lease(node_id))
+        return views.public_node(await self._store.get_lease(node_id))
 
     async def exec_on_node(self, principal: auth.Principal, cluster_id: str, node_id: str, body: dict) -> dict:
         lease = await self._scoped_lease(principal, cluster_id, node_id)
@@ -340,7 +339,7 @@ class ClusterManager:
             else:
                 await self._event(cluster_id, "command_failed",
                                   f"`ray start` failed on {lease['role']} node {node_id} (exit "
-                                  f"{result.get('exit_code')}): {_tail(result.get('output', ''))}")
+                                  f"{result.get('exit_code')}): {views.tail(result.get('output', ''))}")
         return result
 
     # --- internals ----------------------------------------------------------------------
@@ -365,8 +364,8 @@ class ClusterManager:
         payload = protocol.LeaseOpen(
             lease_id=lease["id"], cluster_id=cluster["id"], role=lease["role"], gpu_indices=lease["gpus"],
             resources={f"provider_{lease['machine_id']}": 1.0},
-            labels=node_labels(cluster["id"], lease, machine),
-            ray_auth_token=read_cluster_token(self._settings.clusters_dir / cluster["id"]),
+            labels=views.node_labels(cluster["id"], lease, machine),
+            ray_auth_token=views.read_cluster_token(self._settings.clusters_dir / cluster["id"]),
             head_gcs_port=head["ports"]["gcs"] if head and lease["role"] == "worker" else None)
         result = await self._registry.send_work(lease["machine_id"], protocol.LEASE_OPEN, payload.model_dump(),
                                                 timeout_s=LEASE_OPEN_TIMEOUT_S)
@@ -374,7 +373,7 @@ class ClusterManager:
             await self._store.end_lease(lease["id"], domain.LeaseStatus.LOST, self._clock())
             await self._event(cluster["id"], "lease_failed",
                               f"machine {lease['machine_id']} could not open {lease['role']} node "
-                              f"{lease['id']}: {_tail(result.get('output', ''))}")
+                              f"{lease['id']}: {views.tail(result.get('output', ''))}")
             raise errors.Conflict(f"machine {lease['machine_id']} could not open a node; try again")
         opened = protocol.LeaseOpened.model_validate(result["data"])
         await self._store.open_lease(lease["id"], node_type=node_type, tags=tags, ports=opened.ports,
@@ -392,7 +391,7 @@ class ClusterManager:
             if not result.get("ok"):
                 # The agent cleans up leases the platform no longer knows when it returns.
                 await self._event(cluster_id, "lease_close_failed",
-                                  f"node {lease['id']}: {_tail(result.get('output', ''))}")
+                                  f"node {lease['id']}: {views.tail(result.get('output', ''))}")
         if await self._store.end_lease(lease["id"], domain.LeaseStatus.CLOSED, self._clock()):
             if lease["status"] == domain.LeaseStatus.OPEN.value:
                 await self._event(cluster_id, "node_closed", f"{lease['role']} node {lease['id']} released")
@@ -406,7 +405,7 @@ class ClusterManager:
             await asyncio.wait_for(self._launcher.create(self._launcher_config(row)),
                                    timeout=self._settings.provision_timeout_s)
         except Exception as exc:
-            await self._fail(cluster_id, f"the cluster launcher failed: {_describe(exc)}")
+            await self._fail(cluster_id, f"the cluster launcher failed: {views.describe(exc)}")
             return
         spec = ClusterSpec.model_validate_json(row["spec"])
         await self._event(cluster_id, "head_ready",
@@ -453,7 +452,7 @@ class ClusterManager:
             try:
                 await asyncio.wait_for(self._launcher.teardown(self._launcher_config(row)), timeout=TEARDOWN_TIMEOUT_S)
             except Exception as exc:
-                await self._event(cluster_id, "teardown_warning", f"launcher teardown: {_describe(exc)}")
+                await self._event(cluster_id, "teardown_warning", f"launcher teardown: {views.describe(exc)}")
         await self._store.set_cluster_status(cluster_id, final, self._clock(), reason=reason)
         await self._event(cluster_id, final.value, f"{final.value} {self._clock() - started:.1f} s after "
                           "the teardown began")
@@ -492,7 +491,7 @@ class ClusterManager:
             " JOIN accounts a ON a.id = m.provider_id WHERE m.id = ?", (machine_id,))
 
     async def _own_cluster(self, principal: auth.Principal, cluster_id: str) -> dict:
-        _require_buyer_or_admin(principal)
+        views.require_buyer_or_admin(principal)
         row = await self._store.get_cluster(cluster_id)
         if row is None or (principal.role is not domain.Role.ADMIN and row["owner_id"] != principal.account_id):
             raise errors.NotFound(f"cluster {cluster_id} not found")
@@ -516,7 +515,7 @@ class ClusterManager:
     async def _public(self, row: dict) -> dict:
         spec = json.loads(row["spec"])
         leases = await self._store.leases_of(row["id"])
-        nodes = [_public_node(l) for l in leases]
+        nodes = [views.public_node(l) for l in leases]
         return {
             "id": row["id"], "name": row["name"], "status": row["status"], "reason": row["reason"],
             **{k: spec[k] for k in ("num_workers", "gpus_per_worker", "gpu_model", "cpus_per_worker",
@@ -527,73 +526,3 @@ class ClusterManager:
             "head_node_ip": next((n["node_ip"] for n in nodes if n["role"] == "head" and n["status"] == "open"), None),
             "nodes": nodes,
         }
-
-
-def connection_details(node_ip: str, ports: dict, token: str) -> dict:
-    dashboard = f"http://{node_ip}:{ports['dashboard']}"
-    env = {"RAY_ADDRESS": dashboard, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
-    exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
-    return {
-        "dashboard_url": dashboard,
-        "job_submission_url": dashboard,
-        "ray_client_address": f"ray://{node_ip}:{ports['client_server']}",
-        "gcs_address": f"{node_ip}:{ports['gcs']}",
-        "ray_auth_token": token,
-        "env": env,
-        "ray_job_submit": f"{exports} ray job submit --working-dir . -- python train.py",
-    }
-
-
-def node_labels(cluster_id: str, lease: dict, machine: dict) -> dict:
-    return {
-        "dcluster.io/cluster": cluster_id,
-        "dcluster.io/role": lease["role"],
-        "dcluster.io/provider": market.ray_label_value(machine["provider"]),
-        "dcluster.io/machine": lease["machine_id"],
-        "dcluster.io/gpu": market.ray_label_value(machine["gpu_model"]) if machine["gpus"] and lease["gpus"] else "none",
-    }
-
-
-def _lease_row(a: placement.Assignment) -> dict:
-    return {"id": "l-" + uuid.uuid4().hex[:12], "machine_id": a.machine_id, "role": a.request.role,
-            "gpus": list(a.gpu_indices), "cpus": a.request.cpus,
-            "price_per_gpu_hour": a.price_per_gpu_hour, "price_per_cpu_hour": a.price_per_cpu_hour}
-
-
-def _public_node(lease: dict) -> dict:
-    return {"id": lease["id"], "role": lease["role"], "status": lease["status"], "node_type": lease["node_type"],
-            "tags": lease["tags"], "node_ip": lease["node_ip"], "machine_id": lease["machine_id"],
-            "gpus": len(lease["gpus"]), "cpus": lease["cpus"], "joined": lease["joined_at"] is not None,
-            "joined_at": lease["joined_at"], "left_at": lease["left_at"]}
-
-
-def _require_buyer(principal: auth.Principal) -> None:
-    if principal.role is not domain.Role.BUYER:
-        raise errors.Forbidden(f"clusters are for buyer accounts; you are signed in as {principal.role.value}")
-
-
-def _require_buyer_or_admin(principal: auth.Principal) -> None:
-    if principal.role not in (domain.Role.BUYER, domain.Role.ADMIN):
-        raise errors.Forbidden(f"clusters are for buyer accounts; you are signed in as {principal.role.value}")
-
-
-def _tail(text: str, limit: int = 400) -> str:
-    text = (text or "").strip()
-    return text if len(text) <= limit else "..." + text[-limit:]
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, asyncio.TimeoutError):
-        return "timed out"
-    cause = getattr(exc, "cause", None) or exc
-    return _tail(f"{type(cause).__name__}: {cause}")
-
-
-def write_cluster_token(cluster_dir, token: str) -> None:
-    """The sub-cluster's Ray auth token, owner-only on disk; given to its buyer and its agents only."""
-    cluster_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    auth.write_secret_file(cluster_dir / "ray_auth_token", token)
-
-
-def read_cluster_token(cluster_dir) -> str:
-    return (cluster_dir / "ray_auth_token").read_text().strip()

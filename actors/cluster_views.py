@@ -1,0 +1,80 @@
+"""Pure helpers of the ClusterManager: public shapes, node labels, connection details, secrets on disk."""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+import uuid
+
+from actors import auth, domain, errors, placement
+from configs import market
+
+
+def connection_details(node_ip: str, ports: dict, token: str) -> dict:
+    dashboard = f"http://{node_ip}:{ports['dashboard']}"
+    env = {"RAY_ADDRESS": dashboard, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
+    exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
+    return {
+        "dashboard_url": dashboard,
+        "job_submission_url": dashboard,
+        "ray_client_address": f"ray://{node_ip}:{ports['client_server']}",
+        "gcs_address": f"{node_ip}:{ports['gcs']}",
+        "ray_auth_token": token,
+        "env": env,
+        "ray_job_submit": f"{exports} ray job submit --working-dir . -- python train.py",
+    }
+
+
+def node_labels(cluster_id: str, lease: dict, machine: dict) -> dict:
+    return {
+        "dcluster.io/cluster": cluster_id,
+        "dcluster.io/role": lease["role"],
+        "dcluster.io/provider": market.ray_label_value(machine["provider"]),
+        "dcluster.io/machine": lease["machine_id"],
+        "dcluster.io/gpu": market.ray_label_value(machine["gpu_model"]) if machine["gpus"] and lease["gpus"] else "none",
+    }
+
+
+def lease_row(a: placement.Assignment) -> dict:
+    return {"id": "l-" + uuid.uuid4().hex[:12], "machine_id": a.machine_id, "role": a.request.role,
+            "gpus": list(a.gpu_indices), "cpus": a.request.cpus,
+            "price_per_gpu_hour": a.price_per_gpu_hour, "price_per_cpu_hour": a.price_per_cpu_hour}
+
+
+def public_node(lease: dict) -> dict:
+    return {"id": lease["id"], "role": lease["role"], "status": lease["status"], "node_type": lease["node_type"],
+            "tags": lease["tags"], "node_ip": lease["node_ip"], "machine_id": lease["machine_id"],
+            "gpus": len(lease["gpus"]), "cpus": lease["cpus"], "joined": lease["joined_at"] is not None,
+            "joined_at": lease["joined_at"], "left_at": lease["left_at"]}
+
+
+def require_buyer(principal: auth.Principal) -> None:
+    if principal.role is not domain.Role.BUYER:
+        raise errors.Forbidden(f"clusters are for buyer accounts; you are signed in as {principal.role.value}")
+
+
+def require_buyer_or_admin(principal: auth.Principal) -> None:
+    if principal.role not in (domain.Role.BUYER, domain.Role.ADMIN):
+        raise errors.Forbidden(f"clusters are for buyer accounts; you are signed in as {principal.role.value}")
+
+
+def tail(text: str, limit: int = 400) -> str:
+    text = (text or "").strip()
+    return text if len(text) <= limit else "..." + text[-limit:]
+
+
+def describe(exc: BaseException) -> str:
+    if isinstance(exc, asyncio.TimeoutError):
+        return "timed out"
+    cause = getattr(exc, "cause", None) or exc
+    return tail(f"{type(cause).__name__}: {cause}")
+
+
+def write_cluster_token(cluster_dir, token: str) -> None:
+    """The sub-cluster's Ray auth token, owner-only on disk; given to its buyer and its agents only."""
+    cluster_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    auth.write_secret_file(cluster_dir / "ray_auth_token", token)
+
+
+def read_cluster_token(cluster_dir) -> str:
+    return (cluster_dir / "ray_auth_token").read_text().strip()
