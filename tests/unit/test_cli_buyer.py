@@ -53,6 +53,13 @@ class FakePlatform:
     def handle(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
         path, method = request.url.path, request.method
+        if path == "/v1/usage" and method == "GET":
+            assert float(request.url.params["end"]) - float(request.url.params["start"]) == pytest.approx(86_400, abs=5)
+            return httpx.Response(200, json={
+                "role": "buyer", "start": 0, "end": 1,
+                "total": {"node_seconds": 120.0, "gpu_seconds": 60.0, "cpu_seconds": 120.0, "cost": 0.05},
+                "items": [{"cluster_id": "c-000000000001", "nodes": 2, "node_seconds": 120.0, "gpu_seconds": 60.0,
+                           "cpu_seconds": 120.0, "cost": 0.05}]})
         if path == "/v1/token" and method == "POST":
             form = dict(urllib.parse.parse_qsl(request.content.decode()))
             if form.get("password") != PASSWORD:
@@ -517,3 +524,12 @@ def test_demo_timings_table():
     assert rows[0].split() == ["step", "time"]
     assert rows[1].split() == ["platform", "up", "reused"] and rows[2].endswith("21.3 s")
     assert rows[3].endswith("-") and rows[4].startswith("total")
+
+
+def test_usage_table_and_json(fake, capsys, tmp_path):
+    login(capsys, tmp_path)
+    code, out, _ = run(capsys, "usage", "--since", "24h")
+    assert code == 0
+    assert "c-000000000001" in out and "total" in out and "0.0500" in out
+    code, out, _ = run(capsys, "usage", "--since", "1d", "--json")
+    assert code == 0 and json.loads(out)["total"]["cost"] == 0.05
