@@ -201,8 +201,9 @@ def test_background_daemon_returns_promptly_is_tagged_and_close_stops_only_it(ru
     assert result.ok and "started" in result.output
     assert time.monotonic() - started < 2  # the daemon holds the log file, not a pipe we wait on
     sleeper = _read_pid(home / "sleeper")
-    assert psutil.Process(sleeper).environ()[procs.OWNER_ENV] == "dcl-lease-" + lease_id
-    assert len(procs.owned_processes("dcl-lease-" + lease_id)) == 2
+    # /proc/<pid>/environ reads empty while the child is between fork and exec: wait for the exec.
+    assert _wait_for(lambda: psutil.Process(sleeper).environ().get(procs.OWNER_ENV)) == "dcl-lease-" + lease_id
+    assert _wait_for(lambda: len(procs.owned_processes("dcl-lease-" + lease_id)) == 2)
     closed = runner.close(lease_id)
     assert closed.ok and closed.data["stopped"] == 2 and closed.data["remaining"] == []
     assert not _alive(sleeper) and not procs.owned_processes("dcl-lease-" + lease_id)
