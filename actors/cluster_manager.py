@@ -120,7 +120,7 @@ class ClusterManager:
             return  # EC2 nodes: the sub-cluster's own autoscaler keeps min_workers; no leases to watch
         leases = await self._store.leases_of(cid)
         live = [l for l in leases if domain.LeaseStatus(l["status"]).holds_capacity()]
-        statuses = await cstore.machine_statuses(self._store, [l["machine_id"] for l in live],
+        statuses = await self._store.machine_statuses([l["machine_id"] for l in live],
                                                  now - self._settings.offline_after_s)
         for lease in live:
             if statuses.get(lease["machine_id"]) != domain.MachineStatus.ONLINE.value:
@@ -346,7 +346,7 @@ class ClusterManager:
 
     async def _place(self, cluster_id: str, requests: list[placement.NodeRequest]) -> list[placement.Assignment]:
         cutoff = self._clock() - self._settings.offline_after_s
-        machines = await cstore.online_machines(self._store, cutoff)
+        machines = await self._store.online_machines(cutoff)
         active = await self._store.active_leases()
         caps = placement.capacities(machines, active)
         mine = collections.Counter(l["machine_id"] for l in active if l["cluster_id"] == cluster_id)
@@ -358,7 +358,7 @@ class ClusterManager:
             raise errors.Conflict(str(exc), available=exc.available) from None
 
     async def _open_lease(self, cluster: dict, lease: dict, node_type: str, tags: dict) -> dict:
-        machine = await self._machine(lease["machine_id"])
+        machine = await self._store.machine_summary(lease["machine_id"])
         head = next((l for l in await self._store.leases_of(cluster["id"])
                      if l["role"] == "head" and l["status"] == domain.LeaseStatus.OPEN.value), None)
         payload = protocol.LeaseOpen(
@@ -484,11 +484,6 @@ class ClusterManager:
     async def _event(self, cluster_id: str, kind: str, message: str) -> None:
         logger.info("cluster %s: %s", cluster_id, message)
         await self._store.add_event(cluster_id, kind, message, self._clock())
-
-    async def _machine(self, machine_id: str) -> dict:
-        return await self._store._fetchone(
-            "SELECT m.id, m.gpu_model, m.gpus, a.username AS provider FROM machines m"
-            " JOIN accounts a ON a.id = m.provider_id WHERE m.id = ?", (machine_id,))
 
     async def _own_cluster(self, principal: auth.Principal, cluster_id: str) -> dict:
         views.require_buyer_or_admin(principal)

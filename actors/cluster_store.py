@@ -158,32 +158,39 @@ class ClusterStore(Database):
         return cursor.rowcount > 0
 
 
+    # --- machines (read-only here: the ProviderRegistry owns them) -----------------------
+
+    async def online_machines(self, cutoff: float) -> list[dict]:
+        """Machines that may take new leases: online, with a heartbeat since cutoff."""
+        # Only what placement reads (not the spec JSON): this runs over every machine on each request.
+        return await self._fetchall(
+            "SELECT m.id, m.gpu_model, m.gpus, m.cpus, m.price_per_gpu_hour, m.price_per_cpu_hour,"
+            " a.username AS provider FROM machines m JOIN accounts a ON a.id = m.provider_id"
+            " WHERE m.status = ? AND m.last_heartbeat >= ?", (domain.MachineStatus.ONLINE.value, cutoff))
+
+    async def machine_statuses(self, machine_ids: list[str], cutoff: float) -> dict[str, str]:
+        """Effective status of each machine: online only while its heartbeats are fresh."""
+        if not machine_ids:
+            return {}
+        marks = ",".join("?" * len(machine_ids))
+        rows = await self._fetchall(f"SELECT id, status, last_heartbeat FROM machines WHERE id IN ({marks})",
+                                    tuple(machine_ids))
+        out = {}
+        for r in rows:
+            silent = r["status"] == domain.MachineStatus.ONLINE.value and (r["last_heartbeat"] or 0) < cutoff
+            out[r["id"]] = domain.MachineStatus.OFFLINE.value if silent else r["status"]
+        return out
+
+    async def machine_summary(self, machine_id: str) -> dict | None:
+        """What node labels need: GPU model and count, and the provider's username."""
+        return await self._fetchone(
+            "SELECT m.id, m.gpu_model, m.gpus, a.username AS provider FROM machines m"
+            " JOIN accounts a ON a.id = m.provider_id WHERE m.id = ?", (machine_id,))
+
+
 def decode_lease(row: dict) -> dict:
     lease = dict(row)
     lease["gpus"] = json.loads(row["gpus"])
     lease["tags"] = json.loads(row["tags"] or "{}")
     lease["ports"] = json.loads(row["ports"]) if row["ports"] else None
     return lease
-
-
-async def online_machines(store: Database, cutoff: float) -> list[dict]:
-    """Machines that may take new leases: online, with a heartbeat since cutoff (read-only here)."""
-    # Only what placement reads (not the spec JSON): this runs over every machine on each request.
-    return await store._fetchall(
-        "SELECT m.id, m.gpu_model, m.gpus, m.cpus, m.price_per_gpu_hour, m.price_per_cpu_hour,"
-        " a.username AS provider FROM machines m JOIN accounts a ON a.id = m.provider_id"
-        " WHERE m.status = ? AND m.last_heartbeat >= ?", (domain.MachineStatus.ONLINE.value, cutoff))
-
-
-async def machine_statuses(store: Database, machine_ids: list[str], cutoff: float) -> dict[str, str]:
-    """Effective status of each machine: online only while its heartbeats are fresh."""
-    if not machine_ids:
-        return {}
-    marks = ",".join("?" * len(machine_ids))
-    rows = await store._fetchall(f"SELECT id, status, last_heartbeat FROM machines WHERE id IN ({marks})",
-                                 tuple(machine_ids))
-    out = {}
-    for r in rows:
-        silent = r["status"] == domain.MachineStatus.ONLINE.value and (r["last_heartbeat"] or 0) < cutoff
-        out[r["id"]] = domain.MachineStatus.OFFLINE.value if silent else r["status"]
-    return out

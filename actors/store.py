@@ -239,8 +239,9 @@ class Store(Database):
 
     async def live_lease_ids(self, machine_id: str) -> set[str]:
         """Leases on the machine that still hold capacity (the leases table is the ClusterManager's)."""
-        rows = await self._fetchall("SELECT id FROM leases WHERE machine_id = ? AND status IN ('reserved', 'open')",
-                                    (machine_id,))
+        live = tuple(st.value for st in domain.LeaseStatus if st.holds_capacity())
+        rows = await self._fetchall(f"SELECT id FROM leases WHERE machine_id = ? AND status IN ({','.join('?' * len(live))})",
+                                    (machine_id, *live))
         return {r["id"] for r in rows}
 
     async def set_machine_status(self, machine_id: str, status: domain.MachineStatus) -> None:
