@@ -31,30 +31,52 @@ def thin_actor(core_cls: type, build) -> type:
     class Wrapper:
         def __init__(self, *args):
             self._core = build(*args)
+            self._attempts = 0
+            self._last_error: str | None = None
             self._ready = asyncio.get_running_loop().create_task(self._start())
             self._loops: list[asyncio.Task] = []
 
         async def _start(self):
             # Recovery must not fail for good on a passing fault (a locked database on a busy
-            # machine, a peer actor still starting): retry, so the actor becomes ready.
+            # machine, a peer actor still starting): retry, so the actor becomes ready. A
+            # cancellation that reaches start() from below (a cancelled peer call) is such a
+            # fault too; only the cancellation of this task itself (actor shutdown) ends it.
             for attempt in itertools.count():
+                self._attempts = attempt + 1
                 try:
                     await self._core.start()
+                    self._last_error = None
                     break
-                except Exception:
+                except asyncio.CancelledError:
+                    if asyncio.current_task().cancelling():
+                        raise
+                    self._last_error = "start() was cancelled"
+                    logger.warning("%s start was cancelled (attempt %d); retrying", core_cls.__name__, attempt + 1)
+                except Exception as exc:
+                    self._last_error = f"{type(exc).__name__}: {exc}"
                     logger.exception("%s start failed (attempt %d); retrying", core_cls.__name__, attempt + 1)
-                    await asyncio.sleep(min(2 ** attempt, 10))
+                await asyncio.sleep(min(2 ** attempt, 10))
             for name, _ in inspect.getmembers(core_cls, inspect.iscoroutinefunction):
                 if name.startswith("run_"):
                     self._loops.append(asyncio.create_task(getattr(self._core, name)()))
 
+        async def _started(self) -> None:
+            # Shielded: a caller that gives up (a client that stopped waiting, a cancelled
+            # actor call) must never cancel the recovery every other caller shares.
+            await asyncio.shield(self._ready)
+
         async def ready(self) -> bool:
-            await self._ready
+            await self._started()
             return True
+
+        async def start_status(self) -> dict:
+            """Answers at once: whether recovery finished, how many tries it took, the last failure."""
+            return {"actor": core_cls.__name__, "ready": self._ready.done() and not self._ready.cancelled(),
+                    "attempts": self._attempts, "last_error": self._last_error}
 
     def forward(name: str):
         async def method(self, *args, **kwargs):
-            await self._ready
+            await self._started()
             return await getattr(self._core, name)(*args, **kwargs)
         method.__name__ = name
         method.__doc__ = getattr(core_cls, name).__doc__

@@ -6,6 +6,7 @@ import asyncio
 import logging
 
 from fastapi import FastAPI
+from fastapi.responses import JSONResponse
 from ray import serve
 
 from actors import actor_classes
@@ -13,6 +14,28 @@ from actors.settings import PlatformSettings
 from serve_app import errors, routes_accounts, routes_clusters, routes_machines
 
 logger = logging.getLogger(__name__)
+
+
+HEALTH_PROBE_TIMEOUT_S = 5.0
+
+
+async def _start_status(name: str, handle) -> dict:
+    """An actor's start status, or why it could not be asked: health never raises, never waits long."""
+    try:
+        return await asyncio.wait_for(handle.start_status.remote(), timeout=HEALTH_PROBE_TIMEOUT_S)
+    except asyncio.TimeoutError:
+        return {"actor": name, "ready": False, "last_error": f"no answer within {HEALTH_PROBE_TIMEOUT_S:.0f} s"}
+    except Exception as exc:  # an actor restarting or not created yet
+        return {"actor": name, "ready": False, "last_error": f"unavailable ({type(exc).__name__})"}
+
+
+def _describe(status: dict) -> str:
+    text = status["actor"]
+    if status.get("attempts"):
+        text += f" (start attempt {status['attempts']})"
+    if status.get("last_error"):
+        text += f": {status['last_error']}"
+    return text
 
 
 def create_app(registry, clusters) -> FastAPI:
@@ -34,11 +57,15 @@ def create_app(registry, clusters) -> FastAPI:
     app.include_router(routes_clusters.seed_router)
     app.include_router(routes_clusters.node_router)
 
-    @app.get("/healthz", tags=["health"])
+    @app.get("/healthz", tags=["health"], responses={503: {"description": "a control-plane actor is still starting"}})
     async def healthz():
-        """200 once the control plane has recovered its state and answers."""
-        await asyncio.wait_for(asyncio.gather(app.state.registry.ready.remote(), app.state.clusters.ready.remote()),
-                               timeout=10)
+        """200 once the control plane has recovered its state and answers; 503 naming what is still starting."""
+        actors = {"ProviderRegistry": app.state.registry, "ClusterManager": app.state.clusters}
+        answers = await asyncio.gather(*(_start_status(name, handle) for name, handle in actors.items()))
+        starting = [a for a in answers if not a["ready"]]
+        if starting:
+            return JSONResponse({"detail": "starting: " + "; ".join(_describe(a) for a in starting),
+                                 "actors": answers}, status_code=503, headers={"Retry-After": "2"})
         return {"status": "ok"}
 
     return app
