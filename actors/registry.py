@@ -108,6 +108,11 @@ class ProviderRegistry:
             raise errors.Unauthenticated("this account no longer exists")
         return _public_account(row)
 
+    async def list_accounts(self, principal: auth.Principal) -> list[dict]:
+        """Every account (admins only); never a password hash."""
+        _require_role(principal, domain.Role.ADMIN)
+        return [_public_account(row) for row in await self._store.list_accounts()]
+
     # --- machines -----------------------------------------------------------------------
 
     async def register_machine(self, principal: auth.Principal, request: dict) -> dict:

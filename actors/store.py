@@ -192,6 +192,9 @@ class Store(Database):
     async def get_account_by_username(self, username: str) -> dict | None:
         return await self._fetchone("SELECT * FROM accounts WHERE username = ?", (username,))
 
+    async def list_accounts(self) -> list[dict]:
+        return await self._fetchall("SELECT * FROM accounts ORDER BY id")
+
     async def count_accounts(self, role: domain.Role) -> int:
         row = await self._fetchone("SELECT COUNT(*) AS n FROM accounts WHERE role = ?", (role.value,))
         return row["n"]

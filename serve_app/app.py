@@ -12,6 +12,7 @@ from ray import serve
 from actors import actor_classes
 from actors.settings import PlatformSettings
 from serve_app import errors, routes_accounts, routes_clusters, routes_machines
+from serve_app.console import routes as console
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ def create_app(registry, clusters) -> FastAPI:
     app.include_router(routes_clusters.router)
     app.include_router(routes_clusters.seed_router)
     app.include_router(routes_clusters.node_router)
+    console.install(app)  # the web console at /
 
     @app.get("/healthz", tags=["health"], responses={503: {"description": "a control-plane actor is still starting"}})
     async def healthz():

@@ -12,7 +12,7 @@ from actors import auth, domain, errors
 _bearer = HTTPBearer(auto_error=False, description="A JWT from POST /v1/token")
 
 
-async def _token_issuer(request: Request) -> auth.TokenIssuer:
+async def token_issuer(request: Request) -> auth.TokenIssuer:
     state = request.app.state
     if state.tokens is None:
         # Fetched once per replica; every later request verifies locally, with no actor hop.
@@ -23,7 +23,7 @@ async def _token_issuer(request: Request) -> auth.TokenIssuer:
 async def _verified(request: Request, credentials: HTTPAuthorizationCredentials | None) -> auth.Principal:
     if credentials is None:
         raise errors.Unauthenticated("missing bearer token: sign in at POST /v1/token")
-    return (await _token_issuer(request)).verify(credentials.credentials)
+    return (await token_issuer(request)).verify(credentials.credentials)
 
 
 async def optional_principal(
@@ -68,6 +68,7 @@ ProviderPrincipal = Annotated[auth.Principal, Depends(require_role(domain.Role.P
 ProviderOrAdmin = Annotated[auth.Principal, Depends(require_role(domain.Role.PROVIDER, domain.Role.ADMIN))]
 BuyerPrincipal = Annotated[auth.Principal, Depends(require_role(domain.Role.BUYER))]
 BuyerOrAdmin = Annotated[auth.Principal, Depends(require_role(domain.Role.BUYER, domain.Role.ADMIN))]
+AdminPrincipal = Annotated[auth.Principal, Depends(require_role(domain.Role.ADMIN))]
 NodeProviderPrincipal = Annotated[auth.Principal, Depends(node_provider_principal)]
 
 

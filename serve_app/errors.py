@@ -15,13 +15,13 @@ logger = logging.getLogger(__name__)
 MAX_BODY_BYTES = 1024 * 1024
 
 
-def _unwrap(exc: BaseException) -> BaseException:
+def unwrap(exc: BaseException) -> BaseException:
     # An exception raised inside an actor arrives wrapped; its cause holds the fields.
     return getattr(exc, "cause", None) or exc
 
 
 async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
-    exc = _unwrap(exc)
+    exc = unwrap(exc)
     headers = {}
     if isinstance(exc, errors.RateLimited):
         headers["Retry-After"] = str(exc.retry_after_s)
@@ -31,7 +31,7 @@ async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
-    cause = _unwrap(exc)
+    cause = unwrap(exc)
     if isinstance(cause, errors.DClusterError):
         return await _domain_error(request, cause)
     if isinstance(exc, (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)):

@@ -22,6 +22,12 @@ async def create_account(body: models.AccountCreate, registry: deps.Registry, by
     return await registry.create_account.remote(body.username, body.password, body.role, by)
 
 
+@router.get("/v1/accounts", response_model=list[models.AccountPublic])
+async def list_accounts(principal: deps.AdminPrincipal, registry: deps.Registry):
+    """Every account (admins only)."""
+    return await registry.list_accounts.remote(principal)
+
+
 @router.post("/v1/token", response_model=models.Token)
 async def token(username: FormUsername, password: FormPassword, registry: deps.Registry):
     """OAuth2 password flow (form-encoded `username` and `password`)."""

@@ -1,0 +1,273 @@
+"""The web console's routes: pages and htmx fragments over the same actor calls the /v1 routes make."""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Annotated
+
+import pydantic
+from fastapi import APIRouter, FastAPI, Form, Query, Request, Response
+from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.templating import Jinja2Templates
+
+from actors import domain, errors
+from configs.models import ClusterSpec
+from serve_app import deps
+from serve_app import errors as http_errors
+from serve_app.console import charts, session as sess
+from serve_app.routes_clusters import ClusterId
+
+router = APIRouter(include_in_schema=False)
+TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+
+# Every asset the pages use comes from the package: no CDN (operators' networks may have no internet).
+STATIC_TYPES = {"htmx.min.js": "text/javascript", "console.js": "text/javascript", "console.css": "text/css"}
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; object-src 'none'; "
+                               "base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+DURATIONS = [(900, "15 min"), (1800, "30 min"), (3600, "1 hour"), (7200, "2 hours"), (21_600, "6 hours"),
+             (86_400, "1 day"), (604_800, "7 days")]
+USABLE = (domain.ClusterStatus.RUNNING.value, domain.ClusterStatus.DEGRADED.value)
+
+
+class ConsoleError(Exception):
+    """A failure to show in the page: the platform's own message and status."""
+
+    def __init__(self, status_code: int, message: str):
+        super().__init__(message)
+        self.status_code = status_code
+        self.message = message
+
+
+def install(app: FastAPI) -> None:
+    """Mounts the console on the API's app: its routes and the rendering of its errors."""
+    app.include_router(router)
+    app.add_exception_handler(ConsoleError, _console_error)
+
+
+async def _console_error(request: Request, exc: ConsoleError) -> HTMLResponse:
+    name = "_error.html" if sess.is_htmx(request) else "error.html"
+    return _render(request, name, None, status_code=exc.status_code, message=exc.message)
+
+
+async def _call(ref):
+    """Awaits an actor call; the control plane's own errors become a ConsoleError with their status."""
+    try:
+        return await ref
+    except Exception as exc:
+        cause = http_errors.unwrap(exc)
+        if isinstance(cause, errors.DClusterError):
+            raise ConsoleError(cause.http_status, cause.message) from None
+        raise
+
+
+def _render(request: Request, name: str, session: sess.ConsoleSession | None, *, status_code: int = 200,
+            **context) -> HTMLResponse:
+    context.update(user=session.principal if session else None, csrf=session.csrf_token if session else "",
+                   now=time.time())
+    return TEMPLATES.TemplateResponse(request, name, context, status_code=status_code, headers=SECURITY_HEADERS)
+
+
+# --- filters ----------------------------------------------------------------------------
+
+def _age(seconds: float | None) -> str:
+    """A span for people: '12 s', '3 min', '2 h 05 min', '1 d 3 h'."""
+    if seconds is None:
+        return "-"
+    s = max(0, int(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min"
+    if s < 86_400:
+        return f"{s // 3600} h {s % 3600 // 60:02d} min"
+    return f"{s // 86_400} d {s % 86_400 // 3600} h"
+
+
+def _utc(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts)) if ts else "-"
+
+
+TEMPLATES.env.filters.update(age=_age, utc=_utc, shquote=shlex.quote)
+
+
+# --- sign-in ----------------------------------------------------------------------------
+
+@router.get("/login", response_class=HTMLResponse)
+async def login_page(request: Request, session: sess.OptionalSession):
+    if session is not None:
+        return RedirectResponse("/", status_code=303)
+    return _render(request, "login.html", None)
+
+
+@router.post("/login", response_class=HTMLResponse)
+async def login(request: Request, registry: deps.Registry,
+                username: Annotated[str, Form(max_length=64)], password: Annotated[str, Form(max_length=256)]):
+    """The same sign-in as POST /v1/token (rate limit included); the token goes into the console's cookie."""
+    sess.check_origin(request)
+    try:
+        answer = await _call(registry.login.remote(username, password))
+    except ConsoleError as exc:
+        return _render(request, "login.html", None, status_code=exc.status_code, message=exc.message,
+                       username=username)
+    response = RedirectResponse("/", status_code=303)
+    sess.set_cookie(response, request, answer["access_token"], int(answer["expires_in"]))
+    return response
+
+
+@router.post("/logout")
+async def logout(session: sess.ActingSession):
+    response = Response(status_code=204, headers={"HX-Redirect": sess.LOGIN_PATH})
+    sess.clear_cookie(response)
+    return response
+
+
+# --- pages ------------------------------------------------------------------------------
+
+@router.get("/", response_class=HTMLResponse)
+async def home(request: Request, session: sess.Session, registry: deps.Registry):
+    role = session.principal.role
+    if role is domain.Role.BUYER:
+        offers = await _call(registry.list_offers.remote())
+        models = sorted({o["gpu_model"] for o in offers if o["gpu_model"]})
+        return _render(request, "buyer.html", session, gpu_models=models, durations=DURATIONS,
+                       windows=list(charts.WINDOWS))
+    name = "provider.html" if role is domain.Role.PROVIDER else "admin.html"
+    return _render(request, name, session, windows=list(charts.WINDOWS))
+
+
+@router.get("/console/clusters/{cluster_id}", response_class=HTMLResponse)
+async def cluster_page(request: Request, cluster_id: ClusterId, session: sess.Session):
+    return _render(request, "cluster.html", session, cluster_id=cluster_id, durations=DURATIONS)
+
+
+# --- fragments --------------------------------------------------------------------------
+
+@router.get("/console/offers", response_class=HTMLResponse)
+async def offers_fragment(request: Request, session: sess.Session, registry: deps.Registry,
+                          gpu_model: Annotated[str, Query(max_length=64)] = "",
+                          min_gpus: Annotated[int, Query(ge=0, le=100_000)] = 0,
+                          max_price: Annotated[float | None, Query(ge=0)] = None,
+                          gpu_only: bool = False):
+    """The marketplace (GET /v1/offers), filtered for display."""
+    offers = await _call(registry.list_offers.remote())
+    shown = [o for o in offers
+             if (not gpu_model or o["gpu_model"] == gpu_model)
+             and o["gpus"] >= min_gpus
+             and (max_price is None or o["gpu_model"] is None or o["price_per_gpu_hour_min"] <= max_price)
+             and (not gpu_only or o["gpu_model"] is not None)]
+    return _render(request, "_offers.html", session, offers=shown, total=len(offers))
+
+
+@router.get("/console/clusters", response_class=HTMLResponse)
+async def clusters_fragment(request: Request, session: sess.Session, clusters: deps.Clusters):
+    rows = await _call(clusters.list_clusters.remote(session.principal))
+    rows.sort(key=lambda c: c["created_at"], reverse=True)
+    return _render(request, "_clusters.html", session, clusters=rows)
+
+
+async def _status_fragment(request: Request, session: sess.ConsoleSession, clusters, cluster_id: str,
+                           status_code: int = 200) -> HTMLResponse:
+    cluster, events = await asyncio.gather(_call(clusters.get_cluster.remote(session.principal, cluster_id)),
+                                           _call(clusters.cluster_events.remote(session.principal, cluster_id, 0)))
+    connection = None
+    if cluster["status"] in USABLE and session.principal.role is domain.Role.BUYER:
+        connection = await _call(clusters.connection.remote(session.principal, cluster_id))
+    return _render(request, "_cluster_status.html", session, status_code=status_code, cluster=cluster,
+                   events=events, connection=connection, durations=DURATIONS,
+                   active=domain.ClusterStatus(cluster["status"]).is_active())
+
+
+@router.get("/console/clusters/{cluster_id}/status", response_class=HTMLResponse)
+async def cluster_status_fragment(request: Request, cluster_id: ClusterId, session: sess.Session,
+                                  clusters: deps.Clusters):
+    """Status, nodes, every event so far and (once it runs) the connection details; polls itself while active."""
+    return await _status_fragment(request, session, clusters, cluster_id)
+
+
+@router.get("/console/machines", response_class=HTMLResponse)
+async def machines_fragment(request: Request, session: sess.Session, registry: deps.Registry):
+    machines = await _call(registry.list_machines.remote(session.principal))
+    machines.sort(key=lambda m: (m["status"] != "online", m["name"]))
+    return _render(request, "_machines.html", session, machines=machines)
+
+
+@router.get("/console/accounts", response_class=HTMLResponse)
+async def accounts_fragment(request: Request, session: sess.Session, registry: deps.Registry):
+    accounts = await _call(registry.list_accounts.remote(session.principal))
+    return _render(request, "_accounts.html", session, accounts=accounts)
+
+
+@router.get("/console/usage", response_class=HTMLResponse)
+async def usage_fragment(request: Request, session: sess.Session, clusters: deps.Clusters,
+                         window: Annotated[str, Query(pattern="^(" + "|".join(charts.WINDOWS) + ")$")] =
+                         charts.DEFAULT_WINDOW):
+    """Spend (buyers, admins) or earnings (providers) per hour or day: one GET /v1/usage call per bucket."""
+    now = time.time()
+    buckets = charts.buckets(window, now)
+    first = buckets[0].start
+    per_bucket, whole = await asyncio.gather(
+        asyncio.gather(*(_call(clusters.usage.remote(session.principal, b.start, b.end)) for b in buckets)),
+        _call(clusters.usage.remote(session.principal, first, now)))
+    money = "earnings" if whole["role"] == "provider" else "cost"
+    title = ("Earnings" if money == "earnings" else "Spend") + f" per {'hour' if window == '24h' else 'day'}"
+    svg = charts.bar_chart([b.label for b in buckets], [u["total"][money] for u in per_bucket], title=title)
+    return _render(request, "_usage.html", session, svg=svg, usage=whole, money=money, window=window,
+                   windows=list(charts.WINDOWS))
+
+
+# --- actions (same-origin, CSRF token) ---------------------------------------------------
+
+@router.post("/console/clusters", response_class=HTMLResponse)
+async def create_cluster(request: Request, session: sess.ActingSession, clusters: deps.Clusters,
+                         num_workers: Annotated[int, Form()], duration_s: Annotated[int, Form()],
+                         gpus_per_worker: Annotated[int, Form()] = 0, cpus_per_worker: Annotated[int, Form()] = 1,
+                         gpu_model: Annotated[str, Form(max_length=64)] = "",
+                         name: Annotated[str, Form(max_length=64)] = ""):
+    """POST /v1/clusters from the form: the same spec model, the same actor call; then its page."""
+    try:
+        spec = ClusterSpec(num_workers=num_workers, gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,
+                           duration_s=duration_s, gpu_model=gpu_model or None, name=name or None)
+    except pydantic.ValidationError as exc:
+        message = "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise ConsoleError(422, message) from None
+    cluster = await _call(clusters.create_cluster.remote(session.principal, spec.model_dump(mode="json")))
+    return Response(status_code=204, headers={"HX-Redirect": f"/console/clusters/{cluster['id']}"})
+
+
+@router.post("/console/clusters/{cluster_id}/extend", response_class=HTMLResponse)
+async def extend_cluster(request: Request, cluster_id: ClusterId, session: sess.ActingSession,
+                         clusters: deps.Clusters, duration_s: Annotated[int, Form(ge=1, le=90 * 86_400)]):
+    await _call(clusters.extend_cluster.remote(session.principal, cluster_id, duration_s))
+    return await _status_fragment(request, session, clusters, cluster_id)
+
+
+@router.post("/console/clusters/{cluster_id}/delete", response_class=HTMLResponse)
+async def delete_cluster(request: Request, cluster_id: ClusterId, session: sess.ActingSession,
+                         clusters: deps.Clusters):
+    await _call(clusters.delete_cluster.remote(session.principal, cluster_id))
+    return await _status_fragment(request, session, clusters, cluster_id)
+
+
+# --- assets -----------------------------------------------------------------------------
+
+_STATIC_CACHE: dict[str, bytes] = {}
+
+
+@router.get("/console/static/{name}")
+async def static(name: str):
+    if name not in STATIC_TYPES:
+        raise ConsoleError(404, f"no such console asset: {name}")
+    if name not in _STATIC_CACHE:
+        _STATIC_CACHE[name] = resources.files("serve_app.console").joinpath("static", name).read_bytes()
+    return Response(_STATIC_CACHE[name], media_type=STATIC_TYPES[name],
+                    headers={"Cache-Control": "public, max-age=300", "X-Content-Type-Options": "nosniff"})
