@@ -33,6 +33,7 @@ from urllib.parse import quote
 
 from cli import output
 from cli import platform_state as pstate
+from cli import terminal
 from worker import client as client_mod
 
 EXIT_CODES_HELP = __doc__.split("\n\n")[1]
@@ -225,10 +226,11 @@ class ClusterWatcher:
 
     def __init__(self, client: client_mod.PlatformClient, cluster_id: str,
                  on_event: Callable[[dict], None] | None = None, *, sleep: Callable[[float], None] | None = None,
-                 clock: Callable[[], float] | None = None):
+                 clock: Callable[[], float] | None = None, on_cluster: Callable[[dict], None] | None = None):
         self.client = client
         self.cluster_id = cluster_id
         self.on_event = on_event or (lambda e: None)
+        self.on_cluster = on_cluster or (lambda c: None)
         self.after = 0
         self.events: list[dict] = []
         # Looked up at call time, so that tests can swap the module's clock for a fake one.
@@ -264,6 +266,7 @@ class ClusterWatcher:
             try:
                 cluster = self.cluster()
                 self.drain_events()
+                self.on_cluster(cluster)
                 last_error = None
                 if done(cluster):
                     return cluster
@@ -291,12 +294,6 @@ class ClusterWatcher:
 
     def wait_ended(self, timeout_s: float) -> dict:
         return self.until(lambda c: output.is_terminal(c["status"]), timeout_s, "end")
-
-
-def _progress_event(start: float) -> Callable[[dict], None]:
-    def show(event: dict) -> None:
-        output.progress(f"  +{time.monotonic() - start:6.1f}s  {event.get('kind', ''):<14} {event.get('message', '')}")
-    return show
 
 
 # --- commands ---------------------------------------------------------------------------
@@ -404,8 +401,9 @@ def cmd_create(args: argparse.Namespace) -> int:
                 output.progress(f"follow it with: dcluster cluster events {cid} --follow")
             return Exit.OK
         output.progress(f"cluster {cid} requested; waiting up to {args.timeout:.0f} s for it to run")
-        watcher = ClusterWatcher(client, cid, _progress_event(time.monotonic()))
-        cluster = watcher.wait_running(args.timeout)
+        with terminal.ClusterProgress(f"waiting for {cid} to run") as shown:
+            watcher = ClusterWatcher(client, cid, shown.event, on_cluster=shown.cluster)
+            cluster = watcher.wait_running(args.timeout)
         connection = client.request("GET", cluster_path(cid, "/connection"))
     if args.json:
         output.print_json({**cluster, "connection": connection})
@@ -423,7 +421,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.json:
         output.print_json(clusters)
     elif clusters:
-        print(output.cluster_table(clusters, time.time()))
+        terminal.print_table(output.CLUSTER_HEADERS, output.cluster_rows(clusters, time.time()))
     else:
         print("no clusters")
     return Exit.OK
@@ -481,14 +479,14 @@ def cmd_extend(args: argparse.Namespace) -> int:
 
 @_guarded
 def cmd_delete(args: argparse.Namespace) -> int:
-    with signed_in_client() as client:
-        watcher = ClusterWatcher(client, args.cluster_id, _progress_event(time.monotonic()))
+    with signed_in_client() as client, terminal.ClusterProgress(f"deleting {args.cluster_id}") as shown:
+        watcher = ClusterWatcher(client, args.cluster_id, shown.event, on_cluster=shown.cluster)
         if args.wait:
             watcher.skip_past_events()  # show the teardown, not the cluster's whole history
         cluster = client.request("DELETE", cluster_path(args.cluster_id))
         if args.wait and not output.is_terminal(cluster["status"]):
-            output.progress(f"cluster {cluster['id']} is {cluster['status']}; waiting up to {args.timeout:.0f} s "
-                            f"for its nodes to be released")
+            shown.message(f"cluster {cluster['id']} is {cluster['status']}; waiting up to {args.timeout:.0f} s "
+                          f"for its nodes to be released")
             cluster = watcher.wait_ended(args.timeout)
     if args.json:
         output.print_json(cluster)

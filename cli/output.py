@@ -110,10 +110,12 @@ def _expires_in(c: Mapping, now: float) -> str:
     return human_duration(c["expires_at"] - now) if is_active(c.get("status")) else "-"
 
 
-def cluster_table(clusters: list[dict], now: float) -> str:
-    rows = [(c["id"], c.get("name") or "", c["status"], f"{c.get('workers_joined', 0)}/{c['num_workers']}",
+CLUSTER_HEADERS = ("ID", "NAME", "STATUS", "WORKERS", "GPUS", "EXPIRES IN")
+
+
+def cluster_rows(clusters: list[dict], now: float) -> list[tuple]:
+    return [(c["id"], c.get("name") or "", c["status"], f"{c.get('workers_joined', 0)}/{c['num_workers']}",
              _gpus(c), _expires_in(c, now)) for c in clusters]
-    return table(("ID", "NAME", "STATUS", "WORKERS", "GPUS", "EXPIRES IN"), rows)
 
 
 def cluster_summary(c: Mapping, now: float) -> str:

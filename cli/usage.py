@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import time
 
-from cli import buyer, output
+from cli import buyer, output, terminal
 
 
-def usage_table(report: dict) -> str:
-    """One row per cluster (buyers) or machine (providers), then the total."""
+def usage_rows(report: dict) -> tuple[list[str], list[list]]:
+    """Headers, and one row per cluster (buyers) or machine (providers), then the total."""
     provider = report.get("role") == "provider"
     key, money = ("machine_id", "earnings") if provider else ("cluster_id", "cost")
     rows = [[item[key], item["nodes"], f"{item['node_seconds']:.0f}", f"{item['gpu_seconds']:.0f}",
@@ -17,7 +17,7 @@ def usage_table(report: dict) -> str:
     total = report.get("total", {})
     rows.append(["total", "", f"{total.get('node_seconds', 0):.0f}", f"{total.get('gpu_seconds', 0):.0f}",
                  f"{total.get('cpu_seconds', 0):.0f}", f"{total.get(money, 0):.4f}"])
-    return output.table([key.split("_")[0], "nodes", "node-s", "GPU-s", "CPU-s", money], rows)
+    return [key.split("_")[0], "nodes", "node-s", "GPU-s", "CPU-s", money], rows
 
 
 @buyer._guarded
@@ -29,7 +29,7 @@ def cmd_usage(args: argparse.Namespace) -> int:
     if args.json:
         output.print_json(report)
     else:
-        print(usage_table(report))
+        terminal.print_table(*usage_rows(report))
     return buyer.Exit.OK
 
 

@@ -100,6 +100,14 @@ def _utc(ts: float | None) -> str:
 TEMPLATES.env.filters.update(age=_age, utc=_utc, shquote=shlex.quote)
 
 
+def _number(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if value >= 0 else None
+
+
 # --- sign-in ----------------------------------------------------------------------------
 
 @router.get("/login", response_class=HTMLResponse)
@@ -155,10 +163,11 @@ async def cluster_page(request: Request, cluster_id: ClusterId, session: sess.Se
 @router.get("/console/offers", response_class=HTMLResponse)
 async def offers_fragment(request: Request, session: sess.Session, registry: deps.Registry,
                           gpu_model: Annotated[str, Query(max_length=64)] = "",
-                          min_gpus: Annotated[int, Query(ge=0, le=100_000)] = 0,
-                          max_price: Annotated[float | None, Query(ge=0)] = None,
+                          min_gpus: Annotated[str, Query(max_length=16)] = "",
+                          max_price: Annotated[str, Query(max_length=16)] = "",
                           gpu_only: bool = False):
-    """The marketplace (GET /v1/offers), filtered for display."""
+    """The marketplace (GET /v1/offers), filtered for display; an empty or unreadable filter filters nothing."""
+    min_gpus, max_price = _number(min_gpus) or 0, _number(max_price)
     offers = await _call(registry.list_offers.remote())
     shown = [o for o in offers
              if (not gpu_model or o["gpu_model"] == gpu_model)

@@ -1,0 +1,180 @@
+"""The web console in a real browser: Debian's headless Chromium driven by Selenium, against the real platform.
+
+A buyer signs in, creates a 1-worker cluster, watches it run, sees how to connect, and deletes it; a page
+on another site cannot act with the buyer's session; the provider and admin views show the machines.
+Screenshots go to tests/artifacts/console/ (git-ignored).
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+
+from tests.integration.helpers import Api, wait_for
+from worker import procs
+
+webdriver = pytest.importorskip("selenium.webdriver")
+from selenium.common.exceptions import NoAlertPresentException, StaleElementReferenceException  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "console"
+
+
+@pytest.fixture
+def browser(tmp_path):
+    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
+        pytest.fail("the console test needs Debian's chromium and chromium-driver (apt-get install -y chromium "
+                    "chromium-driver; .ci/run installs them)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--window-size=1280,1400", f"--user-data-dir={tmp_path / 'chromium'}", "--no-first-run"):
+        options.add_argument(arg)
+    service = webdriver.ChromeService(executable_path=CHROMEDRIVER, log_output=str(tmp_path / "chromedriver.log"))
+    driver = webdriver.Chrome(options=options, service=service)
+    driver.implicitly_wait(0)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    try:
+        yield driver
+    finally:
+        driver.quit()  # stops the chromium it started, then chromedriver
+
+
+class AttackerSite:
+    """Another site (localhost, while the console is on 127.0.0.1) whose page posts a form to the console."""
+
+    def __init__(self, root: Path, action_url: str):
+        root.mkdir()
+        (root / "index.html").write_text(
+            f'<!doctype html><form id="f" method="post" action="{action_url}"><input name="x" value="1"></form>'
+            '<script>document.getElementById("f").submit()</script>')
+        handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+        handler.log_message = lambda *args: None
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", procs.free_port()), handler)
+        self.url = f"http://localhost:{self.server.server_port}/index.html"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def shot(driver, name: str) -> Path:
+    path = ARTIFACTS / f"{name}.png"
+    driver.save_screenshot(str(path))
+    print(f"screenshot: {path}")
+    return path
+
+
+def text_of(driver, css: str) -> str:
+    try:
+        elements = driver.find_elements(By.CSS_SELECTOR, css)
+        return elements[0].text if elements else ""
+    except StaleElementReferenceException:  # htmx swapped it while we read
+        return ""
+
+
+def wait_text(driver, css: str, predicate, timeout_s: float, what: str) -> str:
+    return wait_for(lambda: (lambda t: t if predicate(t) else None)(text_of(driver, css)),
+                    timeout_s=timeout_s, interval_s=0.5, what=what)
+
+
+def sign_in(driver, url: str, username: str, password: str) -> None:
+    driver.delete_all_cookies()
+    driver.get(url + "/")
+    WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.ID, "username"))
+    driver.find_element(By.ID, "username").send_keys(username)
+    driver.find_element(By.ID, "password").send_keys(password)
+    driver.find_element(By.ID, "sign-in").click()
+    wait_text(driver, "#who", lambda t: t.startswith(username), 30, f"{username} signed in")
+
+
+def accept_confirm(driver) -> bool:
+    try:
+        driver.switch_to.alert.accept()
+        return True
+    except NoAlertPresentException:
+        return False
+
+
+def test_console_buyer_provider_admin(market, platform, browser, tmp_path):
+    url = platform.url
+    buyer = Api.sign_up(url, "buyer")
+    admin = platform.admin()
+    providers = {m["id"]: m["provider"] for m in admin.get("/v1/machines").json() if m["id"] in market}
+
+    # --- buyer: marketplace, create, watch it run, connection details ----------------------------
+    sign_in(browser, url, buyer.username, buyer.password)
+    assert "/login" not in browser.current_url
+    wait_text(browser, "#offers-table", lambda t: "CPU only" in t, 30, "the marketplace's offers")
+    shot(browser, "1-buyer-home")
+
+    browser.find_element(By.ID, "create-name").send_keys("browser")
+    workers = browser.find_element(By.ID, "create-workers")
+    workers.clear()
+    workers.send_keys("1")
+    browser.find_element(By.ID, "create-submit").click()
+    WebDriverWait(browser, 30).until(lambda d: "/console/clusters/c-" in d.current_url)
+    cluster_id = browser.current_url.rsplit("/", 1)[1]
+    wait_text(browser, "#events", lambda t: "reserved" in t.lower() or "provision" in t.lower(), 30,
+              "the first steps")
+    shot(browser, "2-cluster-provisioning")
+    wait_text(browser, "#cluster-status", lambda t: t == "running", 240, "the cluster running in the page")
+    submit_line = wait_text(browser, "#conn-submit", lambda t: "ray job submit" in t, 30, "the submit line")
+    assert buyer.get(f"/v1/clusters/{cluster_id}/connection").json()["ray_job_submit"] == submit_line
+    assert "1/1" in text_of(browser, "#workers-joined")
+    shot(browser, "3-cluster-running")
+
+    # --- another site posts a form to the console with the buyer's browser: nothing happens ------
+    with AttackerSite(tmp_path / "attacker", f"{url}/console/clusters/{cluster_id}/delete") as attacker:
+        browser.get(attacker.url)
+        WebDriverWait(browser, 30).until(lambda d: d.current_url.startswith(url))  # the form was posted
+    assert "/login" in browser.current_url  # the Strict cookie stayed home: the console saw no session
+    assert buyer.get(f"/v1/clusters/{cluster_id}").json()["status"] == "running"
+
+    # --- delete from the page, watch it terminate --------------------------------------------------
+    browser.get(f"{url}/console/clusters/{cluster_id}")
+    wait_text(browser, "#cluster-status", lambda t: t == "running", 30, "the cluster page again")
+    browser.find_element(By.ID, "delete").click()
+    assert WebDriverWait(browser, 10).until(accept_confirm)
+    wait_text(browser, "#cluster-status", lambda t: t == "terminated", 120, "the cluster terminated in the page")
+    assert buyer.get(f"/v1/clusters/{cluster_id}").json()["status"] == "terminated"
+    shot(browser, "4-cluster-terminated")
+    browser.get(url + "/")
+    wait_text(browser, f'tr[data-cluster="{cluster_id}"]', lambda t: "terminated" in t, 30, "the list")
+
+    # --- provider: its machine, live ---------------------------------------------------------------
+    machine_id = market[0]
+    browser.find_element(By.ID, "sign-out").click()
+    WebDriverWait(browser, 30).until(lambda d: "/login" in d.current_url)
+    sign_in(browser, url, providers[machine_id], "password123")
+    row = wait_text(browser, f'tr[data-machine="{machine_id}"]', lambda t: "online" in t, 30, "the provider's machine")
+    assert market[1] not in browser.page_source or providers[market[1]] == providers[machine_id]
+    assert row
+    wait_text(browser, "#usage-panel", lambda t: "Earned" in t, 30, "the earnings panel")
+    shot(browser, "5-provider")
+
+    # --- admin: every account, machine and cluster ----------------------------------------------------
+    creds = json.loads((platform.state_dir / "admin_credentials.json").read_text())
+    sign_in(browser, url, creds["username"], creds["password"])
+    wait_text(browser, "#accounts-table", lambda t: buyer.username in t and all(p in t for p in providers.values()),
+              30, "every account")
+    for m in market:
+        wait_text(browser, f'tr[data-machine="{m}"]', lambda t: "online" in t, 30, f"machine {m}")
+    wait_text(browser, f'tr[data-cluster="{cluster_id}"]', lambda t: "terminated" in t, 30, "the buyer's cluster")
+    shot(browser, "6-admin")
