@@ -7,6 +7,7 @@ Screenshots go to tests/artifacts/console/ (git-ignored).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import http.server
 import json
@@ -112,69 +113,93 @@ def accept_confirm(driver) -> bool:
         return False
 
 
-def test_console_buyer_provider_admin(market, platform, browser, tmp_path):
-    url = platform.url
-    buyer = Api.sign_up(url, "buyer")
-    admin = platform.admin()
-    providers = {m["id"]: m["provider"] for m in admin.get("/v1/machines").json() if m["id"] in market}
+@pytest.fixture
+def on_failure(browser):
+    """Shows what the browser and the platform saw when the test fails."""
+    notes: dict = {}
 
-    # --- buyer: marketplace, create, watch it run, connection details ----------------------------
-    sign_in(browser, url, buyer.username, buyer.password)
-    assert "/login" not in browser.current_url
-    wait_text(browser, "#offers-table", lambda t: "CPU only" in t, 30, "the marketplace's offers")
-    shot(browser, "1-buyer-home")
+    @contextlib.contextmanager
+    def watch():
+        try:
+            yield
+        except BaseException:
+            shot(browser, "failure")
+            print(f"failed at {browser.current_url}")
+            if notes.get("cluster_id"):
+                cid, api = notes["cluster_id"], notes["api"]
+                print(json.dumps(api.get(f"/v1/clusters/{cid}").json(), indent=1))
+                print(json.dumps(api.get(f"/v1/clusters/{cid}/events").json(), indent=1))
+            raise
 
-    browser.find_element(By.ID, "create-name").send_keys("browser")
-    workers = browser.find_element(By.ID, "create-workers")
-    workers.clear()
-    workers.send_keys("1")
-    browser.find_element(By.ID, "create-submit").click()
-    WebDriverWait(browser, 30).until(lambda d: "/console/clusters/c-" in d.current_url)
-    cluster_id = browser.current_url.rsplit("/", 1)[1]
-    wait_text(browser, "#events", lambda t: "reserved" in t.lower() or "provision" in t.lower(), 30,
-              "the first steps")
-    shot(browser, "2-cluster-provisioning")
-    wait_text(browser, "#cluster-status", lambda t: t == "running", 240, "the cluster running in the page")
-    submit_line = wait_text(browser, "#conn-submit", lambda t: "ray job submit" in t, 30, "the submit line")
-    assert buyer.get(f"/v1/clusters/{cluster_id}/connection").json()["ray_job_submit"] == submit_line
-    assert "1/1" in text_of(browser, "#workers-joined")
-    shot(browser, "3-cluster-running")
+    watch.notes = notes
+    return watch
 
-    # --- another site posts a form to the console with the buyer's browser: nothing happens ------
-    with AttackerSite(tmp_path / "attacker", f"{url}/console/clusters/{cluster_id}/delete") as attacker:
-        browser.get(attacker.url)
-        WebDriverWait(browser, 30).until(lambda d: d.current_url.startswith(url))  # the form was posted
-    assert "/login" in browser.current_url  # the Strict cookie stayed home: the console saw no session
-    assert buyer.get(f"/v1/clusters/{cluster_id}").json()["status"] == "running"
 
-    # --- delete from the page, watch it terminate --------------------------------------------------
-    browser.get(f"{url}/console/clusters/{cluster_id}")
-    wait_text(browser, "#cluster-status", lambda t: t == "running", 30, "the cluster page again")
-    browser.find_element(By.ID, "delete").click()
-    assert WebDriverWait(browser, 10).until(accept_confirm)
-    wait_text(browser, "#cluster-status", lambda t: t == "terminated", 120, "the cluster terminated in the page")
-    assert buyer.get(f"/v1/clusters/{cluster_id}").json()["status"] == "terminated"
-    shot(browser, "4-cluster-terminated")
-    browser.get(url + "/")
-    wait_text(browser, f'tr[data-cluster="{cluster_id}"]', lambda t: "terminated" in t, 30, "the list")
+def test_console_buyer_provider_admin(market, platform, browser, on_failure, tmp_path):
+    with on_failure():
+        url = platform.url
+        buyer = Api.sign_up(url, "buyer")
+        admin = platform.admin()
+        providers = {m["id"]: m["provider"] for m in admin.get("/v1/machines").json() if m["id"] in market}
 
-    # --- provider: its machine, live ---------------------------------------------------------------
-    machine_id = market[0]
-    browser.find_element(By.ID, "sign-out").click()
-    WebDriverWait(browser, 30).until(lambda d: "/login" in d.current_url)
-    sign_in(browser, url, providers[machine_id], "password123")
-    row = wait_text(browser, f'tr[data-machine="{machine_id}"]', lambda t: "online" in t, 30, "the provider's machine")
-    assert market[1] not in browser.page_source or providers[market[1]] == providers[machine_id]
-    assert row
-    wait_text(browser, "#usage-panel", lambda t: "Earned" in t, 30, "the earnings panel")
-    shot(browser, "5-provider")
+        # --- buyer: marketplace, create, watch it run, connection details ----------------------------
+        sign_in(browser, url, buyer.username, buyer.password)
+        assert "/login" not in browser.current_url
+        wait_text(browser, "#offers-table", lambda t: "CPU only" in t, 30, "the marketplace's offers")
+        shot(browser, "1-buyer-home")
 
-    # --- admin: every account, machine and cluster ----------------------------------------------------
-    creds = json.loads((platform.state_dir / "admin_credentials.json").read_text())
-    sign_in(browser, url, creds["username"], creds["password"])
-    wait_text(browser, "#accounts-table", lambda t: buyer.username in t and all(p in t for p in providers.values()),
-              30, "every account")
-    for m in market:
-        wait_text(browser, f'tr[data-machine="{m}"]', lambda t: "online" in t, 30, f"machine {m}")
-    wait_text(browser, f'tr[data-cluster="{cluster_id}"]', lambda t: "terminated" in t, 30, "the buyer's cluster")
-    shot(browser, "6-admin")
+        browser.find_element(By.ID, "create-name").send_keys("browser")
+        workers = browser.find_element(By.ID, "create-workers")
+        workers.clear()
+        workers.send_keys("1")
+        browser.find_element(By.ID, "create-submit").click()
+        WebDriverWait(browser, 30).until(lambda d: "/console/clusters/c-" in d.current_url)
+        cluster_id = browser.current_url.rsplit("/", 1)[1]
+        on_failure.notes.update(cluster_id=cluster_id, api=buyer)
+        wait_text(browser, "#events", lambda t: "reserved" in t.lower() or "provision" in t.lower(), 30,
+                  "the first steps")
+        shot(browser, "2-cluster-provisioning")
+        wait_text(browser, "#cluster-status", lambda t: t == "running", 300, "the cluster running in the page")
+        submit_line = wait_text(browser, "#conn-submit", lambda t: "ray job submit" in t, 30, "the submit line")
+        assert buyer.get(f"/v1/clusters/{cluster_id}/connection").json()["ray_job_submit"] == submit_line
+        assert "1/1" in text_of(browser, "#workers-joined")
+        shot(browser, "3-cluster-running")
+
+        # --- another site posts a form to the console with the buyer's browser: nothing happens ------
+        with AttackerSite(tmp_path / "attacker", f"{url}/console/clusters/{cluster_id}/delete") as attacker:
+            browser.get(attacker.url)
+            WebDriverWait(browser, 30).until(lambda d: d.current_url.startswith(url))  # the form was posted
+        assert "/login" in browser.current_url  # the Strict cookie stayed home: the console saw no session
+        assert buyer.get(f"/v1/clusters/{cluster_id}").json()["status"] == "running"
+
+        # --- delete from the page, watch it terminate --------------------------------------------------
+        browser.get(f"{url}/console/clusters/{cluster_id}")
+        wait_text(browser, "#cluster-status", lambda t: t == "running", 30, "the cluster page again")
+        browser.find_element(By.ID, "delete").click()
+        assert WebDriverWait(browser, 10).until(accept_confirm)
+        wait_text(browser, "#cluster-status", lambda t: t == "terminated", 120, "the cluster terminated in the page")
+        assert buyer.get(f"/v1/clusters/{cluster_id}").json()["status"] == "terminated"
+        shot(browser, "4-cluster-terminated")
+        browser.get(url + "/")
+        wait_text(browser, f'tr[data-cluster="{cluster_id}"]', lambda t: "terminated" in t, 30, "the list")
+
+        # --- provider: its machine, live ---------------------------------------------------------------
+        machine_id = market[0]
+        browser.find_element(By.ID, "sign-out").click()
+        WebDriverWait(browser, 30).until(lambda d: "/login" in d.current_url)
+        sign_in(browser, url, providers[machine_id], "password123")
+        row = wait_text(browser, f'tr[data-machine="{machine_id}"]', lambda t: "online" in t, 30, "the provider's machine")
+        assert market[1] not in browser.page_source or providers[market[1]] == providers[machine_id]
+        assert row
+        wait_text(browser, "#usage-panel", lambda t: "Earned" in t, 30, "the earnings panel")
+        shot(browser, "5-provider")
+
+        # --- admin: every account, machine and cluster ----------------------------------------------------
+        creds = json.loads((platform.state_dir / "admin_credentials.json").read_text())
+        sign_in(browser, url, creds["username"], creds["password"])
+        wait_text(browser, "#accounts-table", lambda t: buyer.username in t and all(p in t for p in providers.values()),
+                  30, "every account")
+        for m in market:
+            wait_text(browser, f'tr[data-machine="{m}"]', lambda t: "online" in t, 30, f"machine {m}")
+        wait_text(browser, f'tr[data-cluster="{cluster_id}"]', lambda t: "terminated" in t, 30, "the buyer's cluster")
+        shot(browser, "6-admin")
