@@ -89,7 +89,8 @@ def check_origin(request: Request) -> None:
         raise HTTPException(403, detail=f"cross-origin request refused (from {origin})")
 
 
-async def acting_session(request: Request, session: Annotated[ConsoleSession, Depends(current_session)]) -> ConsoleSession:
+async def acting_session(request: Request,
+                         session: Annotated[ConsoleSession, Depends(current_session)]) -> ConsoleSession:
     """For every console action: a session, a same-origin request and the session's CSRF token."""
     check_origin(request)
     sent = request.headers.get(CSRF_HEADER, "")

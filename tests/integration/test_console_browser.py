@@ -30,6 +30,8 @@ pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "console"
+ENDED = ("failed", "expired", "terminated")
+CREATE_ATTEMPTS = 3
 
 
 @pytest.fixture
@@ -105,6 +107,19 @@ def sign_in(driver, url: str, username: str, password: str) -> None:
     wait_text(driver, "#who", lambda t: t.startswith(username), 30, f"{username} signed in")
 
 
+def create_from_page(driver, url: str, *, name: str) -> str:
+    """Fills the buyer's form for a 1-worker cluster once machines are on offer; returns the new cluster's id."""
+    driver.get(url + "/")
+    wait_text(driver, "#offers-table", lambda t: "CPU only" in t, 60, "machines on offer")
+    driver.find_element(By.ID, "create-name").send_keys(name)
+    workers = driver.find_element(By.ID, "create-workers")
+    workers.clear()
+    workers.send_keys("1")
+    driver.find_element(By.ID, "create-submit").click()
+    WebDriverWait(driver, 30).until(lambda d: "/console/clusters/c-" in d.current_url)
+    return driver.current_url.rsplit("/", 1)[1]
+
+
 def accept_confirm(driver) -> bool:
     try:
         driver.switch_to.alert.accept()
@@ -148,18 +163,24 @@ def test_console_buyer_provider_admin(market, platform, browser, on_failure, tmp
         wait_text(browser, "#offers-table", lambda t: "CPU only" in t, 30, "the marketplace's offers")
         shot(browser, "1-buyer-home")
 
-        browser.find_element(By.ID, "create-name").send_keys("browser")
-        workers = browser.find_element(By.ID, "create-workers")
-        workers.clear()
-        workers.send_keys("1")
-        browser.find_element(By.ID, "create-submit").click()
-        WebDriverWait(browser, 30).until(lambda d: "/console/clusters/c-" in d.current_url)
-        cluster_id = browser.current_url.rsplit("/", 1)[1]
-        on_failure.notes.update(cluster_id=cluster_id, api=buyer)
-        wait_text(browser, "#events", lambda t: "reserved" in t.lower() or "provision" in t.lower(), 30,
-                  "the first steps")
-        shot(browser, "2-cluster-provisioning")
-        wait_text(browser, "#cluster-status", lambda t: t == "running", 300, "the cluster running in the page")
+        cluster_id = None
+        for attempt in range(1, CREATE_ATTEMPTS + 1):
+            cluster_id = create_from_page(browser, url, name=f"browser-{attempt}")
+            on_failure.notes.update(cluster_id=cluster_id, api=buyer)
+            wait_text(browser, "#events", lambda t: "created" in t, 30, "the first steps")
+            if attempt == 1:
+                shot(browser, "2-cluster-provisioning")
+            status = wait_text(browser, "#cluster-status", lambda t: t == "running" or t in ENDED, 300,
+                               "the cluster running (or ended) in the page")
+            if status == "running":
+                break
+            # A loaded host can lose a machine's heartbeats or time a `ray start` out: the page must say so,
+            # and the test tries again rather than blame the console for the host.
+            reason = buyer.get(f"/v1/clusters/{cluster_id}").json()["reason"]
+            assert reason and reason[:40] in text_of(browser, "#status")
+            print(f"attempt {attempt}: cluster {cluster_id} {status}: {reason}")
+        else:
+            pytest.fail(f"no cluster reached running in {CREATE_ATTEMPTS} attempts")
         submit_line = wait_text(browser, "#conn-submit", lambda t: "ray job submit" in t, 30, "the submit line")
         assert buyer.get(f"/v1/clusters/{cluster_id}/connection").json()["ray_job_submit"] == submit_line
         assert "1/1" in text_of(browser, "#workers-joined")
@@ -187,10 +208,10 @@ def test_console_buyer_provider_admin(market, platform, browser, on_failure, tmp
         machine_id = market[0]
         browser.find_element(By.ID, "sign-out").click()
         WebDriverWait(browser, 30).until(lambda d: "/login" in d.current_url)
+        # The market fixture signs its providers up with Api.sign_up's default password.
         sign_in(browser, url, providers[machine_id], "password123")
-        row = wait_text(browser, f'tr[data-machine="{machine_id}"]', lambda t: "online" in t, 30, "the provider's machine")
-        assert market[1] not in browser.page_source or providers[market[1]] == providers[machine_id]
-        assert row
+        wait_text(browser, f'tr[data-machine="{machine_id}"]', lambda t: "online" in t, 30, "the provider's machine")
+        assert market[1] not in browser.page_source  # another provider's machine is not shown
         wait_text(browser, "#usage-panel", lambda t: "Earned" in t, 30, "the earnings panel")
         shot(browser, "5-provider")
 

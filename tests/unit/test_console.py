@@ -87,7 +87,8 @@ class FakeClusters:
         self.connection = _Method(lambda p, cid: {
             "dashboard_url": "http://127.0.0.1:8265", "job_submission_url": "http://127.0.0.1:8265",
             "ray_client_address": "ray://127.0.0.1:10001", "gcs_address": "127.0.0.1:6379",
-            "ray_auth_token": "tok-secret", "env": {"RAY_ADDRESS": "http://127.0.0.1:8265", "RAY_AUTH_TOKEN": "tok-secret"},
+            "ray_auth_token": "tok-secret",
+            "env": {"RAY_ADDRESS": "http://127.0.0.1:8265", "RAY_AUTH_TOKEN": "tok-secret"},
             "ray_job_submit": "RAY_ADDRESS=http://127.0.0.1:8265 ray job submit --working-dir . -- python train.py"})
         self.usage = _Method(lambda p, start, end: {
             "role": "provider" if p.role is domain.Role.PROVIDER else p.role.value, "start": start, "end": end,
@@ -162,7 +163,8 @@ def test_buyer_home_lists_offers_clusters_and_spend(client):
     assert page.status_code == 200 and "Marketplace" in page.text
     assert "default-src 'self'" in page.headers["content-security-policy"]
     links = re.findall(r'(?:src|href)="([^"]+)"', page.text)
-    assert links and all(u == "data:," or (u.startswith("/") and not u.startswith("//")) for u in links), links  # no CDN
+    # No CDN: every asset and link is the platform's own.
+    assert links and all(u == "data:," or (u.startswith("/") and not u.startswith("//")) for u in links), links
     offers = client.get("/console/offers").text
     assert "NVIDIA A100" in offers and "1.10 – 1.50" in offers and "CPU only" in offers
     assert "CPU only" not in client.get("/console/offers", params={"gpu_only": "true"}).text
