@@ -9,7 +9,7 @@ import logging
 
 import ray
 
-from actors import cluster_manager, cluster_store, expiry_reaper, launcher, registry, store
+from actors import cluster_manager, cluster_store, expiry_reaper, launcher, ray_metrics, registry, store
 from actors.settings import NAMESPACE, PlatformSettings
 
 logger = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ def thin_actor(core_cls: type, build) -> type:
 def _build_registry(settings_json: str) -> registry.ProviderRegistry:
     settings = PlatformSettings.model_validate_json(settings_json)
     logging.basicConfig(level=logging.INFO)
-    return registry.ProviderRegistry(store.Store(settings.db_path), settings)
+    return registry.ProviderRegistry(store.Store(settings.db_path), settings, metrics=ray_metrics.RayMetrics())
 
 
 ProviderRegistryActor = thin_actor(registry.ProviderRegistry, _build_registry)
@@ -118,9 +118,11 @@ class ActorProxy:
 def _build_cluster_manager(settings_json: str) -> cluster_manager.ClusterManager:
     settings = PlatformSettings.model_validate_json(settings_json)
     logging.basicConfig(level=logging.INFO)
-    return cluster_manager.ClusterManager(cluster_store.ClusterStore(settings.db_path), settings,
-                                          registry=ActorProxy(REGISTRY_NAME), reaper=ActorProxy(EXPIRY_REAPER_NAME),
-                                          launcher=launcher.RayClusterLauncher(str(settings.state_dir / "launcher-tmp")))
+    return cluster_manager.ClusterManager(
+        cluster_store.ClusterStore(settings.db_path), settings,
+        registry=ActorProxy(REGISTRY_NAME), reaper=ActorProxy(EXPIRY_REAPER_NAME),
+        launcher=launcher.RayClusterLauncher(str(settings.state_dir / "launcher-tmp")),
+        metrics=ray_metrics.RayMetrics())
 
 
 ClusterManagerActor = thin_actor(cluster_manager.ClusterManager, _build_cluster_manager)
@@ -130,7 +132,7 @@ def _build_expiry_reaper(settings_json: str) -> expiry_reaper.ExpiryReaper:
     settings = PlatformSettings.model_validate_json(settings_json)
     logging.basicConfig(level=logging.INFO)
     return expiry_reaper.ExpiryReaper(cluster_store.ClusterStore(settings.db_path),
-                                      clusters=ActorProxy(CLUSTER_MANAGER_NAME))
+                                      clusters=ActorProxy(CLUSTER_MANAGER_NAME), metrics=ray_metrics.RayMetrics())
 
 
 ExpiryReaperActor = thin_actor(expiry_reaper.ExpiryReaper, _build_expiry_reaper)

@@ -13,6 +13,7 @@ import uuid
 from typing import Callable, Protocol
 
 from actors import auth, cluster_views as views, domain, errors, placement
+from actors import metrics as metrics_mod
 from actors import usage as usage_mod
 from actors import cluster_store as cstore
 from actors import launcher as launcher_mod
@@ -49,8 +50,10 @@ class ClusterManager:
     """Plain class with the logic; `actors.actor_classes` turns it into a detached actor."""
 
     def __init__(self, store: cstore.ClusterStore, settings: PlatformSettings, *, registry: Registry,
-                 launcher: Launcher, reaper: Reaper | None = None, clock: Callable[[], float] = time.time):
+                 launcher: Launcher, reaper: Reaper | None = None, clock: Callable[[], float] = time.time,
+                 metrics: metrics_mod.Metrics | None = None):
         self._store = store
+        self._metrics = metrics or metrics_mod.NullMetrics()
         self._settings = settings
         self._registry = registry
         self._launcher = launcher
@@ -90,6 +93,7 @@ class ClusterManager:
                 await self._reconcile_cluster(row, now)
             except Exception:
                 logger.exception("reconcile of cluster %s failed", row["id"])
+        self._metrics.cluster_states(await self._store.count_clusters_by_status())
         if now - self._last_sweep >= SWEEP_INTERVAL_S:
             self._last_sweep = now
             await self.sweep()
@@ -139,6 +143,7 @@ class ClusterManager:
         if row["status"] == S.PROVISIONING.value:
             if head_joined and workers_joined >= spec.num_workers:
                 if await self._store.set_cluster_status(cid, S.RUNNING, now, only_from=(S.PROVISIONING,)):
+                    self._metrics.provisioned(now - row["created_at"])
                     await self._event(cid, "running", f"running: head and {workers_joined} worker(s) joined "
                                       f"{now - row['created_at']:.1f} s after the request")
             elif now - row["created_at"] > self._settings.provision_timeout_s:
@@ -447,6 +452,7 @@ class ClusterManager:
         # All at once: the head's autoscaler cannot replace a worker meanwhile, since the cluster is
         # terminating and create_nodes refuses.
         await asyncio.gather(*(self._close_lease(cluster_id, l) for l in leases))
+        self._metrics.released(self._clock() - started)
         await self._event(cluster_id, "released", f"all nodes released in {self._clock() - started:.1f} s")
         if had_nodes:
             try:

@@ -49,6 +49,10 @@ class ClusterStore(Database):
             return await self._fetchall("SELECT * FROM clusters ORDER BY created_at")
         return await self._fetchall("SELECT * FROM clusters WHERE owner_id = ? ORDER BY created_at", (owner_id,))
 
+    async def count_clusters_by_status(self) -> dict[str, int]:
+        rows = await self._fetchall("SELECT status, COUNT(*) AS n FROM clusters GROUP BY status")
+        return {r["status"]: r["n"] for r in rows}
+
     async def clusters_with_status(self, *statuses: domain.ClusterStatus) -> list[dict]:
         marks = ",".join("?" * len(statuses))
         return await self._fetchall(f"SELECT * FROM clusters WHERE status IN ({marks})",

@@ -9,6 +9,7 @@ import time
 from typing import Callable, Protocol
 
 from actors import domain
+from actors import metrics as metrics_mod
 from actors import cluster_store as cstore
 
 logger = logging.getLogger(__name__)
@@ -37,8 +38,10 @@ class ExpiryReaper:
     against the database when it comes due, so extend and delete only ever push or do nothing.
     """
 
-    def __init__(self, store: cstore.ClusterStore, *, clusters: Clusters, clock: Callable[[], float] = time.time):
+    def __init__(self, store: cstore.ClusterStore, *, clusters: Clusters, clock: Callable[[], float] = time.time,
+                 metrics: metrics_mod.Metrics | None = None):
         self._store = store
+        self._metrics = metrics or metrics_mod.NullMetrics()
         self._clusters = clusters
         self._clock = clock
         self._heap: list[tuple[float, str, str]] = []
@@ -93,7 +96,11 @@ class ExpiryReaper:
             return False
         if row["expires_at"] > self._clock():
             return False  # extended: its new deadline has its own entry
-        return await self._clusters.expire(cluster_id, row["expires_at"])
+        lateness = self._clock() - row["expires_at"]
+        expired = await self._clusters.expire(cluster_id, row["expires_at"])
+        if expired:
+            self._metrics.expiry_lateness(lateness)
+        return expired
 
     async def run_deadline_loop(self) -> None:
         """Sleeps until the next deadline or a wake-up; no fixed polling interval."""

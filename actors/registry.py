@@ -11,7 +11,7 @@ import time
 import uuid
 from typing import Callable
 
-from actors import auth, domain, errors, offers, store as store_mod
+from actors import auth, domain, errors, metrics as metrics_mod, offers, store as store_mod
 from actors.settings import PlatformSettings
 
 logger = logging.getLogger(__name__)
@@ -25,8 +25,10 @@ class ProviderRegistry:
     def __init__(self, store: store_mod.Store, settings: PlatformSettings, *,
                  clock: Callable[[], float] = time.time,
                  hasher: auth.PasswordHasher | None = None,
-                 limiter: auth.LoginLimiter | None = None):
+                 limiter: auth.LoginLimiter | None = None,
+                 metrics: metrics_mod.Metrics | None = None):
         self._store = store
+        self._metrics = metrics or metrics_mod.NullMetrics()
         self._settings = settings
         self._clock = clock
         self._hasher = hasher or auth.PasswordHasher(rounds=settings.bcrypt_rounds)
@@ -66,6 +68,8 @@ class ProviderRegistry:
                 for machine_id in await self._store.mark_silent_machines_offline(cutoff):
                     logger.info("machine %s missed %d heartbeats: offline",
                                 machine_id, self._settings.missed_heartbeats_offline)
+                online = await self.list_offers()
+                self._metrics.machines_online({o["gpu_model"] or "none": o["machines"] for o in online})
             except Exception:
                 logger.exception("offline sweep failed")
 
@@ -91,11 +95,16 @@ class ProviderRegistry:
         return _public_account(row)
 
     async def login(self, username: str, password: str) -> dict:
-        self._limiter.check(username)
+        try:
+            self._limiter.check(username)
+        except errors.RateLimited:
+            self._metrics.sign_in_failed(throttled=True)
+            raise
         row = await self._store.get_account_by_username(username)
         ok = await asyncio.to_thread(self._hasher.verify, password, row["password_hash"] if row else None)
         if not ok:
             self._limiter.record_failure(username)
+            self._metrics.sign_in_failed(throttled=False)
             raise errors.Unauthenticated("wrong username or password")
         self._limiter.record_success(username)
         principal = auth.Principal(row["id"], row["username"], domain.Role(row["role"]))

@@ -57,6 +57,7 @@ def collect(layout: pstate.Layout) -> dict:
         "api_url": url,
         "ray_gcs_address": f"127.0.0.1:{record.get('ray_ports', {}).get('gcs')}",
         "ray_dashboard_url": f"http://127.0.0.1:{record.get('ray_ports', {}).get('dashboard')}",
+        "ray_metrics_url": f"http://127.0.0.1:{record.get('ray_ports', {}).get('metrics_export')}/metrics",
         "temp_dir": record.get("temp_dir"),
         "head_processes": [{**r, "alive": record_alive(r)} for r in record.get("head_processes", [])],
         "agents": [{"index": a["index"], "username": a["username"], "pid": a["pid"],

@@ -11,7 +11,7 @@ from ray import serve
 
 from actors import actor_classes
 from actors.settings import PlatformSettings
-from serve_app import errors, routes_accounts, routes_clusters, routes_machines
+from serve_app import api_metrics, errors, routes_accounts, routes_clusters, routes_machines
 from serve_app.console import routes as console
 
 logger = logging.getLogger(__name__)
@@ -50,6 +50,7 @@ def create_app(registry, clusters) -> FastAPI:
     app.state.clusters = clusters
     app.state.tokens = None  # fetched from the registry on first use
     app.add_middleware(errors.BodySizeLimit)
+    app.add_middleware(api_metrics.ApiLatency)
     errors.install(app)
     app.include_router(routes_accounts.router)
     app.include_router(routes_accounts.seed_router)

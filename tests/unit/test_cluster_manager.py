@@ -61,7 +61,7 @@ class FakeLauncher:
 
 @pytest.fixture
 def env(tmp_path, clock):
-    async def build():
+    async def build(**options):
         settings = PlatformSettings(state_dir=tmp_path, heartbeat_interval_s=5, api_url="http://127.0.0.1:9")
         db = store.Store(settings.db_path)
         buyer = await db.create_account("buyer", "h", domain.Role.BUYER, clock())
@@ -72,7 +72,7 @@ def env(tmp_path, clock):
                                     price_per_gpu_hour=0, price_per_cpu_hour=0.1, now=clock())
         registry, launcher = FakeRegistry(), FakeLauncher()
         manager = cluster_manager.ClusterManager(cluster_store.ClusterStore(settings.db_path), settings,
-                                                 registry=registry, launcher=launcher, clock=clock)
+                                                 registry=registry, launcher=launcher, clock=clock, **options)
         launcher.manager = manager
         await manager.start()
         principal = auth.Principal(buyer["id"], "buyer", domain.Role.BUYER)

@@ -21,7 +21,7 @@ class FakeClusters:
         self.warned.append(cluster_id)
 
 
-async def make(tmp_path, clock, n=5):
+async def make(tmp_path, clock, n=5, **options):
     accounts = store.Store(tmp_path / "p.db")
     acct = await accounts.create_account("b", "h", domain.Role.BUYER, clock())
     await accounts.close()
@@ -31,7 +31,7 @@ async def make(tmp_path, clock, n=5):
                                          "status": "running", "expires_at": clock() + 100 * (i + 1)},
                                 leases=[], event="created", now=clock())
     clusters = FakeClusters(db, clock)
-    reaper = expiry_reaper.ExpiryReaper(db, clusters=clusters, clock=clock)
+    reaper = expiry_reaper.ExpiryReaper(db, clusters=clusters, clock=clock, **options)
     await reaper.start()
     return db, clusters, reaper
 

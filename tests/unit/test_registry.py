@@ -12,10 +12,10 @@ from actors.settings import PlatformSettings
 _OPEN: list = []
 
 
-def make_registry(tmp_path, clock):
+def make_registry(tmp_path, clock, **options):
     settings = PlatformSettings(state_dir=tmp_path, heartbeat_interval_s=5.0, bcrypt_rounds=4)
     reg = registry.ProviderRegistry(store.Store(settings.db_path), settings, clock=clock,
-                                    limiter=auth.LoginLimiter(clock=clock))
+                                    limiter=auth.LoginLimiter(clock=clock), **options)
     _OPEN.append(reg)
     return reg
 
@@ -127,4 +127,19 @@ def test_wrong_passwords_rate_limited(tmp_path, clock):
                 await reg.login("alice", "nope-nope")
         with pytest.raises(errors.RateLimited):
             await reg.login("alice", "password123")
+    run(go)
+
+
+def test_only_admins_list_accounts_and_never_see_hashes(tmp_path, clock):
+    async def go():
+        reg = make_registry(tmp_path, clock)
+        await reg.start()
+        buyer = await signed_in(reg, "alice", domain.Role.BUYER)
+        admin_creds = json.loads((tmp_path / "admin_credentials.json").read_text())
+        admin = await principal_of(reg, admin_creds["username"], admin_creds["password"])
+        with pytest.raises(errors.Forbidden):
+            await reg.list_accounts(buyer)
+        accounts = await reg.list_accounts(admin)
+        assert [a["username"] for a in accounts] == ["admin", "alice"]
+        assert all(set(a) == {"id", "username", "role", "created_at"} for a in accounts)
     run(go)
