@@ -25,7 +25,8 @@ from selenium.common.exceptions import NoAlertPresentException, StaleElementRefe
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
-pytestmark = pytest.mark.slow
+# Up to CREATE_ATTEMPTS clusters on a loaded host, each up to 300 s to run.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -140,6 +141,10 @@ def on_failure(browser):
         except BaseException:
             shot(browser, "failure")
             print(f"failed at {browser.current_url}")
+            if notes.get("platform"):  # its logs outlive the session's temp dir
+                logs = Path(notes["platform"].record["temp_dir"]) / "session_latest" / "logs"
+                shutil.copytree(logs, ARTIFACTS / "platform-logs", dirs_exist_ok=True,
+                                ignore=shutil.ignore_patterns("*.pb", "events"))
             if notes.get("cluster_id"):
                 cid, api = notes["cluster_id"], notes["api"]
                 print(json.dumps(api.get(f"/v1/clusters/{cid}").json(), indent=1))
@@ -153,6 +158,7 @@ def on_failure(browser):
 def test_console_buyer_provider_admin(market, platform, browser, on_failure, tmp_path):
     with on_failure():
         url = platform.url
+        on_failure.notes["platform"] = platform
         buyer = Api.sign_up(url, "buyer")
         admin = platform.admin()
         providers = {m["id"]: m["provider"] for m in admin.get("/v1/machines").json() if m["id"] in market}
