@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import hmac
+import urllib.parse
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
@@ -38,9 +39,14 @@ def csrf_token_for(token: str) -> str:
     return hashlib.sha256(b"dcluster-console-csrf:" + token.encode()).hexdigest()
 
 
+def _https(request: Request) -> bool:
+    # Behind a TLS-terminating proxy the platform itself sees http; the proxy says what the browser used.
+    return request.url.scheme == "https" or request.headers.get("x-forwarded-proto") == "https"
+
+
 def set_cookie(response, request: Request, token: str, max_age_s: int) -> None:
     response.set_cookie(COOKIE_NAME, token, max_age=max_age_s, path="/", httponly=True, samesite="strict",
-                        secure=request.url.scheme == "https")
+                        secure=_https(request))
 
 
 def clear_cookie(response) -> None:
@@ -79,13 +85,14 @@ async def current_session(request: Request,
 
 
 def check_origin(request: Request) -> None:
-    """A browser's Origin (or, without it, Referer) must be the platform itself; 403 otherwise."""
-    own = f"{request.url.scheme}://{request.headers.get('host', '')}"
-    origin = request.headers.get("origin")
-    if origin is None and request.headers.get("referer"):
-        referer = request.headers["referer"]
-        origin = "/".join(referer.split("/", 3)[:3])
-    if origin is not None and origin != own:
+    """A browser's Origin (or, without it, Referer) must name the platform's own host and port; 403 otherwise.
+
+    The scheme is not compared: behind a TLS-terminating proxy the page is https and the platform sees http.
+    """
+    origin = request.headers.get("origin") or request.headers.get("referer")
+    if origin is None:
+        return  # not a browser, or one that names no origin: the CSRF token alone decides
+    if urllib.parse.urlsplit(origin).netloc != request.headers.get("host", ""):
         raise HTTPException(403, detail=f"cross-origin request refused (from {origin})")
 
 

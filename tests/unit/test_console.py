@@ -142,6 +142,10 @@ def test_a_stranger_is_sent_to_the_sign_in_form(client):
 
 
 def test_sign_in_sets_an_httponly_strict_cookie_and_a_wrong_password_shows_why(client):
+    r = client.post("/login", data={"username": "alice", "password": "password123"},
+                    headers={"X-Forwarded-Proto": "https"}, follow_redirects=False)
+    assert "Secure" in r.headers["set-cookie"]  # the browser's side of a TLS proxy
+    client.cookies.clear()
     r = client.post("/login", data={"username": "alice", "password": "nope-nope"})
     assert r.status_code == 401 and "wrong username or password" in r.text
     r = client.post("/login", data={"username": "alice", "password": "password123"}, follow_redirects=False)
@@ -190,6 +194,11 @@ def test_actions_need_the_csrf_token_and_the_same_origin(client, fakes):
     assert client.post("/console/clusters", data=form).status_code == 403  # no token
     assert client.post("/console/clusters", data=form, headers={"X-CSRF-Token": "0" * 64}).status_code == 403
     r = client.post("/console/clusters", data=form, headers={"X-CSRF-Token": token, "Origin": "http://evil.example"})
+    assert r.status_code == 403
+    r = client.post("/console/clusters", data=form, headers={"X-CSRF-Token": token, "Origin": "null"})
+    assert r.status_code == 403  # a sandboxed or file:// page
+    r = client.post("/console/clusters", data=form,
+                    headers={"X-CSRF-Token": token, "Referer": "http://testserver.evil.example/x"})
     assert r.status_code == 403
     assert fakes[1].create_cluster.calls == []
     r = client.post("/console/clusters", data=form, headers={"X-CSRF-Token": token, "Origin": BASE})
