@@ -97,7 +97,12 @@ def _utc(ts: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts)) if ts else "-"
 
 
-TEMPLATES.env.filters.update(age=_age, utc=_utc, shquote=shlex.quote)
+def _mask(text: str, secret: str) -> str:
+    """The text with the secret shortened to its first characters, for screens and screenshots."""
+    return text.replace(secret, secret[:6] + "…") if secret else text
+
+
+TEMPLATES.env.filters.update(age=_age, utc=_utc, shquote=shlex.quote, mask=_mask)
 
 
 def _number(text: str) -> float | None:

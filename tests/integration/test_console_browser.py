@@ -55,6 +55,11 @@ def browser(tmp_path):
         driver.quit()  # stops the chromium it started, then chromedriver
 
 
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+
 class AttackerSite:
     """Another site (localhost, while the console is on 127.0.0.1) whose page posts a form to the console."""
 
@@ -63,8 +68,7 @@ class AttackerSite:
         (root / "index.html").write_text(
             f'<!doctype html><form id="f" method="post" action="{action_url}"><input name="x" value="1"></form>'
             '<script>document.getElementById("f").submit()</script>')
-        handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-        handler.log_message = lambda *args: None
+        handler = functools.partial(_QuietHandler, directory=str(root))
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", procs.free_port()), handler)
         self.url = f"http://localhost:{self.server.server_port}/index.html"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -187,8 +191,11 @@ def test_console_buyer_provider_admin(market, platform, browser, on_failure, tmp
             print(f"attempt {attempt}: cluster {cluster_id} {status}: {reason}")
         else:
             pytest.fail(f"no cluster reached running in {CREATE_ATTEMPTS} attempts")
-        submit_line = wait_text(browser, "#conn-submit", lambda t: "ray job submit" in t, 30, "the submit line")
-        assert buyer.get(f"/v1/clusters/{cluster_id}/connection").json()["ray_job_submit"] == submit_line
+        wait_text(browser, "#connection", lambda t: "ray job submit" in t, 30, "the submit line")
+        connection = buyer.get(f"/v1/clusters/{cluster_id}/connection").json()
+        copied = browser.find_element(By.ID, "conn-submit").get_attribute("value")  # what the copy button copies
+        assert copied == connection["ray_job_submit"]
+        assert connection["ray_auth_token"] not in text_of(browser, "#connection")  # shown shortened only
         assert "1/1" in text_of(browser, "#workers-joined")
         shot(browser, "3-cluster-running")
 
