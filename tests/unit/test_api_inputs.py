@@ -11,7 +11,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from actors import auth, errors, registry, store
+from actors import auth, domain, errors, registry, store
 from actors.settings import PlatformSettings
 from serve_app import app as app_mod
 from serve_app import errors as api_errors
@@ -148,23 +148,24 @@ def test_the_hasher_refuses_nul_with_a_domain_error():
 
 
 def test_concurrent_sign_ups_of_one_username_give_one_account_and_409s(tmp_path):
-    settings = PlatformSettings(state_dir=tmp_path, bcrypt_rounds=4, password_hashes_per_minute=6000)
-    reg = registry.ProviderRegistry(store.Store(settings.db_path), settings)
+    db = store.Store(tmp_path / "platform.db")
 
     async def go():
-        await reg.start()
         try:
-            calls = [reg.create_account("racer", f"password{i:03d}", "buyer", None, "10.0.0.1") for i in range(20)]
-            # Other writers interleave with the losers' rollbacks; none of theirs may be undone.
-            calls += [reg.create_account(f"bystander{i}", "password123", "buyer", None, "10.0.0.2") for i in range(5)]
-            return await asyncio.gather(*calls, return_exceptions=True)
+            # All at once on one connection: the losers' rollbacks must undo neither the winner's
+            # insert nor the bystanders' (before, the winner could answer 500 with its row gone).
+            calls = [db.create_account("racer", f"hash{i}", domain.Role.BUYER, 1.0) for i in range(20)]
+            calls += [db.create_account(f"bystander{i}", "hash", domain.Role.BUYER, 1.0) for i in range(5)]
+            results = await asyncio.gather(*calls, return_exceptions=True)
+            return results, [r["username"] for r in await db._fetchall("SELECT username FROM accounts")]
         finally:
-            await reg._store.close()
-    results = asyncio.run(go())
+            await db.close()
+    results, stored = asyncio.run(go())
     racers, bystanders = results[:20], results[20:]
-    assert sum(isinstance(r, dict) for r in racers) == 1
+    assert [r["username"] for r in racers if isinstance(r, dict)] == ["racer"], racers
     assert all(isinstance(r, errors.Conflict) for r in racers if not isinstance(r, dict)), racers
-    assert all(isinstance(r, dict) and r["username"].startswith("bystander") for r in bystanders), bystanders
+    assert [r["username"] for r in bystanders] == [f"bystander{i}" for i in range(5)], bystanders
+    assert sorted(stored) == sorted(["racer"] + [f"bystander{i}" for i in range(5)])
 
 
 # --- limits per client address and overall ------------------------------------------------
