@@ -105,7 +105,8 @@ class AuthThrottle:
     """
 
     def __init__(self, *, login_failures_per_address_per_minute: float, signups_per_address_per_minute: float,
-                 signups_per_minute: float, password_hashes_per_minute: float, clock: Callable[[], float] = time.monotonic):
+                 signups_per_minute: float, password_hashes_per_minute: float,
+                 clock: Callable[[], float] = time.monotonic):
         self.login_failures = Limit("failed sign-ins", login_failures_per_address_per_minute, clock=clock)
         self.signups_by_address = Limit("sign-ups", signups_per_address_per_minute, clock=clock)
         self.signups = Limit("sign-ups", signups_per_minute, clock=clock)

@@ -53,15 +53,17 @@ def create_app(registry, clusters, *, trusted_proxy_hops: int = 0) -> FastAPI:
     app.add_middleware(errors.BodySizeLimit)
     errors.install(app)
     # The error answers each group of routes can give, so that the schema is truthful.
-    signed_in, owned = (401, 403), (401, 403, 404)
-    app.include_router(routes_accounts.router, responses=errors.documented(*errors.COMMON_ERRORS, *signed_in, 409, 429))
-    app.include_router(routes_accounts.seed_router, responses=errors.documented(*errors.COMMON_ERRORS, *signed_in, 409, 429))
-    app.include_router(routes_machines.router, responses=errors.documented(*errors.COMMON_ERRORS, *owned))
-    app.include_router(routes_clusters.router, responses=errors.documented(*errors.COMMON_ERRORS, *owned, 409))
-    app.include_router(routes_clusters.seed_router, responses=errors.documented(*errors.COMMON_ERRORS, *owned, 409))
-    app.include_router(routes_clusters.node_router, responses=errors.documented(*errors.COMMON_ERRORS, *owned, 409))
+    def answers(*codes: int) -> dict:
+        return errors.documented(*errors.COMMON_ERRORS, *codes)
 
-    @app.get("/healthz", tags=["health"], responses=errors.documented(*errors.COMMON_ERRORS))
+    app.include_router(routes_accounts.router, responses=answers(401, 403, 409, 429))
+    app.include_router(routes_accounts.seed_router, responses=answers(401, 403, 409, 429))
+    app.include_router(routes_machines.router, responses=answers(401, 403, 404))
+    app.include_router(routes_clusters.router, responses=answers(401, 403, 404, 409))
+    app.include_router(routes_clusters.seed_router, responses=answers(401, 403, 404, 409))
+    app.include_router(routes_clusters.node_router, responses=answers(401, 403, 404, 409))
+
+    @app.get("/healthz", tags=["health"], responses=answers())
     async def healthz():
         """200 once the control plane has recovered its state and answers; 503 naming what is still starting."""
         actors = {"ProviderRegistry": app.state.registry, "ClusterManager": app.state.clusters}

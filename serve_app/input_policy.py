@@ -64,7 +64,7 @@ def _error(loc: tuple, msg: str) -> dict:
 
 def _is_json(request: Request) -> bool:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    return content_type.startswith("application/") and (content_type.endswith("/json") or content_type.endswith("+json"))
+    return content_type.startswith("application/") and content_type.endswith(("/json", "+json"))
 
 
 def _is_form(request: Request) -> bool:

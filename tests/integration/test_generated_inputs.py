@@ -62,7 +62,8 @@ def _snapshot(platform, provider: Api, buyer: Api, machine_id: str) -> dict:
     machine = provider.get(f"/v1/machines/{machine_id}").json()
     return {"provider": provider.get("/v1/accounts/me").json(), "buyer": buyer.get("/v1/accounts/me").json(),
             "machine": {k: machine[k] for k in STABLE_MACHINE_FIELDS},
-            "admin_sees": {k: platform.admin().get(f"/v1/machines/{machine_id}").json()[k] for k in STABLE_MACHINE_FIELDS},
+            "admin_sees": {k: v for k, v in platform.admin().get(f"/v1/machines/{machine_id}").json().items()
+                           if k in STABLE_MACHINE_FIELDS},
             "buyer_clusters": buyer.get("/v1/clusters").json()}
 
 
