@@ -118,7 +118,7 @@ class PlatformLauncher:
 
     def __init__(self, state_dir: Path | None = None, *, port: int = 8000, host: str = "127.0.0.1",
                  providers: int = 0, heartbeat_s: float = 5.0, agent_gpus: int | None = None,
-                 agent_cpus: int | None = None):
+                 agent_cpus: int | None = None, settings: dict | None = None):
         if providers < 0:
             raise pstate.PlatformError("--providers must be >= 0")
         if not 1 <= port <= 65535:
@@ -131,6 +131,7 @@ class PlatformLauncher:
         self.heartbeat_s = heartbeat_s
         self.agent_gpus = agent_gpus
         self.agent_cpus = agent_cpus
+        self.settings = dict(settings or {})  # more PlatformSettings fields for the Serve app
 
     # --- recorded state ------------------------------------------------------------------
 
@@ -283,7 +284,8 @@ class PlatformLauncher:
 
     def _deploy_serve(self, record: dict, env: dict, ports: pstate.RayPorts, temp_dir: Path) -> None:
         config = pstate.patch_serve_config(pstate.SERVE_TEMPLATE.read_text(), host=self.host, port=self.port,
-                                           state_dir=self.state_dir, heartbeat_interval_s=self.heartbeat_s)
+                                           state_dir=self.state_dir, heartbeat_interval_s=self.heartbeat_s,
+                                           settings=self.settings)
         pstate.write_private(self.layout.serve_deploy_yaml, pstate.dump_serve_config(config))
         cmd = [*pstate.venv_script("serve"), "deploy", str(self.layout.serve_deploy_yaml),
                "--address", f"http://127.0.0.1:{ports.dashboard}"]
