@@ -123,12 +123,12 @@ async def login_page(request: Request, session: sess.OptionalSession):
 
 
 @router.post("/login", response_class=HTMLResponse)
-async def login(request: Request, registry: deps.Registry,
+async def login(request: Request, registry: deps.Registry, client: deps.ClientAddress,
                 username: Annotated[str, Form(max_length=64)], password: Annotated[str, Form(max_length=256)]):
-    """The same sign-in as POST /v1/token (rate limit included); the token goes into the console's cookie."""
+    """The same sign-in as POST /v1/token (its limits included); the token goes into the console's cookie."""
     sess.check_origin(request)
     try:
-        answer = await _call(registry.login.remote(username, password))
+        answer = await _call(registry.login.remote(username, password, client))
     except ConsoleError as exc:
         return _render(request, "login.html", None, status_code=exc.status_code, message=exc.message,
                        username=username)

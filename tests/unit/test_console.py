@@ -60,7 +60,7 @@ class FakeRegistry:
                                                  "active_leases": 2}}])
         self.list_accounts = _Method(self._list_accounts)
 
-    def _login(self, username, password):
+    def _login(self, username, password, client=None):
         if username not in self.accounts or password != "password123":
             raise errors.Unauthenticated("wrong username or password")
         account_id, role = self.accounts[username]
