@@ -171,6 +171,7 @@ def test_console_buyer_provider_admin(market, platform, browser, on_failure, tmp
         sign_in(browser, url, buyer.username, buyer.password)
         assert "/login" not in browser.current_url
         wait_text(browser, "#offers-table", lambda t: "CPU only" in t, 30, "the marketplace's offers")
+        wait_text(browser, "#usage-panel", lambda t: "Spent" in t, 30, "the spend panel")
         shot(browser, "1-buyer-home")
 
         cluster_id = None
