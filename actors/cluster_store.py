@@ -157,6 +157,32 @@ class ClusterStore(Database):
             (status.value, now, lease_id, *ACTIVE_LEASE_STATUSES))
         return cursor.rowcount > 0
 
+    # --- quotas ---------------------------------------------------------------------------
+
+    async def account(self, account_id: int) -> dict | None:
+        """Who an account is (the ProviderRegistry owns accounts; read-only here)."""
+        return await self._fetchone("SELECT id, username, role FROM accounts WHERE id = ?", (account_id,))
+
+    async def live_clusters_of(self, owner_id: int) -> list[dict]:
+        """The owner's clusters that hold (or are acquiring) machines: their spec and deadline."""
+        live = tuple(s.value for s in domain.ClusterStatus.active())
+        return await self._fetchall(
+            f"SELECT id, spec, expires_at FROM clusters WHERE owner_id = ? AND status IN ({','.join('?' * len(live))})",
+            (owner_id, *live))
+
+    async def quota_overrides(self, account_id: int) -> dict | None:
+        return await self._fetchone("SELECT * FROM account_quotas WHERE account_id = ?", (account_id,))
+
+    async def set_quota_overrides(self, account_id: int, overrides: dict, *, by: str, now: float) -> None:
+        """Replaces the account's overrides (None: the platform's default)."""
+        await self._write(
+            "INSERT INTO account_quotas (account_id, max_clusters, max_gpus, max_cpus, max_gpu_hours, updated_at,"
+            " updated_by) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (account_id) DO UPDATE SET"
+            " max_clusters = excluded.max_clusters, max_gpus = excluded.max_gpus, max_cpus = excluded.max_cpus,"
+            " max_gpu_hours = excluded.max_gpu_hours, updated_at = excluded.updated_at,"
+            " updated_by = excluded.updated_by",
+            (account_id, overrides.get("max_clusters"), overrides.get("max_gpus"), overrides.get("max_cpus"),
+             overrides.get("max_gpu_hours"), now, by))
 
     # --- machines (read-only here: the ProviderRegistry owns them) -----------------------
 

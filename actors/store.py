@@ -95,6 +95,18 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX cluster_events_cluster ON cluster_events(cluster_id, id);
     """,
+    # 3: per-account quotas an admin set (NULL: the platform's default)
+    """
+    CREATE TABLE account_quotas (
+        account_id    INTEGER PRIMARY KEY REFERENCES accounts(id),
+        max_clusters  INTEGER,
+        max_gpus      INTEGER,
+        max_cpus      INTEGER,
+        max_gpu_hours REAL,
+        updated_at    REAL NOT NULL,
+        updated_by    TEXT NOT NULL
+    );
+    """,
 ]
 
 

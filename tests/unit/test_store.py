@@ -75,3 +75,25 @@ def test_silent_machines_go_offline(tmp_path):
         return gone, [r["id"] for r in online]
     gone, online = run(go())
     assert gone == ["m-000000000000"] and online == ["m-000000000001"]
+
+
+def test_a_version_2_database_migrates_to_quotas_and_keeps_its_data(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    for script in store.MIGRATIONS[:2]:
+        conn.executescript(script)
+    conn.execute("PRAGMA user_version = 2")
+    conn.execute("INSERT INTO accounts (username, password_hash, role, created_at) VALUES ('old', 'h', 'buyer', 1)")
+    conn.commit()
+    conn.close()
+
+    async def go():
+        s = store.Store(path)
+        assert await s.schema_version() == len(store.MIGRATIONS) >= 3
+        assert (await s.get_account_by_username("old"))["role"] == "buyer"
+        rows = await s._fetchall("SELECT * FROM account_quotas")
+        await s.close()
+        return rows
+    assert run(go()) == []
