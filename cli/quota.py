@@ -34,10 +34,7 @@ def cmd_quota(args: argparse.Namespace) -> int:
             quota = client.request("PUT", _quota_path(account_id), json=body)
         else:
             quota = client.request("GET", _quota_path(account_id))
-    if args.json:
-        output.print_json(quota)
-    else:
-        print(quota_table(quota))
+    output.show(quota, args.json, quota_table)
     return buyer.Exit.OK
 
 

@@ -295,6 +295,16 @@ def test_a_node_no_machine_can_open_fails_the_cluster_after_bounded_attempts(env
 
 # --- quotas and the buyer's price ceiling -------------------------------------------------------
 
+async def add_machine(db, clock, machine_id: str, *, cpus: int, gpus=(), price_per_gpu_hour: float = 0.0,
+                      price_per_cpu_hour: float = 0.1) -> None:
+    """One more online machine, of a provider of its own."""
+    prov = await db.create_account("prov-" + machine_id, "h", domain.Role.PROVIDER, clock())
+    await db.upsert_machine(machine_id=machine_id, provider_id=prov["id"], machine_key="key-" + machine_id,
+                            name=machine_id, spec=domain.MachineSpec(hostname="h", cpus=cpus, memory_mb=1000,
+                                                                     gpus=list(gpus)),
+                            price_per_gpu_hour=price_per_gpu_hour, price_per_cpu_hour=price_per_cpu_hour, now=clock())
+
+
 def test_quotas_refuse_with_403_naming_the_limit_and_admins_set_them(env, clock):
     async def go():
         manager, _, _, buyer, db = await env()
@@ -331,11 +341,8 @@ def test_quotas_refuse_with_403_naming_the_limit_and_admins_set_them(env, clock)
 def test_gpu_hours_count_lifetimes_and_extensions(env, clock):
     async def go():
         manager, _, _, buyer, db = await env()
-        prov = await db.create_account("gpuprov", "h", domain.Role.PROVIDER, clock())
         gpus = [domain.GpuInfo(index=i, model="T4", memory_mb=16000) for i in range(4)]
-        await db.upsert_machine(machine_id="m-gpu000000000", provider_id=prov["id"], machine_key="key-gpu-0",
-                                name="g", spec=domain.MachineSpec(hostname="g", cpus=8, memory_mb=1000, gpus=gpus),
-                                price_per_gpu_hour=1.0, price_per_cpu_hour=0.1, now=clock())
+        await add_machine(db, clock, "m-gpu000000000", cpus=8, gpus=gpus, price_per_gpu_hour=1.0)
         admin = auth.Principal(999, "root", domain.Role.ADMIN)
         await manager.set_quota(admin, buyer.account_id, {"max_gpu_hours": 10})
         with pytest.raises(errors.Forbidden, match="quota max_gpu_hours exceeded"):  # 4 GPUs × 3 h = 12
@@ -352,10 +359,7 @@ def test_gpu_hours_count_lifetimes_and_extensions(env, clock):
 def test_max_price_is_kept_with_the_spec_and_holds_for_replacements(env, clock):
     async def go():
         manager, registry, _, buyer, db = await env()
-        prov = await db.create_account("dear", "h", domain.Role.PROVIDER, clock())
-        await db.upsert_machine(machine_id="m-dear00000000", provider_id=prov["id"], machine_key="key-dear-0",
-                                name="d", spec=domain.MachineSpec(hostname="d", cpus=64, memory_mb=1000),
-                                price_per_gpu_hour=0, price_per_cpu_hour=10_000, now=clock())
+        await add_machine(db, clock, "m-dear00000000", cpus=64, price_per_cpu_hour=10_000)
         with pytest.raises(errors.Conflict, match=r"the cheapest machine that fits the worker costs \$0.1 per CPU-hour"):
             await manager.create_cluster(buyer, {"num_workers": 1, "cpus_per_worker": 2, "duration_s": 600,
                                                  "max_price_per_cpu_hour": 0.05})
