@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -95,6 +96,7 @@ class FakeMachines:
             self.ids.append(r.json()["id"])
         self._stop = threading.Event()
         self._beat_s = beat_s
+        self.slowest_beat_s = 0.0  # the longest a heartbeat took to be answered
         # A thread per machine: one slow answer on a busy platform must not make the others miss beats.
         self._threads = [threading.Thread(target=self._beat, args=(mid,), name=f"beat-{mid}", daemon=True)
                          for mid in self.ids]
@@ -110,10 +112,12 @@ class FakeMachines:
         with httpx.Client(base_url=self.provider.base_url, timeout=10,
                           headers=dict(self.provider.http.headers)) as beats:
             while not self._stop.wait(self._beat_s):
+                started = time.monotonic()
                 try:
                     beats.post(f"/v1/machines/{machine_id}/heartbeat", json={})
                 except httpx.HTTPError:
                     pass  # a busy platform: the next beat comes soon
+                self.slowest_beat_s = max(self.slowest_beat_s, time.monotonic() - started)
 
     def stop(self) -> None:
         self._stop.set()

@@ -94,11 +94,22 @@ def test_max_price_409_names_the_cheapest_price(platform, provider):
         machines.stop()
 
 
-def test_50_concurrent_creates_against_capacity_for_10(platform, provider):
+def test_50_concurrent_creates_against_capacity_for_10(platform):
     """Two GPU machines (5 GPUs, 5 CPUs each) and two CPU machines (5 CPUs each): room for exactly 10
     clusters of a head (1 CPU) and one worker (1 GPU, 1 CPU). 50 creates at once: 10 are placed and
-    40 get 409; no GPU or CPU is leased twice; nothing half-built is left. Few machines, beating
-    often: on a busy 2-core machine a late heartbeat would make a machine offline and free its leases."""
+    40 get 409; no GPU or CPU is leased twice; nothing half-built is left.
+
+    A heartbeat answered later than the platform's offline limit (6 s here) makes a machine offline and
+    frees its leases, which changes what fits: on a 2-core host shared with other work that happens.
+    Such a round still has to keep every invariant but the count; it is then run again (3 rounds at most)."""
+    for _ in range(3):
+        if not _burst_of_creates(platform, Api.sign_up(platform.url, "provider")):
+            return
+    pytest.fail("the host was too busy in every round: heartbeats came later than the offline limit")
+
+
+def _burst_of_creates(platform, provider: Api) -> bool:
+    """One round; True when machines went offline during it (the exact count could not be checked)."""
     no_other_machine_online(platform)
     specs = [FakeMachines.spec(cpus=5, gpus=5) for _ in range(2)] + [FakeMachines.spec(cpus=5) for _ in range(2)]
     machines = FakeMachines(provider, specs, beat_s=0.5)
@@ -110,51 +121,52 @@ def test_50_concurrent_creates_against_capacity_for_10(platform, provider):
     try:
         no_other_machine_online(platform, machines.ids)
         with concurrent.futures.ThreadPoolExecutor(max_workers=50) as pool:
-            answers = list(pool.map(lambda _: buyer.post("/v1/clusters", json=body), range(50)))
-        lost = db_rows(platform, "SELECT cluster_id, message FROM cluster_events WHERE kind = 'lease_lost' AND "
-                       "cluster_id IN (SELECT id FROM clusters WHERE owner_id = ?)", (buyer_id,))
-        assert not lost, f"a machine went offline during the burst (heartbeats late on a busy machine): {lost[:3]}"
+            # Generous timeouts: 50 creates queue behind one another on a busy host.
+            answers = list(pool.map(lambda _: buyer.post("/v1/clusters", json=body, timeout=300), range(50)))
+        leases = db_rows(platform, f"SELECT * FROM leases WHERE machine_id IN ({mine})", tuple(machines.ids))
+        lost = [l for l in leases if l["status"] == "lost"]
+        disturbed = bool(lost) or machines.slowest_beat_s > 5.0
+
         codes = collections.Counter(r.status_code for r in answers)
-        assert codes == {202: 10, 409: 40}, sorted({r.text for r in answers if r.status_code != 202})[:5]
+        assert set(codes) <= {202, 409}, sorted({r.text for r in answers if r.status_code not in (202, 409)})[:5]
         assert all("not enough capacity" in r.json()["detail"] for r in answers if r.status_code == 409)
         placed = {r.json()["id"] for r in answers if r.status_code == 202}
+        if not disturbed:
+            assert codes == {202: 10, 409: 40}, sorted({r.text for r in answers if r.status_code != 202})[:5]
 
         # The API: exactly the placed clusters exist, each with its head and its worker.
         listed = {c["id"]: c for c in buyer.get("/v1/clusters").json()}
         assert set(listed) == placed
         for c in listed.values():
-            assert sorted(n["role"] for n in c["nodes"]) == ["head", "worker"], c
-        # The database: every lease that holds capacity belongs to a placed cluster; no machine gives a
-        # CPU or a GPU twice; every placed cluster has its complete record and nothing else exists.
-        leases = db_rows(platform, f"SELECT * FROM leases WHERE machine_id IN ({mine}) AND status IN (?, ?)",
-                         (*machines.ids, *ACTIVE_LEASES))
-        assert len(leases) == 20 and {l["cluster_id"] for l in leases} == placed
-        per_cluster = collections.Counter((l["cluster_id"], l["role"]) for l in leases)
-        assert all(per_cluster[(cid, role)] == 1 for cid in placed for role in ("head", "worker"))
+            assert {n["role"] for n in c["nodes"]} == {"head", "worker"}, c
+        # The database: every lease belongs to a placed cluster; no machine gives a CPU or a GPU twice;
+        # every placed cluster has its complete record and no other cluster exists.
+        assert {l["cluster_id"] for l in leases} == placed
+        holding = [l for l in leases if l["status"] in ACTIVE_LEASES]
         for machine_id, spec in zip(machines.ids, specs):
-            on_it = [l for l in leases if l["machine_id"] == machine_id]
+            on_it = [l for l in holding if l["machine_id"] == machine_id]
             gpus = [i for l in on_it for i in json.loads(l["gpus"])]
             assert sum(l["cpus"] for l in on_it) <= spec["cpus"] and len(gpus) == len(set(gpus)) <= len(spec["gpus"])
-        assert sum(len(json.loads(l["gpus"])) for l in leases if l["role"] == "worker") == 10
+        if not disturbed:
+            assert len(holding) == len(leases) == 20
+            per_cluster = collections.Counter((l["cluster_id"], l["role"]) for l in leases)
+            assert all(per_cluster[(cid, role)] == 1 for cid in placed for role in ("head", "worker"))
         clusters = db_rows(platform, "SELECT id, status FROM clusters WHERE owner_id = ?", (buyer_id,))
         assert {c["id"] for c in clusters} == placed
-        events = db_rows(platform, "SELECT DISTINCT cluster_id FROM cluster_events WHERE kind = 'created' AND "
-                         f"cluster_id IN ({','.join('?' * len(placed))})", tuple(placed))
-        assert len(events) == 10
-        assert buyer.get(f"/v1/accounts/{buyer_id}/quota").json()["used"]["clusters"] == 10
+        created = db_rows(platform, "SELECT DISTINCT cluster_id FROM cluster_events WHERE kind = 'created' AND "
+                          f"cluster_id IN ({','.join('?' * len(placed))})", tuple(placed))
+        assert len(created) == len(placed)
+        if not disturbed:
+            assert buyer.get(f"/v1/accounts/{buyer_id}/quota").json()["used"]["clusters"] == 10
     finally:
-        deleted = collections.Counter(buyer.delete(f"/v1/clusters/{c['id']}").status_code
-                                      for c in buyer.get("/v1/clusters").json())
+        for c in buyer.get("/v1/clusters").json():
+            buyer.delete(f"/v1/clusters/{c['id']}")
         statuses = lambda: collections.Counter(c["status"] for c in buyer.get("/v1/clusters").json())  # noqa: E731
         try:
             wait_for(lambda: set(statuses()) <= {"terminated", "failed"}, timeout_s=180, what="every cluster ended")
-        except AssertionError as exc:
-            import shutil
-            shutil.copytree(platform.state_dir / "logs", "/tmp/market-debug-logs", dirs_exist_ok=True)
-            stuck = [c for c in buyer.get("/v1/clusters").json() if c["status"] not in ("terminated", "failed")]
-            raise AssertionError(f"{exc}: {statuses()}, DELETE answers {deleted}; "
-                                 f"{buyer.get(f'/v1/clusters/{stuck[0][chr(105)+chr(100)]}/events').json() if stuck else ''}") from None
-        machines.stop()
+        finally:
+            machines.stop()
     # Torn down: nothing holds capacity on these machines any more.
     assert db_rows(platform, f"SELECT id FROM leases WHERE machine_id IN ({mine}) AND status IN (?, ?)",
                    (*machines.ids, *ACTIVE_LEASES)) == []
+    return disturbed
