@@ -7,6 +7,7 @@ import json
 import logging
 import sqlite3
 from pathlib import Path
+from typing import Awaitable, Callable, TypeVar
 
 import aiosqlite
 
@@ -15,6 +16,7 @@ from actors import domain, errors
 logger = logging.getLogger(__name__)
 
 DB_FILE = "platform.db"
+T = TypeVar("T")
 
 # Each entry moves the schema one version up; never edit a released entry, append a new one.
 MIGRATIONS: list[str] = [
@@ -117,6 +119,7 @@ class Database:
         self.path = Path(path)
         self._conn: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
+        self._write_lock = asyncio.Lock()  # one transaction at a time on the shared connection
 
     async def conn(self) -> aiosqlite.Connection:
         if self._conn is None:
@@ -177,10 +180,25 @@ class Database:
         return [dict(r) for r in rows]
 
     async def _write(self, sql: str, args=()) -> aiosqlite.Cursor:
+        return await self._atomic(lambda conn: conn.execute(sql, args))
+
+    async def _atomic(self, statements: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
+        """Runs statements(conn) and commits, or rolls back, as one transaction. Shielded: a caller
+        cancelled half-way (an HTTP client that hung up, a cancelled actor call) must never leave a
+        transaction open: it would hold SQLite's write lock and stall every other writer (heartbeats
+        included) until the next commit on this connection."""
         conn = await self.conn()
-        cursor = await conn.execute(sql, args)
-        await conn.commit()
-        return cursor
+
+        async def run() -> T:
+            async with self._write_lock:
+                try:
+                    result = await statements(conn)
+                    await conn.commit()
+                    return result
+                except BaseException:
+                    await conn.rollback()
+                    raise
+        return await asyncio.shield(run())
 
 
 class Store(Database):
@@ -193,8 +211,7 @@ class Store(Database):
             cursor = await self._write(
                 "INSERT INTO accounts (username, password_hash, role, created_at) VALUES (?, ?, ?, ?)",
                 (username, password_hash, role.value, now))
-        except sqlite3.IntegrityError:
-            await (await self.conn()).rollback()
+        except sqlite3.IntegrityError:  # rolled back already
             raise errors.Conflict(f"username '{username}' is already taken", username=username) from None
         return await self.get_account(cursor.lastrowid)
 
