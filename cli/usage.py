@@ -26,10 +26,7 @@ def cmd_usage(args: argparse.Namespace) -> int:
     params = {"start": end - args.since, "end": end}
     with buyer.signed_in_client() as client:
         report = client.request("GET", "/v1/usage", params=params)
-    if args.json:
-        output.print_json(report)
-    else:
-        print(usage_table(report))
+    output.show(report, args.json, usage_table)
     return buyer.Exit.OK
 
 

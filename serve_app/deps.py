@@ -67,6 +67,7 @@ CurrentPrincipal = Annotated[auth.Principal, Depends(current_principal)]
 ProviderPrincipal = Annotated[auth.Principal, Depends(require_role(domain.Role.PROVIDER))]
 ProviderOrAdmin = Annotated[auth.Principal, Depends(require_role(domain.Role.PROVIDER, domain.Role.ADMIN))]
 BuyerPrincipal = Annotated[auth.Principal, Depends(require_role(domain.Role.BUYER))]
+AdminPrincipal = Annotated[auth.Principal, Depends(require_role(domain.Role.ADMIN))]
 BuyerOrAdmin = Annotated[auth.Principal, Depends(require_role(domain.Role.BUYER, domain.Role.ADMIN))]
 NodeProviderPrincipal = Annotated[auth.Principal, Depends(node_provider_principal)]
 
