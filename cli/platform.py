@@ -29,6 +29,10 @@ ADMIN_CREDENTIALS_TIMEOUT_S = 60.0
 MACHINES_TIMEOUT_S = 60.0
 AGENT_LEAVE_GRACE_S = 10.0
 STOP_GRACE_S = 5.0
+# Ray gives the raylet a fixed 30 s to register with the GCS; a busy machine can take longer. That
+# failure is a slow start, not a broken one: stop what that attempt left and start the head again.
+RAY_START_ATTEMPTS = 3
+RAY_START_SLOW_MARK = "timed out during startup"
 # The executables (not a kill list: only to tell whether the recorded node is still up).
 HEAD_CORE_PROCESSES = ("gcs_server", "raylet")
 
@@ -231,14 +235,20 @@ class PlatformLauncher:
             if not procs.port_is_free(port):
                 raise pstate.PlatformError(f"port {port} was taken while starting; run `dcluster up` again")
         cmd = pstate.ray_head_command(ports=ports, temp_dir=temp_dir)
-        logger.info("starting the Ray head (GCS port %d, temp dir %s)", ports.gcs, temp_dir)
-        proc = procs.spawn(cmd, env=env, cwd=self.state_dir, log_path=self.layout.ray_log,
-                           owner_tag=record["owner_tag"])
-        try:
-            rc = proc.wait(RAY_START_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            raise pstate.PlatformError(f"`ray start` did not finish in {RAY_START_TIMEOUT_S:.0f} s; "
-                                   f"see {self.layout.ray_log}", details=_tail(self.layout.ray_log)) from None
+        for attempt in range(1, RAY_START_ATTEMPTS + 1):
+            logger.info("starting the Ray head (GCS port %d, temp dir %s)", ports.gcs, temp_dir)
+            proc = procs.spawn(cmd, env=env, cwd=self.state_dir, log_path=self.layout.ray_log,
+                               owner_tag=record["owner_tag"])
+            try:
+                rc = proc.wait(RAY_START_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                raise pstate.PlatformError(f"`ray start` did not finish in {RAY_START_TIMEOUT_S:.0f} s; "
+                                       f"see {self.layout.ray_log}", details=_tail(self.layout.ray_log)) from None
+            if rc == 0 or attempt == RAY_START_ATTEMPTS or RAY_START_SLOW_MARK not in _tail(self.layout.ray_log):
+                break
+            logger.warning("the Ray head was too slow to start on this busy machine (attempt %d); trying again",
+                           attempt)
+            procs.stop_owned(record["owner_tag"], grace_s=STOP_GRACE_S)
         if rc != 0:
             raise pstate.PlatformError(f"`ray start` failed (exit {rc}); see {self.layout.ray_log}",
                                    details=_tail(self.layout.ray_log))
