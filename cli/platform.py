@@ -31,7 +31,7 @@ AGENT_LEAVE_GRACE_S = 10.0
 STOP_GRACE_S = 5.0
 # Ray gives the raylet a fixed 30 s to register with the GCS; a busy machine can take longer. That
 # failure is a slow start, not a broken one: stop what that attempt left and start the head again.
-RAY_START_ATTEMPTS = 3
+RAY_START_ATTEMPTS = 5
 RAY_START_SLOW_MARK = "timed out during startup"
 # The executables (not a kill list: only to tell whether the recorded node is still up).
 HEAD_CORE_PROCESSES = ("gcs_server", "raylet")
