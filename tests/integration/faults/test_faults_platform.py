@@ -3,20 +3,15 @@ platform unreachable for 60 s. A platform of its own (the session's one stays up
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
-from cli import platform as platform_mod
-from tests.integration.conftest import HEARTBEAT_S, RunningPlatform
+from tests.integration.conftest import RunningPlatform, running_platform
 from tests.integration.faults import faultkit
 from tests.integration.faults.conftest import create_cluster, events_text, start_market, wait_status
 from tests.integration.helpers import Api, wait_for
-from worker import procs
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
@@ -25,18 +20,8 @@ OUTAGE_S = 60.0
 
 @pytest.fixture(scope="module")
 def own_platform():
-    root = Path(tempfile.mkdtemp(prefix="dcl-flt-", dir="/tmp"))
-    state_dir, work_dir = root / "state", root / "work"
-    work_dir.mkdir()
-    launcher = platform_mod.PlatformLauncher(state_dir, port=procs.free_port(), heartbeat_s=HEARTBEAT_S)
-    result = launcher.up()
-    running = RunningPlatform(launcher, result.api_url, state_dir, work_dir)
-    try:
+    with running_platform("dcl-flt-") as running:
         yield running
-    finally:
-        running.stop_agents()
-        launcher.down()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
