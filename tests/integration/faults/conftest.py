@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from tests.integration.helpers import Api, wait_for
@@ -69,14 +71,23 @@ def create_cluster(buyer: Api, duration_s: int = 1800, workers: int = 1) -> str:
     return r.json()["id"]
 
 
+ENDED = ("terminated", "failed", "expired")
+
+
 def wait_status(buyer: Api, cid: str, *wanted: str, timeout_s: float = 240) -> dict:
-    def check():
+    """Polls until the cluster is in one of `wanted`; fails at once if it ends in another status."""
+    deadline, last = time.monotonic() + timeout_s, None
+    while time.monotonic() < deadline:
         r = buyer.get(f"/v1/clusters/{cid}")
-        return r.status_code == 200 and r.json()["status"] in wanted and r.json()
-    try:
-        return wait_for(check, timeout_s=timeout_s, interval_s=0.5, what=f"{cid} {wanted}")
-    except AssertionError as exc:
-        raise AssertionError(f"{exc}\n{events_text(buyer, cid)}") from None
+        if r.status_code == 200:
+            last = r.json()
+            if last["status"] in wanted:
+                return last
+            if last["status"] in ENDED:
+                break
+        time.sleep(0.5)
+    why = f"ended {last['status']}: {last['reason']}" if last and last["status"] in ENDED else f"timed out after {timeout_s} s"
+    raise AssertionError(f"{cid} never {'/'.join(wanted)}: {why}\n{events_text(buyer, cid)}")
 
 
 def wait_event(buyer: Api, cid: str, kind: str, timeout_s: float = 120) -> dict:
