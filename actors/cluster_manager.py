@@ -33,6 +33,8 @@ LEASE_CLOSE_TIMEOUT_S = 30.0
 TEARDOWN_TIMEOUT_S = 120.0
 EXPIRY_BACKSTOP_S = 10.0
 SWEEP_INTERVAL_S = 60.0
+# An agent's heartbeat lists the leases it held when it was sent: one opened since may be missing from it.
+HELD_MARGIN_S = 30.0
 
 
 class Registry(Protocol):
@@ -41,6 +43,18 @@ class Registry(Protocol):
     async def send_work(self, machine_id: str, kind: str, payload: dict, timeout_s: float) -> dict: ...
 
     async def signing_secret(self) -> str: ...
+
+    async def lease_liveness(self) -> dict: ...
+
+
+def lost_because(lease: dict, machine_status: str | None, held: dict | None) -> str | None:
+    """Why a live lease is lost (its machine is not online, or its agent no longer holds it), else None."""
+    if machine_status != domain.MachineStatus.ONLINE.value:
+        return f"machine {lease['machine_id']} is {machine_status or 'unknown'}"
+    if (lease["status"] == domain.LeaseStatus.OPEN.value and held is not None and lease["id"] not in held["leases"]
+            and lease["opened_at"] is not None and lease["opened_at"] < held["at"] - HELD_MARGIN_S):
+        return f"the agent on machine {lease['machine_id']} no longer runs it (the agent restarted)"
+    return None
 
 
 class Reaper(Protocol):
@@ -88,9 +102,10 @@ class ClusterManager:
 
     async def reconcile_once(self) -> None:
         now = self._clock()
+        liveness = await self._registry.lease_liveness()
         for row in await self._store.clusters_with_status(S.PROVISIONING, S.RUNNING, S.DEGRADED):
             try:
-                await self._reconcile_cluster(row, now)
+                await self._reconcile_cluster(row, now, liveness)
             except Exception:
                 logger.exception("reconcile of cluster %s failed", row["id"])
         if now - self._last_sweep >= SWEEP_INTERVAL_S:
@@ -113,7 +128,7 @@ class ClusterManager:
             logger.info("sweep: closed %d stray lease(s), removed %d launcher file(s)", closed, removed)
         return {"leases_closed": closed, "launcher_files_removed": removed}
 
-    async def _reconcile_cluster(self, row: dict, now: float) -> None:
+    async def _reconcile_cluster(self, row: dict, now: float, liveness: dict | None = None) -> None:
         cid = row["id"]
         if row["expires_at"] + EXPIRY_BACKSTOP_S <= now:  # the ExpiryReaper missed it (e.g. it is restarting)
             await self.expire(cid, row["expires_at"])
@@ -123,16 +138,16 @@ class ClusterManager:
             return  # EC2 nodes: the sub-cluster's own autoscaler keeps min_workers; no leases to watch
         leases = await self._store.leases_of(cid)
         live = [l for l in leases if domain.LeaseStatus(l["status"]).holds_capacity()]
-        statuses = await self._store.machine_statuses([l["machine_id"] for l in live],
-                                                 now - self._settings.offline_after_s)
+        if liveness is None:
+            liveness = await self._registry.lease_liveness()
+        statuses = await self._store.machine_statuses([l["machine_id"] for l in live], liveness["silence_cutoff"])
         for lease in live:
-            if statuses.get(lease["machine_id"]) != domain.MachineStatus.ONLINE.value:
-                if await self._store.end_lease(lease["id"], domain.LeaseStatus.LOST, now):
-                    await self._event(cid, "lease_lost", f"{lease['role']} node {lease['id']} lost: machine "
-                                      f"{lease['machine_id']} is {statuses.get(lease['machine_id'], 'unknown')}")
-                    if lease["role"] == "head":
-                        await self._fail(cid, f"the head node's machine {lease['machine_id']} went away")
-                        return
+            why = lost_because(lease, statuses.get(lease["machine_id"]), liveness["held"].get(lease["machine_id"]))
+            if why and await self._store.end_lease(lease["id"], domain.LeaseStatus.LOST, now):
+                await self._event(cid, "lease_lost", f"{lease['role']} node {lease['id']} lost: {why}")
+                if lease["role"] == "head":
+                    await self._fail(cid, f"the head node {lease['id']} was lost: {why}")
+                    return
         joined = [l for l in await self._store.leases_of(cid)
                   if l["status"] == domain.LeaseStatus.OPEN.value and l["joined_at"]]
         head_joined = any(l["role"] == "head" for l in joined)

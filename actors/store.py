@@ -112,6 +112,12 @@ MIGRATIONS: list[str] = [
 ]
 
 
+def is_busy(exc: BaseException) -> bool:
+    """SQLite could not take its lock in time (another connection held it past the busy timeout):
+    nothing was written, and the same request can be retried in a moment."""
+    return isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc))
+
+
 class Database:
     """One connection to the database file; opened (and migrated) lazily on first use."""
 

@@ -12,10 +12,15 @@ from worker import protocol
 class FakeRegistry:
     """Answers work items as a healthy agent would (same methods as the ProviderRegistry)."""
 
-    def __init__(self):
+    def __init__(self, clock=None, offline_after_s: float = 15.0):
         self.sent: list[tuple[str, str, dict]] = []
         self.fail_kinds: set[str] = set()
         self.fail_opens_on: set[str] = set()  # machines whose agent cannot open a lease
+        self.clock, self.offline_after_s = clock, offline_after_s
+        self.held: dict[str, dict] = {}  # what agents' heartbeats said they hold
+
+    async def lease_liveness(self) -> dict:
+        return {"silence_cutoff": self.clock() - self.offline_after_s, "held": self.held}
 
     async def signing_secret(self) -> str:
         return "s" * 48
@@ -71,7 +76,7 @@ def env(tmp_path, clock):
             await db.upsert_machine(machine_id=f"m-00000000000{i}", provider_id=prov["id"], machine_key=f"key-0000{i}",
                                     name=f"n{i}", spec=domain.MachineSpec(hostname="h", cpus=4, memory_mb=1000),
                                     price_per_gpu_hour=0, price_per_cpu_hour=0.1, now=clock())
-        registry, launcher = FakeRegistry(), FakeLauncher()
+        registry, launcher = FakeRegistry(clock, settings.offline_after_s), FakeLauncher()
         manager = cluster_manager.ClusterManager(cluster_store.ClusterStore(settings.db_path), settings,
                                                  registry=registry, launcher=launcher, clock=clock)
         launcher.manager = manager
@@ -190,6 +195,36 @@ def test_expiry_and_lost_head(env, clock):
         await settle(manager)
         got = await manager.get_cluster(buyer, c["id"])
         assert got["status"] == "failed" and head["machine_id"] in got["reason"]
+        await close(manager._store, db)
+    asyncio.run(go())
+
+
+def test_a_node_its_agent_no_longer_holds_is_lost(env, clock):
+    """An agent restarted (it cleans up its previous run's leases) while its machine stayed online."""
+    async def go():
+        manager, registry, _, buyer, db = await env()
+        c = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
+        await settle(manager)
+        nodes = (await manager.get_cluster(buyer, c["id"]))["nodes"]
+        assert {n["status"] for n in nodes} == {"open"}
+        head = next(n for n in nodes if n["role"] == "head")
+        clock.advance(5)
+        for m in ("m-000000000000", "m-000000000001"):
+            await db.record_heartbeat(m, clock(), domain.MachineUsage())
+        # A heartbeat sent right after the nodes opened may not list them yet: no verdict.
+        registry.held = {m: {"at": clock(), "leases": []} for m in ("m-000000000000", "m-000000000001")}
+        await manager.reconcile_once()
+        assert (await manager.get_cluster(buyer, c["id"]))["status"] == "running"
+        # Later heartbeats still without the head: its agent no longer runs it.
+        clock.advance(cluster_manager.HELD_MARGIN_S + 1)
+        for m in ("m-000000000000", "m-000000000001"):
+            await db.record_heartbeat(m, clock(), domain.MachineUsage())
+        registry.held = {m: {"at": clock(), "leases": [n["id"] for n in nodes if n["id"] != head["id"]]}
+                         for m in ("m-000000000000", "m-000000000001")}
+        await manager.reconcile_once()
+        await settle(manager)
+        got = await manager.get_cluster(buyer, c["id"])
+        assert got["status"] == "failed" and "no longer runs it" in got["reason"], got["reason"]
         await close(manager._store, db)
     asyncio.run(go())
 
