@@ -12,8 +12,9 @@ import time
 import uuid
 from typing import Callable, Protocol
 
-from actors import auth, cluster_views as views, domain, errors, placement
+from actors import auth, cluster_views as views, domain, errors, placement, quotas
 from actors import metrics as metrics_mod
+from actors import quota_book
 from actors import usage as usage_mod
 from actors import cluster_store as cstore
 from actors import launcher as launcher_mod
@@ -28,10 +29,13 @@ logger = logging.getLogger(__name__)
 S = domain.ClusterStatus
 RAY_START = re.compile(r"\bray\s+start\b")
 LEASE_OPEN_TIMEOUT_S = 30.0
+NODE_OPEN_ATTEMPTS = 3  # a node a machine fails to open is tried again (elsewhere where it fits), this often in all
 LEASE_CLOSE_TIMEOUT_S = 30.0
 TEARDOWN_TIMEOUT_S = 120.0
 EXPIRY_BACKSTOP_S = 10.0
 SWEEP_INTERVAL_S = 60.0
+# An agent's heartbeat lists the leases it held when it was sent: one opened since may be missing from it.
+HELD_MARGIN_S = 30.0
 
 
 class Registry(Protocol):
@@ -40,6 +44,18 @@ class Registry(Protocol):
     async def send_work(self, machine_id: str, kind: str, payload: dict, timeout_s: float) -> dict: ...
 
     async def signing_secret(self) -> str: ...
+
+    async def lease_liveness(self) -> dict: ...
+
+
+def lost_because(lease: dict, machine_status: str | None, held: dict | None) -> str | None:
+    """Why a live lease is lost (its machine is not online, or its agent no longer holds it), else None."""
+    if machine_status != domain.MachineStatus.ONLINE.value:
+        return f"machine {lease['machine_id']} is {machine_status or 'unknown'}"
+    if (lease["status"] == domain.LeaseStatus.OPEN.value and held is not None and lease["id"] not in held["leases"]
+            and lease["opened_at"] is not None and lease["opened_at"] < held["at"] - HELD_MARGIN_S):
+        return f"the agent on machine {lease['machine_id']} no longer runs it (the agent restarted)"
+    return None
 
 
 class Reaper(Protocol):
@@ -59,6 +75,7 @@ class ClusterManager:
         self._launcher = launcher
         self._reaper = reaper
         self._clock = clock
+        self._quotas = quota_book.QuotaBook(store, settings, clock)
         self._tokens: auth.TokenIssuer | None = None
         self._placement_lock = asyncio.Lock()  # placements see each other's reservations
         self._tasks: dict[str, asyncio.Task] = {}  # cluster id → its provisioning or teardown
@@ -88,9 +105,10 @@ class ClusterManager:
 
     async def reconcile_once(self) -> None:
         now = self._clock()
+        liveness = await self._registry.lease_liveness()
         for row in await self._store.clusters_with_status(S.PROVISIONING, S.RUNNING, S.DEGRADED):
             try:
-                await self._reconcile_cluster(row, now)
+                await self._reconcile_cluster(row, now, liveness)
             except Exception:
                 logger.exception("reconcile of cluster %s failed", row["id"])
         self._metrics.cluster_states(await self._store.count_clusters_by_status())
@@ -114,7 +132,7 @@ class ClusterManager:
             logger.info("sweep: closed %d stray lease(s), removed %d launcher file(s)", closed, removed)
         return {"leases_closed": closed, "launcher_files_removed": removed}
 
-    async def _reconcile_cluster(self, row: dict, now: float) -> None:
+    async def _reconcile_cluster(self, row: dict, now: float, liveness: dict | None = None) -> None:
         cid = row["id"]
         if row["expires_at"] + EXPIRY_BACKSTOP_S <= now:  # the ExpiryReaper missed it (e.g. it is restarting)
             await self.expire(cid, row["expires_at"])
@@ -124,16 +142,16 @@ class ClusterManager:
             return  # EC2 nodes: the sub-cluster's own autoscaler keeps min_workers; no leases to watch
         leases = await self._store.leases_of(cid)
         live = [l for l in leases if domain.LeaseStatus(l["status"]).holds_capacity()]
-        statuses = await self._store.machine_statuses([l["machine_id"] for l in live],
-                                                 now - self._settings.offline_after_s)
+        if liveness is None:
+            liveness = await self._registry.lease_liveness()
+        statuses = await self._store.machine_statuses([l["machine_id"] for l in live], liveness["silence_cutoff"])
         for lease in live:
-            if statuses.get(lease["machine_id"]) != domain.MachineStatus.ONLINE.value:
-                if await self._store.end_lease(lease["id"], domain.LeaseStatus.LOST, now):
-                    await self._event(cid, "lease_lost", f"{lease['role']} node {lease['id']} lost: machine "
-                                      f"{lease['machine_id']} is {statuses.get(lease['machine_id'], 'unknown')}")
-                    if lease["role"] == "head":
-                        await self._fail(cid, f"the head node's machine {lease['machine_id']} went away")
-                        return
+            why = lost_because(lease, statuses.get(lease["machine_id"]), liveness["held"].get(lease["machine_id"]))
+            if why and await self._store.end_lease(lease["id"], domain.LeaseStatus.LOST, now):
+                await self._event(cid, "lease_lost", f"{lease['role']} node {lease['id']} lost: {why}")
+                if lease["role"] == "head":
+                    await self._fail(cid, f"the head node {lease['id']} was lost: {why}")
+                    return
         joined = [l for l in await self._store.leases_of(cid)
                   if l["status"] == domain.LeaseStatus.OPEN.value and l["joined_at"]]
         head_joined = any(l["role"] == "head" for l in joined)
@@ -190,7 +208,10 @@ class ClusterManager:
             room = max(0, int(limit - row["expires_at"]))
             raise errors.Conflict(f"a cluster lives at most {self._settings.max_lifetime_s} s; this one can be "
                                   f"extended by at most {room} s more")
-        await self._store.set_expiry(cluster_id, new_expiry, self._clock())
+        async with self._placement_lock:  # quota checks see each other's reservations
+            await self._quotas.check(row["owner_id"], quotas.extension_demand(
+                ClusterSpec.model_validate_json(row["spec"]), duration_s))
+            await self._store.set_expiry(cluster_id, new_expiry, self._clock())
         await self._event(cluster_id, "extended", f"lifetime extended by {duration_s} s by {principal.username}")
         await self._schedule_expiry(cluster_id)
         return await self._public(await self._store.get_cluster(cluster_id))
@@ -229,12 +250,15 @@ class ClusterManager:
         now = self._clock()
         cid = "c-" + uuid.uuid4().hex[:12]
         async with self._placement_lock:
+            await self._quotas.check(principal.account_id, quotas.cluster_demand(spec))
             if spec.backend == "aws":
                 leases, summary = [], f"EC2: a {self._settings.aws.head_instance_type} head and {spec.num_workers} " \
                                       f"{self._settings.aws.worker_instance_type} worker(s)"
             else:
                 assignments = await self._place(cid, placement.cluster_requests(
-                    spec.num_workers, spec.gpus_per_worker, spec.cpus_per_worker, spec.gpu_model))
+                    spec.num_workers, spec.gpus_per_worker, spec.cpus_per_worker, spec.gpu_model,
+                    max_price_per_gpu_hour=spec.max_price_per_gpu_hour,
+                    max_price_per_cpu_hour=spec.max_price_per_cpu_hour))
                 leases = [views.lease_row(a) for a in assignments]
                 summary = "machines reserved: " + ", ".join(f"{l['role']} on {l['machine_id']}" for l in leases)
             await self._store.create_cluster(
@@ -247,6 +271,13 @@ class ClusterManager:
         await self._schedule_expiry(cid)
         self._spawn(cid, self._provision(cid))
         return await self._public(await self._store.get_cluster(cid))
+
+    async def get_quota(self, principal: auth.Principal, account_id: int) -> dict:
+        return await self._quotas.view(principal, account_id)
+
+    async def set_quota(self, principal: auth.Principal, account_id: int, overrides: dict) -> dict:
+        async with self._placement_lock:  # never between another request's check and its reservation
+            return await self._quotas.set(principal, account_id, overrides)
 
     async def list_clusters(self, principal: auth.Principal) -> list[dict]:
         owner = None if principal.role is domain.Role.ADMIN else principal.account_id
@@ -302,16 +333,12 @@ class ClusterManager:
             reserved = [l for l in leases
                         if l["role"] == role and l["status"] == domain.LeaseStatus.RESERVED.value][:count]
             missing = count - len(reserved)
-            if missing > 0:  # e.g. a replacement: reserve more on other machines
-                if role == "worker":
-                    request = placement.NodeRequest("worker", spec.gpus_per_worker, spec.cpus_per_worker,
-                                                    spec.gpu_model if spec.gpus_per_worker else None)
-                else:
-                    request = placement.NodeRequest("head", 0, placement.HEAD_CPUS)
+            request = _node_request(spec, role)
+            if missing > 0:  # e.g. a replacement: reserve more on other machines, at the buyer's price
                 extra = [views.lease_row(a) for a in await self._place(cluster_id, [request] * missing)]
                 await self._store.add_leases(cluster_id, extra, self._clock())
                 reserved += [await self._store.get_lease(l["id"]) for l in extra]
-        opened = await asyncio.gather(*(self._open_lease(row, l, node_type, tags) for l in reserved))
+        opened = await asyncio.gather(*(self._open_node(row, l, request, node_type, tags) for l in reserved))
         return [views.public_node(l) for l in opened]
 
     async def set_node_tags(self, principal: auth.Principal, cluster_id: str, node_id: str, tags: dict) -> dict:
@@ -349,7 +376,7 @@ class ClusterManager:
 
     # --- internals ----------------------------------------------------------------------
 
-    async def _place(self, cluster_id: str, requests: list[placement.NodeRequest]) -> list[placement.Assignment]:
+    async def _capacities(self, cluster_id: str) -> list[placement.MachineCapacity]:
         cutoff = self._clock() - self._settings.offline_after_s
         machines = await self._store.online_machines(cutoff)
         active = await self._store.active_leases()
@@ -357,12 +384,49 @@ class ClusterManager:
         mine = collections.Counter(l["machine_id"] for l in active if l["cluster_id"] == cluster_id)
         for cap in caps:
             cap.leases_of_cluster = mine[cap.machine_id]
+        return caps
+
+    async def _place(self, cluster_id: str, requests: list[placement.NodeRequest]) -> list[placement.Assignment]:
         try:
-            return placement.place(caps, requests)
+            return placement.place(await self._capacities(cluster_id), requests)
         except placement.InsufficientCapacity as exc:
             raise errors.Conflict(str(exc), available=exc.available) from None
 
-    async def _open_lease(self, cluster: dict, lease: dict, node_type: str, tags: dict) -> dict:
+    async def _open_node(self, cluster: dict, lease: dict, request: placement.NodeRequest, node_type: str,
+                         tags: dict) -> dict:
+        """Opens a reserved node. A machine that fails to open it loses the reservation, and another is
+        reserved (a different machine where one fits, placement.replacement) up to NODE_OPEN_ATTEMPTS
+        times in all; each attempt is an event."""
+        cid, failed = cluster["id"], []
+        for attempt in range(1, NODE_OPEN_ATTEMPTS + 1):
+            opened = await self._open_lease(cluster, lease, node_type, tags, attempt)
+            if opened is not None:
+                return opened
+            failed.append(lease["machine_id"])
+            if attempt == NODE_OPEN_ATTEMPTS:
+                break
+            async with self._placement_lock:  # the failed reservation is released: reserve the next atomically
+                row = await self._store.get_cluster(cid)
+                if row is None or not S(row["status"]).is_active():
+                    raise errors.Conflict(f"cluster {cid} is {row and row['status']}: no new nodes")
+                try:
+                    assignment = placement.replacement(await self._capacities(cid), request, set(failed))
+                except placement.InsufficientCapacity as exc:
+                    await self._event(cid, "node_retry_failed", f"{request.role} node: no machine to retry on "
+                                      f"after attempt {attempt}: {exc}")
+                    raise errors.Conflict(f"{request.role} node of cluster {cid}: machine(s) {', '.join(failed)} "
+                                          f"could not open it and no other fits: {exc}") from None
+                retry = views.lease_row(assignment)
+                await self._store.add_leases(cid, [retry], self._clock())
+            lease = await self._store.get_lease(retry["id"])
+            await self._event(cid, "node_retry", f"{request.role} node: attempt {attempt + 1} of "
+                              f"{NODE_OPEN_ATTEMPTS} on machine {lease['machine_id']} as node {lease['id']} "
+                              f"(failed so far: {', '.join(failed)})")
+        raise errors.Conflict(f"{request.role} node of cluster {cid} could not be opened in {NODE_OPEN_ATTEMPTS} "
+                              f"attempts (machines {', '.join(failed)}); see the cluster's events")
+
+    async def _open_lease(self, cluster: dict, lease: dict, node_type: str, tags: dict, attempt: int) -> dict | None:
+        """One try: the opened lease, or None when the machine could not open it (the lease is then lost)."""
         machine = await self._store.machine_summary(lease["machine_id"])
         head = next((l for l in await self._store.leases_of(cluster["id"])
                      if l["role"] == "head" and l["status"] == domain.LeaseStatus.OPEN.value), None)
@@ -377,9 +441,9 @@ class ClusterManager:
         if not result.get("ok"):
             await self._store.end_lease(lease["id"], domain.LeaseStatus.LOST, self._clock())
             await self._event(cluster["id"], "lease_failed",
-                              f"machine {lease['machine_id']} could not open {lease['role']} node "
-                              f"{lease['id']}: {views.tail(result.get('output', ''))}")
-            raise errors.Conflict(f"machine {lease['machine_id']} could not open a node; try again")
+                              f"attempt {attempt} of {NODE_OPEN_ATTEMPTS}: machine {lease['machine_id']} could "
+                              f"not open {lease['role']} node {lease['id']}: {views.tail(result.get('output', ''))}")
+            return None
         opened = protocol.LeaseOpened.model_validate(result["data"])
         await self._store.open_lease(lease["id"], node_type=node_type, tags=tags, ports=opened.ports,
                                      node_ip=opened.node_ip, now=self._clock())
@@ -521,9 +585,17 @@ class ClusterManager:
             "id": row["id"], "name": row["name"], "status": row["status"], "reason": row["reason"],
             **{k: spec[k] for k in ("num_workers", "gpus_per_worker", "gpu_model", "cpus_per_worker",
                                     "duration_s", "backend")},
+            **{k: spec.get(k) for k in ("max_price_per_gpu_hour", "max_price_per_cpu_hour")},
             "created_at": row["created_at"], "expires_at": row["expires_at"], "running_at": row["running_at"],
             "ended_at": row["ended_at"],
             "workers_joined": sum(1 for n in nodes if n["role"] == "worker" and n["status"] == "open" and n["joined"]),
             "head_node_ip": next((n["node_ip"] for n in nodes if n["role"] == "head" and n["status"] == "open"), None),
             "nodes": nodes,
         }
+
+
+def _node_request(spec: ClusterSpec, role: str) -> placement.NodeRequest:
+    """One more node of the cluster, at the buyer's price ceiling (stored with the spec)."""
+    return placement.node_request(role, spec.gpus_per_worker, spec.cpus_per_worker, spec.gpu_model,
+                                  max_price_per_gpu_hour=spec.max_price_per_gpu_hour,
+                                  max_price_per_cpu_hour=spec.max_price_per_cpu_hour)

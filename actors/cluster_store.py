@@ -26,7 +26,7 @@ class ClusterStore(Database):
 
     async def create_cluster(self, *, cluster: dict, leases: list[dict], event: str, now: float) -> None:
         """The cluster, its reserved leases and its first event, in one transaction."""
-        async with self.transaction() as conn:
+        async def statements(conn) -> None:
             await conn.execute(
                 "INSERT INTO clusters (id, owner_id, name, spec, status, created_at, updated_at, expires_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -35,6 +35,7 @@ class ClusterStore(Database):
             await conn.executemany(_INSERT_LEASE, [_lease_values(cluster["id"], l, now) for l in leases])
             await conn.execute("INSERT INTO cluster_events (cluster_id, ts, kind, message) VALUES (?, ?, ?, ?)",
                                (cluster["id"], now, "created", event))
+        await self._atomic(statements)
 
     async def get_cluster(self, cluster_id: str) -> dict | None:
         return await self._fetchone("SELECT * FROM clusters WHERE id = ?", (cluster_id,))
@@ -128,8 +129,8 @@ class ClusterStore(Database):
         return [decode_lease(r) for r in rows]
 
     async def add_leases(self, cluster_id: str, leases: list[dict], now: float) -> None:
-        async with self.transaction() as conn:
-            await conn.executemany(_INSERT_LEASE, [_lease_values(cluster_id, l, now) for l in leases])
+        await self._atomic(lambda conn: conn.executemany(
+            _INSERT_LEASE, [_lease_values(cluster_id, l, now) for l in leases]))
 
     async def open_lease(self, lease_id: str, *, node_type: str, tags: dict, ports: dict, node_ip: str,
                          now: float) -> None:
@@ -155,6 +156,32 @@ class ClusterStore(Database):
             (status.value, now, lease_id, *ACTIVE_LEASE_STATUSES))
         return cursor.rowcount > 0
 
+    # --- quotas ---------------------------------------------------------------------------
+
+    async def account(self, account_id: int) -> dict | None:
+        """Who an account is (the ProviderRegistry owns accounts; read-only here)."""
+        return await self._fetchone("SELECT id, username, role FROM accounts WHERE id = ?", (account_id,))
+
+    async def live_clusters_of(self, owner_id: int) -> list[dict]:
+        """The owner's clusters that hold (or are acquiring) machines: their spec and deadline."""
+        live = tuple(s.value for s in domain.ClusterStatus.active())
+        return await self._fetchall(
+            f"SELECT id, spec, expires_at FROM clusters WHERE owner_id = ? AND status IN ({','.join('?' * len(live))})",
+            (owner_id, *live))
+
+    async def quota_overrides(self, account_id: int) -> dict | None:
+        return await self._fetchone("SELECT * FROM account_quotas WHERE account_id = ?", (account_id,))
+
+    async def set_quota_overrides(self, account_id: int, overrides: dict, *, by: str, now: float) -> None:
+        """Replaces the account's overrides (None: the platform's default)."""
+        await self._write(
+            "INSERT INTO account_quotas (account_id, max_clusters, max_gpus, max_cpus, max_gpu_hours, updated_at,"
+            " updated_by) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (account_id) DO UPDATE SET"
+            " max_clusters = excluded.max_clusters, max_gpus = excluded.max_gpus, max_cpus = excluded.max_cpus,"
+            " max_gpu_hours = excluded.max_gpu_hours, updated_at = excluded.updated_at,"
+            " updated_by = excluded.updated_by",
+            (account_id, overrides.get("max_clusters"), overrides.get("max_gpus"), overrides.get("max_cpus"),
+             overrides.get("max_gpu_hours"), now, by))
 
     # --- machines (read-only here: the ProviderRegistry owns them) -----------------------
 

@@ -27,6 +27,17 @@ class NodeRequest:
     gpus: int
     cpus: int
     gpu_model: str | None = None
+    # The buyer's price ceiling for the rate this node is billed at: GPU leases per GPU-hour, CPU-only
+    # leases (heads included) per CPU-hour. None: any price.
+    max_price: float | None = None
+
+    def price_of(self, m: "MachineCapacity") -> float:
+        """What this node costs per billed unit-hour on machine m."""
+        return m.price_per_gpu_hour if self.gpus else m.price_per_cpu_hour
+
+    @property
+    def price_unit(self) -> str:
+        return "GPU-hour" if self.gpus else "CPU-hour"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,16 +73,33 @@ def capacities(machines: list[dict], active_leases: list[dict], head_cpus: int =
     return result
 
 
+def node_request(role: str, gpus_per_worker: int, cpus_per_worker: int, gpu_model: str | None, *,
+                 max_price_per_gpu_hour: float | None = None, max_price_per_cpu_hour: float | None = None
+                 ) -> NodeRequest:
+    """One node of a cluster: the head (CPU-only, billed per CPU-hour) or a worker as the spec asks."""
+    if role == "head":
+        return NodeRequest("head", 0, HEAD_CPUS, max_price=max_price_per_cpu_hour)
+    return NodeRequest("worker", gpus_per_worker, cpus_per_worker, gpu_model if gpus_per_worker else None,
+                       max_price=max_price_per_gpu_hour if gpus_per_worker else max_price_per_cpu_hour)
+
+
 def cluster_requests(num_workers: int, gpus_per_worker: int, cpus_per_worker: int, gpu_model: str | None,
-                     *, with_head: bool = True) -> list[NodeRequest]:
-    worker = NodeRequest("worker", gpus_per_worker, cpus_per_worker, gpu_model if gpus_per_worker else None)
-    return ([NodeRequest("head", 0, HEAD_CPUS)] if with_head else []) + [worker] * num_workers
+                     *, with_head: bool = True, max_price_per_gpu_hour: float | None = None,
+                     max_price_per_cpu_hour: float | None = None) -> list[NodeRequest]:
+    prices = {"max_price_per_gpu_hour": max_price_per_gpu_hour, "max_price_per_cpu_hour": max_price_per_cpu_hour}
+    worker = node_request("worker", gpus_per_worker, cpus_per_worker, gpu_model, **prices)
+    head = node_request("head", gpus_per_worker, cpus_per_worker, gpu_model, **prices)
+    return ([head] if with_head else []) + [worker] * num_workers
 
 
-def _fits(m: MachineCapacity, r: NodeRequest) -> bool:
+def _fits_resources(m: MachineCapacity, r: NodeRequest) -> bool:
     if r.gpus and (len(m.free_gpus) < r.gpus or (r.gpu_model and m.gpu_model != r.gpu_model)):
         return False
     return m.free_cpus >= r.cpus
+
+
+def _fits(m: MachineCapacity, r: NodeRequest) -> bool:
+    return _fits_resources(m, r) and (r.max_price is None or r.price_of(m) <= r.max_price)
 
 
 def place(machines: list[MachineCapacity], requests: list[NodeRequest]) -> list[Assignment]:
@@ -87,12 +115,12 @@ def place(machines: list[MachineCapacity], requests: list[NodeRequest]) -> list[
     for r in ordered:
         fitting = [v for m in machines if _fits(v := picked.get(m.machine_id, m), r)]
         if not fitting:
-            raise InsufficientCapacity(_shortage_message(machines, requests, r), available=summarize(machines))
+            left = [picked.get(m.machine_id, m) for m in machines] if r.max_price is not None else machines
+            raise InsufficientCapacity(_shortage_message(machines, requests, r, left), available=summarize(machines))
         if r.role == "head":
             best = min(fitting, key=lambda m: (len(m.free_gpus), m.leases_of_cluster, -m.free_cpus))
         else:
-            price = (lambda m: m.price_per_gpu_hour) if r.gpus else (lambda m: m.price_per_cpu_hour)
-            best = min(fitting, key=lambda m: (m.leases_of_cluster, price(m), -len(m.free_gpus), -m.free_cpus))
+            best = min(fitting, key=lambda m: (m.leases_of_cluster, r.price_of(m), -len(m.free_gpus), -m.free_cpus))
         if best.machine_id not in picked:
             best = picked[best.machine_id] = dataclasses.replace(best, free_gpus=list(best.free_gpus))
         taken = tuple(best.free_gpus[:r.gpus])
@@ -101,6 +129,17 @@ def place(machines: list[MachineCapacity], requests: list[NodeRequest]) -> list[
         best.leases_of_cluster += 1
         assignments.append(Assignment(r, best.machine_id, taken, best.price_per_gpu_hour, best.price_per_cpu_hour))
     return assignments
+
+
+def replacement(machines: list[MachineCapacity], request: NodeRequest, failed: set[str]) -> Assignment:
+    """Where a node goes after the machines in `failed` could not open it: another machine where one
+    fits, else one of the failed ones again (their fault may have been passing). Raises
+    InsufficientCapacity when nothing fits at all."""
+    others = [m for m in machines if m.machine_id not in failed]
+    try:
+        return place(others, [request])[0]
+    except InsufficientCapacity:
+        return place(machines, [request])[0]
 
 
 def summarize(machines: list[MachineCapacity]) -> dict:
@@ -117,7 +156,8 @@ def summarize(machines: list[MachineCapacity]) -> dict:
     return by_model
 
 
-def _shortage_message(machines: list[MachineCapacity], requests: list[NodeRequest], failed: NodeRequest) -> str:
+def _shortage_message(machines: list[MachineCapacity], requests: list[NodeRequest], failed: NodeRequest,
+                      left: list[MachineCapacity]) -> str:
     workers = [r for r in requests if r.role == "worker"]
     want = f"{len(workers)} worker(s)"
     if workers and workers[0].gpus:
@@ -128,5 +168,11 @@ def _shortage_message(machines: list[MachineCapacity], requests: list[NodeReques
         return f"not enough capacity for {want} plus a head: no machine is online"
     free_gpus = sum(len(m.free_gpus) for m in machines)
     free_cpus = sum(max(m.free_cpus, 0) for m in machines)
-    return (f"not enough capacity for {want} plus a head ({failed.role} could not be placed); "
-            f"online now: {len(machines)} machine(s) with {free_gpus} free GPU(s) and {free_cpus} free CPU(s)")
+    message = (f"not enough capacity for {want} plus a head ({failed.role} could not be placed); "
+               f"online now: {len(machines)} machine(s) with {free_gpus} free GPU(s) and {free_cpus} free CPU(s)")
+    if failed.max_price is not None:
+        prices = [failed.price_of(m) for m in left if _fits_resources(m, failed)]
+        message += (f"; at most ${failed.max_price:g} per {failed.price_unit} was asked: " +
+                    (f"the cheapest machine that fits the {failed.role} costs ${min(prices):g} per {failed.price_unit}"
+                     if prices else f"no machine fits the {failed.role} at any price"))
+    return message

@@ -13,10 +13,13 @@ from typing import Callable
 
 from actors import auth, domain, errors, metrics as metrics_mod, offers, store as store_mod, throttle as throttle_mod
 from actors.settings import PlatformSettings
+from worker import protocol
 
 logger = logging.getLogger(__name__)
 
 ADMIN_USERNAME = "admin"
+# A heartbeat whose write waits longer than this means the database is not recording heartbeats.
+SLOW_BEAT_WRITE_S = 2.0
 
 
 class ProviderRegistry:
@@ -43,6 +46,12 @@ class ProviderRegistry:
         self._work_ready: dict[str, asyncio.Event] = collections.defaultdict(asyncio.Event)
         # Items whose sender waits for the agent's answer: item id → (machine id, future).
         self._pending_results: dict[str, tuple[str, asyncio.Future]] = {}
+        # Silence means something only while the platform could hear: after the registry (re)starts, or
+        # heartbeats could not be recorded (a locked database), agents get time to come back first.
+        self._deaf_at = clock()
+        self._beats_in_flight: dict[object, float] = {}
+        # The leases each agent said it holds in its latest heartbeat: machine id → (received at, lease ids).
+        self._held: dict[str, tuple[float, frozenset[str]]] = {}
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -52,6 +61,7 @@ class ProviderRegistry:
         secret = auth.load_or_create_jwt_secret(self._settings.state_dir)
         self._tokens = auth.TokenIssuer(secret, ttl_s=self._settings.token_ttl_s, clock=self._clock)
         await self._ensure_admin()
+        self._deaf_at = self._clock()
 
     async def _ensure_admin(self) -> None:
         if await self._store.count_accounts(domain.Role.ADMIN):
@@ -68,8 +78,7 @@ class ProviderRegistry:
         while True:
             await asyncio.sleep(self._settings.heartbeat_interval_s)
             try:
-                cutoff = self._clock() - self._settings.offline_after_s
-                for machine_id in await self._store.mark_silent_machines_offline(cutoff):
+                for machine_id in await self._store.mark_silent_machines_offline(self._silence_cutoff()):
                     logger.info("machine %s missed %d heartbeats: offline",
                                 machine_id, self._settings.missed_heartbeats_offline)
                 online = await self.list_offers()
@@ -156,11 +165,35 @@ class ProviderRegistry:
         row = await self._own_machine(principal, machine_id)
         if row["status"] == domain.MachineStatus.GONE.value:
             raise errors.NotFound(f"machine {machine_id} has left the platform: register it again")
-        await self._store.record_heartbeat(machine_id, self._clock(), domain.MachineUsage.model_validate(usage))
+        received, key = self._clock(), object()
+        self._beats_in_flight[key] = received
+        try:
+            await self._store.record_heartbeat(machine_id, received, domain.MachineUsage.model_validate(usage))
+        except Exception:
+            self._deaf_at = self._clock()
+            raise
+        finally:
+            del self._beats_in_flight[key]
+        self._held[machine_id] = (received, frozenset(leases))
         # The sweeper's agent half: leases no live cluster owns (ended while the agent was away) are closed.
         stale = sorted(set(leases) - await self._store.live_lease_ids(machine_id)) if leases else []
         return {"status": domain.MachineStatus.ONLINE.value,
                 "heartbeat_interval_s": self._settings.heartbeat_interval_s, "stale_leases": stale}
+
+    def _silence_cutoff(self) -> float:
+        """Heartbeats older than this make a machine silent; 0 while the platform has just been deaf."""
+        now = self._clock()
+        if self._beats_in_flight and now - min(self._beats_in_flight.values()) > SLOW_BEAT_WRITE_S:
+            self._deaf_at = now  # heartbeats arrive but are not recorded yet
+        if now - self._deaf_at < self._settings.offline_after_s + protocol.AGENT_MAX_RETRY_S:
+            return 0.0
+        return now - self._settings.offline_after_s
+
+    async def lease_liveness(self) -> dict:
+        """What the ClusterManager judges lost nodes by: the cutoff below which a machine's last heartbeat
+        means it is silent, and the leases each agent said it holds in its latest heartbeat."""
+        return {"silence_cutoff": self._silence_cutoff(),
+                "held": {mid: {"at": at, "leases": sorted(ids)} for mid, (at, ids) in self._held.items()}}
 
     async def leave(self, principal: auth.Principal, machine_id: str) -> dict:
         await self._own_machine(principal, machine_id)

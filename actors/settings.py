@@ -7,6 +7,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from actors import quotas as quotas_mod
 from configs import aws as aws_config
 
 NAMESPACE = "dcluster"
@@ -43,6 +44,9 @@ class PlatformSettings(BaseModel):
     aws: Annotated[aws_config.AwsSettings | None, Field(
         description="Enables backend 'aws' (EC2 head and GPU workers); None: only the provider market")] = None
     max_lifetime_s: Annotated[int, Field(ge=60, le=90 * 86_400, description="Longest a cluster may live, extensions included")] = 7 * 86_400
+    quotas: Annotated[quotas_mod.QuotaLimits, Field(
+        description="Every buyer account's limits unless an admin set its own (PUT /v1/accounts/{id}/quota)")
+    ] = quotas_mod.QuotaLimits()
 
     @property
     def db_path(self) -> Path:

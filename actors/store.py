@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import sqlite3
 from pathlib import Path
-from typing import AsyncIterator
+from typing import Awaitable, Callable, TypeVar
 
 import aiosqlite
 
@@ -17,6 +16,7 @@ from actors import domain, errors
 logger = logging.getLogger(__name__)
 
 DB_FILE = "platform.db"
+T = TypeVar("T")
 
 # Each entry moves the schema one version up; never edit a released entry, append a new one.
 MIGRATIONS: list[str] = [
@@ -97,7 +97,25 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX cluster_events_cluster ON cluster_events(cluster_id, id);
     """,
+    # 3: per-account quotas an admin set (NULL: the platform's default)
+    """
+    CREATE TABLE account_quotas (
+        account_id    INTEGER PRIMARY KEY REFERENCES accounts(id),
+        max_clusters  INTEGER,
+        max_gpus      INTEGER,
+        max_cpus      INTEGER,
+        max_gpu_hours REAL,
+        updated_at    REAL NOT NULL,
+        updated_by    TEXT NOT NULL
+    );
+    """,
 ]
+
+
+def is_busy(exc: BaseException) -> bool:
+    """SQLite could not take its lock in time (another connection held it past the busy timeout):
+    nothing was written, and the same request can be retried in a moment."""
+    return isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc))
 
 
 class Database:
@@ -107,9 +125,7 @@ class Database:
         self.path = Path(path)
         self._conn: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
-        # One connection is one transaction at a time: writers of this actor take turns, so that
-        # one's rollback (a unique username taken, say) never undoes another's uncommitted write.
-        self._write_lock = asyncio.Lock()
+        self._write_lock = asyncio.Lock()  # one transaction at a time on the shared connection
 
     async def conn(self) -> aiosqlite.Connection:
         if self._conn is None:
@@ -169,21 +185,26 @@ class Database:
         rows = await (await (await self.conn()).execute(sql, args)).fetchall()
         return [dict(r) for r in rows]
 
-    @contextlib.asynccontextmanager
-    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
-        """The connection, for this writer alone until it commits (or rolls back, on any error)."""
-        conn = await self.conn()
-        async with self._write_lock:
-            try:
-                yield conn
-                await conn.commit()
-            except BaseException:
-                await conn.rollback()
-                raise
-
     async def _write(self, sql: str, args=()) -> aiosqlite.Cursor:
-        async with self.transaction() as conn:
-            return await conn.execute(sql, args)
+        return await self._atomic(lambda conn: conn.execute(sql, args))
+
+    async def _atomic(self, statements: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
+        """Runs statements(conn) and commits, or rolls back, as one transaction. Shielded: a caller
+        cancelled half-way (an HTTP client that hung up, a cancelled actor call) must never leave a
+        transaction open: it would hold SQLite's write lock and stall every other writer (heartbeats
+        included) until the next commit on this connection."""
+        conn = await self.conn()
+
+        async def run() -> T:
+            async with self._write_lock:
+                try:
+                    result = await statements(conn)
+                    await conn.commit()
+                    return result
+                except BaseException:
+                    await conn.rollback()
+                    raise
+        return await asyncio.shield(run())
 
 
 class Store(Database):
@@ -196,7 +217,7 @@ class Store(Database):
             cursor = await self._write(
                 "INSERT INTO accounts (username, password_hash, role, created_at) VALUES (?, ?, ?, ?)",
                 (username, password_hash, role.value, now))
-        except sqlite3.IntegrityError:
+        except sqlite3.IntegrityError:  # rolled back already
             raise errors.Conflict(f"username '{username}' is already taken", username=username) from None
         return await self.get_account(cursor.lastrowid)
 

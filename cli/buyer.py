@@ -52,7 +52,8 @@ USABLE = ("running", "degraded")
 
 # Request fields → the flags that set them, so that the platform's validation errors name the flag.
 CREATE_FLAGS = {"num_workers": "--workers", "gpus_per_worker": "--gpus", "gpu_model": "--gpu-model",
-                "cpus_per_worker": "--cpus", "duration_s": "--duration", "name": "--name"}
+                "cpus_per_worker": "--cpus", "duration_s": "--duration", "name": "--name",
+                "max_price_per_gpu_hour": "--max-price-per-gpu-hour", "max_price_per_cpu_hour": "--max-price-per-cpu-hour"}
 
 
 class Exit(enum.IntEnum):
@@ -218,6 +219,9 @@ def cluster_body(args: argparse.Namespace) -> dict:
         body["gpu_model"] = args.gpu_model
     if args.name:
         body["name"] = args.name
+    for field in ("max_price_per_gpu_hour", "max_price_per_cpu_hour"):
+        if getattr(args, field, None) is not None:
+            body[field] = getattr(args, field)
     return body
 
 
@@ -557,6 +561,10 @@ def add_cluster(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="lifetime: 30m, 2h, 1h30m, 90s or seconds (default 1h)")
     c.add_argument("--name", help="display name: 1-40 of [a-z0-9-]")
     c.add_argument("--backend", choices=("market", "aws"), default="market", help="where nodes run (default market)")
+    c.add_argument("--max-price-per-gpu-hour", type=float, metavar="USD",
+                   help="most a GPU worker may cost per GPU-hour, replacements included (default: any)")
+    c.add_argument("--max-price-per-cpu-hour", type=float, metavar="USD",
+                   help="most a CPU-only node (the head, CPU workers) may cost per CPU-hour (default: any)")
     _wait_args(c, "show its events until it runs, then print its environment (`export` lines)")
     _json_arg(c)
     c.set_defaults(cluster_handler=cmd_create)

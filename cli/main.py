@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from cli import buyer, demo, usage
+from cli import buyer, demo, quota, usage
 from cli import platform as platform_mod
 from cli import platform_state
 from worker import client as client_mod
@@ -132,6 +132,7 @@ SUBCOMMANDS: dict[str, tuple[Callable[[argparse._SubParsersAction], argparse.Arg
     "logout": (buyer.add_logout, buyer.cmd_logout),
     "cluster": (buyer.add_cluster, buyer.cmd_cluster),
     "usage": (usage.add_usage, usage.cmd_usage),
+    "quota": (quota.add_quota, quota.cmd_quota),
 }
 
 

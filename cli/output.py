@@ -6,7 +6,7 @@ import json
 import shlex
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TextIO
 
 from actors import domain
@@ -16,6 +16,14 @@ def print_json(data: Any, *, stream: TextIO | None = None, compact: bool = False
     """JSON on stdout (the only thing a --json command writes there)."""
     text = json.dumps(data, separators=(",", ":")) if compact else json.dumps(data, indent=2, default=str)
     print(text, file=stream or sys.stdout, flush=True)
+
+
+def show(data: Any, as_json: bool, render: Callable[[Any], str]) -> None:
+    """A command's answer: JSON with --json, else the human form render(data)."""
+    if as_json:
+        print_json(data)
+    else:
+        print(render(data))
 
 
 def progress(message: str) -> None:

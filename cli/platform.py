@@ -23,7 +23,7 @@ from worker import procs
 logger = logging.getLogger(__name__)
 
 RAY_START_TIMEOUT_S = 120.0
-HEAD_START_ATTEMPTS = 3
+HEAD_START_ATTEMPTS = 5
 # What `ray start` prints when its raylet missed the fixed registration window (ray/_private/node.py).
 RAY_SLOW_START = "timed out during startup"
 SERVE_DEPLOY_TIMEOUT_S = 120.0

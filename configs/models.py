@@ -24,3 +24,9 @@ class ClusterSpec(BaseModel):
     cpus_per_worker: Annotated[int, Field(ge=1, le=256, description="CPUs on each worker")] = 1
     duration_s: Annotated[int, Field(ge=MIN_DURATION_S, le=MAX_DURATION_S, description="Lifetime in seconds")]
     backend: Annotated[Literal["market", "aws"], Field(description="Where the nodes run")] = "market"
+    max_price_per_gpu_hour: Annotated[float | None, Field(
+        default=None, ge=0, le=10_000,
+        description="Most USD per GPU-hour a GPU worker may cost, replacements included; None: any price")] = None
+    max_price_per_cpu_hour: Annotated[float | None, Field(
+        default=None, ge=0, le=10_000,
+        description="Most USD per CPU-hour a CPU-only node (the head, CPU workers) may cost; None: any price")] = None

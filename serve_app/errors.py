@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from actors import errors
+from actors import store
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +81,10 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)):
         logger.warning("control-plane actor unavailable for %s %s: %s", request.method, request.url.path, exc)
         return JSONResponse({"detail": "the control plane is restarting; retry in a few seconds"},
+                            status_code=503, headers={"Retry-After": "2"})
+    if store.is_busy(cause):
+        logger.warning("database busy for %s %s: %s", request.method, request.url.path, cause)
+        return JSONResponse({"detail": "the platform's database is busy; retry in a few seconds"},
                             status_code=503, headers={"Retry-After": "2"})
     logger.exception("unexpected error on %s %s", request.method, request.url.path)
     return JSONResponse({"detail": "internal error; the platform logs have the details"}, status_code=500)

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from actors import domain
+from actors import domain, quotas
 from worker import protocol
 
 
@@ -51,6 +51,24 @@ class AccountPublic(Strict):
     username: str
     role: domain.Role
     created_at: float
+
+
+QuotaUpdate = quotas.QuotaOverrides
+
+
+class QuotaUsed(Strict):
+    clusters: int = Field(description="Live clusters")
+    gpus: int = Field(description="GPUs held by live clusters")
+    cpus: int = Field(description="CPUs held by live clusters (heads included)")
+    gpu_hours: float = Field(description="GPU-hours metered in the period plus reserved by live clusters until they expire")
+
+
+class QuotaPublic(Strict):
+    account_id: int
+    username: str
+    limits: quotas.QuotaLimits = Field(description="What applies: the overrides where set, else the platform's defaults")
+    overrides: quotas.QuotaOverrides = Field(description="What an admin set for this account (null: the default)")
+    used: QuotaUsed
 
 
 class Token(Strict):
@@ -157,6 +175,8 @@ class ClusterPublic(Strict):
     cpus_per_worker: int
     duration_s: int
     backend: str
+    max_price_per_gpu_hour: float | None = None
+    max_price_per_cpu_hour: float | None = None
     created_at: float
     expires_at: float
     running_at: float | None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Form, status
+from fastapi import APIRouter, Depends, Form, Path, status
 
 from actors import domain
 from serve_app import deps, models
@@ -41,6 +41,22 @@ async def token(username: FormUsername, password: FormPassword, registry: deps.R
 @router.get("/v1/accounts/me", response_model=models.AccountPublic)
 async def me(principal: deps.CurrentPrincipal, registry: deps.Registry):
     return await registry.get_account.remote(principal)
+
+
+AccountId = Annotated[int, Path(ge=1, le=2**62, description="Account id (GET /v1/accounts/me shows yours)")]
+
+
+@router.get("/v1/accounts/{account_id}/quota", response_model=models.QuotaPublic)
+async def get_quota(account_id: AccountId, principal: deps.CurrentPrincipal, clusters: deps.Clusters):
+    """The account's limits and what it uses of them: the account itself, or an admin."""
+    return await clusters.get_quota.remote(principal, account_id)
+
+
+@router.put("/v1/accounts/{account_id}/quota", response_model=models.QuotaPublic)
+async def set_quota(account_id: AccountId, body: models.QuotaUpdate, principal: deps.AdminPrincipal,
+                    clusters: deps.Clusters):
+    """Admins: replaces a buyer account's limits; a field left out or null takes the platform's default."""
+    return await clusters.set_quota.remote(principal, account_id, body.model_dump())
 
 
 @seed_router.post("/register", status_code=status.HTTP_201_CREATED, response_model=models.AccountPublic)

@@ -14,6 +14,7 @@ import httpx
 
 from actors import domain
 from serve_app import models
+from worker import protocol
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ def _machine_path(machine_id: str) -> str:
 class Backoff:
     """Exponential backoff, 1 s doubling to 30 s, with equal jitter (half fixed, half random)."""
 
-    def __init__(self, base_s: float = 1.0, cap_s: float = 30.0, rand: Callable[[], float] = random.random):
+    def __init__(self, base_s: float = 1.0, cap_s: float = protocol.AGENT_MAX_RETRY_S, rand: Callable[[], float] = random.random):
         self.base_s, self.cap_s, self._rand = base_s, cap_s, rand
         self.attempts = 0
 

@@ -189,11 +189,19 @@ def _merge_json_object(name: str, sent: str | None, ours: Mapping) -> str:
     return json.dumps({**base, **ours}, sort_keys=True)
 
 
-def default_node_ip() -> str:
-    """The IP Ray uses for a node on this machine (Ray rewrites 127.0.0.1 to it anyway)."""
-    from ray._private import services  # heavy import, and only needed once per agent
+_NODE_IP_IMPORT_LOCK = threading.Lock()
 
-    return services.get_node_ip_address()
+
+def default_node_ip() -> str:
+    """The IP Ray uses for a node on this machine (Ray rewrites 127.0.0.1 to it anyway).
+
+    Ray is imported lazily (heavy, and needed once per agent), under a lock: the first lease opens
+    run in parallel threads, and a second thread importing Ray's circular modules while the first
+    is half-way gets ImportError ("partially initialized module")."""
+    with _NODE_IP_IMPORT_LOCK:
+        from ray._private import services
+
+        return services.get_node_ip_address()
 
 
 class LeaseRunner:
@@ -209,13 +217,15 @@ class LeaseRunner:
         self._base_env = {k: v for k, v in source.items() if k not in _DROPPED_ENV}
         self._leases: dict[str, _Lease] = {}
         self._lock = threading.Lock()
+        self._node_ip_lock = threading.Lock()  # resolved once, by the first open; the others wait for it
         self._closed = False
 
     @property
     def node_ip(self) -> str:
-        if self._node_ip is None:
-            self._node_ip = default_node_ip()
-        return self._node_ip
+        with self._node_ip_lock:
+            if self._node_ip is None:
+                self._node_ip = default_node_ip()
+            return self._node_ip
 
     def lease_ids(self) -> list[str]:
         with self._lock:

@@ -33,6 +33,9 @@ logger = logging.getLogger(__name__)
 CACHE_TTL_S = 2.0  # node_tags/is_running/... within this age of the last list are served from memory
 MIN_REFRESH_S = 0.25  # an unknown node id triggers a new list at most this often
 REQUEST_TIMEOUT_S = 10.0
+# Creating nodes answers once they are open: the platform tries a node up to 3 times (30 s per lease
+# open, each on another machine where one fits) before it gives up.
+CREATE_READ_TIMEOUT_S = 3 * 30.0 + 30.0
 EXEC_READ_MARGIN_S = 30.0  # exec blocks until the agent ran the command: read timeout = its timeout + this
 REQUEST_ATTEMPTS = 4
 STATUS_OPEN = "open"
@@ -105,7 +108,8 @@ class ClusterNodesApi:
 
     def create(self, role: str, node_type: str, tags: dict[str, str], count: int) -> list[dict]:
         body = {"role": role, "node_type": node_type, "tags": tags, "count": count}
-        created = self._call("POST", _node_path(self.cluster_id), idempotent=False, json=body)
+        timeout = httpx.Timeout(REQUEST_TIMEOUT_S, read=CREATE_READ_TIMEOUT_S)
+        created = self._call("POST", _node_path(self.cluster_id), idempotent=False, json=body, timeout=timeout)
         return [n for n in created or [] if isinstance(n, dict) and n.get("id")]
 
     def set_tags(self, node_id: str, tags: dict[str, str]) -> dict | None:

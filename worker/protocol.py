@@ -11,6 +11,10 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# While the platform is unreachable an agent retries at least this often (worker.client.Backoff's cap):
+# the platform gives agents this long, after it could not hear them, before it calls a machine silent.
+AGENT_MAX_RETRY_S = 30.0
+
 LEASE_OPEN = "lease_open"
 LEASE_EXEC = "lease_exec"
 LEASE_CLOSE = "lease_close"

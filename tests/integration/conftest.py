@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import tempfile
@@ -59,23 +60,32 @@ class RunningPlatform:
         self._agents.clear()
 
 
-@pytest.fixture(scope="session")
-def platform():
+@contextlib.contextmanager
+def running_platform(prefix: str = "dcl-it-"):
+    """A real platform on free ports in a temp dir of its own; its agents, processes and files go after."""
     # Short paths: Ray's unix sockets live under the temp dir and are limited to ~107 bytes.
-    root = Path(tempfile.mkdtemp(prefix="dcl-it-", dir="/tmp"))
+    root = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
     state_dir, work_dir = root / "state", root / "work"
     work_dir.mkdir()
     port = procs.free_port()
     launcher = platform_mod.PlatformLauncher(state_dir, port=port, providers=0, heartbeat_s=HEARTBEAT_S,
                                              settings=SETTINGS)
-    result = launcher.up()
-    running = RunningPlatform(launcher, result.api_url, state_dir, work_dir)
     try:
-        yield running
+        result = launcher.up()
+        running = RunningPlatform(launcher, result.api_url, state_dir, work_dir)
+        try:
+            yield running
+        finally:
+            running.stop_agents()
+            launcher.down()
     finally:
-        running.stop_agents()
-        launcher.down()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def platform():
+    with running_platform() as running:
+        yield running
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -74,3 +75,53 @@ class LocalAgent:
 
     def log_text(self) -> str:
         return self.log.read_text() if self.log.exists() else ""
+
+
+class FakeMachines:
+    """Machines registered through the API by the test itself (no agent: nothing answers their work),
+    kept online by heartbeats from a background thread until stop(), which makes them leave."""
+
+    def __init__(self, provider: Api, specs: list[dict], *, price_per_gpu_hour: float = 1.0,
+                 price_per_cpu_hour: float = 0.01, beat_s: float = 1.0):
+        import threading
+
+        self.provider = provider
+        self.ids: list[str] = []
+        for spec in specs:
+            key = unique("fake-machine")
+            r = provider.post("/v1/machines", json={"machine_key": key, "name": key, "spec": spec,
+                                                    "price_per_gpu_hour": price_per_gpu_hour,
+                                                    "price_per_cpu_hour": price_per_cpu_hour})
+            assert r.status_code in (200, 201), r.text
+            self.ids.append(r.json()["id"])
+        self._stop = threading.Event()
+        self._beat_s = beat_s
+        self.slowest_beat_s = 0.0  # the longest a heartbeat took to be answered
+        # A thread per machine: one slow answer on a busy platform must not make the others miss beats.
+        self._threads = [threading.Thread(target=self._beat, args=(mid,), name=f"beat-{mid}", daemon=True)
+                         for mid in self.ids]
+        for thread in self._threads:
+            thread.start()
+
+    @staticmethod
+    def spec(cpus: int = 1, gpus: int = 0, model: str = "NVIDIA T4") -> dict:
+        return {"hostname": unique("fake"), "cpus": cpus, "memory_mb": 4096, "gpus_declared": True,
+                "gpus": [{"index": i, "model": model, "memory_mb": 16000} for i in range(gpus)]}
+
+    def _beat(self, machine_id: str) -> None:
+        with httpx.Client(base_url=self.provider.base_url, timeout=10,
+                          headers=dict(self.provider.http.headers)) as beats:
+            while not self._stop.wait(self._beat_s):
+                started = time.monotonic()
+                try:
+                    beats.post(f"/v1/machines/{machine_id}/heartbeat", json={})
+                except httpx.HTTPError:
+                    pass  # a busy platform: the next beat comes soon
+                self.slowest_beat_s = max(self.slowest_beat_s, time.monotonic() - started)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=30)
+        for mid in self.ids:
+            self.provider.delete(f"/v1/machines/{mid}")

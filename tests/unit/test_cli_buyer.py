@@ -69,6 +69,8 @@ class FakePlatform:
             return httpx.Response(401, json={"detail": "not signed in"})
         if path == "/v1/accounts/me":
             return httpx.Response(200, json={"id": 1, "username": "alice", "role": "buyer", "created_at": 0})
+        if path == "/v1/accounts/1/quota":
+            return self._quota(method, json.loads(request.content) if method == "PUT" else None)
         if path == "/v1/clusters" and method == "POST":
             return self._create(json.loads(request.content))
         if path == "/v1/clusters" and method == "GET":
@@ -108,6 +110,15 @@ class FakePlatform:
             c["expires_at"] += json.loads(request.content)["duration_s"]
             return httpx.Response(200, json=c)
         return httpx.Response(405, json={"detail": "Method Not Allowed"})
+
+    def _quota(self, method: str, body: dict | None) -> httpx.Response:
+        if method == "PUT":
+            return httpx.Response(403, json={"detail": "this route is for admin accounts; you are signed in as buyer"})
+        limits = {"max_clusters": 2, "max_gpus": 64, "max_cpus": 1024, "max_gpu_hours": 1000.0, "period_s": 2592000}
+        return httpx.Response(200, json={
+            "account_id": 1, "username": "alice", "limits": limits,
+            "overrides": {"max_clusters": 2, "max_gpus": None, "max_cpus": None, "max_gpu_hours": None},
+            "used": {"clusters": 1, "gpus": 0, "cpus": 2, "gpu_hours": 0.0}})
 
     def _create(self, body: dict) -> httpx.Response:
         if body.get("name") is not None and not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,39}", body["name"]):
@@ -533,3 +544,26 @@ def test_usage_table_and_json(fake, capsys, tmp_path):
     assert "c-000000000001" in out and "total" in out and "0.0500" in out
     code, out, _ = run(capsys, "usage", "--since", "1d", "--json")
     assert code == 0 and json.loads(out)["total"]["cost"] == 0.05
+
+
+def test_quota_show_and_set(fake, capsys, tmp_path):
+    login(capsys, tmp_path)
+    code, out, _ = run(capsys, "quota", "show")
+    assert code == 0 and "alice" in out and "30 days" in out
+    row = next(line for line in out.splitlines() if line.startswith("max_clusters"))
+    assert row.split()[:3] == ["max_clusters", "1", "2"] and "admin" in row
+    code, out, _ = run(capsys, "quota", "show", "--account", "1", "--json")
+    assert code == 0 and json.loads(out)["limits"]["max_gpus"] == 64
+    code, _, err = run(capsys, "quota", "set", "--account", "1", "--max-gpus", "8")
+    assert code == 1 and "admin accounts" in err
+    put = fake.requests[-1]
+    assert put.method == "PUT" and json.loads(put.content) == {"max_clusters": None, "max_gpus": 8, "max_cpus": None,
+                                                               "max_gpu_hours": None}
+
+
+def test_create_sends_the_price_ceilings(fake, capsys, tmp_path):
+    login(capsys, tmp_path)
+    code, _, _ = run(capsys, "cluster", "create", "--workers", "1", "--max-price-per-gpu-hour", "2.5")
+    assert code == 0
+    sent = json.loads(next(r for r in fake.requests if r.method == "POST" and r.url.path == "/v1/clusters").content)
+    assert sent["max_price_per_gpu_hour"] == 2.5 and "max_price_per_cpu_hour" not in sent

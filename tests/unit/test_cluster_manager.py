@@ -12,16 +12,22 @@ from worker import protocol
 class FakeRegistry:
     """Answers work items as a healthy agent would (same methods as the ProviderRegistry)."""
 
-    def __init__(self):
+    def __init__(self, clock=None, offline_after_s: float = 15.0):
         self.sent: list[tuple[str, str, dict]] = []
         self.fail_kinds: set[str] = set()
+        self.fail_opens_on: set[str] = set()  # machines whose agent cannot open a lease
+        self.clock, self.offline_after_s = clock, offline_after_s
+        self.held: dict[str, dict] = {}  # what agents' heartbeats said they hold
+
+    async def lease_liveness(self) -> dict:
+        return {"silence_cutoff": self.clock() - self.offline_after_s, "held": self.held}
 
     async def signing_secret(self) -> str:
         return "s" * 48
 
     async def send_work(self, machine_id, kind, payload, timeout_s):
         self.sent.append((machine_id, kind, payload))
-        if kind in self.fail_kinds:
+        if kind in self.fail_kinds or (kind == protocol.LEASE_OPEN and machine_id in self.fail_opens_on):
             return {"ok": False, "exit_code": 1, "output": "boom", "data": {}}
         if kind == protocol.LEASE_OPEN:
             ports = {k: 20000 + i for i, k in enumerate(
@@ -70,7 +76,7 @@ def env(tmp_path, clock):
             await db.upsert_machine(machine_id=f"m-00000000000{i}", provider_id=prov["id"], machine_key=f"key-0000{i}",
                                     name=f"n{i}", spec=domain.MachineSpec(hostname="h", cpus=4, memory_mb=1000),
                                     price_per_gpu_hour=0, price_per_cpu_hour=0.1, now=clock())
-        registry, launcher = FakeRegistry(), FakeLauncher()
+        registry, launcher = FakeRegistry(clock, settings.offline_after_s), FakeLauncher()
         manager = cluster_manager.ClusterManager(cluster_store.ClusterStore(settings.db_path), settings,
                                                  registry=registry, launcher=launcher, clock=clock, **options)
         launcher.manager = manager
@@ -193,6 +199,36 @@ def test_expiry_and_lost_head(env, clock):
     asyncio.run(go())
 
 
+def test_a_node_its_agent_no_longer_holds_is_lost(env, clock):
+    """An agent restarted (it cleans up its previous run's leases) while its machine stayed online."""
+    async def go():
+        manager, registry, _, buyer, db = await env()
+        c = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
+        await settle(manager)
+        nodes = (await manager.get_cluster(buyer, c["id"]))["nodes"]
+        assert {n["status"] for n in nodes} == {"open"}
+        head = next(n for n in nodes if n["role"] == "head")
+        clock.advance(5)
+        for m in ("m-000000000000", "m-000000000001"):
+            await db.record_heartbeat(m, clock(), domain.MachineUsage())
+        # A heartbeat sent right after the nodes opened may not list them yet: no verdict.
+        registry.held = {m: {"at": clock(), "leases": []} for m in ("m-000000000000", "m-000000000001")}
+        await manager.reconcile_once()
+        assert (await manager.get_cluster(buyer, c["id"]))["status"] == "running"
+        # Later heartbeats still without the head: its agent no longer runs it.
+        clock.advance(cluster_manager.HELD_MARGIN_S + 1)
+        for m in ("m-000000000000", "m-000000000001"):
+            await db.record_heartbeat(m, clock(), domain.MachineUsage())
+        registry.held = {m: {"at": clock(), "leases": [n["id"] for n in nodes if n["id"] != head["id"]]}
+                         for m in ("m-000000000000", "m-000000000001")}
+        await manager.reconcile_once()
+        await settle(manager)
+        got = await manager.get_cluster(buyer, c["id"])
+        assert got["status"] == "failed" and "no longer runs it" in got["reason"], got["reason"]
+        await close(manager._store, db)
+    asyncio.run(go())
+
+
 def test_other_buyers_and_scoped_credentials(env):
     async def go():
         manager, _, _, buyer, db = await env()
@@ -245,5 +281,136 @@ def test_sweep_closes_leases_no_live_cluster_owns(env, clock):
         assert (await manager._store.get_lease(lease["id"]))["status"] == "closed"
         assert lease["id"] in [p["lease_id"] for _, k, p in registry.sent if k == protocol.LEASE_CLOSE]
         assert (await manager.sweep())["leases_closed"] == 0
+        await close(manager._store, db)
+    asyncio.run(go())
+
+
+# --- a node a machine cannot open is retried elsewhere ---------------------------------------
+
+def test_a_node_that_fails_to_open_is_moved_to_another_machine(env):
+    async def go():
+        manager, registry, _, buyer, db = await env()
+        registry.fail_opens_on = {"m-000000000000"}  # e.g. an agent whose first opens failed
+        c = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
+        await settle(manager)
+        await manager.reconcile_once()
+        c = await manager.get_cluster(buyer, c["id"])
+        assert c["status"] == "running", c["reason"]
+        live = [n for n in c["nodes"] if n["status"] == "open"]
+        assert {n["machine_id"] for n in live} == {"m-000000000001"} and len(live) == 2
+        assert all(n["status"] == "lost" for n in c["nodes"] if n["machine_id"] == "m-000000000000")
+        events = await manager.cluster_events(buyer, c["id"])
+        failed = [e["message"] for e in events if e["kind"] == "lease_failed"]
+        retries = [e["message"] for e in events if e["kind"] == "node_retry"]
+        assert failed and all("attempt 1 of 3" in m and "m-000000000000" in m for m in failed)
+        assert retries and all("attempt 2 of 3 on machine m-000000000001" in m for m in retries)
+        # Nothing still holds capacity on the machine that failed.
+        assert not [l for l in await manager._store.active_leases() if l["machine_id"] == "m-000000000000"]
+        await close(manager._store, db)
+    asyncio.run(go())
+
+
+def test_a_node_no_machine_can_open_fails_the_cluster_after_bounded_attempts(env):
+    async def go():
+        manager, registry, _, buyer, db = await env()
+        registry.fail_opens_on = {"m-000000000000", "m-000000000001"}
+        c = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
+        await settle(manager)
+        c = await manager.get_cluster(buyer, c["id"])
+        assert c["status"] == "failed" and "could not be opened in 3 attempts" in c["reason"]
+        head_opens = [m for m, k, p in registry.sent if k == protocol.LEASE_OPEN and p["role"] == "head"]
+        assert len(head_opens) == cluster_manager.NODE_OPEN_ATTEMPTS
+        assert head_opens[0] != head_opens[1]  # the second try went to the other machine
+        kinds = [e["kind"] for e in await manager.cluster_events(buyer, c["id"])]
+        assert kinds.count("lease_failed") == 3 and kinds.count("node_retry") == 2
+        assert await manager._store.active_leases() == []
+        await close(manager._store, db)
+    asyncio.run(go())
+
+
+# --- quotas and the buyer's price ceiling -------------------------------------------------------
+
+async def add_machine(db, clock, machine_id: str, *, cpus: int, gpus=(), price_per_gpu_hour: float = 0.0,
+                      price_per_cpu_hour: float = 0.1) -> None:
+    """One more online machine, of a provider of its own."""
+    prov = await db.create_account("prov-" + machine_id, "h", domain.Role.PROVIDER, clock())
+    await db.upsert_machine(machine_id=machine_id, provider_id=prov["id"], machine_key="key-" + machine_id,
+                            name=machine_id, spec=domain.MachineSpec(hostname="h", cpus=cpus, memory_mb=1000,
+                                                                     gpus=list(gpus)),
+                            price_per_gpu_hour=price_per_gpu_hour, price_per_cpu_hour=price_per_cpu_hour, now=clock())
+
+
+def test_quotas_refuse_with_403_naming_the_limit_and_admins_set_them(env, clock):
+    async def go():
+        manager, _, _, buyer, db = await env()
+        admin_row = await db.create_account("root", "h", domain.Role.ADMIN, clock())
+        admin = auth.Principal(admin_row["id"], "root", domain.Role.ADMIN)
+        with pytest.raises(errors.Forbidden, match="only an admin"):
+            await manager.set_quota(buyer, buyer.account_id, {"max_clusters": 99})
+        q = await manager.set_quota(admin, buyer.account_id, {"max_clusters": 1, "max_cpus": 3})
+        assert q["limits"]["max_clusters"] == 1 and q["limits"]["max_gpus"] == 64
+        assert q["overrides"] == {"max_clusters": 1, "max_gpus": None, "max_cpus": 3, "max_gpu_hours": None}
+        with pytest.raises(errors.Forbidden, match="quota max_cpus exceeded"):
+            await manager.create_cluster(buyer, {"num_workers": 3, "duration_s": 600})  # 3 + a head's 1 > 3
+        c = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
+        with pytest.raises(errors.Forbidden, match="quota max_clusters exceeded"):
+            await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
+        seen = await manager.get_quota(buyer, buyer.account_id)
+        assert seen["used"] == {"clusters": 1, "gpus": 0, "cpus": 2, "gpu_hours": 0}
+        with pytest.raises(errors.NotFound):
+            await manager.get_quota(buyer, admin.account_id)  # another account's: not there
+        with pytest.raises(errors.InvalidInput, match="quotas limit buyers"):
+            await manager.set_quota(admin, admin.account_id, {})
+        await settle(manager)
+        await manager.delete_cluster(buyer, c["id"])
+        await settle(manager)
+        # Ended clusters no longer count; resetting an override brings back the default.
+        await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
+        q = await manager.set_quota(admin, buyer.account_id, {})
+        assert q["limits"]["max_clusters"] == 10 and q["overrides"]["max_clusters"] is None
+        await settle(manager)
+        await close(manager._store, db)
+    asyncio.run(go())
+
+
+def test_gpu_hours_count_lifetimes_and_extensions(env, clock):
+    async def go():
+        manager, _, _, buyer, db = await env()
+        gpus = [domain.GpuInfo(index=i, model="T4", memory_mb=16000) for i in range(4)]
+        await add_machine(db, clock, "m-gpu000000000", cpus=8, gpus=gpus, price_per_gpu_hour=1.0)
+        admin = auth.Principal(999, "root", domain.Role.ADMIN)
+        await manager.set_quota(admin, buyer.account_id, {"max_gpu_hours": 10})
+        with pytest.raises(errors.Forbidden, match="quota max_gpu_hours exceeded"):  # 4 GPUs × 3 h = 12
+            await manager.create_cluster(buyer, {"num_workers": 2, "gpus_per_worker": 2, "duration_s": 3 * 3600})
+        c = await manager.create_cluster(buyer, {"num_workers": 2, "gpus_per_worker": 2, "duration_s": 2 * 3600})
+        with pytest.raises(errors.Forbidden, match="quota max_gpu_hours exceeded"):  # 8 + 4 × 1 h > 10
+            await manager.extend_cluster(buyer, c["id"], 3600)
+        await manager.extend_cluster(buyer, c["id"], 1800)  # 8 + 2 = 10: exactly the limit
+        await settle(manager)
+        await close(manager._store, db)
+    asyncio.run(go())
+
+
+def test_max_price_is_kept_with_the_spec_and_holds_for_replacements(env, clock):
+    async def go():
+        manager, registry, _, buyer, db = await env()
+        await add_machine(db, clock, "m-dear00000000", cpus=64, price_per_cpu_hour=10_000)
+        with pytest.raises(errors.Conflict, match=r"the cheapest machine that fits the worker costs \$0.1 per CPU-hour"):
+            await manager.create_cluster(buyer, {"num_workers": 1, "cpus_per_worker": 2, "duration_s": 600,
+                                                 "max_price_per_cpu_hour": 0.05})
+        c = await manager.create_cluster(buyer, {"num_workers": 1, "cpus_per_worker": 2, "duration_s": 600,
+                                                 "max_price_per_cpu_hour": 0.5})
+        assert c["max_price_per_cpu_hour"] == 0.5 and c["max_price_per_gpu_hour"] is None
+        assert "m-dear00000000" not in {n["machine_id"] for n in c["nodes"]}
+        await settle(manager)
+        await manager.reconcile_once()
+        # Both cheap machines fail to open anything now: a replacement must not go to the dear one.
+        registry.fail_opens_on = {"m-000000000000", "m-000000000001"}
+        principal = auth.Principal(buyer.account_id, "cluster-" + c["id"], domain.Role.BUYER, cluster_id=c["id"])
+        (worker,) = [n for n in (await manager.get_cluster(buyer, c["id"]))["nodes"] if n["role"] == "worker"]
+        await manager.terminate_node(principal, c["id"], worker["id"])
+        with pytest.raises(errors.Conflict):
+            await manager.create_nodes(principal, c["id"], "worker", "worker", {}, 1)
+        assert not [m for m, k, _ in registry.sent if k == protocol.LEASE_OPEN and m == "m-dear00000000"]
         await close(manager._store, db)
     asyncio.run(go())

@@ -321,3 +321,40 @@ def test_spawned_processes_are_ours_to_reap(runner):
     runner.run(lease_id, "true", {}, 10)
     me = psutil.Process()
     assert not [c for c in me.children() if c.status() == psutil.STATUS_ZOMBIE]
+
+
+# --- the node IP on a fresh agent ------------------------------------------------------------
+
+_FRESH_AGENT_OPENS = """
+import json, sys, threading
+from worker import leases, protocol
+runner = leases.LeaseRunner(sys.argv[1], base_env={})  # no node_ip: the first opens import Ray for it
+barrier, errors = threading.Barrier(4), []
+def open_one(i):
+    barrier.wait()
+    try:
+        runner.open(protocol.LeaseOpen(lease_id="l-%012x" % i, cluster_id="c-" + "a" * 12, role="worker",
+                                       ray_auth_token="tok-" + "z" * 28))
+    except Exception as exc:
+        errors.append(repr(exc))
+threads = [threading.Thread(target=open_one, args=(i,)) for i in range(4)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+print(json.dumps({"errors": errors, "leases": runner.lease_ids()}))
+runner.close_all(grace_s=0.1)
+"""
+
+
+def test_parallel_opens_on_a_fresh_agent_all_succeed(tmp_path):
+    """The first opens run in parallel threads and each needs the node IP (a lazy Ray import):
+    a half-initialised module must never fail them. A fresh interpreter per try: the race is in
+    the first import; without the fix it shows in nearly every run."""
+    import subprocess
+
+    for attempt in range(3):
+        out = subprocess.run([sys.executable, "-c", _FRESH_AGENT_OPENS, str(tmp_path / f"leases-{attempt}")],
+                             capture_output=True, text=True, timeout=120,
+                             env={**os.environ, "PYTHONPATH": str(Path(worker.__file__).resolve().parents[1])})
+        assert out.returncode == 0, out.stderr
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        assert result["errors"] == [] and len(result["leases"]) == 4, result

@@ -45,3 +45,41 @@ def test_cheapest_machine_first_when_spread_is_equal():
     machines = [machine("dear", 1, "T4", price=3.0), machine("cheap", 1, "T4", price=0.5), machine("cpu")]
     got = placement.place(machines, placement.cluster_requests(1, 1, 1, "T4"))
     assert [a.machine_id for a in got if a.request.role == "worker"] == ["cheap"]
+
+
+# --- the buyer's price ceiling -------------------------------------------------------------
+
+def test_max_price_is_honoured_and_the_409_names_the_cheapest_price():
+    machines = [machine("dear", 1, "A100", price=10_000.0), machine("fair", 1, "A100", price=2.5)]
+    got = placement.place(machines, placement.cluster_requests(1, 1, 1, "A100", max_price_per_gpu_hour=3.0))
+    assert [a.machine_id for a in got if a.request.role == "worker"] == ["fair"]
+    with pytest.raises(placement.InsufficientCapacity) as caught:
+        placement.place(machines, placement.cluster_requests(2, 1, 1, "A100", max_price_per_gpu_hour=3.0))
+    assert "at most $3 per GPU-hour" in str(caught.value) and "costs $10000 per GPU-hour" in str(caught.value)
+    with pytest.raises(placement.InsufficientCapacity, match=r"costs \$2.5 per GPU-hour"):
+        placement.place(machines, placement.cluster_requests(1, 1, 1, "A100", max_price_per_gpu_hour=1.0))
+
+
+def test_cpu_nodes_and_the_head_are_held_to_the_cpu_hour_ceiling():
+    cheap = placement.MachineCapacity("cheap", "p", None, [], 8, 0.0, 0.05)
+    dear = placement.MachineCapacity("dear", "p", None, [], 8, 0.0, 5.0)
+    head = placement.node_request("head", 0, 1, None, max_price_per_cpu_hour=0.1)
+    assert head.cpus == placement.HEAD_CPUS and head.max_price == 0.1
+    got = placement.place([dear, cheap], placement.cluster_requests(2, 0, 2, None, max_price_per_cpu_hour=0.1))
+    assert {a.machine_id for a in got} == {"cheap"}
+    with pytest.raises(placement.InsufficientCapacity, match="per CPU-hour"):
+        placement.place([dear], [head])
+
+
+# --- a node a machine failed to open ---------------------------------------------------------
+
+def test_replacement_avoids_failed_machines_and_falls_back_to_them():
+    machines = [machine("a", cpus=4), machine("b", cpus=4)]
+    request = placement.node_request("head", 0, 1, None)
+    assert placement.replacement(machines, request, {"a"}).machine_id == "b"
+    assert placement.replacement(machines, request, {"b"}).machine_id == "a"
+    # Nothing else fits: the failed machine is tried again (its fault may have passed).
+    assert placement.replacement(machines, request, {"a", "b"}).machine_id in {"a", "b"}
+    full = [machine("a", cpus=0), machine("b", cpus=0)]
+    with pytest.raises(placement.InsufficientCapacity):
+        placement.replacement(full, request, {"a"})

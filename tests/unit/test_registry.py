@@ -143,3 +143,31 @@ def test_only_admins_list_accounts_and_never_see_hashes(tmp_path, clock):
         assert [a["username"] for a in accounts] == ["admin", "alice"]
         assert all(set(a) == {"id", "username", "role", "created_at"} for a in accounts)
     run(go)
+
+
+def test_no_machine_is_silent_while_the_platform_could_not_hear(tmp_path, clock):
+    """After the registry (re)starts, or while heartbeats cannot be recorded, agents get time to come back
+    (their retry backoff) before any machine counts as silent; then the usual rule applies."""
+    async def go():
+        reg = make_registry(tmp_path, clock)
+        await reg.start()
+        p1 = await signed_in(reg, "prov1", domain.Role.PROVIDER)
+        m = await reg.register_machine(p1, machine_request())
+        await reg.heartbeat(p1, m["id"], {}, ["l-000000000001"])
+        grace = reg._settings.offline_after_s + registry.protocol.AGENT_MAX_RETRY_S
+        clock.advance(grace - 1)  # e.g. the platform was down: the machine's last beat is old
+        assert (await reg.lease_liveness())["silence_cutoff"] == 0.0
+        clock.advance(2)
+        liveness = await reg.lease_liveness()
+        assert liveness["silence_cutoff"] == clock() - reg._settings.offline_after_s
+        assert liveness["held"][m["id"]]["leases"] == ["l-000000000001"]
+
+        reg._beats_in_flight[object()] = clock()  # a heartbeat waiting on a locked database
+        clock.advance(registry.SLOW_BEAT_WRITE_S + 1)
+        assert (await reg.lease_liveness())["silence_cutoff"] == 0.0
+        reg._beats_in_flight.clear()
+        clock.advance(grace - 1)
+        assert (await reg.lease_liveness())["silence_cutoff"] == 0.0
+        clock.advance(2)
+        assert (await reg.lease_liveness())["silence_cutoff"] > 0
+    run(go)

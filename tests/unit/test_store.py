@@ -75,3 +75,57 @@ def test_silent_machines_go_offline(tmp_path):
         return gone, [r["id"] for r in online]
     gone, online = run(go())
     assert gone == ["m-000000000000"] and online == ["m-000000000001"]
+
+
+def test_a_version_2_database_migrates_to_quotas_and_keeps_its_data(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    for script in store.MIGRATIONS[:2]:
+        conn.executescript(script)
+    conn.execute("PRAGMA user_version = 2")
+    conn.execute("INSERT INTO accounts (username, password_hash, role, created_at) VALUES ('old', 'h', 'buyer', 1)")
+    conn.commit()
+    conn.close()
+
+    async def go():
+        s = store.Store(path)
+        assert await s.schema_version() == len(store.MIGRATIONS) >= 3
+        assert (await s.get_account_by_username("old"))["role"] == "buyer"
+        rows = await s._fetchall("SELECT * FROM account_quotas")
+        await s.close()
+        return rows
+    assert run(go()) == []
+
+
+def test_a_cancelled_write_never_leaves_the_write_lock_held(tmp_path):
+    """A caller cancelled half-way through a write (an HTTP client that hung up) must not leave a
+    transaction open: it would hold SQLite's write lock and stall every other writer (heartbeats)."""
+    import sqlite3
+
+    async def go():
+        s = store.Store(tmp_path / "p.db")
+        await s.conn()
+        task = asyncio.create_task(s.create_account("alice", "h", domain.Role.BUYER, 1.0))
+        await asyncio.sleep(0)  # the INSERT is on its way in aiosqlite's thread
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        for _ in range(100):  # the shielded write finishes on its own
+            await asyncio.sleep(0.01)
+        try:
+            in_transaction = (await s.conn()).in_transaction
+            other = sqlite3.connect(tmp_path / "p.db", timeout=0.5)
+            try:  # another process's writer gets the lock
+                other.execute("INSERT INTO accounts (username, password_hash, role, created_at)"
+                              " VALUES ('bob', 'h', 'buyer', 1)")
+                other.commit()
+            finally:
+                other.close()
+            names = {r["username"] for r in await s._fetchall("SELECT username FROM accounts")}
+        finally:
+            await s.close()
+        return in_transaction, names
+    in_transaction, names = run(go())
+    assert not in_transaction and names == {"alice", "bob"}
