@@ -389,10 +389,16 @@ class Agent:
                 self._enqueue_lease_item({"id": None, "kind": protocol.LEASE_CLOSE, "payload": {"lease_id": lease_id}})
 
     def _enqueue_lease_item(self, item: dict) -> None:
-        """Queue a lease item behind the earlier items of its lease; never blocks the poll thread."""
+        """Queue a lease item behind the earlier items of its lease (a close goes first); never blocks the poll thread."""
         payload = item.get("payload")
         lease_id = payload.get("lease_id") if isinstance(payload, dict) else None
         key = lease_id if isinstance(lease_id, str) else ""  # "": no lease id; validation will say so
+        if item.get("kind") == protocol.LEASE_CLOSE and key:
+            # A close never waits behind the lease's running command (a slow `ray start`, say): it
+            # stops that command's processes too, and what is queued after it finds the lease closed.
+            threading.Thread(target=self._handle_lease_item, args=(item,), name=f"dcluster-close-{key}",
+                             daemon=True).start()
+            return
         with self._lease_queues_lock:
             queue = self._lease_queues.get(key)
             start = queue is None

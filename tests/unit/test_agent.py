@@ -523,8 +523,10 @@ def test_lease_items_run_in_order_and_are_answered(tmp_path, lease_root):
     put = {"id": "w-3", "kind": protocol.LEASE_EXEC,
            "payload": {"lease_id": lease_id, "op": "put_file", "path": "~/f", "content_b64": "dHdvCg=="}}
     for item in (_exec_item("w-2", lease_id, "sleep 0.3; echo one > ~/log"), put,
-                 _exec_item("w-4", lease_id, "cat ~/f >> ~/log; cat ~/log; exit 5"), _close_item("w-5", lease_id)):
+                 _exec_item("w-4", lease_id, "cat ~/f >> ~/log; cat ~/log; exit 5")):
         agent.handle_work(item)
+    client.wait_results(4)
+    agent.handle_work(_close_item("w-5", lease_id))
     results = client.wait_results(5)
     assert [item_id for _, item_id, _ in client.results] == ["w-1", "w-2", "w-3", "w-4", "w-5"]
     assert all(machine_id == "m-1" for machine_id, _, _ in client.results)
@@ -536,6 +538,25 @@ def test_lease_items_run_in_order_and_are_answered(tmp_path, lease_root):
     while agent._lease_queues and time.monotonic() < deadline:  # the lease's thread ends when idle
         time.sleep(0.01)
     assert agent._lease_queues == {}
+
+
+def test_a_close_does_not_wait_behind_the_leases_running_command(tmp_path, lease_root):
+    client = FakeClient()
+    agent, runner = make_lease_agent(tmp_path, lease_root, client)
+    agent._heartbeat_step()
+    lease_id = _lease_id()
+    agent.handle_work(_open_item("w-1", lease_id))
+    client.wait_results(1)
+    agent.handle_work(_exec_item("w-2", lease_id, "setsid sleep 60 & sleep 60", timeout_s=120))
+    agent.handle_work(_exec_item("w-3", lease_id, "echo queued-after"))
+    time.sleep(0.3)  # w-2 is running
+    started = time.monotonic()
+    agent.handle_work(_close_item("w-4", lease_id))
+    results = client.wait_results(4, timeout_s=20)  # every item answered
+    assert results["w-4"]["ok"] and time.monotonic() - started < 10  # not after the 60 s command
+    assert not results["w-2"]["ok"]  # stopped by the close, its setsid child too
+    assert not procs.owned_processes(leases.owner_tag(lease_id))
+    assert not results["w-3"]["ok"] and "queued-after" not in results["w-3"]["output"]  # found the lease closed
 
 
 def test_a_long_command_blocks_neither_polling_nor_other_leases(tmp_path, lease_root):

@@ -13,10 +13,6 @@ from tests.integration.helpers import Api, wait_for
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "open product bug: a lease close waits behind the lease's running command (the agent runs a lease's items in "
-    "order), so on a busy machine the platform's 30 s close times out during a slow `ray start`, records the node "
-    "closed, and its processes live on until that command ends: an orphan for a while"))
 def test_agent_restart_while_it_holds_leases(fault_market, platform):
     buyer = Api.sign_up(platform.url, "buyer")
     cid = create_cluster(buyer)
