@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Form, Path, status
 
 from actors import domain
-from serve_app import deps, models
+from serve_app import deps, errors, models
 
 router = APIRouter(tags=["accounts"])
 seed_router = APIRouter(tags=["seed-compatible"])
@@ -46,13 +46,13 @@ async def me(principal: deps.CurrentPrincipal, registry: deps.Registry):
 AccountId = Annotated[int, Path(ge=1, le=2**62, description="Account id (GET /v1/accounts/me shows yours)")]
 
 
-@router.get("/v1/accounts/{account_id}/quota", response_model=models.QuotaPublic)
+@router.get("/v1/accounts/{account_id}/quota", response_model=models.QuotaPublic, responses=errors.documented(404))
 async def get_quota(account_id: AccountId, principal: deps.CurrentPrincipal, clusters: deps.Clusters):
     """The account's limits and what it uses of them: the account itself, or an admin."""
     return await clusters.get_quota.remote(principal, account_id)
 
 
-@router.put("/v1/accounts/{account_id}/quota", response_model=models.QuotaPublic)
+@router.put("/v1/accounts/{account_id}/quota", response_model=models.QuotaPublic, responses=errors.documented(404))
 async def set_quota(account_id: AccountId, body: models.QuotaUpdate, principal: deps.AdminPrincipal,
                     clusters: deps.Clusters):
     """Admins: replaces a buyer account's limits; a field left out or null takes the platform's default."""
