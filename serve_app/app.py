@@ -70,11 +70,11 @@ def create_app(registry, clusters, *, trusted_proxy_hops: int = 0) -> FastAPI:
     async def healthz():
         """200 once the control plane has recovered its state and answers; 503 naming what is still starting."""
         actors = {"ProviderRegistry": app.state.registry, "ClusterManager": app.state.clusters}
-        answers = await asyncio.gather(*(_start_status(name, handle) for name, handle in actors.items()))
-        starting = [a for a in answers if not a["ready"]]
+        statuses = await asyncio.gather(*(_start_status(name, handle) for name, handle in actors.items()))
+        starting = [a for a in statuses if not a["ready"]]
         if starting:
             return JSONResponse({"detail": "starting: " + "; ".join(_describe(a) for a in starting),
-                                 "actors": answers}, status_code=503, headers={"Retry-After": "2"})
+                                 "actors": statuses}, status_code=503, headers={"Retry-After": "2"})
         return {"status": "ok"}
 
     return app
