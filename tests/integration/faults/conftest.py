@@ -67,8 +67,9 @@ def create_cluster(buyer: Api, duration_s: int = 1800, workers: int = 1) -> str:
     def answered():
         r = buyer.post("/v1/clusters", json={
             "num_workers": workers, "cpus_per_worker": CPUS_PER_WORKER, "duration_s": duration_s})
-        # Right after a platform (re)start the agents may not have heartbeated back yet: wait for them.
-        not_yet = r.status_code == 503 or (r.status_code == 409 and "no machine is online" in r.text)
+        # Right after a platform (re)start the agents heartbeat back one by one: until all of them
+        # have, a create is refused for capacity (no machine, or not enough of them, online yet).
+        not_yet = r.status_code == 503 or (r.status_code == 409 and "not enough capacity" in r.text)
         return not not_yet and r
     r = wait_for(answered, timeout_s=120, what="create accepted")
     assert r.status_code == 202, r.text
