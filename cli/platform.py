@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import logging
 import os
 import re
@@ -108,6 +109,11 @@ class PlatformLauncher:
                  agent_cpus: int | None = None):
         if providers < 0:
             raise pstate.PlatformError("--providers must be >= 0")
+        if providers and not _is_loopback(host):
+            raise pstate.PlatformError(
+                f"--providers runs provider agents on this machine, beside the platform and its secrets; that is "
+                f"for a platform only this machine can reach. With --host {host} the API is reachable from "
+                "elsewhere: run `dcluster-agent` on the providers' own machines instead, or use --host 127.0.0.1")
         if not 1 <= port <= 65535:
             raise pstate.PlatformError(f"--port {port} is not a TCP port")
         self.state_dir = Path(state_dir or pstate.default_state_dir()).expanduser().absolute()
@@ -322,12 +328,12 @@ class PlatformLauncher:
 
     def _start_agents(self, record: dict) -> None:
         store = pstate.CredentialStore(self.layout.credentials_json)
-        env = pstate.agent_env(os.environ)
         for i in range(1, self.providers + 1):
             username = pstate.provider_username(i)
             agent_dir = self.layout.agent_dir(i)
             pstate.ensure_private_dir(agent_dir.parent)
             pstate.ensure_private_dir(agent_dir)
+            env = pstate.agent_env(os.environ, home=agent_dir)
             password_file = agent_dir / "password"
             pstate.write_private(password_file, store.password(username) + "\n")
             cmd = [*pstate.venv_script("dcluster-agent"),
@@ -445,3 +451,13 @@ class PlatformLauncher:
     def status(self) -> dict:
         """What is recorded, what is alive, and what the API says (a dict; `dcluster status` prints it)."""
         return platform_status.collect(self.layout)
+
+
+def _is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 or localhost: an address only this machine reaches."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
