@@ -21,7 +21,7 @@ import shutil
 import socket
 import sys
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import psutil
@@ -113,7 +113,8 @@ class _Tree:
 
 
 def bwrap_args(spec: base.SandboxSpec, *, runtime_dirs: Sequence[Path], devices: gpu_devices.GpuDevices,
-               hostname: str, as_root: bool, etc_root: Path = Path("/etc"), root: Path = Path("/")) -> list[str]:
+               hostname: str, as_root: bool, cgroup_dirs: Mapping[str, Path] | None = None,
+               etc_root: Path = Path("/etc"), root: Path = Path("/")) -> list[str]:
     """The bwrap command line (without the command) for one lease: a pure function of its inputs."""
     tree = _Tree()
     for name in SYSTEM_DIRS:
@@ -140,6 +141,8 @@ def bwrap_args(spec: base.SandboxSpec, *, runtime_dirs: Sequence[Path], devices:
         tree.mount("--bind", path)
     for path in spec.readonly:
         tree.mount("--ro-bind", path)
+    for controller, path in (cgroup_dirs or {}).items():  # Ray reads its limits there (memory monitor, CPUs)
+        tree.mount("--ro-bind", path, f"/sys/fs/cgroup/{controller}")
     for node in devices.nodes:
         tree.mount("--dev-bind", node, Path("/dev") / node.name)
     if devices.proc_entries:  # the driver lists every GPU: show only the leased ones
@@ -196,7 +199,8 @@ class BwrapRuntime(base.Runtime):
         cgroup = cgroups.LeaseCgroup(spec.lease_id, self.controllers, self.cgroup_root)
         cgroup.create(memory_mb=spec.limits.memory_mb, pids=spec.limits.pids, cpus=spec.limits.cpus)
         argv = bwrap_args(spec, runtime_dirs=self.runtime_dirs, devices=devices, hostname=self.hostname,
-                          as_root=self.as_root)
+                          as_root=self.as_root, cgroup_dirs={c: cgroup.path(c) for c in ("memory", "cpu")
+                                                             if c in cgroup.controllers})
         argv += ["--"]
         if spec.uid is not None:
             argv += drop_privileges(spec.uid, spec.gid if spec.gid is not None else spec.uid)
