@@ -19,7 +19,7 @@ import psutil
 from cli import platform_state as pstate
 from cli import platform_status
 from worker import client as client_mod
-from worker import procs
+from worker import procs, sandbox
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ class PlatformLauncher:
 
     def __init__(self, state_dir: Path | None = None, *, port: int = 8000, host: str = "127.0.0.1",
                  providers: int = 0, heartbeat_s: float = 5.0, agent_gpus: int | None = None,
-                 agent_cpus: int | None = None):
+                 agent_cpus: int | None = None, agent_runtime: str | None = None):
         if providers < 0:
             raise pstate.PlatformError("--providers must be >= 0")
         if providers and not _is_loopback(host):
@@ -124,6 +124,7 @@ class PlatformLauncher:
         self.heartbeat_s = heartbeat_s
         self.agent_gpus = agent_gpus
         self.agent_cpus = agent_cpus
+        self.agent_runtime = agent_runtime  # None: each agent's default (docker where a daemon answers, else bwrap)
 
     # --- recorded state ------------------------------------------------------------------
 
@@ -346,6 +347,10 @@ class PlatformLauncher:
                 cmd += ["--gpus", str(self.agent_gpus)]
             if self.agent_cpus is not None:
                 cmd += ["--cpus", str(self.agent_cpus)]
+            if self.agent_runtime is not None:
+                cmd += ["--runtime", self.agent_runtime]
+                if self.agent_runtime == "none":
+                    cmd += [sandbox.UNSANDBOXED_FLAG]
             tag = pstate.agent_owner_tag(record["owner_tag"], i)
             proc = procs.spawn(cmd, env=env, cwd=agent_dir, log_path=self.layout.agent_log(i), owner_tag=tag)
             entry = {"index": i, "username": username, "name": pstate.agent_name(i), "owner_tag": tag,

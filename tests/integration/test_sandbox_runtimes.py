@@ -20,6 +20,7 @@ import psutil
 import pytest
 
 from worker import leases, procs, protocol, sandbox
+from worker.sandbox import docker as sandbox_docker
 from worker.sandbox import base
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("bwrap"),
@@ -155,7 +156,7 @@ def test_closing_a_lease_ends_every_process_however_forked(agent_dir, runtime_na
         if runtime_name == "bwrap":
             assert not Path(f"/sys/fs/cgroup/pids/dcluster/{mine}").exists()
         else:
-            assert sandbox.docker.remove_containers(mine) == []
+            assert sandbox_docker.remove_containers(mine) == []
         assert runner.run(other, "pgrep -c sleep", timeout_s=30).output.strip() == "1"
     finally:
         runner.close_all(grace_s=0.5)

@@ -131,6 +131,9 @@ def test_cgroup_limits_are_written(tmp_path):
     assert (cg.path("memory") / "memory.limit_in_bytes").read_text() == str(512 * 1024 * 1024)
     assert (cg.path("pids") / "pids.max").read_text() == "100"
     assert (cg.path("cpu") / "cpu.cfs_quota_us").read_text() == "150000"
+    # The leases' parent must not weigh like one task of the machine's (it would starve every lease).
+    assert (cg.path("cpu").parent / "cpu.shares").read_text() == str(cgroups.PARENT_SHARES)
+    assert (cg.path("cpu") / "cpu.shares").read_text() == "1536"
     assert cg.procs_files[0] == root / "memory" / "dcluster" / "l-0123456789ab" / "cgroup.procs"
 
 

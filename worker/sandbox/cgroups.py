@@ -20,6 +20,11 @@ ROOT = Path("/sys/fs/cgroup")
 PARENT = "dcluster"
 CONTROLLERS = ("memory", "pids", "cpu", "freezer")
 CPU_PERIOD_US = 100_000
+# cgroup v1 weighs a child group like ONE task of its parent: the leases' parent group would get
+# 1/61 of the machine beside 60 busy processes. The parent weighs the most it may; each lease
+# weighs its CPUs, and its quota caps it at them, so leases get what was leased, no more.
+PARENT_SHARES = 262_144
+SHARES_PER_CPU = 1024
 
 
 def available(root: Path = ROOT) -> list[str]:
@@ -58,6 +63,9 @@ class LeaseCgroup:
                 _write(memsw, memory_mb * 1024 * 1024, quiet=True)
         if "pids" in self.controllers and pids:
             _write(self.path("pids") / "pids.max", pids)
+        if "cpu" in self.controllers:
+            _write(self.path("cpu").parent / "cpu.shares", PARENT_SHARES, quiet=True)
+            _write(self.path("cpu") / "cpu.shares", int(SHARES_PER_CPU * max(1.0, cpus or 1.0)), quiet=True)
         if "cpu" in self.controllers and cpus:
             _write(self.path("cpu") / "cpu.cfs_period_us", CPU_PERIOD_US)
             _write(self.path("cpu") / "cpu.cfs_quota_us", int(cpus * CPU_PERIOD_US))
