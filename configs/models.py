@@ -24,3 +24,7 @@ class ClusterSpec(BaseModel):
     cpus_per_worker: Annotated[int, Field(ge=1, le=256, description="CPUs on each worker")] = 1
     duration_s: Annotated[int, Field(ge=MIN_DURATION_S, le=MAX_DURATION_S, description="Lifetime in seconds")]
     backend: Annotated[Literal["market", "aws"], Field(description="Where the nodes run")] = "market"
+    image: Annotated[str | None, Field(default=None, max_length=256, pattern=r"^[a-z0-9][a-z0-9._/:@-]*$",
+                                       description="Container image of every node (machines with the docker "
+                                                   "runtime); it must have the platform's Ray and Python "
+                                                   "versions. Default: the platform image")] = None

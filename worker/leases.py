@@ -300,7 +300,7 @@ class LeaseRunner:
                     lease_id=lease_id, owner_tag=lease.tag, uid=lease.uid, gid=lease.gid,
                     writable=(lease.home, lease.logs, lease.temp_dir), readonly=(lease.token_path,),
                     etc_files=_user_files(lease), gpu_indices=tuple(lease.gpu_indices),
-                    limits=self._limits_fn(payload), log_path=lease.dir / "sandbox.log"))
+                    limits=self._limits_fn(payload), image=payload.image, log_path=lease.dir / "sandbox.log"))
             except BaseException as exc:
                 _remove_tree(lease.dir)
                 _remove_tree(lease.temp_dir)

@@ -161,3 +161,62 @@ def test_unknown_runtime_is_refused():
         sandbox.make_runtime("podman")
 
 
+
+
+def test_docker_run_is_locked_down(tmp_path):
+    from worker.sandbox import docker
+
+    spec = _spec(tmp_path, gpu_indices=(1, 3), limits=base.LeaseLimits(cpus=2, memory_mb=3000, pids=500))
+    args = docker.docker_run_args(spec, image="dcluster/lease:x", host_dirs=[Path("/usr")], hostname="box")
+    joined = " ".join(args)
+    for flag in ("--net=host", "--cap-drop ALL", "--security-opt no-new-privileges", "--read-only", "--init",
+                 "--user 1200000007:1200000007", "--memory 3000m", "--memory-swap 3000m", "--pids-limit 500",
+                 "--cpus 2", "--rm", "-i"):
+        assert flag in joined, flag
+    assert args[args.index("--gpus") + 1] == '"device=1,3"'  # only the leased GPUs
+    mounts = [args[i + 1] for i, a in enumerate(args) if a == "--mount"]
+    writable = [m for m in mounts if not m.endswith(",readonly")]
+    assert sorted(writable) == sorted(f"type=bind,source={p},target={p}" for p in spec.writable)
+    assert "--privileged" not in args and "--pid=host" not in joined and "--ipc=host" not in joined
+    no_gpu = docker.docker_run_args(_spec(tmp_path), image="i", host_dirs=[], hostname="box")
+    assert "--gpus" not in no_gpu
+
+
+def test_docker_version_mismatch_names_both(tmp_path):
+    import ray
+
+    from worker.sandbox import docker
+
+    logs = tmp_path / "leases" / "l-0123456789ab" / "logs"
+    logs.mkdir(parents=True)
+
+    class FakeSandbox:
+        def spawn(self, argv, *, env, cwd, log_path):
+            log_path.write_text("2.9.3 3.10.12\n")
+            return type("P", (), {"wait": lambda self, t=None: 0})()
+
+    with pytest.raises(base.SandboxError) as exc:
+        docker.check_versions(FakeSandbox(), _spec(tmp_path), "python3")
+    assert "Ray 2.9.3 on Python 3.10.12" in str(exc.value) and ray.__version__ in str(exc.value)
+
+
+def test_bwrap_refuses_a_container_image(tmp_path, monkeypatch):
+    runtime = object.__new__(bwrap.BwrapRuntime)
+    with pytest.raises(base.SandboxError, match="docker runtime"):
+        runtime.create(_spec(tmp_path, image="rayproject/ray:2.60.0"))
+
+
+def test_local_providers_live_apart_from_the_platform(tmp_path):
+    from cli import platform as platform_mod
+    from cli import platform_state as pstate
+
+    layout = pstate.Layout(tmp_path / "state")
+    assert not layout.agent_dir(1).is_relative_to(layout.state_dir)
+    env = pstate.agent_env({"PATH": "/usr/bin", "DCLUSTER_JWT_SECRET": "s", "RAY_AUTH_TOKEN": "t", "HOME": "/root",
+                            "RAY_AUTH_TOKEN_PATH": "/x"}, home=layout.agent_dir(1))
+    assert env["HOME"] == str(layout.agent_dir(1))
+    assert not {"DCLUSTER_JWT_SECRET", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"} & set(env)
+    with pytest.raises(pstate.PlatformError, match="reachable from elsewhere"):
+        platform_mod.PlatformLauncher(tmp_path / "s", host="0.0.0.0", providers=2)
+    platform_mod.PlatformLauncher(tmp_path / "s", host="127.0.0.1", providers=2)
+    platform_mod.PlatformLauncher(tmp_path / "s", host="0.0.0.0", providers=0)

@@ -195,6 +195,9 @@ class BwrapRuntime(base.Runtime):
         return uid, uid
 
     def create(self, spec: base.SandboxSpec) -> base.Sandbox:
+        if spec.image:
+            raise base.SandboxError(f"this machine runs leases with bwrap, which cannot run the image {spec.image}; "
+                                    "ask for machines with the docker runtime, or no image")
         devices = gpu_devices.devices_for(spec.gpu_indices, dev_root=self.gpu_dev_root, proc_root=self.gpu_proc_root)
         cgroup = cgroups.LeaseCgroup(spec.lease_id, self.controllers, self.cgroup_root)
         cgroup.create(memory_mb=spec.limits.memory_mb, pids=spec.limits.pids, cpus=spec.limits.cpus)

@@ -150,9 +150,10 @@ class DockerRuntime(base.Runtime):
 
     def create(self, spec: base.SandboxSpec) -> base.Sandbox:
         gpu_devices.devices_for(spec.gpu_indices, dev_root=self.gpu_dev_root)  # fail early without the nodes
-        python = sys.executable if self.host_runtime else "python3"
-        argv = docker_run_args(spec, image=self.image, host_dirs=self.host_dirs(), hostname=self.hostname,
-                               python=python)
+        image, host_runtime = (spec.image, False) if spec.image else (self.image, self.host_runtime)
+        python = sys.executable if host_runtime else "python3"
+        argv = docker_run_args(spec, image=image, host_dirs=self.host_dirs() if host_runtime else [],
+                               hostname=self.hostname, python=python)
         env = {k: v for k, v in os.environ.items() if k in ("PATH", "DOCKER_HOST", "DOCKER_CONFIG")}
         sandbox = DockerSandbox(spec.lease_id, argv, env={**env, "HOME": str(spec.log_path.parent)},
                                 log_path=spec.log_path)
