@@ -254,6 +254,8 @@ class LeaseRunner:
     def _get(self, lease_id: str) -> _Lease:
         with self._lock:
             lease = self._leases.get(lease_id)
+        if lease is not None and lease.sandbox is None:
+            raise LeaseError(f"lease {lease_id} is still opening; retry in a moment", lease_id=lease_id)
         if lease is None:
             raise UnknownLease(f"lease {lease_id} is not open on this machine (closed, or lost when the agent "
                                "restarted); open it again", lease_id=lease_id)
@@ -262,9 +264,14 @@ class LeaseRunner:
     # --- open ----------------------------------------------------------------------------
 
     def open(self, payload: protocol.LeaseOpen) -> protocol.LeaseOpened:
-        """Prepare the lease's dirs, token, ports and record; a repeated open returns the same answer."""
+        """Prepare the lease's dirs, token, ports, record and sandbox; a repeated open returns the same answer.
+
+        The lease is reserved under the lock (ports, uid) and made outside it: a sandbox takes a
+        while to start on a busy machine, and heartbeats read the open leases meanwhile.
+        """
         lease_id = payload.lease_id
         node_ip = self.node_ip  # outside the lock: the first call imports Ray
+        candidate = self.runtime.lease_user(lease_id, set())  # scans the machine's processes: outside the lock
         with self._lock:
             if self._closed:
                 raise RunnerClosed("the agent is stopping; no new lease opens", lease_id=lease_id)
@@ -278,37 +285,40 @@ class LeaseRunner:
             for other in self._leases.values():  # nothing listens yet: free ports alone do not tell
                 taken |= other.ports.all_ports()
             ports = ray_ports_mod.RayPorts.allocate(exclude=tuple(sorted(taken)))
-            user = self.runtime.lease_user(lease_id, {other.uid for other in self._leases.values()
-                                                      if other.uid is not None})
+            uids = {other.uid for other in self._leases.values() if other.uid is not None}
+            user = candidate if candidate is None or candidate[0] not in uids else \
+                self.runtime.lease_user(lease_id, uids)
             lease = _Lease(lease_id=lease_id, cluster_id=payload.cluster_id, role=payload.role,
                            gpu_indices=list(payload.gpu_indices), resources=dict(payload.resources),
                            labels=dict(payload.labels), head_gcs_port=payload.head_gcs_port, ports=ports,
                            node_ip=node_ip, dir=self.root / lease_id, temp_dir=temp_dir_for(lease_id),
                            machine_id=self._machine_id_fn(), opened_at=time.time(),
                            uid=user[0] if user else None, gid=user[1] if user else None)
-            try:
-                _private_dir(lease.dir)
-                for path in (lease.home, lease.logs):
-                    _private_dir(path)
-                    _give(path, lease.uid, lease.gid, 0o700)
-                _make_temp_dir(lease.temp_dir, lease.uid)
-                _give(lease.temp_dir, lease.uid, lease.gid, 0o700)
-                _private_write(lease.token_path, payload.ray_auth_token.encode())
-                _give(lease.token_path, lease.uid, lease.gid, 0o400 if lease.uid is not None else 0o600)
-                _private_write(lease.dir / RECORD_FILE, json.dumps(lease.record(), indent=2).encode())
-                lease.sandbox = self.runtime.create(sandbox.SandboxSpec(
-                    lease_id=lease_id, owner_tag=lease.tag, uid=lease.uid, gid=lease.gid,
-                    writable=(lease.home, lease.logs, lease.temp_dir), readonly=(lease.token_path,),
-                    etc_files=_user_files(lease), gpu_indices=tuple(lease.gpu_indices),
-                    limits=self._limits_fn(payload), image=payload.image, log_path=lease.dir / "sandbox.log"))
-            except BaseException as exc:
-                _remove_tree(lease.dir)
-                _remove_tree(lease.temp_dir)
-                self.runtime.cleanup_stale(lease_id)
-                if isinstance(exc, sandbox.SandboxError):
-                    raise LeaseError(str(exc), lease_id=lease_id) from None
-                raise
-            self._leases[lease_id] = lease
+            self._leases[lease_id] = lease  # reserves its ports and uid; no command runs before its sandbox
+        try:
+            _private_dir(lease.dir)
+            for path in (lease.home, lease.logs):
+                _private_dir(path)
+                _give(path, lease.uid, lease.gid, 0o700)
+            _make_temp_dir(lease.temp_dir, lease.uid)
+            _give(lease.temp_dir, lease.uid, lease.gid, 0o700)
+            _private_write(lease.token_path, payload.ray_auth_token.encode())
+            _give(lease.token_path, lease.uid, lease.gid, 0o400 if lease.uid is not None else 0o600)
+            _private_write(lease.dir / RECORD_FILE, json.dumps(lease.record(), indent=2).encode())
+            lease.sandbox = self.runtime.create(sandbox.SandboxSpec(
+                lease_id=lease_id, owner_tag=lease.tag, uid=lease.uid, gid=lease.gid,
+                writable=(lease.home, lease.logs, lease.temp_dir), readonly=(lease.token_path,),
+                etc_files=_user_files(lease), gpu_indices=tuple(lease.gpu_indices),
+                limits=self._limits_fn(payload), image=payload.image, log_path=lease.dir / "sandbox.log"))
+        except BaseException as exc:
+            with self._lock:
+                self._leases.pop(lease_id, None)
+            _remove_tree(lease.dir)
+            _remove_tree(lease.temp_dir)
+            self.runtime.cleanup_stale(lease_id)
+            if isinstance(exc, sandbox.SandboxError):
+                raise LeaseError(str(exc), lease_id=lease_id) from None
+            raise
         logger.info("lease %s opened: %s of %s, GCS port %s, GPUs %s", lease_id, lease.role, lease.cluster_id,
                     ports.gcs if lease.role == "head" else payload.head_gcs_port, lease.gpu_indices or "none")
         return lease.opened()
