@@ -32,13 +32,25 @@ class PasswordHasher:
         self._dummy_hash = self._context.hash(secrets.token_urlsafe(16))
 
     def hash(self, password: str) -> str:
+        _check_password_text(password)
         return self._context.hash(password)
 
     def verify(self, password: str, password_hash: str | None) -> bool:
+        _check_password_text(password)
         if password_hash is None:
             self._context.verify(password, self._dummy_hash)
             return False
         return self._context.verify(password, password_hash)
+
+
+def _check_password_text(password: str) -> None:
+    # bcrypt raises ValueError on these; callers get the domain's 400 instead of a crash.
+    if "\x00" in password:
+        raise errors.InvalidInput("a password must not contain NUL characters")
+    try:
+        password.encode("utf-8")
+    except UnicodeEncodeError:
+        raise errors.InvalidInput("a password must be valid Unicode text (no lone surrogates)") from None
 
 
 def write_secret_file(path: Path, content: str) -> None:

@@ -26,8 +26,7 @@ class ClusterStore(Database):
 
     async def create_cluster(self, *, cluster: dict, leases: list[dict], event: str, now: float) -> None:
         """The cluster, its reserved leases and its first event, in one transaction."""
-        conn = await self.conn()
-        try:
+        async with self.transaction() as conn:
             await conn.execute(
                 "INSERT INTO clusters (id, owner_id, name, spec, status, created_at, updated_at, expires_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -36,10 +35,6 @@ class ClusterStore(Database):
             await conn.executemany(_INSERT_LEASE, [_lease_values(cluster["id"], l, now) for l in leases])
             await conn.execute("INSERT INTO cluster_events (cluster_id, ts, kind, message) VALUES (?, ?, ?, ?)",
                                (cluster["id"], now, "created", event))
-            await conn.commit()
-        except BaseException:
-            await conn.rollback()
-            raise
 
     async def get_cluster(self, cluster_id: str) -> dict | None:
         return await self._fetchone("SELECT * FROM clusters WHERE id = ?", (cluster_id,))
@@ -129,9 +124,8 @@ class ClusterStore(Database):
         return [decode_lease(r) for r in rows]
 
     async def add_leases(self, cluster_id: str, leases: list[dict], now: float) -> None:
-        conn = await self.conn()
-        await conn.executemany(_INSERT_LEASE, [_lease_values(cluster_id, l, now) for l in leases])
-        await conn.commit()
+        async with self.transaction() as conn:
+            await conn.executemany(_INSERT_LEASE, [_lease_values(cluster_id, l, now) for l in leases])
 
     async def open_lease(self, lease_id: str, *, node_type: str, tags: dict, ports: dict, node_ip: str,
                          now: float) -> None:

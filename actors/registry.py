@@ -11,7 +11,7 @@ import time
 import uuid
 from typing import Callable
 
-from actors import auth, domain, errors, offers, store as store_mod
+from actors import auth, domain, errors, offers, store as store_mod, throttle as throttle_mod
 from actors.settings import PlatformSettings
 
 logger = logging.getLogger(__name__)
@@ -25,12 +25,16 @@ class ProviderRegistry:
     def __init__(self, store: store_mod.Store, settings: PlatformSettings, *,
                  clock: Callable[[], float] = time.time,
                  hasher: auth.PasswordHasher | None = None,
-                 limiter: auth.LoginLimiter | None = None):
+                 limiter: auth.LoginLimiter | None = None,
+                 throttle: throttle_mod.AuthThrottle | None = None):
         self._store = store
         self._settings = settings
         self._clock = clock
         self._hasher = hasher or auth.PasswordHasher(rounds=settings.bcrypt_rounds)
         self._limiter = limiter or auth.LoginLimiter(max_failures=settings.login_max_failures_per_minute)
+        self._throttle = throttle or throttle_mod.AuthThrottle.from_settings(settings)
+        # bcrypt runs in threads; this bounds how many cores it may take at once.
+        self._hash_slots = asyncio.Semaphore(settings.password_hash_threads)
         self._tokens: auth.TokenIssuer | None = None
         # Work for agents is handed over through the long poll; a waiting poll is woken at once.
         self._work: dict[str, collections.deque] = collections.defaultdict(collections.deque)
@@ -51,7 +55,7 @@ class ProviderRegistry:
         if await self._store.count_accounts(domain.Role.ADMIN):
             return
         password = secrets.token_urlsafe(18)
-        password_hash = await asyncio.to_thread(self._hasher.hash, password)
+        password_hash = await self._run_hasher(self._hasher.hash, password)
         await self._store.create_account(ADMIN_USERNAME, password_hash, domain.Role.ADMIN, self._clock())
         auth.write_secret_file(self._settings.admin_credentials_path,
                                json.dumps({"username": ADMIN_USERNAME, "password": password}))
@@ -80,24 +84,35 @@ class ProviderRegistry:
 
     # --- accounts -----------------------------------------------------------------------
 
+    async def _run_hasher(self, fn, *args):
+        async with self._hash_slots:
+            return await asyncio.to_thread(fn, *args)
+
     async def create_account(self, username: str, password: str, role: domain.Role,
-                             by: auth.Principal | None = None) -> dict:
+                             by: auth.Principal | None = None, client: str | None = None) -> dict:
+        """`client`: the caller's address, for the sign-up limits (admins are not limited)."""
         role = domain.Role(role)
-        if role is domain.Role.ADMIN and (by is None or by.role is not domain.Role.ADMIN):
+        by_admin = by is not None and by.role is domain.Role.ADMIN
+        if role is domain.Role.ADMIN and not by_admin:
             raise errors.Forbidden("only an admin can create admin accounts")
-        password_hash = await asyncio.to_thread(self._hasher.hash, password)
+        if not by_admin:
+            self._throttle.begin_signup(client)
+        password_hash = await self._run_hasher(self._hasher.hash, password)
         row = await self._store.create_account(username, password_hash, role, self._clock())
         logger.info("account %s created with role %s", username, role.value)
         return _public_account(row)
 
-    async def login(self, username: str, password: str) -> dict:
+    async def login(self, username: str, password: str, client: str | None = None) -> dict:
+        """`client`: the caller's address, for the per-address limit of failed sign-ins."""
         self._limiter.check(username)
+        self._throttle.begin_login(client)
         row = await self._store.get_account_by_username(username)
-        ok = await asyncio.to_thread(self._hasher.verify, password, row["password_hash"] if row else None)
+        ok = await self._run_hasher(self._hasher.verify, password, row["password_hash"] if row else None)
         if not ok:
             self._limiter.record_failure(username)
             raise errors.Unauthenticated("wrong username or password")
         self._limiter.record_success(username)
+        self._throttle.login_succeeded(client)
         principal = auth.Principal(row["id"], row["username"], domain.Role(row["role"]))
         tokens = self._tokens_or_fail()
         return {"access_token": tokens.issue(principal), "token_type": "bearer", "expires_in": tokens.ttl_s}

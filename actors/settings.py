@@ -20,6 +20,20 @@ class PlatformSettings(BaseModel):
     missed_heartbeats_offline: Annotated[int, Field(ge=1, le=100, description="Missed beats before offline")] = 3
     token_ttl_s: Annotated[int, Field(ge=60, le=86_400, description="Lifetime of a sign-in JWT")] = 1800
     login_max_failures_per_minute: Annotated[int, Field(ge=1, le=10_000)] = 10
+    # Each sign-in and sign-up costs a bcrypt hash (~0.3 s of a core at 12 rounds): these bound
+    # what strangers can make the platform hash (429 with Retry-After past them).
+    login_failures_per_address_per_minute: Annotated[float, Field(
+        gt=0, le=1_000_000, description="Failed sign-ins from one client address (burst as large)")] = 30
+    signups_per_address_per_minute: Annotated[float, Field(
+        gt=0, le=1_000_000, description="Sign-ups from one client address (burst as large)")] = 30
+    signups_per_minute: Annotated[float, Field(gt=0, le=1_000_000, description="Sign-ups, all clients")] = 120
+    password_hashes_per_minute: Annotated[float, Field(
+        gt=0, le=1_000_000, description="bcrypt hashes (sign-ins + sign-ups), all clients; burst a tenth")] = 90
+    password_hash_threads: Annotated[int, Field(
+        ge=1, le=64, description="bcrypt hashes run at once (1: at most one core, whatever the load)")] = 1
+    trusted_proxy_hops: Annotated[int, Field(
+        ge=0, le=8, description="Proxies in front of the API that append to X-Forwarded-For; "
+                                "0: the client address is the TCP peer and the header is ignored")] = 0
     bcrypt_rounds: Annotated[int, Field(ge=4, le=16)] = 12
     max_long_poll_s: Annotated[float, Field(ge=1, le=120)] = 30.0
     api_url: Annotated[str, Field(pattern=r"^https?://[^\s/]+(:[0-9]+)?/?$",

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import sqlite3
 from pathlib import Path
+from typing import AsyncIterator
 
 import aiosqlite
 
@@ -105,6 +107,9 @@ class Database:
         self.path = Path(path)
         self._conn: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
+        # One connection is one transaction at a time: writers of this actor take turns, so that
+        # one's rollback (a unique username taken, say) never undoes another's uncommitted write.
+        self._write_lock = asyncio.Lock()
 
     async def conn(self) -> aiosqlite.Connection:
         if self._conn is None:
@@ -164,11 +169,21 @@ class Database:
         rows = await (await (await self.conn()).execute(sql, args)).fetchall()
         return [dict(r) for r in rows]
 
-    async def _write(self, sql: str, args=()) -> aiosqlite.Cursor:
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """The connection, for this writer alone until it commits (or rolls back, on any error)."""
         conn = await self.conn()
-        cursor = await conn.execute(sql, args)
-        await conn.commit()
-        return cursor
+        async with self._write_lock:
+            try:
+                yield conn
+                await conn.commit()
+            except BaseException:
+                await conn.rollback()
+                raise
+
+    async def _write(self, sql: str, args=()) -> aiosqlite.Cursor:
+        async with self.transaction() as conn:
+            return await conn.execute(sql, args)
 
 
 class Store(Database):
@@ -182,7 +197,6 @@ class Store(Database):
                 "INSERT INTO accounts (username, password_hash, role, created_at) VALUES (?, ?, ?, ?)",
                 (username, password_hash, role.value, now))
         except sqlite3.IntegrityError:
-            await (await self.conn()).rollback()
             raise errors.Conflict(f"username '{username}' is already taken", username=username) from None
         return await self.get_account(cursor.lastrowid)
 

@@ -24,6 +24,9 @@ from worker import procs, sandbox
 logger = logging.getLogger(__name__)
 
 RAY_START_TIMEOUT_S = 120.0
+HEAD_START_ATTEMPTS = 3
+# What `ray start` prints when its raylet missed the fixed registration window (ray/_private/node.py).
+RAY_SLOW_START = "timed out during startup"
 SERVE_DEPLOY_TIMEOUT_S = 120.0
 HEALTHZ_TIMEOUT_S = 180.0
 ADMIN_CREDENTIALS_TIMEOUT_S = 60.0
@@ -67,6 +70,16 @@ def _tail(path: Path, lines: int = 30) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+def _read_from(path: Path, offset: int) -> str:
+    """What was appended to a log since offset."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
 def _wait_for(what: str, predicate: Callable[[], Any], timeout_s: float, interval_s: float = 0.5,
               on_timeout: Callable[[], str] | None = None) -> Any:
     deadline = time.monotonic() + timeout_s
@@ -106,7 +119,7 @@ class PlatformLauncher:
 
     def __init__(self, state_dir: Path | None = None, *, port: int = 8000, host: str = "127.0.0.1",
                  providers: int = 0, heartbeat_s: float = 5.0, agent_gpus: int | None = None,
-                 agent_cpus: int | None = None, agent_runtime: str | None = None):
+                 agent_cpus: int | None = None, settings: dict | None = None, agent_runtime: str | None = None):
         if providers < 0:
             raise pstate.PlatformError("--providers must be >= 0")
         if providers and not _is_loopback(host):
@@ -125,6 +138,7 @@ class PlatformLauncher:
         self.agent_gpus = agent_gpus
         self.agent_cpus = agent_cpus
         self.agent_runtime = agent_runtime  # None: each agent's default (docker where a daemon answers, else bwrap)
+        self.settings = dict(settings or {})  # more PlatformSettings fields for the Serve app
 
     # --- recorded state ------------------------------------------------------------------
 
@@ -234,21 +248,31 @@ class PlatformLauncher:
         return self._result(record, already_running=False, timings=timings)
 
     def _start_head(self, record: dict, env: dict, ports: pstate.RayPorts, temp_dir: Path) -> None:
-        for port in ports.listening():  # taken since allocation: a GCS port in use would join another cluster
-            if not procs.port_is_free(port):
-                raise pstate.PlatformError(f"port {port} was taken while starting; run `dcluster up` again")
-        cmd = pstate.ray_head_command(ports=ports, temp_dir=temp_dir)
-        logger.info("starting the Ray head (GCS port %d, temp dir %s)", ports.gcs, temp_dir)
-        proc = procs.spawn(cmd, env=env, cwd=self.state_dir, log_path=self.layout.ray_log,
-                           owner_tag=record["owner_tag"])
-        try:
-            rc = proc.wait(RAY_START_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            raise pstate.PlatformError(f"`ray start` did not finish in {RAY_START_TIMEOUT_S:.0f} s; "
-                                   f"see {self.layout.ray_log}", details=_tail(self.layout.ray_log)) from None
-        if rc != 0:
+        for attempt in range(1, HEAD_START_ATTEMPTS + 1):
+            for port in ports.listening():  # taken since allocation: a GCS port in use would join another cluster
+                if not procs.port_is_free(port):
+                    raise pstate.PlatformError(f"port {port} was taken while starting; run `dcluster up` again")
+            cmd = pstate.ray_head_command(ports=ports, temp_dir=temp_dir)
+            logger.info("starting the Ray head (GCS port %d, temp dir %s)", ports.gcs, temp_dir)
+            log_start = self.layout.ray_log.stat().st_size if self.layout.ray_log.exists() else 0
+            proc = procs.spawn(cmd, env=env, cwd=self.state_dir, log_path=self.layout.ray_log,
+                               owner_tag=record["owner_tag"])
+            try:
+                rc = proc.wait(RAY_START_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                raise pstate.PlatformError(f"`ray start` did not finish in {RAY_START_TIMEOUT_S:.0f} s; "
+                                           f"see {self.layout.ray_log}", details=_tail(self.layout.ray_log)) from None
+            if rc == 0:
+                break
+            # `ray start` gives the raylet a fixed 30 s to register with the GCS; a busy machine can
+            # miss that. Slow is not broken: stop what this attempt left and start again.
+            if attempt < HEAD_START_ATTEMPTS and RAY_SLOW_START in _read_from(self.layout.ray_log, log_start):
+                logger.warning("`ray start` timed out registering the raylet (attempt %d of %d): the machine is "
+                               "busy; retrying", attempt, HEAD_START_ATTEMPTS)
+                procs.stop_owned(record["owner_tag"], grace_s=STOP_GRACE_S)
+                continue
             raise pstate.PlatformError(f"`ray start` failed (exit {rc}); see {self.layout.ray_log}",
-                                   details=_tail(self.layout.ray_log))
+                                       details=_tail(self.layout.ray_log))
         owned = [r for r in map(platform_status.proc_record, procs.owned_processes(record["owner_tag"])) if r]
         # Only the two processes the node lives and dies with; workers come and go.
         head = [r for r in owned if r["name"] in HEAD_CORE_PROCESSES]
@@ -267,7 +291,8 @@ class PlatformLauncher:
 
     def _deploy_serve(self, record: dict, env: dict, ports: pstate.RayPorts, temp_dir: Path) -> None:
         config = pstate.patch_serve_config(pstate.SERVE_TEMPLATE.read_text(), host=self.host, port=self.port,
-                                           state_dir=self.state_dir, heartbeat_interval_s=self.heartbeat_s)
+                                           state_dir=self.state_dir, heartbeat_interval_s=self.heartbeat_s,
+                                           settings=self.settings)
         pstate.write_private(self.layout.serve_deploy_yaml, pstate.dump_serve_config(config))
         cmd = [*pstate.venv_script("serve"), "deploy", str(self.layout.serve_deploy_yaml),
                "--address", f"http://127.0.0.1:{ports.dashboard}"]

@@ -251,8 +251,9 @@ def ray_head_command(*, ports: RayPorts, temp_dir: Path, num_cpus: int = HEAD_NU
 # --- Serve config -----------------------------------------------------------------------
 
 def patch_serve_config(text: str, *, host: str, port: int, state_dir: Path, heartbeat_interval_s: float,
-                       api_url: str | None = None) -> dict:
-    """The platform's Serve config with this machine's HTTP address and state dir filled in."""
+                       api_url: str | None = None, settings: dict | None = None) -> dict:
+    """The platform's Serve config with this machine's HTTP address and state dir filled in,
+    and `settings` (more PlatformSettings fields) over the template's."""
     config = yaml.safe_load(text)
     if not isinstance(config, dict):
         raise PlatformError("the Serve config must be a YAML mapping")
@@ -273,6 +274,7 @@ def patch_serve_config(text: str, *, host: str, port: int, state_dir: Path, hear
         args["heartbeat_interval_s"] = float(heartbeat_interval_s)
         # Where provider machines (agents, sub-cluster autoscalers) reach the API.
         args["api_url"] = api_url or f"http://{connect_host(host)}:{int(port)}"
+        args.update(settings or {})
     return config
 
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse
 from ray import serve
 
 from actors import actor_classes
 from actors.settings import PlatformSettings
-from serve_app import errors, routes_accounts, routes_clusters, routes_machines
+from serve_app import errors, input_policy, routes_accounts, routes_clusters, routes_machines
 
 logger = logging.getLogger(__name__)
 
@@ -38,26 +38,32 @@ def _describe(status: dict) -> str:
     return text
 
 
-def create_app(registry, clusters) -> FastAPI:
+def create_app(registry, clusters, *, trusted_proxy_hops: int = 0) -> FastAPI:
     """The FastAPI app, bound to the control-plane actor handles it forwards to."""
     app = FastAPI(
         title="decentralized-clusters",
         version="0.1.0",
         description="GPU cluster marketplace on Ray: providers offer machines, buyers lease Ray clusters.",
+        dependencies=[Depends(input_policy.check_request)],
     )
     app.state.registry = registry
     app.state.clusters = clusters
     app.state.tokens = None  # fetched from the registry on first use
+    app.state.trusted_proxy_hops = trusted_proxy_hops  # see deps.client_address
     app.add_middleware(errors.BodySizeLimit)
     errors.install(app)
-    app.include_router(routes_accounts.router)
-    app.include_router(routes_accounts.seed_router)
-    app.include_router(routes_machines.router)
-    app.include_router(routes_clusters.router)
-    app.include_router(routes_clusters.seed_router)
-    app.include_router(routes_clusters.node_router)
+    # The error answers each group of routes can give, so that the schema is truthful.
+    def answers(*codes: int) -> dict:
+        return errors.documented(*errors.COMMON_ERRORS, *codes)
 
-    @app.get("/healthz", tags=["health"], responses={503: {"description": "a control-plane actor is still starting"}})
+    app.include_router(routes_accounts.router, responses=answers(401, 403, 409, 429))
+    app.include_router(routes_accounts.seed_router, responses=answers(401, 403, 409, 429))
+    app.include_router(routes_machines.router, responses=answers(401, 403, 404))
+    app.include_router(routes_clusters.router, responses=answers(401, 403, 404, 409))
+    app.include_router(routes_clusters.seed_router, responses=answers(401, 403, 404, 409))
+    app.include_router(routes_clusters.node_router, responses=answers(401, 403, 404, 409))
+
+    @app.get("/healthz", tags=["health"], responses=answers())
     async def healthz():
         """200 once the control plane has recovered its state and answers; 503 naming what is still starting."""
         actors = {"ProviderRegistry": app.state.registry, "ClusterManager": app.state.clusters}
@@ -78,10 +84,12 @@ class PlatformAPI:
     def __init__(self, settings_json: str):
         settings = PlatformSettings.model_validate_json(settings_json)
         self._handles = actor_classes.ensure_actors(settings)
+        self._trusted_proxy_hops = settings.trusted_proxy_hops
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         # Late-bound app: built in the replica, so its state holds this replica's handles.
-        return create_app(self._handles[actor_classes.REGISTRY_NAME], self._handles[actor_classes.CLUSTER_MANAGER_NAME])
+        return create_app(self._handles[actor_classes.REGISTRY_NAME], self._handles[actor_classes.CLUSTER_MANAGER_NAME],
+                          trusted_proxy_hops=self._trusted_proxy_hops)
 
 
 def build_app(args: dict) -> serve.Application:

@@ -71,6 +71,21 @@ BuyerOrAdmin = Annotated[auth.Principal, Depends(require_role(domain.Role.BUYER,
 NodeProviderPrincipal = Annotated[auth.Principal, Depends(node_provider_principal)]
 
 
+def client_address(request: Request) -> str | None:
+    """The caller's address for rate limits: the TCP peer, or, behind `trusted_proxy_hops` proxies
+    (a setting), the X-Forwarded-For entry the outermost of them appended. Never what a client wrote."""
+    peer = request.client.host if request.client else None
+    hops = getattr(request.app.state, "trusted_proxy_hops", 0)
+    if hops <= 0:
+        return peer
+    forwarded = [a.strip() for a in ",".join(request.headers.getlist("x-forwarded-for")).split(",") if a.strip()]
+    # Each proxy appends the address it saw, so the last `hops` entries are our proxies' own words.
+    return forwarded[-hops] if len(forwarded) >= hops else peer
+
+
+ClientAddress = Annotated[str | None, Depends(client_address)]
+
+
 def registry(request: Request):
     return request.app.state.registry
 

@@ -3,16 +3,59 @@
 from __future__ import annotations
 
 import logging
+import math
+from typing import Any
 
 import ray
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 
 from actors import errors
 
 logger = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1024 * 1024
+
+
+class ErrorBody(BaseModel):
+    detail: str = Field(description="What went wrong, and what to do about it")
+
+
+class ValidationProblem(BaseModel):
+    loc: list[str | int] = Field(description="Where: path, query or body, then the field")
+    msg: str
+    type: str
+    input: Any = None
+    ctx: dict | None = None
+
+
+class ValidationErrorBody(BaseModel):
+    detail: list[ValidationProblem]
+
+
+_MEANINGS = {
+    400: "The request is not what the route takes: the detail says why",
+    401: "Missing, expired or invalid bearer token: sign in at POST /v1/token",
+    403: "The account's role (or the token's scope) may not do this",
+    404: "No such resource, or it belongs to another account",
+    409: "Conflicts with the current state (name taken, capacity short, lifetime past the maximum)",
+    413: "The request body is over 1 MiB",
+    422: "A parameter or the body is invalid: each problem with where it is",
+    429: "A rate limit was hit: the detail names it, Retry-After says when to come back",
+    503: "The control plane is starting or restarting: retry after Retry-After seconds",
+}
+
+# What any route can answer: an unparsable body, one over the size limit, invalid input, a restarting control plane.
+COMMON_ERRORS = (400, 413, 422, 503)
+
+
+def documented(*codes: int) -> dict[int, dict]:
+    """OpenAPI `responses=` for these error codes, each with its meaning and body model."""
+    return {code: {"description": _MEANINGS[code], "model": ValidationErrorBody if code == 422 else ErrorBody}
+            for code in codes}
 
 
 def _unwrap(exc: BaseException) -> BaseException:
@@ -42,7 +85,25 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": "internal error; the platform logs have the details"}, status_code=500)
 
 
+async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+    # FastAPI's own answer, made safe to encode: the input it echoes may hold lone surrogates.
+    return JSONResponse({"detail": _printable(jsonable_encoder(exc.errors()))}, status_code=422)
+
+
+def _printable(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_printable(k): _printable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_printable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
 def install(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(errors.DClusterError, _domain_error)
     app.add_exception_handler(Exception, _unexpected_error)
 

@@ -14,6 +14,11 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+# Bounds of numbers that reach SQLite (a signed 64-bit INTEGER) or date arithmetic.
+MAX_SQL_INT = 2**63 - 1
+MAX_EPOCH_S = 253_402_300_799.0  # 9999-12-31T23:59:59Z
+
+
 # --- accounts ---------------------------------------------------------------------------
 
 def _fits_bcrypt(password: str) -> str:

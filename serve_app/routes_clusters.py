@@ -53,8 +53,10 @@ async def extend(cluster_id: ClusterId, body: models.ClusterExtend, principal: d
 
 @router.get("/v1/usage")
 async def usage(principal: deps.CurrentPrincipal, clusters: deps.Clusters,
-                start: Annotated[float | None, Query(ge=0, description="Epoch seconds; default 30 days ago")] = None,
-                end: Annotated[float | None, Query(ge=0, description="Epoch seconds; default now")] = None):
+                start: Annotated[float | None, Query(ge=0, le=models.MAX_EPOCH_S, allow_inf_nan=False,
+                                                     description="Epoch seconds; default 30 days ago")] = None,
+                end: Annotated[float | None, Query(ge=0, le=models.MAX_EPOCH_S, allow_inf_nan=False,
+                                                   description="Epoch seconds; default now")] = None):
     """Buyers: GPU/CPU-seconds and cost per cluster. Providers: supplied seconds and earnings per machine.
     Seconds count from a node joining Ray to it leaving."""
     end = time.time() if end is None else end
@@ -72,7 +74,8 @@ async def connection(cluster_id: ClusterId, principal: deps.BuyerPrincipal, clus
 
 @router.get("/v1/clusters/{cluster_id}/events", response_model=list[models.ClusterEvent])
 async def events(cluster_id: ClusterId, principal: deps.BuyerOrAdmin, clusters: deps.Clusters,
-                 after: Annotated[int, Query(ge=0, description="Only events with a larger id")] = 0):
+                 after: Annotated[int, Query(ge=0, le=models.MAX_SQL_INT,
+                                             description="Only events with a larger id")] = 0):
     return await clusters.cluster_events.remote(principal, cluster_id, after)
 
 

@@ -15,6 +15,17 @@ from worker import procs
 
 HEARTBEAT_S = 2.0  # short, so that "offline after 3 missed beats" takes seconds; not so short that a busy 2-core machine misses beats
 
+# Every test signs up and in from 127.0.0.1, the generated-input test thousands of times: the
+# per-address and overall sign-in/sign-up limits (unit-tested, and in-process in
+# tests/unit/test_auth_throttle.py) would turn later tests' sign-ups into 429s. Cheap hashes too.
+SETTINGS = {
+    "login_failures_per_address_per_minute": 1_000_000,
+    "signups_per_address_per_minute": 1_000_000,
+    "signups_per_minute": 1_000_000,
+    "password_hashes_per_minute": 1_000_000,
+    "bcrypt_rounds": 4,
+}
+
 
 class RunningPlatform:
     def __init__(self, launcher: platform_mod.PlatformLauncher, url: str, state_dir: Path, work_dir: Path):
@@ -55,7 +66,8 @@ def platform():
     state_dir, work_dir = root / "state", root / "work"
     work_dir.mkdir()
     port = procs.free_port()
-    launcher = platform_mod.PlatformLauncher(state_dir, port=port, providers=0, heartbeat_s=HEARTBEAT_S)
+    launcher = platform_mod.PlatformLauncher(state_dir, port=port, providers=0, heartbeat_s=HEARTBEAT_S,
+                                             settings=SETTINGS)
     result = launcher.up()
     running = RunningPlatform(launcher, result.api_url, state_dir, work_dir)
     try:

@@ -1,0 +1,68 @@
+"""Installs are reproducible: constraints.txt pins every dependency, and this environment has exactly those versions."""
+
+from __future__ import annotations
+
+import re
+from importlib import metadata
+from pathlib import Path
+
+from packaging.requirements import Requirement
+
+ROOT = Path(__file__).resolve().parents[2]
+LOCK = ROOT / "constraints.txt"
+PROJECT = "decentralized-clusters"
+
+
+def locked() -> dict[str, str]:
+    pins = {}
+    for line in LOCK.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, version = line.split("==")
+            pins[_canonical(name)] = version.strip()
+    return pins
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _requirements(dist: str, extras: set[str]) -> list[Requirement]:
+    out = []
+    for text in metadata.requires(dist) or []:
+        req = Requirement(text)
+        if req.marker is None or any(req.marker.evaluate({"extra": e}) for e in extras | {""}):
+            out.append(req)
+    return out
+
+
+def test_every_dependency_of_the_project_and_its_test_extra_is_pinned():
+    pins = locked()
+    seen, todo = set(), [(PROJECT, {"test"})]
+    while todo:
+        dist, extras = todo.pop()
+        for req in _requirements(dist, extras):
+            name = _canonical(req.name)
+            assert name in pins, f"{name} (needed by {dist}) is missing from constraints.txt: run `make lock`"
+            if (name, frozenset(req.extras)) not in seen:
+                seen.add((name, frozenset(req.extras)))
+                todo.append((req.name, set(req.extras)))
+
+
+def test_the_installed_versions_are_the_locked_ones():
+    drift = {}
+    for name, version in locked().items():
+        try:
+            installed = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue  # a platform-specific pin (e.g. a wheel for another OS) need not be here
+        if installed != version:
+            drift[name] = f"installed {installed}, locked {version}"
+    assert not drift, f"this environment drifted from constraints.txt (reinstall with `make venv`): {drift}"
+
+
+def test_pyproject_ranges_admit_the_locked_versions():
+    pins = locked()
+    for req in _requirements(PROJECT, {"test"}):
+        version = pins[_canonical(req.name)]
+        assert req.specifier.contains(version, prereleases=True), f"{req.name}{req.specifier} excludes locked {version}"
