@@ -239,12 +239,14 @@ class LeaseRunner:
         self._limits_fn = limits_fn or (lambda _payload: sandbox.LeaseLimits())
         self._leases: dict[str, _Lease] = {}
         self._lock = threading.Lock()
+        self._ip_lock = threading.Lock()
         self._closed = False
 
     @property
     def node_ip(self) -> str:
-        if self._node_ip is None:
-            self._node_ip = default_node_ip()
+        with self._ip_lock:  # two leases opening at once would import Ray from two threads: a circular import
+            if self._node_ip is None:
+                self._node_ip = default_node_ip()
         return self._node_ip
 
     def lease_ids(self) -> list[str]:
