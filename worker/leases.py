@@ -111,6 +111,9 @@ class _Lease:
     seq: int = 0  # numbers the command logs
     closing: bool = False  # set by close(): no command starts any more
     sandbox: sandbox.Sandbox | None = None
+    # Held while a command starts and while close() marks the lease closing: a slow start never holds
+    # the runner's lock, which the heartbeat needs.
+    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False, compare=False)
 
     @property
     def home(self) -> Path:
@@ -384,7 +387,7 @@ class LeaseRunner:
             cmd = RAY_STOP_RE.sub(":", cmd)
         full_env = self.environment(lease_id, env)
         started = time.monotonic()
-        with self._lock:  # close() sets `closing` under this lock: no command starts after its sweep
+        with lease.lock:  # close() sets `closing` under this lock: no command starts after its sweep
             if self._closed or lease.closing:
                 raise RunnerClosed(f"lease {lease_id} is closing; the command was not run", lease_id=lease_id)
             lease.seq += 1
@@ -454,7 +457,8 @@ class LeaseRunner:
         _check_id(lease_id)
         with self._lock:
             lease = self._leases.get(lease_id)
-            if lease is not None:
+        if lease is not None:
+            with lease.lock:  # a command starting now has started; none starts after this
                 lease.closing = True
         if lease is not None and lease.sandbox is not None:
             summary = lease.sandbox.close(grace_s)
