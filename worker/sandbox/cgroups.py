@@ -20,10 +20,11 @@ ROOT = Path("/sys/fs/cgroup")
 PARENT = "dcluster"
 CONTROLLERS = ("memory", "pids", "cpu", "freezer")
 CPU_PERIOD_US = 100_000
-# cgroup v1 weighs a child group like ONE task of its parent: the leases' parent group would get
-# 1/61 of the machine beside 60 busy processes. The parent weighs the most it may; each lease
-# weighs its CPUs, and its quota caps it at them, so leases get what was leased, no more.
-PARENT_SHARES = 262_144
+# cgroup v1 weighs a child group like ONE task of its parent: all leases together would get 1/61 of
+# the machine beside 60 busy processes. The leases' parent weighs like one busy process per core
+# of the machine, each lease weighs its CPUs within it, and its quota caps it at them. (Weighing
+# the parent as much as cgroups allow starved the agent's own heartbeats on a busy machine.)
+PARENT_SHARES = 1024 * (os.cpu_count() or 1)
 SHARES_PER_CPU = 1024
 
 
