@@ -180,6 +180,13 @@ def test_docker_run_is_locked_down(tmp_path):
     assert "--privileged" not in args and "--pid=host" not in joined and "--ipc=host" not in joined
     no_gpu = docker.docker_run_args(_spec(tmp_path), image="i", host_dirs=[], hostname="box")
     assert "--gpus" not in no_gpu
+    # Without the NVIDIA Container Toolkit: exactly the leased GPUs' nodes, nothing else.
+    dev, proc = _fake_machine(tmp_path, 4)
+    nodes = gpu_devices.devices_for([2], dev_root=dev, proc_root=proc).nodes
+    by_node = docker.docker_run_args(spec, image="i", host_dirs=[], hostname="box", gpu_nodes=nodes)
+    assert "--gpus" not in by_node
+    assert [m for m in by_node if "/dev/nvidia" in m] == [f"type=bind,source={n},target=/dev/{n.name},readonly"
+                                                         for n in nodes]
 
 
 def test_docker_version_mismatch_names_both(tmp_path):

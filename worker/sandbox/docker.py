@@ -86,7 +86,10 @@ def ensure_platform_image() -> str:
 
 
 def docker_run_args(spec: base.SandboxSpec, *, image: str, host_dirs: Sequence[Path], hostname: str,
-                    supervisor: Path = base.SUPERVISOR, python: str = "python3") -> list[str]:
+                    supervisor: Path = base.SUPERVISOR, python: str = "python3",
+                    gpu_nodes: Sequence[Path] | None = None) -> list[str]:
+    """gpu_nodes None: the NVIDIA Container Toolkit maps the leased GPUs (`--gpus`); else exactly these
+    nodes are passed in (`--device`; regular files, the tests' fake GPUs, are bound read-only)."""
     """The `docker run` command line for one lease: a pure function of its inputs."""
     args = ["docker", "run", "-i", "--rm", "--init", "--name", CONTAINER_PREFIX + spec.lease_id,
             "--label", f"{LABEL}={spec.lease_id}", "--net=host", "--hostname", hostname,
@@ -103,8 +106,13 @@ def docker_run_args(spec: base.SandboxSpec, *, image: str, host_dirs: Sequence[P
         args += ["--pids-limit", str(limits.pids)]
     if limits.cpus:
         args += ["--cpus", f"{limits.cpus:g}"]
-    if spec.gpu_indices:  # NVIDIA Container Toolkit: only these GPUs' nodes, renumbered from 0 inside
+    if spec.gpu_indices and gpu_nodes is None:  # NVIDIA Container Toolkit: only these GPUs, numbered from 0
         args += ["--gpus", '"device=' + ",".join(str(i) for i in spec.gpu_indices) + '"']
+    for node in gpu_nodes or ():
+        if node.is_char_device():
+            args += ["--device", f"{node}:/dev/{node.name}"]
+        else:
+            args += ["--mount", f"type=bind,source={node},target=/dev/{node.name},readonly"]
     for path in host_dirs:
         args += ["--mount", f"type=bind,source={path},target={path},readonly"]
     for path in spec.writable:
@@ -135,6 +143,11 @@ class DockerRuntime(base.Runtime):
         self.host_runtime = image is None  # the platform image has only what the host mounts into it
         self.hostname = socket.gethostname()
         self.as_root = os.geteuid() == 0
+        runtimes = _docker("info", "--format", "{{json .Runtimes}}").stdout.decode()
+        self.nvidia_toolkit = "nvidia" in runtimes
+        if not self.nvidia_toolkit:
+            logger.warning("docker has no nvidia runtime (NVIDIA Container Toolkit): leased GPUs are passed as "
+                           "their device nodes (--device) only")
 
     def lease_user(self, lease_id: str, taken: set[int]) -> tuple[int, int] | None:
         uid = bwrap.lease_uid(lease_id, taken)
@@ -149,11 +162,12 @@ class DockerRuntime(base.Runtime):
         return [*system, *etc, *bwrap.python_dirs()]
 
     def create(self, spec: base.SandboxSpec) -> base.Sandbox:
-        gpu_devices.devices_for(spec.gpu_indices, dev_root=self.gpu_dev_root)  # fail early without the nodes
+        devices = gpu_devices.devices_for(spec.gpu_indices, dev_root=self.gpu_dev_root)  # fails without the nodes
         image, host_runtime = (spec.image, False) if spec.image else (self.image, self.host_runtime)
         python = sys.executable if host_runtime else "python3"
         argv = docker_run_args(spec, image=image, host_dirs=self.host_dirs() if host_runtime else [],
-                               hostname=self.hostname, python=python)
+                               hostname=self.hostname, python=python,
+                               gpu_nodes=None if self.nvidia_toolkit else devices.nodes)
         env = {k: v for k, v in os.environ.items() if k in ("PATH", "DOCKER_HOST", "DOCKER_CONFIG")}
         sandbox = DockerSandbox(spec.lease_id, argv, env={**env, "HOME": str(spec.log_path.parent)},
                                 log_path=spec.log_path)
