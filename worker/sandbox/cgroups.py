@@ -28,6 +28,22 @@ PARENT_SHARES = 1024 * (os.cpu_count() or 1)
 SHARES_PER_CPU = 1024
 
 
+def weigh_parent(root: Path = ROOT) -> Path | None:
+    """Make the leases' parent cpu cgroup and give it its weight (PARENT_SHARES); None where not writable.
+
+    Docker's containers go there too (`--cgroup-parent`): under docker's own parent they would all
+    weigh like one task of the machine's.
+    """
+    parent = root / "cpu" / PARENT
+    try:
+        parent.mkdir(exist_ok=True)
+        _write(parent / "cpu.shares", PARENT_SHARES)
+    except OSError as exc:
+        logger.debug("cannot weigh %s: %s", parent, exc)
+        return None
+    return parent
+
+
 def available(root: Path = ROOT) -> list[str]:
     """The v1 controllers this agent can make cgroups in."""
     ok = []
@@ -65,7 +81,7 @@ class LeaseCgroup:
         if "pids" in self.controllers and pids:
             _write(self.path("pids") / "pids.max", pids)
         if "cpu" in self.controllers:
-            _write(self.path("cpu").parent / "cpu.shares", PARENT_SHARES, quiet=True)
+            weigh_parent(self.root)
             _write(self.path("cpu") / "cpu.shares", int(SHARES_PER_CPU * max(1.0, cpus or 1.0)), quiet=True)
         if "cpu" in self.controllers and cpus:
             _write(self.path("cpu") / "cpu.cfs_period_us", CPU_PERIOD_US)

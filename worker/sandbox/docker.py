@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from worker import procs
-from worker.sandbox import base, bwrap, gpu_devices
+from worker.sandbox import base, bwrap, cgroups, gpu_devices
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def ensure_platform_image() -> str:
 
 def docker_run_args(spec: base.SandboxSpec, *, image: str, host_dirs: Sequence[Path], hostname: str,
                     supervisor: Path = base.SUPERVISOR, python: str = "python3",
-                    gpu_nodes: Sequence[Path] | None = None) -> list[str]:
+                    gpu_nodes: Sequence[Path] | None = None, cgroup_parent: str | None = None) -> list[str]:
     """gpu_nodes None: the NVIDIA Container Toolkit maps the leased GPUs (`--gpus`); else exactly these
     nodes are passed in (`--device`; regular files, the tests' fake GPUs, are bound read-only)."""
     """The `docker run` command line for one lease: a pure function of its inputs."""
@@ -105,7 +105,9 @@ def docker_run_args(spec: base.SandboxSpec, *, image: str, host_dirs: Sequence[P
     if limits.pids:
         args += ["--pids-limit", str(limits.pids)]
     if limits.cpus:
-        args += ["--cpus", f"{limits.cpus:g}"]
+        args += ["--cpus", f"{limits.cpus:g}", "--cpu-shares", str(int(cgroups.SHARES_PER_CPU * max(1.0, limits.cpus)))]
+    if cgroup_parent:  # beside the bwrap leases, under a parent that weighs more than one task (cgroups.py)
+        args += ["--cgroup-parent", cgroup_parent]
     if spec.gpu_indices and gpu_nodes is None:  # NVIDIA Container Toolkit: only these GPUs, numbered from 0
         args += ["--gpus", '"device=' + ",".join(str(i) for i in spec.gpu_indices) + '"']
     for node in gpu_nodes or ():
@@ -143,6 +145,7 @@ class DockerRuntime(base.Runtime):
         self.host_runtime = image is None  # the platform image has only what the host mounts into it
         self.hostname = socket.gethostname()
         self.as_root = os.geteuid() == 0
+        self.cgroup_parent = "/" + cgroups.PARENT if self.as_root and cgroups.weigh_parent() else None
         runtimes = _docker("info", "--format", "{{json .Runtimes}}").stdout.decode()
         self.nvidia_toolkit = "nvidia" in runtimes
         if not self.nvidia_toolkit:
@@ -167,7 +170,8 @@ class DockerRuntime(base.Runtime):
         python = sys.executable if host_runtime else "python3"
         argv = docker_run_args(spec, image=image, host_dirs=self.host_dirs() if host_runtime else [],
                                hostname=self.hostname, python=python,
-                               gpu_nodes=None if self.nvidia_toolkit else devices.nodes)
+                               gpu_nodes=None if self.nvidia_toolkit else devices.nodes,
+                               cgroup_parent=self.cgroup_parent)
         env = {k: v for k, v in os.environ.items() if k in ("PATH", "DOCKER_HOST", "DOCKER_CONFIG")}
         sandbox = DockerSandbox(spec.lease_id, argv, env={**env, "HOME": str(spec.log_path.parent)},
                                 log_path=spec.log_path)
