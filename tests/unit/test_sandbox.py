@@ -150,9 +150,9 @@ def test_runtime_none_needs_the_flag_that_says_what_it_gives_up(capsys):
 
 
 def test_default_runtime_is_docker_only_when_a_daemon_answers(monkeypatch):
-    monkeypatch.setattr(sandbox, "docker_answers", lambda timeout_s=5.0: False)
+    monkeypatch.setattr(sandbox, "docker_answers", lambda timeout_s=15.0: False)
     assert sandbox.default_runtime() == "bwrap"
-    monkeypatch.setattr(sandbox, "docker_answers", lambda timeout_s=5.0: True)
+    monkeypatch.setattr(sandbox, "docker_answers", lambda timeout_s=15.0: True)
     assert sandbox.default_runtime() == "docker"
 
 

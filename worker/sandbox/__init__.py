@@ -11,7 +11,7 @@ RUNTIMES = ("docker", "bwrap", "none")
 UNSANDBOXED_FLAG = "--i-understand-leases-are-unsandboxed"
 
 
-def docker_answers(timeout_s: float = 5.0) -> bool:
+def docker_answers(timeout_s: float = 15.0) -> bool:
     """True when a docker daemon answers `docker info` (the default runtime then)."""
     if shutil.which("docker") is None:
         return False
