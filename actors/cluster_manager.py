@@ -435,7 +435,8 @@ class ClusterManager:
             resources={f"provider_{lease['machine_id']}": 1.0},
             labels=views.node_labels(cluster["id"], lease, machine),
             ray_auth_token=views.read_cluster_token(self._settings.clusters_dir / cluster["id"]),
-            head_gcs_port=head["ports"]["gcs"] if head and lease["role"] == "worker" else None)
+            head_gcs_port=head["ports"]["gcs"] if head and lease["role"] == "worker" else None,
+            cpus=lease["cpus"], image=ClusterSpec.model_validate_json(cluster["spec"]).image)
         result = await self._registry.send_work(lease["machine_id"], protocol.LEASE_OPEN, payload.model_dump(),
                                                 timeout_s=LEASE_OPEN_TIMEOUT_S)
         if not result.get("ok"):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -84,6 +84,12 @@ class MachineSpec(StrictModel):
     cuda_version: Annotated[str | None, Field(max_length=32)] = None
     ray_version: Annotated[str, Field(max_length=32)] = ""
     python_version: Annotated[str, Field(max_length=32)] = ""
+    sandbox: Annotated[Literal["docker", "bwrap", "none"], Field(
+        description="Where leases run: a container, a bubblewrap sandbox, or (none) as the agent's own user")] = "none"
+
+    @property
+    def sandboxed(self) -> bool:
+        return self.sandbox != "none"
 
     @property
     def gpu_model(self) -> str | None:

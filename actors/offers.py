@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import json
+
+
+def sandboxed(machine: dict) -> bool:
+    """Whether the machine runs leases in a sandbox (its spec's `sandbox`; older agents: no)."""
+    spec = machine.get("spec") or {}
+    if isinstance(spec, str):
+        spec = json.loads(spec)
+    return spec.get("sandbox", "none") != "none"
+
 
 def group_offers(machines: list[dict]) -> list[dict]:
-    """Machines rows (online only) → one offer per GPU model, CPU-only machines under None."""
-    groups: dict[str | None, dict] = {}
+    """Machines rows (online only) → one offer per GPU model and sandboxing, CPU-only machines under None."""
+    groups: dict[tuple[str | None, bool], dict] = {}
     for m in machines:
-        key = m["gpu_model"] if m["gpus"] else None
-        g = groups.setdefault(key, {"gpu_model": key, "machines": 0, "gpus": 0, "cpus": 0, "memory_mb": 0,
-                                    "_gpu_prices": [], "_cpu_prices": []})
+        model = m["gpu_model"] if m["gpus"] else None
+        safe = sandboxed(m)
+        g = groups.setdefault((model, safe), {"gpu_model": model, "sandboxed": safe, "machines": 0, "gpus": 0,
+                                              "cpus": 0, "memory_mb": 0, "_gpu_prices": [], "_cpu_prices": []})
         g["machines"] += 1
         g["gpus"] += m["gpus"]
         g["cpus"] += m["cpus"]
@@ -22,5 +33,5 @@ def group_offers(machines: list[dict]) -> list[dict]:
         g.update(price_per_gpu_hour_min=min(gpu_prices), price_per_gpu_hour_max=max(gpu_prices),
                  price_per_cpu_hour_min=min(cpu_prices), price_per_cpu_hour_max=max(cpu_prices))
         result.append(g)
-    # GPU models first (most GPUs first), CPU-only last.
-    return sorted(result, key=lambda g: (g["gpu_model"] is None, -g["gpus"], g["gpu_model"] or ""))
+    # GPU models first (most GPUs first), CPU-only last; sandboxed machines before unsandboxed ones.
+    return sorted(result, key=lambda g: (g["gpu_model"] is None, -g["gpus"], g["gpu_model"] or "", not g["sandboxed"]))

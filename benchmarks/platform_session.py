@@ -49,8 +49,9 @@ class PlatformSession:
     """The platform under test: started once, on free ports, in its own /tmp dir; stopped by `close()`."""
 
     def __init__(self, *, providers: int = 2, agent_cpus: int = 8, heartbeat_s: float = 5.0,
-                 idle_s: float = 10.0):
+                 idle_s: float = 10.0, agent_runtime: str | None = None):
         self.providers = providers
+        self.agent_runtime = agent_runtime  # None: the agents' default (docker, else bwrap)
         self.agent_cpus = agent_cpus
         self.heartbeat_s = heartbeat_s
         self.idle_s = idle_s
@@ -71,7 +72,8 @@ class PlatformSession:
         self.root = Path(tempfile.mkdtemp(prefix="dclb-", dir="/tmp"))
         port = procs.free_port()
         self.launcher = platform_mod.PlatformLauncher(self.root / "s", port=port, providers=self.providers,
-                                                      agent_cpus=self.agent_cpus, heartbeat_s=self.heartbeat_s)
+                                                      agent_cpus=self.agent_cpus, heartbeat_s=self.heartbeat_s,
+                                                      agent_runtime=self.agent_runtime)
         common.log(f"starting the platform in {self.root} (port {port}, {self.providers} agents)")
         result = self.launcher.up()
         self.url = result.api_url

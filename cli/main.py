@@ -42,12 +42,16 @@ def _add_up(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="Local agents offer N logical CPUs each (default: detected)")
     p.add_argument("--agent-gpus", type=int, default=None,
                    help="GPUs each local agent declares (default: what it detects)")
+    p.add_argument("--agent-runtime", choices=("docker", "bwrap", "none"), default=None,
+                   help="Where local agents run leases (default: docker where a daemon answers, else bwrap; "
+                        "none runs buyers' code unsandboxed)")
     return p
 
 
 def cmd_up(args: argparse.Namespace) -> int:
     launcher = _launcher(args, port=args.port, host=args.host, providers=args.providers,
-                         heartbeat_s=args.heartbeat_s, agent_gpus=args.agent_gpus, agent_cpus=args.agent_cpus)
+                         heartbeat_s=args.heartbeat_s, agent_gpus=args.agent_gpus, agent_cpus=args.agent_cpus,
+                         agent_runtime=args.agent_runtime)
     result = launcher.up()
     print("\n".join(result.lines()))
     if result.timings_s:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import logging
 import os
 import re
@@ -18,7 +19,7 @@ import psutil
 from cli import platform_state as pstate
 from cli import platform_status
 from worker import client as client_mod
-from worker import procs
+from worker import procs, sandbox
 
 logger = logging.getLogger(__name__)
 
@@ -118,9 +119,14 @@ class PlatformLauncher:
 
     def __init__(self, state_dir: Path | None = None, *, port: int = 8000, host: str = "127.0.0.1",
                  providers: int = 0, heartbeat_s: float = 5.0, agent_gpus: int | None = None,
-                 agent_cpus: int | None = None, settings: dict | None = None):
+                 agent_cpus: int | None = None, settings: dict | None = None, agent_runtime: str | None = None):
         if providers < 0:
             raise pstate.PlatformError("--providers must be >= 0")
+        if providers and not _is_loopback(host):
+            raise pstate.PlatformError(
+                f"--providers runs provider agents on this machine, beside the platform and its secrets; that is "
+                f"for a platform only this machine can reach. With --host {host} the API is reachable from "
+                "elsewhere: run `dcluster-agent` on the providers' own machines instead, or use --host 127.0.0.1")
         if not 1 <= port <= 65535:
             raise pstate.PlatformError(f"--port {port} is not a TCP port")
         self.state_dir = Path(state_dir or pstate.default_state_dir()).expanduser().absolute()
@@ -131,6 +137,7 @@ class PlatformLauncher:
         self.heartbeat_s = heartbeat_s
         self.agent_gpus = agent_gpus
         self.agent_cpus = agent_cpus
+        self.agent_runtime = agent_runtime  # None: each agent's default (docker where a daemon answers, else bwrap)
         self.settings = dict(settings or {})  # more PlatformSettings fields for the Serve app
 
     # --- recorded state ------------------------------------------------------------------
@@ -347,12 +354,12 @@ class PlatformLauncher:
 
     def _start_agents(self, record: dict) -> None:
         store = pstate.CredentialStore(self.layout.credentials_json)
-        env = pstate.agent_env(os.environ)
         for i in range(1, self.providers + 1):
             username = pstate.provider_username(i)
             agent_dir = self.layout.agent_dir(i)
             pstate.ensure_private_dir(agent_dir.parent)
             pstate.ensure_private_dir(agent_dir)
+            env = pstate.agent_env(os.environ, home=agent_dir)
             password_file = agent_dir / "password"
             pstate.write_private(password_file, store.password(username) + "\n")
             cmd = [*pstate.venv_script("dcluster-agent"),
@@ -365,6 +372,10 @@ class PlatformLauncher:
                 cmd += ["--gpus", str(self.agent_gpus)]
             if self.agent_cpus is not None:
                 cmd += ["--cpus", str(self.agent_cpus)]
+            if self.agent_runtime is not None:
+                cmd += ["--runtime", self.agent_runtime]
+                if self.agent_runtime == "none":
+                    cmd += [sandbox.UNSANDBOXED_FLAG]
             tag = pstate.agent_owner_tag(record["owner_tag"], i)
             proc = procs.spawn(cmd, env=env, cwd=agent_dir, log_path=self.layout.agent_log(i), owner_tag=tag)
             entry = {"index": i, "username": username, "name": pstate.agent_name(i), "owner_tag": tag,
@@ -470,3 +481,13 @@ class PlatformLauncher:
     def status(self) -> dict:
         """What is recorded, what is alive, and what the API says (a dict; `dcluster status` prints it)."""
         return platform_status.collect(self.layout)
+
+
+def _is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 or localhost: an address only this machine reaches."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -149,8 +149,13 @@ class Layout:
     def serve_log(self) -> Path:
         return self.logs / "serve-deploy.log"
 
+    @property
+    def agents_root(self) -> Path:
+        """Where local agents live: beside the state dir, never in it (its secrets are not theirs to read)."""
+        return self.state_dir.parent / f"{self.state_dir.name}-providers"
+
     def agent_dir(self, index: int) -> Path:
-        return self.state_dir / "agents" / str(index)
+        return self.agents_root / str(index)
 
     def agent_log(self, index: int) -> Path:
         return self.logs / f"agent-{index}.log"
@@ -210,9 +215,15 @@ def ray_env(base: Mapping[str, str], *, layout: Layout, ports: RayPorts) -> dict
     return env
 
 
-def agent_env(base: Mapping[str, str]) -> dict[str, str]:
-    """The agents run like a provider's would: the user's environment, plus the repo on the path."""
-    env = {k: v for k, v in base.items() if k not in _ENV_DROP}
+# What a local agent keeps of the platform's environment: nothing that could carry a platform secret
+# (DCLUSTER_JWT_SECRET, the platform cluster's Ray token, the user's HOME with its credentials).
+_AGENT_ENV_KEEP = ("PATH", "PYTHONPATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TERM", "DOCKER_HOST")
+
+
+def agent_env(base: Mapping[str, str], *, home: Path) -> dict[str, str]:
+    """A local agent runs like a provider's would, apart from the platform: a few harmless variables, its own HOME."""
+    env = {k: v for k, v in base.items() if k in _AGENT_ENV_KEEP}
+    env["HOME"] = str(home)
     env["RAY_USAGE_STATS_ENABLED"] = "0"
     old = env.get("PYTHONPATH")
     env["PYTHONPATH"] = str(REPO_ROOT) + (os.pathsep + old if old else "")

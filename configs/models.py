@@ -30,3 +30,7 @@ class ClusterSpec(BaseModel):
     max_price_per_cpu_hour: Annotated[float | None, Field(
         default=None, ge=0, le=10_000,
         description="Most USD per CPU-hour a CPU-only node (the head, CPU workers) may cost; None: any price")] = None
+    image: Annotated[str | None, Field(default=None, max_length=256, pattern=r"^[a-z0-9][a-z0-9._/:@-]*$",
+                                       description="Container image of every node (machines with the docker "
+                                                   "runtime); it must have the platform's Ray and Python "
+                                                   "versions. Default: the platform image")] = None

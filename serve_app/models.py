@@ -133,6 +133,8 @@ WorkResult = protocol.WorkResult
 
 class Offer(Strict):
     gpu_model: str | None = Field(description="None groups the CPU-only machines")
+    sandboxed: bool = Field(description="False: these machines run leases unsandboxed, as their agent's own user "
+                                        "(`dcluster-agent --runtime none`)")
     machines: int
     gpus: int
     cpus: int

@@ -13,7 +13,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
@@ -21,6 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from actors import domain
 from worker import client as api
 from worker import detect, leases, protocol
+from worker import sandbox as sandbox_mod
+from worker.sandbox import base as sandbox_base
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +58,13 @@ class AgentSettings(BaseModel):
     poll_wait_s: float = Field(default=20.0, gt=0, le=30, description="Long-poll wait; the API allows 30 s")
     leave_timeout_s: float = Field(default=5.0, gt=0, le=60)
     stop_join_s: float = Field(default=3.0, ge=0, le=60, description="How long stop() waits for the loops")
+    runtime: Literal["docker", "bwrap", "none"] = Field(
+        default="none", description="Where leases run; agent_cli picks docker or bwrap, 'none' needs its own flag")
+    lease_memory_mb: int | None = Field(default=None, ge=64, le=1_000_000_000,
+                                        description="Cap of a lease's memory; default: its CPUs' share of the RAM")
+    lease_pids: int = Field(default=4096, ge=64, le=1_000_000, description="Most processes and threads in one lease")
+    gpu_device_dir: Path = Field(default=Path("/dev"), description="Where the GPUs' device nodes are")
+    docker_image: str | None = Field(default=None, max_length=256, description="Image of leases under docker")
 
 
 class MachineState:
@@ -133,7 +142,10 @@ class Agent:
         # Work item kind -> handler(item), called on the poll thread: a handler must not block.
         self.work_handlers: dict[str, Callable[[dict], Any]] = {}
         if lease_runner is None:
-            lease_runner = leases.LeaseRunner(self._state.dir / LEASES_DIR, machine_id_fn=lambda: self.machine_id)
+            runtime = sandbox_mod.make_runtime(settings.runtime, gpu_dev_root=settings.gpu_device_dir,
+                                               docker_image=settings.docker_image)
+            lease_runner = leases.LeaseRunner(self._state.dir / LEASES_DIR, machine_id_fn=lambda: self.machine_id,
+                                              runtime=runtime, limits_fn=self._lease_limits)
         self.leases = lease_runner
         # Items of one lease run in order on one thread, leases in parallel: lease id -> pending items.
         # A lease's thread exists while it has items and ends when its queue is empty.
@@ -286,8 +298,19 @@ class Agent:
         self._hb_backoff.reset()
         return self.heartbeat_interval_s
 
+    def _lease_limits(self, payload: protocol.LeaseOpen) -> sandbox_base.LeaseLimits:
+        """A lease gets its CPUs, their share of the machine's RAM (at most --lease-memory-mb), --lease-pids."""
+        cpus = payload.cpus
+        memory_mb = self.settings.lease_memory_mb
+        if cpus and self.spec is not None:
+            share = max(256, int(self.spec.memory_mb * min(1.0, cpus / self.spec.cpus)))
+            memory_mb = min(memory_mb, share) if memory_mb else share
+        return sandbox_base.LeaseLimits(cpus=float(cpus) if cpus else None, memory_mb=memory_mb,
+                                        pids=self.settings.lease_pids)
+
     def _register(self) -> None:
-        self.spec = self._detect()  # again on each registration: drivers and GPUs change over days
+        # Detected again on each registration: drivers and GPUs change over days.
+        self.spec = self._detect().model_copy(update={"sandbox": self.leases.runtime.name})
         name = self.settings.name or _machine_name(self.spec.hostname)
         answer = self.client.register_machine(self.machine_key, name, self.spec,
                                               self.settings.price_per_gpu_hour, self.settings.price_per_cpu_hour)

@@ -15,6 +15,8 @@ import pydantic
 from worker import agent as agent_mod
 from worker import client as api
 from worker import detect
+from worker import sandbox
+from worker.sandbox import base as sandbox_base
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +41,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Offer N logical CPUs instead of the detected count")
     p.add_argument("--price-per-gpu-hour", type=float, default=0.0, help="USD per GPU-hour")
     p.add_argument("--price-per-cpu-hour", type=float, default=0.0, help="USD per CPU-hour (CPU-only leases)")
+    p.add_argument("--runtime", choices=sandbox.RUNTIMES, default=None,
+                   help="Where buyers' leases run: docker (one container each; the default when a docker daemon "
+                        "answers), bwrap (a bubblewrap sandbox each; the default otherwise) or none (needs "
+                        f"{sandbox.UNSANDBOXED_FLAG})")
+    p.add_argument(sandbox.UNSANDBOXED_FLAG, dest="unsandboxed_ok", action="store_true",
+                   help="With --runtime none: buyers' code runs as this agent's user and can read what it can "
+                        "(its password, other leases' tokens); offers show the machine as unsandboxed")
+    p.add_argument("--lease-memory-mb", type=int, default=None, metavar="MB",
+                   help="Most memory one lease may use (default: its CPUs' share of the machine's RAM)")
+    p.add_argument("--lease-pids", type=int, default=4096, metavar="N", help="Most processes in one lease")
+    p.add_argument("--gpu-device-dir", type=Path, default=Path("/dev"),
+                   help="Where the GPUs' device nodes are (tests point it at fake nodes)")
+    p.add_argument("--docker-image", default=None,
+                   help="Image of leases under --runtime docker (default: the platform image, built locally)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.add_argument("--detect-only", action="store_true", help="Print the detected machine as JSON and exit")
     return p
@@ -70,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         print(spec.model_dump_json(indent=2))
         return 0
 
+    if args.runtime == "none" and not args.unsandboxed_ok:
+        parser.error(f"--runtime none runs buyers' code as this agent's own user, with its password and every "
+                     f"other lease in reach; add {sandbox.UNSANDBOXED_FLAG} to accept that")
     if not args.platform_url or not args.username:
         parser.error("--platform-url and --username are required (unless --detect-only)")
     try:
@@ -79,10 +98,13 @@ def main(argv: list[str] | None = None) -> int:
     if not password:
         parser.error(f"no password: pass --password-file FILE or set ${PASSWORD_ENV}")
 
+    runtime = args.runtime or sandbox.default_runtime()
     fields = {"platform_url": args.platform_url, "username": args.username, "password": password,
               "name": args.name, "declared_gpus": args.gpus, "declared_gpu_model": args.gpu_model,
               "declared_gpu_memory_mb": args.gpu_memory_mb, "declared_cpus": args.cpus, "price_per_gpu_hour": args.price_per_gpu_hour,
-              "price_per_cpu_hour": args.price_per_cpu_hour}
+              "price_per_cpu_hour": args.price_per_cpu_hour, "runtime": runtime,
+              "lease_memory_mb": args.lease_memory_mb, "lease_pids": args.lease_pids,
+              "gpu_device_dir": args.gpu_device_dir, "docker_image": args.docker_image}
     if args.state_dir is not None:
         fields["state_dir"] = args.state_dir
     try:
@@ -98,6 +120,11 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("cannot use state dir %s: %s", settings.state_dir, exc)
         client.close()
         return 1
+    except sandbox_base.SandboxError as exc:
+        logger.error("cannot run leases with --runtime %s: %s", runtime, exc)
+        client.close()
+        return 1
+    logger.info("leases run with --runtime %s", runtime)
 
     def _on_signal(signum, _frame):
         logger.info("received %s; leaving the platform", signal.Signals(signum).name)

@@ -2,18 +2,24 @@
 
 A lease is one Ray node (head or worker) of a buyer's sub-cluster. The platform's cluster
 launcher (and later the sub-cluster head's autoscaler) sends its commands through the agent,
-and they run here: each in `bash -c` with the lease's HOME, ports, auth token and GPUs, every
-process it starts tagged ``DCLUSTER_OWNER=dcl-lease-<lease id>`` (worker.procs), so that
-`ray stop` and closing the lease stop exactly this lease's processes and nothing else.
+and they run here: each in `bash -c` with the lease's HOME, ports, auth token and GPUs, inside
+the lease's sandbox (worker.sandbox: docker or bwrap; made when the lease opens, ended when it
+closes, with every process in it). Every process is also tagged
+``DCLUSTER_OWNER=dcl-lease-<lease id>`` (worker.procs): without a sandbox (`--runtime none`)
+that tag is what `ray stop` and closing the lease go by.
 
-Layout, all private to the agent's user::
+Layout (in a sandbox, only the paths marked "inside" are there, at the same place)::
 
-    <root>/<lease id>/           0700
+    <root>/<lease id>/           0700  the agent's
         lease.json               0600  what recover() needs after an agent restart
-        ray_auth_token           0600  the sub-cluster's token (RAY_AUTH_TOKEN_PATH)
-        home/                    0700  HOME of every command ('~' of the launcher)
-        logs/NNNN-run.log              output of each command (stdout and stderr)
-    /tmp/dcl-<lease id>/         0700  Ray's --temp-dir (short: unix socket paths <= 107 bytes)
+        sandbox.log              0600  the sandbox runtime's own output
+        etc/passwd, etc/group    0644  the lease's user, bound as /etc/passwd and /etc/group inside
+        ray_auth_token           0400  inside, read-only: the sub-cluster's token (RAY_AUTH_TOKEN_PATH)
+        home/                    0700  inside, writable: HOME of every command ('~' of the launcher)
+        logs/NNNN-run.log              inside, writable: output of each command (stdout and stderr)
+    /tmp/dcl-<lease id>/         0700  inside, writable: Ray's --temp-dir (short: unix socket paths <= 107 bytes)
+
+The lease's own files belong to the lease's user (a uid of its own under bwrap and docker).
 """
 
 from __future__ import annotations
@@ -24,7 +30,6 @@ import logging
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -35,6 +40,7 @@ from pathlib import Path
 import worker
 from worker import procs, protocol
 from worker import ray_ports as ray_ports_mod
+from worker.sandbox import base as sandbox
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +49,10 @@ TOKEN_FILE = "ray_auth_token"
 TEMP_DIR_PREFIX = "/tmp/dcl-"
 OWNER_TAG_PREFIX = "dcl-lease-"
 
-# The agent's own Ray settings must never leak into a buyer's node.
-_DROPPED_ENV = frozenset({"RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_NAMESPACE"})
+# The only variables of the agent's environment a lease gets: nothing of the agent's (its password,
+# its Ray settings, its HOME) reaches a buyer's node.
+_KEPT_ENV = frozenset({"PATH", "PYTHONPATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TERM"})
+LEASE_USER = "dcluster-lease"  # the lease's user's name inside (Ray and getpass want one)
 # JSON objects the launcher sets per node type; the lease's own entries are merged over them.
 _OVERRIDE_ENV = {"RAY_OVERRIDE_RESOURCES": "resources", "RAY_OVERRIDE_LABELS": "labels"}
 # `ray stop` stops every Ray node of the machine, other buyers' included: it never runs in a lease.
@@ -98,8 +106,14 @@ class _Lease:
     temp_dir: Path
     machine_id: str | None
     opened_at: float
+    uid: int | None = None  # the lease's own user (None: the agent's, runtime none)
+    gid: int | None = None
     seq: int = 0  # numbers the command logs
     closing: bool = False  # set by close(): no command starts any more
+    sandbox: sandbox.Sandbox | None = None
+    # Held while a command starts and while close() marks the lease closing: a slow start never holds
+    # the runner's lock, which the heartbeat needs.
+    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False, compare=False)
 
     @property
     def home(self) -> Path:
@@ -113,29 +127,22 @@ class _Lease:
     def tag(self) -> str:
         return owner_tag(self.lease_id)
 
+    @property
+    def logs(self) -> Path:
+        return self.dir / "logs"
+
     def record(self) -> dict:
         return {"lease_id": self.lease_id, "cluster_id": self.cluster_id, "role": self.role,
                 "gpu_indices": self.gpu_indices, "resources": self.resources, "labels": self.labels,
                 "head_gcs_port": self.head_gcs_port, "ports": self.ports.to_dict(), "node_ip": self.node_ip,
                 "temp_dir": str(self.temp_dir), "owner_tag": self.tag, "machine_id": self.machine_id,
-                "opened_at": self.opened_at, "agent_pid": os.getpid()}
+                "opened_at": self.opened_at, "agent_pid": os.getpid(), "uid": self.uid}
 
     def opened(self) -> protocol.LeaseOpened:
         return protocol.LeaseOpened(ports=self.ports.to_dict(), node_ip=self.node_ip)
 
 
-def _private_write(path: Path, data: bytes) -> None:
-    """Write atomically with mode 0600 from the first byte (never briefly world-readable)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+_private_write = sandbox.write_private
 
 
 def _private_dir(path: Path) -> None:
@@ -143,15 +150,37 @@ def _private_dir(path: Path) -> None:
     os.chmod(path, 0o700)  # mkdir's mode is filtered by the umask
 
 
-def _make_temp_dir(path: Path) -> None:
+def _make_temp_dir(path: Path, uid: int | None = None) -> None:
     """/tmp is shared: create ours 0700, or accept an existing one only if it is our own real directory."""
     try:
         path.mkdir(mode=0o700)
     except FileExistsError:
         st = path.lstat()
-        if path.is_symlink() or not path.is_dir() or st.st_uid != os.getuid():
+        if path.is_symlink() or not path.is_dir() or st.st_uid not in (os.getuid(), uid):
             raise LeaseError(f"{path} exists and is not a directory of this user; remove it and retry")
     os.chmod(path, 0o700)
+
+
+def _give(path: Path, uid: int | None, gid: int | None, mode: int) -> None:
+    """Hand one of the lease's own paths to the lease's user (no-op without one)."""
+    if uid is not None:
+        os.chown(path, uid, gid if gid is not None else uid, follow_symlinks=False)
+    os.chmod(path, mode)
+
+
+def _user_files(lease: _Lease) -> tuple[tuple[Path, str], ...]:
+    """/etc/passwd and /etc/group inside the sandbox: the lease's user alone (no account of the machine's)."""
+    if lease.uid is None:
+        return ()
+    etc = lease.dir / "etc"
+    etc.mkdir(mode=0o755, exist_ok=True)
+    passwd, group = etc / "passwd", etc / "group"
+    passwd.write_text(f"root:x:0:0:root:/nonexistent:/usr/sbin/nologin\n"
+                      f"{LEASE_USER}:x:{lease.uid}:{lease.gid}:lease {lease.lease_id}:{lease.home}:/bin/bash\n")
+    group.write_text(f"root:x:0:\n{LEASE_USER}:x:{lease.gid}:\n")
+    for path in (passwd, group):
+        os.chmod(path, 0o644)
+    return ((passwd, "passwd"), (group, "group"))
 
 
 def _remove_tree(path: Path) -> None:
@@ -208,13 +237,17 @@ class LeaseRunner:
     """Opens, runs commands in, and closes this machine's leases; thread-safe, one per agent."""
 
     def __init__(self, root_dir: Path, *, machine_id_fn: Callable[[], str | None] | None = None,
-                 node_ip: str | None = None, base_env: Mapping[str, str] | None = None):
+                 node_ip: str | None = None, base_env: Mapping[str, str] | None = None,
+                 runtime: sandbox.Runtime | None = None,
+                 limits_fn: Callable[[protocol.LeaseOpen], sandbox.LeaseLimits] | None = None):
         self.root = Path(root_dir).expanduser()
         _private_dir(self.root)
         self._machine_id_fn = machine_id_fn or (lambda: None)
         self._node_ip = node_ip
         source = os.environ if base_env is None else base_env
-        self._base_env = {k: v for k, v in source.items() if k not in _DROPPED_ENV}
+        self._base_env = {k: v for k, v in source.items() if k in _KEPT_ENV}
+        self.runtime = runtime or sandbox.UnsandboxedRuntime()
+        self._limits_fn = limits_fn or (lambda _payload: sandbox.LeaseLimits())
         self._leases: dict[str, _Lease] = {}
         self._lock = threading.Lock()
         self._node_ip_lock = threading.Lock()  # resolved once, by the first open; the others wait for it
@@ -234,6 +267,8 @@ class LeaseRunner:
     def _get(self, lease_id: str) -> _Lease:
         with self._lock:
             lease = self._leases.get(lease_id)
+        if lease is not None and lease.sandbox is None:
+            raise LeaseError(f"lease {lease_id} is still opening; retry in a moment", lease_id=lease_id)
         if lease is None:
             raise UnknownLease(f"lease {lease_id} is not open on this machine (closed, or lost when the agent "
                                "restarted); open it again", lease_id=lease_id)
@@ -242,9 +277,14 @@ class LeaseRunner:
     # --- open ----------------------------------------------------------------------------
 
     def open(self, payload: protocol.LeaseOpen) -> protocol.LeaseOpened:
-        """Prepare the lease's dirs, token, ports and record; a repeated open returns the same answer."""
+        """Prepare the lease's dirs, token, ports, record and sandbox; a repeated open returns the same answer.
+
+        The lease is reserved under the lock (ports, uid) and made outside it: a sandbox takes a
+        while to start on a busy machine, and heartbeats read the open leases meanwhile.
+        """
         lease_id = payload.lease_id
         node_ip = self.node_ip  # outside the lock: the first call imports Ray
+        candidate = self.runtime.lease_user(lease_id, set())  # scans the machine's processes: outside the lock
         with self._lock:
             if self._closed:
                 raise RunnerClosed("the agent is stopping; no new lease opens", lease_id=lease_id)
@@ -258,22 +298,40 @@ class LeaseRunner:
             for other in self._leases.values():  # nothing listens yet: free ports alone do not tell
                 taken |= other.ports.all_ports()
             ports = ray_ports_mod.RayPorts.allocate(exclude=tuple(sorted(taken)))
+            uids = {other.uid for other in self._leases.values() if other.uid is not None}
+            user = candidate if candidate is None or candidate[0] not in uids else \
+                self.runtime.lease_user(lease_id, uids)
             lease = _Lease(lease_id=lease_id, cluster_id=payload.cluster_id, role=payload.role,
                            gpu_indices=list(payload.gpu_indices), resources=dict(payload.resources),
                            labels=dict(payload.labels), head_gcs_port=payload.head_gcs_port, ports=ports,
                            node_ip=node_ip, dir=self.root / lease_id, temp_dir=temp_dir_for(lease_id),
-                           machine_id=self._machine_id_fn(), opened_at=time.time())
-            try:
-                _private_dir(lease.dir)
-                _private_dir(lease.home)
-                _make_temp_dir(lease.temp_dir)
-                _private_write(lease.token_path, payload.ray_auth_token.encode())
-                _private_write(lease.dir / RECORD_FILE, json.dumps(lease.record(), indent=2).encode())
-            except BaseException:
-                _remove_tree(lease.dir)
-                _remove_tree(lease.temp_dir)
-                raise
-            self._leases[lease_id] = lease
+                           machine_id=self._machine_id_fn(), opened_at=time.time(),
+                           uid=user[0] if user else None, gid=user[1] if user else None)
+            self._leases[lease_id] = lease  # reserves its ports and uid; no command runs before its sandbox
+        try:
+            _private_dir(lease.dir)
+            for path in (lease.home, lease.logs):
+                _private_dir(path)
+                _give(path, lease.uid, lease.gid, 0o700)
+            _make_temp_dir(lease.temp_dir, lease.uid)
+            _give(lease.temp_dir, lease.uid, lease.gid, 0o700)
+            _private_write(lease.token_path, payload.ray_auth_token.encode())
+            _give(lease.token_path, lease.uid, lease.gid, 0o400 if lease.uid is not None else 0o600)
+            _private_write(lease.dir / RECORD_FILE, json.dumps(lease.record(), indent=2).encode())
+            lease.sandbox = self.runtime.create(sandbox.SandboxSpec(
+                lease_id=lease_id, owner_tag=lease.tag, uid=lease.uid, gid=lease.gid,
+                writable=(lease.home, lease.logs, lease.temp_dir), readonly=(lease.token_path,),
+                etc_files=_user_files(lease), gpu_indices=tuple(lease.gpu_indices),
+                limits=self._limits_fn(payload), image=payload.image, log_path=lease.dir / "sandbox.log"))
+        except BaseException as exc:
+            with self._lock:
+                self._leases.pop(lease_id, None)
+            _remove_tree(lease.dir)
+            _remove_tree(lease.temp_dir)
+            self.runtime.cleanup_stale(lease_id)
+            if isinstance(exc, sandbox.SandboxError):
+                raise LeaseError(str(exc), lease_id=lease_id) from None
+            raise
         logger.info("lease %s opened: %s of %s, GCS port %s, GPUs %s", lease_id, lease.role, lease.cluster_id,
                     ports.gcs if lease.role == "head" else payload.head_gcs_port, lease.gpu_indices or "none")
         return lease.opened()
@@ -287,6 +345,8 @@ class LeaseRunner:
         bin_dir = str(Path(sys.executable).parent)
         repo_root = str(Path(worker.__file__).resolve().parents[1])
         env["HOME"] = str(lease.home)
+        if lease.uid is not None:
+            env["USER"] = env["LOGNAME"] = LEASE_USER
         env["PATH"] = os.pathsep.join(p for p in (bin_dir, self._base_env.get("PATH", "")) if p)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (repo_root, self._base_env.get("PYTHONPATH", "")) if p)
         env["RAY_USAGE_STATS_ENABLED"] = "0"
@@ -298,7 +358,9 @@ class LeaseRunner:
         env[protocol.ENV_LEASE_ID] = lease.lease_id
         if lease.role == "worker" and lease.head_gcs_port is not None:
             env[protocol.ENV_HEAD_GCS_PORT] = str(lease.head_gcs_port)
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in lease.gpu_indices)  # "": a CPU lease sees no GPU
+        # "": a CPU lease sees no GPU. In a sandbox only the leased GPUs exist, numbered from 0.
+        env["CUDA_VISIBLE_DEVICES"] = self.runtime.cuda_visible_devices(lease.gpu_indices)
+        env[procs.OWNER_ENV] = lease.tag
         command_env = dict(command_env or {})
         overrides = {name: command_env.pop(name, None) for name in _OVERRIDE_ENV}
         env.update(command_env)
@@ -310,11 +372,14 @@ class LeaseRunner:
 
     def run(self, lease_id: str, cmd: str, env: Mapping[str, str] | None = None,
             timeout_s: float = 120.0) -> protocol.WorkResult:
-        """Run `bash -c cmd` in the lease; `ray stop` in it stops this lease's processes instead."""
+        """Run `bash -c cmd` in the lease's sandbox; unsandboxed, `ray stop` stops this lease's processes instead.
+
+        In a sandbox `ray stop` runs as it is: it sees only the lease's own pid namespace.
+        """
         lease = self._get(lease_id)
         note = ""
         data: dict = {}
-        if RAY_STOP_RE.search(cmd):
+        if not self.runtime.sandboxed and RAY_STOP_RE.search(cmd):
             # Stop first, then run what is left with every `ray stop` replaced by the no-op `:`
             # (its arguments become arguments of `:`), so `ray stop; ray start ...` still starts.
             summary = procs.stop_owned(lease.tag, grace_s=2.0)
@@ -330,18 +395,20 @@ class LeaseRunner:
             cmd = RAY_STOP_RE.sub(":", cmd)
         full_env = self.environment(lease_id, env)
         started = time.monotonic()
-        with self._lock:  # close() sets `closing` under this lock: no command starts after its sweep
+        with lease.lock:  # close() sets `closing` under this lock: no command starts after its sweep
             if self._closed or lease.closing:
                 raise RunnerClosed(f"lease {lease_id} is closing; the command was not run", lease_id=lease_id)
             lease.seq += 1
-            log_path = lease.dir / "logs" / f"{lease.seq:04d}-run.log"
-            proc = procs.spawn(["bash", "-c", cmd], env=full_env, cwd=lease.home, log_path=log_path,
-                               owner_tag=lease.tag)
+            log_path = lease.logs / f"{lease.seq:04d}-run.log"
+            try:
+                proc = lease.sandbox.spawn(["bash", "-c", cmd], env=full_env, cwd=lease.home, log_path=log_path)
+            except sandbox.SandboxError as exc:
+                return protocol.WorkResult(ok=False, exit_code=1, output=_last(note + f"[dcluster-agent] {exc}\n"))
         logger.debug("lease %s: pid %d runs %s", lease_id, proc.pid, _redact(cmd)[:300])
         try:
             returncode = proc.wait(timeout_s)
         except subprocess.TimeoutExpired:
-            _kill_group(proc)
+            proc.kill(_TERM_GRACE_S)
             elapsed = round(time.monotonic() - started, 2)
             logger.warning("lease %s: command timed out after %g s; its process group was killed",
                            lease_id, timeout_s)
@@ -364,8 +431,10 @@ class LeaseRunner:
             target = self._target(lease, path)
         except LeaseError as exc:
             return protocol.WorkResult(ok=False, output=str(exc))
-        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        _private_write(target, content)
+        try:
+            lease.sandbox.put_file(target, content)  # as the lease's user, from inside its view
+        except (sandbox.SandboxError, OSError) as exc:
+            return protocol.WorkResult(ok=False, output=f"cannot write {path}: {exc}")
         logger.info("lease %s: wrote %d bytes to %s", lease_id, len(content), target)
         return protocol.WorkResult(ok=True, exit_code=0, data={"path": str(target), "bytes": len(content)})
 
@@ -396,10 +465,14 @@ class LeaseRunner:
         _check_id(lease_id)
         with self._lock:
             lease = self._leases.get(lease_id)
-            if lease is not None:
+        if lease is not None:
+            with lease.lock:  # a command starting now has started; none starts after this
                 lease.closing = True
-        tag = owner_tag(lease_id)
-        summary = procs.stop_owned(tag, grace_s=grace_s)
+        if lease is not None and lease.sandbox is not None:
+            summary = lease.sandbox.close(grace_s)
+        else:  # not open in this run of the agent: whatever a previous run left
+            self.runtime.cleanup_stale(lease_id)
+            summary = procs.stop_owned(owner_tag(lease_id), grace_s=grace_s)
         data = _summary_data(summary)
         if not summary.clean:
             logger.warning("lease %s: processes %s survived the stop; the lease stays for a retry",
@@ -449,6 +522,7 @@ class LeaseRunner:
                 if lease_id in self._leases:
                     continue
             found.append(lease_id)
+            self.runtime.cleanup_stale(lease_id)
             summary = procs.stop_owned(owner_tag(lease_id), grace_s=2.0)
             if not summary.clean:
                 logger.warning("lease %s from a previous run: processes %s survive; its files stay",
@@ -480,33 +554,3 @@ _SECRET_RE = re.compile(r"(RAY_AUTH_TOKEN\w*=)\S+")
 
 def _redact(text: str) -> str:
     return _SECRET_RE.sub(r"\1***", text)
-
-
-def _kill_group(proc: subprocess.Popen, grace_s: float = _TERM_GRACE_S) -> None:
-    """SIGTERM the command's process group, SIGKILL it after grace_s, reap the command.
-
-    The command stays unreaped (a zombie at worst) until after the SIGKILL, so its PID, which
-    is the group's id, cannot be reused by a stranger in between.
-    """
-    pgid = proc.pid  # start_new_session: the command leads its own group
-
-    def killpg(sig: int) -> None:
-        try:
-            os.killpg(pgid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-    killpg(signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline:
-        try:
-            if os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
-                break
-        except ChildProcessError:
-            break
-        time.sleep(0.02)
-    killpg(signal.SIGKILL)
-    try:
-        proc.wait(5)
-    except subprocess.TimeoutExpired:
-        logger.warning("pid %d survived SIGKILL", proc.pid)

@@ -40,6 +40,8 @@ class LeaseOpen(Strict):
     labels: dict[str, str] = {}
     ray_auth_token: Annotated[str, Field(min_length=16, max_length=256)]
     head_gcs_port: int | None = None  # workers: where the head's GCS listens (exported as DCL_HEAD_GCS_PORT)
+    cpus: Annotated[int, Field(ge=1, le=4096)] | None = None  # the lease's CPUs: its sandbox's CPU limit
+    image: Annotated[str, Field(max_length=256)] | None = None  # the cluster's container image (docker runtime)
 
 
 class LeaseOpened(Strict):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import time
 import uuid
@@ -11,7 +12,7 @@ from pathlib import Path
 import httpx
 
 from tests.waiting import wait_for  # noqa: F401 (re-exported for the integration tests)
-from worker import procs
+from worker import procs, sandbox
 
 
 def unique(prefix: str) -> str:
@@ -43,6 +44,16 @@ class Api:
         return api
 
 
+def runtime_args() -> tuple[str, ...]:
+    """The lease runtime of the suites' agents: $DCL_TEST_RUNTIME, else bwrap where it can run (root), else none.
+
+    Pinned rather than the agent's own default (docker where a daemon answers) so that a run does not
+    change runtime with the machine; the sandbox and escape suites run every runtime the machine has.
+    """
+    runtime = os.environ.get("DCL_TEST_RUNTIME") or ("bwrap" if os.geteuid() == 0 and shutil.which("bwrap") else "none")
+    return ("--runtime", runtime, *((sandbox.UNSANDBOXED_FLAG,) if runtime == "none" else ()))
+
+
 class LocalAgent:
     """A real `dcluster-agent` process for one provider account, stopped by its owner tag."""
 
@@ -54,6 +65,8 @@ class LocalAgent:
         password_file = self.state_dir / "password"
         password_file.write_text(password)
         password_file.chmod(0o600)
+        if "--runtime" not in extra_args:
+            extra_args = (*runtime_args(), *extra_args)
         self.cmd = [str(Path(sys.executable).parent / "dcluster-agent"), "--platform-url", base_url,
                     "--username", username, "--password-file", str(password_file),
                     "--state-dir", str(self.state_dir / "agent"), "--name", name or self.tag, *extra_args]

@@ -44,7 +44,7 @@ def _open(runner: leases.LeaseRunner, role: str = "head", **kw) -> str:
 def base_env():
     return {**os.environ, "RAY_ADDRESS": "10.0.0.1:6379", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "agent-secret",
             "RAY_AUTH_TOKEN_PATH": "/agent/token", "RAY_NAMESPACE": "dcluster", "PYTHONPATH": "/elsewhere",
-            "KEEP_ME": "1"}
+            "DCLUSTER_AGENT_PASSWORD": "provider-secret", "HOME": "/root", "LANG": "C.UTF-8"}
 
 
 @pytest.fixture
@@ -112,7 +112,9 @@ def test_head_environment(runner):
     assert env["PYTHONPATH"].split(os.pathsep) == [str(Path(worker.__file__).resolve().parents[1]), "/elsewhere"]
     assert env["RAY_AUTH_MODE"] == "token" and env["RAY_AUTH_TOKEN_PATH"] == str(lease_dir / "ray_auth_token")
     assert "RAY_AUTH_TOKEN" not in env and "RAY_ADDRESS" not in env and "RAY_NAMESPACE" not in env
-    assert env["KEEP_ME"] == "1" and env["RAY_HEAD_IP"] == "127.0.0.1" and env["RAY_USAGE_STATS_ENABLED"] == "0"
+    assert env["RAY_HEAD_IP"] == "127.0.0.1" and env["RAY_USAGE_STATS_ENABLED"] == "0"
+    # Only a few harmless variables of the agent's pass: never its password, its Ray settings or its HOME.
+    assert "DCLUSTER_AGENT_PASSWORD" not in env and env["LANG"] == "C.UTF-8"
     flags = env["DCL_RAY_PORT_FLAGS"]
     assert f"--temp-dir /tmp/dcl-{lease_id} " in flags and f"--port {ports.gcs} " in flags
     assert f"--node-manager-port {ports.node_manager}" in flags

@@ -1,0 +1,66 @@
+"""A buyer's job that tries to get out of its lease: every attempt is recorded, with the errno it met.
+
+Submitted with `ray job submit` to the attacker's own cluster; argv[1] is a JSON object naming the
+targets (paths on the provider's machine the attacker is assumed to know). Prints one line
+`ESCAPE_RESULT {...}` before the memory attempt, and `ESCAPE_MEMORY {...}` after it.
+"""
+
+import errno
+import json
+import os
+import subprocess
+import sys
+
+import ray
+
+
+def attempt(fn) -> str:
+    try:
+        fn()
+        return "ok"
+    except OSError as exc:
+        return errno.errorcode.get(exc.errno, str(exc.errno))
+
+
+def read(path: str) -> str:
+    return attempt(lambda: open(path, "rb").read())
+
+
+def write(path: str) -> str:
+    return attempt(lambda: open(path, "wb").write(b"escaped"))
+
+
+@ray.remote(num_gpus=1, num_cpus=0)
+def gpu_view() -> dict:
+    """On the GPU worker: ask for every GPU of the machine, then look at what exists."""
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "0,1,2,3,4,5,6,7"}
+    listing = subprocess.run(["sh", "-c", "ls /dev"], env=env, capture_output=True, text=True).stdout.split()
+    opened = {name: read(f"/dev/{name}") for name in ("nvidia0", "nvidia1", "nvidia2", "nvidia3")}
+    return {"ray_cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "nvidia_nodes": sorted(n for n in listing if n.startswith("nvidia") and n[6:].isdigit()),
+            "opened": opened}
+
+
+def main() -> None:
+    targets = json.loads(sys.argv[1])
+    ray.init()
+    out = {"reads": {name: read(path) for name, path in targets["reads"].items()},
+           "writes": {name: write(path) for name, path in targets["writes"].items()}}
+    secret = targets.get("provider_password", "")
+    out["env_has_provider_password"] = any(secret and secret in v for v in os.environ.values())
+    out["env_names"] = sorted(os.environ)
+    # A process that hides from the agent's tag and from the job's session; it must not outlive the lease.
+    marker = targets["sleep_marker"]
+    subprocess.Popen(f"env -u DCLUSTER_OWNER setsid nohup sleep {marker} >/dev/null 2>&1 < /dev/null &",
+                     shell=True).wait()
+    out["gpu"] = ray.get(gpu_view.remote())
+    out["pid_namespace_processes"] = len([p for p in os.listdir("/proc") if p.isdigit()])
+    print("ESCAPE_RESULT " + json.dumps(out), flush=True)
+    # Past the lease's memory limit: the OOM killer must end the grower (SIGKILL), not the machine.
+    grow = subprocess.run([sys.executable, "-c", "x = b'1' * (%d * 1024 * 1024); print('GREW')" % targets["grow_mb"]],
+                          capture_output=True, text=True)
+    print("ESCAPE_MEMORY " + json.dumps({"returncode": grow.returncode, "grew": "GREW" in grow.stdout}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,215 @@
+"""Each sandbox runtime this machine has, on real leases (no Ray): what a lease can reach, and what survives it.
+
+bwrap always (CI installs it; the agent must be root to give each lease its own uid and cgroup);
+docker where `docker info` answers. Every attempt must be seen to fail with the denial named
+(ENOENT, EACCES, EROFS, EPERM, or a SIGKILL by the OOM killer), not merely "no exception".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from worker import leases, procs, protocol, sandbox
+from worker.sandbox import docker as sandbox_docker
+from worker.sandbox import base
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("bwrap"),
+                                reason="the sandbox runtimes need root and bubblewrap (CI installs it)")
+
+RUNTIMES = ["bwrap", pytest.param("docker", marks=pytest.mark.skipif(not sandbox.docker_answers(),
+                                                                     reason="no docker daemon answers here"))]
+DENIED = {"ENOENT", "EACCES", "EROFS", "EPERM"}
+
+# Runs inside a lease: tries each thing it is given and prints {name: "ok" | errno name} as JSON.
+PROBE = textwrap.dedent('''
+    import errno, json, os, sys
+    reads, writes = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+    out = {}
+    def attempt(name, fn):
+        try:
+            fn()
+            out[name] = "ok"
+        except OSError as exc:
+            out[name] = errno.errorcode.get(exc.errno, str(exc.errno))
+    for name, path in reads.items():
+        attempt(name, lambda p=path: open(p, "rb").read())
+    for name, path in writes.items():
+        attempt(name, lambda p=path: open(p, "wb").write(b"x"))
+    out["env"] = sorted(os.environ)
+    print(json.dumps(out))
+''')
+
+
+@pytest.fixture
+def agent_dir(tmp_path):
+    """A provider's agent: its password file and state, 0600 in a 0700 dir, as dcluster-agent keeps them."""
+    root = Path(f"/tmp/dcl-sbx-{secrets.token_hex(4)}")  # short: Ray socket paths in the leases stay short
+    state = root / "agent"
+    state.mkdir(parents=True, mode=0o700)
+    (root / "password").write_text("provider-secret-pw")
+    (state / "machine.json").write_text('{"machine_key": "mk-secret"}')
+    for f in (root / "password", state / "machine.json"):
+        f.chmod(0o600)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def _runner(agent_dir: Path, runtime_name: str, *, memory_mb: int | None = None, gpu_dev_root: Path | None = None):
+    runtime = sandbox.make_runtime(runtime_name, gpu_dev_root=gpu_dev_root or Path("/dev"))
+    base_env = {**os.environ, "DCLUSTER_AGENT_PASSWORD": "provider-secret-pw"}
+    return leases.LeaseRunner(agent_dir / "agent" / "leases", node_ip="127.0.0.1", base_env=base_env,
+                              runtime=runtime,
+                              limits_fn=lambda _p: base.LeaseLimits(cpus=1, memory_mb=memory_mb, pids=512))
+
+
+def _open(runner: leases.LeaseRunner, gpus: list[int] = ()) -> str:
+    lease_id = "l-" + secrets.token_hex(6)
+    runner.open(protocol.LeaseOpen(lease_id=lease_id, cluster_id="c-" + secrets.token_hex(6), role="worker",
+                                   gpu_indices=list(gpus), ray_auth_token=secrets.token_hex(20), cpus=1))
+    return lease_id
+
+
+def _probe(runner, lease_id, reads: dict, writes: dict) -> dict:
+    script = runner.root / lease_id / "home" / "probe.py"
+    runner.put_file(lease_id, "~/probe.py", PROBE.encode())
+    result = runner.run(lease_id, f"{sys.executable} {script} '{json.dumps(reads)}' '{json.dumps(writes)}'",
+                        timeout_s=60)
+    assert result.ok, result.output
+    return json.loads(result.output.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("runtime_name", RUNTIMES)
+def test_a_lease_reaches_nothing_of_the_agent_or_other_leases(agent_dir, runtime_name):
+    runner = _runner(agent_dir, runtime_name)
+    try:
+        mine, other = _open(runner), _open(runner)
+        runner.put_file(other, "~/ray_bootstrap_config.yaml", b"provider: {credential: secret}")
+        other_dir = runner.root / other
+        agent_pid = os.getpid()
+        got = _probe(runner, mine, reads={
+            "own_token": str(runner.root / mine / "ray_auth_token"),
+            "provider_password_file": str(agent_dir / "password"),
+            "agent_state": str(agent_dir / "agent" / "machine.json"),
+            "agent_environ": f"/proc/{agent_pid}/environ",
+            "other_lease_token": str(other_dir / "ray_auth_token"),
+            "other_lease_bootstrap_config": str(other_dir / "home" / "ray_bootstrap_config.yaml"),
+            "other_lease_record": str(other_dir / "lease.json"),
+            "own_lease_record": str(runner.root / mine / "lease.json"),
+            "shadow": "/etc/shadow",
+        }, writes={
+            "write_root": "/escape", "write_usr": "/usr/escape", "write_etc_passwd": "/etc/passwd",
+            "write_agent_dir": str(agent_dir / "escape"), "write_other_home": str(other_dir / "home" / "escape"),
+            "write_python": str(Path(sys.executable).parent / "escape"),
+        })
+        assert got.pop("own_token") == "ok"  # the probe ran, and could read what is its own
+        env = got.pop("env")
+        assert "DCLUSTER_AGENT_PASSWORD" not in env and "RAY_AUTH_TOKEN" not in env
+        assert all(value in DENIED for value in got.values()), got
+        assert not (agent_dir / "escape").exists() and not Path("/escape").exists()
+    finally:
+        runner.close_all(grace_s=0.5)
+
+
+def _host_processes_with(marker: str) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        if marker in " ".join(proc.info["cmdline"] or ()):
+            found.append(proc)
+    return found
+
+
+@pytest.mark.parametrize("runtime_name", RUNTIMES)
+def test_closing_a_lease_ends_every_process_however_forked(agent_dir, runtime_name):
+    runner = _runner(agent_dir, runtime_name)
+    marker = f"{4000 + secrets.randbelow(999)}.{secrets.randbelow(999)}"
+    outsider = procs.spawn(["sleep", "300"], env=dict(os.environ), log_path=agent_dir / "outsider.log",
+                           owner_tag="dcl-test-outsider")
+    try:
+        mine, other = _open(runner), _open(runner)
+        runner.run(other, "nohup sleep 300 >/dev/null 2>&1 &", timeout_s=30)
+        result = runner.run(mine, f"env -u DCLUSTER_OWNER setsid nohup sleep {marker} >/dev/null 2>&1 < /dev/null & "
+                                  f"(bash -c 'setsid sleep {marker} &' &) ; sleep 0.5", timeout_s=30)
+        assert result.ok, result.output
+        assert len(_host_processes_with(f"sleep {marker}")) == 2  # they run, detached from the command
+        # ray stop and kill -1 inside reach only that lease (a third one: kill -1 ends the lease itself):
+        # the outsider and the other lease live on.
+        killer = _open(runner)
+        runner.run(killer, "ray --logging-level=info stop --force >/dev/null 2>&1; kill -9 -1; true", timeout_s=60)
+        assert psutil.Process(outsider.pid).is_running()
+        assert runner.run(other, "pgrep -c sleep", timeout_s=30).output.strip() == "1"
+        assert len(_host_processes_with(f"sleep {marker}")) == 2
+        assert runner.close(killer).ok
+        closed = runner.close(mine)
+        assert closed.ok, closed.output
+        assert _host_processes_with(f"sleep {marker}") == []
+        assert not (runner.root / mine).exists() and not leases.temp_dir_for(mine).exists()
+        if runtime_name == "bwrap":
+            assert not Path(f"/sys/fs/cgroup/pids/dcluster/{mine}").exists()
+        else:
+            assert sandbox_docker.remove_containers(mine) == []
+        assert runner.run(other, "pgrep -c sleep", timeout_s=30).output.strip() == "1"
+    finally:
+        runner.close_all(grace_s=0.5)
+        outsider.kill()
+        outsider.wait(5)
+
+
+@pytest.mark.parametrize("runtime_name", RUNTIMES)
+def test_going_past_the_memory_limit_is_killed(agent_dir, runtime_name):
+    runner = _runner(agent_dir, runtime_name, memory_mb=256)
+    try:
+        lease = _open(runner)
+        grow = "b = bytearray(512 * 1024 * 1024); b[::4096] = b'x' * len(b[::4096]); print('NOT', 'LIMITED')"
+        result = runner.run(lease, f"{sys.executable} -c \"{grow}\"; echo exit=$?", timeout_s=60)
+        assert "NOT LIMITED" not in result.output
+        assert "exit=137" in result.output, result.output  # SIGKILL from the OOM killer
+        assert runner.run(lease, "echo alive", timeout_s=30).output.strip().endswith("alive")  # the lease lives on
+    finally:
+        runner.close_all(grace_s=0.5)
+
+
+def test_only_the_leased_gpus_device_nodes_are_there(agent_dir):
+    dev = agent_dir / "dev"
+    dev.mkdir()
+    for name in ("nvidia0", "nvidia1", "nvidia2", "nvidia3", "nvidiactl", "nvidia-uvm"):
+        (dev / name).write_text(name)  # fake nodes: what matters is which ones are bound in
+    runner = _runner(agent_dir, "bwrap", gpu_dev_root=dev)
+    try:
+        lease = _open(runner, gpus=[2])
+        result = runner.run(lease, "export CUDA_VISIBLE_DEVICES=0,1,2,3; echo cvd=$CUDA_VISIBLE_DEVICES; "
+                                   "ls /dev | grep nvidia; cat /dev/nvidia2", timeout_s=30)
+        lines = result.output.split()
+        assert sorted(x for x in lines if x.startswith("nvidia") and x != "nvidia2") == \
+            ["nvidia-uvm", "nvidiactl"] and lines.count("nvidia2") == 2  # listed, and its content read
+        assert runner.environment(lease)["CUDA_VISIBLE_DEVICES"] == "0"  # renumbered: only one GPU exists inside
+        for other in ("nvidia0", "nvidia1", "nvidia3"):
+            assert runner.run(lease, f"cat /dev/{other}", timeout_s=30).exit_code == 1
+    finally:
+        runner.close_all(grace_s=0.5)
+
+
+@pytest.mark.parametrize("runtime_name", RUNTIMES)
+def test_a_lease_runs_as_a_user_of_its_own_without_capabilities(agent_dir, runtime_name):
+    runner = _runner(agent_dir, runtime_name)
+    try:
+        lease = _open(runner)
+        out = runner.run(lease, "id -u; grep -E '^(CapEff|CapBnd|NoNewPrivs)' /proc/self/status; ps -e --no-headers | wc -l",
+                         timeout_s=30).output.split()
+        uid = int(out[0])
+        assert uid != os.getuid() and uid == runner._get(lease).uid
+        assert out[out.index("CapEff:") + 1] == "0000000000000000" and out[out.index("NoNewPrivs:") + 1] == "1"
+        assert int(out[-1]) < 10  # its own pid namespace: a handful of processes, not the machine's
+        started = time.monotonic()
+        assert runner.close(lease).ok and time.monotonic() - started < 10
+    finally:
+        runner.close_all(grace_s=0.5)

@@ -1,0 +1,161 @@
+"""The process inside every sandbox that starts a lease's commands: standard library only, JSON lines on stdio.
+
+It runs as the sandbox's first process of the lease's user (bwrap: pid 2 of the sandbox's pid
+namespace, docker: the container's entrypoint). The agent writes one request a line on its
+stdin and reads one reply or event a line from its stdout:
+
+    {"id": 1, "op": "spawn", "argv": [...], "env": {...}, "cwd": "...", "log": "..."}
+        -> {"id": 1, "pid": 12}                          or {"id": 1, "error": "..."}
+        later {"event": "exit", "id": 1, "returncode": 0}
+    {"id": 2, "op": "kill", "target": 1, "signal": 15}   -> {"id": 2, "ok": true}
+    {"id": 4, "op": "write", "path": "...", "content_b64": "..."} -> {"id": 4, "ok": true}
+    {"id": 3, "op": "stop", "grace_s": 2.0}              -> {"id": 3, "ok": true, "signalled": 5}, then it exits
+
+Stopping, and the end of stdin (the agent went away), signal every other process of the
+sandbox: kill(-1) reaches exactly the processes of the lease's user in this pid namespace,
+which is every process of the lease however it was forked. Nothing here is trusted for
+isolation: the sandbox around it does that; this only saves the agent a `docker exec` or an
+`nsenter` per command. It makes itself non-dumpable so that the lease's processes, which run
+as the same user, cannot take over its pipes through /proc.
+"""
+
+import base64
+import ctypes
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+_out_lock = threading.Lock()
+_children = {}  # request id -> Popen
+
+
+def _send(message):
+    line = json.dumps(message, separators=(",", ":")) + "\n"
+    with _out_lock:
+        sys.stdout.write(line)
+        sys.stdout.flush()
+
+
+def _no_dump():
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE, 0
+    except (OSError, AttributeError):
+        pass
+
+
+def _others():
+    """PIDs of this pid namespace's processes other than init (1) and this one."""
+    me = os.getpid()
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit() and int(name) not in (1, me):
+            try:
+                with open(f"/proc/{name}/stat", "rb") as f:
+                    state = f.read().rsplit(b")", 1)[1].split()[0]
+            except OSError:
+                continue
+            if state != b"Z":
+                found.append(int(name))
+    return found
+
+
+def _signal_all(sig):
+    try:
+        os.kill(-1, sig)  # every process this user may signal here, never this one
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def stop_everything(grace_s):
+    """SIGTERM every other process, wait up to grace_s for them to go, then SIGKILL what is left."""
+    signalled = len(_others())
+    _signal_all(signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while _others() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    _signal_all(signal.SIGKILL)
+    deadline = time.monotonic() + 5.0
+    while _others() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return signalled
+
+
+def _wait(request_id, proc):
+    returncode = proc.wait()
+    _children.pop(request_id, None)
+    _send({"event": "exit", "id": request_id, "returncode": returncode})
+
+
+def _spawn(request):
+    log_path = request["log"]
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    with open(log_path, "ab", buffering=0) as log:
+        proc = subprocess.Popen(request["argv"], env=request["env"], cwd=request.get("cwd") or None,
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True, close_fds=True)
+    _children[request["id"]] = proc
+    threading.Thread(target=_wait, args=(request["id"], proc), daemon=True).start()
+    return {"pid": proc.pid}
+
+
+def _write(request):
+    """Write a file of the launcher's (mode 0600) as the lease's user: atomically, never through a link."""
+    path = request["path"]
+    directory = os.path.dirname(path)
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(base64.b64decode(request["content_b64"]))
+    os.replace(tmp, path)
+    return {"ok": True}
+
+
+def _kill(request):
+    proc = _children.get(request["target"])
+    if proc is None:
+        return {"ok": False}
+    try:
+        os.killpg(proc.pid, int(request.get("signal", signal.SIGTERM)))
+    except ProcessLookupError:
+        return {"ok": False}
+    return {"ok": True}
+
+
+def main():
+    _no_dump()
+    # Only the agent ends us (stop, or closing stdin). A handler, not SIG_IGN: an ignored signal stays
+    # ignored across exec, and every command would then ignore SIGTERM too.
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    _send({"event": "ready", "pid": os.getpid(), "uid": os.getuid(), "python": sys.version.split()[0]})
+    for line in sys.stdin:
+        request = None
+        try:
+            request = json.loads(line)
+            op = request["op"]
+            if op == "spawn":
+                reply = _spawn(request)
+            elif op == "write":
+                reply = _write(request)
+            elif op == "kill":
+                reply = _kill(request)
+            elif op == "stop":
+                reply = {"ok": True, "signalled": stop_everything(float(request.get("grace_s", 2.0)))}
+                _send({"id": request.get("id"), **reply})
+                return 0
+            else:
+                reply = {"error": f"unknown op {op!r}"}
+        except Exception as exc:  # noqa: BLE001 - every request gets an answer
+            reply = {"error": f"{type(exc).__name__}: {exc}"}
+        _send({"id": request.get("id") if isinstance(request, dict) else None, **reply})
+    stop_everything(0.5)  # stdin closed: the agent is gone, and so is the lease
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
