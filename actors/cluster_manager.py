@@ -6,26 +6,23 @@ import asyncio
 import collections
 import json
 import logging
-import re
-import secrets
 import time
-import uuid
 from typing import Callable, Protocol
 
-from actors import auth, cluster_views as views, domain, errors, placement
+from actors import auth, cluster_views as views, placement
+from dcl_core import commands, domain, errors, ids, protocol
 from actors import usage as usage_mod
 from actors import cluster_store as cstore
 from actors import launcher as launcher_mod
 from actors.launcher import Launcher
 from actors.settings import PlatformSettings
 from configs import aws, market
-from configs.models import ClusterSpec
-from worker import protocol
+from dcl_core.cluster_spec import ClusterSpec
 
 logger = logging.getLogger(__name__)
 
 S = domain.ClusterStatus
-RAY_START = re.compile(r"\bray\s+start\b")
+N = domain.NodeRole
 LEASE_OPEN_TIMEOUT_S = 30.0
 LEASE_CLOSE_TIMEOUT_S = 30.0
 TEARDOWN_TIMEOUT_S = 120.0
@@ -121,19 +118,19 @@ class ClusterManager:
         leases = await self._store.leases_of(cid)
         live = [l for l in leases if domain.LeaseStatus(l["status"]).holds_capacity()]
         statuses = await self._store.machine_statuses([l["machine_id"] for l in live],
-                                                 now - self._settings.offline_after_s)
+                                                      self._settings.online_cutoff(now))
         for lease in live:
-            if statuses.get(lease["machine_id"]) != domain.MachineStatus.ONLINE.value:
+            if statuses.get(lease["machine_id"]) != domain.MachineStatus.ONLINE:
                 if await self._store.end_lease(lease["id"], domain.LeaseStatus.LOST, now):
                     await self._event(cid, "lease_lost", f"{lease['role']} node {lease['id']} lost: machine "
                                       f"{lease['machine_id']} is {statuses.get(lease['machine_id'], 'unknown')}")
-                    if lease["role"] == "head":
+                    if lease["role"] == N.HEAD:
                         await self._fail(cid, f"the head node's machine {lease['machine_id']} went away")
                         return
         joined = [l for l in await self._store.leases_of(cid)
                   if l["status"] == domain.LeaseStatus.OPEN.value and l["joined_at"]]
-        head_joined = any(l["role"] == "head" for l in joined)
-        workers_joined = sum(1 for l in joined if l["role"] == "worker")
+        head_joined = any(l["role"] == N.HEAD for l in joined)
+        workers_joined = sum(1 for l in joined if l["role"] == N.WORKER)
         if row["status"] in (S.RUNNING.value, S.DEGRADED.value):
             await self._check_workers(row, workers_joined, spec.num_workers, now)
         if row["status"] == S.PROVISIONING.value:
@@ -206,7 +203,7 @@ class ClusterManager:
             summary["total"]["earnings"] = summary["total"].pop("cost")
             for item in summary["items"]:
                 item["earnings"] = item.pop("cost")
-            return {"role": "provider", **summary}
+            return {"role": domain.Role.PROVIDER.value, **summary}
         owner = None if principal.role is domain.Role.ADMIN else principal.account_id
         leases = await self._store.leases_in_window(start, end, owner_id=owner)
         return {"role": principal.role.value,
@@ -222,7 +219,7 @@ class ClusterManager:
                 raise errors.InvalidInput("backend 'aws' is not enabled on this platform; use backend 'market'")
             aws.check_spec(spec, self._settings.aws)
         now = self._clock()
-        cid = "c-" + uuid.uuid4().hex[:12]
+        cid = ids.new_cluster_id()
         async with self._placement_lock:
             if spec.backend == "aws":
                 leases, summary = [], f"EC2: a {self._settings.aws.head_instance_type} head and {spec.num_workers} " \
@@ -237,7 +234,7 @@ class ClusterManager:
                          "spec": spec.model_dump_json(), "status": S.PENDING.value,
                          "expires_at": now + spec.duration_s},
                 leases=leases, event=summary, now=now)
-        views.write_cluster_token(self._settings.clusters_dir / cid, secrets.token_hex(32))
+        views.write_cluster_token(self._settings.clusters_dir / cid, ids.new_ray_auth_token())
         logger.info("cluster %s created for %s: %d worker(s)", cid, principal.username, spec.num_workers)
         await self._schedule_expiry(cid)
         self._spawn(cid, self._provision(cid))
@@ -265,7 +262,7 @@ class ClusterManager:
     async def connection(self, principal: auth.Principal, cluster_id: str) -> dict:
         row = await self._own_cluster(principal, cluster_id)
         head = next((l for l in await self._store.leases_of(cluster_id)
-                     if l["role"] == "head" and l["status"] == domain.LeaseStatus.OPEN.value and l["joined_at"]),
+                     if l["role"] == N.HEAD and l["status"] == domain.LeaseStatus.OPEN.value and l["joined_at"]),
                     None)
         if not S(row["status"]).is_active() or head is None:
             raise errors.Conflict(f"cluster {cluster_id} is {row['status']}: connection details exist once its "
@@ -289,7 +286,7 @@ class ClusterManager:
         async with self._placement_lock:
             leases = await self._store.leases_of(cluster_id)
             # The credential sits on the head, where buyers' job drivers run: never more nodes than paid for.
-            limit = spec.num_workers if role == "worker" else 1
+            limit = spec.num_workers if role == N.WORKER else 1
             open_now = sum(1 for l in leases if l["role"] == role and l["status"] == domain.LeaseStatus.OPEN.value)
             if open_now + count > limit:
                 raise errors.Conflict(f"cluster {cluster_id} has {open_now} open {role} node(s) of {limit}: "
@@ -298,11 +295,11 @@ class ClusterManager:
                         if l["role"] == role and l["status"] == domain.LeaseStatus.RESERVED.value][:count]
             missing = count - len(reserved)
             if missing > 0:  # e.g. a replacement: reserve more on other machines
-                if role == "worker":
-                    request = placement.NodeRequest("worker", spec.gpus_per_worker, spec.cpus_per_worker,
+                if role == N.WORKER:
+                    request = placement.NodeRequest(N.WORKER.value, spec.gpus_per_worker, spec.cpus_per_worker,
                                                     spec.gpu_model if spec.gpus_per_worker else None)
                 else:
-                    request = placement.NodeRequest("head", 0, placement.HEAD_CPUS)
+                    request = placement.NodeRequest(N.HEAD.value, 0, placement.HEAD_CPUS)
                 extra = [views.lease_row(a) for a in await self._place(cluster_id, [request] * missing)]
                 await self._store.add_leases(cluster_id, extra, self._clock())
                 reserved += [await self._store.get_lease(l["id"]) for l in extra]
@@ -323,13 +320,13 @@ class ClusterManager:
     async def exec_on_node(self, principal: auth.Principal, cluster_id: str, node_id: str, body: dict) -> dict:
         lease = await self._scoped_lease(principal, cluster_id, node_id)
         if lease["status"] != domain.LeaseStatus.OPEN.value:
-            if body.get("op") == "run" and re.search(r"\bray\s+stop\b", body.get("cmd", "")):
+            if body.get("op") == "run" and commands.stops_ray(body.get("cmd", "")):
                 return {"ok": True, "exit_code": 0, "output": "node already released", "data": {}}
             raise errors.Conflict(f"node {node_id} is {lease['status']}: it runs no commands")
         payload = protocol.LeaseExec(lease_id=node_id, **body)
         result = await self._registry.send_work(lease["machine_id"], protocol.LEASE_EXEC,
                                                 payload.model_dump(), timeout_s=payload.timeout_s + 10)
-        if payload.op == "run" and RAY_START.search(payload.cmd):
+        if payload.op == "run" and commands.starts_ray(payload.cmd):
             if result.get("ok"):
                 if await self._store.mark_joined(node_id, self._clock()):
                     await self._event(cluster_id, f"{lease['role']}_joined",
@@ -345,8 +342,7 @@ class ClusterManager:
     # --- internals ----------------------------------------------------------------------
 
     async def _place(self, cluster_id: str, requests: list[placement.NodeRequest]) -> list[placement.Assignment]:
-        cutoff = self._clock() - self._settings.offline_after_s
-        machines = await self._store.online_machines(cutoff)
+        machines = await self._store.online_machines(self._settings.online_cutoff(self._clock()))
         active = await self._store.active_leases()
         caps = placement.capacities(machines, active)
         mine = collections.Counter(l["machine_id"] for l in active if l["cluster_id"] == cluster_id)
@@ -360,13 +356,13 @@ class ClusterManager:
     async def _open_lease(self, cluster: dict, lease: dict, node_type: str, tags: dict) -> dict:
         machine = await self._store.machine_summary(lease["machine_id"])
         head = next((l for l in await self._store.leases_of(cluster["id"])
-                     if l["role"] == "head" and l["status"] == domain.LeaseStatus.OPEN.value), None)
+                     if l["role"] == N.HEAD and l["status"] == domain.LeaseStatus.OPEN.value), None)
         payload = protocol.LeaseOpen(
             lease_id=lease["id"], cluster_id=cluster["id"], role=lease["role"], gpu_indices=lease["gpus"],
             resources={f"provider_{lease['machine_id']}": 1.0},
             labels=views.node_labels(cluster["id"], lease, machine),
             ray_auth_token=views.read_cluster_token(self._settings.clusters_dir / cluster["id"]),
-            head_gcs_port=head["ports"]["gcs"] if head and lease["role"] == "worker" else None)
+            head_gcs_port=head["ports"]["gcs"] if head and lease["role"] == N.WORKER else None)
         result = await self._registry.send_work(lease["machine_id"], protocol.LEASE_OPEN, payload.model_dump(),
                                                 timeout_s=LEASE_OPEN_TIMEOUT_S)
         if not result.get("ok"):
@@ -517,7 +513,7 @@ class ClusterManager:
                                     "duration_s", "backend")},
             "created_at": row["created_at"], "expires_at": row["expires_at"], "running_at": row["running_at"],
             "ended_at": row["ended_at"],
-            "workers_joined": sum(1 for n in nodes if n["role"] == "worker" and n["status"] == "open" and n["joined"]),
-            "head_node_ip": next((n["node_ip"] for n in nodes if n["role"] == "head" and n["status"] == "open"), None),
+            "workers_joined": sum(1 for n in nodes if n["role"] == N.WORKER and n["status"] == domain.LeaseStatus.OPEN and n["joined"]),
+            "head_node_ip": next((n["node_ip"] for n in nodes if n["role"] == N.HEAD and n["status"] == domain.LeaseStatus.OPEN), None),
             "nodes": nodes,
         }

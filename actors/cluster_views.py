@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import shlex
-import uuid
 
-from actors import auth, domain, errors, placement
+from actors import auth, placement
+from dcl_core import domain, errors, ids, secret_files
 from configs import market
 
 
@@ -36,7 +36,7 @@ def node_labels(cluster_id: str, lease: dict, machine: dict) -> dict:
 
 
 def lease_row(a: placement.Assignment) -> dict:
-    return {"id": "l-" + uuid.uuid4().hex[:12], "machine_id": a.machine_id, "role": a.request.role,
+    return {"id": ids.new_lease_id(), "machine_id": a.machine_id, "role": a.request.role,
             "gpus": list(a.gpu_indices), "cpus": a.request.cpus,
             "price_per_gpu_hour": a.price_per_gpu_hour, "price_per_cpu_hour": a.price_per_cpu_hour}
 
@@ -54,7 +54,7 @@ def require_buyer(principal: auth.Principal) -> None:
 
 
 def require_buyer_or_admin(principal: auth.Principal) -> None:
-    if principal.role not in (domain.Role.BUYER, domain.Role.ADMIN):
+    if not principal.role.may_hold_clusters():
         raise errors.Forbidden(f"clusters are for buyer accounts; you are signed in as {principal.role.value}")
 
 
@@ -72,8 +72,8 @@ def describe(exc: BaseException) -> str:
 
 def write_cluster_token(cluster_dir, token: str) -> None:
     """The sub-cluster's Ray auth token, owner-only on disk; given to its buyer and its agents only."""
-    cluster_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    auth.write_secret_file(cluster_dir / "ray_auth_token", token)
+    secret_files.ensure_private_dir(cluster_dir)
+    secret_files.write_secret_file(cluster_dir / "ray_auth_token", token)
 
 
 def read_cluster_token(cluster_dir) -> str:

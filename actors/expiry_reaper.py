@@ -8,7 +8,7 @@ import logging
 import time
 from typing import Callable, Protocol
 
-from actors import domain
+from dcl_core import domain
 from actors import cluster_store as cstore
 
 logger = logging.getLogger(__name__)

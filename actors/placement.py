@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from dcl_core import domain
+
 HEAD_CPUS = 1  # a head runs no buyer tasks (num-cpus=0) but its GCS, dashboard and autoscaler need a core
 
 
@@ -23,7 +25,7 @@ class MachineCapacity:
 
 @dataclasses.dataclass(frozen=True)
 class NodeRequest:
-    role: str  # "head" | "worker"
+    role: str  # a domain.NodeRole value
     gpus: int
     cpus: int
     gpu_model: str | None = None
@@ -64,8 +66,8 @@ def capacities(machines: list[dict], active_leases: list[dict], head_cpus: int =
 
 def cluster_requests(num_workers: int, gpus_per_worker: int, cpus_per_worker: int, gpu_model: str | None,
                      *, with_head: bool = True) -> list[NodeRequest]:
-    worker = NodeRequest("worker", gpus_per_worker, cpus_per_worker, gpu_model if gpus_per_worker else None)
-    return ([NodeRequest("head", 0, HEAD_CPUS)] if with_head else []) + [worker] * num_workers
+    worker = NodeRequest(domain.NodeRole.WORKER.value, gpus_per_worker, cpus_per_worker, gpu_model if gpus_per_worker else None)
+    return ([NodeRequest(domain.NodeRole.HEAD.value, 0, HEAD_CPUS)] if with_head else []) + [worker] * num_workers
 
 
 def _fits(m: MachineCapacity, r: NodeRequest) -> bool:
@@ -82,13 +84,13 @@ def place(machines: list[MachineCapacity], requests: list[NodeRequest]) -> list[
     """
     # Copy-on-pick: of 10,000 machines only the few chosen are copied and changed.
     picked: dict[str, MachineCapacity] = {}
-    ordered = sorted(requests, key=lambda r: (r.role == "head", -r.gpus, -r.cpus))
+    ordered = sorted(requests, key=lambda r: (r.role == domain.NodeRole.HEAD, -r.gpus, -r.cpus))
     assignments = []
     for r in ordered:
         fitting = [v for m in machines if _fits(v := picked.get(m.machine_id, m), r)]
         if not fitting:
             raise InsufficientCapacity(_shortage_message(machines, requests, r), available=summarize(machines))
-        if r.role == "head":
+        if r.role == domain.NodeRole.HEAD:
             best = min(fitting, key=lambda m: (len(m.free_gpus), m.leases_of_cluster, -m.free_cpus))
         else:
             price = (lambda m: m.price_per_gpu_hour) if r.gpus else (lambda m: m.price_per_cpu_hour)
@@ -118,7 +120,7 @@ def summarize(machines: list[MachineCapacity]) -> dict:
 
 
 def _shortage_message(machines: list[MachineCapacity], requests: list[NodeRequest], failed: NodeRequest) -> str:
-    workers = [r for r in requests if r.role == "worker"]
+    workers = [r for r in requests if r.role == domain.NodeRole.WORKER]
     want = f"{len(workers)} worker(s)"
     if workers and workers[0].gpus:
         want += f" with {workers[0].gpus} {workers[0].gpu_model or 'any-model'} GPU(s) and {workers[0].cpus} CPU(s) each"

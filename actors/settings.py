@@ -5,16 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from configs import aws as aws_config
+from dcl_core import domain
 
 NAMESPACE = "dcluster"
 
 
-class PlatformSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class PlatformSettings(domain.StrictModel):
     state_dir: Annotated[Path, Field(description="Where the database and the platform's secrets live")]
     heartbeat_interval_s: Annotated[float, Field(ge=0.2, le=300, description="How often agents heartbeat")] = 5.0
     missed_heartbeats_offline: Annotated[int, Field(ge=1, le=100, description="Missed beats before offline")] = 3
@@ -45,3 +44,7 @@ class PlatformSettings(BaseModel):
     @property
     def offline_after_s(self) -> float:
         return self.heartbeat_interval_s * self.missed_heartbeats_offline
+
+    def online_cutoff(self, now: float) -> float:
+        """A machine is online while its last heartbeat is at or after this (dcl_core.domain.MachineStatus.effective)."""
+        return now - self.offline_after_s

@@ -32,7 +32,9 @@ from typing import Any
 from urllib.parse import quote
 
 from cli import output
+from dcl_core import domain
 from cli import platform_state as pstate
+from dcl_core import secret_files
 from worker import client as client_mod
 
 EXIT_CODES_HELP = __doc__.split("\n\n")[1]
@@ -176,7 +178,7 @@ def read_session() -> Session | None:
 
 
 def save_session(session: Session) -> Path:
-    pstate.ensure_private_dir(config_dir())
+    secret_files.ensure_private_dir(config_dir())
     path = session_path()
     pstate.write_json(path, dataclasses.asdict(session))  # atomic, 0600 from the first byte
     return path
@@ -374,7 +376,7 @@ def cmd_login(args: argparse.Namespace) -> int:
     else:
         print(f"signed in to {session.url} as {session.username} ({role}); "
               f"session valid until {output.clock_time(session.expires_at)}")
-    if role not in (None, "buyer", "admin"):
+    if role is not None and role not in [r.value for r in domain.Role if r.may_hold_clusters()]:
         output.progress(f"note: {session.username} is a {role} account; cluster commands need a buyer account")
     return Exit.OK
 

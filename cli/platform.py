@@ -16,6 +16,7 @@ import httpx
 import psutil
 
 from cli import platform_state as pstate
+from dcl_core import domain, secret_files
 from cli import platform_status
 from worker import client as client_mod
 from worker import procs
@@ -138,7 +139,7 @@ class PlatformLauncher:
     # --- up ------------------------------------------------------------------------------
 
     def up(self) -> UpResult:
-        pstate.ensure_private_dir(self.state_dir)
+        secret_files.ensure_private_dir(self.state_dir)
         with pstate.state_lock(self.state_dir):
             record = self._load()
             if self._is_running(record):
@@ -174,11 +175,11 @@ class PlatformLauncher:
         template = pstate.SERVE_TEMPLATE
         if not template.exists():
             raise pstate.PlatformError(f"{template} not found: the Serve config of the platform is missing")
-        pstate.ensure_private_dir(self.layout.home)
-        pstate.ensure_private_dir(self.layout.logs)
-        ports = pstate.RayPorts.allocate(exclude=(self.port,))
+        secret_files.ensure_private_dir(self.layout.home)
+        secret_files.ensure_private_dir(self.layout.logs)
+        ports = procs.allocate_ray_ports(exclude=(self.port,))
         temp_dir = pstate.ray_temp_dir(self.state_dir)
-        pstate.ensure_private_dir(temp_dir)
+        secret_files.ensure_private_dir(temp_dir)
         record = {
             "version": 1,
             "status": pstate.STATUS_STARTING,
@@ -261,7 +262,7 @@ class PlatformLauncher:
     def _deploy_serve(self, record: dict, env: dict, ports: pstate.RayPorts, temp_dir: Path) -> None:
         config = pstate.patch_serve_config(pstate.SERVE_TEMPLATE.read_text(), host=self.host, port=self.port,
                                            state_dir=self.state_dir, heartbeat_interval_s=self.heartbeat_s)
-        pstate.write_private(self.layout.serve_deploy_yaml, pstate.dump_serve_config(config))
+        secret_files.write_secret_file(self.layout.serve_deploy_yaml, pstate.dump_serve_config(config))
         cmd = [*pstate.venv_script("serve"), "deploy", str(self.layout.serve_deploy_yaml),
                "--address", f"http://127.0.0.1:{ports.dashboard}"]
         logger.info("deploying the Serve app")
@@ -317,8 +318,8 @@ class PlatformLauncher:
         store = pstate.CredentialStore(self.layout.credentials_json)
         store.set_url(platform_status.api_url({"host": self.host, "port": self.port}))
         for i in range(1, self.providers + 1):
-            self._ensure_account(api, store, pstate.provider_username(i), "provider")
-        self._ensure_account(api, store, pstate.BUYER_USERNAME, "buyer")
+            self._ensure_account(api, store, pstate.provider_username(i), domain.Role.PROVIDER.value)
+        self._ensure_account(api, store, pstate.BUYER_USERNAME, domain.Role.BUYER.value)
 
     def _start_agents(self, record: dict) -> None:
         store = pstate.CredentialStore(self.layout.credentials_json)
@@ -326,10 +327,10 @@ class PlatformLauncher:
         for i in range(1, self.providers + 1):
             username = pstate.provider_username(i)
             agent_dir = self.layout.agent_dir(i)
-            pstate.ensure_private_dir(agent_dir.parent)
-            pstate.ensure_private_dir(agent_dir)
+            secret_files.ensure_private_dir(agent_dir.parent)
+            secret_files.ensure_private_dir(agent_dir)
             password_file = agent_dir / "password"
-            pstate.write_private(password_file, store.password(username) + "\n")
+            secret_files.write_secret_file(password_file, store.password(username) + "\n")
             cmd = [*pstate.venv_script("dcluster-agent"),
                    "--platform-url", platform_status.api_url(record),
                    "--username", username,

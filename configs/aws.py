@@ -15,11 +15,10 @@ from pathlib import Path
 from typing import Annotated, Any, Iterable, Iterator
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from actors import errors
-from configs import market, models
-from worker import protocol
+from dcl_core import cluster_spec, domain, errors, ids
+from configs import market
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +28,7 @@ GPU_LABEL = "dcluster.io/gpu"
 TOKEN_REMOTE_PATH = "~/ray_auth_token"
 # The ports reachable from AwsSettings.allowed_cidr; everything else only from inside the group.
 OPEN_PORTS = {22: "SSH (the launcher, operators)", 8265: "Ray dashboard and jobs API", 10001: "Ray client"}
-_CLUSTER_ID_RE = re.compile(protocol.CLUSTER_ID_PATTERN)
+_CLUSTER_ID_RE = re.compile(ids.CLUSTER_ID_PATTERN)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,10 +59,8 @@ INSTANCE_SHAPES: dict[str, InstanceShape] = {
 }
 
 
-class AwsSettings(BaseModel):
+class AwsSettings(domain.StrictModel):
     """The platform's `aws:` setting; backend "aws" is accepted only when it is present."""
-
-    model_config = ConfigDict(extra="forbid")
 
     allowed_cidr: Annotated[str, Field(
         description="The only network that reaches SSH (22), the dashboard/jobs API (8265) and the Ray "
@@ -133,7 +130,7 @@ def group_name(settings: AwsSettings, cluster_id: str) -> str:
     return f"{settings.name_prefix}-{cluster_id}"
 
 
-def check_spec(spec: models.ClusterSpec, settings: AwsSettings) -> None:
+def check_spec(spec: cluster_spec.ClusterSpec, settings: AwsSettings) -> None:
     """Raise InvalidInput when the worker instance type cannot hold what the spec asks of each worker."""
     itype = settings.worker_instance_type
     shape = INSTANCE_SHAPES.get(itype)
@@ -160,7 +157,7 @@ def ip_permissions(allowed_cidr: str) -> list[dict[str, Any]]:
             for port, what in OPEN_PORTS.items()]
 
 
-def render_aws_config(*, cluster_id: str, spec: models.ClusterSpec, settings: AwsSettings,
+def render_aws_config(*, cluster_id: str, spec: cluster_spec.ClusterSpec, settings: AwsSettings,
                       ray_auth_token_path: str | os.PathLike) -> dict[str, Any]:
     """The launcher config; pass it through ensure_security_group before `create_or_update_cluster`.
 

@@ -8,7 +8,7 @@ import ray
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from actors import errors
+from dcl_core import errors
 
 logger = logging.getLogger(__name__)
 

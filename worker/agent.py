@@ -11,23 +11,21 @@ import random
 import re
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any, Callable
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import Field, SecretStr
 
-from actors import domain
+from dcl_core import domain, ids, protocol, secret_files
 from worker import client as api
-from worker import detect, leases, protocol
+from worker import detect, leases
 
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "machine.json"
 DEFAULT_HEARTBEAT_S = 5.0
-NAME_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
-_KEY_RE = re.compile(r"^[A-Za-z0-9_.:-]{8,128}$")
+_KEY_RE = re.compile(ids.MACHINE_KEY_PATTERN)
 _OUTAGE_LOG_EVERY_S = 60.0
 RESULT_POST_ATTEMPTS = 6  # backoff 1, 2, 4, 8, 16 s between them: about half a minute
 LEASES_DIR = "leases"
@@ -37,18 +35,16 @@ def default_state_dir() -> Path:
     return Path("~/.dcluster-agent").expanduser()
 
 
-class AgentSettings(BaseModel):
+class AgentSettings(domain.StrictModel):
     """The agent's configuration, built by agent_cli and passed in."""
-
-    model_config = ConfigDict(extra="forbid")
 
     platform_url: str = Field(min_length=1, description="Base URL of the platform API")
     username: str = Field(min_length=1, description="Provider account")
     password: SecretStr = Field(description="SecretStr so repr() and logs never show it")
-    name: str | None = Field(default=None, pattern=NAME_PATTERN, description="Display name; default: hostname")
+    name: str | None = Field(default=None, pattern=ids.MACHINE_NAME_PATTERN, description="Display name; default: hostname")
     state_dir: Path = Field(default_factory=default_state_dir)
     declared_gpus: int | None = Field(default=None, ge=0, le=detect.MAX_GPUS, description="Override NVML")
-    declared_gpu_model: str = Field(default="Logical GPU", pattern=domain.GPU_MODEL_PATTERN)
+    declared_gpu_model: str = Field(default="Logical GPU", pattern=ids.GPU_MODEL_PATTERN)
     declared_gpu_memory_mb: int = Field(default=0, ge=0, le=10_000_000)
     declared_cpus: int | None = Field(default=None, ge=1, le=4096, description="Override the CPU count offered")
     price_per_gpu_hour: float = Field(default=0.0, ge=0, le=10_000)
@@ -65,8 +61,7 @@ class MachineState:
         self.dir = Path(state_dir).expanduser()
         self.path = self.dir / STATE_FILE
         if not self.dir.exists():
-            self.dir.mkdir(parents=True, mode=0o700)
-            os.chmod(self.dir, 0o700)  # mkdir's mode is filtered by the umask
+            secret_files.ensure_private_dir(self.dir)
         elif self.dir.stat().st_mode & 0o077:
             logger.warning("state dir %s is accessible to other users; consider chmod 700", self.dir)
         data = self._load()
@@ -75,7 +70,7 @@ class MachineState:
         if isinstance(key, str) and _KEY_RE.match(key):
             self.machine_key = key
         else:
-            self.machine_key = "mk-" + uuid.uuid4().hex
+            self.machine_key = ids.new_machine_key()
             self.save()
 
     def _load(self) -> dict:
@@ -93,13 +88,9 @@ class MachineState:
         return data
 
     def save(self) -> None:
-        tmp = self.path.with_name(f".{STATE_FILE}.{os.getpid()}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump({"machine_key": self.machine_key, "machine_id": self.machine_id}, f, indent=2)
-            f.write("\n")
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, self.path)  # atomic: a crash never leaves half a key
+        # atomic: a crash never leaves half a key
+        secret_files.write_secret_file(self.path, json.dumps(
+            {"machine_key": self.machine_key, "machine_id": self.machine_id}, indent=2) + "\n")
 
 
 def _machine_name(hostname: str) -> str:

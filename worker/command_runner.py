@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import posixpath
-import re
 import shlex
 from typing import Any, Protocol
 
@@ -16,20 +15,18 @@ from ray.autoscaler._private.cli_logger import cf, cli_logger
 from ray.autoscaler._private.subprocess_output_util import ProcessRunnerError
 from ray.autoscaler.command_runner import CommandRunnerInterface
 
+from dcl_core import commands, protocol
 from worker import client as api
 
 logger = logging.getLogger(__name__)
 
 # The updater reads this msg_type to say "see above for stderr"; it is SSHCommandRunner's value.
 MSG_TYPE = "ssh_command_failed"
-MAX_COMMAND_TIMEOUT_S = 3600.0  # protocol.LeaseExec.timeout_s
-REDACTED = "***"
-_SECRET_ENV_PREFIX = "RAY_AUTH_TOKEN"
-_SECRET_ASSIGNMENT = re.compile(r"(RAY_AUTH_TOKEN\w*=)(\"[^\"]*\"|'[^']*'|\S+)")
+MAX_COMMAND_TIMEOUT_S = protocol.MAX_COMMAND_TIMEOUT_S
 _BEGIN, _END = "__DCL_FILE_BEGIN__", "__DCL_FILE_END__"
 
 
-class NodeExec(Protocol):
+class NodeExecutor(Protocol):
     """What the runner needs from the platform: MarketNodeProvider's node API implements it."""
 
     def exec(self, node_id: str, body: dict, *, timeout_s: float, idempotent: bool) -> dict:
@@ -66,17 +63,17 @@ class Redactor:
 
     def text(self, text: str) -> str:
         for secret in self._secrets:
-            text = text.replace(secret, REDACTED)
-        return _SECRET_ASSIGNMENT.sub(lambda m: m.group(1) + REDACTED, text)
+            text = text.replace(secret, commands.REDACTED)
+        return commands.redact(text)
 
     def env(self, env: dict[str, str]) -> dict[str, str]:
-        return {k: REDACTED if k.startswith(_SECRET_ENV_PREFIX) else self.text(v) for k, v in env.items()}
+        return {k: commands.REDACTED if k.startswith(commands.SECRET_ENV_PREFIX) else self.text(v) for k, v in env.items()}
 
 
 class AgentCommandRunner(CommandRunnerInterface):
     """Runs launcher commands in one lease through the platform; the agent runs them with bash locally."""
 
-    def __init__(self, log_prefix: str, node_id: str, nodes: NodeExec, *, cluster_name: str = "",
+    def __init__(self, log_prefix: str, node_id: str, nodes: NodeExecutor, *, cluster_name: str = "",
                  secrets: tuple[str, ...] = ()):
         self.log_prefix = log_prefix
         self.node_id = node_id

@@ -12,7 +12,7 @@ from typing import Any
 
 import psutil
 
-from actors import domain
+from dcl_core import domain
 
 logger = logging.getLogger(__name__)
 

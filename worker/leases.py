@@ -33,8 +33,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import worker
-from worker import procs, protocol
-from worker import ray_ports as ray_ports_mod
+from worker import procs
+from dcl_core import commands, domain, ids, protocol, secret_files
+from dcl_core import ray_ports as ray_ports_mod
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +49,7 @@ _DROPPED_ENV = frozenset({"RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY
 # JSON objects the launcher sets per node type; the lease's own entries are merged over them.
 _OVERRIDE_ENV = {"RAY_OVERRIDE_RESOURCES": "resources", "RAY_OVERRIDE_LABELS": "labels"}
 # `ray stop` stops every Ray node of the machine, other buyers' included: it never runs in a lease.
-RAY_STOP_RE = re.compile(r"\bray\s+stop\b")
-_LEASE_ID_RE = re.compile(protocol.LEASE_ID_PATTERN)
+_LEASE_ID_RE = re.compile(ids.LEASE_ID_PATTERN)
 _TERM_GRACE_S = 2.0  # a timed-out command's process group: SIGTERM, then SIGKILL after this
 
 
@@ -124,25 +124,6 @@ class _Lease:
         return protocol.LeaseOpened(ports=self.ports.to_dict(), node_ip=self.node_ip)
 
 
-def _private_write(path: Path, data: bytes) -> None:
-    """Write atomically with mode 0600 from the first byte (never briefly world-readable)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _private_dir(path: Path) -> None:
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(path, 0o700)  # mkdir's mode is filtered by the umask
-
-
 def _make_temp_dir(path: Path) -> None:
     """/tmp is shared: create ours 0700, or accept an existing one only if it is our own real directory."""
     try:
@@ -202,7 +183,7 @@ class LeaseRunner:
     def __init__(self, root_dir: Path, *, machine_id_fn: Callable[[], str | None] | None = None,
                  node_ip: str | None = None, base_env: Mapping[str, str] | None = None):
         self.root = Path(root_dir).expanduser()
-        _private_dir(self.root)
+        secret_files.ensure_private_dir(self.root)
         self._machine_id_fn = machine_id_fn or (lambda: None)
         self._node_ip = node_ip
         source = os.environ if base_env is None else base_env
@@ -247,25 +228,25 @@ class LeaseRunner:
             taken: set[int] = set()
             for other in self._leases.values():  # nothing listens yet: free ports alone do not tell
                 taken |= other.ports.all_ports()
-            ports = ray_ports_mod.RayPorts.allocate(exclude=tuple(sorted(taken)))
+            ports = procs.allocate_ray_ports(exclude=tuple(sorted(taken)))
             lease = _Lease(lease_id=lease_id, cluster_id=payload.cluster_id, role=payload.role,
                            gpu_indices=list(payload.gpu_indices), resources=dict(payload.resources),
                            labels=dict(payload.labels), head_gcs_port=payload.head_gcs_port, ports=ports,
                            node_ip=node_ip, dir=self.root / lease_id, temp_dir=temp_dir_for(lease_id),
                            machine_id=self._machine_id_fn(), opened_at=time.time())
             try:
-                _private_dir(lease.dir)
-                _private_dir(lease.home)
+                secret_files.ensure_private_dir(lease.dir)
+                secret_files.ensure_private_dir(lease.home)
                 _make_temp_dir(lease.temp_dir)
-                _private_write(lease.token_path, payload.ray_auth_token.encode())
-                _private_write(lease.dir / RECORD_FILE, json.dumps(lease.record(), indent=2).encode())
+                secret_files.write_secret_file(lease.token_path, payload.ray_auth_token.encode())
+                secret_files.write_secret_file(lease.dir / RECORD_FILE, json.dumps(lease.record(), indent=2).encode())
             except BaseException:
                 _remove_tree(lease.dir)
                 _remove_tree(lease.temp_dir)
                 raise
             self._leases[lease_id] = lease
         logger.info("lease %s opened: %s of %s, GCS port %s, GPUs %s", lease_id, lease.role, lease.cluster_id,
-                    ports.gcs if lease.role == "head" else payload.head_gcs_port, lease.gpu_indices or "none")
+                    ports.gcs if lease.role == domain.NodeRole.HEAD else payload.head_gcs_port, lease.gpu_indices or "none")
         return lease.opened()
 
     # --- environment ---------------------------------------------------------------------
@@ -283,10 +264,10 @@ class LeaseRunner:
         env["RAY_AUTH_MODE"] = "token"
         env["RAY_AUTH_TOKEN_PATH"] = str(lease.token_path)
         env.update(lease.ports.env())
-        env[protocol.ENV_PORT_FLAGS] = " ".join(lease.ports.start_flags(head=lease.role == "head",
+        env[protocol.ENV_PORT_FLAGS] = " ".join(lease.ports.start_flags(head=lease.role == domain.NodeRole.HEAD,
                                                                         temp_dir=lease.temp_dir))
         env[protocol.ENV_LEASE_ID] = lease.lease_id
-        if lease.role == "worker" and lease.head_gcs_port is not None:
+        if lease.role == domain.NodeRole.WORKER and lease.head_gcs_port is not None:
             env[protocol.ENV_HEAD_GCS_PORT] = str(lease.head_gcs_port)
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in lease.gpu_indices)  # "": a CPU lease sees no GPU
         command_env = dict(command_env or {})
@@ -304,7 +285,7 @@ class LeaseRunner:
         lease = self._get(lease_id)
         note = ""
         data: dict = {}
-        if RAY_STOP_RE.search(cmd):
+        if commands.stops_ray(cmd):
             # Stop first, then run what is left with every `ray stop` replaced by the no-op `:`
             # (its arguments become arguments of `:`), so `ray stop; ray start ...` still starts.
             summary = procs.stop_owned(lease.tag, grace_s=2.0)
@@ -317,7 +298,7 @@ class LeaseRunner:
             if not summary.clean:
                 return protocol.WorkResult(ok=False, exit_code=1, data=data, output=note + (
                     f"[dcluster-agent] still alive after the stop: {summary.remaining}\n"))
-            cmd = RAY_STOP_RE.sub(":", cmd)
+            cmd = commands.RAY_STOP_RE.sub(":", cmd)
         full_env = self.environment(lease_id, env)
         started = time.monotonic()
         with self._lock:  # close() sets `closing` under this lock: no command starts after its sweep
@@ -327,7 +308,7 @@ class LeaseRunner:
             log_path = lease.dir / "logs" / f"{lease.seq:04d}-run.log"
             proc = procs.spawn(["bash", "-c", cmd], env=full_env, cwd=lease.home, log_path=log_path,
                                owner_tag=lease.tag)
-        logger.debug("lease %s: pid %d runs %s", lease_id, proc.pid, _redact(cmd)[:300])
+        logger.debug("lease %s: pid %d runs %s", lease_id, proc.pid, commands.redact(cmd)[:300])
         try:
             returncode = proc.wait(timeout_s)
         except subprocess.TimeoutExpired:
@@ -355,7 +336,7 @@ class LeaseRunner:
         except LeaseError as exc:
             return protocol.WorkResult(ok=False, output=str(exc))
         target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        _private_write(target, content)
+        secret_files.write_secret_file(target, content)
         logger.info("lease %s: wrote %d bytes to %s", lease_id, len(content), target)
         return protocol.WorkResult(ok=True, exit_code=0, data={"path": str(target), "bytes": len(content)})
 
@@ -465,11 +446,6 @@ def _last(text: str, limit: int = protocol.MAX_OUTPUT_BYTES) -> str:
     return text[-limit:]
 
 
-_SECRET_RE = re.compile(r"(RAY_AUTH_TOKEN\w*=)\S+")
-
-
-def _redact(text: str) -> str:
-    return _SECRET_RE.sub(r"\1***", text)
 
 
 def _kill_group(proc: subprocess.Popen, grace_s: float = _TERM_GRACE_S) -> None:

@@ -26,7 +26,8 @@ from ray.autoscaler.node_provider import NodeProvider
 from ray.autoscaler.tags import NODE_KIND_HEAD, NODE_KIND_WORKER, TAG_RAY_NODE_KIND, TAG_RAY_USER_NODE_TYPE
 
 from worker import client as api
-from worker import command_runner, protocol
+from worker import command_runner
+from dcl_core import ids, protocol
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ EXEC_READ_MARGIN_S = 30.0  # exec blocks until the agent ran the command: read t
 REQUEST_ATTEMPTS = 4
 STATUS_OPEN = "open"
 ROLES = (NODE_KIND_HEAD, NODE_KIND_WORKER)
-_CLUSTER_ID_RE = re.compile(protocol.CLUSTER_ID_PATTERN)
+_CLUSTER_ID_RE = re.compile(ids.CLUSTER_ID_PATTERN)
 _CACHE_FILE_RE = re.compile(r"ray-config-[0-9a-f]{64}")  # ray.autoscaler._private.commands._bootstrap_config
 # The request never reached the platform: safe to send again even when it is not idempotent.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
@@ -117,7 +118,7 @@ class ClusterNodesApi:
         return node if isinstance(node, dict) and node.get("id") else None
 
     def exec(self, node_id: str, body: dict, *, timeout_s: float, idempotent: bool) -> dict:
-        """Run a command or write a file in the lease (command_runner.NodeExec); blocks until it ran."""
+        """Run a command or write a file in the lease (command_runner.NodeExecutor); blocks until it ran."""
         timeout = httpx.Timeout(REQUEST_TIMEOUT_S, read=timeout_s + EXEC_READ_MARGIN_S, write=60.0)
         result = self._call("POST", _node_path(self.cluster_id, node_id) + "/exec", idempotent=idempotent,
                             json=body, timeout=timeout)

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from actors import domain
+from dcl_core import domain, protocol
 from worker import agent as agent_mod
 from worker import agent_cli
 from worker import client as api
-from worker import leases, procs, protocol
+from worker import leases, procs
 
 PASSWORD = "s3cret-pass"
 SPEC = domain.MachineSpec(hostname="gpu box #1", cpus=8, memory_mb=32000,

@@ -4,7 +4,8 @@ import stat
 import jwt
 import pytest
 
-from actors import auth, domain, errors
+from actors import auth
+from dcl_core import domain, errors
 
 
 def test_password_hash_and_verify_really_use_bcrypt():

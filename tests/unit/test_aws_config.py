@@ -27,8 +27,8 @@ from ray.autoscaler._private.providers import _get_default_config
 from ray.autoscaler._private.util import fillout_defaults, prepare_config, validate_config
 from ray.autoscaler.v2.instance_manager.config import AutoscalingConfig
 
-from actors import errors
-from configs import aws, models
+from dcl_core import cluster_spec, errors
+from configs import aws
 
 CID = "c-00112233aabb"
 CIDR = "203.0.113.0/24"
@@ -37,10 +37,10 @@ WORLD = {"0.0.0.0/0", "::/0"}
 OPEN_PORTS = {22, 8265, 10001}
 
 SPECS = [
-    models.ClusterSpec(num_workers=1, duration_s=600, backend="aws"),
-    models.ClusterSpec(num_workers=2, gpus_per_worker=1, gpu_model="Tesla T4", cpus_per_worker=4,
+    cluster_spec.ClusterSpec(num_workers=1, duration_s=600, backend="aws"),
+    cluster_spec.ClusterSpec(num_workers=2, gpus_per_worker=1, gpu_model="Tesla T4", cpus_per_worker=4,
                        duration_s=3600, backend="aws"),
-    models.ClusterSpec(num_workers=64, gpus_per_worker=1, duration_s=7 * 24 * 3600, backend="aws"),
+    cluster_spec.ClusterSpec(num_workers=64, gpus_per_worker=1, duration_s=7 * 24 * 3600, backend="aws"),
 ]
 PROFILE_ARN = "arn:aws:iam::123456789012:instance-profile/dcluster-head"
 SEED_RULE = {"IpProtocol": "tcp", "FromPort": 0, "ToPort": 65535, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}
@@ -59,7 +59,7 @@ def settings():
     return aws.AwsSettings(allowed_cidr=CIDR)
 
 
-def render(spec: models.ClusterSpec, settings: aws.AwsSettings, token_file) -> dict:
+def render(spec: cluster_spec.ClusterSpec, settings: aws.AwsSettings, token_file) -> dict:
     return aws.render_aws_config(cluster_id=CID, spec=spec, settings=settings, ray_auth_token_path=str(token_file))
 
 
@@ -133,7 +133,7 @@ def test_operator_settings_are_rendered(token_file, tmp_path):
         worker_instance_type="g5.12xlarge", image_id="ami-0123456789abcdef0", ssh_user="ec2-user",
         ssh_private_key=tmp_path / "ops.pem", key_name="ops", name_prefix="acme",
         head_instance_profile_arn="arn:aws:iam::123456789012:instance-profile/dcluster-head")
-    spec = models.ClusterSpec(num_workers=3, gpus_per_worker=4, cpus_per_worker=48, gpu_model="NVIDIA A10G",
+    spec = cluster_spec.ClusterSpec(num_workers=3, gpus_per_worker=4, cpus_per_worker=48, gpu_model="NVIDIA A10G",
                               duration_s=600, backend="aws")
     config = render(spec, settings, token_file)
     validate_config(config)
@@ -162,7 +162,7 @@ def test_render_refuses_what_it_cannot_render(settings, token_file):
     with pytest.raises(ValueError, match="absolute path"):
         aws.render_aws_config(cluster_id=CID, spec=SPECS[0], settings=settings, ray_auth_token_path="abc123")
     with pytest.raises(ValueError, match="backend 'aws' only"):
-        render(models.ClusterSpec(num_workers=1, duration_s=600), settings, token_file)
+        render(cluster_spec.ClusterSpec(num_workers=1, duration_s=600), settings, token_file)
 
 
 @pytest.mark.parametrize("spec_kwargs, match", [
@@ -171,16 +171,16 @@ def test_render_refuses_what_it_cannot_render(settings, token_file):
     ({"gpus_per_worker": 1, "gpu_model": "NVIDIA H100 80GB HBM3"}, "Tesla T4"),
 ])
 def test_specs_the_worker_instance_cannot_hold_are_refused(spec_kwargs, match, settings):
-    spec = models.ClusterSpec(num_workers=1, duration_s=600, backend="aws", **spec_kwargs)
+    spec = cluster_spec.ClusterSpec(num_workers=1, duration_s=600, backend="aws", **spec_kwargs)
     with pytest.raises(errors.InvalidInput, match=match):
         aws.check_spec(spec, settings)
 
 
 def test_unknown_instance_types_are_trusted_for_counts_but_promise_no_gpu_model():
     settings = aws.AwsSettings(allowed_cidr=CIDR, worker_instance_type="x9z.mega")
-    aws.check_spec(models.ClusterSpec(num_workers=1, gpus_per_worker=8, duration_s=600, backend="aws"), settings)
+    aws.check_spec(cluster_spec.ClusterSpec(num_workers=1, gpus_per_worker=8, duration_s=600, backend="aws"), settings)
     with pytest.raises(errors.InvalidInput, match="gpu_model"):
-        aws.check_spec(models.ClusterSpec(num_workers=1, gpus_per_worker=1, gpu_model="Tesla T4", duration_s=600,
+        aws.check_spec(cluster_spec.ClusterSpec(num_workers=1, gpus_per_worker=1, gpu_model="Tesla T4", duration_s=600,
                                           backend="aws"), settings)
 
 

@@ -9,8 +9,8 @@ from urllib.parse import parse_qs
 import httpx
 import pytest
 
-from actors import domain
-from serve_app import models
+from dcl_core import api as api_models
+from dcl_core import domain
 from worker import client as api
 
 SPEC = domain.MachineSpec(hostname="gpu-box", cpus=16, memory_mb=64000,
@@ -88,7 +88,7 @@ def test_login_sends_a_form_and_then_the_bearer_token(platform, client):
 def test_create_account(platform, client):
     def create(r):
         body = _json(r)
-        models.AccountCreate.model_validate(body)
+        api_models.AccountCreate.model_validate(body)
         return httpx.Response(201, json={"id": 7, "username": body["username"], "role": body["role"],
                                          "created_at": 1.0})
 
@@ -102,7 +102,7 @@ def test_create_account(platform, client):
 def test_register_machine_body_is_a_machine_register(platform, client):
     def register(r):
         assert platform.authed(r)
-        body = models.MachineRegister.model_validate(_json(r))
+        body = api_models.MachineRegister.model_validate(_json(r))
         return httpx.Response(201, json={"id": "m-1", "heartbeat_interval_s": 5.0, "name": body.name})
 
     platform.route("POST", "/v1/machines", register)
@@ -119,7 +119,7 @@ def test_heartbeat(platform, client):
                    lambda r: httpx.Response(200, json={"status": "online", "heartbeat_interval_s": 5.0}))
     usage = domain.MachineUsage(cpu_percent=12.5, memory_used_mb=100, gpu_utilization=[50.0], active_leases=1)
     assert client.heartbeat("m-1", usage) == {"status": "online", "heartbeat_interval_s": 5.0}
-    assert models.Heartbeat.model_validate(_json(platform.requests[-1])).usage == usage
+    assert api_models.Heartbeat.model_validate(_json(platform.requests[-1])).usage == usage
 
 
 def test_poll_work_long_poll_timeout(platform, client):

@@ -4,9 +4,9 @@ import asyncio
 
 import pytest
 
-from actors import auth, cluster_manager, cluster_store, domain, errors, store
+from actors import auth, cluster_manager, cluster_store, store
+from dcl_core import domain, errors, protocol
 from actors.settings import PlatformSettings
-from worker import protocol
 
 
 class FakeRegistry:

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import psutil
 import pytest
 
-from actors import domain
+from dcl_core import domain
 from worker import detect
 
 GIB = 1024 ** 3

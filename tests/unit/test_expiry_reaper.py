@@ -2,7 +2,8 @@
 
 import asyncio
 
-from actors import cluster_store, domain, expiry_reaper, store
+from actors import cluster_store, expiry_reaper, store
+from dcl_core import domain
 
 
 class FakeClusters:

@@ -16,7 +16,8 @@ import pytest
 from tests.waiting import wait_for
 
 import worker
-from worker import leases, procs, protocol
+from worker import leases, procs
+from dcl_core import protocol
 
 TOKEN = "tok-" + "z" * 28
 CLUSTER = "c-" + "a" * 12

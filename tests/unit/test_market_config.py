@@ -13,21 +13,22 @@ from ray.autoscaler._private.providers import _get_default_config
 from ray.autoscaler._private.util import fillout_defaults, prepare_config, validate_config
 from ray.autoscaler.v2.instance_manager.config import AutoscalingConfig
 
-from configs import market, models
+from configs import market
+from dcl_core import cluster_spec
 
 CID = "c-00112233aabb"
 URL = "https://platform.example:8443/"
 TOKEN = "eyJ.cluster-token." + "t" * 20
 
 SPECS = [
-    models.ClusterSpec(num_workers=1, duration_s=600),
-    models.ClusterSpec(num_workers=4, gpus_per_worker=8, gpu_model="NVIDIA H100 80GB HBM3", cpus_per_worker=32,
+    cluster_spec.ClusterSpec(num_workers=1, duration_s=600),
+    cluster_spec.ClusterSpec(num_workers=4, gpus_per_worker=8, gpu_model="NVIDIA H100 80GB HBM3", cpus_per_worker=32,
                        duration_s=3600),
-    models.ClusterSpec(num_workers=64, gpus_per_worker=1, cpus_per_worker=256, duration_s=7 * 24 * 3600),
+    cluster_spec.ClusterSpec(num_workers=64, gpus_per_worker=1, cpus_per_worker=256, duration_s=7 * 24 * 3600),
 ]
 
 
-def render(spec: models.ClusterSpec) -> dict:
+def render(spec: cluster_spec.ClusterSpec) -> dict:
     return market.render_market_config(cluster_id=CID, spec=spec, platform_url=URL, provider_token=TOKEN)
 
 

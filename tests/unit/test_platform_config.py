@@ -12,6 +12,8 @@ import yaml
 from cli import main as cli_main
 from cli import platform as platform_mod
 from cli import platform_state as pstate
+from dcl_core import secret_files
+from worker import procs
 
 SERVE_YAML = """
 proxy_location: HeadOnly
@@ -36,7 +38,7 @@ def _mode(path: Path) -> int:
 # --- ports ------------------------------------------------------------------------------
 
 def test_ray_ports_distinct_and_outside_exclusions():
-    ports = pstate.RayPorts.allocate(exclude=(8000,))
+    ports = procs.allocate_ray_ports(exclude=(8000,))
     singles = ports.listening()
     assert len(singles) == 11 and len(set(singles)) == 11
     assert 8000 not in ports.all_ports()
@@ -47,13 +49,13 @@ def test_ray_ports_distinct_and_outside_exclusions():
 
 
 def test_two_allocations_can_coexist_when_excluded():
-    a = pstate.RayPorts.allocate()
-    b = pstate.RayPorts.allocate(exclude=tuple(a.all_ports()))
+    a = procs.allocate_ray_ports()
+    b = procs.allocate_ray_ports(exclude=tuple(a.all_ports()))
     assert not a.all_ports() & b.all_ports()
 
 
 def test_ray_head_command_names_every_port():
-    ports = pstate.RayPorts.allocate()
+    ports = procs.allocate_ray_ports()
     cmd = pstate.ray_head_command(ports=ports, temp_dir=Path("/tmp/dcl-x"))
     assert cmd[0].endswith("/ray") and cmd[1:3] == ["start", "--head"]
 
@@ -100,7 +102,7 @@ def test_temp_dir_boundary():
 
 
 def test_ray_env_isolates_home_auth_and_metric_ports(tmp_path):
-    ports = pstate.RayPorts.allocate()
+    ports = procs.allocate_ray_ports()
     layout = pstate.Layout(tmp_path)
     base = {"PATH": "/usr/bin", "HOME": "/root", "PYTHONPATH": "/x", "RAY_ADDRESS": "10.0.0.1:6379",
             "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "secret"}
@@ -167,17 +169,17 @@ def test_repo_serve_yaml_patches():
 
 def test_state_files_private(tmp_path):
     state = tmp_path / "state"
-    pstate.ensure_private_dir(state)
+    secret_files.ensure_private_dir(state)
     assert _mode(state) == 0o700
     (tmp_path / "loose").mkdir(mode=0o755)
-    pstate.ensure_private_dir(tmp_path / "loose")
+    secret_files.ensure_private_dir(tmp_path / "loose")
     assert _mode(tmp_path / "loose") == 0o700
 
     pstate.write_json(state / "platform.json", {"a": 1})
     assert _mode(state / "platform.json") == 0o600
     assert pstate.read_json(state / "platform.json") == {"a": 1}
     assert pstate.read_json(state / "missing.json") is None
-    pstate.write_private(state / "serve.deploy.yaml", "x: 1\n")
+    secret_files.write_secret_file(state / "serve.deploy.yaml", "x: 1\n")
     assert _mode(state / "serve.deploy.yaml") == 0o600
     assert not list(state.glob(".*.tmp"))
 

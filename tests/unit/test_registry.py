@@ -5,7 +5,8 @@ import stat
 
 import pytest
 
-from actors import auth, domain, errors, registry, store
+from actors import auth, registry, store
+from dcl_core import domain, errors
 from actors.settings import PlatformSettings
 
 

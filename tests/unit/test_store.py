@@ -4,7 +4,8 @@ import stat
 
 import pytest
 
-from actors import domain, errors, store
+from actors import store
+from dcl_core import domain, errors
 
 
 def run(coro):

@@ -1,17 +1,14 @@
-"""Request and response models of the HTTP API (Create / Public variants per resource)."""
+"""Request and response models of the HTTP API (Create / Public variants per resource); the client shares them."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, Field
 
-from actors import domain
-from worker import protocol
+from dcl_core import domain, ids, protocol
 
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+Strict = domain.StrictModel
 
 
 # --- accounts ---------------------------------------------------------------------------
@@ -23,7 +20,7 @@ def _fits_bcrypt(password: str) -> str:
     return password
 
 
-Username = Annotated[str, Field(pattern=domain.USERNAME_PATTERN, description="3-64 of [a-z0-9_.-]")]
+Username = Annotated[str, Field(pattern=ids.USERNAME_PATTERN, description="3-64 of [a-z0-9_.-]")]
 Password = Annotated[str, Field(min_length=8, max_length=72, description="8 to 72 bytes"),
                      AfterValidator(_fits_bcrypt)]
 
@@ -57,9 +54,9 @@ class Token(Strict):
 # --- machines ---------------------------------------------------------------------------
 
 class MachineRegister(Strict):
-    machine_key: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{8,128}$",
+    machine_key: Annotated[str, Field(pattern=ids.MACHINE_KEY_PATTERN,
                                       description="Stable id the agent keeps on disk; re-registering with it returns the same machine")]
-    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Display name")]
+    name: Annotated[str, Field(pattern=ids.MACHINE_NAME_PATTERN, description="Display name")]
     spec: domain.MachineSpec
     price_per_gpu_hour: Annotated[float, Field(ge=0, le=10_000, description="USD per GPU-hour")] = 0.0
     price_per_cpu_hour: Annotated[float, Field(ge=0, le=10_000, description="USD per CPU-hour (CPU-only leases)")] = 0.0
@@ -67,7 +64,7 @@ class MachineRegister(Strict):
 
 class Heartbeat(Strict):
     usage: domain.MachineUsage = domain.MachineUsage()
-    leases: Annotated[list[Annotated[str, Field(pattern=protocol.LEASE_ID_PATTERN)]], Field(
+    leases: Annotated[list[Annotated[str, Field(pattern=ids.LEASE_ID_PATTERN)]], Field(
         max_length=1024, description="Leases the agent holds; the answer names those the platform ended")] = []
 
 
@@ -205,7 +202,7 @@ Tags = Annotated[dict[Annotated[str, Field(max_length=256)], Annotated[str, Fiel
 
 
 class NodesCreate(Strict):
-    role: Literal["head", "worker"]
+    role: domain.NodeRoleValue
     node_type: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
     tags: Tags = {}
     count: Annotated[int, Field(ge=1, le=64)] = 1
@@ -215,11 +212,4 @@ class NodeTags(Strict):
     tags: Tags
 
 
-class NodeExec(Strict):
-    op: Literal["run", "put_file"]
-    cmd: Annotated[str, Field(max_length=64 * 1024)] = ""
-    env: Annotated[dict[Annotated[str, Field(max_length=256)], Annotated[str, Field(max_length=64 * 1024)]],
-                   Field(max_length=256)] = {}
-    timeout_s: Annotated[float, Field(gt=0, le=3600)] = 120.0
-    path: Annotated[str, Field(max_length=1024)] = ""
-    content_b64: Annotated[str, Field(max_length=700 * 1024)] = ""
+NodeExec = protocol.Exec

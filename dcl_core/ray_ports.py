@@ -1,12 +1,11 @@
-"""Every port of one Ray node, chosen free and explicit so several clusters share a machine."""
+"""The Ray port layout: every port of one Ray node, explicit so several clusters share a machine (which
+ports are free is I/O: `worker.procs.allocate_ray_ports` picks them)."""
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
-
-from worker import procs
 
 WORKER_PORT_RANGE = 200
 
@@ -30,11 +29,17 @@ class RayPorts:
     max_worker: int
 
     @classmethod
-    def allocate(cls, *, exclude: tuple[int, ...] = (), worker_range: int = WORKER_PORT_RANGE) -> RayPorts:
-        single = [f.name for f in dataclasses.fields(cls) if f.name not in ("min_worker", "max_worker")]
-        ports = procs.free_ports(len(single), exclude=exclude)
-        start = procs.free_port_range(worker_range, exclude=(*exclude, *ports))
-        return cls(**dict(zip(single, ports)), min_worker=start, max_worker=start + worker_range - 1)
+    def single_port_names(cls) -> list[str]:
+        """The fields that are one port each (every field but the worker range)."""
+        return [f.name for f in dataclasses.fields(cls) if f.name not in ("min_worker", "max_worker")]
+
+    @classmethod
+    def from_ports(cls, single: list[int], worker_start: int, worker_range: int = WORKER_PORT_RANGE) -> RayPorts:
+        """single: one port per single_port_names(), in that order; workers use worker_start.. (worker_range ports)."""
+        names = cls.single_port_names()
+        if len(single) != len(names):
+            raise ValueError(f"{len(names)} single ports needed, {len(single)} given")
+        return cls(**dict(zip(names, single)), min_worker=worker_start, max_worker=worker_start + worker_range - 1)
 
     def listening(self) -> list[int]:
         """The single ports (not the worker range)."""

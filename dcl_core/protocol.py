@@ -9,27 +9,25 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from dcl_core import domain, ids
 
 LEASE_OPEN = "lease_open"
 LEASE_EXEC = "lease_exec"
 LEASE_CLOSE = "lease_close"
 
 MAX_OUTPUT_BYTES = 64 * 1024
-LEASE_ID_PATTERN = r"^l-[0-9a-f]{12}$"
-CLUSTER_ID_PATTERN = r"^c-[0-9a-f]{12}$"
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+LeaseId = Annotated[str, Field(pattern=ids.LEASE_ID_PATTERN)]
+Strict = domain.StrictModel
 
 
 class LeaseOpen(Strict):
     """Prepare a lease: its directory, HOME, ports, auth token; nothing runs yet."""
 
-    lease_id: Annotated[str, Field(pattern=LEASE_ID_PATTERN)]
-    cluster_id: Annotated[str, Field(pattern=CLUSTER_ID_PATTERN)]
-    role: Literal["head", "worker"]
+    lease_id: LeaseId
+    cluster_id: Annotated[str, Field(pattern=ids.CLUSTER_ID_PATTERN)]
+    role: domain.NodeRoleValue
     gpu_indices: list[int] = []
     # Merged into RAY_OVERRIDE_RESOURCES / RAY_OVERRIDE_LABELS of every command of the lease.
     resources: dict[str, float] = {}
@@ -45,22 +43,32 @@ class LeaseOpened(Strict):
     node_ip: str
 
 
-class LeaseExec(Strict):
-    """Run a launcher command in the lease (op=run), or write a file there (op=put_file)."""
+MAX_COMMAND_TIMEOUT_S = 3600.0
 
-    lease_id: Annotated[str, Field(pattern=LEASE_ID_PATTERN)]
+
+class Exec(Strict):
+    """Run a launcher command on a node (op=run), or write a file there (op=put_file): the body of the
+    node provider's `POST .../nodes/{id}/exec`; the platform forwards it to the agent as a LeaseExec."""
+
     op: Literal["run", "put_file"]
-    cmd: str = ""
-    env: dict[str, str] = {}
-    timeout_s: Annotated[float, Field(gt=0, le=3600)] = 120.0
-    path: str = ""  # put_file: '~' is the lease's HOME
-    content_b64: str = ""
+    cmd: Annotated[str, Field(max_length=64 * 1024)] = ""
+    env: Annotated[dict[Annotated[str, Field(max_length=256)], Annotated[str, Field(max_length=64 * 1024)]],
+                   Field(max_length=256)] = {}
+    timeout_s: Annotated[float, Field(gt=0, le=MAX_COMMAND_TIMEOUT_S)] = 120.0
+    path: Annotated[str, Field(max_length=1024)] = ""  # put_file: '~' is the lease's HOME
+    content_b64: Annotated[str, Field(max_length=700 * 1024)] = ""
+
+
+class LeaseExec(Exec):
+    """An Exec addressed to one lease (work item of kind LEASE_EXEC)."""
+
+    lease_id: LeaseId
 
 
 class LeaseClose(Strict):
     """Stop every process of the lease (and only those), then remove its files."""
 
-    lease_id: Annotated[str, Field(pattern=LEASE_ID_PATTERN)]
+    lease_id: LeaseId
     grace_s: Annotated[float, Field(ge=0, le=60)] = 2.0
 
 

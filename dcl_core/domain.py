@@ -1,20 +1,37 @@
-"""Domain types shared by the control plane, the API and the agent (no Ray, no I/O)."""
+"""Statuses and roles with their rules, the strict model base, and the machine models (no Ray, no I/O)."""
 
 from __future__ import annotations
 
 import enum
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-USERNAME_PATTERN = r"^[a-z0-9_.-]{3,64}$"
-GPU_MODEL_PATTERN = r"^[A-Za-z0-9 _.()/+-]{1,64}$"
+from dcl_core import ids
 
 
 class Role(str, enum.Enum):
+    """An account's role."""
+
     PROVIDER = "provider"
     BUYER = "buyer"
     ADMIN = "admin"
+
+    def may_hold_clusters(self) -> bool:
+        """Buyers own clusters; admins see every cluster."""
+        return self in (Role.BUYER, Role.ADMIN)
+
+
+class NodeRole(str, enum.Enum):
+    """A node's (lease's) role in a buyer's sub-cluster."""
+
+    HEAD = "head"
+    WORKER = "worker"
+
+
+# A node role as plain text, as payloads, rows and tags carry it (compare with NodeRole members; format
+# with .value: f"{NodeRole.HEAD}" is "NodeRole.HEAD").
+NodeRoleValue = Literal[NodeRole.HEAD.value, NodeRole.WORKER.value]
 
 
 class MachineStatus(str, enum.Enum):
@@ -24,6 +41,17 @@ class MachineStatus(str, enum.Enum):
 
     def is_leasable(self) -> bool:
         return self is MachineStatus.ONLINE
+
+    @classmethod
+    def effective(cls, stored: str | MachineStatus, last_heartbeat: float | None, *,
+                  cutoff: float) -> MachineStatus:
+        """The online rule: a machine is online while its agent said so and its last heartbeat is at or
+        after cutoff (now - PlatformSettings.offline_after_s); a silent one reads as offline at once,
+        before the registry's sweeper persists it. The SQL twin is `actors.store.ONLINE_WHERE`."""
+        status = cls(stored)
+        if status is cls.ONLINE and (last_heartbeat or 0) < cutoff:
+            return cls.OFFLINE
+        return status
 
 
 class ClusterStatus(str, enum.Enum):
@@ -60,12 +88,14 @@ class LeaseStatus(str, enum.Enum):
 
 
 class StrictModel(BaseModel):
+    """The base of every model of ours: unknown fields are an error, never ignored."""
+
     model_config = ConfigDict(extra="forbid")
 
 
 class GpuInfo(StrictModel):
     index: Annotated[int, Field(ge=0, le=63, description="Device index on the machine")]
-    model: Annotated[str, Field(pattern=GPU_MODEL_PATTERN, description="Marketing name, e.g. 'NVIDIA H100 80GB HBM3'")]
+    model: Annotated[str, Field(pattern=ids.GPU_MODEL_PATTERN, description="Marketing name, e.g. 'NVIDIA H100 80GB HBM3'")]
     memory_mb: Annotated[int, Field(ge=0, le=10_000_000, description="Total device memory in MiB")]
     uuid: Annotated[str | None, Field(default=None, max_length=128)] = None
 

@@ -4,23 +4,24 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from actors import domain
+from dcl_core import domain, ids
 
 MIN_DURATION_S = 60
 MAX_DURATION_S = 7 * 24 * 3600
 
 
-class ClusterSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+Backend = Literal["market", "aws"]
 
+
+class ClusterSpec(domain.StrictModel):
     name: Annotated[str | None, Field(default=None, pattern=r"^[a-z0-9][a-z0-9-]{0,39}$",
                                       description="Optional display name: 1-40 of [a-z0-9-]")] = None
     num_workers: Annotated[int, Field(ge=1, le=64, description="Worker nodes (the head is extra)")]
     gpus_per_worker: Annotated[int, Field(ge=0, le=8, description="GPUs on each worker")] = 0
-    gpu_model: Annotated[str | None, Field(default=None, pattern=domain.GPU_MODEL_PATTERN,
+    gpu_model: Annotated[str | None, Field(default=None, pattern=ids.GPU_MODEL_PATTERN,
                                            description="Exact GPU model, e.g. 'NVIDIA A100-SXM4-80GB'")] = None
     cpus_per_worker: Annotated[int, Field(ge=1, le=256, description="CPUs on each worker")] = 1
     duration_s: Annotated[int, Field(ge=MIN_DURATION_S, le=MAX_DURATION_S, description="Lifetime in seconds")]
-    backend: Annotated[Literal["market", "aws"], Field(description="Where the nodes run")] = "market"
+    backend: Annotated[Backend, Field(description="Where the nodes run")] = "market"
