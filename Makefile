@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PROVIDERS ?= 2
 PORT ?= 8000
 
-.PHONY: venv test unit up down status demo bench
+.PHONY: venv test unit lint up down status demo bench
 
 $(BIN)/dcluster: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,10 +17,14 @@ $(BIN)/dcluster: pyproject.toml
 venv: $(BIN)/dcluster
 
 test: venv
+	$(BIN)/lint-imports
 	$(BIN)/pytest -q tests
 
 unit: venv
 	$(BIN)/pytest -q tests/unit
+
+lint: venv
+	$(BIN)/lint-imports
 
 up: venv
 	$(BIN)/dcluster up --providers $(PROVIDERS) --port $(PORT)

@@ -13,7 +13,7 @@ import yaml
 from dcl_core import cluster_spec, ids
 
 TEMPLATE = "market.yaml"
-PROVIDER_MODULE = "worker.market_provider.MarketNodeProvider"
+PROVIDER_MODULE = "worker.node_provider.market_provider.MarketNodeProvider"
 CLUSTER_LABEL = "dcluster.io/cluster"
 MAX_LABEL_VALUE_LEN = 63
 _CLUSTER_ID_RE = re.compile(ids.CLUSTER_ID_PATTERN)

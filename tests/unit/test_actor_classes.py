@@ -26,6 +26,19 @@ class SlowStart:
     async def hello(self, name: str) -> str:
         return f"hello {name}"
 
+    async def start_count(self) -> int:
+        return self.starts
+
+    async def run_ticker(self) -> None:
+        """A background loop: thin_actor starts it once start() succeeded."""
+        self.ticks = 0
+        while True:
+            self.ticks += 1
+            await asyncio.sleep(0.01)
+
+    async def ticks_seen(self) -> int:
+        return getattr(self, "ticks", 0)
+
 
 Wrapped = actor_classes.thin_actor(SlowStart, lambda *args: SlowStart(*args))
 
@@ -44,18 +57,17 @@ def test_a_caller_that_gives_up_does_not_cancel_the_shared_recovery():
             await asyncio.wait_for(actor.hello("early"), timeout=0.05)
         assert await asyncio.wait_for(actor.ready(), timeout=5) is True
         assert await actor.hello("buyer") == "hello buyer"
-        return actor
-    actor = run(go())
-    assert actor._core.starts == 1
+        return await actor.start_count()
+    assert run(go()) == 1
 
 
 def test_a_cancellation_from_below_is_retried_like_any_passing_fault():
     async def go():
         actor = Wrapped(0.01, [asyncio.CancelledError(), RuntimeError("database is locked")])
         assert await asyncio.wait_for(actor.ready(), timeout=10) is True
-        return actor, await actor.start_status()
-    actor, status = run(go())
-    assert actor._core.starts == 3
+        return await actor.start_count(), await actor.start_status()
+    starts, status = run(go())
+    assert starts == 3
     assert status == {"actor": "SlowStart", "ready": True, "attempts": 3, "last_error": None}
 
 
@@ -74,4 +86,44 @@ def test_start_status_answers_at_once_and_names_the_last_failure():
 
 def test_wrapper_forwards_public_coroutines_only():
     assert hasattr(Wrapped, "hello") and hasattr(Wrapped, "ready") and hasattr(Wrapped, "start_status")
-    assert not hasattr(Wrapped, "start")
+    assert not hasattr(Wrapped, "start") and not hasattr(Wrapped, "run_ticker")
+    assert Wrapped.__name__ == "SlowStartActor" and Wrapped.hello.__doc__ == SlowStart.hello.__doc__
+
+
+def test_background_loops_start_only_after_recovery():
+    async def go():
+        actor = Wrapped(0.1)
+        await asyncio.sleep(0.05)
+        before = await asyncio.wait_for(asyncio.shield(actor.ticks_seen()), timeout=1)  # waits for start()
+        await asyncio.sleep(0.05)
+        return before, await actor.ticks_seen()
+    before, after = run(go())
+    assert after > before >= 0
+
+
+def test_actor_proxy_looks_the_actor_up_once_on_first_call(monkeypatch):
+    calls = []
+
+    class Method:
+        def __init__(self, name):
+            self.name = name
+
+        def remote(self, *args, **kwargs):
+            async def answer():
+                return (self.name, args, kwargs)
+            return answer()
+
+    class Handle:
+        def __getattr__(self, name):
+            return Method(name)
+
+    def get_actor(name, namespace):
+        calls.append((name, namespace))
+        return Handle()
+    monkeypatch.setattr(actor_classes.ray, "get_actor", get_actor)
+    proxy = actor_classes.ActorProxy("ClusterManager")
+
+    async def go():
+        return [await proxy.expire("c-1", 5.0), await proxy.schedule(cluster_id="c-2")]
+    assert run(go()) == [("expire", ("c-1", 5.0), {}), ("schedule", (), {"cluster_id": "c-2"})]
+    assert calls == [("ClusterManager", actor_classes.NAMESPACE)]

@@ -21,10 +21,11 @@ from pathlib import Path
 import pytest
 
 from dcl_core import domain, protocol
-from worker import agent as agent_mod
-from worker import agent_cli
+from worker.agent import agent as agent_mod
+from worker.agent import cli as agent_cli
 from worker import client as api
-from worker import leases, procs
+from worker import procs
+from worker.agent import leases
 
 PASSWORD = "s3cret-pass"
 SPEC = domain.MachineSpec(hostname="gpu box #1", cpus=8, memory_mb=32000,
@@ -231,7 +232,7 @@ def test_401_that_relogin_cannot_fix_logs_in_and_registers_again(tmp_path):
 
 
 def test_unreachable_backs_off_then_recovers(tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger="worker.agent")
+    caplog.set_level(logging.INFO, logger="worker.agent.agent")
     client = FakeClient(interval_s=5.0)
     client.script["login"] = [api.PlatformUnreachable("connection refused")] * 7
     waits = FakeWaits()
@@ -293,7 +294,7 @@ def test_poll_waits_for_registration(tmp_path):
 
 
 def test_poll_dispatches_items_by_kind(tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger="worker.agent")
+    caplog.set_level(logging.INFO, logger="worker.agent.agent")
     client = FakeClient()
     agent = make_agent(tmp_path, client)
     agent._heartbeat_step()
@@ -438,7 +439,7 @@ def test_sigterm_exits_zero(tmp_path):
     """The real process against an unreachable platform: it keeps retrying, and SIGTERM ends it with 0."""
     env = {**os.environ, agent_cli.PASSWORD_ENV: PASSWORD}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "worker.agent_cli", "--platform-url", f"http://127.0.0.1:{_closed_port()}",
+        [sys.executable, "-m", "worker.agent.cli", "--platform-url", f"http://127.0.0.1:{_closed_port()}",
          "--username", "prov1", "--state-dir", str(tmp_path / "state"), "--gpus", "0"],
         cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
     lines: queue.Queue = queue.Queue()
@@ -590,7 +591,7 @@ def test_bad_lease_items_become_failed_results(tmp_path, lease_root, caplog):
 
 
 def test_result_posting_retries_then_gives_up_or_drops_on_404(tmp_path, lease_root, caplog):
-    caplog.set_level(logging.INFO, logger="worker.agent")
+    caplog.set_level(logging.INFO, logger="worker.agent.agent")
     client = FakeClient()
     waits = FakeWaits()
     agent, _ = make_lease_agent(tmp_path, lease_root, client, waits)

@@ -28,6 +28,7 @@ from ray.autoscaler._private.util import fillout_defaults, prepare_config, valid
 from ray.autoscaler.v2.instance_manager.config import AutoscalingConfig
 
 from dcl_core import cluster_spec, errors
+from actors import aws_ec2
 from configs import aws
 
 CID = "c-00112233aabb"
@@ -363,7 +364,7 @@ def test_instance_shapes_match_ec2s_catalog(moto_aws):
 @pytest.mark.parametrize("spec", SPECS[:2], ids=lambda s: f"{s.num_workers}x{s.gpus_per_worker}gpu")
 def test_launcher_bootstrap_under_moto_leaves_only_our_rules(moto_aws_iam, spec, settings, token_file):
     ec2 = moto_aws_iam
-    config = aws.ensure_security_group(render(spec, settings, token_file))
+    config = aws_ec2.ensure_security_group(render(spec, settings, token_file))
     resolved = launcher_bootstrap(config)  # (Ray validates before bootstrapping, not after: it adds head_node)
 
     group_id, perms = group_rules(ec2, f"dcluster-{CID}")
@@ -404,7 +405,7 @@ def test_rays_bootstrap_alone_opens_ssh_to_the_world_and_ensure_repairs_it(moto_
     group_id, perms = group_rules(ec2, f"dcluster-{CID}")
     assert aws.security_group_findings(perms) == ["tcp 22 is open to the whole internet (0.0.0.0/0)"]
 
-    repaired = aws.ensure_security_group(config)  # finds the group by name, revokes what it did not ask for
+    repaired = aws_ec2.ensure_security_group(config)  # finds the group by name, revokes what it did not ask for
     launcher_bootstrap(repaired)
     assert group_rules(ec2, f"dcluster-{CID}")[0] == group_id
     assert_locked_down(ec2, group_id, group_rules(ec2, f"dcluster-{CID}")[1])
@@ -412,13 +413,13 @@ def test_rays_bootstrap_alone_opens_ssh_to_the_world_and_ensure_repairs_it(moto_
 
 def test_ensure_security_group_follows_a_changed_allowed_cidr_and_is_idempotent(moto_aws, token_file):
     ec2 = moto_aws
-    first = aws.ensure_security_group(render(SPECS[0], aws.AwsSettings(allowed_cidr=CIDR), token_file))
+    first = aws_ec2.ensure_security_group(render(SPECS[0], aws.AwsSettings(allowed_cidr=CIDR), token_file))
     group_id = first["available_node_types"]["head"]["node_config"]["SecurityGroupIds"][0]
     moved = "198.51.100.0/24"
-    again = aws.ensure_security_group(render(SPECS[0], aws.AwsSettings(allowed_cidr=moved), token_file))
+    again = aws_ec2.ensure_security_group(render(SPECS[0], aws.AwsSettings(allowed_cidr=moved), token_file))
     assert again["available_node_types"]["worker"]["node_config"]["SecurityGroupIds"] == [group_id]
     assert_locked_down(ec2, group_id, group_rules(ec2, f"dcluster-{CID}")[1], cidr=moved)
-    aws.ensure_security_group(again)
+    aws_ec2.ensure_security_group(again)
     assert_locked_down(ec2, group_id, group_rules(ec2, f"dcluster-{CID}")[1], cidr=moved)
 
 
@@ -426,7 +427,7 @@ def test_ensure_security_group_refuses_world_open_rules(moto_aws, settings, toke
     config = render(SPECS[0], settings, token_file)
     config["provider"]["security_group"]["IpPermissions"].append(SEED_RULE)
     with pytest.raises(ValueError, match="whole internet"):
-        aws.ensure_security_group(config)
+        aws_ec2.ensure_security_group(config)
     assert not moto_aws.describe_security_groups(
         Filters=[{"Name": "group-name", "Values": [f"dcluster-{CID}"]}])["SecurityGroups"]
 
@@ -436,7 +437,7 @@ def test_ensure_security_group_uses_the_configured_vpc(moto_aws, scoped_settings
     vpc_id = ec2.create_vpc(CidrBlock="10.7.0.0/16")["Vpc"]["VpcId"]
     subnet = ec2.create_subnet(VpcId=vpc_id, CidrBlock="10.7.1.0/24", AvailabilityZone="us-west-2a")["Subnet"]
     ec2.modify_subnet_attribute(SubnetId=subnet["SubnetId"], MapPublicIpOnLaunch={"Value": True})
-    config = aws.ensure_security_group(render(SPECS[0], scoped_settings, token_file), vpc_id=vpc_id)
+    config = aws_ec2.ensure_security_group(render(SPECS[0], scoped_settings, token_file), vpc_id=vpc_id)
     resolved = launcher_bootstrap(config)
     group_id, perms = group_rules(ec2, f"dcluster-{CID}")
     assert ec2.describe_security_groups(GroupIds=[group_id])["SecurityGroups"][0]["VpcId"] == vpc_id
@@ -448,7 +449,7 @@ def test_operator_key_and_instance_profile_make_ray_create_neither(moto_aws, tok
     ec2 = moto_aws
     settings = aws.AwsSettings(allowed_cidr=CIDR, ssh_private_key=tmp_path / "ops.pem", key_name="ops",
                                head_instance_profile_arn=PROFILE_ARN)
-    resolved = launcher_bootstrap(aws.ensure_security_group(render(SPECS[1], settings, token_file)))
+    resolved = launcher_bootstrap(aws_ec2.ensure_security_group(render(SPECS[1], settings, token_file)))
     assert resolved["auth"]["ssh_private_key"] == str(tmp_path / "ops.pem")
     assert ec2.describe_key_pairs()["KeyPairs"] == []
     assert boto3.client("iam", region_name=REGION).list_instance_profiles()["InstanceProfiles"] == []
@@ -458,7 +459,7 @@ def test_operator_key_and_instance_profile_make_ray_create_neither(moto_aws, tok
 
 def test_the_head_node_ray_launches_lands_in_the_group(moto_aws_iam, settings, token_file):
     ec2 = moto_aws_iam
-    resolved = launcher_bootstrap(aws.ensure_security_group(render(SPECS[1], settings, token_file)))
+    resolved = launcher_bootstrap(aws_ec2.ensure_security_group(render(SPECS[1], settings, token_file)))
     group_id, _ = group_rules(ec2, f"dcluster-{CID}")
     provider = AWSNodeProvider(resolved["provider"], CID)
     # As get_or_create_head_node does: the head's node_config plus the bootstrap's "head_node" (IAM profile).
@@ -472,15 +473,15 @@ def test_the_head_node_ray_launches_lands_in_the_group(moto_aws_iam, settings, t
 
 def test_delete_cluster_resources_removes_group_and_key_pair(moto_aws, scoped_settings, token_file):
     ec2 = moto_aws
-    config = aws.ensure_security_group(render(SPECS[0], scoped_settings, token_file))
+    config = aws_ec2.ensure_security_group(render(SPECS[0], scoped_settings, token_file))
     launcher_bootstrap(config)
     key_path = os.path.expanduser(f"~/.ssh/dcluster-{CID}.pem")
     assert os.path.exists(key_path)
-    assert aws.delete_cluster_resources(config) is True
+    assert aws_ec2.delete_cluster_resources(config) is True
     assert not ec2.describe_security_groups(
         Filters=[{"Name": "group-name", "Values": [f"dcluster-{CID}"]}])["SecurityGroups"]
     assert ec2.describe_key_pairs()["KeyPairs"] == [] and not os.path.exists(key_path)
-    assert aws.delete_cluster_resources(config) is True  # idempotent
+    assert aws_ec2.delete_cluster_resources(config) is True  # idempotent
 
 
 def test_ip_permissions_per_address_family():
@@ -492,8 +493,8 @@ def test_ip_permissions_per_address_family():
 def test_delete_cluster_resources_says_false_while_instances_hold_the_group(moto_aws, scoped_settings, token_file,
                                                                              monkeypatch):
     from botocore.exceptions import ClientError
-    config = aws.ensure_security_group(render(SPECS[0], scoped_settings, token_file))
-    real_ec2 = aws._ec2
+    config = aws_ec2.ensure_security_group(render(SPECS[0], scoped_settings, token_file))
+    real_ec2 = aws_ec2.ec2_client
 
     def ec2_with_group_in_use(cfg):
         # EC2 refuses to delete a group that instances still use; moto does not model that refusal.
@@ -503,7 +504,7 @@ def test_delete_cluster_resources_says_false_while_instances_hold_the_group(moto
             raise ClientError({"Error": {"Code": "DependencyViolation", "Message": "in use"}}, "DeleteSecurityGroup")
         client.delete_security_group = in_use
         return client
-    monkeypatch.setattr(aws, "_ec2", ec2_with_group_in_use)
-    assert aws.delete_cluster_resources(config) is False
-    monkeypatch.setattr(aws, "_ec2", real_ec2)
-    assert aws.delete_cluster_resources(config) is True
+    monkeypatch.setattr(aws_ec2, "ec2_client", ec2_with_group_in_use)
+    assert aws_ec2.delete_cluster_resources(config) is False
+    monkeypatch.setattr(aws_ec2, "ec2_client", real_ec2)
+    assert aws_ec2.delete_cluster_resources(config) is True

@@ -1,6 +1,7 @@
 """ClusterManager logic with a real SQLite store, a fake clock, a fake registry and a fake launcher."""
 
 import asyncio
+import dataclasses
 
 import pytest
 
@@ -35,8 +36,9 @@ class FakeRegistry:
 class FakeLauncher:
     """Does through the node API what the real launcher and the head's autoscaler do."""
 
-    def __init__(self):
+    def __init__(self, clock):
         self.manager = None
+        self.clock = clock
         self.created, self.torn_down = [], []
         self.fail = False
 
@@ -47,7 +49,7 @@ class FakeLauncher:
         if config["provider"]["type"] == "aws":
             return  # EC2 nodes: nothing goes through the node routes
         cid = config["provider"]["cluster_id"]
-        principal = auth.TokenIssuer("s" * 48, clock=self.manager._clock).verify(config["provider"]["token"])
+        principal = auth.TokenIssuer("s" * 48, clock=self.clock).verify(config["provider"]["token"])
         (head,) = await self.manager.create_nodes(principal, cid, "head", "head", {"ray-node-kind": "head"}, 1)
         await self.manager.exec_on_node(principal, cid, head["id"], {"op": "run", "cmd": "ray start --head"})
         n = config["available_node_types"]["worker"]["min_workers"]
@@ -57,6 +59,28 @@ class FakeLauncher:
 
     async def teardown(self, config):
         self.torn_down.append(config["cluster_name"])
+
+
+@dataclasses.dataclass
+class Env:
+    manager: cluster_manager.ClusterManager
+    registry: FakeRegistry
+    launcher: FakeLauncher
+    buyer: auth.Principal
+    db: store.Store
+    store: cluster_store.ClusterStore  # the manager's
+    settings: PlatformSettings
+
+    def __iter__(self):
+        return iter((self.manager, self.registry, self.launcher, self.buyer, self.db))
+
+
+def build_manager(settings, registry, clock):
+    launcher = FakeLauncher(clock)
+    cstore = cluster_store.ClusterStore(settings.db_path)
+    manager = cluster_manager.ClusterManager(cstore, settings, registry=registry, launcher=launcher, clock=clock)
+    launcher.manager = manager
+    return manager, launcher, cstore
 
 
 @pytest.fixture
@@ -70,13 +94,11 @@ def env(tmp_path, clock):
             await db.upsert_machine(machine_id=f"m-00000000000{i}", provider_id=prov["id"], machine_key=f"key-0000{i}",
                                     name=f"n{i}", spec=domain.MachineSpec(hostname="h", cpus=4, memory_mb=1000),
                                     price_per_gpu_hour=0, price_per_cpu_hour=0.1, now=clock())
-        registry, launcher = FakeRegistry(), FakeLauncher()
-        manager = cluster_manager.ClusterManager(cluster_store.ClusterStore(settings.db_path), settings,
-                                                 registry=registry, launcher=launcher, clock=clock)
-        launcher.manager = manager
+        registry = FakeRegistry()
+        manager, launcher, cstore = build_manager(settings, registry, clock)
         await manager.start()
         principal = auth.Principal(buyer["id"], "buyer", domain.Role.BUYER)
-        return manager, registry, launcher, principal, db
+        return Env(manager, registry, launcher, principal, db, cstore, settings)
     return build
 
 
@@ -88,13 +110,14 @@ async def close(*stores):
 async def settle(manager):
     for _ in range(50):
         await asyncio.sleep(0)
-    while manager._tasks:
-        await asyncio.gather(*manager._tasks.values(), return_exceptions=True)
+    while work := manager.background_work():
+        await asyncio.gather(*work.values(), return_exceptions=True)
 
 
 def test_create_to_running_to_terminated(env, clock):
     async def go():
-        manager, registry, launcher, buyer, db = await env()
+        e = await env()
+        manager, registry, launcher, buyer, db = e
         c = await manager.create_cluster(buyer, {"num_workers": 2, "duration_s": 600})
         assert c["status"] == "pending" and len(c["nodes"]) == 3
         await settle(manager)
@@ -117,24 +140,26 @@ def test_create_to_running_to_terminated(env, clock):
         assert (await manager.delete_cluster(buyer, c["id"]))["status"] == "terminated"
         kinds = [e["kind"] for e in await manager.cluster_events(buyer, c["id"])]
         assert kinds[0] == "created" and "running" in kinds and kinds[-1] == "terminated"
-        await close(manager._store, db)
+        await close(e.store, db)
     asyncio.run(go())
 
 
 def test_short_capacity_is_409_and_leaves_nothing(env):
     async def go():
-        manager, _, _, buyer, db = await env()
+        e = await env()
+        manager, _, _, buyer, db = e
         with pytest.raises(errors.Conflict, match="not enough capacity") as caught:
             await manager.create_cluster(buyer, {"num_workers": 8, "duration_s": 600})
         assert caught.value.fields["available"]["cpu-only"]["free_cpus"] == 8
         assert await manager.list_clusters(buyer) == []
-        await close(manager._store, db)
+        await close(e.store, db)
     asyncio.run(go())
 
 
 def test_launcher_failure_fails_with_reason_and_releases(env):
     async def go():
-        manager, _, launcher, buyer, db = await env()
+        e = await env()
+        manager, _, launcher, buyer, db = e
         launcher.fail = True
         c = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
         await settle(manager)
@@ -145,31 +170,32 @@ def test_launcher_failure_fails_with_reason_and_releases(env):
         c2 = await manager.create_cluster(buyer, {"num_workers": 3, "duration_s": 600})
         assert len(c2["nodes"]) == 4
         await settle(manager)
-        await close(manager._store, db)
+        await close(e.store, db)
     asyncio.run(go())
 
 
 def test_restart_during_provisioning_fails_and_cleans_up(env, tmp_path, clock):
     async def go():
-        manager, registry, launcher, buyer, db = await env()
+        e = await env()
+        manager, registry, launcher, buyer, db = e
         c = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
-        for task in manager._tasks.values():
+        for task in manager.background_work().values():
             task.cancel()  # the actor died mid-launch
         await asyncio.sleep(0)
-        again = cluster_manager.ClusterManager(cluster_store.ClusterStore(tmp_path / "platform.db"), manager._settings,
-                                               registry=registry, launcher=launcher, clock=clock)
+        again, _, again_store = build_manager(e.settings, registry, clock)
         await again.start()
         await settle(again)
         got = await again.get_cluster(buyer, c["id"])
         assert got["status"] == "failed" and "restarted" in got["reason"]
         assert all(n["status"] == "closed" for n in got["nodes"])
-        await close(manager._store, again._store, db)
+        await close(e.store, again_store, db)
     asyncio.run(go())
 
 
 def test_expiry_and_lost_head(env, clock):
     async def go():
-        manager, _, _, buyer, db = await env()
+        e = await env()
+        manager, _, _, buyer, db = e
         c = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 60})
         await settle(manager)
         clock.advance(61)
@@ -189,13 +215,14 @@ def test_expiry_and_lost_head(env, clock):
         await settle(manager)
         got = await manager.get_cluster(buyer, c["id"])
         assert got["status"] == "failed" and head["machine_id"] in got["reason"]
-        await close(manager._store, db)
+        await close(e.store, db)
     asyncio.run(go())
 
 
 def test_other_buyers_and_scoped_credentials(env):
     async def go():
-        manager, _, _, buyer, db = await env()
+        e = await env()
+        manager, _, _, buyer, db = e
         c = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
         other = auth.Principal(999, "other", domain.Role.BUYER)
         with pytest.raises(errors.NotFound):
@@ -204,19 +231,23 @@ def test_other_buyers_and_scoped_credentials(env):
         with pytest.raises(errors.NotFound):
             await manager.list_nodes(wrong_scope, c["id"])
         await settle(manager)
-        await close(manager._store, db)
+        await close(e.store, db)
     asyncio.run(go())
 
 
-def test_aws_backend_only_when_enabled(env, tmp_path):
+def test_aws_backend_only_when_enabled(env, tmp_path, clock):
     from configs import aws
 
     async def go():
-        manager, _, launcher, buyer, db = await env()
+        e = await env()
+        manager, _, launcher, buyer, db = e
         with pytest.raises(errors.InvalidInput, match="not enabled"):
             await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600, "backend": "aws"})
-        manager._settings = manager._settings.model_copy(
-            update={"aws": aws.AwsSettings(allowed_cidr="203.0.113.0/24")})
+        await close(e.store)
+        # The same platform restarted with an `aws:` block in its settings.
+        manager, launcher, e.store = build_manager(
+            e.settings.model_copy(update={"aws": aws.AwsSettings(allowed_cidr="203.0.113.0/24")}), e.registry, clock)
+        await manager.start()
         c = await manager.create_cluster(buyer, {"num_workers": 2, "gpus_per_worker": 1, "duration_s": 600,
                                                  "backend": "aws"})
         assert c["nodes"] == []  # no provider machine is leased
@@ -228,22 +259,23 @@ def test_aws_backend_only_when_enabled(env, tmp_path):
         await settle(manager)
         assert (await manager.get_cluster(buyer, c["id"]))["status"] == "terminated"
         assert launcher.torn_down == [c["id"]]
-        await close(manager._store, db)
+        await close(e.store, db)
     asyncio.run(go())
 
 
 def test_sweep_closes_leases_no_live_cluster_owns(env, clock):
     async def go():
-        manager, registry, _, buyer, db = await env()
+        e = await env()
+        manager, registry, _, buyer, db = e
         c = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
         await settle(manager)
         # A crash between steps: the cluster is recorded as ended while its nodes are still open.
         lease = next(n for n in c["nodes"] if n["role"] == "worker")
-        await manager._store.set_cluster_status(c["id"], domain.ClusterStatus.FAILED, clock())
+        await e.store.set_cluster_status(c["id"], domain.ClusterStatus.FAILED, clock())
         got = await manager.sweep()
         assert got["leases_closed"] == 2  # head and worker
-        assert (await manager._store.get_lease(lease["id"]))["status"] == "closed"
+        assert (await e.store.get_lease(lease["id"]))["status"] == "closed"
         assert lease["id"] in [p["lease_id"] for _, k, p in registry.sent if k == protocol.LEASE_CLOSE]
         assert (await manager.sweep())["leases_closed"] == 0
-        await close(manager._store, db)
+        await close(e.store, db)
     asyncio.run(go())

@@ -9,7 +9,7 @@ import psutil
 import pytest
 
 from dcl_core import domain
-from worker import detect
+from worker.agent import detect
 
 GIB = 1024 ** 3
 

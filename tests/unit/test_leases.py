@@ -1,4 +1,4 @@
-"""worker.leases: lease dirs, env, commands, `ray stop` interception, files, close and recovery (no Ray)."""
+"""worker.agent.leases: lease dirs, env, commands, `ray stop` interception, files, close and recovery (no Ray)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ import pytest
 from tests.waiting import wait_for
 
 import worker
-from worker import leases, procs
+from worker import procs
+from worker.agent import leases
 from dcl_core import protocol
 
 TOKEN = "tok-" + "z" * 28

@@ -71,7 +71,7 @@ def test_gpu_is_left_out_when_zero():
 def test_provider_block_and_identity():
     config = render(SPECS[1])
     assert config["cluster_name"] == CID
-    assert config["provider"] == {"type": "external", "module": "worker.market_provider.MarketNodeProvider",
+    assert config["provider"] == {"type": "external", "module": "worker.node_provider.market_provider.MarketNodeProvider",
                                   "platform_url": "https://platform.example:8443", "cluster_id": CID, "token": TOKEN}
     assert config["auth"] == {"ssh_user": "dcluster"}
 

@@ -19,7 +19,7 @@ from ray.autoscaler.tags import (NODE_KIND_HEAD, NODE_KIND_WORKER, TAG_RAY_NODE_
                                  TAG_RAY_USER_NODE_TYPE)
 
 from worker import client as api
-from worker import command_runner, market_provider
+from worker.node_provider import command_runner, market_provider
 
 CID = "c-0123456789ab"
 TOKEN = "eyJhbGciOiJIUzI1NiJ9.provider-token-" + "s" * 24
@@ -116,7 +116,7 @@ def sleeps():
 
 @pytest.fixture
 def provider(platform, fake_clock, sleeps):
-    config = {"type": "external", "module": "worker.market_provider.MarketNodeProvider",
+    config = {"type": "external", "module": "worker.node_provider.market_provider.MarketNodeProvider",
               "platform_url": URL, "cluster_id": CID, "token": TOKEN}
     return market_provider.MarketNodeProvider(config, CID, clock=fake_clock, sleep=sleeps.append)
 

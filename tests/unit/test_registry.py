@@ -10,14 +10,16 @@ from dcl_core import domain, errors
 from actors.settings import PlatformSettings
 
 
-_OPEN: list = []
+_OPEN: list = []  # the registries' stores, closed after each test
+_CLOCKS: dict = {}  # registry → its clock
 
 
 def make_registry(tmp_path, clock):
     settings = PlatformSettings(state_dir=tmp_path, heartbeat_interval_s=5.0, bcrypt_rounds=4)
-    reg = registry.ProviderRegistry(store.Store(settings.db_path), settings, clock=clock,
-                                    limiter=auth.LoginLimiter(clock=clock))
-    _OPEN.append(reg)
+    db = store.Store(settings.db_path)
+    reg = registry.ProviderRegistry(db, settings, clock=clock, limiter=auth.LoginLimiter(clock=clock))
+    _OPEN.append(db)
+    _CLOCKS[id(reg)] = clock
     return reg
 
 
@@ -28,7 +30,7 @@ def run(go):
             return await go()
         finally:
             while _OPEN:
-                await _OPEN.pop()._store.close()
+                await _OPEN.pop().close()
     return asyncio.run(wrapped())
 
 
@@ -45,7 +47,7 @@ async def signed_in(reg, username, role):
 
 async def principal_of(reg, username, password):
     token = (await reg.login(username, password))["access_token"]
-    return auth.TokenIssuer(await reg.signing_secret(), clock=reg._clock).verify(token)
+    return auth.TokenIssuer(await reg.signing_secret(), clock=_CLOCKS[id(reg)]).verify(token)
 
 
 def test_bootstrap_admin_credentials_file(tmp_path, clock):
@@ -55,7 +57,7 @@ def test_bootstrap_admin_credentials_file(tmp_path, clock):
         creds = json.loads((tmp_path / "admin_credentials.json").read_text())
         await reg.login(creds["username"], creds["password"])
         await reg.start()  # a restart creates no second admin
-        return await reg._store.count_accounts(domain.Role.ADMIN)
+        return await _OPEN[-1].count_accounts(domain.Role.ADMIN)
     assert run(go) == 1
     assert stat.S_IMODE(os.stat(tmp_path / "admin_credentials.json").st_mode) == 0o600
 

@@ -19,7 +19,7 @@ from pydantic import Field, SecretStr
 
 from dcl_core import domain, ids, protocol, secret_files
 from worker import client as api
-from worker import detect, leases
+from worker.agent import detect, leases
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """MarketNodeProvider: the cluster launcher's nodes are leases on providers' machines, kept by the platform.
 
-Loaded by `provider: {type: external, module: worker.market_provider.MarketNodeProvider}` both in the
+Loaded by `provider: {type: external, module: worker.node_provider.market_provider.MarketNodeProvider}` both in the
 platform's launcher process and in the sub-cluster head's autoscaler (a provider machine), so it
 imports only Ray, httpx (through worker.client) and worker.protocol. Every call goes to the platform's
 node routes with the cluster-scoped token of `provider.token`; nothing is kept locally but a short cache.
@@ -26,7 +26,7 @@ from ray.autoscaler.node_provider import NodeProvider
 from ray.autoscaler.tags import NODE_KIND_HEAD, NODE_KIND_WORKER, TAG_RAY_NODE_KIND, TAG_RAY_USER_NODE_TYPE
 
 from worker import client as api
-from worker import command_runner
+from worker.node_provider import command_runner
 from dcl_core import ids, protocol
 
 logger = logging.getLogger(__name__)
