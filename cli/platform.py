@@ -94,7 +94,7 @@ def _serve_app_failure(dashboard_port: int, token_path: Path) -> str | None:
     return None
 
 
-def _last_error_line(text: str) -> str:
+def last_error_line(text: str) -> str:
     """The `SomeError: message` line of a traceback (the last one), else its last line."""
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     errors = [ln for ln in lines if re.match(r"^[\w.]+(Error|Exception)\b", ln)]
@@ -283,7 +283,7 @@ class PlatformLauncher:
                 return True
             failed = _serve_app_failure(ports.dashboard, self.layout.ray_auth_token)
             if failed:
-                raise pstate.PlatformError(f"the Serve app failed to deploy: {_last_error_line(failed)}",
+                raise pstate.PlatformError(f"the Serve app failed to deploy: {last_error_line(failed)}",
                                        details=failed + "\n" + self._serve_logs_tail(temp_dir))
             return False
 

@@ -160,8 +160,8 @@ class Agent:
             logger.exception("cleaning up leases of a previous run failed")
         logger.info("agent for %s as %s (machine_key %s, state %s)", self.settings.platform_url,
                     self.settings.username, self.machine_key, self._state.path)
-        for name, step, wakeup in (("heartbeat", self._heartbeat_step, self._stopping),
-                                   ("poll", self._poll_step, self._poll_wakeup)):
+        for name, step, wakeup in (("heartbeat", self.heartbeat_step, self._stopping),
+                                   ("poll", self.poll_step, self._poll_wakeup)):
             thread = threading.Thread(target=self._loop, args=(step, wakeup), name=f"dcluster-agent-{name}",
                                       daemon=True)
             thread.start()
@@ -174,6 +174,24 @@ class Agent:
             pass
         self.stop()
         self._stopped.wait(self.settings.stop_join_s + self.settings.leave_timeout_s + 1)
+
+    @property
+    def poll_wakeup(self) -> threading.Event:
+        """Set when the poll thread should end its backoff now (the platform answered a heartbeat again)."""
+        return self._poll_wakeup
+
+    @property
+    def stopping(self) -> threading.Event:
+        """Set once stop() began."""
+        return self._stopping
+
+    def poll_backoff_attempts(self) -> int:
+        return self._poll_backoff.attempts
+
+    def lease_queues(self) -> dict[str, int]:
+        """Work items waiting per lease thread (a lease's thread ends, and leaves this, when it is idle)."""
+        with self._lease_queues_lock:
+            return {k: len(q) for k, q in self._lease_queues.items()}
 
     def stop(self) -> None:
         """Stop the loops, stop what the agent started, then tell the platform we leave (best effort)."""
@@ -212,12 +230,12 @@ class Agent:
             failed = [lease_id for lease_id, result in results.items() if not result.ok]
             logger.info("closed %d lease(s)%s", len(results), f"; failed: {', '.join(failed)}" if failed else "")
 
-    def _active_leases(self) -> int:
+    def active_leases(self) -> int:
         return len(self.leases.lease_ids())
 
     # --- loops ---------------------------------------------------------------------------
 
-    def _wait(self, seconds: float, wakeup: threading.Event) -> bool:
+    def wait(self, seconds: float, wakeup: threading.Event) -> bool:
         """Wait, or return early when wakeup is set (stop() sets them all); True when stopping."""
         if self._sleep is not None:
             self._sleep(seconds)
@@ -232,10 +250,10 @@ class Agent:
             except Exception:  # noqa: BLE001 - steps catch their own errors; this is the last net
                 logger.exception("agent loop step failed")
                 delay = 1.0
-            if self._wait(delay, wakeup):
+            if self.wait(delay, wakeup):
                 return
 
-    def _heartbeat_step(self) -> float:
+    def heartbeat_step(self) -> float:
         """Log in and register when needed, then heartbeat; returns seconds until the next step."""
         stage = "login"
         try:
@@ -325,7 +343,7 @@ class Agent:
         self._poll_backoff.reset()
         self._poll_wakeup.set()
 
-    def _poll_step(self) -> float:
+    def poll_step(self) -> float:
         machine_id = self.machine_id
         if machine_id is None:
             return 0.2  # the heartbeat thread is still registering
@@ -418,7 +436,7 @@ class Agent:
         if not isinstance(item_id, str) or not item_id:
             logger.warning("work item of kind %r has no id; its result cannot be posted", kind)
             return
-        self._post_result(item_id, result)
+        self.post_result(item_id, result)
 
     def _lease_result(self, kind: Any, payload: Any) -> protocol.WorkResult:
         """Carry out one lease work item; every failure becomes a WorkResult with ok=False."""
@@ -448,7 +466,7 @@ class Agent:
             logger.exception("%s failed", kind)
             return protocol.WorkResult(ok=False, output=f"{kind} failed on the agent: {type(exc).__name__}: {exc}")
 
-    def _post_result(self, item_id: str, result: protocol.WorkResult) -> bool:
+    def post_result(self, item_id: str, result: protocol.WorkResult) -> bool:
         """Send the result, retrying with backoff while the platform is unreachable; True once accepted."""
         body = result.model_dump(mode="json")
         backoff = api.Backoff(rand=self._rand)
@@ -473,7 +491,7 @@ class Agent:
                 except Exception:  # noqa: BLE001
                     logger.exception("posting the result of work item %s failed", item_id)
                     return False
-            if attempt == RESULT_POST_ATTEMPTS or self._wait(backoff.next(), self._stopping):
+            if attempt == RESULT_POST_ATTEMPTS or self.wait(backoff.next(), self._stopping):
                 break
             logger.debug("posting the result of work item %s failed (%s); retrying", item_id, error)
         logger.warning("gave up posting the result of work item %s after %d attempt(s): %s", item_id, attempt, error)

@@ -202,6 +202,10 @@ class LeaseRunner:
         with self._lock:
             return sorted(self._leases)
 
+    def ports_of(self, lease_id: str) -> ray_ports_mod.RayPorts:
+        """The Ray ports the open lease was given."""
+        return self._get(lease_id).ports
+
     def _get(self, lease_id: str) -> _Lease:
         with self._lock:
             lease = self._leases.get(lease_id)

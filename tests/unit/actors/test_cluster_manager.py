@@ -7,7 +7,9 @@ import pytest
 
 from actors import auth, cluster_manager, cluster_store, store
 from dcl_core import domain, errors, protocol
+from actors import launcher as launcher_mod, registry as registry_mod
 from actors.settings import PlatformSettings
+from tests.protocols import assert_implements
 
 
 class FakeRegistry:
@@ -20,7 +22,7 @@ class FakeRegistry:
     async def signing_secret(self) -> str:
         return "s" * 48
 
-    async def send_work(self, machine_id, kind, payload, timeout_s):
+    async def send_work(self, machine_id: str, kind: str, payload: dict, timeout_s: float) -> dict:
         self.sent.append((machine_id, kind, payload))
         if kind in self.fail_kinds:
             return {"ok": False, "exit_code": 1, "output": "boom", "data": {}}
@@ -42,7 +44,7 @@ class FakeLauncher:
         self.created, self.torn_down = [], []
         self.fail = False
 
-    async def create(self, config):
+    async def create(self, config: dict) -> None:
         self.created.append(config)
         if self.fail:
             raise RuntimeError("head start command failed")
@@ -57,8 +59,13 @@ class FakeLauncher:
         for w in workers:
             await self.manager.exec_on_node(principal, cid, w["id"], {"op": "run", "cmd": "export X=1; ray start"})
 
-    async def teardown(self, config):
+    async def teardown(self, config: dict) -> None:
         self.torn_down.append(config["cluster_name"])
+
+
+def test_fakes_implement_the_protocols_of_what_they_stand_for():
+    assert_implements(cluster_manager.Registry, FakeRegistry, registry_mod.ProviderRegistry)
+    assert_implements(cluster_manager.Launcher, FakeLauncher, launcher_mod.RayClusterLauncher)
 
 
 @dataclasses.dataclass

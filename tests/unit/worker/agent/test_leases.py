@@ -98,8 +98,8 @@ def test_open_prepares_private_dirs_token_and_record(runner):
 
 def test_leases_get_disjoint_ports(runner):
     a, b = _open(runner), _open(runner)
-    ports_a = runner._get(a).ports.all_ports()
-    assert not ports_a & runner._get(b).ports.all_ports()
+    ports_a = runner.ports_of(a).all_ports()
+    assert not ports_a & runner.ports_of(b).all_ports()
 
 
 # --- environment ---------------------------------------------------------------------------
@@ -107,7 +107,7 @@ def test_leases_get_disjoint_ports(runner):
 def test_head_environment(runner):
     lease_id = _open(runner, gpu_indices=[1, 3])
     lease_dir = runner.root / lease_id
-    ports = runner._get(lease_id).ports
+    ports = runner.ports_of(lease_id)
     env = runner.environment(lease_id, {"RAY_HEAD_IP": "127.0.0.1"})
     assert env["HOME"] == str(lease_dir / "home")
     assert env["PATH"].split(os.pathsep)[0] == str(Path(sys.executable).parent)

@@ -267,5 +267,5 @@ def test_last_error_line_picks_the_exception():
             "RuntimeError: Traceback (most recent call last):\n  File y\n"
             "pydantic_core._pydantic_core.ValidationError: 1 validation error for PlatformSettings\n"
             "bogus\n  Extra inputs are not permitted\n")
-    assert platform_mod._last_error_line(text).startswith("pydantic_core._pydantic_core.ValidationError: 1 valid")
-    assert platform_mod._last_error_line("just text\nlast line\n") == "last line"
+    assert platform_mod.last_error_line(text).startswith("pydantic_core._pydantic_core.ValidationError: 1 valid")
+    assert platform_mod.last_error_line("just text\nlast line\n") == "last line"

@@ -2,8 +2,9 @@
 
 import asyncio
 
-from actors import cluster_store, expiry_reaper, store
+from actors import cluster_manager, cluster_store, expiry_reaper, store
 from dcl_core import domain
+from tests.protocols import assert_implements
 
 
 class FakeClusters:
@@ -11,15 +12,19 @@ class FakeClusters:
         self.db, self.clock = db, clock
         self.expired, self.warned = [], []
 
-    async def expire(self, cluster_id, deadline):
+    async def expire(self, cluster_id: str, deadline: float) -> bool:
         ok = await self.db.set_cluster_status(cluster_id, domain.ClusterStatus.TERMINATING, self.clock(),
                                               only_from=domain.ClusterStatus.active())
         if ok:
             self.expired.append((cluster_id, self.clock() - deadline))
         return ok
 
-    async def warn_expiry(self, cluster_id, deadline):
+    async def warn_expiry(self, cluster_id: str, deadline: float) -> None:
         self.warned.append(cluster_id)
+
+
+def test_fake_clusters_implements_what_the_reaper_needs_of_the_manager():
+    assert_implements(expiry_reaper.Clusters, FakeClusters, cluster_manager.ClusterManager)
 
 
 async def make(tmp_path, clock, n=5):

@@ -30,7 +30,7 @@ from worker.agent import leases
 PASSWORD = "s3cret-pass"
 SPEC = domain.MachineSpec(hostname="gpu box #1", cpus=8, memory_mb=32000,
                           gpus=[domain.GpuInfo(index=0, model="RTX 4090", memory_mb=24564)])
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[4]
 
 
 class FakeClient:
@@ -159,7 +159,7 @@ def test_machine_key_persists_with_private_modes(tmp_path):
 
 def test_machine_id_is_saved_after_registration(tmp_path):
     agent = make_agent(tmp_path)
-    agent._heartbeat_step()
+    agent.heartbeat_step()
     data = json.loads((tmp_path / "state" / "machine.json").read_text())
     assert data == {"machine_key": agent.machine_key, "machine_id": "m-1"}
     assert stat.S_IMODE((tmp_path / "state" / "machine.json").stat().st_mode) == 0o600
@@ -180,11 +180,11 @@ def test_corrupt_state_file_is_kept_aside(tmp_path, caplog):
 def test_first_step_logs_in_registers_and_heartbeats(tmp_path):
     client = FakeClient(interval_s=7.0)
     agent = make_agent(tmp_path, client, price_per_gpu_hour=0.4)
-    assert agent._heartbeat_step() == 7.0
+    assert agent.heartbeat_step() == 7.0
     assert client.calls == ["login", "register_machine", "heartbeat"]
     assert client.registrations == [(agent.machine_key, "gpu-box--1")]  # hostname made a valid name
     assert client.heartbeats[0][0] == "m-1"
-    assert agent._heartbeat_step() == 7.0
+    assert agent.heartbeat_step() == 7.0
     assert client.calls[3:] == ["heartbeat"]
 
 
@@ -192,19 +192,19 @@ def test_heartbeat_interval_follows_the_platform(tmp_path):
     client = FakeClient(interval_s=7.0)
     client.script["heartbeat"] = [{"status": "online", "heartbeat_interval_s": 2.5}, {"status": "online"}]
     agent = make_agent(tmp_path, client)
-    assert agent._heartbeat_step() == 2.5
-    assert agent._heartbeat_step() == 2.5  # an answer without an interval keeps the last one
+    assert agent.heartbeat_step() == 2.5
+    assert agent.heartbeat_step() == 2.5  # an answer without an interval keeps the last one
 
 
 def test_heartbeat_404_reregisters_with_the_same_key(tmp_path, caplog):
     client = FakeClient()
     agent = make_agent(tmp_path, client)
-    agent._heartbeat_step()
+    agent.heartbeat_step()
     client.script["heartbeat"] = [api.ApiError(404, "machine not found")]
     client.script["register_machine"] = [{"id": "m-2", "heartbeat_interval_s": 7.0}]
-    assert agent._heartbeat_step() == 1.0  # short backoff, then register again
+    assert agent.heartbeat_step() == 1.0  # short backoff, then register again
     assert agent.machine_id is None and "registering again" in caplog.text
-    assert agent._heartbeat_step() == 7.0
+    assert agent.heartbeat_step() == 7.0
     assert [k for k, _ in client.registrations] == [agent.machine_key] * 2
     assert client.calls.count("login") == 1
     assert agent.machine_id == "m-2" and client.heartbeats[-1][0] == "m-2"
@@ -213,20 +213,20 @@ def test_heartbeat_404_reregisters_with_the_same_key(tmp_path, caplog):
 def test_404_after_an_outage_reregisters_without_the_outage_delay(tmp_path):
     client = FakeClient(interval_s=5.0)
     agent = make_agent(tmp_path, client)
-    agent._heartbeat_step()
+    agent.heartbeat_step()
     client.script["heartbeat"] = [api.PlatformUnreachable("refused")] * 5 + [api.ApiError(404, "unknown")]
-    assert [agent._heartbeat_step() for _ in range(5)] == [1.0, 2.0, 4.0, 8.0, 16.0]
-    assert agent._heartbeat_step() == 1.0  # the platform restarted and forgot us: come back soon
-    assert agent._heartbeat_step() == 5.0 and len(client.registrations) == 2
+    assert [agent.heartbeat_step() for _ in range(5)] == [1.0, 2.0, 4.0, 8.0, 16.0]
+    assert agent.heartbeat_step() == 1.0  # the platform restarted and forgot us: come back soon
+    assert agent.heartbeat_step() == 5.0 and len(client.registrations) == 2
 
 
 def test_401_that_relogin_cannot_fix_logs_in_and_registers_again(tmp_path):
     client = FakeClient()
     agent = make_agent(tmp_path, client)
-    agent._heartbeat_step()
+    agent.heartbeat_step()
     client.script["heartbeat"] = [api.ApiError(401, "token expired")]
-    agent._heartbeat_step()
-    agent._heartbeat_step()
+    agent.heartbeat_step()
+    agent.heartbeat_step()
     assert client.calls == ["login", "register_machine", "heartbeat", "heartbeat",
                             "login", "register_machine", "heartbeat"]
 
@@ -237,22 +237,22 @@ def test_unreachable_backs_off_then_recovers(tmp_path, caplog):
     client.script["login"] = [api.PlatformUnreachable("connection refused")] * 7
     waits = FakeWaits()
     agent = make_agent(tmp_path, client, waits)
-    delays = [agent._heartbeat_step() for _ in range(8)]
+    delays = [agent.heartbeat_step() for _ in range(8)]
     assert delays == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 5.0]
     assert client.calls[-3:] == ["login", "register_machine", "heartbeat"]
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1  # one warning per outage, not one per retry
     assert "reachable again" in caplog.text
     client.script["heartbeat"] = [api.ApiError(503, "overloaded")]
-    assert agent._heartbeat_step() == 1.0  # the backoff starts over after a success
-    assert agent._heartbeat_step() == 5.0
+    assert agent.heartbeat_step() == 1.0  # the backoff starts over after a success
+    assert agent.heartbeat_step() == 5.0
 
 
 def test_rate_limited_login_waits_as_told(tmp_path):
     client = FakeClient()
     client.script["login"] = [api.ApiError(429, "too many failed logins", retry_after_s=60)]
     agent = make_agent(tmp_path, client)
-    assert agent._heartbeat_step() == 60
+    assert agent.heartbeat_step() == 60
 
 
 def test_long_outage_is_reported_every_minute(tmp_path, caplog):
@@ -261,7 +261,7 @@ def test_long_outage_is_reported_every_minute(tmp_path, caplog):
     waits = FakeWaits()
     agent = make_agent(tmp_path, client, waits)
     for _ in range(10):
-        waits.sleep(agent._heartbeat_step())
+        waits.sleep(agent.heartbeat_step())
     assert sum(1 for r in caplog.records if r.levelno == logging.WARNING) == 3  # at 0, 61 and 121 s of 151
 
 
@@ -270,7 +270,7 @@ def test_wrong_password_keeps_retrying_without_leaking(tmp_path, caplog):
     client = FakeClient()
     client.script["login"] = [api.ApiError(401, "Incorrect username or password")] * 3
     agent = make_agent(tmp_path, client)
-    assert [agent._heartbeat_step() for _ in range(4)] == [1.0, 2.0, 4.0, 7.0]
+    assert [agent.heartbeat_step() for _ in range(4)] == [1.0, 2.0, 4.0, 7.0]
     assert PASSWORD not in caplog.text and PASSWORD not in repr(agent.settings)
     assert "login failed" in caplog.text
 
@@ -281,7 +281,7 @@ def test_unexpected_errors_never_kill_the_loop(tmp_path):
 
     client = FakeClient()
     agent = make_agent(tmp_path, client, detect_fn=broken_detect)
-    assert agent._heartbeat_step() == 1.0
+    assert agent.heartbeat_step() == 1.0
     assert client.calls == ["login"]
 
 
@@ -290,21 +290,21 @@ def test_unexpected_errors_never_kill_the_loop(tmp_path):
 def test_poll_waits_for_registration(tmp_path):
     client = FakeClient()
     agent = make_agent(tmp_path, client)
-    assert agent._poll_step() == 0.2 and "poll_work" not in client.calls
+    assert agent.poll_step() == 0.2 and "poll_work" not in client.calls
 
 
 def test_poll_dispatches_items_by_kind(tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="worker.agent.agent")
     client = FakeClient()
     agent = make_agent(tmp_path, client)
-    agent._heartbeat_step()
+    agent.heartbeat_step()
     handled = []
     agent.work_handlers["start_node"] = handled.append
     agent.work_handlers["explode"] = lambda item: 1 / 0
     items = [{"id": "w-1", "kind": "start_node", "payload": {}}, {"id": "w-2", "kind": "explode", "payload": {}},
              {"id": "w-3", "kind": "mystery", "payload": {}}]
     client.script["poll_work"] = [items]
-    assert agent._poll_step() == 0.0
+    assert agent.poll_step() == 0.0
     assert handled == [items[0]]
     assert "w-2" in caplog.text and "ZeroDivisionError" in caplog.text  # logged, not raised
     assert "w-3" in caplog.text and "'mystery'" in caplog.text
@@ -313,34 +313,34 @@ def test_poll_dispatches_items_by_kind(tmp_path, caplog):
 def test_poll_errors_back_off_and_empty_instant_answers_are_throttled(tmp_path):
     client = FakeClient()
     agent = make_agent(tmp_path, client)
-    agent._heartbeat_step()
+    agent.heartbeat_step()
     client.script["poll_work"] = [api.PlatformUnreachable("x"), api.ApiError(502, "bad gateway"), [], []]
-    assert [agent._poll_step(), agent._poll_step()] == [1.0, 2.0]
-    assert agent._poll_step() == 1.0  # empty at once (fake clock did not move): no long poll, pace it
+    assert [agent.poll_step(), agent.poll_step()] == [1.0, 2.0]
+    assert agent.poll_step() == 1.0  # empty at once (fake clock did not move): no long poll, pace it
 
 
 def test_platform_recovery_ends_the_poll_backoff(tmp_path):
     client = FakeClient()
     agent = make_agent(tmp_path, client)
-    agent._heartbeat_step()
-    agent._poll_wakeup.clear()
+    agent.heartbeat_step()
+    agent.poll_wakeup.clear()
     client.script["poll_work"] = [api.PlatformUnreachable("refused")] * 4
-    assert [agent._poll_step() for _ in range(4)] == [1.0, 2.0, 4.0, 8.0]
+    assert [agent.poll_step() for _ in range(4)] == [1.0, 2.0, 4.0, 8.0]
     client.script["heartbeat"] = [api.PlatformUnreachable("refused")]
-    agent._heartbeat_step()
-    assert not agent._poll_wakeup.is_set()
-    agent._heartbeat_step()  # the platform is back
-    assert agent._poll_wakeup.is_set() and agent._poll_backoff.attempts == 0
+    agent.heartbeat_step()
+    assert not agent.poll_wakeup.is_set()
+    agent.heartbeat_step()  # the platform is back
+    assert agent.poll_wakeup.is_set() and agent.poll_backoff_attempts() == 0
 
 
 def test_poll_wait_returns_early_on_wakeup(tmp_path):
     agent = agent_mod.Agent(FakeClient(), make_settings(tmp_path), detect_fn=lambda: SPEC)  # real waits
-    agent._poll_wakeup.set()
+    agent.poll_wakeup.set()
     started = time.monotonic()
-    assert agent._wait(30, agent._poll_wakeup) is False
-    assert time.monotonic() - started < 1 and not agent._poll_wakeup.is_set()
-    threading.Timer(0.05, agent._stopping.set).start()
-    assert agent._wait(30, agent._stopping) is True
+    assert agent.wait(30, agent.poll_wakeup) is False
+    assert time.monotonic() - started < 1 and not agent.poll_wakeup.is_set()
+    threading.Timer(0.05, agent.stopping.set).start()
+    assert agent.wait(30, agent.stopping) is True
 
 
 # --- stop ----------------------------------------------------------------------------------
@@ -380,7 +380,7 @@ def test_leave_failure_is_swallowed(tmp_path, caplog):
     client = FakeClient()
     client.script["leave"] = [api.PlatformUnreachable("refused")]
     agent = make_agent(tmp_path, client)
-    agent._heartbeat_step()
+    agent.heartbeat_step()
     agent.stop()
     assert "could not tell the platform" in caplog.text
 
@@ -513,13 +513,13 @@ def make_lease_agent(tmp_path, lease_root, client, waits=None, **kw):
 def test_lease_items_run_in_order_and_are_answered(tmp_path, lease_root):
     client = FakeClient()
     agent, runner = make_lease_agent(tmp_path, lease_root, client)
-    agent._heartbeat_step()
+    agent.heartbeat_step()
     lease_id = _lease_id()
     agent.handle_work(_open_item("w-1", lease_id))
     opened = client.wait_results(1)["w-1"]
     assert opened["ok"] and opened["data"]["node_ip"] == "127.0.0.1" and "gcs" in opened["data"]["ports"]
-    assert agent._active_leases() == 1
-    agent._heartbeat_step()
+    assert agent.active_leases() == 1
+    agent.heartbeat_step()
     assert client.heartbeats[-1][1].active_leases == 1
     put = {"id": "w-3", "kind": protocol.LEASE_EXEC,
            "payload": {"lease_id": lease_id, "op": "put_file", "path": "~/f", "content_b64": "dHdvCg=="}}
@@ -532,17 +532,17 @@ def test_lease_items_run_in_order_and_are_answered(tmp_path, lease_root):
     assert results["w-2"]["ok"] and results["w-3"]["ok"]
     assert results["w-4"]["output"] == "one\ntwo\n" and results["w-4"]["exit_code"] == 5
     assert not results["w-4"]["ok"]
-    assert results["w-5"]["ok"] and agent._active_leases() == 0 and not (lease_root / lease_id).exists()
+    assert results["w-5"]["ok"] and agent.active_leases() == 0 and not (lease_root / lease_id).exists()
     deadline = time.monotonic() + 5
-    while agent._lease_queues and time.monotonic() < deadline:  # the lease's thread ends when idle
+    while agent.lease_queues() and time.monotonic() < deadline:  # the lease's thread ends when idle
         time.sleep(0.01)
-    assert agent._lease_queues == {}
+    assert agent.lease_queues() == {}
 
 
 def test_a_long_command_blocks_neither_polling_nor_other_leases(tmp_path, lease_root):
     client = FakeClient()
     agent, runner = make_lease_agent(tmp_path, lease_root, client)
-    agent._heartbeat_step()
+    agent.heartbeat_step()
     slow, fast = _lease_id(), _lease_id()
     started = time.monotonic()
     agent.handle_work(_open_item("w-1", slow))
@@ -565,7 +565,7 @@ def test_bad_lease_items_become_failed_results(tmp_path, lease_root, caplog):
     caplog.set_level(logging.DEBUG)
     client = FakeClient()
     agent, runner = make_lease_agent(tmp_path, lease_root, client)
-    agent._heartbeat_step()
+    agent.heartbeat_step()
     short_token = "too-short-token"
     lease_id = _lease_id()
     bad_open = _open_item("w-1", lease_id)
@@ -595,15 +595,15 @@ def test_result_posting_retries_then_gives_up_or_drops_on_404(tmp_path, lease_ro
     client = FakeClient()
     waits = FakeWaits()
     agent, _ = make_lease_agent(tmp_path, lease_root, client, waits)
-    agent._heartbeat_step()
+    agent.heartbeat_step()
     result = protocol.WorkResult(ok=True, exit_code=0)
     client.script["post_result"] = [api.PlatformUnreachable("refused"), api.ApiError(503, "busy")]
-    assert agent._post_result("w-1", result) is True
+    assert agent.post_result("w-1", result) is True
     assert client.calls.count("post_result") == 3 and waits.waits[-2:] == [1.0, 2.0]
     client.script["post_result"] = [api.ApiError(404, "no such item")]
-    assert agent._post_result("w-2", result) is False and "no longer waits" in caplog.text
+    assert agent.post_result("w-2", result) is False and "no longer waits" in caplog.text
     client.script["post_result"] = [api.PlatformUnreachable("refused")] * agent_mod.RESULT_POST_ATTEMPTS
-    assert agent._post_result("w-3", result) is False and "gave up" in caplog.text
+    assert agent.post_result("w-3", result) is False and "gave up" in caplog.text
     assert [item_id for _, item_id, _ in client.results] == ["w-1"]
 
 

@@ -19,12 +19,17 @@ from ray.autoscaler.tags import (NODE_KIND_HEAD, NODE_KIND_WORKER, TAG_RAY_NODE_
                                  TAG_RAY_USER_NODE_TYPE)
 
 from worker import client as api
+from tests.protocols import assert_implements
 from worker.node_provider import command_runner, market_provider
 
 CID = "c-0123456789ab"
 TOKEN = "eyJhbGciOiJIUzI1NiJ9.provider-token-" + "s" * 24
 URL = "http://platform.test"
 PREFIX = f"/v1/clusters/{CID}/nodes"
+
+
+def test_the_node_api_implements_what_the_command_runner_needs():
+    assert_implements(command_runner.NodeExecutor, market_provider.ClusterNodesApi)
 
 
 class FakePlatform:
