@@ -2,7 +2,7 @@
 
 Loaded by `provider: {type: external, module: worker.node_provider.market_provider.MarketNodeProvider}` both in the
 platform's launcher process and in the sub-cluster head's autoscaler (a provider machine), so it
-imports only Ray, httpx (through worker.client) and worker.protocol. Every call goes to the platform's
+imports only Ray, httpx (through worker.client) and dcl_core. Every call goes to the platform's
 node routes with the cluster-scoped token of `provider.token`; nothing is kept locally but a short cache.
 """
 
@@ -27,7 +27,7 @@ from ray.autoscaler.tags import NODE_KIND_HEAD, NODE_KIND_WORKER, TAG_RAY_NODE_K
 
 from worker import client as api
 from worker.node_provider import command_runner
-from dcl_core import ids, protocol
+from dcl_core import ids
 
 logger = logging.getLogger(__name__)
 
