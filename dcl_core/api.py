@@ -212,4 +212,5 @@ class NodeTags(Strict):
     tags: Tags
 
 
-NodeExec = protocol.Exec
+class NodeExec(protocol.Exec):
+    """The node route's exec body: protocol.Exec itself, named as the API has always named it."""

@@ -70,7 +70,7 @@ def test_port_layout_flags_and_round_trip():
 
 
 def test_one_exec_model_for_the_node_route_and_the_agent():
-    assert api.NodeExec is protocol.Exec and issubclass(protocol.LeaseExec, protocol.Exec)
+    assert api.NodeExec.model_fields == protocol.Exec.model_fields and issubclass(protocol.LeaseExec, protocol.Exec)
     body = api.NodeExec(op="run", cmd="uptime")
     item = protocol.LeaseExec(lease_id=ids.new_lease_id(), **body.model_dump())
     assert item.cmd == "uptime" and item.timeout_s == 120.0
