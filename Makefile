@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PROVIDERS ?= 2
 PORT ?= 8000
 
-.PHONY: venv test unit up down status demo bench lock
+.PHONY: venv test unit lint up down status demo bench lock
 
 # Installs take the versions the suite last passed on (constraints.txt); `make lock` refreshes them.
 $(BIN)/dcluster: pyproject.toml constraints.txt
@@ -28,10 +28,14 @@ lock:
 venv: $(BIN)/dcluster
 
 test: venv
+	$(BIN)/lint-imports
 	$(BIN)/pytest -q tests
 
 unit: venv
 	$(BIN)/pytest -q tests/unit
+
+lint: venv
+	$(BIN)/lint-imports
 
 up: venv
 	$(BIN)/dcluster up --providers $(PROVIDERS) --port $(PORT)

@@ -14,7 +14,7 @@ from typing import Callable
 import jwt
 from passlib.context import CryptContext
 
-from actors import domain, errors
+from dcl_core import domain, errors, secret_files
 
 JWT_ALGORITHM = "HS256"
 JWT_SECRET_ENV = "DCLUSTER_JWT_SECRET"
@@ -53,17 +53,6 @@ def _check_password_text(password: str) -> None:
         raise errors.InvalidInput("a password must be valid Unicode text (no lone surrogates)") from None
 
 
-def write_secret_file(path: Path, content: str) -> None:
-    """Create (or replace) a file holding a secret, readable by its owner only."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(content)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
-
-
 def load_or_create_jwt_secret(state_dir: Path, environ: dict | None = None) -> str:
     """The signing secret: from the environment if set, else from a 0600 file made on first start."""
     environ = os.environ if environ is None else environ
@@ -76,7 +65,7 @@ def load_or_create_jwt_secret(state_dir: Path, environ: dict | None = None) -> s
     if path.exists():
         os.chmod(path, 0o600)
         return path.read_text().strip()
-    write_secret_file(path, secrets.token_urlsafe(48))
+    secret_files.write_secret_file(path, secrets.token_urlsafe(48))
     return path.read_text().strip()
 
 

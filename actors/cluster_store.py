@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from actors import domain
+from dcl_core import domain
+from actors import store as store_mod
 from actors.store import Database
 
 ACTIVE_LEASE_STATUSES = tuple(s.value for s in domain.LeaseStatus if s.holds_capacity())
@@ -191,7 +192,7 @@ class ClusterStore(Database):
         return await self._fetchall(
             "SELECT m.id, m.gpu_model, m.gpus, m.cpus, m.price_per_gpu_hour, m.price_per_cpu_hour,"
             " a.username AS provider FROM machines m JOIN accounts a ON a.id = m.provider_id"
-            " WHERE m.status = ? AND m.last_heartbeat >= ?", (domain.MachineStatus.ONLINE.value, cutoff))
+            f" WHERE {store_mod.online_where('m')}", (cutoff,))
 
     async def machine_statuses(self, machine_ids: list[str], cutoff: float) -> dict[str, str]:
         """Effective status of each machine: online only while its heartbeats are fresh."""
@@ -200,11 +201,8 @@ class ClusterStore(Database):
         marks = ",".join("?" * len(machine_ids))
         rows = await self._fetchall(f"SELECT id, status, last_heartbeat FROM machines WHERE id IN ({marks})",
                                     tuple(machine_ids))
-        out = {}
-        for r in rows:
-            silent = r["status"] == domain.MachineStatus.ONLINE.value and (r["last_heartbeat"] or 0) < cutoff
-            out[r["id"]] = domain.MachineStatus.OFFLINE.value if silent else r["status"]
-        return out
+        return {r["id"]: domain.MachineStatus.effective(r["status"], r["last_heartbeat"], cutoff=cutoff).value
+                for r in rows}
 
     async def machine_summary(self, machine_id: str) -> dict | None:
         """What node labels need: GPU model and count, and the provider's username."""

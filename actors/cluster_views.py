@@ -1,12 +1,13 @@
-"""Pure helpers of the ClusterManager: public shapes, node labels, connection details, secrets on disk."""
+"""Pure helpers of the ClusterManager: public shapes, node labels, connection details, error text."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import shlex
-import uuid
 
-from actors import auth, domain, errors, placement
+from actors import auth, placement
+from dcl_core import domain, errors, ids
 from configs import market
 
 
@@ -36,7 +37,7 @@ def node_labels(cluster_id: str, lease: dict, machine: dict) -> dict:
 
 
 def lease_row(a: placement.Assignment) -> dict:
-    return {"id": "l-" + uuid.uuid4().hex[:12], "machine_id": a.machine_id, "role": a.request.role,
+    return {"id": ids.new_lease_id(), "machine_id": a.machine_id, "role": a.request.role,
             "gpus": list(a.gpu_indices), "cpus": a.request.cpus,
             "price_per_gpu_hour": a.price_per_gpu_hour, "price_per_cpu_hour": a.price_per_cpu_hour}
 
@@ -48,13 +49,31 @@ def public_node(lease: dict) -> dict:
             "joined_at": lease["joined_at"], "left_at": lease["left_at"]}
 
 
+def public_cluster(row: dict, leases: list[dict]) -> dict:
+    """A clusters row and its leases as the API's ClusterPublic dict."""
+    spec = json.loads(row["spec"])
+    nodes = [public_node(l) for l in leases]
+    open_nodes = [n for n in nodes if n["status"] == domain.LeaseStatus.OPEN]
+    return {
+        "id": row["id"], "name": row["name"], "status": row["status"], "reason": row["reason"],
+        **{k: spec[k] for k in ("num_workers", "gpus_per_worker", "gpu_model", "cpus_per_worker",
+                                "duration_s", "backend")},
+        **{k: spec.get(k) for k in ("max_price_per_gpu_hour", "max_price_per_cpu_hour")},
+        "created_at": row["created_at"], "expires_at": row["expires_at"], "running_at": row["running_at"],
+        "ended_at": row["ended_at"],
+        "workers_joined": sum(1 for n in open_nodes if n["role"] == domain.NodeRole.WORKER and n["joined"]),
+        "head_node_ip": next((n["node_ip"] for n in open_nodes if n["role"] == domain.NodeRole.HEAD), None),
+        "nodes": nodes,
+    }
+
+
 def require_buyer(principal: auth.Principal) -> None:
     if principal.role is not domain.Role.BUYER:
         raise errors.Forbidden(f"clusters are for buyer accounts; you are signed in as {principal.role.value}")
 
 
 def require_buyer_or_admin(principal: auth.Principal) -> None:
-    if principal.role not in (domain.Role.BUYER, domain.Role.ADMIN):
+    if not principal.role.may_hold_clusters():
         raise errors.Forbidden(f"clusters are for buyer accounts; you are signed in as {principal.role.value}")
 
 
@@ -68,13 +87,3 @@ def describe(exc: BaseException) -> str:
         return "timed out"
     cause = getattr(exc, "cause", None) or exc
     return tail(f"{type(cause).__name__}: {cause}")
-
-
-def write_cluster_token(cluster_dir, token: str) -> None:
-    """The sub-cluster's Ray auth token, owner-only on disk; given to its buyer and its agents only."""
-    cluster_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    auth.write_secret_file(cluster_dir / "ray_auth_token", token)
-
-
-def read_cluster_token(cluster_dir) -> str:
-    return (cluster_dir / "ray_auth_token").read_text().strip()

@@ -8,8 +8,8 @@ import logging
 import time
 from typing import Callable, Protocol
 
-from actors import domain
 from actors import metrics as metrics_mod
+from dcl_core import domain
 from actors import cluster_store as cstore
 
 logger = logging.getLogger(__name__)

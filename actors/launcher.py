@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Protocol
 
 import ray
 
@@ -12,12 +11,6 @@ logger = logging.getLogger(__name__)
 
 # Pins launcher work to the platform head (trusted, where the control plane runs).
 _HEAD_NODE = {"node:__internal_head__": 0.001}
-
-
-class Launcher(Protocol):
-    async def create(self, config: dict) -> None: ...
-
-    async def teardown(self, config: dict) -> None: ...
 
 
 def _prepare_process(private_tmp: str) -> None:
@@ -54,10 +47,10 @@ def _teardown(config: dict, private_tmp: str) -> None:
     if config["provider"]["type"] == "aws":
         import time
 
-        from configs import aws
+        from actors import aws_ec2
         # The group stays in use until EC2 has let the instances go.
         for _ in range(30):
-            if aws.delete_cluster_resources(config):
+            if aws_ec2.delete_cluster_resources(config):
                 break
             time.sleep(10)
 
@@ -67,32 +60,12 @@ def _with_cloud_resources(config: dict) -> dict:
     otherwise create one with SSH open to the world)."""
     if config["provider"]["type"] != "aws":
         return config
-    from configs import aws
-    return aws.ensure_security_group(config, vpc_id=config["provider"].get("dcluster_vpc_id"))
-
-
-def remove_stale_files(directory, *, older_than_s: float) -> int:
-    """Deletes the launcher's leftovers (config caches it writes even with no_config_cache) older than
-    older_than_s from its private temp dir; returns how many."""
-    import pathlib
-    import time as time_mod
-
-    directory = pathlib.Path(directory)
-    if not directory.is_dir():
-        return 0
-    removed, cutoff = 0, time_mod.time() - older_than_s
-    for path in directory.glob("ray-config-*"):
-        try:
-            if path.is_file() and path.stat().st_mtime < cutoff:
-                path.unlink()
-                removed += 1
-        except OSError:
-            pass
-    return removed
+    from actors import aws_ec2
+    return aws_ec2.ensure_security_group(config, vpc_id=config["provider"].get("dcluster_vpc_id"))
 
 
 class RayClusterLauncher:
-    """The real launcher: ray.autoscaler.sdk in a Ray task each."""
+    """The real launcher (cluster_manager.Launcher): ray.autoscaler.sdk in a Ray task each."""
 
     def __init__(self, private_tmp: str):
         self._private_tmp = private_tmp

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 
+from dcl_core import domain
+
 
 def sandboxed(machine: dict) -> bool:
     """Whether the machine runs leases in a sandbox (its spec's `sandbox`; older agents: no)."""
     spec = machine.get("spec") or {}
     if isinstance(spec, str):
         spec = json.loads(spec)
-    return spec.get("sandbox", "none") != "none"
+    return spec.get("sandbox", domain.UNSANDBOXED) != domain.UNSANDBOXED
 
 
 def group_offers(machines: list[dict]) -> list[dict]:

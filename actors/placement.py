@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from dcl_core import domain
+
 HEAD_CPUS = 1  # a head runs no buyer tasks (num-cpus=0) but its GCS, dashboard and autoscaler need a core
 
 
@@ -23,7 +25,7 @@ class MachineCapacity:
 
 @dataclasses.dataclass(frozen=True)
 class NodeRequest:
-    role: str  # "head" | "worker"
+    role: str  # a domain.NodeRole value
     gpus: int
     cpus: int
     gpu_model: str | None = None
@@ -77,9 +79,10 @@ def node_request(role: str, gpus_per_worker: int, cpus_per_worker: int, gpu_mode
                  max_price_per_gpu_hour: float | None = None, max_price_per_cpu_hour: float | None = None
                  ) -> NodeRequest:
     """One node of a cluster: the head (CPU-only, billed per CPU-hour) or a worker as the spec asks."""
-    if role == "head":
-        return NodeRequest("head", 0, HEAD_CPUS, max_price=max_price_per_cpu_hour)
-    return NodeRequest("worker", gpus_per_worker, cpus_per_worker, gpu_model if gpus_per_worker else None,
+    if role == domain.NodeRole.HEAD:
+        return NodeRequest(domain.NodeRole.HEAD.value, 0, HEAD_CPUS, max_price=max_price_per_cpu_hour)
+    return NodeRequest(domain.NodeRole.WORKER.value, gpus_per_worker, cpus_per_worker,
+                       gpu_model if gpus_per_worker else None,
                        max_price=max_price_per_gpu_hour if gpus_per_worker else max_price_per_cpu_hour)
 
 
@@ -87,8 +90,8 @@ def cluster_requests(num_workers: int, gpus_per_worker: int, cpus_per_worker: in
                      *, with_head: bool = True, max_price_per_gpu_hour: float | None = None,
                      max_price_per_cpu_hour: float | None = None) -> list[NodeRequest]:
     prices = {"max_price_per_gpu_hour": max_price_per_gpu_hour, "max_price_per_cpu_hour": max_price_per_cpu_hour}
-    worker = node_request("worker", gpus_per_worker, cpus_per_worker, gpu_model, **prices)
-    head = node_request("head", gpus_per_worker, cpus_per_worker, gpu_model, **prices)
+    worker = node_request(domain.NodeRole.WORKER, gpus_per_worker, cpus_per_worker, gpu_model, **prices)
+    head = node_request(domain.NodeRole.HEAD, gpus_per_worker, cpus_per_worker, gpu_model, **prices)
     return ([head] if with_head else []) + [worker] * num_workers
 
 
@@ -110,14 +113,14 @@ def place(machines: list[MachineCapacity], requests: list[NodeRequest]) -> list[
     """
     # Copy-on-pick: of 10,000 machines only the few chosen are copied and changed.
     picked: dict[str, MachineCapacity] = {}
-    ordered = sorted(requests, key=lambda r: (r.role == "head", -r.gpus, -r.cpus))
+    ordered = sorted(requests, key=lambda r: (r.role == domain.NodeRole.HEAD, -r.gpus, -r.cpus))
     assignments = []
     for r in ordered:
         fitting = [v for m in machines if _fits(v := picked.get(m.machine_id, m), r)]
         if not fitting:
             left = [picked.get(m.machine_id, m) for m in machines] if r.max_price is not None else machines
             raise InsufficientCapacity(_shortage_message(machines, requests, r, left), available=summarize(machines))
-        if r.role == "head":
+        if r.role == domain.NodeRole.HEAD:
             best = min(fitting, key=lambda m: (len(m.free_gpus), m.leases_of_cluster, -m.free_cpus))
         else:
             best = min(fitting, key=lambda m: (m.leases_of_cluster, r.price_of(m), -len(m.free_gpus), -m.free_cpus))
@@ -158,7 +161,7 @@ def summarize(machines: list[MachineCapacity]) -> dict:
 
 def _shortage_message(machines: list[MachineCapacity], requests: list[NodeRequest], failed: NodeRequest,
                       left: list[MachineCapacity]) -> str:
-    workers = [r for r in requests if r.role == "worker"]
+    workers = [r for r in requests if r.role == domain.NodeRole.WORKER]
     want = f"{len(workers)} worker(s)"
     if workers and workers[0].gpus:
         want += f" with {workers[0].gpus} {workers[0].gpu_model or 'any-model'} GPU(s) and {workers[0].cpus} CPU(s) each"

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Callable
 
-from actors import auth, domain, errors, quotas
+from actors import auth, quotas
 from actors import cluster_store as cstore
 from actors import usage as usage_mod
 from actors.settings import PlatformSettings
-from configs.models import ClusterSpec
+from dcl_core import domain, errors, quota_limits
+from dcl_core.cluster_spec import ClusterSpec
 
 
 class QuotaBook:
@@ -17,10 +18,10 @@ class QuotaBook:
         self._defaults = settings.quotas
         self._clock = clock
 
-    async def limits(self, account_id: int) -> tuple[quotas.QuotaLimits, dict]:
+    async def limits(self, account_id: int) -> tuple[quota_limits.QuotaLimits, dict]:
         """The account's effective limits and the overrides an admin set (None where not set)."""
         row = await self._store.quota_overrides(account_id) or {}
-        overrides = {k: row.get(k) for k in quotas.LIMITS}
+        overrides = {k: row.get(k) for k in quota_limits.LIMITS}
         return quotas.effective(self._defaults, overrides), overrides
 
     async def holding(self, account_id: int, period_s: int) -> quotas.Amounts:
@@ -61,6 +62,6 @@ class QuotaBook:
             raise errors.NotFound(f"account {account_id} not found")
         if account["role"] != domain.Role.BUYER.value:
             raise errors.InvalidInput(f"account {account_id} is a {account['role']} account: quotas limit buyers")
-        checked = quotas.QuotaOverrides.model_validate(overrides).model_dump()
+        checked = quota_limits.QuotaOverrides.model_validate(overrides).model_dump()
         await self._store.set_quota_overrides(account_id, checked, by=principal.username, now=self._clock())
         return await self.view(principal, account_id)

@@ -1,4 +1,6 @@
-"""Per-account quotas: the limits, what an account holds, and the check (pure: decide here, act elsewhere).
+"""Per-account quotas: what an account holds, and the check (pure: decide here, act elsewhere).
+
+The limits themselves (fields, bounds, defaults) are dcl_core.quota_limits.
 
 Four limits, each named in the answer that refuses a request (403):
 
@@ -15,42 +17,14 @@ Four limits, each named in the answer that refuses a request (403):
 from __future__ import annotations
 
 import dataclasses
-from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
-
-from actors import errors, placement
-
-LIMITS = ("max_clusters", "max_gpus", "max_cpus", "max_gpu_hours")
+from actors import placement
+from dcl_core import errors, quota_limits
 
 
-class QuotaLimits(BaseModel):
-    """The platform's defaults (PlatformSettings.quotas): generous, but finite."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    max_clusters: Annotated[int, Field(ge=0, le=100_000, description="Live clusters at once")] = 10
-    max_gpus: Annotated[int, Field(ge=0, le=1_000_000, description="GPUs held at once")] = 64
-    max_cpus: Annotated[int, Field(ge=0, le=10_000_000, description="CPUs held at once (heads included)")] = 1024
-    max_gpu_hours: Annotated[float, Field(ge=0, le=1e9, description="GPU-hours per period")] = 1000.0
-    period_s: Annotated[int, Field(ge=3600, le=366 * 86_400,
-                                   description="The rolling window of max_gpu_hours")] = 30 * 86_400
-
-
-class QuotaOverrides(BaseModel):
-    """An admin's per-account settings; a field left out (None) takes the platform's default."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    max_clusters: Annotated[int | None, Field(ge=0, le=100_000, description="Live clusters at once")] = None
-    max_gpus: Annotated[int | None, Field(ge=0, le=1_000_000, description="GPUs held at once")] = None
-    max_cpus: Annotated[int | None, Field(ge=0, le=10_000_000, description="CPUs held at once")] = None
-    max_gpu_hours: Annotated[float | None, Field(ge=0, le=1e9, description="GPU-hours per period")] = None
-
-
-def effective(defaults: QuotaLimits, overrides: dict | None) -> QuotaLimits:
+def effective(defaults: quota_limits.QuotaLimits, overrides: dict | None) -> quota_limits.QuotaLimits:
     """The account's limits: its overrides where set, the platform's defaults elsewhere."""
-    set_here = {k: v for k, v in (overrides or {}).items() if k in LIMITS and v is not None}
+    set_here = {k: v for k, v in (overrides or {}).items() if k in quota_limits.LIMITS and v is not None}
     return defaults.model_copy(update=set_here)
 
 
@@ -99,9 +73,9 @@ _WHAT = {"max_clusters": ("clusters", "live cluster(s)"), "max_gpus": ("gpus", "
          "max_cpus": ("cpus", "CPU(s) held"), "max_gpu_hours": ("gpu_hours", "GPU-hour(s)")}
 
 
-def check(limits: QuotaLimits, held: Amounts, demand: Amounts, *, account: str) -> None:
+def check(limits: quota_limits.QuotaLimits, held: Amounts, demand: Amounts, *, account: str) -> None:
     """Raises Forbidden (403) naming the first limit the request would pass."""
-    for name in LIMITS:
+    for name in quota_limits.LIMITS:
         field, what = _WHAT[name]
         have, ask, limit = getattr(held, field), getattr(demand, field), getattr(limits, name)
         if ask and have + ask > limit + 1e-9:

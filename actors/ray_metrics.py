@@ -6,7 +6,7 @@ from typing import Mapping
 
 from ray.util import metrics
 
-from actors import domain
+from dcl_core import domain
 
 # Seconds: a cluster comes up in 10-60 s on a small machine, a release takes ~1-10 s.
 PROVISION_BOUNDARIES = [5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 300, 600]

@@ -8,12 +8,11 @@ import json
 import logging
 import secrets
 import time
-import uuid
 from typing import Callable
 
-from actors import auth, domain, errors, metrics as metrics_mod, offers, store as store_mod, throttle as throttle_mod
+from actors import auth, metrics as metrics_mod, offers, store as store_mod, throttle as throttle_mod
+from dcl_core import domain, errors, ids, protocol, secret_files
 from actors.settings import PlatformSettings
-from worker import protocol
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +68,7 @@ class ProviderRegistry:
         password = secrets.token_urlsafe(18)
         password_hash = await self._run_hasher(self._hasher.hash, password)
         await self._store.create_account(ADMIN_USERNAME, password_hash, domain.Role.ADMIN, self._clock())
-        auth.write_secret_file(self._settings.admin_credentials_path,
+        secret_files.write_secret_file(self._settings.admin_credentials_path,
                                json.dumps({"username": ADMIN_USERNAME, "password": password}))
         logger.info("created the bootstrap admin account; credentials in %s", self._settings.admin_credentials_path)
 
@@ -152,7 +151,7 @@ class ProviderRegistry:
         _require_role(principal, domain.Role.PROVIDER)
         spec = domain.MachineSpec.model_validate(request["spec"])
         row = await self._store.upsert_machine(
-            machine_id="m-" + uuid.uuid4().hex[:12], provider_id=principal.account_id,
+            machine_id=ids.new_machine_id(), provider_id=principal.account_id,
             machine_key=request["machine_key"], name=request["name"], spec=spec,
             price_per_gpu_hour=request.get("price_per_gpu_hour", 0.0),
             price_per_cpu_hour=request.get("price_per_cpu_hour", 0.0), now=self._clock())
@@ -187,7 +186,7 @@ class ProviderRegistry:
             self._deaf_at = now  # heartbeats arrive but are not recorded yet
         if now - self._deaf_at < self._settings.offline_after_s + protocol.AGENT_MAX_RETRY_S:
             return 0.0
-        return now - self._settings.offline_after_s
+        return self._settings.online_cutoff(now)
 
     async def lease_liveness(self) -> dict:
         """What the ClusterManager judges lost nodes by: the cutoff below which a machine's last heartbeat
@@ -215,8 +214,9 @@ class ProviderRegistry:
 
     async def list_offers(self) -> list[dict]:
         rows = await self._store.list_machines_by_status(domain.MachineStatus.ONLINE)
-        cutoff = self._clock() - self._settings.offline_after_s
-        return offers.group_offers([r for r in rows if (r["last_heartbeat"] or 0) >= cutoff])
+        cutoff = self._settings.online_cutoff(self._clock())
+        return offers.group_offers([r for r in rows if domain.MachineStatus.effective(
+            r["status"], r["last_heartbeat"], cutoff=cutoff).is_leasable()])
 
     # --- the agents' work channel -------------------------------------------------------
 
@@ -239,7 +239,7 @@ class ProviderRegistry:
         """Queues an item for the machine's agent (the buyer-cluster layer sends node leases this way)."""
         if await self._store.get_machine(machine_id) is None:
             raise errors.NotFound(f"machine {machine_id} not found")
-        item = {"id": "w-" + uuid.uuid4().hex[:12], "kind": kind, "payload": payload}
+        item = {"id": ids.new_work_item_id(), "kind": kind, "payload": payload}
         self._work[machine_id].append(item)
         self._work_ready[machine_id].set()
         return item
@@ -247,7 +247,7 @@ class ProviderRegistry:
     async def send_work(self, machine_id: str, kind: str, payload: dict, timeout_s: float) -> dict:
         """Queues an item and waits for the agent's WorkResult; a silent agent gives ok=False."""
         machine = await self._store.get_machine(machine_id)
-        if machine is None or self._public_machine(machine)["status"] != domain.MachineStatus.ONLINE.value:
+        if machine is None or not domain.MachineStatus(self._public_machine(machine)["status"]).is_leasable():
             return {"ok": False, "exit_code": None, "data": {},
                     "output": f"machine {machine_id} is not online: its agent cannot run {kind}"}
         item = await self.push_work(machine_id, kind, payload)
@@ -286,10 +286,9 @@ class ProviderRegistry:
 
     def _public_machine(self, row: dict) -> dict:
         machine = store_mod.decode_machine(row)
-        silent_since = self._clock() - self._settings.offline_after_s
-        # The sweeper persists this within one interval; readers see it at once.
-        if machine["status"] == domain.MachineStatus.ONLINE.value and (machine["last_heartbeat"] or 0) < silent_since:
-            machine["status"] = domain.MachineStatus.OFFLINE.value
+        # The sweeper persists an offline within one interval; readers see it at once.
+        machine["status"] = domain.MachineStatus.effective(
+            machine["status"], machine["last_heartbeat"], cutoff=self._settings.online_cutoff(self._clock())).value
         return machine
 
 

@@ -5,17 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from actors import quotas as quotas_mod
 from configs import aws as aws_config
+from dcl_core import domain, quota_limits
 
 NAMESPACE = "dcluster"
 
 
-class PlatformSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class PlatformSettings(domain.StrictModel):
     state_dir: Annotated[Path, Field(description="Where the database and the platform's secrets live")]
     heartbeat_interval_s: Annotated[float, Field(ge=0.2, le=300, description="How often agents heartbeat")] = 5.0
     missed_heartbeats_offline: Annotated[int, Field(ge=1, le=100, description="Missed beats before offline")] = 3
@@ -44,9 +42,9 @@ class PlatformSettings(BaseModel):
     aws: Annotated[aws_config.AwsSettings | None, Field(
         description="Enables backend 'aws' (EC2 head and GPU workers); None: only the provider market")] = None
     max_lifetime_s: Annotated[int, Field(ge=60, le=90 * 86_400, description="Longest a cluster may live, extensions included")] = 7 * 86_400
-    quotas: Annotated[quotas_mod.QuotaLimits, Field(
+    quotas: Annotated[quota_limits.QuotaLimits, Field(
         description="Every buyer account's limits unless an admin set its own (PUT /v1/accounts/{id}/quota)")
-    ] = quotas_mod.QuotaLimits()
+    ] = quota_limits.QuotaLimits()
 
     @property
     def db_path(self) -> Path:
@@ -63,3 +61,7 @@ class PlatformSettings(BaseModel):
     @property
     def offline_after_s(self) -> float:
         return self.heartbeat_interval_s * self.missed_heartbeats_offline
+
+    def online_cutoff(self, now: float) -> float:
+        """A machine is online while its last heartbeat is at or after this (dcl_core.domain.MachineStatus.effective)."""
+        return now - self.offline_after_s

@@ -11,7 +11,7 @@ from typing import Awaitable, Callable, TypeVar
 
 import aiosqlite
 
-from actors import domain, errors
+from dcl_core import domain, errors
 
 logger = logging.getLogger(__name__)
 
@@ -287,12 +287,18 @@ class Store(Database):
 
     async def mark_silent_machines_offline(self, cutoff: float) -> list[str]:
         """Online machines whose last heartbeat is older than cutoff become offline; returns their ids."""
-        rows = await self._fetchall("SELECT id FROM machines WHERE status = ? AND last_heartbeat < ?",
-                                    (domain.MachineStatus.ONLINE.value, cutoff))
+        silent = f"status = '{domain.MachineStatus.ONLINE.value}' AND NOT ({online_where()})"
+        rows = await self._fetchall(f"SELECT id FROM machines WHERE {silent}", (cutoff,))
         if rows:
-            await self._write("UPDATE machines SET status = ? WHERE status = ? AND last_heartbeat < ?",
-                              (domain.MachineStatus.OFFLINE.value, domain.MachineStatus.ONLINE.value, cutoff))
+            await self._write(f"UPDATE machines SET status = ? WHERE {silent}",
+                              (domain.MachineStatus.OFFLINE.value, cutoff))
         return [r["id"] for r in rows]
+
+
+def online_where(alias: str = "machines") -> str:
+    """The online rule (dcl_core.domain.MachineStatus.effective) as SQL over a machines row; one `?` takes
+    the cutoff (now - PlatformSettings.offline_after_s)."""
+    return f"{alias}.status = '{domain.MachineStatus.ONLINE.value}' AND {alias}.last_heartbeat >= ?"
 
 
 def decode_machine(row: dict) -> dict:

@@ -7,7 +7,7 @@ import math
 import time
 from typing import Callable
 
-from actors import errors
+from dcl_core import errors
 
 # Per-address buckets kept at most; full (idle) ones are dropped first, so memory stays bounded
 # under an address-spraying attack.

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from benchmarks import common, platform_session
-from worker import procs, ray_ports
+from worker import procs
 
 NAME = "cluster_start"
 TARGET_RATIO = 1.2
@@ -63,7 +63,7 @@ def bare_ray_start(workdir: Path, *, num_workers: int = NUM_WORKERS, with_job: b
     taken: set[int] = set()
     ports = []
     for _ in range(1 + num_workers):
-        p = ray_ports.RayPorts.allocate(exclude=tuple(sorted(taken)))
+        p = procs.allocate_ray_ports(exclude=tuple(sorted(taken)))
         taken |= p.all_ports()
         ports.append(p)
     head = ports[0]

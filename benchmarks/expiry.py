@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from actors import cluster_store as cstore
-from actors import domain
+from dcl_core import domain
 from actors import expiry_reaper
 from benchmarks import common
 

@@ -9,7 +9,7 @@ would need three platforms up at once on a 2-core machine: they run one after an
 from __future__ import annotations
 
 from benchmarks import cluster_start, common, platform_session
-from worker import sandbox
+from worker.agent import sandbox
 
 NAME = "sandbox"
 

@@ -17,23 +17,22 @@ They are defined once, in `Exit` and `HTTP_EXIT`; `exit_code_for` maps every fai
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import enum
 import functools
 import getpass
-import json
 import os
 import re
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 from cli import output
-from cli import platform_state as pstate
 from cli import terminal
+from cli.exits import CliError, Exit, error_message, exit_code_for
+from cli.session import Session, current_session, read_session, save_session, session_path
+from dcl_core import domain
 from worker import client as client_mod
 
 EXIT_CODES_HELP = __doc__.split("\n\n")[1]
@@ -43,67 +42,14 @@ POLL_INTERVAL_S = 1.0
 MONOTONIC: Callable[[], float] = time.monotonic
 SLEEP: Callable[[float], None] = time.sleep
 DEFAULT_WAIT_TIMEOUT_S = 600.0
-SESSION_FILE = "session.json"
-# Seconds before a token's expiry at which the CLI stops using it (clock skew, slow calls).
-EXPIRY_MARGIN_S = 5.0
 
 # Statuses in which a cluster takes jobs (degraded: a worker's machine was lost; the rest runs).
-USABLE = ("running", "degraded")
+USABLE = (domain.ClusterStatus.RUNNING.value, domain.ClusterStatus.DEGRADED.value)
 
 # Request fields → the flags that set them, so that the platform's validation errors name the flag.
 CREATE_FLAGS = {"num_workers": "--workers", "gpus_per_worker": "--gpus", "gpu_model": "--gpu-model",
                 "cpus_per_worker": "--cpus", "duration_s": "--duration", "name": "--name",
                 "max_price_per_gpu_hour": "--max-price-per-gpu-hour", "max_price_per_cpu_hour": "--max-price-per-cpu-hour"}
-
-
-class Exit(enum.IntEnum):
-    OK = 0
-    ERROR = 1
-    USAGE = 2
-    AUTH = 3
-    NOT_FOUND = 4
-    CONFLICT = 5
-    CLUSTER_ENDED = 6
-    UNREACHABLE = 7
-    TIMEOUT = 8
-
-
-HTTP_EXIT = {400: Exit.USAGE, 401: Exit.AUTH, 404: Exit.NOT_FOUND, 409: Exit.CONFLICT, 422: Exit.USAGE}
-
-
-class CliError(Exception):
-    """A failure with the message to print and the exit code to return."""
-
-    def __init__(self, message: str, code: Exit = Exit.ERROR, **fields: Any):
-        super().__init__(message)
-        self.message = message
-        self.code = code
-        self.fields = fields
-
-
-def exit_code_for(exc: BaseException) -> Exit:
-    if isinstance(exc, CliError):
-        return exc.code
-    if isinstance(exc, client_mod.ApiError):
-        return HTTP_EXIT.get(exc.status_code, Exit.ERROR)
-    if isinstance(exc, client_mod.PlatformUnreachable):
-        return Exit.UNREACHABLE
-    return Exit.ERROR
-
-
-def error_message(exc: BaseException, field_names: Mapping[str, str] | None = None) -> str:
-    if isinstance(exc, CliError):
-        return exc.message
-    if isinstance(exc, client_mod.ApiError):
-        text = output.detail_text(exc.detail, field_names)
-        if exc.status_code == 401:
-            return f"the platform refused the session ({text}); run `dcluster login`"
-        if exc.status_code == 429 and exc.retry_after_s:
-            return f"{text} (retry in {exc.retry_after_s:.0f} s)"
-        return text
-    if isinstance(exc, client_mod.PlatformUnreachable):
-        return f"the platform is unreachable ({exc}); is it up, and is the URL of `dcluster login` right?"
-    return str(exc)
 
 
 # --- durations --------------------------------------------------------------------------
@@ -135,64 +81,6 @@ def _duration_arg(text: str) -> int:
 
 
 # --- session ----------------------------------------------------------------------------
-
-@dataclasses.dataclass(frozen=True)
-class Session:
-    url: str
-    username: str
-    token: str
-    expires_at: float
-    role: str | None = None
-
-    def expired(self, now: float) -> bool:
-        return now >= self.expires_at - EXPIRY_MARGIN_S
-
-    def public(self) -> dict:
-        """What may be printed: everything but the token."""
-        return {"url": self.url, "username": self.username, "role": self.role, "expires_at": self.expires_at}
-
-
-def config_dir() -> Path:
-    """$DCLUSTER_CONFIG_DIR, else $XDG_CONFIG_HOME/dcluster, else ~/.config/dcluster."""
-    if os.environ.get("DCLUSTER_CONFIG_DIR"):
-        return Path(os.environ["DCLUSTER_CONFIG_DIR"]).expanduser()
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base).expanduser() / "dcluster"
-
-
-def session_path() -> Path:
-    return config_dir() / SESSION_FILE
-
-
-def read_session() -> Session | None:
-    """The saved session (expired or not), None when there is none."""
-    path = session_path()
-    try:
-        data = json.loads(path.read_text())
-        return Session(url=data["url"], username=data["username"], token=data["token"],
-                       expires_at=float(data["expires_at"]), role=data.get("role"))
-    except FileNotFoundError:
-        return None
-    except (ValueError, KeyError, TypeError):
-        raise CliError(f"{path} is not a valid session file; run `dcluster login` again", Exit.AUTH) from None
-
-
-def save_session(session: Session) -> Path:
-    pstate.ensure_private_dir(config_dir())
-    path = session_path()
-    pstate.write_json(path, dataclasses.asdict(session))  # atomic, 0600 from the first byte
-    return path
-
-
-def current_session(now: float | None = None) -> Session:
-    session = read_session()
-    if session is None:
-        raise CliError("not signed in; run `dcluster login --url URL --username NAME`", Exit.AUTH)
-    if session.expired(time.time() if now is None else now):
-        raise CliError(f"your session on {session.url} expired at {output.clock_time(session.expires_at)}; "
-                       f"run `dcluster login`", Exit.AUTH)
-    return session
-
 
 def new_client(base_url: str) -> client_mod.PlatformClient:
     """Every command's HTTP client (tests replace this factory with one on a mock transport)."""
@@ -375,7 +263,7 @@ def cmd_login(args: argparse.Namespace) -> int:
     else:
         print(f"signed in to {session.url} as {session.username} ({role}); "
               f"session valid until {output.clock_time(session.expires_at)}")
-    if role not in (None, "buyer", "admin"):
+    if role is not None and role not in [r.value for r in domain.Role if r.may_hold_clusters()]:
         output.progress(f"note: {session.username} is a {role} account; cluster commands need a buyer account")
     return Exit.OK
 

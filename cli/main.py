@@ -12,6 +12,7 @@ from pathlib import Path
 from cli import buyer, demo, quota, usage
 from cli import platform as platform_mod
 from cli import platform_state
+from dcl_core import domain
 from worker import client as client_mod
 
 logger = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ def _add_up(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="Local agents offer N logical CPUs each (default: detected)")
     p.add_argument("--agent-gpus", type=int, default=None,
                    help="GPUs each local agent declares (default: what it detects)")
-    p.add_argument("--agent-runtime", choices=("docker", "bwrap", "none"), default=None,
+    p.add_argument("--agent-runtime", choices=domain.SANDBOX_RUNTIMES, default=None,
                    help="Where local agents run leases (default: docker where a daemon answers, else bwrap; "
                         "none runs buyers' code unsandboxed)")
     return p

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TextIO
 
-from actors import domain
+from dcl_core import domain
 
 
 def print_json(data: Any, *, stream: TextIO | None = None, compact: bool = False) -> None:

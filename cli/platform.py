@@ -18,8 +18,9 @@ import psutil
 
 from cli import platform_state as pstate
 from cli import platform_status
+from dcl_core import domain, secret_files
 from worker import client as client_mod
-from worker import procs, sandbox
+from worker import procs
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +108,7 @@ def _serve_app_failure(dashboard_port: int, token_path: Path) -> str | None:
     return None
 
 
-def _last_error_line(text: str) -> str:
+def last_error_line(text: str) -> str:
     """The `SomeError: message` line of a traceback (the last one), else its last line."""
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     errors = [ln for ln in lines if re.match(r"^[\w.]+(Error|Exception)\b", ln)]
@@ -159,7 +160,7 @@ class PlatformLauncher:
     # --- up ------------------------------------------------------------------------------
 
     def up(self) -> UpResult:
-        pstate.ensure_private_dir(self.state_dir)
+        secret_files.ensure_private_dir(self.state_dir)
         with pstate.state_lock(self.state_dir):
             record = self._load()
             if self._is_running(record):
@@ -195,11 +196,11 @@ class PlatformLauncher:
         template = pstate.SERVE_TEMPLATE
         if not template.exists():
             raise pstate.PlatformError(f"{template} not found: the Serve config of the platform is missing")
-        pstate.ensure_private_dir(self.layout.home)
-        pstate.ensure_private_dir(self.layout.logs)
-        ports = pstate.RayPorts.allocate(exclude=(self.port,))
+        secret_files.ensure_private_dir(self.layout.home)
+        secret_files.ensure_private_dir(self.layout.logs)
+        ports = procs.allocate_ray_ports(exclude=(self.port,))
         temp_dir = pstate.ray_temp_dir(self.state_dir)
-        pstate.ensure_private_dir(temp_dir)
+        secret_files.ensure_private_dir(temp_dir)
         record = {
             "version": 1,
             "status": pstate.STATUS_STARTING,
@@ -293,7 +294,7 @@ class PlatformLauncher:
         config = pstate.patch_serve_config(pstate.SERVE_TEMPLATE.read_text(), host=self.host, port=self.port,
                                            state_dir=self.state_dir, heartbeat_interval_s=self.heartbeat_s,
                                            settings=self.settings)
-        pstate.write_private(self.layout.serve_deploy_yaml, pstate.dump_serve_config(config))
+        secret_files.write_secret_file(self.layout.serve_deploy_yaml, pstate.dump_serve_config(config))
         cmd = [*pstate.venv_script("serve"), "deploy", str(self.layout.serve_deploy_yaml),
                "--address", f"http://127.0.0.1:{ports.dashboard}"]
         logger.info("deploying the Serve app")
@@ -314,7 +315,7 @@ class PlatformLauncher:
                 return True
             failed = _serve_app_failure(ports.dashboard, self.layout.ray_auth_token)
             if failed:
-                raise pstate.PlatformError(f"the Serve app failed to deploy: {_last_error_line(failed)}",
+                raise pstate.PlatformError(f"the Serve app failed to deploy: {last_error_line(failed)}",
                                        details=failed + "\n" + self._serve_logs_tail(temp_dir))
             return False
 
@@ -349,19 +350,19 @@ class PlatformLauncher:
         store = pstate.CredentialStore(self.layout.credentials_json)
         store.set_url(platform_status.api_url({"host": self.host, "port": self.port}))
         for i in range(1, self.providers + 1):
-            self._ensure_account(api, store, pstate.provider_username(i), "provider")
-        self._ensure_account(api, store, pstate.BUYER_USERNAME, "buyer")
+            self._ensure_account(api, store, pstate.provider_username(i), domain.Role.PROVIDER.value)
+        self._ensure_account(api, store, pstate.BUYER_USERNAME, domain.Role.BUYER.value)
 
     def _start_agents(self, record: dict) -> None:
         store = pstate.CredentialStore(self.layout.credentials_json)
         for i in range(1, self.providers + 1):
             username = pstate.provider_username(i)
             agent_dir = self.layout.agent_dir(i)
-            pstate.ensure_private_dir(agent_dir.parent)
-            pstate.ensure_private_dir(agent_dir)
+            secret_files.ensure_private_dir(agent_dir.parent)
+            secret_files.ensure_private_dir(agent_dir)
             env = pstate.agent_env(os.environ, home=agent_dir)
             password_file = agent_dir / "password"
-            pstate.write_private(password_file, store.password(username) + "\n")
+            secret_files.write_secret_file(password_file, store.password(username) + "\n")
             cmd = [*pstate.venv_script("dcluster-agent"),
                    "--platform-url", platform_status.api_url(record),
                    "--username", username,
@@ -374,8 +375,8 @@ class PlatformLauncher:
                 cmd += ["--cpus", str(self.agent_cpus)]
             if self.agent_runtime is not None:
                 cmd += ["--runtime", self.agent_runtime]
-                if self.agent_runtime == "none":
-                    cmd += [sandbox.UNSANDBOXED_FLAG]
+                if self.agent_runtime == domain.UNSANDBOXED:
+                    cmd += [domain.UNSANDBOXED_FLAG]
             tag = pstate.agent_owner_tag(record["owner_tag"], i)
             proc = procs.spawn(cmd, env=env, cwd=agent_dir, log_path=self.layout.agent_log(i), owner_tag=tag)
             entry = {"index": i, "username": username, "name": pstate.agent_name(i), "owner_tag": tag,

@@ -16,7 +16,8 @@ from typing import Any
 
 import yaml
 
-from worker.ray_ports import WORKER_PORT_RANGE, RayPorts  # noqa: F401 (re-exported for the launcher)
+from dcl_core import ids, secret_files
+from dcl_core.ray_ports import WORKER_PORT_RANGE, RayPorts  # noqa: F401 (re-exported for the launcher)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SERVE_TEMPLATE = REPO_ROOT / "platform" / "serve.yaml"
@@ -59,28 +60,8 @@ def connect_host(host: str) -> str:
 
 # --- files ------------------------------------------------------------------------------
 
-def ensure_private_dir(path: Path) -> Path:
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(path, 0o700)  # mkdir's mode is masked by umask and ignored for an existing dir
-    return path
-
-
-def write_private(path: Path, text: str) -> None:
-    """Write atomically, readable by the owner only (never world-readable, not even for a moment)."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.chmod(path, 0o600)
-
-
 def write_json(path: Path, data: Any) -> None:
-    write_private(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+    secret_files.write_secret_file(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def read_json(path: Path) -> Any | None:
@@ -95,7 +76,7 @@ def read_json(path: Path) -> Any | None:
 @contextlib.contextmanager
 def state_lock(state_dir: Path) -> Iterator[None]:
     """One `up`/`down` at a time per state dir."""
-    ensure_private_dir(state_dir)
+    secret_files.ensure_private_dir(state_dir)
     fd = os.open(state_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         try:
@@ -164,7 +145,7 @@ class Layout:
 def ensure_ray_auth_token(path: Path) -> Path:
     """The platform cluster's Ray auth token file (0600), made once."""
     if not path.exists():
-        write_private(path, secrets.token_hex(32))
+        secret_files.write_secret_file(path, ids.new_ray_auth_token())
     return path
 
 

@@ -6,11 +6,12 @@ import argparse
 import time
 
 from cli import buyer, output, terminal
+from dcl_core import domain
 
 
 def usage_rows(report: dict) -> tuple[list[str], list[list]]:
     """Headers, and one row per cluster (buyers) or machine (providers), then the total."""
-    provider = report.get("role") == "provider"
+    provider = report.get("role") == domain.Role.PROVIDER
     key, money = ("machine_id", "earnings") if provider else ("cluster_id", "cost")
     rows = [[item[key], item["nodes"], f"{item['node_seconds']:.0f}", f"{item['gpu_seconds']:.0f}",
              f"{item['cpu_seconds']:.0f}", f"{item[money]:.4f}"] for item in report.get("items", [])]

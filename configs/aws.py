@@ -1,4 +1,5 @@
-"""Render, secure and clean up the cluster-launcher config of a buyer's sub-cluster on the aws backend (aws.yaml)."""
+"""Render and check the cluster-launcher config of a buyer's sub-cluster on the aws backend (aws.yaml); the EC2
+calls that secure and clean up its resources are in actors/aws_ec2.py."""
 
 from __future__ import annotations
 
@@ -8,20 +9,17 @@ import functools
 import importlib.metadata
 import importlib.resources
 import ipaddress
-import logging
 import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Iterable, Iterator
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from actors import errors
-from configs import market, models
-from worker import protocol
+from dcl_core import cluster_spec, domain, errors, ids
+from configs import market
 
-logger = logging.getLogger(__name__)
 
 TEMPLATE = "aws.yaml"
 CLUSTER_LABEL = market.CLUSTER_LABEL
@@ -29,14 +27,14 @@ GPU_LABEL = "dcluster.io/gpu"
 TOKEN_REMOTE_PATH = "~/ray_auth_token"
 # The ports reachable from AwsSettings.allowed_cidr; everything else only from inside the group.
 OPEN_PORTS = {22: "SSH (the launcher, operators)", 8265: "Ray dashboard and jobs API", 10001: "Ray client"}
-_CLUSTER_ID_RE = re.compile(protocol.CLUSTER_ID_PATTERN)
+_CLUSTER_ID_RE = re.compile(ids.CLUSTER_ID_PATTERN)
 
 
 @dataclasses.dataclass(frozen=True)
 class InstanceShape:
     cpus: int
     gpus: int
-    gpu_model: str | None  # as NVML (nvidia-smi, worker/detect.py) names it
+    gpu_model: str | None  # as NVML (nvidia-smi, worker/agent/detect.py) names it
 
 
 # vCPUs and GPUs as EC2's DescribeInstanceTypes reports them (tests check this table against moto's copy
@@ -60,10 +58,8 @@ INSTANCE_SHAPES: dict[str, InstanceShape] = {
 }
 
 
-class AwsSettings(BaseModel):
+class AwsSettings(domain.StrictModel):
     """The platform's `aws:` setting; backend "aws" is accepted only when it is present."""
-
-    model_config = ConfigDict(extra="forbid")
 
     allowed_cidr: Annotated[str, Field(
         description="The only network that reaches SSH (22), the dashboard/jobs API (8265) and the Ray "
@@ -133,7 +129,7 @@ def group_name(settings: AwsSettings, cluster_id: str) -> str:
     return f"{settings.name_prefix}-{cluster_id}"
 
 
-def check_spec(spec: models.ClusterSpec, settings: AwsSettings) -> None:
+def check_spec(spec: cluster_spec.ClusterSpec, settings: AwsSettings) -> None:
     """Raise InvalidInput when the worker instance type cannot hold what the spec asks of each worker."""
     itype = settings.worker_instance_type
     shape = INSTANCE_SHAPES.get(itype)
@@ -160,7 +156,7 @@ def ip_permissions(allowed_cidr: str) -> list[dict[str, Any]]:
             for port, what in OPEN_PORTS.items()]
 
 
-def render_aws_config(*, cluster_id: str, spec: models.ClusterSpec, settings: AwsSettings,
+def render_aws_config(*, cluster_id: str, spec: cluster_spec.ClusterSpec, settings: AwsSettings,
                       ray_auth_token_path: str | os.PathLike) -> dict[str, Any]:
     """The launcher config; pass it through ensure_security_group before `create_or_update_cluster`.
 
@@ -231,7 +227,7 @@ _SOURCES = {"IpRanges": "CidrIp", "Ipv6Ranges": "CidrIpv6", "UserIdGroupPairs": 
             "PrefixListIds": "PrefixListId"}
 
 
-def _grants(permissions: Iterable[dict[str, Any]]) -> Iterator[tuple[Grant, str | None]]:
+def grants(permissions: Iterable[dict[str, Any]]) -> Iterator[tuple[Grant, str | None]]:
     """One (grant, description) per protocol/port range/source: the unit AWS authorizes and revokes."""
     for perm in permissions:
         proto = str(perm.get("IpProtocol", "-1"))
@@ -242,7 +238,7 @@ def _grants(permissions: Iterable[dict[str, Any]]) -> Iterator[tuple[Grant, str 
                 yield (proto, from_port, to_port, kind, source[key]), source.get("Description")
 
 
-def _permission(grant: Grant, description: str | None) -> dict[str, Any]:
+def permission(grant: Grant, description: str | None) -> dict[str, Any]:
     proto, from_port, to_port, kind, source = grant
     entry = {_SOURCES[kind]: source, **({"Description": description} if description else {})}
     perm: dict[str, Any] = {"IpProtocol": proto, kind: [entry]}
@@ -251,7 +247,7 @@ def _permission(grant: Grant, description: str | None) -> dict[str, Any]:
     return perm
 
 
-def _describe(grant: Grant) -> str:
+def describe_grant(grant: Grant) -> str:
     proto, from_port, to_port = grant[:3]
     if proto == "-1":
         return "all traffic"
@@ -271,9 +267,9 @@ def security_group_findings(ip_permissions: list[dict[str, Any]], *, group_id: s
     and, when group_id is given, rules that admit another security group than the cluster's own.
     """
     findings = []
-    for grant, _ in _grants(ip_permissions):
+    for grant, _ in grants(ip_permissions):
         _, _, _, kind, source = grant
-        what = _describe(grant)
+        what = describe_grant(grant)
         if kind in ("IpRanges", "Ipv6Ranges"):
             network = ipaddress.ip_network(source, strict=False)
             if network.prefixlen == 0:
@@ -283,93 +279,3 @@ def security_group_findings(ip_permissions: list[dict[str, Any]], *, group_id: s
         elif kind == "UserIdGroupPairs" and group_id is not None and source != group_id:
             findings.append(f"{what} is open to another security group ({source})")
     return findings
-
-
-def _ec2(config: dict[str, Any]):
-    import boto3
-    return boto3.client("ec2", region_name=config["provider"]["region"],
-                        **config["provider"].get("aws_credentials", {}))
-
-
-def _default_vpc(ec2) -> str:
-    vpcs = ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"]
-    if not vpcs:
-        raise RuntimeError("this region has no default VPC; set vpc_id in the platform's aws settings")
-    return vpcs[0]["VpcId"]
-
-
-def _find_group(ec2, vpc_id: str, name: str) -> dict[str, Any] | None:
-    found = ec2.describe_security_groups(Filters=[{"Name": "vpc-id", "Values": [vpc_id]},
-                                                  {"Name": "group-name", "Values": [name]}])["SecurityGroups"]
-    return found[0] if found else None
-
-
-def ensure_security_group(config: dict[str, Any], *, vpc_id: str | None = None) -> dict[str, Any]:
-    """Create or repair the cluster's security group; return config with every node type in it.
-
-    Rules afterwards, exactly: all traffic from the group itself, and provider.security_group.IpPermissions
-    (the ports open to allowed_cidr). Anything else, e.g. the SSH-from-everywhere rule Ray's bootstrap adds
-    when it makes the group itself, is revoked. Idempotent; AWS calls use the launcher's credentials
-    (the standard boto3 chain, or provider.aws_credentials).
-    """
-    wanted_sg = config["provider"]["security_group"]
-    name, outside = wanted_sg["GroupName"], wanted_sg.get("IpPermissions", [])
-    if problems := security_group_findings(outside):
-        raise ValueError(f"refusing the rules of security group {name}: {'; '.join(problems)}")
-    ec2 = _ec2(config)
-    vpc_id = vpc_id or _default_vpc(ec2)
-    group = _find_group(ec2, vpc_id, name)
-    if group is None:
-        from botocore.exceptions import ClientError
-        cluster = config["cluster_name"]
-        try:
-            ec2.create_security_group(
-                GroupName=name, VpcId=vpc_id, Description=f"dcluster sub-cluster {cluster}",
-                TagSpecifications=[{"ResourceType": "security-group", "Tags": [
-                    {"Key": CLUSTER_LABEL, "Value": cluster}, {"Key": "ray-cluster-name", "Value": cluster}]}])
-            logger.info("created security group %s in %s", name, vpc_id)
-        except ClientError as exc:  # made meanwhile by a concurrent call: use that one
-            if exc.response.get("Error", {}).get("Code") != "InvalidGroup.Duplicate":
-                raise
-        group = _find_group(ec2, vpc_id, name)
-    group_id, current = group["GroupId"], group.get("IpPermissions", [])
-    inside = {"IpProtocol": "-1", "UserIdGroupPairs": [
-        {"GroupId": group_id, "Description": "dcluster: between the cluster's own nodes"}]}
-    wanted = dict(_grants([inside, *outside]))
-    have = dict(_grants(current))
-    if extra := [_permission(g, None) for g in have if g not in wanted]:
-        ec2.revoke_security_group_ingress(GroupId=group_id, IpPermissions=extra)
-        logger.warning("revoked from security group %s: %s", name, ", ".join(map(_describe, have.keys() - wanted)))
-    if missing := [_permission(g, d) for g, d in wanted.items() if g not in have]:
-        ec2.authorize_security_group_ingress(GroupId=group_id, IpPermissions=missing)
-    config = copy.deepcopy(config)
-    for node_type in config["available_node_types"].values():
-        node_type["node_config"]["SecurityGroupIds"] = [group_id]
-    return config
-
-
-def delete_cluster_resources(config: dict[str, Any]) -> bool:
-    """After teardown: delete the cluster's security group and per-cluster key pair (Ray leaves both).
-
-    True when both are gone; False while terminating instances still hold the group (call again later).
-    Idempotent.
-    """
-    from botocore.exceptions import ClientError
-    ec2 = _ec2(config)
-    name = config["provider"]["security_group"]["GroupName"]
-    done = True
-    for group in ec2.describe_security_groups(Filters=[{"Name": "group-name", "Values": [name]}])["SecurityGroups"]:
-        try:
-            ec2.delete_security_group(GroupId=group["GroupId"])
-            logger.info("deleted security group %s (%s)", name, group["GroupId"])
-        except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code")
-            if code == "DependencyViolation":
-                done = False
-            elif code != "InvalidGroup.NotFound":
-                raise
-    key_name = config["provider"].get("key_pair", {}).get("key_name")
-    if key_name:
-        ec2.delete_key_pair(KeyName=key_name)
-        Path(os.path.expanduser(f"~/.ssh/{key_name}.pem")).unlink(missing_ok=True)
-    return done

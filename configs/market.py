@@ -10,13 +10,13 @@ from typing import Any
 
 import yaml
 
-from configs import models
+from dcl_core import cluster_spec, ids
 
 TEMPLATE = "market.yaml"
-PROVIDER_MODULE = "worker.market_provider.MarketNodeProvider"
+PROVIDER_MODULE = "worker.node_provider.market_provider.MarketNodeProvider"
 CLUSTER_LABEL = "dcluster.io/cluster"
 MAX_LABEL_VALUE_LEN = 63
-_CLUSTER_ID_RE = re.compile(r"^c-[0-9a-f]{12}$")  # worker.protocol.CLUSTER_ID_PATTERN
+_CLUSTER_ID_RE = re.compile(ids.CLUSTER_ID_PATTERN)
 _NOT_LABEL_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
 _EDGE = re.compile(r"^[^A-Za-z0-9]+|[^A-Za-z0-9]+$")
 
@@ -27,7 +27,7 @@ def _template() -> dict[str, Any]:
     return yaml.safe_load(text)
 
 
-def render_market_config(*, cluster_id: str, spec: models.ClusterSpec, platform_url: str,
+def render_market_config(*, cluster_id: str, spec: cluster_spec.ClusterSpec, platform_url: str,
                          provider_token: str) -> dict[str, Any]:
     """The launcher config for `create_or_update_cluster(config, no_config_cache=True)`.
 

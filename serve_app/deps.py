@@ -7,7 +7,8 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from actors import auth, domain, errors
+from actors import auth
+from dcl_core import domain, errors
 
 _bearer = HTTPBearer(auto_error=False, description="A JWT from POST /v1/token")
 

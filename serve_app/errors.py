@@ -13,8 +13,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from actors import errors
 from actors import store
+from dcl_core import errors
 
 logger = logging.getLogger(__name__)
 

@@ -6,8 +6,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Form, Path, status
 
-from actors import domain
-from serve_app import deps, errors, models
+from dcl_core import api, domain
+from serve_app import deps, errors
 
 router = APIRouter(tags=["accounts"])
 seed_router = APIRouter(tags=["seed-compatible"])
@@ -17,20 +17,20 @@ FormUsername = Annotated[str, Form(max_length=64, description="Account username"
 FormPassword = Annotated[str, Form(max_length=256, description="Account password")]
 
 
-@router.post("/v1/accounts", status_code=status.HTTP_201_CREATED, response_model=models.AccountPublic)
-async def create_account(body: models.AccountCreate, registry: deps.Registry, by: deps.OptionalPrincipal,
+@router.post("/v1/accounts", status_code=status.HTTP_201_CREATED, response_model=api.AccountPublic)
+async def create_account(body: api.AccountCreate, registry: deps.Registry, by: deps.OptionalPrincipal,
                          client: deps.ClientAddress):
     """Sign-ups are limited per client address and overall (429 naming the limit)."""
     return await registry.create_account.remote(body.username, body.password, body.role, by, client)
 
 
-@router.get("/v1/accounts", response_model=list[models.AccountPublic])
+@router.get("/v1/accounts", response_model=list[api.AccountPublic])
 async def list_accounts(principal: deps.AdminPrincipal, registry: deps.Registry):
     """Every account (admins only)."""
     return await registry.list_accounts.remote(principal)
 
 
-@router.post("/v1/token", response_model=models.Token)
+@router.post("/v1/token", response_model=api.Token)
 async def token(username: FormUsername, password: FormPassword, registry: deps.Registry,
                 client: deps.ClientAddress):
     """OAuth2 password flow (form-encoded `username` and `password`). Failed sign-ins are limited per
@@ -38,7 +38,7 @@ async def token(username: FormUsername, password: FormPassword, registry: deps.R
     return await registry.login.remote(username, password, client)
 
 
-@router.get("/v1/accounts/me", response_model=models.AccountPublic)
+@router.get("/v1/accounts/me", response_model=api.AccountPublic)
 async def me(principal: deps.CurrentPrincipal, registry: deps.Registry):
     return await registry.get_account.remote(principal)
 
@@ -46,31 +46,31 @@ async def me(principal: deps.CurrentPrincipal, registry: deps.Registry):
 AccountId = Annotated[int, Path(ge=1, le=2**62, description="Account id (GET /v1/accounts/me shows yours)")]
 
 
-@router.get("/v1/accounts/{account_id}/quota", response_model=models.QuotaPublic, responses=errors.documented(404))
+@router.get("/v1/accounts/{account_id}/quota", response_model=api.QuotaPublic, responses=errors.documented(404))
 async def get_quota(account_id: AccountId, principal: deps.CurrentPrincipal, clusters: deps.Clusters):
     """The account's limits and what it uses of them: the account itself, or an admin."""
     return await clusters.get_quota.remote(principal, account_id)
 
 
-@router.put("/v1/accounts/{account_id}/quota", response_model=models.QuotaPublic, responses=errors.documented(404))
-async def set_quota(account_id: AccountId, body: models.QuotaUpdate, principal: deps.AdminPrincipal,
+@router.put("/v1/accounts/{account_id}/quota", response_model=api.QuotaPublic, responses=errors.documented(404))
+async def set_quota(account_id: AccountId, body: api.QuotaUpdate, principal: deps.AdminPrincipal,
                     clusters: deps.Clusters):
     """Admins: replaces a buyer account's limits; a field left out or null takes the platform's default."""
     return await clusters.set_quota.remote(principal, account_id, body.model_dump())
 
 
-@seed_router.post("/register", status_code=status.HTTP_201_CREATED, response_model=models.AccountPublic)
-async def seed_register(body: models.SeedRegister, registry: deps.Registry, client: deps.ClientAddress):
+@seed_router.post("/register", status_code=status.HTTP_201_CREATED, response_model=api.AccountPublic)
+async def seed_register(body: api.SeedRegister, registry: deps.Registry, client: deps.ClientAddress):
     """The seed's provider sign-up."""
     return await registry.create_account.remote(body.username, body.password, domain.Role.PROVIDER, None, client)
 
 
-@seed_router.post("/token", response_model=models.Token)
+@seed_router.post("/token", response_model=api.Token)
 async def seed_token(username: FormUsername, password: FormPassword, registry: deps.Registry,
                      client: deps.ClientAddress):
     return await registry.login.remote(username, password, client)
 
 
-@seed_router.get("/providers/me", response_model=models.AccountPublic)
+@seed_router.get("/providers/me", response_model=api.AccountPublic)
 async def seed_me(principal: Annotated[object, Depends(deps.current_principal)], registry: deps.Registry):
     return await registry.get_account.remote(principal)

@@ -2,50 +2,48 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
 import time
+from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, status
 
-from actors import errors
-
-from configs.models import ClusterSpec
-from serve_app import deps, models
+from dcl_core import api, errors, ids
+from dcl_core.cluster_spec import ClusterSpec
+from serve_app import deps
 
 router = APIRouter(tags=["clusters"])
 seed_router = APIRouter(tags=["seed-compatible"])
 node_router = APIRouter(tags=["node provider"])
 
-ClusterId = Annotated[str, Path(pattern=r"^c-[0-9a-f]{12}$", description="Cluster id, e.g. c-0123456789ab")]
-NodeId = Annotated[str, Path(pattern=r"^l-[0-9a-f]{12}$", description="Node (lease) id, e.g. l-0123456789ab")]
+ClusterId = Annotated[str, Path(pattern=ids.CLUSTER_ID_PATTERN, description="Cluster id, e.g. c-0123456789ab")]
+NodeId = Annotated[str, Path(pattern=ids.LEASE_ID_PATTERN, description="Node (lease) id, e.g. l-0123456789ab")]
 SeedClusterId = Annotated[str, Path(max_length=64, description="Cluster id")]
 
 
-@router.post("/v1/clusters", status_code=status.HTTP_202_ACCEPTED, response_model=models.ClusterPublic)
+@router.post("/v1/clusters", status_code=status.HTTP_202_ACCEPTED, response_model=api.ClusterPublic)
 async def create_cluster(body: ClusterSpec, principal: deps.BuyerPrincipal, clusters: deps.Clusters):
     """Reserves machines (409 with what is available when they are short) and starts the launch."""
     return await clusters.create_cluster.remote(principal, body.model_dump(mode="json"))
 
 
-@router.get("/v1/clusters", response_model=list[models.ClusterPublic])
+@router.get("/v1/clusters", response_model=list[api.ClusterPublic])
 async def list_clusters(principal: deps.BuyerOrAdmin, clusters: deps.Clusters):
     return await clusters.list_clusters.remote(principal)
 
 
-@router.get("/v1/clusters/{cluster_id}", response_model=models.ClusterPublic)
+@router.get("/v1/clusters/{cluster_id}", response_model=api.ClusterPublic)
 async def get_cluster(cluster_id: ClusterId, principal: deps.BuyerOrAdmin, clusters: deps.Clusters):
     return await clusters.get_cluster.remote(principal, cluster_id)
 
 
-@router.delete("/v1/clusters/{cluster_id}", response_model=models.ClusterPublic)
+@router.delete("/v1/clusters/{cluster_id}", response_model=api.ClusterPublic)
 async def delete_cluster(cluster_id: ClusterId, principal: deps.BuyerOrAdmin, clusters: deps.Clusters):
     """Idempotent; the teardown runs in the background (status terminating, then terminated)."""
     return await clusters.delete_cluster.remote(principal, cluster_id)
 
 
-@router.post("/v1/clusters/{cluster_id}/extend", response_model=models.ClusterPublic)
-async def extend(cluster_id: ClusterId, body: models.ClusterExtend, principal: deps.BuyerOrAdmin,
+@router.post("/v1/clusters/{cluster_id}/extend", response_model=api.ClusterPublic)
+async def extend(cluster_id: ClusterId, body: api.ClusterExtend, principal: deps.BuyerOrAdmin,
                  clusters: deps.Clusters):
     """Moves the deadline by duration_s; 409 past the platform's maximum lifetime."""
     return await clusters.extend_cluster.remote(principal, cluster_id, body.duration_s)
@@ -53,9 +51,9 @@ async def extend(cluster_id: ClusterId, body: models.ClusterExtend, principal: d
 
 @router.get("/v1/usage")
 async def usage(principal: deps.CurrentPrincipal, clusters: deps.Clusters,
-                start: Annotated[float | None, Query(ge=0, le=models.MAX_EPOCH_S, allow_inf_nan=False,
+                start: Annotated[float | None, Query(ge=0, le=api.MAX_EPOCH_S, allow_inf_nan=False,
                                                      description="Epoch seconds; default 30 days ago")] = None,
-                end: Annotated[float | None, Query(ge=0, le=models.MAX_EPOCH_S, allow_inf_nan=False,
+                end: Annotated[float | None, Query(ge=0, le=api.MAX_EPOCH_S, allow_inf_nan=False,
                                                    description="Epoch seconds; default now")] = None):
     """Buyers: GPU/CPU-seconds and cost per cluster. Providers: supplied seconds and earnings per machine.
     Seconds count from a node joining Ray to it leaving."""
@@ -66,15 +64,15 @@ async def usage(principal: deps.CurrentPrincipal, clusters: deps.Clusters,
     return await clusters.usage.remote(principal, start, end)
 
 
-@router.get("/v1/clusters/{cluster_id}/connection", response_model=models.ClusterConnection)
+@router.get("/v1/clusters/{cluster_id}/connection", response_model=api.ClusterConnection)
 async def connection(cluster_id: ClusterId, principal: deps.BuyerPrincipal, clusters: deps.Clusters):
     """Dashboard/job URL, Ray client and GCS addresses, the cluster's Ray auth token, and what to export."""
     return await clusters.connection.remote(principal, cluster_id)
 
 
-@router.get("/v1/clusters/{cluster_id}/events", response_model=list[models.ClusterEvent])
+@router.get("/v1/clusters/{cluster_id}/events", response_model=list[api.ClusterEvent])
 async def events(cluster_id: ClusterId, principal: deps.BuyerOrAdmin, clusters: deps.Clusters,
-                 after: Annotated[int, Query(ge=0, le=models.MAX_SQL_INT,
+                 after: Annotated[int, Query(ge=0, le=api.MAX_SQL_INT,
                                              description="Only events with a larger id")] = 0):
     return await clusters.cluster_events.remote(principal, cluster_id, after)
 
@@ -82,20 +80,20 @@ async def events(cluster_id: ClusterId, principal: deps.BuyerOrAdmin, clusters: 
 # --- the seed's paths (now behind a buyer's token) ---------------------------------------
 
 @seed_router.post("/deploy_cluster", status_code=status.HTTP_202_ACCEPTED)
-async def seed_deploy(body: models.SeedDeploy, principal: deps.BuyerPrincipal, clusters: deps.Clusters):
+async def seed_deploy(body: api.SeedDeploy, principal: deps.BuyerPrincipal, clusters: deps.Clusters):
     spec = ClusterSpec(num_workers=body.num_workers, duration_s=max(60, body.duration * 60))
     cluster = await clusters.create_cluster.remote(principal, spec.model_dump(mode="json"))
     return {"cluster_id": cluster["id"]}
 
 
-@seed_router.get("/cluster/{cluster_id}", response_model=models.SeedClusterInfo)
+@seed_router.get("/cluster/{cluster_id}", response_model=api.SeedClusterInfo)
 async def seed_cluster(cluster_id: SeedClusterId, principal: deps.BuyerPrincipal, clusters: deps.Clusters):
     c = await clusters.get_cluster.remote(principal, cluster_id)
     return {"cluster_id": c["id"], "status": c["status"], "head_node_ip": c["head_node_ip"],
             "expiration_time": c["expires_at"], "creation_time": c["created_at"], "num_workers": c["num_workers"]}
 
 
-@seed_router.delete("/cluster/{cluster_id}", response_model=models.Message)
+@seed_router.delete("/cluster/{cluster_id}", response_model=api.Message)
 async def seed_delete(cluster_id: SeedClusterId, principal: deps.BuyerPrincipal, clusters: deps.Clusters):
     await clusters.delete_cluster.remote(principal, cluster_id)
     return {"message": "Cluster terminated successfully"}
@@ -103,32 +101,32 @@ async def seed_delete(cluster_id: SeedClusterId, principal: deps.BuyerPrincipal,
 
 # --- node provider routes (the cluster's own credential) ---------------------------------
 
-@node_router.get("/v1/clusters/{cluster_id}/nodes", response_model=list[models.NodePublic])
+@node_router.get("/v1/clusters/{cluster_id}/nodes", response_model=list[api.NodePublic])
 async def list_nodes(cluster_id: ClusterId, principal: deps.NodeProviderPrincipal, clusters: deps.Clusters):
     return await clusters.list_nodes.remote(principal, cluster_id)
 
 
 @node_router.post("/v1/clusters/{cluster_id}/nodes", status_code=status.HTTP_201_CREATED,
-                  response_model=list[models.NodePublic])
-async def create_nodes(cluster_id: ClusterId, body: models.NodesCreate, principal: deps.NodeProviderPrincipal,
+                  response_model=list[api.NodePublic])
+async def create_nodes(cluster_id: ClusterId, body: api.NodesCreate, principal: deps.NodeProviderPrincipal,
                        clusters: deps.Clusters):
     return await clusters.create_nodes.remote(principal, cluster_id, body.role, body.node_type, body.tags, body.count)
 
 
-@node_router.patch("/v1/clusters/{cluster_id}/nodes/{node_id}", response_model=models.NodePublic)
-async def set_node_tags(cluster_id: ClusterId, node_id: NodeId, body: models.NodeTags,
+@node_router.patch("/v1/clusters/{cluster_id}/nodes/{node_id}", response_model=api.NodePublic)
+async def set_node_tags(cluster_id: ClusterId, node_id: NodeId, body: api.NodeTags,
                         principal: deps.NodeProviderPrincipal, clusters: deps.Clusters):
     return await clusters.set_node_tags.remote(principal, cluster_id, node_id, body.tags)
 
 
-@node_router.delete("/v1/clusters/{cluster_id}/nodes/{node_id}", response_model=models.NodePublic)
+@node_router.delete("/v1/clusters/{cluster_id}/nodes/{node_id}", response_model=api.NodePublic)
 async def terminate_node(cluster_id: ClusterId, node_id: NodeId, principal: deps.NodeProviderPrincipal,
                          clusters: deps.Clusters):
     return await clusters.terminate_node.remote(principal, cluster_id, node_id)
 
 
-@node_router.post("/v1/clusters/{cluster_id}/nodes/{node_id}/exec", response_model=models.WorkResult)
-async def exec_on_node(cluster_id: ClusterId, node_id: NodeId, body: models.NodeExec,
+@node_router.post("/v1/clusters/{cluster_id}/nodes/{node_id}/exec", response_model=api.WorkResult)
+async def exec_on_node(cluster_id: ClusterId, node_id: NodeId, body: api.NodeExec,
                        principal: deps.NodeProviderPrincipal, clusters: deps.Clusters):
     """Runs a launcher command on the node through the agent holding it; answers when it finished."""
     return await clusters.exec_on_node.remote(principal, cluster_id, node_id, body.model_dump())

@@ -1,1 +1,3 @@
-"""The provider agent and the MarketNodeProvider; must import on provider machines."""
+"""What runs outside the platform cluster: the provider agent (`agent/`), the node provider (`node_provider/`),
+and what both share: the platform's HTTP client (`client.py`) and process/port ownership (`procs.py`). Must
+import on provider machines and sub-cluster heads: never imports the control plane or the API."""

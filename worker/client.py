@@ -12,9 +12,7 @@ from urllib.parse import quote
 
 import httpx
 
-from actors import domain
-from serve_app import models
-from worker import protocol
+from dcl_core import api, domain, protocol
 
 logger = logging.getLogger(__name__)
 
@@ -179,7 +177,7 @@ class PlatformClient:
     def set_token(self, token: str | None) -> None:
         self._token = token
 
-    def create_account(self, username: str, password: str, role: str = "buyer") -> dict:
+    def create_account(self, username: str, password: str, role: str = domain.Role.BUYER.value) -> dict:
         return self.request("POST", "/v1/accounts", auth=False,
                             json={"username": username, "password": password, "role": str(getattr(role, "value", role))})
 
@@ -190,12 +188,12 @@ class PlatformClient:
 
     def register_machine(self, machine_key: str, name: str, spec: domain.MachineSpec,
                          price_per_gpu_hour: float = 0.0, price_per_cpu_hour: float = 0.0) -> dict:
-        body = models.MachineRegister(machine_key=machine_key, name=name, spec=spec,
+        body = api.MachineRegister(machine_key=machine_key, name=name, spec=spec,
                                       price_per_gpu_hour=price_per_gpu_hour, price_per_cpu_hour=price_per_cpu_hour)
         return self.request("POST", "/v1/machines", json=body.model_dump(mode="json"))
 
     def heartbeat(self, machine_id: str, usage: domain.MachineUsage, leases: Sequence[str] = ()) -> dict:
-        body = models.Heartbeat(usage=usage, leases=list(leases))
+        body = api.Heartbeat(usage=usage, leases=list(leases))
         return self.request("POST", f"{_machine_path(machine_id)}/heartbeat", json=body.model_dump(mode="json"))
 
     def poll_work(self, machine_id: str, wait_s: float = 20) -> list[dict]:

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import psutil
 
+from dcl_core import ray_ports
+
 logger = logging.getLogger(__name__)
 
 OWNER_ENV = "DCLUSTER_OWNER"
@@ -331,3 +333,11 @@ def free_port_range(
         else:
             return start
     raise RuntimeError(f"could not find {size} consecutive free ports")
+
+
+def allocate_ray_ports(*, exclude: tuple[int, ...] = (),
+                       worker_range: int = ray_ports.WORKER_PORT_RANGE) -> ray_ports.RayPorts:
+    """Every port of one Ray node (the layout is dcl_core.ray_ports), each free right now and none in exclude."""
+    single = free_ports(len(ray_ports.RayPorts.single_port_names()), exclude=exclude)
+    start = free_port_range(worker_range, exclude=(*exclude, *single))
+    return ray_ports.RayPorts.from_ports(single, start, worker_range)

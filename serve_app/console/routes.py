@@ -14,8 +14,8 @@ from fastapi import APIRouter, FastAPI, Form, Query, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 
-from actors import domain, errors
-from configs.models import ClusterSpec
+from dcl_core import domain, errors
+from dcl_core.cluster_spec import ClusterSpec
 from serve_app import deps
 from serve_app import errors as http_errors
 from serve_app.console import charts, session as sess

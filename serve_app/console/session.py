@@ -16,7 +16,8 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 
-from actors import auth, errors
+from actors import auth
+from dcl_core import errors
 from serve_app import deps
 
 COOKIE_NAME = "dcluster_console"

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import httpx
 
+from dcl_core import domain
 from tests.waiting import wait_for  # noqa: F401 (re-exported for the integration tests)
-from worker import procs, sandbox
+from worker import procs
 
 
 def unique(prefix: str) -> str:
@@ -51,7 +52,7 @@ def runtime_args() -> tuple[str, ...]:
     change runtime with the machine; the sandbox and escape suites run every runtime the machine has.
     """
     runtime = os.environ.get("DCL_TEST_RUNTIME") or ("bwrap" if os.geteuid() == 0 and shutil.which("bwrap") else "none")
-    return ("--runtime", runtime, *((sandbox.UNSANDBOXED_FLAG,) if runtime == "none" else ()))
+    return ("--runtime", runtime, *((domain.UNSANDBOXED_FLAG,) if runtime == domain.UNSANDBOXED else ()))
 
 
 class LocalAgent:

@@ -23,8 +23,8 @@ import pytest
 
 from tests.integration.helpers import Api, wait_for
 from tests.integration.test_clusters import RAY, lease_processes, submit, wait_status
-from worker import sandbox
-from worker.sandbox import docker as sandbox_docker
+from worker.agent import sandbox
+from worker.agent.sandbox import docker as sandbox_docker
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("bwrap"),

@@ -19,9 +19,11 @@ from pathlib import Path
 import psutil
 import pytest
 
-from worker import leases, procs, protocol, sandbox
-from worker.sandbox import docker as sandbox_docker
-from worker.sandbox import base
+from dcl_core import protocol
+from worker import procs
+from worker.agent import leases, sandbox
+from worker.agent.sandbox import base
+from worker.agent.sandbox import docker as sandbox_docker
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("bwrap"),
                                 reason="the sandbox runtimes need root and bubblewrap (CI installs it)")

@@ -1,0 +1,121 @@
+"""The buyer API of clusters (create, list, get, delete, events, connection, extend), usage reports and
+account quotas. A part of ClusterManager."""
+
+from __future__ import annotations
+
+import logging
+
+from actors import auth, cluster_files, cluster_views as views, quotas
+from actors import usage as usage_mod
+from dcl_core import domain, errors, ids
+from dcl_core.cluster_spec import ClusterSpec
+
+logger = logging.getLogger(__name__)
+
+S = domain.ClusterStatus
+N = domain.NodeRole
+
+
+class BuyerApi:
+    """Mixed into ClusterManager, whose state (store, settings, backends, quota book, placement lock, clock) and
+    steps it uses."""
+
+    async def create_cluster(self, principal: auth.Principal, spec: dict) -> dict:
+        views.require_buyer(principal)
+        spec = ClusterSpec.model_validate(spec)
+        backend = self._backend(spec)
+        backend.check(spec)
+        now = self._clock()
+        cid = ids.new_cluster_id()
+        async with self._placement_lock:  # quota checks and placements see each other's reservations
+            await self._quotas.check(principal.account_id, quotas.cluster_demand(spec))
+            leases, summary = await backend.reserve(cid, spec, self._place)
+            await self._store.create_cluster(
+                cluster={"id": cid, "owner_id": principal.account_id, "name": spec.name or cid,
+                         "spec": spec.model_dump_json(), "status": S.PENDING.value,
+                         "expires_at": now + spec.duration_s},
+                leases=leases, event=summary, now=now)
+        cluster_files.write_cluster_token(self._settings.clusters_dir / cid, ids.new_ray_auth_token())
+        logger.info("cluster %s created for %s: %d worker(s)", cid, principal.username, spec.num_workers)
+        await self._schedule_expiry(cid)
+        self._spawn(cid, self._provision(cid))
+        return await self._public(await self._store.get_cluster(cid))
+
+    async def get_quota(self, principal: auth.Principal, account_id: int) -> dict:
+        return await self._quotas.view(principal, account_id)
+
+    async def set_quota(self, principal: auth.Principal, account_id: int, overrides: dict) -> dict:
+        async with self._placement_lock:  # never between another request's check and its reservation
+            return await self._quotas.set(principal, account_id, overrides)
+
+    async def list_clusters(self, principal: auth.Principal) -> list[dict]:
+        owner = None if principal.role is domain.Role.ADMIN else principal.account_id
+        views.require_buyer_or_admin(principal)
+        return [await self._public(r) for r in await self._store.list_clusters(owner)]
+
+    async def get_cluster(self, principal: auth.Principal, cluster_id: str) -> dict:
+        return await self._public(await self._own_cluster(principal, cluster_id))
+
+    async def delete_cluster(self, principal: auth.Principal, cluster_id: str) -> dict:
+        """Idempotent: an ended cluster is returned as it is."""
+        row = await self._own_cluster(principal, cluster_id)
+        if S(row["status"]).is_active():
+            await self._begin_teardown(cluster_id, S.TERMINATED, f"deleted by {principal.username}")
+        return await self._public(await self._store.get_cluster(cluster_id))
+
+    async def cluster_events(self, principal: auth.Principal, cluster_id: str, after_id: int = 0) -> list[dict]:
+        await self._own_cluster(principal, cluster_id)
+        return await self._store.events(cluster_id, after_id)
+
+    async def connection(self, principal: auth.Principal, cluster_id: str) -> dict:
+        row = await self._own_cluster(principal, cluster_id)
+        head = next((l for l in await self._store.leases_of(cluster_id)
+                     if l["role"] == N.HEAD and l["status"] == domain.LeaseStatus.OPEN.value and l["joined_at"]),
+                    None)
+        if not S(row["status"]).is_active() or head is None:
+            raise errors.Conflict(f"cluster {cluster_id} is {row['status']}: connection details exist once its "
+                                  "head node has joined (see GET /v1/clusters/{id}/events)")
+        token = cluster_files.read_cluster_token(self._settings.clusters_dir / cluster_id)
+        return views.connection_details(head["node_ip"], head["ports"], token)
+
+    async def extend_cluster(self, principal: auth.Principal, cluster_id: str, duration_s: int) -> dict:
+        row = await self._own_cluster(principal, cluster_id)
+        if not S(row["status"]).is_active():
+            raise errors.Conflict(f"cluster {cluster_id} is {row['status']}: only a live cluster can be extended")
+        new_expiry = row["expires_at"] + duration_s
+        limit = row["created_at"] + self._settings.max_lifetime_s
+        if new_expiry > limit:
+            room = max(0, int(limit - row["expires_at"]))
+            raise errors.Conflict(f"a cluster lives at most {self._settings.max_lifetime_s} s; this one can be "
+                                  f"extended by at most {room} s more")
+        async with self._placement_lock:  # quota checks see each other's reservations
+            await self._quotas.check(row["owner_id"], quotas.extension_demand(
+                ClusterSpec.model_validate_json(row["spec"]), duration_s))
+            await self._store.set_expiry(cluster_id, new_expiry, self._clock())
+        await self._event(cluster_id, "extended", f"lifetime extended by {duration_s} s by {principal.username}")
+        await self._schedule_expiry(cluster_id)
+        return await self._public(await self._store.get_cluster(cluster_id))
+
+    async def usage(self, principal: auth.Principal, start: float, end: float) -> dict:
+        now = self._clock()
+        if principal.role is domain.Role.PROVIDER:
+            leases = await self._store.leases_in_window(start, end, provider_id=principal.account_id)
+            summary = usage_mod.summarize(leases, group_by="machine_id", start=start, end=end, now=now)
+            summary["total"]["earnings"] = summary["total"].pop("cost")
+            for item in summary["items"]:
+                item["earnings"] = item.pop("cost")
+            return {"role": domain.Role.PROVIDER.value, **summary}
+        owner = None if principal.role is domain.Role.ADMIN else principal.account_id
+        leases = await self._store.leases_in_window(start, end, owner_id=owner)
+        return {"role": principal.role.value,
+                **usage_mod.summarize(leases, group_by="cluster_id", start=start, end=end, now=now)}
+
+    async def _own_cluster(self, principal: auth.Principal, cluster_id: str) -> dict:
+        views.require_buyer_or_admin(principal)
+        row = await self._store.get_cluster(cluster_id)
+        if row is None or (principal.role is not domain.Role.ADMIN and row["owner_id"] != principal.account_id):
+            raise errors.NotFound(f"cluster {cluster_id} not found")
+        return row
+
+    async def _public(self, row: dict) -> dict:
+        return views.public_cluster(row, await self._store.leases_of(row["id"]))

@@ -1,0 +1,76 @@
+"""The buyer's signed-in session on disk (session.json, 0600, in the CLI's config dir)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+
+from cli import output
+from cli import platform_state as pstate
+from cli.exits import CliError, Exit
+from dcl_core import secret_files
+
+SESSION_FILE = "session.json"
+# Seconds before a token's expiry at which the CLI stops using it (clock skew, slow calls).
+EXPIRY_MARGIN_S = 5.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Session:
+    url: str
+    username: str
+    token: str
+    expires_at: float
+    role: str | None = None
+
+    def expired(self, now: float) -> bool:
+        return now >= self.expires_at - EXPIRY_MARGIN_S
+
+    def public(self) -> dict:
+        """What may be printed: everything but the token."""
+        return {"url": self.url, "username": self.username, "role": self.role, "expires_at": self.expires_at}
+
+
+def config_dir() -> Path:
+    """$DCLUSTER_CONFIG_DIR, else $XDG_CONFIG_HOME/dcluster, else ~/.config/dcluster."""
+    if os.environ.get("DCLUSTER_CONFIG_DIR"):
+        return Path(os.environ["DCLUSTER_CONFIG_DIR"]).expanduser()
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base).expanduser() / "dcluster"
+
+
+def session_path() -> Path:
+    return config_dir() / SESSION_FILE
+
+
+def read_session() -> Session | None:
+    """The saved session (expired or not), None when there is none."""
+    path = session_path()
+    try:
+        data = json.loads(path.read_text())
+        return Session(url=data["url"], username=data["username"], token=data["token"],
+                       expires_at=float(data["expires_at"]), role=data.get("role"))
+    except FileNotFoundError:
+        return None
+    except (ValueError, KeyError, TypeError):
+        raise CliError(f"{path} is not a valid session file; run `dcluster login` again", Exit.AUTH) from None
+
+
+def save_session(session: Session) -> Path:
+    secret_files.ensure_private_dir(config_dir())
+    path = session_path()
+    pstate.write_json(path, dataclasses.asdict(session))  # atomic, 0600 from the first byte
+    return path
+
+
+def current_session(now: float | None = None) -> Session:
+    session = read_session()
+    if session is None:
+        raise CliError("not signed in; run `dcluster login --url URL --username NAME`", Exit.AUTH)
+    if session.expired(time.time() if now is None else now):
+        raise CliError(f"your session on {session.url} expired at {output.clock_time(session.expires_at)}; "
+                       f"run `dcluster login`", Exit.AUTH)
+    return session

@@ -1,0 +1,144 @@
+"""Statuses and roles with their rules, the strict model base, and the machine models (no Ray, no I/O)."""
+
+from __future__ import annotations
+
+import enum
+from typing import Annotated, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from dcl_core import ids
+
+
+class Role(str, enum.Enum):
+    """An account's role."""
+
+    PROVIDER = "provider"
+    BUYER = "buyer"
+    ADMIN = "admin"
+
+    def may_hold_clusters(self) -> bool:
+        """Buyers own clusters; admins see every cluster."""
+        return self in (Role.BUYER, Role.ADMIN)
+
+
+class NodeRole(str, enum.Enum):
+    """A node's (lease's) role in a buyer's sub-cluster."""
+
+    HEAD = "head"
+    WORKER = "worker"
+
+
+# A node role as plain text, as payloads, rows and tags carry it (compare with NodeRole members; format
+# with .value: f"{NodeRole.HEAD}" is "NodeRole.HEAD").
+NodeRoleValue = Literal[NodeRole.HEAD.value, NodeRole.WORKER.value]
+
+
+class MachineStatus(str, enum.Enum):
+    ONLINE = "online"
+    OFFLINE = "offline"  # missed heartbeats; comes back on the next one
+    GONE = "gone"  # the agent left on purpose
+
+    def is_leasable(self) -> bool:
+        return self is MachineStatus.ONLINE
+
+    @classmethod
+    def effective(cls, stored: str | MachineStatus, last_heartbeat: float | None, *,
+                  cutoff: float) -> MachineStatus:
+        """The online rule: a machine is online while its agent said so and its last heartbeat is at or
+        after cutoff (now - PlatformSettings.offline_after_s); a silent one reads as offline at once,
+        before the registry's sweeper persists it. The SQL twin is `actors.store.ONLINE_WHERE`."""
+        status = cls(stored)
+        if status is cls.ONLINE and (last_heartbeat or 0) < cutoff:
+            return cls.OFFLINE
+        return status
+
+
+class ClusterStatus(str, enum.Enum):
+    PENDING = "pending"  # machines reserved, launch not started
+    PROVISIONING = "provisioning"  # the launcher is starting the head; workers are joining
+    RUNNING = "running"  # head and every worker joined
+    DEGRADED = "degraded"  # running with fewer workers than requested (a machine was lost), with a reason
+    TERMINATING = "terminating"
+    TERMINATED = "terminated"  # deleted by its owner
+    FAILED = "failed"  # with a reason
+    EXPIRED = "expired"  # its lifetime ended and it was torn down
+
+    def is_terminal(self) -> bool:
+        return self in (ClusterStatus.TERMINATED, ClusterStatus.FAILED, ClusterStatus.EXPIRED)
+
+    def is_active(self) -> bool:
+        """Still holds (or is acquiring) machines and must be torn down some day."""
+        return self in (ClusterStatus.PENDING, ClusterStatus.PROVISIONING, ClusterStatus.RUNNING,
+                        ClusterStatus.DEGRADED)
+
+    @classmethod
+    def active(cls) -> tuple["ClusterStatus", ...]:
+        return tuple(s for s in cls if s.is_active())
+
+
+class LeaseStatus(str, enum.Enum):
+    RESERVED = "reserved"  # capacity held for a cluster; no node yet
+    OPEN = "open"  # the agent prepared it; the launcher runs commands in it
+    CLOSED = "closed"  # released; its processes are gone
+    LOST = "lost"  # the machine stopped answering while the lease was held
+
+    def holds_capacity(self) -> bool:
+        return self in (LeaseStatus.RESERVED, LeaseStatus.OPEN)
+
+
+class StrictModel(BaseModel):
+    """The base of every model of ours: unknown fields are an error, never ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class GpuInfo(StrictModel):
+    index: Annotated[int, Field(ge=0, le=63, description="Device index on the machine")]
+    model: Annotated[str, Field(pattern=ids.GPU_MODEL_PATTERN, description="Marketing name, e.g. 'NVIDIA H100 80GB HBM3'")]
+    memory_mb: Annotated[int, Field(ge=0, le=10_000_000, description="Total device memory in MiB")]
+    uuid: Annotated[str | None, Field(default=None, max_length=128)] = None
+
+
+# Where an agent runs leases (`dcluster-agent --runtime`): a container each, a bubblewrap sandbox each, or
+# (none) as the agent's own user, which the provider must accept with UNSANDBOXED_FLAG.
+SandboxRuntime = Literal["docker", "bwrap", "none"]
+SANDBOX_RUNTIMES: tuple[str, ...] = get_args(SandboxRuntime)
+UNSANDBOXED = "none"
+UNSANDBOXED_FLAG = "--i-understand-leases-are-unsandboxed"
+
+
+class MachineSpec(StrictModel):
+    """What the agent found (or was told) about its machine."""
+
+    hostname: Annotated[str, Field(min_length=1, max_length=255)]
+    os: Annotated[str, Field(max_length=128, description="e.g. 'Linux 6.1'")] = ""
+    arch: Annotated[str, Field(max_length=32, description="e.g. 'x86_64'")] = ""
+    cpus: Annotated[int, Field(ge=1, le=4096, description="Logical CPU count")]
+    memory_mb: Annotated[int, Field(ge=1, le=1_000_000_000, description="Total RAM in MiB")]
+    gpus: Annotated[list[GpuInfo], Field(max_length=64)] = []
+    gpus_declared: Annotated[bool, Field(description="True when GPUs were declared with --gpus, not detected")] = False
+    driver_version: Annotated[str | None, Field(max_length=64)] = None
+    cuda_version: Annotated[str | None, Field(max_length=32)] = None
+    ray_version: Annotated[str, Field(max_length=32)] = ""
+    python_version: Annotated[str, Field(max_length=32)] = ""
+    sandbox: Annotated[SandboxRuntime, Field(
+        description="Where leases run: a container, a bubblewrap sandbox, or (none) as the agent's own user")] = "none"
+
+    @property
+    def sandboxed(self) -> bool:
+        return self.sandbox != UNSANDBOXED
+
+    @property
+    def gpu_model(self) -> str | None:
+        """The machine's GPU model, or None for a CPU-only machine."""
+        return self.gpus[0].model if self.gpus else None
+
+
+class MachineUsage(StrictModel):
+    """Current use, carried by each heartbeat."""
+
+    cpu_percent: Annotated[float, Field(ge=0, le=100)] = 0.0
+    memory_used_mb: Annotated[int, Field(ge=0, le=1_000_000_000)] = 0
+    gpu_utilization: Annotated[list[Annotated[float, Field(ge=0, le=100)]], Field(max_length=64)] = []
+    active_leases: Annotated[int, Field(ge=0, le=1024)] = 0

@@ -1,0 +1,91 @@
+"""The contract between the platform and agents for node leases: work-item kinds, payloads, results.
+
+Work items reach the agent through its long poll (`GET /v1/machines/{id}/work`) as
+`{"id", "kind", "payload"}`; the agent answers each with `POST /v1/machines/{id}/results/{item id}`
+and a `WorkResult` body. Items of one lease are handled in order; leases run in parallel.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from dcl_core import domain, ids
+
+# While the platform is unreachable an agent retries at least this often (worker.client.Backoff's cap):
+# the platform gives agents this long, after it could not hear them, before it calls a machine silent.
+AGENT_MAX_RETRY_S = 30.0
+
+LEASE_OPEN = "lease_open"
+LEASE_EXEC = "lease_exec"
+LEASE_CLOSE = "lease_close"
+
+MAX_OUTPUT_BYTES = 64 * 1024
+LeaseId = Annotated[str, Field(pattern=ids.LEASE_ID_PATTERN)]
+Strict = domain.StrictModel
+
+
+class LeaseOpen(Strict):
+    """Prepare a lease: its directory, HOME, ports, auth token; nothing runs yet."""
+
+    lease_id: LeaseId
+    cluster_id: Annotated[str, Field(pattern=ids.CLUSTER_ID_PATTERN)]
+    role: domain.NodeRoleValue
+    gpu_indices: list[int] = []
+    # Merged into RAY_OVERRIDE_RESOURCES / RAY_OVERRIDE_LABELS of every command of the lease.
+    resources: dict[str, float] = {}
+    labels: dict[str, str] = {}
+    ray_auth_token: Annotated[str, Field(min_length=16, max_length=256)]
+    head_gcs_port: int | None = None  # workers: where the head's GCS listens (exported as DCL_HEAD_GCS_PORT)
+    cpus: Annotated[int, Field(ge=1, le=4096)] | None = None  # the lease's CPUs: its sandbox's CPU limit
+    image: Annotated[str, Field(max_length=256)] | None = None  # the cluster's container image (docker runtime)
+
+
+class LeaseOpened(Strict):
+    """WorkResult.data of a LEASE_OPEN."""
+
+    ports: dict[str, int]  # RayPorts.to_dict()
+    node_ip: str
+
+
+MAX_COMMAND_TIMEOUT_S = 3600.0
+
+
+class Exec(Strict):
+    """Run a launcher command on a node (op=run), or write a file there (op=put_file): the body of the
+    node provider's `POST .../nodes/{id}/exec`; the platform forwards it to the agent as a LeaseExec."""
+
+    op: Literal["run", "put_file"]
+    cmd: Annotated[str, Field(max_length=64 * 1024)] = ""
+    env: Annotated[dict[Annotated[str, Field(max_length=256)], Annotated[str, Field(max_length=64 * 1024)]],
+                   Field(max_length=256)] = {}
+    timeout_s: Annotated[float, Field(gt=0, le=MAX_COMMAND_TIMEOUT_S)] = 120.0
+    path: Annotated[str, Field(max_length=1024)] = ""  # put_file: '~' is the lease's HOME
+    content_b64: Annotated[str, Field(max_length=700 * 1024)] = ""
+
+
+class LeaseExec(Exec):
+    """An Exec addressed to one lease (work item of kind LEASE_EXEC)."""
+
+    lease_id: LeaseId
+
+
+class LeaseClose(Strict):
+    """Stop every process of the lease (and only those), then remove its files."""
+
+    lease_id: LeaseId
+    grace_s: Annotated[float, Field(ge=0, le=60)] = 2.0
+
+
+class WorkResult(Strict):
+    ok: bool
+    exit_code: int | None = None
+    output: Annotated[str, Field(max_length=MAX_OUTPUT_BYTES * 2)] = ""
+    data: dict = {}
+
+
+# Environment variables an agent sets for every command of a lease (the launcher templates use them).
+ENV_PORT_FLAGS = "DCL_RAY_PORT_FLAGS"  # all `ray start` port flags and --temp-dir of this node
+ENV_HEAD_GCS_PORT = "DCL_HEAD_GCS_PORT"
+ENV_LEASE_ID = "DCL_LEASE_ID"

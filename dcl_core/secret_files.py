@@ -1,0 +1,33 @@
+"""The one writer of owner-only files (secrets, credentials, agent state) and owner-only dirs; stdlib only."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+
+def ensure_private_dir(path: Path) -> Path:
+    """path (and parents) exists; path itself is 0700 (mkdir's mode is masked by the umask, and ignored
+    for an existing directory, hence the chmod)."""
+    path = Path(path)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+    return path
+
+
+def write_secret_file(path: Path, content: str | bytes) -> None:
+    """Create or replace path atomically, mode 0600 from the first byte (never readable by others, not even
+    for a moment; a crash never leaves half a file). The parent dir is created if missing (mode as umask)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(content.encode("utf-8") if isinstance(content, str) else content)
+        os.chmod(tmp, 0o600)  # a pre-set ACL or odd umask cannot widen it
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

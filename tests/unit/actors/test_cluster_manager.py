@@ -1,0 +1,462 @@
+"""ClusterManager logic with a real SQLite store, a fake clock, a fake registry and a fake launcher."""
+
+import asyncio
+import dataclasses
+
+import pytest
+
+from actors import auth, cluster_manager, cluster_store, lifecycle, store
+from dcl_core import domain, errors, protocol
+from actors import launcher as launcher_mod, registry as registry_mod
+from actors.settings import PlatformSettings
+from tests.protocols import assert_implements
+
+
+class FakeRegistry:
+    """Answers work items as a healthy agent would (same methods as the ProviderRegistry)."""
+
+    def __init__(self, clock=None, offline_after_s: float = 15.0):
+        self.sent: list[tuple[str, str, dict]] = []
+        self.fail_kinds: set[str] = set()
+        self.fail_opens_on: set[str] = set()  # machines whose agent cannot open a lease
+        self.clock, self.offline_after_s = clock, offline_after_s
+        self.held: dict[str, dict] = {}  # what agents' heartbeats said they hold
+
+    async def lease_liveness(self) -> dict:
+        return {"silence_cutoff": self.clock() - self.offline_after_s, "held": self.held}
+
+    async def signing_secret(self) -> str:
+        return "s" * 48
+
+    async def send_work(self, machine_id: str, kind: str, payload: dict, timeout_s: float) -> dict:
+        self.sent.append((machine_id, kind, payload))
+        if kind in self.fail_kinds or (kind == protocol.LEASE_OPEN and machine_id in self.fail_opens_on):
+            return {"ok": False, "exit_code": 1, "output": "boom", "data": {}}
+        if kind == protocol.LEASE_OPEN:
+            ports = {k: 20000 + i for i, k in enumerate(
+                ["gcs", "dashboard", "client_server", "node_manager", "object_manager", "dashboard_agent_listen",
+                 "dashboard_agent_grpc", "runtime_env_agent", "metrics_export", "autoscaler_metric",
+                 "dashboard_metric", "min_worker", "max_worker"])}
+            return {"ok": True, "exit_code": 0, "output": "", "data": {"ports": ports, "node_ip": "10.9.9.9"}}
+        return {"ok": True, "exit_code": 0, "output": "", "data": {}}
+
+
+class FakeLauncher:
+    """Does through the node API what the real launcher and the head's autoscaler do."""
+
+    def __init__(self, clock):
+        self.manager = None
+        self.clock = clock
+        self.created, self.torn_down = [], []
+        self.fail = False
+
+    async def create(self, config: dict) -> None:
+        self.created.append(config)
+        if self.fail:
+            raise RuntimeError("head start command failed")
+        if config["provider"]["type"] == "aws":
+            return  # EC2 nodes: nothing goes through the node routes
+        cid = config["provider"]["cluster_id"]
+        principal = auth.TokenIssuer("s" * 48, clock=self.clock).verify(config["provider"]["token"])
+        (head,) = await self.manager.create_nodes(principal, cid, "head", "head", {"ray-node-kind": "head"}, 1)
+        await self.manager.exec_on_node(principal, cid, head["id"], {"op": "run", "cmd": "ray start --head"})
+        n = config["available_node_types"]["worker"]["min_workers"]
+        workers = await self.manager.create_nodes(principal, cid, "worker", "worker", {}, n)
+        for w in workers:
+            await self.manager.exec_on_node(principal, cid, w["id"], {"op": "run", "cmd": "export X=1; ray start"})
+
+    async def teardown(self, config: dict) -> None:
+        self.torn_down.append(config["cluster_name"])
+
+
+def test_fakes_implement_the_protocols_of_what_they_stand_for():
+    assert_implements(cluster_manager.Registry, FakeRegistry, registry_mod.ProviderRegistry)
+    assert_implements(cluster_manager.Launcher, FakeLauncher, launcher_mod.RayClusterLauncher)
+
+
+@dataclasses.dataclass
+class Env:
+    manager: cluster_manager.ClusterManager
+    registry: FakeRegistry
+    launcher: FakeLauncher
+    buyer: auth.Principal
+    db: store.Store
+    store: cluster_store.ClusterStore  # the manager's
+    settings: PlatformSettings
+
+    def __iter__(self):
+        return iter((self.manager, self.registry, self.launcher, self.buyer, self.db))
+
+
+def build_manager(settings, registry, clock, **options):
+    launcher = FakeLauncher(clock)
+    cstore = cluster_store.ClusterStore(settings.db_path)
+    manager = cluster_manager.ClusterManager(cstore, settings, registry=registry, launcher=launcher, clock=clock,
+                                             **options)
+    launcher.manager = manager
+    return manager, launcher, cstore
+
+
+@pytest.fixture
+def env(tmp_path, clock):
+    async def build(**options):
+        settings = PlatformSettings(state_dir=tmp_path, heartbeat_interval_s=5, api_url="http://127.0.0.1:9")
+        db = store.Store(settings.db_path)
+        buyer = await db.create_account("buyer", "h", domain.Role.BUYER, clock())
+        prov = await db.create_account("prov", "h", domain.Role.PROVIDER, clock())
+        for i in range(2):
+            await db.upsert_machine(machine_id=f"m-00000000000{i}", provider_id=prov["id"], machine_key=f"key-0000{i}",
+                                    name=f"n{i}", spec=domain.MachineSpec(hostname="h", cpus=4, memory_mb=1000),
+                                    price_per_gpu_hour=0, price_per_cpu_hour=0.1, now=clock())
+        registry = FakeRegistry(clock, settings.offline_after_s)
+        manager, launcher, cstore = build_manager(settings, registry, clock, **options)
+        await manager.start()
+        principal = auth.Principal(buyer["id"], "buyer", domain.Role.BUYER)
+        return Env(manager, registry, launcher, principal, db, cstore, settings)
+    return build
+
+
+async def close(*stores):
+    for s in stores:
+        await s.close()
+
+
+async def settle(manager):
+    for _ in range(50):
+        await asyncio.sleep(0)
+    while work := manager.background_work():
+        await asyncio.gather(*work.values(), return_exceptions=True)
+
+
+def test_create_to_running_to_terminated(env, clock):
+    async def go():
+        e = await env()
+        manager, registry, launcher, buyer, db = e
+        c = await manager.create_cluster(buyer, {"num_workers": 2, "duration_s": 600})
+        assert c["status"] == "pending" and len(c["nodes"]) == 3
+        await settle(manager)
+        await manager.reconcile_once()
+        c = await manager.get_cluster(buyer, c["id"])
+        assert c["status"] == "running" and c["workers_joined"] == 2
+        opens = [p for _, k, p in registry.sent if k == protocol.LEASE_OPEN]
+        assert {p["labels"]["dcluster.io/cluster"] for p in opens} == {c["id"]}
+        worker_opens = [p for p in opens if p["role"] == "worker"]
+        assert all(p["head_gcs_port"] == 20000 for p in worker_opens)
+        assert all(p["resources"] == {f"provider_{p['labels']['dcluster.io/machine']}": 1.0} for p in worker_opens)
+        conn = await manager.connection(buyer, c["id"])
+        assert conn["gcs_address"] == "10.9.9.9:20000" and len(conn["ray_auth_token"]) == 64
+        d = await manager.delete_cluster(buyer, c["id"])
+        assert d["status"] == "terminating"
+        await settle(manager)
+        c = await manager.get_cluster(buyer, c["id"])
+        assert c["status"] == "terminated" and launcher.torn_down == [c["id"]]
+        assert all(n["status"] == "closed" for n in c["nodes"])
+        assert (await manager.delete_cluster(buyer, c["id"]))["status"] == "terminated"
+        kinds = [e["kind"] for e in await manager.cluster_events(buyer, c["id"])]
+        assert kinds[0] == "created" and "running" in kinds and kinds[-1] == "terminated"
+        await close(e.store, db)
+    asyncio.run(go())
+
+
+def test_short_capacity_is_409_and_leaves_nothing(env):
+    async def go():
+        e = await env()
+        manager, _, _, buyer, db = e
+        with pytest.raises(errors.Conflict, match="not enough capacity") as caught:
+            await manager.create_cluster(buyer, {"num_workers": 8, "duration_s": 600})
+        assert caught.value.fields["available"]["cpu-only"]["free_cpus"] == 8
+        assert await manager.list_clusters(buyer) == []
+        await close(e.store, db)
+    asyncio.run(go())
+
+
+def test_launcher_failure_fails_with_reason_and_releases(env):
+    async def go():
+        e = await env()
+        manager, _, launcher, buyer, db = e
+        launcher.fail = True
+        c = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
+        await settle(manager)
+        c = await manager.get_cluster(buyer, c["id"])
+        assert c["status"] == "failed" and "head start command failed" in c["reason"]
+        assert all(n["status"] == "closed" for n in c["nodes"])
+        # The machines are free again.
+        c2 = await manager.create_cluster(buyer, {"num_workers": 3, "duration_s": 600})
+        assert len(c2["nodes"]) == 4
+        await settle(manager)
+        await close(e.store, db)
+    asyncio.run(go())
+
+
+def test_restart_during_provisioning_fails_and_cleans_up(env, tmp_path, clock):
+    async def go():
+        e = await env()
+        manager, registry, launcher, buyer, db = e
+        c = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
+        for task in manager.background_work().values():
+            task.cancel()  # the actor died mid-launch
+        await asyncio.sleep(0)
+        again, _, again_store = build_manager(e.settings, registry, clock)
+        await again.start()
+        await settle(again)
+        got = await again.get_cluster(buyer, c["id"])
+        assert got["status"] == "failed" and "restarted" in got["reason"]
+        assert all(n["status"] == "closed" for n in got["nodes"])
+        await close(e.store, again_store, db)
+    asyncio.run(go())
+
+
+def test_expiry_and_lost_head(env, clock):
+    async def go():
+        e = await env()
+        manager, _, _, buyer, db = e
+        c = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 60})
+        await settle(manager)
+        clock.advance(61)
+        assert await manager.expire(c["id"], c["expires_at"])  # what the ExpiryReaper calls at the deadline
+        assert not await manager.expire(c["id"], c["expires_at"])  # never twice
+        for m in ("m-000000000000", "m-000000000001"):  # keep machines fresh
+            await db.record_heartbeat(m, clock(), domain.MachineUsage())
+        await manager.reconcile_once()
+        await settle(manager)
+        assert (await manager.get_cluster(buyer, c["id"]))["status"] == "expired"
+
+        c = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
+        await settle(manager)
+        head = next(n for n in (await manager.get_cluster(buyer, c["id"]))["nodes"] if n["role"] == "head")
+        clock.advance(30)  # every machine silent for 6 beats
+        await manager.reconcile_once()
+        await settle(manager)
+        got = await manager.get_cluster(buyer, c["id"])
+        assert got["status"] == "failed" and head["machine_id"] in got["reason"]
+        await close(e.store, db)
+    asyncio.run(go())
+
+
+def test_a_node_its_agent_no_longer_holds_is_lost(env, clock):
+    """An agent restarted (it cleans up its previous run's leases) while its machine stayed online."""
+    async def go():
+        e = await env()
+        manager, registry, _, buyer, db = e
+        c = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
+        await settle(manager)
+        nodes = (await manager.get_cluster(buyer, c["id"]))["nodes"]
+        assert {n["status"] for n in nodes} == {"open"}
+        head = next(n for n in nodes if n["role"] == "head")
+        clock.advance(5)
+        for m in ("m-000000000000", "m-000000000001"):
+            await db.record_heartbeat(m, clock(), domain.MachineUsage())
+        # A heartbeat sent right after the nodes opened may not list them yet: no verdict.
+        registry.held = {m: {"at": clock(), "leases": []} for m in ("m-000000000000", "m-000000000001")}
+        await manager.reconcile_once()
+        assert (await manager.get_cluster(buyer, c["id"]))["status"] == "running"
+        # Later heartbeats still without the head: its agent no longer runs it.
+        clock.advance(lifecycle.HELD_MARGIN_S + 1)
+        for m in ("m-000000000000", "m-000000000001"):
+            await db.record_heartbeat(m, clock(), domain.MachineUsage())
+        registry.held = {m: {"at": clock(), "leases": [n["id"] for n in nodes if n["id"] != head["id"]]}
+                         for m in ("m-000000000000", "m-000000000001")}
+        await manager.reconcile_once()
+        await settle(manager)
+        got = await manager.get_cluster(buyer, c["id"])
+        assert got["status"] == "failed" and "no longer runs it" in got["reason"], got["reason"]
+        await close(e.store, db)
+    asyncio.run(go())
+
+
+def test_other_buyers_and_scoped_credentials(env):
+    async def go():
+        e = await env()
+        manager, _, _, buyer, db = e
+        c = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
+        other = auth.Principal(999, "other", domain.Role.BUYER)
+        with pytest.raises(errors.NotFound):
+            await manager.get_cluster(other, c["id"])
+        wrong_scope = auth.Principal(buyer.account_id, "x", domain.Role.BUYER, cluster_id="c-000000000000")
+        with pytest.raises(errors.NotFound):
+            await manager.list_nodes(wrong_scope, c["id"])
+        await settle(manager)
+        await close(e.store, db)
+    asyncio.run(go())
+
+
+def test_aws_backend_only_when_enabled(env, tmp_path, clock):
+    from configs import aws
+
+    async def go():
+        e = await env()
+        manager, _, launcher, buyer, db = e
+        with pytest.raises(errors.InvalidInput, match="not enabled"):
+            await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600, "backend": "aws"})
+        await close(e.store)
+        # The same platform restarted with an `aws:` block in its settings.
+        manager, launcher, e.store = build_manager(
+            e.settings.model_copy(update={"aws": aws.AwsSettings(allowed_cidr="203.0.113.0/24")}), e.registry, clock)
+        await manager.start()
+        c = await manager.create_cluster(buyer, {"num_workers": 2, "gpus_per_worker": 1, "duration_s": 600,
+                                                 "backend": "aws"})
+        assert c["nodes"] == []  # no provider machine is leased
+        await settle(manager)
+        (config,) = launcher.created
+        assert config["provider"]["type"] == "aws" and config["provider"]["security_group"]["IpPermissions"]
+        assert (await manager.get_cluster(buyer, c["id"]))["status"] == "running"
+        await manager.delete_cluster(buyer, c["id"])
+        await settle(manager)
+        assert (await manager.get_cluster(buyer, c["id"]))["status"] == "terminated"
+        assert launcher.torn_down == [c["id"]]
+        await close(e.store, db)
+    asyncio.run(go())
+
+
+def test_sweep_closes_leases_no_live_cluster_owns(env, clock):
+    async def go():
+        e = await env()
+        manager, registry, _, buyer, db = e
+        c = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
+        await settle(manager)
+        # A crash between steps: the cluster is recorded as ended while its nodes are still open.
+        lease = next(n for n in c["nodes"] if n["role"] == "worker")
+        await e.store.set_cluster_status(c["id"], domain.ClusterStatus.FAILED, clock())
+        got = await manager.sweep()
+        assert got["leases_closed"] == 2  # head and worker
+        assert (await e.store.get_lease(lease["id"]))["status"] == "closed"
+        assert lease["id"] in [p["lease_id"] for _, k, p in registry.sent if k == protocol.LEASE_CLOSE]
+        assert (await manager.sweep())["leases_closed"] == 0
+        await close(e.store, db)
+    asyncio.run(go())
+
+
+# --- a node a machine cannot open is retried elsewhere ---------------------------------------
+
+def test_a_node_that_fails_to_open_is_moved_to_another_machine(env):
+    async def go():
+        e = await env()
+        manager, registry, _, buyer, db = e
+        registry.fail_opens_on = {"m-000000000000"}  # e.g. an agent whose first opens failed
+        c = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
+        await settle(manager)
+        await manager.reconcile_once()
+        c = await manager.get_cluster(buyer, c["id"])
+        assert c["status"] == "running", c["reason"]
+        live = [n for n in c["nodes"] if n["status"] == "open"]
+        assert {n["machine_id"] for n in live} == {"m-000000000001"} and len(live) == 2
+        assert all(n["status"] == "lost" for n in c["nodes"] if n["machine_id"] == "m-000000000000")
+        events = await manager.cluster_events(buyer, c["id"])
+        failed = [e["message"] for e in events if e["kind"] == "lease_failed"]
+        retries = [e["message"] for e in events if e["kind"] == "node_retry"]
+        assert failed and all("attempt 1 of 3" in m and "m-000000000000" in m for m in failed)
+        assert retries and all("attempt 2 of 3 on machine m-000000000001" in m for m in retries)
+        # Nothing still holds capacity on the machine that failed.
+        assert not [l for l in await e.store.active_leases() if l["machine_id"] == "m-000000000000"]
+        await close(e.store, db)
+    asyncio.run(go())
+
+
+def test_a_node_no_machine_can_open_fails_the_cluster_after_bounded_attempts(env):
+    async def go():
+        e = await env()
+        manager, registry, _, buyer, db = e
+        registry.fail_opens_on = {"m-000000000000", "m-000000000001"}
+        c = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
+        await settle(manager)
+        c = await manager.get_cluster(buyer, c["id"])
+        assert c["status"] == "failed" and "could not be opened in 3 attempts" in c["reason"]
+        head_opens = [m for m, k, p in registry.sent if k == protocol.LEASE_OPEN and p["role"] == "head"]
+        assert len(head_opens) == cluster_manager.NODE_OPEN_ATTEMPTS
+        assert head_opens[0] != head_opens[1]  # the second try went to the other machine
+        kinds = [e["kind"] for e in await manager.cluster_events(buyer, c["id"])]
+        assert kinds.count("lease_failed") == 3 and kinds.count("node_retry") == 2
+        assert await e.store.active_leases() == []
+        await close(e.store, db)
+    asyncio.run(go())
+
+
+# --- quotas and the buyer's price ceiling -------------------------------------------------------
+
+async def add_machine(db, clock, machine_id: str, *, cpus: int, gpus=(), price_per_gpu_hour: float = 0.0,
+                      price_per_cpu_hour: float = 0.1) -> None:
+    """One more online machine, of a provider of its own."""
+    prov = await db.create_account("prov-" + machine_id, "h", domain.Role.PROVIDER, clock())
+    await db.upsert_machine(machine_id=machine_id, provider_id=prov["id"], machine_key="key-" + machine_id,
+                            name=machine_id, spec=domain.MachineSpec(hostname="h", cpus=cpus, memory_mb=1000,
+                                                                     gpus=list(gpus)),
+                            price_per_gpu_hour=price_per_gpu_hour, price_per_cpu_hour=price_per_cpu_hour, now=clock())
+
+
+def test_quotas_refuse_with_403_naming_the_limit_and_admins_set_them(env, clock):
+    async def go():
+        e = await env()
+        manager, _, _, buyer, db = e
+        admin_row = await db.create_account("root", "h", domain.Role.ADMIN, clock())
+        admin = auth.Principal(admin_row["id"], "root", domain.Role.ADMIN)
+        with pytest.raises(errors.Forbidden, match="only an admin"):
+            await manager.set_quota(buyer, buyer.account_id, {"max_clusters": 99})
+        q = await manager.set_quota(admin, buyer.account_id, {"max_clusters": 1, "max_cpus": 3})
+        assert q["limits"]["max_clusters"] == 1 and q["limits"]["max_gpus"] == 64
+        assert q["overrides"] == {"max_clusters": 1, "max_gpus": None, "max_cpus": 3, "max_gpu_hours": None}
+        with pytest.raises(errors.Forbidden, match="quota max_cpus exceeded"):
+            await manager.create_cluster(buyer, {"num_workers": 3, "duration_s": 600})  # 3 + a head's 1 > 3
+        c = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
+        with pytest.raises(errors.Forbidden, match="quota max_clusters exceeded"):
+            await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
+        seen = await manager.get_quota(buyer, buyer.account_id)
+        assert seen["used"] == {"clusters": 1, "gpus": 0, "cpus": 2, "gpu_hours": 0}
+        with pytest.raises(errors.NotFound):
+            await manager.get_quota(buyer, admin.account_id)  # another account's: not there
+        with pytest.raises(errors.InvalidInput, match="quotas limit buyers"):
+            await manager.set_quota(admin, admin.account_id, {})
+        await settle(manager)
+        await manager.delete_cluster(buyer, c["id"])
+        await settle(manager)
+        # Ended clusters no longer count; resetting an override brings back the default.
+        await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
+        q = await manager.set_quota(admin, buyer.account_id, {})
+        assert q["limits"]["max_clusters"] == 10 and q["overrides"]["max_clusters"] is None
+        await settle(manager)
+        await close(e.store, db)
+    asyncio.run(go())
+
+
+def test_gpu_hours_count_lifetimes_and_extensions(env, clock):
+    async def go():
+        e = await env()
+        manager, _, _, buyer, db = e
+        gpus = [domain.GpuInfo(index=i, model="T4", memory_mb=16000) for i in range(4)]
+        await add_machine(db, clock, "m-gpu000000000", cpus=8, gpus=gpus, price_per_gpu_hour=1.0)
+        admin = auth.Principal(999, "root", domain.Role.ADMIN)
+        await manager.set_quota(admin, buyer.account_id, {"max_gpu_hours": 10})
+        with pytest.raises(errors.Forbidden, match="quota max_gpu_hours exceeded"):  # 4 GPUs × 3 h = 12
+            await manager.create_cluster(buyer, {"num_workers": 2, "gpus_per_worker": 2, "duration_s": 3 * 3600})
+        c = await manager.create_cluster(buyer, {"num_workers": 2, "gpus_per_worker": 2, "duration_s": 2 * 3600})
+        with pytest.raises(errors.Forbidden, match="quota max_gpu_hours exceeded"):  # 8 + 4 × 1 h > 10
+            await manager.extend_cluster(buyer, c["id"], 3600)
+        await manager.extend_cluster(buyer, c["id"], 1800)  # 8 + 2 = 10: exactly the limit
+        await settle(manager)
+        await close(e.store, db)
+    asyncio.run(go())
+
+
+def test_max_price_is_kept_with_the_spec_and_holds_for_replacements(env, clock):
+    async def go():
+        e = await env()
+        manager, registry, _, buyer, db = e
+        await add_machine(db, clock, "m-dear00000000", cpus=64, price_per_cpu_hour=10_000)
+        with pytest.raises(errors.Conflict, match=r"the cheapest machine that fits the worker costs \$0.1 per CPU-hour"):
+            await manager.create_cluster(buyer, {"num_workers": 1, "cpus_per_worker": 2, "duration_s": 600,
+                                                 "max_price_per_cpu_hour": 0.05})
+        c = await manager.create_cluster(buyer, {"num_workers": 1, "cpus_per_worker": 2, "duration_s": 600,
+                                                 "max_price_per_cpu_hour": 0.5})
+        assert c["max_price_per_cpu_hour"] == 0.5 and c["max_price_per_gpu_hour"] is None
+        assert "m-dear00000000" not in {n["machine_id"] for n in c["nodes"]}
+        await settle(manager)
+        await manager.reconcile_once()
+        # Both cheap machines fail to open anything now: a replacement must not go to the dear one.
+        registry.fail_opens_on = {"m-000000000000", "m-000000000001"}
+        principal = auth.Principal(buyer.account_id, "cluster-" + c["id"], domain.Role.BUYER, cluster_id=c["id"])
+        (worker,) = [n for n in (await manager.get_cluster(buyer, c["id"]))["nodes"] if n["role"] == "worker"]
+        await manager.terminate_node(principal, c["id"], worker["id"])
+        with pytest.raises(errors.Conflict):
+            await manager.create_nodes(principal, c["id"], "worker", "worker", {}, 1)
+        assert not [m for m, k, _ in registry.sent if k == protocol.LEASE_OPEN and m == "m-dear00000000"]
+        await close(e.store, db)
+    asyncio.run(go())

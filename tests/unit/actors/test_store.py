@@ -1,0 +1,132 @@
+import asyncio
+import os
+import stat
+
+import pytest
+
+from actors import store
+from dcl_core import domain, errors
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def spec(gpus=0, model="NVIDIA T4"):
+    return domain.MachineSpec(hostname="h", cpus=8, memory_mb=16000,
+                              gpus=[domain.GpuInfo(index=i, model=model, memory_mb=16000) for i in range(gpus)])
+
+
+def test_migrations_set_schema_version_and_wal(tmp_path):
+    async def go():
+        s = store.Store(tmp_path / "p.db")
+        assert await s.schema_version() == len(store.MIGRATIONS)
+        (mode,) = await (await (await s.conn()).execute("PRAGMA journal_mode")).fetchone()
+        await s.close()
+        # Re-opening runs no migration twice.
+        s2 = store.Store(tmp_path / "p.db")
+        assert await s2.schema_version() == len(store.MIGRATIONS)
+        await s2.close()
+        return mode
+    assert run(go()) == "wal"
+    assert stat.S_IMODE(os.stat(tmp_path / "p.db").st_mode) == 0o600
+
+
+def test_duplicate_username_is_a_conflict_and_keeps_the_first(tmp_path):
+    async def go():
+        s = store.Store(tmp_path / "p.db")
+        first = await s.create_account("alice", "h1", domain.Role.BUYER, 1.0)
+        with pytest.raises(errors.Conflict):
+            await s.create_account("alice", "h2", domain.Role.ADMIN, 2.0)
+        again = await s.get_account_by_username("alice")
+        await s.close()
+        return first, again
+    first, again = run(go())
+    assert again == first and again["password_hash"] == "h1"
+
+
+def test_machine_upsert_is_idempotent_per_key_and_survives_reopen(tmp_path):
+    async def go():
+        s = store.Store(tmp_path / "p.db")
+        acct = await s.create_account("prov", "h", domain.Role.PROVIDER, 1.0)
+        a = await s.upsert_machine(machine_id="m-aaaaaaaaaaaa", provider_id=acct["id"], machine_key="key-00001",
+                                   name="one", spec=spec(2), price_per_gpu_hour=1.0, price_per_cpu_hour=0.0, now=5.0)
+        b = await s.upsert_machine(machine_id="m-bbbbbbbbbbbb", provider_id=acct["id"], machine_key="key-00001",
+                                   name="renamed", spec=spec(4), price_per_gpu_hour=2.0, price_per_cpu_hour=0.0, now=6.0)
+        await s.close()
+        s = store.Store(tmp_path / "p.db")
+        rows = await s.list_machines(acct["id"])
+        await s.close()
+        return a, b, rows
+    a, b, rows = run(go())
+    assert a["id"] == b["id"] == "m-aaaaaaaaaaaa"
+    assert len(rows) == 1 and rows[0]["name"] == "renamed" and rows[0]["gpus"] == 4
+
+
+def test_silent_machines_go_offline(tmp_path):
+    async def go():
+        s = store.Store(tmp_path / "p.db")
+        acct = await s.create_account("prov", "h", domain.Role.PROVIDER, 1.0)
+        for i, now in enumerate([10.0, 20.0]):
+            await s.upsert_machine(machine_id=f"m-00000000000{i}", provider_id=acct["id"], machine_key=f"key-0000{i}",
+                                   name=f"n{i}", spec=spec(), price_per_gpu_hour=0, price_per_cpu_hour=0, now=now)
+        gone = await s.mark_silent_machines_offline(cutoff=15.0)
+        online = await s.list_machines_by_status(domain.MachineStatus.ONLINE)
+        await s.close()
+        return gone, [r["id"] for r in online]
+    gone, online = run(go())
+    assert gone == ["m-000000000000"] and online == ["m-000000000001"]
+
+
+def test_a_version_2_database_migrates_to_quotas_and_keeps_its_data(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    for script in store.MIGRATIONS[:2]:
+        conn.executescript(script)
+    conn.execute("PRAGMA user_version = 2")
+    conn.execute("INSERT INTO accounts (username, password_hash, role, created_at) VALUES ('old', 'h', 'buyer', 1)")
+    conn.commit()
+    conn.close()
+
+    async def go():
+        s = store.Store(path)
+        assert await s.schema_version() == len(store.MIGRATIONS) >= 3
+        assert (await s.get_account_by_username("old"))["role"] == "buyer"
+        rows = await s._fetchall("SELECT * FROM account_quotas")
+        await s.close()
+        return rows
+    assert run(go()) == []
+
+
+def test_a_cancelled_write_never_leaves_the_write_lock_held(tmp_path):
+    """A caller cancelled half-way through a write (an HTTP client that hung up) must not leave a
+    transaction open: it would hold SQLite's write lock and stall every other writer (heartbeats)."""
+    import sqlite3
+
+    async def go():
+        s = store.Store(tmp_path / "p.db")
+        await s.conn()
+        task = asyncio.create_task(s.create_account("alice", "h", domain.Role.BUYER, 1.0))
+        await asyncio.sleep(0)  # the INSERT is on its way in aiosqlite's thread
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        for _ in range(100):  # the shielded write finishes on its own
+            await asyncio.sleep(0.01)
+        try:
+            in_transaction = (await s.conn()).in_transaction
+            other = sqlite3.connect(tmp_path / "p.db", timeout=0.5)
+            try:  # another process's writer gets the lock
+                other.execute("INSERT INTO accounts (username, password_hash, role, created_at)"
+                              " VALUES ('bob', 'h', 'buyer', 1)")
+                other.commit()
+            finally:
+                other.close()
+            names = {r["username"] for r in await s._fetchall("SELECT username FROM accounts")}
+        finally:
+            await s.close()
+        return in_transaction, names
+    in_transaction, names = run(go())
+    assert not in_transaction and names == {"alice", "bob"}

@@ -1,0 +1,1 @@
+"""The provider agent: runs on providers' machines (detection, registration, heartbeats, leased nodes)."""

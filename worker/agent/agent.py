@@ -1,0 +1,447 @@
+"""The provider agent: registers this machine, heartbeats, long-polls for work, leaves on stop."""
+
+from __future__ import annotations
+
+import base64
+import collections
+import logging
+import random
+import threading
+import time
+from typing import Any, Callable
+
+import pydantic
+
+from dcl_core import domain, protocol
+from worker import client as api
+from worker.agent import detect, leases, sandbox as sandbox_mod
+from worker.agent.sandbox import base as sandbox_base
+from worker.agent.state import AgentSettings, MachineState, machine_name
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_HEARTBEAT_S = 5.0
+_OUTAGE_LOG_EVERY_S = 60.0
+RESULT_POST_ATTEMPTS = 6  # backoff 1, 2, 4, 8, 16 s between them: about half a minute
+LEASES_DIR = "leases"
+
+
+class Agent:
+    """Keeps this machine registered and heartbeating; hands platform work items to handlers."""
+
+    def __init__(self, client: api.PlatformApi, settings: AgentSettings, *,
+                 detect_fn: Callable[[], domain.MachineSpec] | None = None,
+                 usage_fn: Callable[[int], domain.MachineUsage] | None = None,
+                 sleep: Callable[[float], Any] | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 rand: Callable[[], float] = random.random,
+                 lease_runner: leases.LeaseRunner | None = None):
+        self.client = client
+        self.settings = settings
+        self._detect = detect_fn or (lambda: detect.detect_machine(
+            settings.declared_gpus, settings.declared_gpu_model, settings.declared_gpu_memory_mb,
+            declared_cpus=settings.declared_cpus))
+        self._usage = usage_fn or self._default_usage
+        self._sleep = sleep  # None: wait on the stop event, so stop() interrupts every wait
+        self._clock = clock
+        self._rand = rand
+        self._state = MachineState(settings.state_dir)
+        self.machine_key = self._state.machine_key
+        self.machine_id: str | None = None  # set once registered in this run
+        self.spec: domain.MachineSpec | None = None
+        self.heartbeat_interval_s = DEFAULT_HEARTBEAT_S
+        # Work item kind -> handler(item), called on the poll thread: a handler must not block.
+        self.work_handlers: dict[str, Callable[[dict], Any]] = {}
+        if lease_runner is None:
+            runtime = sandbox_mod.make_runtime(settings.runtime, gpu_dev_root=settings.gpu_device_dir,
+                                               docker_image=settings.docker_image)
+            lease_runner = leases.LeaseRunner(self._state.dir / LEASES_DIR, machine_id_fn=lambda: self.machine_id,
+                                              runtime=runtime, limits_fn=self._lease_limits)
+        self.leases = lease_runner
+        # Items of one lease run in order on one thread, leases in parallel: lease id -> pending items.
+        # A lease's thread exists while it has items and ends when its queue is empty.
+        self._lease_queues: dict[str, collections.deque] = {}
+        self._lease_queues_lock = threading.Lock()
+        for kind in (protocol.LEASE_OPEN, protocol.LEASE_EXEC, protocol.LEASE_CLOSE):
+            self.work_handlers[kind] = self._enqueue_lease_item
+        self._need_login = True
+        self._hb_backoff = api.Backoff(rand=rand)
+        self._poll_backoff = api.Backoff(rand=rand)
+        self._outage_since: float | None = None
+        self._outage_logged_at = 0.0
+        self._was_unreachable = False
+        self._stopping = threading.Event()
+        self._stopped = threading.Event()
+        self._stop_started = False
+        self._in_long_poll = threading.Event()  # set while the poll thread only waits on the network
+        self._poll_wakeup = threading.Event()  # ends the poll thread's backoff once the platform is back
+        self._threads: dict[str, threading.Thread] = {}
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the heartbeat and work-poll threads (daemons: an in-flight long poll never blocks exit)."""
+        if self._threads:
+            return
+        try:
+            recovered = self.leases.recover()
+            if recovered:
+                logger.warning("cleaned up %d lease(s) left by a previous run of the agent: %s",
+                               len(recovered), ", ".join(recovered))
+        except Exception:  # noqa: BLE001 - the machine can still serve; the leftovers stay on disk
+            logger.exception("cleaning up leases of a previous run failed")
+        logger.info("agent for %s as %s (machine_key %s, state %s)", self.settings.platform_url,
+                    self.settings.username, self.machine_key, self._state.path)
+        for name, step, wakeup in (("heartbeat", self.heartbeat_step, self._stopping),
+                                   ("poll", self.poll_step, self._poll_wakeup)):
+            thread = threading.Thread(target=self._loop, args=(step, wakeup), name=f"dcluster-agent-{name}",
+                                      daemon=True)
+            thread.start()
+            self._threads[name] = thread
+
+    def run(self) -> None:
+        """start(), then block until stop() (e.g. from a signal handler) has finished."""
+        self.start()
+        while not self._stopping.wait(0.5):  # short waits keep the main thread free for signal handlers
+            pass
+        self.stop()
+        self._stopped.wait(self.settings.stop_join_s + self.settings.leave_timeout_s + 1)
+
+    @property
+    def poll_wakeup(self) -> threading.Event:
+        """Set when the poll thread should end its backoff now (the platform answered a heartbeat again)."""
+        return self._poll_wakeup
+
+    @property
+    def stopping(self) -> threading.Event:
+        """Set once stop() began."""
+        return self._stopping
+
+    def poll_backoff_attempts(self) -> int:
+        return self._poll_backoff.attempts
+
+    def lease_queues(self) -> dict[str, int]:
+        """Work items waiting per lease thread (a lease's thread ends, and leaves this, when it is idle)."""
+        with self._lease_queues_lock:
+            return {k: len(q) for k, q in self._lease_queues.items()}
+
+    def stop(self) -> None:
+        """Stop the loops, stop what the agent started, then tell the platform we leave (best effort)."""
+        if self._stop_started:  # a second signal, or run() after the handler already stopped us
+            return
+        self._stop_started = True
+        self._stopping.set()
+        self._poll_wakeup.set()
+        deadline = time.monotonic() + self.settings.stop_join_s
+        for name, thread in self._threads.items():
+            if thread is threading.current_thread():
+                continue
+            if name == "poll" and self._in_long_poll.is_set():
+                continue  # nothing to finish there, and the daemon thread never blocks exit
+            thread.join(max(0.0, deadline - time.monotonic()))
+        try:
+            self._stop_leases()
+        except Exception:  # noqa: BLE001 - leaving the platform matters more than a clean lease stop
+            logger.exception("stopping leases failed")
+        machine_id = self.machine_id
+        if machine_id is not None:
+            try:
+                self.client.leave(machine_id, timeout_s=self.settings.leave_timeout_s)
+                logger.info("machine %s left the platform", machine_id)
+            except api.ClientError as exc:
+                logger.warning("could not tell the platform that machine %s left (%s); it will be marked "
+                               "offline after missed heartbeats", machine_id, exc)
+            except Exception:  # noqa: BLE001
+                logger.exception("leave failed")
+        self._stopped.set()
+
+    def _stop_leases(self) -> None:
+        """Stop every node this agent runs for buyers (and refuse new ones)."""
+        results = self.leases.close_all()
+        if results:
+            failed = [lease_id for lease_id, result in results.items() if not result.ok]
+            logger.info("closed %d lease(s)%s", len(results), f"; failed: {', '.join(failed)}" if failed else "")
+
+    def active_leases(self) -> int:
+        return len(self.leases.lease_ids())
+
+    # --- loops ---------------------------------------------------------------------------
+
+    def wait(self, seconds: float, wakeup: threading.Event) -> bool:
+        """Wait, or return early when wakeup is set (stop() sets them all); True when stopping."""
+        if self._sleep is not None:
+            self._sleep(seconds)
+        elif wakeup.wait(seconds) and wakeup is not self._stopping:
+            wakeup.clear()
+        return self._stopping.is_set()
+
+    def _loop(self, step: Callable[[], float], wakeup: threading.Event) -> None:
+        while not self._stopping.is_set():
+            try:
+                delay = step()
+            except Exception:  # noqa: BLE001 - steps catch their own errors; this is the last net
+                logger.exception("agent loop step failed")
+                delay = 1.0
+            if self.wait(delay, wakeup):
+                return
+
+    def heartbeat_step(self) -> float:
+        """Log in and register when needed, then heartbeat; returns seconds until the next step."""
+        stage = "login"
+        try:
+            if self._need_login:
+                self.client.login(self.settings.username, self.settings.password.get_secret_value())
+                self._need_login = False
+                logger.info("logged in as %s", self.settings.username)
+            if self.machine_id is None:
+                stage = "register"
+                self._register()
+            stage = "heartbeat"
+            held = self.leases.lease_ids()
+            ack = self.client.heartbeat(self.machine_id, self._usage(len(held)), held)
+            self._set_interval(ack)
+            self._close_stale_leases(ack.get("stale_leases") or [])
+        except api.ApiError as exc:
+            if exc.is_transient:
+                self._failed(stage, exc)
+                return max(self._hb_backoff.next(), min(exc.retry_after_s or 0.0, 300.0))  # 429 says when
+            if self._was_unreachable:  # it answers again: start re-login/re-register without the outage's delay
+                self._was_unreachable = False
+                self._hb_backoff.reset()
+            if stage == "heartbeat" and exc.status_code == 404:
+                logger.warning("the platform no longer knows machine %s; registering again", self.machine_id)
+                self.machine_id = None
+            elif stage != "login" and exc.status_code == 401:
+                logger.warning("the platform rejected our token at %s; logging in again", stage)
+                self._need_login, self.machine_id = True, None
+            else:
+                self._failed(stage, exc)
+            return self._hb_backoff.next()
+        except api.PlatformUnreachable as exc:
+            self._failed(stage, exc)
+            return self._hb_backoff.next()
+        except Exception:  # noqa: BLE001 - never let the heartbeat loop die
+            logger.exception("unexpected error at %s", stage)
+            return self._hb_backoff.next()
+        self._recovered()
+        self._hb_backoff.reset()
+        return self.heartbeat_interval_s
+
+    def _lease_limits(self, payload: protocol.LeaseOpen) -> sandbox_base.LeaseLimits:
+        """A lease gets its CPUs, their share of the machine's RAM (at most --lease-memory-mb), --lease-pids."""
+        cpus = payload.cpus
+        memory_mb = self.settings.lease_memory_mb
+        if cpus and self.spec is not None:
+            share = max(256, int(self.spec.memory_mb * min(1.0, cpus / self.spec.cpus)))
+            memory_mb = min(memory_mb, share) if memory_mb else share
+        return sandbox_base.LeaseLimits(cpus=float(cpus) if cpus else None, memory_mb=memory_mb,
+                                        pids=self.settings.lease_pids)
+
+    def _register(self) -> None:
+        # Detected again on each registration: drivers and GPUs change over days.
+        self.spec = self._detect().model_copy(update={"sandbox": self.leases.runtime.name})
+        name = self.settings.name or machine_name(self.spec.hostname)
+        answer = self.client.register_machine(self.machine_key, name, self.spec,
+                                              self.settings.price_per_gpu_hour, self.settings.price_per_cpu_hour)
+        self.machine_id = str(answer["id"])
+        self._set_interval(answer)
+        self._wake_poll()
+        logger.info("registered machine %s as %r: %d CPUs, %d MiB RAM, %d GPU(s)%s", self.machine_id, name,
+                    self.spec.cpus, self.spec.memory_mb, len(self.spec.gpus),
+                    f" {self.spec.gpu_model}" if self.spec.gpus else "")
+        if self._state.machine_id != self.machine_id:
+            self._state.machine_id = self.machine_id
+            try:
+                self._state.save()
+            except OSError as exc:  # the key is already on disk; only the informative id is lost
+                logger.warning("could not save %s: %s", self._state.path, exc)
+
+    def _set_interval(self, answer: Any) -> None:
+        try:
+            self.heartbeat_interval_s = min(300.0, max(0.1, float(answer["heartbeat_interval_s"])))
+        except (KeyError, TypeError, ValueError):
+            pass  # keep the last interval the platform gave
+
+    def _failed(self, stage: str, exc: Exception) -> None:
+        """Log a failure once, then once a minute while it lasts (agents run for days)."""
+        self._was_unreachable = isinstance(exc, api.PlatformUnreachable) or getattr(exc, "is_transient", False)
+        now = self._clock()
+        if self._outage_since is None:
+            self._outage_since = self._outage_logged_at = now
+            logger.warning("%s failed: %s; retrying with backoff", stage, exc)
+        elif now - self._outage_logged_at >= _OUTAGE_LOG_EVERY_S:
+            self._outage_logged_at = now
+            logger.warning("%s still failing after %.0f s: %s", stage, now - self._outage_since, exc)
+        else:
+            logger.debug("%s failed: %s", stage, exc)
+
+    def _recovered(self) -> None:
+        if self._outage_since is not None:
+            logger.info("platform reachable again after %.0f s", self._clock() - self._outage_since)
+            self._outage_since = None
+            self._wake_poll()
+
+    def _wake_poll(self) -> None:
+        """Let the poll thread retry now rather than at the end of its outage backoff."""
+        self._poll_backoff.reset()
+        self._poll_wakeup.set()
+
+    def poll_step(self) -> float:
+        machine_id = self.machine_id
+        if machine_id is None:
+            return 0.2  # the heartbeat thread is still registering
+        started = self._clock()
+        self._in_long_poll.set()
+        try:
+            if self._stopping.is_set():  # checked after the flag, so stop() either sees it or we see stop
+                return 0.0
+            items = self.client.poll_work(machine_id, wait_s=self.settings.poll_wait_s)
+        except api.ClientError as exc:
+            # The heartbeat loop reports outages and re-registers; here only back off.
+            logger.debug("work poll failed: %s", exc)
+            return self._poll_backoff.next()
+        except Exception:  # noqa: BLE001
+            logger.exception("unexpected error polling for work")
+            return self._poll_backoff.next()
+        finally:
+            self._in_long_poll.clear()
+        self._poll_backoff.reset()
+        for item in items:
+            if self._stopping.is_set():
+                break
+            self.handle_work(item)
+        # An empty answer that came back at once means no long poll: don't hammer the platform.
+        return 1.0 if not items and self._clock() - started < 1.0 else 0.0
+
+    # --- work ----------------------------------------------------------------------------
+
+    def handle_work(self, item: dict) -> None:
+        """Dispatch one work item to its kind's handler; a failing handler never stops polling."""
+        kind = item.get("kind") if isinstance(item, dict) else None
+        handler = self.work_handlers.get(kind, self._log_work)
+        try:
+            handler(item)
+        except Exception:  # noqa: BLE001
+            logger.exception("work item %s (%s) failed", item.get("id") if isinstance(item, dict) else item, kind)
+
+    def _log_work(self, item: dict) -> None:
+        logger.info("work item %s of kind %r received (no handler yet)", item.get("id"), item.get("kind"))
+
+    def _default_usage(self, active_leases: int) -> domain.MachineUsage:
+        real_gpus = bool(self.spec and self.spec.gpus and not self.spec.gpus_declared)
+        return detect.current_usage(active_leases, with_gpus=real_gpus)
+
+    # --- leases --------------------------------------------------------------------------
+
+    def _close_stale_leases(self, lease_ids: list) -> None:
+        """Leases the platform ended while we could not hear it: stop their processes (behind their queue)."""
+        for lease_id in lease_ids:
+            if isinstance(lease_id, str) and lease_id in self.leases.lease_ids():
+                logger.info("lease %s has no live cluster on the platform: closing it", lease_id)
+                self._enqueue_lease_item({"id": None, "kind": protocol.LEASE_CLOSE, "payload": {"lease_id": lease_id}})
+
+    def _enqueue_lease_item(self, item: dict) -> None:
+        """Queue a lease item behind the earlier items of its lease (a close goes first); never blocks the poll thread."""
+        payload = item.get("payload")
+        lease_id = payload.get("lease_id") if isinstance(payload, dict) else None
+        key = lease_id if isinstance(lease_id, str) else ""  # "": no lease id; validation will say so
+        if item.get("kind") == protocol.LEASE_CLOSE and key:
+            # A close never waits behind the lease's running command (a slow `ray start`, say): it
+            # stops that command's processes too, and what is queued after it finds the lease closed.
+            threading.Thread(target=self._handle_lease_item, args=(item,), name=f"dcluster-close-{key}",
+                             daemon=True).start()
+            return
+        with self._lease_queues_lock:
+            queue = self._lease_queues.get(key)
+            start = queue is None
+            if start:
+                queue = self._lease_queues[key] = collections.deque()
+            queue.append(item)
+        if start:
+            threading.Thread(target=self._drain_lease_queue, args=(key,), name=f"dcluster-lease-{key or 'invalid'}",
+                             daemon=True).start()
+
+    def _drain_lease_queue(self, key: str) -> None:
+        while True:
+            with self._lease_queues_lock:
+                queue = self._lease_queues[key]
+                if not queue:
+                    del self._lease_queues[key]
+                    return
+                item = queue.popleft()
+            try:
+                self._handle_lease_item(item)
+            except Exception:  # noqa: BLE001 - last net: the queue must keep draining
+                logger.exception("lease work item %s failed", item.get("id"))
+
+    def _handle_lease_item(self, item: dict) -> None:
+        item_id, kind = item.get("id"), item.get("kind")
+        started = time.monotonic()
+        result = self._lease_result(kind, item.get("payload"))
+        logger.debug("work item %s (%s): ok=%s exit %s in %.1f s", item_id, kind, result.ok, result.exit_code,
+                     time.monotonic() - started)
+        if item_id is None:  # the agent's own item (a stale lease closed): nobody waits for it
+            return
+        if not isinstance(item_id, str) or not item_id:
+            logger.warning("work item of kind %r has no id; its result cannot be posted", kind)
+            return
+        self.post_result(item_id, result)
+
+    def _lease_result(self, kind: Any, payload: Any) -> protocol.WorkResult:
+        """Carry out one lease work item; every failure becomes a WorkResult with ok=False."""
+        try:
+            if kind == protocol.LEASE_OPEN:
+                opened = self.leases.open(protocol.LeaseOpen.model_validate(payload))
+                return protocol.WorkResult(ok=True, exit_code=0, data=opened.model_dump())
+            if kind == protocol.LEASE_EXEC:
+                req = protocol.LeaseExec.model_validate(payload)
+                if req.op == "run":
+                    return self.leases.run(req.lease_id, req.cmd, req.env, req.timeout_s)
+                return self.leases.put_file(req.lease_id, req.path, base64.b64decode(req.content_b64, validate=True))
+            if kind == protocol.LEASE_CLOSE:
+                req = protocol.LeaseClose.model_validate(payload)
+                return self.leases.close(req.lease_id, req.grace_s)
+            return protocol.WorkResult(ok=False, output=f"unknown lease work kind {kind!r}")
+        except pydantic.ValidationError as exc:
+            # Only locations and messages: pydantic's own text would echo the input, auth token included.
+            errors = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'payload'}: {e['msg']}"
+                               for e in exc.errors(include_input=False))
+            logger.warning("invalid %s payload: %s", kind, errors)
+            return protocol.WorkResult(ok=False, output=f"invalid {kind} payload: {errors}")
+        except leases.LeaseError as exc:
+            logger.warning("%s: %s", kind, exc)
+            return protocol.WorkResult(ok=False, output=str(exc))
+        except Exception as exc:  # noqa: BLE001 - answered, never a dead thread
+            logger.exception("%s failed", kind)
+            return protocol.WorkResult(ok=False, output=f"{kind} failed on the agent: {type(exc).__name__}: {exc}")
+
+    def post_result(self, item_id: str, result: protocol.WorkResult) -> bool:
+        """Send the result, retrying with backoff while the platform is unreachable; True once accepted."""
+        body = result.model_dump(mode="json")
+        backoff = api.Backoff(rand=self._rand)
+        for attempt in range(1, RESULT_POST_ATTEMPTS + 1):
+            machine_id = self.machine_id
+            if machine_id is None:
+                error: object = "not registered"
+            else:
+                try:
+                    self.client.post_result(machine_id, item_id, body)
+                    return True
+                except api.ApiError as exc:
+                    if exc.status_code == 404:
+                        logger.info("the platform no longer waits for work item %s; result dropped", item_id)
+                        return False
+                    if not exc.is_transient:
+                        logger.warning("the platform refused the result of work item %s: %s", item_id, exc)
+                        return False
+                    error = exc
+                except api.PlatformUnreachable as exc:
+                    error = exc
+                except Exception:  # noqa: BLE001
+                    logger.exception("posting the result of work item %s failed", item_id)
+                    return False
+            if attempt == RESULT_POST_ATTEMPTS or self.wait(backoff.next(), self._stopping):
+                break
+            logger.debug("posting the result of work item %s failed (%s); retrying", item_id, error)
+        logger.warning("gave up posting the result of work item %s after %d attempt(s): %s", item_id, attempt, error)
+        return False

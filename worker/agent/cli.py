@@ -1,0 +1,144 @@
+"""dcluster-agent: the provider agent's command line (argument parsing, logging, signals)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import stat
+import sys
+from pathlib import Path
+
+import pydantic
+
+from dcl_core import domain
+from worker import client as api
+from worker.agent import agent as agent_mod
+from worker.agent import detect
+from worker.agent import sandbox
+from worker.agent.sandbox import base as sandbox_base
+
+logger = logging.getLogger(__name__)
+
+PASSWORD_ENV = "DCLUSTER_AGENT_PASSWORD"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="dcluster-agent",
+        description="Offer this machine on a decentralized-clusters platform. The password is read from "
+                    f"--password-file or ${PASSWORD_ENV}, never from the command line (visible in ps).")
+    p.add_argument("--platform-url", help="Base URL of the platform API, e.g. https://market.example.com")
+    p.add_argument("--username", help="Provider account name")
+    p.add_argument("--password-file", type=Path, help=f"File holding the password (else ${PASSWORD_ENV})")
+    p.add_argument("--name", help="Display name of this machine (default: hostname)")
+    p.add_argument("--state-dir", type=Path, default=None, help="Where machine.json lives (default ~/.dcluster-agent)")
+    p.add_argument("--gpus", type=int, default=None, metavar="N",
+                   help="Declare N GPUs instead of detecting them with NVML (0: CPU-only)")
+    p.add_argument("--gpu-model", default="Logical GPU", help="Model name of declared GPUs")
+    p.add_argument("--gpu-memory-mb", type=int, default=0, help="Memory of each declared GPU, MiB")
+    p.add_argument("--cpus", type=int, default=None, metavar="N",
+                   help="Offer N logical CPUs instead of the detected count")
+    p.add_argument("--price-per-gpu-hour", type=float, default=0.0, help="USD per GPU-hour")
+    p.add_argument("--price-per-cpu-hour", type=float, default=0.0, help="USD per CPU-hour (CPU-only leases)")
+    p.add_argument("--runtime", choices=domain.SANDBOX_RUNTIMES, default=None,
+                   help="Where buyers' leases run: docker (one container each; the default when a docker daemon "
+                        "answers), bwrap (a bubblewrap sandbox each; the default otherwise) or none (needs "
+                        f"{domain.UNSANDBOXED_FLAG})")
+    p.add_argument(domain.UNSANDBOXED_FLAG, dest="unsandboxed_ok", action="store_true",
+                   help="With --runtime none: buyers' code runs as this agent's user and can read what it can "
+                        "(its password, other leases' tokens); offers show the machine as unsandboxed")
+    p.add_argument("--lease-memory-mb", type=int, default=None, metavar="MB",
+                   help="Most memory one lease may use (default: its CPUs' share of the machine's RAM)")
+    p.add_argument("--lease-pids", type=int, default=4096, metavar="N", help="Most processes in one lease")
+    p.add_argument("--gpu-device-dir", type=Path, default=Path("/dev"),
+                   help="Where the GPUs' device nodes are (tests point it at fake nodes)")
+    p.add_argument("--docker-image", default=None,
+                   help="Image of leases under --runtime docker (default: the platform image, built locally)")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--detect-only", action="store_true", help="Print the detected machine as JSON and exit")
+    return p
+
+
+def read_password(password_file: Path | None) -> str | None:
+    """The password from the file (first line) or the environment; None when neither is given."""
+    if password_file is not None:
+        mode = password_file.stat().st_mode
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            logger.warning("%s is readable by other users; chmod 600 it", password_file)
+        lines = password_file.read_text().splitlines()
+        return lines[0] if lines else ""
+    return os.environ.get(PASSWORD_ENV)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.log_level != "DEBUG":  # httpx logs every request at INFO: a heartbeat line every few seconds
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+    if args.gpus is not None and not 0 <= args.gpus <= detect.MAX_GPUS:
+        parser.error(f"--gpus must be between 0 and {detect.MAX_GPUS}")
+
+    if args.detect_only:
+        spec = detect.detect_machine(args.gpus, args.gpu_model, args.gpu_memory_mb, declared_cpus=args.cpus)
+        print(spec.model_dump_json(indent=2))
+        return 0
+
+    if args.runtime == domain.UNSANDBOXED and not args.unsandboxed_ok:
+        parser.error(f"--runtime none runs buyers' code as this agent's own user, with its password and every "
+                     f"other lease in reach; add {domain.UNSANDBOXED_FLAG} to accept that")
+    if not args.platform_url or not args.username:
+        parser.error("--platform-url and --username are required (unless --detect-only)")
+    try:
+        password = read_password(args.password_file)
+    except OSError as exc:
+        parser.error(f"cannot read --password-file: {exc}")
+    if not password:
+        parser.error(f"no password: pass --password-file FILE or set ${PASSWORD_ENV}")
+
+    runtime = args.runtime or sandbox.default_runtime()
+    fields = {"platform_url": args.platform_url, "username": args.username, "password": password,
+              "name": args.name, "declared_gpus": args.gpus, "declared_gpu_model": args.gpu_model,
+              "declared_gpu_memory_mb": args.gpu_memory_mb, "declared_cpus": args.cpus, "price_per_gpu_hour": args.price_per_gpu_hour,
+              "price_per_cpu_hour": args.price_per_cpu_hour, "runtime": runtime,
+              "lease_memory_mb": args.lease_memory_mb, "lease_pids": args.lease_pids,
+              "gpu_device_dir": args.gpu_device_dir, "docker_image": args.docker_image}
+    if args.state_dir is not None:
+        fields["state_dir"] = args.state_dir
+    try:
+        settings = agent_mod.AgentSettings(**fields)
+    except pydantic.ValidationError as exc:
+        errors = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        parser.error(errors)  # pydantic's own text would echo the input, password included
+
+    client = api.PlatformClient(settings.platform_url)
+    try:
+        agent = agent_mod.Agent(client, settings)
+    except OSError as exc:
+        logger.error("cannot use state dir %s: %s", settings.state_dir, exc)
+        client.close()
+        return 1
+    except sandbox_base.SandboxError as exc:
+        logger.error("cannot run leases with --runtime %s: %s", runtime, exc)
+        client.close()
+        return 1
+    logger.info("leases run with --runtime %s", runtime)
+
+    def _on_signal(signum, _frame):
+        logger.info("received %s; leaving the platform", signal.Signals(signum).name)
+        agent.stop()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    try:
+        agent.run()
+    finally:
+        client.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""A lease's place on this machine: its record (lease.json), dirs, logs, owner tag and the lease user's
+/etc files. LeaseRunner (leases.py) uses these; the layout is described there."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+import threading
+from pathlib import Path
+
+from dcl_core import protocol
+from dcl_core import ray_ports as ray_ports_mod
+from worker.agent.sandbox import base as sandbox_base
+
+logger = logging.getLogger(__name__)
+
+RECORD_FILE = "lease.json"
+TOKEN_FILE = "ray_auth_token"
+TEMP_DIR_PREFIX = "/tmp/dcl-"
+OWNER_TAG_PREFIX = "dcl-lease-"
+LEASE_USER = "dcluster-lease"  # the lease's user's name inside (Ray and getpass want one)
+TERM_GRACE_S = 2.0  # a timed-out command's process group: SIGTERM, then SIGKILL after this
+
+
+class LeaseError(Exception):
+    """Root of the errors LeaseRunner raises; the agent reports them as a failed WorkResult."""
+
+    def __init__(self, message: str, *, lease_id: str | None = None):
+        super().__init__(message)
+        self.lease_id = lease_id
+
+
+def owner_tag(lease_id: str) -> str:
+    return OWNER_TAG_PREFIX + lease_id
+
+
+def temp_dir_for(lease_id: str) -> Path:
+    return Path(TEMP_DIR_PREFIX + lease_id)
+
+
+@dataclasses.dataclass
+class Lease:
+    """One open lease: the record persisted as lease.json plus runtime-only fields."""
+
+    lease_id: str
+    cluster_id: str
+    role: str
+    gpu_indices: list[int]
+    resources: dict[str, float]
+    labels: dict[str, str]
+    head_gcs_port: int | None
+    ports: ray_ports_mod.RayPorts
+    node_ip: str
+    dir: Path
+    temp_dir: Path
+    machine_id: str | None
+    opened_at: float
+    uid: int | None = None  # the lease's own user (None: the agent's, runtime none)
+    gid: int | None = None
+    seq: int = 0  # numbers the command logs
+    closing: bool = False  # set by close(): no command starts any more
+    sandbox: sandbox_base.Sandbox | None = None
+    # Held while a command starts and while close() marks the lease closing: a slow start never holds
+    # the runner's lock, which the heartbeat needs.
+    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False, compare=False)
+
+    @property
+    def home(self) -> Path:
+        return self.dir / "home"
+
+    @property
+    def token_path(self) -> Path:
+        return self.dir / TOKEN_FILE
+
+    @property
+    def tag(self) -> str:
+        return owner_tag(self.lease_id)
+
+    @property
+    def logs(self) -> Path:
+        return self.dir / "logs"
+
+    def record(self) -> dict:
+        return {"lease_id": self.lease_id, "cluster_id": self.cluster_id, "role": self.role,
+                "gpu_indices": self.gpu_indices, "resources": self.resources, "labels": self.labels,
+                "head_gcs_port": self.head_gcs_port, "ports": self.ports.to_dict(), "node_ip": self.node_ip,
+                "temp_dir": str(self.temp_dir), "owner_tag": self.tag, "machine_id": self.machine_id,
+                "opened_at": self.opened_at, "agent_pid": os.getpid(), "uid": self.uid}
+
+    def opened(self) -> protocol.LeaseOpened:
+        return protocol.LeaseOpened(ports=self.ports.to_dict(), node_ip=self.node_ip)
+
+
+def make_temp_dir(path: Path, uid: int | None = None) -> None:
+    """/tmp is shared: create ours 0700, or accept an existing one only if it is our own real directory."""
+    try:
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        st = path.lstat()
+        if path.is_symlink() or not path.is_dir() or st.st_uid not in (os.getuid(), uid):
+            raise LeaseError(f"{path} exists and is not a directory of this user; remove it and retry")
+    os.chmod(path, 0o700)
+
+
+def give(path: Path, uid: int | None, gid: int | None, mode: int) -> None:
+    """Hand one of the lease's own paths to the lease's user (no-op without one)."""
+    if uid is not None:
+        os.chown(path, uid, gid if gid is not None else uid, follow_symlinks=False)
+    os.chmod(path, mode)
+
+
+def user_files(lease: Lease) -> tuple[tuple[Path, str], ...]:
+    """/etc/passwd and /etc/group inside the sandbox: the lease's user alone (no account of the machine's)."""
+    if lease.uid is None:
+        return ()
+    etc = lease.dir / "etc"
+    etc.mkdir(mode=0o755, exist_ok=True)
+    passwd, group = etc / "passwd", etc / "group"
+    passwd.write_text(f"root:x:0:0:root:/nonexistent:/usr/sbin/nologin\n"
+                      f"{LEASE_USER}:x:{lease.uid}:{lease.gid}:lease {lease.lease_id}:{lease.home}:/bin/bash\n")
+    group.write_text(f"root:x:0:\n{LEASE_USER}:x:{lease.gid}:\n")
+    for path in (passwd, group):
+        os.chmod(path, 0o644)
+    return ((passwd, "passwd"), (group, "group"))
+
+
+def remove_tree(path: Path) -> None:
+    if path.is_symlink():
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def read_tail(path: Path, limit: int = protocol.MAX_OUTPUT_BYTES) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - limit))
+            data = f.read(limit)
+    except FileNotFoundError:
+        return ""
+    return data.decode(errors="replace")
+
+
+def exit_code(returncode: int) -> int:
+    return 128 - returncode if returncode < 0 else returncode  # killed by signal N: 128+N, as shells say
