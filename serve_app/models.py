@@ -116,6 +116,17 @@ class HeartbeatAck(Strict):
 
 class MachineRegistered(MachinePublic):
     heartbeat_interval_s: float
+    agent_key: str | None = Field(default=None, description="Set when the provider's sign-in enrolled the machine: "
+                                  "the key its agent uses from now on. Shown once; keep it 0600.")
+
+
+class MachineKeyPublic(Strict):
+    id: str
+    machine_id: str
+    machine_name: str
+    created_at: float
+    revoked_at: float | None
+    active: bool
 
 
 class WorkItem(Strict):

@@ -91,6 +91,8 @@ class PlatformApi(Protocol):
 
     def login(self, username: str, password: str) -> str: ...
 
+    def set_token(self, token: str | None) -> None: ...
+
     def register_machine(self, machine_key: str, name: str, spec: domain.MachineSpec,
                          price_per_gpu_hour: float = 0.0, price_per_cpu_hour: float = 0.0) -> dict: ...
 
@@ -177,7 +179,9 @@ class PlatformClient:
         return self._token
 
     def set_token(self, token: str | None) -> None:
+        """Use this token from now on; credentials of an earlier login are forgotten (no re-login on 401)."""
         self._token = token
+        self._credentials = None
 
     def create_account(self, username: str, password: str, role: str = "buyer") -> dict:
         return self.request("POST", "/v1/accounts", auth=False,

@@ -419,6 +419,12 @@ class LeaseRunner:
         elapsed = round(time.monotonic() - started, 2)
         exit_code = _exit_code(returncode)
         logger.info("lease %s: command exited %d in %.1f s", lease_id, exit_code, elapsed)
+        if lease.closing:
+            # Stopped by the lease's close: whatever the shell said as it went (it may exit 0 on the
+            # signal), the command did not finish.
+            return protocol.WorkResult(ok=False, exit_code=exit_code, data={**data, "elapsed_s": elapsed},
+                                       output=_last(note + _read_tail(log_path) +
+                                                    f"\n[dcluster-agent] stopped by the close of lease {lease_id}\n"))
         return protocol.WorkResult(ok=exit_code == 0, exit_code=exit_code, output=_last(note + _read_tail(log_path)),
                                    data={**data, "elapsed_s": elapsed})
 
