@@ -14,7 +14,7 @@ from typing import Callable, Protocol
 
 from actors import auth, cluster_views as views, domain, errors, placement, quotas
 from actors import metrics as metrics_mod
-from actors import quota_book
+from actors import cluster_logs, quota_book
 from actors import usage as usage_mod
 from actors import cluster_store as cstore
 from actors import launcher as launcher_mod
@@ -76,6 +76,8 @@ class ClusterManager:
         self._reaper = reaper
         self._clock = clock
         self._quotas = quota_book.QuotaBook(store, settings, clock)
+        self._logs = cluster_logs.ClusterLogs(store, max_bytes_per_cluster=settings.cluster_logs_max_bytes,
+                                              retention_s=settings.cluster_logs_retention_s, clock=clock)
         self._tokens: auth.TokenIssuer | None = None
         self._placement_lock = asyncio.Lock()  # placements see each other's reservations
         self._tasks: dict[str, asyncio.Task] = {}  # cluster id → its provisioning or teardown
@@ -126,6 +128,10 @@ class ClusterManager:
             if cluster is None or S(cluster["status"]).is_terminal():
                 await self._close_lease(lease["cluster_id"], lease)
                 closed += 1
+        try:
+            await self._logs.purge()
+        except Exception:  # noqa: BLE001 - a failed purge is retried at the next sweep
+            logger.exception("purging old cluster logs failed")
         removed = launcher_mod.remove_stale_files(self._settings.state_dir / "launcher-tmp",
                                                   older_than_s=SWEEP_INTERVAL_S)
         if closed or removed:
@@ -298,6 +304,23 @@ class ClusterManager:
         await self._own_cluster(principal, cluster_id)
         return await self._store.events(cluster_id, after_id)
 
+    async def cluster_logs(self, principal: auth.Principal, cluster_id: str) -> list[dict]:
+        """What the cluster's nodes shipped as they closed (after the cluster ended too)."""
+        await self._own_cluster(principal, cluster_id)
+        return await self._logs.index(cluster_id)
+
+    async def cluster_log(self, principal: auth.Principal, cluster_id: str, name: str,
+                          lease_id: str | None = None) -> dict:
+        await self._own_cluster(principal, cluster_id)
+        found = await self._logs.text(cluster_id, lease_id, name)
+        if found is None:
+            row = await self._store.get_cluster(cluster_id)
+            when = ("" if S(row["status"]).is_terminal() else
+                    "; a node's logs are kept as it is released (while it runs: `ray job logs`)")
+            raise errors.NotFound(f"no log {name!r} kept for cluster {cluster_id}"
+                                  f"{f' node {lease_id}' if lease_id else ''}{when}")
+        return found
+
     async def connection(self, principal: auth.Principal, cluster_id: str) -> dict:
         row = await self._own_cluster(principal, cluster_id)
         head = next((l for l in await self._store.leases_of(cluster_id)
@@ -462,9 +485,21 @@ class ClusterManager:
                 # The agent cleans up leases the platform no longer knows when it returns.
                 await self._event(cluster_id, "lease_close_failed",
                                   f"node {lease['id']}: {views.tail(result.get('output', ''))}")
+            else:
+                await self._keep_logs(cluster_id, lease, result)
         if await self._store.end_lease(lease["id"], domain.LeaseStatus.CLOSED, self._clock()):
             if lease["status"] == domain.LeaseStatus.OPEN.value:
                 await self._event(cluster_id, "node_closed", f"{lease['role']} node {lease['id']} released")
+
+    async def _keep_logs(self, cluster_id: str, lease: dict, result: dict) -> None:
+        try:
+            kept = await self._logs.keep(cluster_id, lease, (result.get("data") or {}).get("logs"))
+        except Exception:  # noqa: BLE001 - the node is released whatever happens to its logs
+            logger.exception("keeping the logs of lease %s failed", lease["id"])
+            return
+        if kept:
+            await self._event(cluster_id, "logs_kept", f"{kept} log file(s) of {lease['role']} node {lease['id']} "
+                              f"kept: GET /v1/clusters/{cluster_id}/logs")
 
     async def _provision(self, cluster_id: str) -> None:
         row = await self._store.get_cluster(cluster_id)

@@ -120,6 +120,23 @@ MIGRATIONS: list[str] = [
     );
     CREATE UNIQUE INDEX machine_keys_active ON machine_keys(machine_id) WHERE revoked_at IS NULL;
     """,
+    # 5: logs each lease shipped as it closed (they outlive the cluster, up to a retention)
+    """
+    CREATE TABLE cluster_logs (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        cluster_id  TEXT NOT NULL REFERENCES clusters(id),
+        lease_id    TEXT NOT NULL,
+        role        TEXT NOT NULL,
+        machine_id  TEXT NOT NULL,
+        name        TEXT NOT NULL,
+        content     TEXT NOT NULL,
+        bytes       INTEGER NOT NULL,
+        kept_bytes  INTEGER NOT NULL,
+        truncated   INTEGER NOT NULL,
+        shipped_at  REAL NOT NULL
+    );
+    CREATE INDEX cluster_logs_cluster ON cluster_logs(cluster_id, lease_id, name);
+    """,
 ]
 
 

@@ -7,8 +7,9 @@ from typing import Annotated
 import time
 
 from fastapi import APIRouter, Path, Query, status
+from fastapi.responses import PlainTextResponse
 
-from actors import errors
+from actors import cluster_logs, errors
 
 from configs.models import ClusterSpec
 from serve_app import deps, models
@@ -77,6 +78,34 @@ async def events(cluster_id: ClusterId, principal: deps.BuyerOrAdmin, clusters: 
                  after: Annotated[int, Query(ge=0, le=models.MAX_SQL_INT,
                                              description="Only events with a larger id")] = 0):
     return await clusters.cluster_events.remote(principal, cluster_id, after)
+
+
+@router.get("/v1/clusters/{cluster_id}/logs", response_model=list[models.ClusterLogFile])
+async def logs(cluster_id: ClusterId, principal: deps.BuyerOrAdmin, clusters: deps.Clusters):
+    """The log files each node shipped as it was released (delete, expiry, replacement), kept after the
+    cluster ended, up to the platform's size cap and retention. A lost machine ships nothing."""
+    return await clusters.cluster_logs.remote(principal, cluster_id)
+
+
+@router.get("/v1/clusters/{cluster_id}/logs/file", response_class=PlainTextResponse,
+            responses={200: {"content": {"text/plain": {}}}})
+async def log_file(cluster_id: ClusterId, principal: deps.BuyerOrAdmin, clusters: deps.Clusters,
+                   name: Annotated[str, Query(pattern=cluster_logs.LOG_NAME_PATTERN,
+                                              description="A name from GET .../logs, e.g. ray/raylet.out")],
+                   node: Annotated[str | None, Query(pattern=r"^l-[0-9a-f]{12}$",
+                                                     description="The node (lease) it came from")] = None):
+    found = await clusters.cluster_log.remote(principal, cluster_id, name, node)
+    return PlainTextResponse(found["text"])
+
+
+@router.get("/v1/clusters/{cluster_id}/logs/jobs/{job_id}", response_class=PlainTextResponse,
+            responses={200: {"content": {"text/plain": {}}}})
+async def job_log(cluster_id: ClusterId, principal: deps.BuyerOrAdmin, clusters: deps.Clusters,
+                  job_id: Annotated[str, Path(pattern=cluster_logs.JOB_ID_PATTERN,
+                                              description="The submission id `ray job submit` printed")]):
+    """A submitted job's driver output, as the head kept it (`ray job logs`, after the cluster ended)."""
+    found = await clusters.cluster_log.remote(principal, cluster_id, cluster_logs.job_log_name(job_id))
+    return PlainTextResponse(found["text"])
 
 
 # --- the seed's paths (now behind a buyer's token) ---------------------------------------

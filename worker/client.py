@@ -154,6 +154,8 @@ class PlatformClient:
             raise ApiError(resp.status_code, _detail(resp), retry_after_s=_retry_after(resp))
         if not resp.content:
             return None
+        if resp.headers.get("content-type", "").startswith("text/plain"):
+            return resp.text  # a log file
         try:
             return resp.json()
         except ValueError:

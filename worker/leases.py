@@ -38,7 +38,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import worker
-from worker import procs, protocol
+from worker import lease_logs, procs, protocol
 from worker import ray_ports as ray_ports_mod
 from worker.sandbox import base as sandbox
 
@@ -485,7 +485,10 @@ class LeaseRunner:
                            lease_id, summary.remaining)
             return protocol.WorkResult(ok=False, output=f"processes {summary.remaining} of lease {lease_id} are "
                                        "still alive; close it again", data=data)
-        _remove_tree(lease.temp_dir if lease else temp_dir_for(lease_id))
+        temp_dir = lease.temp_dir if lease else temp_dir_for(lease_id)
+        # Shipped with the answer before the files go: the buyer reads them after the cluster ended.
+        data["logs"] = lease_logs.collect(temp_dir, self.root / lease_id / "logs")
+        _remove_tree(temp_dir)
         _remove_tree(self.root / lease_id)
         with self._lock:
             self._leases.pop(lease_id, None)
