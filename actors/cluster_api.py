@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 
-from actors import auth, cluster_files, cluster_views as views, quotas
+from actors import auth, cluster_files, cluster_logs, cluster_views as views, quotas
 from actors import usage as usage_mod
 from dcl_core import domain, errors, ids
 from dcl_core.cluster_spec import ClusterSpec
@@ -66,6 +66,27 @@ class BuyerApi:
     async def cluster_events(self, principal: auth.Principal, cluster_id: str, after_id: int = 0) -> list[dict]:
         await self._own_cluster(principal, cluster_id)
         return await self._store.events(cluster_id, after_id)
+
+    async def cluster_logs(self, principal: auth.Principal, cluster_id: str) -> list[dict]:
+        """What the cluster's nodes shipped as they closed (after the cluster ended too)."""
+        await self._own_cluster(principal, cluster_id)
+        return await self._logs.index(cluster_id)
+
+    async def cluster_log(self, principal: auth.Principal, cluster_id: str, name: str,
+                          lease_id: str | None = None) -> dict:
+        await self._own_cluster(principal, cluster_id)
+        found = await self._logs.text(cluster_id, lease_id, name)
+        if found is None:
+            row = await self._store.get_cluster(cluster_id)
+            when = ("" if domain.ClusterStatus(row["status"]).is_terminal() else
+                    "; a node's logs are kept as it is released (while it runs: `ray job logs`)")
+            raise errors.NotFound(f"no log {name!r} kept for cluster {cluster_id}"
+                                  f"{f' node {lease_id}' if lease_id else ''}{when}")
+        return found
+
+    async def job_log(self, principal: auth.Principal, cluster_id: str, job_id: str) -> dict:
+        """A submitted job's driver output, as the head shipped it."""
+        return await self.cluster_log(principal, cluster_id, cluster_logs.job_log_name(job_id))
 
     async def connection(self, principal: auth.Principal, cluster_id: str) -> dict:
         row = await self._own_cluster(principal, cluster_id)

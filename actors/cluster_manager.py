@@ -13,7 +13,7 @@ from typing import Callable, Protocol
 from actors import auth, backends as backends_mod, cluster_files, cluster_views as views, lifecycle, placement
 from actors import cluster_store as cstore
 from actors import metrics as metrics_mod
-from actors import quota_book
+from actors import cluster_logs, quota_book
 from actors.cluster_api import BuyerApi
 from actors.node_api import NodeProviderApi
 from actors.settings import PlatformSettings
@@ -68,6 +68,8 @@ class ClusterManager(BuyerApi, NodeProviderApi):
         self._reaper = reaper
         self._clock = clock
         self._quotas = quota_book.QuotaBook(store, settings, clock)
+        self._logs = cluster_logs.ClusterLogs(store, max_bytes_per_cluster=settings.cluster_logs_max_bytes,
+                                              retention_s=settings.cluster_logs_retention_s, clock=clock)
         self._tokens: auth.TokenIssuer | None = None
         self._placement_lock = asyncio.Lock()  # placements see each other's reservations
         self._tasks: dict[str, asyncio.Task] = {}  # cluster id → its provisioning or teardown
@@ -129,6 +131,10 @@ class ClusterManager(BuyerApi, NodeProviderApi):
             if cluster is None or S(cluster["status"]).is_terminal():
                 await self._close_lease(lease["cluster_id"], lease)
                 closed += 1
+        try:
+            await self._logs.purge()
+        except Exception:  # noqa: BLE001 - a failed purge is retried at the next sweep
+            logger.exception("purging old cluster logs failed")
         removed = cluster_files.remove_stale_launcher_files(self._settings.state_dir / cluster_files.LAUNCHER_TMP,
                                                             older_than_s=SWEEP_INTERVAL_S)
         if closed or removed:
@@ -290,9 +296,21 @@ class ClusterManager(BuyerApi, NodeProviderApi):
                 # The agent cleans up leases the platform no longer knows when it returns.
                 await self._event(cluster_id, "lease_close_failed",
                                   f"node {lease['id']}: {views.tail(result.get('output', ''))}")
+            else:
+                await self._keep_logs(cluster_id, lease, result)
         if await self._store.end_lease(lease["id"], domain.LeaseStatus.CLOSED, self._clock()):
             if lease["status"] == domain.LeaseStatus.OPEN.value:
                 await self._event(cluster_id, "node_closed", f"{lease['role']} node {lease['id']} released")
+
+    async def _keep_logs(self, cluster_id: str, lease: dict, result: dict) -> None:
+        try:
+            kept = await self._logs.keep(cluster_id, lease, (result.get("data") or {}).get("logs"))
+        except Exception:  # noqa: BLE001 - the node is released whatever happens to its logs
+            logger.exception("keeping the logs of lease %s failed", lease["id"])
+            return
+        if kept:
+            await self._event(cluster_id, "logs_kept", f"{kept} log file(s) of {lease['role']} node {lease['id']} "
+                              f"kept: GET /v1/clusters/{cluster_id}/logs")
 
     async def _provision(self, cluster_id: str) -> None:
         row = await self._store.get_cluster(cluster_id)

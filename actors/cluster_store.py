@@ -1,8 +1,9 @@
-"""The ClusterManager's queries: clusters, leases of machines, lifecycle events."""
+"""The ClusterManager's queries: clusters, leases of machines, lifecycle events, the logs leases shipped."""
 
 from __future__ import annotations
 
 import json
+from typing import Callable
 
 from dcl_core import domain
 from actors import store as store_mod
@@ -97,6 +98,47 @@ class ClusterStore(Database):
         return await self._fetchall(
             "SELECT id, ts, kind, message FROM cluster_events WHERE cluster_id = ? AND id > ? ORDER BY id",
             (cluster_id, after_id))
+
+    # --- logs ---------------------------------------------------------------------------
+
+    async def add_logs(self, cluster_id: str, lease_id: str, role: str, machine_id: str,
+                       choose: Callable[[int], list[dict]], now: float) -> list[dict]:
+        """Stores the files choose(bytes the cluster already keeps) picks, in one transaction: leases
+        closing at once see each other's files, so together they never pass the cluster's cap."""
+        async def statements(conn) -> list[dict]:
+            cursor = await conn.execute(
+                "SELECT COALESCE(SUM(kept_bytes), 0) FROM cluster_logs WHERE cluster_id = ?", (cluster_id,))
+            (used,) = await cursor.fetchone()
+            files = choose(used)
+            await conn.executemany(
+                "INSERT INTO cluster_logs (cluster_id, lease_id, role, machine_id, name, content, bytes, kept_bytes,"
+                " truncated, shipped_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(cluster_id, lease_id, role, machine_id, f["name"], f["text"], f["bytes"], len(f["text"].encode()),
+                  int(f["truncated"]), now) for f in files])
+            return files
+        return await self._atomic(statements)
+
+    async def log_index(self, cluster_id: str) -> list[dict]:
+        rows = await self._fetchall(
+            "SELECT lease_id, role, machine_id, name, bytes, kept_bytes, truncated, shipped_at FROM cluster_logs"
+            " WHERE cluster_id = ? ORDER BY id", (cluster_id,))
+        return [{**r, "truncated": bool(r["truncated"])} for r in rows]
+
+    async def log_file(self, cluster_id: str, lease_id: str | None, name: str) -> dict | None:
+        """The latest file of that name (of that lease, or of any: a job's driver log is on the head)."""
+        sql = ("SELECT lease_id, role, name, content AS text, bytes, truncated, shipped_at FROM cluster_logs"
+               " WHERE cluster_id = ? AND name = ?")
+        args: tuple = (cluster_id, name)
+        if lease_id is not None:
+            sql, args = sql + " AND lease_id = ?", (*args, lease_id)
+        row = await self._fetchone(sql + " ORDER BY id DESC LIMIT 1", args)
+        return {**row, "truncated": bool(row["truncated"])} if row else None
+
+    async def purge_logs(self, ended_before: float) -> int:
+        cursor = await self._write(
+            "DELETE FROM cluster_logs WHERE cluster_id IN (SELECT id FROM clusters WHERE ended_at IS NOT NULL"
+            " AND ended_at < ?)", (ended_before,))
+        return cursor.rowcount
 
     # --- leases -------------------------------------------------------------------------
 

@@ -10,13 +10,15 @@ import secrets
 import time
 from typing import Callable
 
-from actors import auth, metrics as metrics_mod, offers, store as store_mod, throttle as throttle_mod
+from actors import auth, agent_keys, metrics as metrics_mod, offers, store as store_mod, throttle as throttle_mod
 from dcl_core import domain, errors, ids, protocol, secret_files
 from actors.settings import PlatformSettings
 
 logger = logging.getLogger(__name__)
 
 ADMIN_USERNAME = "admin"
+# Who may call a machine's routes: its provider (a signed-in principal) or the machine's own agent key.
+MachineCaller = auth.Principal | agent_keys.MachineKey
 # A heartbeat whose write waits longer than this means the database is not recording heartbeats.
 SLOW_BEAT_WRITE_S = 2.0
 
@@ -51,6 +53,8 @@ class ProviderRegistry:
         self._beats_in_flight: dict[object, float] = {}
         # The leases each agent said it holds in its latest heartbeat: machine id → (received at, lease ids).
         self._held: dict[str, tuple[float, frozenset[str]]] = {}
+        # Each machine's active key hash (None: it has none), read once from the database, kept on changes.
+        self._key_hashes: dict[str, str | None] = {}
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -147,19 +151,35 @@ class ProviderRegistry:
 
     # --- machines -----------------------------------------------------------------------
 
-    async def register_machine(self, principal: auth.Principal, request: dict) -> dict:
-        _require_role(principal, domain.Role.PROVIDER)
+    async def register_machine(self, caller: MachineCaller, request: dict) -> dict:
+        """With the provider's sign-in: enrolls the machine and answers its new agent key (the one it had
+        is revoked). With the machine's own key: refreshes what it offers, and the key stays."""
         spec = domain.MachineSpec.model_validate(request["spec"])
+        if isinstance(caller, agent_keys.MachineKey):
+            known = await self._own_machine(caller, caller.machine_id)
+            if known["machine_key"] != request["machine_key"]:
+                raise errors.Forbidden(f"this agent key belongs to machine {known['id']}, registered with "
+                                       f"another machine_key")
+            provider_id, provider = known["provider_id"], known["provider"]
+        else:
+            _require_role(caller, domain.Role.PROVIDER)
+            provider_id, provider = caller.account_id, caller.username
         row = await self._store.upsert_machine(
-            machine_id=ids.new_machine_id(), provider_id=principal.account_id,
+            machine_id=ids.new_machine_id(), provider_id=provider_id,
             machine_key=request["machine_key"], name=request["name"], spec=spec,
             price_per_gpu_hour=request.get("price_per_gpu_hour", 0.0),
             price_per_cpu_hour=request.get("price_per_cpu_hour", 0.0), now=self._clock())
+        answer = {**self._public_machine(row), "heartbeat_interval_s": self._settings.heartbeat_interval_s}
+        if isinstance(caller, auth.Principal):
+            key_id, answer["agent_key"], key_hash = agent_keys.mint(row["id"])
+            await self._store.replace_machine_key(row["id"], key_id, key_hash, self._clock())
+            self._key_hashes[row["id"]] = key_hash
+            logger.info("machine %s enrolled with key %s", row["id"], key_id)
         logger.info("machine %s (%s) registered by %s: %d GPU(s) %s, %d CPUs", row["id"], row["name"],
-                    principal.username, row["gpus"], row["gpu_model"] or "", row["cpus"])
-        return {**self._public_machine(row), "heartbeat_interval_s": self._settings.heartbeat_interval_s}
+                    provider, row["gpus"], row["gpu_model"] or "", row["cpus"])
+        return answer
 
-    async def heartbeat(self, principal: auth.Principal, machine_id: str, usage: dict,
+    async def heartbeat(self, principal: MachineCaller, machine_id: str, usage: dict,
                         leases: list[str] = ()) -> dict:
         row = await self._own_machine(principal, machine_id)
         if row["status"] == domain.MachineStatus.GONE.value:
@@ -194,7 +214,7 @@ class ProviderRegistry:
         return {"silence_cutoff": self._silence_cutoff(),
                 "held": {mid: {"at": at, "leases": sorted(ids)} for mid, (at, ids) in self._held.items()}}
 
-    async def leave(self, principal: auth.Principal, machine_id: str) -> dict:
+    async def leave(self, principal: MachineCaller, machine_id: str) -> dict:
         await self._own_machine(principal, machine_id)
         await self._store.set_machine_status(machine_id, domain.MachineStatus.GONE)
         self._work_ready[machine_id].set()  # release a poll in flight
@@ -220,7 +240,7 @@ class ProviderRegistry:
 
     # --- the agents' work channel -------------------------------------------------------
 
-    async def next_work(self, principal: auth.Principal, machine_id: str, wait_s: float) -> list[dict]:
+    async def next_work(self, principal: MachineCaller, machine_id: str, wait_s: float) -> list[dict]:
         """Long poll: returns the machine's queued work items, waiting up to wait_s for one."""
         await self._own_machine(principal, machine_id)
         wait_s = min(max(wait_s, 0.0), self._settings.max_long_poll_s)
@@ -265,7 +285,7 @@ class ProviderRegistry:
             if queue and item in queue:
                 queue.remove(item)
 
-    async def complete_work(self, principal: auth.Principal, machine_id: str, item_id: str, result: dict) -> dict:
+    async def complete_work(self, principal: MachineCaller, machine_id: str, item_id: str, result: dict) -> dict:
         """The agent's answer to an item."""
         await self._own_machine(principal, machine_id)
         pending = self._pending_results.get(item_id)
@@ -277,12 +297,53 @@ class ProviderRegistry:
 
     # --- helpers ------------------------------------------------------------------------
 
-    async def _own_machine(self, principal: auth.Principal, machine_id: str) -> dict:
+    async def _own_machine(self, caller: MachineCaller, machine_id: str) -> dict:
+        if isinstance(caller, agent_keys.MachineKey):
+            return await self._keyed_machine(caller, machine_id)
         row = await self._store.get_machine(machine_id)
         # Another provider's machine is reported as missing, not forbidden: ids are not to be probed.
-        if row is None or (principal.role is not domain.Role.ADMIN and row["provider_id"] != principal.account_id):
+        if row is None or (caller.role is not domain.Role.ADMIN and row["provider_id"] != caller.account_id):
             raise errors.NotFound(f"machine {machine_id} not found")
         return row
+
+    async def _keyed_machine(self, key: agent_keys.MachineKey, machine_id: str) -> dict:
+        if key.machine_id != machine_id:  # a key speaks for its own machine alone
+            raise errors.NotFound(f"machine {machine_id} not found")
+        if machine_id not in self._key_hashes:
+            active = await self._store.active_machine_key(machine_id)
+            self._key_hashes[machine_id] = active["key_hash"] if active else None
+        key_hash = self._key_hashes[machine_id]
+        if key_hash is None or not agent_keys.matches(key, key_hash):
+            raise errors.Unauthenticated(f"this agent key of machine {machine_id} is revoked or was replaced: "
+                                         f"enroll the machine again with its provider's password")
+        row = await self._store.get_machine(machine_id)
+        if row is None:
+            raise errors.NotFound(f"machine {machine_id} not found")
+        return row
+
+    # --- machine keys -------------------------------------------------------------------
+
+    async def list_machine_keys(self, principal: auth.Principal) -> list[dict]:
+        """The keys of the provider's machines (every machine's, for an admin), active and revoked."""
+        if principal.role is domain.Role.ADMIN:
+            rows = await self._store.list_machine_keys()
+        else:
+            _require_role(principal, domain.Role.PROVIDER)
+            rows = await self._store.list_machine_keys(principal.account_id)
+        return [_public_key(r) for r in rows]
+
+    async def revoke_machine_key(self, principal: auth.Principal, key_id: str) -> dict:
+        """Idempotent. The machine's next heartbeat or poll gets 401; it gets no new leases meanwhile."""
+        row = await self._store.get_machine_key(key_id)
+        if row is None or (principal.role is not domain.Role.ADMIN and row["provider_id"] != principal.account_id):
+            raise errors.NotFound(f"machine key {key_id} not found")
+        if row["revoked_at"] is None:
+            await self._store.revoke_machine_key(key_id, self._clock())
+            self._key_hashes.pop(row["machine_id"], None)
+            await self._store.set_machine_status(row["machine_id"], domain.MachineStatus.OFFLINE)
+            self._work_ready[row["machine_id"]].set()  # a poll in flight returns; the next one is refused
+            logger.info("machine key %s of machine %s revoked by %s", key_id, row["machine_id"], principal.username)
+        return _public_key(await self._store.get_machine_key(key_id))
 
     def _public_machine(self, row: dict) -> dict:
         machine = store_mod.decode_machine(row)
@@ -299,3 +360,8 @@ def _require_role(principal: auth.Principal, role: domain.Role) -> None:
 
 def _public_account(row: dict) -> dict:
     return {"id": row["id"], "username": row["username"], "role": row["role"], "created_at": row["created_at"]}
+
+
+def _public_key(row: dict) -> dict:
+    return {"id": row["id"], "machine_id": row["machine_id"], "machine_name": row["machine_name"],
+            "created_at": row["created_at"], "revoked_at": row["revoked_at"], "active": row["revoked_at"] is None}

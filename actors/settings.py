@@ -39,6 +39,10 @@ class PlatformSettings(domain.StrictModel):
                                   description="The API's URL as provider machines reach it")] = "http://127.0.0.1:8000"
     provision_timeout_s: Annotated[float, Field(ge=30, le=3600, description="Launch to running, or failed")] = 600.0
     reconcile_interval_s: Annotated[float, Field(ge=0.1, le=60)] = 1.0
+    cluster_logs_max_bytes: Annotated[int, Field(
+        ge=0, le=1 << 30, description="Most bytes of logs kept of one cluster (its leases ship them as they close)")] = 16 << 20
+    cluster_logs_retention_s: Annotated[float, Field(
+        ge=0, le=365 * 86_400, description="How long a cluster's logs are kept after it ended")] = 7 * 86_400
     aws: Annotated[aws_config.AwsSettings | None, Field(
         description="Enables backend 'aws' (EC2 head and GPU workers); None: only the provider market")] = None
     max_lifetime_s: Annotated[int, Field(ge=60, le=90 * 86_400, description="Longest a cluster may live, extensions included")] = 7 * 86_400

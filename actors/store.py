@@ -109,6 +109,34 @@ MIGRATIONS: list[str] = [
         updated_by    TEXT NOT NULL
     );
     """,
+    # 4: per-machine agent keys (only a hash of each secret); at most one active key per machine
+    """
+    CREATE TABLE machine_keys (
+        id          TEXT PRIMARY KEY,
+        machine_id  TEXT NOT NULL REFERENCES machines(id),
+        key_hash    TEXT NOT NULL,
+        created_at  REAL NOT NULL,
+        revoked_at  REAL
+    );
+    CREATE UNIQUE INDEX machine_keys_active ON machine_keys(machine_id) WHERE revoked_at IS NULL;
+    """,
+    # 5: logs each lease shipped as it closed (they outlive the cluster, up to a retention)
+    """
+    CREATE TABLE cluster_logs (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        cluster_id  TEXT NOT NULL REFERENCES clusters(id),
+        lease_id    TEXT NOT NULL,
+        role        TEXT NOT NULL,
+        machine_id  TEXT NOT NULL,
+        name        TEXT NOT NULL,
+        content     TEXT NOT NULL,
+        bytes       INTEGER NOT NULL,
+        kept_bytes  INTEGER NOT NULL,
+        truncated   INTEGER NOT NULL,
+        shipped_at  REAL NOT NULL
+    );
+    CREATE INDEX cluster_logs_cluster ON cluster_logs(cluster_id, lease_id, name);
+    """,
 ]
 
 
@@ -293,6 +321,37 @@ class Store(Database):
             await self._write(f"UPDATE machines SET status = ? WHERE {silent}",
                               (domain.MachineStatus.OFFLINE.value, cutoff))
         return [r["id"] for r in rows]
+
+    # --- machine keys -------------------------------------------------------------------
+
+    async def replace_machine_key(self, machine_id: str, key_id: str, key_hash: str, now: float) -> None:
+        """The machine's new active key; the one it had is revoked in the same transaction."""
+        async def statements(conn):
+            await conn.execute("UPDATE machine_keys SET revoked_at = ? WHERE machine_id = ? AND revoked_at IS NULL",
+                               (now, machine_id))
+            await conn.execute("INSERT INTO machine_keys (id, machine_id, key_hash, created_at) VALUES (?, ?, ?, ?)",
+                               (key_id, machine_id, key_hash, now))
+        await self._atomic(statements)
+
+    async def active_machine_key(self, machine_id: str) -> dict | None:
+        return await self._fetchone("SELECT * FROM machine_keys WHERE machine_id = ? AND revoked_at IS NULL",
+                                    (machine_id,))
+
+    _KEY_SELECT = ("SELECT k.id, k.machine_id, k.created_at, k.revoked_at, m.name AS machine_name, m.provider_id "
+                   "FROM machine_keys k JOIN machines m ON m.id = k.machine_id")
+
+    async def get_machine_key(self, key_id: str) -> dict | None:
+        return await self._fetchone(self._KEY_SELECT + " WHERE k.id = ?", (key_id,))
+
+    async def list_machine_keys(self, provider_id: int | None = None) -> list[dict]:
+        """Never the hashes: what a provider sees of its machines' keys (every machine's, for admins)."""
+        if provider_id is None:
+            return await self._fetchall(self._KEY_SELECT + " ORDER BY k.created_at")
+        return await self._fetchall(self._KEY_SELECT + " WHERE m.provider_id = ? ORDER BY k.created_at",
+                                    (provider_id,))
+
+    async def revoke_machine_key(self, key_id: str, now: float) -> None:
+        await self._write("UPDATE machine_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (now, key_id))
 
 
 def online_where(alias: str = "machines") -> str:

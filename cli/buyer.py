@@ -351,6 +351,30 @@ def cmd_events(args: argparse.Namespace) -> int:
 
 
 @_guarded
+def cmd_logs(args: argparse.Namespace) -> int:
+    """The logs a cluster's nodes shipped as they were released: the index, one job's driver log, or one file."""
+    with signed_in_client() as client:
+        if args.job:
+            text = client.request("GET", cluster_path(args.cluster_id, f"/logs/jobs/{args.job}"))
+        elif args.file:
+            params = {"name": args.file, **({"node": args.node} if args.node else {})}
+            text = client.request("GET", cluster_path(args.cluster_id, "/logs/file"), params=params)
+        else:
+            files = client.request("GET", cluster_path(args.cluster_id, "/logs"))
+            if args.json:
+                output.print_json(files)
+            elif not files:
+                print(f"no logs kept for {args.cluster_id} (yet): each node ships its logs as it is released")
+            else:
+                terminal.print_table(["node", "role", "file", "size", "kept"],
+                                     [[f["lease_id"], f["role"], f["name"], f["bytes"],
+                                       f"{f['kept_bytes']}{' (tail)' if f['truncated'] else ''}"] for f in files])
+            return Exit.OK
+    sys.stdout.write(text)
+    return Exit.OK
+
+
+@_guarded
 def cmd_extend(args: argparse.Namespace) -> int:
     with signed_in_client() as client:
         try:
@@ -474,6 +498,15 @@ def add_cluster(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     e.add_argument("--follow", "-f", action="store_true", help="keep printing new events until the cluster ends")
     _json_arg(e)
     e.set_defaults(cluster_handler=cmd_events)
+
+    lg = csub.add_parser("logs", **_parser_kw("the logs its nodes shipped as they were released (also after the "
+                                              "cluster ended): the list, a job's driver log, or one file"))
+    lg.add_argument("cluster_id", metavar="ID")
+    lg.add_argument("--job", metavar="JOB", help="a submitted job's driver output (the id `ray job submit` printed)")
+    lg.add_argument("--file", metavar="NAME", help="one file of the list, e.g. ray/raylet.out")
+    lg.add_argument("--node", metavar="NODE", help="with --file: the node (l-...) it came from")
+    _json_arg(lg)
+    lg.set_defaults(cluster_handler=cmd_logs)
 
     x = csub.add_parser("extend", **_parser_kw("add time to a cluster's lifetime"))
     x.add_argument("cluster_id", metavar="ID")

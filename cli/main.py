@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from cli import buyer, demo, quota, usage
+from cli import buyer, demo, machine_keys, quota, usage
 from cli import platform as platform_mod
 from cli import platform_state
 from dcl_core import domain
@@ -138,6 +138,7 @@ SUBCOMMANDS: dict[str, tuple[Callable[[argparse._SubParsersAction], argparse.Arg
     "cluster": (buyer.add_cluster, buyer.cmd_cluster),
     "usage": (usage.add_usage, usage.cmd_usage),
     "quota": (quota.add_quota, quota.cmd_quota),
+    "machine": (machine_keys.add_machine, machine_keys.cmd_machine),
 }
 
 

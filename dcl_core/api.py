@@ -113,6 +113,28 @@ class HeartbeatAck(Strict):
 
 class MachineRegistered(MachinePublic):
     heartbeat_interval_s: float
+    agent_key: str | None = Field(default=None, description="Set when the provider's sign-in enrolled the machine: "
+                                  "the key its agent uses from now on. Shown once; keep it 0600.")
+
+
+class ClusterLogFile(Strict):
+    lease_id: str = Field(description="The node it came from")
+    role: str
+    machine_id: str
+    name: str = Field(description="ray/<file of Ray's session logs> or commands/<the platform's commands' output>")
+    bytes: int = Field(description="Its size on the node")
+    kept_bytes: int = Field(description="What the platform kept: the file's tail")
+    truncated: bool
+    shipped_at: float
+
+
+class MachineKeyPublic(Strict):
+    id: str
+    machine_id: str
+    machine_name: str
+    created_at: float
+    revoked_at: float | None
+    active: bool
 
 
 class WorkItem(Strict):

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from actors import auth
+from actors import agent_keys, auth
 from dcl_core import domain, errors
 
 _bearer = HTTPBearer(auto_error=False, description="A JWT from POST /v1/token")
@@ -63,6 +63,24 @@ async def node_provider_principal(
     return principal
 
 
+async def machine_caller(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> auth.Principal | agent_keys.MachineKey:
+    """A machine's routes: its agent's key (checked by the registry, with the machine's work), or the
+    sign-in of a provider (who may only enroll its machines and look at them)."""
+    if credentials is not None and agent_keys.looks_like_key(credentials.credentials):
+        key = agent_keys.parse(credentials.credentials)
+        if key is None:
+            raise errors.Unauthenticated("malformed agent key: it reads dcm.<machine id>.<secret>")
+        return key
+    principal = await optional_principal(request, credentials)
+    if principal is None:
+        raise errors.Unauthenticated("missing bearer token: an agent key, or a provider's sign-in from POST /v1/token")
+    if principal.role is not domain.Role.PROVIDER:
+        raise errors.Forbidden(f"this route is for provider accounts; you are signed in as {principal.role.value}")
+    return principal
+
+
 OptionalPrincipal = Annotated[auth.Principal | None, Depends(optional_principal)]
 CurrentPrincipal = Annotated[auth.Principal, Depends(current_principal)]
 ProviderPrincipal = Annotated[auth.Principal, Depends(require_role(domain.Role.PROVIDER))]
@@ -72,6 +90,7 @@ AdminPrincipal = Annotated[auth.Principal, Depends(require_role(domain.Role.ADMI
 BuyerOrAdmin = Annotated[auth.Principal, Depends(require_role(domain.Role.BUYER, domain.Role.ADMIN))]
 AdminPrincipal = Annotated[auth.Principal, Depends(require_role(domain.Role.ADMIN))]
 NodeProviderPrincipal = Annotated[auth.Principal, Depends(node_provider_principal)]
+MachineCaller = Annotated[auth.Principal | agent_keys.MachineKey, Depends(machine_caller)]
 
 
 def client_address(request: Request) -> str | None:

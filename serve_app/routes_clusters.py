@@ -6,6 +6,7 @@ import time
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, status
+from fastapi.responses import PlainTextResponse
 
 from dcl_core import api, errors, ids
 from dcl_core.cluster_spec import ClusterSpec
@@ -75,6 +76,34 @@ async def events(cluster_id: ClusterId, principal: deps.BuyerOrAdmin, clusters: 
                  after: Annotated[int, Query(ge=0, le=api.MAX_SQL_INT,
                                              description="Only events with a larger id")] = 0):
     return await clusters.cluster_events.remote(principal, cluster_id, after)
+
+
+@router.get("/v1/clusters/{cluster_id}/logs", response_model=list[api.ClusterLogFile])
+async def logs(cluster_id: ClusterId, principal: deps.BuyerOrAdmin, clusters: deps.Clusters):
+    """The log files each node shipped as it was released (delete, expiry, replacement), kept after the
+    cluster ended, up to the platform's size cap and retention. A lost machine ships nothing."""
+    return await clusters.cluster_logs.remote(principal, cluster_id)
+
+
+@router.get("/v1/clusters/{cluster_id}/logs/file", response_class=PlainTextResponse,
+            responses={200: {"content": {"text/plain": {}}}})
+async def log_file(cluster_id: ClusterId, principal: deps.BuyerOrAdmin, clusters: deps.Clusters,
+                   name: Annotated[str, Query(pattern=ids.LEASE_LOG_NAME_PATTERN,
+                                              description="A name from GET .../logs, e.g. ray/raylet.out")],
+                   node: Annotated[str | None, Query(pattern=ids.LEASE_ID_PATTERN,
+                                                     description="The node (lease) it came from")] = None):
+    found = await clusters.cluster_log.remote(principal, cluster_id, name, node)
+    return PlainTextResponse(found["text"])
+
+
+@router.get("/v1/clusters/{cluster_id}/logs/jobs/{job_id}", response_class=PlainTextResponse,
+            responses={200: {"content": {"text/plain": {}}}})
+async def job_log(cluster_id: ClusterId, principal: deps.BuyerOrAdmin, clusters: deps.Clusters,
+                  job_id: Annotated[str, Path(pattern=ids.RAY_JOB_ID_PATTERN,
+                                              description="The submission id `ray job submit` printed")]):
+    """A submitted job's driver output, as the head kept it (`ray job logs`, after the cluster ended)."""
+    found = await clusters.job_log.remote(principal, cluster_id, job_id)
+    return PlainTextResponse(found["text"])
 
 
 # --- the seed's paths (now behind a buyer's token) ---------------------------------------

@@ -6,8 +6,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response, status
 
-from serve_app import deps
 from dcl_core import api, ids
+from serve_app import deps
 
 router = APIRouter(tags=["machines"])
 
@@ -15,8 +15,10 @@ MachineId = Annotated[str, Path(pattern=ids.MACHINE_ID_PATTERN, description="Mac
 
 
 @router.post("/v1/machines", status_code=status.HTTP_201_CREATED, response_model=api.MachineRegistered)
-async def register_machine(body: api.MachineRegister, principal: deps.ProviderPrincipal, registry: deps.Registry):
-    """Idempotent per (provider, machine_key): the agent re-registers the same machine after a restart."""
+async def register_machine(body: api.MachineRegister, principal: deps.MachineCaller, registry: deps.Registry):
+    """Idempotent per (provider, machine_key). With the provider's sign-in it enrolls the machine: the
+    answer holds the machine's new agent key (shown once; the key it had is revoked). With that key,
+    the agent refreshes what it offers after a restart."""
     return await registry.register_machine.remote(principal, body.model_dump(mode="json"))
 
 
@@ -31,19 +33,19 @@ async def get_machine(machine_id: MachineId, principal: deps.ProviderOrAdmin, re
 
 
 @router.post("/v1/machines/{machine_id}/heartbeat", response_model=api.HeartbeatAck)
-async def heartbeat(machine_id: MachineId, body: api.Heartbeat, principal: deps.ProviderPrincipal,
+async def heartbeat(machine_id: MachineId, body: api.Heartbeat, principal: deps.MachineCaller,
                     registry: deps.Registry):
     return await registry.heartbeat.remote(principal, machine_id, body.usage.model_dump(mode="json"), body.leases)
 
 
 @router.delete("/v1/machines/{machine_id}", response_model=api.MachinePublic)
-async def leave(machine_id: MachineId, principal: deps.ProviderPrincipal, registry: deps.Registry):
+async def leave(machine_id: MachineId, principal: deps.MachineCaller, registry: deps.Registry):
     """The agent's graceful leave: the machine is marked gone and gets no new leases."""
     return await registry.leave.remote(principal, machine_id)
 
 
 @router.get("/v1/machines/{machine_id}/work", response_model=api.WorkBatch)
-async def next_work(machine_id: MachineId, principal: deps.ProviderPrincipal, registry: deps.Registry,
+async def next_work(machine_id: MachineId, principal: deps.MachineCaller, registry: deps.Registry,
                     wait_s: Annotated[float, Query(ge=0, le=30, description="Long-poll wait")] = 20.0):
     """Long poll: the agent's channel for node leases and commands."""
     return {"items": await registry.next_work.remote(principal, machine_id, wait_s)}
@@ -51,9 +53,23 @@ async def next_work(machine_id: MachineId, principal: deps.ProviderPrincipal, re
 
 @router.post("/v1/machines/{machine_id}/results/{item_id}")
 async def work_result(machine_id: MachineId, item_id: Annotated[str, Path(pattern=ids.WORK_ITEM_ID_PATTERN)],
-                      body: api.WorkResult, principal: deps.ProviderPrincipal, registry: deps.Registry):
+                      body: api.WorkResult, principal: deps.MachineCaller, registry: deps.Registry):
     """The agent's answer to a work item (a lease opened, a command's exit code and output)."""
     return await registry.complete_work.remote(principal, machine_id, item_id, body.model_dump())
+
+
+@router.get("/v1/machine-keys", response_model=list[api.MachineKeyPublic])
+async def list_machine_keys(principal: deps.ProviderOrAdmin, registry: deps.Registry):
+    """The agent keys of your machines (every machine's, for admins), active and revoked; never a secret."""
+    return await registry.list_machine_keys.remote(principal)
+
+
+@router.delete("/v1/machine-keys/{key_id}", response_model=api.MachineKeyPublic)
+async def revoke_machine_key(key_id: Annotated[str, Path(pattern=ids.AGENT_KEY_ID_PATTERN,
+                                                         description="Key id, e.g. k-0123456789ab")],
+                             principal: deps.ProviderOrAdmin, registry: deps.Registry):
+    """Idempotent. The machine's agent gets 401 on its next heartbeat or poll and must be enrolled again."""
+    return await registry.revoke_machine_key.remote(principal, key_id)
 
 
 @router.get("/v1/offers", response_model=list[api.Offer])

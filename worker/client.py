@@ -89,6 +89,8 @@ class PlatformApi(Protocol):
 
     def login(self, username: str, password: str) -> str: ...
 
+    def set_token(self, token: str | None) -> None: ...
+
     def register_machine(self, machine_key: str, name: str, spec: domain.MachineSpec,
                          price_per_gpu_hour: float = 0.0, price_per_cpu_hour: float = 0.0) -> dict: ...
 
@@ -150,6 +152,8 @@ class PlatformClient:
             raise ApiError(resp.status_code, _detail(resp), retry_after_s=_retry_after(resp))
         if not resp.content:
             return None
+        if resp.headers.get("content-type", "").startswith("text/plain"):
+            return resp.text  # a log file
         try:
             return resp.json()
         except ValueError:
@@ -175,7 +179,9 @@ class PlatformClient:
         return self._token
 
     def set_token(self, token: str | None) -> None:
+        """Use this token from now on; credentials of an earlier login are forgotten (no re-login on 401)."""
         self._token = token
+        self._credentials = None
 
     def create_account(self, username: str, password: str, role: str = domain.Role.BUYER.value) -> dict:
         return self.request("POST", "/v1/accounts", auth=False,

@@ -11,10 +11,11 @@ from typing import Annotated
 
 import pydantic
 from fastapi import APIRouter, FastAPI, Form, Query, Request, Response
+from fastapi import Path as FastApiPath
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 
-from dcl_core import domain, errors
+from dcl_core import domain, errors, ids
 from dcl_core.cluster_spec import ClusterSpec
 from serve_app import deps
 from serve_app import errors as http_errors
@@ -213,6 +214,19 @@ async def machines_fragment(request: Request, session: sess.Session, registry: d
     machines = await _call(registry.list_machines.remote(session.principal))
     machines.sort(key=lambda m: (m["status"] != "online", m["name"]))
     return _render(request, "_machines.html", session, machines=machines)
+
+
+@router.get("/console/machine-keys", response_class=HTMLResponse)
+async def machine_keys_fragment(request: Request, session: sess.Session, registry: deps.Registry):
+    keys = await _call(registry.list_machine_keys.remote(session.principal))
+    return _render(request, "_machine_keys.html", session, keys=sorted(keys, key=lambda k: (not k["active"], k["id"])))
+
+
+@router.post("/console/machine-keys/{key_id}/revoke", response_class=HTMLResponse)
+async def revoke_machine_key(request: Request, key_id: Annotated[str, FastApiPath(pattern=ids.AGENT_KEY_ID_PATTERN)],
+                             session: sess.ActingSession, registry: deps.Registry):
+    await _call(registry.revoke_machine_key.remote(session.principal, key_id))
+    return await machine_keys_fragment(request, session, registry)
 
 
 @router.get("/console/accounts", response_class=HTMLResponse)

@@ -62,3 +62,67 @@ def test_providers_see_only_their_own_machines_admin_sees_all(agents):
     admin_view = platform.admin().get("/v1/machines").json()
     assert machine["id"] in [m["id"] for m in admin_view]
     assert alice.get(f"/v1/machines/{machine['id']}").json()["status"] == "online"
+
+
+def test_the_password_enrolls_once_then_a_revoked_machine_key_stops_the_agent(agents):
+    """Issue 8 item 2 on the real thing: the key is the agent's only credential after enrollment, it
+    speaks for its own machine alone, and a revoked key gets 401 at once and stops the agent."""
+    import json
+    import stat
+
+    import httpx
+
+    platform = agents
+    provider = Api.sign_up(platform.url, "provider")
+    first, second = platform.start_agent(provider), platform.start_agent(provider)
+    wait_for(lambda: len(online(provider)) == 2, timeout_s=90, what="both machines online")
+    state_file = first.state_dir / "agent" / "machine.json"
+    assert stat.S_IMODE(state_file.stat().st_mode) == 0o600
+    key = json.loads(state_file.read_text())["agent_key"]
+    machine_id = key.split(".")[1]
+    other_id = json.loads((second.state_dir / "agent" / "machine.json").read_text())["machine_id"]
+    assert key not in first.log_text() and key.split(".")[2] not in first.log_text()
+
+    keyed = httpx.Client(base_url=platform.url, timeout=30, headers={"Authorization": f"Bearer {key}"})
+    try:
+        assert keyed.post(f"/v1/machines/{machine_id}/heartbeat", json={}).status_code == 200
+        # One machine's key can neither read nor answer another machine's work, nor act as the provider.
+        assert keyed.get(f"/v1/machines/{other_id}/work", params={"wait_s": 0}).status_code == 404
+        assert keyed.post(f"/v1/machines/{other_id}/heartbeat", json={}).status_code == 404
+        assert keyed.post(f"/v1/machines/{other_id}/results/w-000000000000",
+                          json={"ok": True, "exit_code": 0, "output": "", "data": {}}).status_code == 404
+        assert keyed.get("/v1/machine-keys").status_code == 401
+        assert keyed.get("/v1/clusters").status_code == 401
+        forged = key[:-4] + ("AAAA" if not key.endswith("AAAA") else "BBBB")
+        assert httpx.post(f"{platform.url}/v1/machines/{machine_id}/heartbeat", json={}, timeout=30,
+                          headers={"Authorization": f"Bearer {forged}"}).status_code == 401
+
+        # Restarted without any password, the agent comes back on its key alone.
+        first.stop()
+        wait_for(lambda: provider.get(f"/v1/machines/{machine_id}").json()["status"] == "gone", timeout_s=30,
+                 what="machine gone")
+        (first.state_dir / "password").write_text("")
+        first.start()
+        wait_for(lambda: provider.get(f"/v1/machines/{machine_id}").json()["status"] == "online",
+                 timeout_s=90, what="machine back online on its key")
+        assert "signed in as" not in first.log_text().split("received SIGTERM")[-1]
+
+        keys = provider.get("/v1/machine-keys").json()
+        [mine] = [k for k in keys if k["machine_id"] == machine_id]
+        assert mine["active"] and len(keys) == 2 and all("hash" not in str(k) for k in keys)
+        stranger = Api.sign_up(platform.url, "provider")
+        assert stranger.delete(f"/v1/machine-keys/{mine['id']}").status_code == 404
+        assert provider.delete("/v1/machine-keys/k-nothex").status_code == 422
+
+        r = provider.delete(f"/v1/machine-keys/{mine['id']}")
+        assert r.status_code == 200 and not r.json()["active"], r.text
+        refused = keyed.post(f"/v1/machines/{machine_id}/heartbeat", json={})
+        assert refused.status_code == 401 and "revoked" in refused.text
+        assert keyed.get(f"/v1/machines/{machine_id}/work", params={"wait_s": 0}).status_code == 401
+        assert first.proc.wait(timeout=60) == 3  # the agent stopped at its next heartbeat, and says why
+        assert "refused this machine's agent key" in first.log_text()
+        assert json.loads(state_file.read_text())["agent_key"] is None
+        assert provider.get(f"/v1/machines/{machine_id}").json()["status"] != "online"
+        assert provider.get(f"/v1/machines/{other_id}").json()["status"] == "online"  # the other one is untouched
+    finally:
+        keyed.close()

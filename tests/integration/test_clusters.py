@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -83,6 +84,31 @@ def test_cluster_runs_jobs_with_its_token_only(market, platform, tmp_path):
     wait_status(buyer, cid, "terminated", timeout_s=60)
     wait_for(lambda: not lease_processes(leases), timeout_s=30, what="every process of the cluster gone")
     assert buyer.delete(f"/v1/clusters/{cid}").json()["status"] == "terminated"  # idempotent
+
+    # Its logs outlive it: the job's driver output, and each node's Ray and command logs.
+    job_id = re.search(r"raysubmit_[A-Za-z0-9]+", ok.stdout + ok.stderr).group(0)
+    driver = buyer.get(f"/v1/clusters/{cid}/logs/jobs/{job_id}")
+    assert driver.status_code == 200 and "MACHINES " in driver.text, driver.text[-2000:]
+    files = buyer.get(f"/v1/clusters/{cid}/logs").json()
+    assert {f["lease_id"] for f in files} == set(leases), files
+    assert any(f["name"] == "ray/raylet.out" for f in files) and any(f["name"].startswith("commands/") for f in files)
+    raylet = next(f for f in files if f["name"] == "ray/raylet.out")
+    r = buyer.get(f"/v1/clusters/{cid}/logs/file", params={"name": "ray/raylet.out", "node": raylet["lease_id"]})
+    assert r.status_code == 200 and r.text
+    assert other.get(f"/v1/clusters/{cid}/logs").status_code == 404
+    assert buyer.get(f"/v1/clusters/{cid}/logs/jobs/no_such_job").status_code == 404
+    assert buyer.get(f"/v1/clusters/{cid}/logs/file", params={"name": "../etc/passwd"}).status_code == 422
+    from tests.integration.test_cli import Cli
+    (tmp_path / "cli").mkdir()
+    cli = Cli(tmp_path / "cli")
+    password_file = tmp_path / "buyer-password"
+    password_file.write_text(buyer.password + "\n")
+    login = cli("login", "--url", platform.url, "--username", buyer.username, "--password-file", str(password_file))
+    assert login.returncode == 0, login.stderr
+    shown = cli("cluster", "logs", cid, "--job", job_id)
+    assert shown.returncode == 0 and "MACHINES " in shown.stdout, shown.stderr
+    listed = cli("cluster", "logs", cid)
+    assert listed.returncode == 0 and "ray/raylet.out" in listed.stdout
 
 
 def test_two_buyers_side_by_side_and_capacity_409(market, platform, tmp_path):

@@ -226,6 +226,10 @@ def test_console_buyer_provider_admin(market, platform, browser, on_failure, tmp
         sign_in(browser, url, providers[machine_id], "password123")
         wait_text(browser, f'tr[data-machine="{machine_id}"]', lambda t: "online" in t, 30, "the provider's machine")
         assert market[1] not in browser.page_source  # another provider's machine is not shown
+        # Its machine's agent key: listed (never the secret), with a revoke button.
+        wait_text(browser, "#machine-keys-table", lambda t: machine_id in t and "active" in t, 30, "the machine's key")
+        assert browser.find_elements(By.CSS_SELECTOR, "#machine-keys-table button.revoke")
+        assert "dcm." not in browser.page_source
         wait_text(browser, "#usage-panel", lambda t: "Earned" in t, 30, "the earnings panel")
         shot(browser, "5-provider")
 

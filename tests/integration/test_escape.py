@@ -127,7 +127,9 @@ def test_a_buyers_job_cannot_get_out_of_its_leases(gpu_market, platform, tmp_pat
         reads[f"agent_environ_{i}"] = f"/proc/{agent.proc.pid}/environ"
         writes[f"agent_state_dir_{i}"] = str(agent.state_dir / "agent" / "escaped")
     targets = {"reads": reads, "writes": writes, "sleep_marker": marker, "grow_mb": LEASE_MEMORY_MB + 1000,
-               "provider_password": "password123"}
+               "provider_password": "password123",
+               "agent_keys": [json.loads((a.state_dir / "agent" / "machine.json").read_text())["agent_key"]
+                              for a in agents]}
     conn = bob.get(f"/v1/clusters/{cb['id']}/connection").json()
     job = _job(conn, tmp_path, "python", "escape.py", json.dumps(targets))
     output = job.stdout + job.stderr
@@ -140,7 +142,7 @@ def test_a_buyers_job_cannot_get_out_of_its_leases(gpu_market, platform, tmp_pat
         for name, result in got[kind].items():
             assert result in DENIED, (kind, name, result)
     assert not Path("/escaped").exists() and not (platform.state_dir / "escaped").exists()
-    assert not got["env_has_provider_password"]
+    assert not got["env_has_provider_password"] and not got["env_has_agent_key"]
     assert not {"DCLUSTER_AGENT_PASSWORD", "DCLUSTER_JWT_SECRET", "RAY_AUTH_TOKEN"} & set(got["env_names"])
     assert got["pid_namespace_processes"] < 60  # the lease's own processes, not the machine's
     # The GPU worker: one device node whatever CUDA_VISIBLE_DEVICES says, and it is the leased one.

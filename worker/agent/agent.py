@@ -26,6 +26,10 @@ RESULT_POST_ATTEMPTS = 6  # backoff 1, 2, 4, 8, 16 s between them: about half a 
 LEASES_DIR = "leases"
 
 
+class KeyRevoked(Exception):
+    """The platform refused this machine's agent key: the provider revoked it (or enrolled the machine anew)."""
+
+
 class Agent:
     """Keeps this machine registered and heartbeating; hands platform work items to handlers."""
 
@@ -64,7 +68,11 @@ class Agent:
         self._lease_queues_lock = threading.Lock()
         for kind in (protocol.LEASE_OPEN, protocol.LEASE_EXEC, protocol.LEASE_CLOSE):
             self.work_handlers[kind] = self._enqueue_lease_item
-        self._need_login = True
+        # The password enrolls the machine once; the agent then speaks with the machine's key alone.
+        self._password = settings.password
+        self.revoked = False  # set when the platform refused the key: run() returns, the CLI says why
+        if self._state.agent_key:
+            self.client.set_token(self._state.agent_key)
         self._hb_backoff = api.Backoff(rand=rand)
         self._poll_backoff = api.Backoff(rand=rand)
         self._outage_since: float | None = None
@@ -186,15 +194,14 @@ class Agent:
                 return
 
     def heartbeat_step(self) -> float:
-        """Log in and register when needed, then heartbeat; returns seconds until the next step."""
-        stage = "login"
+        """Enroll or register when needed, then heartbeat; returns seconds until the next step."""
+        stage = "register"
         try:
-            if self._need_login:
-                self.client.login(self.settings.username, self.settings.password.get_secret_value())
-                self._need_login = False
-                logger.info("logged in as %s", self.settings.username)
             if self.machine_id is None:
-                stage = "register"
+                if not self._state.agent_key:
+                    stage = "login"
+                    self._sign_in_to_enroll()
+                    stage = "register"
                 self._register()
             stage = "heartbeat"
             held = self.leases.lease_ids()
@@ -205,27 +212,44 @@ class Agent:
             if exc.is_transient:
                 self._failed(stage, exc)
                 return max(self._hb_backoff.next(), min(exc.retry_after_s or 0.0, 300.0))  # 429 says when
-            if self._was_unreachable:  # it answers again: start re-login/re-register without the outage's delay
+            if self._was_unreachable:  # it answers again: start re-registering without the outage's delay
                 self._was_unreachable = False
                 self._hb_backoff.reset()
+            if exc.status_code == 401 and self._state.agent_key:
+                self._key_refused(exc)
+                return 0.0
             if stage == "heartbeat" and exc.status_code == 404:
                 logger.warning("the platform no longer knows machine %s; registering again", self.machine_id)
                 self.machine_id = None
-            elif stage != "login" and exc.status_code == 401:
-                logger.warning("the platform rejected our token at %s; logging in again", stage)
-                self._need_login, self.machine_id = True, None
             else:
                 self._failed(stage, exc)
             return self._hb_backoff.next()
         except api.PlatformUnreachable as exc:
             self._failed(stage, exc)
             return self._hb_backoff.next()
+        except KeyRevoked as exc:
+            logger.error("%s", exc)
+            self.revoked = True
+            self._stopping.set()  # run() stops the leases and returns
+            return 0.0
         except Exception:  # noqa: BLE001 - never let the heartbeat loop die
             logger.exception("unexpected error at %s", stage)
             return self._hb_backoff.next()
         self._recovered()
         self._hb_backoff.reset()
         return self.heartbeat_interval_s
+
+    def _key_refused(self, exc: api.ApiError) -> None:
+        """The key is dead for good: forget it, stop offering the machine (a provider who revoked it
+        does not want it back on its own), and say how to enroll it again."""
+        logger.error("the platform refused this machine's agent key (%s): the provider revoked it or enrolled "
+                     "the machine again elsewhere. Its leases are closed and the agent stops; start it again "
+                     "with the provider's password to enroll the machine anew", exc.detail)
+        self._state.agent_key = None
+        self._save_state()
+        self.client.set_token(None)
+        self.revoked = True
+        self._stopping.set()
 
     def _lease_limits(self, payload: protocol.LeaseOpen) -> sandbox_base.LeaseLimits:
         """A lease gets its CPUs, their share of the machine's RAM (at most --lease-memory-mb), --lease-pids."""
@@ -244,17 +268,34 @@ class Agent:
         answer = self.client.register_machine(self.machine_key, name, self.spec,
                                               self.settings.price_per_gpu_hour, self.settings.price_per_cpu_hour)
         self.machine_id = str(answer["id"])
+        if answer.get("agent_key"):
+            # Enrolled: from now on the machine's own key; the password is forgotten.
+            self._state.agent_key = answer["agent_key"]
+            self.client.set_token(self._state.agent_key)
+            self._password = None
+            logger.info("machine %s enrolled: the agent now uses its own key (in %s)", self.machine_id,
+                        self._state.path)
         self._set_interval(answer)
         self._wake_poll()
         logger.info("registered machine %s as %r: %d CPUs, %d MiB RAM, %d GPU(s)%s", self.machine_id, name,
                     self.spec.cpus, self.spec.memory_mb, len(self.spec.gpus),
                     f" {self.spec.gpu_model}" if self.spec.gpus else "")
-        if self._state.machine_id != self.machine_id:
+        if self._state.machine_id != self.machine_id or answer.get("agent_key"):
             self._state.machine_id = self.machine_id
-            try:
-                self._state.save()
-            except OSError as exc:  # the key is already on disk; only the informative id is lost
-                logger.warning("could not save %s: %s", self._state.path, exc)
+            self._save_state()
+
+    def _sign_in_to_enroll(self) -> None:
+        if self._password is None:
+            raise KeyRevoked("this machine has no agent key and the agent has no password to enroll it: start "
+                             "the agent with the provider's password (--password-file or $DCLUSTER_AGENT_PASSWORD)")
+        self.client.login(self.settings.username, self._password.get_secret_value())
+        logger.info("signed in as %s to enroll this machine", self.settings.username)
+
+    def _save_state(self) -> None:
+        try:
+            self._state.save()
+        except OSError as exc:
+            logger.warning("could not save %s: %s", self._state.path, exc)
 
     def _set_interval(self, answer: Any) -> None:
         try:

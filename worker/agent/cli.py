@@ -16,12 +16,14 @@ from dcl_core import domain
 from worker import client as api
 from worker.agent import agent as agent_mod
 from worker.agent import detect
+from worker.agent import state as state_mod
 from worker.agent import sandbox
 from worker.agent.sandbox import base as sandbox_base
 
 logger = logging.getLogger(__name__)
 
 PASSWORD_ENV = "DCLUSTER_AGENT_PASSWORD"
+EXIT_KEY_REFUSED = 3  # the platform refused the machine's agent key: enroll it again with the password
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
                     f"--password-file or ${PASSWORD_ENV}, never from the command line (visible in ps).")
     p.add_argument("--platform-url", help="Base URL of the platform API, e.g. https://market.example.com")
     p.add_argument("--username", help="Provider account name")
-    p.add_argument("--password-file", type=Path, help=f"File holding the password (else ${PASSWORD_ENV})")
+    p.add_argument("--password-file", type=Path,
+                   help=f"File holding the password (else ${PASSWORD_ENV}); needed only to enroll the machine")
     p.add_argument("--name", help="Display name of this machine (default: hostname)")
     p.add_argument("--state-dir", type=Path, default=None, help="Where machine.json lives (default ~/.dcluster-agent)")
     p.add_argument("--gpus", type=int, default=None, metavar="N",
@@ -96,11 +99,13 @@ def main(argv: list[str] | None = None) -> int:
         password = read_password(args.password_file)
     except OSError as exc:
         parser.error(f"cannot read --password-file: {exc}")
-    if not password:
-        parser.error(f"no password: pass --password-file FILE or set ${PASSWORD_ENV}")
+    state_dir = args.state_dir if args.state_dir is not None else state_mod.default_state_dir()
+    if not password and not _has_agent_key(state_dir):
+        parser.error(f"no password: this machine is not enrolled yet; pass --password-file FILE or set ${PASSWORD_ENV} "
+                     f"(it is used once: the machine then gets its own agent key)")
 
     runtime = args.runtime or sandbox.default_runtime()
-    fields = {"platform_url": args.platform_url, "username": args.username, "password": password,
+    fields = {"platform_url": args.platform_url, "username": args.username, "password": password or None,
               "name": args.name, "declared_gpus": args.gpus, "declared_gpu_model": args.gpu_model,
               "declared_gpu_memory_mb": args.gpu_memory_mb, "declared_cpus": args.cpus, "price_per_gpu_hour": args.price_per_gpu_hour,
               "price_per_cpu_hour": args.price_per_cpu_hour, "runtime": runtime,
@@ -137,7 +142,16 @@ def main(argv: list[str] | None = None) -> int:
         agent.run()
     finally:
         client.close()
+    if agent.revoked:
+        return EXIT_KEY_REFUSED
     return 0
+
+
+def _has_agent_key(state_dir: Path) -> bool:
+    try:
+        return state_mod.MachineState(state_dir).agent_key is not None
+    except OSError:
+        return False
 
 
 if __name__ == "__main__":

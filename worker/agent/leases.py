@@ -39,6 +39,7 @@ import worker
 from dcl_core import commands, domain, ids, protocol, secret_files
 from dcl_core import ray_ports as ray_ports_mod
 from worker import procs
+from worker.agent import lease_logs
 from worker.agent.lease_files import (LEASE_USER, RECORD_FILE, TERM_GRACE_S, TOKEN_FILE, LeaseError, owner_tag,
                                       temp_dir_for)
 from worker.agent.lease_files import Lease as _Lease
@@ -286,6 +287,12 @@ class LeaseRunner:
         elapsed = round(time.monotonic() - started, 2)
         exit_code = _exit_code(returncode)
         logger.info("lease %s: command exited %d in %.1f s", lease_id, exit_code, elapsed)
+        if lease.closing:
+            # Stopped by the lease's close: whatever the shell said as it went (it may exit 0 on the
+            # signal), the command did not finish.
+            return protocol.WorkResult(ok=False, exit_code=exit_code, data={**data, "elapsed_s": elapsed},
+                                       output=_last(note + _read_tail(log_path) +
+                                                    f"\n[dcluster-agent] stopped by the close of lease {lease_id}\n"))
         return protocol.WorkResult(ok=exit_code == 0, exit_code=exit_code, output=_last(note + _read_tail(log_path)),
                                    data={**data, "elapsed_s": elapsed})
 
@@ -346,7 +353,10 @@ class LeaseRunner:
                            lease_id, summary.remaining)
             return protocol.WorkResult(ok=False, output=f"processes {summary.remaining} of lease {lease_id} are "
                                        "still alive; close it again", data=data)
-        _remove_tree(lease.temp_dir if lease else temp_dir_for(lease_id))
+        temp_dir = lease.temp_dir if lease else temp_dir_for(lease_id)
+        # Shipped with the answer before the files go: the buyer reads them after the cluster ended.
+        data["logs"] = lease_logs.collect(temp_dir, self.root / lease_id / "logs")
+        _remove_tree(temp_dir)
         _remove_tree(self.root / lease_id)
         with self._lock:
             self._leases.pop(lease_id, None)

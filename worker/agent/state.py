@@ -28,7 +28,9 @@ class AgentSettings(domain.StrictModel):
 
     platform_url: str = Field(min_length=1, description="Base URL of the platform API")
     username: str = Field(min_length=1, description="Provider account")
-    password: SecretStr = Field(description="SecretStr so repr() and logs never show it")
+    password: SecretStr | None = Field(
+        default=None, description="Used once, to enroll the machine (None once it has an agent key); "
+                                  "SecretStr so repr() and logs never show it")
     name: str | None = Field(default=None, pattern=ids.MACHINE_NAME_PATTERN, description="Display name; default: hostname")
     state_dir: Path = Field(default_factory=default_state_dir)
     declared_gpus: int | None = Field(default=None, ge=0, le=detect.MAX_GPUS, description="Override NVML")
@@ -51,7 +53,8 @@ class AgentSettings(domain.StrictModel):
 
 
 class MachineState:
-    """machine.json in the state dir (0600 in a 0700 dir): the stable machine_key and last machine id."""
+    """machine.json in the state dir (0600 in a 0700 dir, outside every lease's view): the stable
+    machine_key, the last machine id, and the machine's agent key once the provider's password enrolled it."""
 
     def __init__(self, state_dir: Path):
         self.dir = Path(state_dir).expanduser()
@@ -63,6 +66,8 @@ class MachineState:
         data = self._load()
         key, machine_id = data.get("machine_key"), data.get("machine_id")
         self.machine_id: str | None = machine_id if isinstance(machine_id, str) else None
+        agent_key = data.get("agent_key")
+        self.agent_key: str | None = agent_key if isinstance(agent_key, str) and agent_key else None
         if isinstance(key, str) and _KEY_RE.match(key):
             self.machine_key = key
         else:
@@ -86,7 +91,8 @@ class MachineState:
     def save(self) -> None:
         # atomic: a crash never leaves half a key
         secret_files.write_secret_file(self.path, json.dumps(
-            {"machine_key": self.machine_key, "machine_id": self.machine_id}, indent=2) + "\n")
+            {"machine_key": self.machine_key, "machine_id": self.machine_id, "agent_key": self.agent_key},
+            indent=2) + "\n")
 
 
 def machine_name(hostname: str) -> str:

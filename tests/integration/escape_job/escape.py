@@ -48,6 +48,8 @@ def main() -> None:
            "writes": {name: write(path) for name, path in targets["writes"].items()}}
     secret = targets.get("provider_password", "")
     out["env_has_provider_password"] = any(secret and secret in v for v in os.environ.values())
+    keys = targets.get("agent_keys", [])
+    out["env_has_agent_key"] = any(k in v for k in keys for v in os.environ.values())
     out["env_names"] = sorted(os.environ)
     # A process that hides from the agent's tag and from the job's session; it must not outlive the lease.
     marker = targets["sleep_marker"]

@@ -5,7 +5,7 @@ import stat
 
 import pytest
 
-from actors import auth, registry, store
+from actors import agent_keys, auth, registry, store
 from dcl_core import domain, errors, protocol
 from actors.settings import PlatformSettings
 
@@ -174,4 +174,75 @@ def test_no_machine_is_silent_while_the_platform_could_not_hear(tmp_path, clock)
         assert (await reg.lease_liveness())["silence_cutoff"] == 0.0
         clock.advance(2)
         assert (await reg.lease_liveness())["silence_cutoff"] > 0
+    run(go)
+
+
+# --- per-machine agent keys -------------------------------------------------------------------
+
+def test_enrollment_answers_a_key_that_speaks_for_its_machine_alone(tmp_path, clock):
+    async def go():
+        reg = make_registry(tmp_path, clock)
+        await reg.start()
+        p1 = await signed_in(reg, "prov1", domain.Role.PROVIDER)
+        first = await reg.register_machine(p1, machine_request("mk-00000001"))
+        second = await reg.register_machine(p1, machine_request("mk-00000002"))
+        key = agent_keys.parse(first["agent_key"])
+        assert key is not None and key.machine_id == first["id"]
+        usage = {"active_leases": 0}
+        assert (await reg.heartbeat(key, first["id"], usage))["status"] == "online"
+        await reg.push_work(second["id"], "lease.exec", {"x": 1})
+        # The first machine's key can neither read nor answer the second machine's work.
+        for call in (reg.heartbeat(key, second["id"], usage), reg.next_work(key, second["id"], 0),
+                     reg.complete_work(key, second["id"], "w-000000000000", {"ok": True}), reg.leave(key, second["id"])):
+            with pytest.raises(errors.NotFound):
+                await call
+        assert len(await reg.next_work(p1, second["id"], 0)) == 1  # still queued for its own agent
+        forged = agent_keys.MachineKey(first["id"], "A" * 43)
+        with pytest.raises(errors.Unauthenticated):
+            await reg.heartbeat(forged, first["id"], usage)
+        # The key refreshes its own machine's offer without a new key; it cannot take another machine_key.
+        refreshed = await reg.register_machine(key, machine_request("mk-00000001", price=0.9))
+        assert refreshed["id"] == first["id"] and refreshed["price_per_gpu_hour"] == 0.9
+        assert refreshed.get("agent_key") is None
+        with pytest.raises(errors.Forbidden):
+            await reg.register_machine(key, machine_request("mk-00000002"))
+        # The database keeps only a hash of the secret.
+        row = await reg._store.active_machine_key(first["id"])
+        assert key.secret not in json.dumps(row) and row["key_hash"] == agent_keys.hash_secret(key.secret)
+    run(go)
+
+
+def test_revoked_or_replaced_keys_get_401_and_only_the_owner_revokes(tmp_path, clock):
+    async def go():
+        reg = make_registry(tmp_path, clock)
+        await reg.start()
+        p1 = await signed_in(reg, "prov1", domain.Role.PROVIDER)
+        p2 = await signed_in(reg, "prov2", domain.Role.PROVIDER)
+        enrolled = await reg.register_machine(p1, machine_request())
+        machine_id, key = enrolled["id"], agent_keys.parse(enrolled["agent_key"])
+        [listed] = await reg.list_machine_keys(p1)
+        assert listed["machine_id"] == machine_id and listed["active"] and "key_hash" not in listed
+        assert await reg.list_machine_keys(p2) == []
+        with pytest.raises(errors.NotFound):
+            await reg.revoke_machine_key(p2, listed["id"])
+        poll = asyncio.ensure_future(reg.next_work(key, machine_id, 20))
+        await asyncio.sleep(0.05)
+        revoked = await reg.revoke_machine_key(p1, listed["id"])
+        assert not revoked["active"] and revoked["revoked_at"] is not None
+        assert await asyncio.wait_for(poll, 1) == []  # the poll in flight returns at once
+        for call in (reg.heartbeat(key, machine_id, {"active_leases": 0}), reg.next_work(key, machine_id, 0)):
+            with pytest.raises(errors.Unauthenticated, match="revoked"):
+                await call
+        assert (await reg.get_machine(p1, machine_id))["status"] == "offline"  # no new leases meanwhile
+        assert (await reg.revoke_machine_key(p1, listed["id"]))["revoked_at"] == revoked["revoked_at"]  # idempotent
+        # Enrolling again with the password gives a new key; an earlier key stays dead, after a restart too.
+        again = await reg.register_machine(p1, machine_request())
+        assert again["id"] == machine_id
+        restarted = make_registry(tmp_path, clock)
+        await restarted.start()
+        with pytest.raises(errors.Unauthenticated):
+            await restarted.heartbeat(key, machine_id, {"active_leases": 0})
+        fresh = agent_keys.parse(again["agent_key"])
+        assert (await restarted.heartbeat(fresh, machine_id, {"active_leases": 0}))["status"] == "online"
+        assert [k["active"] for k in await restarted.list_machine_keys(p1)] == [False, True]
     run(go)

@@ -47,6 +47,8 @@ class FakeClient:
         self.work: queue.Queue = queue.Queue()
         self.results: list[tuple[str, str, dict]] = []  # (machine_id, item_id, WorkResult JSON) accepted
         self.lock = threading.Lock()
+        self.token: str | None = None  # what the next call would carry
+        self.keys_minted = 0
 
     def _next(self, name):
         with self.lock:
@@ -60,13 +62,21 @@ class FakeClient:
 
     def login(self, username: str, password: str) -> str:
         assert (username, password) == ("prov1", PASSWORD)
-        return self._next("login") or "tok"
+        self.token = self._next("login") or "tok"
+        return self.token
+
+    def set_token(self, token: str | None) -> None:
+        self.token = token
 
     def register_machine(self, machine_key: str, name: str, spec: domain.MachineSpec,
                          price_per_gpu_hour: float = 0.0, price_per_cpu_hour: float = 0.0) -> dict:
         answer = self._next("register_machine")
         self.registrations.append((machine_key, name))
-        return answer or {"id": "m-1", "heartbeat_interval_s": self.interval_s}
+        answer = answer or {"id": "m-1", "heartbeat_interval_s": self.interval_s}
+        if self.token == "tok":  # the provider's sign-in enrolls the machine: a new agent key
+            self.keys_minted += 1
+            answer = {**answer, "agent_key": f"dcm.{answer['id']}.key{self.keys_minted}"}
+        return answer
 
     def heartbeat(self, machine_id: str, usage: domain.MachineUsage, leases: Sequence[str] = ()) -> dict:
         answer = self._next("heartbeat")
@@ -135,7 +145,8 @@ def make_agent(tmp_path, client=None, waits=None, detect_fn=lambda: SPEC, **kw):
 def test_fake_client_matches_the_real_one():
     """The fake implements the same Protocol as PlatformClient, so it cannot drift."""
     methods = [n for n, _ in inspect.getmembers(api.PlatformApi, inspect.isfunction) if not n.startswith("_")]
-    assert set(methods) == {"login", "register_machine", "heartbeat", "poll_work", "leave", "post_result"}
+    assert set(methods) == {"login", "set_token", "register_machine", "heartbeat", "poll_work", "leave",
+                            "post_result"}
     for name in methods:
         def shape(fn):
             return [(p.name, p.kind, p.default) for p in inspect.signature(fn).parameters.values()]
@@ -161,7 +172,7 @@ def test_machine_id_is_saved_after_registration(tmp_path):
     agent = make_agent(tmp_path)
     agent.heartbeat_step()
     data = json.loads((tmp_path / "state" / "machine.json").read_text())
-    assert data == {"machine_key": agent.machine_key, "machine_id": "m-1"}
+    assert data == {"machine_key": agent.machine_key, "machine_id": "m-1", "agent_key": "dcm.m-1.key1"}
     assert stat.S_IMODE((tmp_path / "state" / "machine.json").stat().st_mode) == 0o600
 
 
@@ -220,15 +231,39 @@ def test_404_after_an_outage_reregisters_without_the_outage_delay(tmp_path):
     assert agent.heartbeat_step() == 5.0 and len(client.registrations) == 2
 
 
-def test_401_that_relogin_cannot_fix_logs_in_and_registers_again(tmp_path):
+def test_the_password_enrolls_once_then_the_machine_key_alone_is_used(tmp_path):
     client = FakeClient()
     agent = make_agent(tmp_path, client)
     agent.heartbeat_step()
-    client.script["heartbeat"] = [api.ApiError(401, "token expired")]
+    assert client.token == "dcm.m-1.key1" and agent._password is None  # forgotten once enrolled
+    restarted_client = FakeClient()
+    restarted = agent_mod.Agent(restarted_client, make_settings(tmp_path).model_copy(update={"password": None}),
+                                detect_fn=lambda: SPEC, usage_fn=lambda n: domain.MachineUsage(active_leases=n),
+                                sleep=FakeWaits().sleep, clock=FakeWaits().clock, rand=lambda: 1.0)
+    assert restarted.heartbeat_step() == 7.0
+    assert restarted_client.calls == ["register_machine", "heartbeat"]  # no sign-in: the saved key
+    assert restarted_client.token == "dcm.m-1.key1" and restarted.machine_id == "m-1"
+
+
+def test_a_refused_machine_key_stops_the_agent_and_forgets_the_key(tmp_path, caplog):
+    client = FakeClient()
+    agent = make_agent(tmp_path, client)
     agent.heartbeat_step()
+    client.script["heartbeat"] = [api.ApiError(401, "this agent key of machine m-1 is revoked")]
     agent.heartbeat_step()
-    assert client.calls == ["login", "register_machine", "heartbeat", "heartbeat",
-                            "login", "register_machine", "heartbeat"]
+    assert agent.revoked and agent._stopping.is_set()
+    assert client.calls == ["login", "register_machine", "heartbeat", "heartbeat"]  # no silent re-enrollment
+    assert json.loads((tmp_path / "state" / "machine.json").read_text())["agent_key"] is None
+    assert "enroll the machine anew" in caplog.text and "key1" not in caplog.text
+
+
+def test_without_key_or_password_the_agent_stops_and_says_why(tmp_path, caplog):
+    client = FakeClient()
+    agent = make_agent(tmp_path, client)
+    agent._password = None
+    agent.heartbeat_step()
+    assert agent.revoked and client.calls == []
+    assert "no agent key" in caplog.text
 
 
 def test_unreachable_backs_off_then_recovers(tmp_path, caplog):

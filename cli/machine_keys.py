@@ -1,0 +1,48 @@
+"""`dcluster machine keys` and `dcluster machine revoke-key`: a provider's per-machine agent keys."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from cli import buyer, output, terminal
+
+
+def _when(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else ""
+
+
+def key_rows(keys: list[dict]) -> tuple[list[str], list[list]]:
+    rows = [[k["id"], k["machine_id"], k["machine_name"], "active" if k["active"] else "revoked",
+             _when(k["created_at"]), _when(k["revoked_at"])] for k in keys]
+    return ["key", "machine", "name", "state", "created", "revoked"], rows
+
+
+@buyer._guarded
+def cmd_machine(args: argparse.Namespace) -> int:
+    with buyer.signed_in_client() as client:
+        if args.machine_command == "revoke-key":
+            revoked = client.request("DELETE", f"/v1/machine-keys/{args.key_id}")
+            if args.json:
+                output.print_json(revoked)
+            else:
+                print(f"revoked {revoked['id']} of machine {revoked['machine_id']}: its agent gets 401 on its next "
+                      f"heartbeat and stops; run it with the provider's password to enroll the machine again")
+            return buyer.Exit.OK
+        keys = client.request("GET", "/v1/machine-keys")
+    if args.json:
+        output.print_json(keys)
+    else:
+        terminal.print_table(*key_rows(keys))
+    return buyer.Exit.OK
+
+
+def add_machine(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("machine", help="providers: your machines' agent keys (list, revoke)")
+    msub = p.add_subparsers(dest="machine_command", metavar="ACTION", required=True)
+    keys = msub.add_parser("keys", help="every agent key of your machines, active and revoked (never a secret)")
+    keys.add_argument("--json", action="store_true", help="machine-readable output")
+    revoke = msub.add_parser("revoke-key", help="revoke a machine's key: its agent stops at its next heartbeat")
+    revoke.add_argument("key_id", metavar="KEY_ID", help="e.g. k-0123456789ab (from `dcluster machine keys`)")
+    revoke.add_argument("--json", action="store_true", help="machine-readable output")
+    return p
