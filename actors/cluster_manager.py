@@ -77,7 +77,7 @@ class ClusterManager:
         self._clock = clock
         self._quotas = quota_book.QuotaBook(store, settings, clock)
         self._tokens: auth.TokenIssuer | None = None
-        self._placement_lock = asyncio.Lock()  # placements see each other's reservations
+        self._placement_lock = store.placement_lock()  # placements see each other's, in every process
         self._tasks: dict[str, asyncio.Task] = {}  # cluster id → its provisioning or teardown
         self._last_sweep = 0.0
 

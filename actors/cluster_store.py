@@ -76,8 +76,7 @@ class ClusterStore(Database):
         if only_from:
             sql += f" AND status IN ({','.join('?' * len(only_from))})"
             args += [s.value for s in only_from]
-        cursor = await self._write(sql, tuple(args))
-        return cursor.rowcount > 0
+        return await self._write(sql, tuple(args)) > 0
 
     async def clear_reason(self, cluster_id: str) -> None:
         await self._write("UPDATE clusters SET reason = NULL WHERE id = ?", (cluster_id,))
@@ -143,18 +142,17 @@ class ClusterStore(Database):
         await self._write("UPDATE leases SET tags = ? WHERE id = ?", (json.dumps(tags), lease_id))
 
     async def mark_joined(self, lease_id: str, now: float) -> bool:
-        cursor = await self._write("UPDATE leases SET joined_at = ? WHERE id = ? AND joined_at IS NULL",
-                                   (now, lease_id))
-        return cursor.rowcount > 0
+        return await self._write("UPDATE leases SET joined_at = ? WHERE id = ? AND joined_at IS NULL",
+                                 (now, lease_id)) > 0
 
     async def end_lease(self, lease_id: str, status: domain.LeaseStatus, now: float) -> bool:
         """Closes or loses a lease that still held capacity; returns False if it already ended."""
         marks = ",".join("?" * len(ACTIVE_LEASE_STATUSES))
-        cursor = await self._write(
+        changed = await self._write(
             f"UPDATE leases SET status = ?, left_at = CASE WHEN joined_at IS NULL THEN left_at ELSE ? END"
             f" WHERE id = ? AND status IN ({marks})",
             (status.value, now, lease_id, *ACTIVE_LEASE_STATUSES))
-        return cursor.rowcount > 0
+        return changed > 0
 
     # --- quotas ---------------------------------------------------------------------------
 

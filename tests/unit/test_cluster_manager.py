@@ -1,4 +1,4 @@
-"""ClusterManager logic with a real SQLite store, a fake clock, a fake registry and a fake launcher."""
+"""ClusterManager logic with a real store (SQLite, and PostgreSQL), a fake clock, a fake registry and a fake launcher."""
 
 import asyncio
 
@@ -66,10 +66,11 @@ class FakeLauncher:
 
 
 @pytest.fixture
-def env(tmp_path, clock):
+def env(db_location, tmp_path, clock):
     async def build(**options):
-        settings = PlatformSettings(state_dir=tmp_path, heartbeat_interval_s=5, api_url="http://127.0.0.1:9")
-        db = store.Store(settings.db_path)
+        settings = PlatformSettings(state_dir=tmp_path, heartbeat_interval_s=5, api_url="http://127.0.0.1:9",
+                                    database=db_location if isinstance(db_location, str) else None)
+        db = store.Store(settings.db_location)
         buyer = await db.create_account("buyer", "h", domain.Role.BUYER, clock())
         prov = await db.create_account("prov", "h", domain.Role.PROVIDER, clock())
         for i in range(2):
@@ -77,7 +78,7 @@ def env(tmp_path, clock):
                                     name=f"n{i}", spec=domain.MachineSpec(hostname="h", cpus=4, memory_mb=1000),
                                     price_per_gpu_hour=0, price_per_cpu_hour=0.1, now=clock())
         registry, launcher = FakeRegistry(clock, settings.offline_after_s), FakeLauncher()
-        manager = cluster_manager.ClusterManager(cluster_store.ClusterStore(settings.db_path), settings,
+        manager = cluster_manager.ClusterManager(cluster_store.ClusterStore(settings.db_location), settings,
                                                  registry=registry, launcher=launcher, clock=clock, **options)
         launcher.manager = manager
         await manager.start()
@@ -162,7 +163,8 @@ def test_restart_during_provisioning_fails_and_cleans_up(env, tmp_path, clock):
         for task in manager._tasks.values():
             task.cancel()  # the actor died mid-launch
         await asyncio.sleep(0)
-        again = cluster_manager.ClusterManager(cluster_store.ClusterStore(tmp_path / "platform.db"), manager._settings,
+        again = cluster_manager.ClusterManager(cluster_store.ClusterStore(manager._settings.db_location),
+                                               manager._settings,
                                                registry=registry, launcher=launcher, clock=clock)
         await again.start()
         await settle(again)
