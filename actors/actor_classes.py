@@ -92,7 +92,7 @@ def thin_actor(core_cls: type, build) -> type:
 def _build_registry(settings_json: str) -> registry.ProviderRegistry:
     settings = PlatformSettings.model_validate_json(settings_json)
     logging.basicConfig(level=logging.INFO)
-    return registry.ProviderRegistry(store.Store(settings.db_path), settings, metrics=ray_metrics.RayMetrics())
+    return registry.ProviderRegistry(store.Store(settings.db_location), settings, metrics=ray_metrics.RayMetrics())
 
 
 ProviderRegistryActor = thin_actor(registry.ProviderRegistry, _build_registry)
@@ -119,7 +119,7 @@ def _build_cluster_manager(settings_json: str) -> cluster_manager.ClusterManager
     settings = PlatformSettings.model_validate_json(settings_json)
     logging.basicConfig(level=logging.INFO)
     return cluster_manager.ClusterManager(
-        cluster_store.ClusterStore(settings.db_path), settings,
+        cluster_store.ClusterStore(settings.db_location), settings,
         registry=ActorProxy(REGISTRY_NAME), reaper=ActorProxy(EXPIRY_REAPER_NAME),
         launcher=launcher.RayClusterLauncher(str(settings.state_dir / "launcher-tmp")),
         metrics=ray_metrics.RayMetrics())
@@ -131,7 +131,7 @@ ClusterManagerActor = thin_actor(cluster_manager.ClusterManager, _build_cluster_
 def _build_expiry_reaper(settings_json: str) -> expiry_reaper.ExpiryReaper:
     settings = PlatformSettings.model_validate_json(settings_json)
     logging.basicConfig(level=logging.INFO)
-    return expiry_reaper.ExpiryReaper(cluster_store.ClusterStore(settings.db_path),
+    return expiry_reaper.ExpiryReaper(cluster_store.ClusterStore(settings.db_location),
                                       clusters=ActorProxy(CLUSTER_MANAGER_NAME), metrics=ray_metrics.RayMetrics())
 
 

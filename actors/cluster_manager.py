@@ -71,7 +71,7 @@ class ClusterManager(BuyerApi, NodeProviderApi):
         self._logs = cluster_logs.ClusterLogs(store, max_bytes_per_cluster=settings.cluster_logs_max_bytes,
                                               retention_s=settings.cluster_logs_retention_s, clock=clock)
         self._tokens: auth.TokenIssuer | None = None
-        self._placement_lock = asyncio.Lock()  # placements see each other's reservations
+        self._placement_lock = store.placement_lock()  # placements see each other's, in every process
         self._tasks: dict[str, asyncio.Task] = {}  # cluster id → its provisioning or teardown
         self._last_sweep = 0.0
         self._backends = backends_mod.backends(settings, self._tokens_or_fail)

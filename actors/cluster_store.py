@@ -78,8 +78,7 @@ class ClusterStore(Database):
         if only_from:
             sql += f" AND status IN ({','.join('?' * len(only_from))})"
             args += [s.value for s in only_from]
-        cursor = await self._write(sql, tuple(args))
-        return cursor.rowcount > 0
+        return await self._write(sql, tuple(args)) > 0
 
     async def clear_reason(self, cluster_id: str) -> None:
         await self._write("UPDATE clusters SET reason = NULL WHERE id = ?", (cluster_id,))
@@ -106,9 +105,8 @@ class ClusterStore(Database):
         """Stores the files choose(bytes the cluster already keeps) picks, in one transaction: leases
         closing at once see each other's files, so together they never pass the cluster's cap."""
         async def statements(conn) -> list[dict]:
-            cursor = await conn.execute(
-                "SELECT COALESCE(SUM(kept_bytes), 0) FROM cluster_logs WHERE cluster_id = ?", (cluster_id,))
-            (used,) = await cursor.fetchone()
+            used = (await conn.fetchone(
+                "SELECT COALESCE(SUM(kept_bytes), 0) AS used FROM cluster_logs WHERE cluster_id = ?", (cluster_id,)))["used"]
             files = choose(used)
             await conn.executemany(
                 "INSERT INTO cluster_logs (cluster_id, lease_id, role, machine_id, name, content, bytes, kept_bytes,"
@@ -135,10 +133,9 @@ class ClusterStore(Database):
         return {**row, "truncated": bool(row["truncated"])} if row else None
 
     async def purge_logs(self, ended_before: float) -> int:
-        cursor = await self._write(
+        return await self._write(
             "DELETE FROM cluster_logs WHERE cluster_id IN (SELECT id FROM clusters WHERE ended_at IS NOT NULL"
             " AND ended_at < ?)", (ended_before,))
-        return cursor.rowcount
 
     # --- leases -------------------------------------------------------------------------
 
@@ -186,18 +183,17 @@ class ClusterStore(Database):
         await self._write("UPDATE leases SET tags = ? WHERE id = ?", (json.dumps(tags), lease_id))
 
     async def mark_joined(self, lease_id: str, now: float) -> bool:
-        cursor = await self._write("UPDATE leases SET joined_at = ? WHERE id = ? AND joined_at IS NULL",
-                                   (now, lease_id))
-        return cursor.rowcount > 0
+        return await self._write("UPDATE leases SET joined_at = ? WHERE id = ? AND joined_at IS NULL",
+                                 (now, lease_id)) > 0
 
     async def end_lease(self, lease_id: str, status: domain.LeaseStatus, now: float) -> bool:
         """Closes or loses a lease that still held capacity; returns False if it already ended."""
         marks = ",".join("?" * len(ACTIVE_LEASE_STATUSES))
-        cursor = await self._write(
+        changed = await self._write(
             f"UPDATE leases SET status = ?, left_at = CASE WHEN joined_at IS NULL THEN left_at ELSE ? END"
             f" WHERE id = ? AND status IN ({marks})",
             (status.value, now, lease_id, *ACTIVE_LEASE_STATUSES))
-        return cursor.rowcount > 0
+        return changed > 0
 
     # --- quotas ---------------------------------------------------------------------------
 

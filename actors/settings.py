@@ -15,6 +15,10 @@ NAMESPACE = "dcluster"
 
 class PlatformSettings(domain.StrictModel):
     state_dir: Annotated[Path, Field(description="Where the database and the platform's secrets live")]
+    database: Annotated[str | None, Field(
+        pattern=r"^postgres(ql)?://\S+$", max_length=2000,
+        description="A PostgreSQL URL (postgresql://user@host:5432/dbname) for a platform on several "
+                    "machines; None: SQLite in state_dir (embedded, nothing to set up)")] = None
     heartbeat_interval_s: Annotated[float, Field(ge=0.2, le=300, description="How often agents heartbeat")] = 5.0
     missed_heartbeats_offline: Annotated[int, Field(ge=1, le=100, description="Missed beats before offline")] = 3
     token_ttl_s: Annotated[int, Field(ge=60, le=86_400, description="Lifetime of a sign-in JWT")] = 1800
@@ -53,6 +57,11 @@ class PlatformSettings(domain.StrictModel):
     @property
     def db_path(self) -> Path:
         return self.state_dir / "platform.db"
+
+    @property
+    def db_location(self) -> Path | str:
+        """What actors.store.Database opens: the PostgreSQL URL, else the SQLite file."""
+        return self.database or self.db_path
 
     @property
     def clusters_dir(self) -> Path:

@@ -1,24 +1,36 @@
-"""The platform's SQLite database (aiosqlite, WAL): schema migrations and every query."""
+"""The platform's database: SQLite (aiosqlite, WAL) by default or PostgreSQL; migrations and every query."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import sqlite3
 from pathlib import Path
-from typing import Awaitable, Callable, TypeVar
+from typing import AsyncIterator, Awaitable, Callable, Protocol, Sequence, TypeVar
 
 import aiosqlite
 
-from dcl_core import domain, errors
+from actors import sql_dialect, store_postgres
+from dcl_core import database_url, domain, errors
 
 logger = logging.getLogger(__name__)
 
 DB_FILE = "platform.db"
 T = TypeVar("T")
 
+
+class Transaction(Protocol):
+    """One open transaction, in SQLite's `?` spelling on either backend."""
+
+    async def execute(self, sql: str, args: Sequence = ()) -> int: ...
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence]) -> None: ...
+
+
 # Each entry moves the schema one version up; never edit a released entry, append a new one.
+# Written in SQLite's spelling; sql_dialect turns them into PostgreSQL's (one version for both).
 MIGRATIONS: list[str] = [
     # 1: accounts and provider machines
     """
@@ -141,28 +153,47 @@ MIGRATIONS: list[str] = [
 
 
 def is_busy(exc: BaseException) -> bool:
-    """SQLite could not take its lock in time (another connection held it past the busy timeout):
+    """The database could not take a lock in time, or refused for now (SQLite: another connection held
+    its lock past the busy timeout; PostgreSQL: a lock, a serialization conflict, too many connections):
     nothing was written, and the same request can be retried in a moment."""
-    return isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc))
+    if isinstance(exc, sqlite3.OperationalError):
+        return "locked" in str(exc) or "busy" in str(exc)
+    return store_postgres.is_busy(exc)
 
 
-class Database:
-    """One connection to the database file; opened (and migrated) lazily on first use."""
+class _SqliteTransaction:
+    """What a store's multi-statement transaction sees (the same methods as PostgreSQL's)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, conn: aiosqlite.Connection):
+        self._conn = conn
+
+    async def execute(self, sql: str, args: Sequence = ()) -> int:
+        return (await self._conn.execute(sql, args)).rowcount
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence]) -> None:
+        await self._conn.executemany(sql, rows)
+
+    async def fetchone(self, sql: str, args: Sequence = ()) -> dict | None:
+        row = await (await self._conn.execute(sql, args)).fetchone()
+        return dict(row) if row is not None else None
+
+
+class SqliteBackend:
+    """One connection to the database file (WAL); one write transaction at a time on it."""
+
+    name = sql_dialect.SQLITE
+    integrity_errors: tuple[type[BaseException], ...] = (sqlite3.IntegrityError,)
+
+    def __init__(self, path: Path, migrations: Sequence[str]):
         self.path = Path(path)
+        self._migrations = list(migrations)
         self._conn: aiosqlite.Connection | None = None
-        self._lock = asyncio.Lock()
         self._write_lock = asyncio.Lock()  # one transaction at a time on the shared connection
 
-    async def conn(self) -> aiosqlite.Connection:
-        if self._conn is None:
-            async with self._lock:
-                if self._conn is None:
-                    self._conn = await self._open()
-        return self._conn
+    def describe(self) -> str:
+        return str(self.path)
 
-    async def _open(self) -> aiosqlite.Connection:
+    async def open(self) -> aiosqlite.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = await aiosqlite.connect(self.path, timeout=30)
         try:
@@ -180,15 +211,16 @@ class Database:
                      self.path.with_name(self.path.name + "-shm")):
             if path.exists():
                 path.chmod(0o600)
+        self._conn = conn
         return conn
 
     async def _migrate(self, conn: aiosqlite.Connection) -> None:
         await conn.execute("BEGIN IMMEDIATE")  # serialises migrations across processes
         try:
             (version,) = await (await conn.execute("PRAGMA user_version")).fetchone()
-            for target, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            for target, script in enumerate(self._migrations[version:], start=version + 1):
                 logger.info("migrating %s to schema version %d", self.path, target)
-                for statement in filter(str.strip, script.split(";")):
+                for statement in sql_dialect.statements(script):
                     await conn.execute(statement)
                 await conn.execute(f"PRAGMA user_version = {target}")
             await conn.commit()
@@ -197,42 +229,139 @@ class Database:
             raise
 
     async def schema_version(self) -> int:
-        (version,) = await (await (await self.conn()).execute("PRAGMA user_version")).fetchone()
+        (version,) = await (await self._conn.execute("PRAGMA user_version")).fetchone()
         return version
 
     async def close(self) -> None:
         if self._conn is not None:
-            await self._conn.close()
-            self._conn = None
+            conn, self._conn = self._conn, None
+            await conn.close()
 
-    async def _fetchone(self, sql: str, args=()) -> dict | None:
-        row = await (await (await self.conn()).execute(sql, args)).fetchone()
+    async def fetchone(self, sql: str, args: Sequence = ()) -> dict | None:
+        row = await (await self._conn.execute(sql, args)).fetchone()
         return dict(row) if row else None
 
-    async def _fetchall(self, sql: str, args=()) -> list[dict]:
-        rows = await (await (await self.conn()).execute(sql, args)).fetchall()
-        return [dict(r) for r in rows]
+    async def fetchall(self, sql: str, args: Sequence = ()) -> list[dict]:
+        return [dict(r) for r in await (await self._conn.execute(sql, args)).fetchall()]
 
-    async def _write(self, sql: str, args=()) -> aiosqlite.Cursor:
-        return await self._atomic(lambda conn: conn.execute(sql, args))
-
-    async def _atomic(self, statements: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
-        """Runs statements(conn) and commits, or rolls back, as one transaction. Shielded: a caller
-        cancelled half-way (an HTTP client that hung up, a cancelled actor call) must never leave a
-        transaction open: it would hold SQLite's write lock and stall every other writer (heartbeats
-        included) until the next commit on this connection."""
-        conn = await self.conn()
+    async def atomic(self, statements: Callable[[_SqliteTransaction], Awaitable[T]]) -> T:
+        """Shielded: a caller cancelled half-way (an HTTP client that hung up, a cancelled actor call)
+        must never leave a transaction open: it would hold SQLite's write lock and stall every other
+        writer (heartbeats included) until the next commit on this connection."""
+        conn = self._conn
 
         async def run() -> T:
             async with self._write_lock:
                 try:
-                    result = await statements(conn)
+                    result = await statements(_SqliteTransaction(conn))
                     await conn.commit()
                     return result
                 except BaseException:
                     await conn.rollback()
                     raise
         return await asyncio.shield(run())
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self, key: int) -> AsyncIterator[None]:
+        """Nothing more to take: one process (the ClusterManager actor) places on a SQLite file, and
+        Database.serial's in-process lock serialises it. A write transaction held across the section
+        would stall every other writer (heartbeats) for its length."""
+        yield
+
+
+class Serial:
+    """`async with` it: one holder at a time, in this process and, on PostgreSQL, in every process
+    that shares the database. Reusable, not reentrant (like asyncio.Lock)."""
+
+    def __init__(self, exclusive: Callable[[int], contextlib.AbstractAsyncContextManager], key: int):
+        self._exclusive, self._key = exclusive, key
+        self._local = asyncio.Lock()
+        self._held: contextlib.AbstractAsyncContextManager | None = None
+
+    async def __aenter__(self) -> None:
+        await self._local.acquire()
+        try:
+            held = self._exclusive(self._key)
+            await held.__aenter__()
+        except BaseException:
+            self._local.release()
+            raise
+        self._held = held
+
+    async def __aexit__(self, *exc_info) -> bool | None:
+        held, self._held = self._held, None
+        try:
+            return await held.__aexit__(*exc_info)
+        finally:
+            self._local.release()
+
+
+class Database:
+    """The platform's database, opened (and migrated) lazily on first use: a SQLite file (the
+    default: embedded, nothing to set up) or, given a `postgresql://` URL, a PostgreSQL database
+    (a platform on several machines). Same migrations, schema version and transactions on both."""
+
+    def __init__(self, location: Path | str, *, migrations: Sequence[str] = MIGRATIONS):
+        if database_url.is_postgres_url(location):
+            self._backend = store_postgres.PostgresBackend(location, migrations)
+        else:
+            self._backend = SqliteBackend(Path(location), migrations)
+        self._handle = None
+        self._lock = asyncio.Lock()
+        self._placement: Serial | None = None
+
+    @property
+    def backend(self) -> str:
+        """sql_dialect.SQLITE or sql_dialect.POSTGRESQL."""
+        return self._backend.name
+
+    async def conn(self):
+        """Opens the database on first use; the driver's handle: an aiosqlite connection or an asyncpg pool."""
+        if self._handle is None:
+            async with self._lock:
+                if self._handle is None:
+                    self._handle = await self._backend.open()
+        return self._handle
+
+    async def schema_version(self) -> int:
+        await self.conn()
+        return await self._backend.schema_version()
+
+    async def close(self) -> None:
+        if self._handle is not None:
+            self._handle = None
+            await self._backend.close()
+
+    def placement_lock(self) -> Serial:
+        """The lock every decide-then-reserve of machines holds (placement's reads, its checks and the
+        reservation's writes), so no machine is leased twice, whatever processes share the database."""
+        if self._placement is None:
+            self._placement = Serial(self._exclusive, sql_dialect.PLACEMENT_LOCK)
+        return self._placement
+
+    @contextlib.asynccontextmanager
+    async def _exclusive(self, key: int) -> AsyncIterator[None]:
+        await self.conn()
+        async with self._backend.exclusive(key):
+            yield
+
+    async def _fetchone(self, sql: str, args: Sequence = ()) -> dict | None:
+        await self.conn()
+        return await self._backend.fetchone(sql, args)
+
+    async def _fetchall(self, sql: str, args: Sequence = ()) -> list[dict]:
+        await self.conn()
+        return await self._backend.fetchall(sql, args)
+
+    async def _write(self, sql: str, args: Sequence = ()) -> int:
+        """One statement in a transaction of its own; returns the rows it changed."""
+        return await self._atomic(lambda tx: tx.execute(sql, args))
+
+    async def _atomic(self, statements: Callable[[Transaction], Awaitable[T]]) -> T:
+        """Runs statements(tx) and commits, or rolls back, as one transaction; tx.execute(sql, args)
+        and tx.executemany(sql, rows) take SQLite's `?` spelling on both backends."""
+        await self.conn()
+        return await self._backend.atomic(statements)
 
 
 class Store(Database):
@@ -242,12 +371,12 @@ class Store(Database):
 
     async def create_account(self, username: str, password_hash: str, role: domain.Role, now: float) -> dict:
         try:
-            cursor = await self._write(
+            await self._write(
                 "INSERT INTO accounts (username, password_hash, role, created_at) VALUES (?, ?, ?, ?)",
                 (username, password_hash, role.value, now))
-        except sqlite3.IntegrityError:  # rolled back already
+        except self._backend.integrity_errors:  # rolled back already
             raise errors.Conflict(f"username '{username}' is already taken", username=username) from None
-        return await self.get_account(cursor.lastrowid)
+        return await self.get_account_by_username(username)
 
     async def get_account(self, account_id: int) -> dict | None:
         return await self._fetchone("SELECT * FROM accounts WHERE id = ?", (account_id,))

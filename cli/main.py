@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from cli import buyer, demo, machine_keys, quota, usage
+from dcl_core import database_url
 from cli import platform as platform_mod
 from cli import platform_state
 from dcl_core import domain
@@ -46,13 +47,26 @@ def _add_up(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--agent-runtime", choices=domain.SANDBOX_RUNTIMES, default=None,
                    help="Where local agents run leases (default: docker where a daemon answers, else bwrap; "
                         "none runs buyers' code unsandboxed)")
+    p.add_argument("--database", default=None, metavar="URL",
+                   help="PostgreSQL for the platform's state, e.g. postgresql://dcluster@db-host:5432/dcluster "
+                        "(password in ~/.pgpass or PGPASSFILE, not in the URL); default: SQLite in the state dir")
     return p
+
+
+def up_settings(args: argparse.Namespace) -> dict:
+    """PlatformSettings fields `up` sets beyond the Serve template's."""
+    if args.database is None:
+        return {}
+    if not database_url.is_postgres_url(args.database):
+        raise platform_state.PlatformError("--database takes a postgresql:// URL, e.g. "
+                                           "postgresql://dcluster@db-host:5432/dcluster")
+    return {"database": args.database}
 
 
 def cmd_up(args: argparse.Namespace) -> int:
     launcher = _launcher(args, port=args.port, host=args.host, providers=args.providers,
                          heartbeat_s=args.heartbeat_s, agent_gpus=args.agent_gpus, agent_cpus=args.agent_cpus,
-                         agent_runtime=args.agent_runtime)
+                         agent_runtime=args.agent_runtime, settings=up_settings(args))
     result = launcher.up()
     print("\n".join(result.lines()))
     if result.timings_s:

@@ -1,7 +1,12 @@
-"""Unit tests never start Ray: ray.init raises here, as in Ray Serve's own unit conftest."""
+"""Unit tests never start Ray: ray.init raises here, as in Ray Serve's own unit conftest.
+Store tests run on both backends: SQLite, and a PostgreSQL server this session starts itself."""
+
+import os
 
 import pytest
 import ray
+
+from tests import pg_server
 
 
 @pytest.fixture(autouse=True)
@@ -27,3 +32,34 @@ class FakeClock:
 @pytest.fixture
 def clock():
     return FakeClock()
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """One real PostgreSQL server for the session (initdb + pg_ctl), stopped at its end, whatever happens."""
+    bin_dir = pg_server.find_bin_dir()
+    if bin_dir is None:
+        message = "PostgreSQL's initdb/pg_ctl not found (apt-get install postgresql)"
+        if os.environ.get("CI"):
+            pytest.fail(message + ": CI must run the store tests on both backends")
+        pytest.skip(message)
+    server = pg_server.PostgresServer(bin_dir)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_location(request, tmp_path):
+    """What actors.store.Database opens: a SQLite file, or a fresh database on the session's server."""
+    if request.param == "sqlite":
+        yield tmp_path / "platform.db"
+        return
+    server = request.getfixturevalue("postgres_server")
+    url = server.create_database()
+    try:
+        yield url
+    finally:
+        server.drop_database(url)

@@ -1,4 +1,4 @@
-"""ClusterManager logic with a real SQLite store, a fake clock, a fake registry and a fake launcher."""
+"""ClusterManager logic with a real store (SQLite, and PostgreSQL), a fake clock, a fake registry and a fake launcher."""
 
 import asyncio
 import dataclasses
@@ -90,7 +90,7 @@ class Env:
 
 def build_manager(settings, registry, clock, **options):
     launcher = FakeLauncher(clock)
-    cstore = cluster_store.ClusterStore(settings.db_path)
+    cstore = cluster_store.ClusterStore(settings.db_location)
     manager = cluster_manager.ClusterManager(cstore, settings, registry=registry, launcher=launcher, clock=clock,
                                              **options)
     launcher.manager = manager
@@ -98,10 +98,11 @@ def build_manager(settings, registry, clock, **options):
 
 
 @pytest.fixture
-def env(tmp_path, clock):
+def env(db_location, tmp_path, clock):
     async def build(**options):
-        settings = PlatformSettings(state_dir=tmp_path, heartbeat_interval_s=5, api_url="http://127.0.0.1:9")
-        db = store.Store(settings.db_path)
+        settings = PlatformSettings(state_dir=tmp_path, heartbeat_interval_s=5, api_url="http://127.0.0.1:9",
+                                    database=db_location if isinstance(db_location, str) else None)
+        db = store.Store(settings.db_location)
         buyer = await db.create_account("buyer", "h", domain.Role.BUYER, clock())
         prov = await db.create_account("prov", "h", domain.Role.PROVIDER, clock())
         for i in range(2):

@@ -17,6 +17,20 @@ def spec(gpus=0, model="NVIDIA T4"):
                               gpus=[domain.GpuInfo(index=i, model=model, memory_mb=16000) for i in range(gpus)])
 
 
+def test_migrations_set_one_schema_version_on_both_backends(db_location):
+    async def go():
+        s = store.Store(db_location)
+        assert await s.schema_version() == len(store.MIGRATIONS)
+        await s.close()
+        # Re-opening runs no migration twice; opening concurrently migrates once.
+        again = [store.Store(db_location) for _ in range(4)]
+        versions = await asyncio.gather(*(a.schema_version() for a in again))
+        for a in again:
+            await a.close()
+        return versions
+    assert run(go()) == [len(store.MIGRATIONS)] * 4
+
+
 def test_migrations_set_schema_version_and_wal(tmp_path):
     async def go():
         s = store.Store(tmp_path / "p.db")
@@ -32,9 +46,9 @@ def test_migrations_set_schema_version_and_wal(tmp_path):
     assert stat.S_IMODE(os.stat(tmp_path / "p.db").st_mode) == 0o600
 
 
-def test_duplicate_username_is_a_conflict_and_keeps_the_first(tmp_path):
+def test_duplicate_username_is_a_conflict_and_keeps_the_first(db_location):
     async def go():
-        s = store.Store(tmp_path / "p.db")
+        s = store.Store(db_location)
         first = await s.create_account("alice", "h1", domain.Role.BUYER, 1.0)
         with pytest.raises(errors.Conflict):
             await s.create_account("alice", "h2", domain.Role.ADMIN, 2.0)
@@ -45,16 +59,16 @@ def test_duplicate_username_is_a_conflict_and_keeps_the_first(tmp_path):
     assert again == first and again["password_hash"] == "h1"
 
 
-def test_machine_upsert_is_idempotent_per_key_and_survives_reopen(tmp_path):
+def test_machine_upsert_is_idempotent_per_key_and_survives_reopen(db_location):
     async def go():
-        s = store.Store(tmp_path / "p.db")
+        s = store.Store(db_location)
         acct = await s.create_account("prov", "h", domain.Role.PROVIDER, 1.0)
         a = await s.upsert_machine(machine_id="m-aaaaaaaaaaaa", provider_id=acct["id"], machine_key="key-00001",
                                    name="one", spec=spec(2), price_per_gpu_hour=1.0, price_per_cpu_hour=0.0, now=5.0)
         b = await s.upsert_machine(machine_id="m-bbbbbbbbbbbb", provider_id=acct["id"], machine_key="key-00001",
                                    name="renamed", spec=spec(4), price_per_gpu_hour=2.0, price_per_cpu_hour=0.0, now=6.0)
         await s.close()
-        s = store.Store(tmp_path / "p.db")
+        s = store.Store(db_location)
         rows = await s.list_machines(acct["id"])
         await s.close()
         return a, b, rows
@@ -63,9 +77,9 @@ def test_machine_upsert_is_idempotent_per_key_and_survives_reopen(tmp_path):
     assert len(rows) == 1 and rows[0]["name"] == "renamed" and rows[0]["gpus"] == 4
 
 
-def test_silent_machines_go_offline(tmp_path):
+def test_silent_machines_go_offline(db_location):
     async def go():
-        s = store.Store(tmp_path / "p.db")
+        s = store.Store(db_location)
         acct = await s.create_account("prov", "h", domain.Role.PROVIDER, 1.0)
         for i, now in enumerate([10.0, 20.0]):
             await s.upsert_machine(machine_id=f"m-00000000000{i}", provider_id=acct["id"], machine_key=f"key-0000{i}",
@@ -78,20 +92,14 @@ def test_silent_machines_go_offline(tmp_path):
     assert gone == ["m-000000000000"] and online == ["m-000000000001"]
 
 
-def test_a_version_2_database_migrates_to_quotas_and_keeps_its_data(tmp_path):
-    import sqlite3
-
-    path = tmp_path / "old.db"
-    conn = sqlite3.connect(path)
-    for script in store.MIGRATIONS[:2]:
-        conn.executescript(script)
-    conn.execute("PRAGMA user_version = 2")
-    conn.execute("INSERT INTO accounts (username, password_hash, role, created_at) VALUES ('old', 'h', 'buyer', 1)")
-    conn.commit()
-    conn.close()
-
+def test_a_version_2_database_migrates_to_quotas_and_keeps_its_data(db_location):
     async def go():
-        s = store.Store(path)
+        old = store.Store(db_location, migrations=store.MIGRATIONS[:2])
+        assert await old.schema_version() == 2
+        await old._write("INSERT INTO accounts (username, password_hash, role, created_at) VALUES (?, ?, ?, ?)",
+                         ("old", "h", "buyer", 1))
+        await old.close()
+        s = store.Store(db_location)
         assert await s.schema_version() == len(store.MIGRATIONS) >= 3
         assert (await s.get_account_by_username("old"))["role"] == "buyer"
         rows = await s._fetchall("SELECT * FROM account_quotas")
@@ -130,3 +138,29 @@ def test_a_cancelled_write_never_leaves_the_write_lock_held(tmp_path):
         return in_transaction, names
     in_transaction, names = run(go())
     assert not in_transaction and names == {"alice", "bob"}
+
+
+def test_a_cancelled_write_commits_whole_and_blocks_no_other_writer(db_location):
+    """On both backends: the cancelled caller's transaction finishes on its own, and a writer from
+    another process (another store) is not held up by it."""
+    async def go():
+        s = store.Store(db_location)
+        await s.conn()
+        task = asyncio.create_task(s.create_account("alice", "h", domain.Role.BUYER, 1.0))
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        other = store.Store(db_location)
+        try:
+            await asyncio.wait_for(other.create_account("bob", "h", domain.Role.BUYER, 1.0), 10)
+            for _ in range(100):  # the shielded write finishes on its own
+                names = {r["username"] for r in await s._fetchall("SELECT username FROM accounts")}
+                if names == {"alice", "bob"}:
+                    break
+                await asyncio.sleep(0.01)
+        finally:
+            await other.close()
+            await s.close()
+        return names
+    assert run(go()) == {"alice", "bob"}

@@ -1,0 +1,157 @@
+"""The PostgreSQL backend: SQL spelling, reservations under concurrent creates from several processes'
+worth of managers, and `dcluster up --database` reaching the store. A real server (tests/pg_server.py)."""
+
+import asyncio
+
+import pytest
+
+from actors import auth, cluster_manager, cluster_store, sql_dialect, store
+from dcl_core import domain, errors
+from actors.settings import PlatformSettings
+from cli import main as cli_main
+from cli import platform as platform_mod
+from cli import platform_state as pstate
+from tests.unit.actors.test_cluster_manager import FakeRegistry
+
+
+def test_placeholders_are_numbered_outside_quotes():
+    sql = "SELECT * FROM t WHERE a = ? AND b = '?' AND \"c?\" IN (?, ?)"
+    assert sql_dialect.numbered_placeholders(sql) == "SELECT * FROM t WHERE a = $1 AND b = '?' AND \"c?\" IN ($2, $3)"
+
+
+def test_ddl_gets_postgres_types():
+    ddl = sql_dialect.postgres_ddl("CREATE TABLE x (id INTEGER PRIMARY KEY AUTOINCREMENT, n INTEGER, at REAL)")
+    assert ddl == "CREATE TABLE x (id BIGSERIAL PRIMARY KEY, n BIGINT, at DOUBLE PRECISION)"
+
+
+def test_rows_affected_reads_asyncpg_status():
+    assert [sql_dialect.rows_affected(s) for s in ("UPDATE 3", "INSERT 0 1", "DELETE 0", "BEGIN")] == [3, 1, 0, 0]
+
+
+def test_backend_is_chosen_by_location(tmp_path):
+    assert store.Store(tmp_path / "p.db").backend == sql_dialect.SQLITE
+    assert store.Store("postgresql://u@h:5432/d").backend == sql_dialect.POSTGRESQL
+    assert store.Store("postgres://u@h/d").backend == sql_dialect.POSTGRESQL
+
+
+def test_a_busy_postgres_is_a_retry_and_other_errors_are_not():
+    import asyncpg
+
+    assert store.is_busy(asyncpg.exceptions.SerializationError("could not serialize access"))
+    assert store.is_busy(asyncpg.exceptions.TooManyConnectionsError("too many clients"))
+    assert not store.is_busy(asyncpg.exceptions.UndefinedTableError("no such table"))
+
+
+class HangingLauncher:
+    """A launch that never finishes: the reservation stays held for as long as the test looks."""
+
+    async def create(self, config):
+        await asyncio.Event().wait()
+
+    async def teardown(self, config):
+        pass
+
+
+def test_concurrent_creates_on_postgres_lease_no_machine_twice(postgres_server, tmp_path, clock):
+    """Eight managers (as eight processes would: a pool, a placement lock each) race for the same two
+    machines with clusters that each need all of them: exactly one wins, nothing is leased twice."""
+    url = postgres_server.create_database()
+    n = 8
+
+    async def go():
+        settings = PlatformSettings(state_dir=tmp_path, database=url, api_url="http://127.0.0.1:9")
+        db = store.Store(settings.db_location)
+        buyer = await db.create_account("buyer", "h", domain.Role.BUYER, clock())
+        prov = await db.create_account("prov", "h", domain.Role.PROVIDER, clock())
+        for i in range(2):
+            await db.upsert_machine(machine_id=f"m-00000000000{i}", provider_id=prov["id"], machine_key=f"key-0000{i}",
+                                    name=f"n{i}", spec=domain.MachineSpec(hostname="h", cpus=4, memory_mb=1000),
+                                    price_per_gpu_hour=0, price_per_cpu_hour=0.1, now=clock())
+        managers = [cluster_manager.ClusterManager(cluster_store.ClusterStore(url), settings,
+                                                   registry=FakeRegistry(clock, settings.offline_after_s),
+                                                   launcher=HangingLauncher(), clock=clock) for _ in range(n)]
+        for m in managers:
+            await m.start()
+        principal = auth.Principal(buyer["id"], "buyer", domain.Role.BUYER)
+        spec = {"num_workers": 3, "cpus_per_worker": 2, "duration_s": 600}  # needs most of both machines
+        results = await asyncio.gather(*(m.create_cluster(principal, spec) for m in managers), return_exceptions=True)
+        leases = await managers[0]._store.active_leases()
+        for m in managers:
+            for task in m._tasks.values():
+                task.cancel()
+            await asyncio.gather(*m._tasks.values(), return_exceptions=True)
+            await m._store.close()
+        await db.close()
+        return results, leases
+
+    try:
+        results, leases = asyncio.run(go())
+    finally:
+        postgres_server.drop_database(url)
+    won = [r for r in results if isinstance(r, dict)]
+    lost = [r for r in results if not isinstance(r, dict)]
+    assert len(won) == 1 and all(isinstance(e, errors.Conflict) for e in lost), results
+    assert {l["cluster_id"] for l in leases} == {won[0]["id"]} and len(leases) == 4
+    per_machine = {}
+    for l in leases:
+        per_machine[l["machine_id"]] = per_machine.get(l["machine_id"], 0) + l["cpus"]
+    assert set(per_machine) == {"m-000000000000", "m-000000000001"}
+    assert all(cpus <= 4 for cpus in per_machine.values()), per_machine  # no CPU of a machine leased twice
+
+
+def test_the_placement_lock_is_held_by_one_process_at_a_time(postgres_server):
+    """Two stores (two processes' pools): the second waits until the first lets go."""
+    url = postgres_server.create_database()
+
+    async def go():
+        a, b = cluster_store.ClusterStore(url), cluster_store.ClusterStore(url)
+        order, a_inside = [], asyncio.Event()
+
+        async def hold(s, name):
+            async with s.placement_lock():
+                order.append(f"{name} in")
+                a_inside.set()
+                await asyncio.sleep(0.3)
+                order.append(f"{name} out")
+        first = asyncio.create_task(hold(a, "a"))  # each store opens its database lazily, inside the lock
+        await a_inside.wait()
+        await hold(b, "b")
+        await first
+        await a.close()
+        await b.close()
+        return order
+
+    try:
+        assert asyncio.run(go()) == ["a in", "a out", "b in", "b out"]
+    finally:
+        postgres_server.drop_database(url)
+
+
+def test_dcluster_up_database_reaches_the_store(postgres_server, tmp_path):
+    """`dcluster up --database URL` → the Serve app's args → PlatformSettings → the actors' store."""
+    url = postgres_server.create_database()
+    try:
+        args = cli_main.build_parser().parse_args(["up", "--state-dir", str(tmp_path), "--database", url])
+        launcher = platform_mod.PlatformLauncher(tmp_path, settings=cli_main.up_settings(args))
+        config = pstate.patch_serve_config(pstate.SERVE_TEMPLATE.read_text(), host="127.0.0.1", port=8123,
+                                           state_dir=tmp_path, heartbeat_interval_s=5, settings=launcher.settings)
+        settings = PlatformSettings.model_validate(config["applications"][0]["args"])
+        assert settings.db_location == url
+
+        async def go():
+            s = store.Store(settings.db_location)
+            version = await s.schema_version()
+            await s.close()
+            return s.backend, version
+        assert asyncio.run(go()) == (sql_dialect.POSTGRESQL, len(store.MIGRATIONS))
+    finally:
+        postgres_server.drop_database(url)
+
+
+def test_without_database_up_keeps_sqlite_and_rejects_other_urls(tmp_path):
+    args = cli_main.build_parser().parse_args(["up", "--state-dir", str(tmp_path)])
+    assert cli_main.up_settings(args) == {}
+    assert PlatformSettings(state_dir=tmp_path).db_location == tmp_path / "platform.db"
+    bad = cli_main.build_parser().parse_args(["up", "--database", "mysql://h/d"])
+    with pytest.raises(pstate.PlatformError, match="postgresql://"):
+        cli_main.up_settings(bad)
