@@ -10,9 +10,11 @@ import re
 import secrets
 import time
 import uuid
-from typing import Callable, Protocol
+from typing import Awaitable, Callable, Protocol
 
 from actors import auth, cluster_views as views, domain, errors, placement, quotas
+from actors import joins as joins_mod
+from actors import node_observer
 from actors import metrics as metrics_mod
 from actors import quota_book
 from actors import usage as usage_mod
@@ -67,7 +69,8 @@ class ClusterManager:
 
     def __init__(self, store: cstore.ClusterStore, settings: PlatformSettings, *, registry: Registry,
                  launcher: Launcher, reaper: Reaper | None = None, clock: Callable[[], float] = time.time,
-                 metrics: metrics_mod.Metrics | None = None):
+                 metrics: metrics_mod.Metrics | None = None, observer: node_observer.Observer | None = None,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep):
         self._store = store
         self._metrics = metrics or metrics_mod.NullMetrics()
         self._settings = settings
@@ -76,6 +79,9 @@ class ClusterManager:
         self._reaper = reaper
         self._clock = clock
         self._quotas = quota_book.QuotaBook(store, settings, clock)
+        # Joined (billed) = seen ALIVE in the cluster's own GCS, never a command's exit status.
+        self._joins = joins_mod.JoinWatcher(store, settings.clusters_dir, observer or node_observer.NodeObserver(),
+                                            clock=clock, sleep=sleep)
         self._tokens: auth.TokenIssuer | None = None
         self._placement_lock = asyncio.Lock()  # placements see each other's reservations
         self._tasks: dict[str, asyncio.Task] = {}  # cluster id → its provisioning or teardown
@@ -104,9 +110,11 @@ class ClusterManager:
                 logger.exception("reconcile step failed")
 
     async def reconcile_once(self) -> None:
+        rows = await self._store.clusters_with_status(S.PROVISIONING, S.RUNNING, S.DEGRADED)
+        await self._joins.observe_all([row["id"] for row in rows])  # first: running never precedes a join
         now = self._clock()
         liveness = await self._registry.lease_liveness()
-        for row in await self._store.clusters_with_status(S.PROVISIONING, S.RUNNING, S.DEGRADED):
+        for row in rows:
             try:
                 await self._reconcile_cluster(row, now, liveness)
             except Exception:
@@ -363,16 +371,26 @@ class ClusterManager:
                                                 payload.model_dump(), timeout_s=payload.timeout_s + 10)
         if payload.op == "run" and RAY_START.search(payload.cmd):
             if result.get("ok"):
-                if await self._store.mark_joined(node_id, self._clock()):
-                    await self._event(cluster_id, f"{lease['role']}_joined",
-                                      f"{lease['role']} node {node_id} joined Ray on machine {lease['machine_id']}")
-                    # Running the moment the last node joins, not at the next reconcile tick.
-                    await self._reconcile_cluster(await self._store.get_cluster(cluster_id), self._clock())
+                # The agent's ok proves nothing: the node counts once the cluster's GCS lists it ALIVE.
+                if not await self._joins.wait_joined(cluster_id, node_id):
+                    return await self._not_joined(cluster_id, lease, result)
+                # Running the moment the last node joins, not at the next reconcile tick.
+                await self._reconcile_cluster(await self._store.get_cluster(cluster_id), self._clock())
             else:
                 await self._event(cluster_id, "command_failed",
                                   f"`ray start` failed on {lease['role']} node {node_id} (exit "
                                   f"{result.get('exit_code')}): {views.tail(result.get('output', ''))}")
         return result
+
+    async def _not_joined(self, cluster_id: str, lease: dict, result: dict) -> dict:
+        """A `ray start` that reported ok but whose node never showed up ALIVE fails like any failed
+        start: the head's launcher or autoscaler sees the error and replaces (or fails) the node."""
+        message = (f"`ray start` reported success on {lease['role']} node {lease['id']} (machine "
+                   f"{lease['machine_id']}), but its node was not ALIVE in the cluster's GCS within "
+                   f"{joins_mod.JOIN_WAIT_S:.0f} s: treated as a failed start")
+        await self._event(cluster_id, "join_failed", message)
+        return {"ok": False, "exit_code": result.get("exit_code"),
+                "output": f"{result.get('output', '')}\n{message}".lstrip("\n"), "data": {}}
 
     # --- internals ----------------------------------------------------------------------
 
