@@ -8,12 +8,14 @@ import asyncio
 import collections
 import logging
 import time
-from typing import Callable, Protocol
+from typing import Awaitable, Callable, Protocol
 
 from actors import auth, backends as backends_mod, cluster_files, cluster_views as views, lifecycle, placement
 from actors import cluster_store as cstore
 from actors import metrics as metrics_mod
 from actors import cluster_logs, quota_book
+from actors import joins as joins_mod
+from actors import node_observer
 from actors.cluster_api import BuyerApi
 from actors.node_api import NodeProviderApi
 from actors.settings import PlatformSettings
@@ -59,7 +61,8 @@ class ClusterManager(BuyerApi, NodeProviderApi):
 
     def __init__(self, store: cstore.ClusterStore, settings: PlatformSettings, *, registry: Registry,
                  launcher: Launcher, reaper: Reaper | None = None, clock: Callable[[], float] = time.time,
-                 metrics: metrics_mod.Metrics | None = None):
+                 metrics: metrics_mod.Metrics | None = None, observer: node_observer.Observer | None = None,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep):
         self._store = store
         self._metrics = metrics or metrics_mod.NullMetrics()
         self._settings = settings
@@ -68,6 +71,9 @@ class ClusterManager(BuyerApi, NodeProviderApi):
         self._reaper = reaper
         self._clock = clock
         self._quotas = quota_book.QuotaBook(store, settings, clock)
+        # Joined (billed) = seen ALIVE in the cluster's own GCS, never a command's exit status.
+        self._joins = joins_mod.JoinWatcher(store, settings.clusters_dir, observer or node_observer.NodeObserver(),
+                                            clock=clock, sleep=sleep)
         self._logs = cluster_logs.ClusterLogs(store, max_bytes_per_cluster=settings.cluster_logs_max_bytes,
                                               retention_s=settings.cluster_logs_retention_s, clock=clock)
         self._tokens: auth.TokenIssuer | None = None
@@ -109,9 +115,11 @@ class ClusterManager(BuyerApi, NodeProviderApi):
                 logger.exception("reconcile step failed")
 
     async def reconcile_once(self) -> None:
+        rows = await self._store.clusters_with_status(S.PROVISIONING, S.RUNNING, S.DEGRADED)
+        await self._joins.observe_all([row["id"] for row in rows])  # first: running never precedes a join
         now = self._clock()
         liveness = await self._registry.lease_liveness()
-        for row in await self._store.clusters_with_status(S.PROVISIONING, S.RUNNING, S.DEGRADED):
+        for row in rows:
             try:
                 await self._reconcile_cluster(row, now, liveness)
             except Exception:

@@ -7,6 +7,7 @@ import asyncio
 import logging
 
 from actors import auth, cluster_views as views, placement
+from actors import joins as joins_mod
 from dcl_core import commands, domain, errors, protocol
 from dcl_core.cluster_spec import ClusterSpec
 
@@ -72,16 +73,26 @@ class NodeProviderApi:
                                                 payload.model_dump(), timeout_s=payload.timeout_s + 10)
         if payload.op == "run" and commands.starts_ray(payload.cmd):
             if result.get("ok"):
-                if await self._store.mark_joined(node_id, self._clock()):
-                    await self._event(cluster_id, f"{lease['role']}_joined",
-                                      f"{lease['role']} node {node_id} joined Ray on machine {lease['machine_id']}")
-                    # Running the moment the last node joins, not at the next reconcile tick.
-                    await self._reconcile_cluster(await self._store.get_cluster(cluster_id), self._clock())
+                # The agent's ok proves nothing: the node counts once the cluster's GCS lists it ALIVE.
+                if not await self._joins.wait_joined(cluster_id, node_id):
+                    return await self._not_joined(cluster_id, lease, result)
+                # Running the moment the last node joins, not at the next reconcile tick.
+                await self._reconcile_cluster(await self._store.get_cluster(cluster_id), self._clock())
             else:
                 await self._event(cluster_id, "command_failed",
                                   f"`ray start` failed on {lease['role']} node {node_id} (exit "
                                   f"{result.get('exit_code')}): {views.tail(result.get('output', ''))}")
         return result
+
+    async def _not_joined(self, cluster_id: str, lease: dict, result: dict) -> dict:
+        """A `ray start` that reported ok but whose node never showed up ALIVE fails like any failed
+        start: the head's launcher or autoscaler sees the error and replaces (or fails) the node."""
+        message = (f"`ray start` reported success on {lease['role']} node {lease['id']} (machine "
+                   f"{lease['machine_id']}), but its node was not ALIVE in the cluster's GCS within "
+                   f"{joins_mod.JOIN_WAIT_S:.0f} s: treated as a failed start")
+        await self._event(cluster_id, "join_failed", message)
+        return {"ok": False, "exit_code": result.get("exit_code"),
+                "output": f"{result.get('output', '')}\n{message}".lstrip("\n"), "data": {}}
 
     async def _scoped_cluster(self, principal: auth.Principal, cluster_id: str) -> dict:
         if principal.cluster_id != cluster_id and principal.role is not domain.Role.ADMIN:

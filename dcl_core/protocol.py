@@ -89,3 +89,7 @@ class WorkResult(Strict):
 ENV_PORT_FLAGS = "DCL_RAY_PORT_FLAGS"  # all `ray start` port flags and --temp-dir of this node
 ENV_HEAD_GCS_PORT = "DCL_HEAD_GCS_PORT"
 ENV_LEASE_ID = "DCL_LEASE_ID"
+
+# Ray node label the agent sets on every node of a lease (with the platform's dcluster.io/* labels):
+# the platform maps the sub-cluster's GCS nodes to leases by it (actors.node_observer).
+LEASE_LABEL = "dcluster.io/lease"

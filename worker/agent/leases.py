@@ -171,7 +171,7 @@ class LeaseRunner:
                 self.runtime.lease_user(lease_id, uids)
             lease = _Lease(lease_id=lease_id, cluster_id=payload.cluster_id, role=payload.role,
                            gpu_indices=list(payload.gpu_indices), resources=dict(payload.resources),
-                           labels=dict(payload.labels), head_gcs_port=payload.head_gcs_port, ports=ports,
+                           labels={**payload.labels, protocol.LEASE_LABEL: lease_id}, head_gcs_port=payload.head_gcs_port, ports=ports,
                            node_ip=node_ip, dir=self.root / lease_id, temp_dir=temp_dir_for(lease_id),
                            machine_id=self._machine_id_fn(), opened_at=time.time(),
                            uid=user[0] if user else None, gid=user[1] if user else None)

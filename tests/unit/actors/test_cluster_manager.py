@@ -2,10 +2,11 @@
 
 import asyncio
 import dataclasses
+import inspect
 
 import pytest
 
-from actors import auth, cluster_manager, cluster_store, lifecycle, store
+from actors import auth, cluster_manager, cluster_store, lifecycle, node_observer, store
 from dcl_core import domain, errors, protocol
 from actors import launcher as launcher_mod, registry as registry_mod
 from actors.settings import PlatformSettings
@@ -21,6 +22,9 @@ class FakeRegistry:
         self.fail_opens_on: set[str] = set()  # machines whose agent cannot open a lease
         self.clock, self.offline_after_s = clock, offline_after_s
         self.held: dict[str, dict] = {}  # what agents' heartbeats said they hold
+        self.roles: dict[str, str] = {}  # lease id → role, from its LEASE_OPEN
+        self.nodes: dict[str, str] = {}  # lease id → role of the Ray node `ray start` left running
+        self.no_node_for: set[str] = set()  # roles whose agent answers ok to `ray start` and runs nothing
 
     async def lease_liveness(self) -> dict:
         return {"silence_cutoff": self.clock() - self.offline_after_s, "held": self.held}
@@ -32,13 +36,47 @@ class FakeRegistry:
         self.sent.append((machine_id, kind, payload))
         if kind in self.fail_kinds or (kind == protocol.LEASE_OPEN and machine_id in self.fail_opens_on):
             return {"ok": False, "exit_code": 1, "output": "boom", "data": {}}
+        if kind == protocol.LEASE_CLOSE:
+            self.nodes.pop(payload["lease_id"], None)
+        if kind == protocol.LEASE_EXEC and "ray start" in payload["cmd"] and \
+                self.roles[payload["lease_id"]] not in self.no_node_for:
+            self.nodes[payload["lease_id"]] = self.roles[payload["lease_id"]]
         if kind == protocol.LEASE_OPEN:
+            self.roles[payload["lease_id"]] = payload["role"]
             ports = {k: 20000 + i for i, k in enumerate(
                 ["gcs", "dashboard", "client_server", "node_manager", "object_manager", "dashboard_agent_listen",
                  "dashboard_agent_grpc", "runtime_env_agent", "metrics_export", "autoscaler_metric",
                  "dashboard_metric", "min_worker", "max_worker"])}
             return {"ok": True, "exit_code": 0, "output": "", "data": {"ports": ports, "node_ip": "10.9.9.9"}}
         return {"ok": True, "exit_code": 0, "output": "", "data": {}}
+
+
+class FakeObserver:
+    """Lists the nodes `ray start` left running on the fake agents (same methods as the NodeObserver)."""
+
+    def __init__(self, registry: FakeRegistry):
+        self.registry = registry
+        self.calls = 0
+        self.hidden_calls = 0  # this many more calls list nothing (the raylet has not registered yet)
+        self.listed_at: list[float] = []  # the clock at each call that listed nodes
+
+    async def alive_nodes(self, node_ip: str, dashboard_port: int, token: str) -> list[node_observer.ObservedNode]:
+        self.calls += 1
+        if self.hidden_calls > 0:
+            self.hidden_calls -= 1
+            raise node_observer.ObserveError("connection refused")
+        self.listed_at.append(self.registry.clock())
+        return [node_observer.ObservedNode(f"n-{lease_id}", node_ip, role == "head",
+                                           {protocol.LEASE_LABEL: lease_id})
+                for lease_id, role in self.registry.nodes.items()]
+
+
+def test_fake_observer_matches_the_real_one():
+    def shape(fn):
+        return [(p.name, p.kind, p.default) for p in inspect.signature(fn).parameters.values()]
+    proto = shape(node_observer.Observer.alive_nodes)
+    assert shape(node_observer.NodeObserver.alive_nodes) == proto
+    assert shape(FakeObserver.alive_nodes) == proto
 
 
 class FakeLauncher:
@@ -59,7 +97,9 @@ class FakeLauncher:
         cid = config["provider"]["cluster_id"]
         principal = auth.TokenIssuer("s" * 48, clock=self.clock).verify(config["provider"]["token"])
         (head,) = await self.manager.create_nodes(principal, cid, "head", "head", {"ray-node-kind": "head"}, 1)
-        await self.manager.exec_on_node(principal, cid, head["id"], {"op": "run", "cmd": "ray start --head"})
+        result = await self.manager.exec_on_node(principal, cid, head["id"], {"op": "run", "cmd": "ray start --head"})
+        if not result["ok"]:  # the launcher stops at a failed head start
+            raise RuntimeError(f"head start failed: {result['output']}")
         n = config["available_node_types"]["worker"]["min_workers"]
         workers = await self.manager.create_nodes(principal, cid, "worker", "worker", {}, n)
         for w in workers:
@@ -91,8 +131,13 @@ class Env:
 def build_manager(settings, registry, clock, **options):
     launcher = FakeLauncher(clock)
     cstore = cluster_store.ClusterStore(settings.db_location)
+
+    async def sleep(seconds):  # waiting moves the fake clock
+        clock.advance(seconds)
+        await asyncio.sleep(0)
+    options.setdefault("observer", FakeObserver(registry))
     manager = cluster_manager.ClusterManager(cstore, settings, registry=registry, launcher=launcher, clock=clock,
-                                             **options)
+                                             sleep=sleep, **options)
     launcher.manager = manager
     return manager, launcher, cstore
 
@@ -460,4 +505,126 @@ def test_max_price_is_kept_with_the_spec_and_holds_for_replacements(env, clock):
             await manager.create_nodes(principal, c["id"], "worker", "worker", {}, 1)
         assert not [m for m, k, _ in registry.sent if k == protocol.LEASE_OPEN and m == "m-dear00000000"]
         await close(e.store, db)
+    asyncio.run(go())
+
+
+# --- joined and billed from what the cluster's GCS shows, not from command text -----------------
+
+def observer_of(manager) -> FakeObserver:
+    return manager._joins._observer
+
+
+def test_a_node_joins_when_it_is_seen_alive_at_that_moment(env, clock):
+    async def go():
+        manager, _, _, buyer, db = await env()
+        observer_of(manager).hidden_calls = 2  # the head's dashboard answers from the third poll
+        c = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
+        await settle(manager)
+        c = await manager.get_cluster(buyer, c["id"])
+        assert c["status"] == "running", c["reason"]  # at once, without a reconcile tick
+        head = next(n for n in c["nodes"] if n["role"] == "head")
+        assert head["joined_at"] == observer_of(manager).listed_at[0] > c["created_at"]
+        assert (await manager.connection(buyer, c["id"]))["gcs_address"] == "10.9.9.9:20000"
+        kinds = [e["kind"] for e in await manager.cluster_events(buyer, c["id"])]
+        assert kinds.count("head_joined") == 1 and kinds.count("worker_joined") == 1
+        await close(manager._store, db)
+    asyncio.run(go())
+
+
+def test_an_ok_without_a_live_node_is_neither_joined_nor_billed(env, clock):
+    async def go():
+        manager, registry, _, buyer, db = await env()
+        registry.no_node_for = {"worker"}
+        c = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
+        await settle(manager)
+        clock.advance(60)
+        for m in ("m-000000000000", "m-000000000001"):
+            await db.record_heartbeat(m, clock(), domain.MachineUsage())
+        await manager.reconcile_once()
+        got = await manager.get_cluster(buyer, c["id"])
+        worker = next(n for n in got["nodes"] if n["role"] == "worker")
+        assert got["status"] == "provisioning" and got["workers_joined"] == 0
+        assert worker["status"] == "open" and worker["joined_at"] is None
+        events = await manager.cluster_events(buyer, c["id"])
+        (failed,) = [e["message"] for e in events if e["kind"] == "join_failed"]
+        assert worker["id"] in failed and "not ALIVE" in failed
+        # The autoscaler is told the start failed (it replaces the node), as for any failed `ray start`.
+        scoped = auth.Principal(buyer.account_id, "cluster-" + c["id"], domain.Role.BUYER, cluster_id=c["id"])
+        again = await manager.exec_on_node(scoped, c["id"], worker["id"], {"op": "run", "cmd": "ray start"})
+        assert not again["ok"] and "treated as a failed start" in again["output"]
+        # Only the head, seen alive, is billed; the provider of the worker's machine earns nothing for it.
+        usage = await manager.usage(buyer, 0, clock())
+        assert usage["items"][0]["nodes"] == 1 and usage["total"]["node_seconds"] > 0
+        # Started later by other means, the node counts from when it is seen.
+        registry.nodes[worker["id"]] = "worker"
+        clock.advance(1)
+        for m in ("m-000000000000", "m-000000000001"):
+            await db.record_heartbeat(m, clock(), domain.MachineUsage())
+        await manager.reconcile_once()
+        got = await manager.get_cluster(buyer, c["id"])
+        assert got["status"] == "running"
+        assert next(n for n in got["nodes"] if n["role"] == "worker")["joined_at"] == clock()
+        await close(manager._store, db)
+    asyncio.run(go())
+
+
+def test_a_head_that_never_shows_up_fails_the_launch(env, clock):
+    async def go():
+        manager, registry, _, buyer, db = await env()
+        registry.no_node_for = {"head"}
+        c = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
+        await settle(manager)
+        got = await manager.get_cluster(buyer, c["id"])
+        assert got["status"] == "failed" and "not ALIVE" in got["reason"]
+        assert all(n["joined_at"] is None and n["status"] in ("closed", "reserved") for n in got["nodes"])
+        assert (await manager.usage(buyer, 0, clock()))["total"]["node_seconds"] == 0
+        await close(manager._store, db)
+    asyncio.run(go())
+
+
+def test_a_degraded_cluster_still_expires_and_replacements_never_extend_it(env, clock):
+    from actors import expiry_reaper
+
+    async def go():
+        manager, registry, _, buyer, db = await env()
+        reaper = expiry_reaper.ExpiryReaper(manager._store, clusters=manager, clock=clock)
+        await reaper.start()
+        c = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
+        await settle(manager)
+        await reaper.schedule(c["id"])
+        scoped = auth.Principal(buyer.account_id, "cluster-" + c["id"], domain.Role.BUYER, cluster_id=c["id"])
+        for _ in range(3):  # close and re-create the worker, again and again
+            clock.advance(100)
+            for m in ("m-000000000000", "m-000000000001"):
+                await db.record_heartbeat(m, clock(), domain.MachineUsage())
+            (worker,) = [n for n in (await manager.get_cluster(buyer, c["id"]))["nodes"]
+                         if n["role"] == "worker" and n["status"] == "open"]
+            await manager.terminate_node(scoped, c["id"], worker["id"])
+            await manager.reconcile_once()
+            assert (await manager.get_cluster(buyer, c["id"]))["status"] == "degraded"
+            (new,) = await manager.create_nodes(scoped, c["id"], "worker", "worker", {}, 1)
+            await manager.exec_on_node(scoped, c["id"], new["id"], {"op": "run", "cmd": "ray start"})
+            got = await manager.get_cluster(buyer, c["id"])
+            assert got["status"] == "running" and got["expires_at"] == c["expires_at"]
+        # The last replacement never comes up: degraded, and it still ends at the original deadline.
+        registry.no_node_for = {"worker"}
+        (worker,) = [n for n in (await manager.get_cluster(buyer, c["id"]))["nodes"]
+                     if n["role"] == "worker" and n["status"] == "open"]
+        await manager.terminate_node(scoped, c["id"], worker["id"])
+        (new,) = await manager.create_nodes(scoped, c["id"], "worker", "worker", {}, 1)
+        await manager.exec_on_node(scoped, c["id"], new["id"], {"op": "run", "cmd": "ray start"})
+        for m in ("m-000000000000", "m-000000000001"):  # the wait for the node moved the clock
+            await db.record_heartbeat(m, clock(), domain.MachineUsage())
+        await manager.reconcile_once()
+        assert (await manager.get_cluster(buyer, c["id"]))["status"] == "degraded"
+        assert await reaper.fire_due() == []
+        clock.now = c["expires_at"]
+        assert await reaper.fire_due() == [c["id"]]
+        await settle(manager)
+        got = await manager.get_cluster(buyer, c["id"])
+        assert got["status"] == "expired" and got["expires_at"] == c["expires_at"]
+        # Billed: each node from when it was seen to when its close was confirmed; never past the deadline.
+        assert all(n["left_at"] <= c["expires_at"] + 1 for n in got["nodes"] if n["joined_at"])
+        assert next(n for n in got["nodes"] if n["id"] == new["id"])["joined_at"] is None
+        await close(manager._store, db)
     asyncio.run(go())

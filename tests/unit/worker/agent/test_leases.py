@@ -124,7 +124,8 @@ def test_head_environment(runner):
     assert env["DASHBOARD_METRIC_PORT"] == str(ports.dashboard_metric)
     assert env["DCL_LEASE_ID"] == lease_id and "DCL_HEAD_GCS_PORT" not in env
     assert env["CUDA_VISIBLE_DEVICES"] == "1,3"
-    assert json.loads(env["RAY_OVERRIDE_RESOURCES"]) == {} and json.loads(env["RAY_OVERRIDE_LABELS"]) == {}
+    assert json.loads(env["RAY_OVERRIDE_RESOURCES"]) == {}
+    assert json.loads(env["RAY_OVERRIDE_LABELS"]) == {protocol.LEASE_LABEL: lease_id}  # the platform maps nodes by it
 
 
 def test_worker_environment_has_no_gcs_port_flag_and_no_gpu(runner):
@@ -141,7 +142,11 @@ def test_override_resources_and_labels_merge_with_the_lease_winning(runner):
     env = runner.environment(lease_id, {"RAY_OVERRIDE_RESOURCES": json.dumps({"CPU": 4, "GPU": 8}),
                                         "RAY_OVERRIDE_LABELS": json.dumps({"dcluster.io/gpu": "H100", "team": "a"})})
     assert json.loads(env["RAY_OVERRIDE_RESOURCES"]) == {"CPU": 4, "GPU": 2, "provider_m-7": 1}
-    assert json.loads(env["RAY_OVERRIDE_LABELS"]) == {"dcluster.io/gpu": "RTX 4090", "team": "a"}
+    assert json.loads(env["RAY_OVERRIDE_LABELS"]) == {"dcluster.io/gpu": "RTX 4090", "team": "a",
+                                                      protocol.LEASE_LABEL: lease_id}
+    # A command cannot pass its node off as another lease's.
+    env = runner.environment(lease_id, {"RAY_OVERRIDE_LABELS": json.dumps({protocol.LEASE_LABEL: "l-000000000000"})})
+    assert json.loads(env["RAY_OVERRIDE_LABELS"])[protocol.LEASE_LABEL] == lease_id
     env = runner.environment(lease_id, {})  # set even when the command sent none
     assert json.loads(env["RAY_OVERRIDE_RESOURCES"]) == {"provider_m-7": 1, "GPU": 2}
     with pytest.raises(leases.LeaseError, match="JSON object"):

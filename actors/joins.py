@@ -1,0 +1,100 @@
+"""Joins: a lease counts (and is billed) from when its node is seen ALIVE in its own cluster's GCS.
+
+A command's exit status proves nothing: a provider can answer ok and run nothing, and a buyer can
+start Ray by other means. So the ClusterManager marks a lease joined only when the NodeObserver,
+asking the cluster's head, lists the lease's node as ALIVE (the head lease: the head node; a worker
+lease: the node labelled with its lease id). A node leaves when its lease's close is confirmed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Awaitable, Callable
+
+from actors import cluster_store as cstore
+from actors import cluster_files
+from dcl_core import domain
+from actors import node_observer
+
+logger = logging.getLogger(__name__)
+
+# After `ray start` reports ok, how long its node has to show up ALIVE before the start counts as
+# failed. It is added to the exec call the head's autoscaler waits on, whose read timeout leaves 30 s
+# past the command's own (worker.market_provider.EXEC_READ_MARGIN_S).
+JOIN_WAIT_S = 20.0
+FIRST_POLL_S = 0.2
+MAX_POLL_S = 1.0
+
+
+def unjoined(leases: list[dict]) -> list[dict]:
+    """Open leases whose node has not been seen yet."""
+    return [l for l in leases if l["status"] == domain.LeaseStatus.OPEN.value and l["joined_at"] is None]
+
+
+def observable_head(leases: list[dict]) -> dict | None:
+    """The open head lease whose dashboard can be asked (it has its ports and address)."""
+    return next((l for l in leases if l["role"] == "head" and l["status"] == domain.LeaseStatus.OPEN.value
+                 and l["ports"] and l["node_ip"]), None)
+
+
+def newly_joined(leases: list[dict], nodes: list[node_observer.ObservedNode]) -> list[dict]:
+    """The unjoined open leases whose node is among the ALIVE ones."""
+    return [l for l in unjoined(leases) if node_observer.lease_alive(nodes, l)]
+
+
+class JoinWatcher:
+    """Observes clusters and marks their leases joined; never raises for a head that cannot be read."""
+
+    def __init__(self, store: cstore.ClusterStore, clusters_dir, observer: node_observer.Observer, *,
+                 clock: Callable[[], float], sleep: Callable[[float], Awaitable[None]] = asyncio.sleep):
+        self._store = store
+        self._clusters_dir = clusters_dir
+        self._observer = observer
+        self._clock = clock
+        self._sleep = sleep
+
+    async def observe(self, cluster_id: str) -> list[dict]:
+        """Marks every open lease of the cluster whose node is ALIVE now as joined (at this moment);
+        returns those. Asks nothing when every open lease already joined or no head is open."""
+        leases = await self._store.leases_of(cluster_id)
+        head = observable_head(leases)
+        if head is None or not unjoined(leases):
+            return []
+        try:
+            token = cluster_files.read_cluster_token(self._clusters_dir / cluster_id)
+            nodes = await self._observer.alive_nodes(head["node_ip"], head["ports"]["dashboard"], token)
+        except (node_observer.ObserveError, OSError) as exc:
+            logger.debug("cluster %s: its head's nodes could not be read: %s", cluster_id, exc)
+            return []
+        now = self._clock()
+        joined = []
+        for lease in newly_joined(leases, nodes):
+            if await self._store.mark_joined(lease["id"], now):
+                joined.append(lease)
+                message = (f"{lease['role']} node {lease['id']} joined: seen ALIVE in the cluster's GCS "
+                           f"(machine {lease['machine_id']})")
+                logger.info("cluster %s: %s", cluster_id, message)
+                await self._store.add_event(cluster_id, f"{lease['role']}_joined", message, now)
+        return joined
+
+    async def observe_all(self, cluster_ids: list[str]) -> None:
+        """One observation of each cluster, all at once: a slow head never delays the others."""
+        results = await asyncio.gather(*(self.observe(cid) for cid in cluster_ids), return_exceptions=True)
+        for cid, result in zip(cluster_ids, results):
+            if isinstance(result, Exception):
+                logger.error("observing cluster %s failed", cid, exc_info=result)
+
+    async def wait_joined(self, cluster_id: str, lease_id: str, timeout_s: float = JOIN_WAIT_S) -> bool:
+        """Polls the cluster until the lease has joined (True), or timeout_s passed or it closed (False)."""
+        deadline = self._clock() + timeout_s
+        pause = FIRST_POLL_S
+        while True:
+            await self.observe(cluster_id)
+            lease = await self._store.get_lease(lease_id)
+            if lease is None or lease["joined_at"] is not None:
+                return lease is not None
+            if lease["status"] != domain.LeaseStatus.OPEN.value or self._clock() >= deadline:
+                return False
+            await self._sleep(min(pause, max(0.0, deadline - self._clock())))
+            pause = min(MAX_POLL_S, pause * 2)
