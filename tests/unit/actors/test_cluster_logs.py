@@ -7,7 +7,7 @@ import pytest
 from actors import auth, cluster_logs, store
 from actors.settings import PlatformSettings
 from dcl_core import domain, errors
-from tests.unit.actors.test_cluster_manager import FakeRegistry, build_manager, close, settle
+from tests.unit.actors.test_cluster_manager import FakeRegistry, build_manager, close, seed_market, settle
 
 
 def test_malformed_entries_are_dropped():
@@ -46,13 +46,8 @@ def test_released_nodes_logs_are_kept_capped_listed_then_purged(tmp_path, clock)
         settings = PlatformSettings(state_dir=tmp_path, heartbeat_interval_s=5, api_url="http://127.0.0.1:9",
                                     cluster_logs_max_bytes=4000, cluster_logs_retention_s=3600)
         db = store.Store(settings.db_path)
-        buyer = await db.create_account("buyer", "h", domain.Role.BUYER, clock())
+        buyer = await seed_market(db, clock)
         other = await db.create_account("other", "h", domain.Role.BUYER, clock())
-        prov = await db.create_account("prov", "h", domain.Role.PROVIDER, clock())
-        for i in range(2):
-            await db.upsert_machine(machine_id=f"m-00000000000{i}", provider_id=prov["id"], machine_key=f"key-0000{i}",
-                                    name=f"n{i}", spec=domain.MachineSpec(hostname="h", cpus=4, memory_mb=1000),
-                                    price_per_gpu_hour=0, price_per_cpu_hour=0.1, now=clock())
         manager, _, _ = build_manager(settings, LogsRegistry(clock, settings.offline_after_s), clock)
         await manager.start()
         me = auth.Principal(buyer["id"], "buyer", domain.Role.BUYER)

@@ -142,18 +142,24 @@ def build_manager(settings, registry, clock, **options):
     return manager, launcher, cstore
 
 
+async def seed_market(db, clock) -> dict:
+    """A buyer, and a provider with two online 4-CPU machines (m-000000000000, m-000000000001); the buyer's row."""
+    buyer = await db.create_account("buyer", "h", domain.Role.BUYER, clock())
+    prov = await db.create_account("prov", "h", domain.Role.PROVIDER, clock())
+    for i in range(2):
+        await db.upsert_machine(machine_id=f"m-00000000000{i}", provider_id=prov["id"], machine_key=f"key-0000{i}",
+                                name=f"n{i}", spec=domain.MachineSpec(hostname="h", cpus=4, memory_mb=1000),
+                                price_per_gpu_hour=0, price_per_cpu_hour=0.1, now=clock())
+    return buyer
+
+
 @pytest.fixture
 def env(db_location, tmp_path, clock):
     async def build(**options):
         settings = PlatformSettings(state_dir=tmp_path, heartbeat_interval_s=5, api_url="http://127.0.0.1:9",
                                     database=db_location if isinstance(db_location, str) else None)
         db = store.Store(settings.db_location)
-        buyer = await db.create_account("buyer", "h", domain.Role.BUYER, clock())
-        prov = await db.create_account("prov", "h", domain.Role.PROVIDER, clock())
-        for i in range(2):
-            await db.upsert_machine(machine_id=f"m-00000000000{i}", provider_id=prov["id"], machine_key=f"key-0000{i}",
-                                    name=f"n{i}", spec=domain.MachineSpec(hostname="h", cpus=4, memory_mb=1000),
-                                    price_per_gpu_hour=0, price_per_cpu_hour=0.1, now=clock())
+        buyer = await seed_market(db, clock)
         registry = FakeRegistry(clock, settings.offline_after_s)
         manager, launcher, cstore = build_manager(settings, registry, clock, **options)
         await manager.start()

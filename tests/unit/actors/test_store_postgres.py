@@ -11,7 +11,7 @@ from actors.settings import PlatformSettings
 from cli import main as cli_main
 from cli import platform as platform_mod
 from cli import platform_state as pstate
-from tests.unit.actors.test_cluster_manager import FakeRegistry
+from tests.unit.actors.test_cluster_manager import FakeRegistry, seed_market
 
 
 def test_placeholders_are_numbered_outside_quotes():
@@ -61,12 +61,7 @@ def test_concurrent_creates_on_postgres_lease_no_machine_twice(postgres_server, 
     async def go():
         settings = PlatformSettings(state_dir=tmp_path, database=url, api_url="http://127.0.0.1:9")
         db = store.Store(settings.db_location)
-        buyer = await db.create_account("buyer", "h", domain.Role.BUYER, clock())
-        prov = await db.create_account("prov", "h", domain.Role.PROVIDER, clock())
-        for i in range(2):
-            await db.upsert_machine(machine_id=f"m-00000000000{i}", provider_id=prov["id"], machine_key=f"key-0000{i}",
-                                    name=f"n{i}", spec=domain.MachineSpec(hostname="h", cpus=4, memory_mb=1000),
-                                    price_per_gpu_hour=0, price_per_cpu_hour=0.1, now=clock())
+        buyer = await seed_market(db, clock)
         managers = [cluster_manager.ClusterManager(cluster_store.ClusterStore(url), settings,
                                                    registry=FakeRegistry(clock, settings.offline_after_s),
                                                    launcher=HangingLauncher(), clock=clock) for _ in range(n)]
