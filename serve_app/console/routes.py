@@ -15,7 +15,7 @@ from fastapi import Path as FastApiPath
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 
-from dcl_core import domain, errors, ids
+from dcl_core import domain, errors, ids, quota_limits
 from dcl_core.cluster_spec import ClusterSpec
 from serve_app import deps
 from serve_app import errors as http_errors
@@ -37,6 +37,8 @@ SECURITY_HEADERS = {
 }
 DURATIONS = [(900, "15 min"), (1800, "30 min"), (3600, "1 hour"), (7200, "2 hours"), (21_600, "6 hours"),
              (86_400, "1 day"), (604_800, "7 days")]
+MAX_QUOTA_ROWS = 200  # buyers whose quota the admin view shows, one actor call each
+QUOTA_FIELDS = ("max_clusters", "max_gpus", "max_cpus", "max_gpu_hours")
 USABLE = (domain.ClusterStatus.RUNNING.value, domain.ClusterStatus.DEGRADED.value)
 
 
@@ -230,9 +232,28 @@ async def revoke_machine_key(request: Request, key_id: Annotated[str, FastApiPat
 
 
 @router.get("/console/accounts", response_class=HTMLResponse)
-async def accounts_fragment(request: Request, session: sess.Session, registry: deps.Registry):
+async def accounts_fragment(request: Request, session: sess.Session, registry: deps.Registry,
+                             clusters: deps.Clusters):
     accounts = await _call(registry.list_accounts.remote(session.principal))
-    return _render(request, "_accounts.html", session, accounts=accounts)
+    buyers = [a for a in accounts if a["role"] == domain.Role.BUYER.value][:MAX_QUOTA_ROWS]
+    quotas = await asyncio.gather(*(_call(clusters.get_quota.remote(session.principal, a["id"])) for a in buyers))
+    return _render(request, "_accounts.html", session, accounts=accounts,
+                   quotas={q["account_id"]: q for q in quotas}, limits=QUOTA_FIELDS)
+
+
+@router.post("/console/accounts/{account_id}/quota", response_class=HTMLResponse)
+async def set_quota(request: Request, account_id: Annotated[int, FastApiPath(ge=1, le=2**63 - 1)],
+                    session: sess.ActingSession, registry: deps.Registry, clusters: deps.Clusters):
+    """Admins: a buyer's limits; a field left empty takes the platform's default."""
+    form = await request.form()
+    fields = {name: str(form.get(name, "")).strip() or None for name in QUOTA_FIELDS}
+    try:
+        overrides = quota_limits.QuotaOverrides.model_validate(fields)
+    except pydantic.ValidationError as exc:
+        message = "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise ConsoleError(422, message) from None
+    await _call(clusters.set_quota.remote(session.principal, account_id, overrides.model_dump()))
+    return await accounts_fragment(request, session, registry, clusters)
 
 
 @router.get("/console/usage", response_class=HTMLResponse)

@@ -96,6 +96,22 @@ class FakeClusters:
             "total": {"node_seconds": 3600.0, "gpu_seconds": 0.0, "cpu_seconds": 3600.0,
                       ("earnings" if p.role is domain.Role.PROVIDER else "cost"): 0.25},
             "items": []})
+        self.overrides = {1: {"max_clusters": None, "max_gpus": 4, "max_cpus": None, "max_gpu_hours": None}}
+        self.get_quota = _Method(lambda p, account_id: self._quota(account_id))
+        self.set_quota = _Method(self._set_quota)
+
+    def _quota(self, account_id):
+        limits = {"max_clusters": 5, "max_gpus": 16, "max_cpus": 64, "max_gpu_hours": 720.0, "period_s": 2_592_000}
+        overrides = self.overrides.setdefault(account_id, dict.fromkeys(limits.keys() - {"period_s"}))
+        limits.update({k: v for k, v in overrides.items() if v is not None})
+        return {"account_id": account_id, "username": "alice", "limits": limits, "overrides": overrides,
+                "used": {"clusters": 1, "gpus": 2, "cpus": 3, "gpu_hours": 1.5}}
+
+    def _set_quota(self, principal, account_id, overrides):
+        if principal.role is not domain.Role.ADMIN:
+            raise errors.Forbidden("only an admin sets quotas")
+        self.overrides[account_id] = overrides
+        return self._quota(account_id)
 
     def _get(self, cid):
         if cid not in self.clusters:
@@ -246,6 +262,17 @@ def test_provider_and_admin_views(client, fakes):
     assert "Every cluster" in client.get("/").text
     accounts = client.get("/console/accounts").text
     assert all(name in accounts for name in ("alice", "pat", "admin"))
+    # A buyer's quota: what it uses, its limits, editable; only buyers have one.
+    assert accounts.count("quota-form") == 1 and 'name="max_gpus" size="5" inputmode="decimal" value="4"' in accounts
+    token = csrf_of(client.get("/").text)
+    r = client.post("/console/accounts/1/quota", data={"max_clusters": "2", "max_gpus": "", "max_cpus": "",
+                                                      "max_gpu_hours": "10.5"}, headers={"X-CSRF-Token": token})
+    assert r.status_code == 200 and 'value="2"' in r.text and 'value="10.5"' in r.text
+    _, clusters = fakes
+    assert clusters.overrides[1] == {"max_clusters": 2, "max_gpus": None, "max_cpus": None, "max_gpu_hours": 10.5}
+    bad = client.post("/console/accounts/1/quota", data={"max_clusters": "-1"}, headers={"X-CSRF-Token": token})
+    assert bad.status_code == 422 and "max_clusters" in bad.text
+    assert client.post("/console/accounts/1/quota", data={"max_clusters": "2"}).status_code == 403  # no CSRF token
     assert "pat" in client.get("/console/machines").text  # the provider column
 
 
