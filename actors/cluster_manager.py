@@ -13,7 +13,7 @@ from typing import Awaitable, Callable, Protocol
 from actors import auth, backends as backends_mod, cluster_files, cluster_views as views, lifecycle, placement
 from actors import cluster_store as cstore
 from actors import metrics as metrics_mod
-from actors import cluster_logs, quota_book
+from actors import cluster_logs, quota_book, reputation
 from actors import joins as joins_mod
 from actors import node_observer
 from actors.cluster_api import BuyerApi
@@ -220,7 +220,9 @@ class ClusterManager(BuyerApi, NodeProviderApi):
     # --- steps shared by the buyer and node-provider APIs --------------------------------
 
     async def _capacities(self, cluster_id: str) -> list[placement.MachineCapacity]:
-        machines = await self._store.online_machines(self._settings.online_cutoff(self._clock()))
+        now = self._clock()
+        machines = [{**m, "reliability": reputation.of_machine(m, now)}
+                    for m in await self._store.online_machines(self._settings.online_cutoff(now))]
         active = await self._store.active_leases()
         caps = placement.capacities(machines, active)
         mine = collections.Counter(l["machine_id"] for l in active if l["cluster_id"] == cluster_id)

@@ -189,11 +189,20 @@ class ClusterStore(Database):
     async def end_lease(self, lease_id: str, status: domain.LeaseStatus, now: float) -> bool:
         """Closes or loses a lease that still held capacity; returns False if it already ended."""
         marks = ",".join("?" * len(ACTIVE_LEASE_STATUSES))
-        changed = await self._write(
-            f"UPDATE leases SET status = ?, left_at = CASE WHEN joined_at IS NULL THEN left_at ELSE ? END"
-            f" WHERE id = ? AND status IN ({marks})",
-            (status.value, now, lease_id, *ACTIVE_LEASE_STATUSES))
-        return changed > 0
+        lost = int(status is domain.LeaseStatus.LOST)
+
+        async def statements(tx) -> int:
+            changed = await tx.execute(
+                f"UPDATE leases SET status = ?, left_at = CASE WHEN joined_at IS NULL THEN left_at ELSE ? END"
+                f" WHERE id = ? AND status IN ({marks})",
+                (status.value, now, lease_id, *ACTIVE_LEASE_STATUSES))
+            if changed:  # a node that ran counts for its machine's reliability (actors.reputation)
+                await tx.execute(
+                    "UPDATE machines SET leases_completed = leases_completed + ?, leases_lost = leases_lost + ?"
+                    " WHERE id = (SELECT machine_id FROM leases WHERE id = ? AND joined_at IS NOT NULL)",
+                    (1 - lost, lost, lease_id))
+            return changed
+        return await self._atomic(statements) > 0
 
     # --- quotas ---------------------------------------------------------------------------
 
@@ -229,6 +238,7 @@ class ClusterStore(Database):
         # Only what placement reads (not the spec JSON): this runs over every machine on each request.
         return await self._fetchall(
             "SELECT m.id, m.gpu_model, m.gpus, m.cpus, m.price_per_gpu_hour, m.price_per_cpu_hour,"
+            " m.registered_at, m.online_seconds, m.leases_completed, m.leases_lost,"
             " a.username AS provider FROM machines m JOIN accounts a ON a.id = m.provider_id"
             f" WHERE {store_mod.online_where('m')}", (cutoff,))
 

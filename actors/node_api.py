@@ -114,4 +114,5 @@ def node_request(spec: ClusterSpec, role: str) -> placement.NodeRequest:
     """One more node of the cluster, at the buyer's price ceiling (stored with the spec)."""
     return placement.node_request(role, spec.gpus_per_worker, spec.cpus_per_worker, spec.gpu_model,
                                   max_price_per_gpu_hour=spec.max_price_per_gpu_hour,
-                                  max_price_per_cpu_hour=spec.max_price_per_cpu_hour)
+                                  max_price_per_cpu_hour=spec.max_price_per_cpu_hour,
+                                  min_reliability=spec.min_reliability)

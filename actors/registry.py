@@ -10,7 +10,7 @@ import secrets
 import time
 from typing import Callable
 
-from actors import auth, agent_keys, metrics as metrics_mod, offers, store as store_mod, throttle as throttle_mod
+from actors import auth, agent_keys, metrics as metrics_mod, offers, reputation, store as store_mod, throttle as throttle_mod
 from dcl_core import domain, errors, ids, protocol, secret_files
 from actors.settings import PlatformSettings
 
@@ -187,7 +187,8 @@ class ProviderRegistry:
         received, key = self._clock(), object()
         self._beats_in_flight[key] = received
         try:
-            await self._store.record_heartbeat(machine_id, received, domain.MachineUsage.model_validate(usage))
+            await self._store.record_heartbeat(machine_id, received, domain.MachineUsage.model_validate(usage),
+                                               online_within_s=self._settings.offline_after_s)
         except Exception:
             self._deaf_at = self._clock()
             raise
@@ -235,8 +236,10 @@ class ProviderRegistry:
     async def list_offers(self) -> list[dict]:
         rows = await self._store.list_machines_by_status(domain.MachineStatus.ONLINE)
         cutoff = self._settings.online_cutoff(self._clock())
-        return offers.group_offers([r for r in rows if domain.MachineStatus.effective(
-            r["status"], r["last_heartbeat"], cutoff=cutoff).is_leasable()])
+        now = self._clock()
+        return offers.group_offers([{**r, "reliability": reputation.of_machine(r, now)} for r in rows
+                                    if domain.MachineStatus.effective(r["status"], r["last_heartbeat"],
+                                                                      cutoff=cutoff).is_leasable()])
 
     # --- the agents' work channel -------------------------------------------------------
 
@@ -347,6 +350,7 @@ class ProviderRegistry:
 
     def _public_machine(self, row: dict) -> dict:
         machine = store_mod.decode_machine(row)
+        machine["reliability"] = reputation.of_machine(row, self._clock())
         # The sweeper persists an offline within one interval; readers see it at once.
         machine["status"] = domain.MachineStatus.effective(
             machine["status"], machine["last_heartbeat"], cutoff=self._settings.online_cutoff(self._clock())).value

@@ -149,6 +149,12 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX cluster_logs_cluster ON cluster_logs(cluster_id, lease_id, name);
     """,
+    # 6: what a machine's reliability is computed from (actors.reputation)
+    """
+    ALTER TABLE machines ADD COLUMN online_seconds REAL NOT NULL DEFAULT 0;
+    ALTER TABLE machines ADD COLUMN leases_completed INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE machines ADD COLUMN leases_lost INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 
 
@@ -428,9 +434,14 @@ class Store(Database):
     async def list_machines_by_status(self, status: domain.MachineStatus) -> list[dict]:
         return await self._fetchall(self._MACHINE_SELECT + " WHERE m.status = ?", (status.value,))
 
-    async def record_heartbeat(self, machine_id: str, now: float, usage: domain.MachineUsage) -> None:
-        await self._write("UPDATE machines SET last_heartbeat = ?, usage = ?, status = ? WHERE id = ?",
-                          (now, usage.model_dump_json(), domain.MachineStatus.ONLINE.value, machine_id))
+    async def record_heartbeat(self, machine_id: str, now: float, usage: domain.MachineUsage,
+                               online_within_s: float = 0.0) -> None:
+        """A gap since the last heartbeat of at most online_within_s counts as time online."""
+        await self._write(
+            "UPDATE machines SET online_seconds = online_seconds + CASE WHEN last_heartbeat IS NOT NULL"
+            " AND ? - last_heartbeat BETWEEN 0 AND ? THEN ? - last_heartbeat ELSE 0 END,"
+            " last_heartbeat = ?, usage = ?, status = ? WHERE id = ?",
+            (now, online_within_s, now, now, usage.model_dump_json(), domain.MachineStatus.ONLINE.value, machine_id))
 
     async def live_lease_ids(self, machine_id: str) -> set[str]:
         """Leases on the machine that still hold capacity (the leases table is the ClusterManager's)."""

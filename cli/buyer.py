@@ -49,7 +49,8 @@ USABLE = (domain.ClusterStatus.RUNNING.value, domain.ClusterStatus.DEGRADED.valu
 # Request fields → the flags that set them, so that the platform's validation errors name the flag.
 CREATE_FLAGS = {"num_workers": "--workers", "gpus_per_worker": "--gpus", "gpu_model": "--gpu-model",
                 "cpus_per_worker": "--cpus", "duration_s": "--duration", "name": "--name",
-                "max_price_per_gpu_hour": "--max-price-per-gpu-hour", "max_price_per_cpu_hour": "--max-price-per-cpu-hour"}
+                "max_price_per_gpu_hour": "--max-price-per-gpu-hour", "max_price_per_cpu_hour": "--max-price-per-cpu-hour",
+                "min_reliability": "--min-reliability"}
 
 
 # --- durations --------------------------------------------------------------------------
@@ -107,7 +108,7 @@ def cluster_body(args: argparse.Namespace) -> dict:
         body["gpu_model"] = args.gpu_model
     if args.name:
         body["name"] = args.name
-    for field in ("max_price_per_gpu_hour", "max_price_per_cpu_hour"):
+    for field in ("max_price_per_gpu_hour", "max_price_per_cpu_hour", "min_reliability"):
         if getattr(args, field, None) is not None:
             body[field] = getattr(args, field)
     return body
@@ -477,6 +478,8 @@ def add_cluster(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="most a GPU worker may cost per GPU-hour, replacements included (default: any)")
     c.add_argument("--max-price-per-cpu-hour", type=float, metavar="USD",
                    help="most a CPU-only node (the head, CPU workers) may cost per CPU-hour (default: any)")
+    c.add_argument("--min-reliability", type=float, metavar="0-1",
+                   help="only machines at least this reliable (uptime x nodes ended well; offers show it)")
     _wait_args(c, "show its events until it runs, then print its environment (`export` lines)")
     _json_arg(c)
     c.set_defaults(cluster_handler=cmd_create)

@@ -103,6 +103,9 @@ class MachinePublic(Strict):
     registered_at: float
     last_heartbeat: float | None
     usage: domain.MachineUsage | None
+    reliability: float = Field(description="0-1: share of its time online since it registered, times the share of "
+                                           "its nodes that ended well rather than lost (priors: an hour online, "
+                                           "9 of 10 nodes)")
 
 
 class HeartbeatAck(Strict):
@@ -162,6 +165,8 @@ class Offer(Strict):
     price_per_gpu_hour_max: float
     price_per_cpu_hour_min: float
     price_per_cpu_hour_max: float
+    reliability_min: float = Field(description="The least reliable machine of the group (see MachinePublic)")
+    reliability_max: float
 
 
 class Message(Strict):

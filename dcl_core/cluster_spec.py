@@ -31,6 +31,9 @@ class ClusterSpec(domain.StrictModel):
     max_price_per_cpu_hour: Annotated[float | None, Field(
         default=None, ge=0, le=10_000,
         description="Most USD per CPU-hour a CPU-only node (the head, CPU workers) may cost; None: any price")] = None
+    min_reliability: Annotated[float | None, Field(
+        default=None, ge=0, le=1,
+        description="Only machines at least this reliable (GET /v1/offers shows each group's range); None: any")] = None
     image: Annotated[str | None, Field(default=None, max_length=256, pattern=ids.CONTAINER_IMAGE_PATTERN,
                                        description="Container image of every node (machines with the docker "
                                                    "runtime); it must have the platform's Ray and Python "

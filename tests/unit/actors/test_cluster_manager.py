@@ -634,3 +634,29 @@ def test_a_degraded_cluster_still_expires_and_replacements_never_extend_it(env, 
         assert next(n for n in got["nodes"] if n["id"] == new["id"])["joined_at"] is None
         await close(manager._store, db)
     asyncio.run(go())
+
+
+def test_lost_nodes_lower_their_machines_reliability_and_the_floor_skips_them(env, clock):
+    async def go():
+        e = await env()
+        c = await e.manager.create_cluster(e.buyer, {"num_workers": 1, "duration_s": 600})
+        await settle(e.manager)
+        worker = next(n for n in (await e.manager.get_cluster(e.buyer, c["id"]))["nodes"] if n["role"] == "worker")
+        assert await e.store.end_lease(worker["id"], domain.LeaseStatus.LOST, clock())
+        assert not await e.store.end_lease(worker["id"], domain.LeaseStatus.LOST, clock())  # counted once
+        row = await e.db.get_machine(worker["machine_id"])
+        assert (row["leases_completed"], row["leases_lost"]) == (0, 1)
+        await e.manager.delete_cluster(e.buyer, c["id"])
+        await settle(e.manager)
+        head = next(n for n in (await e.manager.get_cluster(e.buyer, c["id"]))["nodes"] if n["role"] == "head")
+        assert (await e.db.get_machine(head["machine_id"]))["leases_completed"] == 1
+        # The machine that lost a node is now below 0.85; the other one is not.
+        for m in ("m-000000000000", "m-000000000001"):
+            await e.db.record_heartbeat(m, clock(), domain.MachineUsage())
+        with pytest.raises(errors.Conflict, match="reliability of at least 0.85"):
+            await e.manager.create_cluster(e.buyer, {"num_workers": 2, "duration_s": 600, "cpus_per_worker": 2,
+                                                     "min_reliability": 0.85})
+        ok = await e.manager.create_cluster(e.buyer, {"num_workers": 1, "duration_s": 600, "min_reliability": 0.85})
+        assert worker["machine_id"] not in {n["machine_id"] for n in ok["nodes"]}
+        await close(e.store, e.db)
+    asyncio.run(go())

@@ -246,3 +246,24 @@ def test_revoked_or_replaced_keys_get_401_and_only_the_owner_revokes(tmp_path, c
         assert (await restarted.heartbeat(fresh, machine_id, {"active_leases": 0}))["status"] == "online"
         assert [k["active"] for k in await restarted.list_machine_keys(p1)] == [False, True]
     run(go)
+
+
+def test_heartbeats_accrue_uptime_and_machines_and_offers_show_reliability(tmp_path, clock):
+    async def go():
+        reg = make_registry(tmp_path, clock)
+        await reg.start()
+        p1 = await signed_in(reg, "prov1", domain.Role.PROVIDER)
+        m = await reg.register_machine(p1, machine_request())
+        assert m["reliability"] == 0.9  # the prior
+        for _ in range(10):
+            await reg.heartbeat(p1, m["id"], {"active_leases": 0})
+            clock.advance(5)
+        clock.advance(3600)  # an hour of silence: not online time
+        await reg.heartbeat(p1, m["id"], {"active_leases": 0})
+        row = await reg._store.get_machine(m["id"])
+        assert row["online_seconds"] == 45  # nine 5 s gaps; the hour-long one does not count
+        got = await reg.get_machine(p1, m["id"])
+        assert 0 < got["reliability"] < 0.9  # an hour off in its first hour and a bit
+        [offer] = await reg.list_offers()
+        assert offer["reliability_min"] == offer["reliability_max"] == got["reliability"]
+    run(go)
