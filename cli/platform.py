@@ -135,6 +135,7 @@ class PlatformLauncher:
         self.port = port
         self.host = host
         self.providers = providers
+        self._enroll_anew: set[int] = set()  # local agents whose provider account this `up` created
         self.heartbeat_s = heartbeat_s
         self.agent_gpus = agent_gpus
         self.agent_cpus = agent_cpus
@@ -332,11 +333,13 @@ class PlatformLauncher:
             raise pstate.PlatformError(f"the admin credentials in {path} are refused ({exc})") from None
 
     def _ensure_account(self, api: client_mod.PlatformClient, store: pstate.CredentialStore,
-                        username: str, role: str) -> None:
+                        username: str, role: str) -> bool:
+        """True when the account is new on this platform's database."""
         password, created = store.get_or_create(username, role)
         try:
             api.create_account(username, password, role)
             logger.info("created %s account %s", role, username)
+            return True
         except client_mod.ApiError as exc:
             if exc.status_code != 409:
                 raise pstate.PlatformError(f"could not create account {username}: {exc}") from None
@@ -345,12 +348,16 @@ class PlatformLauncher:
                     f"account {username} already exists but its password is not in {store.path}; "
                     f"use another --state-dir, or restore that file") from None
             # Exists from an earlier `up`: the saved password is the one the agents will use.
+            return False
 
     def _ensure_accounts(self, api: client_mod.PlatformClient) -> None:
         store = pstate.CredentialStore(self.layout.credentials_json)
         store.set_url(platform_status.api_url({"host": self.host, "port": self.port}))
         for i in range(1, self.providers + 1):
-            self._ensure_account(api, store, pstate.provider_username(i), domain.Role.PROVIDER.value)
+            if self._ensure_account(api, store, pstate.provider_username(i), domain.Role.PROVIDER.value):
+                # A new account on this database: an agent key kept from an earlier platform is unknown
+                # here, so that agent enrolls again with the password instead of stopping at a 401.
+                self._enroll_anew.add(i)
         self._ensure_account(api, store, pstate.BUYER_USERNAME, domain.Role.BUYER.value)
 
     def _start_agents(self, record: dict) -> None:
@@ -369,6 +376,8 @@ class PlatformLauncher:
                    "--password-file", str(password_file),
                    "--state-dir", str(agent_dir),
                    "--name", pstate.agent_name(i)]
+            if i in self._enroll_anew:
+                cmd += ["--enroll"]
             if self.agent_gpus is not None:
                 cmd += ["--gpus", str(self.agent_gpus)]
             if self.agent_cpus is not None:

@@ -35,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--username", help="Provider account name")
     p.add_argument("--password-file", type=Path,
                    help=f"File holding the password (else ${PASSWORD_ENV}); needed only to enroll the machine")
+    p.add_argument("--enroll", action="store_true",
+                   help="Enroll this machine again with the password, replacing the agent key it keeps (after a "
+                        "revoke, or on a new platform)")
     p.add_argument("--name", help="Display name of this machine (default: hostname)")
     p.add_argument("--state-dir", type=Path, default=None, help="Where machine.json lives (default ~/.dcluster-agent)")
     p.add_argument("--gpus", type=int, default=None, metavar="N",
@@ -100,6 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         parser.error(f"cannot read --password-file: {exc}")
     state_dir = args.state_dir if args.state_dir is not None else state_mod.default_state_dir()
+    if args.enroll:
+        if not password:
+            parser.error(f"--enroll needs the provider's password: --password-file FILE or ${PASSWORD_ENV}")
+        _forget_agent_key(state_dir)
     if not password and not _has_agent_key(state_dir):
         parser.error(f"no password: this machine is not enrolled yet; pass --password-file FILE or set ${PASSWORD_ENV} "
                      f"(it is used once: the machine then gets its own agent key)")
@@ -145,6 +152,14 @@ def main(argv: list[str] | None = None) -> int:
     if agent.revoked:
         return EXIT_KEY_REFUSED
     return 0
+
+
+def _forget_agent_key(state_dir: Path) -> None:
+    state = state_mod.MachineState(state_dir)
+    if state.agent_key:
+        state.agent_key = None
+        state.save()
+        logger.info("the agent key kept in %s is forgotten: the machine enrolls again", state.path)
 
 
 def _has_agent_key(state_dir: Path) -> bool:

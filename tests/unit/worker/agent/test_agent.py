@@ -447,6 +447,25 @@ def test_password_is_never_a_command_line_argument(monkeypatch):
     assert e.value.code == 2
 
 
+def test_an_enrolled_machine_needs_no_password_and_enroll_replaces_its_key(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv(agent_cli.PASSWORD_ENV, raising=False)
+    state_dir = tmp_path / "state"
+    base = ["--platform-url", "http://x", "--username", "prov1", "--state-dir", str(state_dir)]
+    with pytest.raises(SystemExit) as e:  # not enrolled, no password
+        agent_cli.main(base)
+    assert e.value.code == 2 and "not enrolled yet" in capsys.readouterr().err
+    state = agent_mod.MachineState(state_dir)
+    state.agent_key = "dcm.m-000000000001.secret"
+    state.save()
+    assert agent_cli._has_agent_key(state_dir)
+    with pytest.raises(SystemExit) as e:  # --enroll needs the password
+        agent_cli.main([*base, "--enroll"])
+    assert e.value.code == 2 and "--enroll needs" in capsys.readouterr().err
+    agent_cli._forget_agent_key(state_dir)
+    assert agent_mod.MachineState(state_dir).agent_key is None
+    assert agent_mod.MachineState(state_dir).machine_key == state.machine_key  # the same machine
+
+
 def test_password_from_file_or_env(tmp_path, monkeypatch):
     f = tmp_path / "pw"
     f.write_text(PASSWORD + "\n")
