@@ -223,12 +223,7 @@ class ProviderRegistry:
         return self._public_machine(await self._store.get_machine(machine_id))
 
     async def list_machines(self, principal: auth.Principal) -> list[dict]:
-        if principal.role is domain.Role.ADMIN:
-            rows = await self._store.list_machines()
-        else:
-            _require_role(principal, domain.Role.PROVIDER)
-            rows = await self._store.list_machines(principal.account_id)
-        return [self._public_machine(r) for r in rows]
+        return [self._public_machine(r) for r in await self._store.list_machines(_provider_scope(principal))]
 
     async def get_machine(self, principal: auth.Principal, machine_id: str) -> dict:
         return self._public_machine(await self._own_machine(principal, machine_id))
@@ -328,12 +323,7 @@ class ProviderRegistry:
 
     async def list_machine_keys(self, principal: auth.Principal) -> list[dict]:
         """The keys of the provider's machines (every machine's, for an admin), active and revoked."""
-        if principal.role is domain.Role.ADMIN:
-            rows = await self._store.list_machine_keys()
-        else:
-            _require_role(principal, domain.Role.PROVIDER)
-            rows = await self._store.list_machine_keys(principal.account_id)
-        return [_public_key(r) for r in rows]
+        return [_public_key(r) for r in await self._store.list_machine_keys(_provider_scope(principal))]
 
     async def revoke_machine_key(self, principal: auth.Principal, key_id: str) -> dict:
         """Idempotent. The machine's next heartbeat or poll gets 401; it gets no new leases meanwhile."""
@@ -355,6 +345,14 @@ class ProviderRegistry:
         machine["status"] = domain.MachineStatus.effective(
             machine["status"], machine["last_heartbeat"], cutoff=self._settings.online_cutoff(self._clock())).value
         return machine
+
+
+def _provider_scope(principal: auth.Principal) -> int | None:
+    """Whose machines a caller sees: a provider its own, an admin every one (None)."""
+    if principal.role is domain.Role.ADMIN:
+        return None
+    _require_role(principal, domain.Role.PROVIDER)
+    return principal.account_id
 
 
 def _require_role(principal: auth.Principal, role: domain.Role) -> None:
