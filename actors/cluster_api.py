@@ -74,10 +74,9 @@ class BuyerApi:
 
     async def cluster_log(self, principal: auth.Principal, cluster_id: str, name: str,
                           lease_id: str | None = None) -> dict:
-        await self._own_cluster(principal, cluster_id)
+        row = await self._own_cluster(principal, cluster_id)
         found = await self._logs.text(cluster_id, lease_id, name)
         if found is None:
-            row = await self._store.get_cluster(cluster_id)
             when = ("" if domain.ClusterStatus(row["status"]).is_terminal() else
                     "; a node's logs are kept as it is released (while it runs: `ray job logs`)")
             raise errors.NotFound(f"no log {name!r} kept for cluster {cluster_id}"

@@ -229,12 +229,13 @@ class ProviderRegistry:
         return self._public_machine(await self._own_machine(principal, machine_id))
 
     async def list_offers(self) -> list[dict]:
-        rows = await self._store.list_machines_by_status(domain.MachineStatus.ONLINE)
-        cutoff = self._settings.online_cutoff(self._clock())
         now = self._clock()
-        return offers.group_offers([{**r, "reliability": reputation.of_machine(r, now)} for r in rows
-                                    if domain.MachineStatus.effective(r["status"], r["last_heartbeat"],
-                                                                      cutoff=cutoff).is_leasable()])
+        cutoff = self._settings.online_cutoff(now)
+        leasable = [r for r in await self._store.list_machines_by_status(domain.MachineStatus.ONLINE)
+                    if domain.MachineStatus.effective(r["status"], r["last_heartbeat"], cutoff=cutoff).is_leasable()]
+        for r in leasable:  # fresh rows of this call: scored in place
+            r["reliability"] = reputation.of_machine(r, now)
+        return offers.group_offers(leasable)
 
     # --- the agents' work channel -------------------------------------------------------
 

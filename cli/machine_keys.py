@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import time
 
 from cli import buyer, output, terminal
 
 
-def _when(ts: float | None) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else ""
-
-
 def key_rows(keys: list[dict]) -> tuple[list[str], list[list]]:
     rows = [[k["id"], k["machine_id"], k["machine_name"], "active" if k["active"] else "revoked",
-             _when(k["created_at"]), _when(k["revoked_at"])] for k in keys]
+             output.clock_time(k["created_at"]), output.clock_time(k["revoked_at"])] for k in keys]
     return ["key", "machine", "name", "state", "created", "revoked"], rows
 
 

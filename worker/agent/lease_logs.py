@@ -80,11 +80,13 @@ def collect(temp_dir: Path, command_logs: Path, *, max_bytes: int = MAX_BYTES_PE
         text, size, truncated = read
         if not text:
             continue
-        over = len(json.dumps(text)) > left
+        cost = len(json.dumps(text))
+        over = cost > left
         if over:  # escapes made it longer than what is left: keep a shorter tail, and it is the last
             text, truncated = text[len(text) - max(0, (left - 2) // 12):], True  # at most 12 per character
+            cost = len(json.dumps(text))
         if text:
-            left -= len(json.dumps(text))
+            left -= cost
             shipped.append({"name": name, "text": text, "bytes": size, "truncated": truncated})
         if over:
             break
