@@ -34,8 +34,8 @@ def unjoined(leases: list[dict]) -> list[dict]:
 
 def observable_head(leases: list[dict]) -> dict | None:
     """The open head lease whose dashboard can be asked (it has its ports and address)."""
-    return next((l for l in leases if l["role"] == "head" and l["status"] == domain.LeaseStatus.OPEN.value
-                 and l["ports"] and l["node_ip"]), None)
+    return next((l for l in leases if l["role"] == domain.NodeRole.HEAD.value
+                 and l["status"] == domain.LeaseStatus.OPEN.value and l["ports"] and l["node_ip"]), None)
 
 
 def newly_joined(leases: list[dict], nodes: list[node_observer.ObservedNode]) -> list[dict]:
