@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import shlex
 
@@ -24,6 +25,44 @@ def connection_details(node_ip: str, ports: dict, token: str) -> dict:
         "env": env,
         "ray_job_submit": f"{exports} ray job submit --working-dir . -- python train.py",
     }
+
+
+# What the platform's proxy may reach on a cluster's node: a service name -> the RayPorts field it listens on.
+PROXIED_SERVICES = {"dashboard": "dashboard", "metrics": "metrics_export"}
+
+
+def proxy_target(cluster_id: str, status: str, leases: list[dict], service: str, node_id: str | None) -> dict:
+    """Where the proxy connects for one of the cluster's own nodes: {"host", "port"} from the open lease's
+    recorded address and port, never from the request. The dashboard is the head's; metrics are any node's."""
+    if service not in PROXIED_SERVICES:
+        raise errors.InvalidInput(f"no proxied service {service!r}; one of {', '.join(PROXIED_SERVICES)}")
+    if not domain.ClusterStatus(status).is_active():
+        raise errors.Conflict(f"cluster {cluster_id} is {status}: its dashboard and metrics went with its nodes "
+                              "(its logs are kept: GET /v1/clusters/{id}/logs)")
+    live = [l for l in leases if l["status"] == domain.LeaseStatus.OPEN.value and l["joined_at"]
+            and l["ports"] and l["node_ip"]]
+    if node_id is None:
+        node = next((l for l in live if l["role"] == domain.NodeRole.HEAD), None)
+        if node is None:
+            raise errors.Conflict(f"cluster {cluster_id}'s head node has not joined yet "
+                                  "(see GET /v1/clusters/{id}/events)")
+    else:
+        if service == "dashboard":
+            raise errors.InvalidInput("the dashboard is the head's; only metrics take a node")
+        node = next((l for l in live if l["id"] == node_id), None)
+        if node is None:
+            raise errors.NotFound(f"cluster {cluster_id} has no joined open node {node_id}")
+    try:
+        address = ipaddress.ip_address(node["node_ip"])
+    except ValueError:
+        address = None
+    # An agent reports its node's address: only a literal unicast IP is ever connected to.
+    if address is None or address.is_unspecified or address.is_multicast:
+        raise errors.Conflict(f"node {node['id']} reported no usable address ({node['node_ip']!r})")
+    port = node["ports"].get(PROXIED_SERVICES[service])
+    if not isinstance(port, int) or not 0 < port < 65536:
+        raise errors.Conflict(f"node {node['id']} reported no {service} port")
+    return {"host": str(address), "port": port}
 
 
 def node_labels(cluster_id: str, lease: dict, machine: dict) -> dict:
