@@ -96,7 +96,8 @@ class BuyerApi:
             raise errors.Conflict(f"cluster {cluster_id} is {row['status']}: connection details exist once its "
                                   "head node has joined (see GET /v1/clusters/{id}/events)")
         token = cluster_files.read_cluster_token(self._settings.clusters_dir / cluster_id)
-        return views.connection_details(head["node_ip"], head["ports"], token)
+        return views.connection_details(head["node_ip"], head["ports"], token,
+                                        f"{self._settings.api_url.rstrip('/')}/v1/clusters/{cluster_id}")
 
     async def proxy_target(self, principal: auth.Principal, cluster_id: str, service: str,
                            node_id: str | None = None) -> dict:

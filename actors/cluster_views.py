@@ -12,7 +12,8 @@ from dcl_core import domain, errors, ids
 from configs import market
 
 
-def connection_details(node_ip: str, ports: dict, token: str) -> dict:
+def connection_details(node_ip: str, ports: dict, token: str, proxy_base: str) -> dict:
+    """proxy_base: the cluster's URL on the platform (API URL + /v1/clusters/<id>), for the proxied dashboard."""
     dashboard = f"http://{node_ip}:{ports['dashboard']}"
     env = {"RAY_ADDRESS": dashboard, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
     exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
@@ -22,6 +23,8 @@ def connection_details(node_ip: str, ports: dict, token: str) -> dict:
         "ray_client_address": f"ray://{node_ip}:{ports['client_server']}",
         "gcs_address": f"{node_ip}:{ports['gcs']}",
         "ray_auth_token": token,
+        "dashboard_proxy_url": f"{proxy_base}/dashboard/",
+        "metrics_proxy_url": f"{proxy_base}/metrics",
         "env": env,
         "ray_job_submit": f"{exports} ray job submit --working-dir . -- python train.py",
     }

@@ -426,6 +426,23 @@ def cmd_connect(args: argparse.Namespace) -> int:
     return Exit.OK
 
 
+@_guarded
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    with signed_in_client() as client:
+        connection = client.request("GET", cluster_path(args.cluster_id, "/connection"))
+    urls = {k: connection[k] for k in ("dashboard_url", "dashboard_proxy_url", "metrics_proxy_url")}
+    if args.json:
+        output.print_json(urls)
+        return Exit.OK
+    print(f"Ray dashboard (on the head):   {urls['dashboard_url']}")
+    print("  with the cluster's Ray token: Authorization: Bearer $RAY_AUTH_TOKEN "
+          f"(eval \"$(dcluster cluster connect {args.cluster_id})\"), or paste it where the dashboard asks")
+    print(f"through the platform (GET):    {urls['dashboard_proxy_url']}")
+    print(f"Prometheus metrics (head):     {urls['metrics_proxy_url']}   (?node=l-... for a worker)")
+    print("  both with your platform token: Authorization: Bearer <token from dcluster login>")
+    return Exit.OK
+
+
 # --- parsers ----------------------------------------------------------------------------
 
 def _parser_kw(help_text: str) -> dict:
@@ -462,7 +479,7 @@ def add_logout(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def add_cluster(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("cluster", **_parser_kw("buyer clusters: create, list, status, events, extend, delete, "
-                                               "connect"))
+                                               "connect, dashboard"))
     csub = p.add_subparsers(dest="cluster_command", metavar="ACTION", required=True)
 
     c = csub.add_parser("create", **_parser_kw("ask for a Ray cluster of N workers for a while"))
@@ -490,7 +507,9 @@ def add_cluster(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
     for name, handler, text in (("status", cmd_status, "one cluster: status, lifetime, nodes"),
                                 ("connect", cmd_connect, "print `export` lines for the stock Ray CLI: "
-                                                         "eval \"$(dcluster cluster connect ID)\"")):
+                                                         "eval \"$(dcluster cluster connect ID)\""),
+                                ("dashboard", cmd_dashboard, "where its Ray dashboard and Prometheus metrics are, "
+                                                             "directly and through the platform")):
         q = csub.add_parser(name, **_parser_kw(text))
         q.add_argument("cluster_id", metavar="ID")
         _json_arg(q)

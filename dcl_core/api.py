@@ -218,6 +218,12 @@ class ClusterConnection(Strict):
     ray_client_address: str
     gcs_address: str
     ray_auth_token: str
+    dashboard_proxy_url: Annotated[str, Field(description=(
+        "The head's dashboard through the platform (GET only): send your platform token as "
+        "`Authorization: Bearer`, the platform adds the cluster's Ray token. Directly at dashboard_url, send "
+        "the Ray token instead (`Authorization: Bearer <ray_auth_token>`, or sign in once in the dashboard)"))]
+    metrics_proxy_url: Annotated[str, Field(description=(
+        "The head's Ray metrics in Prometheus' format, with your platform token; ?node=<node id> for a worker's"))]
     env: dict[str, str]
     ray_job_submit: str
 

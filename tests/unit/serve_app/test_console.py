@@ -89,6 +89,8 @@ class FakeClusters:
             "dashboard_url": "http://127.0.0.1:8265", "job_submission_url": "http://127.0.0.1:8265",
             "ray_client_address": "ray://127.0.0.1:10001", "gcs_address": "127.0.0.1:6379",
             "ray_auth_token": "tok-secret",
+            "dashboard_proxy_url": f"{BASE}/v1/clusters/{cid}/dashboard/",
+            "metrics_proxy_url": f"{BASE}/v1/clusters/{cid}/metrics",
             "env": {"RAY_ADDRESS": "http://127.0.0.1:8265", "RAY_AUTH_TOKEN": "tok-secret"},
             "ray_job_submit": "RAY_ADDRESS=http://127.0.0.1:8265 ray job submit --working-dir . -- python train.py"})
         self.usage = _Method(lambda p, start, end: {
