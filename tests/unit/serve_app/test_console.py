@@ -227,6 +227,30 @@ def test_actions_need_the_csrf_token_and_the_same_origin(client, fakes):
     assert fakes[1].create_cluster.calls[0][1]["num_workers"] == 1
 
 
+def test_the_create_form_sends_price_ceilings_and_min_reliability_and_empty_means_any(client, fakes):
+    sign_in(client)
+    page = client.get("/").text
+    for field in ("max_price_per_gpu_hour", "max_price_per_cpu_hour", "min_reliability"):
+        assert f'name="{field}"' in page
+    headers = {"X-CSRF-Token": csrf_of(page), "HX-Request": "true"}
+    form = {"num_workers": "1", "duration_s": "1800", "max_price_per_gpu_hour": "1.5",
+            "max_price_per_cpu_hour": "0.02", "min_reliability": "0.95"}
+    assert client.post("/console/clusters", data=form, headers=headers).status_code == 204
+    spec = fakes[1].create_cluster.calls[-1][1]
+    assert (spec["max_price_per_gpu_hour"], spec["max_price_per_cpu_hour"], spec["min_reliability"]) == (1.5, 0.02,
+                                                                                                          0.95)
+    empty = {**form, "max_price_per_gpu_hour": "", "max_price_per_cpu_hour": " ", "min_reliability": ""}
+    assert client.post("/console/clusters", data=empty, headers=headers).status_code == 204
+    spec = fakes[1].create_cluster.calls[-1][1]
+    assert spec["max_price_per_gpu_hour"] is spec["max_price_per_cpu_hour"] is spec["min_reliability"] is None
+    calls = len(fakes[1].create_cluster.calls)
+    for field, bad in (("min_reliability", "1.5"), ("min_reliability", "nan"), ("max_price_per_gpu_hour", "-1"),
+                       ("max_price_per_cpu_hour", "cheap"), ("max_price_per_gpu_hour", "inf")):
+        r = client.post("/console/clusters", data={**form, field: bad}, headers=headers)
+        assert r.status_code == 422 and field in r.text, (field, bad, r.status_code, r.text)
+    assert len(fakes[1].create_cluster.calls) == calls  # nothing bad reached the control plane
+
+
 def test_a_sign_in_from_another_origin_is_refused(client):
     r = client.post("/login", data={"username": "alice", "password": "password123"},
                     headers={"Origin": "http://evil.example"}, follow_redirects=False)
