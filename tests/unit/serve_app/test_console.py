@@ -202,6 +202,7 @@ def test_cluster_status_shows_steps_and_the_exact_submit_line(client):
     page = client.get("/console/clusters/c-0123456789ab/status").text
     assert "every worker joined" in page and 'data-status="running"' in page
     assert "ray job submit --working-dir . -- python train.py" in page
+    assert '<div class="mono" id="conn-metrics">http://testserver/v1/clusters/c-0123456789ab/metrics</div>' in page
     # The token shows shortened; the hidden fields behind the copy buttons hold the whole text.
     assert "export RAY_AUTH_TOKEN=tok-se…" in page
     assert re.search(r'<textarea id="conn-env" hidden readonly>[^<]*export RAY_AUTH_TOKEN=tok-secret', page)
