@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 import uuid
 from pathlib import Path
 
@@ -40,6 +41,7 @@ class PrometheusServer:
         cmd = [self.binary, f"--config.file={config}", f"--storage.tsdb.path={self.root / 'data'}",
                f"--web.listen-address=127.0.0.1:{self.port}"]
         procs.spawn(cmd, env=dict(os.environ), log_path=self.log, owner_tag=self.tag)
+        self.started_at = time.time()
         try:
             wait_for(lambda: self._ready(), timeout_s=60, interval_s=0.5, what=f"prometheus ready on {self.url}")
         except AssertionError:
@@ -65,7 +67,8 @@ class PrometheusServer:
     def targets(self) -> list[dict]:
         return httpx.get(f"{self.url}/api/v1/targets", timeout=10).json()["data"]["activeTargets"]
 
-    def graph_url(self, expr: str, range_s: int = 300) -> str:
-        """Prometheus' own web UI (Debian ships the classic one) graphing expr over the last range_s."""
+    def graph_url(self, expr: str) -> str:
+        """Prometheus' own web UI (Debian ships the classic one) graphing expr since this server started."""
+        range_s = max(60, int(time.time() - self.started_at) + 5)
         return str(httpx.URL(f"{self.url}/classic/graph", params={
             "g0.expr": expr, "g0.tab": "0", "g0.range_input": f"{range_s}s", "g0.stacked": "0"}))

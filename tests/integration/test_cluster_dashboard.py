@@ -193,10 +193,10 @@ def test_prometheus_scrapes_the_platform_and_the_buyers_cluster_and_graphs_them(
     graphs = {"api-requests-by-route": "sum by (route) (rate(ray_dcluster_api_latency_seconds_count[30s]))",
               "clusters-by-state": "max by (state) (ray_dcluster_clusters)",
               "buyer-cluster-cpu": f'ray_node_cpu_utilization{{job="buyer-cluster", cluster="{cid}"}}'}
-    with browser_mod.chromium(tmp_path, window="1400,900") as driver:
+    with browser_mod.chromium(tmp_path, window="1400,1150") as driver:  # the legend is below the graph
         from selenium.webdriver.common.by import By
         for name, expr in graphs.items():
-            driver.get(prometheus.graph_url(expr, range_s=240))
+            driver.get(prometheus.graph_url(expr))
             wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, ".graph svg path"), timeout_s=30,
                      interval_s=0.5, what=f"Prometheus graphing {expr}")
             time.sleep(1)  # the legend is drawn after the lines
