@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from cli import output
+from cli import dashboard_forward, output
 from cli import terminal
 from cli.exits import CliError, Exit, error_message, exit_code_for
 from cli.session import Session, current_session, read_session, save_session, session_path
@@ -431,6 +431,18 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     with signed_in_client() as client:
         connection = client.request("GET", cluster_path(args.cluster_id, "/connection"))
     urls = {k: connection[k] for k in ("dashboard_url", "dashboard_proxy_url", "metrics_proxy_url")}
+    if args.forward is not None:
+        forward = dashboard_forward.DashboardForward(urls["dashboard_proxy_url"], current_session().token,
+                                                     port=args.forward)
+        output.progress(f"the Ray dashboard of {args.cluster_id}, through the platform: {forward.url} "
+                        "(GET only; Ctrl-C stops; valid while your sign-in is)")
+        try:
+            forward.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            forward.close()
+        return Exit.OK
     if args.json:
         output.print_json(urls)
         return Exit.OK
@@ -507,13 +519,21 @@ def add_cluster(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
     for name, handler, text in (("status", cmd_status, "one cluster: status, lifetime, nodes"),
                                 ("connect", cmd_connect, "print `export` lines for the stock Ray CLI: "
-                                                         "eval \"$(dcluster cluster connect ID)\""),
-                                ("dashboard", cmd_dashboard, "where its Ray dashboard and Prometheus metrics are, "
-                                                             "directly and through the platform")):
+                                                         "eval \"$(dcluster cluster connect ID)\"")):
         q = csub.add_parser(name, **_parser_kw(text))
         q.add_argument("cluster_id", metavar="ID")
         _json_arg(q)
         q.set_defaults(cluster_handler=handler)
+
+    db = csub.add_parser("dashboard", **_parser_kw("where its Ray dashboard and Prometheus metrics are, directly "
+                                                   "and through the platform; --forward: the dashboard on a local "
+                                                   "port"))
+    db.add_argument("cluster_id", metavar="ID")
+    db.add_argument("--forward", type=int, metavar="PORT", nargs="?", const=0,
+                    help="serve the dashboard on 127.0.0.1:PORT through the platform, with your sign-in "
+                         "(no PORT: a free one)")
+    _json_arg(db)
+    db.set_defaults(cluster_handler=cmd_dashboard)
 
     e = csub.add_parser("events", **_parser_kw("a cluster's events (--json --follow: one JSON object per line)"))
     e.add_argument("cluster_id", metavar="ID")

@@ -8,12 +8,14 @@ from __future__ import annotations
 import http.client
 import http.server
 import json
+import re
 import threading
 import time
 
 import httpx
 import pytest
 
+from cli import dashboard_forward
 from tests.integration import browser as browser_mod
 from tests.integration.helpers import Api, wait_for
 from tests.integration.prometheus import PrometheusServer
@@ -101,6 +103,21 @@ def test_the_owner_reads_its_heads_dashboard_and_metrics_through_the_platform(cl
     assert page.status_code == 200 and "<html" in page.text.lower()
     jobs = buyer.get(f"/v1/clusters/{cid}/dashboard/api/jobs/")
     assert jobs.status_code == 200 and jobs.json() == []
+
+    # `dcluster cluster dashboard ID --forward`: the same, for a local browser, page scripts included.
+    forward = dashboard_forward.DashboardForward(conn["dashboard_proxy_url"],
+                                                 buyer.http.headers["Authorization"].removeprefix("Bearer ")).start()
+    try:
+        index = httpx.get(forward.url, timeout=30)
+        assert index.status_code == 200 and index.text == page.text
+        scripts = re.findall(r'<script[^>]+src="\.?/?([^"]+)"', index.text)
+        assert scripts, index.text[:500]
+        for script in scripts:
+            asset = httpx.get(forward.url + script, timeout=60)
+            assert asset.status_code == 200 and len(asset.content) > 1000, (script, asset.status_code)
+        assert httpx.get(forward.url + "api/jobs/", timeout=30).json() == []
+    finally:
+        forward.close()
 
     worker = next(n for n in c["nodes"] if n["role"] == "worker")
     for params in ({}, {"node": worker["id"]}):
