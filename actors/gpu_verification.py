@@ -30,7 +30,7 @@ class Verdict:
         """What the machines row keeps of it (gpu_check_detail)."""
         detail: dict = {"reason": self.reason, "differences": list(self.differences)}
         if self.report is not None:
-            detail.update(nvml=self.report.nvml, seen=[g.model_dump() for g in self.report.gpus],
+            detail.update(nvml=self.report.nvml, uid=self.report.uid, seen=[g.model_dump() for g in self.report.gpus],
                           driver_version=self.report.driver_version,
                           benchmarks=[b.model_dump() for b in self.report.benchmarks])
         return json.dumps(detail)
@@ -104,5 +104,5 @@ def public(row: dict, spec: domain.MachineSpec) -> dict:
         first = on_register(spec, None, None)
         status, detail = first.status.value, {"reason": first.reason}
     return {"status": status, "checked_at": row.get("gpu_checked_at"), "reason": detail.get("reason"),
-            "differences": detail.get("differences", []), "nvml": detail.get("nvml"), "seen": detail.get("seen", []),
+            "differences": detail.get("differences", []), "nvml": detail.get("nvml"), "uid": detail.get("uid"), "seen": detail.get("seen", []),
             "driver_version": detail.get("driver_version"), "benchmarks": detail.get("benchmarks", [])}

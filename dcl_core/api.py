@@ -100,6 +100,7 @@ class GpuVerificationPublic(Strict):
     reason: str | None = Field(default=None, description="Why it is not verified (mismatch: what differs, in short)")
     differences: list[str] = Field(default=[], description="mismatch: each claim the check lease did not see")
     nvml: protocol.NvmlSource | None = Field(default=None, description="What the check read: NVML, a test fake, or nothing")
+    uid: int | None = Field(default=None, description="The user the check ran as (in a sandbox: the lease's own uid)")
     seen: list[domain.GpuInfo] = Field(default=[], description="The GPUs NVML showed inside the check lease")
     driver_version: str | None = None
     benchmarks: list[protocol.GpuBenchmark] = Field(default=[], description="Matmul timings inside the check lease")

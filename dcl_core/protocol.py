@@ -137,6 +137,7 @@ class GpuCheckReport(Strict):
     """What the check lease saw of the machine's GPUs, from inside its sandbox."""
 
     nvml: NvmlSource
+    uid: int | None = None  # the user the check ran as: in a sandbox, the lease's own uid
     nvml_error: Annotated[str, Field(max_length=500)] | None = None
     gpus: Annotated[list[domain.GpuInfo], Field(max_length=64)] = []
     driver_version: Annotated[str, Field(max_length=64)] | None = None

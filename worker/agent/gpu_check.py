@@ -88,9 +88,9 @@ def check() -> protocol.GpuCheckReport:
         nvml, source = _nvml()
         gpus, driver, cuda = detect.nvml_gpus(nvml)
     except Exception as exc:  # noqa: BLE001 - no library, no driver, no device: the platform judges it
-        return protocol.GpuCheckReport(nvml="unavailable", nvml_error=f"{type(exc).__name__}: {exc}"[:500],
+        return protocol.GpuCheckReport(nvml="unavailable", uid=os.getuid(), nvml_error=f"{type(exc).__name__}: {exc}"[:500],
                                        benchmarks=[cpu_benchmark()])
-    return protocol.GpuCheckReport(nvml=source, gpus=gpus, driver_version=driver, cuda_version=cuda,
+    return protocol.GpuCheckReport(nvml=source, uid=os.getuid(), gpus=gpus, driver_version=driver, cuda_version=cuda,
                                    benchmarks=[*gpu_benchmarks(len(gpus)), cpu_benchmark()])
 
 
