@@ -241,7 +241,7 @@ class ClusterStore(Database):
         # Only what placement reads (not the spec JSON): this runs over every machine on each request.
         return await self._fetchall(
             "SELECT m.id, m.gpu_model, m.gpus, m.cpus, m.price_per_gpu_hour, m.price_per_cpu_hour,"
-            " m.registered_at, m.online_seconds, m.leases_completed, m.leases_lost,"
+            " m.registered_at, m.online_seconds, m.leases_completed, m.leases_lost, m.gpu_check,"
             " a.username AS provider FROM machines m JOIN accounts a ON a.id = m.provider_id"
             f" WHERE {store_mod.online_where('m')} AND (m.gpu_check IS NULL OR m.gpu_check NOT IN ({_HELD_MARKS}))",
             (cutoff, *_HELD_BY_CHECKS))
