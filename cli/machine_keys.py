@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from cli import buyer, machines, output, terminal
+from cli import buyer, machines, output
 
 
 def key_rows(keys: list[dict]) -> tuple[list[str], list[list]]:
@@ -17,20 +17,15 @@ def key_rows(keys: list[dict]) -> tuple[list[str], list[list]]:
 def cmd_machine(args: argparse.Namespace) -> int:
     if args.machine_command == "list":
         return machines.list_machines(args)
+    if args.machine_command == "keys":
+        return machines.show(args, "/v1/machine-keys", key_rows)
     with buyer.signed_in_client() as client:
-        if args.machine_command == "revoke-key":
-            revoked = client.request("DELETE", f"/v1/machine-keys/{args.key_id}")
-            if args.json:
-                output.print_json(revoked)
-            else:
-                print(f"revoked {revoked['id']} of machine {revoked['machine_id']}: its agent gets 401 on its next "
-                      f"heartbeat and stops; run it with the provider's password to enroll the machine again")
-            return buyer.Exit.OK
-        keys = client.request("GET", "/v1/machine-keys")
+        revoked = client.request("DELETE", f"/v1/machine-keys/{args.key_id}")
     if args.json:
-        output.print_json(keys)
+        output.print_json(revoked)
     else:
-        terminal.print_table(*key_rows(keys))
+        print(f"revoked {revoked['id']} of machine {revoked['machine_id']}: its agent gets 401 on its next "
+              f"heartbeat and stops; run it with the provider's password to enroll the machine again")
     return buyer.Exit.OK
 
 

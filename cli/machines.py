@@ -4,6 +4,7 @@ each machine's reliability and whether its GPUs are declared or verified."""
 from __future__ import annotations
 
 import argparse
+from typing import Callable
 
 from cli import buyer, output, terminal
 
@@ -45,25 +46,24 @@ def offer_rows(offers: list[dict]) -> tuple[list[str], list[list]]:
             "reliability", "sandboxed"], rows
 
 
+def show(args: argparse.Namespace, path: str, rows: Callable[[list[dict]], tuple[list[str], list[list]]]) -> int:
+    """GET a list and print it: JSON with --json, else a table."""
+    with buyer.signed_in_client() as client:
+        items = client.request("GET", path)
+    if args.json:
+        output.print_json(items)
+    else:
+        terminal.print_table(*rows(items))
+    return buyer.Exit.OK
+
+
 @buyer._guarded
 def cmd_offers(args: argparse.Namespace) -> int:
-    with buyer.signed_in_client() as client:
-        offers = client.request("GET", "/v1/offers")
-    if args.json:
-        output.print_json(offers)
-    else:
-        terminal.print_table(*offer_rows(offers))
-    return buyer.Exit.OK
+    return show(args, "/v1/offers", offer_rows)
 
 
 def list_machines(args: argparse.Namespace) -> int:
-    with buyer.signed_in_client() as client:
-        machines = client.request("GET", "/v1/machines")
-    if args.json:
-        output.print_json(machines)
-    else:
-        terminal.print_table(*machine_rows(machines))
-    return buyer.Exit.OK
+    return show(args, "/v1/machines", machine_rows)
 
 
 def add_offers(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:

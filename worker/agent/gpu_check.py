@@ -5,7 +5,6 @@ one) and on the CPU (numpy, else pure Python). The platform compares it with wha
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
