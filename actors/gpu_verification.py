@@ -95,14 +95,24 @@ def judge(spec: domain.MachineSpec, report: protocol.GpuCheckReport, *, accept_f
     return Verdict(V.VERIFIED, report=report)
 
 
-def public(row: dict, spec: domain.MachineSpec) -> dict:
-    """A machines row's verification as the API's GpuVerificationPublic (a row not assessed yet: as a
-    registration would assess it)."""
-    status = row.get("gpu_check")
-    detail = json.loads(row["gpu_check_detail"]) if row.get("gpu_check_detail") else {}
-    if status is None:
-        first = on_register(spec, None, None)
-        status, detail = first.status.value, {"reason": first.reason}
-    return {"status": status, "checked_at": row.get("gpu_checked_at"), "reason": detail.get("reason"),
-            "differences": detail.get("differences", []), "nvml": detail.get("nvml"), "uid": detail.get("uid"), "seen": detail.get("seen", []),
-            "driver_version": detail.get("driver_version"), "benchmarks": detail.get("benchmarks", [])}
+def _first(row: dict) -> Verdict:
+    """A row not assessed yet (gpu_check NULL), read as a registration would assess it."""
+    return on_register(domain.MachineSpec.model_validate_json(row["spec"]), None, None)
+
+
+def status(row: dict) -> str:
+    """A machines row's GPU verification status (its spec is parsed only for a row not assessed yet)."""
+    return row.get("gpu_check") or _first(row).status.value
+
+
+def public(row: dict) -> dict:
+    """A machines row's verification as the API's GpuVerificationPublic."""
+    if row.get("gpu_check") is None:
+        first = _first(row)
+        current, detail = first.status.value, {"reason": first.reason}
+    else:
+        current, detail = row["gpu_check"], json.loads(row["gpu_check_detail"]) if row.get("gpu_check_detail") else {}
+    return {"status": current, "checked_at": row.get("gpu_checked_at"), "reason": detail.get("reason"),
+            "differences": detail.get("differences", []), "nvml": detail.get("nvml"), "uid": detail.get("uid"),
+            "seen": detail.get("seen", []), "driver_version": detail.get("driver_version"),
+            "benchmarks": detail.get("benchmarks", [])}

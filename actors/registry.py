@@ -242,7 +242,7 @@ class ProviderRegistry:
                     if domain.MachineStatus.effective(r["status"], r["last_heartbeat"], cutoff=cutoff).is_leasable()]
         for r in leasable:  # fresh rows of this call: scored in place
             r["reliability"] = reputation.of_machine(r, now)
-            r["gpu_verification"] = gpu_verification.public(r, domain.MachineSpec.model_validate_json(r["spec"]))["status"]
+            r["gpu_verification"] = gpu_verification.status(r)
         return offers.group_offers(leasable)
 
     # --- the agents' work channel -------------------------------------------------------
@@ -350,7 +350,7 @@ class ProviderRegistry:
     def _public_machine(self, row: dict) -> dict:
         machine = store_mod.decode_machine(row)
         machine["reliability"] = reputation.of_machine(row, self._clock())
-        machine["gpu_verification"] = gpu_verification.public(row, domain.MachineSpec.model_validate(machine["spec"]))
+        machine["gpu_verification"] = gpu_verification.public(row)
         # The sweeper persists an offline within one interval; readers see it at once.
         machine["status"] = domain.MachineStatus.effective(
             machine["status"], machine["last_heartbeat"], cutoff=self._settings.online_cutoff(self._clock())).value

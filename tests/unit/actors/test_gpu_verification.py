@@ -87,8 +87,9 @@ def test_the_report_is_read_from_its_marked_line_only():
 
 
 def test_public_view_of_a_row_not_assessed_yet_is_what_a_registration_would_give():
-    assert gv.public({"gpu_check": None}, spec(declared=True))["status"] == V.DECLARED.value
-    row = {"gpu_check": V.MISMATCH.value, "gpu_checked_at": 5.0,
+    legacy = {"gpu_check": None, "spec": spec(declared=True).model_dump_json()}
+    assert gv.public(legacy)["status"] == gv.status(legacy) == V.DECLARED.value
+    row = {"gpu_check": V.MISMATCH.value, "gpu_checked_at": 5.0, "spec": "not read",
            "gpu_check_detail": gv.judge(spec(), report(gpus=1)).detail_json()}
-    view = gv.public(row, spec())
-    assert view["status"] == "mismatch" and view["checked_at"] == 5.0 and view["differences"]
+    view = gv.public(row)
+    assert view["status"] == gv.status(row) == "mismatch" and view["checked_at"] == 5.0 and view["differences"]
