@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Callable
+from typing import Callable, Collection
 
 from dcl_core import domain
 from actors import store as store_mod
@@ -276,7 +276,8 @@ class ClusterStore(Database):
 
     async def begin_gpu_check(self, machine_id: str, lease_id: str) -> bool:
         """pending → checking, with the check lease's id; False when the machine is no longer pending."""
-        return await self._write("UPDATE machines SET gpu_check = ?, gpu_check_lease = ? WHERE id = ? AND gpu_check = ?",
+        return await self._write("UPDATE machines SET gpu_check = ?, gpu_check_lease = ?"
+                                 " WHERE id = ? AND gpu_check = ?",
                                  (domain.GpuVerification.CHECKING.value, lease_id, machine_id,
                                   domain.GpuVerification.PENDING.value)) == 1
 
@@ -288,11 +289,14 @@ class ClusterStore(Database):
             " WHERE id = ? AND gpu_check = ? AND gpu_check_lease = ?",
             (status.value, detail_json, now, machine_id, domain.GpuVerification.CHECKING.value, lease_id)) == 1
 
-    async def restart_gpu_checks(self) -> int:
-        """At start: a check that was running when the manager stopped is due again (its lease is closed by the
-        agent once its heartbeat hears that no one holds it)."""
-        return await self._write("UPDATE machines SET gpu_check = ?, gpu_check_lease = NULL WHERE gpu_check = ?",
-                                 (domain.GpuVerification.PENDING.value, domain.GpuVerification.CHECKING.value))
+    async def restart_gpu_checks(self, running: Collection[str] = ()) -> int:
+        """Checks no task runs (a restart cut them short, or their outcome could not be written) are due
+        again; the agent closes their leases once its heartbeat hears that no one holds them."""
+        keep = tuple(running)
+        return await self._write(
+            "UPDATE machines SET gpu_check = ?, gpu_check_lease = NULL WHERE gpu_check = ?"
+            + (f" AND id NOT IN ({','.join('?' * len(keep))})" if keep else ""),
+            (domain.GpuVerification.PENDING.value, domain.GpuVerification.CHECKING.value, *keep))
 
     async def unassessed_machines(self) -> list[dict]:
         """Machines registered before GPU verification existed (no status yet)."""

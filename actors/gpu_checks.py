@@ -58,6 +58,7 @@ class GpuChecker:
         """Starts the checks that are due and can run now; returns their machine ids (they run in tasks)."""
         started = []
         async with self._placement_lock:  # no placement between "no lease holds it" and "checking"
+            await self._store.restart_gpu_checks(running=self._tasks)  # an outcome that could not be written
             for row in await self._store.due_gpu_checks(self._settings.online_cutoff(self._clock())):
                 if row["id"] in self._tasks:
                     continue
@@ -76,7 +77,13 @@ class GpuChecker:
         except Exception as exc:  # noqa: BLE001 - recorded; the loop goes on
             logger.exception("GPU check of machine %s failed", machine_id)
             verdict = gpu_verification.failed(f"the check failed on the platform: {type(exc).__name__}: {exc}")
-        if await self._store.finish_gpu_check(machine_id, lease_id, verdict.status, verdict.detail_json(), self._clock()):
+        try:
+            recorded = await self._store.finish_gpu_check(machine_id, lease_id, verdict.status,
+                                                          verdict.detail_json(), self._clock())
+        except Exception:  # noqa: BLE001 - the next run_once finds the check without a task: due again
+            logger.exception("could not record the GPU check of machine %s; it is due again", machine_id)
+            return
+        if recorded:
             logger.info("GPU check of machine %s: %s%s", machine_id, verdict.status.value,
                         f" ({'; '.join(verdict.differences) or verdict.reason})" if verdict.reason else "")
         else:

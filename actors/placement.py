@@ -113,7 +113,8 @@ def _fits_resources(m: MachineCapacity, r: NodeRequest) -> bool:
 
 def _trusted(m: MachineCapacity, r: NodeRequest) -> bool:
     """The buyer's floors on the machine itself: its reliability, and (GPU nodes) verified GPUs."""
-    return (r.min_reliability is None or m.reliability >= r.min_reliability) and (not r.verified_only or m.gpus_verified)
+    reliable = r.min_reliability is None or m.reliability >= r.min_reliability
+    return reliable and (not r.verified_only or m.gpus_verified)
 
 
 def _fits(m: MachineCapacity, r: NodeRequest) -> bool:

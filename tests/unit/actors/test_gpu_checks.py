@@ -245,3 +245,24 @@ def test_offers_count_machines_and_gpus_by_verification(platform, monkeypatch):
     offers = run(settings, clock, CheckingAgent(monkeypatch), go)
     assert len(offers) == 1
     assert offers[0]["gpu_verification"] == {"verified": 1, "declared": 1} and offers[0]["verified_gpus"] == 2
+
+
+def test_a_check_whose_outcome_could_not_be_written_is_due_again(platform, monkeypatch):
+    settings, clock = platform
+
+    async def go(reg, cm, checker, provider):
+        mid = (await register(reg, provider, spec()))["id"]
+
+        async def database_busy(*args):
+            raise OSError("database is locked")
+        monkeypatch.setattr(cm, "finish_gpu_check", database_busy)
+        await checker.run_once()
+        await finish(checker)  # logged, not raised
+        row = await cm._fetchone("SELECT gpu_check FROM machines WHERE id = ?", (mid,))
+        assert row["gpu_check"] == "checking"
+        monkeypatch.undo()
+        assert await checker.run_once() == [mid]  # not stuck in checking (and out of placement) for good
+        await finish(checker)
+        return (await reg.get_machine(provider, mid))["gpu_verification"]["status"]
+
+    assert run(settings, clock, CheckingAgent(monkeypatch), go) == "verified"
