@@ -50,7 +50,7 @@ USABLE = (domain.ClusterStatus.RUNNING.value, domain.ClusterStatus.DEGRADED.valu
 CREATE_FLAGS = {"num_workers": "--workers", "gpus_per_worker": "--gpus", "gpu_model": "--gpu-model",
                 "cpus_per_worker": "--cpus", "duration_s": "--duration", "name": "--name",
                 "max_price_per_gpu_hour": "--max-price-per-gpu-hour", "max_price_per_cpu_hour": "--max-price-per-cpu-hour",
-                "min_reliability": "--min-reliability"}
+                "min_reliability": "--min-reliability", "verified_gpus_only": "--verified-gpus-only"}
 
 
 # --- durations --------------------------------------------------------------------------
@@ -111,6 +111,8 @@ def cluster_body(args: argparse.Namespace) -> dict:
     for field in ("max_price_per_gpu_hour", "max_price_per_cpu_hour", "min_reliability"):
         if getattr(args, field, None) is not None:
             body[field] = getattr(args, field)
+    if getattr(args, "verified_gpus_only", False):
+        body["verified_gpus_only"] = True
     return body
 
 
@@ -509,6 +511,8 @@ def add_cluster(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="most a CPU-only node (the head, CPU workers) may cost per CPU-hour (default: any)")
     c.add_argument("--min-reliability", type=float, metavar="0-1",
                    help="only machines at least this reliable (uptime x nodes ended well; offers show it)")
+    c.add_argument("--verified-gpus-only", action="store_true",
+                   help="GPU workers only on machines whose GPUs a check lease verified (`dcluster offers` counts them)")
     _wait_args(c, "show its events until it runs, then print its environment (`export` lines)")
     _json_arg(c)
     c.set_defaults(cluster_handler=cmd_create)

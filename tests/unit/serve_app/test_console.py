@@ -49,7 +49,7 @@ class FakeRegistry:
         self.list_offers = _Method(lambda: [
             {"gpu_model": "NVIDIA A100", "machines": 2, "gpus": 16, "cpus": 128, "memory_mb": 1_048_576,
              "price_per_gpu_hour_min": 1.1, "price_per_gpu_hour_max": 1.5, "price_per_cpu_hour_min": 0.0,
-             "price_per_cpu_hour_max": 0.0},
+             "price_per_cpu_hour_max": 0.0, "verified_gpus": 8, "gpu_verification": {"verified": 1, "declared": 1}},
             {"gpu_model": None, "machines": 1, "gpus": 0, "cpus": 4, "memory_mb": 8192,
              "price_per_gpu_hour_min": 0.0, "price_per_gpu_hour_max": 0.0, "price_per_cpu_hour_min": 0.01,
              "price_per_cpu_hour_max": 0.01}])
@@ -58,7 +58,15 @@ class FakeRegistry:
             "spec": {"hostname": "box", "cpus": 4, "memory_mb": 8192, "gpus": [], "gpus_declared": False},
             "price_per_gpu_hour": 0.0, "price_per_cpu_hour": 0.01, "registered_at": NOW - 100,
             "last_heartbeat": NOW - 1, "usage": {"cpu_percent": 12.0, "memory_used_mb": 1, "gpu_utilization": [],
-                                                 "active_leases": 2}}])
+                                                 "active_leases": 2},
+            "gpu_verification": {"status": "no_gpus", "differences": []}}, {
+            "id": "m-0123456789ac", "provider_id": 2, "provider": "pat", "name": "box-2", "status": "online",
+            "spec": {"hostname": "box2", "cpus": 8, "memory_mb": 8192, "gpus_declared": False,
+                     "gpus": [{"index": 0, "model": "NVIDIA H200", "memory_mb": 143771}]},
+            "price_per_gpu_hour": 2.0, "price_per_cpu_hour": 0.01, "registered_at": NOW - 100,
+            "last_heartbeat": NOW - 1, "usage": None,
+            "gpu_verification": {"status": "mismatch", "reason": "what the check lease saw differs",
+                                 "differences": ["GPU 0 model: claimed 'NVIDIA H200', seen 'NVIDIA L4'"]}}])
         self.list_accounts = _Method(self._list_accounts)
 
     def _login(self, username, password, client=None):
@@ -190,6 +198,7 @@ def test_buyer_home_lists_offers_clusters_and_spend(client):
     assert links and all(u == "data:," or (u.startswith("/") and not u.startswith("//")) for u in links), links
     offers = client.get("/console/offers").text
     assert "NVIDIA A100" in offers and "1.10 – 1.50" in offers and "CPU only" in offers
+    assert "8 of 16" in offers and "1 verified, 1 declared" in offers  # GPUs verified, machines by status
     assert "CPU only" not in client.get("/console/offers", params={"gpu_only": "true"}).text
     assert "No offer matches" in client.get("/console/offers", params={"max_price": "1.0", "gpu_only": "true"}).text
     assert "c-0123456789ab" in client.get("/console/clusters").text
@@ -282,6 +291,7 @@ def test_provider_and_admin_views(client, fakes):
     assert "Your machines" in page and "Machine keys" in page
     machines = client.get("/console/machines").text
     assert "box-1" in machines and "online" in machines
+    assert 'data-gpu-verification="mismatch"' in machines and "seen &#39;NVIDIA L4&#39;" in machines
     assert "Earnings per hour" in client.get("/console/usage").text
     assert client.get("/console/accounts").status_code == 403
     client.cookies.clear()
