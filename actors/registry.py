@@ -22,6 +22,9 @@ ADMIN_USERNAME = "admin"
 MachineCaller = auth.Principal | agent_keys.MachineKey
 # A heartbeat whose write waits longer than this means the database is not recording heartbeats.
 SLOW_BEAT_WRITE_S = 2.0
+# A heartbeat gives up on a locked database after this (503, Retry-After): the agent beats again
+# in a moment anyway, and a beat that waited out the store's 30 s only holds up the ones after it.
+BEAT_LOCK_WAIT_S = 2.0
 
 
 class ProviderRegistry:
@@ -195,7 +198,8 @@ class ProviderRegistry:
         self._beats_in_flight[key] = received
         try:
             await self._store.record_heartbeat(machine_id, received, domain.MachineUsage.model_validate(usage),
-                                               online_within_s=self._settings.offline_after_s)
+                                               online_within_s=self._settings.offline_after_s,
+                                               lock_wait_s=BEAT_LOCK_WAIT_S)
         except Exception:
             self._deaf_at = self._clock()
             raise

@@ -176,6 +176,14 @@ def is_busy(exc: BaseException) -> bool:
     return store_postgres.is_busy(exc)
 
 
+# How long a write may wait, by default, for SQLite's write lock (held by another process, or by this
+# process's earlier writes) before it gives up with a "busy" error (the API's 503 with Retry-After).
+WRITE_LOCK_WAIT_S = 30.0
+# SQLite's own busy handler waits at most this long per attempt; a write's deadline (not the
+# connection's busy timeout) decides when it gives up, so a caller can ask for a shorter wait.
+_BUSY_POLL_S = 0.25
+
+
 class _SqliteTransaction:
     """What a store's multi-statement transaction sees (the same methods as PostgreSQL's)."""
 
@@ -193,8 +201,31 @@ class _SqliteTransaction:
         return dict(row) if row is not None else None
 
 
+async def _acquire_by(lock: asyncio.Lock, deadline: float) -> bool:
+    """Takes the lock unless the loop's clock passes deadline first (asyncio.wait_for on
+    Lock.acquire can lose a lock granted as the timeout fires, before Python 3.12)."""
+    if not lock.locked():
+        return await lock.acquire()  # free: taken at once, without a task
+    acquire = asyncio.ensure_future(lock.acquire())
+    await asyncio.wait({acquire}, timeout=max(0.0, deadline - asyncio.get_running_loop().time()))
+    if not acquire.done():
+        acquire.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await acquire
+    if acquire.cancelled():
+        return False
+    return acquire.result()
+
+
+def _locked(waited_s: float, why: str) -> sqlite3.OperationalError:
+    return sqlite3.OperationalError(f"database is locked: waited {waited_s:.1f} s for {why}")
+
+
 class SqliteBackend:
-    """One connection to the database file (WAL); one write transaction at a time on it."""
+    """Two connections to the database file (WAL): one writes, one transaction at a time; the other
+    reads. aiosqlite runs each connection's statements one by one in a thread of its own, so a write
+    waiting for SQLite's lock (another process holds it) would hold up every read queued behind it
+    on the same connection; on the reader they go on, since WAL readers never wait for a writer."""
 
     name = sql_dialect.SQLITE
     integrity_errors: tuple[type[BaseException], ...] = (sqlite3.IntegrityError,)
@@ -203,6 +234,7 @@ class SqliteBackend:
         self.path = Path(path)
         self._migrations = list(migrations)
         self._conn: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
         self._write_lock = asyncio.Lock()  # one transaction at a time on the shared connection
 
     def describe(self) -> str:
@@ -210,7 +242,8 @@ class SqliteBackend:
 
     async def open(self) -> aiosqlite.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = await aiosqlite.connect(self.path, timeout=30)
+        conn = await aiosqlite.connect(self.path, timeout=WRITE_LOCK_WAIT_S)  # migrations wait their turn
+        reader = None
         try:
             conn.row_factory = aiosqlite.Row
             await conn.execute("PRAGMA journal_mode=WAL")
@@ -218,15 +251,21 @@ class SqliteBackend:
             await conn.execute("PRAGMA synchronous=NORMAL")
             await conn.execute("PRAGMA foreign_keys=ON")
             await self._migrate(conn)
+            await conn.execute(f"PRAGMA busy_timeout = {int(_BUSY_POLL_S * 1000)}")
+            reader = await aiosqlite.connect(self.path, timeout=WRITE_LOCK_WAIT_S)
+            reader.row_factory = aiosqlite.Row
+            await reader.execute("PRAGMA query_only=ON")
         except BaseException:
-            await conn.close()  # the next call opens afresh
+            for c in (conn, reader):
+                if c is not None:
+                    await c.close()  # the next call opens afresh
             raise
         # The WAL and shared-memory files hold the same data as the database: owner-only too.
         for path in (self.path, self.path.with_name(self.path.name + "-wal"),
                      self.path.with_name(self.path.name + "-shm")):
             if path.exists():
                 path.chmod(0o600)
-        self._conn = conn
+        self._conn, self._reader = conn, reader
         return conn
 
     async def _migrate(self, conn: aiosqlite.Connection) -> None:
@@ -249,31 +288,55 @@ class SqliteBackend:
 
     async def close(self) -> None:
         if self._conn is not None:
-            conn, self._conn = self._conn, None
+            conn, reader, self._conn, self._reader = self._conn, self._reader, None, None
+            await reader.close()
             await conn.close()
 
+    # Cursors are closed at once: a statement left open would keep the reader's snapshot, and every
+    # later read would miss what was committed since.
     async def fetchone(self, sql: str, args: Sequence = ()) -> dict | None:
-        row = await (await self._conn.execute(sql, args)).fetchone()
+        async with self._reader.execute(sql, args) as cursor:
+            row = await cursor.fetchone()
         return dict(row) if row else None
 
     async def fetchall(self, sql: str, args: Sequence = ()) -> list[dict]:
-        return [dict(r) for r in await (await self._conn.execute(sql, args)).fetchall()]
+        async with self._reader.execute(sql, args) as cursor:
+            return [dict(r) for r in await cursor.fetchall()]
 
-    async def atomic(self, statements: Callable[[_SqliteTransaction], Awaitable[T]]) -> T:
+    async def atomic(self, statements: Callable[[_SqliteTransaction], Awaitable[T]],
+                     lock_wait_s: float | None = None) -> T:
         """Shielded: a caller cancelled half-way (an HTTP client that hung up, a cancelled actor call)
         must never leave a transaction open: it would hold SQLite's write lock and stall every other
-        writer (heartbeats included) until the next commit on this connection."""
+        writer (heartbeats included) until the next commit on this connection.
+
+        Waits at most lock_wait_s (WRITE_LOCK_WAIT_S by default) in all: for this process's earlier
+        writes, then for SQLite's lock; past it, a "database is locked" error and nothing written."""
         conn = self._conn
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (WRITE_LOCK_WAIT_S if lock_wait_s is None else lock_wait_s)
+
+        async def attempt() -> T:
+            try:
+                result = await statements(_SqliteTransaction(conn))
+                await conn.commit()
+                return result
+            except BaseException:
+                await conn.rollback()
+                raise
 
         async def run() -> T:
-            async with self._write_lock:
-                try:
-                    result = await statements(_SqliteTransaction(conn))
-                    await conn.commit()
-                    return result
-                except BaseException:
-                    await conn.rollback()
-                    raise
+            started = loop.time()
+            if not await _acquire_by(self._write_lock, deadline):
+                raise _locked(loop.time() - started, "this process's earlier writes")
+            try:
+                while True:  # SQLite's busy handler waited _BUSY_POLL_S: again, until the deadline
+                    try:
+                        return await attempt()
+                    except sqlite3.OperationalError as exc:
+                        if not is_busy(exc) or loop.time() >= deadline:
+                            raise
+            finally:
+                self._write_lock.release()
         return await asyncio.shield(run())
 
     @contextlib.asynccontextmanager
@@ -368,15 +431,17 @@ class Database:
         await self.conn()
         return await self._backend.fetchall(sql, args)
 
-    async def _write(self, sql: str, args: Sequence = ()) -> int:
+    async def _write(self, sql: str, args: Sequence = (), lock_wait_s: float | None = None) -> int:
         """One statement in a transaction of its own; returns the rows it changed."""
-        return await self._atomic(lambda tx: tx.execute(sql, args))
+        return await self._atomic(lambda tx: tx.execute(sql, args), lock_wait_s)
 
-    async def _atomic(self, statements: Callable[[Transaction], Awaitable[T]]) -> T:
+    async def _atomic(self, statements: Callable[[Transaction], Awaitable[T]],
+                      lock_wait_s: float | None = None) -> T:
         """Runs statements(tx) and commits, or rolls back, as one transaction; tx.execute(sql, args)
-        and tx.executemany(sql, rows) take SQLite's `?` spelling on both backends."""
+        and tx.executemany(sql, rows) take SQLite's `?` spelling on both backends. lock_wait_s bounds
+        how long it waits for locks before it fails "busy" (store.is_busy): None, the backend's default."""
         await self.conn()
-        return await self._backend.atomic(statements)
+        return await self._backend.atomic(statements, lock_wait_s)
 
 
 class Store(Database):
@@ -457,13 +522,14 @@ class Store(Database):
         return await self._fetchall(self._MACHINE_SELECT + " WHERE m.status = ?", (status.value,))
 
     async def record_heartbeat(self, machine_id: str, now: float, usage: domain.MachineUsage,
-                               online_within_s: float = 0.0) -> None:
+                               online_within_s: float = 0.0, lock_wait_s: float | None = None) -> None:
         """A gap since the last heartbeat of at most online_within_s counts as time online."""
         await self._write(
             "UPDATE machines SET online_seconds = online_seconds + CASE WHEN last_heartbeat IS NOT NULL"
             " AND ? - last_heartbeat BETWEEN 0 AND ? THEN ? - last_heartbeat ELSE 0 END,"
             " last_heartbeat = ?, usage = ?, status = ? WHERE id = ?",
-            (now, online_within_s, now, now, usage.model_dump_json(), domain.MachineStatus.ONLINE.value, machine_id))
+            (now, online_within_s, now, now, usage.model_dump_json(), domain.MachineStatus.ONLINE.value, machine_id),
+            lock_wait_s)
 
     async def live_lease_ids(self, machine_id: str) -> set[str]:
         """Leases on the machine that still hold capacity (the leases table is the ClusterManager's), and

@@ -104,11 +104,15 @@ class PostgresBackend:
     async def fetchall(self, sql: str, args: Sequence = ()) -> list[dict]:
         return [dict(r) for r in await self._pool.fetch(dialect.numbered_placeholders(sql), *args)]
 
-    async def atomic(self, statements: Callable[[_Transaction], Awaitable[T]]) -> T:
-        """One transaction; shielded like SQLite's, so a cancelled caller never splits it."""
+    async def atomic(self, statements: Callable[[_Transaction], Awaitable[T]],
+                     lock_wait_s: float | None = None) -> T:
+        """One transaction; shielded like SQLite's, so a cancelled caller never splits it. With
+        lock_wait_s, a lock it waits for longer fails it (LockNotAvailableError: busy)."""
         async def run() -> T:
             async with self._pool.acquire() as conn:
                 async with conn.transaction():
+                    if lock_wait_s is not None:
+                        await conn.execute(f"SET LOCAL lock_timeout = {max(1, int(lock_wait_s * 1000))}")
                     return await statements(_Transaction(conn))
         return await asyncio.shield(run())
 

@@ -1,6 +1,7 @@
 import asyncio
 import json
 import os
+import sqlite3
 import stat
 
 import pytest
@@ -175,6 +176,40 @@ def test_no_machine_is_silent_while_the_platform_could_not_hear(tmp_path, clock)
         clock.advance(2)
         assert (await reg.lease_liveness())["silence_cutoff"] > 0
     run(go)
+
+
+
+def test_a_heartbeat_on_a_locked_database_is_busy_within_seconds_and_the_next_one_recorded(tmp_path, clock):
+    """Another process holds SQLite's lock past the store's 30 s and a sign-up's write waits for it: a
+    heartbeat neither waits behind that write nor out the lock; it fails busy (503, Retry-After) within
+    BEAT_LOCK_WAIT_S, and the first heartbeat after the release is recorded at once."""
+    async def go():
+        reg = make_registry(tmp_path, clock)
+        await reg.start()
+        p1 = await signed_in(reg, "prov1", domain.Role.PROVIDER)
+        m = await reg.register_machine(p1, machine_request())
+        loop = asyncio.get_running_loop()
+        other = sqlite3.connect(tmp_path / "platform.db", isolation_level=None)
+        other.execute("BEGIN EXCLUSIVE")
+        try:
+            waiting = asyncio.create_task(reg.create_account("buyer", "password123", domain.Role.BUYER))
+            await asyncio.sleep(0.5)  # the sign-up's INSERT waits for the lock
+            started = loop.time()
+            with pytest.raises(sqlite3.OperationalError) as refused:
+                await asyncio.wait_for(reg.heartbeat(p1, m["id"], {}), registry.BEAT_LOCK_WAIT_S + 3)
+            busy_after_s = loop.time() - started
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        await asyncio.wait_for(waiting, 5)
+        clock.advance(1)
+        started = loop.time()
+        await asyncio.wait_for(reg.heartbeat(p1, m["id"], {"cpu_percent": 3.0}), 5)
+        recorded_after_s = loop.time() - started
+        return refused.value, busy_after_s, recorded_after_s, await reg.get_machine(p1, m["id"])
+    refused, busy_after_s, recorded_after_s, machine = run(go)
+    assert store.is_busy(refused) and busy_after_s <= registry.BEAT_LOCK_WAIT_S + 1, (refused, busy_after_s)
+    assert recorded_after_s < 1.0 and machine["last_heartbeat"] == 1_000_001.0
 
 
 # --- per-machine agent keys -------------------------------------------------------------------

@@ -1,5 +1,7 @@
 import asyncio
+import contextlib
 import os
+import sqlite3
 import stat
 
 import pytest
@@ -164,3 +166,82 @@ def test_a_cancelled_write_commits_whole_and_blocks_no_other_writer(db_location)
             await s.close()
         return names
     assert run(go()) == {"alice", "bob"}
+
+
+# --- a database locked by another process -----------------------------------------------------
+
+@contextlib.contextmanager
+def locked_by_another_process(path):
+    """SQLite's write lock held by another connection (as another process would), released after."""
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("BEGIN EXCLUSIVE")
+        yield
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+
+
+def test_reads_answer_while_a_write_waits_for_another_process_lock(tmp_path):
+    """A write waiting out SQLite's lock must not hold up reads (every GET, every heartbeat's own
+    lookup): they used to queue behind it on the one connection for the whole 30 s."""
+    async def go():
+        s = store.Store(tmp_path / "p.db")
+        await s.create_account("alice", "h", domain.Role.BUYER, 1.0)
+        with locked_by_another_process(tmp_path / "p.db"):
+            blocked = asyncio.create_task(s.create_account("bob", "h", domain.Role.BUYER, 1.0))
+            await asyncio.sleep(0.3)  # bob's INSERT is waiting for the lock
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            alice = await asyncio.wait_for(s.get_account_by_username("alice"), 5)
+            read_s = loop.time() - started
+            assert not blocked.done()
+        bob = await asyncio.wait_for(blocked, 5)  # released: the waiting write goes through
+        await s.close()
+        return alice["username"], read_s, bob["username"]
+    alice, read_s, bob = run(go())
+    assert (alice, bob) == ("alice", "bob") and read_s < 1.0
+
+
+def test_a_write_gives_up_busy_after_its_lock_wait_even_behind_another_write(tmp_path):
+    """A heartbeat's write waits lock_wait_s in all, queued behind this process's earlier writes
+    included, then fails busy (503 + Retry-After); once the lock is gone the next one goes through."""
+    async def go():
+        s = store.Store(tmp_path / "p.db")
+        account = await s.create_account("prov", "h", domain.Role.PROVIDER, 1.0)
+        await s.upsert_machine(machine_id="m-000000000001", provider_id=account["id"], machine_key="mk-1",
+                               name="box", spec=spec(), price_per_gpu_hour=0.5, price_per_cpu_hour=0.01, now=1.0)
+        usage = domain.MachineUsage()
+        loop = asyncio.get_running_loop()
+        with locked_by_another_process(tmp_path / "p.db"):
+            earlier = asyncio.create_task(s.create_account("bob", "h", domain.Role.BUYER, 1.0))  # waits up to 30 s
+            await asyncio.sleep(0.1)
+            started = loop.time()
+            with pytest.raises(sqlite3.OperationalError) as refused:
+                await s.record_heartbeat("m-000000000001", 2.0, usage, lock_wait_s=0.5)
+            gave_up_s = loop.time() - started
+        await asyncio.wait_for(earlier, 5)
+        started = loop.time()
+        await s.record_heartbeat("m-000000000001", 3.0, usage, lock_wait_s=0.5)
+        recorded_s = loop.time() - started
+        machine = await s.get_machine("m-000000000001")
+        await s.close()
+        return refused.value, gave_up_s, recorded_s, machine["last_heartbeat"]
+    refused, gave_up_s, recorded_s, last = run(go())
+    assert store.is_busy(refused) and 0.4 <= gave_up_s < 1.5, (refused, gave_up_s)
+    assert recorded_s < 0.5 and last == 3.0
+
+
+def test_a_write_waits_out_a_short_lock_and_succeeds(tmp_path):
+    """Under its lock wait, a lock another process holds for a moment only delays a write."""
+    async def go():
+        s = store.Store(tmp_path / "p.db")
+        await s.conn()
+        with locked_by_another_process(tmp_path / "p.db"):
+            write = asyncio.create_task(s.create_account("alice", "h", domain.Role.BUYER, 1.0))
+            await asyncio.sleep(1.0)  # several of SQLite's busy polls fail meanwhile
+            assert not write.done()
+        account = await asyncio.wait_for(write, 5)
+        await s.close()
+        return account["username"]
+    assert run(go()) == "alice"
