@@ -90,6 +90,7 @@ class HeartbeatLoad:
             self.machine_ids.append(r.json()["id"])
         self.statuses: collections.Counter = collections.Counter()
         self.last_ok_at = 0.0
+        self.answers: list[tuple[float, int | str]] = []  # (answered at, status or the client's error)
         self.errors: list[str] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="heartbeat-load", daemon=True)
@@ -103,12 +104,14 @@ class HeartbeatLoad:
             i += 1
             try:
                 r = http.post(f"/v1/machines/{mid}/heartbeat", json={"usage": {"cpu_percent": 1.0}})
+                self.answers.append((time.time(), r.status_code))
                 self.statuses[r.status_code] += 1
                 if r.status_code == 200:
                     self.last_ok_at = time.time()
                 elif r.status_code >= 500 and r.status_code != 503:
                     self.errors.append(f"{r.status_code}: {r.text[:200]}")
             except httpx.HTTPError as exc:  # the proxy itself restarting: the agent retries too
+                self.answers.append((time.time(), type(exc).__name__))
                 self.statuses[type(exc).__name__] += 1
             self._stop.wait(self.pause_s)
         http.close()
@@ -123,6 +126,14 @@ class HeartbeatLoad:
 
     def answered_since(self, t: float) -> bool:
         return self.last_ok_at > t
+
+    def between(self, start: float, end: float) -> collections.Counter:
+        """The statuses of the heartbeats answered (or failed) between start and end."""
+        return collections.Counter(status for at, status in list(self.answers) if start <= at <= end)
+
+    def first_ok_after(self, t: float) -> float | None:
+        """Seconds from t to the first heartbeat answered 200 after it; None while there is none."""
+        return next((at - t for at, status in list(self.answers) if at > t and status == 200), None)
 
 
 # --- CPU burners ----------------------------------------------------------------------------
