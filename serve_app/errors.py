@@ -47,7 +47,7 @@ _MEANINGS = {
     422: "A parameter or the body is invalid: each problem with where it is",
     429: "A rate limit was hit: the detail names it, Retry-After says when to come back",
     502: "The cluster's node did not answer in time, or answered more than the proxy passes on",
-    503: "The control plane is starting or restarting: retry after Retry-After seconds",
+    503: "The control plane is starting or restarting, or its database is busy: retry after Retry-After seconds",
 }
 
 # What any route can answer: an unparsable body, one over the size limit, invalid input, a restarting control plane.
