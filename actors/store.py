@@ -204,8 +204,6 @@ class _SqliteTransaction:
 async def _acquire_by(lock: asyncio.Lock, deadline: float) -> bool:
     """Takes the lock unless the loop's clock passes deadline first (asyncio.wait_for on
     Lock.acquire can lose a lock granted as the timeout fires, before Python 3.12)."""
-    if not lock.locked():
-        return await lock.acquire()  # free: taken at once, without a task
     acquire = asyncio.ensure_future(lock.acquire())
     await asyncio.wait({acquire}, timeout=max(0.0, deadline - asyncio.get_running_loop().time()))
     if not acquire.done():
