@@ -155,6 +155,13 @@ MIGRATIONS: list[str] = [
     ALTER TABLE machines ADD COLUMN leases_completed INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE machines ADD COLUMN leases_lost INTEGER NOT NULL DEFAULT 0;
     """,
+    # 7: when what placement reads of a machine last changed (registration, a node ended on it), so that the
+    # ClusterManager's machine index reads only those rows again (actors.machine_index)
+    """
+    ALTER TABLE machines ADD COLUMN changed_at REAL NOT NULL DEFAULT 0;
+    CREATE INDEX machines_changed ON machines(changed_at);
+    CREATE INDEX leases_status ON leases(status);
+    """,
 ]
 
 
@@ -249,6 +256,9 @@ class SqliteBackend:
 
     async def fetchall(self, sql: str, args: Sequence = ()) -> list[dict]:
         return [dict(r) for r in await (await self._conn.execute(sql, args)).fetchall()]
+
+    async def fetchcolumn(self, sql: str, args: Sequence = ()) -> list:
+        return [r[0] for r in await (await self._conn.execute(sql, args)).fetchall()]
 
     async def atomic(self, statements: Callable[[_SqliteTransaction], Awaitable[T]]) -> T:
         """Shielded: a caller cancelled half-way (an HTTP client that hung up, a cancelled actor call)
@@ -359,6 +369,11 @@ class Database:
         await self.conn()
         return await self._backend.fetchall(sql, args)
 
+    async def _fetchcolumn(self, sql: str, args: Sequence = ()) -> list:
+        """The first column of every row (no dict per row: for long lists of ids)."""
+        await self.conn()
+        return await self._backend.fetchcolumn(sql, args)
+
     async def _write(self, sql: str, args: Sequence = ()) -> int:
         """One statement in a transaction of its own; returns the rows it changed."""
         return await self._atomic(lambda tx: tx.execute(sql, args))
@@ -408,17 +423,19 @@ class Store(Database):
         """Insert, or refresh the machine this provider registered earlier with the same key."""
         await self._write(
             """INSERT INTO machines (id, provider_id, machine_key, name, spec, gpu_model, gpus, cpus,
-                   memory_mb, price_per_gpu_hour, price_per_cpu_hour, status, registered_at, last_heartbeat)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                   memory_mb, price_per_gpu_hour, price_per_cpu_hour, status, registered_at, last_heartbeat,
+                   changed_at)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                ON CONFLICT (provider_id, machine_key) DO UPDATE SET
                    name = excluded.name, spec = excluded.spec, gpu_model = excluded.gpu_model,
                    gpus = excluded.gpus, cpus = excluded.cpus, memory_mb = excluded.memory_mb,
                    price_per_gpu_hour = excluded.price_per_gpu_hour,
                    price_per_cpu_hour = excluded.price_per_cpu_hour,
-                   status = excluded.status, last_heartbeat = excluded.last_heartbeat""",
+                   status = excluded.status, last_heartbeat = excluded.last_heartbeat,
+                   changed_at = excluded.changed_at""",
             (machine_id, provider_id, machine_key, name, spec.model_dump_json(), spec.gpu_model,
              len(spec.gpus), spec.cpus, spec.memory_mb, price_per_gpu_hour, price_per_cpu_hour,
-             domain.MachineStatus.ONLINE.value, now, now))
+             domain.MachineStatus.ONLINE.value, now, now, now))
         return await self._fetchone(self._MACHINE_SELECT + " WHERE m.provider_id = ? AND m.machine_key = ?",
                                     (provider_id, machine_key))
 
@@ -498,6 +515,12 @@ def online_where(alias: str = "machines") -> str:
     """The online rule (dcl_core.domain.MachineStatus.effective) as SQL over a machines row; one `?` takes
     the cutoff (now - PlatformSettings.offline_after_s)."""
     return f"{alias}.status = '{domain.MachineStatus.ONLINE.value}' AND {alias}.last_heartbeat >= ?"
+
+
+def not_online_where(alias: str = "machines") -> str:
+    """The negation of online_where (a machine never heard from included); one `?` takes the cutoff."""
+    return (f"({alias}.status <> '{domain.MachineStatus.ONLINE.value}' OR {alias}.last_heartbeat IS NULL"
+            f" OR {alias}.last_heartbeat < ?)")
 
 
 def decode_machine(row: dict) -> dict:
