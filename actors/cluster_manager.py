@@ -34,9 +34,12 @@ TEARDOWN_TIMEOUT_S = 120.0
 EXPIRY_BACKSTOP_S = 10.0
 SWEEP_INTERVAL_S = 60.0
 # The machine index reads again the rows changed since its last read, this much earlier too: a write's time is
-# taken before it commits (it may wait for the database's lock), so a later read must still catch it.
-MACHINE_CHANGE_MARGIN_S = 60.0
-MACHINE_RELOAD_S = 60.0  # and the whole table this often (uptime accrues with heartbeats, which mark nothing)
+# taken before it commits (it may wait for the database's lock), so a later read must still catch it. Longer
+# would read a whole fleet again at every placement for that long after it registered.
+MACHINE_CHANGE_MARGIN_S = 5.0
+# The whole table this often: uptime accrues with heartbeats, which mark nothing, and a write that took longer
+# than the margin to commit is caught here.
+MACHINE_RELOAD_S = 60.0
 
 
 class Registry(Protocol):
@@ -83,8 +86,7 @@ class ClusterManager(BuyerApi, NodeProviderApi):
                                               retention_s=settings.cluster_logs_retention_s, clock=clock)
         self._tokens: auth.TokenIssuer | None = None
         self._placement_lock = store.placement_lock()  # placements see each other's, in every process
-        self._machines = machine_index.MachineIndex()  # what machines are; leases and liveness read fresh
-        self._holdings = machine_index.LeaseHoldings()
+        self._machines = machine_index.MachineIndex()  # machines and leases; lease ids and liveness read fresh
         self._tasks: dict[str, asyncio.Task] = {}  # cluster id → its provisioning or teardown
         self._last_sweep = 0.0
         self._backends = backends_mod.backends(settings, self._tokens_or_fail)
@@ -250,12 +252,12 @@ class ClusterManager(BuyerApi, NodeProviderApi):
             changed = await self._store.placement_machines(self._machines.synced_at - MACHINE_CHANGE_MARGIN_S)
             self._machines.update(changed, now)
         offline = await self._store.not_online_machine_ids(self._settings.online_cutoff(now))
-        await self._read_holdings()
-        return self._machines.candidates(requests, self._holdings, offline, now, cluster_id, avoid)
+        await self._read_leases()
+        return self._machines.candidates(requests, offline, now, cluster_id, avoid)
 
-    async def _read_holdings(self) -> None:
+    async def _read_leases(self) -> None:
         active = await self._store.active_lease_ids()
-        self._holdings.set(active, await self._store.lease_holdings(self._holdings.missing(active)))
+        self._machines.set_leases(active, await self._store.lease_holdings(self._machines.missing_leases(active)))
 
     async def _all_capacities(self, cluster_id: str) -> list[placement.MachineCapacity]:
         """Every online machine's (what a 409 describes)."""
@@ -263,8 +265,8 @@ class ClusterManager(BuyerApi, NodeProviderApi):
         machines = await self._store.online_machines(self._settings.online_cutoff(now))
         for m in machines:  # fresh rows of this call: scored in place, not copied
             m["reliability"] = reputation.of_machine(m, now)
-        await self._read_holdings()
-        active = self._holdings.rows
+        await self._read_leases()
+        active = self._machines.lease_holdings()
         caps = placement.capacities(machines, active)
         mine = collections.Counter(l["machine_id"] for l in active if l["cluster_id"] == cluster_id)
         for cap in caps:

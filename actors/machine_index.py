@@ -1,11 +1,11 @@
-"""Placement's in-memory view of the machines: what each one is (GPUs, CPUs, prices, reliability inputs),
-kept sorted the ways placement ranks machines, so that a request among 10,000 machines looks at a few
-dozen of them instead of reading and scoring every row.
+"""Placement's in-memory view of the machines: what each one is (GPUs, CPUs, prices, reliability inputs)
+and what its leases leave free, kept sorted the ways placement ranks machines, so that a request among
+10,000 machines looks at a few dozen of them instead of reading and scoring every row.
 
 Pure (no I/O): the ClusterManager loads it from the store, feeds it the rows changed since (the
-`changed_at` column) and asks it, under the placement lock, for the candidates of a request given the
-leases that hold capacity and the machines not online right now (both read fresh from the store each
-time, so a reservation still sees every other's, in every process).
+`changed_at` column) and the ids of the leases holding capacity, and asks it, under the placement lock,
+for the candidates of a request given the machines not online right now. Lease ids and liveness are read
+fresh each time, so a reservation still sees every other's, in every process.
 """
 
 from __future__ import annotations
@@ -18,28 +18,22 @@ from typing import Iterable
 from actors import placement, reputation
 from dcl_core import domain
 
-# placement.rank of a machine nobody leases (all of it free, none of the cluster's nodes on it), by request kind.
+# placement.rank of a machine with none of this cluster's nodes on it, by request kind, from its free capacity.
 _WORKER_GPU, _WORKER_CPU, _HEAD = "worker_gpu", "worker_cpu", "head"
-
-
-def _key(order: str, row: dict) -> tuple:
-    if order == _WORKER_GPU:
-        return (row["price_per_gpu_hour"], -row["gpus"], -row["cpus"], row["id"])
-    if order == _WORKER_CPU:
-        return (row["price_per_cpu_hour"], -row["gpus"], -row["cpus"], row["id"])
-    return (row["gpus"], -row["cpus"], row["id"])
-
-
 _ORDERS = (_WORKER_GPU, _WORKER_CPU, _HEAD)
 
 
-def _bucket(row: dict) -> tuple:
-    return (row["gpu_model"] if row["gpus"] else None, row["gpus"])
+def _key(order: str, row: dict, free_gpus: int, free_cpus: int) -> tuple:
+    if order == _WORKER_GPU:
+        return (row["price_per_gpu_hour"], -free_gpus, -free_cpus, row["id"])
+    if order == _WORKER_CPU:
+        return (row["price_per_cpu_hour"], -free_gpus, -free_cpus, row["id"])
+    return (free_gpus, -free_cpus, row["id"])
 
 
 def _may_fit(bucket: tuple, r: placement.NodeRequest) -> bool:
-    model, gpus = bucket
-    return not r.gpus or (gpus >= r.gpus and (not r.gpu_model or model == r.gpu_model))
+    model, free_gpus = bucket
+    return not r.gpus or (free_gpus >= r.gpus and (not r.gpu_model or model == r.gpu_model))
 
 
 def _order_of(request: placement.NodeRequest) -> str:
@@ -48,38 +42,43 @@ def _order_of(request: placement.NodeRequest) -> str:
     return _WORKER_GPU if request.gpus else _WORKER_CPU
 
 
-def _fits_unleased(row: dict, r: placement.NodeRequest) -> bool:
-    """Whether a machine with no lease on it could take the request (its reliability aside)."""
-    if r.gpus and (row["gpus"] < r.gpus or (r.gpu_model and row["gpu_model"] != r.gpu_model)):
-        return False
-    if row["cpus"] < r.cpus:
-        return False
-    price = row["price_per_gpu_hour"] if r.gpus else row["price_per_cpu_hour"]
-    return r.max_price is None or price <= r.max_price
-
-
 class MachineIndex:
-    """Machines rows by id (as ClusterStore.placement_machines returns them), each with `as_of`, the time
-    its reliability inputs were read, and three sorted orders of them: placement.rank of an unleased
-    machine for a GPU worker, a CPU worker and a head."""
+    """Machines rows by id (as ClusterStore.placement_machines returns them, each with `as_of`: when its
+    reliability inputs were read), the leases holding capacity (by id: what a lease holds never changes
+    while it lives), and every machine's free capacity, kept sorted in buckets by GPU model and free GPUs
+    as placement.rank orders them for a GPU worker, a CPU worker and a head. A lease or a row that changes
+    moves its machine in the sorted orders (a bisection), so a placement costs the same among 100,000
+    machines and 10,000 leases as among 100."""
 
     def __init__(self) -> None:
         self._rows: dict[str, dict] = {}
-        # (GPU model, GPU count) → each order → its machines' keys, sorted: a request merges the buckets that fit it.
+        self._leases: dict[str, dict] = {}  # lease id → holding (machine_id, cluster_id, gpus, cpus)
+        self._by_machine: dict[str, dict[str, dict]] = collections.defaultdict(dict)
+        self._by_cluster: dict[str, dict[str, dict]] = collections.defaultdict(dict)
+        # (GPU model, free GPUs) → each order → the keys of its machines, sorted.
         self._buckets: dict[tuple, dict[str, list[tuple]]] = {}
+        self._placed: dict[str, tuple] = {}  # machine id → (bucket, {order: key}) it is filed under
         self.loaded_at: float | None = None  # when the whole table was last read
         self.synced_at: float | None = None  # when the changed rows were last read
-        self.revision = 0  # counts the changes of rows
-        self._leased: tuple[tuple, list[placement.MachineCapacity]] = ((), [])  # (revisions, capacities)
 
     def __len__(self) -> int:
         return len(self._rows)
 
+    # --- keeping it --------------------------------------------------------------------------
+
     def load(self, rows: Iterable[dict], now: float) -> None:
-        """Every machine, read at `now`."""
-        self._rows, self._buckets = {}, {}
-        self.update(rows, now)
-        self.loaded_at = now
+        """Every machine, read at `now` (the leases known are kept)."""
+        self._rows = {}
+        for row in rows:
+            row["as_of"] = now
+            self._rows[row["id"]] = row
+        self._buckets, self._placed = {}, {}
+        for mid in self._rows:
+            self._file(mid, sort=False)
+        for orders in self._buckets.values():
+            for keys in orders.values():
+                keys.sort()
+        self.loaded_at = self.synced_at = now
 
     def update(self, rows: Iterable[dict], now: float) -> None:
         """Rows changed since the last sync (registered, re-registered, a node ended on them), read at `now`."""
@@ -89,16 +88,68 @@ class MachineIndex:
                 old["as_of"] = now
                 continue
             row["as_of"] = now
-            self.revision += 1
-            if old is not None:
-                orders = self._buckets[_bucket(old)]
-                for order, keys in orders.items():
-                    del keys[bisect.bisect_left(keys, _key(order, old))]
-            orders = self._buckets.setdefault(_bucket(row), {order: [] for order in _ORDERS})
-            for order, keys in orders.items():
-                bisect.insort(keys, _key(order, row))
+            self._unfile(row["id"])
             self._rows[row["id"]] = row
+            self._file(row["id"])
         self.synced_at = now
+
+    def missing_leases(self, active_ids: list[str]) -> list[str]:
+        """The active leases whose holdings are not known yet."""
+        return [i for i in active_ids if i not in self._leases]
+
+    def set_leases(self, active_ids: list[str], new: list[dict]) -> None:
+        """The leases holding capacity now, given the holdings of those missing_leases named."""
+        active = set(active_ids)
+        touched = set()
+        for lease_id in [i for i in self._leases if i not in active]:
+            gone = self._leases.pop(lease_id)
+            del self._by_machine[gone["machine_id"]][lease_id]
+            del self._by_cluster[gone["cluster_id"]][lease_id]
+            touched.add(gone["machine_id"])
+        for row in new:
+            if row["id"] in active and row["id"] not in self._leases:
+                self._leases[row["id"]] = row
+                self._by_machine[row["machine_id"]][row["id"]] = row
+                self._by_cluster[row["cluster_id"]][row["id"]] = row
+                touched.add(row["machine_id"])
+        for mid in touched:
+            if not self._by_machine[mid]:
+                del self._by_machine[mid]
+            if mid in self._rows:
+                self._unfile(mid)
+                self._file(mid)
+        for cid in [c for c, held in self._by_cluster.items() if not held]:
+            del self._by_cluster[cid]
+
+    def lease_holdings(self) -> list[dict]:
+        return list(self._leases.values())
+
+    def _free(self, mid: str) -> tuple[list[int], int]:
+        row, held = self._rows[mid], self._by_machine.get(mid)
+        if not held:
+            return list(range(row["gpus"])), row["cpus"]
+        used = {g for lease in held.values() for g in lease["gpus"]}
+        return [i for i in range(row["gpus"]) if i not in used], row["cpus"] - sum(l["cpus"] for l in held.values())
+
+    def _file(self, mid: str, sort: bool = True) -> None:
+        row = self._rows[mid]
+        gpus, cpus = self._free(mid)
+        bucket = (row["gpu_model"] if row["gpus"] else None, len(gpus))
+        orders = self._buckets.setdefault(bucket, {order: [] for order in _ORDERS})
+        keys = {order: _key(order, row, len(gpus), cpus) for order in _ORDERS}
+        for order, key in keys.items():
+            (bisect.insort if sort else list.append)(orders[order], key)
+        self._placed[mid] = (bucket, keys)
+
+    def _unfile(self, mid: str) -> None:
+        placed = self._placed.pop(mid, None)
+        if placed is not None:
+            bucket, keys = placed
+            for order, key in keys.items():
+                sorted_keys = self._buckets[bucket][order]
+                del sorted_keys[bisect.bisect_left(sorted_keys, key)]
+
+    # --- asking it ---------------------------------------------------------------------------
 
     def reliability(self, row: dict, now: float) -> float:
         """actors.reputation's score; the time since the row was read counts as online (only online
@@ -107,86 +158,36 @@ class MachineIndex:
         return reputation.score(online_seconds=online, registered_at=row["registered_at"], now=now,
                                 completed=row["leases_completed"] or 0, lost=row["leases_lost"] or 0)
 
-    def candidates(self, requests: list[placement.NodeRequest], holdings: "LeaseHoldings", offline: set[str],
-                   now: float, cluster_id: str, avoid: frozenset[str] = frozenset()) -> list[placement.MachineCapacity]:
+    def capacity(self, mid: str, now: float, leases_of_cluster: int = 0) -> placement.MachineCapacity:
+        row = self._rows[mid]
+        gpus, cpus = self._free(mid)
+        return placement.MachineCapacity(mid, row["provider"], row["gpu_model"] if row["gpus"] else None, gpus, cpus,
+                                         row["price_per_gpu_hour"], row["price_per_cpu_hour"], leases_of_cluster,
+                                         self.reliability(row, now))
+
+    def candidates(self, requests: list[placement.NodeRequest], offline: set[str], now: float, cluster_id: str,
+                   avoid: frozenset[str] = frozenset()) -> list[placement.MachineCapacity]:
         """The machines among which placement.place makes the same choice as among every online machine:
-        for each kind of request, the best len(requests) machines that fit it by placement.rank (no more
-        can be taken by the requests placed before it), found among the leased machines (their free
-        capacity is what the holdings leave) and along the sorted orders of the unleased ones (their free
-        capacity is their size, and none of this cluster's nodes is on them). Machines in `avoid` are not
-        counted among the best but come along (placement.replacement falls back on them). The
-        capacities returned may be shared with later calls: placement never changes them (copy on pick)."""
+        those with this cluster's nodes on them (placement spreads away from them), and for each kind of
+        request the best len(requests) of the others that fit it, along the sorted orders (no more can be
+        taken by the requests placed before it). Machines in `avoid` are not counted among the best but
+        come along (placement.replacement falls back on them)."""
         want = len(requests) + len(avoid)
-        kinds = list(dict.fromkeys(requests))
-        floor = any(r.min_reliability is not None for r in requests)
-        mine = collections.Counter(h["machine_id"] for h in holdings.rows if h["cluster_id"] == cluster_id)
-        leased = []
-        for cap in self._leased_capacities(holdings):
-            if cap.machine_id not in offline:
-                cap.leases_of_cluster = mine.get(cap.machine_id, 0)
-                if floor:
-                    cap.reliability = self.reliability(self._rows[cap.machine_id], now)
-                leased.append(cap)
-        chosen = {c.machine_id: c for c in leased if c.machine_id in avoid}
-        for r in kinds:
-            fitting = [c for c in leased if len(c.free_gpus) >= r.gpus and c.free_cpus >= r.cpus and placement.fits(c, r)]
-            chosen.update((c.machine_id, c) for c in heapq.nsmallest(want, fitting, key=placement.rank(r)))
-        held = holdings.machines
-        for mid in avoid - held:
-            if mid in self._rows and mid not in offline:
-                chosen[mid] = self._capacity(mid, now)
-        for r in kinds:
-            found = 0
-            order = _order_of(r)
+        mine = collections.Counter(l["machine_id"] for l in self._by_cluster.get(cluster_id, {}).values())
+        chosen = {mid: self.capacity(mid, now, n) for mid, n in mine.items() if mid in self._rows and mid not in offline}
+        for mid in avoid:
+            if mid in self._rows and mid not in offline and mid not in chosen:
+                chosen[mid] = self.capacity(mid, now)
+        for r in dict.fromkeys(requests):
+            order, found = _order_of(r), 0
             for key in heapq.merge(*(orders[order] for bucket, orders in self._buckets.items() if _may_fit(bucket, r))):
                 mid = key[-1]
-                if mid in held or mid in avoid or mid in offline or not _fits_unleased(self._rows[mid], r):
+                if mid in mine or mid in avoid or mid in offline:
                     continue
-                cap = chosen.get(mid) or self._capacity(mid, now)
+                cap = chosen.get(mid) or self.capacity(mid, now)
                 if placement.fits(cap, r):
                     chosen[mid] = cap
                     found += 1
                     if found >= want:
                         break
-        if not floor:
-            for cap in chosen.values():
-                cap.reliability = self.reliability(self._rows[cap.machine_id], now)
         return list(chosen.values())
-
-    def _leased_capacities(self, holdings: "LeaseHoldings") -> list[placement.MachineCapacity]:
-        """What the leases leave of each leased machine; built again only when leases or rows changed."""
-        revisions = (holdings.version, self.revision)
-        if self._leased[0] != revisions:
-            rows = [self._rows[m] for m in holdings.machines if m in self._rows]
-            self._leased = (revisions, placement.capacities(rows, holdings.rows))
-        return self._leased[1]
-
-    def _capacity(self, machine_id: str, now: float) -> placement.MachineCapacity:
-        """An unleased machine's: all of it free."""
-        cap = placement.capacities([self._rows[machine_id]], [])[0]
-        cap.reliability = self.reliability(self._rows[machine_id], now)
-        return cap
-
-
-class LeaseHoldings:
-    """What the leases holding capacity hold (machine, cluster, GPU indices, CPUs), by lease id: none of it
-    changes while a lease lives, so only the ids of the active leases are read each time."""
-
-    def __init__(self) -> None:
-        self._known: dict[str, dict] = {}
-        self.rows: list[dict] = []
-        self.machines: set[str] = set()
-        self.version = 0  # counts the changes of the set of leases
-
-    def missing(self, active_ids: list[str]) -> list[str]:
-        return [i for i in active_ids if i not in self._known]
-
-    def set(self, active_ids: list[str], new: list[dict]) -> None:
-        """The active leases, given the holdings of those `missing` named; forgets ended ones."""
-        for row in new:
-            self._known[row["id"]] = row
-        if new or len(active_ids) != len(self._known):
-            self._known = {i: self._known[i] for i in active_ids if i in self._known}
-            self.rows = list(self._known.values())
-            self.machines = {h["machine_id"] for h in self.rows}
-            self.version += 1
