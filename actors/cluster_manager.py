@@ -239,6 +239,7 @@ class ClusterManager(BuyerApi, NodeProviderApi):
 
     async def _load_machines(self) -> None:
         now = self._clock()
+        await self._read_leases()  # first: the machines are filed once, by what their leases leave free
         self._machines.load(await self._store.placement_machines(), now)
 
     async def _capacities(self, cluster_id: str, requests: list[placement.NodeRequest],

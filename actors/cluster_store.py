@@ -267,8 +267,7 @@ class ClusterStore(Database):
 
     async def not_online_machine_ids(self, cutoff: float) -> set[str]:
         """Machines that may not take new leases now (usually few: cheaper to read than the online ones)."""
-        return set(await self._fetchcolumn(f"SELECT m.id FROM machines m WHERE {store_mod.not_online_where('m')}",
-                                           (cutoff,)))
+        return set(await self._fetchcolumn(store_mod.not_online_ids_sql("m"), (cutoff,)))
 
     async def machine_statuses(self, machine_ids: list[str], cutoff: float) -> dict[str, str]:
         """Effective status of each machine: online only while its heartbeats are fresh."""
