@@ -140,7 +140,7 @@ class ClusterManager(BuyerApi, NodeProviderApi):
             self._last_sweep = now
             await self.sweep()
         if now - (self._machines.loaded_at or 0.0) >= MACHINE_RELOAD_S:
-            await self._load_machines()
+            await self._load_machines(beside=True)
 
     async def sweep(self) -> dict:
         """Releases what no live cluster owns: leases of ended clusters (a close that failed, a crash
@@ -237,10 +237,19 @@ class ClusterManager(BuyerApi, NodeProviderApi):
 
     # --- steps shared by the buyer and node-provider APIs --------------------------------
 
-    async def _load_machines(self) -> None:
+    async def _load_machines(self, beside: bool = False) -> None:
+        """Reads every machine into the index. beside: into a new index, built in a thread while placements
+        go on with the old one (a 100,000-machine load takes seconds), which it then replaces; what changed
+        meanwhile is read again by the next placement (rows since the load began, lease ids every time)."""
         now = self._clock()
         await self._read_leases()  # first: the machines are filed once, by what their leases leave free
-        self._machines.load(await self._store.placement_machines(), now)
+        rows = await self._store.placement_machines()
+        if not beside:
+            self._machines.load(rows, now)
+            return
+        fresh = machine_index.MachineIndex().with_leases_of(self._machines)
+        await asyncio.to_thread(fresh.load, rows, now)
+        self._machines = fresh
 
     async def _capacities(self, cluster_id: str, requests: list[placement.NodeRequest],
                           avoid: frozenset[str] = frozenset()) -> list[placement.MachineCapacity]:

@@ -93,6 +93,14 @@ class MachineIndex:
             self._file(row["id"])
         self.synced_at = now
 
+    def with_leases_of(self, other: "MachineIndex") -> "MachineIndex":
+        """This (empty) index, knowing the leases another knows: to load afresh beside it, then replace it."""
+        for lease_id, row in other._leases.items():
+            self._leases[lease_id] = row
+            self._by_machine[row["machine_id"]][lease_id] = row
+            self._by_cluster[row["cluster_id"]][lease_id] = row
+        return self
+
     def missing_leases(self, active_ids: list[str]) -> list[str]:
         """The active leases whose holdings are not known yet."""
         return [i for i in active_ids if i not in self._leases]

@@ -139,3 +139,12 @@ def test_leases_are_read_once_and_forgotten_when_they_end():
     assert index.capacity(rows[0]["id"], NOW).free_gpus == [1]
     index.set_leases([], [])
     assert index.lease_holdings() == [] and index.capacity(rows[0]["id"], NOW).free_gpus == [0, 1]
+
+
+def test_an_index_loaded_beside_knows_the_leases_of_the_one_it_replaces():
+    rows = [dict(r, gpus=2, gpu_model="H100", cpus=4) for r in fleet(random.Random(2), 3)]
+    old = index_of(rows, [{"id": "l-a", "machine_id": rows[0]["id"], "cluster_id": "c", "gpus": [1], "cpus": 2}])
+    fresh = machine_index.MachineIndex().with_leases_of(old)
+    fresh.load([dict(r) for r in rows], NOW)
+    assert fresh.missing_leases(["l-a"]) == [] and fresh.capacity(rows[0]["id"], NOW).free_gpus == [0]
+    assert fresh.capacity(rows[0]["id"], NOW).free_cpus == 2 and fresh.capacity(rows[1]["id"], NOW).free_cpus == 4
