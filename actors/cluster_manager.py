@@ -13,7 +13,7 @@ from typing import Awaitable, Callable, Protocol, TypeVar
 from actors import auth, backends as backends_mod, cluster_files, cluster_views as views, lifecycle, placement
 from actors import cluster_store as cstore
 from actors import metrics as metrics_mod
-from actors import cluster_logs, quota_book, reputation
+from actors import cluster_logs, gpu_checks, quota_book, reputation
 from actors import joins as joins_mod
 from actors import machine_index, node_observer
 from actors.cluster_api import BuyerApi
@@ -87,6 +87,8 @@ class ClusterManager(BuyerApi, NodeProviderApi):
         self._tokens: auth.TokenIssuer | None = None
         self._placement_lock = store.placement_lock()  # placements see each other's, in every process
         self._machines = machine_index.MachineIndex()  # machines and leases; lease ids and liveness read fresh
+        self._gpu_checks = gpu_checks.GpuChecker(store, settings, registry=registry,
+                                                 placement_lock=self._placement_lock, clock=clock)
         self._tasks: dict[str, asyncio.Task] = {}  # cluster id → its provisioning or teardown
         self._last_sweep = 0.0
         self._backends = backends_mod.backends(settings, self._tokens_or_fail)
@@ -107,8 +109,9 @@ class ClusterManager(BuyerApi, NodeProviderApi):
         """Recovers: a launch in flight when the manager died cannot be resumed safely, so it is
         failed with a reason and torn down; an interrupted teardown is finished."""
         await self._store.conn()
-        await self._load_machines()
         self._tokens = auth.TokenIssuer(await self._registry.signing_secret(), clock=self._clock)
+        await self._gpu_checks.recover()
+        await self._load_machines()  # after: recover gives machines their first GPU status
         interrupted = await self._store.clusters_with_status(S.TERMINATING)
         for row in await self._store.clusters_with_status(S.PENDING, S.PROVISIONING):
             await self._fail(row["id"], "the control plane restarted while the cluster was provisioning")
@@ -123,6 +126,15 @@ class ClusterManager(BuyerApi, NodeProviderApi):
                 await self.reconcile_once()
             except Exception:
                 logger.exception("reconcile step failed")
+
+    async def run_gpu_check_loop(self) -> None:
+        """Starts the GPU checks that are due (actors/gpu_checks.py); never dies."""
+        while True:
+            await asyncio.sleep(self._settings.gpu_check_interval_s)
+            try:
+                await self._gpu_checks.run_once()
+            except Exception:
+                logger.exception("GPU check step failed")
 
     async def reconcile_once(self) -> None:
         rows = await self._store.clusters_with_status(S.PROVISIONING, S.RUNNING, S.DEGRADED)
@@ -254,16 +266,16 @@ class ClusterManager(BuyerApi, NodeProviderApi):
     async def _capacities(self, cluster_id: str, requests: list[placement.NodeRequest],
                           avoid: frozenset[str] = frozenset()) -> list[placement.MachineCapacity]:
         """The machines placement chooses among for these requests (actors.machine_index: a few, not every
-        online one). Which leases hold capacity and which machines are not online are read fresh."""
+        online one). Which leases hold capacity and which machines may take none now are read fresh."""
         now = self._clock()
         if self._machines.synced_at is None:
             await self._load_machines()
         else:
             changed = await self._store.placement_machines(self._machines.synced_at - MACHINE_CHANGE_MARGIN_S)
             self._machines.update(changed, now)
-        offline = await self._store.not_online_machine_ids(self._settings.online_cutoff(now))
+        unplaceable = await self._store.unplaceable_machine_ids(self._settings.online_cutoff(now))
         await self._read_leases()
-        return self._machines.candidates(requests, offline, now, cluster_id, avoid)
+        return self._machines.candidates(requests, unplaceable, now, cluster_id, avoid)
 
     async def _read_leases(self) -> None:
         active = await self._store.active_lease_ids()

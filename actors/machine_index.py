@@ -171,26 +171,28 @@ class MachineIndex:
         gpus, cpus = self._free(mid)
         return placement.MachineCapacity(mid, row["provider"], row["gpu_model"] if row["gpus"] else None, gpus, cpus,
                                          row["price_per_gpu_hour"], row["price_per_cpu_hour"], leases_of_cluster,
-                                         self.reliability(row, now))
+                                         self.reliability(row, now),
+                                         gpus_verified=row.get("gpu_check") == domain.GpuVerification.VERIFIED.value)
 
-    def candidates(self, requests: list[placement.NodeRequest], offline: set[str], now: float, cluster_id: str,
+    def candidates(self, requests: list[placement.NodeRequest], unplaceable: set[str], now: float, cluster_id: str,
                    avoid: frozenset[str] = frozenset()) -> list[placement.MachineCapacity]:
-        """The machines among which placement.place makes the same choice as among every online machine:
+        """The machines among which placement.place makes the same choice as among every placeable machine
+        (`unplaceable`: not online, or held by a GPU check):
         those with this cluster's nodes on them (placement spreads away from them), and for each kind of
         request the best len(requests) of the others that fit it, along the sorted orders (no more can be
         taken by the requests placed before it). Machines in `avoid` are not counted among the best but
         come along (placement.replacement falls back on them)."""
         want = len(requests) + len(avoid)
         mine = collections.Counter(l["machine_id"] for l in self._by_cluster.get(cluster_id, {}).values())
-        chosen = {mid: self.capacity(mid, now, n) for mid, n in mine.items() if mid in self._rows and mid not in offline}
+        chosen = {mid: self.capacity(mid, now, n) for mid, n in mine.items() if mid in self._rows and mid not in unplaceable}
         for mid in avoid:
-            if mid in self._rows and mid not in offline and mid not in chosen:
+            if mid in self._rows and mid not in unplaceable and mid not in chosen:
                 chosen[mid] = self.capacity(mid, now)
         for r in dict.fromkeys(requests):
             order, found = _order_of(r), 0
             for key in heapq.merge(*(orders[order] for bucket, orders in self._buckets.items() if _may_fit(bucket, r))):
                 mid = key[-1]
-                if mid in mine or mid in avoid or mid in offline:
+                if mid in mine or mid in avoid or mid in unplaceable:
                     continue
                 cap = chosen.get(mid) or self.capacity(mid, now)
                 if placement.fits(cap, r):

@@ -22,7 +22,8 @@ def fleet(rng: random.Random, n: int) -> list[dict]:
                      "price_per_cpu_hour": rng.choice([0.01, 0.02, 0.05]),
                      "registered_at": NOW - rng.choice([0, 600, 86_400]),
                      "online_seconds": rng.choice([0.0, 300.0, 80_000.0]),
-                     "leases_completed": rng.randrange(5), "leases_lost": rng.randrange(3)})
+                     "leases_completed": rng.randrange(5), "leases_lost": rng.randrange(3),
+                     "gpu_check": rng.choice([None, "verified", "declared"]) if gpus else "no_gpus"})
     return rows
 
 
@@ -41,7 +42,7 @@ def request_set(rng: random.Random) -> list[placement.NodeRequest]:
     return placement.cluster_requests(
         rng.randint(1, 4), gpus, rng.choice([1, 2, 8]), rng.choice(MODELS) if gpus else None,
         max_price_per_gpu_hour=rng.choice([None, 1.0, 1.5]), max_price_per_cpu_hour=rng.choice([None, 0.02]),
-        min_reliability=rng.choice([None, None, 0.8, 0.9]))
+        min_reliability=rng.choice([None, None, 0.8, 0.9]), verified_gpus_only=rng.random() < 0.3)
 
 
 def everything(rows, holdings, offline, cluster_id):
