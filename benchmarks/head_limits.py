@@ -124,6 +124,17 @@ async def measure(workdir: Path, n: int, concurrency=CONCURRENCY, window_s: floa
     settings = settings_mod.PlatformSettings(state_dir=db_dir, heartbeat_interval_s=300, missed_heartbeats_offline=100,
                                              api_url="http://127.0.0.1:9")
     manager = cluster_manager.ClusterManager(store, settings, registry=_Registry(), launcher=_Launcher())
+    try:
+        return await _measure(store, manager, db_dir, n, active, concurrency, window_s, seeded_s)
+    finally:
+        for task in manager.background_work().values():
+            task.cancel()
+        await asyncio.gather(*manager.background_work().values(), return_exceptions=True)
+        await store.close()
+
+
+async def _measure(store, manager, db_dir: Path, n: int, active: int, concurrency, window_s: float,
+                   seeded_s: float) -> dict:
     t0 = time.perf_counter()
     await manager.start()  # loads the machine index
     load_s = time.perf_counter() - t0
@@ -139,11 +150,7 @@ async def measure(workdir: Path, n: int, concurrency=CONCURRENCY, window_s: floa
         creates.append(await _creates(manager, buyers, c, window_s))
         common.log(f"{NAME}: {n:,} machines, {c} concurrent creates: {creates[-1]['per_s']}/s, "
                    f"p99 {creates[-1]['ms'].get('p99')} ms")
-    for task in manager.background_work().values():
-        task.cancel()
-    await asyncio.gather(*manager.background_work().values(), return_exceptions=True)
     machine_ids = [r["id"] for r in scale.synthetic_rows(n)]
-    await store.close()
     beats = await _heartbeats(db_dir / "platform.db", machine_ids, HEARTBEAT_WINDOW_S)
     return {"machines": n, "active_leases": active, "seed_s": round(seeded_s, 1), "index_load_s": round(load_s, 2),
             "place_ms": common.summary(place_ms, 2), "creates": creates, "heartbeat_writes": beats,

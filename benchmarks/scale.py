@@ -21,6 +21,7 @@ import httpx
 from actors import cluster_manager, cluster_store, placement
 from actors import settings as settings_mod
 from benchmarks import api_throughput, common
+from dcl_core import domain
 
 NAME = "scale"
 TARGET_P99_MS = 50.0
@@ -119,13 +120,15 @@ async def seed_store(db_dir: Path, n: int, active: int) -> cluster_store.Cluster
     await conn.executemany("INSERT INTO accounts (id, username, password_hash, role, created_at) VALUES (?, ?, ?, ?, ?)",
                            [(p + 1, f"prov-{p}", "x", "provider", now) for p in range(10)])
     rows = synthetic_rows(n)
+    # Registered an hour ago (the spec and GPU status registration gives: GPUs declared), heartbeating since.
     await conn.executemany(
         "INSERT INTO machines (id, provider_id, machine_key, name, spec, gpu_model, gpus, cpus, memory_mb,"
-        " price_per_gpu_hour, price_per_cpu_hour, status, registered_at, last_heartbeat, changed_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'online', ?, ?, ?)",
-        [(r["id"], i % 10 + 1, r["id"], r["id"], json.dumps({"hostname": r["id"]}), r["gpu_model"], r["gpus"], r["cpus"],
-          512_000, r["price_per_gpu_hour"], r["price_per_cpu_hour"], now - 3600, now, now - 3600)
-         for i, r in enumerate(rows)])  # registered an hour ago, heartbeating since
+        " price_per_gpu_hour, price_per_cpu_hour, status, registered_at, last_heartbeat, changed_at, gpu_check)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'online', ?, ?, ?, ?)",
+        [(r["id"], i % 10 + 1, r["id"], r["id"], json.dumps(register_body(i, r["id"])["spec"]), r["gpu_model"], r["gpus"],
+          r["cpus"], 512_000, r["price_per_gpu_hour"], r["price_per_cpu_hour"], now - 3600, now, now - 3600,
+          domain.GpuVerification.DECLARED.value if r["gpus"] else domain.GpuVerification.NO_GPUS.value)
+         for i, r in enumerate(rows)])
     leases = synthetic_leases(rows, active)
     clusters = sorted({l["cluster_id"] for l in leases})
     await conn.executemany("INSERT INTO clusters (id, owner_id, name, spec, status, created_at, updated_at, expires_at)"
