@@ -8,14 +8,14 @@ import asyncio
 import collections
 import logging
 import time
-from typing import Awaitable, Callable, Protocol
+from typing import Awaitable, Callable, Protocol, TypeVar
 
 from actors import auth, backends as backends_mod, cluster_files, cluster_views as views, lifecycle, placement
 from actors import cluster_store as cstore
 from actors import metrics as metrics_mod
 from actors import cluster_logs, gpu_checks, quota_book, reputation
 from actors import joins as joins_mod
-from actors import node_observer
+from actors import machine_index, node_observer
 from actors.cluster_api import BuyerApi
 from actors.node_api import NodeProviderApi
 from actors.settings import PlatformSettings
@@ -26,12 +26,20 @@ logger = logging.getLogger(__name__)
 
 S = domain.ClusterStatus
 N = domain.NodeRole
+T = TypeVar("T")
 LEASE_OPEN_TIMEOUT_S = 30.0
 NODE_OPEN_ATTEMPTS = 3  # a node a machine fails to open is tried again (elsewhere where it fits), this often in all
 LEASE_CLOSE_TIMEOUT_S = 30.0
 TEARDOWN_TIMEOUT_S = 120.0
 EXPIRY_BACKSTOP_S = 10.0
 SWEEP_INTERVAL_S = 60.0
+# The machine index reads again the rows changed since its last read, this much earlier too: a write's time is
+# taken before it commits (it may wait for the database's lock), so a later read must still catch it. Longer
+# would read a whole fleet again at every placement for that long after it registered.
+MACHINE_CHANGE_MARGIN_S = 5.0
+# The whole table this often: uptime accrues with heartbeats, which mark nothing, and a write that took longer
+# than the margin to commit is caught here.
+MACHINE_RELOAD_S = 60.0
 
 
 class Registry(Protocol):
@@ -78,6 +86,7 @@ class ClusterManager(BuyerApi, NodeProviderApi):
                                               retention_s=settings.cluster_logs_retention_s, clock=clock)
         self._tokens: auth.TokenIssuer | None = None
         self._placement_lock = store.placement_lock()  # placements see each other's, in every process
+        self._machines = machine_index.MachineIndex()  # machines and leases; lease ids and liveness read fresh
         self._gpu_checks = gpu_checks.GpuChecker(store, settings, registry=registry,
                                                  placement_lock=self._placement_lock, clock=clock)
         self._tasks: dict[str, asyncio.Task] = {}  # cluster id → its provisioning or teardown
@@ -102,6 +111,7 @@ class ClusterManager(BuyerApi, NodeProviderApi):
         await self._store.conn()
         self._tokens = auth.TokenIssuer(await self._registry.signing_secret(), clock=self._clock)
         await self._gpu_checks.recover()
+        await self._load_machines()  # after: recover gives machines their first GPU status
         interrupted = await self._store.clusters_with_status(S.TERMINATING)
         for row in await self._store.clusters_with_status(S.PENDING, S.PROVISIONING):
             await self._fail(row["id"], "the control plane restarted while the cluster was provisioning")
@@ -128,18 +138,21 @@ class ClusterManager(BuyerApi, NodeProviderApi):
 
     async def reconcile_once(self) -> None:
         rows = await self._store.clusters_with_status(S.PROVISIONING, S.RUNNING, S.DEGRADED)
-        await self._joins.observe_all([row["id"] for row in rows])  # first: running never precedes a join
+        # First: running never precedes a join. Clusters it read and had nothing to ask are not read again.
+        leases_read = await self._joins.observe_all([row["id"] for row in rows])
         now = self._clock()
         liveness = await self._registry.lease_liveness()
         for row in rows:
             try:
-                await self._reconcile_cluster(row, now, liveness)
+                await self._reconcile_cluster(row, now, liveness, leases_read.get(row["id"]))
             except Exception:
                 logger.exception("reconcile of cluster %s failed", row["id"])
         self._metrics.cluster_states(await self._store.count_clusters_by_status())
         if now - self._last_sweep >= SWEEP_INTERVAL_S:
             self._last_sweep = now
             await self.sweep()
+        if now - (self._machines.loaded_at or 0.0) >= MACHINE_RELOAD_S:
+            await self._load_machines(beside=True)
 
     async def sweep(self) -> dict:
         """Releases what no live cluster owns: leases of ended clusters (a close that failed, a crash
@@ -161,13 +174,18 @@ class ClusterManager(BuyerApi, NodeProviderApi):
             logger.info("sweep: closed %d stray lease(s), removed %d launcher file(s)", closed, removed)
         return {"leases_closed": closed, "launcher_files_removed": removed}
 
-    async def _reconcile_cluster(self, row: dict, now: float, liveness: dict | None = None) -> None:
+    async def _reconcile_cluster(self, row: dict, now: float, liveness: dict | None = None,
+                                 leases: list[dict] | None = None) -> None:
         """One step of lifecycle.decide for the cluster, carried out in order. liveness: the registry's
-        lease_liveness (silence cutoff, leases each agent holds); asked for when not given."""
+        lease_liveness (silence cutoff, leases each agent holds); asked for when not given. leases: the
+        cluster's, read in this step already; read when not given."""
         backend = self._backend(ClusterSpec.model_validate_json(row["spec"]))
-        leases, machines, held = [], {}, {}
-        if backend.watches_leases and row["expires_at"] + EXPIRY_BACKSTOP_S > now:
-            leases = await self._store.leases_of(row["id"])
+        machines, held = {}, {}
+        if not (backend.watches_leases and row["expires_at"] + EXPIRY_BACKSTOP_S > now):
+            leases = []
+        else:
+            if leases is None:
+                leases = await self._store.leases_of(row["id"])
             live = [l["machine_id"] for l in leases if domain.LeaseStatus(l["status"]).holds_capacity()]
             if liveness is None:
                 liveness = await self._registry.lease_liveness()
@@ -231,21 +249,65 @@ class ClusterManager(BuyerApi, NodeProviderApi):
 
     # --- steps shared by the buyer and node-provider APIs --------------------------------
 
-    async def _capacities(self, cluster_id: str) -> list[placement.MachineCapacity]:
+    async def _load_machines(self, beside: bool = False) -> None:
+        """Reads every machine into the index. beside: into a new index, built in a thread while placements
+        go on with the old one (a 100,000-machine load takes seconds), which it then replaces; what changed
+        meanwhile is read again by the next placement (rows since the load began, lease ids every time)."""
+        now = self._clock()
+        await self._read_leases()  # first: the machines are filed once, by what their leases leave free
+        rows = await self._store.placement_machines()
+        if not beside:
+            self._machines.load(rows, now)
+            return
+        fresh = machine_index.MachineIndex().with_leases_of(self._machines)
+        await asyncio.to_thread(fresh.load, rows, now)
+        self._machines = fresh
+
+    async def _capacities(self, cluster_id: str, requests: list[placement.NodeRequest],
+                          avoid: frozenset[str] = frozenset()) -> list[placement.MachineCapacity]:
+        """The machines placement chooses among for these requests (actors.machine_index: a few, not every
+        online one). Which leases hold capacity and which machines may take none now are read fresh."""
+        now = self._clock()
+        if self._machines.synced_at is None:
+            await self._load_machines()
+        else:
+            changed = await self._store.placement_machines(self._machines.synced_at - MACHINE_CHANGE_MARGIN_S)
+            self._machines.update(changed, now)
+        unplaceable = await self._store.unplaceable_machine_ids(self._settings.online_cutoff(now))
+        await self._read_leases()
+        return self._machines.candidates(requests, unplaceable, now, cluster_id, avoid)
+
+    async def _read_leases(self) -> None:
+        active = await self._store.active_lease_ids()
+        self._machines.set_leases(active, await self._store.lease_holdings(self._machines.missing_leases(active)))
+
+    async def _all_capacities(self, cluster_id: str) -> list[placement.MachineCapacity]:
+        """Every online machine's (what a 409 describes)."""
         now = self._clock()
         machines = await self._store.online_machines(self._settings.online_cutoff(now))
-        for m in machines:  # fresh rows of this call: scored in place, not copied (10,000 per placement)
+        for m in machines:  # fresh rows of this call: scored in place, not copied
             m["reliability"] = reputation.of_machine(m, now)
-        active = await self._store.active_leases()
+        await self._read_leases()
+        active = self._machines.lease_holdings()
         caps = placement.capacities(machines, active)
         mine = collections.Counter(l["machine_id"] for l in active if l["cluster_id"] == cluster_id)
         for cap in caps:
             cap.leases_of_cluster = mine[cap.machine_id]
         return caps
 
+    async def _decide(self, cluster_id: str, requests: list[placement.NodeRequest],
+                      decide: Callable[[list[placement.MachineCapacity]], T], avoid: frozenset[str] = frozenset()) -> T:
+        """decide (placement.place or .replacement) among the index's candidates; raises
+        placement.InsufficientCapacity describing every online machine when they have no room."""
+        try:
+            return decide(await self._capacities(cluster_id, requests, avoid))
+        except placement.InsufficientCapacity:
+            pass  # the candidates hold the best machines for each request: short there is short everywhere
+        return decide(await self._all_capacities(cluster_id))  # ... and the answer names what every machine has
+
     async def _place(self, cluster_id: str, requests: list[placement.NodeRequest]) -> list[placement.Assignment]:
         try:
-            return placement.place(await self._capacities(cluster_id), requests)
+            return await self._decide(cluster_id, requests, lambda caps: placement.place(caps, requests))
         except placement.InsufficientCapacity as exc:
             raise errors.Conflict(str(exc), available=exc.available) from None
 
@@ -267,7 +329,8 @@ class ClusterManager(BuyerApi, NodeProviderApi):
                 if row is None or not S(row["status"]).is_active():
                     raise errors.Conflict(f"cluster {cid} is {row and row['status']}: no new nodes")
                 try:
-                    assignment = placement.replacement(await self._capacities(cid), request, set(failed))
+                    assignment = await self._decide(cid, [request], lambda caps: placement.replacement(
+                        caps, request, set(failed)), avoid=frozenset(failed))
                 except placement.InsufficientCapacity as exc:
                     await self._event(cid, "node_retry_failed", f"{request.role} node: no machine to retry on "
                                       f"after attempt {attempt}: {exc}")

@@ -10,6 +10,7 @@ from actors import store as store_mod
 from actors.store import Database
 
 ACTIVE_LEASE_STATUSES = tuple(s.value for s in domain.LeaseStatus if s.holds_capacity())
+_IDS_PER_QUERY = 500  # ids in one `IN (...)` (SQLite's limit on parameters was 999 before 3.32)
 _HELD_BY_CHECKS = tuple(s.value for s in domain.GpuVerification.placement_holders())
 _HELD_MARKS = ",".join("?" * len(_HELD_BY_CHECKS))
 
@@ -22,6 +23,12 @@ def _lease_values(cluster_id: str, lease: dict, now: float) -> tuple:
     return (lease["id"], cluster_id, lease["machine_id"], lease["role"], json.dumps(lease["gpus"]), lease["cpus"],
             lease.get("price_per_gpu_hour", 0.0), lease.get("price_per_cpu_hour", 0.0),
             domain.LeaseStatus.RESERVED.value, now)
+
+
+# What placement reads of a machine (not the spec JSON: it runs over many machines).
+_PLACEMENT_MACHINE = ("SELECT m.id, m.gpu_model, m.gpus, m.cpus, m.price_per_gpu_hour, m.price_per_cpu_hour,"
+                      " m.registered_at, m.online_seconds, m.leases_completed, m.leases_lost, m.gpu_check,"
+                      " a.username AS provider FROM machines m JOIN accounts a ON a.id = m.provider_id")
 
 
 class ClusterStore(Database):
@@ -170,6 +177,21 @@ class ClusterStore(Database):
         rows = await self._fetchall(f"SELECT * FROM leases WHERE status IN ({marks})", ACTIVE_LEASE_STATUSES)
         return [decode_lease(r) for r in rows]
 
+    async def active_lease_ids(self) -> list[str]:
+        marks = ",".join("?" * len(ACTIVE_LEASE_STATUSES))
+        return await self._fetchcolumn(f"SELECT id FROM leases WHERE status IN ({marks})", ACTIVE_LEASE_STATUSES)
+
+    async def lease_holdings(self, lease_ids: list[str]) -> list[dict]:
+        """What placement reads of these leases: id, machine, cluster, GPU indices, CPUs (none of it changes)."""
+        rows = []
+        for start in range(0, len(lease_ids), _IDS_PER_QUERY):
+            chunk = lease_ids[start:start + _IDS_PER_QUERY]
+            rows += await self._fetchall("SELECT id, machine_id, cluster_id, gpus, cpus FROM leases"
+                                         f" WHERE id IN ({','.join('?' * len(chunk))})", tuple(chunk))
+        for r in rows:
+            r["gpus"] = json.loads(r["gpus"])
+        return rows
+
     async def add_leases(self, cluster_id: str, leases: list[dict], now: float) -> None:
         await self._atomic(lambda conn: conn.executemany(
             _INSERT_LEASE, [_lease_values(cluster_id, l, now) for l in leases]))
@@ -200,9 +222,9 @@ class ClusterStore(Database):
                 (status.value, now, lease_id, *ACTIVE_LEASE_STATUSES))
             if changed:  # a node that ran counts for its machine's reliability (actors.reputation)
                 await tx.execute(
-                    "UPDATE machines SET leases_completed = leases_completed + ?, leases_lost = leases_lost + ?"
-                    " WHERE id = (SELECT machine_id FROM leases WHERE id = ? AND joined_at IS NOT NULL)",
-                    (1 - lost, lost, lease_id))
+                    "UPDATE machines SET leases_completed = leases_completed + ?, leases_lost = leases_lost + ?,"
+                    " changed_at = ? WHERE id = (SELECT machine_id FROM leases WHERE id = ? AND joined_at IS NOT NULL)",
+                    (1 - lost, lost, now, lease_id))
             return changed
         return await self._atomic(statements) > 0
 
@@ -238,13 +260,22 @@ class ClusterStore(Database):
     async def online_machines(self, cutoff: float) -> list[dict]:
         """Machines that may take new leases: online, with a heartbeat since cutoff, and no GPU check due or
         running (domain.GpuVerification.holds_placement)."""
-        # Only what placement reads (not the spec JSON): this runs over every machine on each request.
         return await self._fetchall(
-            "SELECT m.id, m.gpu_model, m.gpus, m.cpus, m.price_per_gpu_hour, m.price_per_cpu_hour,"
-            " m.registered_at, m.online_seconds, m.leases_completed, m.leases_lost, m.gpu_check,"
-            " a.username AS provider FROM machines m JOIN accounts a ON a.id = m.provider_id"
-            f" WHERE {store_mod.online_where('m')} AND (m.gpu_check IS NULL OR m.gpu_check NOT IN ({_HELD_MARKS}))",
-            (cutoff, *_HELD_BY_CHECKS))
+            f"{_PLACEMENT_MACHINE} WHERE {store_mod.online_where('m')}"
+            f" AND (m.gpu_check IS NULL OR m.gpu_check NOT IN ({_HELD_MARKS}))", (cutoff, *_HELD_BY_CHECKS))
+
+    async def placement_machines(self, changed_since: float | None = None) -> list[dict]:
+        """What placement reads of every machine (placeable or not), or of those changed since a time."""
+        if changed_since is None:
+            return await self._fetchall(_PLACEMENT_MACHINE)
+        return await self._fetchall(f"{_PLACEMENT_MACHINE} WHERE m.changed_at >= ?", (changed_since,))
+
+    async def unplaceable_machine_ids(self, cutoff: float) -> set[str]:
+        """Machines that may not take new leases now (usually few: cheaper to read than the others): not
+        online, or held by a GPU check (the complement of online_machines)."""
+        return set(await self._fetchcolumn(
+            f"{store_mod.not_online_ids_sql('m')} UNION ALL SELECT m.id FROM machines m"
+            f" WHERE m.gpu_check IN ({_HELD_MARKS})", (cutoff, *_HELD_BY_CHECKS)))
 
     async def machine_statuses(self, machine_ids: list[str], cutoff: float) -> dict[str, str]:
         """Effective status of each machine: online only while its heartbeats are fresh."""
@@ -285,9 +316,9 @@ class ClusterStore(Database):
                                detail_json: str, now: float) -> bool:
         """The check's outcome, unless the machine registered again meanwhile (its claim may have changed)."""
         return await self._write(
-            "UPDATE machines SET gpu_check = ?, gpu_check_detail = ?, gpu_checked_at = ?, gpu_check_lease = NULL"
-            " WHERE id = ? AND gpu_check = ? AND gpu_check_lease = ?",
-            (status.value, detail_json, now, machine_id, domain.GpuVerification.CHECKING.value, lease_id)) == 1
+            "UPDATE machines SET gpu_check = ?, gpu_check_detail = ?, gpu_checked_at = ?, gpu_check_lease = NULL,"
+            " changed_at = ? WHERE id = ? AND gpu_check = ? AND gpu_check_lease = ?",
+            (status.value, detail_json, now, now, machine_id, domain.GpuVerification.CHECKING.value, lease_id)) == 1
 
     async def restart_gpu_checks(self, running: Collection[str] = ()) -> int:
         """Checks no task runs (a restart cut them short, or their outcome could not be written) are due

@@ -57,16 +57,21 @@ class JoinWatcher:
     async def observe(self, cluster_id: str) -> list[dict]:
         """Marks every open lease of the cluster whose node is ALIVE now as joined (at this moment);
         returns those. Asks nothing when every open lease already joined or no head is open."""
+        return (await self._observe(cluster_id))[0]
+
+    async def _observe(self, cluster_id: str) -> tuple[list[dict], list[dict] | None]:
+        """observe's joined leases, and the cluster's leases as read when there was nothing to ask (None
+        when the head was asked: the rows may have moved on while it answered)."""
         leases = await self._store.leases_of(cluster_id)
         head = observable_head(leases)
         if head is None or not unjoined(leases):
-            return []
+            return [], leases
         try:
             token = cluster_files.read_cluster_token(self._clusters_dir / cluster_id)
             nodes = await self._observer.alive_nodes(head["node_ip"], head["ports"]["dashboard"], token)
         except (node_observer.ObserveError, OSError) as exc:
             logger.debug("cluster %s: its head's nodes could not be read: %s", cluster_id, exc)
-            return []
+            return [], None
         now = self._clock()
         joined = []
         for lease in newly_joined(leases, nodes):
@@ -76,14 +81,20 @@ class JoinWatcher:
                            f"(machine {lease['machine_id']})")
                 logger.info("cluster %s: %s", cluster_id, message)
                 await self._store.add_event(cluster_id, f"{lease['role']}_joined", message, now)
-        return joined
+        return joined, None
 
-    async def observe_all(self, cluster_ids: list[str]) -> None:
-        """One observation of each cluster, all at once: a slow head never delays the others."""
-        results = await asyncio.gather(*(self.observe(cid) for cid in cluster_ids), return_exceptions=True)
+    async def observe_all(self, cluster_ids: list[str]) -> dict[str, list[dict]]:
+        """One observation of each cluster, all at once: a slow head never delays the others. Returns the
+        leases of the clusters that had nothing to ask (every node joined: most running clusters), as
+        read, so that the reconcile step that follows need not read them again."""
+        results = await asyncio.gather(*(self._observe(cid) for cid in cluster_ids), return_exceptions=True)
+        unchanged = {}
         for cid, result in zip(cluster_ids, results):
             if isinstance(result, Exception):
                 logger.error("observing cluster %s failed", cid, exc_info=result)
+            elif result[1] is not None:
+                unchanged[cid] = result[1]
+        return unchanged
 
     async def wait_joined(self, cluster_id: str, lease_id: str, timeout_s: float = JOIN_WAIT_S) -> bool:
         """Polls the cluster until the lease has joined (True), or timeout_s passed or it closed (False)."""

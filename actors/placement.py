@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Callable
 
 from dcl_core import domain
 
@@ -117,31 +118,35 @@ def _trusted(m: MachineCapacity, r: NodeRequest) -> bool:
     return reliable and (not r.verified_only or m.gpus_verified)
 
 
-def _fits(m: MachineCapacity, r: NodeRequest) -> bool:
+def fits(m: MachineCapacity, r: NodeRequest) -> bool:
     return (_fits_resources(m, r) and (r.max_price is None or r.price_of(m) <= r.max_price)
             and _trusted(m, r))
+
+
+def rank(r: NodeRequest) -> Callable[[MachineCapacity], tuple]:
+    """How a request ranks the machines that fit it (least first). Workers spread over machines (fewest
+    of this cluster's nodes, then cheapest, then roomiest); the head goes where it wastes the fewest GPUs."""
+    if r.role == domain.NodeRole.HEAD:
+        return lambda m: (len(m.free_gpus), m.leases_of_cluster, -m.free_cpus)
+    return lambda m: (m.leases_of_cluster, r.price_of(m), -len(m.free_gpus), -m.free_cpus)
 
 
 def place(machines: list[MachineCapacity], requests: list[NodeRequest]) -> list[Assignment]:
     """Assigns every request to a machine, or raises InsufficientCapacity naming what is available.
 
-    Workers go first, biggest first, spread over machines (fewest of this cluster's nodes, then
-    cheapest, then roomiest); the head goes last where it wastes the fewest GPUs.
+    Workers go first, biggest first; the head last; each on the machine it ranks first (rank).
     """
     # Copy-on-pick: of 10,000 machines only the few chosen are copied and changed.
     picked: dict[str, MachineCapacity] = {}
     ordered = sorted(requests, key=lambda r: (r.role == domain.NodeRole.HEAD, -r.gpus, -r.cpus))
     assignments = []
     for r in ordered:
-        fitting = [v for m in machines if _fits(v := picked.get(m.machine_id, m), r)]
+        fitting = [v for m in machines if fits(v := picked.get(m.machine_id, m), r)]
         if not fitting:
             filtered = r.max_price is not None or r.min_reliability is not None or r.verified_only
             left = [picked.get(m.machine_id, m) for m in machines] if filtered else machines
             raise InsufficientCapacity(_shortage_message(machines, requests, r, left), available=summarize(machines))
-        if r.role == domain.NodeRole.HEAD:
-            best = min(fitting, key=lambda m: (len(m.free_gpus), m.leases_of_cluster, -m.free_cpus))
-        else:
-            best = min(fitting, key=lambda m: (m.leases_of_cluster, r.price_of(m), -len(m.free_gpus), -m.free_cpus))
+        best = min(fitting, key=rank(r))
         if best.machine_id not in picked:
             best = picked[best.machine_id] = dataclasses.replace(best, free_gpus=list(best.free_gpus))
         taken = tuple(best.free_gpus[:r.gpus])

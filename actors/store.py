@@ -164,6 +164,17 @@ MIGRATIONS: list[str] = [
     ALTER TABLE machines ADD COLUMN gpu_check_detail TEXT;
     ALTER TABLE machines ADD COLUMN gpu_check_lease TEXT;
     """,
+    # 8: when what placement reads of a machine last changed (registration, a node ended on it), so that the
+    # ClusterManager's machine index reads only those rows again (actors.machine_index); and what it reads at
+    # every placement, from indexes alone: the machines not online or held by a GPU check, the ids of the leases
+    # holding capacity
+    """
+    ALTER TABLE machines ADD COLUMN changed_at REAL NOT NULL DEFAULT 0;
+    CREATE INDEX machines_changed ON machines(changed_at);
+    CREATE INDEX machines_liveness ON machines(status, last_heartbeat);
+    CREATE INDEX leases_status ON leases(status, id);
+    CREATE INDEX machines_gpu_check ON machines(gpu_check);
+    """,
 ]
 
 
@@ -301,6 +312,10 @@ class SqliteBackend:
         async with self._reader.execute(sql, args) as cursor:
             return [dict(r) for r in await cursor.fetchall()]
 
+    async def fetchcolumn(self, sql: str, args: Sequence = ()) -> list:
+        async with self._reader.execute(sql, args) as cursor:
+            return [r[0] for r in await cursor.fetchall()]
+
     async def atomic(self, statements: Callable[[_SqliteTransaction], Awaitable[T]],
                      lock_wait_s: float | None = None) -> T:
         """Shielded: a caller cancelled half-way (an HTTP client that hung up, a cancelled actor call)
@@ -429,6 +444,11 @@ class Database:
         await self.conn()
         return await self._backend.fetchall(sql, args)
 
+    async def _fetchcolumn(self, sql: str, args: Sequence = ()) -> list:
+        """The first column of every row (no dict per row: for long lists of ids)."""
+        await self.conn()
+        return await self._backend.fetchcolumn(sql, args)
+
     async def _write(self, sql: str, args: Sequence = (), lock_wait_s: float | None = None) -> int:
         """One statement in a transaction of its own; returns the rows it changed."""
         return await self._atomic(lambda tx: tx.execute(sql, args), lock_wait_s)
@@ -486,20 +506,20 @@ class Store(Database):
         await self._write(
             """INSERT INTO machines (id, provider_id, machine_key, name, spec, gpu_model, gpus, cpus,
                    memory_mb, price_per_gpu_hour, price_per_cpu_hour, status, registered_at, last_heartbeat,
-                   gpu_check, gpu_check_detail)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                   gpu_check, gpu_check_detail, changed_at)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                ON CONFLICT (provider_id, machine_key) DO UPDATE SET
                    name = excluded.name, spec = excluded.spec, gpu_model = excluded.gpu_model,
                    gpus = excluded.gpus, cpus = excluded.cpus, memory_mb = excluded.memory_mb,
                    price_per_gpu_hour = excluded.price_per_gpu_hour,
                    price_per_cpu_hour = excluded.price_per_cpu_hour,
                    status = excluded.status, last_heartbeat = excluded.last_heartbeat,
-                   gpu_check = COALESCE(excluded.gpu_check, machines.gpu_check), """
+                   changed_at = excluded.changed_at, gpu_check = COALESCE(excluded.gpu_check, machines.gpu_check), """
             f"gpu_check_detail = {kept.format('gpu_check_detail')}, gpu_checked_at = {kept.format('gpu_checked_at')}, "
             f"gpu_check_lease = {kept.format('gpu_check_lease')}",
             (machine_id, provider_id, machine_key, name, spec.model_dump_json(), spec.gpu_model,
              len(spec.gpus), spec.cpus, spec.memory_mb, price_per_gpu_hour, price_per_cpu_hour,
-             domain.MachineStatus.ONLINE.value, now, now, status, detail))
+             domain.MachineStatus.ONLINE.value, now, now, status, detail, now))
         return await self._fetchone(self._MACHINE_SELECT + " WHERE m.provider_id = ? AND m.machine_key = ?",
                                     (provider_id, machine_key))
 
@@ -586,6 +606,15 @@ def online_where(alias: str = "machines") -> str:
     """The online rule (dcl_core.domain.MachineStatus.effective) as SQL over a machines row; one `?` takes
     the cutoff (now - PlatformSettings.offline_after_s)."""
     return f"{alias}.status = '{domain.MachineStatus.ONLINE.value}' AND {alias}.last_heartbeat >= ?"
+
+
+def not_online_ids_sql(alias: str = "machines") -> str:
+    """The ids of the machines online_where leaves out (a machine never heard from included), as index range
+    reads (machines_liveness) rather than a scan of every machine; one `?` takes the cutoff."""
+    others = ", ".join(f"'{s.value}'" for s in domain.MachineStatus if s is not domain.MachineStatus.ONLINE)
+    online = f"SELECT {alias}.id FROM machines {alias} WHERE {alias}.status = '{domain.MachineStatus.ONLINE.value}' AND"
+    return (f"SELECT {alias}.id FROM machines {alias} WHERE {alias}.status IN ({others})"
+            f" UNION ALL {online} {alias}.last_heartbeat < ? UNION ALL {online} {alias}.last_heartbeat IS NULL")
 
 
 def decode_machine(row: dict) -> dict:

@@ -104,6 +104,9 @@ class PostgresBackend:
     async def fetchall(self, sql: str, args: Sequence = ()) -> list[dict]:
         return [dict(r) for r in await self._pool.fetch(dialect.numbered_placeholders(sql), *args)]
 
+    async def fetchcolumn(self, sql: str, args: Sequence = ()) -> list:
+        return [r[0] for r in await self._pool.fetch(dialect.numbered_placeholders(sql), *args)]
+
     async def atomic(self, statements: Callable[[_Transaction], Awaitable[T]],
                      lock_wait_s: float | None = None) -> T:
         """One transaction; shielded like SQLite's, so a cancelled caller never splits it. With

@@ -16,11 +16,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks import (api_throughput, cluster_start, common, expiry, footprint, platform_session, release, sandbox,
-                        scale)
+from benchmarks import (api_throughput, cluster_start, common, expiry, footprint, head_limits, platform_session, release,
+                        sandbox, scale)
 
 # Run order: the cluster cycles first (figures 1, 2 and 6 share them), the 10,000 machines last.
-FIGURES = {m.NAME: m for m in (cluster_start, release, sandbox, footprint, expiry, api_throughput, scale)}
+FIGURES = {m.NAME: m for m in (cluster_start, release, sandbox, footprint, expiry, api_throughput, scale,
+                                 head_limits)}
 DEFAULT_OUT = common.REPO_ROOT / "benchmarks" / "results" / "latest.json"
 
 

@@ -21,6 +21,7 @@ import httpx
 from actors import cluster_manager, cluster_store, placement
 from actors import settings as settings_mod
 from benchmarks import api_throughput, common
+from dcl_core import domain
 
 NAME = "scale"
 TARGET_P99_MS = 50.0
@@ -110,21 +111,24 @@ def time_pure_placement(n: int, active: int, reps: int) -> list[float]:
     return out
 
 
-async def time_manager_placement(db_dir: Path, n: int, active: int, reps: int) -> list[float]:
-    """ClusterManager._place (the SQL queries of online machines and active leases, then the decision)
-    on a real SQLite database holding n machines and `active` active leases."""
+async def seed_store(db_dir: Path, n: int, active: int) -> cluster_store.ClusterStore:
+    """A real SQLite database holding n online machines (10 providers) and `active` active leases, written
+    in bulk (a simulated fleet: registration through the API is measured by `run`)."""
     store = cluster_store.ClusterStore(db_dir / "platform.db")
     conn = await store.conn()
     now = time.time()
     await conn.executemany("INSERT INTO accounts (id, username, password_hash, role, created_at) VALUES (?, ?, ?, ?, ?)",
                            [(p + 1, f"prov-{p}", "x", "provider", now) for p in range(10)])
     rows = synthetic_rows(n)
+    # Registered an hour ago (the spec and GPU status registration gives: GPUs declared), heartbeating since.
     await conn.executemany(
         "INSERT INTO machines (id, provider_id, machine_key, name, spec, gpu_model, gpus, cpus, memory_mb,"
-        " price_per_gpu_hour, price_per_cpu_hour, status, registered_at, last_heartbeat)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'online', ?, ?)",
-        [(r["id"], i % 10 + 1, r["id"], r["id"], json.dumps({"hostname": r["id"]}), r["gpu_model"], r["gpus"], r["cpus"],
-          512_000, r["price_per_gpu_hour"], r["price_per_cpu_hour"], now, now) for i, r in enumerate(rows)])
+        " price_per_gpu_hour, price_per_cpu_hour, status, registered_at, last_heartbeat, changed_at, gpu_check)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'online', ?, ?, ?, ?)",
+        [(r["id"], i % 10 + 1, r["id"], r["id"], json.dumps(register_body(i, r["id"])["spec"]), r["gpu_model"], r["gpus"],
+          r["cpus"], 512_000, r["price_per_gpu_hour"], r["price_per_cpu_hour"], now - 3600, now, now - 3600,
+          domain.GpuVerification.DECLARED.value if r["gpus"] else domain.GpuVerification.NO_GPUS.value)
+         for i, r in enumerate(rows)])
     leases = synthetic_leases(rows, active)
     clusters = sorted({l["cluster_id"] for l in leases})
     await conn.executemany("INSERT INTO clusters (id, owner_id, name, spec, status, created_at, updated_at, expires_at)"
@@ -134,8 +138,19 @@ async def time_manager_placement(db_dir: Path, n: int, active: int, reps: int) -
         " VALUES (?, ?, ?, ?, ?, ?, 'open', ?)",
         [(l["id"], l["cluster_id"], l["machine_id"], l["role"], json.dumps(l["gpus"]), l["cpus"], now) for l in leases])
     await conn.commit()
+    return store
+
+
+async def time_manager_placement(db_dir: Path, n: int, active: int, reps: int) -> dict:
+    """ClusterManager._place (machine index, the active leases and the machines not online read fresh, then
+    the decision) on a real SQLite database holding n machines and `active` active leases; `load_s`: the
+    index's load from the database, as ClusterManager.start does it."""
+    store = await seed_store(db_dir, n, active)
     settings = settings_mod.PlatformSettings(state_dir=db_dir, heartbeat_interval_s=BEAT_EVERY_S)
     manager = cluster_manager.ClusterManager(store, settings, registry=None, launcher=None)
+    t0 = time.perf_counter()
+    await manager._load_machines()  # noqa: SLF001 (what start() does first)
+    load_s = time.perf_counter() - t0
     requests = placement.cluster_requests(1, 8, 1, None)
     out = []
     for _ in range(reps):
@@ -143,7 +158,7 @@ async def time_manager_placement(db_dir: Path, n: int, active: int, reps: int) -
         await manager._place("c-" + secrets.token_hex(6), requests)  # noqa: SLF001 (the path create_cluster runs)
         out.append(time.perf_counter() - t0)
     await store.close()
-    return out
+    return {"place_s": out, "load_s": load_s}
 
 
 def _ms(values: list[float]) -> list[float]:
@@ -162,12 +177,13 @@ def placement_rows(ctx, n: int) -> list[common.Row]:
                                     f"ms_with_{n // 10}_active_leases": common.summary(pure_leased, 2)}))
     for active in (0, n // 10):
         db_dir = Path(tempfile.mkdtemp(prefix="place-", dir=ctx.workdir))
-        full = _ms(asyncio.run(time_manager_placement(db_dir, n, active, max(3, reps // 3))))
+        timed = asyncio.run(time_manager_placement(db_dir, n, active, reps))
+        full = _ms(timed["place_s"])
         p50 = common.median(full)
         rows.append(common.Row(
             figure=NAME, metric=f"place 8-GPU request: ClusterManager path incl. SQLite, {active:,} active leases",
             value=p50, unit="ms", target=f"<= {TARGET_PLACE_MS:g} ms", met=p50 <= TARGET_PLACE_MS,
-            details={"ms": common.summary(full, 2)}))
+            details={"ms": common.summary(full, 2), "index_load_ms (once, at start)": round(timed["load_s"] * 1000, 1)}))
     return rows
 
 

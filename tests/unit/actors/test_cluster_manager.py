@@ -702,3 +702,26 @@ def test_lost_nodes_lower_their_machines_reliability_and_the_floor_skips_them(en
         assert worker["machine_id"] not in {n["machine_id"] for n in ok["nodes"]}
         await close(e.store, e.db)
     asyncio.run(go())
+
+
+def test_a_reconcile_tick_reads_the_leases_of_a_cluster_whose_nodes_all_joined_once(env, clock):
+    """JoinWatcher's read is reused when it had nothing to ask the head; a cluster still joining is read afresh."""
+    async def go():
+        e = await env()
+        manager, _, _, buyer, db = e
+        c = await manager.create_cluster(buyer, {"num_workers": 2, "duration_s": 600})
+        await settle(manager)
+        await manager.reconcile_once()
+        assert (await manager.get_cluster(buyer, c["id"]))["status"] == "running"
+        reads = []
+        leases_of = e.store.leases_of
+
+        async def counted(cluster_id):
+            reads.append(cluster_id)
+            return await leases_of(cluster_id)
+        e.store.leases_of = counted
+        await manager.reconcile_once()
+        assert reads == [c["id"]]
+        assert (await manager.get_cluster(buyer, c["id"]))["status"] == "running"
+        await close(e.store, db)
+    asyncio.run(go())

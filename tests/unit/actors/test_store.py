@@ -245,3 +245,33 @@ def test_a_write_waits_out_a_short_lock_and_succeeds(tmp_path):
         await s.close()
         return account["username"]
     assert run(go()) == "alice"
+
+
+def test_placement_reads_changed_rows_and_the_machines_it_may_not_use_on_both_backends(db_location):
+    from actors import cluster_store
+
+    async def go():
+        s = store.Store(db_location)
+        acct = await s.create_account("prov", "h", domain.Role.PROVIDER, 1.0)
+        for i, now in enumerate([10.0, 20.0, 30.0]):
+            await s.upsert_machine(machine_id=f"m-00000000000{i}", provider_id=acct["id"], machine_key=f"key-0000{i}",
+                                   name=f"n{i}", spec=spec(), price_per_gpu_hour=0, price_per_cpu_hour=0.1, now=now)
+        await s.set_machine_status("m-000000000002", domain.MachineStatus.GONE)
+        await s.upsert_machine(machine_id="m-000000000003", provider_id=acct["id"], machine_key="key-00003",
+                               name="n3", spec=spec(1), price_per_gpu_hour=1, price_per_cpu_hour=0.1, now=30.0,
+                               gpu_check=(domain.GpuVerification.PENDING, "{}"))
+        await s.upsert_machine(machine_id="m-000000000000", provider_id=acct["id"], machine_key="key-00000",
+                               name="n0", spec=spec(), price_per_gpu_hour=0, price_per_cpu_hour=0.2, now=40.0)
+        await s.close()
+        c = cluster_store.ClusterStore(db_location)
+        changed = await c.placement_machines(changed_since=35.0)
+        every = await c.placement_machines()
+        try:
+            return changed, every, await c.unplaceable_machine_ids(cutoff=25.0)
+        finally:
+            await c.close()
+    changed, every, unplaceable = run(go())
+    assert [(r["id"], r["price_per_cpu_hour"], r["provider"]) for r in changed] == [("m-000000000000", 0.2, "prov")]
+    assert len(every) == 4
+    # m-1 beat last at 20 (before the cutoff), m-2 left, m-3's GPU check is due; m-0 beat again at 40.
+    assert unplaceable == {"m-000000000001", "m-000000000002", "m-000000000003"}
