@@ -155,6 +155,14 @@ MIGRATIONS: list[str] = [
     ALTER TABLE machines ADD COLUMN leases_completed INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE machines ADD COLUMN leases_lost INTEGER NOT NULL DEFAULT 0;
     """,
+    # 7: secrets kept in a shared database (PostgreSQL), encrypted (actors.platform_secrets)
+    """
+    CREATE TABLE secrets (
+        name        TEXT PRIMARY KEY,
+        ciphertext  TEXT NOT NULL,
+        created_at  REAL NOT NULL
+    );
+    """,
 ]
 
 

@@ -93,3 +93,8 @@ ENV_LEASE_ID = "DCL_LEASE_ID"
 # Ray node label the agent sets on every node of a lease (with the platform's dcluster.io/* labels):
 # the platform maps the sub-cluster's GCS nodes to leases by it (actors.node_observer).
 LEASE_LABEL = "dcluster.io/lease"
+
+# Ray node label of a platform node added with `dcluster up --join` (not the head): on PostgreSQL the control-plane
+# actors prefer such a node, so a lost head does not take them with it (actors.actor_classes).
+PLATFORM_MEMBER_LABEL = "dcluster.io/platform-member"
+PLATFORM_MEMBER_VALUE = "true"
