@@ -320,7 +320,8 @@ class PlatformLauncher:
         self._save(record)
         try:
             command = lambda: pstate.ray_member_command(head_address=self.join, ports=ports, temp_dir=temp_dir)
-            self._start_node(record, self._node_env(ports), command, ports, MEMBER_CORE_PROCESSES)
+            env = {**self._node_env(ports), pstate.GCS_RECONNECT_ENV: str(pstate.MEMBER_GCS_RECONNECT_S)}
+            self._start_node(record, env, command, ports, MEMBER_CORE_PROCESSES)
         except BaseException as exc:
             record["status"] = pstate.STATUS_FAILED
             record["error"] = (str(exc).splitlines() or [type(exc).__name__])[0]

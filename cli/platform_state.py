@@ -248,6 +248,11 @@ def ray_member_command(*, head_address: str, ports: RayPorts, temp_dir: Path, nu
 # --- a platform on several nodes ---------------------------------------------------------
 
 REDIS_URL = re.compile(r"^redis://(?P<host>[A-Za-z0-9.\-]+|\[[0-9a-fA-F:]+\]):(?P<port>[0-9]{1,5})/?$")
+# How long the processes of a joined node wait for a lost head's GCS to come back before they exit (Ray's default
+# is 60 s: too short for an operator, or a busy machine, to restart a head).
+GCS_RECONNECT_ENV = "RAY_gcs_rpc_server_reconnect_timeout_s"
+MEMBER_GCS_RECONNECT_S = 600
+
 # Ray's GCS keeps its tables in external Redis under this namespace: one per platform (so several share a Redis).
 REDIS_NAMESPACE_ENV = "RAY_external_storage_namespace"
 
