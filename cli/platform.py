@@ -234,12 +234,19 @@ class PlatformLauncher:
         secret_files.ensure_private_dir(self.layout.home)
         secret_files.ensure_private_dir(self.layout.logs)
         if previous is not None:
-            ports = pstate.RayPorts.from_dict(previous["ray_ports"])
-            logger.info("restarting the head on Redis %s: the GCS comes back at 127.0.0.1:%d", self.redis, ports.gcs)
+            # Only the GCS port must be the same (the other nodes reconnect to it); the rest are picked afresh,
+            # since another node on this machine may hold one of the old ones by now.
+            gcs = pstate.RayPorts.from_dict(previous["ray_ports"]).gcs
+            ports = dataclasses.replace(procs.allocate_ray_ports(exclude=(self.port, gcs)), gcs=gcs)
+            logger.info("restarting the head on Redis %s: the GCS comes back at 127.0.0.1:%d", self.redis, gcs)
         else:
             ports = procs.allocate_ray_ports(exclude=(self.port,))
         temp_dir = pstate.ray_temp_dir(self.state_dir)
         secret_files.ensure_private_dir(temp_dir)
+        if previous is not None:
+            # The dead head's address file: with a joined node on this machine whose processes name that GCS
+            # address, `ray start` would take the head for still running and refuse.
+            (temp_dir / pstate.RAY_ADDRESS_FILE).unlink(missing_ok=True)
         record = {
             "version": 1,
             "role": ROLE_HEAD,

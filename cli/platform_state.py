@@ -248,6 +248,8 @@ def ray_member_command(*, head_address: str, ports: RayPorts, temp_dir: Path, nu
 # --- a platform on several nodes ---------------------------------------------------------
 
 REDIS_URL = re.compile(r"^redis://(?P<host>[A-Za-z0-9.\-]+|\[[0-9a-fA-F:]+\]):(?P<port>[0-9]{1,5})/?$")
+# Where `ray start --head` writes the GCS address of the last head it started (under its temp dir).
+RAY_ADDRESS_FILE = "ray_current_cluster"
 # How long the processes of a joined node wait for a lost head's GCS to come back before they exit (Ray's default
 # is 60 s: too short for an operator, or a busy machine, to restart a head).
 GCS_RECONNECT_ENV = "RAY_gcs_rpc_server_reconnect_timeout_s"

@@ -93,8 +93,15 @@ def two_nodes():
             member_dir, port=port, join=f"127.0.0.1:{head.record['ray_ports']['gcs']}"))
         nodes.append(member)
         member.launcher.up()
+
+        def restart_head():
+            try:
+                platform_mod.PlatformLauncher(root / "head", **head_kw).up()
+            except platform_mod.pstate.PlatformError as exc:
+                raise AssertionError(f"{exc}\n{exc.details or ''}") from None
+
         yield {"head": head, "member": member, "url": f"http://127.0.0.1:{port}", "root": root,
-               "restart_head": lambda: platform_mod.PlatformLauncher(root / "head", **head_kw).up(), "agents": agents}
+               "restart_head": restart_head, "agents": agents}
     finally:
         for agent in agents:
             agent.stop(grace_s=5)
