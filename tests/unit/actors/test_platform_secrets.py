@@ -115,3 +115,45 @@ def test_no_key_or_a_malformed_one_is_refused_with_how_to_make_one():
         secret_box.SecretBox.from_environment({})
     with pytest.raises(secret_box.SecretKeyError, match="not a Fernet key"):
         secret_box.SecretBox.from_environment({secret_files.SECRET_KEY_ENV: "too-short"})
+
+
+def test_a_registry_on_postgresql_without_the_key_does_not_start_and_says_why(tmp_path, pg_url, monkeypatch):
+    from actors import registry, store
+    monkeypatch.delenv(secret_files.SECRET_KEY_ENV)
+    settings = PlatformSettings(state_dir=tmp_path / "node", database=pg_url, bcrypt_rounds=4)
+
+    async def go():
+        db = store.Store(pg_url)
+        try:
+            with pytest.raises(secret_box.SecretKeyError, match="DCL_SECRET_KEY"):
+                await registry.ProviderRegistry(db, settings).start()
+        finally:
+            await db.close()
+    run(go())
+
+
+def test_two_registries_on_one_database_sign_each_others_tokens_and_share_the_admin(tmp_path, pg_url):
+    """Two nodes' registries (one after the other: an actor that moved) verify each other's tokens; the second
+    does not make a second admin, and writes the credentials file on its own node."""
+    from actors import auth, registry, store
+
+    async def go():
+        regs, dbs = [], []
+        for name in ("head", "member"):
+            db = store.Store(pg_url)
+            dbs.append(db)
+            reg = registry.ProviderRegistry(db, PlatformSettings(state_dir=tmp_path / name, database=pg_url,
+                                                                 bcrypt_rounds=4))
+            await reg.start()
+            regs.append(reg)
+        token = regs[0]._tokens_or_fail().issue(auth.Principal(1, "admin", registry.domain.Role.ADMIN))
+        principal = regs[1]._tokens_or_fail().verify(token)
+        admins = await dbs[1].count_accounts(registry.domain.Role.ADMIN)
+        for db in dbs:
+            await db.close()
+        return principal, admins
+    principal, admins = run(go())
+    assert principal.username == "admin" and admins == 1
+    head = json.loads((tmp_path / "head" / "admin_credentials.json").read_text())
+    assert json.loads((tmp_path / "member" / "admin_credentials.json").read_text()) == head
+    assert not (tmp_path / "head" / "jwt_secret").exists()  # the secret is in the database only
