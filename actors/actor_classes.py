@@ -9,16 +9,17 @@ import logging
 
 import ray
 
-from actors import cluster_manager, cluster_store, expiry_reaper, launcher, ray_metrics, registry, store
+from ray.util import scheduling_strategies
+
+from actors import cluster_files, cluster_manager, cluster_store, expiry_reaper, launcher, ray_metrics, registry, store
 from actors.settings import NAMESPACE, PlatformSettings
+from dcl_core import protocol
 
 logger = logging.getLogger(__name__)
 
 REGISTRY_NAME = "ProviderRegistry"
 CLUSTER_MANAGER_NAME = "ClusterManager"
 EXPIRY_REAPER_NAME = "ExpiryReaper"
-# Pins control-plane actors to the head node, where the state dir (and so the database) is.
-HEAD_NODE_RESOURCE = {"node:__internal_head__": 0.001}
 
 
 def thin_actor(core_cls: type, build) -> type:
@@ -121,7 +122,8 @@ def _build_cluster_manager(settings_json: str) -> cluster_manager.ClusterManager
     return cluster_manager.ClusterManager(
         cluster_store.ClusterStore(settings.db_location), settings,
         registry=ActorProxy(REGISTRY_NAME), reaper=ActorProxy(EXPIRY_REAPER_NAME),
-        launcher=launcher.RayClusterLauncher(str(settings.state_dir / "launcher-tmp")),
+        launcher=launcher.RayClusterLauncher(str(settings.state_dir / cluster_files.LAUNCHER_TMP),
+                                             on_head=not settings.shared_database),
         metrics=ray_metrics.RayMetrics())
 
 
@@ -138,10 +140,20 @@ def _build_expiry_reaper(settings_json: str) -> expiry_reaper.ExpiryReaper:
 ExpiryReaperActor = thin_actor(expiry_reaper.ExpiryReaper, _build_expiry_reaper)
 
 
-def _detached(cls: type, name: str):
+def placement(settings: PlatformSettings) -> dict:
+    """Where the control-plane actors may run. SQLite: on the head, beside the database file. PostgreSQL: on
+    any platform node, preferring one added with `dcluster up --join`, so a lost head does not take them along
+    (they restart on another node when theirs is lost)."""
+    if not settings.shared_database:
+        return {"resources": launcher.HEAD_NODE_RESOURCE}
+    return {"scheduling_strategy": scheduling_strategies.NodeLabelSchedulingStrategy(
+        hard={}, soft={protocol.PLATFORM_MEMBER_LABEL: scheduling_strategies.In(protocol.PLATFORM_MEMBER_VALUE)})}
+
+
+def _detached(cls: type, name: str, settings: PlatformSettings):
     return ray.remote(cls).options(
         name=name, namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
-        max_restarts=-1, max_task_retries=-1, num_cpus=0, resources=HEAD_NODE_RESOURCE,
+        max_restarts=-1, max_task_retries=-1, num_cpus=0, **placement(settings),
         # Long polls from many agents wait inside the registry at once.
         max_concurrency=10_000,
     )
@@ -151,7 +163,7 @@ def ensure_actors(settings: PlatformSettings) -> dict[str, "ray.actor.ActorHandl
     """Looks up the control-plane actors, creating any that do not exist yet."""
     settings_json = settings.model_dump_json()
     return {
-        REGISTRY_NAME: _detached(ProviderRegistryActor, REGISTRY_NAME).remote(settings_json),
-        CLUSTER_MANAGER_NAME: _detached(ClusterManagerActor, CLUSTER_MANAGER_NAME).remote(settings_json),
-        EXPIRY_REAPER_NAME: _detached(ExpiryReaperActor, EXPIRY_REAPER_NAME).remote(settings_json),
+        REGISTRY_NAME: _detached(ProviderRegistryActor, REGISTRY_NAME, settings).remote(settings_json),
+        CLUSTER_MANAGER_NAME: _detached(ClusterManagerActor, CLUSTER_MANAGER_NAME, settings).remote(settings_json),
+        EXPIRY_REAPER_NAME: _detached(ExpiryReaperActor, EXPIRY_REAPER_NAME, settings).remote(settings_json),
     }

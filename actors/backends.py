@@ -21,6 +21,8 @@ class Backend(Protocol):
     watches_leases: bool
     # Running as soon as the launcher brought the head up (workers join through the head's autoscaler).
     running_once_head_is_up: bool
+    # Its launcher config names the cluster's Ray token file (cluster_files.TOKEN_FILE in the cluster's dir).
+    names_token_file: bool
 
     def check(self, spec: ClusterSpec) -> None:
         """Raises errors.InvalidInput when this platform cannot run spec on this backend."""
@@ -40,6 +42,7 @@ class MarketBackend:
 
     watches_leases = True
     running_once_head_is_up = False
+    names_token_file = False
 
     def __init__(self, settings: PlatformSettings, tokens: Callable[[], auth.TokenIssuer]):
         self._settings = settings
@@ -72,6 +75,7 @@ class AwsBackend:
 
     watches_leases = False
     running_once_head_is_up = True
+    names_token_file = True
 
     def __init__(self, settings: PlatformSettings):
         self._settings = settings

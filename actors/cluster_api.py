@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 
-from actors import auth, cluster_files, cluster_logs, cluster_views as views, quotas
+from actors import auth, cluster_logs, cluster_views as views, quotas
 from actors import usage as usage_mod
 from dcl_core import domain, errors, ids
 from dcl_core.cluster_spec import ClusterSpec
@@ -35,7 +35,7 @@ class BuyerApi:
                          "spec": spec.model_dump_json(), "status": S.PENDING.value,
                          "expires_at": now + spec.duration_s},
                 leases=leases, event=summary, now=now)
-        cluster_files.write_cluster_token(self._settings.clusters_dir / cid, ids.new_ray_auth_token())
+        await self._secrets.save_cluster_token(cid, ids.new_ray_auth_token())
         logger.info("cluster %s created for %s: %d worker(s)", cid, principal.username, spec.num_workers)
         await self._schedule_expiry(cid)
         self._spawn(cid, self._provision(cid))
@@ -95,7 +95,7 @@ class BuyerApi:
         if not S(row["status"]).is_active() or head is None:
             raise errors.Conflict(f"cluster {cluster_id} is {row['status']}: connection details exist once its "
                                   "head node has joined (see GET /v1/clusters/{id}/events)")
-        token = cluster_files.read_cluster_token(self._settings.clusters_dir / cluster_id)
+        token = await self._secrets.cluster_token(cluster_id)
         return views.connection_details(head["node_ip"], head["ports"], token,
                                         f"{self._settings.api_url.rstrip('/')}/v1/clusters/{cluster_id}")
 
@@ -107,7 +107,7 @@ class BuyerApi:
         target = views.proxy_target(cluster_id, row["status"], await self._store.leases_of(cluster_id), service,
                                     node_id)
         if service == "dashboard":
-            target["token"] = cluster_files.read_cluster_token(self._settings.clusters_dir / cluster_id)
+            target["token"] = await self._secrets.cluster_token(cluster_id)
         return target
 
     async def extend_cluster(self, principal: auth.Principal, cluster_id: str, duration_s: int) -> dict:

@@ -11,6 +11,7 @@ import time
 from typing import Awaitable, Callable, Protocol, TypeVar
 
 from actors import auth, backends as backends_mod, cluster_files, cluster_views as views, lifecycle, placement
+from actors import platform_secrets
 from actors import cluster_store as cstore
 from actors import metrics as metrics_mod
 from actors import cluster_logs, gpu_checks, quota_book, reputation
@@ -70,8 +71,10 @@ class ClusterManager(BuyerApi, NodeProviderApi):
     def __init__(self, store: cstore.ClusterStore, settings: PlatformSettings, *, registry: Registry,
                  launcher: Launcher, reaper: Reaper | None = None, clock: Callable[[], float] = time.time,
                  metrics: metrics_mod.Metrics | None = None, observer: node_observer.Observer | None = None,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep):
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 secrets: platform_secrets.Secrets | None = None):
         self._store = store
+        self._secrets = secrets or platform_secrets.for_settings(settings)
         self._metrics = metrics or metrics_mod.NullMetrics()
         self._settings = settings
         self._registry = registry
@@ -80,7 +83,7 @@ class ClusterManager(BuyerApi, NodeProviderApi):
         self._clock = clock
         self._quotas = quota_book.QuotaBook(store, settings, clock)
         # Joined (billed) = seen ALIVE in the cluster's own GCS, never a command's exit status.
-        self._joins = joins_mod.JoinWatcher(store, settings.clusters_dir, observer or node_observer.NodeObserver(),
+        self._joins = joins_mod.JoinWatcher(store, self._secrets.cluster_token, observer or node_observer.NodeObserver(),
                                             clock=clock, sleep=sleep)
         self._logs = cluster_logs.ClusterLogs(store, max_bytes_per_cluster=settings.cluster_logs_max_bytes,
                                               retention_s=settings.cluster_logs_retention_s, clock=clock)
@@ -354,7 +357,7 @@ class ClusterManager(BuyerApi, NodeProviderApi):
             lease_id=lease["id"], cluster_id=cluster["id"], role=lease["role"], gpu_indices=lease["gpus"],
             resources={f"provider_{lease['machine_id']}": 1.0},
             labels=views.node_labels(cluster["id"], lease, machine),
-            ray_auth_token=cluster_files.read_cluster_token(self._settings.clusters_dir / cluster["id"]),
+            ray_auth_token=await self._secrets.cluster_token(cluster["id"]),
             head_gcs_port=head["ports"]["gcs"] if head and lease["role"] == N.WORKER else None,
             cpus=lease["cpus"], image=ClusterSpec.model_validate_json(cluster["spec"]).image)
         result = await self._registry.send_work(lease["machine_id"], protocol.LEASE_OPEN, payload.model_dump(),
@@ -404,7 +407,7 @@ class ClusterManager(BuyerApi, NodeProviderApi):
             return
         await self._event(cluster_id, "provisioning", "starting the head node with the Ray cluster launcher")
         try:
-            await asyncio.wait_for(self._launcher.create(self._launcher_config(row)),
+            await asyncio.wait_for(self._launcher.create(await self._launcher_config(row)),
                                    timeout=self._settings.provision_timeout_s)
         except Exception as exc:
             await self._fail(cluster_id, f"the cluster launcher failed: {views.describe(exc)}")
@@ -452,16 +455,19 @@ class ClusterManager(BuyerApi, NodeProviderApi):
         await self._event(cluster_id, "released", f"all nodes released in {self._clock() - started:.1f} s")
         if had_nodes:
             try:
-                await asyncio.wait_for(self._launcher.teardown(self._launcher_config(row)), timeout=TEARDOWN_TIMEOUT_S)
+                await asyncio.wait_for(self._launcher.teardown(await self._launcher_config(row)), timeout=TEARDOWN_TIMEOUT_S)
             except Exception as exc:
                 await self._event(cluster_id, "teardown_warning", f"launcher teardown: {views.describe(exc)}")
         await self._store.set_cluster_status(cluster_id, final, self._clock(), reason=reason)
         await self._event(cluster_id, final.value, f"{final.value} {self._clock() - started:.1f} s after "
                           "the teardown began")
 
-    def _launcher_config(self, row: dict) -> dict:
+    async def _launcher_config(self, row: dict) -> dict:
         spec = ClusterSpec.model_validate_json(row["spec"])
-        return self._backend(spec).launcher_config(row, spec, self._clock())
+        backend = self._backend(spec)
+        if backend.names_token_file:  # the config names a file: make sure this node has it
+            await self._secrets.cluster_token_file(row["id"])
+        return backend.launcher_config(row, spec, self._clock())
 
     def _spawn(self, cluster_id: str, coro) -> None:
         task = asyncio.get_running_loop().create_task(coro)

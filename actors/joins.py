@@ -13,7 +13,6 @@ import logging
 from typing import Awaitable, Callable
 
 from actors import cluster_store as cstore
-from actors import cluster_files
 from dcl_core import domain
 from actors import node_observer
 
@@ -46,10 +45,11 @@ def newly_joined(leases: list[dict], nodes: list[node_observer.ObservedNode]) ->
 class JoinWatcher:
     """Observes clusters and marks their leases joined; never raises for a head that cannot be read."""
 
-    def __init__(self, store: cstore.ClusterStore, clusters_dir, observer: node_observer.Observer, *,
+    def __init__(self, store: cstore.ClusterStore, cluster_token: Callable[[str], Awaitable[str]],
+                 observer: node_observer.Observer, *,
                  clock: Callable[[], float], sleep: Callable[[float], Awaitable[None]] = asyncio.sleep):
         self._store = store
-        self._clusters_dir = clusters_dir
+        self._cluster_token = cluster_token  # a cluster's Ray auth token, by its id
         self._observer = observer
         self._clock = clock
         self._sleep = sleep
@@ -67,7 +67,7 @@ class JoinWatcher:
         if head is None or not unjoined(leases):
             return [], leases
         try:
-            token = cluster_files.read_cluster_token(self._clusters_dir / cluster_id)
+            token = await self._cluster_token(cluster_id)
             nodes = await self._observer.alive_nodes(head["node_ip"], head["ports"]["dashboard"], token)
         except (node_observer.ObserveError, OSError) as exc:
             logger.debug("cluster %s: its head's nodes could not be read: %s", cluster_id, exc)

@@ -9,8 +9,8 @@ import ray
 
 logger = logging.getLogger(__name__)
 
-# Pins launcher work to the platform head (trusted, where the control plane runs).
-_HEAD_NODE = {"node:__internal_head__": 0.001}
+# Pins work to the platform head, where the state dir (the SQLite database, the secrets' files) is.
+HEAD_NODE_RESOURCE = {"node:__internal_head__": 0.001}
 
 
 def _prepare_process(private_tmp: str) -> None:
@@ -30,7 +30,7 @@ def _prepare_process(private_tmp: str) -> None:
 
 # max_calls=1: the launcher keeps process-wide globals (cli_logger, provider caches), so every call
 # gets a worker process of its own and concurrent launches cannot interfere.
-@ray.remote(num_cpus=0, max_calls=1, max_retries=0, resources=_HEAD_NODE)
+@ray.remote(num_cpus=0, max_calls=1, max_retries=0)
 def _create_or_update(config: dict, private_tmp: str) -> None:
     from ray.autoscaler import sdk
     _prepare_process(private_tmp)
@@ -38,7 +38,7 @@ def _create_or_update(config: dict, private_tmp: str) -> None:
                                  no_config_cache=True)
 
 
-@ray.remote(num_cpus=0, max_calls=1, max_retries=0, resources=_HEAD_NODE)
+@ray.remote(num_cpus=0, max_calls=1, max_retries=0)
 def _teardown(config: dict, private_tmp: str) -> None:
     from ray.autoscaler import sdk
     _prepare_process(private_tmp)
@@ -67,14 +67,16 @@ def _with_cloud_resources(config: dict) -> dict:
 class RayClusterLauncher:
     """The real launcher (cluster_manager.Launcher): ray.autoscaler.sdk in a Ray task each."""
 
-    def __init__(self, private_tmp: str):
+    def __init__(self, private_tmp: str, *, on_head: bool = True):
         self._private_tmp = private_tmp
+        # On the head beside the state dir (one node); anywhere when the platform's state is in PostgreSQL.
+        self._options = {"resources": HEAD_NODE_RESOURCE} if on_head else {}
 
     async def create(self, config: dict) -> None:
-        await _run(_create_or_update.remote(config, self._private_tmp))
+        await _run(_create_or_update.options(**self._options).remote(config, self._private_tmp))
 
     async def teardown(self, config: dict) -> None:
-        await _run(_teardown.remote(config, self._private_tmp))
+        await _run(_teardown.options(**self._options).remote(config, self._private_tmp))
 
 
 async def _run(ref) -> None:

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import json
 import logging
 import secrets
 import time
 from typing import Callable
 
-from actors import auth, agent_keys, gpu_verification, metrics as metrics_mod, offers, reputation, store as store_mod
-from actors import throttle as throttle_mod
-from dcl_core import domain, errors, ids, protocol, secret_files
+from actors import auth, agent_keys, gpu_verification, metrics as metrics_mod, offers, platform_secrets, reputation
+from actors import store as store_mod, throttle as throttle_mod
+from dcl_core import domain, errors, ids, protocol
 from actors.settings import PlatformSettings
 
 logger = logging.getLogger(__name__)
@@ -35,10 +34,12 @@ class ProviderRegistry:
                  hasher: auth.PasswordHasher | None = None,
                  limiter: auth.LoginLimiter | None = None,
                  throttle: throttle_mod.AuthThrottle | None = None,
-                 metrics: metrics_mod.Metrics | None = None):
+                 metrics: metrics_mod.Metrics | None = None,
+                 secrets: platform_secrets.Secrets | None = None):
         self._store = store
         self._metrics = metrics or metrics_mod.NullMetrics()
         self._settings = settings
+        self._secrets = secrets or platform_secrets.for_settings(settings)
         self._clock = clock
         self._hasher = hasher or auth.PasswordHasher(rounds=settings.bcrypt_rounds)
         self._limiter = limiter or auth.LoginLimiter(max_failures=settings.login_max_failures_per_minute)
@@ -65,19 +66,19 @@ class ProviderRegistry:
     async def start(self) -> None:
         """Recover from the database: schema, signing secret, the bootstrap admin."""
         await self._store.conn()
-        secret = auth.load_or_create_jwt_secret(self._settings.state_dir)
+        secret = await self._secrets.signing_secret()
         self._tokens = auth.TokenIssuer(secret, ttl_s=self._settings.token_ttl_s, clock=self._clock)
         await self._ensure_admin()
         self._deaf_at = self._clock()
 
     async def _ensure_admin(self) -> None:
         if await self._store.count_accounts(domain.Role.ADMIN):
+            await self._secrets.restore_admin_credentials_file()
             return
         password = secrets.token_urlsafe(18)
         password_hash = await self._run_hasher(self._hasher.hash, password)
         await self._store.create_account(ADMIN_USERNAME, password_hash, domain.Role.ADMIN, self._clock())
-        secret_files.write_secret_file(self._settings.admin_credentials_path,
-                               json.dumps({"username": ADMIN_USERNAME, "password": password}))
+        await self._secrets.save_admin_credentials({"username": ADMIN_USERNAME, "password": password})
         logger.info("created the bootstrap admin account; credentials in %s", self._settings.admin_credentials_path)
 
     async def run_offline_sweeper(self) -> None:

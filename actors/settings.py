@@ -8,13 +8,13 @@ from typing import Annotated
 from pydantic import Field
 
 from configs import aws as aws_config
-from dcl_core import domain, quota_limits
+from dcl_core import database_url, domain, quota_limits
 
 NAMESPACE = "dcluster"
 
 
 class PlatformSettings(domain.StrictModel):
-    state_dir: Annotated[Path, Field(description="Where the database and the platform's secrets live")]
+    state_dir: Annotated[Path, Field(description="SQLite: where the database and the platform's secrets live; PostgreSQL: scratch on each node (the launcher's temp files, the admin credentials file)")]
     database: Annotated[str | None, Field(
         pattern=r"^postgres(ql)?://\S+$", max_length=2000,
         description="A PostgreSQL URL (postgresql://user@host:5432/dbname) for a platform on several "
@@ -67,6 +67,11 @@ class PlatformSettings(domain.StrictModel):
     def db_location(self) -> Path | str:
         """What actors.store.Database opens: the PostgreSQL URL, else the SQLite file."""
         return self.database or self.db_path
+
+    @property
+    def shared_database(self) -> bool:
+        """The state is in a database every platform node reaches (PostgreSQL), not in the head's state dir."""
+        return database_url.is_postgres_url(self.db_location)
 
     @property
     def clusters_dir(self) -> Path:

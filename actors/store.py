@@ -175,6 +175,14 @@ MIGRATIONS: list[str] = [
     CREATE INDEX leases_status ON leases(status, id);
     CREATE INDEX machines_gpu_check ON machines(gpu_check);
     """,
+    # 9: secrets kept in a shared database (PostgreSQL), encrypted (actors.platform_secrets)
+    """
+    CREATE TABLE secrets (
+        name        TEXT PRIMARY KEY,
+        ciphertext  TEXT NOT NULL,
+        created_at  REAL NOT NULL
+    );
+    """,
 ]
 
 

@@ -49,7 +49,18 @@ def _add_up(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         "none runs buyers' code unsandboxed)")
     p.add_argument("--database", default=None, metavar="URL",
                    help="PostgreSQL for the platform's state, e.g. postgresql://dcluster@db-host:5432/dcluster "
-                        "(password in ~/.pgpass or PGPASSFILE, not in the URL); default: SQLite in the state dir")
+                        "(password in ~/.pgpass or PGPASSFILE, not in the URL); default: SQLite in the state dir. "
+                        "Secrets are then kept in it, sealed with DCL_SECRET_KEY / DCL_SECRET_KEY_FILE (else a key "
+                        "made once in <state dir>/secret.key), and the control-plane actors may run on any node")
+    p.add_argument("--api-replicas", type=int, default=None, metavar="N",
+                   help="with --database: API replicas, at most one a node, and a proxy on every node "
+                        "(default 2; set it to the number of platform nodes)")
+    p.add_argument("--redis", default=None, metavar="redis://HOST:PORT",
+                   help="GCS fault tolerance: the head keeps Ray's cluster tables in this Redis, so a head restarted "
+                        "with the same command keeps the detached actors, the Serve app and the other nodes")
+    p.add_argument("--join", default=None, metavar="HOST:PORT",
+                   help="add this machine to a running platform as another node, given the head's GCS address "
+                        "(needs the head's ray_auth_token, and its secret key, in this state dir)")
     return p
 
 
@@ -66,7 +77,8 @@ def up_settings(args: argparse.Namespace) -> dict:
 def cmd_up(args: argparse.Namespace) -> int:
     launcher = _launcher(args, port=args.port, host=args.host, providers=args.providers,
                          heartbeat_s=args.heartbeat_s, agent_gpus=args.agent_gpus, agent_cpus=args.agent_cpus,
-                         agent_runtime=args.agent_runtime, settings=up_settings(args))
+                         agent_runtime=args.agent_runtime, settings=up_settings(args), redis=args.redis,
+                         join=args.join, api_replicas=args.api_replicas)
     result = launcher.up()
     print("\n".join(result.lines()))
     if result.timings_s:

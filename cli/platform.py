@@ -36,6 +36,8 @@ AGENT_LEAVE_GRACE_S = 10.0
 STOP_GRACE_S = 5.0
 # The executables (not a kill list: only to tell whether the recorded node is still up).
 HEAD_CORE_PROCESSES = ("gcs_server", "raylet")
+MEMBER_CORE_PROCESSES = ("raylet",)
+ROLE_HEAD, ROLE_MEMBER = "head", "member"
 
 
 @dataclasses.dataclass
@@ -120,7 +122,8 @@ class PlatformLauncher:
 
     def __init__(self, state_dir: Path | None = None, *, port: int = 8000, host: str = "127.0.0.1",
                  providers: int = 0, heartbeat_s: float = 5.0, agent_gpus: int | None = None,
-                 agent_cpus: int | None = None, settings: dict | None = None, agent_runtime: str | None = None):
+                 agent_cpus: int | None = None, settings: dict | None = None, agent_runtime: str | None = None,
+                 redis: str | None = None, join: str | None = None, api_replicas: int | None = None):
         if providers < 0:
             raise pstate.PlatformError("--providers must be >= 0")
         if providers and not _is_loopback(host):
@@ -141,6 +144,25 @@ class PlatformLauncher:
         self.agent_cpus = agent_cpus
         self.agent_runtime = agent_runtime  # None: each agent's default (docker where a daemon answers, else bwrap)
         self.settings = dict(settings or {})  # more PlatformSettings fields for the Serve app
+        # GCS fault tolerance: the head's GCS keeps its tables in this Redis, so a restarted head recovers them.
+        self.redis = redis
+        if redis is not None:
+            pstate.redis_address(redis)
+        # Another platform node: the head's GCS address (host:port) it joins.
+        self.join = join
+        if join is not None and not re.fullmatch(r"[A-Za-z0-9.\-]+:[0-9]{1,5}", join):
+            raise pstate.PlatformError(f"--join takes the head's GCS address HOST:PORT (got {join!r}); "
+                                       "`dcluster status` on the head prints it")
+        if join is not None and (providers or redis or self.settings):
+            raise pstate.PlatformError("--join adds a node to a running platform: its settings (--database, --redis, "
+                                       "--providers) are the head's")
+        self.shared_database = bool(self.settings.get("database"))
+        if api_replicas is not None and not self.shared_database:
+            raise pstate.PlatformError("--api-replicas needs --database: on SQLite the API runs beside the head's database")
+        if api_replicas is not None and not 1 <= api_replicas <= 64:
+            raise pstate.PlatformError("--api-replicas must be between 1 and 64")
+        # On PostgreSQL: a proxy on every node, the API's replicas one a node (set it to the number of nodes).
+        self.api_replicas = api_replicas or 2
 
     # --- recorded state ------------------------------------------------------------------
 
@@ -168,7 +190,18 @@ class PlatformLauncher:
                 return self._already_running(record)
             if record and record.get("owner_tag"):
                 self._stop_leftovers(record)
-            return self._start()
+            if self.join:
+                return self._join()
+            return self._start(self._recovering(record))
+
+    def _recovering(self, record: dict | None) -> dict | None:
+        """The previous head's record when this head restarts on the same Redis: its GCS must come back at the
+        same address (the other nodes reconnect to it), so its ports are taken again."""
+        if not self.redis or not record or record.get("redis") != self.redis or not record.get("ray_ports"):
+            return None
+        if record.get("role", ROLE_HEAD) != ROLE_HEAD:
+            return None
+        return record
 
     def _already_running(self, record: dict) -> UpResult:
         logger.info("platform already running (owner tag %s)", record["owner_tag"])
@@ -188,10 +221,11 @@ class PlatformLauncher:
             if summary.terminated:
                 logger.info("stopped %d leftover processes of %s", len(summary.terminated), tag)
 
-    def _start(self) -> UpResult:
+    def _start(self, previous: dict | None = None) -> UpResult:
         t0 = time.monotonic()
         timings: dict[str, float] = {}
-        if not procs.port_is_free(self.port, self.host):
+        # A restarted head's HTTP port may be served meanwhile by the proxy of another platform node on this machine.
+        if previous is None and not procs.port_is_free(self.port, self.host):
             raise pstate.PlatformError(f"port {self.port} on {self.host} is already in use; "
                                    f"choose another with --port, or stop what listens there")
         template = pstate.SERVE_TEMPLATE
@@ -199,11 +233,25 @@ class PlatformLauncher:
             raise pstate.PlatformError(f"{template} not found: the Serve config of the platform is missing")
         secret_files.ensure_private_dir(self.layout.home)
         secret_files.ensure_private_dir(self.layout.logs)
-        ports = procs.allocate_ray_ports(exclude=(self.port,))
+        if previous is not None:
+            # Only the GCS port must be the same (the other nodes reconnect to it); the rest are picked afresh,
+            # since another node on this machine may hold one of the old ones by now.
+            gcs = pstate.RayPorts.from_dict(previous["ray_ports"]).gcs
+            ports = dataclasses.replace(procs.allocate_ray_ports(exclude=(self.port, gcs)), gcs=gcs)
+            logger.info("restarting the head on Redis %s: the GCS comes back at 127.0.0.1:%d", self.redis, gcs)
+        else:
+            ports = procs.allocate_ray_ports(exclude=(self.port,))
         temp_dir = pstate.ray_temp_dir(self.state_dir)
         secret_files.ensure_private_dir(temp_dir)
+        if previous is not None:
+            # The dead head's address file: with a joined node on this machine whose processes name that GCS
+            # address, `ray start` would take the head for still running and refuse.
+            (temp_dir / pstate.RAY_ADDRESS_FILE).unlink(missing_ok=True)
         record = {
             "version": 1,
+            "role": ROLE_HEAD,
+            "redis": self.redis,
+            "shared_database": self.shared_database,
             "status": pstate.STATUS_STARTING,
             "owner_tag": pstate.new_owner_tag(),
             "host": self.host,
@@ -220,7 +268,9 @@ class PlatformLauncher:
         }
         self._save(record)
         try:
-            env = pstate.ray_env(os.environ, layout=self.layout, ports=ports)
+            env = self._node_env(ports)
+            if self.redis:
+                env.update(pstate.gcs_fault_tolerance_env(os.environ, redis_url=self.redis, state_dir=self.state_dir))
             self._start_head(record, env, ports, temp_dir)
             timings["ray_head"] = round(time.monotonic() - t0, 1)
             t1 = time.monotonic()
@@ -249,13 +299,59 @@ class PlatformLauncher:
         timings["total"] = round(time.monotonic() - t0, 1)
         return self._result(record, already_running=False, timings=timings)
 
+    def _node_env(self, ports: pstate.RayPorts) -> dict:
+        env = pstate.ray_env(os.environ, layout=self.layout, ports=ports)
+        if self.shared_database or self.join:
+            env.update(pstate.secret_key_env(os.environ, self.layout))
+        return env
+
+    def _join(self) -> UpResult:
+        """Another platform node: a raylet of its own (ports, temp dir, state dir) in the head's Ray cluster."""
+        t0 = time.monotonic()
+        if not self.layout.ray_auth_token.exists():
+            raise pstate.PlatformError(f"no {self.layout.ray_auth_token}: copy the head's state dir's ray_auth_token "
+                                       "there (chmod 600); only holders of the platform cluster's token may join it")
+        keyed = any(os.environ.get(k) for k in (secret_files.SECRET_KEY_ENV, secret_files.SECRET_KEY_FILE_ENV))
+        if not keyed and not self.layout.secret_key.exists():
+            raise pstate.PlatformError(f"no secret key: set {secret_files.SECRET_KEY_ENV} or {secret_files.SECRET_KEY_FILE_ENV} "
+                                       f"as on the head, or copy the head's secret.key to {self.layout.secret_key} (chmod 600)")
+        secret_files.ensure_private_dir(self.layout.home)
+        secret_files.ensure_private_dir(self.layout.logs)
+        ports = procs.allocate_ray_ports(exclude=(self.port,))
+        temp_dir = pstate.ray_temp_dir(self.state_dir)
+        secret_files.ensure_private_dir(temp_dir)
+        record = {"version": 1, "role": ROLE_MEMBER, "join": self.join, "status": pstate.STATUS_STARTING,
+                  "owner_tag": pstate.new_owner_tag(), "host": self.host, "port": self.port, "providers": 0,
+                  "temp_dir": str(temp_dir), "ray_ports": ports.to_dict(), "head_processes": [], "agents": [],
+                  "started_at": time.time()}
+        self._save(record)
+        try:
+            command = lambda: pstate.ray_member_command(head_address=self.join, ports=ports, temp_dir=temp_dir)
+            env = {**self._node_env(ports), pstate.GCS_RECONNECT_ENV: str(pstate.MEMBER_GCS_RECONNECT_S)}
+            self._start_node(record, env, command, ports, MEMBER_CORE_PROCESSES)
+        except BaseException as exc:
+            record["status"] = pstate.STATUS_FAILED
+            record["error"] = (str(exc).splitlines() or [type(exc).__name__])[0]
+            self._save(record)
+            self._stop_leftovers(record)
+            raise
+        record["status"] = pstate.STATUS_RUNNING
+        self._save(record)
+        return self._result(record, already_running=False, timings={"total": round(time.monotonic() - t0, 1)})
+
     def _start_head(self, record: dict, env: dict, ports: pstate.RayPorts, temp_dir: Path) -> None:
+        self._start_node(record, env, lambda: pstate.ray_head_command(ports=ports, temp_dir=temp_dir), ports,
+                         HEAD_CORE_PROCESSES)
+
+    def _start_node(self, record: dict, env: dict, command: Callable[[], list[str]], ports: pstate.RayPorts,
+                    core_processes: tuple[str, ...]) -> None:
+        role = record.get("role", ROLE_HEAD)
         for attempt in range(1, HEAD_START_ATTEMPTS + 1):
             for port in ports.listening():  # taken since allocation: a GCS port in use would join another cluster
                 if not procs.port_is_free(port):
                     raise pstate.PlatformError(f"port {port} was taken while starting; run `dcluster up` again")
-            cmd = pstate.ray_head_command(ports=ports, temp_dir=temp_dir)
-            logger.info("starting the Ray head (GCS port %d, temp dir %s)", ports.gcs, temp_dir)
+            cmd = command()
+            logger.info("starting the Ray %s: %s", role, " ".join(cmd[1:4]))
             log_start = self.layout.ray_log.stat().st_size if self.layout.ray_log.exists() else 0
             proc = procs.spawn(cmd, env=env, cwd=self.state_dir, log_path=self.layout.ray_log,
                                owner_tag=record["owner_tag"])
@@ -276,14 +372,14 @@ class PlatformLauncher:
             raise pstate.PlatformError(f"`ray start` failed (exit {rc}); see {self.layout.ray_log}",
                                        details=_tail(self.layout.ray_log))
         owned = [r for r in map(platform_status.proc_record, procs.owned_processes(record["owner_tag"])) if r]
-        # Only the two processes the node lives and dies with; workers come and go.
-        head = [r for r in owned if r["name"] in HEAD_CORE_PROCESSES]
-        if {r["name"] for r in head} != set(HEAD_CORE_PROCESSES):
-            raise pstate.PlatformError(f"`ray start` returned but gcs_server/raylet are not running; "
+        # Only the processes the node lives and dies with; workers come and go.
+        head = [r for r in owned if r["name"] in core_processes]
+        if {r["name"] for r in head} != set(core_processes):
+            raise pstate.PlatformError(f"`ray start` returned but {'/'.join(core_processes)} are not running; "
                                    f"see {self.layout.ray_log}", details=_tail(self.layout.ray_log))
         record["head_processes"] = head
         self._save(record)
-        logger.info("Ray head up (%d processes, GCS 127.0.0.1:%d)", len(owned), ports.gcs)
+        logger.info("Ray %s up (%d processes)", role, len(owned))
 
     def _serve_logs_tail(self, temp_dir: Path) -> str:
         serve_dir = temp_dir / "session_latest" / "logs" / "serve"
@@ -295,6 +391,8 @@ class PlatformLauncher:
         config = pstate.patch_serve_config(pstate.SERVE_TEMPLATE.read_text(), host=self.host, port=self.port,
                                            state_dir=self.state_dir, heartbeat_interval_s=self.heartbeat_s,
                                            settings=self.settings)
+        if self.shared_database:
+            config = pstate.every_node_serve(config, api_replicas=self.api_replicas)
         secret_files.write_secret_file(self.layout.serve_deploy_yaml, pstate.dump_serve_config(config))
         cmd = [*pstate.venv_script("serve"), "deploy", str(self.layout.serve_deploy_yaml),
                "--address", f"http://127.0.0.1:{ports.dashboard}"]

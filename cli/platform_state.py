@@ -8,6 +8,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import secrets
 import sys
 from collections.abc import Iterator, Mapping
@@ -16,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from dcl_core import ids, secret_files
+from dcl_core import ids, protocol, secret_files
 from dcl_core.ray_ports import WORKER_PORT_RANGE, RayPorts  # noqa: F401 (re-exported for the launcher)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -113,6 +114,11 @@ class Layout:
     @property
     def ray_auth_token(self) -> Path:
         return self.state_dir / "ray_auth_token"
+
+    @property
+    def secret_key(self) -> Path:
+        """The key that seals the platform's secrets in PostgreSQL, when the environment gives none (0600)."""
+        return self.state_dir / "secret.key"
 
     @property
     def home(self) -> Path:
@@ -227,6 +233,77 @@ def ray_head_command(*, ports: RayPorts, temp_dir: Path, num_cpus: int = HEAD_NU
         *ports.start_flags(head=True, temp_dir=temp_dir),
         "--num-cpus", str(num_cpus),
     ]
+
+
+def ray_member_command(*, head_address: str, ports: RayPorts, temp_dir: Path, num_cpus: int = HEAD_NUM_CPUS) -> list[str]:
+    """`ray start` of a second (third, ...) platform node; its label draws the control-plane actors off the head."""
+    return [
+        *venv_script("ray"), "start", "--address", head_address, "--disable-usage-stats",
+        *ports.start_flags(head=False, temp_dir=temp_dir),
+        "--num-cpus", str(num_cpus),
+        "--labels", f"{protocol.PLATFORM_MEMBER_LABEL}={protocol.PLATFORM_MEMBER_VALUE}",
+    ]
+
+
+# --- a platform on several nodes ---------------------------------------------------------
+
+REDIS_URL = re.compile(r"^redis://(?P<host>[A-Za-z0-9.\-]+|\[[0-9a-fA-F:]+\]):(?P<port>[0-9]{1,5})/?$")
+# Where `ray start --head` writes the GCS address of the last head it started (under its temp dir).
+RAY_ADDRESS_FILE = "ray_current_cluster"
+# How long the processes of a joined node wait for a lost head's GCS to come back before they exit (Ray's default
+# is 60 s: too short for an operator, or a busy machine, to restart a head).
+GCS_RECONNECT_ENV = "RAY_gcs_rpc_server_reconnect_timeout_s"
+MEMBER_GCS_RECONNECT_S = 600
+
+# Ray's GCS keeps its tables in external Redis under this namespace: one per platform (so several share a Redis).
+REDIS_NAMESPACE_ENV = "RAY_external_storage_namespace"
+
+
+def redis_address(url: str) -> str:
+    """host:port of a redis:// URL (what RAY_REDIS_ADDRESS takes), or a PlatformError naming the form wanted."""
+    match = REDIS_URL.match(url or "")
+    if not match or not 1 <= int(match["port"]) <= 65535:
+        raise PlatformError(f"--redis takes redis://HOST:PORT (got {url!r}); give Redis's password, if any, in "
+                            "Ray's own settings rather than in the URL")
+    return f"{match['host']}:{match['port']}"
+
+
+def redis_namespace(state_dir: Path) -> str:
+    """The platform's namespace in Redis, the same on every restart of its head from this state dir."""
+    return "dcluster-" + hashlib.sha256(str(Path(state_dir).absolute()).encode()).hexdigest()[:12]
+
+
+def gcs_fault_tolerance_env(base: Mapping[str, str], *, redis_url: str, state_dir: Path) -> dict[str, str]:
+    """What the head's `ray start` needs so its GCS keeps its tables in Redis and a restarted head recovers them."""
+    return {"RAY_REDIS_ADDRESS": redis_address(redis_url),
+            REDIS_NAMESPACE_ENV: base.get(REDIS_NAMESPACE_ENV) or redis_namespace(state_dir)}
+
+
+def secret_key_env(base: Mapping[str, str], layout: Layout) -> dict[str, str]:
+    """The key that seals secrets in PostgreSQL, for every platform Ray process: the operator's (DCL_SECRET_KEY or
+    DCL_SECRET_KEY_FILE), else a key file made once in the state dir (copy it to every other platform node)."""
+    if base.get(secret_files.SECRET_KEY_ENV) or base.get(secret_files.SECRET_KEY_FILE_ENV):
+        return {}
+    if not layout.secret_key.exists():
+        secret_files.write_secret_file(layout.secret_key, secret_files.new_secret_key() + "\n")
+    return {secret_files.SECRET_KEY_FILE_ENV: str(layout.secret_key)}
+
+
+def every_node_serve(config: dict, *, api_replicas: int) -> dict:
+    """A proxy on every platform node, and the API's replicas spread one a node."""
+    config["proxy_location"] = "EveryNode"
+    for app in config.get("applications") or []:
+        if app.get("import_path") != SERVE_IMPORT_PATH:
+            continue
+        deployments = app.setdefault("deployments", []) or []
+        app["deployments"] = deployments
+        api = next((d for d in deployments if d.get("name") == protocol.API_DEPLOYMENT), None)
+        if api is None:
+            api = {"name": protocol.API_DEPLOYMENT}
+            deployments.append(api)
+        api["num_replicas"] = int(api_replicas)
+        api["max_replicas_per_node"] = 1
+    return config
 
 
 # --- Serve config -----------------------------------------------------------------------

@@ -55,7 +55,10 @@ def collect(layout: pstate.Layout) -> dict:
         "recorded_status": record.get("status"),
         "owner_tag": record.get("owner_tag"),
         "api_url": url,
-        "ray_gcs_address": f"127.0.0.1:{record.get('ray_ports', {}).get('gcs')}",
+        "role": record.get("role", "head"),  # or "member": a node added with `dcluster up --join`
+        "redis": record.get("redis"),  # the head's GCS fault tolerance, if any
+        # A member's is the head's it joined.
+        "ray_gcs_address": record.get("join") or f"127.0.0.1:{record.get('ray_ports', {}).get('gcs')}",
         "ray_dashboard_url": f"http://127.0.0.1:{record.get('ray_ports', {}).get('dashboard')}",
         "ray_metrics_url": f"http://127.0.0.1:{record.get('ray_ports', {}).get('metrics_export')}/metrics",
         "temp_dir": record.get("temp_dir"),

@@ -110,6 +110,14 @@ ENV_LEASE_ID = "DCL_LEASE_ID"
 # the platform maps the sub-cluster's GCS nodes to leases by it (actors.node_observer).
 LEASE_LABEL = "dcluster.io/lease"
 
+# The Serve deployment of the platform API (serve_app.app); the CLI spreads its replicas on several nodes.
+API_DEPLOYMENT = "api"
+
+# Ray node label of a platform node added with `dcluster up --join` (not the head): on PostgreSQL the control-plane
+# actors prefer such a node, so a lost head does not take them with it (actors.actor_classes).
+PLATFORM_MEMBER_LABEL = "dcluster.io/platform-member"
+PLATFORM_MEMBER_VALUE = "true"
+
 
 # --- the GPU check (a lease of purpose GPU_CHECK_LEASE runs one command: worker.agent.gpu_check) ----------
 

@@ -31,3 +31,15 @@ def write_secret_file(path: Path, content: str | bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+# The key that encrypts the platform's secrets in a shared database (actors.secret_box): the key itself,
+# or the path of a 0600 file holding it (a mounted secret). Every platform node's Ray processes need one.
+SECRET_KEY_ENV = "DCL_SECRET_KEY"
+SECRET_KEY_FILE_ENV = "DCL_SECRET_KEY_FILE"
+
+
+def new_secret_key() -> str:
+    """A fresh key in Fernet's format (32 random bytes, URL-safe base64)."""
+    import base64
+    return base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()

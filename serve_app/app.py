@@ -11,6 +11,7 @@ from ray import serve
 
 from actors import actor_classes
 from actors.settings import PlatformSettings
+from dcl_core import protocol
 from serve_app import api_metrics, errors, head_proxy, input_policy, routes_accounts, routes_clusters, routes_machines
 from serve_app.console import routes as console
 
@@ -83,7 +84,7 @@ def create_app(registry, clusters, *, trusted_proxy_hops: int = 0) -> FastAPI:
 
 
 # Long polls from agents and launcher commands hold requests open: allow many at once.
-@serve.deployment(name="api", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=2000)
+@serve.deployment(name=protocol.API_DEPLOYMENT, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=2000)
 @serve.ingress()
 class PlatformAPI:
     def __init__(self, settings_json: str):

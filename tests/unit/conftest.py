@@ -6,6 +6,7 @@ import os
 import pytest
 import ray
 
+from dcl_core import secret_files
 from tests import pg_server
 
 
@@ -14,6 +15,13 @@ def _no_ray(monkeypatch):
     def refuse(*args, **kwargs):
         raise RuntimeError("unit tests must not start Ray; put this test under tests/integration")
     monkeypatch.setattr(ray, "init", refuse)
+
+
+@pytest.fixture(autouse=True)
+def _secret_key(monkeypatch):
+    """The operator's key that seals secrets in a PostgreSQL database (actors.secret_box), as a platform node has it."""
+    monkeypatch.setenv(secret_files.SECRET_KEY_ENV, secret_files.new_secret_key())
+    monkeypatch.delenv(secret_files.SECRET_KEY_FILE_ENV, raising=False)
 
 
 class FakeClock:

@@ -127,3 +127,23 @@ def test_actor_proxy_looks_the_actor_up_once_on_first_call(monkeypatch):
         return [await proxy.expire("c-1", 5.0), await proxy.schedule(cluster_id="c-2")]
     assert run(go()) == [("expire", ("c-1", 5.0), {}), ("schedule", (), {"cluster_id": "c-2"})]
     assert calls == [("ClusterManager", actor_classes.NAMESPACE)]
+
+
+def test_on_sqlite_the_actors_stay_on_the_head_beside_the_database(tmp_path):
+    from actors.settings import PlatformSettings
+    settings = PlatformSettings(state_dir=tmp_path)
+    assert actor_classes.placement(settings) == {"resources": {"node:__internal_head__": 0.001}}
+
+
+def test_on_postgresql_the_actors_may_run_on_any_node_and_prefer_a_joined_one(tmp_path):
+    from ray.util import scheduling_strategies
+
+    from actors.settings import PlatformSettings
+    from dcl_core import protocol
+    settings = PlatformSettings(state_dir=tmp_path, database="postgresql://dcluster@db:5432/dcluster")
+    options = actor_classes.placement(settings)
+    assert "resources" not in options  # no pin to the head
+    strategy = options["scheduling_strategy"]
+    assert isinstance(strategy, scheduling_strategies.NodeLabelSchedulingStrategy)
+    assert strategy.hard == []  # a preference only: the head takes them when no other node is there
+    assert [e.key for e in strategy.soft] == [protocol.PLATFORM_MEMBER_LABEL]

@@ -15,7 +15,11 @@ class FakeTask:
     """A Ray remote function: .remote() gives an awaitable 'ref'."""
 
     def __init__(self, delay_s=0.0):
-        self.calls, self.delay_s = [], delay_s
+        self.calls, self.delay_s, self.options_given = [], delay_s, []
+
+    def options(self, **options):
+        self.options_given.append(options)
+        return self
 
     def remote(self, *args):
         self.calls.append(args)
@@ -37,6 +41,18 @@ def test_create_and_teardown_run_one_task_each_with_the_private_temp_dir(monkeyp
     asyncio.run(go())
     assert create.calls == [({"cluster_name": "c-1"}, "/state/launcher-tmp")]
     assert teardown.calls == [({"cluster_name": "c-1"}, "/state/launcher-tmp")]
+    # One node (SQLite): on the head, beside the state dir.
+    assert create.options_given == teardown.options_given == [{"resources": launcher.HEAD_NODE_RESOURCE}]
+
+
+def test_with_a_shared_database_the_launcher_runs_on_any_node(monkeypatch):
+    create, teardown = FakeTask(), FakeTask()
+    monkeypatch.setattr(launcher, "_create_or_update", create)
+    monkeypatch.setattr(launcher, "_teardown", teardown)
+    anywhere = launcher.RayClusterLauncher("/scratch/launcher-tmp", on_head=False)
+    asyncio.run(anywhere.create({"cluster_name": "c-2"}))
+    asyncio.run(anywhere.teardown({"cluster_name": "c-2"}))
+    assert create.options_given == teardown.options_given == [{}]
 
 
 def test_a_caller_that_gives_up_cancels_the_launcher_task(monkeypatch):
