@@ -234,14 +234,13 @@ def ray_head_command(*, ports: RayPorts, temp_dir: Path, num_cpus: int = HEAD_NU
 def patch_serve_config(text: str, *, host: str, port: int, state_dir: Path, heartbeat_interval_s: float,
                        api_url: str | None = None, settings: dict | None = None) -> dict:
     """The platform's Serve config with this machine's HTTP address and state dir filled in,
-    and `settings` (more PlatformSettings fields) over the template's."""
+    and `settings` (more PlatformSettings fields) over the template's. The API replica listens on
+    the address itself (serve_app.listener), so Serve's own HTTP proxy is off."""
     config = yaml.safe_load(text)
     if not isinstance(config, dict):
         raise PlatformError("the Serve config must be a YAML mapping")
-    http = config.setdefault("http_options", {}) or {}
-    config["http_options"] = http
-    http["host"] = host
-    http["port"] = int(port)
+    config["proxy_location"] = "Disabled"
+    config.pop("http_options", None)
     apps = config.get("applications") or []
     if not apps:
         raise PlatformError("the Serve config has no applications")
@@ -252,6 +251,8 @@ def patch_serve_config(text: str, *, host: str, port: int, state_dir: Path, hear
         args = app.setdefault("args", {}) or {}
         app["args"] = args
         args["state_dir"] = str(Path(state_dir).absolute())
+        args["listen_host"] = host
+        args["listen_port"] = int(port)
         args["heartbeat_interval_s"] = float(heartbeat_interval_s)
         # Where provider machines (agents, sub-cluster autoscalers) reach the API.
         args["api_url"] = api_url or f"http://{connect_host(host)}:{int(port)}"
