@@ -11,7 +11,7 @@ from ray import serve
 
 from actors import actor_classes
 from actors.settings import PlatformSettings
-from serve_app import api_metrics, errors, input_policy, listener, routes_accounts, routes_clusters, routes_machines
+from serve_app import api_metrics, batching, errors, input_policy, listener, routes_accounts, routes_clusters, routes_machines
 from serve_app.console import routes as console
 
 logger = logging.getLogger(__name__)
@@ -49,6 +49,9 @@ def create_app(registry, clusters, *, trusted_proxy_hops: int = 0) -> FastAPI:
     )
     app.state.registry = registry
     app.state.clusters = clusters
+    # The hottest routes share actor calls (serve_app.batching): agents' heartbeats, and cluster reads.
+    app.state.heartbeats = batching.Batcher(lambda beats: registry.heartbeats.remote(beats))
+    app.state.cluster_reads = batching.Batcher(lambda calls: clusters.call_many.remote("get_cluster", calls))
     app.state.tokens = None  # fetched from the registry on first use
     app.state.trusted_proxy_hops = trusted_proxy_hops  # see deps.client_address
     app.add_middleware(errors.BodySizeLimit)

@@ -8,6 +8,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from actors import agent_keys, auth
+from serve_app import batching
 from dcl_core import domain, errors
 
 _bearer = HTTPBearer(auto_error=False, description="A JWT from POST /v1/token")
@@ -118,3 +119,15 @@ def clusters(request: Request):
 
 Registry = Annotated[object, Depends(registry)]
 Clusters = Annotated[object, Depends(clusters)]
+
+
+def heartbeats(request: Request) -> batching.Batcher:
+    return request.app.state.heartbeats
+
+
+def cluster_reads(request: Request) -> batching.Batcher:
+    return request.app.state.cluster_reads
+
+
+Heartbeats = Annotated[batching.Batcher, Depends(heartbeats)]
+ClusterReads = Annotated[batching.Batcher, Depends(cluster_reads)]
