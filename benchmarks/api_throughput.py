@@ -134,6 +134,7 @@ def run(ctx) -> list[common.Row]:
             "loadgen": "wrk -t1",
             "loadgen_cpu_s_per_window": {t: [x["loadgen_cpu_s"] for x in by[t]] for t in by},
             "server_cpu_percent_mean": {t: [x["server"]["cpu_percent_mean"] for x in by[t]] for t in by},
+            "platform_cpu_s_by_process (last window)": by["platform"][-1]["server"]["cpu_s_by_process"],
         }
         cpu = {t: common.median([cpu_ms_per_request(x) for x in by[t]]) for t in by}
         loadgen_cpu = {t: common.median([x["loadgen_cpu_s"] * 1000 / max(1, x["requests"]) for x in by[t]])
