@@ -82,21 +82,9 @@ def thin_actor(core_cls: type, build) -> type:
         method.__doc__ = getattr(core_cls, name).__doc__
         return method
 
-    forwarded = {name for name, _ in inspect.getmembers(core_cls, inspect.iscoroutinefunction)
-                 if not name.startswith("_") and not name.startswith("run_") and name != "start"}
-    for name in forwarded:
-        setattr(Wrapper, name, forward(name))
-
-    async def call_many(self, method: str, calls: list[tuple]) -> list:
-        """One actor call for many calls of one method (serve_app.batching): each answer, or the exception
-        that call alone raised, in order."""
-        if method not in forwarded:
-            raise AttributeError(f"{core_cls.__name__} has no method {method!r} to call")
-        await self._started()
-        fn = getattr(self._core, method)
-        return await asyncio.gather(*(fn(*args) for args in calls), return_exceptions=True)
-
-    Wrapper.call_many = call_many
+    for name, _ in inspect.getmembers(core_cls, inspect.iscoroutinefunction):
+        if not name.startswith("_") and not name.startswith("run_") and name != "start":
+            setattr(Wrapper, name, forward(name))
     Wrapper.__name__ = Wrapper.__qualname__ = core_cls.__name__ + "Actor"
     return Wrapper
 

@@ -44,7 +44,7 @@ def build(secret: str, cluster: dict, heartbeat_interval_s: float):
     ack = {"status": "online", "heartbeat_interval_s": heartbeat_interval_s, "stale_leases": []}
     registry = StubHandle(signing_secret=secret, heartbeat=ack, heartbeats=lambda beats: [ack] * len(beats),
                           ready=True, start_status={"actor": "ProviderRegistry", "ready": True})
-    clusters = StubHandle(get_cluster=cluster, call_many=lambda method, calls: [cluster] * len(calls), ready=True,
+    clusters = StubHandle(get_cluster=cluster, get_clusters=lambda reads: [cluster] * len(reads), ready=True,
                           start_status={"actor": "ClusterManager", "ready": True})
     return app_mod.create_app(registry, clusters)
 

@@ -51,7 +51,7 @@ def create_app(registry, clusters, *, trusted_proxy_hops: int = 0) -> FastAPI:
     app.state.clusters = clusters
     # The hottest routes share actor calls (serve_app.batching): agents' heartbeats, and cluster reads.
     app.state.heartbeats = batching.Batcher(lambda beats: registry.heartbeats.remote(beats))
-    app.state.cluster_reads = batching.Batcher(lambda calls: clusters.call_many.remote("get_cluster", calls))
+    app.state.cluster_reads = batching.Batcher(lambda reads: clusters.get_clusters.remote(reads))
     app.state.tokens = None  # fetched from the registry on first use
     app.state.trusted_proxy_hops = trusted_proxy_hops  # see deps.client_address
     app.add_middleware(errors.BodySizeLimit)

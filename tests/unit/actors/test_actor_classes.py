@@ -127,24 +127,3 @@ def test_actor_proxy_looks_the_actor_up_once_on_first_call(monkeypatch):
         return [await proxy.expire("c-1", 5.0), await proxy.schedule(cluster_id="c-2")]
     assert run(go()) == [("expire", ("c-1", 5.0), {}), ("schedule", (), {"cluster_id": "c-2"})]
     assert calls == [("ClusterManager", actor_classes.NAMESPACE)]
-
-
-def test_call_many_answers_each_call_in_order_with_its_own_error():
-    class Core(SlowStart):
-        async def hello(self, name: str) -> str:
-            if name == "mallory":
-                raise ValueError("not you")
-            return f"hello {name}"
-
-    wrapped = actor_classes.thin_actor(Core, lambda: Core(delay_s=0))
-
-    async def go():
-        actor = wrapped()
-        answers = await actor.call_many("hello", [("ann",), ("mallory",), ("bob",)])
-        with pytest.raises(AttributeError):
-            await actor.call_many("start", [()])  # only the forwarded public methods
-        with pytest.raises(AttributeError):
-            await actor.call_many("_core", [()])
-        return answers
-    answers = run(go())
-    assert answers[0] == "hello ann" and answers[2] == "hello bob" and isinstance(answers[1], ValueError)
