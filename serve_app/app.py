@@ -11,7 +11,8 @@ from ray import serve
 
 from actors import actor_classes
 from actors.settings import PlatformSettings
-from serve_app import api_metrics, batching, errors, input_policy, listener, routes_accounts, routes_clusters, routes_machines
+from serve_app import (api_metrics, batching, errors, input_policy, listener, routes_accounts, routes_clusters,
+                       routes_machines)
 from serve_app.console import routes as console
 
 logger = logging.getLogger(__name__)

@@ -23,9 +23,17 @@ class Batcher:
         self._max_batch = max_batch
         self._queue: list[tuple[Any, asyncio.Future]] = []
         self._sender: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop it batches on: the first caller's
 
     async def __call__(self, item: Any) -> Any:
-        future = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self._loop = self._loop or loop
+        if loop is not self._loop:  # a caller on another loop (Serve's proxy path beside the listener's): alone
+            (answer,) = await self._send([item])
+            if isinstance(answer, BaseException):
+                raise answer
+            return answer
+        future = loop.create_future()
         self._queue.append((item, future))
         if self._sender is None or self._sender.done():
             # Its own task: a caller that stops waiting (a client that hung up) cancels only its future.

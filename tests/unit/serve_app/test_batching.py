@@ -80,3 +80,16 @@ def test_a_batch_answered_with_the_wrong_count_is_an_error_not_a_mix_up():
         return await asyncio.gather(batcher(1), batcher(2), return_exceptions=True)
     results = asyncio.run(go())
     assert all(isinstance(r, RuntimeError) for r in results)
+
+
+def test_a_caller_on_another_event_loop_is_answered_alone():
+    sent = []
+
+    async def send(items):
+        sent.append(list(items))
+        return [f"ok {i}" for i in items]
+
+    batcher = batching.Batcher(send)
+    assert asyncio.run(batcher(1)) == "ok 1"
+    assert asyncio.run(batcher(2)) == "ok 2"  # a second loop: its own call, never the first loop's queue
+    assert sent == [[1], [2]]
