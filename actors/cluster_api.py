@@ -111,7 +111,19 @@ class BuyerApi:
             raise errors.Conflict(f"cluster {cluster_id} is {row['status']}: connection details exist once its "
                                   "head node has joined (see GET /v1/clusters/{id}/events)")
         token = cluster_files.read_cluster_token(self._settings.clusters_dir / cluster_id)
-        return views.connection_details(head["node_ip"], head["ports"], token)
+        return views.connection_details(head["node_ip"], head["ports"], token,
+                                        f"{self._settings.api_url.rstrip('/')}/v1/clusters/{cluster_id}")
+
+    async def proxy_target(self, principal: auth.Principal, cluster_id: str, service: str,
+                           node_id: str | None = None) -> dict:
+        """Where the platform's proxy reaches the caller's own live cluster (views.PROXIED_SERVICES), and the
+        cluster's Ray token for the dashboard; 404 for another account's cluster."""
+        row = await self._own_cluster(principal, cluster_id)
+        target = views.proxy_target(cluster_id, row["status"], await self._store.leases_of(cluster_id), service,
+                                    node_id)
+        if service == "dashboard":
+            target["token"] = cluster_files.read_cluster_token(self._settings.clusters_dir / cluster_id)
+        return target
 
     async def extend_cluster(self, principal: auth.Principal, cluster_id: str, duration_s: int) -> dict:
         row = await self._own_cluster(principal, cluster_id)

@@ -13,7 +13,7 @@ from typing import Awaitable, Callable, Protocol
 from actors import auth, backends as backends_mod, cluster_files, cluster_views as views, lifecycle, placement
 from actors import cluster_store as cstore
 from actors import metrics as metrics_mod
-from actors import cluster_logs, quota_book, reputation
+from actors import cluster_logs, gpu_checks, quota_book, reputation
 from actors import joins as joins_mod
 from actors import node_observer
 from actors.cluster_api import BuyerApi
@@ -78,6 +78,8 @@ class ClusterManager(BuyerApi, NodeProviderApi):
                                               retention_s=settings.cluster_logs_retention_s, clock=clock)
         self._tokens: auth.TokenIssuer | None = None
         self._placement_lock = store.placement_lock()  # placements see each other's, in every process
+        self._gpu_checks = gpu_checks.GpuChecker(store, settings, registry=registry,
+                                                 placement_lock=self._placement_lock, clock=clock)
         self._tasks: dict[str, asyncio.Task] = {}  # cluster id → its provisioning or teardown
         self._last_sweep = 0.0
         self._backends = backends_mod.backends(settings, self._tokens_or_fail)
@@ -99,6 +101,7 @@ class ClusterManager(BuyerApi, NodeProviderApi):
         failed with a reason and torn down; an interrupted teardown is finished."""
         await self._store.conn()
         self._tokens = auth.TokenIssuer(await self._registry.signing_secret(), clock=self._clock)
+        await self._gpu_checks.recover()
         interrupted = await self._store.clusters_with_status(S.TERMINATING)
         for row in await self._store.clusters_with_status(S.PENDING, S.PROVISIONING):
             await self._fail(row["id"], "the control plane restarted while the cluster was provisioning")
@@ -113,6 +116,15 @@ class ClusterManager(BuyerApi, NodeProviderApi):
                 await self.reconcile_once()
             except Exception:
                 logger.exception("reconcile step failed")
+
+    async def run_gpu_check_loop(self) -> None:
+        """Starts the GPU checks that are due (actors/gpu_checks.py); never dies."""
+        while True:
+            await asyncio.sleep(self._settings.gpu_check_interval_s)
+            try:
+                await self._gpu_checks.run_once()
+            except Exception:
+                logger.exception("GPU check step failed")
 
     async def reconcile_once(self) -> None:
         rows = await self._store.clusters_with_status(S.PROVISIONING, S.RUNNING, S.DEGRADED)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
-from typing import Callable, Sequence
+from typing import Callable, Collection, Sequence
 
 from dcl_core import domain
 from actors import store as store_mod
 from actors.store import Database
 
 ACTIVE_LEASE_STATUSES = tuple(s.value for s in domain.LeaseStatus if s.holds_capacity())
+_HELD_BY_CHECKS = tuple(s.value for s in domain.GpuVerification.placement_holders())
+_HELD_MARKS = ",".join("?" * len(_HELD_BY_CHECKS))
 
 _INSERT_LEASE = ("INSERT INTO leases (id, cluster_id, machine_id, role, gpus, cpus, price_per_gpu_hour,"
                  " price_per_cpu_hour, status, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
@@ -253,13 +255,15 @@ class ClusterStore(Database):
     # --- machines (read-only here: the ProviderRegistry owns them) -----------------------
 
     async def online_machines(self, cutoff: float) -> list[dict]:
-        """Machines that may take new leases: online, with a heartbeat since cutoff."""
+        """Machines that may take new leases: online, with a heartbeat since cutoff, and no GPU check due or
+        running (domain.GpuVerification.holds_placement)."""
         # Only what placement reads (not the spec JSON): this runs over every machine on each request.
         return await self._fetchall(
             "SELECT m.id, m.gpu_model, m.gpus, m.cpus, m.price_per_gpu_hour, m.price_per_cpu_hour,"
-            " m.registered_at, m.online_seconds, m.leases_completed, m.leases_lost,"
+            " m.registered_at, m.online_seconds, m.leases_completed, m.leases_lost, m.gpu_check,"
             " a.username AS provider FROM machines m JOIN accounts a ON a.id = m.provider_id"
-            f" WHERE {store_mod.online_where('m')}", (cutoff,))
+            f" WHERE {store_mod.online_where('m')} AND (m.gpu_check IS NULL OR m.gpu_check NOT IN ({_HELD_MARKS}))",
+            (cutoff, *_HELD_BY_CHECKS))
 
     async def machine_statuses(self, machine_ids: list[str], cutoff: float) -> dict[str, str]:
         """Effective status of each machine: online only while its heartbeats are fresh."""
@@ -276,6 +280,50 @@ class ClusterStore(Database):
         return await self._fetchone(
             "SELECT m.id, m.gpu_model, m.gpus, a.username AS provider FROM machines m"
             " JOIN accounts a ON a.id = m.provider_id WHERE m.id = ?", (machine_id,))
+
+
+    # --- GPU checks (actors.gpu_checks: the verification columns of machines are written here, under the
+    # placement lock; the registry sets the first status when a machine registers) --------------------
+
+    async def due_gpu_checks(self, cutoff: float) -> list[dict]:
+        """Machines whose GPU check is due and can start now: online, and no lease holds any of their capacity."""
+        return await self._fetchall(
+            "SELECT m.id, m.spec FROM machines m WHERE m.gpu_check = ?"
+            f" AND {store_mod.online_where('m')} AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.machine_id = m.id"
+            f" AND l.status IN ({','.join('?' * len(ACTIVE_LEASE_STATUSES))}))",
+            (domain.GpuVerification.PENDING.value, cutoff, *ACTIVE_LEASE_STATUSES))
+
+    async def begin_gpu_check(self, machine_id: str, lease_id: str) -> bool:
+        """pending → checking, with the check lease's id; False when the machine is no longer pending."""
+        return await self._write("UPDATE machines SET gpu_check = ?, gpu_check_lease = ?"
+                                 " WHERE id = ? AND gpu_check = ?",
+                                 (domain.GpuVerification.CHECKING.value, lease_id, machine_id,
+                                  domain.GpuVerification.PENDING.value)) == 1
+
+    async def finish_gpu_check(self, machine_id: str, lease_id: str, status: domain.GpuVerification,
+                               detail_json: str, now: float) -> bool:
+        """The check's outcome, unless the machine registered again meanwhile (its claim may have changed)."""
+        return await self._write(
+            "UPDATE machines SET gpu_check = ?, gpu_check_detail = ?, gpu_checked_at = ?, gpu_check_lease = NULL"
+            " WHERE id = ? AND gpu_check = ? AND gpu_check_lease = ?",
+            (status.value, detail_json, now, machine_id, domain.GpuVerification.CHECKING.value, lease_id)) == 1
+
+    async def restart_gpu_checks(self, running: Collection[str] = ()) -> int:
+        """Checks no task runs (a restart cut them short, or their outcome could not be written) are due
+        again; the agent closes their leases once its heartbeat hears that no one holds them."""
+        keep = tuple(running)
+        return await self._write(
+            "UPDATE machines SET gpu_check = ?, gpu_check_lease = NULL WHERE gpu_check = ?"
+            + (f" AND id NOT IN ({','.join('?' * len(keep))})" if keep else ""),
+            (domain.GpuVerification.PENDING.value, domain.GpuVerification.CHECKING.value, *keep))
+
+    async def unassessed_machines(self) -> list[dict]:
+        """Machines registered before GPU verification existed (no status yet)."""
+        return await self._fetchall("SELECT id, spec FROM machines WHERE gpu_check IS NULL")
+
+    async def assess_machine(self, machine_id: str, status: domain.GpuVerification, detail_json: str) -> None:
+        await self._write("UPDATE machines SET gpu_check = ?, gpu_check_detail = ? WHERE id = ? AND gpu_check IS NULL",
+                          (status.value, detail_json, machine_id))
 
 
 def decode_lease(row: dict) -> dict:

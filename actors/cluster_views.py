@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import shlex
 
@@ -11,7 +12,8 @@ from dcl_core import domain, errors, ids
 from configs import market
 
 
-def connection_details(node_ip: str, ports: dict, token: str) -> dict:
+def connection_details(node_ip: str, ports: dict, token: str, proxy_base: str) -> dict:
+    """proxy_base: the cluster's URL on the platform (API URL + /v1/clusters/<id>), for the proxied dashboard."""
     dashboard = f"http://{node_ip}:{ports['dashboard']}"
     env = {"RAY_ADDRESS": dashboard, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
     exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
@@ -21,9 +23,49 @@ def connection_details(node_ip: str, ports: dict, token: str) -> dict:
         "ray_client_address": f"ray://{node_ip}:{ports['client_server']}",
         "gcs_address": f"{node_ip}:{ports['gcs']}",
         "ray_auth_token": token,
+        "dashboard_proxy_url": f"{proxy_base}/dashboard/",
+        "metrics_proxy_url": f"{proxy_base}/metrics",
         "env": env,
         "ray_job_submit": f"{exports} ray job submit --working-dir . -- python train.py",
     }
+
+
+# What the platform's proxy may reach on a cluster's node: a service name -> the RayPorts field it listens on.
+PROXIED_SERVICES = {"dashboard": "dashboard", "metrics": "metrics_export"}
+
+
+def proxy_target(cluster_id: str, status: str, leases: list[dict], service: str, node_id: str | None) -> dict:
+    """Where the proxy connects for one of the cluster's own nodes: {"host", "port"} from the open lease's
+    recorded address and port, never from the request. The dashboard is the head's; metrics are any node's."""
+    if service not in PROXIED_SERVICES:
+        raise errors.InvalidInput(f"no proxied service {service!r}; one of {', '.join(PROXIED_SERVICES)}")
+    if not domain.ClusterStatus(status).is_active():
+        raise errors.Conflict(f"cluster {cluster_id} is {status}: its dashboard and metrics went with its nodes "
+                              "(its logs are kept: GET /v1/clusters/{id}/logs)")
+    live = [l for l in leases if l["status"] == domain.LeaseStatus.OPEN.value and l["joined_at"]
+            and l["ports"] and l["node_ip"]]
+    if node_id is None:
+        node = next((l for l in live if l["role"] == domain.NodeRole.HEAD), None)
+        if node is None:
+            raise errors.Conflict(f"cluster {cluster_id}'s head node has not joined yet "
+                                  "(see GET /v1/clusters/{id}/events)")
+    else:
+        if service == "dashboard":
+            raise errors.InvalidInput("the dashboard is the head's; only metrics take a node")
+        node = next((l for l in live if l["id"] == node_id), None)
+        if node is None:
+            raise errors.NotFound(f"cluster {cluster_id} has no joined open node {node_id}")
+    try:
+        address = ipaddress.ip_address(node["node_ip"])
+    except ValueError:
+        address = None
+    # An agent reports its node's address: only a literal unicast IP is ever connected to.
+    if address is None or address.is_unspecified or address.is_multicast:
+        raise errors.Conflict(f"node {node['id']} reported no usable address ({node['node_ip']!r})")
+    port = node["ports"].get(PROXIED_SERVICES[service])
+    if not isinstance(port, int) or not 0 < port < 65536:
+        raise errors.Conflict(f"node {node['id']} reported no {service} port")
+    return {"host": str(address), "port": port}
 
 
 def node_labels(cluster_id: str, lease: dict, machine: dict) -> dict:

@@ -115,4 +115,4 @@ def node_request(spec: ClusterSpec, role: str) -> placement.NodeRequest:
     return placement.node_request(role, spec.gpus_per_worker, spec.cpus_per_worker, spec.gpu_model,
                                   max_price_per_gpu_hour=spec.max_price_per_gpu_hour,
                                   max_price_per_cpu_hour=spec.max_price_per_cpu_hour,
-                                  min_reliability=spec.min_reliability)
+                                  min_reliability=spec.min_reliability, verified_gpus_only=spec.verified_gpus_only)

@@ -16,14 +16,15 @@ def sandboxed(machine: dict) -> bool:
 
 
 def group_offers(machines: list[dict]) -> list[dict]:
-    """Machines rows (online only) → one offer per GPU model and sandboxing, CPU-only machines under None."""
+    """Machines rows (online only) → one offer per GPU model and sandboxing, CPU-only machines under None;
+    each row's `gpu_verification` status (a domain.GpuVerification value) is counted per group."""
     groups: dict[tuple[str | None, bool], dict] = {}
     for m in machines:
         model = m["gpu_model"] if m["gpus"] else None
         safe = sandboxed(m)
         g = groups.setdefault((model, safe), {"gpu_model": model, "sandboxed": safe, "machines": 0, "gpus": 0,
                                               "cpus": 0, "memory_mb": 0, "_gpu_prices": [], "_cpu_prices": [],
-                                              "_reliability": []})
+                                              "_reliability": [], "verified_gpus": 0, "gpu_verification": {}})
         g["machines"] += 1
         g["gpus"] += m["gpus"]
         g["cpus"] += m["cpus"]
@@ -31,6 +32,10 @@ def group_offers(machines: list[dict]) -> list[dict]:
         g["_gpu_prices"].append(m["price_per_gpu_hour"])
         g["_cpu_prices"].append(m["price_per_cpu_hour"])
         g["_reliability"].append(m.get("reliability", 1.0))
+        verification = m.get("gpu_verification") or domain.GpuVerification.NO_GPUS.value
+        g["gpu_verification"][verification] = g["gpu_verification"].get(verification, 0) + 1
+        if verification == domain.GpuVerification.VERIFIED.value:
+            g["verified_gpus"] += m["gpus"]
     result = []
     for g in groups.values():
         gpu_prices, cpu_prices, reliability = g.pop("_gpu_prices"), g.pop("_cpu_prices"), g.pop("_reliability")

@@ -22,6 +22,7 @@ class MachineCapacity:
     price_per_cpu_hour: float = 0.0
     leases_of_cluster: int = 0  # spread: prefer machines this cluster does not use yet
     reliability: float = 1.0  # actors.reputation's score
+    gpus_verified: bool = False  # a check lease saw the GPUs it claims (domain.GpuVerification.VERIFIED)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +35,7 @@ class NodeRequest:
     # leases (heads included) per CPU-hour. None: any price.
     max_price: float | None = None
     min_reliability: float | None = None  # the buyer's floor: None, any machine
+    verified_only: bool = False  # only machines whose GPUs were verified (GPU nodes)
 
     def price_of(self, m: "MachineCapacity") -> float:
         """What this node costs per billed unit-hour on machine m."""
@@ -74,13 +76,14 @@ def capacities(machines: list[dict], active_leases: list[dict], head_cpus: int =
             mid, m["provider"], m["gpu_model"] if gpus else None,
             [i for i in range(gpus) if i not in used] if used else list(range(gpus)),
             m["cpus"] - used_cpus.get(mid, 0), m["price_per_gpu_hour"], m["price_per_cpu_hour"],
-            reliability=m.get("reliability", 1.0)))
+            reliability=m.get("reliability", 1.0),
+            gpus_verified=m.get("gpu_check") == domain.GpuVerification.VERIFIED.value))
     return result
 
 
 def node_request(role: str, gpus_per_worker: int, cpus_per_worker: int, gpu_model: str | None, *,
                  max_price_per_gpu_hour: float | None = None, max_price_per_cpu_hour: float | None = None,
-                 min_reliability: float | None = None) -> NodeRequest:
+                 min_reliability: float | None = None, verified_gpus_only: bool = False) -> NodeRequest:
     """One node of a cluster: the head (CPU-only, billed per CPU-hour) or a worker as the spec asks."""
     if role == domain.NodeRole.HEAD:
         return NodeRequest(domain.NodeRole.HEAD.value, 0, HEAD_CPUS, max_price=max_price_per_cpu_hour,
@@ -88,15 +91,15 @@ def node_request(role: str, gpus_per_worker: int, cpus_per_worker: int, gpu_mode
     return NodeRequest(domain.NodeRole.WORKER.value, gpus_per_worker, cpus_per_worker,
                        gpu_model if gpus_per_worker else None,
                        max_price=max_price_per_gpu_hour if gpus_per_worker else max_price_per_cpu_hour,
-                       min_reliability=min_reliability)
+                       min_reliability=min_reliability, verified_only=verified_gpus_only and gpus_per_worker > 0)
 
 
 def cluster_requests(num_workers: int, gpus_per_worker: int, cpus_per_worker: int, gpu_model: str | None,
                      *, with_head: bool = True, max_price_per_gpu_hour: float | None = None,
                      max_price_per_cpu_hour: float | None = None,
-                     min_reliability: float | None = None) -> list[NodeRequest]:
+                     min_reliability: float | None = None, verified_gpus_only: bool = False) -> list[NodeRequest]:
     prices = {"max_price_per_gpu_hour": max_price_per_gpu_hour, "max_price_per_cpu_hour": max_price_per_cpu_hour,
-              "min_reliability": min_reliability}
+              "min_reliability": min_reliability, "verified_gpus_only": verified_gpus_only}
     worker = node_request(domain.NodeRole.WORKER, gpus_per_worker, cpus_per_worker, gpu_model, **prices)
     head = node_request(domain.NodeRole.HEAD, gpus_per_worker, cpus_per_worker, gpu_model, **prices)
     return ([head] if with_head else []) + [worker] * num_workers
@@ -108,13 +111,15 @@ def _fits_resources(m: MachineCapacity, r: NodeRequest) -> bool:
     return m.free_cpus >= r.cpus
 
 
-def _reliable(m: MachineCapacity, r: NodeRequest) -> bool:
-    return r.min_reliability is None or m.reliability >= r.min_reliability
+def _trusted(m: MachineCapacity, r: NodeRequest) -> bool:
+    """The buyer's floors on the machine itself: its reliability, and (GPU nodes) verified GPUs."""
+    reliable = r.min_reliability is None or m.reliability >= r.min_reliability
+    return reliable and (not r.verified_only or m.gpus_verified)
 
 
 def _fits(m: MachineCapacity, r: NodeRequest) -> bool:
     return (_fits_resources(m, r) and (r.max_price is None or r.price_of(m) <= r.max_price)
-            and _reliable(m, r))
+            and _trusted(m, r))
 
 
 def place(machines: list[MachineCapacity], requests: list[NodeRequest]) -> list[Assignment]:
@@ -130,7 +135,7 @@ def place(machines: list[MachineCapacity], requests: list[NodeRequest]) -> list[
     for r in ordered:
         fitting = [v for m in machines if _fits(v := picked.get(m.machine_id, m), r)]
         if not fitting:
-            filtered = r.max_price is not None or r.min_reliability is not None
+            filtered = r.max_price is not None or r.min_reliability is not None or r.verified_only
             left = [picked.get(m.machine_id, m) for m in machines] if filtered else machines
             raise InsufficientCapacity(_shortage_message(machines, requests, r, left), available=summarize(machines))
         if r.role == domain.NodeRole.HEAD:
@@ -191,8 +196,12 @@ def _shortage_message(machines: list[MachineCapacity], requests: list[NodeReques
         message += (f"; a reliability of at least {failed.min_reliability:g} was asked: " +
                     (f"the most reliable machine that fits the {failed.role} has {max(fitting):g}"
                      if fitting else f"no machine fits the {failed.role} at any reliability"))
+    if failed.verified_only:
+        fitting = [m for m in left if _fits_resources(m, failed)]
+        message += (f"; machines with verified GPUs were asked: {sum(m.gpus_verified for m in fitting)} of the "
+                    f"{len(fitting)} machine(s) that fit the {failed.role} have them")
     if failed.max_price is not None:
-        prices = [failed.price_of(m) for m in left if _fits_resources(m, failed) and _reliable(m, failed)]
+        prices = [failed.price_of(m) for m in left if _fits_resources(m, failed) and _trusted(m, failed)]
         message += (f"; at most ${failed.max_price:g} per {failed.price_unit} was asked: " +
                     (f"the cheapest machine that fits the {failed.role} costs ${min(prices):g} per {failed.price_unit}"
                      if prices else f"no machine fits the {failed.role} at any price"))

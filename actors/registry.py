@@ -10,7 +10,8 @@ import secrets
 import time
 from typing import Callable
 
-from actors import auth, agent_keys, metrics as metrics_mod, offers, reputation, store as store_mod, throttle as throttle_mod
+from actors import auth, agent_keys, gpu_verification, metrics as metrics_mod, offers, reputation, store as store_mod
+from actors import throttle as throttle_mod
 from dcl_core import domain, errors, ids, protocol, secret_files
 from actors.settings import PlatformSettings
 
@@ -164,11 +165,17 @@ class ProviderRegistry:
         else:
             _require_role(caller, domain.Role.PROVIDER)
             provider_id, provider = caller.account_id, caller.username
+        # What it claims decides its GPU verification (a new or changed claim is checked before any lease).
+        previous = await self._store.get_machine_by_key(provider_id, request["machine_key"])
+        verdict = gpu_verification.on_register(
+            spec, domain.MachineSpec.model_validate_json(previous["spec"]) if previous else None,
+            previous["gpu_check"] if previous else None)
         row = await self._store.upsert_machine(
             machine_id=ids.new_machine_id(), provider_id=provider_id,
             machine_key=request["machine_key"], name=request["name"], spec=spec,
             price_per_gpu_hour=request.get("price_per_gpu_hour", 0.0),
-            price_per_cpu_hour=request.get("price_per_cpu_hour", 0.0), now=self._clock())
+            price_per_cpu_hour=request.get("price_per_cpu_hour", 0.0), now=self._clock(),
+            gpu_check=(verdict.status, verdict.detail_json()) if verdict else None)
         answer = {**self._public_machine(row), "heartbeat_interval_s": self._settings.heartbeat_interval_s}
         if isinstance(caller, auth.Principal):
             key_id, answer["agent_key"], key_hash = agent_keys.mint(row["id"])
@@ -257,6 +264,7 @@ class ProviderRegistry:
                     if domain.MachineStatus.effective(r["status"], r["last_heartbeat"], cutoff=cutoff).is_leasable()]
         for r in leasable:  # fresh rows of this call: scored in place
             r["reliability"] = reputation.of_machine(r, now)
+            r["gpu_verification"] = gpu_verification.status(r)
         return offers.group_offers(leasable)
 
     # --- the agents' work channel -------------------------------------------------------
@@ -365,6 +373,7 @@ class ProviderRegistry:
     def _public_machine(self, row: dict) -> dict:
         machine = store_mod.decode_machine(row)
         machine["reliability"] = reputation.of_machine(row, self._clock())
+        machine["gpu_verification"] = gpu_verification.public(row)
         # The sweeper persists an offline within one interval; readers see it at once.
         machine["status"] = domain.MachineStatus.effective(
             machine["status"], machine["last_heartbeat"], cutoff=self._settings.online_cutoff(self._clock())).value

@@ -55,6 +55,11 @@ class PlatformSettings(domain.StrictModel):
     aws: Annotated[aws_config.AwsSettings | None, Field(
         description="Enables backend 'aws' (EC2 head and GPU workers); None: only the provider market")] = None
     max_lifetime_s: Annotated[int, Field(ge=60, le=90 * 86_400, description="Longest a cluster may live, extensions included")] = 7 * 86_400
+    gpu_check_interval_s: Annotated[float, Field(
+        ge=0.1, le=600, description="How often due GPU checks are looked for (a new machine waits at most this)")] = 2.0
+    gpu_check_accepts_fake_nvml: Annotated[bool, Field(
+        description="TEST PLATFORMS ONLY: count GPU checks that read a fake NVML (agents started with "
+                    "--test-fake-nvml); otherwise such a machine stays unverified")] = False
     quotas: Annotated[quota_limits.QuotaLimits, Field(
         description="Every buyer account's limits unless an admin set its own (PUT /v1/accounts/{id}/quota)")
     ] = quota_limits.QuotaLimits()

@@ -155,6 +155,15 @@ MIGRATIONS: list[str] = [
     ALTER TABLE machines ADD COLUMN leases_completed INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE machines ADD COLUMN leases_lost INTEGER NOT NULL DEFAULT 0;
     """,
+    # 7: whether a machine's GPUs are as it claims (domain.GpuVerification; NULL: not assessed yet, the
+    # ClusterManager assesses it when it starts), when it was checked, what the check saw (JSON), and
+    # the check lease while one runs
+    """
+    ALTER TABLE machines ADD COLUMN gpu_check TEXT;
+    ALTER TABLE machines ADD COLUMN gpu_checked_at REAL;
+    ALTER TABLE machines ADD COLUMN gpu_check_detail TEXT;
+    ALTER TABLE machines ADD COLUMN gpu_check_lease TEXT;
+    """,
 ]
 
 
@@ -404,21 +413,34 @@ class Store(Database):
 
     async def upsert_machine(self, *, machine_id: str, provider_id: int, machine_key: str, name: str,
                              spec: domain.MachineSpec, price_per_gpu_hour: float,
-                             price_per_cpu_hour: float, now: float) -> dict:
-        """Insert, or refresh the machine this provider registered earlier with the same key."""
+                             price_per_cpu_hour: float, now: float,
+                             gpu_check: tuple[domain.GpuVerification, str] | None = None) -> dict:
+        """Insert, or refresh the machine this provider registered earlier with the same key.
+        gpu_check: its new GPU verification status and detail (JSON), in the same statement (None: unchanged;
+        a check in flight is then forgotten: its outcome no longer applies)."""
+        status, detail = (gpu_check[0].value, gpu_check[1]) if gpu_check else (None, None)
+        kept = "CASE WHEN excluded.gpu_check IS NULL THEN machines.{0} ELSE excluded.{0} END"
         await self._write(
             """INSERT INTO machines (id, provider_id, machine_key, name, spec, gpu_model, gpus, cpus,
-                   memory_mb, price_per_gpu_hour, price_per_cpu_hour, status, registered_at, last_heartbeat)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                   memory_mb, price_per_gpu_hour, price_per_cpu_hour, status, registered_at, last_heartbeat,
+                   gpu_check, gpu_check_detail)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                ON CONFLICT (provider_id, machine_key) DO UPDATE SET
                    name = excluded.name, spec = excluded.spec, gpu_model = excluded.gpu_model,
                    gpus = excluded.gpus, cpus = excluded.cpus, memory_mb = excluded.memory_mb,
                    price_per_gpu_hour = excluded.price_per_gpu_hour,
                    price_per_cpu_hour = excluded.price_per_cpu_hour,
-                   status = excluded.status, last_heartbeat = excluded.last_heartbeat""",
+                   status = excluded.status, last_heartbeat = excluded.last_heartbeat,
+                   gpu_check = COALESCE(excluded.gpu_check, machines.gpu_check), """
+            f"gpu_check_detail = {kept.format('gpu_check_detail')}, gpu_checked_at = {kept.format('gpu_checked_at')}, "
+            f"gpu_check_lease = {kept.format('gpu_check_lease')}",
             (machine_id, provider_id, machine_key, name, spec.model_dump_json(), spec.gpu_model,
              len(spec.gpus), spec.cpus, spec.memory_mb, price_per_gpu_hour, price_per_cpu_hour,
-             domain.MachineStatus.ONLINE.value, now, now))
+             domain.MachineStatus.ONLINE.value, now, now, status, detail))
+        return await self._fetchone(self._MACHINE_SELECT + " WHERE m.provider_id = ? AND m.machine_key = ?",
+                                    (provider_id, machine_key))
+
+    async def get_machine_by_key(self, provider_id: int, machine_key: str) -> dict | None:
         return await self._fetchone(self._MACHINE_SELECT + " WHERE m.provider_id = ? AND m.machine_key = ?",
                                     (provider_id, machine_key))
 
@@ -459,11 +481,13 @@ class Store(Database):
         return {r["id"]: r for r in rows}
 
     async def live_lease_ids(self, machine_id: str) -> set[str]:
-        """Leases on the machine that still hold capacity (the leases table is the ClusterManager's)."""
+        """Leases on the machine that still hold capacity (the leases table is the ClusterManager's), and
+        its GPU check lease while one runs."""
         live = tuple(st.value for st in domain.LeaseStatus if st.holds_capacity())
-        rows = await self._fetchall(f"SELECT id FROM leases WHERE machine_id = ? AND status IN ({','.join('?' * len(live))})",
-                                    (machine_id, *live))
-        return {r["id"] for r in rows}
+        rows = await self._fetchall(f"SELECT id FROM leases WHERE machine_id = ? AND status IN ({','.join('?' * len(live))})"
+                                    " UNION SELECT gpu_check_lease AS id FROM machines WHERE id = ? AND gpu_check = ?",
+                                    (machine_id, *live, machine_id, domain.GpuVerification.CHECKING.value))
+        return {r["id"] for r in rows if r["id"]}
 
     async def set_machine_status(self, machine_id: str, status: domain.MachineStatus) -> None:
         await self._write("UPDATE machines SET status = ? WHERE id = ?", (status.value, machine_id))

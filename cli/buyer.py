@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from cli import output
+from cli import dashboard_forward, output
 from cli import terminal
 from cli.exits import CliError, Exit, error_message, exit_code_for
 from cli.session import Session, current_session, read_session, save_session, session_path
@@ -50,7 +50,7 @@ USABLE = (domain.ClusterStatus.RUNNING.value, domain.ClusterStatus.DEGRADED.valu
 CREATE_FLAGS = {"num_workers": "--workers", "gpus_per_worker": "--gpus", "gpu_model": "--gpu-model",
                 "cpus_per_worker": "--cpus", "duration_s": "--duration", "name": "--name",
                 "max_price_per_gpu_hour": "--max-price-per-gpu-hour", "max_price_per_cpu_hour": "--max-price-per-cpu-hour",
-                "min_reliability": "--min-reliability"}
+                "min_reliability": "--min-reliability", "verified_gpus_only": "--verified-gpus-only"}
 
 
 # --- durations --------------------------------------------------------------------------
@@ -111,6 +111,8 @@ def cluster_body(args: argparse.Namespace) -> dict:
     for field in ("max_price_per_gpu_hour", "max_price_per_cpu_hour", "min_reliability"):
         if getattr(args, field, None) is not None:
             body[field] = getattr(args, field)
+    if getattr(args, "verified_gpus_only", False):
+        body["verified_gpus_only"] = True
     return body
 
 
@@ -426,6 +428,35 @@ def cmd_connect(args: argparse.Namespace) -> int:
     return Exit.OK
 
 
+@_guarded
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    with signed_in_client() as client:
+        connection = client.request("GET", cluster_path(args.cluster_id, "/connection"))
+    urls = {k: connection[k] for k in ("dashboard_url", "dashboard_proxy_url", "metrics_proxy_url")}
+    if args.forward is not None:
+        forward = dashboard_forward.DashboardForward(urls["dashboard_proxy_url"], current_session().token,
+                                                     port=args.forward)
+        output.progress(f"the Ray dashboard of {args.cluster_id}, through the platform: {forward.url} "
+                        "(GET only; Ctrl-C stops; valid while your sign-in is)")
+        try:
+            forward.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            forward.close()
+        return Exit.OK
+    if args.json:
+        output.print_json(urls)
+        return Exit.OK
+    print(f"Ray dashboard (on the head):   {urls['dashboard_url']}")
+    print("  with the cluster's Ray token: Authorization: Bearer $RAY_AUTH_TOKEN "
+          f"(eval \"$(dcluster cluster connect {args.cluster_id})\"), or paste it where the dashboard asks")
+    print(f"through the platform (GET):    {urls['dashboard_proxy_url']}")
+    print(f"Prometheus metrics (head):     {urls['metrics_proxy_url']}   (?node=l-... for a worker)")
+    print("  both with your platform token: Authorization: Bearer <token from dcluster login>")
+    return Exit.OK
+
+
 # --- parsers ----------------------------------------------------------------------------
 
 def _parser_kw(help_text: str) -> dict:
@@ -462,7 +493,7 @@ def add_logout(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def add_cluster(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("cluster", **_parser_kw("buyer clusters: create, list, status, events, extend, delete, "
-                                               "connect"))
+                                               "connect, dashboard"))
     csub = p.add_subparsers(dest="cluster_command", metavar="ACTION", required=True)
 
     c = csub.add_parser("create", **_parser_kw("ask for a Ray cluster of N workers for a while"))
@@ -480,6 +511,8 @@ def add_cluster(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="most a CPU-only node (the head, CPU workers) may cost per CPU-hour (default: any)")
     c.add_argument("--min-reliability", type=float, metavar="0-1",
                    help="only machines at least this reliable (uptime x nodes ended well; offers show it)")
+    c.add_argument("--verified-gpus-only", action="store_true",
+                   help="GPU workers only on machines whose GPUs a check lease verified (`dcluster offers` counts them)")
     _wait_args(c, "show its events until it runs, then print its environment (`export` lines)")
     _json_arg(c)
     c.set_defaults(cluster_handler=cmd_create)
@@ -495,6 +528,16 @@ def add_cluster(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         q.add_argument("cluster_id", metavar="ID")
         _json_arg(q)
         q.set_defaults(cluster_handler=handler)
+
+    db = csub.add_parser("dashboard", **_parser_kw("where its Ray dashboard and Prometheus metrics are, directly "
+                                                   "and through the platform; --forward: the dashboard on a local "
+                                                   "port"))
+    db.add_argument("cluster_id", metavar="ID")
+    db.add_argument("--forward", type=int, metavar="PORT", nargs="?", const=0,
+                    help="serve the dashboard on 127.0.0.1:PORT through the platform, with your sign-in "
+                         "(no PORT: a free one)")
+    _json_arg(db)
+    db.set_defaults(cluster_handler=cmd_dashboard)
 
     e = csub.add_parser("events", **_parser_kw("a cluster's events (--json --follow: one JSON object per line)"))
     e.add_argument("cluster_id", metavar="ID")

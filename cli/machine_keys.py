@@ -1,10 +1,10 @@
-"""`dcluster machine keys` and `dcluster machine revoke-key`: a provider's per-machine agent keys."""
+"""`dcluster machine list|keys|revoke-key`: a provider's machines (cli/machines.py) and per-machine agent keys."""
 
 from __future__ import annotations
 
 import argparse
 
-from cli import buyer, output, terminal
+from cli import buyer, machines, output
 
 
 def key_rows(keys: list[dict]) -> tuple[list[str], list[list]]:
@@ -15,26 +15,26 @@ def key_rows(keys: list[dict]) -> tuple[list[str], list[list]]:
 
 @buyer._guarded
 def cmd_machine(args: argparse.Namespace) -> int:
+    if args.machine_command == "list":
+        return machines.list_machines(args)
+    if args.machine_command == "keys":
+        return machines.show(args, "/v1/machine-keys", key_rows)
     with buyer.signed_in_client() as client:
-        if args.machine_command == "revoke-key":
-            revoked = client.request("DELETE", f"/v1/machine-keys/{args.key_id}")
-            if args.json:
-                output.print_json(revoked)
-            else:
-                print(f"revoked {revoked['id']} of machine {revoked['machine_id']}: its agent gets 401 on its next "
-                      f"heartbeat and stops; run it with the provider's password to enroll the machine again")
-            return buyer.Exit.OK
-        keys = client.request("GET", "/v1/machine-keys")
+        revoked = client.request("DELETE", f"/v1/machine-keys/{args.key_id}")
     if args.json:
-        output.print_json(keys)
+        output.print_json(revoked)
     else:
-        terminal.print_table(*key_rows(keys))
+        print(f"revoked {revoked['id']} of machine {revoked['machine_id']}: its agent gets 401 on its next "
+              f"heartbeat and stops; run it with the provider's password to enroll the machine again")
     return buyer.Exit.OK
 
 
 def add_machine(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = sub.add_parser("machine", help="providers: your machines' agent keys (list, revoke)")
+    p = sub.add_parser("machine", help="providers: your machines (GPUs declared or verified) and their agent keys")
     msub = p.add_subparsers(dest="machine_command", metavar="ACTION", required=True)
+    listing = msub.add_parser("list", help="your machines (every machine, for admins): status, GPUs and their "
+                                           "check (declared, verified, mismatch: what differs), reliability")
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
     keys = msub.add_parser("keys", help="every agent key of your machines, active and revoked (never a secret)")
     keys.add_argument("--json", action="store_true", help="machine-readable output")
     revoke = msub.add_parser("revoke-key", help="revoke a machine's key: its agent stops at its next heartbeat")

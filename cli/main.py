@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from cli import buyer, demo, machine_keys, quota, usage
+from cli import buyer, demo, machine_keys, machines, quota, usage
 from dcl_core import database_url
 from cli import platform as platform_mod
 from cli import platform_state
@@ -118,7 +118,8 @@ def _format_status(st: dict) -> list[str]:
     if "machines" in st:
         lines.append(f"  machines: {len(st['machines'])}")
         for m in st["machines"]:
-            lines.append(f"    {m['id']}  {m['name']:<16} {m['provider']:<20} {m['status']}")
+            lines.append(f"    {m['id']}  {m['name']:<16} {m['provider']:<20} {m['status']:<8} "
+                         f"GPUs {(m.get('gpu_verification') or {}).get('status', '-')}")
     elif st.get("machines_error"):
         lines.append(f"  machines: unavailable ({st['machines_error']})")
     if "clusters" in st:
@@ -153,6 +154,7 @@ SUBCOMMANDS: dict[str, tuple[Callable[[argparse._SubParsersAction], argparse.Arg
     "usage": (usage.add_usage, usage.cmd_usage),
     "quota": (quota.add_quota, quota.cmd_quota),
     "machine": (machine_keys.add_machine, machine_keys.cmd_machine),
+    "offers": (machines.add_offers, machines.cmd_offers),
 }
 
 

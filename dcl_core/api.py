@@ -91,6 +91,21 @@ class Heartbeat(Strict):
         max_length=1024, description="Leases the agent holds; the answer names those the platform ended")] = []
 
 
+class GpuVerificationPublic(Strict):
+    """Whether the machine's GPUs are as it claims (see the README's "GPUs: declared or verified")."""
+
+    status: domain.GpuVerification = Field(description="no_gpus, declared (--gpus: never verified), pending, "
+                                                       "checking, verified, mismatch, unverified")
+    checked_at: float | None = Field(default=None, description="When the last check lease ended")
+    reason: str | None = Field(default=None, description="Why it is not verified (mismatch: what differs, in short)")
+    differences: list[str] = Field(default=[], description="mismatch: each claim the check lease did not see")
+    nvml: protocol.NvmlSource | None = Field(default=None, description="What the check read: NVML, a test fake, or nothing")
+    uid: int | None = Field(default=None, description="The user the check ran as (in a sandbox: the lease's own uid)")
+    seen: list[domain.GpuInfo] = Field(default=[], description="The GPUs NVML showed inside the check lease")
+    driver_version: str | None = None
+    benchmarks: list[protocol.GpuBenchmark] = Field(default=[], description="Matmul timings inside the check lease")
+
+
 class MachinePublic(Strict):
     id: str
     provider_id: int
@@ -106,6 +121,7 @@ class MachinePublic(Strict):
     reliability: float = Field(description="0-1: share of its time online since it registered, times the share of "
                                            "its nodes that ended well rather than lost (priors: an hour online, "
                                            "9 of 10 nodes)")
+    gpu_verification: GpuVerificationPublic
 
 
 class HeartbeatAck(Strict):
@@ -167,6 +183,9 @@ class Offer(Strict):
     price_per_cpu_hour_max: float
     reliability_min: float = Field(description="The least reliable machine of the group (see MachinePublic)")
     reliability_max: float
+    verified_gpus: int = Field(description="GPUs on machines whose GPUs a check lease verified")
+    gpu_verification: dict[domain.GpuVerification, int] = Field(
+        description="Machines of the group per GPU verification status (see MachinePublic.gpu_verification)")
 
 
 class Message(Strict):
@@ -218,6 +237,12 @@ class ClusterConnection(Strict):
     ray_client_address: str
     gcs_address: str
     ray_auth_token: str
+    dashboard_proxy_url: Annotated[str, Field(description=(
+        "The head's dashboard through the platform (GET only): send your platform token as "
+        "`Authorization: Bearer`, the platform adds the cluster's Ray token. Directly at dashboard_url, send "
+        "the Ray token instead (`Authorization: Bearer <ray_auth_token>`, or sign in once in the dashboard)"))]
+    metrics_proxy_url: Annotated[str, Field(description=(
+        "The head's Ray metrics in Prometheus' format, with your platform token; ?node=<node id> for a worker's"))]
     env: dict[str, str]
     ray_job_submit: str
 

@@ -34,6 +34,9 @@ class ClusterSpec(domain.StrictModel):
     min_reliability: Annotated[float | None, Field(
         default=None, ge=0, le=1,
         description="Only machines at least this reliable (GET /v1/offers shows each group's range); None: any")] = None
+    verified_gpus_only: Annotated[bool, Field(
+        description="GPU workers only on machines whose GPUs a check lease verified (not declared, not "
+                    "mismatched); replacements too")] = False
     image: Annotated[str | None, Field(default=None, max_length=256, pattern=ids.CONTAINER_IMAGE_PATTERN,
                                        description="Container image of every node (machines with the docker "
                                                    "runtime); it must have the platform's Ray and Python "

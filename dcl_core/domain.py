@@ -87,6 +87,28 @@ class LeaseStatus(str, enum.Enum):
         return self in (LeaseStatus.RESERVED, LeaseStatus.OPEN)
 
 
+class GpuVerification(str, enum.Enum):
+    """Whether a machine's GPUs are as it claims: shown with every machine and offer. The registry sets the
+    first status when a machine registers (actors.gpu_verification decides), the ClusterManager's check
+    lease (actors.gpu_checks) the outcome."""
+
+    NO_GPUS = "no_gpus"  # a CPU-only machine: nothing to verify
+    DECLARED = "declared"  # GPUs declared by hand (`dcluster-agent --gpus`): never verified
+    PENDING = "pending"  # detected GPUs, not checked yet (new, or its GPUs changed): no new lease meanwhile
+    CHECKING = "checking"  # the check lease holds every GPU of the machine now
+    VERIFIED = "verified"  # the check lease saw, through NVML in the sandbox, the GPUs the machine claims
+    MISMATCH = "mismatch"  # the check lease saw something else: what differs is kept with it
+    UNVERIFIED = "unverified"  # the check could not run or give an answer (why is kept): as good as declared
+
+    def holds_placement(self) -> bool:
+        """No buyer lease is placed on the machine: its check is due or running (the check lease holds its GPUs)."""
+        return self in (GpuVerification.PENDING, GpuVerification.CHECKING)
+
+    @classmethod
+    def placement_holders(cls) -> tuple["GpuVerification", ...]:
+        return tuple(s for s in cls if s.holds_placement())
+
+
 class StrictModel(BaseModel):
     """The base of every model of ours: unknown fields are an error, never ignored."""
 

@@ -34,6 +34,12 @@ class Conflict(DClusterError):
     http_status = 409
 
 
+class BadGateway(DClusterError):
+    """A buyer cluster's node, reached through the platform, did not answer (or answered past the bounds)."""
+
+    http_status = 502
+
+
 class RateLimited(DClusterError):
     http_status = 429
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from dcl_core import domain, ids
 
@@ -26,12 +26,20 @@ LeaseId = Annotated[str, Field(pattern=ids.LEASE_ID_PATTERN)]
 Strict = domain.StrictModel
 
 
+# What a lease is for: a node of a buyer's sub-cluster, or the platform's own GPU check of the machine
+# (actors.gpu_checks: every GPU, one command, never billed; it belongs to no cluster).
+NODE_LEASE = "node"
+GPU_CHECK_LEASE = "gpu_check"
+LeasePurpose = Literal["node", "gpu_check"]
+
+
 class LeaseOpen(Strict):
     """Prepare a lease: its directory, HOME, ports, auth token; nothing runs yet."""
 
     lease_id: LeaseId
-    cluster_id: Annotated[str, Field(pattern=ids.CLUSTER_ID_PATTERN)]
-    role: domain.NodeRoleValue
+    purpose: LeasePurpose = NODE_LEASE
+    cluster_id: Annotated[str, Field(pattern=ids.CLUSTER_ID_PATTERN)] | None = None  # a node lease's cluster
+    role: domain.NodeRoleValue | None = None  # a node lease's role
     gpu_indices: list[int] = []
     # Merged into RAY_OVERRIDE_RESOURCES / RAY_OVERRIDE_LABELS of every command of the lease.
     resources: dict[str, float] = {}
@@ -40,6 +48,14 @@ class LeaseOpen(Strict):
     head_gcs_port: int | None = None  # workers: where the head's GCS listens (exported as DCL_HEAD_GCS_PORT)
     cpus: Annotated[int, Field(ge=1, le=4096)] | None = None  # the lease's CPUs: its sandbox's CPU limit
     image: Annotated[str, Field(max_length=256)] | None = None  # the cluster's container image (docker runtime)
+
+    @model_validator(mode="after")
+    def _node_or_check(self) -> "LeaseOpen":
+        if self.purpose == NODE_LEASE and (self.cluster_id is None or self.role is None):
+            raise ValueError("a node lease needs its cluster_id and role")
+        if self.purpose == GPU_CHECK_LEASE and (self.cluster_id is not None or self.role is not None):
+            raise ValueError("a GPU check lease belongs to no cluster: send neither cluster_id nor role")
+        return self
 
 
 class LeaseOpened(Strict):
@@ -93,3 +109,37 @@ ENV_LEASE_ID = "DCL_LEASE_ID"
 # Ray node label the agent sets on every node of a lease (with the platform's dcluster.io/* labels):
 # the platform maps the sub-cluster's GCS nodes to leases by it (actors.node_observer).
 LEASE_LABEL = "dcluster.io/lease"
+
+
+# --- the GPU check (a lease of purpose GPU_CHECK_LEASE runs one command: worker.agent.gpu_check) ----------
+
+GPU_CHECK_COMMAND = "python -m worker.agent.gpu_check"
+GPU_CHECK_MARKER = "DCL_GPU_CHECK "  # the line of the check's output that carries its GpuCheckReport (JSON)
+# Test-only: a fake NVML's description (JSON) the agent passes into its check leases when it was started with
+# `--test-fake-nvml`; the report then says nvml="fake", and only a platform with
+# gpu_check_accepts_fake_nvml (test platforms) counts it.
+ENV_TEST_FAKE_NVML = "DCL_TEST_FAKE_NVML"
+NvmlSource = Literal["nvml", "fake", "unavailable"]
+
+
+class GpuBenchmark(Strict):
+    """A small matmul timed inside the check lease (informative: it is shown, not judged)."""
+
+    backend: Literal["torch", "cupy", "numpy", "python"]
+    device: Annotated[str, Field(max_length=64, description="'cpu', or 'gpu:<index in the lease>'")]
+    size: Annotated[int, Field(ge=0, le=1_000_000, description="n of the n x n matmul")] = 0
+    seconds: Annotated[float, Field(ge=0, le=86_400)] = 0.0
+    gflops: Annotated[float, Field(ge=0, le=1e9)] = 0.0
+    error: Annotated[str, Field(max_length=500)] | None = None
+
+
+class GpuCheckReport(Strict):
+    """What the check lease saw of the machine's GPUs, from inside its sandbox."""
+
+    nvml: NvmlSource
+    uid: int | None = None  # the user the check ran as: in a sandbox, the lease's own uid
+    nvml_error: Annotated[str, Field(max_length=500)] | None = None
+    gpus: Annotated[list[domain.GpuInfo], Field(max_length=64)] = []
+    driver_version: Annotated[str, Field(max_length=64)] | None = None
+    cuda_version: Annotated[str, Field(max_length=32)] | None = None
+    benchmarks: Annotated[list[GpuBenchmark], Field(max_length=70)] = []

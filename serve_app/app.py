@@ -11,8 +11,8 @@ from ray import serve
 
 from actors import actor_classes
 from actors.settings import PlatformSettings
-from serve_app import (api_metrics, batching, errors, input_policy, listener, routes_accounts, routes_clusters,
-                       routes_machines)
+from serve_app import (api_metrics, batching, errors, head_proxy, input_policy, listener, routes_accounts,
+                       routes_clusters, routes_machines)
 from serve_app.console import routes as console
 
 logger = logging.getLogger(__name__)
@@ -54,6 +54,7 @@ def create_app(registry, clusters, *, trusted_proxy_hops: int = 0) -> FastAPI:
     app.state.heartbeats = batching.Batcher(lambda beats: registry.heartbeats.remote(beats))
     app.state.cluster_reads = batching.Batcher(lambda reads: clusters.get_clusters.remote(reads))
     app.state.tokens = None  # fetched from the registry on first use
+    app.state.head_proxy = head_proxy.HeadProxy()  # buyers' dashboards and metrics (routes_clusters)
     app.state.trusted_proxy_hops = trusted_proxy_hops  # see deps.client_address
     app.add_middleware(errors.BodySizeLimit)
     app.add_middleware(api_metrics.ApiLatency)
@@ -66,6 +67,7 @@ def create_app(registry, clusters, *, trusted_proxy_hops: int = 0) -> FastAPI:
     app.include_router(routes_accounts.seed_router, responses=answers(401, 403, 409, 429))
     app.include_router(routes_machines.router, responses=answers(401, 403, 404))
     app.include_router(routes_clusters.router, responses=answers(401, 403, 404, 409))
+    app.include_router(routes_clusters.proxy_router, responses=answers(401, 403, 404, 409, 502))
     app.include_router(routes_clusters.seed_router, responses=answers(401, 403, 404, 409))
     app.include_router(routes_clusters.node_router, responses=answers(401, 403, 404, 409))
     console.install(app)  # the web console at /

@@ -8,8 +8,9 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from actors import agent_keys, auth
-from serve_app import batching
 from dcl_core import domain, errors
+from serve_app import batching
+from serve_app import head_proxy as head_proxy_mod
 
 _bearer = HTTPBearer(auto_error=False, description="A JWT from POST /v1/token")
 
@@ -117,8 +118,13 @@ def clusters(request: Request):
     return request.app.state.clusters
 
 
+def head_proxy(request: Request) -> head_proxy_mod.HeadProxy:
+    return request.app.state.head_proxy
+
+
 Registry = Annotated[object, Depends(registry)]
 Clusters = Annotated[object, Depends(clusters)]
+HeadProxy = Annotated[head_proxy_mod.HeadProxy, Depends(head_proxy)]
 
 
 def heartbeats(request: Request) -> batching.Batcher:

@@ -46,6 +46,7 @@ _MEANINGS = {
     413: "The request body is over 1 MiB",
     422: "A parameter or the body is invalid: each problem with where it is",
     429: "A rate limit was hit: the detail names it, Retry-After says when to come back",
+    502: "The cluster's node did not answer in time, or answered more than the proxy passes on",
     503: "The control plane is starting or restarting: retry after Retry-After seconds",
 }
 

@@ -5,16 +5,17 @@ from __future__ import annotations
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, status
-from fastapi.responses import PlainTextResponse
+from fastapi import APIRouter, Path, Query, Request, status
+from fastapi.responses import PlainTextResponse, StreamingResponse
 
 from dcl_core import api, errors, ids
 from dcl_core.cluster_spec import ClusterSpec
-from serve_app import deps
+from serve_app import deps, head_proxy
 
 router = APIRouter(tags=["clusters"])
 seed_router = APIRouter(tags=["seed-compatible"])
 node_router = APIRouter(tags=["node provider"])
+proxy_router = APIRouter(tags=["cluster dashboard and metrics"])
 
 ClusterId = Annotated[str, Path(pattern=ids.CLUSTER_ID_PATTERN, description="Cluster id, e.g. c-0123456789ab")]
 NodeId = Annotated[str, Path(pattern=ids.LEASE_ID_PATTERN, description="Node (lease) id, e.g. l-0123456789ab")]
@@ -104,6 +105,37 @@ async def job_log(cluster_id: ClusterId, principal: deps.BuyerOrAdmin, clusters:
     """A submitted job's driver output, as the head kept it (`ray job logs`, after the cluster ended)."""
     found = await clusters.job_log.remote(principal, cluster_id, job_id)
     return PlainTextResponse(found["text"])
+
+
+# --- a buyer's own cluster, seen through the platform (serve_app/head_proxy.py) -----------
+
+_PROXIED = {200: {"content": {"text/html": {}, "application/json": {}, "text/plain": {}}}}
+
+
+@proxy_router.get("/v1/clusters/{cluster_id}/dashboard/{path:path}", response_class=StreamingResponse,
+                  responses=_PROXIED)
+async def dashboard(cluster_id: ClusterId, path: str, request: Request, principal: deps.BuyerOrAdmin,
+                    clusters: deps.Clusters, proxy: deps.HeadProxy):
+    """GET any path of the cluster's Ray dashboard on its head (pages, `api/v0/nodes`, `api/jobs/`, job logs),
+    with the cluster's Ray token added by the platform: the caller needs only its platform token. Read-only;
+    submitting jobs goes to the head itself (`GET .../connection`)."""
+    head_proxy.checked_path(path)  # refused before any actor call
+    target = await clusters.proxy_target.remote(principal, cluster_id, "dashboard")
+    return await proxy.fetch(head_proxy.dashboard_url(target, path, request.url.query), request.headers,
+                             token=target["token"])
+
+
+@proxy_router.get("/v1/clusters/{cluster_id}/metrics", response_class=StreamingResponse,
+                  responses={200: {"content": {"text/plain": {}}}})
+async def metrics(cluster_id: ClusterId, request: Request, principal: deps.BuyerOrAdmin, clusters: deps.Clusters,
+                  proxy: deps.HeadProxy,
+                  node: Annotated[str | None, Query(pattern=ids.LEASE_ID_PATTERN,
+                                                    description="A node (lease) of the cluster; default its head")
+                                  ] = None):
+    """The node's Ray metrics in Prometheus' text format (its metrics export port), for a scrape job with
+    `authorization: {credentials_file: ...}` holding a platform token."""
+    target = await clusters.proxy_target.remote(principal, cluster_id, "metrics", node)
+    return await proxy.fetch(head_proxy.metrics_url(target), request.headers)
 
 
 # --- the seed's paths (now behind a buyer's token) ---------------------------------------

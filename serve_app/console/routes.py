@@ -281,11 +281,19 @@ async def create_cluster(request: Request, session: sess.ActingSession, clusters
                          num_workers: Annotated[int, Form()], duration_s: Annotated[int, Form()],
                          gpus_per_worker: Annotated[int, Form()] = 0, cpus_per_worker: Annotated[int, Form()] = 1,
                          gpu_model: Annotated[str, Form(max_length=64)] = "",
-                         name: Annotated[str, Form(max_length=64)] = ""):
-    """POST /v1/clusters from the form: the same spec model, the same actor call; then its page."""
+                         name: Annotated[str, Form(max_length=64)] = "",
+                         max_price_per_gpu_hour: Annotated[str, Form(max_length=32)] = "",
+                         max_price_per_cpu_hour: Annotated[str, Form(max_length=32)] = "",
+                         min_reliability: Annotated[str, Form(max_length=32)] = ""):
+    """POST /v1/clusters from the form: the same spec model, the same actor call; then its page. A number left
+    empty is "any" (None), as a field left out of the API's body."""
     try:
-        spec = ClusterSpec(num_workers=num_workers, gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,
-                           duration_s=duration_s, gpu_model=gpu_model or None, name=name or None)
+        spec = ClusterSpec.model_validate({
+            "num_workers": num_workers, "gpus_per_worker": gpus_per_worker, "cpus_per_worker": cpus_per_worker,
+            "duration_s": duration_s, "gpu_model": gpu_model or None, "name": name or None,
+            "max_price_per_gpu_hour": max_price_per_gpu_hour.strip() or None,
+            "max_price_per_cpu_hour": max_price_per_cpu_hour.strip() or None,
+            "min_reliability": min_reliability.strip() or None})
     except pydantic.ValidationError as exc:
         message = "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors())
         raise ConsoleError(422, message) from None

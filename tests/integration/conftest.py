@@ -25,6 +25,8 @@ SETTINGS = {
     "signups_per_minute": 1_000_000,
     "password_hashes_per_minute": 1_000_000,
     "bcrypt_rounds": 4,
+    # No GPU here: test agents read a fake NVML (--test-fake-nvml), whose checks only a test platform counts.
+    "gpu_check_accepts_fake_nvml": True,
 }
 
 

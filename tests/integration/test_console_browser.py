@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration import browser as browser_mod
 from tests.integration.helpers import Api, wait_for
 from worker import procs
 
@@ -28,31 +29,16 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 # Up to CREATE_ATTEMPTS clusters on a loaded host, each up to 300 s to run.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "console"
+ARTIFACTS = browser_mod.ARTIFACTS / "console"
 ENDED = ("failed", "expired", "terminated")
 CREATE_ATTEMPTS = 3
 
 
 @pytest.fixture
 def browser(tmp_path):
-    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
-        pytest.fail("the console test needs Debian's chromium and chromium-driver (apt-get install -y chromium "
-                    "chromium-driver; .ci/run installs them)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--window-size=1280,1400", f"--user-data-dir={tmp_path / 'chromium'}", "--no-first-run"):
-        options.add_argument(arg)
-    service = webdriver.ChromeService(executable_path=CHROMEDRIVER, log_output=str(tmp_path / "chromedriver.log"))
-    driver = webdriver.Chrome(options=options, service=service)
-    driver.implicitly_wait(0)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    try:
+    with browser_mod.chromium(tmp_path) as driver:
         yield driver
-    finally:
-        driver.quit()  # stops the chromium it started, then chromedriver
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -120,6 +106,7 @@ def create_from_page(driver, url: str, *, name: str) -> str:
     workers = driver.find_element(By.ID, "create-workers")
     workers.clear()
     workers.send_keys("1")
+    driver.find_element(By.ID, "create-min-reliability").send_keys("0.5")  # every fresh machine starts at 0.9
     driver.find_element(By.ID, "create-submit").click()
     WebDriverWait(driver, 30).until(lambda d: "/console/clusters/c-" in d.current_url)
     return driver.current_url.rsplit("/", 1)[1]

@@ -14,7 +14,7 @@ import pydantic
 
 from dcl_core import domain, protocol
 from worker import client as api
-from worker.agent import detect, leases, sandbox as sandbox_mod
+from worker.agent import detect, fake_nvml, leases, sandbox as sandbox_mod
 from worker.agent.sandbox import base as sandbox_base
 from worker.agent.state import AgentSettings, MachineState, machine_name
 
@@ -44,7 +44,8 @@ class Agent:
         self.settings = settings
         self._detect = detect_fn or (lambda: detect.detect_machine(
             settings.declared_gpus, settings.declared_gpu_model, settings.declared_gpu_memory_mb,
-            declared_cpus=settings.declared_cpus))
+            declared_cpus=settings.declared_cpus,
+            nvml=fake_nvml.FakeNvml.from_json(settings.test_fake_nvml) if settings.test_fake_nvml else None))
         self._usage = usage_fn or self._default_usage
         self._sleep = sleep  # None: wait on the stop event, so stop() interrupts every wait
         self._clock = clock
@@ -60,7 +61,9 @@ class Agent:
             runtime = sandbox_mod.make_runtime(settings.runtime, gpu_dev_root=settings.gpu_device_dir,
                                                docker_image=settings.docker_image)
             lease_runner = leases.LeaseRunner(self._state.dir / LEASES_DIR, machine_id_fn=lambda: self.machine_id,
-                                              runtime=runtime, limits_fn=self._lease_limits)
+                                              runtime=runtime, limits_fn=self._lease_limits,
+                                              check_env=({protocol.ENV_TEST_FAKE_NVML: settings.test_fake_nvml}
+                                                         if settings.test_fake_nvml else None))
         self.leases = lease_runner
         # Items of one lease run in order on one thread, leases in parallel: lease id -> pending items.
         # A lease's thread exists while it has items and ends when its queue is empty.

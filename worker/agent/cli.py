@@ -15,7 +15,7 @@ import pydantic
 from dcl_core import domain
 from worker import client as api
 from worker.agent import agent as agent_mod
-from worker.agent import detect
+from worker.agent import detect, fake_nvml
 from worker.agent import state as state_mod
 from worker.agent import sandbox
 from worker.agent.sandbox import base as sandbox_base
@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lease-pids", type=int, default=4096, metavar="N", help="Most processes in one lease")
     p.add_argument("--gpu-device-dir", type=Path, default=Path("/dev"),
                    help="Where the GPUs' device nodes are (tests point it at fake nodes)")
+    p.add_argument("--test-fake-nvml", type=Path, default=None, metavar="FILE",
+                   help="TESTS ONLY: read GPUs from a fake NVML described in FILE (JSON, see worker/agent/fake_nvml.py) "
+                        "instead of the real one; GPU checks report the fake, so a real platform never verifies the machine")
     p.add_argument("--docker-image", default=None,
                    help="Image of leases under --runtime docker (default: the platform image, built locally)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -88,8 +91,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.gpus is not None and not 0 <= args.gpus <= detect.MAX_GPUS:
         parser.error(f"--gpus must be between 0 and {detect.MAX_GPUS}")
 
+    fake_nvml_text = None
+    if args.test_fake_nvml is not None:
+        if args.gpus is not None:
+            parser.error("--test-fake-nvml stands in for detected GPUs; it cannot be combined with --gpus")
+        try:
+            fake_nvml_text = args.test_fake_nvml.read_text()
+            fake_nvml.FakeNvml.from_json(fake_nvml_text)
+        except (OSError, ValueError, TypeError) as exc:
+            parser.error(f"--test-fake-nvml: {exc}")
+        logger.warning("TESTS ONLY: GPUs come from the fake NVML in %s; no platform verifies this machine's GPUs "
+                       "unless it was told to accept fakes", args.test_fake_nvml)
+
     if args.detect_only:
-        spec = detect.detect_machine(args.gpus, args.gpu_model, args.gpu_memory_mb, declared_cpus=args.cpus)
+        spec = detect.detect_machine(args.gpus, args.gpu_model, args.gpu_memory_mb, declared_cpus=args.cpus,
+                                     nvml=fake_nvml.FakeNvml.from_json(fake_nvml_text) if fake_nvml_text else None)
         print(spec.model_dump_json(indent=2))
         return 0
 
@@ -117,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
               "declared_gpu_memory_mb": args.gpu_memory_mb, "declared_cpus": args.cpus, "price_per_gpu_hour": args.price_per_gpu_hour,
               "price_per_cpu_hour": args.price_per_cpu_hour, "runtime": runtime,
               "lease_memory_mb": args.lease_memory_mb, "lease_pids": args.lease_pids,
-              "gpu_device_dir": args.gpu_device_dir, "docker_image": args.docker_image}
+              "gpu_device_dir": args.gpu_device_dir, "docker_image": args.docker_image,
+              "test_fake_nvml": fake_nvml_text}
     if args.state_dir is not None:
         fields["state_dir"] = args.state_dir
     try:

@@ -45,8 +45,8 @@ class Lease:
     """One open lease: the record persisted as lease.json plus runtime-only fields."""
 
     lease_id: str
-    cluster_id: str
-    role: str
+    cluster_id: str | None  # None: the platform's GPU check (protocol.GPU_CHECK_LEASE), of no cluster
+    role: str | None
     gpu_indices: list[int]
     resources: dict[str, float]
     labels: dict[str, str]
@@ -57,6 +57,7 @@ class Lease:
     temp_dir: Path
     machine_id: str | None
     opened_at: float
+    purpose: str = protocol.NODE_LEASE
     uid: int | None = None  # the lease's own user (None: the agent's, runtime none)
     gid: int | None = None
     seq: int = 0  # numbers the command logs
@@ -83,7 +84,7 @@ class Lease:
         return self.dir / "logs"
 
     def record(self) -> dict:
-        return {"lease_id": self.lease_id, "cluster_id": self.cluster_id, "role": self.role,
+        return {"lease_id": self.lease_id, "purpose": self.purpose, "cluster_id": self.cluster_id, "role": self.role,
                 "gpu_indices": self.gpu_indices, "resources": self.resources, "labels": self.labels,
                 "head_gcs_port": self.head_gcs_port, "ports": self.ports.to_dict(), "node_ip": self.node_ip,
                 "temp_dir": str(self.temp_dir), "owner_tag": self.tag, "machine_id": self.machine_id,

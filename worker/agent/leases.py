@@ -103,7 +103,8 @@ class LeaseRunner:
     def __init__(self, root_dir: Path, *, machine_id_fn: Callable[[], str | None] | None = None,
                  node_ip: str | None = None, base_env: Mapping[str, str] | None = None,
                  runtime: sandbox.Runtime | None = None,
-                 limits_fn: Callable[[protocol.LeaseOpen], sandbox.LeaseLimits] | None = None):
+                 limits_fn: Callable[[protocol.LeaseOpen], sandbox.LeaseLimits] | None = None,
+                 check_env: Mapping[str, str] | None = None):
         self.root = Path(root_dir).expanduser()
         secret_files.ensure_private_dir(self.root)
         self._machine_id_fn = machine_id_fn or (lambda: None)
@@ -112,6 +113,7 @@ class LeaseRunner:
         self._base_env = {k: v for k, v in source.items() if k in _KEPT_ENV}
         self.runtime = runtime or sandbox.UnsandboxedRuntime()
         self._limits_fn = limits_fn or (lambda _payload: sandbox.LeaseLimits())
+        self._check_env = dict(check_env or {})  # only GPU check leases get these (the test-only fake NVML)
         self._leases: dict[str, _Lease] = {}
         self._lock = threading.Lock()
         self._node_ip_lock = threading.Lock()  # resolved once, by the first open; the others wait for it
@@ -158,9 +160,9 @@ class LeaseRunner:
                 raise RunnerClosed("the agent is stopping; no new lease opens", lease_id=lease_id)
             lease = self._leases.get(lease_id)
             if lease is not None:
-                if (lease.cluster_id, lease.role) != (payload.cluster_id, payload.role):
-                    raise LeaseConflict(f"lease {lease_id} is already open for {lease.cluster_id} as "
-                                        f"{lease.role}; close it first", lease_id=lease_id)
+                if (lease.purpose, lease.cluster_id, lease.role) != (payload.purpose, payload.cluster_id, payload.role):
+                    raise LeaseConflict(f"lease {lease_id} is already open for {lease.cluster_id or lease.purpose} "
+                                        f"as {lease.role or lease.purpose}; close it first", lease_id=lease_id)
                 return lease.opened()
             taken: set[int] = set()
             for other in self._leases.values():  # nothing listens yet: free ports alone do not tell
@@ -169,7 +171,7 @@ class LeaseRunner:
             uids = {other.uid for other in self._leases.values() if other.uid is not None}
             user = candidate if candidate is None or candidate[0] not in uids else \
                 self.runtime.lease_user(lease_id, uids)
-            lease = _Lease(lease_id=lease_id, cluster_id=payload.cluster_id, role=payload.role,
+            lease = _Lease(lease_id=lease_id, purpose=payload.purpose, cluster_id=payload.cluster_id, role=payload.role,
                            gpu_indices=list(payload.gpu_indices), resources=dict(payload.resources),
                            labels={**payload.labels, protocol.LEASE_LABEL: lease_id}, head_gcs_port=payload.head_gcs_port, ports=ports,
                            node_ip=node_ip, dir=self.root / lease_id, temp_dir=temp_dir_for(lease_id),
@@ -200,7 +202,8 @@ class LeaseRunner:
             if isinstance(exc, sandbox.SandboxError):
                 raise LeaseError(str(exc), lease_id=lease_id) from None
             raise
-        logger.info("lease %s opened: %s of %s, GCS port %s, GPUs %s", lease_id, lease.role, lease.cluster_id,
+        logger.info("lease %s opened: %s of %s, GCS port %s, GPUs %s", lease_id, lease.role or lease.purpose,
+                    lease.cluster_id or "no cluster",
                     ports.gcs if lease.role == domain.NodeRole.HEAD else payload.head_gcs_port, lease.gpu_indices or "none")
         return lease.opened()
 
@@ -229,6 +232,8 @@ class LeaseRunner:
         # "": a CPU lease sees no GPU. In a sandbox only the leased GPUs exist, numbered from 0.
         env["CUDA_VISIBLE_DEVICES"] = self.runtime.cuda_visible_devices(lease.gpu_indices)
         env[procs.OWNER_ENV] = lease.tag
+        if lease.purpose == protocol.GPU_CHECK_LEASE:
+            env.update(self._check_env)
         command_env = dict(command_env or {})
         overrides = {name: command_env.pop(name, None) for name in _OVERRIDE_ENV}
         env.update(command_env)

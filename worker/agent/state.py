@@ -50,6 +50,10 @@ class AgentSettings(domain.StrictModel):
     lease_pids: int = Field(default=4096, ge=64, le=1_000_000, description="Most processes and threads in one lease")
     gpu_device_dir: Path = Field(default=Path("/dev"), description="Where the GPUs' device nodes are")
     docker_image: str | None = Field(default=None, max_length=256, description="Image of leases under docker")
+    test_fake_nvml: str | None = Field(
+        default=None, max_length=64 * 1024,
+        description="Tests only: a fake NVML's description (worker.agent.fake_nvml) read instead of the GPUs; "
+                    "its GPU checks say so, and only a test platform counts them")
 
 
 class MachineState:

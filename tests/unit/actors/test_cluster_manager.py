@@ -332,6 +332,48 @@ def test_other_buyers_and_scoped_credentials(env):
     asyncio.run(go())
 
 
+def test_proxy_targets_are_the_callers_own_joined_nodes_as_recorded(env):
+    async def go():
+        e = await env()
+        manager, _, _, buyer, db = e
+        c = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
+        with pytest.raises(errors.Conflict, match="has not joined"):
+            await manager.proxy_target(buyer, c["id"], "dashboard")
+        await settle(manager)
+        await manager.reconcile_once()
+        head = await manager.proxy_target(buyer, c["id"], "dashboard")
+        assert head["host"] == "10.9.9.9" and head["port"] == 20001 and len(head["token"]) == 64
+        worker = next(n for n in (await manager.get_cluster(buyer, c["id"]))["nodes"] if n["role"] == "worker")
+        assert await manager.proxy_target(buyer, c["id"], "metrics", worker["id"]) == {"host": "10.9.9.9",
+                                                                                       "port": 20008}
+        with pytest.raises(errors.InvalidInput, match="only metrics take a node"):
+            await manager.proxy_target(buyer, c["id"], "dashboard", worker["id"])
+        with pytest.raises(errors.NotFound):
+            await manager.proxy_target(buyer, c["id"], "metrics", "l-000000000000")
+        with pytest.raises(errors.NotFound):
+            await manager.proxy_target(auth.Principal(999, "other", domain.Role.BUYER), c["id"], "dashboard")
+        admin = auth.Principal(998, "root", domain.Role.ADMIN)
+        assert (await manager.proxy_target(admin, c["id"], "metrics"))["port"] == 20008
+        await manager.delete_cluster(buyer, c["id"])
+        await settle(manager)
+        with pytest.raises(errors.Conflict, match="went with its nodes"):
+            await manager.proxy_target(buyer, c["id"], "dashboard")
+        await close(e.store, db)
+    asyncio.run(go())
+
+
+def test_a_node_address_that_is_not_a_plain_ip_is_never_a_proxy_target():
+    from actors import cluster_views
+    lease = {"id": "l-000000000001", "role": "head", "status": "open", "joined_at": 1.0,
+             "ports": {"dashboard": 8265, "metrics_export": 8080}}
+    for address in ("evil.example.com", "0.0.0.0", "224.0.0.1", "127.0.0.1:9", "http://127.0.0.1"):
+        with pytest.raises(errors.Conflict, match="no usable address"):
+            cluster_views.proxy_target("c-000000000000", "running", [{**lease, "node_ip": address}], "dashboard",
+                                       None)
+    with pytest.raises(errors.InvalidInput):
+        cluster_views.proxy_target("c-000000000000", "running", [{**lease, "node_ip": "10.0.0.1"}], "gcs", None)
+
+
 def test_aws_backend_only_when_enabled(env, tmp_path, clock):
     from configs import aws
 

@@ -83,3 +83,18 @@ def test_replacement_avoids_failed_machines_and_falls_back_to_them():
     full = [machine("a", cpus=0), machine("b", cpus=0)]
     with pytest.raises(placement.InsufficientCapacity):
         placement.replacement(full, request, {"a"})
+
+
+def test_verified_gpus_only_keeps_gpu_workers_to_verified_machines_and_names_the_shortage():
+    rows = [{"id": mid, "provider": "p", "gpu_model": "H100", "gpus": 2, "cpus": 8, "price_per_gpu_hour": price,
+             "price_per_cpu_hour": 0.01, "gpu_check": check}
+            for mid, price, check in (("cheap-declared", 1.0, "declared"), ("verified", 3.0, "verified"),
+                                      ("mismatched", 1.0, "mismatch"))]
+    caps = placement.capacities(rows, [])
+    got = placement.place(caps, placement.cluster_requests(1, 2, 1, "H100", verified_gpus_only=True))
+    (worker,) = [a for a in got if a.request.role == "worker"]
+    assert worker.machine_id == "verified"  # not the cheaper declared one
+    (head,) = [a for a in got if a.request.role == "head"]
+    assert head.request.verified_only is False  # the head holds no GPU: any machine
+    with pytest.raises(placement.InsufficientCapacity, match="machines with verified GPUs were asked: 0 of the 2 machine"):
+        placement.place(caps, placement.cluster_requests(2, 2, 1, "H100", verified_gpus_only=True))

@@ -105,7 +105,9 @@ class FakePlatform:
             return httpx.Response(200, json={
                 "dashboard_url": env["RAY_ADDRESS"], "job_submission_url": env["RAY_ADDRESS"],
                 "ray_client_address": "ray://10.0.0.5:10001", "gcs_address": "10.0.0.5:6379",
-                "ray_auth_token": RAY_TOKEN, "env": env, "ray_job_submit": "..."})
+                "ray_auth_token": RAY_TOKEN, "env": env, "ray_job_submit": "...",
+                "dashboard_proxy_url": f"http://platform.test/v1/clusters/{cid}/dashboard/",
+                "metrics_proxy_url": f"http://platform.test/v1/clusters/{cid}/metrics"})
         if sub == "/extend" and method == "POST":
             c["expires_at"] += json.loads(request.content)["duration_s"]
             return httpx.Response(200, json=c)
@@ -382,6 +384,19 @@ def test_connect_is_evalable_and_json(fake, capsys, tmp_path):
     assert parsed == {"RAY_ADDRESS": "http://10.0.0.5:8265", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": RAY_TOKEN}
     code, out, _ = run(capsys, "cluster", "connect", cid, "--json")
     assert code == 0 and json.loads(out)["ray_auth_token"] == RAY_TOKEN
+
+
+def test_dashboard_prints_where_the_dashboard_and_metrics_are_never_the_token(fake, capsys, tmp_path):
+    login(capsys, tmp_path)
+    code, out, _ = run(capsys, "cluster", "create", "--workers", "1", "--wait", "--json")
+    cid = json.loads(out)["id"]
+    code, out, _ = run(capsys, "cluster", "dashboard", cid)
+    assert code == 0 and "http://10.0.0.5:8265" in out and RAY_TOKEN not in out
+    assert f"http://platform.test/v1/clusters/{cid}/dashboard/" in out and f"/v1/clusters/{cid}/metrics" in out
+    code, out, _ = run(capsys, "cluster", "dashboard", cid, "--json")
+    assert code == 0 and json.loads(out) == {
+        "dashboard_url": "http://10.0.0.5:8265", "dashboard_proxy_url": f"http://platform.test/v1/clusters/{cid}/dashboard/",
+        "metrics_proxy_url": f"http://platform.test/v1/clusters/{cid}/metrics"}
 
 
 def test_export_lines_refuse_a_name_the_shell_would_run():

@@ -49,7 +49,7 @@ class FakeRegistry:
         self.list_offers = _Method(lambda: [
             {"gpu_model": "NVIDIA A100", "machines": 2, "gpus": 16, "cpus": 128, "memory_mb": 1_048_576,
              "price_per_gpu_hour_min": 1.1, "price_per_gpu_hour_max": 1.5, "price_per_cpu_hour_min": 0.0,
-             "price_per_cpu_hour_max": 0.0},
+             "price_per_cpu_hour_max": 0.0, "verified_gpus": 8, "gpu_verification": {"verified": 1, "declared": 1}},
             {"gpu_model": None, "machines": 1, "gpus": 0, "cpus": 4, "memory_mb": 8192,
              "price_per_gpu_hour_min": 0.0, "price_per_gpu_hour_max": 0.0, "price_per_cpu_hour_min": 0.01,
              "price_per_cpu_hour_max": 0.01}])
@@ -58,7 +58,15 @@ class FakeRegistry:
             "spec": {"hostname": "box", "cpus": 4, "memory_mb": 8192, "gpus": [], "gpus_declared": False},
             "price_per_gpu_hour": 0.0, "price_per_cpu_hour": 0.01, "registered_at": NOW - 100,
             "last_heartbeat": NOW - 1, "usage": {"cpu_percent": 12.0, "memory_used_mb": 1, "gpu_utilization": [],
-                                                 "active_leases": 2}}])
+                                                 "active_leases": 2},
+            "gpu_verification": {"status": "no_gpus", "differences": []}}, {
+            "id": "m-0123456789ac", "provider_id": 2, "provider": "pat", "name": "box-2", "status": "online",
+            "spec": {"hostname": "box2", "cpus": 8, "memory_mb": 8192, "gpus_declared": False,
+                     "gpus": [{"index": 0, "model": "NVIDIA H200", "memory_mb": 143771}]},
+            "price_per_gpu_hour": 2.0, "price_per_cpu_hour": 0.01, "registered_at": NOW - 100,
+            "last_heartbeat": NOW - 1, "usage": None,
+            "gpu_verification": {"status": "mismatch", "reason": "what the check lease saw differs",
+                                 "differences": ["GPU 0 model: claimed 'NVIDIA H200', seen 'NVIDIA L4'"]}}])
         self.list_accounts = _Method(self._list_accounts)
 
     def _login(self, username, password, client=None):
@@ -89,6 +97,8 @@ class FakeClusters:
             "dashboard_url": "http://127.0.0.1:8265", "job_submission_url": "http://127.0.0.1:8265",
             "ray_client_address": "ray://127.0.0.1:10001", "gcs_address": "127.0.0.1:6379",
             "ray_auth_token": "tok-secret",
+            "dashboard_proxy_url": f"{BASE}/v1/clusters/{cid}/dashboard/",
+            "metrics_proxy_url": f"{BASE}/v1/clusters/{cid}/metrics",
             "env": {"RAY_ADDRESS": "http://127.0.0.1:8265", "RAY_AUTH_TOKEN": "tok-secret"},
             "ray_job_submit": "RAY_ADDRESS=http://127.0.0.1:8265 ray job submit --working-dir . -- python train.py"})
         self.usage = _Method(lambda p, start, end: {
@@ -188,6 +198,7 @@ def test_buyer_home_lists_offers_clusters_and_spend(client):
     assert links and all(u == "data:," or (u.startswith("/") and not u.startswith("//")) for u in links), links
     offers = client.get("/console/offers").text
     assert "NVIDIA A100" in offers and "1.10 – 1.50" in offers and "CPU only" in offers
+    assert "8 of 16" in offers and "1 verified, 1 declared" in offers  # GPUs verified, machines by status
     assert "CPU only" not in client.get("/console/offers", params={"gpu_only": "true"}).text
     assert "No offer matches" in client.get("/console/offers", params={"max_price": "1.0", "gpu_only": "true"}).text
     assert "c-0123456789ab" in client.get("/console/clusters").text
@@ -200,6 +211,7 @@ def test_cluster_status_shows_steps_and_the_exact_submit_line(client):
     page = client.get("/console/clusters/c-0123456789ab/status").text
     assert "every worker joined" in page and 'data-status="running"' in page
     assert "ray job submit --working-dir . -- python train.py" in page
+    assert '<div class="mono" id="conn-metrics">http://testserver/v1/clusters/c-0123456789ab/metrics</div>' in page
     # The token shows shortened; the hidden fields behind the copy buttons hold the whole text.
     assert "export RAY_AUTH_TOKEN=tok-se…" in page
     assert re.search(r'<textarea id="conn-env" hidden readonly>[^<]*export RAY_AUTH_TOKEN=tok-secret', page)
@@ -223,6 +235,30 @@ def test_actions_need_the_csrf_token_and_the_same_origin(client, fakes):
     r = client.post("/console/clusters", data=form, headers={"X-CSRF-Token": token, "Origin": BASE})
     assert r.status_code == 204 and r.headers["HX-Redirect"] == "/console/clusters/c-00000000beef"
     assert fakes[1].create_cluster.calls[0][1]["num_workers"] == 1
+
+
+def test_the_create_form_sends_price_ceilings_and_min_reliability_and_empty_means_any(client, fakes):
+    sign_in(client)
+    page = client.get("/").text
+    for field in ("max_price_per_gpu_hour", "max_price_per_cpu_hour", "min_reliability"):
+        assert f'name="{field}"' in page
+    headers = {"X-CSRF-Token": csrf_of(page), "HX-Request": "true"}
+    form = {"num_workers": "1", "duration_s": "1800", "max_price_per_gpu_hour": "1.5",
+            "max_price_per_cpu_hour": "0.02", "min_reliability": "0.95"}
+    assert client.post("/console/clusters", data=form, headers=headers).status_code == 204
+    spec = fakes[1].create_cluster.calls[-1][1]
+    assert (spec["max_price_per_gpu_hour"], spec["max_price_per_cpu_hour"], spec["min_reliability"]) == (1.5, 0.02,
+                                                                                                          0.95)
+    empty = {**form, "max_price_per_gpu_hour": "", "max_price_per_cpu_hour": " ", "min_reliability": ""}
+    assert client.post("/console/clusters", data=empty, headers=headers).status_code == 204
+    spec = fakes[1].create_cluster.calls[-1][1]
+    assert spec["max_price_per_gpu_hour"] is spec["max_price_per_cpu_hour"] is spec["min_reliability"] is None
+    calls = len(fakes[1].create_cluster.calls)
+    for field, bad in (("min_reliability", "1.5"), ("min_reliability", "nan"), ("max_price_per_gpu_hour", "-1"),
+                       ("max_price_per_cpu_hour", "cheap"), ("max_price_per_gpu_hour", "inf")):
+        r = client.post("/console/clusters", data={**form, field: bad}, headers=headers)
+        assert r.status_code == 422 and field in r.text, (field, bad, r.status_code, r.text)
+    assert len(fakes[1].create_cluster.calls) == calls  # nothing bad reached the control plane
 
 
 def test_a_sign_in_from_another_origin_is_refused(client):
@@ -255,6 +291,7 @@ def test_provider_and_admin_views(client, fakes):
     assert "Your machines" in page and "Machine keys" in page
     machines = client.get("/console/machines").text
     assert "box-1" in machines and "online" in machines
+    assert 'data-gpu-verification="mismatch"' in machines and "seen &#39;NVIDIA L4&#39;" in machines
     assert "Earnings per hour" in client.get("/console/usage").text
     assert client.get("/console/accounts").status_code == 403
     client.cookies.clear()
