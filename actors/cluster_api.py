@@ -56,6 +56,21 @@ class BuyerApi:
     async def get_cluster(self, principal: auth.Principal, cluster_id: str) -> dict:
         return await self._public(await self._own_cluster(principal, cluster_id))
 
+    async def get_clusters(self, reads: list[tuple[auth.Principal, str]]) -> list[dict | Exception]:
+        """Many get_cluster at once, as the API replica batches them (two queries in all): each read's
+        cluster, or the error it alone gets (not the caller's, no such cluster)."""
+        cluster_ids = [cluster_id for _, cluster_id in reads]
+        rows = await self._store.get_clusters(cluster_ids)
+        leases = await self._store.leases_of_clusters([c for c in cluster_ids if c in rows])
+        answers: list[dict | Exception] = []
+        for principal, cluster_id in reads:
+            try:
+                row = self._check_owner(principal, cluster_id, rows.get(cluster_id))
+                answers.append(views.public_cluster(row, leases[cluster_id]))
+            except errors.DClusterError as exc:
+                answers.append(exc)
+        return answers
+
     async def delete_cluster(self, principal: auth.Principal, cluster_id: str) -> dict:
         """Idempotent: an ended cluster is returned as it is."""
         row = await self._own_cluster(principal, cluster_id)
@@ -143,8 +158,12 @@ class BuyerApi:
                 **usage_mod.summarize(leases, group_by="cluster_id", start=start, end=end, now=now)}
 
     async def _own_cluster(self, principal: auth.Principal, cluster_id: str) -> dict:
+        return self._check_owner(principal, cluster_id, await self._store.get_cluster(cluster_id))
+
+    @staticmethod
+    def _check_owner(principal: auth.Principal, cluster_id: str, row: dict | None) -> dict:
+        """The cluster's row if the principal may see it; another's cluster is as missing as none."""
         views.require_buyer_or_admin(principal)
-        row = await self._store.get_cluster(cluster_id)
         if row is None or (principal.role is not domain.Role.ADMIN and row["owner_id"] != principal.account_id):
             raise errors.NotFound(f"cluster {cluster_id} not found")
         return row

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Callable, Collection
+from typing import Callable, Collection, Sequence
 
 from dcl_core import domain
 from actors import store as store_mod
@@ -50,6 +50,14 @@ class ClusterStore(Database):
 
     async def get_cluster(self, cluster_id: str) -> dict | None:
         return await self._fetchone("SELECT * FROM clusters WHERE id = ?", (cluster_id,))
+
+    async def get_clusters(self, cluster_ids: Sequence[str]) -> dict[str, dict]:
+        """The clusters of these ids that exist, by id (one query)."""
+        unique = sorted(set(cluster_ids))
+        if not unique:
+            return {}
+        rows = await self._fetchall(f"SELECT * FROM clusters WHERE id IN ({','.join('?' * len(unique))})", unique)
+        return {r["id"]: r for r in rows}
 
     async def list_clusters(self, owner_id: int | None = None) -> list[dict]:
         if owner_id is None:
@@ -152,6 +160,17 @@ class ClusterStore(Database):
         rows = await self._fetchall("SELECT * FROM leases WHERE cluster_id = ? ORDER BY created_at, id",
                                     (cluster_id,))
         return [decode_lease(r) for r in rows]
+
+    async def leases_of_clusters(self, cluster_ids: Sequence[str]) -> dict[str, list[dict]]:
+        """leases_of for many clusters at once (one query): cluster id → its leases, each cluster asked for."""
+        unique = sorted(set(cluster_ids))
+        found: dict[str, list[dict]] = {cid: [] for cid in unique}
+        if unique:
+            rows = await self._fetchall(f"SELECT * FROM leases WHERE cluster_id IN ({','.join('?' * len(unique))})"
+                                        " ORDER BY created_at, id", unique)
+            for r in rows:
+                found[r["cluster_id"]].append(decode_lease(r))
+        return found
 
     async def get_lease(self, lease_id: str) -> dict | None:
         row = await self._fetchone("SELECT * FROM leases WHERE id = ?", (lease_id,))

@@ -192,25 +192,47 @@ class ProviderRegistry:
 
     async def heartbeat(self, principal: MachineCaller, machine_id: str, usage: dict,
                         leases: list[str] = ()) -> dict:
-        row = await self._own_machine(principal, machine_id)
-        if row["status"] == domain.MachineStatus.GONE.value:
-            raise errors.NotFound(f"machine {machine_id} has left the platform: register it again")
+        (answer,) = await self.heartbeats([(principal, machine_id, usage, leases)])
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    async def heartbeats(self, beats: list[tuple[MachineCaller, str, dict, list[str]]]) -> list[dict | Exception]:
+        """Many heartbeats (caller, machine id, usage, leases held) at once, as the API replica batches
+        them: one query of the machines, one write transaction. Each gets its ack, or the error it
+        alone caused (a revoked key, another's machine); a failed write fails them all."""
+        rows = await self._store.get_machines([machine_id for _, machine_id, _, _ in beats])
+        answers: list[dict | Exception] = []
+        accepted: list[tuple[int, str, domain.MachineUsage, frozenset[str]]] = []
+        for i, (caller, machine_id, usage, leases) in enumerate(beats):
+            try:
+                row = await self._own_machine(caller, machine_id, row=rows.get(machine_id))
+                if row["status"] == domain.MachineStatus.GONE.value:
+                    raise errors.NotFound(f"machine {machine_id} has left the platform: register it again")
+                accepted.append((i, machine_id, domain.MachineUsage.model_validate(usage), frozenset(leases)))
+                answers.append({})
+            except errors.DClusterError as exc:
+                answers.append(exc)
+        if not accepted:
+            return answers
         received, key = self._clock(), object()
         self._beats_in_flight[key] = received
         try:
-            await self._store.record_heartbeat(machine_id, received, domain.MachineUsage.model_validate(usage),
-                                               online_within_s=self._settings.offline_after_s,
-                                               lock_wait_s=BEAT_LOCK_WAIT_S)
+            await self._store.record_heartbeats([(machine_id, usage) for _, machine_id, usage, _ in accepted], received,
+                                                online_within_s=self._settings.offline_after_s,
+                                                lock_wait_s=BEAT_LOCK_WAIT_S)
         except Exception:
             self._deaf_at = self._clock()
             raise
         finally:
             del self._beats_in_flight[key]
-        self._held[machine_id] = (received, frozenset(leases))
-        # The sweeper's agent half: leases no live cluster owns (ended while the agent was away) are closed.
-        stale = sorted(set(leases) - await self._store.live_lease_ids(machine_id)) if leases else []
-        return {"status": domain.MachineStatus.ONLINE.value,
-                "heartbeat_interval_s": self._settings.heartbeat_interval_s, "stale_leases": stale}
+        for i, machine_id, _, leases in accepted:
+            self._held[machine_id] = (received, leases)
+            # The sweeper's agent half: leases no live cluster owns (ended while the agent was away) are closed.
+            stale = sorted(leases - await self._store.live_lease_ids(machine_id)) if leases else []
+            answers[i] = {"status": domain.MachineStatus.ONLINE.value,
+                          "heartbeat_interval_s": self._settings.heartbeat_interval_s, "stale_leases": stale}
+        return answers
 
     def _silence_cutoff(self) -> float:
         """Heartbeats older than this make a machine silent; 0 while the platform has just been deaf."""
@@ -309,16 +331,17 @@ class ProviderRegistry:
 
     # --- helpers ------------------------------------------------------------------------
 
-    async def _own_machine(self, caller: MachineCaller, machine_id: str) -> dict:
+    async def _own_machine(self, caller: MachineCaller, machine_id: str, *, row: dict | None = None) -> dict:
+        """The machine, if the caller may act for it; `row`: the machine as already read, if it was."""
         if isinstance(caller, agent_keys.MachineKey):
-            return await self._keyed_machine(caller, machine_id)
-        row = await self._store.get_machine(machine_id)
+            return await self._keyed_machine(caller, machine_id, row=row)
+        row = row or await self._store.get_machine(machine_id)
         # Another provider's machine is reported as missing, not forbidden: ids are not to be probed.
         if row is None or (caller.role is not domain.Role.ADMIN and row["provider_id"] != caller.account_id):
             raise errors.NotFound(f"machine {machine_id} not found")
         return row
 
-    async def _keyed_machine(self, key: agent_keys.MachineKey, machine_id: str) -> dict:
+    async def _keyed_machine(self, key: agent_keys.MachineKey, machine_id: str, *, row: dict | None = None) -> dict:
         if key.machine_id != machine_id:  # a key speaks for its own machine alone
             raise errors.NotFound(f"machine {machine_id} not found")
         if machine_id not in self._key_hashes:
@@ -328,7 +351,7 @@ class ProviderRegistry:
         if key_hash is None or not agent_keys.matches(key, key_hash):
             raise errors.Unauthenticated(f"this agent key of machine {machine_id} is revoked or was replaced: "
                                          f"enroll the machine again with its provider's password")
-        row = await self._store.get_machine(machine_id)
+        row = row or await self._store.get_machine(machine_id)
         if row is None:
             raise errors.NotFound(f"machine {machine_id} not found")
         return row

@@ -39,6 +39,11 @@ class PlatformSettings(domain.StrictModel):
                                 "0: the client address is the TCP peer and the header is ignored")] = 0
     bcrypt_rounds: Annotated[int, Field(ge=4, le=16)] = 12
     max_long_poll_s: Annotated[float, Field(ge=1, le=120)] = 30.0
+    listen_host: Annotated[str, Field(pattern=r"^[0-9A-Za-z.:\-]{1,255}$",
+                                      description="Where the API replica listens itself")] = "127.0.0.1"
+    listen_port: Annotated[int | None, Field(
+        ge=1, le=65535, description="The API's port, served by the replica itself (serve_app.listener); "
+                                    "None: only through Serve's HTTP proxy, if the Serve config enables one")] = None
     api_url: Annotated[str, Field(pattern=r"^https?://[^\s/]+(:[0-9]+)?/?$",
                                   description="The API's URL as provider machines reach it")] = "http://127.0.0.1:8000"
     provision_timeout_s: Annotated[float, Field(ge=30, le=3600, description="Launch to running, or failed")] = 600.0

@@ -549,13 +549,27 @@ class Store(Database):
 
     async def record_heartbeat(self, machine_id: str, now: float, usage: domain.MachineUsage,
                                online_within_s: float = 0.0, lock_wait_s: float | None = None) -> None:
-        """A gap since the last heartbeat of at most online_within_s counts as time online."""
-        await self._write(
+        await self.record_heartbeats([(machine_id, usage)], now, online_within_s, lock_wait_s)
+
+    async def record_heartbeats(self, beats: Sequence[tuple[str, domain.MachineUsage]], now: float,
+                                online_within_s: float = 0.0, lock_wait_s: float | None = None) -> None:
+        """Many machines' heartbeats (machine id, usage) in one transaction. A gap since a machine's last
+        heartbeat of at most online_within_s counts as time online; lock_wait_s as in Database._atomic."""
+        online = domain.MachineStatus.ONLINE.value
+        rows = [(now, online_within_s, now, now, usage.model_dump_json(), online, machine_id)
+                for machine_id, usage in beats]
+        await self._atomic(lambda tx: tx.executemany(
             "UPDATE machines SET online_seconds = online_seconds + CASE WHEN last_heartbeat IS NOT NULL"
             " AND ? - last_heartbeat BETWEEN 0 AND ? THEN ? - last_heartbeat ELSE 0 END,"
-            " last_heartbeat = ?, usage = ?, status = ? WHERE id = ?",
-            (now, online_within_s, now, now, usage.model_dump_json(), domain.MachineStatus.ONLINE.value, machine_id),
-            lock_wait_s)
+            " last_heartbeat = ?, usage = ?, status = ? WHERE id = ?", rows), lock_wait_s)
+
+    async def get_machines(self, machine_ids: Sequence[str]) -> dict[str, dict]:
+        """The machines of these ids that exist, by id (one query)."""
+        if not machine_ids:
+            return {}
+        unique = sorted(set(machine_ids))
+        rows = await self._fetchall(self._MACHINE_SELECT + f" WHERE m.id IN ({','.join('?' * len(unique))})", unique)
+        return {r["id"]: r for r in rows}
 
     async def live_lease_ids(self, machine_id: str) -> set[str]:
         """Leases on the machine that still hold capacity (the leases table is the ClusterManager's), and

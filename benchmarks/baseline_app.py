@@ -42,10 +42,10 @@ def build(secret: str, cluster: dict, heartbeat_interval_s: float):
     from serve_app import app as app_mod
 
     ack = {"status": "online", "heartbeat_interval_s": heartbeat_interval_s, "stale_leases": []}
-    registry = StubHandle(signing_secret=secret, heartbeat=ack, ready=True,
-                           start_status={"actor": "ProviderRegistry", "ready": True})
-    clusters = StubHandle(get_cluster=cluster, ready=True,
-                           start_status={"actor": "ClusterManager", "ready": True})
+    registry = StubHandle(signing_secret=secret, heartbeat=ack, heartbeats=lambda beats: [ack] * len(beats),
+                          ready=True, start_status={"actor": "ProviderRegistry", "ready": True})
+    clusters = StubHandle(get_cluster=cluster, get_clusters=lambda reads: [cluster] * len(reads), ready=True,
+                          start_status={"actor": "ClusterManager", "ready": True})
     return app_mod.create_app(registry, clusters)
 
 

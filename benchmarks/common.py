@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime
 import json
@@ -199,6 +200,7 @@ class ResourceSampler:
         self._thread: threading.Thread | None = None
         self.cpu_percent: list[float] = []
         self.rss_mib: list[float] = []
+        self.cpu_s_by_process: dict[str, float] = collections.defaultdict(float)  # where the CPU went
 
     def __enter__(self) -> ResourceSampler:
         self._thread = threading.Thread(target=self._loop, name="resource-sampler", daemon=True)
@@ -221,18 +223,35 @@ class ResourceSampler:
                 pass
         return out
 
+    @staticmethod
+    def _labels(procs: list[psutil.Process]) -> dict[int, str]:
+        """pid → what the process is (Ray sets a worker's title to its actor, e.g. ray::ServeReplica:...)."""
+        out = {}
+        for p in procs:
+            try:
+                cmd = p.cmdline()
+                out[p.pid] = (Path(cmd[0]).name if cmd else p.name())[:60]
+            except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+                pass
+        return out
+
     def _loop(self) -> None:
         procs = self._find()
+        labels = self._labels(procs)
         refreshed = time.monotonic()
         before, t_before = self._cpu_times(procs), time.monotonic()
         while not self._stop.wait(self._interval_s):
             now = time.monotonic()
             after = self._cpu_times(procs)
-            used = sum(after[pid] - before[pid] for pid in after if pid in before)
+            used = 0.0
+            for pid in after.keys() & before.keys():
+                used += after[pid] - before[pid]
+                self.cpu_s_by_process[labels.get(pid, "?")] += after[pid] - before[pid]
             self.cpu_percent.append(100.0 * used / max(now - t_before, 1e-6))
             self.rss_mib.append(memory_of(procs, pss=False)["rss_mib"])
             if now - refreshed >= self._refresh_s:
                 procs, refreshed = self._find(), now
+                labels = self._labels(procs)
                 after = self._cpu_times(procs)
             before, t_before = after, now
 
@@ -244,6 +263,8 @@ class ResourceSampler:
             "cpu_percent_p90": round(percentile(cpu, 90), 1) if cpu else None,
             "rss_mib_mean": round(sum(rss) / len(rss), 1) if rss else None,
             "rss_mib_max": round(max(rss), 1) if rss else None,
+            "cpu_s_by_process": {k: round(v, 2) for k, v in sorted(self.cpu_s_by_process.items(), key=lambda kv: -kv[1])
+                                 if v >= 0.01},
         }
 
 

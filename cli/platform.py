@@ -161,7 +161,7 @@ class PlatformLauncher:
             raise pstate.PlatformError("--api-replicas needs --database: on SQLite the API runs beside the head's database")
         if api_replicas is not None and not 1 <= api_replicas <= 64:
             raise pstate.PlatformError("--api-replicas must be between 1 and 64")
-        # On PostgreSQL: a proxy on every node, the API's replicas one a node (set it to the number of nodes).
+        # On PostgreSQL: the API's replicas one a node, each listening on its node (set it to the number of nodes).
         self.api_replicas = api_replicas or 2
 
     # --- recorded state ------------------------------------------------------------------

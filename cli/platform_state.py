@@ -290,8 +290,8 @@ def secret_key_env(base: Mapping[str, str], layout: Layout) -> dict[str, str]:
 
 
 def every_node_serve(config: dict, *, api_replicas: int) -> dict:
-    """A proxy on every platform node, and the API's replicas spread one a node."""
-    config["proxy_location"] = "EveryNode"
+    """The API's replicas spread one a node: each listens on its node's API port itself (serve_app.listener),
+    so every platform node answers the API without Serve's proxy."""
     for app in config.get("applications") or []:
         if app.get("import_path") != SERVE_IMPORT_PATH:
             continue
@@ -311,14 +311,13 @@ def every_node_serve(config: dict, *, api_replicas: int) -> dict:
 def patch_serve_config(text: str, *, host: str, port: int, state_dir: Path, heartbeat_interval_s: float,
                        api_url: str | None = None, settings: dict | None = None) -> dict:
     """The platform's Serve config with this machine's HTTP address and state dir filled in,
-    and `settings` (more PlatformSettings fields) over the template's."""
+    and `settings` (more PlatformSettings fields) over the template's. The API replica listens on
+    the address itself (serve_app.listener), so Serve's own HTTP proxy is off."""
     config = yaml.safe_load(text)
     if not isinstance(config, dict):
         raise PlatformError("the Serve config must be a YAML mapping")
-    http = config.setdefault("http_options", {}) or {}
-    config["http_options"] = http
-    http["host"] = host
-    http["port"] = int(port)
+    config["proxy_location"] = "Disabled"
+    config.pop("http_options", None)
     apps = config.get("applications") or []
     if not apps:
         raise PlatformError("the Serve config has no applications")
@@ -329,6 +328,8 @@ def patch_serve_config(text: str, *, host: str, port: int, state_dir: Path, hear
         args = app.setdefault("args", {}) or {}
         app["args"] = args
         args["state_dir"] = str(Path(state_dir).absolute())
+        args["listen_host"] = host
+        args["listen_port"] = int(port)
         args["heartbeat_interval_s"] = float(heartbeat_interval_s)
         # Where provider machines (agents, sub-cluster autoscalers) reach the API.
         args["api_url"] = api_url or f"http://{connect_host(host)}:{int(port)}"

@@ -12,7 +12,8 @@ from ray import serve
 from actors import actor_classes
 from actors.settings import PlatformSettings
 from dcl_core import protocol
-from serve_app import api_metrics, errors, head_proxy, input_policy, routes_accounts, routes_clusters, routes_machines
+from serve_app import (api_metrics, batching, errors, head_proxy, input_policy, listener, routes_accounts,
+                       routes_clusters, routes_machines)
 from serve_app.console import routes as console
 
 logger = logging.getLogger(__name__)
@@ -50,6 +51,9 @@ def create_app(registry, clusters, *, trusted_proxy_hops: int = 0) -> FastAPI:
     )
     app.state.registry = registry
     app.state.clusters = clusters
+    # The hottest routes share actor calls (serve_app.batching): agents' heartbeats, and cluster reads.
+    app.state.heartbeats = batching.Batcher(lambda beats: registry.heartbeats.remote(beats))
+    app.state.cluster_reads = batching.Batcher(lambda reads: clusters.get_clusters.remote(reads))
     app.state.tokens = None  # fetched from the registry on first use
     app.state.head_proxy = head_proxy.HeadProxy()  # buyers' dashboards and metrics (routes_clusters)
     app.state.trusted_proxy_hops = trusted_proxy_hops  # see deps.client_address
@@ -87,15 +91,24 @@ def create_app(registry, clusters, *, trusted_proxy_hops: int = 0) -> FastAPI:
 @serve.deployment(name=protocol.API_DEPLOYMENT, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=2000)
 @serve.ingress()
 class PlatformAPI:
-    def __init__(self, settings_json: str):
+    async def __init__(self, settings_json: str):
         settings = PlatformSettings.model_validate_json(settings_json)
-        self._handles = actor_classes.ensure_actors(settings)
-        self._trusted_proxy_hops = settings.trusted_proxy_hops
+        handles = actor_classes.ensure_actors(settings)
+        # Built in the replica, so its state holds this replica's handles.
+        self._app = create_app(handles[actor_classes.REGISTRY_NAME], handles[actor_classes.CLUSTER_MANAGER_NAME],
+                               trusted_proxy_hops=settings.trusted_proxy_hops)
+        self._listener = None
+        if settings.listen_port is not None:  # the replica serves HTTP itself, without Serve's proxy
+            self._listener = listener.Listener(self._app, settings.listen_host, settings.listen_port)
+            await self._listener.start()
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        # Late-bound app: built in the replica, so its state holds this replica's handles.
-        return create_app(self._handles[actor_classes.REGISTRY_NAME], self._handles[actor_classes.CLUSTER_MANAGER_NAME],
-                          trusted_proxy_hops=self._trusted_proxy_hops)
+        return self._app
+
+    async def __del__(self):
+        # Serve's graceful shutdown of the replica: stop taking connections first.
+        if self._listener is not None:
+            await self._listener.stop()
 
 
 def build_app(args: dict) -> serve.Application:

@@ -9,6 +9,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from actors import agent_keys, auth
 from dcl_core import domain, errors
+from serve_app import batching
 from serve_app import head_proxy as head_proxy_mod
 
 _bearer = HTTPBearer(auto_error=False, description="A JWT from POST /v1/token")
@@ -124,3 +125,15 @@ def head_proxy(request: Request) -> head_proxy_mod.HeadProxy:
 Registry = Annotated[object, Depends(registry)]
 Clusters = Annotated[object, Depends(clusters)]
 HeadProxy = Annotated[head_proxy_mod.HeadProxy, Depends(head_proxy)]
+
+
+def heartbeats(request: Request) -> batching.Batcher:
+    return request.app.state.heartbeats
+
+
+def cluster_reads(request: Request) -> batching.Batcher:
+    return request.app.state.cluster_reads
+
+
+Heartbeats = Annotated[batching.Batcher, Depends(heartbeats)]
+ClusterReads = Annotated[batching.Batcher, Depends(cluster_reads)]

@@ -34,8 +34,8 @@ async def list_clusters(principal: deps.BuyerOrAdmin, clusters: deps.Clusters):
 
 
 @router.get("/v1/clusters/{cluster_id}", response_model=api.ClusterPublic)
-async def get_cluster(cluster_id: ClusterId, principal: deps.BuyerOrAdmin, clusters: deps.Clusters):
-    return await clusters.get_cluster.remote(principal, cluster_id)
+async def get_cluster(cluster_id: ClusterId, principal: deps.BuyerOrAdmin, reads: deps.ClusterReads):
+    return await reads((principal, cluster_id))
 
 
 @router.delete("/v1/clusters/{cluster_id}", response_model=api.ClusterPublic)

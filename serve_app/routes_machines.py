@@ -34,8 +34,8 @@ async def get_machine(machine_id: MachineId, principal: deps.ProviderOrAdmin, re
 
 @router.post("/v1/machines/{machine_id}/heartbeat", response_model=api.HeartbeatAck)
 async def heartbeat(machine_id: MachineId, body: api.Heartbeat, principal: deps.MachineCaller,
-                    registry: deps.Registry):
-    return await registry.heartbeat.remote(principal, machine_id, body.usage.model_dump(mode="json"), body.leases)
+                    heartbeats: deps.Heartbeats):
+    return await heartbeats((principal, machine_id, body.usage.model_dump(mode="json"), body.leases))
 
 
 @router.delete("/v1/machines/{machine_id}", response_model=api.MachinePublic)

@@ -727,3 +727,24 @@ def test_a_reconcile_tick_reads_the_leases_of_a_cluster_whose_nodes_all_joined_o
         assert (await manager.get_cluster(buyer, c["id"]))["status"] == "running"
         await close(e.store, db)
     asyncio.run(go())
+
+
+def test_many_cluster_reads_at_once_answer_as_each_read_alone(env):
+    async def go():
+        e = await env()
+        manager, _, _, buyer, db = e
+        first = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
+        second = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
+        await settle(manager)  # no provisioning step between the reads compared
+        other = auth.Principal(999, "other", domain.Role.BUYER)
+        provider = auth.Principal(998, "prov", domain.Role.PROVIDER)
+        reads = [(buyer, first["id"]), (other, first["id"]), (buyer, second["id"]), (buyer, "c-ffffffffffff"),
+                 (provider, first["id"]), (buyer, first["id"])]
+        answers = await manager.get_clusters(reads)
+        alone = [await manager.get_cluster(buyer, cid) for cid in (first["id"], second["id"])]
+        await close(e.store, db)
+        return answers, alone
+    answers, alone = asyncio.run(go())
+    assert answers[0] == answers[5] == alone[0] and answers[2] == alone[1]
+    assert isinstance(answers[1], errors.NotFound) and isinstance(answers[3], errors.NotFound)
+    assert isinstance(answers[4], errors.Forbidden)

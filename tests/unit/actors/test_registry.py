@@ -302,3 +302,32 @@ def test_heartbeats_accrue_uptime_and_machines_and_offers_show_reliability(tmp_p
         [offer] = await reg.list_offers()
         assert offer["reliability_min"] == offer["reliability_max"] == got["reliability"]
     run(go)
+
+
+def test_a_batch_of_heartbeats_answers_each_its_own_and_records_the_good_ones(tmp_path, clock):
+    async def go():
+        reg = make_registry(tmp_path, clock)
+        await reg.start()
+        p1 = await signed_in(reg, "prov1", domain.Role.PROVIDER)
+        p2 = await signed_in(reg, "prov2", domain.Role.PROVIDER)
+        first = await reg.register_machine(p1, machine_request("mk-00000001"))
+        second = await reg.register_machine(p1, machine_request("mk-00000002"))
+        key = agent_keys.parse(first["agent_key"])
+        forged = agent_keys.MachineKey(second["id"], "A" * 43)
+        clock.advance(3)
+        answers = await reg.heartbeats([
+            (key, first["id"], {"cpu_percent": 7.0}, ["l-000000000001"]),
+            (p2, second["id"], {}, []),  # another provider's machine
+            (forged, second["id"], {}, []),  # a key that is not the machine's
+            (p1, second["id"], {}, []),
+            (p1, "m-ffffffffffff", {}, []),
+        ])
+        machines = {m["id"]: m for m in await reg.list_machines(p1)}
+        return first, second, answers, machines
+
+    first, second, answers, machines = run(go)
+    assert answers[0] == {"status": "online", "heartbeat_interval_s": 5.0, "stale_leases": ["l-000000000001"]}
+    assert isinstance(answers[1], errors.NotFound) and isinstance(answers[2], errors.Unauthenticated)
+    assert answers[3]["status"] == "online" and isinstance(answers[4], errors.NotFound)
+    assert machines[first["id"]]["usage"]["cpu_percent"] == 7.0
+    assert machines[first["id"]]["last_heartbeat"] == machines[second["id"]]["last_heartbeat"]  # one write

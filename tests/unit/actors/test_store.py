@@ -1,5 +1,6 @@
 import asyncio
 import contextlib
+import json
 import os
 import sqlite3
 import stat
@@ -275,3 +276,22 @@ def test_placement_reads_changed_rows_and_the_machines_it_may_not_use_on_both_ba
     assert len(every) == 4
     # m-1 beat last at 20 (before the cutoff), m-2 left, m-3's GPU check is due; m-0 beat again at 40.
     assert unplaceable == {"m-000000000001", "m-000000000002", "m-000000000003"}
+
+
+def test_heartbeats_of_many_machines_are_one_write_and_machines_read_at_once(db_location):
+    async def go():
+        s = store.Store(db_location)
+        acct = await s.create_account("prov", "h", domain.Role.PROVIDER, 1.0)
+        ids = [f"m-00000000000{i}" for i in range(3)]
+        for i, machine_id in enumerate(ids):
+            await s.upsert_machine(machine_id=machine_id, provider_id=acct["id"], machine_key=f"key-0000{i}",
+                                   name=f"n{i}", spec=spec(), price_per_gpu_hour=0, price_per_cpu_hour=0, now=10.0)
+        await s.record_heartbeats([(ids[0], domain.MachineUsage(cpu_percent=50)), (ids[1], domain.MachineUsage())],
+                                  now=14.0, online_within_s=15.0)
+        rows = await s.get_machines([ids[1], ids[0], ids[0], "m-ffffffffffff"])
+        await s.close()
+        return ids, rows
+    ids, rows = run(go())
+    assert sorted(rows) == ids[:2]  # the unknown id is absent, a repeated one read once
+    assert rows[ids[0]]["last_heartbeat"] == 14.0 and rows[ids[0]]["online_seconds"] == 4.0
+    assert json.loads(rows[ids[0]]["usage"])["cpu_percent"] == 50 and rows[ids[1]]["last_heartbeat"] == 14.0

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from actors import settings as settings_mod
 from cli import main as cli_main
 from cli import platform as platform_mod
 from cli import platform_state as pstate
@@ -128,12 +129,12 @@ def test_ray_env_isolates_home_auth_and_metric_ports(tmp_path):
 def test_patch_serve_config(tmp_path):
     config = pstate.patch_serve_config(SERVE_YAML, host="0.0.0.0", port=18080, state_dir=tmp_path,
                                    heartbeat_interval_s=1.5)
-    assert config["http_options"] == {"host": "0.0.0.0", "port": 18080}
+    assert "http_options" not in config and config["proxy_location"] == "Disabled"  # the replica listens itself
     (app,) = config["applications"]
-    assert app["args"] == {"state_dir": str(tmp_path), "heartbeat_interval_s": 1.5, "token_ttl_s": 900,
+    assert app["args"] == {"state_dir": str(tmp_path), "listen_host": "0.0.0.0", "listen_port": 18080,
+                           "heartbeat_interval_s": 1.5, "token_ttl_s": 900,
                            "api_url": "http://127.0.0.1:18080"}  # where provider machines reach the API
     assert app["import_path"] == "serve_app.app:build_app" and app["route_prefix"] == "/"
-    assert config["proxy_location"] == "HeadOnly"
     assert yaml.safe_load(pstate.dump_serve_config(config)) == config
 
 
@@ -147,8 +148,8 @@ def test_patch_serve_config_relative_state_dir_becomes_absolute(tmp_path, monkey
 def test_patch_serve_config_fills_missing_sections(tmp_path):
     text = "applications:\n  - name: x\n    import_path: serve_app.app:build_app\n"
     config = pstate.patch_serve_config(text, host="127.0.0.1", port=9, state_dir=tmp_path, heartbeat_interval_s=2)
-    assert config["http_options"] == {"host": "127.0.0.1", "port": 9}
-    assert config["applications"][0]["args"]["heartbeat_interval_s"] == 2.0
+    args = config["applications"][0]["args"]
+    assert (args["listen_host"], args["listen_port"], args["heartbeat_interval_s"]) == ("127.0.0.1", 9, 2.0)
 
 
 def test_patch_serve_config_rejects_configs_without_the_app(tmp_path):
@@ -162,7 +163,8 @@ def test_patch_serve_config_rejects_configs_without_the_app(tmp_path):
 def test_repo_serve_yaml_patches():
     config = pstate.patch_serve_config(pstate.SERVE_TEMPLATE.read_text(), host="127.0.0.1", port=8123,
                                    state_dir=Path("/tmp/s"), heartbeat_interval_s=5)
-    assert config["http_options"]["port"] == 8123
+    assert config["applications"][0]["args"]["listen_port"] == 8123
+    settings_mod.PlatformSettings.model_validate(config["applications"][0]["args"])  # the app accepts its args
 
 
 # --- files ------------------------------------------------------------------------------

@@ -19,15 +19,15 @@ def _config(settings=None, **kw):
                                      state_dir="/s", heartbeat_interval_s=5.0, settings=settings, **kw)
 
 
-def test_a_plain_up_keeps_one_proxy_on_the_head_and_one_replica():
+def test_a_plain_up_runs_one_replica_that_listens_itself():
     config = _config()
-    assert config["proxy_location"] == "HeadOnly"
+    assert config["proxy_location"] == "Disabled"
     assert not any(app.get("deployments") for app in config["applications"])
 
 
-def test_on_postgresql_every_node_runs_a_proxy_and_one_replica_of_the_api():
+def test_on_postgresql_every_node_runs_one_replica_of_the_api_listening_itself():
     config = pstate.every_node_serve(_config(PG), api_replicas=3)
-    assert config["proxy_location"] == "EveryNode"
+    assert config["proxy_location"] == "Disabled"
     (api,) = config["applications"][0]["deployments"]
     assert api == {"name": protocol.API_DEPLOYMENT, "num_replicas": 3, "max_replicas_per_node": 1}
 

@@ -1,0 +1,66 @@
+"""Many requests, one actor call: what the replica sends while an earlier call of the same kind is out.
+
+An actor call costs more CPU (serialisation, the core worker on both sides) than the work most hot
+routes ask of the actor. A Batcher sends the first request at once; requests that arrive while
+that call is in flight wait and go together in the next one. So an idle platform adds no delay, and
+a busy one makes fewer, larger calls (heartbeats: one transaction per batch).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Awaitable, Callable
+
+MAX_BATCH = 256
+
+
+class Batcher:
+    """`await batcher(item)` → the answer for item from `send(items) -> answers` (same order; an answer
+    that is an Exception is raised to its own caller alone; a failed `send` fails the whole batch)."""
+
+    def __init__(self, send: Callable[[list], Awaitable[list]], *, max_batch: int = MAX_BATCH):
+        self._send = send
+        self._max_batch = max_batch
+        self._queue: list[tuple[Any, asyncio.Future]] = []
+        self._sender: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop it batches on: the first caller's
+
+    async def __call__(self, item: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        self._loop = self._loop or loop
+        if loop is not self._loop:  # a caller on another loop (Serve's proxy path beside the listener's): alone
+            (answer,) = await self._send([item])
+            if isinstance(answer, BaseException):
+                raise answer
+            return answer
+        future = loop.create_future()
+        self._queue.append((item, future))
+        if self._sender is None or self._sender.done():
+            # Its own task: a caller that stops waiting (a client that hung up) cancels only its future.
+            self._sender = asyncio.get_running_loop().create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue[:self._max_batch], self._queue[self._max_batch:]
+            batch = [(item, f) for item, f in batch if not f.done()]
+            if not batch:
+                continue
+            try:
+                answers = await self._send([item for item, _ in batch])
+                if len(answers) != len(batch):
+                    raise RuntimeError(f"{len(answers)} answers to a batch of {len(batch)}")
+            except Exception as exc:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (_, future), answer in zip(batch, answers):
+                if future.done():
+                    continue
+                if isinstance(answer, Exception):
+                    future.set_exception(answer)
+                elif isinstance(answer, BaseException):  # the actor-side call was cancelled
+                    future.set_exception(RuntimeError(f"the batched call ended early: {answer!r}"))
+                else:
+                    future.set_result(answer)
