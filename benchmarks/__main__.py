@@ -1,6 +1,7 @@
 """The benchmark runner: every figure against its baseline in the same run, a table on stdout, JSON on disk.
 
     python -m benchmarks [--quick] [--only NAME ...] [--reps N] [--out benchmarks/results/latest.json]
+                         [--database {sqlite,postgresql}] [--platform-nodes N] [--machines N] [--window S]
 
 Exits 0 whatever the figures show; a figure that fails is an error row, not an exception.
 """
@@ -31,6 +32,9 @@ class Context:
     def __init__(self, args: argparse.Namespace, workdir: Path):
         self.quick = args.quick
         self.reps = args.reps
+        self.layout = platform_session.PlatformLayout(database=args.database, nodes=args.platform_nodes)
+        self.machines = args.machines  # None: the figure's own default
+        self.window_s = args.window
         self.workdir = workdir
         self._session: platform_session.PlatformSession | None = None
         self._start_error: BaseException | None = None
@@ -40,7 +44,7 @@ class Context:
             raise RuntimeError(f"the platform did not start: {self._start_error}")
         if self._session is None:
             session = platform_session.PlatformSession(providers=2, agent_cpus=8, heartbeat_s=5.0,
-                                                       idle_s=5.0 if self.quick else 10.0)
+                                                       idle_s=5.0 if self.quick else 10.0, layout=self.layout)
             self._session = session  # stopped by close() even if start() fails midway
             try:
                 session.start()
@@ -51,7 +55,7 @@ class Context:
 
     def platform_info(self) -> dict:
         s = self._session
-        return {} if s is None else {"api_url": s.url, "up_timings_s": s.up_timings, "idle_footprint": s.idle_footprint}
+        return {} if s is None else {"layout": str(self.layout), "api_url": s.url, "up_timings_s": s.up_timings, "idle_footprint": s.idle_footprint}
 
     def close(self) -> dict:
         if self._session is None:
@@ -68,7 +72,35 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"run only these figures ({', '.join(FIGURES)})")
     p.add_argument("--reps", type=int, default=None, help="repetitions per figure (default 3, --quick 1)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"results JSON (default {DEFAULT_OUT})")
+    p.add_argument("--database", choices=platform_session.PlatformLayout.DATABASES, default="sqlite",
+                   help="the platform's store: sqlite (default, as `dcluster up`) or postgresql (a throwaway server "
+                        "this run starts from Debian's postgresql package)")
+    p.add_argument("--platform-nodes", type=int, default=1, metavar="N",
+                   help="platform nodes on this machine: the head plus N-1 joined with --join, one API replica "
+                        "each (N > 1 needs --database postgresql)")
+    p.add_argument("--machines", type=int, default=None, metavar="N",
+                   help="simulated machines for the scale figure (default 10,000, --quick 500)")
+    p.add_argument("--window", type=float, default=None, metavar="S",
+                   help="seconds of heartbeats in the scale figure (default 60, --quick 10)")
     return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The options, checked: a bad combination is a usage error naming it, never a failed platform start."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    args.reps = args.reps or (1 if args.quick else 3)
+    if args.reps < 1:
+        parser.error("--reps must be >= 1")
+    if args.machines is not None and args.machines < 1:
+        parser.error("--machines must be >= 1")
+    if args.window is not None and args.window <= 0:
+        parser.error("--window must be > 0 seconds")
+    try:
+        platform_session.PlatformLayout(database=args.database, nodes=args.platform_nodes)
+    except ValueError as exc:
+        parser.error(str(exc))
+    return args
 
 
 def _raise_on_sigterm(signum, frame):
@@ -76,10 +108,7 @@ def _raise_on_sigterm(signum, frame):
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    args.reps = args.reps or (1 if args.quick else 3)
-    if args.reps < 1:
-        _parser().error("--reps must be >= 1")
+    args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("cli").setLevel(logging.INFO)
     signal.signal(signal.SIGTERM, _raise_on_sigterm)
@@ -90,7 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     machine = common.machine_info()
     rows: list[common.Row] = []
-    report = {"machine": machine, "args": {"quick": args.quick, "reps": args.reps, "only": names}, "rows": []}
+    report = {"machine": machine, "args": {"quick": args.quick, "reps": args.reps, "only": names,
+                                           "database": args.database, "platform_nodes": args.platform_nodes,
+                                           "machines": args.machines, "window_s": args.window}, "rows": []}
 
     def save(final: bool = False) -> None:
         report["rows"] = [r.to_dict() for r in rows]
@@ -99,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         report["complete"] = final
         common.write_json(args.out, report)
 
-    common.log(f"figures: {', '.join(names)}; reps {args.reps}{' (quick)' if args.quick else ''}; "
+    common.log(f"figures: {', '.join(names)}; reps {args.reps}{' (quick)' if args.quick else ''}; platform: {ctx.layout}; "
                f"{machine['cpu_model']}, {machine['logical_cpus']} CPUs, {machine['ram_gib']} GiB")
     try:
         for name in names:

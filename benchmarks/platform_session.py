@@ -3,6 +3,7 @@ create → usable → delete → released cycle of a buyer cluster that several 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -18,6 +19,7 @@ import psutil
 
 from benchmarks import common
 from cli import platform as platform_mod
+from tests import pg_server
 from worker import procs
 
 RAY = str(Path(sys.executable).parent / "ray")
@@ -45,11 +47,36 @@ class Api:
         return r.json()
 
 
+@dataclasses.dataclass(frozen=True)
+class PlatformLayout:
+    """Where the platform keeps its state and on how many nodes it runs: SQLite on one node (`dcluster up`, the
+    default), or PostgreSQL on one node or several (head + `--join`, one API replica each)."""
+
+    database: str = "sqlite"  # "sqlite" | "postgresql" (a server this session starts and removes)
+    nodes: int = 1
+
+    DATABASES = ("sqlite", "postgresql")
+
+    def __post_init__(self):
+        if self.database not in self.DATABASES:
+            raise ValueError(f"database {self.database!r}: one of {', '.join(self.DATABASES)}")
+        if self.nodes < 1:
+            raise ValueError(f"platform nodes {self.nodes}: at least 1")
+        if self.nodes > 1 and self.database == "sqlite":
+            raise ValueError("a platform on several nodes needs PostgreSQL (the SQLite file lives on the head)")
+
+    def __str__(self) -> str:
+        return f"{self.database}, {self.nodes} node{'s' if self.nodes > 1 else ''}"
+
+
 class PlatformSession:
     """The platform under test: started once, on free ports, in its own /tmp dir; stopped by `close()`."""
 
     def __init__(self, *, providers: int = 2, agent_cpus: int = 8, heartbeat_s: float = 5.0,
-                 idle_s: float = 10.0, agent_runtime: str | None = None):
+                 idle_s: float = 10.0, agent_runtime: str | None = None, layout: PlatformLayout | None = None):
+        self.layout = layout or PlatformLayout()
+        self.pg: pg_server.PostgresServer | None = None  # the PostgreSQL server this session started
+        self.member: platform_mod.PlatformLauncher | None = None  # the second platform node (--join)
         self.providers = providers
         self.agent_runtime = agent_runtime  # None: the agents' default (docker, else bwrap)
         self.agent_cpus = agent_cpus
@@ -71,11 +98,23 @@ class PlatformSession:
         # Short path: Ray's unix sockets live under <state>/ray and must fit in 107 bytes.
         self.root = Path(tempfile.mkdtemp(prefix="dclb-", dir="/tmp"))
         port = procs.free_port()
+        extra: dict[str, Any] = {}
+        if self.layout.database == "postgresql":
+            bin_dir = pg_server.find_bin_dir()
+            if bin_dir is None:
+                raise RuntimeError("--database postgresql needs PostgreSQL's initdb (apt-get install postgresql)")
+            self.pg = pg_server.PostgresServer(bin_dir)
+            self.pg.start()
+            extra["settings"] = {"database": self.pg.create_database()}
+        if self.layout.nodes > 1:
+            extra["api_replicas"] = self.layout.nodes
         self.launcher = platform_mod.PlatformLauncher(self.root / "s", port=port, providers=self.providers,
                                                       agent_cpus=self.agent_cpus, heartbeat_s=self.heartbeat_s,
-                                                      agent_runtime=self.agent_runtime)
-        common.log(f"starting the platform in {self.root} (port {port}, {self.providers} agents)")
+                                                      agent_runtime=self.agent_runtime, **extra)
+        common.log(f"starting the platform in {self.root} (port {port}, {self.providers} agents, {self.layout})")
         result = self.launcher.up()
+        if self.layout.nodes > 1:
+            self._join_member(port)
         self.url = result.api_url
         self.up_timings = result.timings_s
         common.log(f"platform up in {result.timings_s.get('total')} s; idling {self.idle_s:.0f} s for the footprint")
@@ -83,9 +122,27 @@ class PlatformSession:
         self.idle_footprint = self.footprint()
         return self
 
+    def _join_member(self, port: int) -> None:
+        """A second platform node on this machine (`dcluster up --join`), as tests/integration/test_head_loss.py
+        starts it: the operator copies the platform's Ray token and the secret key to it."""
+        member_dir = self.root / "m"
+        member_dir.mkdir(mode=0o700)
+        for name in ("ray_auth_token", "secret.key"):
+            shutil.copy2(self.state_dir / name, member_dir / name)
+        self.member = platform_mod.PlatformLauncher(member_dir, port=port,
+                                                    join=f"127.0.0.1:{self.record['ray_ports']['gcs']}")
+        t0 = time.monotonic()
+        self.member.up()
+        self.up_timings["member_join"] = round(time.monotonic() - t0, 1)
+
     def close(self) -> dict:
         """down(), then make sure nothing of ours is left (lease processes included), then remove the dir."""
         out: dict[str, Any] = {}
+        if self.member is not None:
+            try:
+                out["member"] = self.member.down()
+            except Exception as exc:  # still sweep below
+                out["member"] = {"error": repr(exc)}
         if self.launcher is not None:
             common.log("stopping the platform")
             try:
@@ -97,12 +154,16 @@ class PlatformSession:
         if self.root is not None and (self.root / "s" / "platform.json").exists():
             record = json.loads((self.root / "s" / "platform.json").read_text())
             tags += [a["owner_tag"] for a in record.get("agents", [])] + [record["owner_tag"]]
+        if self.root is not None and (self.root / "m" / "platform.json").exists():
+            tags.append(json.loads((self.root / "m" / "platform.json").read_text())["owner_tag"])
         for tag in tags:
             summary = procs.stop_owned(tag, grace_s=3.0)
             leftovers += len(summary.terminated)
         out["leftover_processes_stopped"] = leftovers
         for lid in self.lease_ids:
             shutil.rmtree(f"/tmp/dcl-{lid}", ignore_errors=True)
+        if self.pg is not None:
+            self.pg.stop()
         if self.root is not None:
             shutil.rmtree(self.root, ignore_errors=True)
         return out
@@ -150,7 +211,22 @@ class PlatformSession:
     # --- processes ----------------------------------------------------------------------
 
     def platform_processes(self) -> list[psutil.Process]:
-        return procs.owned_processes(self.record["owner_tag"])
+        """Every process of every platform node (PostgreSQL's server not included: `database_processes`)."""
+        found = procs.owned_processes(self.record["owner_tag"])
+        if self.member is not None:
+            member = json.loads((self.member.state_dir / "platform.json").read_text())
+            found += procs.owned_processes(member["owner_tag"])
+        return found
+
+    def database_processes(self) -> list[psutil.Process]:
+        """PostgreSQL's postmaster and its backends (empty on SQLite, which runs inside the platform's processes)."""
+        if self.pg is None:
+            return []
+        try:
+            postmaster = psutil.Process(int((self.pg.data / "postmaster.pid").read_text().split()[0]))
+            return [postmaster, *postmaster.children(recursive=True)]
+        except (OSError, ValueError, psutil.Error):
+            return []
 
     def agent_processes(self) -> list[psutil.Process]:
         return [p for a in self.record.get("agents", []) for p in procs.owned_processes(a["owner_tag"])]

@@ -21,7 +21,7 @@ import httpx
 
 from actors import cluster_manager, cluster_store, placement
 from actors import settings as settings_mod
-from benchmarks import api_throughput, common, wrk
+from benchmarks import api_throughput, common, platform_session, wrk
 from dcl_core import domain
 
 NAME = "scale"
@@ -210,14 +210,17 @@ def api_placement(session, reps: int = 3) -> dict:
 # --- the figure ---------------------------------------------------------------------------
 
 def run(ctx) -> list[common.Row]:
-    n = 500 if ctx.quick else 10_000
-    duration = 10.0 if ctx.quick else 60.0
+    n = ctx.machines or (500 if ctx.quick else 10_000)
+    duration = ctx.window_s or (10.0 if ctx.quick else 60.0)
     rate = n / BEAT_EVERY_S
     n_providers = 2 if ctx.quick else 10
-    try:
-        rows = placement_rows(ctx, n)  # in-process, no platform needed: first, while the machine is quiet
-    except Exception as exc:
-        rows = [common.error_row(NAME, exc)]
+    on = f" [{ctx.layout}]"  # which platform every row below measured
+    rows = []
+    if ctx.layout == platform_session.PlatformLayout():
+        try:
+            rows = placement_rows(ctx, n)  # in-process SQLite, no platform: first, while the machine is quiet
+        except Exception as exc:
+            rows = [common.error_row(NAME, exc)]
     try:
         wrk.binary()
     except wrk.WrkMissing as exc:  # the heartbeats need wrk: an error row saying how to install it
@@ -237,9 +240,11 @@ def run(ctx) -> list[common.Row]:
     spec = {"mode": "open", "port": int(session.url.rsplit(":", 1)[1]), "connections": HEARTBEAT_CONNECTIONS,
             "rate": rate, "duration_s": duration, "timeout_s": AGENT_TIMEOUT_S, "requests": requests}
     wrk.run({**spec, "duration_s": 2.0}, ctx.workdir)  # warm-up: connections open
-    with common.ResourceSampler(session.platform_processes, interval_s=1.0, refresh_s=10.0) as sampler:
+    with (common.ResourceSampler(session.platform_processes, interval_s=1.0, refresh_s=10.0) as sampler,
+          common.ResourceSampler(session.database_processes, interval_s=1.0, refresh_s=5.0) as db_sampler):
         res = wrk.run(spec, ctx.workdir)
     load = sampler.report()
+    db_load = db_sampler.report() if session.pg is not None else None
     common.log(f"{NAME}: {res['ok_per_s']:.0f} heartbeats/s answered, p99 {res['latency'].get('p99_ms')} ms; "
                f"platform CPU {load['cpu_percent_mean']}%, wrk CPU {res['loadgen_cpu_s']} s")
     p99 = res["latency"].get("p99_ms")
@@ -253,26 +258,33 @@ def run(ctx) -> list[common.Row]:
                                 if k not in ("ids", "keys")},
                "unanswered": unanswered, "loadgen": res, "platform_processes": load}
     rows.append(common.Row(figure=NAME, metric=f"heartbeats answered/s of {rate:,.0f}/s offered "
-                                               f"({len(ids):,} machines, every {BEAT_EVERY_S:g} s)",
+                                               f"({len(ids):,} machines, every {BEAT_EVERY_S:g} s){on}",
                            value=res["ok_per_s"], unit="/s",
                            target=f"all answered, p99 <= {TARGET_P99_MS:g} ms",
                            met=kept_up and p99 is not None and p99 <= TARGET_P99_MS, details=details))
-    rows.append(common.Row(figure=NAME, metric="heartbeat p99 latency (send → answer; sends kept the schedule)",
+    rows.append(common.Row(figure=NAME, metric=f"heartbeat p50 latency{on}", value=res["latency"].get("p50_ms"),
+                           unit="ms"))
+    rows.append(common.Row(figure=NAME, metric=f"heartbeat p99 latency (send → answer; sends kept the schedule){on}",
                            value=p99, unit="ms", target=f"<= {TARGET_P99_MS:g} ms",
                            met=None if p99 is None else p99 <= TARGET_P99_MS,
                            details={"latency": res["latency"], "schedule_lag": res["schedule_lag"]}))
-    rows.append(common.Row(figure=NAME, metric="platform CPU during heartbeats (100 = one core)",
+    rows.append(common.Row(figure=NAME, metric=f"platform CPU during heartbeats (100 = one core){on}",
                            value=load["cpu_percent_mean"], unit="%", details=load))
+    if db_load is not None:
+        rows.append(common.Row(figure=NAME, metric=f"PostgreSQL server CPU during heartbeats (100 = one core){on}",
+                               value=db_load["cpu_percent_mean"], unit="%", details=db_load))
+        rows.append(common.Row(figure=NAME, metric=f"PostgreSQL server RSS during heartbeats (max){on}",
+                               value=db_load["rss_mib_max"], unit="MiB"))
     rows.append(common.Row(figure=NAME, metric="load generator CPU during heartbeats (wrk, 100 = one core)",
                            value=loadgen_cpu_pct, unit="%"))
     if load["cpu_percent_mean"] and res["ok_per_s"]:
-        rows.append(common.Row(figure=NAME, metric="platform CPU per heartbeat", unit="ms",
+        rows.append(common.Row(figure=NAME, metric=f"platform CPU per heartbeat{on}", unit="ms",
                                value=round(load["cpu_percent_mean"] / 100 * 1000 / res["ok_per_s"], 3)))
-    rows.append(common.Row(figure=NAME, metric="platform RSS during heartbeats (max)", value=load["rss_mib_max"],
+    rows.append(common.Row(figure=NAME, metric=f"platform RSS during heartbeats (max){on}", value=load["rss_mib_max"],
                            unit="MiB"))
     try:
         api = api_placement(session, reps=1 if ctx.quick else 3)
-        rows.append(common.Row(figure=NAME, metric=f"POST /v1/clusters (8 GPUs) on the platform, {len(ids):,} machines",
+        rows.append(common.Row(figure=NAME, metric=f"POST /v1/clusters (8 GPUs) on the platform, {len(ids):,} machines{on}",
                                value=common.median(api["ms"]), unit="ms", details=api))
     except Exception as exc:
         rows.append(common.error_row(NAME, exc))
