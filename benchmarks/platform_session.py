@@ -113,10 +113,10 @@ class PlatformSession:
                                                       agent_runtime=self.agent_runtime, **extra)
         common.log(f"starting the platform in {self.root} (port {port}, {self.providers} agents, {self.layout})")
         result = self.launcher.up()
-        if self.layout.nodes > 1:
-            self._join_member(port)
         self.url = result.api_url
         self.up_timings = result.timings_s
+        if self.layout.nodes > 1:
+            self._join_member(port)
         common.log(f"platform up in {result.timings_s.get('total')} s; idling {self.idle_s:.0f} s for the footprint")
         time.sleep(self.idle_s)
         self.idle_footprint = self.footprint()
