@@ -29,7 +29,7 @@ venv: $(BIN)/dcluster
 
 test: venv
 	$(BIN)/lint-imports
-	$(BIN)/pytest -q tests
+	$(BIN)/pytest -q --durations=40 tests
 
 unit: venv
 	$(BIN)/pytest -q tests/unit

@@ -94,7 +94,9 @@ class FakeRegistry:
 
 
 def _token(account_id: int, name: str, role: domain.Role) -> dict:
-    return {"Authorization": "Bearer " + auth.TokenIssuer(SECRET).issue(auth.Principal(account_id, name, role))}
+    # Minted at import, so they must outlive the whole suite's run, not the default 30 minutes.
+    token = auth.TokenIssuer(SECRET).issue(auth.Principal(account_id, name, role), ttl_s=24 * 3600)
+    return {"Authorization": "Bearer " + token}
 
 
 ALICE = _token(1, "alice", domain.Role.BUYER)
