@@ -29,7 +29,7 @@ venv: $(BIN)/dcluster
 
 test: venv
 	$(BIN)/lint-imports
-	$(BIN)/pytest -q --durations=40 tests
+	$(BIN)/pytest -q -n 2 --dist loadfile --durations=40 tests
 
 unit: venv
 	$(BIN)/pytest -q tests/unit
