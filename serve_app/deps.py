@@ -83,13 +83,15 @@ async def machine_caller(
     return principal
 
 
+BUYER_OR_ADMIN = (domain.Role.BUYER, domain.Role.ADMIN)  # who may read and manage a cluster (serve_app.hot_routes too)
+
 OptionalPrincipal = Annotated[auth.Principal | None, Depends(optional_principal)]
 CurrentPrincipal = Annotated[auth.Principal, Depends(current_principal)]
 ProviderPrincipal = Annotated[auth.Principal, Depends(require_role(domain.Role.PROVIDER))]
 ProviderOrAdmin = Annotated[auth.Principal, Depends(require_role(domain.Role.PROVIDER, domain.Role.ADMIN))]
 BuyerPrincipal = Annotated[auth.Principal, Depends(require_role(domain.Role.BUYER))]
 AdminPrincipal = Annotated[auth.Principal, Depends(require_role(domain.Role.ADMIN))]
-BuyerOrAdmin = Annotated[auth.Principal, Depends(require_role(domain.Role.BUYER, domain.Role.ADMIN))]
+BuyerOrAdmin = Annotated[auth.Principal, Depends(require_role(*BUYER_OR_ADMIN))]
 AdminPrincipal = Annotated[auth.Principal, Depends(require_role(domain.Role.ADMIN))]
 NodeProviderPrincipal = Annotated[auth.Principal, Depends(node_provider_principal)]
 MachineCaller = Annotated[auth.Principal | agent_keys.MachineKey, Depends(machine_caller)]
