@@ -6,6 +6,7 @@ import collections
 import dataclasses
 import os
 import secrets
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -88,13 +89,26 @@ class Principal:
         return cls(int(data["account_id"]), data["username"], domain.Role(data["role"]), data.get("cluster_id"))
 
 
-class TokenIssuer:
-    """Issues and verifies the platform's JWTs."""
+# Verified tokens kept per issuer: every client and agent in use at once, many times over.
+VERIFIED_CACHE_SIZE = 10_000
 
-    def __init__(self, secret: str, *, ttl_s: int = 1800, clock: Callable[[], float] = time.time):
+
+class TokenIssuer:
+    """Issues and verifies the platform's JWTs.
+
+    A token that verified once is remembered, by its text, until its `exp` (bounded, oldest out
+    first): checking the signature again is most of the CPU an API read costs, and a JWT's claims
+    cannot change. Tokens are never revoked one by one (rotating the secret makes a new issuer),
+    so a cached answer is the answer verification would give."""
+
+    def __init__(self, secret: str, *, ttl_s: int = 1800, clock: Callable[[], float] = time.time,
+                 cache_size: int = VERIFIED_CACHE_SIZE):
         self._secret = secret
         self._ttl_s = ttl_s
         self._clock = clock
+        self._cache_size = cache_size
+        self._verified: dict[str, tuple[Principal, float]] = {}
+        self._verified_lock = threading.Lock()  # the API replica verifies on two event loops' threads
 
     @property
     def ttl_s(self) -> int:
@@ -115,6 +129,22 @@ class TokenIssuer:
         return jwt.encode(claims, self._secret, algorithm=JWT_ALGORITHM)
 
     def verify(self, token: str) -> Principal:
+        known = self._verified.get(token)
+        if known is not None:
+            principal, exp = known
+            if exp < self._clock():
+                with self._verified_lock:
+                    self._verified.pop(token, None)
+                raise errors.Unauthenticated("token expired: sign in again at POST /v1/token")
+            return principal
+        principal, exp = self._verify_signed(token)
+        with self._verified_lock:
+            if len(self._verified) >= self._cache_size:
+                del self._verified[next(iter(self._verified))]
+            self._verified[token] = (principal, exp)
+        return principal
+
+    def _verify_signed(self, token: str) -> tuple[Principal, float]:
         try:
             claims = jwt.decode(
                 token, self._secret, algorithms=[JWT_ALGORITHM],
@@ -123,8 +153,8 @@ class TokenIssuer:
             )
             if claims["exp"] < self._clock():
                 raise jwt.ExpiredSignatureError("expired")
-            return Principal(int(claims["sub"]), str(claims.get("name", "")),
-                             domain.Role(claims["role"]), claims.get("cluster"))
+            return (Principal(int(claims["sub"]), str(claims.get("name", "")),
+                              domain.Role(claims["role"]), claims.get("cluster")), claims["exp"])
         except jwt.ExpiredSignatureError:
             raise errors.Unauthenticated("token expired: sign in again at POST /v1/token") from None
         except (jwt.InvalidTokenError, ValueError, KeyError):

@@ -12,7 +12,7 @@ from ray import serve
 from actors import actor_classes
 from actors.settings import PlatformSettings
 from dcl_core import protocol
-from serve_app import (api_metrics, batching, errors, head_proxy, input_policy, listener, routes_accounts,
+from serve_app import (api_metrics, batching, errors, head_proxy, hot_routes, input_policy, listener, routes_accounts,
                        routes_clusters, routes_machines)
 from serve_app.console import routes as console
 
@@ -57,6 +57,8 @@ def create_app(registry, clusters, *, trusted_proxy_hops: int = 0) -> FastAPI:
     app.state.tokens = None  # fetched from the registry on first use
     app.state.head_proxy = head_proxy.HeadProxy()  # buyers' dashboards and metrics (routes_clusters)
     app.state.trusted_proxy_hops = trusted_proxy_hops  # see deps.client_address
+    # Innermost: the body cap and the latency metric wrap the hot routes as they wrap every route.
+    app.add_middleware(hot_routes.HotRoutes, api_app=app)
     app.add_middleware(errors.BodySizeLimit)
     app.add_middleware(api_metrics.ApiLatency)
     errors.install(app)

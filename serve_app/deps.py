@@ -83,19 +83,21 @@ async def machine_caller(
     return principal
 
 
+BUYER_OR_ADMIN = (domain.Role.BUYER, domain.Role.ADMIN)  # who may read and manage a cluster (serve_app.hot_routes too)
+
 OptionalPrincipal = Annotated[auth.Principal | None, Depends(optional_principal)]
 CurrentPrincipal = Annotated[auth.Principal, Depends(current_principal)]
 ProviderPrincipal = Annotated[auth.Principal, Depends(require_role(domain.Role.PROVIDER))]
 ProviderOrAdmin = Annotated[auth.Principal, Depends(require_role(domain.Role.PROVIDER, domain.Role.ADMIN))]
 BuyerPrincipal = Annotated[auth.Principal, Depends(require_role(domain.Role.BUYER))]
 AdminPrincipal = Annotated[auth.Principal, Depends(require_role(domain.Role.ADMIN))]
-BuyerOrAdmin = Annotated[auth.Principal, Depends(require_role(domain.Role.BUYER, domain.Role.ADMIN))]
+BuyerOrAdmin = Annotated[auth.Principal, Depends(require_role(*BUYER_OR_ADMIN))]
 AdminPrincipal = Annotated[auth.Principal, Depends(require_role(domain.Role.ADMIN))]
 NodeProviderPrincipal = Annotated[auth.Principal, Depends(node_provider_principal)]
 MachineCaller = Annotated[auth.Principal | agent_keys.MachineKey, Depends(machine_caller)]
 
 
-def client_address(request: Request) -> str | None:
+async def client_address(request: Request) -> str | None:
     """The caller's address for rate limits: the TCP peer, or, behind `trusted_proxy_hops` proxies
     (a setting), the X-Forwarded-For entry the outermost of them appended. Never what a client wrote."""
     peer = request.client.host if request.client else None
@@ -110,15 +112,15 @@ def client_address(request: Request) -> str | None:
 ClientAddress = Annotated[str | None, Depends(client_address)]
 
 
-def registry(request: Request):
+async def registry(request: Request):
     return request.app.state.registry
 
 
-def clusters(request: Request):
+async def clusters(request: Request):
     return request.app.state.clusters
 
 
-def head_proxy(request: Request) -> head_proxy_mod.HeadProxy:
+async def head_proxy(request: Request) -> head_proxy_mod.HeadProxy:
     return request.app.state.head_proxy
 
 
@@ -127,11 +129,11 @@ Clusters = Annotated[object, Depends(clusters)]
 HeadProxy = Annotated[head_proxy_mod.HeadProxy, Depends(head_proxy)]
 
 
-def heartbeats(request: Request) -> batching.Batcher:
+async def heartbeats(request: Request) -> batching.Batcher:
     return request.app.state.heartbeats
 
 
-def cluster_reads(request: Request) -> batching.Batcher:
+async def cluster_reads(request: Request) -> batching.Batcher:
     return request.app.state.cluster_reads
 
 

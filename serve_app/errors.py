@@ -75,7 +75,9 @@ async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": exc.message}, status_code=exc.http_status, headers=headers)
 
 
-async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+async def answer_exception(request: Request, exc: Exception) -> JSONResponse:
+    """The answer to any exception a route raised: a domain error's own, 503 for a restarting
+    control plane or a busy database, else 500 (logged)."""
     cause = unwrap(exc)
     if isinstance(cause, errors.DClusterError):
         return await _domain_error(request, cause)
@@ -111,7 +113,7 @@ def _printable(value: Any) -> Any:
 def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(errors.DClusterError, _domain_error)
-    app.add_exception_handler(Exception, _unexpected_error)
+    app.add_exception_handler(Exception, answer_exception)
 
 
 class BodySizeLimit:

@@ -48,6 +48,37 @@ def test_expired_and_forged_tokens_are_rejected(clock):
         issuer.verify("not-a-jwt")
 
 
+def test_a_verified_token_is_remembered_until_its_expiry_and_no_longer(clock, monkeypatch):
+    issuer = auth.TokenIssuer("s" * 48, ttl_s=60, clock=clock)
+    token = issuer.issue(auth.Principal(3, "bob", domain.Role.BUYER))
+    assert issuer.verify(token) == auth.Principal(3, "bob", domain.Role.BUYER)
+    decoded = []
+    monkeypatch.setattr(auth.jwt, "decode", lambda *a, **k: decoded.append(1))  # a second signature check would fail
+    assert issuer.verify(token) == auth.Principal(3, "bob", domain.Role.BUYER)
+    assert not decoded
+    clock.advance(61)  # past exp: the remembered answer is refused exactly as a fresh check would be
+    with pytest.raises(errors.Unauthenticated, match="expired"):
+        issuer.verify(token)
+
+
+def test_the_verified_token_cache_is_bounded_and_never_holds_a_failure(clock):
+    issuer = auth.TokenIssuer("s" * 48, ttl_s=60, clock=clock, cache_size=3)
+    tokens = [issuer.issue(auth.Principal(i, f"u{i}", domain.Role.BUYER)) for i in range(5)]
+    for token in tokens:
+        issuer.verify(token)
+    assert list(issuer._verified) == tokens[2:]  # oldest out first
+    forged = auth.TokenIssuer("x" * 48, clock=clock).issue(auth.Principal(1, "a", domain.Role.ADMIN))
+    for _ in range(2):
+        with pytest.raises(errors.Unauthenticated, match="invalid"):
+            issuer.verify(forged)
+    assert forged not in issuer._verified
+    # A token signed with another secret is not taken by an issuer that verified it under its own.
+    other = auth.TokenIssuer("x" * 48, clock=clock)
+    assert other.verify(forged).role is domain.Role.ADMIN
+    with pytest.raises(errors.Unauthenticated, match="invalid"):
+        auth.TokenIssuer("s" * 48, clock=clock).verify(forged)
+
+
 def test_secret_file_is_created_once_with_mode_0600(tmp_path):
     first = auth.load_or_create_jwt_secret(tmp_path, environ={})
     path = tmp_path / auth.JWT_SECRET_FILE
