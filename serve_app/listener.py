@@ -58,7 +58,10 @@ class Listener:
         self._server = _Server(uvicorn.Config(
             app, log_level="warning", access_log=False, lifespan="off",
             # Agents hold long polls (up to the platform's max_long_poll_s) and keep connections alive.
-            timeout_keep_alive=75, server_header=False))
+            timeout_keep_alive=75, server_header=False,
+            # The caller's address is the TCP peer; X-Forwarded-For counts only through the app's
+            # trusted_proxy_hops (deps.client_address). uvicorn's default would believe it from loopback.
+            proxy_headers=False))
         self._socket: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._failure: BaseException | None = None

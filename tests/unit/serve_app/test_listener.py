@@ -3,7 +3,7 @@ import socket
 
 import httpx
 import pytest
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 
 from serve_app import listener
 from worker import procs
@@ -15,6 +15,10 @@ def _app() -> FastAPI:
     @app.get("/ping")
     async def ping():
         return {"pong": True}
+
+    @app.get("/peer")
+    async def peer(request: Request):
+        return {"host": request.client.host}
     return app
 
 
@@ -49,3 +53,19 @@ def test_a_port_held_by_another_program_is_refused_loudly():
             await listener.Listener(_app(), "127.0.0.1", port).start()
         with pytest.raises(OSError):
             asyncio.run(go())
+
+
+def test_a_client_cannot_name_its_own_address_with_forwarded_headers():
+    """Rate limits key on the caller's address: a forged X-Forwarded-For (even from loopback) changes nothing."""
+    port = procs.free_port()
+
+    async def go():
+        server = listener.Listener(_app(), "127.0.0.1", port)
+        await server.start()
+        try:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+                forged = {"X-Forwarded-For": "203.0.113.7", "X-Real-IP": "203.0.113.8", "Forwarded": "for=203.0.113.9"}
+                return (await client.get("/peer", headers=forged)).json()
+        finally:
+            await server.stop()
+    assert asyncio.run(go()) == {"host": "127.0.0.1"}
