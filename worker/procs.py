@@ -169,8 +169,9 @@ class StopSummary:
 # once, gcs_server, raylet and the autoscaler monitor ignore SIGTERM for over 15 s; in this
 # order every process exits on SIGTERM within ~2 s per stage. The executable name only orders
 # processes that are already known to be ours; it never selects one.
-_FIRST = frozenset({"raylet"})
-_LAST = frozenset({"gcs_server"})
+# The lease sandboxes' supervisor (standard library only) gets these names with each stop request.
+STOP_FIRST = frozenset({"raylet"})
+STOP_LAST = frozenset({"gcs_server"})
 
 
 def _stages(found: list[psutil.Process]) -> list[list[psutil.Process]]:
@@ -180,8 +181,8 @@ def _stages(found: list[psutil.Process]) -> list[list[psutil.Process]]:
         except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
             return ""
 
-    first = [p for p in found if name(p) in _FIRST]
-    last = [p for p in found if name(p) in _LAST]
+    first = [p for p in found if name(p) in STOP_FIRST]
+    last = [p for p in found if name(p) in STOP_LAST]
     middle = [p for p in found if p not in first and p not in last]
     return [stage for stage in (first, middle, last) if stage]
 

@@ -296,7 +296,8 @@ class SupervisedSandbox(Sandbox):
         signalled = 0
         if not self._gone.is_set():
             try:
-                signalled = int(self.request({"op": "stop", "grace_s": grace_s}, grace_s + 15.0).get("signalled", 0))
+                stop = {"op": "stop", "grace_s": grace_s, "first": sorted(procs.STOP_FIRST), "last": sorted(procs.STOP_LAST)}
+                signalled = int(self.request(stop, grace_s + 15.0).get("signalled", 0))
             except SandboxError as exc:
                 logger.warning("%s; ending the sandbox from outside", exc)
         try:

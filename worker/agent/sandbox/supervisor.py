@@ -9,11 +9,16 @@ stdin and reads one reply or event a line from its stdout:
         later {"event": "exit", "id": 1, "returncode": 0}
     {"id": 2, "op": "kill", "target": 1, "signal": 15}   -> {"id": 2, "ok": true}
     {"id": 4, "op": "write", "path": "...", "content_b64": "..."} -> {"id": 4, "ok": true}
-    {"id": 3, "op": "stop", "grace_s": 2.0}              -> {"id": 3, "ok": true, "signalled": 5}, then it exits
+    {"id": 3, "op": "stop", "grace_s": 2.0, "first": ["raylet"], "last": ["gcs_server"]}
+        -> {"id": 3, "ok": true, "signalled": 5}, then it exits
 
 Stopping, and the end of stdin (the agent went away), signal every other process of the
 sandbox: kill(-1) reaches exactly the processes of the lease's user in this pid namespace,
-which is every process of the lease however it was forked. Nothing here is trusted for
+which is every process of the lease however it was forked. A stop first terminates them in
+stages by executable name, in Ray's own order (`first`, then the rest, `last` at the end, the
+names given by the agent), within the one grace: Ray's GCS and its autoscaler's monitor,
+terminated at once, wait on each other until the SIGKILL. The names only order; kill(-1) then
+reaches everything, and SIGKILL whatever is left at the end of the grace. Nothing here is trusted for
 isolation: the sandbox around it does that; this only saves the agent a `docker exec` or an
 `nsenter` per command. It makes itself non-dumpable so that the lease's processes, which run
 as the same user, cannot take over its pipes through /proc.
@@ -47,20 +52,25 @@ def _no_dump():
         pass
 
 
-def _others():
-    """PIDs of this pid namespace's processes other than init (1) and this one."""
+def _processes():
+    """{pid: executable name} of this pid namespace's live processes other than init (1) and this one."""
     me = os.getpid()
-    found = []
+    found = {}
     for name in os.listdir("/proc"):
         if name.isdigit() and int(name) not in (1, me):
             try:
                 with open(f"/proc/{name}/stat", "rb") as f:
-                    state = f.read().rsplit(b")", 1)[1].split()[0]
+                    head, _, rest = f.read().rpartition(b")")
             except OSError:
                 continue
-            if state != b"Z":
-                found.append(int(name))
+            if rest.split()[:1] != [b"Z"]:
+                found[int(name)] = head.partition(b"(")[2].decode(errors="replace")
     return found
+
+
+def _others():
+    """PIDs of this pid namespace's live processes other than init (1) and this one."""
+    return list(_processes())
 
 
 def _signal_all(sig):
@@ -71,13 +81,31 @@ def _signal_all(sig):
         return False
 
 
-def stop_everything(grace_s):
-    """SIGTERM every other process, wait up to grace_s for them to go, then SIGKILL what is left."""
-    signalled = len(_others())
-    _signal_all(signal.SIGTERM)
+def _terminate_stage(pids, until):
+    """SIGTERM pids, then wait until they are gone or `until` (monotonic) has come."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            pass
+    while time.monotonic() < until and set(pids) & set(_others()):
+        time.sleep(0.02)
+
+
+def stop_everything(grace_s, first=(), last=()):
+    """SIGTERM every other process (the processes named in `first`, then all but those in `last`, each
+    stage waited for, then everything), wait up to grace_s in all for them to go, then SIGKILL what is left."""
     deadline = time.monotonic() + grace_s
+    found = _processes()
+    signalled = len(found)
+    first, last = set(first), set(last)
+    if first or last:
+        stage_s = grace_s / 3  # whatever the first two stages leave, the last one keeps at least this
+        _terminate_stage([p for p, name in found.items() if name in first], time.monotonic() + stage_s)
+        _terminate_stage([p for p, name in _processes().items() if name not in last], time.monotonic() + stage_s)
+    _signal_all(signal.SIGTERM)
     while _others() and time.monotonic() < deadline:
-        time.sleep(0.05)
+        time.sleep(0.02)
     _signal_all(signal.SIGKILL)
     deadline = time.monotonic() + 5.0
     while _others() and time.monotonic() < deadline:
@@ -145,7 +173,9 @@ def main():
             elif op == "kill":
                 reply = _kill(request)
             elif op == "stop":
-                reply = {"ok": True, "signalled": stop_everything(float(request.get("grace_s", 2.0)))}
+                signalled = stop_everything(float(request.get("grace_s", 2.0)), request.get("first") or (),
+                                           request.get("last") or ())
+                reply = {"ok": True, "signalled": signalled}
                 _send({"id": request.get("id"), **reply})
                 return 0
             else:
