@@ -89,6 +89,8 @@ class Principal:
         return cls(int(data["account_id"]), data["username"], domain.Role(data["role"]), data.get("cluster_id"))
 
 
+TOKEN_EXPIRED = "token expired: sign in again at POST /v1/token"
+
 # Verified tokens kept per issuer: every client and agent in use at once, many times over.
 VERIFIED_CACHE_SIZE = 10_000
 
@@ -135,7 +137,7 @@ class TokenIssuer:
             if exp < self._clock():
                 with self._verified_lock:
                     self._verified.pop(token, None)
-                raise errors.Unauthenticated("token expired: sign in again at POST /v1/token")
+                raise errors.Unauthenticated(TOKEN_EXPIRED)
             return principal
         principal, exp = self._verify_signed(token)
         with self._verified_lock:
@@ -156,7 +158,7 @@ class TokenIssuer:
             return (Principal(int(claims["sub"]), str(claims.get("name", "")),
                               domain.Role(claims["role"]), claims.get("cluster")), claims["exp"])
         except jwt.ExpiredSignatureError:
-            raise errors.Unauthenticated("token expired: sign in again at POST /v1/token") from None
+            raise errors.Unauthenticated(TOKEN_EXPIRED) from None
         except (jwt.InvalidTokenError, ValueError, KeyError):
             raise errors.Unauthenticated("invalid token: sign in at POST /v1/token") from None
 

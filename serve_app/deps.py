@@ -92,7 +92,6 @@ ProviderOrAdmin = Annotated[auth.Principal, Depends(require_role(domain.Role.PRO
 BuyerPrincipal = Annotated[auth.Principal, Depends(require_role(domain.Role.BUYER))]
 AdminPrincipal = Annotated[auth.Principal, Depends(require_role(domain.Role.ADMIN))]
 BuyerOrAdmin = Annotated[auth.Principal, Depends(require_role(*BUYER_OR_ADMIN))]
-AdminPrincipal = Annotated[auth.Principal, Depends(require_role(domain.Role.ADMIN))]
 NodeProviderPrincipal = Annotated[auth.Principal, Depends(node_provider_principal)]
 MachineCaller = Annotated[auth.Principal | agent_keys.MachineKey, Depends(machine_caller)]
 
