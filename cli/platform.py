@@ -29,6 +29,9 @@ HEAD_START_ATTEMPTS = 5
 # What `ray start` prints when its raylet missed the fixed registration window (ray/_private/node.py).
 RAY_SLOW_START = "timed out during startup"
 SERVE_DEPLOY_TIMEOUT_S = 120.0
+# `ray start` returns before the dashboard listens (after a head restart, often seconds later);
+# `serve deploy` checks it once and gives up, so wait for it first.
+DASHBOARD_TIMEOUT_S = 120.0
 HEALTHZ_TIMEOUT_S = 180.0
 ADMIN_CREDENTIALS_TIMEOUT_S = 60.0
 MACHINES_TIMEOUT_S = 60.0
@@ -108,6 +111,15 @@ def _serve_app_failure(dashboard_port: int, token_path: Path) -> str | None:
         if isinstance(app, dict) and app.get("status") == "DEPLOY_FAILED":
             return f"application {name!r}: {app.get('message') or 'DEPLOY_FAILED'}"
     return None
+
+
+def _dashboard_answers(dashboard_port: int, token_path: Path) -> bool:
+    try:
+        headers = {"Authorization": f"Bearer {token_path.read_text().strip()}"}
+        return httpx.get(f"http://127.0.0.1:{dashboard_port}/api/version", headers=headers,
+                         timeout=5).status_code == 200
+    except (httpx.HTTPError, OSError):
+        return False
 
 
 def last_error_line(text: str) -> str:
@@ -396,6 +408,9 @@ class PlatformLauncher:
         secret_files.write_secret_file(self.layout.serve_deploy_yaml, pstate.dump_serve_config(config))
         cmd = [*pstate.venv_script("serve"), "deploy", str(self.layout.serve_deploy_yaml),
                "--address", f"http://127.0.0.1:{ports.dashboard}"]
+        _wait_for(f"the Ray dashboard on port {ports.dashboard}",
+                  lambda: _dashboard_answers(ports.dashboard, self.layout.ray_auth_token), DASHBOARD_TIMEOUT_S,
+                  on_timeout=lambda: _tail(temp_dir / "session_latest" / "logs" / "dashboard.log"))
         logger.info("deploying the Serve app")
         with open(self.layout.serve_log, "ab") as log:
             try:

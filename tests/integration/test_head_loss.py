@@ -164,8 +164,11 @@ def test_head_loss_and_actor_node_loss(two_nodes):
     two_nodes["restart_head"]()  # `dcluster up` again, same state dir and Redis: the GCS comes back at its address
     restarted_s = time.time() - killed_at
     wait_for(lambda: _healthy(url), timeout_s=120, what="the API after the head restart")
-    # The actors were restarted by the recovered GCS, on the node that survived (they prefer a joined one).
-    wait_for(lambda: member.actors() == set(ACTORS), timeout_s=120, what="the actors on the member node")
+    # The actors were restarted by the recovered GCS. They prefer a joined node, but the preference is soft: the
+    # restarted head's raylet may place one before it has heard of the member's resources, so either node will do.
+    wait_for(lambda: head.actors() | member.actors() == set(ACTORS), timeout_s=120, what="the actors restarted")
+    on_member = member.actors()
+    print(f"after the head restart: {sorted(on_member)} on the member, {sorted(head.actors())} on the head")
     admin = _admin(url, root)
     after = _stored(admin, buyer, cid)
     assert after == before  # nothing stored is lost; the buyer's cluster runs on, its token unchanged
@@ -174,7 +177,7 @@ def test_head_loss_and_actor_node_loss(two_nodes):
     wait_for(lambda: provider.get(f"/v1/machines/{machine['id']}").json()["last_heartbeat"] > beat,
              timeout_s=60, what="heartbeats after the head restart")
 
-    # 2. The node that holds the actors is lost: they come back on the other one (the new head).
+    # 2. The member is lost: the actors it held come back on the other node (the new head), the rest stay there.
     member.kill_9()
     wait_for(lambda: head.actors() == set(ACTORS), timeout_s=180, what="the actors back on the head")
     wait_for(lambda: _healthy(url), timeout_s=120, what="the API after the member's loss")
