@@ -89,8 +89,8 @@ class ProviderRegistry:
                 for machine_id in await self._store.mark_silent_machines_offline(self._silence_cutoff()):
                     logger.info("machine %s missed %d heartbeats: offline",
                                 machine_id, self._settings.missed_heartbeats_offline)
-                online = await self.list_offers()
-                self._metrics.machines_online({o["gpu_model"] or "none": o["machines"] for o in online})
+                online = await self._store.count_online_by_gpu_model(self._settings.online_cutoff(self._clock()))
+                self._metrics.machines_online({model or "none": n for model, n in online.items()})
             except Exception:
                 logger.exception("offline sweep failed")
 

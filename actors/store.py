@@ -547,6 +547,13 @@ class Store(Database):
     async def list_machines_by_status(self, status: domain.MachineStatus) -> list[dict]:
         return await self._fetchall(self._MACHINE_SELECT + " WHERE m.status = ?", (status.value,))
 
+    async def count_online_by_gpu_model(self, cutoff: float) -> dict[str | None, int]:
+        """Online machines per GPU model (None: CPU-only), counted by the database: the gauge the sweeper
+        refreshes every few seconds must not read every row into the registry's event loop."""
+        rows = await self._fetchall("SELECT CASE WHEN gpus > 0 THEN gpu_model END AS model, COUNT(*) AS machines"
+                                    f" FROM machines WHERE {online_where()} GROUP BY 1", (cutoff,))
+        return {r["model"]: r["machines"] for r in rows}
+
     async def record_heartbeat(self, machine_id: str, now: float, usage: domain.MachineUsage,
                                online_within_s: float = 0.0, lock_wait_s: float | None = None) -> None:
         await self.record_heartbeats([(machine_id, usage)], now, online_within_s, lock_wait_s)

@@ -127,7 +127,8 @@ def run(ctx) -> list[common.Row]:
     alive = common.median([b["alive_s"] for b in bare])
     joined = common.median([c["joined_at_s"] for c in cycles])
     bare_job = common.median([b["job_accepted_s"] for b in bare if b.get("job_ok")])
-    r = common.ratio(usable, alive)
+    r = common.ratio(usable, bare_job)
+    r_joined = common.ratio(joined, alive)
     details = {
         "reps": reps,
         "platform_usable_s": [round(c["usable_s"], 2) for c in cycles],
@@ -143,10 +144,16 @@ def run(ctx) -> list[common.Row]:
             for k in cycles[0].get("phases_s", {})},
         "platform_events_first_rep": cycles[0]["events"],
     }
+    # Both sides to the same point: nodes ALIVE and `ray job submit` accepted (the headline until 2026-12-01
+    # divided the platform's usable time by bare's ALIVE time, charging the platform the job submit alone).
     return [common.Row(
-        figure=NAME, metric="time to a usable cluster (1 head + 2 workers, job accepted)",
-        value=usable, unit="s", baseline=alive, ratio=r, target=f"<= {TARGET_RATIO}x bare ray start",
-        met=None if r is None else r <= TARGET_RATIO, details=details)]
+        figure=NAME, metric="time to a usable cluster (1 head + 2 workers, job accepted; bare: the same)",
+        value=usable, unit="s", baseline=bare_job, ratio=r, target=f"<= {TARGET_RATIO}x bare ray start",
+        met=None if r is None else r <= TARGET_RATIO, details=details),
+        common.Row(
+        figure=NAME, metric="time to every node joined (platform: seen ALIVE by the platform; bare: ALIVE)",
+        value=joined, unit="s", baseline=alive, ratio=r_joined, target=f"<= {TARGET_RATIO}x bare ray start",
+        met=None if r_joined is None else r_joined <= TARGET_RATIO)]
 
 
 if __name__ == "__main__":

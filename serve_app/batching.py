@@ -3,7 +3,9 @@
 An actor call costs more CPU (serialisation, the core worker on both sides) than the work most hot
 routes ask of the actor. A Batcher sends the first request at once; requests that arrive while
 that call is in flight wait and go together in the next one. So an idle platform adds no delay, and
-a busy one makes fewer, larger calls (heartbeats: one transaction per batch).
+a busy one makes fewer, larger calls (heartbeats: one transaction per batch). With `gather_s`, a busy
+batcher also starts its calls at most that often: a call that returns quickly would otherwise be
+followed at once by another of one or two items, each paying the whole cost of an actor call.
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ class Batcher:
     """`await batcher(item)` → the answer for item from `send(items) -> answers` (same order; an answer
     that is an Exception is raised to its own caller alone; a failed `send` fails the whole batch)."""
 
-    def __init__(self, send: Callable[[list], Awaitable[list]], *, max_batch: int = MAX_BATCH):
+    def __init__(self, send: Callable[[list], Awaitable[list]], *, max_batch: int = MAX_BATCH, gather_s: float = 0.0):
         self._send = send
         self._max_batch = max_batch
+        self._gather_s = gather_s
+        self._last_start = float("-inf")  # when the latest call was sent (the loop's clock)
         self._queue: list[tuple[Any, asyncio.Future]] = []
         self._sender: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop it batches on: the first caller's
@@ -41,7 +45,12 @@ class Batcher:
         return await future
 
     async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
         while self._queue:
+            wait = self._last_start + self._gather_s - loop.time()
+            if wait > 0 and len(self._queue) < self._max_batch:
+                await asyncio.sleep(wait)  # the previous call started moments ago: let this batch fill
+            self._last_start = loop.time()
             batch, self._queue = self._queue[:self._max_batch], self._queue[self._max_batch:]
             batch = [(item, f) for item, f in batch if not f.done()]
             if not batch:
