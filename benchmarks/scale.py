@@ -173,8 +173,10 @@ def placement_rows(ctx, n: int) -> list[common.Row]:
     pure = _ms(time_pure_placement(n, 0, reps))
     pure_leased = _ms(time_pure_placement(n, n // 10, reps))
     p50 = common.median(pure)
-    rows.append(common.Row(figure=NAME, metric=f"place 8-GPU request among {n:,} machines: decision only",
-                           value=p50, unit="ms", target=f"<= {TARGET_PLACE_MS:g} ms", met=p50 <= TARGET_PLACE_MS,
+    # Placement among every machine, as before the machine index: a reference, not the target (the manager's
+    # path below is what a create runs, and what the target is about).
+    rows.append(common.Row(figure=NAME, metric=f"place 8-GPU request among all {n:,} machines: decision only (reference)",
+                           value=p50, unit="ms",
                            details={"ms": common.summary(pure, 2),
                                     f"ms_with_{n // 10}_active_leases": common.summary(pure_leased, 2)}))
     for active in (0, n // 10):
