@@ -264,13 +264,10 @@ class ProviderRegistry:
 
     async def list_offers(self) -> list[dict]:
         now = self._clock()
-        cutoff = self._settings.online_cutoff(now)
-        leasable = [r for r in await self._store.list_machines_by_status(domain.MachineStatus.ONLINE)
-                    if domain.MachineStatus.effective(r["status"], r["last_heartbeat"], cutoff=cutoff).is_leasable()]
-        for r in leasable:  # fresh rows of this call: scored in place
-            r["reliability"] = reputation.of_machine(r, now)
-            r["gpu_verification"] = gpu_verification.status(r)
-        return offers.group_offers(leasable)
+        rows = await self._store.list_machines_by_status(domain.MachineStatus.ONLINE)
+        # Scoring and grouping every machine takes tens of ms at 10,000: in a thread, so that heartbeats
+        # waiting on this actor's loop are served meanwhile.
+        return await asyncio.to_thread(_offers_of, rows, now, self._settings.online_cutoff(now))
 
     # --- the agents' work channel -------------------------------------------------------
 
@@ -383,6 +380,15 @@ class ProviderRegistry:
         machine["status"] = domain.MachineStatus.effective(
             machine["status"], machine["last_heartbeat"], cutoff=self._settings.online_cutoff(self._clock())).value
         return machine
+
+
+def _offers_of(rows: list[dict], now: float, cutoff: float) -> list[dict]:
+    leasable = [r for r in rows
+                if domain.MachineStatus.effective(r["status"], r["last_heartbeat"], cutoff=cutoff).is_leasable()]
+    for r in leasable:  # fresh rows of this call: scored in place
+        r["reliability"] = reputation.of_machine(r, now)
+        r["gpu_verification"] = gpu_verification.status(r)
+    return offers.group_offers(leasable)
 
 
 def _provider_scope(principal: auth.Principal) -> int | None:

@@ -20,7 +20,9 @@ from pathlib import Path
 import httpx
 
 from actors import cluster_manager, cluster_store, placement
+from actors import registry as registry_mod
 from actors import settings as settings_mod
+from actors import store as store_mod
 from benchmarks import api_throughput, common, platform_session, wrk
 from dcl_core import domain
 
@@ -191,6 +193,47 @@ def placement_rows(ctx, n: int) -> list[common.Row]:
     return rows
 
 
+async def time_offers_view(db_dir: Path, n: int, reps: int) -> dict:
+    """ProviderRegistry.list_offers (GET /v1/offers) on n machines, and the longest stall of the registry's
+    event loop meanwhile (a 1 ms ticker beside it: what a heartbeat waiting on that loop would see)."""
+    await (await seed_store(db_dir, n, 0)).close()  # the registry opens the database itself
+    settings = settings_mod.PlatformSettings(state_dir=db_dir, heartbeat_interval_s=BEAT_EVERY_S)
+    db = store_mod.Store(settings.db_path)
+    reg = registry_mod.ProviderRegistry(db, settings)
+    took, stalls = [], []
+    try:
+        for _ in range(reps):
+            lags: list[float] = []
+            done = asyncio.Event()
+
+            async def ticker():
+                while not done.is_set():
+                    t = time.perf_counter()
+                    await asyncio.sleep(0.001)
+                    lags.append(time.perf_counter() - t - 0.001)
+            task = asyncio.create_task(ticker())
+            t0 = time.perf_counter()
+            await reg.list_offers()
+            took.append(time.perf_counter() - t0)
+            done.set()
+            await task
+            stalls.append(max(lags, default=0.0))
+    finally:
+        await db.close()
+    return {"list_offers_s": took, "longest_stall_s": stalls}
+
+
+def offers_rows(ctx, n: int) -> list[common.Row]:
+    timed = asyncio.run(time_offers_view(Path(tempfile.mkdtemp(prefix="offers-", dir=ctx.workdir)), n,
+                                         3 if ctx.quick else 10))
+    return [common.Row(figure=NAME, metric=f"offers view (GET /v1/offers) among {n:,} machines, in process",
+                       value=common.median(_ms(timed["list_offers_s"])), unit="ms",
+                       details={"ms": common.summary(_ms(timed["list_offers_s"]), 1)}),
+            common.Row(figure=NAME, metric="the same: longest stall of the registry's event loop (heartbeats wait)",
+                       value=common.median(_ms(timed["longest_stall_s"])), unit="ms",
+                       details={"ms": common.summary(_ms(timed["longest_stall_s"]), 1)})]
+
+
 def api_placement(session, reps: int = 3) -> dict:
     """POST /v1/clusters (1 worker with 8 GPUs) right after the heartbeats, deleted at once."""
     offers = session.admin.ok("GET", "/v1/offers")
@@ -220,7 +263,7 @@ def run(ctx) -> list[common.Row]:
     rows = []
     if ctx.layout == platform_session.PlatformLayout():
         try:
-            rows = placement_rows(ctx, n)  # in-process SQLite, no platform: first, while the machine is quiet
+            rows = placement_rows(ctx, n) + offers_rows(ctx, n)  # in-process SQLite, no platform: first
         except Exception as exc:
             rows = [common.error_row(NAME, exc)]
     try:
