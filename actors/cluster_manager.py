@@ -369,12 +369,27 @@ class ClusterManager(BuyerApi, NodeProviderApi):
                               f"not open {lease['role']} node {lease['id']}: {views.tail(result.get('output', ''))}")
             return None
         opened = protocol.LeaseOpened.model_validate(result["data"])
-        await self._store.open_lease(lease["id"], node_type=node_type, tags=tags, ports=opened.ports,
-                                     node_ip=opened.node_ip, now=self._clock())
+        if not await self._store.open_lease(lease["id"], node_type=node_type, tags=tags, ports=opened.ports,
+                                            node_ip=opened.node_ip, now=self._clock()):
+            # The cluster ended while the agent opened it: the teardown saw a reservation and closed nothing
+            # on the machine, so the node just opened is closed here, and never counted as open.
+            await self._close_opened_too_late(cluster["id"], lease)
+            raise errors.Conflict(f"cluster {cluster['id']} ended while its {lease['role']} node {lease['id']} "
+                                  "was opening: the node was closed again")
         await self._event(cluster["id"], "node_opened",
                           f"{lease['role']} node {lease['id']} opened on machine {lease['machine_id']} "
                           f"({opened.node_ip})")
         return await self._store.get_lease(lease["id"])
+
+    async def _close_opened_too_late(self, cluster_id: str, lease: dict) -> None:
+        result = await self._registry.send_work(lease["machine_id"], protocol.LEASE_CLOSE,
+                                                protocol.LeaseClose(lease_id=lease["id"]).model_dump(),
+                                                timeout_s=LEASE_CLOSE_TIMEOUT_S)
+        # A close that fails here is retried by the agent itself: its heartbeat lists the lease, and the
+        # answer names it stale (no live cluster owns it).
+        await self._event(cluster_id, "node_closed" if result.get("ok") else "lease_close_failed",
+                          f"{lease['role']} node {lease['id']} was opened after the cluster ended: "
+                          f"{'released' if result.get('ok') else views.tail(result.get('output', ''))}")
 
     async def _close_lease(self, cluster_id: str, lease: dict) -> None:
         if lease["status"] == domain.LeaseStatus.OPEN.value:

@@ -216,11 +216,14 @@ class ClusterStore(Database):
             _INSERT_LEASE, [_lease_values(cluster_id, l, now) for l in leases]))
 
     async def open_lease(self, lease_id: str, *, node_type: str, tags: dict, ports: dict, node_ip: str,
-                         now: float) -> None:
-        await self._write(
+                         now: float) -> bool:
+        """A reserved lease becomes open; False when it is no longer reserved (its cluster ended while the
+        agent was opening it): an ended lease is never made open again."""
+        return await self._write(
             "UPDATE leases SET status = ?, node_type = ?, tags = ?, ports = ?, node_ip = ?, opened_at = ?"
-            " WHERE id = ?",
-            (domain.LeaseStatus.OPEN.value, node_type, json.dumps(tags), json.dumps(ports), node_ip, now, lease_id))
+            " WHERE id = ? AND status = ?",
+            (domain.LeaseStatus.OPEN.value, node_type, json.dumps(tags), json.dumps(ports), node_ip, now, lease_id,
+             domain.LeaseStatus.RESERVED.value)) > 0
 
     async def set_lease_tags(self, lease_id: str, tags: dict) -> None:
         await self._write("UPDATE leases SET tags = ? WHERE id = ?", (json.dumps(tags), lease_id))

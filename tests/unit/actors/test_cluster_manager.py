@@ -748,3 +748,50 @@ def test_many_cluster_reads_at_once_answer_as_each_read_alone(env):
     assert answers[0] == answers[5] == alone[0] and answers[2] == alone[1]
     assert isinstance(answers[1], errors.NotFound) and isinstance(answers[3], errors.NotFound)
     assert isinstance(answers[4], errors.Forbidden)
+
+
+def test_a_node_opened_after_its_cluster_ended_is_closed_again_never_counted_open(env, clock):
+    """The head's launcher asks for the head node (the node route, its own request), the buyer deletes the
+    cluster while the agent is still opening it: the teardown sees only a reservation. The opened node
+    must then be closed on the machine, and the lease stay closed (it used to be marked open again, its
+    sandbox left running and its capacity held for good)."""
+    async def go():
+        e = await env()
+        manager, registry, launcher, buyer, db = e
+        configs, opening, answer = [], asyncio.Event(), asyncio.Event()
+
+        async def launcher_that_waits(config):  # the launcher's task: its node request goes on without it
+            configs.append(config)
+            await asyncio.Event().wait()
+        launcher.create = launcher_that_waits
+        agent_send = registry.send_work
+
+        async def slow_open(machine_id, kind, payload, timeout_s):
+            if kind == protocol.LEASE_OPEN:
+                opening.set()
+                await answer.wait()
+            return await agent_send(machine_id, kind, payload, timeout_s)
+        registry.send_work = slow_open
+
+        c = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
+        for _ in range(500):  # the provisioning task reaches the launcher (PostgreSQL: real round trips)
+            if configs:
+                break
+            await asyncio.sleep(0.01)
+        node_caller = auth.TokenIssuer("s" * 48, clock=clock).verify(configs[0]["provider"]["token"])
+        head_request = asyncio.ensure_future(
+            manager.create_nodes(node_caller, c["id"], "head", "head", {"ray-node-kind": "head"}, 1))
+        await asyncio.wait_for(opening.wait(), 5)
+        await manager.delete_cluster(buyer, c["id"])
+        await settle(manager)
+        answer.set()  # the agent finishes opening the head
+        with pytest.raises(errors.Conflict, match="ended while its head node"):
+            await head_request
+        await settle(manager)
+        head = next(n for n in (await manager.get_cluster(buyer, c["id"]))["nodes"] if n["role"] == "head")
+        closes = [p["lease_id"] for _, kind, p in registry.sent if kind == protocol.LEASE_CLOSE]
+        await close(e.store, db)
+        return head, closes
+    head, closes = asyncio.run(go())
+    assert head["status"] == "closed"
+    assert head["id"] in closes
