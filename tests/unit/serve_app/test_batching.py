@@ -103,7 +103,7 @@ def test_a_busy_batcher_sends_at_most_once_per_gather_interval_and_an_idle_one_a
             calls.append((asyncio.get_running_loop().time(), list(items)))
             return items
 
-        batcher = batching.Batcher(send, gather_s=0.2)
+        batcher = batching.Batcher(send, gather_s=0.4)
         t0 = asyncio.get_running_loop().time()
         assert await batcher(1) == 1  # idle: sent at once
         # Arrivals right after a call started wait for the interval and go together.
@@ -111,11 +111,11 @@ def test_a_busy_batcher_sends_at_most_once_per_gather_interval_and_an_idle_one_a
         await asyncio.sleep(0.05)
         rest.append(asyncio.ensure_future(batcher(4)))
         assert await asyncio.gather(*rest) == [2, 3, 4]
-        await asyncio.sleep(0.3)  # quiet for longer than the interval: the next one goes at once
+        await asyncio.sleep(0.5)  # quiet for longer than the interval: the next one goes at once
         t1 = asyncio.get_running_loop().time()
         assert await batcher(5) == 5
         return calls, t0, t1
     calls, t0, t1 = asyncio.run(go())
     assert [items for _, items in calls] == [[1], [2, 3, 4], [5]]
-    assert calls[0][0] - t0 < 0.05 and calls[2][0] - t1 < 0.05
-    assert calls[1][0] - calls[0][0] >= 0.2
+    assert calls[0][0] - t0 < 0.2 and calls[2][0] - t1 < 0.2  # at once (a busy machine may take a moment)
+    assert calls[1][0] - calls[0][0] >= 0.4
