@@ -382,26 +382,27 @@ class ClusterManager(BuyerApi, NodeProviderApi):
         return await self._store.get_lease(lease["id"])
 
     async def _close_opened_too_late(self, cluster_id: str, lease: dict) -> None:
-        result = await self._registry.send_work(lease["machine_id"], protocol.LEASE_CLOSE,
-                                                protocol.LeaseClose(lease_id=lease["id"]).model_dump(),
+        if await self._close_on_machine(cluster_id, lease):
+            await self._event(cluster_id, "node_closed", f"{lease['role']} node {lease['id']} was opened after "
+                              "the cluster ended: released")
+
+    async def _close_on_machine(self, cluster_id: str, lease: dict) -> bool:
+        """Asks the lease's agent to close it (its logs are kept); False, with an event, when that failed."""
+        payload = protocol.LeaseClose(lease_id=lease["id"]).model_dump()
+        result = await self._registry.send_work(lease["machine_id"], protocol.LEASE_CLOSE, payload,
                                                 timeout_s=LEASE_CLOSE_TIMEOUT_S)
-        # A close that fails here is retried by the agent itself: its heartbeat lists the lease, and the
-        # answer names it stale (no live cluster owns it).
-        await self._event(cluster_id, "node_closed" if result.get("ok") else "lease_close_failed",
-                          f"{lease['role']} node {lease['id']} was opened after the cluster ended: "
-                          f"{'released' if result.get('ok') else views.tail(result.get('output', ''))}")
+        if not result.get("ok"):
+            # The agent cleans up leases the platform no longer knows when it returns (its heartbeat's
+            # answer names them stale).
+            await self._event(cluster_id, "lease_close_failed",
+                              f"node {lease['id']}: {views.tail(result.get('output', ''))}")
+            return False
+        await self._keep_logs(cluster_id, lease, result)
+        return True
 
     async def _close_lease(self, cluster_id: str, lease: dict) -> None:
         if lease["status"] == domain.LeaseStatus.OPEN.value:
-            payload = protocol.LeaseClose(lease_id=lease["id"]).model_dump()
-            result = await self._registry.send_work(lease["machine_id"], protocol.LEASE_CLOSE, payload,
-                                                    timeout_s=LEASE_CLOSE_TIMEOUT_S)
-            if not result.get("ok"):
-                # The agent cleans up leases the platform no longer knows when it returns.
-                await self._event(cluster_id, "lease_close_failed",
-                                  f"node {lease['id']}: {views.tail(result.get('output', ''))}")
-            else:
-                await self._keep_logs(cluster_id, lease, result)
+            await self._close_on_machine(cluster_id, lease)
         if await self._store.end_lease(lease["id"], domain.LeaseStatus.CLOSED, self._clock()):
             if lease["status"] == domain.LeaseStatus.OPEN.value:
                 await self._event(cluster_id, "node_closed", f"{lease['role']} node {lease['id']} released")

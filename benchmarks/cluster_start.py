@@ -137,8 +137,8 @@ def run(ctx) -> list[common.Row]:
         "bare_alive_s": [round(b["alive_s"], 2) for b in bare],
         "bare_head_s": [round(b["head_s"], 2) for b in bare],
         "bare_plus_job_accepted_s": [round(b["job_accepted_s"], 2) for b in bare if b.get("job_ok")],
-        "ratio_joined_vs_bare_alive": round(common.ratio(joined, alive), 3) if alive else None,
-        "ratio_usable_vs_bare_plus_job": round(common.ratio(usable, bare_job), 3) if bare_job else None,
+        "ratio_joined_vs_bare_alive": None if r_joined is None else round(r_joined, 3),
+        "ratio_usable_vs_bare_plus_job": None if r is None else round(r, 3),
         "platform_phases_s_median (from the cluster's events)": {
             k: common.median([c["phases_s"][k] for c in cycles if c.get("phases_s", {}).get(k) is not None])
             for k in cycles[0].get("phases_s", {})},

@@ -99,12 +99,16 @@ def _wait_for(what: str, predicate: Callable[[], Any], timeout_s: float, interva
         time.sleep(interval_s)
 
 
+def _dashboard_get(dashboard_port: int, token_path: Path, path: str) -> httpx.Response:
+    """GET on this platform's Ray dashboard with its Ray auth token."""
+    headers = {"Authorization": f"Bearer {token_path.read_text().strip()}"}
+    return httpx.get(f"http://127.0.0.1:{dashboard_port}{path}", headers=headers, timeout=5)
+
+
 def _serve_app_failure(dashboard_port: int, token_path: Path) -> str | None:
     """The error of a Serve application that failed to deploy (from the dashboard), else None."""
     try:
-        headers = {"Authorization": f"Bearer {token_path.read_text().strip()}"}
-        resp = httpx.get(f"http://127.0.0.1:{dashboard_port}/api/serve/applications/", headers=headers, timeout=5)
-        apps = resp.json().get("applications") or {}
+        apps = _dashboard_get(dashboard_port, token_path, "/api/serve/applications/").json().get("applications") or {}
     except (httpx.HTTPError, ValueError, AttributeError):
         return None
     for name, app in apps.items():
@@ -115,9 +119,7 @@ def _serve_app_failure(dashboard_port: int, token_path: Path) -> str | None:
 
 def _dashboard_answers(dashboard_port: int, token_path: Path) -> bool:
     try:
-        headers = {"Authorization": f"Bearer {token_path.read_text().strip()}"}
-        return httpx.get(f"http://127.0.0.1:{dashboard_port}/api/version", headers=headers,
-                         timeout=5).status_code == 200
+        return _dashboard_get(dashboard_port, token_path, "/api/version").status_code == 200
     except (httpx.HTTPError, OSError):
         return False
 

@@ -45,12 +45,11 @@ class Batcher:
         return await future
 
     async def _drain(self) -> None:
-        loop = asyncio.get_running_loop()
         while self._queue:
-            wait = self._last_start + self._gather_s - loop.time()
+            wait = self._last_start + self._gather_s - self._loop.time()
             if wait > 0 and len(self._queue) < self._max_batch:
                 await asyncio.sleep(wait)  # the previous call started moments ago: let this batch fill
-            self._last_start = loop.time()
+            self._last_start = self._loop.time()
             batch, self._queue = self._queue[:self._max_batch], self._queue[self._max_batch:]
             batch = [(item, f) for item, f in batch if not f.done()]
             if not batch:

@@ -146,8 +146,8 @@ def _stored(admin: Api, buyer: Api, cid: str) -> dict:
 def _stored_once_answering(url: str, root: Path, buyer: Api, cid: str, after: str) -> dict:
     """_stored, read once the API answers every request again: right after a node's loss Serve may still be
     replacing replicas (a moment with nothing listening is an outage, not a loss)."""
-    return wait_for(lambda: _stored(_admin(url, root), buyer, cid), timeout_s=120,
-                    what=f"the stored data read back after {after}")
+    admin = wait_for(lambda: _admin(url, root), timeout_s=120, interval_s=1, what=f"an admin sign-in after {after}")
+    return wait_for(lambda: _stored(admin, buyer, cid), timeout_s=120, what=f"the stored data read back after {after}")
 
 
 @pytest.mark.timeout(1200)
