@@ -119,12 +119,13 @@ class ActorProxy:
 def _build_cluster_manager(settings_json: str) -> cluster_manager.ClusterManager:
     settings = PlatformSettings.model_validate_json(settings_json)
     logging.basicConfig(level=logging.INFO)
+    cluster_launcher = launcher.RayClusterLauncher(str(settings.state_dir / cluster_files.LAUNCHER_TMP),
+                                                   on_head=not settings.shared_database)
+    cluster_launcher.prestart()  # the first cluster does not wait for a launcher process either
     return cluster_manager.ClusterManager(
         cluster_store.ClusterStore(settings.db_location), settings,
         registry=ActorProxy(REGISTRY_NAME), reaper=ActorProxy(EXPIRY_REAPER_NAME),
-        launcher=launcher.RayClusterLauncher(str(settings.state_dir / cluster_files.LAUNCHER_TMP),
-                                             on_head=not settings.shared_database),
-        metrics=ray_metrics.RayMetrics())
+        launcher=cluster_launcher, metrics=ray_metrics.RayMetrics())
 
 
 ClusterManagerActor = thin_actor(cluster_manager.ClusterManager, _build_cluster_manager)

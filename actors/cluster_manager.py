@@ -93,6 +93,7 @@ class ClusterManager(BuyerApi, NodeProviderApi):
         self._gpu_checks = gpu_checks.GpuChecker(store, settings, registry=registry,
                                                  placement_lock=self._placement_lock, clock=clock)
         self._tasks: dict[str, asyncio.Task] = {}  # cluster id → its provisioning or teardown
+        self._opening_ahead: dict[str, asyncio.Task] = {}  # cluster id → its workers opening while the head starts
         self._last_sweep = 0.0
         self._backends = backends_mod.backends(settings, self._tokens_or_fail)
 

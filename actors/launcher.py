@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 
 import ray
+
+from configs import market
 
 logger = logging.getLogger(__name__)
 
@@ -28,14 +31,25 @@ def _prepare_process(private_tmp: str) -> None:
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 
 
-# max_calls=1: the launcher keeps process-wide globals (cli_logger, provider caches), so every call
-# gets a worker process of its own and concurrent launches cannot interfere.
-@ray.remote(num_cpus=0, max_calls=1, max_retries=0)
-def _create_or_update(config: dict, private_tmp: str) -> None:
-    from ray.autoscaler import sdk
-    _prepare_process(private_tmp)
-    sdk.create_or_update_cluster(_with_cloud_resources(config), no_restart=False, restart_only=False,
-                                 no_config_cache=True)
+@ray.remote(num_cpus=0, max_restarts=0, max_task_retries=0)
+class _LaunchProcess:
+    """A worker process for one `create_or_update_cluster`, started before a cluster asks for it: a new Ray
+    worker takes ~0.4 s to start on the platform head, which every cluster's start used to wait for. It is
+    killed after its one call, so the launcher's process-wide globals (cli_logger, provider caches) never
+    reach another cluster's launch."""
+
+    def __init__(self, private_tmp: str):
+        _prepare_process(private_tmp)
+        from ray.autoscaler import sdk  # noqa: F401 - imported ahead, as the market provider is (httpx)
+        importlib.import_module(market.PROVIDER_MODULE.rpartition(".")[0])
+
+    def ready(self) -> bool:
+        return True
+
+    def create(self, config: dict) -> None:
+        from ray.autoscaler import sdk
+        sdk.create_or_update_cluster(_with_cloud_resources(config), no_restart=False, restart_only=False,
+                                     no_config_cache=True)
 
 
 @ray.remote(num_cpus=0, max_calls=1, max_retries=0)
@@ -65,18 +79,41 @@ def _with_cloud_resources(config: dict) -> dict:
 
 
 class RayClusterLauncher:
-    """The real launcher (cluster_manager.Launcher): ray.autoscaler.sdk in a Ray task each."""
+    """The real launcher (cluster_manager.Launcher): ray.autoscaler.sdk in a Ray worker process each."""
 
-    def __init__(self, private_tmp: str, *, on_head: bool = True):
+    def __init__(self, private_tmp: str, *, on_head: bool = True, process_class=_LaunchProcess):
         self._private_tmp = private_tmp
         # On the head beside the state dir (one node); anywhere when the platform's state is in PostgreSQL.
         self._options = {"resources": HEAD_NODE_RESOURCE} if on_head else {}
+        self._process_class = process_class
+        self._next_process = None  # started ahead for the next create
+
+    def prestart(self) -> None:
+        """Starts the process the next create will use, if none is starting yet."""
+        if self._next_process is None:
+            self._next_process = self._process_class.options(**self._options).remote(self._private_tmp)
 
     async def create(self, config: dict) -> None:
-        await _run(_create_or_update.options(**self._options).remote(config, self._private_tmp))
+        process = await self._take_process()
+        try:
+            await process.create.remote(config)
+        finally:  # one launch a process; a caller that gave up (e.g. the cluster is being deleted) stops it too
+            ray.kill(process, no_restart=True)
+            # The next one starts now, not while this cluster's nodes start: they need the CPU more.
+            self.prestart()
 
     async def teardown(self, config: dict) -> None:
         await _run(_teardown.options(**self._options).remote(config, self._private_tmp))
+
+    async def _take_process(self):
+        self.prestart()
+        process, self._next_process = self._next_process, None
+        try:
+            await process.ready.remote()
+        except ray.exceptions.RayActorError:  # it died while it waited (e.g. its node went away): a new one
+            logger.warning("the launcher process started ahead died; starting another")
+            process = self._process_class.options(**self._options).remote(self._private_tmp)
+        return process
 
 
 async def _run(ref) -> None:

@@ -8,6 +8,7 @@ import logging
 
 from actors import auth, cluster_views as views, placement
 from actors import joins as joins_mod
+from configs import market
 from dcl_core import commands, domain, errors, protocol
 from dcl_core.cluster_spec import ClusterSpec
 
@@ -32,14 +33,21 @@ class NodeProviderApi:
         if not S(row["status"]).is_active():
             raise errors.Conflict(f"cluster {cluster_id} is {row['status']}: no new nodes")
         spec = ClusterSpec.model_validate_json(row["spec"])
+        if role == N.WORKER:
+            await self._workers_opened_ahead(cluster_id)
         async with self._placement_lock:
             leases = await self._store.leases_of(cluster_id)
+            adopted = [l for l in leases if l["role"] == role and l["status"] == domain.LeaseStatus.OPEN.value
+                       and market.is_opened_ahead(l["tags"])][:count]
+            count -= len(adopted)
             # The credential sits on the head, where buyers' job drivers run: never more nodes than paid for.
             limit = spec.num_workers if role == N.WORKER else 1
             open_now = sum(1 for l in leases if l["role"] == role and l["status"] == domain.LeaseStatus.OPEN.value)
             if open_now + count > limit:
                 raise errors.Conflict(f"cluster {cluster_id} has {open_now} open {role} node(s) of {limit}: "
                                       f"cannot add {count}")
+            for lease in adopted:  # opened ahead, and the autoscaler asked before it listed them: they are these
+                await self._store.set_lease_tags(lease["id"], tags)
             reserved = [l for l in leases
                         if l["role"] == role and l["status"] == domain.LeaseStatus.RESERVED.value][:count]
             missing = count - len(reserved)
@@ -49,11 +57,42 @@ class NodeProviderApi:
                 await self._store.add_leases(cluster_id, extra, self._clock())
                 reserved += [await self._store.get_lease(l["id"]) for l in extra]
         opened = await asyncio.gather(*(self._open_node(row, l, request, node_type, tags) for l in reserved))
-        return [views.public_node(l) for l in opened]
+        if role == N.HEAD:
+            self._open_workers_ahead(row, spec)
+        adopted = [await self._store.get_lease(l["id"]) for l in adopted]
+        return [views.public_node(l) for l in adopted + list(opened)]
+
+    def _open_workers_ahead(self, row: dict, spec: ClusterSpec) -> None:
+        """Opens the reserved workers while the head starts. The head's autoscaler would launch them at its
+        first update and start Ray on them only at its next (about 1 s later, lease opens included); tagged as
+        it tags the workers it launches, they are in its first update's list and get `ray start` at once."""
+        cid = row["id"]
+        if spec.num_workers and cid not in self._opening_ahead:
+            task = asyncio.get_running_loop().create_task(self._open_reserved_workers(row, spec))
+            self._opening_ahead[cid] = task
+            task.add_done_callback(lambda _t: self._opening_ahead.pop(cid, None))
+
+    async def _open_reserved_workers(self, row: dict, spec: ClusterSpec) -> None:
+        cid = row["id"]
+        async with self._placement_lock:
+            reserved = [l for l in await self._store.leases_of(cid)
+                        if l["role"] == N.WORKER and l["status"] == domain.LeaseStatus.RESERVED.value]
+        request, tags = node_request(spec, N.WORKER), market.opened_ahead_tags(cid)
+        results = await asyncio.gather(*(self._open_node(row, l, request, market.WORKER_NODE_TYPE, tags)
+                                         for l in reserved), return_exceptions=True)
+        for failure in (r for r in results if isinstance(r, Exception)):
+            # Nothing lost: the head's autoscaler asks for the workers it does not find (create_nodes).
+            logger.info("cluster %s: a worker was not opened ahead: %s", cid, views.describe(failure))
+
+    async def _workers_opened_ahead(self, cluster_id: str) -> None:
+        """Waits for the opening ahead of the cluster's workers, if it is still going on."""
+        pending = self._opening_ahead.get(cluster_id)
+        if pending is not None:
+            await asyncio.wait([pending])  # never cancelled by a caller that gives up
 
     async def set_node_tags(self, principal: auth.Principal, cluster_id: str, node_id: str, tags: dict) -> dict:
         lease = await self._scoped_lease(principal, cluster_id, node_id)
-        merged = {**lease["tags"], **tags}
+        merged = market.claimed({**lease["tags"], **tags})  # the launcher tags it: it knows the node now
         await self._store.set_lease_tags(node_id, merged)
         return views.public_node({**lease, "tags": merged})
 

@@ -15,6 +15,12 @@ from dcl_core import cluster_spec, ids
 TEMPLATE = "market.yaml"
 PROVIDER_MODULE = "worker.node_provider.market_provider.MarketNodeProvider"
 CLUSTER_LABEL = "dcluster.io/cluster"
+WORKER_NODE_TYPE = "worker"  # market.yaml's worker node type
+# A worker the platform opened while the head starts, that no launcher has claimed yet.
+OPENED_AHEAD_TAG = "dcluster-opened-ahead"
+# Ray's tags (ray.autoscaler.tags; written out, since configs stays free of Ray: a unit test compares them).
+_TAG_NODE_KIND, _TAG_NODE_NAME, _TAG_NODE_STATUS = "ray-node-type", "ray-node-name", "ray-node-status"
+_TAG_USER_NODE_TYPE = "ray-user-node-type"
 MAX_LABEL_VALUE_LEN = 63
 _CLUSTER_ID_RE = re.compile(ids.CLUSTER_ID_PATTERN)
 _NOT_LABEL_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -42,13 +48,31 @@ def render_market_config(*, cluster_id: str, spec: cluster_spec.ClusterSpec, pla
     config["cluster_name"] = cluster_id
     config["max_workers"] = spec.num_workers
     config["provider"].update(platform_url=platform_url.rstrip("/"), cluster_id=cluster_id, token=provider_token)
-    worker = config["available_node_types"]["worker"]
+    worker = config["available_node_types"][WORKER_NODE_TYPE]
     worker["resources"] = {"CPU": spec.cpus_per_worker}
     if spec.gpus_per_worker:
         worker["resources"]["GPU"] = spec.gpus_per_worker
     worker["labels"] = {CLUSTER_LABEL: cluster_id}
     worker["min_workers"] = worker["max_workers"] = spec.num_workers
     return config
+
+
+def opened_ahead_tags(cluster_id: str) -> dict[str, str]:
+    """Tags of a worker opened by the platform while the cluster's head starts: the tags the head's autoscaler
+    gives a worker it launches (Ray's NodeLauncher), so that its first update finds the worker and starts Ray
+    on it, less the launch-config hash (market.yaml turns that check off), plus OPENED_AHEAD_TAG."""
+    return {_TAG_NODE_NAME: f"ray-{cluster_id}-worker", _TAG_NODE_KIND: "worker",
+            _TAG_NODE_STATUS: "uninitialized", _TAG_USER_NODE_TYPE: WORKER_NODE_TYPE, OPENED_AHEAD_TAG: "1"}
+
+
+def is_opened_ahead(tags: dict) -> bool:
+    """A worker opened ahead that no launcher has claimed (tagged, or asked for through create)."""
+    return tags.get(OPENED_AHEAD_TAG) == "1"
+
+
+def claimed(tags: dict) -> dict:
+    """The tags once a launcher has claimed the node: without OPENED_AHEAD_TAG."""
+    return {k: v for k, v in tags.items() if k != OPENED_AHEAD_TAG}
 
 
 def ray_label_value(text: str) -> str:

@@ -166,6 +166,46 @@ def test_closing_a_lease_ends_every_process_however_forked(agent_dir, runtime_na
         outsider.wait(5)
 
 
+# Two processes spin for SPIN_S each and print the CPU seconds they used together.
+SPIN = textwrap.dedent('''
+    import os, sys, time
+    spin_s = float(sys.argv[1])
+    children = []
+    for _ in range(2):
+        pid = os.fork()
+        if pid == 0:
+            end = time.monotonic() + spin_s
+            while time.monotonic() < end:
+                pass
+            os._exit(0)
+        children.append(pid)
+    for pid in children:
+        os.waitpid(pid, 0)
+    t = os.times()
+    print(f"cpu={t.children_user + t.children_system:.2f}")
+''')
+SPIN_S = 2.0
+
+
+@pytest.mark.parametrize("runtime_name", RUNTIMES)
+def test_once_ray_is_up_a_lease_gets_no_more_than_its_cpus(agent_dir, runtime_name):
+    """The lease (1 CPU) runs two spinning processes after its `ray start` returned: together they get at most
+    one core's worth of CPU time (the quota), however idle the machine's other core is."""
+    runner = _runner(agent_dir, runtime_name)
+    try:
+        lease = _open(runner)
+        assert runner.run(lease, ": ray start", timeout_s=30).ok  # the launcher's start command, as the agent sees it
+        assert runner.cpu_caps.is_capped(lease)
+        runner.put_file(lease, "~/spin.py", SPIN.encode())
+        script = runner.root / lease / "home" / "spin.py"
+        result = runner.run(lease, f"{sys.executable} {script} {SPIN_S}", timeout_s=60)
+        assert result.ok, result.output
+        used = float(result.output.strip().splitlines()[-1].removeprefix("cpu="))
+        assert used <= SPIN_S * 1.0 * 1.15 + 0.2, f"{used:.2f} CPU s in {SPIN_S} s: not capped at 1 CPU"
+    finally:
+        runner.close_all(grace_s=0.5)
+
+
 @pytest.mark.parametrize("runtime_name", RUNTIMES)
 def test_going_past_the_memory_limit_is_killed(agent_dir, runtime_name):
     runner = _runner(agent_dir, runtime_name, memory_mb=256)

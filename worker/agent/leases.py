@@ -39,7 +39,7 @@ import worker
 from dcl_core import commands, domain, ids, protocol, secret_files
 from dcl_core import ray_ports as ray_ports_mod
 from worker import procs
-from worker.agent import lease_logs
+from worker.agent import cpu_caps, lease_logs
 from worker.agent.lease_files import (LEASE_USER, RECORD_FILE, TERM_GRACE_S, TOKEN_FILE, LeaseError, owner_tag,
                                       temp_dir_for)
 from worker.agent.lease_files import Lease as _Lease
@@ -104,7 +104,7 @@ class LeaseRunner:
                  node_ip: str | None = None, base_env: Mapping[str, str] | None = None,
                  runtime: sandbox.Runtime | None = None,
                  limits_fn: Callable[[protocol.LeaseOpen], sandbox.LeaseLimits] | None = None,
-                 check_env: Mapping[str, str] | None = None):
+                 check_env: Mapping[str, str] | None = None, caps: cpu_caps.CpuCaps | None = None):
         self.root = Path(root_dir).expanduser()
         secret_files.ensure_private_dir(self.root)
         self._machine_id_fn = machine_id_fn or (lambda: None)
@@ -114,6 +114,7 @@ class LeaseRunner:
         self.runtime = runtime or sandbox.UnsandboxedRuntime()
         self._limits_fn = limits_fn or (lambda _payload: sandbox.LeaseLimits())
         self._check_env = dict(check_env or {})  # only GPU check leases get these (the test-only fake NVML)
+        self.cpu_caps = caps or cpu_caps.CpuCaps()
         self._leases: dict[str, _Lease] = {}
         self._lock = threading.Lock()
         self._node_ip_lock = threading.Lock()  # resolved once, by the first open; the others wait for it
@@ -202,6 +203,7 @@ class LeaseRunner:
             if isinstance(exc, sandbox.SandboxError):
                 raise LeaseError(str(exc), lease_id=lease_id) from None
             raise
+        self.cpu_caps.opened(lease_id, lease.sandbox, ray_node=lease.purpose == protocol.NODE_LEASE)
         logger.info("lease %s opened: %s of %s, GCS port %s, GPUs %s", lease_id, lease.role or lease.purpose,
                     lease.cluster_id or "no cluster",
                     ports.gcs if lease.role == domain.NodeRole.HEAD else payload.head_gcs_port, lease.gpu_indices or "none")
@@ -282,6 +284,7 @@ class LeaseRunner:
             returncode = proc.wait(timeout_s)
         except subprocess.TimeoutExpired:
             proc.kill(TERM_GRACE_S)
+            self.cpu_caps.command_ended(lease_id, lease.sandbox, cmd)
             elapsed = round(time.monotonic() - started, 2)
             logger.warning("lease %s: command timed out after %g s; its process group was killed",
                            lease_id, timeout_s)
@@ -289,6 +292,7 @@ class LeaseRunner:
                 f"\n[dcluster-agent] timed out after {timeout_s:g} s; the command's process group was killed\n")
             return protocol.WorkResult(ok=False, exit_code=124, output=_last(tail),
                                        data={**data, "elapsed_s": elapsed, "timed_out": True})
+        self.cpu_caps.command_ended(lease_id, lease.sandbox, cmd)
         elapsed = round(time.monotonic() - started, 2)
         exit_code = _exit_code(returncode)
         logger.info("lease %s: command exited %d in %.1f s", lease_id, exit_code, elapsed)
@@ -365,6 +369,7 @@ class LeaseRunner:
         _remove_tree(self.root / lease_id)
         with self._lock:
             self._leases.pop(lease_id, None)
+        self.cpu_caps.closed(lease_id)
         if lease is None and not summary.terminated:
             return protocol.WorkResult(ok=True, exit_code=0, output=f"lease {lease_id} was not open", data=data)
         logger.info("lease %s closed: %d process(es) stopped (%d killed) in %.1f s", lease_id,

@@ -96,12 +96,19 @@ class FakeLauncher:
             return  # EC2 nodes: nothing goes through the node routes
         cid = config["provider"]["cluster_id"]
         principal = auth.TokenIssuer("s" * 48, clock=self.clock).verify(config["provider"]["token"])
-        (head,) = await self.manager.create_nodes(principal, cid, "head", "head", {"ray-node-kind": "head"}, 1)
+        (head,) = await self.manager.create_nodes(principal, cid, "head", "head", {"ray-node-type": "head"}, 1)
         result = await self.manager.exec_on_node(principal, cid, head["id"], {"op": "run", "cmd": "ray start --head"})
         if not result["ok"]:  # the launcher stops at a failed head start
             raise RuntimeError(f"head start failed: {result['output']}")
+        # The autoscaler's first update: workers already listed (opened ahead by the platform) get Ray at
+        # once, the missing ones are launched.
         n = config["available_node_types"]["worker"]["min_workers"]
-        workers = await self.manager.create_nodes(principal, cid, "worker", "worker", {}, n)
+        workers = [x for x in await self.manager.list_nodes(principal, cid)
+                   if x["status"] == "open" and x["tags"].get("ray-node-type") == "worker"]
+        for w in workers:
+            await self.manager.set_node_tags(principal, cid, w["id"], {"ray-node-status": "waiting-for-ssh"})
+        if len(workers) < n:
+            workers += await self.manager.create_nodes(principal, cid, "worker", "worker", {}, n - len(workers))
         for w in workers:
             await self.manager.exec_on_node(principal, cid, w["id"], {"op": "run", "cmd": "export X=1; ray start"})
 
@@ -780,7 +787,7 @@ def test_a_node_opened_after_its_cluster_ended_is_closed_again_never_counted_ope
             await asyncio.sleep(0.01)
         node_caller = auth.TokenIssuer("s" * 48, clock=clock).verify(configs[0]["provider"]["token"])
         head_request = asyncio.ensure_future(
-            manager.create_nodes(node_caller, c["id"], "head", "head", {"ray-node-kind": "head"}, 1))
+            manager.create_nodes(node_caller, c["id"], "head", "head", {"ray-node-type": "head"}, 1))
         await asyncio.wait_for(opening.wait(), 5)
         await manager.delete_cluster(buyer, c["id"])
         await settle(manager)
@@ -795,3 +802,106 @@ def test_a_node_opened_after_its_cluster_ended_is_closed_again_never_counted_ope
     head, closes = asyncio.run(go())
     assert head["status"] == "closed"
     assert head["id"] in closes
+
+
+async def _head_only(e, clock, spec: dict) -> tuple[dict, auth.Principal, dict]:
+    """A cluster whose launcher opens only its head (as the real launcher does): the cluster, the
+    cluster-scoped caller of the node routes (what the head's autoscaler holds) and the head node."""
+    configs = []
+
+    async def launcher_that_waits(config):
+        configs.append(config)
+        await asyncio.Event().wait()
+    e.launcher.create = launcher_that_waits
+    c = await e.manager.create_cluster(e.buyer, spec)
+    for _ in range(500):  # the provisioning task reaches the launcher (PostgreSQL: real round trips)
+        if configs:
+            break
+        await asyncio.sleep(0.01)
+    caller = auth.TokenIssuer("s" * 48, clock=clock).verify(configs[0]["provider"]["token"])
+    (head,) = await e.manager.create_nodes(caller, c["id"], "head", "head", {"ray-node-type": "head"}, 1)
+    return c, caller, head
+
+
+async def _workers_listed(e, caller, cid) -> list[dict]:
+    for _ in range(500):
+        workers = [n for n in await e.manager.list_nodes(caller, cid) if n["role"] == "worker"]
+        if workers and all(n["status"] == "open" for n in workers):
+            return workers
+        await asyncio.sleep(0.01)
+    raise AssertionError("the workers were never opened ahead")
+
+
+def test_workers_are_opened_while_the_head_starts_and_listed_as_the_autoscalers_own(env, clock):
+    """The head's autoscaler finds its workers in its first list (it starts Ray on them at once); once it
+    tags them they are its own, and a later request (a replacement) never takes them for new ones."""
+    async def go():
+        e = await env()
+        c, caller, head = await _head_only(e, clock, {"num_workers": 1, "duration_s": 600})
+        (worker,) = await _workers_listed(e, caller, c["id"])
+        opens = [p for _, kind, p in e.registry.sent if kind == protocol.LEASE_OPEN]
+        assert [p["role"] for p in opens] == ["head", "worker"]
+        assert opens[1]["head_gcs_port"] == 20000  # its `ray start` finds the head (the fake agent's GCS port)
+        assert worker["tags"] == {"ray-node-name": f"ray-{c['id']}-worker", "ray-node-type": "worker",
+                                  "ray-node-status": "uninitialized", "ray-user-node-type": "worker",
+                                  "dcluster-opened-ahead": "1"}
+        # The autoscaler's updater tags it: claimed.
+        tagged = await e.manager.set_node_tags(caller, c["id"], worker["id"], {"ray-node-status": "waiting-for-ssh"})
+        assert "dcluster-opened-ahead" not in tagged["tags"] and tagged["tags"]["ray-node-status"] == "waiting-for-ssh"
+        with pytest.raises(errors.Conflict, match="1 open worker node"):
+            await e.manager.create_nodes(caller, c["id"], "worker", "worker", {}, 1)
+        await e.manager.terminate_node(caller, c["id"], worker["id"])  # e.g. lost: a replacement is new
+        (replacement,) = await e.manager.create_nodes(caller, c["id"], "worker", "worker", {"k": "v"}, 1)
+        assert replacement["id"] != worker["id"] and replacement["tags"] == {"k": "v"}
+        await e.manager.delete_cluster(e.buyer, c["id"])
+        await settle(e.manager)
+        await close(e.store, e.db)
+    asyncio.run(go())
+
+
+def test_an_autoscaler_that_asks_before_it_lists_gets_the_workers_opened_ahead(env, clock):
+    """Its create waits for the opening ahead and answers with those workers, tagged as it asked: no
+    machine is reserved twice and no worker opened twice."""
+    async def go():
+        e = await env()
+        c, caller, _ = await _head_only(e, clock, {"num_workers": 2, "duration_s": 600})
+        tags = {"ray-node-type": "worker", "ray-launch-config": "abc"}
+        created = await e.manager.create_nodes(caller, c["id"], "worker", "worker", tags, 2)
+        assert len(created) == 2 and all(n["status"] == "open" and n["tags"] == tags for n in created)
+        opens = [p["lease_id"] for _, kind, p in e.registry.sent if kind == protocol.LEASE_OPEN]
+        assert len(opens) == len(set(opens)) == 3
+        assert len((await e.manager.get_cluster(e.buyer, c["id"]))["nodes"]) == 3
+        await e.manager.delete_cluster(e.buyer, c["id"])
+        await settle(e.manager)
+        await close(e.store, e.db)
+    asyncio.run(go())
+
+
+def test_a_worker_that_fails_to_open_ahead_is_left_to_the_autoscaler(env, clock):
+    """The opening ahead tries other machines as any open does; when none could open it, the autoscaler
+    lists one worker short and its own request reserves and opens one."""
+    async def go():
+        e = await env()
+        agent_send, refusing = e.registry.send_work, [True]
+
+        async def workers_refused(machine_id, kind, payload, timeout_s):
+            if kind == protocol.LEASE_OPEN and payload["role"] == "worker" and refusing[0]:
+                e.registry.sent.append((machine_id, kind, payload))
+                return {"ok": False, "exit_code": 1, "output": "no sandbox", "data": {}}
+            return await agent_send(machine_id, kind, payload, timeout_s)
+        e.registry.send_work = workers_refused
+        c, caller, _ = await _head_only(e, clock, {"num_workers": 1, "duration_s": 600})
+        for _ in range(500):
+            if not e.manager._opening_ahead:
+                break
+            await asyncio.sleep(0.01)
+        nodes = await e.manager.list_nodes(caller, c["id"])
+        assert [n["role"] for n in nodes if n["status"] == "open"] == ["head"]
+        assert {n["status"] for n in nodes if n["role"] == "worker"} == {"lost"}
+        refusing[0] = False
+        (worker,) = await e.manager.create_nodes(caller, c["id"], "worker", "worker", {"k": "v"}, 1)
+        assert worker["status"] == "open" and worker["tags"] == {"k": "v"}
+        await e.manager.delete_cluster(e.buyer, c["id"])
+        await settle(e.manager)
+        await close(e.store, e.db)
+    asyncio.run(go())

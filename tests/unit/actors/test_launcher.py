@@ -1,4 +1,5 @@
-"""actors.launcher: each SDK call in its own Ray task, cancelled with its caller; the launcher's process hygiene."""
+"""actors.launcher: each SDK call in a Ray worker process of its own (a create's started ahead), stopped with its
+caller; the launcher's process hygiene."""
 
 from __future__ import annotations
 
@@ -29,42 +30,110 @@ class FakeTask:
         return asyncio.ensure_future(ref())
 
 
-def test_create_and_teardown_run_one_task_each_with_the_private_temp_dir(monkeypatch):
-    create, teardown = FakeTask(), FakeTask()
-    monkeypatch.setattr(launcher, "_create_or_update", create)
-    monkeypatch.setattr(launcher, "_teardown", teardown)
-    real = launcher.RayClusterLauncher("/state/launcher-tmp")
+class FakeProcessClass:
+    """The launcher's process class (a Ray actor class): .options(...).remote(tmp) starts one."""
+
+    def __init__(self, delay_s=0.0, dead=0):
+        self.started, self.options_given, self.delay_s, self.dead = [], [], delay_s, dead
+
+    def options(self, **options):
+        self.options_given.append(options)
+        return self
+
+    def remote(self, private_tmp):
+        process = FakeProcess(self, private_tmp, died=self.dead > 0)
+        self.dead -= 1
+        self.started.append(process)
+        return process
+
+
+class FakeProcess:
+    def __init__(self, cls, private_tmp, died):
+        self.cls, self.private_tmp, self.died, self.configs = cls, private_tmp, died, []
+        self.ready = self._method(self._ready)
+        self.create = self._method(self._create)
+
+    @staticmethod
+    def _method(fn):
+        return type("Method", (), {"remote": staticmethod(lambda *a: asyncio.ensure_future(fn(*a)))})()
+
+    async def _ready(self):
+        if self.died:
+            raise launcher.ray.exceptions.RayActorError()
+        return True
+
+    async def _create(self, config):
+        self.configs.append(config)
+        await asyncio.sleep(self.cls.delay_s)
+
+
+@pytest.fixture
+def killed(monkeypatch):
+    killed = []
+    monkeypatch.setattr(launcher.ray, "kill", lambda process, no_restart: killed.append(process))
+    return killed
+
+
+def test_each_create_runs_in_a_process_started_ahead_and_killed_after(killed):
+    processes = FakeProcessClass()
+    real = launcher.RayClusterLauncher("/state/launcher-tmp", process_class=processes)
+    real.prestart()
+    real.prestart()  # one is enough
+    assert len(processes.started) == 1
 
     async def go():
         await real.create({"cluster_name": "c-1"})
-        await real.teardown({"cluster_name": "c-1"})
+        await real.create({"cluster_name": "c-2"})
     asyncio.run(go())
-    assert create.calls == [({"cluster_name": "c-1"}, "/state/launcher-tmp")]
-    assert teardown.calls == [({"cluster_name": "c-1"}, "/state/launcher-tmp")]
+    first, second, third = processes.started  # each started as the one before ended
+    assert first.configs == [{"cluster_name": "c-1"}] and second.configs == [{"cluster_name": "c-2"}]
+    assert third.configs == [] and killed == [first, second]  # the third waits for the next cluster
+    assert {p.private_tmp for p in processes.started} == {"/state/launcher-tmp"}
     # One node (SQLite): on the head, beside the state dir.
-    assert create.options_given == teardown.options_given == [{"resources": launcher.HEAD_NODE_RESOURCE}]
+    assert processes.options_given == [{"resources": launcher.HEAD_NODE_RESOURCE}] * 3
 
 
-def test_with_a_shared_database_the_launcher_runs_on_any_node(monkeypatch):
-    create, teardown = FakeTask(), FakeTask()
-    monkeypatch.setattr(launcher, "_create_or_update", create)
+def test_a_process_that_died_while_it_waited_is_replaced(killed):
+    processes = FakeProcessClass(dead=1)
+    real = launcher.RayClusterLauncher("/state/launcher-tmp", process_class=processes)
+    real.prestart()
+    asyncio.run(real.create({"cluster_name": "c-1"}))
+    dead, fresh, ahead = processes.started
+    assert dead.configs == [] and fresh.configs == [{"cluster_name": "c-1"}] and killed == [fresh]
+    assert ahead.configs == []  # for the next cluster
+
+
+def test_teardown_runs_one_task_with_the_private_temp_dir(monkeypatch):
+    teardown = FakeTask()
     monkeypatch.setattr(launcher, "_teardown", teardown)
-    anywhere = launcher.RayClusterLauncher("/scratch/launcher-tmp", on_head=False)
+    asyncio.run(launcher.RayClusterLauncher("/state/launcher-tmp").teardown({"cluster_name": "c-1"}))
+    assert teardown.calls == [({"cluster_name": "c-1"}, "/state/launcher-tmp")]
+    assert teardown.options_given == [{"resources": launcher.HEAD_NODE_RESOURCE}]
+
+
+def test_with_a_shared_database_the_launcher_runs_on_any_node(monkeypatch, killed):
+    processes, teardown = FakeProcessClass(), FakeTask()
+    monkeypatch.setattr(launcher, "_teardown", teardown)
+    anywhere = launcher.RayClusterLauncher("/scratch/launcher-tmp", on_head=False, process_class=processes)
     asyncio.run(anywhere.create({"cluster_name": "c-2"}))
     asyncio.run(anywhere.teardown({"cluster_name": "c-2"}))
-    assert create.options_given == teardown.options_given == [{}]
+    assert set(map(str, processes.options_given)) == {"{}"} and teardown.options_given == [{}]
 
 
-def test_a_caller_that_gives_up_cancels_the_launcher_task(monkeypatch):
+def test_a_caller_that_gives_up_stops_the_launch(monkeypatch, killed):
     cancelled = []
-    monkeypatch.setattr(launcher, "_create_or_update", FakeTask(delay_s=30))
+    processes = FakeProcessClass(delay_s=30)
+    monkeypatch.setattr(launcher, "_teardown", FakeTask(delay_s=30))
     monkeypatch.setattr(launcher.ray, "cancel", lambda ref, force: cancelled.append(force))
+    real = launcher.RayClusterLauncher("/tmp/x", process_class=processes)
 
     async def go():
         with pytest.raises(asyncio.TimeoutError):
-            await asyncio.wait_for(launcher.RayClusterLauncher("/tmp/x").create({}), timeout=0.05)
+            await asyncio.wait_for(real.create({}), timeout=0.05)
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(real.teardown({}), timeout=0.05)
     asyncio.run(go())
-    assert cancelled == [True]
+    assert killed == [processes.started[0]] and cancelled == [True]
 
 
 def test_market_configs_need_no_cloud_resources():

@@ -9,9 +9,14 @@ import string
 
 import pytest
 from ray._private import label_utils
+from ray.autoscaler._private.constants import DISABLE_LAUNCH_CONFIG_CHECK_KEY
+from ray.autoscaler._private.node_launcher import BaseNodeLauncher
 from ray.autoscaler._private.providers import _get_default_config
 from ray.autoscaler._private.util import fillout_defaults, prepare_config, validate_config
+from ray.autoscaler.tags import TAG_RAY_LAUNCH_CONFIG
 from ray.autoscaler.v2.instance_manager.config import AutoscalingConfig
+
+from unittest import mock
 
 from configs import market
 from dcl_core import cluster_spec
@@ -72,7 +77,8 @@ def test_provider_block_and_identity():
     config = render(SPECS[1])
     assert config["cluster_name"] == CID
     assert config["provider"] == {"type": "external", "module": "worker.node_provider.market_provider.MarketNodeProvider",
-                                  "platform_url": "https://platform.example:8443", "cluster_id": CID, "token": TOKEN}
+                                  "platform_url": "https://platform.example:8443", "cluster_id": CID, "token": TOKEN,
+                                  DISABLE_LAUNCH_CONFIG_CHECK_KEY: True}
     assert config["auth"] == {"ssh_user": "dcluster"}
 
 
@@ -146,3 +152,20 @@ def test_ray_label_value_is_always_valid_and_short():
         label_utils.validate_label_value(value)  # raises when invalid
         assert len(value) <= 63
     assert market.ray_label_value("x" * 62 + "-y") == "x" * 62
+
+
+def test_workers_opened_ahead_carry_the_tags_the_head_autoscaler_gives_the_workers_it_launches():
+    """The head's autoscaler starts Ray on a worker the platform opened ahead only when it takes it for one
+    of its own: Ray's NodeLauncher, given the rendered config, tags its workers exactly so (but the hash)."""
+    config = prepare_config(render(SPECS[1]))
+    seen = []
+    provider = mock.Mock(create_node_with_resources_and_labels=lambda _cfg, tags, *_: seen.append(tags) or {})
+    launcher = BaseNodeLauncher(provider, mock.Mock(), mock.Mock(), mock.Mock(), prom_metrics=mock.Mock(),
+                                node_types=config["available_node_types"])
+    launcher.launch_node(config, 1, market.WORKER_NODE_TYPE)
+    (launched,) = seen
+    ahead = market.opened_ahead_tags(CID)
+    assert market.is_opened_ahead(ahead) and not market.is_opened_ahead(market.claimed(ahead))
+    assert market.claimed(ahead) == {k: v for k, v in launched.items() if k != TAG_RAY_LAUNCH_CONFIG}
+    # Without the hash, only a disabled launch-config check keeps the autoscaler from replacing them.
+    assert config["provider"][DISABLE_LAUNCH_CONFIG_CHECK_KEY] is True

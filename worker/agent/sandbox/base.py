@@ -95,6 +95,10 @@ class Sandbox(abc.ABC):
     def close(self, grace_s: float) -> procs.StopSummary:
         """End every process of the sandbox, then the sandbox itself; idempotent."""
 
+    def cap_cpu(self) -> None:
+        """From now on at most the lease's CPUs (LeaseLimits.cpus). Until then its CPU shares weigh it among
+        the machine's leases: it may use idle cores, never another lease's share. Idempotent."""
+
 
 class Runtime(abc.ABC):
     """Makes the sandboxes of one agent: `--runtime docker|bwrap|none`."""

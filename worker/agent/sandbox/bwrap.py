@@ -211,7 +211,7 @@ class BwrapRuntime(base.Runtime):
         env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", procs.OWNER_ENV: spec.owner_tag,
                "DCL_CGROUP_PROCS": " ".join(str(p) for p in cgroup.procs_files)}
         sandbox = BwrapSandbox(spec.lease_id, ["sh", "-c", _ENTER_CGROUPS, "sh", *argv], env=env,
-                               log_path=spec.log_path, cgroup=cgroup)
+                               log_path=spec.log_path, cgroup=cgroup, cpus=spec.limits.cpus)
         try:
             return sandbox.start()
         except BaseException:
@@ -230,9 +230,14 @@ class BwrapRuntime(base.Runtime):
 class BwrapSandbox(base.SupervisedSandbox):
     """A lease's bwrap sandbox: the supervisor protocol, plus its cgroup for limits and for what survives."""
 
-    def __init__(self, lease_id: str, argv: list[str], *, env: dict, log_path: Path, cgroup: cgroups.LeaseCgroup):
+    def __init__(self, lease_id: str, argv: list[str], *, env: dict, log_path: Path, cgroup: cgroups.LeaseCgroup,
+                 cpus: float | None = None):
         super().__init__(lease_id, argv, env=env, log_path=log_path)
         self.cgroup = cgroup
+        self.cpus = cpus
+
+    def cap_cpu(self) -> None:
+        self.cgroup.cap_cpu(self.cpus)
 
     def _force_end(self) -> None:
         super()._force_end()  # the outer bwrap: the sandbox's init dies with it, and the namespace with that

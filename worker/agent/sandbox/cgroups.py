@@ -80,9 +80,12 @@ class LeaseCgroup:
                 _write(memsw, memory_mb * 1024 * 1024, quiet=True)
         if "pids" in self.controllers and pids:
             _write(self.path("pids") / "pids.max", pids)
-        if "cpu" in self.controllers:
+        if "cpu" in self.controllers:  # weighed from the start; capped by cap_cpu
             weigh_parent(self.root)
             _write(self.path("cpu") / "cpu.shares", int(SHARES_PER_CPU * max(1.0, cpus or 1.0)), quiet=True)
+
+    def cap_cpu(self, cpus: float | None) -> None:
+        """At most `cpus` cores from now on (the CFS quota); None: no cap."""
         if "cpu" in self.controllers and cpus:
             _write(self.path("cpu") / "cpu.cfs_period_us", CPU_PERIOD_US)
             _write(self.path("cpu") / "cpu.cfs_quota_us", int(cpus * CPU_PERIOD_US))

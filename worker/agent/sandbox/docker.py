@@ -104,8 +104,8 @@ def docker_run_args(spec: base.SandboxSpec, *, image: str, host_dirs: Sequence[P
                  "--shm-size", f"{max(64, limits.memory_mb // 3)}m"]
     if limits.pids:
         args += ["--pids-limit", str(limits.pids)]
-    if limits.cpus:
-        args += ["--cpus", f"{limits.cpus:g}", "--cpu-shares", str(int(cgroups.SHARES_PER_CPU * max(1.0, limits.cpus)))]
+    if limits.cpus:  # weighed from the start; the quota (`docker update --cpus`) comes with DockerSandbox.cap_cpu
+        args += ["--cpu-shares", str(int(cgroups.SHARES_PER_CPU * max(1.0, limits.cpus)))]
     if cgroup_parent:  # beside the bwrap leases, under a parent that weighs more than one task (cgroups.py)
         args += ["--cgroup-parent", cgroup_parent]
     if spec.gpu_indices and gpu_nodes is None:  # NVIDIA Container Toolkit: only these GPUs, numbered from 0
@@ -174,7 +174,7 @@ class DockerRuntime(base.Runtime):
                                cgroup_parent=self.cgroup_parent)
         env = {k: v for k, v in os.environ.items() if k in ("PATH", "DOCKER_HOST", "DOCKER_CONFIG")}
         sandbox = DockerSandbox(spec.lease_id, argv, env={**env, "HOME": str(spec.log_path.parent)},
-                                log_path=spec.log_path)
+                                log_path=spec.log_path, cpus=spec.limits.cpus)
         sandbox.start(timeout_s=120)
         try:
             check_versions(sandbox, spec, python)
@@ -216,6 +216,18 @@ def remove_containers(lease_id: str) -> list[str]:
 
 class DockerSandbox(base.SupervisedSandbox):
     """A lease's container: the supervisor protocol over `docker run -i`; docker ends it from outside."""
+
+    def __init__(self, lease_id: str, argv: Sequence[str], *, env: dict, log_path: Path, cpus: float | None = None):
+        super().__init__(lease_id, argv, env=env, log_path=log_path)
+        self.cpus = cpus
+
+    def cap_cpu(self) -> None:
+        if not self.cpus:
+            return
+        result = _docker("update", "--cpus", f"{self.cpus:g}", CONTAINER_PREFIX + self.lease_id)
+        if result.returncode != 0:
+            raise base.SandboxError(f"docker update --cpus failed for lease {self.lease_id}: "
+                                    f"{result.stderr.decode(errors='replace').strip()}")
 
     def _force_end(self) -> None:
         remove_containers(self.lease_id)

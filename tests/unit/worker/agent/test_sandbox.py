@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import subprocess
+
 import pytest
 
 from dcl_core import domain
@@ -131,6 +133,8 @@ def test_cgroup_limits_are_written(tmp_path):
     cg.create(memory_mb=512, pids=100, cpus=1.5)
     assert (cg.path("memory") / "memory.limit_in_bytes").read_text() == str(512 * 1024 * 1024)
     assert (cg.path("pids") / "pids.max").read_text() == "100"
+    assert not (cg.path("cpu") / "cpu.cfs_quota_us").exists()  # weighed only, until Ray is up (cpu_caps.py)
+    cg.cap_cpu(1.5)
     assert (cg.path("cpu") / "cpu.cfs_quota_us").read_text() == "150000"
     # The leases' parent must not weigh like one task of the machine's (it would starve every lease).
     assert (cg.path("cpu").parent / "cpu.shares").read_text() == str(cgroups.PARENT_SHARES)
@@ -172,8 +176,9 @@ def test_docker_run_is_locked_down(tmp_path):
     joined = " ".join(args)
     for flag in ("--net=host", "--cap-drop ALL", "--security-opt no-new-privileges", "--read-only", "--init",
                  "--user 1200000007:1200000007", "--memory 3000m", "--memory-swap 3000m", "--pids-limit 500",
-                 "--cpus 2", "--rm", "-i"):
+                 "--cpu-shares 2048", "--rm", "-i"):
         assert flag in joined, flag
+    assert "--cpus" not in args  # the quota comes with DockerSandbox.cap_cpu, once Ray is up
     assert args[args.index("--gpus") + 1] == '"device=1,3"'  # only the leased GPUs
     mounts = [args[i + 1] for i, a in enumerate(args) if a == "--mount"]
     writable = [m for m in mounts if not m.endswith(",readonly")]
@@ -228,3 +233,16 @@ def test_local_providers_live_apart_from_the_platform(tmp_path):
         platform_mod.PlatformLauncher(tmp_path / "s", host="0.0.0.0", providers=2)
     platform_mod.PlatformLauncher(tmp_path / "s", host="127.0.0.1", providers=2)
     platform_mod.PlatformLauncher(tmp_path / "s", host="0.0.0.0", providers=0)
+
+
+def test_a_docker_lease_is_capped_with_docker_update(monkeypatch):
+    from worker.agent.sandbox import docker
+
+    calls = []
+    monkeypatch.setattr(docker, "_docker", lambda *a, **k: calls.append(a) or subprocess.CompletedProcess(a, 0, b"", b""))
+    box = docker.DockerSandbox("l-0123456789ab", ["docker", "run"], env={}, log_path=Path("/dev/null"), cpus=2.0)
+    box.cap_cpu()
+    assert calls == [("update", "--cpus", "2", docker.CONTAINER_PREFIX + "l-0123456789ab")]
+    monkeypatch.setattr(docker, "_docker", lambda *a, **k: subprocess.CompletedProcess(a, 1, b"", b"no such container"))
+    with pytest.raises(base.SandboxError, match="no such container"):
+        box.cap_cpu()
