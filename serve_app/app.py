@@ -59,7 +59,7 @@ def create_app(registry, clusters, *, trusted_proxy_hops: int = 0) -> FastAPI:
     # The hottest routes share actor calls (serve_app.batching): agents' heartbeats, and cluster reads.
     app.state.heartbeats = batching.Batcher(lambda beats: registry.heartbeats.remote(beats),
                                             gather_s=HEARTBEAT_GATHER_S)
-    app.state.cluster_reads = batching.Batcher(lambda reads: clusters.get_clusters.remote(reads))
+    app.state.cluster_reads = batching.Batcher(lambda reads: clusters.get_clusters.remote(reads), coalesce=True)
     app.state.tokens = None  # fetched from the registry on first use
     app.state.head_proxy = head_proxy.HeadProxy()  # buyers' dashboards and metrics (routes_clusters)
     app.state.trusted_proxy_hops = trusted_proxy_hops  # see deps.client_address

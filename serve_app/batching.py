@@ -5,7 +5,9 @@ routes ask of the actor. A Batcher sends the first request at once; requests tha
 that call is in flight wait and go together in the next one. So an idle platform adds no delay, and
 a busy one makes fewer, larger calls (heartbeats: one transaction per batch). With `gather_s`, a busy
 batcher also starts its calls at most that often: a call that returns quickly would otherwise be
-followed at once by another of one or two items, each paying the whole cost of an actor call.
+followed at once by another of one or two items, each paying the whole cost of an actor call. With
+`coalesce`, equal items waiting together are asked for once and share the one answer (reads only: many
+clients polling one cluster); nothing is kept past the call that answered them.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ class Batcher:
     """`await batcher(item)` → the answer for item from `send(items) -> answers` (same order; an answer
     that is an Exception is raised to its own caller alone; a failed `send` fails the whole batch)."""
 
-    def __init__(self, send: Callable[[list], Awaitable[list]], *, max_batch: int = MAX_BATCH, gather_s: float = 0.0):
+    def __init__(self, send: Callable[[list], Awaitable[list]], *, max_batch: int = MAX_BATCH, gather_s: float = 0.0,
+                 coalesce: bool = False):
         self._send = send
+        self._coalesce = coalesce  # items are hashable, and equal items get the same answer
         self._max_batch = max_batch
         self._gather_s = gather_s
         self._last_start = float("-inf")  # when the latest call was sent (the loop's clock)
@@ -54,15 +58,20 @@ class Batcher:
             batch = [(item, f) for item, f in batch if not f.done()]
             if not batch:
                 continue
+            items = [item for item, _ in batch]
+            asked = list(dict.fromkeys(items)) if self._coalesce else items
             try:
-                answers = await self._send([item for item, _ in batch])
-                if len(answers) != len(batch):
-                    raise RuntimeError(f"{len(answers)} answers to a batch of {len(batch)}")
+                answers = await self._send(asked)
+                if len(answers) != len(asked):
+                    raise RuntimeError(f"{len(answers)} answers to a batch of {len(asked)}")
             except Exception as exc:
                 for _, future in batch:
                     if not future.done():
                         future.set_exception(exc)
                 continue
+            if self._coalesce:
+                answer_of = dict(zip(asked, answers))
+                answers = [answer_of[item] for item in items]
             for (_, future), answer in zip(batch, answers):
                 if future.done():
                     continue

@@ -82,12 +82,33 @@ def _replaying(body: bytes, receive):
     return replay
 
 
+class _LastSerialized:
+    """The bytes of the answers serialized last, by answer object: reads that shared one answer (a coalesced
+    batch) are validated and serialized once. Holds the answers, so an id is never another object's."""
+
+    def __init__(self, size: int = 8):
+        self._size = size
+        self._entries: dict[tuple[int, int], tuple[Any, bytes]] = {}  # (route, answer) ids → (answer, bytes)
+
+    def __call__(self, route: APIRoute, answer: Any) -> bytes:
+        key = (id(route), id(answer))
+        entry = self._entries.get(key)
+        if entry is not None and entry[0] is answer:
+            return entry[1]
+        content = _serialize(route, answer)
+        if len(self._entries) >= self._size:
+            del self._entries[next(iter(self._entries))]  # the oldest
+        self._entries[key] = (answer, content)
+        return content
+
+
 class HotRoutes:
     """ASGI middleware in front of the app's routes (inside its latency and body-size middleware)."""
 
     def __init__(self, app, api_app: FastAPI):
         self.app = app
         self._state = api_app.state
+        self._serialized = _LastSerialized()
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http" and not scope["query_string"] and not scope.get("root_path"):
@@ -129,7 +150,7 @@ class HotRoutes:
     async def _answer(self, route: APIRoute, call, scope, receive, send) -> None:
         scope["route"] = route  # what the latency metric labels the request with, as routing does
         try:
-            content = _serialize(route, await call)
+            content = self._serialized(route, await call)
         except Exception as exc:
             response = await errors.answer_exception(Request(scope, receive), exc)
             return await response(scope, receive, send)

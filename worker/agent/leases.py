@@ -39,7 +39,7 @@ import worker
 from dcl_core import commands, domain, ids, protocol, secret_files
 from dcl_core import ray_ports as ray_ports_mod
 from worker import procs
-from worker.agent import cpu_caps, lease_logs
+from worker.agent import cpu_caps, lease_logs, start_once
 from worker.agent.lease_files import (LEASE_USER, RECORD_FILE, TERM_GRACE_S, TOKEN_FILE, LeaseError, owner_tag,
                                       temp_dir_for)
 from worker.agent.lease_files import Lease as _Lease
@@ -115,6 +115,7 @@ class LeaseRunner:
         self._limits_fn = limits_fn or (lambda _payload: sandbox.LeaseLimits())
         self._check_env = dict(check_env or {})  # only GPU check leases get these (the test-only fake NVML)
         self.cpu_caps = caps or cpu_caps.CpuCaps()
+        self._starts = start_once.StartOnce()
         self._leases: dict[str, _Lease] = {}
         self._lock = threading.Lock()
         self._node_ip_lock = threading.Lock()  # resolved once, by the first open; the others wait for it
@@ -249,9 +250,20 @@ class LeaseRunner:
             timeout_s: float = 120.0) -> protocol.WorkResult:
         """Run `bash -c cmd` in the lease's sandbox; unsandboxed, `ray stop` stops this lease's processes instead.
 
-        In a sandbox `ray stop` runs as it is: it sees only the lease's own pid namespace.
+        In a sandbox `ray stop` runs as it is: it sees only the lease's own pid namespace. A `ray start`
+        delivered twice runs once (start_once.py).
         """
         lease = self._get(lease_id)
+        if commands.stops_ray(cmd):
+            self._starts.forget(lease_id)
+        elif commands.starts_ray(cmd):
+            return self._starts.run(
+                lease_id, start_once.start_key(cmd, env), lambda: self._run(lease, cmd, env, timeout_s),
+                lambda: start_once.raylet_answers(lease.node_ip, lease.ports.node_manager), timeout_s)
+        return self._run(lease, cmd, env, timeout_s)
+
+    def _run(self, lease: _Lease, cmd: str, env: Mapping[str, str] | None, timeout_s: float) -> protocol.WorkResult:
+        lease_id = lease.lease_id
         note = ""
         data: dict = {}
         if not self.runtime.sandboxed and commands.stops_ray(cmd):
@@ -370,6 +382,7 @@ class LeaseRunner:
         with self._lock:
             self._leases.pop(lease_id, None)
         self.cpu_caps.closed(lease_id)
+        self._starts.forget(lease_id)
         if lease is None and not summary.terminated:
             return protocol.WorkResult(ok=True, exit_code=0, output=f"lease {lease_id} was not open", data=data)
         logger.info("lease %s closed: %d process(es) stopped (%d killed) in %.1f s", lease_id,

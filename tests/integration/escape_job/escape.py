@@ -22,8 +22,14 @@ def attempt(fn) -> str:
         return errno.errorcode.get(exc.errno, str(exc.errno))
 
 
-def read(path: str) -> str:
-    return attempt(lambda: open(path, "rb").read())
+def read(path: str, markers: tuple[str, ...] = ()) -> str:
+    """"ok", or the errno; "ok-not-theirs" when what it read holds none of the markers (inside the lease's pid
+    namespace, /proc/<the agent's host pid> can be one of the lease's own processes)."""
+    content: list[bytes] = []
+    result = attempt(lambda: content.append(open(path, "rb").read()))
+    if result == "ok" and markers and not any(m.encode() in content[0] for m in markers):
+        return "ok-not-theirs"
+    return result
 
 
 def write(path: str) -> str:
@@ -44,7 +50,8 @@ def gpu_view() -> dict:
 def main() -> None:
     targets = json.loads(sys.argv[1])
     ray.init()
-    out = {"reads": {name: read(path) for name, path in targets["reads"].items()},
+    out = {"reads": {name: read(path, tuple(targets.get("markers", {}).get(name, ())))
+                     for name, path in targets["reads"].items()},
            "writes": {name: write(path) for name, path in targets["writes"].items()}}
     secret = targets.get("provider_password", "")
     out["env_has_provider_password"] = any(secret and secret in v for v in os.environ.values())

@@ -119,3 +119,28 @@ def test_a_busy_batcher_sends_at_most_once_per_gather_interval_and_an_idle_one_a
     assert [items for _, items in calls] == [[1], [2, 3, 4], [5]]
     assert calls[0][0] - t0 < 0.2 and calls[2][0] - t1 < 0.2  # at once (a busy machine may take a moment)
     assert calls[1][0] - calls[0][0] >= 0.4
+
+
+def test_a_coalescing_batcher_asks_once_for_equal_items_waiting_together():
+    async def go():
+        calls, release = [], asyncio.Event()
+
+        async def send(items):
+            calls.append(list(items))
+            if len(calls) == 1:
+                await release.wait()
+            return [{"read": item} if item != "gone" else errors.NotFound("gone") for item in items]
+
+        batcher = batching.Batcher(send, coalesce=True)
+        first = asyncio.ensure_future(batcher("a"))
+        await asyncio.sleep(0)
+        rest = [asyncio.ensure_future(batcher(i)) for i in ("b", "a", "b", "gone", "gone")]
+        await asyncio.sleep(0)
+        release.set()
+        results = await asyncio.gather(first, *rest, return_exceptions=True)
+        again = await batcher("a")  # nothing is kept past the call that answered: asked anew
+        return calls, results, again
+    calls, results, again = asyncio.run(go())
+    assert calls == [["a"], ["b", "a", "gone"], ["a"]]
+    assert results[0] == results[2] == again == {"read": "a"} and results[1] is results[3]
+    assert all(isinstance(r, errors.NotFound) for r in results[4:])

@@ -185,3 +185,17 @@ def test_the_body_cap_still_holds_before_the_hot_lane(api):
     r = api.post(f"/v1/machines/{machine_id}/heartbeat", content=body,
                  headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
     assert r.status_code == 413
+
+
+def test_an_answer_shared_by_coalesced_reads_is_serialized_once(monkeypatch):
+    made = []
+    monkeypatch.setattr(hot_routes, "_serialize", lambda route, answer: made.append(answer) or json.dumps(answer).encode())
+    last = hot_routes._LastSerialized(size=2)
+    route = hot_routes._GET_CLUSTER
+    shared, other = dict(CLUSTER), dict(CLUSTER)
+    assert last(route, shared) == last(route, shared) == json.dumps(CLUSTER).encode()
+    assert len(made) == 1
+    last(route, other)  # equal but another object (another batch's answer): serialized anew
+    last(route, {"id": "x"})  # pushes the oldest out
+    last(route, shared)
+    assert len(made) == 4
