@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 
 from actors import auth, cluster_logs, cluster_views as views, quotas
+from actors import cluster_store as cstore
 from actors import usage as usage_mod
 from dcl_core import domain, errors, ids
 from dcl_core.cluster_spec import ClusterSpec
@@ -14,6 +15,31 @@ logger = logging.getLogger(__name__)
 
 S = domain.ClusterStatus
 N = domain.NodeRole
+
+
+def check_owner(principal: auth.Principal, cluster_id: str, row: dict | None) -> dict:
+    """The cluster's row if the principal may see it; another's cluster is as missing as none."""
+    views.require_buyer_or_admin(principal)
+    if row is None or (principal.role is not domain.Role.ADMIN and row["owner_id"] != principal.account_id):
+        raise errors.NotFound(f"cluster {cluster_id} not found")
+    return row
+
+
+async def read_clusters(store: cstore.ClusterStore, reads: list[tuple[auth.Principal, str]]) -> list[dict | Exception]:
+    """Many get_cluster at once, as the API replica batches them (two queries in all): each read's cluster, or
+    the error it alone gets (not the caller's, no such cluster). The ClusterManager's, and the API replica's own
+    where the database is at hand (no actor hop: serve_app.app)."""
+    cluster_ids = [cluster_id for _, cluster_id in reads]
+    rows = await store.get_clusters(cluster_ids)
+    leases = await store.leases_of_clusters([c for c in cluster_ids if c in rows])
+    answers: list[dict | Exception] = []
+    for principal, cluster_id in reads:
+        try:
+            answers.append(views.public_cluster(check_owner(principal, cluster_id, rows.get(cluster_id)),
+                                                leases[cluster_id]))
+        except errors.DClusterError as exc:
+            answers.append(exc)
+    return answers
 
 
 class BuyerApi:
@@ -57,19 +83,7 @@ class BuyerApi:
         return await self._public(await self._own_cluster(principal, cluster_id))
 
     async def get_clusters(self, reads: list[tuple[auth.Principal, str]]) -> list[dict | Exception]:
-        """Many get_cluster at once, as the API replica batches them (two queries in all): each read's
-        cluster, or the error it alone gets (not the caller's, no such cluster)."""
-        cluster_ids = [cluster_id for _, cluster_id in reads]
-        rows = await self._store.get_clusters(cluster_ids)
-        leases = await self._store.leases_of_clusters([c for c in cluster_ids if c in rows])
-        answers: list[dict | Exception] = []
-        for principal, cluster_id in reads:
-            try:
-                row = self._check_owner(principal, cluster_id, rows.get(cluster_id))
-                answers.append(views.public_cluster(row, leases[cluster_id]))
-            except errors.DClusterError as exc:
-                answers.append(exc)
-        return answers
+        return await read_clusters(self._store, reads)
 
     async def delete_cluster(self, principal: auth.Principal, cluster_id: str) -> dict:
         """Idempotent: an ended cluster is returned as it is."""
@@ -162,11 +176,7 @@ class BuyerApi:
 
     @staticmethod
     def _check_owner(principal: auth.Principal, cluster_id: str, row: dict | None) -> dict:
-        """The cluster's row if the principal may see it; another's cluster is as missing as none."""
-        views.require_buyer_or_admin(principal)
-        if row is None or (principal.role is not domain.Role.ADMIN and row["owner_id"] != principal.account_id):
-            raise errors.NotFound(f"cluster {cluster_id} not found")
-        return row
+        return check_owner(principal, cluster_id, row)
 
     async def _public(self, row: dict) -> dict:
         return views.public_cluster(row, await self._store.leases_of(row["id"]))

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
+from typing import Callable
 
 from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse
 from ray import serve
 
-from actors import actor_classes
+from actors import actor_classes, cluster_api, cluster_store
 from actors.settings import PlatformSettings
 from dcl_core import protocol
 from serve_app import (api_metrics, batching, errors, head_proxy, hot_routes, input_policy, listener, routes_accounts,
@@ -46,8 +48,11 @@ def _describe(status: dict) -> str:
 HEARTBEAT_GATHER_S = 0.01
 
 
-def create_app(registry, clusters, *, trusted_proxy_hops: int = 0) -> FastAPI:
-    """The FastAPI app, bound to the control-plane actor handles it forwards to."""
+def create_app(registry, clusters, *, trusted_proxy_hops: int = 0,
+               cluster_db: Callable[[], cluster_store.ClusterStore | None] = lambda: None) -> FastAPI:
+    """The FastAPI app, bound to the control-plane actor handles it forwards to. cluster_db: the platform's
+    database once this replica can reach it: cluster reads are then answered from it here, without the
+    ClusterManager's hop (the same queries and view: actors.cluster_api.read_clusters)."""
     app = FastAPI(
         title="decentralized-clusters",
         version="0.1.0",
@@ -59,7 +64,13 @@ def create_app(registry, clusters, *, trusted_proxy_hops: int = 0) -> FastAPI:
     # The hottest routes share actor calls (serve_app.batching): agents' heartbeats, and cluster reads.
     app.state.heartbeats = batching.Batcher(lambda beats: registry.heartbeats.remote(beats),
                                             gather_s=HEARTBEAT_GATHER_S)
-    app.state.cluster_reads = batching.Batcher(lambda reads: clusters.get_clusters.remote(reads), coalesce=True)
+
+    async def read_clusters(reads: list) -> list:
+        db = cluster_db()
+        if db is not None:
+            return await cluster_api.read_clusters(db, reads)
+        return await clusters.get_clusters.remote(reads)
+    app.state.cluster_reads = batching.Batcher(read_clusters, coalesce=True)
     app.state.tokens = None  # fetched from the registry on first use
     app.state.head_proxy = head_proxy.HeadProxy()  # buyers' dashboards and metrics (routes_clusters)
     app.state.trusted_proxy_hops = trusted_proxy_hops  # see deps.client_address
@@ -104,7 +115,7 @@ class PlatformAPI:
         handles = actor_classes.ensure_actors(settings)
         # Built in the replica, so its state holds this replica's handles.
         self._app = create_app(handles[actor_classes.REGISTRY_NAME], handles[actor_classes.CLUSTER_MANAGER_NAME],
-                               trusted_proxy_hops=settings.trusted_proxy_hops)
+                               trusted_proxy_hops=settings.trusted_proxy_hops, cluster_db=_database_here(settings))
         self._listener = None
         if settings.listen_port is not None:  # the replica serves HTTP itself, without Serve's proxy
             self._listener = listener.Listener(self._app, settings.listen_host, settings.listen_port)
@@ -117,6 +128,18 @@ class PlatformAPI:
         # Serve's graceful shutdown of the replica: stop taking connections first.
         if self._listener is not None:
             await self._listener.stop()
+
+
+def _database_here(settings: PlatformSettings) -> Callable[[], cluster_store.ClusterStore | None]:
+    """The platform's database once this node reaches it: PostgreSQL from any node; the SQLite file where it is
+    (the head), once the actors have made it."""
+    found: list[cluster_store.ClusterStore] = []
+
+    def database() -> cluster_store.ClusterStore | None:
+        if not found and (settings.shared_database or Path(settings.db_location).exists()):
+            found.append(cluster_store.ClusterStore(settings.db_location))
+        return found[0] if found else None
+    return database
 
 
 def build_app(args: dict) -> serve.Application:
