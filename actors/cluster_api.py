@@ -172,11 +172,7 @@ class BuyerApi:
                 **usage_mod.summarize(leases, group_by="cluster_id", start=start, end=end, now=now)}
 
     async def _own_cluster(self, principal: auth.Principal, cluster_id: str) -> dict:
-        return self._check_owner(principal, cluster_id, await self._store.get_cluster(cluster_id))
-
-    @staticmethod
-    def _check_owner(principal: auth.Principal, cluster_id: str, row: dict | None) -> dict:
-        return check_owner(principal, cluster_id, row)
+        return check_owner(principal, cluster_id, await self._store.get_cluster(cluster_id))
 
     async def _public(self, row: dict) -> dict:
         return views.public_cluster(row, await self._store.leases_of(row["id"]))

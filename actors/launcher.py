@@ -91,7 +91,10 @@ class RayClusterLauncher:
     def prestart(self) -> None:
         """Starts the process the next create will use, if none is starting yet."""
         if self._next_process is None:
-            self._next_process = self._process_class.options(**self._options).remote(self._private_tmp)
+            self._next_process = self._start_process()
+
+    def _start_process(self):
+        return self._process_class.options(**self._options).remote(self._private_tmp)
 
     async def create(self, config: dict) -> None:
         process = await self._take_process()
@@ -112,7 +115,7 @@ class RayClusterLauncher:
             await process.ready.remote()
         except ray.exceptions.RayActorError:  # it died while it waited (e.g. its node went away): a new one
             logger.warning("the launcher process started ahead died; starting another")
-            process = self._process_class.options(**self._options).remote(self._private_tmp)
+            process = self._start_process()
         return process
 
 

@@ -37,14 +37,13 @@ class NodeProviderApi:
             await self._workers_opened_ahead(cluster_id)
         async with self._placement_lock:
             leases = await self._store.leases_of(cluster_id)
-            adopted = [l for l in leases if l["role"] == role and l["status"] == domain.LeaseStatus.OPEN.value
-                       and market.is_opened_ahead(l["tags"])][:count]
+            open_now = [l for l in leases if l["role"] == role and l["status"] == domain.LeaseStatus.OPEN.value]
+            adopted = [{**l, "tags": tags} for l in open_now if market.is_opened_ahead(l["tags"])][:count]
             count -= len(adopted)
             # The credential sits on the head, where buyers' job drivers run: never more nodes than paid for.
             limit = spec.num_workers if role == N.WORKER else 1
-            open_now = sum(1 for l in leases if l["role"] == role and l["status"] == domain.LeaseStatus.OPEN.value)
-            if open_now + count > limit:
-                raise errors.Conflict(f"cluster {cluster_id} has {open_now} open {role} node(s) of {limit}: "
+            if len(open_now) + count > limit:
+                raise errors.Conflict(f"cluster {cluster_id} has {len(open_now)} open {role} node(s) of {limit}: "
                                       f"cannot add {count}")
             for lease in adopted:  # opened ahead, and the autoscaler asked before it listed them: they are these
                 await self._store.set_lease_tags(lease["id"], tags)
@@ -59,7 +58,6 @@ class NodeProviderApi:
         opened = await asyncio.gather(*(self._open_node(row, l, request, node_type, tags) for l in reserved))
         if role == N.HEAD:
             self._open_workers_ahead(row, spec)
-        adopted = [await self._store.get_lease(l["id"]) for l in adopted]
         return [views.public_node(l) for l in adopted + list(opened)]
 
     def _open_workers_ahead(self, row: dict, spec: ClusterSpec) -> None:

@@ -133,12 +133,13 @@ class PlatformAPI:
 def _database_here(settings: PlatformSettings) -> Callable[[], cluster_store.ClusterStore | None]:
     """The platform's database once this node reaches it: PostgreSQL from any node; the SQLite file where it is
     (the head), once the actors have made it."""
-    found: list[cluster_store.ClusterStore] = []
+    found: cluster_store.ClusterStore | None = None
 
     def database() -> cluster_store.ClusterStore | None:
-        if not found and (settings.shared_database or Path(settings.db_location).exists()):
-            found.append(cluster_store.ClusterStore(settings.db_location))
-        return found[0] if found else None
+        nonlocal found
+        if found is None and (settings.shared_database or Path(settings.db_location).exists()):
+            found = cluster_store.ClusterStore(settings.db_location)
+        return found
     return database
 
 

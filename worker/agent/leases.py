@@ -296,7 +296,6 @@ class LeaseRunner:
             returncode = proc.wait(timeout_s)
         except subprocess.TimeoutExpired:
             proc.kill(TERM_GRACE_S)
-            self.cpu_caps.command_ended(lease_id, lease.sandbox, cmd)
             elapsed = round(time.monotonic() - started, 2)
             logger.warning("lease %s: command timed out after %g s; its process group was killed",
                            lease_id, timeout_s)
@@ -304,7 +303,8 @@ class LeaseRunner:
                 f"\n[dcluster-agent] timed out after {timeout_s:g} s; the command's process group was killed\n")
             return protocol.WorkResult(ok=False, exit_code=124, output=_last(tail),
                                        data={**data, "elapsed_s": elapsed, "timed_out": True})
-        self.cpu_caps.command_ended(lease_id, lease.sandbox, cmd)
+        finally:  # ended, or ended by the timeout
+            self.cpu_caps.command_ended(lease_id, lease.sandbox, cmd)
         elapsed = round(time.monotonic() - started, 2)
         exit_code = _exit_code(returncode)
         logger.info("lease %s: command exited %d in %.1f s", lease_id, exit_code, elapsed)
