@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import shutil
 import threading
 from pathlib import Path
 
@@ -17,6 +16,8 @@ from worker.agent.sandbox import base as sandbox_base
 logger = logging.getLogger(__name__)
 
 RECORD_FILE = "lease.json"
+LOGS_DIR = "logs"  # in the lease's dir: the output of each command, writable inside
+HOME_DIR = "home"
 TOKEN_FILE = "ray_auth_token"
 TEMP_DIR_PREFIX = "/tmp/dcl-"
 OWNER_TAG_PREFIX = "dcl-lease-"
@@ -69,7 +70,7 @@ class Lease:
 
     @property
     def home(self) -> Path:
-        return self.dir / "home"
+        return self.dir / HOME_DIR
 
     @property
     def token_path(self) -> Path:
@@ -81,7 +82,7 @@ class Lease:
 
     @property
     def logs(self) -> Path:
-        return self.dir / "logs"
+        return self.dir / LOGS_DIR
 
     def record(self) -> dict:
         return {"lease_id": self.lease_id, "purpose": self.purpose, "cluster_id": self.cluster_id, "role": self.role,
@@ -92,24 +93,6 @@ class Lease:
 
     def opened(self) -> protocol.LeaseOpened:
         return protocol.LeaseOpened(ports=self.ports.to_dict(), node_ip=self.node_ip)
-
-
-def make_temp_dir(path: Path, uid: int | None = None) -> None:
-    """/tmp is shared: create ours 0700, or accept an existing one only if it is our own real directory."""
-    try:
-        path.mkdir(mode=0o700)
-    except FileExistsError:
-        st = path.lstat()
-        if path.is_symlink() or not path.is_dir() or st.st_uid not in (os.getuid(), uid):
-            raise LeaseError(f"{path} exists and is not a directory of this user; remove it and retry")
-    os.chmod(path, 0o700)
-
-
-def give(path: Path, uid: int | None, gid: int | None, mode: int) -> None:
-    """Hand one of the lease's own paths to the lease's user (no-op without one)."""
-    if uid is not None:
-        os.chown(path, uid, gid if gid is not None else uid, follow_symlinks=False)
-    os.chmod(path, mode)
 
 
 def user_files(lease: Lease) -> tuple[tuple[Path, str], ...]:
@@ -125,25 +108,6 @@ def user_files(lease: Lease) -> tuple[tuple[Path, str], ...]:
     for path in (passwd, group):
         os.chmod(path, 0o644)
     return ((passwd, "passwd"), (group, "group"))
-
-
-def remove_tree(path: Path) -> None:
-    if path.is_symlink():
-        path.unlink()
-    elif path.exists():
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def read_tail(path: Path, limit: int = protocol.MAX_OUTPUT_BYTES) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - limit))
-            data = f.read(limit)
-    except FileNotFoundError:
-        return ""
-    return data.decode(errors="replace")
 
 
 def exit_code(returncode: int) -> int:

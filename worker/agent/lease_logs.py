@@ -1,16 +1,22 @@
 """What a lease ships to the platform as it closes: its Ray logs and its command logs, capped.
 
-The files are the buyer's to write, and the agent reads them as root: so nothing is followed out
-of the lease's own directories (no symlink, no hard link, only regular files), whatever Ray's
-`session_latest` link or a buyer's job has put there.
+The files are the buyer's to write, and the agent reads them as root: every one is reached through
+lease_fs (no symlink followed, no hard link read, only regular files), whatever a buyer's job has put
+there; Ray's own `session_latest` link is read as a name, never followed.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import stat
-from pathlib import Path
+import logging
+from pathlib import Path, PurePosixPath
+
+from worker.agent import lease_fs
+
+logger = logging.getLogger(__name__)
+
+NOT_SHIPPED = "[dcluster-agent] not shipped: "  # the text of a file the agent refused to read
+SESSION_LINK = "session_latest"  # Ray's link to the node's current session dir, in its --temp-dir
 
 # What one lease ships at most, counted as JSON: its answer must stay under the API's 1 MiB body limit.
 MAX_BYTES_PER_LEASE = 640 << 10
@@ -26,37 +32,29 @@ def _rank(name: str) -> tuple[int, str]:
     return len(_PRIORITY), name
 
 
-def _inside(path: Path, root: Path) -> bool:
+def _session_logs(temp_dir: Path) -> PurePosixPath | None:
+    """Ray's `session_latest/logs` beneath temp_dir, as a path of plain components: the link Ray makes
+    (`<temp dir>/session_latest` -> `<temp dir>/session_<...>`) is read, never followed, and honoured
+    only when it names a directory right beside it."""
     try:
-        return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(root))
-    except OSError:
-        return False
-
-
-def _read_tail(path: Path, limit: int) -> tuple[str, int, bool] | None:
-    """(text, size on disk, truncated) of a plain file with one link; None for anything else."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
+        target = PurePosixPath(lease_fs.read_link(temp_dir.parent, PurePosixPath(temp_dir.name, SESSION_LINK)))
+    except lease_fs.Refused:
         return None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+    if target.is_absolute():
+        if target.parent != PurePosixPath(temp_dir):
             return None
-        start = max(0, info.st_size - limit)
-        os.lseek(fd, start, os.SEEK_SET)
-        data = os.read(fd, limit)
-    finally:
-        os.close(fd)
-    return data.decode("utf-8", errors="replace"), info.st_size, start > 0
+        target = PurePosixPath(target.name)
+    if len(target.parts) != 1 or target.name in ("..", "."):
+        return None
+    return PurePosixPath(temp_dir.name, target.name, "logs")
 
 
-def _files(directory: Path, root: Path) -> list[Path]:
-    if not directory.exists() or not _inside(directory, root):
+def _candidates(anchor: Path, relative: PurePosixPath | None) -> list[tuple[Path, PurePosixPath]]:
+    if relative is None:
         return []
     try:
-        return [Path(e.path) for e in os.scandir(os.path.realpath(directory)) if e.is_file(follow_symlinks=False)]
-    except OSError:
+        return [(anchor, relative / name) for name in lease_fs.names(anchor, relative)]
+    except lease_fs.Refused:
         return []
 
 
@@ -67,17 +65,20 @@ def collect(temp_dir: Path, command_logs: Path, *, max_bytes: int = MAX_BYTES_PE
     `temp_dir` is the lease's Ray --temp-dir (its `session_latest/logs`); `command_logs` holds the
     output of the commands the platform ran on the node (its `ray start`, for one).
     """
-    ray_logs = _files(temp_dir / "session_latest" / "logs", temp_dir)
-    candidates = [(f"ray/{p.name}", p) for p in sorted(ray_logs, key=lambda p: _rank(p.name))]
-    candidates += [(f"commands/{p.name}", p) for p in sorted(_files(command_logs, command_logs))]
+    ray_logs = _candidates(temp_dir.parent, _session_logs(temp_dir))
+    command_files = _candidates(command_logs.parent, PurePosixPath(command_logs.name))
+    candidates = [(f"ray/{rel.name}", anchor, rel) for anchor, rel in sorted(ray_logs, key=lambda c: _rank(c[1].name))]
+    candidates += [(f"commands/{rel.name}", anchor, rel) for anchor, rel in command_files]
     shipped, left = [], max_bytes
-    for name, path in candidates:
+    for name, anchor, relative in candidates:
         if left <= 0:
             break
-        read = _read_tail(path, min(max_file_bytes, left))
-        if read is None:
-            continue
-        text, size, truncated = read
+        try:
+            tail = lease_fs.read_tail(anchor, relative, min(max_file_bytes, left))
+            text, size, truncated = tail.text, tail.size, tail.truncated
+        except lease_fs.Refused as exc:  # said in its place, with none of its bytes
+            logger.warning("a log of the lease was not shipped: %s", exc.strerror)
+            text, size, truncated = f"{NOT_SHIPPED}{exc.reason}\n", 0, False
         if not text:
             continue
         cost = len(json.dumps(text))

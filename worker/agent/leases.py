@@ -16,7 +16,8 @@ Layout (in a sandbox, only the paths marked "inside" are there, at the same plac
         etc/passwd, etc/group    0644  the lease's user, bound as /etc/passwd and /etc/group inside
         ray_auth_token           0400  inside, read-only: the sub-cluster's token (RAY_AUTH_TOKEN_PATH)
         home/                    0700  inside, writable: HOME of every command ('~' of the launcher)
-        logs/NNNN-run.log              inside, writable: output of each command (stdout and stderr)
+        logs/NNNN-run.log        0600  inside, writable: output of each command (made by the agent, read back
+                                       through its own descriptor: worker.agent.lease_fs)
     /tmp/dcl-<lease id>/         0700  inside, writable: Ray's --temp-dir (short: unix socket paths <= 107 bytes)
 
 The lease's own files belong to the lease's user (a uid of its own under bwrap and docker).
@@ -39,12 +40,11 @@ import worker
 from dcl_core import commands, domain, ids, protocol, secret_files
 from dcl_core import ray_ports as ray_ports_mod
 from worker import procs
-from worker.agent import cpu_caps, lease_logs, start_once
-from worker.agent.lease_files import (LEASE_USER, RECORD_FILE, TERM_GRACE_S, TOKEN_FILE, LeaseError, owner_tag,
-                                      temp_dir_for)
+from worker.agent import cpu_caps, lease_fs, lease_logs, start_once
+from worker.agent.lease_files import (HOME_DIR, LEASE_USER, LOGS_DIR, RECORD_FILE, TERM_GRACE_S, TOKEN_FILE, LeaseError,
+                                      owner_tag, temp_dir_for)
 from worker.agent.lease_files import Lease as _Lease
-from worker.agent.lease_files import exit_code as _exit_code, give as _give, make_temp_dir as _make_temp_dir
-from worker.agent.lease_files import read_tail as _read_tail, remove_tree as _remove_tree
+from worker.agent.lease_files import exit_code as _exit_code
 from worker.agent.lease_files import user_files as _user_files
 from worker.agent.sandbox import base as sandbox
 
@@ -182,13 +182,13 @@ class LeaseRunner:
             self._leases[lease_id] = lease  # reserves its ports and uid; no command runs before its sandbox
         try:
             secret_files.ensure_private_dir(lease.dir)
-            for path in (lease.home, lease.logs):
-                secret_files.ensure_private_dir(path)
-                _give(path, lease.uid, lease.gid, 0o700)
-            _make_temp_dir(lease.temp_dir, lease.uid)
-            _give(lease.temp_dir, lease.uid, lease.gid, 0o700)
+            for name in (HOME_DIR, LOGS_DIR):
+                lease_fs.make_dir(lease.dir, name, uid=lease.uid, gid=lease.gid, mode=0o700)
+            # /tmp is shared: a dir already there is taken only if it is our own or the lease's real directory
+            lease_fs.make_dir(lease.temp_dir.parent, lease.temp_dir.name, uid=lease.uid, gid=lease.gid, mode=0o700)
             secret_files.write_secret_file(lease.token_path, payload.ray_auth_token.encode())
-            _give(lease.token_path, lease.uid, lease.gid, 0o400 if lease.uid is not None else 0o600)
+            lease_fs.give(lease.dir, TOKEN_FILE, uid=lease.uid, gid=lease.gid,
+                          mode=0o400 if lease.uid is not None else 0o600)
             secret_files.write_secret_file(lease.dir / RECORD_FILE, json.dumps(lease.record(), indent=2).encode())
             lease.sandbox = self.runtime.create(sandbox.SandboxSpec(
                 lease_id=lease_id, owner_tag=lease.tag, uid=lease.uid, gid=lease.gid,
@@ -198,10 +198,10 @@ class LeaseRunner:
         except BaseException as exc:
             with self._lock:
                 self._leases.pop(lease_id, None)
-            _remove_tree(lease.dir)
-            _remove_tree(lease.temp_dir)
+            lease_fs.remove_tree(lease.dir)
+            lease_fs.remove_tree(lease.temp_dir)
             self.runtime.cleanup_stale(lease_id)
-            if isinstance(exc, sandbox.SandboxError):
+            if isinstance(exc, (sandbox.SandboxError, lease_fs.Refused)):
                 raise LeaseError(str(exc), lease_id=lease_id) from None
             raise
         self.cpu_caps.opened(lease_id, lease.sandbox, ray_node=lease.purpose == protocol.NODE_LEASE)
@@ -286,36 +286,38 @@ class LeaseRunner:
             if self._closed or lease.closing:
                 raise RunnerClosed(f"lease {lease_id} is closing; the command was not run", lease_id=lease_id)
             lease.seq += 1
-            log_path = lease.logs / f"{lease.seq:04d}-run.log"
+            log = _CommandLog(lease, f"{lease.seq:04d}-run.log")
             try:
-                proc = lease.sandbox.spawn(["bash", "-c", cmd], env=full_env, cwd=lease.home, log_path=log_path)
-            except sandbox.SandboxError as exc:
-                return protocol.WorkResult(ok=False, exit_code=1, output=_last(note + f"[dcluster-agent] {exc}\n"))
-        logger.debug("lease %s: pid %d runs %s", lease_id, proc.pid, commands.redact(cmd)[:300])
-        try:
-            returncode = proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill(TERM_GRACE_S)
+                log.create()
+                proc = lease.sandbox.spawn(["bash", "-c", cmd], env=full_env, cwd=lease.home, log_path=log.path)
+            except (sandbox.SandboxError, lease_fs.Refused) as exc:
+                log.close()
+                return protocol.WorkResult(ok=False, exit_code=1, output=_last(
+                    note + f"[dcluster-agent] {exc}; the command was not run\n"))
+        with log:
+            logger.debug("lease %s: pid %d runs %s", lease_id, proc.pid, commands.redact(cmd)[:300])
+            try:
+                returncode = proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.kill(TERM_GRACE_S)
+                elapsed = round(time.monotonic() - started, 2)
+                logger.warning("lease %s: command timed out after %g s; its process group was killed",
+                               lease_id, timeout_s)
+                return log.result(ok=False, exit_code=124, data={**data, "elapsed_s": elapsed, "timed_out": True},
+                                  before=note, after=f"\n[dcluster-agent] timed out after {timeout_s:g} s; the "
+                                                     "command's process group was killed\n")
+            finally:  # ended, or ended by the timeout
+                self.cpu_caps.command_ended(lease_id, lease.sandbox, cmd)
             elapsed = round(time.monotonic() - started, 2)
-            logger.warning("lease %s: command timed out after %g s; its process group was killed",
-                           lease_id, timeout_s)
-            tail = note + _read_tail(log_path) + (
-                f"\n[dcluster-agent] timed out after {timeout_s:g} s; the command's process group was killed\n")
-            return protocol.WorkResult(ok=False, exit_code=124, output=_last(tail),
-                                       data={**data, "elapsed_s": elapsed, "timed_out": True})
-        finally:  # ended, or ended by the timeout
-            self.cpu_caps.command_ended(lease_id, lease.sandbox, cmd)
-        elapsed = round(time.monotonic() - started, 2)
-        exit_code = _exit_code(returncode)
-        logger.info("lease %s: command exited %d in %.1f s", lease_id, exit_code, elapsed)
-        if lease.closing:
-            # Stopped by the lease's close: whatever the shell said as it went (it may exit 0 on the
-            # signal), the command did not finish.
-            return protocol.WorkResult(ok=False, exit_code=exit_code, data={**data, "elapsed_s": elapsed},
-                                       output=_last(note + _read_tail(log_path) +
-                                                    f"\n[dcluster-agent] stopped by the close of lease {lease_id}\n"))
-        return protocol.WorkResult(ok=exit_code == 0, exit_code=exit_code, output=_last(note + _read_tail(log_path)),
-                                   data={**data, "elapsed_s": elapsed})
+            exit_code = _exit_code(returncode)
+            logger.info("lease %s: command exited %d in %.1f s", lease_id, exit_code, elapsed)
+            if lease.closing:
+                # Stopped by the lease's close: whatever the shell said as it went (it may exit 0 on the
+                # signal), the command did not finish.
+                return log.result(ok=False, exit_code=exit_code, data={**data, "elapsed_s": elapsed}, before=note,
+                                  after=f"\n[dcluster-agent] stopped by the close of lease {lease_id}\n")
+            return log.result(ok=exit_code == 0, exit_code=exit_code, data={**data, "elapsed_s": elapsed},
+                              before=note)
 
     # --- files ---------------------------------------------------------------------------
 
@@ -333,8 +335,10 @@ class LeaseRunner:
         logger.info("lease %s: wrote %d bytes to %s", lease_id, len(content), target)
         return protocol.WorkResult(ok=True, exit_code=0, data={"path": str(target), "bytes": len(content)})
 
-    @staticmethod
-    def _target(lease: _Lease, path: str) -> Path:
+    def _target(self, lease: _Lease, path: str) -> Path:
+        """Where put_file writes. In a sandbox the lease's user writes it from inside its own view, so the path is
+        checked as written (no link of the lease's is resolved here, as root); unsandboxed the agent writes it
+        itself, so links that exist are resolved first."""
         if not path or "\0" in path:
             raise LeaseError("put_file needs a path, e.g. ~/ray_bootstrap_config.yaml", lease_id=lease.lease_id)
         if path == "~" or path.startswith("~/"):
@@ -343,13 +347,14 @@ class LeaseRunner:
             raise LeaseError(f"{path!r}: only the lease's own home '~' is allowed", lease_id=lease.lease_id)
         else:
             candidate = lease.home / path  # an absolute path replaces the home here
-        real = Path(os.path.realpath(candidate))  # resolves '..' and symlinks that exist
-        lease_dir = Path(os.path.realpath(lease.dir))
-        protected = {lease_dir / RECORD_FILE, lease_dir / TOKEN_FILE, lease_dir, lease.home.resolve()}
+        resolve = os.path.normpath if self.runtime.sandboxed else os.path.realpath
+        lease_dir = Path(resolve(lease.dir))
+        real = Path(resolve(candidate))
+        protected = {lease_dir / RECORD_FILE, lease_dir / TOKEN_FILE, lease_dir, Path(resolve(lease.home))}
         if not real.is_relative_to(lease_dir) or real in protected:
             raise LeaseError(f"{path!r} is outside the lease's directory; write under ~ instead",
                              lease_id=lease.lease_id)
-        if real.is_dir():
+        if not self.runtime.sandboxed and real.is_dir():
             raise LeaseError(f"{path!r} is a directory; give a file path", lease_id=lease.lease_id)
         return real
 
@@ -376,9 +381,9 @@ class LeaseRunner:
                                        "still alive; close it again", data=data)
         temp_dir = lease.temp_dir if lease else temp_dir_for(lease_id)
         # Shipped with the answer before the files go: the buyer reads them after the cluster ended.
-        data["logs"] = lease_logs.collect(temp_dir, self.root / lease_id / "logs")
-        _remove_tree(temp_dir)
-        _remove_tree(self.root / lease_id)
+        data["logs"] = lease_logs.collect(temp_dir, self.root / lease_id / LOGS_DIR)
+        lease_fs.remove_tree(temp_dir)
+        lease_fs.remove_tree(self.root / lease_id)
         with self._lock:
             self._leases.pop(lease_id, None)
         self.cpu_caps.closed(lease_id)
@@ -428,11 +433,49 @@ class LeaseRunner:
                 logger.warning("lease %s from a previous run: processes %s survive; its files stay",
                                lease_id, summary.remaining)
                 continue
-            _remove_tree(temp_dir_for(lease_id))
-            _remove_tree(entry)
+            lease_fs.remove_tree(temp_dir_for(lease_id))
+            lease_fs.remove_tree(entry)
             logger.warning("lease %s from a previous run of the agent cleaned up: %d process(es) stopped",
                            lease_id, len(summary.terminated))
         return found
+
+
+class _CommandLog:
+    """One command's output: a file the agent makes in the lease's logs dir before the command starts, and reads
+    afterwards through its own descriptor (lease_fs.create_log), whatever the lease did to the name meanwhile."""
+
+    def __init__(self, lease: _Lease, name: str):
+        self.lease = lease
+        self.name = name
+        self.path = lease.logs / name
+        self._fd: int | None = None
+
+    def create(self) -> None:
+        self._fd = lease_fs.create_log(self.lease.dir, LOGS_DIR, self.name, self.lease.uid, self.lease.gid)
+
+    def result(self, *, ok: bool, exit_code: int, data: dict, before: str = "", after: str = "") -> protocol.WorkResult:
+        """The command's answer: its output from the agent's own file; not ok, and said so, when the lease put
+        something else at the log's name while the command ran."""
+        assert self._fd is not None
+        text = before + lease_fs.tail_of(self._fd, protocol.MAX_OUTPUT_BYTES).text + after
+        replaced = not lease_fs.same_file(self._fd, self.lease.dir, f"{LOGS_DIR}/{self.name}")
+        if replaced and not self.lease.closing:  # a closing lease's files go with it: no tampering to report
+            logger.warning("lease %s: the log %s was replaced while its command ran", self.lease.lease_id, self.name)
+            ok = False
+            text += (f"\n[dcluster-agent] {self.path} was replaced while the command ran (a link, another file or "
+                     "nothing stands there now): not read; the output above is what reached the log the agent made\n")
+        return protocol.WorkResult(ok=ok, exit_code=exit_code, output=_last(text), data=data)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> _CommandLog:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
 
 def _check_id(lease_id: str) -> None:

@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from worker import procs
+from worker.agent import lease_fs
 from worker.agent.sandbox import base, bwrap, cgroups, gpu_devices
 
 logger = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ PLATFORM_IMAGE_REPO = "dcluster/lease"
 # /sbin is a directory of its own (docker --init mounts /sbin/docker-init there), with links to what is used.
 _ROOTFS_DIRS = ("etc", "tmp", "proc", "dev", "sys", "usr", "sbin", "opt/dcluster", "var/tmp", "run", "home")
 _ROOTFS_LINKS = {"bin": "usr/bin", "lib": "usr/lib", "lib64": "usr/lib64", "sbin/ldconfig": "/usr/sbin/ldconfig"}
+_VERSIONS_LOG = "0000-versions.log"
 _VERSION_PROBE = "import sys, ray; print(ray.__version__, '%d.%d.%d' % sys.version_info[:3])"
 
 
@@ -192,11 +194,17 @@ def check_versions(sandbox: base.SupervisedSandbox, spec: base.SandboxSpec, pyth
     import ray
 
     want = (ray.__version__, "%d.%d.%d" % sys.version_info[:3])
-    log = next(p for p in spec.writable if p.name == "logs") / "0000-versions.log"
-    process = sandbox.spawn([python, "-c", _VERSION_PROBE], env={"PATH": "/usr/local/bin:/usr/bin:/bin",
-                                                                   "HOME": "/tmp"}, cwd=Path("/"), log_path=log)
-    code = process.wait(120)
-    text = log.read_text(errors="replace").strip() if log.exists() else ""
+    logs = next(p for p in spec.writable if p.name == "logs")
+    # The image is the buyer's: its python may swap the log for a link. Read the file the agent made, never the name.
+    fd = lease_fs.create_log(logs.parent, logs.name, _VERSIONS_LOG, spec.uid, spec.gid)
+    try:
+        process = sandbox.spawn([python, "-c", _VERSION_PROBE], env={"PATH": "/usr/local/bin:/usr/bin:/bin",
+                                                                       "HOME": "/tmp"}, cwd=Path("/"),
+                                log_path=logs / _VERSIONS_LOG)
+        code = process.wait(120)
+        text = lease_fs.tail_of(fd, 4096).text.strip()
+    finally:
+        os.close(fd)
     got = tuple(text.splitlines()[-1].split()[:2]) if code == 0 and text else None
     if got is None:
         raise base.SandboxError(f"the lease's image has no usable Ray: `python3 -c 'import ray'` failed ({text[-300:]}); "

@@ -122,7 +122,9 @@ def _wait(request_id, proc):
 def _spawn(request):
     log_path = request["log"]
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
-    with open(log_path, "ab", buffering=0) as log:
+    # The agent made the log; never write through a link put in its place (opened as the lease's own user anyway).
+    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with open(fd, "ab", buffering=0) as log:
         proc = subprocess.Popen(request["argv"], env=request["env"], cwd=request.get("cwd") or None,
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True, close_fds=True)

@@ -36,7 +36,11 @@ def test_links_out_of_the_lease_are_not_followed(tmp_path):
     os.link(secret, logs / "worker-hardlink.out")  # and a hard link to it
     (logs / "raylet.out").write_text("fine\n")
     shipped = lease_logs.collect(tmp_path / "tmp", tmp_path / "nothing")
-    assert [f["name"] for f in shipped] == ["ray/raylet.out"]
+    by_name = {f["name"]: f["text"] for f in shipped}
+    assert by_name == {  # each refusal said in the file's place, with none of its bytes
+        "ray/job-driver-evil.log": lease_logs.NOT_SHIPPED + "a symbolic link: not followed\n",
+        "ray/worker-hardlink.out": lease_logs.NOT_SHIPPED + "a file with 2 hard links: not read\n",
+        "ray/raylet.out": "fine\n"}
     assert "dcm.secret" not in json.dumps(shipped)
 
 
