@@ -14,16 +14,14 @@ import os
 import secrets
 import shutil
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import psutil
 import pytest
 
+from tests.integration import sandboxes
 from tests.integration.helpers import Api, wait_for
 from tests.integration.test_clusters import RAY, lease_processes, submit, wait_status
-from worker.agent import sandbox
 from worker.agent.sandbox import docker as sandbox_docker
 
 pytestmark = [pytest.mark.slow,
@@ -33,8 +31,7 @@ pytestmark = [pytest.mark.slow,
 JOB_DIR = Path(__file__).resolve().parent / "escape_job"
 DENIED = {"ENOENT", "EACCES", "EROFS", "EPERM"}
 LEASE_MEMORY_MB = 2500
-RUNTIMES = ["bwrap", pytest.param("docker", marks=pytest.mark.skipif(not sandbox.docker_answers(),
-                                                                     reason="no docker daemon answers here"))]
+RUNTIMES = sandboxes.RUNTIMES
 
 
 @pytest.fixture(scope="module", params=RUNTIMES)
@@ -128,7 +125,14 @@ def test_a_buyers_job_cannot_get_out_of_its_leases(gpu_market, platform, tmp_pat
         reads[f"agent_environ_{i}"] = f"/proc/{agent.proc.pid}/environ"
         markers[f"agent_environ_{i}"] = [agent.tag]  # the agent's own environment names its owner tag
         writes[f"agent_state_dir_{i}"] = str(agent.state_dir / "agent" / "escaped")
+    canary_dir = Path(f"/tmp/dcl-canary-{secrets.token_hex(4)}")  # root-only, outside every lease
+    canary_dir.mkdir(mode=0o700)
+    canary = secrets.token_hex(32)
+    (canary_dir / "canary").write_text(canary)
+    (canary_dir / "canary").chmod(0o600)
+    reads["canary"] = str(canary_dir / "canary")
     targets = {"reads": reads, "writes": writes, "markers": markers, "sleep_marker": marker, "grow_mb": LEASE_MEMORY_MB + 1000,
+               "canary": str(canary_dir / "canary"),
                "provider_password": "password123",
                "agent_keys": [json.loads((a.state_dir / "agent" / "machine.json").read_text())["agent_key"]
                               for a in agents]}
@@ -138,6 +142,19 @@ def test_a_buyers_job_cannot_get_out_of_its_leases(gpu_market, platform, tmp_pat
     line = next((x for x in output.splitlines() if x.startswith("ESCAPE_RESULT ")), None)
     assert line, output[-4000:]
     got = json.loads(line.split(" ", 1)[1])
+    shutil.rmtree(canary_dir)
+    assert canary not in output
+
+    # The launcher's own credential runs commands that turn their logs into links to the canary, a FIFO, a hard
+    # link, or swap the logs dir: every answer carries none of it, and says why it is refused.
+    attacks = got.pop("exec_attacks")
+    assert len(attacks) == 2 * 4, attacks  # head and worker, four attacks each
+    for name, answer in attacks.items():
+        assert not answer["ok"], (name, answer)
+        expected = {"symlinked_log": "was replaced while the command ran", "fifo_log": "was replaced while the command ran",
+                    "hard_linked_log": "ln: failed to access",  # not in the lease's view
+                    "symlinked_logs_dir": "mv: cannot move"}[name.split(":")[1]]  # a mount point in the sandbox
+        assert expected in answer["output"], (name, answer)
 
     # Every read and write of what is not the lease's own: denied, and the denial named.
     for kind in ("reads", "writes"):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
 import sys
 import textwrap
 import time
@@ -19,18 +18,14 @@ from pathlib import Path
 import psutil
 import pytest
 
-from dcl_core import protocol
 from worker import procs
-from worker.agent import leases, sandbox
-from worker.agent.sandbox import base
+from tests.integration import sandboxes
+from worker.agent import leases
 from worker.agent.sandbox import docker as sandbox_docker
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("bwrap"),
-                                reason="the sandbox runtimes need root and bubblewrap (CI installs it)")
-
-RUNTIMES = ["bwrap", pytest.param("docker", marks=pytest.mark.skipif(not sandbox.docker_answers(),
-                                                                     reason="no docker daemon answers here"))]
-DENIED = {"ENOENT", "EACCES", "EROFS", "EPERM"}
+pytestmark = sandboxes.NEEDS_ROOT_AND_BWRAP
+RUNTIMES, DENIED = sandboxes.RUNTIMES, sandboxes.DENIED
+agent_dir = sandboxes.agent_dir
 
 # Runs inside a lease: tries each thing it is given and prints {name: "ok" | errno name} as JSON.
 PROBE = textwrap.dedent('''
@@ -52,33 +47,8 @@ PROBE = textwrap.dedent('''
 ''')
 
 
-@pytest.fixture
-def agent_dir(tmp_path):
-    """A provider's agent: its password file and state, 0600 in a 0700 dir, as dcluster-agent keeps them."""
-    root = Path(f"/tmp/dcl-sbx-{secrets.token_hex(4)}")  # short: Ray socket paths in the leases stay short
-    state = root / "agent"
-    state.mkdir(parents=True, mode=0o700)
-    (root / "password").write_text("provider-secret-pw")
-    (state / "machine.json").write_text('{"machine_key": "mk-secret"}')
-    for f in (root / "password", state / "machine.json"):
-        f.chmod(0o600)
-    yield root
-    shutil.rmtree(root, ignore_errors=True)
-
-
-def _runner(agent_dir: Path, runtime_name: str, *, memory_mb: int | None = None, gpu_dev_root: Path | None = None):
-    runtime = sandbox.make_runtime(runtime_name, gpu_dev_root=gpu_dev_root or Path("/dev"))
-    base_env = {**os.environ, "DCLUSTER_AGENT_PASSWORD": "provider-secret-pw"}
-    return leases.LeaseRunner(agent_dir / "agent" / "leases", node_ip="127.0.0.1", base_env=base_env,
-                              runtime=runtime,
-                              limits_fn=lambda _p: base.LeaseLimits(cpus=1, memory_mb=memory_mb, pids=512))
-
-
-def _open(runner: leases.LeaseRunner, gpus: list[int] = ()) -> str:
-    lease_id = "l-" + secrets.token_hex(6)
-    runner.open(protocol.LeaseOpen(lease_id=lease_id, cluster_id="c-" + secrets.token_hex(6), role="worker",
-                                   gpu_indices=list(gpus), ray_auth_token=secrets.token_hex(20), cpus=1))
-    return lease_id
+_runner = sandboxes.make_runner
+_open = sandboxes.open_lease
 
 
 def _probe(runner, lease_id, reads: dict, writes: dict) -> dict:

@@ -47,6 +47,29 @@ def gpu_view() -> dict:
             "opened": opened}
 
 
+def exec_attacks(canary: str) -> dict:
+    """With its cluster's own launcher credential (the head's bootstrap config), ask the platform to run, on each
+    node of the cluster, a command that puts the root-only canary at its own log's name; every answer comes back."""
+    import yaml
+
+    from worker.node_provider import market_provider
+
+    with open(os.path.expanduser("~/ray_bootstrap_config.yaml")) as f:
+        config = yaml.safe_load(f)
+    nodes = market_provider.MarketNodeProvider(config["provider"], config["cluster_name"]).api
+    log = 'log="$(readlink /proc/$$/fd/1)"; '
+    commands = {"symlinked_log": log + f'ln -sf {canary} "$log"',
+                "fifo_log": log + 'rm -f "$log"; mkfifo "$log"',
+                "hard_linked_log": log + f'ln -f {canary} "$log"',
+                "symlinked_logs_dir": log + 'logs="$(dirname "$log")"; mv "$logs" "$logs.x" && ln -sfn / "$logs"'}
+    answers = {}
+    for node in nodes.list():
+        for name, cmd in commands.items():
+            answers[f"{node['role']}:{name}"] = nodes.exec(node["id"], {"op": "run", "cmd": cmd, "timeout_s": 60},
+                                                           timeout_s=60, idempotent=False)
+    return answers
+
+
 def main() -> None:
     targets = json.loads(sys.argv[1])
     ray.init()
@@ -64,6 +87,7 @@ def main() -> None:
                      shell=True).wait()
     out["gpu"] = ray.get(gpu_view.remote())
     out["pid_namespace_processes"] = len([p for p in os.listdir("/proc") if p.isdigit()])
+    out["exec_attacks"] = exec_attacks(targets["canary"])
     print("ESCAPE_RESULT " + json.dumps(out), flush=True)
     # Past the lease's memory limit: the OOM killer must end the grower (SIGKILL), not the machine.
     grow = subprocess.run([sys.executable, "-c", "x = b'1' * (%d * 1024 * 1024); print('GREW')" % targets["grow_mb"]],
