@@ -56,7 +56,7 @@ def thin_actor(core_cls: type, build) -> type:
                 except Exception as exc:
                     self._last_error = f"{type(exc).__name__}: {exc}"
                     logger.exception("%s start failed (attempt %d); retrying", core_cls.__name__, attempt + 1)
-                await asyncio.sleep(min(2 ** attempt, 10))
+                await asyncio.sleep(min(2**attempt, 10))
             for name, _ in inspect.getmembers(core_cls, inspect.iscoroutinefunction):
                 if name.startswith("run_"):
                     self._loops.append(asyncio.create_task(getattr(self._core, name)()))
@@ -72,13 +72,18 @@ def thin_actor(core_cls: type, build) -> type:
 
         async def start_status(self) -> dict:
             """Answers at once: whether recovery finished, how many tries it took, the last failure."""
-            return {"actor": core_cls.__name__, "ready": self._ready.done() and not self._ready.cancelled(),
-                    "attempts": self._attempts, "last_error": self._last_error}
+            return {
+                "actor": core_cls.__name__,
+                "ready": self._ready.done() and not self._ready.cancelled(),
+                "attempts": self._attempts,
+                "last_error": self._last_error,
+            }
 
     def forward(name: str):
         async def method(self, *args, **kwargs):
             await self._started()
             return await getattr(self._core, name)(*args, **kwargs)
+
         method.__name__ = name
         method.__doc__ = getattr(core_cls, name).__doc__
         return method
@@ -113,19 +118,25 @@ class ActorProxy:
                 # A blocking lookup on the actor's event loop can stall it: do it in a thread.
                 self._handle = await asyncio.to_thread(ray.get_actor, self._name, namespace=NAMESPACE)
             return await getattr(self._handle, method_name).remote(*args, **kwargs)
+
         return call
 
 
 def _build_cluster_manager(settings_json: str) -> cluster_manager.ClusterManager:
     settings = PlatformSettings.model_validate_json(settings_json)
     logging.basicConfig(level=logging.INFO)
-    cluster_launcher = launcher.RayClusterLauncher(str(settings.state_dir / cluster_files.LAUNCHER_TMP),
-                                                   on_head=not settings.shared_database)
+    cluster_launcher = launcher.RayClusterLauncher(
+        str(settings.state_dir / cluster_files.LAUNCHER_TMP), on_head=not settings.shared_database
+    )
     cluster_launcher.prestart()  # the first cluster does not wait for a launcher process either
     return cluster_manager.ClusterManager(
-        cluster_store.ClusterStore(settings.db_location), settings,
-        registry=ActorProxy(REGISTRY_NAME), reaper=ActorProxy(EXPIRY_REAPER_NAME),
-        launcher=cluster_launcher, metrics=ray_metrics.RayMetrics())
+        cluster_store.ClusterStore(settings.db_location),
+        settings,
+        registry=ActorProxy(REGISTRY_NAME),
+        reaper=ActorProxy(EXPIRY_REAPER_NAME),
+        launcher=cluster_launcher,
+        metrics=ray_metrics.RayMetrics(),
+    )
 
 
 ClusterManagerActor = thin_actor(cluster_manager.ClusterManager, _build_cluster_manager)
@@ -134,8 +145,11 @@ ClusterManagerActor = thin_actor(cluster_manager.ClusterManager, _build_cluster_
 def _build_expiry_reaper(settings_json: str) -> expiry_reaper.ExpiryReaper:
     settings = PlatformSettings.model_validate_json(settings_json)
     logging.basicConfig(level=logging.INFO)
-    return expiry_reaper.ExpiryReaper(cluster_store.ClusterStore(settings.db_location),
-                                      clusters=ActorProxy(CLUSTER_MANAGER_NAME), metrics=ray_metrics.RayMetrics())
+    return expiry_reaper.ExpiryReaper(
+        cluster_store.ClusterStore(settings.db_location),
+        clusters=ActorProxy(CLUSTER_MANAGER_NAME),
+        metrics=ray_metrics.RayMetrics(),
+    )
 
 
 ExpiryReaperActor = thin_actor(expiry_reaper.ExpiryReaper, _build_expiry_reaper)
@@ -147,14 +161,23 @@ def placement(settings: PlatformSettings) -> dict:
     (they restart on another node when theirs is lost)."""
     if not settings.shared_database:
         return {"resources": launcher.HEAD_NODE_RESOURCE}
-    return {"scheduling_strategy": scheduling_strategies.NodeLabelSchedulingStrategy(
-        hard={}, soft={protocol.PLATFORM_MEMBER_LABEL: scheduling_strategies.In(protocol.PLATFORM_MEMBER_VALUE)})}
+    return {
+        "scheduling_strategy": scheduling_strategies.NodeLabelSchedulingStrategy(
+            hard={}, soft={protocol.PLATFORM_MEMBER_LABEL: scheduling_strategies.In(protocol.PLATFORM_MEMBER_VALUE)}
+        )
+    }
 
 
 def _detached(cls: type, name: str, settings: PlatformSettings):
     return ray.remote(cls).options(
-        name=name, namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
-        max_restarts=-1, max_task_retries=-1, num_cpus=0, **placement(settings),
+        name=name,
+        namespace=NAMESPACE,
+        lifetime="detached",
+        get_if_exists=True,
+        max_restarts=-1,
+        max_task_retries=-1,
+        num_cpus=0,
+        **placement(settings),
         # Long polls from many agents wait inside the registry at once.
         max_concurrency=10_000,
     )

@@ -81,8 +81,12 @@ class Principal:
     cluster_id: str | None = None
 
     def to_dict(self) -> dict:
-        return {"account_id": self.account_id, "username": self.username,
-                "role": self.role.value, "cluster_id": self.cluster_id}
+        return {
+            "account_id": self.account_id,
+            "username": self.username,
+            "role": self.role.value,
+            "cluster_id": self.cluster_id,
+        }
 
     @classmethod
     def from_dict(cls, data: dict) -> "Principal":
@@ -103,8 +107,14 @@ class TokenIssuer:
     cannot change. Tokens are never revoked one by one (rotating the secret makes a new issuer),
     so a cached answer is the answer verification would give."""
 
-    def __init__(self, secret: str, *, ttl_s: int = 1800, clock: Callable[[], float] = time.time,
-                 cache_size: int = VERIFIED_CACHE_SIZE):
+    def __init__(
+        self,
+        secret: str,
+        *,
+        ttl_s: int = 1800,
+        clock: Callable[[], float] = time.time,
+        cache_size: int = VERIFIED_CACHE_SIZE,
+    ):
         self._secret = secret
         self._ttl_s = ttl_s
         self._clock = clock
@@ -149,14 +159,20 @@ class TokenIssuer:
     def _verify_signed(self, token: str) -> tuple[Principal, float]:
         try:
             claims = jwt.decode(
-                token, self._secret, algorithms=[JWT_ALGORITHM],
+                token,
+                self._secret,
+                algorithms=[JWT_ALGORITHM],
                 # PyJWT checks times against the wall clock; ours is injected, so check them here.
                 options={"require": ["sub", "role", "exp", "iat", "jti"], "verify_exp": False, "verify_iat": False},
             )
             if claims["exp"] < self._clock():
                 raise jwt.ExpiredSignatureError("expired")
-            return (Principal(int(claims["sub"]), str(claims.get("name", "")),
-                              domain.Role(claims["role"]), claims.get("cluster")), claims["exp"])
+            return (
+                Principal(
+                    int(claims["sub"]), str(claims.get("name", "")), domain.Role(claims["role"]), claims.get("cluster")
+                ),
+                claims["exp"],
+            )
         except jwt.ExpiredSignatureError:
             raise errors.Unauthenticated(TOKEN_EXPIRED) from None
         except (jwt.InvalidTokenError, ValueError, KeyError):
@@ -184,7 +200,8 @@ class LoginLimiter:
         if len(q) >= self._max:
             retry = max(1, int(q[0] + self._window - self._clock()) + 1)
             raise errors.RateLimited(
-                f"too many failed sign-ins for '{username}': try again in {retry} s", retry_after_s=retry)
+                f"too many failed sign-ins for '{username}': try again in {retry} s", retry_after_s=retry
+            )
 
     def record_failure(self, username: str) -> None:
         self._recent(username).append(self._clock())

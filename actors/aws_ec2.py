@@ -17,8 +17,10 @@ logger = logging.getLogger(__name__)
 def ec2_client(config: dict[str, Any]):
     """The EC2 client of the cluster's region, with the launcher's credentials (the boto3 chain or provider.aws_credentials)."""
     import boto3
-    return boto3.client("ec2", region_name=config["provider"]["region"],
-                        **config["provider"].get("aws_credentials", {}))
+
+    return boto3.client(
+        "ec2", region_name=config["provider"]["region"], **config["provider"].get("aws_credentials", {})
+    )
 
 
 def _default_vpc(ec2) -> str:
@@ -29,8 +31,9 @@ def _default_vpc(ec2) -> str:
 
 
 def _find_group(ec2, vpc_id: str, name: str) -> dict[str, Any] | None:
-    found = ec2.describe_security_groups(Filters=[{"Name": "vpc-id", "Values": [vpc_id]},
-                                                  {"Name": "group-name", "Values": [name]}])["SecurityGroups"]
+    found = ec2.describe_security_groups(
+        Filters=[{"Name": "vpc-id", "Values": [vpc_id]}, {"Name": "group-name", "Values": [name]}]
+    )["SecurityGroups"]
     return found[0] if found else None
 
 
@@ -51,25 +54,40 @@ def ensure_security_group(config: dict[str, Any], *, vpc_id: str | None = None) 
     group = _find_group(ec2, vpc_id, name)
     if group is None:
         from botocore.exceptions import ClientError
+
         cluster = config["cluster_name"]
         try:
             ec2.create_security_group(
-                GroupName=name, VpcId=vpc_id, Description=f"dcluster sub-cluster {cluster}",
-                TagSpecifications=[{"ResourceType": "security-group", "Tags": [
-                    {"Key": aws.CLUSTER_LABEL, "Value": cluster}, {"Key": "ray-cluster-name", "Value": cluster}]}])
+                GroupName=name,
+                VpcId=vpc_id,
+                Description=f"dcluster sub-cluster {cluster}",
+                TagSpecifications=[
+                    {
+                        "ResourceType": "security-group",
+                        "Tags": [
+                            {"Key": aws.CLUSTER_LABEL, "Value": cluster},
+                            {"Key": "ray-cluster-name", "Value": cluster},
+                        ],
+                    }
+                ],
+            )
             logger.info("created security group %s in %s", name, vpc_id)
         except ClientError as exc:  # made meanwhile by a concurrent call: use that one
             if exc.response.get("Error", {}).get("Code") != "InvalidGroup.Duplicate":
                 raise
         group = _find_group(ec2, vpc_id, name)
     group_id, current = group["GroupId"], group.get("IpPermissions", [])
-    inside = {"IpProtocol": "-1", "UserIdGroupPairs": [
-        {"GroupId": group_id, "Description": "dcluster: between the cluster's own nodes"}]}
+    inside = {
+        "IpProtocol": "-1",
+        "UserIdGroupPairs": [{"GroupId": group_id, "Description": "dcluster: between the cluster's own nodes"}],
+    }
     wanted = dict(aws.grants([inside, *outside]))
     have = dict(aws.grants(current))
     if extra := [aws.permission(g, None) for g in have if g not in wanted]:
         ec2.revoke_security_group_ingress(GroupId=group_id, IpPermissions=extra)
-        logger.warning("revoked from security group %s: %s", name, ", ".join(map(aws.describe_grant, have.keys() - wanted)))
+        logger.warning(
+            "revoked from security group %s: %s", name, ", ".join(map(aws.describe_grant, have.keys() - wanted))
+        )
     if missing := [aws.permission(g, d) for g, d in wanted.items() if g not in have]:
         ec2.authorize_security_group_ingress(GroupId=group_id, IpPermissions=missing)
     config = copy.deepcopy(config)
@@ -85,6 +103,7 @@ def delete_cluster_resources(config: dict[str, Any]) -> bool:
     Idempotent.
     """
     from botocore.exceptions import ClientError
+
     ec2 = ec2_client(config)
     name = config["provider"]["security_group"]["GroupName"]
     done = True

@@ -52,10 +52,19 @@ class MarketBackend:
         pass
 
     async def reserve(self, cluster_id: str, spec: ClusterSpec, place: Place) -> tuple[list[dict], str]:
-        assignments = await place(cluster_id, placement.cluster_requests(
-            spec.num_workers, spec.gpus_per_worker, spec.cpus_per_worker, spec.gpu_model,
-            max_price_per_gpu_hour=spec.max_price_per_gpu_hour, max_price_per_cpu_hour=spec.max_price_per_cpu_hour,
-            min_reliability=spec.min_reliability, verified_gpus_only=spec.verified_gpus_only))
+        assignments = await place(
+            cluster_id,
+            placement.cluster_requests(
+                spec.num_workers,
+                spec.gpus_per_worker,
+                spec.cpus_per_worker,
+                spec.gpu_model,
+                max_price_per_gpu_hour=spec.max_price_per_gpu_hour,
+                max_price_per_cpu_hour=spec.max_price_per_cpu_hour,
+                min_reliability=spec.min_reliability,
+                verified_gpus_only=spec.verified_gpus_only,
+            ),
+        )
         leases = [views.lease_row(a) for a in assignments]
         return leases, "machines reserved: " + ", ".join(f"{l['role']} on {l['machine_id']}" for l in leases)
 
@@ -63,8 +72,9 @@ class MarketBackend:
         ttl = int(row["expires_at"] - now) + 3600
         principal = auth.Principal(row["owner_id"], "cluster-" + row["id"], domain.Role.BUYER, cluster_id=row["id"])
         token = self._tokens().issue(principal, ttl_s=max(ttl, 3600))
-        return market.render_market_config(cluster_id=row["id"], spec=spec, platform_url=self._settings.api_url,
-                                           provider_token=token)
+        return market.render_market_config(
+            cluster_id=row["id"], spec=spec, platform_url=self._settings.api_url, provider_token=token
+        )
 
     def needs_launcher_teardown(self, leases: list[dict]) -> bool:
         return any(l["status"] == domain.LeaseStatus.OPEN for l in leases)
@@ -86,12 +96,18 @@ class AwsBackend:
         aws.check_spec(spec, self._settings.aws)
 
     async def reserve(self, cluster_id: str, spec: ClusterSpec, place: Place) -> tuple[list[dict], str]:
-        return [], (f"EC2: a {self._settings.aws.head_instance_type} head and {spec.num_workers} "
-                    f"{self._settings.aws.worker_instance_type} worker(s)")
+        return [], (
+            f"EC2: a {self._settings.aws.head_instance_type} head and {spec.num_workers} "
+            f"{self._settings.aws.worker_instance_type} worker(s)"
+        )
 
     def launcher_config(self, row: dict, spec: ClusterSpec, now: float) -> dict:
-        config = aws.render_aws_config(cluster_id=row["id"], spec=spec, settings=self._settings.aws,
-                                       ray_auth_token_path=self._settings.clusters_dir / row["id"] / cluster_files.TOKEN_FILE)
+        config = aws.render_aws_config(
+            cluster_id=row["id"],
+            spec=spec,
+            settings=self._settings.aws,
+            ray_auth_token_path=self._settings.clusters_dir / row["id"] / cluster_files.TOKEN_FILE,
+        )
         config["provider"]["dcluster_vpc_id"] = self._settings.aws.vpc_id
         return config
 

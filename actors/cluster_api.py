@@ -35,8 +35,9 @@ async def read_clusters(store: cstore.ClusterStore, reads: list[tuple[auth.Princ
     answers: list[dict | Exception] = []
     for principal, cluster_id in reads:
         try:
-            answers.append(views.public_cluster(check_owner(principal, cluster_id, rows.get(cluster_id)),
-                                                leases[cluster_id]))
+            answers.append(
+                views.public_cluster(check_owner(principal, cluster_id, rows.get(cluster_id)), leases[cluster_id])
+            )
         except errors.DClusterError as exc:
             answers.append(exc)
     return answers
@@ -57,10 +58,18 @@ class BuyerApi:
             await self._quotas.check(principal.account_id, quotas.cluster_demand(spec))
             leases, summary = await backend.reserve(cid, spec, self._place)
             await self._store.create_cluster(
-                cluster={"id": cid, "owner_id": principal.account_id, "name": spec.name or cid,
-                         "spec": spec.model_dump_json(), "status": S.PENDING.value,
-                         "expires_at": now + spec.duration_s},
-                leases=leases, event=summary, now=now)
+                cluster={
+                    "id": cid,
+                    "owner_id": principal.account_id,
+                    "name": spec.name or cid,
+                    "spec": spec.model_dump_json(),
+                    "status": S.PENDING.value,
+                    "expires_at": now + spec.duration_s,
+                },
+                leases=leases,
+                event=summary,
+                now=now,
+            )
         await self._secrets.save_cluster_token(cid, ids.new_ray_auth_token())
         logger.info("cluster %s created for %s: %d worker(s)", cid, principal.username, spec.num_workers)
         await self._schedule_expiry(cid)
@@ -101,15 +110,20 @@ class BuyerApi:
         await self._own_cluster(principal, cluster_id)
         return await self._logs.index(cluster_id)
 
-    async def cluster_log(self, principal: auth.Principal, cluster_id: str, name: str,
-                          lease_id: str | None = None) -> dict:
+    async def cluster_log(
+        self, principal: auth.Principal, cluster_id: str, name: str, lease_id: str | None = None
+    ) -> dict:
         row = await self._own_cluster(principal, cluster_id)
         found = await self._logs.text(cluster_id, lease_id, name)
         if found is None:
-            when = ("" if domain.ClusterStatus(row["status"]).is_terminal() else
-                    "; a node's logs are kept as it is released (while it runs: `ray job logs`)")
-            raise errors.NotFound(f"no log {name!r} kept for cluster {cluster_id}"
-                                  f"{f' node {lease_id}' if lease_id else ''}{when}")
+            when = (
+                ""
+                if domain.ClusterStatus(row["status"]).is_terminal()
+                else "; a node's logs are kept as it is released (while it runs: `ray job logs`)"
+            )
+            raise errors.NotFound(
+                f"no log {name!r} kept for cluster {cluster_id}{f' node {lease_id}' if lease_id else ''}{when}"
+            )
         return found
 
     async def job_log(self, principal: auth.Principal, cluster_id: str, job_id: str) -> dict:
@@ -118,23 +132,33 @@ class BuyerApi:
 
     async def connection(self, principal: auth.Principal, cluster_id: str) -> dict:
         row = await self._own_cluster(principal, cluster_id)
-        head = next((l for l in await self._store.leases_of(cluster_id)
-                     if l["role"] == N.HEAD and l["status"] == domain.LeaseStatus.OPEN.value and l["joined_at"]),
-                    None)
+        head = next(
+            (
+                l
+                for l in await self._store.leases_of(cluster_id)
+                if l["role"] == N.HEAD and l["status"] == domain.LeaseStatus.OPEN.value and l["joined_at"]
+            ),
+            None,
+        )
         if not S(row["status"]).is_active() or head is None:
-            raise errors.Conflict(f"cluster {cluster_id} is {row['status']}: connection details exist once its "
-                                  "head node has joined (see GET /v1/clusters/{id}/events)")
+            raise errors.Conflict(
+                f"cluster {cluster_id} is {row['status']}: connection details exist once its "
+                "head node has joined (see GET /v1/clusters/{id}/events)"
+            )
         token = await self._secrets.cluster_token(cluster_id)
-        return views.connection_details(head["node_ip"], head["ports"], token,
-                                        f"{self._settings.api_url.rstrip('/')}/v1/clusters/{cluster_id}")
+        return views.connection_details(
+            head["node_ip"], head["ports"], token, f"{self._settings.api_url.rstrip('/')}/v1/clusters/{cluster_id}"
+        )
 
-    async def proxy_target(self, principal: auth.Principal, cluster_id: str, service: str,
-                           node_id: str | None = None) -> dict:
+    async def proxy_target(
+        self, principal: auth.Principal, cluster_id: str, service: str, node_id: str | None = None
+    ) -> dict:
         """Where the platform's proxy reaches the caller's own live cluster (views.PROXIED_SERVICES), and the
         cluster's Ray token for the dashboard; 404 for another account's cluster."""
         row = await self._own_cluster(principal, cluster_id)
-        target = views.proxy_target(cluster_id, row["status"], await self._store.leases_of(cluster_id), service,
-                                    node_id)
+        target = views.proxy_target(
+            cluster_id, row["status"], await self._store.leases_of(cluster_id), service, node_id
+        )
         if service == "dashboard":
             target["token"] = await self._secrets.cluster_token(cluster_id)
         return target
@@ -147,11 +171,14 @@ class BuyerApi:
         limit = row["created_at"] + self._settings.max_lifetime_s
         if new_expiry > limit:
             room = max(0, int(limit - row["expires_at"]))
-            raise errors.Conflict(f"a cluster lives at most {self._settings.max_lifetime_s} s; this one can be "
-                                  f"extended by at most {room} s more")
+            raise errors.Conflict(
+                f"a cluster lives at most {self._settings.max_lifetime_s} s; this one can be "
+                f"extended by at most {room} s more"
+            )
         async with self._placement_lock:  # quota checks see each other's reservations
-            await self._quotas.check(row["owner_id"], quotas.extension_demand(
-                ClusterSpec.model_validate_json(row["spec"]), duration_s))
+            await self._quotas.check(
+                row["owner_id"], quotas.extension_demand(ClusterSpec.model_validate_json(row["spec"]), duration_s)
+            )
             await self._store.set_expiry(cluster_id, new_expiry, self._clock())
         await self._event(cluster_id, "extended", f"lifetime extended by {duration_s} s by {principal.username}")
         await self._schedule_expiry(cluster_id)
@@ -168,8 +195,10 @@ class BuyerApi:
             return {"role": domain.Role.PROVIDER.value, **summary}
         owner = None if principal.role is domain.Role.ADMIN else principal.account_id
         leases = await self._store.leases_in_window(start, end, owner_id=owner)
-        return {"role": principal.role.value,
-                **usage_mod.summarize(leases, group_by="cluster_id", start=start, end=end, now=now)}
+        return {
+            "role": principal.role.value,
+            **usage_mod.summarize(leases, group_by="cluster_id", start=start, end=end, now=now),
+        }
 
     async def _own_cluster(self, principal: auth.Principal, cluster_id: str) -> dict:
         return check_owner(principal, cluster_id, await self._store.get_cluster(cluster_id))

@@ -36,8 +36,14 @@ def valid_files(shipped: object) -> list[dict]:
         if not isinstance(name, str) or not _NAME_RE.match(name) or not isinstance(text, str):
             continue
         size = entry.get("bytes")
-        files.append({"name": name, "text": text, "truncated": bool(entry.get("truncated")),
-                      "bytes": size if isinstance(size, int) and size >= 0 else len(text.encode())})
+        files.append(
+            {
+                "name": name,
+                "text": text,
+                "truncated": bool(entry.get("truncated")),
+                "bytes": size if isinstance(size, int) and size >= 0 else len(text.encode()),
+            }
+        )
     return files
 
 
@@ -60,8 +66,9 @@ def fit(files: list[dict], budget: int) -> list[dict]:
 class ClusterLogs:
     """Keeps, lists, serves and purges the logs of clusters' leases."""
 
-    def __init__(self, store: cstore.ClusterStore, *, max_bytes_per_cluster: int, retention_s: float,
-                 clock: Callable[[], float]):
+    def __init__(
+        self, store: cstore.ClusterStore, *, max_bytes_per_cluster: int, retention_s: float, clock: Callable[[], float]
+    ):
         self._store = store
         self._max_bytes = max_bytes_per_cluster
         self._retention_s = retention_s
@@ -73,11 +80,23 @@ class ClusterLogs:
         files = valid_files(shipped)
         if not files:
             return 0
-        kept = await self._store.add_logs(cluster_id, lease["id"], lease["role"], lease["machine_id"],
-                                          lambda used: fit(files, self._max_bytes - used), self._clock())
+        kept = await self._store.add_logs(
+            cluster_id,
+            lease["id"],
+            lease["role"],
+            lease["machine_id"],
+            lambda used: fit(files, self._max_bytes - used),
+            self._clock(),
+        )
         if len(kept) < len(files):
-            logger.info("cluster %s: %d of %d log file(s) of lease %s over the %d-byte cap were dropped",
-                        cluster_id, len(files) - len(kept), len(files), lease["id"], self._max_bytes)
+            logger.info(
+                "cluster %s: %d of %d log file(s) of lease %s over the %d-byte cap were dropped",
+                cluster_id,
+                len(files) - len(kept),
+                len(files),
+                lease["id"],
+                self._max_bytes,
+            )
         return len(kept)
 
     async def index(self, cluster_id: str) -> list[dict]:

@@ -68,11 +68,20 @@ class Launcher(Protocol):
 class ClusterManager(BuyerApi, NodeProviderApi):
     """Plain class with the logic; `actors.actor_classes` turns it into a detached actor."""
 
-    def __init__(self, store: cstore.ClusterStore, settings: PlatformSettings, *, registry: Registry,
-                 launcher: Launcher, reaper: Reaper | None = None, clock: Callable[[], float] = time.time,
-                 metrics: metrics_mod.Metrics | None = None, observer: node_observer.Observer | None = None,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-                 secrets: platform_secrets.Secrets | None = None):
+    def __init__(
+        self,
+        store: cstore.ClusterStore,
+        settings: PlatformSettings,
+        *,
+        registry: Registry,
+        launcher: Launcher,
+        reaper: Reaper | None = None,
+        clock: Callable[[], float] = time.time,
+        metrics: metrics_mod.Metrics | None = None,
+        observer: node_observer.Observer | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        secrets: platform_secrets.Secrets | None = None,
+    ):
         self._store = store
         self._secrets = secrets or platform_secrets.for_settings(settings)
         self._metrics = metrics or metrics_mod.NullMetrics()
@@ -83,15 +92,21 @@ class ClusterManager(BuyerApi, NodeProviderApi):
         self._clock = clock
         self._quotas = quota_book.QuotaBook(store, settings, clock)
         # Joined (billed) = seen ALIVE in the cluster's own GCS, never a command's exit status.
-        self._joins = joins_mod.JoinWatcher(store, self._secrets.cluster_token, observer or node_observer.NodeObserver(),
-                                            clock=clock, sleep=sleep)
-        self._logs = cluster_logs.ClusterLogs(store, max_bytes_per_cluster=settings.cluster_logs_max_bytes,
-                                              retention_s=settings.cluster_logs_retention_s, clock=clock)
+        self._joins = joins_mod.JoinWatcher(
+            store, self._secrets.cluster_token, observer or node_observer.NodeObserver(), clock=clock, sleep=sleep
+        )
+        self._logs = cluster_logs.ClusterLogs(
+            store,
+            max_bytes_per_cluster=settings.cluster_logs_max_bytes,
+            retention_s=settings.cluster_logs_retention_s,
+            clock=clock,
+        )
         self._tokens: auth.TokenIssuer | None = None
         self._placement_lock = store.placement_lock()  # placements see each other's, in every process
         self._machines = machine_index.MachineIndex()  # machines and leases; lease ids and liveness read fresh
-        self._gpu_checks = gpu_checks.GpuChecker(store, settings, registry=registry,
-                                                 placement_lock=self._placement_lock, clock=clock)
+        self._gpu_checks = gpu_checks.GpuChecker(
+            store, settings, registry=registry, placement_lock=self._placement_lock, clock=clock
+        )
         self._tasks: dict[str, asyncio.Task] = {}  # cluster id → its provisioning or teardown
         self._opening_ahead: dict[str, asyncio.Task] = {}  # cluster id → its workers opening while the head starts
         self._last_sweep = 0.0
@@ -172,14 +187,16 @@ class ClusterManager(BuyerApi, NodeProviderApi):
             await self._logs.purge()
         except Exception:  # noqa: BLE001 - a failed purge is retried at the next sweep
             logger.exception("purging old cluster logs failed")
-        removed = cluster_files.remove_stale_launcher_files(self._settings.state_dir / cluster_files.LAUNCHER_TMP,
-                                                            older_than_s=SWEEP_INTERVAL_S)
+        removed = cluster_files.remove_stale_launcher_files(
+            self._settings.state_dir / cluster_files.LAUNCHER_TMP, older_than_s=SWEEP_INTERVAL_S
+        )
         if closed or removed:
             logger.info("sweep: closed %d stray lease(s), removed %d launcher file(s)", closed, removed)
         return {"leases_closed": closed, "launcher_files_removed": removed}
 
-    async def _reconcile_cluster(self, row: dict, now: float, liveness: dict | None = None,
-                                 leases: list[dict] | None = None) -> None:
+    async def _reconcile_cluster(
+        self, row: dict, now: float, liveness: dict | None = None, leases: list[dict] | None = None
+    ) -> None:
         """One step of lifecycle.decide for the cluster, carried out in order. liveness: the registry's
         lease_liveness (silence cutoff, leases each agent holds); asked for when not given. leases: the
         cluster's, read in this step already; read when not given."""
@@ -195,9 +212,16 @@ class ClusterManager(BuyerApi, NodeProviderApi):
                 liveness = await self._registry.lease_liveness()
             machines = await self._store.machine_statuses(live, liveness["silence_cutoff"])
             held = liveness["held"]
-        for action in lifecycle.decide(row, leases, machines, now, watch_leases=backend.watches_leases,
-                                       provision_timeout_s=self._settings.provision_timeout_s,
-                                       expiry_backstop_s=EXPIRY_BACKSTOP_S, held=held):
+        for action in lifecycle.decide(
+            row,
+            leases,
+            machines,
+            now,
+            watch_leases=backend.watches_leases,
+            provision_timeout_s=self._settings.provision_timeout_s,
+            expiry_backstop_s=EXPIRY_BACKSTOP_S,
+            held=held,
+        ):
             if not await self._act(row, action, now):
                 return
 
@@ -235,13 +259,16 @@ class ClusterManager(BuyerApi, NodeProviderApi):
 
     async def expire(self, cluster_id: str, deadline: float) -> bool:
         late = self._clock() - deadline
-        return await self._begin_teardown(cluster_id, S.EXPIRED,
-                                          f"its lifetime ended (teardown started {late:.3f} s after the deadline)")
+        return await self._begin_teardown(
+            cluster_id, S.EXPIRED, f"its lifetime ended (teardown started {late:.3f} s after the deadline)"
+        )
 
     async def warn_expiry(self, cluster_id: str, deadline: float) -> None:
-        await self._event(cluster_id, "expiry_warning",
-                          f"expires in {deadline - self._clock():.0f} s; POST /v1/clusters/{cluster_id}/extend "
-                          "to keep it")
+        await self._event(
+            cluster_id,
+            "expiry_warning",
+            f"expires in {deadline - self._clock():.0f} s; POST /v1/clusters/{cluster_id}/extend to keep it",
+        )
 
     async def _schedule_expiry(self, cluster_id: str) -> None:
         if self._reaper is None:
@@ -267,8 +294,9 @@ class ClusterManager(BuyerApi, NodeProviderApi):
         await asyncio.to_thread(fresh.load, rows, now)
         self._machines = fresh
 
-    async def _capacities(self, cluster_id: str, requests: list[placement.NodeRequest],
-                          avoid: frozenset[str] = frozenset()) -> list[placement.MachineCapacity]:
+    async def _capacities(
+        self, cluster_id: str, requests: list[placement.NodeRequest], avoid: frozenset[str] = frozenset()
+    ) -> list[placement.MachineCapacity]:
         """The machines placement chooses among for these requests (actors.machine_index: a few, not every
         online one). Which leases hold capacity and which machines may take none now are read fresh."""
         now = self._clock()
@@ -299,8 +327,13 @@ class ClusterManager(BuyerApi, NodeProviderApi):
             cap.leases_of_cluster = mine[cap.machine_id]
         return caps
 
-    async def _decide(self, cluster_id: str, requests: list[placement.NodeRequest],
-                      decide: Callable[[list[placement.MachineCapacity]], T], avoid: frozenset[str] = frozenset()) -> T:
+    async def _decide(
+        self,
+        cluster_id: str,
+        requests: list[placement.NodeRequest],
+        decide: Callable[[list[placement.MachineCapacity]], T],
+        avoid: frozenset[str] = frozenset(),
+    ) -> T:
         """decide (placement.place or .replacement) among the index's candidates; raises
         placement.InsufficientCapacity describing every online machine when they have no room."""
         try:
@@ -315,8 +348,9 @@ class ClusterManager(BuyerApi, NodeProviderApi):
         except placement.InsufficientCapacity as exc:
             raise errors.Conflict(str(exc), available=exc.available) from None
 
-    async def _open_node(self, cluster: dict, lease: dict, request: placement.NodeRequest, node_type: str,
-                         tags: dict) -> dict:
+    async def _open_node(
+        self, cluster: dict, lease: dict, request: placement.NodeRequest, node_type: str, tags: dict
+    ) -> dict:
         """Opens a reserved node. A machine that fails to open it loses the reservation, and another is
         reserved (a different machine where one fits, placement.replacement) up to NODE_OPEN_ATTEMPTS
         times in all; each attempt is an event."""
@@ -333,70 +367,110 @@ class ClusterManager(BuyerApi, NodeProviderApi):
                 if row is None or not S(row["status"]).is_active():
                     raise errors.Conflict(f"cluster {cid} is {row and row['status']}: no new nodes")
                 try:
-                    assignment = await self._decide(cid, [request], lambda caps: placement.replacement(
-                        caps, request, set(failed)), avoid=frozenset(failed))
+                    assignment = await self._decide(
+                        cid,
+                        [request],
+                        lambda caps: placement.replacement(caps, request, set(failed)),
+                        avoid=frozenset(failed),
+                    )
                 except placement.InsufficientCapacity as exc:
-                    await self._event(cid, "node_retry_failed", f"{request.role} node: no machine to retry on "
-                                      f"after attempt {attempt}: {exc}")
-                    raise errors.Conflict(f"{request.role} node of cluster {cid}: machine(s) {', '.join(failed)} "
-                                          f"could not open it and no other fits: {exc}") from None
+                    await self._event(
+                        cid,
+                        "node_retry_failed",
+                        f"{request.role} node: no machine to retry on after attempt {attempt}: {exc}",
+                    )
+                    raise errors.Conflict(
+                        f"{request.role} node of cluster {cid}: machine(s) {', '.join(failed)} "
+                        f"could not open it and no other fits: {exc}"
+                    ) from None
                 retry = views.lease_row(assignment)
                 await self._store.add_leases(cid, [retry], self._clock())
             lease = await self._store.get_lease(retry["id"])
-            await self._event(cid, "node_retry", f"{request.role} node: attempt {attempt + 1} of "
-                              f"{NODE_OPEN_ATTEMPTS} on machine {lease['machine_id']} as node {lease['id']} "
-                              f"(failed so far: {', '.join(failed)})")
-        raise errors.Conflict(f"{request.role} node of cluster {cid} could not be opened in {NODE_OPEN_ATTEMPTS} "
-                              f"attempts (machines {', '.join(failed)}); see the cluster's events")
+            await self._event(
+                cid,
+                "node_retry",
+                f"{request.role} node: attempt {attempt + 1} of "
+                f"{NODE_OPEN_ATTEMPTS} on machine {lease['machine_id']} as node {lease['id']} "
+                f"(failed so far: {', '.join(failed)})",
+            )
+        raise errors.Conflict(
+            f"{request.role} node of cluster {cid} could not be opened in {NODE_OPEN_ATTEMPTS} "
+            f"attempts (machines {', '.join(failed)}); see the cluster's events"
+        )
 
     async def _open_lease(self, cluster: dict, lease: dict, node_type: str, tags: dict, attempt: int) -> dict | None:
         """One try: the opened lease, or None when the machine could not open it (the lease is then lost)."""
         machine = await self._store.machine_summary(lease["machine_id"])
-        head = next((l for l in await self._store.leases_of(cluster["id"])
-                     if l["role"] == N.HEAD and l["status"] == domain.LeaseStatus.OPEN.value), None)
+        head = next(
+            (
+                l
+                for l in await self._store.leases_of(cluster["id"])
+                if l["role"] == N.HEAD and l["status"] == domain.LeaseStatus.OPEN.value
+            ),
+            None,
+        )
         payload = protocol.LeaseOpen(
-            lease_id=lease["id"], cluster_id=cluster["id"], role=lease["role"], gpu_indices=lease["gpus"],
+            lease_id=lease["id"],
+            cluster_id=cluster["id"],
+            role=lease["role"],
+            gpu_indices=lease["gpus"],
             resources={f"provider_{lease['machine_id']}": 1.0},
             labels=views.node_labels(cluster["id"], lease, machine),
             ray_auth_token=await self._secrets.cluster_token(cluster["id"]),
             head_gcs_port=head["ports"]["gcs"] if head and lease["role"] == N.WORKER else None,
-            cpus=lease["cpus"], image=ClusterSpec.model_validate_json(cluster["spec"]).image)
-        result = await self._registry.send_work(lease["machine_id"], protocol.LEASE_OPEN, payload.model_dump(),
-                                                timeout_s=LEASE_OPEN_TIMEOUT_S)
+            cpus=lease["cpus"],
+            image=ClusterSpec.model_validate_json(cluster["spec"]).image,
+        )
+        result = await self._registry.send_work(
+            lease["machine_id"], protocol.LEASE_OPEN, payload.model_dump(), timeout_s=LEASE_OPEN_TIMEOUT_S
+        )
         if not result.get("ok"):
             await self._store.end_lease(lease["id"], domain.LeaseStatus.LOST, self._clock())
-            await self._event(cluster["id"], "lease_failed",
-                              f"attempt {attempt} of {NODE_OPEN_ATTEMPTS}: machine {lease['machine_id']} could "
-                              f"not open {lease['role']} node {lease['id']}: {views.tail(result.get('output', ''))}")
+            await self._event(
+                cluster["id"],
+                "lease_failed",
+                f"attempt {attempt} of {NODE_OPEN_ATTEMPTS}: machine {lease['machine_id']} could "
+                f"not open {lease['role']} node {lease['id']}: {views.tail(result.get('output', ''))}",
+            )
             return None
         opened = protocol.LeaseOpened.model_validate(result["data"])
-        if not await self._store.open_lease(lease["id"], node_type=node_type, tags=tags, ports=opened.ports,
-                                            node_ip=opened.node_ip, now=self._clock()):
+        if not await self._store.open_lease(
+            lease["id"], node_type=node_type, tags=tags, ports=opened.ports, node_ip=opened.node_ip, now=self._clock()
+        ):
             # The cluster ended while the agent opened it: the teardown saw a reservation and closed nothing
             # on the machine, so the node just opened is closed here, and never counted as open.
             await self._close_opened_too_late(cluster["id"], lease)
-            raise errors.Conflict(f"cluster {cluster['id']} ended while its {lease['role']} node {lease['id']} "
-                                  "was opening: the node was closed again")
-        await self._event(cluster["id"], "node_opened",
-                          f"{lease['role']} node {lease['id']} opened on machine {lease['machine_id']} "
-                          f"({opened.node_ip})")
+            raise errors.Conflict(
+                f"cluster {cluster['id']} ended while its {lease['role']} node {lease['id']} "
+                "was opening: the node was closed again"
+            )
+        await self._event(
+            cluster["id"],
+            "node_opened",
+            f"{lease['role']} node {lease['id']} opened on machine {lease['machine_id']} ({opened.node_ip})",
+        )
         return await self._store.get_lease(lease["id"])
 
     async def _close_opened_too_late(self, cluster_id: str, lease: dict) -> None:
         if await self._close_on_machine(cluster_id, lease):
-            await self._event(cluster_id, "node_closed", f"{lease['role']} node {lease['id']} was opened after "
-                              "the cluster ended: released")
+            await self._event(
+                cluster_id,
+                "node_closed",
+                f"{lease['role']} node {lease['id']} was opened after the cluster ended: released",
+            )
 
     async def _close_on_machine(self, cluster_id: str, lease: dict) -> bool:
         """Asks the lease's agent to close it (its logs are kept); False, with an event, when that failed."""
         payload = protocol.LeaseClose(lease_id=lease["id"]).model_dump()
-        result = await self._registry.send_work(lease["machine_id"], protocol.LEASE_CLOSE, payload,
-                                                timeout_s=LEASE_CLOSE_TIMEOUT_S)
+        result = await self._registry.send_work(
+            lease["machine_id"], protocol.LEASE_CLOSE, payload, timeout_s=LEASE_CLOSE_TIMEOUT_S
+        )
         if not result.get("ok"):
             # The agent cleans up leases the platform no longer knows when it returns (its heartbeat's
             # answer names them stale).
-            await self._event(cluster_id, "lease_close_failed",
-                              f"node {lease['id']}: {views.tail(result.get('output', ''))}")
+            await self._event(
+                cluster_id, "lease_close_failed", f"node {lease['id']}: {views.tail(result.get('output', ''))}"
+            )
             return False
         await self._keep_logs(cluster_id, lease, result)
         return True
@@ -415,8 +489,11 @@ class ClusterManager(BuyerApi, NodeProviderApi):
             logger.exception("keeping the logs of lease %s failed", lease["id"])
             return
         if kept:
-            await self._event(cluster_id, "logs_kept", f"{kept} log file(s) of {lease['role']} node {lease['id']} "
-                              f"kept: GET /v1/clusters/{cluster_id}/logs")
+            await self._event(
+                cluster_id,
+                "logs_kept",
+                f"{kept} log file(s) of {lease['role']} node {lease['id']} kept: GET /v1/clusters/{cluster_id}/logs",
+            )
 
     async def _provision(self, cluster_id: str) -> None:
         row = await self._store.get_cluster(cluster_id)
@@ -424,22 +501,29 @@ class ClusterManager(BuyerApi, NodeProviderApi):
             return
         await self._event(cluster_id, "provisioning", "starting the head node with the Ray cluster launcher")
         try:
-            await asyncio.wait_for(self._launcher.create(await self._launcher_config(row)),
-                                   timeout=self._settings.provision_timeout_s)
+            await asyncio.wait_for(
+                self._launcher.create(await self._launcher_config(row)), timeout=self._settings.provision_timeout_s
+            )
         except Exception as exc:
             await self._fail(cluster_id, f"the cluster launcher failed: {views.describe(exc)}")
             return
         spec = ClusterSpec.model_validate_json(row["spec"])
-        await self._event(cluster_id, "head_ready",
-                          f"head node up; its autoscaler is starting {spec.num_workers} worker(s)")
+        await self._event(
+            cluster_id, "head_ready", f"head node up; its autoscaler is starting {spec.num_workers} worker(s)"
+        )
         if self._backend(spec).running_once_head_is_up and await self._store.set_cluster_status(
-                cluster_id, S.RUNNING, self._clock(), only_from=(S.PROVISIONING,)):
-            await self._event(cluster_id, "running", "running: the EC2 head is up; workers join through "
-                              "the sub-cluster's own autoscaler")
+            cluster_id, S.RUNNING, self._clock(), only_from=(S.PROVISIONING,)
+        ):
+            await self._event(
+                cluster_id,
+                "running",
+                "running: the EC2 head is up; workers join through the sub-cluster's own autoscaler",
+            )
 
     async def _begin_teardown(self, cluster_id: str, final: S, reason: str) -> bool:
-        if await self._store.set_cluster_status(cluster_id, S.TERMINATING, self._clock(), ending_as=final,
-                                                only_from=S.active()):
+        if await self._store.set_cluster_status(
+            cluster_id, S.TERMINATING, self._clock(), ending_as=final, only_from=S.active()
+        ):
             await self._event(cluster_id, "terminating", f"tearing down: {reason}")
             provisioning = self._tasks.pop(cluster_id, None)
             if provisioning is not None:
@@ -451,8 +535,9 @@ class ClusterManager(BuyerApi, NodeProviderApi):
     async def _fail(self, cluster_id: str, reason: str) -> None:
         logger.warning("cluster %s failed: %s", cluster_id, reason)
         await self._event(cluster_id, "failed", reason)
-        if await self._store.set_cluster_status(cluster_id, S.TERMINATING, self._clock(), reason=reason,
-                                                ending_as=S.FAILED, only_from=S.active()):
+        if await self._store.set_cluster_status(
+            cluster_id, S.TERMINATING, self._clock(), reason=reason, ending_as=S.FAILED, only_from=S.active()
+        ):
             provisioning = self._tasks.pop(cluster_id, None)
             if provisioning is not None and provisioning is not asyncio.current_task():
                 provisioning.cancel()
@@ -472,12 +557,15 @@ class ClusterManager(BuyerApi, NodeProviderApi):
         await self._event(cluster_id, "released", f"all nodes released in {self._clock() - started:.1f} s")
         if had_nodes:
             try:
-                await asyncio.wait_for(self._launcher.teardown(await self._launcher_config(row)), timeout=TEARDOWN_TIMEOUT_S)
+                await asyncio.wait_for(
+                    self._launcher.teardown(await self._launcher_config(row)), timeout=TEARDOWN_TIMEOUT_S
+                )
             except Exception as exc:
                 await self._event(cluster_id, "teardown_warning", f"launcher teardown: {views.describe(exc)}")
         await self._store.set_cluster_status(cluster_id, final, self._clock(), reason=reason)
-        await self._event(cluster_id, final.value, f"{final.value} {self._clock() - started:.1f} s after "
-                          "the teardown began")
+        await self._event(
+            cluster_id, final.value, f"{final.value} {self._clock() - started:.1f} s after the teardown began"
+        )
 
     async def _launcher_config(self, row: dict) -> dict:
         spec = ClusterSpec.model_validate_json(row["spec"])
@@ -495,6 +583,7 @@ class ClusterManager(BuyerApi, NodeProviderApi):
                 self._tasks.pop(cluster_id, None)
             if not t.cancelled() and t.exception() is not None:
                 logger.error("background work of cluster %s failed", cluster_id, exc_info=t.exception())
+
         task.add_done_callback(done)
 
     async def _event(self, cluster_id: str, kind: str, message: str) -> None:

@@ -40,15 +40,21 @@ def proxy_target(cluster_id: str, status: str, leases: list[dict], service: str,
     if service not in PROXIED_SERVICES:
         raise errors.InvalidInput(f"no proxied service {service!r}; one of {', '.join(PROXIED_SERVICES)}")
     if not domain.ClusterStatus(status).is_active():
-        raise errors.Conflict(f"cluster {cluster_id} is {status}: its dashboard and metrics went with its nodes "
-                              "(its logs are kept: GET /v1/clusters/{id}/logs)")
-    live = [l for l in leases if l["status"] == domain.LeaseStatus.OPEN.value and l["joined_at"]
-            and l["ports"] and l["node_ip"]]
+        raise errors.Conflict(
+            f"cluster {cluster_id} is {status}: its dashboard and metrics went with its nodes "
+            "(its logs are kept: GET /v1/clusters/{id}/logs)"
+        )
+    live = [
+        l
+        for l in leases
+        if l["status"] == domain.LeaseStatus.OPEN.value and l["joined_at"] and l["ports"] and l["node_ip"]
+    ]
     if node_id is None:
         node = next((l for l in live if l["role"] == domain.NodeRole.HEAD), None)
         if node is None:
-            raise errors.Conflict(f"cluster {cluster_id}'s head node has not joined yet "
-                                  "(see GET /v1/clusters/{id}/events)")
+            raise errors.Conflict(
+                f"cluster {cluster_id}'s head node has not joined yet (see GET /v1/clusters/{{id}}/events)"
+            )
     else:
         if service == "dashboard":
             raise errors.InvalidInput("the dashboard is the head's; only metrics take a node")
@@ -74,21 +80,39 @@ def node_labels(cluster_id: str, lease: dict, machine: dict) -> dict:
         "dcluster.io/role": lease["role"],
         "dcluster.io/provider": market.ray_label_value(machine["provider"]),
         "dcluster.io/machine": lease["machine_id"],
-        "dcluster.io/gpu": market.ray_label_value(machine["gpu_model"]) if machine["gpus"] and lease["gpus"] else "none",
+        "dcluster.io/gpu": market.ray_label_value(machine["gpu_model"])
+        if machine["gpus"] and lease["gpus"]
+        else "none",
     }
 
 
 def lease_row(a: placement.Assignment) -> dict:
-    return {"id": ids.new_lease_id(), "machine_id": a.machine_id, "role": a.request.role,
-            "gpus": list(a.gpu_indices), "cpus": a.request.cpus,
-            "price_per_gpu_hour": a.price_per_gpu_hour, "price_per_cpu_hour": a.price_per_cpu_hour}
+    return {
+        "id": ids.new_lease_id(),
+        "machine_id": a.machine_id,
+        "role": a.request.role,
+        "gpus": list(a.gpu_indices),
+        "cpus": a.request.cpus,
+        "price_per_gpu_hour": a.price_per_gpu_hour,
+        "price_per_cpu_hour": a.price_per_cpu_hour,
+    }
 
 
 def public_node(lease: dict) -> dict:
-    return {"id": lease["id"], "role": lease["role"], "status": lease["status"], "node_type": lease["node_type"],
-            "tags": lease["tags"], "node_ip": lease["node_ip"], "machine_id": lease["machine_id"],
-            "gpus": len(lease["gpus"]), "cpus": lease["cpus"], "joined": lease["joined_at"] is not None,
-            "joined_at": lease["joined_at"], "left_at": lease["left_at"]}
+    return {
+        "id": lease["id"],
+        "role": lease["role"],
+        "status": lease["status"],
+        "node_type": lease["node_type"],
+        "tags": lease["tags"],
+        "node_ip": lease["node_ip"],
+        "machine_id": lease["machine_id"],
+        "gpus": len(lease["gpus"]),
+        "cpus": lease["cpus"],
+        "joined": lease["joined_at"] is not None,
+        "joined_at": lease["joined_at"],
+        "left_at": lease["left_at"],
+    }
 
 
 def public_cluster(row: dict, leases: list[dict]) -> dict:
@@ -97,11 +121,18 @@ def public_cluster(row: dict, leases: list[dict]) -> dict:
     nodes = [public_node(l) for l in leases]
     open_nodes = [n for n in nodes if n["status"] == domain.LeaseStatus.OPEN]
     return {
-        "id": row["id"], "name": row["name"], "status": row["status"], "reason": row["reason"],
-        **{k: spec[k] for k in ("num_workers", "gpus_per_worker", "gpu_model", "cpus_per_worker",
-                                "duration_s", "backend")},
+        "id": row["id"],
+        "name": row["name"],
+        "status": row["status"],
+        "reason": row["reason"],
+        **{
+            k: spec[k]
+            for k in ("num_workers", "gpus_per_worker", "gpu_model", "cpus_per_worker", "duration_s", "backend")
+        },
         **{k: spec.get(k) for k in ("max_price_per_gpu_hour", "max_price_per_cpu_hour")},
-        "created_at": row["created_at"], "expires_at": row["expires_at"], "running_at": row["running_at"],
+        "created_at": row["created_at"],
+        "expires_at": row["expires_at"],
+        "running_at": row["running_at"],
         "ended_at": row["ended_at"],
         "workers_joined": sum(1 for n in open_nodes if n["role"] == domain.NodeRole.WORKER and n["joined"]),
         "head_node_ip": next((n["node_ip"] for n in open_nodes if n["role"] == domain.NodeRole.HEAD), None),

@@ -38,8 +38,14 @@ class ExpiryReaper:
     against the database when it comes due, so extend and delete only ever push or do nothing.
     """
 
-    def __init__(self, store: cstore.ClusterStore, *, clusters: Clusters, clock: Callable[[], float] = time.time,
-                 metrics: metrics_mod.Metrics | None = None):
+    def __init__(
+        self,
+        store: cstore.ClusterStore,
+        *,
+        clusters: Clusters,
+        clock: Callable[[], float] = time.time,
+        metrics: metrics_mod.Metrics | None = None,
+    ):
         self._store = store
         self._metrics = metrics or metrics_mod.NullMetrics()
         self._clusters = clusters

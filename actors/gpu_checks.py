@@ -32,8 +32,15 @@ class WorkSender(Protocol):
 class GpuChecker:
     """Plain class; the ClusterManager owns one and runs run_once from its loop."""
 
-    def __init__(self, store: cstore.ClusterStore, settings: PlatformSettings, *, registry: WorkSender,
-                 placement_lock, clock: Callable[[], float]):
+    def __init__(
+        self,
+        store: cstore.ClusterStore,
+        settings: PlatformSettings,
+        *,
+        registry: WorkSender,
+        placement_lock,
+        clock: Callable[[], float],
+    ):
         self._store = store
         self._settings = settings
         self._registry = registry
@@ -78,41 +85,61 @@ class GpuChecker:
             logger.exception("GPU check of machine %s failed", machine_id)
             verdict = gpu_verification.failed(f"the check failed on the platform: {type(exc).__name__}: {exc}")
         try:
-            recorded = await self._store.finish_gpu_check(machine_id, lease_id, verdict.status,
-                                                          verdict.detail_json(), self._clock())
+            recorded = await self._store.finish_gpu_check(
+                machine_id, lease_id, verdict.status, verdict.detail_json(), self._clock()
+            )
         except Exception:  # noqa: BLE001 - the next run_once finds the check without a task: due again
             logger.exception("could not record the GPU check of machine %s; it is due again", machine_id)
             return
         if recorded:
-            logger.info("GPU check of machine %s: %s%s", machine_id, verdict.status.value,
-                        f" ({'; '.join(verdict.differences) or verdict.reason})" if verdict.reason else "")
+            logger.info(
+                "GPU check of machine %s: %s%s",
+                machine_id,
+                verdict.status.value,
+                f" ({'; '.join(verdict.differences) or verdict.reason})" if verdict.reason else "",
+            )
         else:
             logger.info("GPU check of machine %s is moot: the machine registered again meanwhile", machine_id)
 
     async def _run(self, machine_id: str, spec: domain.MachineSpec, lease_id: str) -> gpu_verification.Verdict:
-        opening = protocol.LeaseOpen(lease_id=lease_id, purpose=protocol.GPU_CHECK_LEASE,
-                                     gpu_indices=sorted(g.index for g in spec.gpus), cpus=1,
-                                     ray_auth_token=ids.new_ray_auth_token())  # unused: the check starts no Ray
-        opened = await self._registry.send_work(machine_id, protocol.LEASE_OPEN, opening.model_dump(),
-                                                timeout_s=OPEN_TIMEOUT_S)
+        opening = protocol.LeaseOpen(
+            lease_id=lease_id,
+            purpose=protocol.GPU_CHECK_LEASE,
+            gpu_indices=sorted(g.index for g in spec.gpus),
+            cpus=1,
+            ray_auth_token=ids.new_ray_auth_token(),
+        )  # unused: the check starts no Ray
+        opened = await self._registry.send_work(
+            machine_id, protocol.LEASE_OPEN, opening.model_dump(), timeout_s=OPEN_TIMEOUT_S
+        )
         if not opened.get("ok"):
             return gpu_verification.failed(f"the check lease did not open: {_tail(opened.get('output', ''))}")
         try:
-            command = protocol.LeaseExec(lease_id=lease_id, op="run", cmd=protocol.GPU_CHECK_COMMAND,
-                                         timeout_s=CHECK_TIMEOUT_S)
-            ran = await self._registry.send_work(machine_id, protocol.LEASE_EXEC, command.model_dump(),
-                                                 timeout_s=CHECK_TIMEOUT_S + 10)
+            command = protocol.LeaseExec(
+                lease_id=lease_id, op="run", cmd=protocol.GPU_CHECK_COMMAND, timeout_s=CHECK_TIMEOUT_S
+            )
+            ran = await self._registry.send_work(
+                machine_id, protocol.LEASE_EXEC, command.model_dump(), timeout_s=CHECK_TIMEOUT_S + 10
+            )
         finally:
-            closed = await self._registry.send_work(machine_id, protocol.LEASE_CLOSE,
-                                                    protocol.LeaseClose(lease_id=lease_id).model_dump(),
-                                                    timeout_s=CLOSE_TIMEOUT_S)
+            closed = await self._registry.send_work(
+                machine_id,
+                protocol.LEASE_CLOSE,
+                protocol.LeaseClose(lease_id=lease_id).model_dump(),
+                timeout_s=CLOSE_TIMEOUT_S,
+            )
             if not closed.get("ok"):  # the agent closes it when its heartbeat hears no one holds it
-                logger.warning("GPU check lease %s on machine %s did not close: %s", lease_id, machine_id,
-                               _tail(closed.get("output", "")))
+                logger.warning(
+                    "GPU check lease %s on machine %s did not close: %s",
+                    lease_id,
+                    machine_id,
+                    _tail(closed.get("output", "")),
+                )
         report = gpu_verification.parse_report(ran.get("output", ""))
         if report is None:
-            return gpu_verification.failed(f"the check printed no report (exit {ran.get('exit_code')}): "
-                                           f"{_tail(ran.get('output', ''))}")
+            return gpu_verification.failed(
+                f"the check printed no report (exit {ran.get('exit_code')}): {_tail(ran.get('output', ''))}"
+            )
         return gpu_verification.judge(spec, report, accept_fake_nvml=self._settings.gpu_check_accepts_fake_nvml)
 
 

@@ -13,10 +13,13 @@ V = domain.GpuVerification
 # NVML's total memory of one GPU moves by a few MiB between drivers: less than this short of the claim is no lie.
 MEMORY_TOLERANCE = 0.02
 DECLARED_REASON = "GPUs declared by hand (dcluster-agent --gpus): never verified"
-UNSANDBOXED_REASON = ("the machine runs leases unsandboxed (--runtime none): a check there would not run in a "
-                      "sandbox, so it is not made")
-FAKE_NVML_REASON = ("the check lease read a fake NVML (an agent started with --test-fake-nvml): only a test "
-                    "platform (gpu_check_accepts_fake_nvml) counts it")
+UNSANDBOXED_REASON = (
+    "the machine runs leases unsandboxed (--runtime none): a check there would not run in a sandbox, so it is not made"
+)
+FAKE_NVML_REASON = (
+    "the check lease read a fake NVML (an agent started with --test-fake-nvml): only a test "
+    "platform (gpu_check_accepts_fake_nvml) counts it"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,9 +33,13 @@ class Verdict:
         """What the machines row keeps of it (gpu_check_detail)."""
         detail: dict = {"reason": self.reason, "differences": list(self.differences)}
         if self.report is not None:
-            detail.update(nvml=self.report.nvml, uid=self.report.uid, seen=[g.model_dump() for g in self.report.gpus],
-                          driver_version=self.report.driver_version,
-                          benchmarks=[b.model_dump() for b in self.report.benchmarks])
+            detail.update(
+                nvml=self.report.nvml,
+                uid=self.report.uid,
+                seen=[g.model_dump() for g in self.report.gpus],
+                driver_version=self.report.driver_version,
+                benchmarks=[b.model_dump() for b in self.report.benchmarks],
+            )
         return json.dumps(detail)
 
 
@@ -40,8 +47,9 @@ def _claim(spec: domain.MachineSpec) -> list[tuple[str, int]]:
     return [(g.model, g.memory_mb) for g in sorted(spec.gpus, key=lambda g: g.index)]
 
 
-def on_register(spec: domain.MachineSpec, previous: domain.MachineSpec | None,
-                previous_status: str | None) -> Verdict | None:
+def on_register(
+    spec: domain.MachineSpec, previous: domain.MachineSpec | None, previous_status: str | None
+) -> Verdict | None:
     """The status a (re-)registration gives the machine; None keeps the one it has (a verified machine whose
     claim did not change). A new claim, or a machine whose last check failed or differed, is checked again."""
     if not spec.gpus:
@@ -66,7 +74,7 @@ def parse_report(output: str) -> protocol.GpuCheckReport | None:
     for line in reversed(output.splitlines()):
         if line.startswith(protocol.GPU_CHECK_MARKER):
             try:
-                return protocol.GpuCheckReport.model_validate_json(line[len(protocol.GPU_CHECK_MARKER):])
+                return protocol.GpuCheckReport.model_validate_json(line[len(protocol.GPU_CHECK_MARKER) :])
             except ValueError:
                 return None
     return None
@@ -77,9 +85,12 @@ def judge(spec: domain.MachineSpec, report: protocol.GpuCheckReport, *, accept_f
     if report.nvml == "fake" and not accept_fake_nvml:
         return Verdict(V.UNVERIFIED, FAKE_NVML_REASON, report=report)
     if report.nvml == "unavailable":
-        return Verdict(V.MISMATCH, "the check lease could not read the GPUs",
-                       (f"NVML inside the lease failed ({report.nvml_error}) while the machine claims "
-                        f"{len(spec.gpus)} GPU(s)",), report)
+        return Verdict(
+            V.MISMATCH,
+            "the check lease could not read the GPUs",
+            (f"NVML inside the lease failed ({report.nvml_error}) while the machine claims {len(spec.gpus)} GPU(s)",),
+            report,
+        )
     claimed, seen = _claim(spec), [(g.model, g.memory_mb) for g in sorted(report.gpus, key=lambda g: g.index)]
     differences = []
     if len(claimed) != len(seen):
@@ -90,8 +101,9 @@ def judge(spec: domain.MachineSpec, report: protocol.GpuCheckReport, *, accept_f
         if memory > seen_memory * (1 + MEMORY_TOLERANCE):
             differences.append(f"GPU {index} memory: claimed {memory} MiB, seen {seen_memory} MiB")
     if differences:
-        return Verdict(V.MISMATCH, "what the check lease saw differs from what the machine claims",
-                       tuple(differences), report)
+        return Verdict(
+            V.MISMATCH, "what the check lease saw differs from what the machine claims", tuple(differences), report
+        )
     return Verdict(V.VERIFIED, report=report)
 
 
@@ -112,7 +124,14 @@ def public(row: dict) -> dict:
         current, detail = first.status.value, {"reason": first.reason}
     else:
         current, detail = row["gpu_check"], json.loads(row["gpu_check_detail"]) if row.get("gpu_check_detail") else {}
-    return {"status": current, "checked_at": row.get("gpu_checked_at"), "reason": detail.get("reason"),
-            "differences": detail.get("differences", []), "nvml": detail.get("nvml"), "uid": detail.get("uid"),
-            "seen": detail.get("seen", []), "driver_version": detail.get("driver_version"),
-            "benchmarks": detail.get("benchmarks", [])}
+    return {
+        "status": current,
+        "checked_at": row.get("gpu_checked_at"),
+        "reason": detail.get("reason"),
+        "differences": detail.get("differences", []),
+        "nvml": detail.get("nvml"),
+        "uid": detail.get("uid"),
+        "seen": detail.get("seen", []),
+        "driver_version": detail.get("driver_version"),
+        "benchmarks": detail.get("benchmarks", []),
+    }

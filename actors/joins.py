@@ -33,8 +33,17 @@ def unjoined(leases: list[dict]) -> list[dict]:
 
 def observable_head(leases: list[dict]) -> dict | None:
     """The open head lease whose dashboard can be asked (it has its ports and address)."""
-    return next((l for l in leases if l["role"] == domain.NodeRole.HEAD.value
-                 and l["status"] == domain.LeaseStatus.OPEN.value and l["ports"] and l["node_ip"]), None)
+    return next(
+        (
+            l
+            for l in leases
+            if l["role"] == domain.NodeRole.HEAD.value
+            and l["status"] == domain.LeaseStatus.OPEN.value
+            and l["ports"]
+            and l["node_ip"]
+        ),
+        None,
+    )
 
 
 def newly_joined(leases: list[dict], nodes: list[node_observer.ObservedNode]) -> list[dict]:
@@ -45,9 +54,15 @@ def newly_joined(leases: list[dict], nodes: list[node_observer.ObservedNode]) ->
 class JoinWatcher:
     """Observes clusters and marks their leases joined; never raises for a head that cannot be read."""
 
-    def __init__(self, store: cstore.ClusterStore, cluster_token: Callable[[str], Awaitable[str]],
-                 observer: node_observer.Observer, *,
-                 clock: Callable[[], float], sleep: Callable[[float], Awaitable[None]] = asyncio.sleep):
+    def __init__(
+        self,
+        store: cstore.ClusterStore,
+        cluster_token: Callable[[str], Awaitable[str]],
+        observer: node_observer.Observer,
+        *,
+        clock: Callable[[], float],
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ):
         self._store = store
         self._cluster_token = cluster_token  # a cluster's Ray auth token, by its id
         self._observer = observer
@@ -77,8 +92,10 @@ class JoinWatcher:
         for lease in newly_joined(leases, nodes):
             if await self._store.mark_joined(lease["id"], now):
                 joined.append(lease)
-                message = (f"{lease['role']} node {lease['id']} joined: seen ALIVE in the cluster's GCS "
-                           f"(machine {lease['machine_id']})")
+                message = (
+                    f"{lease['role']} node {lease['id']} joined: seen ALIVE in the cluster's GCS "
+                    f"(machine {lease['machine_id']})"
+                )
                 logger.info("cluster %s: %s", cluster_id, message)
                 await self._store.add_event(cluster_id, f"{lease['role']}_joined", message, now)
         return joined, None

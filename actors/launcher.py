@@ -22,6 +22,7 @@ def _prepare_process(private_tmp: str) -> None:
     import tempfile
 
     from ray.autoscaler._private.cli_logger import cli_logger
+
     cli_logger.configure(log_style="record", verbosity=0)
     # teardown_cluster writes the config, provider credential included, to a 0644 file in the temp dir.
     os.makedirs(private_tmp, mode=0o700, exist_ok=True)
@@ -41,6 +42,7 @@ class _LaunchProcess:
     def __init__(self, private_tmp: str):
         _prepare_process(private_tmp)
         from ray.autoscaler import sdk  # noqa: F401 - imported ahead, as the market provider is (httpx)
+
         importlib.import_module(market.PROVIDER_MODULE.rpartition(".")[0])
 
     def ready(self) -> bool:
@@ -48,13 +50,16 @@ class _LaunchProcess:
 
     def create(self, config: dict) -> None:
         from ray.autoscaler import sdk
-        sdk.create_or_update_cluster(_with_cloud_resources(config), no_restart=False, restart_only=False,
-                                     no_config_cache=True)
+
+        sdk.create_or_update_cluster(
+            _with_cloud_resources(config), no_restart=False, restart_only=False, no_config_cache=True
+        )
 
 
 @ray.remote(num_cpus=0, max_calls=1, max_retries=0)
 def _teardown(config: dict, private_tmp: str) -> None:
     from ray.autoscaler import sdk
+
     _prepare_process(private_tmp)
     config = _with_cloud_resources(config)
     sdk.teardown_cluster(config, workers_only=False, keep_min_workers=False)
@@ -62,6 +67,7 @@ def _teardown(config: dict, private_tmp: str) -> None:
         import time
 
         from actors import aws_ec2
+
         # The group stays in use until EC2 has let the instances go.
         for _ in range(30):
             if aws_ec2.delete_cluster_resources(config):
@@ -75,6 +81,7 @@ def _with_cloud_resources(config: dict) -> dict:
     if config["provider"]["type"] != "aws":
         return config
     from actors import aws_ec2
+
     return aws_ec2.ensure_security_group(config, vpc_id=config["provider"].get("dcluster_vpc_id"))
 
 

@@ -62,15 +62,28 @@ def lost_because(lease: Mapping, machine_status: str | None, held: Mapping | Non
     held: what the machine's agent said in its latest heartbeat ({"at": when, "leases": [lease ids]})."""
     if machine_status != domain.MachineStatus.ONLINE:
         return f"machine {lease['machine_id']} is {machine_status or 'unknown'}"
-    if (lease["status"] == domain.LeaseStatus.OPEN and held is not None and lease["id"] not in held["leases"]
-            and lease["opened_at"] is not None and lease["opened_at"] < held["at"] - HELD_MARGIN_S):
+    if (
+        lease["status"] == domain.LeaseStatus.OPEN
+        and held is not None
+        and lease["id"] not in held["leases"]
+        and lease["opened_at"] is not None
+        and lease["opened_at"] < held["at"] - HELD_MARGIN_S
+    ):
         return f"the agent on machine {lease['machine_id']} no longer runs it (the agent restarted)"
     return None
 
 
-def decide(cluster: Mapping, leases: list[Mapping], machines: Mapping[str, str], now: float, *,
-           watch_leases: bool, provision_timeout_s: float, expiry_backstop_s: float,
-           held: Mapping[str, Mapping] | None = None) -> list[Action]:
+def decide(
+    cluster: Mapping,
+    leases: list[Mapping],
+    machines: Mapping[str, str],
+    now: float,
+    *,
+    watch_leases: bool,
+    provision_timeout_s: float,
+    expiry_backstop_s: float,
+    held: Mapping[str, Mapping] | None = None,
+) -> list[Action]:
     """One reconcile step of a provisioning, running or degraded cluster.
 
     cluster: its row (status, created_at, expires_at, spec JSON); leases: its leases; machines: the
@@ -91,8 +104,14 @@ def decide(cluster: Mapping, leases: list[Mapping], machines: Mapping[str, str],
         why = lost_because(lease, machines.get(lease["machine_id"]), held.get(lease["machine_id"]))
         if why:
             head = lease["role"] == N.HEAD
-            actions.append(LoseLease(lease["id"], lease["role"], why,
-                                     fail_reason=f"the head node {lease['id']} was lost: {why}" if head else None))
+            actions.append(
+                LoseLease(
+                    lease["id"],
+                    lease["role"],
+                    why,
+                    fail_reason=f"the head node {lease['id']} was lost: {why}" if head else None,
+                )
+            )
             lost.add(lease["id"])
             if head:
                 return actions
@@ -109,9 +128,15 @@ def decide(cluster: Mapping, leases: list[Mapping], machines: Mapping[str, str],
         actions.append(Transition(S.RUNNING, S.DEGRADED, "running", f"back to {workers} worker(s)", clear_reason=True))
     elif status is S.PROVISIONING:
         if head_joined and workers >= wanted:
-            actions.append(Transition(S.RUNNING, S.PROVISIONING, "running",
-                                      f"running: head and {workers} worker(s) joined "
-                                      f"{now - cluster['created_at']:.1f} s after the request"))
+            actions.append(
+                Transition(
+                    S.RUNNING,
+                    S.PROVISIONING,
+                    "running",
+                    f"running: head and {workers} worker(s) joined "
+                    f"{now - cluster['created_at']:.1f} s after the request",
+                )
+            )
         elif now - cluster["created_at"] > provision_timeout_s:
             actions.append(Fail(f"not running after {provision_timeout_s:.0f} s: {workers}/{wanted} workers joined"))
     return actions

@@ -163,19 +163,38 @@ class MachineIndex:
         """actors.reputation's score; the time since the row was read counts as online (only online
         machines are candidates; a gap the registry would not count is undone at the next load)."""
         online = (row["online_seconds"] or 0.0) + max(0.0, now - row["as_of"])
-        return reputation.score(online_seconds=online, registered_at=row["registered_at"], now=now,
-                                completed=row["leases_completed"] or 0, lost=row["leases_lost"] or 0)
+        return reputation.score(
+            online_seconds=online,
+            registered_at=row["registered_at"],
+            now=now,
+            completed=row["leases_completed"] or 0,
+            lost=row["leases_lost"] or 0,
+        )
 
     def capacity(self, mid: str, now: float, leases_of_cluster: int = 0) -> placement.MachineCapacity:
         row = self._rows[mid]
         gpus, cpus = self._free(mid)
-        return placement.MachineCapacity(mid, row["provider"], row["gpu_model"] if row["gpus"] else None, gpus, cpus,
-                                         row["price_per_gpu_hour"], row["price_per_cpu_hour"], leases_of_cluster,
-                                         self.reliability(row, now),
-                                         gpus_verified=row.get("gpu_check") == domain.GpuVerification.VERIFIED.value)
+        return placement.MachineCapacity(
+            mid,
+            row["provider"],
+            row["gpu_model"] if row["gpus"] else None,
+            gpus,
+            cpus,
+            row["price_per_gpu_hour"],
+            row["price_per_cpu_hour"],
+            leases_of_cluster,
+            self.reliability(row, now),
+            gpus_verified=row.get("gpu_check") == domain.GpuVerification.VERIFIED.value,
+        )
 
-    def candidates(self, requests: list[placement.NodeRequest], unplaceable: set[str], now: float, cluster_id: str,
-                   avoid: frozenset[str] = frozenset()) -> list[placement.MachineCapacity]:
+    def candidates(
+        self,
+        requests: list[placement.NodeRequest],
+        unplaceable: set[str],
+        now: float,
+        cluster_id: str,
+        avoid: frozenset[str] = frozenset(),
+    ) -> list[placement.MachineCapacity]:
         """The machines among which placement.place makes the same choice as among every placeable machine
         (`unplaceable`: not online, or held by a GPU check):
         those with this cluster's nodes on them (placement spreads away from them), and for each kind of
@@ -184,7 +203,9 @@ class MachineIndex:
         come along (placement.replacement falls back on them)."""
         want = len(requests) + len(avoid)
         mine = collections.Counter(l["machine_id"] for l in self._by_cluster.get(cluster_id, {}).values())
-        chosen = {mid: self.capacity(mid, now, n) for mid, n in mine.items() if mid in self._rows and mid not in unplaceable}
+        chosen = {
+            mid: self.capacity(mid, now, n) for mid, n in mine.items() if mid in self._rows and mid not in unplaceable
+        }
         for mid in avoid:
             if mid in self._rows and mid not in unplaceable and mid not in chosen:
                 chosen[mid] = self.capacity(mid, now)

@@ -24,11 +24,15 @@ class NodeProviderApi:
 
     async def list_nodes(self, principal: auth.Principal, cluster_id: str) -> list[dict]:
         await self._scoped_cluster(principal, cluster_id)
-        return [views.public_node(l) for l in await self._store.leases_of(cluster_id)
-                if l["status"] != domain.LeaseStatus.RESERVED.value]
+        return [
+            views.public_node(l)
+            for l in await self._store.leases_of(cluster_id)
+            if l["status"] != domain.LeaseStatus.RESERVED.value
+        ]
 
-    async def create_nodes(self, principal: auth.Principal, cluster_id: str, role: str, node_type: str,
-                           tags: dict, count: int) -> list[dict]:
+    async def create_nodes(
+        self, principal: auth.Principal, cluster_id: str, role: str, node_type: str, tags: dict, count: int
+    ) -> list[dict]:
         row = await self._scoped_cluster(principal, cluster_id)
         if not S(row["status"]).is_active():
             raise errors.Conflict(f"cluster {cluster_id} is {row['status']}: no new nodes")
@@ -43,12 +47,14 @@ class NodeProviderApi:
             # The credential sits on the head, where buyers' job drivers run: never more nodes than paid for.
             limit = spec.num_workers if role == N.WORKER else 1
             if len(open_now) + count > limit:
-                raise errors.Conflict(f"cluster {cluster_id} has {len(open_now)} open {role} node(s) of {limit}: "
-                                      f"cannot add {count}")
+                raise errors.Conflict(
+                    f"cluster {cluster_id} has {len(open_now)} open {role} node(s) of {limit}: cannot add {count}"
+                )
             for lease in adopted:  # opened ahead, and the autoscaler asked before it listed them: they are these
                 await self._store.set_lease_tags(lease["id"], tags)
-            reserved = [l for l in leases
-                        if l["role"] == role and l["status"] == domain.LeaseStatus.RESERVED.value][:count]
+            reserved = [l for l in leases if l["role"] == role and l["status"] == domain.LeaseStatus.RESERVED.value][
+                :count
+            ]
             missing = count - len(reserved)
             request = node_request(spec, role)
             if missing > 0:  # e.g. a replacement: reserve more on other machines, at the buyer's price
@@ -73,11 +79,15 @@ class NodeProviderApi:
     async def _open_reserved_workers(self, row: dict, spec: ClusterSpec) -> None:
         cid = row["id"]
         async with self._placement_lock:
-            reserved = [l for l in await self._store.leases_of(cid)
-                        if l["role"] == N.WORKER and l["status"] == domain.LeaseStatus.RESERVED.value]
+            reserved = [
+                l
+                for l in await self._store.leases_of(cid)
+                if l["role"] == N.WORKER and l["status"] == domain.LeaseStatus.RESERVED.value
+            ]
         request, tags = node_request(spec, N.WORKER), market.opened_ahead_tags(cid)
-        results = await asyncio.gather(*(self._open_node(row, l, request, market.WORKER_NODE_TYPE, tags)
-                                         for l in reserved), return_exceptions=True)
+        results = await asyncio.gather(
+            *(self._open_node(row, l, request, market.WORKER_NODE_TYPE, tags) for l in reserved), return_exceptions=True
+        )
         for failure in (r for r in results if isinstance(r, Exception)):
             # Nothing lost: the head's autoscaler asks for the workers it does not find (create_nodes).
             logger.info("cluster %s: a worker was not opened ahead: %s", cid, views.describe(failure))
@@ -106,8 +116,9 @@ class NodeProviderApi:
                 return {"ok": True, "exit_code": 0, "output": "node already released", "data": {}}
             raise errors.Conflict(f"node {node_id} is {lease['status']}: it runs no commands")
         payload = protocol.LeaseExec(lease_id=node_id, **body)
-        result = await self._registry.send_work(lease["machine_id"], protocol.LEASE_EXEC,
-                                                payload.model_dump(), timeout_s=payload.timeout_s + 10)
+        result = await self._registry.send_work(
+            lease["machine_id"], protocol.LEASE_EXEC, payload.model_dump(), timeout_s=payload.timeout_s + 10
+        )
         if payload.op == "run" and commands.starts_ray(payload.cmd):
             if result.get("ok"):
                 # The agent's ok proves nothing: the node counts once the cluster's GCS lists it ALIVE.
@@ -116,20 +127,29 @@ class NodeProviderApi:
                 # Running the moment the last node joins, not at the next reconcile tick.
                 await self._reconcile_cluster(await self._store.get_cluster(cluster_id), self._clock())
             else:
-                await self._event(cluster_id, "command_failed",
-                                  f"`ray start` failed on {lease['role']} node {node_id} (exit "
-                                  f"{result.get('exit_code')}): {views.tail(result.get('output', ''))}")
+                await self._event(
+                    cluster_id,
+                    "command_failed",
+                    f"`ray start` failed on {lease['role']} node {node_id} (exit "
+                    f"{result.get('exit_code')}): {views.tail(result.get('output', ''))}",
+                )
         return result
 
     async def _not_joined(self, cluster_id: str, lease: dict, result: dict) -> dict:
         """A `ray start` that reported ok but whose node never showed up ALIVE fails like any failed
         start: the head's launcher or autoscaler sees the error and replaces (or fails) the node."""
-        message = (f"`ray start` reported success on {lease['role']} node {lease['id']} (machine "
-                   f"{lease['machine_id']}), but its node was not ALIVE in the cluster's GCS within "
-                   f"{joins_mod.JOIN_WAIT_S:.0f} s: treated as a failed start")
+        message = (
+            f"`ray start` reported success on {lease['role']} node {lease['id']} (machine "
+            f"{lease['machine_id']}), but its node was not ALIVE in the cluster's GCS within "
+            f"{joins_mod.JOIN_WAIT_S:.0f} s: treated as a failed start"
+        )
         await self._event(cluster_id, "join_failed", message)
-        return {"ok": False, "exit_code": result.get("exit_code"),
-                "output": f"{result.get('output', '')}\n{message}".lstrip("\n"), "data": {}}
+        return {
+            "ok": False,
+            "exit_code": result.get("exit_code"),
+            "output": f"{result.get('output', '')}\n{message}".lstrip("\n"),
+            "data": {},
+        }
 
     async def _scoped_cluster(self, principal: auth.Principal, cluster_id: str) -> dict:
         if principal.cluster_id != cluster_id and principal.role is not domain.Role.ADMIN:
@@ -149,7 +169,13 @@ class NodeProviderApi:
 
 def node_request(spec: ClusterSpec, role: str) -> placement.NodeRequest:
     """One more node of the cluster, at the buyer's price ceiling (stored with the spec)."""
-    return placement.node_request(role, spec.gpus_per_worker, spec.cpus_per_worker, spec.gpu_model,
-                                  max_price_per_gpu_hour=spec.max_price_per_gpu_hour,
-                                  max_price_per_cpu_hour=spec.max_price_per_cpu_hour,
-                                  min_reliability=spec.min_reliability, verified_gpus_only=spec.verified_gpus_only)
+    return placement.node_request(
+        role,
+        spec.gpus_per_worker,
+        spec.cpus_per_worker,
+        spec.gpu_model,
+        max_price_per_gpu_hour=spec.max_price_per_gpu_hour,
+        max_price_per_cpu_hour=spec.max_price_per_cpu_hour,
+        min_reliability=spec.min_reliability,
+        verified_gpus_only=spec.verified_gpus_only,
+    )

@@ -80,20 +80,33 @@ class NodeObserver:
     async def alive_nodes(self, node_ip: str, dashboard_port: int, token: str) -> list[ObservedNode]:
         """The ALIVE nodes of the cluster whose head dashboard listens at node_ip:dashboard_port."""
         url = f"http://{node_ip}:{dashboard_port}{NODES_PATH}"
-        params = {"limit": str(MAX_NODES), "detail": "false", "filter_keys": "state",
-                  "filter_predicates": "=", "filter_values": "ALIVE"}
+        params = {
+            "limit": str(MAX_NODES),
+            "detail": "false",
+            "filter_keys": "state",
+            "filter_predicates": "=",
+            "filter_values": "ALIVE",
+        }
         try:
-            resp = await self._client().get(url, headers={"Authorization": f"Bearer {token}"}, params=params,
-                                            timeout=self._timeout_s)
+            resp = await self._client().get(
+                url, headers={"Authorization": f"Bearer {token}"}, params=params, timeout=self._timeout_s
+            )
         except httpx.HTTPError as exc:
             raise ObserveError(f"{url}: {type(exc).__name__}: {exc}") from None
         if resp.status_code != 200:
             raise ObserveError(f"{url}: HTTP {resp.status_code}")
         try:
             rows = resp.json()["data"]["result"]["result"]
-            return [ObservedNode(node_id=r["node_id"], node_ip=r.get("node_ip", ""), is_head=bool(r["is_head_node"]),
-                                 labels=dict(r.get("labels") or {}))
-                    for r in rows if r.get("state") == "ALIVE"]
+            return [
+                ObservedNode(
+                    node_id=r["node_id"],
+                    node_ip=r.get("node_ip", ""),
+                    is_head=bool(r["is_head_node"]),
+                    labels=dict(r.get("labels") or {}),
+                )
+                for r in rows
+                if r.get("state") == "ALIVE"
+            ]
         except (ValueError, KeyError, TypeError) as exc:
             raise ObserveError(f"{url}: unexpected answer ({type(exc).__name__}: {exc})") from None
 

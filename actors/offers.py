@@ -22,9 +22,22 @@ def group_offers(machines: list[dict]) -> list[dict]:
     for m in machines:
         model = m["gpu_model"] if m["gpus"] else None
         safe = sandboxed(m)
-        g = groups.setdefault((model, safe), {"gpu_model": model, "sandboxed": safe, "machines": 0, "gpus": 0,
-                                              "cpus": 0, "memory_mb": 0, "_gpu_prices": [], "_cpu_prices": [],
-                                              "_reliability": [], "verified_gpus": 0, "gpu_verification": {}})
+        g = groups.setdefault(
+            (model, safe),
+            {
+                "gpu_model": model,
+                "sandboxed": safe,
+                "machines": 0,
+                "gpus": 0,
+                "cpus": 0,
+                "memory_mb": 0,
+                "_gpu_prices": [],
+                "_cpu_prices": [],
+                "_reliability": [],
+                "verified_gpus": 0,
+                "gpu_verification": {},
+            },
+        )
         g["machines"] += 1
         g["gpus"] += m["gpus"]
         g["cpus"] += m["cpus"]
@@ -39,9 +52,14 @@ def group_offers(machines: list[dict]) -> list[dict]:
     result = []
     for g in groups.values():
         gpu_prices, cpu_prices, reliability = g.pop("_gpu_prices"), g.pop("_cpu_prices"), g.pop("_reliability")
-        g.update(price_per_gpu_hour_min=min(gpu_prices), price_per_gpu_hour_max=max(gpu_prices),
-                 price_per_cpu_hour_min=min(cpu_prices), price_per_cpu_hour_max=max(cpu_prices),
-                 reliability_min=min(reliability), reliability_max=max(reliability))
+        g.update(
+            price_per_gpu_hour_min=min(gpu_prices),
+            price_per_gpu_hour_max=max(gpu_prices),
+            price_per_cpu_hour_min=min(cpu_prices),
+            price_per_cpu_hour_max=max(cpu_prices),
+            reliability_min=min(reliability),
+            reliability_max=max(reliability),
+        )
         result.append(g)
     # GPU models first (most GPUs first), CPU-only last; sandboxed machines before unsandboxed ones.
     return sorted(result, key=lambda g: (g["gpu_model"] is None, -g["gpus"], g["gpu_model"] or "", not g["sandboxed"]))

@@ -73,34 +73,67 @@ def capacities(machines: list[dict], active_leases: list[dict], head_cpus: int =
     for m in machines:
         mid, gpus = m["id"], m["gpus"]
         used = used_gpus.get(mid)
-        result.append(MachineCapacity(
-            mid, m["provider"], m["gpu_model"] if gpus else None,
-            [i for i in range(gpus) if i not in used] if used else list(range(gpus)),
-            m["cpus"] - used_cpus.get(mid, 0), m["price_per_gpu_hour"], m["price_per_cpu_hour"],
-            reliability=m.get("reliability", 1.0),
-            gpus_verified=m.get("gpu_check") == domain.GpuVerification.VERIFIED.value))
+        result.append(
+            MachineCapacity(
+                mid,
+                m["provider"],
+                m["gpu_model"] if gpus else None,
+                [i for i in range(gpus) if i not in used] if used else list(range(gpus)),
+                m["cpus"] - used_cpus.get(mid, 0),
+                m["price_per_gpu_hour"],
+                m["price_per_cpu_hour"],
+                reliability=m.get("reliability", 1.0),
+                gpus_verified=m.get("gpu_check") == domain.GpuVerification.VERIFIED.value,
+            )
+        )
     return result
 
 
-def node_request(role: str, gpus_per_worker: int, cpus_per_worker: int, gpu_model: str | None, *,
-                 max_price_per_gpu_hour: float | None = None, max_price_per_cpu_hour: float | None = None,
-                 min_reliability: float | None = None, verified_gpus_only: bool = False) -> NodeRequest:
+def node_request(
+    role: str,
+    gpus_per_worker: int,
+    cpus_per_worker: int,
+    gpu_model: str | None,
+    *,
+    max_price_per_gpu_hour: float | None = None,
+    max_price_per_cpu_hour: float | None = None,
+    min_reliability: float | None = None,
+    verified_gpus_only: bool = False,
+) -> NodeRequest:
     """One node of a cluster: the head (CPU-only, billed per CPU-hour) or a worker as the spec asks."""
     if role == domain.NodeRole.HEAD:
-        return NodeRequest(domain.NodeRole.HEAD.value, 0, HEAD_CPUS, max_price=max_price_per_cpu_hour,
-                           min_reliability=min_reliability)
-    return NodeRequest(domain.NodeRole.WORKER.value, gpus_per_worker, cpus_per_worker,
-                       gpu_model if gpus_per_worker else None,
-                       max_price=max_price_per_gpu_hour if gpus_per_worker else max_price_per_cpu_hour,
-                       min_reliability=min_reliability, verified_only=verified_gpus_only and gpus_per_worker > 0)
+        return NodeRequest(
+            domain.NodeRole.HEAD.value, 0, HEAD_CPUS, max_price=max_price_per_cpu_hour, min_reliability=min_reliability
+        )
+    return NodeRequest(
+        domain.NodeRole.WORKER.value,
+        gpus_per_worker,
+        cpus_per_worker,
+        gpu_model if gpus_per_worker else None,
+        max_price=max_price_per_gpu_hour if gpus_per_worker else max_price_per_cpu_hour,
+        min_reliability=min_reliability,
+        verified_only=verified_gpus_only and gpus_per_worker > 0,
+    )
 
 
-def cluster_requests(num_workers: int, gpus_per_worker: int, cpus_per_worker: int, gpu_model: str | None,
-                     *, with_head: bool = True, max_price_per_gpu_hour: float | None = None,
-                     max_price_per_cpu_hour: float | None = None,
-                     min_reliability: float | None = None, verified_gpus_only: bool = False) -> list[NodeRequest]:
-    prices = {"max_price_per_gpu_hour": max_price_per_gpu_hour, "max_price_per_cpu_hour": max_price_per_cpu_hour,
-              "min_reliability": min_reliability, "verified_gpus_only": verified_gpus_only}
+def cluster_requests(
+    num_workers: int,
+    gpus_per_worker: int,
+    cpus_per_worker: int,
+    gpu_model: str | None,
+    *,
+    with_head: bool = True,
+    max_price_per_gpu_hour: float | None = None,
+    max_price_per_cpu_hour: float | None = None,
+    min_reliability: float | None = None,
+    verified_gpus_only: bool = False,
+) -> list[NodeRequest]:
+    prices = {
+        "max_price_per_gpu_hour": max_price_per_gpu_hour,
+        "max_price_per_cpu_hour": max_price_per_cpu_hour,
+        "min_reliability": min_reliability,
+        "verified_gpus_only": verified_gpus_only,
+    }
     worker = node_request(domain.NodeRole.WORKER, gpus_per_worker, cpus_per_worker, gpu_model, **prices)
     head = node_request(domain.NodeRole.HEAD, gpus_per_worker, cpus_per_worker, gpu_model, **prices)
     return ([head] if with_head else []) + [worker] * num_workers
@@ -119,8 +152,7 @@ def _trusted(m: MachineCapacity, r: NodeRequest) -> bool:
 
 
 def fits(m: MachineCapacity, r: NodeRequest) -> bool:
-    return (_fits_resources(m, r) and (r.max_price is None or r.price_of(m) <= r.max_price)
-            and _trusted(m, r))
+    return _fits_resources(m, r) and (r.max_price is None or r.price_of(m) <= r.max_price) and _trusted(m, r)
 
 
 def rank(r: NodeRequest) -> Callable[[MachineCapacity], tuple]:
@@ -149,8 +181,8 @@ def place(machines: list[MachineCapacity], requests: list[NodeRequest]) -> list[
         best = min(fitting, key=rank(r))
         if best.machine_id not in picked:
             best = picked[best.machine_id] = dataclasses.replace(best, free_gpus=list(best.free_gpus))
-        taken = tuple(best.free_gpus[:r.gpus])
-        best.free_gpus = best.free_gpus[r.gpus:]
+        taken = tuple(best.free_gpus[: r.gpus])
+        best.free_gpus = best.free_gpus[r.gpus :]
         best.free_cpus -= r.cpus
         best.leases_of_cluster += 1
         assignments.append(Assignment(r, best.machine_id, taken, best.price_per_gpu_hour, best.price_per_cpu_hour))
@@ -173,8 +205,9 @@ def summarize(machines: list[MachineCapacity]) -> dict:
     by_model: dict[str, dict] = {}
     for m in machines:
         key = m.gpu_model or "cpu-only"
-        entry = by_model.setdefault(key, {"machines": 0, "free_gpus": 0, "free_cpus": 0,
-                                          "largest_free_gpus_on_one_machine": 0})
+        entry = by_model.setdefault(
+            key, {"machines": 0, "free_gpus": 0, "free_cpus": 0, "largest_free_gpus_on_one_machine": 0}
+        )
         entry["machines"] += 1
         entry["free_gpus"] += len(m.free_gpus)
         entry["free_cpus"] += max(m.free_cpus, 0)
@@ -182,32 +215,43 @@ def summarize(machines: list[MachineCapacity]) -> dict:
     return by_model
 
 
-def _shortage_message(machines: list[MachineCapacity], requests: list[NodeRequest], failed: NodeRequest,
-                      left: list[MachineCapacity]) -> str:
+def _shortage_message(
+    machines: list[MachineCapacity], requests: list[NodeRequest], failed: NodeRequest, left: list[MachineCapacity]
+) -> str:
     workers = [r for r in requests if r.role == domain.NodeRole.WORKER]
     want = f"{len(workers)} worker(s)"
     if workers and workers[0].gpus:
-        want += f" with {workers[0].gpus} {workers[0].gpu_model or 'any-model'} GPU(s) and {workers[0].cpus} CPU(s) each"
+        want += (
+            f" with {workers[0].gpus} {workers[0].gpu_model or 'any-model'} GPU(s) and {workers[0].cpus} CPU(s) each"
+        )
     elif workers:
         want += f" with {workers[0].cpus} CPU(s) each"
     if not machines:
         return f"not enough capacity for {want} plus a head: no machine is online"
     free_gpus = sum(len(m.free_gpus) for m in machines)
     free_cpus = sum(max(m.free_cpus, 0) for m in machines)
-    message = (f"not enough capacity for {want} plus a head ({failed.role} could not be placed); "
-               f"online now: {len(machines)} machine(s) with {free_gpus} free GPU(s) and {free_cpus} free CPU(s)")
+    message = (
+        f"not enough capacity for {want} plus a head ({failed.role} could not be placed); "
+        f"online now: {len(machines)} machine(s) with {free_gpus} free GPU(s) and {free_cpus} free CPU(s)"
+    )
     if failed.min_reliability is not None:
         fitting = [m.reliability for m in left if _fits_resources(m, failed)]
-        message += (f"; a reliability of at least {failed.min_reliability:g} was asked: " +
-                    (f"the most reliable machine that fits the {failed.role} has {max(fitting):g}"
-                     if fitting else f"no machine fits the {failed.role} at any reliability"))
+        message += f"; a reliability of at least {failed.min_reliability:g} was asked: " + (
+            f"the most reliable machine that fits the {failed.role} has {max(fitting):g}"
+            if fitting
+            else f"no machine fits the {failed.role} at any reliability"
+        )
     if failed.verified_only:
         fitting = [m for m in left if _fits_resources(m, failed)]
-        message += (f"; machines with verified GPUs were asked: {sum(m.gpus_verified for m in fitting)} of the "
-                    f"{len(fitting)} machine(s) that fit the {failed.role} have them")
+        message += (
+            f"; machines with verified GPUs were asked: {sum(m.gpus_verified for m in fitting)} of the "
+            f"{len(fitting)} machine(s) that fit the {failed.role} have them"
+        )
     if failed.max_price is not None:
         prices = [failed.price_of(m) for m in left if _fits_resources(m, failed) and _trusted(m, failed)]
-        message += (f"; at most ${failed.max_price:g} per {failed.price_unit} was asked: " +
-                    (f"the cheapest machine that fits the {failed.role} costs ${min(prices):g} per {failed.price_unit}"
-                     if prices else f"no machine fits the {failed.role} at any price"))
+        message += f"; at most ${failed.max_price:g} per {failed.price_unit} was asked: " + (
+            f"the cheapest machine that fits the {failed.role} costs ${min(prices):g} per {failed.price_unit}"
+            if prices
+            else f"no machine fits the {failed.role} at any price"
+        )
     return message

@@ -72,8 +72,10 @@ class SecretRows(Database):
 
     async def put_once(self, name: str, ciphertext: str, now: float) -> str:
         """Stores ciphertext under name unless a value is there already; returns the value that is kept."""
-        await self._write("INSERT INTO secrets (name, ciphertext, created_at) VALUES (?, ?, ?) "
-                          "ON CONFLICT (name) DO NOTHING", (name, ciphertext, now))
+        await self._write(
+            "INSERT INTO secrets (name, ciphertext, created_at) VALUES (?, ?, ?) ON CONFLICT (name) DO NOTHING",
+            (name, ciphertext, now),
+        )
         return await self.get(name)
 
     async def get(self, name: str) -> str | None:
@@ -86,9 +88,15 @@ class DatabaseSecrets:
     operator's key; nothing is read from the local disk. The key is read on first use, so a missing one is a
     start error the health check names, not a crash."""
 
-    def __init__(self, rows: SecretRows, settings: PlatformSettings, *,
-                 box: Callable[[], secret_box.SecretBox] = secret_box.SecretBox.from_environment,
-                 clock: Callable[[], float] = time.time, environ=None):
+    def __init__(
+        self,
+        rows: SecretRows,
+        settings: PlatformSettings,
+        *,
+        box: Callable[[], secret_box.SecretBox] = secret_box.SecretBox.from_environment,
+        clock: Callable[[], float] = time.time,
+        environ=None,
+    ):
         self._rows = rows
         self._settings = settings
         self._make_box = box

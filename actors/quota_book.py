@@ -26,11 +26,15 @@ class QuotaBook:
 
     async def holding(self, account_id: int, period_s: int) -> quotas.Amounts:
         now = self._clock()
-        live = [(ClusterSpec.model_validate_json(r["spec"]), r["expires_at"])
-                for r in await self._store.live_clusters_of(account_id)]
+        live = [
+            (ClusterSpec.model_validate_json(r["spec"]), r["expires_at"])
+            for r in await self._store.live_clusters_of(account_id)
+        ]
         start = now - period_s
-        metered = sum(usage_mod.lease_usage(lease, start, now, now)["gpu_seconds"]
-                      for lease in await self._store.leases_in_window(start, now, owner_id=account_id))
+        metered = sum(
+            usage_mod.lease_usage(lease, start, now, now)["gpu_seconds"]
+            for lease in await self._store.leases_in_window(start, now, owner_id=account_id)
+        )
         return quotas.holding(live, metered, now)
 
     async def check(self, account_id: int, demand: quotas.Amounts) -> None:
@@ -50,8 +54,13 @@ class QuotaBook:
             raise errors.NotFound(f"account {account_id} not found")
         limits, overrides = await self.limits(account_id)
         held = await self.holding(account_id, limits.period_s)
-        return {"account_id": account_id, "username": account["username"], "limits": limits.model_dump(),
-                "overrides": overrides, "used": held.as_dict()}
+        return {
+            "account_id": account_id,
+            "username": account["username"],
+            "limits": limits.model_dump(),
+            "overrides": overrides,
+            "used": held.as_dict(),
+        }
 
     async def set(self, principal: auth.Principal, account_id: int, overrides: dict) -> dict:
         """PUT /v1/accounts/{id}/quota (admins): replaces the account's overrides."""

@@ -38,16 +38,16 @@ class Amounts:
     gpu_hours: float = 0.0
 
     def as_dict(self) -> dict:
-        return {"clusters": self.clusters, "gpus": self.gpus, "cpus": self.cpus,
-                "gpu_hours": round(self.gpu_hours, 6)}
+        return {"clusters": self.clusters, "gpus": self.gpus, "cpus": self.cpus, "gpu_hours": round(self.gpu_hours, 6)}
 
 
 def cluster_demand(spec) -> Amounts:
     """A new cluster (a ClusterSpec): one cluster, its workers' GPUs and CPUs plus the head's, and
     its GPUs for its whole lifetime."""
     gpus = spec.num_workers * spec.gpus_per_worker
-    return Amounts(1, gpus, spec.num_workers * spec.cpus_per_worker + placement.HEAD_CPUS,
-                   gpus * spec.duration_s / 3600)
+    return Amounts(
+        1, gpus, spec.num_workers * spec.cpus_per_worker + placement.HEAD_CPUS, gpus * spec.duration_s / 3600
+    )
 
 
 def extension_demand(spec, duration_s: int) -> Amounts:
@@ -69,8 +69,12 @@ def holding(live: list[tuple[object, float]], metered_gpu_seconds: float, now: f
     return Amounts(clusters, gpus, cpus, (metered_gpu_seconds + reserved_gpu_s) / 3600)
 
 
-_WHAT = {"max_clusters": ("clusters", "live cluster(s)"), "max_gpus": ("gpus", "GPU(s) held"),
-         "max_cpus": ("cpus", "CPU(s) held"), "max_gpu_hours": ("gpu_hours", "GPU-hour(s)")}
+_WHAT = {
+    "max_clusters": ("clusters", "live cluster(s)"),
+    "max_gpus": ("gpus", "GPU(s) held"),
+    "max_cpus": ("cpus", "CPU(s) held"),
+    "max_gpu_hours": ("gpu_hours", "GPU-hour(s)"),
+}
 
 
 def check(limits: quota_limits.QuotaLimits, held: Amounts, demand: Amounts, *, account: str) -> None:
@@ -83,4 +87,6 @@ def check(limits: quota_limits.QuotaLimits, held: Amounts, demand: Amounts, *, a
             raise errors.Forbidden(
                 f"quota {name} exceeded: account {account} may have {limit:g} {what}{period}, has {have:g} "
                 f"and this request adds {ask:g}; end a cluster, ask for less, or ask an admin to raise "
-                f"the quota (PUT /v1/accounts/{{id}}/quota)", limit=name)
+                f"the quota (PUT /v1/accounts/{{id}}/quota)",
+                limit=name,
+            )

@@ -20,18 +20,24 @@ class RayMetrics:
     def __init__(self):
         self._clusters = metrics.Gauge("dcluster_clusters", "Buyer clusters by state", tag_keys=("state",))
         self._provision = metrics.Histogram(
-            "dcluster_cluster_provision_seconds", "From a cluster's request to every node in Ray",
-            boundaries=PROVISION_BOUNDARIES)
+            "dcluster_cluster_provision_seconds",
+            "From a cluster's request to every node in Ray",
+            boundaries=PROVISION_BOUNDARIES,
+        )
         self._release = metrics.Histogram(
-            "dcluster_cluster_release_seconds", "From a teardown's start to every node released",
-            boundaries=RELEASE_BOUNDARIES)
+            "dcluster_cluster_release_seconds",
+            "From a teardown's start to every node released",
+            boundaries=RELEASE_BOUNDARIES,
+        )
         self._lateness = metrics.Histogram(
-            "dcluster_expiry_lateness_seconds", "How late an expiry fired after its deadline",
-            boundaries=LATENESS_BOUNDARIES)
-        self._machines = metrics.Gauge("dcluster_machines_online", "Online provider machines by GPU model",
-                                       tag_keys=("gpu_model",))
-        self._sign_in_failures = metrics.Counter("dcluster_sign_in_failures", "Refused sign-ins",
-                                                 tag_keys=("reason",))
+            "dcluster_expiry_lateness_seconds",
+            "How late an expiry fired after its deadline",
+            boundaries=LATENESS_BOUNDARIES,
+        )
+        self._machines = metrics.Gauge(
+            "dcluster_machines_online", "Online provider machines by GPU model", tag_keys=("gpu_model",)
+        )
+        self._sign_in_failures = metrics.Counter("dcluster_sign_in_failures", "Refused sign-ins", tag_keys=("reason",))
         self._known_models: set[str] = set()
 
     def cluster_states(self, counts: Mapping[str, int]) -> None:

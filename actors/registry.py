@@ -29,13 +29,18 @@ BEAT_LOCK_WAIT_S = 2.0
 class ProviderRegistry:
     """Plain class with the logic; `actors.actor_classes` turns it into a detached actor."""
 
-    def __init__(self, store: store_mod.Store, settings: PlatformSettings, *,
-                 clock: Callable[[], float] = time.time,
-                 hasher: auth.PasswordHasher | None = None,
-                 limiter: auth.LoginLimiter | None = None,
-                 throttle: throttle_mod.AuthThrottle | None = None,
-                 metrics: metrics_mod.Metrics | None = None,
-                 secrets: platform_secrets.Secrets | None = None):
+    def __init__(
+        self,
+        store: store_mod.Store,
+        settings: PlatformSettings,
+        *,
+        clock: Callable[[], float] = time.time,
+        hasher: auth.PasswordHasher | None = None,
+        limiter: auth.LoginLimiter | None = None,
+        throttle: throttle_mod.AuthThrottle | None = None,
+        metrics: metrics_mod.Metrics | None = None,
+        secrets: platform_secrets.Secrets | None = None,
+    ):
         self._store = store
         self._metrics = metrics or metrics_mod.NullMetrics()
         self._settings = settings
@@ -87,8 +92,9 @@ class ProviderRegistry:
             await asyncio.sleep(self._settings.heartbeat_interval_s)
             try:
                 for machine_id in await self._store.mark_silent_machines_offline(self._silence_cutoff()):
-                    logger.info("machine %s missed %d heartbeats: offline",
-                                machine_id, self._settings.missed_heartbeats_offline)
+                    logger.info(
+                        "machine %s missed %d heartbeats: offline", machine_id, self._settings.missed_heartbeats_offline
+                    )
                 online = await self._store.count_online_by_gpu_model(self._settings.online_cutoff(self._clock()))
                 self._metrics.machines_online({model or "none": n for model, n in online.items()})
             except Exception:
@@ -109,8 +115,14 @@ class ProviderRegistry:
         async with self._hash_slots:
             return await asyncio.to_thread(fn, *args)
 
-    async def create_account(self, username: str, password: str, role: domain.Role,
-                             by: auth.Principal | None = None, client: str | None = None) -> dict:
+    async def create_account(
+        self,
+        username: str,
+        password: str,
+        role: domain.Role,
+        by: auth.Principal | None = None,
+        client: str | None = None,
+    ) -> dict:
         """`client`: the caller's address, for the sign-up limits (admins are not limited)."""
         role = domain.Role(role)
         by_admin = by is not None and by.role is domain.Role.ADMIN
@@ -163,8 +175,9 @@ class ProviderRegistry:
         if isinstance(caller, agent_keys.MachineKey):
             known = await self._own_machine(caller, caller.machine_id)
             if known["machine_key"] != request["machine_key"]:
-                raise errors.Forbidden(f"this agent key belongs to machine {known['id']}, registered with "
-                                       f"another machine_key")
+                raise errors.Forbidden(
+                    f"this agent key belongs to machine {known['id']}, registered with another machine_key"
+                )
             provider_id, provider = known["provider_id"], known["provider"]
         else:
             _require_role(caller, domain.Role.PROVIDER)
@@ -172,26 +185,39 @@ class ProviderRegistry:
         # What it claims decides its GPU verification (a new or changed claim is checked before any lease).
         previous = await self._store.get_machine_by_key(provider_id, request["machine_key"])
         verdict = gpu_verification.on_register(
-            spec, domain.MachineSpec.model_validate_json(previous["spec"]) if previous else None,
-            previous["gpu_check"] if previous else None)
+            spec,
+            domain.MachineSpec.model_validate_json(previous["spec"]) if previous else None,
+            previous["gpu_check"] if previous else None,
+        )
         row = await self._store.upsert_machine(
-            machine_id=ids.new_machine_id(), provider_id=provider_id,
-            machine_key=request["machine_key"], name=request["name"], spec=spec,
+            machine_id=ids.new_machine_id(),
+            provider_id=provider_id,
+            machine_key=request["machine_key"],
+            name=request["name"],
+            spec=spec,
             price_per_gpu_hour=request.get("price_per_gpu_hour", 0.0),
-            price_per_cpu_hour=request.get("price_per_cpu_hour", 0.0), now=self._clock(),
-            gpu_check=(verdict.status, verdict.detail_json()) if verdict else None)
+            price_per_cpu_hour=request.get("price_per_cpu_hour", 0.0),
+            now=self._clock(),
+            gpu_check=(verdict.status, verdict.detail_json()) if verdict else None,
+        )
         answer = {**self._public_machine(row), "heartbeat_interval_s": self._settings.heartbeat_interval_s}
         if isinstance(caller, auth.Principal):
             key_id, answer["agent_key"], key_hash = agent_keys.mint(row["id"])
             await self._store.replace_machine_key(row["id"], key_id, key_hash, self._clock())
             self._key_hashes[row["id"]] = key_hash
             logger.info("machine %s enrolled with key %s", row["id"], key_id)
-        logger.info("machine %s (%s) registered by %s: %d GPU(s) %s, %d CPUs", row["id"], row["name"],
-                    provider, row["gpus"], row["gpu_model"] or "", row["cpus"])
+        logger.info(
+            "machine %s (%s) registered by %s: %d GPU(s) %s, %d CPUs",
+            row["id"],
+            row["name"],
+            provider,
+            row["gpus"],
+            row["gpu_model"] or "",
+            row["cpus"],
+        )
         return answer
 
-    async def heartbeat(self, principal: MachineCaller, machine_id: str, usage: dict,
-                        leases: list[str] = ()) -> dict:
+    async def heartbeat(self, principal: MachineCaller, machine_id: str, usage: dict, leases: list[str] = ()) -> dict:
         (answer,) = await self.heartbeats([(principal, machine_id, usage, leases)])
         if isinstance(answer, Exception):
             raise answer
@@ -218,9 +244,12 @@ class ProviderRegistry:
         received, key = self._clock(), object()
         self._beats_in_flight[key] = received
         try:
-            await self._store.record_heartbeats([(machine_id, usage) for _, machine_id, usage, _ in accepted], received,
-                                                online_within_s=self._settings.offline_after_s,
-                                                lock_wait_s=BEAT_LOCK_WAIT_S)
+            await self._store.record_heartbeats(
+                [(machine_id, usage) for _, machine_id, usage, _ in accepted],
+                received,
+                online_within_s=self._settings.offline_after_s,
+                lock_wait_s=BEAT_LOCK_WAIT_S,
+            )
         except Exception:
             self._deaf_at = self._clock()
             raise
@@ -230,8 +259,11 @@ class ProviderRegistry:
             self._held[machine_id] = (received, leases)
             # The sweeper's agent half: leases no live cluster owns (ended while the agent was away) are closed.
             stale = sorted(leases - await self._store.live_lease_ids(machine_id)) if leases else []
-            answers[i] = {"status": domain.MachineStatus.ONLINE.value,
-                          "heartbeat_interval_s": self._settings.heartbeat_interval_s, "stale_leases": stale}
+            answers[i] = {
+                "status": domain.MachineStatus.ONLINE.value,
+                "heartbeat_interval_s": self._settings.heartbeat_interval_s,
+                "stale_leases": stale,
+            }
         return answers
 
     def _silence_cutoff(self) -> float:
@@ -246,8 +278,10 @@ class ProviderRegistry:
     async def lease_liveness(self) -> dict:
         """What the ClusterManager judges lost nodes by: the cutoff below which a machine's last heartbeat
         means it is silent, and the leases each agent said it holds in its latest heartbeat."""
-        return {"silence_cutoff": self._silence_cutoff(),
-                "held": {mid: {"at": at, "leases": sorted(ids)} for mid, (at, ids) in self._held.items()}}
+        return {
+            "silence_cutoff": self._silence_cutoff(),
+            "held": {mid: {"at": at, "leases": sorted(ids)} for mid, (at, ids) in self._held.items()},
+        }
 
     async def leave(self, principal: MachineCaller, machine_id: str) -> dict:
         await self._own_machine(principal, machine_id)
@@ -299,16 +333,24 @@ class ProviderRegistry:
         """Queues an item and waits for the agent's WorkResult; a silent agent gives ok=False."""
         machine = await self._store.get_machine(machine_id)
         if machine is None or not domain.MachineStatus(self._public_machine(machine)["status"]).is_leasable():
-            return {"ok": False, "exit_code": None, "data": {},
-                    "output": f"machine {machine_id} is not online: its agent cannot run {kind}"}
+            return {
+                "ok": False,
+                "exit_code": None,
+                "data": {},
+                "output": f"machine {machine_id} is not online: its agent cannot run {kind}",
+            }
         item = await self.push_work(machine_id, kind, payload)
         future = asyncio.get_running_loop().create_future()
         self._pending_results[item["id"]] = (machine_id, future)
         try:
             return await asyncio.wait_for(future, timeout=timeout_s)
         except asyncio.TimeoutError:
-            return {"ok": False, "exit_code": None, "data": {},
-                    "output": f"machine {machine_id} did not answer {kind} within {timeout_s:.0f} s"}
+            return {
+                "ok": False,
+                "exit_code": None,
+                "data": {},
+                "output": f"machine {machine_id} did not answer {kind} within {timeout_s:.0f} s",
+            }
         finally:
             self._pending_results.pop(item["id"], None)
             # An item nobody waits for any more must not run late.
@@ -346,8 +388,10 @@ class ProviderRegistry:
             self._key_hashes[machine_id] = active["key_hash"] if active else None
         key_hash = self._key_hashes[machine_id]
         if key_hash is None or not agent_keys.matches(key, key_hash):
-            raise errors.Unauthenticated(f"this agent key of machine {machine_id} is revoked or was replaced: "
-                                         f"enroll the machine again with its provider's password")
+            raise errors.Unauthenticated(
+                f"this agent key of machine {machine_id} is revoked or was replaced: "
+                f"enroll the machine again with its provider's password"
+            )
         row = row or await self._store.get_machine(machine_id)
         if row is None:
             raise errors.NotFound(f"machine {machine_id} not found")
@@ -378,13 +422,15 @@ class ProviderRegistry:
         machine["gpu_verification"] = gpu_verification.public(row)
         # The sweeper persists an offline within one interval; readers see it at once.
         machine["status"] = domain.MachineStatus.effective(
-            machine["status"], machine["last_heartbeat"], cutoff=self._settings.online_cutoff(self._clock())).value
+            machine["status"], machine["last_heartbeat"], cutoff=self._settings.online_cutoff(self._clock())
+        ).value
         return machine
 
 
 def _offers_of(rows: list[dict], now: float, cutoff: float) -> list[dict]:
-    leasable = [r for r in rows
-                if domain.MachineStatus.effective(r["status"], r["last_heartbeat"], cutoff=cutoff).is_leasable()]
+    leasable = [
+        r for r in rows if domain.MachineStatus.effective(r["status"], r["last_heartbeat"], cutoff=cutoff).is_leasable()
+    ]
     for r in leasable:  # fresh rows of this call: scored in place
         r["reliability"] = reputation.of_machine(r, now)
         r["gpu_verification"] = gpu_verification.status(r)
@@ -409,5 +455,11 @@ def _public_account(row: dict) -> dict:
 
 
 def _public_key(row: dict) -> dict:
-    return {"id": row["id"], "machine_id": row["machine_id"], "machine_name": row["machine_name"],
-            "created_at": row["created_at"], "revoked_at": row["revoked_at"], "active": row["revoked_at"] is None}
+    return {
+        "id": row["id"],
+        "machine_id": row["machine_id"],
+        "machine_name": row["machine_name"],
+        "created_at": row["created_at"],
+        "revoked_at": row["revoked_at"],
+        "active": row["revoked_at"] is None,
+    }

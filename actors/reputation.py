@@ -19,5 +19,10 @@ def score(*, online_seconds: float, registered_at: float, now: float, completed:
 
 def of_machine(row: dict, now: float) -> float:
     """The score of a machines row."""
-    return score(online_seconds=row.get("online_seconds") or 0.0, registered_at=row["registered_at"], now=now,
-                 completed=row.get("leases_completed") or 0, lost=row.get("leases_lost") or 0)
+    return score(
+        online_seconds=row.get("online_seconds") or 0.0,
+        registered_at=row["registered_at"],
+        now=now,
+        completed=row.get("leases_completed") or 0,
+        lost=row.get("leases_lost") or 0,
+    )

@@ -12,7 +12,7 @@ from cryptography.fernet import Fernet, InvalidToken
 
 from dcl_core import errors, secret_files
 
-HOW_TO_MAKE_A_KEY = ("python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'")
+HOW_TO_MAKE_A_KEY = "python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'"
 
 
 class SecretKeyError(errors.InvalidInput):
@@ -24,8 +24,10 @@ class SecretBox:
         try:
             self._fernet = Fernet(key)
         except (ValueError, TypeError):
-            raise SecretKeyError(f"{secret_files.SECRET_KEY_ENV} is not a Fernet key (32 bytes, URL-safe base64); "
-                                 f"make one with: {HOW_TO_MAKE_A_KEY}") from None
+            raise SecretKeyError(
+                f"{secret_files.SECRET_KEY_ENV} is not a Fernet key (32 bytes, URL-safe base64); "
+                f"make one with: {HOW_TO_MAKE_A_KEY}"
+            ) from None
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> SecretBox:
@@ -38,7 +40,8 @@ class SecretBox:
             raise SecretKeyError(
                 f"a platform on PostgreSQL keeps its secrets in the database, encrypted: give every platform node's "
                 f"Ray processes {secret_files.SECRET_KEY_ENV} or {secret_files.SECRET_KEY_FILE_ENV} (a 0600 file); "
-                f"make a key with: {HOW_TO_MAKE_A_KEY}")
+                f"make a key with: {HOW_TO_MAKE_A_KEY}"
+            )
         try:
             mode = Path(path).stat().st_mode
             if mode & (stat.S_IRWXG | stat.S_IRWXO):
@@ -54,5 +57,7 @@ class SecretBox:
         try:
             return self._fernet.decrypt(ciphertext.encode()).decode()
         except InvalidToken:
-            raise SecretKeyError("the secret key does not open the secrets in the database (another platform's key, "
-                                 f"or {secret_files.SECRET_KEY_ENV} changed)") from None
+            raise SecretKeyError(
+                "the secret key does not open the secrets in the database (another platform's key, "
+                f"or {secret_files.SECRET_KEY_ENV} changed)"
+            ) from None

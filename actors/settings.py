@@ -14,54 +14,98 @@ NAMESPACE = "dcluster"
 
 
 class PlatformSettings(domain.StrictModel):
-    state_dir: Annotated[Path, Field(description="SQLite: where the database and the platform's secrets live; PostgreSQL: scratch on each node (the launcher's temp files, the admin credentials file)")]
-    database: Annotated[str | None, Field(
-        pattern=r"^postgres(ql)?://\S+$", max_length=2000,
-        description="A PostgreSQL URL (postgresql://user@host:5432/dbname) for a platform on several "
-                    "machines; None: SQLite in state_dir (embedded, nothing to set up)")] = None
+    state_dir: Annotated[
+        Path,
+        Field(
+            description="SQLite: where the database and the platform's secrets live; PostgreSQL: scratch on each node (the launcher's temp files, the admin credentials file)"
+        ),
+    ]
+    database: Annotated[
+        str | None,
+        Field(
+            pattern=r"^postgres(ql)?://\S+$",
+            max_length=2000,
+            description="A PostgreSQL URL (postgresql://user@host:5432/dbname) for a platform on several "
+            "machines; None: SQLite in state_dir (embedded, nothing to set up)",
+        ),
+    ] = None
     heartbeat_interval_s: Annotated[float, Field(ge=0.2, le=300, description="How often agents heartbeat")] = 5.0
     missed_heartbeats_offline: Annotated[int, Field(ge=1, le=100, description="Missed beats before offline")] = 3
     token_ttl_s: Annotated[int, Field(ge=60, le=86_400, description="Lifetime of a sign-in JWT")] = 1800
     login_max_failures_per_minute: Annotated[int, Field(ge=1, le=10_000)] = 10
     # Each sign-in and sign-up costs a bcrypt hash (~0.3 s of a core at 12 rounds): these bound
     # what strangers can make the platform hash (429 with Retry-After past them).
-    login_failures_per_address_per_minute: Annotated[float, Field(
-        gt=0, le=1_000_000, description="Failed sign-ins from one client address (burst as large)")] = 30
-    signups_per_address_per_minute: Annotated[float, Field(
-        gt=0, le=1_000_000, description="Sign-ups from one client address (burst as large)")] = 30
+    login_failures_per_address_per_minute: Annotated[
+        float, Field(gt=0, le=1_000_000, description="Failed sign-ins from one client address (burst as large)")
+    ] = 30
+    signups_per_address_per_minute: Annotated[
+        float, Field(gt=0, le=1_000_000, description="Sign-ups from one client address (burst as large)")
+    ] = 30
     signups_per_minute: Annotated[float, Field(gt=0, le=1_000_000, description="Sign-ups, all clients")] = 120
-    password_hashes_per_minute: Annotated[float, Field(
-        gt=0, le=1_000_000, description="bcrypt hashes (sign-ins + sign-ups), all clients; burst a tenth")] = 90
-    password_hash_threads: Annotated[int, Field(
-        ge=1, le=64, description="bcrypt hashes run at once (1: at most one core, whatever the load)")] = 1
-    trusted_proxy_hops: Annotated[int, Field(
-        ge=0, le=8, description="Proxies in front of the API that append to X-Forwarded-For; "
-                                "0: the client address is the TCP peer and the header is ignored")] = 0
+    password_hashes_per_minute: Annotated[
+        float, Field(gt=0, le=1_000_000, description="bcrypt hashes (sign-ins + sign-ups), all clients; burst a tenth")
+    ] = 90
+    password_hash_threads: Annotated[
+        int, Field(ge=1, le=64, description="bcrypt hashes run at once (1: at most one core, whatever the load)")
+    ] = 1
+    trusted_proxy_hops: Annotated[
+        int,
+        Field(
+            ge=0,
+            le=8,
+            description="Proxies in front of the API that append to X-Forwarded-For; "
+            "0: the client address is the TCP peer and the header is ignored",
+        ),
+    ] = 0
     bcrypt_rounds: Annotated[int, Field(ge=4, le=16)] = 12
     max_long_poll_s: Annotated[float, Field(ge=1, le=120)] = 30.0
-    listen_host: Annotated[str, Field(pattern=r"^[0-9A-Za-z.:\-]{1,255}$",
-                                      description="Where the API replica listens itself")] = "127.0.0.1"
-    listen_port: Annotated[int | None, Field(
-        ge=1, le=65535, description="The API's port, served by the replica itself (serve_app.listener); "
-                                    "None: only through Serve's HTTP proxy, if the Serve config enables one")] = None
-    api_url: Annotated[str, Field(pattern=r"^https?://[^\s/]+(:[0-9]+)?/?$",
-                                  description="The API's URL as provider machines reach it")] = "http://127.0.0.1:8000"
+    listen_host: Annotated[
+        str, Field(pattern=r"^[0-9A-Za-z.:\-]{1,255}$", description="Where the API replica listens itself")
+    ] = "127.0.0.1"
+    listen_port: Annotated[
+        int | None,
+        Field(
+            ge=1,
+            le=65535,
+            description="The API's port, served by the replica itself (serve_app.listener); "
+            "None: only through Serve's HTTP proxy, if the Serve config enables one",
+        ),
+    ] = None
+    api_url: Annotated[
+        str, Field(pattern=r"^https?://[^\s/]+(:[0-9]+)?/?$", description="The API's URL as provider machines reach it")
+    ] = "http://127.0.0.1:8000"
     provision_timeout_s: Annotated[float, Field(ge=30, le=3600, description="Launch to running, or failed")] = 600.0
     reconcile_interval_s: Annotated[float, Field(ge=0.1, le=60)] = 1.0
-    cluster_logs_max_bytes: Annotated[int, Field(
-        ge=0, le=1 << 30, description="Most bytes of logs kept of one cluster (its leases ship them as they close)")] = 16 << 20
-    cluster_logs_retention_s: Annotated[float, Field(
-        ge=0, le=365 * 86_400, description="How long a cluster's logs are kept after it ended")] = 7 * 86_400
-    aws: Annotated[aws_config.AwsSettings | None, Field(
-        description="Enables backend 'aws' (EC2 head and GPU workers); None: only the provider market")] = None
-    max_lifetime_s: Annotated[int, Field(ge=60, le=90 * 86_400, description="Longest a cluster may live, extensions included")] = 7 * 86_400
-    gpu_check_interval_s: Annotated[float, Field(
-        ge=0.1, le=600, description="How often due GPU checks are looked for (a new machine waits at most this)")] = 2.0
-    gpu_check_accepts_fake_nvml: Annotated[bool, Field(
-        description="TEST PLATFORMS ONLY: count GPU checks that read a fake NVML (agents started with "
-                    "--test-fake-nvml); otherwise such a machine stays unverified")] = False
-    quotas: Annotated[quota_limits.QuotaLimits, Field(
-        description="Every buyer account's limits unless an admin set its own (PUT /v1/accounts/{id}/quota)")
+    cluster_logs_max_bytes: Annotated[
+        int,
+        Field(
+            ge=0, le=1 << 30, description="Most bytes of logs kept of one cluster (its leases ship them as they close)"
+        ),
+    ] = 16 << 20
+    cluster_logs_retention_s: Annotated[
+        float, Field(ge=0, le=365 * 86_400, description="How long a cluster's logs are kept after it ended")
+    ] = 7 * 86_400
+    aws: Annotated[
+        aws_config.AwsSettings | None,
+        Field(description="Enables backend 'aws' (EC2 head and GPU workers); None: only the provider market"),
+    ] = None
+    max_lifetime_s: Annotated[
+        int, Field(ge=60, le=90 * 86_400, description="Longest a cluster may live, extensions included")
+    ] = 7 * 86_400
+    gpu_check_interval_s: Annotated[
+        float,
+        Field(ge=0.1, le=600, description="How often due GPU checks are looked for (a new machine waits at most this)"),
+    ] = 2.0
+    gpu_check_accepts_fake_nvml: Annotated[
+        bool,
+        Field(
+            description="TEST PLATFORMS ONLY: count GPU checks that read a fake NVML (agents started with "
+            "--test-fake-nvml); otherwise such a machine stays unverified"
+        ),
+    ] = False
+    quotas: Annotated[
+        quota_limits.QuotaLimits,
+        Field(description="Every buyer account's limits unless an admin set its own (PUT /v1/accounts/{id}/quota)"),
     ] = quota_limits.QuotaLimits()
 
     @property

@@ -42,6 +42,7 @@ def numbered_placeholders(sql: str) -> str:
             return match.group(0)
         count += 1
         return f"${count}"
+
     return _QUOTED_OR_MARK.sub(number, sql)
 
 

@@ -278,8 +278,11 @@ class SqliteBackend:
                     await c.close()  # the next call opens afresh
             raise
         # The WAL and shared-memory files hold the same data as the database: owner-only too.
-        for path in (self.path, self.path.with_name(self.path.name + "-wal"),
-                     self.path.with_name(self.path.name + "-shm")):
+        for path in (
+            self.path,
+            self.path.with_name(self.path.name + "-wal"),
+            self.path.with_name(self.path.name + "-shm"),
+        ):
             if path.exists():
                 path.chmod(0o600)
         self._conn, self._reader = conn, reader
@@ -324,8 +327,9 @@ class SqliteBackend:
         async with self._reader.execute(sql, args) as cursor:
             return [r[0] for r in await cursor.fetchall()]
 
-    async def atomic(self, statements: Callable[[_SqliteTransaction], Awaitable[T]],
-                     lock_wait_s: float | None = None) -> T:
+    async def atomic(
+        self, statements: Callable[[_SqliteTransaction], Awaitable[T]], lock_wait_s: float | None = None
+    ) -> T:
         """Shielded: a caller cancelled half-way (an HTTP client that hung up, a cancelled actor call)
         must never leave a transaction open: it would hold SQLite's write lock and stall every other
         writer (heartbeats included) until the next commit on this connection.
@@ -358,6 +362,7 @@ class SqliteBackend:
                             raise
             finally:
                 self._write_lock.release()
+
         return await asyncio.shield(run())
 
     @contextlib.asynccontextmanager
@@ -461,8 +466,7 @@ class Database:
         """One statement in a transaction of its own; returns the rows it changed."""
         return await self._atomic(lambda tx: tx.execute(sql, args), lock_wait_s)
 
-    async def _atomic(self, statements: Callable[[Transaction], Awaitable[T]],
-                      lock_wait_s: float | None = None) -> T:
+    async def _atomic(self, statements: Callable[[Transaction], Awaitable[T]], lock_wait_s: float | None = None) -> T:
         """Runs statements(tx) and commits, or rolls back, as one transaction; tx.execute(sql, args)
         and tx.executemany(sql, rows) take SQLite's `?` spelling on both backends. lock_wait_s bounds
         how long it waits for locks before it fails "busy" (store.is_busy): None, the backend's default."""
@@ -479,7 +483,8 @@ class Store(Database):
         try:
             await self._write(
                 "INSERT INTO accounts (username, password_hash, role, created_at) VALUES (?, ?, ?, ?)",
-                (username, password_hash, role.value, now))
+                (username, password_hash, role.value, now),
+            )
         except self._backend.integrity_errors:  # rolled back already
             raise errors.Conflict(f"username '{username}' is already taken", username=username) from None
         return await self.get_account_by_username(username)
@@ -499,13 +504,21 @@ class Store(Database):
 
     # --- machines -----------------------------------------------------------------------
 
-    _MACHINE_SELECT = ("SELECT m.*, a.username AS provider FROM machines m "
-                       "JOIN accounts a ON a.id = m.provider_id")
+    _MACHINE_SELECT = "SELECT m.*, a.username AS provider FROM machines m JOIN accounts a ON a.id = m.provider_id"
 
-    async def upsert_machine(self, *, machine_id: str, provider_id: int, machine_key: str, name: str,
-                             spec: domain.MachineSpec, price_per_gpu_hour: float,
-                             price_per_cpu_hour: float, now: float,
-                             gpu_check: tuple[domain.GpuVerification, str] | None = None) -> dict:
+    async def upsert_machine(
+        self,
+        *,
+        machine_id: str,
+        provider_id: int,
+        machine_key: str,
+        name: str,
+        spec: domain.MachineSpec,
+        price_per_gpu_hour: float,
+        price_per_cpu_hour: float,
+        now: float,
+        gpu_check: tuple[domain.GpuVerification, str] | None = None,
+    ) -> dict:
         """Insert, or refresh the machine this provider registered earlier with the same key.
         gpu_check: its new GPU verification status and detail (JSON), in the same statement (None: unchanged;
         a check in flight is then forgotten: its outcome no longer applies)."""
@@ -525,15 +538,34 @@ class Store(Database):
                    changed_at = excluded.changed_at, gpu_check = COALESCE(excluded.gpu_check, machines.gpu_check), """
             f"gpu_check_detail = {kept.format('gpu_check_detail')}, gpu_checked_at = {kept.format('gpu_checked_at')}, "
             f"gpu_check_lease = {kept.format('gpu_check_lease')}",
-            (machine_id, provider_id, machine_key, name, spec.model_dump_json(), spec.gpu_model,
-             len(spec.gpus), spec.cpus, spec.memory_mb, price_per_gpu_hour, price_per_cpu_hour,
-             domain.MachineStatus.ONLINE.value, now, now, status, detail, now))
-        return await self._fetchone(self._MACHINE_SELECT + " WHERE m.provider_id = ? AND m.machine_key = ?",
-                                    (provider_id, machine_key))
+            (
+                machine_id,
+                provider_id,
+                machine_key,
+                name,
+                spec.model_dump_json(),
+                spec.gpu_model,
+                len(spec.gpus),
+                spec.cpus,
+                spec.memory_mb,
+                price_per_gpu_hour,
+                price_per_cpu_hour,
+                domain.MachineStatus.ONLINE.value,
+                now,
+                now,
+                status,
+                detail,
+                now,
+            ),
+        )
+        return await self._fetchone(
+            self._MACHINE_SELECT + " WHERE m.provider_id = ? AND m.machine_key = ?", (provider_id, machine_key)
+        )
 
     async def get_machine_by_key(self, provider_id: int, machine_key: str) -> dict | None:
-        return await self._fetchone(self._MACHINE_SELECT + " WHERE m.provider_id = ? AND m.machine_key = ?",
-                                    (provider_id, machine_key))
+        return await self._fetchone(
+            self._MACHINE_SELECT + " WHERE m.provider_id = ? AND m.machine_key = ?", (provider_id, machine_key)
+        )
 
     async def get_machine(self, machine_id: str) -> dict | None:
         return await self._fetchone(self._MACHINE_SELECT + " WHERE m.id = ?", (machine_id,))
@@ -541,8 +573,9 @@ class Store(Database):
     async def list_machines(self, provider_id: int | None = None) -> list[dict]:
         if provider_id is None:
             return await self._fetchall(self._MACHINE_SELECT + " ORDER BY m.registered_at")
-        return await self._fetchall(self._MACHINE_SELECT + " WHERE m.provider_id = ? ORDER BY m.registered_at",
-                                    (provider_id,))
+        return await self._fetchall(
+            self._MACHINE_SELECT + " WHERE m.provider_id = ? ORDER BY m.registered_at", (provider_id,)
+        )
 
     async def list_machines_by_status(self, status: domain.MachineStatus) -> list[dict]:
         return await self._fetchall(self._MACHINE_SELECT + " WHERE m.status = ?", (status.value,))
@@ -550,25 +583,45 @@ class Store(Database):
     async def count_online_by_gpu_model(self, cutoff: float) -> dict[str | None, int]:
         """Online machines per GPU model (None: CPU-only), counted by the database: the gauge the sweeper
         refreshes every few seconds must not read every row into the registry's event loop."""
-        rows = await self._fetchall("SELECT CASE WHEN gpus > 0 THEN gpu_model END AS model, COUNT(*) AS machines"
-                                    f" FROM machines WHERE {online_where()} GROUP BY 1", (cutoff,))
+        rows = await self._fetchall(
+            "SELECT CASE WHEN gpus > 0 THEN gpu_model END AS model, COUNT(*) AS machines"
+            f" FROM machines WHERE {online_where()} GROUP BY 1",
+            (cutoff,),
+        )
         return {r["model"]: r["machines"] for r in rows}
 
-    async def record_heartbeat(self, machine_id: str, now: float, usage: domain.MachineUsage,
-                               online_within_s: float = 0.0, lock_wait_s: float | None = None) -> None:
+    async def record_heartbeat(
+        self,
+        machine_id: str,
+        now: float,
+        usage: domain.MachineUsage,
+        online_within_s: float = 0.0,
+        lock_wait_s: float | None = None,
+    ) -> None:
         await self.record_heartbeats([(machine_id, usage)], now, online_within_s, lock_wait_s)
 
-    async def record_heartbeats(self, beats: Sequence[tuple[str, domain.MachineUsage]], now: float,
-                                online_within_s: float = 0.0, lock_wait_s: float | None = None) -> None:
+    async def record_heartbeats(
+        self,
+        beats: Sequence[tuple[str, domain.MachineUsage]],
+        now: float,
+        online_within_s: float = 0.0,
+        lock_wait_s: float | None = None,
+    ) -> None:
         """Many machines' heartbeats (machine id, usage) in one transaction. A gap since a machine's last
         heartbeat of at most online_within_s counts as time online; lock_wait_s as in Database._atomic."""
         online = domain.MachineStatus.ONLINE.value
-        rows = [(now, online_within_s, now, now, usage.model_dump_json(), online, machine_id)
-                for machine_id, usage in beats]
-        await self._atomic(lambda tx: tx.executemany(
-            "UPDATE machines SET online_seconds = online_seconds + CASE WHEN last_heartbeat IS NOT NULL"
-            " AND ? - last_heartbeat BETWEEN 0 AND ? THEN ? - last_heartbeat ELSE 0 END,"
-            " last_heartbeat = ?, usage = ?, status = ? WHERE id = ?", rows), lock_wait_s)
+        rows = [
+            (now, online_within_s, now, now, usage.model_dump_json(), online, machine_id) for machine_id, usage in beats
+        ]
+        await self._atomic(
+            lambda tx: tx.executemany(
+                "UPDATE machines SET online_seconds = online_seconds + CASE WHEN last_heartbeat IS NOT NULL"
+                " AND ? - last_heartbeat BETWEEN 0 AND ? THEN ? - last_heartbeat ELSE 0 END,"
+                " last_heartbeat = ?, usage = ?, status = ? WHERE id = ?",
+                rows,
+            ),
+            lock_wait_s,
+        )
 
     async def get_machines(self, machine_ids: Sequence[str]) -> dict[str, dict]:
         """The machines of these ids that exist, by id (one query)."""
@@ -582,9 +635,11 @@ class Store(Database):
         """Leases on the machine that still hold capacity (the leases table is the ClusterManager's), and
         its GPU check lease while one runs."""
         live = tuple(st.value for st in domain.LeaseStatus if st.holds_capacity())
-        rows = await self._fetchall(f"SELECT id FROM leases WHERE machine_id = ? AND status IN ({','.join('?' * len(live))})"
-                                    " UNION SELECT gpu_check_lease AS id FROM machines WHERE id = ? AND gpu_check = ?",
-                                    (machine_id, *live, machine_id, domain.GpuVerification.CHECKING.value))
+        rows = await self._fetchall(
+            f"SELECT id FROM leases WHERE machine_id = ? AND status IN ({','.join('?' * len(live))})"
+            " UNION SELECT gpu_check_lease AS id FROM machines WHERE id = ? AND gpu_check = ?",
+            (machine_id, *live, machine_id, domain.GpuVerification.CHECKING.value),
+        )
         return {r["id"] for r in rows if r["id"]}
 
     async def set_machine_status(self, machine_id: str, status: domain.MachineStatus) -> None:
@@ -595,27 +650,36 @@ class Store(Database):
         silent = f"status = '{domain.MachineStatus.ONLINE.value}' AND NOT ({online_where()})"
         rows = await self._fetchall(f"SELECT id FROM machines WHERE {silent}", (cutoff,))
         if rows:
-            await self._write(f"UPDATE machines SET status = ? WHERE {silent}",
-                              (domain.MachineStatus.OFFLINE.value, cutoff))
+            await self._write(
+                f"UPDATE machines SET status = ? WHERE {silent}", (domain.MachineStatus.OFFLINE.value, cutoff)
+            )
         return [r["id"] for r in rows]
 
     # --- machine keys -------------------------------------------------------------------
 
     async def replace_machine_key(self, machine_id: str, key_id: str, key_hash: str, now: float) -> None:
         """The machine's new active key; the one it had is revoked in the same transaction."""
+
         async def statements(conn):
-            await conn.execute("UPDATE machine_keys SET revoked_at = ? WHERE machine_id = ? AND revoked_at IS NULL",
-                               (now, machine_id))
-            await conn.execute("INSERT INTO machine_keys (id, machine_id, key_hash, created_at) VALUES (?, ?, ?, ?)",
-                               (key_id, machine_id, key_hash, now))
+            await conn.execute(
+                "UPDATE machine_keys SET revoked_at = ? WHERE machine_id = ? AND revoked_at IS NULL", (now, machine_id)
+            )
+            await conn.execute(
+                "INSERT INTO machine_keys (id, machine_id, key_hash, created_at) VALUES (?, ?, ?, ?)",
+                (key_id, machine_id, key_hash, now),
+            )
+
         await self._atomic(statements)
 
     async def active_machine_key(self, machine_id: str) -> dict | None:
-        return await self._fetchone("SELECT * FROM machine_keys WHERE machine_id = ? AND revoked_at IS NULL",
-                                    (machine_id,))
+        return await self._fetchone(
+            "SELECT * FROM machine_keys WHERE machine_id = ? AND revoked_at IS NULL", (machine_id,)
+        )
 
-    _KEY_SELECT = ("SELECT k.id, k.machine_id, k.created_at, k.revoked_at, m.name AS machine_name, m.provider_id "
-                   "FROM machine_keys k JOIN machines m ON m.id = k.machine_id")
+    _KEY_SELECT = (
+        "SELECT k.id, k.machine_id, k.created_at, k.revoked_at, m.name AS machine_name, m.provider_id "
+        "FROM machine_keys k JOIN machines m ON m.id = k.machine_id"
+    )
 
     async def get_machine_key(self, key_id: str) -> dict | None:
         return await self._fetchone(self._KEY_SELECT + " WHERE k.id = ?", (key_id,))
@@ -624,8 +688,7 @@ class Store(Database):
         """Never the hashes: what a provider sees of its machines' keys (every machine's, for admins)."""
         if provider_id is None:
             return await self._fetchall(self._KEY_SELECT + " ORDER BY k.created_at")
-        return await self._fetchall(self._KEY_SELECT + " WHERE m.provider_id = ? ORDER BY k.created_at",
-                                    (provider_id,))
+        return await self._fetchall(self._KEY_SELECT + " WHERE m.provider_id = ? ORDER BY k.created_at", (provider_id,))
 
     async def revoke_machine_key(self, key_id: str, now: float) -> None:
         await self._write("UPDATE machine_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (now, key_id))
@@ -642,8 +705,10 @@ def not_online_ids_sql(alias: str = "machines") -> str:
     reads (machines_liveness) rather than a scan of every machine; one `?` takes the cutoff."""
     others = ", ".join(f"'{s.value}'" for s in domain.MachineStatus if s is not domain.MachineStatus.ONLINE)
     online = f"SELECT {alias}.id FROM machines {alias} WHERE {alias}.status = '{domain.MachineStatus.ONLINE.value}' AND"
-    return (f"SELECT {alias}.id FROM machines {alias} WHERE {alias}.status IN ({others})"
-            f" UNION ALL {online} {alias}.last_heartbeat < ? UNION ALL {online} {alias}.last_heartbeat IS NULL")
+    return (
+        f"SELECT {alias}.id FROM machines {alias} WHERE {alias}.status IN ({others})"
+        f" UNION ALL {online} {alias}.last_heartbeat < ? UNION ALL {online} {alias}.last_heartbeat IS NULL"
+    )
 
 
 def decode_machine(row: dict) -> dict:

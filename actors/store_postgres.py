@@ -22,9 +22,13 @@ POOL_MAX_SIZE = 8
 # Raised for a constraint the statement broke (unique, foreign key, check): nothing was written.
 INTEGRITY_ERRORS: tuple[type[BaseException], ...] = (asyncpg.exceptions.IntegrityConstraintViolationError,)
 
-_BUSY = (asyncpg.exceptions.SerializationError, asyncpg.exceptions.DeadlockDetectedError,
-         asyncpg.exceptions.LockNotAvailableError, asyncpg.exceptions.TooManyConnectionsError,
-         asyncpg.exceptions.CannotConnectNowError)
+_BUSY = (
+    asyncpg.exceptions.SerializationError,
+    asyncpg.exceptions.DeadlockDetectedError,
+    asyncpg.exceptions.LockNotAvailableError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.CannotConnectNowError,
+)
 
 
 def is_busy(exc: BaseException) -> bool:
@@ -107,16 +111,17 @@ class PostgresBackend:
     async def fetchcolumn(self, sql: str, args: Sequence = ()) -> list:
         return [r[0] for r in await self._pool.fetch(dialect.numbered_placeholders(sql), *args)]
 
-    async def atomic(self, statements: Callable[[_Transaction], Awaitable[T]],
-                     lock_wait_s: float | None = None) -> T:
+    async def atomic(self, statements: Callable[[_Transaction], Awaitable[T]], lock_wait_s: float | None = None) -> T:
         """One transaction; shielded like SQLite's, so a cancelled caller never splits it. With
         lock_wait_s, a lock it waits for longer fails it (LockNotAvailableError: busy)."""
+
         async def run() -> T:
             async with self._pool.acquire() as conn:
                 async with conn.transaction():
                     if lock_wait_s is not None:
                         await conn.execute(f"SET LOCAL lock_timeout = {max(1, int(lock_wait_s * 1000))}")
                     return await statements(_Transaction(conn))
+
         return await asyncio.shield(run())
 
     @contextlib.asynccontextmanager

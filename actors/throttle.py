@@ -37,8 +37,9 @@ class TokenBucket:
 class Limit:
     """One named limit: a bucket per key (a client address), or a single one (key None)."""
 
-    def __init__(self, what: str, per_minute: float, *, burst: float | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self, what: str, per_minute: float, *, burst: float | None = None, clock: Callable[[], float] = time.monotonic
+    ):
         if per_minute <= 0:
             raise ValueError("a limit must allow at least some requests a minute")
         self.what = what
@@ -82,7 +83,9 @@ class Limit:
         where = f" from {key}" if key is not None else " on this platform (all clients together)"
         return errors.RateLimited(
             f"too many {self.what}{where}: the limit is {self.per_minute:g} a minute; try again in {retry} s",
-            retry_after_s=retry, limit=self.what)
+            retry_after_s=retry,
+            limit=self.what,
+        )
 
 
 def take_all(*limits: tuple[Limit, str | None]) -> None:
@@ -104,23 +107,36 @@ class AuthThrottle:
     one of the same hash budget.
     """
 
-    def __init__(self, *, login_failures_per_address_per_minute: float, signups_per_address_per_minute: float,
-                 signups_per_minute: float, password_hashes_per_minute: float,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        *,
+        login_failures_per_address_per_minute: float,
+        signups_per_address_per_minute: float,
+        signups_per_minute: float,
+        password_hashes_per_minute: float,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.login_failures = Limit("failed sign-ins", login_failures_per_address_per_minute, clock=clock)
         self.signups_by_address = Limit("sign-ups", signups_per_address_per_minute, clock=clock)
         self.signups = Limit("sign-ups", signups_per_minute, clock=clock)
         # A burst of a tenth of a minute's budget: a crowd of agents signing in after a restart
         # passes, a flood cannot queue more than a few seconds of hashing.
-        self.hashes = Limit("password checks (sign-ins and sign-ups)", password_hashes_per_minute,
-                            burst=max(1.0, password_hashes_per_minute / 6), clock=clock)
+        self.hashes = Limit(
+            "password checks (sign-ins and sign-ups)",
+            password_hashes_per_minute,
+            burst=max(1.0, password_hashes_per_minute / 6),
+            clock=clock,
+        )
 
     @classmethod
     def from_settings(cls, settings, clock: Callable[[], float] = time.monotonic) -> "AuthThrottle":
-        return cls(login_failures_per_address_per_minute=settings.login_failures_per_address_per_minute,
-                   signups_per_address_per_minute=settings.signups_per_address_per_minute,
-                   signups_per_minute=settings.signups_per_minute,
-                   password_hashes_per_minute=settings.password_hashes_per_minute, clock=clock)
+        return cls(
+            login_failures_per_address_per_minute=settings.login_failures_per_address_per_minute,
+            signups_per_address_per_minute=settings.signups_per_address_per_minute,
+            signups_per_minute=settings.signups_per_minute,
+            password_hashes_per_minute=settings.password_hashes_per_minute,
+            clock=clock,
+        )
 
     def begin_login(self, address: str | None) -> None:
         take_all((self.login_failures, address or UNKNOWN_ADDRESS), (self.hashes, None))

@@ -32,11 +32,16 @@ def summarize(leases: list[dict], *, group_by: str, start: float, end: float, no
     for lease in leases:
         part = lease_usage(lease, start, end, now)
         key = lease[group_by]
-        entry = groups.setdefault(key, {group_by: key, "nodes": 0, "node_seconds": 0.0, "gpu_seconds": 0.0,
-                                        "cpu_seconds": 0.0, "cost": 0.0})
+        entry = groups.setdefault(
+            key, {group_by: key, "nodes": 0, "node_seconds": 0.0, "gpu_seconds": 0.0, "cpu_seconds": 0.0, "cost": 0.0}
+        )
         entry["nodes"] += 1
         _add(entry, part)
         _add(total, part)
     rounded = [{k: round(v, 6) if isinstance(v, float) else v for k, v in g.items()} for g in groups.values()]
-    return {"start": start, "end": end, "total": {k: round(v, 6) for k, v in total.items()},
-            "items": sorted(rounded, key=lambda g: g[group_by])}
+    return {
+        "start": start,
+        "end": end,
+        "total": {k: round(v, 6) for k, v in total.items()},
+        "items": sorted(rounded, key=lambda g: g[group_by]),
+    }

@@ -17,12 +17,21 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks import (api_throughput, cluster_start, common, expiry, footprint, head_limits, platform_session, release,
-                        sandbox, scale)
+from benchmarks import (
+    api_throughput,
+    cluster_start,
+    common,
+    expiry,
+    footprint,
+    head_limits,
+    platform_session,
+    release,
+    sandbox,
+    scale,
+)
 
 # Run order: the cluster cycles first (figures 1, 2 and 6 share them), the 10,000 machines last.
-FIGURES = {m.NAME: m for m in (cluster_start, release, sandbox, footprint, expiry, api_throughput, scale,
-                                 head_limits)}
+FIGURES = {m.NAME: m for m in (cluster_start, release, sandbox, footprint, expiry, api_throughput, scale, head_limits)}
 DEFAULT_OUT = common.REPO_ROOT / "benchmarks" / "results" / "latest.json"
 
 
@@ -43,8 +52,9 @@ class Context:
         if self._start_error is not None:
             raise RuntimeError(f"the platform did not start: {self._start_error}")
         if self._session is None:
-            session = platform_session.PlatformSession(providers=2, agent_cpus=8, heartbeat_s=5.0,
-                                                       idle_s=5.0 if self.quick else 10.0, layout=self.layout)
+            session = platform_session.PlatformSession(
+                providers=2, agent_cpus=8, heartbeat_s=5.0, idle_s=5.0 if self.quick else 10.0, layout=self.layout
+            )
             self._session = session  # stopped by close() even if start() fails midway
             try:
                 session.start()
@@ -55,7 +65,16 @@ class Context:
 
     def platform_info(self) -> dict:
         s = self._session
-        return {} if s is None else {"layout": str(self.layout), "api_url": s.url, "up_timings_s": s.up_timings, "idle_footprint": s.idle_footprint}
+        return (
+            {}
+            if s is None
+            else {
+                "layout": str(self.layout),
+                "api_url": s.url,
+                "up_timings_s": s.up_timings,
+                "idle_footprint": s.idle_footprint,
+            }
+        )
 
     def close(self) -> dict:
         if self._session is None:
@@ -64,24 +83,52 @@ class Context:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true",
-                   help="smoke run: 1 repetition, 500 simulated machines for 10 s, short load windows")
-    p.add_argument("--only", nargs="+", choices=list(FIGURES), metavar="NAME",
-                   help=f"run only these figures ({', '.join(FIGURES)})")
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: 1 repetition, 500 simulated machines for 10 s, short load windows",
+    )
+    p.add_argument(
+        "--only",
+        nargs="+",
+        choices=list(FIGURES),
+        metavar="NAME",
+        help=f"run only these figures ({', '.join(FIGURES)})",
+    )
     p.add_argument("--reps", type=int, default=None, help="repetitions per figure (default 3, --quick 1)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"results JSON (default {DEFAULT_OUT})")
-    p.add_argument("--database", choices=platform_session.PlatformLayout.DATABASES, default="sqlite",
-                   help="the platform's store: sqlite (default, as `dcluster up`) or postgresql (a throwaway server "
-                        "this run starts from Debian's postgresql package)")
-    p.add_argument("--platform-nodes", type=int, default=1, metavar="N",
-                   help="platform nodes on this machine: the head plus N-1 joined with --join, one API replica "
-                        "each (N > 1 needs --database postgresql)")
-    p.add_argument("--machines", type=int, default=None, metavar="N",
-                   help="simulated machines for the scale figure (default 10,000, --quick 500)")
-    p.add_argument("--window", type=float, default=None, metavar="S",
-                   help="seconds of heartbeats in the scale figure (default 60, --quick 10)")
+    p.add_argument(
+        "--database",
+        choices=platform_session.PlatformLayout.DATABASES,
+        default="sqlite",
+        help="the platform's store: sqlite (default, as `dcluster up`) or postgresql (a throwaway server "
+        "this run starts from Debian's postgresql package)",
+    )
+    p.add_argument(
+        "--platform-nodes",
+        type=int,
+        default=1,
+        metavar="N",
+        help="platform nodes on this machine: the head plus N-1 joined with --join, one API replica "
+        "each (N > 1 needs --database postgresql)",
+    )
+    p.add_argument(
+        "--machines",
+        type=int,
+        default=None,
+        metavar="N",
+        help="simulated machines for the scale figure (default 10,000, --quick 500)",
+    )
+    p.add_argument(
+        "--window",
+        type=float,
+        default=None,
+        metavar="S",
+        help="seconds of heartbeats in the scale figure (default 60, --quick 10)",
+    )
     return p
 
 
@@ -119,9 +166,19 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     machine = common.machine_info()
     rows: list[common.Row] = []
-    report = {"machine": machine, "args": {"quick": args.quick, "reps": args.reps, "only": names,
-                                           "database": args.database, "platform_nodes": args.platform_nodes,
-                                           "machines": args.machines, "window_s": args.window}, "rows": []}
+    report = {
+        "machine": machine,
+        "args": {
+            "quick": args.quick,
+            "reps": args.reps,
+            "only": names,
+            "database": args.database,
+            "platform_nodes": args.platform_nodes,
+            "machines": args.machines,
+            "window_s": args.window,
+        },
+        "rows": [],
+    }
 
     def save(final: bool = False) -> None:
         report["rows"] = [r.to_dict() for r in rows]
@@ -130,8 +187,10 @@ def main(argv: list[str] | None = None) -> int:
         report["complete"] = final
         common.write_json(args.out, report)
 
-    common.log(f"figures: {', '.join(names)}; reps {args.reps}{' (quick)' if args.quick else ''}; platform: {ctx.layout}; "
-               f"{machine['cpu_model']}, {machine['logical_cpus']} CPUs, {machine['ram_gib']} GiB")
+    common.log(
+        f"figures: {', '.join(names)}; reps {args.reps}{' (quick)' if args.quick else ''}; platform: {ctx.layout}; "
+        f"{machine['cpu_model']}, {machine['logical_cpus']} CPUs, {machine['ram_gib']} GiB"
+    )
     try:
         for name in names:
             common.log(f"=== {name}")
@@ -157,11 +216,12 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
     save(final=True)
     m = machine
-    print(f"\nMachine: {m['cpu_model']}, {m['logical_cpus']} logical CPUs, {m['ram_gib']} GiB RAM, {m['os']}, "
-          f"Python {m['python']}, Ray {m['ray']}, commit {m['git_commit']}, {m['date_utc']}; "
-          f"load avg at start {m['load_avg_at_start']}, other Ray nodes running {m['other_ray_nodes_at_start']}")
-    print(f"Median of {args.reps} repetition(s) where repeated; total {report['elapsed_s']:.0f} s. "
-          f"JSON: {args.out}\n")
+    print(
+        f"\nMachine: {m['cpu_model']}, {m['logical_cpus']} logical CPUs, {m['ram_gib']} GiB RAM, {m['os']}, "
+        f"Python {m['python']}, Ray {m['ray']}, commit {m['git_commit']}, {m['date_utc']}; "
+        f"load avg at start {m['load_avg_at_start']}, other Ray nodes running {m['other_ray_nodes_at_start']}"
+    )
+    print(f"Median of {args.reps} repetition(s) where repeated; total {report['elapsed_s']:.0f} s. JSON: {args.out}\n")
     print(common.table(rows))
     return 0
 

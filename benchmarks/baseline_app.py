@@ -23,6 +23,7 @@ class _Method:
     def remote(self, *args, **kwargs):
         async def call():
             return self._answer(*args, **kwargs) if callable(self._answer) else self._answer
+
         return call()
 
 
@@ -42,10 +43,19 @@ def build(secret: str, cluster: dict, heartbeat_interval_s: float):
     from serve_app import app as app_mod
 
     ack = {"status": "online", "heartbeat_interval_s": heartbeat_interval_s, "stale_leases": []}
-    registry = StubHandle(signing_secret=secret, heartbeat=ack, heartbeats=lambda beats: [ack] * len(beats),
-                          ready=True, start_status={"actor": "ProviderRegistry", "ready": True})
-    clusters = StubHandle(get_cluster=cluster, get_clusters=lambda reads: [cluster] * len(reads), ready=True,
-                          start_status={"actor": "ClusterManager", "ready": True})
+    registry = StubHandle(
+        signing_secret=secret,
+        heartbeat=ack,
+        heartbeats=lambda beats: [ack] * len(beats),
+        ready=True,
+        start_status={"actor": "ProviderRegistry", "ready": True},
+    )
+    clusters = StubHandle(
+        get_cluster=cluster,
+        get_clusters=lambda reads: [cluster] * len(reads),
+        ready=True,
+        start_status={"actor": "ClusterManager", "ready": True},
+    )
     return app_mod.create_app(registry, clusters)
 
 
@@ -58,8 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     import uvicorn
 
-    app = build(args.jwt_secret_file.read_text().strip(), json.loads(args.cluster_json.read_text()),
-                args.heartbeat_interval_s)
+    app = build(
+        args.jwt_secret_file.read_text().strip(), json.loads(args.cluster_json.read_text()), args.heartbeat_interval_s
+    )
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
     return 0
 

@@ -68,14 +68,35 @@ def bare_ray_start(workdir: Path, *, num_workers: int = NUM_WORKERS, with_job: b
         ports.append(p)
     head = ports[0]
     # The same node shapes as the market's sub-cluster: a head with no CPUs for tasks, 1-CPU workers.
-    head_cmd = [platform_session.RAY, "start", "--head", *head.start_flags(head=True, temp_dir=root / "n0"), "--num-cpus=0",
-                "--num-gpus=0", "--dashboard-host=127.0.0.1", "--disable-usage-stats"]
-    worker_cmds = [[platform_session.RAY, "start", f"--address=127.0.0.1:{head.gcs}",
-                    *p.start_flags(head=False, temp_dir=root / f"n{i}"), "--num-cpus=1", "--disable-usage-stats"]
-                   for i, p in enumerate(ports[1:], start=1)]
-    probe = subprocess.Popen([sys.executable, "-m", "benchmarks.cluster_start", "--probe"], cwd=common.REPO_ROOT,
-                             env={**env, "PYTHONPATH": str(common.REPO_ROOT)}, stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, text=True)
+    head_cmd = [
+        platform_session.RAY,
+        "start",
+        "--head",
+        *head.start_flags(head=True, temp_dir=root / "n0"),
+        "--num-cpus=0",
+        "--num-gpus=0",
+        "--dashboard-host=127.0.0.1",
+        "--disable-usage-stats",
+    ]
+    worker_cmds = [
+        [
+            platform_session.RAY,
+            "start",
+            f"--address=127.0.0.1:{head.gcs}",
+            *p.start_flags(head=False, temp_dir=root / f"n{i}"),
+            "--num-cpus=1",
+            "--disable-usage-stats",
+        ]
+        for i, p in enumerate(ports[1:], start=1)
+    ]
+    probe = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.cluster_start", "--probe"],
+        cwd=common.REPO_ROOT,
+        env={**env, "PYTHONPATH": str(common.REPO_ROOT)},
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     time.sleep(2.0)  # the probe imports Ray before the clock starts
     out: dict = {}
     try:
@@ -86,8 +107,10 @@ def bare_ray_start(workdir: Path, *, num_workers: int = NUM_WORKERS, with_job: b
         out["head_s"] = time.monotonic() - t0
         probe.stdin.write(f"127.0.0.1:{head.gcs} {1 + num_workers}\n")
         probe.stdin.flush()
-        workers = [procs.spawn(cmd, env={**env, **p.env()}, log_path=root / f"worker{i}.log", owner_tag=tag)
-                   for i, (cmd, p) in enumerate(zip(worker_cmds, ports[1:]))]
+        workers = [
+            procs.spawn(cmd, env={**env, **p.env()}, log_path=root / f"worker{i}.log", owner_tag=tag)
+            for i, (cmd, p) in enumerate(zip(worker_cmds, ports[1:]))
+        ]
         for i, w in enumerate(workers):
             if w.wait(120) != 0:
                 raise RuntimeError(f"bare worker `ray start` failed: {(root / f'worker{i}.log').read_text()[-300:]}")
@@ -141,19 +164,35 @@ def run(ctx) -> list[common.Row]:
         "ratio_usable_vs_bare_plus_job": None if r is None else round(r, 3),
         "platform_phases_s_median (from the cluster's events)": {
             k: common.median([c["phases_s"][k] for c in cycles if c.get("phases_s", {}).get(k) is not None])
-            for k in cycles[0].get("phases_s", {})},
+            for k in cycles[0].get("phases_s", {})
+        },
         "platform_events_first_rep": cycles[0]["events"],
     }
     # Both sides to the same point: nodes ALIVE and `ray job submit` accepted (the headline until 2026-12-01
     # divided the platform's usable time by bare's ALIVE time, charging the platform the job submit alone).
-    return [common.Row(
-        figure=NAME, metric="time to a usable cluster (1 head + 2 workers, job accepted; bare: the same)",
-        value=usable, unit="s", baseline=bare_job, ratio=r, target=f"<= {TARGET_RATIO}x bare ray start",
-        met=None if r is None else r <= TARGET_RATIO, details=details),
+    return [
         common.Row(
-        figure=NAME, metric="time to every node joined (platform: seen ALIVE by the platform; bare: ALIVE)",
-        value=joined, unit="s", baseline=alive, ratio=r_joined, target=f"<= {TARGET_RATIO}x bare ray start",
-        met=None if r_joined is None else r_joined <= TARGET_RATIO)]
+            figure=NAME,
+            metric="time to a usable cluster (1 head + 2 workers, job accepted; bare: the same)",
+            value=usable,
+            unit="s",
+            baseline=bare_job,
+            ratio=r,
+            target=f"<= {TARGET_RATIO}x bare ray start",
+            met=None if r is None else r <= TARGET_RATIO,
+            details=details,
+        ),
+        common.Row(
+            figure=NAME,
+            metric="time to every node joined (platform: seen ALIVE by the platform; bare: ALIVE)",
+            value=joined,
+            unit="s",
+            baseline=alive,
+            ratio=r_joined,
+            target=f"<= {TARGET_RATIO}x bare ray start",
+            met=None if r_joined is None else r_joined <= TARGET_RATIO,
+        ),
+    ]
 
 
 if __name__ == "__main__":

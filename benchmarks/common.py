@@ -20,11 +20,12 @@ from typing import Any
 import psutil
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-GIB = 1024 ** 3
-MIB = 1024 ** 2
+GIB = 1024**3
+MIB = 1024**2
 
 
 # --- results ----------------------------------------------------------------------------
+
 
 @dataclasses.dataclass
 class Row:
@@ -58,6 +59,7 @@ def ratio(value: float | None, baseline: float | None) -> float | None:
 
 # --- statistics -------------------------------------------------------------------------
 
+
 def percentile(values: Sequence[float], q: float) -> float | None:
     """The q-th percentile (0..100) with linear interpolation between closest ranks (numpy's default)."""
     if not values:
@@ -79,18 +81,27 @@ def summary(values: Sequence[float], digits: int = 4) -> dict[str, Any]:
     if not values:
         return {"n": 0}
     r = lambda v: None if v is None else round(v, digits)  # noqa: E731
-    return {"n": len(values), "min": r(min(values)), "p50": r(percentile(values, 50)),
-            "p90": r(percentile(values, 90)), "p99": r(percentile(values, 99)), "max": r(max(values)),
-            "mean": r(sum(values) / len(values))}
+    return {
+        "n": len(values),
+        "min": r(min(values)),
+        "p50": r(percentile(values, 50)),
+        "p90": r(percentile(values, 90)),
+        "p99": r(percentile(values, 99)),
+        "max": r(max(values)),
+        "mean": r(sum(values) / len(values)),
+    }
 
 
 # --- waiting ----------------------------------------------------------------------------
+
 
 class Timeout(Exception):
     pass
 
 
-def wait_for(predicate: Callable[[], Any], *, timeout_s: float, interval_s: float = 0.1, what: str = "condition") -> Any:
+def wait_for(
+    predicate: Callable[[], Any], *, timeout_s: float, interval_s: float = 0.1, what: str = "condition"
+) -> Any:
     """Polls until predicate() is truthy and returns its value (and the time it became so)."""
     deadline = time.monotonic() + timeout_s
     last_error: BaseException | None = None
@@ -109,6 +120,7 @@ def wait_for(predicate: Callable[[], Any], *, timeout_s: float, interval_s: floa
 
 # --- the machine ------------------------------------------------------------------------
 
+
 def _cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -121,10 +133,16 @@ def _cpu_model() -> str:
 
 def _git_commit() -> str | None:
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True,
-                                text=True, timeout=5).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
         return (commit + ("+dirty" if dirty else "")) or None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -142,6 +160,7 @@ def other_ray_nodes() -> int:
 def machine_info() -> dict[str, Any]:
     try:
         import ray
+
         ray_version = ray.__version__
     except ImportError:
         ray_version = None
@@ -163,6 +182,7 @@ def machine_info() -> dict[str, Any]:
 
 
 # --- process resources ------------------------------------------------------------------
+
 
 def memory_of(processes: Iterable[psutil.Process], *, pss: bool = True) -> dict[str, float]:
     """Summed RSS (and PSS, which splits shared pages fairly) in MiB, and the process count."""
@@ -263,12 +283,14 @@ class ResourceSampler:
             "cpu_percent_p90": round(percentile(cpu, 90), 1) if cpu else None,
             "rss_mib_mean": round(sum(rss) / len(rss), 1) if rss else None,
             "rss_mib_max": round(max(rss), 1) if rss else None,
-            "cpu_s_by_process": {k: round(v, 2) for k, v in sorted(self.cpu_s_by_process.items(), key=lambda kv: -kv[1])
-                                 if v >= 0.01},
+            "cpu_s_by_process": {
+                k: round(v, 2) for k, v in sorted(self.cpu_s_by_process.items(), key=lambda kv: -kv[1]) if v >= 0.01
+            },
         }
 
 
 # --- output -----------------------------------------------------------------------------
+
 
 def fmt(value: Any, digits: int = 3) -> str:
     if value is None:
@@ -300,7 +322,9 @@ def table(rows: Sequence[Row]) -> str:
         value = f"{fmt(r.value)} {r.unit}".strip()
         baseline = f"{fmt(r.baseline)} {r.unit}".strip() if r.baseline is not None else "-"
         rat = f"{r.ratio:.2f}x" if r.ratio is not None else "-"
-        lines.append([r.figure, r.metric, value, baseline, rat, r.target or "-", fmt(r.met) if r.met is not None else "-"])
+        lines.append(
+            [r.figure, r.metric, value, baseline, rat, r.target or "-", fmt(r.met) if r.met is not None else "-"]
+        )
     widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(header)]
 
     def render(cells: Sequence[str]) -> str:

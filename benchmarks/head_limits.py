@@ -62,11 +62,15 @@ async def _buyers(store, n: int) -> list[auth.Principal]:
     conn = await store.conn()
     now = time.time()
     first = 1000
-    await conn.executemany("INSERT INTO accounts (id, username, password_hash, role, created_at) VALUES (?, ?, ?, ?, ?)",
-                           [(first + i, f"buyer-{i}", "x", "buyer", now) for i in range(n)])
-    await conn.executemany("INSERT INTO account_quotas (account_id, max_clusters, max_gpus, max_cpus, max_gpu_hours,"
-                           " updated_at, updated_by) VALUES (?, ?, ?, ?, ?, ?, 'bench')",
-                           [(first + i, 100_000, 10_000_000, 10_000_000, 1e12, now) for i in range(n)])
+    await conn.executemany(
+        "INSERT INTO accounts (id, username, password_hash, role, created_at) VALUES (?, ?, ?, ?, ?)",
+        [(first + i, f"buyer-{i}", "x", "buyer", now) for i in range(n)],
+    )
+    await conn.executemany(
+        "INSERT INTO account_quotas (account_id, max_clusters, max_gpus, max_cpus, max_gpu_hours,"
+        " updated_at, updated_by) VALUES (?, ?, ?, ?, ?, ?, 'bench')",
+        [(first + i, 100_000, 10_000_000, 10_000_000, 1e12, now) for i in range(n)],
+    )
     await conn.commit()
     return [auth.Principal(first + i, f"buyer-{i}", domain.Role.BUYER) for i in range(n)]
 
@@ -82,20 +86,28 @@ async def _creates(manager, buyers: list[auth.Principal], concurrency: int, wind
         while time.monotonic() < deadline:
             t0 = time.perf_counter()
             try:
-                await manager.create_cluster(buyers[i % len(buyers)], {"num_workers": 1, "gpus_per_worker": 8,
-                                                                       "duration_s": 3600})
+                await manager.create_cluster(
+                    buyers[i % len(buyers)], {"num_workers": 1, "gpus_per_worker": 8, "duration_s": 3600}
+                )
                 latencies.append(time.perf_counter() - t0)
             except Exception as exc:  # noqa: BLE001 - counted, and named in the details
                 failures.append(f"{type(exc).__name__}: {exc}"[:120])
             i += concurrency
+
     t0 = time.monotonic()
     await asyncio.gather(*(creator(k) for k in range(concurrency)))
     elapsed = time.monotonic() - t0
     cpu = time.process_time() - cpu0
     ms = [x * 1000 for x in latencies]
-    return {"concurrency": concurrency, "created": len(latencies), "per_s": round(len(latencies) / elapsed, 1),
-            "ms": common.summary(ms, 1), "cpu_ms_per_create": round(cpu * 1000 / max(1, len(latencies)), 2),
-            "failures": len(failures), "failure_examples": sorted(set(failures))[:3]}
+    return {
+        "concurrency": concurrency,
+        "created": len(latencies),
+        "per_s": round(len(latencies) / elapsed, 1),
+        "ms": common.summary(ms, 1),
+        "cpu_ms_per_create": round(cpu * 1000 / max(1, len(latencies)), 2),
+        "failures": len(failures),
+        "failure_examples": sorted(set(failures))[:3],
+    }
 
 
 async def _heartbeats(db_path: Path, machine_ids: list[str], window_s: float) -> dict:
@@ -121,8 +133,9 @@ async def measure(workdir: Path, n: int, concurrency=CONCURRENCY, window_s: floa
     seeded_s = time.perf_counter() - t0
     # The fleet's beats are not sent while clusters are created (their writes are measured apart): machines
     # stay online for the whole run through a long offline threshold instead.
-    settings = settings_mod.PlatformSettings(state_dir=db_dir, heartbeat_interval_s=300, missed_heartbeats_offline=100,
-                                             api_url="http://127.0.0.1:9")
+    settings = settings_mod.PlatformSettings(
+        state_dir=db_dir, heartbeat_interval_s=300, missed_heartbeats_offline=100, api_url="http://127.0.0.1:9"
+    )
     manager = cluster_manager.ClusterManager(store, settings, registry=_Registry(), launcher=_Launcher())
     try:
         return await _measure(store, manager, db_dir, n, active, concurrency, window_s, seeded_s)
@@ -133,8 +146,9 @@ async def measure(workdir: Path, n: int, concurrency=CONCURRENCY, window_s: floa
         await store.close()
 
 
-async def _measure(store, manager, db_dir: Path, n: int, active: int, concurrency, window_s: float,
-                   seeded_s: float) -> dict:
+async def _measure(
+    store, manager, db_dir: Path, n: int, active: int, concurrency, window_s: float, seeded_s: float
+) -> dict:
     t0 = time.perf_counter()
     await manager.start()  # loads the machine index
     load_s = time.perf_counter() - t0
@@ -148,32 +162,67 @@ async def _measure(store, manager, db_dir: Path, n: int, active: int, concurrenc
     creates = []
     for c in concurrency:
         creates.append(await _creates(manager, buyers, c, window_s))
-        common.log(f"{NAME}: {n:,} machines, {c} concurrent creates: {creates[-1]['per_s']}/s, "
-                   f"p99 {creates[-1]['ms'].get('p99')} ms")
+        common.log(
+            f"{NAME}: {n:,} machines, {c} concurrent creates: {creates[-1]['per_s']}/s, "
+            f"p99 {creates[-1]['ms'].get('p99')} ms"
+        )
     machine_ids = [r["id"] for r in scale.synthetic_rows(n)]
     beats = await _heartbeats(db_dir / "platform.db", machine_ids, HEARTBEAT_WINDOW_S)
-    return {"machines": n, "active_leases": active, "seed_s": round(seeded_s, 1), "index_load_s": round(load_s, 2),
-            "place_ms": common.summary(place_ms, 2), "creates": creates, "heartbeat_writes": beats,
-            "heartbeats_offered_per_s": n / scale.BEAT_EVERY_S}
+    return {
+        "machines": n,
+        "active_leases": active,
+        "seed_s": round(seeded_s, 1),
+        "index_load_s": round(load_s, 2),
+        "place_ms": common.summary(place_ms, 2),
+        "creates": creates,
+        "heartbeat_writes": beats,
+        "heartbeats_offered_per_s": n / scale.BEAT_EVERY_S,
+    }
 
 
 def run(ctx) -> list[common.Row]:
     n = 10_000 if ctx.quick else 100_000
     got = asyncio.run(measure(ctx.workdir, n, CONCURRENCY[:2] if ctx.quick else CONCURRENCY))
-    rows = [common.Row(figure=NAME, metric=f"machine index load at start, {n:,} machines", value=got["index_load_s"],
-                       unit="s", details={"seed_s": got["seed_s"]}),
-            common.Row(figure=NAME, metric=f"place 8-GPU request through the ClusterManager, {n:,} machines, "
-                                           f"{got['active_leases']:,} leases", value=got["place_ms"]["p50"], unit="ms",
-                       target=f"<= {scale.TARGET_PLACE_MS:g} ms", met=got["place_ms"]["p50"] <= scale.TARGET_PLACE_MS,
-                       details=got["place_ms"])]
+    rows = [
+        common.Row(
+            figure=NAME,
+            metric=f"machine index load at start, {n:,} machines",
+            value=got["index_load_s"],
+            unit="s",
+            details={"seed_s": got["seed_s"]},
+        ),
+        common.Row(
+            figure=NAME,
+            metric=f"place 8-GPU request through the ClusterManager, {n:,} machines, {got['active_leases']:,} leases",
+            value=got["place_ms"]["p50"],
+            unit="ms",
+            target=f"<= {scale.TARGET_PLACE_MS:g} ms",
+            met=got["place_ms"]["p50"] <= scale.TARGET_PLACE_MS,
+            details=got["place_ms"],
+        ),
+    ]
     best = max(got["creates"], key=lambda c: c["per_s"])
     for c in got["creates"]:
-        rows.append(common.Row(figure=NAME, metric=f"cluster creates/s, {c['concurrency']} at once (manager, no API)",
-                               value=c["per_s"], unit="/s", details=c))
+        rows.append(
+            common.Row(
+                figure=NAME,
+                metric=f"cluster creates/s, {c['concurrency']} at once (manager, no API)",
+                value=c["per_s"],
+                unit="/s",
+                details=c,
+            )
+        )
     beats = got["heartbeat_writes"]
-    rows.append(common.Row(figure=NAME, metric="heartbeat writes/s the SQLite store takes (one transaction each)",
-                           value=beats["per_s"], unit="/s",
-                           target=f">= {got['heartbeats_offered_per_s']:,.0f}/s offered by {n:,} machines",
-                           met=beats["per_s"] >= got["heartbeats_offered_per_s"], details=beats))
+    rows.append(
+        common.Row(
+            figure=NAME,
+            metric="heartbeat writes/s the SQLite store takes (one transaction each)",
+            value=beats["per_s"],
+            unit="/s",
+            target=f">= {got['heartbeats_offered_per_s']:,.0f}/s offered by {n:,} machines",
+            met=beats["per_s"] >= got["heartbeats_offered_per_s"],
+            details=beats,
+        )
+    )
     rows[-1].details["best_creates_per_s"] = best["per_s"]
     return rows

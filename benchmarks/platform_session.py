@@ -72,8 +72,16 @@ class PlatformLayout:
 class PlatformSession:
     """The platform under test: started once, on free ports, in its own /tmp dir; stopped by `close()`."""
 
-    def __init__(self, *, providers: int = 2, agent_cpus: int = 8, heartbeat_s: float = 5.0,
-                 idle_s: float = 10.0, agent_runtime: str | None = None, layout: PlatformLayout | None = None):
+    def __init__(
+        self,
+        *,
+        providers: int = 2,
+        agent_cpus: int = 8,
+        heartbeat_s: float = 5.0,
+        idle_s: float = 10.0,
+        agent_runtime: str | None = None,
+        layout: PlatformLayout | None = None,
+    ):
         self.layout = layout or PlatformLayout()
         self.pg: pg_server.PostgresServer | None = None  # the PostgreSQL server this session started
         self.member: platform_mod.PlatformLauncher | None = None  # the second platform node (--join)
@@ -108,9 +116,15 @@ class PlatformSession:
             extra["settings"] = {"database": self.pg.create_database()}
         if self.layout.nodes > 1:
             extra["api_replicas"] = self.layout.nodes
-        self.launcher = platform_mod.PlatformLauncher(self.root / "s", port=port, providers=self.providers,
-                                                      agent_cpus=self.agent_cpus, heartbeat_s=self.heartbeat_s,
-                                                      agent_runtime=self.agent_runtime, **extra)
+        self.launcher = platform_mod.PlatformLauncher(
+            self.root / "s",
+            port=port,
+            providers=self.providers,
+            agent_cpus=self.agent_cpus,
+            heartbeat_s=self.heartbeat_s,
+            agent_runtime=self.agent_runtime,
+            **extra,
+        )
         common.log(f"starting the platform in {self.root} (port {port}, {self.providers} agents, {self.layout})")
         result = self.launcher.up()
         self.url = result.api_url
@@ -129,8 +143,9 @@ class PlatformSession:
         member_dir.mkdir(mode=0o700)
         for name in ("ray_auth_token", "secret.key"):
             shutil.copy2(self.state_dir / name, member_dir / name)
-        self.member = platform_mod.PlatformLauncher(member_dir, port=port,
-                                                    join=f"127.0.0.1:{self.record['ray_ports']['gcs']}")
+        self.member = platform_mod.PlatformLauncher(
+            member_dir, port=port, join=f"127.0.0.1:{self.record['ray_ports']['gcs']}"
+        )
         t0 = time.monotonic()
         self.member.up()
         self.up_timings["member_join"] = round(time.monotonic() - t0, 1)
@@ -199,8 +214,9 @@ class PlatformSession:
 
     def new_account(self, role: str, username: str) -> Api:
         password = "bench-" + os.urandom(8).hex()
-        r = httpx.post(f"{self.url}/v1/accounts", json={"username": username, "password": password, "role": role},
-                       timeout=60)
+        r = httpx.post(
+            f"{self.url}/v1/accounts", json={"username": username, "password": password, "role": role}, timeout=60
+        )
         if r.status_code != 201:
             raise RuntimeError(f"could not create {role} {username}: {r.status_code} {r.text[:200]}")
         return self._login(username, password)
@@ -232,8 +248,10 @@ class PlatformSession:
         return [p for a in self.record.get("agents", []) for p in procs.owned_processes(a["owner_tag"])]
 
     def footprint(self) -> dict[str, Any]:
-        return {"platform": common.memory_of(self.platform_processes()),
-                "agents": common.memory_of(self.agent_processes())}
+        return {
+            "platform": common.memory_of(self.platform_processes()),
+            "agents": common.memory_of(self.agent_processes()),
+        }
 
     # --- a buyer cluster's cycle --------------------------------------------------------
 
@@ -244,14 +262,19 @@ class PlatformSession:
         return self.buyer.ok("GET", f"/v1/clusters/{cid}/events")
 
     def create(self, num_workers: int, duration_s: int) -> dict:
-        cluster = self.buyer.ok("POST", "/v1/clusters", json={"num_workers": num_workers, "duration_s": duration_s},
-                                expect=(202,))
+        cluster = self.buyer.ok(
+            "POST", "/v1/clusters", json={"num_workers": num_workers, "duration_s": duration_s}, expect=(202,)
+        )
         self.lease_ids.update(n["id"] for n in cluster["nodes"])
         return cluster
 
     def wait_ended(self, cid: str, timeout_s: float = 180) -> dict:
-        return common.wait_for(lambda: (c := self.get_cluster(cid))["status"] in ENDED and c,
-                               timeout_s=timeout_s, interval_s=0.5, what=f"cluster {cid} ended")
+        return common.wait_for(
+            lambda: (c := self.get_cluster(cid))["status"] in ENDED and c,
+            timeout_s=timeout_s,
+            interval_s=0.5,
+            what=f"cluster {cid} ended",
+        )
 
     def run_cycle(self, *, num_workers: int = 2, footprint: bool = False, timeout_s: float = 240) -> dict:
         """POST → head and every worker joined → a job accepted → DELETE → every process gone and every
@@ -263,6 +286,7 @@ class PlatformSession:
         out["post_s"] = time.monotonic() - t0
         conn = None
         try:
+
             def progressed():
                 nonlocal conn
                 c = self.get_cluster(cid)
@@ -305,8 +329,11 @@ class PlatformSession:
         return out
 
     def nodes_memory(self, cluster: dict) -> list[dict]:
-        return [{"role": n["role"], "lease": n["id"], **common.memory_of(procs.owned_processes(LEASE_TAG_PREFIX + n["id"]))}
-                for n in cluster["nodes"] if n["status"] == "open"]
+        return [
+            {"role": n["role"], "lease": n["id"], **common.memory_of(procs.owned_processes(LEASE_TAG_PREFIX + n["id"]))}
+            for n in cluster["nodes"]
+            if n["status"] == "open"
+        ]
 
     def release(self, cluster: dict, timeout_s: float = 120) -> dict:
         """DELETE, then wait for every node to be released (leasable) and every lease process to be gone."""
@@ -340,8 +367,10 @@ class PlatformSession:
                     t_nodes = now - t0
             time.sleep(0.05)
         if t_gone is None or t_nodes is None:
-            raise common.Timeout(f"cluster {cid} not released {timeout_s:.0f} s after DELETE "
-                                 f"(processes gone: {t_gone}, nodes released: {t_nodes})")
+            raise common.Timeout(
+                f"cluster {cid} not released {timeout_s:.0f} s after DELETE "
+                f"(processes gone: {t_gone}, nodes released: {t_nodes})"
+            )
         out["processes_gone_s"] = t_gone
         out["nodes_released_s"] = t_nodes
         out["release_s"] = max(t_gone, t_nodes)
@@ -353,12 +382,17 @@ class PlatformSession:
 
 def phases(events: list[dict], wall0: float) -> dict[str, float]:
     """Seconds from the POST to each step of a launch, from the cluster's own event times."""
+
     def at(kind: str, last: bool = False) -> float | None:
         times = [e["ts"] - wall0 for e in events if e["kind"] == kind]
         return round((times[-1] if last else times[0]), 2) if times else None
 
-    return {"head node opened": at("node_opened"), "head joined": at("head_joined"),
-            "workers opened": at("node_opened", last=True), "workers joined": at("worker_joined", last=True)}
+    return {
+        "head node opened": at("node_opened"),
+        "head joined": at("head_joined"),
+        "workers opened": at("node_opened", last=True),
+        "workers joined": at("worker_joined", last=True),
+    }
 
 
 def submit_job(conn_env: dict, home: Path, timeout_s: float = 120) -> dict:
@@ -367,6 +401,11 @@ def submit_job(conn_env: dict, home: Path, timeout_s: float = 120) -> dict:
     env["HOME"] = str(home)  # never a ~/.ray/auth_token of this machine's user
     env.update(conn_env)
     t0 = time.monotonic()
-    r = subprocess.run([RAY, "job", "submit", "--no-wait", "--", "python", "-c", "print(1)"], env=env,
-                       capture_output=True, text=True, timeout=timeout_s)
+    r = subprocess.run(
+        [RAY, "job", "submit", "--no-wait", "--", "python", "-c", "print(1)"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
     return {"ok": r.returncode == 0, "elapsed_s": time.monotonic() - t0, "output": r.stdout + r.stderr}

@@ -19,7 +19,7 @@ def run(ctx) -> list[common.Row]:
     while len(session.cycles) < ctx.reps:
         common.log(f"{NAME}: cluster cycle {len(session.cycles) + 1}/{ctx.reps}")
         session.run_cycle(num_workers=2)
-    cycles = session.cycles[-ctx.reps:]
+    cycles = session.cycles[-ctx.reps :]
     release = common.median([c["release_s"] for c in cycles])
     details = {
         "reps": len(cycles),
@@ -30,6 +30,14 @@ def run(ctx) -> list[common.Row]:
         "lease_processes_before_delete": [c["processes_before_delete"] for c in cycles],
         "delete_call_s": [round(c["delete_call_s"], 3) for c in cycles],
     }
-    return [common.Row(figure=NAME, metric="DELETE → all processes gone, machines leasable",
-                       value=release, unit="s", target=f"<= {TARGET_S:g} s",
-                       met=None if release is None else release <= TARGET_S, details=details)]
+    return [
+        common.Row(
+            figure=NAME,
+            metric="DELETE → all processes gone, machines leasable",
+            value=release,
+            unit="s",
+            target=f"<= {TARGET_S:g} s",
+            met=None if release is None else release <= TARGET_S,
+            details=details,
+        )
+    ]

@@ -39,13 +39,36 @@ def run(ctx) -> list[common.Row]:
     for rt, cycles in results.items():
         usable = common.median([c["usable_s"] for c in cycles])
         release = common.median([c["release_s"] for c in cycles])
-        details = {"reps": len(cycles), "usable_s": [round(c["usable_s"], 2) for c in cycles],
-                   "release_s": [round(c["release_s"], 2) for c in cycles],
-                   "processes_gone_s": [round(c["processes_gone_s"], 2) for c in cycles]}
-        rows.append(common.Row(figure=NAME, metric=f"time to a usable cluster, --runtime {rt}", value=usable, unit="s",
-                               baseline=base_usable, ratio=common.ratio(usable, base_usable),
-                               target="-", met=None, details=details))
-        rows.append(common.Row(figure=NAME, metric=f"release, --runtime {rt}", value=release, unit="s",
-                               baseline=base_release, ratio=common.ratio(release, base_release),
-                               target="<= 5 s", met=None if release is None else release <= 5.0, details=details))
+        details = {
+            "reps": len(cycles),
+            "usable_s": [round(c["usable_s"], 2) for c in cycles],
+            "release_s": [round(c["release_s"], 2) for c in cycles],
+            "processes_gone_s": [round(c["processes_gone_s"], 2) for c in cycles],
+        }
+        rows.append(
+            common.Row(
+                figure=NAME,
+                metric=f"time to a usable cluster, --runtime {rt}",
+                value=usable,
+                unit="s",
+                baseline=base_usable,
+                ratio=common.ratio(usable, base_usable),
+                target="-",
+                met=None,
+                details=details,
+            )
+        )
+        rows.append(
+            common.Row(
+                figure=NAME,
+                metric=f"release, --runtime {rt}",
+                value=release,
+                unit="s",
+                baseline=base_release,
+                ratio=common.ratio(release, base_release),
+                target="<= 5 s",
+                met=None if release is None else release <= 5.0,
+                details=details,
+            )
+        )
     return rows

@@ -35,8 +35,12 @@ HEARTBEAT_CONNECTIONS = 128
 AGENT_TIMEOUT_S = 10.0  # worker.client.PlatformClient's request timeout: a beat waiting longer is lost
 
 # The simulated fleet, by machine index: a quarter each of 8x H100, 4x A100, 1x RTX 4090, CPU-only.
-_SHAPES = [(8, "NVIDIA H100 80GB HBM3", 2.5), (4, "NVIDIA A100-SXM4-80GB", 1.4), (1, "NVIDIA GeForce RTX 4090", 0.4),
-           (0, None, 0.0)]
+_SHAPES = [
+    (8, "NVIDIA H100 80GB HBM3", 2.5),
+    (4, "NVIDIA A100-SXM4-80GB", 1.4),
+    (1, "NVIDIA GeForce RTX 4090", 0.4),
+    (0, None, 0.0),
+]
 
 
 def machine_shape(i: int) -> tuple[int, str | None, float]:
@@ -46,11 +50,22 @@ def machine_shape(i: int) -> tuple[int, str | None, float]:
 
 def register_body(i: int, key: str) -> dict:
     gpus, model, price = machine_shape(i)
-    spec = {"hostname": f"sim-{i}", "os": "Linux", "arch": "x86_64", "cpus": 64 if gpus else 16,
-            "memory_mb": 512_000, "gpus_declared": True,
-            "gpus": [{"index": g, "model": model, "memory_mb": 81_559} for g in range(gpus)]}
-    return {"machine_key": key, "name": f"sim-{i}", "spec": spec, "price_per_gpu_hour": price,
-            "price_per_cpu_hour": 0.05}
+    spec = {
+        "hostname": f"sim-{i}",
+        "os": "Linux",
+        "arch": "x86_64",
+        "cpus": 64 if gpus else 16,
+        "memory_mb": 512_000,
+        "gpus_declared": True,
+        "gpus": [{"index": g, "model": model, "memory_mb": 81_559} for g in range(gpus)],
+    }
+    return {
+        "machine_key": key,
+        "name": f"sim-{i}",
+        "spec": spec,
+        "price_per_gpu_hour": price,
+        "price_per_cpu_hour": 0.05,
+    }
 
 
 async def register_fleet(url: str, tokens: list[str], n: int) -> dict:
@@ -62,12 +77,15 @@ async def register_fleet(url: str, tokens: list[str], n: int) -> dict:
     run = secrets.token_hex(4)
     limits = httpx.Limits(max_connections=REGISTER_CONCURRENCY, max_keepalive_connections=REGISTER_CONCURRENCY)
     async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+
         async def worker():
             while (i := next(counter)) < n:
                 headers = {"Authorization": f"Bearer {tokens[i % len(tokens)]}"}
                 for _attempt in range(3):
                     try:
-                        r = await client.post("/v1/machines", json=register_body(i, f"sim-{run}-{i:06d}"), headers=headers)
+                        r = await client.post(
+                            "/v1/machines", json=register_body(i, f"sim-{run}-{i:06d}"), headers=headers
+                        )
                         if r.status_code == 201:
                             ids[i], keys[i] = r.json()["id"], r.json()["agent_key"]
                             break
@@ -85,20 +103,39 @@ async def register_fleet(url: str, tokens: list[str], n: int) -> dict:
 
 # --- placement ----------------------------------------------------------------------------
 
+
 def synthetic_rows(n: int) -> list[dict]:
     """Machines as cluster_store.online_machines returns them."""
     rows = []
     for i in range(n):
         gpus, model, price = machine_shape(i)
-        rows.append({"id": f"m-{i:012x}", "provider": f"prov-{i % 10}", "gpu_model": model, "gpus": gpus,
-                     "cpus": 64 if gpus else 16, "price_per_gpu_hour": price, "price_per_cpu_hour": 0.05})
+        rows.append(
+            {
+                "id": f"m-{i:012x}",
+                "provider": f"prov-{i % 10}",
+                "gpu_model": model,
+                "gpus": gpus,
+                "cpus": 64 if gpus else 16,
+                "price_per_gpu_hour": price,
+                "price_per_cpu_hour": 0.05,
+            }
+        )
     return rows
 
 
 def synthetic_leases(rows: list[dict], count: int) -> list[dict]:
     """count active leases, each taking a whole machine's GPUs (or 1 CPU) on machines 0..count-1."""
-    return [{"id": f"l-{j:012x}", "cluster_id": f"c-{j // 4:012x}", "machine_id": rows[j]["id"],
-             "role": "worker", "gpus": list(range(rows[j]["gpus"])), "cpus": 1} for j in range(count)]
+    return [
+        {
+            "id": f"l-{j:012x}",
+            "cluster_id": f"c-{j // 4:012x}",
+            "machine_id": rows[j]["id"],
+            "role": "worker",
+            "gpus": list(range(rows[j]["gpus"])),
+            "cpus": 1,
+        }
+        for j in range(count)
+    ]
 
 
 def time_pure_placement(n: int, active: int, reps: int) -> list[float]:
@@ -121,26 +158,49 @@ async def seed_store(db_dir: Path, n: int, active: int) -> cluster_store.Cluster
     store = cluster_store.ClusterStore(db_dir / "platform.db")
     conn = await store.conn()
     now = time.time()
-    await conn.executemany("INSERT INTO accounts (id, username, password_hash, role, created_at) VALUES (?, ?, ?, ?, ?)",
-                           [(p + 1, f"prov-{p}", "x", "provider", now) for p in range(10)])
+    await conn.executemany(
+        "INSERT INTO accounts (id, username, password_hash, role, created_at) VALUES (?, ?, ?, ?, ?)",
+        [(p + 1, f"prov-{p}", "x", "provider", now) for p in range(10)],
+    )
     rows = synthetic_rows(n)
     # Registered an hour ago (the spec and GPU status registration gives: GPUs declared), heartbeating since.
     await conn.executemany(
         "INSERT INTO machines (id, provider_id, machine_key, name, spec, gpu_model, gpus, cpus, memory_mb,"
         " price_per_gpu_hour, price_per_cpu_hour, status, registered_at, last_heartbeat, changed_at, gpu_check)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'online', ?, ?, ?, ?)",
-        [(r["id"], i % 10 + 1, r["id"], r["id"], json.dumps(register_body(i, r["id"])["spec"]), r["gpu_model"], r["gpus"],
-          r["cpus"], 512_000, r["price_per_gpu_hour"], r["price_per_cpu_hour"], now - 3600, now, now - 3600,
-          domain.GpuVerification.DECLARED.value if r["gpus"] else domain.GpuVerification.NO_GPUS.value)
-         for i, r in enumerate(rows)])
+        [
+            (
+                r["id"],
+                i % 10 + 1,
+                r["id"],
+                r["id"],
+                json.dumps(register_body(i, r["id"])["spec"]),
+                r["gpu_model"],
+                r["gpus"],
+                r["cpus"],
+                512_000,
+                r["price_per_gpu_hour"],
+                r["price_per_cpu_hour"],
+                now - 3600,
+                now,
+                now - 3600,
+                domain.GpuVerification.DECLARED.value if r["gpus"] else domain.GpuVerification.NO_GPUS.value,
+            )
+            for i, r in enumerate(rows)
+        ],
+    )
     leases = synthetic_leases(rows, active)
     clusters = sorted({l["cluster_id"] for l in leases})
-    await conn.executemany("INSERT INTO clusters (id, owner_id, name, spec, status, created_at, updated_at, expires_at)"
-                           " VALUES (?, 1, ?, '{}', 'running', ?, ?, ?)", [(c, c, now, now, now + 3600) for c in clusters])
+    await conn.executemany(
+        "INSERT INTO clusters (id, owner_id, name, spec, status, created_at, updated_at, expires_at)"
+        " VALUES (?, 1, ?, '{}', 'running', ?, ?, ?)",
+        [(c, c, now, now, now + 3600) for c in clusters],
+    )
     await conn.executemany(
         "INSERT INTO leases (id, cluster_id, machine_id, role, gpus, cpus, status, created_at)"
         " VALUES (?, ?, ?, ?, ?, ?, 'open', ?)",
-        [(l["id"], l["cluster_id"], l["machine_id"], l["role"], json.dumps(l["gpus"]), l["cpus"], now) for l in leases])
+        [(l["id"], l["cluster_id"], l["machine_id"], l["role"], json.dumps(l["gpus"]), l["cpus"], now) for l in leases],
+    )
     await conn.commit()
     return store
 
@@ -177,19 +237,34 @@ def placement_rows(ctx, n: int) -> list[common.Row]:
     p50 = common.median(pure)
     # Placement among every machine, as before the machine index: a reference, not the target (the manager's
     # path below is what a create runs, and what the target is about).
-    rows.append(common.Row(figure=NAME, metric=f"place 8-GPU request among all {n:,} machines: decision only (reference)",
-                           value=p50, unit="ms",
-                           details={"ms": common.summary(pure, 2),
-                                    f"ms_with_{n // 10}_active_leases": common.summary(pure_leased, 2)}))
+    rows.append(
+        common.Row(
+            figure=NAME,
+            metric=f"place 8-GPU request among all {n:,} machines: decision only (reference)",
+            value=p50,
+            unit="ms",
+            details={"ms": common.summary(pure, 2), f"ms_with_{n // 10}_active_leases": common.summary(pure_leased, 2)},
+        )
+    )
     for active in (0, n // 10):
         db_dir = Path(tempfile.mkdtemp(prefix="place-", dir=ctx.workdir))
         timed = asyncio.run(time_manager_placement(db_dir, n, active, reps))
         full = _ms(timed["place_s"])
         p50 = common.median(full)
-        rows.append(common.Row(
-            figure=NAME, metric=f"place 8-GPU request: ClusterManager path incl. SQLite, {active:,} active leases",
-            value=p50, unit="ms", target=f"<= {TARGET_PLACE_MS:g} ms", met=p50 <= TARGET_PLACE_MS,
-            details={"ms": common.summary(full, 2), "index_load_ms (once, at start)": round(timed["load_s"] * 1000, 1)}))
+        rows.append(
+            common.Row(
+                figure=NAME,
+                metric=f"place 8-GPU request: ClusterManager path incl. SQLite, {active:,} active leases",
+                value=p50,
+                unit="ms",
+                target=f"<= {TARGET_PLACE_MS:g} ms",
+                met=p50 <= TARGET_PLACE_MS,
+                details={
+                    "ms": common.summary(full, 2),
+                    "index_load_ms (once, at start)": round(timed["load_s"] * 1000, 1),
+                },
+            )
+        )
     return rows
 
 
@@ -211,6 +286,7 @@ async def time_offers_view(db_dir: Path, n: int, reps: int) -> dict:
                     t = time.perf_counter()
                     await asyncio.sleep(0.001)
                     lags.append(time.perf_counter() - t - 0.001)
+
             task = asyncio.create_task(ticker())
             t0 = time.perf_counter()
             await reg.list_offers()
@@ -224,14 +300,25 @@ async def time_offers_view(db_dir: Path, n: int, reps: int) -> dict:
 
 
 def offers_rows(ctx, n: int) -> list[common.Row]:
-    timed = asyncio.run(time_offers_view(Path(tempfile.mkdtemp(prefix="offers-", dir=ctx.workdir)), n,
-                                         3 if ctx.quick else 10))
-    return [common.Row(figure=NAME, metric=f"offers view (GET /v1/offers) among {n:,} machines, in process",
-                       value=common.median(_ms(timed["list_offers_s"])), unit="ms",
-                       details={"ms": common.summary(_ms(timed["list_offers_s"]), 1)}),
-            common.Row(figure=NAME, metric="the same: longest stall of the registry's event loop (heartbeats wait)",
-                       value=common.median(_ms(timed["longest_stall_s"])), unit="ms",
-                       details={"ms": common.summary(_ms(timed["longest_stall_s"]), 1)})]
+    timed = asyncio.run(
+        time_offers_view(Path(tempfile.mkdtemp(prefix="offers-", dir=ctx.workdir)), n, 3 if ctx.quick else 10)
+    )
+    return [
+        common.Row(
+            figure=NAME,
+            metric=f"offers view (GET /v1/offers) among {n:,} machines, in process",
+            value=common.median(_ms(timed["list_offers_s"])),
+            unit="ms",
+            details={"ms": common.summary(_ms(timed["list_offers_s"]), 1)},
+        ),
+        common.Row(
+            figure=NAME,
+            metric="the same: longest stall of the registry's event loop (heartbeats wait)",
+            value=common.median(_ms(timed["longest_stall_s"])),
+            unit="ms",
+            details={"ms": common.summary(_ms(timed["longest_stall_s"]), 1)},
+        ),
+    ]
 
 
 def api_placement(session, reps: int = 3) -> dict:
@@ -248,11 +335,15 @@ def api_placement(session, reps: int = 3) -> dict:
             session.lease_ids.update(n["id"] for n in cluster["nodes"])
             session.buyer.ok("DELETE", f"/v1/clusters/{cluster['id']}")
             session.wait_ended(cluster["id"], timeout_s=120)
-    return {"ms": [round(x, 1) for x in latencies], "statuses": statuses,
-            "online_machines_by_model": {o["gpu_model"] or "cpu-only": o["machines"] for o in offers}}
+    return {
+        "ms": [round(x, 1) for x in latencies],
+        "statuses": statuses,
+        "online_machines_by_model": {o["gpu_model"] or "cpu-only": o["machines"] for o in offers},
+    }
 
 
 # --- the figure ---------------------------------------------------------------------------
+
 
 def run(ctx) -> list[common.Row]:
     n = ctx.machines or (500 if ctx.quick else 10_000)
@@ -271,66 +362,157 @@ def run(ctx) -> list[common.Row]:
     except wrk.WrkMissing as exc:  # the heartbeats need wrk: an error row saying how to install it
         return rows + [common.error_row(NAME, exc)]
     session = ctx.platform()
-    tokens = [session.new_account("provider", f"bench-sim-{p}-{secrets.token_hex(3)}").token for p in range(n_providers)]
+    tokens = [
+        session.new_account("provider", f"bench-sim-{p}-{secrets.token_hex(3)}").token for p in range(n_providers)
+    ]
     common.log(f"{NAME}: registering {n:,} simulated machines ({n_providers} provider accounts)")
     reg = asyncio.run(register_fleet(session.url, tokens, n))
     ids = [i for i in reg["ids"] if i]
-    common.log(f"{NAME}: registered {len(ids):,} in {reg['elapsed_s']:.0f} s ({reg['per_s']:.0f}/s); "
-               f"heartbeats at {rate:.0f}/s for {duration:.0f} s")
+    common.log(
+        f"{NAME}: registered {len(ids):,} in {reg['elapsed_s']:.0f} s ({reg['per_s']:.0f}/s); "
+        f"heartbeats at {rate:.0f}/s for {duration:.0f} s"
+    )
     body = json.dumps(api_throughput.HEARTBEAT_BODY)
-    requests = [{"method": "POST", "path": f"/v1/machines/{mid}/heartbeat", "body": body,
-                 "headers": {"Authorization": f"Bearer {key}"}}
-                for mid, key in zip(reg["ids"], reg["keys"]) if mid]
+    requests = [
+        {
+            "method": "POST",
+            "path": f"/v1/machines/{mid}/heartbeat",
+            "body": body,
+            "headers": {"Authorization": f"Bearer {key}"},
+        }
+        for mid, key in zip(reg["ids"], reg["keys"])
+        if mid
+    ]
     random.Random(0).shuffle(requests)  # machines beat in no particular order
-    spec = {"mode": "open", "port": int(session.url.rsplit(":", 1)[1]), "connections": HEARTBEAT_CONNECTIONS,
-            "rate": rate, "duration_s": duration, "timeout_s": AGENT_TIMEOUT_S, "requests": requests}
+    spec = {
+        "mode": "open",
+        "port": int(session.url.rsplit(":", 1)[1]),
+        "connections": HEARTBEAT_CONNECTIONS,
+        "rate": rate,
+        "duration_s": duration,
+        "timeout_s": AGENT_TIMEOUT_S,
+        "requests": requests,
+    }
     wrk.run({**spec, "duration_s": 2.0}, ctx.workdir)  # warm-up: connections open
-    with (common.ResourceSampler(session.platform_processes, interval_s=1.0, refresh_s=10.0) as sampler,
-          common.ResourceSampler(session.database_processes, interval_s=1.0, refresh_s=5.0) as db_sampler):
+    with (
+        common.ResourceSampler(session.platform_processes, interval_s=1.0, refresh_s=10.0) as sampler,
+        common.ResourceSampler(session.database_processes, interval_s=1.0, refresh_s=5.0) as db_sampler,
+    ):
         res = wrk.run(spec, ctx.workdir)
     load = sampler.report()
     db_load = db_sampler.report() if session.pg is not None else None
-    common.log(f"{NAME}: {res['ok_per_s']:.0f} heartbeats/s answered, p99 {res['latency'].get('p99_ms')} ms; "
-               f"platform CPU {load['cpu_percent_mean']}%, wrk CPU {res['loadgen_cpu_s']} s")
+    common.log(
+        f"{NAME}: {res['ok_per_s']:.0f} heartbeats/s answered, p99 {res['latency'].get('p99_ms')} ms; "
+        f"platform CPU {load['cpu_percent_mean']}%, wrk CPU {res['loadgen_cpu_s']} s"
+    )
     p99 = res["latency"].get("p99_ms")
     scheduled = rate * res["duration_s"]
-    unanswered = res["requests"] - res["statuses"].get("200", 0) + sum(res["errors"].get(k, 0) for k in ("timeout", "read", "connect"))
+    unanswered = (
+        res["requests"]
+        - res["statuses"].get("200", 0)
+        + sum(res["errors"].get(k, 0) for k in ("timeout", "read", "connect"))
+    )
     # Every beat answered (200, none timed out), none sent late because the platform held the connections.
     kept_up = unanswered == 0 and res["requests"] >= 0.98 * scheduled and res["schedule_lag"]["late_100ms"] == 0
     loadgen_cpu_pct = round(res["loadgen_cpu_s"] / res["duration_s"] * 100, 1)
-    details = {"machines": len(ids), "providers": n_providers, "window_s": duration, "target_rate": rate,
-               "registration": {k: round(v, 2) if isinstance(v, float) else v for k, v in reg.items()
-                                if k not in ("ids", "keys")},
-               "unanswered": unanswered, "loadgen": res, "platform_processes": load}
-    rows.append(common.Row(figure=NAME, metric=f"heartbeats answered/s of {rate:,.0f}/s offered "
-                                               f"({len(ids):,} machines, every {BEAT_EVERY_S:g} s){on}",
-                           value=res["ok_per_s"], unit="/s",
-                           target=f"all answered, p99 <= {TARGET_P99_MS:g} ms",
-                           met=kept_up and p99 is not None and p99 <= TARGET_P99_MS, details=details))
-    rows.append(common.Row(figure=NAME, metric=f"heartbeat p50 latency{on}", value=res["latency"].get("p50_ms"),
-                           unit="ms"))
-    rows.append(common.Row(figure=NAME, metric=f"heartbeat p99 latency (send → answer; sends kept the schedule){on}",
-                           value=p99, unit="ms", target=f"<= {TARGET_P99_MS:g} ms",
-                           met=None if p99 is None else p99 <= TARGET_P99_MS,
-                           details={"latency": res["latency"], "schedule_lag": res["schedule_lag"]}))
-    rows.append(common.Row(figure=NAME, metric=f"platform CPU during heartbeats (100 = one core){on}",
-                           value=load["cpu_percent_mean"], unit="%", details=load))
+    details = {
+        "machines": len(ids),
+        "providers": n_providers,
+        "window_s": duration,
+        "target_rate": rate,
+        "registration": {
+            k: round(v, 2) if isinstance(v, float) else v for k, v in reg.items() if k not in ("ids", "keys")
+        },
+        "unanswered": unanswered,
+        "loadgen": res,
+        "platform_processes": load,
+    }
+    rows.append(
+        common.Row(
+            figure=NAME,
+            metric=f"heartbeats answered/s of {rate:,.0f}/s offered "
+            f"({len(ids):,} machines, every {BEAT_EVERY_S:g} s){on}",
+            value=res["ok_per_s"],
+            unit="/s",
+            target=f"all answered, p99 <= {TARGET_P99_MS:g} ms",
+            met=kept_up and p99 is not None and p99 <= TARGET_P99_MS,
+            details=details,
+        )
+    )
+    rows.append(
+        common.Row(figure=NAME, metric=f"heartbeat p50 latency{on}", value=res["latency"].get("p50_ms"), unit="ms")
+    )
+    rows.append(
+        common.Row(
+            figure=NAME,
+            metric=f"heartbeat p99 latency (send → answer; sends kept the schedule){on}",
+            value=p99,
+            unit="ms",
+            target=f"<= {TARGET_P99_MS:g} ms",
+            met=None if p99 is None else p99 <= TARGET_P99_MS,
+            details={"latency": res["latency"], "schedule_lag": res["schedule_lag"]},
+        )
+    )
+    rows.append(
+        common.Row(
+            figure=NAME,
+            metric=f"platform CPU during heartbeats (100 = one core){on}",
+            value=load["cpu_percent_mean"],
+            unit="%",
+            details=load,
+        )
+    )
     if db_load is not None:
-        rows.append(common.Row(figure=NAME, metric=f"PostgreSQL server CPU during heartbeats (100 = one core){on}",
-                               value=db_load["cpu_percent_mean"], unit="%", details=db_load))
-        rows.append(common.Row(figure=NAME, metric=f"PostgreSQL server RSS during heartbeats (max){on}",
-                               value=db_load["rss_mib_max"], unit="MiB"))
-    rows.append(common.Row(figure=NAME, metric="load generator CPU during heartbeats (wrk, 100 = one core)",
-                           value=loadgen_cpu_pct, unit="%"))
+        rows.append(
+            common.Row(
+                figure=NAME,
+                metric=f"PostgreSQL server CPU during heartbeats (100 = one core){on}",
+                value=db_load["cpu_percent_mean"],
+                unit="%",
+                details=db_load,
+            )
+        )
+        rows.append(
+            common.Row(
+                figure=NAME,
+                metric=f"PostgreSQL server RSS during heartbeats (max){on}",
+                value=db_load["rss_mib_max"],
+                unit="MiB",
+            )
+        )
+    rows.append(
+        common.Row(
+            figure=NAME,
+            metric="load generator CPU during heartbeats (wrk, 100 = one core)",
+            value=loadgen_cpu_pct,
+            unit="%",
+        )
+    )
     if load["cpu_percent_mean"] and res["ok_per_s"]:
-        rows.append(common.Row(figure=NAME, metric=f"platform CPU per heartbeat{on}", unit="ms",
-                               value=round(load["cpu_percent_mean"] / 100 * 1000 / res["ok_per_s"], 3)))
-    rows.append(common.Row(figure=NAME, metric=f"platform RSS during heartbeats (max){on}", value=load["rss_mib_max"],
-                           unit="MiB"))
+        rows.append(
+            common.Row(
+                figure=NAME,
+                metric=f"platform CPU per heartbeat{on}",
+                unit="ms",
+                value=round(load["cpu_percent_mean"] / 100 * 1000 / res["ok_per_s"], 3),
+            )
+        )
+    rows.append(
+        common.Row(
+            figure=NAME, metric=f"platform RSS during heartbeats (max){on}", value=load["rss_mib_max"], unit="MiB"
+        )
+    )
     try:
         api = api_placement(session, reps=1 if ctx.quick else 3)
-        rows.append(common.Row(figure=NAME, metric=f"POST /v1/clusters (8 GPUs) on the platform, {len(ids):,} machines{on}",
-                               value=common.median(api["ms"]), unit="ms", details=api))
+        rows.append(
+            common.Row(
+                figure=NAME,
+                metric=f"POST /v1/clusters (8 GPUs) on the platform, {len(ids):,} machines{on}",
+                value=common.median(api["ms"]),
+                unit="ms",
+                details=api,
+            )
+        )
     except Exception as exc:
         rows.append(common.error_row(NAME, exc))
     return rows

@@ -136,8 +136,11 @@ end
 
 
 def script(requests: list[dict], interval_s: float) -> str:
-    return _SCRIPT % {"requests": ",\n".join(_lua_request(r) for r in requests), "interval": float(interval_s),
-                      "mark": MARK}
+    return _SCRIPT % {
+        "requests": ",\n".join(_lua_request(r) for r in requests),
+        "interval": float(interval_s),
+        "mark": MARK,
+    }
 
 
 def _children_cpu_s() -> float:
@@ -161,8 +164,16 @@ def run(spec: dict, workdir: Path) -> dict:
     path = workdir / f"wrk-{abs(hash(json.dumps(spec, sort_keys=True))) % 10**8}.lua"
     path.write_text(script(spec["requests"], interval))
     path.chmod(0o600)  # it holds bearer tokens
-    cmd = [exe, "-t1", f"-c{spec['connections']}", f"-d{int(round(spec['duration_s']))}s",
-           f"--timeout={int(spec.get('timeout_s', 10))}s", "-s", str(path), f"http://127.0.0.1:{spec['port']}"]
+    cmd = [
+        exe,
+        "-t1",
+        f"-c{spec['connections']}",
+        f"-d{int(round(spec['duration_s']))}s",
+        f"--timeout={int(spec.get('timeout_s', 10))}s",
+        "-s",
+        str(path),
+        f"http://127.0.0.1:{spec['port']}",
+    ]
     try:
         cpu0 = _children_cpu_s()
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=spec["duration_s"] + 60)
@@ -172,16 +183,29 @@ def run(spec: dict, workdir: Path) -> dict:
     lines = [line for line in r.stdout.splitlines() if line.startswith(MARK)]
     if r.returncode != 0 or not lines:
         raise RuntimeError(f"wrk failed ({r.returncode}): {(r.stderr or r.stdout)[-500:]}")
-    out = json.loads(lines[-1][len(MARK):])
+    out = json.loads(lines[-1][len(MARK) :])
     seconds = out["duration_us"] / 1e6
     ok = out["statuses"].get("200", 0)
     lat = out["latency_us"]
     return {
-        "mode": spec["mode"], "connections": spec["connections"], "duration_s": round(seconds, 2),
-        "rate": spec.get("rate"), "requests": out["requests"], "ok_per_s": ok / seconds if seconds else 0.0,
-        "statuses": out["statuses"], "errors": {k: v for k, v in out["errors"].items() if v},
-        "latency": {"n": lat["n"], "mean_ms": _ms(lat["mean"]), "p50_ms": _ms(lat["p50"]), "p90_ms": _ms(lat["p90"]),
-                    "p99_ms": _ms(lat["p99"]), "p999_ms": _ms(lat["p999"]), "max_ms": _ms(lat["max"])},
+        "mode": spec["mode"],
+        "connections": spec["connections"],
+        "duration_s": round(seconds, 2),
+        "rate": spec.get("rate"),
+        "requests": out["requests"],
+        "ok_per_s": ok / seconds if seconds else 0.0,
+        "statuses": out["statuses"],
+        "errors": {k: v for k, v in out["errors"].items() if v},
+        "latency": {
+            "n": lat["n"],
+            "mean_ms": _ms(lat["mean"]),
+            "p50_ms": _ms(lat["p50"]),
+            "p90_ms": _ms(lat["p90"]),
+            "p99_ms": _ms(lat["p99"]),
+            "p999_ms": _ms(lat["p999"]),
+            "max_ms": _ms(lat["max"]),
+        },
         "schedule_lag": out["schedule_lag"] if spec["mode"] == "open" else None,
-        "loadgen_cpu_s": round(cpu, 3), "loadgen": "wrk",
+        "loadgen_cpu_s": round(cpu, 3),
+        "loadgen": "wrk",
     }

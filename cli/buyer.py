@@ -47,10 +47,18 @@ DEFAULT_WAIT_TIMEOUT_S = 600.0
 USABLE = (domain.ClusterStatus.RUNNING.value, domain.ClusterStatus.DEGRADED.value)
 
 # Request fields → the flags that set them, so that the platform's validation errors name the flag.
-CREATE_FLAGS = {"num_workers": "--workers", "gpus_per_worker": "--gpus", "gpu_model": "--gpu-model",
-                "cpus_per_worker": "--cpus", "duration_s": "--duration", "name": "--name",
-                "max_price_per_gpu_hour": "--max-price-per-gpu-hour", "max_price_per_cpu_hour": "--max-price-per-cpu-hour",
-                "min_reliability": "--min-reliability", "verified_gpus_only": "--verified-gpus-only"}
+CREATE_FLAGS = {
+    "num_workers": "--workers",
+    "gpus_per_worker": "--gpus",
+    "gpu_model": "--gpu-model",
+    "cpus_per_worker": "--cpus",
+    "duration_s": "--duration",
+    "name": "--name",
+    "max_price_per_gpu_hour": "--max-price-per-gpu-hour",
+    "max_price_per_cpu_hour": "--max-price-per-cpu-hour",
+    "min_reliability": "--min-reliability",
+    "verified_gpus_only": "--verified-gpus-only",
+}
 
 
 # --- durations --------------------------------------------------------------------------
@@ -83,6 +91,7 @@ def _duration_arg(text: str) -> int:
 
 # --- session ----------------------------------------------------------------------------
 
+
 def new_client(base_url: str) -> client_mod.PlatformClient:
     """Every command's HTTP client (tests replace this factory with one on a mock transport)."""
     return client_mod.PlatformClient(base_url)
@@ -97,13 +106,19 @@ def signed_in_client() -> client_mod.PlatformClient:
 
 # --- the platform's cluster API ---------------------------------------------------------
 
+
 def cluster_path(cluster_id: str, suffix: str = "") -> str:
     return "/v1/clusters/" + quote(str(cluster_id), safe="") + suffix
 
 
 def cluster_body(args: argparse.Namespace) -> dict:
-    body: dict[str, Any] = {"num_workers": args.workers, "gpus_per_worker": args.gpus,
-                            "cpus_per_worker": args.cpus, "duration_s": args.duration, "backend": args.backend}
+    body: dict[str, Any] = {
+        "num_workers": args.workers,
+        "gpus_per_worker": args.gpus,
+        "cpus_per_worker": args.cpus,
+        "duration_s": args.duration,
+        "backend": args.backend,
+    }
     if args.gpu_model:
         body["gpu_model"] = args.gpu_model
     if args.name:
@@ -119,9 +134,16 @@ def cluster_body(args: argparse.Namespace) -> dict:
 class ClusterWatcher:
     """Follows one cluster: its new events (after the last id seen) and its status, until a condition holds."""
 
-    def __init__(self, client: client_mod.PlatformClient, cluster_id: str,
-                 on_event: Callable[[dict], None] | None = None, *, sleep: Callable[[float], None] | None = None,
-                 clock: Callable[[], float] | None = None, on_cluster: Callable[[dict], None] | None = None):
+    def __init__(
+        self,
+        client: client_mod.PlatformClient,
+        cluster_id: str,
+        on_event: Callable[[dict], None] | None = None,
+        *,
+        sleep: Callable[[float], None] | None = None,
+        clock: Callable[[], float] | None = None,
+        on_cluster: Callable[[dict], None] | None = None,
+    ):
         self.client = client
         self.cluster_id = cluster_id
         self.on_event = on_event or (lambda e: None)
@@ -166,25 +188,32 @@ class ClusterWatcher:
                 if done(cluster):
                     return cluster
             except client_mod.ClientError as exc:
-                transient = isinstance(exc, client_mod.PlatformUnreachable) or \
-                    (isinstance(exc, client_mod.ApiError) and exc.is_transient)
+                transient = isinstance(exc, client_mod.PlatformUnreachable) or (
+                    isinstance(exc, client_mod.ApiError) and exc.is_transient
+                )
                 if not transient:
                     raise
                 last_error = exc
             if self._clock() >= deadline:
                 if last_error is not None:
                     raise last_error
-                raise CliError(f"timed out after {timeout_s:.0f} s waiting for cluster {self.cluster_id} to "
-                               f"{what}; it is {cluster['status']} and left as it is", Exit.TIMEOUT,
-                               cluster=cluster)
+                raise CliError(
+                    f"timed out after {timeout_s:.0f} s waiting for cluster {self.cluster_id} to "
+                    f"{what}; it is {cluster['status']} and left as it is",
+                    Exit.TIMEOUT,
+                    cluster=cluster,
+                )
             self._sleep(POLL_INTERVAL_S)
 
     def wait_running(self, timeout_s: float) -> dict:
         cluster = self.until(lambda c: c["status"] in USABLE or not output.is_active(c["status"]), timeout_s, "run")
         if cluster["status"] not in USABLE:
             reason = cluster.get("reason") or "no reason given"
-            raise CliError(f"cluster {self.cluster_id} is {cluster['status']} instead of running: {reason}",
-                           Exit.CLUSTER_ENDED, cluster=cluster)
+            raise CliError(
+                f"cluster {self.cluster_id} is {cluster['status']} instead of running: {reason}",
+                Exit.CLUSTER_ENDED,
+                cluster=cluster,
+            )
         return cluster
 
     def wait_ended(self, timeout_s: float) -> dict:
@@ -192,6 +221,7 @@ class ClusterWatcher:
 
 
 # --- commands ---------------------------------------------------------------------------
+
 
 def _guarded(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     """Turns every expected failure into its exit code and one line on stderr (and JSON on stdout with --json)."""
@@ -213,6 +243,7 @@ def _guarded(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Name
             name = " ".join(x for x in (args.command, getattr(args, "cluster_command", None)) if x)
             print(f"dcluster {name}: error: {message}", file=sys.stderr)
             return int(code)
+
     return run
 
 
@@ -227,8 +258,9 @@ def _read_password(args: argparse.Namespace) -> str:
         return os.environ["DCLUSTER_PASSWORD"]
     if sys.stdin.isatty():
         return getpass.getpass(f"password for {args.username}: ")
-    raise CliError("no password: use --password-file FILE (- for stdin), set DCLUSTER_PASSWORD, "
-                   "or run in a terminal", Exit.USAGE)
+    raise CliError(
+        "no password: use --password-file FILE (- for stdin), set DCLUSTER_PASSWORD, or run in a terminal", Exit.USAGE
+    )
 
 
 @_guarded
@@ -246,8 +278,9 @@ def cmd_login(args: argparse.Namespace) -> int:
     password = _read_password(args)
     with new_client(url) as client:
         try:
-            body = client.request("POST", "/v1/token", auth=False,
-                                  data={"username": args.username, "password": password})
+            body = client.request(
+                "POST", "/v1/token", auth=False, data={"username": args.username, "password": password}
+            )
         except client_mod.ApiError as exc:
             if exc.status_code == 401:
                 raise CliError(f"sign-in refused: {output.detail_text(exc.detail)}", Exit.AUTH) from None
@@ -258,14 +291,21 @@ def cmd_login(args: argparse.Namespace) -> int:
         client.set_token(token)
         me = client.request("GET", "/v1/accounts/me")
     role = me.get("role") if isinstance(me, dict) else None
-    session = Session(url=client.base_url, username=args.username, token=token,
-                      expires_at=time.time() + float(body.get("expires_in") or 1800), role=role)
+    session = Session(
+        url=client.base_url,
+        username=args.username,
+        token=token,
+        expires_at=time.time() + float(body.get("expires_in") or 1800),
+        role=role,
+    )
     path = save_session(session)
     if args.json:
         output.print_json({**session.public(), "session_file": str(path)})
     else:
-        print(f"signed in to {session.url} as {session.username} ({role}); "
-              f"session valid until {output.clock_time(session.expires_at)}")
+        print(
+            f"signed in to {session.url} as {session.username} ({role}); "
+            f"session valid until {output.clock_time(session.expires_at)}"
+        )
     if role is not None and role not in [r.value for r in domain.Role if r.may_hold_clusters()]:
         output.progress(f"note: {session.username} is a {role} account; cluster commands need a buyer account")
     return Exit.OK
@@ -304,7 +344,7 @@ def cmd_create(args: argparse.Namespace) -> int:
         output.print_json({**cluster, "connection": connection})
     else:
         output.progress(output.cluster_summary(cluster, time.time()))  # a degraded one says why
-        output.progress(f"its environment (for `eval \"$(dcluster cluster connect {cid})\"`):")
+        output.progress(f'its environment (for `eval "$(dcluster cluster connect {cid})"`):')
         print("\n".join(output.export_lines(connection["env"])))
     return Exit.OK
 
@@ -369,9 +409,19 @@ def cmd_logs(args: argparse.Namespace) -> int:
             elif not files:
                 print(f"no logs kept for {args.cluster_id} (yet): each node ships its logs as it is released")
             else:
-                terminal.print_table(["node", "role", "file", "size", "kept"],
-                                     [[f["lease_id"], f["role"], f["name"], f["bytes"],
-                                       f"{f['kept_bytes']}{' (tail)' if f['truncated'] else ''}"] for f in files])
+                terminal.print_table(
+                    ["node", "role", "file", "size", "kept"],
+                    [
+                        [
+                            f["lease_id"],
+                            f["role"],
+                            f["name"],
+                            f["bytes"],
+                            f"{f['kept_bytes']}{' (tail)' if f['truncated'] else ''}",
+                        ]
+                        for f in files
+                    ],
+                )
             return Exit.OK
     sys.stdout.write(text)
     return Exit.OK
@@ -381,18 +431,23 @@ def cmd_logs(args: argparse.Namespace) -> int:
 def cmd_extend(args: argparse.Namespace) -> int:
     with signed_in_client() as client:
         try:
-            cluster = client.request("POST", cluster_path(args.cluster_id, "/extend"),
-                                     json={"duration_s": args.duration})
+            cluster = client.request(
+                "POST", cluster_path(args.cluster_id, "/extend"), json={"duration_s": args.duration}
+            )
         except client_mod.ApiError as exc:
             if exc.status_code in (404, 405) and exc.detail in ("Not Found", "Method Not Allowed"):
-                raise CliError("this platform cannot extend clusters yet (POST /v1/clusters/{id}/extend "
-                               f"answered {exc.status_code} {exc.detail})") from None
+                raise CliError(
+                    "this platform cannot extend clusters yet (POST /v1/clusters/{id}/extend "
+                    f"answered {exc.status_code} {exc.detail})"
+                ) from None
             raise
     if args.json:
         output.print_json(cluster)
     else:
-        print(f"cluster {cluster['id']} now expires at {output.clock_time(cluster['expires_at'])} "
-              f"(in {output.human_duration(cluster['expires_at'] - time.time())})")
+        print(
+            f"cluster {cluster['id']} now expires at {output.clock_time(cluster['expires_at'])} "
+            f"(in {output.human_duration(cluster['expires_at'] - time.time())})"
+        )
     return Exit.OK
 
 
@@ -404,8 +459,10 @@ def cmd_delete(args: argparse.Namespace) -> int:
             watcher.skip_past_events()  # show the teardown, not the cluster's whole history
         cluster = client.request("DELETE", cluster_path(args.cluster_id))
         if args.wait and not output.is_terminal(cluster["status"]):
-            shown.message(f"cluster {cluster['id']} is {cluster['status']}; waiting up to {args.timeout:.0f} s "
-                          f"for its nodes to be released")
+            shown.message(
+                f"cluster {cluster['id']} is {cluster['status']}; waiting up to {args.timeout:.0f} s "
+                f"for its nodes to be released"
+            )
             cluster = watcher.wait_ended(args.timeout)
     if args.json:
         output.print_json(cluster)
@@ -423,8 +480,10 @@ def cmd_connect(args: argparse.Namespace) -> int:
         return Exit.OK
     print("\n".join(output.export_lines(connection["env"])))
     if sys.stdout.isatty():
-        output.progress(f"# load it: eval \"$(dcluster cluster connect {args.cluster_id})\"; "
-                        f"then: ray job submit --working-dir . -- python your_script.py")
+        output.progress(
+            f'# load it: eval "$(dcluster cluster connect {args.cluster_id})"; '
+            f"then: ray job submit --working-dir . -- python your_script.py"
+        )
     return Exit.OK
 
 
@@ -434,10 +493,13 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         connection = client.request("GET", cluster_path(args.cluster_id, "/connection"))
     urls = {k: connection[k] for k in ("dashboard_url", "dashboard_proxy_url", "metrics_proxy_url")}
     if args.forward is not None:
-        forward = dashboard_forward.DashboardForward(urls["dashboard_proxy_url"], current_session().token,
-                                                     port=args.forward)
-        output.progress(f"the Ray dashboard of {args.cluster_id}, through the platform: {forward.url} "
-                        "(GET only; Ctrl-C stops; valid while your sign-in is)")
+        forward = dashboard_forward.DashboardForward(
+            urls["dashboard_proxy_url"], current_session().token, port=args.forward
+        )
+        output.progress(
+            f"the Ray dashboard of {args.cluster_id}, through the platform: {forward.url} "
+            "(GET only; Ctrl-C stops; valid while your sign-in is)"
+        )
         try:
             forward.serve_forever()
         except KeyboardInterrupt:
@@ -449,8 +511,10 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         output.print_json(urls)
         return Exit.OK
     print(f"Ray dashboard (on the head):   {urls['dashboard_url']}")
-    print("  with the cluster's Ray token: Authorization: Bearer $RAY_AUTH_TOKEN "
-          f"(eval \"$(dcluster cluster connect {args.cluster_id})\"), or paste it where the dashboard asks")
+    print(
+        "  with the cluster's Ray token: Authorization: Bearer $RAY_AUTH_TOKEN "
+        f'(eval "$(dcluster cluster connect {args.cluster_id})"), or paste it where the dashboard asks'
+    )
     print(f"through the platform (GET):    {urls['dashboard_proxy_url']}")
     print(f"Prometheus metrics (head):     {urls['metrics_proxy_url']}   (?node=l-... for a worker)")
     print("  both with your platform token: Authorization: Bearer <token from dcluster login>")
@@ -459,9 +523,14 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 # --- parsers ----------------------------------------------------------------------------
 
+
 def _parser_kw(help_text: str) -> dict:
-    return {"help": help_text, "description": help_text, "epilog": EXIT_CODES_HELP,
-            "formatter_class": argparse.RawDescriptionHelpFormatter}
+    return {
+        "help": help_text,
+        "description": help_text,
+        "epilog": EXIT_CODES_HELP,
+        "formatter_class": argparse.RawDescriptionHelpFormatter,
+    }
 
 
 def _json_arg(p: argparse.ArgumentParser) -> None:
@@ -470,17 +539,24 @@ def _json_arg(p: argparse.ArgumentParser) -> None:
 
 def _wait_args(p: argparse.ArgumentParser, wait_help: str) -> None:
     p.add_argument("--wait", action="store_true", help=wait_help)
-    p.add_argument("--timeout", type=_duration_arg, default=DEFAULT_WAIT_TIMEOUT_S,
-                   help=f"how long --wait waits: seconds or 10m (default {DEFAULT_WAIT_TIMEOUT_S:.0f}; exit 8 past it)")
+    p.add_argument(
+        "--timeout",
+        type=_duration_arg,
+        default=DEFAULT_WAIT_TIMEOUT_S,
+        help=f"how long --wait waits: seconds or 10m (default {DEFAULT_WAIT_TIMEOUT_S:.0f}; exit 8 past it)",
+    )
 
 
 def add_login(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("login", **_parser_kw("sign in to a platform and keep the session (never the password)"))
-    p.add_argument("--url", help="the platform's API URL, e.g. http://127.0.0.1:8000 "
-                                 "(default: $DCLUSTER_URL, else the last session's)")
+    p.add_argument(
+        "--url",
+        help="the platform's API URL, e.g. http://127.0.0.1:8000 (default: $DCLUSTER_URL, else the last session's)",
+    )
     p.add_argument("--username", help="account name (default: the last session's)")
-    p.add_argument("--password-file", help="read the password from this file (- for stdin); else "
-                                           "$DCLUSTER_PASSWORD, else a prompt")
+    p.add_argument(
+        "--password-file", help="read the password from this file (- for stdin); else $DCLUSTER_PASSWORD, else a prompt"
+    )
     _json_arg(p)
     return p
 
@@ -492,8 +568,9 @@ def add_logout(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def add_cluster(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = sub.add_parser("cluster", **_parser_kw("buyer clusters: create, list, status, events, extend, delete, "
-                                               "connect, dashboard"))
+    p = sub.add_parser(
+        "cluster", **_parser_kw("buyer clusters: create, list, status, events, extend, delete, connect, dashboard")
+    )
     csub = p.add_subparsers(dest="cluster_command", metavar="ACTION", required=True)
 
     c = csub.add_parser("create", **_parser_kw("ask for a Ray cluster of N workers for a while"))
@@ -501,18 +578,34 @@ def add_cluster(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     c.add_argument("--gpus", type=int, default=0, help="GPUs on each worker (default 0)")
     c.add_argument("--gpu-model", help="exact GPU model, e.g. 'NVIDIA A100-SXM4-80GB' (default: any)")
     c.add_argument("--cpus", type=int, default=1, help="CPUs on each worker (default 1)")
-    c.add_argument("--duration", type=_duration_arg, default=3600,
-                   help="lifetime: 30m, 2h, 1h30m, 90s or seconds (default 1h)")
+    c.add_argument(
+        "--duration", type=_duration_arg, default=3600, help="lifetime: 30m, 2h, 1h30m, 90s or seconds (default 1h)"
+    )
     c.add_argument("--name", help="display name: 1-40 of [a-z0-9-]")
     c.add_argument("--backend", choices=("market", "aws"), default="market", help="where nodes run (default market)")
-    c.add_argument("--max-price-per-gpu-hour", type=float, metavar="USD",
-                   help="most a GPU worker may cost per GPU-hour, replacements included (default: any)")
-    c.add_argument("--max-price-per-cpu-hour", type=float, metavar="USD",
-                   help="most a CPU-only node (the head, CPU workers) may cost per CPU-hour (default: any)")
-    c.add_argument("--min-reliability", type=float, metavar="0-1",
-                   help="only machines at least this reliable (uptime x nodes ended well; offers show it)")
-    c.add_argument("--verified-gpus-only", action="store_true",
-                   help="GPU workers only on machines whose GPUs a check lease verified (`dcluster offers` counts them)")
+    c.add_argument(
+        "--max-price-per-gpu-hour",
+        type=float,
+        metavar="USD",
+        help="most a GPU worker may cost per GPU-hour, replacements included (default: any)",
+    )
+    c.add_argument(
+        "--max-price-per-cpu-hour",
+        type=float,
+        metavar="USD",
+        help="most a CPU-only node (the head, CPU workers) may cost per CPU-hour (default: any)",
+    )
+    c.add_argument(
+        "--min-reliability",
+        type=float,
+        metavar="0-1",
+        help="only machines at least this reliable (uptime x nodes ended well; offers show it)",
+    )
+    c.add_argument(
+        "--verified-gpus-only",
+        action="store_true",
+        help="GPU workers only on machines whose GPUs a check lease verified (`dcluster offers` counts them)",
+    )
     _wait_args(c, "show its events until it runs, then print its environment (`export` lines)")
     _json_arg(c)
     c.set_defaults(cluster_handler=cmd_create)
@@ -521,21 +614,32 @@ def add_cluster(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     _json_arg(ls)
     ls.set_defaults(cluster_handler=cmd_list)
 
-    for name, handler, text in (("status", cmd_status, "one cluster: status, lifetime, nodes"),
-                                ("connect", cmd_connect, "print `export` lines for the stock Ray CLI: "
-                                                         "eval \"$(dcluster cluster connect ID)\"")):
+    for name, handler, text in (
+        ("status", cmd_status, "one cluster: status, lifetime, nodes"),
+        ("connect", cmd_connect, 'print `export` lines for the stock Ray CLI: eval "$(dcluster cluster connect ID)"'),
+    ):
         q = csub.add_parser(name, **_parser_kw(text))
         q.add_argument("cluster_id", metavar="ID")
         _json_arg(q)
         q.set_defaults(cluster_handler=handler)
 
-    db = csub.add_parser("dashboard", **_parser_kw("where its Ray dashboard and Prometheus metrics are, directly "
-                                                   "and through the platform; --forward: the dashboard on a local "
-                                                   "port"))
+    db = csub.add_parser(
+        "dashboard",
+        **_parser_kw(
+            "where its Ray dashboard and Prometheus metrics are, directly "
+            "and through the platform; --forward: the dashboard on a local "
+            "port"
+        ),
+    )
     db.add_argument("cluster_id", metavar="ID")
-    db.add_argument("--forward", type=int, metavar="PORT", nargs="?", const=0,
-                    help="serve the dashboard on 127.0.0.1:PORT through the platform, with your sign-in "
-                         "(no PORT: a free one)")
+    db.add_argument(
+        "--forward",
+        type=int,
+        metavar="PORT",
+        nargs="?",
+        const=0,
+        help="serve the dashboard on 127.0.0.1:PORT through the platform, with your sign-in (no PORT: a free one)",
+    )
     _json_arg(db)
     db.set_defaults(cluster_handler=cmd_dashboard)
 
@@ -545,8 +649,13 @@ def add_cluster(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     _json_arg(e)
     e.set_defaults(cluster_handler=cmd_events)
 
-    lg = csub.add_parser("logs", **_parser_kw("the logs its nodes shipped as they were released (also after the "
-                                              "cluster ended): the list, a job's driver log, or one file"))
+    lg = csub.add_parser(
+        "logs",
+        **_parser_kw(
+            "the logs its nodes shipped as they were released (also after the "
+            "cluster ended): the list, a job's driver log, or one file"
+        ),
+    )
     lg.add_argument("cluster_id", metavar="ID")
     lg.add_argument("--job", metavar="JOB", help="a submitted job's driver output (the id `ray job submit` printed)")
     lg.add_argument("--file", metavar="NAME", help="one file of the list, e.g. ray/raylet.out")

@@ -58,8 +58,18 @@ def job_env(base: Mapping[str, str], connection_env: Mapping[str, str], home: st
 
 
 def job_command(dashboard_url: str, working_dir: Path = EXAMPLES_DIR) -> list[str]:
-    return [*pstate.venv_script("ray"), "job", "submit", "--address", dashboard_url,
-            "--working-dir", str(working_dir), "--", "python", JOB_SCRIPT]
+    return [
+        *pstate.venv_script("ray"),
+        "job",
+        "submit",
+        "--address",
+        dashboard_url,
+        "--working-dir",
+        str(working_dir),
+        "--",
+        "python",
+        JOB_SCRIPT,
+    ]
 
 
 def machines_in(lines: list[str]) -> list[str]:
@@ -72,12 +82,21 @@ def machines_in(lines: list[str]) -> list[str]:
     return sorted(found)
 
 
-def run_streaming(cmd: list[str], env: Mapping[str, str], timeout_s: float,
-                  prefix: str = "  | ") -> tuple[int, list[str]]:
+def run_streaming(
+    cmd: list[str], env: Mapping[str, str], timeout_s: float, prefix: str = "  | "
+) -> tuple[int, list[str]]:
     """Runs cmd in its own process group, echoing its output as it comes; past timeout_s (or on
     Ctrl-C) that group is stopped. Returns (exit code, output lines)."""
-    proc = subprocess.Popen(cmd, env=dict(env), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, bufsize=1, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd,
+        env=dict(env),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+        start_new_session=True,
+    )
     timed_out = threading.Event()
 
     def stop() -> None:
@@ -139,8 +158,7 @@ def _buyer_client(url: str, state_dir: Path) -> client_mod.PlatformClient:
     store = pstate.CredentialStore(pstate.Layout(state_dir).credentials_json)
     password = store.password(pstate.BUYER_USERNAME)
     if not password:
-        raise pstate.PlatformError(f"no password for {pstate.BUYER_USERNAME} in {store.path}; "
-                                   f"use a fresh --state-dir")
+        raise pstate.PlatformError(f"no password for {pstate.BUYER_USERNAME} in {store.path}; use a fresh --state-dir")
     client = buyer.new_client(url)
     client.login(pstate.BUYER_USERNAME, password)  # keeps the password: renews the token on a 401
     return client
@@ -148,13 +166,19 @@ def _buyer_client(url: str, state_dir: Path) -> client_mod.PlatformClient:
 
 def add_demo(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
-        "demo", help="show all of it on this machine: platform, 2 providers, a cluster, a Ray job, teardown",
+        "demo",
+        help="show all of it on this machine: platform, 2 providers, a cluster, a Ray job, teardown",
         description="Starts the platform with 2 local provider agents (or reuses the one running in --state-dir), "
-                    "creates a cluster as local-buyer, runs examples/train.py on it with `ray job submit`, "
-                    "deletes the cluster and prints how long each step took. The platform keeps running. "
-                    "Exit 0 only if the job succeeded on at least 2 machines (1 with --workers 1).")
-    p.add_argument("--state-dir", type=Path, default=None,
-                   help="platform state directory (default: $DCLUSTER_STATE_DIR or ~/.dcluster)")
+        "creates a cluster as local-buyer, runs examples/train.py on it with `ray job submit`, "
+        "deletes the cluster and prints how long each step took. The platform keeps running. "
+        "Exit 0 only if the job succeeded on at least 2 machines (1 with --workers 1).",
+    )
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        help="platform state directory (default: $DCLUSTER_STATE_DIR or ~/.dcluster)",
+    )
     p.add_argument("--port", type=int, default=8000, help="HTTP port of the API when it starts (default 8000)")
     p.add_argument("--workers", type=int, default=2, help="worker nodes of the demo cluster (default 2)")
     p.add_argument("--keep", action="store_true", help="leave the cluster running and print its environment")
@@ -166,8 +190,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     timings = Timings()
 
     _say(f"==> platform ({state_dir})")
-    launcher = platform_mod.PlatformLauncher(state_dir, port=args.port, providers=DEMO_PROVIDERS,
-                                             agent_cpus=DEMO_AGENT_CPUS)
+    launcher = platform_mod.PlatformLauncher(
+        state_dir, port=args.port, providers=DEMO_PROVIDERS, agent_cpus=DEMO_AGENT_CPUS
+    )
     t = time.monotonic()
     up = launcher.up()
     timings.add("platform up", "reused" if up.already_running else time.monotonic() - t)
@@ -181,8 +206,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     _say("\n==> timings")
     _say(timings.table())
-    _say(f"\nthe platform keeps running ({up.api_url}); stop it with: "
-         f"dcluster down --state-dir {shlex.quote(str(state_dir))}")
+    _say(
+        f"\nthe platform keeps running ({up.api_url}); stop it with: "
+        f"dcluster down --state-dir {shlex.quote(str(state_dir))}"
+    )
     return 0 if ok else 1
 
 
@@ -190,8 +217,9 @@ def _run_cluster(client: client_mod.PlatformClient, args: argparse.Namespace, ti
     _say(f"\n==> cluster: {args.workers} worker(s), signed in as {pstate.BUYER_USERNAME}")
     t = time.monotonic()
     try:
-        cluster = client.request("POST", "/v1/clusters", json={"name": "demo", "num_workers": args.workers,
-                                                               "duration_s": DEMO_DURATION_S})
+        cluster = client.request(
+            "POST", "/v1/clusters", json={"name": "demo", "num_workers": args.workers, "duration_s": DEMO_DURATION_S}
+        )
     except client_mod.ApiError as exc:
         _say(f"the platform refused the cluster: {output.detail_text(exc.detail)}")
         return False
@@ -209,25 +237,34 @@ def _run_cluster(client: client_mod.PlatformClient, args: argparse.Namespace, ti
         timings.add("POST -> running", time.monotonic() - t)
         connection = client.request("GET", buyer.cluster_path(cid, "/connection"))
 
-        _say(f"\n==> ray job submit --address {connection['dashboard_url']} "
-             f"--working-dir {EXAMPLES_DIR} -- python {JOB_SCRIPT}")
+        _say(
+            f"\n==> ray job submit --address {connection['dashboard_url']} "
+            f"--working-dir {EXAMPLES_DIR} -- python {JOB_SCRIPT}"
+        )
         t = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="dcl-demo-home-") as home:
-            rc, lines = run_streaming(job_command(connection["dashboard_url"]),
-                                      job_env(os.environ, connection["env"], home), JOB_TIMEOUT_S)
+            rc, lines = run_streaming(
+                job_command(connection["dashboard_url"]), job_env(os.environ, connection["env"], home), JOB_TIMEOUT_S
+            )
         timings.add("job submit -> done", time.monotonic() - t)
         machines = machines_in(lines)
         wanted = min(2, args.workers)
         ok = rc == 0 and len(machines) >= wanted
-        _say(f"job exit code {rc}; tasks ran on {len(machines)} machine(s): {' '.join(machines) or '-'}"
-             + ("" if ok else f"  (FAILED: wanted exit 0 and >= {wanted} machines)"))
+        _say(
+            f"job exit code {rc}; tasks ran on {len(machines)} machine(s): {' '.join(machines) or '-'}"
+            + ("" if ok else f"  (FAILED: wanted exit 0 and >= {wanted} machines)")
+        )
 
         if args.keep:
-            _say(f"\n==> cluster {cid} keeps running (expires in {output.human_duration(DEMO_DURATION_S)}); "
-                 f"its environment:")
+            _say(
+                f"\n==> cluster {cid} keeps running (expires in {output.human_duration(DEMO_DURATION_S)}); "
+                f"its environment:"
+            )
             _say("\n".join(output.export_lines(connection["env"])))
-            _say(f"# delete it: dcluster login --url {client.base_url} --username {pstate.BUYER_USERNAME} "
-                 f"(password in credentials.json) && dcluster cluster delete {cid} --wait")
+            _say(
+                f"# delete it: dcluster login --url {client.base_url} --username {pstate.BUYER_USERNAME} "
+                f"(password in credentials.json) && dcluster cluster delete {cid} --wait"
+            )
             timings.add("DELETE -> terminated", "kept")
         return ok
     finally:

@@ -8,8 +8,17 @@ from cli import buyer, machines, output
 
 
 def key_rows(keys: list[dict]) -> tuple[list[str], list[list]]:
-    rows = [[k["id"], k["machine_id"], k["machine_name"], "active" if k["active"] else "revoked",
-             output.clock_time(k["created_at"]), output.clock_time(k["revoked_at"])] for k in keys]
+    rows = [
+        [
+            k["id"],
+            k["machine_id"],
+            k["machine_name"],
+            "active" if k["active"] else "revoked",
+            output.clock_time(k["created_at"]),
+            output.clock_time(k["revoked_at"]),
+        ]
+        for k in keys
+    ]
     return ["key", "machine", "name", "state", "created", "revoked"], rows
 
 
@@ -24,16 +33,21 @@ def cmd_machine(args: argparse.Namespace) -> int:
     if args.json:
         output.print_json(revoked)
     else:
-        print(f"revoked {revoked['id']} of machine {revoked['machine_id']}: its agent gets 401 on its next "
-              f"heartbeat and stops; run it with the provider's password to enroll the machine again")
+        print(
+            f"revoked {revoked['id']} of machine {revoked['machine_id']}: its agent gets 401 on its next "
+            f"heartbeat and stops; run it with the provider's password to enroll the machine again"
+        )
     return buyer.Exit.OK
 
 
 def add_machine(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("machine", help="providers: your machines (GPUs declared or verified) and their agent keys")
     msub = p.add_subparsers(dest="machine_command", metavar="ACTION", required=True)
-    listing = msub.add_parser("list", help="your machines (every machine, for admins): status, GPUs and their "
-                                           "check (declared, verified, mismatch: what differs), reliability")
+    listing = msub.add_parser(
+        "list",
+        help="your machines (every machine, for admins): status, GPUs and their "
+        "check (declared, verified, mismatch: what differs), reliability",
+    )
     listing.add_argument("--json", action="store_true", help="machine-readable output")
     keys = msub.add_parser("keys", help="every agent key of your machines, active and revoked (never a secret)")
     keys.add_argument("--json", action="store_true", help="machine-readable output")

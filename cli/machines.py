@@ -23,8 +23,19 @@ def _verification(machine: dict) -> str:
 
 
 def machine_rows(machines: list[dict]) -> tuple[list[str], list[list]]:
-    rows = [[m["id"], m["name"], m["status"], _gpus(m), _verification(m), m["spec"]["cpus"],
-             f"{m['reliability']:.2f}", output.clock_time(m["last_heartbeat"])] for m in machines]
+    rows = [
+        [
+            m["id"],
+            m["name"],
+            m["status"],
+            _gpus(m),
+            _verification(m),
+            m["spec"]["cpus"],
+            f"{m['reliability']:.2f}",
+            output.clock_time(m["last_heartbeat"]),
+        ]
+        for m in machines
+    ]
     return ["machine", "name", "status", "GPUs", "GPU check", "CPUs", "reliability", "last heartbeat"], rows
 
 
@@ -36,14 +47,30 @@ def offer_rows(offers: list[dict]) -> tuple[list[str], list[list]]:
     rows = []
     for o in offers:
         by_status = ", ".join(f"{n} {status}" for status, n in sorted(o.get("gpu_verification", {}).items()))
-        rows.append([o["gpu_model"] or "CPU only", o["machines"], o["gpus"],
-                     f"{o['verified_gpus']} ({by_status})" if o["gpu_model"] else "-", o["cpus"],
-                     _range(o["price_per_gpu_hour_min"], o["price_per_gpu_hour_max"], "{:.2f}") if o["gpu_model"] else "-",
-                     _range(o["price_per_cpu_hour_min"], o["price_per_cpu_hour_max"], "{:.3f}"),
-                     _range(o["reliability_min"], o["reliability_max"], "{:.2f}"),
-                     "yes" if o["sandboxed"] else "NO"])
-    return ["GPU model", "machines", "GPUs", "verified GPUs (machines)", "CPUs", "$/GPU-h", "$/CPU-h",
-            "reliability", "sandboxed"], rows
+        rows.append(
+            [
+                o["gpu_model"] or "CPU only",
+                o["machines"],
+                o["gpus"],
+                f"{o['verified_gpus']} ({by_status})" if o["gpu_model"] else "-",
+                o["cpus"],
+                _range(o["price_per_gpu_hour_min"], o["price_per_gpu_hour_max"], "{:.2f}") if o["gpu_model"] else "-",
+                _range(o["price_per_cpu_hour_min"], o["price_per_cpu_hour_max"], "{:.3f}"),
+                _range(o["reliability_min"], o["reliability_max"], "{:.2f}"),
+                "yes" if o["sandboxed"] else "NO",
+            ]
+        )
+    return [
+        "GPU model",
+        "machines",
+        "GPUs",
+        "verified GPUs (machines)",
+        "CPUs",
+        "$/GPU-h",
+        "$/CPU-h",
+        "reliability",
+        "sandboxed",
+    ], rows
 
 
 def show(args: argparse.Namespace, path: str, rows: Callable[[list[dict]], tuple[list[str], list[list]]]) -> int:

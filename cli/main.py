@@ -23,8 +23,12 @@ EXPECTED_ERRORS: tuple[type[BaseException], ...] = (platform_state.PlatformError
 
 
 def _state_dir_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--state-dir", type=Path, default=None,
-                        help="platform state directory (default: $DCLUSTER_STATE_DIR or ~/.dcluster)")
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        help="platform state directory (default: $DCLUSTER_STATE_DIR or ~/.dcluster)",
+    )
 
 
 def _launcher(args: argparse.Namespace, **kw) -> platform_mod.PlatformLauncher:
@@ -33,6 +37,7 @@ def _launcher(args: argparse.Namespace, **kw) -> platform_mod.PlatformLauncher:
 
 # --- up ---------------------------------------------------------------------------------
 
+
 def _add_up(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("up", help="start the platform on this machine (Ray head, API, local provider agents)")
     _state_dir_arg(p)
@@ -40,27 +45,50 @@ def _add_up(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000, help="HTTP port of the API (default 8000)")
     p.add_argument("--host", default="127.0.0.1", help="address the API binds to (default 127.0.0.1)")
     p.add_argument("--heartbeat-s", type=float, default=5.0, help="agents' heartbeat interval (default 5)")
-    p.add_argument("--agent-cpus", type=int, default=None,
-                   help="Local agents offer N logical CPUs each (default: detected)")
-    p.add_argument("--agent-gpus", type=int, default=None,
-                   help="GPUs each local agent declares (default: what it detects)")
-    p.add_argument("--agent-runtime", choices=domain.SANDBOX_RUNTIMES, default=None,
-                   help="Where local agents run leases (default: docker where a daemon answers, else bwrap; "
-                        "none runs buyers' code unsandboxed)")
-    p.add_argument("--database", default=None, metavar="URL",
-                   help="PostgreSQL for the platform's state, e.g. postgresql://dcluster@db-host:5432/dcluster "
-                        "(password in ~/.pgpass or PGPASSFILE, not in the URL); default: SQLite in the state dir. "
-                        "Secrets are then kept in it, sealed with DCL_SECRET_KEY / DCL_SECRET_KEY_FILE (else a key "
-                        "made once in <state dir>/secret.key), and the control-plane actors may run on any node")
-    p.add_argument("--api-replicas", type=int, default=None, metavar="N",
-                   help="with --database: API replicas, at most one a node, each serving the API port on its node "
-                        "(default 2; set it to the number of platform nodes)")
-    p.add_argument("--redis", default=None, metavar="redis://HOST:PORT",
-                   help="GCS fault tolerance: the head keeps Ray's cluster tables in this Redis, so a head restarted "
-                        "with the same command keeps the detached actors, the Serve app and the other nodes")
-    p.add_argument("--join", default=None, metavar="HOST:PORT",
-                   help="add this machine to a running platform as another node, given the head's GCS address "
-                        "(needs the head's ray_auth_token, and its secret key, in this state dir)")
+    p.add_argument(
+        "--agent-cpus", type=int, default=None, help="Local agents offer N logical CPUs each (default: detected)"
+    )
+    p.add_argument(
+        "--agent-gpus", type=int, default=None, help="GPUs each local agent declares (default: what it detects)"
+    )
+    p.add_argument(
+        "--agent-runtime",
+        choices=domain.SANDBOX_RUNTIMES,
+        default=None,
+        help="Where local agents run leases (default: docker where a daemon answers, else bwrap; "
+        "none runs buyers' code unsandboxed)",
+    )
+    p.add_argument(
+        "--database",
+        default=None,
+        metavar="URL",
+        help="PostgreSQL for the platform's state, e.g. postgresql://dcluster@db-host:5432/dcluster "
+        "(password in ~/.pgpass or PGPASSFILE, not in the URL); default: SQLite in the state dir. "
+        "Secrets are then kept in it, sealed with DCL_SECRET_KEY / DCL_SECRET_KEY_FILE (else a key "
+        "made once in <state dir>/secret.key), and the control-plane actors may run on any node",
+    )
+    p.add_argument(
+        "--api-replicas",
+        type=int,
+        default=None,
+        metavar="N",
+        help="with --database: API replicas, at most one a node, each serving the API port on its node "
+        "(default 2; set it to the number of platform nodes)",
+    )
+    p.add_argument(
+        "--redis",
+        default=None,
+        metavar="redis://HOST:PORT",
+        help="GCS fault tolerance: the head keeps Ray's cluster tables in this Redis, so a head restarted "
+        "with the same command keeps the detached actors, the Serve app and the other nodes",
+    )
+    p.add_argument(
+        "--join",
+        default=None,
+        metavar="HOST:PORT",
+        help="add this machine to a running platform as another node, given the head's GCS address "
+        "(needs the head's ray_auth_token, and its secret key, in this state dir)",
+    )
     return p
 
 
@@ -69,16 +97,27 @@ def up_settings(args: argparse.Namespace) -> dict:
     if args.database is None:
         return {}
     if not database_url.is_postgres_url(args.database):
-        raise platform_state.PlatformError("--database takes a postgresql:// URL, e.g. "
-                                           "postgresql://dcluster@db-host:5432/dcluster")
+        raise platform_state.PlatformError(
+            "--database takes a postgresql:// URL, e.g. postgresql://dcluster@db-host:5432/dcluster"
+        )
     return {"database": args.database}
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    launcher = _launcher(args, port=args.port, host=args.host, providers=args.providers,
-                         heartbeat_s=args.heartbeat_s, agent_gpus=args.agent_gpus, agent_cpus=args.agent_cpus,
-                         agent_runtime=args.agent_runtime, settings=up_settings(args), redis=args.redis,
-                         join=args.join, api_replicas=args.api_replicas)
+    launcher = _launcher(
+        args,
+        port=args.port,
+        host=args.host,
+        providers=args.providers,
+        heartbeat_s=args.heartbeat_s,
+        agent_gpus=args.agent_gpus,
+        agent_cpus=args.agent_cpus,
+        agent_runtime=args.agent_runtime,
+        settings=up_settings(args),
+        redis=args.redis,
+        join=args.join,
+        api_replicas=args.api_replicas,
+    )
     result = launcher.up()
     print("\n".join(result.lines()))
     if result.timings_s:
@@ -87,6 +126,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 # --- down -------------------------------------------------------------------------------
+
 
 def _add_down(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("down", help="stop the platform and its local agents (keeps accounts, machines, data)")
@@ -107,6 +147,7 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 # --- status -----------------------------------------------------------------------------
 
+
 def _add_status(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="show the platform's processes, health, machines and clusters")
     _state_dir_arg(p)
@@ -117,21 +158,26 @@ def _add_status(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def _format_status(st: dict) -> list[str]:
     if st.get("status") == "absent":
         return [st["message"]]
-    lines = [f"platform: {st['status']}  ({st['api_url']}, healthz {'ok' if st['healthz'] else 'failing'})",
-             f"  state dir: {st['state_dir']}",
-             f"  Ray GCS:   {st['ray_gcs_address']}  temp dir {st['temp_dir']}"]
+    lines = [
+        f"platform: {st['status']}  ({st['api_url']}, healthz {'ok' if st['healthz'] else 'failing'})",
+        f"  state dir: {st['state_dir']}",
+        f"  Ray GCS:   {st['ray_gcs_address']}  temp dir {st['temp_dir']}",
+    ]
     if st.get("error"):
         lines.append(f"  last error: {st['error']}")
     for r in st["head_processes"]:
         lines.append(f"  {r['name']:<12} pid {r['pid']:<8} {'alive' if r['alive'] else 'dead'}")
     for a in st["agents"]:
-        lines.append(f"  agent {a['index']} ({a['username']}) pid {a['pid']} "
-                     f"{'alive' if a['alive'] else 'dead'}  log {a['log']}")
+        lines.append(
+            f"  agent {a['index']} ({a['username']}) pid {a['pid']} {'alive' if a['alive'] else 'dead'}  log {a['log']}"
+        )
     if "machines" in st:
         lines.append(f"  machines: {len(st['machines'])}")
         for m in st["machines"]:
-            lines.append(f"    {m['id']}  {m['name']:<16} {m['provider']:<20} {m['status']:<8} "
-                         f"GPUs {(m.get('gpu_verification') or {}).get('status', '-')}")
+            lines.append(
+                f"    {m['id']}  {m['name']:<16} {m['provider']:<20} {m['status']:<8} "
+                f"GPUs {(m.get('gpu_verification') or {}).get('status', '-')}"
+            )
     elif st.get("machines_error"):
         lines.append(f"  machines: unavailable ({st['machines_error']})")
     if "clusters" in st:
@@ -180,8 +226,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _configure_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s" if verbose else "%(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s" if verbose else "%(message)s",
+    )
     if not verbose:
         logging.getLogger("httpx").setLevel(logging.WARNING)
 

@@ -91,6 +91,7 @@ def detail_text(detail: Any, field_names: Mapping[str, str] | None = None) -> st
 
 # --- clusters ---------------------------------------------------------------------------
 
+
 def _cluster_status(value: Any) -> domain.ClusterStatus | None:
     try:
         return domain.ClusterStatus(value)
@@ -122,16 +123,30 @@ CLUSTER_HEADERS = ("ID", "NAME", "STATUS", "WORKERS", "GPUS", "EXPIRES IN")
 
 
 def cluster_rows(clusters: list[dict], now: float) -> list[tuple]:
-    return [(c["id"], c.get("name") or "", c["status"], f"{c.get('workers_joined', 0)}/{c['num_workers']}",
-             _gpus(c), _expires_in(c, now)) for c in clusters]
+    return [
+        (
+            c["id"],
+            c.get("name") or "",
+            c["status"],
+            f"{c.get('workers_joined', 0)}/{c['num_workers']}",
+            _gpus(c),
+            _expires_in(c, now),
+        )
+        for c in clusters
+    ]
 
 
 def cluster_summary(c: Mapping, now: float) -> str:
     """One line: 'cluster c-... (name) is running: 2/2 workers, ...; expires in 29m58s'."""
-    per_worker = f"{c['gpus_per_worker']} GPU" + (f" {c['gpu_model']}" if c.get("gpu_model") else "") + \
-        f", {c['cpus_per_worker']} CPU each"
-    line = f"cluster {c['id']} ({c.get('name')}) is {c['status']}: " \
-           f"{c.get('workers_joined', 0)}/{c['num_workers']} workers joined ({per_worker})"
+    per_worker = (
+        f"{c['gpus_per_worker']} GPU"
+        + (f" {c['gpu_model']}" if c.get("gpu_model") else "")
+        + f", {c['cpus_per_worker']} CPU each"
+    )
+    line = (
+        f"cluster {c['id']} ({c.get('name')}) is {c['status']}: "
+        f"{c.get('workers_joined', 0)}/{c['num_workers']} workers joined ({per_worker})"
+    )
     if is_active(c["status"]):
         line += f"; expires in {_expires_in(c, now)}"
     if c.get("reason"):
@@ -140,17 +155,30 @@ def cluster_summary(c: Mapping, now: float) -> str:
 
 
 def cluster_details(c: Mapping, now: float) -> str:
-    lines = [cluster_summary(c, now),
-             f"  backend:  {c.get('backend')}",
-             f"  created:  {clock_time(c.get('created_at'))}",
-             f"  running:  {clock_time(c.get('running_at'))}",
-             f"  expires:  {clock_time(c.get('expires_at'))}",
-             f"  ended:    {clock_time(c.get('ended_at'))}",
-             f"  head IP:  {c.get('head_node_ip') or '-'}"]
+    lines = [
+        cluster_summary(c, now),
+        f"  backend:  {c.get('backend')}",
+        f"  created:  {clock_time(c.get('created_at'))}",
+        f"  running:  {clock_time(c.get('running_at'))}",
+        f"  expires:  {clock_time(c.get('expires_at'))}",
+        f"  ended:    {clock_time(c.get('ended_at'))}",
+        f"  head IP:  {c.get('head_node_ip') or '-'}",
+    ]
     nodes = c.get("nodes") or []
     if nodes:
-        rows = [(n["id"], n["role"], n["status"], n["machine_id"], n.get("node_ip") or "-", n["gpus"], n["cpus"],
-                 "yes" if n.get("joined") else "no") for n in nodes]
+        rows = [
+            (
+                n["id"],
+                n["role"],
+                n["status"],
+                n["machine_id"],
+                n.get("node_ip") or "-",
+                n["gpus"],
+                n["cpus"],
+                "yes" if n.get("joined") else "no",
+            )
+            for n in nodes
+        ]
         nodes_table = table(("NODE", "ROLE", "STATUS", "MACHINE", "IP", "GPUS", "CPUS", "JOINED"), rows)
         lines += ["  nodes:"] + ["    " + row for row in nodes_table.splitlines()]
     return "\n".join(lines)

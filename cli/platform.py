@@ -86,8 +86,13 @@ def _read_from(path: Path, offset: int) -> str:
         return ""
 
 
-def _wait_for(what: str, predicate: Callable[[], Any], timeout_s: float, interval_s: float = 0.5,
-              on_timeout: Callable[[], str] | None = None) -> Any:
+def _wait_for(
+    what: str,
+    predicate: Callable[[], Any],
+    timeout_s: float,
+    interval_s: float = 0.5,
+    on_timeout: Callable[[], str] | None = None,
+) -> Any:
     deadline = time.monotonic() + timeout_s
     while True:
         value = predicate()
@@ -134,17 +139,30 @@ def last_error_line(text: str) -> str:
 class PlatformLauncher:
     """The platform on this machine, described by <state_dir>/platform.json."""
 
-    def __init__(self, state_dir: Path | None = None, *, port: int = 8000, host: str = "127.0.0.1",
-                 providers: int = 0, heartbeat_s: float = 5.0, agent_gpus: int | None = None,
-                 agent_cpus: int | None = None, settings: dict | None = None, agent_runtime: str | None = None,
-                 redis: str | None = None, join: str | None = None, api_replicas: int | None = None):
+    def __init__(
+        self,
+        state_dir: Path | None = None,
+        *,
+        port: int = 8000,
+        host: str = "127.0.0.1",
+        providers: int = 0,
+        heartbeat_s: float = 5.0,
+        agent_gpus: int | None = None,
+        agent_cpus: int | None = None,
+        settings: dict | None = None,
+        agent_runtime: str | None = None,
+        redis: str | None = None,
+        join: str | None = None,
+        api_replicas: int | None = None,
+    ):
         if providers < 0:
             raise pstate.PlatformError("--providers must be >= 0")
         if providers and not _is_loopback(host):
             raise pstate.PlatformError(
                 f"--providers runs provider agents on this machine, beside the platform and its secrets; that is "
                 f"for a platform only this machine can reach. With --host {host} the API is reachable from "
-                "elsewhere: run `dcluster-agent` on the providers' own machines instead, or use --host 127.0.0.1")
+                "elsewhere: run `dcluster-agent` on the providers' own machines instead, or use --host 127.0.0.1"
+            )
         if not 1 <= port <= 65535:
             raise pstate.PlatformError(f"--port {port} is not a TCP port")
         self.state_dir = Path(state_dir or pstate.default_state_dir()).expanduser().absolute()
@@ -165,14 +183,19 @@ class PlatformLauncher:
         # Another platform node: the head's GCS address (host:port) it joins.
         self.join = join
         if join is not None and not re.fullmatch(r"[A-Za-z0-9.\-]+:[0-9]{1,5}", join):
-            raise pstate.PlatformError(f"--join takes the head's GCS address HOST:PORT (got {join!r}); "
-                                       "`dcluster status` on the head prints it")
+            raise pstate.PlatformError(
+                f"--join takes the head's GCS address HOST:PORT (got {join!r}); `dcluster status` on the head prints it"
+            )
         if join is not None and (providers or redis or self.settings):
-            raise pstate.PlatformError("--join adds a node to a running platform: its settings (--database, --redis, "
-                                       "--providers) are the head's")
+            raise pstate.PlatformError(
+                "--join adds a node to a running platform: its settings (--database, --redis, "
+                "--providers) are the head's"
+            )
         self.shared_database = bool(self.settings.get("database"))
         if api_replicas is not None and not self.shared_database:
-            raise pstate.PlatformError("--api-replicas needs --database: on SQLite the API runs beside the head's database")
+            raise pstate.PlatformError(
+                "--api-replicas needs --database: on SQLite the API runs beside the head's database"
+            )
         if api_replicas is not None and not 1 <= api_replicas <= 64:
             raise pstate.PlatformError("--api-replicas must be between 1 and 64")
         # On PostgreSQL: the API's replicas one a node, each listening on its node (set it to the number of nodes).
@@ -220,11 +243,15 @@ class PlatformLauncher:
     def _already_running(self, record: dict) -> UpResult:
         logger.info("platform already running (owner tag %s)", record["owner_tag"])
         if record.get("host") != self.host or record.get("port") != self.port:
-            logger.warning("it listens on %s:%s; run `dcluster down` first to change that",
-                           record.get("host"), record.get("port"))
+            logger.warning(
+                "it listens on %s:%s; run `dcluster down` first to change that", record.get("host"), record.get("port")
+            )
         if len(record.get("agents", [])) != self.providers:
-            logger.warning("it runs %d local agents, not %d; run `dcluster down` first to change that",
-                           len(record.get("agents", [])), self.providers)
+            logger.warning(
+                "it runs %d local agents, not %d; run `dcluster down` first to change that",
+                len(record.get("agents", [])),
+                self.providers,
+            )
         return self._result(record, already_running=True, timings={})
 
     def _stop_leftovers(self, record: dict) -> None:
@@ -240,8 +267,10 @@ class PlatformLauncher:
         timings: dict[str, float] = {}
         # A restarted head's HTTP port may be served meanwhile by the proxy of another platform node on this machine.
         if previous is None and not procs.port_is_free(self.port, self.host):
-            raise pstate.PlatformError(f"port {self.port} on {self.host} is already in use; "
-                                   f"choose another with --port, or stop what listens there")
+            raise pstate.PlatformError(
+                f"port {self.port} on {self.host} is already in use; "
+                f"choose another with --port, or stop what listens there"
+            )
         template = pstate.SERVE_TEMPLATE
         if not template.exists():
             raise pstate.PlatformError(f"{template} not found: the Serve config of the platform is missing")
@@ -323,21 +352,36 @@ class PlatformLauncher:
         """Another platform node: a raylet of its own (ports, temp dir, state dir) in the head's Ray cluster."""
         t0 = time.monotonic()
         if not self.layout.ray_auth_token.exists():
-            raise pstate.PlatformError(f"no {self.layout.ray_auth_token}: copy the head's state dir's ray_auth_token "
-                                       "there (chmod 600); only holders of the platform cluster's token may join it")
+            raise pstate.PlatformError(
+                f"no {self.layout.ray_auth_token}: copy the head's state dir's ray_auth_token "
+                "there (chmod 600); only holders of the platform cluster's token may join it"
+            )
         keyed = any(os.environ.get(k) for k in (secret_files.SECRET_KEY_ENV, secret_files.SECRET_KEY_FILE_ENV))
         if not keyed and not self.layout.secret_key.exists():
-            raise pstate.PlatformError(f"no secret key: set {secret_files.SECRET_KEY_ENV} or {secret_files.SECRET_KEY_FILE_ENV} "
-                                       f"as on the head, or copy the head's secret.key to {self.layout.secret_key} (chmod 600)")
+            raise pstate.PlatformError(
+                f"no secret key: set {secret_files.SECRET_KEY_ENV} or {secret_files.SECRET_KEY_FILE_ENV} "
+                f"as on the head, or copy the head's secret.key to {self.layout.secret_key} (chmod 600)"
+            )
         secret_files.ensure_private_dir(self.layout.home)
         secret_files.ensure_private_dir(self.layout.logs)
         ports = procs.allocate_ray_ports(exclude=(self.port,))
         temp_dir = pstate.ray_temp_dir(self.state_dir)
         secret_files.ensure_private_dir(temp_dir)
-        record = {"version": 1, "role": ROLE_MEMBER, "join": self.join, "status": pstate.STATUS_STARTING,
-                  "owner_tag": pstate.new_owner_tag(), "host": self.host, "port": self.port, "providers": 0,
-                  "temp_dir": str(temp_dir), "ray_ports": ports.to_dict(), "head_processes": [], "agents": [],
-                  "started_at": time.time()}
+        record = {
+            "version": 1,
+            "role": ROLE_MEMBER,
+            "join": self.join,
+            "status": pstate.STATUS_STARTING,
+            "owner_tag": pstate.new_owner_tag(),
+            "host": self.host,
+            "port": self.port,
+            "providers": 0,
+            "temp_dir": str(temp_dir),
+            "ray_ports": ports.to_dict(),
+            "head_processes": [],
+            "agents": [],
+            "started_at": time.time(),
+        }
         self._save(record)
         try:
             command = lambda: pstate.ray_member_command(head_address=self.join, ports=ports, temp_dir=temp_dir)
@@ -354,11 +398,18 @@ class PlatformLauncher:
         return self._result(record, already_running=False, timings={"total": round(time.monotonic() - t0, 1)})
 
     def _start_head(self, record: dict, env: dict, ports: pstate.RayPorts, temp_dir: Path) -> None:
-        self._start_node(record, env, lambda: pstate.ray_head_command(ports=ports, temp_dir=temp_dir), ports,
-                         HEAD_CORE_PROCESSES)
+        self._start_node(
+            record, env, lambda: pstate.ray_head_command(ports=ports, temp_dir=temp_dir), ports, HEAD_CORE_PROCESSES
+        )
 
-    def _start_node(self, record: dict, env: dict, command: Callable[[], list[str]], ports: pstate.RayPorts,
-                    core_processes: tuple[str, ...]) -> None:
+    def _start_node(
+        self,
+        record: dict,
+        env: dict,
+        command: Callable[[], list[str]],
+        ports: pstate.RayPorts,
+        core_processes: tuple[str, ...],
+    ) -> None:
         role = record.get("role", ROLE_HEAD)
         for attempt in range(1, HEAD_START_ATTEMPTS + 1):
             for port in ports.listening():  # taken since allocation: a GCS port in use would join another cluster
@@ -367,30 +418,39 @@ class PlatformLauncher:
             cmd = command()
             logger.info("starting the Ray %s: %s", role, " ".join(cmd[1:4]))
             log_start = self.layout.ray_log.stat().st_size if self.layout.ray_log.exists() else 0
-            proc = procs.spawn(cmd, env=env, cwd=self.state_dir, log_path=self.layout.ray_log,
-                               owner_tag=record["owner_tag"])
+            proc = procs.spawn(
+                cmd, env=env, cwd=self.state_dir, log_path=self.layout.ray_log, owner_tag=record["owner_tag"]
+            )
             try:
                 rc = proc.wait(RAY_START_TIMEOUT_S)
             except subprocess.TimeoutExpired:
-                raise pstate.PlatformError(f"`ray start` did not finish in {RAY_START_TIMEOUT_S:.0f} s; "
-                                           f"see {self.layout.ray_log}", details=_tail(self.layout.ray_log)) from None
+                raise pstate.PlatformError(
+                    f"`ray start` did not finish in {RAY_START_TIMEOUT_S:.0f} s; see {self.layout.ray_log}",
+                    details=_tail(self.layout.ray_log),
+                ) from None
             if rc == 0:
                 break
             # `ray start` gives the raylet a fixed 30 s to register with the GCS; a busy machine can
             # miss that. Slow is not broken: stop what this attempt left and start again.
             if attempt < HEAD_START_ATTEMPTS and RAY_SLOW_START in _read_from(self.layout.ray_log, log_start):
-                logger.warning("`ray start` timed out registering the raylet (attempt %d of %d): the machine is "
-                               "busy; retrying", attempt, HEAD_START_ATTEMPTS)
+                logger.warning(
+                    "`ray start` timed out registering the raylet (attempt %d of %d): the machine is busy; retrying",
+                    attempt,
+                    HEAD_START_ATTEMPTS,
+                )
                 procs.stop_owned(record["owner_tag"], grace_s=STOP_GRACE_S)
                 continue
-            raise pstate.PlatformError(f"`ray start` failed (exit {rc}); see {self.layout.ray_log}",
-                                       details=_tail(self.layout.ray_log))
+            raise pstate.PlatformError(
+                f"`ray start` failed (exit {rc}); see {self.layout.ray_log}", details=_tail(self.layout.ray_log)
+            )
         owned = [r for r in map(platform_status.proc_record, procs.owned_processes(record["owner_tag"])) if r]
         # Only the processes the node lives and dies with; workers come and go.
         head = [r for r in owned if r["name"] in core_processes]
         if {r["name"] for r in head} != set(core_processes):
-            raise pstate.PlatformError(f"`ray start` returned but {'/'.join(core_processes)} are not running; "
-                                   f"see {self.layout.ray_log}", details=_tail(self.layout.ray_log))
+            raise pstate.PlatformError(
+                f"`ray start` returned but {'/'.join(core_processes)} are not running; see {self.layout.ray_log}",
+                details=_tail(self.layout.ray_log),
+            )
         record["head_processes"] = head
         self._save(record)
         logger.info("Ray %s up (%d processes)", role, len(owned))
@@ -402,27 +462,48 @@ class PlatformLauncher:
         return "\n".join(parts) or f"(no Serve logs under {serve_dir})"
 
     def _deploy_serve(self, record: dict, env: dict, ports: pstate.RayPorts, temp_dir: Path) -> None:
-        config = pstate.patch_serve_config(pstate.SERVE_TEMPLATE.read_text(), host=self.host, port=self.port,
-                                           state_dir=self.state_dir, heartbeat_interval_s=self.heartbeat_s,
-                                           settings=self.settings)
+        config = pstate.patch_serve_config(
+            pstate.SERVE_TEMPLATE.read_text(),
+            host=self.host,
+            port=self.port,
+            state_dir=self.state_dir,
+            heartbeat_interval_s=self.heartbeat_s,
+            settings=self.settings,
+        )
         if self.shared_database:
             config = pstate.every_node_serve(config, api_replicas=self.api_replicas)
         secret_files.write_secret_file(self.layout.serve_deploy_yaml, pstate.dump_serve_config(config))
-        cmd = [*pstate.venv_script("serve"), "deploy", str(self.layout.serve_deploy_yaml),
-               "--address", f"http://127.0.0.1:{ports.dashboard}"]
-        _wait_for(f"the Ray dashboard on port {ports.dashboard}",
-                  lambda: _dashboard_answers(ports.dashboard, self.layout.ray_auth_token), DASHBOARD_TIMEOUT_S,
-                  on_timeout=lambda: _tail(temp_dir / "session_latest" / "logs" / "dashboard.log"))
+        cmd = [
+            *pstate.venv_script("serve"),
+            "deploy",
+            str(self.layout.serve_deploy_yaml),
+            "--address",
+            f"http://127.0.0.1:{ports.dashboard}",
+        ]
+        _wait_for(
+            f"the Ray dashboard on port {ports.dashboard}",
+            lambda: _dashboard_answers(ports.dashboard, self.layout.ray_auth_token),
+            DASHBOARD_TIMEOUT_S,
+            on_timeout=lambda: _tail(temp_dir / "session_latest" / "logs" / "dashboard.log"),
+        )
         logger.info("deploying the Serve app")
         with open(self.layout.serve_log, "ab") as log:
             try:
-                rc = subprocess.run(cmd, env=env, cwd=self.state_dir, stdin=subprocess.DEVNULL, stdout=log,
-                                    stderr=subprocess.STDOUT, timeout=SERVE_DEPLOY_TIMEOUT_S).returncode
+                rc = subprocess.run(
+                    cmd,
+                    env=env,
+                    cwd=self.state_dir,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    timeout=SERVE_DEPLOY_TIMEOUT_S,
+                ).returncode
             except subprocess.TimeoutExpired:
                 rc = "timeout"
         if rc != 0:
-            raise pstate.PlatformError(f"`serve deploy` failed ({rc}); see {self.layout.serve_log}",
-                                   details=_tail(self.layout.serve_log))
+            raise pstate.PlatformError(
+                f"`serve deploy` failed ({rc}); see {self.layout.serve_log}", details=_tail(self.layout.serve_log)
+            )
         api_url = platform_status.api_url(record)
         logger.info("waiting for %s/healthz", api_url)
 
@@ -431,24 +512,33 @@ class PlatformLauncher:
                 return True
             failed = _serve_app_failure(ports.dashboard, self.layout.ray_auth_token)
             if failed:
-                raise pstate.PlatformError(f"the Serve app failed to deploy: {last_error_line(failed)}",
-                                       details=failed + "\n" + self._serve_logs_tail(temp_dir))
+                raise pstate.PlatformError(
+                    f"the Serve app failed to deploy: {last_error_line(failed)}",
+                    details=failed + "\n" + self._serve_logs_tail(temp_dir),
+                )
             return False
 
-        _wait_for(f"{api_url}/healthz", ready, HEALTHZ_TIMEOUT_S, interval_s=1.0,
-                  on_timeout=lambda: self._serve_logs_tail(temp_dir))
+        _wait_for(
+            f"{api_url}/healthz",
+            ready,
+            HEALTHZ_TIMEOUT_S,
+            interval_s=1.0,
+            on_timeout=lambda: self._serve_logs_tail(temp_dir),
+        )
 
     def _login_admin(self, api: client_mod.PlatformClient) -> None:
         path = self.layout.admin_credentials_json
-        creds = _wait_for(str(path), lambda: pstate.read_json(path) if path.exists() else None,
-                          ADMIN_CREDENTIALS_TIMEOUT_S)
+        creds = _wait_for(
+            str(path), lambda: pstate.read_json(path) if path.exists() else None, ADMIN_CREDENTIALS_TIMEOUT_S
+        )
         try:
             api.login(creds["username"], creds["password"])
         except client_mod.ApiError as exc:
             raise pstate.PlatformError(f"the admin credentials in {path} are refused ({exc})") from None
 
-    def _ensure_account(self, api: client_mod.PlatformClient, store: pstate.CredentialStore,
-                        username: str, role: str) -> bool:
+    def _ensure_account(
+        self, api: client_mod.PlatformClient, store: pstate.CredentialStore, username: str, role: str
+    ) -> bool:
         """True when the account is new on this platform's database."""
         password, created = store.get_or_create(username, role)
         try:
@@ -461,7 +551,8 @@ class PlatformLauncher:
             if created:
                 raise pstate.PlatformError(
                     f"account {username} already exists but its password is not in {store.path}; "
-                    f"use another --state-dir, or restore that file") from None
+                    f"use another --state-dir, or restore that file"
+                ) from None
             # Exists from an earlier `up`: the saved password is the one the agents will use.
             return False
 
@@ -485,12 +576,19 @@ class PlatformLauncher:
             env = pstate.agent_env(os.environ, home=agent_dir)
             password_file = agent_dir / "password"
             secret_files.write_secret_file(password_file, store.password(username) + "\n")
-            cmd = [*pstate.venv_script("dcluster-agent"),
-                   "--platform-url", platform_status.api_url(record),
-                   "--username", username,
-                   "--password-file", str(password_file),
-                   "--state-dir", str(agent_dir),
-                   "--name", pstate.agent_name(i)]
+            cmd = [
+                *pstate.venv_script("dcluster-agent"),
+                "--platform-url",
+                platform_status.api_url(record),
+                "--username",
+                username,
+                "--password-file",
+                str(password_file),
+                "--state-dir",
+                str(agent_dir),
+                "--name",
+                pstate.agent_name(i),
+            ]
             if i in self._enroll_anew:
                 cmd += ["--enroll"]
             if self.agent_gpus is not None:
@@ -503,8 +601,15 @@ class PlatformLauncher:
                     cmd += [domain.UNSANDBOXED_FLAG]
             tag = pstate.agent_owner_tag(record["owner_tag"], i)
             proc = procs.spawn(cmd, env=env, cwd=agent_dir, log_path=self.layout.agent_log(i), owner_tag=tag)
-            entry = {"index": i, "username": username, "name": pstate.agent_name(i), "owner_tag": tag,
-                     "pid": proc.pid, "log": str(self.layout.agent_log(i)), "state_dir": str(agent_dir)}
+            entry = {
+                "index": i,
+                "username": username,
+                "name": pstate.agent_name(i),
+                "owner_tag": tag,
+                "pid": proc.pid,
+                "log": str(self.layout.agent_log(i)),
+                "state_dir": str(agent_dir),
+            }
             rec = platform_status.proc_record(psutil.Process(proc.pid)) if procs.pid_alive(proc.pid) else None
             entry["create_time"] = rec["create_time"] if rec else None
             record["agents"].append(entry)
@@ -525,17 +630,27 @@ class PlatformLauncher:
                 logger.debug("list_machines: %s", exc)
                 return False
             # Heard from since the agents started: not a stale "online" left by a crashed platform.
-            online = {m.get("provider") for m in machines
-                      if m.get("status") == "online" and (m.get("last_heartbeat") or 0) >= since}
+            online = {
+                m.get("provider")
+                for m in machines
+                if m.get("status") == "online" and (m.get("last_heartbeat") or 0) >= since
+            }
             return wanted <= online
 
         def agent_logs() -> str:
-            return "\n".join(f"--- {self.layout.agent_log(i)} ---\n{_tail(self.layout.agent_log(i), 10)}"
-                             for i in range(1, self.providers + 1))
+            return "\n".join(
+                f"--- {self.layout.agent_log(i)} ---\n{_tail(self.layout.agent_log(i), 10)}"
+                for i in range(1, self.providers + 1)
+            )
 
         logger.info("waiting for %d machines to come online", len(wanted))
-        _wait_for(f"{len(wanted)} local machines to come online", all_online, MACHINES_TIMEOUT_S,
-                  interval_s=1.0, on_timeout=agent_logs)
+        _wait_for(
+            f"{len(wanted)} local machines to come online",
+            all_online,
+            MACHINES_TIMEOUT_S,
+            interval_s=1.0,
+            on_timeout=agent_logs,
+        )
 
     def _result(self, record: dict, *, already_running: bool, timings: dict) -> UpResult:
         api_url = platform_status.api_url(record)
@@ -568,8 +683,11 @@ class PlatformLauncher:
             summaries = [procs.stop_owned(a["owner_tag"], grace_s=STOP_GRACE_S) for a in agents]
             logger.info("stopping the Ray head (owner tag %s)", tag)
             summaries.append(procs.stop_owned(tag, grace_s=STOP_GRACE_S))
-            left = [pid for t in [*(a["owner_tag"] for a in agents), tag] for pid in
-                    (p.pid for p in procs.owned_processes(t))]
+            left = [
+                pid
+                for t in [*(a["owner_tag"] for a in agents), tag]
+                for pid in (p.pid for p in procs.owned_processes(t))
+            ]
             record["status"] = pstate.STATUS_STOPPED if not left else pstate.STATUS_FAILED
             record["stopped_at"] = time.time()
             record["head_processes"] = []

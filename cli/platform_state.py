@@ -61,6 +61,7 @@ def connect_host(host: str) -> str:
 
 # --- files ------------------------------------------------------------------------------
 
+
 def write_json(path: Path, data: Any) -> None:
     secret_files.write_secret_file(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
@@ -188,6 +189,7 @@ BUYER_USERNAME = "local-buyer"
 
 # --- Ray environment and commands -------------------------------------------------------
 
+
 def ray_env(base: Mapping[str, str], *, layout: Layout, ports: RayPorts) -> dict[str, str]:
     """The environment of every platform Ray process (DCLUSTER_OWNER is added by procs.spawn)."""
     env = {k: v for k, v in base.items() if k not in _ENV_DROP}
@@ -227,21 +229,35 @@ def venv_script(name: str) -> list[str]:
 
 def ray_head_command(*, ports: RayPorts, temp_dir: Path, num_cpus: int = HEAD_NUM_CPUS) -> list[str]:
     return [
-        *venv_script("ray"), "start", "--head", "--disable-usage-stats",
-        "--dashboard-host", "127.0.0.1",
-        "--include-dashboard", "true",
+        *venv_script("ray"),
+        "start",
+        "--head",
+        "--disable-usage-stats",
+        "--dashboard-host",
+        "127.0.0.1",
+        "--include-dashboard",
+        "true",
         *ports.start_flags(head=True, temp_dir=temp_dir),
-        "--num-cpus", str(num_cpus),
+        "--num-cpus",
+        str(num_cpus),
     ]
 
 
-def ray_member_command(*, head_address: str, ports: RayPorts, temp_dir: Path, num_cpus: int = HEAD_NUM_CPUS) -> list[str]:
+def ray_member_command(
+    *, head_address: str, ports: RayPorts, temp_dir: Path, num_cpus: int = HEAD_NUM_CPUS
+) -> list[str]:
     """`ray start` of a second (third, ...) platform node; its label draws the control-plane actors off the head."""
     return [
-        *venv_script("ray"), "start", "--address", head_address, "--disable-usage-stats",
+        *venv_script("ray"),
+        "start",
+        "--address",
+        head_address,
+        "--disable-usage-stats",
         *ports.start_flags(head=False, temp_dir=temp_dir),
-        "--num-cpus", str(num_cpus),
-        "--labels", f"{protocol.PLATFORM_MEMBER_LABEL}={protocol.PLATFORM_MEMBER_VALUE}",
+        "--num-cpus",
+        str(num_cpus),
+        "--labels",
+        f"{protocol.PLATFORM_MEMBER_LABEL}={protocol.PLATFORM_MEMBER_VALUE}",
     ]
 
 
@@ -263,8 +279,10 @@ def redis_address(url: str) -> str:
     """host:port of a redis:// URL (what RAY_REDIS_ADDRESS takes), or a PlatformError naming the form wanted."""
     match = REDIS_URL.match(url or "")
     if not match or not 1 <= int(match["port"]) <= 65535:
-        raise PlatformError(f"--redis takes redis://HOST:PORT (got {url!r}); give Redis's password, if any, in "
-                            "Ray's own settings rather than in the URL")
+        raise PlatformError(
+            f"--redis takes redis://HOST:PORT (got {url!r}); give Redis's password, if any, in "
+            "Ray's own settings rather than in the URL"
+        )
     return f"{match['host']}:{match['port']}"
 
 
@@ -275,8 +293,10 @@ def redis_namespace(state_dir: Path) -> str:
 
 def gcs_fault_tolerance_env(base: Mapping[str, str], *, redis_url: str, state_dir: Path) -> dict[str, str]:
     """What the head's `ray start` needs so its GCS keeps its tables in Redis and a restarted head recovers them."""
-    return {"RAY_REDIS_ADDRESS": redis_address(redis_url),
-            REDIS_NAMESPACE_ENV: base.get(REDIS_NAMESPACE_ENV) or redis_namespace(state_dir)}
+    return {
+        "RAY_REDIS_ADDRESS": redis_address(redis_url),
+        REDIS_NAMESPACE_ENV: base.get(REDIS_NAMESPACE_ENV) or redis_namespace(state_dir),
+    }
 
 
 def secret_key_env(base: Mapping[str, str], layout: Layout) -> dict[str, str]:
@@ -308,8 +328,17 @@ def every_node_serve(config: dict, *, api_replicas: int) -> dict:
 
 # --- Serve config -----------------------------------------------------------------------
 
-def patch_serve_config(text: str, *, host: str, port: int, state_dir: Path, heartbeat_interval_s: float,
-                       api_url: str | None = None, settings: dict | None = None) -> dict:
+
+def patch_serve_config(
+    text: str,
+    *,
+    host: str,
+    port: int,
+    state_dir: Path,
+    heartbeat_interval_s: float,
+    api_url: str | None = None,
+    settings: dict | None = None,
+) -> dict:
     """The platform's Serve config with this machine's HTTP address and state dir filled in,
     and `settings` (more PlatformSettings fields) over the template's. The API replica listens on
     the address itself (serve_app.listener), so Serve's own HTTP proxy is off."""
@@ -342,6 +371,7 @@ def dump_serve_config(config: dict) -> str:
 
 
 # --- credentials of the local accounts --------------------------------------------------
+
 
 class CredentialStore:
     """<state>/credentials.json (0600): the passwords of the accounts `up` created."""

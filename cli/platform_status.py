@@ -33,8 +33,11 @@ def proc_record(proc: psutil.Process) -> dict | None:
     try:
         with proc.oneshot():
             cmd = proc.cmdline()
-            return {"pid": proc.pid, "create_time": proc.create_time(),
-                    "name": Path(cmd[0]).name if cmd else proc.name()}
+            return {
+                "pid": proc.pid,
+                "create_time": proc.create_time(),
+                "name": Path(cmd[0]).name if cmd else proc.name(),
+            }
     except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
         return None
 
@@ -47,8 +50,11 @@ def collect(layout: pstate.Layout) -> dict:
     """What platform.json records, which of its processes live, and what the API says."""
     record = pstate.read_json(layout.platform_json)
     if record is None:
-        return {"state_dir": str(layout.state_dir), "status": STATUS_ABSENT,
-                "message": f"no platform recorded in {layout.state_dir}; run `dcluster up`"}
+        return {
+            "state_dir": str(layout.state_dir),
+            "status": STATUS_ABSENT,
+            "message": f"no platform recorded in {layout.state_dir}; run `dcluster up`",
+        }
     url = api_url(record)
     out: dict[str, Any] = {
         "state_dir": str(layout.state_dir),
@@ -63,9 +69,16 @@ def collect(layout: pstate.Layout) -> dict:
         "ray_metrics_url": f"http://127.0.0.1:{record.get('ray_ports', {}).get('metrics_export')}/metrics",
         "temp_dir": record.get("temp_dir"),
         "head_processes": [{**r, "alive": record_alive(r)} for r in record.get("head_processes", [])],
-        "agents": [{"index": a["index"], "username": a["username"], "pid": a["pid"],
-                    "alive": procs.pid_alive(a["pid"], a.get("create_time")), "log": a["log"]}
-                   for a in record.get("agents", [])],
+        "agents": [
+            {
+                "index": a["index"],
+                "username": a["username"],
+                "pid": a["pid"],
+                "alive": procs.pid_alive(a["pid"], a.get("create_time")),
+                "log": a["log"],
+            }
+            for a in record.get("agents", [])
+        ],
     }
     if record.get("error"):
         out["error"] = record["error"]
@@ -94,8 +107,10 @@ def _api_status(layout: pstate.Layout, url: str) -> dict:
     with client_mod.PlatformClient(url) as api:
         try:
             api.login(creds["username"], creds["password"])
-            out["machines"] = [{k: m.get(k) for k in ("id", "name", "provider", "status", "last_heartbeat")}
-                               for m in api.list_machines()]
+            out["machines"] = [
+                {k: m.get(k) for k in ("id", "name", "provider", "status", "last_heartbeat")}
+                for m in api.list_machines()
+            ]
         except client_mod.ClientError as exc:
             return {"machines_error": str(exc)}
         try:

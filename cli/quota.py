@@ -6,8 +6,12 @@ import argparse
 
 from cli import buyer, output
 
-LIMIT_FLAGS = {"max_clusters": "--max-clusters", "max_gpus": "--max-gpus", "max_cpus": "--max-cpus",
-               "max_gpu_hours": "--max-gpu-hours"}
+LIMIT_FLAGS = {
+    "max_clusters": "--max-clusters",
+    "max_gpus": "--max-gpus",
+    "max_cpus": "--max-cpus",
+    "max_gpu_hours": "--max-gpu-hours",
+}
 _USED = {"max_clusters": "clusters", "max_gpus": "gpus", "max_cpus": "cpus", "max_gpu_hours": "gpu_hours"}
 
 
@@ -17,8 +21,9 @@ def quota_table(quota: dict) -> str:
         source = "set by an admin" if quota["overrides"].get(name) is not None else "platform default"
         rows.append([name, f"{quota['used'][_USED[name]]:g}", f"{quota['limits'][name]:g}", source])
     days = quota["limits"]["period_s"] / 86_400
-    return (f"account {quota['username']} (id {quota['account_id']}); GPU-hours per {days:g} days\n"
-            + output.table(["limit", "used", "limit", "from"], rows))
+    return f"account {quota['username']} (id {quota['account_id']}); GPU-hours per {days:g} days\n" + output.table(
+        ["limit", "used", "limit", "from"], rows
+    )
 
 
 def _quota_path(account_id: int) -> str:

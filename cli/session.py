@@ -51,8 +51,13 @@ def read_session() -> Session | None:
     path = session_path()
     try:
         data = json.loads(path.read_text())
-        return Session(url=data["url"], username=data["username"], token=data["token"],
-                       expires_at=float(data["expires_at"]), role=data.get("role"))
+        return Session(
+            url=data["url"],
+            username=data["username"],
+            token=data["token"],
+            expires_at=float(data["expires_at"]),
+            role=data.get("role"),
+        )
     except FileNotFoundError:
         return None
     except (ValueError, KeyError, TypeError):
@@ -71,6 +76,8 @@ def current_session(now: float | None = None) -> Session:
     if session is None:
         raise CliError("not signed in; run `dcluster login --url URL --username NAME`", Exit.AUTH)
     if session.expired(time.time() if now is None else now):
-        raise CliError(f"your session on {session.url} expired at {output.clock_time(session.expires_at)}; "
-                       f"run `dcluster login`", Exit.AUTH)
+        raise CliError(
+            f"your session on {session.url} expired at {output.clock_time(session.expires_at)}; run `dcluster login`",
+            Exit.AUTH,
+        )
     return session

@@ -27,8 +27,10 @@ def step_line(event: Mapping[str, Any], elapsed_s: float) -> str:
 
 def status_line(cluster: Mapping[str, Any], elapsed_s: float) -> str:
     """'c-0123456789ab provisioning · 1/2 workers joined · 12 s'."""
-    line = f"{cluster.get('id')} {cluster.get('status')} · {cluster.get('workers_joined', 0)}/" \
-           f"{cluster.get('num_workers', '?')} workers joined · {elapsed_s:.0f} s"
+    line = (
+        f"{cluster.get('id')} {cluster.get('status')} · {cluster.get('workers_joined', 0)}/"
+        f"{cluster.get('num_workers', '?')} workers joined · {elapsed_s:.0f} s"
+    )
     if cluster.get("reason"):
         line += f" · {cluster['reason']}"
     return line

@@ -61,29 +61,49 @@ INSTANCE_SHAPES: dict[str, InstanceShape] = {
 class AwsSettings(domain.StrictModel):
     """The platform's `aws:` setting; backend "aws" is accepted only when it is present."""
 
-    allowed_cidr: Annotated[str, Field(
-        description="The only network that reaches SSH (22), the dashboard/jobs API (8265) and the Ray "
-                    "client (10001); must include the launcher's egress address. Never 0.0.0.0/0 or ::/0")]
+    allowed_cidr: Annotated[
+        str,
+        Field(
+            description="The only network that reaches SSH (22), the dashboard/jobs API (8265) and the Ray "
+            "client (10001); must include the launcher's egress address. Never 0.0.0.0/0 or ::/0"
+        ),
+    ]
     region: Annotated[str, Field(pattern=r"^[a-z]{2}(-gov)?-[a-z]+-[0-9]$", description="AWS region")] = "us-west-2"
     head_instance_type: Annotated[str, Field(pattern=r"^[a-z0-9-]+\.[a-z0-9-]+$")] = "t3.xlarge"
     worker_instance_type: Annotated[str, Field(pattern=r"^[a-z0-9-]+\.[a-z0-9-]+$")] = "g4dn.xlarge"
-    image_id: Annotated[str | None, Field(
-        pattern=r"^ami-[0-9a-f]{8,17}$",
-        description="AMI of every node; default: Ray's default AMI for the region (a Deep Learning AMI)")] = None
+    image_id: Annotated[
+        str | None,
+        Field(
+            pattern=r"^ami-[0-9a-f]{8,17}$",
+            description="AMI of every node; default: Ray's default AMI for the region (a Deep Learning AMI)",
+        ),
+    ] = None
     ssh_user: Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_-]{0,31}$")] = "ubuntu"
-    ssh_private_key: Annotated[Path | None, Field(
-        description="The operator's own key pair (with key_name); default: a key pair per cluster")] = None
-    key_name: Annotated[str | None, Field(min_length=1, max_length=255,
-                                          description="EC2 name of ssh_private_key's key pair")] = None
-    name_prefix: Annotated[str, Field(
-        pattern=r"^[a-zA-Z][a-zA-Z0-9-]{0,39}$",
-        description="Per-cluster security group and key pair are named <prefix>-<cluster id>")] = "dcluster"
-    vpc_id: Annotated[str | None, Field(pattern=r"^vpc-[0-9a-f]{8,17}$",
-                                        description="VPC of the clusters; default: the region's default VPC")] = None
-    head_instance_profile_arn: Annotated[str | None, Field(
-        pattern=r"^arn:aws[a-z-]*:iam::[0-9]{12}:instance-profile/[\w+=,.@/-]+$",
-        description="Instance profile of the head (its autoscaler launches the workers); default: Ray "
-                    "creates ray-autoscaler-v1 with AmazonEC2FullAccess and AmazonS3FullAccess")] = None
+    ssh_private_key: Annotated[
+        Path | None, Field(description="The operator's own key pair (with key_name); default: a key pair per cluster")
+    ] = None
+    key_name: Annotated[
+        str | None, Field(min_length=1, max_length=255, description="EC2 name of ssh_private_key's key pair")
+    ] = None
+    name_prefix: Annotated[
+        str,
+        Field(
+            pattern=r"^[a-zA-Z][a-zA-Z0-9-]{0,39}$",
+            description="Per-cluster security group and key pair are named <prefix>-<cluster id>",
+        ),
+    ] = "dcluster"
+    vpc_id: Annotated[
+        str | None,
+        Field(pattern=r"^vpc-[0-9a-f]{8,17}$", description="VPC of the clusters; default: the region's default VPC"),
+    ] = None
+    head_instance_profile_arn: Annotated[
+        str | None,
+        Field(
+            pattern=r"^arn:aws[a-z-]*:iam::[0-9]{12}:instance-profile/[\w+=,.@/-]+$",
+            description="Instance profile of the head (its autoscaler launches the workers); default: Ray "
+            "creates ray-autoscaler-v1 with AmazonEC2FullAccess and AmazonS3FullAccess",
+        ),
+    ] = None
 
     @field_validator("allowed_cidr")
     @classmethod
@@ -93,8 +113,10 @@ class AwsSettings(domain.StrictModel):
         except ValueError as exc:
             raise ValueError(f"allowed_cidr {value!r} is not a network in CIDR form, e.g. 203.0.113.0/24 ({exc})")
         if network.prefixlen == 0:
-            raise ValueError(f"allowed_cidr {value!r} opens the cluster to the whole internet; name the network "
-                             "buyers and the launcher connect from, e.g. 203.0.113.0/24")
+            raise ValueError(
+                f"allowed_cidr {value!r} opens the cluster to the whole internet; name the network "
+                "buyers and the launcher connect from, e.g. 203.0.113.0/24"
+            )
         return str(network)
 
     @field_validator("name_prefix")
@@ -107,8 +129,9 @@ class AwsSettings(domain.StrictModel):
     @model_validator(mode="after")
     def _check_key_and_ami(self) -> AwsSettings:
         if (self.ssh_private_key is None) != (self.key_name is None):
-            raise ValueError("set both ssh_private_key and key_name (the operator's key pair), or neither "
-                             "(a key pair per cluster)")
+            raise ValueError(
+                "set both ssh_private_key and key_name (the operator's key pair), or neither (a key pair per cluster)"
+            )
         if self.image_id is None and self.region not in _ray_default_amis():
             raise ValueError(f"Ray has no default AMI for region {self.region!r}; set image_id")
         return self
@@ -116,6 +139,7 @@ class AwsSettings(domain.StrictModel):
 
 def _ray_default_amis() -> dict[str, str]:
     from ray.autoscaler._private.aws import config as ray_aws_config  # boto3 and all: load only when needed
+
     return ray_aws_config.DEFAULT_AMI
 
 
@@ -135,29 +159,44 @@ def check_spec(spec: cluster_spec.ClusterSpec, settings: AwsSettings) -> None:
     shape = INSTANCE_SHAPES.get(itype)
     if shape is None:
         if spec.gpu_model:
-            raise errors.InvalidInput(f"the aws backend's workers are {itype}, whose GPU model is not known here; "
-                                      "leave gpu_model out", gpu_model=spec.gpu_model)
+            raise errors.InvalidInput(
+                f"the aws backend's workers are {itype}, whose GPU model is not known here; leave gpu_model out",
+                gpu_model=spec.gpu_model,
+            )
         return
     if spec.cpus_per_worker > shape.cpus or spec.gpus_per_worker > shape.gpus:
         raise errors.InvalidInput(
             f"the aws backend's workers are {itype} ({shape.cpus} CPUs, {shape.gpus} GPUs); ask for at most that "
-            "per worker", cpus_per_worker=spec.cpus_per_worker, gpus_per_worker=spec.gpus_per_worker)
+            "per worker",
+            cpus_per_worker=spec.cpus_per_worker,
+            gpus_per_worker=spec.gpus_per_worker,
+        )
     if spec.gpu_model and spec.gpu_model != shape.gpu_model:
-        raise errors.InvalidInput(f"the aws backend's workers are {itype} with {shape.gpu_model or 'no GPU'}; "
-                                  f"ask for that gpu_model or leave it out", gpu_model=spec.gpu_model)
+        raise errors.InvalidInput(
+            f"the aws backend's workers are {itype} with {shape.gpu_model or 'no GPU'}; "
+            f"ask for that gpu_model or leave it out",
+            gpu_model=spec.gpu_model,
+        )
 
 
 def ip_permissions(allowed_cidr: str) -> list[dict[str, Any]]:
     """Inbound rules from outside the cluster: OPEN_PORTS from allowed_cidr, nothing else."""
     network = ipaddress.ip_network(allowed_cidr)
     ranges, key = ("IpRanges", "CidrIp") if network.version == 4 else ("Ipv6Ranges", "CidrIpv6")
-    return [{"IpProtocol": "tcp", "FromPort": port, "ToPort": port,
-             ranges: [{key: str(network), "Description": f"dcluster: {what}"}]}
-            for port, what in OPEN_PORTS.items()]
+    return [
+        {
+            "IpProtocol": "tcp",
+            "FromPort": port,
+            "ToPort": port,
+            ranges: [{key: str(network), "Description": f"dcluster: {what}"}],
+        }
+        for port, what in OPEN_PORTS.items()
+    ]
 
 
-def render_aws_config(*, cluster_id: str, spec: cluster_spec.ClusterSpec, settings: AwsSettings,
-                      ray_auth_token_path: str | os.PathLike) -> dict[str, Any]:
+def render_aws_config(
+    *, cluster_id: str, spec: cluster_spec.ClusterSpec, settings: AwsSettings, ray_auth_token_path: str | os.PathLike
+) -> dict[str, Any]:
     """The launcher config; pass it through ensure_security_group before `create_or_update_cluster`.
 
     Head: settings.head_instance_type, CPU 0 / GPU 0. Workers: settings.worker_instance_type,
@@ -179,8 +218,10 @@ def render_aws_config(*, cluster_id: str, spec: cluster_spec.ClusterSpec, settin
     config["max_workers"] = spec.num_workers
     provider = config["provider"]
     provider["region"] = settings.region
-    provider["security_group"] = {"GroupName": group_name(settings, cluster_id),
-                                  "IpPermissions": ip_permissions(settings.allowed_cidr)}
+    provider["security_group"] = {
+        "GroupName": group_name(settings, cluster_id),
+        "IpPermissions": ip_permissions(settings.allowed_cidr),
+    }
     config["auth"]["ssh_user"] = settings.ssh_user
     head, worker = config["available_node_types"]["head"], config["available_node_types"]["worker"]
     head["node_config"]["InstanceType"] = settings.head_instance_type
@@ -223,16 +264,19 @@ def render_aws_config(*, cluster_id: str, spec: cluster_spec.ClusterSpec, settin
 # that group's VPC. ensure_security_group makes the group that way, with exactly the rules we want.
 
 Grant = tuple[str, int, int, str, str]  # (protocol, from port, to port, source kind, source)
-_SOURCES = {"IpRanges": "CidrIp", "Ipv6Ranges": "CidrIpv6", "UserIdGroupPairs": "GroupId",
-            "PrefixListIds": "PrefixListId"}
+_SOURCES = {
+    "IpRanges": "CidrIp",
+    "Ipv6Ranges": "CidrIpv6",
+    "UserIdGroupPairs": "GroupId",
+    "PrefixListIds": "PrefixListId",
+}
 
 
 def grants(permissions: Iterable[dict[str, Any]]) -> Iterator[tuple[Grant, str | None]]:
     """One (grant, description) per protocol/port range/source: the unit AWS authorizes and revokes."""
     for perm in permissions:
         proto = str(perm.get("IpProtocol", "-1"))
-        from_port, to_port = (-1, -1) if proto == "-1" else (int(perm.get("FromPort", -1)),
-                                                               int(perm.get("ToPort", -1)))
+        from_port, to_port = (-1, -1) if proto == "-1" else (int(perm.get("FromPort", -1)), int(perm.get("ToPort", -1)))
         for kind, key in _SOURCES.items():
             for source in perm.get(kind, []):
                 yield (proto, from_port, to_port, kind, source[key]), source.get("Description")

@@ -33,8 +33,9 @@ def _template() -> dict[str, Any]:
     return yaml.safe_load(text)
 
 
-def render_market_config(*, cluster_id: str, spec: cluster_spec.ClusterSpec, platform_url: str,
-                         provider_token: str) -> dict[str, Any]:
+def render_market_config(
+    *, cluster_id: str, spec: cluster_spec.ClusterSpec, platform_url: str, provider_token: str
+) -> dict[str, Any]:
     """The launcher config for `create_or_update_cluster(config, no_config_cache=True)`.
 
     Head: CPU 0 / GPU 0 (buyers' work runs on workers). Workers: min = max = spec.num_workers, each
@@ -61,8 +62,13 @@ def opened_ahead_tags(cluster_id: str) -> dict[str, str]:
     """Tags of a worker opened by the platform while the cluster's head starts: the tags the head's autoscaler
     gives a worker it launches (Ray's NodeLauncher), so that its first update finds the worker and starts Ray
     on it, less the launch-config hash (market.yaml turns that check off), plus OPENED_AHEAD_TAG."""
-    return {_TAG_NODE_NAME: f"ray-{cluster_id}-worker", _TAG_NODE_KIND: "worker",
-            _TAG_NODE_STATUS: "uninitialized", _TAG_USER_NODE_TYPE: WORKER_NODE_TYPE, OPENED_AHEAD_TAG: "1"}
+    return {
+        _TAG_NODE_NAME: f"ray-{cluster_id}-worker",
+        _TAG_NODE_KIND: "worker",
+        _TAG_NODE_STATUS: "uninitialized",
+        _TAG_USER_NODE_TYPE: WORKER_NODE_TYPE,
+        OPENED_AHEAD_TAG: "1",
+    }
 
 
 def is_opened_ahead(tags: dict) -> bool:

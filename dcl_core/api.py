@@ -18,6 +18,7 @@ MAX_EPOCH_S = 253_402_300_799.0  # 9999-12-31T23:59:59Z
 
 # --- accounts ---------------------------------------------------------------------------
 
+
 def _fits_bcrypt(password: str) -> str:
     # bcrypt reads only the first 72 bytes: longer passwords would silently share a hash.
     if len(password.encode("utf-8")) > 72:
@@ -26,8 +27,7 @@ def _fits_bcrypt(password: str) -> str:
 
 
 Username = Annotated[str, Field(pattern=ids.USERNAME_PATTERN, description="3-64 of [a-z0-9_.-]")]
-Password = Annotated[str, Field(min_length=8, max_length=72, description="8 to 72 bytes"),
-                     AfterValidator(_fits_bcrypt)]
+Password = Annotated[str, Field(min_length=8, max_length=72, description="8 to 72 bytes"), AfterValidator(_fits_bcrypt)]
 
 
 class AccountCreate(Strict):
@@ -57,13 +57,17 @@ class QuotaUsed(Strict):
     clusters: int = Field(description="Live clusters")
     gpus: int = Field(description="GPUs held by live clusters")
     cpus: int = Field(description="CPUs held by live clusters (heads included)")
-    gpu_hours: float = Field(description="GPU-hours metered in the period plus reserved by live clusters until they expire")
+    gpu_hours: float = Field(
+        description="GPU-hours metered in the period plus reserved by live clusters until they expire"
+    )
 
 
 class QuotaPublic(Strict):
     account_id: int
     username: str
-    limits: quota_limits.QuotaLimits = Field(description="What applies: the overrides where set, else the platform's defaults")
+    limits: quota_limits.QuotaLimits = Field(
+        description="What applies: the overrides where set, else the platform's defaults"
+    )
     overrides: quota_limits.QuotaOverrides = Field(description="What an admin set for this account (null: the default)")
     used: QuotaUsed
 
@@ -76,9 +80,15 @@ class Token(Strict):
 
 # --- machines ---------------------------------------------------------------------------
 
+
 class MachineRegister(Strict):
-    machine_key: Annotated[str, Field(pattern=ids.MACHINE_KEY_PATTERN,
-                                      description="Stable id the agent keeps on disk; re-registering with it returns the same machine")]
+    machine_key: Annotated[
+        str,
+        Field(
+            pattern=ids.MACHINE_KEY_PATTERN,
+            description="Stable id the agent keeps on disk; re-registering with it returns the same machine",
+        ),
+    ]
     name: Annotated[str, Field(pattern=ids.MACHINE_NAME_PATTERN, description="Display name")]
     spec: domain.MachineSpec
     price_per_gpu_hour: Annotated[float, Field(ge=0, le=10_000, description="USD per GPU-hour")] = 0.0
@@ -87,19 +97,24 @@ class MachineRegister(Strict):
 
 class Heartbeat(Strict):
     usage: domain.MachineUsage = domain.MachineUsage()
-    leases: Annotated[list[Annotated[str, Field(pattern=ids.LEASE_ID_PATTERN)]], Field(
-        max_length=1024, description="Leases the agent holds; the answer names those the platform ended")] = []
+    leases: Annotated[
+        list[Annotated[str, Field(pattern=ids.LEASE_ID_PATTERN)]],
+        Field(max_length=1024, description="Leases the agent holds; the answer names those the platform ended"),
+    ] = []
 
 
 class GpuVerificationPublic(Strict):
     """Whether the machine's GPUs are as it claims (see the README's "GPUs: declared or verified")."""
 
-    status: domain.GpuVerification = Field(description="no_gpus, declared (--gpus: never verified), pending, "
-                                                       "checking, verified, mismatch, unverified")
+    status: domain.GpuVerification = Field(
+        description="no_gpus, declared (--gpus: never verified), pending, checking, verified, mismatch, unverified"
+    )
     checked_at: float | None = Field(default=None, description="When the last check lease ended")
     reason: str | None = Field(default=None, description="Why it is not verified (mismatch: what differs, in short)")
     differences: list[str] = Field(default=[], description="mismatch: each claim the check lease did not see")
-    nvml: protocol.NvmlSource | None = Field(default=None, description="What the check read: NVML, a test fake, or nothing")
+    nvml: protocol.NvmlSource | None = Field(
+        default=None, description="What the check read: NVML, a test fake, or nothing"
+    )
     uid: int | None = Field(default=None, description="The user the check ran as (in a sandbox: the lease's own uid)")
     seen: list[domain.GpuInfo] = Field(default=[], description="The GPUs NVML showed inside the check lease")
     driver_version: str | None = None
@@ -118,22 +133,29 @@ class MachinePublic(Strict):
     registered_at: float
     last_heartbeat: float | None
     usage: domain.MachineUsage | None
-    reliability: float = Field(description="0-1: share of its time online since it registered, times the share of "
-                                           "its nodes that ended well rather than lost (priors: an hour online, "
-                                           "9 of 10 nodes)")
+    reliability: float = Field(
+        description="0-1: share of its time online since it registered, times the share of "
+        "its nodes that ended well rather than lost (priors: an hour online, "
+        "9 of 10 nodes)"
+    )
     gpu_verification: GpuVerificationPublic
 
 
 class HeartbeatAck(Strict):
     status: domain.MachineStatus
     heartbeat_interval_s: float
-    stale_leases: list[str] = Field(default=[], description="Leases the agent holds that no live cluster owns: close them")
+    stale_leases: list[str] = Field(
+        default=[], description="Leases the agent holds that no live cluster owns: close them"
+    )
 
 
 class MachineRegistered(MachinePublic):
     heartbeat_interval_s: float
-    agent_key: str | None = Field(default=None, description="Set when the provider's sign-in enrolled the machine: "
-                                  "the key its agent uses from now on. Shown once; keep it 0600.")
+    agent_key: str | None = Field(
+        default=None,
+        description="Set when the provider's sign-in enrolled the machine: "
+        "the key its agent uses from now on. Shown once; keep it 0600.",
+    )
 
 
 class ClusterLogFile(Strict):
@@ -171,8 +193,10 @@ WorkResult = protocol.WorkResult
 
 class Offer(Strict):
     gpu_model: str | None = Field(description="None groups the CPU-only machines")
-    sandboxed: bool = Field(description="False: these machines run leases unsandboxed, as their agent's own user "
-                                        "(`dcluster-agent --runtime none`)")
+    sandboxed: bool = Field(
+        description="False: these machines run leases unsandboxed, as their agent's own user "
+        "(`dcluster-agent --runtime none`)"
+    )
     machines: int
     gpus: int
     cpus: int
@@ -185,7 +209,8 @@ class Offer(Strict):
     reliability_max: float
     verified_gpus: int = Field(description="GPUs on machines whose GPUs a check lease verified")
     gpu_verification: dict[domain.GpuVerification, int] = Field(
-        description="Machines of the group per GPU verification status (see MachinePublic.gpu_verification)")
+        description="Machines of the group per GPU verification status (see MachinePublic.gpu_verification)"
+    )
 
 
 class Message(Strict):
@@ -193,6 +218,7 @@ class Message(Strict):
 
 
 # --- clusters ---------------------------------------------------------------------------
+
 
 class NodePublic(Strict):
     id: str
@@ -237,12 +263,24 @@ class ClusterConnection(Strict):
     ray_client_address: str
     gcs_address: str
     ray_auth_token: str
-    dashboard_proxy_url: Annotated[str, Field(description=(
-        "The head's dashboard through the platform (GET only): send your platform token as "
-        "`Authorization: Bearer`, the platform adds the cluster's Ray token. Directly at dashboard_url, send "
-        "the Ray token instead (`Authorization: Bearer <ray_auth_token>`, or sign in once in the dashboard)"))]
-    metrics_proxy_url: Annotated[str, Field(description=(
-        "The head's Ray metrics in Prometheus' format, with your platform token; ?node=<node id> for a worker's"))]
+    dashboard_proxy_url: Annotated[
+        str,
+        Field(
+            description=(
+                "The head's dashboard through the platform (GET only): send your platform token as "
+                "`Authorization: Bearer`, the platform adds the cluster's Ray token. Directly at dashboard_url, send "
+                "the Ray token instead (`Authorization: Bearer <ray_auth_token>`, or sign in once in the dashboard)"
+            )
+        ),
+    ]
+    metrics_proxy_url: Annotated[
+        str,
+        Field(
+            description=(
+                "The head's Ray metrics in Prometheus' format, with your platform token; ?node=<node id> for a worker's"
+            )
+        ),
+    ]
     env: dict[str, str]
     ray_job_submit: str
 
@@ -276,8 +314,9 @@ class SeedClusterInfo(Strict):
 
 # --- node provider (cluster-scoped credential) --------------------------------------------
 
-Tags = Annotated[dict[Annotated[str, Field(max_length=256)], Annotated[str, Field(max_length=1024)]],
-                 Field(max_length=64)]
+Tags = Annotated[
+    dict[Annotated[str, Field(max_length=256)], Annotated[str, Field(max_length=1024)]], Field(max_length=64)
+]
 
 
 class NodesCreate(Strict):

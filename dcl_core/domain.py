@@ -43,8 +43,7 @@ class MachineStatus(str, enum.Enum):
         return self is MachineStatus.ONLINE
 
     @classmethod
-    def effective(cls, stored: str | MachineStatus, last_heartbeat: float | None, *,
-                  cutoff: float) -> MachineStatus:
+    def effective(cls, stored: str | MachineStatus, last_heartbeat: float | None, *, cutoff: float) -> MachineStatus:
         """The online rule: a machine is online while its agent said so and its last heartbeat is at or
         after cutoff (now - PlatformSettings.offline_after_s); a silent one reads as offline at once,
         before the registry's sweeper persists it. The SQL twin is `actors.store.ONLINE_WHERE`."""
@@ -69,8 +68,12 @@ class ClusterStatus(str, enum.Enum):
 
     def is_active(self) -> bool:
         """Still holds (or is acquiring) machines and must be torn down some day."""
-        return self in (ClusterStatus.PENDING, ClusterStatus.PROVISIONING, ClusterStatus.RUNNING,
-                        ClusterStatus.DEGRADED)
+        return self in (
+            ClusterStatus.PENDING,
+            ClusterStatus.PROVISIONING,
+            ClusterStatus.RUNNING,
+            ClusterStatus.DEGRADED,
+        )
 
     @classmethod
     def active(cls) -> tuple["ClusterStatus", ...]:
@@ -117,7 +120,9 @@ class StrictModel(BaseModel):
 
 class GpuInfo(StrictModel):
     index: Annotated[int, Field(ge=0, le=63, description="Device index on the machine")]
-    model: Annotated[str, Field(pattern=ids.GPU_MODEL_PATTERN, description="Marketing name, e.g. 'NVIDIA H100 80GB HBM3'")]
+    model: Annotated[
+        str, Field(pattern=ids.GPU_MODEL_PATTERN, description="Marketing name, e.g. 'NVIDIA H100 80GB HBM3'")
+    ]
     memory_mb: Annotated[int, Field(ge=0, le=10_000_000, description="Total device memory in MiB")]
     uuid: Annotated[str | None, Field(default=None, max_length=128)] = None
 
@@ -144,8 +149,10 @@ class MachineSpec(StrictModel):
     cuda_version: Annotated[str | None, Field(max_length=32)] = None
     ray_version: Annotated[str, Field(max_length=32)] = ""
     python_version: Annotated[str, Field(max_length=32)] = ""
-    sandbox: Annotated[SandboxRuntime, Field(
-        description="Where leases run: a container, a bubblewrap sandbox, or (none) as the agent's own user")] = "none"
+    sandbox: Annotated[
+        SandboxRuntime,
+        Field(description="Where leases run: a container, a bubblewrap sandbox, or (none) as the agent's own user"),
+    ] = "none"
 
     @property
     def sandboxed(self) -> bool:

@@ -74,8 +74,9 @@ class Exec(Strict):
 
     op: Literal["run", "put_file"]
     cmd: Annotated[str, Field(max_length=64 * 1024)] = ""
-    env: Annotated[dict[Annotated[str, Field(max_length=256)], Annotated[str, Field(max_length=64 * 1024)]],
-                   Field(max_length=256)] = {}
+    env: Annotated[
+        dict[Annotated[str, Field(max_length=256)], Annotated[str, Field(max_length=64 * 1024)]], Field(max_length=256)
+    ] = {}
     timeout_s: Annotated[float, Field(gt=0, le=MAX_COMMAND_TIMEOUT_S)] = 120.0
     path: Annotated[str, Field(max_length=1024)] = ""  # put_file: '~' is the lease's HOME
     content_b64: Annotated[str, Field(max_length=700 * 1024)] = ""

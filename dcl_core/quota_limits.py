@@ -19,8 +19,9 @@ class QuotaLimits(domain.StrictModel):
     max_gpus: Annotated[int, Field(ge=0, le=1_000_000, description="GPUs held at once")] = 64
     max_cpus: Annotated[int, Field(ge=0, le=10_000_000, description="CPUs held at once (heads included)")] = 1024
     max_gpu_hours: Annotated[float, Field(ge=0, le=1e9, description="GPU-hours per period")] = 1000.0
-    period_s: Annotated[int, Field(ge=3600, le=366 * 86_400,
-                                   description="The rolling window of max_gpu_hours")] = 30 * 86_400
+    period_s: Annotated[int, Field(ge=3600, le=366 * 86_400, description="The rolling window of max_gpu_hours")] = (
+        30 * 86_400
+    )
 
 
 class QuotaOverrides(domain.StrictModel):

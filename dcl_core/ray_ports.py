@@ -52,24 +52,40 @@ class RayPorts:
         """`ray start` flags that pin every port of this node and its temp dir."""
         flags = ["--temp-dir", str(temp_dir)]
         if head:
-            flags += ["--port", str(self.gcs), "--dashboard-port", str(self.dashboard),
-                      "--ray-client-server-port", str(self.client_server)]
+            flags += [
+                "--port",
+                str(self.gcs),
+                "--dashboard-port",
+                str(self.dashboard),
+                "--ray-client-server-port",
+                str(self.client_server),
+            ]
         flags += [
-            "--node-manager-port", str(self.node_manager),
-            "--object-manager-port", str(self.object_manager),
-            "--dashboard-agent-listen-port", str(self.dashboard_agent_listen),
-            "--dashboard-agent-grpc-port", str(self.dashboard_agent_grpc),
-            "--runtime-env-agent-port", str(self.runtime_env_agent),
-            "--metrics-export-port", str(self.metrics_export),
-            "--min-worker-port", str(self.min_worker),
-            "--max-worker-port", str(self.max_worker),
+            "--node-manager-port",
+            str(self.node_manager),
+            "--object-manager-port",
+            str(self.object_manager),
+            "--dashboard-agent-listen-port",
+            str(self.dashboard_agent_listen),
+            "--dashboard-agent-grpc-port",
+            str(self.dashboard_agent_grpc),
+            "--runtime-env-agent-port",
+            str(self.runtime_env_agent),
+            "--metrics-export-port",
+            str(self.metrics_export),
+            "--min-worker-port",
+            str(self.min_worker),
+            "--max-worker-port",
+            str(self.max_worker),
         ]
         return flags
 
     def env(self) -> dict[str, str]:
         """Ports Ray reads from the environment only (fixed defaults otherwise, which collide)."""
-        return {"AUTOSCALER_METRIC_PORT": str(self.autoscaler_metric),
-                "DASHBOARD_METRIC_PORT": str(self.dashboard_metric)}
+        return {
+            "AUTOSCALER_METRIC_PORT": str(self.autoscaler_metric),
+            "DASHBOARD_METRIC_PORT": str(self.dashboard_metric),
+        }
 
     def to_dict(self) -> dict[str, int]:
         return dataclasses.asdict(self)

@@ -42,4 +42,5 @@ SECRET_KEY_FILE_ENV = "DCL_SECRET_KEY_FILE"
 def new_secret_key() -> str:
     """A fresh key in Fernet's format (32 random bytes, URL-safe base64)."""
     import base64
+
     return base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()

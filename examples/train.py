@@ -57,8 +57,10 @@ def main() -> None:
     results = ray.get([train_shard.options(scheduling_strategy=s).remote(i, data) for i, s in enumerate(pinned)])
     for r in results:
         w = r["where"]
-        print(f"train shard {r['shard']} ran on machine {w['machine']} (provider {w['provider']}, "
-              f"gpu {w['gpu']}, gpu ids {w['gpu_ids']})")
+        print(
+            f"train shard {r['shard']} ran on machine {w['machine']} (provider {w['provider']}, "
+            f"gpu {w['gpu']}, gpu ids {w['gpu_ids']})"
+        )
     model = np.mean([r["weights"] for r in results], axis=0).tolist()
     inference = ray.get(run_inference.remote(model, [0.5, 1.5, 2.5, 3.5, 4.5]))
     print(f"inference ran on machine {inference['where']['machine']}: prediction {inference['prediction']:.3f}")

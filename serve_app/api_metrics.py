@@ -19,11 +19,16 @@ def ray_recorder() -> Recorder:
         return lambda route, method, status, seconds: None
     from ray.util import metrics
 
-    histogram = metrics.Histogram("dcluster_api_latency_seconds", "API answer time by route, method and status",
-                                  boundaries=LATENCY_BOUNDARIES, tag_keys=("route", "method", "status"))
+    histogram = metrics.Histogram(
+        "dcluster_api_latency_seconds",
+        "API answer time by route, method and status",
+        boundaries=LATENCY_BOUNDARIES,
+        tag_keys=("route", "method", "status"),
+    )
 
     def record(route: str, method: str, status: int, seconds: float) -> None:
         histogram.observe(seconds, tags={"route": route, "method": method, "status": str(status)})
+
     return record
 
 

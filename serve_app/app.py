@@ -14,8 +14,18 @@ from ray import serve
 from actors import actor_classes, cluster_api, cluster_store
 from actors.settings import PlatformSettings
 from dcl_core import protocol
-from serve_app import (api_metrics, batching, errors, head_proxy, hot_routes, input_policy, listener, routes_accounts,
-                       routes_clusters, routes_machines)
+from serve_app import (
+    api_metrics,
+    batching,
+    errors,
+    head_proxy,
+    hot_routes,
+    input_policy,
+    listener,
+    routes_accounts,
+    routes_clusters,
+    routes_machines,
+)
 from serve_app.console import routes as console
 
 logger = logging.getLogger(__name__)
@@ -48,8 +58,13 @@ def _describe(status: dict) -> str:
 HEARTBEAT_GATHER_S = 0.01
 
 
-def create_app(registry, clusters, *, trusted_proxy_hops: int = 0,
-               cluster_db: Callable[[], cluster_store.ClusterStore | None] = lambda: None) -> FastAPI:
+def create_app(
+    registry,
+    clusters,
+    *,
+    trusted_proxy_hops: int = 0,
+    cluster_db: Callable[[], cluster_store.ClusterStore | None] = lambda: None,
+) -> FastAPI:
     """The FastAPI app, bound to the control-plane actor handles it forwards to. cluster_db: the platform's
     database once this replica can reach it: cluster reads are then answered from it here, without the
     ClusterManager's hop (the same queries and view: actors.cluster_api.read_clusters)."""
@@ -62,14 +77,16 @@ def create_app(registry, clusters, *, trusted_proxy_hops: int = 0,
     app.state.registry = registry
     app.state.clusters = clusters
     # The hottest routes share actor calls (serve_app.batching): agents' heartbeats, and cluster reads.
-    app.state.heartbeats = batching.Batcher(lambda beats: registry.heartbeats.remote(beats),
-                                            gather_s=HEARTBEAT_GATHER_S)
+    app.state.heartbeats = batching.Batcher(
+        lambda beats: registry.heartbeats.remote(beats), gather_s=HEARTBEAT_GATHER_S
+    )
 
     async def read_clusters(reads: list) -> list:
         db = cluster_db()
         if db is not None:
             return await cluster_api.read_clusters(db, reads)
         return await clusters.get_clusters.remote(reads)
+
     app.state.cluster_reads = batching.Batcher(read_clusters, coalesce=True)
     app.state.tokens = None  # fetched from the registry on first use
     app.state.head_proxy = head_proxy.HeadProxy()  # buyers' dashboards and metrics (routes_clusters)
@@ -79,6 +96,7 @@ def create_app(registry, clusters, *, trusted_proxy_hops: int = 0,
     app.add_middleware(errors.BodySizeLimit)
     app.add_middleware(api_metrics.ApiLatency)
     errors.install(app)
+
     # The error answers each group of routes can give, so that the schema is truthful.
     def answers(*codes: int) -> dict:
         return errors.documented(*errors.COMMON_ERRORS, *codes)
@@ -99,8 +117,11 @@ def create_app(registry, clusters, *, trusted_proxy_hops: int = 0,
         statuses = await asyncio.gather(*(_start_status(name, handle) for name, handle in actors.items()))
         starting = [a for a in statuses if not a["ready"]]
         if starting:
-            return JSONResponse({"detail": "starting: " + "; ".join(_describe(a) for a in starting),
-                                 "actors": statuses}, status_code=503, headers={"Retry-After": "2"})
+            return JSONResponse(
+                {"detail": "starting: " + "; ".join(_describe(a) for a in starting), "actors": statuses},
+                status_code=503,
+                headers={"Retry-After": "2"},
+            )
         return {"status": "ok"}
 
     return app
@@ -114,8 +135,12 @@ class PlatformAPI:
         settings = PlatformSettings.model_validate_json(settings_json)
         handles = actor_classes.ensure_actors(settings)
         # Built in the replica, so its state holds this replica's handles.
-        self._app = create_app(handles[actor_classes.REGISTRY_NAME], handles[actor_classes.CLUSTER_MANAGER_NAME],
-                               trusted_proxy_hops=settings.trusted_proxy_hops, cluster_db=_database_here(settings))
+        self._app = create_app(
+            handles[actor_classes.REGISTRY_NAME],
+            handles[actor_classes.CLUSTER_MANAGER_NAME],
+            trusted_proxy_hops=settings.trusted_proxy_hops,
+            cluster_db=_database_here(settings),
+        )
         self._listener = None
         if settings.listen_port is not None:  # the replica serves HTTP itself, without Serve's proxy
             self._listener = listener.Listener(self._app, settings.listen_host, settings.listen_port)
@@ -140,6 +165,7 @@ def _database_here(settings: PlatformSettings) -> Callable[[], cluster_store.Clu
         if found is None and (settings.shared_database or Path(settings.db_location).exists()):
             found = cluster_store.ClusterStore(settings.db_location)
         return found
+
     return database
 
 

@@ -22,8 +22,14 @@ class Batcher:
     """`await batcher(item)` → the answer for item from `send(items) -> answers` (same order; an answer
     that is an Exception is raised to its own caller alone; a failed `send` fails the whole batch)."""
 
-    def __init__(self, send: Callable[[list], Awaitable[list]], *, max_batch: int = MAX_BATCH, gather_s: float = 0.0,
-                 coalesce: bool = False):
+    def __init__(
+        self,
+        send: Callable[[list], Awaitable[list]],
+        *,
+        max_batch: int = MAX_BATCH,
+        gather_s: float = 0.0,
+        coalesce: bool = False,
+    ):
         self._send = send
         self._coalesce = coalesce  # items are hashable, and equal items get the same answer
         self._max_batch = max_batch
@@ -54,7 +60,7 @@ class Batcher:
             if wait > 0 and len(self._queue) < self._max_batch:
                 await asyncio.sleep(wait)  # the previous call started moments ago: let this batch fill
             self._last_start = self._loop.time()
-            batch, self._queue = self._queue[:self._max_batch], self._queue[self._max_batch:]
+            batch, self._queue = self._queue[: self._max_batch], self._queue[self._max_batch :]
             batch = [(item, f) for item, f in batch if not f.done()]
             if not batch:
                 continue

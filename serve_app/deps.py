@@ -52,6 +52,7 @@ def require_role(*roles: domain.Role):
             allowed = " or ".join(r.value for r in roles)
             raise errors.Forbidden(f"this route is for {allowed} accounts; you are signed in as {principal.role.value}")
         return principal
+
     return check
 
 

@@ -56,8 +56,10 @@ COMMON_ERRORS = (400, 413, 422, 503)
 
 def documented(*codes: int) -> dict[int, dict]:
     """OpenAPI `responses=` for these error codes, each with its meaning and body model."""
-    return {code: {"description": _MEANINGS[code], "model": ValidationErrorBody if code == 422 else ErrorBody}
-            for code in codes}
+    return {
+        code: {"description": _MEANINGS[code], "model": ValidationErrorBody if code == 422 else ErrorBody}
+        for code in codes
+    }
 
 
 def unwrap(exc: BaseException) -> BaseException:
@@ -83,12 +85,18 @@ async def answer_exception(request: Request, exc: Exception) -> JSONResponse:
         return await _domain_error(request, cause)
     if isinstance(exc, (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)):
         logger.warning("control-plane actor unavailable for %s %s: %s", request.method, request.url.path, exc)
-        return JSONResponse({"detail": "the control plane is restarting; retry in a few seconds"},
-                            status_code=503, headers={"Retry-After": "2"})
+        return JSONResponse(
+            {"detail": "the control plane is restarting; retry in a few seconds"},
+            status_code=503,
+            headers={"Retry-After": "2"},
+        )
     if store.is_busy(cause):
         logger.warning("database busy for %s %s: %s", request.method, request.url.path, cause)
-        return JSONResponse({"detail": "the platform's database is busy; retry in a few seconds"},
-                            status_code=503, headers={"Retry-After": "2"})
+        return JSONResponse(
+            {"detail": "the platform's database is busy; retry in a few seconds"},
+            status_code=503,
+            headers={"Retry-After": "2"},
+        )
     logger.exception("unexpected error on %s %s", request.method, request.url.path)
     return JSONResponse({"detail": "internal error; the platform logs have the details"}, status_code=500)
 
@@ -156,9 +164,13 @@ class BodySizeLimit:
 
     async def _reject(self, send):
         body = b'{"detail":"request body too large: the limit is 1 MiB"}'
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
 

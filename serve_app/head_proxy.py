@@ -37,8 +37,11 @@ _PASSED_REQUEST_HEADERS = ("accept", "accept-encoding", "accept-language", "if-n
 _PASSED_RESPONSE_HEADERS = ("content-type", "content-encoding", "content-length", "etag", "last-modified")
 # Whatever the node answers is shown on the platform's origin only as inert content: a page a provider's machine
 # serves must never run script with the console's origin.
-_SAFETY_HEADERS = {"Content-Security-Policy": "sandbox", "X-Content-Type-Options": "nosniff",
-                   "Cache-Control": "private, no-store"}
+_SAFETY_HEADERS = {
+    "Content-Security-Policy": "sandbox",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "private, no-store",
+}
 
 
 def checked_path(path: str) -> str:
@@ -50,18 +53,23 @@ def checked_path(path: str) -> str:
         if segment == "" and i == len(segments) - 1:
             continue  # "" (the root) or a trailing slash
         if segment in ("", ".", ".."):
-            raise errors.InvalidInput(f"dashboard path {path!r} has an empty, '.' or '..' segment: only paths "
-                                      "below the head's dashboard are proxied")
+            raise errors.InvalidInput(
+                f"dashboard path {path!r} has an empty, '.' or '..' segment: only paths "
+                "below the head's dashboard are proxied"
+            )
         if not _SEGMENT.match(segment):
-            raise errors.InvalidInput(f"dashboard path segment {segment!r} has a character the proxy does not pass "
-                                      "(letters, digits and -._~!$&'()*+,;=:@ only; no %, \\ or space)")
+            raise errors.InvalidInput(
+                f"dashboard path segment {segment!r} has a character the proxy does not pass "
+                "(letters, digits and -._~!$&'()*+,;=:@ only; no %, \\ or space)"
+            )
     return "/" + path
 
 
 def checked_query(query: str) -> bytes:
     if len(query) > MAX_QUERY_CHARS or not _QUERY.match(query) or "#" in query:
-        raise errors.InvalidInput(f"query string must be at most {MAX_QUERY_CHARS} printable ASCII characters "
-                                  "without spaces or '#'")
+        raise errors.InvalidInput(
+            f"query string must be at most {MAX_QUERY_CHARS} printable ASCII characters without spaces or '#'"
+        )
     return query.encode("ascii")
 
 
@@ -89,8 +97,13 @@ def _names(url: httpx.URL) -> str:
 class HeadProxy:
     """All of the platform's HTTP calls on behalf of a buyer to its cluster's nodes go through here."""
 
-    def __init__(self, client: httpx.AsyncClient | None = None, *, max_body_bytes: int = MAX_BODY_BYTES,
-                 total_timeout_s: float = TOTAL_TIMEOUT_S):
+    def __init__(
+        self,
+        client: httpx.AsyncClient | None = None,
+        *,
+        max_body_bytes: int = MAX_BODY_BYTES,
+        total_timeout_s: float = TOTAL_TIMEOUT_S,
+    ):
         self._client = client
         self._max_body_bytes = max_body_bytes
         self._total_timeout_s = total_timeout_s
@@ -98,8 +111,10 @@ class HeadProxy:
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:  # made on first use: inside the event loop that uses it
             self._client = httpx.AsyncClient(
-                timeout=httpx.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S), follow_redirects=False,
-                trust_env=False)  # never through a proxy named in the environment
+                timeout=httpx.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
+                follow_redirects=False,
+                trust_env=False,
+            )  # never through a proxy named in the environment
         return self._client
 
     async def fetch(self, url: httpx.URL, request_headers, *, token: str | None = None) -> StreamingResponse:
@@ -111,19 +126,25 @@ class HeadProxy:
         deadline = time.monotonic() + self._total_timeout_s
         client = self._http()
         try:
-            upstream = await asyncio.wait_for(client.send(client.build_request("GET", url, headers=headers),
-                                                          stream=True), timeout=self._total_timeout_s)
+            upstream = await asyncio.wait_for(
+                client.send(client.build_request("GET", url, headers=headers), stream=True),
+                timeout=self._total_timeout_s,
+            )
         except (httpx.HTTPError, asyncio.TimeoutError) as exc:
-            raise errors.BadGateway(f"{_names(url)} did not answer ({type(exc).__name__}); it may be starting "
-                                    "or gone, see GET /v1/clusters/{id}") from None
+            raise errors.BadGateway(
+                f"{_names(url)} did not answer ({type(exc).__name__}); it may be starting "
+                "or gone, see GET /v1/clusters/{id}"
+            ) from None
         length = upstream.headers.get("content-length", "")
         if length.isdigit() and int(length) > self._max_body_bytes:
             await upstream.aclose()
-            raise errors.BadGateway(f"{_names(url)} answered {length} bytes; the proxy passes at most "
-                                    f"{self._max_body_bytes}")
+            raise errors.BadGateway(
+                f"{_names(url)} answered {length} bytes; the proxy passes at most {self._max_body_bytes}"
+            )
         passed = {k: v for k in _PASSED_RESPONSE_HEADERS if (v := upstream.headers.get(k)) is not None}
-        return StreamingResponse(self._body(upstream, url, deadline), status_code=upstream.status_code,
-                                 headers={**passed, **_SAFETY_HEADERS})
+        return StreamingResponse(
+            self._body(upstream, url, deadline), status_code=upstream.status_code, headers={**passed, **_SAFETY_HEADERS}
+        )
 
     async def _body(self, upstream: httpx.Response, url: httpx.URL, deadline: float):
         sent = 0
@@ -132,8 +153,10 @@ class HeadProxy:
                 sent += len(chunk)
                 if sent > self._max_body_bytes or time.monotonic() > deadline:
                     # Headers are gone already: breaking the stream is how the client learns it is cut.
-                    raise _Cut(f"{_names(url)}: answer cut after {sent} bytes "
-                               f"(limits: {self._max_body_bytes} bytes, {self._total_timeout_s:.0f} s)")
+                    raise _Cut(
+                        f"{_names(url)}: answer cut after {sent} bytes "
+                        f"(limits: {self._max_body_bytes} bytes, {self._total_timeout_s:.0f} s)"
+                    )
                 yield chunk
         except httpx.HTTPError as exc:
             raise _Cut(f"{_names(url)}: answer broke off after {sent} bytes ({type(exc).__name__})") from None

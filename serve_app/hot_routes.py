@@ -79,6 +79,7 @@ def _replaying(body: bytes, receive):
 
     async def replay():
         return pending.pop() if pending else await receive()
+
     return replay
 
 
@@ -130,8 +131,15 @@ class HotRoutes:
         beat = _heartbeat_body(body)
         if beat is None:
             return await self.app(scope, _replaying(body, receive), send)
-        await self._answer(_HEARTBEAT, routes_machines.heartbeat(
-            machine_id=machine_id, body=beat, principal=key, heartbeats=self._state.heartbeats), scope, receive, send)
+        await self._answer(
+            _HEARTBEAT,
+            routes_machines.heartbeat(
+                machine_id=machine_id, body=beat, principal=key, heartbeats=self._state.heartbeats
+            ),
+            scope,
+            receive,
+            send,
+        )
 
     async def _get_cluster(self, cluster_id: str, scope, receive, send) -> None:
         credentials = _bearer(scope)
@@ -144,8 +152,13 @@ class HotRoutes:
             return await self.app(scope, receive, send)
         if principal.cluster_id is not None or principal.role not in deps.BUYER_OR_ADMIN:
             return await self.app(scope, receive, send)
-        await self._answer(_GET_CLUSTER, routes_clusters.get_cluster(
-            cluster_id=cluster_id, principal=principal, reads=self._state.cluster_reads), scope, receive, send)
+        await self._answer(
+            _GET_CLUSTER,
+            routes_clusters.get_cluster(cluster_id=cluster_id, principal=principal, reads=self._state.cluster_reads),
+            scope,
+            receive,
+            send,
+        )
 
     async def _answer(self, route: APIRoute, call, scope, receive, send) -> None:
         scope["route"] = route  # what the latency metric labels the request with, as routing does
@@ -154,9 +167,13 @@ class HotRoutes:
         except Exception as exc:
             response = await errors.answer_exception(Request(scope, receive), exc)
             return await response(scope, receive, send)
-        await send({"type": "http.response.start", "status": route.status_code or 200,
-                    "headers": [(b"content-length", str(len(content)).encode()),
-                                (b"content-type", b"application/json")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": route.status_code or 200,
+                "headers": [(b"content-length", str(len(content)).encode()), (b"content-type", b"application/json")],
+            }
+        )
         await send({"type": "http.response.body", "body": content})
 
 
@@ -177,8 +194,12 @@ def _serialize(route: APIRoute, answer: Any) -> bytes:
     value, problems = field.validate(answer, {}, loc=("response",))
     if problems:
         raise ResponseValidationError(errors=problems, body=answer)
-    return field.serialize_json(value, include=route.response_model_include, exclude=route.response_model_exclude,
-                                by_alias=route.response_model_by_alias,
-                                exclude_unset=route.response_model_exclude_unset,
-                                exclude_defaults=route.response_model_exclude_defaults,
-                                exclude_none=route.response_model_exclude_none)
+    return field.serialize_json(
+        value,
+        include=route.response_model_include,
+        exclude=route.response_model_exclude,
+        by_alias=route.response_model_by_alias,
+        exclude_unset=route.response_model_exclude_unset,
+        exclude_defaults=route.response_model_exclude_defaults,
+        exclude_none=route.response_model_exclude_none,
+    )

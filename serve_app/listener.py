@@ -55,13 +55,20 @@ class Listener:
 
     def __init__(self, app, host: str, port: int):
         self.host, self.port = host, port
-        self._server = _Server(uvicorn.Config(
-            app, log_level="warning", access_log=False, lifespan="off",
-            # Agents hold long polls (up to the platform's max_long_poll_s) and keep connections alive.
-            timeout_keep_alive=75, server_header=False,
-            # The caller's address is the TCP peer; X-Forwarded-For counts only through the app's
-            # trusted_proxy_hops (deps.client_address). uvicorn's default would believe it from loopback.
-            proxy_headers=False))
+        self._server = _Server(
+            uvicorn.Config(
+                app,
+                log_level="warning",
+                access_log=False,
+                lifespan="off",
+                # Agents hold long polls (up to the platform's max_long_poll_s) and keep connections alive.
+                timeout_keep_alive=75,
+                server_header=False,
+                # The caller's address is the TCP peer; X-Forwarded-For counts only through the app's
+                # trusted_proxy_hops (deps.client_address). uvicorn's default would believe it from loopback.
+                proxy_headers=False,
+            )
+        )
         self._socket: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._failure: BaseException | None = None
@@ -83,8 +90,9 @@ class Listener:
         self._thread.start()
         while not self._server.started:
             if not self._thread.is_alive():
-                raise RuntimeError(f"the API listener on {self.host}:{self.port} stopped while starting: "
-                                   f"{self._failure!r}")
+                raise RuntimeError(
+                    f"the API listener on {self.host}:{self.port} stopped while starting: {self._failure!r}"
+                )
             await asyncio.sleep(0.01)
         logger.info("API listening on %s:%d", self.host, self.port)
 

@@ -18,8 +18,9 @@ FormPassword = Annotated[str, Form(max_length=256, description="Account password
 
 
 @router.post("/v1/accounts", status_code=status.HTTP_201_CREATED, response_model=api.AccountPublic)
-async def create_account(body: api.AccountCreate, registry: deps.Registry, by: deps.OptionalPrincipal,
-                         client: deps.ClientAddress):
+async def create_account(
+    body: api.AccountCreate, registry: deps.Registry, by: deps.OptionalPrincipal, client: deps.ClientAddress
+):
     """Sign-ups are limited per client address and overall (429 naming the limit)."""
     return await registry.create_account.remote(body.username, body.password, body.role, by, client)
 
@@ -31,8 +32,7 @@ async def list_accounts(principal: deps.AdminPrincipal, registry: deps.Registry)
 
 
 @router.post("/v1/token", response_model=api.Token)
-async def token(username: FormUsername, password: FormPassword, registry: deps.Registry,
-                client: deps.ClientAddress):
+async def token(username: FormUsername, password: FormPassword, registry: deps.Registry, client: deps.ClientAddress):
     """OAuth2 password flow (form-encoded `username` and `password`). Failed sign-ins are limited per
     username and per client address, and password checks overall (429 naming the limit)."""
     return await registry.login.remote(username, password, client)
@@ -53,8 +53,9 @@ async def get_quota(account_id: AccountId, principal: deps.CurrentPrincipal, clu
 
 
 @router.put("/v1/accounts/{account_id}/quota", response_model=api.QuotaPublic, responses=errors.documented(404))
-async def set_quota(account_id: AccountId, body: api.QuotaUpdate, principal: deps.AdminPrincipal,
-                    clusters: deps.Clusters):
+async def set_quota(
+    account_id: AccountId, body: api.QuotaUpdate, principal: deps.AdminPrincipal, clusters: deps.Clusters
+):
     """Admins: replaces a buyer account's limits; a field left out or null takes the platform's default."""
     return await clusters.set_quota.remote(principal, account_id, body.model_dump())
 
@@ -66,8 +67,9 @@ async def seed_register(body: api.SeedRegister, registry: deps.Registry, client:
 
 
 @seed_router.post("/token", response_model=api.Token)
-async def seed_token(username: FormUsername, password: FormPassword, registry: deps.Registry,
-                     client: deps.ClientAddress):
+async def seed_token(
+    username: FormUsername, password: FormPassword, registry: deps.Registry, client: deps.ClientAddress
+):
     return await registry.login.remote(username, password, client)
 
 

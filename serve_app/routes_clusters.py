@@ -45,18 +45,23 @@ async def delete_cluster(cluster_id: ClusterId, principal: deps.BuyerOrAdmin, cl
 
 
 @router.post("/v1/clusters/{cluster_id}/extend", response_model=api.ClusterPublic)
-async def extend(cluster_id: ClusterId, body: api.ClusterExtend, principal: deps.BuyerOrAdmin,
-                 clusters: deps.Clusters):
+async def extend(cluster_id: ClusterId, body: api.ClusterExtend, principal: deps.BuyerOrAdmin, clusters: deps.Clusters):
     """Moves the deadline by duration_s; 409 past the platform's maximum lifetime."""
     return await clusters.extend_cluster.remote(principal, cluster_id, body.duration_s)
 
 
 @router.get("/v1/usage")
-async def usage(principal: deps.CurrentPrincipal, clusters: deps.Clusters,
-                start: Annotated[float | None, Query(ge=0, le=api.MAX_EPOCH_S, allow_inf_nan=False,
-                                                     description="Epoch seconds; default 30 days ago")] = None,
-                end: Annotated[float | None, Query(ge=0, le=api.MAX_EPOCH_S, allow_inf_nan=False,
-                                                   description="Epoch seconds; default now")] = None):
+async def usage(
+    principal: deps.CurrentPrincipal,
+    clusters: deps.Clusters,
+    start: Annotated[
+        float | None,
+        Query(ge=0, le=api.MAX_EPOCH_S, allow_inf_nan=False, description="Epoch seconds; default 30 days ago"),
+    ] = None,
+    end: Annotated[
+        float | None, Query(ge=0, le=api.MAX_EPOCH_S, allow_inf_nan=False, description="Epoch seconds; default now")
+    ] = None,
+):
     """Buyers: GPU/CPU-seconds and cost per cluster. Providers: supplied seconds and earnings per machine.
     Seconds count from a node joining Ray to it leaving."""
     end = time.time() if end is None else end
@@ -73,9 +78,12 @@ async def connection(cluster_id: ClusterId, principal: deps.BuyerPrincipal, clus
 
 
 @router.get("/v1/clusters/{cluster_id}/events", response_model=list[api.ClusterEvent])
-async def events(cluster_id: ClusterId, principal: deps.BuyerOrAdmin, clusters: deps.Clusters,
-                 after: Annotated[int, Query(ge=0, le=api.MAX_SQL_INT,
-                                             description="Only events with a larger id")] = 0):
+async def events(
+    cluster_id: ClusterId,
+    principal: deps.BuyerOrAdmin,
+    clusters: deps.Clusters,
+    after: Annotated[int, Query(ge=0, le=api.MAX_SQL_INT, description="Only events with a larger id")] = 0,
+):
     return await clusters.cluster_events.remote(principal, cluster_id, after)
 
 
@@ -86,22 +94,39 @@ async def logs(cluster_id: ClusterId, principal: deps.BuyerOrAdmin, clusters: de
     return await clusters.cluster_logs.remote(principal, cluster_id)
 
 
-@router.get("/v1/clusters/{cluster_id}/logs/file", response_class=PlainTextResponse,
-            responses={200: {"content": {"text/plain": {}}}})
-async def log_file(cluster_id: ClusterId, principal: deps.BuyerOrAdmin, clusters: deps.Clusters,
-                   name: Annotated[str, Query(pattern=ids.LEASE_LOG_NAME_PATTERN,
-                                              description="A name from GET .../logs, e.g. ray/raylet.out")],
-                   node: Annotated[str | None, Query(pattern=ids.LEASE_ID_PATTERN,
-                                                     description="The node (lease) it came from")] = None):
+@router.get(
+    "/v1/clusters/{cluster_id}/logs/file",
+    response_class=PlainTextResponse,
+    responses={200: {"content": {"text/plain": {}}}},
+)
+async def log_file(
+    cluster_id: ClusterId,
+    principal: deps.BuyerOrAdmin,
+    clusters: deps.Clusters,
+    name: Annotated[
+        str, Query(pattern=ids.LEASE_LOG_NAME_PATTERN, description="A name from GET .../logs, e.g. ray/raylet.out")
+    ],
+    node: Annotated[
+        str | None, Query(pattern=ids.LEASE_ID_PATTERN, description="The node (lease) it came from")
+    ] = None,
+):
     found = await clusters.cluster_log.remote(principal, cluster_id, name, node)
     return PlainTextResponse(found["text"])
 
 
-@router.get("/v1/clusters/{cluster_id}/logs/jobs/{job_id}", response_class=PlainTextResponse,
-            responses={200: {"content": {"text/plain": {}}}})
-async def job_log(cluster_id: ClusterId, principal: deps.BuyerOrAdmin, clusters: deps.Clusters,
-                  job_id: Annotated[str, Path(pattern=ids.RAY_JOB_ID_PATTERN,
-                                              description="The submission id `ray job submit` printed")]):
+@router.get(
+    "/v1/clusters/{cluster_id}/logs/jobs/{job_id}",
+    response_class=PlainTextResponse,
+    responses={200: {"content": {"text/plain": {}}}},
+)
+async def job_log(
+    cluster_id: ClusterId,
+    principal: deps.BuyerOrAdmin,
+    clusters: deps.Clusters,
+    job_id: Annotated[
+        str, Path(pattern=ids.RAY_JOB_ID_PATTERN, description="The submission id `ray job submit` printed")
+    ],
+):
     """A submitted job's driver output, as the head kept it (`ray job logs`, after the cluster ended)."""
     found = await clusters.job_log.remote(principal, cluster_id, job_id)
     return PlainTextResponse(found["text"])
@@ -112,26 +137,42 @@ async def job_log(cluster_id: ClusterId, principal: deps.BuyerOrAdmin, clusters:
 _PROXIED = {200: {"content": {"text/html": {}, "application/json": {}, "text/plain": {}}}}
 
 
-@proxy_router.get("/v1/clusters/{cluster_id}/dashboard/{path:path}", response_class=StreamingResponse,
-                  responses=_PROXIED)
-async def dashboard(cluster_id: ClusterId, path: str, request: Request, principal: deps.BuyerOrAdmin,
-                    clusters: deps.Clusters, proxy: deps.HeadProxy):
+@proxy_router.get(
+    "/v1/clusters/{cluster_id}/dashboard/{path:path}", response_class=StreamingResponse, responses=_PROXIED
+)
+async def dashboard(
+    cluster_id: ClusterId,
+    path: str,
+    request: Request,
+    principal: deps.BuyerOrAdmin,
+    clusters: deps.Clusters,
+    proxy: deps.HeadProxy,
+):
     """GET any path of the cluster's Ray dashboard on its head (pages, `api/v0/nodes`, `api/jobs/`, job logs),
     with the cluster's Ray token added by the platform: the caller needs only its platform token. Read-only;
     submitting jobs goes to the head itself (`GET .../connection`)."""
     head_proxy.checked_path(path)  # refused before any actor call
     target = await clusters.proxy_target.remote(principal, cluster_id, "dashboard")
-    return await proxy.fetch(head_proxy.dashboard_url(target, path, request.url.query), request.headers,
-                             token=target["token"])
+    return await proxy.fetch(
+        head_proxy.dashboard_url(target, path, request.url.query), request.headers, token=target["token"]
+    )
 
 
-@proxy_router.get("/v1/clusters/{cluster_id}/metrics", response_class=StreamingResponse,
-                  responses={200: {"content": {"text/plain": {}}}})
-async def metrics(cluster_id: ClusterId, request: Request, principal: deps.BuyerOrAdmin, clusters: deps.Clusters,
-                  proxy: deps.HeadProxy,
-                  node: Annotated[str | None, Query(pattern=ids.LEASE_ID_PATTERN,
-                                                    description="A node (lease) of the cluster; default its head")
-                                  ] = None):
+@proxy_router.get(
+    "/v1/clusters/{cluster_id}/metrics",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/plain": {}}}},
+)
+async def metrics(
+    cluster_id: ClusterId,
+    request: Request,
+    principal: deps.BuyerOrAdmin,
+    clusters: deps.Clusters,
+    proxy: deps.HeadProxy,
+    node: Annotated[
+        str | None, Query(pattern=ids.LEASE_ID_PATTERN, description="A node (lease) of the cluster; default its head")
+    ] = None,
+):
     """The node's Ray metrics in Prometheus' text format (its metrics export port), for a scrape job with
     `authorization: {credentials_file: ...}` holding a platform token."""
     target = await clusters.proxy_target.remote(principal, cluster_id, "metrics", node)
@@ -139,6 +180,7 @@ async def metrics(cluster_id: ClusterId, request: Request, principal: deps.Buyer
 
 
 # --- the seed's paths (now behind a buyer's token) ---------------------------------------
+
 
 @seed_router.post("/deploy_cluster", status_code=status.HTTP_202_ACCEPTED)
 async def seed_deploy(body: api.SeedDeploy, principal: deps.BuyerPrincipal, clusters: deps.Clusters):
@@ -150,8 +192,14 @@ async def seed_deploy(body: api.SeedDeploy, principal: deps.BuyerPrincipal, clus
 @seed_router.get("/cluster/{cluster_id}", response_model=api.SeedClusterInfo)
 async def seed_cluster(cluster_id: SeedClusterId, principal: deps.BuyerPrincipal, clusters: deps.Clusters):
     c = await clusters.get_cluster.remote(principal, cluster_id)
-    return {"cluster_id": c["id"], "status": c["status"], "head_node_ip": c["head_node_ip"],
-            "expiration_time": c["expires_at"], "creation_time": c["created_at"], "num_workers": c["num_workers"]}
+    return {
+        "cluster_id": c["id"],
+        "status": c["status"],
+        "head_node_ip": c["head_node_ip"],
+        "expiration_time": c["expires_at"],
+        "creation_time": c["created_at"],
+        "num_workers": c["num_workers"],
+    }
 
 
 @seed_router.delete("/cluster/{cluster_id}", response_model=api.Message)
@@ -162,32 +210,46 @@ async def seed_delete(cluster_id: SeedClusterId, principal: deps.BuyerPrincipal,
 
 # --- node provider routes (the cluster's own credential) ---------------------------------
 
+
 @node_router.get("/v1/clusters/{cluster_id}/nodes", response_model=list[api.NodePublic])
 async def list_nodes(cluster_id: ClusterId, principal: deps.NodeProviderPrincipal, clusters: deps.Clusters):
     return await clusters.list_nodes.remote(principal, cluster_id)
 
 
-@node_router.post("/v1/clusters/{cluster_id}/nodes", status_code=status.HTTP_201_CREATED,
-                  response_model=list[api.NodePublic])
-async def create_nodes(cluster_id: ClusterId, body: api.NodesCreate, principal: deps.NodeProviderPrincipal,
-                       clusters: deps.Clusters):
+@node_router.post(
+    "/v1/clusters/{cluster_id}/nodes", status_code=status.HTTP_201_CREATED, response_model=list[api.NodePublic]
+)
+async def create_nodes(
+    cluster_id: ClusterId, body: api.NodesCreate, principal: deps.NodeProviderPrincipal, clusters: deps.Clusters
+):
     return await clusters.create_nodes.remote(principal, cluster_id, body.role, body.node_type, body.tags, body.count)
 
 
 @node_router.patch("/v1/clusters/{cluster_id}/nodes/{node_id}", response_model=api.NodePublic)
-async def set_node_tags(cluster_id: ClusterId, node_id: NodeId, body: api.NodeTags,
-                        principal: deps.NodeProviderPrincipal, clusters: deps.Clusters):
+async def set_node_tags(
+    cluster_id: ClusterId,
+    node_id: NodeId,
+    body: api.NodeTags,
+    principal: deps.NodeProviderPrincipal,
+    clusters: deps.Clusters,
+):
     return await clusters.set_node_tags.remote(principal, cluster_id, node_id, body.tags)
 
 
 @node_router.delete("/v1/clusters/{cluster_id}/nodes/{node_id}", response_model=api.NodePublic)
-async def terminate_node(cluster_id: ClusterId, node_id: NodeId, principal: deps.NodeProviderPrincipal,
-                         clusters: deps.Clusters):
+async def terminate_node(
+    cluster_id: ClusterId, node_id: NodeId, principal: deps.NodeProviderPrincipal, clusters: deps.Clusters
+):
     return await clusters.terminate_node.remote(principal, cluster_id, node_id)
 
 
 @node_router.post("/v1/clusters/{cluster_id}/nodes/{node_id}/exec", response_model=api.WorkResult)
-async def exec_on_node(cluster_id: ClusterId, node_id: NodeId, body: api.NodeExec,
-                       principal: deps.NodeProviderPrincipal, clusters: deps.Clusters):
+async def exec_on_node(
+    cluster_id: ClusterId,
+    node_id: NodeId,
+    body: api.NodeExec,
+    principal: deps.NodeProviderPrincipal,
+    clusters: deps.Clusters,
+):
     """Runs a launcher command on the node through the agent holding it; answers when it finished."""
     return await clusters.exec_on_node.remote(principal, cluster_id, node_id, body.model_dump())

@@ -33,8 +33,9 @@ async def get_machine(machine_id: MachineId, principal: deps.ProviderOrAdmin, re
 
 
 @router.post("/v1/machines/{machine_id}/heartbeat", response_model=api.HeartbeatAck)
-async def heartbeat(machine_id: MachineId, body: api.Heartbeat, principal: deps.MachineCaller,
-                    heartbeats: deps.Heartbeats):
+async def heartbeat(
+    machine_id: MachineId, body: api.Heartbeat, principal: deps.MachineCaller, heartbeats: deps.Heartbeats
+):
     return await heartbeats((principal, machine_id, body.usage.model_dump(mode="json"), body.leases))
 
 
@@ -45,15 +46,24 @@ async def leave(machine_id: MachineId, principal: deps.MachineCaller, registry: 
 
 
 @router.get("/v1/machines/{machine_id}/work", response_model=api.WorkBatch)
-async def next_work(machine_id: MachineId, principal: deps.MachineCaller, registry: deps.Registry,
-                    wait_s: Annotated[float, Query(ge=0, le=30, description="Long-poll wait")] = 20.0):
+async def next_work(
+    machine_id: MachineId,
+    principal: deps.MachineCaller,
+    registry: deps.Registry,
+    wait_s: Annotated[float, Query(ge=0, le=30, description="Long-poll wait")] = 20.0,
+):
     """Long poll: the agent's channel for node leases and commands."""
     return {"items": await registry.next_work.remote(principal, machine_id, wait_s)}
 
 
 @router.post("/v1/machines/{machine_id}/results/{item_id}")
-async def work_result(machine_id: MachineId, item_id: Annotated[str, Path(pattern=ids.WORK_ITEM_ID_PATTERN)],
-                      body: api.WorkResult, principal: deps.MachineCaller, registry: deps.Registry):
+async def work_result(
+    machine_id: MachineId,
+    item_id: Annotated[str, Path(pattern=ids.WORK_ITEM_ID_PATTERN)],
+    body: api.WorkResult,
+    principal: deps.MachineCaller,
+    registry: deps.Registry,
+):
     """The agent's answer to a work item (a lease opened, a command's exit code and output)."""
     return await registry.complete_work.remote(principal, machine_id, item_id, body.model_dump())
 
@@ -65,9 +75,11 @@ async def list_machine_keys(principal: deps.ProviderOrAdmin, registry: deps.Regi
 
 
 @router.delete("/v1/machine-keys/{key_id}", response_model=api.MachineKeyPublic)
-async def revoke_machine_key(key_id: Annotated[str, Path(pattern=ids.AGENT_KEY_ID_PATTERN,
-                                                         description="Key id, e.g. k-0123456789ab")],
-                             principal: deps.ProviderOrAdmin, registry: deps.Registry):
+async def revoke_machine_key(
+    key_id: Annotated[str, Path(pattern=ids.AGENT_KEY_ID_PATTERN, description="Key id, e.g. k-0123456789ab")],
+    principal: deps.ProviderOrAdmin,
+    registry: deps.Registry,
+):
     """Idempotent. The machine's agent gets 401 on its next heartbeat or poll and must be enrolled again."""
     return await registry.revoke_machine_key.remote(principal, key_id)
 

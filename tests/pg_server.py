@@ -22,8 +22,10 @@ def find_bin_dir() -> Path | None:
     found = shutil.which("initdb")
     if found and shutil.which("pg_ctl"):
         return Path(os.path.realpath(found)).parent
-    dirs = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda d: int(Path(d).parent.name)
-                  if Path(d).parent.name.isdigit() else 0)
+    dirs = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin"),
+        key=lambda d: int(Path(d).parent.name) if Path(d).parent.name.isdigit() else 0,
+    )
     for d in reversed(dirs):
         if (Path(d) / "initdb").exists() and (Path(d) / "pg_ctl").exists():
             return Path(d)
@@ -51,8 +53,15 @@ class PostgresServer:
         cmd = [str(self.bin_dir / args[0]), *args[1:]]
         if os.geteuid() == 0:
             cmd = ["su", SERVER_USER, "-s", "/bin/sh", "-c", shlex.join(cmd)]
-        subprocess.run(cmd, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                       timeout=timeout, cwd=self.root)
+        subprocess.run(
+            cmd,
+            check=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            timeout=timeout,
+            cwd=self.root,
+        )
 
     def start(self) -> None:
         if os.geteuid() == 0:
@@ -60,8 +69,10 @@ class PostgresServer:
             os.chown(self.root, info.pw_uid, info.pw_gid)
         self.root.chmod(0o700)
         self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", self.user, "--no-sync")
-        options = (f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
-                   "-c synchronous_commit=off -c full_page_writes=off -c max_connections=300")
+        options = (
+            f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
+            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=300"
+        )
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.root / "server.log"), "-o", options, "-w", "start")
         self.started = True
 

@@ -23,5 +23,6 @@ def assert_implements(protocol: type, *implementations: type) -> None:
             want, have = getattr(protocol, name), getattr(cls, name, None)
             assert have is not None, f"{cls.__name__} lacks {protocol.__name__}.{name}"
             assert _shape(have) == _shape(want), f"{cls.__name__}.{name} differs from {protocol.__name__}.{name}"
-            assert inspect.iscoroutinefunction(have) == inspect.iscoroutinefunction(want), \
+            assert inspect.iscoroutinefunction(have) == inspect.iscoroutinefunction(want), (
                 f"{cls.__name__}.{name}: async-ness differs from {protocol.__name__}"
+            )

@@ -6,7 +6,9 @@ import time
 from typing import Any, Callable
 
 
-def wait_for(predicate: Callable[[], Any], *, timeout_s: float = 30.0, interval_s: float = 0.2, what: str = "condition"):
+def wait_for(
+    predicate: Callable[[], Any], *, timeout_s: float = 30.0, interval_s: float = 0.2, what: str = "condition"
+):
     """Polls until predicate() is truthy and returns its value."""
     deadline = time.monotonic() + timeout_s
     last_error = None
@@ -18,4 +20,6 @@ def wait_for(predicate: Callable[[], Any], *, timeout_s: float = 30.0, interval_
         except Exception as exc:  # the condition may raise while things settle
             last_error = exc
         time.sleep(interval_s)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}" + (f" (last error: {last_error!r})" if last_error else ""))
+    raise AssertionError(
+        f"timed out after {timeout_s} s waiting for {what}" + (f" (last error: {last_error!r})" if last_error else "")
+    )

@@ -71,7 +71,9 @@ def _machine_path(machine_id: str) -> str:
 class Backoff:
     """Exponential backoff, 1 s doubling to 30 s, with equal jitter (half fixed, half random)."""
 
-    def __init__(self, base_s: float = 1.0, cap_s: float = protocol.AGENT_MAX_RETRY_S, rand: Callable[[], float] = random.random):
+    def __init__(
+        self, base_s: float = 1.0, cap_s: float = protocol.AGENT_MAX_RETRY_S, rand: Callable[[], float] = random.random
+    ):
         self.base_s, self.cap_s, self._rand = base_s, cap_s, rand
         self.attempts = 0
 
@@ -91,8 +93,14 @@ class PlatformApi(Protocol):
 
     def set_token(self, token: str | None) -> None: ...
 
-    def register_machine(self, machine_key: str, name: str, spec: domain.MachineSpec,
-                         price_per_gpu_hour: float = 0.0, price_per_cpu_hour: float = 0.0) -> dict: ...
+    def register_machine(
+        self,
+        machine_key: str,
+        name: str,
+        spec: domain.MachineSpec,
+        price_per_gpu_hour: float = 0.0,
+        price_per_cpu_hour: float = 0.0,
+    ) -> dict: ...
 
     def heartbeat(self, machine_id: str, usage: domain.MachineUsage, leases: Sequence[str] = ()) -> dict: ...
 
@@ -109,8 +117,12 @@ class PlatformClient:
     def __init__(self, base_url: str, *, timeout_s: float = 10.0, transport: httpx.BaseTransport | None = None):
         self.base_url = base_url.rstrip("/")
         self._timeout = httpx.Timeout(timeout_s)
-        self._http = httpx.Client(base_url=self.base_url, timeout=self._timeout, transport=transport,
-                                  headers={"User-Agent": "dcluster-agent/0.1"})
+        self._http = httpx.Client(
+            base_url=self.base_url,
+            timeout=self._timeout,
+            transport=transport,
+            headers={"User-Agent": "dcluster-agent/0.1"},
+        )
         self._token: str | None = None
         self._credentials: tuple[str, str] | None = None
         self._login_lock = threading.Lock()
@@ -132,8 +144,9 @@ class PlatformClient:
     def _send(self, method: str, path: str, token: str | None, *, timeout: Any = None, **kw) -> httpx.Response:
         headers = {**kw.pop("headers", {}), **({"Authorization": f"Bearer {token}"} if token else {})}
         try:
-            resp = self._http.request(method, path, headers=headers,
-                                      timeout=timeout if timeout is not None else self._timeout, **kw)
+            resp = self._http.request(
+                method, path, headers=headers, timeout=timeout if timeout is not None else self._timeout, **kw
+            )
         except httpx.TransportError as exc:  # connect/read/write errors and timeouts
             raise PlatformUnreachable(f"{method} {self.base_url}{path}: {type(exc).__name__}: {exc}") from None
         logger.debug("%s %s -> %d", method, path, resp.status_code)
@@ -184,18 +197,33 @@ class PlatformClient:
         self._credentials = None
 
     def create_account(self, username: str, password: str, role: str = domain.Role.BUYER.value) -> dict:
-        return self.request("POST", "/v1/accounts", auth=False,
-                            json={"username": username, "password": password, "role": str(getattr(role, "value", role))})
+        return self.request(
+            "POST",
+            "/v1/accounts",
+            auth=False,
+            json={"username": username, "password": password, "role": str(getattr(role, "value", role))},
+        )
 
     def me(self) -> dict:
         return self.request("GET", "/v1/accounts/me")
 
     # --- machines ------------------------------------------------------------------------
 
-    def register_machine(self, machine_key: str, name: str, spec: domain.MachineSpec,
-                         price_per_gpu_hour: float = 0.0, price_per_cpu_hour: float = 0.0) -> dict:
-        body = api.MachineRegister(machine_key=machine_key, name=name, spec=spec,
-                                      price_per_gpu_hour=price_per_gpu_hour, price_per_cpu_hour=price_per_cpu_hour)
+    def register_machine(
+        self,
+        machine_key: str,
+        name: str,
+        spec: domain.MachineSpec,
+        price_per_gpu_hour: float = 0.0,
+        price_per_cpu_hour: float = 0.0,
+    ) -> dict:
+        body = api.MachineRegister(
+            machine_key=machine_key,
+            name=name,
+            spec=spec,
+            price_per_gpu_hour=price_per_gpu_hour,
+            price_per_cpu_hour=price_per_cpu_hour,
+        )
         return self.request("POST", "/v1/machines", json=body.model_dump(mode="json"))
 
     def heartbeat(self, machine_id: str, usage: domain.MachineUsage, leases: Sequence[str] = ()) -> dict:
@@ -204,8 +232,9 @@ class PlatformClient:
 
     def poll_work(self, machine_id: str, wait_s: float = 20) -> list[dict]:
         """Long poll: the platform holds the call up to wait_s; the read timeout leaves it room."""
-        timeout = httpx.Timeout(self._timeout.connect, read=wait_s + 10, write=self._timeout.write,
-                                pool=self._timeout.pool)
+        timeout = httpx.Timeout(
+            self._timeout.connect, read=wait_s + 10, write=self._timeout.write, pool=self._timeout.pool
+        )
         body = self.request("GET", f"{_machine_path(machine_id)}/work", params={"wait_s": wait_s}, timeout=timeout)
         return _items(body)
 

@@ -33,6 +33,7 @@ OWNER_ENV = "DCLUSTER_OWNER"
 # Ray Serve's direct ingress listens from 30000 up; keep worker port ranges away from it.
 # --- owning -----------------------------------------------------------------------------
 
+
 def spawn(
     cmd: list[str],
     *,
@@ -105,6 +106,7 @@ def is_live(proc: psutil.Process) -> bool:
 
 
 # --- stopping ---------------------------------------------------------------------------
+
 
 def _signal_all(procs: Iterable[psutil.Process], sig: int) -> list[psutil.Process]:
     signalled = []
@@ -231,8 +233,9 @@ def stop_owned(
     if summary.remaining:
         logger.warning("%s: still alive after %.0f s: %s", owner_tag, settle_s, summary.remaining)
     else:
-        logger.debug("%s: stopped %d processes (%d killed) in %.1f s",
-                     owner_tag, len(terminated), len(killed), summary.elapsed_s)
+        logger.debug(
+            "%s: stopped %d processes (%d killed) in %.1f s", owner_tag, len(terminated), len(killed), summary.elapsed_s
+        )
     return summary
 
 
@@ -250,6 +253,7 @@ def pid_alive(pid: int, create_time: float | None = None) -> bool:
 
 
 # --- ports ------------------------------------------------------------------------------
+
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     """True when nothing listens on port, on host or on the wildcard address.
@@ -289,8 +293,9 @@ def free_port(host: str = "127.0.0.1") -> int:
     return free_ports(1, host=host)[0]
 
 
-def free_ports(n: int, exclude: Iterable[int] = (), host: str = "127.0.0.1", *,
-               rng: random.Random | None = None) -> list[int]:
+def free_ports(
+    n: int, exclude: Iterable[int] = (), host: str = "127.0.0.1", *, rng: random.Random | None = None
+) -> list[int]:
     """n distinct ports free right now, in the listen window, none of them in exclude."""
     rng = rng or random.Random()
     lo, hi = listen_window()
@@ -336,8 +341,9 @@ def free_port_range(
     raise RuntimeError(f"could not find {size} consecutive free ports")
 
 
-def allocate_ray_ports(*, exclude: tuple[int, ...] = (),
-                       worker_range: int = ray_ports.WORKER_PORT_RANGE) -> ray_ports.RayPorts:
+def allocate_ray_ports(
+    *, exclude: tuple[int, ...] = (), worker_range: int = ray_ports.WORKER_PORT_RANGE
+) -> ray_ports.RayPorts:
     """Every port of one Ray node (the layout is dcl_core.ray_ports), each free right now and none in exclude."""
     single = free_ports(len(ray_ports.RayPorts.single_port_names()), exclude=exclude)
     start = free_port_range(worker_range, exclude=(*exclude, *single))

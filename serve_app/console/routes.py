@@ -29,14 +29,21 @@ TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 STATIC_TYPES = {"htmx.min.js": "text/javascript", "console.js": "text/javascript", "console.css": "text/css"}
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; object-src 'none'; "
-                               "base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+    "base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
-DURATIONS = [(900, "15 min"), (1800, "30 min"), (3600, "1 hour"), (7200, "2 hours"), (21_600, "6 hours"),
-             (86_400, "1 day"), (604_800, "7 days")]
+DURATIONS = [
+    (900, "15 min"),
+    (1800, "30 min"),
+    (3600, "1 hour"),
+    (7200, "2 hours"),
+    (21_600, "6 hours"),
+    (86_400, "1 day"),
+    (604_800, "7 days"),
+]
 MAX_QUOTA_ROWS = 200  # buyers whose quota the admin view shows, one actor call each
 QUOTA_FIELDS = ("max_clusters", "max_gpus", "max_cpus", "max_gpu_hours")
 USABLE = (domain.ClusterStatus.RUNNING.value, domain.ClusterStatus.DEGRADED.value)
@@ -73,14 +80,17 @@ async def _call(ref):
         raise
 
 
-def _render(request: Request, name: str, session: sess.ConsoleSession | None, *, status_code: int = 200,
-            **context) -> HTMLResponse:
-    context.update(user=session.principal if session else None, csrf=session.csrf_token if session else "",
-                   now=time.time())
+def _render(
+    request: Request, name: str, session: sess.ConsoleSession | None, *, status_code: int = 200, **context
+) -> HTMLResponse:
+    context.update(
+        user=session.principal if session else None, csrf=session.csrf_token if session else "", now=time.time()
+    )
     return TEMPLATES.TemplateResponse(request, name, context, status_code=status_code, headers=SECURITY_HEADERS)
 
 
 # --- filters ----------------------------------------------------------------------------
+
 
 def _age(seconds: float | None) -> str:
     """A span for people: '12 s', '3 min', '2 h 05 min', '1 d 3 h'."""
@@ -118,6 +128,7 @@ def _number(text: str) -> float | None:
 
 # --- sign-in ----------------------------------------------------------------------------
 
+
 @router.get("/login", response_class=HTMLResponse)
 async def login_page(request: Request, session: sess.OptionalSession):
     if session is not None:
@@ -126,15 +137,19 @@ async def login_page(request: Request, session: sess.OptionalSession):
 
 
 @router.post("/login", response_class=HTMLResponse)
-async def login(request: Request, registry: deps.Registry, client: deps.ClientAddress,
-                username: Annotated[str, Form(max_length=64)], password: Annotated[str, Form(max_length=256)]):
+async def login(
+    request: Request,
+    registry: deps.Registry,
+    client: deps.ClientAddress,
+    username: Annotated[str, Form(max_length=64)],
+    password: Annotated[str, Form(max_length=256)],
+):
     """The same sign-in as POST /v1/token (its limits included); the token goes into the console's cookie."""
     sess.check_origin(request)
     try:
         answer = await _call(registry.login.remote(username, password, client))
     except ConsoleError as exc:
-        return _render(request, "login.html", None, status_code=exc.status_code, message=exc.message,
-                       username=username)
+        return _render(request, "login.html", None, status_code=exc.status_code, message=exc.message, username=username)
     response = RedirectResponse("/", status_code=303)
     sess.set_cookie(response, request, answer["access_token"], int(answer["expires_in"]))
     return response
@@ -149,14 +164,16 @@ async def logout(session: sess.ActingSession):
 
 # --- pages ------------------------------------------------------------------------------
 
+
 @router.get("/", response_class=HTMLResponse)
 async def home(request: Request, session: sess.Session, registry: deps.Registry):
     role = session.principal.role
     if role is domain.Role.BUYER:
         offers = await _call(registry.list_offers.remote())
         models = sorted({o["gpu_model"] for o in offers if o["gpu_model"]})
-        return _render(request, "buyer.html", session, gpu_models=models, durations=DURATIONS,
-                       windows=list(charts.WINDOWS))
+        return _render(
+            request, "buyer.html", session, gpu_models=models, durations=DURATIONS, windows=list(charts.WINDOWS)
+        )
     name = "provider.html" if role is domain.Role.PROVIDER else "admin.html"
     return _render(request, name, session, windows=list(charts.WINDOWS))
 
@@ -168,20 +185,28 @@ async def cluster_page(request: Request, cluster_id: ClusterId, session: sess.Se
 
 # --- fragments --------------------------------------------------------------------------
 
+
 @router.get("/console/offers", response_class=HTMLResponse)
-async def offers_fragment(request: Request, session: sess.Session, registry: deps.Registry,
-                          gpu_model: Annotated[str, Query(max_length=64)] = "",
-                          min_gpus: Annotated[str, Query(max_length=16)] = "",
-                          max_price: Annotated[str, Query(max_length=16)] = "",
-                          gpu_only: bool = False):
+async def offers_fragment(
+    request: Request,
+    session: sess.Session,
+    registry: deps.Registry,
+    gpu_model: Annotated[str, Query(max_length=64)] = "",
+    min_gpus: Annotated[str, Query(max_length=16)] = "",
+    max_price: Annotated[str, Query(max_length=16)] = "",
+    gpu_only: bool = False,
+):
     """The marketplace (GET /v1/offers), filtered for display; an empty or unreadable filter filters nothing."""
     min_gpus, max_price = _number(min_gpus) or 0, _number(max_price)
     offers = await _call(registry.list_offers.remote())
-    shown = [o for o in offers
-             if (not gpu_model or o["gpu_model"] == gpu_model)
-             and o["gpus"] >= min_gpus
-             and (max_price is None or o["gpu_model"] is None or o["price_per_gpu_hour_min"] <= max_price)
-             and (not gpu_only or o["gpu_model"] is not None)]
+    shown = [
+        o
+        for o in offers
+        if (not gpu_model or o["gpu_model"] == gpu_model)
+        and o["gpus"] >= min_gpus
+        and (max_price is None or o["gpu_model"] is None or o["price_per_gpu_hour_min"] <= max_price)
+        and (not gpu_only or o["gpu_model"] is not None)
+    ]
     return _render(request, "_offers.html", session, offers=shown, total=len(offers))
 
 
@@ -192,21 +217,33 @@ async def clusters_fragment(request: Request, session: sess.Session, clusters: d
     return _render(request, "_clusters.html", session, clusters=rows)
 
 
-async def _status_fragment(request: Request, session: sess.ConsoleSession, clusters, cluster_id: str,
-                           status_code: int = 200) -> HTMLResponse:
-    cluster, events = await asyncio.gather(_call(clusters.get_cluster.remote(session.principal, cluster_id)),
-                                           _call(clusters.cluster_events.remote(session.principal, cluster_id, 0)))
+async def _status_fragment(
+    request: Request, session: sess.ConsoleSession, clusters, cluster_id: str, status_code: int = 200
+) -> HTMLResponse:
+    cluster, events = await asyncio.gather(
+        _call(clusters.get_cluster.remote(session.principal, cluster_id)),
+        _call(clusters.cluster_events.remote(session.principal, cluster_id, 0)),
+    )
     connection = None
     if cluster["status"] in USABLE and session.principal.role is domain.Role.BUYER:
         connection = await _call(clusters.connection.remote(session.principal, cluster_id))
-    return _render(request, "_cluster_status.html", session, status_code=status_code, cluster=cluster,
-                   events=events, connection=connection, durations=DURATIONS,
-                   active=domain.ClusterStatus(cluster["status"]).is_active())
+    return _render(
+        request,
+        "_cluster_status.html",
+        session,
+        status_code=status_code,
+        cluster=cluster,
+        events=events,
+        connection=connection,
+        durations=DURATIONS,
+        active=domain.ClusterStatus(cluster["status"]).is_active(),
+    )
 
 
 @router.get("/console/clusters/{cluster_id}/status", response_class=HTMLResponse)
-async def cluster_status_fragment(request: Request, cluster_id: ClusterId, session: sess.Session,
-                                  clusters: deps.Clusters):
+async def cluster_status_fragment(
+    request: Request, cluster_id: ClusterId, session: sess.Session, clusters: deps.Clusters
+):
     """Status, nodes, every event so far and (once it runs) the connection details; polls itself while active."""
     return await _status_fragment(request, session, clusters, cluster_id)
 
@@ -225,25 +262,39 @@ async def machine_keys_fragment(request: Request, session: sess.Session, registr
 
 
 @router.post("/console/machine-keys/{key_id}/revoke", response_class=HTMLResponse)
-async def revoke_machine_key(request: Request, key_id: Annotated[str, FastApiPath(pattern=ids.AGENT_KEY_ID_PATTERN)],
-                             session: sess.ActingSession, registry: deps.Registry):
+async def revoke_machine_key(
+    request: Request,
+    key_id: Annotated[str, FastApiPath(pattern=ids.AGENT_KEY_ID_PATTERN)],
+    session: sess.ActingSession,
+    registry: deps.Registry,
+):
     await _call(registry.revoke_machine_key.remote(session.principal, key_id))
     return await machine_keys_fragment(request, session, registry)
 
 
 @router.get("/console/accounts", response_class=HTMLResponse)
-async def accounts_fragment(request: Request, session: sess.Session, registry: deps.Registry,
-                             clusters: deps.Clusters):
+async def accounts_fragment(request: Request, session: sess.Session, registry: deps.Registry, clusters: deps.Clusters):
     accounts = await _call(registry.list_accounts.remote(session.principal))
     buyers = [a for a in accounts if a["role"] == domain.Role.BUYER.value][:MAX_QUOTA_ROWS]
     quotas = await asyncio.gather(*(_call(clusters.get_quota.remote(session.principal, a["id"])) for a in buyers))
-    return _render(request, "_accounts.html", session, accounts=accounts,
-                   quotas={q["account_id"]: q for q in quotas}, limits=QUOTA_FIELDS)
+    return _render(
+        request,
+        "_accounts.html",
+        session,
+        accounts=accounts,
+        quotas={q["account_id"]: q for q in quotas},
+        limits=QUOTA_FIELDS,
+    )
 
 
 @router.post("/console/accounts/{account_id}/quota", response_class=HTMLResponse)
-async def set_quota(request: Request, account_id: Annotated[int, FastApiPath(ge=1, le=2**63 - 1)],
-                    session: sess.ActingSession, registry: deps.Registry, clusters: deps.Clusters):
+async def set_quota(
+    request: Request,
+    account_id: Annotated[int, FastApiPath(ge=1, le=2**63 - 1)],
+    session: sess.ActingSession,
+    registry: deps.Registry,
+    clusters: deps.Clusters,
+):
     """Admins: a buyer's limits; a field left empty takes the platform's default."""
     form = await request.form()
     fields = {name: str(form.get(name, "")).strip() or None for name in QUOTA_FIELDS}
@@ -257,43 +308,62 @@ async def set_quota(request: Request, account_id: Annotated[int, FastApiPath(ge=
 
 
 @router.get("/console/usage", response_class=HTMLResponse)
-async def usage_fragment(request: Request, session: sess.Session, clusters: deps.Clusters,
-                         window: Annotated[str, Query(pattern="^(" + "|".join(charts.WINDOWS) + ")$")] =
-                         charts.DEFAULT_WINDOW):
+async def usage_fragment(
+    request: Request,
+    session: sess.Session,
+    clusters: deps.Clusters,
+    window: Annotated[str, Query(pattern="^(" + "|".join(charts.WINDOWS) + ")$")] = charts.DEFAULT_WINDOW,
+):
     """Spend (buyers, admins) or earnings (providers) per hour or day: one GET /v1/usage call per bucket."""
     now = time.time()
     buckets = charts.buckets(window, now)
     first = buckets[0].start
     per_bucket, whole = await asyncio.gather(
         asyncio.gather(*(_call(clusters.usage.remote(session.principal, b.start, b.end)) for b in buckets)),
-        _call(clusters.usage.remote(session.principal, first, now)))
+        _call(clusters.usage.remote(session.principal, first, now)),
+    )
     money = "earnings" if whole["role"] == "provider" else "cost"
     title = ("Earnings" if money == "earnings" else "Spend") + f" per {'hour' if window == '24h' else 'day'}"
     svg = charts.bar_chart([b.label for b in buckets], [u["total"][money] for u in per_bucket], title=title)
-    return _render(request, "_usage.html", session, svg=svg, usage=whole, money=money, window=window,
-                   windows=list(charts.WINDOWS))
+    return _render(
+        request, "_usage.html", session, svg=svg, usage=whole, money=money, window=window, windows=list(charts.WINDOWS)
+    )
 
 
 # --- actions (same-origin, CSRF token) ---------------------------------------------------
 
+
 @router.post("/console/clusters", response_class=HTMLResponse)
-async def create_cluster(request: Request, session: sess.ActingSession, clusters: deps.Clusters,
-                         num_workers: Annotated[int, Form()], duration_s: Annotated[int, Form()],
-                         gpus_per_worker: Annotated[int, Form()] = 0, cpus_per_worker: Annotated[int, Form()] = 1,
-                         gpu_model: Annotated[str, Form(max_length=64)] = "",
-                         name: Annotated[str, Form(max_length=64)] = "",
-                         max_price_per_gpu_hour: Annotated[str, Form(max_length=32)] = "",
-                         max_price_per_cpu_hour: Annotated[str, Form(max_length=32)] = "",
-                         min_reliability: Annotated[str, Form(max_length=32)] = ""):
+async def create_cluster(
+    request: Request,
+    session: sess.ActingSession,
+    clusters: deps.Clusters,
+    num_workers: Annotated[int, Form()],
+    duration_s: Annotated[int, Form()],
+    gpus_per_worker: Annotated[int, Form()] = 0,
+    cpus_per_worker: Annotated[int, Form()] = 1,
+    gpu_model: Annotated[str, Form(max_length=64)] = "",
+    name: Annotated[str, Form(max_length=64)] = "",
+    max_price_per_gpu_hour: Annotated[str, Form(max_length=32)] = "",
+    max_price_per_cpu_hour: Annotated[str, Form(max_length=32)] = "",
+    min_reliability: Annotated[str, Form(max_length=32)] = "",
+):
     """POST /v1/clusters from the form: the same spec model, the same actor call; then its page. A number left
     empty is "any" (None), as a field left out of the API's body."""
     try:
-        spec = ClusterSpec.model_validate({
-            "num_workers": num_workers, "gpus_per_worker": gpus_per_worker, "cpus_per_worker": cpus_per_worker,
-            "duration_s": duration_s, "gpu_model": gpu_model or None, "name": name or None,
-            "max_price_per_gpu_hour": max_price_per_gpu_hour.strip() or None,
-            "max_price_per_cpu_hour": max_price_per_cpu_hour.strip() or None,
-            "min_reliability": min_reliability.strip() or None})
+        spec = ClusterSpec.model_validate(
+            {
+                "num_workers": num_workers,
+                "gpus_per_worker": gpus_per_worker,
+                "cpus_per_worker": cpus_per_worker,
+                "duration_s": duration_s,
+                "gpu_model": gpu_model or None,
+                "name": name or None,
+                "max_price_per_gpu_hour": max_price_per_gpu_hour.strip() or None,
+                "max_price_per_cpu_hour": max_price_per_cpu_hour.strip() or None,
+                "min_reliability": min_reliability.strip() or None,
+            }
+        )
     except pydantic.ValidationError as exc:
         message = "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors())
         raise ConsoleError(422, message) from None
@@ -302,15 +372,19 @@ async def create_cluster(request: Request, session: sess.ActingSession, clusters
 
 
 @router.post("/console/clusters/{cluster_id}/extend", response_class=HTMLResponse)
-async def extend_cluster(request: Request, cluster_id: ClusterId, session: sess.ActingSession,
-                         clusters: deps.Clusters, duration_s: Annotated[int, Form(ge=1, le=90 * 86_400)]):
+async def extend_cluster(
+    request: Request,
+    cluster_id: ClusterId,
+    session: sess.ActingSession,
+    clusters: deps.Clusters,
+    duration_s: Annotated[int, Form(ge=1, le=90 * 86_400)],
+):
     await _call(clusters.extend_cluster.remote(session.principal, cluster_id, duration_s))
     return await _status_fragment(request, session, clusters, cluster_id)
 
 
 @router.post("/console/clusters/{cluster_id}/delete", response_class=HTMLResponse)
-async def delete_cluster(request: Request, cluster_id: ClusterId, session: sess.ActingSession,
-                         clusters: deps.Clusters):
+async def delete_cluster(request: Request, cluster_id: ClusterId, session: sess.ActingSession, clusters: deps.Clusters):
     await _call(clusters.delete_cluster.remote(session.principal, cluster_id))
     return await _status_fragment(request, session, clusters, cluster_id)
 
@@ -326,5 +400,8 @@ async def static(name: str):
         raise ConsoleError(404, f"no such console asset: {name}")
     if name not in _STATIC_CACHE:
         _STATIC_CACHE[name] = resources.files("serve_app.console").joinpath("static", name).read_bytes()
-    return Response(_STATIC_CACHE[name], media_type=STATIC_TYPES[name],
-                    headers={"Cache-Control": "public, max-age=300", "X-Content-Type-Options": "nosniff"})
+    return Response(
+        _STATIC_CACHE[name],
+        media_type=STATIC_TYPES[name],
+        headers={"Cache-Control": "public, max-age=300", "X-Content-Type-Options": "nosniff"},
+    )

@@ -46,8 +46,9 @@ def _https(request: Request) -> bool:
 
 
 def set_cookie(response, request: Request, token: str, max_age_s: int) -> None:
-    response.set_cookie(COOKIE_NAME, token, max_age=max_age_s, path="/", httponly=True, samesite="strict",
-                        secure=_https(request))
+    response.set_cookie(
+        COOKIE_NAME, token, max_age=max_age_s, path="/", httponly=True, samesite="strict", secure=_https(request)
+    )
 
 
 def clear_cookie(response) -> None:
@@ -78,8 +79,9 @@ async def optional_session(request: Request) -> ConsoleSession | None:
     return ConsoleSession(principal, token)
 
 
-async def current_session(request: Request,
-                          session: Annotated[ConsoleSession | None, Depends(optional_session)]) -> ConsoleSession:
+async def current_session(
+    request: Request, session: Annotated[ConsoleSession | None, Depends(optional_session)]
+) -> ConsoleSession:
     if session is None:
         raise sign_in_needed(request, "sign in to the console")
     return session
@@ -97,8 +99,9 @@ def check_origin(request: Request) -> None:
         raise HTTPException(403, detail=f"cross-origin request refused (from {origin})")
 
 
-async def acting_session(request: Request,
-                         session: Annotated[ConsoleSession, Depends(current_session)]) -> ConsoleSession:
+async def acting_session(
+    request: Request, session: Annotated[ConsoleSession, Depends(current_session)]
+) -> ConsoleSession:
     """For every console action: a session, a same-origin request and the session's CSRF token."""
     check_origin(request)
     sent = request.headers.get(CSRF_HEADER, "")

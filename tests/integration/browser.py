@@ -18,12 +18,21 @@ def chromium(profile_dir: Path, *, window: str = "1280,1400"):
     """A headless Chromium with a profile of its own; quit (with its chromedriver) at the end."""
     webdriver = pytest.importorskip("selenium.webdriver")
     if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
-        pytest.fail("browser tests need Debian's chromium and chromium-driver (apt-get install -y chromium "
-                    "chromium-driver; .ci/run installs them)")
+        pytest.fail(
+            "browser tests need Debian's chromium and chromium-driver (apt-get install -y chromium "
+            "chromium-driver; .ci/run installs them)"
+        )
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                f"--window-size={window}", f"--user-data-dir={profile_dir / 'chromium'}", "--no-first-run"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        f"--window-size={window}",
+        f"--user-data-dir={profile_dir / 'chromium'}",
+        "--no-first-run",
+    ):
         options.add_argument(arg)
     service = webdriver.ChromeService(executable_path=CHROMEDRIVER, log_output=str(profile_dir / "chromedriver.log"))
     driver = webdriver.Chrome(options=options, service=service)

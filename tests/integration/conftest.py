@@ -70,8 +70,9 @@ def running_platform(prefix: str = "dcl-it-"):
     state_dir, work_dir = root / "state", root / "work"
     work_dir.mkdir()
     port = procs.free_port()
-    launcher = platform_mod.PlatformLauncher(state_dir, port=port, providers=0, heartbeat_s=HEARTBEAT_S,
-                                             settings=SETTINGS)
+    launcher = platform_mod.PlatformLauncher(
+        state_dir, port=port, providers=0, heartbeat_s=HEARTBEAT_S, settings=SETTINGS
+    )
     try:
         result = launcher.up()
         running = RunningPlatform(launcher, result.api_url, state_dir, work_dir)
@@ -104,8 +105,13 @@ def market(platform):
     for _ in range(2):
         provider = Api.sign_up(platform.url, "provider")
         agents.append(platform.start_agent(provider, extra_args=("--cpus", "4")))
-        machines.append(wait_for(lambda: [m for m in provider.get("/v1/machines").json()
-                                          if m["status"] == "online"], timeout_s=60, what="market machine")[0])
+        machines.append(
+            wait_for(
+                lambda: [m for m in provider.get("/v1/machines").json() if m["status"] == "online"],
+                timeout_s=60,
+                what="market machine",
+            )[0]
+        )
     yield [m["id"] for m in machines]
     for agent in agents:
         agent.stop(grace_s=5)

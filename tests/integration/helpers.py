@@ -58,8 +58,16 @@ def runtime_args() -> tuple[str, ...]:
 class LocalAgent:
     """A real `dcluster-agent` process for one provider account, stopped by its owner tag."""
 
-    def __init__(self, base_url: str, username: str, password: str, work_dir: Path, *, name: str | None = None,
-                 extra_args: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        base_url: str,
+        username: str,
+        password: str,
+        work_dir: Path,
+        *,
+        name: str | None = None,
+        extra_args: tuple[str, ...] = (),
+    ):
         self.tag = unique("dcl-test-agent")
         self.state_dir = work_dir / self.tag
         self.state_dir.mkdir(parents=True, mode=0o700)
@@ -68,9 +76,20 @@ class LocalAgent:
         password_file.chmod(0o600)
         if "--runtime" not in extra_args:
             extra_args = (*runtime_args(), *extra_args)
-        self.cmd = [str(Path(sys.executable).parent / "dcluster-agent"), "--platform-url", base_url,
-                    "--username", username, "--password-file", str(password_file),
-                    "--state-dir", str(self.state_dir / "agent"), "--name", name or self.tag, *extra_args]
+        self.cmd = [
+            str(Path(sys.executable).parent / "dcluster-agent"),
+            "--platform-url",
+            base_url,
+            "--username",
+            username,
+            "--password-file",
+            str(password_file),
+            "--state-dir",
+            str(self.state_dir / "agent"),
+            "--name",
+            name or self.tag,
+            *extra_args,
+        ]
         self.log = self.state_dir / "agent.log"
         self.proc = None
 
@@ -95,36 +114,57 @@ class FakeMachines:
     """Machines registered through the API by the test itself (no agent: nothing answers their work),
     kept online by heartbeats from a background thread until stop(), which makes them leave."""
 
-    def __init__(self, provider: Api, specs: list[dict], *, price_per_gpu_hour: float = 1.0,
-                 price_per_cpu_hour: float = 0.01, beat_s: float = 1.0):
+    def __init__(
+        self,
+        provider: Api,
+        specs: list[dict],
+        *,
+        price_per_gpu_hour: float = 1.0,
+        price_per_cpu_hour: float = 0.01,
+        beat_s: float = 1.0,
+    ):
         import threading
 
         self.provider = provider
         self.ids: list[str] = []
         for spec in specs:
             key = unique("fake-machine")
-            r = provider.post("/v1/machines", json={"machine_key": key, "name": key, "spec": spec,
-                                                    "price_per_gpu_hour": price_per_gpu_hour,
-                                                    "price_per_cpu_hour": price_per_cpu_hour})
+            r = provider.post(
+                "/v1/machines",
+                json={
+                    "machine_key": key,
+                    "name": key,
+                    "spec": spec,
+                    "price_per_gpu_hour": price_per_gpu_hour,
+                    "price_per_cpu_hour": price_per_cpu_hour,
+                },
+            )
             assert r.status_code in (200, 201), r.text
             self.ids.append(r.json()["id"])
         self._stop = threading.Event()
         self._beat_s = beat_s
         self.slowest_beat_s = 0.0  # the longest a heartbeat took to be answered
         # A thread per machine: one slow answer on a busy platform must not make the others miss beats.
-        self._threads = [threading.Thread(target=self._beat, args=(mid,), name=f"beat-{mid}", daemon=True)
-                         for mid in self.ids]
+        self._threads = [
+            threading.Thread(target=self._beat, args=(mid,), name=f"beat-{mid}", daemon=True) for mid in self.ids
+        ]
         for thread in self._threads:
             thread.start()
 
     @staticmethod
     def spec(cpus: int = 1, gpus: int = 0, model: str = "NVIDIA T4") -> dict:
-        return {"hostname": unique("fake"), "cpus": cpus, "memory_mb": 4096, "gpus_declared": True,
-                "gpus": [{"index": i, "model": model, "memory_mb": 16000} for i in range(gpus)]}
+        return {
+            "hostname": unique("fake"),
+            "cpus": cpus,
+            "memory_mb": 4096,
+            "gpus_declared": True,
+            "gpus": [{"index": i, "model": model, "memory_mb": 16000} for i in range(gpus)],
+        }
 
     def _beat(self, machine_id: str) -> None:
-        with httpx.Client(base_url=self.provider.base_url, timeout=10,
-                          headers=dict(self.provider.http.headers)) as beats:
+        with httpx.Client(
+            base_url=self.provider.base_url, timeout=10, headers=dict(self.provider.http.headers)
+        ) as beats:
             while not self._stop.wait(self._beat_s):
                 started = time.monotonic()
                 try:

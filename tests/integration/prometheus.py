@@ -35,11 +35,24 @@ class PrometheusServer:
         self.root.mkdir(parents=True, exist_ok=True)
         config = self.root / "prometheus.yml"
         # YAML is a superset of JSON: the config is written as JSON.
-        config.write_text(json.dumps({"global": {"scrape_interval": f"{SCRAPE_INTERVAL_S}s",
-                                                 "evaluation_interval": f"{SCRAPE_INTERVAL_S}s"},
-                                      "scrape_configs": self.scrape_configs}, indent=2))
-        cmd = [self.binary, f"--config.file={config}", f"--storage.tsdb.path={self.root / 'data'}",
-               f"--web.listen-address=127.0.0.1:{self.port}"]
+        config.write_text(
+            json.dumps(
+                {
+                    "global": {
+                        "scrape_interval": f"{SCRAPE_INTERVAL_S}s",
+                        "evaluation_interval": f"{SCRAPE_INTERVAL_S}s",
+                    },
+                    "scrape_configs": self.scrape_configs,
+                },
+                indent=2,
+            )
+        )
+        cmd = [
+            self.binary,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={self.root / 'data'}",
+            f"--web.listen-address=127.0.0.1:{self.port}",
+        ]
         procs.spawn(cmd, env=dict(os.environ), log_path=self.log, owner_tag=self.tag)
         self.started_at = time.time()
         try:
@@ -70,5 +83,9 @@ class PrometheusServer:
     def graph_url(self, expr: str) -> str:
         """Prometheus' own web UI (Debian ships the classic one) graphing expr since this server started."""
         range_s = max(60, int(time.time() - self.started_at) + 5)
-        return str(httpx.URL(f"{self.url}/classic/graph", params={
-            "g0.expr": expr, "g0.tab": "0", "g0.range_input": f"{range_s}s", "g0.stacked": "0"}))
+        return str(
+            httpx.URL(
+                f"{self.url}/classic/graph",
+                params={"g0.expr": expr, "g0.tab": "0", "g0.range_input": f"{range_s}s", "g0.stacked": "0"},
+            )
+        )

@@ -34,8 +34,11 @@ def test_seed_paths_work_as_the_seed_documents(platform):
     name = unique("gpu_provider")
     r = api.post("/register", json={"username": name, "password": "securepassword"})
     assert r.status_code == 201 and r.json()["role"] == "provider"
-    r = api.post("/token", data={"username": name, "password": "securepassword"},
-                 headers={"Content-Type": "application/x-www-form-urlencoded"})
+    r = api.post(
+        "/token",
+        data={"username": name, "password": "securepassword"},
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
     assert r.status_code == 200
     me = Api(platform.url, r.json()["access_token"]).get("/providers/me")
     assert me.status_code == 200 and me.json()["username"] == name
@@ -44,20 +47,25 @@ def test_seed_paths_work_as_the_seed_documents(platform):
 
 def test_duplicate_username_is_409_and_keeps_the_first_password(platform):
     first = Api.sign_up(platform.url, "buyer")
-    r = Api(platform.url).post("/v1/accounts", json={"username": first.username, "password": "different-pw",
-                                                     "role": "provider"})
+    r = Api(platform.url).post(
+        "/v1/accounts", json={"username": first.username, "password": "different-pw", "role": "provider"}
+    )
     assert r.status_code == 409 and first.username in r.json()["detail"]
-    assert Api(platform.url).post("/v1/token", data={"username": first.username,
-                                                     "password": "password123"}).status_code == 200
+    assert (
+        Api(platform.url).post("/v1/token", data={"username": first.username, "password": "password123"}).status_code
+        == 200
+    )
     assert first.get("/v1/accounts/me").json()["role"] == "buyer"
 
 
 def test_admin_role_cannot_be_self_assigned(platform):
-    r = Api(platform.url).post("/v1/accounts", json={"username": unique("boss"), "password": "password123",
-                                                     "role": "admin"})
+    r = Api(platform.url).post(
+        "/v1/accounts", json={"username": unique("boss"), "password": "password123", "role": "admin"}
+    )
     assert r.status_code == 403
-    r = platform.admin().post("/v1/accounts", json={"username": unique("ops"), "password": "password123",
-                                                    "role": "admin"})
+    r = platform.admin().post(
+        "/v1/accounts", json={"username": unique("ops"), "password": "password123", "role": "admin"}
+    )
     assert r.status_code == 201
 
 
@@ -80,8 +88,10 @@ def test_tokens_missing_forged_expired_are_401(platform):
 def test_roles_are_enforced_with_403(platform):
     buyer = Api.sign_up(platform.url, "buyer")
     assert buyer.get("/v1/machines").status_code == 403
-    r = buyer.post("/v1/machines", json={"machine_key": "mk-abcdefgh", "name": "x",
-                                         "spec": {"hostname": "h", "cpus": 1, "memory_mb": 1}})
+    r = buyer.post(
+        "/v1/machines",
+        json={"machine_key": "mk-abcdefgh", "name": "x", "spec": {"hostname": "h", "cpus": 1, "memory_mb": 1}},
+    )
     assert r.status_code == 403 and "provider" in r.json()["detail"]
     assert buyer.get("/v1/offers").status_code == 200
 
@@ -89,8 +99,10 @@ def test_roles_are_enforced_with_403(platform):
 def test_failed_logins_are_rate_limited(platform):
     user = Api.sign_up(platform.url, "buyer")
     anon = Api(platform.url)
-    codes = [anon.post("/v1/token", data={"username": user.username, "password": "wrong-password"}).status_code
-             for _ in range(11)]
+    codes = [
+        anon.post("/v1/token", data={"username": user.username, "password": "wrong-password"}).status_code
+        for _ in range(11)
+    ]
     assert codes[:10] == [401] * 10 and codes[10] == 429
     r = anon.post("/v1/token", data={"username": user.username, "password": "password123"})
     assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1
@@ -108,12 +120,12 @@ def test_openapi_and_docs(platform):
 
 BAD_ACCOUNT_BODIES = [
     ("malformed json", b'{"username": "abc", ', 422),
-    ("not an object", b'[1, 2, 3]', 422),
+    ("not an object", b"[1, 2, 3]", 422),
     ("wrong type", b'{"username": 123, "password": "password123"}', 422),
     ("short username", b'{"username": "ab", "password": "password123"}', 422),
     ("long username", b'{"username": "' + b"a" * 65 + b'", "password": "password123"}', 422),
     ("odd characters", b'{"username": "Robert\'); DROP TABLE accounts;--", "password": "password123"}', 422),
-    ("unicode username", "{\"username\": \"\u00e9l\u00e8ve\", \"password\": \"password123\"}".encode(), 422),
+    ("unicode username", '{"username": "\u00e9l\u00e8ve", "password": "password123"}'.encode(), 422),
     ("null byte", b'{"username": "abc\\u0000def", "password": "password123"}', 422),
     ("short password", b'{"username": "okname", "password": "short"}', 422),
     ("password over 72 bytes", b'{"username": "okname", "password": "' + b"p" * 73 + b'"}', 422),
@@ -128,8 +140,9 @@ def test_bad_account_input_is_4xx_and_changes_nothing(platform, label, body, sta
     witness = Api.sign_up(platform.url, "buyer")
     name = unique("ok")  # a fresh name per case: the check below must not trip the login limiter
     body = body.replace(b"okname", name.encode())
-    r = httpx.post(platform.url + "/v1/accounts", content=body, headers={"Content-Type": "application/json"},
-                   timeout=30)
+    r = httpx.post(
+        platform.url + "/v1/accounts", content=body, headers={"Content-Type": "application/json"}, timeout=30
+    )
     assert r.status_code == status, r.text
     assert "detail" in r.json()
     assert witness.get("/v1/accounts/me").json()["username"] == witness.username

@@ -22,14 +22,18 @@ def online(provider: Api) -> list[dict]:
 def test_agent_registers_heartbeats_goes_offline_and_comes_back(agents):
     platform = agents
     provider = Api.sign_up(platform.url, "provider")
-    agent = platform.start_agent(provider, extra_args=("--gpus", "2", "--gpu-model", "Test GPU 24GB",
-                                                       "--price-per-gpu-hour", "0.75"))
+    agent = platform.start_agent(
+        provider, extra_args=("--gpus", "2", "--gpu-model", "Test GPU 24GB", "--price-per-gpu-hour", "0.75")
+    )
     machine = wait_for(lambda: (online(provider) or [None])[0], timeout_s=60, what="agent's machine online")
     assert machine["spec"]["gpus_declared"] is True and len(machine["spec"]["gpus"]) == 2
     assert machine["spec"]["cpus"] >= 1 and machine["spec"]["memory_mb"] > 0
     first_beat = machine["last_heartbeat"]
-    wait_for(lambda: provider.get(f"/v1/machines/{machine['id']}").json()["last_heartbeat"] > first_beat,
-             timeout_s=15, what="a later heartbeat")
+    wait_for(
+        lambda: provider.get(f"/v1/machines/{machine['id']}").json()["last_heartbeat"] > first_beat,
+        timeout_s=15,
+        what="a later heartbeat",
+    )
     assert provider.get(f"/v1/machines/{machine['id']}").json()["usage"] is not None
 
     offers = provider.get("/v1/offers").json()
@@ -89,22 +93,40 @@ def test_the_password_enrolls_once_then_a_revoked_machine_key_stops_the_agent(ag
         # One machine's key can neither read nor answer another machine's work, nor act as the provider.
         assert keyed.get(f"/v1/machines/{other_id}/work", params={"wait_s": 0}).status_code == 404
         assert keyed.post(f"/v1/machines/{other_id}/heartbeat", json={}).status_code == 404
-        assert keyed.post(f"/v1/machines/{other_id}/results/w-000000000000",
-                          json={"ok": True, "exit_code": 0, "output": "", "data": {}}).status_code == 404
+        assert (
+            keyed.post(
+                f"/v1/machines/{other_id}/results/w-000000000000",
+                json={"ok": True, "exit_code": 0, "output": "", "data": {}},
+            ).status_code
+            == 404
+        )
         assert keyed.get("/v1/machine-keys").status_code == 401
         assert keyed.get("/v1/clusters").status_code == 401
         forged = key[:-4] + ("AAAA" if not key.endswith("AAAA") else "BBBB")
-        assert httpx.post(f"{platform.url}/v1/machines/{machine_id}/heartbeat", json={}, timeout=30,
-                          headers={"Authorization": f"Bearer {forged}"}).status_code == 401
+        assert (
+            httpx.post(
+                f"{platform.url}/v1/machines/{machine_id}/heartbeat",
+                json={},
+                timeout=30,
+                headers={"Authorization": f"Bearer {forged}"},
+            ).status_code
+            == 401
+        )
 
         # Restarted without any password, the agent comes back on its key alone.
         first.stop()
-        wait_for(lambda: provider.get(f"/v1/machines/{machine_id}").json()["status"] == "gone", timeout_s=30,
-                 what="machine gone")
+        wait_for(
+            lambda: provider.get(f"/v1/machines/{machine_id}").json()["status"] == "gone",
+            timeout_s=30,
+            what="machine gone",
+        )
         (first.state_dir / "password").write_text("")
         first.start()
-        wait_for(lambda: provider.get(f"/v1/machines/{machine_id}").json()["status"] == "online",
-                 timeout_s=90, what="machine back online on its key")
+        wait_for(
+            lambda: provider.get(f"/v1/machines/{machine_id}").json()["status"] == "online",
+            timeout_s=90,
+            what="machine back online on its key",
+        )
         assert "signed in as" not in first.log_text().split("received SIGTERM")[-1]
 
         keys = provider.get("/v1/machine-keys").json()

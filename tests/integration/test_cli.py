@@ -28,12 +28,18 @@ class Cli:
         self.home = tmp_path / "home"
         self.home.mkdir()
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "DCLUSTER_"))}
-        self.env.update({"DCLUSTER_CONFIG_DIR": str(self.config_dir), "HOME": str(self.home),
-                         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"})
+        self.env.update(
+            {
+                "DCLUSTER_CONFIG_DIR": str(self.config_dir),
+                "HOME": str(self.home),
+                "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+            }
+        )
 
     def __call__(self, *args: str, timeout_s: float = 300) -> subprocess.CompletedProcess:
-        return subprocess.run([DCLUSTER, *args], env=self.env, capture_output=True, text=True, timeout=timeout_s,
-                              stdin=subprocess.DEVNULL)
+        return subprocess.run(
+            [DCLUSTER, *args], env=self.env, capture_output=True, text=True, timeout=timeout_s, stdin=subprocess.DEVNULL
+        )
 
     def json(self, *args: str, code: int = 0) -> dict | list:
         r = self(*args, "--json")
@@ -82,8 +88,9 @@ def test_buyer_cli_end_to_end(market, platform, tmp_path):
         r = cli("cluster", "connect", cid)
         assert r.returncode == 0, r.stderr
         assert [shlex.split(line)[0] for line in r.stdout.splitlines()] == ["export"] * 3
-        script = f'eval "$({shlex.quote(DCLUSTER)} cluster connect {cid})" && ' \
-                 f'ray job submit -- python -c "print(6 * 7)"'
+        script = (
+            f'eval "$({shlex.quote(DCLUSTER)} cluster connect {cid})" && ray job submit -- python -c "print(6 * 7)"'
+        )
         job = subprocess.run(["bash", "-c", script], env=cli.env, capture_output=True, text=True, timeout=300)
         assert job.returncode == 0, job.stdout + job.stderr
         assert "42" in job.stdout

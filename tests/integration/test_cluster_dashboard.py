@@ -43,6 +43,7 @@ class Canary:
 
             def log_message(self, *args):
                 pass
+
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", procs.free_port()), Handler)
         self.address = f"127.0.0.1:{self.server.server_port}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
@@ -62,9 +63,14 @@ def prometheus(platform, tmp_path_factory):
     token_file = root / "buyer-token"
     token_file.touch(mode=0o600)
     platform_port = platform.record["ray_ports"]["metrics_export"]
-    jobs = [{"job_name": "dcluster-platform", "static_configs": [{"targets": [f"127.0.0.1:{platform_port}"]}]},
-            {"job_name": "buyer-cluster", "authorization": {"type": "Bearer", "credentials_file": str(token_file)},
-             "file_sd_configs": [{"files": [str(buyer_targets)], "refresh_interval": "2s"}]}]
+    jobs = [
+        {"job_name": "dcluster-platform", "static_configs": [{"targets": [f"127.0.0.1:{platform_port}"]}]},
+        {
+            "job_name": "buyer-cluster",
+            "authorization": {"type": "Bearer", "credentials_file": str(token_file)},
+            "file_sd_configs": [{"files": [str(buyer_targets)], "refresh_interval": "2s"}],
+        },
+    ]
     with PrometheusServer(root, jobs) as server:
         server.buyer_targets, server.token_file = buyer_targets, token_file
         yield server
@@ -97,16 +103,18 @@ def test_the_owner_reads_its_heads_dashboard_and_metrics_through_the_platform(cl
     rows = nodes.json()["data"]["result"]["result"]
     # Exactly this cluster's nodes (the platform's own cluster has no such labels).
     assert {r["labels"].get("dcluster.io/cluster") for r in rows} == {cid}
-    assert {r["labels"].get("dcluster.io/lease") for r in rows} >= {n["id"] for n in c["nodes"]
-                                                                     if n["role"] == "worker"}
+    assert {r["labels"].get("dcluster.io/lease") for r in rows} >= {
+        n["id"] for n in c["nodes"] if n["role"] == "worker"
+    }
     page = buyer.get(f"/v1/clusters/{cid}/dashboard/")
     assert page.status_code == 200 and "<html" in page.text.lower()
     jobs = buyer.get(f"/v1/clusters/{cid}/dashboard/api/jobs/")
     assert jobs.status_code == 200 and jobs.json() == []
 
     # `dcluster cluster dashboard ID --forward`: the same, for a local browser, page scripts included.
-    forward = dashboard_forward.DashboardForward(conn["dashboard_proxy_url"],
-                                                 buyer.http.headers["Authorization"].removeprefix("Bearer ")).start()
+    forward = dashboard_forward.DashboardForward(
+        conn["dashboard_proxy_url"], buyer.http.headers["Authorization"].removeprefix("Bearer ")
+    ).start()
     try:
         index = httpx.get(forward.url, timeout=30)
         assert index.status_code == 200 and index.text == page.text
@@ -121,9 +129,14 @@ def test_the_owner_reads_its_heads_dashboard_and_metrics_through_the_platform(cl
 
     worker = next(n for n in c["nodes"] if n["role"] == "worker")
     for params in ({}, {"node": worker["id"]}):
-        text = wait_for(lambda: (t := buyer.get(f"/v1/clusters/{cid}/metrics", params=params).text)
-                        and "ray_node_cpu_count" in t and t, timeout_s=120, interval_s=2,
-                        what=f"the cluster's metrics {params}")
+        text = wait_for(
+            lambda: (
+                (t := buyer.get(f"/v1/clusters/{cid}/metrics", params=params).text) and "ray_node_cpu_count" in t and t
+            ),
+            timeout_s=120,
+            interval_s=2,
+            what=f"the cluster's metrics {params}",
+        )
         assert text.startswith("# HELP") or "\n# TYPE " in text
 
 
@@ -142,14 +155,16 @@ def test_another_buyer_no_token_and_path_tricks_get_nothing(cluster, platform):
     try:
         host, port = platform.url.removeprefix("http://").split(":")
         token = buyer.http.headers["Authorization"]
-        tricks = [f"/v1/clusters/{cid}/dashboard/../../../../v1/accounts",
-                  f"/v1/clusters/{cid}/dashboard/%2e%2e/%2e%2e/%2e%2e/v1/offers",
-                  f"/v1/clusters/{cid}/dashboard/..%2F..%2F..%2Fhealthz",
-                  f"/v1/clusters/{cid}/dashboard//{canary.address}/x",
-                  f"/v1/clusters/{cid}/dashboard/%2F%2F{canary.address}/x",
-                  f"/v1/clusters/{cid}/dashboard/http:%2F%2F{canary.address}/",
-                  f"/v1/clusters/{cid}/dashboard/%252e%252e/x",
-                  f"/v1/clusters/{cid}/metrics?node=http://{canary.address}/"]
+        tricks = [
+            f"/v1/clusters/{cid}/dashboard/../../../../v1/accounts",
+            f"/v1/clusters/{cid}/dashboard/%2e%2e/%2e%2e/%2e%2e/v1/offers",
+            f"/v1/clusters/{cid}/dashboard/..%2F..%2F..%2Fhealthz",
+            f"/v1/clusters/{cid}/dashboard//{canary.address}/x",
+            f"/v1/clusters/{cid}/dashboard/%2F%2F{canary.address}/x",
+            f"/v1/clusters/{cid}/dashboard/http:%2F%2F{canary.address}/",
+            f"/v1/clusters/{cid}/dashboard/%252e%252e/x",
+            f"/v1/clusters/{cid}/metrics?node=http://{canary.address}/",
+        ]
         answers = {}
         for raw in tricks:  # http.client sends the path as written: no client-side clean-up of dot segments
             conn = http.client.HTTPConnection(host, int(port), timeout=30)
@@ -160,8 +175,9 @@ def test_another_buyer_no_token_and_path_tricks_get_nothing(cluster, platform):
         assert all(status in (400, 404, 422) for status, _ in answers.values()), answers
         # An absolute-form request naming the canary is still the platform's route, to the buyer's head only.
         conn = http.client.HTTPConnection(host, int(port), timeout=30)
-        conn.request("GET", f"http://{canary.address}/v1/clusters/{cid}/dashboard/api/jobs/",
-                     headers={"Authorization": token})
+        conn.request(
+            "GET", f"http://{canary.address}/v1/clusters/{cid}/dashboard/api/jobs/", headers={"Authorization": token}
+        )
         resp = conn.getresponse()
         assert resp.status == 200 and json.loads(resp.read()) == []
         conn.close()
@@ -170,15 +186,17 @@ def test_another_buyer_no_token_and_path_tricks_get_nothing(cluster, platform):
         canary.close()
 
 
-def test_prometheus_scrapes_the_platform_and_the_buyers_cluster_and_graphs_them(cluster, platform, prometheus,
-                                                                                  tmp_path):
+def test_prometheus_scrapes_the_platform_and_the_buyers_cluster_and_graphs_them(
+    cluster, platform, prometheus, tmp_path
+):
     buyer, c = cluster
     cid = c["id"]
     # The buyer's scrape job, as it would write it: its cluster's metrics path, its platform token in a file.
     prometheus.token_file.write_text(buyer.http.headers["Authorization"].removeprefix("Bearer "))
     api = platform.url.removeprefix("http://")
-    prometheus.buyer_targets.write_text(json.dumps([{"targets": [api], "labels": {
-        "__metrics_path__": f"/v1/clusters/{cid}/metrics", "cluster": cid}}]))
+    prometheus.buyer_targets.write_text(
+        json.dumps([{"targets": [api], "labels": {"__metrics_path__": f"/v1/clusters/{cid}/metrics", "cluster": cid}}])
+    )
 
     # Traffic for the graphs: reads, the proxied dashboard, and refused sign-ins, for a few export periods.
     anonymous = Api(platform.url)
@@ -193,29 +211,61 @@ def test_prometheus_scrapes_the_platform_and_the_buyers_cluster_and_graphs_them(
 
     def found(expr: str, check=lambda v: v > 0):
         return lambda: (rows := prometheus.query(expr)) and any(check(float(r["value"][1])) for r in rows) and rows
-    wait_for(found('up{job="dcluster-platform"}', lambda v: v == 1), timeout_s=60, interval_s=2,
-             what="Prometheus scraping the platform")
-    wait_for(found('ray_dcluster_clusters{state="running"}'), timeout_s=120, interval_s=2,
-             what="the platform's clusters gauge in Prometheus")
-    wait_for(found(f'sum(ray_dcluster_api_latency_seconds_count{{route="{DASHBOARD_ROUTE}"}})'), timeout_s=120,
-             interval_s=2, what="the proxied dashboard's requests in the platform's API latency")
-    wait_for(found('sum(ray_dcluster_sign_in_failures_total{reason="wrong_credentials"})'), timeout_s=120,
-             interval_s=2, what="refused sign-ins in Prometheus")
-    wait_for(found(f'up{{job="buyer-cluster", cluster="{cid}"}}', lambda v: v == 1), timeout_s=60, interval_s=2,
-             what=f"Prometheus scraping cluster {cid} through the platform: {prometheus.targets()}")
-    wait_for(found(f'count({{job="buyer-cluster", cluster="{cid}", __name__=~"ray_node_.+"}})'), timeout_s=120,
-             interval_s=2, what="the buyer cluster's node metrics in Prometheus")
+
+    wait_for(
+        found('up{job="dcluster-platform"}', lambda v: v == 1),
+        timeout_s=60,
+        interval_s=2,
+        what="Prometheus scraping the platform",
+    )
+    wait_for(
+        found('ray_dcluster_clusters{state="running"}'),
+        timeout_s=120,
+        interval_s=2,
+        what="the platform's clusters gauge in Prometheus",
+    )
+    wait_for(
+        found(f'sum(ray_dcluster_api_latency_seconds_count{{route="{DASHBOARD_ROUTE}"}})'),
+        timeout_s=120,
+        interval_s=2,
+        what="the proxied dashboard's requests in the platform's API latency",
+    )
+    wait_for(
+        found('sum(ray_dcluster_sign_in_failures_total{reason="wrong_credentials"})'),
+        timeout_s=120,
+        interval_s=2,
+        what="refused sign-ins in Prometheus",
+    )
+    wait_for(
+        found(f'up{{job="buyer-cluster", cluster="{cid}"}}', lambda v: v == 1),
+        timeout_s=60,
+        interval_s=2,
+        what=f"Prometheus scraping cluster {cid} through the platform: {prometheus.targets()}",
+    )
+    wait_for(
+        found(f'count({{job="buyer-cluster", cluster="{cid}", __name__=~"ray_node_.+"}})'),
+        timeout_s=120,
+        interval_s=2,
+        what="the buyer cluster's node metrics in Prometheus",
+    )
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    graphs = {"api-requests-by-route": "sum by (route) (rate(ray_dcluster_api_latency_seconds_count[30s]))",
-              "clusters-by-state": "max by (state) (ray_dcluster_clusters)",
-              "buyer-cluster-cpu": f'ray_node_cpu_utilization{{job="buyer-cluster", cluster="{cid}"}}'}
+    graphs = {
+        "api-requests-by-route": "sum by (route) (rate(ray_dcluster_api_latency_seconds_count[30s]))",
+        "clusters-by-state": "max by (state) (ray_dcluster_clusters)",
+        "buyer-cluster-cpu": f'ray_node_cpu_utilization{{job="buyer-cluster", cluster="{cid}"}}',
+    }
     with browser_mod.chromium(tmp_path, window="1400,1150") as driver:  # the legend is below the graph
         from selenium.webdriver.common.by import By
+
         for name, expr in graphs.items():
             driver.get(prometheus.graph_url(expr))
-            wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, ".graph svg path"), timeout_s=30,
-                     interval_s=0.5, what=f"Prometheus graphing {expr}")
+            wait_for(
+                lambda: driver.find_elements(By.CSS_SELECTOR, ".graph svg path"),
+                timeout_s=30,
+                interval_s=0.5,
+                what=f"Prometheus graphing {expr}",
+            )
             time.sleep(1)  # the legend is drawn after the lines
             path = ARTIFACTS / f"{name}.png"
             driver.save_screenshot(str(path))

@@ -29,6 +29,7 @@ def wait_status(buyer: Api, cid: str, wanted: str, timeout_s: float = 240) -> di
         if c["status"] in ("failed", "terminated", "expired") and c["status"] != wanted:
             raise AssertionError(f"cluster ended {c['status']}: {c['reason']}\n{events_text(buyer, cid)}")
         return c if c["status"] == wanted else None
+
     try:
         return wait_for(check, timeout_s=timeout_s, interval_s=0.5, what=f"cluster {cid} {wanted}")
     except AssertionError as exc:
@@ -43,8 +44,13 @@ def submit(env_extra: dict, address: str, tmp_path: Path) -> subprocess.Complete
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env["HOME"] = str(tmp_path)  # never a ~/.ray/auth_token of the machine's user
     env.update(env_extra)
-    return subprocess.run([RAY, "job", "submit", "--address", address, "--working-dir", str(EXAMPLES),
-                           "--", "python", "train.py"], env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [RAY, "job", "submit", "--address", address, "--working-dir", str(EXAMPLES), "--", "python", "train.py"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_cluster_runs_jobs_with_its_token_only(market, platform, tmp_path):
@@ -69,8 +75,10 @@ def test_cluster_runs_jobs_with_its_token_only(market, platform, tmp_path):
 
     no_token = submit({}, conn["dashboard_url"], tmp_path)
     assert no_token.returncode != 0
-    assert "unauthorized" in (no_token.stdout + no_token.stderr).lower() or \
-           "authentication" in (no_token.stdout + no_token.stderr).lower()
+    assert (
+        "unauthorized" in (no_token.stdout + no_token.stderr).lower()
+        or "authentication" in (no_token.stdout + no_token.stderr).lower()
+    )
 
     other = Api.sign_up(platform.url, "buyer")
     assert other.get(f"/v1/clusters/{cid}").status_code == 404
@@ -99,6 +107,7 @@ def test_cluster_runs_jobs_with_its_token_only(market, platform, tmp_path):
     assert buyer.get(f"/v1/clusters/{cid}/logs/jobs/no_such_job").status_code == 404
     assert buyer.get(f"/v1/clusters/{cid}/logs/file", params={"name": "../etc/passwd"}).status_code == 422
     from tests.integration.test_cli import Cli
+
     (tmp_path / "cli").mkdir()
     cli = Cli(tmp_path / "cli")
     password_file = tmp_path / "buyer-password"
@@ -154,11 +163,16 @@ def test_seed_cluster_paths(market, platform):
 
 def test_bad_cluster_requests_are_4xx(platform):
     buyer = Api.sign_up(platform.url, "buyer")
-    for body in ({"num_workers": 0, "duration_s": 600}, {"num_workers": 65, "duration_s": 600},
-                 {"num_workers": 1, "duration_s": 59}, {"num_workers": 1, "duration_s": 604801},
-                 {"num_workers": 1, "duration_s": 600, "gpus_per_worker": 9},
-                 {"num_workers": 1, "duration_s": 600, "backend": "gcp"},
-                 {"num_workers": 1, "duration_s": 600, "surprise": 1}, {"num_workers": "two", "duration_s": 600}):
+    for body in (
+        {"num_workers": 0, "duration_s": 600},
+        {"num_workers": 65, "duration_s": 600},
+        {"num_workers": 1, "duration_s": 59},
+        {"num_workers": 1, "duration_s": 604801},
+        {"num_workers": 1, "duration_s": 600, "gpus_per_worker": 9},
+        {"num_workers": 1, "duration_s": 600, "backend": "gcp"},
+        {"num_workers": 1, "duration_s": 600, "surprise": 1},
+        {"num_workers": "two", "duration_s": 600},
+    ):
         r = buyer.post("/v1/clusters", json=body)
         assert r.status_code == 422, (body, r.text)
     r = buyer.post("/v1/clusters", json={"num_workers": 1, "duration_s": 600, "backend": "aws"})
@@ -174,26 +188,43 @@ def test_bad_cluster_requests_are_4xx(platform):
 
 def manager_actor_pids(platform) -> list[int]:
     # Only among this platform's own processes (never by name machine-wide).
-    return [p.pid for p in platform.owned_processes()
-            if p.cmdline() and p.cmdline()[0].startswith("ray::ClusterManagerActor")]
+    return [
+        p.pid
+        for p in platform.owned_processes()
+        if p.cmdline() and p.cmdline()[0].startswith("ray::ClusterManagerActor")
+    ]
 
 
 def test_kill_9_of_cluster_manager_during_provisioning(market, platform):
     buyer = Api.sign_up(platform.url, "buyer")
     cid = buyer.post("/v1/clusters", json={"num_workers": 1, "duration_s": 1800}).json()["id"]
-    wait_for(lambda: any(e["kind"] == "node_opened" for e in buyer.get(f"/v1/clusters/{cid}/events").json()),
-             timeout_s=60, interval_s=0.1, what="the head node opened (launch in flight)")
+    wait_for(
+        lambda: any(e["kind"] == "node_opened" for e in buyer.get(f"/v1/clusters/{cid}/events").json()),
+        timeout_s=60,
+        interval_s=0.1,
+        what="the head node opened (launch in flight)",
+    )
     (pid,) = manager_actor_pids(platform)
     os.kill(pid, 9)
-    ended = wait_for(lambda: (c := buyer.get(f"/v1/clusters/{cid}")).status_code == 200
-                     and c.json()["status"] in ("running", "failed") and c.json(),
-                     timeout_s=120, interval_s=0.5, what="running or failed after the restart")
+    ended = wait_for(
+        lambda: (
+            (c := buyer.get(f"/v1/clusters/{cid}")).status_code == 200
+            and c.json()["status"] in ("running", "failed")
+            and c.json()
+        ),
+        timeout_s=120,
+        interval_s=0.5,
+        what="running or failed after the restart",
+    )
     if ended["status"] == "failed":
         assert "restarted" in ended["reason"], ended["reason"]
     leases = [n["id"] for n in ended["nodes"]]
     buyer.delete(f"/v1/clusters/{cid}")
-    wait_for(lambda: buyer.get(f"/v1/clusters/{cid}").json()["status"] in ("terminated", "failed"),
-             timeout_s=60, what="ended")
+    wait_for(
+        lambda: buyer.get(f"/v1/clusters/{cid}").json()["status"] in ("terminated", "failed"),
+        timeout_s=60,
+        what="ended",
+    )
     wait_for(lambda: not lease_processes(leases), timeout_s=30, what="no orphaned processes")
     # The machines are leasable again.
     again = buyer.post("/v1/clusters", json={"num_workers": 2, "duration_s": 600})

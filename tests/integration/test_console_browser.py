@@ -53,7 +53,8 @@ class AttackerSite:
         root.mkdir()
         (root / "index.html").write_text(
             f'<!doctype html><form id="f" method="post" action="{action_url}"><input name="x" value="1"></form>'
-            '<script>document.getElementById("f").submit()</script>')
+            '<script>document.getElementById("f").submit()</script>'
+        )
         handler = functools.partial(_QuietHandler, directory=str(root))
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", procs.free_port()), handler)
         self.url = f"http://localhost:{self.server.server_port}/index.html"
@@ -84,8 +85,12 @@ def text_of(driver, css: str) -> str:
 
 
 def wait_text(driver, css: str, predicate, timeout_s: float, what: str) -> str:
-    return wait_for(lambda: (lambda t: t if predicate(t) else None)(text_of(driver, css)),
-                    timeout_s=timeout_s, interval_s=0.5, what=what)
+    return wait_for(
+        lambda: (lambda t: t if predicate(t) else None)(text_of(driver, css)),
+        timeout_s=timeout_s,
+        interval_s=0.5,
+        what=what,
+    )
 
 
 def sign_in(driver, url: str, username: str, password: str) -> None:
@@ -134,8 +139,12 @@ def on_failure(browser):
             print(f"failed at {browser.current_url}")
             if notes.get("platform"):  # its logs outlive the session's temp dir
                 logs = Path(notes["platform"].record["temp_dir"]) / "session_latest" / "logs"
-                shutil.copytree(logs, ARTIFACTS / "platform-logs", dirs_exist_ok=True,
-                                ignore=shutil.ignore_patterns("*.pb", "events"))
+                shutil.copytree(
+                    logs,
+                    ARTIFACTS / "platform-logs",
+                    dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("*.pb", "events"),
+                )
             if notes.get("cluster_id"):
                 cid, api = notes["cluster_id"], notes["api"]
                 print(json.dumps(api.get(f"/v1/clusters/{cid}").json(), indent=1))
@@ -168,8 +177,13 @@ def test_console_buyer_provider_admin(market, platform, browser, on_failure, tmp
             wait_text(browser, "#events", lambda t: "created" in t, 30, "the first steps")
             if attempt == 1:
                 shot(browser, "2-cluster-provisioning")
-            status = wait_text(browser, "#cluster-status", lambda t: t == "running" or t in ENDED, 300,
-                               "the cluster running (or ended) in the page")
+            status = wait_text(
+                browser,
+                "#cluster-status",
+                lambda t: t == "running" or t in ENDED,
+                300,
+                "the cluster running (or ended) in the page",
+            )
             if status == "running":
                 break
             # A loaded host can lose a machine's heartbeats or time a `ray start` out: the page must say so,
@@ -223,8 +237,13 @@ def test_console_buyer_provider_admin(market, platform, browser, on_failure, tmp
         # --- admin: every account, machine and cluster ----------------------------------------------------
         creds = json.loads((platform.state_dir / "admin_credentials.json").read_text())
         sign_in(browser, url, creds["username"], creds["password"])
-        wait_text(browser, "#accounts-table", lambda t: buyer.username in t and all(p in t for p in providers.values()),
-                  30, "every account")
+        wait_text(
+            browser,
+            "#accounts-table",
+            lambda t: buyer.username in t and all(p in t for p in providers.values()),
+            30,
+            "every account",
+        )
         for m in market:
             wait_text(browser, f'tr[data-machine="{m}"]', lambda t: "online" in t, 30, f"machine {m}")
         wait_text(browser, f'tr[data-cluster="{cluster_id}"]', lambda t: "terminated" in t, 30, "the buyer's cluster")

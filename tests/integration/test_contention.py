@@ -32,5 +32,8 @@ def test_two_buyers_within_a_second_on_a_fresh_market_both_run(market, platform)
         for buyer, cid in zip((alice, bob), ids):
             buyer.delete(f"/v1/clusters/{cid}")
         for buyer, cid in zip((alice, bob), ids):
-            wait_for(lambda: buyer.get(f"/v1/clusters/{cid}").json()["status"] in ("terminated", "failed"),
-                     timeout_s=120, what=f"cluster {cid} ended")
+            wait_for(
+                lambda: buyer.get(f"/v1/clusters/{cid}").json()["status"] in ("terminated", "failed"),
+                timeout_s=120,
+                what=f"cluster {cid} ended",
+            )

@@ -24,9 +24,12 @@ from tests.integration.helpers import Api, wait_for
 from tests.integration.test_clusters import RAY, lease_processes, submit, wait_status
 from worker.agent.sandbox import docker as sandbox_docker
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("bwrap"),
-                                 reason="sandboxes need root and bubblewrap (CI installs it)")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        os.geteuid() != 0 or not shutil.which("bwrap"), reason="sandboxes need root and bubblewrap (CI installs it)"
+    ),
+]
 
 JOB_DIR = Path(__file__).resolve().parent / "escape_job"
 DENIED = {"ENOENT", "EACCES", "EROFS", "EPERM"}
@@ -45,13 +48,32 @@ def gpu_market(request, platform):
     agents, providers = [], []
     for _ in range(2):
         provider = Api.sign_up(platform.url, "provider")
-        agents.append(platform.start_agent(provider, extra_args=(
-            "--cpus", "4", "--gpus", "4", "--gpu-model", "FakeGPU", "--gpu-device-dir", str(dev),
-            "--runtime", runtime, "--lease-memory-mb", str(LEASE_MEMORY_MB))))
+        agents.append(
+            platform.start_agent(
+                provider,
+                extra_args=(
+                    "--cpus",
+                    "4",
+                    "--gpus",
+                    "4",
+                    "--gpu-model",
+                    "FakeGPU",
+                    "--gpu-device-dir",
+                    str(dev),
+                    "--runtime",
+                    runtime,
+                    "--lease-memory-mb",
+                    str(LEASE_MEMORY_MB),
+                ),
+            )
+        )
         providers.append(provider)
     for provider in providers:
-        wait_for(lambda: [m for m in provider.get("/v1/machines").json() if m["status"] == "online"],
-                 timeout_s=90, what="GPU machine online")
+        wait_for(
+            lambda: [m for m in provider.get("/v1/machines").json() if m["status"] == "online"],
+            timeout_s=90,
+            what="GPU machine online",
+        )
     yield runtime, agents
     for agent in agents:
         agent.stop(grace_s=5)
@@ -81,13 +103,30 @@ def _name(proc: psutil.Process) -> str:
         return ""
 
 
-def _job(conn: dict, tmp_path: Path, *args: str, timeout_s: float = 400, wait: bool = True) -> subprocess.CompletedProcess:
+def _job(
+    conn: dict, tmp_path: Path, *args: str, timeout_s: float = 400, wait: bool = True
+) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env["HOME"] = str(tmp_path)
     env.update(conn["env"])
-    return subprocess.run([RAY, "job", "submit", "--address", conn["dashboard_url"], "--working-dir", str(JOB_DIR),
-                           *(() if wait else ("--no-wait",)), "--", *args], env=env, capture_output=True, text=True,
-                          timeout=timeout_s)
+    return subprocess.run(
+        [
+            RAY,
+            "job",
+            "submit",
+            "--address",
+            conn["dashboard_url"],
+            "--working-dir",
+            str(JOB_DIR),
+            *(() if wait else ("--no-wait",)),
+            "--",
+            *args,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
 
 
 def test_a_buyers_job_cannot_get_out_of_its_leases(gpu_market, platform, tmp_path):
@@ -109,15 +148,20 @@ def test_a_buyers_job_cannot_get_out_of_its_leases(gpu_market, platform, tmp_pat
 
     marker = f"{7000 + secrets.randbelow(999)}.{secrets.randbelow(999)}"
     alice_head_dir = _lease_dir(agents, alice_head)
-    reads = {"platform_jwt_secret": str(platform.state_dir / "jwt_secret"),
-             "platform_ray_auth_token": str(platform.state_dir / "ray_auth_token"),
-             "platform_database": str(platform.state_dir / "platform.db"),
-             "other_buyer_ray_auth_token": str(alice_head_dir / "ray_auth_token"),
-             "other_buyer_bootstrap_config": str(alice_head_dir / "home" / "ray_bootstrap_config.yaml"),
-             "shadow": "/etc/shadow"}
-    writes = {"outside_root": "/escaped", "outside_usr": "/usr/lib/escaped",
-              "platform_state_dir": str(platform.state_dir / "escaped"),
-              "other_buyer_home": str(alice_head_dir / "home" / "escaped")}
+    reads = {
+        "platform_jwt_secret": str(platform.state_dir / "jwt_secret"),
+        "platform_ray_auth_token": str(platform.state_dir / "ray_auth_token"),
+        "platform_database": str(platform.state_dir / "platform.db"),
+        "other_buyer_ray_auth_token": str(alice_head_dir / "ray_auth_token"),
+        "other_buyer_bootstrap_config": str(alice_head_dir / "home" / "ray_bootstrap_config.yaml"),
+        "shadow": "/etc/shadow",
+    }
+    writes = {
+        "outside_root": "/escaped",
+        "outside_usr": "/usr/lib/escaped",
+        "platform_state_dir": str(platform.state_dir / "escaped"),
+        "other_buyer_home": str(alice_head_dir / "home" / "escaped"),
+    }
     markers: dict[str, list[str]] = {}
     for i, agent in enumerate(agents):
         reads[f"provider_password_file_{i}"] = str(agent.state_dir / "password")
@@ -131,11 +175,16 @@ def test_a_buyers_job_cannot_get_out_of_its_leases(gpu_market, platform, tmp_pat
     (canary_dir / "canary").write_text(canary)
     (canary_dir / "canary").chmod(0o600)
     reads["canary"] = str(canary_dir / "canary")
-    targets = {"reads": reads, "writes": writes, "markers": markers, "sleep_marker": marker, "grow_mb": LEASE_MEMORY_MB + 1000,
-               "canary": str(canary_dir / "canary"),
-               "provider_password": "password123",
-               "agent_keys": [json.loads((a.state_dir / "agent" / "machine.json").read_text())["agent_key"]
-                              for a in agents]}
+    targets = {
+        "reads": reads,
+        "writes": writes,
+        "markers": markers,
+        "sleep_marker": marker,
+        "grow_mb": LEASE_MEMORY_MB + 1000,
+        "canary": str(canary_dir / "canary"),
+        "provider_password": "password123",
+        "agent_keys": [json.loads((a.state_dir / "agent" / "machine.json").read_text())["agent_key"] for a in agents],
+    }
     conn = bob.get(f"/v1/clusters/{cb['id']}/connection").json()
     job = _job(conn, tmp_path, "python", "escape.py", json.dumps(targets))
     output = job.stdout + job.stderr
@@ -151,9 +200,12 @@ def test_a_buyers_job_cannot_get_out_of_its_leases(gpu_market, platform, tmp_pat
     assert len(attacks) == 2 * 4, attacks  # head and worker, four attacks each
     for name, answer in attacks.items():
         assert not answer["ok"], (name, answer)
-        expected = {"symlinked_log": "was replaced while the command ran", "fifo_log": "was replaced while the command ran",
-                    "hard_linked_log": "ln: failed to access",  # not in the lease's view
-                    "symlinked_logs_dir": "mv: cannot move"}[name.split(":")[1]]  # a mount point in the sandbox
+        expected = {
+            "symlinked_log": "was replaced while the command ran",
+            "fifo_log": "was replaced while the command ran",
+            "hard_linked_log": "ln: failed to access",  # not in the lease's view
+            "symlinked_logs_dir": "mv: cannot move",
+        }[name.split(":")[1]]  # a mount point in the sandbox
         assert expected in answer["output"], (name, answer)
 
     # Every read and write of what is not the lease's own: denied, and the denial named.
@@ -170,8 +222,9 @@ def test_a_buyers_job_cannot_get_out_of_its_leases(gpu_market, platform, tmp_pat
     # The GPU worker: one device node whatever CUDA_VISIBLE_DEVICES says, and it is the leased one.
     gpu = got["gpu"]
     assert gpu["ray_cuda_visible_devices"] == "0" and len(gpu["nvidia_nodes"]) == 1, gpu
-    assert sum(v == "ok" for v in gpu["opened"].values()) == 1 and \
-        all(v in DENIED for k, v in gpu["opened"].items() if k not in gpu["nvidia_nodes"]), gpu
+    assert sum(v == "ok" for v in gpu["opened"].values()) == 1 and all(
+        v in DENIED for k, v in gpu["opened"].items() if k not in gpu["nvidia_nodes"]
+    ), gpu
     # Past the memory limit: killed (SIGKILL by the OOM killer, or Ray's memory monitor before it).
     mem_line = next((x for x in output.splitlines() if x.startswith("ESCAPE_MEMORY ")), None)
     if mem_line:
@@ -190,8 +243,11 @@ def test_a_buyers_job_cannot_get_out_of_its_leases(gpu_market, platform, tmp_pat
     stop = _job(conn, tmp_path, "ray", "--logging-level=info", "stop", "--force", timeout_s=120, wait=False)
     assert stop.returncode == 0, stop.stdout + stop.stderr
     bob_head = next(n["id"] for n in cb["nodes"] if n["role"] == "head")
-    wait_for(lambda: not [p for p in lease_processes([bob_head]) if _name(p) == "raylet"], timeout_s=60,
-             what="Bob's head stopped by his own `ray stop`")
+    wait_for(
+        lambda: not [p for p in lease_processes([bob_head]) if _name(p) == "raylet"],
+        timeout_s=60,
+        what="Bob's head stopped by his own `ray stop`",
+    )
     assert {p.pid for p in lease_processes(alice_leases)} >= alice_before  # still the same ones, all alive
     alice_conn = alice.get(f"/v1/clusters/{ca['id']}/connection").json()
     ok = submit(alice_conn["env"], alice_conn["dashboard_url"], tmp_path)
@@ -199,8 +255,11 @@ def test_a_buyers_job_cannot_get_out_of_its_leases(gpu_market, platform, tmp_pat
 
     # ... and nothing of Bob's leases outlives their close: processes, files, cgroups, containers.
     bob.delete(f"/v1/clusters/{cb['id']}")
-    wait_for(lambda: bob.get(f"/v1/clusters/{cb['id']}").json()["status"] in ("terminated", "failed"),
-             timeout_s=120, what="Bob's cluster ended")
+    wait_for(
+        lambda: bob.get(f"/v1/clusters/{cb['id']}").json()["status"] in ("terminated", "failed"),
+        timeout_s=120,
+        what="Bob's cluster ended",
+    )
     wait_for(lambda: not _with_marker(marker), timeout_s=30, what="the hidden sleeper gone")
     wait_for(lambda: not lease_processes(bob_leases), timeout_s=30, what="Bob's processes gone")
     for lease in bob_leases:
@@ -214,5 +273,3 @@ def test_a_buyers_job_cannot_get_out_of_its_leases(gpu_market, platform, tmp_pat
     alice.delete(f"/v1/clusters/{ca['id']}")
     wait_status(alice, ca["id"], "terminated", timeout_s=120)
     wait_for(lambda: not lease_processes(alice_leases), timeout_s=30, what="Alice's processes gone")
-
-

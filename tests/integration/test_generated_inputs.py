@@ -28,10 +28,23 @@ pytestmark = pytest.mark.slow
 EXAMPLES_PER_OPERATION = 5  # per caller and per mode (valid, invalid): 2 x 5 x 5 callers x ~31 operations
 TIME_BUDGET_S = 420  # ~100 s on an idle 2-core machine; 214 s seen with four other suites running
 CHECKS = [not_a_server_error, status_code_conformance]
-MACHINE = {"machine_key": "mk-witness-0001", "name": "witness-box", "price_per_gpu_hour": 1.5,
-           "price_per_cpu_hour": 0.02, "spec": {"hostname": "witness", "cpus": 4, "memory_mb": 4096}}
-STABLE_MACHINE_FIELDS = ("id", "provider_id", "provider", "name", "spec", "price_per_gpu_hour",
-                         "price_per_cpu_hour", "registered_at")
+MACHINE = {
+    "machine_key": "mk-witness-0001",
+    "name": "witness-box",
+    "price_per_gpu_hour": 1.5,
+    "price_per_cpu_hour": 0.02,
+    "spec": {"hostname": "witness", "cpus": 4, "memory_mb": 4096},
+}
+STABLE_MACHINE_FIELDS = (
+    "id",
+    "provider_id",
+    "provider",
+    "name",
+    "spec",
+    "price_per_gpu_hour",
+    "price_per_cpu_hour",
+    "registered_at",
+)
 
 
 def _node_provider_token(platform) -> tuple[str, str]:
@@ -47,8 +60,12 @@ def _witness(platform) -> dict:
     provider = Api.sign_up(platform.url, "provider")
     buyer = Api.sign_up(platform.url, "buyer")
     machine_id = _machine_that_left(provider, MACHINE)
-    return {"provider": provider, "buyer": buyer, "machine_id": machine_id,
-            "snapshot": _snapshot(platform, provider, buyer, machine_id)}
+    return {
+        "provider": provider,
+        "buyer": buyer,
+        "machine_id": machine_id,
+        "snapshot": _snapshot(platform, provider, buyer, machine_id),
+    }
 
 
 def _machine_that_left(provider: Api, request: dict) -> str:
@@ -61,11 +78,17 @@ def _machine_that_left(provider: Api, request: dict) -> str:
 
 def _snapshot(platform, provider: Api, buyer: Api, machine_id: str) -> dict:
     machine = provider.get(f"/v1/machines/{machine_id}").json()
-    return {"provider": provider.get("/v1/accounts/me").json(), "buyer": buyer.get("/v1/accounts/me").json(),
-            "machine": {k: machine[k] for k in STABLE_MACHINE_FIELDS},
-            "admin_sees": {k: v for k, v in platform.admin().get(f"/v1/machines/{machine_id}").json().items()
-                           if k in STABLE_MACHINE_FIELDS},
-            "buyer_clusters": buyer.get("/v1/clusters").json()}
+    return {
+        "provider": provider.get("/v1/accounts/me").json(),
+        "buyer": buyer.get("/v1/accounts/me").json(),
+        "machine": {k: machine[k] for k in STABLE_MACHINE_FIELDS},
+        "admin_sees": {
+            k: v
+            for k, v in platform.admin().get(f"/v1/machines/{machine_id}").json().items()
+            if k in STABLE_MACHINE_FIELDS
+        },
+        "buyer_clusters": buyer.get("/v1/clusters").json(),
+    }
 
 
 @pytest.mark.timeout(900)  # the platform's start may fall in this test when it runs first
@@ -121,9 +144,14 @@ def _run(base_url, operation, caller, authorization, mode, own_ids, counts, fail
     strategy = operation.as_strategy(generation_mode=mode, **kwargs)
     headers = {"Authorization": authorization} if authorization else {}
 
-    @hypothesis.settings(max_examples=EXAMPLES_PER_OPERATION, derandomize=True, database=None, deadline=None,
-                         phases=[hypothesis.Phase.explicit, hypothesis.Phase.generate],
-                         suppress_health_check=list(HealthCheck))
+    @hypothesis.settings(
+        max_examples=EXAMPLES_PER_OPERATION,
+        derandomize=True,
+        database=None,
+        deadline=None,
+        phases=[hypothesis.Phase.explicit, hypothesis.Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
     @hypothesis.given(case=strategy)
     def one(case):
         if authorization:
@@ -137,8 +165,10 @@ def _run(base_url, operation, caller, authorization, mode, own_ids, counts, fail
         try:
             case.validate_response(response, checks=CHECKS)
         except Exception as exc:
-            failures.append(f"{caller} {mode.value} {operation.label} -> {response.status_code} "
-                            f"{response.text[:300]}\n{_first_lines(exc)}\n{case.as_curl_command()}")
+            failures.append(
+                f"{caller} {mode.value} {operation.label} -> {response.status_code} "
+                f"{response.text[:300]}\n{_first_lines(exc)}\n{case.as_curl_command()}"
+            )
 
     try:
         one()

@@ -67,7 +67,9 @@ def two_nodes():
     bin_dir = pg_server.find_bin_dir()
     redis_bin = redis_server.RedisServer.find()
     if bin_dir is None or redis_bin is None:
-        message = "the head-loss drill needs PostgreSQL (initdb) and redis-server (apt-get install postgresql redis-server)"
+        message = (
+            "the head-loss drill needs PostgreSQL (initdb) and redis-server (apt-get install postgresql redis-server)"
+        )
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
@@ -79,8 +81,13 @@ def two_nodes():
         pg.start()
         redis.start()
         port = procs.free_port()
-        head_kw = dict(port=port, heartbeat_s=HEARTBEAT_S, settings={**SETTINGS, "database": pg.create_database()},
-                       redis=redis.url, api_replicas=2)
+        head_kw = dict(
+            port=port,
+            heartbeat_s=HEARTBEAT_S,
+            settings={**SETTINGS, "database": pg.create_database()},
+            redis=redis.url,
+            api_replicas=2,
+        )
         head = Node("head", platform_mod.PlatformLauncher(root / "head", **head_kw))
         nodes.append(head)
         head.launcher.up()
@@ -89,8 +96,10 @@ def two_nodes():
         member_dir.mkdir(mode=0o700)
         for name in ("ray_auth_token", "secret.key"):
             shutil.copy2(root / "head" / name, member_dir / name)
-        member = Node("member", platform_mod.PlatformLauncher(
-            member_dir, port=port, join=f"127.0.0.1:{head.record['ray_ports']['gcs']}"))
+        member = Node(
+            "member",
+            platform_mod.PlatformLauncher(member_dir, port=port, join=f"127.0.0.1:{head.record['ray_ports']['gcs']}"),
+        )
         nodes.append(member)
         member.launcher.up()
 
@@ -100,8 +109,14 @@ def two_nodes():
             except platform_mod.pstate.PlatformError as exc:
                 raise AssertionError(f"{exc}\n{exc.details or ''}") from None
 
-        yield {"head": head, "member": member, "url": f"http://127.0.0.1:{port}", "root": root,
-               "restart_head": restart_head, "agents": agents}
+        yield {
+            "head": head,
+            "member": member,
+            "url": f"http://127.0.0.1:{port}",
+            "root": root,
+            "restart_head": restart_head,
+            "agents": agents,
+        }
     finally:
         for agent in agents:
             agent.stop(grace_s=5)
@@ -137,10 +152,12 @@ def _ok(response) -> object:
 def _stored(admin: Api, buyer: Api, cid: str) -> dict:
     """What the database holds that the drill must not lose."""
     cluster = _ok(buyer.get(f"/v1/clusters/{cid}"))
-    return {"accounts": sorted(a["username"] for a in _ok(admin.get("/v1/accounts"))),
-            "machines": sorted(m["id"] for m in _ok(admin.get("/v1/machines"))),
-            "cluster": {k: cluster[k] for k in ("id", "status", "expires_at", "created_at")},
-            "connection": _ok(buyer.get(f"/v1/clusters/{cid}/connection"))}
+    return {
+        "accounts": sorted(a["username"] for a in _ok(admin.get("/v1/accounts"))),
+        "machines": sorted(m["id"] for m in _ok(admin.get("/v1/machines"))),
+        "cluster": {k: cluster[k] for k in ("id", "status", "expires_at", "created_at")},
+        "connection": _ok(buyer.get(f"/v1/clusters/{cid}/connection")),
+    }
 
 
 def _stored_once_answering(url: str, root: Path, buyer: Api, cid: str, after: str) -> dict:
@@ -156,15 +173,22 @@ def test_head_loss_and_actor_node_loss(two_nodes):
     provider = Api.sign_up(url, "provider")
     agent = LocalAgent(url, provider.username, provider.password, root, extra_args=("--cpus", "4")).start()
     two_nodes["agents"].append(agent)
-    machine = wait_for(lambda: [m for m in provider.get("/v1/machines").json() if m["status"] == "online"],
-                       timeout_s=90, what="the provider's machine online")[0]
+    machine = wait_for(
+        lambda: [m for m in provider.get("/v1/machines").json() if m["status"] == "online"],
+        timeout_s=90,
+        what="the provider's machine online",
+    )[0]
     buyer = Api.sign_up(url, "buyer")
     # The cheapest real buyer cluster: its head on the provider's machine (a worker joins the same way).
     r = buyer.post("/v1/clusters", json={"num_workers": 1, "cpus_per_worker": 1, "duration_s": CLUSTER_LIFETIME_S})
     assert r.status_code == 202, r.text
     cid = r.json()["id"]
-    wait_for(lambda: buyer.get(f"/v1/clusters/{cid}").json()["status"] == "running", timeout_s=240,
-             interval_s=1, what="the buyer cluster running")
+    wait_for(
+        lambda: buyer.get(f"/v1/clusters/{cid}").json()["status"] == "running",
+        timeout_s=240,
+        interval_s=1,
+        what="the buyer cluster running",
+    )
     admin = _admin(url, root)
     before = _stored(admin, buyer, cid)
     agent_pid = agent.proc.pid
@@ -184,10 +208,16 @@ def test_head_loss_and_actor_node_loss(two_nodes):
     after = _stored_once_answering(url, root, buyer, cid, "the head restart")
     assert after == before  # nothing stored is lost; the buyer's cluster runs on, its token unchanged
     assert agent.proc.poll() is None and agent.proc.pid == agent_pid  # the agent was not restarted
-    beat = wait_for(lambda: _ok(provider.get(f"/v1/machines/{machine['id']}"))["last_heartbeat"], timeout_s=60,
-                    what="the machine read back")
-    wait_for(lambda: provider.get(f"/v1/machines/{machine['id']}").json()["last_heartbeat"] > beat,
-             timeout_s=60, what="heartbeats after the head restart")
+    beat = wait_for(
+        lambda: _ok(provider.get(f"/v1/machines/{machine['id']}"))["last_heartbeat"],
+        timeout_s=60,
+        what="the machine read back",
+    )
+    wait_for(
+        lambda: provider.get(f"/v1/machines/{machine['id']}").json()["last_heartbeat"] > beat,
+        timeout_s=60,
+        what="heartbeats after the head restart",
+    )
 
     # 2. The member is lost: the actors it held come back on the other node (the new head), the rest stay there.
     member.kill_9()
@@ -199,8 +229,12 @@ def test_head_loss_and_actor_node_loss(two_nodes):
     # 3. The running cluster still expires on time, once.
     deadline = before["cluster"]["expires_at"]
     assert time.time() < deadline - 5, f"the drill took too long ({restarted_s:.0f} s to restart the head)"
-    wait_for(lambda: buyer.get(f"/v1/clusters/{cid}").json()["status"] == "expired",
-             timeout_s=deadline - time.time() + 120, interval_s=1, what="the cluster expired")
+    wait_for(
+        lambda: buyer.get(f"/v1/clusters/{cid}").json()["status"] == "expired",
+        timeout_s=deadline - time.time() + 120,
+        interval_s=1,
+        what="the cluster expired",
+    )
     starts = [e for e in buyer.get(f"/v1/clusters/{cid}/events").json() if e["kind"] == "terminating"]
     assert len(starts) == 1, starts
     lateness = starts[0]["ts"] - deadline

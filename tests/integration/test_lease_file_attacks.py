@@ -44,8 +44,15 @@ class Canary:
 
     def _state(self) -> tuple:
         f, d = self.path.stat(), self.dir.stat()
-        return (f.st_mode, f.st_uid, f.st_nlink, d.st_mode, d.st_uid, sorted(os.listdir(self.dir)),
-                self.path.read_text())
+        return (
+            f.st_mode,
+            f.st_uid,
+            f.st_nlink,
+            d.st_mode,
+            d.st_uid,
+            sorted(os.listdir(self.dir)),
+            self.path.read_text(),
+        )
 
     def intact(self) -> bool:
         return self._state() == self._before
@@ -73,8 +80,9 @@ def _log_of_this_command() -> str:
 def test_a_command_that_swaps_its_log_for_a_link_gets_none_of_the_canary(attack):
     runner, canary = attack
     lease = sandboxes.open_lease(runner)
-    result = runner.run(lease, f'{_log_of_this_command()}; echo before; ln -sf {canary.path} "$log"; echo after',
-                        timeout_s=60)
+    result = runner.run(
+        lease, f'{_log_of_this_command()}; echo before; ln -sf {canary.path} "$log"; echo after', timeout_s=60
+    )
     assert canary.absent_from(result)
     assert not result.ok and result.exit_code == 0  # the command itself ran well; its answer is refused
     assert "before\nafter\n" in result.output and "was replaced while the command ran" in result.output
@@ -84,8 +92,11 @@ def test_a_command_that_swaps_its_log_for_a_link_gets_none_of_the_canary(attack)
 def test_a_symlinked_logs_directory_is_refused(attack):
     runner, canary = attack
     lease = sandboxes.open_lease(runner)
-    inside = runner.run(lease, f'{_log_of_this_command()}; logs="$(dirname "$log")"; '
-                               f'mv "$logs" "$logs.old" 2>&1 || echo MOVE-REFUSED', timeout_s=60)
+    inside = runner.run(
+        lease,
+        f'{_log_of_this_command()}; logs="$(dirname "$log")"; mv "$logs" "$logs.old" 2>&1 || echo MOVE-REFUSED',
+        timeout_s=60,
+    )
     assert "MOVE-REFUSED" in inside.output, inside.output  # a mount point in the sandbox: it cannot be moved
     logs = runner.root / lease / "logs"
     os.rename(logs, logs.with_name("logs.old"))  # as if it had worked
@@ -101,13 +112,17 @@ def test_a_symlinked_logs_directory_is_refused(attack):
 def test_a_hard_link_in_place_of_the_log_is_not_read(attack):
     runner, canary = attack
     lease = sandboxes.open_lease(runner)
-    inside = runner.run(lease, f'{_log_of_this_command()}; ln -f {canary.path} "$log" 2>&1 || echo LINK-REFUSED',
-                        timeout_s=60)
+    inside = runner.run(
+        lease, f'{_log_of_this_command()}; ln -f {canary.path} "$log" 2>&1 || echo LINK-REFUSED', timeout_s=60
+    )
     assert "LINK-REFUSED" in inside.output and canary.absent_from(inside)  # not in its view: cannot be linked
     home = runner.root / lease / "home"
     answers = {}
-    command = threading.Thread(target=lambda: answers.update(result=runner.run(
-        lease, "echo mine; while [ ! -e ~/go ]; do sleep 0.05; done", timeout_s=60)))
+    command = threading.Thread(
+        target=lambda: answers.update(
+            result=runner.run(lease, "echo mine; while [ ! -e ~/go ]; do sleep 0.05; done", timeout_s=60)
+        )
+    )
     command.start()
     log = runner.root / lease / "logs" / "0002-run.log"
     wait_for(lambda: log.exists() and log.read_text() == "mine\n", timeout_s=30, what="the command's output")
@@ -125,8 +140,12 @@ def test_a_fifo_in_place_of_the_log_never_holds_the_agent(attack):
     runner, canary = attack
     lease = sandboxes.open_lease(runner)
     started = time.monotonic()
-    result = runner.run(lease, f'{_log_of_this_command()}; rm -f "$log"; mkfifo "$log"; '
-                               f'ln -sfn {canary.dir} ~/dir-link; ln -sf {canary.path} ~/file-link', timeout_s=60)
+    result = runner.run(
+        lease,
+        f'{_log_of_this_command()}; rm -f "$log"; mkfifo "$log"; '
+        f"ln -sfn {canary.dir} ~/dir-link; ln -sf {canary.path} ~/file-link",
+        timeout_s=60,
+    )
     assert not result.ok and "was replaced while the command ran" in result.output
     closed = runner.close(lease)
     assert time.monotonic() - started < 30
@@ -139,9 +158,11 @@ def test_a_fifo_in_place_of_the_log_never_holds_the_agent(attack):
 def test_a_log_flipped_between_a_link_and_a_file_while_the_agent_reads_never_yields_the_canary(attack):
     runner, canary = attack
     lease = sandboxes.open_lease(runner)
-    flipper = (f'{_log_of_this_command()}; echo out; '
-               f'(for i in $(seq 500); do ln -sf {canary.path} "$log.l"; mv -f "$log.l" "$log"; '
-               f'echo x > "$log.f"; mv -f "$log.f" "$log"; done) >/dev/null 2>&1 &')
+    flipper = (
+        f"{_log_of_this_command()}; echo out; "
+        f'(for i in $(seq 500); do ln -sf {canary.path} "$log.l"; mv -f "$log.l" "$log"; '
+        f'echo x > "$log.f"; mv -f "$log.f" "$log"; done) >/dev/null 2>&1 &'
+    )
     answers = [runner.run(lease, flipper, timeout_s=60) for _ in range(8)]
     for result in answers:
         assert canary.absent_from(result)
@@ -154,10 +175,13 @@ def test_ray_session_logs_turned_into_links_fifos_and_swaps_ship_none_of_the_can
     runner, canary = attack
     lease = sandboxes.open_lease(runner)
     temp = leases.temp_dir_for(lease)
-    made = runner.run(lease, f"cd {temp} && mkdir -p s/logs && ln -sfn {temp}/s session_latest && cd s/logs && "
-                             f"echo driver > job-driver-ok.log && ln -s {canary.path} job-driver-link.log && "
-                             f"mkfifo worker-fifo.out && echo raylet > raylet.out && ln -s {canary.dir} old",
-                      timeout_s=60)
+    made = runner.run(
+        lease,
+        f"cd {temp} && mkdir -p s/logs && ln -sfn {temp}/s session_latest && cd s/logs && "
+        f"echo driver > job-driver-ok.log && ln -s {canary.path} job-driver-link.log && "
+        f"mkfifo worker-fifo.out && echo raylet > raylet.out && ln -s {canary.dir} old",
+        timeout_s=60,
+    )
     assert made.ok, made.output
     raylet = temp / "s" / "logs" / "raylet.out"
 
@@ -165,6 +189,7 @@ def test_ray_session_logs_turned_into_links_fifos_and_swaps_ship_none_of_the_can
         if stage == "opening" and path == str(raylet):
             raylet.unlink()
             os.symlink(canary.path, raylet)
+
     lease_fs.race_hook = swap
     started = time.monotonic()
     closed = runner.close(lease)

@@ -23,8 +23,11 @@ def market3(platform):
     for _ in range(3):
         provider = Api.sign_up(platform.url, "provider")
         agent = platform.start_agent(provider, extra_args=("--cpus", "4"))
-        machine = wait_for(lambda: [m for m in provider.get("/v1/machines").json() if m["status"] == "online"],
-                           timeout_s=60, what="machine online")[0]
+        machine = wait_for(
+            lambda: [m for m in provider.get("/v1/machines").json() if m["status"] == "online"],
+            timeout_s=60,
+            what="machine online",
+        )[0]
         machines.append({"agent": agent, "provider": provider, "id": machine["id"]})
     yield machines
     for m in machines:
@@ -39,6 +42,7 @@ def status_is(buyer: Api, cid: str, *wanted: str, timeout_s: float = 240) -> dic
     def check():
         c = buyer.get(f"/v1/clusters/{cid}").json()
         return c if c["status"] in wanted else None
+
     try:
         return wait_for(check, timeout_s=timeout_s, interval_s=0.25, what=f"{cid} {wanted}")
     except AssertionError as exc:
@@ -73,8 +77,9 @@ def test_expiry_is_on_time_and_once_across_a_reaper_kill_and_usage_matches(marke
     usage = buyer.get("/v1/usage", params={"start": ended["created_at"] - 10}).json()
     (item,) = [i for i in usage["items"] if i["cluster_id"] == cid]
     assert item["node_seconds"] == pytest.approx(expected, abs=0.01)
-    assert item["cpu_seconds"] == pytest.approx(sum((n["left_at"] - n["joined_at"]) * n["cpus"] for n in nodes),
-                                                abs=0.01)
+    assert item["cpu_seconds"] == pytest.approx(
+        sum((n["left_at"] - n["joined_at"]) * n["cpus"] for n in nodes), abs=0.01
+    )
     assert 40 < expected < 2 * 70  # head and worker each lived most of the minute
     provider_usage = market3[0]["provider"].get("/v1/usage", params={"start": ended["created_at"] - 10}).json()
     assert provider_usage["role"] == "provider" and "earnings" in provider_usage["total"]
@@ -111,10 +116,17 @@ def test_lost_worker_machine_is_replaced(market3, platform):
         except psutil.NoSuchProcess:
             pass  # a sandboxed lease may already be ending with its agent
     try:
-        back = wait_for(lambda: (c := buyer.get(f"/v1/clusters/{cid}").json())["status"] == "running"
-                        and c["workers_joined"] == 2 and victim_node["id"] not in
-                        [n["id"] for n in c["nodes"] if n["status"] == "open"] and c,
-                        timeout_s=120, interval_s=0.5, what="back to 2 workers")
+        back = wait_for(
+            lambda: (
+                (c := buyer.get(f"/v1/clusters/{cid}").json())["status"] == "running"
+                and c["workers_joined"] == 2
+                and victim_node["id"] not in [n["id"] for n in c["nodes"] if n["status"] == "open"]
+                and c
+            ),
+            timeout_s=120,
+            interval_s=0.5,
+            what="back to 2 workers",
+        )
     except AssertionError as exc:
         text = "\n".join(f"{e['kind']}: {e['message']}" for e in events(buyer, cid))
         raise AssertionError(f"{exc}\n{text}") from None

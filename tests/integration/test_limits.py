@@ -27,9 +27,11 @@ def provider(platform):
 def no_other_machine_online(platform, mine: list[str] = ()) -> None:
     """Machines of other tests (agents stopped, killed) must be gone or offline: they would take placements."""
     admin = platform.admin()
-    wait_for(lambda: not [m for m in admin.get("/v1/machines").json()
-                          if m["status"] == "online" and m["id"] not in mine],
-             timeout_s=60, what="no other machine online")
+    wait_for(
+        lambda: not [m for m in admin.get("/v1/machines").json() if m["status"] == "online" and m["id"] not in mine],
+        timeout_s=60,
+        what="no other machine online",
+    )
 
 
 def db_rows(platform, sql: str, args=()) -> list[dict]:
@@ -47,8 +49,13 @@ def test_quota_routes_and_the_403_that_names_the_limit(platform):
     me = buyer.get("/v1/accounts/me").json()["id"]
     q = buyer.get(f"/v1/accounts/{me}/quota")
     assert q.status_code == 200, q.text
-    assert q.json()["limits"] == {"max_clusters": 10, "max_gpus": 64, "max_cpus": 1024, "max_gpu_hours": 1000.0,
-                                  "period_s": 30 * 86_400}
+    assert q.json()["limits"] == {
+        "max_clusters": 10,
+        "max_gpus": 64,
+        "max_cpus": 1024,
+        "max_gpu_hours": 1000.0,
+        "period_s": 30 * 86_400,
+    }
     assert q.json()["used"] == {"clusters": 0, "gpus": 0, "cpus": 0, "gpu_hours": 0}
     assert other.get(f"/v1/accounts/{me}/quota").status_code == 404  # another account's: not there
     assert Api(platform.url).get(f"/v1/accounts/{me}/quota").status_code == 401
@@ -78,18 +85,25 @@ def test_max_price_409_names_the_cheapest_price(platform, provider):
     machines = FakeMachines(provider, [FakeMachines.spec(cpus=2, gpus=1)], price_per_gpu_hour=5.0)
     try:
         buyer = Api.sign_up(platform.url, "buyer")
-        r = buyer.post("/v1/clusters", json={"num_workers": 1, "gpus_per_worker": 1, "duration_s": 600,
-                                             "max_price_per_gpu_hour": 1.0})
+        r = buyer.post(
+            "/v1/clusters",
+            json={"num_workers": 1, "gpus_per_worker": 1, "duration_s": 600, "max_price_per_gpu_hour": 1.0},
+        )
         assert r.status_code == 409, r.text
         assert "at most $1 per GPU-hour" in r.json()["detail"] and "costs $5 per GPU-hour" in r.json()["detail"]
         assert buyer.get("/v1/clusters").json() == []
-        r = buyer.post("/v1/clusters", json={"num_workers": 1, "gpus_per_worker": 1, "duration_s": 600,
-                                             "max_price_per_gpu_hour": 5.0})
+        r = buyer.post(
+            "/v1/clusters",
+            json={"num_workers": 1, "gpus_per_worker": 1, "duration_s": 600, "max_price_per_gpu_hour": 5.0},
+        )
         assert r.status_code == 202, r.text
         assert r.json()["max_price_per_gpu_hour"] == 5.0
         buyer.delete(f"/v1/clusters/{r.json()['id']}")
-        wait_for(lambda: buyer.get(f"/v1/clusters/{r.json()['id']}").json()["status"] == "terminated",
-                 timeout_s=60, what="terminated")
+        wait_for(
+            lambda: buyer.get(f"/v1/clusters/{r.json()['id']}").json()["status"] == "terminated",
+            timeout_s=60,
+            what="terminated",
+        )
     finally:
         machines.stop()
 
@@ -153,8 +167,12 @@ def _burst_of_creates(platform, provider: Api) -> bool:
             assert all(per_cluster[(cid, role)] == 1 for cid in placed for role in ("head", "worker"))
         clusters = db_rows(platform, "SELECT id, status FROM clusters WHERE owner_id = ?", (buyer_id,))
         assert {c["id"] for c in clusters} == placed
-        created = db_rows(platform, "SELECT DISTINCT cluster_id FROM cluster_events WHERE kind = 'created' AND "
-                          f"cluster_id IN ({','.join('?' * len(placed))})", tuple(placed))
+        created = db_rows(
+            platform,
+            "SELECT DISTINCT cluster_id FROM cluster_events WHERE kind = 'created' AND "
+            f"cluster_id IN ({','.join('?' * len(placed))})",
+            tuple(placed),
+        )
         assert len(created) == len(placed)
         if not disturbed:
             assert buyer.get(f"/v1/accounts/{buyer_id}/quota").json()["used"]["clusters"] == 10
@@ -167,6 +185,12 @@ def _burst_of_creates(platform, provider: Api) -> bool:
         finally:
             machines.stop()
     # Torn down: nothing holds capacity on these machines any more.
-    assert db_rows(platform, f"SELECT id FROM leases WHERE machine_id IN ({mine}) AND status IN (?, ?)",
-                   (*machines.ids, *ACTIVE_LEASES)) == []
+    assert (
+        db_rows(
+            platform,
+            f"SELECT id FROM leases WHERE machine_id IN ({mine}) AND status IN (?, ?)",
+            (*machines.ids, *ACTIVE_LEASES),
+        )
+        == []
+    )
     return disturbed

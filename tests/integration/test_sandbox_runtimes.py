@@ -28,7 +28,7 @@ RUNTIMES, DENIED = sandboxes.RUNTIMES, sandboxes.DENIED
 agent_dir = sandboxes.agent_dir
 
 # Runs inside a lease: tries each thing it is given and prints {name: "ok" | errno name} as JSON.
-PROBE = textwrap.dedent('''
+PROBE = textwrap.dedent("""
     import errno, json, os, sys
     reads, writes = json.loads(sys.argv[1]), json.loads(sys.argv[2])
     out = {}
@@ -44,7 +44,7 @@ PROBE = textwrap.dedent('''
         attempt(name, lambda p=path: open(p, "wb").write(b"x"))
     out["env"] = sorted(os.environ)
     print(json.dumps(out))
-''')
+""")
 
 
 _runner = sandboxes.make_runner
@@ -54,8 +54,9 @@ _open = sandboxes.open_lease
 def _probe(runner, lease_id, reads: dict, writes: dict) -> dict:
     script = runner.root / lease_id / "home" / "probe.py"
     runner.put_file(lease_id, "~/probe.py", PROBE.encode())
-    result = runner.run(lease_id, f"{sys.executable} {script} '{json.dumps(reads)}' '{json.dumps(writes)}'",
-                        timeout_s=60)
+    result = runner.run(
+        lease_id, f"{sys.executable} {script} '{json.dumps(reads)}' '{json.dumps(writes)}'", timeout_s=60
+    )
     assert result.ok, result.output
     return json.loads(result.output.strip().splitlines()[-1])
 
@@ -68,21 +69,29 @@ def test_a_lease_reaches_nothing_of_the_agent_or_other_leases(agent_dir, runtime
         runner.put_file(other, "~/ray_bootstrap_config.yaml", b"provider: {credential: secret}")
         other_dir = runner.root / other
         agent_pid = os.getpid()
-        got = _probe(runner, mine, reads={
-            "own_token": str(runner.root / mine / "ray_auth_token"),
-            "provider_password_file": str(agent_dir / "password"),
-            "agent_state": str(agent_dir / "agent" / "machine.json"),
-            "agent_environ": f"/proc/{agent_pid}/environ",
-            "other_lease_token": str(other_dir / "ray_auth_token"),
-            "other_lease_bootstrap_config": str(other_dir / "home" / "ray_bootstrap_config.yaml"),
-            "other_lease_record": str(other_dir / "lease.json"),
-            "own_lease_record": str(runner.root / mine / "lease.json"),
-            "shadow": "/etc/shadow",
-        }, writes={
-            "write_root": "/escape", "write_usr": "/usr/escape", "write_etc_passwd": "/etc/passwd",
-            "write_agent_dir": str(agent_dir / "escape"), "write_other_home": str(other_dir / "home" / "escape"),
-            "write_python": str(Path(sys.executable).parent / "escape"),
-        })
+        got = _probe(
+            runner,
+            mine,
+            reads={
+                "own_token": str(runner.root / mine / "ray_auth_token"),
+                "provider_password_file": str(agent_dir / "password"),
+                "agent_state": str(agent_dir / "agent" / "machine.json"),
+                "agent_environ": f"/proc/{agent_pid}/environ",
+                "other_lease_token": str(other_dir / "ray_auth_token"),
+                "other_lease_bootstrap_config": str(other_dir / "home" / "ray_bootstrap_config.yaml"),
+                "other_lease_record": str(other_dir / "lease.json"),
+                "own_lease_record": str(runner.root / mine / "lease.json"),
+                "shadow": "/etc/shadow",
+            },
+            writes={
+                "write_root": "/escape",
+                "write_usr": "/usr/escape",
+                "write_etc_passwd": "/etc/passwd",
+                "write_agent_dir": str(agent_dir / "escape"),
+                "write_other_home": str(other_dir / "home" / "escape"),
+                "write_python": str(Path(sys.executable).parent / "escape"),
+            },
+        )
         assert got.pop("own_token") == "ok"  # the probe ran, and could read what is its own
         env = got.pop("env")
         assert "DCLUSTER_AGENT_PASSWORD" not in env and "RAY_AUTH_TOKEN" not in env
@@ -104,13 +113,18 @@ def _host_processes_with(marker: str) -> list[psutil.Process]:
 def test_closing_a_lease_ends_every_process_however_forked(agent_dir, runtime_name):
     runner = _runner(agent_dir, runtime_name)
     marker = f"{4000 + secrets.randbelow(999)}.{secrets.randbelow(999)}"
-    outsider = procs.spawn(["sleep", "300"], env=dict(os.environ), log_path=agent_dir / "outsider.log",
-                           owner_tag="dcl-test-outsider")
+    outsider = procs.spawn(
+        ["sleep", "300"], env=dict(os.environ), log_path=agent_dir / "outsider.log", owner_tag="dcl-test-outsider"
+    )
     try:
         mine, other = _open(runner), _open(runner)
         runner.run(other, "nohup sleep 300 >/dev/null 2>&1 &", timeout_s=30)
-        result = runner.run(mine, f"env -u DCLUSTER_OWNER setsid nohup sleep {marker} >/dev/null 2>&1 < /dev/null & "
-                                  f"(bash -c 'setsid sleep {marker} &' &) ; sleep 0.5", timeout_s=30)
+        result = runner.run(
+            mine,
+            f"env -u DCLUSTER_OWNER setsid nohup sleep {marker} >/dev/null 2>&1 < /dev/null & "
+            f"(bash -c 'setsid sleep {marker} &' &) ; sleep 0.5",
+            timeout_s=30,
+        )
         assert result.ok, result.output
         assert len(_host_processes_with(f"sleep {marker}")) == 2  # they run, detached from the command
         # ray stop and kill -1 inside reach only that lease (a third one: kill -1 ends the lease itself):
@@ -137,7 +151,7 @@ def test_closing_a_lease_ends_every_process_however_forked(agent_dir, runtime_na
 
 
 # Two processes spin for SPIN_S each and print the CPU seconds they used together.
-SPIN = textwrap.dedent('''
+SPIN = textwrap.dedent("""
     import os, sys, time
     spin_s = float(sys.argv[1])
     children = []
@@ -153,7 +167,7 @@ SPIN = textwrap.dedent('''
         os.waitpid(pid, 0)
     t = os.times()
     print(f"cpu={t.children_user + t.children_system:.2f}")
-''')
+""")
 SPIN_S = 2.0
 
 
@@ -182,7 +196,7 @@ def test_going_past_the_memory_limit_is_killed(agent_dir, runtime_name):
     try:
         lease = _open(runner)
         grow = "b = bytearray(512 * 1024 * 1024); b[::4096] = b'x' * len(b[::4096]); print('NOT', 'LIMITED')"
-        result = runner.run(lease, f"{sys.executable} -c \"{grow}\"; echo exit=$?", timeout_s=60)
+        result = runner.run(lease, f'{sys.executable} -c "{grow}"; echo exit=$?', timeout_s=60)
         assert "NOT LIMITED" not in result.output
         assert "exit=137" in result.output, result.output  # SIGKILL from the OOM killer
         assert runner.run(lease, "echo alive", timeout_s=30).output.strip().endswith("alive")  # the lease lives on
@@ -198,11 +212,17 @@ def test_only_the_leased_gpus_device_nodes_are_there(agent_dir):
     runner = _runner(agent_dir, "bwrap", gpu_dev_root=dev)
     try:
         lease = _open(runner, gpus=[2])
-        result = runner.run(lease, "export CUDA_VISIBLE_DEVICES=0,1,2,3; echo cvd=$CUDA_VISIBLE_DEVICES; "
-                                   "ls /dev | grep nvidia; cat /dev/nvidia2", timeout_s=30)
+        result = runner.run(
+            lease,
+            "export CUDA_VISIBLE_DEVICES=0,1,2,3; echo cvd=$CUDA_VISIBLE_DEVICES; "
+            "ls /dev | grep nvidia; cat /dev/nvidia2",
+            timeout_s=30,
+        )
         lines = result.output.split()
-        assert sorted(x for x in lines if x.startswith("nvidia") and x != "nvidia2") == \
-            ["nvidia-uvm", "nvidiactl"] and lines.count("nvidia2") == 2  # listed, and its content read
+        assert (
+            sorted(x for x in lines if x.startswith("nvidia") and x != "nvidia2") == ["nvidia-uvm", "nvidiactl"]
+            and lines.count("nvidia2") == 2
+        )  # listed, and its content read
         assert runner.environment(lease)["CUDA_VISIBLE_DEVICES"] == "0"  # renumbered: only one GPU exists inside
         for other in ("nvidia0", "nvidia1", "nvidia3"):
             assert runner.run(lease, f"cat /dev/{other}", timeout_s=30).exit_code == 1
@@ -215,8 +235,11 @@ def test_a_lease_runs_as_a_user_of_its_own_without_capabilities(agent_dir, runti
     runner = _runner(agent_dir, runtime_name)
     try:
         lease = _open(runner)
-        out = runner.run(lease, "id -u; grep -E '^(CapEff|CapBnd|NoNewPrivs)' /proc/self/status; ps -e --no-headers | wc -l",
-                         timeout_s=30).output.split()
+        out = runner.run(
+            lease,
+            "id -u; grep -E '^(CapEff|CapBnd|NoNewPrivs)' /proc/self/status; ps -e --no-headers | wc -l",
+            timeout_s=30,
+        ).output.split()
         uid = int(out[0])
         assert uid != os.getuid() and uid == runner._get(lease).uid
         assert out[out.index("CapEff:") + 1] == "0000000000000000" and out[out.index("NoNewPrivs:") + 1] == "1"

@@ -24,6 +24,10 @@ def test_concurrent_sign_ups_of_one_username_give_one_201_and_409s(platform, pat
     with ThreadPoolExecutor(max_workers=racers) as pool:
         codes = sorted(pool.map(sign_up, range(racers)))
     assert codes == [201] + [409] * (racers - 1), codes
-    winners = [i for i in range(racers) if Api(platform.url).post(
-        "/v1/token", data={"username": name, "password": f"password-{i:03d}"}).status_code == 200]
+    winners = [
+        i
+        for i in range(racers)
+        if Api(platform.url).post("/v1/token", data={"username": name, "password": f"password-{i:03d}"}).status_code
+        == 200
+    ]
     assert len(winners) == 1

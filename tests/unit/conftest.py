@@ -14,6 +14,7 @@ from tests import pg_server
 def _no_ray(monkeypatch):
     def refuse(*args, **kwargs):
         raise RuntimeError("unit tests must not start Ray; put this test under tests/integration")
+
     monkeypatch.setattr(ray, "init", refuse)
 
 

@@ -13,8 +13,13 @@ PACKAGES = ["dcl_core", "actors", "serve_app", "worker", "configs", "cli"]
 
 def test_import_linter_contracts_are_kept():
     lint = Path(sys.executable).with_name("lint-imports")
-    proc = subprocess.run([str(lint), "--config", str(ROOT / "pyproject.toml"), "--no-cache"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [str(lint), "--config", str(ROOT / "pyproject.toml"), "--no-cache"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert "0 broken" in proc.stdout
 
@@ -23,8 +28,12 @@ def _ray_remote_calls(path: Path) -> list[int]:
     tree = ast.parse(path.read_text(), filename=str(path))
     lines = []
     for node in ast.walk(tree):
-        if isinstance(node, ast.Attribute) and node.attr == "remote" and \
-                isinstance(node.value, ast.Name) and node.value.id == "ray":
+        if (
+            isinstance(node, ast.Attribute)
+            and node.attr == "remote"
+            and isinstance(node.value, ast.Name)
+            and node.value.id == "ray"
+        ):
             lines.append(node.lineno)
     return lines
 
@@ -44,10 +53,13 @@ def test_the_bottom_layer_is_pure_but_for_its_one_file_writer():
         if path.name == "secret_files.py":
             continue
         tree = ast.parse(path.read_text())
-        imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
-                    for alias in node.names}
-        imported |= {node.module.split(".")[0] for node in ast.walk(tree)
-                     if isinstance(node, ast.ImportFrom) and node.module}
-        calls = {node.func.id for node in ast.walk(tree) if isinstance(node, ast.Call)
-                 and isinstance(node.func, ast.Name)}
+        imported = {
+            alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
+        }
+        imported |= {
+            node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module
+        }
+        calls = {
+            node.func.id for node in ast.walk(tree) if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+        }
         assert not (imported | calls) & io_names, (path.name, (imported | calls) & io_names)

@@ -33,19 +33,29 @@ class KeyRevoked(Exception):
 class Agent:
     """Keeps this machine registered and heartbeating; hands platform work items to handlers."""
 
-    def __init__(self, client: api.PlatformApi, settings: AgentSettings, *,
-                 detect_fn: Callable[[], domain.MachineSpec] | None = None,
-                 usage_fn: Callable[[int], domain.MachineUsage] | None = None,
-                 sleep: Callable[[float], Any] | None = None,
-                 clock: Callable[[], float] = time.monotonic,
-                 rand: Callable[[], float] = random.random,
-                 lease_runner: leases.LeaseRunner | None = None):
+    def __init__(
+        self,
+        client: api.PlatformApi,
+        settings: AgentSettings,
+        *,
+        detect_fn: Callable[[], domain.MachineSpec] | None = None,
+        usage_fn: Callable[[int], domain.MachineUsage] | None = None,
+        sleep: Callable[[float], Any] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        rand: Callable[[], float] = random.random,
+        lease_runner: leases.LeaseRunner | None = None,
+    ):
         self.client = client
         self.settings = settings
-        self._detect = detect_fn or (lambda: detect.detect_machine(
-            settings.declared_gpus, settings.declared_gpu_model, settings.declared_gpu_memory_mb,
-            declared_cpus=settings.declared_cpus,
-            nvml=fake_nvml.FakeNvml.from_json(settings.test_fake_nvml) if settings.test_fake_nvml else None))
+        self._detect = detect_fn or (
+            lambda: detect.detect_machine(
+                settings.declared_gpus,
+                settings.declared_gpu_model,
+                settings.declared_gpu_memory_mb,
+                declared_cpus=settings.declared_cpus,
+                nvml=fake_nvml.FakeNvml.from_json(settings.test_fake_nvml) if settings.test_fake_nvml else None,
+            )
+        )
         self._usage = usage_fn or self._default_usage
         self._sleep = sleep  # None: wait on the stop event, so stop() interrupts every wait
         self._clock = clock
@@ -58,12 +68,16 @@ class Agent:
         # Work item kind -> handler(item), called on the poll thread: a handler must not block.
         self.work_handlers: dict[str, Callable[[dict], Any]] = {}
         if lease_runner is None:
-            runtime = sandbox_mod.make_runtime(settings.runtime, gpu_dev_root=settings.gpu_device_dir,
-                                               docker_image=settings.docker_image)
-            lease_runner = leases.LeaseRunner(self._state.dir / LEASES_DIR, machine_id_fn=lambda: self.machine_id,
-                                              runtime=runtime, limits_fn=self._lease_limits,
-                                              check_env=({protocol.ENV_TEST_FAKE_NVML: settings.test_fake_nvml}
-                                                         if settings.test_fake_nvml else None))
+            runtime = sandbox_mod.make_runtime(
+                settings.runtime, gpu_dev_root=settings.gpu_device_dir, docker_image=settings.docker_image
+            )
+            lease_runner = leases.LeaseRunner(
+                self._state.dir / LEASES_DIR,
+                machine_id_fn=lambda: self.machine_id,
+                runtime=runtime,
+                limits_fn=self._lease_limits,
+                check_env=({protocol.ENV_TEST_FAKE_NVML: settings.test_fake_nvml} if settings.test_fake_nvml else None),
+            )
         self.leases = lease_runner
         # Items of one lease run in order on one thread, leases in parallel: lease id -> pending items.
         # A lease's thread exists while it has items and ends when its queue is empty.
@@ -97,16 +111,27 @@ class Agent:
         try:
             recovered = self.leases.recover()
             if recovered:
-                logger.warning("cleaned up %d lease(s) left by a previous run of the agent: %s",
-                               len(recovered), ", ".join(recovered))
+                logger.warning(
+                    "cleaned up %d lease(s) left by a previous run of the agent: %s",
+                    len(recovered),
+                    ", ".join(recovered),
+                )
         except Exception:  # noqa: BLE001 - the machine can still serve; the leftovers stay on disk
             logger.exception("cleaning up leases of a previous run failed")
-        logger.info("agent for %s as %s (machine_key %s, state %s)", self.settings.platform_url,
-                    self.settings.username, self.machine_key, self._state.path)
-        for name, step, wakeup in (("heartbeat", self.heartbeat_step, self._stopping),
-                                   ("poll", self.poll_step, self._poll_wakeup)):
-            thread = threading.Thread(target=self._loop, args=(step, wakeup), name=f"dcluster-agent-{name}",
-                                      daemon=True)
+        logger.info(
+            "agent for %s as %s (machine_key %s, state %s)",
+            self.settings.platform_url,
+            self.settings.username,
+            self.machine_key,
+            self._state.path,
+        )
+        for name, step, wakeup in (
+            ("heartbeat", self.heartbeat_step, self._stopping),
+            ("poll", self.poll_step, self._poll_wakeup),
+        ):
+            thread = threading.Thread(
+                target=self._loop, args=(step, wakeup), name=f"dcluster-agent-{name}", daemon=True
+            )
             thread.start()
             self._threads[name] = thread
 
@@ -160,8 +185,12 @@ class Agent:
                 self.client.leave(machine_id, timeout_s=self.settings.leave_timeout_s)
                 logger.info("machine %s left the platform", machine_id)
             except api.ClientError as exc:
-                logger.warning("could not tell the platform that machine %s left (%s); it will be marked "
-                               "offline after missed heartbeats", machine_id, exc)
+                logger.warning(
+                    "could not tell the platform that machine %s left (%s); it will be marked "
+                    "offline after missed heartbeats",
+                    machine_id,
+                    exc,
+                )
             except Exception:  # noqa: BLE001
                 logger.exception("leave failed")
         self._stopped.set()
@@ -245,9 +274,12 @@ class Agent:
     def _key_refused(self, exc: api.ApiError) -> None:
         """The key is dead for good: forget it, stop offering the machine (a provider who revoked it
         does not want it back on its own), and say how to enroll it again."""
-        logger.error("the platform refused this machine's agent key (%s): the provider revoked it or enrolled "
-                     "the machine again elsewhere. Its leases are closed and the agent stops; start it again "
-                     "with the provider's password to enroll the machine anew", exc.detail)
+        logger.error(
+            "the platform refused this machine's agent key (%s): the provider revoked it or enrolled "
+            "the machine again elsewhere. Its leases are closed and the agent stops; start it again "
+            "with the provider's password to enroll the machine anew",
+            exc.detail,
+        )
         self._state.agent_key = None
         self._save_state()
         self.client.set_token(None)
@@ -261,36 +293,47 @@ class Agent:
         if cpus and self.spec is not None:
             share = max(256, int(self.spec.memory_mb * min(1.0, cpus / self.spec.cpus)))
             memory_mb = min(memory_mb, share) if memory_mb else share
-        return sandbox_base.LeaseLimits(cpus=float(cpus) if cpus else None, memory_mb=memory_mb,
-                                        pids=self.settings.lease_pids)
+        return sandbox_base.LeaseLimits(
+            cpus=float(cpus) if cpus else None, memory_mb=memory_mb, pids=self.settings.lease_pids
+        )
 
     def _register(self) -> None:
         # Detected again on each registration: drivers and GPUs change over days.
         self.spec = self._detect().model_copy(update={"sandbox": self.leases.runtime.name})
         name = self.settings.name or machine_name(self.spec.hostname)
-        answer = self.client.register_machine(self.machine_key, name, self.spec,
-                                              self.settings.price_per_gpu_hour, self.settings.price_per_cpu_hour)
+        answer = self.client.register_machine(
+            self.machine_key, name, self.spec, self.settings.price_per_gpu_hour, self.settings.price_per_cpu_hour
+        )
         self.machine_id = str(answer["id"])
         if answer.get("agent_key"):
             # Enrolled: from now on the machine's own key; the password is forgotten.
             self._state.agent_key = answer["agent_key"]
             self.client.set_token(self._state.agent_key)
             self._password = None
-            logger.info("machine %s enrolled: the agent now uses its own key (in %s)", self.machine_id,
-                        self._state.path)
+            logger.info(
+                "machine %s enrolled: the agent now uses its own key (in %s)", self.machine_id, self._state.path
+            )
         self._set_interval(answer)
         self._wake_poll()
-        logger.info("registered machine %s as %r: %d CPUs, %d MiB RAM, %d GPU(s)%s", self.machine_id, name,
-                    self.spec.cpus, self.spec.memory_mb, len(self.spec.gpus),
-                    f" {self.spec.gpu_model}" if self.spec.gpus else "")
+        logger.info(
+            "registered machine %s as %r: %d CPUs, %d MiB RAM, %d GPU(s)%s",
+            self.machine_id,
+            name,
+            self.spec.cpus,
+            self.spec.memory_mb,
+            len(self.spec.gpus),
+            f" {self.spec.gpu_model}" if self.spec.gpus else "",
+        )
         if self._state.machine_id != self.machine_id or answer.get("agent_key"):
             self._state.machine_id = self.machine_id
             self._save_state()
 
     def _sign_in_to_enroll(self) -> None:
         if self._password is None:
-            raise KeyRevoked("this machine has no agent key and the agent has no password to enroll it: start "
-                             "the agent with the provider's password (--password-file or $DCLUSTER_AGENT_PASSWORD)")
+            raise KeyRevoked(
+                "this machine has no agent key and the agent has no password to enroll it: start "
+                "the agent with the provider's password (--password-file or $DCLUSTER_AGENT_PASSWORD)"
+            )
         self.client.login(self.settings.username, self._password.get_secret_value())
         logger.info("signed in as %s to enroll this machine", self.settings.username)
 
@@ -392,8 +435,9 @@ class Agent:
         if item.get("kind") == protocol.LEASE_CLOSE and key:
             # A close never waits behind the lease's running command (a slow `ray start`, say): it
             # stops that command's processes too, and what is queued after it finds the lease closed.
-            threading.Thread(target=self._handle_lease_item, args=(item,), name=f"dcluster-close-{key}",
-                             daemon=True).start()
+            threading.Thread(
+                target=self._handle_lease_item, args=(item,), name=f"dcluster-close-{key}", daemon=True
+            ).start()
             return
         with self._lease_queues_lock:
             queue = self._lease_queues.get(key)
@@ -402,8 +446,9 @@ class Agent:
                 queue = self._lease_queues[key] = collections.deque()
             queue.append(item)
         if start:
-            threading.Thread(target=self._drain_lease_queue, args=(key,), name=f"dcluster-lease-{key or 'invalid'}",
-                             daemon=True).start()
+            threading.Thread(
+                target=self._drain_lease_queue, args=(key,), name=f"dcluster-lease-{key or 'invalid'}", daemon=True
+            ).start()
 
     def _drain_lease_queue(self, key: str) -> None:
         while True:
@@ -422,8 +467,14 @@ class Agent:
         item_id, kind = item.get("id"), item.get("kind")
         started = time.monotonic()
         result = self._lease_result(kind, item.get("payload"))
-        logger.debug("work item %s (%s): ok=%s exit %s in %.1f s", item_id, kind, result.ok, result.exit_code,
-                     time.monotonic() - started)
+        logger.debug(
+            "work item %s (%s): ok=%s exit %s in %.1f s",
+            item_id,
+            kind,
+            result.ok,
+            result.exit_code,
+            time.monotonic() - started,
+        )
         if item_id is None:  # the agent's own item (a stale lease closed): nobody waits for it
             return
         if not isinstance(item_id, str) or not item_id:
@@ -448,8 +499,9 @@ class Agent:
             return protocol.WorkResult(ok=False, output=f"unknown lease work kind {kind!r}")
         except pydantic.ValidationError as exc:
             # Only locations and messages: pydantic's own text would echo the input, auth token included.
-            errors = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'payload'}: {e['msg']}"
-                               for e in exc.errors(include_input=False))
+            errors = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or 'payload'}: {e['msg']}" for e in exc.errors(include_input=False)
+            )
             logger.warning("invalid %s payload: %s", kind, errors)
             return protocol.WorkResult(ok=False, output=f"invalid {kind} payload: {errors}")
         except leases.LeaseError as exc:

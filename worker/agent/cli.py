@@ -30,41 +30,79 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="dcluster-agent",
         description="Offer this machine on a decentralized-clusters platform. The password is read from "
-                    f"--password-file or ${PASSWORD_ENV}, never from the command line (visible in ps).")
+        f"--password-file or ${PASSWORD_ENV}, never from the command line (visible in ps).",
+    )
     p.add_argument("--platform-url", help="Base URL of the platform API, e.g. https://market.example.com")
     p.add_argument("--username", help="Provider account name")
-    p.add_argument("--password-file", type=Path,
-                   help=f"File holding the password (else ${PASSWORD_ENV}); needed only to enroll the machine")
-    p.add_argument("--enroll", action="store_true",
-                   help="Enroll this machine again with the password, replacing the agent key it keeps (after a "
-                        "revoke, or on a new platform)")
+    p.add_argument(
+        "--password-file",
+        type=Path,
+        help=f"File holding the password (else ${PASSWORD_ENV}); needed only to enroll the machine",
+    )
+    p.add_argument(
+        "--enroll",
+        action="store_true",
+        help="Enroll this machine again with the password, replacing the agent key it keeps (after a "
+        "revoke, or on a new platform)",
+    )
     p.add_argument("--name", help="Display name of this machine (default: hostname)")
     p.add_argument("--state-dir", type=Path, default=None, help="Where machine.json lives (default ~/.dcluster-agent)")
-    p.add_argument("--gpus", type=int, default=None, metavar="N",
-                   help="Declare N GPUs instead of detecting them with NVML (0: CPU-only)")
+    p.add_argument(
+        "--gpus",
+        type=int,
+        default=None,
+        metavar="N",
+        help="Declare N GPUs instead of detecting them with NVML (0: CPU-only)",
+    )
     p.add_argument("--gpu-model", default="Logical GPU", help="Model name of declared GPUs")
     p.add_argument("--gpu-memory-mb", type=int, default=0, help="Memory of each declared GPU, MiB")
-    p.add_argument("--cpus", type=int, default=None, metavar="N",
-                   help="Offer N logical CPUs instead of the detected count")
+    p.add_argument(
+        "--cpus", type=int, default=None, metavar="N", help="Offer N logical CPUs instead of the detected count"
+    )
     p.add_argument("--price-per-gpu-hour", type=float, default=0.0, help="USD per GPU-hour")
     p.add_argument("--price-per-cpu-hour", type=float, default=0.0, help="USD per CPU-hour (CPU-only leases)")
-    p.add_argument("--runtime", choices=domain.SANDBOX_RUNTIMES, default=None,
-                   help="Where buyers' leases run: docker (one container each; the default when a docker daemon "
-                        "answers), bwrap (a bubblewrap sandbox each; the default otherwise) or none (needs "
-                        f"{domain.UNSANDBOXED_FLAG})")
-    p.add_argument(domain.UNSANDBOXED_FLAG, dest="unsandboxed_ok", action="store_true",
-                   help="With --runtime none: buyers' code runs as this agent's user and can read what it can "
-                        "(its password, other leases' tokens); offers show the machine as unsandboxed")
-    p.add_argument("--lease-memory-mb", type=int, default=None, metavar="MB",
-                   help="Most memory one lease may use (default: its CPUs' share of the machine's RAM)")
+    p.add_argument(
+        "--runtime",
+        choices=domain.SANDBOX_RUNTIMES,
+        default=None,
+        help="Where buyers' leases run: docker (one container each; the default when a docker daemon "
+        "answers), bwrap (a bubblewrap sandbox each; the default otherwise) or none (needs "
+        f"{domain.UNSANDBOXED_FLAG})",
+    )
+    p.add_argument(
+        domain.UNSANDBOXED_FLAG,
+        dest="unsandboxed_ok",
+        action="store_true",
+        help="With --runtime none: buyers' code runs as this agent's user and can read what it can "
+        "(its password, other leases' tokens); offers show the machine as unsandboxed",
+    )
+    p.add_argument(
+        "--lease-memory-mb",
+        type=int,
+        default=None,
+        metavar="MB",
+        help="Most memory one lease may use (default: its CPUs' share of the machine's RAM)",
+    )
     p.add_argument("--lease-pids", type=int, default=4096, metavar="N", help="Most processes in one lease")
-    p.add_argument("--gpu-device-dir", type=Path, default=Path("/dev"),
-                   help="Where the GPUs' device nodes are (tests point it at fake nodes)")
-    p.add_argument("--test-fake-nvml", type=Path, default=None, metavar="FILE",
-                   help="TESTS ONLY: read GPUs from a fake NVML described in FILE (JSON, see worker/agent/fake_nvml.py) "
-                        "instead of the real one; GPU checks report the fake, so a real platform never verifies the machine")
-    p.add_argument("--docker-image", default=None,
-                   help="Image of leases under --runtime docker (default: the platform image, built locally)")
+    p.add_argument(
+        "--gpu-device-dir",
+        type=Path,
+        default=Path("/dev"),
+        help="Where the GPUs' device nodes are (tests point it at fake nodes)",
+    )
+    p.add_argument(
+        "--test-fake-nvml",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="TESTS ONLY: read GPUs from a fake NVML described in FILE (JSON, see worker/agent/fake_nvml.py) "
+        "instead of the real one; GPU checks report the fake, so a real platform never verifies the machine",
+    )
+    p.add_argument(
+        "--docker-image",
+        default=None,
+        help="Image of leases under --runtime docker (default: the platform image, built locally)",
+    )
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.add_argument("--detect-only", action="store_true", help="Print the detected machine as JSON and exit")
     return p
@@ -84,8 +122,9 @@ def read_password(password_file: Path | None) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     if args.log_level != "DEBUG":  # httpx logs every request at INFO: a heartbeat line every few seconds
         logging.getLogger("httpx").setLevel(logging.WARNING)
     if args.gpus is not None and not 0 <= args.gpus <= detect.MAX_GPUS:
@@ -100,18 +139,28 @@ def main(argv: list[str] | None = None) -> int:
             fake_nvml.FakeNvml.from_json(fake_nvml_text)
         except (OSError, ValueError, TypeError) as exc:
             parser.error(f"--test-fake-nvml: {exc}")
-        logger.warning("TESTS ONLY: GPUs come from the fake NVML in %s; no platform verifies this machine's GPUs "
-                       "unless it was told to accept fakes", args.test_fake_nvml)
+        logger.warning(
+            "TESTS ONLY: GPUs come from the fake NVML in %s; no platform verifies this machine's GPUs "
+            "unless it was told to accept fakes",
+            args.test_fake_nvml,
+        )
 
     if args.detect_only:
-        spec = detect.detect_machine(args.gpus, args.gpu_model, args.gpu_memory_mb, declared_cpus=args.cpus,
-                                     nvml=fake_nvml.FakeNvml.from_json(fake_nvml_text) if fake_nvml_text else None)
+        spec = detect.detect_machine(
+            args.gpus,
+            args.gpu_model,
+            args.gpu_memory_mb,
+            declared_cpus=args.cpus,
+            nvml=fake_nvml.FakeNvml.from_json(fake_nvml_text) if fake_nvml_text else None,
+        )
         print(spec.model_dump_json(indent=2))
         return 0
 
     if args.runtime == domain.UNSANDBOXED and not args.unsandboxed_ok:
-        parser.error(f"--runtime none runs buyers' code as this agent's own user, with its password and every "
-                     f"other lease in reach; add {domain.UNSANDBOXED_FLAG} to accept that")
+        parser.error(
+            f"--runtime none runs buyers' code as this agent's own user, with its password and every "
+            f"other lease in reach; add {domain.UNSANDBOXED_FLAG} to accept that"
+        )
     if not args.platform_url or not args.username:
         parser.error("--platform-url and --username are required (unless --detect-only)")
     try:
@@ -124,17 +173,30 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--enroll needs the provider's password: --password-file FILE or ${PASSWORD_ENV}")
         _forget_agent_key(state_dir)
     if not password and not _has_agent_key(state_dir):
-        parser.error(f"no password: this machine is not enrolled yet; pass --password-file FILE or set ${PASSWORD_ENV} "
-                     f"(it is used once: the machine then gets its own agent key)")
+        parser.error(
+            f"no password: this machine is not enrolled yet; pass --password-file FILE or set ${PASSWORD_ENV} "
+            f"(it is used once: the machine then gets its own agent key)"
+        )
 
     runtime = args.runtime or sandbox.default_runtime()
-    fields = {"platform_url": args.platform_url, "username": args.username, "password": password or None,
-              "name": args.name, "declared_gpus": args.gpus, "declared_gpu_model": args.gpu_model,
-              "declared_gpu_memory_mb": args.gpu_memory_mb, "declared_cpus": args.cpus, "price_per_gpu_hour": args.price_per_gpu_hour,
-              "price_per_cpu_hour": args.price_per_cpu_hour, "runtime": runtime,
-              "lease_memory_mb": args.lease_memory_mb, "lease_pids": args.lease_pids,
-              "gpu_device_dir": args.gpu_device_dir, "docker_image": args.docker_image,
-              "test_fake_nvml": fake_nvml_text}
+    fields = {
+        "platform_url": args.platform_url,
+        "username": args.username,
+        "password": password or None,
+        "name": args.name,
+        "declared_gpus": args.gpus,
+        "declared_gpu_model": args.gpu_model,
+        "declared_gpu_memory_mb": args.gpu_memory_mb,
+        "declared_cpus": args.cpus,
+        "price_per_gpu_hour": args.price_per_gpu_hour,
+        "price_per_cpu_hour": args.price_per_cpu_hour,
+        "runtime": runtime,
+        "lease_memory_mb": args.lease_memory_mb,
+        "lease_pids": args.lease_pids,
+        "gpu_device_dir": args.gpu_device_dir,
+        "docker_image": args.docker_image,
+        "test_fake_nvml": fake_nvml_text,
+    }
     if args.state_dir is not None:
         fields["state_dir"] = args.state_dir
     try:

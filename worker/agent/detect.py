@@ -63,12 +63,14 @@ def nvml_gpus(nvml: Any = None) -> tuple[list[domain.GpuInfo], str | None, str |
                 uuid = _text(nvml.nvmlDeviceGetUUID(handle))[:128]
             except Exception:  # noqa: BLE001 - a missing UUID is no reason to hide the GPU
                 uuid = None
-            gpus.append(domain.GpuInfo(
-                index=index,
-                model=clean_gpu_model(_text(nvml.nvmlDeviceGetName(handle))),
-                memory_mb=int(nvml.nvmlDeviceGetMemoryInfo(handle).total) // _MIB,
-                uuid=uuid,
-            ))
+            gpus.append(
+                domain.GpuInfo(
+                    index=index,
+                    model=clean_gpu_model(_text(nvml.nvmlDeviceGetName(handle))),
+                    memory_mb=int(nvml.nvmlDeviceGetMemoryInfo(handle).total) // _MIB,
+                    uuid=uuid,
+                )
+            )
         driver = _text(nvml.nvmlSystemGetDriverVersion())[:64]
         return gpus, driver, _cuda_version(nvml)
     finally:
@@ -136,8 +138,8 @@ def detect_machine(
         hostname=(_safe(socket.gethostname, "") or "localhost")[:255],
         os=f"{_safe(platform.system, '')} {release}".strip()[:128],
         arch=_safe(platform.machine, "")[:32],
-        cpus=declared_cpus or max(1, min(_safe(lambda: psutil.cpu_count(logical=True), None) or os.cpu_count() or 1,
-                                         4096)),
+        cpus=declared_cpus
+        or max(1, min(_safe(lambda: psutil.cpu_count(logical=True), None) or os.cpu_count() or 1, 4096)),
         memory_mb=max(1, min(vm_total // _MIB, 1_000_000_000)),
         gpus=gpus,
         gpus_declared=declared,

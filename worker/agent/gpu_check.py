@@ -34,8 +34,9 @@ def _timed(backend: str, device: str, n: int, run: Callable[[], Any]) -> protoco
         seconds = max(time.perf_counter() - started, 1e-9)
     except Exception as exc:  # noqa: BLE001 - a failed benchmark is reported, not raised
         return protocol.GpuBenchmark(backend=backend, device=device, size=n, error=f"{type(exc).__name__}: {exc}"[:500])
-    return protocol.GpuBenchmark(backend=backend, device=device, size=n, seconds=round(seconds, 6),
-                                 gflops=round(2 * n ** 3 / seconds / 1e9, 3))
+    return protocol.GpuBenchmark(
+        backend=backend, device=device, size=n, seconds=round(seconds, 6), gflops=round(2 * n**3 / seconds / 1e9, 3)
+    )
 
 
 def gpu_benchmarks(count: int) -> list[protocol.GpuBenchmark]:
@@ -52,6 +53,7 @@ def gpu_benchmarks(count: int) -> list[protocol.GpuBenchmark]:
             def run(a=a, index=index):
                 (a @ a).sum().item()
                 torch.cuda.synchronize(index)
+
             results.append(_timed("torch", f"gpu:{index}", GPU_MATMUL_N, run))
         return results
     try:
@@ -65,6 +67,7 @@ def gpu_benchmarks(count: int) -> list[protocol.GpuBenchmark]:
 
             def run(a=a):
                 (a @ a).sum().item()
+
             results.append(_timed("cupy", f"gpu:{index}", GPU_MATMUL_N, run))
     return results
 
@@ -76,8 +79,9 @@ def cpu_benchmark() -> protocol.GpuBenchmark:
         n = PYTHON_MATMUL_N
         a = [[(i * n + j) % 7 / 7.0 for j in range(n)] for i in range(n)]
         columns = list(zip(*a))
-        return _timed("python", "cpu", n, lambda: [[sum(x * y for x, y in zip(row, col)) for col in columns]
-                                                    for row in a])
+        return _timed(
+            "python", "cpu", n, lambda: [[sum(x * y for x, y in zip(row, col)) for col in columns] for row in a]
+        )
     a = numpy.random.default_rng(0).random((NUMPY_MATMUL_N, NUMPY_MATMUL_N))
     return _timed("numpy", "cpu", NUMPY_MATMUL_N, lambda: a @ a)
 
@@ -87,10 +91,20 @@ def check() -> protocol.GpuCheckReport:
         nvml, source = _nvml()
         gpus, driver, cuda = detect.nvml_gpus(nvml)
     except Exception as exc:  # noqa: BLE001 - no library, no driver, no device: the platform judges it
-        return protocol.GpuCheckReport(nvml="unavailable", uid=os.getuid(), nvml_error=f"{type(exc).__name__}: {exc}"[:500],
-                                       benchmarks=[cpu_benchmark()])
-    return protocol.GpuCheckReport(nvml=source, uid=os.getuid(), gpus=gpus, driver_version=driver, cuda_version=cuda,
-                                   benchmarks=[*gpu_benchmarks(len(gpus)), cpu_benchmark()])
+        return protocol.GpuCheckReport(
+            nvml="unavailable",
+            uid=os.getuid(),
+            nvml_error=f"{type(exc).__name__}: {exc}"[:500],
+            benchmarks=[cpu_benchmark()],
+        )
+    return protocol.GpuCheckReport(
+        nvml=source,
+        uid=os.getuid(),
+        gpus=gpus,
+        driver_version=driver,
+        cuda_version=cuda,
+        benchmarks=[*gpu_benchmarks(len(gpus)), cpu_benchmark()],
+    )
 
 
 def main() -> int:

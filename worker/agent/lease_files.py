@@ -85,11 +85,24 @@ class Lease:
         return self.dir / LOGS_DIR
 
     def record(self) -> dict:
-        return {"lease_id": self.lease_id, "purpose": self.purpose, "cluster_id": self.cluster_id, "role": self.role,
-                "gpu_indices": self.gpu_indices, "resources": self.resources, "labels": self.labels,
-                "head_gcs_port": self.head_gcs_port, "ports": self.ports.to_dict(), "node_ip": self.node_ip,
-                "temp_dir": str(self.temp_dir), "owner_tag": self.tag, "machine_id": self.machine_id,
-                "opened_at": self.opened_at, "agent_pid": os.getpid(), "uid": self.uid}
+        return {
+            "lease_id": self.lease_id,
+            "purpose": self.purpose,
+            "cluster_id": self.cluster_id,
+            "role": self.role,
+            "gpu_indices": self.gpu_indices,
+            "resources": self.resources,
+            "labels": self.labels,
+            "head_gcs_port": self.head_gcs_port,
+            "ports": self.ports.to_dict(),
+            "node_ip": self.node_ip,
+            "temp_dir": str(self.temp_dir),
+            "owner_tag": self.tag,
+            "machine_id": self.machine_id,
+            "opened_at": self.opened_at,
+            "agent_pid": os.getpid(),
+            "uid": self.uid,
+        }
 
     def opened(self) -> protocol.LeaseOpened:
         return protocol.LeaseOpened(ports=self.ports.to_dict(), node_ip=self.node_ip)
@@ -102,8 +115,10 @@ def user_files(lease: Lease) -> tuple[tuple[Path, str], ...]:
     etc = lease.dir / "etc"
     etc.mkdir(mode=0o755, exist_ok=True)
     passwd, group = etc / "passwd", etc / "group"
-    passwd.write_text(f"root:x:0:0:root:/nonexistent:/usr/sbin/nologin\n"
-                      f"{LEASE_USER}:x:{lease.uid}:{lease.gid}:lease {lease.lease_id}:{lease.home}:/bin/bash\n")
+    passwd.write_text(
+        f"root:x:0:0:root:/nonexistent:/usr/sbin/nologin\n"
+        f"{LEASE_USER}:x:{lease.uid}:{lease.gid}:lease {lease.lease_id}:{lease.home}:/bin/bash\n"
+    )
     group.write_text(f"root:x:0:\n{LEASE_USER}:x:{lease.gid}:\n")
     for path in (passwd, group):
         os.chmod(path, 0o644)

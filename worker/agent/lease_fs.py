@@ -141,8 +141,13 @@ def open_regular(anchor: Path, relative: str | PurePosixPath) -> int:
 
 
 def _kind(mode: int) -> str:
-    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a directory")):
+    for test, name in (
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISDIR, "a directory"),
+    ):
         if test(mode):
             return name
     return "not a file"
@@ -188,8 +193,7 @@ def read_link(anchor: Path, relative: str | PurePosixPath) -> str:
         os.close(fd)
 
 
-def create_log(anchor: Path, relative_dir: str | PurePosixPath, name: str, uid: int | None,
-               gid: int | None) -> int:
+def create_log(anchor: Path, relative_dir: str | PurePosixPath, name: str, uid: int | None, gid: int | None) -> int:
     """A new empty file the lease's user may write (a command's output), made by the agent; returns the
     agent's read descriptor of it, which is what the agent reads afterwards whatever the lease does to the
     name. Whatever the lease had put at that name is removed first (a link is removed, not followed)."""
@@ -203,8 +207,11 @@ def create_log(anchor: Path, relative_dir: str | PurePosixPath, name: str, uid: 
                 os.unlink(name, dir_fd=dir_fd)
                 fd = os.open(name, flags, 0o600, dir_fd=dir_fd)
             except OSError as exc:
-                raise Refused(Path(anchor) / relative_dir / name, f"cannot make the command's log: "
-                              f"{os.strerror(exc.errno or 0)}", exc.errno or errno.EPERM) from None
+                raise Refused(
+                    Path(anchor) / relative_dir / name,
+                    f"cannot make the command's log: {os.strerror(exc.errno or 0)}",
+                    exc.errno or errno.EPERM,
+                ) from None
     finally:
         os.close(dir_fd)
     try:
@@ -234,8 +241,9 @@ def same_file(fd: int, anchor: Path, relative: str | PurePosixPath) -> bool:
     return (there.st_dev, there.st_ino) == (mine.st_dev, mine.st_ino)
 
 
-def make_dir(anchor: Path, name: str, *, uid: int | None, gid: int | None, mode: int,
-             owners: tuple[int, ...] = ()) -> None:
+def make_dir(
+    anchor: Path, name: str, *, uid: int | None, gid: int | None, mode: int, owners: tuple[int, ...] = ()
+) -> None:
     """Make anchor/name (one component) a directory of the lease's user with `mode`. An existing one is
     accepted only as a real directory owned by the agent or by one of `owners`; it is changed through a
     descriptor, never through the name."""
@@ -249,8 +257,9 @@ def make_dir(anchor: Path, name: str, *, uid: int | None, gid: int | None, mode:
         try:
             fd = os.open(name, _DIR_FLAGS, dir_fd=anchor_fd)
         except OSError as exc:
-            raise Refused(Path(anchor) / name, _why(exc, "the directory", anchor_fd, name),
-                          exc.errno or errno.EPERM) from None
+            raise Refused(
+                Path(anchor) / name, _why(exc, "the directory", anchor_fd, name), exc.errno or errno.EPERM
+            ) from None
     finally:
         os.close(anchor_fd)
     try:

@@ -58,8 +58,13 @@ def _candidates(anchor: Path, relative: PurePosixPath | None) -> list[tuple[Path
         return []
 
 
-def collect(temp_dir: Path, command_logs: Path, *, max_bytes: int = MAX_BYTES_PER_LEASE,
-            max_file_bytes: int = MAX_BYTES_PER_FILE) -> list[dict]:
+def collect(
+    temp_dir: Path,
+    command_logs: Path,
+    *,
+    max_bytes: int = MAX_BYTES_PER_LEASE,
+    max_file_bytes: int = MAX_BYTES_PER_FILE,
+) -> list[dict]:
     """The lease's logs as [{name, text, bytes, truncated}], at most max_bytes of text in all.
 
     `temp_dir` is the lease's Ray --temp-dir (its `session_latest/logs`); `command_logs` holds the
@@ -84,7 +89,7 @@ def collect(temp_dir: Path, command_logs: Path, *, max_bytes: int = MAX_BYTES_PE
         cost = len(json.dumps(text))
         over = cost > left
         if over:  # escapes made it longer than what is left: keep a shorter tail, and it is the last
-            text, truncated = text[len(text) - max(0, (left - 2) // 12):], True  # at most 12 per character
+            text, truncated = text[len(text) - max(0, (left - 2) // 12) :], True  # at most 12 per character
             cost = len(json.dumps(text))
         if text:
             left -= cost

@@ -41,8 +41,17 @@ from dcl_core import commands, domain, ids, protocol, secret_files
 from dcl_core import ray_ports as ray_ports_mod
 from worker import procs
 from worker.agent import cpu_caps, lease_fs, lease_logs, start_once
-from worker.agent.lease_files import (HOME_DIR, LEASE_USER, LOGS_DIR, RECORD_FILE, TERM_GRACE_S, TOKEN_FILE, LeaseError,
-                                      owner_tag, temp_dir_for)
+from worker.agent.lease_files import (
+    HOME_DIR,
+    LEASE_USER,
+    LOGS_DIR,
+    RECORD_FILE,
+    TERM_GRACE_S,
+    TOKEN_FILE,
+    LeaseError,
+    owner_tag,
+    temp_dir_for,
+)
 from worker.agent.lease_files import Lease as _Lease
 from worker.agent.lease_files import exit_code as _exit_code
 from worker.agent.lease_files import user_files as _user_files
@@ -100,11 +109,18 @@ def default_node_ip() -> str:
 class LeaseRunner:
     """Opens, runs commands in, and closes this machine's leases; thread-safe, one per agent."""
 
-    def __init__(self, root_dir: Path, *, machine_id_fn: Callable[[], str | None] | None = None,
-                 node_ip: str | None = None, base_env: Mapping[str, str] | None = None,
-                 runtime: sandbox.Runtime | None = None,
-                 limits_fn: Callable[[protocol.LeaseOpen], sandbox.LeaseLimits] | None = None,
-                 check_env: Mapping[str, str] | None = None, caps: cpu_caps.CpuCaps | None = None):
+    def __init__(
+        self,
+        root_dir: Path,
+        *,
+        machine_id_fn: Callable[[], str | None] | None = None,
+        node_ip: str | None = None,
+        base_env: Mapping[str, str] | None = None,
+        runtime: sandbox.Runtime | None = None,
+        limits_fn: Callable[[protocol.LeaseOpen], sandbox.LeaseLimits] | None = None,
+        check_env: Mapping[str, str] | None = None,
+        caps: cpu_caps.CpuCaps | None = None,
+    ):
         self.root = Path(root_dir).expanduser()
         secret_files.ensure_private_dir(self.root)
         self._machine_id_fn = machine_id_fn or (lambda: None)
@@ -142,8 +158,11 @@ class LeaseRunner:
         if lease is not None and lease.sandbox is None:
             raise LeaseError(f"lease {lease_id} is still opening; retry in a moment", lease_id=lease_id)
         if lease is None:
-            raise UnknownLease(f"lease {lease_id} is not open on this machine (closed, or lost when the agent "
-                               "restarted); open it again", lease_id=lease_id)
+            raise UnknownLease(
+                f"lease {lease_id} is not open on this machine (closed, or lost when the agent "
+                "restarted); open it again",
+                lease_id=lease_id,
+            )
         return lease
 
     # --- open ----------------------------------------------------------------------------
@@ -163,22 +182,38 @@ class LeaseRunner:
             lease = self._leases.get(lease_id)
             if lease is not None:
                 if (lease.purpose, lease.cluster_id, lease.role) != (payload.purpose, payload.cluster_id, payload.role):
-                    raise LeaseConflict(f"lease {lease_id} is already open for {lease.cluster_id or lease.purpose} "
-                                        f"as {lease.role or lease.purpose}; close it first", lease_id=lease_id)
+                    raise LeaseConflict(
+                        f"lease {lease_id} is already open for {lease.cluster_id or lease.purpose} "
+                        f"as {lease.role or lease.purpose}; close it first",
+                        lease_id=lease_id,
+                    )
                 return lease.opened()
             taken: set[int] = set()
             for other in self._leases.values():  # nothing listens yet: free ports alone do not tell
                 taken |= other.ports.all_ports()
             ports = procs.allocate_ray_ports(exclude=tuple(sorted(taken)))
             uids = {other.uid for other in self._leases.values() if other.uid is not None}
-            user = candidate if candidate is None or candidate[0] not in uids else \
-                self.runtime.lease_user(lease_id, uids)
-            lease = _Lease(lease_id=lease_id, purpose=payload.purpose, cluster_id=payload.cluster_id, role=payload.role,
-                           gpu_indices=list(payload.gpu_indices), resources=dict(payload.resources),
-                           labels={**payload.labels, protocol.LEASE_LABEL: lease_id}, head_gcs_port=payload.head_gcs_port, ports=ports,
-                           node_ip=node_ip, dir=self.root / lease_id, temp_dir=temp_dir_for(lease_id),
-                           machine_id=self._machine_id_fn(), opened_at=time.time(),
-                           uid=user[0] if user else None, gid=user[1] if user else None)
+            user = (
+                candidate if candidate is None or candidate[0] not in uids else self.runtime.lease_user(lease_id, uids)
+            )
+            lease = _Lease(
+                lease_id=lease_id,
+                purpose=payload.purpose,
+                cluster_id=payload.cluster_id,
+                role=payload.role,
+                gpu_indices=list(payload.gpu_indices),
+                resources=dict(payload.resources),
+                labels={**payload.labels, protocol.LEASE_LABEL: lease_id},
+                head_gcs_port=payload.head_gcs_port,
+                ports=ports,
+                node_ip=node_ip,
+                dir=self.root / lease_id,
+                temp_dir=temp_dir_for(lease_id),
+                machine_id=self._machine_id_fn(),
+                opened_at=time.time(),
+                uid=user[0] if user else None,
+                gid=user[1] if user else None,
+            )
             self._leases[lease_id] = lease  # reserves its ports and uid; no command runs before its sandbox
         try:
             secret_files.ensure_private_dir(lease.dir)
@@ -187,14 +222,25 @@ class LeaseRunner:
             # /tmp is shared: a dir already there is taken only if it is our own or the lease's real directory
             lease_fs.make_dir(lease.temp_dir.parent, lease.temp_dir.name, uid=lease.uid, gid=lease.gid, mode=0o700)
             secret_files.write_secret_file(lease.token_path, payload.ray_auth_token.encode())
-            lease_fs.give(lease.dir, TOKEN_FILE, uid=lease.uid, gid=lease.gid,
-                          mode=0o400 if lease.uid is not None else 0o600)
+            lease_fs.give(
+                lease.dir, TOKEN_FILE, uid=lease.uid, gid=lease.gid, mode=0o400 if lease.uid is not None else 0o600
+            )
             secret_files.write_secret_file(lease.dir / RECORD_FILE, json.dumps(lease.record(), indent=2).encode())
-            lease.sandbox = self.runtime.create(sandbox.SandboxSpec(
-                lease_id=lease_id, owner_tag=lease.tag, uid=lease.uid, gid=lease.gid,
-                writable=(lease.home, lease.logs, lease.temp_dir), readonly=(lease.token_path,),
-                etc_files=_user_files(lease), gpu_indices=tuple(lease.gpu_indices),
-                limits=self._limits_fn(payload), image=payload.image, log_path=lease.dir / "sandbox.log"))
+            lease.sandbox = self.runtime.create(
+                sandbox.SandboxSpec(
+                    lease_id=lease_id,
+                    owner_tag=lease.tag,
+                    uid=lease.uid,
+                    gid=lease.gid,
+                    writable=(lease.home, lease.logs, lease.temp_dir),
+                    readonly=(lease.token_path,),
+                    etc_files=_user_files(lease),
+                    gpu_indices=tuple(lease.gpu_indices),
+                    limits=self._limits_fn(payload),
+                    image=payload.image,
+                    log_path=lease.dir / "sandbox.log",
+                )
+            )
         except BaseException as exc:
             with self._lock:
                 self._leases.pop(lease_id, None)
@@ -205,9 +251,14 @@ class LeaseRunner:
                 raise LeaseError(str(exc), lease_id=lease_id) from None
             raise
         self.cpu_caps.opened(lease_id, lease.sandbox, ray_node=lease.purpose == protocol.NODE_LEASE)
-        logger.info("lease %s opened: %s of %s, GCS port %s, GPUs %s", lease_id, lease.role or lease.purpose,
-                    lease.cluster_id or "no cluster",
-                    ports.gcs if lease.role == domain.NodeRole.HEAD else payload.head_gcs_port, lease.gpu_indices or "none")
+        logger.info(
+            "lease %s opened: %s of %s, GCS port %s, GPUs %s",
+            lease_id,
+            lease.role or lease.purpose,
+            lease.cluster_id or "no cluster",
+            ports.gcs if lease.role == domain.NodeRole.HEAD else payload.head_gcs_port,
+            lease.gpu_indices or "none",
+        )
         return lease.opened()
 
     # --- environment ---------------------------------------------------------------------
@@ -227,8 +278,9 @@ class LeaseRunner:
         env["RAY_AUTH_MODE"] = "token"
         env["RAY_AUTH_TOKEN_PATH"] = str(lease.token_path)
         env.update(lease.ports.env())
-        env[protocol.ENV_PORT_FLAGS] = " ".join(lease.ports.start_flags(head=lease.role == domain.NodeRole.HEAD,
-                                                                        temp_dir=lease.temp_dir))
+        env[protocol.ENV_PORT_FLAGS] = " ".join(
+            lease.ports.start_flags(head=lease.role == domain.NodeRole.HEAD, temp_dir=lease.temp_dir)
+        )
         env[protocol.ENV_LEASE_ID] = lease.lease_id
         if lease.role == domain.NodeRole.WORKER and lease.head_gcs_port is not None:
             env[protocol.ENV_HEAD_GCS_PORT] = str(lease.head_gcs_port)
@@ -246,8 +298,9 @@ class LeaseRunner:
 
     # --- run -----------------------------------------------------------------------------
 
-    def run(self, lease_id: str, cmd: str, env: Mapping[str, str] | None = None,
-            timeout_s: float = 120.0) -> protocol.WorkResult:
+    def run(
+        self, lease_id: str, cmd: str, env: Mapping[str, str] | None = None, timeout_s: float = 120.0
+    ) -> protocol.WorkResult:
         """Run `bash -c cmd` in the lease's sandbox; unsandboxed, `ray stop` stops this lease's processes instead.
 
         In a sandbox `ray stop` runs as it is: it sees only the lease's own pid namespace. A `ray start`
@@ -258,8 +311,12 @@ class LeaseRunner:
             self._starts.forget(lease_id)
         elif commands.starts_ray(cmd):
             return self._starts.run(
-                lease_id, start_once.start_key(cmd, env), lambda: self._run(lease, cmd, env, timeout_s),
-                lambda: start_once.raylet_answers(lease.node_ip, lease.ports.node_manager), timeout_s)
+                lease_id,
+                start_once.start_key(cmd, env),
+                lambda: self._run(lease, cmd, env, timeout_s),
+                lambda: start_once.raylet_answers(lease.node_ip, lease.ports.node_manager),
+                timeout_s,
+            )
         return self._run(lease, cmd, env, timeout_s)
 
     def _run(self, lease: _Lease, cmd: str, env: Mapping[str, str] | None, timeout_s: float) -> protocol.WorkResult:
@@ -270,15 +327,26 @@ class LeaseRunner:
             # Stop first, then run what is left with every `ray stop` replaced by the no-op `:`
             # (its arguments become arguments of `:`), so `ray stop; ray start ...` still starts.
             summary = procs.stop_owned(lease.tag, grace_s=2.0)
-            logger.info("lease %s: `ray stop` intercepted; stopped %d process(es) (%d killed) in %.1f s",
-                        lease_id, len(summary.terminated), len(summary.killed), summary.elapsed_s)
-            note = (f"[dcluster-agent] `ray stop` intercepted: stopped {len(summary.terminated)} process(es) of "
-                    f"lease {lease_id} ({len(summary.killed)} needed SIGKILL) in {summary.elapsed_s:.1f} s; "
-                    "other Ray clusters on this machine were not touched\n")
+            logger.info(
+                "lease %s: `ray stop` intercepted; stopped %d process(es) (%d killed) in %.1f s",
+                lease_id,
+                len(summary.terminated),
+                len(summary.killed),
+                summary.elapsed_s,
+            )
+            note = (
+                f"[dcluster-agent] `ray stop` intercepted: stopped {len(summary.terminated)} process(es) of "
+                f"lease {lease_id} ({len(summary.killed)} needed SIGKILL) in {summary.elapsed_s:.1f} s; "
+                "other Ray clusters on this machine were not touched\n"
+            )
             data = {"ray_stop": _summary_data(summary)}
             if not summary.clean:
-                return protocol.WorkResult(ok=False, exit_code=1, data=data, output=note + (
-                    f"[dcluster-agent] still alive after the stop: {summary.remaining}\n"))
+                return protocol.WorkResult(
+                    ok=False,
+                    exit_code=1,
+                    data=data,
+                    output=note + (f"[dcluster-agent] still alive after the stop: {summary.remaining}\n"),
+                )
             cmd = commands.RAY_STOP_RE.sub(":", cmd)
         full_env = self.environment(lease_id, env)
         started = time.monotonic()
@@ -292,8 +360,9 @@ class LeaseRunner:
                 proc = lease.sandbox.spawn(["bash", "-c", cmd], env=full_env, cwd=lease.home, log_path=log.path)
             except (sandbox.SandboxError, lease_fs.Refused) as exc:
                 log.close()
-                return protocol.WorkResult(ok=False, exit_code=1, output=_last(
-                    note + f"[dcluster-agent] {exc}; the command was not run\n"))
+                return protocol.WorkResult(
+                    ok=False, exit_code=1, output=_last(note + f"[dcluster-agent] {exc}; the command was not run\n")
+                )
         with log:
             logger.debug("lease %s: pid %d runs %s", lease_id, proc.pid, commands.redact(cmd)[:300])
             try:
@@ -301,11 +370,17 @@ class LeaseRunner:
             except subprocess.TimeoutExpired:
                 proc.kill(TERM_GRACE_S)
                 elapsed = round(time.monotonic() - started, 2)
-                logger.warning("lease %s: command timed out after %g s; its process group was killed",
-                               lease_id, timeout_s)
-                return log.result(ok=False, exit_code=124, data={**data, "elapsed_s": elapsed, "timed_out": True},
-                                  before=note, after=f"\n[dcluster-agent] timed out after {timeout_s:g} s; the "
-                                                     "command's process group was killed\n")
+                logger.warning(
+                    "lease %s: command timed out after %g s; its process group was killed", lease_id, timeout_s
+                )
+                return log.result(
+                    ok=False,
+                    exit_code=124,
+                    data={**data, "elapsed_s": elapsed, "timed_out": True},
+                    before=note,
+                    after=f"\n[dcluster-agent] timed out after {timeout_s:g} s; the "
+                    "command's process group was killed\n",
+                )
             finally:  # ended, or ended by the timeout
                 self.cpu_caps.command_ended(lease_id, lease.sandbox, cmd)
             elapsed = round(time.monotonic() - started, 2)
@@ -314,10 +389,14 @@ class LeaseRunner:
             if lease.closing:
                 # Stopped by the lease's close: whatever the shell said as it went (it may exit 0 on the
                 # signal), the command did not finish.
-                return log.result(ok=False, exit_code=exit_code, data={**data, "elapsed_s": elapsed}, before=note,
-                                  after=f"\n[dcluster-agent] stopped by the close of lease {lease_id}\n")
-            return log.result(ok=exit_code == 0, exit_code=exit_code, data={**data, "elapsed_s": elapsed},
-                              before=note)
+                return log.result(
+                    ok=False,
+                    exit_code=exit_code,
+                    data={**data, "elapsed_s": elapsed},
+                    before=note,
+                    after=f"\n[dcluster-agent] stopped by the close of lease {lease_id}\n",
+                )
+            return log.result(ok=exit_code == 0, exit_code=exit_code, data={**data, "elapsed_s": elapsed}, before=note)
 
     # --- files ---------------------------------------------------------------------------
 
@@ -352,8 +431,9 @@ class LeaseRunner:
         real = Path(resolve(candidate))
         protected = {lease_dir / RECORD_FILE, lease_dir / TOKEN_FILE, lease_dir, Path(resolve(lease.home))}
         if not real.is_relative_to(lease_dir) or real in protected:
-            raise LeaseError(f"{path!r} is outside the lease's directory; write under ~ instead",
-                             lease_id=lease.lease_id)
+            raise LeaseError(
+                f"{path!r} is outside the lease's directory; write under ~ instead", lease_id=lease.lease_id
+            )
         if not self.runtime.sandboxed and real.is_dir():
             raise LeaseError(f"{path!r} is a directory; give a file path", lease_id=lease.lease_id)
         return real
@@ -375,10 +455,14 @@ class LeaseRunner:
             summary = procs.stop_owned(owner_tag(lease_id), grace_s=grace_s)
         data = _summary_data(summary)
         if not summary.clean:
-            logger.warning("lease %s: processes %s survived the stop; the lease stays for a retry",
-                           lease_id, summary.remaining)
-            return protocol.WorkResult(ok=False, output=f"processes {summary.remaining} of lease {lease_id} are "
-                                       "still alive; close it again", data=data)
+            logger.warning(
+                "lease %s: processes %s survived the stop; the lease stays for a retry", lease_id, summary.remaining
+            )
+            return protocol.WorkResult(
+                ok=False,
+                output=f"processes {summary.remaining} of lease {lease_id} are still alive; close it again",
+                data=data,
+            )
         temp_dir = lease.temp_dir if lease else temp_dir_for(lease_id)
         # Shipped with the answer before the files go: the buyer reads them after the cluster ended.
         data["logs"] = lease_logs.collect(temp_dir, self.root / lease_id / LOGS_DIR)
@@ -390,10 +474,21 @@ class LeaseRunner:
         self._starts.forget(lease_id)
         if lease is None and not summary.terminated:
             return protocol.WorkResult(ok=True, exit_code=0, output=f"lease {lease_id} was not open", data=data)
-        logger.info("lease %s closed: %d process(es) stopped (%d killed) in %.1f s", lease_id,
-                    len(summary.terminated), len(summary.killed), summary.elapsed_s)
-        return protocol.WorkResult(ok=True, exit_code=0, data=data, output=(
-            f"lease {lease_id} closed: stopped {len(summary.terminated)} process(es) in {summary.elapsed_s:.1f} s"))
+        logger.info(
+            "lease %s closed: %d process(es) stopped (%d killed) in %.1f s",
+            lease_id,
+            len(summary.terminated),
+            len(summary.killed),
+            summary.elapsed_s,
+        )
+        return protocol.WorkResult(
+            ok=True,
+            exit_code=0,
+            data=data,
+            output=(
+                f"lease {lease_id} closed: stopped {len(summary.terminated)} process(es) in {summary.elapsed_s:.1f} s"
+            ),
+        )
 
     def close_all(self, grace_s: float = 2.0) -> dict[str, protocol.WorkResult]:
         """Agent shutdown: refuse new work, then close every lease in parallel."""
@@ -430,13 +525,17 @@ class LeaseRunner:
             self.runtime.cleanup_stale(lease_id)
             summary = procs.stop_owned(owner_tag(lease_id), grace_s=2.0)
             if not summary.clean:
-                logger.warning("lease %s from a previous run: processes %s survive; its files stay",
-                               lease_id, summary.remaining)
+                logger.warning(
+                    "lease %s from a previous run: processes %s survive; its files stay", lease_id, summary.remaining
+                )
                 continue
             lease_fs.remove_tree(temp_dir_for(lease_id))
             lease_fs.remove_tree(entry)
-            logger.warning("lease %s from a previous run of the agent cleaned up: %d process(es) stopped",
-                           lease_id, len(summary.terminated))
+            logger.warning(
+                "lease %s from a previous run of the agent cleaned up: %d process(es) stopped",
+                lease_id,
+                len(summary.terminated),
+            )
         return found
 
 
@@ -462,8 +561,10 @@ class _CommandLog:
         if replaced and not self.lease.closing:  # a closing lease's files go with it: no tampering to report
             logger.warning("lease %s: the log %s was replaced while its command ran", self.lease.lease_id, self.name)
             ok = False
-            text += (f"\n[dcluster-agent] {self.path} was replaced while the command ran (a link, another file or "
-                     "nothing stands there now): not read; the output above is what reached the log the agent made\n")
+            text += (
+                f"\n[dcluster-agent] {self.path} was replaced while the command ran (a link, another file or "
+                "nothing stands there now): not read; the output above is what reached the log the agent made\n"
+            )
         return protocol.WorkResult(ok=ok, exit_code=exit_code, output=_last(text), data=data)
 
     def close(self) -> None:
@@ -484,8 +585,12 @@ def _check_id(lease_id: str) -> None:
 
 
 def _summary_data(summary: procs.StopSummary) -> dict:
-    return {"stopped": len(summary.terminated), "killed": len(summary.killed), "remaining": summary.remaining,
-            "elapsed_s": summary.elapsed_s}
+    return {
+        "stopped": len(summary.terminated),
+        "killed": len(summary.killed),
+        "remaining": summary.remaining,
+        "elapsed_s": summary.elapsed_s,
+    }
 
 
 def _last(text: str, limit: int = protocol.MAX_OUTPUT_BYTES) -> str:

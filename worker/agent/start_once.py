@@ -48,8 +48,14 @@ class StartOnce:
         self._lock = threading.Lock()
         self._starts: dict[str, _Start] = {}
 
-    def run(self, lease_id: str, key: str, run: Callable[[], protocol.WorkResult], ray_up: Callable[[], bool],
-            timeout_s: float) -> protocol.WorkResult:
+    def run(
+        self,
+        lease_id: str,
+        key: str,
+        run: Callable[[], protocol.WorkResult],
+        ray_up: Callable[[], bool],
+        timeout_s: float,
+    ) -> protocol.WorkResult:
         while True:
             with self._lock:
                 start = self._starts.get(lease_id)
@@ -65,9 +71,14 @@ class StartOnce:
                     start.done.set()
                 return start.result
             if not start.done.wait(timeout_s):
-                return protocol.WorkResult(ok=False, exit_code=124, output=(
-                    f"[dcluster-agent] this `ray start` was delivered again while its first run went on for "
-                    f"more than {timeout_s:g} s"))
+                return protocol.WorkResult(
+                    ok=False,
+                    exit_code=124,
+                    output=(
+                        f"[dcluster-agent] this `ray start` was delivered again while its first run went on for "
+                        f"more than {timeout_s:g} s"
+                    ),
+                )
             if start.result is not None and start.result.ok and ray_up():
                 return start.result.model_copy(update={"output": REPLAYED_NOTE + start.result.output})
             with self._lock:

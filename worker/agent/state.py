@@ -29,9 +29,13 @@ class AgentSettings(domain.StrictModel):
     platform_url: str = Field(min_length=1, description="Base URL of the platform API")
     username: str = Field(min_length=1, description="Provider account")
     password: SecretStr | None = Field(
-        default=None, description="Used once, to enroll the machine (None once it has an agent key); "
-                                  "SecretStr so repr() and logs never show it")
-    name: str | None = Field(default=None, pattern=ids.MACHINE_NAME_PATTERN, description="Display name; default: hostname")
+        default=None,
+        description="Used once, to enroll the machine (None once it has an agent key); "
+        "SecretStr so repr() and logs never show it",
+    )
+    name: str | None = Field(
+        default=None, pattern=ids.MACHINE_NAME_PATTERN, description="Display name; default: hostname"
+    )
     state_dir: Path = Field(default_factory=default_state_dir)
     declared_gpus: int | None = Field(default=None, ge=0, le=detect.MAX_GPUS, description="Override NVML")
     declared_gpu_model: str = Field(default="Logical GPU", pattern=ids.GPU_MODEL_PATTERN)
@@ -44,16 +48,23 @@ class AgentSettings(domain.StrictModel):
     stop_join_s: float = Field(default=3.0, ge=0, le=60, description="How long stop() waits for the loops")
     runtime: domain.SandboxRuntime = Field(
         default=domain.UNSANDBOXED,
-        description="Where leases run; worker.agent.cli picks docker or bwrap, 'none' needs its own flag")
-    lease_memory_mb: int | None = Field(default=None, ge=64, le=1_000_000_000,
-                                        description="Cap of a lease's memory; default: its CPUs' share of the RAM")
+        description="Where leases run; worker.agent.cli picks docker or bwrap, 'none' needs its own flag",
+    )
+    lease_memory_mb: int | None = Field(
+        default=None,
+        ge=64,
+        le=1_000_000_000,
+        description="Cap of a lease's memory; default: its CPUs' share of the RAM",
+    )
     lease_pids: int = Field(default=4096, ge=64, le=1_000_000, description="Most processes and threads in one lease")
     gpu_device_dir: Path = Field(default=Path("/dev"), description="Where the GPUs' device nodes are")
     docker_image: str | None = Field(default=None, max_length=256, description="Image of leases under docker")
     test_fake_nvml: str | None = Field(
-        default=None, max_length=64 * 1024,
+        default=None,
+        max_length=64 * 1024,
         description="Tests only: a fake NVML's description (worker.agent.fake_nvml) read instead of the GPUs; "
-                    "its GPU checks say so, and only a test platform counts them")
+        "its GPU checks say so, and only a test platform counts them",
+    )
 
 
 class MachineState:
@@ -94,9 +105,13 @@ class MachineState:
 
     def save(self) -> None:
         # atomic: a crash never leaves half a key
-        secret_files.write_secret_file(self.path, json.dumps(
-            {"machine_key": self.machine_key, "machine_id": self.machine_id, "agent_key": self.agent_key},
-            indent=2) + "\n")
+        secret_files.write_secret_file(
+            self.path,
+            json.dumps(
+                {"machine_key": self.machine_key, "machine_id": self.machine_id, "agent_key": self.agent_key}, indent=2
+            )
+            + "\n",
+        )
 
 
 def machine_name(hostname: str) -> str:

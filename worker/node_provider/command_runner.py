@@ -42,8 +42,10 @@ def encode_env(environment_variables: dict[str, object] | None) -> dict[str, str
     only ever passes ints and dicts (RAY_USAGE_STATS_ENABLED, RAY_OVERRIDE_RESOURCES/LABELS), where
     both agree.
     """
-    return {str(k): v if isinstance(v, str) else json.dumps(v, separators=(",", ":"))
-            for k, v in (environment_variables or {}).items()}
+    return {
+        str(k): v if isinstance(v, str) else json.dumps(v, separators=(",", ":"))
+        for k, v in (environment_variables or {}).items()
+    }
 
 
 def shell_path(path: str) -> str:
@@ -67,14 +69,23 @@ class Redactor:
         return commands.redact(text)
 
     def env(self, env: dict[str, str]) -> dict[str, str]:
-        return {k: commands.REDACTED if k.startswith(commands.SECRET_ENV_PREFIX) else self.text(v) for k, v in env.items()}
+        return {
+            k: commands.REDACTED if k.startswith(commands.SECRET_ENV_PREFIX) else self.text(v) for k, v in env.items()
+        }
 
 
 class AgentCommandRunner(CommandRunnerInterface):
     """Runs launcher commands in one lease through the platform; the agent runs them with bash locally."""
 
-    def __init__(self, log_prefix: str, node_id: str, nodes: NodeExecutor, *, cluster_name: str = "",
-                 secrets: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        log_prefix: str,
+        node_id: str,
+        nodes: NodeExecutor,
+        *,
+        cluster_name: str = "",
+        secrets: tuple[str, ...] = (),
+    ):
         self.log_prefix = log_prefix
         self.node_id = node_id
         self.cluster_name = cluster_name
@@ -86,22 +97,33 @@ class AgentCommandRunner(CommandRunnerInterface):
 
     # --- CommandRunnerInterface -----------------------------------------------------------
 
-    def run(self, cmd: str | None = None, timeout: int = 120, exit_on_fail: bool = False,
-            port_forward: list[tuple[int, int]] | None = None, with_output: bool = False,
-            environment_variables: dict[str, object] | None = None, run_env: str = "auto",
-            ssh_options_override_ssh_key: str = "", shutdown_after_run: bool = False,
-            silent: bool = False) -> bytes | str:
+    def run(
+        self,
+        cmd: str | None = None,
+        timeout: int = 120,
+        exit_on_fail: bool = False,
+        port_forward: list[tuple[int, int]] | None = None,
+        with_output: bool = False,
+        environment_variables: dict[str, object] | None = None,
+        run_env: str = "auto",
+        ssh_options_override_ssh_key: str = "",
+        shutdown_after_run: bool = False,
+        silent: bool = False,
+    ) -> bytes | str:
         """Run cmd in the lease and wait for it; non-zero exit raises ProcessRunnerError (never exits).
 
         `timeout` bounds the command's run time on the agent (SSH uses it as a connect timeout only).
         Output: bytes when with_output, else "". Port forwarding and shutdown do not exist here.
         """
         if shutdown_after_run:
-            logger.warning("%signoring shutdown_after_run: a lease never shuts down its provider's machine",
-                           self.log_prefix)
+            logger.warning(
+                "%signoring shutdown_after_run: a lease never shuts down its provider's machine", self.log_prefix
+            )
         if port_forward:
-            logger.warning("%sport forwarding is not available on market nodes (there is no SSH); "
-                           "reach the head's ports directly", self.log_prefix)
+            logger.warning(
+                "%sport forwarding is not available on market nodes (there is no SSH); reach the head's ports directly",
+                self.log_prefix,
+            )
         if not cmd:
             return b"" if with_output else ""
         env = encode_env(environment_variables)
@@ -119,9 +141,13 @@ class AgentCommandRunner(CommandRunnerInterface):
         self._show_output(output, failed=failed, silent=silent)
         if failed:
             if exit_code is None:
-                raise ProcessRunnerError(f"Command could not run in lease {self.node_id}: "
-                                         f"{self._redact.text(output)[-500:] or 'no reason given'}",
-                                         MSG_TYPE, code=None, command=shown_cmd)
+                raise ProcessRunnerError(
+                    f"Command could not run in lease {self.node_id}: "
+                    f"{self._redact.text(output)[-500:] or 'no reason given'}",
+                    MSG_TYPE,
+                    code=None,
+                    command=shown_cmd,
+                )
             raise ProcessRunnerError("Command failed", MSG_TYPE, code=exit_code, command=shown_cmd)
         return output.encode() if with_output else ""
 
@@ -145,23 +171,30 @@ class AgentCommandRunner(CommandRunnerInterface):
             remote = target + os.path.basename(source) if target.endswith("/") else target
             self._put_file(source, remote)
         else:
-            raise ProcessRunnerError(f"rsync up: local path {source} does not exist", MSG_TYPE,
-                                     command=f"rsync {source} {target}")
+            raise ProcessRunnerError(
+                f"rsync up: local path {source} does not exist", MSG_TYPE, command=f"rsync {source} {target}"
+            )
 
     def run_rsync_down(self, source: str, target: str, options: dict[str, Any] | None = None) -> None:
         """Copy one remote file down (base64 through the agent's output, so at most ~48 KiB)."""
-        cmd = (f"wc -c < {shell_path(source)} && echo {_BEGIN} && base64 -w0 {shell_path(source)} "
-               f"&& echo && echo {_END}")
+        cmd = f"wc -c < {shell_path(source)} && echo {_BEGIN} && base64 -w0 {shell_path(source)} && echo && echo {_END}"
         text = self.run(cmd, with_output=True, silent=True).decode()
         try:
             size = int(text.split(_BEGIN, 1)[0].split()[-1])
             data = base64.b64decode(text.split(_BEGIN, 1)[1].split(_END, 1)[0].strip(), validate=True)
         except (IndexError, ValueError) as exc:
-            raise ProcessRunnerError(f"rsync down of {source}: unreadable answer from the agent ({exc})",
-                                     MSG_TYPE, command=f"rsync {source} {target}") from None
+            raise ProcessRunnerError(
+                f"rsync down of {source}: unreadable answer from the agent ({exc})",
+                MSG_TYPE,
+                command=f"rsync {source} {target}",
+            ) from None
         if len(data) != size:
-            raise ProcessRunnerError(f"rsync down of {source}: got {len(data)} of {size} bytes; the agent's output "
-                                     "limit truncates files over ~48 KiB", MSG_TYPE, command=f"rsync {source} {target}")
+            raise ProcessRunnerError(
+                f"rsync down of {source}: got {len(data)} of {size} bytes; the agent's output "
+                "limit truncates files over ~48 KiB",
+                MSG_TYPE,
+                command=f"rsync {source} {target}",
+            )
         local = os.path.expanduser(target)
         if local.endswith("/") or os.path.isdir(local):
             local = os.path.join(local, os.path.basename(source.rstrip("/")))
@@ -170,8 +203,10 @@ class AgentCommandRunner(CommandRunnerInterface):
             f.write(data)
 
     def remote_shell_command_str(self) -> str:
-        return (f"# Lease {self.node_id} has no remote shell: the provider's agent only runs launcher commands. "
-                f"Use `ray exec` or `ray job submit` instead.\n")
+        return (
+            f"# Lease {self.node_id} has no remote shell: the provider's agent only runs launcher commands. "
+            f"Use `ray exec` or `ray job submit` instead.\n"
+        )
 
     def run_init(self, *, as_head: bool, file_mounts: dict[str, str], sync_run_yet: bool) -> bool | None:
         return None  # no docker on market nodes
@@ -185,9 +220,13 @@ class AgentCommandRunner(CommandRunnerInterface):
         cli_logger.verbose("Sending {} to `{}`", local_path, remote_path)
         result = self._exec(body, timeout_s=120.0, what=f"put_file {remote_path}", idempotent=True)
         if not result.get("ok"):
-            raise ProcessRunnerError(f"Writing {remote_path} in lease {self.node_id} failed: "
-                                     f"{self._redact.text(str(result.get('output') or ''))[-500:]}",
-                                     MSG_TYPE, code=result.get("exit_code"), command=f"put_file {remote_path}")
+            raise ProcessRunnerError(
+                f"Writing {remote_path} in lease {self.node_id} failed: "
+                f"{self._redact.text(str(result.get('output') or ''))[-500:]}",
+                MSG_TYPE,
+                code=result.get("exit_code"),
+                command=f"put_file {remote_path}",
+            )
 
     def _exec(self, body: dict, *, timeout_s: float, what: str, idempotent: bool) -> dict:
         """One exec call (the node API retries what is safe to retry); failures become ProcessRunnerError."""
@@ -196,11 +235,18 @@ class AgentCommandRunner(CommandRunnerInterface):
         except api.PlatformUnreachable as exc:
             raise ProcessRunnerError(
                 f"The platform is unreachable, so lease {self.node_id} cannot run commands ({exc}). "
-                "Check the provider's platform_url and the platform's health.", MSG_TYPE, command=what) from None
+                "Check the provider's platform_url and the platform's health.",
+                MSG_TYPE,
+                command=what,
+            ) from None
         except api.ApiError as exc:
-            raise ProcessRunnerError(f"The platform refused to run `{what}` in lease {self.node_id}: "
-                                     f"HTTP {exc.status_code}: {self._redact.text(str(exc.detail))}",
-                                     MSG_TYPE, code=None, command=what) from None
+            raise ProcessRunnerError(
+                f"The platform refused to run `{what}` in lease {self.node_id}: "
+                f"HTTP {exc.status_code}: {self._redact.text(str(exc.detail))}",
+                MSG_TYPE,
+                code=None,
+                command=what,
+            ) from None
         return result if isinstance(result, dict) else {}
 
     def _show_output(self, output: str, *, failed: bool, silent: bool) -> None:
@@ -225,5 +271,6 @@ def _parent(path: str) -> str:
 
 def _excluded(rel: str, patterns: list[str]) -> bool:
     """rsync --exclude, simplified: a pattern matches the relative path or any of its names."""
-    return any(fnmatch.fnmatch(rel, p.strip("/")) or fnmatch.fnmatch(os.path.basename(rel), p.strip("/"))
-               for p in patterns)
+    return any(
+        fnmatch.fnmatch(rel, p.strip("/")) or fnmatch.fnmatch(os.path.basename(rel), p.strip("/")) for p in patterns
+    )

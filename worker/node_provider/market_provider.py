@@ -64,9 +64,12 @@ class NoCapacityError(MarketProviderError, NodeLaunchException):
 
     def __init__(self, detail: str, *, cluster_id: str = "", role: str = "", count: int = 0):
         NodeLaunchException.__init__(
-            self, "NoCapacity",
+            self,
+            "NoCapacity",
             f"no capacity for {count} {role} node(s) of cluster {cluster_id}: {detail} "
-            "(the launcher or autoscaler asks again later)", None)
+            "(the launcher or autoscaler asks again later)",
+            None,
+        )
         self.detail, self.cluster_id, self.role, self.count = detail, cluster_id, role, count
 
     def __reduce__(self):
@@ -94,8 +97,15 @@ class ClusterNodesApi:
     sent again only when it surely never arrived (connection refused) or the platform said 429/503.
     """
 
-    def __init__(self, client: api.PlatformClient, cluster_id: str, *, attempts: int = REQUEST_ATTEMPTS,
-                 sleep: Callable[[float], Any] = time.sleep, rand: Callable[[], float] = random.random):
+    def __init__(
+        self,
+        client: api.PlatformClient,
+        cluster_id: str,
+        *,
+        attempts: int = REQUEST_ATTEMPTS,
+        sleep: Callable[[float], Any] = time.sleep,
+        rand: Callable[[], float] = random.random,
+    ):
         self.client = client
         self.cluster_id = cluster_id
         self._attempts = max(1, attempts)
@@ -124,8 +134,9 @@ class ClusterNodesApi:
     def exec(self, node_id: str, body: dict, *, timeout_s: float, idempotent: bool) -> dict:
         """Run a command or write a file in the lease (command_runner.NodeExecutor); blocks until it ran."""
         timeout = httpx.Timeout(REQUEST_TIMEOUT_S, read=timeout_s + EXEC_READ_MARGIN_S, write=60.0)
-        result = self._call("POST", _node_path(self.cluster_id, node_id) + "/exec", idempotent=idempotent,
-                            json=body, timeout=timeout)
+        result = self._call(
+            "POST", _node_path(self.cluster_id, node_id) + "/exec", idempotent=idempotent, json=body, timeout=timeout
+        )
         return result if isinstance(result, dict) else {}
 
     def _call(self, method: str, path: str, *, idempotent: bool, **kw) -> Any:
@@ -139,8 +150,15 @@ class ClusterNodesApi:
                 delay = backoff.next()
                 if isinstance(exc, api.ApiError) and exc.retry_after_s:
                     delay = max(delay, min(exc.retry_after_s, 30.0))
-                logger.warning("%s %s failed (%s); attempt %d of %d in %.1f s", method, path, exc, attempt + 1,
-                               self._attempts, delay)
+                logger.warning(
+                    "%s %s failed (%s); attempt %d of %d in %.1f s",
+                    method,
+                    path,
+                    exc,
+                    attempt + 1,
+                    self._attempts,
+                    delay,
+                )
                 self._sleep(delay)
         raise AssertionError("not reached")
 
@@ -152,8 +170,14 @@ class MarketNodeProvider(NodeProvider):
     as configs/market.py renders them. Thread-safe: the v2 autoscaler calls it from several threads.
     """
 
-    def __init__(self, provider_config: dict[str, Any], cluster_name: str, *,
-                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], Any] = time.sleep) -> None:
+    def __init__(
+        self,
+        provider_config: dict[str, Any],
+        cluster_name: str,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Any] = time.sleep,
+    ) -> None:
         super().__init__(provider_config, cluster_name)
         platform_url, cluster_id, token = _settings(provider_config)
         self.cluster_id = cluster_id
@@ -180,9 +204,11 @@ class MarketNodeProvider(NodeProvider):
 
     def non_terminated_nodes(self, tag_filters: dict[str, str]) -> list[str]:
         nodes = self._snapshot(CACHE_TTL_S)
-        return [nid for nid, node in nodes.items()
-                if node.get("status") == STATUS_OPEN
-                and all(_tags(node).get(k) == v for k, v in tag_filters.items())]
+        return [
+            nid
+            for nid, node in nodes.items()
+            if node.get("status") == STATUS_OPEN and all(_tags(node).get(k) == v for k, v in tag_filters.items())
+        ]
 
     def is_running(self, node_id: str) -> bool:
         node = self._node(node_id)
@@ -212,8 +238,10 @@ class MarketNodeProvider(NodeProvider):
         if len(matches) == 1:
             return matches[0]
         if matches:
-            raise ValueError(f"ip {ip_address} is shared by leases {matches} of cluster {self.cluster_id} "
-                             "(several nodes on one machine); name the lease id instead")
+            raise ValueError(
+                f"ip {ip_address} is shared by leases {matches} of cluster {self.cluster_id} "
+                "(several nodes on one machine); name the lease id instead"
+            )
         known = sorted({str(n.get("node_ip")) for n in nodes.values() if n.get("node_ip")})
         raise ValueError(f"ip {ip_address} not found. Node IPs of cluster {self.cluster_id}: {known}")
 
@@ -223,8 +251,10 @@ class MarketNodeProvider(NodeProvider):
         """Ask the platform for `count` leases; they are listed (status open) as soon as this returns."""
         role = (node_config or {}).get("role") or tags.get(TAG_RAY_NODE_KIND)
         if role not in ROLES:
-            raise ValueError(f"node_config.role must be one of {ROLES} (got {role!r}); "
-                             "the node type's node_config in the cluster config sets it")
+            raise ValueError(
+                f"node_config.role must be one of {ROLES} (got {role!r}); "
+                "the node type's node_config in the cluster config sets it"
+            )
         node_type = str(tags.get(TAG_RAY_USER_NODE_TYPE) or role)
         str_tags = {str(k): str(v) for k, v in tags.items()}
         created: list[dict] = []
@@ -236,8 +266,14 @@ class MarketNodeProvider(NodeProvider):
         logger.info("cluster %s: created %s node(s) %s", self.cluster_id, role, [n["id"] for n in created])
         return None
 
-    def create_node_with_resources_and_labels(self, node_config: dict[str, Any], tags: dict[str, str], count: int,
-                                              resources: dict[str, float], labels: dict[str, str]) -> None:
+    def create_node_with_resources_and_labels(
+        self,
+        node_config: dict[str, Any],
+        tags: dict[str, str],
+        count: int,
+        resources: dict[str, float],
+        labels: dict[str, str],
+    ) -> None:
         # Resources and labels reach the node as RAY_OVERRIDE_RESOURCES/LABELS of its start command
         # (the updater sets them); the agent adds each machine's own on top.
         return self.create_node(node_config, tags, count)
@@ -278,13 +314,21 @@ class MarketNodeProvider(NodeProvider):
 
     # --- launcher hooks -------------------------------------------------------------------
 
-    def get_command_runner(self, log_prefix: str, node_id: str, auth_config: dict[str, Any], cluster_name: str,
-                           process_runner: Any, use_internal_ip: bool,
-                           docker_config: dict[str, Any] | None = None) -> command_runner.AgentCommandRunner:
+    def get_command_runner(
+        self,
+        log_prefix: str,
+        node_id: str,
+        auth_config: dict[str, Any],
+        cluster_name: str,
+        process_runner: Any,
+        use_internal_ip: bool,
+        docker_config: dict[str, Any] | None = None,
+    ) -> command_runner.AgentCommandRunner:
         if docker_config and docker_config.get("container_name"):
             raise ValueError("docker is not supported on market nodes: remove the `docker` section")
-        return command_runner.AgentCommandRunner(log_prefix, node_id, self.api, cluster_name=cluster_name,
-                                                 secrets=(self._token,))
+        return command_runner.AgentCommandRunner(
+            log_prefix, node_id, self.api, cluster_name=cluster_name, secrets=(self._token,)
+        )
 
     @staticmethod
     def bootstrap_config(cluster_config: dict[str, Any]) -> dict[str, Any]:
@@ -358,14 +402,20 @@ class MarketNodeProvider(NodeProvider):
             if exc.status_code == 409 and no_capacity is not None:
                 role, count = no_capacity
                 raise NoCapacityError(str(exc.detail), cluster_id=self.cluster_id, role=role, count=count) from None
-            hint = {401: " (the cluster's provider token was rejected: expired, or the cluster is gone)",
-                    403: " (the provider token is not valid for this cluster)",
-                    404: " (no such cluster or node)"}.get(exc.status_code, "")
-            raise PlatformError(f"cluster {self.cluster_id}: {action} failed: HTTP {exc.status_code}: "
-                                f"{exc.detail}{hint}", status_code=exc.status_code) from None
+            hint = {
+                401: " (the cluster's provider token was rejected: expired, or the cluster is gone)",
+                403: " (the provider token is not valid for this cluster)",
+                404: " (no such cluster or node)",
+            }.get(exc.status_code, "")
+            raise PlatformError(
+                f"cluster {self.cluster_id}: {action} failed: HTTP {exc.status_code}: {exc.detail}{hint}",
+                status_code=exc.status_code,
+            ) from None
         except api.PlatformUnreachable as exc:
-            raise PlatformError(f"cluster {self.cluster_id}: {action} failed: the platform is unreachable "
-                                f"after {REQUEST_ATTEMPTS} attempts ({exc})") from None
+            raise PlatformError(
+                f"cluster {self.cluster_id}: {action} failed: the platform is unreachable "
+                f"after {REQUEST_ATTEMPTS} attempts ({exc})"
+            ) from None
 
 
 def _tags(node: dict) -> dict[str, str]:
@@ -376,8 +426,9 @@ def _tags(node: dict) -> dict[str, str]:
 def _settings(provider_config: dict[str, Any]) -> tuple[str, str, str]:
     missing = [k for k in ("platform_url", "cluster_id", "token") if not provider_config.get(k)]
     if missing:
-        raise ValueError(f"provider config lacks {missing}: render the cluster config with "
-                         "configs.market.render_market_config")
+        raise ValueError(
+            f"provider config lacks {missing}: render the cluster config with configs.market.render_market_config"
+        )
     cluster_id = str(provider_config["cluster_id"])
     if not _CLUSTER_ID_RE.match(cluster_id):
         raise ValueError(f"provider.cluster_id {cluster_id!r} is not a cluster id (c-<12 hex>)")

@@ -23,7 +23,7 @@ def attempt(fn) -> str:
 
 
 def read(path: str, markers: tuple[str, ...] = ()) -> str:
-    """"ok", or the errno; "ok-not-theirs" when what it read holds none of the markers (inside the lease's pid
+    """ "ok", or the errno; "ok-not-theirs" when what it read holds none of the markers (inside the lease's pid
     namespace, /proc/<the agent's host pid> can be one of the lease's own processes)."""
     content: list[bytes] = []
     result = attempt(lambda: content.append(open(path, "rb").read()))
@@ -42,9 +42,11 @@ def gpu_view() -> dict:
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "0,1,2,3,4,5,6,7"}
     listing = subprocess.run(["sh", "-c", "ls /dev"], env=env, capture_output=True, text=True).stdout.split()
     opened = {name: read(f"/dev/{name}") for name in ("nvidia0", "nvidia1", "nvidia2", "nvidia3")}
-    return {"ray_cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-            "nvidia_nodes": sorted(n for n in listing if n.startswith("nvidia") and n[6:].isdigit()),
-            "opened": opened}
+    return {
+        "ray_cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "nvidia_nodes": sorted(n for n in listing if n.startswith("nvidia") and n[6:].isdigit()),
+        "opened": opened,
+    }
 
 
 def exec_attacks(canary: str) -> dict:
@@ -58,24 +60,30 @@ def exec_attacks(canary: str) -> dict:
         config = yaml.safe_load(f)
     nodes = market_provider.MarketNodeProvider(config["provider"], config["cluster_name"]).api
     log = 'log="$(readlink /proc/$$/fd/1)"; '
-    commands = {"symlinked_log": log + f'ln -sf {canary} "$log"',
-                "fifo_log": log + 'rm -f "$log"; mkfifo "$log"',
-                "hard_linked_log": log + f'ln -f {canary} "$log"',
-                "symlinked_logs_dir": log + 'logs="$(dirname "$log")"; mv "$logs" "$logs.x" && ln -sfn / "$logs"'}
+    commands = {
+        "symlinked_log": log + f'ln -sf {canary} "$log"',
+        "fifo_log": log + 'rm -f "$log"; mkfifo "$log"',
+        "hard_linked_log": log + f'ln -f {canary} "$log"',
+        "symlinked_logs_dir": log + 'logs="$(dirname "$log")"; mv "$logs" "$logs.x" && ln -sfn / "$logs"',
+    }
     answers = {}
     for node in nodes.list():
         for name, cmd in commands.items():
-            answers[f"{node['role']}:{name}"] = nodes.exec(node["id"], {"op": "run", "cmd": cmd, "timeout_s": 60},
-                                                           timeout_s=60, idempotent=False)
+            answers[f"{node['role']}:{name}"] = nodes.exec(
+                node["id"], {"op": "run", "cmd": cmd, "timeout_s": 60}, timeout_s=60, idempotent=False
+            )
     return answers
 
 
 def main() -> None:
     targets = json.loads(sys.argv[1])
     ray.init()
-    out = {"reads": {name: read(path, tuple(targets.get("markers", {}).get(name, ())))
-                     for name, path in targets["reads"].items()},
-           "writes": {name: write(path) for name, path in targets["writes"].items()}}
+    out = {
+        "reads": {
+            name: read(path, tuple(targets.get("markers", {}).get(name, ()))) for name, path in targets["reads"].items()
+        },
+        "writes": {name: write(path) for name, path in targets["writes"].items()},
+    }
     secret = targets.get("provider_password", "")
     out["env_has_provider_password"] = any(secret and secret in v for v in os.environ.values())
     keys = targets.get("agent_keys", [])
@@ -83,15 +91,19 @@ def main() -> None:
     out["env_names"] = sorted(os.environ)
     # A process that hides from the agent's tag and from the job's session; it must not outlive the lease.
     marker = targets["sleep_marker"]
-    subprocess.Popen(f"env -u DCLUSTER_OWNER setsid nohup sleep {marker} >/dev/null 2>&1 < /dev/null &",
-                     shell=True).wait()
+    subprocess.Popen(
+        f"env -u DCLUSTER_OWNER setsid nohup sleep {marker} >/dev/null 2>&1 < /dev/null &", shell=True
+    ).wait()
     out["gpu"] = ray.get(gpu_view.remote())
     out["pid_namespace_processes"] = len([p for p in os.listdir("/proc") if p.isdigit()])
     out["exec_attacks"] = exec_attacks(targets["canary"])
     print("ESCAPE_RESULT " + json.dumps(out), flush=True)
     # Past the lease's memory limit: the OOM killer must end the grower (SIGKILL), not the machine.
-    grow = subprocess.run([sys.executable, "-c", "x = b'1' * (%d * 1024 * 1024); print('GREW')" % targets["grow_mb"]],
-                          capture_output=True, text=True)
+    grow = subprocess.run(
+        [sys.executable, "-c", "x = b'1' * (%d * 1024 * 1024); print('GREW')" % targets["grow_mb"]],
+        capture_output=True,
+        text=True,
+    )
     print("ESCAPE_MEMORY " + json.dumps({"returncode": grow.returncode, "grew": "GREW" in grow.stdout}), flush=True)
 
 

@@ -20,8 +20,11 @@ def start_market(platform, n: int = MACHINES) -> list[dict]:
         agent = platform.start_agent(provider, extra_args=("--cpus", str(CPUS_PER_MACHINE)))
         machines.append({"provider": provider, "agent": agent})
     for m in machines:
-        m["id"] = wait_for(lambda: [x for x in m["provider"].get("/v1/machines").json() if x["status"] == "online"],
-                           timeout_s=90, what="market machine online")[0]["id"]
+        m["id"] = wait_for(
+            lambda: [x for x in m["provider"].get("/v1/machines").json() if x["status"] == "online"],
+            timeout_s=90,
+            what="market machine online",
+        )[0]["id"]
     return machines
 
 
@@ -37,15 +40,22 @@ def warm_up(url: str, n: int = MACHINES, attempts: int = 3) -> None:
 
         def opened_everywhere_or_ended():
             c = buyer.get(f"/v1/clusters/{cid}").json()
-            opened = {e["message"] for e in buyer.get(f"/v1/clusters/{cid}/events").json() if e["kind"] == "node_opened"}
+            opened = {
+                e["message"] for e in buyer.get(f"/v1/clusters/{cid}/events").json() if e["kind"] == "node_opened"
+            }
             return (len(opened) >= n and "opened") or (c["status"] in ("failed", "terminated", "expired") and "ended")
-        outcome = wait_for(opened_everywhere_or_ended, timeout_s=300, interval_s=1, what="a node opened on every machine")
+
+        outcome = wait_for(
+            opened_everywhere_or_ended, timeout_s=300, interval_s=1, what="a node opened on every machine"
+        )
         buyer.delete(f"/v1/clusters/{cid}")
         wait_status(buyer, cid, "terminated", "failed", timeout_s=180)
         if outcome == "opened":
             return
-        print(f"warm-up cluster {cid} ended before a node opened on every machine (attempt {attempt}):\n"
-              f"{events_text(buyer, cid)}")
+        print(
+            f"warm-up cluster {cid} ended before a node opened on every machine (attempt {attempt}):\n"
+            f"{events_text(buyer, cid)}"
+        )
     raise AssertionError(f"no warm-up cluster opened a node on every machine in {attempts} attempts")
 
 
@@ -65,12 +75,14 @@ def events_text(buyer: Api, cid: str) -> str:
 
 def create_cluster(buyer: Api, duration_s: int = 1800, workers: int = 1) -> str:
     def answered():
-        r = buyer.post("/v1/clusters", json={
-            "num_workers": workers, "cpus_per_worker": CPUS_PER_WORKER, "duration_s": duration_s})
+        r = buyer.post(
+            "/v1/clusters", json={"num_workers": workers, "cpus_per_worker": CPUS_PER_WORKER, "duration_s": duration_s}
+        )
         # Right after a platform (re)start the agents heartbeat back one by one: until all of them
         # have, a create is refused for capacity (no machine, or not enough of them, online yet).
         not_yet = r.status_code == 503 or (r.status_code == 409 and "not enough capacity" in r.text)
         return not not_yet and r
+
     r = wait_for(answered, timeout_s=120, what="create accepted")
     assert r.status_code == 202, r.text
     return r.json()["id"]
@@ -91,7 +103,11 @@ def wait_status(buyer: Api, cid: str, *wanted: str, timeout_s: float = 240) -> d
             if last["status"] in ENDED:
                 break
         time.sleep(0.5)
-    why = f"ended {last['status']}: {last['reason']}" if last and last["status"] in ENDED else f"timed out after {timeout_s} s"
+    why = (
+        f"ended {last['status']}: {last['reason']}"
+        if last and last["status"] in ENDED
+        else f"timed out after {timeout_s} s"
+    )
     raise AssertionError(f"{cid} never {'/'.join(wanted)}: {why}\n{events_text(buyer, cid)}")
 
 
@@ -99,6 +115,7 @@ def wait_event(buyer: Api, cid: str, kind: str, timeout_s: float = 120) -> dict:
     def check():
         r = buyer.get(f"/v1/clusters/{cid}/events")
         return r.status_code == 200 and next((e for e in r.json() if e["kind"] == kind), None)
+
     try:
         return wait_for(check, timeout_s=timeout_s, interval_s=0.25, what=f"{cid} event {kind}")
     except AssertionError as exc:

@@ -38,6 +38,7 @@ ORPHAN_GRACE_S = 30.0  # Ray's `ray::` workers can outlive their raylet for seco
 
 # --- control-plane actors ----------------------------------------------------------------
 
+
 def actor_pids(platform, actor: str) -> list[int]:
     """PIDs of the actor's worker process, only among the processes this platform owns."""
     title = f"ray::{actor}Actor"
@@ -57,21 +58,40 @@ def kill_actor(platform, actor: str, *, restart_timeout_s: float = 120) -> dict:
     (pid,) = wait_for(lambda: actor_pids(platform, actor), timeout_s=30, what=f"{actor} process")
     killed_at = time.time()
     os.kill(pid, signal.SIGKILL)
-    new = wait_for(lambda: [p for p in actor_pids(platform, actor) if p != pid], timeout_s=restart_timeout_s,
-                   interval_s=0.5, what=f"{actor} restarted by Ray")
-    wait_for(lambda: httpx.get(platform.url + "/healthz", timeout=10).status_code == 200,
-             timeout_s=restart_timeout_s, interval_s=0.5, what="/healthz 200 after the kill")
-    return {"actor": actor, "pid": pid, "new_pid": new[0], "killed_at": killed_at,
-            "back_after_s": round(time.time() - killed_at, 1)}
+    new = wait_for(
+        lambda: [p for p in actor_pids(platform, actor) if p != pid],
+        timeout_s=restart_timeout_s,
+        interval_s=0.5,
+        what=f"{actor} restarted by Ray",
+    )
+    wait_for(
+        lambda: httpx.get(platform.url + "/healthz", timeout=10).status_code == 200,
+        timeout_s=restart_timeout_s,
+        interval_s=0.5,
+        what="/healthz 200 after the kill",
+    )
+    return {
+        "actor": actor,
+        "pid": pid,
+        "new_pid": new[0],
+        "killed_at": killed_at,
+        "back_after_s": round(time.time() - killed_at, 1),
+    }
 
 
 # --- heartbeat load ------------------------------------------------------------------------
 
+
 def simulated_spec(name: str) -> dict:
     # One CPU and one GPU: too small for the suite's workers (2 CPUs), and a head goes where it
     # wastes no GPU, so placement never picks these machines while the real ones have room.
-    return {"hostname": name, "cpus": 1, "memory_mb": 1024,
-            "gpus": [{"index": 0, "model": "Simulated GPU", "memory_mb": 1024}], "gpus_declared": True}
+    return {
+        "hostname": name,
+        "cpus": 1,
+        "memory_mb": 1024,
+        "gpus": [{"index": 0, "model": "Simulated GPU", "memory_mb": 1024}],
+        "gpus_declared": True,
+    }
 
 
 class HeartbeatLoad:
@@ -83,9 +103,15 @@ class HeartbeatLoad:
         self.machine_ids = []
         for i in range(machines):
             name = f"sim-{uuid.uuid4().hex[:6]}-{i}"
-            r = self.provider.post("/v1/machines", json={"machine_key": "mk-" + uuid.uuid4().hex, "name": name,
-                                                         "spec": simulated_spec(name),
-                                                         "price_per_cpu_hour": 10_000})
+            r = self.provider.post(
+                "/v1/machines",
+                json={
+                    "machine_key": "mk-" + uuid.uuid4().hex,
+                    "name": name,
+                    "spec": simulated_spec(name),
+                    "price_per_cpu_hour": 10_000,
+                },
+            )
             assert r.status_code == 201, r.text
             self.machine_ids.append(r.json()["id"])
         self.statuses: collections.Counter = collections.Counter()
@@ -96,8 +122,7 @@ class HeartbeatLoad:
         self._thread = threading.Thread(target=self._run, name="heartbeat-load", daemon=True)
 
     def _run(self) -> None:
-        http = httpx.Client(base_url=self.provider.base_url, timeout=30,
-                            headers=dict(self.provider.http.headers))
+        http = httpx.Client(base_url=self.provider.base_url, timeout=30, headers=dict(self.provider.http.headers))
         i = 0
         while not self._stop.is_set():
             mid = self.machine_ids[i % len(self.machine_ids)]
@@ -138,11 +163,19 @@ class HeartbeatLoad:
 
 # --- CPU burners ----------------------------------------------------------------------------
 
+
 @contextlib.contextmanager
 def cpu_burners(n: int = 2):
     """n busy-looping subprocesses, started here and stopped by their PID."""
-    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"], stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(n)]
+    burners = [
+        subprocess.Popen(
+            [sys.executable, "-c", "while True: pass"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for _ in range(n)
+    ]
     try:
         yield [b.pid for b in burners]
     finally:
@@ -152,6 +185,7 @@ def cpu_burners(n: int = 2):
 
 
 # --- a locked database ---------------------------------------------------------------------
+
 
 @contextlib.contextmanager
 def exclusive_db_lock(db_path: Path):
@@ -166,6 +200,7 @@ def exclusive_db_lock(db_path: Path):
 
 
 # --- invariants ----------------------------------------------------------------------------
+
 
 def db_rows(state_dir: Path, sql: str, args=()) -> list[dict]:
     """Reads the platform database directly (a short read transaction; never writes)."""
@@ -218,8 +253,9 @@ def check_clusters(admin: Api, state_dir: Path, cluster_ids: list[str]) -> dict[
             assert not live, f"{cid} is {c['status']} but holds leases {[l['id'] for l in live]}"
             assert all(l["left_at"] for l in leases if l["joined_at"]), f"{cid}: a joined node never left"
         if c["status"] == "running":
-            assert any(l["role"] == "head" and l["status"] == "open" and l["joined_at"] for l in leases), \
+            assert any(l["role"] == "head" and l["status"] == "open" and l["joined_at"] for l in leases), (
                 f"{cid} is running without a joined head"
+            )
         assert c["status"] != "failed" or c["reason"], f"{cid} failed without a reason"
         for l in leases:
             assert not (l["left_at"] and l["joined_at"]) or l["left_at"] >= l["joined_at"], l
@@ -236,6 +272,7 @@ def check_no_orphans(state_dir: Path, cluster_ids: list[str] | None = None) -> N
         nonlocal orphans
         orphans = {tag: pids for tag, pids in lease_process_tags().items() if tag in ended}
         return not orphans
+
     try:
         wait_for(none_left, timeout_s=ORPHAN_GRACE_S, interval_s=1.0, what="lease processes gone")
     except AssertionError:

@@ -48,8 +48,11 @@ def test_kill_9_during_provisioning_teardown_and_heartbeats(actor, fault_market,
 
         # 3. With clusters running and heartbeats flowing: heartbeats are answered again at once.
         kill = faultkit.kill_actor(platform, actor)
-        wait_for(lambda: load.answered_since(kill["killed_at"] + kill["back_after_s"]), timeout_s=60,
-                 what="heartbeats answered after the restart")
+        wait_for(
+            lambda: load.answered_since(kill["killed_at"] + kill["back_after_s"]),
+            timeout_s=60,
+            what="heartbeats answered after the restart",
+        )
         seen.append(f"heartbeats: back in {kill['back_after_s']} s")
 
     assert not load.errors, load.errors[:5]  # a restarting actor is a 503, never a 500

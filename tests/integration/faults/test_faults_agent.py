@@ -27,9 +27,13 @@ def test_agent_restart_while_it_holds_leases(fault_market, platform):
     head_outlived_agent = bool(faultkit.lease_process_tags().get(faultkit.LEASE_TAG_PREFIX + head["id"]))
     restarted_at = time.time()
     victim["agent"].start()
-    wait_for(lambda: victim["provider"].get(f"/v1/machines/{victim['id']}").json()["last_heartbeat"] > restarted_at,
-             timeout_s=90, what="the restarted agent heartbeats")
+    wait_for(
+        lambda: victim["provider"].get(f"/v1/machines/{victim['id']}").json()["last_heartbeat"] > restarted_at,
+        timeout_s=90,
+        what="the restarted agent heartbeats",
+    )
     canary = create_cluster(buyer, duration_s=60)  # expires after the fault
+
     # The restarted agent cleans up what its previous run left (or keeps it): either way the platform must
     # not show a "running" cluster whose head is gone; it ends it with a reason, or its nodes still run.
     def settled():
@@ -38,6 +42,7 @@ def test_agent_restart_while_it_holds_leases(fault_market, platform):
             return c
         faultkit.check_running_nodes_alive(platform.state_dir, {cid: c})
         return c["status"] == "running" and c
+
     try:
         c = wait_for(settled, timeout_s=120, interval_s=1, what="the cluster running with live nodes, or ended")
     except AssertionError as exc:

@@ -64,8 +64,13 @@ def test_locked_database_answers_503_never_500_and_loses_nothing(fault_market, p
     callers = [
         Caller("get", lambda: slow.get(f"/v1/clusters/{doomed}")),
         Caller("list", lambda: slow.get("/v1/clusters")),
-        Caller("create", lambda: slow.post("/v1/clusters", json={"num_workers": 1, "cpus_per_worker": CPUS_PER_WORKER,
-                                                                "duration_s": 600}), pause_s=5),
+        Caller(
+            "create",
+            lambda: slow.post(
+                "/v1/clusters", json={"num_workers": 1, "cpus_per_worker": CPUS_PER_WORKER, "duration_s": 600}
+            ),
+            pause_s=5,
+        ),
         Caller("sign-up", sign_up, pause_s=5),
     ]
     with faultkit.HeartbeatLoad(platform.url) as load:
@@ -74,33 +79,44 @@ def test_locked_database_answers_503_never_500_and_loses_nothing(fault_market, p
             for c in callers:
                 c.start()
             delete = Caller("delete", lambda: slow.delete(f"/v1/clusters/{doomed}"), pause_s=3600).start()
-            wait_for(lambda: time.time() - locked_at >= HOLD_S, timeout_s=HOLD_S + 5, interval_s=0.5,
-                     what="the lock held")
+            wait_for(
+                lambda: time.time() - locked_at >= HOLD_S, timeout_s=HOLD_S + 5, interval_s=0.5, what="the lock held"
+            )
         released_at = time.time()
-        wait_for(lambda: load.answered_since(released_at), timeout_s=RECOVERY_S,
-                 what="heartbeats answered after the lock")
+        wait_for(
+            lambda: load.answered_since(released_at), timeout_s=RECOVERY_S, what="heartbeats answered after the lock"
+        )
         recovered_s = load.first_ok_after(released_at)
         during = load.between(locked_at, released_at)
         for c in [*callers, delete]:
             c.stop()
     answers = {c.name: collections.Counter(code for code, _ in c.answers) for c in [*callers, delete]}
-    print(f"\nlocked {HOLD_S:.0f} s; answers: {answers}; heartbeats while locked: {dict(during)}, "
-          f"all: {dict(load.statuses)}; first heartbeat answered {recovered_s:.2f} s after the release")
+    print(
+        f"\nlocked {HOLD_S:.0f} s; answers: {answers}; heartbeats while locked: {dict(during)}, "
+        f"all: {dict(load.statuses)}; first heartbeat answered {recovered_s:.2f} s after the release"
+    )
     assert recovered_s <= RECOVERY_S
     # A heartbeat gives up on the lock within seconds (503, Retry-After) rather than waiting out 30 s.
     assert during[503] >= 2, during
-    server_errors = [(c.name, code, r.text[:200]) for c in [*callers, delete] for code, r in c.answers
-                     if isinstance(code, int) and code >= 500 and code != 503]
+    server_errors = [
+        (c.name, code, r.text[:200])
+        for c in [*callers, delete]
+        for code, r in c.answers
+        if isinstance(code, int) and code >= 500 and code != 503
+    ]
     assert not server_errors, server_errors
     assert not load.errors, load.errors[:5]
 
     # After the release everything works, and what was answered with success is there.
     canary = create_cluster(buyer, duration_s=60)
     created = [r.json()["id"] for c in callers if c.name == "create" for code, r in c.answers if code == 202]
-    accounts = [name for name, (code, _) in zip(signups, next(c for c in callers if c.name == "sign-up").answers)
-                if code == 201]
+    accounts = [
+        name for name, (code, _) in zip(signups, next(c for c in callers if c.name == "sign-up").answers) if code == 201
+    ]
     for name in accounts:
-        assert Api(platform.url).post("/v1/token", data={"username": name, "password": "password123"}).status_code == 200
+        assert (
+            Api(platform.url).post("/v1/token", data={"username": name, "password": "password123"}).status_code == 200
+        )
     if delete.answers[0][0] != 200:  # the delete got a 503: a retry goes through
         assert buyer.delete(f"/v1/clusters/{doomed}").status_code == 200
     ended = wait_status(buyer, doomed, *faultkit.TERMINAL, timeout_s=180)

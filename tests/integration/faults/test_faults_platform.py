@@ -94,7 +94,9 @@ def test_platform_unreachable_for_60_s(own_platform, own_market):
     own_platform.launcher.up()
     back_at = time.time()
     clusters = survived(own_platform, relogin(own_platform, buyer), ids)
-    print(f"\nunreachable {back_at - down_at:.0f} s: " + "; ".join(
-        f"{cid} {c['status']} {c['reason'] or ''}" for cid, c in clusters.items()))
+    print(
+        f"\nunreachable {back_at - down_at:.0f} s: "
+        + "; ".join(f"{cid} {c['status']} {c['reason'] or ''}" for cid, c in clusters.items())
+    )
     for cid in ids:
         assert clusters[cid]["status"] == "running", events_text(buyer, cid)

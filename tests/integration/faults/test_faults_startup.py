@@ -28,9 +28,13 @@ UP_TIMEOUT_S = 420  # generous: three starts at once, with CPU burners, on a sha
 
 def dcluster_up(state_dir: Path, port: int, log: Path) -> subprocess.Popen:
     with open(log, "wb") as out:
-        return subprocess.Popen([DCLUSTER, "up", "--state-dir", str(state_dir), "--port", str(port)],
-                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+        return subprocess.Popen(
+            [DCLUSTER, "up", "--state-dir", str(state_dir), "--port", str(port)],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+        )
 
 
 def test_two_ups_at_once_on_a_busy_machine():
@@ -40,15 +44,21 @@ def test_two_ups_at_once_on_a_busy_machine():
     started = time.time()
     try:
         with faultkit.cpu_burners(2):
-            ups = [dcluster_up(dirs[0], ports[0], root / "up-a.log"),
-                   dcluster_up(dirs[1], ports[1], root / "up-b.log"),
-                   dcluster_up(dirs[0], ports[0], root / "up-a2.log")]  # the same state dir as the first
+            ups = [
+                dcluster_up(dirs[0], ports[0], root / "up-a.log"),
+                dcluster_up(dirs[1], ports[1], root / "up-b.log"),
+                dcluster_up(dirs[0], ports[0], root / "up-a2.log"),
+            ]  # the same state dir as the first
             codes = [p.wait(timeout=UP_TIMEOUT_S) for p in ups]
         took = time.time() - started
         logs = [(root / f"up-{n}.log").read_text() for n in ("a", "b", "a2")]
-        print(f"\nthree `dcluster up` at once with 2 CPU burners: exit codes {codes} in {took:.0f} s\n"
-              + "\n".join(f"--- {n}: {log.strip().splitlines()[-1] if log.strip() else ''}"
-                          for n, log in zip(("a", "b", "a2"), logs)))
+        print(
+            f"\nthree `dcluster up` at once with 2 CPU burners: exit codes {codes} in {took:.0f} s\n"
+            + "\n".join(
+                f"--- {n}: {log.strip().splitlines()[-1] if log.strip() else ''}"
+                for n, log in zip(("a", "b", "a2"), logs)
+            )
+        )
         assert codes[1] == 0, logs[1]
         # Of the two `up` on one state dir, one brought it up; the other found it running or refused, naming why.
         same = [(codes[0], logs[0]), (codes[2], logs[2])]

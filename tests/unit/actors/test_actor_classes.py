@@ -58,6 +58,7 @@ def test_a_caller_that_gives_up_does_not_cancel_the_shared_recovery():
         assert await asyncio.wait_for(actor.ready(), timeout=5) is True
         assert await actor.hello("buyer") == "hello buyer"
         return await actor.start_count()
+
     assert run(go()) == 1
 
 
@@ -66,6 +67,7 @@ def test_a_cancellation_from_below_is_retried_like_any_passing_fault():
         actor = Wrapped(0.01, [asyncio.CancelledError(), RuntimeError("database is locked")])
         assert await asyncio.wait_for(actor.ready(), timeout=10) is True
         return await actor.start_count(), await actor.start_status()
+
     starts, status = run(go())
     assert starts == 3
     assert status == {"actor": "SlowStart", "ready": True, "attempts": 3, "last_error": None}
@@ -78,6 +80,7 @@ def test_start_status_answers_at_once_and_names_the_last_failure():
         status = await asyncio.wait_for(actor.start_status(), timeout=0.05)
         await actor.ready()
         return status
+
     status = run(go())
     assert status["ready"] is False
     assert status["attempts"] == 1
@@ -97,6 +100,7 @@ def test_background_loops_start_only_after_recovery():
         before = await asyncio.wait_for(asyncio.shield(actor.ticks_seen()), timeout=1)  # waits for start()
         await asyncio.sleep(0.05)
         return before, await actor.ticks_seen()
+
     before, after = run(go())
     assert after > before >= 0
 
@@ -111,6 +115,7 @@ def test_actor_proxy_looks_the_actor_up_once_on_first_call(monkeypatch):
         def remote(self, *args, **kwargs):
             async def answer():
                 return (self.name, args, kwargs)
+
             return answer()
 
     class Handle:
@@ -120,17 +125,20 @@ def test_actor_proxy_looks_the_actor_up_once_on_first_call(monkeypatch):
     def get_actor(name, namespace):
         calls.append((name, namespace))
         return Handle()
+
     monkeypatch.setattr(actor_classes.ray, "get_actor", get_actor)
     proxy = actor_classes.ActorProxy("ClusterManager")
 
     async def go():
         return [await proxy.expire("c-1", 5.0), await proxy.schedule(cluster_id="c-2")]
+
     assert run(go()) == [("expire", ("c-1", 5.0), {}), ("schedule", (), {"cluster_id": "c-2"})]
     assert calls == [("ClusterManager", actor_classes.NAMESPACE)]
 
 
 def test_on_sqlite_the_actors_stay_on_the_head_beside_the_database(tmp_path):
     from actors.settings import PlatformSettings
+
     settings = PlatformSettings(state_dir=tmp_path)
     assert actor_classes.placement(settings) == {"resources": {"node:__internal_head__": 0.001}}
 
@@ -140,6 +148,7 @@ def test_on_postgresql_the_actors_may_run_on_any_node_and_prefer_a_joined_one(tm
 
     from actors.settings import PlatformSettings
     from dcl_core import protocol
+
     settings = PlatformSettings(state_dir=tmp_path, database="postgresql://dcluster@db:5432/dcluster")
     options = actor_classes.placement(settings)
     assert "resources" not in options  # no pin to the head

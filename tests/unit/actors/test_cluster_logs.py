@@ -11,21 +11,32 @@ from tests.unit.actors.test_cluster_manager import FakeRegistry, build_manager, 
 
 
 def test_malformed_entries_are_dropped():
-    shipped = [{"name": "ray/raylet.out", "text": "ok"}, {"name": "../../etc/passwd", "text": "x"},
-               {"name": "ray/a b", "text": "x"}, {"name": "ray/x.log", "text": 5}, "junk",
-               {"name": "commands/0001-run.log", "text": "y", "bytes": -3}]
+    shipped = [
+        {"name": "ray/raylet.out", "text": "ok"},
+        {"name": "../../etc/passwd", "text": "x"},
+        {"name": "ray/a b", "text": "x"},
+        {"name": "ray/x.log", "text": 5},
+        "junk",
+        {"name": "commands/0001-run.log", "text": "y", "bytes": -3},
+    ]
     assert [(f["name"], f["bytes"]) for f in cluster_logs.valid_files(shipped)] == [
-        ("ray/raylet.out", 2), ("commands/0001-run.log", 1)]
+        ("ray/raylet.out", 2),
+        ("commands/0001-run.log", 1),
+    ]
     assert cluster_logs.valid_files({"name": "ray/x"}) == []
 
 
 def test_fit_keeps_tails_within_the_budget():
-    files = [{"name": "ray/a", "text": "a" * 10, "truncated": False, "bytes": 10},
-             {"name": "ray/b", "text": "0123456789", "truncated": False, "bytes": 10},
-             {"name": "ray/c", "text": "c", "truncated": False, "bytes": 1}]
+    files = [
+        {"name": "ray/a", "text": "a" * 10, "truncated": False, "bytes": 10},
+        {"name": "ray/b", "text": "0123456789", "truncated": False, "bytes": 10},
+        {"name": "ray/c", "text": "c", "truncated": False, "bytes": 1},
+    ]
     kept = cluster_logs.fit(files, 15)
-    assert [(f["name"], f["text"], f["truncated"]) for f in kept] == [("ray/a", "a" * 10, False),
-                                                                     ("ray/b", "56789", True)]
+    assert [(f["name"], f["text"], f["truncated"]) for f in kept] == [
+        ("ray/a", "a" * 10, False),
+        ("ray/b", "56789", True),
+    ]
 
 
 class LogsRegistry(FakeRegistry):
@@ -34,17 +45,29 @@ class LogsRegistry(FakeRegistry):
     async def send_work(self, machine_id, kind, payload, timeout_s):
         result = await super().send_work(machine_id, kind, payload, timeout_s)
         if kind == "lease_close":
-            result["data"] = {"logs": [
-                {"name": "ray/job-driver-raysubmit_1.log", "text": f"driver of {payload['lease_id']}\n", "bytes": 20},
-                {"name": "ray/raylet.out", "text": "r" * 3000, "bytes": 3000},
-                {"name": "/etc/shadow", "text": "forged"}]}
+            result["data"] = {
+                "logs": [
+                    {
+                        "name": "ray/job-driver-raysubmit_1.log",
+                        "text": f"driver of {payload['lease_id']}\n",
+                        "bytes": 20,
+                    },
+                    {"name": "ray/raylet.out", "text": "r" * 3000, "bytes": 3000},
+                    {"name": "/etc/shadow", "text": "forged"},
+                ]
+            }
         return result
 
 
 def test_released_nodes_logs_are_kept_capped_listed_then_purged(tmp_path, clock):
     async def go():
-        settings = PlatformSettings(state_dir=tmp_path, heartbeat_interval_s=5, api_url="http://127.0.0.1:9",
-                                    cluster_logs_max_bytes=4000, cluster_logs_retention_s=3600)
+        settings = PlatformSettings(
+            state_dir=tmp_path,
+            heartbeat_interval_s=5,
+            api_url="http://127.0.0.1:9",
+            cluster_logs_max_bytes=4000,
+            cluster_logs_retention_s=3600,
+        )
         db = store.Store(settings.db_path)
         buyer = await seed_market(db, clock)
         other = await db.create_account("other", "h", domain.Role.BUYER, clock())
@@ -76,4 +99,5 @@ def test_released_nodes_logs_are_kept_capped_listed_then_purged(tmp_path, clock)
         await manager.sweep()
         assert await manager.cluster_logs(me, c["id"]) == []  # past the retention
         await close(manager._store, db)
+
     asyncio.run(go())

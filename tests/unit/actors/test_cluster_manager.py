@@ -38,15 +38,34 @@ class FakeRegistry:
             return {"ok": False, "exit_code": 1, "output": "boom", "data": {}}
         if kind == protocol.LEASE_CLOSE:
             self.nodes.pop(payload["lease_id"], None)
-        if kind == protocol.LEASE_EXEC and "ray start" in payload["cmd"] and \
-                self.roles[payload["lease_id"]] not in self.no_node_for:
+        if (
+            kind == protocol.LEASE_EXEC
+            and "ray start" in payload["cmd"]
+            and self.roles[payload["lease_id"]] not in self.no_node_for
+        ):
             self.nodes[payload["lease_id"]] = self.roles[payload["lease_id"]]
         if kind == protocol.LEASE_OPEN:
             self.roles[payload["lease_id"]] = payload["role"]
-            ports = {k: 20000 + i for i, k in enumerate(
-                ["gcs", "dashboard", "client_server", "node_manager", "object_manager", "dashboard_agent_listen",
-                 "dashboard_agent_grpc", "runtime_env_agent", "metrics_export", "autoscaler_metric",
-                 "dashboard_metric", "min_worker", "max_worker"])}
+            ports = {
+                k: 20000 + i
+                for i, k in enumerate(
+                    [
+                        "gcs",
+                        "dashboard",
+                        "client_server",
+                        "node_manager",
+                        "object_manager",
+                        "dashboard_agent_listen",
+                        "dashboard_agent_grpc",
+                        "runtime_env_agent",
+                        "metrics_export",
+                        "autoscaler_metric",
+                        "dashboard_metric",
+                        "min_worker",
+                        "max_worker",
+                    ]
+                )
+            }
             return {"ok": True, "exit_code": 0, "output": "", "data": {"ports": ports, "node_ip": "10.9.9.9"}}
         return {"ok": True, "exit_code": 0, "output": "", "data": {}}
 
@@ -66,14 +85,16 @@ class FakeObserver:
             self.hidden_calls -= 1
             raise node_observer.ObserveError("connection refused")
         self.listed_at.append(self.registry.clock())
-        return [node_observer.ObservedNode(f"n-{lease_id}", node_ip, role == "head",
-                                           {protocol.LEASE_LABEL: lease_id})
-                for lease_id, role in self.registry.nodes.items()]
+        return [
+            node_observer.ObservedNode(f"n-{lease_id}", node_ip, role == "head", {protocol.LEASE_LABEL: lease_id})
+            for lease_id, role in self.registry.nodes.items()
+        ]
 
 
 def test_fake_observer_matches_the_real_one():
     def shape(fn):
         return [(p.name, p.kind, p.default) for p in inspect.signature(fn).parameters.values()]
+
     proto = shape(node_observer.Observer.alive_nodes)
     assert shape(node_observer.NodeObserver.alive_nodes) == proto
     assert shape(FakeObserver.alive_nodes) == proto
@@ -103,8 +124,11 @@ class FakeLauncher:
         # The autoscaler's first update: workers already listed (opened ahead by the platform) get Ray at
         # once, the missing ones are launched.
         n = config["available_node_types"]["worker"]["min_workers"]
-        workers = [x for x in await self.manager.list_nodes(principal, cid)
-                   if x["status"] == "open" and x["tags"].get("ray-node-type") == "worker"]
+        workers = [
+            x
+            for x in await self.manager.list_nodes(principal, cid)
+            if x["status"] == "open" and x["tags"].get("ray-node-type") == "worker"
+        ]
         for w in workers:
             await self.manager.set_node_tags(principal, cid, w["id"], {"ray-node-status": "waiting-for-ssh"})
         if len(workers) < n:
@@ -142,9 +166,11 @@ def build_manager(settings, registry, clock, **options):
     async def sleep(seconds):  # waiting moves the fake clock
         clock.advance(seconds)
         await asyncio.sleep(0)
+
     options.setdefault("observer", FakeObserver(registry))
-    manager = cluster_manager.ClusterManager(cstore, settings, registry=registry, launcher=launcher, clock=clock,
-                                             sleep=sleep, **options)
+    manager = cluster_manager.ClusterManager(
+        cstore, settings, registry=registry, launcher=launcher, clock=clock, sleep=sleep, **options
+    )
     launcher.manager = manager
     return manager, launcher, cstore
 
@@ -154,17 +180,28 @@ async def seed_market(db, clock) -> dict:
     buyer = await db.create_account("buyer", "h", domain.Role.BUYER, clock())
     prov = await db.create_account("prov", "h", domain.Role.PROVIDER, clock())
     for i in range(2):
-        await db.upsert_machine(machine_id=f"m-00000000000{i}", provider_id=prov["id"], machine_key=f"key-0000{i}",
-                                name=f"n{i}", spec=domain.MachineSpec(hostname="h", cpus=4, memory_mb=1000),
-                                price_per_gpu_hour=0, price_per_cpu_hour=0.1, now=clock())
+        await db.upsert_machine(
+            machine_id=f"m-00000000000{i}",
+            provider_id=prov["id"],
+            machine_key=f"key-0000{i}",
+            name=f"n{i}",
+            spec=domain.MachineSpec(hostname="h", cpus=4, memory_mb=1000),
+            price_per_gpu_hour=0,
+            price_per_cpu_hour=0.1,
+            now=clock(),
+        )
     return buyer
 
 
 @pytest.fixture
 def env(db_location, tmp_path, clock):
     async def build(**options):
-        settings = PlatformSettings(state_dir=tmp_path, heartbeat_interval_s=5, api_url="http://127.0.0.1:9",
-                                    database=db_location if isinstance(db_location, str) else None)
+        settings = PlatformSettings(
+            state_dir=tmp_path,
+            heartbeat_interval_s=5,
+            api_url="http://127.0.0.1:9",
+            database=db_location if isinstance(db_location, str) else None,
+        )
         db = store.Store(settings.db_location)
         buyer = await seed_market(db, clock)
         registry = FakeRegistry(clock, settings.offline_after_s)
@@ -172,6 +209,7 @@ def env(db_location, tmp_path, clock):
         await manager.start()
         principal = auth.Principal(buyer["id"], "buyer", domain.Role.BUYER)
         return Env(manager, registry, launcher, principal, db, cstore, settings)
+
     return build
 
 
@@ -216,6 +254,7 @@ def test_create_to_running_to_terminated(env, clock):
         kinds = [e["kind"] for e in await manager.cluster_events(buyer, c["id"])]
         assert kinds[0] == "created" and "running" in kinds and kinds[-1] == "terminated"
         await close(e.store, db)
+
     asyncio.run(go())
 
 
@@ -228,6 +267,7 @@ def test_short_capacity_is_409_and_leaves_nothing(env):
         assert caught.value.fields["available"]["cpu-only"]["free_cpus"] == 8
         assert await manager.list_clusters(buyer) == []
         await close(e.store, db)
+
     asyncio.run(go())
 
 
@@ -246,6 +286,7 @@ def test_launcher_failure_fails_with_reason_and_releases(env):
         assert len(c2["nodes"]) == 4
         await settle(manager)
         await close(e.store, db)
+
     asyncio.run(go())
 
 
@@ -264,6 +305,7 @@ def test_restart_during_provisioning_fails_and_cleans_up(env, tmp_path, clock):
         assert got["status"] == "failed" and "restarted" in got["reason"]
         assert all(n["status"] == "closed" for n in got["nodes"])
         await close(e.store, again_store, db)
+
     asyncio.run(go())
 
 
@@ -291,11 +333,13 @@ def test_expiry_and_lost_head(env, clock):
         got = await manager.get_cluster(buyer, c["id"])
         assert got["status"] == "failed" and head["machine_id"] in got["reason"]
         await close(e.store, db)
+
     asyncio.run(go())
 
 
 def test_a_node_its_agent_no_longer_holds_is_lost(env, clock):
     """An agent restarted (it cleans up its previous run's leases) while its machine stayed online."""
+
     async def go():
         e = await env()
         manager, registry, _, buyer, db = e
@@ -315,13 +359,16 @@ def test_a_node_its_agent_no_longer_holds_is_lost(env, clock):
         clock.advance(lifecycle.HELD_MARGIN_S + 1)
         for m in ("m-000000000000", "m-000000000001"):
             await db.record_heartbeat(m, clock(), domain.MachineUsage())
-        registry.held = {m: {"at": clock(), "leases": [n["id"] for n in nodes if n["id"] != head["id"]]}
-                         for m in ("m-000000000000", "m-000000000001")}
+        registry.held = {
+            m: {"at": clock(), "leases": [n["id"] for n in nodes if n["id"] != head["id"]]}
+            for m in ("m-000000000000", "m-000000000001")
+        }
         await manager.reconcile_once()
         await settle(manager)
         got = await manager.get_cluster(buyer, c["id"])
         assert got["status"] == "failed" and "no longer runs it" in got["reason"], got["reason"]
         await close(e.store, db)
+
     asyncio.run(go())
 
 
@@ -338,6 +385,7 @@ def test_other_buyers_and_scoped_credentials(env):
             await manager.list_nodes(wrong_scope, c["id"])
         await settle(manager)
         await close(e.store, db)
+
     asyncio.run(go())
 
 
@@ -353,8 +401,10 @@ def test_proxy_targets_are_the_callers_own_joined_nodes_as_recorded(env):
         head = await manager.proxy_target(buyer, c["id"], "dashboard")
         assert head["host"] == "10.9.9.9" and head["port"] == 20001 and len(head["token"]) == 64
         worker = next(n for n in (await manager.get_cluster(buyer, c["id"]))["nodes"] if n["role"] == "worker")
-        assert await manager.proxy_target(buyer, c["id"], "metrics", worker["id"]) == {"host": "10.9.9.9",
-                                                                                       "port": 20008}
+        assert await manager.proxy_target(buyer, c["id"], "metrics", worker["id"]) == {
+            "host": "10.9.9.9",
+            "port": 20008,
+        }
         with pytest.raises(errors.InvalidInput, match="only metrics take a node"):
             await manager.proxy_target(buyer, c["id"], "dashboard", worker["id"])
         with pytest.raises(errors.NotFound):
@@ -368,17 +418,23 @@ def test_proxy_targets_are_the_callers_own_joined_nodes_as_recorded(env):
         with pytest.raises(errors.Conflict, match="went with its nodes"):
             await manager.proxy_target(buyer, c["id"], "dashboard")
         await close(e.store, db)
+
     asyncio.run(go())
 
 
 def test_a_node_address_that_is_not_a_plain_ip_is_never_a_proxy_target():
     from actors import cluster_views
-    lease = {"id": "l-000000000001", "role": "head", "status": "open", "joined_at": 1.0,
-             "ports": {"dashboard": 8265, "metrics_export": 8080}}
+
+    lease = {
+        "id": "l-000000000001",
+        "role": "head",
+        "status": "open",
+        "joined_at": 1.0,
+        "ports": {"dashboard": 8265, "metrics_export": 8080},
+    }
     for address in ("evil.example.com", "0.0.0.0", "224.0.0.1", "127.0.0.1:9", "http://127.0.0.1"):
         with pytest.raises(errors.Conflict, match="no usable address"):
-            cluster_views.proxy_target("c-000000000000", "running", [{**lease, "node_ip": address}], "dashboard",
-                                       None)
+            cluster_views.proxy_target("c-000000000000", "running", [{**lease, "node_ip": address}], "dashboard", None)
     with pytest.raises(errors.InvalidInput):
         cluster_views.proxy_target("c-000000000000", "running", [{**lease, "node_ip": "10.0.0.1"}], "gcs", None)
 
@@ -394,10 +450,12 @@ def test_aws_backend_only_when_enabled(env, tmp_path, clock):
         await close(e.store)
         # The same platform restarted with an `aws:` block in its settings.
         manager, launcher, e.store = build_manager(
-            e.settings.model_copy(update={"aws": aws.AwsSettings(allowed_cidr="203.0.113.0/24")}), e.registry, clock)
+            e.settings.model_copy(update={"aws": aws.AwsSettings(allowed_cidr="203.0.113.0/24")}), e.registry, clock
+        )
         await manager.start()
-        c = await manager.create_cluster(buyer, {"num_workers": 2, "gpus_per_worker": 1, "duration_s": 600,
-                                                 "backend": "aws"})
+        c = await manager.create_cluster(
+            buyer, {"num_workers": 2, "gpus_per_worker": 1, "duration_s": 600, "backend": "aws"}
+        )
         assert c["nodes"] == []  # no provider machine is leased
         await settle(manager)
         (config,) = launcher.created
@@ -408,6 +466,7 @@ def test_aws_backend_only_when_enabled(env, tmp_path, clock):
         assert (await manager.get_cluster(buyer, c["id"]))["status"] == "terminated"
         assert launcher.torn_down == [c["id"]]
         await close(e.store, db)
+
     asyncio.run(go())
 
 
@@ -426,10 +485,12 @@ def test_sweep_closes_leases_no_live_cluster_owns(env, clock):
         assert lease["id"] in [p["lease_id"] for _, k, p in registry.sent if k == protocol.LEASE_CLOSE]
         assert (await manager.sweep())["leases_closed"] == 0
         await close(e.store, db)
+
     asyncio.run(go())
 
 
 # --- a node a machine cannot open is retried elsewhere ---------------------------------------
+
 
 def test_a_node_that_fails_to_open_is_moved_to_another_machine(env):
     async def go():
@@ -452,6 +513,7 @@ def test_a_node_that_fails_to_open_is_moved_to_another_machine(env):
         # Nothing still holds capacity on the machine that failed.
         assert not [l for l in await e.store.active_leases() if l["machine_id"] == "m-000000000000"]
         await close(e.store, db)
+
     asyncio.run(go())
 
 
@@ -471,19 +533,28 @@ def test_a_node_no_machine_can_open_fails_the_cluster_after_bounded_attempts(env
         assert kinds.count("lease_failed") == 3 and kinds.count("node_retry") == 2
         assert await e.store.active_leases() == []
         await close(e.store, db)
+
     asyncio.run(go())
 
 
 # --- quotas and the buyer's price ceiling -------------------------------------------------------
 
-async def add_machine(db, clock, machine_id: str, *, cpus: int, gpus=(), price_per_gpu_hour: float = 0.0,
-                      price_per_cpu_hour: float = 0.1) -> None:
+
+async def add_machine(
+    db, clock, machine_id: str, *, cpus: int, gpus=(), price_per_gpu_hour: float = 0.0, price_per_cpu_hour: float = 0.1
+) -> None:
     """One more online machine, of a provider of its own."""
     prov = await db.create_account("prov-" + machine_id, "h", domain.Role.PROVIDER, clock())
-    await db.upsert_machine(machine_id=machine_id, provider_id=prov["id"], machine_key="key-" + machine_id,
-                            name=machine_id, spec=domain.MachineSpec(hostname="h", cpus=cpus, memory_mb=1000,
-                                                                     gpus=list(gpus)),
-                            price_per_gpu_hour=price_per_gpu_hour, price_per_cpu_hour=price_per_cpu_hour, now=clock())
+    await db.upsert_machine(
+        machine_id=machine_id,
+        provider_id=prov["id"],
+        machine_key="key-" + machine_id,
+        name=machine_id,
+        spec=domain.MachineSpec(hostname="h", cpus=cpus, memory_mb=1000, gpus=list(gpus)),
+        price_per_gpu_hour=price_per_gpu_hour,
+        price_per_cpu_hour=price_per_cpu_hour,
+        now=clock(),
+    )
 
 
 def test_quotas_refuse_with_403_naming_the_limit_and_admins_set_them(env, clock):
@@ -517,6 +588,7 @@ def test_quotas_refuse_with_403_naming_the_limit_and_admins_set_them(env, clock)
         assert q["limits"]["max_clusters"] == 10 and q["overrides"]["max_clusters"] is None
         await settle(manager)
         await close(e.store, db)
+
     asyncio.run(go())
 
 
@@ -536,6 +608,7 @@ def test_gpu_hours_count_lifetimes_and_extensions(env, clock):
         await manager.extend_cluster(buyer, c["id"], 1800)  # 8 + 2 = 10: exactly the limit
         await settle(manager)
         await close(e.store, db)
+
     asyncio.run(go())
 
 
@@ -544,11 +617,15 @@ def test_max_price_is_kept_with_the_spec_and_holds_for_replacements(env, clock):
         e = await env()
         manager, registry, _, buyer, db = e
         await add_machine(db, clock, "m-dear00000000", cpus=64, price_per_cpu_hour=10_000)
-        with pytest.raises(errors.Conflict, match=r"the cheapest machine that fits the worker costs \$0.1 per CPU-hour"):
-            await manager.create_cluster(buyer, {"num_workers": 1, "cpus_per_worker": 2, "duration_s": 600,
-                                                 "max_price_per_cpu_hour": 0.05})
-        c = await manager.create_cluster(buyer, {"num_workers": 1, "cpus_per_worker": 2, "duration_s": 600,
-                                                 "max_price_per_cpu_hour": 0.5})
+        with pytest.raises(
+            errors.Conflict, match=r"the cheapest machine that fits the worker costs \$0.1 per CPU-hour"
+        ):
+            await manager.create_cluster(
+                buyer, {"num_workers": 1, "cpus_per_worker": 2, "duration_s": 600, "max_price_per_cpu_hour": 0.05}
+            )
+        c = await manager.create_cluster(
+            buyer, {"num_workers": 1, "cpus_per_worker": 2, "duration_s": 600, "max_price_per_cpu_hour": 0.5}
+        )
         assert c["max_price_per_cpu_hour"] == 0.5 and c["max_price_per_gpu_hour"] is None
         assert "m-dear00000000" not in {n["machine_id"] for n in c["nodes"]}
         await settle(manager)
@@ -562,10 +639,12 @@ def test_max_price_is_kept_with_the_spec_and_holds_for_replacements(env, clock):
             await manager.create_nodes(principal, c["id"], "worker", "worker", {}, 1)
         assert not [m for m, k, _ in registry.sent if k == protocol.LEASE_OPEN and m == "m-dear00000000"]
         await close(e.store, db)
+
     asyncio.run(go())
 
 
 # --- joined and billed from what the cluster's GCS shows, not from command text -----------------
+
 
 def observer_of(manager) -> FakeObserver:
     return manager._joins._observer
@@ -585,6 +664,7 @@ def test_a_node_joins_when_it_is_seen_alive_at_that_moment(env, clock):
         kinds = [e["kind"] for e in await manager.cluster_events(buyer, c["id"])]
         assert kinds.count("head_joined") == 1 and kinds.count("worker_joined") == 1
         await close(manager._store, db)
+
     asyncio.run(go())
 
 
@@ -622,6 +702,7 @@ def test_an_ok_without_a_live_node_is_neither_joined_nor_billed(env, clock):
         assert got["status"] == "running"
         assert next(n for n in got["nodes"] if n["role"] == "worker")["joined_at"] == clock()
         await close(manager._store, db)
+
     asyncio.run(go())
 
 
@@ -636,6 +717,7 @@ def test_a_head_that_never_shows_up_fails_the_launch(env, clock):
         assert all(n["joined_at"] is None and n["status"] in ("closed", "reserved") for n in got["nodes"])
         assert (await manager.usage(buyer, 0, clock()))["total"]["node_seconds"] == 0
         await close(manager._store, db)
+
     asyncio.run(go())
 
 
@@ -654,8 +736,11 @@ def test_a_degraded_cluster_still_expires_and_replacements_never_extend_it(env, 
             clock.advance(100)
             for m in ("m-000000000000", "m-000000000001"):
                 await db.record_heartbeat(m, clock(), domain.MachineUsage())
-            (worker,) = [n for n in (await manager.get_cluster(buyer, c["id"]))["nodes"]
-                         if n["role"] == "worker" and n["status"] == "open"]
+            (worker,) = [
+                n
+                for n in (await manager.get_cluster(buyer, c["id"]))["nodes"]
+                if n["role"] == "worker" and n["status"] == "open"
+            ]
             await manager.terminate_node(scoped, c["id"], worker["id"])
             await manager.reconcile_once()
             assert (await manager.get_cluster(buyer, c["id"]))["status"] == "degraded"
@@ -665,8 +750,11 @@ def test_a_degraded_cluster_still_expires_and_replacements_never_extend_it(env, 
             assert got["status"] == "running" and got["expires_at"] == c["expires_at"]
         # The last replacement never comes up: degraded, and it still ends at the original deadline.
         registry.no_node_for = {"worker"}
-        (worker,) = [n for n in (await manager.get_cluster(buyer, c["id"]))["nodes"]
-                     if n["role"] == "worker" and n["status"] == "open"]
+        (worker,) = [
+            n
+            for n in (await manager.get_cluster(buyer, c["id"]))["nodes"]
+            if n["role"] == "worker" and n["status"] == "open"
+        ]
         await manager.terminate_node(scoped, c["id"], worker["id"])
         (new,) = await manager.create_nodes(scoped, c["id"], "worker", "worker", {}, 1)
         await manager.exec_on_node(scoped, c["id"], new["id"], {"op": "run", "cmd": "ray start"})
@@ -684,6 +772,7 @@ def test_a_degraded_cluster_still_expires_and_replacements_never_extend_it(env, 
         assert all(n["left_at"] <= c["expires_at"] + 1 for n in got["nodes"] if n["joined_at"])
         assert next(n for n in got["nodes"] if n["id"] == new["id"])["joined_at"] is None
         await close(manager._store, db)
+
     asyncio.run(go())
 
 
@@ -705,16 +794,19 @@ def test_lost_nodes_lower_their_machines_reliability_and_the_floor_skips_them(en
         for m in ("m-000000000000", "m-000000000001"):
             await e.db.record_heartbeat(m, clock(), domain.MachineUsage())
         with pytest.raises(errors.Conflict, match="reliability of at least 0.85"):
-            await e.manager.create_cluster(e.buyer, {"num_workers": 2, "duration_s": 600, "cpus_per_worker": 2,
-                                                     "min_reliability": 0.85})
+            await e.manager.create_cluster(
+                e.buyer, {"num_workers": 2, "duration_s": 600, "cpus_per_worker": 2, "min_reliability": 0.85}
+            )
         ok = await e.manager.create_cluster(e.buyer, {"num_workers": 1, "duration_s": 600, "min_reliability": 0.85})
         assert worker["machine_id"] not in {n["machine_id"] for n in ok["nodes"]}
         await close(e.store, e.db)
+
     asyncio.run(go())
 
 
 def test_a_reconcile_tick_reads_the_leases_of_a_cluster_whose_nodes_all_joined_once(env, clock):
     """JoinWatcher's read is reused when it had nothing to ask the head; a cluster still joining is read afresh."""
+
     async def go():
         e = await env()
         manager, _, _, buyer, db = e
@@ -728,11 +820,13 @@ def test_a_reconcile_tick_reads_the_leases_of_a_cluster_whose_nodes_all_joined_o
         async def counted(cluster_id):
             reads.append(cluster_id)
             return await leases_of(cluster_id)
+
         e.store.leases_of = counted
         await manager.reconcile_once()
         assert reads == [c["id"]]
         assert (await manager.get_cluster(buyer, c["id"]))["status"] == "running"
         await close(e.store, db)
+
     asyncio.run(go())
 
 
@@ -745,12 +839,19 @@ def test_many_cluster_reads_at_once_answer_as_each_read_alone(env):
         await settle(manager)  # no provisioning step between the reads compared
         other = auth.Principal(999, "other", domain.Role.BUYER)
         provider = auth.Principal(998, "prov", domain.Role.PROVIDER)
-        reads = [(buyer, first["id"]), (other, first["id"]), (buyer, second["id"]), (buyer, "c-ffffffffffff"),
-                 (provider, first["id"]), (buyer, first["id"])]
+        reads = [
+            (buyer, first["id"]),
+            (other, first["id"]),
+            (buyer, second["id"]),
+            (buyer, "c-ffffffffffff"),
+            (provider, first["id"]),
+            (buyer, first["id"]),
+        ]
         answers = await manager.get_clusters(reads)
         alone = [await manager.get_cluster(buyer, cid) for cid in (first["id"], second["id"])]
         await close(e.store, db)
         return answers, alone
+
     answers, alone = asyncio.run(go())
     assert answers[0] == answers[5] == alone[0] and answers[2] == alone[1]
     assert isinstance(answers[1], errors.NotFound) and isinstance(answers[3], errors.NotFound)
@@ -762,6 +863,7 @@ def test_a_node_opened_after_its_cluster_ended_is_closed_again_never_counted_ope
     cluster while the agent is still opening it: the teardown sees only a reservation. The opened node
     must then be closed on the machine, and the lease stay closed (it used to be marked open again, its
     sandbox left running and its capacity held for good)."""
+
     async def go():
         e = await env()
         manager, registry, launcher, buyer, db = e
@@ -770,6 +872,7 @@ def test_a_node_opened_after_its_cluster_ended_is_closed_again_never_counted_ope
         async def launcher_that_waits(config):  # the launcher's task: its node request goes on without it
             configs.append(config)
             await asyncio.Event().wait()
+
         launcher.create = launcher_that_waits
         agent_send = registry.send_work
 
@@ -778,6 +881,7 @@ def test_a_node_opened_after_its_cluster_ended_is_closed_again_never_counted_ope
                 opening.set()
                 await answer.wait()
             return await agent_send(machine_id, kind, payload, timeout_s)
+
         registry.send_work = slow_open
 
         c = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
@@ -787,7 +891,8 @@ def test_a_node_opened_after_its_cluster_ended_is_closed_again_never_counted_ope
             await asyncio.sleep(0.01)
         node_caller = auth.TokenIssuer("s" * 48, clock=clock).verify(configs[0]["provider"]["token"])
         head_request = asyncio.ensure_future(
-            manager.create_nodes(node_caller, c["id"], "head", "head", {"ray-node-type": "head"}, 1))
+            manager.create_nodes(node_caller, c["id"], "head", "head", {"ray-node-type": "head"}, 1)
+        )
         await asyncio.wait_for(opening.wait(), 5)
         await manager.delete_cluster(buyer, c["id"])
         await settle(manager)
@@ -799,6 +904,7 @@ def test_a_node_opened_after_its_cluster_ended_is_closed_again_never_counted_ope
         closes = [p["lease_id"] for _, kind, p in registry.sent if kind == protocol.LEASE_CLOSE]
         await close(e.store, db)
         return head, closes
+
     head, closes = asyncio.run(go())
     assert head["status"] == "closed"
     assert head["id"] in closes
@@ -812,6 +918,7 @@ async def _head_only(e, clock, spec: dict) -> tuple[dict, auth.Principal, dict]:
     async def launcher_that_waits(config):
         configs.append(config)
         await asyncio.Event().wait()
+
     e.launcher.create = launcher_that_waits
     c = await e.manager.create_cluster(e.buyer, spec)
     for _ in range(500):  # the provisioning task reaches the launcher (PostgreSQL: real round trips)
@@ -835,6 +942,7 @@ async def _workers_listed(e, caller, cid) -> list[dict]:
 def test_workers_are_opened_while_the_head_starts_and_listed_as_the_autoscalers_own(env, clock):
     """The head's autoscaler finds its workers in its first list (it starts Ray on them at once); once it
     tags them they are its own, and a later request (a replacement) never takes them for new ones."""
+
     async def go():
         e = await env()
         c, caller, head = await _head_only(e, clock, {"num_workers": 1, "duration_s": 600})
@@ -842,9 +950,13 @@ def test_workers_are_opened_while_the_head_starts_and_listed_as_the_autoscalers_
         opens = [p for _, kind, p in e.registry.sent if kind == protocol.LEASE_OPEN]
         assert [p["role"] for p in opens] == ["head", "worker"]
         assert opens[1]["head_gcs_port"] == 20000  # its `ray start` finds the head (the fake agent's GCS port)
-        assert worker["tags"] == {"ray-node-name": f"ray-{c['id']}-worker", "ray-node-type": "worker",
-                                  "ray-node-status": "uninitialized", "ray-user-node-type": "worker",
-                                  "dcluster-opened-ahead": "1"}
+        assert worker["tags"] == {
+            "ray-node-name": f"ray-{c['id']}-worker",
+            "ray-node-type": "worker",
+            "ray-node-status": "uninitialized",
+            "ray-user-node-type": "worker",
+            "dcluster-opened-ahead": "1",
+        }
         # The autoscaler's updater tags it: claimed.
         tagged = await e.manager.set_node_tags(caller, c["id"], worker["id"], {"ray-node-status": "waiting-for-ssh"})
         assert "dcluster-opened-ahead" not in tagged["tags"] and tagged["tags"]["ray-node-status"] == "waiting-for-ssh"
@@ -856,12 +968,14 @@ def test_workers_are_opened_while_the_head_starts_and_listed_as_the_autoscalers_
         await e.manager.delete_cluster(e.buyer, c["id"])
         await settle(e.manager)
         await close(e.store, e.db)
+
     asyncio.run(go())
 
 
 def test_an_autoscaler_that_asks_before_it_lists_gets_the_workers_opened_ahead(env, clock):
     """Its create waits for the opening ahead and answers with those workers, tagged as it asked: no
     machine is reserved twice and no worker opened twice."""
+
     async def go():
         e = await env()
         c, caller, _ = await _head_only(e, clock, {"num_workers": 2, "duration_s": 600})
@@ -874,12 +988,14 @@ def test_an_autoscaler_that_asks_before_it_lists_gets_the_workers_opened_ahead(e
         await e.manager.delete_cluster(e.buyer, c["id"])
         await settle(e.manager)
         await close(e.store, e.db)
+
     asyncio.run(go())
 
 
 def test_a_worker_that_fails_to_open_ahead_is_left_to_the_autoscaler(env, clock):
     """The opening ahead tries other machines as any open does; when none could open it, the autoscaler
     lists one worker short and its own request reserves and opens one."""
+
     async def go():
         e = await env()
         agent_send, refusing = e.registry.send_work, [True]
@@ -889,6 +1005,7 @@ def test_a_worker_that_fails_to_open_ahead_is_left_to_the_autoscaler(env, clock)
                 e.registry.sent.append((machine_id, kind, payload))
                 return {"ok": False, "exit_code": 1, "output": "no sandbox", "data": {}}
             return await agent_send(machine_id, kind, payload, timeout_s)
+
         e.registry.send_work = workers_refused
         c, caller, _ = await _head_only(e, clock, {"num_workers": 1, "duration_s": 600})
         for _ in range(500):
@@ -904,4 +1021,5 @@ def test_a_worker_that_fails_to_open_ahead_is_left_to_the_autoscaler(env, clock)
         await e.manager.delete_cluster(e.buyer, c["id"])
         await settle(e.manager)
         await close(e.store, e.db)
+
     asyncio.run(go())

@@ -13,8 +13,9 @@ class FakeClusters:
         self.expired, self.warned = [], []
 
     async def expire(self, cluster_id: str, deadline: float) -> bool:
-        ok = await self.db.set_cluster_status(cluster_id, domain.ClusterStatus.TERMINATING, self.clock(),
-                                              only_from=domain.ClusterStatus.active())
+        ok = await self.db.set_cluster_status(
+            cluster_id, domain.ClusterStatus.TERMINATING, self.clock(), only_from=domain.ClusterStatus.active()
+        )
         if ok:
             self.expired.append((cluster_id, self.clock() - deadline))
         return ok
@@ -33,9 +34,19 @@ async def make(tmp_path, clock, n=5, **options):
     await accounts.close()
     db = cluster_store.ClusterStore(tmp_path / "p.db")
     for i in range(n):
-        await db.create_cluster(cluster={"id": f"c-00000000000{i}", "owner_id": acct["id"], "name": "x", "spec": "{}",
-                                         "status": "running", "expires_at": clock() + 100 * (i + 1)},
-                                leases=[], event="created", now=clock())
+        await db.create_cluster(
+            cluster={
+                "id": f"c-00000000000{i}",
+                "owner_id": acct["id"],
+                "name": "x",
+                "spec": "{}",
+                "status": "running",
+                "expires_at": clock() + 100 * (i + 1),
+            },
+            leases=[],
+            event="created",
+            now=clock(),
+        )
     clusters = FakeClusters(db, clock)
     reaper = expiry_reaper.ExpiryReaper(db, clusters=clusters, clock=clock, **options)
     await reaper.start()
@@ -55,6 +66,7 @@ def test_each_deadline_fires_exactly_once_on_time(tmp_path, clock):
         assert await reaper.fire_due() == []
         assert len(clusters.expired) == 5
         await db.close()
+
     asyncio.run(go())
 
 
@@ -69,6 +81,7 @@ def test_extend_moves_and_delete_cancels(tmp_path, clock):
         clock.advance(200)
         assert await reaper.fire_due() == ["c-000000000000"]
         await db.close()
+
     asyncio.run(go())
 
 
@@ -82,6 +95,7 @@ def test_restart_acts_on_missed_deadlines_once(tmp_path, clock):
         assert await reaper.fire_due() == []  # the old instance's entry finds it ended: no second teardown
         assert [c for c, _ in clusters.expired] == ["c-000000000000"]
         await db.close()
+
     asyncio.run(go())
 
 
@@ -91,9 +105,19 @@ def test_loop_sleeps_until_the_deadline(tmp_path):
     async def go():
         db, clusters, reaper = await make(tmp_path, time.time, n=0)
         task = asyncio.create_task(reaper.run_deadline_loop())
-        await db.create_cluster(cluster={"id": "c-00000000000a", "owner_id": 1, "name": "x", "spec": "{}",
-                                         "status": "running", "expires_at": time.time() + 0.3},
-                                leases=[], event="created", now=time.time())
+        await db.create_cluster(
+            cluster={
+                "id": "c-00000000000a",
+                "owner_id": 1,
+                "name": "x",
+                "spec": "{}",
+                "status": "running",
+                "expires_at": time.time() + 0.3,
+            },
+            leases=[],
+            event="created",
+            now=time.time(),
+        )
         await reaper.schedule("c-00000000000a")
         for _ in range(100):
             if clusters.expired:
@@ -102,5 +126,6 @@ def test_loop_sleeps_until_the_deadline(tmp_path):
         task.cancel()
         await db.close()
         return clusters.expired
+
     (expired,) = asyncio.run(go())
     assert expired[0] == "c-00000000000a" and 0 <= expired[1] < 0.1

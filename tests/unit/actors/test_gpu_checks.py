@@ -20,8 +20,14 @@ H100 = {"name": "NVIDIA H100 80GB HBM3", "memory_mb": 81559}
 
 
 def spec(gpus=2, declared=False, sandbox="bwrap"):
-    return {"hostname": "h", "cpus": 8, "memory_mb": 16000, "gpus_declared": declared, "sandbox": sandbox,
-            "gpus": [{"index": i, "model": H100["name"], "memory_mb": H100["memory_mb"]} for i in range(gpus)]}
+    return {
+        "hostname": "h",
+        "cpus": 8,
+        "memory_mb": 16000,
+        "gpus_declared": declared,
+        "sandbox": sandbox,
+        "gpus": [{"index": i, "model": H100["name"], "memory_mb": H100["memory_mb"]} for i in range(gpus)],
+    }
 
 
 class CheckingAgent:
@@ -64,8 +70,9 @@ def run(settings, clock, agent, go):
     async def wrapped():
         reg_db, cm_db = store_mod.Store(settings.db_path), cluster_store.ClusterStore(settings.db_path)
         reg = registry_mod.ProviderRegistry(reg_db, settings, clock=clock, limiter=auth.LoginLimiter(clock=clock))
-        checker = gpu_checks.GpuChecker(cm_db, settings, registry=agent, placement_lock=cm_db.placement_lock(),
-                                        clock=clock)
+        checker = gpu_checks.GpuChecker(
+            cm_db, settings, registry=agent, placement_lock=cm_db.placement_lock(), clock=clock
+        )
         try:
             await reg.start()
             await reg.create_account("prov1", "password123", domain.Role.PROVIDER)
@@ -75,12 +82,21 @@ def run(settings, clock, agent, go):
         finally:
             await reg_db.close()
             await cm_db.close()
+
     return asyncio.run(wrapped())
 
 
 async def register(reg, caller, machine_spec, key="mk-00000001"):
-    return await reg.register_machine(caller, {"machine_key": key, "name": "box", "spec": machine_spec,
-                                               "price_per_gpu_hour": 1.0, "price_per_cpu_hour": 0.01})
+    return await reg.register_machine(
+        caller,
+        {
+            "machine_key": key,
+            "name": "box",
+            "spec": machine_spec,
+            "price_per_gpu_hour": 1.0,
+            "price_per_cpu_hour": 0.01,
+        },
+    )
 
 
 async def finish(checker):
@@ -129,7 +145,8 @@ def test_fewer_gpus_in_the_lease_than_claimed_is_a_mismatch_and_the_machine_stay
         await checker.run_once()
         await finish(checker)
         return (await reg.get_machine(provider, mid))["gpu_verification"], await cm.online_machines(
-            settings.online_cutoff(clock()))
+            settings.online_cutoff(clock())
+        )
 
     verification, leasable = run(settings, clock, CheckingAgent(monkeypatch, visible=1), go)
     assert verification["status"] == "mismatch"
@@ -158,10 +175,19 @@ def test_a_busy_machine_is_checked_once_no_lease_holds_anything_of_it(platform, 
     async def go(reg, cm, checker, provider):
         machine = await register(reg, provider, spec(declared=True))  # leasable: declared GPUs
         mid = machine["id"]
-        await cm.create_cluster(cluster={"id": "c-000000000001", "owner_id": 1, "name": "x", "spec": "{}",
-                                         "status": "running", "expires_at": clock() + 3600},
-                                leases=[{"id": "l-000000000001", "machine_id": mid, "role": "worker", "gpus": [0],
-                                         "cpus": 1}], event="created", now=clock())
+        await cm.create_cluster(
+            cluster={
+                "id": "c-000000000001",
+                "owner_id": 1,
+                "name": "x",
+                "spec": "{}",
+                "status": "running",
+                "expires_at": clock() + 3600,
+            },
+            leases=[{"id": "l-000000000001", "machine_id": mid, "role": "worker", "gpus": [0], "cpus": 1}],
+            event="created",
+            now=clock(),
+        )
         # Its agent restarts and now detects its GPUs: the claim changed, a check is due.
         key = agent_keys.parse(machine["agent_key"])
         assert (await register(reg, key, spec()))["gpu_verification"]["status"] == "pending"
@@ -218,9 +244,14 @@ def test_a_provider_cannot_mark_its_machine_verified(platform, monkeypatch):
         mine = await register(reg, provider, spec())
         other = await register(reg, provider, spec(), key="mk-00000002")
         key = agent_keys.parse(mine["agent_key"])
-        forged = protocol.WorkResult(ok=True, exit_code=0, output=protocol.GPU_CHECK_MARKER + protocol.GpuCheckReport(
-            nvml="nvml", gpus=[domain.GpuInfo(index=i, model=H100["name"], memory_mb=81559) for i in range(2)]
-        ).model_dump_json()).model_dump()
+        forged = protocol.WorkResult(
+            ok=True,
+            exit_code=0,
+            output=protocol.GPU_CHECK_MARKER
+            + protocol.GpuCheckReport(
+                nvml="nvml", gpus=[domain.GpuInfo(index=i, model=H100["name"], memory_mb=81559) for i in range(2)]
+            ).model_dump_json(),
+        ).model_dump()
         for machine_id in (mine["id"], other["id"]):  # its own machine, and another one
             for caller in (key, provider):
                 with pytest.raises(errors.NotFound):
@@ -255,6 +286,7 @@ def test_a_check_whose_outcome_could_not_be_written_is_due_again(platform, monke
 
         async def database_busy(*args):
             raise OSError("database is locked")
+
         monkeypatch.setattr(cm, "finish_gpu_check", database_busy)
         await checker.run_once()
         await finish(checker)  # logged, not raised

@@ -12,23 +12,33 @@ H100, H100_MIB = "NVIDIA H100 80GB HBM3", 81559
 
 
 def spec(gpus=2, model=H100, memory_mb=H100_MIB, *, declared=False, sandbox="bwrap"):
-    return domain.MachineSpec(hostname="h", cpus=8, memory_mb=16000, gpus_declared=declared, sandbox=sandbox,
-                              gpus=[domain.GpuInfo(index=i, model=model, memory_mb=memory_mb) for i in range(gpus)])
+    return domain.MachineSpec(
+        hostname="h",
+        cpus=8,
+        memory_mb=16000,
+        gpus_declared=declared,
+        sandbox=sandbox,
+        gpus=[domain.GpuInfo(index=i, model=model, memory_mb=memory_mb) for i in range(gpus)],
+    )
 
 
 def report(gpus=2, model=H100, memory_mb=H100_MIB, nvml="nvml"):
-    return protocol.GpuCheckReport(nvml=nvml, gpus=[domain.GpuInfo(index=i, model=model, memory_mb=memory_mb)
-                                                    for i in range(gpus)],
-                                   benchmarks=[protocol.GpuBenchmark(backend="numpy", device="cpu", size=256,
-                                                                     seconds=0.01, gflops=3.3)])
+    return protocol.GpuCheckReport(
+        nvml=nvml,
+        gpus=[domain.GpuInfo(index=i, model=model, memory_mb=memory_mb) for i in range(gpus)],
+        benchmarks=[protocol.GpuBenchmark(backend="numpy", device="cpu", size=256, seconds=0.01, gflops=3.3)],
+    )
 
 
-@pytest.mark.parametrize("machine,status", [
-    (spec(gpus=0), V.NO_GPUS),
-    (spec(declared=True), V.DECLARED),
-    (spec(sandbox="none"), V.UNVERIFIED),
-    (spec(), V.PENDING),
-])
+@pytest.mark.parametrize(
+    "machine,status",
+    [
+        (spec(gpus=0), V.NO_GPUS),
+        (spec(declared=True), V.DECLARED),
+        (spec(sandbox="none"), V.UNVERIFIED),
+        (spec(), V.PENDING),
+    ],
+)
 def test_a_new_machine_gets_its_first_status_from_what_it_claims(machine, status):
     assert gv.on_register(machine, None, None).status is status
 
@@ -56,11 +66,17 @@ def test_a_few_mib_less_memory_is_no_mismatch():
     assert gv.judge(spec(memory_mb=81920), report(memory_mb=81559)).status is V.VERIFIED
 
 
-@pytest.mark.parametrize("seen,expected", [
-    (report(gpus=1), "count: the machine claims 2 GPU(s), the check lease saw 1"),
-    (report(model="NVIDIA A100-SXM4-40GB"), "GPU 0 model: claimed 'NVIDIA H100 80GB HBM3', seen 'NVIDIA A100-SXM4-40GB'"),
-    (report(memory_mb=40960), "GPU 0 memory: claimed 81559 MiB, seen 40960 MiB"),
-])
+@pytest.mark.parametrize(
+    "seen,expected",
+    [
+        (report(gpus=1), "count: the machine claims 2 GPU(s), the check lease saw 1"),
+        (
+            report(model="NVIDIA A100-SXM4-40GB"),
+            "GPU 0 model: claimed 'NVIDIA H100 80GB HBM3', seen 'NVIDIA A100-SXM4-40GB'",
+        ),
+        (report(memory_mb=40960), "GPU 0 memory: claimed 81559 MiB, seen 40960 MiB"),
+    ],
+)
 def test_claims_that_differ_from_what_the_lease_saw_are_a_mismatch_naming_them(seen, expected):
     verdict = gv.judge(spec(), seen)
     assert verdict.status is V.MISMATCH and expected in verdict.differences
@@ -89,7 +105,11 @@ def test_the_report_is_read_from_its_marked_line_only():
 def test_public_view_of_a_row_not_assessed_yet_is_what_a_registration_would_give():
     legacy = {"gpu_check": None, "spec": spec(declared=True).model_dump_json()}
     assert gv.public(legacy)["status"] == gv.status(legacy) == V.DECLARED.value
-    row = {"gpu_check": V.MISMATCH.value, "gpu_checked_at": 5.0, "spec": "not read",
-           "gpu_check_detail": gv.judge(spec(), report(gpus=1)).detail_json()}
+    row = {
+        "gpu_check": V.MISMATCH.value,
+        "gpu_checked_at": 5.0,
+        "spec": "not read",
+        "gpu_check_detail": gv.judge(spec(), report(gpus=1)).detail_json(),
+    }
     view = gv.public(row)
     assert view["status"] == gv.status(row) == "mismatch" and view["checked_at"] == 5.0 and view["differences"]

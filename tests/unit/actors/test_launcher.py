@@ -27,6 +27,7 @@ class FakeTask:
 
         async def ref():
             await asyncio.sleep(self.delay_s)
+
         return asyncio.ensure_future(ref())
 
 
@@ -84,6 +85,7 @@ def test_each_create_runs_in_a_process_started_ahead_and_killed_after(killed):
     async def go():
         await real.create({"cluster_name": "c-1"})
         await real.create({"cluster_name": "c-2"})
+
     asyncio.run(go())
     first, second, third = processes.started  # each started as the one before ended
     assert first.configs == [{"cluster_name": "c-1"}] and second.configs == [{"cluster_name": "c-2"}]
@@ -132,6 +134,7 @@ def test_a_caller_that_gives_up_stops_the_launch(monkeypatch, killed):
             await asyncio.wait_for(real.create({}), timeout=0.05)
         with pytest.raises(asyncio.TimeoutError):
             await asyncio.wait_for(real.teardown({}), timeout=0.05)
+
     asyncio.run(go())
     assert killed == [processes.started[0]] and cancelled == [True]
 

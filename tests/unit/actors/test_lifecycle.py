@@ -12,8 +12,13 @@ NOW = 10_000.0
 
 
 def cluster(status=S.PROVISIONING, workers=2, created_at=NOW - 30, expires_at=NOW + 600):
-    return {"id": "c-0123456789ab", "status": status.value, "created_at": created_at, "expires_at": expires_at,
-            "spec": json.dumps({"num_workers": workers, "duration_s": 600})}
+    return {
+        "id": "c-0123456789ab",
+        "status": status.value,
+        "created_at": created_at,
+        "expires_at": expires_at,
+        "spec": json.dumps({"num_workers": workers, "duration_s": 600}),
+    }
 
 
 def lease(lid, role="worker", status="open", joined=True, machine="m-1"):
@@ -22,8 +27,15 @@ def lease(lid, role="worker", status="open", joined=True, machine="m-1"):
 
 def decide(row, leases, machines=None, **kw):
     machines = {l["machine_id"]: "online" for l in leases} if machines is None else machines
-    return lifecycle.decide(row, leases, machines, NOW, watch_leases=kw.get("watch", True),
-                            provision_timeout_s=kw.get("timeout", 600), expiry_backstop_s=10)
+    return lifecycle.decide(
+        row,
+        leases,
+        machines,
+        NOW,
+        watch_leases=kw.get("watch", True),
+        provision_timeout_s=kw.get("timeout", 600),
+        expiry_backstop_s=10,
+    )
 
 
 def test_provisioning_becomes_running_once_head_and_workers_joined():
@@ -58,18 +70,43 @@ def test_a_lease_its_agent_no_longer_holds_is_lost_after_the_margin():
     old = {**lease("l-1"), "opened_at": NOW - 100}
     leases = [{**lease("l-h", "head", machine="m-h"), "opened_at": NOW - 100}, old]
     held = {"m-h": {"at": NOW, "leases": ["l-h"]}, "m-1": {"at": NOW, "leases": []}}
-    lost, degraded = lifecycle.decide(cluster(S.RUNNING, workers=1), leases, {"m-h": "online", "m-1": "online"}, NOW,
-                                      watch_leases=True, provision_timeout_s=600, expiry_backstop_s=10, held=held)
+    lost, degraded = lifecycle.decide(
+        cluster(S.RUNNING, workers=1),
+        leases,
+        {"m-h": "online", "m-1": "online"},
+        NOW,
+        watch_leases=True,
+        provision_timeout_s=600,
+        expiry_backstop_s=10,
+        held=held,
+    )
     assert lost.lease_id == "l-1" and "no longer runs it" in lost.why and degraded.to is S.DEGRADED
     # Opened after the heartbeat was sent (within the margin): not lost yet.
     young = {**old, "opened_at": NOW - lifecycle.HELD_MARGIN_S + 1}
-    assert lifecycle.decide(cluster(S.RUNNING, workers=1), [leases[0], young], {"m-h": "online", "m-1": "online"},
-                            NOW, watch_leases=True, provision_timeout_s=600, expiry_backstop_s=10, held=held) == []
+    assert (
+        lifecycle.decide(
+            cluster(S.RUNNING, workers=1),
+            [leases[0], young],
+            {"m-h": "online", "m-1": "online"},
+            NOW,
+            watch_leases=True,
+            provision_timeout_s=600,
+            expiry_backstop_s=10,
+            held=held,
+        )
+        == []
+    )
 
 
 def test_expiry_backstop_and_backends_without_leases():
     assert decide(cluster(expires_at=NOW - 10), []) == [lifecycle.Expire(NOW - 10)]
     assert decide(cluster(expires_at=NOW - 9), [lease("l-h", "head")], {}, watch=False) == []
     # Closed or lost leases are never "lost" again and never count as joined.
-    assert decide(cluster(S.RUNNING, workers=1), [lease("l-h", "head"), lease("l-1"), lease("l-0", status="closed")],
-                  {"m-1": "online"}) == []
+    assert (
+        decide(
+            cluster(S.RUNNING, workers=1),
+            [lease("l-h", "head"), lease("l-1"), lease("l-0", status="closed")],
+            {"m-1": "online"},
+        )
+        == []
+    )

@@ -16,14 +16,22 @@ def fleet(rng: random.Random, n: int) -> list[dict]:
     rows = []
     for i in range(n):
         gpus = rng.choice([0, 1, 2, 4, 8])
-        rows.append({"id": f"m-{i:04d}", "provider": f"p{i % 3}", "gpu_model": rng.choice(MODELS[:2]) if gpus else None,
-                     "gpus": gpus, "cpus": rng.choice([2, 8, 16, 64]),
-                     "price_per_gpu_hour": rng.choice([0.5, 1.0, 1.5, 2.0]),  # ties on purpose
-                     "price_per_cpu_hour": rng.choice([0.01, 0.02, 0.05]),
-                     "registered_at": NOW - rng.choice([0, 600, 86_400]),
-                     "online_seconds": rng.choice([0.0, 300.0, 80_000.0]),
-                     "leases_completed": rng.randrange(5), "leases_lost": rng.randrange(3),
-                     "gpu_check": rng.choice([None, "verified", "declared"]) if gpus else "no_gpus"})
+        rows.append(
+            {
+                "id": f"m-{i:04d}",
+                "provider": f"p{i % 3}",
+                "gpu_model": rng.choice(MODELS[:2]) if gpus else None,
+                "gpus": gpus,
+                "cpus": rng.choice([2, 8, 16, 64]),
+                "price_per_gpu_hour": rng.choice([0.5, 1.0, 1.5, 2.0]),  # ties on purpose
+                "price_per_cpu_hour": rng.choice([0.01, 0.02, 0.05]),
+                "registered_at": NOW - rng.choice([0, 600, 86_400]),
+                "online_seconds": rng.choice([0.0, 300.0, 80_000.0]),
+                "leases_completed": rng.randrange(5),
+                "leases_lost": rng.randrange(3),
+                "gpu_check": rng.choice([None, "verified", "declared"]) if gpus else "no_gpus",
+            }
+        )
     return rows
 
 
@@ -32,17 +40,30 @@ def leases(rng: random.Random, rows: list[dict], count: int, cluster_ids: list[s
     for j in range(count):
         row = rng.choice(rows)
         used = rng.sample(range(row["gpus"]), rng.randint(0, row["gpus"]))
-        out.append({"id": f"l-{j:04d}", "machine_id": row["id"], "cluster_id": rng.choice(cluster_ids),
-                    "gpus": used, "cpus": rng.randint(1, 2)})
+        out.append(
+            {
+                "id": f"l-{j:04d}",
+                "machine_id": row["id"],
+                "cluster_id": rng.choice(cluster_ids),
+                "gpus": used,
+                "cpus": rng.randint(1, 2),
+            }
+        )
     return out
 
 
 def request_set(rng: random.Random) -> list[placement.NodeRequest]:
     gpus = rng.choice([0, 1, 2, 4, 8])
     return placement.cluster_requests(
-        rng.randint(1, 4), gpus, rng.choice([1, 2, 8]), rng.choice(MODELS) if gpus else None,
-        max_price_per_gpu_hour=rng.choice([None, 1.0, 1.5]), max_price_per_cpu_hour=rng.choice([None, 0.02]),
-        min_reliability=rng.choice([None, None, 0.8, 0.9]), verified_gpus_only=rng.random() < 0.3)
+        rng.randint(1, 4),
+        gpus,
+        rng.choice([1, 2, 8]),
+        rng.choice(MODELS) if gpus else None,
+        max_price_per_gpu_hour=rng.choice([None, 1.0, 1.5]),
+        max_price_per_cpu_hour=rng.choice([None, 0.02]),
+        min_reliability=rng.choice([None, None, 0.8, 0.9]),
+        verified_gpus_only=rng.random() < 0.3,
+    )
 
 
 def everything(rows, holdings, offline, cluster_id):
@@ -50,8 +71,9 @@ def everything(rows, holdings, offline, cluster_id):
     online = [dict(r, reliability=reputation.of_machine(r, NOW)) for r in rows if r["id"] not in offline]
     caps = placement.capacities(online, holdings)
     for cap in caps:
-        cap.leases_of_cluster = sum(1 for h in holdings if h["machine_id"] == cap.machine_id
-                                    and h["cluster_id"] == cluster_id)
+        cap.leases_of_cluster = sum(
+            1 for h in holdings if h["machine_id"] == cap.machine_id and h["cluster_id"] == cluster_id
+        )
     return caps
 
 
@@ -86,10 +108,13 @@ def test_placement_among_the_candidates_is_placement_among_every_machine(seed):
     for step in range(3):  # leases come and go: the index follows each change
         cluster_id = rng.choice(clusters)  # a new cluster, or one placing more nodes (spread counts)
         now_held = [h for h in held if rng.random() < 0.7] + leases(rng, rows, rng.randrange(0, 5), clusters)
-        now_held = list({h["id"] + str(step): dict(h, id=h["id"] + str(step)) if h not in held else h
-                         for h in now_held}.values())
-        index.set_leases([h["id"] for h in now_held], [h for h in now_held if h["id"] in index.missing_leases(
-            [x["id"] for x in now_held])])
+        now_held = list(
+            {h["id"] + str(step): dict(h, id=h["id"] + str(step)) if h not in held else h for h in now_held}.values()
+        )
+        index.set_leases(
+            [h["id"] for h in now_held],
+            [h for h in now_held if h["id"] in index.missing_leases([x["id"] for x in now_held])],
+        )
         held = now_held
         assert_same_choice(index, rows, held, offline, cluster_id, request_set(rng))
 
@@ -121,13 +146,26 @@ def test_a_changed_row_moves_in_the_orders():
 
 
 def test_reliability_counts_the_time_since_the_row_was_read_as_online():
-    row = {"id": "m", "registered_at": NOW - 7200, "online_seconds": 7200.0, "leases_completed": 0,
-           "leases_lost": 0, "gpus": 0, "gpu_model": None, "cpus": 1, "price_per_gpu_hour": 0.0,
-           "price_per_cpu_hour": 0.0, "provider": "p"}
+    row = {
+        "id": "m",
+        "registered_at": NOW - 7200,
+        "online_seconds": 7200.0,
+        "leases_completed": 0,
+        "leases_lost": 0,
+        "gpus": 0,
+        "gpu_model": None,
+        "cpus": 1,
+        "price_per_gpu_hour": 0.0,
+        "price_per_cpu_hour": 0.0,
+        "provider": "p",
+    }
     index = machine_index.MachineIndex()
     index.load([row], NOW)
-    assert index.reliability(row, NOW + 600) == reputation.score(online_seconds=7800, registered_at=NOW - 7200,
-                                                                 now=NOW + 600, completed=0, lost=0) == 0.9
+    assert (
+        index.reliability(row, NOW + 600)
+        == reputation.score(online_seconds=7800, registered_at=NOW - 7200, now=NOW + 600, completed=0, lost=0)
+        == 0.9
+    )
 
 
 def test_leases_are_read_once_and_forgotten_when_they_end():

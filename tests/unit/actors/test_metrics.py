@@ -72,6 +72,7 @@ def test_registry_counts_refused_sign_ins_and_throttles(tmp_path, clock):
             await reg.login("alice", "password123")
         except errors.RateLimited:
             pass
+
     registry_tests.run(go)
     assert recorded.of("sign_in_failed") == [False] * 10 + [True]
 
@@ -94,6 +95,7 @@ def test_manager_reports_states_provisioning_and_release(env, clock):
         assert recorded.of("released") == [0]
         assert recorded.of("cluster_states")[-1] == {"terminated": 1}
         await cm_tests.close(e.store, db)
+
     asyncio.run(go())
 
 
@@ -105,6 +107,7 @@ def test_reaper_reports_how_late_an_expiry_fired(tmp_path, clock):
         clock.advance(100.25)
         assert await reaper.fire_due() == ["c-000000000000"]
         await db.close()
+
     asyncio.run(go())
     assert recorded.of("expiry_lateness") == [0.25]
 
@@ -121,8 +124,7 @@ def test_api_latency_is_recorded_under_the_route_template_never_the_raw_path():
     client = TestClient(app)
     assert client.get("/v1/clusters/c-0123456789ab").status_code == 200
     assert client.get("/nowhere").status_code == 404
-    assert [(r, m, s) for r, m, s, _ in seen] == [("/v1/clusters/{cluster_id}", "GET", 200),
-                                                   ("unmatched", "GET", 404)]
+    assert [(r, m, s) for r, m, s, _ in seen] == [("/v1/clusters/{cluster_id}", "GET", 200), ("unmatched", "GET", 404)]
     assert all(0 <= t < 5 for *_, t in seen)
 
 
@@ -140,15 +142,19 @@ def test_the_grafana_dashboard_queries_exactly_the_metrics_the_platform_exports(
     source = (root / "actors/ray_metrics.py").read_text() + (root / "serve_app/api_metrics.py").read_text()
     defined = set(re.findall(r'"(dcluster_[a-z_]+)"', source))
     dashboard = json.loads((root / "platform/grafana-dashboard.json").read_text())
-    queried = {re.sub(r"_(bucket|count|sum|total)$", "", name)
-               for panel in dashboard["panels"] for target in panel["targets"]
-               for name in re.findall(r"ray_(dcluster_[a-z_]+)", target["expr"])}
+    queried = {
+        re.sub(r"_(bucket|count|sum|total)$", "", name)
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"ray_(dcluster_[a-z_]+)", target["expr"])
+    }
     assert queried == defined
 
 
 def test_the_machines_online_gauge_counts_what_the_offers_show(tmp_path, clock):
     """The sweeper's gauge is counted by the database (the offers view reads every row: 130 ms at 10,000
     machines, a stall of every heartbeat); both count the same machines."""
+
     async def go():
         reg = registry_tests.make_registry(tmp_path, clock)
         await reg.start()
@@ -166,5 +172,6 @@ def test_the_machines_online_gauge_counts_what_the_offers_show(tmp_path, clock):
         for offer in await reg.list_offers():
             offered[offer["gpu_model"]] = offered.get(offer["gpu_model"], 0) + offer["machines"]
         return counted, offered
+
     counted, offered = registry_tests.run(go)
     assert counted == offered == {"NVIDIA T4": 2, None: 1, "NVIDIA L4": 1}

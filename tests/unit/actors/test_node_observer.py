@@ -35,14 +35,32 @@ class FakeHttp:
 
 
 def state_api(*nodes: dict) -> dict:
-    return {"result": True, "msg": "", "data": {"result": {"total": len(nodes), "num_after_truncation": len(nodes),
-                                                          "num_filtered": len(nodes), "result": list(nodes)}}}
+    return {
+        "result": True,
+        "msg": "",
+        "data": {
+            "result": {
+                "total": len(nodes),
+                "num_after_truncation": len(nodes),
+                "num_filtered": len(nodes),
+                "result": list(nodes),
+            }
+        },
+    }
 
 
 def node(node_id: str, *, head: bool = False, state: str = "ALIVE", lease: str | None = None) -> dict:
     labels = {"ray.io/node-id": node_id, **({protocol.LEASE_LABEL: lease} if lease else {})}
-    return {"node_id": node_id, "node_ip": "10.0.0.1", "is_head_node": head, "state": state, "state_message": None,
-            "node_name": "10.0.0.1", "resources_total": {}, "labels": labels}
+    return {
+        "node_id": node_id,
+        "node_ip": "10.0.0.1",
+        "is_head_node": head,
+        "state": state,
+        "state_message": None,
+        "node_name": "10.0.0.1",
+        "resources_total": {},
+        "labels": labels,
+    }
 
 
 def alive(http, token="t" * 64):
@@ -58,24 +76,37 @@ def test_fake_http_matches_httpx_for_what_the_observer_uses():
 
 
 def test_lists_alive_nodes_with_their_lease_labels_and_sends_the_token():
-    http = FakeHttp(FakeResponse(200, state_api(node("aa", head=True, lease="l-00000000000a"),
-                                                node("bb", lease="l-00000000000b"), node("cc", state="DEAD"))))
+    http = FakeHttp(
+        FakeResponse(
+            200,
+            state_api(
+                node("aa", head=True, lease="l-00000000000a"),
+                node("bb", lease="l-00000000000b"),
+                node("cc", state="DEAD"),
+            ),
+        )
+    )
     nodes = alive(http)
-    assert [(n.node_id, n.is_head, n.lease_id) for n in nodes] == [("aa", True, "l-00000000000a"),
-                                                                  ("bb", False, "l-00000000000b")]
+    assert [(n.node_id, n.is_head, n.lease_id) for n in nodes] == [
+        ("aa", True, "l-00000000000a"),
+        ("bb", False, "l-00000000000b"),
+    ]
     ((url, headers, params),) = http.calls
     assert url == "http://10.0.0.1:8265/api/v0/nodes"
     assert headers == {"Authorization": "Bearer " + "t" * 64}
     assert params["filter_keys"] == "state" and params["filter_values"] == "ALIVE"
 
 
-@pytest.mark.parametrize("answer, match", [
-    (FakeResponse(401, None), "HTTP 401"),
-    (FakeResponse(403, None), "HTTP 403"),
-    (FakeResponse(200, ValueError("not JSON")), "unexpected answer"),
-    (FakeResponse(200, {"data": {}}), "unexpected answer"),
-    (httpx.ConnectError("refused"), "ConnectError"),
-])
+@pytest.mark.parametrize(
+    "answer, match",
+    [
+        (FakeResponse(401, None), "HTTP 401"),
+        (FakeResponse(403, None), "HTTP 403"),
+        (FakeResponse(200, ValueError("not JSON")), "unexpected answer"),
+        (FakeResponse(200, {"data": {}}), "unexpected answer"),
+        (httpx.ConnectError("refused"), "ConnectError"),
+    ],
+)
 def test_an_unreadable_head_is_an_observe_error(answer, match):
     with pytest.raises(node_observer.ObserveError, match=match):
         alive(FakeHttp(answer))
@@ -88,15 +119,28 @@ def test_the_error_never_shows_the_token():
 
 
 def lease(lease_id, role, *, status="open", joined_at=None):
-    return {"id": lease_id, "role": role, "status": status, "joined_at": joined_at, "ports": {"dashboard": 1},
-            "node_ip": "10.0.0.1", "machine_id": "m-0"}
+    return {
+        "id": lease_id,
+        "role": role,
+        "status": status,
+        "joined_at": joined_at,
+        "ports": {"dashboard": 1},
+        "node_ip": "10.0.0.1",
+        "machine_id": "m-0",
+    }
 
 
 def test_newly_joined_maps_the_head_by_the_head_node_and_workers_by_their_label():
-    nodes = [node_observer.ObservedNode("aa", "10.0.0.1", True, {}),
-             node_observer.ObservedNode("bb", "10.0.0.2", False, {protocol.LEASE_LABEL: "l-w1"})]
-    leases = [lease("l-h", "head"), lease("l-w1", "worker"), lease("l-w2", "worker"),
-              lease("l-w3", "worker", joined_at=5.0)]
+    nodes = [
+        node_observer.ObservedNode("aa", "10.0.0.1", True, {}),
+        node_observer.ObservedNode("bb", "10.0.0.2", False, {protocol.LEASE_LABEL: "l-w1"}),
+    ]
+    leases = [
+        lease("l-h", "head"),
+        lease("l-w1", "worker"),
+        lease("l-w2", "worker"),
+        lease("l-w3", "worker", joined_at=5.0),
+    ]
     assert [l["id"] for l in joins.newly_joined(leases, nodes)] == ["l-h", "l-w1"]
     # A closed lease never joins, whatever runs with its label; a worker with no label is nobody's.
     assert joins.newly_joined([lease("l-w1", "worker", status="closed")], nodes) == []

@@ -4,8 +4,14 @@ from actors import offers
 
 
 def row(model, gpus, price, cpus=8):
-    return {"gpu_model": model, "gpus": gpus, "cpus": cpus, "memory_mb": 1000,
-            "price_per_gpu_hour": price, "price_per_cpu_hour": 0.01}
+    return {
+        "gpu_model": model,
+        "gpus": gpus,
+        "cpus": cpus,
+        "memory_mb": 1000,
+        "price_per_gpu_hour": price,
+        "price_per_cpu_hour": 0.01,
+    }
 
 
 def test_offers_group_by_model_with_price_range_cpu_only_last():

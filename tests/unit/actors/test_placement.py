@@ -25,8 +25,17 @@ def test_gpus_are_never_leased_twice():
 
 
 def test_existing_leases_reduce_capacity():
-    rows = [{"id": "m", "provider": "p", "gpu_model": "T4", "gpus": 2, "cpus": 4,
-             "price_per_gpu_hour": 1.0, "price_per_cpu_hour": 0.0}]
+    rows = [
+        {
+            "id": "m",
+            "provider": "p",
+            "gpu_model": "T4",
+            "gpus": 2,
+            "cpus": 4,
+            "price_per_gpu_hour": 1.0,
+            "price_per_cpu_hour": 0.0,
+        }
+    ]
     caps = placement.capacities(rows, [{"machine_id": "m", "gpus": [0], "cpus": 3}])
     assert caps[0].free_gpus == [1] and caps[0].free_cpus == 1
     with pytest.raises(placement.InsufficientCapacity) as caught:
@@ -48,6 +57,7 @@ def test_cheapest_machine_first_when_spread_is_equal():
 
 
 # --- the buyer's price ceiling -------------------------------------------------------------
+
 
 def test_max_price_is_honoured_and_the_409_names_the_cheapest_price():
     machines = [machine("dear", 1, "A100", price=10_000.0), machine("fair", 1, "A100", price=2.5)]
@@ -73,6 +83,7 @@ def test_cpu_nodes_and_the_head_are_held_to_the_cpu_hour_ceiling():
 
 # --- a node a machine failed to open ---------------------------------------------------------
 
+
 def test_replacement_avoids_failed_machines_and_falls_back_to_them():
     machines = [machine("a", cpus=4), machine("b", cpus=4)]
     request = placement.node_request("head", 0, 1, None)
@@ -86,15 +97,30 @@ def test_replacement_avoids_failed_machines_and_falls_back_to_them():
 
 
 def test_verified_gpus_only_keeps_gpu_workers_to_verified_machines_and_names_the_shortage():
-    rows = [{"id": mid, "provider": "p", "gpu_model": "H100", "gpus": 2, "cpus": 8, "price_per_gpu_hour": price,
-             "price_per_cpu_hour": 0.01, "gpu_check": check}
-            for mid, price, check in (("cheap-declared", 1.0, "declared"), ("verified", 3.0, "verified"),
-                                      ("mismatched", 1.0, "mismatch"))]
+    rows = [
+        {
+            "id": mid,
+            "provider": "p",
+            "gpu_model": "H100",
+            "gpus": 2,
+            "cpus": 8,
+            "price_per_gpu_hour": price,
+            "price_per_cpu_hour": 0.01,
+            "gpu_check": check,
+        }
+        for mid, price, check in (
+            ("cheap-declared", 1.0, "declared"),
+            ("verified", 3.0, "verified"),
+            ("mismatched", 1.0, "mismatch"),
+        )
+    ]
     caps = placement.capacities(rows, [])
     got = placement.place(caps, placement.cluster_requests(1, 2, 1, "H100", verified_gpus_only=True))
     (worker,) = [a for a in got if a.request.role == "worker"]
     assert worker.machine_id == "verified"  # not the cheaper declared one
     (head,) = [a for a in got if a.request.role == "head"]
     assert head.request.verified_only is False  # the head holds no GPU: any machine
-    with pytest.raises(placement.InsufficientCapacity, match="machines with verified GPUs were asked: 0 of the 2 machine"):
+    with pytest.raises(
+        placement.InsufficientCapacity, match="machines with verified GPUs were asked: 0 of the 2 machine"
+    ):
         placement.place(caps, placement.cluster_requests(2, 2, 1, "H100", verified_gpus_only=True))

@@ -30,8 +30,9 @@ def pg_url(postgres_server):
 def _node(tmp_path, url, name, key):
     """One platform node: its own scratch state dir, the shared database, the operator's key."""
     settings = PlatformSettings(state_dir=tmp_path / name, database=url)
-    return platform_secrets.DatabaseSecrets(platform_secrets.SecretRows(url), settings,
-                                            box=lambda: secret_box.SecretBox(key), environ={})
+    return platform_secrets.DatabaseSecrets(
+        platform_secrets.SecretRows(url), settings, box=lambda: secret_box.SecretBox(key), environ={}
+    )
 
 
 def test_sqlite_keeps_the_secrets_in_files_of_the_state_dir_as_before(tmp_path):
@@ -43,6 +44,7 @@ def test_sqlite_keeps_the_secrets_in_files_of_the_state_dir_as_before(tmp_path):
         secret = await keeper.signing_secret()
         await keeper.save_cluster_token("c-1", "tok-1")
         return secret, await keeper.cluster_token("c-1")
+
     secret, token = run(go())
     assert (tmp_path / "jwt_secret").read_text().strip() == secret and token == "tok-1"
     assert oct((tmp_path / "clusters" / "c-1" / "ray_auth_token").stat().st_mode & 0o777) == "0o600"
@@ -57,6 +59,7 @@ def test_two_nodes_share_one_signing_secret_and_the_cluster_tokens_through_the_d
         a, b = await asyncio.gather(first.signing_secret(), second.signing_secret())
         await first.save_cluster_token("c-1", "the-token")
         return a, b, await second.cluster_token("c-1")
+
     a, b, token = run(go())
     assert a == b and len(a) >= 32 and token == "the-token"
     # Nothing of it on either node's disk.
@@ -74,6 +77,7 @@ def test_the_database_holds_only_ciphertext_and_another_key_cannot_open_it(tmp_p
         with pytest.raises(secret_box.SecretKeyError, match="does not open"):
             await stranger.signing_secret()
         return secret, rows
+
     secret, rows = run(go())
     stored = " ".join(r["ciphertext"] for r in rows)
     assert {r["name"] for r in rows} == {platform_secrets.JWT_SECRET, platform_secrets.CLUSTER_TOKEN_PREFIX + "c-1"}
@@ -119,6 +123,7 @@ def test_no_key_or_a_malformed_one_is_refused_with_how_to_make_one():
 
 def test_a_registry_on_postgresql_without_the_key_does_not_start_and_says_why(tmp_path, pg_url, monkeypatch):
     from actors import registry, store
+
     monkeypatch.delenv(secret_files.SECRET_KEY_ENV)
     settings = PlatformSettings(state_dir=tmp_path / "node", database=pg_url, bcrypt_rounds=4)
 
@@ -129,6 +134,7 @@ def test_a_registry_on_postgresql_without_the_key_does_not_start_and_says_why(tm
                 await registry.ProviderRegistry(db, settings).start()
         finally:
             await db.close()
+
     run(go())
 
 
@@ -142,8 +148,9 @@ def test_two_registries_on_one_database_sign_each_others_tokens_and_share_the_ad
         for name in ("head", "member"):
             db = store.Store(pg_url)
             dbs.append(db)
-            reg = registry.ProviderRegistry(db, PlatformSettings(state_dir=tmp_path / name, database=pg_url,
-                                                                 bcrypt_rounds=4))
+            reg = registry.ProviderRegistry(
+                db, PlatformSettings(state_dir=tmp_path / name, database=pg_url, bcrypt_rounds=4)
+            )
             await reg.start()
             regs.append(reg)
         token = regs[0]._tokens_or_fail().issue(auth.Principal(1, "admin", registry.domain.Role.ADMIN))
@@ -152,6 +159,7 @@ def test_two_registries_on_one_database_sign_each_others_tokens_and_share_the_ad
         for db in dbs:
             await db.close()
         return principal, admins
+
     principal, admins = run(go())
     assert principal.username == "admin" and admins == 1
     head = json.loads((tmp_path / "head" / "admin_credentials.json").read_text())

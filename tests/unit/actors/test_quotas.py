@@ -31,12 +31,25 @@ def test_demand_and_holding_count_heads_lifetimes_and_metered_use():
     assert quotas.holding([(s, NOW - 5)], 0, NOW).gpu_hours == 0
 
 
-@pytest.mark.parametrize("limits, held, demand, name", [
-    (quota_limits.QuotaLimits(max_clusters=2), quotas.Amounts(clusters=2), quotas.Amounts(clusters=1), "max_clusters"),
-    (quota_limits.QuotaLimits(max_gpus=8), quotas.Amounts(1, 6), quotas.Amounts(1, 4), "max_gpus"),
-    (quota_limits.QuotaLimits(max_cpus=4), quotas.Amounts(cpus=2), quotas.Amounts(1, 0, 3), "max_cpus"),
-    (quota_limits.QuotaLimits(max_gpu_hours=10), quotas.Amounts(gpu_hours=9.5), quotas.Amounts(gpu_hours=1), "max_gpu_hours"),
-])
+@pytest.mark.parametrize(
+    "limits, held, demand, name",
+    [
+        (
+            quota_limits.QuotaLimits(max_clusters=2),
+            quotas.Amounts(clusters=2),
+            quotas.Amounts(clusters=1),
+            "max_clusters",
+        ),
+        (quota_limits.QuotaLimits(max_gpus=8), quotas.Amounts(1, 6), quotas.Amounts(1, 4), "max_gpus"),
+        (quota_limits.QuotaLimits(max_cpus=4), quotas.Amounts(cpus=2), quotas.Amounts(1, 0, 3), "max_cpus"),
+        (
+            quota_limits.QuotaLimits(max_gpu_hours=10),
+            quotas.Amounts(gpu_hours=9.5),
+            quotas.Amounts(gpu_hours=1),
+            "max_gpu_hours",
+        ),
+    ],
+)
 def test_the_limit_that_is_hit_is_named_with_a_403(limits, held, demand, name):
     with pytest.raises(errors.Forbidden, match=f"quota {name} exceeded") as caught:
         quotas.check(limits, held, demand, account="alice")

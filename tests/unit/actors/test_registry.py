@@ -26,19 +26,30 @@ def make_registry(tmp_path, clock, **options):
 
 def run(go):
     """Runs the test's coroutine, then closes its registries' databases on the same loop."""
+
     async def wrapped():
         try:
             return await go()
         finally:
             while _OPEN:
                 await _OPEN.pop().close()
+
     return asyncio.run(wrapped())
 
 
 def machine_request(key="mk-00000001", gpus=1, model="NVIDIA T4", price=0.5):
-    return {"machine_key": key, "name": "box", "price_per_gpu_hour": price, "price_per_cpu_hour": 0.01,
-            "spec": {"hostname": "h", "cpus": 8, "memory_mb": 16000,
-                     "gpus": [{"index": i, "model": model, "memory_mb": 16000} for i in range(gpus)]}}
+    return {
+        "machine_key": key,
+        "name": "box",
+        "price_per_gpu_hour": price,
+        "price_per_cpu_hour": 0.01,
+        "spec": {
+            "hostname": "h",
+            "cpus": 8,
+            "memory_mb": 16000,
+            "gpus": [{"index": i, "model": model, "memory_mb": 16000} for i in range(gpus)],
+        },
+    }
 
 
 async def signed_in(reg, username, role):
@@ -59,6 +70,7 @@ def test_bootstrap_admin_credentials_file(tmp_path, clock):
         await reg.login(creds["username"], creds["password"])
         await reg.start()  # a restart creates no second admin
         return await _OPEN[-1].count_accounts(domain.Role.ADMIN)
+
     assert run(go) == 1
     assert stat.S_IMODE(os.stat(tmp_path / "admin_credentials.json").st_mode) == 0o600
 
@@ -73,6 +85,7 @@ def test_only_admins_create_admins(tmp_path, clock):
         creds = json.loads((tmp_path / "admin_credentials.json").read_text())
         admin = await principal_of(reg, creds["username"], creds["password"])
         return await reg.create_account("ops2", "password123", domain.Role.ADMIN, admin)
+
     assert run(go)["role"] == "admin"
 
 
@@ -102,6 +115,7 @@ def test_machines_heartbeats_offline_and_isolation(tmp_path, clock):
         with pytest.raises(errors.NotFound, match="register it again"):
             await reg.heartbeat(p1, m["id"], {})
         return await reg.list_offers()
+
     assert run(go) == []
 
 
@@ -117,6 +131,7 @@ def test_work_long_poll_wakes_on_push(tmp_path, clock):
         item = await reg.push_work(m["id"], "lease", {"x": 1})
         got = await asyncio.wait_for(waiter, 2)
         return item, got
+
     item, got = run(go)
     assert got == [item]
 
@@ -131,6 +146,7 @@ def test_wrong_passwords_rate_limited(tmp_path, clock):
                 await reg.login("alice", "nope-nope")
         with pytest.raises(errors.RateLimited):
             await reg.login("alice", "password123")
+
     run(go)
 
 
@@ -146,12 +162,14 @@ def test_only_admins_list_accounts_and_never_see_hashes(tmp_path, clock):
         accounts = await reg.list_accounts(admin)
         assert [a["username"] for a in accounts] == ["admin", "alice"]
         assert all(set(a) == {"id", "username", "role", "created_at"} for a in accounts)
+
     run(go)
 
 
 def test_no_machine_is_silent_while_the_platform_could_not_hear(tmp_path, clock):
     """After the registry (re)starts, or while heartbeats cannot be recorded, agents get time to come back
     (their retry backoff) before any machine counts as silent; then the usual rule applies."""
+
     async def go():
         reg = make_registry(tmp_path, clock)
         await reg.start()
@@ -175,14 +193,15 @@ def test_no_machine_is_silent_while_the_platform_could_not_hear(tmp_path, clock)
         assert (await reg.lease_liveness())["silence_cutoff"] == 0.0
         clock.advance(2)
         assert (await reg.lease_liveness())["silence_cutoff"] > 0
-    run(go)
 
+    run(go)
 
 
 def test_a_heartbeat_on_a_locked_database_is_busy_within_seconds_and_the_next_one_recorded(tmp_path, clock):
     """Another process holds SQLite's lock past the store's 30 s and a sign-up's write waits for it: a
     heartbeat neither waits behind that write nor out the lock; it fails busy (503, Retry-After) within
     BEAT_LOCK_WAIT_S, and the first heartbeat after the release is recorded at once."""
+
     async def go():
         reg = make_registry(tmp_path, clock)
         await reg.start()
@@ -207,12 +226,14 @@ def test_a_heartbeat_on_a_locked_database_is_busy_within_seconds_and_the_next_on
         await asyncio.wait_for(reg.heartbeat(p1, m["id"], {"cpu_percent": 3.0}), 5)
         recorded_after_s = loop.time() - started
         return refused.value, busy_after_s, recorded_after_s, await reg.get_machine(p1, m["id"])
+
     refused, busy_after_s, recorded_after_s, machine = run(go)
     assert store.is_busy(refused) and busy_after_s <= registry.BEAT_LOCK_WAIT_S + 1, (refused, busy_after_s)
     assert recorded_after_s < 1.0 and machine["last_heartbeat"] == 1_000_001.0
 
 
 # --- per-machine agent keys -------------------------------------------------------------------
+
 
 def test_enrollment_answers_a_key_that_speaks_for_its_machine_alone(tmp_path, clock):
     async def go():
@@ -227,8 +248,12 @@ def test_enrollment_answers_a_key_that_speaks_for_its_machine_alone(tmp_path, cl
         assert (await reg.heartbeat(key, first["id"], usage))["status"] == "online"
         await reg.push_work(second["id"], "lease.exec", {"x": 1})
         # The first machine's key can neither read nor answer the second machine's work.
-        for call in (reg.heartbeat(key, second["id"], usage), reg.next_work(key, second["id"], 0),
-                     reg.complete_work(key, second["id"], "w-000000000000", {"ok": True}), reg.leave(key, second["id"])):
+        for call in (
+            reg.heartbeat(key, second["id"], usage),
+            reg.next_work(key, second["id"], 0),
+            reg.complete_work(key, second["id"], "w-000000000000", {"ok": True}),
+            reg.leave(key, second["id"]),
+        ):
             with pytest.raises(errors.NotFound):
                 await call
         assert len(await reg.next_work(p1, second["id"], 0)) == 1  # still queued for its own agent
@@ -244,6 +269,7 @@ def test_enrollment_answers_a_key_that_speaks_for_its_machine_alone(tmp_path, cl
         # The database keeps only a hash of the secret.
         row = await reg._store.active_machine_key(first["id"])
         assert key.secret not in json.dumps(row) and row["key_hash"] == agent_keys.hash_secret(key.secret)
+
     run(go)
 
 
@@ -280,6 +306,7 @@ def test_revoked_or_replaced_keys_get_401_and_only_the_owner_revokes(tmp_path, c
         fresh = agent_keys.parse(again["agent_key"])
         assert (await restarted.heartbeat(fresh, machine_id, {"active_leases": 0}))["status"] == "online"
         assert [k["active"] for k in await restarted.list_machine_keys(p1)] == [False, True]
+
     run(go)
 
 
@@ -301,6 +328,7 @@ def test_heartbeats_accrue_uptime_and_machines_and_offers_show_reliability(tmp_p
         assert 0 < got["reliability"] < 0.9  # an hour off in its first hour and a bit
         [offer] = await reg.list_offers()
         assert offer["reliability_min"] == offer["reliability_max"] == got["reliability"]
+
     run(go)
 
 
@@ -315,13 +343,15 @@ def test_a_batch_of_heartbeats_answers_each_its_own_and_records_the_good_ones(tm
         key = agent_keys.parse(first["agent_key"])
         forged = agent_keys.MachineKey(second["id"], "A" * 43)
         clock.advance(3)
-        answers = await reg.heartbeats([
-            (key, first["id"], {"cpu_percent": 7.0}, ["l-000000000001"]),
-            (p2, second["id"], {}, []),  # another provider's machine
-            (forged, second["id"], {}, []),  # a key that is not the machine's
-            (p1, second["id"], {}, []),
-            (p1, "m-ffffffffffff", {}, []),
-        ])
+        answers = await reg.heartbeats(
+            [
+                (key, first["id"], {"cpu_percent": 7.0}, ["l-000000000001"]),
+                (p2, second["id"], {}, []),  # another provider's machine
+                (forged, second["id"], {}, []),  # a key that is not the machine's
+                (p1, second["id"], {}, []),
+                (p1, "m-ffffffffffff", {}, []),
+            ]
+        )
         machines = {m["id"]: m for m in await reg.list_machines(p1)}
         return first, second, answers, machines
 

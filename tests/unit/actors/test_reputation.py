@@ -31,14 +31,26 @@ def test_placement_honours_the_buyers_reliability_floor_and_says_what_is_there()
     machines = [_machine("shaky", 0.5), _machine("solid-a", 0.97), _machine("solid-b", 0.95)]
     got = placement.place(machines, placement.cluster_requests(2, 0, 2, None, min_reliability=0.9))
     assert "shaky" not in {a.machine_id for a in got}
-    with pytest.raises(placement.InsufficientCapacity, match="reliability of at least 0.99 was asked: the most "
-                                                            "reliable machine that fits the worker has 0.97"):
+    with pytest.raises(
+        placement.InsufficientCapacity,
+        match="reliability of at least 0.99 was asked: the most reliable machine that fits the worker has 0.97",
+    ):
         placement.place(machines, placement.cluster_requests(1, 0, 2, None, min_reliability=0.99))
     # No floor: every machine is a candidate, as before.
     assert len(placement.place(machines, placement.cluster_requests(3, 0, 2, None))) == 4
 
 
 def test_capacities_carry_the_rows_reliability():
-    rows = [{"id": "m", "provider": "p", "gpu_model": None, "gpus": 0, "cpus": 4, "price_per_gpu_hour": 0.0,
-             "price_per_cpu_hour": 0.0, "reliability": 0.42}]
+    rows = [
+        {
+            "id": "m",
+            "provider": "p",
+            "gpu_model": None,
+            "gpus": 0,
+            "cpus": 4,
+            "price_per_gpu_hour": 0.0,
+            "price_per_cpu_hour": 0.0,
+            "reliability": 0.42,
+        }
+    ]
     assert dataclasses.asdict(placement.capacities(rows, [])[0])["reliability"] == 0.42

@@ -62,9 +62,16 @@ def test_concurrent_creates_on_postgres_lease_no_machine_twice(postgres_server, 
         settings = PlatformSettings(state_dir=tmp_path, database=url, api_url="http://127.0.0.1:9")
         db = store.Store(settings.db_location)
         buyer = await seed_market(db, clock)
-        managers = [cluster_manager.ClusterManager(cluster_store.ClusterStore(url), settings,
-                                                   registry=FakeRegistry(clock, settings.offline_after_s),
-                                                   launcher=HangingLauncher(), clock=clock) for _ in range(n)]
+        managers = [
+            cluster_manager.ClusterManager(
+                cluster_store.ClusterStore(url),
+                settings,
+                registry=FakeRegistry(clock, settings.offline_after_s),
+                launcher=HangingLauncher(),
+                clock=clock,
+            )
+            for _ in range(n)
+        ]
         for m in managers:
             await m.start()
         principal = auth.Principal(buyer["id"], "buyer", domain.Role.BUYER)
@@ -108,6 +115,7 @@ def test_the_placement_lock_is_held_by_one_process_at_a_time(postgres_server):
                 a_inside.set()
                 await asyncio.sleep(0.3)
                 order.append(f"{name} out")
+
         first = asyncio.create_task(hold(a, "a"))  # each store opens its database lazily, inside the lock
         await a_inside.wait()
         await hold(b, "b")
@@ -128,8 +136,14 @@ def test_dcluster_up_database_reaches_the_store(postgres_server, tmp_path):
     try:
         args = cli_main.build_parser().parse_args(["up", "--state-dir", str(tmp_path), "--database", url])
         launcher = platform_mod.PlatformLauncher(tmp_path, settings=cli_main.up_settings(args))
-        config = pstate.patch_serve_config(pstate.SERVE_TEMPLATE.read_text(), host="127.0.0.1", port=8123,
-                                           state_dir=tmp_path, heartbeat_interval_s=5, settings=launcher.settings)
+        config = pstate.patch_serve_config(
+            pstate.SERVE_TEMPLATE.read_text(),
+            host="127.0.0.1",
+            port=8123,
+            state_dir=tmp_path,
+            heartbeat_interval_s=5,
+            settings=launcher.settings,
+        )
         settings = PlatformSettings.model_validate(config["applications"][0]["args"])
         assert settings.db_location == url
 
@@ -138,6 +152,7 @@ def test_dcluster_up_database_reaches_the_store(postgres_server, tmp_path):
             version = await s.schema_version()
             await s.close()
             return s.backend, version
+
         assert asyncio.run(go()) == (sql_dialect.POSTGRESQL, len(store.MIGRATIONS))
     finally:
         postgres_server.drop_database(url)

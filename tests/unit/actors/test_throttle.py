@@ -9,8 +9,13 @@ from dcl_core import errors
 
 
 def make(clock, **overrides) -> throttle.AuthThrottle:
-    limits = {"login_failures_per_address_per_minute": 30, "signups_per_address_per_minute": 30,
-              "signups_per_minute": 120, "password_hashes_per_minute": 600, **overrides}
+    limits = {
+        "login_failures_per_address_per_minute": 30,
+        "signups_per_address_per_minute": 30,
+        "signups_per_minute": 120,
+        "password_hashes_per_minute": 600,
+        **overrides,
+    }
     return throttle.AuthThrottle(clock=clock, **limits)
 
 

@@ -2,8 +2,16 @@ from actors import usage
 
 
 def lease(joined, left, gpus=(), cpus=1, gpu_price=2.0, cpu_price=0.36, cluster="c1", machine="m1"):
-    return {"joined_at": joined, "left_at": left, "gpus": list(gpus), "cpus": cpus, "cluster_id": cluster,
-            "machine_id": machine, "price_per_gpu_hour": gpu_price, "price_per_cpu_hour": cpu_price}
+    return {
+        "joined_at": joined,
+        "left_at": left,
+        "gpus": list(gpus),
+        "cpus": cpus,
+        "cluster_id": cluster,
+        "machine_id": machine,
+        "price_per_gpu_hour": gpu_price,
+        "price_per_cpu_hour": cpu_price,
+    }
 
 
 def test_seconds_count_from_join_to_leave_clipped_to_the_window():
@@ -21,7 +29,12 @@ def test_gpu_leases_bill_gpu_hours_cpu_leases_cpu_hours():
 
 
 def test_summary_groups_and_totals():
-    got = usage.summarize([lease(0, 10, cluster="a"), lease(0, 20, cluster="a"), lease(5, 10, cluster="b")],
-                          group_by="cluster_id", start=0, end=100, now=100)
+    got = usage.summarize(
+        [lease(0, 10, cluster="a"), lease(0, 20, cluster="a"), lease(5, 10, cluster="b")],
+        group_by="cluster_id",
+        start=0,
+        end=100,
+        now=100,
+    )
     assert got["total"]["node_seconds"] == 35
     assert [(i["cluster_id"], i["nodes"], i["node_seconds"]) for i in got["items"]] == [("a", 2, 30), ("b", 1, 5)]

@@ -16,19 +16,23 @@ def test_default_is_the_platform_dcluster_up_starts():
 
 
 def test_two_nodes_on_postgresql():
-    args = runner.parse_args(["--only", "scale", "--database", "postgresql", "--platform-nodes", "2",
-                              "--machines", "2000", "--window", "30"])
+    args = runner.parse_args(
+        ["--only", "scale", "--database", "postgresql", "--platform-nodes", "2", "--machines", "2000", "--window", "30"]
+    )
     assert (args.database, args.platform_nodes, args.machines, args.window) == ("postgresql", 2, 2000, 30.0)
     assert str(PlatformLayout("postgresql", 2)) == "postgresql, 2 nodes"
 
 
-@pytest.mark.parametrize("argv, problem", [
-    (["--platform-nodes", "2"], "needs PostgreSQL"),
-    (["--platform-nodes", "0"], "at least 1"),
-    (["--database", "mysql"], "invalid choice"),
-    (["--machines", "0"], "--machines"),
-    (["--window", "-1"], "--window"),
-])
+@pytest.mark.parametrize(
+    "argv, problem",
+    [
+        (["--platform-nodes", "2"], "needs PostgreSQL"),
+        (["--platform-nodes", "0"], "at least 1"),
+        (["--database", "mysql"], "invalid choice"),
+        (["--machines", "0"], "--machines"),
+        (["--window", "-1"], "--window"),
+    ],
+)
 def test_bad_combinations_are_usage_errors_naming_the_problem(argv, problem, capsys):
     with pytest.raises(SystemExit) as exc:
         runner.parse_args(argv)

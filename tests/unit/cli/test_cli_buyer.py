@@ -55,11 +55,25 @@ class FakePlatform:
         path, method = request.url.path, request.method
         if path == "/v1/usage" and method == "GET":
             assert float(request.url.params["end"]) - float(request.url.params["start"]) == pytest.approx(86_400, abs=5)
-            return httpx.Response(200, json={
-                "role": "buyer", "start": 0, "end": 1,
-                "total": {"node_seconds": 120.0, "gpu_seconds": 60.0, "cpu_seconds": 120.0, "cost": 0.05},
-                "items": [{"cluster_id": "c-000000000001", "nodes": 2, "node_seconds": 120.0, "gpu_seconds": 60.0,
-                           "cpu_seconds": 120.0, "cost": 0.05}]})
+            return httpx.Response(
+                200,
+                json={
+                    "role": "buyer",
+                    "start": 0,
+                    "end": 1,
+                    "total": {"node_seconds": 120.0, "gpu_seconds": 60.0, "cpu_seconds": 120.0, "cost": 0.05},
+                    "items": [
+                        {
+                            "cluster_id": "c-000000000001",
+                            "nodes": 2,
+                            "node_seconds": 120.0,
+                            "gpu_seconds": 60.0,
+                            "cpu_seconds": 120.0,
+                            "cost": 0.05,
+                        }
+                    ],
+                },
+            )
         if path == "/v1/token" and method == "POST":
             form = dict(urllib.parse.parse_qsl(request.content.decode()))
             if form.get("password") != PASSWORD:
@@ -80,8 +94,18 @@ class FakePlatform:
             return httpx.Response(404, json={"detail": "Not Found"})
         cid, sub = m.group(1), m.group(2) or ""
         if not re.fullmatch(r"c-[0-9a-f]{12}", cid):
-            return httpx.Response(422, json={"detail": [{"loc": ["path", "cluster_id"], "msg": "String should "
-                                                         "match pattern '^c-[0-9a-f]{12}$'", "type": "x"}]})
+            return httpx.Response(
+                422,
+                json={
+                    "detail": [
+                        {
+                            "loc": ["path", "cluster_id"],
+                            "msg": "String should match pattern '^c-[0-9a-f]{12}$'",
+                            "type": "x",
+                        }
+                    ]
+                },
+            )
         if sub == "/extend" and not self.has_extend:
             return httpx.Response(404, json={"detail": "Not Found"})
         if cid not in self.clusters:
@@ -102,12 +126,20 @@ class FakePlatform:
             if c["status"] not in ("running", "degraded"):
                 return httpx.Response(409, json={"detail": f"cluster {cid} is {c['status']}"})
             env = {"RAY_ADDRESS": "http://10.0.0.5:8265", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": RAY_TOKEN}
-            return httpx.Response(200, json={
-                "dashboard_url": env["RAY_ADDRESS"], "job_submission_url": env["RAY_ADDRESS"],
-                "ray_client_address": "ray://10.0.0.5:10001", "gcs_address": "10.0.0.5:6379",
-                "ray_auth_token": RAY_TOKEN, "env": env, "ray_job_submit": "...",
-                "dashboard_proxy_url": f"http://platform.test/v1/clusters/{cid}/dashboard/",
-                "metrics_proxy_url": f"http://platform.test/v1/clusters/{cid}/metrics"})
+            return httpx.Response(
+                200,
+                json={
+                    "dashboard_url": env["RAY_ADDRESS"],
+                    "job_submission_url": env["RAY_ADDRESS"],
+                    "ray_client_address": "ray://10.0.0.5:10001",
+                    "gcs_address": "10.0.0.5:6379",
+                    "ray_auth_token": RAY_TOKEN,
+                    "env": env,
+                    "ray_job_submit": "...",
+                    "dashboard_proxy_url": f"http://platform.test/v1/clusters/{cid}/dashboard/",
+                    "metrics_proxy_url": f"http://platform.test/v1/clusters/{cid}/metrics",
+                },
+            )
         if sub == "/extend" and method == "POST":
             c["expires_at"] += json.loads(request.content)["duration_s"]
             return httpx.Response(200, json=c)
@@ -117,27 +149,60 @@ class FakePlatform:
         if method == "PUT":
             return httpx.Response(403, json={"detail": "this route is for admin accounts; you are signed in as buyer"})
         limits = {"max_clusters": 2, "max_gpus": 64, "max_cpus": 1024, "max_gpu_hours": 1000.0, "period_s": 2592000}
-        return httpx.Response(200, json={
-            "account_id": 1, "username": "alice", "limits": limits,
-            "overrides": {"max_clusters": 2, "max_gpus": None, "max_cpus": None, "max_gpu_hours": None},
-            "used": {"clusters": 1, "gpus": 0, "cpus": 2, "gpu_hours": 0.0}})
+        return httpx.Response(
+            200,
+            json={
+                "account_id": 1,
+                "username": "alice",
+                "limits": limits,
+                "overrides": {"max_clusters": 2, "max_gpus": None, "max_cpus": None, "max_gpu_hours": None},
+                "used": {"clusters": 1, "gpus": 0, "cpus": 2, "gpu_hours": 0.0},
+            },
+        )
 
     def _create(self, body: dict) -> httpx.Response:
         if body.get("name") is not None and not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,39}", body["name"]):
-            return httpx.Response(422, json={"detail": [{"loc": ["body", "name"], "type": "string_pattern_mismatch",
-                                                         "msg": "String should match pattern"}]})
+            return httpx.Response(
+                422,
+                json={
+                    "detail": [
+                        {
+                            "loc": ["body", "name"],
+                            "type": "string_pattern_mismatch",
+                            "msg": "String should match pattern",
+                        }
+                    ]
+                },
+            )
         if body["num_workers"] > self.capacity_workers:
-            return httpx.Response(409, json={"detail": f"not enough capacity for {body['num_workers']} worker(s) "
-                                                       f"plus a head; available: 8 CPUs on 2 machines"})
+            return httpx.Response(
+                409,
+                json={
+                    "detail": f"not enough capacity for {body['num_workers']} worker(s) "
+                    f"plus a head; available: 8 CPUs on 2 machines"
+                },
+            )
         cid = "c-%012x" % (len(self.clusters) + 1)
         now = time.time()
         self.clusters[cid] = {
-            "id": cid, "name": body.get("name") or cid, "status": "pending", "reason": None,
-            "num_workers": body["num_workers"], "gpus_per_worker": body.get("gpus_per_worker", 0),
-            "gpu_model": body.get("gpu_model"), "cpus_per_worker": body.get("cpus_per_worker", 1),
-            "duration_s": body["duration_s"], "backend": body.get("backend", "market"), "created_at": now,
-            "expires_at": now + body["duration_s"], "running_at": None, "ended_at": None, "workers_joined": 0,
-            "head_node_ip": None, "nodes": []}
+            "id": cid,
+            "name": body.get("name") or cid,
+            "status": "pending",
+            "reason": None,
+            "num_workers": body["num_workers"],
+            "gpus_per_worker": body.get("gpus_per_worker", 0),
+            "gpu_model": body.get("gpu_model"),
+            "cpus_per_worker": body.get("cpus_per_worker", 1),
+            "duration_s": body["duration_s"],
+            "backend": body.get("backend", "market"),
+            "created_at": now,
+            "expires_at": now + body["duration_s"],
+            "running_at": None,
+            "ended_at": None,
+            "workers_joined": 0,
+            "head_node_ip": None,
+            "nodes": [],
+        }
         self.events[cid] = []
         self._event(cid, "created", "machines reserved: head on m-1, worker on m-2")
         return httpx.Response(202, json=self.clusters[cid])
@@ -154,10 +219,23 @@ class FakePlatform:
             c["status"], c["reason"] = "degraded", "worker node lost: machine m-2 is offline"
         elif status == "provisioning" and not self.stuck:
             c["status"], c["workers_joined"], c["running_at"] = "running", c["num_workers"], time.time()
-            c["nodes"] = [{"id": f"l-{i:012x}", "role": "head" if i == 0 else "worker", "status": "open",
-                           "node_type": None, "tags": {}, "node_ip": "10.0.0.5", "machine_id": f"m-{i}",
-                           "gpus": 0, "cpus": 1, "joined": True, "joined_at": time.time(), "left_at": None}
-                          for i in range(c["num_workers"] + 1)]
+            c["nodes"] = [
+                {
+                    "id": f"l-{i:012x}",
+                    "role": "head" if i == 0 else "worker",
+                    "status": "open",
+                    "node_type": None,
+                    "tags": {},
+                    "node_ip": "10.0.0.5",
+                    "machine_id": f"m-{i}",
+                    "gpus": 0,
+                    "cpus": 1,
+                    "joined": True,
+                    "joined_at": time.time(),
+                    "left_at": None,
+                }
+                for i in range(c["num_workers"] + 1)
+            ]
             self._event(cid, "running", f"running: head and {c['num_workers']} worker(s) joined")
         elif status == "terminating":
             c["status"] = "failed" if c["reason"] else "terminated"
@@ -182,8 +260,7 @@ def fake(tmp_path, monkeypatch):
     monkeypatch.setenv("DCLUSTER_CONFIG_DIR", str(tmp_path / "cfg"))
     for var in ("DCLUSTER_PASSWORD", "DCLUSTER_URL", "XDG_CONFIG_HOME"):
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(buyer, "new_client",
-                        lambda url: client_mod.PlatformClient(url, transport=platform.transport()))
+    monkeypatch.setattr(buyer, "new_client", lambda url: client_mod.PlatformClient(url, transport=platform.transport()))
     clock = FakeClock()
     monkeypatch.setattr(buyer, "MONOTONIC", clock.monotonic)
     monkeypatch.setattr(buyer, "SLEEP", clock.sleep)
@@ -199,17 +276,29 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
 def login(capsys, tmp_path) -> None:
     pw = tmp_path / "pw"
     pw.write_text(PASSWORD + "\n")
-    code, _, err = run(capsys, "login", "--url", "http://platform.test", "--username", "alice",
-                       "--password-file", str(pw))
+    code, _, err = run(
+        capsys, "login", "--url", "http://platform.test", "--username", "alice", "--password-file", str(pw)
+    )
     assert code == 0, err
 
 
 # --- durations ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("text, seconds", [
-    ("30m", 1800), ("2h", 7200), ("1h30m", 5400), ("90s", 90), ("3600", 3600), ("1d", 86400),
-    ("1h0m30s", 3630), (" 45M ", 2700), ("2h15s", 7215),
-])
+
+@pytest.mark.parametrize(
+    "text, seconds",
+    [
+        ("30m", 1800),
+        ("2h", 7200),
+        ("1h30m", 5400),
+        ("90s", 90),
+        ("3600", 3600),
+        ("1d", 86400),
+        ("1h0m30s", 3630),
+        (" 45M ", 2700),
+        ("2h15s", 7215),
+    ],
+)
 def test_parse_duration(text, seconds):
     assert buyer.parse_duration(text) == seconds
 
@@ -229,22 +318,26 @@ def test_bad_duration_is_a_usage_error(fake, capsys):
 
 # --- exit codes -----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("exc, code", [
-    (client_mod.ApiError(400, "bad"), 2),
-    (client_mod.ApiError(401, "expired"), 3),
-    (client_mod.ApiError(403, "wrong role"), 1),
-    (client_mod.ApiError(404, "cluster c-1 not found"), 4),
-    (client_mod.ApiError(409, "not enough capacity"), 5),
-    (client_mod.ApiError(422, []), 2),
-    (client_mod.ApiError(429, "slow down"), 1),
-    (client_mod.ApiError(500, "internal"), 1),
-    (client_mod.ApiError(503, "restarting"), 1),
-    (client_mod.PlatformUnreachable("refused"), 7),
-    (client_mod.ClientError("odd"), 1),
-    (buyer.CliError("ended", buyer.Exit.CLUSTER_ENDED), 6),
-    (buyer.CliError("late", buyer.Exit.TIMEOUT), 8),
-    (RuntimeError("?"), 1),
-])
+
+@pytest.mark.parametrize(
+    "exc, code",
+    [
+        (client_mod.ApiError(400, "bad"), 2),
+        (client_mod.ApiError(401, "expired"), 3),
+        (client_mod.ApiError(403, "wrong role"), 1),
+        (client_mod.ApiError(404, "cluster c-1 not found"), 4),
+        (client_mod.ApiError(409, "not enough capacity"), 5),
+        (client_mod.ApiError(422, []), 2),
+        (client_mod.ApiError(429, "slow down"), 1),
+        (client_mod.ApiError(500, "internal"), 1),
+        (client_mod.ApiError(503, "restarting"), 1),
+        (client_mod.PlatformUnreachable("refused"), 7),
+        (client_mod.ClientError("odd"), 1),
+        (buyer.CliError("ended", buyer.Exit.CLUSTER_ENDED), 6),
+        (buyer.CliError("late", buyer.Exit.TIMEOUT), 8),
+        (RuntimeError("?"), 1),
+    ],
+)
 def test_exit_code_mapping(exc, code):
     assert buyer.exit_code_for(exc) == code
 
@@ -261,14 +354,17 @@ def test_unreachable_platform_exits_7(fake, capsys, tmp_path, monkeypatch):
 
     def refuse(request):
         raise httpx.ConnectError("connection refused", request=request)
-    monkeypatch.setattr(buyer, "new_client",
-                        lambda url: client_mod.PlatformClient(url, transport=httpx.MockTransport(refuse)))
+
+    monkeypatch.setattr(
+        buyer, "new_client", lambda url: client_mod.PlatformClient(url, transport=httpx.MockTransport(refuse))
+    )
     code, out, err = run(capsys, "cluster", "list")
     assert code == 7 and out == ""
     assert "unreachable" in err
 
 
 # --- session --------------------------------------------------------------------------------
+
 
 def test_login_keeps_a_private_session_and_never_prints_secrets(fake, capsys, tmp_path):
     cfg = tmp_path / "cfg"
@@ -292,8 +388,7 @@ def test_login_keeps_a_private_session_and_never_prints_secrets(fake, capsys, tm
         code, out, err = run(capsys, *argv)
         assert code == 0, err
         assert TOKEN not in out + err and PASSWORD not in out + err
-    assert all(r.headers.get("authorization") == f"Bearer {TOKEN}" for r in fake.requests
-               if r.url.path != "/v1/token")
+    assert all(r.headers.get("authorization") == f"Bearer {TOKEN}" for r in fake.requests if r.url.path != "/v1/token")
 
     code, out, _ = run(capsys, "logout")
     assert code == 0 and not path.exists()
@@ -347,26 +442,35 @@ def test_token_refused_by_platform_exits_3(fake, capsys, tmp_path):
 
 # --- clusters -------------------------------------------------------------------------------
 
+
 def test_create_wait_prints_events_then_an_evalable_environment(fake, capsys, tmp_path):
     login(capsys, tmp_path)
-    code, out, err = run(capsys, "cluster", "create", "--workers", "2", "--duration", "30m", "--name", "exp",
-                         "--wait")
+    code, out, err = run(capsys, "cluster", "create", "--workers", "2", "--duration", "30m", "--name", "exp", "--wait")
     assert code == 0, err
     post = next(r for r in fake.requests if r.method == "POST" and r.url.path == "/v1/clusters")
     body = json.loads(post.content)
-    assert body == {"num_workers": 2, "gpus_per_worker": 0, "cpus_per_worker": 1, "duration_s": 1800,
-                    "backend": "market", "name": "exp"}
+    assert body == {
+        "num_workers": 2,
+        "gpus_per_worker": 0,
+        "cpus_per_worker": 1,
+        "duration_s": 1800,
+        "backend": "market",
+        "name": "exp",
+    }
     for kind in ("created", "provisioning", "running"):
         assert kind in err  # progress on stderr, in order
     assert err.index("provisioning") < err.index("running")
     lines = out.splitlines()
     assert [shlex.split(line)[0] for line in lines] == ["export"] * 3
     # The shell gets back exactly the values, quotes, dollars and backticks included.
-    script = f'eval "$(cat {shlex.quote(str(tmp_path / "env"))})"; printf "%s\\n%s\\n%s" ' \
-             f'"$RAY_ADDRESS" "$RAY_AUTH_MODE" "$RAY_AUTH_TOKEN"'
+    script = (
+        f'eval "$(cat {shlex.quote(str(tmp_path / "env"))})"; printf "%s\\n%s\\n%s" '
+        f'"$RAY_ADDRESS" "$RAY_AUTH_MODE" "$RAY_AUTH_TOKEN"'
+    )
     (tmp_path / "env").write_text(out)
-    shell = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True,
-                           env={"PATH": os.environ["PATH"]})
+    shell = subprocess.run(
+        ["bash", "-c", script], capture_output=True, text=True, check=True, env={"PATH": os.environ["PATH"]}
+    )
     assert shell.stdout.split("\n") == ["http://10.0.0.5:8265", "token", RAY_TOKEN]
 
 
@@ -395,8 +499,10 @@ def test_dashboard_prints_where_the_dashboard_and_metrics_are_never_the_token(fa
     assert f"http://platform.test/v1/clusters/{cid}/dashboard/" in out and f"/v1/clusters/{cid}/metrics" in out
     code, out, _ = run(capsys, "cluster", "dashboard", cid, "--json")
     assert code == 0 and json.loads(out) == {
-        "dashboard_url": "http://10.0.0.5:8265", "dashboard_proxy_url": f"http://platform.test/v1/clusters/{cid}/dashboard/",
-        "metrics_proxy_url": f"http://platform.test/v1/clusters/{cid}/metrics"}
+        "dashboard_url": "http://10.0.0.5:8265",
+        "dashboard_proxy_url": f"http://platform.test/v1/clusters/{cid}/dashboard/",
+        "metrics_proxy_url": f"http://platform.test/v1/clusters/{cid}/metrics",
+    }
 
 
 def test_export_lines_refuse_a_name_the_shell_would_run():
@@ -462,7 +568,7 @@ def test_list_status_and_not_found(fake, capsys, tmp_path):
     # Aligned: every column starts where its header does.
     for header in ("STATUS", "WORKERS", "GPUS"):
         col = rows[0].index(header)
-        assert all(r[col - 2:col] == "  " and r[col] != " " for r in rows[1:])
+        assert all(r[col - 2 : col] == "  " and r[col] != " " for r in rows[1:])
     code, out, _ = run(capsys, "cluster", "list", "--json")
     assert [c["id"] for c in json.loads(out)] == ["c-000000000001", "c-000000000002"]
     code, out, _ = run(capsys, "cluster", "status", "c-000000000002")
@@ -518,12 +624,26 @@ def test_extend(fake, capsys, tmp_path):
 
 # --- demo helpers ---------------------------------------------------------------------------
 
+
 def test_demo_job_env_drops_ray_variables_and_uses_a_private_home():
-    env = demo.job_env({"PATH": "/bin", "HOME": "/home/u", "RAY_ADDRESS": "ray://other:10001",
-                        "RAY_AUTH_TOKEN_PATH": "/home/u/.ray/auth_token", "RAY_NAMESPACE": "x"},
-                       {"RAY_ADDRESS": "http://h:8265", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "t"}, "/tmp/h")
-    assert env == {"PATH": "/bin", "HOME": "/tmp/h", "RAY_ADDRESS": "http://h:8265", "RAY_AUTH_MODE": "token",
-                   "RAY_AUTH_TOKEN": "t"}
+    env = demo.job_env(
+        {
+            "PATH": "/bin",
+            "HOME": "/home/u",
+            "RAY_ADDRESS": "ray://other:10001",
+            "RAY_AUTH_TOKEN_PATH": "/home/u/.ray/auth_token",
+            "RAY_NAMESPACE": "x",
+        },
+        {"RAY_ADDRESS": "http://h:8265", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "t"},
+        "/tmp/h",
+    )
+    assert env == {
+        "PATH": "/bin",
+        "HOME": "/tmp/h",
+        "RAY_ADDRESS": "http://h:8265",
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": "t",
+    }
 
 
 def test_demo_machines_and_streaming(tmp_path, capsys):
@@ -534,8 +654,13 @@ def test_demo_machines_and_streaming(tmp_path, capsys):
     assert "  | MACHINES m-1 m-2" in capsys.readouterr().out
     assert demo.machines_in(["no machines here"]) == []
     # Every task's line counts, not only the training shards' summary.
-    assert demo.machines_in(["train shard 0 ran on machine m-0a1 (provider p)", "MACHINES m-0a1",
-                             "inference ran on machine m-0b2: prediction 47.258"]) == ["m-0a1", "m-0b2"]
+    assert demo.machines_in(
+        [
+            "train shard 0 ran on machine m-0a1 (provider p)",
+            "MACHINES m-0a1",
+            "inference ran on machine m-0b2: prediction 47.258",
+        ]
+    ) == ["m-0a1", "m-0b2"]
     t0 = time.monotonic()
     rc, lines = demo.run_streaming(["sh", "-c", "echo start; sleep 30"], {"PATH": os.environ["PATH"]}, timeout_s=0.5)
     assert rc == 124 and time.monotonic() - t0 < 15
@@ -572,8 +697,12 @@ def test_quota_show_and_set(fake, capsys, tmp_path):
     code, _, err = run(capsys, "quota", "set", "--account", "1", "--max-gpus", "8")
     assert code == 1 and "admin accounts" in err
     put = fake.requests[-1]
-    assert put.method == "PUT" and json.loads(put.content) == {"max_clusters": None, "max_gpus": 8, "max_cpus": None,
-                                                               "max_gpu_hours": None}
+    assert put.method == "PUT" and json.loads(put.content) == {
+        "max_clusters": None,
+        "max_gpus": 8,
+        "max_cpus": None,
+        "max_gpu_hours": None,
+    }
 
 
 def test_create_sends_the_price_ceilings(fake, capsys, tmp_path):

@@ -54,8 +54,9 @@ def test_gets_go_to_the_clusters_proxy_route_with_the_sign_in_and_answers_come_b
 
 
 def test_a_platform_that_does_not_answer_is_a_502():
-    forward = dashboard_forward.DashboardForward("http://127.0.0.1:9/v1/clusters/c-0123456789ab/dashboard/",
-                                                 "jwt").start()
+    forward = dashboard_forward.DashboardForward(
+        "http://127.0.0.1:9/v1/clusters/c-0123456789ab/dashboard/", "jwt"
+    ).start()
     try:
         assert httpx.get(forward.url + "x").status_code == 502
     finally:

@@ -38,6 +38,7 @@ def _mode(path: Path) -> int:
 
 # --- ports ------------------------------------------------------------------------------
 
+
 def test_ray_ports_distinct_and_outside_exclusions():
     ports = procs.allocate_ray_ports(exclude=(8000,))
     singles = ports.listening()
@@ -82,6 +83,7 @@ def test_ray_head_command_names_every_port():
 
 # --- temp dir and environment -----------------------------------------------------------
 
+
 def test_temp_dir_short_state_dir_keeps_it_inside():
     assert pstate.ray_temp_dir(Path("/root/.dcluster")) == Path("/root/.dcluster/ray")
 
@@ -105,8 +107,14 @@ def test_temp_dir_boundary():
 def test_ray_env_isolates_home_auth_and_metric_ports(tmp_path):
     ports = procs.allocate_ray_ports()
     layout = pstate.Layout(tmp_path)
-    base = {"PATH": "/usr/bin", "HOME": "/root", "PYTHONPATH": "/x", "RAY_ADDRESS": "10.0.0.1:6379",
-            "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "secret"}
+    base = {
+        "PATH": "/usr/bin",
+        "HOME": "/root",
+        "PYTHONPATH": "/x",
+        "RAY_ADDRESS": "10.0.0.1:6379",
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": "secret",
+    }
     env = pstate.ray_env(base, layout=layout, ports=ports)
     assert env["HOME"] == str(tmp_path / "home")
     assert env["RAY_USAGE_STATS_ENABLED"] == "0"
@@ -126,22 +134,30 @@ def test_ray_env_isolates_home_auth_and_metric_ports(tmp_path):
 
 # --- Serve config -----------------------------------------------------------------------
 
+
 def test_patch_serve_config(tmp_path):
-    config = pstate.patch_serve_config(SERVE_YAML, host="0.0.0.0", port=18080, state_dir=tmp_path,
-                                   heartbeat_interval_s=1.5)
+    config = pstate.patch_serve_config(
+        SERVE_YAML, host="0.0.0.0", port=18080, state_dir=tmp_path, heartbeat_interval_s=1.5
+    )
     assert "http_options" not in config and config["proxy_location"] == "Disabled"  # the replica listens itself
     (app,) = config["applications"]
-    assert app["args"] == {"state_dir": str(tmp_path), "listen_host": "0.0.0.0", "listen_port": 18080,
-                           "heartbeat_interval_s": 1.5, "token_ttl_s": 900,
-                           "api_url": "http://127.0.0.1:18080"}  # where provider machines reach the API
+    assert app["args"] == {
+        "state_dir": str(tmp_path),
+        "listen_host": "0.0.0.0",
+        "listen_port": 18080,
+        "heartbeat_interval_s": 1.5,
+        "token_ttl_s": 900,
+        "api_url": "http://127.0.0.1:18080",
+    }  # where provider machines reach the API
     assert app["import_path"] == "serve_app.app:build_app" and app["route_prefix"] == "/"
     assert yaml.safe_load(pstate.dump_serve_config(config)) == config
 
 
 def test_patch_serve_config_relative_state_dir_becomes_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    config = pstate.patch_serve_config(SERVE_YAML, host="127.0.0.1", port=1, state_dir=Path("rel"),
-                                   heartbeat_interval_s=5)
+    config = pstate.patch_serve_config(
+        SERVE_YAML, host="127.0.0.1", port=1, state_dir=Path("rel"), heartbeat_interval_s=5
+    )
     assert config["applications"][0]["args"]["state_dir"] == str(tmp_path / "rel")
 
 
@@ -155,19 +171,21 @@ def test_patch_serve_config_fills_missing_sections(tmp_path):
 def test_patch_serve_config_rejects_configs_without_the_app(tmp_path):
     with pytest.raises(pstate.PlatformError):
         pstate.patch_serve_config("http_options: {}\n", host="h", port=1, state_dir=tmp_path, heartbeat_interval_s=1)
-    two = ("applications:\n  - {name: a, import_path: other:app}\n  - {name: b, import_path: more:app}\n")
+    two = "applications:\n  - {name: a, import_path: other:app}\n  - {name: b, import_path: more:app}\n"
     with pytest.raises(pstate.PlatformError):
         pstate.patch_serve_config(two, host="h", port=1, state_dir=tmp_path, heartbeat_interval_s=1)
 
 
 def test_repo_serve_yaml_patches():
-    config = pstate.patch_serve_config(pstate.SERVE_TEMPLATE.read_text(), host="127.0.0.1", port=8123,
-                                   state_dir=Path("/tmp/s"), heartbeat_interval_s=5)
+    config = pstate.patch_serve_config(
+        pstate.SERVE_TEMPLATE.read_text(), host="127.0.0.1", port=8123, state_dir=Path("/tmp/s"), heartbeat_interval_s=5
+    )
     assert config["applications"][0]["args"]["listen_port"] == 8123
     settings_mod.PlatformSettings.model_validate(config["applications"][0]["args"])  # the app accepts its args
 
 
 # --- files ------------------------------------------------------------------------------
+
 
 def test_state_files_private(tmp_path):
     state = tmp_path / "state"
@@ -224,6 +242,7 @@ def test_names_and_tags():
 
 # --- launcher and CLI without Ray -------------------------------------------------------
 
+
 def test_up_refuses_a_taken_port(tmp_path):
     import socket
 
@@ -265,9 +284,11 @@ def test_cli_state_dir_env_default(tmp_path, monkeypatch):
 
 
 def test_last_error_line_picks_the_exception():
-    text = ("Deploying app 'dcluster' failed with exception:\nTraceback (most recent call last):\n  File x\n"
-            "RuntimeError: Traceback (most recent call last):\n  File y\n"
-            "pydantic_core._pydantic_core.ValidationError: 1 validation error for PlatformSettings\n"
-            "bogus\n  Extra inputs are not permitted\n")
+    text = (
+        "Deploying app 'dcluster' failed with exception:\nTraceback (most recent call last):\n  File x\n"
+        "RuntimeError: Traceback (most recent call last):\n  File y\n"
+        "pydantic_core._pydantic_core.ValidationError: 1 validation error for PlatformSettings\n"
+        "bogus\n  Extra inputs are not permitted\n"
+    )
     assert platform_mod.last_error_line(text).startswith("pydantic_core._pydantic_core.ValidationError: 1 valid")
     assert platform_mod.last_error_line("just text\nlast line\n") == "last line"

@@ -37,14 +37,15 @@ def _start(tmp_path: Path, tag: str) -> dict:
 def _started(tmp_path: Path, name: str) -> str:
     # Like ray start, return only once the process runs under its name (a loaded machine may not have
     # exec'd a backgrounded child yet when bash reaches its exit).
-    return (f"{tmp_path}/{name} 60 & p=$!; "
-            f"while [ \"$(cat /proc/$p/comm 2>/dev/null)\" != {name} ]; do sleep 0.02; done; ")
+    return f'{tmp_path}/{name} 60 & p=$!; while [ "$(cat /proc/$p/comm 2>/dev/null)" != {name} ]; do sleep 0.02; done; '
 
 
 def _slow_then(tmp_path: Path, exit_code: int) -> str:
     # What ray start prints when its raylet misses the window, leaving a process behind.
-    return (_started(tmp_path, "gcs_server") + "echo 'Exception: The current node timed out during startup. "
-            f"This could happen because ...'; exit {exit_code}")
+    return (
+        _started(tmp_path, "gcs_server") + "echo 'Exception: The current node timed out during startup. "
+        f"This could happen because ...'; exit {exit_code}"
+    )
 
 
 def _healthy(tmp_path: Path) -> str:

@@ -15,8 +15,15 @@ PG = {"database": "postgresql://dcluster@db-host:5432/dcluster"}
 
 
 def _config(settings=None, **kw):
-    return pstate.patch_serve_config(pstate.SERVE_TEMPLATE.read_text(), host="127.0.0.1", port=8000,
-                                     state_dir="/s", heartbeat_interval_s=5.0, settings=settings, **kw)
+    return pstate.patch_serve_config(
+        pstate.SERVE_TEMPLATE.read_text(),
+        host="127.0.0.1",
+        port=8000,
+        state_dir="/s",
+        heartbeat_interval_s=5.0,
+        settings=settings,
+        **kw,
+    )
 
 
 def test_a_plain_up_runs_one_replica_that_listens_itself():
@@ -41,7 +48,9 @@ def test_redis_urls_and_the_gcs_fault_tolerance_environment(tmp_path):
     assert env["RAY_REDIS_ADDRESS"] == "127.0.0.1:6390"
     # The same namespace on every restart from this state dir; another platform's differs; the operator's wins.
     assert env[pstate.REDIS_NAMESPACE_ENV] == pstate.redis_namespace(tmp_path) != pstate.redis_namespace(tmp_path / "x")
-    mine = pstate.gcs_fault_tolerance_env({pstate.REDIS_NAMESPACE_ENV: "ops"}, redis_url="redis://h:1", state_dir=tmp_path)
+    mine = pstate.gcs_fault_tolerance_env(
+        {pstate.REDIS_NAMESPACE_ENV: "ops"}, redis_url="redis://h:1", state_dir=tmp_path
+    )
     assert mine[pstate.REDIS_NAMESPACE_ENV] == "ops"
 
 

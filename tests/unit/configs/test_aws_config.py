@@ -39,8 +39,9 @@ OPEN_PORTS = {22, 8265, 10001}
 
 SPECS = [
     cluster_spec.ClusterSpec(num_workers=1, duration_s=600, backend="aws"),
-    cluster_spec.ClusterSpec(num_workers=2, gpus_per_worker=1, gpu_model="Tesla T4", cpus_per_worker=4,
-                       duration_s=3600, backend="aws"),
+    cluster_spec.ClusterSpec(
+        num_workers=2, gpus_per_worker=1, gpu_model="Tesla T4", cpus_per_worker=4, duration_s=3600, backend="aws"
+    ),
     cluster_spec.ClusterSpec(num_workers=64, gpus_per_worker=1, duration_s=7 * 24 * 3600, backend="aws"),
 ]
 PROFILE_ARN = "arn:aws:iam::123456789012:instance-profile/dcluster-head"
@@ -69,6 +70,7 @@ def start_commands(config: dict) -> list[str]:
 
 
 # --- rendering ------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: f"{s.num_workers}x{s.gpus_per_worker}gpu")
 def test_rendered_config_passes_rays_validator_and_loaders(spec, settings, token_file):
@@ -122,7 +124,7 @@ def test_no_password_no_token_value_and_token_auth_on_every_node(settings, token
     for cmd in start_commands(config):
         assert "export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=$HOME/ray_auth_token;" in cmd
         assert cmd.index("RAY_AUTH_MODE=token") < cmd.index("ray start")
-    head_cmd, = config["head_start_ray_commands"]
+    (head_cmd,) = config["head_start_ray_commands"]
     assert "--dashboard-port=8265" in head_cmd and "--ray-client-server-port=10001" in head_cmd
     assert "--port=6379" in head_cmd and "--num-cpus=0" in head_cmd
     assert any(f'"ray[default]=={ray.__version__}"' in c for c in config["setup_commands"])
@@ -130,17 +132,29 @@ def test_no_password_no_token_value_and_token_auth_on_every_node(settings, token
 
 def test_operator_settings_are_rendered(token_file, tmp_path):
     settings = aws.AwsSettings(
-        allowed_cidr="2001:db8::/48", region="eu-west-1", head_instance_type="m5.large",
-        worker_instance_type="g5.12xlarge", image_id="ami-0123456789abcdef0", ssh_user="ec2-user",
-        ssh_private_key=tmp_path / "ops.pem", key_name="ops", name_prefix="acme",
-        head_instance_profile_arn="arn:aws:iam::123456789012:instance-profile/dcluster-head")
-    spec = cluster_spec.ClusterSpec(num_workers=3, gpus_per_worker=4, cpus_per_worker=48, gpu_model="NVIDIA A10G",
-                              duration_s=600, backend="aws")
+        allowed_cidr="2001:db8::/48",
+        region="eu-west-1",
+        head_instance_type="m5.large",
+        worker_instance_type="g5.12xlarge",
+        image_id="ami-0123456789abcdef0",
+        ssh_user="ec2-user",
+        ssh_private_key=tmp_path / "ops.pem",
+        key_name="ops",
+        name_prefix="acme",
+        head_instance_profile_arn="arn:aws:iam::123456789012:instance-profile/dcluster-head",
+    )
+    spec = cluster_spec.ClusterSpec(
+        num_workers=3, gpus_per_worker=4, cpus_per_worker=48, gpu_model="NVIDIA A10G", duration_s=600, backend="aws"
+    )
     config = render(spec, settings, token_file)
     validate_config(config)
     head, worker = (config["available_node_types"][t]["node_config"] for t in ("head", "worker"))
-    assert head == {"InstanceType": "m5.large", "KeyName": "ops", "ImageId": "ami-0123456789abcdef0",
-                    "IamInstanceProfile": {"Arn": settings.head_instance_profile_arn}}
+    assert head == {
+        "InstanceType": "m5.large",
+        "KeyName": "ops",
+        "ImageId": "ami-0123456789abcdef0",
+        "IamInstanceProfile": {"Arn": settings.head_instance_profile_arn},
+    }
     assert worker == {"InstanceType": "g5.12xlarge", "KeyName": "ops", "ImageId": "ami-0123456789abcdef0"}
     assert config["auth"] == {"ssh_user": "ec2-user", "ssh_private_key": str(tmp_path / "ops.pem")}
     assert "key_pair" not in config["provider"]
@@ -158,19 +172,23 @@ def test_rendered_rules_open_only_the_three_ports_to_allowed_cidr(settings, toke
 
 def test_render_refuses_what_it_cannot_render(settings, token_file):
     with pytest.raises(ValueError, match="not a cluster id"):
-        aws.render_aws_config(cluster_id="my-cluster", spec=SPECS[0], settings=settings,
-                              ray_auth_token_path=str(token_file))
+        aws.render_aws_config(
+            cluster_id="my-cluster", spec=SPECS[0], settings=settings, ray_auth_token_path=str(token_file)
+        )
     with pytest.raises(ValueError, match="absolute path"):
         aws.render_aws_config(cluster_id=CID, spec=SPECS[0], settings=settings, ray_auth_token_path="abc123")
     with pytest.raises(ValueError, match="backend 'aws' only"):
         render(cluster_spec.ClusterSpec(num_workers=1, duration_s=600), settings, token_file)
 
 
-@pytest.mark.parametrize("spec_kwargs, match", [
-    ({"gpus_per_worker": 2}, "at most that"),
-    ({"cpus_per_worker": 8}, "at most that"),
-    ({"gpus_per_worker": 1, "gpu_model": "NVIDIA H100 80GB HBM3"}, "Tesla T4"),
-])
+@pytest.mark.parametrize(
+    "spec_kwargs, match",
+    [
+        ({"gpus_per_worker": 2}, "at most that"),
+        ({"cpus_per_worker": 8}, "at most that"),
+        ({"gpus_per_worker": 1, "gpu_model": "NVIDIA H100 80GB HBM3"}, "Tesla T4"),
+    ],
+)
 def test_specs_the_worker_instance_cannot_hold_are_refused(spec_kwargs, match, settings):
     spec = cluster_spec.ClusterSpec(num_workers=1, duration_s=600, backend="aws", **spec_kwargs)
     with pytest.raises(errors.InvalidInput, match=match):
@@ -181,17 +199,29 @@ def test_unknown_instance_types_are_trusted_for_counts_but_promise_no_gpu_model(
     settings = aws.AwsSettings(allowed_cidr=CIDR, worker_instance_type="x9z.mega")
     aws.check_spec(cluster_spec.ClusterSpec(num_workers=1, gpus_per_worker=8, duration_s=600, backend="aws"), settings)
     with pytest.raises(errors.InvalidInput, match="gpu_model"):
-        aws.check_spec(cluster_spec.ClusterSpec(num_workers=1, gpus_per_worker=1, gpu_model="Tesla T4", duration_s=600,
-                                          backend="aws"), settings)
+        aws.check_spec(
+            cluster_spec.ClusterSpec(
+                num_workers=1, gpus_per_worker=1, gpu_model="Tesla T4", duration_s=600, backend="aws"
+            ),
+            settings,
+        )
 
 
 # --- settings -------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("cidr, match", [
-    ("0.0.0.0/0", "whole internet"), ("::/0", "whole internet"), ("0.0.0.0/0 ", "whole internet"),
-    ("10.0.0.0/33", "not a network"), ("10.0.0.1/24", "not a network"), ("anywhere", "not a network"),
-    ("", "not a network"),
-])
+
+@pytest.mark.parametrize(
+    "cidr, match",
+    [
+        ("0.0.0.0/0", "whole internet"),
+        ("::/0", "whole internet"),
+        ("0.0.0.0/0 ", "whole internet"),
+        ("10.0.0.0/33", "not a network"),
+        ("10.0.0.1/24", "not a network"),
+        ("anywhere", "not a network"),
+        ("", "not a network"),
+    ],
+)
 def test_allowed_cidr_refuses_the_world_and_nonsense(cidr, match):
     with pytest.raises(ValidationError, match=match):
         aws.AwsSettings(allowed_cidr=cidr)
@@ -213,12 +243,22 @@ def test_settings_refuse_unknown_fields_half_a_key_and_regions_without_an_ami(tm
     with pytest.raises(ValidationError, match="sg-"):
         aws.AwsSettings(allowed_cidr=CIDR, name_prefix="sg")
     assert aws.AwsSettings(allowed_cidr=CIDR).model_dump() == {
-        "allowed_cidr": CIDR, "region": "us-west-2", "head_instance_type": "t3.xlarge",
-        "worker_instance_type": "g4dn.xlarge", "image_id": None, "ssh_user": "ubuntu", "ssh_private_key": None,
-        "key_name": None, "name_prefix": "dcluster", "vpc_id": None, "head_instance_profile_arn": None}
+        "allowed_cidr": CIDR,
+        "region": "us-west-2",
+        "head_instance_type": "t3.xlarge",
+        "worker_instance_type": "g4dn.xlarge",
+        "image_id": None,
+        "ssh_user": "ubuntu",
+        "ssh_private_key": None,
+        "key_name": None,
+        "name_prefix": "dcluster",
+        "vpc_id": None,
+        "head_instance_profile_arn": None,
+    }
 
 
 # --- security_group_findings ----------------------------------------------------------------------------
+
 
 def test_findings_report_the_seeds_security_group():
     findings = aws.security_group_findings([SEED_RULE])
@@ -226,17 +266,29 @@ def test_findings_report_the_seeds_security_group():
     assert any("every port" in f for f in findings)
 
 
-@pytest.mark.parametrize("rule, expected", [
-    ({"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]},
-     ["tcp 22 is open to the whole internet (0.0.0.0/0)"]),
-    ({"IpProtocol": "tcp", "FromPort": 8265, "ToPort": 8265, "Ipv6Ranges": [{"CidrIpv6": "::/0"}]},
-     ["tcp 8265 is open to the whole internet (::/0)"]),
-    ({"IpProtocol": "-1", "IpRanges": [{"CidrIp": "10.0.0.0/8"}]}, ["all traffic (every port) is open to 10.0.0.0/8"]),
-    ({"IpProtocol": "udp", "FromPort": 1, "ToPort": 65535, "IpRanges": [{"CidrIp": CIDR}]},
-     [f"udp 1-65535 (every port) is open to {CIDR}"]),
-    ({"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": [{"CidrIp": CIDR}]}, []),
-    ({"IpProtocol": "-1", "UserIdGroupPairs": [{"GroupId": "sg-0000000000000000a"}]}, []),
-])
+@pytest.mark.parametrize(
+    "rule, expected",
+    [
+        (
+            {"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]},
+            ["tcp 22 is open to the whole internet (0.0.0.0/0)"],
+        ),
+        (
+            {"IpProtocol": "tcp", "FromPort": 8265, "ToPort": 8265, "Ipv6Ranges": [{"CidrIpv6": "::/0"}]},
+            ["tcp 8265 is open to the whole internet (::/0)"],
+        ),
+        (
+            {"IpProtocol": "-1", "IpRanges": [{"CidrIp": "10.0.0.0/8"}]},
+            ["all traffic (every port) is open to 10.0.0.0/8"],
+        ),
+        (
+            {"IpProtocol": "udp", "FromPort": 1, "ToPort": 65535, "IpRanges": [{"CidrIp": CIDR}]},
+            [f"udp 1-65535 (every port) is open to {CIDR}"],
+        ),
+        ({"IpProtocol": "tcp", "FromPort": 22, "ToPort": 22, "IpRanges": [{"CidrIp": CIDR}]}, []),
+        ({"IpProtocol": "-1", "UserIdGroupPairs": [{"GroupId": "sg-0000000000000000a"}]}, []),
+    ],
+)
 def test_findings(rule, expected):
     assert aws.security_group_findings([rule]) == expected
 
@@ -244,10 +296,12 @@ def test_findings(rule, expected):
 def test_findings_flag_other_groups_when_the_clusters_own_is_known():
     rule = {"IpProtocol": "-1", "UserIdGroupPairs": [{"GroupId": "sg-0000000000000000b"}]}
     assert aws.security_group_findings([rule], group_id="sg-0000000000000000a") == [
-        "all traffic is open to another security group (sg-0000000000000000b)"]
+        "all traffic is open to another security group (sg-0000000000000000b)"
+    ]
 
 
 # --- under moto: Ray's own AWS bootstrap ---------------------------------------------------------------
+
 
 def _clear_ray_aws_caches():
     # Ray caches boto3 clients/resources and subnet lookups process-wide; moto's state is per test.
@@ -258,8 +312,14 @@ def _clear_ray_aws_caches():
 
 def _moto(monkeypatch, tmp_path, *, iam_managed_policies: bool):
     """Fake credentials, no network at all, moto for every AWS call, HOME (for ~/.ssh keys) in tmp_path."""
-    for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_ROLE_ARN",
-                "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"):
+    for var in (
+        "AWS_PROFILE",
+        "AWS_SESSION_TOKEN",
+        "AWS_SECURITY_TOKEN",
+        "AWS_ROLE_ARN",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    ):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
@@ -278,6 +338,7 @@ def _moto(monkeypatch, tmp_path, *, iam_managed_policies: bool):
 
     def no_network(*args, **kwargs):
         raise AssertionError("a unit test tried to open a network connection (AWS must be moto here)")
+
     monkeypatch.setattr(socket.socket, "connect", no_network)
     monkeypatch.setattr(socket, "create_connection", no_network)
     # Ray's IAM bootstrap sleeps 15 s twice "for propagation"; moto needs none. Only that module's view of
@@ -329,7 +390,7 @@ def launcher_bootstrap(config: dict) -> dict:
 
 
 def group_rules(ec2, name: str) -> tuple[str, list[dict]]:
-    group, = ec2.describe_security_groups(Filters=[{"Name": "group-name", "Values": [name]}])["SecurityGroups"]
+    (group,) = ec2.describe_security_groups(Filters=[{"Name": "group-name", "Values": [name]}])["SecurityGroups"]
     return group["GroupId"], group["IpPermissions"]
 
 
@@ -344,8 +405,12 @@ def assert_locked_down(ec2, group_id: str, perms: list[dict], cidr: str = CIDR) 
         sources = [r["CidrIp"] for r in p.get("IpRanges", [])] + [r["CidrIpv6"] for r in p.get("Ipv6Ranges", [])]
         assert sources == [cidr]
     assert aws.security_group_findings(perms, group_id=group_id) == []
-    every_source = {r["CidrIp"] for g in ec2.describe_security_groups()["SecurityGroups"]
-                    for p in g["IpPermissions"] for r in p.get("IpRanges", [])}
+    every_source = {
+        r["CidrIp"]
+        for g in ec2.describe_security_groups()["SecurityGroups"]
+        for p in g["IpPermissions"]
+        for r in p.get("IpRanges", [])
+    }
     assert not every_source & WORLD
 
 
@@ -369,8 +434,8 @@ def test_launcher_bootstrap_under_moto_leaves_only_our_rules(moto_aws_iam, spec,
 
     group_id, perms = group_rules(ec2, f"dcluster-{CID}")
     assert_locked_down(ec2, group_id, perms)
-    group, = ec2.describe_security_groups(GroupIds=[group_id])["SecurityGroups"]
-    default_vpc, = ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"]
+    (group,) = ec2.describe_security_groups(GroupIds=[group_id])["SecurityGroups"]
+    (default_vpc,) = ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"]
     assert group["VpcId"] == default_vpc["VpcId"]
     assert {"Key": aws.CLUSTER_LABEL, "Value": CID} in group["Tags"]
 
@@ -428,8 +493,9 @@ def test_ensure_security_group_refuses_world_open_rules(moto_aws, settings, toke
     config["provider"]["security_group"]["IpPermissions"].append(SEED_RULE)
     with pytest.raises(ValueError, match="whole internet"):
         aws_ec2.ensure_security_group(config)
-    assert not moto_aws.describe_security_groups(
-        Filters=[{"Name": "group-name", "Values": [f"dcluster-{CID}"]}])["SecurityGroups"]
+    assert not moto_aws.describe_security_groups(Filters=[{"Name": "group-name", "Values": [f"dcluster-{CID}"]}])[
+        "SecurityGroups"
+    ]
 
 
 def test_ensure_security_group_uses_the_configured_vpc(moto_aws, scoped_settings, token_file):
@@ -447,14 +513,16 @@ def test_ensure_security_group_uses_the_configured_vpc(moto_aws, scoped_settings
 
 def test_operator_key_and_instance_profile_make_ray_create_neither(moto_aws, token_file, tmp_path):
     ec2 = moto_aws
-    settings = aws.AwsSettings(allowed_cidr=CIDR, ssh_private_key=tmp_path / "ops.pem", key_name="ops",
-                               head_instance_profile_arn=PROFILE_ARN)
+    settings = aws.AwsSettings(
+        allowed_cidr=CIDR, ssh_private_key=tmp_path / "ops.pem", key_name="ops", head_instance_profile_arn=PROFILE_ARN
+    )
     resolved = launcher_bootstrap(aws_ec2.ensure_security_group(render(SPECS[1], settings, token_file)))
     assert resolved["auth"]["ssh_private_key"] == str(tmp_path / "ops.pem")
     assert ec2.describe_key_pairs()["KeyPairs"] == []
     assert boto3.client("iam", region_name=REGION).list_instance_profiles()["InstanceProfiles"] == []
     assert resolved["available_node_types"]["head"]["node_config"]["IamInstanceProfile"] == {
-        "Arn": settings.head_instance_profile_arn}
+        "Arn": settings.head_instance_profile_arn
+    }
 
 
 def test_the_head_node_ray_launches_lands_in_the_group(moto_aws_iam, settings, token_file):
@@ -465,7 +533,7 @@ def test_the_head_node_ray_launches_lands_in_the_group(moto_aws_iam, settings, t
     # As get_or_create_head_node does: the head's node_config plus the bootstrap's "head_node" (IAM profile).
     head_config = {**resolved["available_node_types"]["head"]["node_config"], **resolved["head_node"]}
     provider.create_node(head_config, {"ray-node-type": "head", "ray-user-node-type": "head"}, 1)
-    instance, = [i for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]]
+    (instance,) = [i for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]]
     assert [g["GroupId"] for g in instance["SecurityGroups"]] == [group_id]
     assert instance["InstanceType"] == "t3.xlarge"
     assert instance["IamInstanceProfile"]["Arn"].endswith("instance-profile/ray-autoscaler-v1")
@@ -478,8 +546,9 @@ def test_delete_cluster_resources_removes_group_and_key_pair(moto_aws, scoped_se
     key_path = os.path.expanduser(f"~/.ssh/dcluster-{CID}.pem")
     assert os.path.exists(key_path)
     assert aws_ec2.delete_cluster_resources(config) is True
-    assert not ec2.describe_security_groups(
-        Filters=[{"Name": "group-name", "Values": [f"dcluster-{CID}"]}])["SecurityGroups"]
+    assert not ec2.describe_security_groups(Filters=[{"Name": "group-name", "Values": [f"dcluster-{CID}"]}])[
+        "SecurityGroups"
+    ]
     assert ec2.describe_key_pairs()["KeyPairs"] == [] and not os.path.exists(key_path)
     assert aws_ec2.delete_cluster_resources(config) is True  # idempotent
 
@@ -490,9 +559,11 @@ def test_ip_permissions_per_address_family():
     assert all(ipaddress.ip_network(p["Ipv6Ranges"][0]["CidrIpv6"]).version == 6 for p in v6)
 
 
-def test_delete_cluster_resources_says_false_while_instances_hold_the_group(moto_aws, scoped_settings, token_file,
-                                                                             monkeypatch):
+def test_delete_cluster_resources_says_false_while_instances_hold_the_group(
+    moto_aws, scoped_settings, token_file, monkeypatch
+):
     from botocore.exceptions import ClientError
+
     config = aws_ec2.ensure_security_group(render(SPECS[0], scoped_settings, token_file))
     real_ec2 = aws_ec2.ec2_client
 
@@ -502,8 +573,10 @@ def test_delete_cluster_resources_says_false_while_instances_hold_the_group(moto
 
         def in_use(**kwargs):
             raise ClientError({"Error": {"Code": "DependencyViolation", "Message": "in use"}}, "DeleteSecurityGroup")
+
         client.delete_security_group = in_use
         return client
+
     monkeypatch.setattr(aws_ec2, "ec2_client", ec2_with_group_in_use)
     assert aws_ec2.delete_cluster_resources(config) is False
     monkeypatch.setattr(aws_ec2, "ec2_client", real_ec2)

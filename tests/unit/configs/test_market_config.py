@@ -27,8 +27,9 @@ TOKEN = "eyJ.cluster-token." + "t" * 20
 
 SPECS = [
     cluster_spec.ClusterSpec(num_workers=1, duration_s=600),
-    cluster_spec.ClusterSpec(num_workers=4, gpus_per_worker=8, gpu_model="NVIDIA H100 80GB HBM3", cpus_per_worker=32,
-                       duration_s=3600),
+    cluster_spec.ClusterSpec(
+        num_workers=4, gpus_per_worker=8, gpu_model="NVIDIA H100 80GB HBM3", cpus_per_worker=32, duration_s=3600
+    ),
     cluster_spec.ClusterSpec(num_workers=64, gpus_per_worker=1, cpus_per_worker=256, duration_s=7 * 24 * 3600),
 ]
 
@@ -76,18 +77,32 @@ def test_gpu_is_left_out_when_zero():
 def test_provider_block_and_identity():
     config = render(SPECS[1])
     assert config["cluster_name"] == CID
-    assert config["provider"] == {"type": "external", "module": "worker.node_provider.market_provider.MarketNodeProvider",
-                                  "platform_url": "https://platform.example:8443", "cluster_id": CID, "token": TOKEN,
-                                  DISABLE_LAUNCH_CONFIG_CHECK_KEY: True}
+    assert config["provider"] == {
+        "type": "external",
+        "module": "worker.node_provider.market_provider.MarketNodeProvider",
+        "platform_url": "https://platform.example:8443",
+        "cluster_id": CID,
+        "token": TOKEN,
+        DISABLE_LAUNCH_CONFIG_CHECK_KEY: True,
+    }
     assert config["auth"] == {"ssh_user": "dcluster"}
 
 
 def test_everything_the_external_defaults_leave_out_is_set():
     config = render(SPECS[0])
     assert set(_get_default_config(config["provider"])) - set(config) <= {"head_node", "worker_nodes"}
-    for key in ("file_mounts", "cluster_synced_files", "file_mounts_sync_continuously", "rsync_exclude",
-                "rsync_filter", "initialization_commands", "setup_commands", "head_setup_commands",
-                "worker_setup_commands", "idle_timeout_minutes"):
+    for key in (
+        "file_mounts",
+        "cluster_synced_files",
+        "file_mounts_sync_continuously",
+        "rsync_exclude",
+        "rsync_filter",
+        "initialization_commands",
+        "setup_commands",
+        "head_setup_commands",
+        "worker_setup_commands",
+        "idle_timeout_minutes",
+    ):
         assert key in config
     assert not config["file_mounts"] and not config["file_mounts_sync_continuously"]
     assert config["setup_commands"] == config["head_setup_commands"] == config["worker_setup_commands"] == []
@@ -126,18 +141,21 @@ def test_bad_inputs_are_refused(bad):
         market.render_market_config(**args)
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("NVIDIA H100 80GB HBM3", "NVIDIA-H100-80GB-HBM3"),
-    ("NVIDIA A100-SXM4-80GB", "NVIDIA-A100-SXM4-80GB"),
-    ("Tesla V100-PCIE-16GB", "Tesla-V100-PCIE-16GB"),
-    ("NVIDIA GeForce RTX 4090", "NVIDIA-GeForce-RTX-4090"),
-    ("Logical GPU", "Logical-GPU"),
-    ("  (weird)  name!! ", "weird-name"),
-    ("a_b.c", "a_b.c"),
-    ("AMD Instinct MI300X / OAM", "AMD-Instinct-MI300X-OAM"),
-    ("---", ""),
-    ("", ""),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("NVIDIA H100 80GB HBM3", "NVIDIA-H100-80GB-HBM3"),
+        ("NVIDIA A100-SXM4-80GB", "NVIDIA-A100-SXM4-80GB"),
+        ("Tesla V100-PCIE-16GB", "Tesla-V100-PCIE-16GB"),
+        ("NVIDIA GeForce RTX 4090", "NVIDIA-GeForce-RTX-4090"),
+        ("Logical GPU", "Logical-GPU"),
+        ("  (weird)  name!! ", "weird-name"),
+        ("a_b.c", "a_b.c"),
+        ("AMD Instinct MI300X / OAM", "AMD-Instinct-MI300X-OAM"),
+        ("---", ""),
+        ("", ""),
+    ],
+)
 def test_ray_label_value(text, expected):
     assert market.ray_label_value(text) == expected
     label_utils.validate_label_value(market.ray_label_value(text))
@@ -160,8 +178,14 @@ def test_workers_opened_ahead_carry_the_tags_the_head_autoscaler_gives_the_worke
     config = prepare_config(render(SPECS[1]))
     seen = []
     provider = mock.Mock(create_node_with_resources_and_labels=lambda _cfg, tags, *_: seen.append(tags) or {})
-    launcher = BaseNodeLauncher(provider, mock.Mock(), mock.Mock(), mock.Mock(), prom_metrics=mock.Mock(),
-                                node_types=config["available_node_types"])
+    launcher = BaseNodeLauncher(
+        provider,
+        mock.Mock(),
+        mock.Mock(),
+        mock.Mock(),
+        prom_metrics=mock.Mock(),
+        node_types=config["available_node_types"],
+    )
     launcher.launch_node(config, 1, market.WORKER_NODE_TYPE)
     (launched,) = seen
     ahead = market.opened_ahead_tags(CID)

@@ -12,9 +12,13 @@ from dcl_core import api, commands, domain, ids, protocol, ray_ports
 
 
 def test_minted_ids_match_their_patterns():
-    for mint, pattern in [(ids.new_cluster_id, ids.CLUSTER_ID_PATTERN), (ids.new_lease_id, ids.LEASE_ID_PATTERN),
-                          (ids.new_machine_id, ids.MACHINE_ID_PATTERN), (ids.new_work_item_id, ids.WORK_ITEM_ID_PATTERN),
-                          (ids.new_machine_key, ids.MACHINE_KEY_PATTERN)]:
+    for mint, pattern in [
+        (ids.new_cluster_id, ids.CLUSTER_ID_PATTERN),
+        (ids.new_lease_id, ids.LEASE_ID_PATTERN),
+        (ids.new_machine_id, ids.MACHINE_ID_PATTERN),
+        (ids.new_work_item_id, ids.WORK_ITEM_ID_PATTERN),
+        (ids.new_machine_key, ids.MACHINE_KEY_PATTERN),
+    ]:
         a, b = mint(), mint()
         assert re.match(pattern, a) and a != b
     assert re.fullmatch(r"[0-9a-f]{64}", ids.new_ray_auth_token())
@@ -32,10 +36,17 @@ def test_the_online_rule():
 
 def test_statuses_and_roles_own_their_groupings():
     assert {s for s in domain.ClusterStatus if s.is_terminal()} == {
-        domain.ClusterStatus.TERMINATED, domain.ClusterStatus.FAILED, domain.ClusterStatus.EXPIRED}
+        domain.ClusterStatus.TERMINATED,
+        domain.ClusterStatus.FAILED,
+        domain.ClusterStatus.EXPIRED,
+    }
     assert set(domain.ClusterStatus.active()) | {s for s in domain.ClusterStatus if s.is_terminal()} | {
-        domain.ClusterStatus.TERMINATING} == set(domain.ClusterStatus)
-    assert [s for s in domain.LeaseStatus if s.holds_capacity()] == [domain.LeaseStatus.RESERVED, domain.LeaseStatus.OPEN]
+        domain.ClusterStatus.TERMINATING
+    } == set(domain.ClusterStatus)
+    assert [s for s in domain.LeaseStatus if s.holds_capacity()] == [
+        domain.LeaseStatus.RESERVED,
+        domain.LeaseStatus.OPEN,
+    ]
     assert [r for r in domain.Role if r.may_hold_clusters()] == [domain.Role.BUYER, domain.Role.ADMIN]
     assert domain.NodeRole.HEAD == "head" and domain.NodeRole("worker") is domain.NodeRole.WORKER
 
@@ -46,8 +57,15 @@ def test_ray_start_and_stop_are_recognised():
     assert not commands.stops_ray("echo array stop") and not commands.stops_ray("")
 
 
-@pytest.mark.parametrize("text", ['RAY_AUTH_TOKEN=abc ray start', "RAY_AUTH_TOKEN='a b c' ray start",
-                                  'RAY_AUTH_TOKEN="a b c" ray start', "RAY_AUTH_TOKEN_PATH=/x/abc ray start"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "RAY_AUTH_TOKEN=abc ray start",
+        "RAY_AUTH_TOKEN='a b c' ray start",
+        'RAY_AUTH_TOKEN="a b c" ray start',
+        "RAY_AUTH_TOKEN_PATH=/x/abc ray start",
+    ],
+)
 def test_redaction_hides_every_form_of_the_token(text):
     shown = commands.redact(text)
     assert "abc" not in shown and "a b c" not in shown and shown.endswith("*** ray start")
@@ -63,8 +81,10 @@ def test_port_layout_flags_and_round_trip():
     worker = ports.start_flags(head=False, temp_dir=Path("/t"))
     assert head[:2] == ["--temp-dir", "/t"] and "--port" in head and "--port" not in worker
     assert "--dashboard-port" in head and "--min-worker-port" in worker
-    assert ports.env() == {"AUTOSCALER_METRIC_PORT": str(ports.autoscaler_metric),
-                           "DASHBOARD_METRIC_PORT": str(ports.dashboard_metric)}
+    assert ports.env() == {
+        "AUTOSCALER_METRIC_PORT": str(ports.autoscaler_metric),
+        "DASHBOARD_METRIC_PORT": str(ports.dashboard_metric),
+    }
     with pytest.raises(ValueError):
         ray_ports.RayPorts.from_ports([1, 2], 40000)
 

@@ -31,6 +31,7 @@ class LocalHandle:
             @staticmethod
             def remote(*args, **kwargs):
                 return method(*args, **kwargs)
+
         return _Remote
 
 
@@ -70,6 +71,7 @@ def token_of(api, username, password="password123", path="/v1/token"):
 
 # --- text no store, hash or answer can take ----------------------------------------------
 
+
 @pytest.mark.parametrize("path", ["/v1/token", "/token"])
 def test_a_nul_byte_in_a_sign_in_password_is_422(api, path):
     assert sign_up(api, "alice").status_code == 201
@@ -86,11 +88,14 @@ def test_a_nul_byte_in_a_sign_up_password_is_422(api, path):
     assert "NUL" in json.dumps(r.json())
 
 
-@pytest.mark.parametrize("body", [
-    b'{"username": "\\ud800abc", "password": "password123"}',
-    b'{"username": "carol", "password": "\\udfffpassword123"}',
-    b'{"username": "carol", "password": "password123", "\\ud800": 1}',
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"username": "\\ud800abc", "password": "password123"}',
+        b'{"username": "carol", "password": "\\udfffpassword123"}',
+        b'{"username": "carol", "password": "password123", "\\ud800": 1}',
+    ],
+)
 def test_lone_surrogates_in_json_are_422_not_500(api, body):
     r = api.post("/v1/accounts", content=body, headers={"Content-Type": "application/json"})
     assert r.status_code == 422, r.text
@@ -98,25 +103,35 @@ def test_lone_surrogates_in_json_are_422_not_500(api, body):
 
 
 def test_a_surrogate_pair_is_ordinary_text_and_gets_the_models_own_answer(api):
-    r = api.post("/v1/accounts", content=b'{"username": "dave", "password": "\\ud83d\\ude00password"}',
-                 headers={"Content-Type": "application/json"})
+    r = api.post(
+        "/v1/accounts",
+        content=b'{"username": "dave", "password": "\\ud83d\\ude00password"}',
+        headers={"Content-Type": "application/json"},
+    )
     assert r.status_code == 201, r.text
 
 
 def test_nan_and_infinity_in_json_are_422(api):
     headers = {"Authorization": token_of_new(api, "provider")["Authorization"], "Content-Type": "application/json"}
-    body = b'{"machine_key": "mk-abcdefgh", "name": "x", "price_per_gpu_hour": NaN, ' \
-           b'"spec": {"hostname": "h", "cpus": 1, "memory_mb": Infinity}}'
+    body = (
+        b'{"machine_key": "mk-abcdefgh", "name": "x", "price_per_gpu_hour": NaN, '
+        b'"spec": {"hostname": "h", "cpus": 1, "memory_mb": Infinity}}'
+    )
     r = api.post("/v1/machines", content=body, headers=headers)
     assert r.status_code == 422, r.text
-    assert {tuple(p["loc"]) for p in r.json()["detail"]} == {("body", "price_per_gpu_hour"),
-                                                              ("body", "spec", "memory_mb")}
+    assert {tuple(p["loc"]) for p in r.json()["detail"]} == {
+        ("body", "price_per_gpu_hour"),
+        ("body", "spec", "memory_mb"),
+    }
 
 
 def test_nul_in_stored_text_query_and_path_is_422(api):
     headers = token_of_new(api, "provider")
-    r = api.post("/v1/machines", headers=headers, json={"machine_key": "mk-abcdefgh", "name": "x",
-                                                        "spec": {"hostname": "h\x00", "cpus": 1, "memory_mb": 1}})
+    r = api.post(
+        "/v1/machines",
+        headers=headers,
+        json={"machine_key": "mk-abcdefgh", "name": "x", "spec": {"hostname": "h\x00", "cpus": 1, "memory_mb": 1}},
+    )
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "spec", "hostname"]
     assert api.get("/cluster/c-%00", headers=token_of_new(api, "buyer")).status_code == 422
     assert api.get("/v1/offers?x=%00", headers=headers).status_code == 422
@@ -142,8 +157,11 @@ def token_of_new(api, role):
 
 def test_the_hasher_refuses_nul_with_a_domain_error():
     hasher = auth.PasswordHasher(rounds=4)
-    for call in (lambda: hasher.hash("a\x00b"), lambda: hasher.verify("a\x00b", None),
-                 lambda: hasher.verify("\ud800", hasher.hash("password123"))):
+    for call in (
+        lambda: hasher.hash("a\x00b"),
+        lambda: hasher.verify("a\x00b", None),
+        lambda: hasher.verify("\ud800", hasher.hash("password123")),
+    ):
         with pytest.raises(errors.InvalidInput):
             call()
 
@@ -161,6 +179,7 @@ def test_concurrent_sign_ups_of_one_username_give_one_account_and_409s(tmp_path)
             return results, [r["username"] for r in await db._fetchall("SELECT username FROM accounts")]
         finally:
             await db.close()
+
     results, stored = asyncio.run(go())
     racers, bystanders = results[:20], results[20:]
     assert [r["username"] for r in racers if isinstance(r, dict)] == ["racer"], racers
@@ -171,21 +190,29 @@ def test_concurrent_sign_ups_of_one_username_give_one_account_and_409s(tmp_path)
 
 # --- limits per client address and overall ------------------------------------------------
 
+
 def test_a_username_spray_from_one_address_gets_429_and_another_address_still_signs_in(tmp_path):
     limits = {"login_failures_per_address_per_minute": 5, "password_hashes_per_minute": 600}
     with make_client(tmp_path, **limits) as attacker:
         reg = attacker.registry
         attacker.portal.call(reg.start)
         assert sign_up(attacker, "victim").status_code == 201
-        codes = [attacker.post("/v1/token", data={"username": f"guess{i}", "password": "password123"}).status_code
-                 for i in range(7)]
+        codes = [
+            attacker.post("/v1/token", data={"username": f"guess{i}", "password": "password123"}).status_code
+            for i in range(7)
+        ]
         assert codes == [401] * 5 + [429] * 2
         r = attacker.post("/token", data={"username": "victim", "password": "password123"})
         assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1
         assert "failed sign-ins from 203.0.113.7" in r.json()["detail"]
         # The same app and registry, called from another address: its limit is its own.
-        r = attacker.portal.call(_post_from, attacker.app, ("198.51.100.9", 40000), "/v1/token",
-                                 {"username": "victim", "password": "password123"})
+        r = attacker.portal.call(
+            _post_from,
+            attacker.app,
+            ("198.51.100.9", 40000),
+            "/v1/token",
+            {"username": "victim", "password": "password123"},
+        )
         assert r.status_code == 200, r.text
         attacker.portal.call(reg._store.close)
 
@@ -199,8 +226,7 @@ async def _post_from(app, address, path, data):
 def test_sign_ups_from_one_address_are_throttled(tmp_path):
     with make_client(tmp_path, signups_per_address_per_minute=3) as api:
         api.portal.call(api.registry.start)
-        codes = [sign_up(api, f"user{i}", path="/register" if i % 2 else "/v1/accounts").status_code
-                 for i in range(5)]
+        codes = [sign_up(api, f"user{i}", path="/register" if i % 2 else "/v1/accounts").status_code for i in range(5)]
         assert codes == [201] * 3 + [429] * 2
         r = sign_up(api, "user9")
         assert "sign-ups from 203.0.113.7" in r.json()["detail"] and 15 <= int(r.headers["Retry-After"]) <= 20
@@ -225,6 +251,7 @@ def test_x_forwarded_for_counts_only_behind_a_trusted_proxy(tmp_path):
 
 
 # --- the schema documents the answers ----------------------------------------------------
+
 
 def test_every_route_documents_the_errors_any_route_can_give(tmp_path):
     spec = app_mod.create_app(None, None).openapi()

@@ -24,6 +24,7 @@ def test_requests_made_while_a_call_is_out_go_together_in_the_next_one():
         release.set()
         results = await asyncio.gather(first, *rest, return_exceptions=True)
         return calls, results
+
     calls, results = asyncio.run(go())
     assert calls == [[1], [2, 3, 4]]  # an idle batcher sends at once; then one call for those that waited
     assert results[:2] == [10, 20] and results[3] == 40
@@ -44,6 +45,7 @@ def test_a_failed_call_fails_its_batch_and_the_next_one_still_goes():
         with pytest.raises(RuntimeError, match="unavailable"):
             await batcher("a")
         return await batcher("b")
+
     assert asyncio.run(go()) == "b"
 
 
@@ -68,6 +70,7 @@ def test_a_caller_that_stops_waiting_cancels_neither_the_call_nor_the_others():
         release.set()
         done = await asyncio.gather(waiting[1], waiting[3])
         return sent, done
+
     sent, done = asyncio.run(go())
     assert sent == [[0], [1], [3]] and done == ["ok 1", "ok 3"]  # a queued request no one waits for is not sent
 
@@ -76,8 +79,10 @@ def test_a_batch_answered_with_the_wrong_count_is_an_error_not_a_mix_up():
     async def go():
         async def send(items):
             return items[:-1]
+
         batcher = batching.Batcher(send)
         return await asyncio.gather(batcher(1), batcher(2), return_exceptions=True)
+
     results = asyncio.run(go())
     assert all(isinstance(r, RuntimeError) for r in results)
 
@@ -115,6 +120,7 @@ def test_a_busy_batcher_sends_at_most_once_per_gather_interval_and_an_idle_one_a
         t1 = asyncio.get_running_loop().time()
         assert await batcher(5) == 5
         return calls, t0, t1
+
     calls, t0, t1 = asyncio.run(go())
     assert [items for _, items in calls] == [[1], [2, 3, 4], [5]]
     assert calls[0][0] - t0 < 0.2 and calls[2][0] - t1 < 0.2  # at once (a busy machine may take a moment)
@@ -140,6 +146,7 @@ def test_a_coalescing_batcher_asks_once_for_equal_items_waiting_together():
         results = await asyncio.gather(first, *rest, return_exceptions=True)
         again = await batcher("a")  # nothing is kept past the call that answered: asked anew
         return calls, results, again
+
     calls, results, again = asyncio.run(go())
     assert calls == [["a"], ["b", "a", "gone"], ["a"]]
     assert results[0] == results[2] == again == {"read": "a"} and results[1] is results[3]

@@ -26,6 +26,7 @@ class CountingClusters:
             def remote(reads):
                 outer.calls += 1
                 return outer.manager.get_clusters(reads)
+
         self.get_clusters = _Method()
 
 
@@ -48,4 +49,5 @@ def test_reads_come_from_the_database_once_the_replica_reaches_it(env):
         with pytest.raises(errors.NotFound):
             await reads((e.buyer, "c-000000000000"))
         await close(e.store, e.db)
+
     asyncio.run(go())

@@ -29,52 +29,124 @@ class _Method:
 
         async def call():
             return self._fn(*args)
+
         return call()
 
 
 def _cluster(cid="c-0123456789ab", status="running", **kw) -> dict:
-    return {"id": cid, "name": "demo", "status": status, "reason": None, "num_workers": 1, "gpus_per_worker": 0,
-            "gpu_model": None, "cpus_per_worker": 1, "duration_s": 1800, "backend": "market",
-            "created_at": NOW - 60, "expires_at": NOW + 1740, "running_at": NOW - 40, "ended_at": None,
-            "workers_joined": 1, "head_node_ip": "127.0.0.1", "nodes": [], **kw}
+    return {
+        "id": cid,
+        "name": "demo",
+        "status": status,
+        "reason": None,
+        "num_workers": 1,
+        "gpus_per_worker": 0,
+        "gpu_model": None,
+        "cpus_per_worker": 1,
+        "duration_s": 1800,
+        "backend": "market",
+        "created_at": NOW - 60,
+        "expires_at": NOW + 1740,
+        "running_at": NOW - 40,
+        "ended_at": None,
+        "workers_joined": 1,
+        "head_node_ip": "127.0.0.1",
+        "nodes": [],
+        **kw,
+    }
 
 
 class FakeRegistry:
     def __init__(self):
         self.issuer = auth.TokenIssuer(SECRET)
-        self.accounts = {"alice": (1, domain.Role.BUYER), "pat": (2, domain.Role.PROVIDER),
-                         "admin": (3, domain.Role.ADMIN)}
+        self.accounts = {
+            "alice": (1, domain.Role.BUYER),
+            "pat": (2, domain.Role.PROVIDER),
+            "admin": (3, domain.Role.ADMIN),
+        }
         self.signing_secret = _Method(lambda: SECRET)
         self.login = _Method(self._login)
-        self.list_offers = _Method(lambda: [
-            {"gpu_model": "NVIDIA A100", "machines": 2, "gpus": 16, "cpus": 128, "memory_mb": 1_048_576,
-             "price_per_gpu_hour_min": 1.1, "price_per_gpu_hour_max": 1.5, "price_per_cpu_hour_min": 0.0,
-             "price_per_cpu_hour_max": 0.0, "verified_gpus": 8, "gpu_verification": {"verified": 1, "declared": 1}},
-            {"gpu_model": None, "machines": 1, "gpus": 0, "cpus": 4, "memory_mb": 8192,
-             "price_per_gpu_hour_min": 0.0, "price_per_gpu_hour_max": 0.0, "price_per_cpu_hour_min": 0.01,
-             "price_per_cpu_hour_max": 0.01}])
-        self.list_machines = _Method(lambda p: [{
-            "id": "m-0123456789ab", "provider_id": 2, "provider": "pat", "name": "box-1", "status": "online",
-            "spec": {"hostname": "box", "cpus": 4, "memory_mb": 8192, "gpus": [], "gpus_declared": False},
-            "price_per_gpu_hour": 0.0, "price_per_cpu_hour": 0.01, "registered_at": NOW - 100,
-            "last_heartbeat": NOW - 1, "usage": {"cpu_percent": 12.0, "memory_used_mb": 1, "gpu_utilization": [],
-                                                 "active_leases": 2},
-            "gpu_verification": {"status": "no_gpus", "differences": []}}, {
-            "id": "m-0123456789ac", "provider_id": 2, "provider": "pat", "name": "box-2", "status": "online",
-            "spec": {"hostname": "box2", "cpus": 8, "memory_mb": 8192, "gpus_declared": False,
-                     "gpus": [{"index": 0, "model": "NVIDIA H200", "memory_mb": 143771}]},
-            "price_per_gpu_hour": 2.0, "price_per_cpu_hour": 0.01, "registered_at": NOW - 100,
-            "last_heartbeat": NOW - 1, "usage": None,
-            "gpu_verification": {"status": "mismatch", "reason": "what the check lease saw differs",
-                                 "differences": ["GPU 0 model: claimed 'NVIDIA H200', seen 'NVIDIA L4'"]}}])
+        self.list_offers = _Method(
+            lambda: [
+                {
+                    "gpu_model": "NVIDIA A100",
+                    "machines": 2,
+                    "gpus": 16,
+                    "cpus": 128,
+                    "memory_mb": 1_048_576,
+                    "price_per_gpu_hour_min": 1.1,
+                    "price_per_gpu_hour_max": 1.5,
+                    "price_per_cpu_hour_min": 0.0,
+                    "price_per_cpu_hour_max": 0.0,
+                    "verified_gpus": 8,
+                    "gpu_verification": {"verified": 1, "declared": 1},
+                },
+                {
+                    "gpu_model": None,
+                    "machines": 1,
+                    "gpus": 0,
+                    "cpus": 4,
+                    "memory_mb": 8192,
+                    "price_per_gpu_hour_min": 0.0,
+                    "price_per_gpu_hour_max": 0.0,
+                    "price_per_cpu_hour_min": 0.01,
+                    "price_per_cpu_hour_max": 0.01,
+                },
+            ]
+        )
+        self.list_machines = _Method(
+            lambda p: [
+                {
+                    "id": "m-0123456789ab",
+                    "provider_id": 2,
+                    "provider": "pat",
+                    "name": "box-1",
+                    "status": "online",
+                    "spec": {"hostname": "box", "cpus": 4, "memory_mb": 8192, "gpus": [], "gpus_declared": False},
+                    "price_per_gpu_hour": 0.0,
+                    "price_per_cpu_hour": 0.01,
+                    "registered_at": NOW - 100,
+                    "last_heartbeat": NOW - 1,
+                    "usage": {"cpu_percent": 12.0, "memory_used_mb": 1, "gpu_utilization": [], "active_leases": 2},
+                    "gpu_verification": {"status": "no_gpus", "differences": []},
+                },
+                {
+                    "id": "m-0123456789ac",
+                    "provider_id": 2,
+                    "provider": "pat",
+                    "name": "box-2",
+                    "status": "online",
+                    "spec": {
+                        "hostname": "box2",
+                        "cpus": 8,
+                        "memory_mb": 8192,
+                        "gpus_declared": False,
+                        "gpus": [{"index": 0, "model": "NVIDIA H200", "memory_mb": 143771}],
+                    },
+                    "price_per_gpu_hour": 2.0,
+                    "price_per_cpu_hour": 0.01,
+                    "registered_at": NOW - 100,
+                    "last_heartbeat": NOW - 1,
+                    "usage": None,
+                    "gpu_verification": {
+                        "status": "mismatch",
+                        "reason": "what the check lease saw differs",
+                        "differences": ["GPU 0 model: claimed 'NVIDIA H200', seen 'NVIDIA L4'"],
+                    },
+                },
+            ]
+        )
         self.list_accounts = _Method(self._list_accounts)
 
     def _login(self, username, password, client=None):
         if username not in self.accounts or password != "password123":
             raise errors.Unauthenticated("wrong username or password")
         account_id, role = self.accounts[username]
-        return {"access_token": self.issuer.issue(auth.Principal(account_id, username, role)),
-                "token_type": "bearer", "expires_in": 1800}
+        return {
+            "access_token": self.issuer.issue(auth.Principal(account_id, username, role)),
+            "token_type": "bearer",
+            "expires_in": 1800,
+        }
 
     def _list_accounts(self, principal):
         if principal.role is not domain.Role.ADMIN:
@@ -90,22 +162,39 @@ class FakeClusters:
         self.get_cluster = _Method(lambda p, cid: self._get(cid))
         self.delete_cluster = _Method(self._delete)
         self.extend_cluster = _Method(lambda p, cid, d: self._get(cid))
-        self.cluster_events = _Method(lambda p, cid, after: [
-            {"id": 1, "ts": NOW - 59, "kind": "reserved", "message": "head and 1 worker reserved"},
-            {"id": 2, "ts": NOW - 40, "kind": "running", "message": "every worker joined"}])
-        self.connection = _Method(lambda p, cid: {
-            "dashboard_url": "http://127.0.0.1:8265", "job_submission_url": "http://127.0.0.1:8265",
-            "ray_client_address": "ray://127.0.0.1:10001", "gcs_address": "127.0.0.1:6379",
-            "ray_auth_token": "tok-secret",
-            "dashboard_proxy_url": f"{BASE}/v1/clusters/{cid}/dashboard/",
-            "metrics_proxy_url": f"{BASE}/v1/clusters/{cid}/metrics",
-            "env": {"RAY_ADDRESS": "http://127.0.0.1:8265", "RAY_AUTH_TOKEN": "tok-secret"},
-            "ray_job_submit": "RAY_ADDRESS=http://127.0.0.1:8265 ray job submit --working-dir . -- python train.py"})
-        self.usage = _Method(lambda p, start, end: {
-            "role": "provider" if p.role is domain.Role.PROVIDER else p.role.value, "start": start, "end": end,
-            "total": {"node_seconds": 3600.0, "gpu_seconds": 0.0, "cpu_seconds": 3600.0,
-                      ("earnings" if p.role is domain.Role.PROVIDER else "cost"): 0.25},
-            "items": []})
+        self.cluster_events = _Method(
+            lambda p, cid, after: [
+                {"id": 1, "ts": NOW - 59, "kind": "reserved", "message": "head and 1 worker reserved"},
+                {"id": 2, "ts": NOW - 40, "kind": "running", "message": "every worker joined"},
+            ]
+        )
+        self.connection = _Method(
+            lambda p, cid: {
+                "dashboard_url": "http://127.0.0.1:8265",
+                "job_submission_url": "http://127.0.0.1:8265",
+                "ray_client_address": "ray://127.0.0.1:10001",
+                "gcs_address": "127.0.0.1:6379",
+                "ray_auth_token": "tok-secret",
+                "dashboard_proxy_url": f"{BASE}/v1/clusters/{cid}/dashboard/",
+                "metrics_proxy_url": f"{BASE}/v1/clusters/{cid}/metrics",
+                "env": {"RAY_ADDRESS": "http://127.0.0.1:8265", "RAY_AUTH_TOKEN": "tok-secret"},
+                "ray_job_submit": "RAY_ADDRESS=http://127.0.0.1:8265 ray job submit --working-dir . -- python train.py",
+            }
+        )
+        self.usage = _Method(
+            lambda p, start, end: {
+                "role": "provider" if p.role is domain.Role.PROVIDER else p.role.value,
+                "start": start,
+                "end": end,
+                "total": {
+                    "node_seconds": 3600.0,
+                    "gpu_seconds": 0.0,
+                    "cpu_seconds": 3600.0,
+                    ("earnings" if p.role is domain.Role.PROVIDER else "cost"): 0.25,
+                },
+                "items": [],
+            }
+        )
         self.overrides = {1: {"max_clusters": None, "max_gpus": 4, "max_cpus": None, "max_gpu_hours": None}}
         self.get_quota = _Method(lambda p, account_id: self._quota(account_id))
         self.set_quota = _Method(self._set_quota)
@@ -114,8 +203,13 @@ class FakeClusters:
         limits = {"max_clusters": 5, "max_gpus": 16, "max_cpus": 64, "max_gpu_hours": 720.0, "period_s": 2_592_000}
         overrides = self.overrides.setdefault(account_id, dict.fromkeys(limits.keys() - {"period_s"}))
         limits.update({k: v for k, v in overrides.items() if v is not None})
-        return {"account_id": account_id, "username": "alice", "limits": limits, "overrides": overrides,
-                "used": {"clusters": 1, "gpus": 2, "cpus": 3, "gpu_hours": 1.5}}
+        return {
+            "account_id": account_id,
+            "username": "alice",
+            "limits": limits,
+            "overrides": overrides,
+            "used": {"clusters": 1, "gpus": 2, "cpus": 3, "gpu_hours": 1.5},
+        }
 
     def _set_quota(self, principal, account_id, overrides):
         if principal.role is not domain.Role.ADMIN:
@@ -169,8 +263,12 @@ def test_a_stranger_is_sent_to_the_sign_in_form(client):
 
 
 def test_sign_in_sets_an_httponly_strict_cookie_and_a_wrong_password_shows_why(client):
-    r = client.post("/login", data={"username": "alice", "password": "password123"},
-                    headers={"X-Forwarded-Proto": "https"}, follow_redirects=False)
+    r = client.post(
+        "/login",
+        data={"username": "alice", "password": "password123"},
+        headers={"X-Forwarded-Proto": "https"},
+        follow_redirects=False,
+    )
     assert "Secure" in r.headers["set-cookie"]  # the browser's side of a TLS proxy
     client.cookies.clear()
     r = client.post("/login", data={"username": "alice", "password": "nope-nope"})
@@ -228,8 +326,9 @@ def test_actions_need_the_csrf_token_and_the_same_origin(client, fakes):
     assert r.status_code == 403
     r = client.post("/console/clusters", data=form, headers={"X-CSRF-Token": token, "Origin": "null"})
     assert r.status_code == 403  # a sandboxed or file:// page
-    r = client.post("/console/clusters", data=form,
-                    headers={"X-CSRF-Token": token, "Referer": "http://testserver.evil.example/x"})
+    r = client.post(
+        "/console/clusters", data=form, headers={"X-CSRF-Token": token, "Referer": "http://testserver.evil.example/x"}
+    )
     assert r.status_code == 403
     assert fakes[1].create_cluster.calls == []
     r = client.post("/console/clusters", data=form, headers={"X-CSRF-Token": token, "Origin": BASE})
@@ -243,27 +342,44 @@ def test_the_create_form_sends_price_ceilings_and_min_reliability_and_empty_mean
     for field in ("max_price_per_gpu_hour", "max_price_per_cpu_hour", "min_reliability"):
         assert f'name="{field}"' in page
     headers = {"X-CSRF-Token": csrf_of(page), "HX-Request": "true"}
-    form = {"num_workers": "1", "duration_s": "1800", "max_price_per_gpu_hour": "1.5",
-            "max_price_per_cpu_hour": "0.02", "min_reliability": "0.95"}
+    form = {
+        "num_workers": "1",
+        "duration_s": "1800",
+        "max_price_per_gpu_hour": "1.5",
+        "max_price_per_cpu_hour": "0.02",
+        "min_reliability": "0.95",
+    }
     assert client.post("/console/clusters", data=form, headers=headers).status_code == 204
     spec = fakes[1].create_cluster.calls[-1][1]
-    assert (spec["max_price_per_gpu_hour"], spec["max_price_per_cpu_hour"], spec["min_reliability"]) == (1.5, 0.02,
-                                                                                                          0.95)
+    assert (spec["max_price_per_gpu_hour"], spec["max_price_per_cpu_hour"], spec["min_reliability"]) == (
+        1.5,
+        0.02,
+        0.95,
+    )
     empty = {**form, "max_price_per_gpu_hour": "", "max_price_per_cpu_hour": " ", "min_reliability": ""}
     assert client.post("/console/clusters", data=empty, headers=headers).status_code == 204
     spec = fakes[1].create_cluster.calls[-1][1]
     assert spec["max_price_per_gpu_hour"] is spec["max_price_per_cpu_hour"] is spec["min_reliability"] is None
     calls = len(fakes[1].create_cluster.calls)
-    for field, bad in (("min_reliability", "1.5"), ("min_reliability", "nan"), ("max_price_per_gpu_hour", "-1"),
-                       ("max_price_per_cpu_hour", "cheap"), ("max_price_per_gpu_hour", "inf")):
+    for field, bad in (
+        ("min_reliability", "1.5"),
+        ("min_reliability", "nan"),
+        ("max_price_per_gpu_hour", "-1"),
+        ("max_price_per_cpu_hour", "cheap"),
+        ("max_price_per_gpu_hour", "inf"),
+    ):
         r = client.post("/console/clusters", data={**form, field: bad}, headers=headers)
         assert r.status_code == 422 and field in r.text, (field, bad, r.status_code, r.text)
     assert len(fakes[1].create_cluster.calls) == calls  # nothing bad reached the control plane
 
 
 def test_a_sign_in_from_another_origin_is_refused(client):
-    r = client.post("/login", data={"username": "alice", "password": "password123"},
-                    headers={"Origin": "http://evil.example"}, follow_redirects=False)
+    r = client.post(
+        "/login",
+        data={"username": "alice", "password": "password123"},
+        headers={"Origin": "http://evil.example"},
+        follow_redirects=False,
+    )
     assert r.status_code == 403 and sess.COOKIE_NAME not in r.headers.get("set-cookie", "")
 
 
@@ -302,8 +418,11 @@ def test_provider_and_admin_views(client, fakes):
     # A buyer's quota: what it uses, its limits, editable; only buyers have one.
     assert accounts.count("quota-form") == 1 and 'name="max_gpus" size="5" inputmode="decimal" value="4"' in accounts
     token = csrf_of(client.get("/").text)
-    r = client.post("/console/accounts/1/quota", data={"max_clusters": "2", "max_gpus": "", "max_cpus": "",
-                                                      "max_gpu_hours": "10.5"}, headers={"X-CSRF-Token": token})
+    r = client.post(
+        "/console/accounts/1/quota",
+        data={"max_clusters": "2", "max_gpus": "", "max_cpus": "", "max_gpu_hours": "10.5"},
+        headers={"X-CSRF-Token": token},
+    )
     assert r.status_code == 200 and 'value="2"' in r.text and 'value="10.5"' in r.text
     _, clusters = fakes
     assert clusters.overrides[1] == {"max_clusters": 2, "max_gpus": None, "max_cpus": None, "max_gpu_hours": 10.5}

@@ -23,6 +23,7 @@ class FakeRegistryHandle:
     def remote(self):
         async def answer():
             return SECRET
+
         return answer()
 
 
@@ -124,6 +125,7 @@ def test_bodies_over_the_limit_are_413_with_or_without_content_length():
         for _ in range(20):
             yield b"a" * 65536
         yield b'"}'
+
     got = client.post("/echo", content=chunks(), headers={"Content-Type": "application/json"})
     # Refused either way; without Content-Length FastAPI's body parser turns the cap into a 400 when it
     # reads the body itself (a route taking a model); the 413 is kept where the app has not answered yet.

@@ -71,6 +71,7 @@ class _Method:
     def remote(self, *args):
         async def call():
             return self._fn(*args)
+
         return call()
 
 
@@ -114,8 +115,10 @@ def client_for(servers, **proxy_options) -> TestClient:
 
 def test_the_owner_reads_its_heads_dashboard_with_the_clusters_token_never_its_own(servers):
     client = client_for(servers)
-    resp = client.get(f"/v1/clusters/{CLUSTER}/dashboard/api/v0/nodes?limit=5&detail=false",
-                      headers={**ALICE, "Cookie": "dcluster_session=abc", "Accept": "application/json"})
+    resp = client.get(
+        f"/v1/clusters/{CLUSTER}/dashboard/api/v0/nodes?limit=5&detail=false",
+        headers={**ALICE, "Cookie": "dcluster_session=abc", "Accept": "application/json"},
+    )
     assert resp.status_code == 200 and resp.text == "head saw /api/v0/nodes?limit=5&detail=false"
     asked = servers["head"].seen[-1]["headers"]
     assert asked["authorization"] == f"Bearer {CLUSTER_TOKEN}" and "cookie" not in asked
@@ -143,16 +146,28 @@ def test_path_tricks_never_reach_another_host_port_or_a_path_above_the_dashboard
     client = client_for(servers)
     canary = f"127.0.0.1:{servers['canary'].server_address[1]}"
     base = f"/v1/clusters/{CLUSTER}/dashboard"
-    refused = [f"{base}/%2e%2e/%2e%2e/etc/passwd", f"{base}/..%2f..%2fetc", f"{base}/a/%2E%2E/b",
-               f"{base}/%2F%2F{canary}/x", f"{base}//{canary}/x", f"{base}/http:%2F%2F{canary}/",
-               f"{base}/%252e%252e/x", f"{base}/a%5C..%5Cb", f"{base}/%2E", f"{base}/a%00b"]
+    refused = [
+        f"{base}/%2e%2e/%2e%2e/etc/passwd",
+        f"{base}/..%2f..%2fetc",
+        f"{base}/a/%2E%2E/b",
+        f"{base}/%2F%2F{canary}/x",
+        f"{base}//{canary}/x",
+        f"{base}/http:%2F%2F{canary}/",
+        f"{base}/%252e%252e/x",
+        f"{base}/a%5C..%5Cb",
+        f"{base}/%2E",
+        f"{base}/a%00b",
+    ]
     for path in refused:
         resp = client.get(path, headers=ALICE)
         assert resp.status_code in (400, 422), (path, resp.status_code, resp.text)
         assert "detail" in resp.json()
     # Text that merely looks like an address is a path (or query) on the head, nothing more.
-    for path, seen in ((f"{base}/http:{canary}/x", f"/http:{canary}/x"), (f"{base}/@{canary}", f"/@{canary}"),
-                       (f"{base}/x?url=http://{canary}/", f"/x?url=http://{canary}/")):
+    for path, seen in (
+        (f"{base}/http:{canary}/x", f"/http:{canary}/x"),
+        (f"{base}/@{canary}", f"/@{canary}"),
+        (f"{base}/x?url=http://{canary}/", f"/x?url=http://{canary}/"),
+    ):
         resp = client.get(path, headers={**ALICE, "Host": canary, "X-Forwarded-Host": canary})
         assert resp.status_code == 200 and resp.text == f"head saw {seen}", path
     assert servers["canary"].seen == []
@@ -188,6 +203,7 @@ def test_a_head_that_does_not_answer_is_502_naming_it(servers):
 
 def _closed_port() -> int:
     import socket
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

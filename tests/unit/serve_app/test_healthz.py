@@ -20,6 +20,7 @@ class _Method:
             if self._answer == "hang":
                 await asyncio.sleep(3600)
             return self._answer
+
         return call()
 
 
@@ -39,8 +40,10 @@ def test_ready_platform_answers_200():
 
 
 def test_a_starting_actor_gives_503_that_names_it_and_its_last_error():
-    r = client({"actor": "ProviderRegistry", "ready": False, "attempts": 3, "last_error": "OperationalError: locked"},
-               {"actor": "ClusterManager", "ready": True}).get("/healthz")
+    r = client(
+        {"actor": "ProviderRegistry", "ready": False, "attempts": 3, "last_error": "OperationalError: locked"},
+        {"actor": "ClusterManager", "ready": True},
+    ).get("/healthz")
     assert r.status_code == 503
     assert r.headers["Retry-After"] == "2"
     detail = r.json()["detail"]

@@ -19,10 +19,25 @@ from serve_app import app as app_mod
 from serve_app import api_metrics, hot_routes
 from tests.unit.serve_app.test_api_inputs import LocalHandle, token_of, token_of_new
 
-CLUSTER = {"id": "c-0123456789ab", "name": "x", "status": "running", "reason": None, "num_workers": 0,
-           "gpus_per_worker": 0, "gpu_model": None, "cpus_per_worker": 1, "duration_s": 600, "backend": "ray",
-           "created_at": 1.0, "expires_at": 2e9, "running_at": 1.5, "ended_at": None, "workers_joined": 0,
-           "head_node_ip": "10.0.0.1", "nodes": []}
+CLUSTER = {
+    "id": "c-0123456789ab",
+    "name": "x",
+    "status": "running",
+    "reason": None,
+    "num_workers": 0,
+    "gpus_per_worker": 0,
+    "gpu_model": None,
+    "cpus_per_worker": 1,
+    "duration_s": 600,
+    "backend": "ray",
+    "created_at": 1.0,
+    "expires_at": 2e9,
+    "running_at": 1.5,
+    "ended_at": None,
+    "workers_joined": 0,
+    "head_node_ip": "10.0.0.1",
+    "nodes": [],
+}
 DOWN = "c-00000000dead"  # the read of this cluster finds the ClusterManager restarting
 BROKEN = "c-00000000beef"  # this cluster's answer does not fit the response model
 
@@ -36,9 +51,14 @@ class Clusters:
     async def get_clusters(self, reads):
         if any(cid == DOWN for _, cid in reads):
             raise ray.exceptions.ActorUnavailableError("restarting", None)
-        return [{**CLUSTER, "id": cid, "status": 7} if cid == BROKEN else
-                {**CLUSTER, "id": cid} if p.account_id == self.owner or p.role is domain.Role.ADMIN else
-                errors.NotFound(f"no cluster {cid}") for p, cid in reads]
+        return [
+            {**CLUSTER, "id": cid, "status": 7}
+            if cid == BROKEN
+            else {**CLUSTER, "id": cid}
+            if p.account_id == self.owner or p.role is domain.Role.ADMIN
+            else errors.NotFound(f"no cluster {cid}")
+            for p, cid in reads
+        ]
 
 
 class Counting:
@@ -79,21 +99,35 @@ def both_ways(api, method, path, *, expect_hot: bool, **kwargs):
     assert (api.passed_on.calls == before) is expect_hot, (method, path, hot.status_code, hot.text)
     plain = api.request(method, path + "?via=fastapi", **kwargs)
     assert api.passed_on.calls > before
-    assert (hot.status_code, hot.headers.items(), hot.content) == (plain.status_code, plain.headers.items(),
-                                                                    plain.content)
+    assert (hot.status_code, hot.headers.items(), hot.content) == (
+        plain.status_code,
+        plain.headers.items(),
+        plain.content,
+    )
     return hot
 
 
 def enroll(api, provider) -> tuple[str, str]:
     spec = {"hostname": "h", "os": "Linux", "arch": "x86_64", "cpus": 4, "memory_mb": 8000, "gpus": []}
-    r = api.post("/v1/machines", headers=provider, json={"machine_key": "mk-hot-routes", "name": "hot", "spec": spec,
-                                                          "price_per_gpu_hour": 1.0, "price_per_cpu_hour": 0.05})
+    r = api.post(
+        "/v1/machines",
+        headers=provider,
+        json={
+            "machine_key": "mk-hot-routes",
+            "name": "hot",
+            "spec": spec,
+            "price_per_gpu_hour": 1.0,
+            "price_per_cpu_hour": 0.05,
+        },
+    )
     assert r.status_code == 201, r.text
     return r.json()["id"], r.json()["agent_key"]
 
 
-BEAT = {"usage": {"cpu_percent": 12.5, "memory_used_mb": 2048, "gpu_utilization": [], "active_leases": 0},
-        "leases": ["l-0123456789ab"]}
+BEAT = {
+    "usage": {"cpu_percent": 12.5, "memory_used_mb": 2048, "gpu_utilization": [], "active_leases": 0},
+    "leases": ["l-0123456789ab"],
+}
 
 
 def test_heartbeats_answer_as_fastapi_does_and_only_the_ordinary_one_skips_it(api):
@@ -145,15 +179,20 @@ def test_a_revoked_agent_key_is_refused_on_its_next_heartbeat(api):
 
 def test_cluster_reads_answer_as_fastapi_does_and_only_the_ordinary_one_skips_it(api):
     buyer_name = "hotbuyer"
-    assert api.post("/v1/accounts", json={"username": buyer_name, "password": "password123",
-                                          "role": "buyer"}).status_code == 201
+    assert (
+        api.post("/v1/accounts", json={"username": buyer_name, "password": "password123", "role": "buyer"}).status_code
+        == 201
+    )
     buyer = token_of(api, buyer_name)
     api.clusters.owner = api.get("/v1/accounts/me", headers=buyer).json()["id"]
     path = f"/v1/clusters/{CLUSTER['id']}"
     assert api.get(path, headers=buyer).status_code == 200  # the replica fetched the signing secret
     r = both_ways(api, "GET", path, expect_hot=True, headers=buyer)
-    assert r.status_code == 200 and r.json() == {**CLUSTER, "max_price_per_gpu_hour": None,
-                                                 "max_price_per_cpu_hour": None}
+    assert r.status_code == 200 and r.json() == {
+        **CLUSTER,
+        "max_price_per_gpu_hour": None,
+        "max_price_per_cpu_hour": None,
+    }
     admin = {"Authorization": "Bearer " + api.app.state.tokens.issue(auth.Principal(1, "root", domain.Role.ADMIN))}
     assert both_ways(api, "GET", path, expect_hot=True, headers=admin).status_code == 200
     assert both_ways(api, "GET", path, expect_hot=True, headers=token_of_new(api, "buyer")).status_code == 404
@@ -161,14 +200,17 @@ def test_cluster_reads_answer_as_fastapi_does_and_only_the_ordinary_one_skips_it
     assert both_ways(api, "GET", f"/v1/clusters/{BROKEN}", expect_hot=True, headers=buyer).status_code == 500
     issuer = auth.TokenIssuer(api.app.state.tokens._secret, ttl_s=60, clock=lambda: 1000.0)
     expired = issuer.issue(auth.Principal(api.clusters.owner, buyer_name, domain.Role.BUYER))
-    scoped = api.app.state.tokens.issue(auth.Principal(api.clusters.owner, buyer_name, domain.Role.BUYER,
-                                                       cluster_id=CLUSTER["id"]))
+    scoped = api.app.state.tokens.issue(
+        auth.Principal(api.clusters.owner, buyer_name, domain.Role.BUYER, cluster_id=CLUSTER["id"])
+    )
     refused = {
         "a provider": token_of_new(api, "provider"),
         "no credential": {},
         "expired": {"Authorization": f"Bearer {expired}"},
-        "forged": {"Authorization": "Bearer " + auth.TokenIssuer("x" * 48).issue(
-            auth.Principal(api.clusters.owner, buyer_name, domain.Role.ADMIN))},
+        "forged": {
+            "Authorization": "Bearer "
+            + auth.TokenIssuer("x" * 48).issue(auth.Principal(api.clusters.owner, buyer_name, domain.Role.ADMIN))
+        },
         "cluster-scoped": {"Authorization": f"Bearer {scoped}"},
         "an agent key": {"Authorization": "Bearer dcm.m-0123456789ab." + "A" * 43},
     }
@@ -182,14 +224,19 @@ def test_the_body_cap_still_holds_before_the_hot_lane(api):
     provider = token_of_new(api, "provider")
     machine_id, key = enroll(api, provider)
     body = json.dumps({**BEAT, "leases": ["l-0123456789ab"] * 70_000}).encode()
-    r = api.post(f"/v1/machines/{machine_id}/heartbeat", content=body,
-                 headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+    r = api.post(
+        f"/v1/machines/{machine_id}/heartbeat",
+        content=body,
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+    )
     assert r.status_code == 413
 
 
 def test_an_answer_shared_by_coalesced_reads_is_serialized_once(monkeypatch):
     made = []
-    monkeypatch.setattr(hot_routes, "_serialize", lambda route, answer: made.append(answer) or json.dumps(answer).encode())
+    monkeypatch.setattr(
+        hot_routes, "_serialize", lambda route, answer: made.append(answer) or json.dumps(answer).encode()
+    )
     last = hot_routes._LastSerialized(size=2)
     route = hot_routes._GET_CLUSTER
     shared, other = dict(CLUSTER), dict(CLUSTER)

@@ -19,6 +19,7 @@ def _app() -> FastAPI:
     @app.get("/peer")
     async def peer(request: Request):
         return {"host": request.client.host}
+
     return app
 
 
@@ -40,6 +41,7 @@ def test_a_new_listener_takes_the_port_while_the_old_ones_clients_still_hold_con
             finally:
                 await second.stop()
         return answer
+
     assert asyncio.run(go()) == {"pong": True}
 
 
@@ -51,6 +53,7 @@ def test_a_port_held_by_another_program_is_refused_loudly():
 
         async def go():
             await listener.Listener(_app(), "127.0.0.1", port).start()
+
         with pytest.raises(OSError):
             asyncio.run(go())
 
@@ -68,4 +71,5 @@ def test_a_client_cannot_name_its_own_address_with_forwarded_headers():
                 return (await client.get("/peer", headers=forged)).json()
         finally:
             await server.stop()
+
     assert asyncio.run(go()) == {"host": "127.0.0.1"}

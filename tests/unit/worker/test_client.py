@@ -13,8 +13,9 @@ from dcl_core import api as api_models
 from dcl_core import domain
 from worker import client as api
 
-SPEC = domain.MachineSpec(hostname="gpu-box", cpus=16, memory_mb=64000,
-                          gpus=[domain.GpuInfo(index=0, model="RTX 4090", memory_mb=24564)])
+SPEC = domain.MachineSpec(
+    hostname="gpu-box", cpus=16, memory_mb=64000, gpus=[domain.GpuInfo(index=0, model="RTX 4090", memory_mb=24564)]
+)
 PASSWORD = "s3cret-pass"
 
 
@@ -74,9 +75,11 @@ def test_healthz(platform, client):
 
 
 def test_login_sends_a_form_and_then_the_bearer_token(platform, client):
-    platform.route("GET", "/v1/accounts/me",
-                   lambda r: httpx.Response(200, json={"id": 1, "username": "prov1", "role": "provider",
-                                                       "created_at": 1.0}))
+    platform.route(
+        "GET",
+        "/v1/accounts/me",
+        lambda r: httpx.Response(200, json={"id": 1, "username": "prov1", "role": "provider", "created_at": 1.0}),
+    )
     assert client.login("prov1", PASSWORD) == "tok-1"
     token_req = platform.requests[0]
     assert token_req.headers["content-type"] == "application/x-www-form-urlencoded"
@@ -89,8 +92,9 @@ def test_create_account(platform, client):
     def create(r):
         body = _json(r)
         api_models.AccountCreate.model_validate(body)
-        return httpx.Response(201, json={"id": 7, "username": body["username"], "role": body["role"],
-                                         "created_at": 1.0})
+        return httpx.Response(
+            201, json={"id": 7, "username": body["username"], "role": body["role"], "created_at": 1.0}
+        )
 
     platform.route("POST", "/v1/accounts", create)
     assert client.create_account("prov1", PASSWORD, role=domain.Role.PROVIDER)["role"] == "provider"
@@ -115,8 +119,11 @@ def test_register_machine_body_is_a_machine_register(platform, client):
 
 
 def test_heartbeat(platform, client):
-    platform.route("POST", "/v1/machines/m-1/heartbeat",
-                   lambda r: httpx.Response(200, json={"status": "online", "heartbeat_interval_s": 5.0}))
+    platform.route(
+        "POST",
+        "/v1/machines/m-1/heartbeat",
+        lambda r: httpx.Response(200, json={"status": "online", "heartbeat_interval_s": 5.0}),
+    )
     usage = domain.MachineUsage(cpu_percent=12.5, memory_used_mb=100, gpu_utilization=[50.0], active_leases=1)
     assert client.heartbeat("m-1", usage) == {"status": "online", "heartbeat_interval_s": 5.0}
     assert api_models.Heartbeat.model_validate(_json(platform.requests[-1])).usage == usage
@@ -152,8 +159,9 @@ def test_api_error_detail_str_list_and_text(platform, client):
     platform.route("GET", "/a", lambda r: httpx.Response(404, json={"detail": "no such machine"}))
     platform.route("GET", "/b", lambda r: httpx.Response(422, json={"detail": [{"loc": ["body"], "msg": "bad"}]}))
     platform.route("GET", "/c", lambda r: httpx.Response(502, text="Bad Gateway"))
-    platform.route("GET", "/d", lambda r: httpx.Response(429, json={"detail": "slow down"},
-                                                         headers={"Retry-After": "7"}))
+    platform.route(
+        "GET", "/d", lambda r: httpx.Response(429, json={"detail": "slow down"}, headers={"Retry-After": "7"})
+    )
     with pytest.raises(api.ApiError) as e:
         client.request("GET", "/a")
     assert (e.value.status_code, e.value.detail, e.value.is_transient) == (404, "no such machine", False)
@@ -169,9 +177,15 @@ def test_api_error_detail_str_list_and_text(platform, client):
 
 
 def test_expired_token_triggers_exactly_one_relogin(platform, client):
-    platform.route("GET", "/v1/accounts/me",
-                   lambda r: httpx.Response(200, json={"ok": True}) if platform.authed(r)
-                   else httpx.Response(401, json={"detail": "token expired"}))
+    platform.route(
+        "GET",
+        "/v1/accounts/me",
+        lambda r: (
+            httpx.Response(200, json={"ok": True})
+            if platform.authed(r)
+            else httpx.Response(401, json={"detail": "token expired"})
+        ),
+    )
     client.login("prov1", PASSWORD)
     platform.valid_tokens.clear()  # the token expires
     assert client.me() == {"ok": True}
@@ -204,8 +218,14 @@ def test_wrong_password_raises_401(platform, client):
     assert "wrong-password" not in str(e.value)
 
 
-@pytest.mark.parametrize("exc", [httpx.ConnectError("connection refused"), httpx.ReadTimeout("timed out"),
-                                 httpx.RemoteProtocolError("server disconnected")])
+@pytest.mark.parametrize(
+    "exc",
+    [
+        httpx.ConnectError("connection refused"),
+        httpx.ReadTimeout("timed out"),
+        httpx.RemoteProtocolError("server disconnected"),
+    ],
+)
 def test_transport_errors_map_to_unreachable(exc):
     def handler(request):
         raise exc

@@ -44,8 +44,7 @@ def reaper():
 @pytest.fixture
 def tagged_tree(tmp_path, reaper):
     tag = _tag()
-    root = procs.spawn(["bash", "-c", TREE_SCRIPT], env=dict(os.environ),
-                       log_path=tmp_path / "tree.log", owner_tag=tag)
+    root = procs.spawn(["bash", "-c", TREE_SCRIPT], env=dict(os.environ), log_path=tmp_path / "tree.log", owner_tag=tag)
     reaper.append(root)
     # bash, the setsid'd sleep and the direct sleep.
     _wait_for(lambda: len(procs.owned_processes(tag)) >= 3)
@@ -59,9 +58,15 @@ def test_spawn_sets_tag_session_and_log(tmp_path, reaper):
     log.parent.mkdir()
     log.write_text("before\n")
     proc = procs.spawn(
-        [sys.executable, "-c", "import os,sys; print(os.environ['DCLUSTER_OWNER'], flush=True); "
-                               "print('err', file=sys.stderr, flush=True); print(os.getsid(0) == os.getpid())"],
-        env={"PATH": os.environ["PATH"]}, log_path=log, owner_tag=tag,
+        [
+            sys.executable,
+            "-c",
+            "import os,sys; print(os.environ['DCLUSTER_OWNER'], flush=True); "
+            "print('err', file=sys.stderr, flush=True); print(os.getsid(0) == os.getpid())",
+        ],
+        env={"PATH": os.environ["PATH"]},
+        log_path=log,
+        owner_tag=tag,
     )
     reaper.append(proc)
     assert proc.wait(10) == 0
@@ -83,8 +88,7 @@ def test_stop_owned_leaves_nothing_and_spares_untagged(tagged_tree, reaper):
     tag, root = tagged_tree
     bystander = subprocess.Popen(["sleep", "60"], start_new_session=True)
     reaper.append(bystander)
-    other_tag = procs.spawn(["sleep", "60"], env=dict(os.environ), log_path=os.devnull,
-                            owner_tag=tag + "-other")
+    other_tag = procs.spawn(["sleep", "60"], env=dict(os.environ), log_path=os.devnull, owner_tag=tag + "-other")
     reaper.append(other_tag)
 
     summary = procs.stop_owned(tag, grace_s=2, settle_s=5)
@@ -119,7 +123,9 @@ def test_terminate_kills_what_ignores_sigterm(tmp_path, reaper):
     ready = tmp_path / "ready"
     stubborn = procs.spawn(
         ["bash", "-c", f"trap '' TERM; touch {ready}; while true; do sleep 0.1; done"],
-        env=dict(os.environ), log_path=tmp_path / "stubborn.log", owner_tag=tag,
+        env=dict(os.environ),
+        log_path=tmp_path / "stubborn.log",
+        owner_tag=tag,
     )
     reaper.append(stubborn)
     _wait_for(ready.exists)
@@ -153,6 +159,7 @@ def test_pid_alive_checks_create_time(reaper):
 
 
 # --- ports ------------------------------------------------------------------------------
+
 
 def _bindable(port: int) -> bool:
     with socket.socket() as sock:

@@ -161,8 +161,15 @@ class SupervisedSandbox(Sandbox):
     so it must not be the short-lived thread that handled the lease's open.
     """
 
-    def __init__(self, lease_id: str, argv: Sequence[str], *, env: Mapping[str, str], log_path: Path,
-                 pass_fds: Sequence[int] = ()):
+    def __init__(
+        self,
+        lease_id: str,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str],
+        log_path: Path,
+        pass_fds: Sequence[int] = (),
+    ):
         self.lease_id = lease_id
         self._argv = list(argv)
         self._env = dict(env)
@@ -200,9 +207,15 @@ class SupervisedSandbox(Sandbox):
         self._log_path.parent.mkdir(parents=True, exist_ok=True)
         try:
             with open(self._log_path, "ab", buffering=0) as log:
-                self.proc = subprocess.Popen(self._argv, env=self._env, stdin=subprocess.PIPE,
-                                             stdout=subprocess.PIPE, stderr=log, pass_fds=self._pass_fds,
-                                             start_new_session=True)
+                self.proc = subprocess.Popen(
+                    self._argv,
+                    env=self._env,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=log,
+                    pass_fds=self._pass_fds,
+                    start_new_session=True,
+                )
         except OSError as exc:
             self._start_error = exc
             self._started.set()
@@ -272,8 +285,10 @@ class SupervisedSandbox(Sandbox):
         if not pending.event.wait(timeout_s) or pending.reply is None:
             with self._lock:
                 self._pending.pop(request_id, None)
-            raise SandboxError(f"the sandbox of lease {self.lease_id} did not answer {body['op']} within "
-                               f"{timeout_s:g} s: {self.output_tail()}")
+            raise SandboxError(
+                f"the sandbox of lease {self.lease_id} did not answer {body['op']} within "
+                f"{timeout_s:g} s: {self.output_tail()}"
+            )
         if "error" in pending.reply:
             with self._lock:
                 self._processes.pop(request_id, None)
@@ -282,8 +297,11 @@ class SupervisedSandbox(Sandbox):
 
     def spawn(self, argv: Sequence[str], *, env: Mapping[str, str], cwd: Path, log_path: Path) -> Process:
         process = SupervisedProcess(self, -1, -1)
-        reply = self.request({"op": "spawn", "argv": list(argv), "env": dict(env), "cwd": str(cwd),
-                              "log": str(log_path)}, 30.0, process=process)
+        reply = self.request(
+            {"op": "spawn", "argv": list(argv), "env": dict(env), "cwd": str(cwd), "log": str(log_path)},
+            30.0,
+            process=process,
+        )
         process.pid = int(reply["pid"])
         return process
 
@@ -300,7 +318,12 @@ class SupervisedSandbox(Sandbox):
         signalled = 0
         if not self._gone.is_set():
             try:
-                stop = {"op": "stop", "grace_s": grace_s, "first": sorted(procs.STOP_FIRST), "last": sorted(procs.STOP_LAST)}
+                stop = {
+                    "op": "stop",
+                    "grace_s": grace_s,
+                    "first": sorted(procs.STOP_FIRST),
+                    "last": sorted(procs.STOP_LAST),
+                }
                 signalled = int(self.request(stop, grace_s + 15.0).get("signalled", 0))
             except SandboxError as exc:
                 logger.warning("%s; ending the sandbox from outside", exc)
@@ -317,8 +340,14 @@ class SupervisedSandbox(Sandbox):
             self._force_end()
             remaining = self._remaining()
         self._closed = True
-        return procs.StopSummary(owner_tag=self.lease_id, terminated=list(range(signalled)), killed=[],
-                                 remaining=remaining, rounds=1, elapsed_s=round(time.monotonic() - started, 2))
+        return procs.StopSummary(
+            owner_tag=self.lease_id,
+            terminated=list(range(signalled)),
+            killed=[],
+            remaining=remaining,
+            rounds=1,
+            elapsed_s=round(time.monotonic() - started, 2),
+        )
 
     def _force_end(self) -> None:
         """End the sandbox from outside (the supervisor did not): runtime-specific."""
@@ -348,8 +377,9 @@ class Unsandboxed(Sandbox):
         self.spec = spec
 
     def spawn(self, argv: Sequence[str], *, env: Mapping[str, str], cwd: Path, log_path: Path) -> Process:
-        return _GroupProcess(procs.spawn(list(argv), env=env, cwd=cwd, log_path=log_path,
-                                         owner_tag=self.spec.owner_tag))
+        return _GroupProcess(
+            procs.spawn(list(argv), env=env, cwd=cwd, log_path=log_path, owner_tag=self.spec.owner_tag)
+        )
 
     def put_file(self, path: Path, content: bytes) -> None:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)

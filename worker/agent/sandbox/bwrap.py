@@ -32,9 +32,24 @@ from worker.agent.sandbox import base, cgroups, gpu_devices
 logger = logging.getLogger(__name__)
 
 SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
-ETC_FILES = ("hosts", "resolv.conf", "nsswitch.conf", "host.conf", "gai.conf", "localtime", "ld.so.cache",
-             "ld.so.conf", "ld.so.conf.d", "ssl", "ca-certificates", "alternatives", "os-release", "protocols",
-             "services", "mime.types")
+ETC_FILES = (
+    "hosts",
+    "resolv.conf",
+    "nsswitch.conf",
+    "host.conf",
+    "gai.conf",
+    "localtime",
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "ssl",
+    "ca-certificates",
+    "alternatives",
+    "os-release",
+    "protocols",
+    "services",
+    "mime.types",
+)
 LEASE_UID_BASE = 1_200_000_000  # lease users: far above any real account; gid = uid
 LEASE_UID_SPAN = 1 << 24
 _ENTER_CGROUPS = 'for f in $DCL_CGROUP_PROCS; do echo $$ > "$f" || exit 111; done; exec "$@"'
@@ -65,14 +80,20 @@ def python_dirs() -> list[Path]:
     import worker
 
     package_root = Path(worker.__file__).resolve().parents[1]
-    candidates = [Path(sys.prefix), Path(sys.base_prefix), Path(sys.exec_prefix),
-                  Path(os.path.realpath(sys.executable)).parents[1], package_root]
+    candidates = [
+        Path(sys.prefix),
+        Path(sys.base_prefix),
+        Path(sys.exec_prefix),
+        Path(os.path.realpath(sys.executable)).parents[1],
+        package_root,
+    ]
     return _outermost(p for p in candidates if not _under_system(p))
 
 
 def _under_system(path: Path) -> bool:
-    return any(path == Path(d) or path.is_relative_to(d) for d in SYSTEM_DIRS if Path(d).is_dir()
-               and not Path(d).is_symlink())
+    return any(
+        path == Path(d) or path.is_relative_to(d) for d in SYSTEM_DIRS if Path(d).is_dir() and not Path(d).is_symlink()
+    )
 
 
 def _outermost(paths: Iterable[Path]) -> list[Path]:
@@ -112,9 +133,17 @@ class _Tree:
         self._dirs.add(dest)
 
 
-def bwrap_args(spec: base.SandboxSpec, *, runtime_dirs: Sequence[Path], devices: gpu_devices.GpuDevices,
-               hostname: str, as_root: bool, cgroup_dirs: Mapping[str, Path] | None = None,
-               etc_root: Path = Path("/etc"), root: Path = Path("/")) -> list[str]:
+def bwrap_args(
+    spec: base.SandboxSpec,
+    *,
+    runtime_dirs: Sequence[Path],
+    devices: gpu_devices.GpuDevices,
+    hostname: str,
+    as_root: bool,
+    cgroup_dirs: Mapping[str, Path] | None = None,
+    etc_root: Path = Path("/etc"),
+    root: Path = Path("/"),
+) -> list[str]:
     """The bwrap command line (without the command) for one lease: a pure function of its inputs."""
     tree = _Tree()
     for name in SYSTEM_DIRS:
@@ -153,24 +182,47 @@ def bwrap_args(spec: base.SandboxSpec, *, runtime_dirs: Sequence[Path], devices:
     if not as_root:
         namespaces.append("--unshare-user")  # an unprivileged agent: bwrap needs a user namespace
     home = next((str(p) for p in spec.writable if p.name == "home"), "/")
-    return ["bwrap", "--die-with-parent", "--new-session", *namespaces, "--hostname", hostname,
-            *tree.args, "--chdir", home]
+    return [
+        "bwrap",
+        "--die-with-parent",
+        "--new-session",
+        *namespaces,
+        "--hostname",
+        hostname,
+        *tree.args,
+        "--chdir",
+        home,
+    ]
 
 
 def drop_privileges(uid: int, gid: int) -> list[str]:
     """setpriv: become the lease's user with no capabilities at all, and no way to gain any."""
-    return ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--inh-caps=-all",
-            "--bounding-set=-all", "--no-new-privs", "--"]
+    return [
+        "setpriv",
+        f"--reuid={uid}",
+        f"--regid={gid}",
+        "--clear-groups",
+        "--inh-caps=-all",
+        "--bounding-set=-all",
+        "--no-new-privs",
+        "--",
+    ]
 
 
 class BwrapRuntime(base.Runtime):
     name = "bwrap"
 
-    def __init__(self, *, gpu_dev_root: Path = Path("/dev"), gpu_proc_root: Path = Path("/proc"),
-                 cgroup_root: Path = cgroups.ROOT):
+    def __init__(
+        self,
+        *,
+        gpu_dev_root: Path = Path("/dev"),
+        gpu_proc_root: Path = Path("/proc"),
+        cgroup_root: Path = cgroups.ROOT,
+    ):
         if not installed():
-            raise base.SandboxError("bwrap is not installed; install it (Debian: apt-get install bubblewrap) "
-                                    "or pick another --runtime")
+            raise base.SandboxError(
+                "bwrap is not installed; install it (Debian: apt-get install bubblewrap) or pick another --runtime"
+            )
         self.as_root = os.geteuid() == 0
         if self.as_root and shutil.which("setpriv") is None:
             raise base.SandboxError("setpriv is missing (Debian: util-linux); it drops each lease to its own user")
@@ -181,12 +233,16 @@ class BwrapRuntime(base.Runtime):
         self.runtime_dirs = python_dirs()
         self.hostname = socket.gethostname()
         if not self.as_root:
-            logger.warning("the agent is not root: leases run in bwrap as the agent's own user (only their "
-                           "filesystem view protects its files) and without cgroup limits")
+            logger.warning(
+                "the agent is not root: leases run in bwrap as the agent's own user (only their "
+                "filesystem view protects its files) and without cgroup limits"
+            )
         elif set(self.controllers) != set(cgroups.CONTROLLERS):
-            logger.warning("cgroup v1 controllers %s are not writable here: those limits are not applied; the "
-                           "pid namespace still ends every process of a lease",
-                           sorted(set(cgroups.CONTROLLERS) - set(self.controllers)))
+            logger.warning(
+                "cgroup v1 controllers %s are not writable here: those limits are not applied; the "
+                "pid namespace still ends every process of a lease",
+                sorted(set(cgroups.CONTROLLERS) - set(self.controllers)),
+            )
 
     def lease_user(self, lease_id: str, taken: set[int]) -> tuple[int, int] | None:
         if not self.as_root:
@@ -196,22 +252,38 @@ class BwrapRuntime(base.Runtime):
 
     def create(self, spec: base.SandboxSpec) -> base.Sandbox:
         if spec.image:
-            raise base.SandboxError(f"this machine runs leases with bwrap, which cannot run the image {spec.image}; "
-                                    "ask for machines with the docker runtime, or no image")
+            raise base.SandboxError(
+                f"this machine runs leases with bwrap, which cannot run the image {spec.image}; "
+                "ask for machines with the docker runtime, or no image"
+            )
         devices = gpu_devices.devices_for(spec.gpu_indices, dev_root=self.gpu_dev_root, proc_root=self.gpu_proc_root)
         cgroup = cgroups.LeaseCgroup(spec.lease_id, self.controllers, self.cgroup_root)
         cgroup.create(memory_mb=spec.limits.memory_mb, pids=spec.limits.pids, cpus=spec.limits.cpus)
-        argv = bwrap_args(spec, runtime_dirs=self.runtime_dirs, devices=devices, hostname=self.hostname,
-                          as_root=self.as_root, cgroup_dirs={c: cgroup.path(c) for c in ("memory", "cpu")
-                                                             if c in cgroup.controllers})
+        argv = bwrap_args(
+            spec,
+            runtime_dirs=self.runtime_dirs,
+            devices=devices,
+            hostname=self.hostname,
+            as_root=self.as_root,
+            cgroup_dirs={c: cgroup.path(c) for c in ("memory", "cpu") if c in cgroup.controllers},
+        )
         argv += ["--"]
         if spec.uid is not None:
             argv += drop_privileges(spec.uid, spec.gid if spec.gid is not None else spec.uid)
         argv += [sys.executable, "-I", "-S", str(base.SUPERVISOR)]
-        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", procs.OWNER_ENV: spec.owner_tag,
-               "DCL_CGROUP_PROCS": " ".join(str(p) for p in cgroup.procs_files)}
-        sandbox = BwrapSandbox(spec.lease_id, ["sh", "-c", _ENTER_CGROUPS, "sh", *argv], env=env,
-                               log_path=spec.log_path, cgroup=cgroup, cpus=spec.limits.cpus)
+        env = {
+            "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+            procs.OWNER_ENV: spec.owner_tag,
+            "DCL_CGROUP_PROCS": " ".join(str(p) for p in cgroup.procs_files),
+        }
+        sandbox = BwrapSandbox(
+            spec.lease_id,
+            ["sh", "-c", _ENTER_CGROUPS, "sh", *argv],
+            env=env,
+            log_path=spec.log_path,
+            cgroup=cgroup,
+            cpus=spec.limits.cpus,
+        )
         try:
             return sandbox.start()
         except BaseException:
@@ -230,8 +302,16 @@ class BwrapRuntime(base.Runtime):
 class BwrapSandbox(base.SupervisedSandbox):
     """A lease's bwrap sandbox: the supervisor protocol, plus its cgroup for limits and for what survives."""
 
-    def __init__(self, lease_id: str, argv: list[str], *, env: dict, log_path: Path, cgroup: cgroups.LeaseCgroup,
-                 cpus: float | None = None):
+    def __init__(
+        self,
+        lease_id: str,
+        argv: list[str],
+        *,
+        env: dict,
+        log_path: Path,
+        cgroup: cgroups.LeaseCgroup,
+        cpus: float | None = None,
+    ):
         super().__init__(lease_id, argv, env=env, log_path=log_path)
         self.cgroup = cgroup
         self.cpus = cpus

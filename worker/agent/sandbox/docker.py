@@ -53,8 +53,9 @@ def platform_image() -> str:
 
 
 def _docker(*args: str, timeout_s: float = 60.0, input: bytes | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(["docker", *args], input=input, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          timeout=timeout_s)
+    return subprocess.run(
+        ["docker", *args], input=input, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout_s
+    )
 
 
 def rootfs_tar() -> bytes:
@@ -79,31 +80,74 @@ def ensure_platform_image() -> str:
     image = platform_image() + "-" + hashlib.sha256(rootfs_tar()).hexdigest()[:8]
     if _docker("image", "inspect", image).returncode == 0:
         return image
-    result = _docker("import", "--message", "dcluster lease image: host runtime mounted read-only", "-", image,
-                     input=rootfs_tar(), timeout_s=120)
+    result = _docker(
+        "import",
+        "--message",
+        "dcluster lease image: host runtime mounted read-only",
+        "-",
+        image,
+        input=rootfs_tar(),
+        timeout_s=120,
+    )
     if result.returncode != 0:
         raise base.SandboxError(f"cannot build the platform image {image}: {result.stderr.decode().strip()}")
     logger.info("built the platform image %s", image)
     return image
 
 
-def docker_run_args(spec: base.SandboxSpec, *, image: str, host_dirs: Sequence[Path], hostname: str,
-                    supervisor: Path = base.SUPERVISOR, python: str = "python3",
-                    gpu_nodes: Sequence[Path] | None = None, cgroup_parent: str | None = None) -> list[str]:
+def docker_run_args(
+    spec: base.SandboxSpec,
+    *,
+    image: str,
+    host_dirs: Sequence[Path],
+    hostname: str,
+    supervisor: Path = base.SUPERVISOR,
+    python: str = "python3",
+    gpu_nodes: Sequence[Path] | None = None,
+    cgroup_parent: str | None = None,
+) -> list[str]:
     """gpu_nodes None: the NVIDIA Container Toolkit maps the leased GPUs (`--gpus`); else exactly these
     nodes are passed in (`--device`; regular files, the tests' fake GPUs, are bound read-only)."""
     """The `docker run` command line for one lease: a pure function of its inputs."""
-    args = ["docker", "run", "-i", "--rm", "--init", "--name", CONTAINER_PREFIX + spec.lease_id,
-            "--label", f"{LABEL}={spec.lease_id}", "--net=host", "--hostname", hostname,
-            "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--read-only",
-            "--tmpfs", "/tmp:rw,exec,mode=1777", "--tmpfs", "/var/tmp:rw,mode=1777",
-            "--log-driver", "none", "--env", f"{procs.OWNER_ENV}={spec.owner_tag}"]
+    args = [
+        "docker",
+        "run",
+        "-i",
+        "--rm",
+        "--init",
+        "--name",
+        CONTAINER_PREFIX + spec.lease_id,
+        "--label",
+        f"{LABEL}={spec.lease_id}",
+        "--net=host",
+        "--hostname",
+        hostname,
+        "--cap-drop",
+        "ALL",
+        "--security-opt",
+        "no-new-privileges",
+        "--read-only",
+        "--tmpfs",
+        "/tmp:rw,exec,mode=1777",
+        "--tmpfs",
+        "/var/tmp:rw,mode=1777",
+        "--log-driver",
+        "none",
+        "--env",
+        f"{procs.OWNER_ENV}={spec.owner_tag}",
+    ]
     if spec.uid is not None:
         args += ["--user", f"{spec.uid}:{spec.gid if spec.gid is not None else spec.uid}"]
     limits = spec.limits
     if limits.memory_mb:
-        args += ["--memory", f"{limits.memory_mb}m", "--memory-swap", f"{limits.memory_mb}m",
-                 "--shm-size", f"{max(64, limits.memory_mb // 3)}m"]
+        args += [
+            "--memory",
+            f"{limits.memory_mb}m",
+            "--memory-swap",
+            f"{limits.memory_mb}m",
+            "--shm-size",
+            f"{max(64, limits.memory_mb // 3)}m",
+        ]
     if limits.pids:
         args += ["--pids-limit", str(limits.pids)]
     if limits.cpus:  # weighed from the start; the quota (`docker update --cpus`) comes with DockerSandbox.cap_cpu
@@ -136,8 +180,9 @@ class DockerRuntime(base.Runtime):
 
     def __init__(self, *, image: str | None = None, gpu_dev_root: Path = Path("/dev")):
         if shutil.which("docker") is None:
-            raise base.SandboxError("docker is not installed; install it (Debian: apt-get install docker.io) or "
-                                    "pick --runtime bwrap")
+            raise base.SandboxError(
+                "docker is not installed; install it (Debian: apt-get install docker.io) or pick --runtime bwrap"
+            )
         from worker.agent import sandbox
 
         if not sandbox.docker_answers():
@@ -151,8 +196,10 @@ class DockerRuntime(base.Runtime):
         runtimes = _docker("info", "--format", "{{json .Runtimes}}").stdout.decode()
         self.nvidia_toolkit = "nvidia" in runtimes
         if not self.nvidia_toolkit:
-            logger.warning("docker has no nvidia runtime (NVIDIA Container Toolkit): leased GPUs are passed as "
-                           "their device nodes (--device) only")
+            logger.warning(
+                "docker has no nvidia runtime (NVIDIA Container Toolkit): leased GPUs are passed as "
+                "their device nodes (--device) only"
+            )
 
     def lease_user(self, lease_id: str, taken: set[int]) -> tuple[int, int] | None:
         uid = bwrap.lease_uid(lease_id, taken)
@@ -161,8 +208,7 @@ class DockerRuntime(base.Runtime):
     def host_dirs(self) -> list[Path]:
         if not self.host_runtime:
             return []
-        system = [Path(d) for d in bwrap.SYSTEM_DIRS if Path(d).is_dir() and not Path(d).is_symlink()
-                  and d != "/sbin"]
+        system = [Path(d) for d in bwrap.SYSTEM_DIRS if Path(d).is_dir() and not Path(d).is_symlink() and d != "/sbin"]
         etc = [Path("/etc") / name for name in bwrap.ETC_FILES if (Path("/etc") / name).exists()]
         return [*system, *etc, *bwrap.python_dirs()]
 
@@ -170,13 +216,23 @@ class DockerRuntime(base.Runtime):
         devices = gpu_devices.devices_for(spec.gpu_indices, dev_root=self.gpu_dev_root)  # fails without the nodes
         image, host_runtime = (spec.image, False) if spec.image else (self.image, self.host_runtime)
         python = sys.executable if host_runtime else "python3"
-        argv = docker_run_args(spec, image=image, host_dirs=self.host_dirs() if host_runtime else [],
-                               hostname=self.hostname, python=python,
-                               gpu_nodes=None if self.nvidia_toolkit else devices.nodes,
-                               cgroup_parent=self.cgroup_parent)
+        argv = docker_run_args(
+            spec,
+            image=image,
+            host_dirs=self.host_dirs() if host_runtime else [],
+            hostname=self.hostname,
+            python=python,
+            gpu_nodes=None if self.nvidia_toolkit else devices.nodes,
+            cgroup_parent=self.cgroup_parent,
+        )
         env = {k: v for k, v in os.environ.items() if k in ("PATH", "DOCKER_HOST", "DOCKER_CONFIG")}
-        sandbox = DockerSandbox(spec.lease_id, argv, env={**env, "HOME": str(spec.log_path.parent)},
-                                log_path=spec.log_path, cpus=spec.limits.cpus)
+        sandbox = DockerSandbox(
+            spec.lease_id,
+            argv,
+            env={**env, "HOME": str(spec.log_path.parent)},
+            log_path=spec.log_path,
+            cpus=spec.limits.cpus,
+        )
         sandbox.start(timeout_s=120)
         try:
             check_versions(sandbox, spec, python)
@@ -198,20 +254,27 @@ def check_versions(sandbox: base.SupervisedSandbox, spec: base.SandboxSpec, pyth
     # The image is the buyer's: its python may swap the log for a link. Read the file the agent made, never the name.
     fd = lease_fs.create_log(logs.parent, logs.name, _VERSIONS_LOG, spec.uid, spec.gid)
     try:
-        process = sandbox.spawn([python, "-c", _VERSION_PROBE], env={"PATH": "/usr/local/bin:/usr/bin:/bin",
-                                                                       "HOME": "/tmp"}, cwd=Path("/"),
-                                log_path=logs / _VERSIONS_LOG)
+        process = sandbox.spawn(
+            [python, "-c", _VERSION_PROBE],
+            env={"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp"},
+            cwd=Path("/"),
+            log_path=logs / _VERSIONS_LOG,
+        )
         code = process.wait(120)
         text = lease_fs.tail_of(fd, 4096).text.strip()
     finally:
         os.close(fd)
     got = tuple(text.splitlines()[-1].split()[:2]) if code == 0 and text else None
     if got is None:
-        raise base.SandboxError(f"the lease's image has no usable Ray: `python3 -c 'import ray'` failed ({text[-300:]}); "
-                                f"use an image with Ray {want[0]} on Python {want[1]}")
+        raise base.SandboxError(
+            f"the lease's image has no usable Ray: `python3 -c 'import ray'` failed ({text[-300:]}); "
+            f"use an image with Ray {want[0]} on Python {want[1]}"
+        )
     if got[0] != want[0] or got[1].rsplit(".", 1)[0] != want[1].rsplit(".", 1)[0]:
-        raise base.SandboxError(f"the lease's image has Ray {got[0]} on Python {got[1]}, the cluster runs Ray "
-                                f"{want[0]} on Python {want[1]}: use an image with the same Ray and Python minor version")
+        raise base.SandboxError(
+            f"the lease's image has Ray {got[0]} on Python {got[1]}, the cluster runs Ray "
+            f"{want[0]} on Python {want[1]}: use an image with the same Ray and Python minor version"
+        )
 
 
 def remove_containers(lease_id: str) -> list[str]:
@@ -234,8 +297,10 @@ class DockerSandbox(base.SupervisedSandbox):
             return
         result = _docker("update", "--cpus", f"{self.cpus:g}", CONTAINER_PREFIX + self.lease_id)
         if result.returncode != 0:
-            raise base.SandboxError(f"docker update --cpus failed for lease {self.lease_id}: "
-                                    f"{result.stderr.decode(errors='replace').strip()}")
+            raise base.SandboxError(
+                f"docker update --cpus failed for lease {self.lease_id}: "
+                f"{result.stderr.decode(errors='replace').strip()}"
+            )
 
     def _force_end(self) -> None:
         remove_containers(self.lease_id)
@@ -257,5 +322,3 @@ def container_pids(lease_id: str) -> list[int]:
         top = _docker("top", cid, "-eo", "pid").stdout.decode().split()[1:]
         pids += [int(p) for p in top if p.isdigit()]
     return pids
-
-

@@ -50,16 +50,21 @@ def gpu_minors(proc_root: Path = Path("/proc")) -> list[tuple[str, int]]:
     return found
 
 
-def devices_for(gpu_indices: Sequence[int], *, dev_root: Path = Path("/dev"),
-                proc_root: Path = Path("/proc")) -> GpuDevices:
+def devices_for(
+    gpu_indices: Sequence[int], *, dev_root: Path = Path("/dev"), proc_root: Path = Path("/proc")
+) -> GpuDevices:
     """The device nodes of the leased GPUs (by NVML index) plus the shared ones that exist.
 
     Without the driver's /proc entries (no driver, declared logical GPUs), index N is /dev/nvidiaN.
     A leased GPU without a node is an error: the lease would silently run without it.
     """
     dev_root, proc_root = Path(dev_root), Path(proc_root)
-    all_nodes = tuple(sorted((p for p in _listdir(dev_root) if _GPU_NODE_RE.match(p.name)),
-                             key=lambda p: int(_GPU_NODE_RE.match(p.name).group(1))))
+    all_nodes = tuple(
+        sorted(
+            (p for p in _listdir(dev_root) if _GPU_NODE_RE.match(p.name)),
+            key=lambda p: int(_GPU_NODE_RE.match(p.name).group(1)),
+        )
+    )
     if not gpu_indices:
         return GpuDevices(nodes=(), proc_entries=(), all_gpu_nodes=all_nodes)
     minors = gpu_minors(proc_root)

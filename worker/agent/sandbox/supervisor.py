@@ -125,9 +125,16 @@ def _spawn(request):
     # The agent made the log; never write through a link put in its place (opened as the lease's own user anyway).
     fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     with open(fd, "ab", buffering=0) as log:
-        proc = subprocess.Popen(request["argv"], env=request["env"], cwd=request.get("cwd") or None,
-                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True, close_fds=True)
+        proc = subprocess.Popen(
+            request["argv"],
+            env=request["env"],
+            cwd=request.get("cwd") or None,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+        )
     _children[request["id"]] = proc
     threading.Thread(target=_wait, args=(request["id"], proc), daemon=True).start()
     return {"pid": proc.pid}
@@ -175,8 +182,9 @@ def main():
             elif op == "kill":
                 reply = _kill(request)
             elif op == "stop":
-                signalled = stop_everything(float(request.get("grace_s", 2.0)), request.get("first") or (),
-                                           request.get("last") or ())
+                signalled = stop_everything(
+                    float(request.get("grace_s", 2.0)), request.get("first") or (), request.get("last") or ()
+                )
                 reply = {"ok": True, "signalled": signalled}
                 _send({"id": request.get("id"), **reply})
                 return 0

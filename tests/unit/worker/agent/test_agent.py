@@ -28,8 +28,9 @@ from worker import procs
 from worker.agent import leases
 
 PASSWORD = "s3cret-pass"
-SPEC = domain.MachineSpec(hostname="gpu box #1", cpus=8, memory_mb=32000,
-                          gpus=[domain.GpuInfo(index=0, model="RTX 4090", memory_mb=24564)])
+SPEC = domain.MachineSpec(
+    hostname="gpu box #1", cpus=8, memory_mb=32000, gpus=[domain.GpuInfo(index=0, model="RTX 4090", memory_mb=24564)]
+)
 REPO = Path(__file__).resolve().parents[4]
 
 
@@ -38,8 +39,14 @@ class FakeClient:
 
     def __init__(self, interval_s: float = 7.0):
         self.interval_s = interval_s
-        self.script: dict[str, list] = {"login": [], "register_machine": [], "heartbeat": [], "poll_work": [],
-                                        "leave": [], "post_result": []}
+        self.script: dict[str, list] = {
+            "login": [],
+            "register_machine": [],
+            "heartbeat": [],
+            "poll_work": [],
+            "leave": [],
+            "post_result": [],
+        }
         self.calls: list[str] = []
         self.registrations: list[tuple[str, str]] = []
         self.heartbeats: list[tuple[str, domain.MachineUsage]] = []
@@ -68,8 +75,14 @@ class FakeClient:
     def set_token(self, token: str | None) -> None:
         self.token = token
 
-    def register_machine(self, machine_key: str, name: str, spec: domain.MachineSpec,
-                         price_per_gpu_hour: float = 0.0, price_per_cpu_hour: float = 0.0) -> dict:
+    def register_machine(
+        self,
+        machine_key: str,
+        name: str,
+        spec: domain.MachineSpec,
+        price_per_gpu_hour: float = 0.0,
+        price_per_cpu_hour: float = 0.0,
+    ) -> dict:
         answer = self._next("register_machine")
         self.registrations.append((machine_key, name))
         answer = answer or {"id": "m-1", "heartbeat_interval_s": self.interval_s}
@@ -131,23 +144,30 @@ class FakeWaits:
 
 
 def make_settings(tmp_path, **kw):
-    return agent_mod.AgentSettings(platform_url="http://platform.test", username="prov1", password=PASSWORD,
-                                   state_dir=tmp_path / "state", **kw)
+    return agent_mod.AgentSettings(
+        platform_url="http://platform.test", username="prov1", password=PASSWORD, state_dir=tmp_path / "state", **kw
+    )
 
 
 def make_agent(tmp_path, client=None, waits=None, detect_fn=lambda: SPEC, **kw):
     waits = waits or FakeWaits()
-    return agent_mod.Agent(client or FakeClient(), make_settings(tmp_path, **kw), detect_fn=detect_fn,
-                           usage_fn=lambda n: domain.MachineUsage(active_leases=n),
-                           sleep=waits.sleep, clock=waits.clock, rand=lambda: 1.0)
+    return agent_mod.Agent(
+        client or FakeClient(),
+        make_settings(tmp_path, **kw),
+        detect_fn=detect_fn,
+        usage_fn=lambda n: domain.MachineUsage(active_leases=n),
+        sleep=waits.sleep,
+        clock=waits.clock,
+        rand=lambda: 1.0,
+    )
 
 
 def test_fake_client_matches_the_real_one():
     """The fake implements the same Protocol as PlatformClient, so it cannot drift."""
     methods = [n for n, _ in inspect.getmembers(api.PlatformApi, inspect.isfunction) if not n.startswith("_")]
-    assert set(methods) == {"login", "set_token", "register_machine", "heartbeat", "poll_work", "leave",
-                            "post_result"}
+    assert set(methods) == {"login", "set_token", "register_machine", "heartbeat", "poll_work", "leave", "post_result"}
     for name in methods:
+
         def shape(fn):
             return [(p.name, p.kind, p.default) for p in inspect.signature(fn).parameters.values()]
 
@@ -157,6 +177,7 @@ def test_fake_client_matches_the_real_one():
 
 
 # --- state dir -----------------------------------------------------------------------------
+
 
 def test_machine_key_persists_with_private_modes(tmp_path):
     first = make_agent(tmp_path)
@@ -187,6 +208,7 @@ def test_corrupt_state_file_is_kept_aside(tmp_path, caplog):
 
 
 # --- heartbeat loop ------------------------------------------------------------------------
+
 
 def test_first_step_logs_in_registers_and_heartbeats(tmp_path):
     client = FakeClient(interval_s=7.0)
@@ -237,9 +259,15 @@ def test_the_password_enrolls_once_then_the_machine_key_alone_is_used(tmp_path):
     agent.heartbeat_step()
     assert client.token == "dcm.m-1.key1" and agent._password is None  # forgotten once enrolled
     restarted_client = FakeClient()
-    restarted = agent_mod.Agent(restarted_client, make_settings(tmp_path).model_copy(update={"password": None}),
-                                detect_fn=lambda: SPEC, usage_fn=lambda n: domain.MachineUsage(active_leases=n),
-                                sleep=FakeWaits().sleep, clock=FakeWaits().clock, rand=lambda: 1.0)
+    restarted = agent_mod.Agent(
+        restarted_client,
+        make_settings(tmp_path).model_copy(update={"password": None}),
+        detect_fn=lambda: SPEC,
+        usage_fn=lambda n: domain.MachineUsage(active_leases=n),
+        sleep=FakeWaits().sleep,
+        clock=FakeWaits().clock,
+        rand=lambda: 1.0,
+    )
     assert restarted.heartbeat_step() == 7.0
     assert restarted_client.calls == ["register_machine", "heartbeat"]  # no sign-in: the saved key
     assert restarted_client.token == "dcm.m-1.key1" and restarted.machine_id == "m-1"
@@ -322,6 +350,7 @@ def test_unexpected_errors_never_kill_the_loop(tmp_path):
 
 # --- work polling --------------------------------------------------------------------------
 
+
 def test_poll_waits_for_registration(tmp_path):
     client = FakeClient()
     agent = make_agent(tmp_path, client)
@@ -336,8 +365,11 @@ def test_poll_dispatches_items_by_kind(tmp_path, caplog):
     handled = []
     agent.work_handlers["start_node"] = handled.append
     agent.work_handlers["explode"] = lambda item: 1 / 0
-    items = [{"id": "w-1", "kind": "start_node", "payload": {}}, {"id": "w-2", "kind": "explode", "payload": {}},
-             {"id": "w-3", "kind": "mystery", "payload": {}}]
+    items = [
+        {"id": "w-1", "kind": "start_node", "payload": {}},
+        {"id": "w-2", "kind": "explode", "payload": {}},
+        {"id": "w-3", "kind": "mystery", "payload": {}},
+    ]
     client.script["poll_work"] = [items]
     assert agent.poll_step() == 0.0
     assert handled == [items[0]]
@@ -380,10 +412,10 @@ def test_poll_wait_returns_early_on_wakeup(tmp_path):
 
 # --- stop ----------------------------------------------------------------------------------
 
+
 def test_run_then_stop_leaves_promptly(tmp_path):
     client = FakeClient(interval_s=0.01)
-    agent = agent_mod.Agent(client, make_settings(tmp_path, stop_join_s=3.0, poll_wait_s=30),
-                            detect_fn=lambda: SPEC)
+    agent = agent_mod.Agent(client, make_settings(tmp_path, stop_join_s=3.0, poll_wait_s=30), detect_fn=lambda: SPEC)
     handled = threading.Event()
     agent.work_handlers["start_node"] = lambda item: handled.set()
     runner = threading.Thread(target=agent.run)
@@ -430,6 +462,7 @@ def test_backoff_doubles_to_30_with_jitter():
 
 
 # --- command line --------------------------------------------------------------------------
+
 
 def test_detect_only_prints_the_spec(capsys):
     assert agent_cli.main(["--detect-only", "--gpus", "2", "--gpu-model", "RTX 4090"]) == 0
@@ -493,9 +526,24 @@ def test_sigterm_exits_zero(tmp_path):
     """The real process against an unreachable platform: it keeps retrying, and SIGTERM ends it with 0."""
     env = {**os.environ, agent_cli.PASSWORD_ENV: PASSWORD}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "worker.agent.cli", "--platform-url", f"http://127.0.0.1:{_closed_port()}",
-         "--username", "prov1", "--state-dir", str(tmp_path / "state"), "--gpus", "0"],
-        cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "worker.agent.cli",
+            "--platform-url",
+            f"http://127.0.0.1:{_closed_port()}",
+            "--username",
+            "prov1",
+            "--state-dir",
+            str(tmp_path / "state"),
+            "--gpus",
+            "0",
+        ],
+        cwd=REPO,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     lines: queue.Queue = queue.Queue()
     reader = threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr], daemon=True)
     reader.start()
@@ -533,13 +581,19 @@ def _lease_id() -> str:
 
 
 def _open_item(item_id: str, lease_id: str, role: str = "head") -> dict:
-    return {"id": item_id, "kind": protocol.LEASE_OPEN,
-            "payload": {"lease_id": lease_id, "cluster_id": CLUSTER_ID, "role": role, "ray_auth_token": LEASE_TOKEN}}
+    return {
+        "id": item_id,
+        "kind": protocol.LEASE_OPEN,
+        "payload": {"lease_id": lease_id, "cluster_id": CLUSTER_ID, "role": role, "ray_auth_token": LEASE_TOKEN},
+    }
 
 
 def _exec_item(item_id: str, lease_id: str, cmd: str, **kw) -> dict:
-    return {"id": item_id, "kind": protocol.LEASE_EXEC,
-            "payload": {"lease_id": lease_id, "op": "run", "cmd": cmd, **kw}}
+    return {
+        "id": item_id,
+        "kind": protocol.LEASE_EXEC,
+        "payload": {"lease_id": lease_id, "op": "run", "cmd": cmd, **kw},
+    }
 
 
 def _close_item(item_id: str, lease_id: str) -> dict:
@@ -558,9 +612,16 @@ def lease_root(tmp_path):
 def make_lease_agent(tmp_path, lease_root, client, waits=None, **kw):
     runner = leases.LeaseRunner(lease_root, node_ip="127.0.0.1")
     waits = waits or FakeWaits()
-    agent = agent_mod.Agent(client, make_settings(tmp_path, **kw), detect_fn=lambda: SPEC,
-                            usage_fn=lambda n: domain.MachineUsage(active_leases=n), sleep=waits.sleep,
-                            clock=waits.clock, rand=lambda: 1.0, lease_runner=runner)
+    agent = agent_mod.Agent(
+        client,
+        make_settings(tmp_path, **kw),
+        detect_fn=lambda: SPEC,
+        usage_fn=lambda n: domain.MachineUsage(active_leases=n),
+        sleep=waits.sleep,
+        clock=waits.clock,
+        rand=lambda: 1.0,
+        lease_runner=runner,
+    )
     return agent, runner
 
 
@@ -575,10 +636,16 @@ def test_lease_items_run_in_order_and_are_answered(tmp_path, lease_root):
     assert agent.active_leases() == 1
     agent.heartbeat_step()
     assert client.heartbeats[-1][1].active_leases == 1
-    put = {"id": "w-3", "kind": protocol.LEASE_EXEC,
-           "payload": {"lease_id": lease_id, "op": "put_file", "path": "~/f", "content_b64": "dHdvCg=="}}
-    for item in (_exec_item("w-2", lease_id, "sleep 0.3; echo one > ~/log"), put,
-                 _exec_item("w-4", lease_id, "cat ~/f >> ~/log; cat ~/log; exit 5")):
+    put = {
+        "id": "w-3",
+        "kind": protocol.LEASE_EXEC,
+        "payload": {"lease_id": lease_id, "op": "put_file", "path": "~/f", "content_b64": "dHdvCg=="},
+    }
+    for item in (
+        _exec_item("w-2", lease_id, "sleep 0.3; echo one > ~/log"),
+        put,
+        _exec_item("w-4", lease_id, "cat ~/f >> ~/log; cat ~/log; exit 5"),
+    ):
         agent.handle_work(item)
     client.wait_results(4)
     agent.handle_work(_close_item("w-5", lease_id))
@@ -622,8 +689,7 @@ def test_a_long_command_blocks_neither_polling_nor_other_leases(tmp_path, lease_
     started = time.monotonic()
     agent.handle_work(_open_item("w-1", slow))
     agent.handle_work(_open_item("w-2", fast, role="worker"))
-    agent.handle_work(_exec_item("w-3", slow, "while [ ! -e ~/go ]; do sleep 0.02; done; echo slow-done",
-                                 timeout_s=30))
+    agent.handle_work(_exec_item("w-3", slow, "while [ ! -e ~/go ]; do sleep 0.02; done; echo slow-done", timeout_s=30))
     agent.handle_work(_exec_item("w-4", fast, "echo fast-done"))
     assert time.monotonic() - started < 0.5  # handlers only queue: the poll thread never waits on a command
     results = client.wait_results(3)
@@ -648,8 +714,11 @@ def test_bad_lease_items_become_failed_results(tmp_path, lease_root, caplog):
     items = [
         bad_open,
         _exec_item("w-2", lease_id, "true"),  # never opened
-        {"id": "w-3", "kind": protocol.LEASE_EXEC,
-         "payload": {"lease_id": lease_id, "op": "put_file", "path": "~/f", "content_b64": "%%%"}},
+        {
+            "id": "w-3",
+            "kind": protocol.LEASE_EXEC,
+            "payload": {"lease_id": lease_id, "op": "put_file", "path": "~/f", "content_b64": "%%%"},
+        },
         {"id": "w-4", "kind": protocol.LEASE_CLOSE, "payload": "not an object"},
         {"id": "w-5", "kind": protocol.LEASE_EXEC, "payload": {"lease_id": lease_id, "op": "run", "rm": "-rf"}},
         {"id": "w-6", "kind": protocol.LEASE_OPEN, "payload": {"lease_id": "../../etc"}},
@@ -686,15 +755,17 @@ def test_stop_closes_leases_and_start_recovers_leftovers(tmp_path, lease_root):
     # A previous agent run left a lease with a running process behind (it crashed: no close).
     previous = leases.LeaseRunner(lease_root, node_ip="127.0.0.1")
     left_over = _lease_id()
-    previous.open(protocol.LeaseOpen(lease_id=left_over, cluster_id=CLUSTER_ID, role="worker",
-                                     ray_auth_token=LEASE_TOKEN))
+    previous.open(
+        protocol.LeaseOpen(lease_id=left_over, cluster_id=CLUSTER_ID, role="worker", ray_auth_token=LEASE_TOKEN)
+    )
     previous.run(left_over, "sleep 300 & echo $! > ~/pid", {}, 10)
     old_sleeper = int((lease_root / left_over / "home" / "pid").read_text())
 
     client = FakeClient(interval_s=0.05)
     runner = leases.LeaseRunner(lease_root, node_ip="127.0.0.1")
-    agent = agent_mod.Agent(client, make_settings(tmp_path, poll_wait_s=30), detect_fn=lambda: SPEC,
-                            lease_runner=runner)  # real waits: stop() interrupts them
+    agent = agent_mod.Agent(
+        client, make_settings(tmp_path, poll_wait_s=30), detect_fn=lambda: SPEC, lease_runner=runner
+    )  # real waits: stop() interrupts them
     agent.start()
     assert not procs.pid_alive(old_sleeper) and not (lease_root / left_over).exists()
     lease_id = _lease_id()

@@ -27,6 +27,7 @@ class CountingRuntime(base.UnsandboxedRuntime):
 
         def cap_cpu() -> None:
             caps[spec.lease_id] += 1
+
         box.cap_cpu = cap_cpu
         return box
 
@@ -37,8 +38,13 @@ def runtime():
 
 
 def _runner(tmp_path, runtime, uncapped_start_s: float = 60.0) -> leases.LeaseRunner:
-    return leases.LeaseRunner(tmp_path / "leases", node_ip="127.0.0.1", base_env=dict(os.environ), runtime=runtime,
-                              caps=cpu_caps.CpuCaps(uncapped_start_s=uncapped_start_s))
+    return leases.LeaseRunner(
+        tmp_path / "leases",
+        node_ip="127.0.0.1",
+        base_env=dict(os.environ),
+        runtime=runtime,
+        caps=cpu_caps.CpuCaps(uncapped_start_s=uncapped_start_s),
+    )
 
 
 def _open(runner, purpose: str = protocol.NODE_LEASE) -> str:

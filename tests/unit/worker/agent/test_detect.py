@@ -11,7 +11,7 @@ import pytest
 from dcl_core import domain
 from worker.agent import detect
 
-GIB = 1024 ** 3
+GIB = 1024**3
 
 
 class FakeNVMLError(Exception):

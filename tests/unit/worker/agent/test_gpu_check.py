@@ -25,16 +25,25 @@ def _lease_id() -> str:
 def test_a_check_lease_belongs_to_no_cluster_and_a_node_lease_to_one():
     protocol.LeaseOpen(lease_id=_lease_id(), purpose=protocol.GPU_CHECK_LEASE, ray_auth_token=TOKEN)
     with pytest.raises(pydantic.ValidationError, match="belongs to no cluster"):
-        protocol.LeaseOpen(lease_id=_lease_id(), purpose=protocol.GPU_CHECK_LEASE, cluster_id="c-" + "a" * 12,
-                           role="worker", ray_auth_token=TOKEN)
+        protocol.LeaseOpen(
+            lease_id=_lease_id(),
+            purpose=protocol.GPU_CHECK_LEASE,
+            cluster_id="c-" + "a" * 12,
+            role="worker",
+            ray_auth_token=TOKEN,
+        )
     with pytest.raises(pydantic.ValidationError, match="needs its cluster_id and role"):
         protocol.LeaseOpen(lease_id=_lease_id(), ray_auth_token=TOKEN)
 
 
 @pytest.fixture
 def runner(tmp_path):
-    runner = leases.LeaseRunner(tmp_path / "leases", node_ip="127.0.0.1", base_env=dict(os.environ),
-                                check_env={protocol.ENV_TEST_FAKE_NVML: FAKE})
+    runner = leases.LeaseRunner(
+        tmp_path / "leases",
+        node_ip="127.0.0.1",
+        base_env=dict(os.environ),
+        check_env={protocol.ENV_TEST_FAKE_NVML: FAKE},
+    )
     yield runner
     runner.close_all(grace_s=0.5)
 
@@ -72,6 +81,7 @@ def test_without_nvml_the_report_says_so(monkeypatch):
 
     def no_library(nvml=None):
         raise OSError("NVML Shared Library Not Found")
+
     monkeypatch.setattr(gpu_check.detect, "nvml_gpus", no_library)
     report = gpu_check.check()
     assert report.nvml == "unavailable" and "Not Found" in report.nvml_error and report.gpus == []

@@ -73,7 +73,9 @@ def test_a_symlinked_directory_on_the_way_is_refused(lease, canary):
 
 def test_a_hard_link_is_refused(lease, canary):
     os.link(canary[0], lease / "logs" / "a.log")
-    assert _refused(lambda: lease_fs.read_tail(lease, "logs/a.log", 1000)).reason == "a file with 2 hard links: not read"
+    assert (
+        _refused(lambda: lease_fs.read_tail(lease, "logs/a.log", 1000)).reason == "a file with 2 hard links: not read"
+    )
 
 
 def test_a_fifo_or_a_socket_is_refused_without_waiting(lease):
@@ -90,13 +92,18 @@ def test_a_fifo_or_a_socket_is_refused_without_waiting(lease):
     reader.start()
     reader.join(10)
     server.close()
-    assert answers == {"fifo.log": "not a regular file (a FIFO): not opened",
-                       "sock.log": "not a regular file (a socket): not opened"}
+    assert answers == {
+        "fifo.log": "not a regular file (a FIFO): not opened",
+        "sock.log": "not a regular file (a socket): not opened",
+    }
 
 
 def test_paths_that_climb_out_or_start_at_the_root_are_refused(lease):
     for bad in ("../etc/passwd", "logs/../../x", "/etc/shadow"):
-        assert _refused(lambda b=bad: lease_fs.read_tail(lease, b, 10)).reason == "not a path beneath the lease's directory"
+        assert (
+            _refused(lambda b=bad: lease_fs.read_tail(lease, b, 10)).reason
+            == "not a path beneath the lease's directory"
+        )
 
 
 def test_a_file_swapped_for_a_link_just_before_it_is_opened_is_refused(lease, canary):
@@ -107,6 +114,7 @@ def test_a_file_swapped_for_a_link_just_before_it_is_opened_is_refused(lease, ca
         if stage == "opening":
             os.unlink(log)
             os.symlink(canary[0], log)
+
     lease_fs.race_hook = swap
     err = _refused(lambda: lease_fs.read_tail(lease, "logs/a.log", 1000))
     assert err.reason == "a symbolic link: not followed"
@@ -122,11 +130,14 @@ def test_a_directory_swapped_for_a_link_after_it_was_opened_changes_nothing(leas
             os.symlink(canary[0].parent, lease / "logs" / "sub")
             (lease / "logs" / "old" / "a.log").unlink()
             os.symlink(canary[0], lease / "logs" / "old" / "a.log")
+
     lease_fs.race_hook = swap
     assert _refused(lambda: lease_fs.read_tail(lease, "logs/sub/a.log", 1000)).reason == "a symbolic link: not followed"
     lease_fs.race_hook = None
-    assert "a directory on the way is a symbolic link" in \
-        _refused(lambda: lease_fs.read_tail(lease, "logs/sub/canary", 1000)).reason
+    assert (
+        "a directory on the way is a symbolic link"
+        in _refused(lambda: lease_fs.read_tail(lease, "logs/sub/canary", 1000)).reason
+    )
 
 
 def test_a_command_log_is_read_through_the_agents_own_descriptor_whatever_the_name_becomes(lease, canary):

@@ -22,8 +22,12 @@ def test_job_drivers_first_then_tasks_then_ray_and_commands(tmp_path):
     commands.mkdir(parents=True)
     (commands / "0001-run.log").write_text("ray start ok\n")
     shipped = lease_logs.collect(tmp_path / "tmp", commands)
-    assert [f["name"] for f in shipped] == ["ray/job-driver-raysubmit_abc.log", "ray/worker-1.out",
-                                           "ray/raylet.out", "commands/0001-run.log"]
+    assert [f["name"] for f in shipped] == [
+        "ray/job-driver-raysubmit_abc.log",
+        "ray/worker-1.out",
+        "ray/raylet.out",
+        "commands/0001-run.log",
+    ]
     assert shipped[0]["text"] == "hello from the driver\n" and not shipped[0]["truncated"]
 
 
@@ -40,7 +44,8 @@ def test_links_out_of_the_lease_are_not_followed(tmp_path):
     assert by_name == {  # each refusal said in the file's place, with none of its bytes
         "ray/job-driver-evil.log": lease_logs.NOT_SHIPPED + "a symbolic link: not followed\n",
         "ray/worker-hardlink.out": lease_logs.NOT_SHIPPED + "a file with 2 hard links: not read\n",
-        "ray/raylet.out": "fine\n"}
+        "ray/raylet.out": "fine\n",
+    }
     assert "dcm.secret" not in json.dumps(shipped)
 
 

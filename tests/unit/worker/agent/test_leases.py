@@ -44,15 +44,25 @@ def _open(runner: leases.LeaseRunner, role: str = "head", **kw) -> str:
 
 @pytest.fixture
 def base_env():
-    return {**os.environ, "RAY_ADDRESS": "10.0.0.1:6379", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "agent-secret",
-            "RAY_AUTH_TOKEN_PATH": "/agent/token", "RAY_NAMESPACE": "dcluster", "PYTHONPATH": "/elsewhere",
-            "DCLUSTER_AGENT_PASSWORD": "provider-secret", "HOME": "/root", "LANG": "C.UTF-8"}
+    return {
+        **os.environ,
+        "RAY_ADDRESS": "10.0.0.1:6379",
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": "agent-secret",
+        "RAY_AUTH_TOKEN_PATH": "/agent/token",
+        "RAY_NAMESPACE": "dcluster",
+        "PYTHONPATH": "/elsewhere",
+        "DCLUSTER_AGENT_PASSWORD": "provider-secret",
+        "HOME": "/root",
+        "LANG": "C.UTF-8",
+    }
 
 
 @pytest.fixture
 def runner(tmp_path, base_env):
-    runner = leases.LeaseRunner(tmp_path / "state" / "leases", node_ip="127.0.0.1", base_env=base_env,
-                                machine_id_fn=lambda: "m-7")
+    runner = leases.LeaseRunner(
+        tmp_path / "state" / "leases", node_ip="127.0.0.1", base_env=base_env, machine_id_fn=lambda: "m-7"
+    )
     yield runner
     runner.close_all(grace_s=0.5)  # whatever a failing test left: stopped by tag, dirs removed
 
@@ -60,8 +70,12 @@ def runner(tmp_path, base_env):
 @pytest.fixture
 def outsider(tmp_path):
     """A sleeper that belongs to no lease; it must survive every close. Killed by PID at the end."""
-    proc = procs.spawn(["sleep", "300"], env=dict(os.environ), log_path=tmp_path / "outsider.log",
-                       owner_tag="test-leases-outsider-" + secrets.token_hex(4))
+    proc = procs.spawn(
+        ["sleep", "300"],
+        env=dict(os.environ),
+        log_path=tmp_path / "outsider.log",
+        owner_tag="test-leases-outsider-" + secrets.token_hex(4),
+    )
     yield proc
     proc.kill()
     proc.wait(5)
@@ -73,17 +87,29 @@ def _read_pid(path: Path) -> int:
 
 # --- open ----------------------------------------------------------------------------------
 
+
 def test_open_prepares_private_dirs_token_and_record(runner):
     lease_id = _lease_id()
-    payload = protocol.LeaseOpen(lease_id=lease_id, cluster_id=CLUSTER, role="head", gpu_indices=[0, 2],
-                                 resources={"provider_m-7": 1}, labels={"dcluster.io/cluster": CLUSTER},
-                                 ray_auth_token=TOKEN)
+    payload = protocol.LeaseOpen(
+        lease_id=lease_id,
+        cluster_id=CLUSTER,
+        role="head",
+        gpu_indices=[0, 2],
+        resources={"provider_m-7": 1},
+        labels={"dcluster.io/cluster": CLUSTER},
+        ray_auth_token=TOKEN,
+    )
     opened = runner.open(payload)
     assert opened.node_ip == "127.0.0.1" and set(opened.ports) >= {"gcs", "dashboard", "min_worker"}
     lease_dir = runner.root / lease_id
-    for path, mode in ((runner.root, 0o700), (lease_dir, 0o700), (lease_dir / "home", 0o700),
-                       (lease_dir / "ray_auth_token", 0o600), (lease_dir / "lease.json", 0o600),
-                       (Path("/tmp/dcl-" + lease_id), 0o700)):
+    for path, mode in (
+        (runner.root, 0o700),
+        (lease_dir, 0o700),
+        (lease_dir / "home", 0o700),
+        (lease_dir / "ray_auth_token", 0o600),
+        (lease_dir / "lease.json", 0o600),
+        (Path("/tmp/dcl-" + lease_id), 0o700),
+    ):
         assert stat.S_IMODE(path.stat().st_mode) == mode, path
     assert (lease_dir / "ray_auth_token").read_text() == TOKEN
     record = json.loads((lease_dir / "lease.json").read_text())
@@ -103,6 +129,7 @@ def test_leases_get_disjoint_ports(runner):
 
 
 # --- environment ---------------------------------------------------------------------------
+
 
 def test_head_environment(runner):
     lease_id = _open(runner, gpu_indices=[1, 3])
@@ -139,11 +166,19 @@ def test_worker_environment_has_no_gcs_port_flag_and_no_gpu(runner):
 
 def test_override_resources_and_labels_merge_with_the_lease_winning(runner):
     lease_id = _open(runner, resources={"provider_m-7": 1, "GPU": 2}, labels={"dcluster.io/gpu": "RTX 4090"})
-    env = runner.environment(lease_id, {"RAY_OVERRIDE_RESOURCES": json.dumps({"CPU": 4, "GPU": 8}),
-                                        "RAY_OVERRIDE_LABELS": json.dumps({"dcluster.io/gpu": "H100", "team": "a"})})
+    env = runner.environment(
+        lease_id,
+        {
+            "RAY_OVERRIDE_RESOURCES": json.dumps({"CPU": 4, "GPU": 8}),
+            "RAY_OVERRIDE_LABELS": json.dumps({"dcluster.io/gpu": "H100", "team": "a"}),
+        },
+    )
     assert json.loads(env["RAY_OVERRIDE_RESOURCES"]) == {"CPU": 4, "GPU": 2, "provider_m-7": 1}
-    assert json.loads(env["RAY_OVERRIDE_LABELS"]) == {"dcluster.io/gpu": "RTX 4090", "team": "a",
-                                                      protocol.LEASE_LABEL: lease_id}
+    assert json.loads(env["RAY_OVERRIDE_LABELS"]) == {
+        "dcluster.io/gpu": "RTX 4090",
+        "team": "a",
+        protocol.LEASE_LABEL: lease_id,
+    }
     # A command cannot pass its node off as another lease's.
     env = runner.environment(lease_id, {"RAY_OVERRIDE_LABELS": json.dumps({protocol.LEASE_LABEL: "l-000000000000"})})
     assert json.loads(env["RAY_OVERRIDE_LABELS"])[protocol.LEASE_LABEL] == lease_id
@@ -162,11 +197,16 @@ def test_unknown_lease_is_an_error(runner):
 
 # --- run -----------------------------------------------------------------------------------
 
+
 def test_run_captures_exit_code_and_output_in_the_lease_home(runner):
     lease_id = _open(runner)
     home = runner.root / lease_id / "home"
-    result = runner.run(lease_id, "mkdir -p ~/x; cd ~/x; pwd; echo oops >&2; echo $FOO; "
-                                  "echo $DCLUSTER_OWNER; exit 3", {"FOO": "bar"}, 10)
+    result = runner.run(
+        lease_id,
+        "mkdir -p ~/x; cd ~/x; pwd; echo oops >&2; echo $FOO; echo $DCLUSTER_OWNER; exit 3",
+        {"FOO": "bar"},
+        10,
+    )
     assert (result.ok, result.exit_code) == (False, 3)
     assert result.output.splitlines() == [str(home / "x"), "oops", "bar", "dcl-lease-" + lease_id]
     ok = runner.run(lease_id, "pwd", {}, 10)
@@ -250,6 +290,7 @@ def test_ray_stop_is_intercepted_and_stops_only_this_lease(runner, outsider, tmp
 
 # --- put_file ------------------------------------------------------------------------------
 
+
 def test_put_file_is_private_and_expands_the_lease_home(runner):
     lease_id = _open(runner)
     lease_dir = runner.root / lease_id
@@ -270,8 +311,17 @@ def test_put_file_rejects_escapes(runner, tmp_path):
     lease_id = _open(runner)
     home = runner.root / lease_id / "home"
     (home / "link").symlink_to(tmp_path)
-    for path in ("../../../escape", "/etc/dcl-escape", "~root/x", "~/../../x", "link/x", "", "~",
-                 "../lease.json", "../ray_auth_token"):
+    for path in (
+        "../../../escape",
+        "/etc/dcl-escape",
+        "~root/x",
+        "~/../../x",
+        "link/x",
+        "",
+        "~",
+        "../lease.json",
+        "../ray_auth_token",
+    ):
         result = runner.put_file(lease_id, path, b"x")
         assert not result.ok and result.exit_code is None, path
     assert not (tmp_path / "x").exists() and not Path("/etc/dcl-escape").exists()
@@ -279,6 +329,7 @@ def test_put_file_rejects_escapes(runner, tmp_path):
 
 
 # --- close, shutdown, recovery -------------------------------------------------------------
+
 
 def test_close_is_idempotent_and_unknown_leases_are_fine(runner):
     lease_id = _open(runner)
@@ -362,9 +413,13 @@ def test_parallel_opens_on_a_fresh_agent_all_succeed(tmp_path):
     import subprocess
 
     for attempt in range(3):
-        out = subprocess.run([sys.executable, "-c", _FRESH_AGENT_OPENS, str(tmp_path / f"leases-{attempt}")],
-                             capture_output=True, text=True, timeout=120,
-                             env={**os.environ, "PYTHONPATH": str(Path(worker.__file__).resolve().parents[1])})
+        out = subprocess.run(
+            [sys.executable, "-c", _FRESH_AGENT_OPENS, str(tmp_path / f"leases-{attempt}")],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "PYTHONPATH": str(Path(worker.__file__).resolve().parents[1])},
+        )
         assert out.returncode == 0, out.stderr
         result = json.loads(out.stdout.strip().splitlines()[-1])
         assert result["errors"] == [] and len(result["leases"]) == 4, result

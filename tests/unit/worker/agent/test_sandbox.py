@@ -60,9 +60,15 @@ def test_a_leased_gpu_without_a_node_is_an_error(tmp_path):
 
 def _spec(tmp_path: Path, **kw) -> base.SandboxSpec:
     lease = tmp_path / "leases" / "l-0123456789ab"
-    return base.SandboxSpec(lease_id="l-0123456789ab", owner_tag="dcl-lease-l-0123456789ab", uid=1_200_000_007,
-                            gid=1_200_000_007, writable=(lease / "home", lease / "logs", Path("/tmp/dcl-l-0123456789ab")),
-                            readonly=(lease / "ray_auth_token",), **kw)
+    return base.SandboxSpec(
+        lease_id="l-0123456789ab",
+        owner_tag="dcl-lease-l-0123456789ab",
+        uid=1_200_000_007,
+        gid=1_200_000_007,
+        writable=(lease / "home", lease / "logs", Path("/tmp/dcl-l-0123456789ab")),
+        readonly=(lease / "ray_auth_token",),
+        **kw,
+    )
 
 
 def _pairs(args: list[str], flag: str) -> list[tuple[str, str]]:
@@ -73,8 +79,13 @@ def test_bwrap_view_is_explicit(tmp_path):
     dev, proc = _fake_machine(tmp_path, 4)
     devices = gpu_devices.devices_for([2], dev_root=dev, proc_root=proc)
     spec = _spec(tmp_path, gpu_indices=(2,))
-    args = bwrap.bwrap_args(spec, runtime_dirs=[Path("/opt/venv"), Path("/root/.pyenv/versions/3.11")],
-                            devices=devices, hostname="box", as_root=True)
+    args = bwrap.bwrap_args(
+        spec,
+        runtime_dirs=[Path("/opt/venv"), Path("/root/.pyenv/versions/3.11")],
+        devices=devices,
+        hostname="box",
+        as_root=True,
+    )
     for flag in ("--unshare-pid", "--unshare-ipc", "--unshare-uts", "--die-with-parent", "--new-session"):
         assert flag in args
     assert "--unshare-net" not in args  # host network: every Ray port of a lease is explicit
@@ -84,18 +95,22 @@ def test_bwrap_view_is_explicit(tmp_path):
     ro = dict(_pairs(args, "--ro-bind"))
     assert "/opt/venv" in ro and "/root/.pyenv/versions/3.11" in ro and str(spec.readonly[0]) in ro
     assert not any(src.startswith(("/home", "/root/.dcluster")) or src == "/etc" for src in ro)
-    assert _pairs(args, "--dev-bind") == [(str(dev / "nvidia2"), "/dev/nvidia2"), (str(dev / "nvidiactl"), "/dev/nvidiactl"),
-                                          (str(dev / "nvidia-uvm"), "/dev/nvidia-uvm")]
+    assert _pairs(args, "--dev-bind") == [
+        (str(dev / "nvidia2"), "/dev/nvidia2"),
+        (str(dev / "nvidiactl"), "/dev/nvidiactl"),
+        (str(dev / "nvidia-uvm"), "/dev/nvidia-uvm"),
+    ]
     assert args[args.index("--tmpfs", args.index("/dev/shm") + 1) + 1] == "/tmp"  # a private /tmp
     # Every directory bwrap makes on the way to a mount is 0755 (its own default is 0700, which the lease's uid cannot cross).
     i = args.index("/root/.pyenv/versions/3.11")
-    assert ["--perms", "0755", "--dir", "/root"] == args[args.index("/root") - 3: args.index("/root") + 1] and i > 0
+    assert ["--perms", "0755", "--dir", "/root"] == args[args.index("/root") - 3 : args.index("/root") + 1] and i > 0
     assert args[-2:] == ["--chdir", str(spec.writable[0])]
 
 
 def test_bwrap_without_root_needs_a_user_namespace(tmp_path):
-    args = bwrap.bwrap_args(_spec(tmp_path), runtime_dirs=[], devices=gpu_devices.GpuDevices((), (), ()),
-                            hostname="box", as_root=False)
+    args = bwrap.bwrap_args(
+        _spec(tmp_path), runtime_dirs=[], devices=gpu_devices.GpuDevices((), (), ()), hostname="box", as_root=False
+    )
     assert "--unshare-user" in args
 
 
@@ -117,8 +132,9 @@ def test_python_dirs_hold_the_runtime_and_this_package():
     import worker
 
     dirs = bwrap.python_dirs()
-    assert any(Path(sys.prefix).resolve().is_relative_to(d) or Path(sys.prefix) == d for d in dirs) or \
-        Path(sys.prefix).is_relative_to("/usr")
+    assert any(Path(sys.prefix).resolve().is_relative_to(d) or Path(sys.prefix) == d for d in dirs) or Path(
+        sys.prefix
+    ).is_relative_to("/usr")
     assert any(Path(worker.__file__).resolve().is_relative_to(d) for d in dirs)
     assert all(not a.is_relative_to(b) for a in dirs for b in dirs if a != b)  # outermost only
 
@@ -166,17 +182,26 @@ def test_unknown_runtime_is_refused():
         sandbox.make_runtime("podman")
 
 
-
-
 def test_docker_run_is_locked_down(tmp_path):
     from worker.agent.sandbox import docker
 
     spec = _spec(tmp_path, gpu_indices=(1, 3), limits=base.LeaseLimits(cpus=2, memory_mb=3000, pids=500))
     args = docker.docker_run_args(spec, image="dcluster/lease:x", host_dirs=[Path("/usr")], hostname="box")
     joined = " ".join(args)
-    for flag in ("--net=host", "--cap-drop ALL", "--security-opt no-new-privileges", "--read-only", "--init",
-                 "--user 1200000007:1200000007", "--memory 3000m", "--memory-swap 3000m", "--pids-limit 500",
-                 "--cpu-shares 2048", "--rm", "-i"):
+    for flag in (
+        "--net=host",
+        "--cap-drop ALL",
+        "--security-opt no-new-privileges",
+        "--read-only",
+        "--init",
+        "--user 1200000007:1200000007",
+        "--memory 3000m",
+        "--memory-swap 3000m",
+        "--pids-limit 500",
+        "--cpu-shares 2048",
+        "--rm",
+        "-i",
+    ):
         assert flag in joined, flag
     assert "--cpus" not in args  # the quota comes with DockerSandbox.cap_cpu, once Ray is up
     assert args[args.index("--gpus") + 1] == '"device=1,3"'  # only the leased GPUs
@@ -191,8 +216,9 @@ def test_docker_run_is_locked_down(tmp_path):
     nodes = gpu_devices.devices_for([2], dev_root=dev, proc_root=proc).nodes
     by_node = docker.docker_run_args(spec, image="i", host_dirs=[], hostname="box", gpu_nodes=nodes)
     assert "--gpus" not in by_node
-    assert [m for m in by_node if "/dev/nvidia" in m] == [f"type=bind,source={n},target=/dev/{n.name},readonly"
-                                                         for n in nodes]
+    assert [m for m in by_node if "/dev/nvidia" in m] == [
+        f"type=bind,source={n},target=/dev/{n.name},readonly" for n in nodes
+    ]
 
 
 def test_docker_version_mismatch_names_both(tmp_path):
@@ -225,8 +251,16 @@ def test_local_providers_live_apart_from_the_platform(tmp_path):
 
     layout = pstate.Layout(tmp_path / "state")
     assert not layout.agent_dir(1).is_relative_to(layout.state_dir)
-    env = pstate.agent_env({"PATH": "/usr/bin", "DCLUSTER_JWT_SECRET": "s", "RAY_AUTH_TOKEN": "t", "HOME": "/root",
-                            "RAY_AUTH_TOKEN_PATH": "/x"}, home=layout.agent_dir(1))
+    env = pstate.agent_env(
+        {
+            "PATH": "/usr/bin",
+            "DCLUSTER_JWT_SECRET": "s",
+            "RAY_AUTH_TOKEN": "t",
+            "HOME": "/root",
+            "RAY_AUTH_TOKEN_PATH": "/x",
+        },
+        home=layout.agent_dir(1),
+    )
     assert env["HOME"] == str(layout.agent_dir(1))
     assert not {"DCLUSTER_JWT_SECRET", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"} & set(env)
     with pytest.raises(pstate.PlatformError, match="reachable from elsewhere"):
@@ -239,7 +273,9 @@ def test_a_docker_lease_is_capped_with_docker_update(monkeypatch):
     from worker.agent.sandbox import docker
 
     calls = []
-    monkeypatch.setattr(docker, "_docker", lambda *a, **k: calls.append(a) or subprocess.CompletedProcess(a, 0, b"", b""))
+    monkeypatch.setattr(
+        docker, "_docker", lambda *a, **k: calls.append(a) or subprocess.CompletedProcess(a, 0, b"", b"")
+    )
     box = docker.DockerSandbox("l-0123456789ab", ["docker", "run"], env={}, log_path=Path("/dev/null"), cpus=2.0)
     box.cap_cpu()
     assert calls == [("update", "--cpus", "2", docker.CONTAINER_PREFIX + "l-0123456789ab")]

@@ -26,8 +26,7 @@ def runner(tmp_path):
 
 def _open(runner) -> str:
     lease_id = "l-" + secrets.token_hex(6)
-    runner.open(protocol.LeaseOpen(lease_id=lease_id, cluster_id="c-" + "a" * 12, role="head",
-                                   ray_auth_token="t" * 32))
+    runner.open(protocol.LeaseOpen(lease_id=lease_id, cluster_id="c-" + "a" * 12, role="head", ray_auth_token="t" * 32))
     return lease_id
 
 

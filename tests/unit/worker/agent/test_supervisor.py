@@ -58,6 +58,7 @@ def namespace(monkeypatch):
         monkeypatch.setattr(supervisor.time, "sleep", ns.sleep)
         monkeypatch.setattr(supervisor.time, "monotonic", lambda: ns.now)
         return ns
+
     return install
 
 
@@ -70,7 +71,7 @@ def test_ray_order_ends_a_head_on_sigterm_within_the_grace(namespace):
     assert supervisor.stop_everything(2.0, sorted(procs.STOP_FIRST), sorted(procs.STOP_LAST)) == 5
     assert ns.table == {}
     assert ns.log[0] == ("raylet", signal.SIGTERM)
-    assert ("gcs_server", signal.SIGTERM) not in ns.log[:ns.log.index(("python3", signal.SIGTERM)) + 1]
+    assert ("gcs_server", signal.SIGTERM) not in ns.log[: ns.log.index(("python3", signal.SIGTERM)) + 1]
     assert ns.now < 0.5  # nobody waited out the grace
     assert ns.log[-1] == ("all", signal.SIGKILL)  # the sweep that ends anything forked meanwhile
 

@@ -15,8 +15,13 @@ import pytest
 from ray.autoscaler._private.command_runner import _with_environment_variables
 from ray.autoscaler._private.subprocess_output_util import ProcessRunnerError
 from ray.autoscaler.node_launch_exception import NodeLaunchException
-from ray.autoscaler.tags import (NODE_KIND_HEAD, NODE_KIND_WORKER, TAG_RAY_NODE_KIND, TAG_RAY_NODE_STATUS,
-                                 TAG_RAY_USER_NODE_TYPE)
+from ray.autoscaler.tags import (
+    NODE_KIND_HEAD,
+    NODE_KIND_WORKER,
+    TAG_RAY_NODE_KIND,
+    TAG_RAY_NODE_STATUS,
+    TAG_RAY_USER_NODE_TYPE,
+)
 
 from worker import client as api
 from tests.protocols import assert_implements
@@ -44,13 +49,21 @@ class FakePlatform:
 
     def add(self, role="worker", status="open", node_ip="10.0.0.1", **tags) -> str:
         nid = "l-" + secrets.token_hex(6)
-        self.nodes[nid] = {"id": nid, "role": role, "status": status, "node_type": role, "node_ip": node_ip,
-                           "machine_id": "m-1", "tags": {TAG_RAY_NODE_KIND: role, **tags}}
+        self.nodes[nid] = {
+            "id": nid,
+            "role": role,
+            "status": status,
+            "node_type": role,
+            "node_ip": node_ip,
+            "machine_id": "m-1",
+            "tags": {TAG_RAY_NODE_KIND: role, **tags},
+        }
         return nid
 
     def calls(self, method: str | None = None, path: str | None = None) -> list[httpx.Request]:
-        return [r for r in self.requests if (method is None or r.method == method)
-                and (path is None or r.url.path == path)]
+        return [
+            r for r in self.requests if (method is None or r.method == method) and (path is None or r.url.path == path)
+        ]
 
     def body(self, request: httpx.Request) -> dict:
         return json.loads(request.content)
@@ -66,7 +79,7 @@ class FakePlatform:
             return httpx.Response(401, json={"detail": "bad token"})
         path = request.url.path
         assert path.startswith(PREFIX), path
-        rest = path[len(PREFIX):].strip("/").split("/")
+        rest = path[len(PREFIX) :].strip("/").split("/")
         if rest == [""]:
             if request.method == "GET":
                 return httpx.Response(200, json=list(self.nodes.values()))
@@ -104,8 +117,11 @@ class FakeClock:
 @pytest.fixture
 def platform(monkeypatch):
     fake = FakePlatform()
-    monkeypatch.setattr(market_provider.MarketNodeProvider, "make_client", classmethod(
-        lambda cls, url: api.PlatformClient(url, transport=httpx.MockTransport(fake.handle))))
+    monkeypatch.setattr(
+        market_provider.MarketNodeProvider,
+        "make_client",
+        classmethod(lambda cls, url: api.PlatformClient(url, transport=httpx.MockTransport(fake.handle))),
+    )
     return fake
 
 
@@ -121,8 +137,13 @@ def sleeps():
 
 @pytest.fixture
 def provider(platform, fake_clock, sleeps):
-    config = {"type": "external", "module": "worker.node_provider.market_provider.MarketNodeProvider",
-              "platform_url": URL, "cluster_id": CID, "token": TOKEN}
+    config = {
+        "type": "external",
+        "module": "worker.node_provider.market_provider.MarketNodeProvider",
+        "platform_url": URL,
+        "cluster_id": CID,
+        "token": TOKEN,
+    }
     return market_provider.MarketNodeProvider(config, CID, clock=fake_clock, sleep=sleeps.append)
 
 
@@ -333,8 +354,12 @@ def test_docker_is_refused(provider, platform):
 
 def test_run_encodes_env_like_the_ssh_runner(provider, platform):
     nid = platform.add("head")
-    env = {"RAY_OVERRIDE_RESOURCES": {"CPU": 0, "GPU": 0}, "RAY_USAGE_STATS_ENABLED": 0,
-           "RAY_OVERRIDE_LABELS": {"dcluster.io/cluster": CID}, "PLAIN": "a b"}
+    env = {
+        "RAY_OVERRIDE_RESOURCES": {"CPU": 0, "GPU": 0},
+        "RAY_USAGE_STATS_ENABLED": 0,
+        "RAY_OVERRIDE_LABELS": {"dcluster.io/cluster": CID},
+        "PLAIN": "a b",
+    }
     assert runner(provider, nid).run("ray start --head", environment_variables=env) == ""
     (call,) = platform.calls("POST", f"{PREFIX}/{nid}/exec")
     body = platform.body(call)
@@ -417,8 +442,11 @@ def test_rsync_up_sends_the_file_as_base64(provider, platform, tmp_path):
     src.write_bytes(b'{"a": 1}\n\x00\xff')
     runner(provider, nid).run_rsync_up(str(src), "~/ray_bootstrap_config.yaml", {"rsync_exclude": None})
     (call,) = platform.calls("POST", f"{PREFIX}/{nid}/exec")
-    assert platform.body(call) == {"op": "put_file", "path": "~/ray_bootstrap_config.yaml",
-                                   "content_b64": base64.b64encode(src.read_bytes()).decode()}
+    assert platform.body(call) == {
+        "op": "put_file",
+        "path": "~/ray_bootstrap_config.yaml",
+        "content_b64": base64.b64encode(src.read_bytes()).decode(),
+    }
 
 
 def test_rsync_up_of_a_directory_sends_each_file(provider, platform, tmp_path):
@@ -431,7 +459,9 @@ def test_rsync_up_of_a_directory_sends_each_file(provider, platform, tmp_path):
     bodies = [platform.body(c) for c in platform.calls("POST")]
     assert bodies[0]["op"] == "run" and bodies[0]["cmd"] == "mkdir -p ~/'my dir' ~/'my dir/sub'"
     assert {(b["path"], base64.b64decode(b["content_b64"])) for b in bodies[1:]} == {
-        ("~/my dir/a.txt", b"a"), ("~/my dir/sub/b.txt", b"b")}
+        ("~/my dir/a.txt", b"a"),
+        ("~/my dir/sub/b.txt", b"b"),
+    }
 
 
 def test_rsync_down_writes_the_remote_file(provider, platform, tmp_path):
