@@ -27,15 +27,18 @@ lock:
 
 venv: $(BIN)/dcluster
 
-test: venv
-	$(BIN)/lint-imports
+test: venv lint
 	$(BIN)/pytest -q -n 2 --dist loadfile --durations=40 tests
 
 unit: venv
 	$(BIN)/pytest -q tests/unit
 
+# The layer contracts, ruff's lint and format check, and mypy --strict on the bottom layer.
 lint: venv
 	$(BIN)/lint-imports
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy --strict dcl_core
 
 up: venv
 	$(BIN)/dcluster up --providers $(PROVIDERS) --port $(PORT)

@@ -8,7 +8,6 @@ import itertools
 import logging
 
 import ray
-
 from ray.util import scheduling_strategies
 
 from actors import cluster_files, cluster_manager, cluster_store, expiry_reaper, launcher, ray_metrics, registry, store
@@ -183,7 +182,7 @@ def _detached(cls: type, name: str, settings: PlatformSettings):
     )
 
 
-def ensure_actors(settings: PlatformSettings) -> dict[str, "ray.actor.ActorHandle"]:
+def ensure_actors(settings: PlatformSettings) -> dict[str, ray.actor.ActorHandle]:
     """Looks up the control-plane actors, creating any that do not exist yet."""
     settings_json = settings.model_dump_json()
     return {

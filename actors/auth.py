@@ -9,8 +9,8 @@ import secrets
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import jwt
 from passlib.context import CryptContext
@@ -89,7 +89,7 @@ class Principal:
         }
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Principal":
+    def from_dict(cls, data: dict) -> Principal:
         return cls(int(data["account_id"]), data["username"], domain.Role(data["role"]), data.get("cluster_id"))
 
 

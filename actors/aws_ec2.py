@@ -15,7 +15,8 @@ logger = logging.getLogger(__name__)
 
 
 def ec2_client(config: dict[str, Any]):
-    """The EC2 client of the cluster's region, with the launcher's credentials (the boto3 chain or provider.aws_credentials)."""
+    """The EC2 client of the cluster's region, with the launcher's credentials (the boto3 chain or
+    provider.aws_credentials)."""
     import boto3
 
     return boto3.client(

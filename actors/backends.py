@@ -7,7 +7,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from actors import auth, cluster_files, cluster_views as views, placement
+from actors import auth, cluster_files, placement
+from actors import cluster_views as views
 from actors.settings import PlatformSettings
 from configs import aws, market
 from dcl_core import domain, errors

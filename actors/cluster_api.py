@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import logging
 
-from actors import auth, cluster_logs, cluster_views as views, quotas
+from actors import auth, cluster_logs, quotas
 from actors import cluster_store as cstore
+from actors import cluster_views as views
 from actors import usage as usage_mod
 from dcl_core import domain, errors, ids
 from dcl_core.cluster_spec import ClusterSpec

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Callable
+from collections.abc import Callable
 
 from actors import cluster_store as cstore
 from dcl_core import ids

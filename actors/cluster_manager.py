@@ -8,15 +8,27 @@ import asyncio
 import collections
 import logging
 import time
-from typing import Awaitable, Callable, Protocol, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Protocol, TypeVar
 
-from actors import auth, backends as backends_mod, cluster_files, cluster_views as views, lifecycle, placement
-from actors import platform_secrets
+from actors import (
+    auth,
+    cluster_files,
+    cluster_logs,
+    gpu_checks,
+    lifecycle,
+    machine_index,
+    node_observer,
+    placement,
+    platform_secrets,
+    quota_book,
+    reputation,
+)
+from actors import backends as backends_mod
 from actors import cluster_store as cstore
-from actors import metrics as metrics_mod
-from actors import cluster_logs, gpu_checks, quota_book, reputation
+from actors import cluster_views as views
 from actors import joins as joins_mod
-from actors import machine_index, node_observer
+from actors import metrics as metrics_mod
 from actors.cluster_api import BuyerApi
 from actors.node_api import NodeProviderApi
 from actors.settings import PlatformSettings
@@ -185,7 +197,7 @@ class ClusterManager(BuyerApi, NodeProviderApi):
                 closed += 1
         try:
             await self._logs.purge()
-        except Exception:  # noqa: BLE001 - a failed purge is retried at the next sweep
+        except Exception:
             logger.exception("purging old cluster logs failed")
         removed = cluster_files.remove_stale_launcher_files(
             self._settings.state_dir / cluster_files.LAUNCHER_TMP, older_than_s=SWEEP_INTERVAL_S
@@ -485,7 +497,7 @@ class ClusterManager(BuyerApi, NodeProviderApi):
     async def _keep_logs(self, cluster_id: str, lease: dict, result: dict) -> None:
         try:
             kept = await self._logs.keep(cluster_id, lease, (result.get("data") or {}).get("logs"))
-        except Exception:  # noqa: BLE001 - the node is released whatever happens to its logs
+        except Exception:
             logger.exception("keeping the logs of lease %s failed", lease["id"])
             return
         if kept:

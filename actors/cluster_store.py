@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-from typing import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 
-from dcl_core import domain
 from actors import store as store_mod
 from actors.store import Database
+from dcl_core import domain
 
 ACTIVE_LEASE_STATUSES = tuple(s.value for s in domain.LeaseStatus if s.holds_capacity())
 _IDS_PER_QUERY = 500  # ids in one `IN (...)` (SQLite's limit on parameters was 999 before 3.32)
@@ -249,7 +249,8 @@ class ClusterStore(Database):
     async def leases_in_window(
         self, start: float, end: float, *, owner_id: int | None = None, provider_id: int | None = None
     ) -> list[dict]:
-        """Leases whose node was in Ray at some time in [start, end], with their cluster's owner and machine's provider."""
+        """Leases whose node was in Ray at some time in [start, end], with their cluster's owner and machine's
+        provider."""
         sql = (
             "SELECT l.*, c.owner_id, c.name AS cluster_name, m.provider_id, m.name AS machine_name FROM leases l"
             " JOIN clusters c ON c.id = l.cluster_id JOIN machines m ON m.id = l.machine_id"

@@ -8,8 +8,8 @@ import json
 import shlex
 
 from actors import auth, placement
-from dcl_core import domain, errors, ids
 from configs import market
+from dcl_core import domain, errors, ids
 
 
 def connection_details(node_ip: str, ports: dict, token: str, proxy_base: str) -> dict:

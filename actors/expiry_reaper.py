@@ -6,11 +6,12 @@ import asyncio
 import heapq
 import logging
 import time
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
+from actors import cluster_store as cstore
 from actors import metrics as metrics_mod
 from dcl_core import domain
-from actors import cluster_store as cstore
 
 logger = logging.getLogger(__name__)
 
@@ -120,5 +121,5 @@ class ExpiryReaper:
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass

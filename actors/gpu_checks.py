@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
-from actors import cluster_store as cstore, gpu_verification
+from actors import cluster_store as cstore
+from actors import gpu_verification
 from actors.settings import PlatformSettings
 from dcl_core import domain, ids, protocol
 
@@ -81,14 +83,14 @@ class GpuChecker:
     async def _check(self, machine_id: str, spec: domain.MachineSpec, lease_id: str) -> None:
         try:
             verdict = await self._run(machine_id, spec, lease_id)
-        except Exception as exc:  # noqa: BLE001 - recorded; the loop goes on
+        except Exception as exc:
             logger.exception("GPU check of machine %s failed", machine_id)
             verdict = gpu_verification.failed(f"the check failed on the platform: {type(exc).__name__}: {exc}")
         try:
             recorded = await self._store.finish_gpu_check(
                 machine_id, lease_id, verdict.status, verdict.detail_json(), self._clock()
             )
-        except Exception:  # noqa: BLE001 - the next run_once finds the check without a task: due again
+        except Exception:
             logger.exception("could not record the GPU check of machine %s; it is due again", machine_id)
             return
         if recorded:

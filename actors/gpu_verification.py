@@ -95,7 +95,7 @@ def judge(spec: domain.MachineSpec, report: protocol.GpuCheckReport, *, accept_f
     differences = []
     if len(claimed) != len(seen):
         differences.append(f"count: the machine claims {len(claimed)} GPU(s), the check lease saw {len(seen)}")
-    for index, ((model, memory), (seen_model, seen_memory)) in enumerate(zip(claimed, seen)):
+    for index, ((model, memory), (seen_model, seen_memory)) in enumerate(zip(claimed, seen, strict=False)):
         if model != seen_model:
             differences.append(f"GPU {index} model: claimed {model!r}, seen {seen_model!r}")
         if memory > seen_memory * (1 + MEMORY_TOLERANCE):

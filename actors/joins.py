@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 from actors import cluster_store as cstore
-from dcl_core import domain
 from actors import node_observer
+from dcl_core import domain
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ class JoinWatcher:
         read, so that the reconcile step that follows need not read them again."""
         results = await asyncio.gather(*(self._observe(cid) for cid in cluster_ids), return_exceptions=True)
         unchanged = {}
-        for cid, result in zip(cluster_ids, results):
+        for cid, result in zip(cluster_ids, results, strict=True):
             if isinstance(result, Exception):
                 logger.error("observing cluster %s failed", cid, exc_info=result)
             elif result[1] is not None:

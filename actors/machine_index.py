@@ -13,7 +13,7 @@ from __future__ import annotations
 import bisect
 import collections
 import heapq
-from typing import Iterable
+from collections.abc import Iterable
 
 from actors import placement, reputation
 from dcl_core import domain
@@ -93,7 +93,7 @@ class MachineIndex:
             self._file(row["id"])
         self.synced_at = now
 
-    def with_leases_of(self, other: "MachineIndex") -> "MachineIndex":
+    def with_leases_of(self, other: MachineIndex) -> MachineIndex:
         """This (empty) index, knowing the leases another knows: to load afresh beside it, then replace it."""
         for lease_id, row in other._leases.items():
             self._leases[lease_id] = row

@@ -6,7 +6,8 @@ metrics endpoint); `NullMetrics` is the default, so a plain class works without 
 
 from __future__ import annotations
 
-from typing import Mapping, Protocol
+from collections.abc import Mapping
+from typing import Protocol
 
 
 class Metrics(Protocol):

@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from actors import auth, cluster_views as views, placement
+from actors import auth, placement
+from actors import cluster_views as views
 from actors import joins as joins_mod
 from configs import market
 from dcl_core import commands, domain, errors, protocol

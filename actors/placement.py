@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 from dcl_core import domain
 
@@ -38,7 +38,7 @@ class NodeRequest:
     min_reliability: float | None = None  # the buyer's floor: None, any machine
     verified_only: bool = False  # only machines whose GPUs were verified (GPU nodes)
 
-    def price_of(self, m: "MachineCapacity") -> float:
+    def price_of(self, m: MachineCapacity) -> float:
         """What this node costs per billed unit-hour on machine m."""
         return m.price_per_gpu_hour if self.gpus else m.price_per_cpu_hour
 

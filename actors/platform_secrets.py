@@ -9,8 +9,9 @@ import logging
 import os
 import secrets
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 from actors import auth, cluster_files, secret_box
 from actors.settings import PlatformSettings

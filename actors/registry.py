@@ -7,12 +7,14 @@ import collections
 import logging
 import secrets
 import time
-from typing import Callable
+from collections.abc import Callable
 
-from actors import auth, agent_keys, gpu_verification, metrics as metrics_mod, offers, platform_secrets, reputation
-from actors import store as store_mod, throttle as throttle_mod
-from dcl_core import domain, errors, ids, protocol
+from actors import agent_keys, auth, gpu_verification, offers, platform_secrets, reputation
+from actors import metrics as metrics_mod
+from actors import store as store_mod
+from actors import throttle as throttle_mod
 from actors.settings import PlatformSettings
+from dcl_core import domain, errors, ids, protocol
 
 logger = logging.getLogger(__name__)
 
@@ -314,7 +316,7 @@ class ProviderRegistry:
             ready.clear()
             try:
                 await asyncio.wait_for(ready.wait(), timeout=wait_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         items = list(queue)
         queue.clear()
@@ -344,7 +346,7 @@ class ProviderRegistry:
         self._pending_results[item["id"]] = (machine_id, future)
         try:
             return await asyncio.wait_for(future, timeout=timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return {
                 "ok": False,
                 "exit_code": None,

@@ -17,7 +17,8 @@ class PlatformSettings(domain.StrictModel):
     state_dir: Annotated[
         Path,
         Field(
-            description="SQLite: where the database and the platform's secrets live; PostgreSQL: scratch on each node (the launcher's temp files, the admin credentials file)"
+            description="SQLite: where the database and the platform's secrets live; PostgreSQL: scratch on each "
+            "node (the launcher's temp files, the admin credentials file)"
         ),
     ]
     database: Annotated[
@@ -135,5 +136,6 @@ class PlatformSettings(domain.StrictModel):
         return self.heartbeat_interval_s * self.missed_heartbeats_offline
 
     def online_cutoff(self, now: float) -> float:
-        """A machine is online while its last heartbeat is at or after this (dcl_core.domain.MachineStatus.effective)."""
+        """A machine is online while its last heartbeat is at or after this
+        (dcl_core.domain.MachineStatus.effective)."""
         return now - self.offline_after_s

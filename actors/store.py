@@ -7,8 +7,9 @@ import contextlib
 import json
 import logging
 import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import AsyncIterator, Awaitable, Callable, Protocol, Sequence, TypeVar
+from typing import Protocol, TypeVar
 
 import aiosqlite
 

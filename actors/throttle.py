@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from dcl_core import errors
 
@@ -129,7 +129,7 @@ class AuthThrottle:
         )
 
     @classmethod
-    def from_settings(cls, settings, clock: Callable[[], float] = time.monotonic) -> "AuthThrottle":
+    def from_settings(cls, settings, clock: Callable[[], float] = time.monotonic) -> AuthThrottle:
         return cls(
             login_failures_per_address_per_minute=settings.login_failures_per_address_per_minute,
             signups_per_address_per_minute=settings.signups_per_address_per_minute,

@@ -16,9 +16,7 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks import common
-from benchmarks import platform_session
-from benchmarks import wrk
+from benchmarks import common, platform_session, wrk
 from worker import procs
 
 NAME = "api_throughput"

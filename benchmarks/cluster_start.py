@@ -109,7 +109,7 @@ def bare_ray_start(workdir: Path, *, num_workers: int = NUM_WORKERS, with_job: b
         probe.stdin.flush()
         workers = [
             procs.spawn(cmd, env={**env, **p.env()}, log_path=root / f"worker{i}.log", owner_tag=tag)
-            for i, (cmd, p) in enumerate(zip(worker_cmds, ports[1:]))
+            for i, (cmd, p) in enumerate(zip(worker_cmds, ports[1:], strict=True))
         ]
         for i, w in enumerate(workers):
             if w.wait(120) != 0:

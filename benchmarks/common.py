@@ -166,7 +166,7 @@ def machine_info() -> dict[str, Any]:
         ray_version = None
     vm = psutil.virtual_memory()
     return {
-        "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "date_utc": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "hostname": platform.node(),
         "cpu_model": _cpu_model(),
         "logical_cpus": os.cpu_count(),
@@ -328,7 +328,7 @@ def table(rows: Sequence[Row]) -> str:
     widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h) for i, h in enumerate(header)]
 
     def render(cells: Sequence[str]) -> str:
-        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
 
     out = [render(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
     out += [render(line) for line in lines]

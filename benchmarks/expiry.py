@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 
 from actors import cluster_store as cstore
-from dcl_core import domain
 from actors import expiry_reaper
 from benchmarks import common
+from dcl_core import domain
 
 NAME = "expiry"
 TARGET_P99_S = 1.0

@@ -90,7 +90,7 @@ async def _creates(manager, buyers: list[auth.Principal], concurrency: int, wind
                     buyers[i % len(buyers)], {"num_workers": 1, "gpus_per_worker": 8, "duration_s": 3600}
                 )
                 latencies.append(time.perf_counter() - t0)
-            except Exception as exc:  # noqa: BLE001 - counted, and named in the details
+            except Exception as exc:
                 failures.append(f"{type(exc).__name__}: {exc}"[:120])
             i += concurrency
 
@@ -156,7 +156,7 @@ async def _measure(
     place_ms = []
     for _ in range(10):
         t0 = time.perf_counter()
-        await manager._place("c-bench", requests)  # noqa: SLF001 (the path create_cluster runs)
+        await manager._place("c-bench", requests)
         place_ms.append((time.perf_counter() - t0) * 1000)
     buyers = await _buyers(store, BUYERS)
     creates = []

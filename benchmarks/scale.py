@@ -213,13 +213,13 @@ async def time_manager_placement(db_dir: Path, n: int, active: int, reps: int) -
     settings = settings_mod.PlatformSettings(state_dir=db_dir, heartbeat_interval_s=BEAT_EVERY_S)
     manager = cluster_manager.ClusterManager(store, settings, registry=None, launcher=None)
     t0 = time.perf_counter()
-    await manager._load_machines()  # noqa: SLF001 (what start() does first)
+    await manager._load_machines()
     load_s = time.perf_counter() - t0
     requests = placement.cluster_requests(1, 8, 1, None)
     out = []
     for _ in range(reps):
         t0 = time.perf_counter()
-        await manager._place("c-" + secrets.token_hex(6), requests)  # noqa: SLF001 (the path create_cluster runs)
+        await manager._place("c-" + secrets.token_hex(6), requests)
         out.append(time.perf_counter() - t0)
     await store.close()
     return {"place_s": out, "load_s": load_s}
@@ -380,7 +380,7 @@ def run(ctx) -> list[common.Row]:
             "body": body,
             "headers": {"Authorization": f"Bearer {key}"},
         }
-        for mid, key in zip(reg["ids"], reg["keys"])
+        for mid, key in zip(reg["ids"], reg["keys"], strict=True)
         if mid
     ]
     random.Random(0).shuffle(requests)  # machines beat in no particular order

@@ -28,8 +28,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from cli import dashboard_forward, output
-from cli import terminal
+from cli import dashboard_forward, output, terminal
 from cli.exits import CliError, Exit, error_message, exit_code_for
 from cli.session import Session, current_session, read_session, save_session, session_path
 from dcl_core import domain
@@ -76,7 +75,7 @@ def parse_duration(text: str) -> int:
         match = _DURATION.fullmatch(value)
         if not value or not match or not any(match.groups()):
             raise ValueError(f"invalid duration {text!r}: use seconds (3600) or d/h/m/s units (30m, 2h, 1h30m, 90s)")
-        seconds = sum(int(g) * unit for g, unit in zip(match.groups(), _UNIT_S) if g)
+        seconds = sum(int(g) * unit for g, unit in zip(match.groups(), _UNIT_S, strict=True) if g)
     if seconds <= 0:
         raise ValueError(f"invalid duration {text!r}: it must be longer than 0 s")
     return seconds

@@ -26,7 +26,7 @@ class DashboardForward:
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.0"  # one request a connection: the body ends when it closes
 
-            def do_GET(self):  # noqa: N802 (http.server's name)
+            def do_GET(self):
                 headers = {k: v for k in _PASSED_REQUEST_HEADERS if (v := self.headers.get(k)) is not None}
                 headers["Authorization"] = f"Bearer {token}"
                 try:

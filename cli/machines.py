@@ -4,7 +4,7 @@ each machine's reliability and whether its GPUs are declared or verified."""
 from __future__ import annotations
 
 import argparse
-from typing import Callable
+from collections.abc import Callable
 
 from cli import buyer, output, terminal
 

@@ -9,11 +9,9 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from cli import buyer, demo, machine_keys, machines, quota, usage
-from dcl_core import database_url
+from cli import buyer, demo, machine_keys, machines, platform_state, quota, usage
 from cli import platform as platform_mod
-from cli import platform_state
-from dcl_core import domain
+from dcl_core import database_url, domain
 from worker import client as client_mod
 
 logger = logging.getLogger(__name__)
@@ -220,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dcluster", description="GPU cluster marketplace on Ray")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, (add, handler) in SUBCOMMANDS.items():
+    for add, handler in SUBCOMMANDS.values():
         add(sub).set_defaults(handler=handler)
     return parser
 

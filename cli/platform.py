@@ -384,7 +384,10 @@ class PlatformLauncher:
         }
         self._save(record)
         try:
-            command = lambda: pstate.ray_member_command(head_address=self.join, ports=ports, temp_dir=temp_dir)
+
+            def command() -> list[str]:
+                return pstate.ray_member_command(head_address=self.join, ports=ports, temp_dir=temp_dir)
+
             env = {**self._node_env(ports), pstate.GCS_RECONNECT_ENV: str(pstate.MEMBER_GCS_RECONNECT_S)}
             self._start_node(record, env, command, ports, MEMBER_CORE_PROCESSES)
         except BaseException as exc:

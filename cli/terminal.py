@@ -47,7 +47,7 @@ class ClusterProgress:
         self._live = None
         self._console = None
 
-    def __enter__(self) -> "ClusterProgress":
+    def __enter__(self) -> ClusterProgress:
         if _is_terminal(self._stream):
             import rich.console
 

@@ -11,15 +11,15 @@ import importlib.resources
 import ipaddress
 import os
 import re
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Annotated, Any, Iterable, Iterator
+from typing import Annotated, Any
 
 import yaml
 from pydantic import Field, field_validator, model_validator
 
-from dcl_core import cluster_spec, domain, errors, ids
 from configs import market
-
+from dcl_core import cluster_spec, domain, errors, ids
 
 TEMPLATE = "aws.yaml"
 CLUSTER_LABEL = market.CLUSTER_LABEL
@@ -111,7 +111,9 @@ class AwsSettings(domain.StrictModel):
         try:
             network = ipaddress.ip_network(value.strip(), strict=True)
         except ValueError as exc:
-            raise ValueError(f"allowed_cidr {value!r} is not a network in CIDR form, e.g. 203.0.113.0/24 ({exc})")
+            raise ValueError(
+                f"allowed_cidr {value!r} is not a network in CIDR form, e.g. 203.0.113.0/24 ({exc})"
+            ) from None
         if network.prefixlen == 0:
             raise ValueError(
                 f"allowed_cidr {value!r} opens the cluster to the whole internet; name the network "

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import AfterValidator, Field
 
@@ -181,7 +181,7 @@ class MachineKeyPublic(Strict):
 class WorkItem(Strict):
     id: str
     kind: str
-    payload: dict
+    payload: dict[str, Any]
 
 
 class WorkBatch(Strict):

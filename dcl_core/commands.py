@@ -1,4 +1,5 @@
-"""What launcher commands mean to us: `ray start` (a node joins), `ray stop` (intercepted), and redaction of secrets in their text."""
+"""What launcher commands mean to us: `ray start` (a node joins), `ray stop` (intercepted), and redaction of
+secrets in their text."""
 
 from __future__ import annotations
 

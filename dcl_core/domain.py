@@ -31,7 +31,7 @@ class NodeRole(str, enum.Enum):
 
 # A node role as plain text, as payloads, rows and tags carry it (compare with NodeRole members; format
 # with .value: f"{NodeRole.HEAD}" is "NodeRole.HEAD").
-NodeRoleValue = Literal[NodeRole.HEAD.value, NodeRole.WORKER.value]
+NodeRoleValue = Literal["head", "worker"]  # NodeRole's values: a test checks they agree
 
 
 class MachineStatus(str, enum.Enum):
@@ -76,7 +76,7 @@ class ClusterStatus(str, enum.Enum):
         )
 
     @classmethod
-    def active(cls) -> tuple["ClusterStatus", ...]:
+    def active(cls) -> tuple[ClusterStatus, ...]:
         return tuple(s for s in cls if s.is_active())
 
 
@@ -108,7 +108,7 @@ class GpuVerification(str, enum.Enum):
         return self in (GpuVerification.PENDING, GpuVerification.CHECKING)
 
     @classmethod
-    def placement_holders(cls) -> tuple["GpuVerification", ...]:
+    def placement_holders(cls) -> tuple[GpuVerification, ...]:
         return tuple(s for s in cls if s.holds_placement())
 
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class DClusterError(Exception):
     """Root of every error the control plane raises on purpose."""
 
     http_status = 400
 
-    def __init__(self, message: str, **fields):
+    def __init__(self, message: str, **fields: Any) -> None:
         super().__init__(message)
         self.message = message
         self.fields = fields
@@ -44,6 +46,6 @@ class RateLimited(DClusterError):
     http_status = 429
 
     # A default keeps the exception picklable: Ray rebuilds it as cls(message), then restores __dict__.
-    def __init__(self, message: str, *, retry_after_s: int = 60, **fields):
+    def __init__(self, message: str, *, retry_after_s: int = 60, **fields: Any) -> None:
         super().__init__(message, retry_after_s=retry_after_s, **fields)
         self.retry_after_s = retry_after_s

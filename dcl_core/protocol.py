@@ -7,7 +7,7 @@ and a `WorkResult` body. Items of one lease are handled in order; leases run in 
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -28,9 +28,9 @@ Strict = domain.StrictModel
 
 # What a lease is for: a node of a buyer's sub-cluster, or the platform's own GPU check of the machine
 # (actors.gpu_checks: every GPU, one command, never billed; it belongs to no cluster).
-NODE_LEASE = "node"
-GPU_CHECK_LEASE = "gpu_check"
 LeasePurpose = Literal["node", "gpu_check"]
+NODE_LEASE: LeasePurpose = "node"
+GPU_CHECK_LEASE: LeasePurpose = "gpu_check"
 
 
 class LeaseOpen(Strict):
@@ -50,7 +50,7 @@ class LeaseOpen(Strict):
     image: Annotated[str, Field(max_length=256)] | None = None  # the cluster's container image (docker runtime)
 
     @model_validator(mode="after")
-    def _node_or_check(self) -> "LeaseOpen":
+    def _node_or_check(self) -> LeaseOpen:
         if self.purpose == NODE_LEASE and (self.cluster_id is None or self.role is None):
             raise ValueError("a node lease needs its cluster_id and role")
         if self.purpose == GPU_CHECK_LEASE and (self.cluster_id is not None or self.role is not None):
@@ -99,7 +99,7 @@ class WorkResult(Strict):
     ok: bool
     exit_code: int | None = None
     output: Annotated[str, Field(max_length=MAX_OUTPUT_BYTES * 2)] = ""
-    data: dict = {}
+    data: dict[str, Any] = {}
 
 
 # Environment variables an agent sets for every command of a lease (the launcher templates use them).

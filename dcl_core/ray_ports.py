@@ -39,7 +39,9 @@ class RayPorts:
         names = cls.single_port_names()
         if len(single) != len(names):
             raise ValueError(f"{len(names)} single ports needed, {len(single)} given")
-        return cls(**dict(zip(names, single)), min_worker=worker_start, max_worker=worker_start + worker_range - 1)
+        return cls(
+            **dict(zip(names, single, strict=True)), min_worker=worker_start, max_worker=worker_start + worker_range - 1
+        )
 
     def listening(self) -> list[int]:
         """The single ports (not the worker range)."""

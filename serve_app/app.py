@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse
@@ -38,7 +38,7 @@ async def _start_status(name: str, handle) -> dict:
     """An actor's start status, or why it could not be asked: health never raises, never waits long."""
     try:
         return await asyncio.wait_for(handle.start_status.remote(), timeout=HEALTH_PROBE_TIMEOUT_S)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return {"actor": name, "ready": False, "last_error": f"no answer within {HEALTH_PROBE_TIMEOUT_S:.0f} s"}
     except Exception as exc:  # an actor restarting or not created yet
         return {"actor": name, "ready": False, "last_error": f"unavailable ({type(exc).__name__})"}

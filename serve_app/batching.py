@@ -13,7 +13,8 @@ clients polling one cluster); nothing is kept past the call that answered them.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 MAX_BATCH = 256
 
@@ -76,9 +77,9 @@ class Batcher:
                         future.set_exception(exc)
                 continue
             if self._coalesce:
-                answer_of = dict(zip(asked, answers))
+                answer_of = dict(zip(asked, answers, strict=True))
                 answers = [answer_of[item] for item in items]
-            for (_, future), answer in zip(batch, answers):
+            for (_, future), answer in zip(batch, answers, strict=True):
                 if future.done():
                     continue
                 if isinstance(answer, Exception):

@@ -130,7 +130,7 @@ class HeadProxy:
                 client.send(client.build_request("GET", url, headers=headers), stream=True),
                 timeout=self._total_timeout_s,
             )
-        except (httpx.HTTPError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, httpx.HTTPError) as exc:
             raise errors.BadGateway(
                 f"{_names(url)} did not answer ({type(exc).__name__}); it may be starting "
                 "or gone, see GET /v1/clusters/{id}"

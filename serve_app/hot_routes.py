@@ -23,7 +23,8 @@ from pydantic import ValidationError
 from starlette.requests import Request
 
 from actors import agent_keys
-from dcl_core import api, errors as domain_errors, ids
+from dcl_core import api, ids
+from dcl_core import errors as domain_errors
 from serve_app import deps, errors, input_policy, routes_clusters, routes_machines
 
 

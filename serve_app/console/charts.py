@@ -66,7 +66,7 @@ def bar_chart(
             f'<text class="axis" x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">'
             f"{escape(_amount(ymax * frac, unit))}</text>"
         )
-    for i, (label, value) in enumerate(zip(labels, values)):
+    for i, (label, value) in enumerate(zip(labels, values, strict=True)):
         h = plot_h * (value / ymax) if ymax else 0.0
         x = left + i * slot + (slot - bar_w) / 2
         parts.append(

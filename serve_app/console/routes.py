@@ -19,7 +19,8 @@ from dcl_core import domain, errors, ids, quota_limits
 from dcl_core.cluster_spec import ClusterSpec
 from serve_app import deps
 from serve_app import errors as http_errors
-from serve_app.console import charts, session as sess
+from serve_app.console import charts
+from serve_app.console import session as sess
 from serve_app.routes_clusters import ClusterId
 
 router = APIRouter(include_in_schema=False)

@@ -14,7 +14,8 @@ from cli import platform as platform_mod
 from tests.integration.helpers import Api, LocalAgent, wait_for
 from worker import procs
 
-HEARTBEAT_S = 2.0  # short, so that "offline after 3 missed beats" takes seconds; not so short that a busy 2-core machine misses beats
+# Short, so that "offline after 3 missed beats" takes seconds; not so short that a busy 2-core machine misses beats.
+HEARTBEAT_S = 2.0
 
 # Every test signs up and in from 127.0.0.1, the generated-input test thousands of times: the
 # per-address and overall sign-in/sign-up limits (unit-tested, and in-process in

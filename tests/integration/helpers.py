@@ -33,7 +33,7 @@ class Api:
         return getattr(self.http, name)
 
     @classmethod
-    def sign_up(cls, base_url: str, role: str, username: str | None = None, password: str = "password123") -> "Api":
+    def sign_up(cls, base_url: str, role: str, username: str | None = None, password: str = "password123") -> Api:
         username = username or unique(role)
         anon = httpx.Client(base_url=base_url, timeout=30)
         r = anon.post("/v1/accounts", json={"username": username, "password": password, "role": role})
@@ -93,7 +93,7 @@ class LocalAgent:
         self.log = self.state_dir / "agent.log"
         self.proc = None
 
-    def start(self) -> "LocalAgent":
+    def start(self) -> LocalAgent:
         env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
         self.proc = procs.spawn(self.cmd, env=env, log_path=self.log, owner_tag=self.tag)
         return self

@@ -35,7 +35,7 @@ class Canary:
         seen = self.seen = []
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802
+            def do_GET(self):
                 seen.append(self.path)
                 self.send_response(200)
                 self.end_headers()

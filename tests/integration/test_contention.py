@@ -25,13 +25,13 @@ def test_two_buyers_within_a_second_on_a_fresh_market_both_run(market, platform)
     assert [r.status_code for r in answers] == [202, 202], [r.text for r in answers]
     ids = [r.json()["id"] for r in answers]
     try:
-        for buyer, cid in zip((alice, bob), ids):
+        for buyer, cid in zip((alice, bob), ids, strict=True):
             cluster = wait_status(buyer, cid, "running")
             assert cluster["workers_joined"] == 1, events_text(buyer, cid)
     finally:
-        for buyer, cid in zip((alice, bob), ids):
+        for buyer, cid in zip((alice, bob), ids, strict=True):
             buyer.delete(f"/v1/clusters/{cid}")
-        for buyer, cid in zip((alice, bob), ids):
+        for buyer, cid in zip((alice, bob), ids, strict=True):
             wait_for(
                 lambda: buyer.get(f"/v1/clusters/{cid}").json()["status"] in ("terminated", "failed"),
                 timeout_s=120,

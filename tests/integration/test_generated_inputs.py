@@ -138,7 +138,7 @@ def _run(base_url, operation, caller, authorization, mode, own_ids, counts, fail
     kwargs = {}
     if operation.path == "/v1/machines/{machine_id}/work":
         kwargs["query"] = {"wait_s": 0}  # the long poll would hold each case for up to 30 s
-    own = {name: value for name, value in own_ids.items() if "{%s}" % name in operation.path}
+    own = {name: value for name, value in own_ids.items() if "{" + name + "}" in operation.path}
     if own and mode.is_positive:
         kwargs["path_parameters"] = own
     strategy = operation.as_strategy(generation_mode=mode, **kwargs)

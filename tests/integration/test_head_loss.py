@@ -45,7 +45,7 @@ class Node:
         for p in self.processes():
             try:
                 title = (p.cmdline() or [""])[0]
-            except Exception:  # noqa: BLE001 - a process that just ended
+            except Exception:
                 continue
             names |= {a for a in ACTORS if title.startswith(f"ray::{a}")}
         return names
@@ -140,7 +140,7 @@ def _admin(url: str, root: Path) -> Api:
 def _healthy(url: str) -> bool:
     try:
         return Api(url).get("/healthz").status_code == 200
-    except Exception:  # noqa: BLE001 - nothing listening yet
+    except Exception:
         return False
 
 

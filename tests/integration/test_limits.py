@@ -157,7 +157,7 @@ def _burst_of_creates(platform, provider: Api) -> bool:
         # every placed cluster has its complete record and no other cluster exists.
         assert {l["cluster_id"] for l in leases} == placed
         holding = [l for l in leases if l["status"] in ACTIVE_LEASES]
-        for machine_id, spec in zip(machines.ids, specs):
+        for machine_id, spec in zip(machines.ids, specs, strict=True):
             on_it = [l for l in holding if l["machine_id"] == machine_id]
             gpus = [i for l in on_it for i in json.loads(l["gpus"])]
             assert sum(l["cpus"] for l in on_it) <= spec["cpus"] and len(gpus) == len(set(gpus)) <= len(spec["gpus"])

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from actors import node_observer
-from tests.waiting import wait_for
 from dcl_core import protocol, ray_ports
+from tests.waiting import wait_for
 from worker import procs
 
 pytestmark = pytest.mark.slow

@@ -18,8 +18,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from worker import procs
 from tests.integration import sandboxes
+from worker import procs
 from worker.agent import leases
 from worker.agent.sandbox import docker as sandbox_docker
 

@@ -8,13 +8,15 @@ import logging
 import random
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pydantic
 
 from dcl_core import domain, protocol
 from worker import client as api
-from worker.agent import detect, fake_nvml, leases, sandbox as sandbox_mod
+from worker.agent import detect, fake_nvml, leases
+from worker.agent import sandbox as sandbox_mod
 from worker.agent.sandbox import base as sandbox_base
 from worker.agent.state import AgentSettings, MachineState, machine_name
 
@@ -116,7 +118,7 @@ class Agent:
                     len(recovered),
                     ", ".join(recovered),
                 )
-        except Exception:  # noqa: BLE001 - the machine can still serve; the leftovers stay on disk
+        except Exception:
             logger.exception("cleaning up leases of a previous run failed")
         logger.info(
             "agent for %s as %s (machine_key %s, state %s)",
@@ -177,7 +179,7 @@ class Agent:
             thread.join(max(0.0, deadline - time.monotonic()))
         try:
             self._stop_leases()
-        except Exception:  # noqa: BLE001 - leaving the platform matters more than a clean lease stop
+        except Exception:
             logger.exception("stopping leases failed")
         machine_id = self.machine_id
         if machine_id is not None:
@@ -191,7 +193,7 @@ class Agent:
                     machine_id,
                     exc,
                 )
-            except Exception:  # noqa: BLE001
+            except Exception:
                 logger.exception("leave failed")
         self._stopped.set()
 
@@ -219,7 +221,7 @@ class Agent:
         while not self._stopping.is_set():
             try:
                 delay = step()
-            except Exception:  # noqa: BLE001 - steps catch their own errors; this is the last net
+            except Exception:
                 logger.exception("agent loop step failed")
                 delay = 1.0
             if self.wait(delay, wakeup):
@@ -264,7 +266,7 @@ class Agent:
             self.revoked = True
             self._stopping.set()  # run() stops the leases and returns
             return 0.0
-        except Exception:  # noqa: BLE001 - never let the heartbeat loop die
+        except Exception:
             logger.exception("unexpected error at %s", stage)
             return self._hb_backoff.next()
         self._recovered()
@@ -387,7 +389,7 @@ class Agent:
             # The heartbeat loop reports outages and re-registers; here only back off.
             logger.debug("work poll failed: %s", exc)
             return self._poll_backoff.next()
-        except Exception:  # noqa: BLE001
+        except Exception:
             logger.exception("unexpected error polling for work")
             return self._poll_backoff.next()
         finally:
@@ -408,7 +410,7 @@ class Agent:
         handler = self.work_handlers.get(kind, self._log_work)
         try:
             handler(item)
-        except Exception:  # noqa: BLE001
+        except Exception:
             logger.exception("work item %s (%s) failed", item.get("id") if isinstance(item, dict) else item, kind)
 
     def _log_work(self, item: dict) -> None:
@@ -428,7 +430,8 @@ class Agent:
                 self._enqueue_lease_item({"id": None, "kind": protocol.LEASE_CLOSE, "payload": {"lease_id": lease_id}})
 
     def _enqueue_lease_item(self, item: dict) -> None:
-        """Queue a lease item behind the earlier items of its lease (a close goes first); never blocks the poll thread."""
+        """Queue a lease item behind the earlier items of its lease (a close goes first); never blocks the poll
+        thread."""
         payload = item.get("payload")
         lease_id = payload.get("lease_id") if isinstance(payload, dict) else None
         key = lease_id if isinstance(lease_id, str) else ""  # "": no lease id; validation will say so
@@ -460,7 +463,7 @@ class Agent:
                 item = queue.popleft()
             try:
                 self._handle_lease_item(item)
-            except Exception:  # noqa: BLE001 - last net: the queue must keep draining
+            except Exception:
                 logger.exception("lease work item %s failed", item.get("id"))
 
     def _handle_lease_item(self, item: dict) -> None:
@@ -507,7 +510,7 @@ class Agent:
         except leases.LeaseError as exc:
             logger.warning("%s: %s", kind, exc)
             return protocol.WorkResult(ok=False, output=str(exc))
-        except Exception as exc:  # noqa: BLE001 - answered, never a dead thread
+        except Exception as exc:
             logger.exception("%s failed", kind)
             return protocol.WorkResult(ok=False, output=f"{kind} failed on the agent: {type(exc).__name__}: {exc}")
 
@@ -533,7 +536,7 @@ class Agent:
                     error = exc
                 except api.PlatformUnreachable as exc:
                     error = exc
-                except Exception:  # noqa: BLE001
+                except Exception:
                     logger.exception("posting the result of work item %s failed", item_id)
                     return False
             if attempt == RESULT_POST_ATTEMPTS or self.wait(backoff.next(), self._stopping):

@@ -15,9 +15,8 @@ import pydantic
 from dcl_core import domain
 from worker import client as api
 from worker.agent import agent as agent_mod
-from worker.agent import detect, fake_nvml
+from worker.agent import detect, fake_nvml, sandbox
 from worker.agent import state as state_mod
-from worker.agent import sandbox
 from worker.agent.sandbox import base as sandbox_base
 
 logger = logging.getLogger(__name__)

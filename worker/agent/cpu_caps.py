@@ -65,5 +65,5 @@ class CpuCaps:
             timer.cancel()
         try:
             box.cap_cpu()
-        except Exception:  # noqa: BLE001 - the lease runs on; its shares still weigh it
+        except Exception:
             logger.exception("lease %s: its CPU quota could not be applied", lease_id)

@@ -45,7 +45,7 @@ def _cuda_version(nvml: Any) -> str | None:
             continue
         try:
             v = int(fn())
-        except Exception:  # noqa: BLE001 - NVMLError_FunctionNotFound and friends
+        except Exception:
             continue
         return f"{v // 1000}.{(v % 1000) // 10}"
     return None
@@ -61,7 +61,7 @@ def nvml_gpus(nvml: Any = None) -> tuple[list[domain.GpuInfo], str | None, str |
             handle = nvml.nvmlDeviceGetHandleByIndex(index)
             try:
                 uuid = _text(nvml.nvmlDeviceGetUUID(handle))[:128]
-            except Exception:  # noqa: BLE001 - a missing UUID is no reason to hide the GPU
+            except Exception:
                 uuid = None
             gpus.append(
                 domain.GpuInfo(
@@ -100,7 +100,7 @@ def _declared_gpus(count: int, model: str, memory_mb: int) -> list[domain.GpuInf
 def _safe(fn, default):
     try:
         return fn()
-    except Exception:  # noqa: BLE001 - detection must degrade, never stop the agent
+    except Exception:
         logger.debug("detection step %s failed", getattr(fn, "__name__", fn), exc_info=True)
         return default
 
@@ -129,7 +129,7 @@ def detect_machine(
     else:
         try:
             gpus, driver, cuda = nvml_gpus(nvml)
-        except Exception as exc:  # noqa: BLE001 - no library, no driver, NVMLError: all mean CPU-only
+        except Exception as exc:
             logger.info("no NVIDIA GPU detected (%s: %s); offering a CPU-only machine", type(exc).__name__, exc)
             gpus = []
     vm_total = _safe(lambda: psutil.virtual_memory().total, 0)
@@ -159,7 +159,7 @@ def current_usage(active_leases: int = 0, *, with_gpus: bool = True, nvml: Any =
     if with_gpus:
         try:
             gpu_util = nvml_utilization(nvml)
-        except Exception as exc:  # noqa: BLE001 - usage is informative; a failed read is not an error
+        except Exception as exc:
             logger.debug("GPU utilization unavailable: %s: %s", type(exc).__name__, exc)
     return domain.MachineUsage(
         cpu_percent=min(100.0, max(0.0, cpu)),

@@ -35,7 +35,7 @@ class FakeNvml:
         self._cuda = int(description.get("cuda_version", 12000))
 
     @classmethod
-    def from_json(cls, text: str) -> "FakeNvml":
+    def from_json(cls, text: str) -> FakeNvml:
         return cls(json.loads(text))
 
     def nvmlInit(self) -> None:

@@ -8,7 +8,8 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from dcl_core import protocol
 from worker.agent import detect, fake_nvml
@@ -32,7 +33,7 @@ def _timed(backend: str, device: str, n: int, run: Callable[[], Any]) -> protoco
         started = time.perf_counter()
         run()
         seconds = max(time.perf_counter() - started, 1e-9)
-    except Exception as exc:  # noqa: BLE001 - a failed benchmark is reported, not raised
+    except Exception as exc:
         return protocol.GpuBenchmark(backend=backend, device=device, size=n, error=f"{type(exc).__name__}: {exc}"[:500])
     return protocol.GpuBenchmark(
         backend=backend, device=device, size=n, seconds=round(seconds, 6), gflops=round(2 * n**3 / seconds / 1e9, 3)
@@ -42,7 +43,7 @@ def _timed(backend: str, device: str, n: int, run: Callable[[], Any]) -> protoco
 def gpu_benchmarks(count: int) -> list[protocol.GpuBenchmark]:
     """A matmul on each of the lease's GPUs with torch or cupy; [] when neither is installed (NVML only)."""
     try:
-        import torch  # noqa: PLC0415 - optional
+        import torch
     except ImportError:
         torch = None
     if torch is not None and torch.cuda.is_available():
@@ -57,7 +58,7 @@ def gpu_benchmarks(count: int) -> list[protocol.GpuBenchmark]:
             results.append(_timed("torch", f"gpu:{index}", GPU_MATMUL_N, run))
         return results
     try:
-        import cupy  # noqa: PLC0415 - optional
+        import cupy
     except ImportError:
         return []
     results = []
@@ -74,13 +75,16 @@ def gpu_benchmarks(count: int) -> list[protocol.GpuBenchmark]:
 
 def cpu_benchmark() -> protocol.GpuBenchmark:
     try:
-        import numpy  # noqa: PLC0415 - in the venv wherever Ray is
+        import numpy
     except ImportError:
         n = PYTHON_MATMUL_N
         a = [[(i * n + j) % 7 / 7.0 for j in range(n)] for i in range(n)]
-        columns = list(zip(*a))
+        columns = list(zip(*a, strict=True))
         return _timed(
-            "python", "cpu", n, lambda: [[sum(x * y for x, y in zip(row, col)) for col in columns] for row in a]
+            "python",
+            "cpu",
+            n,
+            lambda: [[sum(x * y for x, y in zip(row, col, strict=True)) for col in columns] for row in a],
         )
     a = numpy.random.default_rng(0).random((NUMPY_MATMUL_N, NUMPY_MATMUL_N))
     return _timed("numpy", "cpu", NUMPY_MATMUL_N, lambda: a @ a)
@@ -90,7 +94,7 @@ def check() -> protocol.GpuCheckReport:
     try:
         nvml, source = _nvml()
         gpus, driver, cuda = detect.nvml_gpus(nvml)
-    except Exception as exc:  # noqa: BLE001 - no library, no driver, no device: the platform judges it
+    except Exception as exc:
         return protocol.GpuCheckReport(
             nvml="unavailable",
             uid=os.getuid(),

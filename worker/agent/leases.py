@@ -500,7 +500,7 @@ class LeaseRunner:
         def close_one(lease_id: str) -> None:
             try:
                 results[lease_id] = self.close(lease_id, grace_s=grace_s)
-            except Exception as exc:  # noqa: BLE001 - one lease must not keep the others running
+            except Exception as exc:
                 logger.exception("closing lease %s failed", lease_id)
                 results[lease_id] = protocol.WorkResult(ok=False, output=f"{type(exc).__name__}: {exc}")
 

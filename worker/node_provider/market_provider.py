@@ -17,7 +17,8 @@ import random
 import re
 import threading
 import time
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 from urllib.parse import quote
 
 import httpx
@@ -25,9 +26,9 @@ from ray.autoscaler.node_launch_exception import NodeLaunchException
 from ray.autoscaler.node_provider import NodeProvider
 from ray.autoscaler.tags import NODE_KIND_HEAD, NODE_KIND_WORKER, TAG_RAY_NODE_KIND, TAG_RAY_USER_NODE_TYPE
 
+from dcl_core import ids
 from worker import client as api
 from worker.node_provider import command_runner
-from dcl_core import ids
 
 logger = logging.getLogger(__name__)
 

@@ -100,7 +100,7 @@ def main() -> None:
     print("ESCAPE_RESULT " + json.dumps(out), flush=True)
     # Past the lease's memory limit: the OOM killer must end the grower (SIGKILL), not the machine.
     grow = subprocess.run(
-        [sys.executable, "-c", "x = b'1' * (%d * 1024 * 1024); print('GREW')" % targets["grow_mb"]],
+        [sys.executable, "-c", f"x = b'1' * ({targets['grow_mb']:d} * 1024 * 1024); print('GREW')"],
         capture_output=True,
         text=True,
     )

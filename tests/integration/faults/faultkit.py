@@ -141,7 +141,7 @@ class HeartbeatLoad:
             self._stop.wait(self.pause_s)
         http.close()
 
-    def __enter__(self) -> "HeartbeatLoad":
+    def __enter__(self) -> HeartbeatLoad:
         self._thread.start()
         return self
 

@@ -111,7 +111,9 @@ def test_locked_database_answers_503_never_500_and_loses_nothing(fault_market, p
     canary = create_cluster(buyer, duration_s=60)
     created = [r.json()["id"] for c in callers if c.name == "create" for code, r in c.answers if code == 202]
     accounts = [
-        name for name, (code, _) in zip(signups, next(c for c in callers if c.name == "sign-up").answers) if code == 201
+        name
+        for name, (code, _) in zip(signups, next(c for c in callers if c.name == "sign-up").answers, strict=True)
+        if code == 201
     ]
     for name in accounts:
         assert (

@@ -17,7 +17,7 @@ import pytest
 
 from cli import platform as platform_mod
 from tests.integration.faults import faultkit
-from tests.integration.helpers import Api, wait_for
+from tests.integration.helpers import Api
 from worker import procs
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
@@ -56,7 +56,7 @@ def test_two_ups_at_once_on_a_busy_machine():
             f"\nthree `dcluster up` at once with 2 CPU burners: exit codes {codes} in {took:.0f} s\n"
             + "\n".join(
                 f"--- {n}: {log.strip().splitlines()[-1] if log.strip() else ''}"
-                for n, log in zip(("a", "b", "a2"), logs)
+                for n, log in zip(("a", "b", "a2"), logs, strict=True)
             )
         )
         assert codes[1] == 0, logs[1]
@@ -65,7 +65,7 @@ def test_two_ups_at_once_on_a_busy_machine():
         assert any(code == 0 for code, _ in same), "\n".join(log for _, log in same)
         for code, log in same:
             assert code == 0 or "another dcluster up/down is running" in log, log
-        for state_dir, port in zip(dirs, ports):
+        for state_dir, port in zip(dirs, ports, strict=True):
             url = f"http://127.0.0.1:{port}"
             assert httpx.get(url + "/healthz", timeout=30).status_code == 200
             creds = json.loads((state_dir / "admin_credentials.json").read_text())

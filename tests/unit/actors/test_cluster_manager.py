@@ -1,4 +1,5 @@
-"""ClusterManager logic with a real store (SQLite, and PostgreSQL), a fake clock, a fake registry and a fake launcher."""
+"""ClusterManager logic with a real store (SQLite, and PostgreSQL), a fake clock, a fake registry and a fake
+launcher."""
 
 import asyncio
 import dataclasses
@@ -7,9 +8,10 @@ import inspect
 import pytest
 
 from actors import auth, cluster_manager, cluster_store, lifecycle, node_observer, store
-from dcl_core import domain, errors, protocol
-from actors import launcher as launcher_mod, registry as registry_mod
+from actors import launcher as launcher_mod
+from actors import registry as registry_mod
 from actors.settings import PlatformSettings
+from dcl_core import domain, errors, protocol
 from tests.protocols import assert_implements
 
 

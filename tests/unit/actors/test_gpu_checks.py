@@ -9,7 +9,8 @@ import json
 import pydantic
 import pytest
 
-from actors import agent_keys, auth, cluster_store, gpu_checks, registry as registry_mod
+from actors import agent_keys, auth, cluster_store, gpu_checks
+from actors import registry as registry_mod
 from actors import store as store_mod
 from actors.settings import PlatformSettings
 from dcl_core import domain, errors, protocol

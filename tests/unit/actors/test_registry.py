@@ -7,9 +7,8 @@ import stat
 import pytest
 
 from actors import agent_keys, auth, registry, store
-from dcl_core import domain, errors, protocol
 from actors.settings import PlatformSettings
-
+from dcl_core import domain, errors, protocol
 
 _OPEN: list = []  # the registries' stores, closed after each test
 _CLOCKS: dict = {}  # registry → its clock

@@ -6,11 +6,11 @@ import asyncio
 import pytest
 
 from actors import auth, cluster_manager, cluster_store, sql_dialect, store
-from dcl_core import domain, errors
 from actors.settings import PlatformSettings
 from cli import main as cli_main
 from cli import platform as platform_mod
 from cli import platform_state as pstate
+from dcl_core import domain, errors
 from tests.unit.actors.test_cluster_manager import FakeRegistry, seed_market
 
 

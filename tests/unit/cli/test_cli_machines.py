@@ -50,7 +50,7 @@ def test_offer_rows_count_verified_gpus_and_machines_by_status():
     assert rows[0][headers.index("$/GPU-h")] == "1.50-2.00"
 
 
-def test_offers_and_machine_list_commands(fake, capsys, tmp_path, monkeypatch):  # noqa: F811
+def test_offers_and_machine_list_commands(fake, capsys, tmp_path, monkeypatch):
     handle = fake.handle
 
     def with_machines(request: httpx.Request) -> httpx.Response:

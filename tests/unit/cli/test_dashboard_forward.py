@@ -14,7 +14,7 @@ PROXY_PATH = "/v1/clusters/c-0123456789ab/dashboard/"
 
 
 class Platform(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):  # noqa: N802
+    def do_GET(self):
         self.server.seen.append((self.path, self.headers.get("Authorization")))
         status, body = (200, b"dashboard page") if self.path.startswith(PROXY_PATH) else (404, b"no such route")
         self.send_response(status)

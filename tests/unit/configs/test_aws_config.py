@@ -27,9 +27,9 @@ from ray.autoscaler._private.providers import _get_default_config
 from ray.autoscaler._private.util import fillout_defaults, prepare_config, validate_config
 from ray.autoscaler.v2.instance_manager.config import AutoscalingConfig
 
-from dcl_core import cluster_spec, errors
 from actors import aws_ec2
 from configs import aws
+from dcl_core import cluster_spec, errors
 
 CID = "c-00112233aabb"
 CIDR = "203.0.113.0/24"

@@ -6,6 +6,7 @@ import copy
 import random
 import re
 import string
+from unittest import mock
 
 import pytest
 from ray._private import label_utils
@@ -15,8 +16,6 @@ from ray.autoscaler._private.providers import _get_default_config
 from ray.autoscaler._private.util import fillout_defaults, prepare_config, validate_config
 from ray.autoscaler.tags import TAG_RAY_LAUNCH_CONFIG
 from ray.autoscaler.v2.instance_manager.config import AutoscalingConfig
-
-from unittest import mock
 
 from configs import market
 from dcl_core import cluster_spec

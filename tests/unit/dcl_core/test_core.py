@@ -1,8 +1,10 @@
-"""The bottom layer: ids, the online rule, roles, command meanings and redaction, the Ray port layout, the exec models."""
+"""The bottom layer: ids, the online rule, roles, command meanings and redaction, the Ray port layout, the exec
+models."""
 
 from __future__ import annotations
 
 import re
+import typing
 from pathlib import Path
 
 import pydantic
@@ -99,3 +101,7 @@ def test_one_exec_model_for_the_node_route_and_the_agent():
         protocol.LeaseExec(lease_id="c-0123456789ab", op="run")
     with pytest.raises(pydantic.ValidationError):
         api.NodeExec(op="run", unknown=1)  # strict: unknown fields are errors
+
+
+def test_the_node_role_literal_names_every_role_and_nothing_else():
+    assert set(typing.get_args(domain.NodeRoleValue)) == {role.value for role in domain.NodeRole}

@@ -12,8 +12,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from actors import auth, registry, store
-from dcl_core import domain, errors
 from actors.settings import PlatformSettings
+from dcl_core import domain, errors
 from serve_app import app as app_mod
 from serve_app import errors as api_errors
 

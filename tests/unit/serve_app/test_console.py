@@ -3,6 +3,7 @@ and no action is taken without the same origin and the session's CSRF token."""
 
 from __future__ import annotations
 
+import itertools
 import re
 import time
 
@@ -12,7 +13,8 @@ from fastapi.testclient import TestClient
 from actors import auth
 from dcl_core import domain, errors
 from serve_app import app as app_mod
-from serve_app.console import charts, session as sess
+from serve_app.console import charts
+from serve_app.console import session as sess
 
 SECRET = "s" * 48
 BASE = "http://testserver"
@@ -451,7 +453,7 @@ def test_buckets_are_aligned_and_end_now():
     now = 1_000_000_000.5
     b = charts.buckets("24h", now)
     assert len(b) == 24 and b[-1].end == now and b[0].start % 3600 == 0
-    assert all(x.end == y.start for x, y in zip(b, b[1:]))
+    assert all(x.end == y.start for x, y in itertools.pairwise(b))
     assert len(charts.buckets("30d", now)) == 30
 
 

@@ -9,7 +9,8 @@ from fastapi.testclient import TestClient
 
 from actors import auth
 from dcl_core import domain, errors
-from serve_app import deps, errors as api_errors
+from serve_app import deps
+from serve_app import errors as api_errors
 
 SECRET = "s" * 48
 

@@ -15,8 +15,8 @@ from fastapi.testclient import TestClient
 from actors import auth, registry, store
 from actors.settings import PlatformSettings
 from dcl_core import domain, errors
-from serve_app import app as app_mod
 from serve_app import api_metrics, hot_routes
+from serve_app import app as app_mod
 from tests.unit.serve_app.test_api_inputs import LocalHandle, token_of, token_of_new
 
 CLUSTER = {

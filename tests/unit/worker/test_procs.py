@@ -14,7 +14,6 @@ import psutil
 import pytest
 
 from tests.waiting import wait_for
-
 from worker import procs
 
 # A bash that starts one grandchild in a session of its own (like Ray's workers, which sit in

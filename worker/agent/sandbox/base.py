@@ -95,7 +95,7 @@ class Sandbox(abc.ABC):
     def close(self, grace_s: float) -> procs.StopSummary:
         """End every process of the sandbox, then the sandbox itself; idempotent."""
 
-    def cap_cpu(self) -> None:
+    def cap_cpu(self) -> None:  # noqa: B027 - a hook: runtimes without a quota keep this no-op
         """From now on at most the lease's CPUs (LeaseLimits.cpus). Until then its CPU shares weigh it among
         the machine's leases: it may use idle cores, never another lease's share. Idempotent."""
 
@@ -114,7 +114,7 @@ class Runtime(abc.ABC):
         """(uid, gid) the lease runs as; None: the agent's own user."""
         return None
 
-    def cleanup_stale(self, lease_id: str) -> None:
+    def cleanup_stale(self, lease_id: str) -> None:  # noqa: B027 - a hook: nothing to clean by default
         """After an agent restart: end what a lease of the previous run may have left (container, cgroup)."""
 
     def cuda_visible_devices(self, gpu_indices: Sequence[int]) -> str:

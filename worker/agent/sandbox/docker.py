@@ -45,17 +45,19 @@ _VERSIONS_LOG = "0000-versions.log"
 _VERSION_PROBE = "import sys, ray; print(ray.__version__, '%d.%d.%d' % sys.version_info[:3])"
 
 
+def _python_version() -> str:
+    return ".".join(str(part) for part in sys.version_info[:3])
+
+
 def platform_image() -> str:
     """The platform image's name: the Ray and Python versions are in its tag."""
     import ray
 
-    return f"{PLATFORM_IMAGE_REPO}:ray{ray.__version__}-py{'%d.%d.%d' % sys.version_info[:3]}"
+    return f"{PLATFORM_IMAGE_REPO}:ray{ray.__version__}-py{_python_version()}"
 
 
 def _docker(*args: str, timeout_s: float = 60.0, input: bytes | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        ["docker", *args], input=input, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout_s
-    )
+    return subprocess.run(["docker", *args], input=input, capture_output=True, timeout=timeout_s)
 
 
 def rootfs_tar() -> bytes:
@@ -249,7 +251,7 @@ def check_versions(sandbox: base.SupervisedSandbox, spec: base.SandboxSpec, pyth
     """The image's Ray and Python must be the cluster's: checked before the node may join."""
     import ray
 
-    want = (ray.__version__, "%d.%d.%d" % sys.version_info[:3])
+    want = (ray.__version__, _python_version())
     logs = next(p for p in spec.writable if p.name == "logs")
     # The image is the buyer's: its python may swap the log for a link. Read the file the agent made, never the name.
     fd = lease_fs.create_log(logs.parent, logs.name, _VERSIONS_LOG, spec.uid, spec.gid)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import inspect
 import json
 import logging
@@ -16,15 +14,16 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
 from dcl_core import domain, protocol
-from worker.agent import agent as agent_mod
-from worker.agent import cli as agent_cli
 from worker import client as api
 from worker import procs
+from worker.agent import agent as agent_mod
+from worker.agent import cli as agent_cli
 from worker.agent import leases
 
 PASSWORD = "s3cret-pass"

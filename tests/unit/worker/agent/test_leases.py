@@ -13,12 +13,11 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.waiting import wait_for
-
 import worker
+from dcl_core import protocol
+from tests.waiting import wait_for
 from worker import procs
 from worker.agent import leases
-from dcl_core import protocol
 
 TOKEN = "tok-" + "z" * 28
 CLUSTER = "c-" + "a" * 12

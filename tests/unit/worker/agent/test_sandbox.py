@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import subprocess
+from pathlib import Path
 
 import pytest
 
 from dcl_core import domain
-from worker.agent import cli as agent_cli, sandbox
+from worker.agent import cli as agent_cli
+from worker.agent import sandbox
 from worker.agent.sandbox import base, bwrap, cgroups, gpu_devices
 
 
@@ -20,7 +19,7 @@ def _fake_machine(tmp_path: Path, gpus: int, *, minors: list[int] | None = None,
     for name in shared:
         (dev / name).touch()
     minors = list(range(gpus)) if minors is None else minors
-    for i, minor in enumerate(minors):
+    for minor in minors:
         (dev / f"nvidia{minor}").touch()
     (dev / "null").touch()
     return dev, proc
@@ -101,7 +100,8 @@ def test_bwrap_view_is_explicit(tmp_path):
         (str(dev / "nvidia-uvm"), "/dev/nvidia-uvm"),
     ]
     assert args[args.index("--tmpfs", args.index("/dev/shm") + 1) + 1] == "/tmp"  # a private /tmp
-    # Every directory bwrap makes on the way to a mount is 0755 (its own default is 0700, which the lease's uid cannot cross).
+    # Every directory bwrap makes on the way to a mount is 0755 (its own default is 0700, which the lease's uid
+    # cannot cross).
     i = args.index("/root/.pyenv/versions/3.11")
     assert ["--perms", "0755", "--dir", "/root"] == args[args.index("/root") - 3 : args.index("/root") + 1] and i > 0
     assert args[-2:] == ["--chdir", str(spec.writable[0])]

@@ -23,8 +23,8 @@ from ray.autoscaler.tags import (
     TAG_RAY_USER_NODE_TYPE,
 )
 
-from worker import client as api
 from tests.protocols import assert_implements
+from worker import client as api
 from worker.node_provider import command_runner, market_provider
 
 CID = "c-0123456789ab"
@@ -308,7 +308,7 @@ def test_concurrent_reads_and_writes_share_list_calls(provider, platform, fake_c
                 provider.non_terminated_nodes({TAG_RAY_NODE_KIND: NODE_KIND_WORKER})
                 provider.node_tags(ids[i % 4])
                 provider.set_node_tags(ids[i % 4], {"n": str(i)})
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
