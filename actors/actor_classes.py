@@ -10,7 +10,12 @@ import logging
 import ray
 from ray.util import scheduling_strategies
 
-from actors import cluster_files, cluster_manager, cluster_store, expiry_reaper, launcher, ray_metrics, registry, store
+from actors import ray_metrics
+from actors.access import cluster_files
+from actors.backends import launcher
+from actors.clusters import cluster_manager, expiry_reaper
+from actors.db import cluster_store, store
+from actors.machines import registry
 from actors.settings import NAMESPACE, PlatformSettings
 from dcl_core import protocol
 

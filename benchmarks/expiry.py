@@ -17,8 +17,8 @@ import threading
 import time
 from pathlib import Path
 
-from actors import cluster_store as cstore
-from actors import expiry_reaper
+from actors.clusters import expiry_reaper
+from actors.db import cluster_store as cstore
 from benchmarks import common
 from dcl_core import domain
 

@@ -22,9 +22,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from actors import auth, cluster_manager, placement
 from actors import settings as settings_mod
-from actors import store as store_mod
+from actors.access import auth
+from actors.clusters import cluster_manager
+from actors.db import store as store_mod
+from actors.machines import placement
 from benchmarks import common, scale
 from dcl_core import domain
 

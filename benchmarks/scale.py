@@ -2,7 +2,7 @@
 every 10 s with their agent keys (1,000 heartbeats/s on a fixed schedule, wrk) for 60 s: every beat
 answered, p99 latency, platform CPU and RSS beside the load generator's own CPU.
 Then the time to place an 8-GPU request among 10,000 machines: the pure decision
-(actors.placement), the ClusterManager's whole decision path on a real SQLite database, and
+(actors.machines.placement), the ClusterManager's whole decision path on a real SQLite database, and
 POST /v1/clusters on the running platform.
 """
 
@@ -19,10 +19,12 @@ from pathlib import Path
 
 import httpx
 
-from actors import cluster_manager, cluster_store, placement
-from actors import registry as registry_mod
 from actors import settings as settings_mod
-from actors import store as store_mod
+from actors.clusters import cluster_manager
+from actors.db import cluster_store
+from actors.db import store as store_mod
+from actors.machines import placement
+from actors.machines import registry as registry_mod
 from benchmarks import api_throughput, common, platform_session, wrk
 from dcl_core import domain
 

@@ -46,7 +46,7 @@ class MachineStatus(str, enum.Enum):
     def effective(cls, stored: str | MachineStatus, last_heartbeat: float | None, *, cutoff: float) -> MachineStatus:
         """The online rule: a machine is online while its agent said so and its last heartbeat is at or
         after cutoff (now - PlatformSettings.offline_after_s); a silent one reads as offline at once,
-        before the registry's sweeper persists it. The SQL twin is `actors.store.ONLINE_WHERE`."""
+        before the registry's sweeper persists it. The SQL twin is `actors.db.store.ONLINE_WHERE`."""
         status = cls(stored)
         if status is cls.ONLINE and (last_heartbeat or 0) < cutoff:
             return cls.OFFLINE
@@ -92,8 +92,8 @@ class LeaseStatus(str, enum.Enum):
 
 class GpuVerification(str, enum.Enum):
     """Whether a machine's GPUs are as it claims: shown with every machine and offer. The registry sets the
-    first status when a machine registers (actors.gpu_verification decides), the ClusterManager's check
-    lease (actors.gpu_checks) the outcome."""
+    first status when a machine registers (actors.machines.gpu_verification decides), the ClusterManager's check
+    lease (actors.machines.gpu_checks) the outcome."""
 
     NO_GPUS = "no_gpus"  # a CPU-only machine: nothing to verify
     DECLARED = "declared"  # GPUs declared by hand (`dcluster-agent --gpus`): never verified

@@ -14,7 +14,7 @@ CLUSTER_ID_PATTERN = rf"^c-{_HEX12}$"
 LEASE_ID_PATTERN = rf"^l-{_HEX12}$"  # a lease is a node of a buyer's cluster: node ids are lease ids
 MACHINE_ID_PATTERN = rf"^m-{_HEX12}$"
 WORK_ITEM_ID_PATTERN = rf"^w-{_HEX12}$"
-AGENT_KEY_ID_PATTERN = rf"^k-{_HEX12}$"  # names an agent key (the key itself is a secret: actors.agent_keys)
+AGENT_KEY_ID_PATTERN = rf"^k-{_HEX12}$"  # names an agent key (the key itself is a secret: actors.access.agent_keys)
 # The agent's own stable key of its machine (kept on disk); minted as "mk-<32 hex>", any of these accepted.
 MACHINE_KEY_PATTERN = r"^[A-Za-z0-9_.:-]{8,128}$"
 # A Ray job's submission id (`ray job submit` mints raysubmit_<16 chars>; a buyer may choose one).

@@ -27,7 +27,7 @@ Strict = domain.StrictModel
 
 
 # What a lease is for: a node of a buyer's sub-cluster, or the platform's own GPU check of the machine
-# (actors.gpu_checks: every GPU, one command, never billed; it belongs to no cluster).
+# (actors.machines.gpu_checks: every GPU, one command, never billed; it belongs to no cluster).
 LeasePurpose = Literal["node", "gpu_check"]
 NODE_LEASE: LeasePurpose = "node"
 GPU_CHECK_LEASE: LeasePurpose = "gpu_check"
@@ -108,7 +108,7 @@ ENV_HEAD_GCS_PORT = "DCL_HEAD_GCS_PORT"
 ENV_LEASE_ID = "DCL_LEASE_ID"
 
 # Ray node label the agent sets on every node of a lease (with the platform's dcluster.io/* labels):
-# the platform maps the sub-cluster's GCS nodes to leases by it (actors.node_observer).
+# the platform maps the sub-cluster's GCS nodes to leases by it (actors.clusters.node_observer).
 LEASE_LABEL = "dcluster.io/lease"
 
 # The Serve deployment of the platform API (serve_app.app); the CLI spreads its replicas on several nodes.

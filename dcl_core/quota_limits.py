@@ -1,5 +1,5 @@
 """The per-account quota limits and an admin's overrides: their fields and bounds, shared by the
-platform settings, the API models and the check in actors/quotas.py."""
+platform settings, the API models and the check in actors/clusters/quotas.py."""
 
 from __future__ import annotations
 

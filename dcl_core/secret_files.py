@@ -33,7 +33,7 @@ def write_secret_file(path: Path, content: str | bytes) -> None:
         raise
 
 
-# The key that encrypts the platform's secrets in a shared database (actors.secret_box): the key itself,
+# The key that encrypts the platform's secrets in a shared database (actors.db.secret_box): the key itself,
 # or the path of a 0600 file holding it (a mounted secret). Every platform node's Ray processes need one.
 SECRET_KEY_ENV = "DCL_SECRET_KEY"
 SECRET_KEY_FILE_ENV = "DCL_SECRET_KEY_FILE"

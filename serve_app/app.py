@@ -11,7 +11,9 @@ from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse
 from ray import serve
 
-from actors import actor_classes, cluster_api, cluster_store
+from actors import actor_classes
+from actors.clusters import cluster_api
+from actors.db import cluster_store
 from actors.settings import PlatformSettings
 from dcl_core import protocol
 from serve_app import (
@@ -67,7 +69,7 @@ def create_app(
 ) -> FastAPI:
     """The FastAPI app, bound to the control-plane actor handles it forwards to. cluster_db: the platform's
     database once this replica can reach it: cluster reads are then answered from it here, without the
-    ClusterManager's hop (the same queries and view: actors.cluster_api.read_clusters)."""
+    ClusterManager's hop (the same queries and view: actors.clusters.cluster_api.read_clusters)."""
     app = FastAPI(
         title="decentralized-clusters",
         version="0.1.0",

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from actors import agent_keys, auth
+from actors.access import agent_keys, auth
 from dcl_core import domain, errors
 from serve_app import batching
 from serve_app import head_proxy as head_proxy_mod

@@ -13,7 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from actors import store
+from actors.db import store
 from dcl_core import errors
 
 logger = logging.getLogger(__name__)

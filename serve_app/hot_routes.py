@@ -22,7 +22,7 @@ from fastapi.routing import APIRoute, APIRouter
 from pydantic import ValidationError
 from starlette.requests import Request
 
-from actors import agent_keys
+from actors.access import agent_keys
 from dcl_core import api, ids
 from dcl_core import errors as domain_errors
 from serve_app import deps, errors, input_policy, routes_clusters, routes_machines

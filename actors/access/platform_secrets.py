@@ -13,9 +13,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from actors import auth, cluster_files, secret_box
+from actors.access import auth, cluster_files
+from actors.db import secret_box
+from actors.db.store import Database
 from actors.settings import PlatformSettings
-from actors.store import Database
 from dcl_core import secret_files
 
 logger = logging.getLogger(__name__)

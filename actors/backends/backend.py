@@ -7,8 +7,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from actors import auth, cluster_files, placement
-from actors import cluster_views as views
+from actors.access import auth, cluster_files
+from actors.machines import placement
 from actors.settings import PlatformSettings
 from configs import aws, market
 from dcl_core import domain, errors
@@ -66,7 +66,7 @@ class MarketBackend:
                 verified_gpus_only=spec.verified_gpus_only,
             ),
         )
-        leases = [views.lease_row(a) for a in assignments]
+        leases = [placement.lease_row(a) for a in assignments]
         return leases, "machines reserved: " + ", ".join(f"{l['role']} on {l['machine_id']}" for l in leases)
 
     def launcher_config(self, row: dict, spec: ClusterSpec, now: float) -> dict:

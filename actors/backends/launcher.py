@@ -66,7 +66,7 @@ def _teardown(config: dict, private_tmp: str) -> None:
     if config["provider"]["type"] == "aws":
         import time
 
-        from actors import aws_ec2
+        from actors.backends import aws_ec2
 
         # The group stays in use until EC2 has let the instances go.
         for _ in range(30):
@@ -80,7 +80,7 @@ def _with_cloud_resources(config: dict) -> dict:
     otherwise create one with SSH open to the world)."""
     if config["provider"]["type"] != "aws":
         return config
-    from actors import aws_ec2
+    from actors.backends import aws_ec2
 
     return aws_ec2.ensure_security_group(config, vpc_id=config["provider"].get("dcluster_vpc_id"))
 

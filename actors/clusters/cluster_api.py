@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import logging
 
-from actors import auth, cluster_logs, quotas
-from actors import cluster_store as cstore
-from actors import cluster_views as views
-from actors import usage as usage_mod
+from actors.access import auth
+from actors.clusters import cluster_logs, quotas
+from actors.clusters import cluster_views as views
+from actors.clusters import usage as usage_mod
+from actors.db import cluster_store as cstore
 from dcl_core import domain, errors, ids
 from dcl_core.cluster_spec import ClusterSpec
 

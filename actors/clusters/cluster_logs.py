@@ -10,7 +10,7 @@ import logging
 import re
 from collections.abc import Callable
 
-from actors import cluster_store as cstore
+from actors.db import cluster_store as cstore
 from dcl_core import ids
 
 logger = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
-"""ClusterManager: carries out buyer clusters' lifecycle (actors/lifecycle.py decides), opens and closes their
+"""ClusterManager: carries out buyer clusters' lifecycle (actors/clusters/lifecycle.py decides), opens and closes their
 leases, calls the launcher, runs the reconcile loop. Its buyer API is in cluster_api.py, its node-provider
-API in node_api.py, what differs per backend in backends.py."""
+API in node_api.py, what differs per backend in actors/backends/backend.py."""
 
 from __future__ import annotations
 
@@ -11,26 +11,16 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol, TypeVar
 
-from actors import (
-    auth,
-    cluster_files,
-    cluster_logs,
-    gpu_checks,
-    lifecycle,
-    machine_index,
-    node_observer,
-    placement,
-    platform_secrets,
-    quota_book,
-    reputation,
-)
-from actors import backends as backends_mod
-from actors import cluster_store as cstore
-from actors import cluster_views as views
-from actors import joins as joins_mod
 from actors import metrics as metrics_mod
-from actors.cluster_api import BuyerApi
-from actors.node_api import NodeProviderApi
+from actors.access import auth, cluster_files, platform_secrets
+from actors.backends import backend
+from actors.clusters import cluster_logs, lifecycle, node_observer, quota_book
+from actors.clusters import cluster_views as views
+from actors.clusters import joins as joins_mod
+from actors.clusters.cluster_api import BuyerApi
+from actors.clusters.node_api import NodeProviderApi
+from actors.db import cluster_store as cstore
+from actors.machines import gpu_checks, machine_index, placement, reputation
 from actors.settings import PlatformSettings
 from dcl_core import domain, errors, protocol
 from dcl_core.cluster_spec import ClusterSpec
@@ -70,7 +60,7 @@ class Reaper(Protocol):
 
 
 class Launcher(Protocol):
-    """Ray's cluster launcher (actors.launcher.RayClusterLauncher, or a fake in tests)."""
+    """Ray's cluster launcher (actors.backends.launcher.RayClusterLauncher, or a fake in tests)."""
 
     async def create(self, config: dict) -> None: ...
 
@@ -122,14 +112,14 @@ class ClusterManager(BuyerApi, NodeProviderApi):
         self._tasks: dict[str, asyncio.Task] = {}  # cluster id → its provisioning or teardown
         self._opening_ahead: dict[str, asyncio.Task] = {}  # cluster id → its workers opening while the head starts
         self._last_sweep = 0.0
-        self._backends = backends_mod.backends(settings, self._tokens_or_fail)
+        self._backends = backend.backends(settings, self._tokens_or_fail)
 
     def _tokens_or_fail(self) -> auth.TokenIssuer:
         if self._tokens is None:
             raise RuntimeError("cluster manager not started")
         return self._tokens
 
-    def _backend(self, spec: ClusterSpec) -> backends_mod.Backend:
+    def _backend(self, spec: ClusterSpec) -> backend.Backend:
         return self._backends[spec.backend]
 
     def background_work(self) -> dict[str, asyncio.Task]:
@@ -159,7 +149,7 @@ class ClusterManager(BuyerApi, NodeProviderApi):
                 logger.exception("reconcile step failed")
 
     async def run_gpu_check_loop(self) -> None:
-        """Starts the GPU checks that are due (actors/gpu_checks.py); never dies."""
+        """Starts the GPU checks that are due (actors/machines/gpu_checks.py); never dies."""
         while True:
             await asyncio.sleep(self._settings.gpu_check_interval_s)
             try:
@@ -212,9 +202,9 @@ class ClusterManager(BuyerApi, NodeProviderApi):
         """One step of lifecycle.decide for the cluster, carried out in order. liveness: the registry's
         lease_liveness (silence cutoff, leases each agent holds); asked for when not given. leases: the
         cluster's, read in this step already; read when not given."""
-        backend = self._backend(ClusterSpec.model_validate_json(row["spec"]))
+        watches_leases = self._backend(ClusterSpec.model_validate_json(row["spec"])).watches_leases
         machines, held = {}, {}
-        if not (backend.watches_leases and row["expires_at"] + EXPIRY_BACKSTOP_S > now):
+        if not (watches_leases and row["expires_at"] + EXPIRY_BACKSTOP_S > now):
             leases = []
         else:
             if leases is None:
@@ -229,7 +219,7 @@ class ClusterManager(BuyerApi, NodeProviderApi):
             leases,
             machines,
             now,
-            watch_leases=backend.watches_leases,
+            watch_leases=watches_leases,
             provision_timeout_s=self._settings.provision_timeout_s,
             expiry_backstop_s=EXPIRY_BACKSTOP_S,
             held=held,
@@ -309,7 +299,7 @@ class ClusterManager(BuyerApi, NodeProviderApi):
     async def _capacities(
         self, cluster_id: str, requests: list[placement.NodeRequest], avoid: frozenset[str] = frozenset()
     ) -> list[placement.MachineCapacity]:
-        """The machines placement chooses among for these requests (actors.machine_index: a few, not every
+        """The machines placement chooses among for these requests (actors.machines.machine_index: a few, not every
         online one). Which leases hold capacity and which machines may take none now are read fresh."""
         now = self._clock()
         if self._machines.synced_at is None:
@@ -395,7 +385,7 @@ class ClusterManager(BuyerApi, NodeProviderApi):
                         f"{request.role} node of cluster {cid}: machine(s) {', '.join(failed)} "
                         f"could not open it and no other fits: {exc}"
                     ) from None
-                retry = views.lease_row(assignment)
+                retry = placement.lease_row(assignment)
                 await self._store.add_leases(cid, [retry], self._clock())
             lease = await self._store.get_lease(retry["id"])
             await self._event(

@@ -7,9 +7,9 @@ import ipaddress
 import json
 import shlex
 
-from actors import auth, placement
+from actors.access import auth
 from configs import market
-from dcl_core import domain, errors, ids
+from dcl_core import domain, errors
 
 
 def connection_details(node_ip: str, ports: dict, token: str, proxy_base: str) -> dict:
@@ -83,18 +83,6 @@ def node_labels(cluster_id: str, lease: dict, machine: dict) -> dict:
         "dcluster.io/gpu": market.ray_label_value(machine["gpu_model"])
         if machine["gpus"] and lease["gpus"]
         else "none",
-    }
-
-
-def lease_row(a: placement.Assignment) -> dict:
-    return {
-        "id": ids.new_lease_id(),
-        "machine_id": a.machine_id,
-        "role": a.request.role,
-        "gpus": list(a.gpu_indices),
-        "cpus": a.request.cpus,
-        "price_per_gpu_hour": a.price_per_gpu_hour,
-        "price_per_cpu_hour": a.price_per_cpu_hour,
     }
 
 

@@ -9,8 +9,8 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from actors import cluster_store as cstore
 from actors import metrics as metrics_mod
+from actors.db import cluster_store as cstore
 from dcl_core import domain
 
 logger = logging.getLogger(__name__)

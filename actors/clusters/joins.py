@@ -12,8 +12,8 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-from actors import cluster_store as cstore
-from actors import node_observer
+from actors.clusters import node_observer
+from actors.db import cluster_store as cstore
 from dcl_core import domain
 
 logger = logging.getLogger(__name__)

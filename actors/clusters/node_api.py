@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from actors import auth, placement
-from actors import cluster_views as views
-from actors import joins as joins_mod
+from actors.access import auth
+from actors.clusters import cluster_views as views
+from actors.clusters import joins as joins_mod
+from actors.machines import placement
 from configs import market
 from dcl_core import commands, domain, errors, protocol
 from dcl_core.cluster_spec import ClusterSpec
@@ -59,7 +60,7 @@ class NodeProviderApi:
             missing = count - len(reserved)
             request = node_request(spec, role)
             if missing > 0:  # e.g. a replacement: reserve more on other machines, at the buyer's price
-                extra = [views.lease_row(a) for a in await self._place(cluster_id, [request] * missing)]
+                extra = [placement.lease_row(a) for a in await self._place(cluster_id, [request] * missing)]
                 await self._store.add_leases(cluster_id, extra, self._clock())
                 reserved += [await self._store.get_lease(l["id"]) for l in extra]
         opened = await asyncio.gather(*(self._open_node(row, l, request, node_type, tags) for l in reserved))

@@ -1,12 +1,14 @@
-"""The ClusterManager's quota bookkeeping: reads what an account holds and its limits, checks with actors.quotas."""
+"""The ClusterManager's quota bookkeeping: reads what an account holds and its limits, checks with
+actors.clusters.quotas."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from actors import auth, quotas
-from actors import cluster_store as cstore
-from actors import usage as usage_mod
+from actors.access import auth
+from actors.clusters import quotas
+from actors.clusters import usage as usage_mod
+from actors.db import cluster_store as cstore
 from actors.settings import PlatformSettings
 from dcl_core import domain, errors, quota_limits
 from dcl_core.cluster_spec import ClusterSpec

@@ -8,7 +8,7 @@ Four limits, each named in the answer that refuses a request (403):
 - ``max_gpus``: GPUs held at once (workers × GPUs per worker of the live clusters);
 - ``max_cpus``: CPUs held at once (workers × CPUs per worker, plus each cluster's head);
 - ``max_gpu_hours``: GPU-hours per rolling period (``period_s``, 30 days by default): what was
-  metered in the period (Ray join → leave, actors/usage.py) plus what the live clusters have
+  metered in the period (Ray join → leave, actors/clusters/usage.py) plus what the live clusters have
   reserved until they expire, plus what the request adds (a new cluster's GPUs for its whole
   lifetime, or an extension's). A lifetime is paid for up front, so a cluster that fits its
   quota never runs out of it half-way.
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from actors import placement
+from actors.machines import placement
 from dcl_core import errors, quota_limits
 
 

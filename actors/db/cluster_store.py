@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Collection, Sequence
 
-from actors import store as store_mod
-from actors.store import Database
+from actors.db import store as store_mod
+from actors.db.store import Database
 from dcl_core import domain
 
 ACTIVE_LEASE_STATUSES = tuple(s.value for s in domain.LeaseStatus if s.holds_capacity())
@@ -334,7 +334,7 @@ class ClusterStore(Database):
                 f" WHERE id = ? AND status IN ({marks})",
                 (status.value, now, lease_id, *ACTIVE_LEASE_STATUSES),
             )
-            if changed:  # a node that ran counts for its machine's reliability (actors.reputation)
+            if changed:  # a node that ran counts for its machine's reliability (actors.machines.reputation)
                 await tx.execute(
                     "UPDATE machines SET leases_completed = leases_completed + ?, leases_lost = leases_lost + ?,"
                     " changed_at = ? WHERE id = (SELECT machine_id FROM leases WHERE id = ? AND joined_at IS NOT NULL)",
@@ -428,7 +428,7 @@ class ClusterStore(Database):
             (machine_id,),
         )
 
-    # --- GPU checks (actors.gpu_checks: the verification columns of machines are written here, under the
+    # --- GPU checks (actors.machines.gpu_checks: the verification columns of machines are written here, under the
     # placement lock; the registry sets the first status when a machine registers) --------------------
 
     async def due_gpu_checks(self, cutoff: float) -> list[dict]:

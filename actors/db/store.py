@@ -13,7 +13,7 @@ from typing import Protocol, TypeVar
 
 import aiosqlite
 
-from actors import sql_dialect, store_postgres
+from actors.db import sql_dialect, store_postgres
 from dcl_core import database_url, domain, errors
 
 logger = logging.getLogger(__name__)
@@ -150,7 +150,7 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX cluster_logs_cluster ON cluster_logs(cluster_id, lease_id, name);
     """,
-    # 6: what a machine's reliability is computed from (actors.reputation)
+    # 6: what a machine's reliability is computed from (actors.machines.reputation)
     """
     ALTER TABLE machines ADD COLUMN online_seconds REAL NOT NULL DEFAULT 0;
     ALTER TABLE machines ADD COLUMN leases_completed INTEGER NOT NULL DEFAULT 0;
@@ -166,7 +166,7 @@ MIGRATIONS: list[str] = [
     ALTER TABLE machines ADD COLUMN gpu_check_lease TEXT;
     """,
     # 8: when what placement reads of a machine last changed (registration, a node ended on it), so that the
-    # ClusterManager's machine index reads only those rows again (actors.machine_index); and what it reads at
+    # ClusterManager's machine index reads only those rows again (actors.machines.machine_index); and what it reads at
     # every placement, from indexes alone: the machines not online or held by a GPU check, the ids of the leases
     # holding capacity
     """
@@ -176,7 +176,7 @@ MIGRATIONS: list[str] = [
     CREATE INDEX leases_status ON leases(status, id);
     CREATE INDEX machines_gpu_check ON machines(gpu_check);
     """,
-    # 9: secrets kept in a shared database (PostgreSQL), encrypted (actors.platform_secrets)
+    # 9: secrets kept in a shared database (PostgreSQL), encrypted (actors.access.platform_secrets)
     """
     CREATE TABLE secrets (
         name        TEXT PRIMARY KEY,

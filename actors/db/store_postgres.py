@@ -10,7 +10,7 @@ from typing import TypeVar
 
 import asyncpg
 
-from actors import sql_dialect as dialect
+from actors.db import sql_dialect as dialect
 
 logger = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ import logging
 from collections.abc import Callable
 from typing import Protocol
 
-from actors import cluster_store as cstore
-from actors import gpu_verification
+from actors.db import cluster_store as cstore
+from actors.machines import gpu_verification
 from actors.settings import PlatformSettings
 from dcl_core import domain, ids, protocol
 

@@ -1,5 +1,6 @@
 """Whether a machine's GPUs are as it claims (pure): the status a registration gives it, and the verdict on
-what its check lease saw (actors.gpu_checks runs the check; dcl_core.domain.GpuVerification names the statuses)."""
+what its check lease saw (actors.machines.gpu_checks runs the check; dcl_core.domain.GpuVerification names the
+statuses)."""
 
 from __future__ import annotations
 

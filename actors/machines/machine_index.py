@@ -15,7 +15,7 @@ import collections
 import heapq
 from collections.abc import Iterable
 
-from actors import placement, reputation
+from actors.machines import placement, reputation
 from dcl_core import domain
 
 # placement.rank of a machine with none of this cluster's nodes on it, by request kind, from its free capacity.
@@ -160,7 +160,7 @@ class MachineIndex:
     # --- asking it ---------------------------------------------------------------------------
 
     def reliability(self, row: dict, now: float) -> float:
-        """actors.reputation's score; the time since the row was read counts as online (only online
+        """actors.machines.reputation's score; the time since the row was read counts as online (only online
         machines are candidates; a gap the registry would not count is undone at the next load)."""
         online = (row["online_seconds"] or 0.0) + max(0.0, now - row["as_of"])
         return reputation.score(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
-from dcl_core import domain
+from dcl_core import domain, ids
 
 HEAD_CPUS = 1  # a head runs no buyer tasks (num-cpus=0) but its GCS, dashboard and autoscaler need a core
 
@@ -22,7 +22,7 @@ class MachineCapacity:
     price_per_gpu_hour: float = 0.0
     price_per_cpu_hour: float = 0.0
     leases_of_cluster: int = 0  # spread: prefer machines this cluster does not use yet
-    reliability: float = 1.0  # actors.reputation's score
+    reliability: float = 1.0  # actors.machines.reputation's score
     gpus_verified: bool = False  # a check lease saw the GPUs it claims (domain.GpuVerification.VERIFIED)
 
 
@@ -255,3 +255,16 @@ def _shortage_message(
             else f"no machine fits the {failed.role} at any price"
         )
     return message
+
+
+def lease_row(a: Assignment) -> dict:
+    """The new lease row of a decided assignment (its id made here)."""
+    return {
+        "id": ids.new_lease_id(),
+        "machine_id": a.machine_id,
+        "role": a.request.role,
+        "gpus": list(a.gpu_indices),
+        "cpus": a.request.cpus,
+        "price_per_gpu_hour": a.price_per_gpu_hour,
+        "price_per_cpu_hour": a.price_per_cpu_hour,
+    }

@@ -9,10 +9,11 @@ import secrets
 import time
 from collections.abc import Callable
 
-from actors import agent_keys, auth, gpu_verification, offers, platform_secrets, reputation
 from actors import metrics as metrics_mod
-from actors import store as store_mod
-from actors import throttle as throttle_mod
+from actors.access import agent_keys, auth, platform_secrets
+from actors.access import throttle as throttle_mod
+from actors.db import store as store_mod
+from actors.machines import gpu_verification, offers, reputation
 from actors.settings import PlatformSettings
 from dcl_core import domain, errors, ids, protocol
 

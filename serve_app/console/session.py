@@ -16,7 +16,7 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 
-from actors import auth
+from actors.access import auth
 from dcl_core import errors
 from serve_app import deps
 

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import status_code_conformance
 
-from actors import auth
+from actors.access import auth
 from dcl_core import domain
 from tests.integration.helpers import Api
 

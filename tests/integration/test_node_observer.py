@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from actors import node_observer
+from actors.clusters import node_observer
 from dcl_core import protocol, ray_ports
 from tests.waiting import wait_for
 from worker import procs

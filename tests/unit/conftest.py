@@ -20,7 +20,8 @@ def _no_ray(monkeypatch):
 
 @pytest.fixture(autouse=True)
 def _secret_key(monkeypatch):
-    """The operator's key that seals secrets in a PostgreSQL database (actors.secret_box), as a platform node has it."""
+    """The operator's key that seals secrets in a PostgreSQL database (actors.db.secret_box), as a platform node
+    has it."""
     monkeypatch.setenv(secret_files.SECRET_KEY_ENV, secret_files.new_secret_key())
     monkeypatch.delenv(secret_files.SECRET_KEY_FILE_ENV, raising=False)
 
@@ -62,7 +63,7 @@ def postgres_server():
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_location(request, tmp_path):
-    """What actors.store.Database opens: a SQLite file, or a fresh database on the session's server."""
+    """What actors.db.store.Database opens: a SQLite file, or a fresh database on the session's server."""
     if request.param == "sqlite":
         yield tmp_path / "platform.db"
         return

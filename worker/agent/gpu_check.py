@@ -1,7 +1,7 @@
 """The GPU check: runs inside a check lease's sandbox (`python -m worker.agent.gpu_check`) and prints what it
 sees: the GPUs through NVML, and a small matmul timed on each GPU (torch or cupy, when the venv has
 one) and on the CPU (numpy, else pure Python). The platform compares it with what the machine claims
-(actors.gpu_verification). Standard library, the agent's own modules, and whatever the venv has."""
+(actors.machines.gpu_verification). Standard library, the agent's own modules, and whatever the venv has."""
 
 from __future__ import annotations
 

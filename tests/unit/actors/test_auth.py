@@ -4,7 +4,7 @@ import stat
 import jwt
 import pytest
 
-from actors import auth
+from actors.access import auth
 from dcl_core import domain, errors
 
 

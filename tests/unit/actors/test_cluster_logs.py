@@ -4,7 +4,9 @@ import asyncio
 
 import pytest
 
-from actors import auth, cluster_logs, store
+from actors.access import auth
+from actors.clusters import cluster_logs
+from actors.db import store
 from actors.settings import PlatformSettings
 from dcl_core import domain, errors
 from tests.unit.actors.test_cluster_manager import FakeRegistry, build_manager, close, seed_market, settle

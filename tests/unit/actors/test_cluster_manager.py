@@ -7,9 +7,11 @@ import inspect
 
 import pytest
 
-from actors import auth, cluster_manager, cluster_store, lifecycle, node_observer, store
-from actors import launcher as launcher_mod
-from actors import registry as registry_mod
+from actors.access import auth
+from actors.backends import launcher as launcher_mod
+from actors.clusters import cluster_manager, lifecycle, node_observer
+from actors.db import cluster_store, store
+from actors.machines import registry as registry_mod
 from actors.settings import PlatformSettings
 from dcl_core import domain, errors, protocol
 from tests.protocols import assert_implements
@@ -425,7 +427,7 @@ def test_proxy_targets_are_the_callers_own_joined_nodes_as_recorded(env):
 
 
 def test_a_node_address_that_is_not_a_plain_ip_is_never_a_proxy_target():
-    from actors import cluster_views
+    from actors.clusters import cluster_views
 
     lease = {
         "id": "l-000000000001",
@@ -724,7 +726,7 @@ def test_a_head_that_never_shows_up_fails_the_launch(env, clock):
 
 
 def test_a_degraded_cluster_still_expires_and_replacements_never_extend_it(env, clock):
-    from actors import expiry_reaper
+    from actors.clusters import expiry_reaper
 
     async def go():
         manager, registry, _, buyer, db = await env()

@@ -2,7 +2,8 @@
 
 import asyncio
 
-from actors import cluster_manager, cluster_store, expiry_reaper, store
+from actors.clusters import cluster_manager, expiry_reaper
+from actors.db import cluster_store, store
 from dcl_core import domain
 from tests.protocols import assert_implements
 

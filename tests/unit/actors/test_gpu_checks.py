@@ -9,9 +9,11 @@ import json
 import pydantic
 import pytest
 
-from actors import agent_keys, auth, cluster_store, gpu_checks
-from actors import registry as registry_mod
-from actors import store as store_mod
+from actors.access import agent_keys, auth
+from actors.db import cluster_store
+from actors.db import store as store_mod
+from actors.machines import gpu_checks
+from actors.machines import registry as registry_mod
 from actors.settings import PlatformSettings
 from dcl_core import domain, errors, protocol
 from worker.agent import gpu_check

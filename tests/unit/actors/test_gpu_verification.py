@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from actors import gpu_verification as gv
+from actors.machines import gpu_verification as gv
 from dcl_core import domain, protocol
 
 V = domain.GpuVerification

@@ -1,5 +1,5 @@
-"""actors.launcher: each SDK call in a Ray worker process of its own (a create's started ahead), stopped with its
-caller; the launcher's process hygiene."""
+"""actors.backends.launcher: each SDK call in a Ray worker process of its own (a create's started ahead), stopped
+with its caller; the launcher's process hygiene."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import tempfile
 
 import pytest
 
-from actors import cluster_files, launcher
+from actors.access import cluster_files
+from actors.backends import launcher
 
 
 class FakeTask:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from actors import lifecycle
+from actors.clusters import lifecycle
 from dcl_core import domain
 
 S = domain.ClusterStatus

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from actors import machine_index, placement, reputation
+from actors.machines import machine_index, placement, reputation
 
 MODELS = ["H100", "A100", None]
 NOW = 1_000_000.0

@@ -6,7 +6,7 @@ import inspect
 import httpx
 import pytest
 
-from actors import joins, node_observer
+from actors.clusters import joins, node_observer
 from dcl_core import protocol
 
 

@@ -1,6 +1,6 @@
 import json
 
-from actors import offers
+from actors.machines import offers
 
 
 def row(model, gpus, price, cpus=8):

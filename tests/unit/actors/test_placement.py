@@ -1,6 +1,6 @@
 import pytest
 
-from actors import placement
+from actors.machines import placement
 
 
 def machine(mid, gpus=0, model=None, cpus=8, price=1.0):

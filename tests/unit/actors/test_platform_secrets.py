@@ -1,4 +1,4 @@
-"""actors.platform_secrets and actors.secret_box: files on one node (SQLite); sealed rows of a shared
+"""actors.access.platform_secrets and actors.db.secret_box: files on one node (SQLite); sealed rows of a shared
 PostgreSQL database, readable by every node that holds the operator's key and by nothing else."""
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ import os
 
 import pytest
 
-from actors import platform_secrets, secret_box
+from actors.access import platform_secrets
+from actors.db import secret_box
 from actors.settings import PlatformSettings
 from dcl_core import secret_files
 
@@ -122,7 +123,8 @@ def test_no_key_or_a_malformed_one_is_refused_with_how_to_make_one():
 
 
 def test_a_registry_on_postgresql_without_the_key_does_not_start_and_says_why(tmp_path, pg_url, monkeypatch):
-    from actors import registry, store
+    from actors.db import store
+    from actors.machines import registry
 
     monkeypatch.delenv(secret_files.SECRET_KEY_ENV)
     settings = PlatformSettings(state_dir=tmp_path / "node", database=pg_url, bcrypt_rounds=4)
@@ -141,7 +143,9 @@ def test_a_registry_on_postgresql_without_the_key_does_not_start_and_says_why(tm
 def test_two_registries_on_one_database_sign_each_others_tokens_and_share_the_admin(tmp_path, pg_url):
     """Two nodes' registries (one after the other: an actor that moved) verify each other's tokens; the second
     does not make a second admin, and writes the credentials file on its own node."""
-    from actors import auth, registry, store
+    from actors.access import auth
+    from actors.db import store
+    from actors.machines import registry
 
     async def go():
         regs, dbs = [], []

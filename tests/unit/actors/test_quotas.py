@@ -1,8 +1,8 @@
-"""actors.quotas: the pure quota check (limits, what is held, what a request adds)."""
+"""actors.clusters.quotas: the pure quota check (limits, what is held, what a request adds)."""
 
 import pytest
 
-from actors import quotas
+from actors.clusters import quotas
 from dcl_core import errors, quota_limits
 from dcl_core.cluster_spec import ClusterSpec
 

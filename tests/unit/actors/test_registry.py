@@ -6,7 +6,9 @@ import stat
 
 import pytest
 
-from actors import agent_keys, auth, registry, store
+from actors.access import agent_keys, auth
+from actors.db import store
+from actors.machines import registry
 from actors.settings import PlatformSettings
 from dcl_core import domain, errors, protocol
 

@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 
-from actors import placement, reputation
+from actors.machines import placement, reputation
 
 DAY = 86_400.0
 

@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from actors import store
+from actors.db import store
 from dcl_core import domain, errors
 
 
@@ -304,7 +304,7 @@ def test_a_write_waits_out_a_short_lock_and_succeeds(tmp_path):
 
 
 def test_placement_reads_changed_rows_and_the_machines_it_may_not_use_on_both_backends(db_location):
-    from actors import cluster_store
+    from actors.db import cluster_store
 
     async def go():
         s = store.Store(db_location)

@@ -5,7 +5,9 @@ import asyncio
 
 import pytest
 
-from actors import auth, cluster_manager, cluster_store, sql_dialect, store
+from actors.access import auth
+from actors.clusters import cluster_manager
+from actors.db import cluster_store, sql_dialect, store
 from actors.settings import PlatformSettings
 from cli import main as cli_main
 from cli import platform as platform_mod

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from actors import throttle
+from actors.access import throttle
 from dcl_core import errors
 
 

@@ -1,4 +1,4 @@
-from actors import usage
+from actors.clusters import usage
 
 
 def lease(joined, left, gpus=(), cpus=1, gpu_price=2.0, cpu_price=0.36, cluster="c1", machine="m1"):

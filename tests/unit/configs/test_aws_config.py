@@ -27,7 +27,7 @@ from ray.autoscaler._private.providers import _get_default_config
 from ray.autoscaler._private.util import fillout_defaults, prepare_config, validate_config
 from ray.autoscaler.v2.instance_manager.config import AutoscalingConfig
 
-from actors import aws_ec2
+from actors.backends import aws_ec2
 from configs import aws
 from dcl_core import cluster_spec, errors
 

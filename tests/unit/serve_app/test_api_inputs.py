@@ -11,7 +11,9 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from actors import auth, registry, store
+from actors.access import auth
+from actors.db import store
+from actors.machines import registry
 from actors.settings import PlatformSettings
 from dcl_core import domain, errors
 from serve_app import app as app_mod

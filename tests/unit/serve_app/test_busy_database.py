@@ -7,7 +7,7 @@ import sqlite3
 import ray
 from fastapi.testclient import TestClient
 
-from actors import store
+from actors.db import store
 from serve_app import app as app_mod
 from tests.unit.serve_app.test_healthz import FakeHandle, _Method
 

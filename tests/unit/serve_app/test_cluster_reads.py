@@ -8,7 +8,7 @@ import asyncio
 
 import pytest
 
-from actors import auth
+from actors.access import auth
 from dcl_core import domain, errors
 from serve_app import app as app_mod
 from tests.unit.actors.test_cluster_manager import close, env, settle  # noqa: F401 - `env` is a fixture

@@ -10,7 +10,7 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from actors import auth
+from actors.access import auth
 from dcl_core import domain, errors
 from serve_app import app as app_mod
 from serve_app.console import charts

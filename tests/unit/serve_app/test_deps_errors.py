@@ -7,7 +7,7 @@ import ray
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from actors import auth
+from actors.access import auth
 from dcl_core import domain, errors
 from serve_app import deps
 from serve_app import errors as api_errors

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from actors import auth
+from actors.access import auth
 from dcl_core import domain, errors
 from serve_app import app as app_mod
 from serve_app import head_proxy

@@ -12,7 +12,9 @@ import pytest
 import ray
 from fastapi.testclient import TestClient
 
-from actors import auth, registry, store
+from actors.access import auth
+from actors.db import store
+from actors.machines import registry
 from actors.settings import PlatformSettings
 from dcl_core import domain, errors
 from serve_app import api_metrics, hot_routes

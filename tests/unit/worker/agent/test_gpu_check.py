@@ -10,7 +10,7 @@ import secrets
 import pydantic
 import pytest
 
-from actors import gpu_verification
+from actors.machines import gpu_verification
 from dcl_core import protocol
 from worker.agent import fake_nvml, gpu_check, leases
 

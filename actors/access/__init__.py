@@ -1,0 +1,1 @@
+"""Who may do what: passwords and JWTs, agent keys, sign-in throttles, where the platform's secrets live."""
