@@ -63,3 +63,18 @@ def test_the_bottom_layer_is_pure_but_for_its_one_file_writer():
             node.func.id for node in ast.walk(tree) if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
         }
         assert not (imported | calls) & io_names, (path.name, (imported | calls) & io_names)
+
+
+def test_the_modules_that_detached_actors_made_before_the_move_name_still_import_their_classes():
+    """A GCS kept on Redis restores detached actors by the module paths they were made with."""
+    import importlib
+
+    from actors.clusters import cluster_manager, expiry_reaper
+    from actors.machines import registry
+
+    for old, cls in (
+        ("actors.cluster_manager", cluster_manager.ClusterManager),
+        ("actors.registry", registry.ProviderRegistry),
+        ("actors.expiry_reaper", expiry_reaper.ExpiryReaper),
+    ):
+        assert getattr(importlib.import_module(old), cls.__name__) is cls
