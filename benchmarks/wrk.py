@@ -23,6 +23,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from dcl_core import secret_files
+
 INSTALL_HINT = "install wrk: `apt-get install wrk` (Debian/Ubuntu) or `brew install wrk` (macOS)"
 MARK = "WRK_JSON "
 
@@ -162,8 +164,7 @@ def run(spec: dict, workdir: Path) -> dict:
         # Each connection is one wrk connection; the one thread hands out the slots of the schedule.
         interval = 1.0 / spec["rate"]
     path = workdir / f"wrk-{abs(hash(json.dumps(spec, sort_keys=True))) % 10**8}.lua"
-    path.write_text(script(spec["requests"], interval))
-    path.chmod(0o600)  # it holds bearer tokens
+    secret_files.write_secret_file(path, script(spec["requests"], interval))  # it holds bearer tokens
     cmd = [
         exe,
         "-t1",

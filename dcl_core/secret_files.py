@@ -33,6 +33,15 @@ def write_secret_file(path: Path, content: str | bytes) -> None:
         raise
 
 
+def restrict_to_owner(path: Path) -> None:
+    """Make an existing file owner-only (0600), never through a link put in its place."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+
+
 # The key that encrypts the platform's secrets in a shared database (actors.db.secret_box): the key itself,
 # or the path of a 0600 file holding it (a mounted secret). Every platform node's Ray processes need one.
 SECRET_KEY_ENV = "DCL_SECRET_KEY"

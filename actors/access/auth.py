@@ -64,7 +64,7 @@ def load_or_create_jwt_secret(state_dir: Path, environ: dict | None = None) -> s
         return from_env
     path = Path(state_dir) / JWT_SECRET_FILE
     if path.exists():
-        os.chmod(path, 0o600)
+        secret_files.restrict_to_owner(path)
         return path.read_text().strip()
     secret_files.write_secret_file(path, secrets.token_urlsafe(48))
     return path.read_text().strip()

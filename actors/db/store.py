@@ -14,7 +14,7 @@ from typing import Protocol, TypeVar
 import aiosqlite
 
 from actors.db import sql_dialect, store_postgres
-from dcl_core import database_url, domain, errors
+from dcl_core import database_url, domain, errors, secret_files
 
 logger = logging.getLogger(__name__)
 
@@ -285,7 +285,7 @@ class SqliteBackend:
             self.path.with_name(self.path.name + "-shm"),
         ):
             if path.exists():
-                path.chmod(0o600)
+                secret_files.restrict_to_owner(path)
         self._conn, self._reader = conn, reader
         return conn
 
