@@ -19,7 +19,7 @@ HEARTBEAT_S = 2.0
 
 # Every test signs up and in from 127.0.0.1, the generated-input test thousands of times: the
 # per-address and overall sign-in/sign-up limits (unit-tested, and in-process in
-# tests/unit/actors/test_throttle.py) would turn later tests' sign-ups into 429s. Cheap hashes too.
+# tests/unit/actors/access/test_throttle.py) would turn later tests' sign-ups into 429s. Cheap hashes too.
 SETTINGS = {
     "login_failures_per_address_per_minute": 1_000_000,
     "signups_per_address_per_minute": 1_000_000,

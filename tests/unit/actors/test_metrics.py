@@ -11,10 +11,10 @@ from fastapi.testclient import TestClient
 from actors import metrics
 from dcl_core import domain, errors
 from serve_app import api_metrics
-from tests.unit.actors import test_cluster_manager as cm_tests
-from tests.unit.actors import test_expiry_reaper as reaper_tests
-from tests.unit.actors import test_registry as registry_tests
-from tests.unit.actors.test_cluster_manager import env  # noqa: F401 (the fixture)
+from tests.unit.actors.clusters import test_cluster_manager as cm_tests
+from tests.unit.actors.clusters import test_expiry_reaper as reaper_tests
+from tests.unit.actors.clusters.test_cluster_manager import env  # noqa: F401 (the fixture)
+from tests.unit.actors.machines import test_registry as registry_tests
 
 
 class RecordingMetrics:

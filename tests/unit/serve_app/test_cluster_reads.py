@@ -11,7 +11,7 @@ import pytest
 from actors.access import auth
 from dcl_core import domain, errors
 from serve_app import app as app_mod
-from tests.unit.actors.test_cluster_manager import close, env, settle  # noqa: F401 - `env` is a fixture
+from tests.unit.actors.clusters.test_cluster_manager import close, env, settle  # noqa: F401 - `env` is a fixture
 
 
 class CountingClusters:

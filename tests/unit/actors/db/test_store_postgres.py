@@ -13,7 +13,7 @@ from cli import main as cli_main
 from cli import platform as platform_mod
 from cli import platform_state as pstate
 from dcl_core import domain, errors
-from tests.unit.actors.test_cluster_manager import FakeRegistry, seed_market
+from tests.unit.actors.clusters.test_cluster_manager import FakeRegistry, seed_market
 
 
 def test_placeholders_are_numbered_outside_quotes():

@@ -9,7 +9,7 @@ from actors.clusters import cluster_logs
 from actors.db import store
 from actors.settings import PlatformSettings
 from dcl_core import domain, errors
-from tests.unit.actors.test_cluster_manager import FakeRegistry, build_manager, close, seed_market, settle
+from tests.unit.actors.clusters.test_cluster_manager import FakeRegistry, build_manager, close, seed_market, settle
 
 
 def test_malformed_entries_are_dropped():
