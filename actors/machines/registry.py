@@ -1,9 +1,8 @@
-"""ProviderRegistry: accounts, sign-in, provider machines, heartbeats and the agents' work channel."""
+"""ProviderRegistry: accounts, sign-in, provider machines, heartbeats, and who may use the agents' work channel."""
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import secrets
 import time
@@ -13,7 +12,7 @@ from actors import metrics as metrics_mod
 from actors.access import agent_keys, auth, platform_secrets
 from actors.access import throttle as throttle_mod
 from actors.db import store as store_mod
-from actors.machines import gpu_verification, offers, reputation
+from actors.machines import gpu_verification, offers, reputation, work_channel
 from actors.settings import PlatformSettings
 from dcl_core import domain, errors, ids, protocol
 
@@ -55,11 +54,7 @@ class ProviderRegistry:
         # bcrypt runs in threads; this bounds how many cores it may take at once.
         self._hash_slots = asyncio.Semaphore(settings.password_hash_threads)
         self._tokens: auth.TokenIssuer | None = None
-        # Work for agents is handed over through the long poll; a waiting poll is woken at once.
-        self._work: dict[str, collections.deque] = collections.defaultdict(collections.deque)
-        self._work_ready: dict[str, asyncio.Event] = collections.defaultdict(asyncio.Event)
-        # Items whose sender waits for the agent's answer: item id → (machine id, future).
-        self._pending_results: dict[str, tuple[str, asyncio.Future]] = {}
+        self._work = work_channel.WorkChannel()
         # Silence means something only while the platform could hear: after the registry (re)starts, or
         # heartbeats could not be recorded (a locked database), agents get time to come back first.
         self._deaf_at = clock()
@@ -289,7 +284,7 @@ class ProviderRegistry:
     async def leave(self, principal: MachineCaller, machine_id: str) -> dict:
         await self._own_machine(principal, machine_id)
         await self._store.set_machine_status(machine_id, domain.MachineStatus.GONE)
-        self._work_ready[machine_id].set()  # release a poll in flight
+        self._work.wake(machine_id)  # release a poll in flight
         logger.info("machine %s left the platform", machine_id)
         return self._public_machine(await self._store.get_machine(machine_id))
 
@@ -311,64 +306,25 @@ class ProviderRegistry:
     async def next_work(self, principal: MachineCaller, machine_id: str, wait_s: float) -> list[dict]:
         """Long poll: returns the machine's queued work items, waiting up to wait_s for one."""
         await self._own_machine(principal, machine_id)
-        wait_s = min(max(wait_s, 0.0), self._settings.max_long_poll_s)
-        queue, ready = self._work[machine_id], self._work_ready[machine_id]
-        if not queue and wait_s > 0:
-            ready.clear()
-            try:
-                await asyncio.wait_for(ready.wait(), timeout=wait_s)
-            except TimeoutError:
-                pass
-        items = list(queue)
-        queue.clear()
-        return items
+        return await self._work.wait(machine_id, min(max(wait_s, 0.0), self._settings.max_long_poll_s))
 
     async def push_work(self, machine_id: str, kind: str, payload: dict) -> dict:
         """Queues an item for the machine's agent (the buyer-cluster layer sends node leases this way)."""
         if await self._store.get_machine(machine_id) is None:
             raise errors.NotFound(f"machine {machine_id} not found")
-        item = {"id": ids.new_work_item_id(), "kind": kind, "payload": payload}
-        self._work[machine_id].append(item)
-        self._work_ready[machine_id].set()
-        return item
+        return self._work.push(machine_id, kind, payload)
 
     async def send_work(self, machine_id: str, kind: str, payload: dict, timeout_s: float) -> dict:
-        """Queues an item and waits for the agent's WorkResult; a silent agent gives ok=False."""
+        """Queues an item and waits for the agent's WorkResult; a silent or offline agent gives ok=False."""
         machine = await self._store.get_machine(machine_id)
         if machine is None or not domain.MachineStatus(self._public_machine(machine)["status"]).is_leasable():
-            return {
-                "ok": False,
-                "exit_code": None,
-                "data": {},
-                "output": f"machine {machine_id} is not online: its agent cannot run {kind}",
-            }
-        item = await self.push_work(machine_id, kind, payload)
-        future = asyncio.get_running_loop().create_future()
-        self._pending_results[item["id"]] = (machine_id, future)
-        try:
-            return await asyncio.wait_for(future, timeout=timeout_s)
-        except TimeoutError:
-            return {
-                "ok": False,
-                "exit_code": None,
-                "data": {},
-                "output": f"machine {machine_id} did not answer {kind} within {timeout_s:.0f} s",
-            }
-        finally:
-            self._pending_results.pop(item["id"], None)
-            # An item nobody waits for any more must not run late.
-            queue = self._work.get(machine_id)
-            if queue and item in queue:
-                queue.remove(item)
+            return work_channel.unanswered(f"machine {machine_id} is not online: its agent cannot run {kind}")
+        return await self._work.send(machine_id, kind, payload, timeout_s)
 
     async def complete_work(self, principal: MachineCaller, machine_id: str, item_id: str, result: dict) -> dict:
         """The agent's answer to an item."""
         await self._own_machine(principal, machine_id)
-        pending = self._pending_results.get(item_id)
-        if pending is None or pending[0] != machine_id:
-            raise errors.NotFound(f"no work item {item_id} is waiting for an answer from machine {machine_id}")
-        if not pending[1].done():
-            pending[1].set_result(result)
+        self._work.answer(machine_id, item_id, result)
         return {"accepted": True}
 
     # --- helpers ------------------------------------------------------------------------
@@ -415,7 +371,7 @@ class ProviderRegistry:
             await self._store.revoke_machine_key(key_id, self._clock())
             self._key_hashes.pop(row["machine_id"], None)
             await self._store.set_machine_status(row["machine_id"], domain.MachineStatus.OFFLINE)
-            self._work_ready[row["machine_id"]].set()  # a poll in flight returns; the next one is refused
+            self._work.wake(row["machine_id"])  # a poll in flight returns; the next one is refused
             logger.info("machine key %s of machine %s revoked by %s", key_id, row["machine_id"], principal.username)
         return _public_key(await self._store.get_machine_key(key_id))
 

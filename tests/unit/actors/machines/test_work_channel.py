@@ -1,0 +1,59 @@
+"""actors.machines.work_channel: queues, the long poll, answers awaited and bounded (plain asyncio, no store)."""
+
+import asyncio
+
+import pytest
+
+from actors.machines import work_channel
+from dcl_core import errors
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+async def test_a_waiting_poll_is_woken_by_the_item_pushed_for_its_machine_only():
+    channel = work_channel.WorkChannel()
+    poll = asyncio.create_task(channel.wait("m-1", 10))
+    other = channel.push("m-2", "lease.open", {"n": 2})
+    await asyncio.sleep(0)
+    assert not poll.done()
+    item = channel.push("m-1", "lease.open", {"n": 1})
+    assert await asyncio.wait_for(poll, 1) == [item]
+    assert await channel.wait("m-1", 0) == []  # each item is handed over once
+    assert await channel.wait("m-2", 0) == [other]
+
+
+async def test_send_returns_the_agents_answer_and_refuses_an_answer_from_another_machine():
+    channel = work_channel.WorkChannel()
+    sent = asyncio.create_task(channel.send("m-1", "lease.exec", {"cmd": "true"}, 10))
+    (item,) = await channel.wait("m-1", 1)
+    with pytest.raises(errors.NotFound):
+        channel.answer("m-2", item["id"], {"ok": True})
+    channel.answer("m-1", item["id"], {"ok": True, "exit_code": 0})
+    assert await asyncio.wait_for(sent, 1) == {"ok": True, "exit_code": 0}
+    with pytest.raises(errors.NotFound):  # answered once; nobody waits any more
+        channel.answer("m-1", item["id"], {"ok": True})
+
+
+async def test_an_unanswered_item_times_out_and_never_runs_late():
+    channel = work_channel.WorkChannel()
+    result = await channel.send("m-1", "lease.close", {}, 0.01)
+    assert result == {
+        "ok": False,
+        "exit_code": None,
+        "data": {},
+        "output": "machine m-1 did not answer lease.close within 0 s",
+    }
+    assert await channel.wait("m-1", 0) == []  # taken off the queue: the agent never sees it
+
+
+async def test_wake_releases_a_poll_in_flight_with_nothing():
+    channel = work_channel.WorkChannel()
+    poll = asyncio.create_task(channel.wait("m-1", 10))
+    await asyncio.sleep(0)
+    channel.wake("m-1")
+    assert await asyncio.wait_for(poll, 1) == []
