@@ -80,6 +80,44 @@ class ClusterStatus(str, enum.Enum):
         return tuple(s for s in cls if s.is_active())
 
 
+class EventKind(str, enum.Enum):
+    """What a cluster's event says happened; the API, the CLI and the tests match on these values."""
+
+    PROVISIONING = "provisioning"  # the launcher starts the head
+    NODE_OPENED = "node_opened"  # a lease opened on its machine
+    NODE_CLOSED = "node_closed"
+    NODE_RETRY = "node_retry"  # a node that failed to open is opened on another machine
+    NODE_RETRY_FAILED = "node_retry_failed"
+    LEASE_FAILED = "lease_failed"
+    LEASE_CLOSE_FAILED = "lease_close_failed"
+    LEASE_LOST = "lease_lost"  # its machine went offline, or its agent stopped holding it
+    HEAD_READY = "head_ready"  # the launcher brought the head up
+    HEAD_JOINED = "head_joined"  # seen ALIVE in the cluster's GCS
+    WORKER_JOINED = "worker_joined"
+    JOIN_FAILED = "join_failed"
+    COMMAND_FAILED = "command_failed"  # a launcher command failed on a node
+    RUNNING = ClusterStatus.RUNNING.value
+    DEGRADED = ClusterStatus.DEGRADED.value
+    EXPIRY_WARNING = "expiry_warning"
+    EXTENDED = "extended"
+    TERMINATING = ClusterStatus.TERMINATING.value
+    TEARDOWN_WARNING = "teardown_warning"
+    LOGS_KEPT = "logs_kept"
+    RELEASED = "released"  # every node released
+    TERMINATED = ClusterStatus.TERMINATED.value
+    FAILED = ClusterStatus.FAILED.value
+    EXPIRED = ClusterStatus.EXPIRED.value
+
+    @classmethod
+    def joined(cls, role: str) -> EventKind:
+        return cls.HEAD_JOINED if role == NodeRole.HEAD else cls.WORKER_JOINED
+
+    @classmethod
+    def reached(cls, status: ClusterStatus) -> EventKind:
+        """The event of a cluster that reached this status."""
+        return cls(status.value)
+
+
 class LeaseStatus(str, enum.Enum):
     RESERVED = "reserved"  # capacity held for a cluster; no node yet
     OPEN = "open"  # the agent prepared it; the launcher runs commands in it

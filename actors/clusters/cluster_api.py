@@ -182,7 +182,9 @@ class BuyerApi:
                 row["owner_id"], quotas.extension_demand(ClusterSpec.model_validate_json(row["spec"]), duration_s)
             )
             await self._store.set_expiry(cluster_id, new_expiry, self._clock())
-        await self._event(cluster_id, "extended", f"lifetime extended by {duration_s} s by {principal.username}")
+        await self._event(
+            cluster_id, domain.EventKind.EXTENDED, f"lifetime extended by {duration_s} s by {principal.username}"
+        )
         await self._schedule_expiry(cluster_id)
         return await self._public(await self._store.get_cluster(cluster_id))
 

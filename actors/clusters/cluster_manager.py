@@ -238,7 +238,9 @@ class ClusterManager(BuyerApi, NodeProviderApi):
             return False
         if isinstance(action, lifecycle.LoseLease):
             if await self._store.end_lease(action.lease_id, domain.LeaseStatus.LOST, now):
-                await self._event(cid, "lease_lost", f"{action.role} node {action.lease_id} lost: {action.why}")
+                await self._event(
+                    cid, domain.EventKind.LEASE_LOST, f"{action.role} node {action.lease_id} lost: {action.why}"
+                )
                 if action.fail_reason:
                     await self._fail(cid, action.fail_reason)
                     return False
@@ -268,7 +270,7 @@ class ClusterManager(BuyerApi, NodeProviderApi):
     async def warn_expiry(self, cluster_id: str, deadline: float) -> None:
         await self._event(
             cluster_id,
-            "expiry_warning",
+            domain.EventKind.EXPIRY_WARNING,
             f"expires in {deadline - self._clock():.0f} s; POST /v1/clusters/{cluster_id}/extend to keep it",
         )
 
@@ -378,7 +380,7 @@ class ClusterManager(BuyerApi, NodeProviderApi):
                 except placement.InsufficientCapacity as exc:
                     await self._event(
                         cid,
-                        "node_retry_failed",
+                        domain.EventKind.NODE_RETRY_FAILED,
                         f"{request.role} node: no machine to retry on after attempt {attempt}: {exc}",
                     )
                     raise errors.Conflict(
@@ -390,7 +392,7 @@ class ClusterManager(BuyerApi, NodeProviderApi):
             lease = await self._store.get_lease(retry["id"])
             await self._event(
                 cid,
-                "node_retry",
+                domain.EventKind.NODE_RETRY,
                 f"{request.role} node: attempt {attempt + 1} of "
                 f"{NODE_OPEN_ATTEMPTS} on machine {lease['machine_id']} as node {lease['id']} "
                 f"(failed so far: {', '.join(failed)})",
@@ -430,7 +432,7 @@ class ClusterManager(BuyerApi, NodeProviderApi):
             await self._store.end_lease(lease["id"], domain.LeaseStatus.LOST, self._clock())
             await self._event(
                 cluster["id"],
-                "lease_failed",
+                domain.EventKind.LEASE_FAILED,
                 f"attempt {attempt} of {NODE_OPEN_ATTEMPTS}: machine {lease['machine_id']} could "
                 f"not open {lease['role']} node {lease['id']}: {views.tail(result.get('output', ''))}",
             )
@@ -448,7 +450,7 @@ class ClusterManager(BuyerApi, NodeProviderApi):
             )
         await self._event(
             cluster["id"],
-            "node_opened",
+            domain.EventKind.NODE_OPENED,
             f"{lease['role']} node {lease['id']} opened on machine {lease['machine_id']} ({opened.node_ip})",
         )
         return await self._store.get_lease(lease["id"])
@@ -457,7 +459,7 @@ class ClusterManager(BuyerApi, NodeProviderApi):
         if await self._close_on_machine(cluster_id, lease):
             await self._event(
                 cluster_id,
-                "node_closed",
+                domain.EventKind.NODE_CLOSED,
                 f"{lease['role']} node {lease['id']} was opened after the cluster ended: released",
             )
 
@@ -471,7 +473,9 @@ class ClusterManager(BuyerApi, NodeProviderApi):
             # The agent cleans up leases the platform no longer knows when it returns (its heartbeat's
             # answer names them stale).
             await self._event(
-                cluster_id, "lease_close_failed", f"node {lease['id']}: {views.tail(result.get('output', ''))}"
+                cluster_id,
+                domain.EventKind.LEASE_CLOSE_FAILED,
+                f"node {lease['id']}: {views.tail(result.get('output', ''))}",
             )
             return False
         await self._keep_logs(cluster_id, lease, result)
@@ -482,7 +486,9 @@ class ClusterManager(BuyerApi, NodeProviderApi):
             await self._close_on_machine(cluster_id, lease)
         if await self._store.end_lease(lease["id"], domain.LeaseStatus.CLOSED, self._clock()):
             if lease["status"] == domain.LeaseStatus.OPEN.value:
-                await self._event(cluster_id, "node_closed", f"{lease['role']} node {lease['id']} released")
+                await self._event(
+                    cluster_id, domain.EventKind.NODE_CLOSED, f"{lease['role']} node {lease['id']} released"
+                )
 
     async def _keep_logs(self, cluster_id: str, lease: dict, result: dict) -> None:
         try:
@@ -493,7 +499,7 @@ class ClusterManager(BuyerApi, NodeProviderApi):
         if kept:
             await self._event(
                 cluster_id,
-                "logs_kept",
+                domain.EventKind.LOGS_KEPT,
                 f"{kept} log file(s) of {lease['role']} node {lease['id']} kept: GET /v1/clusters/{cluster_id}/logs",
             )
 
@@ -501,7 +507,9 @@ class ClusterManager(BuyerApi, NodeProviderApi):
         row = await self._store.get_cluster(cluster_id)
         if not await self._store.set_cluster_status(cluster_id, S.PROVISIONING, self._clock(), only_from=(S.PENDING,)):
             return
-        await self._event(cluster_id, "provisioning", "starting the head node with the Ray cluster launcher")
+        await self._event(
+            cluster_id, domain.EventKind.PROVISIONING, "starting the head node with the Ray cluster launcher"
+        )
         try:
             await asyncio.wait_for(
                 self._launcher.create(await self._launcher_config(row)), timeout=self._settings.provision_timeout_s
@@ -511,14 +519,16 @@ class ClusterManager(BuyerApi, NodeProviderApi):
             return
         spec = ClusterSpec.model_validate_json(row["spec"])
         await self._event(
-            cluster_id, "head_ready", f"head node up; its autoscaler is starting {spec.num_workers} worker(s)"
+            cluster_id,
+            domain.EventKind.HEAD_READY,
+            f"head node up; its autoscaler is starting {spec.num_workers} worker(s)",
         )
         if self._backend(spec).running_once_head_is_up and await self._store.set_cluster_status(
             cluster_id, S.RUNNING, self._clock(), only_from=(S.PROVISIONING,)
         ):
             await self._event(
                 cluster_id,
-                "running",
+                domain.EventKind.RUNNING,
                 "running: the EC2 head is up; workers join through the sub-cluster's own autoscaler",
             )
 
@@ -526,7 +536,7 @@ class ClusterManager(BuyerApi, NodeProviderApi):
         if await self._store.set_cluster_status(
             cluster_id, S.TERMINATING, self._clock(), ending_as=final, only_from=S.active()
         ):
-            await self._event(cluster_id, "terminating", f"tearing down: {reason}")
+            await self._event(cluster_id, domain.EventKind.TERMINATING, f"tearing down: {reason}")
             provisioning = self._tasks.pop(cluster_id, None)
             if provisioning is not None:
                 provisioning.cancel()
@@ -536,7 +546,7 @@ class ClusterManager(BuyerApi, NodeProviderApi):
 
     async def _fail(self, cluster_id: str, reason: str) -> None:
         logger.warning("cluster %s failed: %s", cluster_id, reason)
-        await self._event(cluster_id, "failed", reason)
+        await self._event(cluster_id, domain.EventKind.FAILED, reason)
         if await self._store.set_cluster_status(
             cluster_id, S.TERMINATING, self._clock(), reason=reason, ending_as=S.FAILED, only_from=S.active()
         ):
@@ -556,17 +566,23 @@ class ClusterManager(BuyerApi, NodeProviderApi):
         # terminating and create_nodes refuses.
         await asyncio.gather(*(self._close_lease(cluster_id, l) for l in leases))
         self._metrics.released(self._clock() - started)
-        await self._event(cluster_id, "released", f"all nodes released in {self._clock() - started:.1f} s")
+        await self._event(
+            cluster_id, domain.EventKind.RELEASED, f"all nodes released in {self._clock() - started:.1f} s"
+        )
         if had_nodes:
             try:
                 await asyncio.wait_for(
                     self._launcher.teardown(await self._launcher_config(row)), timeout=TEARDOWN_TIMEOUT_S
                 )
             except Exception as exc:
-                await self._event(cluster_id, "teardown_warning", f"launcher teardown: {views.describe(exc)}")
+                await self._event(
+                    cluster_id, domain.EventKind.TEARDOWN_WARNING, f"launcher teardown: {views.describe(exc)}"
+                )
         await self._store.set_cluster_status(cluster_id, final, self._clock(), reason=reason)
         await self._event(
-            cluster_id, final.value, f"{final.value} {self._clock() - started:.1f} s after the teardown began"
+            cluster_id,
+            domain.EventKind.reached(final),
+            f"{final.value} {self._clock() - started:.1f} s after the teardown began",
         )
 
     async def _launcher_config(self, row: dict) -> dict:
@@ -588,6 +604,6 @@ class ClusterManager(BuyerApi, NodeProviderApi):
 
         task.add_done_callback(done)
 
-    async def _event(self, cluster_id: str, kind: str, message: str) -> None:
+    async def _event(self, cluster_id: str, kind: domain.EventKind, message: str) -> None:
         logger.info("cluster %s: %s", cluster_id, message)
         await self._store.add_event(cluster_id, kind, message, self._clock())

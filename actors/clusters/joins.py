@@ -97,7 +97,7 @@ class JoinWatcher:
                     f"(machine {lease['machine_id']})"
                 )
                 logger.info("cluster %s: %s", cluster_id, message)
-                await self._store.add_event(cluster_id, f"{lease['role']}_joined", message, now)
+                await self._store.add_event(cluster_id, domain.EventKind.joined(lease["role"]), message, now)
         return joined, None
 
     async def observe_all(self, cluster_ids: list[str]) -> dict[str, list[dict]]:

@@ -40,7 +40,7 @@ class Transition:
 
     to: domain.ClusterStatus
     from_: domain.ClusterStatus
-    event_kind: str
+    event_kind: domain.EventKind
     message: str
     reason: str | None = None
     clear_reason: bool = False
@@ -123,16 +123,20 @@ def decide(
     if status is S.RUNNING and workers < wanted:
         # The head's autoscaler asks for replacements; back to running once they joined.
         reason = f"{workers}/{wanted} workers: a worker's machine was lost; replacing it on another machine"
-        actions.append(Transition(S.DEGRADED, S.RUNNING, "degraded", reason, reason=reason))
+        actions.append(Transition(S.DEGRADED, S.RUNNING, domain.EventKind.DEGRADED, reason, reason=reason))
     elif status is S.DEGRADED and workers >= wanted:
-        actions.append(Transition(S.RUNNING, S.DEGRADED, "running", f"back to {workers} worker(s)", clear_reason=True))
+        actions.append(
+            Transition(
+                S.RUNNING, S.DEGRADED, domain.EventKind.RUNNING, f"back to {workers} worker(s)", clear_reason=True
+            )
+        )
     elif status is S.PROVISIONING:
         if head_joined and workers >= wanted:
             actions.append(
                 Transition(
                     S.RUNNING,
                     S.PROVISIONING,
-                    "running",
+                    domain.EventKind.RUNNING,
                     f"running: head and {workers} worker(s) joined "
                     f"{now - cluster['created_at']:.1f} s after the request",
                 )

@@ -131,7 +131,7 @@ class NodeProviderApi:
             else:
                 await self._event(
                     cluster_id,
-                    "command_failed",
+                    domain.EventKind.COMMAND_FAILED,
                     f"`ray start` failed on {lease['role']} node {node_id} (exit "
                     f"{result.get('exit_code')}): {views.tail(result.get('output', ''))}",
                 )
@@ -145,7 +145,7 @@ class NodeProviderApi:
             f"{lease['machine_id']}), but its node was not ALIVE in the cluster's GCS within "
             f"{joins_mod.JOIN_WAIT_S:.0f} s: treated as a failed start"
         )
-        await self._event(cluster_id, "join_failed", message)
+        await self._event(cluster_id, domain.EventKind.JOIN_FAILED, message)
         return {
             "ok": False,
             "exit_code": result.get("exit_code"),

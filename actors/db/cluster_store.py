@@ -140,10 +140,10 @@ class ClusterStore(Database):
 
     # --- events -------------------------------------------------------------------------
 
-    async def add_event(self, cluster_id: str, kind: str, message: str, now: float) -> None:
+    async def add_event(self, cluster_id: str, kind: domain.EventKind, message: str, now: float) -> None:
         await self._write(
             "INSERT INTO cluster_events (cluster_id, ts, kind, message) VALUES (?, ?, ?, ?)",
-            (cluster_id, now, kind, message),
+            (cluster_id, now, kind.value, message),
         )
 
     async def events(self, cluster_id: str, after_id: int = 0) -> list[dict]:

@@ -105,3 +105,11 @@ def test_one_exec_model_for_the_node_route_and_the_agent():
 
 def test_the_node_role_literal_names_every_role_and_nothing_else():
     assert set(typing.get_args(domain.NodeRoleValue)) == {role.value for role in domain.NodeRole}
+
+
+def test_the_event_of_each_status_a_cluster_reaches_or_ends_in_is_an_event_kind():
+    for status in domain.ClusterStatus:
+        if status.is_terminal() or status in (domain.ClusterStatus.RUNNING, domain.ClusterStatus.DEGRADED):
+            assert domain.EventKind.reached(status).value == status.value
+    assert domain.EventKind.joined("head") is domain.EventKind.HEAD_JOINED
+    assert domain.EventKind.joined("worker") is domain.EventKind.WORKER_JOINED
