@@ -8,9 +8,12 @@ from typing import Annotated
 from pydantic import Field
 
 from configs import aws as aws_config
-from dcl_core import database_url, domain, quota_limits
+from dcl_core import database_url, domain, protocol, quota_limits
 
 NAMESPACE = "dcluster"
+
+
+DB_FILE = "platform.db"  # the SQLite database, in the state dir
 
 
 class PlatformSettings(domain.StrictModel):
@@ -59,7 +62,7 @@ class PlatformSettings(domain.StrictModel):
         ),
     ] = 0
     bcrypt_rounds: Annotated[int, Field(ge=4, le=16)] = 12
-    max_long_poll_s: Annotated[float, Field(ge=1, le=120)] = 30.0
+    max_long_poll_s: Annotated[float, Field(ge=1, le=protocol.MAX_LONG_POLL_S)] = protocol.MAX_LONG_POLL_S
     listen_host: Annotated[
         str, Field(pattern=r"^[0-9A-Za-z.:\-]{1,255}$", description="Where the API replica listens itself")
     ] = "127.0.0.1"
@@ -111,7 +114,7 @@ class PlatformSettings(domain.StrictModel):
 
     @property
     def db_path(self) -> Path:
-        return self.state_dir / "platform.db"
+        return self.state_dir / DB_FILE
 
     @property
     def db_location(self) -> Path | str:

@@ -17,6 +17,7 @@ import threading
 import time
 from pathlib import Path
 
+from actors import settings as settings_mod
 from actors.clusters import expiry_reaper
 from actors.db import cluster_store as cstore
 from benchmarks import common
@@ -47,7 +48,7 @@ class RecordingClusters:
 
 
 async def reaper_lateness(db_dir: Path, *, deadlines: int, spacing_s: float, lead_s: float = 2.0) -> dict:
-    store = cstore.ClusterStore(db_dir / "platform.db")
+    store = cstore.ClusterStore(db_dir / settings_mod.DB_FILE)
     await store.conn()
     now = time.time()
     await store._write(

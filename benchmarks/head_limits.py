@@ -169,7 +169,7 @@ async def _measure(
             f"p99 {creates[-1]['ms'].get('p99')} ms"
         )
     machine_ids = [r["id"] for r in scale.synthetic_rows(n)]
-    beats = await _heartbeats(db_dir / "platform.db", machine_ids, HEARTBEAT_WINDOW_S)
+    beats = await _heartbeats(db_dir / settings_mod.DB_FILE, machine_ids, HEARTBEAT_WINDOW_S)
     return {
         "machines": n,
         "active_leases": active,

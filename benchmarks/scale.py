@@ -157,7 +157,7 @@ def time_pure_placement(n: int, active: int, reps: int) -> list[float]:
 async def seed_store(db_dir: Path, n: int, active: int) -> cluster_store.ClusterStore:
     """A real SQLite database holding n online machines (10 providers) and `active` active leases, written
     in bulk (a simulated fleet: registration through the API is measured by `run`)."""
-    store = cluster_store.ClusterStore(db_dir / "platform.db")
+    store = cluster_store.ClusterStore(db_dir / settings_mod.DB_FILE)
     conn = await store.conn()
     now = time.time()
     await conn.executemany(

@@ -114,7 +114,7 @@ class Layout:
 
     @property
     def ray_auth_token(self) -> Path:
-        return self.state_dir / "ray_auth_token"
+        return self.state_dir / secret_files.RAY_AUTH_TOKEN_FILE
 
     @property
     def secret_key(self) -> Path:

@@ -16,6 +16,10 @@ from dcl_core import domain, ids
 # While the platform is unreachable an agent retries at least this often (worker.client.Backoff's cap):
 # the platform gives agents this long, after it could not hear them, before it calls a machine silent.
 AGENT_MAX_RETRY_S = 30.0
+# The agents' long poll for work: the most the API holds one (the registry's max_long_poll_s may lower it),
+# and how long an agent asks it to wait.
+MAX_LONG_POLL_S = 30.0
+LONG_POLL_S = 20.0
 
 LEASE_OPEN = "lease_open"
 LEASE_EXEC = "lease_exec"

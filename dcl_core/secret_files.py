@@ -6,6 +6,10 @@ import os
 import secrets
 from pathlib import Path
 
+# The file a Ray auth token is kept in, 0600, wherever one is kept: the platform's state dir, each buyer
+# cluster's dir on the platform, each lease's dir on a provider's machine.
+RAY_AUTH_TOKEN_FILE = "ray_auth_token"
+
 
 def ensure_private_dir(path: Path) -> Path:
     """path (and parents) exists; path itself is 0700 (mkdir's mode is masked by the umask, and ignored

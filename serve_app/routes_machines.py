@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response, status
 
-from dcl_core import api, ids
+from dcl_core import api, ids, protocol
 from serve_app import deps
 
 router = APIRouter(tags=["machines"])
@@ -50,7 +50,9 @@ async def next_work(
     machine_id: MachineId,
     principal: deps.MachineCaller,
     registry: deps.Registry,
-    wait_s: Annotated[float, Query(ge=0, le=30, description="Long-poll wait")] = 20.0,
+    wait_s: Annotated[
+        float, Query(ge=0, le=protocol.MAX_LONG_POLL_S, description="Long-poll wait")
+    ] = protocol.LONG_POLL_S,
 ):
     """Long poll: the agent's channel for node leases and commands."""
     return {"items": await registry.next_work.remote(principal, machine_id, wait_s)}

@@ -103,7 +103,7 @@ class PlatformApi(Protocol):
 
     def heartbeat(self, machine_id: str, usage: domain.MachineUsage, leases: Sequence[str] = ()) -> dict: ...
 
-    def poll_work(self, machine_id: str, wait_s: float = 20) -> list[dict]: ...
+    def poll_work(self, machine_id: str, wait_s: float = protocol.LONG_POLL_S) -> list[dict]: ...
 
     def leave(self, machine_id: str, *, timeout_s: float | None = None) -> dict: ...
 
@@ -229,7 +229,7 @@ class PlatformClient:
         body = api.Heartbeat(usage=usage, leases=list(leases))
         return self.request("POST", f"{_machine_path(machine_id)}/heartbeat", json=body.model_dump(mode="json"))
 
-    def poll_work(self, machine_id: str, wait_s: float = 20) -> list[dict]:
+    def poll_work(self, machine_id: str, wait_s: float = protocol.LONG_POLL_S) -> list[dict]:
         """Long poll: the platform holds the call up to wait_s; the read timeout leaves it room."""
         timeout = httpx.Timeout(
             self._timeout.connect, read=wait_s + 10, write=self._timeout.write, pool=self._timeout.pool

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from dcl_core import secret_files
 
-TOKEN_FILE = "ray_auth_token"
+TOKEN_FILE = secret_files.RAY_AUTH_TOKEN_FILE
 LAUNCHER_TMP = "launcher-tmp"  # under the state dir: the launcher's private temp dir
 
 

@@ -18,7 +18,6 @@ from dcl_core import database_url, domain, errors, secret_files
 
 logger = logging.getLogger(__name__)
 
-DB_FILE = "platform.db"
 T = TypeVar("T")
 
 

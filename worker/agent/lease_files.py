@@ -9,7 +9,7 @@ import os
 import threading
 from pathlib import Path
 
-from dcl_core import protocol
+from dcl_core import protocol, secret_files
 from dcl_core import ray_ports as ray_ports_mod
 from worker.agent.sandbox import base as sandbox_base
 
@@ -18,7 +18,7 @@ logger = logging.getLogger(__name__)
 RECORD_FILE = "lease.json"
 LOGS_DIR = "logs"  # in the lease's dir: the output of each command, writable inside
 HOME_DIR = "home"
-TOKEN_FILE = "ray_auth_token"
+TOKEN_FILE = secret_files.RAY_AUTH_TOKEN_FILE
 TEMP_DIR_PREFIX = "/tmp/dcl-"
 OWNER_TAG_PREFIX = "dcl-lease-"
 LEASE_USER = "dcluster-lease"  # the lease's user's name inside (Ray and getpass want one)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pydantic import Field, SecretStr
 
-from dcl_core import domain, ids, secret_files
+from dcl_core import domain, ids, protocol, secret_files
 from worker.agent import detect
 
 logger = logging.getLogger(__name__)
@@ -43,7 +43,12 @@ class AgentSettings(domain.StrictModel):
     declared_cpus: int | None = Field(default=None, ge=1, le=4096, description="Override the CPU count offered")
     price_per_gpu_hour: float = Field(default=0.0, ge=0, le=10_000)
     price_per_cpu_hour: float = Field(default=0.0, ge=0, le=10_000)
-    poll_wait_s: float = Field(default=20.0, gt=0, le=30, description="Long-poll wait; the API allows 30 s")
+    poll_wait_s: float = Field(
+        default=protocol.LONG_POLL_S,
+        gt=0,
+        le=protocol.MAX_LONG_POLL_S,
+        description=f"Long-poll wait; the API holds a poll {protocol.MAX_LONG_POLL_S:g} s at most",
+    )
     leave_timeout_s: float = Field(default=5.0, gt=0, le=60)
     stop_join_s: float = Field(default=3.0, ge=0, le=60, description="How long stop() waits for the loops")
     runtime: domain.SandboxRuntime = Field(
