@@ -24,6 +24,7 @@ from benchmarks import (
     expiry,
     footprint,
     head_limits,
+    lease_files,
     platform_session,
     release,
     sandbox,
@@ -31,7 +32,10 @@ from benchmarks import (
 )
 
 # Run order: the cluster cycles first (figures 1, 2 and 6 share them), the 10,000 machines last.
-FIGURES = {m.NAME: m for m in (cluster_start, release, sandbox, footprint, expiry, api_throughput, scale, head_limits)}
+FIGURES = {
+    m.NAME: m
+    for m in (cluster_start, release, sandbox, footprint, expiry, api_throughput, scale, head_limits, lease_files)
+}
 DEFAULT_OUT = common.REPO_ROOT / "benchmarks" / "results" / "latest.json"
 
 
