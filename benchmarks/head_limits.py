@@ -158,7 +158,7 @@ async def _measure(
     place_ms = []
     for _ in range(10):
         t0 = time.perf_counter()
-        await manager._place("c-bench", requests)
+        await manager._placer.place("c-bench", requests)
         place_ms.append((time.perf_counter() - t0) * 1000)
     buyers = await _buyers(store, BUYERS)
     creates = []

@@ -215,13 +215,13 @@ async def time_manager_placement(db_dir: Path, n: int, active: int, reps: int) -
     settings = settings_mod.PlatformSettings(state_dir=db_dir, heartbeat_interval_s=BEAT_EVERY_S)
     manager = cluster_manager.ClusterManager(store, settings, registry=None, launcher=None)
     t0 = time.perf_counter()
-    await manager._load_machines()
+    await manager._placer.load()
     load_s = time.perf_counter() - t0
     requests = placement.cluster_requests(1, 8, 1, None)
     out = []
     for _ in range(reps):
         t0 = time.perf_counter()
-        await manager._place("c-" + secrets.token_hex(6), requests)
+        await manager._placer.place("c-" + secrets.token_hex(6), requests)
         out.append(time.perf_counter() - t0)
     await store.close()
     return {"place_s": out, "load_s": load_s}

@@ -1,15 +1,21 @@
 """The buyer API of clusters (create, list, get, delete, events, connection, extend), usage reports and
-account quotas. A part of ClusterManager."""
+account quotas. A part of ClusterManager, given its collaborators and the manager's steps it sets going."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
-from actors.access import auth
-from actors.clusters import cluster_logs, quotas
+from actors.access import auth, platform_secrets
+from actors.backends import backend as backend_mod
+from actors.clusters import cluster_logs, quota_book, quotas
 from actors.clusters import cluster_views as views
 from actors.clusters import usage as usage_mod
+from actors.clusters.events import ClusterEvents
 from actors.db import cluster_store as cstore
+from actors.db import store as store_mod
+from actors.machines.placer import Placer
+from actors.settings import PlatformSettings
 from dcl_core import domain, errors, ids
 from dcl_core.cluster_spec import ClusterSpec
 
@@ -46,8 +52,36 @@ async def read_clusters(store: cstore.ClusterStore, reads: list[tuple[auth.Princ
 
 
 class BuyerApi:
-    """Mixed into ClusterManager, whose state (store, settings, backends, quota book, placement lock, clock) and
-    steps it uses."""
+    def __init__(
+        self,
+        store: cstore.ClusterStore,
+        settings: PlatformSettings,
+        *,
+        secrets: platform_secrets.Secrets,
+        quotas: quota_book.QuotaBook,
+        logs: cluster_logs.ClusterLogs,
+        placer: Placer,
+        placement_lock: store_mod.Serial,
+        events: ClusterEvents,
+        clock: Callable[[], float],
+        backend_of: Callable[[ClusterSpec], backend_mod.Backend],
+        provision: Callable[[str], None],
+        begin_teardown: Callable[[str, domain.ClusterStatus, str], Awaitable[bool]],
+        schedule_expiry: Callable[[str], Awaitable[None]],
+    ):
+        self._store = store
+        self._settings = settings
+        self._secrets = secrets
+        self._quotas = quotas
+        self._logs = logs
+        self._placer = placer
+        self._placement_lock = placement_lock
+        self._events = events
+        self._clock = clock
+        self._backend = backend_of
+        self._provision = provision  # starts the cluster's provisioning in the background
+        self._begin_teardown = begin_teardown
+        self._schedule_expiry = schedule_expiry
 
     async def create_cluster(self, principal: auth.Principal, spec: dict) -> dict:
         views.require_buyer(principal)
@@ -58,7 +92,7 @@ class BuyerApi:
         cid = ids.new_cluster_id()
         async with self._placement_lock:  # quota checks and placements see each other's reservations
             await self._quotas.check(principal.account_id, quotas.cluster_demand(spec))
-            leases, summary = await backend.reserve(cid, spec, self._place)
+            leases, summary = await backend.reserve(cid, spec, self._placer.place)
             await self._store.create_cluster(
                 cluster={
                     "id": cid,
@@ -75,7 +109,7 @@ class BuyerApi:
         await self._secrets.save_cluster_token(cid, ids.new_ray_auth_token())
         logger.info("cluster %s created for %s: %d worker(s)", cid, principal.username, spec.num_workers)
         await self._schedule_expiry(cid)
-        self._spawn(cid, self._provision(cid))
+        self._provision(cid)
         return await self._public(await self._store.get_cluster(cid))
 
     async def get_quota(self, principal: auth.Principal, account_id: int) -> dict:
@@ -182,7 +216,7 @@ class BuyerApi:
                 row["owner_id"], quotas.extension_demand(ClusterSpec.model_validate_json(row["spec"]), duration_s)
             )
             await self._store.set_expiry(cluster_id, new_expiry, self._clock())
-        await self._event(
+        await self._events.record(
             cluster_id, domain.EventKind.EXTENDED, f"lifetime extended by {duration_s} s by {principal.username}"
         )
         await self._schedule_expiry(cluster_id)

@@ -1,15 +1,18 @@
-"""ClusterManager: carries out buyer clusters' lifecycle (actors/clusters/lifecycle.py decides), opens and closes their
-leases, calls the launcher, runs the reconcile loop. Its buyer API is in cluster_api.py, its node-provider
-API in node_api.py, what differs per backend in actors/backends/backend.py."""
+"""ClusterManager: carries out buyer clusters' lifecycle (actors/clusters/lifecycle.py decides), calls the
+launcher, runs the reconcile loop, and makes the parts it is composed of, each given its collaborators: the
+buyer API (cluster_api.py), the node-provider API (node_api.py), the lease opener (lease_opener.py), the
+placer (actors/machines/placer.py), the events (events.py); what differs per backend is in
+actors/backends/backend.py."""
 
 from __future__ import annotations
 
 import asyncio
-import collections
+import functools
+import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Protocol, TypeVar
+from typing import Protocol
 
 from actors import metrics as metrics_mod
 from actors.access import auth, cluster_files, platform_secrets
@@ -18,37 +21,27 @@ from actors.clusters import cluster_logs, lifecycle, node_observer, quota_book
 from actors.clusters import cluster_views as views
 from actors.clusters import joins as joins_mod
 from actors.clusters.cluster_api import BuyerApi
+from actors.clusters.events import ClusterEvents
+from actors.clusters.lease_opener import LeaseOpener, WorkSender
 from actors.clusters.node_api import NodeProviderApi
 from actors.db import cluster_store as cstore
-from actors.machines import gpu_checks, machine_index, placement, reputation
+from actors.machines import gpu_checks
+from actors.machines.placer import Placer
 from actors.settings import PlatformSettings
-from dcl_core import domain, errors, protocol
+from dcl_core import domain
 from dcl_core.cluster_spec import ClusterSpec
 
 logger = logging.getLogger(__name__)
 
 S = domain.ClusterStatus
 N = domain.NodeRole
-T = TypeVar("T")
-LEASE_OPEN_TIMEOUT_S = 30.0
-NODE_OPEN_ATTEMPTS = 3  # a node a machine fails to open is tried again (elsewhere where it fits), this often in all
-LEASE_CLOSE_TIMEOUT_S = 30.0
 TEARDOWN_TIMEOUT_S = 120.0
 EXPIRY_BACKSTOP_S = 10.0
 SWEEP_INTERVAL_S = 60.0
-# The machine index reads again the rows changed since its last read, this much earlier too: a write's time is
-# taken before it commits (it may wait for the database's lock), so a later read must still catch it. Longer
-# would read a whole fleet again at every placement for that long after it registered.
-MACHINE_CHANGE_MARGIN_S = 5.0
-# The whole table this often: uptime accrues with heartbeats, which mark nothing, and a write that took longer
-# than the margin to commit is caught here.
-MACHINE_RELOAD_S = 60.0
 
 
-class Registry(Protocol):
+class Registry(WorkSender, Protocol):
     """What the manager needs of the ProviderRegistry (the actor, or the plain class in tests)."""
-
-    async def send_work(self, machine_id: str, kind: str, payload: dict, timeout_s: float) -> dict: ...
 
     async def signing_secret(self) -> str: ...
 
@@ -67,7 +60,7 @@ class Launcher(Protocol):
     async def teardown(self, config: dict) -> None: ...
 
 
-class ClusterManager(BuyerApi, NodeProviderApi):
+class ClusterManager:
     """Plain class with the logic; `actors.actor_classes` turns it into a detached actor."""
 
     def __init__(
@@ -105,14 +98,50 @@ class ClusterManager(BuyerApi, NodeProviderApi):
         )
         self._tokens: auth.TokenIssuer | None = None
         self._placement_lock = store.placement_lock()  # placements see each other's, in every process
-        self._machines = machine_index.MachineIndex()  # machines and leases; lease ids and liveness read fresh
+        self._placer = Placer(store, settings, clock)
+        self._events = ClusterEvents(store, clock)
+        self._opener = LeaseOpener(
+            store,
+            registry=registry,
+            secrets=self._secrets,
+            logs=self._logs,
+            placer=self._placer,
+            placement_lock=self._placement_lock,
+            events=self._events,
+            clock=clock,
+        )
         self._gpu_checks = gpu_checks.GpuChecker(
             store, settings, registry=registry, placement_lock=self._placement_lock, clock=clock
         )
         self._tasks: dict[str, asyncio.Task] = {}  # cluster id → its provisioning or teardown
-        self._opening_ahead: dict[str, asyncio.Task] = {}  # cluster id → its workers opening while the head starts
         self._last_sweep = 0.0
         self._backends = backend.backends(settings, self._tokens_or_fail)
+        self._buyer = BuyerApi(
+            store,
+            settings,
+            secrets=self._secrets,
+            quotas=self._quotas,
+            logs=self._logs,
+            placer=self._placer,
+            placement_lock=self._placement_lock,
+            events=self._events,
+            clock=clock,
+            backend_of=self._backend,
+            provision=lambda cluster_id: self._spawn(cluster_id, self._provision(cluster_id)),
+            begin_teardown=self._begin_teardown,
+            schedule_expiry=self._schedule_expiry,
+        )
+        self._nodes = NodeProviderApi(
+            store,
+            registry=registry,
+            joins=self._joins,
+            opener=self._opener,
+            placer=self._placer,
+            placement_lock=self._placement_lock,
+            events=self._events,
+            clock=clock,
+            reconcile=self._reconcile_cluster,
+        )
 
     def _tokens_or_fail(self) -> auth.TokenIssuer:
         if self._tokens is None:
@@ -121,6 +150,10 @@ class ClusterManager(BuyerApi, NodeProviderApi):
 
     def _backend(self, spec: ClusterSpec) -> backend.Backend:
         return self._backends[spec.backend]
+
+    def workers_opening_ahead(self) -> list[str]:
+        """The clusters whose workers are opening while their head starts."""
+        return self._nodes.opening_ahead()
 
     def background_work(self) -> dict[str, asyncio.Task]:
         """The provisioning or teardown running for each cluster id (a copy)."""
@@ -132,7 +165,7 @@ class ClusterManager(BuyerApi, NodeProviderApi):
         await self._store.conn()
         self._tokens = auth.TokenIssuer(await self._registry.signing_secret(), clock=self._clock)
         await self._gpu_checks.recover()
-        await self._load_machines()  # after: recover gives machines their first GPU status
+        await self._placer.load()  # after: recover gives machines their first GPU status
         interrupted = await self._store.clusters_with_status(S.TERMINATING)
         for row in await self._store.clusters_with_status(S.PENDING, S.PROVISIONING):
             await self._fail(row["id"], "the control plane restarted while the cluster was provisioning")
@@ -172,8 +205,7 @@ class ClusterManager(BuyerApi, NodeProviderApi):
         if now - self._last_sweep >= SWEEP_INTERVAL_S:
             self._last_sweep = now
             await self.sweep()
-        if now - (self._machines.loaded_at or 0.0) >= MACHINE_RELOAD_S:
-            await self._load_machines(beside=True)
+        await self._placer.reload_if_due(now)
 
     async def sweep(self) -> dict:
         """Releases what no live cluster owns: leases of ended clusters (a close that failed, a crash
@@ -183,7 +215,7 @@ class ClusterManager(BuyerApi, NodeProviderApi):
         for lease in await self._store.active_leases():
             cluster = await self._store.get_cluster(lease["cluster_id"])
             if cluster is None or S(cluster["status"]).is_terminal():
-                await self._close_lease(lease["cluster_id"], lease)
+                await self._opener.close_lease(lease["cluster_id"], lease)
                 closed += 1
         try:
             await self._logs.purge()
@@ -238,7 +270,7 @@ class ClusterManager(BuyerApi, NodeProviderApi):
             return False
         if isinstance(action, lifecycle.LoseLease):
             if await self._store.end_lease(action.lease_id, domain.LeaseStatus.LOST, now):
-                await self._event(
+                await self._events.record(
                     cid, domain.EventKind.LEASE_LOST, f"{action.role} node {action.lease_id} lost: {action.why}"
                 )
                 if action.fail_reason:
@@ -250,7 +282,7 @@ class ClusterManager(BuyerApi, NodeProviderApi):
                 self._metrics.provisioned(now - row["created_at"])
             if action.clear_reason:
                 await self._store.clear_reason(cid)
-            await self._event(cid, action.event_kind, action.message)
+            await self._events.record(cid, action.event_kind, action.message)
         return True
 
     async def note_no_capacity(self, cluster_id: str, detail: str) -> None:
@@ -268,7 +300,7 @@ class ClusterManager(BuyerApi, NodeProviderApi):
         )
 
     async def warn_expiry(self, cluster_id: str, deadline: float) -> None:
-        await self._event(
+        await self._events.record(
             cluster_id,
             domain.EventKind.EXPIRY_WARNING,
             f"expires in {deadline - self._clock():.0f} s; POST /v1/clusters/{cluster_id}/extend to keep it",
@@ -284,230 +316,11 @@ class ClusterManager(BuyerApi, NodeProviderApi):
 
     # --- steps shared by the buyer and node-provider APIs --------------------------------
 
-    async def _load_machines(self, beside: bool = False) -> None:
-        """Reads every machine into the index. beside: into a new index, built in a thread while placements
-        go on with the old one (a 100,000-machine load takes seconds), which it then replaces; what changed
-        meanwhile is read again by the next placement (rows since the load began, lease ids every time)."""
-        now = self._clock()
-        await self._read_leases()  # first: the machines are filed once, by what their leases leave free
-        rows = await self._store.placement_machines()
-        if not beside:
-            self._machines.load(rows, now)
-            return
-        fresh = machine_index.MachineIndex().with_leases_of(self._machines)
-        await asyncio.to_thread(fresh.load, rows, now)
-        self._machines = fresh
-
-    async def _capacities(
-        self, cluster_id: str, requests: list[placement.NodeRequest], avoid: frozenset[str] = frozenset()
-    ) -> list[placement.MachineCapacity]:
-        """The machines placement chooses among for these requests (actors.machines.machine_index: a few, not every
-        online one). Which leases hold capacity and which machines may take none now are read fresh."""
-        now = self._clock()
-        if self._machines.synced_at is None:
-            await self._load_machines()
-        else:
-            changed = await self._store.placement_machines(self._machines.synced_at - MACHINE_CHANGE_MARGIN_S)
-            self._machines.update(changed, now)
-        unplaceable = await self._store.unplaceable_machine_ids(self._settings.online_cutoff(now))
-        await self._read_leases()
-        return self._machines.candidates(requests, unplaceable, now, cluster_id, avoid)
-
-    async def _read_leases(self) -> None:
-        active = await self._store.active_lease_ids()
-        self._machines.set_leases(active, await self._store.lease_holdings(self._machines.missing_leases(active)))
-
-    async def _all_capacities(self, cluster_id: str) -> list[placement.MachineCapacity]:
-        """Every online machine's (what a 409 describes)."""
-        now = self._clock()
-        machines = await self._store.online_machines(self._settings.online_cutoff(now))
-        for m in machines:  # fresh rows of this call: scored in place, not copied
-            m["reliability"] = reputation.of_machine(m, now)
-        await self._read_leases()
-        active = self._machines.lease_holdings()
-        caps = placement.capacities(machines, active)
-        mine = collections.Counter(l["machine_id"] for l in active if l["cluster_id"] == cluster_id)
-        for cap in caps:
-            cap.leases_of_cluster = mine[cap.machine_id]
-        return caps
-
-    async def _decide(
-        self,
-        cluster_id: str,
-        requests: list[placement.NodeRequest],
-        decide: Callable[[list[placement.MachineCapacity]], T],
-        avoid: frozenset[str] = frozenset(),
-    ) -> T:
-        """decide (placement.place or .replacement) among the index's candidates; raises
-        placement.InsufficientCapacity describing every online machine when they have no room."""
-        try:
-            return decide(await self._capacities(cluster_id, requests, avoid))
-        except placement.InsufficientCapacity:
-            pass  # the candidates hold the best machines for each request: short there is short everywhere
-        return decide(await self._all_capacities(cluster_id))  # ... and the answer names what every machine has
-
-    async def _place(self, cluster_id: str, requests: list[placement.NodeRequest]) -> list[placement.Assignment]:
-        try:
-            return await self._decide(cluster_id, requests, lambda caps: placement.place(caps, requests))
-        except placement.InsufficientCapacity as exc:
-            raise errors.Conflict(str(exc), available=exc.available) from None
-
-    async def _open_node(
-        self, cluster: dict, lease: dict, request: placement.NodeRequest, node_type: str, tags: dict
-    ) -> dict:
-        """Opens a reserved node. A machine that fails to open it loses the reservation, and another is
-        reserved (a different machine where one fits, placement.replacement) up to NODE_OPEN_ATTEMPTS
-        times in all; each attempt is an event."""
-        cid, failed = cluster["id"], []
-        for attempt in range(1, NODE_OPEN_ATTEMPTS + 1):
-            opened = await self._open_lease(cluster, lease, node_type, tags, attempt)
-            if opened is not None:
-                return opened
-            failed.append(lease["machine_id"])
-            if attempt == NODE_OPEN_ATTEMPTS:
-                break
-            async with self._placement_lock:  # the failed reservation is released: reserve the next atomically
-                row = await self._store.get_cluster(cid)
-                if row is None or not S(row["status"]).is_active():
-                    raise errors.Conflict(f"cluster {cid} is {row and row['status']}: no new nodes")
-                try:
-                    assignment = await self._decide(
-                        cid,
-                        [request],
-                        lambda caps: placement.replacement(caps, request, set(failed)),
-                        avoid=frozenset(failed),
-                    )
-                except placement.InsufficientCapacity as exc:
-                    await self._event(
-                        cid,
-                        domain.EventKind.NODE_RETRY_FAILED,
-                        f"{request.role} node: no machine to retry on after attempt {attempt}: {exc}",
-                    )
-                    raise errors.Conflict(
-                        f"{request.role} node of cluster {cid}: machine(s) {', '.join(failed)} "
-                        f"could not open it and no other fits: {exc}"
-                    ) from None
-                retry = placement.lease_row(assignment)
-                await self._store.add_leases(cid, [retry], self._clock())
-            lease = await self._store.get_lease(retry["id"])
-            await self._event(
-                cid,
-                domain.EventKind.NODE_RETRY,
-                f"{request.role} node: attempt {attempt + 1} of "
-                f"{NODE_OPEN_ATTEMPTS} on machine {lease['machine_id']} as node {lease['id']} "
-                f"(failed so far: {', '.join(failed)})",
-            )
-        raise errors.Conflict(
-            f"{request.role} node of cluster {cid} could not be opened in {NODE_OPEN_ATTEMPTS} "
-            f"attempts (machines {', '.join(failed)}); see the cluster's events"
-        )
-
-    async def _open_lease(self, cluster: dict, lease: dict, node_type: str, tags: dict, attempt: int) -> dict | None:
-        """One try: the opened lease, or None when the machine could not open it (the lease is then lost)."""
-        machine = await self._store.machine_summary(lease["machine_id"])
-        head = next(
-            (
-                l
-                for l in await self._store.leases_of(cluster["id"])
-                if l["role"] == N.HEAD and l["status"] == domain.LeaseStatus.OPEN.value
-            ),
-            None,
-        )
-        payload = protocol.LeaseOpen(
-            lease_id=lease["id"],
-            cluster_id=cluster["id"],
-            role=lease["role"],
-            gpu_indices=lease["gpus"],
-            resources={f"provider_{lease['machine_id']}": 1.0},
-            labels=views.node_labels(cluster["id"], lease, machine),
-            ray_auth_token=await self._secrets.cluster_token(cluster["id"]),
-            head_gcs_port=head["ports"]["gcs"] if head and lease["role"] == N.WORKER else None,
-            cpus=lease["cpus"],
-            image=ClusterSpec.model_validate_json(cluster["spec"]).image,
-        )
-        result = await self._registry.send_work(
-            lease["machine_id"], protocol.LEASE_OPEN, payload.model_dump(), timeout_s=LEASE_OPEN_TIMEOUT_S
-        )
-        if not result.get("ok"):
-            await self._store.end_lease(lease["id"], domain.LeaseStatus.LOST, self._clock())
-            await self._event(
-                cluster["id"],
-                domain.EventKind.LEASE_FAILED,
-                f"attempt {attempt} of {NODE_OPEN_ATTEMPTS}: machine {lease['machine_id']} could "
-                f"not open {lease['role']} node {lease['id']}: {views.tail(result.get('output', ''))}",
-            )
-            return None
-        opened = protocol.LeaseOpened.model_validate(result["data"])
-        if not await self._store.open_lease(
-            lease["id"], node_type=node_type, tags=tags, ports=opened.ports, node_ip=opened.node_ip, now=self._clock()
-        ):
-            # The cluster ended while the agent opened it: the teardown saw a reservation and closed nothing
-            # on the machine, so the node just opened is closed here, and never counted as open.
-            await self._close_opened_too_late(cluster["id"], lease)
-            raise errors.Conflict(
-                f"cluster {cluster['id']} ended while its {lease['role']} node {lease['id']} "
-                "was opening: the node was closed again"
-            )
-        await self._event(
-            cluster["id"],
-            domain.EventKind.NODE_OPENED,
-            f"{lease['role']} node {lease['id']} opened on machine {lease['machine_id']} ({opened.node_ip})",
-        )
-        return await self._store.get_lease(lease["id"])
-
-    async def _close_opened_too_late(self, cluster_id: str, lease: dict) -> None:
-        if await self._close_on_machine(cluster_id, lease):
-            await self._event(
-                cluster_id,
-                domain.EventKind.NODE_CLOSED,
-                f"{lease['role']} node {lease['id']} was opened after the cluster ended: released",
-            )
-
-    async def _close_on_machine(self, cluster_id: str, lease: dict) -> bool:
-        """Asks the lease's agent to close it (its logs are kept); False, with an event, when that failed."""
-        payload = protocol.LeaseClose(lease_id=lease["id"]).model_dump()
-        result = await self._registry.send_work(
-            lease["machine_id"], protocol.LEASE_CLOSE, payload, timeout_s=LEASE_CLOSE_TIMEOUT_S
-        )
-        if not result.get("ok"):
-            # The agent cleans up leases the platform no longer knows when it returns (its heartbeat's
-            # answer names them stale).
-            await self._event(
-                cluster_id,
-                domain.EventKind.LEASE_CLOSE_FAILED,
-                f"node {lease['id']}: {views.tail(result.get('output', ''))}",
-            )
-            return False
-        await self._keep_logs(cluster_id, lease, result)
-        return True
-
-    async def _close_lease(self, cluster_id: str, lease: dict) -> None:
-        if lease["status"] == domain.LeaseStatus.OPEN.value:
-            await self._close_on_machine(cluster_id, lease)
-        if await self._store.end_lease(lease["id"], domain.LeaseStatus.CLOSED, self._clock()):
-            if lease["status"] == domain.LeaseStatus.OPEN.value:
-                await self._event(
-                    cluster_id, domain.EventKind.NODE_CLOSED, f"{lease['role']} node {lease['id']} released"
-                )
-
-    async def _keep_logs(self, cluster_id: str, lease: dict, result: dict) -> None:
-        try:
-            kept = await self._logs.keep(cluster_id, lease, (result.get("data") or {}).get("logs"))
-        except Exception:
-            logger.exception("keeping the logs of lease %s failed", lease["id"])
-            return
-        if kept:
-            await self._event(
-                cluster_id,
-                domain.EventKind.LOGS_KEPT,
-                f"{kept} log file(s) of {lease['role']} node {lease['id']} kept: GET /v1/clusters/{cluster_id}/logs",
-            )
-
     async def _provision(self, cluster_id: str) -> None:
         row = await self._store.get_cluster(cluster_id)
         if not await self._store.set_cluster_status(cluster_id, S.PROVISIONING, self._clock(), only_from=(S.PENDING,)):
             return
-        await self._event(
+        await self._events.record(
             cluster_id, domain.EventKind.PROVISIONING, "starting the head node with the Ray cluster launcher"
         )
         try:
@@ -518,7 +331,7 @@ class ClusterManager(BuyerApi, NodeProviderApi):
             await self._fail(cluster_id, f"the cluster launcher failed: {views.describe(exc)}")
             return
         spec = ClusterSpec.model_validate_json(row["spec"])
-        await self._event(
+        await self._events.record(
             cluster_id,
             domain.EventKind.HEAD_READY,
             f"head node up; its autoscaler is starting {spec.num_workers} worker(s)",
@@ -526,7 +339,7 @@ class ClusterManager(BuyerApi, NodeProviderApi):
         if self._backend(spec).running_once_head_is_up and await self._store.set_cluster_status(
             cluster_id, S.RUNNING, self._clock(), only_from=(S.PROVISIONING,)
         ):
-            await self._event(
+            await self._events.record(
                 cluster_id,
                 domain.EventKind.RUNNING,
                 "running: the EC2 head is up; workers join through the sub-cluster's own autoscaler",
@@ -536,7 +349,7 @@ class ClusterManager(BuyerApi, NodeProviderApi):
         if await self._store.set_cluster_status(
             cluster_id, S.TERMINATING, self._clock(), ending_as=final, only_from=S.active()
         ):
-            await self._event(cluster_id, domain.EventKind.TERMINATING, f"tearing down: {reason}")
+            await self._events.record(cluster_id, domain.EventKind.TERMINATING, f"tearing down: {reason}")
             provisioning = self._tasks.pop(cluster_id, None)
             if provisioning is not None:
                 provisioning.cancel()
@@ -546,7 +359,7 @@ class ClusterManager(BuyerApi, NodeProviderApi):
 
     async def _fail(self, cluster_id: str, reason: str) -> None:
         logger.warning("cluster %s failed: %s", cluster_id, reason)
-        await self._event(cluster_id, domain.EventKind.FAILED, reason)
+        await self._events.record(cluster_id, domain.EventKind.FAILED, reason)
         if await self._store.set_cluster_status(
             cluster_id, S.TERMINATING, self._clock(), reason=reason, ending_as=S.FAILED, only_from=S.active()
         ):
@@ -564,9 +377,9 @@ class ClusterManager(BuyerApi, NodeProviderApi):
         had_nodes = self._backend(ClusterSpec.model_validate_json(row["spec"])).needs_launcher_teardown(leases)
         # All at once: the head's autoscaler cannot replace a worker meanwhile, since the cluster is
         # terminating and create_nodes refuses.
-        await asyncio.gather(*(self._close_lease(cluster_id, l) for l in leases))
+        await asyncio.gather(*(self._opener.close_lease(cluster_id, l) for l in leases))
         self._metrics.released(self._clock() - started)
-        await self._event(
+        await self._events.record(
             cluster_id, domain.EventKind.RELEASED, f"all nodes released in {self._clock() - started:.1f} s"
         )
         if had_nodes:
@@ -575,11 +388,11 @@ class ClusterManager(BuyerApi, NodeProviderApi):
                     self._launcher.teardown(await self._launcher_config(row)), timeout=TEARDOWN_TIMEOUT_S
                 )
             except Exception as exc:
-                await self._event(
+                await self._events.record(
                     cluster_id, domain.EventKind.TEARDOWN_WARNING, f"launcher teardown: {views.describe(exc)}"
                 )
         await self._store.set_cluster_status(cluster_id, final, self._clock(), reason=reason)
-        await self._event(
+        await self._events.record(
             cluster_id,
             domain.EventKind.reached(final),
             f"{final.value} {self._clock() - started:.1f} s after the teardown began",
@@ -604,6 +417,23 @@ class ClusterManager(BuyerApi, NodeProviderApi):
 
         task.add_done_callback(done)
 
-    async def _event(self, cluster_id: str, kind: domain.EventKind, message: str) -> None:
-        logger.info("cluster %s: %s", cluster_id, message)
-        await self._store.add_event(cluster_id, kind, message, self._clock())
+
+def _expose(host: type, part: str, part_cls: type) -> None:
+    """Makes every public coroutine method of part_cls a method of host that calls the same method of the host's
+    part (the attribute `part`): the actor (actors.actor_classes.thin_actor) serves the host's methods."""
+
+    def forwarded(name: str, method: Callable) -> Callable:
+        @functools.wraps(method)
+        async def forward(self, *args, **kwargs):
+            return await getattr(getattr(self, part), name)(*args, **kwargs)
+
+        return forward
+
+    for name, method in inspect.getmembers(part_cls, inspect.iscoroutinefunction):
+        if not name.startswith("_"):
+            assert not hasattr(host, name), f"{host.__name__}.{name} would hide {part_cls.__name__}.{name}"
+            setattr(host, name, forwarded(name, method))
+
+
+_expose(ClusterManager, "_buyer", BuyerApi)
+_expose(ClusterManager, "_nodes", NodeProviderApi)

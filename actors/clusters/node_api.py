@@ -1,15 +1,22 @@
 """The node-provider API of buyer clusters (what MarketNodeProvider calls with a cluster-scoped credential):
-list, create, tag, terminate nodes and run the launcher's commands on them. A part of ClusterManager."""
+list, create, tag, terminate nodes and run the launcher's commands on them. A part of ClusterManager, given
+its collaborators."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
 from actors.access import auth
 from actors.clusters import cluster_views as views
 from actors.clusters import joins as joins_mod
+from actors.clusters.events import ClusterEvents
+from actors.clusters.lease_opener import LeaseOpener, WorkSender
+from actors.db import cluster_store as cstore
+from actors.db import store as store_mod
 from actors.machines import placement
+from actors.machines.placer import Placer
 from configs import market
 from dcl_core import commands, domain, errors, protocol
 from dcl_core.cluster_spec import ClusterSpec
@@ -21,8 +28,33 @@ N = domain.NodeRole
 
 
 class NodeProviderApi:
-    """Mixed into ClusterManager, whose state (store, registry, placement lock, clock) and lease steps
-    (_place, _open_node, _close_lease) it uses."""
+    def __init__(
+        self,
+        store: cstore.ClusterStore,
+        *,
+        registry: WorkSender,
+        joins: joins_mod.JoinWatcher,
+        opener: LeaseOpener,
+        placer: Placer,
+        placement_lock: store_mod.Serial,
+        events: ClusterEvents,
+        clock: Callable[[], float],
+        reconcile: Callable[[dict, float], Awaitable[None]],
+    ):
+        self._store = store
+        self._registry = registry
+        self._joins = joins
+        self._opener = opener
+        self._placer = placer
+        self._placement_lock = placement_lock
+        self._events = events
+        self._clock = clock
+        self._reconcile = reconcile  # one lifecycle step of the cluster (the manager's)
+        self._opening_ahead: dict[str, asyncio.Task] = {}  # cluster id -> its workers opening while the head starts
+
+    def opening_ahead(self) -> list[str]:
+        """The clusters whose workers are opening while their head starts."""
+        return sorted(self._opening_ahead)
 
     async def list_nodes(self, principal: auth.Principal, cluster_id: str) -> list[dict]:
         await self._scoped_cluster(principal, cluster_id)
@@ -60,10 +92,10 @@ class NodeProviderApi:
             missing = count - len(reserved)
             request = node_request(spec, role)
             if missing > 0:  # e.g. a replacement: reserve more on other machines, at the buyer's price
-                extra = [placement.lease_row(a) for a in await self._place(cluster_id, [request] * missing)]
+                extra = [placement.lease_row(a) for a in await self._placer.place(cluster_id, [request] * missing)]
                 await self._store.add_leases(cluster_id, extra, self._clock())
                 reserved += [await self._store.get_lease(l["id"]) for l in extra]
-        opened = await asyncio.gather(*(self._open_node(row, l, request, node_type, tags) for l in reserved))
+        opened = await asyncio.gather(*(self._opener.open_node(row, l, request, node_type, tags) for l in reserved))
         if role == N.HEAD:
             self._open_workers_ahead(row, spec)
         return [views.public_node(l) for l in adopted + list(opened)]
@@ -88,7 +120,8 @@ class NodeProviderApi:
             ]
         request, tags = node_request(spec, N.WORKER), market.opened_ahead_tags(cid)
         results = await asyncio.gather(
-            *(self._open_node(row, l, request, market.WORKER_NODE_TYPE, tags) for l in reserved), return_exceptions=True
+            *(self._opener.open_node(row, l, request, market.WORKER_NODE_TYPE, tags) for l in reserved),
+            return_exceptions=True,
         )
         for failure in (r for r in results if isinstance(r, Exception)):
             # Nothing lost: the head's autoscaler asks for the workers it does not find (create_nodes).
@@ -108,7 +141,7 @@ class NodeProviderApi:
 
     async def terminate_node(self, principal: auth.Principal, cluster_id: str, node_id: str) -> dict:
         await self._scoped_lease(principal, cluster_id, node_id)
-        await self._close_lease(cluster_id, await self._store.get_lease(node_id))
+        await self._opener.close_lease(cluster_id, await self._store.get_lease(node_id))
         return views.public_node(await self._store.get_lease(node_id))
 
     async def exec_on_node(self, principal: auth.Principal, cluster_id: str, node_id: str, body: dict) -> dict:
@@ -127,9 +160,9 @@ class NodeProviderApi:
                 if not await self._joins.wait_joined(cluster_id, node_id):
                     return await self._not_joined(cluster_id, lease, result)
                 # Running the moment the last node joins, not at the next reconcile tick.
-                await self._reconcile_cluster(await self._store.get_cluster(cluster_id), self._clock())
+                await self._reconcile(await self._store.get_cluster(cluster_id), self._clock())
             else:
-                await self._event(
+                await self._events.record(
                     cluster_id,
                     domain.EventKind.COMMAND_FAILED,
                     f"`ray start` failed on {lease['role']} node {node_id} (exit "
@@ -145,7 +178,7 @@ class NodeProviderApi:
             f"{lease['machine_id']}), but its node was not ALIVE in the cluster's GCS within "
             f"{joins_mod.JOIN_WAIT_S:.0f} s: treated as a failed start"
         )
-        await self._event(cluster_id, domain.EventKind.JOIN_FAILED, message)
+        await self._events.record(cluster_id, domain.EventKind.JOIN_FAILED, message)
         return {
             "ok": False,
             "exit_code": result.get("exit_code"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 
 import pytest
 
@@ -156,3 +157,19 @@ def test_on_postgresql_the_actors_may_run_on_any_node_and_prefer_a_joined_one(tm
     assert isinstance(strategy, scheduling_strategies.NodeLabelSchedulingStrategy)
     assert strategy.hard == []  # a preference only: the head takes them when no other node is there
     assert [e.key for e in strategy.soft] == [protocol.PLATFORM_MEMBER_LABEL]
+
+
+def test_the_cluster_manager_actor_serves_its_parts_apis_and_no_private_step():
+    """The buyer and node-provider APIs are parts of the ClusterManager: the actor serves each of their public
+    methods, with their signatures, and none of the manager's own private steps."""
+    from actors.clusters.cluster_api import BuyerApi
+    from actors.clusters.cluster_manager import ClusterManager
+    from actors.clusters.node_api import NodeProviderApi
+
+    served = {name for name, _ in inspect.getmembers(actor_classes.ClusterManagerActor, inspect.iscoroutinefunction)}
+    for part in (BuyerApi, NodeProviderApi):
+        for name, method in inspect.getmembers(part, inspect.iscoroutinefunction):
+            if not name.startswith("_"):
+                assert name in served
+                assert inspect.signature(getattr(ClusterManager, name)) == inspect.signature(method)
+    assert not {n for n in served if n.startswith("_") and n not in ("_started", "_start")}
