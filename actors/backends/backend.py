@@ -53,19 +53,7 @@ class MarketBackend:
         pass
 
     async def reserve(self, cluster_id: str, spec: ClusterSpec, place: Place) -> tuple[list[dict], str]:
-        assignments = await place(
-            cluster_id,
-            placement.cluster_requests(
-                spec.num_workers,
-                spec.gpus_per_worker,
-                spec.cpus_per_worker,
-                spec.gpu_model,
-                max_price_per_gpu_hour=spec.max_price_per_gpu_hour,
-                max_price_per_cpu_hour=spec.max_price_per_cpu_hour,
-                min_reliability=spec.min_reliability,
-                verified_gpus_only=spec.verified_gpus_only,
-            ),
-        )
+        assignments = await place(cluster_id, placement.spec_requests(spec))
         leases = [placement.lease_row(a) for a in assignments]
         return leases, "machines reserved: " + ", ".join(f"{l['role']} on {l['machine_id']}" for l in leases)
 

@@ -90,7 +90,7 @@ class NodeProviderApi:
                 :count
             ]
             missing = count - len(reserved)
-            request = node_request(spec, role)
+            request = placement.spec_request(spec, role)
             if missing > 0:  # e.g. a replacement: reserve more on other machines, at the buyer's price
                 extra = [placement.lease_row(a) for a in await self._placer.place(cluster_id, [request] * missing)]
                 await self._store.add_leases(cluster_id, extra, self._clock())
@@ -118,7 +118,7 @@ class NodeProviderApi:
                 for l in await self._store.leases_of(cid)
                 if l["role"] == N.WORKER and l["status"] == domain.LeaseStatus.RESERVED.value
             ]
-        request, tags = node_request(spec, N.WORKER), market.opened_ahead_tags(cid)
+        request, tags = placement.spec_request(spec, N.WORKER), market.opened_ahead_tags(cid)
         results = await asyncio.gather(
             *(self._opener.open_node(row, l, request, market.WORKER_NODE_TYPE, tags) for l in reserved),
             return_exceptions=True,
@@ -200,17 +200,3 @@ class NodeProviderApi:
         if lease is None or lease["cluster_id"] != cluster_id:
             raise errors.NotFound(f"node {node_id} not found in cluster {cluster_id}")
         return lease
-
-
-def node_request(spec: ClusterSpec, role: str) -> placement.NodeRequest:
-    """One more node of the cluster, at the buyer's price ceiling (stored with the spec)."""
-    return placement.node_request(
-        role,
-        spec.gpus_per_worker,
-        spec.cpus_per_worker,
-        spec.gpu_model,
-        max_price_per_gpu_hour=spec.max_price_per_gpu_hour,
-        max_price_per_cpu_hour=spec.max_price_per_cpu_hour,
-        min_reliability=spec.min_reliability,
-        verified_gpus_only=spec.verified_gpus_only,
-    )

@@ -6,6 +6,7 @@ import dataclasses
 from collections.abc import Callable
 
 from dcl_core import domain, ids
+from dcl_core.cluster_spec import ClusterSpec
 
 HEAD_CPUS = 1  # a head runs no buyer tasks (num-cpus=0) but its GCS, dashboard and autoscaler need a core
 
@@ -137,6 +138,26 @@ def cluster_requests(
     worker = node_request(domain.NodeRole.WORKER, gpus_per_worker, cpus_per_worker, gpu_model, **prices)
     head = node_request(domain.NodeRole.HEAD, gpus_per_worker, cpus_per_worker, gpu_model, **prices)
     return ([head] if with_head else []) + [worker] * num_workers
+
+
+def spec_request(spec: ClusterSpec, role: str) -> NodeRequest:
+    """One node of the cluster the spec describes, at its buyer's price ceilings (stored with the spec)."""
+    return node_request(
+        role,
+        spec.gpus_per_worker,
+        spec.cpus_per_worker,
+        spec.gpu_model,
+        max_price_per_gpu_hour=spec.max_price_per_gpu_hour,
+        max_price_per_cpu_hour=spec.max_price_per_cpu_hour,
+        min_reliability=spec.min_reliability,
+        verified_gpus_only=spec.verified_gpus_only,
+    )
+
+
+def spec_requests(spec: ClusterSpec) -> list[NodeRequest]:
+    """The head and every worker the spec asks for."""
+    worker = spec_request(spec, domain.NodeRole.WORKER)
+    return [spec_request(spec, domain.NodeRole.HEAD)] + [worker] * spec.num_workers
 
 
 def _fits_resources(m: MachineCapacity, r: NodeRequest) -> bool:

@@ -1,6 +1,7 @@
 import pytest
 
 from actors.machines import placement
+from dcl_core.cluster_spec import ClusterSpec
 
 
 def machine(mid, gpus=0, model=None, cpus=8, price=1.0):
@@ -124,3 +125,22 @@ def test_verified_gpus_only_keeps_gpu_workers_to_verified_machines_and_names_the
         placement.InsufficientCapacity, match="machines with verified GPUs were asked: 0 of the 2 machine"
     ):
         placement.place(caps, placement.cluster_requests(2, 2, 1, "H100", verified_gpus_only=True))
+
+
+def test_a_specs_requests_are_its_head_and_workers_at_its_ceilings():
+    spec = ClusterSpec(
+        num_workers=2,
+        gpus_per_worker=1,
+        gpu_model="A100",
+        duration_s=600,
+        max_price_per_gpu_hour=2.0,
+        max_price_per_cpu_hour=0.5,
+        min_reliability=0.8,
+        verified_gpus_only=True,
+    )
+    head, *workers = placement.spec_requests(spec)
+    assert head == placement.node_request(
+        "head", 1, spec.cpus_per_worker, "A100", max_price_per_cpu_hour=0.5, min_reliability=0.8
+    )
+    assert workers == [placement.spec_request(spec, "worker")] * 2
+    assert workers[0].max_price == 2.0 and workers[0].verified_only and workers[0].gpu_model == "A100"
