@@ -38,12 +38,12 @@ def write_secret_file(path: Path, content: str | bytes) -> None:
 
 
 def restrict_to_owner(path: Path) -> None:
-    """Make an existing file owner-only (0600), never through a link put in its place."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    try:
-        os.fchmod(fd, 0o600)
-    finally:
-        os.close(fd)
+    """Make an existing file of the caller's own dir owner-only (0600); a link in its place is refused, never
+    followed. No descriptor is opened on it: closing one would drop SQLite's POSIX locks on a database file."""
+    path = Path(path)
+    if path.is_symlink():
+        raise PermissionError(f"{path} is a symbolic link; remove it")
+    os.chmod(path, 0o600)
 
 
 # The key that encrypts the platform's secrets in a shared database (actors.db.secret_box): the key itself,
