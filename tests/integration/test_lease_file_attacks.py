@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from dcl_core import protocol
 from tests.integration import sandboxes
 from tests.waiting import wait_for
 from worker.agent import lease_fs, lease_logs, leases
@@ -247,3 +248,19 @@ def test_a_temp_dir_planted_as_a_link_before_the_lease_opens_is_refused(attack):
     finally:
         if planted.is_symlink():
             planted.unlink()
+
+
+def test_a_gpu_check_whose_log_is_swapped_reports_nothing_of_the_canary(attack):
+    runner, canary = attack
+    lease_id = "l-" + secrets.token_hex(6)
+    runner.open(
+        protocol.LeaseOpen(lease_id=lease_id, purpose=protocol.GPU_CHECK_LEASE, ray_auth_token="t" * 40, cpus=1)
+    )
+    result = runner.run(
+        lease_id, f'{protocol.GPU_CHECK_COMMAND}; {_log_of_this_command()}; ln -sf {canary.path} "$log"', timeout_s=120
+    )
+    assert canary.absent_from(result) and not result.ok
+    assert protocol.GPU_CHECK_MARKER in result.output  # what the check printed before the swap, from the agent's file
+    assert "was replaced while the command ran" in result.output
+    closed = runner.close(lease_id)
+    assert closed.ok and canary.absent_from(closed)
