@@ -47,10 +47,6 @@ PROBE = textwrap.dedent("""
 """)
 
 
-_runner = sandboxes.make_runner
-_open = sandboxes.open_lease
-
-
 def _probe(runner, lease_id, reads: dict, writes: dict) -> dict:
     script = runner.root / lease_id / "home" / "probe.py"
     runner.put_file(lease_id, "~/probe.py", PROBE.encode())
@@ -63,9 +59,9 @@ def _probe(runner, lease_id, reads: dict, writes: dict) -> dict:
 
 @pytest.mark.parametrize("runtime_name", RUNTIMES)
 def test_a_lease_reaches_nothing_of_the_agent_or_other_leases(agent_dir, runtime_name):
-    runner = _runner(agent_dir, runtime_name)
+    runner = sandboxes.make_runner(agent_dir, runtime_name)
     try:
-        mine, other = _open(runner), _open(runner)
+        mine, other = sandboxes.open_lease(runner), sandboxes.open_lease(runner)
         runner.put_file(other, "~/ray_bootstrap_config.yaml", b"provider: {credential: secret}")
         other_dir = runner.root / other
         agent_pid = os.getpid()
@@ -111,13 +107,13 @@ def _host_processes_with(marker: str) -> list[psutil.Process]:
 
 @pytest.mark.parametrize("runtime_name", RUNTIMES)
 def test_closing_a_lease_ends_every_process_however_forked(agent_dir, runtime_name):
-    runner = _runner(agent_dir, runtime_name)
+    runner = sandboxes.make_runner(agent_dir, runtime_name)
     marker = f"{4000 + secrets.randbelow(999)}.{secrets.randbelow(999)}"
     outsider = procs.spawn(
         ["sleep", "300"], env=dict(os.environ), log_path=agent_dir / "outsider.log", owner_tag="dcl-test-outsider"
     )
     try:
-        mine, other = _open(runner), _open(runner)
+        mine, other = sandboxes.open_lease(runner), sandboxes.open_lease(runner)
         runner.run(other, "nohup sleep 300 >/dev/null 2>&1 &", timeout_s=30)
         result = runner.run(
             mine,
@@ -129,7 +125,7 @@ def test_closing_a_lease_ends_every_process_however_forked(agent_dir, runtime_na
         assert len(_host_processes_with(f"sleep {marker}")) == 2  # they run, detached from the command
         # ray stop and kill -1 inside reach only that lease (a third one: kill -1 ends the lease itself):
         # the outsider and the other lease live on.
-        killer = _open(runner)
+        killer = sandboxes.open_lease(runner)
         runner.run(killer, "ray --logging-level=info stop --force >/dev/null 2>&1; kill -9 -1; true", timeout_s=60)
         assert psutil.Process(outsider.pid).is_running()
         assert runner.run(other, "pgrep -c sleep", timeout_s=30).output.strip() == "1"
@@ -175,9 +171,9 @@ SPIN_S = 2.0
 def test_once_ray_is_up_a_lease_gets_no_more_than_its_cpus(agent_dir, runtime_name):
     """The lease (1 CPU) runs two spinning processes after its `ray start` returned: together they get at most
     one core's worth of CPU time (the quota), however idle the machine's other core is."""
-    runner = _runner(agent_dir, runtime_name)
+    runner = sandboxes.make_runner(agent_dir, runtime_name)
     try:
-        lease = _open(runner)
+        lease = sandboxes.open_lease(runner)
         assert runner.run(lease, ": ray start", timeout_s=30).ok  # the launcher's start command, as the agent sees it
         assert runner.cpu_caps.is_capped(lease)
         runner.put_file(lease, "~/spin.py", SPIN.encode())
@@ -192,9 +188,9 @@ def test_once_ray_is_up_a_lease_gets_no_more_than_its_cpus(agent_dir, runtime_na
 
 @pytest.mark.parametrize("runtime_name", RUNTIMES)
 def test_going_past_the_memory_limit_is_killed(agent_dir, runtime_name):
-    runner = _runner(agent_dir, runtime_name, memory_mb=256)
+    runner = sandboxes.make_runner(agent_dir, runtime_name, memory_mb=256)
     try:
-        lease = _open(runner)
+        lease = sandboxes.open_lease(runner)
         grow = "b = bytearray(512 * 1024 * 1024); b[::4096] = b'x' * len(b[::4096]); print('NOT', 'LIMITED')"
         result = runner.run(lease, f'{sys.executable} -c "{grow}"; echo exit=$?', timeout_s=60)
         assert "NOT LIMITED" not in result.output
@@ -209,9 +205,9 @@ def test_only_the_leased_gpus_device_nodes_are_there(agent_dir):
     dev.mkdir()
     for name in ("nvidia0", "nvidia1", "nvidia2", "nvidia3", "nvidiactl", "nvidia-uvm"):
         (dev / name).write_text(name)  # fake nodes: what matters is which ones are bound in
-    runner = _runner(agent_dir, "bwrap", gpu_dev_root=dev)
+    runner = sandboxes.make_runner(agent_dir, "bwrap", gpu_dev_root=dev)
     try:
-        lease = _open(runner, gpus=[2])
+        lease = sandboxes.open_lease(runner, gpus=[2])
         result = runner.run(
             lease,
             "export CUDA_VISIBLE_DEVICES=0,1,2,3; echo cvd=$CUDA_VISIBLE_DEVICES; "
@@ -232,9 +228,9 @@ def test_only_the_leased_gpus_device_nodes_are_there(agent_dir):
 
 @pytest.mark.parametrize("runtime_name", RUNTIMES)
 def test_a_lease_runs_as_a_user_of_its_own_without_capabilities(agent_dir, runtime_name):
-    runner = _runner(agent_dir, runtime_name)
+    runner = sandboxes.make_runner(agent_dir, runtime_name)
     try:
-        lease = _open(runner)
+        lease = sandboxes.open_lease(runner)
         out = runner.run(
             lease,
             "id -u; grep -E '^(CapEff|CapBnd|NoNewPrivs)' /proc/self/status; ps -e --no-headers | wc -l",

@@ -20,6 +20,7 @@ none of the file's bytes.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import os
@@ -215,9 +216,7 @@ def create_log(anchor: Path, relative_dir: str | PurePosixPath, name: str, uid: 
     finally:
         os.close(dir_fd)
     try:
-        if uid is not None:
-            os.fchown(fd, uid, gid if gid is not None else uid)
-        os.fchmod(fd, 0o600)
+        _hand_over(fd, uid, gid, 0o600)
     except BaseException:
         os.close(fd)
         raise
@@ -241,52 +240,50 @@ def same_file(fd: int, anchor: Path, relative: str | PurePosixPath) -> bool:
     return (there.st_dev, there.st_ino) == (mine.st_dev, mine.st_ino)
 
 
+def _hand_over(fd: int, uid: int | None, gid: int | None, mode: int) -> None:
+    """The open file or dir to the lease's user (none: it stays the agent's) with `mode`."""
+    if uid is not None:
+        os.fchown(fd, uid, gid if gid is not None else uid)
+    os.fchmod(fd, mode)
+
+
+def _open_child(anchor: Path, name: str, flags: int, what: str, *, mkdir: bool = False) -> int:
+    """A descriptor of anchor/name (one component, never followed); mkdir: made first as a 0700 dir if missing."""
+    _split(name)
+    anchor_fd = open_dir(anchor)
+    try:
+        if mkdir:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(name, 0o700, dir_fd=anchor_fd)
+        try:
+            return os.open(name, flags, dir_fd=anchor_fd)
+        except OSError as exc:
+            raise Refused(Path(anchor) / name, _why(exc, what, anchor_fd, name), exc.errno or errno.EPERM) from None
+    finally:
+        os.close(anchor_fd)
+
+
 def make_dir(
     anchor: Path, name: str, *, uid: int | None, gid: int | None, mode: int, owners: tuple[int, ...] = ()
 ) -> None:
     """Make anchor/name (one component) a directory of the lease's user with `mode`. An existing one is
     accepted only as a real directory owned by the agent or by one of `owners`; it is changed through a
     descriptor, never through the name."""
-    _split(name)
-    anchor_fd = open_dir(anchor)
-    try:
-        try:
-            os.mkdir(name, 0o700, dir_fd=anchor_fd)
-        except FileExistsError:
-            pass
-        try:
-            fd = os.open(name, _DIR_FLAGS, dir_fd=anchor_fd)
-        except OSError as exc:
-            raise Refused(
-                Path(anchor) / name, _why(exc, "the directory", anchor_fd, name), exc.errno or errno.EPERM
-            ) from None
-    finally:
-        os.close(anchor_fd)
+    fd = _open_child(anchor, name, _DIR_FLAGS, "the directory", mkdir=True)
     try:
         info = os.fstat(fd)
         if info.st_uid not in (os.geteuid(), *owners, *((uid,) if uid is not None else ())):
             raise Refused(Path(anchor) / name, f"exists and belongs to uid {info.st_uid}; remove it and retry")
-        if uid is not None:
-            os.fchown(fd, uid, gid if gid is not None else uid)
-        os.fchmod(fd, mode)
+        _hand_over(fd, uid, gid, mode)
     finally:
         os.close(fd)
 
 
 def give(anchor: Path, name: str, *, uid: int | None, gid: int | None, mode: int) -> None:
     """Hand the agent-made anchor/name (one component, a file or dir) to the lease's user, through a descriptor."""
-    _split(name)
-    anchor_fd = open_dir(anchor)
+    fd = _open_child(anchor, name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, "the path")
     try:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=anchor_fd)
-    except OSError as exc:
-        raise Refused(Path(anchor) / name, _why(exc, "the path", anchor_fd, name), exc.errno or errno.EPERM) from None
-    finally:
-        os.close(anchor_fd)
-    try:
-        if uid is not None:
-            os.fchown(fd, uid, gid if gid is not None else uid)
-        os.fchmod(fd, mode)
+        _hand_over(fd, uid, gid, mode)
     finally:
         os.close(fd)
 
