@@ -17,9 +17,12 @@ import threading
 import time
 from pathlib import Path
 
+import sqlalchemy as sa
+
 from actors import settings as settings_mod
 from actors.clusters import expiry_reaper
 from actors.db import cluster_store as cstore
+from actors.db import schema
 from benchmarks import common
 from dcl_core import domain
 
@@ -49,13 +52,12 @@ class RecordingClusters:
 
 async def reaper_lateness(db_dir: Path, *, deadlines: int, spacing_s: float, lead_s: float = 2.0) -> dict:
     store = cstore.ClusterStore(db_dir / settings_mod.DB_FILE)
-    await store.conn()
     now = time.time()
-    await store._write(
-        "INSERT INTO accounts (username, password_hash, role, created_at) VALUES (?, ?, ?, ?)",
-        ("bench-buyer", "x", "buyer", now),
+    await store.insert_rows(
+        schema.accounts, [{"username": "bench-buyer", "password_hash": "x", "role": "buyer", "created_at": now}]
     )
-    owner = (await store._fetchone("SELECT id FROM accounts WHERE username = 'bench-buyer'"))["id"]
+    accounts = schema.accounts
+    owner = (await store.fetch_one(sa.select(accounts.c.id).where(accounts.c.username == "bench-buyer")))["id"]
     clusters = RecordingClusters(store)
     reaper = expiry_reaper.ExpiryReaper(store, clusters=clusters)
     await reaper.start()

@@ -25,6 +25,7 @@ from pathlib import Path
 from actors import settings as settings_mod
 from actors.access import auth
 from actors.clusters import cluster_manager
+from actors.db import schema
 from actors.db import store as store_mod
 from actors.machines import placement
 from benchmarks import common, scale
@@ -61,19 +62,20 @@ class _Launcher:
 
 
 async def _buyers(store, n: int) -> list[auth.Principal]:
-    conn = await store.conn()
     now = time.time()
     first = 1000
-    await conn.executemany(
-        "INSERT INTO accounts (id, username, password_hash, role, created_at) VALUES (?, ?, ?, ?, ?)",
-        [(first + i, f"buyer-{i}", "x", "buyer", now) for i in range(n)],
+    await store.insert_rows(
+        schema.accounts,
+        [
+            {"id": first + i, "username": f"buyer-{i}", "password_hash": "x", "role": "buyer", "created_at": now}
+            for i in range(n)
+        ],
     )
-    await conn.executemany(
-        "INSERT INTO account_quotas (account_id, max_clusters, max_gpus, max_cpus, max_gpu_hours,"
-        " updated_at, updated_by) VALUES (?, ?, ?, ?, ?, ?, 'bench')",
-        [(first + i, 100_000, 10_000_000, 10_000_000, 1e12, now) for i in range(n)],
+    limits = {"max_clusters": 100_000, "max_gpus": 10_000_000, "max_cpus": 10_000_000, "max_gpu_hours": 1e12}
+    await store.insert_rows(
+        schema.account_quotas,
+        [{"account_id": first + i, **limits, "updated_at": now, "updated_by": "bench"} for i in range(n)],
     )
-    await conn.commit()
     return [auth.Principal(first + i, f"buyer-{i}", domain.Role.BUYER) for i in range(n)]
 
 

@@ -21,7 +21,7 @@ import httpx
 
 from actors import settings as settings_mod
 from actors.clusters import cluster_manager
-from actors.db import cluster_store
+from actors.db import cluster_store, schema
 from actors.db import store as store_mod
 from actors.machines import placement
 from actors.machines import registry as registry_mod
@@ -158,52 +158,76 @@ async def seed_store(db_dir: Path, n: int, active: int) -> cluster_store.Cluster
     """A real SQLite database holding n online machines (10 providers) and `active` active leases, written
     in bulk (a simulated fleet: registration through the API is measured by `run`)."""
     store = cluster_store.ClusterStore(db_dir / settings_mod.DB_FILE)
-    conn = await store.conn()
     now = time.time()
-    await conn.executemany(
-        "INSERT INTO accounts (id, username, password_hash, role, created_at) VALUES (?, ?, ?, ?, ?)",
-        [(p + 1, f"prov-{p}", "x", "provider", now) for p in range(10)],
+    await store.insert_rows(
+        schema.accounts,
+        [
+            {"id": p + 1, "username": f"prov-{p}", "password_hash": "x", "role": "provider", "created_at": now}
+            for p in range(10)
+        ],
     )
     rows = synthetic_rows(n)
     # Registered an hour ago (the spec and GPU status registration gives: GPUs declared), heartbeating since.
-    await conn.executemany(
-        "INSERT INTO machines (id, provider_id, machine_key, name, spec, gpu_model, gpus, cpus, memory_mb,"
-        " price_per_gpu_hour, price_per_cpu_hour, status, registered_at, last_heartbeat, changed_at, gpu_check)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'online', ?, ?, ?, ?)",
+    await store.insert_rows(
+        schema.machines,
         [
-            (
-                r["id"],
-                i % 10 + 1,
-                r["id"],
-                r["id"],
-                json.dumps(register_body(i, r["id"])["spec"]),
-                r["gpu_model"],
-                r["gpus"],
-                r["cpus"],
-                512_000,
-                r["price_per_gpu_hour"],
-                r["price_per_cpu_hour"],
-                now - 3600,
-                now,
-                now - 3600,
-                domain.GpuVerification.DECLARED.value if r["gpus"] else domain.GpuVerification.NO_GPUS.value,
-            )
+            {
+                "id": r["id"],
+                "provider_id": i % 10 + 1,
+                "machine_key": r["id"],
+                "name": r["id"],
+                "spec": json.dumps(register_body(i, r["id"])["spec"]),
+                "gpu_model": r["gpu_model"],
+                "gpus": r["gpus"],
+                "cpus": r["cpus"],
+                "memory_mb": 512_000,
+                "price_per_gpu_hour": r["price_per_gpu_hour"],
+                "price_per_cpu_hour": r["price_per_cpu_hour"],
+                "status": "online",
+                "registered_at": now - 3600,
+                "last_heartbeat": now,
+                "changed_at": now - 3600,
+                "gpu_check": domain.GpuVerification.DECLARED.value
+                if r["gpus"]
+                else domain.GpuVerification.NO_GPUS.value,
+            }
             for i, r in enumerate(rows)
         ],
     )
     leases = synthetic_leases(rows, active)
     clusters = sorted({l["cluster_id"] for l in leases})
-    await conn.executemany(
-        "INSERT INTO clusters (id, owner_id, name, spec, status, created_at, updated_at, expires_at)"
-        " VALUES (?, 1, ?, '{}', 'running', ?, ?, ?)",
-        [(c, c, now, now, now + 3600) for c in clusters],
+    await store.insert_rows(
+        schema.clusters,
+        [
+            {
+                "id": c,
+                "owner_id": 1,
+                "name": c,
+                "spec": "{}",
+                "status": "running",
+                "created_at": now,
+                "updated_at": now,
+                "expires_at": now + 3600,
+            }
+            for c in clusters
+        ],
     )
-    await conn.executemany(
-        "INSERT INTO leases (id, cluster_id, machine_id, role, gpus, cpus, status, created_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, 'open', ?)",
-        [(l["id"], l["cluster_id"], l["machine_id"], l["role"], json.dumps(l["gpus"]), l["cpus"], now) for l in leases],
+    await store.insert_rows(
+        schema.leases,
+        [
+            {
+                "id": l["id"],
+                "cluster_id": l["cluster_id"],
+                "machine_id": l["machine_id"],
+                "role": l["role"],
+                "gpus": json.dumps(l["gpus"]),
+                "cpus": l["cpus"],
+                "status": "open",
+                "created_at": now,
+            }
+            for l in leases
+        ],
     )
-    await conn.commit()
     return store
 
 

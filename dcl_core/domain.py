@@ -83,6 +83,7 @@ class ClusterStatus(str, enum.Enum):
 class EventKind(str, enum.Enum):
     """What a cluster's event says happened; the API, the CLI and the tests match on these values."""
 
+    CREATED = "created"  # the cluster and its reserved leases were stored
     PROVISIONING = "provisioning"  # the launcher starts the head
     NODE_OPENED = "node_opened"  # a lease opened on its machine
     NODE_CLOSED = "node_closed"

@@ -13,9 +13,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
+import sqlalchemy as sa
+
 from actors.access import auth, cluster_files
-from actors.db import secret_box
-from actors.db.store import Database
+from actors.db import database, schema, secret_box, store
 from actors.settings import PlatformSettings
 from dcl_core import secret_files
 
@@ -69,19 +70,20 @@ class FileSecrets:
         pass  # the file is the only copy
 
 
-class SecretRows(Database):
+class SecretRows(database.Database):
     """The secrets table: each secret is written once (the first writer wins, on every node) and never changed."""
 
     async def put_once(self, name: str, ciphertext: str, now: float) -> str:
         """Stores ciphertext under name unless a value is there already; returns the value that is kept."""
-        await self._write(
-            "INSERT INTO secrets (name, ciphertext, created_at) VALUES (?, ?, ?) ON CONFLICT (name) DO NOTHING",
-            (name, ciphertext, now),
+        await self.write(
+            store.upsert(self, schema.secrets)
+            .values(name=name, ciphertext=ciphertext, created_at=now)
+            .on_conflict_do_nothing(index_elements=[schema.secrets.c.name])
         )
         return await self.get(name)
 
     async def get(self, name: str) -> str | None:
-        row = await self._fetchone("SELECT ciphertext FROM secrets WHERE name = ?", (name,))
+        row = await self.fetch_one(sa.select(schema.secrets.c.ciphertext).where(schema.secrets.c.name == name))
         return row["ciphertext"] if row else None
 
 

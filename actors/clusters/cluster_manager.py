@@ -162,7 +162,7 @@ class ClusterManager:
     async def start(self) -> None:
         """Recovers: a launch in flight when the manager died cannot be resumed safely, so it is
         failed with a reason and torn down; an interrupted teardown is finished."""
-        await self._store.conn()
+        await self._store.open()
         self._tokens = auth.TokenIssuer(await self._registry.signing_secret(), clock=self._clock)
         await self._gpu_checks.recover()
         await self._placer.load()  # after: recover gives machines their first GPU status

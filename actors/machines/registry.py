@@ -68,7 +68,7 @@ class ProviderRegistry:
 
     async def start(self) -> None:
         """Recover from the database: schema, signing secret, the bootstrap admin."""
-        await self._store.conn()
+        await self._store.open()
         secret = await self._secrets.signing_secret()
         self._tokens = auth.TokenIssuer(secret, ttl_s=self._settings.token_ttl_s, clock=self._clock)
         await self._ensure_admin()

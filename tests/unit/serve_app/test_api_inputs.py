@@ -9,6 +9,7 @@ import json
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from actors.access import auth
@@ -178,7 +179,7 @@ def test_concurrent_sign_ups_of_one_username_give_one_account_and_409s(tmp_path)
             calls = [db.create_account("racer", f"hash{i}", domain.Role.BUYER, 1.0) for i in range(20)]
             calls += [db.create_account(f"bystander{i}", "hash", domain.Role.BUYER, 1.0) for i in range(5)]
             results = await asyncio.gather(*calls, return_exceptions=True)
-            return results, [r["username"] for r in await db._fetchall("SELECT username FROM accounts")]
+            return results, [r["username"] for r in await db.fetch_all(sa.text("SELECT username FROM accounts"))]
         finally:
             await db.close()
 

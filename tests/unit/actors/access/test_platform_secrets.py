@@ -8,6 +8,7 @@ import json
 import os
 
 import pytest
+import sqlalchemy as sa
 
 from actors.access import platform_secrets
 from actors.db import secret_box
@@ -74,7 +75,7 @@ def test_the_database_holds_only_ciphertext_and_another_key_cannot_open_it(tmp_p
     async def go():
         secret = await owner.signing_secret()
         await owner.save_cluster_token("c-1", "plain-token-text")
-        rows = await platform_secrets.SecretRows(pg_url)._fetchall("SELECT name, ciphertext FROM secrets")
+        rows = await platform_secrets.SecretRows(pg_url).fetch_all(sa.text("SELECT name, ciphertext FROM secrets"))
         with pytest.raises(secret_box.SecretKeyError, match="does not open"):
             await stranger.signing_secret()
         return secret, rows

@@ -6,8 +6,9 @@ import sqlite3
 import stat
 
 import pytest
+import sqlalchemy as sa
 
-from actors.db import store
+from actors.db import migrate, schema, store
 from dcl_core import domain, errors
 
 
@@ -27,7 +28,7 @@ def spec(gpus=0, model="NVIDIA T4"):
 def test_migrations_set_one_schema_version_on_both_backends(db_location):
     async def go():
         s = store.Store(db_location)
-        assert await s.schema_version() == len(store.MIGRATIONS)
+        assert await s.schema_version() == migrate.as_version(migrate.head_revision())
         await s.close()
         # Re-opening runs no migration twice; opening concurrently migrates once.
         again = [store.Store(db_location) for _ in range(4)]
@@ -36,18 +37,18 @@ def test_migrations_set_one_schema_version_on_both_backends(db_location):
             await a.close()
         return versions
 
-    assert run(go()) == [len(store.MIGRATIONS)] * 4
+    assert run(go()) == [migrate.as_version(migrate.head_revision())] * 4
 
 
 def test_migrations_set_schema_version_and_wal(tmp_path):
     async def go():
         s = store.Store(tmp_path / "p.db")
-        assert await s.schema_version() == len(store.MIGRATIONS)
-        (mode,) = await (await (await s.conn()).execute("PRAGMA journal_mode")).fetchone()
+        assert await s.schema_version() == migrate.as_version(migrate.head_revision())
+        mode = (await s.fetch_column(sa.text("PRAGMA journal_mode")))[0]
         await s.close()
         # Re-opening runs no migration twice.
         s2 = store.Store(tmp_path / "p.db")
-        assert await s2.schema_version() == len(store.MIGRATIONS)
+        assert await s2.schema_version() == migrate.as_version(migrate.head_revision())
         await s2.close()
         return mode
 
@@ -130,17 +131,16 @@ def test_silent_machines_go_offline(db_location):
 
 def test_a_version_2_database_migrates_to_quotas_and_keeps_its_data(db_location):
     async def go():
-        old = store.Store(db_location, migrations=store.MIGRATIONS[:2])
+        old = store.Store(db_location, revision="0002")
         assert await old.schema_version() == 2
-        await old._write(
-            "INSERT INTO accounts (username, password_hash, role, created_at) VALUES (?, ?, ?, ?)",
-            ("old", "h", "buyer", 1),
+        await old.insert_rows(
+            schema.accounts, [{"username": "old", "password_hash": "h", "role": "buyer", "created_at": 1}]
         )
         await old.close()
         s = store.Store(db_location)
-        assert await s.schema_version() == len(store.MIGRATIONS) >= 3
+        assert await s.schema_version() == migrate.as_version(migrate.head_revision()) >= 3
         assert (await s.get_account_by_username("old"))["role"] == "buyer"
-        rows = await s._fetchall("SELECT * FROM account_quotas")
+        rows = await s.fetch_all(sa.select(schema.account_quotas))
         await s.close()
         return rows
 
@@ -154,7 +154,7 @@ def test_a_cancelled_write_never_leaves_the_write_lock_held(tmp_path):
 
     async def go():
         s = store.Store(tmp_path / "p.db")
-        await s.conn()
+        await s.open()
         task = asyncio.create_task(s.create_account("alice", "h", domain.Role.BUYER, 1.0))
         await asyncio.sleep(0)  # the INSERT is on its way in aiosqlite's thread
         task.cancel()
@@ -163,22 +163,20 @@ def test_a_cancelled_write_never_leaves_the_write_lock_held(tmp_path):
         for _ in range(100):  # the shielded write finishes on its own
             await asyncio.sleep(0.01)
         try:
-            in_transaction = (await s.conn()).in_transaction
             other = sqlite3.connect(tmp_path / "p.db", timeout=0.5)
-            try:  # another process's writer gets the lock
+            try:  # another process's writer gets the lock: no transaction was left open
                 other.execute(
                     "INSERT INTO accounts (username, password_hash, role, created_at) VALUES ('bob', 'h', 'buyer', 1)"
                 )
                 other.commit()
             finally:
                 other.close()
-            names = {r["username"] for r in await s._fetchall("SELECT username FROM accounts")}
+            names = {r["username"] for r in await s.fetch_all(sa.select(schema.accounts.c.username))}
         finally:
             await s.close()
-        return in_transaction, names
+        return names
 
-    in_transaction, names = run(go())
-    assert not in_transaction and names == {"alice", "bob"}
+    assert run(go()) == {"alice", "bob"}
 
 
 def test_a_cancelled_write_commits_whole_and_blocks_no_other_writer(db_location):
@@ -187,7 +185,7 @@ def test_a_cancelled_write_commits_whole_and_blocks_no_other_writer(db_location)
 
     async def go():
         s = store.Store(db_location)
-        await s.conn()
+        await s.open()
         task = asyncio.create_task(s.create_account("alice", "h", domain.Role.BUYER, 1.0))
         await asyncio.sleep(0)
         task.cancel()
@@ -197,7 +195,7 @@ def test_a_cancelled_write_commits_whole_and_blocks_no_other_writer(db_location)
         try:
             await asyncio.wait_for(other.create_account("bob", "h", domain.Role.BUYER, 1.0), 10)
             for _ in range(100):  # the shielded write finishes on its own
-                names = {r["username"] for r in await s._fetchall("SELECT username FROM accounts")}
+                names = {r["username"] for r in await s.fetch_all(sa.select(schema.accounts.c.username))}
                 if names == {"alice", "bob"}:
                     break
                 await asyncio.sleep(0.01)
@@ -270,7 +268,7 @@ def test_a_write_gives_up_busy_after_its_lock_wait_even_behind_another_write(tmp
             earlier = asyncio.create_task(s.create_account("bob", "h", domain.Role.BUYER, 1.0))  # waits up to 30 s
             await asyncio.sleep(0.1)
             started = loop.time()
-            with pytest.raises(sqlite3.OperationalError) as refused:
+            with pytest.raises(store.DatabaseBusy) as refused:
                 await s.record_heartbeat("m-000000000001", 2.0, usage, lock_wait_s=0.5)
             gave_up_s = loop.time() - started
         await asyncio.wait_for(earlier, 5)
@@ -291,7 +289,7 @@ def test_a_write_waits_out_a_short_lock_and_succeeds(tmp_path):
 
     async def go():
         s = store.Store(tmp_path / "p.db")
-        await s.conn()
+        await s.open()
         with locked_by_another_process(tmp_path / "p.db"):
             write = asyncio.create_task(s.create_account("alice", "h", domain.Role.BUYER, 1.0))
             await asyncio.sleep(1.0)  # several of SQLite's busy polls fail meanwhile

@@ -1,5 +1,6 @@
-"""The PostgreSQL backend: SQL spelling, reservations under concurrent creates from several processes'
-worth of managers, and `dcluster up --database` reaching the store. A real server (tests/pg_server.py)."""
+"""The PostgreSQL backend: which locations it takes, busy errors, reservations under concurrent creates from
+several processes' worth of managers, and `dcluster up --database` reaching the store. A real server
+(tests/pg_server.py)."""
 
 import asyncio
 
@@ -7,7 +8,7 @@ import pytest
 
 from actors.access import auth
 from actors.clusters import cluster_manager
-from actors.db import cluster_store, sql_dialect, store
+from actors.db import cluster_store, database, migrate, store
 from actors.settings import PlatformSettings
 from cli import main as cli_main
 from cli import platform as platform_mod
@@ -16,24 +17,10 @@ from dcl_core import domain, errors
 from tests.unit.actors.clusters.test_cluster_manager import FakeRegistry, seed_market
 
 
-def test_placeholders_are_numbered_outside_quotes():
-    sql = "SELECT * FROM t WHERE a = ? AND b = '?' AND \"c?\" IN (?, ?)"
-    assert sql_dialect.numbered_placeholders(sql) == "SELECT * FROM t WHERE a = $1 AND b = '?' AND \"c?\" IN ($2, $3)"
-
-
-def test_ddl_gets_postgres_types():
-    ddl = sql_dialect.postgres_ddl("CREATE TABLE x (id INTEGER PRIMARY KEY AUTOINCREMENT, n INTEGER, at REAL)")
-    assert ddl == "CREATE TABLE x (id BIGSERIAL PRIMARY KEY, n BIGINT, at DOUBLE PRECISION)"
-
-
-def test_rows_affected_reads_asyncpg_status():
-    assert [sql_dialect.rows_affected(s) for s in ("UPDATE 3", "INSERT 0 1", "DELETE 0", "BEGIN")] == [3, 1, 0, 0]
-
-
 def test_backend_is_chosen_by_location(tmp_path):
-    assert store.Store(tmp_path / "p.db").backend == sql_dialect.SQLITE
-    assert store.Store("postgresql://u@h:5432/d").backend == sql_dialect.POSTGRESQL
-    assert store.Store("postgres://u@h/d").backend == sql_dialect.POSTGRESQL
+    assert store.Store(tmp_path / "p.db").backend == database.SQLITE
+    assert store.Store("postgresql://u@h:5432/d").backend == database.POSTGRESQL
+    assert store.Store("postgres://u@h/d").backend == database.POSTGRESQL
 
 
 def test_a_busy_postgres_is_a_retry_and_other_errors_are_not():
@@ -155,7 +142,7 @@ def test_dcluster_up_database_reaches_the_store(postgres_server, tmp_path):
             await s.close()
             return s.backend, version
 
-        assert asyncio.run(go()) == (sql_dialect.POSTGRESQL, len(store.MIGRATIONS))
+        assert asyncio.run(go()) == (database.POSTGRESQL, migrate.as_version(migrate.head_revision()))
     finally:
         postgres_server.drop_database(url)
 

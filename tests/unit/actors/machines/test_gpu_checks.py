@@ -8,6 +8,7 @@ import json
 
 import pydantic
 import pytest
+import sqlalchemy as sa
 
 from actors.access import agent_keys, auth
 from actors.db import cluster_store
@@ -118,7 +119,7 @@ def test_a_new_machine_is_held_from_placement_until_its_check_lease_verified_it(
         agent.gate = asyncio.Event()
         assert await checker.run_once() == [mid]
         await asyncio.sleep(0.01)
-        row = await cm._fetchone("SELECT gpu_check, gpu_check_lease FROM machines WHERE id = ?", (mid,))
+        row = await cm.fetch_one(sa.text("SELECT gpu_check, gpu_check_lease FROM machines WHERE id = :id"), {"id": mid})
         assert row["gpu_check"] == "checking" and await cm.online_machines(cutoff) == []
         # The agent's heartbeat names the check lease: the registry does not call it stale.
         answer = await reg.heartbeat(provider, mid, {}, [row["gpu_check_lease"]])
@@ -228,9 +229,9 @@ def test_a_restart_makes_a_cut_short_check_due_again_and_assesses_old_machines(p
         checking = (await register(reg, provider, spec()))["id"]
         await cm.begin_gpu_check(checking, "l-00000000000a")
         legacy = (await register(reg, provider, spec(declared=True), key="mk-00000002"))["id"]
-        await cm._write("UPDATE machines SET gpu_check = NULL WHERE id = ?", (legacy,))
+        await cm.write(sa.text("UPDATE machines SET gpu_check = NULL WHERE id = :id"), {"id": legacy})
         await checker.recover()
-        rows = {r["id"]: r for r in await cm._fetchall("SELECT id, gpu_check, gpu_check_lease FROM machines")}
+        rows = {r["id"]: r for r in await cm.fetch_all(sa.text("SELECT id, gpu_check, gpu_check_lease FROM machines"))}
         return rows[checking], rows[legacy]
 
     checking, legacy = run(settings, clock, CheckingAgent(monkeypatch), go)
@@ -293,7 +294,7 @@ def test_a_check_whose_outcome_could_not_be_written_is_due_again(platform, monke
         monkeypatch.setattr(cm, "finish_gpu_check", database_busy)
         await checker.run_once()
         await finish(checker)  # logged, not raised
-        row = await cm._fetchone("SELECT gpu_check FROM machines WHERE id = ?", (mid,))
+        row = await cm.fetch_one(sa.text("SELECT gpu_check FROM machines WHERE id = :id"), {"id": mid})
         assert row["gpu_check"] == "checking"
         monkeypatch.undo()
         assert await checker.run_once() == [mid]  # not stuck in checking (and out of placement) for good

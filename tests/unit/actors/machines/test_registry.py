@@ -215,7 +215,7 @@ def test_a_heartbeat_on_a_locked_database_is_busy_within_seconds_and_the_next_on
             waiting = asyncio.create_task(reg.create_account("buyer", "password123", domain.Role.BUYER))
             await asyncio.sleep(0.5)  # the sign-up's INSERT waits for the lock
             started = loop.time()
-            with pytest.raises(sqlite3.OperationalError) as refused:
+            with pytest.raises(store.DatabaseBusy) as refused:
                 await asyncio.wait_for(reg.heartbeat(p1, m["id"], {}), registry.BEAT_LOCK_WAIT_S + 3)
             busy_after_s = loop.time() - started
         finally:

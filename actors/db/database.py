@@ -1,0 +1,174 @@
+"""The platform's database: SQLite (the default) or PostgreSQL under SQLAlchemy Core, migrated by Alembic on
+first use; reads, transactions, and the lock every placement holds across processes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from actors.db import busy, migrate
+from actors.db.postgres_backend import PostgresBackend
+from actors.db.sqlite_backend import SqliteBackend
+from dcl_core import database_url
+
+T = TypeVar("T")
+
+SQLITE = SqliteBackend.name
+POSTGRESQL = PostgresBackend.name
+PLACEMENT_LOCK = 0x64636C_0002  # advisory lock key: every decide-then-reserve of machines, across processes
+
+# Raised for a constraint a statement broke (unique, foreign key, check): nothing was written.
+IntegrityError = sa.exc.IntegrityError
+
+
+class Transaction:
+    """What a multi-statement transaction's statements see: one connection, the same on both backends."""
+
+    def __init__(self, conn: AsyncConnection):
+        self._conn = conn
+
+    async def execute(self, statement: sa.Executable, params: dict[str, Any] | None = None) -> int:
+        """Runs one statement; the rows it changed."""
+        return (await self._conn.execute(statement, params)).rowcount
+
+    async def executemany(self, statement: sa.Executable, rows: Sequence[dict[str, Any]]) -> None:
+        if rows:
+            await self._conn.execute(statement, list(rows))
+
+    async def fetchone(self, statement: sa.Executable, params: dict[str, Any] | None = None) -> dict | None:
+        row = (await self._conn.execute(statement, params)).first()
+        return dict(row._mapping) if row is not None else None
+
+
+class Serial:
+    """`async with` it: one holder at a time, in this process and, on PostgreSQL, in every process
+    that shares the database. Reusable, not reentrant (like asyncio.Lock)."""
+
+    def __init__(self, exclusive: Callable[[int], contextlib.AbstractAsyncContextManager], key: int):
+        self._exclusive, self._key = exclusive, key
+        self._local = asyncio.Lock()
+        self._held: contextlib.AbstractAsyncContextManager | None = None
+
+    async def __aenter__(self) -> None:
+        await self._local.acquire()
+        try:
+            held = self._exclusive(self._key)
+            await held.__aenter__()
+        except BaseException:
+            self._local.release()
+            raise
+        self._held = held
+
+    async def __aexit__(self, *exc_info) -> bool | None:
+        held, self._held = self._held, None
+        try:
+            return await held.__aexit__(*exc_info)
+        finally:
+            self._local.release()
+
+
+class Database:
+    """The platform's database, opened (and migrated) lazily on first use: a SQLite file (the
+    default: embedded, nothing to set up) or, given a `postgresql://` URL, a PostgreSQL database
+    (a platform on several machines). The same Alembic revisions and transactions on both.
+
+    revision: the schema revision to migrate to (the newest by default; tests ask for older ones)."""
+
+    def __init__(self, location: Path | str, *, revision: str = migrate.HEAD):
+        if database_url.is_postgres_url(location):
+            self._backend: SqliteBackend | PostgresBackend = PostgresBackend(str(location))
+        else:
+            self._backend = SqliteBackend(Path(location))
+        self._revision = revision
+        self._opened = False
+        self._lock = asyncio.Lock()
+        self._placement: Serial | None = None
+
+    @property
+    def backend(self) -> str:
+        """SQLITE or POSTGRESQL."""
+        return self._backend.name
+
+    def describe(self) -> str:
+        """Where the database is (a PostgreSQL URL without its password)."""
+        return self._backend.describe()
+
+    async def open(self) -> None:
+        """Opens and migrates the database unless it is open already (every query does this first)."""
+        if not self._opened:
+            async with self._lock:
+                if not self._opened:
+                    await self._backend.open(self._revision)
+                    self._opened = True
+
+    async def schema_version(self) -> int:
+        """The schema revision the database is at, as a number (0001 → 1)."""
+        await self.open()
+        return migrate.as_version(await self._backend.revision())
+
+    async def close(self) -> None:
+        if self._opened:
+            self._opened = False
+            await self._backend.close()
+
+    def placement_lock(self) -> Serial:
+        """The lock every decide-then-reserve of machines holds (placement's reads, its checks and the
+        reservation's writes), so no machine is leased twice, whatever processes share the database."""
+        if self._placement is None:
+            self._placement = Serial(self._exclusive, PLACEMENT_LOCK)
+        return self._placement
+
+    @contextlib.asynccontextmanager
+    async def _exclusive(self, key: int) -> AsyncIterator[None]:
+        await self.open()
+        async with self._backend.exclusive(key):
+            yield
+
+    # --- reads and writes (the stores' queries, and tests and benchmarks that seed or inspect rows) --------
+
+    async def fetch_all(self, statement: sa.Executable, params: dict[str, Any] | None = None) -> list[dict]:
+        return [dict(r._mapping) for r in await self._read(statement, params)]
+
+    async def fetch_one(self, statement: sa.Executable, params: dict[str, Any] | None = None) -> dict | None:
+        rows = await self._read(statement, params)
+        return dict(rows[0]._mapping) if rows else None
+
+    async def fetch_column(self, statement: sa.Executable, params: dict[str, Any] | None = None) -> list:
+        """The first column of every row (no dict per row: for long lists of ids)."""
+        return [r[0] for r in await self._read(statement, params)]
+
+    async def write(
+        self, statement: sa.Executable, params: dict[str, Any] | None = None, lock_wait_s: float | None = None
+    ) -> int:
+        """One statement in a transaction of its own; returns the rows it changed."""
+        return await self.atomic(lambda tx: tx.execute(statement, params), lock_wait_s)
+
+    async def insert_rows(self, table: sa.Table, rows: Sequence[dict[str, Any]]) -> None:
+        """Many rows into one table, in one transaction (seeding: benchmarks' fleets, tests' fixtures)."""
+        await self.atomic(lambda tx: tx.executemany(table.insert(), rows))
+
+    async def atomic(self, statements: Callable[[Transaction], Awaitable[T]], lock_wait_s: float | None = None) -> T:
+        """Runs statements(tx) and commits, or rolls back, as one transaction. lock_wait_s bounds how long
+        it waits for locks before it fails with busy.DatabaseBusy: None, the backend's default."""
+        await self.open()
+        try:
+            return await self._backend.atomic(lambda conn: statements(Transaction(conn)), lock_wait_s)
+        except sa.exc.DBAPIError as exc:
+            if busy.is_busy(exc):
+                raise busy.DatabaseBusy(f"database busy: {exc.orig}") from None
+            raise
+
+    async def _read(self, statement: sa.Executable, params: dict[str, Any] | None) -> list[sa.Row]:
+        await self.open()
+        try:
+            return await self._backend.read(statement, params)
+        except sa.exc.DBAPIError as exc:
+            if busy.is_busy(exc):
+                raise busy.DatabaseBusy(f"database busy: {exc.orig}") from None
+            raise

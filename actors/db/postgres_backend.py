@@ -1,0 +1,90 @@
+"""The store's PostgreSQL backend (asyncpg under SQLAlchemy): a connection pool, advisory locks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
+
+import asyncpg
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from actors.db import migrate
+
+T = TypeVar("T")
+
+# Per actor process: the ClusterManager holds one connection for its placement lock while it
+# reads and writes on others. Three actors × this stays far below PostgreSQL's default 100.
+POOL_MAX_SIZE = 8
+MIGRATION_LOCK = 0x64636C_0001  # advisory lock key, "dcl" + 1: one migrating process at a time
+_LOCK = sa.text("SELECT pg_advisory_xact_lock(:key)")  # held until the transaction ends, however it ends
+
+
+class PostgresBackend:
+    """One pool per process; every write a transaction of its own, read committed; reads in autocommit (one
+    round trip each, no BEGIN/ROLLBACK around them)."""
+
+    name = "postgresql"
+
+    def __init__(self, url: str):
+        self._url = url
+        self._engine: AsyncEngine | None = None
+        self._reads: AsyncEngine | None = None
+
+    def describe(self) -> str:
+        """Where the database is, without the password."""
+        rest = self._url.split("://", 1)[1]
+        return "postgresql://" + rest.rsplit("@", 1)[-1].split("?", 1)[0]
+
+    async def open(self, revision: str) -> None:
+        # asyncpg parses the operator's URL itself, as psql would (sslmode, ~/.pgpass, several hosts).
+        engine = create_async_engine(
+            "postgresql+asyncpg://",
+            async_creator=lambda: asyncpg.connect(self._url),
+            pool_size=POOL_MAX_SIZE,
+            max_overflow=0,
+        )
+        try:
+            async with engine.begin() as conn:  # DDL is transactional here: a failed step leaves the old revision
+                await conn.execute(_LOCK, {"key": MIGRATION_LOCK})
+                await conn.run_sync(migrate.upgrade, revision)
+        except BaseException:
+            await engine.dispose()
+            raise
+        self._engine, self._reads = engine, engine.execution_options(isolation_level="AUTOCOMMIT")
+
+    async def revision(self) -> str | None:
+        async with self._reads.connect() as conn:
+            return await conn.run_sync(migrate.current_revision)
+
+    async def close(self) -> None:
+        if self._engine is not None:
+            engine, self._engine, self._reads = self._engine, None, None
+            await engine.dispose()
+
+    async def read(self, statement: sa.Executable, params: dict | None = None) -> list[sa.Row]:
+        async with self._reads.connect() as conn:
+            return (await conn.execute(statement, params)).all()
+
+    async def atomic(self, statements: Callable[[AsyncConnection], Awaitable[T]], lock_wait_s: float | None) -> T:
+        """One transaction; shielded like SQLite's, so a cancelled caller never splits it. With
+        lock_wait_s, a lock it waits for longer fails it (lock_not_available: busy)."""
+
+        async def run() -> T:
+            async with self._engine.begin() as conn:
+                if lock_wait_s is not None:
+                    await conn.exec_driver_sql(f"SET LOCAL lock_timeout = {max(1, int(lock_wait_s * 1000))}")
+                return await statements(conn)
+
+        return await asyncio.shield(run())
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self, key: int) -> AsyncIterator[None]:
+        """Held by one process at a time across the whole database: a transaction-scoped advisory
+        lock on a connection of its own, released when that transaction ends (or its connection
+        drops: a crashed holder never wedges the others)."""
+        async with self._engine.begin() as conn:
+            await conn.execute(_LOCK, {"key": key})
+            yield
