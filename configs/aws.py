@@ -3,11 +3,8 @@ calls that secure and clean up its resources are in actors/aws_ec2.py."""
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import functools
 import importlib.metadata
-import importlib.resources
 import ipaddress
 import os
 import re
@@ -15,15 +12,12 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
-import yaml
 from pydantic import Field, field_validator, model_validator
 
-from configs import market
+from configs import labels, templates
 from dcl_core import cluster_spec, domain, errors, ids
 
 TEMPLATE = "aws.yaml"
-CLUSTER_LABEL = market.CLUSTER_LABEL
-GPU_LABEL = "dcluster.io/gpu"
 TOKEN_REMOTE_PATH = "~/ray_auth_token"
 # The ports reachable from AwsSettings.allowed_cidr; everything else only from inside the group.
 OPEN_PORTS = {22: "SSH (the launcher, operators)", 8265: "Ray dashboard and jobs API", 10001: "Ray client"}
@@ -145,12 +139,6 @@ def _ray_default_amis() -> dict[str, str]:
     return ray_aws_config.DEFAULT_AMI
 
 
-@functools.lru_cache(maxsize=1)
-def _template() -> dict[str, Any]:
-    text = importlib.resources.files("configs").joinpath(TEMPLATE).read_text(encoding="utf-8")
-    return yaml.safe_load(text)
-
-
 def group_name(settings: AwsSettings, cluster_id: str) -> str:
     return f"{settings.name_prefix}-{cluster_id}"
 
@@ -215,7 +203,7 @@ def render_aws_config(
         raise ValueError("ray_auth_token_path must be the absolute path of the token file (never the token)")
     check_spec(spec, settings)
 
-    config = copy.deepcopy(_template())
+    config = templates.load(TEMPLATE)
     config["cluster_name"] = cluster_id
     config["max_workers"] = spec.num_workers
     provider = config["provider"]
@@ -242,12 +230,12 @@ def render_aws_config(
     if settings.head_instance_profile_arn:
         head["node_config"]["IamInstanceProfile"] = {"Arn": settings.head_instance_profile_arn}
 
-    head["labels"] = {CLUSTER_LABEL: cluster_id}
+    head["labels"] = {labels.CLUSTER_LABEL: cluster_id}
     worker["resources"] = {"CPU": spec.cpus_per_worker, "GPU": spec.gpus_per_worker}
-    worker["labels"] = {CLUSTER_LABEL: cluster_id}
+    worker["labels"] = {labels.CLUSTER_LABEL: cluster_id}
     shape = INSTANCE_SHAPES.get(settings.worker_instance_type)
     if spec.gpus_per_worker and shape and shape.gpu_model:
-        worker["labels"][GPU_LABEL] = market.ray_label_value(shape.gpu_model)
+        worker["labels"][labels.GPU_LABEL] = labels.ray_label_value(shape.gpu_model)
     worker["min_workers"] = worker["max_workers"] = spec.num_workers
 
     config["file_mounts"] = {TOKEN_REMOTE_PATH: ray_auth_token_path}

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from configs import aws
+from configs import aws, labels
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def ensure_security_group(config: dict[str, Any], *, vpc_id: str | None = None) 
                     {
                         "ResourceType": "security-group",
                         "Tags": [
-                            {"Key": aws.CLUSTER_LABEL, "Value": cluster},
+                            {"Key": labels.CLUSTER_LABEL, "Value": cluster},
                             {"Key": "ray-cluster-name", "Value": cluster},
                         ],
                     }

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 
 import ray
 
-from configs import market
+from actors.backends import catalog
 
 logger = logging.getLogger(__name__)
 
@@ -41,9 +40,9 @@ class _LaunchProcess:
 
     def __init__(self, private_tmp: str):
         _prepare_process(private_tmp)
-        from ray.autoscaler import sdk  # noqa: F401 - imported ahead, as the market provider is (httpx)
+        from ray.autoscaler import sdk  # noqa: F401 - imported ahead, as each backend's own modules are
 
-        importlib.import_module(market.PROVIDER_MODULE.rpartition(".")[0])
+        catalog.warm_up()
 
     def ready(self) -> bool:
         return True

@@ -28,7 +28,7 @@ from ray.autoscaler._private.util import fillout_defaults, prepare_config, valid
 from ray.autoscaler.v2.instance_manager.config import AutoscalingConfig
 
 from actors.backends import aws_ec2
-from configs import aws
+from configs import aws, labels
 from dcl_core import cluster_spec, errors
 
 CID = "c-00112233aabb"
@@ -86,7 +86,7 @@ def test_rendered_config_passes_rays_validator_and_loaders(spec, settings, token
     head_view = AutoscalingConfig(copy.deepcopy(config))  # what the head's v2 autoscaler loads
     assert head_view.get_head_node_type() == "head"
     assert head_view.get_max_num_worker_nodes() == spec.num_workers
-    assert head_view.get_node_labels("worker")[aws.CLUSTER_LABEL] == CID
+    assert head_view.get_node_labels("worker")[labels.CLUSTER_LABEL] == CID
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: f"{s.num_workers}x{s.gpus_per_worker}gpu")
@@ -98,7 +98,7 @@ def test_seed_shape_head_t3_workers_g4dn_fixed_at_num_workers(spec, settings, to
     assert config["max_workers"] == worker["min_workers"] == worker["max_workers"] == spec.num_workers
     assert head["resources"] == {"CPU": 0, "GPU": 0} and head["min_workers"] == head["max_workers"] == 0
     assert worker["resources"] == {"CPU": spec.cpus_per_worker, "GPU": spec.gpus_per_worker}
-    assert worker["labels"][aws.CLUSTER_LABEL] == CID == head["labels"][aws.CLUSTER_LABEL]
+    assert worker["labels"][labels.CLUSTER_LABEL] == CID == head["labels"][labels.CLUSTER_LABEL]
     label_utils.validate_node_label_syntax(worker["labels"])
     assert config["cluster_name"] == CID and config["head_node_type"] == "head"
     assert config["provider"]["type"] == "aws" and config["provider"]["region"] == REGION
@@ -109,9 +109,9 @@ def test_seed_shape_head_t3_workers_g4dn_fixed_at_num_workers(spec, settings, to
 
 
 def test_gpu_label_only_when_gpus_are_asked_for(settings, token_file):
-    assert aws.GPU_LABEL not in render(SPECS[0], settings, token_file)["available_node_types"]["worker"]["labels"]
-    labels = render(SPECS[1], settings, token_file)["available_node_types"]["worker"]["labels"]
-    assert labels[aws.GPU_LABEL] == "Tesla-T4"
+    assert labels.GPU_LABEL not in render(SPECS[0], settings, token_file)["available_node_types"]["worker"]["labels"]
+    worker_labels = render(SPECS[1], settings, token_file)["available_node_types"]["worker"]["labels"]
+    assert worker_labels[labels.GPU_LABEL] == "Tesla-T4"
 
 
 def test_no_password_no_token_value_and_token_auth_on_every_node(settings, token_file):
@@ -437,7 +437,7 @@ def test_launcher_bootstrap_under_moto_leaves_only_our_rules(moto_aws_iam, spec,
     (group,) = ec2.describe_security_groups(GroupIds=[group_id])["SecurityGroups"]
     (default_vpc,) = ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"]
     assert group["VpcId"] == default_vpc["VpcId"]
-    assert {"Key": aws.CLUSTER_LABEL, "Value": CID} in group["Tags"]
+    assert {"Key": labels.CLUSTER_LABEL, "Value": CID} in group["Tags"]
 
     subnets = {s["SubnetId"]: s for s in ec2.describe_subnets()["Subnets"]}
     for node_type in resolved["available_node_types"].values():
