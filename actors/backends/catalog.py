@@ -7,11 +7,12 @@ from collections.abc import Callable
 from actors.access import auth
 from actors.backends import backend
 from actors.backends.aws import backend as aws_backend
+from actors.backends.aws import launch as aws_launch
 from actors.backends.market import backend as market_backend
 from actors.backends.market import launch as market_launch
 from actors.settings import PlatformSettings
 
-LAUNCH_STEPS: tuple[backend.LaunchSteps, ...] = (market_launch.MarketLaunchSteps(),)
+LAUNCH_STEPS: tuple[backend.LaunchSteps, ...] = (market_launch.MarketLaunchSteps(), aws_launch.AwsLaunchSteps())
 
 
 def backends(settings: PlatformSettings, tokens: Callable[[], auth.TokenIssuer]) -> dict[str, backend.Backend]:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from actors.access import cluster_files
 from actors.backends import backend
+from actors.backends.aws import launcher_config
 from actors.settings import PlatformSettings
-from configs import aws
 from dcl_core import errors
 from dcl_core.cluster_spec import ClusterSpec
 
@@ -24,7 +24,7 @@ class AwsBackend:
     def check(self, spec: ClusterSpec) -> None:
         if self._settings.aws is None:
             raise errors.InvalidInput("backend 'aws' is not enabled on this platform; use backend 'market'")
-        aws.check_spec(spec, self._settings.aws)
+        launcher_config.check_spec(spec, self._settings.aws)
 
     async def reserve(self, cluster_id: str, spec: ClusterSpec, place: backend.Place) -> tuple[list[dict], str]:
         return [], (
@@ -33,7 +33,7 @@ class AwsBackend:
         )
 
     def launcher_config(self, row: dict, spec: ClusterSpec, now: float) -> dict:
-        config = aws.render_aws_config(
+        config = launcher_config.render_aws_config(
             cluster_id=row["id"],
             spec=spec,
             settings=self._settings.aws,

@@ -10,7 +10,9 @@ import tempfile
 import pytest
 
 from actors.access import cluster_files
-from actors.backends import launcher
+from actors.backends import catalog, launcher
+from actors.backends.market import launcher_config as market_config
+from dcl_core import cluster_spec
 
 
 class FakeTask:
@@ -141,8 +143,11 @@ def test_a_caller_that_gives_up_stops_the_launch(monkeypatch, killed):
 
 
 def test_market_configs_need_no_cloud_resources():
-    config = {"provider": {"type": "external"}}
-    assert launcher._with_cloud_resources(config) is config
+    spec = cluster_spec.ClusterSpec(num_workers=1, duration_s=600)
+    config = market_config.render_market_config(
+        cluster_id="c-00112233aabb", spec=spec, platform_url="http://127.0.0.1:9", provider_token="t"
+    )
+    assert catalog.launch_steps(config).prepare(config) is config
 
 
 def test_process_hygiene_private_temp_dir_and_no_usage_stats(tmp_path, monkeypatch):
