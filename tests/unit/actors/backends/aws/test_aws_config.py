@@ -26,8 +26,11 @@ from ray.autoscaler._private.providers import _get_default_config
 from ray.autoscaler._private.util import fillout_defaults, prepare_config, validate_config
 from ray.autoscaler.v2.instance_manager.config import AutoscalingConfig
 
+from actors.backends import catalog
+from actors.backends.aws import backend as aws_backend
 from actors.backends.aws import ec2 as aws_ec2
 from actors.backends.aws import launcher_config, rules
+from actors.settings import PlatformSettings
 from configs import aws, labels
 from dcl_core import cluster_spec, errors
 
@@ -465,6 +468,29 @@ def test_ensure_security_group_uses_the_configured_vpc(moto_aws, scoped_settings
     assert ec2.describe_security_groups(GroupIds=[group_id])["SecurityGroups"][0]["VpcId"] == vpc_id
     assert resolved["available_node_types"]["worker"]["node_config"]["SubnetIds"] == [subnet["SubnetId"]]
     assert_locked_down(ec2, group_id, perms)
+
+
+def test_the_launch_steps_of_an_aws_cluster_make_its_group_in_its_vpc_and_remove_it_after(
+    moto_aws, scoped_settings, tmp_path
+):
+    """What the launcher runs around Ray's SDK for the AwsBackend's config: the locked-down group in the
+    configured VPC before Ray's bootstrap, and nothing of it left after teardown."""
+    ec2 = moto_aws
+    vpc_id = ec2.create_vpc(CidrBlock="10.7.0.0/16")["Vpc"]["VpcId"]
+    settings = PlatformSettings(
+        state_dir=tmp_path, api_url="http://127.0.0.1:9", aws=scoped_settings.model_copy(update={"vpc_id": vpc_id})
+    )
+    config = aws_backend.AwsBackend(settings).launcher_config({"id": CID}, SPECS[0], 0.0)
+    steps = catalog.launch_steps(config)
+    prepared = steps.prepare(config)
+    group_id, perms = group_rules(ec2, f"dcluster-{CID}")
+    assert ec2.describe_security_groups(GroupIds=[group_id])["SecurityGroups"][0]["VpcId"] == vpc_id
+    assert_locked_down(ec2, group_id, perms)
+    assert prepared["available_node_types"]["worker"]["node_config"]["SecurityGroupIds"] == [group_id]
+    steps.release(prepared)
+    assert not ec2.describe_security_groups(Filters=[{"Name": "group-name", "Values": [f"dcluster-{CID}"]}])[
+        "SecurityGroups"
+    ]
 
 
 def test_operator_key_and_instance_profile_make_ray_create_neither(moto_aws, token_file, tmp_path):
