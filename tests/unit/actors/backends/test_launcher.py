@@ -170,3 +170,31 @@ def test_stale_launcher_files_are_removed(tmp_path):
     assert cluster_files.remove_stale_launcher_files(tmp_path, older_than_s=60) == 1
     assert not old.exists() and new.exists() and other.exists()
     assert cluster_files.remove_stale_launcher_files(tmp_path / "missing", older_than_s=60) == 0
+
+
+def test_teardown_runs_the_launch_steps_of_the_configs_backend_around_the_sdk(tmp_path, monkeypatch):
+    from ray.autoscaler import sdk
+
+    calls = []
+
+    class Steps:
+        def handles(self, config):
+            return config["provider"]["type"] == "fake"
+
+        def warm_up(self):
+            pass
+
+        def prepare(self, config):
+            calls.append("prepare")
+            return {**config, "prepared": True}
+
+        def release(self, config):
+            calls.append(("release", config.get("prepared")))
+
+    monkeypatch.setattr(catalog, "LAUNCH_STEPS", (*catalog.LAUNCH_STEPS, Steps()))
+    monkeypatch.setattr(sdk, "teardown_cluster", lambda config, **_: calls.append(("sdk", config.get("prepared"))))
+    monkeypatch.setattr(tempfile, "tempdir", tempfile.tempdir)
+    monkeypatch.setenv("TMPDIR", os.environ.get("TMPDIR", "/tmp"))
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "1")
+    launcher._teardown._function({"provider": {"type": "fake"}}, str(tmp_path / "launcher-tmp"))
+    assert calls == ["prepare", ("sdk", True), ("release", True)]
