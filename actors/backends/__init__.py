@@ -1,1 +1,1 @@
-"""Where a cluster's nodes run (market leases or AWS): the backends, the launcher SDK's one caller, the EC2 calls."""
+"""Where a cluster's nodes run: one interface (backend.py), a package per backend (market/, aws/), the launcher."""

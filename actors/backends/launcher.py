@@ -1,14 +1,14 @@
-"""All calls to Ray's cluster-launcher SDK go through here, each in a fresh Ray worker process."""
+"""All calls to Ray's cluster-launcher SDK go through here, each in a fresh Ray worker process, between the launch
+steps of the config's backend (backend.LaunchSteps, found through catalog.py: the launcher names no backend)."""
 
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 
 import ray
 
-from configs import market
+from actors.backends import catalog
 
 logger = logging.getLogger(__name__)
 
@@ -41,9 +41,9 @@ class _LaunchProcess:
 
     def __init__(self, private_tmp: str):
         _prepare_process(private_tmp)
-        from ray.autoscaler import sdk  # noqa: F401 - imported ahead, as the market provider is (httpx)
+        from ray.autoscaler import sdk  # noqa: F401 - imported ahead, as each backend's own modules are
 
-        importlib.import_module(market.PROVIDER_MODULE.rpartition(".")[0])
+        catalog.warm_up()
 
     def ready(self) -> bool:
         return True
@@ -51,9 +51,8 @@ class _LaunchProcess:
     def create(self, config: dict) -> None:
         from ray.autoscaler import sdk
 
-        sdk.create_or_update_cluster(
-            _with_cloud_resources(config), no_restart=False, restart_only=False, no_config_cache=True
-        )
+        config = catalog.launch_steps(config).prepare(config)
+        sdk.create_or_update_cluster(config, no_restart=False, restart_only=False, no_config_cache=True)
 
 
 @ray.remote(num_cpus=0, max_calls=1, max_retries=0)
@@ -61,28 +60,10 @@ def _teardown(config: dict, private_tmp: str) -> None:
     from ray.autoscaler import sdk
 
     _prepare_process(private_tmp)
-    config = _with_cloud_resources(config)
+    steps = catalog.launch_steps(config)
+    config = steps.prepare(config)
     sdk.teardown_cluster(config, workers_only=False, keep_min_workers=False)
-    if config["provider"]["type"] == "aws":
-        import time
-
-        from actors.backends import aws_ec2
-
-        # The group stays in use until EC2 has let the instances go.
-        for _ in range(30):
-            if aws_ec2.delete_cluster_resources(config):
-                break
-            time.sleep(10)
-
-
-def _with_cloud_resources(config: dict) -> dict:
-    """AWS: the cluster's own locked-down security group, made before Ray's bootstrap (which would
-    otherwise create one with SSH open to the world)."""
-    if config["provider"]["type"] != "aws":
-        return config
-    from actors.backends import aws_ec2
-
-    return aws_ec2.ensure_security_group(config, vpc_id=config["provider"].get("dcluster_vpc_id"))
+    steps.release(config)
 
 
 class RayClusterLauncher:

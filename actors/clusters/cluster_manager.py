@@ -1,7 +1,7 @@
 """ClusterManager: carries out buyer clusters' lifecycle (actors/clusters/lifecycle.py decides), calls the
 launcher, runs the reconcile loop, and makes the parts it is composed of, each given its collaborators: the
 buyer API (cluster_api.py), the node-provider API (node_api.py), the lease opener (lease_opener.py), the
-placer (actors/machines/placer.py), the events (events.py); what differs per backend is in
+placer (actors/machines/placer.py), the events (events.py); what differs per backend is behind
 actors/backends/backend.py."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Protocol
 
 from actors import metrics as metrics_mod
 from actors.access import auth, cluster_files, platform_secrets
-from actors.backends import backend
+from actors.backends import backend, catalog
 from actors.clusters import cluster_logs, lifecycle, node_observer, quota_book
 from actors.clusters import cluster_views as views
 from actors.clusters import joins as joins_mod
@@ -115,7 +115,7 @@ class ClusterManager:
         )
         self._tasks: dict[str, asyncio.Task] = {}  # cluster id → its provisioning or teardown
         self._last_sweep = 0.0
-        self._backends = backend.backends(settings, self._tokens_or_fail)
+        self._backends = catalog.backends(settings, self._tokens_or_fail)
         self._buyer = BuyerApi(
             store,
             settings,

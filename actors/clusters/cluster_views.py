@@ -8,7 +8,7 @@ import json
 import shlex
 
 from actors.access import auth
-from configs import market
+from configs import labels
 from dcl_core import domain, errors
 
 
@@ -78,9 +78,9 @@ def node_labels(cluster_id: str, lease: dict, machine: dict) -> dict:
     return {
         "dcluster.io/cluster": cluster_id,
         "dcluster.io/role": lease["role"],
-        "dcluster.io/provider": market.ray_label_value(machine["provider"]),
+        "dcluster.io/provider": labels.ray_label_value(machine["provider"]),
         "dcluster.io/machine": lease["machine_id"],
-        "dcluster.io/gpu": market.ray_label_value(machine["gpu_model"])
+        "dcluster.io/gpu": labels.ray_label_value(machine["gpu_model"])
         if machine["gpus"] and lease["gpus"]
         else "none",
     }

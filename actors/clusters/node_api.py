@@ -9,6 +9,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from actors.access import auth
+from actors.backends.market import launcher_config as market
 from actors.clusters import cluster_views as views
 from actors.clusters import joins as joins_mod
 from actors.clusters.events import ClusterEvents
@@ -17,7 +18,6 @@ from actors.db import cluster_store as cstore
 from actors.db import store as store_mod
 from actors.machines import placement
 from actors.machines.placer import Placer
-from configs import market
 from dcl_core import commands, domain, errors, protocol
 from dcl_core.cluster_spec import ClusterSpec
 

@@ -168,7 +168,8 @@ class MarketNodeProvider(NodeProvider):
     """Nodes of one buyer cluster = leases the platform holds on providers' machines.
 
     provider_config: `platform_url`, `cluster_id` (c-<12 hex>) and `token` (the cluster-scoped JWT),
-    as configs/market.py renders them. Thread-safe: the v2 autoscaler calls it from several threads.
+    as actors/backends/market/launcher_config.py renders them. Thread-safe: the v2 autoscaler calls it from
+    several threads.
     """
 
     def __init__(
@@ -428,7 +429,7 @@ def _settings(provider_config: dict[str, Any]) -> tuple[str, str, str]:
     missing = [k for k in ("platform_url", "cluster_id", "token") if not provider_config.get(k)]
     if missing:
         raise ValueError(
-            f"provider config lacks {missing}: render the cluster config with configs.market.render_market_config"
+            f"provider config lacks {missing}: render the cluster config with the market backend's render_market_config"
         )
     cluster_id = str(provider_config["cluster_id"])
     if not _CLUSTER_ID_RE.match(cluster_id):

@@ -10,7 +10,9 @@ import tempfile
 import pytest
 
 from actors.access import cluster_files
-from actors.backends import launcher
+from actors.backends import catalog, launcher
+from actors.backends.market import launcher_config as market_config
+from dcl_core import cluster_spec
 
 
 class FakeTask:
@@ -141,8 +143,11 @@ def test_a_caller_that_gives_up_stops_the_launch(monkeypatch, killed):
 
 
 def test_market_configs_need_no_cloud_resources():
-    config = {"provider": {"type": "external"}}
-    assert launcher._with_cloud_resources(config) is config
+    spec = cluster_spec.ClusterSpec(num_workers=1, duration_s=600)
+    config = market_config.render_market_config(
+        cluster_id="c-00112233aabb", spec=spec, platform_url="http://127.0.0.1:9", provider_token="t"
+    )
+    assert catalog.launch_steps(config).prepare(config) is config
 
 
 def test_process_hygiene_private_temp_dir_and_no_usage_stats(tmp_path, monkeypatch):
@@ -165,3 +170,31 @@ def test_stale_launcher_files_are_removed(tmp_path):
     assert cluster_files.remove_stale_launcher_files(tmp_path, older_than_s=60) == 1
     assert not old.exists() and new.exists() and other.exists()
     assert cluster_files.remove_stale_launcher_files(tmp_path / "missing", older_than_s=60) == 0
+
+
+def test_teardown_runs_the_launch_steps_of_the_configs_backend_around_the_sdk(tmp_path, monkeypatch):
+    from ray.autoscaler import sdk
+
+    calls = []
+
+    class Steps:
+        def handles(self, config):
+            return config["provider"]["type"] == "fake"
+
+        def warm_up(self):
+            pass
+
+        def prepare(self, config):
+            calls.append("prepare")
+            return {**config, "prepared": True}
+
+        def release(self, config):
+            calls.append(("release", config.get("prepared")))
+
+    monkeypatch.setattr(catalog, "LAUNCH_STEPS", (*catalog.LAUNCH_STEPS, Steps()))
+    monkeypatch.setattr(sdk, "teardown_cluster", lambda config, **_: calls.append(("sdk", config.get("prepared"))))
+    monkeypatch.setattr(tempfile, "tempdir", tempfile.tempdir)
+    monkeypatch.setenv("TMPDIR", os.environ.get("TMPDIR", "/tmp"))
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "1")
+    launcher._teardown._function({"provider": {"type": "fake"}}, str(tmp_path / "launcher-tmp"))
+    assert calls == ["prepare", ("sdk", True), ("release", True)]

@@ -1,36 +1,23 @@
-"""Render the cluster-launcher config of a buyer's sub-cluster on the market backend (market.yaml)."""
+"""Render the cluster-launcher config of a buyer's sub-cluster on the market backend (configs/market.yaml), and
+tag the workers the platform opens while its head starts."""
 
 from __future__ import annotations
 
-import copy
-import functools
-import importlib.resources
 import re
 from typing import Any
 
-import yaml
-
+from configs import labels, templates
 from dcl_core import cluster_spec, ids
 
 TEMPLATE = "market.yaml"
 PROVIDER_MODULE = "worker.node_provider.market_provider.MarketNodeProvider"
-CLUSTER_LABEL = "dcluster.io/cluster"
 WORKER_NODE_TYPE = "worker"  # market.yaml's worker node type
 # A worker the platform opened while the head starts, that no launcher has claimed yet.
 OPENED_AHEAD_TAG = "dcluster-opened-ahead"
-# Ray's tags (ray.autoscaler.tags; written out, since configs stays free of Ray: a unit test compares them).
+# Ray's tags (ray.autoscaler.tags), written out: the control plane stays free of Ray (a unit test compares them).
 _TAG_NODE_KIND, _TAG_NODE_NAME, _TAG_NODE_STATUS = "ray-node-type", "ray-node-name", "ray-node-status"
 _TAG_USER_NODE_TYPE = "ray-user-node-type"
-MAX_LABEL_VALUE_LEN = 63
 _CLUSTER_ID_RE = re.compile(ids.CLUSTER_ID_PATTERN)
-_NOT_LABEL_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
-_EDGE = re.compile(r"^[^A-Za-z0-9]+|[^A-Za-z0-9]+$")
-
-
-@functools.lru_cache(maxsize=1)
-def _template() -> dict[str, Any]:
-    text = importlib.resources.files("configs").joinpath(TEMPLATE).read_text(encoding="utf-8")
-    return yaml.safe_load(text)
 
 
 def render_market_config(
@@ -45,7 +32,7 @@ def render_market_config(
         raise ValueError(f"cluster_id {cluster_id!r} is not a cluster id (c-<12 hex>)")
     if not platform_url or not provider_token:
         raise ValueError("platform_url and provider_token are required: the head's autoscaler calls the platform")
-    config = copy.deepcopy(_template())
+    config = templates.load(TEMPLATE)
     config["cluster_name"] = cluster_id
     config["max_workers"] = spec.num_workers
     config["provider"].update(platform_url=platform_url.rstrip("/"), cluster_id=cluster_id, token=provider_token)
@@ -53,7 +40,7 @@ def render_market_config(
     worker["resources"] = {"CPU": spec.cpus_per_worker}
     if spec.gpus_per_worker:
         worker["resources"]["GPU"] = spec.gpus_per_worker
-    worker["labels"] = {CLUSTER_LABEL: cluster_id}
+    worker["labels"] = {labels.CLUSTER_LABEL: cluster_id}
     worker["min_workers"] = worker["max_workers"] = spec.num_workers
     return config
 
@@ -79,16 +66,3 @@ def is_opened_ahead(tags: dict) -> bool:
 def claimed(tags: dict) -> dict:
     """The tags once a launcher has claimed the node: without OPENED_AHEAD_TAG."""
     return {k: v for k, v in tags.items() if k != OPENED_AHEAD_TAG}
-
-
-def ray_label_value(text: str) -> str:
-    """A valid Ray node-label value made from text ("NVIDIA H100 80GB HBM3" -> "NVIDIA-H100-80GB-HBM3").
-
-    Ray's rule (ray/_private/label_utils.py, Kubernetes' syntax): at most 63 characters of
-    [A-Za-z0-9_.-], beginning and ending with an alphanumeric; "" is also valid. Runs of other
-    characters become one '-'; "" comes back when nothing alphanumeric is left.
-    """
-    value = _NOT_LABEL_CHARS.sub("-", text or "")
-    value = re.sub(r"-{2,}", "-", value)
-    value = _EDGE.sub("", value)
-    return _EDGE.sub("", value[:MAX_LABEL_VALUE_LEN])

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import copy
-import random
 import re
-import string
 from unittest import mock
 
 import pytest
@@ -17,7 +15,8 @@ from ray.autoscaler._private.util import fillout_defaults, prepare_config, valid
 from ray.autoscaler.tags import TAG_RAY_LAUNCH_CONFIG
 from ray.autoscaler.v2.instance_manager.config import AutoscalingConfig
 
-from configs import market
+from actors.backends.market import launcher_config as market
+from configs import labels
 from dcl_core import cluster_spec
 
 CID = "c-00112233aabb"
@@ -52,7 +51,7 @@ def test_rendered_config_passes_rays_validator_and_loaders(spec):
     head_view = AutoscalingConfig(copy.deepcopy(config))  # what the head's v2 autoscaler loads
     assert head_view.get_head_node_type() == "head"
     assert head_view.get_max_num_worker_nodes() == spec.num_workers
-    assert head_view.get_node_labels("worker") == {market.CLUSTER_LABEL: CID}
+    assert head_view.get_node_labels("worker") == {labels.CLUSTER_LABEL: CID}
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: f"{s.num_workers}x{s.gpus_per_worker}gpu")
@@ -138,37 +137,6 @@ def test_bad_inputs_are_refused(bad):
     args = dict(cluster_id=CID, spec=SPECS[0], platform_url=URL, provider_token=TOKEN) | bad
     with pytest.raises(ValueError):
         market.render_market_config(**args)
-
-
-@pytest.mark.parametrize(
-    "text, expected",
-    [
-        ("NVIDIA H100 80GB HBM3", "NVIDIA-H100-80GB-HBM3"),
-        ("NVIDIA A100-SXM4-80GB", "NVIDIA-A100-SXM4-80GB"),
-        ("Tesla V100-PCIE-16GB", "Tesla-V100-PCIE-16GB"),
-        ("NVIDIA GeForce RTX 4090", "NVIDIA-GeForce-RTX-4090"),
-        ("Logical GPU", "Logical-GPU"),
-        ("  (weird)  name!! ", "weird-name"),
-        ("a_b.c", "a_b.c"),
-        ("AMD Instinct MI300X / OAM", "AMD-Instinct-MI300X-OAM"),
-        ("---", ""),
-        ("", ""),
-    ],
-)
-def test_ray_label_value(text, expected):
-    assert market.ray_label_value(text) == expected
-    label_utils.validate_label_value(market.ray_label_value(text))
-
-
-def test_ray_label_value_is_always_valid_and_short():
-    rng = random.Random(7)
-    alphabet = string.printable + "éü€"
-    for _ in range(500):
-        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 90)))
-        value = market.ray_label_value(text)
-        label_utils.validate_label_value(value)  # raises when invalid
-        assert len(value) <= 63
-    assert market.ray_label_value("x" * 62 + "-y") == "x" * 62
 
 
 def test_workers_opened_ahead_carry_the_tags_the_head_autoscaler_gives_the_workers_it_launches():

@@ -1,5 +1,5 @@
 """The EC2 calls of the aws backend (boto3): the cluster's locked-down security group before Ray's bootstrap,
-its security group and key pair after teardown. The launcher's Ray task calls these; rendering is configs/aws.py."""
+its security group and key pair after teardown. The launcher's process calls these (launch.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from configs import aws
+from actors.backends.aws import rules
+from configs import labels
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +39,12 @@ def _find_group(ec2, vpc_id: str, name: str) -> dict[str, Any] | None:
     return found[0] if found else None
 
 
+# Ray's bootstrap (ray/autoscaler/_private/aws/config.py, _configure_security_group) creates the group
+# named provider.security_group.GroupName when no node type names SecurityGroupIds, and then authorizes
+# an all-traffic rule from the group itself, TCP 22 from 0.0.0.0/0 (_create_default_ssh_inbound_rules,
+# unconditional: no config knob turns it off) and IpPermissions. The supported way around it is
+# SecurityGroupIds in every node_config: Ray then leaves groups and rules alone and picks subnets in
+# that group's VPC. ensure_security_group makes the group that way, with exactly the rules we want.
 def ensure_security_group(config: dict[str, Any], *, vpc_id: str | None = None) -> dict[str, Any]:
     """Create or repair the cluster's security group; return config with every node type in it.
 
@@ -48,7 +55,7 @@ def ensure_security_group(config: dict[str, Any], *, vpc_id: str | None = None) 
     """
     wanted_sg = config["provider"]["security_group"]
     name, outside = wanted_sg["GroupName"], wanted_sg.get("IpPermissions", [])
-    if problems := aws.security_group_findings(outside):
+    if problems := rules.security_group_findings(outside):
         raise ValueError(f"refusing the rules of security group {name}: {'; '.join(problems)}")
     ec2 = ec2_client(config)
     vpc_id = vpc_id or _default_vpc(ec2)
@@ -66,7 +73,7 @@ def ensure_security_group(config: dict[str, Any], *, vpc_id: str | None = None) 
                     {
                         "ResourceType": "security-group",
                         "Tags": [
-                            {"Key": aws.CLUSTER_LABEL, "Value": cluster},
+                            {"Key": labels.CLUSTER_LABEL, "Value": cluster},
                             {"Key": "ray-cluster-name", "Value": cluster},
                         ],
                     }
@@ -82,14 +89,14 @@ def ensure_security_group(config: dict[str, Any], *, vpc_id: str | None = None) 
         "IpProtocol": "-1",
         "UserIdGroupPairs": [{"GroupId": group_id, "Description": "dcluster: between the cluster's own nodes"}],
     }
-    wanted = dict(aws.grants([inside, *outside]))
-    have = dict(aws.grants(current))
-    if extra := [aws.permission(g, None) for g in have if g not in wanted]:
+    wanted = dict(rules.grants([inside, *outside]))
+    have = dict(rules.grants(current))
+    if extra := [rules.permission(g, None) for g in have if g not in wanted]:
         ec2.revoke_security_group_ingress(GroupId=group_id, IpPermissions=extra)
         logger.warning(
-            "revoked from security group %s: %s", name, ", ".join(map(aws.describe_grant, have.keys() - wanted))
+            "revoked from security group %s: %s", name, ", ".join(map(rules.describe_grant, have.keys() - wanted))
         )
-    if missing := [aws.permission(g, d) for g, d in wanted.items() if g not in have]:
+    if missing := [rules.permission(g, d) for g, d in wanted.items() if g not in have]:
         ec2.authorize_security_group_ingress(GroupId=group_id, IpPermissions=missing)
     config = copy.deepcopy(config)
     for node_type in config["available_node_types"].values():

@@ -16,7 +16,6 @@ import pytest
 import ray
 import yaml
 from moto import mock_aws
-from pydantic import ValidationError
 from ray._private import label_utils
 from ray.autoscaler._private import commands
 from ray.autoscaler._private.aws import config as ray_aws_config
@@ -27,8 +26,12 @@ from ray.autoscaler._private.providers import _get_default_config
 from ray.autoscaler._private.util import fillout_defaults, prepare_config, validate_config
 from ray.autoscaler.v2.instance_manager.config import AutoscalingConfig
 
-from actors.backends import aws_ec2
-from configs import aws
+from actors.backends import catalog
+from actors.backends.aws import backend as aws_backend
+from actors.backends.aws import ec2 as aws_ec2
+from actors.backends.aws import launcher_config, rules
+from actors.settings import PlatformSettings
+from configs import aws, labels
 from dcl_core import cluster_spec, errors
 
 CID = "c-00112233aabb"
@@ -62,7 +65,9 @@ def settings():
 
 
 def render(spec: cluster_spec.ClusterSpec, settings: aws.AwsSettings, token_file) -> dict:
-    return aws.render_aws_config(cluster_id=CID, spec=spec, settings=settings, ray_auth_token_path=str(token_file))
+    return launcher_config.render_aws_config(
+        cluster_id=CID, spec=spec, settings=settings, ray_auth_token_path=str(token_file)
+    )
 
 
 def start_commands(config: dict) -> list[str]:
@@ -86,7 +91,7 @@ def test_rendered_config_passes_rays_validator_and_loaders(spec, settings, token
     head_view = AutoscalingConfig(copy.deepcopy(config))  # what the head's v2 autoscaler loads
     assert head_view.get_head_node_type() == "head"
     assert head_view.get_max_num_worker_nodes() == spec.num_workers
-    assert head_view.get_node_labels("worker")[aws.CLUSTER_LABEL] == CID
+    assert head_view.get_node_labels("worker")[labels.CLUSTER_LABEL] == CID
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: f"{s.num_workers}x{s.gpus_per_worker}gpu")
@@ -98,7 +103,7 @@ def test_seed_shape_head_t3_workers_g4dn_fixed_at_num_workers(spec, settings, to
     assert config["max_workers"] == worker["min_workers"] == worker["max_workers"] == spec.num_workers
     assert head["resources"] == {"CPU": 0, "GPU": 0} and head["min_workers"] == head["max_workers"] == 0
     assert worker["resources"] == {"CPU": spec.cpus_per_worker, "GPU": spec.gpus_per_worker}
-    assert worker["labels"][aws.CLUSTER_LABEL] == CID == head["labels"][aws.CLUSTER_LABEL]
+    assert worker["labels"][labels.CLUSTER_LABEL] == CID == head["labels"][labels.CLUSTER_LABEL]
     label_utils.validate_node_label_syntax(worker["labels"])
     assert config["cluster_name"] == CID and config["head_node_type"] == "head"
     assert config["provider"]["type"] == "aws" and config["provider"]["region"] == REGION
@@ -109,9 +114,9 @@ def test_seed_shape_head_t3_workers_g4dn_fixed_at_num_workers(spec, settings, to
 
 
 def test_gpu_label_only_when_gpus_are_asked_for(settings, token_file):
-    assert aws.GPU_LABEL not in render(SPECS[0], settings, token_file)["available_node_types"]["worker"]["labels"]
-    labels = render(SPECS[1], settings, token_file)["available_node_types"]["worker"]["labels"]
-    assert labels[aws.GPU_LABEL] == "Tesla-T4"
+    assert labels.GPU_LABEL not in render(SPECS[0], settings, token_file)["available_node_types"]["worker"]["labels"]
+    worker_labels = render(SPECS[1], settings, token_file)["available_node_types"]["worker"]["labels"]
+    assert worker_labels[labels.GPU_LABEL] == "Tesla-T4"
 
 
 def test_no_password_no_token_value_and_token_auth_on_every_node(settings, token_file):
@@ -167,16 +172,18 @@ def test_rendered_rules_open_only_the_three_ports_to_allowed_cidr(settings, toke
     perms = render(SPECS[0], settings, token_file)["provider"]["security_group"]["IpPermissions"]
     assert {(p["IpProtocol"], p["FromPort"], p["ToPort"]) for p in perms} == {("tcp", n, n) for n in OPEN_PORTS}
     assert all([r["CidrIp"] for r in p["IpRanges"]] == [CIDR] for p in perms)
-    assert aws.security_group_findings(perms) == []
+    assert rules.security_group_findings(perms) == []
 
 
 def test_render_refuses_what_it_cannot_render(settings, token_file):
     with pytest.raises(ValueError, match="not a cluster id"):
-        aws.render_aws_config(
+        launcher_config.render_aws_config(
             cluster_id="my-cluster", spec=SPECS[0], settings=settings, ray_auth_token_path=str(token_file)
         )
     with pytest.raises(ValueError, match="absolute path"):
-        aws.render_aws_config(cluster_id=CID, spec=SPECS[0], settings=settings, ray_auth_token_path="abc123")
+        launcher_config.render_aws_config(
+            cluster_id=CID, spec=SPECS[0], settings=settings, ray_auth_token_path="abc123"
+        )
     with pytest.raises(ValueError, match="backend 'aws' only"):
         render(cluster_spec.ClusterSpec(num_workers=1, duration_s=600), settings, token_file)
 
@@ -192,14 +199,16 @@ def test_render_refuses_what_it_cannot_render(settings, token_file):
 def test_specs_the_worker_instance_cannot_hold_are_refused(spec_kwargs, match, settings):
     spec = cluster_spec.ClusterSpec(num_workers=1, duration_s=600, backend="aws", **spec_kwargs)
     with pytest.raises(errors.InvalidInput, match=match):
-        aws.check_spec(spec, settings)
+        launcher_config.check_spec(spec, settings)
 
 
 def test_unknown_instance_types_are_trusted_for_counts_but_promise_no_gpu_model():
     settings = aws.AwsSettings(allowed_cidr=CIDR, worker_instance_type="x9z.mega")
-    aws.check_spec(cluster_spec.ClusterSpec(num_workers=1, gpus_per_worker=8, duration_s=600, backend="aws"), settings)
+    launcher_config.check_spec(
+        cluster_spec.ClusterSpec(num_workers=1, gpus_per_worker=8, duration_s=600, backend="aws"), settings
+    )
     with pytest.raises(errors.InvalidInput, match="gpu_model"):
-        aws.check_spec(
+        launcher_config.check_spec(
             cluster_spec.ClusterSpec(
                 num_workers=1, gpus_per_worker=1, gpu_model="Tesla T4", duration_s=600, backend="aws"
             ),
@@ -207,61 +216,11 @@ def test_unknown_instance_types_are_trusted_for_counts_but_promise_no_gpu_model(
         )
 
 
-# --- settings -------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "cidr, match",
-    [
-        ("0.0.0.0/0", "whole internet"),
-        ("::/0", "whole internet"),
-        ("0.0.0.0/0 ", "whole internet"),
-        ("10.0.0.0/33", "not a network"),
-        ("10.0.0.1/24", "not a network"),
-        ("anywhere", "not a network"),
-        ("", "not a network"),
-    ],
-)
-def test_allowed_cidr_refuses_the_world_and_nonsense(cidr, match):
-    with pytest.raises(ValidationError, match=match):
-        aws.AwsSettings(allowed_cidr=cidr)
-
-
-def test_allowed_cidr_is_normalized():
-    assert aws.AwsSettings(allowed_cidr="198.51.100.7").allowed_cidr == "198.51.100.7/32"
-    assert aws.AwsSettings(allowed_cidr="2001:DB8::/32").allowed_cidr == "2001:db8::/32"
-
-
-def test_settings_refuse_unknown_fields_half_a_key_and_regions_without_an_ami(tmp_path):
-    with pytest.raises(ValidationError, match="Extra inputs"):
-        aws.AwsSettings(allowed_cidr=CIDR, redis_password="password")
-    with pytest.raises(ValidationError, match="both ssh_private_key and key_name"):
-        aws.AwsSettings(allowed_cidr=CIDR, key_name="ops")
-    with pytest.raises(ValidationError, match="set image_id"):
-        aws.AwsSettings(allowed_cidr=CIDR, region="af-south-1")
-    aws.AwsSettings(allowed_cidr=CIDR, region="af-south-1", image_id="ami-0123456789abcdef0")
-    with pytest.raises(ValidationError, match="sg-"):
-        aws.AwsSettings(allowed_cidr=CIDR, name_prefix="sg")
-    assert aws.AwsSettings(allowed_cidr=CIDR).model_dump() == {
-        "allowed_cidr": CIDR,
-        "region": "us-west-2",
-        "head_instance_type": "t3.xlarge",
-        "worker_instance_type": "g4dn.xlarge",
-        "image_id": None,
-        "ssh_user": "ubuntu",
-        "ssh_private_key": None,
-        "key_name": None,
-        "name_prefix": "dcluster",
-        "vpc_id": None,
-        "head_instance_profile_arn": None,
-    }
-
-
 # --- security_group_findings ----------------------------------------------------------------------------
 
 
 def test_findings_report_the_seeds_security_group():
-    findings = aws.security_group_findings([SEED_RULE])
+    findings = rules.security_group_findings([SEED_RULE])
     assert any("whole internet" in f and "0.0.0.0/0" in f for f in findings)
     assert any("every port" in f for f in findings)
 
@@ -290,12 +249,12 @@ def test_findings_report_the_seeds_security_group():
     ],
 )
 def test_findings(rule, expected):
-    assert aws.security_group_findings([rule]) == expected
+    assert rules.security_group_findings([rule]) == expected
 
 
 def test_findings_flag_other_groups_when_the_clusters_own_is_known():
     rule = {"IpProtocol": "-1", "UserIdGroupPairs": [{"GroupId": "sg-0000000000000000b"}]}
-    assert aws.security_group_findings([rule], group_id="sg-0000000000000000a") == [
+    assert rules.security_group_findings([rule], group_id="sg-0000000000000000a") == [
         "all traffic is open to another security group (sg-0000000000000000b)"
     ]
 
@@ -404,7 +363,7 @@ def assert_locked_down(ec2, group_id: str, perms: list[dict], cidr: str = CIDR) 
     for p in outside:
         sources = [r["CidrIp"] for r in p.get("IpRanges", [])] + [r["CidrIpv6"] for r in p.get("Ipv6Ranges", [])]
         assert sources == [cidr]
-    assert aws.security_group_findings(perms, group_id=group_id) == []
+    assert rules.security_group_findings(perms, group_id=group_id) == []
     every_source = {
         r["CidrIp"]
         for g in ec2.describe_security_groups()["SecurityGroups"]
@@ -415,10 +374,10 @@ def assert_locked_down(ec2, group_id: str, perms: list[dict], cidr: str = CIDR) 
 
 
 def test_instance_shapes_match_ec2s_catalog(moto_aws):
-    types_ = moto_aws.describe_instance_types(InstanceTypes=list(aws.INSTANCE_SHAPES))["InstanceTypes"]
+    types_ = moto_aws.describe_instance_types(InstanceTypes=list(launcher_config.INSTANCE_SHAPES))["InstanceTypes"]
     catalog = {t["InstanceType"]: t for t in types_}
-    assert set(catalog) == set(aws.INSTANCE_SHAPES)
-    for name, shape in aws.INSTANCE_SHAPES.items():
+    assert set(catalog) == set(launcher_config.INSTANCE_SHAPES)
+    for name, shape in launcher_config.INSTANCE_SHAPES.items():
         info = catalog[name]
         gpus = info.get("GpuInfo", {}).get("Gpus", [])
         assert (info["VCpuInfo"]["DefaultVCpus"], sum(g["Count"] for g in gpus)) == (shape.cpus, shape.gpus), name
@@ -437,7 +396,7 @@ def test_launcher_bootstrap_under_moto_leaves_only_our_rules(moto_aws_iam, spec,
     (group,) = ec2.describe_security_groups(GroupIds=[group_id])["SecurityGroups"]
     (default_vpc,) = ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"]
     assert group["VpcId"] == default_vpc["VpcId"]
-    assert {"Key": aws.CLUSTER_LABEL, "Value": CID} in group["Tags"]
+    assert {"Key": labels.CLUSTER_LABEL, "Value": CID} in group["Tags"]
 
     subnets = {s["SubnetId"]: s for s in ec2.describe_subnets()["Subnets"]}
     for node_type in resolved["available_node_types"].values():
@@ -468,7 +427,7 @@ def test_rays_bootstrap_alone_opens_ssh_to_the_world_and_ensure_repairs_it(moto_
     config = render(SPECS[1], scoped_settings, token_file)
     launcher_bootstrap(config)
     group_id, perms = group_rules(ec2, f"dcluster-{CID}")
-    assert aws.security_group_findings(perms) == ["tcp 22 is open to the whole internet (0.0.0.0/0)"]
+    assert rules.security_group_findings(perms) == ["tcp 22 is open to the whole internet (0.0.0.0/0)"]
 
     repaired = aws_ec2.ensure_security_group(config)  # finds the group by name, revokes what it did not ask for
     launcher_bootstrap(repaired)
@@ -509,6 +468,29 @@ def test_ensure_security_group_uses_the_configured_vpc(moto_aws, scoped_settings
     assert ec2.describe_security_groups(GroupIds=[group_id])["SecurityGroups"][0]["VpcId"] == vpc_id
     assert resolved["available_node_types"]["worker"]["node_config"]["SubnetIds"] == [subnet["SubnetId"]]
     assert_locked_down(ec2, group_id, perms)
+
+
+def test_the_launch_steps_of_an_aws_cluster_make_its_group_in_its_vpc_and_remove_it_after(
+    moto_aws, scoped_settings, tmp_path
+):
+    """What the launcher runs around Ray's SDK for the AwsBackend's config: the locked-down group in the
+    configured VPC before Ray's bootstrap, and nothing of it left after teardown."""
+    ec2 = moto_aws
+    vpc_id = ec2.create_vpc(CidrBlock="10.7.0.0/16")["Vpc"]["VpcId"]
+    settings = PlatformSettings(
+        state_dir=tmp_path, api_url="http://127.0.0.1:9", aws=scoped_settings.model_copy(update={"vpc_id": vpc_id})
+    )
+    config = aws_backend.AwsBackend(settings).launcher_config({"id": CID}, SPECS[0], 0.0)
+    steps = catalog.launch_steps(config)
+    prepared = steps.prepare(config)
+    group_id, perms = group_rules(ec2, f"dcluster-{CID}")
+    assert ec2.describe_security_groups(GroupIds=[group_id])["SecurityGroups"][0]["VpcId"] == vpc_id
+    assert_locked_down(ec2, group_id, perms)
+    assert prepared["available_node_types"]["worker"]["node_config"]["SecurityGroupIds"] == [group_id]
+    steps.release(prepared)
+    assert not ec2.describe_security_groups(Filters=[{"Name": "group-name", "Values": [f"dcluster-{CID}"]}])[
+        "SecurityGroups"
+    ]
 
 
 def test_operator_key_and_instance_profile_make_ray_create_neither(moto_aws, token_file, tmp_path):
@@ -554,7 +536,7 @@ def test_delete_cluster_resources_removes_group_and_key_pair(moto_aws, scoped_se
 
 
 def test_ip_permissions_per_address_family():
-    v4, v6 = aws.ip_permissions("192.0.2.0/24"), aws.ip_permissions("2001:db8::/64")
+    v4, v6 = rules.ip_permissions("192.0.2.0/24"), rules.ip_permissions("2001:db8::/64")
     assert all(list(p["IpRanges"][0]) == ["CidrIp", "Description"] for p in v4)
     assert all(ipaddress.ip_network(p["Ipv6Ranges"][0]["CidrIpv6"]).version == 6 for p in v6)
 

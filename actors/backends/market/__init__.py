@@ -1,0 +1,1 @@
+"""The market backend: a buyer cluster's nodes are leases on providers' machines."""
