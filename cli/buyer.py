@@ -26,13 +26,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
+import dcluster
 from cli import dashboard_forward, output, terminal
 from cli.exits import CliError, Exit, error_message, exit_code_for
 from cli.session import Session, current_session, read_session, save_session, session_path
 from dcl_core import domain
-from worker import client as client_mod
 
 EXIT_CODES_HELP = __doc__.split("\n\n")[1]
 
@@ -91,12 +90,12 @@ def _duration_arg(text: str) -> int:
 # --- session ----------------------------------------------------------------------------
 
 
-def new_client(base_url: str) -> client_mod.PlatformClient:
+def new_client(base_url: str) -> dcluster.Client:
     """Every command's HTTP client (tests replace this factory with one on a mock transport)."""
-    return client_mod.PlatformClient(base_url)
+    return dcluster.Client(base_url)
 
 
-def signed_in_client() -> client_mod.PlatformClient:
+def signed_in_client() -> dcluster.Client:
     session = current_session()
     client = new_client(session.url)
     client.set_token(session.token)
@@ -104,10 +103,6 @@ def signed_in_client() -> client_mod.PlatformClient:
 
 
 # --- the platform's cluster API ---------------------------------------------------------
-
-
-def cluster_path(cluster_id: str, suffix: str = "") -> str:
-    return "/v1/clusters/" + quote(str(cluster_id), safe="") + suffix
 
 
 def cluster_body(args: argparse.Namespace) -> dict:
@@ -135,7 +130,7 @@ class ClusterWatcher:
 
     def __init__(
         self,
-        client: client_mod.PlatformClient,
+        client: dcluster.Client,
         cluster_id: str,
         on_event: Callable[[dict], None] | None = None,
         *,
@@ -154,7 +149,7 @@ class ClusterWatcher:
         self._clock = clock or MONOTONIC
 
     def drain_events(self) -> list[dict]:
-        new = self.client.request("GET", cluster_path(self.cluster_id, "/events"), params={"after": self.after}) or []
+        new = self.client.cluster_events(self.cluster_id, after=self.after)
         for event in new:
             self.after = max(self.after, int(event.get("id", 0)))
             self.events.append(event)
@@ -171,13 +166,13 @@ class ClusterWatcher:
         self.events.clear()
 
     def cluster(self) -> dict:
-        return self.client.request("GET", cluster_path(self.cluster_id))
+        return self.client.get_cluster(self.cluster_id)
 
     def until(self, done: Callable[[dict], bool], timeout_s: float, what: str) -> dict:
         """Polls status then events until done(cluster); the platform's brief hiccups (5xx, 429,
         unreachable) are retried until the deadline. Raises CliError(TIMEOUT) past it."""
         deadline = self._clock() + timeout_s
-        last_error: client_mod.ClientError | None = None
+        last_error: dcluster.ClientError | None = None
         while True:
             try:
                 cluster = self.cluster()
@@ -186,9 +181,9 @@ class ClusterWatcher:
                 last_error = None
                 if done(cluster):
                     return cluster
-            except client_mod.ClientError as exc:
-                transient = isinstance(exc, client_mod.PlatformUnreachable) or (
-                    isinstance(exc, client_mod.ApiError) and exc.is_transient
+            except dcluster.ClientError as exc:
+                transient = isinstance(exc, dcluster.PlatformUnreachable) or (
+                    isinstance(exc, dcluster.ApiError) and exc.is_transient
                 )
                 if not transient:
                     raise
@@ -229,12 +224,12 @@ def _guarded(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Name
     def run(args: argparse.Namespace) -> int:
         try:
             return int(fn(args))
-        except (CliError, client_mod.ClientError) as exc:
+        except (CliError, dcluster.ClientError) as exc:
             code = exit_code_for(exc)
             message = error_message(exc, CREATE_FLAGS)
             if getattr(args, "json", False):
                 body: dict[str, Any] = {"error": message, "exit_code": int(code)}
-                if isinstance(exc, client_mod.ApiError):
+                if isinstance(exc, dcluster.ApiError):
                     body["status_code"] = exc.status_code
                 if isinstance(exc, CliError) and "cluster" in exc.fields:
                     body["cluster"] = exc.fields["cluster"]
@@ -280,7 +275,7 @@ def cmd_login(args: argparse.Namespace) -> int:
             body = client.request(
                 "POST", "/v1/token", auth=False, data={"username": args.username, "password": password}
             )
-        except client_mod.ApiError as exc:
+        except dcluster.ApiError as exc:
             if exc.status_code == 401:
                 raise CliError(f"sign-in refused: {output.detail_text(exc.detail)}", Exit.AUTH) from None
             raise
@@ -288,7 +283,7 @@ def cmd_login(args: argparse.Namespace) -> int:
         if not isinstance(token, str) or not token:
             raise CliError("the platform's token answer has no access_token")
         client.set_token(token)
-        me = client.request("GET", "/v1/accounts/me")
+        me = client.me()
     role = me.get("role") if isinstance(me, dict) else None
     session = Session(
         url=client.base_url,
@@ -325,7 +320,7 @@ def cmd_logout(args: argparse.Namespace) -> int:
 @_guarded
 def cmd_create(args: argparse.Namespace) -> int:
     with signed_in_client() as client:
-        cluster = client.request("POST", "/v1/clusters", json=cluster_body(args))
+        cluster = client.create_cluster(**cluster_body(args))
         cid = cluster["id"]
         if not args.wait:
             if args.json:
@@ -338,7 +333,7 @@ def cmd_create(args: argparse.Namespace) -> int:
         with terminal.ClusterProgress(f"waiting for {cid} to run") as shown:
             watcher = ClusterWatcher(client, cid, shown.event, on_cluster=shown.cluster)
             cluster = watcher.wait_running(args.timeout)
-        connection = client.request("GET", cluster_path(cid, "/connection"))
+        connection = client.cluster_connection(cid)
     if args.json:
         output.print_json({**cluster, "connection": connection})
     else:
@@ -351,7 +346,7 @@ def cmd_create(args: argparse.Namespace) -> int:
 @_guarded
 def cmd_list(args: argparse.Namespace) -> int:
     with signed_in_client() as client:
-        clusters = client.request("GET", "/v1/clusters") or []
+        clusters = client.list_clusters()
     if args.json:
         output.print_json(clusters)
     elif clusters:
@@ -364,7 +359,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 @_guarded
 def cmd_status(args: argparse.Namespace) -> int:
     with signed_in_client() as client:
-        cluster = client.request("GET", cluster_path(args.cluster_id))
+        cluster = client.get_cluster(args.cluster_id)
     if args.json:
         output.print_json(cluster)
     else:
@@ -397,12 +392,11 @@ def cmd_logs(args: argparse.Namespace) -> int:
     """The logs a cluster's nodes shipped as they were released: the index, one job's driver log, or one file."""
     with signed_in_client() as client:
         if args.job:
-            text = client.request("GET", cluster_path(args.cluster_id, f"/logs/jobs/{args.job}"))
+            text = client.cluster_job_log(args.cluster_id, args.job)
         elif args.file:
-            params = {"name": args.file, **({"node": args.node} if args.node else {})}
-            text = client.request("GET", cluster_path(args.cluster_id, "/logs/file"), params=params)
+            text = client.cluster_log_file(args.cluster_id, args.file, node=args.node)
         else:
-            files = client.request("GET", cluster_path(args.cluster_id, "/logs"))
+            files = client.cluster_logs(args.cluster_id)
             if args.json:
                 output.print_json(files)
             elif not files:
@@ -430,10 +424,8 @@ def cmd_logs(args: argparse.Namespace) -> int:
 def cmd_extend(args: argparse.Namespace) -> int:
     with signed_in_client() as client:
         try:
-            cluster = client.request(
-                "POST", cluster_path(args.cluster_id, "/extend"), json={"duration_s": args.duration}
-            )
-        except client_mod.ApiError as exc:
+            cluster = client.extend_cluster(args.cluster_id, args.duration)
+        except dcluster.ApiError as exc:
             if exc.status_code in (404, 405) and exc.detail in ("Not Found", "Method Not Allowed"):
                 raise CliError(
                     "this platform cannot extend clusters yet (POST /v1/clusters/{id}/extend "
@@ -456,7 +448,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
         watcher = ClusterWatcher(client, args.cluster_id, shown.event, on_cluster=shown.cluster)
         if args.wait:
             watcher.skip_past_events()  # show the teardown, not the cluster's whole history
-        cluster = client.request("DELETE", cluster_path(args.cluster_id))
+        cluster = client.delete_cluster(args.cluster_id)
         if args.wait and not output.is_terminal(cluster["status"]):
             shown.message(
                 f"cluster {cluster['id']} is {cluster['status']}; waiting up to {args.timeout:.0f} s "
@@ -473,7 +465,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
 @_guarded
 def cmd_connect(args: argparse.Namespace) -> int:
     with signed_in_client() as client:
-        connection = client.request("GET", cluster_path(args.cluster_id, "/connection"))
+        connection = client.cluster_connection(args.cluster_id)
     if args.json:
         output.print_json(connection)
         return Exit.OK
@@ -489,7 +481,7 @@ def cmd_connect(args: argparse.Namespace) -> int:
 @_guarded
 def cmd_dashboard(args: argparse.Namespace) -> int:
     with signed_in_client() as client:
-        connection = client.request("GET", cluster_path(args.cluster_id, "/connection"))
+        connection = client.cluster_connection(args.cluster_id)
     urls = {k: connection[k] for k in ("dashboard_url", "dashboard_proxy_url", "metrics_proxy_url")}
     if args.forward is not None:
         forward = dashboard_forward.DashboardForward(

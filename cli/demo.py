@@ -15,10 +15,10 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+import dcluster
 from cli import buyer, output
 from cli import platform as platform_mod
 from cli import platform_state as pstate
-from worker import client as client_mod
 
 DEMO_PROVIDERS = 2
 DEMO_AGENT_CPUS = 4
@@ -154,7 +154,7 @@ class _EventPrinter:
         _say(f"  +{time.monotonic() - self.start:6.1f}s  {event['kind']:<14} {event['message']}")
 
 
-def _buyer_client(url: str, state_dir: Path) -> client_mod.PlatformClient:
+def _buyer_client(url: str, state_dir: Path) -> dcluster.Client:
     store = pstate.CredentialStore(pstate.Layout(state_dir).credentials_json)
     password = store.password(pstate.BUYER_USERNAME)
     if not password:
@@ -213,14 +213,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
-def _run_cluster(client: client_mod.PlatformClient, args: argparse.Namespace, timings: Timings) -> bool:
+def _run_cluster(client: dcluster.Client, args: argparse.Namespace, timings: Timings) -> bool:
     _say(f"\n==> cluster: {args.workers} worker(s), signed in as {pstate.BUYER_USERNAME}")
     t = time.monotonic()
     try:
-        cluster = client.request(
-            "POST", "/v1/clusters", json={"name": "demo", "num_workers": args.workers, "duration_s": DEMO_DURATION_S}
-        )
-    except client_mod.ApiError as exc:
+        cluster = client.create_cluster(num_workers=args.workers, duration_s=DEMO_DURATION_S, name="demo")
+    except dcluster.ApiError as exc:
         _say(f"the platform refused the cluster: {output.detail_text(exc.detail)}")
         return False
     cid = cluster["id"]
@@ -235,7 +233,7 @@ def _run_cluster(client: client_mod.PlatformClient, args: argparse.Namespace, ti
             _say(f"the cluster did not run: {exc.message}")
             return False
         timings.add("POST -> running", time.monotonic() - t)
-        connection = client.request("GET", buyer.cluster_path(cid, "/connection"))
+        connection = client.cluster_connection(cid)
 
         _say(
             f"\n==> ray job submit --address {connection['dashboard_url']} "
@@ -273,13 +271,13 @@ def _run_cluster(client: client_mod.PlatformClient, args: argparse.Namespace, ti
             _delete(client, watcher, timings)
 
 
-def _delete(client: client_mod.PlatformClient, watcher: buyer.ClusterWatcher, timings: Timings) -> None:
+def _delete(client: dcluster.Client, watcher: buyer.ClusterWatcher, timings: Timings) -> None:
     _say(f"\n==> DELETE /v1/clusters/{watcher.cluster_id}")
     t = time.monotonic()
     try:
-        client.request("DELETE", buyer.cluster_path(watcher.cluster_id))
+        client.delete_cluster(watcher.cluster_id)
         final = watcher.wait_ended(ENDED_TIMEOUT_S)
-    except (buyer.CliError, client_mod.ClientError) as exc:
+    except (buyer.CliError, dcluster.ClientError) as exc:
         _say(f"could not confirm the teardown: {buyer.error_message(exc)}")
         timings.add("DELETE -> terminated", None)
         return

@@ -6,8 +6,8 @@ import enum
 from collections.abc import Mapping
 from typing import Any
 
+import dcluster
 from cli import output
-from worker import client as client_mod
 
 
 class Exit(enum.IntEnum):
@@ -38,9 +38,9 @@ class CliError(Exception):
 def exit_code_for(exc: BaseException) -> Exit:
     if isinstance(exc, CliError):
         return exc.code
-    if isinstance(exc, client_mod.ApiError):
+    if isinstance(exc, dcluster.ApiError):
         return HTTP_EXIT.get(exc.status_code, Exit.ERROR)
-    if isinstance(exc, client_mod.PlatformUnreachable):
+    if isinstance(exc, dcluster.PlatformUnreachable):
         return Exit.UNREACHABLE
     return Exit.ERROR
 
@@ -48,13 +48,13 @@ def exit_code_for(exc: BaseException) -> Exit:
 def error_message(exc: BaseException, field_names: Mapping[str, str] | None = None) -> str:
     if isinstance(exc, CliError):
         return exc.message
-    if isinstance(exc, client_mod.ApiError):
+    if isinstance(exc, dcluster.ApiError):
         text = output.detail_text(exc.detail, field_names)
         if exc.status_code == 401:
             return f"the platform refused the session ({text}); run `dcluster login`"
         if exc.status_code == 429 and exc.retry_after_s:
             return f"{text} (retry in {exc.retry_after_s:.0f} s)"
         return text
-    if isinstance(exc, client_mod.PlatformUnreachable):
+    if isinstance(exc, dcluster.PlatformUnreachable):
         return f"the platform is unreachable ({exc}); is it up, and is the URL of `dcluster login` right?"
     return str(exc)

@@ -9,15 +9,15 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import dcluster
 from cli import buyer, demo, machine_keys, machines, platform_state, quota, usage
 from cli import platform as platform_mod
 from dcl_core import database_url, domain
-from worker import client as client_mod
 
 logger = logging.getLogger(__name__)
 
 # Failures a user can fix from the message alone: one line on stderr, exit 1, no traceback.
-EXPECTED_ERRORS: tuple[type[BaseException], ...] = (platform_state.PlatformError, client_mod.ClientError)
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (platform_state.PlatformError, dcluster.ClientError)
 
 
 def _state_dir_arg(parser: argparse.ArgumentParser) -> None:

@@ -16,10 +16,10 @@ from typing import Any
 import httpx
 import psutil
 
+import dcluster
 from cli import platform_state as pstate
 from cli import platform_status
 from dcl_core import domain, secret_files
-from worker import client as client_mod
 from worker import procs
 
 logger = logging.getLogger(__name__)
@@ -319,7 +319,7 @@ class PlatformLauncher:
             t1 = time.monotonic()
             self._deploy_serve(record, env, ports, temp_dir)
             timings["serve"] = round(time.monotonic() - t1, 1)
-            api = client_mod.PlatformClient(platform_status.api_url(record))
+            api = dcluster.Client(platform_status.api_url(record))
             try:
                 self._login_admin(api)
                 self._ensure_accounts(api)
@@ -529,26 +529,24 @@ class PlatformLauncher:
             on_timeout=lambda: self._serve_logs_tail(temp_dir),
         )
 
-    def _login_admin(self, api: client_mod.PlatformClient) -> None:
+    def _login_admin(self, api: dcluster.Client) -> None:
         path = self.layout.admin_credentials_json
         creds = _wait_for(
             str(path), lambda: pstate.read_json(path) if path.exists() else None, ADMIN_CREDENTIALS_TIMEOUT_S
         )
         try:
             api.login(creds["username"], creds["password"])
-        except client_mod.ApiError as exc:
+        except dcluster.ApiError as exc:
             raise pstate.PlatformError(f"the admin credentials in {path} are refused ({exc})") from None
 
-    def _ensure_account(
-        self, api: client_mod.PlatformClient, store: pstate.CredentialStore, username: str, role: str
-    ) -> bool:
+    def _ensure_account(self, api: dcluster.Client, store: pstate.CredentialStore, username: str, role: str) -> bool:
         """True when the account is new on this platform's database."""
         password, created = store.get_or_create(username, role)
         try:
             api.create_account(username, password, role)
             logger.info("created %s account %s", role, username)
             return True
-        except client_mod.ApiError as exc:
+        except dcluster.ApiError as exc:
             if exc.status_code != 409:
                 raise pstate.PlatformError(f"could not create account {username}: {exc}") from None
             if created:
@@ -559,7 +557,7 @@ class PlatformLauncher:
             # Exists from an earlier `up`: the saved password is the one the agents will use.
             return False
 
-    def _ensure_accounts(self, api: client_mod.PlatformClient) -> None:
+    def _ensure_accounts(self, api: dcluster.Client) -> None:
         store = pstate.CredentialStore(self.layout.credentials_json)
         store.set_url(platform_status.api_url({"host": self.host, "port": self.port}))
         for i in range(1, self.providers + 1):
@@ -620,7 +618,7 @@ class PlatformLauncher:
         if self.providers:
             logger.info("started %d local agents", self.providers)
 
-    def _wait_for_machines(self, api: client_mod.PlatformClient, since: float) -> None:
+    def _wait_for_machines(self, api: dcluster.Client, since: float) -> None:
         wanted = {pstate.provider_username(i) for i in range(1, self.providers + 1)}
         if not wanted:
             return
@@ -629,7 +627,7 @@ class PlatformLauncher:
         def all_online() -> bool:
             try:
                 machines = api.list_machines()
-            except client_mod.ClientError as exc:
+            except dcluster.ClientError as exc:
                 logger.debug("list_machines: %s", exc)
                 return False
             # Heard from since the agents started: not a stale "online" left by a crashed platform.

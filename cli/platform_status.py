@@ -8,8 +8,8 @@ from typing import Any
 import httpx
 import psutil
 
+import dcluster
 from cli import platform_state as pstate
-from worker import client as client_mod
 from worker import procs
 
 STATUS_DEGRADED = "degraded"
@@ -104,21 +104,20 @@ def _api_status(layout: pstate.Layout, url: str) -> dict:
     if not creds:
         return {"machines_error": f"no {layout.admin_credentials_json}"}
     out: dict[str, Any] = {}
-    with client_mod.PlatformClient(url) as api:
+    with dcluster.Client(url) as api:
         try:
             api.login(creds["username"], creds["password"])
             out["machines"] = [
                 {k: m.get(k) for k in ("id", "name", "provider", "status", "last_heartbeat")}
                 for m in api.list_machines()
             ]
-        except client_mod.ClientError as exc:
+        except dcluster.ClientError as exc:
             return {"machines_error": str(exc)}
         try:
-            body = api.request("GET", "/v1/clusters")
-            out["clusters"] = body.get("items", body) if isinstance(body, dict) else body
-        except client_mod.ApiError as exc:
+            out["clusters"] = api.list_clusters()
+        except dcluster.ApiError as exc:
             if exc.status_code not in (404, 405):  # the route arrives with the clusters issue
                 out["clusters_error"] = str(exc)
-        except client_mod.ClientError as exc:
+        except dcluster.ClientError as exc:
             out["clusters_error"] = str(exc)
     return out

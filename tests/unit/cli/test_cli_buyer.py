@@ -17,9 +17,9 @@ import urllib.parse
 import httpx
 import pytest
 
+import dcluster
 from cli import buyer, demo, output
 from cli import main as cli_main
-from worker import client as client_mod
 
 PASSWORD = "correct-horse-battery"
 TOKEN = "eyJhbGciOiJIUzI1NiJ9.secret-session-token.sig"
@@ -260,7 +260,7 @@ def fake(tmp_path, monkeypatch):
     monkeypatch.setenv("DCLUSTER_CONFIG_DIR", str(tmp_path / "cfg"))
     for var in ("DCLUSTER_PASSWORD", "DCLUSTER_URL", "XDG_CONFIG_HOME"):
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(buyer, "new_client", lambda url: client_mod.PlatformClient(url, transport=platform.transport()))
+    monkeypatch.setattr(buyer, "new_client", lambda url: dcluster.Client(url, transport=platform.transport()))
     clock = FakeClock()
     monkeypatch.setattr(buyer, "MONOTONIC", clock.monotonic)
     monkeypatch.setattr(buyer, "SLEEP", clock.sleep)
@@ -322,17 +322,17 @@ def test_bad_duration_is_a_usage_error(fake, capsys):
 @pytest.mark.parametrize(
     "exc, code",
     [
-        (client_mod.ApiError(400, "bad"), 2),
-        (client_mod.ApiError(401, "expired"), 3),
-        (client_mod.ApiError(403, "wrong role"), 1),
-        (client_mod.ApiError(404, "cluster c-1 not found"), 4),
-        (client_mod.ApiError(409, "not enough capacity"), 5),
-        (client_mod.ApiError(422, []), 2),
-        (client_mod.ApiError(429, "slow down"), 1),
-        (client_mod.ApiError(500, "internal"), 1),
-        (client_mod.ApiError(503, "restarting"), 1),
-        (client_mod.PlatformUnreachable("refused"), 7),
-        (client_mod.ClientError("odd"), 1),
+        (dcluster.ApiError(400, "bad"), 2),
+        (dcluster.ApiError(401, "expired"), 3),
+        (dcluster.ApiError(403, "wrong role"), 1),
+        (dcluster.ApiError(404, "cluster c-1 not found"), 4),
+        (dcluster.ApiError(409, "not enough capacity"), 5),
+        (dcluster.ApiError(422, []), 2),
+        (dcluster.ApiError(429, "slow down"), 1),
+        (dcluster.ApiError(500, "internal"), 1),
+        (dcluster.ApiError(503, "restarting"), 1),
+        (dcluster.PlatformUnreachable("refused"), 7),
+        (dcluster.ClientError("odd"), 1),
         (buyer.CliError("ended", buyer.Exit.CLUSTER_ENDED), 6),
         (buyer.CliError("late", buyer.Exit.TIMEOUT), 8),
         (RuntimeError("?"), 1),
@@ -355,9 +355,7 @@ def test_unreachable_platform_exits_7(fake, capsys, tmp_path, monkeypatch):
     def refuse(request):
         raise httpx.ConnectError("connection refused", request=request)
 
-    monkeypatch.setattr(
-        buyer, "new_client", lambda url: client_mod.PlatformClient(url, transport=httpx.MockTransport(refuse))
-    )
+    monkeypatch.setattr(buyer, "new_client", lambda url: dcluster.Client(url, transport=httpx.MockTransport(refuse)))
     code, out, err = run(capsys, "cluster", "list")
     assert code == 7 and out == ""
     assert "unreachable" in err
