@@ -17,8 +17,9 @@ from pathlib import Path
 
 import dcluster
 from cli import buyer, output
-from cli import platform as platform_mod
-from cli import platform_state as pstate
+from cli.platform import accounts, install, state
+from cli.platform import errors as platform_errors
+from cli.platform import launcher as platform_launcher
 
 DEMO_PROVIDERS = 2
 DEMO_AGENT_CPUS = 4
@@ -26,7 +27,7 @@ DEMO_DURATION_S = 1800
 RUNNING_TIMEOUT_S = 300.0
 JOB_TIMEOUT_S = 600.0
 ENDED_TIMEOUT_S = 180.0
-EXAMPLES_DIR = pstate.REPO_ROOT / "examples"
+EXAMPLES_DIR = install.REPO_ROOT / "examples"
 JOB_SCRIPT = "train.py"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _RAN_ON = re.compile(r"\bran on machine (m-[0-9a-f]+)\b")
@@ -59,7 +60,7 @@ def job_env(base: Mapping[str, str], connection_env: Mapping[str, str], home: st
 
 def job_command(dashboard_url: str, working_dir: Path = EXAMPLES_DIR) -> list[str]:
     return [
-        *pstate.venv_script("ray"),
+        *install.venv_script("ray"),
         "job",
         "submit",
         "--address",
@@ -155,12 +156,14 @@ class _EventPrinter:
 
 
 def _buyer_client(url: str, state_dir: Path) -> dcluster.Client:
-    store = pstate.CredentialStore(pstate.Layout(state_dir).credentials_json)
-    password = store.password(pstate.BUYER_USERNAME)
+    store = accounts.CredentialStore(state.Layout(state_dir).credentials_json)
+    password = store.password(accounts.BUYER_USERNAME)
     if not password:
-        raise pstate.PlatformError(f"no password for {pstate.BUYER_USERNAME} in {store.path}; use a fresh --state-dir")
+        raise platform_errors.PlatformError(
+            f"no password for {accounts.BUYER_USERNAME} in {store.path}; use a fresh --state-dir"
+        )
     client = buyer.new_client(url)
-    client.login(pstate.BUYER_USERNAME, password)  # keeps the password: renews the token on a 401
+    client.login(accounts.BUYER_USERNAME, password)  # keeps the password: renews the token on a 401
     return client
 
 
@@ -186,11 +189,11 @@ def add_demo(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    state_dir = Path(args.state_dir or pstate.default_state_dir()).expanduser().absolute()
+    state_dir = Path(args.state_dir or state.default_state_dir()).expanduser().absolute()
     timings = Timings()
 
     _say(f"==> platform ({state_dir})")
-    launcher = platform_mod.PlatformLauncher(
+    launcher = platform_launcher.PlatformLauncher(
         state_dir, port=args.port, providers=DEMO_PROVIDERS, agent_cpus=DEMO_AGENT_CPUS
     )
     t = time.monotonic()
@@ -214,7 +217,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _run_cluster(client: dcluster.Client, args: argparse.Namespace, timings: Timings) -> bool:
-    _say(f"\n==> cluster: {args.workers} worker(s), signed in as {pstate.BUYER_USERNAME}")
+    _say(f"\n==> cluster: {args.workers} worker(s), signed in as {accounts.BUYER_USERNAME}")
     t = time.monotonic()
     try:
         cluster = client.create_cluster(num_workers=args.workers, duration_s=DEMO_DURATION_S, name="demo")
@@ -260,7 +263,7 @@ def _run_cluster(client: dcluster.Client, args: argparse.Namespace, timings: Tim
             )
             _say("\n".join(output.export_lines(connection["env"])))
             _say(
-                f"# delete it: dcluster login --url {client.base_url} --username {pstate.BUYER_USERNAME} "
+                f"# delete it: dcluster login --url {client.base_url} --username {accounts.BUYER_USERNAME} "
                 f"(password in credentials.json) && dcluster cluster delete {cid} --wait"
             )
             timings.add("DELETE -> terminated", "kept")

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 from cli import output
-from cli import platform_state as pstate
 from cli.exits import CliError, Exit
 from dcl_core import secret_files
 
@@ -67,7 +66,8 @@ def read_session() -> Session | None:
 def save_session(session: Session) -> Path:
     secret_files.ensure_private_dir(config_dir())
     path = session_path()
-    pstate.write_json(path, dataclasses.asdict(session))  # atomic, 0600 from the first byte
+    text = json.dumps(dataclasses.asdict(session), indent=2, sort_keys=True) + "\n"
+    secret_files.write_secret_file(path, text)  # atomic, 0600 from the first byte
     return path
 
 
