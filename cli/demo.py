@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import dcluster
-from cli import buyer, output
+from cli import cluster_watch, exits, output, session
 from cli.platform import accounts, install, state
 from cli.platform import errors as platform_errors
 from cli.platform import launcher as platform_launcher
@@ -162,7 +162,7 @@ def _buyer_client(url: str, state_dir: Path) -> dcluster.Client:
         raise platform_errors.PlatformError(
             f"no password for {accounts.BUYER_USERNAME} in {store.path}; use a fresh --state-dir"
         )
-    client = buyer.new_client(url)
+    client = session.new_client(url)
     client.login(accounts.BUYER_USERNAME, password)  # keeps the password: renews the token on a 401
     return client
 
@@ -227,12 +227,12 @@ def _run_cluster(client: dcluster.Client, args: argparse.Namespace, timings: Tim
     cid = cluster["id"]
     _say(f"POST /v1/clusters -> {cid} {cluster['status']}")
     printer = _EventPrinter()
-    watcher = buyer.ClusterWatcher(client, cid, printer)
+    watcher = cluster_watch.ClusterWatcher(client, cid, printer)
     delete = not args.keep
     try:
         try:
             watcher.wait_running(RUNNING_TIMEOUT_S)
-        except buyer.CliError as exc:
+        except exits.CliError as exc:
             _say(f"the cluster did not run: {exc.message}")
             return False
         timings.add("POST -> running", time.monotonic() - t)
@@ -274,14 +274,14 @@ def _run_cluster(client: dcluster.Client, args: argparse.Namespace, timings: Tim
             _delete(client, watcher, timings)
 
 
-def _delete(client: dcluster.Client, watcher: buyer.ClusterWatcher, timings: Timings) -> None:
+def _delete(client: dcluster.Client, watcher: cluster_watch.ClusterWatcher, timings: Timings) -> None:
     _say(f"\n==> DELETE /v1/clusters/{watcher.cluster_id}")
     t = time.monotonic()
     try:
         client.delete_cluster(watcher.cluster_id)
         final = watcher.wait_ended(ENDED_TIMEOUT_S)
-    except (buyer.CliError, dcluster.ClientError) as exc:
-        _say(f"could not confirm the teardown: {buyer.error_message(exc)}")
+    except (exits.CliError, dcluster.ClientError) as exc:
+        _say(f"could not confirm the teardown: {exits.error_message(exc)}")
         timings.add("DELETE -> terminated", None)
         return
     timings.add(f"DELETE -> {final['status']}", time.monotonic() - t)

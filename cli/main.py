@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import dcluster
-from cli import buyer, demo, machine_keys, machines, quota, usage
+from cli import clusters, demo, login, machine_keys, machines, quota, usage
 from cli.platform import errors as platform_errors
 from cli.platform import launcher as platform_launcher
 from cli.platform import state
@@ -206,9 +206,9 @@ SUBCOMMANDS: dict[str, tuple[Callable[[argparse._SubParsersAction], argparse.Arg
     "down": (_add_down, cmd_down),
     "status": (_add_status, cmd_status),
     "demo": (demo.add_demo, demo.cmd_demo),
-    "login": (buyer.add_login, buyer.cmd_login),
-    "logout": (buyer.add_logout, buyer.cmd_logout),
-    "cluster": (buyer.add_cluster, buyer.cmd_cluster),
+    "login": (login.add_login, login.cmd_login),
+    "logout": (login.add_logout, login.cmd_logout),
+    "cluster": (clusters.add_cluster, clusters.cmd_cluster),
     "usage": (usage.add_usage, usage.cmd_usage),
     "quota": (quota.add_quota, quota.cmd_quota),
     "machine": (machine_keys.add_machine, machine_keys.cmd_machine),

@@ -1,4 +1,4 @@
-"""The buyer's signed-in session on disk (session.json, 0600, in the CLI's config dir)."""
+"""The signed-in session on disk (session.json, 0600, in the CLI's config dir) and the client that uses it."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import os
 import time
 from pathlib import Path
 
+import dcluster
 from cli import output
 from cli.exits import CliError, Exit
 from dcl_core import secret_files
@@ -81,3 +82,16 @@ def current_session(now: float | None = None) -> Session:
             Exit.AUTH,
         )
     return session
+
+
+def new_client(base_url: str) -> dcluster.Client:
+    """Every command's HTTP client (tests replace this factory with one on a mock transport)."""
+    return dcluster.Client(base_url)
+
+
+def signed_in_client() -> dcluster.Client:
+    """A client with the saved session's token; CliError(AUTH) when there is none or it expired."""
+    session = current_session()
+    client = new_client(session.url)
+    client.set_token(session.token)
+    return client
