@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import NoReturn
+
+import tenacity
 
 import dcluster
 from cli import output
@@ -64,34 +67,34 @@ class ClusterWatcher:
 
     def until(self, done: Callable[[dict], bool], timeout_s: float, what: str) -> dict:
         """Polls status then events until done(cluster); the platform's brief hiccups (5xx, 429,
-        unreachable) are retried until the deadline. Raises CliError(TIMEOUT) past it."""
+        unreachable) are retried until the deadline. Raises CliError(TIMEOUT) past it (or the
+        platform's error, when the last poll failed)."""
         deadline = self._clock() + timeout_s
-        last_error: dcluster.ClientError | None = None
-        while True:
-            try:
-                cluster = self.cluster()
-                self.drain_events()
-                self.on_cluster(cluster)
-                last_error = None
-                if done(cluster):
-                    return cluster
-            except dcluster.ClientError as exc:
-                transient = isinstance(exc, dcluster.PlatformUnreachable) or (
-                    isinstance(exc, dcluster.ApiError) and exc.is_transient
-                )
-                if not transient:
-                    raise
-                last_error = exc
-            if self._clock() >= deadline:
-                if last_error is not None:
-                    raise last_error
-                raise CliError(
-                    f"timed out after {timeout_s:.0f} s waiting for cluster {self.cluster_id} to "
-                    f"{what}; it is {cluster['status']} and left as it is",
-                    Exit.TIMEOUT,
-                    cluster=cluster,
-                )
-            self._sleep(POLL_INTERVAL_S)
+
+        def poll() -> dict:
+            cluster = self.cluster()
+            self.drain_events()
+            self.on_cluster(cluster)
+            return cluster
+
+        def give_up(retry_state: tenacity.RetryCallState) -> NoReturn:
+            assert retry_state.outcome is not None
+            cluster = retry_state.outcome.result()  # raises the last poll's error, if it failed
+            raise CliError(
+                f"timed out after {timeout_s:.0f} s waiting for cluster {self.cluster_id} to "
+                f"{what}; it is {cluster['status']} and left as it is",
+                Exit.TIMEOUT,
+                cluster=cluster,
+            )
+
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception(dcluster.is_transient) | tenacity.retry_if_not_result(done),
+            stop=lambda _: self._clock() >= deadline,
+            wait=tenacity.wait_fixed(POLL_INTERVAL_S),
+            sleep=self._sleep,
+            retry_error_callback=give_up,
+        )
+        return retrying(poll)
 
     def wait_running(self, timeout_s: float) -> dict:
         cluster = self.until(lambda c: c["status"] in USABLE or not output.is_active(c["status"]), timeout_s, "run")

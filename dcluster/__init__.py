@@ -8,6 +8,6 @@ with dcluster.Client("http://127.0.0.1:8000") as client:
 
 from dcluster.backoff import Backoff
 from dcluster.client import Client, PlatformApi
-from dcluster.errors import ApiError, ClientError, PlatformUnreachable
+from dcluster.errors import ApiError, ClientError, PlatformUnreachable, is_transient
 
-__all__ = ["ApiError", "Backoff", "Client", "ClientError", "PlatformApi", "PlatformUnreachable"]
+__all__ = ["ApiError", "Backoff", "Client", "ClientError", "PlatformApi", "PlatformUnreachable", "is_transient"]

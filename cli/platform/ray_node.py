@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import psutil
+import tenacity
 
 from cli.platform import install, log_tail, state
 from cli.platform.errors import PlatformError
@@ -149,6 +150,10 @@ def record_alive(record: dict) -> bool:
     return procs.pid_alive(record["pid"], record.get("create_time"))
 
 
+class _SlowStart(PlatformError):
+    """`ray start` gave up waiting for its raylet to register: the machine is busy, not broken."""
+
+
 def start_node(
     *,
     layout: state.Layout,
@@ -162,7 +167,8 @@ def start_node(
     """`ray start` (tagged owner_tag, output in the Ray log), again when the raylet only missed Ray's registration
     window; returns the proc_records of the core processes the node lives and dies with."""
     ray_log = layout.ray_log
-    for attempt in range(1, START_ATTEMPTS + 1):
+
+    def attempt() -> None:
         for port in ports.listening():  # taken since allocation: a GCS port in use would join another cluster
             if not procs.port_is_free(port):
                 raise PlatformError(f"port {port} was taken while starting; run `dcluster up` again")
@@ -177,19 +183,28 @@ def start_node(
                 f"`ray start` did not finish in {RAY_START_TIMEOUT_S:.0f} s; see {ray_log}",
                 details=log_tail.tail(ray_log),
             ) from None
-        if rc == 0:
-            break
-        # `ray start` gives the raylet a fixed 30 s to register with the GCS; a busy machine can
-        # miss that. Slow is not broken: stop what this attempt left and start again.
-        if attempt < START_ATTEMPTS and RAY_SLOW_START in log_tail.read_from(ray_log, log_start):
-            logger.warning(
-                "`ray start` timed out registering the raylet (attempt %d of %d): the machine is busy; retrying",
-                attempt,
-                START_ATTEMPTS,
+        if rc != 0:
+            # `ray start` gives the raylet a fixed 30 s to register with the GCS; a busy machine can miss that.
+            slow = RAY_SLOW_START in log_tail.read_from(ray_log, log_start)
+            raise (_SlowStart if slow else PlatformError)(
+                f"`ray start` failed (exit {rc}); see {ray_log}", details=log_tail.tail(ray_log)
             )
-            procs.stop_owned(owner_tag, grace_s=STOP_GRACE_S)
-            continue
-        raise PlatformError(f"`ray start` failed (exit {rc}); see {ray_log}", details=log_tail.tail(ray_log))
+
+    def stop_what_it_left(retry_state: tenacity.RetryCallState) -> None:
+        logger.warning(
+            "`ray start` timed out registering the raylet (attempt %d of %d): the machine is busy; retrying",
+            retry_state.attempt_number,
+            START_ATTEMPTS,
+        )
+        procs.stop_owned(owner_tag, grace_s=STOP_GRACE_S)
+
+    # Slow is not broken: stop what the attempt left and start again; the last attempt's failure is raised as is.
+    tenacity.Retrying(
+        retry=tenacity.retry_if_exception_type(_SlowStart),
+        stop=tenacity.stop_after_attempt(START_ATTEMPTS),
+        before_sleep=stop_what_it_left,
+        reraise=True,
+    )(attempt)
     owned = [r for r in map(proc_record, procs.owned_processes(owner_tag)) if r]
     # Only the processes the node lives and dies with; workers come and go.
     core = [r for r in owned if r["name"] in core_processes]
