@@ -162,7 +162,7 @@ def make_agent(tmp_path, client=None, waits=None, detect_fn=lambda: SPEC, **kw):
 
 
 def test_fake_client_matches_the_real_one():
-    """The fake implements the same Protocol as PlatformClient, so it cannot drift."""
+    """The fake implements the same Protocol as dcluster.Client, so it cannot drift."""
     methods = [n for n, _ in inspect.getmembers(dcluster.PlatformApi, inspect.isfunction) if not n.startswith("_")]
     assert set(methods) == {"login", "set_token", "register_machine", "heartbeat", "poll_work", "leave", "post_result"}
     for name in methods:
