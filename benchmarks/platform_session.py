@@ -18,7 +18,7 @@ import httpx
 import psutil
 
 from benchmarks import common
-from cli import platform as platform_mod
+from cli.platform import launcher as platform_launcher
 from tests import pg_server
 from worker import procs
 
@@ -84,14 +84,14 @@ class PlatformSession:
     ):
         self.layout = layout or PlatformLayout()
         self.pg: pg_server.PostgresServer | None = None  # the PostgreSQL server this session started
-        self.member: platform_mod.PlatformLauncher | None = None  # the second platform node (--join)
+        self.member: platform_launcher.PlatformLauncher | None = None  # the second platform node (--join)
         self.providers = providers
         self.agent_runtime = agent_runtime  # None: the agents' default (docker, else bwrap)
         self.agent_cpus = agent_cpus
         self.heartbeat_s = heartbeat_s
         self.idle_s = idle_s
         self.root: Path | None = None
-        self.launcher: platform_mod.PlatformLauncher | None = None
+        self.launcher: platform_launcher.PlatformLauncher | None = None
         self.url = ""
         self.up_timings: dict[str, float] = {}
         self.idle_footprint: dict[str, Any] = {}
@@ -116,7 +116,7 @@ class PlatformSession:
             extra["settings"] = {"database": self.pg.create_database()}
         if self.layout.nodes > 1:
             extra["api_replicas"] = self.layout.nodes
-        self.launcher = platform_mod.PlatformLauncher(
+        self.launcher = platform_launcher.PlatformLauncher(
             self.root / "s",
             port=port,
             providers=self.providers,
@@ -143,7 +143,7 @@ class PlatformSession:
         member_dir.mkdir(mode=0o700)
         for name in ("ray_auth_token", "secret.key"):
             shutil.copy2(self.state_dir / name, member_dir / name)
-        self.member = platform_mod.PlatformLauncher(
+        self.member = platform_launcher.PlatformLauncher(
             member_dir, port=port, join=f"127.0.0.1:{self.record['ray_ports']['gcs']}"
         )
         t0 = time.monotonic()

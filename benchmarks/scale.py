@@ -34,7 +34,7 @@ TARGET_PLACE_MS = 10.0
 BEAT_EVERY_S = 10.0
 REGISTER_CONCURRENCY = 32
 HEARTBEAT_CONNECTIONS = 128
-AGENT_TIMEOUT_S = 10.0  # worker.client.PlatformClient's request timeout: a beat waiting longer is lost
+AGENT_TIMEOUT_S = 10.0  # dcluster.Client's request timeout: a beat waiting longer is lost
 
 # The simulated fleet, by machine index: a quarter each of 8x H100, 4x A100, 1x RTX 4090, CPU-only.
 _SHAPES = [

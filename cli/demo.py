@@ -15,10 +15,11 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from cli import buyer, output
-from cli import platform as platform_mod
-from cli import platform_state as pstate
-from worker import client as client_mod
+import dcluster
+from cli import cluster_watch, exits, output, session
+from cli.platform import accounts, install, state
+from cli.platform import errors as platform_errors
+from cli.platform import launcher as platform_launcher
 
 DEMO_PROVIDERS = 2
 DEMO_AGENT_CPUS = 4
@@ -26,7 +27,7 @@ DEMO_DURATION_S = 1800
 RUNNING_TIMEOUT_S = 300.0
 JOB_TIMEOUT_S = 600.0
 ENDED_TIMEOUT_S = 180.0
-EXAMPLES_DIR = pstate.REPO_ROOT / "examples"
+EXAMPLES_DIR = install.REPO_ROOT / "examples"
 JOB_SCRIPT = "train.py"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _RAN_ON = re.compile(r"\bran on machine (m-[0-9a-f]+)\b")
@@ -59,7 +60,7 @@ def job_env(base: Mapping[str, str], connection_env: Mapping[str, str], home: st
 
 def job_command(dashboard_url: str, working_dir: Path = EXAMPLES_DIR) -> list[str]:
     return [
-        *pstate.venv_script("ray"),
+        *install.venv_script("ray"),
         "job",
         "submit",
         "--address",
@@ -154,13 +155,15 @@ class _EventPrinter:
         _say(f"  +{time.monotonic() - self.start:6.1f}s  {event['kind']:<14} {event['message']}")
 
 
-def _buyer_client(url: str, state_dir: Path) -> client_mod.PlatformClient:
-    store = pstate.CredentialStore(pstate.Layout(state_dir).credentials_json)
-    password = store.password(pstate.BUYER_USERNAME)
+def _buyer_client(url: str, state_dir: Path) -> dcluster.Client:
+    store = accounts.CredentialStore(state.Layout(state_dir).credentials_json)
+    password = store.password(accounts.BUYER_USERNAME)
     if not password:
-        raise pstate.PlatformError(f"no password for {pstate.BUYER_USERNAME} in {store.path}; use a fresh --state-dir")
-    client = buyer.new_client(url)
-    client.login(pstate.BUYER_USERNAME, password)  # keeps the password: renews the token on a 401
+        raise platform_errors.PlatformError(
+            f"no password for {accounts.BUYER_USERNAME} in {store.path}; use a fresh --state-dir"
+        )
+    client = session.new_client(url)
+    client.login(accounts.BUYER_USERNAME, password)  # keeps the password: renews the token on a 401
     return client
 
 
@@ -186,11 +189,11 @@ def add_demo(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    state_dir = Path(args.state_dir or pstate.default_state_dir()).expanduser().absolute()
+    state_dir = Path(args.state_dir or state.default_state_dir()).expanduser().absolute()
     timings = Timings()
 
     _say(f"==> platform ({state_dir})")
-    launcher = platform_mod.PlatformLauncher(
+    launcher = platform_launcher.PlatformLauncher(
         state_dir, port=args.port, providers=DEMO_PROVIDERS, agent_cpus=DEMO_AGENT_CPUS
     )
     t = time.monotonic()
@@ -213,29 +216,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
-def _run_cluster(client: client_mod.PlatformClient, args: argparse.Namespace, timings: Timings) -> bool:
-    _say(f"\n==> cluster: {args.workers} worker(s), signed in as {pstate.BUYER_USERNAME}")
+def _run_cluster(client: dcluster.Client, args: argparse.Namespace, timings: Timings) -> bool:
+    _say(f"\n==> cluster: {args.workers} worker(s), signed in as {accounts.BUYER_USERNAME}")
     t = time.monotonic()
     try:
-        cluster = client.request(
-            "POST", "/v1/clusters", json={"name": "demo", "num_workers": args.workers, "duration_s": DEMO_DURATION_S}
-        )
-    except client_mod.ApiError as exc:
+        cluster = client.create_cluster(num_workers=args.workers, duration_s=DEMO_DURATION_S, name="demo")
+    except dcluster.ApiError as exc:
         _say(f"the platform refused the cluster: {output.detail_text(exc.detail)}")
         return False
     cid = cluster["id"]
     _say(f"POST /v1/clusters -> {cid} {cluster['status']}")
     printer = _EventPrinter()
-    watcher = buyer.ClusterWatcher(client, cid, printer)
+    watcher = cluster_watch.ClusterWatcher(client, cid, printer)
     delete = not args.keep
     try:
         try:
             watcher.wait_running(RUNNING_TIMEOUT_S)
-        except buyer.CliError as exc:
+        except exits.CliError as exc:
             _say(f"the cluster did not run: {exc.message}")
             return False
         timings.add("POST -> running", time.monotonic() - t)
-        connection = client.request("GET", buyer.cluster_path(cid, "/connection"))
+        connection = client.cluster_connection(cid)
 
         _say(
             f"\n==> ray job submit --address {connection['dashboard_url']} "
@@ -262,7 +263,7 @@ def _run_cluster(client: client_mod.PlatformClient, args: argparse.Namespace, ti
             )
             _say("\n".join(output.export_lines(connection["env"])))
             _say(
-                f"# delete it: dcluster login --url {client.base_url} --username {pstate.BUYER_USERNAME} "
+                f"# delete it: dcluster login --url {client.base_url} --username {accounts.BUYER_USERNAME} "
                 f"(password in credentials.json) && dcluster cluster delete {cid} --wait"
             )
             timings.add("DELETE -> terminated", "kept")
@@ -273,14 +274,14 @@ def _run_cluster(client: client_mod.PlatformClient, args: argparse.Namespace, ti
             _delete(client, watcher, timings)
 
 
-def _delete(client: client_mod.PlatformClient, watcher: buyer.ClusterWatcher, timings: Timings) -> None:
+def _delete(client: dcluster.Client, watcher: cluster_watch.ClusterWatcher, timings: Timings) -> None:
     _say(f"\n==> DELETE /v1/clusters/{watcher.cluster_id}")
     t = time.monotonic()
     try:
-        client.request("DELETE", buyer.cluster_path(watcher.cluster_id))
+        client.delete_cluster(watcher.cluster_id)
         final = watcher.wait_ended(ENDED_TIMEOUT_S)
-    except (buyer.CliError, client_mod.ClientError) as exc:
-        _say(f"could not confirm the teardown: {buyer.error_message(exc)}")
+    except (exits.CliError, dcluster.ClientError) as exc:
+        _say(f"could not confirm the teardown: {exits.error_message(exc)}")
         timings.add("DELETE -> terminated", None)
         return
     timings.add(f"DELETE -> {final['status']}", time.monotonic() - t)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from cli import buyer, machines, output
+from cli import exits, machines, output, session
 
 
 def key_rows(keys: list[dict]) -> tuple[list[str], list[list]]:
@@ -22,13 +22,13 @@ def key_rows(keys: list[dict]) -> tuple[list[str], list[list]]:
     return ["key", "machine", "name", "state", "created", "revoked"], rows
 
 
-@buyer._guarded
+@exits.guarded()
 def cmd_machine(args: argparse.Namespace) -> int:
     if args.machine_command == "list":
         return machines.list_machines(args)
     if args.machine_command == "keys":
         return machines.show(args, "/v1/machine-keys", key_rows)
-    with buyer.signed_in_client() as client:
+    with session.signed_in_client() as client:
         revoked = client.request("DELETE", f"/v1/machine-keys/{args.key_id}")
     if args.json:
         output.print_json(revoked)
@@ -37,7 +37,7 @@ def cmd_machine(args: argparse.Namespace) -> int:
             f"revoked {revoked['id']} of machine {revoked['machine_id']}: its agent gets 401 on its next "
             f"heartbeat and stops; run it with the provider's password to enroll the machine again"
         )
-    return buyer.Exit.OK
+    return exits.Exit.OK
 
 
 def add_machine(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:

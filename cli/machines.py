@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from cli import buyer, output, terminal
+from cli import exits, output, session, terminal
 
 
 def _gpus(machine: dict) -> str:
@@ -75,16 +75,16 @@ def offer_rows(offers: list[dict]) -> tuple[list[str], list[list]]:
 
 def show(args: argparse.Namespace, path: str, rows: Callable[[list[dict]], tuple[list[str], list[list]]]) -> int:
     """GET a list and print it: JSON with --json, else a table."""
-    with buyer.signed_in_client() as client:
+    with session.signed_in_client() as client:
         items = client.request("GET", path)
     if args.json:
         output.print_json(items)
     else:
         terminal.print_table(*rows(items))
-    return buyer.Exit.OK
+    return exits.Exit.OK
 
 
-@buyer._guarded
+@exits.guarded()
 def cmd_offers(args: argparse.Namespace) -> int:
     return show(args, "/v1/offers", offer_rows)
 

@@ -9,15 +9,17 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from cli import buyer, demo, machine_keys, machines, platform_state, quota, usage
-from cli import platform as platform_mod
+import dcluster
+from cli import clusters, demo, login, machine_keys, machines, quota, usage
+from cli.platform import errors as platform_errors
+from cli.platform import launcher as platform_launcher
+from cli.platform import state
 from dcl_core import database_url, domain
-from worker import client as client_mod
 
 logger = logging.getLogger(__name__)
 
 # Failures a user can fix from the message alone: one line on stderr, exit 1, no traceback.
-EXPECTED_ERRORS: tuple[type[BaseException], ...] = (platform_state.PlatformError, client_mod.ClientError)
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (platform_errors.PlatformError, dcluster.ClientError)
 
 
 def _state_dir_arg(parser: argparse.ArgumentParser) -> None:
@@ -29,8 +31,8 @@ def _state_dir_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _launcher(args: argparse.Namespace, **kw) -> platform_mod.PlatformLauncher:
-    return platform_mod.PlatformLauncher(args.state_dir or platform_state.default_state_dir(), **kw)
+def _launcher(args: argparse.Namespace, **kw) -> platform_launcher.PlatformLauncher:
+    return platform_launcher.PlatformLauncher(args.state_dir or state.default_state_dir(), **kw)
 
 
 # --- up ---------------------------------------------------------------------------------
@@ -95,7 +97,7 @@ def up_settings(args: argparse.Namespace) -> dict:
     if args.database is None:
         return {}
     if not database_url.is_postgres_url(args.database):
-        raise platform_state.PlatformError(
+        raise platform_errors.PlatformError(
             "--database takes a postgresql:// URL, e.g. postgresql://dcluster@db-host:5432/dcluster"
         )
     return {"database": args.database}
@@ -135,7 +137,7 @@ def _add_down(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def cmd_down(args: argparse.Namespace) -> int:
     result = _launcher(args).down()
     if result.get("left_running"):
-        raise platform_state.PlatformError(result["message"])
+        raise platform_errors.PlatformError(result["message"])
     if not result.get("stopped"):
         print(result["message"])
         return 0
@@ -204,9 +206,9 @@ SUBCOMMANDS: dict[str, tuple[Callable[[argparse._SubParsersAction], argparse.Arg
     "down": (_add_down, cmd_down),
     "status": (_add_status, cmd_status),
     "demo": (demo.add_demo, demo.cmd_demo),
-    "login": (buyer.add_login, buyer.cmd_login),
-    "logout": (buyer.add_logout, buyer.cmd_logout),
-    "cluster": (buyer.add_cluster, buyer.cmd_cluster),
+    "login": (login.add_login, login.cmd_login),
+    "logout": (login.add_logout, login.cmd_logout),
+    "cluster": (clusters.add_cluster, clusters.cmd_cluster),
     "usage": (usage.add_usage, usage.cmd_usage),
     "quota": (quota.add_quota, quota.cmd_quota),
     "machine": (machine_keys.add_machine, machine_keys.cmd_machine),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from cli import buyer, output
+from cli import exits, output, session
 
 LIMIT_FLAGS = {
     "max_clusters": "--max-clusters",
@@ -30,9 +30,9 @@ def _quota_path(account_id: int) -> str:
     return f"/v1/accounts/{int(account_id)}/quota"
 
 
-@buyer._guarded
+@exits.guarded()
 def cmd_quota(args: argparse.Namespace) -> int:
-    with buyer.signed_in_client() as client:
+    with session.signed_in_client() as client:
         account_id = args.account if args.account is not None else client.request("GET", "/v1/accounts/me")["id"]
         if args.quota_command == "set":
             body = {field: getattr(args, field) for field in LIMIT_FLAGS}  # left out: the platform's default
@@ -40,7 +40,7 @@ def cmd_quota(args: argparse.Namespace) -> int:
         else:
             quota = client.request("GET", _quota_path(account_id))
     output.show(quota, args.json, quota_table)
-    return buyer.Exit.OK
+    return exits.Exit.OK
 
 
 def add_quota(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:

@@ -1,4 +1,4 @@
-"""The buyer's signed-in session on disk (session.json, 0600, in the CLI's config dir)."""
+"""The signed-in session on disk (session.json, 0600, in the CLI's config dir) and the client that uses it."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import os
 import time
 from pathlib import Path
 
+import dcluster
 from cli import output
-from cli import platform_state as pstate
 from cli.exits import CliError, Exit
 from dcl_core import secret_files
 
@@ -67,7 +67,8 @@ def read_session() -> Session | None:
 def save_session(session: Session) -> Path:
     secret_files.ensure_private_dir(config_dir())
     path = session_path()
-    pstate.write_json(path, dataclasses.asdict(session))  # atomic, 0600 from the first byte
+    text = json.dumps(dataclasses.asdict(session), indent=2, sort_keys=True) + "\n"
+    secret_files.write_secret_file(path, text)  # atomic, 0600 from the first byte
     return path
 
 
@@ -81,3 +82,16 @@ def current_session(now: float | None = None) -> Session:
             Exit.AUTH,
         )
     return session
+
+
+def new_client(base_url: str) -> dcluster.Client:
+    """Every command's HTTP client (tests replace this factory with one on a mock transport)."""
+    return dcluster.Client(base_url)
+
+
+def signed_in_client() -> dcluster.Client:
+    """A client with the saved session's token; CliError(AUTH) when there is none or it expired."""
+    session = current_session()
+    client = new_client(session.url)
+    client.set_token(session.token)
+    return client

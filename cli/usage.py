@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from cli import buyer, output, terminal
+from cli import durations, exits, output, session, terminal
 from dcl_core import domain
 
 
@@ -38,17 +38,17 @@ def usage_rows(report: dict) -> tuple[list[str], list[list]]:
     return [key.split("_")[0], "nodes", "node-s", "GPU-s", "CPU-s", money], rows
 
 
-@buyer._guarded
+@exits.guarded()
 def cmd_usage(args: argparse.Namespace) -> int:
     end = time.time()
     params = {"start": end - args.since, "end": end}
-    with buyer.signed_in_client() as client:
+    with session.signed_in_client() as client:
         report = client.request("GET", "/v1/usage", params=params)
     if args.json:
         output.print_json(report)
     else:
         terminal.print_table(*usage_rows(report))
-    return buyer.Exit.OK
+    return exits.Exit.OK
 
 
 def add_usage(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -59,7 +59,7 @@ def add_usage(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--since",
-        type=buyer._duration_arg,
+        type=durations.duration_arg,
         default=30 * 86_400,
         metavar="DURATION",
         help="how far back, e.g. 24h or 30d... (default 30 days)",

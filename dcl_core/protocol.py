@@ -13,7 +13,7 @@ from pydantic import Field, model_validator
 
 from dcl_core import domain, ids
 
-# While the platform is unreachable an agent retries at least this often (worker.client.Backoff's cap):
+# While the platform is unreachable an agent retries at least this often (dcluster.Backoff's cap):
 # the platform gives agents this long, after it could not hear them, before it calls a machine silent.
 AGENT_MAX_RETRY_S = 30.0
 # The agents' long poll for work: the most the API holds one (the registry's max_long_poll_s may lower it),

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from cli import platform as platform_mod
+from cli.platform import launcher as platform_launcher
 from tests.integration.helpers import Api, LocalAgent, wait_for
 from worker import procs
 
@@ -32,7 +32,7 @@ SETTINGS = {
 
 
 class RunningPlatform:
-    def __init__(self, launcher: platform_mod.PlatformLauncher, url: str, state_dir: Path, work_dir: Path):
+    def __init__(self, launcher: platform_launcher.PlatformLauncher, url: str, state_dir: Path, work_dir: Path):
         self.launcher = launcher
         self.url = url
         self.state_dir = state_dir
@@ -71,7 +71,7 @@ def running_platform(prefix: str = "dcl-it-"):
     state_dir, work_dir = root / "state", root / "work"
     work_dir.mkdir()
     port = procs.free_port()
-    launcher = platform_mod.PlatformLauncher(
+    launcher = platform_launcher.PlatformLauncher(
         state_dir, port=port, providers=0, heartbeat_s=HEARTBEAT_S, settings=SETTINGS
     )
     try:

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from cli import platform as platform_mod
+from cli.platform import errors as platform_errors
+from cli.platform import launcher as platform_launcher
 from tests import pg_server, redis_server
 from tests.integration.conftest import HEARTBEAT_S, SETTINGS
 from tests.integration.helpers import Api, LocalAgent, wait_for
@@ -30,7 +31,7 @@ CLUSTER_LIFETIME_S = 300  # long enough for provisioning, a head restart and a n
 class Node:
     """One platform node: its launcher (state dir, owner tag) and what it runs."""
 
-    def __init__(self, name: str, launcher: platform_mod.PlatformLauncher):
+    def __init__(self, name: str, launcher: platform_launcher.PlatformLauncher):
         self.name, self.launcher = name, launcher
 
     @property
@@ -88,7 +89,7 @@ def two_nodes():
             redis=redis.url,
             api_replicas=2,
         )
-        head = Node("head", platform_mod.PlatformLauncher(root / "head", **head_kw))
+        head = Node("head", platform_launcher.PlatformLauncher(root / "head", **head_kw))
         nodes.append(head)
         head.launcher.up()
         # What an operator copies to the second machine: the platform cluster's Ray token and the secret key.
@@ -98,15 +99,17 @@ def two_nodes():
             shutil.copy2(root / "head" / name, member_dir / name)
         member = Node(
             "member",
-            platform_mod.PlatformLauncher(member_dir, port=port, join=f"127.0.0.1:{head.record['ray_ports']['gcs']}"),
+            platform_launcher.PlatformLauncher(
+                member_dir, port=port, join=f"127.0.0.1:{head.record['ray_ports']['gcs']}"
+            ),
         )
         nodes.append(member)
         member.launcher.up()
 
         def restart_head():
             try:
-                platform_mod.PlatformLauncher(root / "head", **head_kw).up()
-            except platform_mod.pstate.PlatformError as exc:
+                platform_launcher.PlatformLauncher(root / "head", **head_kw).up()
+            except platform_errors.PlatformError as exc:
                 raise AssertionError(f"{exc}\n{exc.details or ''}") from None
 
         yield {

@@ -13,8 +13,8 @@ from typing import Any
 
 import pydantic
 
+import dcluster
 from dcl_core import domain, protocol
-from worker import client as api
 from worker.agent import detect, fake_nvml, leases
 from worker.agent import sandbox as sandbox_mod
 from worker.agent.sandbox import base as sandbox_base
@@ -37,7 +37,7 @@ class Agent:
 
     def __init__(
         self,
-        client: api.PlatformApi,
+        client: dcluster.PlatformApi,
         settings: AgentSettings,
         *,
         detect_fn: Callable[[], domain.MachineSpec] | None = None,
@@ -92,8 +92,8 @@ class Agent:
         self.revoked = False  # set when the platform refused the key: run() returns, the CLI says why
         if self._state.agent_key:
             self.client.set_token(self._state.agent_key)
-        self._hb_backoff = api.Backoff(rand=rand)
-        self._poll_backoff = api.Backoff(rand=rand)
+        self._hb_backoff = dcluster.Backoff(rand=rand)
+        self._poll_backoff = dcluster.Backoff(rand=rand)
         self._outage_since: float | None = None
         self._outage_logged_at = 0.0
         self._was_unreachable = False
@@ -186,7 +186,7 @@ class Agent:
             try:
                 self.client.leave(machine_id, timeout_s=self.settings.leave_timeout_s)
                 logger.info("machine %s left the platform", machine_id)
-            except api.ClientError as exc:
+            except dcluster.ClientError as exc:
                 logger.warning(
                     "could not tell the platform that machine %s left (%s); it will be marked "
                     "offline after missed heartbeats",
@@ -242,7 +242,7 @@ class Agent:
             ack = self.client.heartbeat(self.machine_id, self._usage(len(held)), held)
             self._set_interval(ack)
             self._close_stale_leases(ack.get("stale_leases") or [])
-        except api.ApiError as exc:
+        except dcluster.ApiError as exc:
             if exc.is_transient:
                 self._failed(stage, exc)
                 return max(self._hb_backoff.next(), min(exc.retry_after_s or 0.0, 300.0))  # 429 says when
@@ -258,7 +258,7 @@ class Agent:
             else:
                 self._failed(stage, exc)
             return self._hb_backoff.next()
-        except api.PlatformUnreachable as exc:
+        except dcluster.PlatformUnreachable as exc:
             self._failed(stage, exc)
             return self._hb_backoff.next()
         except KeyRevoked as exc:
@@ -273,7 +273,7 @@ class Agent:
         self._hb_backoff.reset()
         return self.heartbeat_interval_s
 
-    def _key_refused(self, exc: api.ApiError) -> None:
+    def _key_refused(self, exc: dcluster.ApiError) -> None:
         """The key is dead for good: forget it, stop offering the machine (a provider who revoked it
         does not want it back on its own), and say how to enroll it again."""
         logger.error(
@@ -353,7 +353,7 @@ class Agent:
 
     def _failed(self, stage: str, exc: Exception) -> None:
         """Log a failure once, then once a minute while it lasts (agents run for days)."""
-        self._was_unreachable = isinstance(exc, api.PlatformUnreachable) or getattr(exc, "is_transient", False)
+        self._was_unreachable = isinstance(exc, dcluster.PlatformUnreachable) or getattr(exc, "is_transient", False)
         now = self._clock()
         if self._outage_since is None:
             self._outage_since = self._outage_logged_at = now
@@ -385,7 +385,7 @@ class Agent:
             if self._stopping.is_set():  # checked after the flag, so stop() either sees it or we see stop
                 return 0.0
             items = self.client.poll_work(machine_id, wait_s=self.settings.poll_wait_s)
-        except api.ClientError as exc:
+        except dcluster.ClientError as exc:
             # The heartbeat loop reports outages and re-registers; here only back off.
             logger.debug("work poll failed: %s", exc)
             return self._poll_backoff.next()
@@ -517,7 +517,7 @@ class Agent:
     def post_result(self, item_id: str, result: protocol.WorkResult) -> bool:
         """Send the result, retrying with backoff while the platform is unreachable; True once accepted."""
         body = result.model_dump(mode="json")
-        backoff = api.Backoff(rand=self._rand)
+        backoff = dcluster.Backoff(rand=self._rand)
         for attempt in range(1, RESULT_POST_ATTEMPTS + 1):
             machine_id = self.machine_id
             if machine_id is None:
@@ -526,7 +526,7 @@ class Agent:
                 try:
                     self.client.post_result(machine_id, item_id, body)
                     return True
-                except api.ApiError as exc:
+                except dcluster.ApiError as exc:
                     if exc.status_code == 404:
                         logger.info("the platform no longer waits for work item %s; result dropped", item_id)
                         return False
@@ -534,7 +534,7 @@ class Agent:
                         logger.warning("the platform refused the result of work item %s: %s", item_id, exc)
                         return False
                     error = exc
-                except api.PlatformUnreachable as exc:
+                except dcluster.PlatformUnreachable as exc:
                     error = exc
                 except Exception:
                     logger.exception("posting the result of work item %s failed", item_id)

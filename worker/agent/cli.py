@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pydantic
 
+import dcluster
 from dcl_core import domain
-from worker import client as api
 from worker.agent import agent as agent_mod
 from worker.agent import detect, fake_nvml, sandbox
 from worker.agent import state as state_mod
@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         errors = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         parser.error(errors)  # pydantic's own text would echo the input, password included
 
-    client = api.PlatformClient(settings.platform_url)
+    client = dcluster.Client(settings.platform_url)
     try:
         agent = agent_mod.Agent(client, settings)
     except OSError as exc:

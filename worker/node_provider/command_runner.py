@@ -15,8 +15,8 @@ from ray.autoscaler._private.cli_logger import cf, cli_logger
 from ray.autoscaler._private.subprocess_output_util import ProcessRunnerError
 from ray.autoscaler.command_runner import CommandRunnerInterface
 
+import dcluster
 from dcl_core import commands, protocol
-from worker import client as api
 
 logger = logging.getLogger(__name__)
 
@@ -232,14 +232,14 @@ class AgentCommandRunner(CommandRunnerInterface):
         """One exec call (the node API retries what is safe to retry); failures become ProcessRunnerError."""
         try:
             result = self._nodes.exec(self.node_id, body, timeout_s=timeout_s, idempotent=idempotent)
-        except api.PlatformUnreachable as exc:
+        except dcluster.PlatformUnreachable as exc:
             raise ProcessRunnerError(
                 f"The platform is unreachable, so lease {self.node_id} cannot run commands ({exc}). "
                 "Check the provider's platform_url and the platform's health.",
                 MSG_TYPE,
                 command=what,
             ) from None
-        except api.ApiError as exc:
+        except dcluster.ApiError as exc:
             raise ProcessRunnerError(
                 f"The platform refused to run `{what}` in lease {self.node_id}: "
                 f"HTTP {exc.status_code}: {self._redact.text(str(exc.detail))}",

@@ -2,7 +2,7 @@
 
 Loaded by `provider: {type: external, module: worker.node_provider.market_provider.MarketNodeProvider}` both in the
 platform's launcher process and in the sub-cluster head's autoscaler (a provider machine), so it
-imports only Ray, httpx (through worker.client) and dcl_core. Every call goes to the platform's
+imports only Ray, httpx (through dcluster) and dcl_core. Every call goes to the platform's
 node routes with the cluster-scoped token of `provider.token`; nothing is kept locally but a short cache.
 """
 
@@ -26,8 +26,8 @@ from ray.autoscaler.node_launch_exception import NodeLaunchException
 from ray.autoscaler.node_provider import NodeProvider
 from ray.autoscaler.tags import NODE_KIND_HEAD, NODE_KIND_WORKER, TAG_RAY_NODE_KIND, TAG_RAY_USER_NODE_TYPE
 
+import dcluster
 from dcl_core import ids
-from worker import client as api
 from worker.node_provider import command_runner
 
 logger = logging.getLogger(__name__)
@@ -83,10 +83,10 @@ def _node_path(cluster_id: str, node_id: str | None = None) -> str:
     return path if node_id is None else f"{path}/{quote(str(node_id), safe='')}"
 
 
-def _retryable(exc: api.ClientError, idempotent: bool) -> bool:
-    if isinstance(exc, api.PlatformUnreachable):
+def _retryable(exc: dcluster.ClientError, idempotent: bool) -> bool:
+    if isinstance(exc, dcluster.PlatformUnreachable):
         return idempotent or isinstance(exc.__context__, _NOT_SENT)
-    if isinstance(exc, api.ApiError):
+    if isinstance(exc, dcluster.ApiError):
         return exc.is_transient if idempotent else exc.status_code in (429, 503)
     return False
 
@@ -100,7 +100,7 @@ class ClusterNodesApi:
 
     def __init__(
         self,
-        client: api.PlatformClient,
+        client: dcluster.Client,
         cluster_id: str,
         *,
         attempts: int = REQUEST_ATTEMPTS,
@@ -141,15 +141,15 @@ class ClusterNodesApi:
         return result if isinstance(result, dict) else {}
 
     def _call(self, method: str, path: str, *, idempotent: bool, **kw) -> Any:
-        backoff = api.Backoff(base_s=0.5, cap_s=8.0, rand=self._rand)
+        backoff = dcluster.Backoff(base_s=0.5, cap_s=8.0, rand=self._rand)
         for attempt in range(1, self._attempts + 1):
             try:
                 return self.client.request(method, path, **kw)
-            except (api.PlatformUnreachable, api.ApiError) as exc:
+            except (dcluster.PlatformUnreachable, dcluster.ApiError) as exc:
                 if attempt == self._attempts or not _retryable(exc, idempotent):
                     raise
                 delay = backoff.next()
-                if isinstance(exc, api.ApiError) and exc.retry_after_s:
+                if isinstance(exc, dcluster.ApiError) and exc.retry_after_s:
                     delay = max(delay, min(exc.retry_after_s, 30.0))
                 logger.warning(
                     "%s %s failed (%s); attempt %d of %d in %.1f s",
@@ -195,9 +195,9 @@ class MarketNodeProvider(NodeProvider):
         self._generation = 0  # bumped by every local change, so an older list never overwrites it
 
     @classmethod
-    def make_client(cls, platform_url: str) -> api.PlatformClient:
+    def make_client(cls, platform_url: str) -> dcluster.Client:
         """The HTTP client; tests override this to plug in an httpx.MockTransport."""
-        return api.PlatformClient(platform_url, timeout_s=REQUEST_TIMEOUT_S)
+        return dcluster.Client(platform_url, timeout_s=REQUEST_TIMEOUT_S)
 
     def __repr__(self) -> str:
         return f"MarketNodeProvider({self.cluster_id!r}, {self.api.client.base_url!r})"
@@ -400,7 +400,7 @@ class MarketNodeProvider(NodeProvider):
         """Turn client errors into picklable MarketProviderErrors whose text says what to do."""
         try:
             yield
-        except api.ApiError as exc:
+        except dcluster.ApiError as exc:
             if exc.status_code == 409 and no_capacity is not None:
                 role, count = no_capacity
                 raise NoCapacityError(str(exc.detail), cluster_id=self.cluster_id, role=role, count=count) from None
@@ -413,7 +413,7 @@ class MarketNodeProvider(NodeProvider):
                 f"cluster {self.cluster_id}: {action} failed: HTTP {exc.status_code}: {exc.detail}{hint}",
                 status_code=exc.status_code,
             ) from None
-        except api.PlatformUnreachable as exc:
+        except dcluster.PlatformUnreachable as exc:
             raise PlatformError(
                 f"cluster {self.cluster_id}: {action} failed: the platform is unreachable "
                 f"after {REQUEST_ATTEMPTS} attempts ({exc})"

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from cli import platform as platform_mod
+from cli.platform import launcher as platform_launcher
 from tests.integration.faults import faultkit
 from tests.integration.helpers import Api
 from worker import procs
@@ -77,5 +77,5 @@ def test_two_ups_at_once_on_a_busy_machine():
     finally:
         for state_dir in dirs:
             if (state_dir / "platform.json").exists():
-                platform_mod.PlatformLauncher(state_dir).down()
+                platform_launcher.PlatformLauncher(state_dir).down()
         shutil.rmtree(root, ignore_errors=True)

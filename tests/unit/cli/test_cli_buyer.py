@@ -17,9 +17,9 @@ import urllib.parse
 import httpx
 import pytest
 
-from cli import buyer, demo, output
+import dcluster
+from cli import cluster_watch, clusters, demo, durations, exits, output, session
 from cli import main as cli_main
-from worker import client as client_mod
 
 PASSWORD = "correct-horse-battery"
 TOKEN = "eyJhbGciOiJIUzI1NiJ9.secret-session-token.sig"
@@ -260,10 +260,10 @@ def fake(tmp_path, monkeypatch):
     monkeypatch.setenv("DCLUSTER_CONFIG_DIR", str(tmp_path / "cfg"))
     for var in ("DCLUSTER_PASSWORD", "DCLUSTER_URL", "XDG_CONFIG_HOME"):
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(buyer, "new_client", lambda url: client_mod.PlatformClient(url, transport=platform.transport()))
+    monkeypatch.setattr(session, "new_client", lambda url: dcluster.Client(url, transport=platform.transport()))
     clock = FakeClock()
-    monkeypatch.setattr(buyer, "MONOTONIC", clock.monotonic)
-    monkeypatch.setattr(buyer, "SLEEP", clock.sleep)
+    monkeypatch.setattr(cluster_watch, "MONOTONIC", clock.monotonic)
+    monkeypatch.setattr(cluster_watch, "SLEEP", clock.sleep)
     return platform
 
 
@@ -300,13 +300,13 @@ def login(capsys, tmp_path) -> None:
     ],
 )
 def test_parse_duration(text, seconds):
-    assert buyer.parse_duration(text) == seconds
+    assert durations.parse_duration(text) == seconds
 
 
 @pytest.mark.parametrize("text", ["", "abc", "30x", "1.5h", "-5", "0", "0m", "m", "30m2h", "1 h", "h1"])
 def test_parse_duration_rejects(text):
     with pytest.raises(ValueError, match="invalid duration"):
-        buyer.parse_duration(text)
+        durations.parse_duration(text)
 
 
 def test_bad_duration_is_a_usage_error(fake, capsys):
@@ -322,30 +322,30 @@ def test_bad_duration_is_a_usage_error(fake, capsys):
 @pytest.mark.parametrize(
     "exc, code",
     [
-        (client_mod.ApiError(400, "bad"), 2),
-        (client_mod.ApiError(401, "expired"), 3),
-        (client_mod.ApiError(403, "wrong role"), 1),
-        (client_mod.ApiError(404, "cluster c-1 not found"), 4),
-        (client_mod.ApiError(409, "not enough capacity"), 5),
-        (client_mod.ApiError(422, []), 2),
-        (client_mod.ApiError(429, "slow down"), 1),
-        (client_mod.ApiError(500, "internal"), 1),
-        (client_mod.ApiError(503, "restarting"), 1),
-        (client_mod.PlatformUnreachable("refused"), 7),
-        (client_mod.ClientError("odd"), 1),
-        (buyer.CliError("ended", buyer.Exit.CLUSTER_ENDED), 6),
-        (buyer.CliError("late", buyer.Exit.TIMEOUT), 8),
+        (dcluster.ApiError(400, "bad"), 2),
+        (dcluster.ApiError(401, "expired"), 3),
+        (dcluster.ApiError(403, "wrong role"), 1),
+        (dcluster.ApiError(404, "cluster c-1 not found"), 4),
+        (dcluster.ApiError(409, "not enough capacity"), 5),
+        (dcluster.ApiError(422, []), 2),
+        (dcluster.ApiError(429, "slow down"), 1),
+        (dcluster.ApiError(500, "internal"), 1),
+        (dcluster.ApiError(503, "restarting"), 1),
+        (dcluster.PlatformUnreachable("refused"), 7),
+        (dcluster.ClientError("odd"), 1),
+        (exits.CliError("ended", exits.Exit.CLUSTER_ENDED), 6),
+        (exits.CliError("late", exits.Exit.TIMEOUT), 8),
         (RuntimeError("?"), 1),
     ],
 )
 def test_exit_code_mapping(exc, code):
-    assert buyer.exit_code_for(exc) == code
+    assert exits.exit_code_for(exc) == code
 
 
 def test_exit_codes_are_documented_in_help():
     for number in range(9):
-        assert re.search(rf"^  {number}  \S", buyer.EXIT_CODES_HELP, re.M), number
-    help_text = buyer.add_cluster(argparse.ArgumentParser().add_subparsers()).format_help()
+        assert re.search(rf"^  {number}  \S", exits.EXIT_CODES_HELP, re.M), number
+    help_text = clusters.add_cluster(argparse.ArgumentParser().add_subparsers()).format_help()
     assert "Exit codes:" in help_text and "5  conflict" in help_text
 
 
@@ -355,9 +355,7 @@ def test_unreachable_platform_exits_7(fake, capsys, tmp_path, monkeypatch):
     def refuse(request):
         raise httpx.ConnectError("connection refused", request=request)
 
-    monkeypatch.setattr(
-        buyer, "new_client", lambda url: client_mod.PlatformClient(url, transport=httpx.MockTransport(refuse))
-    )
+    monkeypatch.setattr(session, "new_client", lambda url: dcluster.Client(url, transport=httpx.MockTransport(refuse)))
     code, out, err = run(capsys, "cluster", "list")
     assert code == 7 and out == ""
     assert "unreachable" in err

@@ -11,9 +11,10 @@ import yaml
 
 from actors import settings as settings_mod
 from cli import main as cli_main
-from cli import platform as platform_mod
-from cli import platform_state as pstate
-from dcl_core import secret_files
+from cli.platform import accounts, install, ray_node, serve_deploy, state
+from cli.platform import errors as platform_errors
+from cli.platform import launcher as platform_launcher
+from dcl_core import ray_ports, secret_files
 from worker import procs
 
 SERVE_YAML = """
@@ -44,10 +45,10 @@ def test_ray_ports_distinct_and_outside_exclusions():
     singles = ports.listening()
     assert len(singles) == 11 and len(set(singles)) == 11
     assert 8000 not in ports.all_ports()
-    assert ports.max_worker - ports.min_worker + 1 == pstate.WORKER_PORT_RANGE
+    assert ports.max_worker - ports.min_worker + 1 == ray_ports.WORKER_PORT_RANGE
     assert not set(singles) & set(range(ports.min_worker, ports.max_worker + 1))
     assert not (ports.min_worker <= 31999 and ports.max_worker >= 30000)  # Serve direct ingress
-    assert pstate.RayPorts.from_dict(ports.to_dict()) == ports
+    assert ray_ports.RayPorts.from_dict(ports.to_dict()) == ports
 
 
 def test_two_allocations_can_coexist_when_excluded():
@@ -58,7 +59,7 @@ def test_two_allocations_can_coexist_when_excluded():
 
 def test_ray_head_command_names_every_port():
     ports = procs.allocate_ray_ports()
-    cmd = pstate.ray_head_command(ports=ports, temp_dir=Path("/tmp/dcl-x"))
+    cmd = ray_node.ray_head_command(ports=ports, temp_dir=Path("/tmp/dcl-x"))
     assert cmd[0].endswith("/ray") and cmd[1:3] == ["start", "--head"]
 
     def opt(name: str) -> str:
@@ -85,28 +86,28 @@ def test_ray_head_command_names_every_port():
 
 
 def test_temp_dir_short_state_dir_keeps_it_inside():
-    assert pstate.ray_temp_dir(Path("/root/.dcluster")) == Path("/root/.dcluster/ray")
+    assert state.ray_temp_dir(Path("/root/.dcluster")) == Path("/root/.dcluster/ray")
 
 
 def test_temp_dir_long_state_dir_moves_to_tmp():
-    state = Path("/home/someone/projects/marketplace/state/dcluster")
-    assert len(str(state / "ray")) > pstate.MAX_TEMP_DIR_LEN
-    expected = "/tmp/dcl-" + hashlib.sha256(str(state).encode()).hexdigest()[:10]
-    assert pstate.ray_temp_dir(state) == Path(expected)
-    assert pstate.ray_temp_dir(state) == pstate.ray_temp_dir(state)  # stable across runs
-    assert pstate.ray_temp_dir(state / "other") != pstate.ray_temp_dir(state)
+    state_path = Path("/home/someone/projects/marketplace/state/dcluster")
+    assert len(str(state_path / "ray")) > state.MAX_TEMP_DIR_LEN
+    expected = "/tmp/dcl-" + hashlib.sha256(str(state_path).encode()).hexdigest()[:10]
+    assert state.ray_temp_dir(state_path) == Path(expected)
+    assert state.ray_temp_dir(state_path) == state.ray_temp_dir(state_path)  # stable across runs
+    assert state.ray_temp_dir(state_path / "other") != state.ray_temp_dir(state_path)
 
 
 def test_temp_dir_boundary():
-    base = "/" + "a" * (pstate.MAX_TEMP_DIR_LEN - len("/ray") - 1)
-    assert len(base + "/ray") == pstate.MAX_TEMP_DIR_LEN
-    assert pstate.ray_temp_dir(Path(base)) == Path(base) / "ray"
-    assert pstate.ray_temp_dir(Path(base + "b")).parent == Path("/tmp")
+    base = "/" + "a" * (state.MAX_TEMP_DIR_LEN - len("/ray") - 1)
+    assert len(base + "/ray") == state.MAX_TEMP_DIR_LEN
+    assert state.ray_temp_dir(Path(base)) == Path(base) / "ray"
+    assert state.ray_temp_dir(Path(base + "b")).parent == Path("/tmp")
 
 
 def test_ray_env_isolates_home_auth_and_metric_ports(tmp_path):
     ports = procs.allocate_ray_ports()
-    layout = pstate.Layout(tmp_path)
+    layout = state.Layout(tmp_path)
     base = {
         "PATH": "/usr/bin",
         "HOME": "/root",
@@ -115,13 +116,13 @@ def test_ray_env_isolates_home_auth_and_metric_ports(tmp_path):
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN": "secret",
     }
-    env = pstate.ray_env(base, layout=layout, ports=ports)
+    env = ray_node.ray_env(base, layout=layout, ports=ports)
     assert env["HOME"] == str(tmp_path / "home")
     assert env["RAY_USAGE_STATS_ENABLED"] == "0"
     assert env["AUTOSCALER_METRIC_PORT"] == str(ports.autoscaler_metric)
     assert env["DASHBOARD_METRIC_PORT"] == str(ports.dashboard_metric)
-    assert env["PYTHONPATH"].split(":") == [str(pstate.REPO_ROOT), "/x"]
-    assert (pstate.REPO_ROOT / "serve_app").is_dir()
+    assert env["PYTHONPATH"].split(":") == [str(install.REPO_ROOT), "/x"]
+    assert (install.REPO_ROOT / "serve_app").is_dir()
     assert "RAY_ADDRESS" not in env and "RAY_AUTH_TOKEN" not in env  # never the caller's cluster or token
     # The platform's own token: a 0600 file in its state dir.
     assert env["RAY_AUTH_MODE"] == "token"
@@ -136,7 +137,7 @@ def test_ray_env_isolates_home_auth_and_metric_ports(tmp_path):
 
 
 def test_patch_serve_config(tmp_path):
-    config = pstate.patch_serve_config(
+    config = serve_deploy.patch_serve_config(
         SERVE_YAML, host="0.0.0.0", port=18080, state_dir=tmp_path, heartbeat_interval_s=1.5
     )
     assert "http_options" not in config and config["proxy_location"] == "Disabled"  # the replica listens itself
@@ -150,12 +151,12 @@ def test_patch_serve_config(tmp_path):
         "api_url": "http://127.0.0.1:18080",
     }  # where provider machines reach the API
     assert app["import_path"] == "serve_app.app:build_app" and app["route_prefix"] == "/"
-    assert yaml.safe_load(pstate.dump_serve_config(config)) == config
+    assert yaml.safe_load(serve_deploy.dump_serve_config(config)) == config
 
 
 def test_patch_serve_config_relative_state_dir_becomes_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    config = pstate.patch_serve_config(
+    config = serve_deploy.patch_serve_config(
         SERVE_YAML, host="127.0.0.1", port=1, state_dir=Path("rel"), heartbeat_interval_s=5
     )
     assert config["applications"][0]["args"]["state_dir"] == str(tmp_path / "rel")
@@ -163,22 +164,28 @@ def test_patch_serve_config_relative_state_dir_becomes_absolute(tmp_path, monkey
 
 def test_patch_serve_config_fills_missing_sections(tmp_path):
     text = "applications:\n  - name: x\n    import_path: serve_app.app:build_app\n"
-    config = pstate.patch_serve_config(text, host="127.0.0.1", port=9, state_dir=tmp_path, heartbeat_interval_s=2)
+    config = serve_deploy.patch_serve_config(text, host="127.0.0.1", port=9, state_dir=tmp_path, heartbeat_interval_s=2)
     args = config["applications"][0]["args"]
     assert (args["listen_host"], args["listen_port"], args["heartbeat_interval_s"]) == ("127.0.0.1", 9, 2.0)
 
 
 def test_patch_serve_config_rejects_configs_without_the_app(tmp_path):
-    with pytest.raises(pstate.PlatformError):
-        pstate.patch_serve_config("http_options: {}\n", host="h", port=1, state_dir=tmp_path, heartbeat_interval_s=1)
+    with pytest.raises(platform_errors.PlatformError):
+        serve_deploy.patch_serve_config(
+            "http_options: {}\n", host="h", port=1, state_dir=tmp_path, heartbeat_interval_s=1
+        )
     two = "applications:\n  - {name: a, import_path: other:app}\n  - {name: b, import_path: more:app}\n"
-    with pytest.raises(pstate.PlatformError):
-        pstate.patch_serve_config(two, host="h", port=1, state_dir=tmp_path, heartbeat_interval_s=1)
+    with pytest.raises(platform_errors.PlatformError):
+        serve_deploy.patch_serve_config(two, host="h", port=1, state_dir=tmp_path, heartbeat_interval_s=1)
 
 
 def test_repo_serve_yaml_patches():
-    config = pstate.patch_serve_config(
-        pstate.SERVE_TEMPLATE.read_text(), host="127.0.0.1", port=8123, state_dir=Path("/tmp/s"), heartbeat_interval_s=5
+    config = serve_deploy.patch_serve_config(
+        serve_deploy.SERVE_TEMPLATE.read_text(),
+        host="127.0.0.1",
+        port=8123,
+        state_dir=Path("/tmp/s"),
+        heartbeat_interval_s=5,
     )
     assert config["applications"][0]["args"]["listen_port"] == 8123
     settings_mod.PlatformSettings.model_validate(config["applications"][0]["args"])  # the app accepts its args
@@ -188,34 +195,36 @@ def test_repo_serve_yaml_patches():
 
 
 def test_state_files_private(tmp_path):
-    state = tmp_path / "state"
-    secret_files.ensure_private_dir(state)
-    assert _mode(state) == 0o700
+    state_path = tmp_path / "state"
+    secret_files.ensure_private_dir(state_path)
+    assert _mode(state_path) == 0o700
     (tmp_path / "loose").mkdir(mode=0o755)
     secret_files.ensure_private_dir(tmp_path / "loose")
     assert _mode(tmp_path / "loose") == 0o700
 
-    pstate.write_json(state / "platform.json", {"a": 1})
-    assert _mode(state / "platform.json") == 0o600
-    assert pstate.read_json(state / "platform.json") == {"a": 1}
-    assert pstate.read_json(state / "missing.json") is None
-    secret_files.write_secret_file(state / "serve.deploy.yaml", "x: 1\n")
-    assert _mode(state / "serve.deploy.yaml") == 0o600
-    assert not list(state.glob(".*.tmp"))
+    state.write_json(state_path / "platform.json", {"a": 1})
+    assert _mode(state_path / "platform.json") == 0o600
+    assert state.read_json(state_path / "platform.json") == {"a": 1}
+    assert state.read_json(state_path / "missing.json") is None
+    secret_files.write_secret_file(state_path / "serve.deploy.yaml", "x: 1\n")
+    assert _mode(state_path / "serve.deploy.yaml") == 0o600
+    assert not list(state_path.glob(".*.tmp"))
 
 
 def test_read_json_reports_corrupt_file(tmp_path):
     (tmp_path / "p.json").write_text("{nope")
-    with pytest.raises(pstate.PlatformError, match="p.json"):
-        pstate.read_json(tmp_path / "p.json")
+    with pytest.raises(platform_errors.PlatformError, match="p.json"):
+        state.read_json(tmp_path / "p.json")
 
 
 def test_credential_store_keeps_passwords(tmp_path):
-    store = pstate.CredentialStore(tmp_path / "credentials.json")
+    store = accounts.CredentialStore(tmp_path / "credentials.json")
     pw, created = store.get_or_create("local-provider-1", "provider")
     assert created and len(pw) >= 16
     assert _mode(tmp_path / "credentials.json") == 0o600
-    again, created = pstate.CredentialStore(tmp_path / "credentials.json").get_or_create("local-provider-1", "provider")
+    again, created = accounts.CredentialStore(tmp_path / "credentials.json").get_or_create(
+        "local-provider-1", "provider"
+    )
     assert again == pw and not created
     other, _ = store.get_or_create("local-buyer", "buyer")
     assert other != pw
@@ -224,20 +233,20 @@ def test_credential_store_keeps_passwords(tmp_path):
 
 
 def test_state_lock_is_exclusive(tmp_path):
-    with pstate.state_lock(tmp_path):
-        with pytest.raises(pstate.PlatformError, match="another dcluster"):
-            with pstate.state_lock(tmp_path):
+    with state.state_lock(tmp_path):
+        with pytest.raises(platform_errors.PlatformError, match="another dcluster"):
+            with state.state_lock(tmp_path):
                 pass
-    with pstate.state_lock(tmp_path):  # released
+    with state.state_lock(tmp_path):  # released
         pass
 
 
 def test_names_and_tags():
-    tag = pstate.new_owner_tag()
+    tag = state.new_owner_tag()
     assert tag.startswith("dcl-platform-") and len(tag) == len("dcl-platform-") + 8
-    assert pstate.agent_owner_tag(tag, 2) == f"{tag}-agent-2"
-    assert pstate.provider_username(3) == "local-provider-3"
-    assert pstate.connect_host("0.0.0.0") == "127.0.0.1" and pstate.connect_host("10.1.2.3") == "10.1.2.3"
+    assert state.agent_owner_tag(tag, 2) == f"{tag}-agent-2"
+    assert accounts.provider_username(3) == "local-provider-3"
+    assert state.connect_host("0.0.0.0") == "127.0.0.1" and state.connect_host("10.1.2.3") == "10.1.2.3"
 
 
 # --- launcher and CLI without Ray -------------------------------------------------------
@@ -250,8 +259,8 @@ def test_up_refuses_a_taken_port(tmp_path):
         sock.bind(("127.0.0.1", 0))
         sock.listen()
         port = sock.getsockname()[1]
-        launcher = platform_mod.PlatformLauncher(tmp_path / "s", port=port)
-        with pytest.raises(pstate.PlatformError, match=rf"port {port}.*--port"):
+        launcher = platform_launcher.PlatformLauncher(tmp_path / "s", port=port)
+        with pytest.raises(platform_errors.PlatformError, match=rf"port {port}.*--port"):
             launcher.up()
     assert _mode(tmp_path / "s") == 0o700
 
@@ -278,9 +287,9 @@ def test_cli_expected_failure_is_one_line(tmp_path, capsys):
 
 def test_cli_state_dir_env_default(tmp_path, monkeypatch):
     monkeypatch.setenv("DCLUSTER_STATE_DIR", str(tmp_path / "from-env"))
-    assert pstate.default_state_dir() == tmp_path / "from-env"
+    assert state.default_state_dir() == tmp_path / "from-env"
     monkeypatch.delenv("DCLUSTER_STATE_DIR")
-    assert pstate.default_state_dir() == Path.home() / ".dcluster"
+    assert state.default_state_dir() == Path.home() / ".dcluster"
 
 
 def test_last_error_line_picks_the_exception():
@@ -290,5 +299,5 @@ def test_last_error_line_picks_the_exception():
         "pydantic_core._pydantic_core.ValidationError: 1 validation error for PlatformSettings\n"
         "bogus\n  Extra inputs are not permitted\n"
     )
-    assert platform_mod.last_error_line(text).startswith("pydantic_core._pydantic_core.ValidationError: 1 valid")
-    assert platform_mod.last_error_line("just text\nlast line\n") == "last line"
+    assert serve_deploy.last_error_line(text).startswith("pydantic_core._pydantic_core.ValidationError: 1 valid")
+    assert serve_deploy.last_error_line("just text\nlast line\n") == "last line"

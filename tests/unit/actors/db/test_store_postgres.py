@@ -11,8 +11,9 @@ from actors.clusters import cluster_manager
 from actors.db import cluster_store, database, migrate, store
 from actors.settings import PlatformSettings
 from cli import main as cli_main
-from cli import platform as platform_mod
-from cli import platform_state as pstate
+from cli.platform import errors as platform_errors
+from cli.platform import launcher as platform_launcher
+from cli.platform import serve_deploy
 from dcl_core import domain, errors
 from tests.unit.actors.clusters.test_cluster_manager import FakeRegistry, seed_market
 
@@ -124,9 +125,9 @@ def test_dcluster_up_database_reaches_the_store(postgres_server, tmp_path):
     url = postgres_server.create_database()
     try:
         args = cli_main.build_parser().parse_args(["up", "--state-dir", str(tmp_path), "--database", url])
-        launcher = platform_mod.PlatformLauncher(tmp_path, settings=cli_main.up_settings(args))
-        config = pstate.patch_serve_config(
-            pstate.SERVE_TEMPLATE.read_text(),
+        launcher = platform_launcher.PlatformLauncher(tmp_path, settings=cli_main.up_settings(args))
+        config = serve_deploy.patch_serve_config(
+            serve_deploy.SERVE_TEMPLATE.read_text(),
             host="127.0.0.1",
             port=8123,
             state_dir=tmp_path,
@@ -152,5 +153,5 @@ def test_without_database_up_keeps_sqlite_and_rejects_other_urls(tmp_path):
     assert cli_main.up_settings(args) == {}
     assert PlatformSettings(state_dir=tmp_path).db_location == tmp_path / "platform.db"
     bad = cli_main.build_parser().parse_args(["up", "--database", "mysql://h/d"])
-    with pytest.raises(pstate.PlatformError, match="postgresql://"):
+    with pytest.raises(platform_errors.PlatformError, match="postgresql://"):
         cli_main.up_settings(bad)

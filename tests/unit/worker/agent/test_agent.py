@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
+import dcluster
 from dcl_core import domain, protocol
-from worker import client as api
 from worker import procs
 from worker.agent import agent as agent_mod
 from worker.agent import cli as agent_cli
@@ -162,16 +162,16 @@ def make_agent(tmp_path, client=None, waits=None, detect_fn=lambda: SPEC, **kw):
 
 
 def test_fake_client_matches_the_real_one():
-    """The fake implements the same Protocol as PlatformClient, so it cannot drift."""
-    methods = [n for n, _ in inspect.getmembers(api.PlatformApi, inspect.isfunction) if not n.startswith("_")]
+    """The fake implements the same Protocol as dcluster.Client, so it cannot drift."""
+    methods = [n for n, _ in inspect.getmembers(dcluster.PlatformApi, inspect.isfunction) if not n.startswith("_")]
     assert set(methods) == {"login", "set_token", "register_machine", "heartbeat", "poll_work", "leave", "post_result"}
     for name in methods:
 
         def shape(fn):
             return [(p.name, p.kind, p.default) for p in inspect.signature(fn).parameters.values()]
 
-        proto = shape(getattr(api.PlatformApi, name))
-        assert shape(getattr(api.PlatformClient, name)) == proto, name
+        proto = shape(getattr(dcluster.PlatformApi, name))
+        assert shape(getattr(dcluster.Client, name)) == proto, name
         assert shape(getattr(FakeClient, name)) == proto, name
 
 
@@ -232,7 +232,7 @@ def test_heartbeat_404_reregisters_with_the_same_key(tmp_path, caplog):
     client = FakeClient()
     agent = make_agent(tmp_path, client)
     agent.heartbeat_step()
-    client.script["heartbeat"] = [api.ApiError(404, "machine not found")]
+    client.script["heartbeat"] = [dcluster.ApiError(404, "machine not found")]
     client.script["register_machine"] = [{"id": "m-2", "heartbeat_interval_s": 7.0}]
     assert agent.heartbeat_step() == 1.0  # short backoff, then register again
     assert agent.machine_id is None and "registering again" in caplog.text
@@ -246,7 +246,7 @@ def test_404_after_an_outage_reregisters_without_the_outage_delay(tmp_path):
     client = FakeClient(interval_s=5.0)
     agent = make_agent(tmp_path, client)
     agent.heartbeat_step()
-    client.script["heartbeat"] = [api.PlatformUnreachable("refused")] * 5 + [api.ApiError(404, "unknown")]
+    client.script["heartbeat"] = [dcluster.PlatformUnreachable("refused")] * 5 + [dcluster.ApiError(404, "unknown")]
     assert [agent.heartbeat_step() for _ in range(5)] == [1.0, 2.0, 4.0, 8.0, 16.0]
     assert agent.heartbeat_step() == 1.0  # the platform restarted and forgot us: come back soon
     assert agent.heartbeat_step() == 5.0 and len(client.registrations) == 2
@@ -276,7 +276,7 @@ def test_a_refused_machine_key_stops_the_agent_and_forgets_the_key(tmp_path, cap
     client = FakeClient()
     agent = make_agent(tmp_path, client)
     agent.heartbeat_step()
-    client.script["heartbeat"] = [api.ApiError(401, "this agent key of machine m-1 is revoked")]
+    client.script["heartbeat"] = [dcluster.ApiError(401, "this agent key of machine m-1 is revoked")]
     agent.heartbeat_step()
     assert agent.revoked and agent._stopping.is_set()
     assert client.calls == ["login", "register_machine", "heartbeat", "heartbeat"]  # no silent re-enrollment
@@ -296,7 +296,7 @@ def test_without_key_or_password_the_agent_stops_and_says_why(tmp_path, caplog):
 def test_unreachable_backs_off_then_recovers(tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="worker.agent.agent")
     client = FakeClient(interval_s=5.0)
-    client.script["login"] = [api.PlatformUnreachable("connection refused")] * 7
+    client.script["login"] = [dcluster.PlatformUnreachable("connection refused")] * 7
     waits = FakeWaits()
     agent = make_agent(tmp_path, client, waits)
     delays = [agent.heartbeat_step() for _ in range(8)]
@@ -305,21 +305,21 @@ def test_unreachable_backs_off_then_recovers(tmp_path, caplog):
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1  # one warning per outage, not one per retry
     assert "reachable again" in caplog.text
-    client.script["heartbeat"] = [api.ApiError(503, "overloaded")]
+    client.script["heartbeat"] = [dcluster.ApiError(503, "overloaded")]
     assert agent.heartbeat_step() == 1.0  # the backoff starts over after a success
     assert agent.heartbeat_step() == 5.0
 
 
 def test_rate_limited_login_waits_as_told(tmp_path):
     client = FakeClient()
-    client.script["login"] = [api.ApiError(429, "too many failed logins", retry_after_s=60)]
+    client.script["login"] = [dcluster.ApiError(429, "too many failed logins", retry_after_s=60)]
     agent = make_agent(tmp_path, client)
     assert agent.heartbeat_step() == 60
 
 
 def test_long_outage_is_reported_every_minute(tmp_path, caplog):
     client = FakeClient()
-    client.script["login"] = [api.PlatformUnreachable("refused")] * 10
+    client.script["login"] = [dcluster.PlatformUnreachable("refused")] * 10
     waits = FakeWaits()
     agent = make_agent(tmp_path, client, waits)
     for _ in range(10):
@@ -330,7 +330,7 @@ def test_long_outage_is_reported_every_minute(tmp_path, caplog):
 def test_wrong_password_keeps_retrying_without_leaking(tmp_path, caplog):
     caplog.set_level(logging.DEBUG)
     client = FakeClient()
-    client.script["login"] = [api.ApiError(401, "Incorrect username or password")] * 3
+    client.script["login"] = [dcluster.ApiError(401, "Incorrect username or password")] * 3
     agent = make_agent(tmp_path, client)
     assert [agent.heartbeat_step() for _ in range(4)] == [1.0, 2.0, 4.0, 7.0]
     assert PASSWORD not in caplog.text and PASSWORD not in repr(agent.settings)
@@ -380,7 +380,7 @@ def test_poll_errors_back_off_and_empty_instant_answers_are_throttled(tmp_path):
     client = FakeClient()
     agent = make_agent(tmp_path, client)
     agent.heartbeat_step()
-    client.script["poll_work"] = [api.PlatformUnreachable("x"), api.ApiError(502, "bad gateway"), [], []]
+    client.script["poll_work"] = [dcluster.PlatformUnreachable("x"), dcluster.ApiError(502, "bad gateway"), [], []]
     assert [agent.poll_step(), agent.poll_step()] == [1.0, 2.0]
     assert agent.poll_step() == 1.0  # empty at once (fake clock did not move): no long poll, pace it
 
@@ -390,9 +390,9 @@ def test_platform_recovery_ends_the_poll_backoff(tmp_path):
     agent = make_agent(tmp_path, client)
     agent.heartbeat_step()
     agent.poll_wakeup.clear()
-    client.script["poll_work"] = [api.PlatformUnreachable("refused")] * 4
+    client.script["poll_work"] = [dcluster.PlatformUnreachable("refused")] * 4
     assert [agent.poll_step() for _ in range(4)] == [1.0, 2.0, 4.0, 8.0]
-    client.script["heartbeat"] = [api.PlatformUnreachable("refused")]
+    client.script["heartbeat"] = [dcluster.PlatformUnreachable("refused")]
     agent.heartbeat_step()
     assert not agent.poll_wakeup.is_set()
     agent.heartbeat_step()  # the platform is back
@@ -444,7 +444,7 @@ def test_stop_before_registration_does_not_leave(tmp_path):
 
 def test_leave_failure_is_swallowed(tmp_path, caplog):
     client = FakeClient()
-    client.script["leave"] = [api.PlatformUnreachable("refused")]
+    client.script["leave"] = [dcluster.PlatformUnreachable("refused")]
     agent = make_agent(tmp_path, client)
     agent.heartbeat_step()
     agent.stop()
@@ -452,11 +452,11 @@ def test_leave_failure_is_swallowed(tmp_path, caplog):
 
 
 def test_backoff_doubles_to_30_with_jitter():
-    full = api.Backoff(rand=lambda: 1.0)
+    full = dcluster.Backoff(rand=lambda: 1.0)
     assert [full.next() for _ in range(7)] == [1, 2, 4, 8, 16, 30, 30]
     full.reset()
     assert full.next() == 1
-    half = api.Backoff(rand=lambda: 0.0)
+    half = dcluster.Backoff(rand=lambda: 0.0)
     assert [half.next() for _ in range(3)] == [0.5, 1, 2]
 
 
@@ -740,12 +740,12 @@ def test_result_posting_retries_then_gives_up_or_drops_on_404(tmp_path, lease_ro
     agent, _ = make_lease_agent(tmp_path, lease_root, client, waits)
     agent.heartbeat_step()
     result = protocol.WorkResult(ok=True, exit_code=0)
-    client.script["post_result"] = [api.PlatformUnreachable("refused"), api.ApiError(503, "busy")]
+    client.script["post_result"] = [dcluster.PlatformUnreachable("refused"), dcluster.ApiError(503, "busy")]
     assert agent.post_result("w-1", result) is True
     assert client.calls.count("post_result") == 3 and waits.waits[-2:] == [1.0, 2.0]
-    client.script["post_result"] = [api.ApiError(404, "no such item")]
+    client.script["post_result"] = [dcluster.ApiError(404, "no such item")]
     assert agent.post_result("w-2", result) is False and "no longer waits" in caplog.text
-    client.script["post_result"] = [api.PlatformUnreachable("refused")] * agent_mod.RESULT_POST_ATTEMPTS
+    client.script["post_result"] = [dcluster.PlatformUnreachable("refused")] * agent_mod.RESULT_POST_ATTEMPTS
     assert agent.post_result("w-3", result) is False and "gave up" in caplog.text
     assert [item_id for _, item_id, _ in client.results] == ["w-1"]
 
@@ -788,10 +788,10 @@ def test_client_posts_results_to_the_item_path():
         seen.append((request.method, request.url.raw_path.decode(), json.loads(request.content)))
         return httpx.Response(200 if request.url.path.endswith("/w-1") else 404, json={"detail": "gone"})
 
-    with api.PlatformClient("http://platform.test", transport=httpx.MockTransport(handler)) as client:
+    with dcluster.Client("http://platform.test", transport=httpx.MockTransport(handler)) as client:
         body = protocol.WorkResult(ok=True, exit_code=0, output="up").model_dump(mode="json")
         client.post_result("m-1", "w-1", body)
-        with pytest.raises(api.ApiError) as err:
+        with pytest.raises(dcluster.ApiError) as err:
             client.post_result("m 2", "w-2", body)
     assert err.value.status_code == 404
     assert seen[0] == ("POST", "/v1/machines/m-1/results/w-1", body)

@@ -246,12 +246,13 @@ def test_bwrap_refuses_a_container_image(tmp_path, monkeypatch):
 
 
 def test_local_providers_live_apart_from_the_platform(tmp_path):
-    from cli import platform as platform_mod
-    from cli import platform_state as pstate
+    from cli.platform import errors as platform_errors
+    from cli.platform import launcher as platform_launcher
+    from cli.platform import local_agents, state
 
-    layout = pstate.Layout(tmp_path / "state")
+    layout = state.Layout(tmp_path / "state")
     assert not layout.agent_dir(1).is_relative_to(layout.state_dir)
-    env = pstate.agent_env(
+    env = local_agents.agent_env(
         {
             "PATH": "/usr/bin",
             "DCLUSTER_JWT_SECRET": "s",
@@ -263,10 +264,10 @@ def test_local_providers_live_apart_from_the_platform(tmp_path):
     )
     assert env["HOME"] == str(layout.agent_dir(1))
     assert not {"DCLUSTER_JWT_SECRET", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"} & set(env)
-    with pytest.raises(pstate.PlatformError, match="reachable from elsewhere"):
-        platform_mod.PlatformLauncher(tmp_path / "s", host="0.0.0.0", providers=2)
-    platform_mod.PlatformLauncher(tmp_path / "s", host="127.0.0.1", providers=2)
-    platform_mod.PlatformLauncher(tmp_path / "s", host="0.0.0.0", providers=0)
+    with pytest.raises(platform_errors.PlatformError, match="reachable from elsewhere"):
+        platform_launcher.PlatformLauncher(tmp_path / "s", host="0.0.0.0", providers=2)
+    platform_launcher.PlatformLauncher(tmp_path / "s", host="127.0.0.1", providers=2)
+    platform_launcher.PlatformLauncher(tmp_path / "s", host="0.0.0.0", providers=0)
 
 
 def test_a_docker_lease_is_capped_with_docker_update(monkeypatch):

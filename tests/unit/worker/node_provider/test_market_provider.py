@@ -23,8 +23,8 @@ from ray.autoscaler.tags import (
     TAG_RAY_USER_NODE_TYPE,
 )
 
+import dcluster
 from tests.protocols import assert_implements
-from worker import client as api
 from worker.node_provider import command_runner, market_provider
 
 CID = "c-0123456789ab"
@@ -120,7 +120,7 @@ def platform(monkeypatch):
     monkeypatch.setattr(
         market_provider.MarketNodeProvider,
         "make_client",
-        classmethod(lambda cls, url: api.PlatformClient(url, transport=httpx.MockTransport(fake.handle))),
+        classmethod(lambda cls, url: dcluster.Client(url, transport=httpx.MockTransport(fake.handle))),
     )
     return fake
 

@@ -1,4 +1,4 @@
-"""PlatformClient against httpx.MockTransport: encoding, error mapping, 401 re-login, unreachable."""
+"""dcluster.Client against httpx.MockTransport: encoding, error mapping, 401 re-login, unreachable."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from urllib.parse import parse_qs
 import httpx
 import pytest
 
+import dcluster
 from dcl_core import api as api_models
 from dcl_core import domain
-from worker import client as api
 
 SPEC = domain.MachineSpec(
     hostname="gpu-box", cpus=16, memory_mb=64000, gpus=[domain.GpuInfo(index=0, model="RTX 4090", memory_mb=24564)]
@@ -58,7 +58,7 @@ def platform():
 
 @pytest.fixture
 def client(platform):
-    c = api.PlatformClient("http://platform.test:8000/", transport=httpx.MockTransport(platform))
+    c = dcluster.Client("http://platform.test:8000/", transport=httpx.MockTransport(platform))
     yield c
     c.close()
 
@@ -162,16 +162,16 @@ def test_api_error_detail_str_list_and_text(platform, client):
     platform.route(
         "GET", "/d", lambda r: httpx.Response(429, json={"detail": "slow down"}, headers={"Retry-After": "7"})
     )
-    with pytest.raises(api.ApiError) as e:
+    with pytest.raises(dcluster.ApiError) as e:
         client.request("GET", "/a")
     assert (e.value.status_code, e.value.detail, e.value.is_transient) == (404, "no such machine", False)
-    with pytest.raises(api.ApiError) as e:
+    with pytest.raises(dcluster.ApiError) as e:
         client.request("GET", "/b")
     assert e.value.detail == [{"loc": ["body"], "msg": "bad"}]
-    with pytest.raises(api.ApiError) as e:
+    with pytest.raises(dcluster.ApiError) as e:
         client.request("GET", "/c")
     assert (e.value.status_code, e.value.detail, e.value.is_transient) == (502, "Bad Gateway", True)
-    with pytest.raises(api.ClientError) as e:
+    with pytest.raises(dcluster.ClientError) as e:
         client.request("GET", "/d")
     assert e.value.retry_after_s == 7.0 and e.value.is_transient
 
@@ -197,7 +197,7 @@ def test_expired_token_triggers_exactly_one_relogin(platform, client):
 def test_persistent_401_is_raised_after_one_retry(platform, client):
     platform.route("GET", "/v1/accounts/me", lambda r: httpx.Response(401, json={"detail": "account disabled"}))
     client.login("prov1", PASSWORD)
-    with pytest.raises(api.ApiError) as e:
+    with pytest.raises(dcluster.ApiError) as e:
         client.me()
     assert e.value.status_code == 401
     assert [r.url.path for r in platform.requests].count("/v1/token") == 2
@@ -206,13 +206,13 @@ def test_persistent_401_is_raised_after_one_retry(platform, client):
 def test_401_without_credentials_is_not_retried(platform, client):
     platform.route("GET", "/v1/accounts/me", lambda r: httpx.Response(401, json={"detail": "bad token"}))
     client.set_token("some-token")
-    with pytest.raises(api.ApiError):
+    with pytest.raises(dcluster.ApiError):
         client.me()
     assert len(platform.requests) == 1
 
 
 def test_wrong_password_raises_401(platform, client):
-    with pytest.raises(api.ApiError) as e:
+    with pytest.raises(dcluster.ApiError) as e:
         client.login("prov1", "wrong-password")
     assert e.value.status_code == 401
     assert "wrong-password" not in str(e.value)
@@ -230,11 +230,11 @@ def test_transport_errors_map_to_unreachable(exc):
     def handler(request):
         raise exc
 
-    with api.PlatformClient("http://platform.test", transport=httpx.MockTransport(handler)) as c:
-        with pytest.raises(api.PlatformUnreachable) as e:
+    with dcluster.Client("http://platform.test", transport=httpx.MockTransport(handler)) as c:
+        with pytest.raises(dcluster.PlatformUnreachable) as e:
             c.heartbeat("m-1", domain.MachineUsage())
         assert c.healthz() is False
-    assert isinstance(e.value, api.ClientError)
+    assert isinstance(e.value, dcluster.ClientError)
     assert "/v1/machines/m-1/heartbeat" in str(e.value)
 
 
@@ -242,7 +242,7 @@ def test_secrets_never_logged(platform, client, caplog):
     caplog.set_level(logging.DEBUG)
     platform.route("GET", "/v1/accounts/me", lambda r: httpx.Response(401, json={"detail": "expired"}))
     token = client.login("prov1", PASSWORD)
-    with pytest.raises(api.ApiError):
+    with pytest.raises(dcluster.ApiError):
         client.me()
     assert PASSWORD not in caplog.text and token not in caplog.text
     assert PASSWORD not in repr(client) and token not in repr(client)
@@ -266,6 +266,63 @@ def test_base_url_path_prefix_is_kept():
         seen.append(request.url.path)
         return httpx.Response(200, json={"status": "ok"})
 
-    with api.PlatformClient("http://proxy.test/market/", transport=httpx.MockTransport(handler)) as c:
+    with dcluster.Client("http://proxy.test/market/", transport=httpx.MockTransport(handler)) as c:
         assert c.healthz()
     assert seen == ["/market/healthz"]
+
+
+def test_a_token_given_at_construction_is_sent():
+    seen = []
+
+    def handler(request):
+        seen.append(request.headers.get("authorization"))
+        return httpx.Response(200, json={"id": 1})
+
+    with dcluster.Client("http://platform.test", token="tok-saved", transport=httpx.MockTransport(handler)) as c:
+        assert c.me() == {"id": 1}
+    assert seen == ["Bearer tok-saved"]
+
+
+def test_buyer_cluster_calls(platform, client):
+    """Each cluster call of the SDK sends the platform's path and body, ids quoted, lists unwrapped."""
+    cluster = {"id": "c-000000000001", "status": "pending"}
+    platform.route("POST", "/v1/clusters", lambda r: httpx.Response(201, json={**cluster, "sent": _json(r)}))
+    platform.route("GET", "/v1/clusters", lambda r: httpx.Response(200, json={"items": [cluster]}))
+    platform.route("GET", "/v1/clusters/c-000000000001", lambda r: httpx.Response(200, json=cluster))
+    platform.route(
+        "GET",
+        "/v1/clusters/c-000000000001/events",
+        lambda r: httpx.Response(200, json=[{"id": int(r.url.params["after"]) + 1, "kind": "requested"}]),
+    )
+    platform.route("GET", "/v1/clusters/c-000000000001/connection", lambda r: httpx.Response(200, json={"env": {}}))
+    platform.route(
+        "POST", "/v1/clusters/c-000000000001/extend", lambda r: httpx.Response(200, json={**cluster, **_json(r)})
+    )
+    platform.route("DELETE", "/v1/clusters/c-000000000001", lambda r: httpx.Response(200, json=cluster))
+    platform.route("GET", "/v1/clusters/c-000000000001/logs", lambda r: httpx.Response(200, json=[{"name": "a"}]))
+    platform.route(
+        "GET",
+        "/v1/clusters/c-000000000001/logs/jobs/raysubmit_1",
+        lambda r: httpx.Response(200, text="job out", headers={"content-type": "text/plain"}),
+    )
+    platform.route(
+        "GET",
+        "/v1/clusters/c-000000000001/logs/file",
+        lambda r: httpx.Response(200, text=str(dict(r.url.params)), headers={"content-type": "text/plain"}),
+    )
+    client.set_token("tok-x")
+    created = client.create_cluster(2, 3600, gpus_per_worker=1)
+    assert created["sent"] == {"num_workers": 2, "duration_s": 3600, "gpus_per_worker": 1}
+    assert client.list_clusters() == [cluster]
+    assert client.get_cluster("c-000000000001") == cluster
+    assert client.cluster_events("c-000000000001", after=7) == [{"id": 8, "kind": "requested"}]
+    assert client.cluster_connection("c-000000000001") == {"env": {}}
+    assert client.extend_cluster("c-000000000001", 600)["duration_s"] == 600
+    assert client.delete_cluster("c-000000000001") == cluster
+    assert client.cluster_logs("c-000000000001") == [{"name": "a"}]
+    assert client.cluster_job_log("c-000000000001", "raysubmit_1") == "job out"
+    assert client.cluster_log_file("c-000000000001", "ray/raylet.out") == "{'name': 'ray/raylet.out'}"
+    assert "node" in client.cluster_log_file("c-000000000001", "x", node="l-1")
+    with pytest.raises(dcluster.ApiError) as err:
+        client.get_cluster("c-1/../x")
+    assert err.value.status_code == 404 and platform.requests[-1].url.raw_path == b"/v1/clusters/c-1%2F..%2Fx"

@@ -1,42 +1,21 @@
-"""PlatformClient: the one synchronous HTTP client of the platform API (agent and dcluster CLI)."""
+"""dcluster.Client: the one synchronous HTTP client of the platform API (buyers' SDK, the dcluster CLI, the agent)."""
 
 from __future__ import annotations
 
 import logging
-import random
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, Protocol
 from urllib.parse import quote
 
 import httpx
 
 from dcl_core import api, domain, protocol
+from dcluster import errors
 
 logger = logging.getLogger(__name__)
 
-
-class ClientError(Exception):
-    """Root of the errors PlatformClient raises."""
-
-
-class ApiError(ClientError):
-    """The platform answered with a non-2xx status."""
-
-    def __init__(self, status_code: int, detail: Any, *, retry_after_s: float | None = None):
-        super().__init__(f"HTTP {status_code}: {detail}")
-        self.status_code = status_code
-        self.detail = detail
-        self.retry_after_s = retry_after_s
-
-    @property
-    def is_transient(self) -> bool:
-        """Worth retrying as is: the platform is overloaded or failing, not refusing."""
-        return self.status_code >= 500 or self.status_code in (408, 429)
-
-
-class PlatformUnreachable(ClientError):
-    """No HTTP answer at all: connection refused, DNS failure, timeout."""
+USER_AGENT = "dcluster/0.1"
 
 
 def _detail(resp: httpx.Response) -> Any:
@@ -67,26 +46,12 @@ def _machine_path(machine_id: str) -> str:
     return "/v1/machines/" + quote(str(machine_id), safe="")
 
 
-class Backoff:
-    """Exponential backoff, 1 s doubling to 30 s, with equal jitter (half fixed, half random)."""
-
-    def __init__(
-        self, base_s: float = 1.0, cap_s: float = protocol.AGENT_MAX_RETRY_S, rand: Callable[[], float] = random.random
-    ):
-        self.base_s, self.cap_s, self._rand = base_s, cap_s, rand
-        self.attempts = 0
-
-    def next(self) -> float:
-        delay = min(self.cap_s, self.base_s * 2 ** min(self.attempts, 32))
-        self.attempts += 1
-        return delay * (0.5 + 0.5 * self._rand())
-
-    def reset(self) -> None:
-        self.attempts = 0
+def _cluster_path(cluster_id: str, suffix: str = "") -> str:
+    return "/v1/clusters/" + quote(str(cluster_id), safe="") + suffix
 
 
 class PlatformApi(Protocol):
-    """What the agent needs from the platform; PlatformClient implements it, test fakes too."""
+    """What the agent needs from the platform; dcluster.Client implements it, test fakes too."""
 
     def login(self, username: str, password: str) -> str: ...
 
@@ -110,29 +75,39 @@ class PlatformApi(Protocol):
     def post_result(self, machine_id: str, item_id: str, result: dict) -> dict: ...
 
 
-class PlatformClient:
-    """All calls to the platform's HTTP API go through here; never logs a password or token."""
+class Client:
+    """All calls to the platform's HTTP API go through here; never logs a password or token.
 
-    def __init__(self, base_url: str, *, timeout_s: float = 10.0, transport: httpx.BaseTransport | None = None):
+    `token`: a JWT to send from the start (a saved session's); else `login` gets one.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        token: str | None = None,
+        timeout_s: float = 10.0,
+        transport: httpx.BaseTransport | None = None,
+    ):
         self.base_url = base_url.rstrip("/")
         self._timeout = httpx.Timeout(timeout_s)
         self._http = httpx.Client(
             base_url=self.base_url,
             timeout=self._timeout,
             transport=transport,
-            headers={"User-Agent": "dcluster-agent/0.1"},
+            headers={"User-Agent": USER_AGENT},
         )
-        self._token: str | None = None
+        self._token = token
         self._credentials: tuple[str, str] | None = None
         self._login_lock = threading.Lock()
 
     def __repr__(self) -> str:
-        return f"PlatformClient({self.base_url!r})"
+        return f"Client({self.base_url!r})"
 
     def close(self) -> None:
         self._http.close()
 
-    def __enter__(self) -> PlatformClient:
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -147,7 +122,7 @@ class PlatformClient:
                 method, path, headers=headers, timeout=timeout if timeout is not None else self._timeout, **kw
             )
         except httpx.TransportError as exc:  # connect/read/write errors and timeouts
-            raise PlatformUnreachable(f"{method} {self.base_url}{path}: {type(exc).__name__}: {exc}") from None
+            raise errors.PlatformUnreachable(f"{method} {self.base_url}{path}: {type(exc).__name__}: {exc}") from None
         logger.debug("%s %s -> %d", method, path, resp.status_code)
         return resp
 
@@ -161,7 +136,7 @@ class PlatformClient:
                     self.login(*self._credentials)
             resp = self._send(method, path, self._token, timeout=timeout, **kw)
         if not resp.is_success:
-            raise ApiError(resp.status_code, _detail(resp), retry_after_s=_retry_after(resp))
+            raise errors.ApiError(resp.status_code, _detail(resp), retry_after_s=_retry_after(resp))
         if not resp.content:
             return None
         if resp.headers.get("content-type", "").startswith("text/plain"):
@@ -169,14 +144,14 @@ class PlatformClient:
         try:
             return resp.json()
         except ValueError:
-            raise ApiError(resp.status_code, f"expected JSON, got {resp.text[:200]!r}") from None
+            raise errors.ApiError(resp.status_code, f"expected JSON, got {resp.text[:200]!r}") from None
 
     # --- accounts ------------------------------------------------------------------------
 
     def healthz(self) -> bool:
         try:
             body = self.request("GET", "/healthz", auth=False)
-        except ClientError:
+        except errors.ClientError:
             return False
         return isinstance(body, dict) and body.get("status") == "ok"
 
@@ -185,7 +160,7 @@ class PlatformClient:
         body = self.request("POST", "/v1/token", auth=False, data={"username": username, "password": password})
         token = body.get("access_token") if isinstance(body, dict) else None
         if not isinstance(token, str) or not token:
-            raise ApiError(200, "the token answer has no access_token")
+            raise errors.ApiError(200, "the token answer has no access_token")
         self._token = token
         self._credentials = (username, password)
         return self._token
@@ -255,3 +230,45 @@ class PlatformClient:
 
     def offers(self) -> list[dict]:
         return _items(self.request("GET", "/v1/offers"))
+
+    # --- clusters (a buyer's) ------------------------------------------------------------
+
+    def create_cluster(self, num_workers: int, duration_s: int, **options: Any) -> dict:
+        """Ask for a cluster; options are the other fields of the request (gpus_per_worker, cpus_per_worker,
+        gpu_model, name, backend, max_price_per_gpu_hour, ...). Answers at once, while it is pending."""
+        body = {"num_workers": num_workers, "duration_s": duration_s, **options}
+        return self.request("POST", "/v1/clusters", json=body)
+
+    def list_clusters(self) -> list[dict]:
+        return _items(self.request("GET", "/v1/clusters"))
+
+    def get_cluster(self, cluster_id: str) -> dict:
+        return self.request("GET", _cluster_path(cluster_id))
+
+    def cluster_events(self, cluster_id: str, after: int = 0) -> list[dict]:
+        """The cluster's events with an id above `after`, oldest first."""
+        return _items(self.request("GET", _cluster_path(cluster_id, "/events"), params={"after": after}))
+
+    def cluster_connection(self, cluster_id: str) -> dict:
+        """What `ray job submit` and the Ray client need: addresses, the cluster's Ray token, `env`."""
+        return self.request("GET", _cluster_path(cluster_id, "/connection"))
+
+    def extend_cluster(self, cluster_id: str, duration_s: int) -> dict:
+        return self.request("POST", _cluster_path(cluster_id, "/extend"), json={"duration_s": duration_s})
+
+    def delete_cluster(self, cluster_id: str) -> dict:
+        """Ask for the teardown (idempotent); answers at once, while the nodes are being released."""
+        return self.request("DELETE", _cluster_path(cluster_id))
+
+    def cluster_logs(self, cluster_id: str) -> list[dict]:
+        """The index of the log files the cluster's nodes shipped as they were released."""
+        return _items(self.request("GET", _cluster_path(cluster_id, "/logs")))
+
+    def cluster_job_log(self, cluster_id: str, job_id: str) -> str:
+        """One submitted job's driver output."""
+        return self.request("GET", _cluster_path(cluster_id, "/logs/jobs/" + quote(str(job_id), safe="")))
+
+    def cluster_log_file(self, cluster_id: str, name: str, node: str | None = None) -> str:
+        """One file of cluster_logs() (of one node, when several shipped the same name)."""
+        params = {"name": name, **({"node": node} if node else {})}
+        return self.request("GET", _cluster_path(cluster_id, "/logs/file"), params=params)

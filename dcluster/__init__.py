@@ -1,0 +1,13 @@
+"""dcluster: the platform's HTTP client, for buyers' programs, the `dcluster` CLI and the provider agent.
+
+import dcluster
+with dcluster.Client("http://127.0.0.1:8000") as client:
+    client.login("alice", password)
+    cluster = client.create_cluster(num_workers=2, duration_s=3600)
+"""
+
+from dcluster.backoff import Backoff
+from dcluster.client import Client, PlatformApi
+from dcluster.errors import ApiError, ClientError, PlatformUnreachable, is_transient
+
+__all__ = ["ApiError", "Backoff", "Client", "ClientError", "PlatformApi", "PlatformUnreachable", "is_transient"]
