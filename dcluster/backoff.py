@@ -18,7 +18,7 @@ class Backoff:
         self.attempts = 0
 
     def next(self) -> float:
-        delay = min(self.cap_s, self.base_s * 2 ** min(self.attempts, 32))
+        delay: float = min(self.cap_s, self.base_s * 2 ** min(self.attempts, 32))
         self.attempts += 1
         return delay * (0.5 + 0.5 * self._rand())
 

@@ -16,6 +16,8 @@ from dcluster import errors
 logger = logging.getLogger(__name__)
 
 USER_AGENT = "dcluster/0.1"
+# A JSON object as the API answers it.
+JsonObject = dict[str, Any]
 
 
 def _detail(resp: httpx.Response) -> Any:
@@ -35,11 +37,25 @@ def _retry_after(resp: httpx.Response) -> float | None:
         return None
 
 
-def _items(body: Any) -> list[dict]:
+def _items(body: Any) -> list[JsonObject]:
     # List endpoints may answer a bare list or an {"items": [...]} envelope.
     if isinstance(body, dict) and "items" in body:
-        return list(body["items"])
-    return list(body or [])
+        body = body["items"]
+    if not isinstance(body, list) or not all(isinstance(item, dict) for item in body or []):
+        raise errors.ApiError(200, f"expected a list of objects, got {str(body)[:200]!r}")
+    return list(body)
+
+
+def _object(body: Any) -> JsonObject:
+    if not isinstance(body, dict):
+        raise errors.ApiError(200, f"expected a JSON object, got {str(body)[:200]!r}")
+    return body
+
+
+def _text(body: Any) -> str:
+    if not isinstance(body, str):
+        raise errors.ApiError(200, f"expected text, got {str(body)[:200]!r}")
+    return body
 
 
 def _machine_path(machine_id: str) -> str:
@@ -64,15 +80,15 @@ class PlatformApi(Protocol):
         spec: domain.MachineSpec,
         price_per_gpu_hour: float = 0.0,
         price_per_cpu_hour: float = 0.0,
-    ) -> dict: ...
+    ) -> JsonObject: ...
 
-    def heartbeat(self, machine_id: str, usage: domain.MachineUsage, leases: Sequence[str] = ()) -> dict: ...
+    def heartbeat(self, machine_id: str, usage: domain.MachineUsage, leases: Sequence[str] = ()) -> JsonObject: ...
 
-    def poll_work(self, machine_id: str, wait_s: float = protocol.LONG_POLL_S) -> list[dict]: ...
+    def poll_work(self, machine_id: str, wait_s: float = protocol.LONG_POLL_S) -> list[JsonObject]: ...
 
-    def leave(self, machine_id: str, *, timeout_s: float | None = None) -> dict: ...
+    def leave(self, machine_id: str, *, timeout_s: float | None = None) -> JsonObject: ...
 
-    def post_result(self, machine_id: str, item_id: str, result: dict) -> dict: ...
+    def post_result(self, machine_id: str, item_id: str, result: JsonObject) -> JsonObject: ...
 
 
 class Client:
@@ -110,12 +126,12 @@ class Client:
     def __enter__(self) -> Client:
         return self
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     # --- plumbing ------------------------------------------------------------------------
 
-    def _send(self, method: str, path: str, token: str | None, *, timeout: Any = None, **kw) -> httpx.Response:
+    def _send(self, method: str, path: str, token: str | None, *, timeout: Any = None, **kw: Any) -> httpx.Response:
         headers = {**kw.pop("headers", {}), **({"Authorization": f"Bearer {token}"} if token else {})}
         try:
             resp = self._http.request(
@@ -126,7 +142,7 @@ class Client:
         logger.debug("%s %s -> %d", method, path, resp.status_code)
         return resp
 
-    def request(self, method: str, path: str, *, auth: bool = True, timeout: Any = None, **kw) -> Any:
+    def request(self, method: str, path: str, *, auth: bool = True, timeout: Any = None, **kw: Any) -> Any:
         """Send one call; returns the decoded JSON body (None when empty). 401 → one re-login + retry."""
         token = self._token if auth else None
         resp = self._send(method, path, token, timeout=timeout, **kw)
@@ -170,16 +186,18 @@ class Client:
         self._token = token
         self._credentials = None
 
-    def create_account(self, username: str, password: str, role: str = domain.Role.BUYER.value) -> dict:
-        return self.request(
-            "POST",
-            "/v1/accounts",
-            auth=False,
-            json={"username": username, "password": password, "role": str(getattr(role, "value", role))},
+    def create_account(self, username: str, password: str, role: str = domain.Role.BUYER.value) -> JsonObject:
+        return _object(
+            self.request(
+                "POST",
+                "/v1/accounts",
+                auth=False,
+                json={"username": username, "password": password, "role": str(getattr(role, "value", role))},
+            )
         )
 
-    def me(self) -> dict:
-        return self.request("GET", "/v1/accounts/me")
+    def me(self) -> JsonObject:
+        return _object(self.request("GET", "/v1/accounts/me"))
 
     # --- machines ------------------------------------------------------------------------
 
@@ -190,7 +208,7 @@ class Client:
         spec: domain.MachineSpec,
         price_per_gpu_hour: float = 0.0,
         price_per_cpu_hour: float = 0.0,
-    ) -> dict:
+    ) -> JsonObject:
         body = api.MachineRegister(
             machine_key=machine_key,
             name=name,
@@ -198,13 +216,15 @@ class Client:
             price_per_gpu_hour=price_per_gpu_hour,
             price_per_cpu_hour=price_per_cpu_hour,
         )
-        return self.request("POST", "/v1/machines", json=body.model_dump(mode="json"))
+        return _object(self.request("POST", "/v1/machines", json=body.model_dump(mode="json")))
 
-    def heartbeat(self, machine_id: str, usage: domain.MachineUsage, leases: Sequence[str] = ()) -> dict:
+    def heartbeat(self, machine_id: str, usage: domain.MachineUsage, leases: Sequence[str] = ()) -> JsonObject:
         body = api.Heartbeat(usage=usage, leases=list(leases))
-        return self.request("POST", f"{_machine_path(machine_id)}/heartbeat", json=body.model_dump(mode="json"))
+        return _object(
+            self.request("POST", f"{_machine_path(machine_id)}/heartbeat", json=body.model_dump(mode="json"))
+        )
 
-    def poll_work(self, machine_id: str, wait_s: float = protocol.LONG_POLL_S) -> list[dict]:
+    def poll_work(self, machine_id: str, wait_s: float = protocol.LONG_POLL_S) -> list[JsonObject]:
         """Long poll: the platform holds the call up to wait_s; the read timeout leaves it room."""
         timeout = httpx.Timeout(
             self._timeout.connect, read=wait_s + 10, write=self._timeout.write, pool=self._timeout.pool
@@ -212,63 +232,63 @@ class Client:
         body = self.request("GET", f"{_machine_path(machine_id)}/work", params={"wait_s": wait_s}, timeout=timeout)
         return _items(body)
 
-    def leave(self, machine_id: str, *, timeout_s: float | None = None) -> dict:
+    def leave(self, machine_id: str, *, timeout_s: float | None = None) -> JsonObject:
         body = self.request("DELETE", _machine_path(machine_id), timeout=timeout_s)
         return body if isinstance(body, dict) else {}
 
-    def post_result(self, machine_id: str, item_id: str, result: dict) -> dict:
+    def post_result(self, machine_id: str, item_id: str, result: JsonObject) -> JsonObject:
         """Answer a work item with its protocol.WorkResult (404: the platform no longer waits for it)."""
         path = f"{_machine_path(machine_id)}/results/{quote(str(item_id), safe='')}"
         body = self.request("POST", path, json=result)
         return body if isinstance(body, dict) else {}
 
-    def list_machines(self) -> list[dict]:
+    def list_machines(self) -> list[JsonObject]:
         return _items(self.request("GET", "/v1/machines"))
 
-    def get_machine(self, machine_id: str) -> dict:
-        return self.request("GET", _machine_path(machine_id))
+    def get_machine(self, machine_id: str) -> JsonObject:
+        return _object(self.request("GET", _machine_path(machine_id)))
 
-    def offers(self) -> list[dict]:
+    def offers(self) -> list[JsonObject]:
         return _items(self.request("GET", "/v1/offers"))
 
     # --- clusters (a buyer's) ------------------------------------------------------------
 
-    def create_cluster(self, num_workers: int, duration_s: int, **options: Any) -> dict:
+    def create_cluster(self, num_workers: int, duration_s: int, **options: Any) -> JsonObject:
         """Ask for a cluster; options are the other fields of the request (gpus_per_worker, cpus_per_worker,
         gpu_model, name, backend, max_price_per_gpu_hour, ...). Answers at once, while it is pending."""
         body = {"num_workers": num_workers, "duration_s": duration_s, **options}
-        return self.request("POST", "/v1/clusters", json=body)
+        return _object(self.request("POST", "/v1/clusters", json=body))
 
-    def list_clusters(self) -> list[dict]:
+    def list_clusters(self) -> list[JsonObject]:
         return _items(self.request("GET", "/v1/clusters"))
 
-    def get_cluster(self, cluster_id: str) -> dict:
-        return self.request("GET", _cluster_path(cluster_id))
+    def get_cluster(self, cluster_id: str) -> JsonObject:
+        return _object(self.request("GET", _cluster_path(cluster_id)))
 
-    def cluster_events(self, cluster_id: str, after: int = 0) -> list[dict]:
+    def cluster_events(self, cluster_id: str, after: int = 0) -> list[JsonObject]:
         """The cluster's events with an id above `after`, oldest first."""
         return _items(self.request("GET", _cluster_path(cluster_id, "/events"), params={"after": after}))
 
-    def cluster_connection(self, cluster_id: str) -> dict:
+    def cluster_connection(self, cluster_id: str) -> JsonObject:
         """What `ray job submit` and the Ray client need: addresses, the cluster's Ray token, `env`."""
-        return self.request("GET", _cluster_path(cluster_id, "/connection"))
+        return _object(self.request("GET", _cluster_path(cluster_id, "/connection")))
 
-    def extend_cluster(self, cluster_id: str, duration_s: int) -> dict:
-        return self.request("POST", _cluster_path(cluster_id, "/extend"), json={"duration_s": duration_s})
+    def extend_cluster(self, cluster_id: str, duration_s: int) -> JsonObject:
+        return _object(self.request("POST", _cluster_path(cluster_id, "/extend"), json={"duration_s": duration_s}))
 
-    def delete_cluster(self, cluster_id: str) -> dict:
+    def delete_cluster(self, cluster_id: str) -> JsonObject:
         """Ask for the teardown (idempotent); answers at once, while the nodes are being released."""
-        return self.request("DELETE", _cluster_path(cluster_id))
+        return _object(self.request("DELETE", _cluster_path(cluster_id)))
 
-    def cluster_logs(self, cluster_id: str) -> list[dict]:
+    def cluster_logs(self, cluster_id: str) -> list[JsonObject]:
         """The index of the log files the cluster's nodes shipped as they were released."""
         return _items(self.request("GET", _cluster_path(cluster_id, "/logs")))
 
     def cluster_job_log(self, cluster_id: str, job_id: str) -> str:
         """One submitted job's driver output."""
-        return self.request("GET", _cluster_path(cluster_id, "/logs/jobs/" + quote(str(job_id), safe="")))
+        return _text(self.request("GET", _cluster_path(cluster_id, "/logs/jobs/" + quote(str(job_id), safe=""))))
 
     def cluster_log_file(self, cluster_id: str, name: str, node: str | None = None) -> str:
         """One file of cluster_logs() (of one node, when several shipped the same name)."""
         params = {"name": name, **({"node": node} if node else {})}
-        return self.request("GET", _cluster_path(cluster_id, "/logs/file"), params=params)
+        return _text(self.request("GET", _cluster_path(cluster_id, "/logs/file"), params=params))

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Collection, Sequence
+from typing import Any
 
 import sqlalchemy as sa
 
 from actors.db import database
 from actors.db import store as store_mod
+from actors.db.database import Row
 from actors.db.schema import account_quotas, accounts, cluster_events, cluster_logs, clusters, leases, machines
 from dcl_core import domain
 
@@ -17,7 +19,7 @@ _IDS_PER_QUERY = 500  # ids in one `IN (...)` (SQLite's limit on parameters was 
 _HELD_BY_CHECKS = tuple(s.value for s in domain.GpuVerification.placement_holders())
 
 
-def _lease_values(cluster_id: str, lease: dict, now: float) -> dict:
+def _lease_values(cluster_id: str, lease: Row, now: float) -> Row:
     # Prices are copied at reservation: a provider changing its price does not re-bill running leases.
     return {
         "id": lease["id"],
@@ -62,7 +64,7 @@ _INSERT_LEASE = leases.insert()
 class ClusterStore(database.Database):
     # --- clusters -----------------------------------------------------------------------
 
-    async def create_cluster(self, *, cluster: dict, leases: list[dict], event: str, now: float) -> None:
+    async def create_cluster(self, *, cluster: Row, leases: list[Row], event: str, now: float) -> None:
         """The cluster, its reserved leases and its first event, in one transaction."""
 
         async def statements(tx: database.Transaction) -> None:
@@ -87,10 +89,10 @@ class ClusterStore(database.Database):
 
         await self.atomic(statements)
 
-    async def get_cluster(self, cluster_id: str) -> dict | None:
+    async def get_cluster(self, cluster_id: str) -> Row | None:
         return await self.fetch_one(_CLUSTER_BY_ID, {"cluster_id": cluster_id})
 
-    async def get_clusters(self, cluster_ids: Sequence[str]) -> dict[str, dict]:
+    async def get_clusters(self, cluster_ids: Sequence[str]) -> dict[str, Row]:
         """The clusters of these ids that exist, by id (one query)."""
         unique = sorted(set(cluster_ids))
         if not unique:
@@ -98,7 +100,7 @@ class ClusterStore(database.Database):
         rows = await self.fetch_all(_CLUSTERS_BY_IDS, {"ids": unique})
         return {r["id"]: r for r in rows}
 
-    async def list_clusters(self, owner_id: int | None = None) -> list[dict]:
+    async def list_clusters(self, owner_id: int | None = None) -> list[Row]:
         query = sa.select(clusters).order_by(clusters.c.created_at)
         if owner_id is not None:
             query = query.where(clusters.c.owner_id == owner_id)
@@ -110,7 +112,7 @@ class ClusterStore(database.Database):
         )
         return {r["status"]: r["n"] for r in rows}
 
-    async def clusters_with_status(self, *statuses: domain.ClusterStatus) -> list[dict]:
+    async def clusters_with_status(self, *statuses: domain.ClusterStatus) -> list[Row]:
         return await self.fetch_all(sa.select(clusters).where(clusters.c.status.in_([s.value for s in statuses])))
 
     async def set_cluster_status(
@@ -126,7 +128,7 @@ class ClusterStore(database.Database):
         """Moves the cluster to status; with only_from, only from one of those (returns False otherwise).
 
         ending_as records, with TERMINATING, the status the teardown ends in (a restart resumes it)."""
-        values: dict = {
+        values: dict[str, Any] = {
             "status": status.value,
             "updated_at": now,
             "reason": sa.func.coalesce(sa.literal(reason, sa.Text), clusters.c.reason),
@@ -157,7 +159,7 @@ class ClusterStore(database.Database):
             cluster_events.insert().values(cluster_id=cluster_id, ts=now, kind=kind.value, message=message)
         )
 
-    async def events(self, cluster_id: str, after_id: int = 0) -> list[dict]:
+    async def events(self, cluster_id: str, after_id: int = 0) -> list[Row]:
         e = cluster_events.c
         return await self.fetch_all(
             sa.select(e.id, e.ts, e.kind, e.message).where(e.cluster_id == cluster_id, e.id > after_id).order_by(e.id)
@@ -171,17 +173,17 @@ class ClusterStore(database.Database):
         lease_id: str,
         role: str,
         machine_id: str,
-        choose: Callable[[int], list[dict]],
+        choose: Callable[[int], list[Row]],
         now: float,
-    ) -> list[dict]:
+    ) -> list[Row]:
         """Stores the files choose(bytes the cluster already keeps) picks, in one transaction: leases
         closing at once see each other's files, so together they never pass the cluster's cap."""
         used_by_cluster = sa.select(sa.func.coalesce(sa.func.sum(cluster_logs.c.kept_bytes), 0).label("used")).where(
             cluster_logs.c.cluster_id == cluster_id
         )
 
-        async def statements(tx: database.Transaction) -> list[dict]:
-            files = choose((await tx.fetchone(used_by_cluster))["used"])
+        async def statements(tx: database.Transaction) -> list[Row]:
+            files = choose(database.written(await tx.fetchone(used_by_cluster), "a sum")["used"])
             await tx.executemany(
                 cluster_logs.insert(),
                 [
@@ -204,7 +206,7 @@ class ClusterStore(database.Database):
 
         return await self.atomic(statements)
 
-    async def log_index(self, cluster_id: str) -> list[dict]:
+    async def log_index(self, cluster_id: str) -> list[Row]:
         g = cluster_logs.c
         rows = await self.fetch_all(
             sa.select(g.lease_id, g.role, g.machine_id, g.name, g.bytes, g.kept_bytes, g.truncated, g.shipped_at)
@@ -213,7 +215,7 @@ class ClusterStore(database.Database):
         )
         return [{**r, "truncated": bool(r["truncated"])} for r in rows]
 
-    async def log_file(self, cluster_id: str, lease_id: str | None, name: str) -> dict | None:
+    async def log_file(self, cluster_id: str, lease_id: str | None, name: str) -> Row | None:
         """The latest file of that name (of that lease, or of any: a job's driver log is on the head)."""
         g = cluster_logs.c
         query = sa.select(
@@ -230,28 +232,28 @@ class ClusterStore(database.Database):
 
     # --- leases -------------------------------------------------------------------------
 
-    async def leases_of(self, cluster_id: str) -> list[dict]:
+    async def leases_of(self, cluster_id: str) -> list[Row]:
         rows = await self.fetch_all(
             sa.select(leases).where(leases.c.cluster_id == cluster_id).order_by(leases.c.created_at, leases.c.id)
         )
         return [decode_lease(r) for r in rows]
 
-    async def leases_of_clusters(self, cluster_ids: Sequence[str]) -> dict[str, list[dict]]:
+    async def leases_of_clusters(self, cluster_ids: Sequence[str]) -> dict[str, list[Row]]:
         """leases_of for many clusters at once (one query): cluster id → its leases, each cluster asked for."""
         unique = sorted(set(cluster_ids))
-        found: dict[str, list[dict]] = {cid: [] for cid in unique}
+        found: dict[str, list[Row]] = {cid: [] for cid in unique}
         if unique:
             for r in await self.fetch_all(_LEASES_OF_CLUSTERS, {"ids": unique}):
                 found[r["cluster_id"]].append(decode_lease(r))
         return found
 
-    async def get_lease(self, lease_id: str) -> dict | None:
+    async def get_lease(self, lease_id: str) -> Row | None:
         row = await self.fetch_one(sa.select(leases).where(leases.c.id == lease_id))
         return decode_lease(row) if row else None
 
     async def leases_in_window(
         self, start: float, end: float, *, owner_id: int | None = None, provider_id: int | None = None
-    ) -> list[dict]:
+    ) -> list[Row]:
         """Leases whose node was in Ray at some time in [start, end], with their cluster's owner and machine's
         provider."""
         query = (
@@ -276,13 +278,13 @@ class ClusterStore(database.Database):
             query = query.where(machines.c.provider_id == provider_id)
         return [decode_lease(r) for r in await self.fetch_all(query)]
 
-    async def active_leases(self) -> list[dict]:
+    async def active_leases(self) -> list[Row]:
         return [decode_lease(r) for r in await self.fetch_all(sa.select(leases).where(_ACTIVE))]
 
     async def active_lease_ids(self) -> list[str]:
         return await self.fetch_column(sa.select(leases.c.id).where(_ACTIVE))
 
-    async def lease_holdings(self, lease_ids: list[str]) -> list[dict]:
+    async def lease_holdings(self, lease_ids: list[str]) -> list[Row]:
         """What placement reads of these leases: id, machine, cluster, GPU indices, CPUs (none of it changes)."""
         l = leases.c
         query = sa.select(l.id, l.machine_id, l.cluster_id, l.gpus, l.cpus).where(
@@ -295,11 +297,11 @@ class ClusterStore(database.Database):
             r["gpus"] = json.loads(r["gpus"])
         return rows
 
-    async def add_leases(self, cluster_id: str, leases: list[dict], now: float) -> None:
+    async def add_leases(self, cluster_id: str, leases: list[Row], now: float) -> None:
         await self.atomic(lambda tx: tx.executemany(_INSERT_LEASE, [_lease_values(cluster_id, l, now) for l in leases]))
 
     async def open_lease(
-        self, lease_id: str, *, node_type: str, tags: dict, ports: dict, node_ip: str, now: float
+        self, lease_id: str, *, node_type: str, tags: Row, ports: Row, node_ip: str, now: float
     ) -> bool:
         """A reserved lease becomes open; False when it is no longer reserved (its cluster ended while the
         agent was opening it): an ended lease is never made open again."""
@@ -317,7 +319,7 @@ class ClusterStore(database.Database):
         )
         return await self.write(opened) > 0
 
-    async def set_lease_tags(self, lease_id: str, tags: dict) -> None:
+    async def set_lease_tags(self, lease_id: str, tags: Row) -> None:
         await self.write(sa.update(leases).where(leases.c.id == lease_id).values(tags=json.dumps(tags)))
 
     async def mark_joined(self, lease_id: str, now: float) -> bool:
@@ -354,12 +356,12 @@ class ClusterStore(database.Database):
 
     # --- quotas ---------------------------------------------------------------------------
 
-    async def account(self, account_id: int) -> dict | None:
+    async def account(self, account_id: int) -> Row | None:
         """Who an account is (the ProviderRegistry owns accounts; read-only here)."""
         a = accounts.c
         return await self.fetch_one(sa.select(a.id, a.username, a.role).where(a.id == account_id))
 
-    async def live_clusters_of(self, owner_id: int) -> list[dict]:
+    async def live_clusters_of(self, owner_id: int) -> list[Row]:
         """The owner's clusters that hold (or are acquiring) machines: their spec and deadline."""
         c = clusters.c
         live = [s.value for s in domain.ClusterStatus.active()]
@@ -367,10 +369,10 @@ class ClusterStore(database.Database):
             sa.select(c.id, c.spec, c.expires_at).where(c.owner_id == owner_id, c.status.in_(live))
         )
 
-    async def quota_overrides(self, account_id: int) -> dict | None:
+    async def quota_overrides(self, account_id: int) -> Row | None:
         return await self.fetch_one(sa.select(account_quotas).where(account_quotas.c.account_id == account_id))
 
-    async def set_quota_overrides(self, account_id: int, overrides: dict, *, by: str, now: float) -> None:
+    async def set_quota_overrides(self, account_id: int, overrides: Row, *, by: str, now: float) -> None:
         """Replaces the account's overrides (None: the platform's default)."""
         limits = {k: overrides.get(k) for k in ("max_clusters", "max_gpus", "max_cpus", "max_gpu_hours")}
         insert = store_mod.upsert(self, account_quotas).values(
@@ -385,13 +387,13 @@ class ClusterStore(database.Database):
 
     # --- machines (read-only here: the ProviderRegistry owns them) -----------------------
 
-    async def online_machines(self, cutoff: float) -> list[dict]:
+    async def online_machines(self, cutoff: float) -> list[Row]:
         """Machines that may take new leases: online, with a heartbeat since cutoff, and no GPU check due or
         running (domain.GpuVerification.holds_placement)."""
         not_held = sa.or_(machines.c.gpu_check.is_(None), machines.c.gpu_check.not_in(_HELD_BY_CHECKS))
         return await self.fetch_all(_PLACEMENT_MACHINE.where(store_mod.online(), not_held), {"cutoff": cutoff})
 
-    async def placement_machines(self, changed_since: float | None = None) -> list[dict]:
+    async def placement_machines(self, changed_since: float | None = None) -> list[Row]:
         """What placement reads of every machine (placeable or not), or of those changed since a time."""
         if changed_since is None:
             return await self.fetch_all(_PLACEMENT_MACHINE)
@@ -413,7 +415,7 @@ class ClusterStore(database.Database):
             r["id"]: domain.MachineStatus.effective(r["status"], r["last_heartbeat"], cutoff=cutoff).value for r in rows
         }
 
-    async def machine_summary(self, machine_id: str) -> dict | None:
+    async def machine_summary(self, machine_id: str) -> Row | None:
         """What node labels need: GPU model and count, and the provider's username."""
         return await self.fetch_one(
             sa.select(machines.c.id, machines.c.gpu_model, machines.c.gpus, accounts.c.username.label("provider"))
@@ -424,7 +426,7 @@ class ClusterStore(database.Database):
     # --- GPU checks (actors.machines.gpu_checks: the verification columns of machines are written here, under the
     # placement lock; the registry sets the first status when a machine registers) --------------------
 
-    async def due_gpu_checks(self, cutoff: float) -> list[dict]:
+    async def due_gpu_checks(self, cutoff: float) -> list[Row]:
         """Machines whose GPU check is due and can start now: online, and no lease holds any of their capacity."""
         holding = sa.select(leases.c.id).where(leases.c.machine_id == machines.c.id, _ACTIVE)
         return await self.fetch_all(
@@ -476,7 +478,7 @@ class ClusterStore(database.Database):
             restarted = restarted.where(machines.c.id.not_in(list(running)))
         return await self.write(restarted)
 
-    async def unassessed_machines(self) -> list[dict]:
+    async def unassessed_machines(self) -> list[Row]:
         """Machines registered before GPU verification existed (no status yet)."""
         return await self.fetch_all(sa.select(machines.c.id, machines.c.spec).where(machines.c.gpu_check.is_(None)))
 
@@ -488,7 +490,7 @@ class ClusterStore(database.Database):
         )
 
 
-def decode_lease(row: dict) -> dict:
+def decode_lease(row: Row) -> Row:
     lease = dict(row)
     lease["gpus"] = json.loads(row["gpus"])
     lease["tags"] = json.loads(row["tags"] or "{}")

@@ -10,6 +10,6 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.dialects import sqlite
 
-BigInt = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
-Seconds = sa.Double().with_variant(sqlite.REAL(), "sqlite")  # epoch seconds, durations
+BigInt: sa.types.TypeEngine[int] = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+Seconds: sa.types.TypeEngine[float] = sa.Double().with_variant(sqlite.REAL(), "sqlite")  # epoch seconds, durations
 Real = Seconds  # prices, hours: the same 8-byte float

@@ -18,6 +18,8 @@ from actors.db.sqlite_backend import SqliteBackend
 from dcl_core import database_url
 
 T = TypeVar("T")
+# A row as the stores hand it on: column name → value.
+Row = dict[str, Any]
 
 SQLITE = SqliteBackend.name
 POSTGRESQL = PostgresBackend.name
@@ -25,6 +27,13 @@ PLACEMENT_LOCK = 0x64636C_0002  # advisory lock key: every decide-then-reserve o
 
 # Raised for a constraint a statement broke (unique, foreign key, check): nothing was written.
 IntegrityError = sa.exc.IntegrityError
+
+
+def written(row: Row | None, what: str) -> Row:
+    """A row this process just wrote, read back (its absence is a bug, not an input error)."""
+    if row is None:
+        raise RuntimeError(f"{what} was written but cannot be read back")
+    return row
 
 
 class Transaction:
@@ -41,7 +50,7 @@ class Transaction:
         if rows:
             await self._conn.execute(statement, list(rows))
 
-    async def fetchone(self, statement: sa.Executable, params: dict[str, Any] | None = None) -> dict | None:
+    async def fetchone(self, statement: sa.Executable, params: dict[str, Any] | None = None) -> Row | None:
         row = (await self._conn.execute(statement, params)).first()
         return dict(row._mapping) if row is not None else None
 
@@ -50,10 +59,10 @@ class Serial:
     """`async with` it: one holder at a time, in this process and, on PostgreSQL, in every process
     that shares the database. Reusable, not reentrant (like asyncio.Lock)."""
 
-    def __init__(self, exclusive: Callable[[int], contextlib.AbstractAsyncContextManager], key: int):
+    def __init__(self, exclusive: Callable[[int], contextlib.AbstractAsyncContextManager[None]], key: int):
         self._exclusive, self._key = exclusive, key
         self._local = asyncio.Lock()
-        self._held: contextlib.AbstractAsyncContextManager | None = None
+        self._held: contextlib.AbstractAsyncContextManager[None] | None = None
 
     async def __aenter__(self) -> None:
         await self._local.acquire()
@@ -65,10 +74,10 @@ class Serial:
             raise
         self._held = held
 
-    async def __aexit__(self, *exc_info) -> bool | None:
+    async def __aexit__(self, *exc_info: Any) -> bool | None:
         held, self._held = self._held, None
         try:
-            return await held.__aexit__(*exc_info)
+            return await held.__aexit__(*exc_info) if held is not None else None
         finally:
             self._local.release()
 
@@ -132,14 +141,14 @@ class Database:
 
     # --- reads and writes (the stores' queries, and tests and benchmarks that seed or inspect rows) --------
 
-    async def fetch_all(self, statement: sa.Executable, params: dict[str, Any] | None = None) -> list[dict]:
+    async def fetch_all(self, statement: sa.Executable, params: dict[str, Any] | None = None) -> list[Row]:
         return [dict(r._mapping) for r in await self._read(statement, params)]
 
-    async def fetch_one(self, statement: sa.Executable, params: dict[str, Any] | None = None) -> dict | None:
+    async def fetch_one(self, statement: sa.Executable, params: dict[str, Any] | None = None) -> Row | None:
         rows = await self._read(statement, params)
         return dict(rows[0]._mapping) if rows else None
 
-    async def fetch_column(self, statement: sa.Executable, params: dict[str, Any] | None = None) -> list:
+    async def fetch_column(self, statement: sa.Executable, params: dict[str, Any] | None = None) -> list[Any]:
         """The first column of every row (no dict per row: for long lists of ids)."""
         return [r[0] for r in await self._read(statement, params)]
 
@@ -164,7 +173,7 @@ class Database:
                 raise busy.DatabaseBusy(f"database busy: {exc.orig}") from None
             raise
 
-    async def _read(self, statement: sa.Executable, params: dict[str, Any] | None) -> list[sa.Row]:
+    async def _read(self, statement: sa.Executable, params: dict[str, Any] | None) -> list[sa.Row[Any]]:
         await self.open()
         try:
             return await self._backend.read(statement, params)

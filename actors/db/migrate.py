@@ -38,7 +38,10 @@ def _scripts() -> ScriptDirectory:
 
 
 def head_revision() -> str:
-    return _scripts().get_current_head()
+    head = _scripts().get_current_head()
+    if head is None:
+        raise RuntimeError(f"no migrations in {SCRIPTS}")
+    return head
 
 
 def as_version(revision: str | None) -> int:

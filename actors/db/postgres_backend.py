@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import asyncpg
 import sqlalchemy as sa
@@ -55,8 +55,13 @@ class PostgresBackend:
             raise
         self._engine, self._reads = engine, engine.execution_options(isolation_level="AUTOCOMMIT")
 
+    def _engines(self) -> tuple[AsyncEngine, AsyncEngine]:
+        if self._engine is None or self._reads is None:
+            raise RuntimeError(f"{self.describe()} is not open")
+        return self._engine, self._reads
+
     async def revision(self) -> str | None:
-        async with self._reads.connect() as conn:
+        async with self._engines()[1].connect() as conn:
             return await conn.run_sync(migrate.current_revision)
 
     async def close(self) -> None:
@@ -64,16 +69,16 @@ class PostgresBackend:
             engine, self._engine, self._reads = self._engine, None, None
             await engine.dispose()
 
-    async def read(self, statement: sa.Executable, params: dict | None = None) -> list[sa.Row]:
-        async with self._reads.connect() as conn:
-            return (await conn.execute(statement, params)).all()
+    async def read(self, statement: sa.Executable, params: dict[str, Any] | None = None) -> list[sa.Row[Any]]:
+        async with self._engines()[1].connect() as conn:
+            return list((await conn.execute(statement, params)).all())
 
     async def atomic(self, statements: Callable[[AsyncConnection], Awaitable[T]], lock_wait_s: float | None) -> T:
         """One transaction; shielded like SQLite's, so a cancelled caller never splits it. With
         lock_wait_s, a lock it waits for longer fails it (lock_not_available: busy)."""
 
         async def run() -> T:
-            async with self._engine.begin() as conn:
+            async with self._engines()[0].begin() as conn:
                 if lock_wait_s is not None:
                     await conn.exec_driver_sql(f"SET LOCAL lock_timeout = {max(1, int(lock_wait_s * 1000))}")
                 return await statements(conn)
@@ -85,6 +90,6 @@ class PostgresBackend:
         """Held by one process at a time across the whole database: a transaction-scoped advisory
         lock on a connection of its own, released when that transaction ends (or its connection
         drops: a crashed holder never wedges the others)."""
-        async with self._engine.begin() as conn:
+        async with self._engines()[0].begin() as conn:
             await conn.execute(_LOCK, {"key": key})
             yield

@@ -7,7 +7,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -64,6 +64,11 @@ class SqliteBackend:
     def describe(self) -> str:
         return str(self.path)
 
+    def _connections(self) -> tuple[AsyncConnection, AsyncConnection]:
+        if self._writer is None or self._reader is None:
+            raise RuntimeError(f"{self.path} is not open")
+        return self._writer, self._reader
+
     async def open(self, revision: str) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # The driver's timeout is the busy handler's: migrations wait their turn behind another process's.
@@ -109,20 +114,20 @@ class SqliteBackend:
             raise
 
     async def revision(self) -> str | None:
-        return await self._reader.run_sync(migrate.current_revision)
+        return await self._connections()[1].run_sync(migrate.current_revision)
 
     async def close(self) -> None:
         if self._engine is not None:
-            engine, writer, reader = self._engine, self._writer, self._reader
+            engine, (writer, reader) = self._engine, self._connections()
             self._engine = self._writer = self._reader = None
             await reader.close()
             await writer.close()
             await engine.dispose()
 
-    async def read(self, statement: sa.Executable, params: dict | None = None) -> list[sa.Row]:
+    async def read(self, statement: sa.Executable, params: dict[str, Any] | None = None) -> list[sa.Row[Any]]:
         """On the reader: every row is fetched and the cursor closed at once, so no read keeps a
         snapshot that would hide what is committed later."""
-        return (await self._reader.execute(statement, params)).all()
+        return list((await self._connections()[1].execute(statement, params)).all())
 
     async def atomic(self, statements: Callable[[AsyncConnection], Awaitable[T]], lock_wait_s: float | None) -> T:
         """Shielded: a caller cancelled half-way (an HTTP client that hung up, a cancelled actor call)
@@ -131,7 +136,7 @@ class SqliteBackend:
 
         Waits at most lock_wait_s (WRITE_LOCK_WAIT_S by default) in all: for this process's earlier
         writes, then for SQLite's lock; past it, DatabaseBusy and nothing written."""
-        writer = self._writer
+        writer = self._connections()[0]
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (WRITE_LOCK_WAIT_S if lock_wait_s is None else lock_wait_s)
 

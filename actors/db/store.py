@@ -9,6 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from actors.db import busy, database
+from actors.db.database import Row
 from actors.db.schema import accounts, leases, machine_keys, machines
 from dcl_core import domain, errors
 
@@ -21,20 +22,20 @@ is_busy = busy.is_busy
 _ONLINE = domain.MachineStatus.ONLINE.value
 
 
-def upsert(db: database.Database, table: sa.Table) -> sa.Insert:
+def upsert(db: database.Database, table: sa.Table) -> postgresql.Insert | sqlite.Insert:
     """INSERT ... ON CONFLICT in the database's own dialect (both spell it the same; SQLAlchemy builds it per
     dialect)."""
     return (postgresql.insert if db.backend == database.POSTGRESQL else sqlite.insert)(table)
 
 
-def online(m: sa.FromClause = machines, cutoff: sa.ColumnElement | None = None) -> sa.ColumnElement[bool]:
+def online(m: sa.FromClause = machines, cutoff: sa.ColumnElement[float] | None = None) -> sa.ColumnElement[bool]:
     """The online rule (dcl_core.domain.MachineStatus.effective) over a machines row; cutoff (a bind parameter
     named "cutoff" by default) is now - PlatformSettings.offline_after_s."""
     cutoff = sa.bindparam("cutoff") if cutoff is None else cutoff
     return sa.and_(m.c.status == _ONLINE, m.c.last_heartbeat >= cutoff)
 
 
-def not_online_ids(m: sa.FromClause = machines) -> list[sa.Select]:
+def not_online_ids(m: sa.FromClause = machines) -> list[sa.Select[tuple[str]]]:
     """The ids of the machines `online` leaves out (a machine never heard from included), as index range reads
     (machines_liveness) rather than a scan of every machine: selects to UNION ALL (SQLite takes no nested
     compound select); they take the "cutoff" bind parameter."""
@@ -88,7 +89,7 @@ class Store(database.Database):
 
     # --- accounts -----------------------------------------------------------------------
 
-    async def create_account(self, username: str, password_hash: str, role: domain.Role, now: float) -> dict:
+    async def create_account(self, username: str, password_hash: str, role: domain.Role, now: float) -> Row:
         try:
             await self.write(
                 accounts.insert().values(
@@ -97,19 +98,19 @@ class Store(database.Database):
             )
         except database.IntegrityError:  # rolled back already
             raise errors.Conflict(f"username '{username}' is already taken", username=username) from None
-        return await self.get_account_by_username(username)
+        return database.written(await self.get_account_by_username(username), f"account {username}")
 
-    async def get_account(self, account_id: int) -> dict | None:
+    async def get_account(self, account_id: int) -> Row | None:
         return await self.fetch_one(sa.select(accounts).where(accounts.c.id == account_id))
 
-    async def get_account_by_username(self, username: str) -> dict | None:
+    async def get_account_by_username(self, username: str) -> Row | None:
         return await self.fetch_one(sa.select(accounts).where(accounts.c.username == username))
 
-    async def list_accounts(self) -> list[dict]:
+    async def list_accounts(self) -> list[Row]:
         return await self.fetch_all(sa.select(accounts).order_by(accounts.c.id))
 
     async def count_accounts(self, role: domain.Role) -> int:
-        found = await self.fetch_column(sa.select(sa.func.count()).where(accounts.c.role == role.value))
+        found: list[int] = await self.fetch_column(sa.select(sa.func.count()).where(accounts.c.role == role.value))
         return found[0]
 
     # --- machines -----------------------------------------------------------------------
@@ -126,7 +127,7 @@ class Store(database.Database):
         price_per_cpu_hour: float,
         now: float,
         gpu_check: tuple[domain.GpuVerification, str] | None = None,
-    ) -> dict:
+    ) -> Row:
         """Insert, or refresh the machine this provider registered earlier with the same key.
         gpu_check: its new GPU verification status and detail (JSON), in the same statement (None: unchanged;
         a check in flight is then forgotten: its outcome no longer applies)."""
@@ -179,21 +180,21 @@ class Store(database.Database):
                 set_={**refreshed, "gpu_check": sa.func.coalesce(new.gpu_check, machines.c.gpu_check), **kept},
             )
         )
-        return await self.get_machine_by_key(provider_id, machine_key)
+        return database.written(await self.get_machine_by_key(provider_id, machine_key), f"machine {machine_id}")
 
-    async def get_machine_by_key(self, provider_id: int, machine_key: str) -> dict | None:
+    async def get_machine_by_key(self, provider_id: int, machine_key: str) -> Row | None:
         return await self.fetch_one(_MACHINE_BY_KEY, {"provider_id": provider_id, "machine_key": machine_key})
 
-    async def get_machine(self, machine_id: str) -> dict | None:
+    async def get_machine(self, machine_id: str) -> Row | None:
         return await self.fetch_one(_MACHINE.where(machines.c.id == machine_id))
 
-    async def list_machines(self, provider_id: int | None = None) -> list[dict]:
+    async def list_machines(self, provider_id: int | None = None) -> list[Row]:
         query = _MACHINE.order_by(machines.c.registered_at)
         if provider_id is not None:
             query = query.where(machines.c.provider_id == provider_id)
         return await self.fetch_all(query)
 
-    async def list_machines_by_status(self, status: domain.MachineStatus) -> list[dict]:
+    async def list_machines_by_status(self, status: domain.MachineStatus) -> list[Row]:
         return await self.fetch_all(_MACHINE.where(machines.c.status == status.value))
 
     async def count_online_by_gpu_model(self, cutoff: float) -> dict[str | None, int]:
@@ -230,7 +231,7 @@ class Store(database.Database):
         ]
         await self.atomic(lambda tx: tx.executemany(_HEARTBEAT, rows), lock_wait_s)
 
-    async def get_machines(self, machine_ids: Sequence[str]) -> dict[str, dict]:
+    async def get_machines(self, machine_ids: Sequence[str]) -> dict[str, Row]:
         """The machines of these ids that exist, by id (one query)."""
         if not machine_ids:
             return {}
@@ -282,15 +283,15 @@ class Store(database.Database):
 
         await self.atomic(statements)
 
-    async def active_machine_key(self, machine_id: str) -> dict | None:
+    async def active_machine_key(self, machine_id: str) -> Row | None:
         return await self.fetch_one(
             sa.select(machine_keys).where(machine_keys.c.machine_id == machine_id, machine_keys.c.revoked_at.is_(None))
         )
 
-    async def get_machine_key(self, key_id: str) -> dict | None:
+    async def get_machine_key(self, key_id: str) -> Row | None:
         return await self.fetch_one(_KEY.where(machine_keys.c.id == key_id))
 
-    async def list_machine_keys(self, provider_id: int | None = None) -> list[dict]:
+    async def list_machine_keys(self, provider_id: int | None = None) -> list[Row]:
         """Never the hashes: what a provider sees of its machines' keys (every machine's, for admins)."""
         query = _KEY.order_by(machine_keys.c.created_at)
         if provider_id is not None:
@@ -305,7 +306,7 @@ class Store(database.Database):
         )
 
 
-def decode_machine(row: dict) -> dict:
+def decode_machine(row: Row) -> Row:
     """A machines row (with the provider's username) as the API's MachinePublic dict."""
     return {
         "id": row["id"],
