@@ -245,7 +245,9 @@ class PlatformLauncher:
                     cpus=self.agent_cpus,
                     runtime=self.agent_runtime,
                 )
-                local_agents.wait_for_machines(client, self.layout, providers=self.providers, since=agents_started)
+                local_agents.wait_for_machines(
+                    client, self.layout, agents=record["agents"], providers=self.providers, since=agents_started
+                )
                 timings["agents"] = round(time.monotonic() - t2, 1)
         except BaseException as exc:
             self._failed(record, exc)

@@ -10,6 +10,7 @@ import psutil
 
 import dcluster
 from cli.platform import accounts, install, log_tail, ray_node, state, waiting
+from cli.platform.errors import PlatformError
 from dcl_core import domain, secret_files
 from worker import procs
 
@@ -123,14 +124,33 @@ def start_agents(
         logger.info("started %d local agents", providers)
 
 
-def wait_for_machines(client: dcluster.Client, layout: state.Layout, *, providers: int, since: float) -> None:
-    """Until every local agent's machine is online, heard from since the agents started."""
+def exited_agent_error(agents: list[dict], layout: state.Layout) -> PlatformError | None:
+    """The first local agent that is no longer running, as an error whose first line is its own reason (a
+    missing sandbox runtime, a refused enrollment) and whose details are its log's tail."""
+    for agent in agents:
+        if not procs.pid_alive(agent["pid"], agent.get("create_time")):
+            log = layout.agent_log(agent["index"])
+            return PlatformError(
+                f"local agent {agent['index']} ({agent['name']}) exited: {log_tail.last_reason(log)}",
+                details=f"--- {log} ---\n{log_tail.tail(log, 20)}",
+            )
+    return None
+
+
+def wait_for_machines(
+    client: dcluster.Client, layout: state.Layout, *, agents: list[dict], providers: int, since: float
+) -> None:
+    """Until every local agent's machine is online, heard from since the agents started; an agent that
+    exits meanwhile ends the wait at once with its reason."""
     wanted = {accounts.provider_username(i) for i in range(1, providers + 1)}
     if not wanted:
         return
     since -= 1.0  # same machine, same clock; a little slack for rounding
 
     def all_online() -> bool:
+        exited = exited_agent_error(agents, layout)
+        if exited is not None:
+            raise exited
         try:
             machines = client.list_machines()
         except dcluster.ClientError as exc:
