@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PROVIDERS ?= 2
 PORT ?= 8000
 
-.PHONY: venv test unit lint up down status demo bench lock
+.PHONY: venv test unit lint up down status demo bench lock system-packages-demo system-packages-test
 
 # Installs take the versions the suite last passed on (constraints.txt); `make lock` refreshes them.
 $(BIN)/dcluster: pyproject.toml constraints.txt
@@ -27,8 +27,17 @@ lock:
 
 venv: $(BIN)/dcluster
 
-test: venv lint
-	$(BIN)/pytest -q -n 2 --dist loadfile --durations=40 tests
+# The system packages each needs (bubblewrap for leases; for the tests also chromium, PostgreSQL, Prometheus,
+# Redis, docker): installed as root on Debian/Ubuntu, else a refusal naming the command (.ci/system-packages).
+system-packages-demo:
+	.ci/system-packages demo
+
+system-packages-test:
+	.ci/system-packages test
+
+# With a docker daemon of its own where none answers (.ci/with-dockerd), stopped by its PID at the end.
+test: system-packages-test venv lint
+	.ci/with-dockerd $(BIN)/pytest -q -n 2 --dist loadfile --durations=40 tests
 
 unit: venv
 	$(BIN)/pytest -q tests/unit
@@ -41,7 +50,7 @@ lint: venv
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy --strict dcl_core dcluster actors/db
 
-up: venv
+up: system-packages-demo venv
 	$(BIN)/dcluster up --providers $(PROVIDERS) --port $(PORT)
 
 down: venv
@@ -50,7 +59,7 @@ down: venv
 status: venv
 	$(BIN)/dcluster status
 
-demo: venv
+demo: system-packages-demo venv
 	$(BIN)/dcluster demo --port $(PORT)
 
 bench: venv
