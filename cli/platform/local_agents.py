@@ -29,7 +29,6 @@ def agent_env(base: Mapping[str, str], *, home: Path) -> dict[str, str]:
     env = {k: v for k, v in base.items() if k in _AGENT_ENV_KEEP}
     env["HOME"] = str(home)
     env["RAY_USAGE_STATS_ENABLED"] = "0"
-    env["PYTHONPATH"] = install.with_our_pythonpath(env)
     return env
 
 

@@ -56,7 +56,6 @@ def ray_env(base: Mapping[str, str], *, layout: state.Layout, ports: ray_ports.R
     env["RAY_AUTH_TOKEN_PATH"] = str(state.ensure_ray_auth_token(layout.ray_auth_token))
     env["RAY_USAGE_STATS_ENABLED"] = "0"
     env.update(ports.env())
-    env["PYTHONPATH"] = install.with_our_pythonpath(env)
     return env
 
 

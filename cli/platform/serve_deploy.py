@@ -16,7 +16,7 @@ from dcl_core import protocol, ray_ports, secret_files
 
 logger = logging.getLogger(__name__)
 
-SERVE_TEMPLATE = install.REPO_ROOT / "platform" / "serve.yaml"
+SERVE_TEMPLATE = Path(__file__).with_name("serve.yaml")  # package data; platform/serve.yaml links to it
 SERVE_IMPORT_PATH = "serve_app.app:build_app"
 SERVE_DEPLOY_TIMEOUT_S = 120.0
 # `ray start` returns before the dashboard listens (after a head restart, often seconds later);
