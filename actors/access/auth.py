@@ -93,6 +93,19 @@ class Principal:
         return cls(int(data["account_id"]), data["username"], domain.Role(data["role"]), data.get("cluster_id"))
 
 
+def check_role(principal: Principal, *roles: domain.Role) -> None:
+    """Forbidden unless the principal holds one of the roles: every route's role check (the API's and the actors')."""
+    if principal.role not in roles:
+        allowed = " or ".join(r.value for r in roles)
+        raise errors.Forbidden(f"this route is for {allowed} accounts; you are signed in as {principal.role.value}")
+
+
+def check_account_token(principal: Principal) -> None:
+    """Forbidden for a cluster-scoped token (a cluster's node-provider credential): it calls the node routes alone."""
+    if principal.cluster_id is not None:
+        raise errors.Forbidden("a cluster-scoped token cannot call this route")
+
+
 TOKEN_EXPIRED = "token expired: sign in again at POST /v1/token"
 
 # Verified tokens kept per issuer: every client and agent in use at once, many times over.
