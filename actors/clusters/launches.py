@@ -1,5 +1,4 @@
-"""Launches: starts a cluster's head with the Ray cluster launcher and tears clusters down, each as that cluster's
-background task; the ClusterManager decides when, this carries it out."""
+"""Launches: a cluster's head started with the launcher, and its teardown, as that cluster's background task."""
 
 from __future__ import annotations
 

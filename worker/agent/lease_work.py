@@ -1,5 +1,4 @@
-"""The agent's lease work items: one queue and thread per lease, each item carried out by the LeaseRunner and its
-result posted back to the platform."""
+"""The agent's lease work items: queued per lease, carried out by the LeaseRunner, their results posted back."""
 
 from __future__ import annotations
 
