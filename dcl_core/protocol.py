@@ -21,6 +21,13 @@ AGENT_MAX_RETRY_S = 30.0
 MAX_LONG_POLL_S = 30.0
 LONG_POLL_S = 20.0
 
+# Opening a node of a cluster: each lease open waits this long for its agent, and a node is tried this often in all,
+# each time on another machine where one fits (actors.clusters.lease_opener); the node provider's create waits for
+# all of them (worker.node_provider.market_provider).
+LEASE_OPEN_TIMEOUT_S = 30.0
+NODE_OPEN_ATTEMPTS = 3
+NODE_OPEN_BUDGET_S = NODE_OPEN_ATTEMPTS * LEASE_OPEN_TIMEOUT_S
+
 LEASE_OPEN = "lease_open"
 LEASE_EXEC = "lease_exec"
 LEASE_CLOSE = "lease_close"

@@ -35,8 +35,7 @@ async def optional_principal(
     if credentials is None:
         return None
     principal = await _verified(request, credentials)
-    if principal.cluster_id is not None:
-        raise errors.Forbidden("a cluster-scoped token cannot call this route")
+    auth.check_account_token(principal)
     return principal
 
 
@@ -48,9 +47,7 @@ async def current_principal(principal: Annotated[auth.Principal | None, Depends(
 
 def require_role(*roles: domain.Role):
     async def check(principal: Annotated[auth.Principal, Depends(current_principal)]) -> auth.Principal:
-        if principal.role not in roles:
-            allowed = " or ".join(r.value for r in roles)
-            raise errors.Forbidden(f"this route is for {allowed} accounts; you are signed in as {principal.role.value}")
+        auth.check_role(principal, *roles)
         return principal
 
     return check
@@ -79,12 +76,12 @@ async def machine_caller(
     principal = await optional_principal(request, credentials)
     if principal is None:
         raise errors.Unauthenticated("missing bearer token: an agent key, or a provider's sign-in from POST /v1/token")
-    if principal.role is not domain.Role.PROVIDER:
-        raise errors.Forbidden(f"this route is for provider accounts; you are signed in as {principal.role.value}")
+    auth.check_role(principal, domain.Role.PROVIDER)
     return principal
 
 
-BUYER_OR_ADMIN = (domain.Role.BUYER, domain.Role.ADMIN)  # who may read and manage a cluster (serve_app.hot_routes too)
+# Who may read and manage a cluster (serve_app.hot_routes too), as the role itself says.
+BUYER_OR_ADMIN = tuple(role for role in domain.Role if role.may_hold_clusters())
 
 OptionalPrincipal = Annotated[auth.Principal | None, Depends(optional_principal)]
 CurrentPrincipal = Annotated[auth.Principal, Depends(current_principal)]

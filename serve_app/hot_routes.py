@@ -22,7 +22,7 @@ from fastapi.routing import APIRoute, APIRouter
 from pydantic import ValidationError
 from starlette.requests import Request
 
-from actors.access import agent_keys
+from actors.access import agent_keys, auth
 from dcl_core import api, ids
 from dcl_core import errors as domain_errors
 from serve_app import deps, errors, input_policy, routes_clusters, routes_machines
@@ -149,9 +149,9 @@ class HotRoutes:
             return await self.app(scope, receive, send)
         try:
             principal = tokens.verify(credentials)
-        except domain_errors.Unauthenticated:
-            return await self.app(scope, receive, send)
-        if principal.cluster_id is not None or principal.role not in deps.BUYER_OR_ADMIN:
+            auth.check_account_token(principal)  # the checks of deps.BuyerOrAdmin, on the same definitions
+            auth.check_role(principal, *deps.BUYER_OR_ADMIN)
+        except (domain_errors.Unauthenticated, domain_errors.Forbidden):
             return await self.app(scope, receive, send)
         await self._answer(
             _GET_CLUSTER,

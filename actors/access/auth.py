@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import os
 import secrets
@@ -15,6 +14,7 @@ from pathlib import Path
 import jwt
 from passlib.context import CryptContext
 
+from actors.access import throttle
 from dcl_core import domain, errors, secret_files
 
 JWT_ALGORITHM = "HS256"
@@ -91,6 +91,19 @@ class Principal:
     @classmethod
     def from_dict(cls, data: dict) -> Principal:
         return cls(int(data["account_id"]), data["username"], domain.Role(data["role"]), data.get("cluster_id"))
+
+
+def check_role(principal: Principal, *roles: domain.Role) -> None:
+    """Forbidden unless the principal holds one of the roles: every route's role check (the API's and the actors')."""
+    if principal.role not in roles:
+        allowed = " or ".join(r.value for r in roles)
+        raise errors.Forbidden(f"this route is for {allowed} accounts; you are signed in as {principal.role.value}")
+
+
+def check_account_token(principal: Principal) -> None:
+    """Forbidden for a cluster-scoped token (a cluster's node-provider credential): it calls the node routes alone."""
+    if principal.cluster_id is not None:
+        raise errors.Forbidden("a cluster-scoped token cannot call this route")
 
 
 TOKEN_EXPIRED = "token expired: sign in again at POST /v1/token"
@@ -180,33 +193,22 @@ class TokenIssuer:
 
 
 class LoginLimiter:
-    """At most `max_failures` failed logins per username within `window_s`; then 429 until the window passes."""
+    """At most `max_failures` failed sign-ins per username a `window_s`, refilled evenly (a throttle.Limit); then 429.
+
+    A success forgets the username's failures."""
 
     def __init__(self, *, max_failures: int = 10, window_s: float = 60.0, clock: Callable[[], float] = time.monotonic):
-        self._max = max_failures
-        self._window = window_s
-        self._clock = clock
-        self._failures: dict[str, collections.deque] = {}
-
-    def _recent(self, username: str) -> collections.deque:
-        now = self._clock()
-        q = self._failures.setdefault(username, collections.deque())
-        while q and q[0] <= now - self._window:
-            q.popleft()
-        return q
+        self._failures = throttle.Limit(
+            "failed sign-ins", max_failures * 60.0 / window_s, burst=max_failures, keyed_by="for account", clock=clock
+        )
 
     def check(self, username: str) -> None:
-        q = self._recent(username)
-        if len(q) >= self._max:
-            retry = max(1, int(q[0] + self._window - self._clock()) + 1)
-            raise errors.RateLimited(
-                f"too many failed sign-ins for '{username}': try again in {retry} s", retry_after_s=retry
-            )
+        wait = self._failures.wait_s(username)
+        if wait > 0:
+            raise self._failures.refusal(username, wait)
 
     def record_failure(self, username: str) -> None:
-        self._recent(username).append(self._clock())
-        if len(self._failures) > 100_000:  # bound memory under a username-spraying attack
-            self._failures = {k: v for k, v in self._failures.items() if v}
+        self._failures.take(username)
 
     def record_success(self, username: str) -> None:
-        self._failures.pop(username, None)
+        self._failures.forget(username)

@@ -1,4 +1,4 @@
-"""Token buckets that bound sign-in and sign-up (each a bcrypt hash) per client address and overall."""
+"""The platform's rate limiter: token buckets per key (an address, an account) or overall, and the sign-in/up limits."""
 
 from __future__ import annotations
 
@@ -38,11 +38,18 @@ class Limit:
     """One named limit: a bucket per key (a client address), or a single one (key None)."""
 
     def __init__(
-        self, what: str, per_minute: float, *, burst: float | None = None, clock: Callable[[], float] = time.monotonic
+        self,
+        what: str,
+        per_minute: float,
+        *,
+        burst: float | None = None,
+        keyed_by: str = "from",
+        clock: Callable[[], float] = time.monotonic,
     ):
         if per_minute <= 0:
             raise ValueError("a limit must allow at least some requests a minute")
         self.what = what
+        self.keyed_by = keyed_by  # how a refusal names the key: "from <address>", "for <account>"
         self.per_minute = per_minute
         self.rate_per_s = per_minute / 60.0
         self.burst = float(burst if burst is not None else per_minute)
@@ -78,9 +85,13 @@ class Limit:
         bucket.refill(self._clock())
         bucket.tokens = min(bucket.burst, bucket.tokens + 1.0)
 
+    def forget(self, key: str | None) -> None:
+        """The key starts again with a full bucket."""
+        self._buckets.pop(key, None)
+
     def refusal(self, key: str | None, wait_s: float) -> errors.RateLimited:
         retry = max(1, math.ceil(wait_s))
-        where = f" from {key}" if key is not None else " on this platform (all clients together)"
+        where = f" {self.keyed_by} {key}" if key is not None else " on this platform (all clients together)"
         return errors.RateLimited(
             f"too many {self.what}{where}: the limit is {self.per_minute:g} a minute; try again in {retry} s",
             retry_after_s=retry,

@@ -1,8 +1,7 @@
-"""ClusterManager: carries out buyer clusters' lifecycle (actors/clusters/lifecycle.py decides), calls the
-launcher, runs the reconcile loop, and makes the parts it is composed of, each given its collaborators: the
-buyer API (cluster_api.py), the node-provider API (node_api.py), the lease opener (lease_opener.py), the
-placer (actors/machines/placer.py), the events (events.py); what differs per backend is behind
-actors/backends/backend.py."""
+"""ClusterManager: carries out buyer clusters' lifecycle (actors/clusters/lifecycle.py decides) and runs the reconcile
+loop, composed of parts each given its collaborators: the buyer API (cluster_api.py), the node-provider API
+(node_api.py), launches and teardowns (launches.py), the lease opener (lease_opener.py), the placer
+(actors/machines/placer.py), the events (events.py); what differs per backend is behind actors/backends/backend.py."""
 
 from __future__ import annotations
 
@@ -17,8 +16,7 @@ from typing import Protocol
 from actors import metrics as metrics_mod
 from actors.access import auth, cluster_files, platform_secrets
 from actors.backends import backend, catalog
-from actors.clusters import cluster_logs, lifecycle, node_observer, quota_book
-from actors.clusters import cluster_views as views
+from actors.clusters import cluster_logs, launches, lifecycle, node_observer, quota_book
 from actors.clusters import joins as joins_mod
 from actors.clusters.cluster_api import BuyerApi
 from actors.clusters.events import ClusterEvents
@@ -35,7 +33,6 @@ logger = logging.getLogger(__name__)
 
 S = domain.ClusterStatus
 N = domain.NodeRole
-TEARDOWN_TIMEOUT_S = 120.0
 EXPIRY_BACKSTOP_S = 10.0
 SWEEP_INTERVAL_S = 60.0
 
@@ -52,12 +49,7 @@ class Reaper(Protocol):
     async def schedule(self, cluster_id: str) -> float | None: ...
 
 
-class Launcher(Protocol):
-    """Ray's cluster launcher (actors.backends.launcher.RayClusterLauncher, or a fake in tests)."""
-
-    async def create(self, config: dict) -> None: ...
-
-    async def teardown(self, config: dict) -> None: ...
+Launcher = launches.Launcher  # what the manager is given; launches.py is what calls it
 
 
 class ClusterManager:
@@ -69,7 +61,7 @@ class ClusterManager:
         settings: PlatformSettings,
         *,
         registry: Registry,
-        launcher: Launcher,
+        launcher: launches.Launcher,
         reaper: Reaper | None = None,
         clock: Callable[[], float] = time.time,
         metrics: metrics_mod.Metrics | None = None,
@@ -82,7 +74,6 @@ class ClusterManager:
         self._metrics = metrics or metrics_mod.NullMetrics()
         self._settings = settings
         self._registry = registry
-        self._launcher = launcher
         self._reaper = reaper
         self._clock = clock
         self._quotas = quota_book.QuotaBook(store, settings, clock)
@@ -116,6 +107,18 @@ class ClusterManager:
         self._tasks: dict[str, asyncio.Task] = {}  # cluster id → its provisioning or teardown
         self._last_sweep = 0.0
         self._backends = catalog.backends(settings, self._tokens_or_fail)
+        self._launches = launches.Launches(
+            store,
+            settings,
+            launcher=launcher,
+            opener=self._opener,
+            events=self._events,
+            secrets=self._secrets,
+            metrics=self._metrics,
+            backend_of=self._backend,
+            tasks=self._tasks,
+            clock=clock,
+        )
         self._buyer = BuyerApi(
             store,
             settings,
@@ -127,8 +130,8 @@ class ClusterManager:
             events=self._events,
             clock=clock,
             backend_of=self._backend,
-            provision=lambda cluster_id: self._spawn(cluster_id, self._provision(cluster_id)),
-            begin_teardown=self._begin_teardown,
+            provision=lambda cluster_id: self._launches.spawn(cluster_id, self._launches.provision(cluster_id)),
+            begin_teardown=self._launches.begin_teardown,
             schedule_expiry=self._schedule_expiry,
         )
         self._nodes = NodeProviderApi(
@@ -168,9 +171,11 @@ class ClusterManager:
         await self._placer.load()  # after: recover gives machines their first GPU status
         interrupted = await self._store.clusters_with_status(S.TERMINATING)
         for row in await self._store.clusters_with_status(S.PENDING, S.PROVISIONING):
-            await self._fail(row["id"], "the control plane restarted while the cluster was provisioning")
+            await self._launches.fail(row["id"], "the control plane restarted while the cluster was provisioning")
         for row in interrupted:
-            self._spawn(row["id"], self._teardown(row["id"], S(row["ending_as"] or S.TERMINATED.value)))
+            self._launches.spawn(
+                row["id"], self._launches.teardown(row["id"], S(row["ending_as"] or S.TERMINATED.value))
+            )
 
     async def run_reconcile_loop(self) -> None:
         """Notices joined workers, lost machines and ended lifetimes; never dies."""
@@ -266,7 +271,7 @@ class ClusterManager:
             await self.expire(cid, action.deadline)
             return False
         if isinstance(action, lifecycle.Fail):
-            await self._fail(cid, action.reason)
+            await self._launches.fail(cid, action.reason)
             return False
         if isinstance(action, lifecycle.LoseLease):
             if await self._store.end_lease(action.lease_id, domain.LeaseStatus.LOST, now):
@@ -274,7 +279,7 @@ class ClusterManager:
                     cid, domain.EventKind.LEASE_LOST, f"{action.role} node {action.lease_id} lost: {action.why}"
                 )
                 if action.fail_reason:
-                    await self._fail(cid, action.fail_reason)
+                    await self._launches.fail(cid, action.fail_reason)
                     return False
             return True
         if await self._store.set_cluster_status(cid, action.to, now, reason=action.reason, only_from=(action.from_,)):
@@ -295,7 +300,7 @@ class ClusterManager:
 
     async def expire(self, cluster_id: str, deadline: float) -> bool:
         late = self._clock() - deadline
-        return await self._begin_teardown(
+        return await self._launches.begin_teardown(
             cluster_id, S.EXPIRED, f"its lifetime ended (teardown started {late:.3f} s after the deadline)"
         )
 
@@ -313,109 +318,6 @@ class ClusterManager:
             await self._reaper.schedule(cluster_id)
         except Exception:  # the reaper reloads every deadline from the database when it (re)starts
             logger.exception("could not reach the expiry reaper for %s", cluster_id)
-
-    # --- steps shared by the buyer and node-provider APIs --------------------------------
-
-    async def _provision(self, cluster_id: str) -> None:
-        row = await self._store.get_cluster(cluster_id)
-        if not await self._store.set_cluster_status(cluster_id, S.PROVISIONING, self._clock(), only_from=(S.PENDING,)):
-            return
-        await self._events.record(
-            cluster_id, domain.EventKind.PROVISIONING, "starting the head node with the Ray cluster launcher"
-        )
-        try:
-            await asyncio.wait_for(
-                self._launcher.create(await self._launcher_config(row)), timeout=self._settings.provision_timeout_s
-            )
-        except Exception as exc:
-            await self._fail(cluster_id, f"the cluster launcher failed: {views.describe(exc)}")
-            return
-        spec = ClusterSpec.model_validate_json(row["spec"])
-        await self._events.record(
-            cluster_id,
-            domain.EventKind.HEAD_READY,
-            f"head node up; its autoscaler is starting {spec.num_workers} worker(s)",
-        )
-        if self._backend(spec).running_once_head_is_up and await self._store.set_cluster_status(
-            cluster_id, S.RUNNING, self._clock(), only_from=(S.PROVISIONING,)
-        ):
-            await self._events.record(
-                cluster_id,
-                domain.EventKind.RUNNING,
-                "running: the EC2 head is up; workers join through the sub-cluster's own autoscaler",
-            )
-
-    async def _begin_teardown(self, cluster_id: str, final: S, reason: str) -> bool:
-        if await self._store.set_cluster_status(
-            cluster_id, S.TERMINATING, self._clock(), ending_as=final, only_from=S.active()
-        ):
-            await self._events.record(cluster_id, domain.EventKind.TERMINATING, f"tearing down: {reason}")
-            provisioning = self._tasks.pop(cluster_id, None)
-            if provisioning is not None:
-                provisioning.cancel()
-            self._spawn(cluster_id, self._teardown(cluster_id, final, reason))
-            return True
-        return False
-
-    async def _fail(self, cluster_id: str, reason: str) -> None:
-        logger.warning("cluster %s failed: %s", cluster_id, reason)
-        await self._events.record(cluster_id, domain.EventKind.FAILED, reason)
-        if await self._store.set_cluster_status(
-            cluster_id, S.TERMINATING, self._clock(), reason=reason, ending_as=S.FAILED, only_from=S.active()
-        ):
-            provisioning = self._tasks.pop(cluster_id, None)
-            if provisioning is not None and provisioning is not asyncio.current_task():
-                provisioning.cancel()
-            self._spawn(cluster_id, self._teardown(cluster_id, S.FAILED, reason))
-
-    async def _teardown(self, cluster_id: str, final: S, reason: str | None = None) -> None:
-        """Releases every node at once (the agents stop exactly the lease's processes, in parallel),
-        then lets the launcher clear what it keeps of the cluster, then records the end."""
-        started = self._clock()
-        row = await self._store.get_cluster(cluster_id)
-        leases = await self._store.leases_of(cluster_id)
-        had_nodes = self._backend(ClusterSpec.model_validate_json(row["spec"])).needs_launcher_teardown(leases)
-        # All at once: the head's autoscaler cannot replace a worker meanwhile, since the cluster is
-        # terminating and create_nodes refuses.
-        await asyncio.gather(*(self._opener.close_lease(cluster_id, l) for l in leases))
-        self._metrics.released(self._clock() - started)
-        await self._events.record(
-            cluster_id, domain.EventKind.RELEASED, f"all nodes released in {self._clock() - started:.1f} s"
-        )
-        if had_nodes:
-            try:
-                await asyncio.wait_for(
-                    self._launcher.teardown(await self._launcher_config(row)), timeout=TEARDOWN_TIMEOUT_S
-                )
-            except Exception as exc:
-                await self._events.record(
-                    cluster_id, domain.EventKind.TEARDOWN_WARNING, f"launcher teardown: {views.describe(exc)}"
-                )
-        await self._store.set_cluster_status(cluster_id, final, self._clock(), reason=reason)
-        await self._events.record(
-            cluster_id,
-            domain.EventKind.reached(final),
-            f"{final.value} {self._clock() - started:.1f} s after the teardown began",
-        )
-
-    async def _launcher_config(self, row: dict) -> dict:
-        spec = ClusterSpec.model_validate_json(row["spec"])
-        backend = self._backend(spec)
-        if backend.names_token_file:  # the config names a file: make sure this node has it
-            await self._secrets.cluster_token_file(row["id"])
-        return backend.launcher_config(row, spec, self._clock())
-
-    def _spawn(self, cluster_id: str, coro) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks[cluster_id] = task
-
-        def done(t: asyncio.Task) -> None:
-            if self._tasks.get(cluster_id) is t:
-                self._tasks.pop(cluster_id, None)
-            if not t.cancelled() and t.exception() is not None:
-                logger.error("background work of cluster %s failed", cluster_id, exc_info=t.exception())
-
-        task.add_done_callback(done)
 
 
 def _expose(host: type, part: str, part_cls: type) -> None:

@@ -22,8 +22,6 @@ logger = logging.getLogger(__name__)
 
 S = domain.ClusterStatus
 N = domain.NodeRole
-LEASE_OPEN_TIMEOUT_S = 30.0
-NODE_OPEN_ATTEMPTS = 3  # a node a machine fails to open is tried again (elsewhere where it fits), this often in all
 LEASE_CLOSE_TIMEOUT_S = 30.0
 
 
@@ -59,15 +57,15 @@ class LeaseOpener:
         self, cluster: dict, lease: dict, request: placement.NodeRequest, node_type: str, tags: dict
     ) -> dict:
         """Opens a reserved node. A machine that fails to open it loses the reservation, and another is
-        reserved (a different machine where one fits, placement.replacement) up to NODE_OPEN_ATTEMPTS
+        reserved (a different machine where one fits, placement.replacement) up to protocol.NODE_OPEN_ATTEMPTS
         times in all; each attempt is an event."""
         cid, failed = cluster["id"], []
-        for attempt in range(1, NODE_OPEN_ATTEMPTS + 1):
+        for attempt in range(1, protocol.NODE_OPEN_ATTEMPTS + 1):
             opened = await self._open_lease(cluster, lease, node_type, tags, attempt)
             if opened is not None:
                 return opened
             failed.append(lease["machine_id"])
-            if attempt == NODE_OPEN_ATTEMPTS:
+            if attempt == protocol.NODE_OPEN_ATTEMPTS:
                 break
             async with self._placement_lock:  # the failed reservation is released: reserve the next atomically
                 row = await self._store.get_cluster(cid)
@@ -97,11 +95,11 @@ class LeaseOpener:
                 cid,
                 domain.EventKind.NODE_RETRY,
                 f"{request.role} node: attempt {attempt + 1} of "
-                f"{NODE_OPEN_ATTEMPTS} on machine {lease['machine_id']} as node {lease['id']} "
+                f"{protocol.NODE_OPEN_ATTEMPTS} on machine {lease['machine_id']} as node {lease['id']} "
                 f"(failed so far: {', '.join(failed)})",
             )
         raise errors.Conflict(
-            f"{request.role} node of cluster {cid} could not be opened in {NODE_OPEN_ATTEMPTS} "
+            f"{request.role} node of cluster {cid} could not be opened in {protocol.NODE_OPEN_ATTEMPTS} "
             f"attempts (machines {', '.join(failed)}); see the cluster's events"
         )
 
@@ -139,14 +137,14 @@ class LeaseOpener:
             image=ClusterSpec.model_validate_json(cluster["spec"]).image,
         )
         result = await self._registry.send_work(
-            lease["machine_id"], protocol.LEASE_OPEN, payload.model_dump(), timeout_s=LEASE_OPEN_TIMEOUT_S
+            lease["machine_id"], protocol.LEASE_OPEN, payload.model_dump(), timeout_s=protocol.LEASE_OPEN_TIMEOUT_S
         )
         if not result.get("ok"):
             await self._store.end_lease(lease["id"], domain.LeaseStatus.LOST, self._clock())
             await self._events.record(
                 cluster["id"],
                 domain.EventKind.LEASE_FAILED,
-                f"attempt {attempt} of {NODE_OPEN_ATTEMPTS}: machine {lease['machine_id']} could "
+                f"attempt {attempt} of {protocol.NODE_OPEN_ATTEMPTS}: machine {lease['machine_id']} could "
                 f"not open {lease['role']} node {lease['id']}: {views.tail(result.get('output', ''))}",
             )
             return None

@@ -1,15 +1,14 @@
-"""ProviderRegistry: accounts, sign-in, provider machines, heartbeats, and who may use the agents' work channel."""
+"""ProviderRegistry: provider machines, heartbeats, the agents' work channel; accounts are access/accounts.py."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import time
 from collections.abc import Callable
 
 from actors import metrics as metrics_mod
-from actors.access import agent_keys, auth, platform_secrets
+from actors.access import accounts, agent_keys, auth, platform_secrets
 from actors.access import throttle as throttle_mod
 from actors.db import store as store_mod
 from actors.machines import gpu_verification, offers, reputation, work_channel
@@ -18,7 +17,6 @@ from dcl_core import domain, errors, ids, protocol
 
 logger = logging.getLogger(__name__)
 
-ADMIN_USERNAME = "admin"
 # Who may call a machine's routes: its provider (a signed-in principal) or the machine's own agent key.
 MachineCaller = auth.Principal | agent_keys.MachineKey
 # A heartbeat whose write waits longer than this means the database is not recording heartbeats.
@@ -46,14 +44,17 @@ class ProviderRegistry:
         self._store = store
         self._metrics = metrics or metrics_mod.NullMetrics()
         self._settings = settings
-        self._secrets = secrets or platform_secrets.for_settings(settings)
         self._clock = clock
-        self._hasher = hasher or auth.PasswordHasher(rounds=settings.bcrypt_rounds)
-        self._limiter = limiter or auth.LoginLimiter(max_failures=settings.login_max_failures_per_minute)
-        self._throttle = throttle or throttle_mod.AuthThrottle.from_settings(settings)
-        # bcrypt runs in threads; this bounds how many cores it may take at once.
-        self._hash_slots = asyncio.Semaphore(settings.password_hash_threads)
-        self._tokens: auth.TokenIssuer | None = None
+        self._accounts = accounts.Accounts(
+            store,
+            settings,
+            secrets=secrets or platform_secrets.for_settings(settings),
+            metrics=self._metrics,
+            clock=clock,
+            hasher=hasher,
+            limiter=limiter,
+            throttle=throttle,
+        )
         self._work = work_channel.WorkChannel()
         # Silence means something only while the platform could hear: after the registry (re)starts, or
         # heartbeats could not be recorded (a locked database), agents get time to come back first.
@@ -69,20 +70,8 @@ class ProviderRegistry:
     async def start(self) -> None:
         """Recover from the database: schema, signing secret, the bootstrap admin."""
         await self._store.open()
-        secret = await self._secrets.signing_secret()
-        self._tokens = auth.TokenIssuer(secret, ttl_s=self._settings.token_ttl_s, clock=self._clock)
-        await self._ensure_admin()
+        await self._accounts.start()
         self._deaf_at = self._clock()
-
-    async def _ensure_admin(self) -> None:
-        if await self._store.count_accounts(domain.Role.ADMIN):
-            await self._secrets.restore_admin_credentials_file()
-            return
-        password = secrets.token_urlsafe(18)
-        password_hash = await self._run_hasher(self._hasher.hash, password)
-        await self._store.create_account(ADMIN_USERNAME, password_hash, domain.Role.ADMIN, self._clock())
-        await self._secrets.save_admin_credentials({"username": ADMIN_USERNAME, "password": password})
-        logger.info("created the bootstrap admin account; credentials in %s", self._settings.admin_credentials_path)
 
     async def run_offline_sweeper(self) -> None:
         """Marks machines offline once they miss enough heartbeats; never dies."""
@@ -98,20 +87,11 @@ class ProviderRegistry:
             except Exception:
                 logger.exception("offline sweep failed")
 
+    # --- accounts (actors/access/accounts.py) ------------------------------------------
+
     async def signing_secret(self) -> str:
         """For the API replicas, which verify tokens themselves (no actor hop per request)."""
-        return self._tokens_or_fail()._secret
-
-    def _tokens_or_fail(self) -> auth.TokenIssuer:
-        if self._tokens is None:
-            raise RuntimeError("registry not started")
-        return self._tokens
-
-    # --- accounts -----------------------------------------------------------------------
-
-    async def _run_hasher(self, fn, *args):
-        async with self._hash_slots:
-            return await asyncio.to_thread(fn, *args)
+        return self._accounts.signing_secret()
 
     async def create_account(
         self,
@@ -121,48 +101,16 @@ class ProviderRegistry:
         by: auth.Principal | None = None,
         client: str | None = None,
     ) -> dict:
-        """`client`: the caller's address, for the sign-up limits (admins are not limited)."""
-        role = domain.Role(role)
-        by_admin = by is not None and by.role is domain.Role.ADMIN
-        if role is domain.Role.ADMIN and not by_admin:
-            raise errors.Forbidden("only an admin can create admin accounts")
-        if not by_admin:
-            self._throttle.begin_signup(client)
-        password_hash = await self._run_hasher(self._hasher.hash, password)
-        row = await self._store.create_account(username, password_hash, role, self._clock())
-        logger.info("account %s created with role %s", username, role.value)
-        return _public_account(row)
+        return await self._accounts.create_account(username, password, role, by, client)
 
     async def login(self, username: str, password: str, client: str | None = None) -> dict:
-        """`client`: the caller's address, for the per-address limit of failed sign-ins."""
-        try:
-            self._limiter.check(username)
-            self._throttle.begin_login(client)
-        except errors.RateLimited:
-            self._metrics.sign_in_failed(throttled=True)
-            raise
-        row = await self._store.get_account_by_username(username)
-        ok = await self._run_hasher(self._hasher.verify, password, row["password_hash"] if row else None)
-        if not ok:
-            self._limiter.record_failure(username)
-            self._metrics.sign_in_failed(throttled=False)
-            raise errors.Unauthenticated("wrong username or password")
-        self._limiter.record_success(username)
-        self._throttle.login_succeeded(client)
-        principal = auth.Principal(row["id"], row["username"], domain.Role(row["role"]))
-        tokens = self._tokens_or_fail()
-        return {"access_token": tokens.issue(principal), "token_type": "bearer", "expires_in": tokens.ttl_s}
+        return await self._accounts.login(username, password, client)
 
     async def get_account(self, principal: auth.Principal) -> dict:
-        row = await self._store.get_account(principal.account_id)
-        if row is None:
-            raise errors.Unauthenticated("this account no longer exists")
-        return _public_account(row)
+        return await self._accounts.get_account(principal)
 
     async def list_accounts(self, principal: auth.Principal) -> list[dict]:
-        """Every account (admins only); never a password hash."""
-        _require_role(principal, domain.Role.ADMIN)
-        return [_public_account(row) for row in await self._store.list_accounts()]
+        return await self._accounts.list_accounts(principal)
 
     # --- machines -----------------------------------------------------------------------
 
@@ -178,7 +126,7 @@ class ProviderRegistry:
                 )
             provider_id, provider = known["provider_id"], known["provider"]
         else:
-            _require_role(caller, domain.Role.PROVIDER)
+            auth.check_role(caller, domain.Role.PROVIDER)
             provider_id, provider = caller.account_id, caller.username
         # What it claims decides its GPU verification (a new or changed claim is checked before any lease).
         previous = await self._store.get_machine_by_key(provider_id, request["machine_key"])
@@ -400,17 +348,8 @@ def _provider_scope(principal: auth.Principal) -> int | None:
     """Whose machines a caller sees: a provider its own, an admin every one (None)."""
     if principal.role is domain.Role.ADMIN:
         return None
-    _require_role(principal, domain.Role.PROVIDER)
+    auth.check_role(principal, domain.Role.PROVIDER)
     return principal.account_id
-
-
-def _require_role(principal: auth.Principal, role: domain.Role) -> None:
-    if principal.role is not role:
-        raise errors.Forbidden(f"this route is for {role.value} accounts; you are signed in as {principal.role.value}")
-
-
-def _public_account(row: dict) -> dict:
-    return {"id": row["id"], "username": row["username"], "role": row["role"], "created_at": row["created_at"]}
 
 
 def _public_key(row: dict) -> dict:

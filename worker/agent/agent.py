@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import collections
 import logging
 import random
 import threading
@@ -11,11 +9,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import pydantic
-
 import dcluster
 from dcl_core import domain, protocol
-from worker.agent import detect, fake_nvml, leases
+from worker.agent import detect, fake_nvml, lease_work, leases, outage
 from worker.agent import sandbox as sandbox_mod
 from worker.agent.sandbox import base as sandbox_base
 from worker.agent.state import AgentSettings, MachineState, machine_name
@@ -23,8 +19,6 @@ from worker.agent.state import AgentSettings, MachineState, machine_name
 logger = logging.getLogger(__name__)
 
 DEFAULT_HEARTBEAT_S = 5.0
-_OUTAGE_LOG_EVERY_S = 60.0
-RESULT_POST_ATTEMPTS = 6  # backoff 1, 2, 4, 8, 16 s between them: about half a minute
 LEASES_DIR = "leases"
 
 
@@ -81,12 +75,12 @@ class Agent:
                 check_env=({protocol.ENV_TEST_FAKE_NVML: settings.test_fake_nvml} if settings.test_fake_nvml else None),
             )
         self.leases = lease_runner
-        # Items of one lease run in order on one thread, leases in parallel: lease id -> pending items.
-        # A lease's thread exists while it has items and ends when its queue is empty.
-        self._lease_queues: dict[str, collections.deque] = {}
-        self._lease_queues_lock = threading.Lock()
+        self._results = lease_work.ResultPoster(
+            client, machine_id=lambda: self.machine_id, wait=lambda s: self.wait(s, self._stopping), rand=rand
+        )
+        self._lease_work = lease_work.LeaseWork(lease_runner, post_result=self.post_result)
         for kind in (protocol.LEASE_OPEN, protocol.LEASE_EXEC, protocol.LEASE_CLOSE):
-            self.work_handlers[kind] = self._enqueue_lease_item
+            self.work_handlers[kind] = self._lease_work.enqueue
         # The password enrolls the machine once; the agent then speaks with the machine's key alone.
         self._password = settings.password
         self.revoked = False  # set when the platform refused the key: run() returns, the CLI says why
@@ -94,9 +88,7 @@ class Agent:
             self.client.set_token(self._state.agent_key)
         self._hb_backoff = dcluster.Backoff(rand=rand)
         self._poll_backoff = dcluster.Backoff(rand=rand)
-        self._outage_since: float | None = None
-        self._outage_logged_at = 0.0
-        self._was_unreachable = False
+        self._outage = outage.OutageLog(clock)
         self._stopping = threading.Event()
         self._stopped = threading.Event()
         self._stop_started = False
@@ -160,8 +152,7 @@ class Agent:
 
     def lease_queues(self) -> dict[str, int]:
         """Work items waiting per lease thread (a lease's thread ends, and leaves this, when it is idle)."""
-        with self._lease_queues_lock:
-            return {k: len(q) for k, q in self._lease_queues.items()}
+        return self._lease_work.queues()
 
     def stop(self) -> None:
         """Stop the loops, stop what the agent started, then tell the platform we leave (best effort)."""
@@ -241,13 +232,13 @@ class Agent:
             held = self.leases.lease_ids()
             ack = self.client.heartbeat(self.machine_id, self._usage(len(held)), held)
             self._set_interval(ack)
-            self._close_stale_leases(ack.get("stale_leases") or [])
+            self._lease_work.close_stale(ack.get("stale_leases") or [])
         except dcluster.ApiError as exc:
             if exc.is_transient:
-                self._failed(stage, exc)
+                self._outage.failed(stage, exc)
                 return max(self._hb_backoff.next(), min(exc.retry_after_s or 0.0, 300.0))  # 429 says when
-            if self._was_unreachable:  # it answers again: start re-registering without the outage's delay
-                self._was_unreachable = False
+            if self._outage.was_unreachable:  # it answers again: start re-registering without the outage's delay
+                self._outage.was_unreachable = False
                 self._hb_backoff.reset()
             if exc.status_code == 401 and self._state.agent_key:
                 self._key_refused(exc)
@@ -256,10 +247,10 @@ class Agent:
                 logger.warning("the platform no longer knows machine %s; registering again", self.machine_id)
                 self.machine_id = None
             else:
-                self._failed(stage, exc)
+                self._outage.failed(stage, exc)
             return self._hb_backoff.next()
         except dcluster.PlatformUnreachable as exc:
-            self._failed(stage, exc)
+            self._outage.failed(stage, exc)
             return self._hb_backoff.next()
         except KeyRevoked as exc:
             logger.error("%s", exc)
@@ -269,7 +260,8 @@ class Agent:
         except Exception:
             logger.exception("unexpected error at %s", stage)
             return self._hb_backoff.next()
-        self._recovered()
+        if self._outage.recovered():
+            self._wake_poll()
         self._hb_backoff.reset()
         return self.heartbeat_interval_s
 
@@ -351,25 +343,6 @@ class Agent:
         except (KeyError, TypeError, ValueError):
             pass  # keep the last interval the platform gave
 
-    def _failed(self, stage: str, exc: Exception) -> None:
-        """Log a failure once, then once a minute while it lasts (agents run for days)."""
-        self._was_unreachable = isinstance(exc, dcluster.PlatformUnreachable) or getattr(exc, "is_transient", False)
-        now = self._clock()
-        if self._outage_since is None:
-            self._outage_since = self._outage_logged_at = now
-            logger.warning("%s failed: %s; retrying with backoff", stage, exc)
-        elif now - self._outage_logged_at >= _OUTAGE_LOG_EVERY_S:
-            self._outage_logged_at = now
-            logger.warning("%s still failing after %.0f s: %s", stage, now - self._outage_since, exc)
-        else:
-            logger.debug("%s failed: %s", stage, exc)
-
-    def _recovered(self) -> None:
-        if self._outage_since is not None:
-            logger.info("platform reachable again after %.0f s", self._clock() - self._outage_since)
-            self._outage_since = None
-            self._wake_poll()
-
     def _wake_poll(self) -> None:
         """Let the poll thread retry now rather than at the end of its outage backoff."""
         self._poll_backoff.reset()
@@ -420,127 +393,6 @@ class Agent:
         real_gpus = bool(self.spec and self.spec.gpus and not self.spec.gpus_declared)
         return detect.current_usage(active_leases, with_gpus=real_gpus)
 
-    # --- leases --------------------------------------------------------------------------
-
-    def _close_stale_leases(self, lease_ids: list) -> None:
-        """Leases the platform ended while we could not hear it: stop their processes (behind their queue)."""
-        for lease_id in lease_ids:
-            if isinstance(lease_id, str) and lease_id in self.leases.lease_ids():
-                logger.info("lease %s has no live cluster on the platform: closing it", lease_id)
-                self._enqueue_lease_item({"id": None, "kind": protocol.LEASE_CLOSE, "payload": {"lease_id": lease_id}})
-
-    def _enqueue_lease_item(self, item: dict) -> None:
-        """Queue a lease item behind the earlier items of its lease (a close goes first); never blocks the poll
-        thread."""
-        payload = item.get("payload")
-        lease_id = payload.get("lease_id") if isinstance(payload, dict) else None
-        key = lease_id if isinstance(lease_id, str) else ""  # "": no lease id; validation will say so
-        if item.get("kind") == protocol.LEASE_CLOSE and key:
-            # A close never waits behind the lease's running command (a slow `ray start`, say): it
-            # stops that command's processes too, and what is queued after it finds the lease closed.
-            threading.Thread(
-                target=self._handle_lease_item, args=(item,), name=f"dcluster-close-{key}", daemon=True
-            ).start()
-            return
-        with self._lease_queues_lock:
-            queue = self._lease_queues.get(key)
-            start = queue is None
-            if start:
-                queue = self._lease_queues[key] = collections.deque()
-            queue.append(item)
-        if start:
-            threading.Thread(
-                target=self._drain_lease_queue, args=(key,), name=f"dcluster-lease-{key or 'invalid'}", daemon=True
-            ).start()
-
-    def _drain_lease_queue(self, key: str) -> None:
-        while True:
-            with self._lease_queues_lock:
-                queue = self._lease_queues[key]
-                if not queue:
-                    del self._lease_queues[key]
-                    return
-                item = queue.popleft()
-            try:
-                self._handle_lease_item(item)
-            except Exception:
-                logger.exception("lease work item %s failed", item.get("id"))
-
-    def _handle_lease_item(self, item: dict) -> None:
-        item_id, kind = item.get("id"), item.get("kind")
-        started = time.monotonic()
-        result = self._lease_result(kind, item.get("payload"))
-        logger.debug(
-            "work item %s (%s): ok=%s exit %s in %.1f s",
-            item_id,
-            kind,
-            result.ok,
-            result.exit_code,
-            time.monotonic() - started,
-        )
-        if item_id is None:  # the agent's own item (a stale lease closed): nobody waits for it
-            return
-        if not isinstance(item_id, str) or not item_id:
-            logger.warning("work item of kind %r has no id; its result cannot be posted", kind)
-            return
-        self.post_result(item_id, result)
-
-    def _lease_result(self, kind: Any, payload: Any) -> protocol.WorkResult:
-        """Carry out one lease work item; every failure becomes a WorkResult with ok=False."""
-        try:
-            if kind == protocol.LEASE_OPEN:
-                opened = self.leases.open(protocol.LeaseOpen.model_validate(payload))
-                return protocol.WorkResult(ok=True, exit_code=0, data=opened.model_dump())
-            if kind == protocol.LEASE_EXEC:
-                req = protocol.LeaseExec.model_validate(payload)
-                if req.op == "run":
-                    return self.leases.run(req.lease_id, req.cmd, req.env, req.timeout_s)
-                return self.leases.put_file(req.lease_id, req.path, base64.b64decode(req.content_b64, validate=True))
-            if kind == protocol.LEASE_CLOSE:
-                req = protocol.LeaseClose.model_validate(payload)
-                return self.leases.close(req.lease_id, req.grace_s)
-            return protocol.WorkResult(ok=False, output=f"unknown lease work kind {kind!r}")
-        except pydantic.ValidationError as exc:
-            # Only locations and messages: pydantic's own text would echo the input, auth token included.
-            errors = "; ".join(
-                f"{'.'.join(map(str, e['loc'])) or 'payload'}: {e['msg']}" for e in exc.errors(include_input=False)
-            )
-            logger.warning("invalid %s payload: %s", kind, errors)
-            return protocol.WorkResult(ok=False, output=f"invalid {kind} payload: {errors}")
-        except leases.LeaseError as exc:
-            logger.warning("%s: %s", kind, exc)
-            return protocol.WorkResult(ok=False, output=str(exc))
-        except Exception as exc:
-            logger.exception("%s failed", kind)
-            return protocol.WorkResult(ok=False, output=f"{kind} failed on the agent: {type(exc).__name__}: {exc}")
-
     def post_result(self, item_id: str, result: protocol.WorkResult) -> bool:
         """Send the result, retrying with backoff while the platform is unreachable; True once accepted."""
-        body = result.model_dump(mode="json")
-        backoff = dcluster.Backoff(rand=self._rand)
-        for attempt in range(1, RESULT_POST_ATTEMPTS + 1):
-            machine_id = self.machine_id
-            if machine_id is None:
-                error: object = "not registered"
-            else:
-                try:
-                    self.client.post_result(machine_id, item_id, body)
-                    return True
-                except dcluster.ApiError as exc:
-                    if exc.status_code == 404:
-                        logger.info("the platform no longer waits for work item %s; result dropped", item_id)
-                        return False
-                    if not exc.is_transient:
-                        logger.warning("the platform refused the result of work item %s: %s", item_id, exc)
-                        return False
-                    error = exc
-                except dcluster.PlatformUnreachable as exc:
-                    error = exc
-                except Exception:
-                    logger.exception("posting the result of work item %s failed", item_id)
-                    return False
-            if attempt == RESULT_POST_ATTEMPTS or self.wait(backoff.next(), self._stopping):
-                break
-            logger.debug("posting the result of work item %s failed (%s); retrying", item_id, error)
-        logger.warning("gave up posting the result of work item %s after %d attempt(s): %s", item_id, attempt, error)
-        return False
+        return self._results.post(item_id, result)

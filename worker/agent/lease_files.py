@@ -33,6 +33,10 @@ class LeaseError(Exception):
         self.lease_id = lease_id
 
 
+class RunnerClosed(LeaseError):
+    """The agent is shutting down; no new lease or command starts."""
+
+
 def owner_tag(lease_id: str) -> str:
     return OWNER_TAG_PREFIX + lease_id
 

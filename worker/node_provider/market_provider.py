@@ -2,7 +2,7 @@
 
 Loaded by `provider: {type: external, module: worker.node_provider.market_provider.MarketNodeProvider}` both in the
 platform's launcher process and in the sub-cluster head's autoscaler (a provider machine), so it
-imports only Ray, httpx (through dcluster) and dcl_core. Every call goes to the platform's
+imports only Ray, httpx (through dcluster), tenacity and dcl_core. Every call goes to the platform's
 node routes with the cluster-scoped token of `provider.token`; nothing is kept locally but a short cache.
 """
 
@@ -22,12 +22,13 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
+import tenacity
 from ray.autoscaler.node_launch_exception import NodeLaunchException
 from ray.autoscaler.node_provider import NodeProvider
 from ray.autoscaler.tags import NODE_KIND_HEAD, NODE_KIND_WORKER, TAG_RAY_NODE_KIND, TAG_RAY_USER_NODE_TYPE
 
 import dcluster
-from dcl_core import ids
+from dcl_core import ids, protocol
 from worker.node_provider import command_runner
 
 logger = logging.getLogger(__name__)
@@ -35,9 +36,8 @@ logger = logging.getLogger(__name__)
 CACHE_TTL_S = 2.0  # node_tags/is_running/... within this age of the last list are served from memory
 MIN_REFRESH_S = 0.25  # an unknown node id triggers a new list at most this often
 REQUEST_TIMEOUT_S = 10.0
-# Creating nodes answers once they are open: the platform tries a node up to 3 times (30 s per lease
-# open, each on another machine where one fits) before it gives up.
-CREATE_READ_TIMEOUT_S = 3 * 30.0 + 30.0
+# Creating nodes answers once they are open: the platform tries each node several times before it gives up.
+CREATE_READ_TIMEOUT_S = protocol.NODE_OPEN_BUDGET_S + 30.0
 EXEC_READ_MARGIN_S = 30.0  # exec blocks until the agent ran the command: read timeout = its timeout + this
 REQUEST_ATTEMPTS = 4
 STATUS_OPEN = "open"
@@ -142,26 +142,38 @@ class ClusterNodesApi:
 
     def _call(self, method: str, path: str, *, idempotent: bool, **kw) -> Any:
         backoff = dcluster.Backoff(base_s=0.5, cap_s=8.0, rand=self._rand)
-        for attempt in range(1, self._attempts + 1):
-            try:
-                return self.client.request(method, path, **kw)
-            except (dcluster.PlatformUnreachable, dcluster.ApiError) as exc:
-                if attempt == self._attempts or not _retryable(exc, idempotent):
-                    raise
-                delay = backoff.next()
-                if isinstance(exc, dcluster.ApiError) and exc.retry_after_s:
-                    delay = max(delay, min(exc.retry_after_s, 30.0))
-                logger.warning(
-                    "%s %s failed (%s); attempt %d of %d in %.1f s",
-                    method,
-                    path,
-                    exc,
-                    attempt + 1,
-                    self._attempts,
-                    delay,
+
+        def delay(state: tenacity.RetryCallState) -> float:
+            exc = state.outcome.exception()
+            seconds = backoff.next()
+            if isinstance(exc, dcluster.ApiError) and exc.retry_after_s:
+                seconds = max(seconds, min(exc.retry_after_s, 30.0))
+            return seconds
+
+        def log_retry(state: tenacity.RetryCallState) -> None:
+            logger.warning(
+                "%s %s failed (%s); attempt %d of %d in %.1f s",
+                method,
+                path,
+                state.outcome.exception(),
+                state.attempt_number + 1,
+                self._attempts,
+                state.upcoming_sleep,
+            )
+
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(self._attempts),
+            retry=tenacity.retry_if_exception(
+                lambda exc: (
+                    isinstance(exc, (dcluster.PlatformUnreachable, dcluster.ApiError)) and _retryable(exc, idempotent)
                 )
-                self._sleep(delay)
-        raise AssertionError("not reached")
+            ),
+            wait=delay,
+            sleep=self._sleep,
+            before_sleep=log_retry,
+            reraise=True,
+        )
+        return retrying(self.client.request, method, path, **kw)
 
 
 class MarketNodeProvider(NodeProvider):

@@ -158,8 +158,10 @@ def test_two_registries_on_one_database_sign_each_others_tokens_and_share_the_ad
             )
             await reg.start()
             regs.append(reg)
-        token = regs[0]._tokens_or_fail().issue(auth.Principal(1, "admin", registry.domain.Role.ADMIN))
-        principal = regs[1]._tokens_or_fail().verify(token)
+        token = auth.TokenIssuer(await regs[0].signing_secret()).issue(
+            auth.Principal(1, "admin", registry.domain.Role.ADMIN)
+        )
+        principal = auth.TokenIssuer(await regs[1].signing_secret()).verify(token)
         admins = await dbs[1].count_accounts(registry.domain.Role.ADMIN)
         for db in dbs:
             await db.close()

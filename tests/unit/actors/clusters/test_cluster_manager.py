@@ -9,7 +9,7 @@ import pytest
 
 from actors.access import auth
 from actors.backends import launcher as launcher_mod
-from actors.clusters import cluster_manager, lease_opener, lifecycle, node_observer
+from actors.clusters import cluster_manager, lifecycle, node_observer
 from actors.db import cluster_store, store
 from actors.machines import registry as registry_mod
 from actors.settings import PlatformSettings
@@ -531,7 +531,7 @@ def test_a_node_no_machine_can_open_fails_the_cluster_after_bounded_attempts(env
         c = await manager.get_cluster(buyer, c["id"])
         assert c["status"] == "failed" and "could not be opened in 3 attempts" in c["reason"]
         head_opens = [m for m, k, p in registry.sent if k == protocol.LEASE_OPEN and p["role"] == "head"]
-        assert len(head_opens) == lease_opener.NODE_OPEN_ATTEMPTS
+        assert len(head_opens) == protocol.NODE_OPEN_ATTEMPTS
         assert head_opens[0] != head_opens[1]  # the second try went to the other machine
         kinds = [e["kind"] for e in await manager.cluster_events(buyer, c["id"])]
         assert kinds.count("lease_failed") == 3 and kinds.count("node_retry") == 2

@@ -24,7 +24,7 @@ from dcl_core import domain, protocol
 from worker import procs
 from worker.agent import agent as agent_mod
 from worker.agent import cli as agent_cli
-from worker.agent import leases
+from worker.agent import lease_work, leases
 
 PASSWORD = "s3cret-pass"
 SPEC = domain.MachineSpec(
@@ -294,7 +294,7 @@ def test_without_key_or_password_the_agent_stops_and_says_why(tmp_path, caplog):
 
 
 def test_unreachable_backs_off_then_recovers(tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger="worker.agent.agent")
+    caplog.set_level(logging.INFO, logger="worker.agent")
     client = FakeClient(interval_s=5.0)
     client.script["login"] = [dcluster.PlatformUnreachable("connection refused")] * 7
     waits = FakeWaits()
@@ -734,7 +734,7 @@ def test_bad_lease_items_become_failed_results(tmp_path, lease_root, caplog):
 
 
 def test_result_posting_retries_then_gives_up_or_drops_on_404(tmp_path, lease_root, caplog):
-    caplog.set_level(logging.INFO, logger="worker.agent.agent")
+    caplog.set_level(logging.INFO, logger="worker.agent")
     client = FakeClient()
     waits = FakeWaits()
     agent, _ = make_lease_agent(tmp_path, lease_root, client, waits)
@@ -745,7 +745,7 @@ def test_result_posting_retries_then_gives_up_or_drops_on_404(tmp_path, lease_ro
     assert client.calls.count("post_result") == 3 and waits.waits[-2:] == [1.0, 2.0]
     client.script["post_result"] = [dcluster.ApiError(404, "no such item")]
     assert agent.post_result("w-2", result) is False and "no longer waits" in caplog.text
-    client.script["post_result"] = [dcluster.PlatformUnreachable("refused")] * agent_mod.RESULT_POST_ATTEMPTS
+    client.script["post_result"] = [dcluster.PlatformUnreachable("refused")] * lease_work.RESULT_POST_ATTEMPTS
     assert agent.post_result("w-3", result) is False and "gave up" in caplog.text
     assert [item_id for _, item_id, _ in client.results] == ["w-1"]
 
