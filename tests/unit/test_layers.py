@@ -42,6 +42,8 @@ def test_one_module_creates_actors_and_one_runs_launcher_tasks():
     found = {}
     for package in PACKAGES:
         for path in (ROOT / package).rglob("*.py"):
+            if path.is_relative_to(ROOT / "cli" / "examples"):
+                continue  # a buyer's job the demo submits, not the product
             if lines := _ray_remote_calls(path):
                 found[str(path.relative_to(ROOT))] = lines
     assert set(found) == {"actors/actor_classes.py", "actors/backends/launcher.py"}, found
