@@ -15,6 +15,7 @@ from cli.platform import errors as platform_errors
 from cli.platform import launcher as platform_launcher
 from cli.platform import state
 from dcl_core import database_url, domain
+from dcluster import versions
 
 logger = logging.getLogger(__name__)
 
@@ -219,6 +220,7 @@ SUBCOMMANDS: dict[str, tuple[Callable[[argparse._SubParsersAction], argparse.Arg
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dcluster", description="GPU cluster marketplace on Ray")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=versions.describe("dcluster"))
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add, handler in SUBCOMMANDS.values():
         add(sub).set_defaults(handler=handler)

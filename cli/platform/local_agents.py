@@ -55,6 +55,11 @@ def agent_command(
         str(agent_dir),
         "--name",
         accounts.agent_name(index),
+        # The local demo's machines are free; a provider's agent must name its prices.
+        "--price-per-gpu-hour",
+        "0",
+        "--price-per-cpu-hour",
+        "0",
     ]
     if enroll:
         cmd += ["--enroll"]

@@ -88,6 +88,11 @@ class LocalAgent:
             str(self.state_dir / "agent"),
             "--name",
             name or self.tag,
+            # Free unless a test prices it (a later flag wins).
+            "--price-per-gpu-hour",
+            "0",
+            "--price-per-cpu-hour",
+            "0",
             *extra_args,
         ]
         self.log = self.state_dir / "agent.log"

@@ -14,8 +14,9 @@ import pydantic
 
 import dcluster
 from dcl_core import domain
+from dcluster import versions
 from worker.agent import agent as agent_mod
-from worker.agent import detect, fake_nvml, sandbox
+from worker.agent import detect, env_options, fake_nvml, sandbox
 from worker.agent import state as state_mod
 from worker.agent.sandbox import base as sandbox_base
 
@@ -58,8 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--cpus", type=int, default=None, metavar="N", help="Offer N logical CPUs instead of the detected count"
     )
-    p.add_argument("--price-per-gpu-hour", type=float, default=0.0, help="USD per GPU-hour")
-    p.add_argument("--price-per-cpu-hour", type=float, default=0.0, help="USD per CPU-hour (CPU-only leases)")
+    # No default: a forgotten flag must not offer the machine for free (0 is a price one can still ask for).
+    p.add_argument("--price-per-gpu-hour", type=float, default=None, help="USD per GPU-hour (required)")
+    p.add_argument(
+        "--price-per-cpu-hour", type=float, default=None, help="USD per CPU-hour of CPU-only leases (required)"
+    )
     p.add_argument(
         "--runtime",
         choices=domain.SANDBOX_RUNTIMES,
@@ -104,6 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.add_argument("--detect-only", action="store_true", help="Print the detected machine as JSON and exit")
+    p.add_argument("--version", action="version", version=versions.describe("dcluster-agent"))
+    p.epilog = (
+        f"Every option can also come from the environment: {env_options.ENV_PREFIX}<OPTION> (e.g. "
+        f"{env_options.ENV_PREFIX}PLATFORM_URL, {env_options.ENV_PREFIX}PRICE_PER_GPU_HOUR); a flag given on the "
+        "command line wins."
+    )
+    env_options.defaults_from_environment(p, os.environ)
     return p
 
 
@@ -177,6 +188,18 @@ def main(argv: list[str] | None = None) -> int:
             f"(it is used once: the machine then gets its own agent key)"
         )
 
+    unpriced = [
+        flag
+        for flag, value in (
+            ("--price-per-gpu-hour", args.price_per_gpu_hour),
+            ("--price-per-cpu-hour", args.price_per_cpu_hour),
+        )
+        if value is None
+    ]
+    if unpriced:
+        parser.error(
+            f"{' and '.join(unpriced)} required: what buyers pay for this machine, in USD (0 offers it for free)"
+        )
     runtime = args.runtime or sandbox.default_runtime()
     fields = {
         "platform_url": args.platform_url,

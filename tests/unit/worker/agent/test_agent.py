@@ -510,9 +510,59 @@ def test_password_from_file_or_env(tmp_path, monkeypatch):
 def test_invalid_name_is_a_usage_error(monkeypatch, capsys):
     monkeypatch.setenv(agent_cli.PASSWORD_ENV, PASSWORD)
     with pytest.raises(SystemExit) as e:
-        agent_cli.main(["--platform-url", "http://x", "--username", "prov1", "--name", "bad name!"])
+        agent_cli.main(["--platform-url", "http://x", "--username", "prov1", "--name", "bad name!", *PRICED])
     assert e.value.code == 2
     assert PASSWORD not in capsys.readouterr().err
+
+
+PRICED = ("--price-per-gpu-hour", "0.5", "--price-per-cpu-hour", "0.01")
+
+
+def test_a_machine_is_never_offered_at_a_price_it_was_not_given(monkeypatch, capsys):
+    """No default price: a forgotten flag used to offer the machine for free."""
+    monkeypatch.setenv(agent_cli.PASSWORD_ENV, PASSWORD)
+    with pytest.raises(SystemExit) as e:
+        agent_cli.main(["--platform-url", "http://x", "--username", "prov1", "--price-per-cpu-hour", "0"])
+    err = capsys.readouterr().err
+    assert (
+        e.value.code == 2
+        and "--price-per-gpu-hour required" in err
+        and "--price-per-cpu-hour" not in err.split("error:")[1]
+    )
+
+
+def test_every_option_can_come_from_a_dcluster_variable_and_a_flag_wins(monkeypatch):
+    env = {
+        "DCLUSTER_PLATFORM_URL": "https://market.example",
+        "DCLUSTER_PRICE_PER_GPU_HOUR": "0.8",
+        "DCLUSTER_GPUS": "2",
+        "DCLUSTER_ENROLL": "yes",
+        "DCLUSTER_RUNTIME": "bwrap",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    args = agent_cli.build_parser().parse_args(["--gpus", "4"])
+    assert (args.platform_url, args.price_per_gpu_hour, args.gpus, args.enroll, args.runtime) == (
+        "https://market.example",
+        0.8,
+        4,
+        True,
+        "bwrap",
+    )
+    monkeypatch.setenv("DCLUSTER_RUNTIME", "podman")
+    with pytest.raises(SystemExit):
+        agent_cli.build_parser()
+    monkeypatch.setenv("DCLUSTER_RUNTIME", "bwrap")
+    monkeypatch.setenv("DCLUSTER_LEASE_PIDS", "many")
+    with pytest.raises(SystemExit):
+        agent_cli.build_parser()
+
+
+def test_version_names_the_package_ray_and_python(capsys):
+    with pytest.raises(SystemExit) as e:
+        agent_cli.main(["--version"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and out.startswith("dcluster-agent ") and "ray 2." in out and "python 3." in out
 
 
 def _closed_port() -> int:
@@ -537,6 +587,7 @@ def test_sigterm_exits_zero(tmp_path):
             str(tmp_path / "state"),
             "--gpus",
             "0",
+            *PRICED,
         ],
         cwd=REPO,
         env=env,
