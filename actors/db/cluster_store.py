@@ -59,6 +59,60 @@ _LEASES_OF_CLUSTERS = (
 )
 _ACTIVE = leases.c.status.in_(ACTIVE_LEASE_STATUSES)
 _INSERT_LEASE = leases.insert()
+# The hot statements are built once: building and keying a statement costs tens of µs per call.
+_LEASES_OF = (
+    sa.select(leases)
+    .where(leases.c.cluster_id == sa.bindparam("cluster_id"))
+    .order_by(leases.c.created_at, leases.c.id)
+)
+_LEASE_BY_ID = sa.select(leases).where(leases.c.id == sa.bindparam("lease_id"))
+_ACTIVE_LEASES = sa.select(leases).where(_ACTIVE)
+_ACTIVE_LEASE_IDS = sa.select(leases.c.id).where(_ACTIVE)
+_LEASE_HOLDINGS = sa.select(leases.c.id, leases.c.machine_id, leases.c.cluster_id, leases.c.gpus, leases.c.cpus).where(
+    leases.c.id.in_(sa.bindparam("ids", expanding=True))
+)
+_EVENTS = (
+    sa.select(cluster_events.c.id, cluster_events.c.ts, cluster_events.c.kind, cluster_events.c.message)
+    .where(cluster_events.c.cluster_id == sa.bindparam("cluster_id"), cluster_events.c.id > sa.bindparam("after_id"))
+    .order_by(cluster_events.c.id)
+)
+_INSERT_EVENT = cluster_events.insert()
+_INSERT_CLUSTER = clusters.insert()
+_ONLINE_MACHINES = _PLACEMENT_MACHINE.where(
+    store_mod.online(), sa.or_(machines.c.gpu_check.is_(None), machines.c.gpu_check.not_in(_HELD_BY_CHECKS))
+)
+_CHANGED_MACHINES = _PLACEMENT_MACHINE.where(machines.c.changed_at >= sa.bindparam("since"))
+_UNPLACEABLE_IDS = sa.union_all(
+    *store_mod.not_online_ids(), sa.select(machines.c.id).where(machines.c.gpu_check.in_(_HELD_BY_CHECKS))
+)
+_MACHINE_STATUSES = sa.select(machines.c.id, machines.c.status, machines.c.last_heartbeat).where(
+    machines.c.id.in_(sa.bindparam("ids", expanding=True))
+)
+_OPEN_LEASE = (
+    sa.update(leases)
+    .where(leases.c.id == sa.bindparam("lease_id"), leases.c.status == domain.LeaseStatus.RESERVED.value)
+    .values(
+        status=domain.LeaseStatus.OPEN.value,
+        node_type=sa.bindparam("node_type_"),
+        tags=sa.bindparam("tags_"),
+        ports=sa.bindparam("ports_"),
+        node_ip=sa.bindparam("node_ip_"),
+        opened_at=sa.bindparam("now"),
+    )
+)
+_ACCOUNT = sa.select(accounts.c.id, accounts.c.username, accounts.c.role).where(
+    accounts.c.id == sa.bindparam("account_id")
+)
+_LIVE_CLUSTERS_OF = sa.select(clusters.c.id, clusters.c.spec, clusters.c.expires_at).where(
+    clusters.c.owner_id == sa.bindparam("owner_id"),
+    clusters.c.status.in_([s.value for s in domain.ClusterStatus.active()]),
+)
+_QUOTA_OVERRIDES = sa.select(account_quotas).where(account_quotas.c.account_id == sa.bindparam("account_id"))
+_MARK_JOINED = (
+    sa.update(leases)
+    .where(leases.c.id == sa.bindparam("lease_id"), leases.c.joined_at.is_(None))
+    .values(joined_at=sa.bindparam("now"))
+)
 
 
 class ClusterStore(database.Database):
@@ -67,27 +121,24 @@ class ClusterStore(database.Database):
     async def create_cluster(self, *, cluster: Row, leases: list[Row], event: str, now: float) -> None:
         """The cluster, its reserved leases and its first event, in one transaction."""
 
-        async def statements(tx: database.Transaction) -> None:
-            await tx.execute(
-                clusters.insert().values(
-                    id=cluster["id"],
-                    owner_id=cluster["owner_id"],
-                    name=cluster["name"],
-                    spec=cluster["spec"],
-                    status=cluster["status"],
-                    created_at=now,
-                    updated_at=now,
-                    expires_at=cluster["expires_at"],
-                )
-            )
-            await tx.executemany(_INSERT_LEASE, [_lease_values(cluster["id"], l, now) for l in leases])
-            await tx.execute(
-                cluster_events.insert().values(
-                    cluster_id=cluster["id"], ts=now, kind=domain.EventKind.CREATED.value, message=event
-                )
-            )
-
-        await self.atomic(statements)
+        row = {
+            "id": cluster["id"],
+            "owner_id": cluster["owner_id"],
+            "name": cluster["name"],
+            "spec": cluster["spec"],
+            "status": cluster["status"],
+            "created_at": now,
+            "updated_at": now,
+            "expires_at": cluster["expires_at"],
+        }
+        first_event = {"cluster_id": cluster["id"], "ts": now, "kind": domain.EventKind.CREATED.value, "message": event}
+        await self.write_all(
+            [
+                (_INSERT_CLUSTER, row),
+                (_INSERT_LEASE, [_lease_values(cluster["id"], l, now) for l in leases]),
+                (_INSERT_EVENT, first_event),
+            ]
+        )
 
     async def get_cluster(self, cluster_id: str) -> Row | None:
         return await self.fetch_one(_CLUSTER_BY_ID, {"cluster_id": cluster_id})
@@ -155,15 +206,10 @@ class ClusterStore(database.Database):
     # --- events -------------------------------------------------------------------------
 
     async def add_event(self, cluster_id: str, kind: domain.EventKind, message: str, now: float) -> None:
-        await self.write(
-            cluster_events.insert().values(cluster_id=cluster_id, ts=now, kind=kind.value, message=message)
-        )
+        await self.write(_INSERT_EVENT, {"cluster_id": cluster_id, "ts": now, "kind": kind.value, "message": message})
 
     async def events(self, cluster_id: str, after_id: int = 0) -> list[Row]:
-        e = cluster_events.c
-        return await self.fetch_all(
-            sa.select(e.id, e.ts, e.kind, e.message).where(e.cluster_id == cluster_id, e.id > after_id).order_by(e.id)
-        )
+        return await self.fetch_all(_EVENTS, {"cluster_id": cluster_id, "after_id": after_id})
 
     # --- logs ---------------------------------------------------------------------------
 
@@ -233,10 +279,7 @@ class ClusterStore(database.Database):
     # --- leases -------------------------------------------------------------------------
 
     async def leases_of(self, cluster_id: str) -> list[Row]:
-        rows = await self.fetch_all(
-            sa.select(leases).where(leases.c.cluster_id == cluster_id).order_by(leases.c.created_at, leases.c.id)
-        )
-        return [decode_lease(r) for r in rows]
+        return [decode_lease(r) for r in await self.fetch_all(_LEASES_OF, {"cluster_id": cluster_id})]
 
     async def leases_of_clusters(self, cluster_ids: Sequence[str]) -> dict[str, list[Row]]:
         """leases_of for many clusters at once (one query): cluster id → its leases, each cluster asked for."""
@@ -248,7 +291,7 @@ class ClusterStore(database.Database):
         return found
 
     async def get_lease(self, lease_id: str) -> Row | None:
-        row = await self.fetch_one(sa.select(leases).where(leases.c.id == lease_id))
+        row = await self.fetch_one(_LEASE_BY_ID, {"lease_id": lease_id})
         return decode_lease(row) if row else None
 
     async def leases_in_window(
@@ -279,20 +322,16 @@ class ClusterStore(database.Database):
         return [decode_lease(r) for r in await self.fetch_all(query)]
 
     async def active_leases(self) -> list[Row]:
-        return [decode_lease(r) for r in await self.fetch_all(sa.select(leases).where(_ACTIVE))]
+        return [decode_lease(r) for r in await self.fetch_all(_ACTIVE_LEASES)]
 
     async def active_lease_ids(self) -> list[str]:
-        return await self.fetch_column(sa.select(leases.c.id).where(_ACTIVE))
+        return await self.fetch_column(_ACTIVE_LEASE_IDS)
 
     async def lease_holdings(self, lease_ids: list[str]) -> list[Row]:
         """What placement reads of these leases: id, machine, cluster, GPU indices, CPUs (none of it changes)."""
-        l = leases.c
-        query = sa.select(l.id, l.machine_id, l.cluster_id, l.gpus, l.cpus).where(
-            l.id.in_(sa.bindparam("ids", expanding=True))
-        )
         rows = []
         for start in range(0, len(lease_ids), _IDS_PER_QUERY):
-            rows += await self.fetch_all(query, {"ids": lease_ids[start : start + _IDS_PER_QUERY]})
+            rows += await self.fetch_all(_LEASE_HOLDINGS, {"ids": lease_ids[start : start + _IDS_PER_QUERY]})
         for r in rows:
             r["gpus"] = json.loads(r["gpus"])
         return rows
@@ -305,26 +344,21 @@ class ClusterStore(database.Database):
     ) -> bool:
         """A reserved lease becomes open; False when it is no longer reserved (its cluster ended while the
         agent was opening it): an ended lease is never made open again."""
-        opened = (
-            sa.update(leases)
-            .where(leases.c.id == lease_id, leases.c.status == domain.LeaseStatus.RESERVED.value)
-            .values(
-                status=domain.LeaseStatus.OPEN.value,
-                node_type=node_type,
-                tags=json.dumps(tags),
-                ports=json.dumps(ports),
-                node_ip=node_ip,
-                opened_at=now,
-            )
-        )
-        return await self.write(opened) > 0
+        opened = {
+            "lease_id": lease_id,
+            "node_type_": node_type,
+            "tags_": json.dumps(tags),
+            "ports_": json.dumps(ports),
+            "node_ip_": node_ip,
+            "now": now,
+        }
+        return await self.write(_OPEN_LEASE, opened) > 0
 
     async def set_lease_tags(self, lease_id: str, tags: Row) -> None:
         await self.write(sa.update(leases).where(leases.c.id == lease_id).values(tags=json.dumps(tags)))
 
     async def mark_joined(self, lease_id: str, now: float) -> bool:
-        joined = sa.update(leases).where(leases.c.id == lease_id, leases.c.joined_at.is_(None)).values(joined_at=now)
-        return await self.write(joined) > 0
+        return await self.write(_MARK_JOINED, {"lease_id": lease_id, "now": now}) > 0
 
     async def end_lease(self, lease_id: str, status: domain.LeaseStatus, now: float) -> bool:
         """Closes or loses a lease that still held capacity; returns False if it already ended."""
@@ -358,19 +392,14 @@ class ClusterStore(database.Database):
 
     async def account(self, account_id: int) -> Row | None:
         """Who an account is (the ProviderRegistry owns accounts; read-only here)."""
-        a = accounts.c
-        return await self.fetch_one(sa.select(a.id, a.username, a.role).where(a.id == account_id))
+        return await self.fetch_one(_ACCOUNT, {"account_id": account_id})
 
     async def live_clusters_of(self, owner_id: int) -> list[Row]:
         """The owner's clusters that hold (or are acquiring) machines: their spec and deadline."""
-        c = clusters.c
-        live = [s.value for s in domain.ClusterStatus.active()]
-        return await self.fetch_all(
-            sa.select(c.id, c.spec, c.expires_at).where(c.owner_id == owner_id, c.status.in_(live))
-        )
+        return await self.fetch_all(_LIVE_CLUSTERS_OF, {"owner_id": owner_id})
 
     async def quota_overrides(self, account_id: int) -> Row | None:
-        return await self.fetch_one(sa.select(account_quotas).where(account_quotas.c.account_id == account_id))
+        return await self.fetch_one(_QUOTA_OVERRIDES, {"account_id": account_id})
 
     async def set_quota_overrides(self, account_id: int, overrides: Row, *, by: str, now: float) -> None:
         """Replaces the account's overrides (None: the platform's default)."""
@@ -390,27 +419,24 @@ class ClusterStore(database.Database):
     async def online_machines(self, cutoff: float) -> list[Row]:
         """Machines that may take new leases: online, with a heartbeat since cutoff, and no GPU check due or
         running (domain.GpuVerification.holds_placement)."""
-        not_held = sa.or_(machines.c.gpu_check.is_(None), machines.c.gpu_check.not_in(_HELD_BY_CHECKS))
-        return await self.fetch_all(_PLACEMENT_MACHINE.where(store_mod.online(), not_held), {"cutoff": cutoff})
+        return await self.fetch_all(_ONLINE_MACHINES, {"cutoff": cutoff})
 
     async def placement_machines(self, changed_since: float | None = None) -> list[Row]:
         """What placement reads of every machine (placeable or not), or of those changed since a time."""
         if changed_since is None:
             return await self.fetch_all(_PLACEMENT_MACHINE)
-        return await self.fetch_all(_PLACEMENT_MACHINE.where(machines.c.changed_at >= changed_since))
+        return await self.fetch_all(_CHANGED_MACHINES, {"since": changed_since})
 
     async def unplaceable_machine_ids(self, cutoff: float) -> set[str]:
         """Machines that may not take new leases now (usually few: cheaper to read than the others): not
         online, or held by a GPU check (the complement of online_machines)."""
-        held = sa.select(machines.c.id).where(machines.c.gpu_check.in_(_HELD_BY_CHECKS))
-        return set(await self.fetch_column(sa.union_all(*store_mod.not_online_ids(), held), {"cutoff": cutoff}))
+        return set(await self.fetch_column(_UNPLACEABLE_IDS, {"cutoff": cutoff}))
 
     async def machine_statuses(self, machine_ids: list[str], cutoff: float) -> dict[str, str]:
         """Effective status of each machine: online only while its heartbeats are fresh."""
         if not machine_ids:
             return {}
-        m = machines.c
-        rows = await self.fetch_all(sa.select(m.id, m.status, m.last_heartbeat).where(m.id.in_(machine_ids)))
+        rows = await self.fetch_all(_MACHINE_STATUSES, {"ids": machine_ids})
         return {
             r["id"]: domain.MachineStatus.effective(r["status"], r["last_heartbeat"], cutoff=cutoff).value for r in rows
         }

@@ -7,10 +7,9 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from actors.db import busy, migrate
 from actors.db.postgres_backend import PostgresBackend
@@ -36,23 +35,17 @@ def written(row: Row | None, what: str) -> Row:
     return row
 
 
-class Transaction:
-    """What a multi-statement transaction's statements see: one connection, the same on both backends."""
-
-    def __init__(self, conn: AsyncConnection):
-        self._conn = conn
+class Transaction(Protocol):
+    """What a multi-statement transaction's statements see: one connection, the same methods on both backends
+    (sqlite_backend.SqliteTransaction, postgres_backend.PostgresTransaction)."""
 
     async def execute(self, statement: sa.Executable, params: dict[str, Any] | None = None) -> int:
         """Runs one statement; the rows it changed."""
-        return (await self._conn.execute(statement, params)).rowcount
+        ...
 
-    async def executemany(self, statement: sa.Executable, rows: Sequence[dict[str, Any]]) -> None:
-        if rows:
-            await self._conn.execute(statement, list(rows))
+    async def executemany(self, statement: sa.Executable, rows: list[dict[str, Any]]) -> None: ...
 
-    async def fetchone(self, statement: sa.Executable, params: dict[str, Any] | None = None) -> Row | None:
-        row = (await self._conn.execute(statement, params)).first()
-        return dict(row._mapping) if row is not None else None
+    async def fetchone(self, statement: sa.Executable, params: dict[str, Any] | None = None) -> Row | None: ...
 
 
 class Serial:
@@ -142,42 +135,90 @@ class Database:
     # --- reads and writes (the stores' queries, and tests and benchmarks that seed or inspect rows) --------
 
     async def fetch_all(self, statement: sa.Executable, params: dict[str, Any] | None = None) -> list[Row]:
-        return [dict(r._mapping) for r in await self._read(statement, params)]
+        return await self._read(statement, params, _dicts)
 
     async def fetch_one(self, statement: sa.Executable, params: dict[str, Any] | None = None) -> Row | None:
-        rows = await self._read(statement, params)
-        return dict(rows[0]._mapping) if rows else None
+        rows = await self._read(statement, params, _dicts)
+        return rows[0] if rows else None
 
     async def fetch_column(self, statement: sa.Executable, params: dict[str, Any] | None = None) -> list[Any]:
         """The first column of every row (no dict per row: for long lists of ids)."""
-        return [r[0] for r in await self._read(statement, params)]
+        return await self._read(statement, params, _first_column)
 
     async def write(
         self, statement: sa.Executable, params: dict[str, Any] | None = None, lock_wait_s: float | None = None
     ) -> int:
         """One statement in a transaction of its own; returns the rows it changed."""
-        return await self.atomic(lambda tx: tx.execute(statement, params), lock_wait_s)
+        return (await self._write([(statement, params)], lock_wait_s))[0]
+
+    async def write_many(
+        self, statement: sa.Executable, rows: Sequence[dict[str, Any]], lock_wait_s: float | None = None
+    ) -> None:
+        """One statement for each of many rows, in one transaction (executemany)."""
+        if rows:
+            await self._write([(statement, list(rows))], lock_wait_s)
+
+    async def write_all(
+        self, steps: Sequence[tuple[sa.Executable, Any]], lock_wait_s: float | None = None
+    ) -> list[int]:
+        """Statements, each with its parameters (a dict, or a list of them for many rows), in one transaction
+        (in one hop on SQLite); the rows each changed. A step with an empty list of rows is left out."""
+        kept = [(statement, params) for statement, params in steps if params != []]
+        return await self._write(kept, lock_wait_s)
 
     async def insert_rows(self, table: sa.Table, rows: Sequence[dict[str, Any]]) -> None:
         """Many rows into one table, in one transaction (seeding: benchmarks' fleets, tests' fixtures)."""
-        await self.atomic(lambda tx: tx.executemany(table.insert(), rows))
+        await self.write_many(table.insert(), rows)
 
     async def atomic(self, statements: Callable[[Transaction], Awaitable[T]], lock_wait_s: float | None = None) -> T:
         """Runs statements(tx) and commits, or rolls back, as one transaction. lock_wait_s bounds how long
         it waits for locks before it fails with busy.DatabaseBusy: None, the backend's default."""
         await self.open()
         try:
-            return await self._backend.atomic(lambda conn: statements(Transaction(conn)), lock_wait_s)
+            return await self._backend.atomic(statements, lock_wait_s)
         except sa.exc.DBAPIError as exc:
             if busy.is_busy(exc):
                 raise busy.DatabaseBusy(f"database busy: {exc.orig}") from None
             raise
 
-    async def _read(self, statement: sa.Executable, params: dict[str, Any] | None) -> list[sa.Row[Any]]:
+    async def _write(self, steps: list[tuple[sa.Executable, Any]], lock_wait_s: float | None) -> list[int]:
         await self.open()
         try:
-            return await self._backend.read(statement, params)
+            return await self._backend.write(steps, lock_wait_s)
         except sa.exc.DBAPIError as exc:
             if busy.is_busy(exc):
                 raise busy.DatabaseBusy(f"database busy: {exc.orig}") from None
             raise
+
+    async def _read(
+        self, statement: sa.Executable, params: dict[str, Any] | None, shape: Callable[[sa.CursorResult[Any]], T]
+    ) -> T:
+        await self.open()
+        try:
+            return await self._backend.read(statement, params, shape)
+        except sa.exc.DBAPIError as exc:
+            if busy.is_busy(exc):
+                raise busy.DatabaseBusy(f"database busy: {exc.orig}") from None
+            raise
+
+
+# Rows are read off the driver's cursor: every column of the schema is a type SQLAlchemy passes through as the
+# driver gives it (text, integers, floats: actors.db.column_types), and its per-row Row objects cost more than
+# the query on the placement and heartbeat paths (benchmarks: head_limits, scale).
+
+
+def _raw_rows(result: sa.CursorResult[Any]) -> list[Any]:
+    cursor = result.cursor
+    try:
+        return list(cursor.fetchall()) if cursor is not None else []
+    finally:
+        result.close()
+
+
+def _dicts(result: sa.CursorResult[Any]) -> list[Row]:
+    keys = list(result.keys())
+    return [dict(zip(keys, row, strict=True)) for row in _raw_rows(result)]
+
+
+def _first_column(result: sa.CursorResult[Any]) -> list[Any]:
+    return [row[0] for row in _raw_rows(result)]

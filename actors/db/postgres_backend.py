@@ -22,6 +22,25 @@ MIGRATION_LOCK = 0x64636C_0001  # advisory lock key, "dcl" + 1: one migrating pr
 _LOCK = sa.text("SELECT pg_advisory_xact_lock(:key)")  # held until the transaction ends, however it ends
 
 
+class PostgresTransaction:
+    """What a store's multi-statement transaction sees on PostgreSQL (database.Transaction): one connection."""
+
+    def __init__(self, conn: AsyncConnection):
+        self._conn = conn
+
+    async def execute(self, statement: sa.Executable, params: Any = None) -> int:
+        """Runs one statement (params: a dict, or a list of them); the rows it changed."""
+        return (await self._conn.execute(statement, params)).rowcount
+
+    async def executemany(self, statement: sa.Executable, rows: list[dict[str, Any]]) -> None:
+        if rows:
+            await self._conn.execute(statement, rows)
+
+    async def fetchone(self, statement: sa.Executable, params: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        row = (await self._conn.execute(statement, params)).first()
+        return dict(row._mapping) if row is not None else None
+
+
 class PostgresBackend:
     """One pool per process; every write a transaction of its own, read committed; reads in autocommit (one
     round trip each, no BEGIN/ROLLBACK around them)."""
@@ -69,11 +88,13 @@ class PostgresBackend:
             engine, self._engine, self._reads = self._engine, None, None
             await engine.dispose()
 
-    async def read(self, statement: sa.Executable, params: dict[str, Any] | None = None) -> list[sa.Row[Any]]:
+    async def read(
+        self, statement: sa.Executable, params: dict[str, Any] | None, shape: Callable[[sa.CursorResult[Any]], T]
+    ) -> T:
         async with self._engines()[1].connect() as conn:
-            return list((await conn.execute(statement, params)).all())
+            return shape(await conn.execute(statement, params))
 
-    async def atomic(self, statements: Callable[[AsyncConnection], Awaitable[T]], lock_wait_s: float | None) -> T:
+    async def atomic(self, statements: Callable[[PostgresTransaction], Awaitable[T]], lock_wait_s: float | None) -> T:
         """One transaction; shielded like SQLite's, so a cancelled caller never splits it. With
         lock_wait_s, a lock it waits for longer fails it (lock_not_available: busy)."""
 
@@ -81,9 +102,18 @@ class PostgresBackend:
             async with self._engines()[0].begin() as conn:
                 if lock_wait_s is not None:
                     await conn.exec_driver_sql(f"SET LOCAL lock_timeout = {max(1, int(lock_wait_s * 1000))}")
-                return await statements(conn)
+                return await statements(PostgresTransaction(conn))
 
         return await asyncio.shield(run())
+
+    async def write(self, steps: list[tuple[sa.Executable, Any]], lock_wait_s: float | None) -> list[int]:
+        """Statements (each with a dict of parameters, or a list of them) in one transaction; the rows each
+        changed."""
+
+        async def run(tx: PostgresTransaction) -> list[int]:
+            return [await tx.execute(statement, params) for statement, params in steps]
+
+        return await self.atomic(run, lock_wait_s)
 
     @contextlib.asynccontextmanager
     async def exclusive(self, key: int) -> AsyncIterator[None]:

@@ -61,6 +61,30 @@ _KEY = sa.select(
     machines.c.name.label("machine_name"),
     machines.c.provider_id,
 ).join_from(machine_keys, machines, machines.c.id == machine_keys.c.machine_id)
+# The hot statements are built once: building and keying a statement costs tens of µs per call.
+_ACCOUNT_BY_ID = sa.select(accounts).where(accounts.c.id == sa.bindparam("account_id"))
+_ACCOUNT_BY_NAME = sa.select(accounts).where(accounts.c.username == sa.bindparam("username"))
+_MACHINE_BY_ID = _MACHINE.where(machines.c.id == sa.bindparam("machine_id"))
+_MACHINES_BY_IDS = _MACHINE.where(machines.c.id.in_(sa.bindparam("ids", expanding=True)))
+_ONLINE_BY_MODEL = sa.case((machines.c.gpus > 0, machines.c.gpu_model)).label("model")
+_COUNT_ONLINE_BY_MODEL = (
+    sa.select(_ONLINE_BY_MODEL, sa.func.count().label("machines")).where(online()).group_by(_ONLINE_BY_MODEL)
+)
+_SILENT = sa.and_(machines.c.status == _ONLINE, sa.not_(online()))
+_SILENT_IDS = sa.select(machines.c.id).where(_SILENT)
+_SILENT_OFFLINE = sa.update(machines).where(_SILENT).values(status=domain.MachineStatus.OFFLINE.value)
+_LIVE_LEASE_IDS = sa.union(
+    sa.select(leases.c.id).where(
+        leases.c.machine_id == sa.bindparam("machine_id"),
+        leases.c.status.in_([st.value for st in domain.LeaseStatus if st.holds_capacity()]),
+    ),
+    sa.select(machines.c.gpu_check_lease).where(
+        machines.c.id == sa.bindparam("machine_id"), machines.c.gpu_check == domain.GpuVerification.CHECKING.value
+    ),
+)
+_ACTIVE_KEY = sa.select(machine_keys).where(
+    machine_keys.c.machine_id == sa.bindparam("machine_id"), machine_keys.c.revoked_at.is_(None)
+)
 # A heartbeat: a gap since the last one of at most online_within_s counts as time online.
 _HEARTBEAT = (
     sa.update(machines)
@@ -101,10 +125,10 @@ class Store(database.Database):
         return database.written(await self.get_account_by_username(username), f"account {username}")
 
     async def get_account(self, account_id: int) -> Row | None:
-        return await self.fetch_one(sa.select(accounts).where(accounts.c.id == account_id))
+        return await self.fetch_one(_ACCOUNT_BY_ID, {"account_id": account_id})
 
     async def get_account_by_username(self, username: str) -> Row | None:
-        return await self.fetch_one(sa.select(accounts).where(accounts.c.username == username))
+        return await self.fetch_one(_ACCOUNT_BY_NAME, {"username": username})
 
     async def list_accounts(self) -> list[Row]:
         return await self.fetch_all(sa.select(accounts).order_by(accounts.c.id))
@@ -186,7 +210,7 @@ class Store(database.Database):
         return await self.fetch_one(_MACHINE_BY_KEY, {"provider_id": provider_id, "machine_key": machine_key})
 
     async def get_machine(self, machine_id: str) -> Row | None:
-        return await self.fetch_one(_MACHINE.where(machines.c.id == machine_id))
+        return await self.fetch_one(_MACHINE_BY_ID, {"machine_id": machine_id})
 
     async def list_machines(self, provider_id: int | None = None) -> list[Row]:
         query = _MACHINE.order_by(machines.c.registered_at)
@@ -200,10 +224,7 @@ class Store(database.Database):
     async def count_online_by_gpu_model(self, cutoff: float) -> dict[str | None, int]:
         """Online machines per GPU model (None: CPU-only), counted by the database: the gauge the sweeper
         refreshes every few seconds must not read every row into the registry's event loop."""
-        model = sa.case((machines.c.gpus > 0, machines.c.gpu_model)).label("model")
-        rows = await self.fetch_all(
-            sa.select(model, sa.func.count().label("machines")).where(online()).group_by(model), {"cutoff": cutoff}
-        )
+        rows = await self.fetch_all(_COUNT_ONLINE_BY_MODEL, {"cutoff": cutoff})
         return {r["model"]: r["machines"] for r in rows}
 
     async def record_heartbeat(
@@ -229,41 +250,28 @@ class Store(database.Database):
             {"machine_id": machine_id, "now": now, "within": online_within_s, "usage_json": usage.model_dump_json()}
             for machine_id, usage in beats
         ]
-        await self.atomic(lambda tx: tx.executemany(_HEARTBEAT, rows), lock_wait_s)
+        await self.write_many(_HEARTBEAT, rows, lock_wait_s)
 
     async def get_machines(self, machine_ids: Sequence[str]) -> dict[str, Row]:
         """The machines of these ids that exist, by id (one query)."""
         if not machine_ids:
             return {}
-        rows = await self.fetch_all(_MACHINE.where(machines.c.id.in_(sorted(set(machine_ids)))))
+        rows = await self.fetch_all(_MACHINES_BY_IDS, {"ids": sorted(set(machine_ids))})
         return {r["id"]: r for r in rows}
 
     async def live_lease_ids(self, machine_id: str) -> set[str]:
         """Leases on the machine that still hold capacity (the leases table is the ClusterManager's), and
         its GPU check lease while one runs."""
-
-        live = [st.value for st in domain.LeaseStatus if st.holds_capacity()]
-        ids = await self.fetch_column(
-            sa.union(
-                sa.select(leases.c.id).where(leases.c.machine_id == machine_id, leases.c.status.in_(live)),
-                sa.select(machines.c.gpu_check_lease).where(
-                    machines.c.id == machine_id, machines.c.gpu_check == domain.GpuVerification.CHECKING.value
-                ),
-            )
-        )
-        return {i for i in ids if i}
+        return {i for i in await self.fetch_column(_LIVE_LEASE_IDS, {"machine_id": machine_id}) if i}
 
     async def set_machine_status(self, machine_id: str, status: domain.MachineStatus) -> None:
         await self.write(sa.update(machines).where(machines.c.id == machine_id).values(status=status.value))
 
     async def mark_silent_machines_offline(self, cutoff: float) -> list[str]:
         """Online machines whose last heartbeat is older than cutoff become offline; returns their ids."""
-        silent = sa.and_(machines.c.status == _ONLINE, sa.not_(online()))
-        ids = await self.fetch_column(sa.select(machines.c.id).where(silent), {"cutoff": cutoff})
+        ids = await self.fetch_column(_SILENT_IDS, {"cutoff": cutoff})
         if ids:
-            await self.write(
-                sa.update(machines).where(silent).values(status=domain.MachineStatus.OFFLINE.value), {"cutoff": cutoff}
-            )
+            await self.write(_SILENT_OFFLINE, {"cutoff": cutoff})
         return ids
 
     # --- machine keys -------------------------------------------------------------------
@@ -284,9 +292,7 @@ class Store(database.Database):
         await self.atomic(statements)
 
     async def active_machine_key(self, machine_id: str) -> Row | None:
-        return await self.fetch_one(
-            sa.select(machine_keys).where(machine_keys.c.machine_id == machine_id, machine_keys.c.revoked_at.is_(None))
-        )
+        return await self.fetch_one(_ACTIVE_KEY, {"machine_id": machine_id})
 
     async def get_machine_key(self, key_id: str) -> Row | None:
         return await self.fetch_one(_KEY.where(machine_keys.c.id == key_id))
