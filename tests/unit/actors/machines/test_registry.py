@@ -8,7 +8,7 @@ import pytest
 
 from actors.access import agent_keys, auth
 from actors.db import store
-from actors.machines import registry
+from actors.machines import registry, work_channel
 from actors.settings import PlatformSettings
 from dcl_core import domain, errors, protocol
 
@@ -35,6 +35,19 @@ async def platform_db(tmp_path):
     db = store.Store(PlatformSettings(state_dir=tmp_path).db_path)
     yield db
     await db.close()
+
+
+def parked_polls(monkeypatch) -> asyncio.Event:
+    """Set once a long poll waits on its machine's work channel (past its caller's checks)."""
+    parked, wait = asyncio.Event(), work_channel.WorkChannel.wait
+
+    async def watched(self, machine_id, wait_s):
+        if wait_s > 0:
+            parked.set()  # the poll runs on into wait() and parks before the test resumes
+        return await wait(self, machine_id, wait_s)
+
+    monkeypatch.setattr(work_channel.WorkChannel, "wait", watched)
+    return parked
 
 
 def machine_request(key="mk-00000001", gpus=1, model="NVIDIA T4", price=0.5):
@@ -112,14 +125,15 @@ async def test_machines_heartbeats_offline_and_isolation(make_registry, tmp_path
     assert (await reg.list_offers()) == []
 
 
-async def test_work_long_poll_wakes_on_push(make_registry, tmp_path, clock):
+async def test_work_long_poll_wakes_on_push(make_registry, clock, monkeypatch):
     reg = make_registry()
     await reg.start()
     p1 = await signed_in(reg, clock, "prov1", domain.Role.PROVIDER)
     m = await reg.register_machine(p1, machine_request())
     assert await reg.next_work(p1, m["id"], 0) == []
+    parked = parked_polls(monkeypatch)
     waiter = asyncio.create_task(reg.next_work(p1, m["id"], 10))
-    await asyncio.sleep(0.05)
+    await asyncio.wait_for(parked.wait(), 5)
     item = await reg.push_work(m["id"], "lease", {"x": 1})
     got = await asyncio.wait_for(waiter, 2)
 
@@ -262,7 +276,7 @@ async def test_enrollment_answers_a_key_that_speaks_for_its_machine_alone(make_r
     assert key.secret not in json.dumps(row) and row["key_hash"] == agent_keys.hash_secret(key.secret)
 
 
-async def test_revoked_or_replaced_keys_get_401_and_only_the_owner_revokes(make_registry, tmp_path, clock):
+async def test_revoked_or_replaced_keys_get_401_and_only_the_owner_revokes(make_registry, clock, monkeypatch):
     reg = make_registry()
     await reg.start()
     p1 = await signed_in(reg, clock, "prov1", domain.Role.PROVIDER)
@@ -274,8 +288,9 @@ async def test_revoked_or_replaced_keys_get_401_and_only_the_owner_revokes(make_
     assert await reg.list_machine_keys(p2) == []
     with pytest.raises(errors.NotFound):
         await reg.revoke_machine_key(p2, listed["id"])
+    parked = parked_polls(monkeypatch)
     poll = asyncio.ensure_future(reg.next_work(key, machine_id, 20))
-    await asyncio.sleep(0.05)
+    await asyncio.wait_for(parked.wait(), 5)
     revoked = await reg.revoke_machine_key(p1, listed["id"])
     assert not revoked["active"] and revoked["revoked_at"] is not None
     assert await asyncio.wait_for(poll, 1) == []  # the poll in flight returns at once
