@@ -1,6 +1,6 @@
 """Unit tests never start Ray: ray.init raises here, as in Ray Serve's own unit conftest.
 Store tests run on both backends: SQLite, and a PostgreSQL server this session starts itself.
-Async tests (`pytestmark = pytest.mark.anyio`) and async fixtures run on asyncio through anyio's pytest plugin."""
+Async tests (`pytestmark = pytest.mark.anyio`) and async fixtures run on asyncio (tests/conftest.py)."""
 
 import contextlib
 import os
@@ -26,12 +26,6 @@ def _secret_key(monkeypatch):
     has it."""
     monkeypatch.setenv(secret_files.SECRET_KEY_ENV, secret_files.new_secret_key())
     monkeypatch.delenv(secret_files.SECRET_KEY_FILE_ENV, raising=False)
-
-
-@pytest.fixture
-def anyio_backend():
-    """The loop the platform runs on; anyio's plugin runs each async test and its async fixtures on one."""
-    return "asyncio"
 
 
 @pytest.fixture
