@@ -14,6 +14,7 @@ from actors.db import cluster_store, store
 from actors.machines import registry as registry_mod
 from actors.settings import PlatformSettings
 from dcl_core import domain, errors, protocol
+from tests import waiting
 from tests.protocols import assert_implements
 
 pytestmark = pytest.mark.anyio
@@ -838,12 +839,11 @@ async def _head_only(e, clock, spec: dict) -> tuple[dict, auth.Principal, dict]:
 
 
 async def _workers_listed(e, caller, cid) -> list[dict]:
-    for _ in range(500):
+    async def opened():
         workers = [n for n in await e.manager.list_nodes(caller, cid) if n["role"] == "worker"]
-        if workers and all(n["status"] == "open" for n in workers):
-            return workers
-        await asyncio.sleep(0.01)
-    raise AssertionError("the workers were never opened ahead")
+        return workers if workers and all(n["status"] == "open" for n in workers) else None
+
+    return await waiting.wait_until(opened, timeout_s=5, interval_s=0.01, what="the workers opened ahead")
 
 
 async def test_workers_are_opened_while_the_head_starts_and_listed_as_the_autoscalers_own(env, clock):
@@ -906,10 +906,11 @@ async def test_a_worker_that_fails_to_open_ahead_is_left_to_the_autoscaler(env, 
 
     e.registry.send_work = workers_refused
     c, caller, _ = await _head_only(e, clock, {"num_workers": 1, "duration_s": 600})
-    for _ in range(500):
-        if not e.manager.workers_opening_ahead():
-            break
-        await asyncio.sleep(0.01)
+
+    async def settled():
+        return not e.manager.workers_opening_ahead()
+
+    await waiting.wait_until(settled, timeout_s=5, interval_s=0.01, what="no worker opening ahead")
     nodes = await e.manager.list_nodes(caller, c["id"])
     assert [n["role"] for n in nodes if n["status"] == "open"] == ["head"]
     assert {n["status"] for n in nodes if n["role"] == "worker"} == {"lost"}
