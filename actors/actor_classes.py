@@ -6,6 +6,7 @@ import asyncio
 import inspect
 import itertools
 import logging
+from collections.abc import Awaitable, Callable
 
 import ray
 from ray.util import scheduling_strategies
@@ -26,11 +27,12 @@ CLUSTER_MANAGER_NAME = "ClusterManager"
 EXPIRY_REAPER_NAME = "ExpiryReaper"
 
 
-def thin_actor(core_cls: type, build) -> type:
+def thin_actor(core_cls: type, build, *, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> type:
     """A class forwarding every public coroutine method of core_cls to an instance made by build(*args).
 
     The instance's `start()` runs on the actor's event loop from __init__ (recovery happens
     on every restart); calls wait for it. Background loops named `run_*` are started after it.
+    `sleep` waits out the backoff between failed starts.
     """
 
     class Wrapper:
@@ -60,7 +62,7 @@ def thin_actor(core_cls: type, build) -> type:
                 except Exception as exc:
                     self._last_error = f"{type(exc).__name__}: {exc}"
                     logger.exception("%s start failed (attempt %d); retrying", core_cls.__name__, attempt + 1)
-                await asyncio.sleep(min(2**attempt, 10))
+                await sleep(min(2**attempt, 10))
             for name, _ in inspect.getmembers(core_cls, inspect.iscoroutinefunction):
                 if name.startswith("run_"):
                     self._loops.append(asyncio.create_task(getattr(self._core, name)()))

@@ -30,12 +30,16 @@ class Batcher:
         max_batch: int = MAX_BATCH,
         gather_s: float = 0.0,
         coalesce: bool = False,
+        clock: Callable[[], float] | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ):
         self._send = send
+        self._clock = clock  # None: the loop's clock
+        self._sleep = sleep
         self._coalesce = coalesce  # items are hashable, and equal items get the same answer
         self._max_batch = max_batch
         self._gather_s = gather_s
-        self._last_start = float("-inf")  # when the latest call was sent (the loop's clock)
+        self._last_start = float("-inf")  # when the latest call was sent (on the clock)
         self._queue: list[tuple[Any, asyncio.Future]] = []
         self._sender: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop it batches on: the first caller's
@@ -55,12 +59,15 @@ class Batcher:
             self._sender = asyncio.get_running_loop().create_task(self._drain())
         return await future
 
+    def _now(self) -> float:
+        return self._clock() if self._clock is not None else self._loop.time()
+
     async def _drain(self) -> None:
         while self._queue:
-            wait = self._last_start + self._gather_s - self._loop.time()
+            wait = self._last_start + self._gather_s - self._now()
             if wait > 0 and len(self._queue) < self._max_batch:
-                await asyncio.sleep(wait)  # the previous call started moments ago: let this batch fill
-            self._last_start = self._loop.time()
+                await self._sleep(wait)  # the previous call started moments ago: let this batch fill
+            self._last_start = self._now()
             batch, self._queue = self._queue[: self._max_batch], self._queue[self._max_batch :]
             batch = [(item, f) for item, f in batch if not f.done()]
             if not batch:

@@ -6,7 +6,7 @@ import asyncio
 import heapq
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from actors import metrics as metrics_mod
@@ -45,12 +45,14 @@ class ExpiryReaper:
         *,
         clusters: Clusters,
         clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         metrics: metrics_mod.Metrics | None = None,
     ):
         self._store = store
         self._metrics = metrics or metrics_mod.NullMetrics()
         self._clusters = clusters
         self._clock = clock
+        self._sleep = sleep  # waits until the next deadline on `clock`'s time (a fake clock's tests: a fake sleep)
         self._heap: list[tuple[float, str, str]] = []
         self._wake = asyncio.Event()
 
@@ -117,9 +119,12 @@ class ExpiryReaper:
             except Exception:
                 logger.exception("expiry step failed")
             next_at = self.next_deadline()
-            timeout = None if next_at is None else max(0.0, next_at - self._clock())
             self._wake.clear()
+            waits = {asyncio.ensure_future(self._wake.wait())}
+            if next_at is not None:
+                waits.add(asyncio.ensure_future(self._sleep(max(0.0, next_at - self._clock()))))
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout=timeout)
-            except TimeoutError:
-                pass
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiting in waits:
+                    waiting.cancel()

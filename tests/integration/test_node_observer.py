@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import secrets
@@ -15,10 +14,10 @@ import pytest
 
 from actors.clusters import node_observer
 from dcl_core import protocol, ray_ports
-from tests.waiting import wait_for
+from tests.waiting import wait_until
 from worker import procs
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.anyio]
 
 RAY = str(Path(sys.executable).parent / "ray")
 
@@ -77,24 +76,21 @@ def bare_cluster():
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _alive(head: ray_ports.RayPorts, token: str) -> list[node_observer.ObservedNode]:
-    async def go():
-        observer = node_observer.NodeObserver()
-        try:
-            return await observer.alive_nodes("127.0.0.1", head.dashboard, token)
-        finally:
-            await observer.close()
-
-    return asyncio.run(go())
+async def _alive(head: ray_ports.RayPorts, token: str) -> list[node_observer.ObservedNode]:
+    observer = node_observer.NodeObserver()
+    try:
+        return await observer.alive_nodes("127.0.0.1", head.dashboard, token)
+    finally:
+        await observer.close()
 
 
-def test_observer_lists_alive_nodes_with_lease_labels(bare_cluster):
+async def test_observer_lists_alive_nodes_with_lease_labels(bare_cluster):
     head, token = bare_cluster
-    nodes = wait_for(
-        lambda: (n := _alive(head, token)) and len(n) == 2 and n,
-        timeout_s=60,
-        what="head and worker ALIVE in the head's state API",
-    )
+
+    async def both_alive():
+        return (n := await _alive(head, token)) and len(n) == 2 and n
+
+    nodes = await wait_until(both_alive, timeout_s=60, what="head and worker ALIVE in the head's state API")
     by_lease = {n.lease_id: n for n in nodes}
     assert set(by_lease) == {"l-00000000000a", "l-00000000000b"}
     assert by_lease["l-00000000000a"].is_head and not by_lease["l-00000000000b"].is_head
@@ -103,7 +99,7 @@ def test_observer_lists_alive_nodes_with_lease_labels(bare_cluster):
     assert not node_observer.lease_alive(nodes, {"id": "l-00000000000c", "role": "worker"})
 
 
-def test_observer_needs_the_clusters_token(bare_cluster):
+async def test_observer_needs_the_clusters_token(bare_cluster):
     head, _ = bare_cluster
     with pytest.raises(node_observer.ObserveError, match="HTTP 403"):
-        _alive(head, "0" * 64)
+        await _alive(head, "0" * 64)

@@ -1,6 +1,8 @@
 """Unit tests never start Ray: ray.init raises here, as in Ray Serve's own unit conftest.
-Store tests run on both backends: SQLite, and a PostgreSQL server this session starts itself."""
+Store tests run on both backends: SQLite, and a PostgreSQL server this session starts itself.
+Async tests (`pytestmark = pytest.mark.anyio`) and async fixtures run on asyncio (tests/conftest.py)."""
 
+import contextlib
 import os
 
 import pytest
@@ -24,6 +26,14 @@ def _secret_key(monkeypatch):
     has it."""
     monkeypatch.setenv(secret_files.SECRET_KEY_ENV, secret_files.new_secret_key())
     monkeypatch.delenv(secret_files.SECRET_KEY_FILE_ENV, raising=False)
+
+
+@pytest.fixture
+async def closing():
+    """What a test opens and must close, pass or fail: `closing.push_async_callback(db.close)` right after
+    opening it; closed after the test, on the test's loop."""
+    async with contextlib.AsyncExitStack() as stack:
+        yield stack
 
 
 class FakeClock:

@@ -9,18 +9,21 @@ import pytest
 
 from actors import actor_classes
 
+pytestmark = pytest.mark.anyio
+
 
 class SlowStart:
-    """A core whose start() takes a while and can be told to fail first."""
+    """A core whose start() waits until the test opens its gate, and can be told to fail first."""
 
-    def __init__(self, delay_s: float = 0.3, failures: list[BaseException] | None = None):
-        self.delay_s = delay_s
+    def __init__(self, gate: asyncio.Event, failures: list[BaseException] | None = None):
+        self.gate = gate
         self.failures = list(failures or [])
         self.starts = 0
+        self.ticks = 0
 
     async def start(self) -> None:
         self.starts += 1
-        await asyncio.sleep(self.delay_s)
+        await self.gate.wait()
         if self.failures:
             raise self.failures.pop(0)
 
@@ -32,57 +35,82 @@ class SlowStart:
 
     async def run_ticker(self) -> None:
         """A background loop: thin_actor starts it once start() succeeded."""
-        self.ticks = 0
         while True:
             self.ticks += 1
             await asyncio.sleep(0.01)
 
     async def ticks_seen(self) -> int:
-        return getattr(self, "ticks", 0)
+        return self.ticks
 
 
-Wrapped = actor_classes.thin_actor(SlowStart, lambda *args: SlowStart(*args))
+class Backoff:
+    """The wrapper's sleep between failed starts: records each wait and returns at once, or holds it while
+    `hold` is clear."""
+
+    def __init__(self):
+        self.waits: list[float] = []
+        self.waiting = asyncio.Event()  # set while a retry waits
+        self.hold = asyncio.Event()
+        self.hold.set()
+
+    async def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+        self.waiting.set()
+        await self.hold.wait()
+        self.waiting.clear()
 
 
-def run(coro):
-    return asyncio.run(coro)
+def wrapped(backoff=None):
+    """The wrapper class, its cores as they are built, and its backoff."""
+    cores: list[SlowStart] = []
+
+    def build(*args):
+        cores.append(SlowStart(*args))
+        return cores[-1]
+
+    backoff = backoff or Backoff()
+    return actor_classes.thin_actor(SlowStart, build, sleep=backoff), cores, backoff
 
 
-def test_a_caller_that_gives_up_does_not_cancel_the_shared_recovery():
-    async def go():
-        actor = Wrapped(0.3)
-        # A health probe with a short timeout: wait_for cancels its ready() call.
-        with pytest.raises(asyncio.TimeoutError):
-            await asyncio.wait_for(actor.ready(), timeout=0.05)
-        with pytest.raises(asyncio.TimeoutError):
-            await asyncio.wait_for(actor.hello("early"), timeout=0.05)
-        assert await asyncio.wait_for(actor.ready(), timeout=5) is True
-        assert await actor.hello("buyer") == "hello buyer"
-        return await actor.start_count()
-
-    assert run(go()) == 1
+Wrapped, _, _ = wrapped()
 
 
-def test_a_cancellation_from_below_is_retried_like_any_passing_fault():
-    async def go():
-        actor = Wrapped(0.01, [asyncio.CancelledError(), RuntimeError("database is locked")])
-        assert await asyncio.wait_for(actor.ready(), timeout=10) is True
-        return await actor.start_count(), await actor.start_status()
+async def test_a_caller_that_gives_up_does_not_cancel_the_shared_recovery():
+    gate = asyncio.Event()
+    actor = Wrapped(gate)
+    # A health probe with a short timeout: wait_for cancels its ready() call.
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(actor.ready(), timeout=0.05)
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(actor.hello("early"), timeout=0.05)
+    gate.set()
+    assert await asyncio.wait_for(actor.ready(), timeout=5) is True
+    assert await actor.hello("buyer") == "hello buyer"
+    assert await actor.start_count() == 1
 
-    starts, status = run(go())
-    assert starts == 3
-    assert status == {"actor": "SlowStart", "ready": True, "attempts": 3, "last_error": None}
+
+async def test_a_cancellation_from_below_is_retried_like_any_passing_fault():
+    cls, _, backoff = wrapped()
+    gate = asyncio.Event()
+    gate.set()
+    actor = cls(gate, [asyncio.CancelledError(), RuntimeError("database is locked")])
+    assert await asyncio.wait_for(actor.ready(), timeout=10) is True
+    assert await actor.start_count() == 3
+    assert await actor.start_status() == {"actor": "SlowStart", "ready": True, "attempts": 3, "last_error": None}
+    assert backoff.waits == [1, 2]  # doubling, between the attempts
 
 
-def test_start_status_answers_at_once_and_names_the_last_failure():
-    async def go():
-        actor = Wrapped(0.01, [RuntimeError("database is locked")])
-        await asyncio.sleep(0.1)  # the first attempt failed; the retry waits 1 s
-        status = await asyncio.wait_for(actor.start_status(), timeout=0.05)
-        await actor.ready()
-        return status
-
-    status = run(go())
+async def test_start_status_answers_at_once_and_names_the_last_failure():
+    backoff = Backoff()
+    backoff.hold.clear()
+    cls, _, _ = wrapped(backoff)
+    gate = asyncio.Event()
+    gate.set()
+    actor = cls(gate, [RuntimeError("database is locked")])
+    await asyncio.wait_for(backoff.waiting.wait(), 5)  # the first attempt failed; the retry waits
+    status = await asyncio.wait_for(actor.start_status(), timeout=0.05)
+    backoff.hold.set()
+    await actor.ready()
     assert status["ready"] is False
     assert status["attempts"] == 1
     assert "database is locked" in status["last_error"]
@@ -94,19 +122,21 @@ def test_wrapper_forwards_public_coroutines_only():
     assert Wrapped.__name__ == "SlowStartActor" and Wrapped.hello.__doc__ == SlowStart.hello.__doc__
 
 
-def test_background_loops_start_only_after_recovery():
-    async def go():
-        actor = Wrapped(0.1)
-        await asyncio.sleep(0.05)
-        before = await asyncio.wait_for(asyncio.shield(actor.ticks_seen()), timeout=1)  # waits for start()
-        await asyncio.sleep(0.05)
-        return before, await actor.ticks_seen()
+async def test_background_loops_start_only_after_recovery():
+    cls, cores, _ = wrapped()
+    gate = asyncio.Event()
+    actor = cls(gate)
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert cores[0].ticks == 0  # start() still waits: no loop yet
+    gate.set()
+    await actor.ready()
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert await actor.ticks_seen() > 0
 
-    before, after = run(go())
-    assert after > before >= 0
 
-
-def test_actor_proxy_looks_the_actor_up_once_on_first_call(monkeypatch):
+async def test_actor_proxy_looks_the_actor_up_once_on_first_call(monkeypatch):
     calls = []
 
     class Method:
@@ -130,10 +160,8 @@ def test_actor_proxy_looks_the_actor_up_once_on_first_call(monkeypatch):
     monkeypatch.setattr(actor_classes.ray, "get_actor", get_actor)
     proxy = actor_classes.ActorProxy("ClusterManager")
 
-    async def go():
-        return [await proxy.expire("c-1", 5.0), await proxy.schedule(cluster_id="c-2")]
-
-    assert run(go()) == [("expire", ("c-1", 5.0), {}), ("schedule", (), {"cluster_id": "c-2"})]
+    assert await proxy.expire("c-1", 5.0) == ("expire", ("c-1", 5.0), {})
+    assert await proxy.schedule(cluster_id="c-2") == ("schedule", (), {"cluster_id": "c-2"})
     assert calls == [("ClusterManager", actor_classes.NAMESPACE)]
 
 

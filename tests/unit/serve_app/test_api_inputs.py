@@ -4,12 +4,12 @@ and sign-in/sign-up limits key on the client address the route sees."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 
 import httpx
 import pytest
-import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from actors.access import auth
@@ -45,21 +45,26 @@ class NoClusters:
         raise AssertionError(f"ClusterManager.{name} reached with invalid input")
 
 
-def make_client(tmp_path, *, address=("203.0.113.7", 50000), proxy_hops=0, **limits) -> TestClient:
+@contextlib.contextmanager
+def serving(tmp_path, *, address=("203.0.113.7", 50000), proxy_hops=0, **limits):
+    """A TestClient of the API over a started registry (one event loop for the registry's database); the
+    registry's store is closed on that loop at the end, pass or fail."""
     settings = PlatformSettings(state_dir=tmp_path, bcrypt_rounds=4, **limits)
-    reg = registry.ProviderRegistry(store.Store(settings.db_path), settings)
+    db = store.Store(settings.db_path)
+    reg = registry.ProviderRegistry(db, settings)
     app = app_mod.create_app(LocalHandle(reg), LocalHandle(NoClusters()), trusted_proxy_hops=proxy_hops)
-    client = TestClient(app, client=address, raise_server_exceptions=False)
-    client.registry = reg
-    return client
+    with TestClient(app, client=address, raise_server_exceptions=False) as client:
+        try:
+            client.portal.call(reg.start)
+            yield client
+        finally:
+            client.portal.call(db.close)
 
 
 @pytest.fixture
 def api(tmp_path):
-    with make_client(tmp_path) as client:  # one event loop for the registry's database
-        client.portal.call(client.registry.start)
+    with serving(tmp_path) as client:
         yield client
-        client.portal.call(client.registry._store.close)
 
 
 def sign_up(api, username, password="password123", path="/v1/accounts", **kwargs):
@@ -169,21 +174,16 @@ def test_the_hasher_refuses_nul_with_a_domain_error():
             call()
 
 
-def test_concurrent_sign_ups_of_one_username_give_one_account_and_409s(tmp_path):
+@pytest.mark.anyio
+async def test_concurrent_sign_ups_of_one_username_give_one_account_and_409s(tmp_path, closing):
     db = store.Store(tmp_path / "platform.db")
-
-    async def go():
-        try:
-            # All at once on one connection: the losers' rollbacks must undo neither the winner's
-            # insert nor the bystanders' (before, the winner could answer 500 with its row gone).
-            calls = [db.create_account("racer", f"hash{i}", domain.Role.BUYER, 1.0) for i in range(20)]
-            calls += [db.create_account(f"bystander{i}", "hash", domain.Role.BUYER, 1.0) for i in range(5)]
-            results = await asyncio.gather(*calls, return_exceptions=True)
-            return results, [r["username"] for r in await db.fetch_all(sa.text("SELECT username FROM accounts"))]
-        finally:
-            await db.close()
-
-    results, stored = asyncio.run(go())
+    closing.push_async_callback(db.close)
+    # All at once on one connection: the losers' rollbacks must undo neither the winner's
+    # insert nor the bystanders' (before, the winner could answer 500 with its row gone).
+    calls = [db.create_account("racer", f"hash{i}", domain.Role.BUYER, 1.0) for i in range(20)]
+    calls += [db.create_account(f"bystander{i}", "hash", domain.Role.BUYER, 1.0) for i in range(5)]
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    stored = [a["username"] for a in await db.list_accounts()]
     racers, bystanders = results[:20], results[20:]
     assert [r["username"] for r in racers if isinstance(r, dict)] == ["racer"], racers
     assert all(isinstance(r, errors.Conflict) for r in racers if not isinstance(r, dict)), racers
@@ -196,9 +196,7 @@ def test_concurrent_sign_ups_of_one_username_give_one_account_and_409s(tmp_path)
 
 def test_a_username_spray_from_one_address_gets_429_and_another_address_still_signs_in(tmp_path):
     limits = {"login_failures_per_address_per_minute": 5, "password_hashes_per_minute": 600}
-    with make_client(tmp_path, **limits) as attacker:
-        reg = attacker.registry
-        attacker.portal.call(reg.start)
+    with serving(tmp_path, **limits) as attacker:
         assert sign_up(attacker, "victim").status_code == 201
         codes = [
             attacker.post("/v1/token", data={"username": f"guess{i}", "password": "password123"}).status_code
@@ -217,7 +215,6 @@ def test_a_username_spray_from_one_address_gets_429_and_another_address_still_si
             {"username": "victim", "password": "password123"},
         )
         assert r.status_code == 200, r.text
-        attacker.portal.call(reg._store.close)
 
 
 async def _post_from(app, address, path, data):
@@ -227,30 +224,24 @@ async def _post_from(app, address, path, data):
 
 
 def test_sign_ups_from_one_address_are_throttled(tmp_path):
-    with make_client(tmp_path, signups_per_address_per_minute=3) as api:
-        api.portal.call(api.registry.start)
+    with serving(tmp_path, signups_per_address_per_minute=3) as api:
         codes = [sign_up(api, f"user{i}", path="/register" if i % 2 else "/v1/accounts").status_code for i in range(5)]
         assert codes == [201] * 3 + [429] * 2
         r = sign_up(api, "user9")
         assert "sign-ups from 203.0.113.7" in r.json()["detail"] and 15 <= int(r.headers["Retry-After"]) <= 20
-        api.portal.call(api.registry._store.close)
 
 
 def test_x_forwarded_for_counts_only_behind_a_trusted_proxy(tmp_path):
     spoofed = {"X-Forwarded-For": "192.0.2.1"}
-    with make_client(tmp_path / "direct", signups_per_address_per_minute=1) as api:
-        api.portal.call(api.registry.start)
+    with serving(tmp_path / "direct", signups_per_address_per_minute=1) as api:
         assert sign_up(api, "first", headers=spoofed).status_code == 201
         r = sign_up(api, "second", headers={"X-Forwarded-For": "192.0.2.2"})
         assert r.status_code == 429 and "203.0.113.7" in r.json()["detail"]  # the header changed nothing
-        api.portal.call(api.registry._store.close)
-    with make_client(tmp_path / "proxied", proxy_hops=1, signups_per_address_per_minute=1) as api:
-        api.portal.call(api.registry.start)
+    with serving(tmp_path / "proxied", proxy_hops=1, signups_per_address_per_minute=1) as api:
         assert sign_up(api, "first", headers={"X-Forwarded-For": "6.6.6.6, 192.0.2.1"}).status_code == 201
         assert sign_up(api, "second", headers={"X-Forwarded-For": "192.0.2.2"}).status_code == 201
         r = sign_up(api, "third", headers={"X-Forwarded-For": "7.7.7.7, 192.0.2.2"})
         assert r.status_code == 429 and "192.0.2.2" in r.json()["detail"]
-        api.portal.call(api.registry._store.close)
 
 
 # --- the schema documents the answers ----------------------------------------------------

@@ -77,21 +77,24 @@ class Counting:
 @pytest.fixture
 def api(tmp_path):
     settings = PlatformSettings(state_dir=tmp_path, bcrypt_rounds=4)
-    reg = registry.ProviderRegistry(store.Store(settings.db_path), settings)
+    db = store.Store(settings.db_path)
+    reg = registry.ProviderRegistry(db, settings)
     clusters = Clusters()
     app = app_mod.create_app(LocalHandle(reg), LocalHandle(clusters))
     with TestClient(app, raise_server_exceptions=False) as client:
-        client.portal.call(reg.start)
-        layer = app.middleware_stack
-        while not isinstance(layer, hot_routes.HotRoutes):
-            if isinstance(layer, api_metrics.ApiLatency):
-                client.latency = []
-                layer._record = lambda *labels: client.latency.append(labels[:3])
-            layer = layer.app
-        client.passed_on = layer.app = Counting(layer.app)
-        client.clusters = clusters
-        yield client
-        client.portal.call(reg._store.close)
+        try:
+            client.portal.call(reg.start)
+            layer = app.middleware_stack
+            while not isinstance(layer, hot_routes.HotRoutes):
+                if isinstance(layer, api_metrics.ApiLatency):
+                    client.latency = []
+                    layer._record = lambda *labels: client.latency.append(labels[:3])
+                layer = layer.app
+            client.passed_on = layer.app = Counting(layer.app)
+            client.clusters, client.registry = clusters, reg
+            yield client
+        finally:
+            client.portal.call(db.close)  # on the client's loop, pass or fail
 
 
 def both_ways(api, method, path, *, expect_hot: bool, **kwargs):
@@ -200,7 +203,7 @@ def test_cluster_reads_answer_as_fastapi_does_and_only_the_ordinary_one_skips_it
     assert both_ways(api, "GET", path, expect_hot=True, headers=token_of_new(api, "buyer")).status_code == 404
     assert both_ways(api, "GET", f"/v1/clusters/{DOWN}", expect_hot=True, headers=buyer).status_code == 503
     assert both_ways(api, "GET", f"/v1/clusters/{BROKEN}", expect_hot=True, headers=buyer).status_code == 500
-    issuer = auth.TokenIssuer(api.app.state.tokens._secret, ttl_s=60, clock=lambda: 1000.0)
+    issuer = auth.TokenIssuer(api.portal.call(api.registry.signing_secret), ttl_s=60, clock=lambda: 1000.0)
     expired = issuer.issue(auth.Principal(api.clusters.owner, buyer_name, domain.Role.BUYER))
     scoped = api.app.state.tokens.issue(
         auth.Principal(api.clusters.owner, buyer_name, domain.Role.BUYER, cluster_id=CLUSTER["id"])

@@ -1,4 +1,3 @@
-import asyncio
 import socket
 
 import httpx
@@ -7,6 +6,8 @@ from fastapi import FastAPI, Request
 
 from serve_app import listener
 from worker import procs
+
+pytestmark = pytest.mark.anyio
 
 
 def _app() -> FastAPI:
@@ -23,53 +24,44 @@ def _app() -> FastAPI:
     return app
 
 
-def test_a_new_listener_takes_the_port_while_the_old_ones_clients_still_hold_connections():
+async def test_a_new_listener_takes_the_port_while_the_old_ones_clients_still_hold_connections():
     """`dcluster down` then `up` on the same port, with agents connected: the old platform's
     connections sit in TIME_WAIT (or still open) and the new replica must bind all the same."""
     port = procs.free_port()
 
-    async def go():
-        first = listener.Listener(_app(), "127.0.0.1", port)
-        await first.start()
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
-            assert (await client.get("/ping")).json() == {"pong": True}  # a kept-alive connection
-            await first.stop()
-            second = listener.Listener(_app(), "127.0.0.1", port)
-            await second.start()
-            try:
-                answer = (await client.get("/ping")).json()  # the client reconnects to the new one
-            finally:
-                await second.stop()
-        return answer
+    first = listener.Listener(_app(), "127.0.0.1", port)
+    await first.start()
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+        assert (await client.get("/ping")).json() == {"pong": True}  # a kept-alive connection
+        await first.stop()
+        second = listener.Listener(_app(), "127.0.0.1", port)
+        await second.start()
+        try:
+            answer = (await client.get("/ping")).json()  # the client reconnects to the new one
+        finally:
+            await second.stop()
 
-    assert asyncio.run(go()) == {"pong": True}
+    assert answer == {"pong": True}
 
 
-def test_a_port_held_by_another_program_is_refused_loudly():
+async def test_a_port_held_by_another_program_is_refused_loudly():
     with socket.socket() as other:
         other.bind(("127.0.0.1", 0))
         other.listen()
         port = other.getsockname()[1]
-
-        async def go():
+        with pytest.raises(OSError):
             await listener.Listener(_app(), "127.0.0.1", port).start()
 
-        with pytest.raises(OSError):
-            asyncio.run(go())
 
-
-def test_a_client_cannot_name_its_own_address_with_forwarded_headers():
+async def test_a_client_cannot_name_its_own_address_with_forwarded_headers():
     """Rate limits key on the caller's address: a forged X-Forwarded-For (even from loopback) changes nothing."""
     port = procs.free_port()
-
-    async def go():
-        server = listener.Listener(_app(), "127.0.0.1", port)
-        await server.start()
-        try:
-            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
-                forged = {"X-Forwarded-For": "203.0.113.7", "X-Real-IP": "203.0.113.8", "Forwarded": "for=203.0.113.9"}
-                return (await client.get("/peer", headers=forged)).json()
-        finally:
-            await server.stop()
-
-    assert asyncio.run(go()) == {"host": "127.0.0.1"}
+    server = listener.Listener(_app(), "127.0.0.1", port)
+    await server.start()
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            forged = {"X-Forwarded-For": "203.0.113.7", "X-Real-IP": "203.0.113.8", "Forwarded": "for=203.0.113.9"}
+            seen = (await client.get("/peer", headers=forged)).json()
+    finally:
+        await server.stop()
+    assert seen == {"host": "127.0.0.1"}

@@ -61,17 +61,27 @@ def test_a_verified_token_is_remembered_until_its_expiry_and_no_longer(clock, mo
         issuer.verify(token)
 
 
-def test_the_verified_token_cache_is_bounded_and_never_holds_a_failure(clock):
+def test_the_verified_token_cache_is_bounded_and_never_holds_a_failure(clock, monkeypatch):
+    decoded = []  # the tokens whose signature was checked: a cached one is not
+    decode = jwt.decode
+    monkeypatch.setattr(
+        jwt, "decode", lambda token, *args, **kwargs: decoded.append(token) or decode(token, *args, **kwargs)
+    )
     issuer = auth.TokenIssuer("s" * 48, ttl_s=60, clock=clock, cache_size=3)
     tokens = [issuer.issue(auth.Principal(i, f"u{i}", domain.Role.BUYER)) for i in range(5)]
     for token in tokens:
         issuer.verify(token)
-    assert list(issuer._verified) == tokens[2:]  # oldest out first
+    assert decoded == tokens
+    decoded.clear()
+    for token in tokens[2:] + tokens[:2]:
+        issuer.verify(token)
+    assert decoded == tokens[:2]  # the last three were cached; the oldest went out first
     forged = auth.TokenIssuer("x" * 48, clock=clock).issue(auth.Principal(1, "a", domain.Role.ADMIN))
+    decoded.clear()
     for _ in range(2):
         with pytest.raises(errors.Unauthenticated, match="invalid"):
             issuer.verify(forged)
-    assert forged not in issuer._verified
+    assert decoded == [forged, forged]  # checked each time: a failure is never cached
     # A token signed with another secret is not taken by an issuer that verified it under its own.
     other = auth.TokenIssuer("x" * 48, clock=clock)
     assert other.verify(forged).role is domain.Role.ADMIN

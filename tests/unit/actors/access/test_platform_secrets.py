@@ -15,9 +15,7 @@ from actors.db import secret_box
 from actors.settings import PlatformSettings
 from dcl_core import secret_files
 
-
-def run(coro):
-    return asyncio.run(coro)
+pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
@@ -29,78 +27,75 @@ def pg_url(postgres_server):
         postgres_server.drop_database(url)
 
 
-def _node(tmp_path, url, name, key):
-    """One platform node: its own scratch state dir, the shared database, the operator's key."""
+def _node(closing, tmp_path, url, name, key):
+    """One platform node: its own scratch state dir, the shared database (closed after the test), the
+    operator's key."""
     settings = PlatformSettings(state_dir=tmp_path / name, database=url)
-    return platform_secrets.DatabaseSecrets(
-        platform_secrets.SecretRows(url), settings, box=lambda: secret_box.SecretBox(key), environ={}
-    )
+    rows = platform_secrets.SecretRows(url)
+    closing.push_async_callback(rows.close)
+    return platform_secrets.DatabaseSecrets(rows, settings, box=lambda: secret_box.SecretBox(key), environ={})
 
 
-def test_sqlite_keeps_the_secrets_in_files_of_the_state_dir_as_before(tmp_path):
+async def test_sqlite_keeps_the_secrets_in_files_of_the_state_dir_as_before(tmp_path):
     settings = PlatformSettings(state_dir=tmp_path)
     keeper = platform_secrets.for_settings(settings)
     assert isinstance(keeper, platform_secrets.FileSecrets)
 
-    async def go():
-        secret = await keeper.signing_secret()
-        await keeper.save_cluster_token("c-1", "tok-1")
-        return secret, await keeper.cluster_token("c-1")
+    secret = await keeper.signing_secret()
+    await keeper.save_cluster_token("c-1", "tok-1")
 
-    secret, token = run(go())
+    secret, token = secret, await keeper.cluster_token("c-1")
     assert (tmp_path / "jwt_secret").read_text().strip() == secret and token == "tok-1"
     assert oct((tmp_path / "clusters" / "c-1" / "ray_auth_token").stat().st_mode & 0o777) == "0o600"
 
 
-def test_two_nodes_share_one_signing_secret_and_the_cluster_tokens_through_the_database(tmp_path, pg_url):
+async def test_two_nodes_share_one_signing_secret_and_the_cluster_tokens_through_the_database(
+    tmp_path, pg_url, closing
+):
     key = secret_files.new_secret_key()
-    first, second = _node(tmp_path, pg_url, "head", key), _node(tmp_path, pg_url, "member", key)
+    first, second = _node(closing, tmp_path, pg_url, "head", key), _node(closing, tmp_path, pg_url, "member", key)
 
-    async def go():
-        # Both start at once: one secret is made, the other node reads it.
-        a, b = await asyncio.gather(first.signing_secret(), second.signing_secret())
-        await first.save_cluster_token("c-1", "the-token")
-        return a, b, await second.cluster_token("c-1")
+    a, b = await asyncio.gather(first.signing_secret(), second.signing_secret())
+    await first.save_cluster_token("c-1", "the-token")
 
-    a, b, token = run(go())
+    a, b, token = a, b, await second.cluster_token("c-1")
     assert a == b and len(a) >= 32 and token == "the-token"
     # Nothing of it on either node's disk.
     assert not (tmp_path / "head").exists() and not (tmp_path / "member").exists()
 
 
-def test_the_database_holds_only_ciphertext_and_another_key_cannot_open_it(tmp_path, pg_url):
-    owner = _node(tmp_path, pg_url, "head", secret_files.new_secret_key())
-    stranger = _node(tmp_path, pg_url, "other", secret_files.new_secret_key())
+async def test_the_database_holds_only_ciphertext_and_another_key_cannot_open_it(tmp_path, pg_url, closing):
+    owner = _node(closing, tmp_path, pg_url, "head", secret_files.new_secret_key())
+    stranger = _node(closing, tmp_path, pg_url, "other", secret_files.new_secret_key())
 
-    async def go():
-        secret = await owner.signing_secret()
-        await owner.save_cluster_token("c-1", "plain-token-text")
-        rows = await platform_secrets.SecretRows(pg_url).fetch_all(sa.text("SELECT name, ciphertext FROM secrets"))
-        with pytest.raises(secret_box.SecretKeyError, match="does not open"):
-            await stranger.signing_secret()
-        return secret, rows
+    secret = await owner.signing_secret()
+    await owner.save_cluster_token("c-1", "plain-token-text")
+    reader = platform_secrets.SecretRows(pg_url)
+    closing.push_async_callback(reader.close)
+    rows = await reader.fetch_all(sa.text("SELECT name, ciphertext FROM secrets"))
+    with pytest.raises(secret_box.SecretKeyError, match="does not open"):
+        await stranger.signing_secret()
 
-    secret, rows = run(go())
     stored = " ".join(r["ciphertext"] for r in rows)
     assert {r["name"] for r in rows} == {platform_secrets.JWT_SECRET, platform_secrets.CLUSTER_TOKEN_PREFIX + "c-1"}
     assert secret not in stored and "plain-token-text" not in stored
 
 
-def test_admin_credentials_are_sealed_and_written_on_the_node_that_lacks_them(tmp_path, pg_url):
+async def test_admin_credentials_are_sealed_and_written_on_the_node_that_lacks_them(tmp_path, pg_url, closing):
     key = secret_files.new_secret_key()
-    head, member = _node(tmp_path, pg_url, "head", key), _node(tmp_path, pg_url, "member", key)
+    head, member = _node(closing, tmp_path, pg_url, "head", key), _node(closing, tmp_path, pg_url, "member", key)
     credentials = {"username": "admin", "password": "pw-123456"}
-    run(head.save_admin_credentials(credentials))
+    await head.save_admin_credentials(credentials)
     assert json.loads((tmp_path / "head" / "admin_credentials.json").read_text()) == credentials
-    run(member.restore_admin_credentials_file())  # the registry moved to this node
+    await member.restore_admin_credentials_file()  # the registry moved to this node
     path = tmp_path / "member" / "admin_credentials.json"
     assert json.loads(path.read_text()) == credentials and oct(path.stat().st_mode & 0o777) == "0o600"
 
 
-def test_a_missing_cluster_token_is_an_os_error_as_a_missing_file_was(tmp_path, pg_url):
-    node = _node(tmp_path, pg_url, "head", secret_files.new_secret_key())
+async def test_a_missing_cluster_token_is_an_os_error_as_a_missing_file_was(tmp_path, pg_url, closing):
+    node = _node(closing, tmp_path, pg_url, "head", secret_files.new_secret_key())
     with pytest.raises(FileNotFoundError, match="c-none"):
-        run(node.cluster_token("c-none"))
+        await node.cluster_token("c-none")
 
 
 def test_the_key_comes_from_the_environment_or_a_private_file(tmp_path):
@@ -123,51 +118,43 @@ def test_no_key_or_a_malformed_one_is_refused_with_how_to_make_one():
         secret_box.SecretBox.from_environment({secret_files.SECRET_KEY_ENV: "too-short"})
 
 
-def test_a_registry_on_postgresql_without_the_key_does_not_start_and_says_why(tmp_path, pg_url, monkeypatch):
+async def test_a_registry_on_postgresql_without_the_key_does_not_start_and_says_why(
+    tmp_path, pg_url, monkeypatch, closing
+):
     from actors.db import store
     from actors.machines import registry
 
     monkeypatch.delenv(secret_files.SECRET_KEY_ENV)
     settings = PlatformSettings(state_dir=tmp_path / "node", database=pg_url, bcrypt_rounds=4)
 
-    async def go():
-        db = store.Store(pg_url)
-        try:
-            with pytest.raises(secret_box.SecretKeyError, match="DCL_SECRET_KEY"):
-                await registry.ProviderRegistry(db, settings).start()
-        finally:
-            await db.close()
-
-    run(go())
+    db = store.Store(pg_url)
+    closing.push_async_callback(db.close)
+    with pytest.raises(secret_box.SecretKeyError, match="DCL_SECRET_KEY"):
+        await registry.ProviderRegistry(db, settings).start()
 
 
-def test_two_registries_on_one_database_sign_each_others_tokens_and_share_the_admin(tmp_path, pg_url):
+async def test_two_registries_on_one_database_sign_each_others_tokens_and_share_the_admin(tmp_path, pg_url, closing):
     """Two nodes' registries (one after the other: an actor that moved) verify each other's tokens; the second
     does not make a second admin, and writes the credentials file on its own node."""
     from actors.access import auth
     from actors.db import store
     from actors.machines import registry
 
-    async def go():
-        regs, dbs = [], []
-        for name in ("head", "member"):
-            db = store.Store(pg_url)
-            dbs.append(db)
-            reg = registry.ProviderRegistry(
-                db, PlatformSettings(state_dir=tmp_path / name, database=pg_url, bcrypt_rounds=4)
-            )
-            await reg.start()
-            regs.append(reg)
-        token = auth.TokenIssuer(await regs[0].signing_secret()).issue(
-            auth.Principal(1, "admin", registry.domain.Role.ADMIN)
+    regs, dbs = [], []
+    for name in ("head", "member"):
+        db = store.Store(pg_url)
+        closing.push_async_callback(db.close)
+        dbs.append(db)
+        reg = registry.ProviderRegistry(
+            db, PlatformSettings(state_dir=tmp_path / name, database=pg_url, bcrypt_rounds=4)
         )
-        principal = auth.TokenIssuer(await regs[1].signing_secret()).verify(token)
-        admins = await dbs[1].count_accounts(registry.domain.Role.ADMIN)
-        for db in dbs:
-            await db.close()
-        return principal, admins
+        await reg.start()
+        regs.append(reg)
+    creds = json.loads((tmp_path / "head" / "admin_credentials.json").read_text())
+    token = (await regs[0].login(creds["username"], creds["password"]))["access_token"]
+    principal = auth.TokenIssuer(await regs[1].signing_secret()).verify(token)
+    admins = await dbs[1].count_accounts(registry.domain.Role.ADMIN)
 
-    principal, admins = run(go())
     assert principal.username == "admin" and admins == 1
     head = json.loads((tmp_path / "head" / "admin_credentials.json").read_text())
     assert json.loads((tmp_path / "member" / "admin_credentials.json").read_text()) == head

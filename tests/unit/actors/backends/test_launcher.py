@@ -14,6 +14,8 @@ from actors.backends import catalog, launcher
 from actors.backends.market import launcher_config as market_config
 from dcl_core import cluster_spec
 
+pytestmark = pytest.mark.anyio
+
 
 class FakeTask:
     """A Ray remote function: .remote() gives an awaitable 'ref'."""
@@ -78,18 +80,16 @@ def killed(monkeypatch):
     return killed
 
 
-def test_each_create_runs_in_a_process_started_ahead_and_killed_after(killed):
+async def test_each_create_runs_in_a_process_started_ahead_and_killed_after(killed):
     processes = FakeProcessClass()
     real = launcher.RayClusterLauncher("/state/launcher-tmp", process_class=processes)
     real.prestart()
     real.prestart()  # one is enough
     assert len(processes.started) == 1
 
-    async def go():
-        await real.create({"cluster_name": "c-1"})
-        await real.create({"cluster_name": "c-2"})
+    await real.create({"cluster_name": "c-1"})
+    await real.create({"cluster_name": "c-2"})
 
-    asyncio.run(go())
     first, second, third = processes.started  # each started as the one before ended
     assert first.configs == [{"cluster_name": "c-1"}] and second.configs == [{"cluster_name": "c-2"}]
     assert third.configs == [] and killed == [first, second]  # the third waits for the next cluster
@@ -98,47 +98,45 @@ def test_each_create_runs_in_a_process_started_ahead_and_killed_after(killed):
     assert processes.options_given == [{"resources": launcher.HEAD_NODE_RESOURCE}] * 3
 
 
-def test_a_process_that_died_while_it_waited_is_replaced(killed):
+async def test_a_process_that_died_while_it_waited_is_replaced(killed):
     processes = FakeProcessClass(dead=1)
     real = launcher.RayClusterLauncher("/state/launcher-tmp", process_class=processes)
     real.prestart()
-    asyncio.run(real.create({"cluster_name": "c-1"}))
+    await real.create({"cluster_name": "c-1"})
     dead, fresh, ahead = processes.started
     assert dead.configs == [] and fresh.configs == [{"cluster_name": "c-1"}] and killed == [fresh]
     assert ahead.configs == []  # for the next cluster
 
 
-def test_teardown_runs_one_task_with_the_private_temp_dir(monkeypatch):
+async def test_teardown_runs_one_task_with_the_private_temp_dir(monkeypatch):
     teardown = FakeTask()
     monkeypatch.setattr(launcher, "_teardown", teardown)
-    asyncio.run(launcher.RayClusterLauncher("/state/launcher-tmp").teardown({"cluster_name": "c-1"}))
+    await launcher.RayClusterLauncher("/state/launcher-tmp").teardown({"cluster_name": "c-1"})
     assert teardown.calls == [({"cluster_name": "c-1"}, "/state/launcher-tmp")]
     assert teardown.options_given == [{"resources": launcher.HEAD_NODE_RESOURCE}]
 
 
-def test_with_a_shared_database_the_launcher_runs_on_any_node(monkeypatch, killed):
+async def test_with_a_shared_database_the_launcher_runs_on_any_node(monkeypatch, killed):
     processes, teardown = FakeProcessClass(), FakeTask()
     monkeypatch.setattr(launcher, "_teardown", teardown)
     anywhere = launcher.RayClusterLauncher("/scratch/launcher-tmp", on_head=False, process_class=processes)
-    asyncio.run(anywhere.create({"cluster_name": "c-2"}))
-    asyncio.run(anywhere.teardown({"cluster_name": "c-2"}))
+    await anywhere.create({"cluster_name": "c-2"})
+    await anywhere.teardown({"cluster_name": "c-2"})
     assert set(map(str, processes.options_given)) == {"{}"} and teardown.options_given == [{}]
 
 
-def test_a_caller_that_gives_up_stops_the_launch(monkeypatch, killed):
+async def test_a_caller_that_gives_up_stops_the_launch(monkeypatch, killed):
     cancelled = []
     processes = FakeProcessClass(delay_s=30)
     monkeypatch.setattr(launcher, "_teardown", FakeTask(delay_s=30))
     monkeypatch.setattr(launcher.ray, "cancel", lambda ref, force: cancelled.append(force))
     real = launcher.RayClusterLauncher("/tmp/x", process_class=processes)
 
-    async def go():
-        with pytest.raises(asyncio.TimeoutError):
-            await asyncio.wait_for(real.create({}), timeout=0.05)
-        with pytest.raises(asyncio.TimeoutError):
-            await asyncio.wait_for(real.teardown({}), timeout=0.05)
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(real.create({}), timeout=0.05)
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(real.teardown({}), timeout=0.05)
 
-    asyncio.run(go())
     assert killed == [processes.started[0]] and cancelled == [True]
 
 

@@ -1,7 +1,5 @@
 """Logs that outlive the cluster: untrusted entries checked, the per-cluster cap, listing, retention."""
 
-import asyncio
-
 import pytest
 
 from actors.access import auth
@@ -9,7 +7,9 @@ from actors.clusters import cluster_logs
 from actors.db import store
 from actors.settings import PlatformSettings
 from dcl_core import domain, errors
-from tests.unit.actors.clusters.test_cluster_manager import FakeRegistry, build_manager, close, seed_market, settle
+from tests.unit.actors.clusters.test_cluster_manager import FakeRegistry, build_manager, seed_market, settle
+
+pytestmark = pytest.mark.anyio
 
 
 def test_malformed_entries_are_dropped():
@@ -61,45 +61,43 @@ class LogsRegistry(FakeRegistry):
         return result
 
 
-def test_released_nodes_logs_are_kept_capped_listed_then_purged(tmp_path, clock):
-    async def go():
-        settings = PlatformSettings(
-            state_dir=tmp_path,
-            heartbeat_interval_s=5,
-            api_url="http://127.0.0.1:9",
-            cluster_logs_max_bytes=4000,
-            cluster_logs_retention_s=3600,
-        )
-        db = store.Store(settings.db_path)
-        buyer = await seed_market(db, clock)
-        other = await db.create_account("other", "h", domain.Role.BUYER, clock())
-        manager, _, _ = build_manager(settings, LogsRegistry(clock, settings.offline_after_s), clock)
-        await manager.start()
-        me = auth.Principal(buyer["id"], "buyer", domain.Role.BUYER)
-        c = await manager.create_cluster(me, {"num_workers": 1, "duration_s": 600})
-        await settle(manager)
-        assert await manager.cluster_logs(me, c["id"]) == []  # nothing until nodes are released
-        with pytest.raises(errors.NotFound, match="while it runs"):
-            await manager.cluster_log(me, c["id"], "ray/job-driver-raysubmit_1.log")
-        await manager.delete_cluster(me, c["id"])
-        await settle(manager)
-        files = await manager.cluster_logs(me, c["id"])
-        assert all(f["name"] != "/etc/shadow" for f in files)
-        assert sum(f["kept_bytes"] for f in files) <= 4000  # the cluster's cap, over both nodes
-        assert any(f["truncated"] for f in files)
-        driver = await manager.cluster_log(me, c["id"], "ray/job-driver-raysubmit_1.log")
-        assert driver["text"].startswith("driver of l-")
-        truncated = next(f for f in files if f["truncated"])
-        text = (await manager.cluster_log(me, c["id"], truncated["name"], truncated["lease_id"]))["text"]
-        assert text.startswith("[dcluster: earlier lines were left out")
-        kinds = [e["kind"] for e in await manager.cluster_events(me, c["id"])]
-        assert "logs_kept" in kinds
-        stranger = auth.Principal(other["id"], "other", domain.Role.BUYER)
-        with pytest.raises(errors.NotFound):
-            await manager.cluster_logs(stranger, c["id"])
-        clock.advance(3601)
-        await manager.sweep()
-        assert await manager.cluster_logs(me, c["id"]) == []  # past the retention
-        await close(manager._store, db)
-
-    asyncio.run(go())
+async def test_released_nodes_logs_are_kept_capped_listed_then_purged(tmp_path, clock, closing):
+    settings = PlatformSettings(
+        state_dir=tmp_path,
+        heartbeat_interval_s=5,
+        api_url="http://127.0.0.1:9",
+        cluster_logs_max_bytes=4000,
+        cluster_logs_retention_s=3600,
+    )
+    db = store.Store(settings.db_path)
+    closing.push_async_callback(db.close)
+    buyer = await seed_market(db, clock)
+    other = await db.create_account("other", "h", domain.Role.BUYER, clock())
+    manager, _, manager_store = build_manager(settings, LogsRegistry(clock, settings.offline_after_s), clock)
+    closing.push_async_callback(manager_store.close)
+    await manager.start()
+    me = auth.Principal(buyer["id"], "buyer", domain.Role.BUYER)
+    c = await manager.create_cluster(me, {"num_workers": 1, "duration_s": 600})
+    await settle(manager)
+    assert await manager.cluster_logs(me, c["id"]) == []  # nothing until nodes are released
+    with pytest.raises(errors.NotFound, match="while it runs"):
+        await manager.cluster_log(me, c["id"], "ray/job-driver-raysubmit_1.log")
+    await manager.delete_cluster(me, c["id"])
+    await settle(manager)
+    files = await manager.cluster_logs(me, c["id"])
+    assert all(f["name"] != "/etc/shadow" for f in files)
+    assert sum(f["kept_bytes"] for f in files) <= 4000  # the cluster's cap, over both nodes
+    assert any(f["truncated"] for f in files)
+    driver = await manager.cluster_log(me, c["id"], "ray/job-driver-raysubmit_1.log")
+    assert driver["text"].startswith("driver of l-")
+    truncated = next(f for f in files if f["truncated"])
+    text = (await manager.cluster_log(me, c["id"], truncated["name"], truncated["lease_id"]))["text"]
+    assert text.startswith("[dcluster: earlier lines were left out")
+    kinds = [e["kind"] for e in await manager.cluster_events(me, c["id"])]
+    assert "logs_kept" in kinds
+    stranger = auth.Principal(other["id"], "other", domain.Role.BUYER)
+    with pytest.raises(errors.NotFound):
+        await manager.cluster_logs(stranger, c["id"])
+    clock.advance(3601)
+    await manager.sweep()
+    assert await manager.cluster_logs(me, c["id"]) == []  # past the retention

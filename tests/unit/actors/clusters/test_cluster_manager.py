@@ -14,7 +14,10 @@ from actors.db import cluster_store, store
 from actors.machines import registry as registry_mod
 from actors.settings import PlatformSettings
 from dcl_core import domain, errors, protocol
+from tests import waiting
 from tests.protocols import assert_implements
+
+pytestmark = pytest.mark.anyio
 
 
 class FakeRegistry:
@@ -158,6 +161,7 @@ class Env:
     db: store.Store
     store: cluster_store.ClusterStore  # the manager's
     settings: PlatformSettings
+    observer: FakeObserver  # what the manager asks which nodes are alive
 
     def __iter__(self):
         return iter((self.manager, self.registry, self.launcher, self.buyer, self.db))
@@ -198,7 +202,9 @@ async def seed_market(db, clock) -> dict:
 
 
 @pytest.fixture
-def env(db_location, tmp_path, clock):
+def env(db_location, tmp_path, clock, closing):
+    """Builds the platform under test; its stores are closed after the test, pass or fail."""
+
     async def build(**options):
         settings = PlatformSettings(
             state_dir=tmp_path,
@@ -207,19 +213,17 @@ def env(db_location, tmp_path, clock):
             database=db_location if isinstance(db_location, str) else None,
         )
         db = store.Store(settings.db_location)
+        closing.push_async_callback(db.close)
         buyer = await seed_market(db, clock)
         registry = FakeRegistry(clock, settings.offline_after_s)
+        observer = options.setdefault("observer", FakeObserver(registry))
         manager, launcher, cstore = build_manager(settings, registry, clock, **options)
+        closing.push_async_callback(cstore.close)
         await manager.start()
         principal = auth.Principal(buyer["id"], "buyer", domain.Role.BUYER)
-        return Env(manager, registry, launcher, principal, db, cstore, settings)
+        return Env(manager, registry, launcher, principal, db, cstore, settings, observer)
 
     return build
-
-
-async def close(*stores):
-    for s in stores:
-        await s.close()
 
 
 async def settle(manager):
@@ -229,201 +233,170 @@ async def settle(manager):
         await asyncio.gather(*work.values(), return_exceptions=True)
 
 
-def test_create_to_running_to_terminated(env, clock):
-    async def go():
-        e = await env()
-        manager, registry, launcher, buyer, db = e
-        c = await manager.create_cluster(buyer, {"num_workers": 2, "duration_s": 600})
-        # The answer is read after provisioning was started: on a store that yields (PostgreSQL) it may
-        # already have begun.
-        assert c["status"] in ("pending", "provisioning") and len(c["nodes"]) == 3
-        await settle(manager)
-        await manager.reconcile_once()
-        c = await manager.get_cluster(buyer, c["id"])
-        assert c["status"] == "running" and c["workers_joined"] == 2
-        opens = [p for _, k, p in registry.sent if k == protocol.LEASE_OPEN]
-        assert {p["labels"]["dcluster.io/cluster"] for p in opens} == {c["id"]}
-        worker_opens = [p for p in opens if p["role"] == "worker"]
-        assert all(p["head_gcs_port"] == 20000 for p in worker_opens)
-        assert all(p["resources"] == {f"provider_{p['labels']['dcluster.io/machine']}": 1.0} for p in worker_opens)
-        conn = await manager.connection(buyer, c["id"])
-        assert conn["gcs_address"] == "10.9.9.9:20000" and len(conn["ray_auth_token"]) == 64
-        d = await manager.delete_cluster(buyer, c["id"])
-        assert d["status"] == "terminating"
-        await settle(manager)
-        c = await manager.get_cluster(buyer, c["id"])
-        assert c["status"] == "terminated" and launcher.torn_down == [c["id"]]
-        assert all(n["status"] == "closed" for n in c["nodes"])
-        assert (await manager.delete_cluster(buyer, c["id"]))["status"] == "terminated"
-        kinds = [e["kind"] for e in await manager.cluster_events(buyer, c["id"])]
-        assert kinds[0] == "created" and "running" in kinds and kinds[-1] == "terminated"
-        await close(e.store, db)
-
-    asyncio.run(go())
+async def test_create_to_running_to_terminated(env, clock):
+    e = await env()
+    manager, registry, launcher, buyer, db = e
+    c = await manager.create_cluster(buyer, {"num_workers": 2, "duration_s": 600})
+    # The answer is read after provisioning was started: on a store that yields (PostgreSQL) it may
+    # already have begun.
+    assert c["status"] in ("pending", "provisioning") and len(c["nodes"]) == 3
+    await settle(manager)
+    await manager.reconcile_once()
+    c = await manager.get_cluster(buyer, c["id"])
+    assert c["status"] == "running" and c["workers_joined"] == 2
+    opens = [p for _, k, p in registry.sent if k == protocol.LEASE_OPEN]
+    assert {p["labels"]["dcluster.io/cluster"] for p in opens} == {c["id"]}
+    worker_opens = [p for p in opens if p["role"] == "worker"]
+    assert all(p["head_gcs_port"] == 20000 for p in worker_opens)
+    assert all(p["resources"] == {f"provider_{p['labels']['dcluster.io/machine']}": 1.0} for p in worker_opens)
+    conn = await manager.connection(buyer, c["id"])
+    assert conn["gcs_address"] == "10.9.9.9:20000" and len(conn["ray_auth_token"]) == 64
+    d = await manager.delete_cluster(buyer, c["id"])
+    assert d["status"] == "terminating"
+    await settle(manager)
+    c = await manager.get_cluster(buyer, c["id"])
+    assert c["status"] == "terminated" and launcher.torn_down == [c["id"]]
+    assert all(n["status"] == "closed" for n in c["nodes"])
+    assert (await manager.delete_cluster(buyer, c["id"]))["status"] == "terminated"
+    kinds = [e["kind"] for e in await manager.cluster_events(buyer, c["id"])]
+    assert kinds[0] == "created" and "running" in kinds and kinds[-1] == "terminated"
 
 
-def test_short_capacity_is_409_and_leaves_nothing(env):
-    async def go():
-        e = await env()
-        manager, _, _, buyer, db = e
-        with pytest.raises(errors.Conflict, match="not enough capacity") as caught:
-            await manager.create_cluster(buyer, {"num_workers": 8, "duration_s": 600})
-        assert caught.value.fields["available"]["cpu-only"]["free_cpus"] == 8
-        assert await manager.list_clusters(buyer) == []
-        await close(e.store, db)
-
-    asyncio.run(go())
+async def test_short_capacity_is_409_and_leaves_nothing(env):
+    e = await env()
+    manager, _, _, buyer, db = e
+    with pytest.raises(errors.Conflict, match="not enough capacity") as caught:
+        await manager.create_cluster(buyer, {"num_workers": 8, "duration_s": 600})
+    assert caught.value.fields["available"]["cpu-only"]["free_cpus"] == 8
+    assert await manager.list_clusters(buyer) == []
 
 
-def test_launcher_failure_fails_with_reason_and_releases(env):
-    async def go():
-        e = await env()
-        manager, _, launcher, buyer, db = e
-        launcher.fail = True
-        c = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
-        await settle(manager)
-        c = await manager.get_cluster(buyer, c["id"])
-        assert c["status"] == "failed" and "head start command failed" in c["reason"]
-        assert all(n["status"] == "closed" for n in c["nodes"])
-        # The machines are free again.
-        c2 = await manager.create_cluster(buyer, {"num_workers": 3, "duration_s": 600})
-        assert len(c2["nodes"]) == 4
-        await settle(manager)
-        await close(e.store, db)
-
-    asyncio.run(go())
+async def test_launcher_failure_fails_with_reason_and_releases(env):
+    e = await env()
+    manager, _, launcher, buyer, db = e
+    launcher.fail = True
+    c = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
+    await settle(manager)
+    c = await manager.get_cluster(buyer, c["id"])
+    assert c["status"] == "failed" and "head start command failed" in c["reason"]
+    assert all(n["status"] == "closed" for n in c["nodes"])
+    # The machines are free again.
+    c2 = await manager.create_cluster(buyer, {"num_workers": 3, "duration_s": 600})
+    assert len(c2["nodes"]) == 4
+    await settle(manager)
 
 
-def test_restart_during_provisioning_fails_and_cleans_up(env, tmp_path, clock):
-    async def go():
-        e = await env()
-        manager, registry, launcher, buyer, db = e
-        c = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
-        for task in manager.background_work().values():
-            task.cancel()  # the actor died mid-launch
-        await asyncio.sleep(0)
-        again, _, again_store = build_manager(e.settings, registry, clock)
-        await again.start()
-        await settle(again)
-        got = await again.get_cluster(buyer, c["id"])
-        assert got["status"] == "failed" and "restarted" in got["reason"]
-        assert all(n["status"] == "closed" for n in got["nodes"])
-        await close(e.store, again_store, db)
-
-    asyncio.run(go())
+async def test_restart_during_provisioning_fails_and_cleans_up(env, tmp_path, clock, closing):
+    e = await env()
+    manager, registry, launcher, buyer, db = e
+    c = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
+    for task in manager.background_work().values():
+        task.cancel()  # the actor died mid-launch
+    await asyncio.sleep(0)
+    again, _, again_store = build_manager(e.settings, registry, clock)
+    closing.push_async_callback(again_store.close)
+    await again.start()
+    await settle(again)
+    got = await again.get_cluster(buyer, c["id"])
+    assert got["status"] == "failed" and "restarted" in got["reason"]
+    assert all(n["status"] == "closed" for n in got["nodes"])
 
 
-def test_expiry_and_lost_head(env, clock):
-    async def go():
-        e = await env()
-        manager, _, _, buyer, db = e
-        c = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 60})
-        await settle(manager)
-        clock.advance(61)
-        assert await manager.expire(c["id"], c["expires_at"])  # what the ExpiryReaper calls at the deadline
-        assert not await manager.expire(c["id"], c["expires_at"])  # never twice
-        for m in ("m-000000000000", "m-000000000001"):  # keep machines fresh
-            await db.record_heartbeat(m, clock(), domain.MachineUsage())
-        await manager.reconcile_once()
-        await settle(manager)
-        assert (await manager.get_cluster(buyer, c["id"]))["status"] == "expired"
+async def test_expiry_and_lost_head(env, clock):
+    e = await env()
+    manager, _, _, buyer, db = e
+    c = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 60})
+    await settle(manager)
+    clock.advance(61)
+    assert await manager.expire(c["id"], c["expires_at"])  # what the ExpiryReaper calls at the deadline
+    assert not await manager.expire(c["id"], c["expires_at"])  # never twice
+    for m in ("m-000000000000", "m-000000000001"):  # keep machines fresh
+        await db.record_heartbeat(m, clock(), domain.MachineUsage())
+    await manager.reconcile_once()
+    await settle(manager)
+    assert (await manager.get_cluster(buyer, c["id"]))["status"] == "expired"
 
-        c = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
-        await settle(manager)
-        head = next(n for n in (await manager.get_cluster(buyer, c["id"]))["nodes"] if n["role"] == "head")
-        clock.advance(30)  # every machine silent for 6 beats
-        await manager.reconcile_once()
-        await settle(manager)
-        got = await manager.get_cluster(buyer, c["id"])
-        assert got["status"] == "failed" and head["machine_id"] in got["reason"]
-        await close(e.store, db)
-
-    asyncio.run(go())
+    c = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
+    await settle(manager)
+    head = next(n for n in (await manager.get_cluster(buyer, c["id"]))["nodes"] if n["role"] == "head")
+    clock.advance(30)  # every machine silent for 6 beats
+    await manager.reconcile_once()
+    await settle(manager)
+    got = await manager.get_cluster(buyer, c["id"])
+    assert got["status"] == "failed" and head["machine_id"] in got["reason"]
 
 
-def test_a_node_its_agent_no_longer_holds_is_lost(env, clock):
+async def test_a_node_its_agent_no_longer_holds_is_lost(env, clock):
     """An agent restarted (it cleans up its previous run's leases) while its machine stayed online."""
 
-    async def go():
-        e = await env()
-        manager, registry, _, buyer, db = e
-        c = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
-        await settle(manager)
-        nodes = (await manager.get_cluster(buyer, c["id"]))["nodes"]
-        assert {n["status"] for n in nodes} == {"open"}
-        head = next(n for n in nodes if n["role"] == "head")
-        clock.advance(5)
-        for m in ("m-000000000000", "m-000000000001"):
-            await db.record_heartbeat(m, clock(), domain.MachineUsage())
-        # A heartbeat sent right after the nodes opened may not list them yet: no verdict.
-        registry.held = {m: {"at": clock(), "leases": []} for m in ("m-000000000000", "m-000000000001")}
-        await manager.reconcile_once()
-        assert (await manager.get_cluster(buyer, c["id"]))["status"] == "running"
-        # Later heartbeats still without the head: its agent no longer runs it.
-        clock.advance(lifecycle.HELD_MARGIN_S + 1)
-        for m in ("m-000000000000", "m-000000000001"):
-            await db.record_heartbeat(m, clock(), domain.MachineUsage())
-        registry.held = {
-            m: {"at": clock(), "leases": [n["id"] for n in nodes if n["id"] != head["id"]]}
-            for m in ("m-000000000000", "m-000000000001")
-        }
-        await manager.reconcile_once()
-        await settle(manager)
-        got = await manager.get_cluster(buyer, c["id"])
-        assert got["status"] == "failed" and "no longer runs it" in got["reason"], got["reason"]
-        await close(e.store, db)
-
-    asyncio.run(go())
+    e = await env()
+    manager, registry, _, buyer, db = e
+    c = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
+    await settle(manager)
+    nodes = (await manager.get_cluster(buyer, c["id"]))["nodes"]
+    assert {n["status"] for n in nodes} == {"open"}
+    head = next(n for n in nodes if n["role"] == "head")
+    clock.advance(5)
+    for m in ("m-000000000000", "m-000000000001"):
+        await db.record_heartbeat(m, clock(), domain.MachineUsage())
+    # A heartbeat sent right after the nodes opened may not list them yet: no verdict.
+    registry.held = {m: {"at": clock(), "leases": []} for m in ("m-000000000000", "m-000000000001")}
+    await manager.reconcile_once()
+    assert (await manager.get_cluster(buyer, c["id"]))["status"] == "running"
+    # Later heartbeats still without the head: its agent no longer runs it.
+    clock.advance(lifecycle.HELD_MARGIN_S + 1)
+    for m in ("m-000000000000", "m-000000000001"):
+        await db.record_heartbeat(m, clock(), domain.MachineUsage())
+    registry.held = {
+        m: {"at": clock(), "leases": [n["id"] for n in nodes if n["id"] != head["id"]]}
+        for m in ("m-000000000000", "m-000000000001")
+    }
+    await manager.reconcile_once()
+    await settle(manager)
+    got = await manager.get_cluster(buyer, c["id"])
+    assert got["status"] == "failed" and "no longer runs it" in got["reason"], got["reason"]
 
 
-def test_other_buyers_and_scoped_credentials(env):
-    async def go():
-        e = await env()
-        manager, _, _, buyer, db = e
-        c = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
-        other = auth.Principal(999, "other", domain.Role.BUYER)
-        with pytest.raises(errors.NotFound):
-            await manager.get_cluster(other, c["id"])
-        wrong_scope = auth.Principal(buyer.account_id, "x", domain.Role.BUYER, cluster_id="c-000000000000")
-        with pytest.raises(errors.NotFound):
-            await manager.list_nodes(wrong_scope, c["id"])
-        await settle(manager)
-        await close(e.store, db)
-
-    asyncio.run(go())
+async def test_other_buyers_and_scoped_credentials(env):
+    e = await env()
+    manager, _, _, buyer, db = e
+    c = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
+    other = auth.Principal(999, "other", domain.Role.BUYER)
+    with pytest.raises(errors.NotFound):
+        await manager.get_cluster(other, c["id"])
+    wrong_scope = auth.Principal(buyer.account_id, "x", domain.Role.BUYER, cluster_id="c-000000000000")
+    with pytest.raises(errors.NotFound):
+        await manager.list_nodes(wrong_scope, c["id"])
+    await settle(manager)
 
 
-def test_proxy_targets_are_the_callers_own_joined_nodes_as_recorded(env):
-    async def go():
-        e = await env()
-        manager, _, _, buyer, db = e
-        c = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
-        with pytest.raises(errors.Conflict, match="has not joined"):
-            await manager.proxy_target(buyer, c["id"], "dashboard")
-        await settle(manager)
-        await manager.reconcile_once()
-        head = await manager.proxy_target(buyer, c["id"], "dashboard")
-        assert head["host"] == "10.9.9.9" and head["port"] == 20001 and len(head["token"]) == 64
-        worker = next(n for n in (await manager.get_cluster(buyer, c["id"]))["nodes"] if n["role"] == "worker")
-        assert await manager.proxy_target(buyer, c["id"], "metrics", worker["id"]) == {
-            "host": "10.9.9.9",
-            "port": 20008,
-        }
-        with pytest.raises(errors.InvalidInput, match="only metrics take a node"):
-            await manager.proxy_target(buyer, c["id"], "dashboard", worker["id"])
-        with pytest.raises(errors.NotFound):
-            await manager.proxy_target(buyer, c["id"], "metrics", "l-000000000000")
-        with pytest.raises(errors.NotFound):
-            await manager.proxy_target(auth.Principal(999, "other", domain.Role.BUYER), c["id"], "dashboard")
-        admin = auth.Principal(998, "root", domain.Role.ADMIN)
-        assert (await manager.proxy_target(admin, c["id"], "metrics"))["port"] == 20008
-        await manager.delete_cluster(buyer, c["id"])
-        await settle(manager)
-        with pytest.raises(errors.Conflict, match="went with its nodes"):
-            await manager.proxy_target(buyer, c["id"], "dashboard")
-        await close(e.store, db)
-
-    asyncio.run(go())
+async def test_proxy_targets_are_the_callers_own_joined_nodes_as_recorded(env):
+    e = await env()
+    manager, _, _, buyer, db = e
+    c = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
+    with pytest.raises(errors.Conflict, match="has not joined"):
+        await manager.proxy_target(buyer, c["id"], "dashboard")
+    await settle(manager)
+    await manager.reconcile_once()
+    head = await manager.proxy_target(buyer, c["id"], "dashboard")
+    assert head["host"] == "10.9.9.9" and head["port"] == 20001 and len(head["token"]) == 64
+    worker = next(n for n in (await manager.get_cluster(buyer, c["id"]))["nodes"] if n["role"] == "worker")
+    assert await manager.proxy_target(buyer, c["id"], "metrics", worker["id"]) == {
+        "host": "10.9.9.9",
+        "port": 20008,
+    }
+    with pytest.raises(errors.InvalidInput, match="only metrics take a node"):
+        await manager.proxy_target(buyer, c["id"], "dashboard", worker["id"])
+    with pytest.raises(errors.NotFound):
+        await manager.proxy_target(buyer, c["id"], "metrics", "l-000000000000")
+    with pytest.raises(errors.NotFound):
+        await manager.proxy_target(auth.Principal(999, "other", domain.Role.BUYER), c["id"], "dashboard")
+    admin = auth.Principal(998, "root", domain.Role.ADMIN)
+    assert (await manager.proxy_target(admin, c["id"], "metrics"))["port"] == 20008
+    await manager.delete_cluster(buyer, c["id"])
+    await settle(manager)
+    with pytest.raises(errors.Conflict, match="went with its nodes"):
+        await manager.proxy_target(buyer, c["id"], "dashboard")
 
 
 def test_a_node_address_that_is_not_a_plain_ip_is_never_a_proxy_target():
@@ -443,102 +416,87 @@ def test_a_node_address_that_is_not_a_plain_ip_is_never_a_proxy_target():
         cluster_views.proxy_target("c-000000000000", "running", [{**lease, "node_ip": "10.0.0.1"}], "gcs", None)
 
 
-def test_aws_backend_only_when_enabled(env, tmp_path, clock):
+async def test_aws_backend_only_when_enabled(env, tmp_path, clock, closing):
     from configs import aws
 
-    async def go():
-        e = await env()
-        manager, _, launcher, buyer, db = e
-        with pytest.raises(errors.InvalidInput, match="not enabled"):
-            await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600, "backend": "aws"})
-        await close(e.store)
-        # The same platform restarted with an `aws:` block in its settings.
-        manager, launcher, e.store = build_manager(
-            e.settings.model_copy(update={"aws": aws.AwsSettings(allowed_cidr="203.0.113.0/24")}), e.registry, clock
-        )
-        await manager.start()
-        c = await manager.create_cluster(
-            buyer, {"num_workers": 2, "gpus_per_worker": 1, "duration_s": 600, "backend": "aws"}
-        )
-        assert c["nodes"] == []  # no provider machine is leased
-        await settle(manager)
-        (config,) = launcher.created
-        assert config["provider"]["type"] == "aws" and config["provider"]["security_group"]["IpPermissions"]
-        assert (await manager.get_cluster(buyer, c["id"]))["status"] == "running"
-        await manager.delete_cluster(buyer, c["id"])
-        await settle(manager)
-        assert (await manager.get_cluster(buyer, c["id"]))["status"] == "terminated"
-        assert launcher.torn_down == [c["id"]]
-        await close(e.store, db)
-
-    asyncio.run(go())
+    e = await env()
+    manager, _, launcher, buyer, db = e
+    with pytest.raises(errors.InvalidInput, match="not enabled"):
+        await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600, "backend": "aws"})
+    await e.store.close()
+    # The same platform restarted with an `aws:` block in its settings.
+    manager, launcher, e.store = build_manager(
+        e.settings.model_copy(update={"aws": aws.AwsSettings(allowed_cidr="203.0.113.0/24")}), e.registry, clock
+    )
+    closing.push_async_callback(e.store.close)
+    await manager.start()
+    c = await manager.create_cluster(
+        buyer, {"num_workers": 2, "gpus_per_worker": 1, "duration_s": 600, "backend": "aws"}
+    )
+    assert c["nodes"] == []  # no provider machine is leased
+    await settle(manager)
+    (config,) = launcher.created
+    assert config["provider"]["type"] == "aws" and config["provider"]["security_group"]["IpPermissions"]
+    assert (await manager.get_cluster(buyer, c["id"]))["status"] == "running"
+    await manager.delete_cluster(buyer, c["id"])
+    await settle(manager)
+    assert (await manager.get_cluster(buyer, c["id"]))["status"] == "terminated"
+    assert launcher.torn_down == [c["id"]]
 
 
-def test_sweep_closes_leases_no_live_cluster_owns(env, clock):
-    async def go():
-        e = await env()
-        manager, registry, _, buyer, db = e
-        c = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
-        await settle(manager)
-        # A crash between steps: the cluster is recorded as ended while its nodes are still open.
-        lease = next(n for n in c["nodes"] if n["role"] == "worker")
-        await e.store.set_cluster_status(c["id"], domain.ClusterStatus.FAILED, clock())
-        got = await manager.sweep()
-        assert got["leases_closed"] == 2  # head and worker
-        assert (await e.store.get_lease(lease["id"]))["status"] == "closed"
-        assert lease["id"] in [p["lease_id"] for _, k, p in registry.sent if k == protocol.LEASE_CLOSE]
-        assert (await manager.sweep())["leases_closed"] == 0
-        await close(e.store, db)
-
-    asyncio.run(go())
+async def test_sweep_closes_leases_no_live_cluster_owns(env, clock):
+    e = await env()
+    manager, registry, _, buyer, db = e
+    c = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
+    await settle(manager)
+    # A crash between steps: the cluster is recorded as ended while its nodes are still open.
+    lease = next(n for n in c["nodes"] if n["role"] == "worker")
+    await e.store.set_cluster_status(c["id"], domain.ClusterStatus.FAILED, clock())
+    got = await manager.sweep()
+    assert got["leases_closed"] == 2  # head and worker
+    assert (await e.store.get_lease(lease["id"]))["status"] == "closed"
+    assert lease["id"] in [p["lease_id"] for _, k, p in registry.sent if k == protocol.LEASE_CLOSE]
+    assert (await manager.sweep())["leases_closed"] == 0
 
 
 # --- a node a machine cannot open is retried elsewhere ---------------------------------------
 
 
-def test_a_node_that_fails_to_open_is_moved_to_another_machine(env):
-    async def go():
-        e = await env()
-        manager, registry, _, buyer, db = e
-        registry.fail_opens_on = {"m-000000000000"}  # e.g. an agent whose first opens failed
-        c = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
-        await settle(manager)
-        await manager.reconcile_once()
-        c = await manager.get_cluster(buyer, c["id"])
-        assert c["status"] == "running", c["reason"]
-        live = [n for n in c["nodes"] if n["status"] == "open"]
-        assert {n["machine_id"] for n in live} == {"m-000000000001"} and len(live) == 2
-        assert all(n["status"] == "lost" for n in c["nodes"] if n["machine_id"] == "m-000000000000")
-        events = await manager.cluster_events(buyer, c["id"])
-        failed = [e["message"] for e in events if e["kind"] == "lease_failed"]
-        retries = [e["message"] for e in events if e["kind"] == "node_retry"]
-        assert failed and all("attempt 1 of 3" in m and "m-000000000000" in m for m in failed)
-        assert retries and all("attempt 2 of 3 on machine m-000000000001" in m for m in retries)
-        # Nothing still holds capacity on the machine that failed.
-        assert not [l for l in await e.store.active_leases() if l["machine_id"] == "m-000000000000"]
-        await close(e.store, db)
-
-    asyncio.run(go())
+async def test_a_node_that_fails_to_open_is_moved_to_another_machine(env):
+    e = await env()
+    manager, registry, _, buyer, db = e
+    registry.fail_opens_on = {"m-000000000000"}  # e.g. an agent whose first opens failed
+    c = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
+    await settle(manager)
+    await manager.reconcile_once()
+    c = await manager.get_cluster(buyer, c["id"])
+    assert c["status"] == "running", c["reason"]
+    live = [n for n in c["nodes"] if n["status"] == "open"]
+    assert {n["machine_id"] for n in live} == {"m-000000000001"} and len(live) == 2
+    assert all(n["status"] == "lost" for n in c["nodes"] if n["machine_id"] == "m-000000000000")
+    events = await manager.cluster_events(buyer, c["id"])
+    failed = [e["message"] for e in events if e["kind"] == "lease_failed"]
+    retries = [e["message"] for e in events if e["kind"] == "node_retry"]
+    assert failed and all("attempt 1 of 3" in m and "m-000000000000" in m for m in failed)
+    assert retries and all("attempt 2 of 3 on machine m-000000000001" in m for m in retries)
+    # Nothing still holds capacity on the machine that failed.
+    assert not [l for l in await e.store.active_leases() if l["machine_id"] == "m-000000000000"]
 
 
-def test_a_node_no_machine_can_open_fails_the_cluster_after_bounded_attempts(env):
-    async def go():
-        e = await env()
-        manager, registry, _, buyer, db = e
-        registry.fail_opens_on = {"m-000000000000", "m-000000000001"}
-        c = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
-        await settle(manager)
-        c = await manager.get_cluster(buyer, c["id"])
-        assert c["status"] == "failed" and "could not be opened in 3 attempts" in c["reason"]
-        head_opens = [m for m, k, p in registry.sent if k == protocol.LEASE_OPEN and p["role"] == "head"]
-        assert len(head_opens) == protocol.NODE_OPEN_ATTEMPTS
-        assert head_opens[0] != head_opens[1]  # the second try went to the other machine
-        kinds = [e["kind"] for e in await manager.cluster_events(buyer, c["id"])]
-        assert kinds.count("lease_failed") == 3 and kinds.count("node_retry") == 2
-        assert await e.store.active_leases() == []
-        await close(e.store, db)
-
-    asyncio.run(go())
+async def test_a_node_no_machine_can_open_fails_the_cluster_after_bounded_attempts(env):
+    e = await env()
+    manager, registry, _, buyer, db = e
+    registry.fail_opens_on = {"m-000000000000", "m-000000000001"}
+    c = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
+    await settle(manager)
+    c = await manager.get_cluster(buyer, c["id"])
+    assert c["status"] == "failed" and "could not be opened in 3 attempts" in c["reason"]
+    head_opens = [m for m, k, p in registry.sent if k == protocol.LEASE_OPEN and p["role"] == "head"]
+    assert len(head_opens) == protocol.NODE_OPEN_ATTEMPTS
+    assert head_opens[0] != head_opens[1]  # the second try went to the other machine
+    kinds = [e["kind"] for e in await manager.cluster_events(buyer, c["id"])]
+    assert kinds.count("lease_failed") == 3 and kinds.count("node_retry") == 2
+    assert await e.store.active_leases() == []
 
 
 # --- quotas and the buyer's price ceiling -------------------------------------------------------
@@ -561,355 +519,303 @@ async def add_machine(
     )
 
 
-def test_quotas_refuse_with_403_naming_the_limit_and_admins_set_them(env, clock):
-    async def go():
-        e = await env()
-        manager, _, _, buyer, db = e
-        admin_row = await db.create_account("root", "h", domain.Role.ADMIN, clock())
-        admin = auth.Principal(admin_row["id"], "root", domain.Role.ADMIN)
-        with pytest.raises(errors.Forbidden, match="only an admin"):
-            await manager.set_quota(buyer, buyer.account_id, {"max_clusters": 99})
-        q = await manager.set_quota(admin, buyer.account_id, {"max_clusters": 1, "max_cpus": 3})
-        assert q["limits"]["max_clusters"] == 1 and q["limits"]["max_gpus"] == 64
-        assert q["overrides"] == {"max_clusters": 1, "max_gpus": None, "max_cpus": 3, "max_gpu_hours": None}
-        with pytest.raises(errors.Forbidden, match="quota max_cpus exceeded"):
-            await manager.create_cluster(buyer, {"num_workers": 3, "duration_s": 600})  # 3 + a head's 1 > 3
-        c = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
-        with pytest.raises(errors.Forbidden, match="quota max_clusters exceeded"):
-            await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
-        seen = await manager.get_quota(buyer, buyer.account_id)
-        assert seen["used"] == {"clusters": 1, "gpus": 0, "cpus": 2, "gpu_hours": 0}
-        with pytest.raises(errors.NotFound):
-            await manager.get_quota(buyer, admin.account_id)  # another account's: not there
-        with pytest.raises(errors.InvalidInput, match="quotas limit buyers"):
-            await manager.set_quota(admin, admin.account_id, {})
-        await settle(manager)
-        await manager.delete_cluster(buyer, c["id"])
-        await settle(manager)
-        # Ended clusters no longer count; resetting an override brings back the default.
+async def test_quotas_refuse_with_403_naming_the_limit_and_admins_set_them(env, clock):
+    e = await env()
+    manager, _, _, buyer, db = e
+    admin_row = await db.create_account("root", "h", domain.Role.ADMIN, clock())
+    admin = auth.Principal(admin_row["id"], "root", domain.Role.ADMIN)
+    with pytest.raises(errors.Forbidden, match="only an admin"):
+        await manager.set_quota(buyer, buyer.account_id, {"max_clusters": 99})
+    q = await manager.set_quota(admin, buyer.account_id, {"max_clusters": 1, "max_cpus": 3})
+    assert q["limits"]["max_clusters"] == 1 and q["limits"]["max_gpus"] == 64
+    assert q["overrides"] == {"max_clusters": 1, "max_gpus": None, "max_cpus": 3, "max_gpu_hours": None}
+    with pytest.raises(errors.Forbidden, match="quota max_cpus exceeded"):
+        await manager.create_cluster(buyer, {"num_workers": 3, "duration_s": 600})  # 3 + a head's 1 > 3
+    c = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
+    with pytest.raises(errors.Forbidden, match="quota max_clusters exceeded"):
         await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
-        q = await manager.set_quota(admin, buyer.account_id, {})
-        assert q["limits"]["max_clusters"] == 10 and q["overrides"]["max_clusters"] is None
-        await settle(manager)
-        await close(e.store, db)
-
-    asyncio.run(go())
-
-
-def test_gpu_hours_count_lifetimes_and_extensions(env, clock):
-    async def go():
-        e = await env()
-        manager, _, _, buyer, db = e
-        gpus = [domain.GpuInfo(index=i, model="T4", memory_mb=16000) for i in range(4)]
-        await add_machine(db, clock, "m-gpu000000000", cpus=8, gpus=gpus, price_per_gpu_hour=1.0)
-        admin = auth.Principal(999, "root", domain.Role.ADMIN)
-        await manager.set_quota(admin, buyer.account_id, {"max_gpu_hours": 10})
-        with pytest.raises(errors.Forbidden, match="quota max_gpu_hours exceeded"):  # 4 GPUs × 3 h = 12
-            await manager.create_cluster(buyer, {"num_workers": 2, "gpus_per_worker": 2, "duration_s": 3 * 3600})
-        c = await manager.create_cluster(buyer, {"num_workers": 2, "gpus_per_worker": 2, "duration_s": 2 * 3600})
-        with pytest.raises(errors.Forbidden, match="quota max_gpu_hours exceeded"):  # 8 + 4 × 1 h > 10
-            await manager.extend_cluster(buyer, c["id"], 3600)
-        await manager.extend_cluster(buyer, c["id"], 1800)  # 8 + 2 = 10: exactly the limit
-        await settle(manager)
-        await close(e.store, db)
-
-    asyncio.run(go())
+    seen = await manager.get_quota(buyer, buyer.account_id)
+    assert seen["used"] == {"clusters": 1, "gpus": 0, "cpus": 2, "gpu_hours": 0}
+    with pytest.raises(errors.NotFound):
+        await manager.get_quota(buyer, admin.account_id)  # another account's: not there
+    with pytest.raises(errors.InvalidInput, match="quotas limit buyers"):
+        await manager.set_quota(admin, admin.account_id, {})
+    await settle(manager)
+    await manager.delete_cluster(buyer, c["id"])
+    await settle(manager)
+    # Ended clusters no longer count; resetting an override brings back the default.
+    await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
+    q = await manager.set_quota(admin, buyer.account_id, {})
+    assert q["limits"]["max_clusters"] == 10 and q["overrides"]["max_clusters"] is None
+    await settle(manager)
 
 
-def test_max_price_is_kept_with_the_spec_and_holds_for_replacements(env, clock):
-    async def go():
-        e = await env()
-        manager, registry, _, buyer, db = e
-        await add_machine(db, clock, "m-dear00000000", cpus=64, price_per_cpu_hour=10_000)
-        with pytest.raises(
-            errors.Conflict, match=r"the cheapest machine that fits the worker costs \$0.1 per CPU-hour"
-        ):
-            await manager.create_cluster(
-                buyer, {"num_workers": 1, "cpus_per_worker": 2, "duration_s": 600, "max_price_per_cpu_hour": 0.05}
-            )
-        c = await manager.create_cluster(
-            buyer, {"num_workers": 1, "cpus_per_worker": 2, "duration_s": 600, "max_price_per_cpu_hour": 0.5}
+async def test_gpu_hours_count_lifetimes_and_extensions(env, clock):
+    e = await env()
+    manager, _, _, buyer, db = e
+    gpus = [domain.GpuInfo(index=i, model="T4", memory_mb=16000) for i in range(4)]
+    await add_machine(db, clock, "m-gpu000000000", cpus=8, gpus=gpus, price_per_gpu_hour=1.0)
+    admin = auth.Principal(999, "root", domain.Role.ADMIN)
+    await manager.set_quota(admin, buyer.account_id, {"max_gpu_hours": 10})
+    with pytest.raises(errors.Forbidden, match="quota max_gpu_hours exceeded"):  # 4 GPUs × 3 h = 12
+        await manager.create_cluster(buyer, {"num_workers": 2, "gpus_per_worker": 2, "duration_s": 3 * 3600})
+    c = await manager.create_cluster(buyer, {"num_workers": 2, "gpus_per_worker": 2, "duration_s": 2 * 3600})
+    with pytest.raises(errors.Forbidden, match="quota max_gpu_hours exceeded"):  # 8 + 4 × 1 h > 10
+        await manager.extend_cluster(buyer, c["id"], 3600)
+    await manager.extend_cluster(buyer, c["id"], 1800)  # 8 + 2 = 10: exactly the limit
+    await settle(manager)
+
+
+async def test_max_price_is_kept_with_the_spec_and_holds_for_replacements(env, clock):
+    e = await env()
+    manager, registry, _, buyer, db = e
+    await add_machine(db, clock, "m-dear00000000", cpus=64, price_per_cpu_hour=10_000)
+    with pytest.raises(errors.Conflict, match=r"the cheapest machine that fits the worker costs \$0.1 per CPU-hour"):
+        await manager.create_cluster(
+            buyer, {"num_workers": 1, "cpus_per_worker": 2, "duration_s": 600, "max_price_per_cpu_hour": 0.05}
         )
-        assert c["max_price_per_cpu_hour"] == 0.5 and c["max_price_per_gpu_hour"] is None
-        assert "m-dear00000000" not in {n["machine_id"] for n in c["nodes"]}
-        await settle(manager)
-        await manager.reconcile_once()
-        # Both cheap machines fail to open anything now: a replacement must not go to the dear one.
-        registry.fail_opens_on = {"m-000000000000", "m-000000000001"}
-        principal = auth.Principal(buyer.account_id, "cluster-" + c["id"], domain.Role.BUYER, cluster_id=c["id"])
-        (worker,) = [n for n in (await manager.get_cluster(buyer, c["id"]))["nodes"] if n["role"] == "worker"]
-        await manager.terminate_node(principal, c["id"], worker["id"])
-        with pytest.raises(errors.Conflict):
-            await manager.create_nodes(principal, c["id"], "worker", "worker", {}, 1)
-        assert not [m for m, k, _ in registry.sent if k == protocol.LEASE_OPEN and m == "m-dear00000000"]
-        await close(e.store, db)
-
-    asyncio.run(go())
+    c = await manager.create_cluster(
+        buyer, {"num_workers": 1, "cpus_per_worker": 2, "duration_s": 600, "max_price_per_cpu_hour": 0.5}
+    )
+    assert c["max_price_per_cpu_hour"] == 0.5 and c["max_price_per_gpu_hour"] is None
+    assert "m-dear00000000" not in {n["machine_id"] for n in c["nodes"]}
+    await settle(manager)
+    await manager.reconcile_once()
+    # Both cheap machines fail to open anything now: a replacement must not go to the dear one.
+    registry.fail_opens_on = {"m-000000000000", "m-000000000001"}
+    principal = auth.Principal(buyer.account_id, "cluster-" + c["id"], domain.Role.BUYER, cluster_id=c["id"])
+    (worker,) = [n for n in (await manager.get_cluster(buyer, c["id"]))["nodes"] if n["role"] == "worker"]
+    await manager.terminate_node(principal, c["id"], worker["id"])
+    with pytest.raises(errors.Conflict):
+        await manager.create_nodes(principal, c["id"], "worker", "worker", {}, 1)
+    assert not [m for m, k, _ in registry.sent if k == protocol.LEASE_OPEN and m == "m-dear00000000"]
 
 
 # --- joined and billed from what the cluster's GCS shows, not from command text -----------------
 
 
-def observer_of(manager) -> FakeObserver:
-    return manager._joins._observer
+async def test_a_node_joins_when_it_is_seen_alive_at_that_moment(env, clock):
+    e = await env()
+    manager, _, _, buyer, db = e
+    e.observer.hidden_calls = 2  # the head's dashboard answers from the third poll
+    c = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
+    await settle(manager)
+    c = await manager.get_cluster(buyer, c["id"])
+    assert c["status"] == "running", c["reason"]  # at once, without a reconcile tick
+    head = next(n for n in c["nodes"] if n["role"] == "head")
+    assert head["joined_at"] == e.observer.listed_at[0] > c["created_at"]
+    assert (await manager.connection(buyer, c["id"]))["gcs_address"] == "10.9.9.9:20000"
+    kinds = [e["kind"] for e in await manager.cluster_events(buyer, c["id"])]
+    assert kinds.count("head_joined") == 1 and kinds.count("worker_joined") == 1
 
 
-def test_a_node_joins_when_it_is_seen_alive_at_that_moment(env, clock):
-    async def go():
-        manager, _, _, buyer, db = await env()
-        observer_of(manager).hidden_calls = 2  # the head's dashboard answers from the third poll
-        c = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
-        await settle(manager)
-        c = await manager.get_cluster(buyer, c["id"])
-        assert c["status"] == "running", c["reason"]  # at once, without a reconcile tick
-        head = next(n for n in c["nodes"] if n["role"] == "head")
-        assert head["joined_at"] == observer_of(manager).listed_at[0] > c["created_at"]
-        assert (await manager.connection(buyer, c["id"]))["gcs_address"] == "10.9.9.9:20000"
-        kinds = [e["kind"] for e in await manager.cluster_events(buyer, c["id"])]
-        assert kinds.count("head_joined") == 1 and kinds.count("worker_joined") == 1
-        await close(manager._store, db)
-
-    asyncio.run(go())
-
-
-def test_an_ok_without_a_live_node_is_neither_joined_nor_billed(env, clock):
-    async def go():
-        manager, registry, _, buyer, db = await env()
-        registry.no_node_for = {"worker"}
-        c = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
-        await settle(manager)
-        clock.advance(60)
-        for m in ("m-000000000000", "m-000000000001"):
-            await db.record_heartbeat(m, clock(), domain.MachineUsage())
-        await manager.reconcile_once()
-        got = await manager.get_cluster(buyer, c["id"])
-        worker = next(n for n in got["nodes"] if n["role"] == "worker")
-        assert got["status"] == "provisioning" and got["workers_joined"] == 0
-        assert worker["status"] == "open" and worker["joined_at"] is None
-        events = await manager.cluster_events(buyer, c["id"])
-        (failed,) = [e["message"] for e in events if e["kind"] == "join_failed"]
-        assert worker["id"] in failed and "not ALIVE" in failed
-        # The autoscaler is told the start failed (it replaces the node), as for any failed `ray start`.
-        scoped = auth.Principal(buyer.account_id, "cluster-" + c["id"], domain.Role.BUYER, cluster_id=c["id"])
-        again = await manager.exec_on_node(scoped, c["id"], worker["id"], {"op": "run", "cmd": "ray start"})
-        assert not again["ok"] and "treated as a failed start" in again["output"]
-        # Only the head, seen alive, is billed; the provider of the worker's machine earns nothing for it.
-        usage = await manager.usage(buyer, 0, clock())
-        assert usage["items"][0]["nodes"] == 1 and usage["total"]["node_seconds"] > 0
-        # Started later by other means, the node counts from when it is seen.
-        registry.nodes[worker["id"]] = "worker"
-        clock.advance(1)
-        for m in ("m-000000000000", "m-000000000001"):
-            await db.record_heartbeat(m, clock(), domain.MachineUsage())
-        await manager.reconcile_once()
-        got = await manager.get_cluster(buyer, c["id"])
-        assert got["status"] == "running"
-        assert next(n for n in got["nodes"] if n["role"] == "worker")["joined_at"] == clock()
-        await close(manager._store, db)
-
-    asyncio.run(go())
+async def test_an_ok_without_a_live_node_is_neither_joined_nor_billed(env, clock):
+    manager, registry, _, buyer, db = await env()
+    registry.no_node_for = {"worker"}
+    c = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
+    await settle(manager)
+    clock.advance(60)
+    for m in ("m-000000000000", "m-000000000001"):
+        await db.record_heartbeat(m, clock(), domain.MachineUsage())
+    await manager.reconcile_once()
+    got = await manager.get_cluster(buyer, c["id"])
+    worker = next(n for n in got["nodes"] if n["role"] == "worker")
+    assert got["status"] == "provisioning" and got["workers_joined"] == 0
+    assert worker["status"] == "open" and worker["joined_at"] is None
+    events = await manager.cluster_events(buyer, c["id"])
+    (failed,) = [e["message"] for e in events if e["kind"] == "join_failed"]
+    assert worker["id"] in failed and "not ALIVE" in failed
+    # The autoscaler is told the start failed (it replaces the node), as for any failed `ray start`.
+    scoped = auth.Principal(buyer.account_id, "cluster-" + c["id"], domain.Role.BUYER, cluster_id=c["id"])
+    again = await manager.exec_on_node(scoped, c["id"], worker["id"], {"op": "run", "cmd": "ray start"})
+    assert not again["ok"] and "treated as a failed start" in again["output"]
+    # Only the head, seen alive, is billed; the provider of the worker's machine earns nothing for it.
+    usage = await manager.usage(buyer, 0, clock())
+    assert usage["items"][0]["nodes"] == 1 and usage["total"]["node_seconds"] > 0
+    # Started later by other means, the node counts from when it is seen.
+    registry.nodes[worker["id"]] = "worker"
+    clock.advance(1)
+    for m in ("m-000000000000", "m-000000000001"):
+        await db.record_heartbeat(m, clock(), domain.MachineUsage())
+    await manager.reconcile_once()
+    got = await manager.get_cluster(buyer, c["id"])
+    assert got["status"] == "running"
+    assert next(n for n in got["nodes"] if n["role"] == "worker")["joined_at"] == clock()
 
 
-def test_a_head_that_never_shows_up_fails_the_launch(env, clock):
-    async def go():
-        manager, registry, _, buyer, db = await env()
-        registry.no_node_for = {"head"}
-        c = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
-        await settle(manager)
-        got = await manager.get_cluster(buyer, c["id"])
-        assert got["status"] == "failed" and "not ALIVE" in got["reason"]
-        assert all(n["joined_at"] is None and n["status"] in ("closed", "reserved") for n in got["nodes"])
-        assert (await manager.usage(buyer, 0, clock()))["total"]["node_seconds"] == 0
-        await close(manager._store, db)
-
-    asyncio.run(go())
+async def test_a_head_that_never_shows_up_fails_the_launch(env, clock):
+    manager, registry, _, buyer, db = await env()
+    registry.no_node_for = {"head"}
+    c = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
+    await settle(manager)
+    got = await manager.get_cluster(buyer, c["id"])
+    assert got["status"] == "failed" and "not ALIVE" in got["reason"]
+    assert all(n["joined_at"] is None and n["status"] in ("closed", "reserved") for n in got["nodes"])
+    assert (await manager.usage(buyer, 0, clock()))["total"]["node_seconds"] == 0
 
 
-def test_a_degraded_cluster_still_expires_and_replacements_never_extend_it(env, clock):
+async def test_a_degraded_cluster_still_expires_and_replacements_never_extend_it(env, clock):
     from actors.clusters import expiry_reaper
 
-    async def go():
-        manager, registry, _, buyer, db = await env()
-        reaper = expiry_reaper.ExpiryReaper(manager._store, clusters=manager, clock=clock)
-        await reaper.start()
-        c = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
-        await settle(manager)
-        await reaper.schedule(c["id"])
-        scoped = auth.Principal(buyer.account_id, "cluster-" + c["id"], domain.Role.BUYER, cluster_id=c["id"])
-        for _ in range(3):  # close and re-create the worker, again and again
-            clock.advance(100)
-            for m in ("m-000000000000", "m-000000000001"):
-                await db.record_heartbeat(m, clock(), domain.MachineUsage())
-            (worker,) = [
-                n
-                for n in (await manager.get_cluster(buyer, c["id"]))["nodes"]
-                if n["role"] == "worker" and n["status"] == "open"
-            ]
-            await manager.terminate_node(scoped, c["id"], worker["id"])
-            await manager.reconcile_once()
-            assert (await manager.get_cluster(buyer, c["id"]))["status"] == "degraded"
-            (new,) = await manager.create_nodes(scoped, c["id"], "worker", "worker", {}, 1)
-            await manager.exec_on_node(scoped, c["id"], new["id"], {"op": "run", "cmd": "ray start"})
-            got = await manager.get_cluster(buyer, c["id"])
-            assert got["status"] == "running" and got["expires_at"] == c["expires_at"]
-        # The last replacement never comes up: degraded, and it still ends at the original deadline.
-        registry.no_node_for = {"worker"}
+    e = await env()
+    manager, registry, _, buyer, db = e
+    reaper = expiry_reaper.ExpiryReaper(e.store, clusters=manager, clock=clock)
+    await reaper.start()
+    c = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
+    await settle(manager)
+    await reaper.schedule(c["id"])
+    scoped = auth.Principal(buyer.account_id, "cluster-" + c["id"], domain.Role.BUYER, cluster_id=c["id"])
+    for _ in range(3):  # close and re-create the worker, again and again
+        clock.advance(100)
+        for m in ("m-000000000000", "m-000000000001"):
+            await db.record_heartbeat(m, clock(), domain.MachineUsage())
         (worker,) = [
             n
             for n in (await manager.get_cluster(buyer, c["id"]))["nodes"]
             if n["role"] == "worker" and n["status"] == "open"
         ]
         await manager.terminate_node(scoped, c["id"], worker["id"])
-        (new,) = await manager.create_nodes(scoped, c["id"], "worker", "worker", {}, 1)
-        await manager.exec_on_node(scoped, c["id"], new["id"], {"op": "run", "cmd": "ray start"})
-        for m in ("m-000000000000", "m-000000000001"):  # the wait for the node moved the clock
-            await db.record_heartbeat(m, clock(), domain.MachineUsage())
         await manager.reconcile_once()
         assert (await manager.get_cluster(buyer, c["id"]))["status"] == "degraded"
-        assert await reaper.fire_due() == []
-        clock.now = c["expires_at"]
-        assert await reaper.fire_due() == [c["id"]]
-        await settle(manager)
+        (new,) = await manager.create_nodes(scoped, c["id"], "worker", "worker", {}, 1)
+        await manager.exec_on_node(scoped, c["id"], new["id"], {"op": "run", "cmd": "ray start"})
         got = await manager.get_cluster(buyer, c["id"])
-        assert got["status"] == "expired" and got["expires_at"] == c["expires_at"]
-        # Billed: each node from when it was seen to when its close was confirmed; never past the deadline.
-        assert all(n["left_at"] <= c["expires_at"] + 1 for n in got["nodes"] if n["joined_at"])
-        assert next(n for n in got["nodes"] if n["id"] == new["id"])["joined_at"] is None
-        await close(manager._store, db)
-
-    asyncio.run(go())
-
-
-def test_lost_nodes_lower_their_machines_reliability_and_the_floor_skips_them(env, clock):
-    async def go():
-        e = await env()
-        c = await e.manager.create_cluster(e.buyer, {"num_workers": 1, "duration_s": 600})
-        await settle(e.manager)
-        worker = next(n for n in (await e.manager.get_cluster(e.buyer, c["id"]))["nodes"] if n["role"] == "worker")
-        assert await e.store.end_lease(worker["id"], domain.LeaseStatus.LOST, clock())
-        assert not await e.store.end_lease(worker["id"], domain.LeaseStatus.LOST, clock())  # counted once
-        row = await e.db.get_machine(worker["machine_id"])
-        assert (row["leases_completed"], row["leases_lost"]) == (0, 1)
-        await e.manager.delete_cluster(e.buyer, c["id"])
-        await settle(e.manager)
-        head = next(n for n in (await e.manager.get_cluster(e.buyer, c["id"]))["nodes"] if n["role"] == "head")
-        assert (await e.db.get_machine(head["machine_id"]))["leases_completed"] == 1
-        # The machine that lost a node is now below 0.85; the other one is not.
-        for m in ("m-000000000000", "m-000000000001"):
-            await e.db.record_heartbeat(m, clock(), domain.MachineUsage())
-        with pytest.raises(errors.Conflict, match="reliability of at least 0.85"):
-            await e.manager.create_cluster(
-                e.buyer, {"num_workers": 2, "duration_s": 600, "cpus_per_worker": 2, "min_reliability": 0.85}
-            )
-        ok = await e.manager.create_cluster(e.buyer, {"num_workers": 1, "duration_s": 600, "min_reliability": 0.85})
-        assert worker["machine_id"] not in {n["machine_id"] for n in ok["nodes"]}
-        await close(e.store, e.db)
-
-    asyncio.run(go())
+        assert got["status"] == "running" and got["expires_at"] == c["expires_at"]
+    # The last replacement never comes up: degraded, and it still ends at the original deadline.
+    registry.no_node_for = {"worker"}
+    (worker,) = [
+        n
+        for n in (await manager.get_cluster(buyer, c["id"]))["nodes"]
+        if n["role"] == "worker" and n["status"] == "open"
+    ]
+    await manager.terminate_node(scoped, c["id"], worker["id"])
+    (new,) = await manager.create_nodes(scoped, c["id"], "worker", "worker", {}, 1)
+    await manager.exec_on_node(scoped, c["id"], new["id"], {"op": "run", "cmd": "ray start"})
+    for m in ("m-000000000000", "m-000000000001"):  # the wait for the node moved the clock
+        await db.record_heartbeat(m, clock(), domain.MachineUsage())
+    await manager.reconcile_once()
+    assert (await manager.get_cluster(buyer, c["id"]))["status"] == "degraded"
+    assert await reaper.fire_due() == []
+    clock.now = c["expires_at"]
+    assert await reaper.fire_due() == [c["id"]]
+    await settle(manager)
+    got = await manager.get_cluster(buyer, c["id"])
+    assert got["status"] == "expired" and got["expires_at"] == c["expires_at"]
+    # Billed: each node from when it was seen to when its close was confirmed; never past the deadline.
+    assert all(n["left_at"] <= c["expires_at"] + 1 for n in got["nodes"] if n["joined_at"])
+    assert next(n for n in got["nodes"] if n["id"] == new["id"])["joined_at"] is None
 
 
-def test_a_reconcile_tick_reads_the_leases_of_a_cluster_whose_nodes_all_joined_once(env, clock):
+async def test_lost_nodes_lower_their_machines_reliability_and_the_floor_skips_them(env, clock):
+    e = await env()
+    c = await e.manager.create_cluster(e.buyer, {"num_workers": 1, "duration_s": 600})
+    await settle(e.manager)
+    worker = next(n for n in (await e.manager.get_cluster(e.buyer, c["id"]))["nodes"] if n["role"] == "worker")
+    assert await e.store.end_lease(worker["id"], domain.LeaseStatus.LOST, clock())
+    assert not await e.store.end_lease(worker["id"], domain.LeaseStatus.LOST, clock())  # counted once
+    row = await e.db.get_machine(worker["machine_id"])
+    assert (row["leases_completed"], row["leases_lost"]) == (0, 1)
+    await e.manager.delete_cluster(e.buyer, c["id"])
+    await settle(e.manager)
+    head = next(n for n in (await e.manager.get_cluster(e.buyer, c["id"]))["nodes"] if n["role"] == "head")
+    assert (await e.db.get_machine(head["machine_id"]))["leases_completed"] == 1
+    # The machine that lost a node is now below 0.85; the other one is not.
+    for m in ("m-000000000000", "m-000000000001"):
+        await e.db.record_heartbeat(m, clock(), domain.MachineUsage())
+    with pytest.raises(errors.Conflict, match="reliability of at least 0.85"):
+        await e.manager.create_cluster(
+            e.buyer, {"num_workers": 2, "duration_s": 600, "cpus_per_worker": 2, "min_reliability": 0.85}
+        )
+    ok = await e.manager.create_cluster(e.buyer, {"num_workers": 1, "duration_s": 600, "min_reliability": 0.85})
+    assert worker["machine_id"] not in {n["machine_id"] for n in ok["nodes"]}
+
+
+async def test_a_reconcile_tick_reads_the_leases_of_a_cluster_whose_nodes_all_joined_once(env, clock):
     """JoinWatcher's read is reused when it had nothing to ask the head; a cluster still joining is read afresh."""
 
-    async def go():
-        e = await env()
-        manager, _, _, buyer, db = e
-        c = await manager.create_cluster(buyer, {"num_workers": 2, "duration_s": 600})
-        await settle(manager)
-        await manager.reconcile_once()
-        assert (await manager.get_cluster(buyer, c["id"]))["status"] == "running"
-        reads = []
-        leases_of = e.store.leases_of
+    e = await env()
+    manager, _, _, buyer, db = e
+    c = await manager.create_cluster(buyer, {"num_workers": 2, "duration_s": 600})
+    await settle(manager)
+    await manager.reconcile_once()
+    assert (await manager.get_cluster(buyer, c["id"]))["status"] == "running"
+    reads = []
+    leases_of = e.store.leases_of
 
-        async def counted(cluster_id):
-            reads.append(cluster_id)
-            return await leases_of(cluster_id)
+    async def counted(cluster_id):
+        reads.append(cluster_id)
+        return await leases_of(cluster_id)
 
-        e.store.leases_of = counted
-        await manager.reconcile_once()
-        assert reads == [c["id"]]
-        assert (await manager.get_cluster(buyer, c["id"]))["status"] == "running"
-        await close(e.store, db)
-
-    asyncio.run(go())
+    e.store.leases_of = counted
+    await manager.reconcile_once()
+    assert reads == [c["id"]]
+    assert (await manager.get_cluster(buyer, c["id"]))["status"] == "running"
 
 
-def test_many_cluster_reads_at_once_answer_as_each_read_alone(env):
-    async def go():
-        e = await env()
-        manager, _, _, buyer, db = e
-        first = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
-        second = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
-        await settle(manager)  # no provisioning step between the reads compared
-        other = auth.Principal(999, "other", domain.Role.BUYER)
-        provider = auth.Principal(998, "prov", domain.Role.PROVIDER)
-        reads = [
-            (buyer, first["id"]),
-            (other, first["id"]),
-            (buyer, second["id"]),
-            (buyer, "c-ffffffffffff"),
-            (provider, first["id"]),
-            (buyer, first["id"]),
-        ]
-        answers = await manager.get_clusters(reads)
-        alone = [await manager.get_cluster(buyer, cid) for cid in (first["id"], second["id"])]
-        await close(e.store, db)
-        return answers, alone
-
-    answers, alone = asyncio.run(go())
+async def test_many_cluster_reads_at_once_answer_as_each_read_alone(env):
+    e = await env()
+    manager, _, _, buyer, db = e
+    first = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
+    second = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
+    await settle(manager)  # no provisioning step between the reads compared
+    other = auth.Principal(999, "other", domain.Role.BUYER)
+    provider = auth.Principal(998, "prov", domain.Role.PROVIDER)
+    reads = [
+        (buyer, first["id"]),
+        (other, first["id"]),
+        (buyer, second["id"]),
+        (buyer, "c-ffffffffffff"),
+        (provider, first["id"]),
+        (buyer, first["id"]),
+    ]
+    answers = await manager.get_clusters(reads)
+    alone = [await manager.get_cluster(buyer, cid) for cid in (first["id"], second["id"])]
     assert answers[0] == answers[5] == alone[0] and answers[2] == alone[1]
     assert isinstance(answers[1], errors.NotFound) and isinstance(answers[3], errors.NotFound)
     assert isinstance(answers[4], errors.Forbidden)
 
 
-def test_a_node_opened_after_its_cluster_ended_is_closed_again_never_counted_open(env, clock):
+async def test_a_node_opened_after_its_cluster_ended_is_closed_again_never_counted_open(env, clock):
     """The head's launcher asks for the head node (the node route, its own request), the buyer deletes the
     cluster while the agent is still opening it: the teardown sees only a reservation. The opened node
     must then be closed on the machine, and the lease stay closed (it used to be marked open again, its
     sandbox left running and its capacity held for good)."""
 
-    async def go():
-        e = await env()
-        manager, registry, launcher, buyer, db = e
-        configs, opening, answer = [], asyncio.Event(), asyncio.Event()
+    e = await env()
+    manager, registry, launcher, buyer, db = e
+    configs, launched, opening, answer = [], asyncio.Event(), asyncio.Event(), asyncio.Event()
 
-        async def launcher_that_waits(config):  # the launcher's task: its node request goes on without it
-            configs.append(config)
-            await asyncio.Event().wait()
+    async def launcher_that_waits(config):  # the launcher's task: its node request goes on without it
+        configs.append(config)
+        launched.set()
+        await asyncio.Event().wait()
 
-        launcher.create = launcher_that_waits
-        agent_send = registry.send_work
+    launcher.create = launcher_that_waits
+    agent_send = registry.send_work
 
-        async def slow_open(machine_id, kind, payload, timeout_s):
-            if kind == protocol.LEASE_OPEN:
-                opening.set()
-                await answer.wait()
-            return await agent_send(machine_id, kind, payload, timeout_s)
+    async def slow_open(machine_id, kind, payload, timeout_s):
+        if kind == protocol.LEASE_OPEN:
+            opening.set()
+            await answer.wait()
+        return await agent_send(machine_id, kind, payload, timeout_s)
 
-        registry.send_work = slow_open
+    registry.send_work = slow_open
 
-        c = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
-        for _ in range(500):  # the provisioning task reaches the launcher (PostgreSQL: real round trips)
-            if configs:
-                break
-            await asyncio.sleep(0.01)
-        node_caller = auth.TokenIssuer("s" * 48, clock=clock).verify(configs[0]["provider"]["token"])
-        head_request = asyncio.ensure_future(
-            manager.create_nodes(node_caller, c["id"], "head", "head", {"ray-node-type": "head"}, 1)
-        )
-        await asyncio.wait_for(opening.wait(), 5)
-        await manager.delete_cluster(buyer, c["id"])
-        await settle(manager)
-        answer.set()  # the agent finishes opening the head
-        with pytest.raises(errors.Conflict, match="ended while its head node"):
-            await head_request
-        await settle(manager)
-        head = next(n for n in (await manager.get_cluster(buyer, c["id"]))["nodes"] if n["role"] == "head")
-        closes = [p["lease_id"] for _, kind, p in registry.sent if kind == protocol.LEASE_CLOSE]
-        await close(e.store, db)
-        return head, closes
-
-    head, closes = asyncio.run(go())
+    c = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
+    await asyncio.wait_for(launched.wait(), 5)  # the provisioning task reaches the launcher
+    node_caller = auth.TokenIssuer("s" * 48, clock=clock).verify(configs[0]["provider"]["token"])
+    head_request = asyncio.ensure_future(
+        manager.create_nodes(node_caller, c["id"], "head", "head", {"ray-node-type": "head"}, 1)
+    )
+    await asyncio.wait_for(opening.wait(), 5)
+    await manager.delete_cluster(buyer, c["id"])
+    await settle(manager)
+    answer.set()  # the agent finishes opening the head
+    with pytest.raises(errors.Conflict, match="ended while its head node"):
+        await head_request
+    await settle(manager)
+    head = next(n for n in (await manager.get_cluster(buyer, c["id"]))["nodes"] if n["role"] == "head")
+    closes = [p["lease_id"] for _, kind, p in registry.sent if kind == protocol.LEASE_CLOSE]
     assert head["status"] == "closed"
     assert head["id"] in closes
 
@@ -917,113 +823,99 @@ def test_a_node_opened_after_its_cluster_ended_is_closed_again_never_counted_ope
 async def _head_only(e, clock, spec: dict) -> tuple[dict, auth.Principal, dict]:
     """A cluster whose launcher opens only its head (as the real launcher does): the cluster, the
     cluster-scoped caller of the node routes (what the head's autoscaler holds) and the head node."""
-    configs = []
+    configs, launched = [], asyncio.Event()
 
     async def launcher_that_waits(config):
         configs.append(config)
+        launched.set()
         await asyncio.Event().wait()
 
     e.launcher.create = launcher_that_waits
     c = await e.manager.create_cluster(e.buyer, spec)
-    for _ in range(500):  # the provisioning task reaches the launcher (PostgreSQL: real round trips)
-        if configs:
-            break
-        await asyncio.sleep(0.01)
+    await asyncio.wait_for(launched.wait(), 5)  # the provisioning task reaches the launcher
     caller = auth.TokenIssuer("s" * 48, clock=clock).verify(configs[0]["provider"]["token"])
     (head,) = await e.manager.create_nodes(caller, c["id"], "head", "head", {"ray-node-type": "head"}, 1)
     return c, caller, head
 
 
 async def _workers_listed(e, caller, cid) -> list[dict]:
-    for _ in range(500):
+    async def opened():
         workers = [n for n in await e.manager.list_nodes(caller, cid) if n["role"] == "worker"]
-        if workers and all(n["status"] == "open" for n in workers):
-            return workers
-        await asyncio.sleep(0.01)
-    raise AssertionError("the workers were never opened ahead")
+        return workers if workers and all(n["status"] == "open" for n in workers) else None
+
+    return await waiting.wait_until(opened, timeout_s=5, interval_s=0.01, what="the workers opened ahead")
 
 
-def test_workers_are_opened_while_the_head_starts_and_listed_as_the_autoscalers_own(env, clock):
+async def test_workers_are_opened_while_the_head_starts_and_listed_as_the_autoscalers_own(env, clock):
     """The head's autoscaler finds its workers in its first list (it starts Ray on them at once); once it
     tags them they are its own, and a later request (a replacement) never takes them for new ones."""
 
-    async def go():
-        e = await env()
-        c, caller, head = await _head_only(e, clock, {"num_workers": 1, "duration_s": 600})
-        (worker,) = await _workers_listed(e, caller, c["id"])
-        opens = [p for _, kind, p in e.registry.sent if kind == protocol.LEASE_OPEN]
-        assert [p["role"] for p in opens] == ["head", "worker"]
-        assert opens[1]["head_gcs_port"] == 20000  # its `ray start` finds the head (the fake agent's GCS port)
-        assert worker["tags"] == {
-            "ray-node-name": f"ray-{c['id']}-worker",
-            "ray-node-type": "worker",
-            "ray-node-status": "uninitialized",
-            "ray-user-node-type": "worker",
-            "dcluster-opened-ahead": "1",
-        }
-        # The autoscaler's updater tags it: claimed.
-        tagged = await e.manager.set_node_tags(caller, c["id"], worker["id"], {"ray-node-status": "waiting-for-ssh"})
-        assert "dcluster-opened-ahead" not in tagged["tags"] and tagged["tags"]["ray-node-status"] == "waiting-for-ssh"
-        with pytest.raises(errors.Conflict, match="1 open worker node"):
-            await e.manager.create_nodes(caller, c["id"], "worker", "worker", {}, 1)
-        await e.manager.terminate_node(caller, c["id"], worker["id"])  # e.g. lost: a replacement is new
-        (replacement,) = await e.manager.create_nodes(caller, c["id"], "worker", "worker", {"k": "v"}, 1)
-        assert replacement["id"] != worker["id"] and replacement["tags"] == {"k": "v"}
-        await e.manager.delete_cluster(e.buyer, c["id"])
-        await settle(e.manager)
-        await close(e.store, e.db)
-
-    asyncio.run(go())
+    e = await env()
+    c, caller, head = await _head_only(e, clock, {"num_workers": 1, "duration_s": 600})
+    (worker,) = await _workers_listed(e, caller, c["id"])
+    opens = [p for _, kind, p in e.registry.sent if kind == protocol.LEASE_OPEN]
+    assert [p["role"] for p in opens] == ["head", "worker"]
+    assert opens[1]["head_gcs_port"] == 20000  # its `ray start` finds the head (the fake agent's GCS port)
+    assert worker["tags"] == {
+        "ray-node-name": f"ray-{c['id']}-worker",
+        "ray-node-type": "worker",
+        "ray-node-status": "uninitialized",
+        "ray-user-node-type": "worker",
+        "dcluster-opened-ahead": "1",
+    }
+    # The autoscaler's updater tags it: claimed.
+    tagged = await e.manager.set_node_tags(caller, c["id"], worker["id"], {"ray-node-status": "waiting-for-ssh"})
+    assert "dcluster-opened-ahead" not in tagged["tags"] and tagged["tags"]["ray-node-status"] == "waiting-for-ssh"
+    with pytest.raises(errors.Conflict, match="1 open worker node"):
+        await e.manager.create_nodes(caller, c["id"], "worker", "worker", {}, 1)
+    await e.manager.terminate_node(caller, c["id"], worker["id"])  # e.g. lost: a replacement is new
+    (replacement,) = await e.manager.create_nodes(caller, c["id"], "worker", "worker", {"k": "v"}, 1)
+    assert replacement["id"] != worker["id"] and replacement["tags"] == {"k": "v"}
+    await e.manager.delete_cluster(e.buyer, c["id"])
+    await settle(e.manager)
 
 
-def test_an_autoscaler_that_asks_before_it_lists_gets_the_workers_opened_ahead(env, clock):
+async def test_an_autoscaler_that_asks_before_it_lists_gets_the_workers_opened_ahead(env, clock):
     """Its create waits for the opening ahead and answers with those workers, tagged as it asked: no
     machine is reserved twice and no worker opened twice."""
 
-    async def go():
-        e = await env()
-        c, caller, _ = await _head_only(e, clock, {"num_workers": 2, "duration_s": 600})
-        tags = {"ray-node-type": "worker", "ray-launch-config": "abc"}
-        created = await e.manager.create_nodes(caller, c["id"], "worker", "worker", tags, 2)
-        assert len(created) == 2 and all(n["status"] == "open" and n["tags"] == tags for n in created)
-        opens = [p["lease_id"] for _, kind, p in e.registry.sent if kind == protocol.LEASE_OPEN]
-        assert len(opens) == len(set(opens)) == 3
-        assert len((await e.manager.get_cluster(e.buyer, c["id"]))["nodes"]) == 3
-        await e.manager.delete_cluster(e.buyer, c["id"])
-        await settle(e.manager)
-        await close(e.store, e.db)
-
-    asyncio.run(go())
+    e = await env()
+    c, caller, _ = await _head_only(e, clock, {"num_workers": 2, "duration_s": 600})
+    tags = {"ray-node-type": "worker", "ray-launch-config": "abc"}
+    created = await e.manager.create_nodes(caller, c["id"], "worker", "worker", tags, 2)
+    assert len(created) == 2 and all(n["status"] == "open" and n["tags"] == tags for n in created)
+    opens = [p["lease_id"] for _, kind, p in e.registry.sent if kind == protocol.LEASE_OPEN]
+    assert len(opens) == len(set(opens)) == 3
+    assert len((await e.manager.get_cluster(e.buyer, c["id"]))["nodes"]) == 3
+    await e.manager.delete_cluster(e.buyer, c["id"])
+    await settle(e.manager)
 
 
-def test_a_worker_that_fails_to_open_ahead_is_left_to_the_autoscaler(env, clock):
+async def test_a_worker_that_fails_to_open_ahead_is_left_to_the_autoscaler(env, clock):
     """The opening ahead tries other machines as any open does; when none could open it, the autoscaler
     lists one worker short and its own request reserves and opens one."""
 
-    async def go():
-        e = await env()
-        agent_send, refusing = e.registry.send_work, [True]
+    e = await env()
+    agent_send, refusing = e.registry.send_work, [True]
 
-        async def workers_refused(machine_id, kind, payload, timeout_s):
-            if kind == protocol.LEASE_OPEN and payload["role"] == "worker" and refusing[0]:
-                e.registry.sent.append((machine_id, kind, payload))
-                return {"ok": False, "exit_code": 1, "output": "no sandbox", "data": {}}
-            return await agent_send(machine_id, kind, payload, timeout_s)
+    async def workers_refused(machine_id, kind, payload, timeout_s):
+        if kind == protocol.LEASE_OPEN and payload["role"] == "worker" and refusing[0]:
+            e.registry.sent.append((machine_id, kind, payload))
+            return {"ok": False, "exit_code": 1, "output": "no sandbox", "data": {}}
+        return await agent_send(machine_id, kind, payload, timeout_s)
 
-        e.registry.send_work = workers_refused
-        c, caller, _ = await _head_only(e, clock, {"num_workers": 1, "duration_s": 600})
-        for _ in range(500):
-            if not e.manager.workers_opening_ahead():
-                break
-            await asyncio.sleep(0.01)
-        nodes = await e.manager.list_nodes(caller, c["id"])
-        assert [n["role"] for n in nodes if n["status"] == "open"] == ["head"]
-        assert {n["status"] for n in nodes if n["role"] == "worker"} == {"lost"}
-        refusing[0] = False
-        (worker,) = await e.manager.create_nodes(caller, c["id"], "worker", "worker", {"k": "v"}, 1)
-        assert worker["status"] == "open" and worker["tags"] == {"k": "v"}
-        await e.manager.delete_cluster(e.buyer, c["id"])
-        await settle(e.manager)
-        await close(e.store, e.db)
+    e.registry.send_work = workers_refused
+    c, caller, _ = await _head_only(e, clock, {"num_workers": 1, "duration_s": 600})
 
-    asyncio.run(go())
+    async def settled():
+        return not e.manager.workers_opening_ahead()
+
+    await waiting.wait_until(settled, timeout_s=5, interval_s=0.01, what="no worker opening ahead")
+    nodes = await e.manager.list_nodes(caller, c["id"])
+    assert [n["role"] for n in nodes if n["status"] == "open"] == ["head"]
+    assert {n["status"] for n in nodes if n["role"] == "worker"} == {"lost"}
+    refusing[0] = False
+    (worker,) = await e.manager.create_nodes(caller, c["id"], "worker", "worker", {"k": "v"}, 1)
+    assert worker["status"] == "open" and worker["tags"] == {"k": "v"}
+    await e.manager.delete_cluster(e.buyer, c["id"])
+    await settle(e.manager)

@@ -1,6 +1,5 @@
 """NodeObserver with a fake HTTP client; joins' pure decisions."""
 
-import asyncio
 import inspect
 
 import httpx
@@ -8,6 +7,8 @@ import pytest
 
 from actors.clusters import joins, node_observer
 from dcl_core import protocol
+
+pytestmark = pytest.mark.anyio
 
 
 class FakeResponse:
@@ -63,8 +64,8 @@ def node(node_id: str, *, head: bool = False, state: str = "ALIVE", lease: str |
     }
 
 
-def alive(http, token="t" * 64):
-    return asyncio.run(node_observer.NodeObserver(http).alive_nodes("10.0.0.1", 8265, token))
+async def alive(http, token="t" * 64):
+    return await node_observer.NodeObserver(http).alive_nodes("10.0.0.1", 8265, token)
 
 
 def test_fake_http_matches_httpx_for_what_the_observer_uses():
@@ -75,7 +76,7 @@ def test_fake_http_matches_httpx_for_what_the_observer_uses():
     assert all(name in real for name in proto if name != "self")
 
 
-def test_lists_alive_nodes_with_their_lease_labels_and_sends_the_token():
+async def test_lists_alive_nodes_with_their_lease_labels_and_sends_the_token():
     http = FakeHttp(
         FakeResponse(
             200,
@@ -86,7 +87,7 @@ def test_lists_alive_nodes_with_their_lease_labels_and_sends_the_token():
             ),
         )
     )
-    nodes = alive(http)
+    nodes = await alive(http)
     assert [(n.node_id, n.is_head, n.lease_id) for n in nodes] == [
         ("aa", True, "l-00000000000a"),
         ("bb", False, "l-00000000000b"),
@@ -107,14 +108,14 @@ def test_lists_alive_nodes_with_their_lease_labels_and_sends_the_token():
         (httpx.ConnectError("refused"), "ConnectError"),
     ],
 )
-def test_an_unreadable_head_is_an_observe_error(answer, match):
+async def test_an_unreadable_head_is_an_observe_error(answer, match):
     with pytest.raises(node_observer.ObserveError, match=match):
-        alive(FakeHttp(answer))
+        await alive(FakeHttp(answer))
 
 
-def test_the_error_never_shows_the_token():
+async def test_the_error_never_shows_the_token():
     with pytest.raises(node_observer.ObserveError) as caught:
-        alive(FakeHttp(FakeResponse(403, None)), token="secret-token-" + "x" * 40)
+        await alive(FakeHttp(FakeResponse(403, None)), token="secret-token-" + "x" * 40)
     assert "secret-token" not in str(caught.value)
 
 

@@ -10,11 +10,6 @@ from dcl_core import errors
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
-
 async def test_a_waiting_poll_is_woken_by_the_item_pushed_for_its_machine_only():
     channel = work_channel.WorkChannel()
     poll = asyncio.create_task(channel.wait("m-1", 10))

@@ -21,6 +21,7 @@ import pytest
 
 import dcluster
 from dcl_core import domain, protocol
+from tests.waiting import wait_for
 from worker import procs
 from worker.agent import agent as agent_mod
 from worker.agent import cli as agent_cli
@@ -143,9 +144,8 @@ class FakeWaits:
 
 
 def make_settings(tmp_path, **kw):
-    return agent_mod.AgentSettings(
-        platform_url="http://platform.test", username="prov1", password=PASSWORD, state_dir=tmp_path / "state", **kw
-    )
+    kw = {"password": PASSWORD, "state_dir": tmp_path / "state", **kw}
+    return agent_mod.AgentSettings(platform_url="http://platform.test", username="prov1", **kw)
 
 
 def make_agent(tmp_path, client=None, waits=None, detect_fn=lambda: SPEC, **kw):
@@ -278,7 +278,7 @@ def test_a_refused_machine_key_stops_the_agent_and_forgets_the_key(tmp_path, cap
     agent.heartbeat_step()
     client.script["heartbeat"] = [dcluster.ApiError(401, "this agent key of machine m-1 is revoked")]
     agent.heartbeat_step()
-    assert agent.revoked and agent._stopping.is_set()
+    assert agent.revoked and agent.stopping.is_set()
     assert client.calls == ["login", "register_machine", "heartbeat", "heartbeat"]  # no silent re-enrollment
     assert json.loads((tmp_path / "state" / "machine.json").read_text())["agent_key"] is None
     assert "enroll the machine anew" in caplog.text and "key1" not in caplog.text
@@ -286,8 +286,7 @@ def test_a_refused_machine_key_stops_the_agent_and_forgets_the_key(tmp_path, cap
 
 def test_without_key_or_password_the_agent_stops_and_says_why(tmp_path, caplog):
     client = FakeClient()
-    agent = make_agent(tmp_path, client)
-    agent._password = None
+    agent = make_agent(tmp_path, client, password=None)
     agent.heartbeat_step()
     assert agent.revoked and client.calls == []
     assert "no agent key" in caplog.text
@@ -712,6 +711,11 @@ def test_lease_items_run_in_order_and_are_answered(tmp_path, lease_root):
     assert agent.lease_queues() == {}
 
 
+def _running(lease_id: str, command: str) -> bool:
+    """Whether a process of the lease runs command (its arguments, joined)."""
+    return any(" ".join(p.cmdline()) == command for p in procs.owned_processes(leases.owner_tag(lease_id)))
+
+
 def test_a_close_does_not_wait_behind_the_leases_running_command(tmp_path, lease_root):
     client = FakeClient()
     agent, runner = make_lease_agent(tmp_path, lease_root, client)
@@ -721,7 +725,7 @@ def test_a_close_does_not_wait_behind_the_leases_running_command(tmp_path, lease
     client.wait_results(1)
     agent.handle_work(_exec_item("w-2", lease_id, "setsid sleep 60 & sleep 60", timeout_s=120))
     agent.handle_work(_exec_item("w-3", lease_id, "echo queued-after"))
-    time.sleep(0.3)  # w-2 is running
+    wait_for(lambda: _running(lease_id, "sleep 60"), timeout_s=10, interval_s=0.01, what="w-2 running")
     started = time.monotonic()
     agent.handle_work(_close_item("w-4", lease_id))
     results = client.wait_results(4, timeout_s=20)  # every item answered
