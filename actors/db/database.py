@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -174,32 +174,31 @@ class Database:
         """Runs statements(tx) and commits, or rolls back, as one transaction. lock_wait_s bounds how long
         it waits for locks before it fails with busy.DatabaseBusy: None, the backend's default."""
         await self.open()
-        try:
+        with _busy_as_database_busy():
             return await self._backend.atomic(statements, lock_wait_s)
-        except sa.exc.DBAPIError as exc:
-            if busy.is_busy(exc):
-                raise busy.DatabaseBusy(f"database busy: {exc.orig}") from None
-            raise
 
     async def _write(self, steps: list[tuple[sa.Executable, Any]], lock_wait_s: float | None) -> list[int]:
         await self.open()
-        try:
+        with _busy_as_database_busy():
             return await self._backend.write(steps, lock_wait_s)
-        except sa.exc.DBAPIError as exc:
-            if busy.is_busy(exc):
-                raise busy.DatabaseBusy(f"database busy: {exc.orig}") from None
-            raise
 
     async def _read(
         self, statement: sa.Executable, params: dict[str, Any] | None, shape: Callable[[sa.CursorResult[Any]], T]
     ) -> T:
         await self.open()
-        try:
+        with _busy_as_database_busy():
             return await self._backend.read(statement, params, shape)
-        except sa.exc.DBAPIError as exc:
-            if busy.is_busy(exc):
-                raise busy.DatabaseBusy(f"database busy: {exc.orig}") from None
-            raise
+
+
+@contextlib.contextmanager
+def _busy_as_database_busy() -> Iterator[None]:
+    """A driver's busy error, however SQLAlchemy wrapped it, leaves the store as the one DatabaseBusy."""
+    try:
+        yield
+    except sa.exc.DBAPIError as exc:
+        if busy.is_busy(exc):
+            raise busy.DatabaseBusy(f"database busy: {exc.orig}") from None
+        raise
 
 
 # Rows are read off the driver's cursor: every column of the schema is a type SQLAlchemy passes through as the
