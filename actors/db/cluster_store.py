@@ -8,111 +8,12 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from actors.db import cluster_queries as q
 from actors.db import database
 from actors.db import store as store_mod
 from actors.db.database import Row
-from actors.db.schema import account_quotas, accounts, cluster_events, cluster_logs, clusters, leases, machines
+from actors.db.schema import account_quotas, accounts, cluster_logs, clusters, leases, machines
 from dcl_core import domain
-
-ACTIVE_LEASE_STATUSES = tuple(s.value for s in domain.LeaseStatus if s.holds_capacity())
-_IDS_PER_QUERY = 500  # ids in one `IN (...)` (SQLite's limit on parameters was 999 before 3.32)
-_HELD_BY_CHECKS = tuple(s.value for s in domain.GpuVerification.placement_holders())
-
-
-def _lease_values(cluster_id: str, lease: Row, now: float) -> Row:
-    # Prices are copied at reservation: a provider changing its price does not re-bill running leases.
-    return {
-        "id": lease["id"],
-        "cluster_id": cluster_id,
-        "machine_id": lease["machine_id"],
-        "role": lease["role"],
-        "gpus": json.dumps(lease["gpus"]),
-        "cpus": lease["cpus"],
-        "price_per_gpu_hour": lease.get("price_per_gpu_hour", 0.0),
-        "price_per_cpu_hour": lease.get("price_per_cpu_hour", 0.0),
-        "status": domain.LeaseStatus.RESERVED.value,
-        "created_at": now,
-    }
-
-
-# What placement reads of a machine (not the spec JSON: it runs over many machines).
-_PLACEMENT_MACHINE = sa.select(
-    machines.c.id,
-    machines.c.gpu_model,
-    machines.c.gpus,
-    machines.c.cpus,
-    machines.c.price_per_gpu_hour,
-    machines.c.price_per_cpu_hour,
-    machines.c.registered_at,
-    machines.c.online_seconds,
-    machines.c.leases_completed,
-    machines.c.leases_lost,
-    machines.c.gpu_check,
-    accounts.c.username.label("provider"),
-).join_from(machines, accounts, accounts.c.id == machines.c.provider_id)
-_CLUSTER_BY_ID = sa.select(clusters).where(clusters.c.id == sa.bindparam("cluster_id"))
-_CLUSTERS_BY_IDS = sa.select(clusters).where(clusters.c.id.in_(sa.bindparam("ids", expanding=True)))
-_LEASES_OF_CLUSTERS = (
-    sa.select(leases)
-    .where(leases.c.cluster_id.in_(sa.bindparam("ids", expanding=True)))
-    .order_by(leases.c.created_at, leases.c.id)
-)
-_ACTIVE = leases.c.status.in_(ACTIVE_LEASE_STATUSES)
-_INSERT_LEASE = leases.insert()
-# The hot statements are built once: building and keying a statement costs tens of µs per call.
-_LEASES_OF = (
-    sa.select(leases)
-    .where(leases.c.cluster_id == sa.bindparam("cluster_id"))
-    .order_by(leases.c.created_at, leases.c.id)
-)
-_LEASE_BY_ID = sa.select(leases).where(leases.c.id == sa.bindparam("lease_id"))
-_ACTIVE_LEASES = sa.select(leases).where(_ACTIVE)
-_ACTIVE_LEASE_IDS = sa.select(leases.c.id).where(_ACTIVE)
-_LEASE_HOLDINGS = sa.select(leases.c.id, leases.c.machine_id, leases.c.cluster_id, leases.c.gpus, leases.c.cpus).where(
-    leases.c.id.in_(sa.bindparam("ids", expanding=True))
-)
-_EVENTS = (
-    sa.select(cluster_events.c.id, cluster_events.c.ts, cluster_events.c.kind, cluster_events.c.message)
-    .where(cluster_events.c.cluster_id == sa.bindparam("cluster_id"), cluster_events.c.id > sa.bindparam("after_id"))
-    .order_by(cluster_events.c.id)
-)
-_INSERT_EVENT = cluster_events.insert()
-_INSERT_CLUSTER = clusters.insert()
-_ONLINE_MACHINES = _PLACEMENT_MACHINE.where(
-    store_mod.online(), sa.or_(machines.c.gpu_check.is_(None), machines.c.gpu_check.not_in(_HELD_BY_CHECKS))
-)
-_CHANGED_MACHINES = _PLACEMENT_MACHINE.where(machines.c.changed_at >= sa.bindparam("since"))
-_UNPLACEABLE_IDS = sa.union_all(
-    *store_mod.not_online_ids(), sa.select(machines.c.id).where(machines.c.gpu_check.in_(_HELD_BY_CHECKS))
-)
-_MACHINE_STATUSES = sa.select(machines.c.id, machines.c.status, machines.c.last_heartbeat).where(
-    machines.c.id.in_(sa.bindparam("ids", expanding=True))
-)
-_OPEN_LEASE = (
-    sa.update(leases)
-    .where(leases.c.id == sa.bindparam("lease_id"), leases.c.status == domain.LeaseStatus.RESERVED.value)
-    .values(
-        status=domain.LeaseStatus.OPEN.value,
-        node_type=sa.bindparam("node_type_"),
-        tags=sa.bindparam("tags_"),
-        ports=sa.bindparam("ports_"),
-        node_ip=sa.bindparam("node_ip_"),
-        opened_at=sa.bindparam("now"),
-    )
-)
-_ACCOUNT = sa.select(accounts.c.id, accounts.c.username, accounts.c.role).where(
-    accounts.c.id == sa.bindparam("account_id")
-)
-_LIVE_CLUSTERS_OF = sa.select(clusters.c.id, clusters.c.spec, clusters.c.expires_at).where(
-    clusters.c.owner_id == sa.bindparam("owner_id"),
-    clusters.c.status.in_([s.value for s in domain.ClusterStatus.active()]),
-)
-_QUOTA_OVERRIDES = sa.select(account_quotas).where(account_quotas.c.account_id == sa.bindparam("account_id"))
-_MARK_JOINED = (
-    sa.update(leases)
-    .where(leases.c.id == sa.bindparam("lease_id"), leases.c.joined_at.is_(None))
-    .values(joined_at=sa.bindparam("now"))
-)
 
 
 class ClusterStore(database.Database):
@@ -134,21 +35,21 @@ class ClusterStore(database.Database):
         first_event = {"cluster_id": cluster["id"], "ts": now, "kind": domain.EventKind.CREATED.value, "message": event}
         await self.write_all(
             [
-                (_INSERT_CLUSTER, row),
-                (_INSERT_LEASE, [_lease_values(cluster["id"], l, now) for l in leases]),
-                (_INSERT_EVENT, first_event),
+                (q.INSERT_CLUSTER, row),
+                (q.INSERT_LEASE, [q.lease_values(cluster["id"], l, now) for l in leases]),
+                (q.INSERT_EVENT, first_event),
             ]
         )
 
     async def get_cluster(self, cluster_id: str) -> Row | None:
-        return await self.fetch_one(_CLUSTER_BY_ID, {"cluster_id": cluster_id})
+        return await self.fetch_one(q.CLUSTER_BY_ID, {"cluster_id": cluster_id})
 
     async def get_clusters(self, cluster_ids: Sequence[str]) -> dict[str, Row]:
         """The clusters of these ids that exist, by id (one query)."""
         unique = sorted(set(cluster_ids))
         if not unique:
             return {}
-        rows = await self.fetch_all(_CLUSTERS_BY_IDS, {"ids": unique})
+        rows = await self.fetch_all(q.CLUSTERS_BY_IDS, {"ids": unique})
         return {r["id"]: r for r in rows}
 
     async def list_clusters(self, owner_id: int | None = None) -> list[Row]:
@@ -206,10 +107,10 @@ class ClusterStore(database.Database):
     # --- events -------------------------------------------------------------------------
 
     async def add_event(self, cluster_id: str, kind: domain.EventKind, message: str, now: float) -> None:
-        await self.write(_INSERT_EVENT, {"cluster_id": cluster_id, "ts": now, "kind": kind.value, "message": message})
+        await self.write(q.INSERT_EVENT, {"cluster_id": cluster_id, "ts": now, "kind": kind.value, "message": message})
 
     async def events(self, cluster_id: str, after_id: int = 0) -> list[Row]:
-        return await self.fetch_all(_EVENTS, {"cluster_id": cluster_id, "after_id": after_id})
+        return await self.fetch_all(q.EVENTS, {"cluster_id": cluster_id, "after_id": after_id})
 
     # --- logs ---------------------------------------------------------------------------
 
@@ -279,19 +180,19 @@ class ClusterStore(database.Database):
     # --- leases -------------------------------------------------------------------------
 
     async def leases_of(self, cluster_id: str) -> list[Row]:
-        return [decode_lease(r) for r in await self.fetch_all(_LEASES_OF, {"cluster_id": cluster_id})]
+        return [decode_lease(r) for r in await self.fetch_all(q.LEASES_OF, {"cluster_id": cluster_id})]
 
     async def leases_of_clusters(self, cluster_ids: Sequence[str]) -> dict[str, list[Row]]:
         """leases_of for many clusters at once (one query): cluster id → its leases, each cluster asked for."""
         unique = sorted(set(cluster_ids))
         found: dict[str, list[Row]] = {cid: [] for cid in unique}
         if unique:
-            for r in await self.fetch_all(_LEASES_OF_CLUSTERS, {"ids": unique}):
+            for r in await self.fetch_all(q.LEASES_OF_CLUSTERS, {"ids": unique}):
                 found[r["cluster_id"]].append(decode_lease(r))
         return found
 
     async def get_lease(self, lease_id: str) -> Row | None:
-        row = await self.fetch_one(_LEASE_BY_ID, {"lease_id": lease_id})
+        row = await self.fetch_one(q.LEASE_BY_ID, {"lease_id": lease_id})
         return decode_lease(row) if row else None
 
     async def leases_in_window(
@@ -322,22 +223,24 @@ class ClusterStore(database.Database):
         return [decode_lease(r) for r in await self.fetch_all(query)]
 
     async def active_leases(self) -> list[Row]:
-        return [decode_lease(r) for r in await self.fetch_all(_ACTIVE_LEASES)]
+        return [decode_lease(r) for r in await self.fetch_all(q.ACTIVE_LEASES)]
 
     async def active_lease_ids(self) -> list[str]:
-        return await self.fetch_column(_ACTIVE_LEASE_IDS)
+        return await self.fetch_column(q.ACTIVE_LEASE_IDS)
 
     async def lease_holdings(self, lease_ids: list[str]) -> list[Row]:
         """What placement reads of these leases: id, machine, cluster, GPU indices, CPUs (none of it changes)."""
         rows = []
-        for start in range(0, len(lease_ids), _IDS_PER_QUERY):
-            rows += await self.fetch_all(_LEASE_HOLDINGS, {"ids": lease_ids[start : start + _IDS_PER_QUERY]})
+        for start in range(0, len(lease_ids), q.IDS_PER_QUERY):
+            rows += await self.fetch_all(q.LEASE_HOLDINGS, {"ids": lease_ids[start : start + q.IDS_PER_QUERY]})
         for r in rows:
             r["gpus"] = json.loads(r["gpus"])
         return rows
 
     async def add_leases(self, cluster_id: str, leases: list[Row], now: float) -> None:
-        await self.atomic(lambda tx: tx.executemany(_INSERT_LEASE, [_lease_values(cluster_id, l, now) for l in leases]))
+        await self.atomic(
+            lambda tx: tx.executemany(q.INSERT_LEASE, [q.lease_values(cluster_id, l, now) for l in leases])
+        )
 
     async def open_lease(
         self, lease_id: str, *, node_type: str, tags: Row, ports: Row, node_ip: str, now: float
@@ -352,20 +255,20 @@ class ClusterStore(database.Database):
             "node_ip_": node_ip,
             "now": now,
         }
-        return await self.write(_OPEN_LEASE, opened) > 0
+        return await self.write(q.OPEN_LEASE, opened) > 0
 
     async def set_lease_tags(self, lease_id: str, tags: Row) -> None:
         await self.write(sa.update(leases).where(leases.c.id == lease_id).values(tags=json.dumps(tags)))
 
     async def mark_joined(self, lease_id: str, now: float) -> bool:
-        return await self.write(_MARK_JOINED, {"lease_id": lease_id, "now": now}) > 0
+        return await self.write(q.MARK_JOINED, {"lease_id": lease_id, "now": now}) > 0
 
     async def end_lease(self, lease_id: str, status: domain.LeaseStatus, now: float) -> bool:
         """Closes or loses a lease that still held capacity; returns False if it already ended."""
         lost = int(status is domain.LeaseStatus.LOST)
         ended = (
             sa.update(leases)
-            .where(leases.c.id == lease_id, _ACTIVE)
+            .where(leases.c.id == lease_id, q.ACTIVE)
             .values(status=status.value, left_at=sa.case((leases.c.joined_at.is_(None), leases.c.left_at), else_=now))
         )
         # A node that ran counts for its machine's reliability (actors.machines.reputation).
@@ -392,14 +295,14 @@ class ClusterStore(database.Database):
 
     async def account(self, account_id: int) -> Row | None:
         """Who an account is (the ProviderRegistry owns accounts; read-only here)."""
-        return await self.fetch_one(_ACCOUNT, {"account_id": account_id})
+        return await self.fetch_one(q.ACCOUNT, {"account_id": account_id})
 
     async def live_clusters_of(self, owner_id: int) -> list[Row]:
         """The owner's clusters that hold (or are acquiring) machines: their spec and deadline."""
-        return await self.fetch_all(_LIVE_CLUSTERS_OF, {"owner_id": owner_id})
+        return await self.fetch_all(q.LIVE_CLUSTERS_OF, {"owner_id": owner_id})
 
     async def quota_overrides(self, account_id: int) -> Row | None:
-        return await self.fetch_one(_QUOTA_OVERRIDES, {"account_id": account_id})
+        return await self.fetch_one(q.QUOTA_OVERRIDES, {"account_id": account_id})
 
     async def set_quota_overrides(self, account_id: int, overrides: Row, *, by: str, now: float) -> None:
         """Replaces the account's overrides (None: the platform's default)."""
@@ -419,24 +322,24 @@ class ClusterStore(database.Database):
     async def online_machines(self, cutoff: float) -> list[Row]:
         """Machines that may take new leases: online, with a heartbeat since cutoff, and no GPU check due or
         running (domain.GpuVerification.holds_placement)."""
-        return await self.fetch_all(_ONLINE_MACHINES, {"cutoff": cutoff})
+        return await self.fetch_all(q.ONLINE_MACHINES, {"cutoff": cutoff})
 
     async def placement_machines(self, changed_since: float | None = None) -> list[Row]:
         """What placement reads of every machine (placeable or not), or of those changed since a time."""
         if changed_since is None:
-            return await self.fetch_all(_PLACEMENT_MACHINE)
-        return await self.fetch_all(_CHANGED_MACHINES, {"since": changed_since})
+            return await self.fetch_all(q.PLACEMENT_MACHINE)
+        return await self.fetch_all(q.CHANGED_MACHINES, {"since": changed_since})
 
     async def unplaceable_machine_ids(self, cutoff: float) -> set[str]:
         """Machines that may not take new leases now (usually few: cheaper to read than the others): not
         online, or held by a GPU check (the complement of online_machines)."""
-        return set(await self.fetch_column(_UNPLACEABLE_IDS, {"cutoff": cutoff}))
+        return set(await self.fetch_column(q.UNPLACEABLE_IDS, {"cutoff": cutoff}))
 
     async def machine_statuses(self, machine_ids: list[str], cutoff: float) -> dict[str, str]:
         """Effective status of each machine: online only while its heartbeats are fresh."""
         if not machine_ids:
             return {}
-        rows = await self.fetch_all(_MACHINE_STATUSES, {"ids": machine_ids})
+        rows = await self.fetch_all(q.MACHINE_STATUSES, {"ids": machine_ids})
         return {
             r["id"]: domain.MachineStatus.effective(r["status"], r["last_heartbeat"], cutoff=cutoff).value for r in rows
         }
@@ -454,66 +357,30 @@ class ClusterStore(database.Database):
 
     async def due_gpu_checks(self, cutoff: float) -> list[Row]:
         """Machines whose GPU check is due and can start now: online, and no lease holds any of their capacity."""
-        holding = sa.select(leases.c.id).where(leases.c.machine_id == machines.c.id, _ACTIVE)
-        return await self.fetch_all(
-            sa.select(machines.c.id, machines.c.spec).where(
-                machines.c.gpu_check == domain.GpuVerification.PENDING.value, store_mod.online(), ~holding.exists()
-            ),
-            {"cutoff": cutoff},
-        )
+        return await self.fetch_all(q.DUE_GPU_CHECKS, {"cutoff": cutoff})
 
     async def begin_gpu_check(self, machine_id: str, lease_id: str) -> bool:
         """pending → checking, with the check lease's id; False when the machine is no longer pending."""
-        begun = (
-            sa.update(machines)
-            .where(machines.c.id == machine_id, machines.c.gpu_check == domain.GpuVerification.PENDING.value)
-            .values(gpu_check=domain.GpuVerification.CHECKING.value, gpu_check_lease=lease_id)
-        )
-        return await self.write(begun) == 1
+        return await self.write(q.BEGIN_GPU_CHECK, {"machine_id": machine_id, "lease_id": lease_id}) == 1
 
     async def finish_gpu_check(
         self, machine_id: str, lease_id: str, status: domain.GpuVerification, detail_json: str, now: float
     ) -> bool:
         """The check's outcome, unless the machine registered again meanwhile (its claim may have changed)."""
-        finished = (
-            sa.update(machines)
-            .where(
-                machines.c.id == machine_id,
-                machines.c.gpu_check == domain.GpuVerification.CHECKING.value,
-                machines.c.gpu_check_lease == lease_id,
-            )
-            .values(
-                gpu_check=status.value,
-                gpu_check_detail=detail_json,
-                gpu_checked_at=now,
-                gpu_check_lease=None,
-                changed_at=now,
-            )
-        )
-        return await self.write(finished) == 1
+        outcome = {"machine_id": machine_id, "lease_id": lease_id, "outcome": status.value, "detail": detail_json}
+        return await self.write(q.FINISH_GPU_CHECK, {**outcome, "now": now}) == 1
 
     async def restart_gpu_checks(self, running: Collection[str] = ()) -> int:
         """Checks no task runs (a restart cut them short, or their outcome could not be written) are due
         again; the agent closes their leases once its heartbeat hears that no one holds them."""
-        restarted = (
-            sa.update(machines)
-            .where(machines.c.gpu_check == domain.GpuVerification.CHECKING.value)
-            .values(gpu_check=domain.GpuVerification.PENDING.value, gpu_check_lease=None)
-        )
-        if running:
-            restarted = restarted.where(machines.c.id.not_in(list(running)))
-        return await self.write(restarted)
+        return await self.write(q.RESTART_GPU_CHECKS, {"running": list(running)})
 
     async def unassessed_machines(self) -> list[Row]:
         """Machines registered before GPU verification existed (no status yet)."""
-        return await self.fetch_all(sa.select(machines.c.id, machines.c.spec).where(machines.c.gpu_check.is_(None)))
+        return await self.fetch_all(q.UNASSESSED_MACHINES)
 
     async def assess_machine(self, machine_id: str, status: domain.GpuVerification, detail_json: str) -> None:
-        await self.write(
-            sa.update(machines)
-            .where(machines.c.id == machine_id, machines.c.gpu_check.is_(None))
-            .values(gpu_check=status.value, gpu_check_detail=detail_json)
-        )
+        await self.write(q.ASSESS_MACHINE, {"machine_id": machine_id, "outcome": status.value, "detail": detail_json})
 
 
 def decode_lease(row: Row) -> Row:
