@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 
 # After `ray start` reports ok, how long its node has to show up ALIVE before the start counts as
 # failed. It is added to the exec call the head's autoscaler waits on, whose read timeout leaves 30 s
-# past the command's own (worker.market_provider.EXEC_READ_MARGIN_S).
+# past the command's own (worker.node_provider.nodes_api.EXEC_READ_MARGIN_S).
 JOIN_WAIT_S = 20.0
 FIRST_POLL_S = 0.2
 MAX_POLL_S = 1.0

@@ -9,171 +9,30 @@ node routes with the cluster-scoped token of `provider.token`; nothing is kept l
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import logging
 import os
-import random
 import re
 import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
-from urllib.parse import quote
 
-import httpx
-import tenacity
-from ray.autoscaler.node_launch_exception import NodeLaunchException
 from ray.autoscaler.node_provider import NodeProvider
 from ray.autoscaler.tags import NODE_KIND_HEAD, NODE_KIND_WORKER, TAG_RAY_NODE_KIND, TAG_RAY_USER_NODE_TYPE
 
 import dcluster
-from dcl_core import ids, protocol
-from worker.node_provider import command_runner
+from dcl_core import ids
+from worker.node_provider import command_runner, nodes_api
 
 logger = logging.getLogger(__name__)
 
 CACHE_TTL_S = 2.0  # node_tags/is_running/... within this age of the last list are served from memory
 MIN_REFRESH_S = 0.25  # an unknown node id triggers a new list at most this often
-REQUEST_TIMEOUT_S = 10.0
-# Creating nodes answers once they are open: the platform tries each node several times before it gives up.
-CREATE_READ_TIMEOUT_S = protocol.NODE_OPEN_BUDGET_S + 30.0
-EXEC_READ_MARGIN_S = 30.0  # exec blocks until the agent ran the command: read timeout = its timeout + this
-REQUEST_ATTEMPTS = 4
 STATUS_OPEN = "open"
 ROLES = (NODE_KIND_HEAD, NODE_KIND_WORKER)
 _CLUSTER_ID_RE = re.compile(ids.CLUSTER_ID_PATTERN)
 _CACHE_FILE_RE = re.compile(r"ray-config-[0-9a-f]{64}")  # ray.autoscaler._private.commands._bootstrap_config
-# The request never reached the platform: safe to send again even when it is not idempotent.
-_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
-
-
-class MarketProviderError(Exception):
-    """Root of MarketNodeProvider's errors. Picklable: the launcher runs inside Ray tasks."""
-
-
-class PlatformError(MarketProviderError):
-    """A node route failed: the platform refused (status_code set) or could not be reached (None)."""
-
-    def __init__(self, message: str, *, status_code: int | None = None):
-        super().__init__(message)
-        self.status_code = status_code
-
-
-class NoCapacityError(MarketProviderError, NodeLaunchException):
-    """The platform has no machine for the nodes asked for (HTTP 409); the launcher/autoscaler retries."""
-
-    def __init__(self, detail: str, *, cluster_id: str = "", role: str = "", count: int = 0):
-        NodeLaunchException.__init__(
-            self,
-            "NoCapacity",
-            f"no capacity for {count} {role} node(s) of cluster {cluster_id}: {detail} "
-            "(the launcher or autoscaler asks again later)",
-            None,
-        )
-        self.detail, self.cluster_id, self.role, self.count = detail, cluster_id, role, count
-
-    def __reduce__(self):
-        rebuild = functools.partial(type(self), cluster_id=self.cluster_id, role=self.role, count=self.count)
-        return rebuild, (self.detail,)
-
-
-def _node_path(cluster_id: str, node_id: str | None = None) -> str:
-    path = f"/v1/clusters/{quote(cluster_id, safe='')}/nodes"
-    return path if node_id is None else f"{path}/{quote(str(node_id), safe='')}"
-
-
-def _retryable(exc: dcluster.ClientError, idempotent: bool) -> bool:
-    if isinstance(exc, dcluster.PlatformUnreachable):
-        return idempotent or isinstance(exc.__context__, _NOT_SENT)
-    if isinstance(exc, dcluster.ApiError):
-        return exc.is_transient if idempotent else exc.status_code in (429, 503)
-    return False
-
-
-class ClusterNodesApi:
-    """All calls to one cluster's node routes (`/v1/clusters/{cid}/nodes...`) go through here.
-
-    Transient failures are retried with backoff; a request that is not idempotent (create, run) is
-    sent again only when it surely never arrived (connection refused) or the platform said 429/503.
-    """
-
-    def __init__(
-        self,
-        client: dcluster.Client,
-        cluster_id: str,
-        *,
-        attempts: int = REQUEST_ATTEMPTS,
-        sleep: Callable[[float], Any] = time.sleep,
-        rand: Callable[[], float] = random.random,
-    ):
-        self.client = client
-        self.cluster_id = cluster_id
-        self._attempts = max(1, attempts)
-        self._sleep = sleep
-        self._rand = rand
-
-    def list(self) -> list[dict]:
-        body = self._call("GET", _node_path(self.cluster_id), idempotent=True)
-        items = body.get("items", []) if isinstance(body, dict) else body or []
-        return [n for n in items if isinstance(n, dict) and n.get("id")]
-
-    def create(self, role: str, node_type: str, tags: dict[str, str], count: int) -> list[dict]:
-        body = {"role": role, "node_type": node_type, "tags": tags, "count": count}
-        timeout = httpx.Timeout(REQUEST_TIMEOUT_S, read=CREATE_READ_TIMEOUT_S)
-        created = self._call("POST", _node_path(self.cluster_id), idempotent=False, json=body, timeout=timeout)
-        return [n for n in created or [] if isinstance(n, dict) and n.get("id")]
-
-    def set_tags(self, node_id: str, tags: dict[str, str]) -> dict | None:
-        node = self._call("PATCH", _node_path(self.cluster_id, node_id), idempotent=True, json={"tags": tags})
-        return node if isinstance(node, dict) and node.get("id") else None
-
-    def delete(self, node_id: str) -> dict | None:
-        node = self._call("DELETE", _node_path(self.cluster_id, node_id), idempotent=True)
-        return node if isinstance(node, dict) and node.get("id") else None
-
-    def exec(self, node_id: str, body: dict, *, timeout_s: float, idempotent: bool) -> dict:
-        """Run a command or write a file in the lease (command_runner.NodeExecutor); blocks until it ran."""
-        timeout = httpx.Timeout(REQUEST_TIMEOUT_S, read=timeout_s + EXEC_READ_MARGIN_S, write=60.0)
-        result = self._call(
-            "POST", _node_path(self.cluster_id, node_id) + "/exec", idempotent=idempotent, json=body, timeout=timeout
-        )
-        return result if isinstance(result, dict) else {}
-
-    def _call(self, method: str, path: str, *, idempotent: bool, **kw) -> Any:
-        backoff = dcluster.Backoff(base_s=0.5, cap_s=8.0, rand=self._rand)
-
-        def delay(state: tenacity.RetryCallState) -> float:
-            exc = state.outcome.exception()
-            seconds = backoff.next()
-            if isinstance(exc, dcluster.ApiError) and exc.retry_after_s:
-                seconds = max(seconds, min(exc.retry_after_s, 30.0))
-            return seconds
-
-        def log_retry(state: tenacity.RetryCallState) -> None:
-            logger.warning(
-                "%s %s failed (%s); attempt %d of %d in %.1f s",
-                method,
-                path,
-                state.outcome.exception(),
-                state.attempt_number + 1,
-                self._attempts,
-                state.upcoming_sleep,
-            )
-
-        retrying = tenacity.Retrying(
-            stop=tenacity.stop_after_attempt(self._attempts),
-            retry=tenacity.retry_if_exception(
-                lambda exc: (
-                    isinstance(exc, (dcluster.PlatformUnreachable, dcluster.ApiError)) and _retryable(exc, idempotent)
-                )
-            ),
-            wait=delay,
-            sleep=self._sleep,
-            before_sleep=log_retry,
-            reraise=True,
-        )
-        return retrying(self.client.request, method, path, **kw)
 
 
 class MarketNodeProvider(NodeProvider):
@@ -198,7 +57,7 @@ class MarketNodeProvider(NodeProvider):
         self._token = token
         client = self.make_client(platform_url)
         client.set_token(token)
-        self.api = ClusterNodesApi(client, cluster_id, sleep=sleep)
+        self.api = nodes_api.ClusterNodesApi(client, cluster_id, sleep=sleep)
         self._clock = clock
         self._lock = threading.Lock()  # guards the fields below; never held during HTTP
         self._refresh_lock = threading.Lock()  # one list call at a time; waiters reuse its answer
@@ -209,7 +68,7 @@ class MarketNodeProvider(NodeProvider):
     @classmethod
     def make_client(cls, platform_url: str) -> dcluster.Client:
         """The HTTP client; tests override this to plug in an httpx.MockTransport."""
-        return dcluster.Client(platform_url, timeout_s=REQUEST_TIMEOUT_S)
+        return dcluster.Client(platform_url, timeout_s=nodes_api.REQUEST_TIMEOUT_S)
 
     def __repr__(self) -> str:
         return f"MarketNodeProvider({self.cluster_id!r}, {self.api.client.base_url!r})"
@@ -305,7 +164,7 @@ class MarketNodeProvider(NodeProvider):
         try:
             with self._platform(f"terminating node {node_id}"):
                 node = self.api.delete(node_id)
-        except PlatformError as exc:
+        except nodes_api.PlatformError as exc:
             if exc.status_code != 404:
                 raise
             node = None  # never existed or already gone: terminated either way
@@ -319,7 +178,7 @@ class MarketNodeProvider(NodeProvider):
         for node_id in node_ids:
             try:
                 self.terminate_node(node_id)
-            except MarketProviderError as exc:
+            except nodes_api.MarketProviderError as exc:
                 logger.warning("cluster %s: terminating %s failed: %s", self.cluster_id, node_id, exc)
                 failures.append(exc)
         if failures:
@@ -415,20 +274,22 @@ class MarketNodeProvider(NodeProvider):
         except dcluster.ApiError as exc:
             if exc.status_code == 409 and no_capacity is not None:
                 role, count = no_capacity
-                raise NoCapacityError(str(exc.detail), cluster_id=self.cluster_id, role=role, count=count) from None
+                raise nodes_api.NoCapacityError(
+                    str(exc.detail), cluster_id=self.cluster_id, role=role, count=count
+                ) from None
             hint = {
                 401: " (the cluster's provider token was rejected: expired, or the cluster is gone)",
                 403: " (the provider token is not valid for this cluster)",
                 404: " (no such cluster or node)",
             }.get(exc.status_code, "")
-            raise PlatformError(
+            raise nodes_api.PlatformError(
                 f"cluster {self.cluster_id}: {action} failed: HTTP {exc.status_code}: {exc.detail}{hint}",
                 status_code=exc.status_code,
             ) from None
         except dcluster.PlatformUnreachable as exc:
-            raise PlatformError(
+            raise nodes_api.PlatformError(
                 f"cluster {self.cluster_id}: {action} failed: the platform is unreachable "
-                f"after {REQUEST_ATTEMPTS} attempts ({exc})"
+                f"after {nodes_api.REQUEST_ATTEMPTS} attempts ({exc})"
             ) from None
 
 

@@ -25,7 +25,7 @@ from ray.autoscaler.tags import (
 
 import dcluster
 from tests.protocols import assert_implements
-from worker.node_provider import command_runner, market_provider
+from worker.node_provider import command_runner, market_provider, nodes_api
 
 CID = "c-0123456789ab"
 TOKEN = "eyJhbGciOiJIUzI1NiJ9.provider-token-" + "s" * 24
@@ -34,7 +34,7 @@ PREFIX = f"/v1/clusters/{CID}/nodes"
 
 
 def test_the_node_api_implements_what_the_command_runner_needs():
-    assert_implements(command_runner.NodeExecutor, market_provider.ClusterNodesApi)
+    assert_implements(command_runner.NodeExecutor, nodes_api.ClusterNodesApi)
 
 
 class FakePlatform:
@@ -231,7 +231,7 @@ def test_a_node_created_elsewhere_is_found_by_listing_again(provider, platform, 
 
 def test_no_capacity_raises_a_clear_picklable_error(provider, platform):
     platform.capacity = 0
-    with pytest.raises(market_provider.NoCapacityError, match="no capacity") as info:
+    with pytest.raises(nodes_api.NoCapacityError, match="no capacity") as info:
         provider.create_node({"role": "worker"}, {TAG_RAY_NODE_KIND: NODE_KIND_WORKER}, 2)
     assert isinstance(info.value, NodeLaunchException) and info.value.category == "NoCapacity"
     assert "no machine has 8 free GPUs" in str(info.value)
@@ -242,7 +242,7 @@ def test_no_capacity_raises_a_clear_picklable_error(provider, platform):
 
 def test_rejected_token_names_the_cause(provider, platform):
     platform.fail_with = [401]
-    with pytest.raises(market_provider.PlatformError, match="token") as info:
+    with pytest.raises(nodes_api.PlatformError, match="token") as info:
         provider.non_terminated_nodes({})
     assert info.value.status_code == 401
     assert pickle.loads(pickle.dumps(info.value)).status_code == 401
@@ -258,7 +258,7 @@ def test_terminate_tolerates_gone_nodes_and_terminates_the_rest(provider, platfo
 def test_terminate_nodes_tries_every_node_before_raising(provider, platform):
     a, b = platform.add("worker"), platform.add("worker")
     platform.fail_with = [400]
-    with pytest.raises(market_provider.PlatformError):
+    with pytest.raises(nodes_api.PlatformError):
         provider.terminate_nodes([a, b])
     assert platform.nodes[b]["status"] == "closed"
 
@@ -271,8 +271,8 @@ def test_unreachable_platform_is_retried_for_reads(provider, platform, sleeps):
 
 
 def test_unreachable_platform_gives_up_with_a_clear_error(provider, platform):
-    platform.fail_with = [httpx.ConnectError("refused")] * market_provider.REQUEST_ATTEMPTS
-    with pytest.raises(market_provider.PlatformError, match="unreachable"):
+    platform.fail_with = [httpx.ConnectError("refused")] * nodes_api.REQUEST_ATTEMPTS
+    with pytest.raises(nodes_api.PlatformError, match="unreachable"):
         provider.non_terminated_nodes({})
 
 
@@ -281,7 +281,7 @@ def test_create_is_resent_only_when_it_never_arrived(provider, platform):
     provider.create_node({"role": "worker"}, {}, 1)
     assert len(platform.calls("POST")) == 2 and len(platform.nodes) == 1
     platform.fail_with = [httpx.ReadTimeout("slow")]  # it may have been created: never send it twice
-    with pytest.raises(market_provider.PlatformError):
+    with pytest.raises(nodes_api.PlatformError):
         provider.create_node({"role": "worker"}, {}, 1)
     assert len(platform.calls("POST")) == 3
 
@@ -376,7 +376,7 @@ def test_run_timeout_bounds_the_command_and_the_http_read(provider, platform):
     runner(provider, nid).run("uptime", timeout=10)
     (call,) = platform.calls("POST", f"{PREFIX}/{nid}/exec")
     assert platform.body(call)["timeout_s"] == 10
-    assert call.extensions["timeout"]["read"] == 10 + market_provider.EXEC_READ_MARGIN_S
+    assert call.extensions["timeout"]["read"] == 10 + nodes_api.EXEC_READ_MARGIN_S
 
 
 @pytest.mark.parametrize("exit_on_fail", [False, True])
@@ -415,11 +415,11 @@ def test_nothing_to_run_and_no_shutdown(provider, platform):
 
 def test_unreachable_platform_fails_the_command_after_retries(provider, platform, sleeps):
     nid = platform.add("head")
-    platform.fail_with = [httpx.ConnectError("refused")] * market_provider.REQUEST_ATTEMPTS
+    platform.fail_with = [httpx.ConnectError("refused")] * nodes_api.REQUEST_ATTEMPTS
     with pytest.raises(ProcessRunnerError, match="unreachable") as info:
         runner(provider, nid).run("uptime")
     assert info.value.msg_type == "ssh_command_failed"
-    assert len(platform.calls("POST")) == market_provider.REQUEST_ATTEMPTS and len(sleeps) == 3
+    assert len(platform.calls("POST")) == nodes_api.REQUEST_ATTEMPTS and len(sleeps) == 3
 
 
 def test_a_command_that_may_have_run_is_not_sent_twice(provider, platform):
@@ -495,7 +495,7 @@ def test_tokens_never_reach_the_logs(provider, platform, caplog, capsys):
     with pytest.raises(ProcessRunnerError) as info:
         r.run(f"export RAY_AUTH_TOKEN={ray_token}; env", environment_variables={"RAY_AUTH_TOKEN_PATH": ray_token})
     platform.fail_with = [401]
-    with pytest.raises(market_provider.PlatformError) as refused:
+    with pytest.raises(nodes_api.PlatformError) as refused:
         provider.create_node({"role": "worker"}, {}, 1)
     shown = caplog.text + capsys.readouterr().out + capsys.readouterr().err + str(info.value) + str(refused.value)
     assert "provider: token" in shown and "RAY_AUTH_TOKEN=***" in shown  # the output is there, redacted
