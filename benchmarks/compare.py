@@ -30,6 +30,8 @@ def _run(tree: Path, figures: list[str], out: Path, extra: list[str]) -> list[di
 
 
 def _medians(reps: list[list[dict]]) -> dict[tuple[str, str], tuple[float, str]]:
+    """Each metric's median; a metric measured against a baseline of its own run (the platform against plain
+    uvicorn) also as that ratio, which a busy spell of the machine moves less."""
     values: dict[tuple[str, str], list[float]] = {}
     units: dict[tuple[str, str], str] = {}
     for rows in reps:
@@ -37,6 +39,10 @@ def _medians(reps: list[list[dict]]) -> dict[tuple[str, str], tuple[float, str]]
             key = (r["figure"], r["metric"])
             values.setdefault(key, []).append(r["value"])
             units[key] = r.get("unit", "")
+            if r.get("ratio") is not None:
+                ratio_key = (r["figure"], r["metric"] + " (x own baseline)")
+                values.setdefault(ratio_key, []).append(r["ratio"])
+                units[ratio_key] = "x"
     return {k: (statistics.median(v), units[k]) for k, v in values.items()}
 
 
