@@ -118,7 +118,7 @@ class PlatformSettings(domain.StrictModel):
 
     @property
     def db_location(self) -> Path | str:
-        """What actors.db.store.Database opens: the PostgreSQL URL, else the SQLite file."""
+        """What actors.db.database.Database opens: the PostgreSQL URL, else the SQLite file."""
         return self.database or self.db_path
 
     @property

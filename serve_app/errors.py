@@ -13,7 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from actors.db import store
+from actors.db import busy
 from dcl_core import errors
 
 logger = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ async def answer_exception(request: Request, exc: Exception) -> JSONResponse:
             status_code=503,
             headers={"Retry-After": "2"},
         )
-    if store.is_busy(cause):
+    if busy.is_busy(cause):
         logger.warning("database busy for %s %s: %s", request.method, request.url.path, cause)
         return JSONResponse(
             {"detail": "the platform's database is busy; retry in a few seconds"},

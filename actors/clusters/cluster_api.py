@@ -13,7 +13,7 @@ from actors.clusters import cluster_views as views
 from actors.clusters import usage as usage_mod
 from actors.clusters.events import ClusterEvents
 from actors.db import cluster_store as cstore
-from actors.db import store as store_mod
+from actors.db import database
 from actors.machines.placer import Placer
 from actors.settings import PlatformSettings
 from dcl_core import domain, errors, ids
@@ -61,7 +61,7 @@ class BuyerApi:
         quotas: quota_book.QuotaBook,
         logs: cluster_logs.ClusterLogs,
         placer: Placer,
-        placement_lock: store_mod.Serial,
+        placement_lock: database.Serial,
         events: ClusterEvents,
         clock: Callable[[], float],
         backend_of: Callable[[ClusterSpec], backend_mod.Backend],

@@ -12,7 +12,7 @@ from actors.clusters import cluster_logs
 from actors.clusters import cluster_views as views
 from actors.clusters.events import ClusterEvents
 from actors.db import cluster_store as cstore
-from actors.db import store as store_mod
+from actors.db import database
 from actors.machines import placement
 from actors.machines.placer import Placer
 from dcl_core import domain, errors, protocol
@@ -40,7 +40,7 @@ class LeaseOpener:
         secrets: platform_secrets.Secrets,
         logs: cluster_logs.ClusterLogs,
         placer: Placer,
-        placement_lock: store_mod.Serial,
+        placement_lock: database.Serial,
         events: ClusterEvents,
         clock: Callable[[], float],
     ):

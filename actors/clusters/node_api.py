@@ -15,7 +15,7 @@ from actors.clusters import joins as joins_mod
 from actors.clusters.events import ClusterEvents
 from actors.clusters.lease_opener import LeaseOpener, WorkSender
 from actors.db import cluster_store as cstore
-from actors.db import store as store_mod
+from actors.db import database
 from actors.machines import placement
 from actors.machines.placer import Placer
 from dcl_core import commands, domain, errors, protocol
@@ -36,7 +36,7 @@ class NodeProviderApi:
         joins: joins_mod.JoinWatcher,
         opener: LeaseOpener,
         placer: Placer,
-        placement_lock: store_mod.Serial,
+        placement_lock: database.Serial,
         events: ClusterEvents,
         clock: Callable[[], float],
         reconcile: Callable[[dict, float], Awaitable[None]],

@@ -12,7 +12,6 @@ from actors.db.database import Row
 from actors.db.schema import account_quotas, accounts, cluster_events, clusters, leases, machines
 from dcl_core import domain
 
-ACTIVE_LEASE_STATUSES = tuple(s.value for s in domain.LeaseStatus if s.holds_capacity())
 IDS_PER_QUERY = 500  # ids in one `IN (...)` (SQLite's limit on parameters was 999 before 3.32)
 HELD_BY_CHECKS = tuple(s.value for s in domain.GpuVerification.placement_holders())
 
@@ -55,7 +54,7 @@ LEASES_OF_CLUSTERS = (
     .where(leases.c.cluster_id.in_(sa.bindparam("ids", expanding=True)))
     .order_by(leases.c.created_at, leases.c.id)
 )
-ACTIVE = leases.c.status.in_(ACTIVE_LEASE_STATUSES)
+ACTIVE = leases.c.status.in_(store_mod.ACTIVE_LEASE_STATUSES)
 INSERT_LEASE = leases.insert()
 LEASES_OF = (
     sa.select(leases)

@@ -53,8 +53,8 @@ def current_revision(connection: sa.Connection) -> str | None:
     return MigrationContext.configure(connection).get_current_revision()
 
 
-def upgrade(connection: sa.Connection, target: str = HEAD) -> str | None:
-    """Migrates to target (the newest revision by default); returns the revision the database is at."""
+def upgrade(connection: sa.Connection, target: str = HEAD) -> None:
+    """Migrates to target (the newest revision by default)."""
     current = current_revision(connection)
     if current is None:
         current = _adopt_numbered_version(connection)
@@ -62,7 +62,6 @@ def upgrade(connection: sa.Connection, target: str = HEAD) -> str | None:
     if current != wanted:
         logger.info("migrating %s from revision %s to %s", connection.engine.url.database, current, wanted)
         command.upgrade(_config(connection), target)
-    return current_revision(connection)
 
 
 def _adopt_numbered_version(connection: sa.Connection) -> str | None:

@@ -8,18 +8,14 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from actors.db import busy, database
+from actors.db import database
 from actors.db.database import Row
 from actors.db.schema import accounts, leases, machine_keys, machines
 from dcl_core import domain, errors
 
-# Names importers use for what the database module defines.
-Database = database.Database
-Serial = database.Serial
-DatabaseBusy = busy.DatabaseBusy
-is_busy = busy.is_busy
-
 _ONLINE = domain.MachineStatus.ONLINE.value
+# The leases that still hold their machine's capacity (the ClusterManager's statements use it too).
+ACTIVE_LEASE_STATUSES = tuple(s.value for s in domain.LeaseStatus if s.holds_capacity())
 
 
 def upsert(db: database.Database, table: sa.Table) -> postgresql.Insert | sqlite.Insert:
@@ -28,22 +24,22 @@ def upsert(db: database.Database, table: sa.Table) -> postgresql.Insert | sqlite
     return (postgresql.insert if db.backend == database.POSTGRESQL else sqlite.insert)(table)
 
 
-def online(m: sa.FromClause = machines, cutoff: sa.ColumnElement[float] | None = None) -> sa.ColumnElement[bool]:
-    """The online rule (dcl_core.domain.MachineStatus.effective) over a machines row; cutoff (a bind parameter
-    named "cutoff" by default) is now - PlatformSettings.offline_after_s."""
-    cutoff = sa.bindparam("cutoff") if cutoff is None else cutoff
-    return sa.and_(m.c.status == _ONLINE, m.c.last_heartbeat >= cutoff)
+def online() -> sa.ColumnElement[bool]:
+    """The online rule (dcl_core.domain.MachineStatus.effective) over a machines row; its "cutoff" bind
+    parameter is now - PlatformSettings.offline_after_s."""
+    return sa.and_(machines.c.status == _ONLINE, machines.c.last_heartbeat >= sa.bindparam("cutoff"))
 
 
-def not_online_ids(m: sa.FromClause = machines) -> list[sa.Select[tuple[str]]]:
+def not_online_ids() -> list[sa.Select[tuple[str]]]:
     """The ids of the machines `online` leaves out (a machine never heard from included), as index range reads
     (machines_liveness) rather than a scan of every machine: selects to UNION ALL (SQLite takes no nested
     compound select); they take the "cutoff" bind parameter."""
+    m = machines.c
     others = [s.value for s in domain.MachineStatus if s is not domain.MachineStatus.ONLINE]
     return [
-        sa.select(m.c.id).where(m.c.status.in_(others)),
-        sa.select(m.c.id).where(m.c.status == _ONLINE, m.c.last_heartbeat < sa.bindparam("cutoff")),
-        sa.select(m.c.id).where(m.c.status == _ONLINE, m.c.last_heartbeat.is_(None)),
+        sa.select(m.id).where(m.status.in_(others)),
+        sa.select(m.id).where(m.status == _ONLINE, m.last_heartbeat < sa.bindparam("cutoff")),
+        sa.select(m.id).where(m.status == _ONLINE, m.last_heartbeat.is_(None)),
     ]
 
 
@@ -76,7 +72,7 @@ _SILENT_OFFLINE = sa.update(machines).where(_SILENT).values(status=domain.Machin
 _LIVE_LEASE_IDS = sa.union(
     sa.select(leases.c.id).where(
         leases.c.machine_id == sa.bindparam("machine_id"),
-        leases.c.status.in_([st.value for st in domain.LeaseStatus if st.holds_capacity()]),
+        leases.c.status.in_(ACTIVE_LEASE_STATUSES),
     ),
     sa.select(machines.c.gpu_check_lease).where(
         machines.c.id == sa.bindparam("machine_id"), machines.c.gpu_check == domain.GpuVerification.CHECKING.value

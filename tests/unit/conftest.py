@@ -73,7 +73,7 @@ def postgres_server():
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_location(request, tmp_path):
-    """What actors.db.store.Database opens: a SQLite file, or a fresh database on the session's server."""
+    """What actors.db.database.Database opens: a SQLite file, or a fresh database on the session's server."""
     if request.param == "sqlite":
         yield tmp_path / "platform.db"
         return

@@ -34,17 +34,20 @@ class LeaseEnvironment:
         self._base_env = {k: v for k, v in source.items() if k in KEPT_ENV}
         self._runtime = runtime
         self._check_env = dict(check_env or {})  # only GPU check leases get these (the test-only fake NVML)
+        # The agent's own interpreter and packages first: the same for every command, so worked out once.
+        bin_dir = str(Path(sys.executable).parent)
+        package_root = str(Path(worker.__file__).resolve().parents[1])
+        self._path = os.pathsep.join(p for p in (bin_dir, self._base_env.get("PATH", "")) if p)
+        self._pythonpath = os.pathsep.join(p for p in (package_root, self._base_env.get("PYTHONPATH", "")) if p)
 
     def of(self, lease: lease_files.Lease, command_env: Mapping[str, str] | None = None) -> dict[str, str]:
         """The environment of a command of this lease: agent env, lease settings, then the command's env."""
         env = dict(self._base_env)
-        bin_dir = str(Path(sys.executable).parent)
-        repo_root = str(Path(worker.__file__).resolve().parents[1])
         env["HOME"] = str(lease.home)
         if lease.uid is not None:
             env["USER"] = env["LOGNAME"] = lease_files.LEASE_USER
-        env["PATH"] = os.pathsep.join(p for p in (bin_dir, self._base_env.get("PATH", "")) if p)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (repo_root, self._base_env.get("PYTHONPATH", "")) if p)
+        env["PATH"] = self._path
+        env["PYTHONPATH"] = self._pythonpath
         env["RAY_USAGE_STATS_ENABLED"] = "0"
         env["RAY_AUTH_MODE"] = "token"
         env["RAY_AUTH_TOKEN_PATH"] = str(lease.token_path)

@@ -7,7 +7,7 @@ import sqlite3
 import ray
 from fastapi.testclient import TestClient
 
-from actors.db import store
+from actors.db import busy
 from serve_app import app as app_mod
 from tests.unit.serve_app.test_healthz import FakeHandle, _Method
 
@@ -28,6 +28,6 @@ def test_a_locked_database_is_a_503_with_retry_after():
 
 
 def test_other_database_errors_are_not_called_busy():
-    assert store.is_busy(sqlite3.OperationalError("database is locked"))
-    assert not store.is_busy(sqlite3.OperationalError("no such table: accounts"))
-    assert not store.is_busy(ValueError("database is locked"))
+    assert busy.is_busy(sqlite3.OperationalError("database is locked"))
+    assert not busy.is_busy(sqlite3.OperationalError("no such table: accounts"))
+    assert not busy.is_busy(ValueError("database is locked"))

@@ -11,7 +11,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 from actors.db import migrate, schema, store
-from dcl_core import domain
+from dcl_core import database_url, domain
 from tests.unit.actors.db import numbered_schema
 
 HEAD = migrate.as_version(migrate.head_revision())
@@ -20,10 +20,9 @@ HEAD = migrate.as_version(migrate.head_revision())
 def schema_differences(db_location) -> list:
     """What Alembic's autogenerate would change to make the database match actors.db.schema (nothing, when
     migrations and schema agree: tables, columns, types, nullability, indexes, unique constraints)."""
-    url = f"sqlite:///{db_location}" if store.Store(db_location).backend == "sqlite" else str(db_location)
-    if "sqlite" not in url:
+    if database_url.is_postgres_url(db_location):
         return asyncio.run(_pg_differences(str(db_location)))
-    with sa.create_engine(url).connect() as conn:
+    with sa.create_engine(f"sqlite:///{db_location}").connect() as conn:
         return [d for d in compare_metadata(MigrationContext.configure(conn), schema.metadata) if _counts(d)]
 
 

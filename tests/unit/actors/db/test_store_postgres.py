@@ -8,7 +8,7 @@ import pytest
 
 from actors.access import auth
 from actors.clusters import cluster_manager
-from actors.db import cluster_store, database, migrate, store
+from actors.db import busy, cluster_store, database, migrate, store
 from actors.settings import PlatformSettings
 from cli import main as cli_main
 from cli.platform import errors as platform_errors
@@ -27,9 +27,9 @@ def test_backend_is_chosen_by_location(tmp_path):
 def test_a_busy_postgres_is_a_retry_and_other_errors_are_not():
     import asyncpg
 
-    assert store.is_busy(asyncpg.exceptions.SerializationError("could not serialize access"))
-    assert store.is_busy(asyncpg.exceptions.TooManyConnectionsError("too many clients"))
-    assert not store.is_busy(asyncpg.exceptions.UndefinedTableError("no such table"))
+    assert busy.is_busy(asyncpg.exceptions.SerializationError("could not serialize access"))
+    assert busy.is_busy(asyncpg.exceptions.TooManyConnectionsError("too many clients"))
+    assert not busy.is_busy(asyncpg.exceptions.UndefinedTableError("no such table"))
 
 
 class HangingLauncher:

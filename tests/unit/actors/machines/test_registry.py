@@ -7,7 +7,7 @@ import stat
 import pytest
 
 from actors.access import agent_keys, auth
-from actors.db import store
+from actors.db import busy, store
 from actors.machines import registry, work_channel
 from actors.settings import PlatformSettings
 from dcl_core import domain, errors, protocol
@@ -222,7 +222,7 @@ async def test_a_heartbeat_on_a_locked_database_is_busy_within_seconds_and_the_n
         waiting = asyncio.create_task(reg.create_account("buyer", "password123", domain.Role.BUYER))
         await asyncio.sleep(0.5)  # the sign-up's INSERT waits for the lock
         started = loop.time()
-        with pytest.raises(store.DatabaseBusy) as refused:
+        with pytest.raises(busy.DatabaseBusy) as refused:
             await asyncio.wait_for(reg.heartbeat(p1, m["id"], {}), registry.BEAT_LOCK_WAIT_S + 3)
         busy_after_s = loop.time() - started
     finally:
@@ -234,7 +234,7 @@ async def test_a_heartbeat_on_a_locked_database_is_busy_within_seconds_and_the_n
     await asyncio.wait_for(reg.heartbeat(p1, m["id"], {"cpu_percent": 3.0}), 5)
     recorded_after_s = loop.time() - started
     machine = await reg.get_machine(p1, m["id"])
-    assert store.is_busy(refused.value) and busy_after_s <= registry.BEAT_LOCK_WAIT_S + 1, (refused.value, busy_after_s)
+    assert busy.is_busy(refused.value) and busy_after_s <= registry.BEAT_LOCK_WAIT_S + 1, (refused.value, busy_after_s)
     assert recorded_after_s < 1.0 and machine["last_heartbeat"] == 1_000_001.0
 
 
