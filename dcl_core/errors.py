@@ -36,6 +36,12 @@ class Conflict(DClusterError):
     http_status = 409
 
 
+class UpgradeRequired(DClusterError):
+    """The caller speaks another version of the agents' protocol (dcl_core.protocol.PROTOCOL_VERSION)."""
+
+    http_status = 426
+
+
 class BadGateway(DClusterError):
     """A buyer cluster's node, reached through the platform, did not answer (or answered past the bounds)."""
 

@@ -13,6 +13,36 @@ from pydantic import Field, model_validator
 
 from dcl_core import domain, ids
 
+# The version of this contract. Agents send it in PROTOCOL_HEADER with every call; the platform answers it in
+# /healthz and refuses an agent that announces another one on the machine routes (426, naming both versions).
+# Raise it with any change an agent of the other version would misread.
+PROTOCOL_VERSION = 1
+PROTOCOL_HEADER = "DCluster-Protocol"
+# Agents made before the header spoke this version: a call without the header is taken as speaking it.
+UNANNOUNCED_PROTOCOL = 1
+
+
+def mismatch_message(*, agent: object, platform: object) -> str:
+    return (
+        f"this agent speaks protocol {agent} and the platform protocol {platform}: run the agent release that "
+        f"speaks protocol {platform} (where the agent is the older one: pip install --upgrade "
+        f"'decentralized-clusters[agent]', then start it again)"
+    )
+
+
+def protocol_refusal(header: str | None) -> str | None:
+    """Why a call announcing `header` (the PROTOCOL_HEADER value, None when absent) is refused; None: it is not."""
+    if header is None:
+        announced: object = UNANNOUNCED_PROTOCOL
+    else:
+        announced = header.strip()[:16] or "(empty)"
+        if announced == str(PROTOCOL_VERSION):
+            return None
+    if announced == PROTOCOL_VERSION:
+        return None
+    return mismatch_message(agent=announced, platform=PROTOCOL_VERSION)
+
+
 # While the platform is unreachable an agent retries at least this often (dcluster.Backoff's cap):
 # the platform gives agents this long, after it could not hear them, before it calls a machine silent.
 AGENT_MAX_RETRY_S = 30.0

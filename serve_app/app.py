@@ -124,7 +124,7 @@ def create_app(
                 status_code=503,
                 headers={"Retry-After": "2"},
             )
-        return {"status": "ok"}
+        return {"status": "ok", "protocol": protocol.PROTOCOL_VERSION}  # the agents' protocol it speaks
 
     return app
 

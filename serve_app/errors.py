@@ -45,6 +45,7 @@ _MEANINGS = {
     409: "Conflicts with the current state (name taken, capacity short, lifetime past the maximum)",
     413: "The request body is over 1 MiB",
     422: "A parameter or the body is invalid: each problem with where it is",
+    426: "The agent speaks another protocol version than the platform: the detail names both",
     429: "A rate limit was hit: the detail names it, Retry-After says when to come back",
     502: "The cluster's node did not answer in time, or answered more than the proxy passes on",
     503: "The control plane is starting or restarting, or its database is busy: retry after Retry-After seconds",

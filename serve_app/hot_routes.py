@@ -23,9 +23,9 @@ from pydantic import ValidationError
 from starlette.requests import Request
 
 from actors.access import agent_keys, auth
-from dcl_core import api, ids
+from dcl_core import api, ids, protocol
 from dcl_core import errors as domain_errors
-from serve_app import deps, errors, input_policy, routes_clusters, routes_machines
+from serve_app import agent_protocol, deps, errors, input_policy, routes_clusters, routes_machines
 
 
 def _route(router: APIRouter, endpoint) -> APIRoute:
@@ -124,7 +124,7 @@ class HotRoutes:
     async def _heartbeat(self, machine_id: str, scope, receive, send) -> None:
         credentials = _bearer(scope)
         key = agent_keys.parse(credentials) if credentials is not None else None
-        if key is None or not _is_json(scope):
+        if key is None or not _is_json(scope) or protocol.protocol_refusal(agent_protocol.header(scope)):
             return await self.app(scope, receive, send)
         body = await _read_body(receive)
         if body is None:

@@ -7,14 +7,19 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Response, status
 
 from dcl_core import api, ids, protocol
-from serve_app import deps
+from serve_app import agent_protocol, deps
 
 router = APIRouter(tags=["machines"])
 
 MachineId = Annotated[str, Path(pattern=ids.MACHINE_ID_PATTERN, description="Machine id, e.g. m-0123456789ab")]
 
 
-@router.post("/v1/machines", status_code=status.HTTP_201_CREATED, response_model=api.MachineRegistered)
+@router.post(
+    "/v1/machines",
+    status_code=status.HTTP_201_CREATED,
+    response_model=api.MachineRegistered,
+    **agent_protocol.AGENT_ROUTE,
+)
 async def register_machine(body: api.MachineRegister, principal: deps.MachineCaller, registry: deps.Registry):
     """Idempotent per (provider, machine_key). With the provider's sign-in it enrolls the machine: the
     answer holds the machine's new agent key (shown once; the key it had is revoked). With that key,
@@ -32,20 +37,20 @@ async def get_machine(machine_id: MachineId, principal: deps.ProviderOrAdmin, re
     return await registry.get_machine.remote(principal, machine_id)
 
 
-@router.post("/v1/machines/{machine_id}/heartbeat", response_model=api.HeartbeatAck)
+@router.post("/v1/machines/{machine_id}/heartbeat", response_model=api.HeartbeatAck, **agent_protocol.AGENT_ROUTE)
 async def heartbeat(
     machine_id: MachineId, body: api.Heartbeat, principal: deps.MachineCaller, heartbeats: deps.Heartbeats
 ):
     return await heartbeats((principal, machine_id, body.usage.model_dump(mode="json"), body.leases))
 
 
-@router.delete("/v1/machines/{machine_id}", response_model=api.MachinePublic)
+@router.delete("/v1/machines/{machine_id}", response_model=api.MachinePublic, **agent_protocol.AGENT_ROUTE)
 async def leave(machine_id: MachineId, principal: deps.MachineCaller, registry: deps.Registry):
     """The agent's graceful leave: the machine is marked gone and gets no new leases."""
     return await registry.leave.remote(principal, machine_id)
 
 
-@router.get("/v1/machines/{machine_id}/work", response_model=api.WorkBatch)
+@router.get("/v1/machines/{machine_id}/work", response_model=api.WorkBatch, **agent_protocol.AGENT_ROUTE)
 async def next_work(
     machine_id: MachineId,
     principal: deps.MachineCaller,
@@ -58,7 +63,7 @@ async def next_work(
     return {"items": await registry.next_work.remote(principal, machine_id, wait_s)}
 
 
-@router.post("/v1/machines/{machine_id}/results/{item_id}")
+@router.post("/v1/machines/{machine_id}/results/{item_id}", **agent_protocol.AGENT_ROUTE)
 async def work_result(
     machine_id: MachineId,
     item_id: Annotated[str, Path(pattern=ids.WORK_ITEM_ID_PATTERN)],

@@ -84,6 +84,7 @@ class Agent:
         # The password enrolls the machine once; the agent then speaks with the machine's key alone.
         self._password = settings.password
         self.revoked = False  # set when the platform refused the key: run() returns, the CLI says why
+        self.protocol_refused: str | None = None  # the platform's 426: it speaks another protocol version
         if self._state.agent_key:
             self.client.set_token(self._state.agent_key)
         self._hb_backoff = dcluster.Backoff(rand=rand)
@@ -240,6 +241,9 @@ class Agent:
             if self._outage.was_unreachable:  # it answers again: start re-registering without the outage's delay
                 self._outage.was_unreachable = False
                 self._hb_backoff.reset()
+            if exc.status_code == 426:  # another protocol version: nothing this agent sends will be understood
+                self._protocol_refused(exc)
+                return 0.0
             if exc.status_code == 401 and self._state.agent_key:
                 self._key_refused(exc)
                 return 0.0
@@ -279,6 +283,11 @@ class Agent:
         self.client.set_token(None)
         self.revoked = True
         self._stopping.set()
+
+    def _protocol_refused(self, exc: dcluster.ApiError) -> None:
+        logger.error("the platform refused this agent: %s", exc.detail)
+        self.protocol_refused = str(exc.detail)
+        self._stopping.set()  # run() stops the leases and returns; the CLI exits with the message
 
     def _lease_limits(self, payload: protocol.LeaseOpen) -> sandbox_base.LeaseLimits:
         """A lease gets its CPUs, their share of the machine's RAM (at most --lease-memory-mb), --lease-pids."""

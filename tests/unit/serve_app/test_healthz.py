@@ -6,6 +6,7 @@ import asyncio
 
 from fastapi.testclient import TestClient
 
+from dcl_core import protocol
 from serve_app import app as app_mod
 
 
@@ -36,7 +37,7 @@ def client(registry_status, clusters_status) -> TestClient:
 def test_ready_platform_answers_200():
     r = client({"actor": "ProviderRegistry", "ready": True}, {"actor": "ClusterManager", "ready": True}).get("/healthz")
     assert r.status_code == 200
-    assert r.json() == {"status": "ok"}
+    assert r.json() == {"status": "ok", "protocol": protocol.PROTOCOL_VERSION}
 
 
 def test_a_starting_actor_gives_503_that_names_it_and_its_last_error():

@@ -8,18 +8,21 @@ from __future__ import annotations
 
 import json
 
+import httpx
 import pytest
 import ray
 from fastapi.testclient import TestClient
 
+import dcluster
 from actors.access import auth
 from actors.db import store
 from actors.machines import registry
 from actors.settings import PlatformSettings
-from dcl_core import domain, errors
+from dcl_core import domain, errors, protocol
 from serve_app import api_metrics, hot_routes
 from serve_app import app as app_mod
 from tests.unit.serve_app.test_api_inputs import LocalHandle, token_of, token_of_new
+from worker.agent import agent as agent_mod
 
 CLUSTER = {
     "id": "c-0123456789ab",
@@ -251,3 +254,70 @@ def test_an_answer_shared_by_coalesced_reads_is_serialized_once(monkeypatch):
     last(route, {"id": "x"})  # pushes the oldest out
     last(route, shared)
     assert len(made) == 4
+
+
+def test_an_agent_of_another_protocol_version_is_refused_with_426_naming_both(api, tmp_path, monkeypatch):
+    """Every route an agent calls refuses another protocol version, heartbeats included (past the hot lane);
+    the same agent announcing the platform's version, or nothing (agents made before the header), is served."""
+    provider = token_of_new(api, "provider")
+    machine_id, key = enroll(api, provider)
+    agent = {"Authorization": f"Bearer {key}"}
+    newer = {**agent, protocol.PROTOCOL_HEADER: str(protocol.PROTOCOL_VERSION + 1)}
+    path = f"/v1/machines/{machine_id}/heartbeat"
+    r = both_ways(api, "POST", path, expect_hot=False, headers=newer, json=BEAT)
+    assert r.status_code == 426
+    assert (
+        f"protocol {protocol.PROTOCOL_VERSION + 1}" in r.json()["detail"]
+        and f"platform protocol {protocol.PROTOCOL_VERSION}" in r.json()["detail"]
+    )
+    same = {**agent, protocol.PROTOCOL_HEADER: str(protocol.PROTOCOL_VERSION)}
+    assert both_ways(api, "POST", path, expect_hot=True, headers=same, json=BEAT).status_code == 200
+    for method, route, kwargs in (
+        ("GET", f"/v1/machines/{machine_id}/work?wait_s=0", {}),
+        ("POST", f"/v1/machines/{machine_id}/results/w-0123456789ab", {"json": {"ok": True}}),
+        ("DELETE", f"/v1/machines/{machine_id}", {}),
+        ("POST", "/v1/machines", {"json": {}}),
+    ):
+        for garbled in ("2", "", "one", "1.0"):
+            answer = api.request(method, route, headers={**agent, protocol.PROTOCOL_HEADER: garbled}, **kwargs)
+            assert answer.status_code == 426, (route, garbled, answer.text)
+    # The schema says so, on exactly the agent's routes.
+    schema = api.get("/openapi.json").json()["paths"]
+    assert "426" in schema["/v1/machines/{machine_id}/heartbeat"]["post"]["responses"]
+    assert "426" not in schema["/v1/offers"]["get"]["responses"]
+
+
+class AnnouncingAnother(httpx.BaseTransport):
+    """The wire of an agent release with the next protocol version: its calls announce that version."""
+
+    def __init__(self, inner: httpx.BaseTransport):
+        self.inner = inner
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        assert request.headers[protocol.PROTOCOL_HEADER] == str(protocol.PROTOCOL_VERSION)  # dcluster.Client's
+        request.headers[protocol.PROTOCOL_HEADER] = str(protocol.PROTOCOL_VERSION + 1)
+        return self.inner.handle_request(request)
+
+
+def test_the_real_agent_stops_with_the_platforms_426(api, tmp_path):
+    """An agent of another version learns it from its first call (a heartbeat, or a registration) and stops."""
+    provider = token_of_new(api, "provider")
+    machine_id, key = enroll(api, provider)
+    settings = agent_mod.AgentSettings(
+        platform_url="http://testserver", username="prov", state_dir=tmp_path / "agent", runtime="none"
+    )
+    state = agent_mod.MachineState(settings.state_dir)
+    state.agent_key = key
+    state.save()
+    spec = domain.MachineSpec(hostname="h", cpus=1, memory_mb=1000, gpus=[])
+    for registered in (True, False):
+        client = dcluster.Client("http://testserver", transport=AnnouncingAnother(api._transport))
+        machine = agent_mod.Agent(client, settings, detect_fn=lambda: spec, sleep=lambda s: None)
+        if registered:
+            machine.machine_id = machine_id
+        machine.heartbeat_step()
+        assert machine.stopping.is_set() and machine.protocol_refused is not None
+        assert (
+            f"this agent speaks protocol {protocol.PROTOCOL_VERSION + 1} and the platform protocol "
+            f"{protocol.PROTOCOL_VERSION}" in machine.protocol_refused
+        )
