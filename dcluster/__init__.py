@@ -7,7 +7,16 @@ with dcluster.Client("http://127.0.0.1:8000") as client:
 """
 
 from dcluster.backoff import Backoff
-from dcluster.client import Client, PlatformApi
+from dcluster.client import Client, PlatformApi, Probe
 from dcluster.errors import ApiError, ClientError, PlatformUnreachable, is_transient
 
-__all__ = ["ApiError", "Backoff", "Client", "ClientError", "PlatformApi", "PlatformUnreachable", "is_transient"]
+__all__ = [
+    "ApiError",
+    "Backoff",
+    "Client",
+    "ClientError",
+    "PlatformApi",
+    "PlatformUnreachable",
+    "Probe",
+    "is_transient",
+]

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+import email.utils
 import logging
 import threading
+import time
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any, Protocol
 from urllib.parse import quote
 
@@ -64,6 +68,16 @@ def _machine_path(machine_id: str) -> str:
 
 def _cluster_path(cluster_id: str, suffix: str = "") -> str:
     return "/v1/clusters/" + quote(str(cluster_id), safe="") + suffix
+
+
+@dataclasses.dataclass(frozen=True)
+class Probe:
+    """The platform's answer to GET /healthz: status, body, its Date header, the round trip."""
+
+    status_code: int
+    body: Any
+    server_date: datetime | None
+    round_trip_s: float
 
 
 class PlatformApi(Protocol):
@@ -132,7 +146,11 @@ class Client:
     # --- plumbing ------------------------------------------------------------------------
 
     def _send(self, method: str, path: str, token: str | None, *, timeout: Any = None, **kw: Any) -> httpx.Response:
-        headers = {**kw.pop("headers", {}), **({"Authorization": f"Bearer {token}"} if token else {})}
+        headers = {
+            protocol.PROTOCOL_HEADER: str(protocol.PROTOCOL_VERSION),  # the platform refuses another (426)
+            **kw.pop("headers", {}),
+            **({"Authorization": f"Bearer {token}"} if token else {}),
+        }
         try:
             resp = self._http.request(
                 method, path, headers=headers, timeout=timeout if timeout is not None else self._timeout, **kw
@@ -170,6 +188,21 @@ class Client:
         except errors.ClientError:
             return False
         return isinstance(body, dict) and body.get("status") == "ok"
+
+    def probe(self) -> Probe:
+        """One GET /healthz, whatever its status: what `dcluster-agent doctor` judges (reachability, the
+        platform's protocol version, its clock). Raises PlatformUnreachable when nothing answers."""
+        started = time.monotonic()
+        resp = self._send("GET", "/healthz", None)
+        try:
+            body: Any = resp.json()
+        except ValueError:
+            body = resp.text[:500]
+        try:
+            server_date = email.utils.parsedate_to_datetime(resp.headers["date"])
+        except (KeyError, TypeError, ValueError):
+            server_date = None
+        return Probe(resp.status_code, body, server_date, time.monotonic() - started)
 
     def login(self, username: str, password: str) -> str:
         """Get a JWT with the OAuth2 password form; keeps credentials to renew it on a later 401."""
