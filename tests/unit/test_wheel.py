@@ -20,6 +20,7 @@ RUN_TIME_FILES = [
     "actors/db/migrations/env.py",
     "actors/db/migrations/script.py.mako",
     "serve_app/console/templates/base.html",
+    "worker/agent/systemd/dcluster-agent.service",
 ]
 
 
@@ -53,8 +54,9 @@ def test_installed_outside_a_checkout_it_finds_its_files_beside_its_code(wheel, 
         timeout=300,
     )
     probe = (
-        "import cli.platform.serve_deploy as s, cli.demo as d, actors.db.migrate as m;"
-        "print(s.SERVE_TEMPLATE); print(d.EXAMPLES_DIR / 'train.py'); print(m.SCRIPTS); print(m.head_revision())"
+        "import cli.platform.serve_deploy as s, cli.demo as d, actors.db.migrate as m, worker.agent.service as v;"
+        "print(s.SERVE_TEMPLATE); print(d.EXAMPLES_DIR / 'train.py'); print(m.SCRIPTS); print(v.template_file());"
+        "print(m.head_revision())"
     )
     done = subprocess.run(
         [sys.executable, "-c", probe],

@@ -8,6 +8,7 @@ import os
 import signal
 import stat
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pydantic
@@ -16,7 +17,7 @@ import dcluster
 from dcl_core import domain
 from dcluster import versions
 from worker.agent import agent as agent_mod
-from worker.agent import detect, env_options, fake_nvml, sandbox
+from worker.agent import config_file, detect, doctor_run, env_options, fake_nvml, sandbox, service
 from worker.agent import state as state_mod
 from worker.agent.sandbox import base as sandbox_base
 
@@ -24,13 +25,43 @@ logger = logging.getLogger(__name__)
 
 PASSWORD_ENV = "DCLUSTER_AGENT_PASSWORD"
 EXIT_KEY_REFUSED = 3  # the platform refused the machine's agent key: enroll it again with the password
+EXIT_PROTOCOL = 4  # the platform speaks another protocol version (426): run the matching agent release
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Subcommands beside running the agent; each takes the agent's own options (and its config file).
+DOCTOR = "doctor"
+INSTALL_SERVICE = "install-service"
+COMMANDS = {
+    DOCTOR: "check this machine and its way to the platform, one line per check; exit 1 on any FAIL",
+    INSTALL_SERVICE: "write the systemd unit and the config file (from these options), then enable and start it",
+}
+
+
+def build_parser(
+    command: str | None = None,
+    *,
+    argv: Sequence[str] = (),
+    environ: Mapping[str, str] | None = None,
+    read_config: bool = True,
+) -> argparse.ArgumentParser:
+    """The agent's options (and a subcommand's own), with defaults from the config file, then from
+    DCLUSTER_* variables: a flag given in argv wins over both."""
+    environ = os.environ if environ is None else environ
     p = argparse.ArgumentParser(
-        prog="dcluster-agent",
-        description="Offer this machine on a decentralized-clusters platform. The password is read from "
-        f"--password-file or ${PASSWORD_ENV}, never from the command line (visible in ps).",
+        prog="dcluster-agent" + (f" {command}" if command else ""),
+        description=COMMANDS[command].capitalize()
+        if command
+        else "Offer this machine on a decentralized-clusters platform. The password is read from "
+        f"--password-file or ${PASSWORD_ENV}, never from the command line (visible in ps). Also: "
+        + "; ".join(f"`dcluster-agent {name}`: {what}" for name, what in COMMANDS.items()),
+    )
+    p.add_argument(
+        config_file.OPTION,
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help=f"TOML file of options (default {config_file.DEFAULT_PATH} when present); "
+        f"a flag, then {env_options.ENV_PREFIX}<OPTION>, win over it",
     )
     p.add_argument("--platform-url", help="Base URL of the platform API, e.g. https://market.example.com")
     p.add_argument("--username", help="Provider account name")
@@ -109,12 +140,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.add_argument("--detect-only", action="store_true", help="Print the detected machine as JSON and exit")
     p.add_argument("--version", action="version", version=versions.describe("dcluster-agent"))
+    if command == DOCTOR:
+        doctor_run.add_options(p)
+    elif command == INSTALL_SERVICE:
+        service.add_options(p)
     p.epilog = (
         f"Every option can also come from the environment: {env_options.ENV_PREFIX}<OPTION> (e.g. "
-        f"{env_options.ENV_PREFIX}PLATFORM_URL, {env_options.ENV_PREFIX}PRICE_PER_GPU_HOUR); a flag given on the "
-        "command line wins."
+        f"{env_options.ENV_PREFIX}PLATFORM_URL, {env_options.ENV_PREFIX}PRICE_PER_GPU_HOUR), or from the config "
+        'file (platform_url = "https://..."); a flag given on the command line wins, then the environment.'
     )
-    env_options.defaults_from_environment(p, os.environ)
+    path = config_file.pick_path(argv, environ, env_options.env_name(config_file.OPTION))
+    # install-service writes the file it is given when it is not there yet.
+    if read_config and path is not None and not (command == INSTALL_SERVICE and not path.exists()):
+        try:
+            config_file.defaults_from_file(p, path, config_file.read(path))
+        except config_file.ConfigError as exc:
+            p.error(str(exc))
+    env_options.defaults_from_environment(p, environ)
     return p
 
 
@@ -130,7 +172,11 @@ def read_password(password_file: Path | None) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = argv[0] if argv and argv[0] in COMMANDS else None
+    if command is not None:
+        argv = argv[1:]
+    parser = build_parser(command, argv=argv)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=args.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -154,6 +200,14 @@ def main(argv: list[str] | None = None) -> int:
             "unless it was told to accept fakes",
             args.test_fake_nvml,
         )
+
+    if command == DOCTOR:
+        return doctor_run.run(
+            args, platform_client, nvml=fake_nvml.FakeNvml.from_json(fake_nvml_text) if fake_nvml_text else None
+        )
+    if command == INSTALL_SERVICE:
+        pristine = build_parser(INSTALL_SERVICE, environ={}, read_config=False)
+        return service.install(parser, args, vars(pristine.parse_args([])))
 
     if args.detect_only:
         spec = detect.detect_machine(
@@ -227,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         errors = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         parser.error(errors)  # pydantic's own text would echo the input, password included
 
-    client = dcluster.Client(settings.platform_url)
+    client = platform_client(settings.platform_url)
     try:
         agent = agent_mod.Agent(client, settings)
     except OSError as exc:
@@ -252,7 +306,15 @@ def main(argv: list[str] | None = None) -> int:
         client.close()
     if agent.revoked:
         return EXIT_KEY_REFUSED
+    if agent.protocol_refused:
+        print(f"dcluster-agent: {agent.protocol_refused}", file=sys.stderr)
+        return EXIT_PROTOCOL
     return 0
+
+
+def platform_client(platform_url: str) -> dcluster.Client:
+    """The agent's client of the platform (the doctor checks through the same)."""
+    return dcluster.Client(platform_url)
 
 
 def _forget_agent_key(state_dir: Path) -> None:
