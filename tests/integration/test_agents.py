@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.integration.helpers import Api, wait_for
+from tests.integration.helpers import Api, LocalAgent, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -148,3 +148,45 @@ def test_the_password_enrolls_once_then_a_revoked_machine_key_stops_the_agent(ag
         assert provider.get(f"/v1/machines/{other_id}").json()["status"] == "online"  # the other one is untouched
     finally:
         keyed.close()
+
+
+# A newer agent release: the same agent, announcing the next protocol version.
+NEWER_AGENT = (
+    "import sys; from dcl_core import protocol; protocol.PROTOCOL_VERSION += 1; "
+    "from worker.agent import cli; sys.exit(cli.main(sys.argv[1:]))"
+)
+
+
+def test_an_agent_of_another_protocol_version_exits_with_the_platforms_426(agents):
+    """Over real HTTP to the real platform: the newer agent is refused at its registration, says why with
+    both versions, and exits 4 (the service does not restart it); its machine never comes online.
+    `doctor` through the agent's own client finds the platform, and the same clock."""
+    import subprocess
+    import sys
+
+    from dcl_core import protocol
+
+    platform = agents
+    provider = Api.sign_up(platform.url, "provider")
+    agent = LocalAgent(platform.url, provider.username, provider.password, platform.work_dir)
+    agent.cmd = [sys.executable, "-c", NEWER_AGENT, *agent.cmd[1:]]
+    try:
+        code = agent.start().proc.wait(timeout=90)
+    finally:
+        agent.stop()
+    log = agent.log_text()
+    mismatch = (
+        f"this agent speaks protocol {protocol.PROTOCOL_VERSION + 1} and the platform protocol "
+        f"{protocol.PROTOCOL_VERSION}"
+    )
+    assert code == 4 and mismatch in log, log[-2000:]
+    assert online(provider) == []
+
+    done = subprocess.run(
+        [sys.executable, "-m", "worker.agent.cli", "doctor", "--platform-url", platform.url, "--runtime", "bwrap"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert f"ok    platform {platform.url}: answers" in done.stdout, done.stdout
+    assert f"protocol {protocol.PROTOCOL_VERSION}" in done.stdout and "ok    clock:" in done.stdout
