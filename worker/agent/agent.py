@@ -13,7 +13,6 @@ import dcluster
 from dcl_core import domain, protocol
 from worker.agent import detect, fake_nvml, lease_work, leases, outage
 from worker.agent import sandbox as sandbox_mod
-from worker.agent.sandbox import base as sandbox_base
 from worker.agent.state import AgentSettings, MachineState, machine_name
 
 logger = logging.getLogger(__name__)
@@ -71,7 +70,7 @@ class Agent:
                 self._state.dir / LEASES_DIR,
                 machine_id_fn=lambda: self.machine_id,
                 runtime=runtime,
-                limits_fn=self._lease_limits,
+                limits_fn=lambda payload: settings.lease_limits(payload.cpus, self.spec),
                 check_env=({protocol.ENV_TEST_FAKE_NVML: settings.test_fake_nvml} if settings.test_fake_nvml else None),
             )
         self.leases = lease_runner
@@ -241,8 +240,10 @@ class Agent:
             if self._outage.was_unreachable:  # it answers again: start re-registering without the outage's delay
                 self._outage.was_unreachable = False
                 self._hb_backoff.reset()
-            if exc.status_code == 426:  # another protocol version: nothing this agent sends will be understood
-                self._protocol_refused(exc)
+            if exc.status_code == 426:  # another protocol version: nothing this agent sends would be understood
+                logger.error("the platform refused this agent: %s", exc.detail)
+                self.protocol_refused = str(exc.detail)
+                self._stopping.set()  # run() stops the leases and returns; the CLI exits with the message
                 return 0.0
             if exc.status_code == 401 and self._state.agent_key:
                 self._key_refused(exc)
@@ -283,22 +284,6 @@ class Agent:
         self.client.set_token(None)
         self.revoked = True
         self._stopping.set()
-
-    def _protocol_refused(self, exc: dcluster.ApiError) -> None:
-        logger.error("the platform refused this agent: %s", exc.detail)
-        self.protocol_refused = str(exc.detail)
-        self._stopping.set()  # run() stops the leases and returns; the CLI exits with the message
-
-    def _lease_limits(self, payload: protocol.LeaseOpen) -> sandbox_base.LeaseLimits:
-        """A lease gets its CPUs, their share of the machine's RAM (at most --lease-memory-mb), --lease-pids."""
-        cpus = payload.cpus
-        memory_mb = self.settings.lease_memory_mb
-        if cpus and self.spec is not None:
-            share = max(256, int(self.spec.memory_mb * min(1.0, cpus / self.spec.cpus)))
-            memory_mb = min(memory_mb, share) if memory_mb else share
-        return sandbox_base.LeaseLimits(
-            cpus=float(cpus) if cpus else None, memory_mb=memory_mb, pids=self.settings.lease_pids
-        )
 
     def _register(self) -> None:
         # Detected again on each registration: drivers and GPUs change over days.

@@ -12,6 +12,7 @@ from pydantic import Field, SecretStr
 
 from dcl_core import domain, ids, protocol, secret_files
 from worker.agent import detect
+from worker.agent.sandbox import base as sandbox_base
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +71,14 @@ class AgentSettings(domain.StrictModel):
         description="Tests only: a fake NVML's description (worker.agent.fake_nvml) read instead of the GPUs; "
         "its GPU checks say so, and only a test platform counts them",
     )
+
+    def lease_limits(self, cpus: int | None, machine: domain.MachineSpec | None) -> sandbox_base.LeaseLimits:
+        """A lease gets its CPUs, their share of the machine's RAM (at most lease_memory_mb), and lease_pids."""
+        memory_mb = self.lease_memory_mb
+        if cpus and machine is not None:
+            share = max(256, int(machine.memory_mb * min(1.0, cpus / machine.cpus)))
+            memory_mb = min(memory_mb, share) if memory_mb else share
+        return sandbox_base.LeaseLimits(cpus=float(cpus) if cpus else None, memory_mb=memory_mb, pids=self.lease_pids)
 
 
 class MachineState:

@@ -26,6 +26,7 @@ from worker import procs
 from worker.agent import agent as agent_mod
 from worker.agent import cli as agent_cli
 from worker.agent import lease_work, leases
+from worker.agent.sandbox import base as sandbox_base
 
 PASSWORD = "s3cret-pass"
 SPEC = domain.MachineSpec(
@@ -851,3 +852,13 @@ def test_client_posts_results_to_the_item_path():
     assert err.value.status_code == 404
     assert seen[0] == ("POST", "/v1/machines/m-1/results/w-1", body)
     assert seen[1][1] == "/v1/machines/m%202/results/w-2"
+
+
+def test_a_lease_gets_its_cpus_share_of_the_ram_at_most_the_cap(tmp_path):
+    settings = make_settings(tmp_path, lease_pids=512)
+    assert settings.lease_limits(2, SPEC) == sandbox_base.LeaseLimits(cpus=2.0, memory_mb=8000, pids=512)
+    assert settings.lease_limits(64, SPEC).memory_mb == 32000  # never more than the machine
+    capped = make_settings(tmp_path, lease_memory_mb=4096)
+    assert capped.lease_limits(2, SPEC).memory_mb == 4096
+    assert capped.lease_limits(None, SPEC) == sandbox_base.LeaseLimits(cpus=None, memory_mb=4096, pids=4096)
+    assert settings.lease_limits(2, None).memory_mb is None  # not registered yet: no share to take
