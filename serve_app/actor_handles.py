@@ -29,11 +29,15 @@ class _Method(Generic[P, R]):
     """One method of the actor, typed as `method` of the plain class (less `self`)."""
 
     def __init__(self, method: Callable[Concatenate[Any, P], Awaitable[R]]) -> None:
-        self._name = method.__name__
+        self.name = method.__name__
+
+    def __set_name__(self, owner: type, attribute: str) -> None:
+        if attribute != self.name:  # `login = _Method(X.get_account)` would type one method and call another
+            raise TypeError(f"{owner.__name__}.{attribute} is typed as {self.name}: the names must be the same")
 
     def __get__(self, view: ActorView, owner: type[ActorView] | None = None) -> RemoteMethod[P, R]:
         # The one place the handle's untyped methods get their types: the plain class's, by name.
-        return cast("RemoteMethod[P, R]", getattr(view.handle, self._name))
+        return cast("RemoteMethod[P, R]", getattr(view.handle, self.name))
 
 
 class _EveryActor(Protocol):
