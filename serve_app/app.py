@@ -82,7 +82,7 @@ def create_app(
     )
     registry = actor_handles.Registry(registry_handle)
     clusters = actor_handles.Clusters(clusters_handle)
-    # What the routes' dependencies read back (serve_app.deps, the one reader of the app's state).
+    # Read back, typed, through serve_app.deps (and by hot_routes for its two routes).
     app.state.registry = registry
     app.state.clusters = clusters
     # The hottest routes share actor calls (serve_app.batching): agents' heartbeats, and cluster reads.

@@ -113,7 +113,7 @@ async def client_address(request: Request) -> str | None:
 ClientAddress = Annotated[str | None, Depends(client_address)]
 
 
-# What serve_app.app.create_app put in the app's state (Starlette's State types none of it): read here alone.
+# What serve_app.app.create_app put in the app's state, read back with its type (Starlette's State has none).
 
 
 async def registry(request: Request) -> actor_handles.Registry:
