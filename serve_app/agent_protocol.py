@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import Depends, Request
@@ -10,12 +11,12 @@ from dcl_core import errors, protocol
 from serve_app import errors as http_errors
 
 
-def header(scope: dict) -> str | None:
+def header(scope: Mapping[str, Any]) -> str | None:
     """The PROTOCOL_HEADER value of an ASGI scope (the first one), None when absent."""
     wanted = protocol.PROTOCOL_HEADER.lower().encode()
     for name, value in scope["headers"]:
         if name == wanted:
-            return value.decode("latin-1")
+            return bytes(value).decode("latin-1")
     return None
 
 

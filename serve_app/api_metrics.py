@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 
 import ray
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 # Seconds: most answers take milliseconds; long polls of agents wait up to 30 s.
 LATENCY_BOUNDARIES = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30]
@@ -35,12 +36,12 @@ def ray_recorder() -> Recorder:
 class ApiLatency:
     """ASGI middleware: times every HTTP request and records it under its route's template (never the raw path)."""
 
-    def __init__(self, app, recorder_factory: Callable[[], Recorder] = ray_recorder):
+    def __init__(self, app: ASGIApp, recorder_factory: Callable[[], Recorder] = ray_recorder):
         self.app = app
         self._factory = recorder_factory
         self._record: Recorder | None = None
 
-    async def __call__(self, scope, receive, send):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         if self._record is None:
@@ -48,7 +49,7 @@ class ApiLatency:
         started = time.perf_counter()
         status = 500
 
-        async def timed_send(message):
+        async def timed_send(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]

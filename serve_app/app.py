@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse
@@ -17,8 +18,10 @@ from actors.db import cluster_store
 from actors.settings import PlatformSettings
 from dcl_core import protocol
 from serve_app import (
+    actor_handles,
     api_metrics,
     batching,
+    deps,
     errors,
     head_proxy,
     hot_routes,
@@ -36,18 +39,18 @@ logger = logging.getLogger(__name__)
 HEALTH_PROBE_TIMEOUT_S = 5.0
 
 
-async def _start_status(name: str, handle) -> dict:
+async def _start_status(name: str, actor: actor_handles.ActorView) -> dict[str, Any]:
     """An actor's start status, or why it could not be asked: health never raises, never waits long."""
     try:
-        return await asyncio.wait_for(handle.start_status.remote(), timeout=HEALTH_PROBE_TIMEOUT_S)
+        return await asyncio.wait_for(actor.start_status.remote(), timeout=HEALTH_PROBE_TIMEOUT_S)
     except TimeoutError:
         return {"actor": name, "ready": False, "last_error": f"no answer within {HEALTH_PROBE_TIMEOUT_S:.0f} s"}
     except Exception as exc:  # an actor restarting or not created yet
         return {"actor": name, "ready": False, "last_error": f"unavailable ({type(exc).__name__})"}
 
 
-def _describe(status: dict) -> str:
-    text = status["actor"]
+def _describe(status: dict[str, Any]) -> str:
+    text = str(status["actor"])
     if status.get("attempts"):
         text += f" (start attempt {status['attempts']})"
     if status.get("last_error"):
@@ -61,13 +64,14 @@ HEARTBEAT_GATHER_S = 0.01
 
 
 def create_app(
-    registry,
-    clusters,
+    registry_handle: object,
+    clusters_handle: object,
     *,
     trusted_proxy_hops: int = 0,
     cluster_db: Callable[[], cluster_store.ClusterStore | None] = lambda: None,
 ) -> FastAPI:
-    """The FastAPI app, bound to the control-plane actor handles it forwards to. cluster_db: the platform's
+    """The FastAPI app, bound to the control-plane actor handles it forwards to (or stand-ins with the same
+    `method.remote(...)`; serve_app.actor_handles types their methods). cluster_db: the platform's
     database once this replica can reach it: cluster reads are then answered from it here, without the
     ClusterManager's hop (the same queries and view: actors.clusters.cluster_api.read_clusters)."""
     app = FastAPI(
@@ -76,20 +80,25 @@ def create_app(
         description="GPU cluster marketplace on Ray: providers offer machines, buyers lease Ray clusters.",
         dependencies=[Depends(input_policy.check_request)],
     )
+    registry = actor_handles.Registry(registry_handle)
+    clusters = actor_handles.Clusters(clusters_handle)
+    # Read back, typed, through serve_app.deps (and by hot_routes for its two routes).
     app.state.registry = registry
     app.state.clusters = clusters
     # The hottest routes share actor calls (serve_app.batching): agents' heartbeats, and cluster reads.
-    app.state.heartbeats = batching.Batcher(
+    heartbeats: deps.HeartbeatBatcher = batching.Batcher(
         lambda beats: registry.heartbeats.remote(beats), gather_s=HEARTBEAT_GATHER_S
     )
+    app.state.heartbeats = heartbeats
 
-    async def read_clusters(reads: list) -> list:
+    async def read_clusters(reads: list[deps.ClusterRead]) -> list[dict[str, Any] | Exception]:
         db = cluster_db()
         if db is not None:
             return await cluster_api.read_clusters(db, reads)
         return await clusters.get_clusters.remote(reads)
 
-    app.state.cluster_reads = batching.Batcher(read_clusters, coalesce=True)
+    cluster_reads: deps.ClusterReadBatcher = batching.Batcher(read_clusters, coalesce=True)
+    app.state.cluster_reads = cluster_reads
     app.state.tokens = None  # fetched from the registry on first use
     app.state.head_proxy = head_proxy.HeadProxy()  # buyers' dashboards and metrics (routes_clusters)
     app.state.trusted_proxy_hops = trusted_proxy_hops  # see deps.client_address
@@ -100,7 +109,7 @@ def create_app(
     errors.install(app)
 
     # The error answers each group of routes can give, so that the schema is truthful.
-    def answers(*codes: int) -> dict:
+    def answers(*codes: int) -> dict[int | str, dict[str, Any]]:
         return errors.documented(*errors.COMMON_ERRORS, *codes)
 
     app.include_router(routes_accounts.router, responses=answers(401, 403, 409, 429))
@@ -112,10 +121,10 @@ def create_app(
     app.include_router(routes_clusters.node_router, responses=answers(401, 403, 404, 409))
     console.install(app)  # the web console at /
 
-    @app.get("/healthz", tags=["health"], responses=answers())
-    async def healthz():
+    @app.get("/healthz", tags=["health"], responses=answers(), response_model=None)
+    async def healthz() -> JSONResponse | dict[str, str | int]:
         """200 once the control plane has recovered its state and answers; 503 naming what is still starting."""
-        actors = {"ProviderRegistry": app.state.registry, "ClusterManager": app.state.clusters}
+        actors: dict[str, actor_handles.ActorView] = {"ProviderRegistry": registry, "ClusterManager": clusters}
         statuses = await asyncio.gather(*(_start_status(name, handle) for name, handle in actors.items()))
         starting = [a for a in statuses if not a["ready"]]
         if starting:
@@ -129,11 +138,11 @@ def create_app(
     return app
 
 
-# Long polls from agents and launcher commands hold requests open: allow many at once.
-@serve.deployment(name=protocol.API_DEPLOYMENT, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=2000)
-@serve.ingress()
 class PlatformAPI:
-    async def __init__(self, settings_json: str):
+    """The API's Serve replica: looks up (or creates) the actors and builds the app over their handles."""
+
+    # Serve awaits an async constructor; mypy holds that __init__ returns None.
+    async def __init__(self, settings_json: str):  # type: ignore[misc]
         settings = PlatformSettings.model_validate_json(settings_json)
         handles = actor_classes.ensure_actors(settings)
         # Built in the replica, so its state holds this replica's handles.
@@ -143,7 +152,7 @@ class PlatformAPI:
             trusted_proxy_hops=settings.trusted_proxy_hops,
             cluster_db=_database_here(settings),
         )
-        self._listener = None
+        self._listener: listener.Listener | None = None
         if settings.listen_port is not None:  # the replica serves HTTP itself, without Serve's proxy
             self._listener = listener.Listener(self._app, settings.listen_host, settings.listen_port)
             await self._listener.start()
@@ -151,7 +160,7 @@ class PlatformAPI:
     def __serve_build_asgi_app__(self) -> FastAPI:
         return self._app
 
-    async def __del__(self):
+    async def __del__(self) -> None:
         # Serve's graceful shutdown of the replica: stop taking connections first.
         if self._listener is not None:
             await self._listener.stop()
@@ -171,7 +180,15 @@ def _database_here(settings: PlatformSettings) -> Callable[[], cluster_store.Clu
     return database
 
 
-def build_app(args: dict) -> serve.Application:
+# Serve's decorators applied as calls (a form Serve's docs show too): mypy types a decorated class as the class
+# itself, never as the Deployment made of it. Long polls from agents and launcher commands hold requests open:
+# allow many at once.
+PlatformDeployment = serve.deployment(
+    name=protocol.API_DEPLOYMENT, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=2000
+)(serve.ingress()(PlatformAPI))
+
+
+def build_app(args: dict[str, Any]) -> serve.Application:
     """Entry point named in platform/serve.yaml; args: PlatformSettings fields (state_dir required)."""
     settings = PlatformSettings.model_validate(args)
-    return PlatformAPI.bind(settings.model_dump_json())
+    return PlatformDeployment.bind(settings.model_dump_json())

@@ -13,19 +13,22 @@ clients polling one cluster); nothing is kept past the call that answered them.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Hashable, Sequence
+from typing import Generic, TypeVar
 
 MAX_BATCH = 256
 
+Item = TypeVar("Item", bound=Hashable)  # hashable: `coalesce` asks for equal items once
+Answer = TypeVar("Answer")
 
-class Batcher:
+
+class Batcher(Generic[Item, Answer]):
     """`await batcher(item)` → the answer for item from `send(items) -> answers` (same order; an answer
     that is an Exception is raised to its own caller alone; a failed `send` fails the whole batch)."""
 
     def __init__(
         self,
-        send: Callable[[list], Awaitable[list]],
+        send: Callable[[list[Item]], Awaitable[Sequence[Answer | BaseException]]],
         *,
         max_batch: int = MAX_BATCH,
         gather_s: float = 0.0,
@@ -40,11 +43,11 @@ class Batcher:
         self._max_batch = max_batch
         self._gather_s = gather_s
         self._last_start = float("-inf")  # when the latest call was sent (on the clock)
-        self._queue: list[tuple[Any, asyncio.Future]] = []
-        self._sender: asyncio.Task | None = None
+        self._queue: list[tuple[Item, asyncio.Future[Answer]]] = []
+        self._sender: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop it batches on: the first caller's
 
-    async def __call__(self, item: Any) -> Any:
+    async def __call__(self, item: Item) -> Answer:
         loop = asyncio.get_running_loop()
         self._loop = self._loop or loop
         if loop is not self._loop:  # a caller on another loop (Serve's proxy path beside the listener's): alone
@@ -52,7 +55,7 @@ class Batcher:
             if isinstance(answer, BaseException):
                 raise answer
             return answer
-        future = loop.create_future()
+        future: asyncio.Future[Answer] = loop.create_future()
         self._queue.append((item, future))
         if self._sender is None or self._sender.done():
             # Its own task: a caller that stops waiting (a client that hung up) cancels only its future.
@@ -60,7 +63,10 @@ class Batcher:
         return await future
 
     def _now(self) -> float:
-        return self._clock() if self._clock is not None else self._loop.time()
+        if self._clock is not None:
+            return self._clock()
+        assert self._loop is not None  # set by the first call, before any batch is sent
+        return self._loop.time()
 
     async def _drain(self) -> None:
         while self._queue:

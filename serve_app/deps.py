@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from actors.access import agent_keys, auth
+from actors.machines import registry as registry_mod
 from dcl_core import domain, errors
-from serve_app import batching
+from serve_app import actor_handles, batching
 from serve_app import head_proxy as head_proxy_mod
 
 _bearer = HTTPBearer(auto_error=False, description="A JWT from POST /v1/token")
@@ -19,8 +21,10 @@ async def token_issuer(request: Request) -> auth.TokenIssuer:
     state = request.app.state
     if state.tokens is None:
         # Fetched once per replica; every later request verifies locally, with no actor hop.
-        state.tokens = auth.TokenIssuer(await state.registry.signing_secret.remote())
-    return state.tokens
+        handles: actor_handles.Registry = await registry(request)
+        state.tokens = auth.TokenIssuer(await handles.signing_secret.remote())
+    tokens: auth.TokenIssuer = state.tokens
+    return tokens
 
 
 async def _verified(request: Request, credentials: HTTPAuthorizationCredentials | None) -> auth.Principal:
@@ -45,7 +49,7 @@ async def current_principal(principal: Annotated[auth.Principal | None, Depends(
     return principal
 
 
-def require_role(*roles: domain.Role):
+def require_role(*roles: domain.Role) -> Callable[[auth.Principal], Awaitable[auth.Principal]]:
     async def check(principal: Annotated[auth.Principal, Depends(current_principal)]) -> auth.Principal:
         auth.check_role(principal, *roles)
         return principal
@@ -109,30 +113,45 @@ async def client_address(request: Request) -> str | None:
 ClientAddress = Annotated[str | None, Depends(client_address)]
 
 
-async def registry(request: Request):
-    return request.app.state.registry
+# What serve_app.app.create_app put in the app's state, read back with its type (Starlette's State has none).
 
 
-async def clusters(request: Request):
-    return request.app.state.clusters
+async def registry(request: Request) -> actor_handles.Registry:
+    view: actor_handles.Registry = request.app.state.registry
+    return view
+
+
+async def clusters(request: Request) -> actor_handles.Clusters:
+    view: actor_handles.Clusters = request.app.state.clusters
+    return view
 
 
 async def head_proxy(request: Request) -> head_proxy_mod.HeadProxy:
-    return request.app.state.head_proxy
+    proxy: head_proxy_mod.HeadProxy = request.app.state.head_proxy
+    return proxy
 
 
-Registry = Annotated[object, Depends(registry)]
-Clusters = Annotated[object, Depends(clusters)]
+Registry = Annotated[actor_handles.Registry, Depends(registry)]
+Clusters = Annotated[actor_handles.Clusters, Depends(clusters)]
 HeadProxy = Annotated[head_proxy_mod.HeadProxy, Depends(head_proxy)]
 
+# A heartbeat as the registry takes it: the caller, the machine id, its usage (JSON) and the leases it holds.
+Beat = tuple[registry_mod.MachineCaller, str, dict[str, Any], list[str]]
+# A cluster read: who asks, and which cluster.
+ClusterRead = tuple[auth.Principal, str]
+HeartbeatBatcher = batching.Batcher[Beat, dict[str, Any]]
+ClusterReadBatcher = batching.Batcher[ClusterRead, dict[str, Any]]
 
-async def heartbeats(request: Request) -> batching.Batcher:
-    return request.app.state.heartbeats
+
+async def heartbeats(request: Request) -> HeartbeatBatcher:
+    batcher: HeartbeatBatcher = request.app.state.heartbeats
+    return batcher
 
 
-async def cluster_reads(request: Request) -> batching.Batcher:
-    return request.app.state.cluster_reads
+async def cluster_reads(request: Request) -> ClusterReadBatcher:
+    batcher: ClusterReadBatcher = request.app.state.cluster_reads
+    return batcher
 
 
-Heartbeats = Annotated[batching.Batcher, Depends(heartbeats)]
-ClusterReads = Annotated[batching.Batcher, Depends(cluster_reads)]
+Heartbeats = Annotated[HeartbeatBatcher, Depends(heartbeats)]
+ClusterReads = Annotated[ClusterReadBatcher, Depends(cluster_reads)]

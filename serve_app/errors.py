@@ -12,6 +12,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from actors.db import busy
 from dcl_core import errors
@@ -30,7 +31,7 @@ class ValidationProblem(BaseModel):
     msg: str
     type: str
     input: Any = None
-    ctx: dict | None = None
+    ctx: dict[str, Any] | None = None
 
 
 class ValidationErrorBody(BaseModel):
@@ -55,7 +56,7 @@ _MEANINGS = {
 COMMON_ERRORS = (400, 413, 422, 503)
 
 
-def documented(*codes: int) -> dict[int, dict]:
+def documented(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses=` for these error codes, each with its meaning and body model."""
     return {
         code: {"description": _MEANINGS[code], "model": ValidationErrorBody if code == 422 else ErrorBody}
@@ -69,13 +70,15 @@ def unwrap(exc: BaseException) -> BaseException:
 
 
 async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
-    exc = unwrap(exc)
+    error = unwrap(exc)
+    if not isinstance(error, errors.DClusterError):  # registered for DClusterError: only those (or wrapped) get here
+        return await answer_exception(request, exc)
     headers = {}
-    if isinstance(exc, errors.RateLimited):
-        headers["Retry-After"] = str(exc.retry_after_s)
-    if isinstance(exc, errors.Unauthenticated):
+    if isinstance(error, errors.RateLimited):
+        headers["Retry-After"] = str(error.retry_after_s)
+    if isinstance(error, errors.Unauthenticated):
         headers["WWW-Authenticate"] = "Bearer"
-    return JSONResponse({"detail": exc.message}, status_code=exc.http_status, headers=headers)
+    return JSONResponse({"detail": error.message}, status_code=error.http_status, headers=headers)
 
 
 async def answer_exception(request: Request, exc: Exception) -> JSONResponse:
@@ -102,8 +105,9 @@ async def answer_exception(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": "internal error; the platform logs have the details"}, status_code=500)
 
 
-async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+async def _invalid_request(request: Request, exc: Exception) -> JSONResponse:
     # FastAPI's own answer, made safe to encode: the input it echoes may hold lone surrogates.
+    assert isinstance(exc, RequestValidationError)  # the one exception it is registered for
     return JSONResponse({"detail": _printable(jsonable_encoder(exc.errors()))}, status_code=422)
 
 
@@ -128,11 +132,11 @@ def install(app: FastAPI) -> None:
 class BodySizeLimit:
     """ASGI middleware: answers 413 for bodies over the limit, whether or not Content-Length is sent."""
 
-    def __init__(self, app, max_bytes: int = MAX_BODY_BYTES):
+    def __init__(self, app: ASGIApp, max_bytes: int = MAX_BODY_BYTES):
         self.app = app
         self.max_bytes = max_bytes
 
-    async def __call__(self, scope, receive, send):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         for name, value in scope.get("headers", []):
@@ -140,7 +144,7 @@ class BodySizeLimit:
                 return await self._reject(send)
         received = 0
 
-        async def limited_receive():
+        async def limited_receive() -> Message:
             nonlocal received
             message = await receive()
             if message["type"] == "http.request":
@@ -151,7 +155,7 @@ class BodySizeLimit:
 
         response_started = False
 
-        async def tracking_send(message):
+        async def tracking_send(message: Message) -> None:
             nonlocal response_started
             if message["type"] == "http.response.start":
                 response_started = True
@@ -163,7 +167,7 @@ class BodySizeLimit:
             if not response_started:
                 await self._reject(send)
 
-    async def _reject(self, send):
+    async def _reject(self, send: Send) -> None:
         body = b'{"detail":"request body too large: the limit is 1 MiB"}'
         await send(
             {

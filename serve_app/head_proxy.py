@@ -14,6 +14,8 @@ import asyncio
 import logging
 import re
 import time
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
 
 import httpx
 from fastapi.responses import StreamingResponse
@@ -73,18 +75,19 @@ def checked_query(query: str) -> bytes:
     return query.encode("ascii")
 
 
-def dashboard_url(target: dict, path: str, query: str = "") -> httpx.URL:
+def dashboard_url(target: dict[str, Any], path: str, query: str = "") -> httpx.URL:
     """http://<head address>:<dashboard port>/<checked path>?<checked query>, and nothing else."""
     return _url(target, checked_path(path), checked_query(query))
 
 
-def metrics_url(target: dict) -> httpx.URL:
+def metrics_url(target: dict[str, Any]) -> httpx.URL:
     return _url(target, METRICS_PATH, b"")
 
 
-def _url(target: dict, path: str, query: bytes) -> httpx.URL:
-    parts = {"query": query} if query else {}
-    url = httpx.URL(scheme="http", host=target["host"], port=target["port"], path=path, **parts)
+def _url(target: dict[str, Any], path: str, query: bytes) -> httpx.URL:
+    url = httpx.URL(scheme="http", host=target["host"], port=target["port"], path=path)
+    if query:
+        url = url.copy_with(query=query)
     if (url.scheme, url.host, url.port, url.path) != ("http", target["host"], target["port"], path):
         raise errors.InvalidInput("the request does not name a path on the cluster's node")  # belt and braces
     return url
@@ -117,7 +120,9 @@ class HeadProxy:
             )  # never through a proxy named in the environment
         return self._client
 
-    async def fetch(self, url: httpx.URL, request_headers, *, token: str | None = None) -> StreamingResponse:
+    async def fetch(
+        self, url: httpx.URL, request_headers: Mapping[str, str], *, token: str | None = None
+    ) -> StreamingResponse:
         """GET url and stream its answer back (status, safe headers, body), within the size and time bounds."""
         headers = {k: v for k in _PASSED_REQUEST_HEADERS if (v := request_headers.get(k)) is not None}
         headers.setdefault("accept-encoding", "identity")
@@ -146,7 +151,7 @@ class HeadProxy:
             self._body(upstream, url, deadline), status_code=upstream.status_code, headers={**passed, **_SAFETY_HEADERS}
         )
 
-    async def _body(self, upstream: httpx.Response, url: httpx.URL, deadline: float):
+    async def _body(self, upstream: httpx.Response, url: httpx.URL, deadline: float) -> AsyncIterator[bytes]:
         sent = 0
         try:
             async for chunk in upstream.aiter_raw():

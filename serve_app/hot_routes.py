@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI
@@ -21,6 +22,7 @@ from fastapi.exceptions import ResponseValidationError
 from fastapi.routing import APIRoute, APIRouter
 from pydantic import ValidationError
 from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from actors.access import agent_keys, auth
 from dcl_core import api, ids, protocol
@@ -28,12 +30,12 @@ from dcl_core import errors as domain_errors
 from serve_app import agent_protocol, deps, errors, input_policy, routes_clusters, routes_machines
 
 
-def _route(router: APIRouter, endpoint) -> APIRoute:
+def _route(router: APIRouter, endpoint: Callable[..., Any]) -> APIRoute:
     (route,) = [r for r in router.routes if isinstance(r, APIRoute) and r.endpoint is endpoint]
     return route
 
 
-def _path_regex(route: APIRoute, param: str, pattern: str) -> re.Pattern:
+def _path_regex(route: APIRoute, param: str, pattern: str) -> re.Pattern[str]:
     """The route's path with its one parameter matched by that parameter's own pattern."""
     before, after = route.path.split("{" + param + "}")
     return re.compile("^" + re.escape(before) + "(" + pattern.strip("^$") + ")" + re.escape(after) + "$")
@@ -45,7 +47,7 @@ _HEARTBEAT_PATH = _path_regex(_HEARTBEAT, "machine_id", ids.MACHINE_ID_PATTERN)
 _GET_CLUSTER_PATH = _path_regex(_GET_CLUSTER, "cluster_id", ids.CLUSTER_ID_PATTERN)
 
 
-def _bearer(scope) -> str | None:
+def _bearer(scope: Scope) -> str | None:
     """The bearer credential as fastapi.security.HTTPBearer reads it (the first Authorization header)."""
     for name, value in scope["headers"]:
         if name == b"authorization":
@@ -55,14 +57,14 @@ def _bearer(scope) -> str | None:
     return None
 
 
-def _is_json(scope) -> bool:
+def _is_json(scope: Scope) -> bool:
     for name, value in scope["headers"]:
         if name == b"content-type":
-            return value == b"application/json"
+            return bool(value == b"application/json")
     return False
 
 
-async def _read_body(receive) -> bytes | None:
+async def _read_body(receive: Receive) -> bytes | None:
     """The whole body, or None when the client left first. (BodySizeLimit, outside, caps it.)"""
     chunks = []
     while True:
@@ -74,11 +76,11 @@ async def _read_body(receive) -> bytes | None:
             return b"".join(chunks)
 
 
-def _replaying(body: bytes, receive):
+def _replaying(body: bytes, receive: Receive) -> Receive:
     """`receive` for the app after the body was read here: the body first, then the client's own messages."""
-    pending = [{"type": "http.request", "body": body, "more_body": False}]
+    pending: list[Message] = [{"type": "http.request", "body": body, "more_body": False}]
 
-    async def replay():
+    async def replay() -> Message:
         return pending.pop() if pending else await receive()
 
     return replay
@@ -107,12 +109,12 @@ class _LastSerialized:
 class HotRoutes:
     """ASGI middleware in front of the app's routes (inside its latency and body-size middleware)."""
 
-    def __init__(self, app, api_app: FastAPI):
+    def __init__(self, app: ASGIApp, api_app: FastAPI):
         self.app = app
         self._state = api_app.state
         self._serialized = _LastSerialized()
 
-    async def __call__(self, scope, receive, send):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and not scope["query_string"] and not scope.get("root_path"):
             method, path = scope["method"], scope["path"]
             if method == "POST" and (match := _HEARTBEAT_PATH.match(path)):
@@ -121,7 +123,7 @@ class HotRoutes:
                 return await self._get_cluster(match.group(1), scope, receive, send)
         await self.app(scope, receive, send)
 
-    async def _heartbeat(self, machine_id: str, scope, receive, send) -> None:
+    async def _heartbeat(self, machine_id: str, scope: Scope, receive: Receive, send: Send) -> None:
         credentials = _bearer(scope)
         key = agent_keys.parse(credentials) if credentials is not None else None
         if key is None or not _is_json(scope) or protocol.protocol_refusal(agent_protocol.header(scope)):
@@ -142,7 +144,7 @@ class HotRoutes:
             send,
         )
 
-    async def _get_cluster(self, cluster_id: str, scope, receive, send) -> None:
+    async def _get_cluster(self, cluster_id: str, scope: Scope, receive: Receive, send: Send) -> None:
         credentials = _bearer(scope)
         tokens = self._state.tokens  # None until the app's first signed-in request fetched the secret
         if credentials is None or tokens is None or agent_keys.looks_like_key(credentials):
@@ -161,7 +163,7 @@ class HotRoutes:
             send,
         )
 
-    async def _answer(self, route: APIRoute, call, scope, receive, send) -> None:
+    async def _answer(self, route: APIRoute, call: Awaitable[Any], scope: Scope, receive: Receive, send: Send) -> None:
         scope["route"] = route  # what the latency metric labels the request with, as routing does
         try:
             content = self._serialized(route, await call)
@@ -192,6 +194,7 @@ def _heartbeat_body(body: bytes) -> api.Heartbeat | None:
 def _serialize(route: APIRoute, answer: Any) -> bytes:
     """The route's response model applied to the answer, as FastAPI's serialize_response does it."""
     field = route.response_field
+    assert field is not None  # both hot routes have a response model
     value, problems = field.validate(answer, {}, loc=("response",))
     if problems:
         raise ResponseValidationError(errors=problems, body=answer)

@@ -29,7 +29,7 @@ def text_problem(value: str) -> str | None:
     return None
 
 
-def problems(value: Any, loc: tuple = ()) -> list[dict]:
+def problems(value: Any, loc: tuple[str | int, ...] = ()) -> list[dict[str, Any]]:
     """Validation errors (FastAPI's shape) for every bad string, key or number inside `value`."""
     found = []
     stack = [(value, loc)]
@@ -58,7 +58,7 @@ def _printable(text: str) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
 
 
-def _error(loc: tuple, msg: str) -> dict:
+def _error(loc: tuple[str | int, ...], msg: str) -> dict[str, Any]:
     return {"type": "value_error", "loc": loc, "msg": msg, "input": None}
 
 

@@ -17,9 +17,11 @@ import contextlib
 import logging
 import socket
 import threading
+from collections.abc import Iterator
 
 import uvicorn
 import uvloop
+from starlette.types import ASGIApp
 
 logger = logging.getLogger(__name__)
 
@@ -42,9 +44,10 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 class _Server(uvicorn.Server):
-    def capture_signals(self):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
         # The replica's signals belong to Ray (its graceful shutdown), never to uvicorn.
-        return contextlib.nullcontext()
+        yield
 
 
 class Listener:
@@ -53,7 +56,7 @@ class Listener:
     Its own loop: Serve runs user code on a plain asyncio loop shared with Serve's own work; uvloop
     and no sharing halve the CPU of the HTTP path. The app's actor calls are awaited on this loop."""
 
-    def __init__(self, app, host: str, port: int):
+    def __init__(self, app: ASGIApp, host: str, port: int):
         self.host, self.port = host, port
         self._server = _Server(
             uvicorn.Config(
@@ -74,6 +77,7 @@ class Listener:
         self._failure: BaseException | None = None
 
     def _serve(self) -> None:
+        assert self._socket is not None  # bound by start(), before this thread runs
         loop = uvloop.new_event_loop()
         asyncio.set_event_loop(loop)
         try:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request, status
 from fastapi.responses import PlainTextResponse, StreamingResponse
@@ -23,34 +23,38 @@ SeedClusterId = Annotated[str, Path(max_length=64, description="Cluster id")]
 
 
 @router.post("/v1/clusters", status_code=status.HTTP_202_ACCEPTED, response_model=api.ClusterPublic)
-async def create_cluster(body: ClusterSpec, principal: deps.BuyerPrincipal, clusters: deps.Clusters):
+async def create_cluster(body: ClusterSpec, principal: deps.BuyerPrincipal, clusters: deps.Clusters) -> dict[str, Any]:
     """Reserves machines (409 with what is available when they are short) and starts the launch."""
     return await clusters.create_cluster.remote(principal, body.model_dump(mode="json"))
 
 
 @router.get("/v1/clusters", response_model=list[api.ClusterPublic])
-async def list_clusters(principal: deps.BuyerOrAdmin, clusters: deps.Clusters):
+async def list_clusters(principal: deps.BuyerOrAdmin, clusters: deps.Clusters) -> list[dict[str, Any]]:
     return await clusters.list_clusters.remote(principal)
 
 
 @router.get("/v1/clusters/{cluster_id}", response_model=api.ClusterPublic)
-async def get_cluster(cluster_id: ClusterId, principal: deps.BuyerOrAdmin, reads: deps.ClusterReads):
+async def get_cluster(cluster_id: ClusterId, principal: deps.BuyerOrAdmin, reads: deps.ClusterReads) -> dict[str, Any]:
     return await reads((principal, cluster_id))
 
 
 @router.delete("/v1/clusters/{cluster_id}", response_model=api.ClusterPublic)
-async def delete_cluster(cluster_id: ClusterId, principal: deps.BuyerOrAdmin, clusters: deps.Clusters):
+async def delete_cluster(
+    cluster_id: ClusterId, principal: deps.BuyerOrAdmin, clusters: deps.Clusters
+) -> dict[str, Any]:
     """Idempotent; the teardown runs in the background (status terminating, then terminated)."""
     return await clusters.delete_cluster.remote(principal, cluster_id)
 
 
 @router.post("/v1/clusters/{cluster_id}/extend", response_model=api.ClusterPublic)
-async def extend(cluster_id: ClusterId, body: api.ClusterExtend, principal: deps.BuyerOrAdmin, clusters: deps.Clusters):
+async def extend(
+    cluster_id: ClusterId, body: api.ClusterExtend, principal: deps.BuyerOrAdmin, clusters: deps.Clusters
+) -> dict[str, Any]:
     """Moves the deadline by duration_s; 409 past the platform's maximum lifetime."""
     return await clusters.extend_cluster.remote(principal, cluster_id, body.duration_s)
 
 
-@router.get("/v1/usage")
+@router.get("/v1/usage", response_model=None)
 async def usage(
     principal: deps.CurrentPrincipal,
     clusters: deps.Clusters,
@@ -61,7 +65,7 @@ async def usage(
     end: Annotated[
         float | None, Query(ge=0, le=api.MAX_EPOCH_S, allow_inf_nan=False, description="Epoch seconds; default now")
     ] = None,
-):
+) -> dict[str, Any]:
     """Buyers: GPU/CPU-seconds and cost per cluster. Providers: supplied seconds and earnings per machine.
     Seconds count from a node joining Ray to it leaving."""
     end = time.time() if end is None else end
@@ -72,7 +76,7 @@ async def usage(
 
 
 @router.get("/v1/clusters/{cluster_id}/connection", response_model=api.ClusterConnection)
-async def connection(cluster_id: ClusterId, principal: deps.BuyerPrincipal, clusters: deps.Clusters):
+async def connection(cluster_id: ClusterId, principal: deps.BuyerPrincipal, clusters: deps.Clusters) -> dict[str, Any]:
     """Dashboard/job URL, Ray client and GCS addresses, the cluster's Ray auth token, and what to export."""
     return await clusters.connection.remote(principal, cluster_id)
 
@@ -83,12 +87,12 @@ async def events(
     principal: deps.BuyerOrAdmin,
     clusters: deps.Clusters,
     after: Annotated[int, Query(ge=0, le=api.MAX_SQL_INT, description="Only events with a larger id")] = 0,
-):
+) -> list[dict[str, Any]]:
     return await clusters.cluster_events.remote(principal, cluster_id, after)
 
 
 @router.get("/v1/clusters/{cluster_id}/logs", response_model=list[api.ClusterLogFile])
-async def logs(cluster_id: ClusterId, principal: deps.BuyerOrAdmin, clusters: deps.Clusters):
+async def logs(cluster_id: ClusterId, principal: deps.BuyerOrAdmin, clusters: deps.Clusters) -> list[dict[str, Any]]:
     """The log files each node shipped as it was released (delete, expiry, replacement), kept after the
     cluster ended, up to the platform's size cap and retention. A lost machine ships nothing."""
     return await clusters.cluster_logs.remote(principal, cluster_id)
@@ -109,7 +113,7 @@ async def log_file(
     node: Annotated[
         str | None, Query(pattern=ids.LEASE_ID_PATTERN, description="The node (lease) it came from")
     ] = None,
-):
+) -> PlainTextResponse:
     found = await clusters.cluster_log.remote(principal, cluster_id, name, node)
     return PlainTextResponse(found["text"])
 
@@ -126,7 +130,7 @@ async def job_log(
     job_id: Annotated[
         str, Path(pattern=ids.RAY_JOB_ID_PATTERN, description="The submission id `ray job submit` printed")
     ],
-):
+) -> PlainTextResponse:
     """A submitted job's driver output, as the head kept it (`ray job logs`, after the cluster ended)."""
     found = await clusters.job_log.remote(principal, cluster_id, job_id)
     return PlainTextResponse(found["text"])
@@ -134,7 +138,9 @@ async def job_log(
 
 # --- a buyer's own cluster, seen through the platform (serve_app/head_proxy.py) -----------
 
-_PROXIED = {200: {"content": {"text/html": {}, "application/json": {}, "text/plain": {}}}}
+_PROXIED: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/html": {}, "application/json": {}, "text/plain": {}}}
+}
 
 
 @proxy_router.get(
@@ -147,7 +153,7 @@ async def dashboard(
     principal: deps.BuyerOrAdmin,
     clusters: deps.Clusters,
     proxy: deps.HeadProxy,
-):
+) -> StreamingResponse:
     """GET any path of the cluster's Ray dashboard on its head (pages, `api/v0/nodes`, `api/jobs/`, job logs),
     with the cluster's Ray token added by the platform: the caller needs only its platform token. Read-only;
     submitting jobs goes to the head itself (`GET .../connection`)."""
@@ -172,7 +178,7 @@ async def metrics(
     node: Annotated[
         str | None, Query(pattern=ids.LEASE_ID_PATTERN, description="A node (lease) of the cluster; default its head")
     ] = None,
-):
+) -> StreamingResponse:
     """The node's Ray metrics in Prometheus' text format (its metrics export port), for a scrape job with
     `authorization: {credentials_file: ...}` holding a platform token."""
     target = await clusters.proxy_target.remote(principal, cluster_id, "metrics", node)
@@ -182,15 +188,17 @@ async def metrics(
 # --- the seed's paths (now behind a buyer's token) ---------------------------------------
 
 
-@seed_router.post("/deploy_cluster", status_code=status.HTTP_202_ACCEPTED)
-async def seed_deploy(body: api.SeedDeploy, principal: deps.BuyerPrincipal, clusters: deps.Clusters):
+@seed_router.post("/deploy_cluster", status_code=status.HTTP_202_ACCEPTED, response_model=None)
+async def seed_deploy(body: api.SeedDeploy, principal: deps.BuyerPrincipal, clusters: deps.Clusters) -> dict[str, Any]:
     spec = ClusterSpec(num_workers=body.num_workers, duration_s=max(60, body.duration * 60))
     cluster = await clusters.create_cluster.remote(principal, spec.model_dump(mode="json"))
     return {"cluster_id": cluster["id"]}
 
 
 @seed_router.get("/cluster/{cluster_id}", response_model=api.SeedClusterInfo)
-async def seed_cluster(cluster_id: SeedClusterId, principal: deps.BuyerPrincipal, clusters: deps.Clusters):
+async def seed_cluster(
+    cluster_id: SeedClusterId, principal: deps.BuyerPrincipal, clusters: deps.Clusters
+) -> dict[str, Any]:
     c = await clusters.get_cluster.remote(principal, cluster_id)
     return {
         "cluster_id": c["id"],
@@ -203,7 +211,9 @@ async def seed_cluster(cluster_id: SeedClusterId, principal: deps.BuyerPrincipal
 
 
 @seed_router.delete("/cluster/{cluster_id}", response_model=api.Message)
-async def seed_delete(cluster_id: SeedClusterId, principal: deps.BuyerPrincipal, clusters: deps.Clusters):
+async def seed_delete(
+    cluster_id: SeedClusterId, principal: deps.BuyerPrincipal, clusters: deps.Clusters
+) -> dict[str, Any]:
     await clusters.delete_cluster.remote(principal, cluster_id)
     return {"message": "Cluster terminated successfully"}
 
@@ -212,7 +222,9 @@ async def seed_delete(cluster_id: SeedClusterId, principal: deps.BuyerPrincipal,
 
 
 @node_router.get("/v1/clusters/{cluster_id}/nodes", response_model=list[api.NodePublic])
-async def list_nodes(cluster_id: ClusterId, principal: deps.NodeProviderPrincipal, clusters: deps.Clusters):
+async def list_nodes(
+    cluster_id: ClusterId, principal: deps.NodeProviderPrincipal, clusters: deps.Clusters
+) -> list[dict[str, Any]]:
     return await clusters.list_nodes.remote(principal, cluster_id)
 
 
@@ -221,7 +233,7 @@ async def list_nodes(cluster_id: ClusterId, principal: deps.NodeProviderPrincipa
 )
 async def create_nodes(
     cluster_id: ClusterId, body: api.NodesCreate, principal: deps.NodeProviderPrincipal, clusters: deps.Clusters
-):
+) -> list[dict[str, Any]]:
     return await clusters.create_nodes.remote(principal, cluster_id, body.role, body.node_type, body.tags, body.count)
 
 
@@ -232,14 +244,14 @@ async def set_node_tags(
     body: api.NodeTags,
     principal: deps.NodeProviderPrincipal,
     clusters: deps.Clusters,
-):
+) -> dict[str, Any]:
     return await clusters.set_node_tags.remote(principal, cluster_id, node_id, body.tags)
 
 
 @node_router.delete("/v1/clusters/{cluster_id}/nodes/{node_id}", response_model=api.NodePublic)
 async def terminate_node(
     cluster_id: ClusterId, node_id: NodeId, principal: deps.NodeProviderPrincipal, clusters: deps.Clusters
-):
+) -> dict[str, Any]:
     return await clusters.terminate_node.remote(principal, cluster_id, node_id)
 
 
@@ -250,6 +262,6 @@ async def exec_on_node(
     body: api.NodeExec,
     principal: deps.NodeProviderPrincipal,
     clusters: deps.Clusters,
-):
+) -> dict[str, Any]:
     """Runs a launcher command on the node through the agent holding it; answers when it finished."""
     return await clusters.exec_on_node.remote(principal, cluster_id, node_id, body.model_dump())

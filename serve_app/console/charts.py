@@ -36,10 +36,10 @@ def _nice_ceiling(value: float) -> float:
         return 1.0
     exponent = math.floor(math.log10(value))
     for m in (1, 2, 2.5, 5, 10):
-        top = m * 10**exponent
+        top = m * 10.0**exponent
         if top >= value * (1 - 1e-9):
             return top
-    return 10 ** (exponent + 1)
+    return 10.0 ** (exponent + 1)
 
 
 def bar_chart(

@@ -3,39 +3,26 @@
 from __future__ import annotations
 
 import asyncio
-import shlex
 import time
 from importlib import resources
-from pathlib import Path
 from typing import Annotated
 
 import pydantic
 from fastapi import APIRouter, FastAPI, Form, Query, Request, Response
 from fastapi import Path as FastApiPath
 from fastapi.responses import HTMLResponse, RedirectResponse
-from fastapi.templating import Jinja2Templates
 
-from dcl_core import domain, errors, ids, quota_limits
+from dcl_core import domain, ids, quota_limits
 from dcl_core.cluster_spec import ClusterSpec
-from serve_app import deps
-from serve_app import errors as http_errors
-from serve_app.console import charts
+from serve_app import actor_handles, deps
+from serve_app.console import charts, view
 from serve_app.console import session as sess
 from serve_app.routes_clusters import ClusterId
 
 router = APIRouter(include_in_schema=False)
-TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 
 # Every asset the pages use comes from the package: no CDN (operators' networks may have no internet).
 STATIC_TYPES = {"htmx.min.js": "text/javascript", "console.js": "text/javascript", "console.css": "text/css"}
-SECURITY_HEADERS = {
-    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; object-src 'none'; "
-    "base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
-    "X-Frame-Options": "DENY",
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "same-origin",
-    "Cache-Control": "no-store",
-}
 DURATIONS = [
     (900, "15 min"),
     (1800, "30 min"),
@@ -50,73 +37,10 @@ QUOTA_FIELDS = ("max_clusters", "max_gpus", "max_cpus", "max_gpu_hours")
 USABLE = (domain.ClusterStatus.RUNNING.value, domain.ClusterStatus.DEGRADED.value)
 
 
-class ConsoleError(Exception):
-    """A failure to show in the page: the platform's own message and status."""
-
-    def __init__(self, status_code: int, message: str):
-        super().__init__(message)
-        self.status_code = status_code
-        self.message = message
-
-
 def install(app: FastAPI) -> None:
     """Mounts the console on the API's app: its routes and the rendering of its errors."""
     app.include_router(router)
-    app.add_exception_handler(ConsoleError, _console_error)
-
-
-async def _console_error(request: Request, exc: ConsoleError) -> HTMLResponse:
-    name = "_error.html" if sess.is_htmx(request) else "error.html"
-    return _render(request, name, None, status_code=exc.status_code, message=exc.message)
-
-
-async def _call(ref):
-    """Awaits an actor call; the control plane's own errors become a ConsoleError with their status."""
-    try:
-        return await ref
-    except Exception as exc:
-        cause = http_errors.unwrap(exc)
-        if isinstance(cause, errors.DClusterError):
-            raise ConsoleError(cause.http_status, cause.message) from None
-        raise
-
-
-def _render(
-    request: Request, name: str, session: sess.ConsoleSession | None, *, status_code: int = 200, **context
-) -> HTMLResponse:
-    context.update(
-        user=session.principal if session else None, csrf=session.csrf_token if session else "", now=time.time()
-    )
-    return TEMPLATES.TemplateResponse(request, name, context, status_code=status_code, headers=SECURITY_HEADERS)
-
-
-# --- filters ----------------------------------------------------------------------------
-
-
-def _age(seconds: float | None) -> str:
-    """A span for people: '12 s', '3 min', '2 h 05 min', '1 d 3 h'."""
-    if seconds is None:
-        return "-"
-    s = max(0, int(seconds))
-    if s < 60:
-        return f"{s} s"
-    if s < 3600:
-        return f"{s // 60} min"
-    if s < 86_400:
-        return f"{s // 3600} h {s % 3600 // 60:02d} min"
-    return f"{s // 86_400} d {s % 86_400 // 3600} h"
-
-
-def _utc(ts: float | None) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts)) if ts else "-"
-
-
-def _mask(text: str, secret: str) -> str:
-    """The text with the secret shortened to its first characters, for screens and screenshots."""
-    return text.replace(secret, secret[:6] + "…") if secret else text
-
-
-TEMPLATES.env.filters.update(age=_age, utc=_utc, shquote=shlex.quote, mask=_mask)
+    app.add_exception_handler(view.ConsoleError, view.console_error)
 
 
 def _number(text: str) -> float | None:
@@ -131,10 +55,10 @@ def _number(text: str) -> float | None:
 
 
 @router.get("/login", response_class=HTMLResponse)
-async def login_page(request: Request, session: sess.OptionalSession):
+async def login_page(request: Request, session: sess.OptionalSession) -> Response:
     if session is not None:
         return RedirectResponse("/", status_code=303)
-    return _render(request, "login.html", None)
+    return view.render(request, "login.html", None)
 
 
 @router.post("/login", response_class=HTMLResponse)
@@ -144,20 +68,22 @@ async def login(
     client: deps.ClientAddress,
     username: Annotated[str, Form(max_length=64)],
     password: Annotated[str, Form(max_length=256)],
-):
+) -> Response:
     """The same sign-in as POST /v1/token (its limits included); the token goes into the console's cookie."""
     sess.check_origin(request)
     try:
-        answer = await _call(registry.login.remote(username, password, client))
-    except ConsoleError as exc:
-        return _render(request, "login.html", None, status_code=exc.status_code, message=exc.message, username=username)
+        answer = await view.call(registry.login.remote(username, password, client))
+    except view.ConsoleError as exc:
+        return view.render(
+            request, "login.html", None, status_code=exc.status_code, message=exc.message, username=username
+        )
     response = RedirectResponse("/", status_code=303)
     sess.set_cookie(response, request, answer["access_token"], int(answer["expires_in"]))
     return response
 
 
 @router.post("/logout")
-async def logout(session: sess.ActingSession):
+async def logout(session: sess.ActingSession) -> Response:
     response = Response(status_code=204, headers={"HX-Redirect": sess.LOGIN_PATH})
     sess.clear_cookie(response)
     return response
@@ -167,21 +93,21 @@ async def logout(session: sess.ActingSession):
 
 
 @router.get("/", response_class=HTMLResponse)
-async def home(request: Request, session: sess.Session, registry: deps.Registry):
+async def home(request: Request, session: sess.Session, registry: deps.Registry) -> HTMLResponse:
     role = session.principal.role
     if role is domain.Role.BUYER:
-        offers = await _call(registry.list_offers.remote())
+        offers = await view.call(registry.list_offers.remote())
         models = sorted({o["gpu_model"] for o in offers if o["gpu_model"]})
-        return _render(
+        return view.render(
             request, "buyer.html", session, gpu_models=models, durations=DURATIONS, windows=list(charts.WINDOWS)
         )
     name = "provider.html" if role is domain.Role.PROVIDER else "admin.html"
-    return _render(request, name, session, windows=list(charts.WINDOWS))
+    return view.render(request, name, session, windows=list(charts.WINDOWS))
 
 
 @router.get("/console/clusters/{cluster_id}", response_class=HTMLResponse)
-async def cluster_page(request: Request, cluster_id: ClusterId, session: sess.Session):
-    return _render(request, "cluster.html", session, cluster_id=cluster_id, durations=DURATIONS)
+async def cluster_page(request: Request, cluster_id: ClusterId, session: sess.Session) -> HTMLResponse:
+    return view.render(request, "cluster.html", session, cluster_id=cluster_id, durations=DURATIONS)
 
 
 # --- fragments --------------------------------------------------------------------------
@@ -196,43 +122,42 @@ async def offers_fragment(
     min_gpus: Annotated[str, Query(max_length=16)] = "",
     max_price: Annotated[str, Query(max_length=16)] = "",
     gpu_only: bool = False,
-):
+) -> HTMLResponse:
     """The marketplace (GET /v1/offers), filtered for display; an empty or unreadable filter filters nothing."""
-    min_gpus, max_price = _number(min_gpus) or 0, _number(max_price)
-    offers = await _call(registry.list_offers.remote())
+    least_gpus, price_cap = _number(min_gpus) or 0, _number(max_price)
+    offers = await view.call(registry.list_offers.remote())
     shown = [
         o
         for o in offers
         if (not gpu_model or o["gpu_model"] == gpu_model)
-        and o["gpus"] >= min_gpus
-        and (max_price is None or o["gpu_model"] is None or o["price_per_gpu_hour_min"] <= max_price)
+        and o["gpus"] >= least_gpus
+        and (price_cap is None or o["gpu_model"] is None or o["price_per_gpu_hour_min"] <= price_cap)
         and (not gpu_only or o["gpu_model"] is not None)
     ]
-    return _render(request, "_offers.html", session, offers=shown, total=len(offers))
+    return view.render(request, "_offers.html", session, offers=shown, total=len(offers))
 
 
 @router.get("/console/clusters", response_class=HTMLResponse)
-async def clusters_fragment(request: Request, session: sess.Session, clusters: deps.Clusters):
-    rows = await _call(clusters.list_clusters.remote(session.principal))
+async def clusters_fragment(request: Request, session: sess.Session, clusters: deps.Clusters) -> HTMLResponse:
+    rows = await view.call(clusters.list_clusters.remote(session.principal))
     rows.sort(key=lambda c: c["created_at"], reverse=True)
-    return _render(request, "_clusters.html", session, clusters=rows)
+    return view.render(request, "_clusters.html", session, clusters=rows)
 
 
 async def _status_fragment(
-    request: Request, session: sess.ConsoleSession, clusters, cluster_id: str, status_code: int = 200
+    request: Request, session: sess.ConsoleSession, clusters: actor_handles.Clusters, cluster_id: str
 ) -> HTMLResponse:
     cluster, events = await asyncio.gather(
-        _call(clusters.get_cluster.remote(session.principal, cluster_id)),
-        _call(clusters.cluster_events.remote(session.principal, cluster_id, 0)),
+        view.call(clusters.get_cluster.remote(session.principal, cluster_id)),
+        view.call(clusters.cluster_events.remote(session.principal, cluster_id, 0)),
     )
     connection = None
     if cluster["status"] in USABLE and session.principal.role is domain.Role.BUYER:
-        connection = await _call(clusters.connection.remote(session.principal, cluster_id))
-    return _render(
+        connection = await view.call(clusters.connection.remote(session.principal, cluster_id))
+    return view.render(
         request,
         "_cluster_status.html",
         session,
-        status_code=status_code,
         cluster=cluster,
         events=events,
         connection=connection,
@@ -244,22 +169,24 @@ async def _status_fragment(
 @router.get("/console/clusters/{cluster_id}/status", response_class=HTMLResponse)
 async def cluster_status_fragment(
     request: Request, cluster_id: ClusterId, session: sess.Session, clusters: deps.Clusters
-):
+) -> HTMLResponse:
     """Status, nodes, every event so far and (once it runs) the connection details; polls itself while active."""
     return await _status_fragment(request, session, clusters, cluster_id)
 
 
 @router.get("/console/machines", response_class=HTMLResponse)
-async def machines_fragment(request: Request, session: sess.Session, registry: deps.Registry):
-    machines = await _call(registry.list_machines.remote(session.principal))
+async def machines_fragment(request: Request, session: sess.Session, registry: deps.Registry) -> HTMLResponse:
+    machines = await view.call(registry.list_machines.remote(session.principal))
     machines.sort(key=lambda m: (m["status"] != "online", m["name"]))
-    return _render(request, "_machines.html", session, machines=machines)
+    return view.render(request, "_machines.html", session, machines=machines)
 
 
 @router.get("/console/machine-keys", response_class=HTMLResponse)
-async def machine_keys_fragment(request: Request, session: sess.Session, registry: deps.Registry):
-    keys = await _call(registry.list_machine_keys.remote(session.principal))
-    return _render(request, "_machine_keys.html", session, keys=sorted(keys, key=lambda k: (not k["active"], k["id"])))
+async def machine_keys_fragment(request: Request, session: sess.Session, registry: deps.Registry) -> HTMLResponse:
+    keys = await view.call(registry.list_machine_keys.remote(session.principal))
+    return view.render(
+        request, "_machine_keys.html", session, keys=sorted(keys, key=lambda k: (not k["active"], k["id"]))
+    )
 
 
 @router.post("/console/machine-keys/{key_id}/revoke", response_class=HTMLResponse)
@@ -268,17 +195,19 @@ async def revoke_machine_key(
     key_id: Annotated[str, FastApiPath(pattern=ids.AGENT_KEY_ID_PATTERN)],
     session: sess.ActingSession,
     registry: deps.Registry,
-):
-    await _call(registry.revoke_machine_key.remote(session.principal, key_id))
+) -> HTMLResponse:
+    await view.call(registry.revoke_machine_key.remote(session.principal, key_id))
     return await machine_keys_fragment(request, session, registry)
 
 
 @router.get("/console/accounts", response_class=HTMLResponse)
-async def accounts_fragment(request: Request, session: sess.Session, registry: deps.Registry, clusters: deps.Clusters):
-    accounts = await _call(registry.list_accounts.remote(session.principal))
+async def accounts_fragment(
+    request: Request, session: sess.Session, registry: deps.Registry, clusters: deps.Clusters
+) -> HTMLResponse:
+    accounts = await view.call(registry.list_accounts.remote(session.principal))
     buyers = [a for a in accounts if a["role"] == domain.Role.BUYER.value][:MAX_QUOTA_ROWS]
-    quotas = await asyncio.gather(*(_call(clusters.get_quota.remote(session.principal, a["id"])) for a in buyers))
-    return _render(
+    quotas = await asyncio.gather(*(view.call(clusters.get_quota.remote(session.principal, a["id"])) for a in buyers))
+    return view.render(
         request,
         "_accounts.html",
         session,
@@ -295,16 +224,15 @@ async def set_quota(
     session: sess.ActingSession,
     registry: deps.Registry,
     clusters: deps.Clusters,
-):
+) -> HTMLResponse:
     """Admins: a buyer's limits; a field left empty takes the platform's default."""
     form = await request.form()
     fields = {name: str(form.get(name, "")).strip() or None for name in QUOTA_FIELDS}
     try:
         overrides = quota_limits.QuotaOverrides.model_validate(fields)
     except pydantic.ValidationError as exc:
-        message = "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors())
-        raise ConsoleError(422, message) from None
-    await _call(clusters.set_quota.remote(session.principal, account_id, overrides.model_dump()))
+        raise view.invalid_form(exc) from None
+    await view.call(clusters.set_quota.remote(session.principal, account_id, overrides.model_dump()))
     return await accounts_fragment(request, session, registry, clusters)
 
 
@@ -314,19 +242,19 @@ async def usage_fragment(
     session: sess.Session,
     clusters: deps.Clusters,
     window: Annotated[str, Query(pattern="^(" + "|".join(charts.WINDOWS) + ")$")] = charts.DEFAULT_WINDOW,
-):
+) -> HTMLResponse:
     """Spend (buyers, admins) or earnings (providers) per hour or day: one GET /v1/usage call per bucket."""
     now = time.time()
     buckets = charts.buckets(window, now)
     first = buckets[0].start
     per_bucket, whole = await asyncio.gather(
-        asyncio.gather(*(_call(clusters.usage.remote(session.principal, b.start, b.end)) for b in buckets)),
-        _call(clusters.usage.remote(session.principal, first, now)),
+        asyncio.gather(*(view.call(clusters.usage.remote(session.principal, b.start, b.end)) for b in buckets)),
+        view.call(clusters.usage.remote(session.principal, first, now)),
     )
     money = "earnings" if whole["role"] == "provider" else "cost"
     title = ("Earnings" if money == "earnings" else "Spend") + f" per {'hour' if window == '24h' else 'day'}"
     svg = charts.bar_chart([b.label for b in buckets], [u["total"][money] for u in per_bucket], title=title)
-    return _render(
+    return view.render(
         request, "_usage.html", session, svg=svg, usage=whole, money=money, window=window, windows=list(charts.WINDOWS)
     )
 
@@ -348,7 +276,7 @@ async def create_cluster(
     max_price_per_gpu_hour: Annotated[str, Form(max_length=32)] = "",
     max_price_per_cpu_hour: Annotated[str, Form(max_length=32)] = "",
     min_reliability: Annotated[str, Form(max_length=32)] = "",
-):
+) -> Response:
     """POST /v1/clusters from the form: the same spec model, the same actor call; then its page. A number left
     empty is "any" (None), as a field left out of the API's body."""
     try:
@@ -366,9 +294,8 @@ async def create_cluster(
             }
         )
     except pydantic.ValidationError as exc:
-        message = "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors())
-        raise ConsoleError(422, message) from None
-    cluster = await _call(clusters.create_cluster.remote(session.principal, spec.model_dump(mode="json")))
+        raise view.invalid_form(exc) from None
+    cluster = await view.call(clusters.create_cluster.remote(session.principal, spec.model_dump(mode="json")))
     return Response(status_code=204, headers={"HX-Redirect": f"/console/clusters/{cluster['id']}"})
 
 
@@ -379,14 +306,16 @@ async def extend_cluster(
     session: sess.ActingSession,
     clusters: deps.Clusters,
     duration_s: Annotated[int, Form(ge=1, le=90 * 86_400)],
-):
-    await _call(clusters.extend_cluster.remote(session.principal, cluster_id, duration_s))
+) -> HTMLResponse:
+    await view.call(clusters.extend_cluster.remote(session.principal, cluster_id, duration_s))
     return await _status_fragment(request, session, clusters, cluster_id)
 
 
 @router.post("/console/clusters/{cluster_id}/delete", response_class=HTMLResponse)
-async def delete_cluster(request: Request, cluster_id: ClusterId, session: sess.ActingSession, clusters: deps.Clusters):
-    await _call(clusters.delete_cluster.remote(session.principal, cluster_id))
+async def delete_cluster(
+    request: Request, cluster_id: ClusterId, session: sess.ActingSession, clusters: deps.Clusters
+) -> HTMLResponse:
+    await view.call(clusters.delete_cluster.remote(session.principal, cluster_id))
     return await _status_fragment(request, session, clusters, cluster_id)
 
 
@@ -396,9 +325,9 @@ _STATIC_CACHE: dict[str, bytes] = {}
 
 
 @router.get("/console/static/{name}")
-async def static(name: str):
+async def static(name: str) -> Response:
     if name not in STATIC_TYPES:
-        raise ConsoleError(404, f"no such console asset: {name}")
+        raise view.ConsoleError(404, f"no such console asset: {name}")
     if name not in _STATIC_CACHE:
         _STATIC_CACHE[name] = resources.files("serve_app.console").joinpath("static", name).read_bytes()
     return Response(

@@ -14,7 +14,7 @@ import hmac
 import urllib.parse
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, HTTPException, Request, Response
 
 from actors.access import auth
 from dcl_core import errors
@@ -45,13 +45,13 @@ def _https(request: Request) -> bool:
     return request.url.scheme == "https" or request.headers.get("x-forwarded-proto") == "https"
 
 
-def set_cookie(response, request: Request, token: str, max_age_s: int) -> None:
+def set_cookie(response: Response, request: Request, token: str, max_age_s: int) -> None:
     response.set_cookie(
         COOKIE_NAME, token, max_age=max_age_s, path="/", httponly=True, samesite="strict", secure=_https(request)
     )
 
 
-def clear_cookie(response) -> None:
+def clear_cookie(response: Response) -> None:
     response.delete_cookie(COOKIE_NAME, path="/", httponly=True, samesite="strict")
 
 
