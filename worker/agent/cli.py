@@ -16,7 +16,7 @@ import dcluster
 from dcl_core import domain
 from dcluster import versions
 from worker.agent import agent as agent_mod
-from worker.agent import detect, env_options, fake_nvml, sandbox
+from worker.agent import detect, env_options, fake_nvml, platform_trust, sandbox
 from worker.agent import state as state_mod
 from worker.agent.sandbox import base as sandbox_base
 
@@ -44,6 +44,22 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="Enroll this machine again with the password, replacing the agent key it keeps (after a "
         "revoke, or on a new platform)",
+    )
+    p.add_argument(
+        "--fingerprint",
+        metavar="SHA256:HEX",
+        help="The platform's certificate authority fingerprint (its operator publishes it): checked, then pinned "
+        "in machine.json; every later call must reach a server holding a certificate it issued",
+    )
+    p.add_argument(
+        "--trust-on-first-use",
+        action="store_true",
+        help="Pin whatever certificate authority the platform presents at the first start (logs its fingerprint)",
+    )
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="Allow a plain http:// platform on another machine (the password and the agent key unencrypted)",
     )
     p.add_argument("--name", help="Display name of this machine (default: hostname)")
     p.add_argument("--state-dir", type=Path, default=None, help="Where machine.json lives (default ~/.dcluster-agent)")
@@ -227,7 +243,20 @@ def main(argv: list[str] | None = None) -> int:
         errors = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         parser.error(errors)  # pydantic's own text would echo the input, password included
 
-    client = dcluster.Client(settings.platform_url)
+    try:
+        trust = platform_trust.resolve(
+            settings.platform_url,
+            settings.state_dir,
+            fingerprint=args.fingerprint,
+            trust_on_first_use=args.trust_on_first_use,
+            insecure=args.insecure,
+        )
+    except (ValueError, dcluster.InsecureTransport) as exc:
+        parser.error(str(exc))
+    except dcluster.ClientError as exc:
+        logger.error("%s", exc)
+        return 1
+    client = dcluster.Client(settings.platform_url, trust=trust)
     try:
         agent = agent_mod.Agent(client, settings)
     except OSError as exc:

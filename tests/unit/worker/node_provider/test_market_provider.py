@@ -120,7 +120,7 @@ def platform(monkeypatch):
     monkeypatch.setattr(
         market_provider.MarketNodeProvider,
         "make_client",
-        classmethod(lambda cls, url: dcluster.Client(url, transport=httpx.MockTransport(fake.handle))),
+        classmethod(lambda cls, url, trust: dcluster.Client(url, transport=httpx.MockTransport(fake.handle))),
     )
     return fake
 
