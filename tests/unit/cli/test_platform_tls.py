@@ -12,7 +12,8 @@ import pytest
 from cryptography import x509
 
 from actors import settings as settings_mod
-from cli.platform import public, serve_deploy, state, tls
+from cli import main as cli_main
+from cli.platform import public, serve_deploy, state, tls, up_result
 from cli.platform.errors import PlatformError
 from dcluster import tls as client_tls
 from tests import tls_server
@@ -163,3 +164,32 @@ def test_settings_refuse_half_a_tls_configuration(tmp_path):
         settings_mod.PlatformSettings(state_dir=tmp_path, tls_certfile=tmp_path / "c.pem")
     with pytest.raises(ValueError, match="needs tls_certfile"):
         settings_mod.PlatformSettings(state_dir=tmp_path, tls_ca_file=tmp_path / "ca.pem")
+
+
+def test_up_and_status_print_the_fingerprint_and_how_to_sign_in(tmp_path):
+    files = tls.own_ca_files(tls.TlsDir(tmp_path / "tls"), "platform.example.com")
+    record = {
+        "host": "0.0.0.0",
+        "port": 8443,
+        "public_url": "https://platform.example.com:8443",
+        "tls": files.to_record(),
+        "ray_ports": {"dashboard": 8265},
+    }
+    lines = "\n".join(up_result.of(record, state.Layout(tmp_path), already_running=False, timings={}).lines())
+    assert "platform is up: https://platform.example.com:8443" in lines
+    assert f"TLS CA fingerprint: {files.fingerprint}" in lines
+    assert f"dcluster login --url https://platform.example.com:8443 --fingerprint {files.fingerprint}" in lines
+    status = {
+        "status": "running",
+        "api_url": "https://127.0.0.1:8443",
+        "healthz": True,
+        "public_url": record["public_url"],
+        "tls_fingerprint": files.fingerprint,
+        "state_dir": str(tmp_path),
+        "ray_gcs_address": "127.0.0.1:1",
+        "temp_dir": "/tmp/x",
+        "head_processes": [],
+        "agents": [],
+    }
+    shown = "\n".join(cli_main._format_status(status))
+    assert "public URL: https://platform.example.com:8443" in shown and files.fingerprint in shown
