@@ -198,9 +198,7 @@ class PlatformLauncher:
         )
         record = self._new_record(ROLE_HEAD, ports, temp_dir)
         record.update(
-            public_url=endpoint.url,
-            tls=endpoint.tls.to_record() if endpoint.tls else None,
-            insecure=self.insecure,
+            **endpoint.to_record(),
             redis=self.redis,
             shared_database=self.shared_database,
             providers=self.providers,

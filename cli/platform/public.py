@@ -21,6 +21,15 @@ _URL_RE = re.compile(r"https?://[^\s/?#]+(:[0-9]+)?/?")
 class Endpoint:
     url: str  # what every client, agent and sub-cluster is given
     tls: tls.TlsFiles | None  # None: plain HTTP
+    chosen: bool = False  # named by the operator (flag, serve.yaml), so kept for later `up`s; else the local address
+    insecure: bool = False  # plain HTTP to other machines, accepted by the operator
+
+    def to_record(self) -> dict:
+        return {
+            "public_url": self.url if self.chosen else None,
+            "tls": self.tls.to_record() if self.tls else None,
+            "insecure": self.insecure,
+        }
 
 
 def check_url(url: str) -> str:
@@ -36,12 +45,13 @@ def check_url(url: str) -> str:
     return url.rstrip("/")
 
 
-def choose_url(*, requested: str | None, recorded: dict | None, template: str | None, local: str) -> str:
-    """--public-url, else the one the last `up` kept, else serve.yaml's api_url, else the local address."""
+def chosen_url(*, requested: str | None, recorded: dict | None, template: str | None) -> str | None:
+    """--public-url, else the one the last `up` was given, else serve.yaml's api_url; None: the local address
+    (never kept: a later `up` on another port or host hands out that one)."""
     for candidate in (requested, (recorded or {}).get("public_url"), template):
         if candidate:
             return check_url(candidate)
-    return local
+    return None
 
 
 def prepare(
@@ -63,8 +73,10 @@ def prepare(
     recorded_tls = (recorded or {}).get("tls") or {}
     if tls_cert is None and recorded_tls and not recorded_tls.get("own_ca"):
         tls_cert, tls_key = Path(recorded_tls["certfile"]), Path(recorded_tls["keyfile"])  # the operator's, again
-    local = f"{'https' if tls_cert else 'http'}://{state.connect_host(host)}:{port}"
-    url = choose_url(requested=requested_url, recorded=recorded, template=template_url, local=local)
+    chosen = chosen_url(requested=requested_url, recorded=recorded, template=template_url)
+    url = chosen or f"{'https' if tls_cert else 'http'}://{state.connect_host(host)}:{port}"
+    # A plain-HTTP URL the operator accepted with --insecure stays accepted when a later `up` reuses it.
+    insecure = insecure or (requested_url is None and bool((recorded or {}).get("insecure")))
     parts = urlsplit(url)
     if parts.scheme == "http":
         if tls_cert is not None:
@@ -76,11 +88,11 @@ def prepare(
             client_tls.refuse_plain_http(url, insecure=insecure)
         except dcluster.InsecureTransport as exc:
             raise PlatformError(str(exc)) from None
-        return Endpoint(url, None)
+        return Endpoint(url, None, chosen is not None, insecure)
     tls_dir = tls.TlsDir(layout.tls_dir)
     if tls_cert is not None and tls_key is not None:
-        return Endpoint(url, tls.operator_files(tls_cert, tls_key, tls_dir))
-    return Endpoint(url, tls.own_ca_files(tls_dir, str(parts.hostname)))
+        return Endpoint(url, tls.operator_files(tls_cert, tls_key, tls_dir), chosen is not None, insecure)
+    return Endpoint(url, tls.own_ca_files(tls_dir, str(parts.hostname)), chosen is not None, insecure)
 
 
 def serve_settings(endpoint: Endpoint) -> dict:

@@ -100,6 +100,9 @@ def test_the_public_url_defaults_to_the_local_address_and_plain_http(tmp_path):
     endpoint = _prepare(state.Layout(tmp_path))
     assert endpoint == public.Endpoint("http://127.0.0.1:8000", None)
     assert public.serve_settings(endpoint) == {"api_url": "http://127.0.0.1:8000"}
+    # Not kept: a later `up --port 8100` hands out its own local address.
+    assert endpoint.to_record() == {"public_url": None, "tls": None, "insecure": False}
+    assert _prepare(state.Layout(tmp_path), recorded=endpoint.to_record(), port=8100).url == "http://127.0.0.1:8100"
 
 
 def test_an_https_public_url_gets_tls_and_the_serve_app_its_files(tmp_path):
@@ -126,7 +129,9 @@ def test_plain_http_to_other_machines_needs_insecure(tmp_path):
     layout = state.Layout(tmp_path)
     with pytest.raises(PlatformError, match="--insecure"):
         _prepare(layout, requested_url="http://10.0.0.5:8000", host="0.0.0.0")
-    assert _prepare(layout, requested_url="http://10.0.0.5:8000", host="0.0.0.0", insecure=True).tls is None
+    accepted = _prepare(layout, requested_url="http://10.0.0.5:8000", host="0.0.0.0", insecure=True)
+    assert accepted.tls is None and accepted.to_record()["insecure"]
+    assert _prepare(layout, recorded=accepted.to_record(), host="0.0.0.0").url == "http://10.0.0.5:8000"  # a restart
 
 
 @pytest.mark.parametrize(
