@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from configs import aws as aws_config
 from dcl_core import database_url, domain, protocol, quota_limits
@@ -78,6 +78,18 @@ class PlatformSettings(domain.StrictModel):
     api_url: Annotated[
         str, Field(pattern=r"^https?://[^\s/]+(:[0-9]+)?/?$", description="The API's URL as provider machines reach it")
     ] = "http://127.0.0.1:8000"
+    tls_certfile: Annotated[
+        Path | None,
+        Field(description="PEM certificate chain the API serves (leaf first); None: plain HTTP"),
+    ] = None
+    tls_keyfile: Annotated[Path | None, Field(description="The certificate's private key (PEM, 0600)")] = None
+    tls_ca_file: Annotated[
+        Path | None,
+        Field(
+            description="The certificate clients pin (the platform's own CA, or the top of an operator's chain): "
+            "published at GET /v1/tls/ca.pem and handed to sub-clusters' node providers"
+        ),
+    ] = None
     provision_timeout_s: Annotated[float, Field(ge=30, le=3600, description="Launch to running, or failed")] = 600.0
     reconcile_interval_s: Annotated[float, Field(ge=0.1, le=60)] = 1.0
     cluster_logs_max_bytes: Annotated[
@@ -111,6 +123,18 @@ class PlatformSettings(domain.StrictModel):
         quota_limits.QuotaLimits,
         Field(description="Every buyer account's limits unless an admin set its own (PUT /v1/accounts/{id}/quota)"),
     ] = quota_limits.QuotaLimits()
+
+    @model_validator(mode="after")
+    def _tls_files_together(self) -> PlatformSettings:
+        if (self.tls_certfile is None) != (self.tls_keyfile is None):
+            raise ValueError("tls_certfile and tls_keyfile go together: both, or neither for plain HTTP")
+        if self.tls_ca_file is not None and self.tls_certfile is None:
+            raise ValueError("tls_ca_file needs tls_certfile and tls_keyfile: a CA is published only with TLS on")
+        return self
+
+    def tls_ca_pem(self) -> str | None:
+        """The certificate clients pin (PEM), when the API serves TLS and names one."""
+        return self.tls_ca_file.read_text() if self.tls_ca_file is not None else None
 
     @property
     def db_path(self) -> Path:

@@ -219,8 +219,9 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
         connection = client.cluster_connection(args.cluster_id)
     urls = {k: connection[k] for k in ("dashboard_url", "dashboard_proxy_url", "metrics_proxy_url")}
     if args.forward is not None:
+        signed_in = session.current_session()
         forward = dashboard_forward.DashboardForward(
-            urls["dashboard_proxy_url"], session.current_session().token, port=args.forward
+            urls["dashboard_proxy_url"], signed_in.token, port=args.forward, trust=signed_in.trust()
         )
         output.progress(
             f"the Ray dashboard of {args.cluster_id}, through the platform: {forward.url} "

@@ -11,6 +11,8 @@ import threading
 
 import httpx
 
+import dcluster
+
 TIMEOUT_S = 60.0
 _PASSED_RESPONSE_HEADERS = ("content-type", "content-encoding", "content-length", "etag", "last-modified")
 _PASSED_REQUEST_HEADERS = ("accept", "accept-encoding", "accept-language", "if-none-match", "if-modified-since")
@@ -19,9 +21,11 @@ _PASSED_REQUEST_HEADERS = ("accept", "accept-encoding", "accept-language", "if-n
 class DashboardForward:
     """A local HTTP server: GET /<path> → GET <proxy_url><path> with `Authorization: Bearer <token>`."""
 
-    def __init__(self, proxy_url: str, token: str, *, port: int = 0):
+    def __init__(self, proxy_url: str, token: str, *, port: int = 0, trust: dcluster.Trust | None = None):
         base = proxy_url if proxy_url.endswith("/") else proxy_url + "/"
-        http_client = httpx.Client(timeout=TIMEOUT_S, trust_env=False)
+        # The platform's certificate is checked as every other call of the CLI checks it (the pinned CA).
+        verify = (trust or dcluster.Trust()).verify()
+        http_client = httpx.Client(timeout=TIMEOUT_S, trust_env=False, verify=verify)
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.0"  # one request a connection: the body ends when it closes

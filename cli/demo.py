@@ -162,7 +162,8 @@ def _buyer_client(url: str, state_dir: Path) -> dcluster.Client:
         raise platform_errors.PlatformError(
             f"no password for {accounts.BUYER_USERNAME} in {store.path}; use a fresh --state-dir"
         )
-    client = session.new_client(url)
+    record = state.Layout(state_dir).load() or {}
+    client = session.new_client(url, state.local_trust(record) if record else None)
     client.login(accounts.BUYER_USERNAME, password)  # keeps the password: renews the token on a 401
     return client
 

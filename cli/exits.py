@@ -61,6 +61,8 @@ def exit_code_for(exc: BaseException) -> Exit:
         return HTTP_EXIT.get(exc.status_code, Exit.ERROR)
     if isinstance(exc, dcluster.PlatformUnreachable):
         return Exit.UNREACHABLE
+    if isinstance(exc, dcluster.InsecureTransport):
+        return Exit.USAGE
     return Exit.ERROR
 
 

@@ -13,6 +13,7 @@ import dcluster
 from cli import exits, output, session
 from cli.exits import CliError, Exit
 from dcl_core import domain
+from dcluster import tls as client_tls
 
 _guarded = exits.guarded()
 
@@ -33,6 +34,34 @@ def _read_password(args: argparse.Namespace) -> str:
     )
 
 
+def _trust(url: str, args: argparse.Namespace, previous: session.Session | None) -> dcluster.Trust:
+    """The certificate authority to pin: the one whose fingerprint the user gave (checked against what the
+    platform publishes), the one first seen when told --trust-on-first-use, the last session's for the same URL;
+    else the system's trust store."""
+    if args.fingerprint and args.trust_on_first_use:
+        raise CliError("--fingerprint and --trust-on-first-use exclude each other: give one", Exit.USAGE)
+    if not url.startswith("https://"):
+        if args.fingerprint or args.trust_on_first_use:
+            raise CliError(f"{url} is plain HTTP: a certificate fingerprint means nothing there", Exit.USAGE)
+        return dcluster.Trust()
+    if args.fingerprint:
+        try:
+            expected = client_tls.parse_fingerprint(args.fingerprint)
+        except ValueError as exc:
+            raise CliError(f"--fingerprint: {exc}", Exit.USAGE) from None
+        return dcluster.Trust(ca_pem=client_tls.fetch_ca(url, expected=expected))
+    if args.trust_on_first_use:
+        ca_pem = client_tls.fetch_ca(url, expected=None)
+        output.progress(
+            f"trusting {url}'s certificate authority {client_tls.fingerprint(ca_pem)} on first use: "
+            "compare it with what the platform's operator gave you"
+        )
+        return dcluster.Trust(ca_pem=ca_pem)
+    if previous is not None and previous.url == url.rstrip("/") and previous.ca_pem:
+        return previous.trust()
+    return dcluster.Trust()
+
+
 @_guarded
 def cmd_login(args: argparse.Namespace) -> int:
     try:
@@ -45,8 +74,12 @@ def cmd_login(args: argparse.Namespace) -> int:
     args.username = args.username or (previous.username if previous else None)
     if not args.username:
         raise CliError("no username: pass --username NAME", Exit.USAGE)
+    same_platform = previous is not None and previous.url == url.rstrip("/")
+    insecure = args.insecure or (same_platform and previous is not None and previous.insecure)
+    client_tls.refuse_plain_http(url, insecure=insecure)
+    trust = _trust(url, args, previous)
     password = _read_password(args)
-    with session.new_client(url) as client:
+    with session.new_client(url, trust) as client:
         try:
             body = client.request(
                 "POST", "/v1/token", auth=False, data={"username": args.username, "password": password}
@@ -67,14 +100,17 @@ def cmd_login(args: argparse.Namespace) -> int:
         token=token,
         expires_at=time.time() + float(body.get("expires_in") or 1800),
         role=role,
+        ca_pem=trust.ca_pem,
+        insecure=insecure,
     )
     path = session.save_session(saved)
     if args.json:
         output.print_json({**saved.public(), "session_file": str(path)})
     else:
+        pinned = f"; certificate authority {trust.fingerprint} pinned" if trust.ca_pem else ""
         print(
             f"signed in to {saved.url} as {saved.username} ({role}); "
-            f"session valid until {output.clock_time(saved.expires_at)}"
+            f"session valid until {output.clock_time(saved.expires_at)}{pinned}"
         )
     if role is not None and role not in [r.value for r in domain.Role if r.may_hold_clusters()]:
         output.progress(f"note: {saved.username} is a {role} account; cluster commands need a buyer account")
@@ -97,9 +133,26 @@ def add_login(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("login", **exits.parser_kw("sign in to a platform and keep the session (never the password)"))
     p.add_argument(
         "--url",
-        help="the platform's API URL, e.g. http://127.0.0.1:8000 (default: $DCLUSTER_URL, else the last session's)",
+        help="the platform's API URL, e.g. https://platform.example.com:8000 "
+        "(default: $DCLUSTER_URL, else the last session's)",
     )
     p.add_argument("--username", help="account name (default: the last session's)")
+    p.add_argument(
+        "--fingerprint",
+        metavar="SHA256:HEX",
+        help="the platform's certificate authority fingerprint (`dcluster up`/`dcluster status` print it): "
+        "checked now, then pinned with the session; every later call must present a certificate it issued",
+    )
+    p.add_argument(
+        "--trust-on-first-use",
+        action="store_true",
+        help="pin whatever certificate authority the platform presents now (prints its fingerprint to compare)",
+    )
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow plain http:// to another machine (the password and tokens cross the network unencrypted)",
+    )
     p.add_argument(
         "--password-file", help="read the password from this file (- for stdin); else $DCLUSTER_PASSWORD, else a prompt"
     )

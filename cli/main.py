@@ -45,6 +45,22 @@ def _add_up(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--providers", type=int, default=0, help="local provider agents to start (default 0)")
     p.add_argument("--port", type=int, default=8000, help="HTTP port of the API (default 8000)")
     p.add_argument("--host", default="127.0.0.1", help="address the API binds to (default 127.0.0.1)")
+    p.add_argument(
+        "--public-url",
+        default=None,
+        metavar="URL",
+        help="the one address the platform hands out (agents, sub-clusters' autoscalers, connection details, "
+        "logins), e.g. https://platform.example.com:8000; https makes the API serve TLS, with a certificate "
+        "authority of the platform's own unless --tls-cert is given (default: the last `up`'s, else the "
+        "api_url in serve.yaml, else the local address)",
+    )
+    p.add_argument("--tls-cert", type=Path, default=None, metavar="FILE", help="an operator's certificate chain (PEM)")
+    p.add_argument("--tls-key", type=Path, default=None, metavar="FILE", help="its private key (PEM, mode 0600)")
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow a plain-HTTP --public-url that other machines reach (passwords and tokens unencrypted)",
+    )
     p.add_argument("--heartbeat-s", type=float, default=5.0, help="agents' heartbeat interval (default 5)")
     p.add_argument(
         "--agent-cpus", type=int, default=None, help="Local agents offer N logical CPUs each (default: detected)"
@@ -118,6 +134,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         redis=args.redis,
         join=args.join,
         api_replicas=args.api_replicas,
+        public_url=args.public_url,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        insecure=args.insecure,
     )
     result = launcher.up()
     print("\n".join(result.lines()))
@@ -161,6 +181,11 @@ def _format_status(st: dict) -> list[str]:
         return [st["message"]]
     lines = [
         f"platform: {st['status']}  ({st['api_url']}, healthz {'ok' if st['healthz'] else 'failing'})",
+        f"  public URL: {st['public_url']}",
+    ]
+    if st.get("tls_fingerprint"):
+        lines.append(f"  TLS CA fingerprint: {st['tls_fingerprint']}")
+    lines += [
         f"  state dir: {st['state_dir']}",
         f"  Ray GCS:   {st['ray_gcs_address']}  temp dir {st['temp_dir']}",
     ]

@@ -12,6 +12,7 @@ import dcluster
 from cli import output
 from cli.exits import CliError, Exit
 from dcl_core import secret_files
+from dcluster import tls as client_tls
 
 SESSION_FILE = "session.json"
 # Seconds before a token's expiry at which the CLI stops using it (clock skew, slow calls).
@@ -25,13 +26,26 @@ class Session:
     token: str
     expires_at: float
     role: str | None = None
+    # The platform's certificate authority, pinned at login (its fingerprint checked then); None: plain HTTP
+    # to this machine, or a certificate the system's trust store accepts.
+    ca_pem: str | None = None
+    insecure: bool = False  # plain HTTP to another machine, as the user asked at login
+
+    def trust(self) -> dcluster.Trust:
+        return dcluster.Trust(ca_pem=self.ca_pem)
 
     def expired(self, now: float) -> bool:
         return now >= self.expires_at - EXPIRY_MARGIN_S
 
     def public(self) -> dict:
         """What may be printed: everything but the token."""
-        return {"url": self.url, "username": self.username, "role": self.role, "expires_at": self.expires_at}
+        return {
+            "url": self.url,
+            "username": self.username,
+            "role": self.role,
+            "expires_at": self.expires_at,
+            "tls_fingerprint": self.trust().fingerprint,
+        }
 
 
 def config_dir() -> Path:
@@ -57,6 +71,8 @@ def read_session() -> Session | None:
             token=data["token"],
             expires_at=float(data["expires_at"]),
             role=data.get("role"),
+            ca_pem=data.get("ca_pem"),
+            insecure=bool(data.get("insecure", False)),
         )
     except FileNotFoundError:
         return None
@@ -84,14 +100,16 @@ def current_session(now: float | None = None) -> Session:
     return session
 
 
-def new_client(base_url: str) -> dcluster.Client:
+def new_client(base_url: str, trust: dcluster.Trust | None = None) -> dcluster.Client:
     """Every command's HTTP client (tests replace this factory with one on a mock transport)."""
-    return dcluster.Client(base_url)
+    return dcluster.Client(base_url, trust=trust)
 
 
 def signed_in_client() -> dcluster.Client:
-    """A client with the saved session's token; CliError(AUTH) when there is none or it expired."""
+    """A client with the saved session's token and pinned certificate; CliError(AUTH) when there is none or
+    it expired."""
     session = current_session()
-    client = new_client(session.url)
+    client_tls.refuse_plain_http(session.url, insecure=session.insecure)
+    client = new_client(session.url, session.trust())
     client.set_token(session.token)
     return client

@@ -10,6 +10,9 @@ from dcl_core import domain, ids, protocol, quota_limits
 
 Strict = domain.StrictModel
 
+# Where the platform publishes its TLS certificate authority (PEM), for clients to check against a fingerprint.
+TLS_CA_PATH = "/v1/tls/ca.pem"
+
 
 # Bounds of numbers that reach SQLite (a signed 64-bit INTEGER) or date arithmetic.
 MAX_SQL_INT = 2**63 - 1

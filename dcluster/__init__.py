@@ -8,15 +8,26 @@ with dcluster.Client("http://127.0.0.1:8000") as client:
 
 from dcluster.backoff import Backoff
 from dcluster.client import Client, PlatformApi, Probe
-from dcluster.errors import ApiError, ClientError, PlatformUnreachable, is_transient
+from dcluster.errors import (
+    ApiError,
+    ClientError,
+    InsecureTransport,
+    PlatformUnreachable,
+    UntrustedPlatform,
+    is_transient,
+)
+from dcluster.tls import Trust
 
 __all__ = [
     "ApiError",
     "Backoff",
     "Client",
     "ClientError",
+    "InsecureTransport",
     "PlatformApi",
     "PlatformUnreachable",
     "Probe",
+    "Trust",
+    "UntrustedPlatform",
     "is_transient",
 ]

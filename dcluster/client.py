@@ -15,7 +15,7 @@ from urllib.parse import quote
 import httpx
 
 from dcl_core import api, domain, protocol
-from dcluster import errors
+from dcluster import errors, tls
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +108,8 @@ class PlatformApi(Protocol):
 class Client:
     """All calls to the platform's HTTP API go through here; never logs a password or token.
 
-    `token`: a JWT to send from the start (a saved session's); else `login` gets one.
+    `token`: a JWT to send from the start (a saved session's); else `login` gets one. `trust`: the pinned
+    certificate authority of an https platform (default: the system's trust store).
     """
 
     def __init__(
@@ -118,13 +119,16 @@ class Client:
         token: str | None = None,
         timeout_s: float = 10.0,
         transport: httpx.BaseTransport | None = None,
+        trust: tls.Trust | None = None,
     ):
         self.base_url = base_url.rstrip("/")
+        self.trust = trust or tls.Trust()
         self._timeout = httpx.Timeout(timeout_s)
         self._http = httpx.Client(
             base_url=self.base_url,
             timeout=self._timeout,
             transport=transport,
+            verify=self.trust.verify(),
             headers={"User-Agent": USER_AGENT},
         )
         self._token = token
@@ -151,11 +155,20 @@ class Client:
             **kw.pop("headers", {}),
             **({"Authorization": f"Bearer {token}"} if token else {}),
         }
+        extensions = self.trust.request_extensions()
         try:
             resp = self._http.request(
-                method, path, headers=headers, timeout=timeout if timeout is not None else self._timeout, **kw
+                method,
+                path,
+                headers=headers,
+                timeout=timeout if timeout is not None else self._timeout,
+                extensions=extensions,
+                **kw,
             )
         except httpx.TransportError as exc:  # connect/read/write errors and timeouts
+            failure = tls.verification_failure(exc)
+            if failure is not None:
+                raise tls.untrusted(self.base_url, self.trust, failure) from None
             raise errors.PlatformUnreachable(f"{method} {self.base_url}{path}: {type(exc).__name__}: {exc}") from None
         logger.debug("%s %s -> %d", method, path, resp.status_code)
         return resp

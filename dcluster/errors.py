@@ -28,6 +28,15 @@ class PlatformUnreachable(ClientError):
     """No HTTP answer at all: connection refused, DNS failure, timeout."""
 
 
+class UntrustedPlatform(ClientError):
+    """The server is not the platform the client trusts: a wrong fingerprint or a certificate the pinned
+    authority did not issue. Never retried: waiting does not make it the right server."""
+
+
+class InsecureTransport(ClientError):
+    """Plain HTTP to another machine without --insecure."""
+
+
 def is_transient(exc: BaseException) -> bool:
     """A brief hiccup of the platform (unreachable, 5xx, 408, 429), not a refusal."""
     return isinstance(exc, PlatformUnreachable) or (isinstance(exc, ApiError) and exc.is_transient)

@@ -9,14 +9,15 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from ray import serve
 
 from actors import actor_classes
 from actors.clusters import cluster_api
 from actors.db import cluster_store
 from actors.settings import PlatformSettings
-from dcl_core import protocol
+from dcl_core import api, protocol
+from dcl_core import errors as errors_core
 from serve_app import (
     actor_handles,
     api_metrics,
@@ -69,11 +70,13 @@ def create_app(
     *,
     trusted_proxy_hops: int = 0,
     cluster_db: Callable[[], cluster_store.ClusterStore | None] = lambda: None,
+    tls_ca_pem: str | None = None,
 ) -> FastAPI:
     """The FastAPI app, bound to the control-plane actor handles it forwards to (or stand-ins with the same
     `method.remote(...)`; serve_app.actor_handles types their methods). cluster_db: the platform's
     database once this replica can reach it: cluster reads are then answered from it here, without the
-    ClusterManager's hop (the same queries and view: actors.clusters.cluster_api.read_clusters)."""
+    ClusterManager's hop (the same queries and view: actors.clusters.cluster_api.read_clusters). tls_ca_pem: the
+    certificate clients pin, published at api.TLS_CA_PATH."""
     app = FastAPI(
         title="decentralized-clusters",
         version="0.1.0",
@@ -121,6 +124,14 @@ def create_app(
     app.include_router(routes_clusters.node_router, responses=answers(401, 403, 404, 409))
     console.install(app)  # the web console at /
 
+    @app.get(api.TLS_CA_PATH, tags=["health"], response_class=PlainTextResponse, responses=answers(404))
+    async def tls_ca() -> PlainTextResponse:
+        """The certificate authority clients pin (PEM): they check its SHA-256 against the fingerprint the
+        operator gave them before trusting it. 404 on a platform without TLS of its own."""
+        if tls_ca_pem is None:
+            raise errors_core.NotFound("this platform serves no certificate authority of its own (no TLS, or none set)")
+        return PlainTextResponse(tls_ca_pem, media_type="application/x-pem-file")
+
     @app.get("/healthz", tags=["health"], responses=answers(), response_model=None)
     async def healthz() -> JSONResponse | dict[str, str | int]:
         """200 once the control plane has recovered its state and answers; 503 naming what is still starting."""
@@ -151,10 +162,17 @@ class PlatformAPI:
             handles[actor_classes.CLUSTER_MANAGER_NAME],
             trusted_proxy_hops=settings.trusted_proxy_hops,
             cluster_db=_database_here(settings),
+            tls_ca_pem=settings.tls_ca_pem(),
         )
         self._listener: listener.Listener | None = None
         if settings.listen_port is not None:  # the replica serves HTTP itself, without Serve's proxy
-            self._listener = listener.Listener(self._app, settings.listen_host, settings.listen_port)
+            self._listener = listener.Listener(
+                self._app,
+                settings.listen_host,
+                settings.listen_port,
+                ssl_certfile=str(settings.tls_certfile) if settings.tls_certfile else None,
+                ssl_keyfile=str(settings.tls_keyfile) if settings.tls_keyfile else None,
+            )
             await self._listener.start()
 
     def __serve_build_asgi_app__(self) -> FastAPI:

@@ -56,7 +56,15 @@ class Listener:
     Its own loop: Serve runs user code on a plain asyncio loop shared with Serve's own work; uvloop
     and no sharing halve the CPU of the HTTP path. The app's actor calls are awaited on this loop."""
 
-    def __init__(self, app: ASGIApp, host: str, port: int):
+    def __init__(
+        self,
+        app: ASGIApp,
+        host: str,
+        port: int,
+        *,
+        ssl_certfile: str | None = None,
+        ssl_keyfile: str | None = None,
+    ):
         self.host, self.port = host, port
         self._server = _Server(
             uvicorn.Config(
@@ -70,6 +78,10 @@ class Listener:
                 # The caller's address is the TCP peer; X-Forwarded-For counts only through the app's
                 # trusted_proxy_hops (deps.client_address). uvicorn's default would believe it from loopback.
                 proxy_headers=False,
+                # TLS on the API itself (dcluster up's own CA, or an operator's certificate): uvicorn wraps the
+                # bound socket, so the listener stays the only HTTP path.
+                ssl_certfile=ssl_certfile,
+                ssl_keyfile=ssl_keyfile,
             )
         )
         self._socket: socket.socket | None = None

@@ -51,9 +51,11 @@ class CredentialStore:
         state.write_json(self.path, data)
         return password, True
 
-    def set_url(self, url: str) -> None:
+    def set_url(self, url: str, fingerprint: str | None = None) -> None:
+        """Where these accounts sign in, and the certificate fingerprint to pin there (None: plain HTTP)."""
         data = self._load()
         data["platform_url"] = url
+        data["tls_fingerprint"] = fingerprint
         state.write_json(self.path, data)
 
 
@@ -88,10 +90,12 @@ def _ensure_account(client: dcluster.Client, store: CredentialStore, username: s
         return False
 
 
-def ensure_accounts(client: dcluster.Client, layout: state.Layout, *, providers: int, api_url: str) -> set[int]:
+def ensure_accounts(
+    client: dcluster.Client, layout: state.Layout, *, providers: int, api_url: str, fingerprint: str | None = None
+) -> set[int]:
     """Every local account, made where missing; returns the indexes of the provider accounts made now."""
     store = CredentialStore(layout.credentials_json)
-    store.set_url(api_url)
+    store.set_url(api_url, fingerprint)
     made_now: set[int] = set()
     for i in range(1, providers + 1):
         if _ensure_account(client, store, provider_username(i), domain.Role.PROVIDER.value):

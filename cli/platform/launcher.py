@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import logging
 import os
 import re
@@ -11,39 +10,15 @@ import time
 from pathlib import Path
 
 import dcluster
-from cli.platform import accounts, local_agents, probes, ray_node, serve_deploy, state
+from cli.platform import accounts, local_agents, probes, public, ray_node, serve_deploy, state, up_result
 from cli.platform.errors import PlatformError
 from dcl_core import ray_ports, secret_files
+from dcluster import tls as client_tls
 from worker import procs
 
 logger = logging.getLogger(__name__)
 
 ROLE_HEAD, ROLE_MEMBER = "head", "member"
-
-
-@dataclasses.dataclass
-class UpResult:
-    already_running: bool
-    api_url: str
-    docs_url: str
-    state_dir: Path
-    admin_credentials: Path
-    credentials: Path
-    agent_logs: list[Path]
-    ray_dashboard_url: str
-    timings_s: dict[str, float]
-
-    def lines(self) -> list[str]:
-        head = "platform already running" if self.already_running else "platform is up"
-        out = [
-            f"{head}: {self.api_url}",
-            f"  API docs:          {self.docs_url}",
-            f"  admin credentials: {self.admin_credentials}",
-            f"  local accounts:    {self.credentials}",
-            f"  Ray dashboard:     {self.ray_dashboard_url}",
-        ]
-        out += [f"  agent log:         {p}" for p in self.agent_logs]
-        return out
 
 
 class PlatformLauncher:
@@ -64,10 +39,14 @@ class PlatformLauncher:
         redis: str | None = None,
         join: str | None = None,
         api_replicas: int | None = None,
+        public_url: str | None = None,
+        tls_cert: Path | None = None,
+        tls_key: Path | None = None,
+        insecure: bool = False,
     ):
         if providers < 0:
             raise PlatformError("--providers must be >= 0")
-        if providers and not _is_loopback(host):
+        if providers and not client_tls.is_loopback_host(host):
             raise PlatformError(
                 f"--providers runs provider agents on this machine, beside the platform and its secrets; that is "
                 f"for a platform only this machine can reach. With --host {host} the API is reachable from "
@@ -80,6 +59,8 @@ class PlatformLauncher:
         self.port = port
         self.host = host
         self.providers = providers
+        self.public_url = public.check_url(public_url) if public_url else None
+        self.tls_cert, self.tls_key, self.insecure = tls_cert, tls_key, insecure
         self.heartbeat_s = heartbeat_s
         self.agent_gpus = agent_gpus
         self.agent_cpus = agent_cpus
@@ -110,7 +91,7 @@ class PlatformLauncher:
 
     # --- up ------------------------------------------------------------------------------
 
-    def up(self) -> UpResult:
+    def up(self) -> up_result.UpResult:
         secret_files.ensure_private_dir(self.state_dir)
         with state.state_lock(self.state_dir):
             record = self.layout.load()
@@ -120,7 +101,7 @@ class PlatformLauncher:
                 self._stop_leftovers(record)
             if self.join:
                 return self._join()
-            return self._start(self._recovering(record))
+            return self._start(self._recovering(record), recorded=record)
 
     def _recovering(self, record: dict | None) -> dict | None:
         """The previous head's record when this head restarts on the same Redis: its GCS must come back at the
@@ -131,12 +112,14 @@ class PlatformLauncher:
             return None
         return record
 
-    def _already_running(self, record: dict) -> UpResult:
+    def _already_running(self, record: dict) -> up_result.UpResult:
         logger.info("platform already running (owner tag %s)", record["owner_tag"])
         if record.get("host") != self.host or record.get("port") != self.port:
             logger.warning(
                 "it listens on %s:%s; run `dcluster down` first to change that", record.get("host"), record.get("port")
             )
+        if self.public_url and self.public_url != state.public_url(record):
+            logger.warning("it is reached at %s; run `dcluster down` first to change that", state.public_url(record))
         if len(record.get("agents", [])) != self.providers:
             logger.warning(
                 "it runs %d local agents, not %d; run `dcluster down` first to change that",
@@ -175,7 +158,7 @@ class PlatformLauncher:
         logger.info("start failed; stopping what was started")
         self._stop_leftovers(record)
 
-    def _start(self, previous: dict | None = None) -> UpResult:
+    def _start(self, previous: dict | None = None, *, recorded: dict | None = None) -> up_result.UpResult:
         t0 = time.monotonic()
         timings: dict[str, float] = {}
         # A restarted head's HTTP port may be served meanwhile by the proxy of another platform node on this machine.
@@ -202,8 +185,20 @@ class PlatformLauncher:
             # The dead head's address file: with a joined node on this machine whose processes name that GCS
             # address, `ray start` would take the head for still running and refuse.
             (temp_dir / ray_node.RAY_ADDRESS_FILE).unlink(missing_ok=True)
+        endpoint = public.prepare(
+            self.layout,
+            requested_url=self.public_url,
+            recorded=recorded,
+            template_url=serve_deploy.template_api_url(serve_deploy.SERVE_TEMPLATE.read_text()),
+            host=self.host,
+            port=self.port,
+            tls_cert=self.tls_cert,
+            tls_key=self.tls_key,
+            insecure=self.insecure,
+        )
         record = self._new_record(ROLE_HEAD, ports, temp_dir)
         record.update(
+            **endpoint.to_record(),
             redis=self.redis,
             shared_database=self.shared_database,
             providers=self.providers,
@@ -228,12 +223,16 @@ class PlatformLauncher:
             self.layout.save(record)
             timings["ray_head"] = round(time.monotonic() - t0, 1)
             t1 = time.monotonic()
-            self._deploy_serve(record, env, ports, temp_dir)
+            self._deploy_serve(record, env, ports, temp_dir, public.serve_settings(endpoint))
             timings["serve"] = round(time.monotonic() - t1, 1)
-            with dcluster.Client(state.api_url(record)) as client:
+            with dcluster.Client(state.api_url(record), trust=state.local_trust(record)) as client:
                 accounts.login_admin(client, self.layout)
                 made_now = accounts.ensure_accounts(
-                    client, self.layout, providers=self.providers, api_url=state.api_url(record)
+                    client,
+                    self.layout,
+                    providers=self.providers,
+                    api_url=state.public_url(record),
+                    fingerprint=state.tls_fingerprint(record),
                 )
                 t2, agents_started = time.monotonic(), time.time()
                 local_agents.start_agents(
@@ -258,19 +257,27 @@ class PlatformLauncher:
         timings["total"] = round(time.monotonic() - t0, 1)
         return self._result(record, already_running=False, timings=timings)
 
-    def _deploy_serve(self, record: dict, env: dict, ports: ray_ports.RayPorts, temp_dir: Path) -> None:
+    def _deploy_serve(
+        self, record: dict, env: dict, ports: ray_ports.RayPorts, temp_dir: Path, endpoint_settings: dict
+    ) -> None:
         config = serve_deploy.patch_serve_config(
             serve_deploy.SERVE_TEMPLATE.read_text(),
             host=self.host,
             port=self.port,
             state_dir=self.state_dir,
             heartbeat_interval_s=self.heartbeat_s,
-            settings=self.settings,
+            settings={**self.settings, **endpoint_settings},
         )
         if self.shared_database:
             config = serve_deploy.every_node_serve(config, api_replicas=self.api_replicas)
         serve_deploy.deploy(
-            config, layout=self.layout, env=env, ports=ports, temp_dir=temp_dir, api_url=state.api_url(record)
+            config,
+            layout=self.layout,
+            env=env,
+            ports=ports,
+            temp_dir=temp_dir,
+            api_url=state.api_url(record),
+            trust=state.local_trust(record),
         )
 
     def _node_env(self, ports: ray_ports.RayPorts) -> dict:
@@ -279,7 +286,7 @@ class PlatformLauncher:
             env.update(ray_node.secret_key_env(os.environ, self.layout))
         return env
 
-    def _join(self) -> UpResult:
+    def _join(self) -> up_result.UpResult:
         """Another platform node: a raylet of its own (ports, temp dir, state dir) in the head's Ray cluster."""
         t0 = time.monotonic()
         if not self.layout.ray_auth_token.exists():
@@ -321,19 +328,8 @@ class PlatformLauncher:
         self.layout.save(record)
         return self._result(record, already_running=False, timings={"total": round(time.monotonic() - t0, 1)})
 
-    def _result(self, record: dict, *, already_running: bool, timings: dict) -> UpResult:
-        api_url = state.api_url(record)
-        return UpResult(
-            already_running=already_running,
-            api_url=api_url,
-            docs_url=f"{api_url}/docs",
-            state_dir=self.state_dir,
-            admin_credentials=self.layout.admin_credentials_json,
-            credentials=self.layout.credentials_json,
-            agent_logs=[Path(a["log"]) for a in record.get("agents", [])],
-            ray_dashboard_url=f"http://127.0.0.1:{record['ray_ports']['dashboard']}",
-            timings_s=timings,
-        )
+    def _result(self, record: dict, *, already_running: bool, timings: dict) -> up_result.UpResult:
+        return up_result.of(record, self.layout, already_running=already_running, timings=timings)
 
     # --- down ----------------------------------------------------------------------------
 
@@ -378,13 +374,3 @@ class PlatformLauncher:
     def status(self) -> dict:
         """What is recorded, what is alive, and what the API says (a dict; `dcluster status` prints it)."""
         return probes.collect(self.layout)
-
-
-def _is_loopback(host: str) -> bool:
-    """127.0.0.0/8, ::1 or localhost: an address only this machine reaches."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

@@ -42,7 +42,10 @@ def agent_command(
     gpus: int | None,
     cpus: int | None,
     runtime: str | None,
+    fingerprint: str | None = None,
+    insecure: bool = False,
 ) -> list[str]:
+    """The agent's command line; api_url is the platform's public URL, and fingerprint the certificate it pins."""
     cmd = [
         *install.venv_script("dcluster-agent"),
         "--platform-url",
@@ -63,6 +66,10 @@ def agent_command(
     ]
     if enroll:
         cmd += ["--enroll"]
+    if fingerprint is not None:
+        cmd += ["--fingerprint", fingerprint]
+    if insecure:
+        cmd += ["--insecure"]
     if gpus is not None:
         cmd += ["--gpus", str(gpus)]
     if cpus is not None:
@@ -100,7 +107,9 @@ def start_agents(
         password_file = agent_dir / "password"
         secret_files.write_secret_file(password_file, store.password(username) + "\n")
         cmd = agent_command(
-            api_url=state.api_url(record),
+            api_url=state.public_url(record),
+            fingerprint=state.tls_fingerprint(record),
+            insecure=bool(record.get("insecure")),
             index=i,
             password_file=password_file,
             agent_dir=agent_dir,

@@ -19,7 +19,7 @@ def is_running(record: dict | None) -> bool:
     head = record.get("head_processes") or []
     if not head or not all(ray_node.record_alive(r) for r in head):
         return False
-    return serve_deploy.healthy(state.api_url(record))
+    return serve_deploy.healthy(state.api_url(record), state.local_trust(record))
 
 
 def collect(layout: state.Layout) -> dict:
@@ -37,6 +37,8 @@ def collect(layout: state.Layout) -> dict:
         "recorded_status": record.get("status"),
         "owner_tag": record.get("owner_tag"),
         "api_url": url,
+        "public_url": state.public_url(record),  # what agents, sub-clusters and logins are given
+        "tls_fingerprint": state.tls_fingerprint(record),  # SHA-256 of the certificate clients pin
         "role": record.get("role", "head"),  # or "member": a node added with `dcluster up --join`
         "redis": record.get("redis"),  # the head's GCS fault tolerance, if any
         # A member's is the head's it joined.
@@ -59,10 +61,11 @@ def collect(layout: state.Layout) -> dict:
     if record.get("error"):
         out["error"] = record["error"]
     out["owned_processes"] = len(procs.owned_processes(record["owner_tag"])) if record.get("owner_tag") else 0
-    out["healthz"] = serve_deploy.healthy(url)
+    trust = state.local_trust(record)
+    out["healthz"] = serve_deploy.healthy(url, trust)
     out["status"] = _overall(out)
     if out["healthz"]:
-        out.update(_api_status(layout, url))
+        out.update(_api_status(layout, url, trust))
     return out
 
 
@@ -75,12 +78,12 @@ def _overall(out: dict) -> str:
     return state.STATUS_STOPPED
 
 
-def _api_status(layout: state.Layout, url: str) -> dict:
+def _api_status(layout: state.Layout, url: str, trust: dcluster.Trust) -> dict:
     creds = state.read_json(layout.admin_credentials_json)
     if not creds:
         return {"machines_error": f"no {layout.admin_credentials_json}"}
     out: dict[str, Any] = {}
-    with dcluster.Client(url) as api:
+    with dcluster.Client(url, trust=trust) as api:
         try:
             api.login(creds["username"], creds["password"])
             out["machines"] = [

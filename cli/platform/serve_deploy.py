@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import yaml
 
+import dcluster
 from cli.platform import install, log_tail, state, waiting
 from cli.platform.errors import PlatformError
 from dcl_core import protocol, ray_ports, secret_files
@@ -60,9 +61,20 @@ def patch_serve_config(
         args["listen_port"] = int(port)
         args["heartbeat_interval_s"] = float(heartbeat_interval_s)
         # Where provider machines (agents, sub-cluster autoscalers) reach the API.
-        args["api_url"] = api_url or f"http://{state.connect_host(host)}:{int(port)}"
+        # An operator's api_url in the template stands unless `up` names one (its --public-url).
+        args["api_url"] = api_url or args.get("api_url") or f"http://{state.connect_host(host)}:{int(port)}"
         args.update(settings or {})
     return config
+
+
+def template_api_url(text: str) -> str | None:
+    """The api_url an operator wrote among the platform app's args in the Serve config, if any."""
+    config = yaml.safe_load(text)
+    for app in (config or {}).get("applications") or [] if isinstance(config, dict) else []:
+        if isinstance(app, dict) and app.get("import_path") == SERVE_IMPORT_PATH:
+            url = (app.get("args") or {}).get("api_url")
+            return str(url) if url else None
+    return None
 
 
 def every_node_serve(config: dict, *, api_replicas: int) -> dict:
@@ -89,12 +101,10 @@ def dump_serve_config(config: dict) -> str:
 # --- deploying it -------------------------------------------------------------------------
 
 
-def healthy(url: str, timeout_s: float = 2.0) -> bool:
-    """GET <url>/healthz answers 200."""
-    try:
-        return httpx.get(f"{url}/healthz", timeout=timeout_s).status_code == 200
-    except httpx.HTTPError:
-        return False
+def healthy(url: str, trust: dcluster.Trust | None = None, timeout_s: float = 2.0) -> bool:
+    """GET <url>/healthz answers ok (over TLS: from a server holding the trusted certificate)."""
+    with dcluster.Client(url, trust=trust, timeout_s=timeout_s) as client:
+        return client.healthz()
 
 
 def _dashboard_get(dashboard_port: int, token_path: Path, path: str) -> httpx.Response:
@@ -137,7 +147,14 @@ def _serve_logs_tail(temp_dir: Path) -> str:
 
 
 def deploy(
-    config: dict, *, layout: state.Layout, env: dict, ports: ray_ports.RayPorts, temp_dir: Path, api_url: str
+    config: dict,
+    *,
+    layout: state.Layout,
+    env: dict,
+    ports: ray_ports.RayPorts,
+    temp_dir: Path,
+    api_url: str,
+    trust: dcluster.Trust | None = None,
 ) -> None:
     """`serve deploy` the config once the Ray dashboard answers, then wait for api_url/healthz; a failed
     deployment is reported as soon as the dashboard shows it, with Serve's log tails."""
@@ -176,7 +193,7 @@ def deploy(
     logger.info("waiting for %s/healthz", api_url)
 
     def ready() -> bool:
-        if healthy(api_url):
+        if healthy(api_url, trust):
             return True
         failed = _serve_app_failure(ports.dashboard, layout.ray_auth_token)
         if failed:

@@ -12,7 +12,9 @@ import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+import dcluster
 from cli.platform.errors import PlatformError
 from dcl_core import ids, secret_files
 
@@ -92,6 +94,11 @@ class Layout:
         return self.state_dir / "secret.key"
 
     @property
+    def tls_dir(self) -> Path:
+        """The platform's own certificate authority and server certificate (keys 0600)."""
+        return self.state_dir / "tls"
+
+    @property
     def home(self) -> Path:
         return self.state_dir / "home"
 
@@ -158,4 +165,27 @@ def connect_host(host: str) -> str:
 
 def api_url(record: dict) -> str:
     """Where a client on this machine reaches the recorded platform's API."""
-    return f"http://{connect_host(record['host'])}:{record['port']}"
+    scheme = "https" if record.get("tls") else "http"
+    return f"{scheme}://{connect_host(record['host'])}:{record['port']}"
+
+
+def public_url(record: dict) -> str:
+    """The one address the recorded platform hands out (agents, sub-clusters, connection details, logins)."""
+    return str(record.get("public_url") or api_url(record))
+
+
+def tls_fingerprint(record: dict) -> str | None:
+    """The SHA-256 fingerprint of the certificate clients pin, when the API serves TLS."""
+    tls = record.get("tls")
+    return str(tls["fingerprint"]) if tls else None
+
+
+def local_trust(record: dict) -> dcluster.Trust:
+    """How `up` and `status` trust the API they reach on this machine: the pinned certificate, and the public
+    host's name where an operator's certificate does not name this machine's loopback address."""
+    tls = record.get("tls")
+    if not tls:
+        return dcluster.Trust()
+    ca_pem = Path(tls["ca_file"]).read_text()
+    server_name = None if tls.get("own_ca") else urlsplit(public_url(record)).hostname
+    return dcluster.Trust(ca_pem=ca_pem, server_name=server_name)

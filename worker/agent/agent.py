@@ -254,7 +254,7 @@ class Agent:
             else:
                 self._outage.failed(stage, exc)
             return self._hb_backoff.next()
-        except dcluster.PlatformUnreachable as exc:
+        except (dcluster.PlatformUnreachable, dcluster.UntrustedPlatform) as exc:  # no answer it may believe
             self._outage.failed(stage, exc)
             return self._hb_backoff.next()
         except KeyRevoked as exc:

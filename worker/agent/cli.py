@@ -17,7 +17,7 @@ import dcluster
 from dcl_core import domain
 from dcluster import versions
 from worker.agent import agent as agent_mod
-from worker.agent import config_file, detect, doctor_run, env_options, fake_nvml, sandbox, service
+from worker.agent import config_file, detect, doctor_run, env_options, fake_nvml, platform_trust, sandbox, service
 from worker.agent import state as state_mod
 from worker.agent.sandbox import base as sandbox_base
 
@@ -75,6 +75,22 @@ def build_parser(
         action="store_true",
         help="Enroll this machine again with the password, replacing the agent key it keeps (after a "
         "revoke, or on a new platform)",
+    )
+    p.add_argument(
+        "--fingerprint",
+        metavar="SHA256:HEX",
+        help="The platform's certificate authority fingerprint (its operator publishes it): checked, then pinned "
+        "in machine.json; every later call must reach a server holding a certificate it issued",
+    )
+    p.add_argument(
+        "--trust-on-first-use",
+        action="store_true",
+        help="Pin whatever certificate authority the platform presents at the first start (logs its fingerprint)",
+    )
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="Allow a plain http:// platform on another machine (the password and the agent key unencrypted)",
     )
     p.add_argument("--name", help="Display name of this machine (default: hostname)")
     p.add_argument("--state-dir", type=Path, default=None, help="Where machine.json lives (default ~/.dcluster-agent)")
@@ -202,8 +218,11 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     if command == DOCTOR:
+        state_dir = args.state_dir if args.state_dir is not None else state_mod.default_state_dir()
         return doctor_run.run(
-            args, platform_client, nvml=fake_nvml.FakeNvml.from_json(fake_nvml_text) if fake_nvml_text else None
+            args,
+            lambda url: platform_client(url, state_dir),
+            nvml=fake_nvml.FakeNvml.from_json(fake_nvml_text) if fake_nvml_text else None,
         )
     if command == INSTALL_SERVICE:
         pristine = build_parser(INSTALL_SERVICE, environ={}, read_config=False)
@@ -281,7 +300,20 @@ def main(argv: list[str] | None = None) -> int:
         errors = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         parser.error(errors)  # pydantic's own text would echo the input, password included
 
-    client = platform_client(settings.platform_url)
+    try:
+        trust = platform_trust.resolve(
+            settings.platform_url,
+            settings.state_dir,
+            fingerprint=args.fingerprint,
+            trust_on_first_use=args.trust_on_first_use,
+            insecure=args.insecure,
+        )
+    except (ValueError, dcluster.InsecureTransport) as exc:
+        parser.error(str(exc))
+    except dcluster.ClientError as exc:
+        logger.error("%s", exc)
+        return 1
+    client = dcluster.Client(settings.platform_url, trust=trust)
     try:
         agent = agent_mod.Agent(client, settings)
     except OSError as exc:
@@ -312,9 +344,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def platform_client(platform_url: str) -> dcluster.Client:
-    """The agent's client of the platform (the doctor checks through the same)."""
-    return dcluster.Client(platform_url)
+def platform_client(platform_url: str, state_dir: Path) -> dcluster.Client:
+    """The client the doctor checks through: the agent's, trusting the certificate authority it pinned (if any)."""
+    return dcluster.Client(platform_url, trust=platform_trust.pinned(platform_url, state_dir))
 
 
 def _forget_agent_key(state_dir: Path) -> None:

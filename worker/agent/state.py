@@ -83,7 +83,8 @@ class AgentSettings(domain.StrictModel):
 
 class MachineState:
     """machine.json in the state dir (0600 in a 0700 dir, outside every lease's view): the stable
-    machine_key, the last machine id, and the machine's agent key once the provider's password enrolled it."""
+    machine_key, the last machine id, the machine's agent key once the provider's password enrolled it, and the
+    platform's certificate authority pinned at enrollment (PEM; None: plain HTTP or the system's trust store)."""
 
     def __init__(self, state_dir: Path):
         self.dir = Path(state_dir).expanduser()
@@ -97,6 +98,8 @@ class MachineState:
         self.machine_id: str | None = machine_id if isinstance(machine_id, str) else None
         agent_key = data.get("agent_key")
         self.agent_key: str | None = agent_key if isinstance(agent_key, str) and agent_key else None
+        platform_ca = data.get("platform_ca")
+        self.platform_ca: str | None = platform_ca if isinstance(platform_ca, str) and platform_ca else None
         if isinstance(key, str) and _KEY_RE.match(key):
             self.machine_key = key
         else:
@@ -122,7 +125,13 @@ class MachineState:
         secret_files.write_secret_file(
             self.path,
             json.dumps(
-                {"machine_key": self.machine_key, "machine_id": self.machine_id, "agent_key": self.agent_key}, indent=2
+                {
+                    "machine_key": self.machine_key,
+                    "machine_id": self.machine_id,
+                    "agent_key": self.agent_key,
+                    "platform_ca": self.platform_ca,
+                },
+                indent=2,
             )
             + "\n",
         )

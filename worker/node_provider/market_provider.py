@@ -38,8 +38,9 @@ _CACHE_FILE_RE = re.compile(r"ray-config-[0-9a-f]{64}")  # ray.autoscaler._priva
 class MarketNodeProvider(NodeProvider):
     """Nodes of one buyer cluster = leases the platform holds on providers' machines.
 
-    provider_config: `platform_url`, `cluster_id` (c-<12 hex>) and `token` (the cluster-scoped JWT),
-    as actors/backends/market/launcher_config.py renders them. Thread-safe: the v2 autoscaler calls it from
+    provider_config: `platform_url`, `cluster_id` (c-<12 hex>) and `token` (the cluster-scoped JWT), and for an
+    https platform with a certificate authority of its own `platform_ca` (PEM, pinned: the platform's chain must
+    end at it), as actors/backends/market/launcher_config.py renders them. Thread-safe: the v2 autoscaler calls it from
     several threads.
     """
 
@@ -55,7 +56,7 @@ class MarketNodeProvider(NodeProvider):
         platform_url, cluster_id, token = _settings(provider_config)
         self.cluster_id = cluster_id
         self._token = token
-        client = self.make_client(platform_url)
+        client = self.make_client(platform_url, dcluster.Trust(ca_pem=provider_config.get("platform_ca") or None))
         client.set_token(token)
         self.api = nodes_api.ClusterNodesApi(client, cluster_id, sleep=sleep)
         self._clock = clock
@@ -66,9 +67,9 @@ class MarketNodeProvider(NodeProvider):
         self._generation = 0  # bumped by every local change, so an older list never overwrites it
 
     @classmethod
-    def make_client(cls, platform_url: str) -> dcluster.Client:
+    def make_client(cls, platform_url: str, trust: dcluster.Trust) -> dcluster.Client:
         """The HTTP client; tests override this to plug in an httpx.MockTransport."""
-        return dcluster.Client(platform_url, timeout_s=nodes_api.REQUEST_TIMEOUT_S)
+        return dcluster.Client(platform_url, timeout_s=nodes_api.REQUEST_TIMEOUT_S, trust=trust)
 
     def __repr__(self) -> str:
         return f"MarketNodeProvider({self.cluster_id!r}, {self.api.client.base_url!r})"

@@ -38,7 +38,11 @@ class MarketBackend:
         principal = auth.Principal(row["owner_id"], "cluster-" + row["id"], domain.Role.BUYER, cluster_id=row["id"])
         token = self._tokens().issue(principal, ttl_s=max(ttl, 3600))
         return launcher_config.render_market_config(
-            cluster_id=row["id"], spec=spec, platform_url=self._settings.api_url, provider_token=token
+            cluster_id=row["id"],
+            spec=spec,
+            platform_url=self._settings.api_url,
+            provider_token=token,
+            platform_ca=self._settings.tls_ca_pem(),
         )
 
     def needs_launcher_teardown(self, leases: list[dict]) -> bool:

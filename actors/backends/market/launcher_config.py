@@ -21,12 +21,18 @@ _CLUSTER_ID_RE = re.compile(ids.CLUSTER_ID_PATTERN)
 
 
 def render_market_config(
-    *, cluster_id: str, spec: cluster_spec.ClusterSpec, platform_url: str, provider_token: str
+    *,
+    cluster_id: str,
+    spec: cluster_spec.ClusterSpec,
+    platform_url: str,
+    provider_token: str,
+    platform_ca: str | None = None,
 ) -> dict[str, Any]:
     """The launcher config for `create_or_update_cluster(config, no_config_cache=True)`.
 
     Head: CPU 0 / GPU 0 (buyers' work runs on workers). Workers: min = max = spec.num_workers, each
-    with spec's CPUs and GPUs (GPU left out when 0) and the label dcluster.io/cluster=<cluster id>.
+    with spec's CPUs and GPUs (GPU left out when 0) and the label dcluster.io/cluster=<cluster id>. platform_ca:
+    the certificate the node provider pins when platform_url is https (None: the system's trust store).
     """
     if not _CLUSTER_ID_RE.match(cluster_id):
         raise ValueError(f"cluster_id {cluster_id!r} is not a cluster id (c-<12 hex>)")
@@ -36,6 +42,8 @@ def render_market_config(
     config["cluster_name"] = cluster_id
     config["max_workers"] = spec.num_workers
     config["provider"].update(platform_url=platform_url.rstrip("/"), cluster_id=cluster_id, token=provider_token)
+    if platform_url.startswith("https://") and platform_ca:
+        config["provider"]["platform_ca"] = platform_ca
     worker = config["available_node_types"][WORKER_NODE_TYPE]
     worker["resources"] = {"CPU": spec.cpus_per_worker}
     if spec.gpus_per_worker:

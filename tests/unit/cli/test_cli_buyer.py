@@ -260,7 +260,9 @@ def fake(tmp_path, monkeypatch):
     monkeypatch.setenv("DCLUSTER_CONFIG_DIR", str(tmp_path / "cfg"))
     for var in ("DCLUSTER_PASSWORD", "DCLUSTER_URL", "XDG_CONFIG_HOME"):
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(session, "new_client", lambda url: dcluster.Client(url, transport=platform.transport()))
+    monkeypatch.setattr(
+        session, "new_client", lambda url, trust=None: dcluster.Client(url, transport=platform.transport())
+    )
     clock = FakeClock()
     monkeypatch.setattr(cluster_watch, "MONOTONIC", clock.monotonic)
     monkeypatch.setattr(cluster_watch, "SLEEP", clock.sleep)
@@ -277,7 +279,15 @@ def login(capsys, tmp_path) -> None:
     pw = tmp_path / "pw"
     pw.write_text(PASSWORD + "\n")
     code, _, err = run(
-        capsys, "login", "--url", "http://platform.test", "--username", "alice", "--password-file", str(pw)
+        capsys,
+        "login",
+        "--url",
+        "http://platform.test",
+        "--insecure",
+        "--username",
+        "alice",
+        "--password-file",
+        str(pw),
     )
     assert code == 0, err
 
@@ -355,7 +365,9 @@ def test_unreachable_platform_exits_7(fake, capsys, tmp_path, monkeypatch):
     def refuse(request):
         raise httpx.ConnectError("connection refused", request=request)
 
-    monkeypatch.setattr(session, "new_client", lambda url: dcluster.Client(url, transport=httpx.MockTransport(refuse)))
+    monkeypatch.setattr(
+        session, "new_client", lambda url, trust=None: dcluster.Client(url, transport=httpx.MockTransport(refuse))
+    )
     code, out, err = run(capsys, "cluster", "list")
     assert code == 7 and out == ""
     assert "unreachable" in err
@@ -396,7 +408,7 @@ def test_login_keeps_a_private_session_and_never_prints_secrets(fake, capsys, tm
 
 def test_login_password_sources(fake, capsys, monkeypatch):
     monkeypatch.setenv("DCLUSTER_PASSWORD", PASSWORD)
-    code, out, err = run(capsys, "login", "--url", "http://platform.test/", "--username", "alice")
+    code, out, err = run(capsys, "login", "--url", "http://platform.test/", "--insecure", "--username", "alice")
     assert code == 0, err
     assert "signed in to http://platform.test as alice" in out and PASSWORD not in out + err
     monkeypatch.setenv("DCLUSTER_PASSWORD", "not-the-password")

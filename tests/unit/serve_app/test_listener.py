@@ -1,9 +1,14 @@
+import asyncio
 import socket
 
 import httpx
 import pytest
 from fastapi import FastAPI, Request
+from fastapi.testclient import TestClient
 
+from cli.platform import tls
+from dcluster import tls as client_tls
+from serve_app import app as app_mod
 from serve_app import listener
 from worker import procs
 
@@ -65,3 +70,28 @@ async def test_a_client_cannot_name_its_own_address_with_forwarded_headers():
     finally:
         await server.stop()
     assert seen == {"host": "127.0.0.1"}
+
+
+async def test_the_api_serves_tls_and_publishes_the_ca_clients_pin(tmp_path):
+    """The platform's own listener with `up`'s certificate: a client pins the CA by fingerprint and talks to the
+    real app over TLS; plain HTTP gets no answer; an app without a CA of its own answers 404 for it."""
+    files = tls.own_ca_files(tls.TlsDir(tmp_path / "tls"), "127.0.0.1")
+    ca_pem = files.ca_file.read_text()
+    port = procs.free_port()
+    app = app_mod.create_app(None, None, tls_ca_pem=ca_pem)
+    server = listener.Listener(app, "127.0.0.1", port, ssl_certfile=str(files.certfile), ssl_keyfile=str(files.keyfile))
+    await server.start()
+    try:
+        url = f"https://127.0.0.1:{port}"
+        pinned = await asyncio.to_thread(client_tls.fetch_ca, url, expected=files.fingerprint)
+        assert pinned == ca_pem
+        async with httpx.AsyncClient(verify=client_tls.Trust(ca_pem=pinned).verify()) as client:
+            assert (await client.get(f"{url}/docs")).status_code == 200
+        async with httpx.AsyncClient() as plain:
+            with pytest.raises(httpx.HTTPError):
+                await plain.get(f"http://127.0.0.1:{port}/docs")
+    finally:
+        await server.stop()
+    with TestClient(app_mod.create_app(None, None)) as no_ca:
+        answer = no_ca.get("/v1/tls/ca.pem")
+    assert answer.status_code == 404 and "no certificate authority" in answer.json()["detail"]

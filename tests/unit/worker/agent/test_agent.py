@@ -193,7 +193,12 @@ def test_machine_id_is_saved_after_registration(tmp_path):
     agent = make_agent(tmp_path)
     agent.heartbeat_step()
     data = json.loads((tmp_path / "state" / "machine.json").read_text())
-    assert data == {"machine_key": agent.machine_key, "machine_id": "m-1", "agent_key": "dcm.m-1.key1"}
+    assert data == {
+        "machine_key": agent.machine_key,
+        "machine_id": "m-1",
+        "agent_key": "dcm.m-1.key1",
+        "platform_ca": None,
+    }
     assert stat.S_IMODE((tmp_path / "state" / "machine.json").stat().st_mode) == 0o600
 
 

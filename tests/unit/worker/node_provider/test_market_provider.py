@@ -24,6 +24,7 @@ from ray.autoscaler.tags import (
 )
 
 import dcluster
+from tests import tls_server
 from tests.protocols import assert_implements
 from worker.node_provider import command_runner, market_provider, nodes_api
 
@@ -120,7 +121,7 @@ def platform(monkeypatch):
     monkeypatch.setattr(
         market_provider.MarketNodeProvider,
         "make_client",
-        classmethod(lambda cls, url: dcluster.Client(url, transport=httpx.MockTransport(fake.handle))),
+        classmethod(lambda cls, url, trust: dcluster.Client(url, transport=httpx.MockTransport(fake.handle))),
     )
     return fake
 
@@ -500,3 +501,19 @@ def test_tokens_never_reach_the_logs(provider, platform, caplog, capsys):
     shown = caplog.text + capsys.readouterr().out + capsys.readouterr().err + str(info.value) + str(refused.value)
     assert "provider: token" in shown and "RAY_AUTH_TOKEN=***" in shown  # the output is there, redacted
     assert TOKEN not in shown and ray_token not in shown
+
+
+def test_an_https_platform_is_reached_only_through_the_ca_in_the_provider_config():
+    """The sub-cluster head's autoscaler: with platform_ca (as the platform renders it) the real platform
+    answers; a server holding another CA's certificate at that address is refused, never retried."""
+    platform_ca, attacker_ca = tls_server.Authority.make("platform CA"), tls_server.Authority.make("attacker CA")
+    with tls_server.running(platform_ca) as server:
+        config = {"platform_url": server.url, "cluster_id": CID, "token": TOKEN, "platform_ca": platform_ca.ca_pem}
+        provider = market_provider.MarketNodeProvider(config, CID)
+        assert provider.api.client.trust.ca_pem == platform_ca.ca_pem
+        assert provider.api.client.healthz()
+        server.serve(attacker_ca)
+        attacked = market_provider.MarketNodeProvider(config, CID)
+        with pytest.raises(dcluster.UntrustedPlatform, match="pinned certificate authority"):
+            attacked.api.client.request("GET", "/healthz", auth=False)
+        assert not dcluster.is_transient(dcluster.UntrustedPlatform("refused"))

@@ -81,9 +81,23 @@ def test_provider_block_and_identity():
         "platform_url": "https://platform.example:8443",
         "cluster_id": CID,
         "token": TOKEN,
+        "platform_ca": None,
         DISABLE_LAUNCH_CONFIG_CHECK_KEY: True,
     }
     assert config["auth"] == {"ssh_user": "dcluster"}
+
+
+def test_an_https_platform_hands_its_certificate_authority_to_the_node_provider():
+    ca = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+    config = market.render_market_config(
+        cluster_id=CID, spec=SPECS[0], platform_url=URL, provider_token=TOKEN, platform_ca=ca
+    )
+    assert config["provider"]["platform_ca"] == ca
+    validate_config(config)
+    plain = market.render_market_config(
+        cluster_id=CID, spec=SPECS[0], platform_url="http://127.0.0.1:8000", provider_token=TOKEN, platform_ca=ca
+    )
+    assert plain["provider"]["platform_ca"] is None  # a CA means nothing to plain HTTP
 
 
 def test_everything_the_external_defaults_leave_out_is_set():
