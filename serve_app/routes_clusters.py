@@ -25,7 +25,7 @@ SeedClusterId = Annotated[str, Path(max_length=64, description="Cluster id")]
 @router.post("/v1/clusters", status_code=status.HTTP_202_ACCEPTED, response_model=api.ClusterPublic)
 async def create_cluster(body: ClusterSpec, principal: deps.BuyerPrincipal, clusters: deps.Clusters):
     """Reserves machines (409 with what is available when they are short) and starts the launch."""
-    return await clusters.create_cluster.remote(principal, body.model_dump(mode="json"))
+    return await clusters.create_cluster.remote(principal, body)
 
 
 @router.get("/v1/clusters", response_model=list[api.ClusterPublic])
@@ -185,7 +185,7 @@ async def metrics(
 @seed_router.post("/deploy_cluster", status_code=status.HTTP_202_ACCEPTED)
 async def seed_deploy(body: api.SeedDeploy, principal: deps.BuyerPrincipal, clusters: deps.Clusters):
     spec = ClusterSpec(num_workers=body.num_workers, duration_s=max(60, body.duration * 60))
-    cluster = await clusters.create_cluster.remote(principal, spec.model_dump(mode="json"))
+    cluster = await clusters.create_cluster.remote(principal, spec)
     return {"cluster_id": cluster["id"]}
 
 

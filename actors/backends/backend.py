@@ -5,8 +5,9 @@ catalog.py."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Any, Protocol
 
+from actors.db import records
 from actors.machines import placement
 from dcl_core.cluster_spec import ClusterSpec
 
@@ -29,10 +30,10 @@ class Backend(Protocol):
     async def reserve(self, cluster_id: str, spec: ClusterSpec, place: Place) -> tuple[list[dict], str]:
         """The lease rows to store with the new cluster, and the event that says what was reserved."""
 
-    def launcher_config(self, row: dict, spec: ClusterSpec, now: float) -> dict:
-        """The cluster-launcher config of the cluster (row: its clusters row)."""
+    def launcher_config(self, cluster: records.Cluster, now: float) -> dict[str, Any]:
+        """The cluster-launcher config of the cluster."""
 
-    def needs_launcher_teardown(self, leases: list[dict]) -> bool:
+    def needs_launcher_teardown(self, leases: list[records.Lease]) -> bool:
         """Whether the launcher has anything to tear down once the leases are closed."""
 
 

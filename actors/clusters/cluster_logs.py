@@ -11,6 +11,7 @@ import re
 from collections.abc import Callable
 
 from actors.db import cluster_store as cstore
+from actors.db import records
 from dcl_core import ids
 
 logger = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ class ClusterLogs:
         self._retention_s = retention_s
         self._clock = clock
 
-    async def keep(self, cluster_id: str, lease: dict, shipped: object) -> int:
+    async def keep(self, cluster_id: str, lease: records.Lease, shipped: object) -> int:
         """Stores what a closing lease shipped, within what is left of the cluster's budget; returns
         how many files were kept."""
         files = valid_files(shipped)
@@ -82,9 +83,9 @@ class ClusterLogs:
             return 0
         kept = await self._store.add_logs(
             cluster_id,
-            lease["id"],
-            lease["role"],
-            lease["machine_id"],
+            lease.id,
+            lease.role.value,
+            lease.machine_id,
             lambda used: fit(files, self._max_bytes - used),
             self._clock(),
         )
@@ -94,7 +95,7 @@ class ClusterLogs:
                 cluster_id,
                 len(files) - len(kept),
                 len(files),
-                lease["id"],
+                lease.id,
                 self._max_bytes,
             )
         return len(kept)

@@ -15,7 +15,8 @@ from typing import Protocol
 
 import httpx
 
-from dcl_core import protocol
+from actors.db import records
+from dcl_core import domain, protocol
 
 logger = logging.getLogger(__name__)
 
@@ -58,11 +59,11 @@ class ObservedNode:
         return self.labels.get(protocol.LEASE_LABEL)
 
 
-def lease_alive(nodes: list[ObservedNode], lease: dict) -> bool:
+def lease_alive(nodes: list[ObservedNode], lease: records.Lease) -> bool:
     """Whether the lease's node is among the alive ones: the head lease by the head node, a worker by its label."""
-    if lease["role"] == "head":
+    if lease.role is domain.NodeRole.HEAD:
         return any(n.is_head for n in nodes)
-    return any(n.lease_id == lease["id"] for n in nodes)
+    return any(n.lease_id == lease.id for n in nodes)
 
 
 class NodeObserver:

@@ -11,7 +11,6 @@ from actors.clusters import usage as usage_mod
 from actors.db import cluster_store as cstore
 from actors.settings import PlatformSettings
 from dcl_core import domain, errors, quota_limits
-from dcl_core.cluster_spec import ClusterSpec
 
 
 class QuotaBook:
@@ -28,10 +27,7 @@ class QuotaBook:
 
     async def holding(self, account_id: int, period_s: int) -> quotas.Amounts:
         now = self._clock()
-        live = [
-            (ClusterSpec.model_validate_json(r["spec"]), r["expires_at"])
-            for r in await self._store.live_clusters_of(account_id)
-        ]
+        live = [(c.spec, c.expires_at) for c in await self._store.live_clusters_of(account_id)]
         start = now - period_s
         metered = sum(
             usage_mod.lease_usage(lease, start, now, now)["gpu_seconds"]

@@ -11,7 +11,7 @@ from actors import metrics as metrics_mod
 from actors.access import accounts, agent_keys, auth, platform_secrets
 from actors.access import throttle as throttle_mod
 from actors.db import store as store_mod
-from actors.machines import gpu_verification, offers, reputation, work_channel
+from actors.machines import gpu_verification, liveness, offers, reputation, work_channel
 from actors.settings import PlatformSettings
 from dcl_core import domain, errors, ids, protocol
 
@@ -221,7 +221,7 @@ class ProviderRegistry:
             return 0.0
         return self._settings.online_cutoff(now)
 
-    async def lease_liveness(self) -> dict:
+    async def lease_liveness(self) -> liveness.LeaseLiveness:
         """What the ClusterManager judges lost nodes by: the cutoff below which a machine's last heartbeat
         means it is silent, and the leases each agent said it holds in its latest heartbeat."""
         return {

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from actors.access import cluster_files
 from actors.backends import backend
 from actors.backends.aws import launcher_config
+from actors.db import records
 from actors.settings import PlatformSettings
 from dcl_core import errors
 from dcl_core.cluster_spec import ClusterSpec
@@ -32,15 +35,15 @@ class AwsBackend:
             f"{self._settings.aws.worker_instance_type} worker(s)"
         )
 
-    def launcher_config(self, row: dict, spec: ClusterSpec, now: float) -> dict:
+    def launcher_config(self, cluster: records.Cluster, now: float) -> dict[str, Any]:
         config = launcher_config.render_aws_config(
-            cluster_id=row["id"],
-            spec=spec,
+            cluster_id=cluster.id,
+            spec=cluster.spec,
             settings=self._settings.aws,
-            ray_auth_token_path=self._settings.clusters_dir / row["id"] / cluster_files.TOKEN_FILE,
+            ray_auth_token_path=self._settings.clusters_dir / cluster.id / cluster_files.TOKEN_FILE,
         )
         config["provider"]["dcluster_vpc_id"] = self._settings.aws.vpc_id
         return config
 
-    def needs_launcher_teardown(self, leases: list[dict]) -> bool:
+    def needs_launcher_teardown(self, leases: list[records.Lease]) -> bool:
         return True  # EC2 instances exist whatever the leases say

@@ -7,6 +7,7 @@ from actors.clusters import cluster_logs
 from actors.db import store
 from actors.settings import PlatformSettings
 from dcl_core import domain, errors
+from dcl_core.cluster_spec import ClusterSpec
 from tests.unit.actors.clusters.test_cluster_manager import FakeRegistry, build_manager, seed_market, settle
 
 pytestmark = pytest.mark.anyio
@@ -77,7 +78,7 @@ async def test_released_nodes_logs_are_kept_capped_listed_then_purged(tmp_path, 
     closing.push_async_callback(manager_store.close)
     await manager.start()
     me = auth.Principal(buyer["id"], "buyer", domain.Role.BUYER)
-    c = await manager.create_cluster(me, {"num_workers": 1, "duration_s": 600})
+    c = await manager.create_cluster(me, ClusterSpec(num_workers=1, duration_s=600))
     await settle(manager)
     assert await manager.cluster_logs(me, c["id"]) == []  # nothing until nodes are released
     with pytest.raises(errors.NotFound, match="while it runs"):

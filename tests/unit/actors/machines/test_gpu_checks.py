@@ -17,6 +17,7 @@ from actors.machines import gpu_checks
 from actors.machines import registry as registry_mod
 from actors.settings import PlatformSettings
 from dcl_core import domain, errors, protocol
+from dcl_core.cluster_spec import ClusterSpec
 from worker.agent import gpu_check
 
 pytestmark = pytest.mark.anyio
@@ -181,7 +182,7 @@ async def test_a_busy_machine_is_checked_once_no_lease_holds_anything_of_it(plat
             "id": "c-000000000001",
             "owner_id": 1,
             "name": "x",
-            "spec": "{}",
+            "spec": ClusterSpec(num_workers=1, duration_s=600).model_dump_json(),
             "status": "running",
             "expires_at": clock() + 3600,
         },
