@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable
+from typing import Any
 
 from actors.db import cluster_store as cstore
 from actors.db import records
@@ -25,7 +26,7 @@ def job_log_name(job_id: str) -> str:
     return f"ray/job-driver-{job_id}.log"
 
 
-def valid_files(shipped: object) -> list[dict]:
+def valid_files(shipped: object) -> list[dict[str, Any]]:
     """The well-formed entries of what an agent shipped; anything else is dropped."""
     if not isinstance(shipped, list):
         return []
@@ -48,7 +49,7 @@ def valid_files(shipped: object) -> list[dict]:
     return files
 
 
-def fit(files: list[dict], budget: int) -> list[dict]:
+def fit(files: list[dict[str, Any]], budget: int) -> list[dict[str, Any]]:
     """Keeps files in the order given while the cluster's budget (bytes of text) lasts; the file
     that crosses it keeps its tail."""
     kept = []
@@ -100,10 +101,10 @@ class ClusterLogs:
             )
         return len(kept)
 
-    async def index(self, cluster_id: str) -> list[dict]:
+    async def index(self, cluster_id: str) -> list[dict[str, Any]]:
         return await self._store.log_index(cluster_id)
 
-    async def text(self, cluster_id: str, lease_id: str | None, name: str) -> dict | None:
+    async def text(self, cluster_id: str, lease_id: str | None, name: str) -> dict[str, Any] | None:
         """The file, with a note at its top when only its tail was kept; None when not kept."""
         row = await self._store.log_file(cluster_id, lease_id, name)
         if row is None:

@@ -11,7 +11,7 @@ import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from actors import metrics as metrics_mod
 from actors.access import auth, cluster_files, platform_secrets
@@ -105,7 +105,7 @@ class ClusterManager:
         self._gpu_checks = gpu_checks.GpuChecker(
             store, settings, registry=registry, placement_lock=self._placement_lock, clock=clock
         )
-        self._tasks: dict[str, asyncio.Task] = {}  # cluster id → its provisioning or teardown
+        self._tasks: dict[str, asyncio.Task[None]] = {}  # cluster id → its provisioning or teardown
         self._last_sweep = 0.0
         self._backends = catalog.backends(settings, self._tokens_or_fail)
         self._launches = launches.Launches(
@@ -159,7 +159,7 @@ class ClusterManager:
         """The clusters whose workers are opening while their head starts."""
         return self._nodes.opening_ahead()
 
-    def background_work(self) -> dict[str, asyncio.Task]:
+    def background_work(self) -> dict[str, asyncio.Task[None]]:
         """The provisioning or teardown running for each cluster id (a copy)."""
         return dict(self._tasks)
 
@@ -328,9 +328,10 @@ def _expose(host: type, part: str, part_cls: type) -> None:
     """Makes every public coroutine method of part_cls a method of host that calls the same method of the host's
     part (the attribute `part`): the actor (actors.actor_classes.thin_actor) serves the host's methods."""
 
-    def forwarded(name: str, method: Callable) -> Callable:
+    # Forwarded calls take and return whatever the part's method does: it is looked up by name at run time.
+    def forwarded(name: str, method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         @functools.wraps(method)
-        async def forward(self, *args, **kwargs):
+        async def forward(self: object, *args: Any, **kwargs: Any) -> Any:
             return await getattr(getattr(self, part), name)(*args, **kwargs)
 
         return forward

@@ -121,7 +121,7 @@ class ExpiryReaper:
                 logger.exception("expiry step failed")
             next_at = self.next_deadline()
             self._wake.clear()
-            waits = {asyncio.ensure_future(self._wake.wait())}
+            waits: set[asyncio.Future[object]] = {asyncio.ensure_future(self._wake.wait())}
             if next_at is not None:
                 waits.add(asyncio.ensure_future(self._sleep(max(0.0, next_at - self._clock()))))
             try:

@@ -50,7 +50,9 @@ class NodeProviderApi:
         self._events = events
         self._clock = clock
         self._reconcile = reconcile  # one lifecycle step of the cluster (the manager's)
-        self._opening_ahead: dict[str, asyncio.Task] = {}  # cluster id -> its workers opening while the head starts
+        self._opening_ahead: dict[
+            str, asyncio.Task[None]
+        ] = {}  # cluster id -> its workers opening while the head starts
 
     def opening_ahead(self) -> list[str]:
         """The clusters whose workers are opening while their head starts."""
@@ -68,11 +70,12 @@ class NodeProviderApi:
         self,
         principal: auth.Principal,
         cluster_id: str,
-        role: domain.NodeRoleValue,
+        role_value: domain.NodeRoleValue,
         node_type: str,
         tags: dict[str, str],
         count: int,
     ) -> list[dict[str, Any]]:
+        role = domain.NodeRole(role_value)
         cluster = await self._scoped_cluster(principal, cluster_id)
         if not cluster.status.is_active():
             raise errors.Conflict(f"cluster {cluster_id} is {cluster.status.value}: no new nodes")
@@ -81,18 +84,18 @@ class NodeProviderApi:
             await self._workers_opened_ahead(cluster_id)
         async with self._placement_lock:
             leases = await self._store.leases_of(cluster_id)
-            open_now = [l for l in leases if l.role == role and l.is_open]
+            open_now = [l for l in leases if l.role is role and l.is_open]
             adopted = [l.with_tags(tags) for l in open_now if market.is_opened_ahead(l.tags)][:count]
             count -= len(adopted)
             # The credential sits on the head, where buyers' job drivers run: never more nodes than paid for.
             limit = spec.num_workers if role == N.WORKER else 1
             if len(open_now) + count > limit:
                 raise errors.Conflict(
-                    f"cluster {cluster_id} has {len(open_now)} open {role} node(s) of {limit}: cannot add {count}"
+                    f"cluster {cluster_id} has {len(open_now)} open {role.value} node(s) of {limit}: cannot add {count}"
                 )
             for lease in adopted:  # opened ahead, and the autoscaler asked before it listed them: they are these
                 await self._store.set_lease_tags(lease.id, tags)
-            reserved = [l for l in leases if l.role == role and l.status is domain.LeaseStatus.RESERVED][:count]
+            reserved = [l for l in leases if l.role is role and l.status is domain.LeaseStatus.RESERVED][:count]
             missing = count - len(reserved)
             request = placement.spec_request(spec, role)
             if missing > 0:  # e.g. a replacement: reserve more on other machines, at the buyer's price

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Protocol
+from typing import Any, Protocol
 
 import httpx
 
@@ -32,13 +32,15 @@ class ObserveError(Exception):
 class HttpResponse(Protocol):
     status_code: int
 
-    def json(self): ...
+    def json(self) -> Any: ...
 
 
 class HttpClient(Protocol):
     """The part of httpx.AsyncClient the observer uses (a fake in unit tests)."""
 
-    async def get(self, url: str, *, headers: dict, params: dict, timeout: float) -> HttpResponse: ...
+    async def get(
+        self, url: str, *, headers: dict[str, Any], params: dict[str, Any], timeout: float
+    ) -> HttpResponse: ...
 
 
 class Observer(Protocol):

@@ -30,7 +30,9 @@ class MarketBackend:
     def check(self, spec: ClusterSpec) -> None:
         pass
 
-    async def reserve(self, cluster_id: str, spec: ClusterSpec, place: backend.Place) -> tuple[list[dict], str]:
+    async def reserve(
+        self, cluster_id: str, spec: ClusterSpec, place: backend.Place
+    ) -> tuple[list[dict[str, Any]], str]:
         assignments = await place(cluster_id, placement.spec_requests(spec))
         leases = [placement.lease_row(a) for a in assignments]
         return leases, "machines reserved: " + ", ".join(f"{l['role']} on {l['machine_id']}" for l in leases)
