@@ -252,4 +252,4 @@ async def exec_on_node(
     clusters: deps.Clusters,
 ):
     """Runs a launcher command on the node through the agent holding it; answers when it finished."""
-    return await clusters.exec_on_node.remote(principal, cluster_id, node_id, body.model_dump())
+    return await clusters.exec_on_node.remote(principal, cluster_id, node_id, body)

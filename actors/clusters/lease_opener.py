@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
 from actors.access import platform_secrets
 from actors.clusters import cluster_logs
@@ -28,8 +28,8 @@ class WorkSender(Protocol):
     """The registry's work channel, as far as opening and closing leases needs it."""
 
     async def send_work(
-        self, machine_id: str, kind: str, payload: dict[str, Any], timeout_s: float
-    ) -> dict[str, Any]: ...
+        self, machine_id: str, kind: str, payload: protocol.WorkPayload, timeout_s: float
+    ) -> protocol.WorkResult: ...
 
 
 class LeaseOpener:
@@ -143,18 +143,18 @@ class LeaseOpener:
             image=cluster.spec.image,
         )
         result = await self._registry.send_work(
-            lease.machine_id, protocol.LEASE_OPEN, payload.model_dump(), timeout_s=protocol.LEASE_OPEN_TIMEOUT_S
+            lease.machine_id, protocol.LEASE_OPEN, payload, timeout_s=protocol.LEASE_OPEN_TIMEOUT_S
         )
-        if not result.get("ok"):
+        if not result.ok:
             await self._store.end_lease(lease.id, domain.LeaseStatus.LOST, self._clock())
             await self._events.record(
                 cluster.id,
                 domain.EventKind.LEASE_FAILED,
                 f"attempt {attempt} of {protocol.NODE_OPEN_ATTEMPTS}: machine {lease.machine_id} could "
-                f"not open {lease.role.value} node {lease.id}: {views.tail(result.get('output', ''))}",
+                f"not open {lease.role.value} node {lease.id}: {views.tail(result.output)}",
             )
             return None
-        opened = protocol.LeaseOpened.model_validate(result["data"])
+        opened = protocol.LeaseOpened.model_validate(result.data)
         if not await self._store.open_lease(
             lease.id, node_type=node_type, tags=tags, ports=opened.ports, node_ip=opened.node_ip, now=self._clock()
         ):
@@ -189,25 +189,25 @@ class LeaseOpener:
 
     async def _close_on_machine(self, cluster_id: str, lease: records.Lease) -> bool:
         """Asks the lease's agent to close it (its logs are kept); False, with an event, when that failed."""
-        payload = protocol.LeaseClose(lease_id=lease.id).model_dump()
+        payload = protocol.LeaseClose(lease_id=lease.id)
         result = await self._registry.send_work(
             lease.machine_id, protocol.LEASE_CLOSE, payload, timeout_s=LEASE_CLOSE_TIMEOUT_S
         )
-        if not result.get("ok"):
+        if not result.ok:
             # The agent cleans up leases the platform no longer knows when it returns (its heartbeat's
             # answer names them stale).
             await self._events.record(
                 cluster_id,
                 domain.EventKind.LEASE_CLOSE_FAILED,
-                f"node {lease.id}: {views.tail(result.get('output', ''))}",
+                f"node {lease.id}: {views.tail(result.output)}",
             )
             return False
         await self._keep_logs(cluster_id, lease, result)
         return True
 
-    async def _keep_logs(self, cluster_id: str, lease: records.Lease, result: dict[str, Any]) -> None:
+    async def _keep_logs(self, cluster_id: str, lease: records.Lease, result: protocol.WorkResult) -> None:
         try:
-            kept = await self._logs.keep(cluster_id, lease, (result.get("data") or {}).get("logs"))
+            kept = await self._logs.keep(cluster_id, lease, result.data.get("logs"))
         except Exception:
             logger.exception("keeping the logs of lease %s failed", lease.id)
             return

@@ -154,19 +154,19 @@ class NodeProviderApi:
         return views.public_node(await self._opener.existing_lease(node_id))
 
     async def exec_on_node(
-        self, principal: auth.Principal, cluster_id: str, node_id: str, body: dict[str, Any]
-    ) -> dict[str, Any]:
+        self, principal: auth.Principal, cluster_id: str, node_id: str, body: protocol.Exec
+    ) -> protocol.WorkResult:
         lease = await self._scoped_lease(principal, cluster_id, node_id)
         if not lease.is_open:
-            if body.get("op") == "run" and commands.stops_ray(body.get("cmd", "")):
-                return {"ok": True, "exit_code": 0, "output": "node already released", "data": {}}
+            if body.op == "run" and commands.stops_ray(body.cmd):
+                return protocol.WorkResult(ok=True, exit_code=0, output="node already released")
             raise errors.Conflict(f"node {node_id} is {lease.status.value}: it runs no commands")
-        payload = protocol.LeaseExec(lease_id=node_id, **body)
+        payload = protocol.LeaseExec(lease_id=node_id, **body.model_dump())
         result = await self._registry.send_work(
-            lease.machine_id, protocol.LEASE_EXEC, payload.model_dump(), timeout_s=payload.timeout_s + 10
+            lease.machine_id, protocol.LEASE_EXEC, payload, timeout_s=payload.timeout_s + 10
         )
         if payload.op == "run" and commands.starts_ray(payload.cmd):
-            if result.get("ok"):
+            if result.ok:
                 # The agent's ok proves nothing: the node counts once the cluster's GCS lists it ALIVE.
                 if not await self._joins.wait_joined(cluster_id, node_id):
                     return await self._not_joined(cluster_id, lease, result)
@@ -179,11 +179,13 @@ class NodeProviderApi:
                     cluster_id,
                     domain.EventKind.COMMAND_FAILED,
                     f"`ray start` failed on {lease.role.value} node {node_id} (exit "
-                    f"{result.get('exit_code')}): {views.tail(result.get('output', ''))}",
+                    f"{result.exit_code}): {views.tail(result.output)}",
                 )
         return result
 
-    async def _not_joined(self, cluster_id: str, lease: records.Lease, result: dict[str, Any]) -> dict[str, Any]:
+    async def _not_joined(
+        self, cluster_id: str, lease: records.Lease, result: protocol.WorkResult
+    ) -> protocol.WorkResult:
         """A `ray start` that reported ok but whose node never showed up ALIVE fails like any failed
         start: the head's launcher or autoscaler sees the error and replaces (or fails) the node."""
         message = (
@@ -192,12 +194,9 @@ class NodeProviderApi:
             f"{joins_mod.JOIN_WAIT_S:.0f} s: treated as a failed start"
         )
         await self._events.record(cluster_id, domain.EventKind.JOIN_FAILED, message)
-        return {
-            "ok": False,
-            "exit_code": result.get("exit_code"),
-            "output": f"{result.get('output', '')}\n{message}".lstrip("\n"),
-            "data": {},
-        }
+        return protocol.WorkResult(
+            ok=False, exit_code=result.exit_code, output=f"{result.output}\n{message}".lstrip("\n")
+        )
 
     async def _scoped_cluster(self, principal: auth.Principal, cluster_id: str) -> records.Cluster:
         if principal.cluster_id != cluster_id and principal.role is not domain.Role.ADMIN:

@@ -14,7 +14,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
 from actors.db import cluster_store as cstore
 from actors.db import database
@@ -31,8 +31,8 @@ CLOSE_TIMEOUT_S = 30.0
 
 class WorkSender(Protocol):
     async def send_work(
-        self, machine_id: str, kind: str, payload: dict[str, Any], timeout_s: float
-    ) -> dict[str, Any]: ...
+        self, machine_id: str, kind: str, payload: protocol.WorkPayload, timeout_s: float
+    ) -> protocol.WorkResult: ...
 
 
 class GpuChecker:
@@ -118,37 +118,33 @@ class GpuChecker:
             cpus=1,
             ray_auth_token=ids.new_ray_auth_token(),
         )  # unused: the check starts no Ray
-        opened = await self._registry.send_work(
-            machine_id, protocol.LEASE_OPEN, opening.model_dump(), timeout_s=OPEN_TIMEOUT_S
-        )
-        if not opened.get("ok"):
-            return gpu_verification.failed(f"the check lease did not open: {_tail(opened.get('output', ''))}")
+        opened = await self._registry.send_work(machine_id, protocol.LEASE_OPEN, opening, timeout_s=OPEN_TIMEOUT_S)
+        if not opened.ok:
+            return gpu_verification.failed(f"the check lease did not open: {_tail(opened.output)}")
         try:
             command = protocol.LeaseExec(
                 lease_id=lease_id, op="run", cmd=protocol.GPU_CHECK_COMMAND, timeout_s=CHECK_TIMEOUT_S
             )
             ran = await self._registry.send_work(
-                machine_id, protocol.LEASE_EXEC, command.model_dump(), timeout_s=CHECK_TIMEOUT_S + 10
+                machine_id, protocol.LEASE_EXEC, command, timeout_s=CHECK_TIMEOUT_S + 10
             )
         finally:
             closed = await self._registry.send_work(
                 machine_id,
                 protocol.LEASE_CLOSE,
-                protocol.LeaseClose(lease_id=lease_id).model_dump(),
+                protocol.LeaseClose(lease_id=lease_id),
                 timeout_s=CLOSE_TIMEOUT_S,
             )
-            if not closed.get("ok"):  # the agent closes it when its heartbeat hears no one holds it
+            if not closed.ok:  # the agent closes it when its heartbeat hears no one holds it
                 logger.warning(
                     "GPU check lease %s on machine %s did not close: %s",
                     lease_id,
                     machine_id,
-                    _tail(closed.get("output", "")),
+                    _tail(closed.output),
                 )
-        report = gpu_verification.parse_report(ran.get("output", ""))
+        report = gpu_verification.parse_report(ran.output)
         if report is None:
-            return gpu_verification.failed(
-                f"the check printed no report (exit {ran.get('exit_code')}): {_tail(ran.get('output', ''))}"
-            )
+            return gpu_verification.failed(f"the check printed no report (exit {ran.exit_code}): {_tail(ran.output)}")
         return gpu_verification.judge(spec, report, accept_fake_nvml=self._settings.gpu_check_accepts_fake_nvml)
 
 

@@ -268,7 +268,9 @@ class ProviderRegistry:
             raise errors.NotFound(f"machine {machine_id} not found")
         return self._work.push(machine_id, kind, payload)
 
-    async def send_work(self, machine_id: str, kind: str, payload: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+    async def send_work(
+        self, machine_id: str, kind: str, payload: protocol.WorkPayload, timeout_s: float
+    ) -> protocol.WorkResult:
         """Queues an item and waits for the agent's WorkResult; a silent or offline agent gives ok=False."""
         machine = await self._store.get_machine(machine_id)
         if machine is None or not domain.MachineStatus(self._public_machine(machine)["status"]).is_leasable():
@@ -276,7 +278,7 @@ class ProviderRegistry:
         return await self._work.send(machine_id, kind, payload, timeout_s)
 
     async def complete_work(
-        self, principal: MachineCaller, machine_id: str, item_id: str, result: dict[str, Any]
+        self, principal: MachineCaller, machine_id: str, item_id: str, result: protocol.WorkResult
     ) -> dict[str, Any]:
         """The agent's answer to an item."""
         await self._own_machine(principal, machine_id)

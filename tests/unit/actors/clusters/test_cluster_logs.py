@@ -45,8 +45,8 @@ def test_fit_keeps_tails_within_the_budget():
 class LogsRegistry(FakeRegistry):
     """A healthy agent whose lease close ships logs (one over-long file, one forged name)."""
 
-    async def send_work(self, machine_id, kind, payload, timeout_s):
-        result = await super().send_work(machine_id, kind, payload, timeout_s)
+    async def answer(self, machine_id, kind, payload, timeout_s):
+        result = await super().answer(machine_id, kind, payload, timeout_s)
         if kind == "lease_close":
             result["data"] = {
                 "logs": [

@@ -40,7 +40,13 @@ class FakeRegistry:
     async def signing_secret(self) -> str:
         return "s" * 48
 
-    async def send_work(self, machine_id: str, kind: str, payload: dict, timeout_s: float) -> dict:
+    async def send_work(
+        self, machine_id: str, kind: str, payload: protocol.WorkPayload, timeout_s: float
+    ) -> protocol.WorkResult:
+        return protocol.WorkResult.model_validate(await self.answer(machine_id, kind, payload.model_dump(), timeout_s))
+
+    async def answer(self, machine_id: str, kind: str, payload: dict, timeout_s: float) -> dict:
+        """What the fake agent answers, as the JSON it would post (tests wrap it to change an answer)."""
         self.sent.append((machine_id, kind, payload))
         if kind in self.fail_kinds or (kind == protocol.LEASE_OPEN and machine_id in self.fail_opens_on):
             return {"ok": False, "exit_code": 1, "output": "boom", "data": {}}
@@ -126,9 +132,11 @@ class FakeLauncher:
         cid = config["provider"]["cluster_id"]
         principal = auth.TokenIssuer("s" * 48, clock=self.clock).verify(config["provider"]["token"])
         (head,) = await self.manager.create_nodes(principal, cid, "head", "head", {"ray-node-type": "head"}, 1)
-        result = await self.manager.exec_on_node(principal, cid, head["id"], {"op": "run", "cmd": "ray start --head"})
-        if not result["ok"]:  # the launcher stops at a failed head start
-            raise RuntimeError(f"head start failed: {result['output']}")
+        result = await self.manager.exec_on_node(
+            principal, cid, head["id"], protocol.Exec(op="run", cmd="ray start --head")
+        )
+        if not result.ok:  # the launcher stops at a failed head start
+            raise RuntimeError(f"head start failed: {result.output}")
         # The autoscaler's first update: workers already listed (opened ahead by the platform) get Ray at
         # once, the missing ones are launched.
         n = config["available_node_types"]["worker"]["min_workers"]
@@ -142,7 +150,9 @@ class FakeLauncher:
         if len(workers) < n:
             workers += await self.manager.create_nodes(principal, cid, "worker", "worker", {}, n - len(workers))
         for w in workers:
-            await self.manager.exec_on_node(principal, cid, w["id"], {"op": "run", "cmd": "export X=1; ray start"})
+            await self.manager.exec_on_node(
+                principal, cid, w["id"], protocol.Exec(op="run", cmd="export X=1; ray start")
+            )
 
     async def teardown(self, config: dict) -> None:
         self.torn_down.append(config["cluster_name"])
@@ -626,8 +636,8 @@ async def test_an_ok_without_a_live_node_is_neither_joined_nor_billed(env, clock
     assert worker["id"] in failed and "not ALIVE" in failed
     # The autoscaler is told the start failed (it replaces the node), as for any failed `ray start`.
     scoped = auth.Principal(buyer.account_id, "cluster-" + c["id"], domain.Role.BUYER, cluster_id=c["id"])
-    again = await manager.exec_on_node(scoped, c["id"], worker["id"], {"op": "run", "cmd": "ray start"})
-    assert not again["ok"] and "treated as a failed start" in again["output"]
+    again = await manager.exec_on_node(scoped, c["id"], worker["id"], protocol.Exec(op="run", cmd="ray start"))
+    assert not again.ok and "treated as a failed start" in again.output
     # Only the head, seen alive, is billed; the provider of the worker's machine earns nothing for it.
     usage = await manager.usage(buyer, 0, clock())
     assert usage["items"][0]["nodes"] == 1 and usage["total"]["node_seconds"] > 0
@@ -677,7 +687,7 @@ async def test_a_degraded_cluster_still_expires_and_replacements_never_extend_it
         await manager.reconcile_once()
         assert (await manager.get_cluster(buyer, c["id"]))["status"] == "degraded"
         (new,) = await manager.create_nodes(scoped, c["id"], "worker", "worker", {}, 1)
-        await manager.exec_on_node(scoped, c["id"], new["id"], {"op": "run", "cmd": "ray start"})
+        await manager.exec_on_node(scoped, c["id"], new["id"], protocol.Exec(op="run", cmd="ray start"))
         got = await manager.get_cluster(buyer, c["id"])
         assert got["status"] == "running" and got["expires_at"] == c["expires_at"]
     # The last replacement never comes up: degraded, and it still ends at the original deadline.
@@ -689,7 +699,7 @@ async def test_a_degraded_cluster_still_expires_and_replacements_never_extend_it
     ]
     await manager.terminate_node(scoped, c["id"], worker["id"])
     (new,) = await manager.create_nodes(scoped, c["id"], "worker", "worker", {}, 1)
-    await manager.exec_on_node(scoped, c["id"], new["id"], {"op": "run", "cmd": "ray start"})
+    await manager.exec_on_node(scoped, c["id"], new["id"], protocol.Exec(op="run", cmd="ray start"))
     for m in ("m-000000000000", "m-000000000001"):  # the wait for the node moved the clock
         await db.record_heartbeat(m, clock(), domain.MachineUsage())
     await manager.reconcile_once()
@@ -790,7 +800,7 @@ async def test_a_node_opened_after_its_cluster_ended_is_closed_again_never_count
         await asyncio.Event().wait()
 
     launcher.create = launcher_that_waits
-    agent_send = registry.send_work
+    agent_send = registry.answer
 
     async def slow_open(machine_id, kind, payload, timeout_s):
         if kind == protocol.LEASE_OPEN:
@@ -798,7 +808,7 @@ async def test_a_node_opened_after_its_cluster_ended_is_closed_again_never_count
             await answer.wait()
         return await agent_send(machine_id, kind, payload, timeout_s)
 
-    registry.send_work = slow_open
+    registry.answer = slow_open
 
     c = await manager.create_cluster(buyer, ClusterSpec(num_workers=1, duration_s=600))
     await asyncio.wait_for(launched.wait(), 5)  # the provisioning task reaches the launcher
@@ -895,7 +905,7 @@ async def test_a_worker_that_fails_to_open_ahead_is_left_to_the_autoscaler(env, 
     lists one worker short and its own request reserves and opens one."""
 
     e = await env()
-    agent_send, refusing = e.registry.send_work, [True]
+    agent_send, refusing = e.registry.answer, [True]
 
     async def workers_refused(machine_id, kind, payload, timeout_s):
         if kind == protocol.LEASE_OPEN and payload["role"] == "worker" and refusing[0]:
@@ -903,7 +913,7 @@ async def test_a_worker_that_fails_to_open_ahead_is_left_to_the_autoscaler(env, 
             return {"ok": False, "exit_code": 1, "output": "no sandbox", "data": {}}
         return await agent_send(machine_id, kind, payload, timeout_s)
 
-    e.registry.send_work = workers_refused
+    e.registry.answer = workers_refused
     c, caller, _ = await _head_only(e, clock, ClusterSpec(num_workers=1, duration_s=600))
 
     async def settled():

@@ -48,7 +48,13 @@ class CheckingAgent:
         self.gate: asyncio.Event | None = None
         self.at_gate = asyncio.Event()  # set once the check waits at the gate
 
-    async def send_work(self, machine_id: str, kind: str, payload: dict, timeout_s: float) -> dict:
+    async def send_work(
+        self, machine_id: str, kind: str, payload: protocol.WorkPayload, timeout_s: float
+    ) -> protocol.WorkResult:
+        return protocol.WorkResult.model_validate(await self.answer(machine_id, kind, payload.model_dump()))
+
+    async def answer(self, machine_id: str, kind: str, payload: dict) -> dict:
+        """What the agent answers, as the JSON it would post."""
         self.sent.append((machine_id, kind, payload))
         if kind == protocol.LEASE_OPEN:
             opening = protocol.LeaseOpen.model_validate(payload)
@@ -246,7 +252,7 @@ async def test_a_provider_cannot_mark_its_machine_verified(platform, start, monk
         + protocol.GpuCheckReport(
             nvml="nvml", gpus=[domain.GpuInfo(index=i, model=H100["name"], memory_mb=81559) for i in range(2)]
         ).model_dump_json(),
-    ).model_dump()
+    )
     for machine_id in (mine["id"], other["id"]):  # its own machine, and another one
         for caller in (key, provider):
             with pytest.raises(errors.NotFound):
