@@ -1,23 +1,30 @@
 """Clusters and leases as typed records, decoded once where the store reads their rows (the spec parsed into a
-ClusterSpec, statuses and roles as their enums); what the ClusterManager's parts and the backends work with."""
+ClusterSpec, statuses and roles as their enums); what the ClusterManager's parts and the backends work with.
+
+Records are NamedTuples, immutable like frozen dataclasses: every cluster read (GET /v1/clusters/{id}, thousands a
+second) decodes its rows, and a NamedTuple is made in a fifth of a frozen dataclass's time."""
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, NamedTuple, ParamSpec, TypeVar
 
 from dcl_core import domain
 from dcl_core.cluster_spec import ClusterSpec
+
+# Statuses and roles by their stored text: a dict lookup costs a tenth of the enum's own (the cluster reads
+# decode every row they answer with).
+_CLUSTER_STATUSES = {s.value: s for s in domain.ClusterStatus}
+_LEASE_STATUSES = {s.value: s for s in domain.LeaseStatus}
+_ROLES = {r.value: r for r in domain.NodeRole}
 
 P = ParamSpec("P")
 R = TypeVar("R")
 T = TypeVar("T")
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Cluster:
+class Cluster(NamedTuple):
     """A buyer cluster (a clusters row)."""
 
     id: str
@@ -37,23 +44,22 @@ class Cluster:
     def from_row(cls, row: Mapping[str, Any]) -> Cluster:
         ending_as = row["ending_as"]
         return cls(
-            id=row["id"],
-            owner_id=row["owner_id"],
-            name=row["name"],
-            spec=ClusterSpec.model_validate_json(row["spec"]),
-            status=domain.ClusterStatus(row["status"]),
-            reason=row["reason"],
-            created_at=row["created_at"],
-            updated_at=row["updated_at"],
-            expires_at=row["expires_at"],
-            running_at=row["running_at"],
-            ended_at=row["ended_at"],
-            ending_as=domain.ClusterStatus(ending_as) if ending_as else None,
+            row["id"],
+            row["owner_id"],
+            row["name"],
+            ClusterSpec.model_validate_json(row["spec"]),
+            _CLUSTER_STATUSES[row["status"]],
+            row["reason"],
+            row["created_at"],
+            row["updated_at"],
+            row["expires_at"],
+            row["running_at"],
+            row["ended_at"],
+            _CLUSTER_STATUSES[ending_as] if ending_as else None,
         )
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Lease:
+class Lease(NamedTuple):
     """A lease of a machine: one node of a cluster (a leases row, its JSON columns decoded by the store)."""
 
     id: str
@@ -77,23 +83,23 @@ class Lease:
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Lease:
         return cls(
-            id=row["id"],
-            cluster_id=row["cluster_id"],
-            machine_id=row["machine_id"],
-            role=domain.NodeRole(row["role"]),
-            gpus=tuple(row["gpus"]),
-            cpus=row["cpus"],
-            price_per_gpu_hour=row["price_per_gpu_hour"],
-            price_per_cpu_hour=row["price_per_cpu_hour"],
-            status=domain.LeaseStatus(row["status"]),
-            node_type=row["node_type"],
-            tags=row["tags"],
-            ports=row["ports"],
-            node_ip=row["node_ip"],
-            created_at=row["created_at"],
-            opened_at=row["opened_at"],
-            joined_at=row["joined_at"],
-            left_at=row["left_at"],
+            row["id"],
+            row["cluster_id"],
+            row["machine_id"],
+            _ROLES[row["role"]],
+            tuple(row["gpus"]),
+            row["cpus"],
+            row["price_per_gpu_hour"],
+            row["price_per_cpu_hour"],
+            _LEASE_STATUSES[row["status"]],
+            row["node_type"],
+            row["tags"],
+            row["ports"],
+            row["node_ip"],
+            row["created_at"],
+            row["opened_at"],
+            row["joined_at"],
+            row["left_at"],
         )
 
     @property
@@ -105,7 +111,7 @@ class Lease:
         return self.joined_at is not None
 
     def with_tags(self, tags: dict[str, str]) -> Lease:
-        return dataclasses.replace(self, tags=tags)
+        return self._replace(tags=tags)
 
 
 # --- decoders of what the store's reads return, and the decorator that applies one ------------------------
