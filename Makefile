@@ -43,12 +43,12 @@ unit: venv
 	$(BIN)/pytest -q tests/unit
 
 # The layer contracts, ruff's lint and format check, and mypy --strict on the bottom layer, the HTTP client
-# (buyers' SDK), the store and the API (serve_app); the rest of the control plane is not type-checked yet.
+# (buyers' SDK), the whole control plane (actors/, the store included) and the API (serve_app).
 lint: venv
 	$(BIN)/lint-imports
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy --strict dcl_core dcluster actors/db serve_app
+	$(BIN)/mypy --strict dcl_core dcluster actors serve_app
 
 up: system-packages-demo venv
 	$(BIN)/dcluster up --providers $(PROVIDERS) --port $(PORT)

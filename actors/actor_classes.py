@@ -7,8 +7,10 @@ import inspect
 import itertools
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, cast
 
 import ray
+from ray.actor import ActorClass, ActorHandle
 from ray.util import scheduling_strategies
 
 from actors import ray_metrics
@@ -27,7 +29,20 @@ CLUSTER_MANAGER_NAME = "ClusterManager"
 EXPIRY_REAPER_NAME = "ExpiryReaper"
 
 
-def thin_actor(core_cls: type, build, *, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> type:
+class Core(Protocol):
+    """What thin_actor wraps: a plain class that recovers its state in start()."""
+
+    async def start(self) -> None: ...
+
+
+# The wrapper and the proxy forward methods by name, found at run time: what they take and return is the
+# wrapped method's, which no static type here can name (Ray pickles it across the actor boundary).
+Forwarded = Callable[..., Awaitable[Any]]
+
+
+def thin_actor(
+    core_cls: type[Core], build: Callable[..., Core], *, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+) -> type:
     """A class forwarding every public coroutine method of core_cls to an instance made by build(*args).
 
     The instance's `start()` runs on the actor's event loop from __init__ (recovery happens
@@ -36,14 +51,14 @@ def thin_actor(core_cls: type, build, *, sleep: Callable[[float], Awaitable[None
     """
 
     class Wrapper:
-        def __init__(self, *args):
+        def __init__(self, *args: Any):
             self._core = build(*args)
             self._attempts = 0
             self._last_error: str | None = None
             self._ready = asyncio.get_running_loop().create_task(self._start())
-            self._loops: list[asyncio.Task] = []
+            self._loops: list[asyncio.Task[None]] = []
 
-        async def _start(self):
+        async def _start(self) -> None:
             # Recovery must not fail for good on a passing fault (a locked database on a busy
             # machine, a peer actor still starting): retry, so the actor becomes ready. A
             # cancellation that reaches start() from below (a cancelled peer call) is such a
@@ -55,7 +70,8 @@ def thin_actor(core_cls: type, build, *, sleep: Callable[[float], Awaitable[None
                     self._last_error = None
                     break
                 except asyncio.CancelledError:
-                    if asyncio.current_task().cancelling():
+                    current = asyncio.current_task()
+                    if current is not None and current.cancelling():
                         raise
                     self._last_error = "start() was cancelled"
                     logger.warning("%s start was cancelled (attempt %d); retrying", core_cls.__name__, attempt + 1)
@@ -76,7 +92,7 @@ def thin_actor(core_cls: type, build, *, sleep: Callable[[float], Awaitable[None
             await self._started()
             return True
 
-        async def start_status(self) -> dict:
+        async def start_status(self) -> dict[str, Any]:
             """Answers at once: whether recovery finished, how many tries it took, the last failure."""
             return {
                 "actor": core_cls.__name__,
@@ -85,8 +101,8 @@ def thin_actor(core_cls: type, build, *, sleep: Callable[[float], Awaitable[None
                 "last_error": self._last_error,
             }
 
-    def forward(name: str):
-        async def method(self, *args, **kwargs):
+    def forward(name: str) -> Forwarded:
+        async def method(self: Wrapper, *args: Any, **kwargs: Any) -> Any:
             await self._started()
             return await getattr(self._core, name)(*args, **kwargs)
 
@@ -116,16 +132,20 @@ class ActorProxy:
 
     def __init__(self, name: str):
         self._name = name
-        self._handle = None
+        self._handle: ActorHandle[Any] | None = None
 
-    def __getattr__(self, method_name):
-        async def call(*args, **kwargs):
+    def __getattr__(self, method_name: str) -> Forwarded:
+        async def call(*args: Any, **kwargs: Any) -> Any:
             if self._handle is None:
                 # A blocking lookup on the actor's event loop can stall it: do it in a thread.
-                self._handle = await asyncio.to_thread(ray.get_actor, self._name, namespace=NAMESPACE)
+                self._handle = await asyncio.to_thread(self._lookup)
             return await getattr(self._handle, method_name).remote(*args, **kwargs)
 
         return call
+
+    def _lookup(self) -> ActorHandle[Any]:
+        handle: ActorHandle[Any] = ray.get_actor(self._name, namespace=NAMESPACE)
+        return handle
 
 
 def _build_cluster_manager(settings_json: str) -> cluster_manager.ClusterManager:
@@ -138,8 +158,9 @@ def _build_cluster_manager(settings_json: str) -> cluster_manager.ClusterManager
     return cluster_manager.ClusterManager(
         cluster_store.ClusterStore(settings.db_location),
         settings,
-        registry=ActorProxy(REGISTRY_NAME),
-        reaper=ActorProxy(EXPIRY_REAPER_NAME),
+        # Each named actor serves its plain class's methods (thin_actor): the proxy is that class to its caller.
+        registry=cast(cluster_manager.Registry, ActorProxy(REGISTRY_NAME)),
+        reaper=cast(cluster_manager.Reaper, ActorProxy(EXPIRY_REAPER_NAME)),
         launcher=cluster_launcher,
         metrics=ray_metrics.RayMetrics(),
     )
@@ -153,7 +174,7 @@ def _build_expiry_reaper(settings_json: str) -> expiry_reaper.ExpiryReaper:
     logging.basicConfig(level=logging.INFO)
     return expiry_reaper.ExpiryReaper(
         cluster_store.ClusterStore(settings.db_location),
-        clusters=ActorProxy(CLUSTER_MANAGER_NAME),
+        clusters=cast(expiry_reaper.Clusters, ActorProxy(CLUSTER_MANAGER_NAME)),
         metrics=ray_metrics.RayMetrics(),
     )
 
@@ -161,7 +182,7 @@ def _build_expiry_reaper(settings_json: str) -> expiry_reaper.ExpiryReaper:
 ExpiryReaperActor = thin_actor(expiry_reaper.ExpiryReaper, _build_expiry_reaper)
 
 
-def placement(settings: PlatformSettings) -> dict:
+def placement(settings: PlatformSettings) -> dict[str, Any]:
     """Where the control-plane actors may run. SQLite: on the head, beside the database file. PostgreSQL: on
     any platform node, preferring one added with `dcluster up --join`, so a lost head does not take them along
     (they restart on another node when theirs is lost)."""
@@ -169,13 +190,15 @@ def placement(settings: PlatformSettings) -> dict:
         return {"resources": launcher.HEAD_NODE_RESOURCE}
     return {
         "scheduling_strategy": scheduling_strategies.NodeLabelSchedulingStrategy(
-            hard={}, soft={protocol.PLATFORM_MEMBER_LABEL: scheduling_strategies.In(protocol.PLATFORM_MEMBER_VALUE)}
+            hard={},
+            # Ray's label operators are untyped.
+            soft={protocol.PLATFORM_MEMBER_LABEL: scheduling_strategies.In(protocol.PLATFORM_MEMBER_VALUE)},  # type: ignore[no-untyped-call]
         )
     }
 
 
-def _detached(cls: type, name: str, settings: PlatformSettings):
-    return ray.remote(cls).options(
+def _detached(cls: type, name: str, settings: PlatformSettings) -> ActorClass[Any]:
+    detached: ActorClass[Any] = ray.remote(cls).options(
         name=name,
         namespace=NAMESPACE,
         lifetime="detached",
@@ -187,13 +210,18 @@ def _detached(cls: type, name: str, settings: PlatformSettings):
         # Long polls from many agents wait inside the registry at once.
         max_concurrency=10_000,
     )
+    return detached
 
 
-def ensure_actors(settings: PlatformSettings) -> dict[str, ray.actor.ActorHandle]:
+def ensure_actors(settings: PlatformSettings) -> dict[str, ActorHandle[Any]]:
     """Looks up the control-plane actors, creating any that do not exist yet."""
     settings_json = settings.model_dump_json()
-    return {
-        REGISTRY_NAME: _detached(ProviderRegistryActor, REGISTRY_NAME, settings).remote(settings_json),
-        CLUSTER_MANAGER_NAME: _detached(ClusterManagerActor, CLUSTER_MANAGER_NAME, settings).remote(settings_json),
-        EXPIRY_REAPER_NAME: _detached(ExpiryReaperActor, EXPIRY_REAPER_NAME, settings).remote(settings_json),
-    }
+    handles: dict[str, ActorHandle[Any]] = {}
+    for name, cls in (
+        (REGISTRY_NAME, ProviderRegistryActor),
+        (CLUSTER_MANAGER_NAME, ClusterManagerActor),
+        (EXPIRY_REAPER_NAME, ExpiryReaperActor),
+    ):
+        handle: ActorHandle[Any] = _detached(cls, name, settings).remote(settings_json)  # type: ignore[assignment]  # Ray's overloads also allow a class
+        handles[name] = handle
+    return handles

@@ -9,15 +9,15 @@ from ray.util import metrics
 from dcl_core import domain
 
 # Seconds: a cluster comes up in 10-60 s on a small machine, a release takes ~1-10 s.
-PROVISION_BOUNDARIES = [5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 300, 600]
-RELEASE_BOUNDARIES = [0.5, 1, 2, 3, 5, 10, 20, 30, 60, 120]
-LATENESS_BOUNDARIES = [0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10]
+PROVISION_BOUNDARIES: list[float] = [5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 300, 600]
+RELEASE_BOUNDARIES: list[float] = [0.5, 1, 2, 3, 5, 10, 20, 30, 60, 120]
+LATENESS_BOUNDARIES: list[float] = [0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10]
 
 
 class RayMetrics:
     """Implements `actors.metrics.Metrics`; made inside an actor (metrics need a Ray worker)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._clusters = metrics.Gauge("dcluster_clusters", "Buyer clusters by state", tag_keys=("state",))
         self._provision = metrics.Histogram(
             "dcluster_cluster_provision_seconds",

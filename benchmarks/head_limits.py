@@ -30,6 +30,7 @@ from actors.db import store as store_mod
 from actors.machines import placement
 from benchmarks import common, scale
 from dcl_core import domain
+from dcl_core.cluster_spec import ClusterSpec
 
 NAME = "head_limits"
 CONCURRENCY = (1, 8, 32, 64)
@@ -91,7 +92,7 @@ async def _creates(manager, buyers: list[auth.Principal], concurrency: int, wind
             t0 = time.perf_counter()
             try:
                 await manager.create_cluster(
-                    buyers[i % len(buyers)], {"num_workers": 1, "gpus_per_worker": 8, "duration_s": 3600}
+                    buyers[i % len(buyers)], ClusterSpec(num_workers=1, gpus_per_worker=8, duration_s=3600)
                 )
                 latencies.append(time.perf_counter() - t0)
             except Exception as exc:

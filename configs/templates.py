@@ -13,7 +13,8 @@ import yaml
 @functools.cache
 def _read(name: str) -> dict[str, Any]:
     text = importlib.resources.files("configs").joinpath(name).read_text(encoding="utf-8")
-    return yaml.safe_load(text)
+    loaded: dict[str, Any] = yaml.safe_load(text)
+    return loaded
 
 
 def load(name: str) -> dict[str, Any]:

@@ -136,6 +136,10 @@ class LeaseClose(Strict):
     grace_s: Annotated[float, Field(ge=0, le=60)] = 2.0
 
 
+# What the platform sends an agent: a work item's payload, of the item's kind.
+WorkPayload = LeaseOpen | LeaseExec | LeaseClose
+
+
 class WorkResult(Strict):
     ok: bool
     exit_code: int | None = None

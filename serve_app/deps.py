@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
@@ -136,7 +136,7 @@ Clusters = Annotated[actor_handles.Clusters, Depends(clusters)]
 HeadProxy = Annotated[head_proxy_mod.HeadProxy, Depends(head_proxy)]
 
 # A heartbeat as the registry takes it: the caller, the machine id, its usage (JSON) and the leases it holds.
-Beat = tuple[registry_mod.MachineCaller, str, dict[str, Any], list[str]]
+Beat = tuple[registry_mod.MachineCaller, str, dict[str, Any], Sequence[str]]
 # A cluster read: who asks, and which cluster.
 ClusterRead = tuple[auth.Principal, str]
 HeartbeatBatcher = batching.Batcher[Beat, dict[str, Any]]

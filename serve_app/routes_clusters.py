@@ -25,7 +25,7 @@ SeedClusterId = Annotated[str, Path(max_length=64, description="Cluster id")]
 @router.post("/v1/clusters", status_code=status.HTTP_202_ACCEPTED, response_model=api.ClusterPublic)
 async def create_cluster(body: ClusterSpec, principal: deps.BuyerPrincipal, clusters: deps.Clusters) -> dict[str, Any]:
     """Reserves machines (409 with what is available when they are short) and starts the launch."""
-    return await clusters.create_cluster.remote(principal, body.model_dump(mode="json"))
+    return await clusters.create_cluster.remote(principal, body)
 
 
 @router.get("/v1/clusters", response_model=list[api.ClusterPublic])
@@ -191,7 +191,7 @@ async def metrics(
 @seed_router.post("/deploy_cluster", status_code=status.HTTP_202_ACCEPTED, response_model=None)
 async def seed_deploy(body: api.SeedDeploy, principal: deps.BuyerPrincipal, clusters: deps.Clusters) -> dict[str, Any]:
     spec = ClusterSpec(num_workers=body.num_workers, duration_s=max(60, body.duration * 60))
-    cluster = await clusters.create_cluster.remote(principal, spec.model_dump(mode="json"))
+    cluster = await clusters.create_cluster.remote(principal, spec)
     return {"cluster_id": cluster["id"]}
 
 
@@ -262,6 +262,6 @@ async def exec_on_node(
     body: api.NodeExec,
     principal: deps.NodeProviderPrincipal,
     clusters: deps.Clusters,
-) -> dict[str, Any]:
+) -> api.WorkResult:
     """Runs a launcher command on the node through the agent holding it; answers when it finished."""
-    return await clusters.exec_on_node.remote(principal, cluster_id, node_id, body.model_dump())
+    return await clusters.exec_on_node.remote(principal, cluster_id, node_id, body)

@@ -76,7 +76,7 @@ async def work_result(
     registry: deps.Registry,
 ) -> dict[str, Any]:
     """The agent's answer to a work item (a lease opened, a command's exit code and output)."""
-    return await registry.complete_work.remote(principal, machine_id, item_id, body.model_dump())
+    return await registry.complete_work.remote(principal, machine_id, item_id, body)
 
 
 @router.get("/v1/machine-keys", response_model=list[api.MachineKeyPublic])

@@ -7,6 +7,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
+from typing import Any, TypeVar
 
 from actors import metrics as metrics_mod
 from actors.access import auth, platform_secrets
@@ -16,6 +17,7 @@ from actors.settings import PlatformSettings
 from dcl_core import domain, errors
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 ADMIN_USERNAME = "admin"
 
@@ -72,7 +74,7 @@ class Accounts:
             raise RuntimeError("accounts not started")
         return self._tokens
 
-    async def _run_hasher(self, fn, *args):
+    async def _run_hasher(self, fn: Callable[..., T], *args: Any) -> T:
         async with self._hash_slots:
             return await asyncio.to_thread(fn, *args)
 
@@ -83,7 +85,7 @@ class Accounts:
         role: domain.Role,
         by: auth.Principal | None = None,
         client: str | None = None,
-    ) -> dict:
+    ) -> dict[str, Any]:
         """`client`: the caller's address, for the sign-up limits (admins are not limited)."""
         role = domain.Role(role)
         by_admin = by is not None and by.role is domain.Role.ADMIN
@@ -96,7 +98,7 @@ class Accounts:
         logger.info("account %s created with role %s", username, role.value)
         return _public_account(row)
 
-    async def login(self, username: str, password: str, client: str | None = None) -> dict:
+    async def login(self, username: str, password: str, client: str | None = None) -> dict[str, Any]:
         """`client`: the caller's address, for the per-address limit of failed sign-ins."""
         try:
             self._limiter.check(username)
@@ -106,7 +108,7 @@ class Accounts:
             raise
         row = await self._store.get_account_by_username(username)
         ok = await self._run_hasher(self._hasher.verify, password, row["password_hash"] if row else None)
-        if not ok:
+        if not ok or row is None:
             self._limiter.record_failure(username)
             self._metrics.sign_in_failed(throttled=False)
             raise errors.Unauthenticated("wrong username or password")
@@ -116,17 +118,17 @@ class Accounts:
         tokens = self._tokens_or_fail()
         return {"access_token": tokens.issue(principal), "token_type": "bearer", "expires_in": tokens.ttl_s}
 
-    async def get_account(self, principal: auth.Principal) -> dict:
+    async def get_account(self, principal: auth.Principal) -> dict[str, Any]:
         row = await self._store.get_account(principal.account_id)
         if row is None:
             raise errors.Unauthenticated("this account no longer exists")
         return _public_account(row)
 
-    async def list_accounts(self, principal: auth.Principal) -> list[dict]:
+    async def list_accounts(self, principal: auth.Principal) -> list[dict[str, Any]]:
         """Every account (admins only); never a password hash."""
         auth.check_role(principal, domain.Role.ADMIN)
         return [_public_account(row) for row in await self._store.list_accounts()]
 
 
-def _public_account(row: dict) -> dict:
+def _public_account(row: dict[str, Any]) -> dict[str, Any]:
     return {"id": row["id"], "username": row["username"], "role": row["role"], "created_at": row["created_at"]}

@@ -8,8 +8,9 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import jwt
 from passlib.context import CryptContext
@@ -34,14 +35,14 @@ class PasswordHasher:
 
     def hash(self, password: str) -> str:
         _check_password_text(password)
-        return self._context.hash(password)
+        return str(self._context.hash(password))
 
     def verify(self, password: str, password_hash: str | None) -> bool:
         _check_password_text(password)
         if password_hash is None:
             self._context.verify(password, self._dummy_hash)
             return False
-        return self._context.verify(password, password_hash)
+        return bool(self._context.verify(password, password_hash))
 
 
 def _check_password_text(password: str) -> None:
@@ -54,10 +55,9 @@ def _check_password_text(password: str) -> None:
         raise errors.InvalidInput("a password must be valid Unicode text (no lone surrogates)") from None
 
 
-def load_or_create_jwt_secret(state_dir: Path, environ: dict | None = None) -> str:
+def load_or_create_jwt_secret(state_dir: Path, environ: Mapping[str, str] | None = None) -> str:
     """The signing secret: from the environment if set, else from a 0600 file made on first start."""
-    environ = os.environ if environ is None else environ
-    from_env = environ.get(JWT_SECRET_ENV)
+    from_env = (os.environ if environ is None else environ).get(JWT_SECRET_ENV)
     if from_env:
         if len(from_env.encode()) < MIN_SECRET_BYTES:
             raise errors.InvalidInput(f"{JWT_SECRET_ENV} must be at least {MIN_SECRET_BYTES} bytes long")
@@ -80,7 +80,7 @@ class Principal:
     # Set for a token scoped to one buyer cluster (its node provider's credential).
     cluster_id: str | None = None
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "account_id": self.account_id,
             "username": self.username,
@@ -89,7 +89,7 @@ class Principal:
         }
 
     @classmethod
-    def from_dict(cls, data: dict) -> Principal:
+    def from_dict(cls, data: dict[str, Any]) -> Principal:
         return cls(int(data["account_id"]), data["username"], domain.Role(data["role"]), data.get("cluster_id"))
 
 

@@ -9,9 +9,9 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 
@@ -38,7 +38,7 @@ class Secrets(Protocol):
     async def cluster_token_file(self, cluster_id: str) -> Path:
         """A 0600 file on this node holding the cluster's token (what Ray's AWS launcher config names)."""
 
-    async def save_admin_credentials(self, credentials: dict) -> None:
+    async def save_admin_credentials(self, credentials: dict[str, Any]) -> None:
         """The bootstrap admin's credentials, for the operator: admin_credentials.json in the state dir."""
 
     async def restore_admin_credentials_file(self) -> None:
@@ -63,7 +63,7 @@ class FileSecrets:
     async def cluster_token_file(self, cluster_id: str) -> Path:
         return self._settings.clusters_dir / cluster_id / cluster_files.TOKEN_FILE
 
-    async def save_admin_credentials(self, credentials: dict) -> None:
+    async def save_admin_credentials(self, credentials: dict[str, Any]) -> None:
         secret_files.write_secret_file(self._settings.admin_credentials_path, json.dumps(credentials))
 
     async def restore_admin_credentials_file(self) -> None:
@@ -80,11 +80,14 @@ class SecretRows(database.Database):
             .values(name=name, ciphertext=ciphertext, created_at=now)
             .on_conflict_do_nothing(index_elements=[schema.secrets.c.name])
         )
-        return await self.get(name)
+        kept = await self.get(name)
+        if kept is None:
+            raise RuntimeError(f"secret {name} was written but cannot be read back")
+        return kept
 
     async def get(self, name: str) -> str | None:
         row = await self.fetch_one(sa.select(schema.secrets.c.ciphertext).where(schema.secrets.c.name == name))
-        return row["ciphertext"] if row else None
+        return str(row["ciphertext"]) if row else None
 
 
 class DatabaseSecrets:
@@ -99,14 +102,14 @@ class DatabaseSecrets:
         *,
         box: Callable[[], secret_box.SecretBox] = secret_box.SecretBox.from_environment,
         clock: Callable[[], float] = time.time,
-        environ=None,
+        environ: Mapping[str, str] | None = None,
     ):
         self._rows = rows
         self._settings = settings
         self._make_box = box
         self._box: secret_box.SecretBox | None = None
         self._clock = clock
-        self._environ = os.environ if environ is None else environ
+        self._environ: Mapping[str, str] = os.environ if environ is None else environ
         self._cache: dict[str, str] = {}  # secrets never change once written
 
     def _sealer(self) -> secret_box.SecretBox:
@@ -150,7 +153,7 @@ class DatabaseSecrets:
         cluster_files.write_cluster_token(path.parent, await self.cluster_token(cluster_id))
         return path
 
-    async def save_admin_credentials(self, credentials: dict) -> None:
+    async def save_admin_credentials(self, credentials: dict[str, Any]) -> None:
         await self._get_or_create(ADMIN_CREDENTIALS, lambda: json.dumps(credentials))
         await self.restore_admin_credentials_file()
 

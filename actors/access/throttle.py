@@ -7,6 +7,7 @@ import math
 import time
 from collections.abc import Callable
 
+from actors.settings import PlatformSettings
 from dcl_core import errors
 
 # Per-address buckets kept at most; full (idle) ones are dropped first, so memory stays bounded
@@ -140,7 +141,7 @@ class AuthThrottle:
         )
 
     @classmethod
-    def from_settings(cls, settings, clock: Callable[[], float] = time.monotonic) -> AuthThrottle:
+    def from_settings(cls, settings: PlatformSettings, clock: Callable[[], float] = time.monotonic) -> AuthThrottle:
         return cls(
             login_failures_per_address_per_minute=settings.login_failures_per_address_per_minute,
             signups_per_address_per_minute=settings.signups_per_address_per_minute,

@@ -5,8 +5,9 @@ catalog.py."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Any, Protocol
 
+from actors.db import records
 from actors.machines import placement
 from dcl_core.cluster_spec import ClusterSpec
 
@@ -26,27 +27,27 @@ class Backend(Protocol):
     def check(self, spec: ClusterSpec) -> None:
         """Raises errors.InvalidInput when this platform cannot run spec on this backend."""
 
-    async def reserve(self, cluster_id: str, spec: ClusterSpec, place: Place) -> tuple[list[dict], str]:
+    async def reserve(self, cluster_id: str, spec: ClusterSpec, place: Place) -> tuple[list[dict[str, Any]], str]:
         """The lease rows to store with the new cluster, and the event that says what was reserved."""
 
-    def launcher_config(self, row: dict, spec: ClusterSpec, now: float) -> dict:
-        """The cluster-launcher config of the cluster (row: its clusters row)."""
+    def launcher_config(self, cluster: records.Cluster, now: float) -> dict[str, Any]:
+        """The cluster-launcher config of the cluster."""
 
-    def needs_launcher_teardown(self, leases: list[dict]) -> bool:
+    def needs_launcher_teardown(self, leases: list[records.Lease]) -> bool:
         """Whether the launcher has anything to tear down once the leases are closed."""
 
 
 class LaunchSteps(Protocol):
     """Run by the launcher in its own process (actors/backends/launcher.py), around Ray's SDK calls."""
 
-    def handles(self, config: dict) -> bool:
+    def handles(self, config: dict[str, Any]) -> bool:
         """Whether config is a launcher config of this backend."""
 
     def warm_up(self) -> None:
         """Imports ahead what a launch will need (in a launcher process started before a cluster asks)."""
 
-    def prepare(self, config: dict) -> dict:
+    def prepare(self, config: dict[str, Any]) -> dict[str, Any]:
         """The config to give Ray's SDK, once what it needs outside Ray exists; before create and teardown."""
 
-    def release(self, config: dict) -> None:
+    def release(self, config: dict[str, Any]) -> None:
         """After teardown_cluster: removes what Ray leaves behind."""

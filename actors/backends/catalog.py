@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from actors.access import auth
 from actors.backends import backend
@@ -27,7 +28,7 @@ def warm_up() -> None:
         steps.warm_up()
 
 
-def launch_steps(config: dict) -> backend.LaunchSteps:
+def launch_steps(config: dict[str, Any]) -> backend.LaunchSteps:
     """The launch steps of the backend whose launcher config this is."""
     for steps in LAUNCH_STEPS:
         if steps.handles(config):

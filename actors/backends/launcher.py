@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 import ray
+from ray.actor import ActorHandle
 
 from actors.backends import catalog
 
@@ -23,7 +25,7 @@ def _prepare_process(private_tmp: str) -> None:
 
     from ray.autoscaler._private.cli_logger import cli_logger
 
-    cli_logger.configure(log_style="record", verbosity=0)
+    cli_logger.configure(log_style="record", verbosity=0)  # type: ignore[no-untyped-call]  # Ray's, untyped
     # teardown_cluster writes the config, provider credential included, to a 0644 file in the temp dir.
     os.makedirs(private_tmp, mode=0o700, exist_ok=True)
     tempfile.tempdir = private_tmp
@@ -48,7 +50,7 @@ class _LaunchProcess:
     def ready(self) -> bool:
         return True
 
-    def create(self, config: dict) -> None:
+    def create(self, config: dict[str, Any]) -> None:
         from ray.autoscaler import sdk
 
         config = catalog.launch_steps(config).prepare(config)
@@ -56,7 +58,7 @@ class _LaunchProcess:
 
 
 @ray.remote(num_cpus=0, max_calls=1, max_retries=0)
-def _teardown(config: dict, private_tmp: str) -> None:
+def _teardown(config: dict[str, Any], private_tmp: str) -> None:
     from ray.autoscaler import sdk
 
     _prepare_process(private_tmp)
@@ -69,22 +71,25 @@ def _teardown(config: dict, private_tmp: str) -> None:
 class RayClusterLauncher:
     """The real launcher (cluster_manager.Launcher): ray.autoscaler.sdk in a Ray worker process each."""
 
-    def __init__(self, private_tmp: str, *, on_head: bool = True, process_class=_LaunchProcess):
+    def __init__(self, private_tmp: str, *, on_head: bool = True, process_class: type[_LaunchProcess] = _LaunchProcess):
         self._private_tmp = private_tmp
         # On the head beside the state dir (one node); anywhere when the platform's state is in PostgreSQL.
         self._options = {"resources": HEAD_NODE_RESOURCE} if on_head else {}
         self._process_class = process_class
-        self._next_process = None  # started ahead for the next create
+        self._next_process: ActorHandle[_LaunchProcess] | None = None  # started ahead for the next create
 
     def prestart(self) -> None:
         """Starts the process the next create will use, if none is starting yet."""
         if self._next_process is None:
             self._next_process = self._start_process()
 
-    def _start_process(self):
-        return self._process_class.options(**self._options).remote(self._private_tmp)
+    def _start_process(self) -> ActorHandle[_LaunchProcess]:
+        # ray.remote(...) with options leaves the class's own type to mypy: .options() is Ray's, untyped.
+        starting = self._process_class.options(**self._options)  # type: ignore[attr-defined]
+        handle: ActorHandle[_LaunchProcess] = starting.remote(self._private_tmp)
+        return handle
 
-    async def create(self, config: dict) -> None:
+    async def create(self, config: dict[str, Any]) -> None:
         process = await self._take_process()
         try:
             await process.create.remote(config)
@@ -93,12 +98,12 @@ class RayClusterLauncher:
             # The next one starts now, not while this cluster's nodes start: they need the CPU more.
             self.prestart()
 
-    async def teardown(self, config: dict) -> None:
+    async def teardown(self, config: dict[str, Any]) -> None:
         await _run(_teardown.options(**self._options).remote(config, self._private_tmp))
 
-    async def _take_process(self):
-        self.prestart()
-        process, self._next_process = self._next_process, None
+    async def _take_process(self) -> ActorHandle[_LaunchProcess]:
+        process = self._next_process or self._start_process()
+        self._next_process = None
         try:
             await process.ready.remote()
         except ray.exceptions.RayActorError:  # it died while it waited (e.g. its node went away): a new one
@@ -107,7 +112,7 @@ class RayClusterLauncher:
         return process
 
 
-async def _run(ref) -> None:
+async def _run(ref: ray.ObjectRef[None]) -> None:
     try:
         await ref
     except asyncio.CancelledError:

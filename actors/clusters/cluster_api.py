@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from actors.access import auth, platform_secrets
 from actors.backends import backend as backend_mod
@@ -13,7 +14,7 @@ from actors.clusters import cluster_views as views
 from actors.clusters import usage as usage_mod
 from actors.clusters.events import ClusterEvents
 from actors.db import cluster_store as cstore
-from actors.db import database
+from actors.db import database, records
 from actors.machines.placer import Placer
 from actors.settings import PlatformSettings
 from dcl_core import domain, errors, ids
@@ -25,26 +26,28 @@ S = domain.ClusterStatus
 N = domain.NodeRole
 
 
-def check_owner(principal: auth.Principal, cluster_id: str, row: dict | None) -> dict:
-    """The cluster's row if the principal may see it; another's cluster is as missing as none."""
+def check_owner(principal: auth.Principal, cluster_id: str, cluster: records.Cluster | None) -> records.Cluster:
+    """The cluster if the principal may see it; another's cluster is as missing as none."""
     views.require_buyer_or_admin(principal)
-    if row is None or (principal.role is not domain.Role.ADMIN and row["owner_id"] != principal.account_id):
+    if cluster is None or (principal.role is not domain.Role.ADMIN and cluster.owner_id != principal.account_id):
         raise errors.NotFound(f"cluster {cluster_id} not found")
-    return row
+    return cluster
 
 
-async def read_clusters(store: cstore.ClusterStore, reads: list[tuple[auth.Principal, str]]) -> list[dict | Exception]:
+async def read_clusters(
+    store: cstore.ClusterStore, reads: list[tuple[auth.Principal, str]]
+) -> list[dict[str, Any] | Exception]:
     """Many get_cluster at once, as the API replica batches them (two queries in all): each read's cluster, or
     the error it alone gets (not the caller's, no such cluster). The ClusterManager's, and the API replica's own
     where the database is at hand (no actor hop: serve_app.app)."""
     cluster_ids = [cluster_id for _, cluster_id in reads]
-    rows = await store.get_clusters(cluster_ids)
-    leases = await store.leases_of_clusters([c for c in cluster_ids if c in rows])
-    answers: list[dict | Exception] = []
+    found = await store.get_clusters(cluster_ids)
+    leases = await store.leases_of_clusters([c for c in cluster_ids if c in found])
+    answers: list[dict[str, Any] | Exception] = []
     for principal, cluster_id in reads:
         try:
             answers.append(
-                views.public_cluster(check_owner(principal, cluster_id, rows.get(cluster_id)), leases[cluster_id])
+                views.public_cluster(check_owner(principal, cluster_id, found.get(cluster_id)), leases[cluster_id])
             )
         except errors.DClusterError as exc:
             answers.append(exc)
@@ -83,9 +86,8 @@ class BuyerApi:
         self._begin_teardown = begin_teardown
         self._schedule_expiry = schedule_expiry
 
-    async def create_cluster(self, principal: auth.Principal, spec: dict) -> dict:
+    async def create_cluster(self, principal: auth.Principal, spec: ClusterSpec) -> dict[str, Any]:
         views.require_buyer(principal)
-        spec = ClusterSpec.model_validate(spec)
         backend = self._backend(spec)
         backend.check(spec)
         now = self._clock()
@@ -110,51 +112,53 @@ class BuyerApi:
         logger.info("cluster %s created for %s: %d worker(s)", cid, principal.username, spec.num_workers)
         await self._schedule_expiry(cid)
         self._provision(cid)
-        return await self._public(await self._store.get_cluster(cid))
+        return await self._public(await self._existing(cid))
 
-    async def get_quota(self, principal: auth.Principal, account_id: int) -> dict:
+    async def get_quota(self, principal: auth.Principal, account_id: int) -> dict[str, Any]:
         return await self._quotas.view(principal, account_id)
 
-    async def set_quota(self, principal: auth.Principal, account_id: int, overrides: dict) -> dict:
+    async def set_quota(self, principal: auth.Principal, account_id: int, overrides: dict[str, Any]) -> dict[str, Any]:
         async with self._placement_lock:  # never between another request's check and its reservation
             return await self._quotas.set(principal, account_id, overrides)
 
-    async def list_clusters(self, principal: auth.Principal) -> list[dict]:
+    async def list_clusters(self, principal: auth.Principal) -> list[dict[str, Any]]:
         owner = None if principal.role is domain.Role.ADMIN else principal.account_id
         views.require_buyer_or_admin(principal)
-        return [await self._public(r) for r in await self._store.list_clusters(owner)]
+        return [await self._public(c) for c in await self._store.list_clusters(owner)]
 
-    async def get_cluster(self, principal: auth.Principal, cluster_id: str) -> dict:
+    async def get_cluster(self, principal: auth.Principal, cluster_id: str) -> dict[str, Any]:
         return await self._public(await self._own_cluster(principal, cluster_id))
 
-    async def get_clusters(self, reads: list[tuple[auth.Principal, str]]) -> list[dict | Exception]:
+    async def get_clusters(self, reads: list[tuple[auth.Principal, str]]) -> list[dict[str, Any] | Exception]:
         return await read_clusters(self._store, reads)
 
-    async def delete_cluster(self, principal: auth.Principal, cluster_id: str) -> dict:
+    async def delete_cluster(self, principal: auth.Principal, cluster_id: str) -> dict[str, Any]:
         """Idempotent: an ended cluster is returned as it is."""
-        row = await self._own_cluster(principal, cluster_id)
-        if S(row["status"]).is_active():
+        cluster = await self._own_cluster(principal, cluster_id)
+        if cluster.status.is_active():
             await self._begin_teardown(cluster_id, S.TERMINATED, f"deleted by {principal.username}")
-        return await self._public(await self._store.get_cluster(cluster_id))
+        return await self._public(await self._existing(cluster_id))
 
-    async def cluster_events(self, principal: auth.Principal, cluster_id: str, after_id: int = 0) -> list[dict]:
+    async def cluster_events(
+        self, principal: auth.Principal, cluster_id: str, after_id: int = 0
+    ) -> list[dict[str, Any]]:
         await self._own_cluster(principal, cluster_id)
         return await self._store.events(cluster_id, after_id)
 
-    async def cluster_logs(self, principal: auth.Principal, cluster_id: str) -> list[dict]:
+    async def cluster_logs(self, principal: auth.Principal, cluster_id: str) -> list[dict[str, Any]]:
         """What the cluster's nodes shipped as they closed (after the cluster ended too)."""
         await self._own_cluster(principal, cluster_id)
         return await self._logs.index(cluster_id)
 
     async def cluster_log(
         self, principal: auth.Principal, cluster_id: str, name: str, lease_id: str | None = None
-    ) -> dict:
-        row = await self._own_cluster(principal, cluster_id)
+    ) -> dict[str, Any]:
+        cluster = await self._own_cluster(principal, cluster_id)
         found = await self._logs.text(cluster_id, lease_id, name)
         if found is None:
             when = (
                 ""
-                if domain.ClusterStatus(row["status"]).is_terminal()
+                if cluster.status.is_terminal()
                 else "; a node's logs are kept as it is released (while it runs: `ray job logs`)"
             )
             raise errors.NotFound(
@@ -162,67 +166,67 @@ class BuyerApi:
             )
         return found
 
-    async def job_log(self, principal: auth.Principal, cluster_id: str, job_id: str) -> dict:
+    async def job_log(self, principal: auth.Principal, cluster_id: str, job_id: str) -> dict[str, Any]:
         """A submitted job's driver output, as the head shipped it."""
         return await self.cluster_log(principal, cluster_id, cluster_logs.job_log_name(job_id))
 
-    async def connection(self, principal: auth.Principal, cluster_id: str) -> dict:
-        row = await self._own_cluster(principal, cluster_id)
+    async def connection(self, principal: auth.Principal, cluster_id: str) -> dict[str, Any]:
+        cluster = await self._own_cluster(principal, cluster_id)
         head = next(
             (
                 l
                 for l in await self._store.leases_of(cluster_id)
-                if l["role"] == N.HEAD and l["status"] == domain.LeaseStatus.OPEN.value and l["joined_at"]
+                if l.role is N.HEAD and l.is_open and l.joined and l.node_ip and l.ports
             ),
             None,
         )
-        if not S(row["status"]).is_active() or head is None:
+        if not cluster.status.is_active() or head is None or not head.node_ip or not head.ports:
             raise errors.Conflict(
-                f"cluster {cluster_id} is {row['status']}: connection details exist once its "
+                f"cluster {cluster_id} is {cluster.status.value}: connection details exist once its "
                 "head node has joined (see GET /v1/clusters/{id}/events)"
             )
         token = await self._secrets.cluster_token(cluster_id)
         return views.connection_details(
-            head["node_ip"], head["ports"], token, f"{self._settings.api_url.rstrip('/')}/v1/clusters/{cluster_id}"
+            head.node_ip, head.ports, token, f"{self._settings.api_url.rstrip('/')}/v1/clusters/{cluster_id}"
         )
 
     async def proxy_target(
         self, principal: auth.Principal, cluster_id: str, service: str, node_id: str | None = None
-    ) -> dict:
+    ) -> dict[str, Any]:
         """Where the platform's proxy reaches the caller's own live cluster (views.PROXIED_SERVICES), and the
         cluster's Ray token for the dashboard; 404 for another account's cluster."""
-        row = await self._own_cluster(principal, cluster_id)
+        cluster = await self._own_cluster(principal, cluster_id)
         target = views.proxy_target(
-            cluster_id, row["status"], await self._store.leases_of(cluster_id), service, node_id
+            cluster_id, cluster.status, await self._store.leases_of(cluster_id), service, node_id
         )
         if service == "dashboard":
             target["token"] = await self._secrets.cluster_token(cluster_id)
         return target
 
-    async def extend_cluster(self, principal: auth.Principal, cluster_id: str, duration_s: int) -> dict:
-        row = await self._own_cluster(principal, cluster_id)
-        if not S(row["status"]).is_active():
-            raise errors.Conflict(f"cluster {cluster_id} is {row['status']}: only a live cluster can be extended")
-        new_expiry = row["expires_at"] + duration_s
-        limit = row["created_at"] + self._settings.max_lifetime_s
+    async def extend_cluster(self, principal: auth.Principal, cluster_id: str, duration_s: int) -> dict[str, Any]:
+        cluster = await self._own_cluster(principal, cluster_id)
+        if not cluster.status.is_active():
+            raise errors.Conflict(
+                f"cluster {cluster_id} is {cluster.status.value}: only a live cluster can be extended"
+            )
+        new_expiry = cluster.expires_at + duration_s
+        limit = cluster.created_at + self._settings.max_lifetime_s
         if new_expiry > limit:
-            room = max(0, int(limit - row["expires_at"]))
+            room = max(0, int(limit - cluster.expires_at))
             raise errors.Conflict(
                 f"a cluster lives at most {self._settings.max_lifetime_s} s; this one can be "
                 f"extended by at most {room} s more"
             )
         async with self._placement_lock:  # quota checks see each other's reservations
-            await self._quotas.check(
-                row["owner_id"], quotas.extension_demand(ClusterSpec.model_validate_json(row["spec"]), duration_s)
-            )
+            await self._quotas.check(cluster.owner_id, quotas.extension_demand(cluster.spec, duration_s))
             await self._store.set_expiry(cluster_id, new_expiry, self._clock())
         await self._events.record(
             cluster_id, domain.EventKind.EXTENDED, f"lifetime extended by {duration_s} s by {principal.username}"
         )
         await self._schedule_expiry(cluster_id)
-        return await self._public(await self._store.get_cluster(cluster_id))
+        return await self._public(await self._existing(cluster_id))
 
-    async def usage(self, principal: auth.Principal, start: float, end: float) -> dict:
+    async def usage(self, principal: auth.Principal, start: float, end: float) -> dict[str, Any]:
         now = self._clock()
         if principal.role is domain.Role.PROVIDER:
             leases = await self._store.leases_in_window(start, end, provider_id=principal.account_id)
@@ -238,8 +242,15 @@ class BuyerApi:
             **usage_mod.summarize(leases, group_by="cluster_id", start=start, end=end, now=now),
         }
 
-    async def _own_cluster(self, principal: auth.Principal, cluster_id: str) -> dict:
+    async def _own_cluster(self, principal: auth.Principal, cluster_id: str) -> records.Cluster:
         return check_owner(principal, cluster_id, await self._store.get_cluster(cluster_id))
 
-    async def _public(self, row: dict) -> dict:
-        return views.public_cluster(row, await self._store.leases_of(row["id"]))
+    async def _existing(self, cluster_id: str) -> records.Cluster:
+        """A cluster this request just read or wrote (clusters are never deleted)."""
+        cluster = await self._store.get_cluster(cluster_id)
+        if cluster is None:
+            raise RuntimeError(f"cluster {cluster_id} was written but cannot be read back")
+        return cluster
+
+    async def _public(self, cluster: records.Cluster) -> dict[str, Any]:
+        return views.public_cluster(cluster, await self._store.leases_of(cluster.id))

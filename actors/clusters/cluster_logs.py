@@ -9,8 +9,10 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable
+from typing import Any
 
 from actors.db import cluster_store as cstore
+from actors.db import records
 from dcl_core import ids
 
 logger = logging.getLogger(__name__)
@@ -24,7 +26,7 @@ def job_log_name(job_id: str) -> str:
     return f"ray/job-driver-{job_id}.log"
 
 
-def valid_files(shipped: object) -> list[dict]:
+def valid_files(shipped: object) -> list[dict[str, Any]]:
     """The well-formed entries of what an agent shipped; anything else is dropped."""
     if not isinstance(shipped, list):
         return []
@@ -47,7 +49,7 @@ def valid_files(shipped: object) -> list[dict]:
     return files
 
 
-def fit(files: list[dict], budget: int) -> list[dict]:
+def fit(files: list[dict[str, Any]], budget: int) -> list[dict[str, Any]]:
     """Keeps files in the order given while the cluster's budget (bytes of text) lasts; the file
     that crosses it keeps its tail."""
     kept = []
@@ -74,7 +76,7 @@ class ClusterLogs:
         self._retention_s = retention_s
         self._clock = clock
 
-    async def keep(self, cluster_id: str, lease: dict, shipped: object) -> int:
+    async def keep(self, cluster_id: str, lease: records.Lease, shipped: object) -> int:
         """Stores what a closing lease shipped, within what is left of the cluster's budget; returns
         how many files were kept."""
         files = valid_files(shipped)
@@ -82,9 +84,9 @@ class ClusterLogs:
             return 0
         kept = await self._store.add_logs(
             cluster_id,
-            lease["id"],
-            lease["role"],
-            lease["machine_id"],
+            lease.id,
+            lease.role.value,
+            lease.machine_id,
             lambda used: fit(files, self._max_bytes - used),
             self._clock(),
         )
@@ -94,15 +96,15 @@ class ClusterLogs:
                 cluster_id,
                 len(files) - len(kept),
                 len(files),
-                lease["id"],
+                lease.id,
                 self._max_bytes,
             )
         return len(kept)
 
-    async def index(self, cluster_id: str) -> list[dict]:
+    async def index(self, cluster_id: str) -> list[dict[str, Any]]:
         return await self._store.log_index(cluster_id)
 
-    async def text(self, cluster_id: str, lease_id: str | None, name: str) -> dict | None:
+    async def text(self, cluster_id: str, lease_id: str | None, name: str) -> dict[str, Any] | None:
         """The file, with a note at its top when only its tail was kept; None when not kept."""
         row = await self._store.log_file(cluster_id, lease_id, name)
         if row is None:

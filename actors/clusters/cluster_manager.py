@@ -11,7 +11,7 @@ import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from actors import metrics as metrics_mod
 from actors.access import auth, cluster_files, platform_secrets
@@ -23,7 +23,8 @@ from actors.clusters.events import ClusterEvents
 from actors.clusters.lease_opener import LeaseOpener, WorkSender
 from actors.clusters.node_api import NodeProviderApi
 from actors.db import cluster_store as cstore
-from actors.machines import gpu_checks
+from actors.db import records
+from actors.machines import gpu_checks, liveness
 from actors.machines.placer import Placer
 from actors.settings import PlatformSettings
 from dcl_core import domain
@@ -42,7 +43,7 @@ class Registry(WorkSender, Protocol):
 
     async def signing_secret(self) -> str: ...
 
-    async def lease_liveness(self) -> dict: ...
+    async def lease_liveness(self) -> liveness.LeaseLiveness: ...
 
 
 class Reaper(Protocol):
@@ -104,7 +105,7 @@ class ClusterManager:
         self._gpu_checks = gpu_checks.GpuChecker(
             store, settings, registry=registry, placement_lock=self._placement_lock, clock=clock
         )
-        self._tasks: dict[str, asyncio.Task] = {}  # cluster id → its provisioning or teardown
+        self._tasks: dict[str, asyncio.Task[None]] = {}  # cluster id → its provisioning or teardown
         self._last_sweep = 0.0
         self._backends = catalog.backends(settings, self._tokens_or_fail)
         self._launches = launches.Launches(
@@ -158,7 +159,7 @@ class ClusterManager:
         """The clusters whose workers are opening while their head starts."""
         return self._nodes.opening_ahead()
 
-    def background_work(self) -> dict[str, asyncio.Task]:
+    def background_work(self) -> dict[str, asyncio.Task[None]]:
         """The provisioning or teardown running for each cluster id (a copy)."""
         return dict(self._tasks)
 
@@ -170,12 +171,10 @@ class ClusterManager:
         await self._gpu_checks.recover()
         await self._placer.load()  # after: recover gives machines their first GPU status
         interrupted = await self._store.clusters_with_status(S.TERMINATING)
-        for row in await self._store.clusters_with_status(S.PENDING, S.PROVISIONING):
-            await self._launches.fail(row["id"], "the control plane restarted while the cluster was provisioning")
-        for row in interrupted:
-            self._launches.spawn(
-                row["id"], self._launches.teardown(row["id"], S(row["ending_as"] or S.TERMINATED.value))
-            )
+        for cluster in await self._store.clusters_with_status(S.PENDING, S.PROVISIONING):
+            await self._launches.fail(cluster.id, "the control plane restarted while the cluster was provisioning")
+        for cluster in interrupted:
+            self._launches.spawn(cluster.id, self._launches.teardown(cluster.id, cluster.ending_as or S.TERMINATED))
 
     async def run_reconcile_loop(self) -> None:
         """Notices joined workers, lost machines and ended lifetimes; never dies."""
@@ -196,31 +195,31 @@ class ClusterManager:
                 logger.exception("GPU check step failed")
 
     async def reconcile_once(self) -> None:
-        rows = await self._store.clusters_with_status(S.PROVISIONING, S.RUNNING, S.DEGRADED)
+        live = await self._store.clusters_with_status(S.PROVISIONING, S.RUNNING, S.DEGRADED)
         # First: running never precedes a join. Clusters it read and had nothing to ask are not read again.
-        leases_read = await self._joins.observe_all([row["id"] for row in rows])
+        leases_read = await self._joins.observe_all([cluster.id for cluster in live])
         now = self._clock()
-        liveness = await self._registry.lease_liveness()
-        for row in rows:
+        heard = await self._registry.lease_liveness()
+        for cluster in live:
             try:
-                await self._reconcile_cluster(row, now, liveness, leases_read.get(row["id"]))
+                await self._reconcile_cluster(cluster, now, heard, leases_read.get(cluster.id))
             except Exception:
-                logger.exception("reconcile of cluster %s failed", row["id"])
+                logger.exception("reconcile of cluster %s failed", cluster.id)
         self._metrics.cluster_states(await self._store.count_clusters_by_status())
         if now - self._last_sweep >= SWEEP_INTERVAL_S:
             self._last_sweep = now
             await self.sweep()
         await self._placer.reload_if_due(now)
 
-    async def sweep(self) -> dict:
+    async def sweep(self) -> dict[str, int]:
         """Releases what no live cluster owns: leases of ended clusters (a close that failed, a crash
         between steps) and launcher temp files of ended clusters. Agents drop their own strays when
         a heartbeat's answer names them (ProviderRegistry.heartbeat)."""
         closed = 0
         for lease in await self._store.active_leases():
-            cluster = await self._store.get_cluster(lease["cluster_id"])
-            if cluster is None or S(cluster["status"]).is_terminal():
-                await self._opener.close_lease(lease["cluster_id"], lease)
+            cluster = await self._store.get_cluster(lease.cluster_id)
+            if cluster is None or cluster.status.is_terminal():
+                await self._opener.close_lease(lease.cluster_id, lease)
                 closed += 1
         try:
             await self._logs.purge()
@@ -234,25 +233,30 @@ class ClusterManager:
         return {"leases_closed": closed, "launcher_files_removed": removed}
 
     async def _reconcile_cluster(
-        self, row: dict, now: float, liveness: dict | None = None, leases: list[dict] | None = None
+        self,
+        cluster: records.Cluster,
+        now: float,
+        heard: liveness.LeaseLiveness | None = None,
+        leases: list[records.Lease] | None = None,
     ) -> None:
-        """One step of lifecycle.decide for the cluster, carried out in order. liveness: the registry's
+        """One step of lifecycle.decide for the cluster, carried out in order. heard: the registry's
         lease_liveness (silence cutoff, leases each agent holds); asked for when not given. leases: the
         cluster's, read in this step already; read when not given."""
-        watches_leases = self._backend(ClusterSpec.model_validate_json(row["spec"])).watches_leases
-        machines, held = {}, {}
-        if not (watches_leases and row["expires_at"] + EXPIRY_BACKSTOP_S > now):
+        watches_leases = self._backend(cluster.spec).watches_leases
+        machines: dict[str, str] = {}
+        held: dict[str, liveness.Held] = {}
+        if not (watches_leases and cluster.expires_at + EXPIRY_BACKSTOP_S > now):
             leases = []
         else:
             if leases is None:
-                leases = await self._store.leases_of(row["id"])
-            live = [l["machine_id"] for l in leases if domain.LeaseStatus(l["status"]).holds_capacity()]
-            if liveness is None:
-                liveness = await self._registry.lease_liveness()
-            machines = await self._store.machine_statuses(live, liveness["silence_cutoff"])
-            held = liveness["held"]
+                leases = await self._store.leases_of(cluster.id)
+            live = [l.machine_id for l in leases if l.status.holds_capacity()]
+            if heard is None:
+                heard = await self._registry.lease_liveness()
+            machines = await self._store.machine_statuses(live, heard["silence_cutoff"])
+            held = heard["held"]
         for action in lifecycle.decide(
-            row,
+            cluster,
             leases,
             machines,
             now,
@@ -261,12 +265,12 @@ class ClusterManager:
             expiry_backstop_s=EXPIRY_BACKSTOP_S,
             held=held,
         ):
-            if not await self._act(row, action, now):
+            if not await self._act(cluster, action, now):
                 return
 
-    async def _act(self, row: dict, action: lifecycle.Action, now: float) -> bool:
+    async def _act(self, cluster: records.Cluster, action: lifecycle.Action, now: float) -> bool:
         """Carries out one action; False when the step ends there."""
-        cid = row["id"]
+        cid = cluster.id
         if isinstance(action, lifecycle.Expire):  # the ExpiryReaper missed it (e.g. it is restarting)
             await self.expire(cid, action.deadline)
             return False
@@ -276,7 +280,7 @@ class ClusterManager:
         if isinstance(action, lifecycle.LoseLease):
             if await self._store.end_lease(action.lease_id, domain.LeaseStatus.LOST, now):
                 await self._events.record(
-                    cid, domain.EventKind.LEASE_LOST, f"{action.role} node {action.lease_id} lost: {action.why}"
+                    cid, domain.EventKind.LEASE_LOST, f"{action.role.value} node {action.lease_id} lost: {action.why}"
                 )
                 if action.fail_reason:
                     await self._launches.fail(cid, action.fail_reason)
@@ -284,16 +288,16 @@ class ClusterManager:
             return True
         if await self._store.set_cluster_status(cid, action.to, now, reason=action.reason, only_from=(action.from_,)):
             if (action.from_, action.to) == (S.PROVISIONING, S.RUNNING):
-                self._metrics.provisioned(now - row["created_at"])
+                self._metrics.provisioned(now - cluster.created_at)
             if action.clear_reason:
                 await self._store.clear_reason(cid)
             await self._events.record(cid, action.event_kind, action.message)
         return True
 
     async def note_no_capacity(self, cluster_id: str, detail: str) -> None:
-        row = await self._store.get_cluster(cluster_id)
-        if row and row["status"] == S.DEGRADED.value and detail not in (row["reason"] or ""):
-            reason = f"{row['reason'].split(';')[0]}; no matching machine is free: {detail}"
+        cluster = await self._store.get_cluster(cluster_id)
+        if cluster and cluster.status is S.DEGRADED and detail not in (cluster.reason or ""):
+            reason = f"{(cluster.reason or '').split(';')[0]}; no matching machine is free: {detail}"
             await self._store.set_cluster_status(cluster_id, S.DEGRADED, self._clock(), reason=reason)
 
     # --- lifetimes (the ExpiryReaper calls these) ----------------------------------------
@@ -324,9 +328,10 @@ def _expose(host: type, part: str, part_cls: type) -> None:
     """Makes every public coroutine method of part_cls a method of host that calls the same method of the host's
     part (the attribute `part`): the actor (actors.actor_classes.thin_actor) serves the host's methods."""
 
-    def forwarded(name: str, method: Callable) -> Callable:
+    # Forwarded calls take and return whatever the part's method does: it is looked up by name at run time.
+    def forwarded(name: str, method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
         @functools.wraps(method)
-        async def forward(self, *args, **kwargs):
+        async def forward(self: object, *args: Any, **kwargs: Any) -> Any:
             return await getattr(getattr(self, part), name)(*args, **kwargs)
 
         return forward

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import json
 import shlex
+from collections.abc import Mapping
+from typing import Any
 
 from actors.access import auth
+from actors.db import records
 from configs import labels
 from dcl_core import domain, errors
 
 
-def connection_details(node_ip: str, ports: dict, token: str, proxy_base: str) -> dict:
+def connection_details(node_ip: str, ports: Mapping[str, int], token: str, proxy_base: str) -> dict[str, Any]:
     """proxy_base: the cluster's URL on the platform (API URL + /v1/clusters/<id>), for the proxied dashboard."""
     dashboard = f"http://{node_ip}:{ports['dashboard']}"
     env = {"RAY_ADDRESS": dashboard, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
@@ -34,23 +36,21 @@ def connection_details(node_ip: str, ports: dict, token: str, proxy_base: str) -
 PROXIED_SERVICES = {"dashboard": "dashboard", "metrics": "metrics_export"}
 
 
-def proxy_target(cluster_id: str, status: str, leases: list[dict], service: str, node_id: str | None) -> dict:
+def proxy_target(
+    cluster_id: str, status: domain.ClusterStatus, leases: list[records.Lease], service: str, node_id: str | None
+) -> dict[str, Any]:
     """Where the proxy connects for one of the cluster's own nodes: {"host", "port"} from the open lease's
     recorded address and port, never from the request. The dashboard is the head's; metrics are any node's."""
     if service not in PROXIED_SERVICES:
         raise errors.InvalidInput(f"no proxied service {service!r}; one of {', '.join(PROXIED_SERVICES)}")
-    if not domain.ClusterStatus(status).is_active():
+    if not status.is_active():
         raise errors.Conflict(
-            f"cluster {cluster_id} is {status}: its dashboard and metrics went with its nodes "
+            f"cluster {cluster_id} is {status.value}: its dashboard and metrics went with its nodes "
             "(its logs are kept: GET /v1/clusters/{id}/logs)"
         )
-    live = [
-        l
-        for l in leases
-        if l["status"] == domain.LeaseStatus.OPEN.value and l["joined_at"] and l["ports"] and l["node_ip"]
-    ]
+    live = [l for l in leases if l.is_open and l.joined_at and l.ports and l.node_ip]
     if node_id is None:
-        node = next((l for l in live if l["role"] == domain.NodeRole.HEAD), None)
+        node = next((l for l in live if l.role is domain.NodeRole.HEAD), None)
         if node is None:
             raise errors.Conflict(
                 f"cluster {cluster_id}'s head node has not joined yet (see GET /v1/clusters/{{id}}/events)"
@@ -58,73 +58,73 @@ def proxy_target(cluster_id: str, status: str, leases: list[dict], service: str,
     else:
         if service == "dashboard":
             raise errors.InvalidInput("the dashboard is the head's; only metrics take a node")
-        node = next((l for l in live if l["id"] == node_id), None)
+        node = next((l for l in live if l.id == node_id), None)
         if node is None:
             raise errors.NotFound(f"cluster {cluster_id} has no joined open node {node_id}")
     try:
-        address = ipaddress.ip_address(node["node_ip"])
+        address = ipaddress.ip_address(node.node_ip or "")
     except ValueError:
         address = None
     # An agent reports its node's address: only a literal unicast IP is ever connected to.
     if address is None or address.is_unspecified or address.is_multicast:
-        raise errors.Conflict(f"node {node['id']} reported no usable address ({node['node_ip']!r})")
-    port = node["ports"].get(PROXIED_SERVICES[service])
+        raise errors.Conflict(f"node {node.id} reported no usable address ({node.node_ip!r})")
+    port = (node.ports or {}).get(PROXIED_SERVICES[service])
     if not isinstance(port, int) or not 0 < port < 65536:
-        raise errors.Conflict(f"node {node['id']} reported no {service} port")
+        raise errors.Conflict(f"node {node.id} reported no {service} port")
     return {"host": str(address), "port": port}
 
 
-def node_labels(cluster_id: str, lease: dict, machine: dict) -> dict:
+def node_labels(cluster_id: str, lease: records.Lease, machine: Mapping[str, Any]) -> dict[str, str]:
     return {
         "dcluster.io/cluster": cluster_id,
-        "dcluster.io/role": lease["role"],
+        "dcluster.io/role": lease.role.value,
         "dcluster.io/provider": labels.ray_label_value(machine["provider"]),
-        "dcluster.io/machine": lease["machine_id"],
-        "dcluster.io/gpu": labels.ray_label_value(machine["gpu_model"])
-        if machine["gpus"] and lease["gpus"]
-        else "none",
+        "dcluster.io/machine": lease.machine_id,
+        "dcluster.io/gpu": labels.ray_label_value(machine["gpu_model"]) if machine["gpus"] and lease.gpus else "none",
     }
 
 
-def public_node(lease: dict) -> dict:
+def public_node(lease: records.Lease) -> dict[str, Any]:
     return {
-        "id": lease["id"],
-        "role": lease["role"],
-        "status": lease["status"],
-        "node_type": lease["node_type"],
-        "tags": lease["tags"],
-        "node_ip": lease["node_ip"],
-        "machine_id": lease["machine_id"],
-        "gpus": len(lease["gpus"]),
-        "cpus": lease["cpus"],
-        "joined": lease["joined_at"] is not None,
-        "joined_at": lease["joined_at"],
-        "left_at": lease["left_at"],
+        "id": lease.id,
+        "role": lease.role.value,
+        "status": lease.status.value,
+        "node_type": lease.node_type,
+        "tags": lease.tags,
+        "node_ip": lease.node_ip,
+        "machine_id": lease.machine_id,
+        "gpus": len(lease.gpus),
+        "cpus": lease.cpus,
+        "joined": lease.joined,
+        "joined_at": lease.joined_at,
+        "left_at": lease.left_at,
     }
 
 
-def public_cluster(row: dict, leases: list[dict]) -> dict:
-    """A clusters row and its leases as the API's ClusterPublic dict."""
-    spec = json.loads(row["spec"])
-    nodes = [public_node(l) for l in leases]
-    open_nodes = [n for n in nodes if n["status"] == domain.LeaseStatus.OPEN]
+def public_cluster(cluster: records.Cluster, leases: list[records.Lease]) -> dict[str, Any]:
+    """A cluster and its leases as the API's ClusterPublic dict."""
+    spec = cluster.spec
+    open_nodes = [l for l in leases if l.is_open]
     return {
-        "id": row["id"],
-        "name": row["name"],
-        "status": row["status"],
-        "reason": row["reason"],
-        **{
-            k: spec[k]
-            for k in ("num_workers", "gpus_per_worker", "gpu_model", "cpus_per_worker", "duration_s", "backend")
-        },
-        **{k: spec.get(k) for k in ("max_price_per_gpu_hour", "max_price_per_cpu_hour")},
-        "created_at": row["created_at"],
-        "expires_at": row["expires_at"],
-        "running_at": row["running_at"],
-        "ended_at": row["ended_at"],
-        "workers_joined": sum(1 for n in open_nodes if n["role"] == domain.NodeRole.WORKER and n["joined"]),
-        "head_node_ip": next((n["node_ip"] for n in open_nodes if n["role"] == domain.NodeRole.HEAD), None),
-        "nodes": nodes,
+        "id": cluster.id,
+        "name": cluster.name,
+        "status": cluster.status.value,
+        "reason": cluster.reason,
+        "num_workers": spec.num_workers,
+        "gpus_per_worker": spec.gpus_per_worker,
+        "gpu_model": spec.gpu_model,
+        "cpus_per_worker": spec.cpus_per_worker,
+        "duration_s": spec.duration_s,
+        "backend": spec.backend,
+        "max_price_per_gpu_hour": spec.max_price_per_gpu_hour,
+        "max_price_per_cpu_hour": spec.max_price_per_cpu_hour,
+        "created_at": cluster.created_at,
+        "expires_at": cluster.expires_at,
+        "running_at": cluster.running_at,
+        "ended_at": cluster.ended_at,
+        "workers_joined": sum(1 for l in open_nodes if l.role is domain.NodeRole.WORKER and l.joined),
+        "head_node_ip": next((l.node_ip for l in open_nodes if l.role is domain.NodeRole.HEAD), None),
+        "nodes": [public_node(l) for l in leases],
     }
 
 

@@ -11,6 +11,7 @@ from typing import Protocol
 
 from actors import metrics as metrics_mod
 from actors.db import cluster_store as cstore
+from actors.db import records
 from dcl_core import domain
 
 logger = logging.getLogger(__name__)
@@ -58,25 +59,25 @@ class ExpiryReaper:
 
     async def start(self) -> None:
         """Recovers every active cluster's deadline; ones that passed while the platform was down fire at once."""
-        for row in await self._store.clusters_with_status(*domain.ClusterStatus.active()):
-            self._push(row)
+        for cluster in await self._store.clusters_with_status(*domain.ClusterStatus.active()):
+            self._push(cluster)
         logger.info("expiry reaper tracks %d deadline(s)", len(self._heap))
 
     async def schedule(self, cluster_id: str) -> float | None:
         """(Re)reads the cluster's deadline and wakes the loop; called on create and extend."""
-        row = await self._store.get_cluster(cluster_id)
-        if row is None or not domain.ClusterStatus(row["status"]).is_active():
+        cluster = await self._store.get_cluster(cluster_id)
+        if cluster is None or not cluster.status.is_active():
             return None
-        self._push(row)
+        self._push(cluster)
         self._wake.set()
-        return row["expires_at"]
+        return cluster.expires_at
 
-    def _push(self, row: dict) -> None:
-        deadline = row["expires_at"]
-        heapq.heappush(self._heap, (deadline, EXPIRE, row["id"]))
-        lead = warning_lead_s(deadline - row["created_at"])
+    def _push(self, cluster: records.Cluster) -> None:
+        deadline = cluster.expires_at
+        heapq.heappush(self._heap, (deadline, EXPIRE, cluster.id))
+        lead = warning_lead_s(deadline - cluster.created_at)
         if deadline - lead > self._clock():
-            heapq.heappush(self._heap, (deadline - lead, WARN, row["id"]))
+            heapq.heappush(self._heap, (deadline - lead, WARN, cluster.id))
 
     def next_deadline(self) -> float | None:
         return self._heap[0][0] if self._heap else None
@@ -95,18 +96,18 @@ class ExpiryReaper:
         return expired
 
     async def _fire(self, when: float, kind: str, cluster_id: str) -> bool:
-        row = await self._store.get_cluster(cluster_id)
-        if row is None or not domain.ClusterStatus(row["status"]).is_active():
+        cluster = await self._store.get_cluster(cluster_id)
+        if cluster is None or not cluster.status.is_active():
             return False  # deleted or ended already: a stale entry
         if kind == WARN:
-            lead = warning_lead_s(row["expires_at"] - row["created_at"])
-            if abs((row["expires_at"] - lead) - when) < 0.5:  # not for an earlier deadline
-                await self._clusters.warn_expiry(cluster_id, row["expires_at"])
+            lead = warning_lead_s(cluster.expires_at - cluster.created_at)
+            if abs((cluster.expires_at - lead) - when) < 0.5:  # not for an earlier deadline
+                await self._clusters.warn_expiry(cluster_id, cluster.expires_at)
             return False
-        if row["expires_at"] > self._clock():
+        if cluster.expires_at > self._clock():
             return False  # extended: its new deadline has its own entry
-        lateness = self._clock() - row["expires_at"]
-        expired = await self._clusters.expire(cluster_id, row["expires_at"])
+        lateness = self._clock() - cluster.expires_at
+        expired = await self._clusters.expire(cluster_id, cluster.expires_at)
         if expired:
             self._metrics.expiry_lateness(lateness)
         return expired
@@ -120,7 +121,7 @@ class ExpiryReaper:
                 logger.exception("expiry step failed")
             next_at = self.next_deadline()
             self._wake.clear()
-            waits = {asyncio.ensure_future(self._wake.wait())}
+            waits: set[asyncio.Future[object]] = {asyncio.ensure_future(self._wake.wait())}
             if next_at is not None:
                 waits.add(asyncio.ensure_future(self._sleep(max(0.0, next_at - self._clock()))))
             try:

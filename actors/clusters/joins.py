@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 
 from actors.clusters import node_observer
 from actors.db import cluster_store as cstore
+from actors.db import records
 from dcl_core import domain
 
 logger = logging.getLogger(__name__)
@@ -26,27 +27,17 @@ FIRST_POLL_S = 0.2
 MAX_POLL_S = 1.0
 
 
-def unjoined(leases: list[dict]) -> list[dict]:
+def unjoined(leases: list[records.Lease]) -> list[records.Lease]:
     """Open leases whose node has not been seen yet."""
-    return [l for l in leases if l["status"] == domain.LeaseStatus.OPEN.value and l["joined_at"] is None]
+    return [l for l in leases if l.is_open and not l.joined]
 
 
-def observable_head(leases: list[dict]) -> dict | None:
+def observable_head(leases: list[records.Lease]) -> records.Lease | None:
     """The open head lease whose dashboard can be asked (it has its ports and address)."""
-    return next(
-        (
-            l
-            for l in leases
-            if l["role"] == domain.NodeRole.HEAD.value
-            and l["status"] == domain.LeaseStatus.OPEN.value
-            and l["ports"]
-            and l["node_ip"]
-        ),
-        None,
-    )
+    return next((l for l in leases if l.role is domain.NodeRole.HEAD and l.is_open and l.ports and l.node_ip), None)
 
 
-def newly_joined(leases: list[dict], nodes: list[node_observer.ObservedNode]) -> list[dict]:
+def newly_joined(leases: list[records.Lease], nodes: list[node_observer.ObservedNode]) -> list[records.Lease]:
     """The unjoined open leases whose node is among the ALIVE ones."""
     return [l for l in unjoined(leases) if node_observer.lease_alive(nodes, l)]
 
@@ -69,45 +60,45 @@ class JoinWatcher:
         self._clock = clock
         self._sleep = sleep
 
-    async def observe(self, cluster_id: str) -> list[dict]:
+    async def observe(self, cluster_id: str) -> list[records.Lease]:
         """Marks every open lease of the cluster whose node is ALIVE now as joined (at this moment);
         returns those. Asks nothing when every open lease already joined or no head is open."""
         return (await self._observe(cluster_id))[0]
 
-    async def _observe(self, cluster_id: str) -> tuple[list[dict], list[dict] | None]:
+    async def _observe(self, cluster_id: str) -> tuple[list[records.Lease], list[records.Lease] | None]:
         """observe's joined leases, and the cluster's leases as read when there was nothing to ask (None
         when the head was asked: the rows may have moved on while it answered)."""
         leases = await self._store.leases_of(cluster_id)
         head = observable_head(leases)
-        if head is None or not unjoined(leases):
+        if head is None or not head.node_ip or not head.ports or not unjoined(leases):
             return [], leases
         try:
             token = await self._cluster_token(cluster_id)
-            nodes = await self._observer.alive_nodes(head["node_ip"], head["ports"]["dashboard"], token)
+            nodes = await self._observer.alive_nodes(head.node_ip, head.ports["dashboard"], token)
         except (node_observer.ObserveError, OSError) as exc:
             logger.debug("cluster %s: its head's nodes could not be read: %s", cluster_id, exc)
             return [], None
         now = self._clock()
         joined = []
         for lease in newly_joined(leases, nodes):
-            if await self._store.mark_joined(lease["id"], now):
+            if await self._store.mark_joined(lease.id, now):
                 joined.append(lease)
                 message = (
-                    f"{lease['role']} node {lease['id']} joined: seen ALIVE in the cluster's GCS "
-                    f"(machine {lease['machine_id']})"
+                    f"{lease.role.value} node {lease.id} joined: seen ALIVE in the cluster's GCS "
+                    f"(machine {lease.machine_id})"
                 )
                 logger.info("cluster %s: %s", cluster_id, message)
-                await self._store.add_event(cluster_id, domain.EventKind.joined(lease["role"]), message, now)
+                await self._store.add_event(cluster_id, domain.EventKind.joined(lease.role), message, now)
         return joined, None
 
-    async def observe_all(self, cluster_ids: list[str]) -> dict[str, list[dict]]:
+    async def observe_all(self, cluster_ids: list[str]) -> dict[str, list[records.Lease]]:
         """One observation of each cluster, all at once: a slow head never delays the others. Returns the
         leases of the clusters that had nothing to ask (every node joined: most running clusters), as
         read, so that the reconcile step that follows need not read them again."""
         results = await asyncio.gather(*(self._observe(cid) for cid in cluster_ids), return_exceptions=True)
-        unchanged = {}
+        unchanged: dict[str, list[records.Lease]] = {}
         for cid, result in zip(cluster_ids, results, strict=True):
-            if isinstance(result, Exception):
+            if isinstance(result, BaseException):
                 logger.error("observing cluster %s failed", cid, exc_info=result)
             elif result[1] is not None:
                 unchanged[cid] = result[1]
@@ -120,9 +111,9 @@ class JoinWatcher:
         while True:
             await self.observe(cluster_id)
             lease = await self._store.get_lease(lease_id)
-            if lease is None or lease["joined_at"] is not None:
+            if lease is None or lease.joined:
                 return lease is not None
-            if lease["status"] != domain.LeaseStatus.OPEN.value or self._clock() >= deadline:
+            if not lease.is_open or self._clock() >= deadline:
                 return False
             await self._sleep(min(pause, max(0.0, deadline - self._clock())))
             pause = min(MAX_POLL_S, pause * 2)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol
 
 from actors import metrics as metrics_mod
 from actors.access import platform_secrets
@@ -15,6 +15,7 @@ from actors.clusters import cluster_views as views
 from actors.clusters import events as events_mod
 from actors.clusters import lease_opener
 from actors.db import cluster_store as cstore
+from actors.db import records
 from actors.settings import PlatformSettings
 from dcl_core import domain
 from dcl_core.cluster_spec import ClusterSpec
@@ -28,9 +29,9 @@ TEARDOWN_TIMEOUT_S = 120.0
 class Launcher(Protocol):
     """Ray's cluster launcher (actors.backends.launcher.RayClusterLauncher, or a fake in tests)."""
 
-    async def create(self, config: dict) -> None: ...
+    async def create(self, config: dict[str, Any]) -> None: ...
 
-    async def teardown(self, config: dict) -> None: ...
+    async def teardown(self, config: dict[str, Any]) -> None: ...
 
 
 class Launches:
@@ -47,7 +48,7 @@ class Launches:
         secrets: platform_secrets.Secrets,
         metrics: metrics_mod.Metrics,
         backend_of: Callable[[ClusterSpec], backend.Backend],
-        tasks: dict[str, asyncio.Task],
+        tasks: dict[str, asyncio.Task[None]],
         clock: Callable[[], float] = time.time,
     ):
         self._store = store
@@ -62,20 +63,22 @@ class Launches:
         self._clock = clock
 
     async def provision(self, cluster_id: str) -> None:
-        row = await self._store.get_cluster(cluster_id)
-        if not await self._store.set_cluster_status(cluster_id, S.PROVISIONING, self._clock(), only_from=(S.PENDING,)):
+        cluster = await self._store.get_cluster(cluster_id)
+        if cluster is None or not await self._store.set_cluster_status(
+            cluster_id, S.PROVISIONING, self._clock(), only_from=(S.PENDING,)
+        ):
             return
         await self._events.record(
             cluster_id, domain.EventKind.PROVISIONING, "starting the head node with the Ray cluster launcher"
         )
         try:
             await asyncio.wait_for(
-                self._launcher.create(await self._launcher_config(row)), timeout=self._settings.provision_timeout_s
+                self._launcher.create(await self._launcher_config(cluster)), timeout=self._settings.provision_timeout_s
             )
         except Exception as exc:
             await self.fail(cluster_id, f"the cluster launcher failed: {views.describe(exc)}")
             return
-        spec = ClusterSpec.model_validate_json(row["spec"])
+        spec = cluster.spec
         await self._events.record(
             cluster_id,
             domain.EventKind.HEAD_READY,
@@ -117,9 +120,11 @@ class Launches:
         """Releases every node at once (the agents stop exactly the lease's processes, in parallel),
         then lets the launcher clear what it keeps of the cluster, then records the end."""
         started = self._clock()
-        row = await self._store.get_cluster(cluster_id)
+        cluster = await self._store.get_cluster(cluster_id)
+        if cluster is None:
+            raise RuntimeError(f"cluster {cluster_id} is being torn down but is not in the database")
         leases = await self._store.leases_of(cluster_id)
-        had_nodes = self._backend_of(ClusterSpec.model_validate_json(row["spec"])).needs_launcher_teardown(leases)
+        had_nodes = self._backend_of(cluster.spec).needs_launcher_teardown(leases)
         # All at once: the head's autoscaler cannot replace a worker meanwhile, since the cluster is
         # terminating and create_nodes refuses.
         await asyncio.gather(*(self._opener.close_lease(cluster_id, l) for l in leases))
@@ -130,7 +135,7 @@ class Launches:
         if had_nodes:
             try:
                 await asyncio.wait_for(
-                    self._launcher.teardown(await self._launcher_config(row)), timeout=TEARDOWN_TIMEOUT_S
+                    self._launcher.teardown(await self._launcher_config(cluster)), timeout=TEARDOWN_TIMEOUT_S
                 )
             except Exception as exc:
                 await self._events.record(
@@ -143,18 +148,17 @@ class Launches:
             f"{final.value} {self._clock() - started:.1f} s after the teardown began",
         )
 
-    async def _launcher_config(self, row: dict) -> dict:
-        spec = ClusterSpec.model_validate_json(row["spec"])
-        backend = self._backend_of(spec)
+    async def _launcher_config(self, cluster: records.Cluster) -> dict[str, Any]:
+        backend = self._backend_of(cluster.spec)
         if backend.names_token_file:  # the config names a file: make sure this node has it
-            await self._secrets.cluster_token_file(row["id"])
-        return backend.launcher_config(row, spec, self._clock())
+            await self._secrets.cluster_token_file(cluster.id)
+        return backend.launcher_config(cluster, self._clock())
 
-    def spawn(self, cluster_id: str, coro) -> None:
+    def spawn(self, cluster_id: str, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks[cluster_id] = task
 
-        def done(t: asyncio.Task) -> None:
+        def done(t: asyncio.Task[None]) -> None:
             if self._tasks.get(cluster_id) is t:
                 self._tasks.pop(cluster_id, None)
             if not t.cancelled() and t.exception() is not None:

@@ -6,8 +6,9 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 
+from actors.db import records
+from actors.machines.liveness import Held
 from dcl_core import domain
-from dcl_core.cluster_spec import ClusterSpec
 
 S = domain.ClusterStatus
 N = domain.NodeRole
@@ -29,7 +30,7 @@ class LoseLease:
     step ends there."""
 
     lease_id: str
-    role: str
+    role: domain.NodeRole
     why: str
     fail_reason: str | None = None
 
@@ -56,70 +57,70 @@ class Fail:
 Action = Expire | LoseLease | Transition | Fail
 
 
-def lost_because(lease: Mapping, machine_status: str | None, held: Mapping | None) -> str | None:
+def lost_because(lease: records.Lease, machine_status: str | None, held: Held | None) -> str | None:
     """Why a live lease is lost (its machine is not online, or its agent no longer holds it), else None.
 
-    held: what the machine's agent said in its latest heartbeat ({"at": when, "leases": [lease ids]})."""
+    held: what the machine's agent said in its latest heartbeat."""
     if machine_status != domain.MachineStatus.ONLINE:
-        return f"machine {lease['machine_id']} is {machine_status or 'unknown'}"
+        return f"machine {lease.machine_id} is {machine_status or 'unknown'}"
     if (
-        lease["status"] == domain.LeaseStatus.OPEN
+        lease.is_open
         and held is not None
-        and lease["id"] not in held["leases"]
-        and lease["opened_at"] is not None
-        and lease["opened_at"] < held["at"] - HELD_MARGIN_S
+        and lease.id not in held["leases"]
+        and lease.opened_at is not None
+        and lease.opened_at < held["at"] - HELD_MARGIN_S
     ):
-        return f"the agent on machine {lease['machine_id']} no longer runs it (the agent restarted)"
+        return f"the agent on machine {lease.machine_id} no longer runs it (the agent restarted)"
     return None
 
 
 def decide(
-    cluster: Mapping,
-    leases: list[Mapping],
+    cluster: records.Cluster,
+    leases: list[records.Lease],
     machines: Mapping[str, str],
     now: float,
     *,
     watch_leases: bool,
     provision_timeout_s: float,
     expiry_backstop_s: float,
-    held: Mapping[str, Mapping] | None = None,
+    held: Mapping[str, Held] | None = None,
 ) -> list[Action]:
     """One reconcile step of a provisioning, running or degraded cluster.
 
-    cluster: its row (status, created_at, expires_at, spec JSON); leases: its leases; machines: the
+    cluster: the cluster; leases: its leases; machines: the
     effective status (MachineStatus.effective) of each machine its live leases are on; held: per machine,
     the leases its agent said it holds in its latest heartbeat (ProviderRegistry.lease_liveness);
     watch_leases: False where the backend has no leases to watch (aws: the sub-cluster's own autoscaler
     keeps its workers)."""
     held = held or {}
-    if cluster["expires_at"] + expiry_backstop_s <= now:
-        return [Expire(cluster["expires_at"])]
+    if cluster.expires_at + expiry_backstop_s <= now:
+        return [Expire(cluster.expires_at)]
     if not watch_leases:
         return []
     actions: list[Action] = []
     lost: set[str] = set()
     for lease in leases:
-        if not domain.LeaseStatus(lease["status"]).holds_capacity():
+        if not lease.status.holds_capacity():
             continue
-        why = lost_because(lease, machines.get(lease["machine_id"]), held.get(lease["machine_id"]))
+        why = lost_because(lease, machines.get(lease.machine_id), held.get(lease.machine_id))
         if why:
-            head = lease["role"] == N.HEAD
+            head = lease.role is N.HEAD
             actions.append(
                 LoseLease(
-                    lease["id"],
-                    lease["role"],
+                    lease.id,
+                    lease.role,
                     why,
-                    fail_reason=f"the head node {lease['id']} was lost: {why}" if head else None,
+                    fail_reason=f"the head node {lease.id} was lost: {why}" if head else None,
                 )
             )
-            lost.add(lease["id"])
+            lost.add(lease.id)
             if head:
                 return actions
-    joined = [l for l in leases if l["id"] not in lost and l["status"] == domain.LeaseStatus.OPEN and l["joined_at"]]
-    head_joined = any(l["role"] == N.HEAD for l in joined)
-    workers = sum(1 for l in joined if l["role"] == N.WORKER)
-    wanted = ClusterSpec.model_validate_json(cluster["spec"]).num_workers
-    status = S(cluster["status"])
+    joined = [l for l in leases if l.id not in lost and l.is_open and l.joined]
+    head_joined = any(l.role is N.HEAD for l in joined)
+    workers = sum(1 for l in joined if l.role is N.WORKER)
+    wanted = cluster.spec.num_workers
+    status = cluster.status
     if status is S.RUNNING and workers < wanted:
         # The head's autoscaler asks for replacements; back to running once they joined.
         reason = f"{workers}/{wanted} workers: a worker's machine was lost; replacing it on another machine"
@@ -137,10 +138,9 @@ def decide(
                     S.RUNNING,
                     S.PROVISIONING,
                     domain.EventKind.RUNNING,
-                    f"running: head and {workers} worker(s) joined "
-                    f"{now - cluster['created_at']:.1f} s after the request",
+                    f"running: head and {workers} worker(s) joined {now - cluster.created_at:.1f} s after the request",
                 )
             )
-        elif now - cluster["created_at"] > provision_timeout_s:
+        elif now - cluster.created_at > provision_timeout_s:
             actions.append(Fail(f"not running after {provision_timeout_s:.0f} s: {workers}/{wanted} workers joined"))
     return actions

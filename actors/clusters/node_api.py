@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from actors.access import auth
 from actors.backends.market import launcher_config as market
@@ -15,11 +16,10 @@ from actors.clusters import joins as joins_mod
 from actors.clusters.events import ClusterEvents
 from actors.clusters.lease_opener import LeaseOpener, WorkSender
 from actors.db import cluster_store as cstore
-from actors.db import database
+from actors.db import database, records
 from actors.machines import placement
 from actors.machines.placer import Placer
 from dcl_core import commands, domain, errors, protocol
-from dcl_core.cluster_spec import ClusterSpec
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ class NodeProviderApi:
         placement_lock: database.Serial,
         events: ClusterEvents,
         clock: Callable[[], float],
-        reconcile: Callable[[dict, float], Awaitable[None]],
+        reconcile: Callable[[records.Cluster, float], Awaitable[None]],
     ):
         self._store = store
         self._registry = registry
@@ -50,77 +50,84 @@ class NodeProviderApi:
         self._events = events
         self._clock = clock
         self._reconcile = reconcile  # one lifecycle step of the cluster (the manager's)
-        self._opening_ahead: dict[str, asyncio.Task] = {}  # cluster id -> its workers opening while the head starts
+        self._opening_ahead: dict[
+            str, asyncio.Task[None]
+        ] = {}  # cluster id -> its workers opening while the head starts
 
     def opening_ahead(self) -> list[str]:
         """The clusters whose workers are opening while their head starts."""
         return sorted(self._opening_ahead)
 
-    async def list_nodes(self, principal: auth.Principal, cluster_id: str) -> list[dict]:
+    async def list_nodes(self, principal: auth.Principal, cluster_id: str) -> list[dict[str, Any]]:
         await self._scoped_cluster(principal, cluster_id)
         return [
             views.public_node(l)
             for l in await self._store.leases_of(cluster_id)
-            if l["status"] != domain.LeaseStatus.RESERVED.value
+            if l.status is not domain.LeaseStatus.RESERVED
         ]
 
     async def create_nodes(
-        self, principal: auth.Principal, cluster_id: str, role: str, node_type: str, tags: dict, count: int
-    ) -> list[dict]:
-        row = await self._scoped_cluster(principal, cluster_id)
-        if not S(row["status"]).is_active():
-            raise errors.Conflict(f"cluster {cluster_id} is {row['status']}: no new nodes")
-        spec = ClusterSpec.model_validate_json(row["spec"])
+        self,
+        principal: auth.Principal,
+        cluster_id: str,
+        role_value: domain.NodeRoleValue,
+        node_type: str,
+        tags: dict[str, str],
+        count: int,
+    ) -> list[dict[str, Any]]:
+        role = domain.NodeRole(role_value)
+        cluster = await self._scoped_cluster(principal, cluster_id)
+        if not cluster.status.is_active():
+            raise errors.Conflict(f"cluster {cluster_id} is {cluster.status.value}: no new nodes")
+        spec = cluster.spec
         if role == N.WORKER:
             await self._workers_opened_ahead(cluster_id)
         async with self._placement_lock:
             leases = await self._store.leases_of(cluster_id)
-            open_now = [l for l in leases if l["role"] == role and l["status"] == domain.LeaseStatus.OPEN.value]
-            adopted = [{**l, "tags": tags} for l in open_now if market.is_opened_ahead(l["tags"])][:count]
+            open_now = [l for l in leases if l.role is role and l.is_open]
+            adopted = [l.with_tags(tags) for l in open_now if market.is_opened_ahead(l.tags)][:count]
             count -= len(adopted)
             # The credential sits on the head, where buyers' job drivers run: never more nodes than paid for.
             limit = spec.num_workers if role == N.WORKER else 1
             if len(open_now) + count > limit:
                 raise errors.Conflict(
-                    f"cluster {cluster_id} has {len(open_now)} open {role} node(s) of {limit}: cannot add {count}"
+                    f"cluster {cluster_id} has {len(open_now)} open {role.value} node(s) of {limit}: cannot add {count}"
                 )
             for lease in adopted:  # opened ahead, and the autoscaler asked before it listed them: they are these
-                await self._store.set_lease_tags(lease["id"], tags)
-            reserved = [l for l in leases if l["role"] == role and l["status"] == domain.LeaseStatus.RESERVED.value][
-                :count
-            ]
+                await self._store.set_lease_tags(lease.id, tags)
+            reserved = [l for l in leases if l.role is role and l.status is domain.LeaseStatus.RESERVED][:count]
             missing = count - len(reserved)
             request = placement.spec_request(spec, role)
             if missing > 0:  # e.g. a replacement: reserve more on other machines, at the buyer's price
                 extra = [placement.lease_row(a) for a in await self._placer.place(cluster_id, [request] * missing)]
                 await self._store.add_leases(cluster_id, extra, self._clock())
-                reserved += [await self._store.get_lease(l["id"]) for l in extra]
-        opened = await asyncio.gather(*(self._opener.open_node(row, l, request, node_type, tags) for l in reserved))
+                reserved += [await self._opener.existing_lease(l["id"]) for l in extra]
+        opened = await asyncio.gather(*(self._opener.open_node(cluster, l, request, node_type, tags) for l in reserved))
         if role == N.HEAD:
-            self._open_workers_ahead(row, spec)
+            self._open_workers_ahead(cluster)
         return [views.public_node(l) for l in adopted + list(opened)]
 
-    def _open_workers_ahead(self, row: dict, spec: ClusterSpec) -> None:
+    def _open_workers_ahead(self, cluster: records.Cluster) -> None:
         """Opens the reserved workers while the head starts. The head's autoscaler would launch them at its
         first update and start Ray on them only at its next (about 1 s later, lease opens included); tagged as
         it tags the workers it launches, they are in its first update's list and get `ray start` at once."""
-        cid = row["id"]
-        if spec.num_workers and cid not in self._opening_ahead:
-            task = asyncio.get_running_loop().create_task(self._open_reserved_workers(row, spec))
+        cid = cluster.id
+        if cluster.spec.num_workers and cid not in self._opening_ahead:
+            task = asyncio.get_running_loop().create_task(self._open_reserved_workers(cluster))
             self._opening_ahead[cid] = task
             task.add_done_callback(lambda _t: self._opening_ahead.pop(cid, None))
 
-    async def _open_reserved_workers(self, row: dict, spec: ClusterSpec) -> None:
-        cid = row["id"]
+    async def _open_reserved_workers(self, cluster: records.Cluster) -> None:
+        cid = cluster.id
         async with self._placement_lock:
             reserved = [
                 l
                 for l in await self._store.leases_of(cid)
-                if l["role"] == N.WORKER and l["status"] == domain.LeaseStatus.RESERVED.value
+                if l.role is N.WORKER and l.status is domain.LeaseStatus.RESERVED
             ]
-        request, tags = placement.spec_request(spec, N.WORKER), market.opened_ahead_tags(cid)
+        request, tags = placement.spec_request(cluster.spec, N.WORKER), market.opened_ahead_tags(cid)
         results = await asyncio.gather(
-            *(self._opener.open_node(row, l, request, market.WORKER_NODE_TYPE, tags) for l in reserved),
+            *(self._opener.open_node(cluster, l, request, market.WORKER_NODE_TYPE, tags) for l in reserved),
             return_exceptions=True,
         )
         for failure in (r for r in results if isinstance(r, Exception)):
@@ -133,70 +140,75 @@ class NodeProviderApi:
         if pending is not None:
             await asyncio.wait([pending])  # never cancelled by a caller that gives up
 
-    async def set_node_tags(self, principal: auth.Principal, cluster_id: str, node_id: str, tags: dict) -> dict:
+    async def set_node_tags(
+        self, principal: auth.Principal, cluster_id: str, node_id: str, tags: dict[str, str]
+    ) -> dict[str, Any]:
         lease = await self._scoped_lease(principal, cluster_id, node_id)
-        merged = market.claimed({**lease["tags"], **tags})  # the launcher tags it: it knows the node now
+        merged = market.claimed({**lease.tags, **tags})  # the launcher tags it: it knows the node now
         await self._store.set_lease_tags(node_id, merged)
-        return views.public_node({**lease, "tags": merged})
+        return views.public_node(lease.with_tags(merged))
 
-    async def terminate_node(self, principal: auth.Principal, cluster_id: str, node_id: str) -> dict:
-        await self._scoped_lease(principal, cluster_id, node_id)
-        await self._opener.close_lease(cluster_id, await self._store.get_lease(node_id))
-        return views.public_node(await self._store.get_lease(node_id))
-
-    async def exec_on_node(self, principal: auth.Principal, cluster_id: str, node_id: str, body: dict) -> dict:
+    async def terminate_node(self, principal: auth.Principal, cluster_id: str, node_id: str) -> dict[str, Any]:
         lease = await self._scoped_lease(principal, cluster_id, node_id)
-        if lease["status"] != domain.LeaseStatus.OPEN.value:
-            if body.get("op") == "run" and commands.stops_ray(body.get("cmd", "")):
-                return {"ok": True, "exit_code": 0, "output": "node already released", "data": {}}
-            raise errors.Conflict(f"node {node_id} is {lease['status']}: it runs no commands")
-        payload = protocol.LeaseExec(lease_id=node_id, **body)
+        await self._opener.close_lease(cluster_id, lease)
+        return views.public_node(await self._opener.existing_lease(node_id))
+
+    async def exec_on_node(
+        self, principal: auth.Principal, cluster_id: str, node_id: str, body: protocol.Exec
+    ) -> protocol.WorkResult:
+        lease = await self._scoped_lease(principal, cluster_id, node_id)
+        if not lease.is_open:
+            if body.op == "run" and commands.stops_ray(body.cmd):
+                return protocol.WorkResult(ok=True, exit_code=0, output="node already released")
+            raise errors.Conflict(f"node {node_id} is {lease.status.value}: it runs no commands")
+        payload = protocol.LeaseExec(lease_id=node_id, **body.model_dump())
         result = await self._registry.send_work(
-            lease["machine_id"], protocol.LEASE_EXEC, payload.model_dump(), timeout_s=payload.timeout_s + 10
+            lease.machine_id, protocol.LEASE_EXEC, payload, timeout_s=payload.timeout_s + 10
         )
         if payload.op == "run" and commands.starts_ray(payload.cmd):
-            if result.get("ok"):
+            if result.ok:
                 # The agent's ok proves nothing: the node counts once the cluster's GCS lists it ALIVE.
                 if not await self._joins.wait_joined(cluster_id, node_id):
                     return await self._not_joined(cluster_id, lease, result)
                 # Running the moment the last node joins, not at the next reconcile tick.
-                await self._reconcile(await self._store.get_cluster(cluster_id), self._clock())
+                cluster = await self._store.get_cluster(cluster_id)
+                if cluster is not None:
+                    await self._reconcile(cluster, self._clock())
             else:
                 await self._events.record(
                     cluster_id,
                     domain.EventKind.COMMAND_FAILED,
-                    f"`ray start` failed on {lease['role']} node {node_id} (exit "
-                    f"{result.get('exit_code')}): {views.tail(result.get('output', ''))}",
+                    f"`ray start` failed on {lease.role.value} node {node_id} (exit "
+                    f"{result.exit_code}): {views.tail(result.output)}",
                 )
         return result
 
-    async def _not_joined(self, cluster_id: str, lease: dict, result: dict) -> dict:
+    async def _not_joined(
+        self, cluster_id: str, lease: records.Lease, result: protocol.WorkResult
+    ) -> protocol.WorkResult:
         """A `ray start` that reported ok but whose node never showed up ALIVE fails like any failed
         start: the head's launcher or autoscaler sees the error and replaces (or fails) the node."""
         message = (
-            f"`ray start` reported success on {lease['role']} node {lease['id']} (machine "
-            f"{lease['machine_id']}), but its node was not ALIVE in the cluster's GCS within "
+            f"`ray start` reported success on {lease.role.value} node {lease.id} (machine "
+            f"{lease.machine_id}), but its node was not ALIVE in the cluster's GCS within "
             f"{joins_mod.JOIN_WAIT_S:.0f} s: treated as a failed start"
         )
         await self._events.record(cluster_id, domain.EventKind.JOIN_FAILED, message)
-        return {
-            "ok": False,
-            "exit_code": result.get("exit_code"),
-            "output": f"{result.get('output', '')}\n{message}".lstrip("\n"),
-            "data": {},
-        }
+        return protocol.WorkResult(
+            ok=False, exit_code=result.exit_code, output=f"{result.output}\n{message}".lstrip("\n")
+        )
 
-    async def _scoped_cluster(self, principal: auth.Principal, cluster_id: str) -> dict:
+    async def _scoped_cluster(self, principal: auth.Principal, cluster_id: str) -> records.Cluster:
         if principal.cluster_id != cluster_id and principal.role is not domain.Role.ADMIN:
             raise errors.NotFound(f"cluster {cluster_id} not found")
-        row = await self._store.get_cluster(cluster_id)
-        if row is None:
+        cluster = await self._store.get_cluster(cluster_id)
+        if cluster is None:
             raise errors.NotFound(f"cluster {cluster_id} not found")
-        return row
+        return cluster
 
-    async def _scoped_lease(self, principal: auth.Principal, cluster_id: str, node_id: str) -> dict:
+    async def _scoped_lease(self, principal: auth.Principal, cluster_id: str, node_id: str) -> records.Lease:
         await self._scoped_cluster(principal, cluster_id)
         lease = await self._store.get_lease(node_id)
-        if lease is None or lease["cluster_id"] != cluster_id:
+        if lease is None or lease.cluster_id != cluster_id:
             raise errors.NotFound(f"node {node_id} not found in cluster {cluster_id}")
         return lease

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Protocol
+from typing import Any, Protocol
 
 import httpx
 
-from dcl_core import protocol
+from actors.db import records
+from dcl_core import domain, protocol
 
 logger = logging.getLogger(__name__)
 
@@ -31,13 +32,15 @@ class ObserveError(Exception):
 class HttpResponse(Protocol):
     status_code: int
 
-    def json(self): ...
+    def json(self) -> Any: ...
 
 
 class HttpClient(Protocol):
     """The part of httpx.AsyncClient the observer uses (a fake in unit tests)."""
 
-    async def get(self, url: str, *, headers: dict, params: dict, timeout: float) -> HttpResponse: ...
+    async def get(
+        self, url: str, *, headers: dict[str, Any], params: dict[str, Any], timeout: float
+    ) -> HttpResponse: ...
 
 
 class Observer(Protocol):
@@ -58,11 +61,11 @@ class ObservedNode:
         return self.labels.get(protocol.LEASE_LABEL)
 
 
-def lease_alive(nodes: list[ObservedNode], lease: dict) -> bool:
+def lease_alive(nodes: list[ObservedNode], lease: records.Lease) -> bool:
     """Whether the lease's node is among the alive ones: the head lease by the head node, a worker by its label."""
-    if lease["role"] == "head":
+    if lease.role is domain.NodeRole.HEAD:
         return any(n.is_head for n in nodes)
-    return any(n.lease_id == lease["id"] for n in nodes)
+    return any(n.lease_id == lease.id for n in nodes)
 
 
 class NodeObserver:

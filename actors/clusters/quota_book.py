@@ -4,6 +4,7 @@ actors.clusters.quotas."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from actors.access import auth
 from actors.clusters import quotas
@@ -11,7 +12,6 @@ from actors.clusters import usage as usage_mod
 from actors.db import cluster_store as cstore
 from actors.settings import PlatformSettings
 from dcl_core import domain, errors, quota_limits
-from dcl_core.cluster_spec import ClusterSpec
 
 
 class QuotaBook:
@@ -20,7 +20,7 @@ class QuotaBook:
         self._defaults = settings.quotas
         self._clock = clock
 
-    async def limits(self, account_id: int) -> tuple[quota_limits.QuotaLimits, dict]:
+    async def limits(self, account_id: int) -> tuple[quota_limits.QuotaLimits, dict[str, Any]]:
         """The account's effective limits and the overrides an admin set (None where not set)."""
         row = await self._store.quota_overrides(account_id) or {}
         overrides = {k: row.get(k) for k in quota_limits.LIMITS}
@@ -28,10 +28,7 @@ class QuotaBook:
 
     async def holding(self, account_id: int, period_s: int) -> quotas.Amounts:
         now = self._clock()
-        live = [
-            (ClusterSpec.model_validate_json(r["spec"]), r["expires_at"])
-            for r in await self._store.live_clusters_of(account_id)
-        ]
+        live = [(c.spec, c.expires_at) for c in await self._store.live_clusters_of(account_id)]
         start = now - period_s
         metered = sum(
             usage_mod.lease_usage(lease, start, now, now)["gpu_seconds"]
@@ -47,7 +44,7 @@ class QuotaBook:
         account = await self._store.account(account_id)
         quotas.check(limits, held, demand, account=account["username"] if account else str(account_id))
 
-    async def view(self, principal: auth.Principal, account_id: int) -> dict:
+    async def view(self, principal: auth.Principal, account_id: int) -> dict[str, Any]:
         """GET /v1/accounts/{id}/quota: the account itself, or an admin."""
         if principal.role is not domain.Role.ADMIN and principal.account_id != account_id:
             raise errors.NotFound(f"account {account_id} not found")
@@ -64,7 +61,7 @@ class QuotaBook:
             "used": held.as_dict(),
         }
 
-    async def set(self, principal: auth.Principal, account_id: int, overrides: dict) -> dict:
+    async def set(self, principal: auth.Principal, account_id: int, overrides: dict[str, Any]) -> dict[str, Any]:
         """PUT /v1/accounts/{id}/quota (admins): replaces the account's overrides."""
         if principal.role is not domain.Role.ADMIN:
             raise errors.Forbidden("only an admin sets quotas")

@@ -17,12 +17,15 @@ Four limits, each named in the answer that refuses a request (403):
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
+from typing import Any
 
 from actors.machines import placement
 from dcl_core import errors, quota_limits
+from dcl_core.cluster_spec import ClusterSpec
 
 
-def effective(defaults: quota_limits.QuotaLimits, overrides: dict | None) -> quota_limits.QuotaLimits:
+def effective(defaults: quota_limits.QuotaLimits, overrides: Mapping[str, Any] | None) -> quota_limits.QuotaLimits:
     """The account's limits: its overrides where set, the platform's defaults elsewhere."""
     set_here = {k: v for k, v in (overrides or {}).items() if k in quota_limits.LIMITS and v is not None}
     return defaults.model_copy(update=set_here)
@@ -37,11 +40,11 @@ class Amounts:
     cpus: int = 0
     gpu_hours: float = 0.0
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, float]:
         return {"clusters": self.clusters, "gpus": self.gpus, "cpus": self.cpus, "gpu_hours": round(self.gpu_hours, 6)}
 
 
-def cluster_demand(spec) -> Amounts:
+def cluster_demand(spec: ClusterSpec) -> Amounts:
     """A new cluster (a ClusterSpec): one cluster, its workers' GPUs and CPUs plus the head's, and
     its GPUs for its whole lifetime."""
     gpus = spec.num_workers * spec.gpus_per_worker
@@ -50,12 +53,12 @@ def cluster_demand(spec) -> Amounts:
     )
 
 
-def extension_demand(spec, duration_s: int) -> Amounts:
+def extension_demand(spec: ClusterSpec, duration_s: int) -> Amounts:
     """Extending a cluster by duration_s: only GPU-hours."""
     return Amounts(gpu_hours=spec.num_workers * spec.gpus_per_worker * duration_s / 3600)
 
 
-def holding(live: list[tuple[object, float]], metered_gpu_seconds: float, now: float) -> Amounts:
+def holding(live: list[tuple[ClusterSpec, float]], metered_gpu_seconds: float, now: float) -> Amounts:
     """What an account holds: live is (ClusterSpec, expires_at) of each live cluster;
     metered_gpu_seconds is what its nodes used in the period up to now."""
     clusters = gpus = cpus = 0

@@ -99,7 +99,7 @@ OPEN_LEASE = (
 ACCOUNT = sa.select(accounts.c.id, accounts.c.username, accounts.c.role).where(
     accounts.c.id == sa.bindparam("account_id")
 )
-LIVE_CLUSTERS_OF = sa.select(clusters.c.id, clusters.c.spec, clusters.c.expires_at).where(
+LIVE_CLUSTERS_OF = sa.select(clusters).where(
     clusters.c.owner_id == sa.bindparam("owner_id"),
     clusters.c.status.in_([s.value for s in domain.ClusterStatus.active()]),
 )

@@ -9,7 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from actors.db import cluster_queries as q
-from actors.db import database
+from actors.db import database, records
 from actors.db import store as store_mod
 from actors.db.database import Row
 from actors.db.schema import account_quotas, accounts, cluster_logs, clusters, leases, machines
@@ -17,6 +17,8 @@ from dcl_core import domain
 
 
 class ClusterStore(database.Database):
+    # Reads under @records.decoded return rows here and records (clusters, leases) to their callers.
+
     # --- clusters -----------------------------------------------------------------------
 
     async def create_cluster(self, *, cluster: Row, leases: list[Row], event: str, now: float) -> None:
@@ -41,9 +43,11 @@ class ClusterStore(database.Database):
             ]
         )
 
+    @records.decoded(records.cluster_or_none)
     async def get_cluster(self, cluster_id: str) -> Row | None:
         return await self.fetch_one(q.CLUSTER_BY_ID, {"cluster_id": cluster_id})
 
+    @records.decoded(records.clusters_by_id)
     async def get_clusters(self, cluster_ids: Sequence[str]) -> dict[str, Row]:
         """The clusters of these ids that exist, by id (one query)."""
         unique = sorted(set(cluster_ids))
@@ -52,6 +56,7 @@ class ClusterStore(database.Database):
         rows = await self.fetch_all(q.CLUSTERS_BY_IDS, {"ids": unique})
         return {r["id"]: r for r in rows}
 
+    @records.decoded(records.clusters)
     async def list_clusters(self, owner_id: int | None = None) -> list[Row]:
         query = sa.select(clusters).order_by(clusters.c.created_at)
         if owner_id is not None:
@@ -64,6 +69,7 @@ class ClusterStore(database.Database):
         )
         return {r["status"]: r["n"] for r in rows}
 
+    @records.decoded(records.clusters)
     async def clusters_with_status(self, *statuses: domain.ClusterStatus) -> list[Row]:
         return await self.fetch_all(sa.select(clusters).where(clusters.c.status.in_([s.value for s in statuses])))
 
@@ -179,9 +185,11 @@ class ClusterStore(database.Database):
 
     # --- leases -------------------------------------------------------------------------
 
+    @records.decoded(records.leases)
     async def leases_of(self, cluster_id: str) -> list[Row]:
         return [decode_lease(r) for r in await self.fetch_all(q.LEASES_OF, {"cluster_id": cluster_id})]
 
+    @records.decoded(records.leases_by_cluster)
     async def leases_of_clusters(self, cluster_ids: Sequence[str]) -> dict[str, list[Row]]:
         """leases_of for many clusters at once (one query): cluster id → its leases, each cluster asked for."""
         unique = sorted(set(cluster_ids))
@@ -191,10 +199,12 @@ class ClusterStore(database.Database):
                 found[r["cluster_id"]].append(decode_lease(r))
         return found
 
+    @records.decoded(records.lease_or_none)
     async def get_lease(self, lease_id: str) -> Row | None:
         row = await self.fetch_one(q.LEASE_BY_ID, {"lease_id": lease_id})
         return decode_lease(row) if row else None
 
+    @records.decoded(records.leases)
     async def leases_in_window(
         self, start: float, end: float, *, owner_id: int | None = None, provider_id: int | None = None
     ) -> list[Row]:
@@ -222,6 +232,7 @@ class ClusterStore(database.Database):
             query = query.where(machines.c.provider_id == provider_id)
         return [decode_lease(r) for r in await self.fetch_all(query)]
 
+    @records.decoded(records.leases)
     async def active_leases(self) -> list[Row]:
         return [decode_lease(r) for r in await self.fetch_all(q.ACTIVE_LEASES)]
 
@@ -297,8 +308,9 @@ class ClusterStore(database.Database):
         """Who an account is (the ProviderRegistry owns accounts; read-only here)."""
         return await self.fetch_one(q.ACCOUNT, {"account_id": account_id})
 
+    @records.decoded(records.clusters)
     async def live_clusters_of(self, owner_id: int) -> list[Row]:
-        """The owner's clusters that hold (or are acquiring) machines: their spec and deadline."""
+        """The owner's clusters that hold (or are acquiring) machines."""
         return await self.fetch_all(q.LIVE_CLUSTERS_OF, {"owner_id": owner_id})
 
     async def quota_overrides(self, account_id: int) -> Row | None:

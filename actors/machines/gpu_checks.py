@@ -11,11 +11,13 @@ lock on a machine no lease holds anything of, so the two never share a GPU.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable
 from typing import Protocol
 
 from actors.db import cluster_store as cstore
+from actors.db import database
 from actors.machines import gpu_verification
 from actors.settings import PlatformSettings
 from dcl_core import domain, ids, protocol
@@ -28,7 +30,9 @@ CLOSE_TIMEOUT_S = 30.0
 
 
 class WorkSender(Protocol):
-    async def send_work(self, machine_id: str, kind: str, payload: dict, timeout_s: float) -> dict: ...
+    async def send_work(
+        self, machine_id: str, kind: str, payload: protocol.WorkPayload, timeout_s: float
+    ) -> protocol.WorkResult: ...
 
 
 class GpuChecker:
@@ -40,7 +44,7 @@ class GpuChecker:
         settings: PlatformSettings,
         *,
         registry: WorkSender,
-        placement_lock,
+        placement_lock: database.Serial,
         clock: Callable[[], float],
     ):
         self._store = store
@@ -48,9 +52,9 @@ class GpuChecker:
         self._registry = registry
         self._placement_lock = placement_lock
         self._clock = clock
-        self._tasks: dict[str, asyncio.Task] = {}  # machine id → its check in flight
+        self._tasks: dict[str, asyncio.Task[None]] = {}  # machine id → its check in flight
 
-    def in_flight(self) -> dict[str, asyncio.Task]:
+    def in_flight(self) -> dict[str, asyncio.Task[None]]:
         return dict(self._tasks)
 
     async def recover(self) -> None:
@@ -60,7 +64,7 @@ class GpuChecker:
         if restarted:
             logger.info("%d GPU check(s) cut short by a restart are due again", restarted)
         for row in await self._store.unassessed_machines():
-            verdict = gpu_verification.on_register(domain.MachineSpec.model_validate_json(row["spec"]), None, None)
+            verdict = gpu_verification.first(domain.MachineSpec.model_validate_json(row["spec"]))
             await self._store.assess_machine(row["id"], verdict.status, verdict.detail_json())
 
     async def run_once(self) -> list[str]:
@@ -77,8 +81,11 @@ class GpuChecker:
         for machine_id, spec, lease_id in started:
             task = asyncio.get_running_loop().create_task(self._check(machine_id, spec, lease_id))
             self._tasks[machine_id] = task
-            task.add_done_callback(lambda _t, mid=machine_id: self._tasks.pop(mid, None))
+            task.add_done_callback(functools.partial(self._done, machine_id))
         return [machine_id for machine_id, _, _ in started]
+
+    def _done(self, machine_id: str, _task: asyncio.Task[None]) -> None:
+        self._tasks.pop(machine_id, None)
 
     async def _check(self, machine_id: str, spec: domain.MachineSpec, lease_id: str) -> None:
         try:
@@ -111,37 +118,33 @@ class GpuChecker:
             cpus=1,
             ray_auth_token=ids.new_ray_auth_token(),
         )  # unused: the check starts no Ray
-        opened = await self._registry.send_work(
-            machine_id, protocol.LEASE_OPEN, opening.model_dump(), timeout_s=OPEN_TIMEOUT_S
-        )
-        if not opened.get("ok"):
-            return gpu_verification.failed(f"the check lease did not open: {_tail(opened.get('output', ''))}")
+        opened = await self._registry.send_work(machine_id, protocol.LEASE_OPEN, opening, timeout_s=OPEN_TIMEOUT_S)
+        if not opened.ok:
+            return gpu_verification.failed(f"the check lease did not open: {_tail(opened.output)}")
         try:
             command = protocol.LeaseExec(
                 lease_id=lease_id, op="run", cmd=protocol.GPU_CHECK_COMMAND, timeout_s=CHECK_TIMEOUT_S
             )
             ran = await self._registry.send_work(
-                machine_id, protocol.LEASE_EXEC, command.model_dump(), timeout_s=CHECK_TIMEOUT_S + 10
+                machine_id, protocol.LEASE_EXEC, command, timeout_s=CHECK_TIMEOUT_S + 10
             )
         finally:
             closed = await self._registry.send_work(
                 machine_id,
                 protocol.LEASE_CLOSE,
-                protocol.LeaseClose(lease_id=lease_id).model_dump(),
+                protocol.LeaseClose(lease_id=lease_id),
                 timeout_s=CLOSE_TIMEOUT_S,
             )
-            if not closed.get("ok"):  # the agent closes it when its heartbeat hears no one holds it
+            if not closed.ok:  # the agent closes it when its heartbeat hears no one holds it
                 logger.warning(
                     "GPU check lease %s on machine %s did not close: %s",
                     lease_id,
                     machine_id,
-                    _tail(closed.get("output", "")),
+                    _tail(closed.output),
                 )
-        report = gpu_verification.parse_report(ran.get("output", ""))
+        report = gpu_verification.parse_report(ran.output)
         if report is None:
-            return gpu_verification.failed(
-                f"the check printed no report (exit {ran.get('exit_code')}): {_tail(ran.get('output', ''))}"
-            )
+            return gpu_verification.failed(f"the check printed no report (exit {ran.exit_code}): {_tail(ran.output)}")
         return gpu_verification.judge(spec, report, accept_fake_nvml=self._settings.gpu_check_accepts_fake_nvml)
 
 

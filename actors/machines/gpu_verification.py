@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from typing import Any
 
 from dcl_core import domain, protocol
 
@@ -32,7 +33,7 @@ class Verdict:
 
     def detail_json(self) -> str:
         """What the machines row keeps of it (gpu_check_detail)."""
-        detail: dict = {"reason": self.reason, "differences": list(self.differences)}
+        detail: dict[str, Any] = {"reason": self.reason, "differences": list(self.differences)}
         if self.report is not None:
             detail.update(
                 nvml=self.report.nvml,
@@ -63,6 +64,11 @@ def on_register(
     if unchanged and previous_status == V.VERIFIED.value:
         return None
     return Verdict(V.PENDING)
+
+
+def first(spec: domain.MachineSpec) -> Verdict:
+    """The status of a machine assessed for the first time (no earlier claim: there is always one)."""
+    return on_register(spec, None, None) or Verdict(V.PENDING)
 
 
 def failed(reason: str) -> Verdict:
@@ -108,17 +114,17 @@ def judge(spec: domain.MachineSpec, report: protocol.GpuCheckReport, *, accept_f
     return Verdict(V.VERIFIED, report=report)
 
 
-def _first(row: dict) -> Verdict:
+def _first(row: dict[str, Any]) -> Verdict:
     """A row not assessed yet (gpu_check NULL), read as a registration would assess it."""
-    return on_register(domain.MachineSpec.model_validate_json(row["spec"]), None, None)
+    return first(domain.MachineSpec.model_validate_json(row["spec"]))
 
 
-def status(row: dict) -> str:
+def status(row: dict[str, Any]) -> str:
     """A machines row's GPU verification status (its spec is parsed only for a row not assessed yet)."""
     return row.get("gpu_check") or _first(row).status.value
 
 
-def public(row: dict) -> dict:
+def public(row: dict[str, Any]) -> dict[str, Any]:
     """A machines row's verification as the API's GpuVerificationPublic."""
     if row.get("gpu_check") is None:
         first = _first(row)

@@ -14,6 +14,7 @@ import bisect
 import collections
 import heapq
 from collections.abc import Iterable
+from typing import Any
 
 from actors.machines import placement, reputation
 from dcl_core import domain
@@ -23,7 +24,13 @@ _WORKER_GPU, _WORKER_CPU, _HEAD = "worker_gpu", "worker_cpu", "head"
 _ORDERS = (_WORKER_GPU, _WORKER_CPU, _HEAD)
 
 
-def _key(order: str, row: dict, free_gpus: int, free_cpus: int) -> tuple:
+# A machine's place in one order (price or free GPUs first, then free CPUs, then its id).
+SortKey = tuple[float, int, int, str] | tuple[int, int, str]
+# Machines with the same GPU model and free GPUs: (GPU model or None, free GPUs).
+Bucket = tuple[str | None, int]
+
+
+def _key(order: str, row: dict[str, Any], free_gpus: int, free_cpus: int) -> SortKey:
     if order == _WORKER_GPU:
         return (row["price_per_gpu_hour"], -free_gpus, -free_cpus, row["id"])
     if order == _WORKER_CPU:
@@ -31,7 +38,7 @@ def _key(order: str, row: dict, free_gpus: int, free_cpus: int) -> tuple:
     return (free_gpus, -free_cpus, row["id"])
 
 
-def _may_fit(bucket: tuple, r: placement.NodeRequest) -> bool:
+def _may_fit(bucket: Bucket, r: placement.NodeRequest) -> bool:
     model, free_gpus = bucket
     return not r.gpus or (free_gpus >= r.gpus and (not r.gpu_model or model == r.gpu_model))
 
@@ -51,13 +58,15 @@ class MachineIndex:
     machines and 10,000 leases as among 100."""
 
     def __init__(self) -> None:
-        self._rows: dict[str, dict] = {}
-        self._leases: dict[str, dict] = {}  # lease id → holding (machine_id, cluster_id, gpus, cpus)
-        self._by_machine: dict[str, dict[str, dict]] = collections.defaultdict(dict)
-        self._by_cluster: dict[str, dict[str, dict]] = collections.defaultdict(dict)
+        self._rows: dict[str, dict[str, Any]] = {}
+        self._leases: dict[str, dict[str, Any]] = {}  # lease id → holding (machine_id, cluster_id, gpus, cpus)
+        self._by_machine: dict[str, dict[str, dict[str, Any]]] = collections.defaultdict(dict)
+        self._by_cluster: dict[str, dict[str, dict[str, Any]]] = collections.defaultdict(dict)
         # (GPU model, free GPUs) → each order → the keys of its machines, sorted.
-        self._buckets: dict[tuple, dict[str, list[tuple]]] = {}
-        self._placed: dict[str, tuple] = {}  # machine id → (bucket, {order: key}) it is filed under
+        self._buckets: dict[Bucket, dict[str, list[SortKey]]] = {}
+        self._placed: dict[
+            str, tuple[Bucket, dict[str, SortKey]]
+        ] = {}  # machine id → (bucket, {order: key}) it is filed under
         self.loaded_at: float | None = None  # when the whole table was last read
         self.synced_at: float | None = None  # when the changed rows were last read
 
@@ -66,7 +75,7 @@ class MachineIndex:
 
     # --- keeping it --------------------------------------------------------------------------
 
-    def load(self, rows: Iterable[dict], now: float) -> None:
+    def load(self, rows: Iterable[dict[str, Any]], now: float) -> None:
         """Every machine, read at `now` (the leases known are kept)."""
         self._rows = {}
         for row in rows:
@@ -80,7 +89,7 @@ class MachineIndex:
                 keys.sort()
         self.loaded_at = self.synced_at = now
 
-    def update(self, rows: Iterable[dict], now: float) -> None:
+    def update(self, rows: Iterable[dict[str, Any]], now: float) -> None:
         """Rows changed since the last sync (registered, re-registered, a node ended on them), read at `now`."""
         for row in rows:
             old = self._rows.get(row["id"])
@@ -105,7 +114,7 @@ class MachineIndex:
         """The active leases whose holdings are not known yet."""
         return [i for i in active_ids if i not in self._leases]
 
-    def set_leases(self, active_ids: list[str], new: list[dict]) -> None:
+    def set_leases(self, active_ids: list[str], new: list[dict[str, Any]]) -> None:
         """The leases holding capacity now, given the holdings of those missing_leases named."""
         active = set(active_ids)
         touched = set()
@@ -129,7 +138,7 @@ class MachineIndex:
         for cid in [c for c, held in self._by_cluster.items() if not held]:
             del self._by_cluster[cid]
 
-    def lease_holdings(self) -> list[dict]:
+    def lease_holdings(self) -> list[dict[str, Any]]:
         return list(self._leases.values())
 
     def _free(self, mid: str) -> tuple[list[int], int]:
@@ -159,7 +168,7 @@ class MachineIndex:
 
     # --- asking it ---------------------------------------------------------------------------
 
-    def reliability(self, row: dict, now: float) -> float:
+    def reliability(self, row: dict[str, Any], now: float) -> float:
         """actors.machines.reputation's score; the time since the row was read counts as online (only online
         machines are candidates; a gap the registry would not count is undone at the next load)."""
         online = (row["online_seconds"] or 0.0) + max(0.0, now - row["as_of"])

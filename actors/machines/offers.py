@@ -3,22 +3,23 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from dcl_core import domain
 
 
-def sandboxed(machine: dict) -> bool:
+def sandboxed(machine: dict[str, Any]) -> bool:
     """Whether the machine runs leases in a sandbox (its spec's `sandbox`; older agents: no)."""
     spec = machine.get("spec") or {}
     if isinstance(spec, str):
         spec = json.loads(spec)
-    return spec.get("sandbox", domain.UNSANDBOXED) != domain.UNSANDBOXED
+    return bool(spec.get("sandbox", domain.UNSANDBOXED) != domain.UNSANDBOXED)
 
 
-def group_offers(machines: list[dict]) -> list[dict]:
+def group_offers(machines: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Machines rows (online only) → one offer per GPU model and sandboxing, CPU-only machines under None;
     each row's `gpu_verification` status (a domain.GpuVerification value) is counted per group."""
-    groups: dict[tuple[str | None, bool], dict] = {}
+    groups: dict[tuple[str | None, bool], dict[str, Any]] = {}
     for m in machines:
         model = m["gpu_model"] if m["gpus"] else None
         safe = sandboxed(m)

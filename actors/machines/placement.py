@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import Any
 
 from dcl_core import domain, ids
 from dcl_core.cluster_spec import ClusterSpec
@@ -58,12 +59,14 @@ class Assignment:
 
 
 class InsufficientCapacity(Exception):
-    def __init__(self, message: str, available: dict):
+    def __init__(self, message: str, available: dict[str, Any]):
         super().__init__(message)
         self.available = available
 
 
-def capacities(machines: list[dict], active_leases: list[dict], head_cpus: int = HEAD_CPUS) -> list[MachineCapacity]:
+def capacities(
+    machines: list[dict[str, Any]], active_leases: list[dict[str, Any]], head_cpus: int = HEAD_CPUS
+) -> list[MachineCapacity]:
     """Machines rows (online, fresh) and the leases holding capacity → what each machine has left."""
     used_gpus: dict[str, set[int]] = {}
     used_cpus: dict[str, int] = {}
@@ -129,14 +132,19 @@ def cluster_requests(
     min_reliability: float | None = None,
     verified_gpus_only: bool = False,
 ) -> list[NodeRequest]:
-    prices = {
-        "max_price_per_gpu_hour": max_price_per_gpu_hour,
-        "max_price_per_cpu_hour": max_price_per_cpu_hour,
-        "min_reliability": min_reliability,
-        "verified_gpus_only": verified_gpus_only,
-    }
-    worker = node_request(domain.NodeRole.WORKER, gpus_per_worker, cpus_per_worker, gpu_model, **prices)
-    head = node_request(domain.NodeRole.HEAD, gpus_per_worker, cpus_per_worker, gpu_model, **prices)
+    worker, head = (
+        node_request(
+            role,
+            gpus_per_worker,
+            cpus_per_worker,
+            gpu_model,
+            max_price_per_gpu_hour=max_price_per_gpu_hour,
+            max_price_per_cpu_hour=max_price_per_cpu_hour,
+            min_reliability=min_reliability,
+            verified_gpus_only=verified_gpus_only,
+        )
+        for role in (domain.NodeRole.WORKER, domain.NodeRole.HEAD)
+    )
     return ([head] if with_head else []) + [worker] * num_workers
 
 
@@ -176,7 +184,7 @@ def fits(m: MachineCapacity, r: NodeRequest) -> bool:
     return _fits_resources(m, r) and (r.max_price is None or r.price_of(m) <= r.max_price) and _trusted(m, r)
 
 
-def rank(r: NodeRequest) -> Callable[[MachineCapacity], tuple]:
+def rank(r: NodeRequest) -> Callable[[MachineCapacity], tuple[Any, ...]]:
     """How a request ranks the machines that fit it (least first). Workers spread over machines (fewest
     of this cluster's nodes, then cheapest, then roomiest); the head goes where it wastes the fewest GPUs."""
     if r.role == domain.NodeRole.HEAD:
@@ -221,9 +229,9 @@ def replacement(machines: list[MachineCapacity], request: NodeRequest, failed: s
         return place(machines, [request])[0]
 
 
-def summarize(machines: list[MachineCapacity]) -> dict:
+def summarize(machines: list[MachineCapacity]) -> dict[str, Any]:
     """Free capacity by GPU model, for the 409 answer."""
-    by_model: dict[str, dict] = {}
+    by_model: dict[str, dict[str, Any]] = {}
     for m in machines:
         key = m.gpu_model or "cpu-only"
         entry = by_model.setdefault(
@@ -256,10 +264,10 @@ def _shortage_message(
         f"online now: {len(machines)} machine(s) with {free_gpus} free GPU(s) and {free_cpus} free CPU(s)"
     )
     if failed.min_reliability is not None:
-        fitting = [m.reliability for m in left if _fits_resources(m, failed)]
+        reliabilities = [m.reliability for m in left if _fits_resources(m, failed)]
         message += f"; a reliability of at least {failed.min_reliability:g} was asked: " + (
-            f"the most reliable machine that fits the {failed.role} has {max(fitting):g}"
-            if fitting
+            f"the most reliable machine that fits the {failed.role} has {max(reliabilities):g}"
+            if reliabilities
             else f"no machine fits the {failed.role} at any reliability"
         )
     if failed.verified_only:
@@ -278,7 +286,7 @@ def _shortage_message(
     return message
 
 
-def lease_row(a: Assignment) -> dict:
+def lease_row(a: Assignment) -> dict[str, Any]:
     """The new lease row of a decided assignment (its id made here)."""
     return {
         "id": ids.new_lease_id(),

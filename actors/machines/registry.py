@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from actors import metrics as metrics_mod
 from actors.access import accounts, agent_keys, auth, platform_secrets
 from actors.access import throttle as throttle_mod
+from actors.db import database
 from actors.db import store as store_mod
-from actors.machines import gpu_verification, offers, reputation, work_channel
+from actors.machines import gpu_verification, liveness, offers, reputation, work_channel
 from actors.settings import PlatformSettings
 from dcl_core import domain, errors, ids, protocol
 
@@ -100,21 +102,21 @@ class ProviderRegistry:
         role: domain.Role,
         by: auth.Principal | None = None,
         client: str | None = None,
-    ) -> dict:
+    ) -> dict[str, Any]:
         return await self._accounts.create_account(username, password, role, by, client)
 
-    async def login(self, username: str, password: str, client: str | None = None) -> dict:
+    async def login(self, username: str, password: str, client: str | None = None) -> dict[str, Any]:
         return await self._accounts.login(username, password, client)
 
-    async def get_account(self, principal: auth.Principal) -> dict:
+    async def get_account(self, principal: auth.Principal) -> dict[str, Any]:
         return await self._accounts.get_account(principal)
 
-    async def list_accounts(self, principal: auth.Principal) -> list[dict]:
+    async def list_accounts(self, principal: auth.Principal) -> list[dict[str, Any]]:
         return await self._accounts.list_accounts(principal)
 
     # --- machines -----------------------------------------------------------------------
 
-    async def register_machine(self, caller: MachineCaller, request: dict) -> dict:
+    async def register_machine(self, caller: MachineCaller, request: dict[str, Any]) -> dict[str, Any]:
         """With the provider's sign-in: enrolls the machine and answers its new agent key (the one it had
         is revoked). With the machine's own key: refreshes what it offers, and the key stays."""
         spec = domain.MachineSpec.model_validate(request["spec"])
@@ -163,18 +165,22 @@ class ProviderRegistry:
         )
         return answer
 
-    async def heartbeat(self, principal: MachineCaller, machine_id: str, usage: dict, leases: list[str] = ()) -> dict:
+    async def heartbeat(
+        self, principal: MachineCaller, machine_id: str, usage: dict[str, Any], leases: Sequence[str] = ()
+    ) -> dict[str, Any]:
         (answer,) = await self.heartbeats([(principal, machine_id, usage, leases)])
         if isinstance(answer, Exception):
             raise answer
         return answer
 
-    async def heartbeats(self, beats: list[tuple[MachineCaller, str, dict, list[str]]]) -> list[dict | Exception]:
+    async def heartbeats(
+        self, beats: list[tuple[MachineCaller, str, dict[str, Any], Sequence[str]]]
+    ) -> list[dict[str, Any] | Exception]:
         """Many heartbeats (caller, machine id, usage, leases held) at once, as the API replica batches
         them: one query of the machines, one write transaction. Each gets its ack, or the error it
         alone caused (a revoked key, another's machine); a failed write fails them all."""
         rows = await self._store.get_machines([machine_id for _, machine_id, _, _ in beats])
-        answers: list[dict | Exception] = []
+        answers: list[dict[str, Any] | Exception] = []
         accepted: list[tuple[int, str, domain.MachineUsage, frozenset[str]]] = []
         for i, (caller, machine_id, usage, leases) in enumerate(beats):
             try:
@@ -201,10 +207,10 @@ class ProviderRegistry:
             raise
         finally:
             del self._beats_in_flight[key]
-        for i, machine_id, _, leases in accepted:
-            self._held[machine_id] = (received, leases)
+        for i, machine_id, _, held in accepted:
+            self._held[machine_id] = (received, held)
             # The sweeper's agent half: leases no live cluster owns (ended while the agent was away) are closed.
-            stale = sorted(leases - await self._store.live_lease_ids(machine_id)) if leases else []
+            stale = sorted(held - await self._store.live_lease_ids(machine_id)) if held else []
             answers[i] = {
                 "status": domain.MachineStatus.ONLINE.value,
                 "heartbeat_interval_s": self._settings.heartbeat_interval_s,
@@ -221,7 +227,7 @@ class ProviderRegistry:
             return 0.0
         return self._settings.online_cutoff(now)
 
-    async def lease_liveness(self) -> dict:
+    async def lease_liveness(self) -> liveness.LeaseLiveness:
         """What the ClusterManager judges lost nodes by: the cutoff below which a machine's last heartbeat
         means it is silent, and the leases each agent said it holds in its latest heartbeat."""
         return {
@@ -229,20 +235,20 @@ class ProviderRegistry:
             "held": {mid: {"at": at, "leases": sorted(ids)} for mid, (at, ids) in self._held.items()},
         }
 
-    async def leave(self, principal: MachineCaller, machine_id: str) -> dict:
+    async def leave(self, principal: MachineCaller, machine_id: str) -> dict[str, Any]:
         await self._own_machine(principal, machine_id)
         await self._store.set_machine_status(machine_id, domain.MachineStatus.GONE)
         self._work.wake(machine_id)  # release a poll in flight
         logger.info("machine %s left the platform", machine_id)
-        return self._public_machine(await self._store.get_machine(machine_id))
+        return self._public_machine(database.written(await self._store.get_machine(machine_id), "a machine"))
 
-    async def list_machines(self, principal: auth.Principal) -> list[dict]:
+    async def list_machines(self, principal: auth.Principal) -> list[dict[str, Any]]:
         return [self._public_machine(r) for r in await self._store.list_machines(_provider_scope(principal))]
 
-    async def get_machine(self, principal: auth.Principal, machine_id: str) -> dict:
+    async def get_machine(self, principal: auth.Principal, machine_id: str) -> dict[str, Any]:
         return self._public_machine(await self._own_machine(principal, machine_id))
 
-    async def list_offers(self) -> list[dict]:
+    async def list_offers(self) -> list[dict[str, Any]]:
         now = self._clock()
         rows = await self._store.list_machines_by_status(domain.MachineStatus.ONLINE)
         # Scoring and grouping every machine takes tens of ms at 10,000: in a thread, so that heartbeats
@@ -251,25 +257,29 @@ class ProviderRegistry:
 
     # --- the agents' work channel -------------------------------------------------------
 
-    async def next_work(self, principal: MachineCaller, machine_id: str, wait_s: float) -> list[dict]:
+    async def next_work(self, principal: MachineCaller, machine_id: str, wait_s: float) -> list[dict[str, Any]]:
         """Long poll: returns the machine's queued work items, waiting up to wait_s for one."""
         await self._own_machine(principal, machine_id)
         return await self._work.wait(machine_id, min(max(wait_s, 0.0), self._settings.max_long_poll_s))
 
-    async def push_work(self, machine_id: str, kind: str, payload: dict) -> dict:
+    async def push_work(self, machine_id: str, kind: str, payload: dict[str, Any]) -> dict[str, Any]:
         """Queues an item for the machine's agent (the buyer-cluster layer sends node leases this way)."""
         if await self._store.get_machine(machine_id) is None:
             raise errors.NotFound(f"machine {machine_id} not found")
         return self._work.push(machine_id, kind, payload)
 
-    async def send_work(self, machine_id: str, kind: str, payload: dict, timeout_s: float) -> dict:
+    async def send_work(
+        self, machine_id: str, kind: str, payload: protocol.WorkPayload, timeout_s: float
+    ) -> protocol.WorkResult:
         """Queues an item and waits for the agent's WorkResult; a silent or offline agent gives ok=False."""
         machine = await self._store.get_machine(machine_id)
         if machine is None or not domain.MachineStatus(self._public_machine(machine)["status"]).is_leasable():
             return work_channel.unanswered(f"machine {machine_id} is not online: its agent cannot run {kind}")
         return await self._work.send(machine_id, kind, payload, timeout_s)
 
-    async def complete_work(self, principal: MachineCaller, machine_id: str, item_id: str, result: dict) -> dict:
+    async def complete_work(
+        self, principal: MachineCaller, machine_id: str, item_id: str, result: protocol.WorkResult
+    ) -> dict[str, Any]:
         """The agent's answer to an item."""
         await self._own_machine(principal, machine_id)
         self._work.answer(machine_id, item_id, result)
@@ -277,7 +287,9 @@ class ProviderRegistry:
 
     # --- helpers ------------------------------------------------------------------------
 
-    async def _own_machine(self, caller: MachineCaller, machine_id: str, *, row: dict | None = None) -> dict:
+    async def _own_machine(
+        self, caller: MachineCaller, machine_id: str, *, row: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         """The machine, if the caller may act for it; `row`: the machine as already read, if it was."""
         if isinstance(caller, agent_keys.MachineKey):
             return await self._keyed_machine(caller, machine_id, row=row)
@@ -287,7 +299,9 @@ class ProviderRegistry:
             raise errors.NotFound(f"machine {machine_id} not found")
         return row
 
-    async def _keyed_machine(self, key: agent_keys.MachineKey, machine_id: str, *, row: dict | None = None) -> dict:
+    async def _keyed_machine(
+        self, key: agent_keys.MachineKey, machine_id: str, *, row: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         if key.machine_id != machine_id:  # a key speaks for its own machine alone
             raise errors.NotFound(f"machine {machine_id} not found")
         if machine_id not in self._key_hashes:
@@ -306,11 +320,11 @@ class ProviderRegistry:
 
     # --- machine keys -------------------------------------------------------------------
 
-    async def list_machine_keys(self, principal: auth.Principal) -> list[dict]:
+    async def list_machine_keys(self, principal: auth.Principal) -> list[dict[str, Any]]:
         """The keys of the provider's machines (every machine's, for an admin), active and revoked."""
         return [_public_key(r) for r in await self._store.list_machine_keys(_provider_scope(principal))]
 
-    async def revoke_machine_key(self, principal: auth.Principal, key_id: str) -> dict:
+    async def revoke_machine_key(self, principal: auth.Principal, key_id: str) -> dict[str, Any]:
         """Idempotent. The machine's next heartbeat or poll gets 401; it gets no new leases meanwhile."""
         row = await self._store.get_machine_key(key_id)
         if row is None or (principal.role is not domain.Role.ADMIN and row["provider_id"] != principal.account_id):
@@ -321,9 +335,9 @@ class ProviderRegistry:
             await self._store.set_machine_status(row["machine_id"], domain.MachineStatus.OFFLINE)
             self._work.wake(row["machine_id"])  # a poll in flight returns; the next one is refused
             logger.info("machine key %s of machine %s revoked by %s", key_id, row["machine_id"], principal.username)
-        return _public_key(await self._store.get_machine_key(key_id))
+        return _public_key(database.written(await self._store.get_machine_key(key_id), "a machine key"))
 
-    def _public_machine(self, row: dict) -> dict:
+    def _public_machine(self, row: dict[str, Any]) -> dict[str, Any]:
         machine = store_mod.decode_machine(row)
         machine["reliability"] = reputation.of_machine(row, self._clock())
         machine["gpu_verification"] = gpu_verification.public(row)
@@ -334,7 +348,7 @@ class ProviderRegistry:
         return machine
 
 
-def _offers_of(rows: list[dict], now: float, cutoff: float) -> list[dict]:
+def _offers_of(rows: list[dict[str, Any]], now: float, cutoff: float) -> list[dict[str, Any]]:
     leasable = [
         r for r in rows if domain.MachineStatus.effective(r["status"], r["last_heartbeat"], cutoff=cutoff).is_leasable()
     ]
@@ -352,7 +366,7 @@ def _provider_scope(principal: auth.Principal) -> int | None:
     return principal.account_id
 
 
-def _public_key(row: dict) -> dict:
+def _public_key(row: dict[str, Any]) -> dict[str, Any]:
     return {
         "id": row["id"],
         "machine_id": row["machine_id"],

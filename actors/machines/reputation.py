@@ -3,6 +3,8 @@ of the nodes it ran ended well rather than lost. Pure; the registry and placemen
 
 from __future__ import annotations
 
+from typing import Any
+
 # Priors, so that a new machine is neither perfect nor unusable: an hour of assumed uptime, and nine
 # nodes completed for one lost (a new machine starts at 0.9 and moves with what it does).
 UPTIME_PRIOR_S = 3600.0
@@ -17,7 +19,7 @@ def score(*, online_seconds: float, registered_at: float, now: float, completed:
     return round(uptime * ended_well, 3)
 
 
-def of_machine(row: dict, now: float) -> float:
+def of_machine(row: dict[str, Any], now: float) -> float:
     """The score of a machines row."""
     return score(
         online_seconds=row.get("online_seconds") or 0.0,

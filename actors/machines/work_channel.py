@@ -9,23 +9,24 @@ from __future__ import annotations
 
 import asyncio
 import collections
+from typing import Any
 
-from dcl_core import errors, ids
+from dcl_core import errors, ids, protocol
 
 
-def unanswered(why: str) -> dict:
+def unanswered(why: str) -> protocol.WorkResult:
     """The WorkResult of an item no agent answered, saying why."""
-    return {"ok": False, "exit_code": None, "data": {}, "output": why}
+    return protocol.WorkResult(ok=False, output=why)
 
 
 class WorkChannel:
     def __init__(self) -> None:
-        self._queues: dict[str, collections.deque[dict]] = collections.defaultdict(collections.deque)
+        self._queues: dict[str, collections.deque[dict[str, Any]]] = collections.defaultdict(collections.deque)
         self._ready: dict[str, asyncio.Event] = collections.defaultdict(asyncio.Event)
         # Items whose sender waits for the agent's answer: item id -> (machine id, future).
-        self._pending: dict[str, tuple[str, asyncio.Future[dict]]] = {}
+        self._pending: dict[str, tuple[str, asyncio.Future[protocol.WorkResult]]] = {}
 
-    async def wait(self, machine_id: str, wait_s: float) -> list[dict]:
+    async def wait(self, machine_id: str, wait_s: float) -> list[dict[str, Any]]:
         """The machine's queued items, waiting up to wait_s for one; each is handed over once."""
         queue, ready = self._queues[machine_id], self._ready[machine_id]
         if not queue and wait_s > 0:
@@ -42,17 +43,19 @@ class WorkChannel:
         """A poll in flight returns now, with what is queued (the machine left, or its key was revoked)."""
         self._ready[machine_id].set()
 
-    def push(self, machine_id: str, kind: str, payload: dict) -> dict:
+    def push(self, machine_id: str, kind: str, payload: dict[str, Any]) -> dict[str, Any]:
         """Queues an item for the machine's agent and wakes its poll."""
         item = {"id": ids.new_work_item_id(), "kind": kind, "payload": payload}
         self._queues[machine_id].append(item)
         self._ready[machine_id].set()
         return item
 
-    async def send(self, machine_id: str, kind: str, payload: dict, timeout_s: float) -> dict:
+    async def send(
+        self, machine_id: str, kind: str, payload: protocol.WorkPayload, timeout_s: float
+    ) -> protocol.WorkResult:
         """Queues an item and waits for the agent's WorkResult; a silent agent gives ok=False."""
-        item = self.push(machine_id, kind, payload)
-        future: asyncio.Future[dict] = asyncio.get_running_loop().create_future()
+        item = self.push(machine_id, kind, payload.model_dump())
+        future: asyncio.Future[protocol.WorkResult] = asyncio.get_running_loop().create_future()
         self._pending[item["id"]] = (machine_id, future)
         try:
             return await asyncio.wait_for(future, timeout=timeout_s)
@@ -65,7 +68,7 @@ class WorkChannel:
             if queue and item in queue:
                 queue.remove(item)
 
-    def answer(self, machine_id: str, item_id: str, result: dict) -> None:
+    def answer(self, machine_id: str, item_id: str, result: protocol.WorkResult) -> None:
         """The agent's answer to an item it was sent; NotFound for an item of another machine or none."""
         pending = self._pending.get(item_id)
         if pending is None or pending[0] != machine_id:

@@ -295,7 +295,7 @@ async def create_cluster(
         )
     except pydantic.ValidationError as exc:
         raise view.invalid_form(exc) from None
-    cluster = await view.call(clusters.create_cluster.remote(session.principal, spec.model_dump(mode="json")))
+    cluster = await view.call(clusters.create_cluster.remote(session.principal, spec))
     return Response(status_code=204, headers={"HX-Redirect": f"/console/clusters/{cluster['id']}"})
 
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from actors.access import cluster_files
 from actors.backends import backend
 from actors.backends.aws import launcher_config
+from actors.db import records
 from actors.settings import PlatformSettings
+from configs.aws import AwsSettings
 from dcl_core import errors
 from dcl_core.cluster_spec import ClusterSpec
 
@@ -21,26 +25,29 @@ class AwsBackend:
     def __init__(self, settings: PlatformSettings):
         self._settings = settings
 
-    def check(self, spec: ClusterSpec) -> None:
+    def _aws(self) -> AwsSettings:
         if self._settings.aws is None:
             raise errors.InvalidInput("backend 'aws' is not enabled on this platform; use backend 'market'")
-        launcher_config.check_spec(spec, self._settings.aws)
+        return self._settings.aws
 
-    async def reserve(self, cluster_id: str, spec: ClusterSpec, place: backend.Place) -> tuple[list[dict], str]:
-        return [], (
-            f"EC2: a {self._settings.aws.head_instance_type} head and {spec.num_workers} "
-            f"{self._settings.aws.worker_instance_type} worker(s)"
-        )
+    def check(self, spec: ClusterSpec) -> None:
+        launcher_config.check_spec(spec, self._aws())
 
-    def launcher_config(self, row: dict, spec: ClusterSpec, now: float) -> dict:
+    async def reserve(
+        self, cluster_id: str, spec: ClusterSpec, place: backend.Place
+    ) -> tuple[list[dict[str, Any]], str]:
+        aws = self._aws()
+        return [], f"EC2: a {aws.head_instance_type} head and {spec.num_workers} {aws.worker_instance_type} worker(s)"
+
+    def launcher_config(self, cluster: records.Cluster, now: float) -> dict[str, Any]:
         config = launcher_config.render_aws_config(
-            cluster_id=row["id"],
-            spec=spec,
-            settings=self._settings.aws,
-            ray_auth_token_path=self._settings.clusters_dir / row["id"] / cluster_files.TOKEN_FILE,
+            cluster_id=cluster.id,
+            spec=cluster.spec,
+            settings=self._aws(),
+            ray_auth_token_path=self._settings.clusters_dir / cluster.id / cluster_files.TOKEN_FILE,
         )
-        config["provider"]["dcluster_vpc_id"] = self._settings.aws.vpc_id
+        config["provider"]["dcluster_vpc_id"] = self._aws().vpc_id
         return config
 
-    def needs_launcher_teardown(self, leases: list[dict]) -> bool:
+    def needs_launcher_teardown(self, leases: list[records.Lease]) -> bool:
         return True  # EC2 instances exist whatever the leases say

@@ -15,7 +15,11 @@ from configs import labels
 logger = logging.getLogger(__name__)
 
 
-def ec2_client(config: dict[str, Any]):
+# boto3's clients are made at run time and carry no types: an EC2 client is Any here.
+Ec2Client = Any
+
+
+def ec2_client(config: dict[str, Any]) -> Ec2Client:
     """The EC2 client of the cluster's region, with the launcher's credentials (the boto3 chain or
     provider.aws_credentials)."""
     import boto3
@@ -25,14 +29,14 @@ def ec2_client(config: dict[str, Any]):
     )
 
 
-def _default_vpc(ec2) -> str:
+def _default_vpc(ec2: Ec2Client) -> str:
     vpcs = ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"]
     if not vpcs:
         raise RuntimeError("this region has no default VPC; set vpc_id in the platform's aws settings")
-    return vpcs[0]["VpcId"]
+    return str(vpcs[0]["VpcId"])
 
 
-def _find_group(ec2, vpc_id: str, name: str) -> dict[str, Any] | None:
+def _find_group(ec2: Ec2Client, vpc_id: str, name: str) -> dict[str, Any] | None:
     found = ec2.describe_security_groups(
         Filters=[{"Name": "vpc-id", "Values": [vpc_id]}, {"Name": "group-name", "Values": [name]}]
     )["SecurityGroups"]
@@ -84,6 +88,8 @@ def ensure_security_group(config: dict[str, Any], *, vpc_id: str | None = None) 
             if exc.response.get("Error", {}).get("Code") != "InvalidGroup.Duplicate":
                 raise
         group = _find_group(ec2, vpc_id, name)
+        if group is None:
+            raise RuntimeError(f"security group {name} in {vpc_id} was created but cannot be found")
     group_id, current = group["GroupId"], group.get("IpPermissions", [])
     inside = {
         "IpProtocol": "-1",

@@ -82,7 +82,7 @@ def render_aws_config(
     cluster_id: str,
     spec: cluster_spec.ClusterSpec,
     settings: aws_settings.AwsSettings,
-    ray_auth_token_path: str | os.PathLike,
+    ray_auth_token_path: str | os.PathLike[str],
 ) -> dict[str, Any]:
     """The launcher config; pass it through ensure_security_group before `create_or_update_cluster`.
 

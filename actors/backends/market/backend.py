@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from actors.access import auth
 from actors.backends import backend
 from actors.backends.market import launcher_config
+from actors.db import records
 from actors.machines import placement
 from actors.settings import PlatformSettings
 from dcl_core import domain
@@ -28,22 +30,24 @@ class MarketBackend:
     def check(self, spec: ClusterSpec) -> None:
         pass
 
-    async def reserve(self, cluster_id: str, spec: ClusterSpec, place: backend.Place) -> tuple[list[dict], str]:
+    async def reserve(
+        self, cluster_id: str, spec: ClusterSpec, place: backend.Place
+    ) -> tuple[list[dict[str, Any]], str]:
         assignments = await place(cluster_id, placement.spec_requests(spec))
         leases = [placement.lease_row(a) for a in assignments]
         return leases, "machines reserved: " + ", ".join(f"{l['role']} on {l['machine_id']}" for l in leases)
 
-    def launcher_config(self, row: dict, spec: ClusterSpec, now: float) -> dict:
-        ttl = int(row["expires_at"] - now) + 3600
-        principal = auth.Principal(row["owner_id"], "cluster-" + row["id"], domain.Role.BUYER, cluster_id=row["id"])
+    def launcher_config(self, cluster: records.Cluster, now: float) -> dict[str, Any]:
+        ttl = int(cluster.expires_at - now) + 3600
+        principal = auth.Principal(cluster.owner_id, "cluster-" + cluster.id, domain.Role.BUYER, cluster_id=cluster.id)
         token = self._tokens().issue(principal, ttl_s=max(ttl, 3600))
         return launcher_config.render_market_config(
-            cluster_id=row["id"],
-            spec=spec,
+            cluster_id=cluster.id,
+            spec=cluster.spec,
             platform_url=self._settings.api_url,
             provider_token=token,
             platform_ca=self._settings.tls_ca_pem(),
         )
 
-    def needs_launcher_teardown(self, leases: list[dict]) -> bool:
-        return any(l["status"] == domain.LeaseStatus.OPEN for l in leases)
+    def needs_launcher_teardown(self, leases: list[records.Lease]) -> bool:
+        return any(l.is_open for l in leases)

@@ -4,6 +4,7 @@ imported ahead."""
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
 from actors.backends.market import launcher_config
 
@@ -11,15 +12,15 @@ from actors.backends.market import launcher_config
 class MarketLaunchSteps:
     """backend.LaunchSteps of the market backend."""
 
-    def handles(self, config: dict) -> bool:
-        return config["provider"].get("module") == launcher_config.PROVIDER_MODULE
+    def handles(self, config: dict[str, Any]) -> bool:
+        return bool(config["provider"].get("module") == launcher_config.PROVIDER_MODULE)
 
     def warm_up(self) -> None:
         # The launcher loads it (httpx and all) when the launch begins: ahead, the cluster does not wait for it.
         importlib.import_module(launcher_config.PROVIDER_MODULE.rpartition(".")[0])
 
-    def prepare(self, config: dict) -> dict:
+    def prepare(self, config: dict[str, Any]) -> dict[str, Any]:
         return config  # the node provider makes the leases' nodes during the launch itself
 
-    def release(self, config: dict) -> None:
+    def release(self, config: dict[str, Any]) -> None:
         pass  # closing the cluster's leases released everything

@@ -66,11 +66,11 @@ def opened_ahead_tags(cluster_id: str) -> dict[str, str]:
     }
 
 
-def is_opened_ahead(tags: dict) -> bool:
+def is_opened_ahead(tags: dict[str, Any]) -> bool:
     """A worker opened ahead that no launcher has claimed (tagged, or asked for through create)."""
     return tags.get(OPENED_AHEAD_TAG) == "1"
 
 
-def claimed(tags: dict) -> dict:
+def claimed(tags: dict[str, Any]) -> dict[str, Any]:
     """The tags once a launcher has claimed the node: without OPENED_AHEAD_TAG."""
     return {k: v for k, v in tags.items() if k != OPENED_AHEAD_TAG}

@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 from actors import metrics
 from actors.settings import PlatformSettings
 from dcl_core import domain, errors
+from dcl_core.cluster_spec import ClusterSpec
 from serve_app import api_metrics
 from tests.unit.actors.clusters import test_cluster_manager as cm_tests
 from tests.unit.actors.clusters import test_expiry_reaper as reaper_tests
@@ -84,7 +85,7 @@ async def test_manager_reports_states_provisioning_and_release(env, clock):
 
     e = await env(metrics=recorded)
     manager, registry, launcher, buyer, db = e
-    c = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
+    c = await manager.create_cluster(buyer, ClusterSpec(num_workers=1, duration_s=600))
     clock.advance(12)
     await cm_tests.settle(manager)
     await manager.reconcile_once()

@@ -8,6 +8,7 @@ import pytest
 
 from actors.access import auth
 from dcl_core import domain, errors
+from dcl_core.cluster_spec import ClusterSpec
 from serve_app import app as app_mod
 from tests.unit.actors.clusters.test_cluster_manager import env, settle  # noqa: F401 - `env` is a fixture
 
@@ -32,7 +33,7 @@ class CountingClusters:
 
 async def test_reads_come_from_the_database_once_the_replica_reaches_it(env):
     e = await env()
-    c = await e.manager.create_cluster(e.buyer, {"num_workers": 1, "duration_s": 600})
+    c = await e.manager.create_cluster(e.buyer, ClusterSpec(num_workers=1, duration_s=600))
     await settle(e.manager)
     other = auth.Principal(e.buyer.account_id + 100, "mallory", domain.Role.BUYER)
     clusters, reachable = CountingClusters(e.manager), []

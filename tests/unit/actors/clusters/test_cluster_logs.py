@@ -7,6 +7,7 @@ from actors.clusters import cluster_logs
 from actors.db import store
 from actors.settings import PlatformSettings
 from dcl_core import domain, errors
+from dcl_core.cluster_spec import ClusterSpec
 from tests.unit.actors.clusters.test_cluster_manager import FakeRegistry, build_manager, seed_market, settle
 
 pytestmark = pytest.mark.anyio
@@ -44,8 +45,8 @@ def test_fit_keeps_tails_within_the_budget():
 class LogsRegistry(FakeRegistry):
     """A healthy agent whose lease close ships logs (one over-long file, one forged name)."""
 
-    async def send_work(self, machine_id, kind, payload, timeout_s):
-        result = await super().send_work(machine_id, kind, payload, timeout_s)
+    async def answer(self, machine_id, kind, payload, timeout_s):
+        result = await super().answer(machine_id, kind, payload, timeout_s)
         if kind == "lease_close":
             result["data"] = {
                 "logs": [
@@ -77,7 +78,7 @@ async def test_released_nodes_logs_are_kept_capped_listed_then_purged(tmp_path, 
     closing.push_async_callback(manager_store.close)
     await manager.start()
     me = auth.Principal(buyer["id"], "buyer", domain.Role.BUYER)
-    c = await manager.create_cluster(me, {"num_workers": 1, "duration_s": 600})
+    c = await manager.create_cluster(me, ClusterSpec(num_workers=1, duration_s=600))
     await settle(manager)
     assert await manager.cluster_logs(me, c["id"]) == []  # nothing until nodes are released
     with pytest.raises(errors.NotFound, match="while it runs"):

@@ -14,6 +14,7 @@ from actors.db import cluster_store, store
 from actors.machines import registry as registry_mod
 from actors.settings import PlatformSettings
 from dcl_core import domain, errors, protocol
+from dcl_core.cluster_spec import ClusterSpec
 from tests import waiting
 from tests.protocols import assert_implements
 
@@ -39,7 +40,13 @@ class FakeRegistry:
     async def signing_secret(self) -> str:
         return "s" * 48
 
-    async def send_work(self, machine_id: str, kind: str, payload: dict, timeout_s: float) -> dict:
+    async def send_work(
+        self, machine_id: str, kind: str, payload: protocol.WorkPayload, timeout_s: float
+    ) -> protocol.WorkResult:
+        return protocol.WorkResult.model_validate(await self.answer(machine_id, kind, payload.model_dump(), timeout_s))
+
+    async def answer(self, machine_id: str, kind: str, payload: dict, timeout_s: float) -> dict:
+        """What the fake agent answers, as the JSON it would post (tests wrap it to change an answer)."""
         self.sent.append((machine_id, kind, payload))
         if kind in self.fail_kinds or (kind == protocol.LEASE_OPEN and machine_id in self.fail_opens_on):
             return {"ok": False, "exit_code": 1, "output": "boom", "data": {}}
@@ -125,9 +132,11 @@ class FakeLauncher:
         cid = config["provider"]["cluster_id"]
         principal = auth.TokenIssuer("s" * 48, clock=self.clock).verify(config["provider"]["token"])
         (head,) = await self.manager.create_nodes(principal, cid, "head", "head", {"ray-node-type": "head"}, 1)
-        result = await self.manager.exec_on_node(principal, cid, head["id"], {"op": "run", "cmd": "ray start --head"})
-        if not result["ok"]:  # the launcher stops at a failed head start
-            raise RuntimeError(f"head start failed: {result['output']}")
+        result = await self.manager.exec_on_node(
+            principal, cid, head["id"], protocol.Exec(op="run", cmd="ray start --head")
+        )
+        if not result.ok:  # the launcher stops at a failed head start
+            raise RuntimeError(f"head start failed: {result.output}")
         # The autoscaler's first update: workers already listed (opened ahead by the platform) get Ray at
         # once, the missing ones are launched.
         n = config["available_node_types"]["worker"]["min_workers"]
@@ -141,7 +150,9 @@ class FakeLauncher:
         if len(workers) < n:
             workers += await self.manager.create_nodes(principal, cid, "worker", "worker", {}, n - len(workers))
         for w in workers:
-            await self.manager.exec_on_node(principal, cid, w["id"], {"op": "run", "cmd": "export X=1; ray start"})
+            await self.manager.exec_on_node(
+                principal, cid, w["id"], protocol.Exec(op="run", cmd="export X=1; ray start")
+            )
 
     async def teardown(self, config: dict) -> None:
         self.torn_down.append(config["cluster_name"])
@@ -236,7 +247,7 @@ async def settle(manager):
 async def test_create_to_running_to_terminated(env, clock):
     e = await env()
     manager, registry, launcher, buyer, db = e
-    c = await manager.create_cluster(buyer, {"num_workers": 2, "duration_s": 600})
+    c = await manager.create_cluster(buyer, ClusterSpec(num_workers=2, duration_s=600))
     # The answer is read after provisioning was started: on a store that yields (PostgreSQL) it may
     # already have begun.
     assert c["status"] in ("pending", "provisioning") and len(c["nodes"]) == 3
@@ -266,7 +277,7 @@ async def test_short_capacity_is_409_and_leaves_nothing(env):
     e = await env()
     manager, _, _, buyer, db = e
     with pytest.raises(errors.Conflict, match="not enough capacity") as caught:
-        await manager.create_cluster(buyer, {"num_workers": 8, "duration_s": 600})
+        await manager.create_cluster(buyer, ClusterSpec(num_workers=8, duration_s=600))
     assert caught.value.fields["available"]["cpu-only"]["free_cpus"] == 8
     assert await manager.list_clusters(buyer) == []
 
@@ -275,13 +286,13 @@ async def test_launcher_failure_fails_with_reason_and_releases(env):
     e = await env()
     manager, _, launcher, buyer, db = e
     launcher.fail = True
-    c = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
+    c = await manager.create_cluster(buyer, ClusterSpec(num_workers=1, duration_s=600))
     await settle(manager)
     c = await manager.get_cluster(buyer, c["id"])
     assert c["status"] == "failed" and "head start command failed" in c["reason"]
     assert all(n["status"] == "closed" for n in c["nodes"])
     # The machines are free again.
-    c2 = await manager.create_cluster(buyer, {"num_workers": 3, "duration_s": 600})
+    c2 = await manager.create_cluster(buyer, ClusterSpec(num_workers=3, duration_s=600))
     assert len(c2["nodes"]) == 4
     await settle(manager)
 
@@ -289,7 +300,7 @@ async def test_launcher_failure_fails_with_reason_and_releases(env):
 async def test_restart_during_provisioning_fails_and_cleans_up(env, tmp_path, clock, closing):
     e = await env()
     manager, registry, launcher, buyer, db = e
-    c = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
+    c = await manager.create_cluster(buyer, ClusterSpec(num_workers=1, duration_s=600))
     for task in manager.background_work().values():
         task.cancel()  # the actor died mid-launch
     await asyncio.sleep(0)
@@ -305,7 +316,7 @@ async def test_restart_during_provisioning_fails_and_cleans_up(env, tmp_path, cl
 async def test_expiry_and_lost_head(env, clock):
     e = await env()
     manager, _, _, buyer, db = e
-    c = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 60})
+    c = await manager.create_cluster(buyer, ClusterSpec(num_workers=1, duration_s=60))
     await settle(manager)
     clock.advance(61)
     assert await manager.expire(c["id"], c["expires_at"])  # what the ExpiryReaper calls at the deadline
@@ -316,7 +327,7 @@ async def test_expiry_and_lost_head(env, clock):
     await settle(manager)
     assert (await manager.get_cluster(buyer, c["id"]))["status"] == "expired"
 
-    c = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
+    c = await manager.create_cluster(buyer, ClusterSpec(num_workers=1, duration_s=600))
     await settle(manager)
     head = next(n for n in (await manager.get_cluster(buyer, c["id"]))["nodes"] if n["role"] == "head")
     clock.advance(30)  # every machine silent for 6 beats
@@ -331,7 +342,7 @@ async def test_a_node_its_agent_no_longer_holds_is_lost(env, clock):
 
     e = await env()
     manager, registry, _, buyer, db = e
-    c = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
+    c = await manager.create_cluster(buyer, ClusterSpec(num_workers=1, duration_s=600))
     await settle(manager)
     nodes = (await manager.get_cluster(buyer, c["id"]))["nodes"]
     assert {n["status"] for n in nodes} == {"open"}
@@ -360,7 +371,7 @@ async def test_a_node_its_agent_no_longer_holds_is_lost(env, clock):
 async def test_other_buyers_and_scoped_credentials(env):
     e = await env()
     manager, _, _, buyer, db = e
-    c = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
+    c = await manager.create_cluster(buyer, ClusterSpec(num_workers=1, duration_s=600))
     other = auth.Principal(999, "other", domain.Role.BUYER)
     with pytest.raises(errors.NotFound):
         await manager.get_cluster(other, c["id"])
@@ -373,7 +384,7 @@ async def test_other_buyers_and_scoped_credentials(env):
 async def test_proxy_targets_are_the_callers_own_joined_nodes_as_recorded(env):
     e = await env()
     manager, _, _, buyer, db = e
-    c = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
+    c = await manager.create_cluster(buyer, ClusterSpec(num_workers=1, duration_s=600))
     with pytest.raises(errors.Conflict, match="has not joined"):
         await manager.proxy_target(buyer, c["id"], "dashboard")
     await settle(manager)
@@ -401,19 +412,17 @@ async def test_proxy_targets_are_the_callers_own_joined_nodes_as_recorded(env):
 
 def test_a_node_address_that_is_not_a_plain_ip_is_never_a_proxy_target():
     from actors.clusters import cluster_views
+    from tests.unit.actors import typed_rows
 
-    lease = {
-        "id": "l-000000000001",
-        "role": "head",
-        "status": "open",
-        "joined_at": 1.0,
-        "ports": {"dashboard": 8265, "metrics_export": 8080},
-    }
+    head = {"role": "head", "status": "open", "joined_at": 1.0, "ports": {"dashboard": 8265, "metrics_export": 8080}}
+    running = domain.ClusterStatus.RUNNING
     for address in ("evil.example.com", "0.0.0.0", "224.0.0.1", "127.0.0.1:9", "http://127.0.0.1"):
         with pytest.raises(errors.Conflict, match="no usable address"):
-            cluster_views.proxy_target("c-000000000000", "running", [{**lease, "node_ip": address}], "dashboard", None)
+            nodes = [typed_rows.lease(**head, node_ip=address)]
+            cluster_views.proxy_target("c-000000000000", running, nodes, "dashboard", None)
     with pytest.raises(errors.InvalidInput):
-        cluster_views.proxy_target("c-000000000000", "running", [{**lease, "node_ip": "10.0.0.1"}], "gcs", None)
+        nodes = [typed_rows.lease(**head, node_ip="10.0.0.1")]
+        cluster_views.proxy_target("c-000000000000", running, nodes, "gcs", None)
 
 
 async def test_aws_backend_only_when_enabled(env, tmp_path, clock, closing):
@@ -422,7 +431,7 @@ async def test_aws_backend_only_when_enabled(env, tmp_path, clock, closing):
     e = await env()
     manager, _, launcher, buyer, db = e
     with pytest.raises(errors.InvalidInput, match="not enabled"):
-        await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600, "backend": "aws"})
+        await manager.create_cluster(buyer, ClusterSpec(num_workers=1, duration_s=600, backend="aws"))
     await e.store.close()
     # The same platform restarted with an `aws:` block in its settings.
     manager, launcher, e.store = build_manager(
@@ -431,7 +440,7 @@ async def test_aws_backend_only_when_enabled(env, tmp_path, clock, closing):
     closing.push_async_callback(e.store.close)
     await manager.start()
     c = await manager.create_cluster(
-        buyer, {"num_workers": 2, "gpus_per_worker": 1, "duration_s": 600, "backend": "aws"}
+        buyer, ClusterSpec(num_workers=2, gpus_per_worker=1, duration_s=600, backend="aws")
     )
     assert c["nodes"] == []  # no provider machine is leased
     await settle(manager)
@@ -447,14 +456,14 @@ async def test_aws_backend_only_when_enabled(env, tmp_path, clock, closing):
 async def test_sweep_closes_leases_no_live_cluster_owns(env, clock):
     e = await env()
     manager, registry, _, buyer, db = e
-    c = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
+    c = await manager.create_cluster(buyer, ClusterSpec(num_workers=1, duration_s=600))
     await settle(manager)
     # A crash between steps: the cluster is recorded as ended while its nodes are still open.
     lease = next(n for n in c["nodes"] if n["role"] == "worker")
     await e.store.set_cluster_status(c["id"], domain.ClusterStatus.FAILED, clock())
     got = await manager.sweep()
     assert got["leases_closed"] == 2  # head and worker
-    assert (await e.store.get_lease(lease["id"]))["status"] == "closed"
+    assert (await e.store.get_lease(lease["id"])).status is domain.LeaseStatus.CLOSED
     assert lease["id"] in [p["lease_id"] for _, k, p in registry.sent if k == protocol.LEASE_CLOSE]
     assert (await manager.sweep())["leases_closed"] == 0
 
@@ -466,7 +475,7 @@ async def test_a_node_that_fails_to_open_is_moved_to_another_machine(env):
     e = await env()
     manager, registry, _, buyer, db = e
     registry.fail_opens_on = {"m-000000000000"}  # e.g. an agent whose first opens failed
-    c = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
+    c = await manager.create_cluster(buyer, ClusterSpec(num_workers=1, duration_s=600))
     await settle(manager)
     await manager.reconcile_once()
     c = await manager.get_cluster(buyer, c["id"])
@@ -480,14 +489,14 @@ async def test_a_node_that_fails_to_open_is_moved_to_another_machine(env):
     assert failed and all("attempt 1 of 3" in m and "m-000000000000" in m for m in failed)
     assert retries and all("attempt 2 of 3 on machine m-000000000001" in m for m in retries)
     # Nothing still holds capacity on the machine that failed.
-    assert not [l for l in await e.store.active_leases() if l["machine_id"] == "m-000000000000"]
+    assert not [l for l in await e.store.active_leases() if l.machine_id == "m-000000000000"]
 
 
 async def test_a_node_no_machine_can_open_fails_the_cluster_after_bounded_attempts(env):
     e = await env()
     manager, registry, _, buyer, db = e
     registry.fail_opens_on = {"m-000000000000", "m-000000000001"}
-    c = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
+    c = await manager.create_cluster(buyer, ClusterSpec(num_workers=1, duration_s=600))
     await settle(manager)
     c = await manager.get_cluster(buyer, c["id"])
     assert c["status"] == "failed" and "could not be opened in 3 attempts" in c["reason"]
@@ -530,10 +539,10 @@ async def test_quotas_refuse_with_403_naming_the_limit_and_admins_set_them(env, 
     assert q["limits"]["max_clusters"] == 1 and q["limits"]["max_gpus"] == 64
     assert q["overrides"] == {"max_clusters": 1, "max_gpus": None, "max_cpus": 3, "max_gpu_hours": None}
     with pytest.raises(errors.Forbidden, match="quota max_cpus exceeded"):
-        await manager.create_cluster(buyer, {"num_workers": 3, "duration_s": 600})  # 3 + a head's 1 > 3
-    c = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
+        await manager.create_cluster(buyer, ClusterSpec(num_workers=3, duration_s=600))  # 3 + a head's 1 > 3
+    c = await manager.create_cluster(buyer, ClusterSpec(num_workers=1, duration_s=600))
     with pytest.raises(errors.Forbidden, match="quota max_clusters exceeded"):
-        await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
+        await manager.create_cluster(buyer, ClusterSpec(num_workers=1, duration_s=600))
     seen = await manager.get_quota(buyer, buyer.account_id)
     assert seen["used"] == {"clusters": 1, "gpus": 0, "cpus": 2, "gpu_hours": 0}
     with pytest.raises(errors.NotFound):
@@ -544,7 +553,7 @@ async def test_quotas_refuse_with_403_naming_the_limit_and_admins_set_them(env, 
     await manager.delete_cluster(buyer, c["id"])
     await settle(manager)
     # Ended clusters no longer count; resetting an override brings back the default.
-    await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
+    await manager.create_cluster(buyer, ClusterSpec(num_workers=1, duration_s=600))
     q = await manager.set_quota(admin, buyer.account_id, {})
     assert q["limits"]["max_clusters"] == 10 and q["overrides"]["max_clusters"] is None
     await settle(manager)
@@ -558,8 +567,8 @@ async def test_gpu_hours_count_lifetimes_and_extensions(env, clock):
     admin = auth.Principal(999, "root", domain.Role.ADMIN)
     await manager.set_quota(admin, buyer.account_id, {"max_gpu_hours": 10})
     with pytest.raises(errors.Forbidden, match="quota max_gpu_hours exceeded"):  # 4 GPUs × 3 h = 12
-        await manager.create_cluster(buyer, {"num_workers": 2, "gpus_per_worker": 2, "duration_s": 3 * 3600})
-    c = await manager.create_cluster(buyer, {"num_workers": 2, "gpus_per_worker": 2, "duration_s": 2 * 3600})
+        await manager.create_cluster(buyer, ClusterSpec(num_workers=2, gpus_per_worker=2, duration_s=3 * 3600))
+    c = await manager.create_cluster(buyer, ClusterSpec(num_workers=2, gpus_per_worker=2, duration_s=2 * 3600))
     with pytest.raises(errors.Forbidden, match="quota max_gpu_hours exceeded"):  # 8 + 4 × 1 h > 10
         await manager.extend_cluster(buyer, c["id"], 3600)
     await manager.extend_cluster(buyer, c["id"], 1800)  # 8 + 2 = 10: exactly the limit
@@ -572,10 +581,10 @@ async def test_max_price_is_kept_with_the_spec_and_holds_for_replacements(env, c
     await add_machine(db, clock, "m-dear00000000", cpus=64, price_per_cpu_hour=10_000)
     with pytest.raises(errors.Conflict, match=r"the cheapest machine that fits the worker costs \$0.1 per CPU-hour"):
         await manager.create_cluster(
-            buyer, {"num_workers": 1, "cpus_per_worker": 2, "duration_s": 600, "max_price_per_cpu_hour": 0.05}
+            buyer, ClusterSpec(num_workers=1, cpus_per_worker=2, duration_s=600, max_price_per_cpu_hour=0.05)
         )
     c = await manager.create_cluster(
-        buyer, {"num_workers": 1, "cpus_per_worker": 2, "duration_s": 600, "max_price_per_cpu_hour": 0.5}
+        buyer, ClusterSpec(num_workers=1, cpus_per_worker=2, duration_s=600, max_price_per_cpu_hour=0.5)
     )
     assert c["max_price_per_cpu_hour"] == 0.5 and c["max_price_per_gpu_hour"] is None
     assert "m-dear00000000" not in {n["machine_id"] for n in c["nodes"]}
@@ -598,7 +607,7 @@ async def test_a_node_joins_when_it_is_seen_alive_at_that_moment(env, clock):
     e = await env()
     manager, _, _, buyer, db = e
     e.observer.hidden_calls = 2  # the head's dashboard answers from the third poll
-    c = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
+    c = await manager.create_cluster(buyer, ClusterSpec(num_workers=1, duration_s=600))
     await settle(manager)
     c = await manager.get_cluster(buyer, c["id"])
     assert c["status"] == "running", c["reason"]  # at once, without a reconcile tick
@@ -612,7 +621,7 @@ async def test_a_node_joins_when_it_is_seen_alive_at_that_moment(env, clock):
 async def test_an_ok_without_a_live_node_is_neither_joined_nor_billed(env, clock):
     manager, registry, _, buyer, db = await env()
     registry.no_node_for = {"worker"}
-    c = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
+    c = await manager.create_cluster(buyer, ClusterSpec(num_workers=1, duration_s=600))
     await settle(manager)
     clock.advance(60)
     for m in ("m-000000000000", "m-000000000001"):
@@ -627,8 +636,8 @@ async def test_an_ok_without_a_live_node_is_neither_joined_nor_billed(env, clock
     assert worker["id"] in failed and "not ALIVE" in failed
     # The autoscaler is told the start failed (it replaces the node), as for any failed `ray start`.
     scoped = auth.Principal(buyer.account_id, "cluster-" + c["id"], domain.Role.BUYER, cluster_id=c["id"])
-    again = await manager.exec_on_node(scoped, c["id"], worker["id"], {"op": "run", "cmd": "ray start"})
-    assert not again["ok"] and "treated as a failed start" in again["output"]
+    again = await manager.exec_on_node(scoped, c["id"], worker["id"], protocol.Exec(op="run", cmd="ray start"))
+    assert not again.ok and "treated as a failed start" in again.output
     # Only the head, seen alive, is billed; the provider of the worker's machine earns nothing for it.
     usage = await manager.usage(buyer, 0, clock())
     assert usage["items"][0]["nodes"] == 1 and usage["total"]["node_seconds"] > 0
@@ -646,7 +655,7 @@ async def test_an_ok_without_a_live_node_is_neither_joined_nor_billed(env, clock
 async def test_a_head_that_never_shows_up_fails_the_launch(env, clock):
     manager, registry, _, buyer, db = await env()
     registry.no_node_for = {"head"}
-    c = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
+    c = await manager.create_cluster(buyer, ClusterSpec(num_workers=1, duration_s=600))
     await settle(manager)
     got = await manager.get_cluster(buyer, c["id"])
     assert got["status"] == "failed" and "not ALIVE" in got["reason"]
@@ -661,7 +670,7 @@ async def test_a_degraded_cluster_still_expires_and_replacements_never_extend_it
     manager, registry, _, buyer, db = e
     reaper = expiry_reaper.ExpiryReaper(e.store, clusters=manager, clock=clock)
     await reaper.start()
-    c = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
+    c = await manager.create_cluster(buyer, ClusterSpec(num_workers=1, duration_s=600))
     await settle(manager)
     await reaper.schedule(c["id"])
     scoped = auth.Principal(buyer.account_id, "cluster-" + c["id"], domain.Role.BUYER, cluster_id=c["id"])
@@ -678,7 +687,7 @@ async def test_a_degraded_cluster_still_expires_and_replacements_never_extend_it
         await manager.reconcile_once()
         assert (await manager.get_cluster(buyer, c["id"]))["status"] == "degraded"
         (new,) = await manager.create_nodes(scoped, c["id"], "worker", "worker", {}, 1)
-        await manager.exec_on_node(scoped, c["id"], new["id"], {"op": "run", "cmd": "ray start"})
+        await manager.exec_on_node(scoped, c["id"], new["id"], protocol.Exec(op="run", cmd="ray start"))
         got = await manager.get_cluster(buyer, c["id"])
         assert got["status"] == "running" and got["expires_at"] == c["expires_at"]
     # The last replacement never comes up: degraded, and it still ends at the original deadline.
@@ -690,7 +699,7 @@ async def test_a_degraded_cluster_still_expires_and_replacements_never_extend_it
     ]
     await manager.terminate_node(scoped, c["id"], worker["id"])
     (new,) = await manager.create_nodes(scoped, c["id"], "worker", "worker", {}, 1)
-    await manager.exec_on_node(scoped, c["id"], new["id"], {"op": "run", "cmd": "ray start"})
+    await manager.exec_on_node(scoped, c["id"], new["id"], protocol.Exec(op="run", cmd="ray start"))
     for m in ("m-000000000000", "m-000000000001"):  # the wait for the node moved the clock
         await db.record_heartbeat(m, clock(), domain.MachineUsage())
     await manager.reconcile_once()
@@ -708,7 +717,7 @@ async def test_a_degraded_cluster_still_expires_and_replacements_never_extend_it
 
 async def test_lost_nodes_lower_their_machines_reliability_and_the_floor_skips_them(env, clock):
     e = await env()
-    c = await e.manager.create_cluster(e.buyer, {"num_workers": 1, "duration_s": 600})
+    c = await e.manager.create_cluster(e.buyer, ClusterSpec(num_workers=1, duration_s=600))
     await settle(e.manager)
     worker = next(n for n in (await e.manager.get_cluster(e.buyer, c["id"]))["nodes"] if n["role"] == "worker")
     assert await e.store.end_lease(worker["id"], domain.LeaseStatus.LOST, clock())
@@ -724,9 +733,9 @@ async def test_lost_nodes_lower_their_machines_reliability_and_the_floor_skips_t
         await e.db.record_heartbeat(m, clock(), domain.MachineUsage())
     with pytest.raises(errors.Conflict, match="reliability of at least 0.85"):
         await e.manager.create_cluster(
-            e.buyer, {"num_workers": 2, "duration_s": 600, "cpus_per_worker": 2, "min_reliability": 0.85}
+            e.buyer, ClusterSpec(num_workers=2, duration_s=600, cpus_per_worker=2, min_reliability=0.85)
         )
-    ok = await e.manager.create_cluster(e.buyer, {"num_workers": 1, "duration_s": 600, "min_reliability": 0.85})
+    ok = await e.manager.create_cluster(e.buyer, ClusterSpec(num_workers=1, duration_s=600, min_reliability=0.85))
     assert worker["machine_id"] not in {n["machine_id"] for n in ok["nodes"]}
 
 
@@ -735,7 +744,7 @@ async def test_a_reconcile_tick_reads_the_leases_of_a_cluster_whose_nodes_all_jo
 
     e = await env()
     manager, _, _, buyer, db = e
-    c = await manager.create_cluster(buyer, {"num_workers": 2, "duration_s": 600})
+    c = await manager.create_cluster(buyer, ClusterSpec(num_workers=2, duration_s=600))
     await settle(manager)
     await manager.reconcile_once()
     assert (await manager.get_cluster(buyer, c["id"]))["status"] == "running"
@@ -755,8 +764,8 @@ async def test_a_reconcile_tick_reads_the_leases_of_a_cluster_whose_nodes_all_jo
 async def test_many_cluster_reads_at_once_answer_as_each_read_alone(env):
     e = await env()
     manager, _, _, buyer, db = e
-    first = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
-    second = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
+    first = await manager.create_cluster(buyer, ClusterSpec(num_workers=1, duration_s=600))
+    second = await manager.create_cluster(buyer, ClusterSpec(num_workers=1, duration_s=600))
     await settle(manager)  # no provisioning step between the reads compared
     other = auth.Principal(999, "other", domain.Role.BUYER)
     provider = auth.Principal(998, "prov", domain.Role.PROVIDER)
@@ -791,7 +800,7 @@ async def test_a_node_opened_after_its_cluster_ended_is_closed_again_never_count
         await asyncio.Event().wait()
 
     launcher.create = launcher_that_waits
-    agent_send = registry.send_work
+    agent_send = registry.answer
 
     async def slow_open(machine_id, kind, payload, timeout_s):
         if kind == protocol.LEASE_OPEN:
@@ -799,9 +808,9 @@ async def test_a_node_opened_after_its_cluster_ended_is_closed_again_never_count
             await answer.wait()
         return await agent_send(machine_id, kind, payload, timeout_s)
 
-    registry.send_work = slow_open
+    registry.answer = slow_open
 
-    c = await manager.create_cluster(buyer, {"num_workers": 1, "duration_s": 600})
+    c = await manager.create_cluster(buyer, ClusterSpec(num_workers=1, duration_s=600))
     await asyncio.wait_for(launched.wait(), 5)  # the provisioning task reaches the launcher
     node_caller = auth.TokenIssuer("s" * 48, clock=clock).verify(configs[0]["provider"]["token"])
     head_request = asyncio.ensure_future(
@@ -820,7 +829,7 @@ async def test_a_node_opened_after_its_cluster_ended_is_closed_again_never_count
     assert head["id"] in closes
 
 
-async def _head_only(e, clock, spec: dict) -> tuple[dict, auth.Principal, dict]:
+async def _head_only(e, clock, spec: ClusterSpec) -> tuple[dict, auth.Principal, dict]:
     """A cluster whose launcher opens only its head (as the real launcher does): the cluster, the
     cluster-scoped caller of the node routes (what the head's autoscaler holds) and the head node."""
     configs, launched = [], asyncio.Event()
@@ -851,7 +860,7 @@ async def test_workers_are_opened_while_the_head_starts_and_listed_as_the_autosc
     tags them they are its own, and a later request (a replacement) never takes them for new ones."""
 
     e = await env()
-    c, caller, head = await _head_only(e, clock, {"num_workers": 1, "duration_s": 600})
+    c, caller, head = await _head_only(e, clock, ClusterSpec(num_workers=1, duration_s=600))
     (worker,) = await _workers_listed(e, caller, c["id"])
     opens = [p for _, kind, p in e.registry.sent if kind == protocol.LEASE_OPEN]
     assert [p["role"] for p in opens] == ["head", "worker"]
@@ -880,7 +889,7 @@ async def test_an_autoscaler_that_asks_before_it_lists_gets_the_workers_opened_a
     machine is reserved twice and no worker opened twice."""
 
     e = await env()
-    c, caller, _ = await _head_only(e, clock, {"num_workers": 2, "duration_s": 600})
+    c, caller, _ = await _head_only(e, clock, ClusterSpec(num_workers=2, duration_s=600))
     tags = {"ray-node-type": "worker", "ray-launch-config": "abc"}
     created = await e.manager.create_nodes(caller, c["id"], "worker", "worker", tags, 2)
     assert len(created) == 2 and all(n["status"] == "open" and n["tags"] == tags for n in created)
@@ -896,7 +905,7 @@ async def test_a_worker_that_fails_to_open_ahead_is_left_to_the_autoscaler(env, 
     lists one worker short and its own request reserves and opens one."""
 
     e = await env()
-    agent_send, refusing = e.registry.send_work, [True]
+    agent_send, refusing = e.registry.answer, [True]
 
     async def workers_refused(machine_id, kind, payload, timeout_s):
         if kind == protocol.LEASE_OPEN and payload["role"] == "worker" and refusing[0]:
@@ -904,8 +913,8 @@ async def test_a_worker_that_fails_to_open_ahead_is_left_to_the_autoscaler(env, 
             return {"ok": False, "exit_code": 1, "output": "no sandbox", "data": {}}
         return await agent_send(machine_id, kind, payload, timeout_s)
 
-    e.registry.send_work = workers_refused
-    c, caller, _ = await _head_only(e, clock, {"num_workers": 1, "duration_s": 600})
+    e.registry.answer = workers_refused
+    c, caller, _ = await _head_only(e, clock, ClusterSpec(num_workers=1, duration_s=600))
 
     async def settled():
         return not e.manager.workers_opening_ahead()

@@ -7,6 +7,7 @@ import pytest
 from actors.clusters import cluster_manager, expiry_reaper
 from actors.db import cluster_store, store
 from dcl_core import domain
+from dcl_core.cluster_spec import ClusterSpec
 from tests.protocols import assert_implements
 
 pytestmark = pytest.mark.anyio
@@ -54,7 +55,7 @@ async def add_cluster(db, clock, cluster_id: str, expires_at: float) -> None:
             "id": cluster_id,
             "owner_id": 1,
             "name": "x",
-            "spec": "{}",
+            "spec": ClusterSpec(num_workers=1, duration_s=600).model_dump_json(),
             "status": "running",
             "expires_at": expires_at,
         },

@@ -2,31 +2,32 @@
 
 from __future__ import annotations
 
-import json
-
 from actors.clusters import lifecycle
 from dcl_core import domain
+from tests.unit.actors import typed_rows
 
 S = domain.ClusterStatus
 NOW = 10_000.0
 
 
 def cluster(status=S.PROVISIONING, workers=2, created_at=NOW - 30, expires_at=NOW + 600):
-    return {
-        "id": "c-0123456789ab",
-        "status": status.value,
-        "created_at": created_at,
-        "expires_at": expires_at,
-        "spec": json.dumps({"num_workers": workers, "duration_s": 600}),
-    }
+    return typed_rows.cluster(
+        id="c-0123456789ab",
+        status=status.value,
+        created_at=created_at,
+        expires_at=expires_at,
+        spec={"num_workers": workers, "duration_s": 600},
+    )
 
 
-def lease(lid, role="worker", status="open", joined=True, machine="m-1"):
-    return {"id": lid, "role": role, "status": status, "joined_at": NOW - 5 if joined else None, "machine_id": machine}
+def lease(lid, role="worker", status="open", joined=True, machine="m-1", opened_at=None):
+    return typed_rows.lease(
+        id=lid, role=role, status=status, joined_at=NOW - 5 if joined else None, machine_id=machine, opened_at=opened_at
+    )
 
 
 def decide(row, leases, machines=None, **kw):
-    machines = {l["machine_id"]: "online" for l in leases} if machines is None else machines
+    machines = {l.machine_id: "online" for l in leases} if machines is None else machines
     return lifecycle.decide(
         row,
         leases,
@@ -67,8 +68,8 @@ def test_a_lost_head_fails_the_cluster_and_ends_the_step():
 
 
 def test_a_lease_its_agent_no_longer_holds_is_lost_after_the_margin():
-    old = {**lease("l-1"), "opened_at": NOW - 100}
-    leases = [{**lease("l-h", "head", machine="m-h"), "opened_at": NOW - 100}, old]
+    old = lease("l-1", opened_at=NOW - 100)
+    leases = [lease("l-h", "head", machine="m-h", opened_at=NOW - 100), old]
     held = {"m-h": {"at": NOW, "leases": ["l-h"]}, "m-1": {"at": NOW, "leases": []}}
     lost, degraded = lifecycle.decide(
         cluster(S.RUNNING, workers=1),
@@ -82,7 +83,7 @@ def test_a_lease_its_agent_no_longer_holds_is_lost_after_the_margin():
     )
     assert lost.lease_id == "l-1" and "no longer runs it" in lost.why and degraded.to is S.DEGRADED
     # Opened after the heartbeat was sent (within the margin): not lost yet.
-    young = {**old, "opened_at": NOW - lifecycle.HELD_MARGIN_S + 1}
+    young = lease("l-1", opened_at=NOW - lifecycle.HELD_MARGIN_S + 1)
     assert (
         lifecycle.decide(
             cluster(S.RUNNING, workers=1),

@@ -7,6 +7,7 @@ import pytest
 
 from actors.clusters import joins, node_observer
 from dcl_core import protocol
+from tests.unit.actors import typed_rows
 
 pytestmark = pytest.mark.anyio
 
@@ -120,15 +121,15 @@ async def test_the_error_never_shows_the_token():
 
 
 def lease(lease_id, role, *, status="open", joined_at=None):
-    return {
-        "id": lease_id,
-        "role": role,
-        "status": status,
-        "joined_at": joined_at,
-        "ports": {"dashboard": 1},
-        "node_ip": "10.0.0.1",
-        "machine_id": "m-0",
-    }
+    return typed_rows.lease(
+        id=lease_id,
+        role=role,
+        status=status,
+        joined_at=joined_at,
+        ports={"dashboard": 1},
+        node_ip="10.0.0.1",
+        machine_id="m-0",
+    )
 
 
 def test_newly_joined_maps_the_head_by_the_head_node_and_workers_by_their_label():
@@ -142,7 +143,7 @@ def test_newly_joined_maps_the_head_by_the_head_node_and_workers_by_their_label(
         lease("l-w2", "worker"),
         lease("l-w3", "worker", joined_at=5.0),
     ]
-    assert [l["id"] for l in joins.newly_joined(leases, nodes)] == ["l-h", "l-w1"]
+    assert [l.id for l in joins.newly_joined(leases, nodes)] == ["l-h", "l-w1"]
     # A closed lease never joins, whatever runs with its label; a worker with no label is nobody's.
     assert joins.newly_joined([lease("l-w1", "worker", status="closed")], nodes) == []
     unlabelled = [node_observer.ObservedNode("cc", "10.0.0.3", False, {})]

@@ -1,17 +1,18 @@
 from actors.clusters import usage
+from tests.unit.actors import typed_rows
 
 
 def lease(joined, left, gpus=(), cpus=1, gpu_price=2.0, cpu_price=0.36, cluster="c1", machine="m1"):
-    return {
-        "joined_at": joined,
-        "left_at": left,
-        "gpus": list(gpus),
-        "cpus": cpus,
-        "cluster_id": cluster,
-        "machine_id": machine,
-        "price_per_gpu_hour": gpu_price,
-        "price_per_cpu_hour": cpu_price,
-    }
+    return typed_rows.lease(
+        joined_at=joined,
+        left_at=left,
+        gpus=list(gpus),
+        cpus=cpus,
+        cluster_id=cluster,
+        machine_id=machine,
+        price_per_gpu_hour=gpu_price,
+        price_per_cpu_hour=cpu_price,
+    )
 
 
 def test_seconds_count_from_join_to_leave_clipped_to_the_window():

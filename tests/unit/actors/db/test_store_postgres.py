@@ -15,6 +15,7 @@ from cli.platform import errors as platform_errors
 from cli.platform import launcher as platform_launcher
 from cli.platform import serve_deploy
 from dcl_core import domain, errors
+from dcl_core.cluster_spec import ClusterSpec
 from tests.unit.actors.clusters.test_cluster_manager import FakeRegistry, seed_market
 
 
@@ -65,7 +66,7 @@ def test_concurrent_creates_on_postgres_lease_no_machine_twice(postgres_server, 
         for m in managers:
             await m.start()
         principal = auth.Principal(buyer["id"], "buyer", domain.Role.BUYER)
-        spec = {"num_workers": 3, "cpus_per_worker": 2, "duration_s": 600}  # needs most of both machines
+        spec = ClusterSpec(num_workers=3, cpus_per_worker=2, duration_s=600)  # needs most of both machines
         results = await asyncio.gather(*(m.create_cluster(principal, spec) for m in managers), return_exceptions=True)
         leases = await managers[0]._store.active_leases()
         for m in managers:
@@ -83,10 +84,10 @@ def test_concurrent_creates_on_postgres_lease_no_machine_twice(postgres_server, 
     won = [r for r in results if isinstance(r, dict)]
     lost = [r for r in results if not isinstance(r, dict)]
     assert len(won) == 1 and all(isinstance(e, errors.Conflict) for e in lost), results
-    assert {l["cluster_id"] for l in leases} == {won[0]["id"]} and len(leases) == 4
+    assert {l.cluster_id for l in leases} == {won[0]["id"]} and len(leases) == 4
     per_machine = {}
     for l in leases:
-        per_machine[l["machine_id"]] = per_machine.get(l["machine_id"], 0) + l["cpus"]
+        per_machine[l.machine_id] = per_machine.get(l.machine_id, 0) + l.cpus
     assert set(per_machine) == {"m-000000000000", "m-000000000001"}
     assert all(cpus <= 4 for cpus in per_machine.values()), per_machine  # no CPU of a machine leased twice
 

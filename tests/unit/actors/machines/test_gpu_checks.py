@@ -17,6 +17,7 @@ from actors.machines import gpu_checks
 from actors.machines import registry as registry_mod
 from actors.settings import PlatformSettings
 from dcl_core import domain, errors, protocol
+from dcl_core.cluster_spec import ClusterSpec
 from worker.agent import gpu_check
 
 pytestmark = pytest.mark.anyio
@@ -47,7 +48,13 @@ class CheckingAgent:
         self.gate: asyncio.Event | None = None
         self.at_gate = asyncio.Event()  # set once the check waits at the gate
 
-    async def send_work(self, machine_id: str, kind: str, payload: dict, timeout_s: float) -> dict:
+    async def send_work(
+        self, machine_id: str, kind: str, payload: protocol.WorkPayload, timeout_s: float
+    ) -> protocol.WorkResult:
+        return protocol.WorkResult.model_validate(await self.answer(machine_id, kind, payload.model_dump()))
+
+    async def answer(self, machine_id: str, kind: str, payload: dict) -> dict:
+        """What the agent answers, as the JSON it would post."""
         self.sent.append((machine_id, kind, payload))
         if kind == protocol.LEASE_OPEN:
             opening = protocol.LeaseOpen.model_validate(payload)
@@ -181,7 +188,7 @@ async def test_a_busy_machine_is_checked_once_no_lease_holds_anything_of_it(plat
             "id": "c-000000000001",
             "owner_id": 1,
             "name": "x",
-            "spec": "{}",
+            "spec": ClusterSpec(num_workers=1, duration_s=600).model_dump_json(),
             "status": "running",
             "expires_at": clock() + 3600,
         },
@@ -245,7 +252,7 @@ async def test_a_provider_cannot_mark_its_machine_verified(platform, start, monk
         + protocol.GpuCheckReport(
             nvml="nvml", gpus=[domain.GpuInfo(index=i, model=H100["name"], memory_mb=81559) for i in range(2)]
         ).model_dump_json(),
-    ).model_dump()
+    )
     for machine_id in (mine["id"], other["id"]):  # its own machine, and another one
         for caller in (key, provider):
             with pytest.raises(errors.NotFound):

@@ -256,7 +256,7 @@ async def test_enrollment_answers_a_key_that_speaks_for_its_machine_alone(make_r
     for call in (
         reg.heartbeat(key, second["id"], usage),
         reg.next_work(key, second["id"], 0),
-        reg.complete_work(key, second["id"], "w-000000000000", {"ok": True}),
+        reg.complete_work(key, second["id"], "w-000000000000", protocol.WorkResult(ok=True)),
         reg.leave(key, second["id"]),
     ):
         with pytest.raises(errors.NotFound):

@@ -5,9 +5,10 @@ import asyncio
 import pytest
 
 from actors.machines import work_channel
-from dcl_core import errors
+from dcl_core import errors, protocol
 
 pytestmark = pytest.mark.anyio
+LEASE = "l-0123456789ab"
 
 
 async def test_a_waiting_poll_is_woken_by_the_item_pushed_for_its_machine_only():
@@ -24,25 +25,24 @@ async def test_a_waiting_poll_is_woken_by_the_item_pushed_for_its_machine_only()
 
 async def test_send_returns_the_agents_answer_and_refuses_an_answer_from_another_machine():
     channel = work_channel.WorkChannel()
-    sent = asyncio.create_task(channel.send("m-1", "lease.exec", {"cmd": "true"}, 10))
+    command = protocol.LeaseExec(lease_id=LEASE, op="run", cmd="true")
+    sent = asyncio.create_task(channel.send("m-1", protocol.LEASE_EXEC, command, 10))
     (item,) = await channel.wait("m-1", 1)
+    assert item["kind"] == protocol.LEASE_EXEC and item["payload"] == command.model_dump()  # as the agent reads it
     with pytest.raises(errors.NotFound):
-        channel.answer("m-2", item["id"], {"ok": True})
-    channel.answer("m-1", item["id"], {"ok": True, "exit_code": 0})
-    assert await asyncio.wait_for(sent, 1) == {"ok": True, "exit_code": 0}
+        channel.answer("m-2", item["id"], protocol.WorkResult(ok=True))
+    channel.answer("m-1", item["id"], protocol.WorkResult(ok=True, exit_code=0))
+    assert await asyncio.wait_for(sent, 1) == protocol.WorkResult(ok=True, exit_code=0)
     with pytest.raises(errors.NotFound):  # answered once; nobody waits any more
-        channel.answer("m-1", item["id"], {"ok": True})
+        channel.answer("m-1", item["id"], protocol.WorkResult(ok=True))
 
 
 async def test_an_unanswered_item_times_out_and_never_runs_late():
     channel = work_channel.WorkChannel()
-    result = await channel.send("m-1", "lease.close", {}, 0.01)
-    assert result == {
-        "ok": False,
-        "exit_code": None,
-        "data": {},
-        "output": "machine m-1 did not answer lease.close within 0 s",
-    }
+    result = await channel.send("m-1", protocol.LEASE_CLOSE, protocol.LeaseClose(lease_id=LEASE), 0.01)
+    assert result == protocol.WorkResult(
+        ok=False, exit_code=None, data={}, output="machine m-1 did not answer lease_close within 0 s"
+    )
     assert await channel.wait("m-1", 0) == []  # taken off the queue: the agent never sees it
 
 

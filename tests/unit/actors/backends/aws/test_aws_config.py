@@ -33,6 +33,7 @@ from actors.backends.aws import launcher_config, rules
 from actors.settings import PlatformSettings
 from configs import aws, labels
 from dcl_core import cluster_spec, errors
+from tests.unit.actors import typed_rows
 
 CID = "c-00112233aabb"
 CIDR = "203.0.113.0/24"
@@ -480,7 +481,9 @@ def test_the_launch_steps_of_an_aws_cluster_make_its_group_in_its_vpc_and_remove
     settings = PlatformSettings(
         state_dir=tmp_path, api_url="http://127.0.0.1:9", aws=scoped_settings.model_copy(update={"vpc_id": vpc_id})
     )
-    config = aws_backend.AwsBackend(settings).launcher_config({"id": CID}, SPECS[0], 0.0)
+    config = aws_backend.AwsBackend(settings).launcher_config(
+        typed_rows.cluster(id=CID, spec=SPECS[0].model_dump()), 0.0
+    )
     steps = catalog.launch_steps(config)
     prepared = steps.prepare(config)
     group_id, perms = group_rules(ec2, f"dcluster-{CID}")
