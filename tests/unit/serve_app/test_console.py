@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 
 from actors.access import auth
 from dcl_core import domain, errors
+from dcl_core.cluster_spec import ClusterSpec
 from serve_app import app as app_mod
 from serve_app.console import charts
 from serve_app.console import session as sess
@@ -225,7 +226,8 @@ class FakeClusters:
         return self.clusters[cid]
 
     def _create(self, principal, spec):
-        if spec["num_workers"] > 8:
+        assert isinstance(spec, ClusterSpec), "the console hands the control plane the validated spec itself"
+        if spec.num_workers > 8:
             raise errors.Conflict("not enough capacity: 2 machines online")
         cluster = _cluster("c-00000000beef", "pending", workers_joined=0, running_at=None)
         self.clusters[cluster["id"]] = cluster
@@ -335,7 +337,7 @@ def test_actions_need_the_csrf_token_and_the_same_origin(client, fakes):
     assert fakes[1].create_cluster.calls == []
     r = client.post("/console/clusters", data=form, headers={"X-CSRF-Token": token, "Origin": BASE})
     assert r.status_code == 204 and r.headers["HX-Redirect"] == "/console/clusters/c-00000000beef"
-    assert fakes[1].create_cluster.calls[0][1]["num_workers"] == 1
+    assert fakes[1].create_cluster.calls[0][1].num_workers == 1
 
 
 def test_the_create_form_sends_price_ceilings_and_min_reliability_and_empty_means_any(client, fakes):
@@ -353,7 +355,7 @@ def test_the_create_form_sends_price_ceilings_and_min_reliability_and_empty_mean
     }
     assert client.post("/console/clusters", data=form, headers=headers).status_code == 204
     spec = fakes[1].create_cluster.calls[-1][1]
-    assert (spec["max_price_per_gpu_hour"], spec["max_price_per_cpu_hour"], spec["min_reliability"]) == (
+    assert (spec.max_price_per_gpu_hour, spec.max_price_per_cpu_hour, spec.min_reliability) == (
         1.5,
         0.02,
         0.95,
@@ -361,7 +363,7 @@ def test_the_create_form_sends_price_ceilings_and_min_reliability_and_empty_mean
     empty = {**form, "max_price_per_gpu_hour": "", "max_price_per_cpu_hour": " ", "min_reliability": ""}
     assert client.post("/console/clusters", data=empty, headers=headers).status_code == 204
     spec = fakes[1].create_cluster.calls[-1][1]
-    assert spec["max_price_per_gpu_hour"] is spec["max_price_per_cpu_hour"] is spec["min_reliability"] is None
+    assert spec.max_price_per_gpu_hour is spec.max_price_per_cpu_hour is spec.min_reliability is None
     calls = len(fakes[1].create_cluster.calls)
     for field, bad in (
         ("min_reliability", "1.5"),
