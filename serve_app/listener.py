@@ -19,7 +19,6 @@ import socket
 import threading
 
 import uvicorn
-import uvloop
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +40,15 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """A uvloop loop where uvloop is installed (it halves the CPU of the HTTP path), else asyncio's own."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
 class _Server(uvicorn.Server):
     def capture_signals(self):
         # The replica's signals belong to Ray (its graceful shutdown), never to uvicorn.
@@ -48,10 +56,10 @@ class _Server(uvicorn.Server):
 
 
 class Listener:
-    """uvicorn serving `app` on host:port from a thread of its own, on a uvloop event loop, until stop().
+    """uvicorn serving `app` on host:port from a thread of its own, on an event loop of its own, until stop().
 
     Its own loop: Serve runs user code on a plain asyncio loop shared with Serve's own work; uvloop
-    and no sharing halve the CPU of the HTTP path. The app's actor calls are awaited on this loop."""
+    (where installed) and no sharing halve the CPU of the HTTP path. The app's actor calls are awaited on this loop."""
 
     def __init__(self, app, host: str, port: int):
         self.host, self.port = host, port
@@ -74,7 +82,7 @@ class Listener:
         self._failure: BaseException | None = None
 
     def _serve(self) -> None:
-        loop = uvloop.new_event_loop()
+        loop = new_event_loop()
         asyncio.set_event_loop(loop)
         try:
             loop.run_until_complete(self._server.serve(sockets=[self._socket]))

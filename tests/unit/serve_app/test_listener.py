@@ -1,4 +1,5 @@
 import socket
+import sys
 
 import httpx
 import pytest
@@ -65,3 +66,30 @@ async def test_a_client_cannot_name_its_own_address_with_forwarded_headers():
     finally:
         await server.stop()
     assert seen == {"host": "127.0.0.1"}
+
+
+async def test_without_uvloop_it_serves_on_asyncios_own_loop(monkeypatch):
+    """uvloop is optional (no wheel on some platforms): the listener runs without it."""
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # `import uvloop` now raises ImportError
+    loop = listener.new_event_loop()
+    try:
+        assert type(loop).__module__.startswith("asyncio")
+    finally:
+        loop.close()
+    port = procs.free_port()
+    server = listener.Listener(_app(), "127.0.0.1", port)
+    await server.start()
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            assert (await client.get("/ping")).json() == {"pong": True}
+    finally:
+        await server.stop()
+
+
+def test_with_uvloop_installed_it_is_used():
+    uvloop = pytest.importorskip("uvloop")
+    loop = listener.new_event_loop()
+    try:
+        assert isinstance(loop, uvloop.Loop)
+    finally:
+        loop.close()
