@@ -1,6 +1,7 @@
 """The built wheel stands alone: everything the product reads at run time (the Serve config template, the demo's
 job, the console, the launcher templates, the migrations) is package data, found beside the installed code,
-never through a checkout."""
+never through a checkout; and each role's install (the base: buyers; [agent]: providers) holds what that role
+imports and nothing of the platform, checked in fresh virtualenvs outside the checkout."""
 
 from __future__ import annotations
 
