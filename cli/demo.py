@@ -19,7 +19,6 @@ import dcluster
 from cli import cluster_watch, exits, output, session
 from cli.platform import accounts, install, state
 from cli.platform import errors as platform_errors
-from cli.platform import launcher as platform_launcher
 
 DEMO_PROVIDERS = 2
 DEMO_AGENT_CPUS = 4
@@ -190,6 +189,9 @@ def add_demo(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    install.require_platform("demo")
+    from cli.platform import launcher as platform_launcher  # here: it needs the [platform] extra
+
     state_dir = Path(args.state_dir or state.default_state_dir()).expanduser().absolute()
     timings = Timings()
 

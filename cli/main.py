@@ -8,14 +8,17 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dcluster
 from cli import clusters, demo, login, machine_keys, machines, quota, usage
 from cli.platform import errors as platform_errors
-from cli.platform import launcher as platform_launcher
-from cli.platform import state
+from cli.platform import install, state
 from dcl_core import database_url, domain
 from dcluster import versions
+
+if TYPE_CHECKING:
+    from cli.platform.launcher import PlatformLauncher
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +35,11 @@ def _state_dir_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _launcher(args: argparse.Namespace, **kw) -> platform_launcher.PlatformLauncher:
+def _launcher(args: argparse.Namespace, **kw) -> PlatformLauncher:
+    # Imported here: the platform's modules need the [platform] extra, which a buyer's install lacks.
+    install.require_platform(args.command)
+    from cli.platform import launcher as platform_launcher
+
     return platform_launcher.PlatformLauncher(args.state_dir or state.default_state_dir(), **kw)
 
 

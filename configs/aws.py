@@ -8,7 +8,7 @@ from typing import Annotated
 
 from pydantic import Field, field_validator, model_validator
 
-from dcl_core import domain
+from dcl_core import domain, extras
 
 
 class AwsSettings(domain.StrictModel):
@@ -80,6 +80,19 @@ class AwsSettings(domain.StrictModel):
         if f"{value}-".lower().startswith("sg-"):
             raise ValueError("name_prefix must not make names that begin with 'sg-' (EC2 refuses them)")
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _check_installed(cls, data: object) -> object:
+        # The backend runs on boto3 (through Ray's AWS provider): without the [aws] extra it is refused here,
+        # when the platform's settings are read, not at the first cluster.
+        absent = extras.missing("aws")
+        if absent:
+            raise ValueError(
+                f"the aws backend needs packages this install lacks ({', '.join(absent)}): "
+                f"{extras.install_command('aws')}"
+            )
+        return data
 
     @model_validator(mode="after")
     def _check_key_and_ami(self) -> AwsSettings:

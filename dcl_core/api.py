@@ -22,10 +22,13 @@ MAX_EPOCH_S = 253_402_300_799.0  # 9999-12-31T23:59:59Z
 # --- accounts ---------------------------------------------------------------------------
 
 
+# bcrypt reads only the first 72 bytes: longer passwords would silently share a hash.
+MAX_PASSWORD_BYTES = 72
+
+
 def _fits_bcrypt(password: str) -> str:
-    # bcrypt reads only the first 72 bytes: longer passwords would silently share a hash.
-    if len(password.encode("utf-8")) > 72:
-        raise ValueError("password must be at most 72 bytes in UTF-8")
+    if len(password.encode("utf-8")) > MAX_PASSWORD_BYTES:
+        raise ValueError(f"password must be at most {MAX_PASSWORD_BYTES} bytes in UTF-8")
     return password
 
 

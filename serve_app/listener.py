@@ -20,7 +20,6 @@ import threading
 from collections.abc import Iterator
 
 import uvicorn
-import uvloop
 from starlette.types import ASGIApp
 
 logger = logging.getLogger(__name__)
@@ -43,6 +42,15 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """A uvloop loop where uvloop is installed (it halves the CPU of the HTTP path), else asyncio's own."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
 class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -51,10 +59,10 @@ class _Server(uvicorn.Server):
 
 
 class Listener:
-    """uvicorn serving `app` on host:port from a thread of its own, on a uvloop event loop, until stop().
+    """uvicorn serving `app` on host:port from a thread of its own, on an event loop of its own, until stop().
 
     Its own loop: Serve runs user code on a plain asyncio loop shared with Serve's own work; uvloop
-    and no sharing halve the CPU of the HTTP path. The app's actor calls are awaited on this loop."""
+    (where installed) and no sharing halve the CPU of the HTTP path. The app's actor calls are awaited on this loop."""
 
     def __init__(
         self,
@@ -90,7 +98,7 @@ class Listener:
 
     def _serve(self) -> None:
         assert self._socket is not None  # bound by start(), before this thread runs
-        loop = uvloop.new_event_loop()
+        loop = new_event_loop()
         asyncio.set_event_loop(loop)
         try:
             loop.run_until_complete(self._server.serve(sockets=[self._socket]))

@@ -1,7 +1,7 @@
 """Old home of the agent's entry point, kept for `dcluster-agent` scripts installed before the move to
-worker.agent.cli (pyproject's entry point now names that); a fresh `pip install -e .` no longer needs it."""
+worker.agent (pyproject's entry point now names worker.agent.entry); a fresh `pip install -e .` no longer needs it."""
 
-from worker.agent.cli import main
+from worker.agent.entry import main
 
 __all__ = ["main"]
 

@@ -1,4 +1,4 @@
-"""Passwords (bcrypt via passlib), JWTs (HS256), the JWT secret file, and the failed-login limiter."""
+"""Passwords (bcrypt), JWTs (HS256), the JWT secret file, and the failed-login limiter."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import bcrypt
 import jwt
-from passlib.context import CryptContext
 
 from actors.access import throttle
-from dcl_core import domain, errors, secret_files
+from dcl_core import api, domain, errors, secret_files
 
 JWT_ALGORITHM = "HS256"
 JWT_SECRET_ENV = "DCLUSTER_JWT_SECRET"
@@ -25,34 +25,40 @@ MIN_SECRET_BYTES = 32
 
 
 class PasswordHasher:
-    """bcrypt hashing; callers run it off the event loop (it is slow on purpose)."""
+    """bcrypt hashing; callers run it off the event loop (it is slow on purpose).
+
+    The hashes are the modular-crypt `$2b$<rounds>$...` strings passlib wrote before, so hashes
+    stored by earlier versions verify unchanged (the bcrypt library reads its own format)."""
 
     def __init__(self, rounds: int = 12):
-        self._context = CryptContext(schemes=["bcrypt"], bcrypt__rounds=rounds)
+        self._rounds = rounds
         # A fixed hash to verify against when the user does not exist, so that
         # unknown usernames cost as much time as wrong passwords.
-        self._dummy_hash = self._context.hash(secrets.token_urlsafe(16))
+        self._dummy_hash = self.hash(secrets.token_urlsafe(16))
 
     def hash(self, password: str) -> str:
-        _check_password_text(password)
-        return str(self._context.hash(password))
+        secret = _password_bytes(password)
+        return bcrypt.hashpw(secret, bcrypt.gensalt(rounds=self._rounds)).decode("ascii")
 
     def verify(self, password: str, password_hash: str | None) -> bool:
-        _check_password_text(password)
+        secret = _password_bytes(password)
         if password_hash is None:
-            self._context.verify(password, self._dummy_hash)
+            bcrypt.checkpw(secret, self._dummy_hash.encode("ascii"))
             return False
-        return bool(self._context.verify(password, password_hash))
+        return bcrypt.checkpw(secret, password_hash.encode("ascii"))
 
 
-def _check_password_text(password: str) -> None:
+def _password_bytes(password: str) -> bytes:
     # bcrypt raises ValueError on these; callers get the domain's 400 instead of a crash.
     if "\x00" in password:
         raise errors.InvalidInput("a password must not contain NUL characters")
     try:
-        password.encode("utf-8")
+        secret = password.encode("utf-8")
     except UnicodeEncodeError:
         raise errors.InvalidInput("a password must be valid Unicode text (no lone surrogates)") from None
+    if len(secret) > api.MAX_PASSWORD_BYTES:  # bcrypt reads 72 bytes at most (and the library refuses more)
+        raise errors.InvalidInput(f"a password must be at most {api.MAX_PASSWORD_BYTES} bytes (UTF-8)")
+    return secret
 
 
 def load_or_create_jwt_secret(state_dir: Path, environ: Mapping[str, str] | None = None) -> str:

@@ -28,11 +28,21 @@ def _canonical(name: str) -> str:
 
 
 def _requirements(dist: str, extras: set[str]) -> list[Requirement]:
-    out = []
-    for text in metadata.requires(dist) or []:
-        req = Requirement(text)
-        if req.marker is None or any(req.marker.evaluate({"extra": e}) for e in extras | {""}):
-            out.append(req)
+    """What dist with these extras requires; the project's extras that name other extras of it
+    (`decentralized-clusters[agent]`) are followed, not listed."""
+    out, seen, todo = [], set(), [(dist, frozenset(extras))]
+    while todo:
+        name, wanted = todo.pop()
+        if (name, wanted) in seen:
+            continue
+        seen.add((name, wanted))
+        for text in metadata.requires(name) or []:
+            req = Requirement(text)
+            if req.marker is None or any(req.marker.evaluate({"extra": e}) for e in wanted | {""}):
+                if _canonical(req.name) == _canonical(name):
+                    todo.append((name, frozenset(req.extras)))
+                else:
+                    out.append(req)
     return out
 
 

@@ -29,12 +29,17 @@ def _bare_path(tmp_path: Path) -> str:
     ("target", "packages"),
     [
         ("demo", "bubblewrap util-linux"),
-        ("test", "bubblewrap util-linux chromium chromium-driver docker.io postgresql prometheus redis-server"),
+        (
+            "test",
+            "bubblewrap util-linux chromium chromium-driver docker.io postgresql prometheus redis-server debootstrap",
+        ),
     ],
 )
 def test_missing_packages_stop_at_once_naming_the_command(tmp_path, target, packages):
     if list(Path("/usr/lib/postgresql").glob("*/bin/initdb")):
         packages = packages.replace(" postgresql", "")  # found where Debian keeps it, off PATH
+    if Path("/usr/sbin/debootstrap").exists():
+        packages = packages.replace(" debootstrap", "")  # likewise, off a user's PATH
     env = {"PATH": _bare_path(tmp_path), "HOME": str(tmp_path)}
     started = time.monotonic()
     done = subprocess.run(

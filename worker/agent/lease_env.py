@@ -8,7 +8,6 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-import worker
 from dcl_core import domain, protocol
 from worker import procs
 from worker.agent import lease_files
@@ -34,11 +33,10 @@ class LeaseEnvironment:
         self._base_env = {k: v for k, v in source.items() if k in KEPT_ENV}
         self._runtime = runtime
         self._check_env = dict(check_env or {})  # only GPU check leases get these (the test-only fake NVML)
-        # The agent's own interpreter and packages first: the same for every command, so worked out once.
+        # The agent's own interpreter first (its `ray` and `python`), the same for every command: worked out once.
+        # Nothing is added to PYTHONPATH: that interpreter imports this package as installed, as any install would.
         bin_dir = str(Path(sys.executable).parent)
-        package_root = str(Path(worker.__file__).resolve().parents[1])
         self._path = os.pathsep.join(p for p in (bin_dir, self._base_env.get("PATH", "")) if p)
-        self._pythonpath = os.pathsep.join(p for p in (package_root, self._base_env.get("PYTHONPATH", "")) if p)
 
     def of(self, lease: lease_files.Lease, command_env: Mapping[str, str] | None = None) -> dict[str, str]:
         """The environment of a command of this lease: agent env, lease settings, then the command's env."""
@@ -47,7 +45,6 @@ class LeaseEnvironment:
         if lease.uid is not None:
             env["USER"] = env["LOGNAME"] = lease_files.LEASE_USER
         env["PATH"] = self._path
-        env["PYTHONPATH"] = self._pythonpath
         env["RAY_USAGE_STATS_ENABLED"] = "0"
         env["RAY_AUTH_MODE"] = "token"
         env["RAY_AUTH_TOKEN_PATH"] = str(lease.token_path)

@@ -1,5 +1,6 @@
 import asyncio
 import socket
+import sys
 
 import httpx
 import pytest
@@ -95,3 +96,30 @@ async def test_the_api_serves_tls_and_publishes_the_ca_clients_pin(tmp_path):
     with TestClient(app_mod.create_app(None, None)) as no_ca:
         answer = no_ca.get("/v1/tls/ca.pem")
     assert answer.status_code == 404 and "no certificate authority" in answer.json()["detail"]
+
+
+async def test_without_uvloop_it_serves_on_asyncios_own_loop(monkeypatch):
+    """uvloop is optional (no wheel on some platforms): the listener runs without it."""
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # `import uvloop` now raises ImportError
+    loop = listener.new_event_loop()
+    try:
+        assert type(loop).__module__.startswith("asyncio")
+    finally:
+        loop.close()
+    port = procs.free_port()
+    server = listener.Listener(_app(), "127.0.0.1", port)
+    await server.start()
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            assert (await client.get("/ping")).json() == {"pong": True}
+    finally:
+        await server.stop()
+
+
+def test_with_uvloop_installed_it_is_used():
+    uvloop = pytest.importorskip("uvloop")
+    loop = listener.new_event_loop()
+    try:
+        assert isinstance(loop, uvloop.Loop)
+    finally:
+        loop.close()

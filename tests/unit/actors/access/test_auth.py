@@ -18,9 +18,33 @@ def test_password_hash_and_verify_really_use_bcrypt():
 
 
 def test_default_rounds_hash_round_trips():
-    # passlib 1.7.4 + bcrypt 5 fail here at the first hash; the pinned pair must not.
     hasher = auth.PasswordHasher()
-    assert hasher.verify("password123", hasher.hash("password123"))
+    h = hasher.hash("password123")
+    assert h.startswith("$2b$12$")
+    assert hasher.verify("password123", h)
+
+
+# Made by passlib 1.7.4 (CryptContext(schemes=["bcrypt"]), bcrypt 4.0.1), the hasher of earlier versions, from the
+# test password below: accounts stored then must keep signing in.
+PASSLIB_HASHES = {
+    4: "$2b$04$4rKaDPgJxn5f7AFieAu67uLxaFEkesIR7Dd90mbfvjyBr3.jw0MFy",
+    12: "$2b$12$/p2VhJFzSgPodQ7TfthmQ.0UiSH88iqFiO0amYXhPEJcY1dIuNLky",
+}
+
+
+@pytest.mark.parametrize("rounds", sorted(PASSLIB_HASHES))
+def test_hashes_stored_by_passlib_still_verify(rounds):
+    hasher = auth.PasswordHasher(rounds=4)
+    assert hasher.verify("old-passlib-password", PASSLIB_HASHES[rounds])
+    assert not hasher.verify("old-passlib-passwore", PASSLIB_HASHES[rounds])
+
+
+def test_a_password_longer_than_bcrypt_reads_is_a_domain_error_not_a_crash():
+    hasher = auth.PasswordHasher(rounds=4)
+    assert hasher.verify("é" * 36, hasher.hash("é" * 36))  # 72 bytes: the most bcrypt reads
+    for call in (lambda: hasher.hash("é" * 37), lambda: hasher.verify("x" * 73, None)):
+        with pytest.raises(errors.InvalidInput, match="at most 72 bytes"):
+            call()
 
 
 def test_token_round_trip_has_required_claims(clock):

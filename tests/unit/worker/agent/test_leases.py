@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shlex
 import stat
 import sys
 import time
@@ -137,7 +138,8 @@ def test_head_environment(runner):
     env = runner.environment(lease_id, {"RAY_HEAD_IP": "127.0.0.1"})
     assert env["HOME"] == str(lease_dir / "home")
     assert env["PATH"].split(os.pathsep)[0] == str(Path(sys.executable).parent)
-    assert env["PYTHONPATH"].split(os.pathsep) == [str(Path(worker.__file__).resolve().parents[1]), "/elsewhere"]
+    # Only the agent's own PYTHONPATH, nothing of a checkout: the agent's interpreter imports the package as installed.
+    assert env["PYTHONPATH"] == "/elsewhere"
     assert env["RAY_AUTH_MODE"] == "token" and env["RAY_AUTH_TOKEN_PATH"] == str(lease_dir / "ray_auth_token")
     assert "RAY_AUTH_TOKEN" not in env and "RAY_ADDRESS" not in env and "RAY_NAMESPACE" not in env
     assert env["RAY_HEAD_IP"] == "127.0.0.1" and env["RAY_USAGE_STATS_ENABLED"] == "0"
@@ -210,6 +212,19 @@ def test_run_captures_exit_code_and_output_in_the_lease_home(runner):
     assert result.output.splitlines() == [str(home / "x"), "oops", "bar", "dcl-lease-" + lease_id]
     ok = runner.run(lease_id, "pwd", {}, 10)
     assert ok.ok and ok.exit_code == 0 and ok.output.strip() == str(home)
+
+
+def test_a_lease_imports_the_node_provider_from_the_installed_package(runner, base_env):
+    """The sub-cluster head's autoscaler imports worker.node_provider in the lease's `ray start` environment:
+    the agent's interpreter finds it as installed (site-packages, or an editable install's finder), with
+    no PYTHONPATH of ours and from the lease's home, not a checkout."""
+    lease_id = _open(runner)
+    probe = "import worker.node_provider.market_provider as m, sys; print(m.__file__); print(sys.executable)"
+    result = runner.run(lease_id, f"env -u PYTHONPATH python -c {shlex.quote(probe)}", {}, 60)
+    assert result.ok, result.output
+    module_file, executable = result.output.split()
+    expected = Path(worker.__file__).resolve().parent / "node_provider" / "market_provider.py"
+    assert Path(module_file).resolve() == expected and executable == str(Path(sys.executable).parent / "python")
 
 
 def test_output_keeps_the_last_64_kib(runner):
