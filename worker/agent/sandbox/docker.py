@@ -30,7 +30,7 @@ from pathlib import Path
 
 from worker import procs
 from worker.agent import lease_fs
-from worker.agent.sandbox import base, bwrap, cgroups, gpu_devices
+from worker.agent.sandbox import base, bwrap, cgroups, gpu_devices, supervised
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def docker_run_args(
     image: str,
     host_dirs: Sequence[Path],
     hostname: str,
-    supervisor: Path = base.SUPERVISOR,
+    supervisor: Path = supervised.SUPERVISOR,
     python: str = "python3",
     gpu_nodes: Sequence[Path] | None = None,
     cgroup_parent: str | None = None,
@@ -247,7 +247,7 @@ class DockerRuntime(base.Runtime):
         remove_containers(lease_id)
 
 
-def check_versions(sandbox: base.SupervisedSandbox, spec: base.SandboxSpec, python: str) -> None:
+def check_versions(sandbox: supervised.SupervisedSandbox, spec: base.SandboxSpec, python: str) -> None:
     """The image's Ray and Python must be the cluster's: checked before the node may join."""
     import ray
 
@@ -287,7 +287,7 @@ def remove_containers(lease_id: str) -> list[str]:
     return found
 
 
-class DockerSandbox(base.SupervisedSandbox):
+class DockerSandbox(supervised.SupervisedSandbox):
     """A lease's container: the supervisor protocol over `docker run -i`; docker ends it from outside."""
 
     def __init__(self, lease_id: str, argv: Sequence[str], *, env: dict, log_path: Path, cpus: float | None = None):

@@ -12,10 +12,10 @@ import pytest
 from dcl_core import protocol
 from tests.waiting import wait_for
 from worker.agent import cpu_caps, leases
-from worker.agent.sandbox import base
+from worker.agent.sandbox import base, unsandboxed
 
 
-class CountingRuntime(base.UnsandboxedRuntime):
+class CountingRuntime(unsandboxed.UnsandboxedRuntime):
     """The unsandboxed runtime, whose sandboxes count their cap_cpu calls."""
 
     def __init__(self):

@@ -10,7 +10,7 @@ import pytest
 from dcl_core import domain
 from worker.agent import cli as agent_cli
 from worker.agent import sandbox
-from worker.agent.sandbox import base, bwrap, cgroups, gpu_devices
+from worker.agent.sandbox import base, bwrap, cgroups, gpu_devices, unsandboxed
 
 
 def _fake_machine(tmp_path: Path, gpus: int, *, minors: list[int] | None = None, shared=("nvidiactl", "nvidia-uvm")):
@@ -159,7 +159,7 @@ def test_cgroup_limits_are_written(tmp_path):
 
 
 def test_sandboxes_renumber_gpus_unsandboxed_names_the_host_ones():
-    assert base.UnsandboxedRuntime().cuda_visible_devices([1, 3]) == "1,3"
+    assert unsandboxed.UnsandboxedRuntime().cuda_visible_devices([1, 3]) == "1,3"
     assert bwrap.BwrapRuntime.cuda_visible_devices(object.__new__(bwrap.BwrapRuntime), [1, 3]) == "0,1"
 
 
