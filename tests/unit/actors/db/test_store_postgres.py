@@ -15,6 +15,7 @@ from cli.platform import errors as platform_errors
 from cli.platform import launcher as platform_launcher
 from cli.platform import serve_deploy
 from dcl_core import domain, errors
+from tests.statements import statements_seen
 from tests.unit.actors.clusters.test_cluster_manager import FakeRegistry, seed_market
 
 
@@ -99,17 +100,20 @@ def test_the_placement_lock_is_held_by_one_process_at_a_time(postgres_server):
         a, b = cluster_store.ClusterStore(url), cluster_store.ClusterStore(url)
         order, a_inside = [], asyncio.Event()
 
-        async def hold(s, name):
+        async def hold(s, name, until_asked=None):
             async with s.placement_lock():
                 order.append(f"{name} in")
                 a_inside.set()
-                await asyncio.sleep(0.3)
+                if until_asked is not None:
+                    await until_asked.reached(times=2)  # b's request for the lock is at the server too
                 order.append(f"{name} out")
 
-        first = asyncio.create_task(hold(a, "a"))  # each store opens its database lazily, inside the lock
-        await a_inside.wait()
-        await hold(b, "b")
-        await first
+        with statements_seen("pg_advisory_xact_lock", database.PLACEMENT_LOCK) as asked:
+            # Each store opens its database lazily, inside the lock.
+            first = asyncio.create_task(hold(a, "a", until_asked=asked))
+            await a_inside.wait()
+            await hold(b, "b")
+            await first
         await a.close()
         await b.close()
         return order
