@@ -119,13 +119,12 @@ class FakeClient:
 
     def wait_results(self, n: int, timeout_s: float = 10.0) -> dict[str, dict]:
         """Wait until n results were posted; item id -> result."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+
+        def posted() -> dict[str, dict] | None:
             with self.lock:
-                if len(self.results) >= n:
-                    return {item_id: result for _, item_id, result in self.results}
-            time.sleep(0.01)
-        raise AssertionError(f"{len(self.results)} of {n} results posted within {timeout_s} s")
+                return {item_id: result for _, item_id, result in self.results} if len(self.results) >= n else None
+
+        return wait_for(posted, timeout_s=timeout_s, interval_s=0.01, what=f"{n} results posted")
 
 
 class FakeWaits:
@@ -420,10 +419,7 @@ def test_run_then_stop_leaves_promptly(tmp_path):
     runner.start()
     client.work.put({"id": "w-1", "kind": "start_node", "payload": {}})
     assert handled.wait(5)
-    deadline = time.monotonic() + 5
-    while len(client.heartbeats) < 3 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert len(client.heartbeats) >= 3
+    wait_for(lambda: len(client.heartbeats) >= 3, timeout_s=5, interval_s=0.01, what="3 heartbeats")
     started = time.monotonic()
     agent.stop()  # the poll thread is inside a 30 s long poll
     runner.join(5)
@@ -705,10 +701,8 @@ def test_lease_items_run_in_order_and_are_answered(tmp_path, lease_root):
     assert results["w-4"]["output"] == "one\ntwo\n" and results["w-4"]["exit_code"] == 5
     assert not results["w-4"]["ok"]
     assert results["w-5"]["ok"] and agent.active_leases() == 0 and not (lease_root / lease_id).exists()
-    deadline = time.monotonic() + 5
-    while agent.lease_queues() and time.monotonic() < deadline:  # the lease's thread ends when idle
-        time.sleep(0.01)
-    assert agent.lease_queues() == {}
+    # The lease's thread ends when idle.
+    wait_for(lambda: agent.lease_queues() == {}, timeout_s=5, interval_s=0.01, what="no lease queue left")
 
 
 def _running(lease_id: str, command: str) -> bool:
