@@ -120,16 +120,7 @@ class PlatformLauncher:
                 self._stop_leftovers(record)
             if self.join:
                 return self._join()
-            return self._start(self._recovering(record))
-
-    def _recovering(self, record: dict | None) -> dict | None:
-        """The previous head's record when this head restarts on the same Redis: its GCS must come back at the
-        same address (the other nodes reconnect to it), so its ports are taken again."""
-        if not self.redis or not record or record.get("redis") != self.redis or not record.get("ray_ports"):
-            return None
-        if record.get("role", ROLE_HEAD) != ROLE_HEAD:
-            return None
-        return record
+            return self._start(recovering(record, self.redis))
 
     def _already_running(self, record: dict) -> UpResult:
         logger.info("platform already running (owner tag %s)", record["owner_tag"])
@@ -388,3 +379,13 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def recovering(record: dict | None, redis: str | None) -> dict | None:
+    """The previous head's record when a head restarts on the same Redis: its GCS must come back at the
+    same address (the other nodes reconnect to it), so its ports are taken again. None: a fresh start."""
+    if not redis or not record or record.get("redis") != redis or not record.get("ray_ports"):
+        return None
+    if record.get("role", ROLE_HEAD) != ROLE_HEAD:
+        return None
+    return record
