@@ -147,6 +147,11 @@ class Agent:
         """Set once stop() began."""
         return self._stopping
 
+    @property
+    def holds_password(self) -> bool:
+        """Whether the provider's password is still in memory: only until the machine is enrolled."""
+        return self._password is not None
+
     def poll_backoff_attempts(self) -> int:
         return self._poll_backoff.attempts
 
@@ -281,14 +286,8 @@ class Agent:
         self._stopping.set()
 
     def _lease_limits(self, payload: protocol.LeaseOpen) -> sandbox_base.LeaseLimits:
-        """A lease gets its CPUs, their share of the machine's RAM (at most --lease-memory-mb), --lease-pids."""
-        cpus = payload.cpus
-        memory_mb = self.settings.lease_memory_mb
-        if cpus and self.spec is not None:
-            share = max(256, int(self.spec.memory_mb * min(1.0, cpus / self.spec.cpus)))
-            memory_mb = min(memory_mb, share) if memory_mb else share
-        return sandbox_base.LeaseLimits(
-            cpus=float(cpus) if cpus else None, memory_mb=memory_mb, pids=self.settings.lease_pids
+        return sandbox_base.LeaseLimits.for_lease(
+            payload.cpus, self.spec, memory_cap_mb=self.settings.lease_memory_mb, pids=self.settings.lease_pids
         )
 
     def _register(self) -> None:

@@ -119,5 +119,22 @@ class MachineState:
         )
 
 
+def has_agent_key(state_dir: Path) -> bool:
+    """Whether the machine is enrolled (its agent key kept in state_dir): the agent then needs no password."""
+    try:
+        return MachineState(state_dir).agent_key is not None
+    except OSError:
+        return False
+
+
+def forget_agent_key(state_dir: Path) -> None:
+    """`--enroll`: the machine keeps its machine_key, and enrolls again with the provider's password."""
+    state = MachineState(state_dir)
+    if state.agent_key:
+        state.agent_key = None
+        state.save()
+        logger.info("the agent key kept in %s is forgotten: the machine enrolls again", state.path)
+
+
 def machine_name(hostname: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "-", hostname)[:64] or "machine"

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
+from dcl_core import domain
 from worker import procs
 
 
@@ -30,6 +31,17 @@ class LeaseLimits:
     cpus: float | None = None
     memory_mb: int | None = None
     pids: int | None = None
+
+    @classmethod
+    def for_lease(
+        cls, cpus: int | None, machine: domain.MachineSpec | None, *, memory_cap_mb: int | None, pids: int | None
+    ) -> LeaseLimits:
+        """A lease gets its CPUs, their share of the machine's RAM (at most memory_cap_mb), and pids."""
+        memory_mb = memory_cap_mb
+        if cpus and machine is not None:
+            share = max(256, int(machine.memory_mb * min(1.0, cpus / machine.cpus)))
+            memory_mb = min(memory_mb, share) if memory_mb else share
+        return cls(cpus=float(cpus) if cpus else None, memory_mb=memory_mb, pids=pids)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -26,6 +26,7 @@ from worker import procs
 from worker.agent import agent as agent_mod
 from worker.agent import cli as agent_cli
 from worker.agent import lease_work, leases
+from worker.agent import state as state_mod
 
 PASSWORD = "s3cret-pass"
 SPEC = domain.MachineSpec(
@@ -254,8 +255,9 @@ def test_404_after_an_outage_reregisters_without_the_outage_delay(tmp_path):
 def test_the_password_enrolls_once_then_the_machine_key_alone_is_used(tmp_path):
     client = FakeClient()
     agent = make_agent(tmp_path, client)
+    assert agent.holds_password
     agent.heartbeat_step()
-    assert client.token == "dcm.m-1.key1" and agent._password is None  # forgotten once enrolled
+    assert client.token == "dcm.m-1.key1" and not agent.holds_password  # forgotten once enrolled
     restarted_client = FakeClient()
     restarted = agent_mod.Agent(
         restarted_client,
@@ -484,11 +486,11 @@ def test_an_enrolled_machine_needs_no_password_and_enroll_replaces_its_key(tmp_p
     state = agent_mod.MachineState(state_dir)
     state.agent_key = "dcm.m-000000000001.secret"
     state.save()
-    assert agent_cli._has_agent_key(state_dir)
+    assert state_mod.has_agent_key(state_dir)
     with pytest.raises(SystemExit) as e:  # --enroll needs the password
         agent_cli.main([*base, "--enroll"])
     assert e.value.code == 2 and "--enroll needs" in capsys.readouterr().err
-    agent_cli._forget_agent_key(state_dir)
+    state_mod.forget_agent_key(state_dir)
     assert agent_mod.MachineState(state_dir).agent_key is None
     assert agent_mod.MachineState(state_dir).machine_key == state.machine_key  # the same machine
 

@@ -158,6 +158,21 @@ def test_cgroup_limits_are_written(tmp_path):
     assert cg.procs_files[0] == root / "memory" / "dcluster" / "l-0123456789ab" / "cgroup.procs"
 
 
+def test_a_lease_is_limited_to_its_cpus_their_share_of_memory_under_the_cap_and_the_pids():
+    machine = domain.MachineSpec(hostname="box", cpus=8, memory_mb=32_000)
+    limits = base.LeaseLimits.for_lease(2, machine, memory_cap_mb=None, pids=4096)
+    assert limits == base.LeaseLimits(cpus=2.0, memory_mb=8_000, pids=4096)
+    assert base.LeaseLimits.for_lease(2, machine, memory_cap_mb=6_000, pids=64).memory_mb == 6_000
+    assert base.LeaseLimits.for_lease(16, machine, memory_cap_mb=None, pids=64).memory_mb == 32_000  # at most all
+    tiny = domain.MachineSpec(hostname="box", cpus=64, memory_mb=1_000)
+    assert base.LeaseLimits.for_lease(1, tiny, memory_cap_mb=None, pids=64).memory_mb == 256  # a floor
+    # No CPUs asked (or no machine detected yet): no CPU limit, and the cap alone bounds memory.
+    assert base.LeaseLimits.for_lease(None, machine, memory_cap_mb=4_000, pids=64) == base.LeaseLimits(
+        cpus=None, memory_mb=4_000, pids=64
+    )
+    assert base.LeaseLimits.for_lease(2, None, memory_cap_mb=None, pids=64).memory_mb is None
+
+
 def test_sandboxes_renumber_gpus_unsandboxed_names_the_host_ones():
     assert unsandboxed.UnsandboxedRuntime().cuda_visible_devices([1, 3]) == "1,3"
     assert bwrap.BwrapRuntime.cuda_visible_devices(object.__new__(bwrap.BwrapRuntime), [1, 3]) == "0,1"
