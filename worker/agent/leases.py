@@ -139,6 +139,10 @@ class LeaseRunner:
         """The Ray ports the open lease was given."""
         return self._get(lease_id).ports
 
+    def uid_of(self, lease_id: str) -> int | None:
+        """The user the open lease runs as; None: the agent's own (runtime none)."""
+        return self._get(lease_id).uid
+
     def _get(self, lease_id: str) -> _Lease:
         with self._lock:
             lease = self._leases.get(lease_id)

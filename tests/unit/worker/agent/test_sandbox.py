@@ -285,16 +285,20 @@ def test_local_providers_live_apart_from_the_platform(tmp_path):
     platform_launcher.PlatformLauncher(tmp_path / "s", host="0.0.0.0", providers=0)
 
 
-def test_a_docker_lease_is_capped_with_docker_update(monkeypatch):
+def test_a_docker_lease_is_capped_with_docker_update():
     from worker.agent.sandbox import docker
 
-    calls = []
-    monkeypatch.setattr(
-        docker, "_docker", lambda *a, **k: calls.append(a) or subprocess.CompletedProcess(a, 0, b"", b"")
+    calls, answers = [], [(0, b""), (1, b"no such container")]
+
+    def fake_docker(*args, **kw):
+        calls.append(args)
+        returncode, stderr = answers.pop(0)
+        return subprocess.CompletedProcess(args, returncode, b"", stderr)
+
+    box = docker.DockerSandbox(
+        "l-0123456789ab", ["docker", "run"], env={}, log_path=Path("/dev/null"), cpus=2.0, docker=fake_docker
     )
-    box = docker.DockerSandbox("l-0123456789ab", ["docker", "run"], env={}, log_path=Path("/dev/null"), cpus=2.0)
     box.cap_cpu()
     assert calls == [("update", "--cpus", "2", docker.CONTAINER_PREFIX + "l-0123456789ab")]
-    monkeypatch.setattr(docker, "_docker", lambda *a, **k: subprocess.CompletedProcess(a, 1, b"", b"no such container"))
     with pytest.raises(base.SandboxError, match="no such container"):
         box.cap_cpu()
