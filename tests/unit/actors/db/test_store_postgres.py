@@ -53,27 +53,29 @@ def test_concurrent_creates_on_postgres_lease_no_machine_twice(postgres_server, 
         settings = PlatformSettings(state_dir=tmp_path, database=url, api_url="http://127.0.0.1:9")
         db = store.Store(settings.db_location)
         buyer = await seed_market(db, clock)
+        stores = [cluster_store.ClusterStore(url) for _ in range(n)]
         managers = [
             cluster_manager.ClusterManager(
-                cluster_store.ClusterStore(url),
+                s,
                 settings,
                 registry=FakeRegistry(clock, settings.offline_after_s),
                 launcher=HangingLauncher(),
                 clock=clock,
             )
-            for _ in range(n)
+            for s in stores
         ]
         for m in managers:
             await m.start()
         principal = auth.Principal(buyer["id"], "buyer", domain.Role.BUYER)
         spec = {"num_workers": 3, "cpus_per_worker": 2, "duration_s": 600}  # needs most of both machines
         results = await asyncio.gather(*(m.create_cluster(principal, spec) for m in managers), return_exceptions=True)
-        leases = await managers[0]._store.active_leases()
-        for m in managers:
-            for task in m._tasks.values():
+        leases = await stores[0].active_leases()
+        for m, s in zip(managers, stores, strict=True):
+            work = m.background_work()
+            for task in work.values():
                 task.cancel()
-            await asyncio.gather(*m._tasks.values(), return_exceptions=True)
-            await m._store.close()
+            await asyncio.gather(*work.values(), return_exceptions=True)
+            await s.close()
         await db.close()
         return results, leases
 
