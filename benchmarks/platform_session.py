@@ -15,9 +15,8 @@ from typing import Any
 import httpx
 import psutil
 
-from benchmarks import cluster_cycle, common
+from benchmarks import cluster_cycle, common, pg_server
 from cli.platform import launcher as platform_launcher
-from tests import pg_server
 from worker import procs
 
 

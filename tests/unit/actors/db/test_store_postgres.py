@@ -1,6 +1,6 @@
 """The PostgreSQL backend: which locations it takes, busy errors, reservations under concurrent creates from
 several processes' worth of managers, and `dcluster up --database` reaching the store. A real server
-(tests/pg_server.py)."""
+(benchmarks/pg_server.py)."""
 
 import asyncio
 
