@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks import common, platform_session
+from benchmarks import cluster_cycle, common
 from worker import procs
 
 NAME = "cluster_start"
@@ -69,7 +69,7 @@ def bare_ray_start(workdir: Path, *, num_workers: int = NUM_WORKERS, with_job: b
     head = ports[0]
     # The same node shapes as the market's sub-cluster: a head with no CPUs for tasks, 1-CPU workers.
     head_cmd = [
-        platform_session.RAY,
+        cluster_cycle.RAY,
         "start",
         "--head",
         *head.start_flags(head=True, temp_dir=root / "n0"),
@@ -80,7 +80,7 @@ def bare_ray_start(workdir: Path, *, num_workers: int = NUM_WORKERS, with_job: b
     ]
     worker_cmds = [
         [
-            platform_session.RAY,
+            cluster_cycle.RAY,
             "start",
             f"--address=127.0.0.1:{head.gcs}",
             *p.start_flags(head=False, temp_dir=root / f"n{i}"),
@@ -120,7 +120,7 @@ def bare_ray_start(workdir: Path, *, num_workers: int = NUM_WORKERS, with_job: b
             raise RuntimeError("bare cluster: not every node ALIVE within 120 s")
         out["alive_s"] = float(line) - t0
         if with_job:
-            job = platform_session.submit_job({"RAY_ADDRESS": f"http://127.0.0.1:{head.dashboard}"}, root / "home")
+            job = cluster_cycle.submit_job({"RAY_ADDRESS": f"http://127.0.0.1:{head.dashboard}"}, root / "home")
             out["job_accepted_s"] = time.monotonic() - t0
             out["job_ok"] = job["ok"]
     finally:

@@ -19,6 +19,8 @@ from typing import Any
 
 import psutil
 
+from dcl_core import polling
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 GIB = 1024**3
 MIB = 1024**2
@@ -102,20 +104,12 @@ class Timeout(Exception):
 def wait_for(
     predicate: Callable[[], Any], *, timeout_s: float, interval_s: float = 0.1, what: str = "condition"
 ) -> Any:
-    """Polls until predicate() is truthy and returns its value (and the time it became so)."""
-    deadline = time.monotonic() + timeout_s
-    last_error: BaseException | None = None
-    while True:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except Exception as exc:  # the condition may raise while things settle
-            last_error = exc
-        if time.monotonic() > deadline:
-            extra = f" (last error: {last_error!r})" if last_error else ""
-            raise Timeout(f"timed out after {timeout_s:.0f} s waiting for {what}{extra}")
-        time.sleep(interval_s)
+    """Polls until predicate() is truthy and returns its value (dcl_core.polling; the condition may raise while
+    things settle)."""
+    try:
+        return polling.poll(predicate, timeout_s=timeout_s, interval_s=interval_s, what=what, retry_errors=True)
+    except polling.TimedOut as exc:
+        raise Timeout(str(exc)) from None
 
 
 # --- the machine ------------------------------------------------------------------------

@@ -29,7 +29,7 @@ def _run(tree: Path, figures: list[str], out: Path, extra: list[str]) -> list[di
     return [r for r in json.loads(out.read_text())["rows"] if r.get("value") is not None]
 
 
-def _medians(reps: list[list[dict]]) -> dict[tuple[str, str], tuple[float, str]]:
+def medians(reps: list[list[dict]]) -> dict[tuple[str, str], tuple[float, str]]:
     """Each metric's median; a metric measured against a baseline of its own run (the platform against plain
     uvicorn) also as that ratio, which a busy spell of the machine moves less."""
     values: dict[tuple[str, str], list[float]] = {}
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
             for label, tree, reps in (("base", args.base_tree.resolve(), base_reps), ("this", HERE, this_reps)):
                 print(f"rep {rep + 1}/{args.reps}: {label} ({tree})", file=sys.stderr, flush=True)
                 reps.append(_run(tree, args.only, Path(scratch) / f"{label}-{rep}.json", args.extra))
-    before, after = _medians(base_reps), _medians(this_reps)
+    before, after = medians(base_reps), medians(this_reps)
     print(f"{'figure':<16} {'metric':<72} {'before':>12} {'after':>12} {'after/before':>12}")
     for key in sorted(set(before) | set(after)):
         b, a = before.get(key, (None, "")), after.get(key, (None, ""))

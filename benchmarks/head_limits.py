@@ -28,7 +28,7 @@ from actors.clusters import cluster_manager
 from actors.db import schema
 from actors.db import store as store_mod
 from actors.machines import placement
-from benchmarks import common, scale
+from benchmarks import common, fleet, scale
 from dcl_core import domain
 from dcl_core.cluster_spec import ClusterSpec
 
@@ -134,7 +134,7 @@ async def measure(workdir: Path, n: int, concurrency=CONCURRENCY, window_s: floa
     db_dir = Path(tempfile.mkdtemp(prefix="head-", dir=workdir))
     active = n // 10
     t0 = time.perf_counter()
-    store = await scale.seed_store(db_dir, n, active)
+    store = await fleet.seed_store(db_dir, n, active)
     seeded_s = time.perf_counter() - t0
     # The fleet's beats are not sent while clusters are created (their writes are measured apart): machines
     # stay online for the whole run through a long offline threshold instead.
@@ -171,7 +171,7 @@ async def _measure(
             f"{NAME}: {n:,} machines, {c} concurrent creates: {creates[-1]['per_s']}/s, "
             f"p99 {creates[-1]['ms'].get('p99')} ms"
         )
-    machine_ids = [r["id"] for r in scale.synthetic_rows(n)]
+    machine_ids = [r["id"] for r in fleet.synthetic_rows(n)]
     beats = await _heartbeats(db_dir / settings_mod.DB_FILE, machine_ids, HEARTBEAT_WINDOW_S)
     return {
         "machines": n,

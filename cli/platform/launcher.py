@@ -101,16 +101,7 @@ class PlatformLauncher:
                 self._stop_leftovers(record)
             if self.join:
                 return self._join()
-            return self._start(self._recovering(record), recorded=record)
-
-    def _recovering(self, record: dict | None) -> dict | None:
-        """The previous head's record when this head restarts on the same Redis: its GCS must come back at the
-        same address (the other nodes reconnect to it), so its ports are taken again."""
-        if not self.redis or not record or record.get("redis") != self.redis or not record.get("ray_ports"):
-            return None
-        if record.get("role", ROLE_HEAD) != ROLE_HEAD:
-            return None
-        return record
+            return self._start(recovering(record, self.redis), recorded=record)
 
     def _already_running(self, record: dict) -> up_result.UpResult:
         logger.info("platform already running (owner tag %s)", record["owner_tag"])
@@ -374,3 +365,13 @@ class PlatformLauncher:
     def status(self) -> dict:
         """What is recorded, what is alive, and what the API says (a dict; `dcluster status` prints it)."""
         return probes.collect(self.layout)
+
+
+def recovering(record: dict | None, redis: str | None) -> dict | None:
+    """The previous head's record when a head restarts on the same Redis: its GCS must come back at the
+    same address (the other nodes reconnect to it), so its ports are taken again. None: a fresh start."""
+    if not redis or not record or record.get("redis") != redis or not record.get("ray_ports"):
+        return None
+    if record.get("role", ROLE_HEAD) != ROLE_HEAD:
+        return None
+    return record

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks import pg_server
 from cli.platform import errors as platform_errors
 from cli.platform import launcher as platform_launcher
-from tests import pg_server, redis_server
+from tests import redis_server
 from tests.integration.conftest import HEARTBEAT_S, SETTINGS
 from tests.integration.helpers import Api, LocalAgent, wait_for
 from worker import procs

@@ -237,7 +237,7 @@ def test_a_lease_runs_as_a_user_of_its_own_without_capabilities(agent_dir, runti
             timeout_s=30,
         ).output.split()
         uid = int(out[0])
-        assert uid != os.getuid() and uid == runner._get(lease).uid
+        assert uid != os.getuid() and uid == runner.uid_of(lease)
         assert out[out.index("CapEff:") + 1] == "0000000000000000" and out[out.index("NoNewPrivs:") + 1] == "1"
         assert int(out[-1]) < 10  # its own pid namespace: a handful of processes, not the machine's
         started = time.monotonic()

@@ -8,8 +8,8 @@ import os
 import pytest
 import ray
 
+from benchmarks import pg_server
 from dcl_core import secret_files
-from tests import pg_server
 
 
 @pytest.fixture(autouse=True)

@@ -147,6 +147,11 @@ class Agent:
         """Set once stop() began."""
         return self._stopping
 
+    @property
+    def holds_password(self) -> bool:
+        """Whether the provider's password is still in memory: only until the machine is enrolled."""
+        return self._password is not None
+
     def poll_backoff_attempts(self) -> int:
         return self._poll_backoff.attempts
 

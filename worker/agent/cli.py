@@ -254,8 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.enroll:
         if not password:
             parser.error(f"--enroll needs the provider's password: --password-file FILE or ${PASSWORD_ENV}")
-        _forget_agent_key(state_dir)
-    if not password and not _has_agent_key(state_dir):
+        state_mod.forget_agent_key(state_dir)
+    if not password and not state_mod.has_agent_key(state_dir):
         parser.error(
             f"no password: this machine is not enrolled yet; pass --password-file FILE or set ${PASSWORD_ENV} "
             f"(it is used once: the machine then gets its own agent key)"
@@ -347,21 +347,6 @@ def main(argv: list[str] | None = None) -> int:
 def platform_client(platform_url: str, state_dir: Path) -> dcluster.Client:
     """The client the doctor checks through: the agent's, trusting the certificate authority it pinned (if any)."""
     return dcluster.Client(platform_url, trust=platform_trust.pinned(platform_url, state_dir))
-
-
-def _forget_agent_key(state_dir: Path) -> None:
-    state = state_mod.MachineState(state_dir)
-    if state.agent_key:
-        state.agent_key = None
-        state.save()
-        logger.info("the agent key kept in %s is forgotten: the machine enrolls again", state.path)
-
-
-def _has_agent_key(state_dir: Path) -> bool:
-    try:
-        return state_mod.MachineState(state_dir).agent_key is not None
-    except OSError:
-        return False
 
 
 if __name__ == "__main__":

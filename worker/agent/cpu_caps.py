@@ -9,8 +9,11 @@ cores only, never another lease's share. The cap is never lifted again, whatever
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
+from collections.abc import Callable
+from typing import Protocol
 
 from dcl_core import commands
 from worker.agent.sandbox import base as sandbox
@@ -20,22 +23,44 @@ logger = logging.getLogger(__name__)
 UNCAPPED_START_S = 60.0
 
 
-class CpuCaps:
-    """Applies each lease's CPU quota once (Sandbox.cap_cpu) at the moment above; thread-safe."""
+class Timer(Protocol):
+    """What CpuCaps needs of a timer: threading.Timer's start and cancel."""
 
-    def __init__(self, *, uncapped_start_s: float = UNCAPPED_START_S):
+    def start(self) -> None: ...
+
+    def cancel(self) -> None: ...
+
+
+# (seconds, what to call then, a name for it) -> a timer not yet started
+TimerFactory = Callable[[float, Callable[[], None], str], Timer]
+
+
+def thread_timer(interval_s: float, fire: Callable[[], None], name: str) -> Timer:
+    """A daemon threading.Timer: a pending cap never keeps the agent's process alive."""
+    timer = threading.Timer(interval_s, fire)
+    timer.daemon = True
+    timer.name = name
+    return timer
+
+
+class CpuCaps:
+    """Applies each lease's CPU quota once (Sandbox.cap_cpu) at the moment above; thread-safe. The timer
+    that ends a lease's uncapped start window is injected (tests fire it themselves)."""
+
+    def __init__(self, *, uncapped_start_s: float = UNCAPPED_START_S, timer: TimerFactory = thread_timer):
         self._uncapped_start_s = uncapped_start_s
+        self._make_timer = timer
         self._lock = threading.Lock()
-        self._timers: dict[str, threading.Timer] = {}
+        self._timers: dict[str, Timer] = {}
         self._capped: set[str] = set()
 
     def opened(self, lease_id: str, box: sandbox.Sandbox, *, ray_node: bool) -> None:
         if not ray_node:
             self._cap(lease_id, box)
             return
-        timer = threading.Timer(self._uncapped_start_s, self._cap, (lease_id, box))
-        timer.daemon = True
-        timer.name = f"dcluster-cpu-cap-{lease_id}"
+        timer = self._make_timer(
+            self._uncapped_start_s, functools.partial(self._cap, lease_id, box), f"dcluster-cpu-cap-{lease_id}"
+        )
         with self._lock:
             self._timers[lease_id] = timer
         timer.start()

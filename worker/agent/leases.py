@@ -52,6 +52,7 @@ from worker.agent.lease_files import (
 from worker.agent.lease_files import Lease as _Lease
 from worker.agent.lease_files import user_files as _user_files
 from worker.agent.sandbox import base as sandbox
+from worker.agent.sandbox import unsandboxed
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ class LeaseRunner:
         secret_files.ensure_private_dir(self.root)
         self._machine_id_fn = machine_id_fn or (lambda: None)
         self._node_ip = node_ip
-        self.runtime = runtime or sandbox.UnsandboxedRuntime()
+        self.runtime = runtime or unsandboxed.UnsandboxedRuntime()
         self._limits_fn = limits_fn or (lambda _payload: sandbox.LeaseLimits())
         self.cpu_caps = caps or cpu_caps.CpuCaps()
         self._starts = start_once.StartOnce()
@@ -137,6 +138,10 @@ class LeaseRunner:
     def ports_of(self, lease_id: str) -> ray_ports_mod.RayPorts:
         """The Ray ports the open lease was given."""
         return self._get(lease_id).ports
+
+    def uid_of(self, lease_id: str) -> int | None:
+        """The user the open lease runs as; None: the agent's own (runtime none)."""
+        return self._get(lease_id).uid
 
     def _get(self, lease_id: str) -> _Lease:
         with self._lock:

@@ -73,12 +73,10 @@ class AgentSettings(domain.StrictModel):
     )
 
     def lease_limits(self, cpus: int | None, machine: domain.MachineSpec | None) -> sandbox_base.LeaseLimits:
-        """A lease gets its CPUs, their share of the machine's RAM (at most lease_memory_mb), and lease_pids."""
-        memory_mb = self.lease_memory_mb
-        if cpus and machine is not None:
-            share = max(256, int(machine.memory_mb * min(1.0, cpus / machine.cpus)))
-            memory_mb = min(memory_mb, share) if memory_mb else share
-        return sandbox_base.LeaseLimits(cpus=float(cpus) if cpus else None, memory_mb=memory_mb, pids=self.lease_pids)
+        """A lease's limits under this agent's caps (sandbox_base.LeaseLimits.for_lease)."""
+        return sandbox_base.LeaseLimits.for_lease(
+            cpus, machine, memory_cap_mb=self.lease_memory_mb, pids=self.lease_pids
+        )
 
 
 class MachineState:
@@ -135,6 +133,23 @@ class MachineState:
             )
             + "\n",
         )
+
+
+def has_agent_key(state_dir: Path) -> bool:
+    """Whether the machine is enrolled (its agent key kept in state_dir): the agent then needs no password."""
+    try:
+        return MachineState(state_dir).agent_key is not None
+    except OSError:
+        return False
+
+
+def forget_agent_key(state_dir: Path) -> None:
+    """`--enroll`: the machine keeps its machine_key, and enrolls again with the provider's password."""
+    state = MachineState(state_dir)
+    if state.agent_key:
+        state.agent_key = None
+        state.save()
+        logger.info("the agent key kept in %s is forgotten: the machine enrolls again", state.path)
 
 
 def machine_name(hostname: str) -> str:

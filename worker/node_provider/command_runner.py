@@ -23,7 +23,8 @@ logger = logging.getLogger(__name__)
 # The updater reads this msg_type to say "see above for stderr"; it is SSHCommandRunner's value.
 MSG_TYPE = "ssh_command_failed"
 MAX_COMMAND_TIMEOUT_S = protocol.MAX_COMMAND_TIMEOUT_S
-_BEGIN, _END = "__DCL_FILE_BEGIN__", "__DCL_FILE_END__"
+# run_rsync_down's remote command prints the file between these lines: its size, then base64.
+FILE_BEGIN, FILE_END = "__DCL_FILE_BEGIN__", "__DCL_FILE_END__"
 
 
 class NodeExecutor(Protocol):
@@ -177,11 +178,12 @@ class AgentCommandRunner(CommandRunnerInterface):
 
     def run_rsync_down(self, source: str, target: str, options: dict[str, Any] | None = None) -> None:
         """Copy one remote file down (base64 through the agent's output, so at most ~48 KiB)."""
-        cmd = f"wc -c < {shell_path(source)} && echo {_BEGIN} && base64 -w0 {shell_path(source)} && echo && echo {_END}"
+        path = shell_path(source)
+        cmd = f"wc -c < {path} && echo {FILE_BEGIN} && base64 -w0 {path} && echo && echo {FILE_END}"
         text = self.run(cmd, with_output=True, silent=True).decode()
         try:
-            size = int(text.split(_BEGIN, 1)[0].split()[-1])
-            data = base64.b64decode(text.split(_BEGIN, 1)[1].split(_END, 1)[0].strip(), validate=True)
+            size = int(text.split(FILE_BEGIN, 1)[0].split()[-1])
+            data = base64.b64decode(text.split(FILE_BEGIN, 1)[1].split(FILE_END, 1)[0].strip(), validate=True)
         except (IndexError, ValueError) as exc:
             raise ProcessRunnerError(
                 f"rsync down of {source}: unreadable answer from the agent ({exc})",

@@ -9,7 +9,7 @@ def test_medians_of_values_and_of_ratios_to_their_own_baseline():
         for v, r in ((10.0, 0.5), (30.0, 0.7), (20.0, 0.6))
     ]
     reps.append([{"figure": "f", "metric": "plain", "value": 1.0, "unit": "s"}])
-    assert compare._medians(reps) == {
+    assert compare.medians(reps) == {
         ("f", "m"): (20.0, "req/s"),
         ("f", "m (x own baseline)"): (0.6, "x"),
         ("f", "plain"): (1.0, "s"),

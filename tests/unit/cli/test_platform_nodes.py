@@ -99,9 +99,11 @@ def test_join_needs_the_platform_token_and_its_secret_key(tmp_path, monkeypatch)
         member.up()
 
 
-def test_a_head_restarted_on_the_same_redis_takes_its_previous_ports_again(tmp_path):
-    head = platform_launcher.PlatformLauncher(tmp_path, redis="redis://127.0.0.1:6390", settings=PG)
-    previous = {"role": "head", "redis": "redis://127.0.0.1:6390", "ray_ports": {"gcs": 1}}
-    assert head._recovering(previous) is previous
-    assert head._recovering({**previous, "redis": None}) is None  # not fault tolerant before: a fresh start
-    assert platform_launcher.PlatformLauncher(tmp_path)._recovering(previous) is None
+def test_a_head_restarted_on_the_same_redis_takes_its_previous_ports_again():
+    redis = "redis://127.0.0.1:6390"
+    previous = {"role": "head", "redis": redis, "ray_ports": {"gcs": 1}}
+    assert platform_launcher.recovering(previous, redis) is previous
+    assert platform_launcher.recovering({**previous, "redis": None}, redis) is None  # not fault tolerant before
+    joined = {**previous, "role": platform_launcher.ROLE_MEMBER}  # a node added with --join
+    assert platform_launcher.recovering(joined, redis) is None
+    assert platform_launcher.recovering(previous, None) is None  # this head without Redis: a fresh start

@@ -37,7 +37,9 @@ def make_runtime(name: str, *, gpu_dev_root: Path = Path("/dev"), docker_image: 
     from worker.agent.sandbox import base
 
     if name == domain.UNSANDBOXED:
-        return base.UnsandboxedRuntime()
+        from worker.agent.sandbox import unsandboxed
+
+        return unsandboxed.UnsandboxedRuntime()
     if name == "bwrap":
         from worker.agent.sandbox import bwrap
 

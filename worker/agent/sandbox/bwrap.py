@@ -27,7 +27,7 @@ from pathlib import Path
 import psutil
 
 from worker import procs
-from worker.agent.sandbox import base, cgroups, gpu_devices
+from worker.agent.sandbox import base, cgroups, gpu_devices, supervised
 
 logger = logging.getLogger(__name__)
 
@@ -270,7 +270,7 @@ class BwrapRuntime(base.Runtime):
         argv += ["--"]
         if spec.uid is not None:
             argv += drop_privileges(spec.uid, spec.gid if spec.gid is not None else spec.uid)
-        argv += [sys.executable, "-I", "-S", str(base.SUPERVISOR)]
+        argv += [sys.executable, "-I", "-S", str(supervised.SUPERVISOR)]
         env = {
             "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
             procs.OWNER_ENV: spec.owner_tag,
@@ -299,7 +299,7 @@ class BwrapRuntime(base.Runtime):
         cgroup.remove()
 
 
-class BwrapSandbox(base.SupervisedSandbox):
+class BwrapSandbox(supervised.SupervisedSandbox):
     """A lease's bwrap sandbox: the supervisor protocol, plus its cgroup for limits and for what survives."""
 
     def __init__(

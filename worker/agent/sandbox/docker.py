@@ -25,12 +25,12 @@ import socket
 import subprocess
 import sys
 import tarfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from worker import procs
 from worker.agent import lease_fs
-from worker.agent.sandbox import base, bwrap, cgroups, gpu_devices
+from worker.agent.sandbox import base, bwrap, cgroups, gpu_devices, supervised
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,8 @@ def platform_image() -> str:
     return f"{PLATFORM_IMAGE_REPO}:ray{ray.__version__}-py{_python_version()}"
 
 
-def _docker(*args: str, timeout_s: float = 60.0, input: bytes | None = None) -> subprocess.CompletedProcess:
+def docker_cli(*args: str, timeout_s: float = 60.0, input: bytes | None = None) -> subprocess.CompletedProcess:
+    """`docker ARGS...`, its output captured: every call this runtime makes to docker."""
     return subprocess.run(["docker", *args], input=input, capture_output=True, timeout=timeout_s)
 
 
@@ -80,9 +81,9 @@ def rootfs_tar() -> bytes:
 def ensure_platform_image() -> str:
     """Build the platform image once (docker import of rootfs_tar(); no registry involved)."""
     image = platform_image() + "-" + hashlib.sha256(rootfs_tar()).hexdigest()[:8]
-    if _docker("image", "inspect", image).returncode == 0:
+    if docker_cli("image", "inspect", image).returncode == 0:
         return image
-    result = _docker(
+    result = docker_cli(
         "import",
         "--message",
         "dcluster lease image: host runtime mounted read-only",
@@ -103,7 +104,7 @@ def docker_run_args(
     image: str,
     host_dirs: Sequence[Path],
     hostname: str,
-    supervisor: Path = base.SUPERVISOR,
+    supervisor: Path = supervised.SUPERVISOR,
     python: str = "python3",
     gpu_nodes: Sequence[Path] | None = None,
     cgroup_parent: str | None = None,
@@ -195,7 +196,7 @@ class DockerRuntime(base.Runtime):
         self.hostname = socket.gethostname()
         self.as_root = os.geteuid() == 0
         self.cgroup_parent = "/" + cgroups.PARENT if self.as_root and cgroups.weigh_parent() else None
-        runtimes = _docker("info", "--format", "{{json .Runtimes}}").stdout.decode()
+        runtimes = docker_cli("info", "--format", "{{json .Runtimes}}").stdout.decode()
         self.nvidia_toolkit = "nvidia" in runtimes
         if not self.nvidia_toolkit:
             logger.warning(
@@ -247,7 +248,7 @@ class DockerRuntime(base.Runtime):
         remove_containers(lease_id)
 
 
-def check_versions(sandbox: base.SupervisedSandbox, spec: base.SandboxSpec, python: str) -> None:
+def check_versions(sandbox: supervised.SupervisedSandbox, spec: base.SandboxSpec, python: str) -> None:
     """The image's Ray and Python must be the cluster's: checked before the node may join."""
     import ray
 
@@ -281,23 +282,33 @@ def check_versions(sandbox: base.SupervisedSandbox, spec: base.SandboxSpec, pyth
 
 def remove_containers(lease_id: str) -> list[str]:
     """`docker rm -f` every container of the lease (by label); returns their ids."""
-    found = _docker("ps", "-aq", "--filter", f"label={LABEL}={lease_id}").stdout.decode().split()
+    found = docker_cli("ps", "-aq", "--filter", f"label={LABEL}={lease_id}").stdout.decode().split()
     if found:
-        _docker("rm", "-f", *found)
+        docker_cli("rm", "-f", *found)
     return found
 
 
-class DockerSandbox(base.SupervisedSandbox):
+class DockerSandbox(supervised.SupervisedSandbox):
     """A lease's container: the supervisor protocol over `docker run -i`; docker ends it from outside."""
 
-    def __init__(self, lease_id: str, argv: Sequence[str], *, env: dict, log_path: Path, cpus: float | None = None):
+    def __init__(
+        self,
+        lease_id: str,
+        argv: Sequence[str],
+        *,
+        env: dict,
+        log_path: Path,
+        cpus: float | None = None,
+        docker: Callable[..., subprocess.CompletedProcess] = docker_cli,
+    ):
         super().__init__(lease_id, argv, env=env, log_path=log_path)
         self.cpus = cpus
+        self._docker = docker
 
     def cap_cpu(self) -> None:
         if not self.cpus:
             return
-        result = _docker("update", "--cpus", f"{self.cpus:g}", CONTAINER_PREFIX + self.lease_id)
+        result = self._docker("update", "--cpus", f"{self.cpus:g}", CONTAINER_PREFIX + self.lease_id)
         if result.returncode != 0:
             raise base.SandboxError(
                 f"docker update --cpus failed for lease {self.lease_id}: "
@@ -309,18 +320,18 @@ class DockerSandbox(base.SupervisedSandbox):
         super()._force_end()
 
     def _remaining(self) -> list[int]:
-        found = _docker("ps", "-q", "--filter", f"label={LABEL}={self.lease_id}").stdout.decode().split()
+        found = self._docker("ps", "-q", "--filter", f"label={LABEL}={self.lease_id}").stdout.decode().split()
         if not found:
             return []
-        result = _docker("inspect", "--format", "{{json .State.Pid}}", *found)
+        result = self._docker("inspect", "--format", "{{json .State.Pid}}", *found)
         return [int(x) for x in result.stdout.decode().split() if x.strip().isdigit() and int(x) > 0] or [-1]
 
 
 def container_pids(lease_id: str) -> list[int]:
     """Host PIDs of the processes in the lease's container (for tests and checks)."""
-    found = _docker("ps", "-q", "--filter", f"label={LABEL}={lease_id}").stdout.decode().split()
+    found = docker_cli("ps", "-q", "--filter", f"label={LABEL}={lease_id}").stdout.decode().split()
     pids: list[int] = []
     for cid in found:
-        top = _docker("top", cid, "-eo", "pid").stdout.decode().split()[1:]
+        top = docker_cli("top", cid, "-eo", "pid").stdout.decode().split()[1:]
         pids += [int(p) for p in top if p.isdigit()]
     return pids

@@ -68,48 +68,52 @@ def _processes():
     return found
 
 
-def _others():
-    """PIDs of this pid namespace's live processes other than init (1) and this one."""
-    return list(_processes())
+class PidNamespace:
+    """What a stop does to this pid namespace: list its processes, signal them, wait (a test gives a fake one)."""
+
+    processes = staticmethod(_processes)
+    kill = staticmethod(os.kill)
+    sleep = staticmethod(time.sleep)
+    monotonic = staticmethod(time.monotonic)
 
 
-def _signal_all(sig):
+def _signal_all(ns, sig):
     try:
-        os.kill(-1, sig)  # every process this user may signal here, never this one
+        ns.kill(-1, sig)  # every process this user may signal here, never this one
         return True
     except ProcessLookupError:
         return False
 
 
-def _terminate_stage(pids, until):
+def _terminate_stage(ns, pids, until):
     """SIGTERM pids, then wait until they are gone or `until` (monotonic) has come."""
     for pid in pids:
         try:
-            os.kill(pid, signal.SIGTERM)
+            ns.kill(pid, signal.SIGTERM)
         except (ProcessLookupError, PermissionError):
             pass
-    while time.monotonic() < until and set(pids) & set(_others()):
-        time.sleep(0.02)
+    while ns.monotonic() < until and set(pids) & set(ns.processes()):
+        ns.sleep(0.02)
 
 
-def stop_everything(grace_s, first=(), last=()):
+def stop_everything(grace_s, first=(), last=(), ns=PidNamespace):
     """SIGTERM every other process (the processes named in `first`, then all but those in `last`, each
     stage waited for, then everything), wait up to grace_s in all for them to go, then SIGKILL what is left."""
-    deadline = time.monotonic() + grace_s
-    found = _processes()
+    deadline = ns.monotonic() + grace_s
+    found = ns.processes()
     signalled = len(found)
     first, last = set(first), set(last)
     if first or last:
         stage_s = grace_s / 3  # whatever the first two stages leave, the last one keeps at least this
-        _terminate_stage([p for p, name in found.items() if name in first], time.monotonic() + stage_s)
-        _terminate_stage([p for p, name in _processes().items() if name not in last], time.monotonic() + stage_s)
-    _signal_all(signal.SIGTERM)
-    while _others() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    _signal_all(signal.SIGKILL)
-    deadline = time.monotonic() + 5.0
-    while _others() and time.monotonic() < deadline:
-        time.sleep(0.02)
+        _terminate_stage(ns, [p for p, name in found.items() if name in first], ns.monotonic() + stage_s)
+        _terminate_stage(ns, [p for p, name in ns.processes().items() if name not in last], ns.monotonic() + stage_s)
+    _signal_all(ns, signal.SIGTERM)
+    while ns.processes() and ns.monotonic() < deadline:
+        ns.sleep(0.02)
+    _signal_all(ns, signal.SIGKILL)
+    deadline = ns.monotonic() + 5.0
+    while ns.processes() and ns.monotonic() < deadline:
+        ns.sleep(0.02)
     return signalled
 
 

@@ -10,6 +10,8 @@ import sqlalchemy as sa
 
 from actors.db import busy, migrate, schema, store
 from dcl_core import domain, errors
+from tests.statements import statements_seen
+from tests.waiting import wait_until
 
 
 def run(coro):
@@ -156,12 +158,15 @@ def test_a_cancelled_write_never_leaves_the_write_lock_held(tmp_path):
         s = store.Store(tmp_path / "p.db")
         await s.open()
         task = asyncio.create_task(s.create_account("alice", "h", domain.Role.BUYER, 1.0))
-        await asyncio.sleep(0)  # the INSERT is on its way in aiosqlite's thread
+        await asyncio.sleep(0)  # the INSERT is on its way to the writer's thread, not finished yet
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        for _ in range(100):  # the shielded write finishes on its own
-            await asyncio.sleep(0.01)
+
+        async def committed():  # the shielded write finishes on its own
+            return await s.fetch_all(sa.select(schema.accounts.c.username))
+
+        await wait_until(committed, timeout_s=10, interval_s=0.01, what="alice's cancelled write committed")
         try:
             other = sqlite3.connect(tmp_path / "p.db", timeout=0.5)
             try:  # another process's writer gets the lock: no transaction was left open
@@ -192,13 +197,14 @@ def test_a_cancelled_write_commits_whole_and_blocks_no_other_writer(db_location)
         with pytest.raises(asyncio.CancelledError):
             await task
         other = store.Store(db_location)
+
+        async def both():  # the shielded write finishes on its own
+            names = {r["username"] for r in await s.fetch_all(sa.select(schema.accounts.c.username))}
+            return names if names == {"alice", "bob"} else None
+
         try:
             await asyncio.wait_for(other.create_account("bob", "h", domain.Role.BUYER, 1.0), 10)
-            for _ in range(100):  # the shielded write finishes on its own
-                names = {r["username"] for r in await s.fetch_all(sa.select(schema.accounts.c.username))}
-                if names == {"alice", "bob"}:
-                    break
-                await asyncio.sleep(0.01)
+            names = await wait_until(both, timeout_s=10, interval_s=0.01, what="alice's and bob's accounts")
         finally:
             await other.close()
             await s.close()
@@ -229,9 +235,9 @@ def test_reads_answer_while_a_write_waits_for_another_process_lock(tmp_path):
     async def go():
         s = store.Store(tmp_path / "p.db")
         await s.create_account("alice", "h", domain.Role.BUYER, 1.0)
-        with locked_by_another_process(tmp_path / "p.db"):
+        with locked_by_another_process(tmp_path / "p.db"), statements_seen("INSERT INTO accounts") as inserts:
             blocked = asyncio.create_task(s.create_account("bob", "h", domain.Role.BUYER, 1.0))
-            await asyncio.sleep(0.3)  # bob's INSERT is waiting for the lock
+            await inserts.reached()  # bob's INSERT is at SQLite, waiting for the lock
             loop = asyncio.get_running_loop()
             started = loop.time()
             alice = await asyncio.wait_for(s.get_account_by_username("alice"), 5)
@@ -264,9 +270,9 @@ def test_a_write_gives_up_busy_after_its_lock_wait_even_behind_another_write(tmp
         )
         usage = domain.MachineUsage()
         loop = asyncio.get_running_loop()
-        with locked_by_another_process(tmp_path / "p.db"):
+        with locked_by_another_process(tmp_path / "p.db"), statements_seen("INSERT INTO accounts") as inserts:
             earlier = asyncio.create_task(s.create_account("bob", "h", domain.Role.BUYER, 1.0))  # waits up to 30 s
-            await asyncio.sleep(0.1)
+            await inserts.reached()  # it holds this process's write turn, waiting for SQLite's lock
             started = loop.time()
             with pytest.raises(busy.DatabaseBusy) as refused:
                 await s.record_heartbeat("m-000000000001", 2.0, usage, lock_wait_s=0.5)
@@ -290,9 +296,9 @@ def test_a_write_waits_out_a_short_lock_and_succeeds(tmp_path):
     async def go():
         s = store.Store(tmp_path / "p.db")
         await s.open()
-        with locked_by_another_process(tmp_path / "p.db"):
+        with locked_by_another_process(tmp_path / "p.db"), statements_seen("INSERT INTO accounts") as inserts:
             write = asyncio.create_task(s.create_account("alice", "h", domain.Role.BUYER, 1.0))
-            await asyncio.sleep(1.0)  # several of SQLite's busy polls fail meanwhile
+            await inserts.reached(times=3)  # two of SQLite's busy polls failed meanwhile, and it tries again
             assert not write.done()
         account = await asyncio.wait_for(write, 5)
         await s.close()

@@ -1,6 +1,6 @@
 """The PostgreSQL backend: which locations it takes, busy errors, reservations under concurrent creates from
 several processes' worth of managers, and `dcluster up --database` reaching the store. A real server
-(tests/pg_server.py)."""
+(benchmarks/pg_server.py)."""
 
 import asyncio
 
@@ -16,6 +16,7 @@ from cli.platform import launcher as platform_launcher
 from cli.platform import serve_deploy
 from dcl_core import domain, errors
 from dcl_core.cluster_spec import ClusterSpec
+from tests.statements import statements_seen
 from tests.unit.actors.clusters.test_cluster_manager import FakeRegistry, seed_market
 
 
@@ -53,27 +54,29 @@ def test_concurrent_creates_on_postgres_lease_no_machine_twice(postgres_server, 
         settings = PlatformSettings(state_dir=tmp_path, database=url, api_url="http://127.0.0.1:9")
         db = store.Store(settings.db_location)
         buyer = await seed_market(db, clock)
+        stores = [cluster_store.ClusterStore(url) for _ in range(n)]
         managers = [
             cluster_manager.ClusterManager(
-                cluster_store.ClusterStore(url),
+                s,
                 settings,
                 registry=FakeRegistry(clock, settings.offline_after_s),
                 launcher=HangingLauncher(),
                 clock=clock,
             )
-            for _ in range(n)
+            for s in stores
         ]
         for m in managers:
             await m.start()
         principal = auth.Principal(buyer["id"], "buyer", domain.Role.BUYER)
         spec = ClusterSpec(num_workers=3, cpus_per_worker=2, duration_s=600)  # needs most of both machines
         results = await asyncio.gather(*(m.create_cluster(principal, spec) for m in managers), return_exceptions=True)
-        leases = await managers[0]._store.active_leases()
-        for m in managers:
-            for task in m._tasks.values():
+        leases = await stores[0].active_leases()
+        for m, s in zip(managers, stores, strict=True):
+            work = m.background_work()
+            for task in work.values():
                 task.cancel()
-            await asyncio.gather(*m._tasks.values(), return_exceptions=True)
-            await m._store.close()
+            await asyncio.gather(*work.values(), return_exceptions=True)
+            await s.close()
         await db.close()
         return results, leases
 
@@ -100,17 +103,20 @@ def test_the_placement_lock_is_held_by_one_process_at_a_time(postgres_server):
         a, b = cluster_store.ClusterStore(url), cluster_store.ClusterStore(url)
         order, a_inside = [], asyncio.Event()
 
-        async def hold(s, name):
+        async def hold(s, name, until_asked=None):
             async with s.placement_lock():
                 order.append(f"{name} in")
                 a_inside.set()
-                await asyncio.sleep(0.3)
+                if until_asked is not None:
+                    await until_asked.reached(times=2)  # b's request for the lock is at the server too
                 order.append(f"{name} out")
 
-        first = asyncio.create_task(hold(a, "a"))  # each store opens its database lazily, inside the lock
-        await a_inside.wait()
-        await hold(b, "b")
-        await first
+        with statements_seen("pg_advisory_xact_lock", database.PLACEMENT_LOCK) as asked:
+            # Each store opens its database lazily, inside the lock.
+            first = asyncio.create_task(hold(a, "a", until_asked=asked))
+            await a_inside.wait()
+            await hold(b, "b")
+            await first
         await a.close()
         await b.close()
         return order

@@ -11,6 +11,7 @@ from actors.db import busy, store
 from actors.machines import registry, work_channel
 from actors.settings import PlatformSettings
 from dcl_core import domain, errors, protocol
+from tests.statements import statements_seen
 
 pytestmark = pytest.mark.anyio
 
@@ -219,9 +220,10 @@ async def test_a_heartbeat_on_a_locked_database_is_busy_within_seconds_and_the_n
     other = sqlite3.connect(tmp_path / "platform.db", isolation_level=None)
     other.execute("BEGIN EXCLUSIVE")
     try:
-        waiting = asyncio.create_task(reg.create_account("buyer", "password123", domain.Role.BUYER))
-        await asyncio.sleep(0.5)  # the sign-up's INSERT waits for the lock
-        started = loop.time()
+        with statements_seen("INSERT INTO accounts") as signups:
+            waiting = asyncio.create_task(reg.create_account("buyer", "password123", domain.Role.BUYER))
+            await signups.reached()
+        started = loop.time()  # the sign-up's INSERT is at SQLite, waiting for the lock
         with pytest.raises(busy.DatabaseBusy) as refused:
             await asyncio.wait_for(reg.heartbeat(p1, m["id"], {}), registry.BEAT_LOCK_WAIT_S + 3)
         busy_after_s = loop.time() - started

@@ -26,6 +26,7 @@ from worker import procs
 from worker.agent import agent as agent_mod
 from worker.agent import cli as agent_cli
 from worker.agent import lease_work, leases
+from worker.agent import state as state_mod
 from worker.agent.sandbox import base as sandbox_base
 
 PASSWORD = "s3cret-pass"
@@ -120,13 +121,12 @@ class FakeClient:
 
     def wait_results(self, n: int, timeout_s: float = 10.0) -> dict[str, dict]:
         """Wait until n results were posted; item id -> result."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+
+        def posted() -> dict[str, dict] | None:
             with self.lock:
-                if len(self.results) >= n:
-                    return {item_id: result for _, item_id, result in self.results}
-            time.sleep(0.01)
-        raise AssertionError(f"{len(self.results)} of {n} results posted within {timeout_s} s")
+                return {item_id: result for _, item_id, result in self.results} if len(self.results) >= n else None
+
+        return wait_for(posted, timeout_s=timeout_s, interval_s=0.01, what=f"{n} results posted")
 
 
 class FakeWaits:
@@ -261,8 +261,9 @@ def test_404_after_an_outage_reregisters_without_the_outage_delay(tmp_path):
 def test_the_password_enrolls_once_then_the_machine_key_alone_is_used(tmp_path):
     client = FakeClient()
     agent = make_agent(tmp_path, client)
+    assert agent.holds_password
     agent.heartbeat_step()
-    assert client.token == "dcm.m-1.key1" and agent._password is None  # forgotten once enrolled
+    assert client.token == "dcm.m-1.key1" and not agent.holds_password  # forgotten once enrolled
     restarted_client = FakeClient()
     restarted = agent_mod.Agent(
         restarted_client,
@@ -426,10 +427,7 @@ def test_run_then_stop_leaves_promptly(tmp_path):
     runner.start()
     client.work.put({"id": "w-1", "kind": "start_node", "payload": {}})
     assert handled.wait(5)
-    deadline = time.monotonic() + 5
-    while len(client.heartbeats) < 3 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert len(client.heartbeats) >= 3
+    wait_for(lambda: len(client.heartbeats) >= 3, timeout_s=5, interval_s=0.01, what="3 heartbeats")
     started = time.monotonic()
     agent.stop()  # the poll thread is inside a 30 s long poll
     runner.join(5)
@@ -494,11 +492,11 @@ def test_an_enrolled_machine_needs_no_password_and_enroll_replaces_its_key(tmp_p
     state = agent_mod.MachineState(state_dir)
     state.agent_key = "dcm.m-000000000001.secret"
     state.save()
-    assert agent_cli._has_agent_key(state_dir)
+    assert state_mod.has_agent_key(state_dir)
     with pytest.raises(SystemExit) as e:  # --enroll needs the password
         agent_cli.main([*base, "--enroll"])
     assert e.value.code == 2 and "--enroll needs" in capsys.readouterr().err
-    agent_cli._forget_agent_key(state_dir)
+    state_mod.forget_agent_key(state_dir)
     assert agent_mod.MachineState(state_dir).agent_key is None
     assert agent_mod.MachineState(state_dir).machine_key == state.machine_key  # the same machine
 
@@ -711,10 +709,8 @@ def test_lease_items_run_in_order_and_are_answered(tmp_path, lease_root):
     assert results["w-4"]["output"] == "one\ntwo\n" and results["w-4"]["exit_code"] == 5
     assert not results["w-4"]["ok"]
     assert results["w-5"]["ok"] and agent.active_leases() == 0 and not (lease_root / lease_id).exists()
-    deadline = time.monotonic() + 5
-    while agent.lease_queues() and time.monotonic() < deadline:  # the lease's thread ends when idle
-        time.sleep(0.01)
-    assert agent.lease_queues() == {}
+    # The lease's thread ends when idle.
+    wait_for(lambda: agent.lease_queues() == {}, timeout_s=5, interval_s=0.01, what="no lease queue left")
 
 
 def _running(lease_id: str, command: str) -> bool:

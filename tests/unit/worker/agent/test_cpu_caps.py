@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import os
 import secrets
-import time
+import threading
 
 import pytest
 
 from dcl_core import protocol
-from tests.waiting import wait_for
 from worker.agent import cpu_caps, leases
-from worker.agent.sandbox import base
+from worker.agent.sandbox import base, unsandboxed
 
 
-class CountingRuntime(base.UnsandboxedRuntime):
+class CountingRuntime(unsandboxed.UnsandboxedRuntime):
     """The unsandboxed runtime, whose sandboxes count their cap_cpu calls."""
 
     def __init__(self):
@@ -32,18 +31,50 @@ class CountingRuntime(base.UnsandboxedRuntime):
         return box
 
 
+class ManualTimer:
+    """A timer that fires when the test says so (a cancelled one never does)."""
+
+    def __init__(self, interval_s: float, fire, name: str):
+        self.interval_s, self._fire, self.name = interval_s, fire, name
+        self.started = self.cancelled = False
+
+    def start(self) -> None:
+        self.started = True
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def fire(self) -> None:
+        if self.started and not self.cancelled:
+            self._fire()
+
+
+class ManualTimers(dict):
+    """The timer factory CpuCaps takes: lease id -> the timer of its start window."""
+
+    def __call__(self, interval_s: float, fire, name: str) -> ManualTimer:
+        timer = ManualTimer(interval_s, fire, name)
+        self[name.removeprefix("dcluster-cpu-cap-")] = timer
+        return timer
+
+
 @pytest.fixture
 def runtime():
     return CountingRuntime()
 
 
-def _runner(tmp_path, runtime, uncapped_start_s: float = 60.0) -> leases.LeaseRunner:
+@pytest.fixture
+def timers():
+    return ManualTimers()
+
+
+def _runner(tmp_path, runtime, timers, uncapped_start_s: float = 60.0) -> leases.LeaseRunner:
     return leases.LeaseRunner(
         tmp_path / "leases",
         node_ip="127.0.0.1",
         base_env=dict(os.environ),
         runtime=runtime,
-        caps=cpu_caps.CpuCaps(uncapped_start_s=uncapped_start_s),
+        caps=cpu_caps.CpuCaps(uncapped_start_s=uncapped_start_s, timer=timers),
     )
 
 
@@ -54,8 +85,8 @@ def _open(runner, purpose: str = protocol.NODE_LEASE) -> str:
     return lease_id
 
 
-def test_the_quota_begins_when_ray_start_returns_and_only_once(tmp_path, runtime):
-    runner = _runner(tmp_path, runtime)
+def test_the_quota_begins_when_ray_start_returns_and_only_once(tmp_path, runtime, timers):
+    runner = _runner(tmp_path, runtime, timers)
     try:
         lease = _open(runner)
         assert runner.run(lease, "echo warming up").ok
@@ -69,34 +100,43 @@ def test_the_quota_begins_when_ray_start_returns_and_only_once(tmp_path, runtime
         runner.close_all(grace_s=0.5)
 
 
-def test_a_start_that_fails_or_never_comes_is_capped_all_the_same(tmp_path, runtime):
-    runner = _runner(tmp_path, runtime, uncapped_start_s=0.3)
+def test_a_start_that_fails_or_never_comes_is_capped_all_the_same(tmp_path, runtime, timers):
+    runner = _runner(tmp_path, runtime, timers, uncapped_start_s=30.0)
     try:
         failed = _open(runner)
         assert not runner.run(failed, "ray start --no-such-flag 2>/dev/null || exit 1").ok
-        assert runtime.caps[failed] == 1
-        started = time.monotonic()
+        assert runtime.caps[failed] == 1 and timers[failed].cancelled  # the failed one's window timer was stopped
         silent = _open(runner)
-        wait_for(lambda: runtime.caps[silent] == 1, timeout_s=10, interval_s=0.05)
-        assert time.monotonic() - started >= 0.2
-        time.sleep(0.5)
-        assert runtime.caps == {failed: 1, silent: 1}  # the failed one's window timer was stopped
+        assert timers[silent].started and timers[silent].interval_s == 30.0
+        assert runtime.caps[silent] == 0  # uncapped until its window ends
+        timers[silent].fire()
+        timers[failed].fire()
+        assert runtime.caps == {failed: 1, silent: 1} and runner.cpu_caps.is_capped(silent)
     finally:
         runner.close_all(grace_s=0.5)
 
 
-def test_a_lease_that_is_no_ray_node_is_capped_as_it_opens(tmp_path, runtime):
-    runner = _runner(tmp_path, runtime)
+def test_a_lease_that_is_no_ray_node_is_capped_as_it_opens(tmp_path, runtime, timers):
+    runner = _runner(tmp_path, runtime, timers)
     try:
         check = _open(runner, purpose=protocol.GPU_CHECK_LEASE)
-        assert runtime.caps[check] == 1
+        assert runtime.caps[check] == 1 and check not in timers
     finally:
         runner.close_all(grace_s=0.5)
 
 
-def test_a_closed_lease_leaves_no_timer(tmp_path, runtime):
-    runner = _runner(tmp_path, runtime, uncapped_start_s=0.3)
+def test_a_closed_lease_leaves_no_timer(tmp_path, runtime, timers):
+    runner = _runner(tmp_path, runtime, timers)
     lease = _open(runner)
     assert runner.close(lease).ok
-    time.sleep(0.6)
+    assert timers[lease].cancelled
+    timers[lease].fire()
     assert runtime.caps[lease] == 0 and not runner.cpu_caps.is_capped(lease)
+
+
+def test_the_agents_timer_is_a_daemon_thread_that_fires_once_its_window_ends():
+    fired = threading.Event()
+    timer = cpu_caps.thread_timer(0.0, fired.set, "dcluster-cpu-cap-l-1")
+    assert timer.daemon and timer.name == "dcluster-cpu-cap-l-1"
+    timer.start()
+    assert fired.wait(10)

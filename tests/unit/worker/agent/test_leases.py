@@ -135,6 +135,7 @@ def test_head_environment(runner):
     lease_id = _open(runner, gpu_indices=[1, 3])
     lease_dir = runner.root / lease_id
     ports = runner.ports_of(lease_id)
+    assert runner.uid_of(lease_id) is None  # unsandboxed: the agent's own user
     env = runner.environment(lease_id, {"RAY_HEAD_IP": "127.0.0.1"})
     assert env["HOME"] == str(lease_dir / "home")
     assert env["PATH"].split(os.pathsep)[0] == str(Path(sys.executable).parent)

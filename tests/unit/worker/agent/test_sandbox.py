@@ -10,7 +10,7 @@ import pytest
 from dcl_core import domain
 from worker.agent import cli as agent_cli
 from worker.agent import sandbox
-from worker.agent.sandbox import base, bwrap, cgroups, gpu_devices
+from worker.agent.sandbox import base, bwrap, cgroups, gpu_devices, unsandboxed
 
 
 def _fake_machine(tmp_path: Path, gpus: int, *, minors: list[int] | None = None, shared=("nvidiactl", "nvidia-uvm")):
@@ -158,8 +158,23 @@ def test_cgroup_limits_are_written(tmp_path):
     assert cg.procs_files[0] == root / "memory" / "dcluster" / "l-0123456789ab" / "cgroup.procs"
 
 
+def test_a_lease_is_limited_to_its_cpus_their_share_of_memory_under_the_cap_and_the_pids():
+    machine = domain.MachineSpec(hostname="box", cpus=8, memory_mb=32_000)
+    limits = base.LeaseLimits.for_lease(2, machine, memory_cap_mb=None, pids=4096)
+    assert limits == base.LeaseLimits(cpus=2.0, memory_mb=8_000, pids=4096)
+    assert base.LeaseLimits.for_lease(2, machine, memory_cap_mb=6_000, pids=64).memory_mb == 6_000
+    assert base.LeaseLimits.for_lease(16, machine, memory_cap_mb=None, pids=64).memory_mb == 32_000  # at most all
+    tiny = domain.MachineSpec(hostname="box", cpus=64, memory_mb=1_000)
+    assert base.LeaseLimits.for_lease(1, tiny, memory_cap_mb=None, pids=64).memory_mb == 256  # a floor
+    # No CPUs asked (or no machine detected yet): no CPU limit, and the cap alone bounds memory.
+    assert base.LeaseLimits.for_lease(None, machine, memory_cap_mb=4_000, pids=64) == base.LeaseLimits(
+        cpus=None, memory_mb=4_000, pids=64
+    )
+    assert base.LeaseLimits.for_lease(2, None, memory_cap_mb=None, pids=64).memory_mb is None
+
+
 def test_sandboxes_renumber_gpus_unsandboxed_names_the_host_ones():
-    assert base.UnsandboxedRuntime().cuda_visible_devices([1, 3]) == "1,3"
+    assert unsandboxed.UnsandboxedRuntime().cuda_visible_devices([1, 3]) == "1,3"
     assert bwrap.BwrapRuntime.cuda_visible_devices(object.__new__(bwrap.BwrapRuntime), [1, 3]) == "0,1"
 
 
@@ -270,16 +285,20 @@ def test_local_providers_live_apart_from_the_platform(tmp_path):
     platform_launcher.PlatformLauncher(tmp_path / "s", host="0.0.0.0", providers=0)
 
 
-def test_a_docker_lease_is_capped_with_docker_update(monkeypatch):
+def test_a_docker_lease_is_capped_with_docker_update():
     from worker.agent.sandbox import docker
 
-    calls = []
-    monkeypatch.setattr(
-        docker, "_docker", lambda *a, **k: calls.append(a) or subprocess.CompletedProcess(a, 0, b"", b"")
+    calls, answers = [], [(0, b""), (1, b"no such container")]
+
+    def fake_docker(*args, **kw):
+        calls.append(args)
+        returncode, stderr = answers.pop(0)
+        return subprocess.CompletedProcess(args, returncode, b"", stderr)
+
+    box = docker.DockerSandbox(
+        "l-0123456789ab", ["docker", "run"], env={}, log_path=Path("/dev/null"), cpus=2.0, docker=fake_docker
     )
-    box = docker.DockerSandbox("l-0123456789ab", ["docker", "run"], env={}, log_path=Path("/dev/null"), cpus=2.0)
     box.cap_cpu()
     assert calls == [("update", "--cpus", "2", docker.CONTAINER_PREFIX + "l-0123456789ab")]
-    monkeypatch.setattr(docker, "_docker", lambda *a, **k: subprocess.CompletedProcess(a, 1, b"", b"no such container"))
     with pytest.raises(base.SandboxError, match="no such container"):
         box.cap_cpu()

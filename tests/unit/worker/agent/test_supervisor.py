@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import signal
 
-import pytest
-
 from worker import procs
 from worker.agent.sandbox import supervisor
 
@@ -49,26 +47,24 @@ class FakeNamespace:
     def sleep(self, seconds: float) -> None:
         self.now += seconds
 
+    def monotonic(self) -> float:
+        return self.now
 
-@pytest.fixture
-def namespace(monkeypatch):
-    def install(ns: FakeNamespace) -> FakeNamespace:
-        monkeypatch.setattr(supervisor, "_processes", ns.processes)
-        monkeypatch.setattr(supervisor.os, "kill", ns.kill)
-        monkeypatch.setattr(supervisor.time, "sleep", ns.sleep)
-        monkeypatch.setattr(supervisor.time, "monotonic", lambda: ns.now)
-        return ns
 
-    return install
+def test_the_fake_namespace_has_what_the_real_one_has():
+    real = {n for n in vars(supervisor.PidNamespace) if not n.startswith("__")}
+    assert real == {"processes", "kill", "sleep", "monotonic"} and all(
+        callable(getattr(FakeNamespace, n)) for n in real
+    )
 
 
 RAY_HEAD = {10: "raylet", 11: "gcs_server", 12: "python3", 13: "ray::IDLE", 14: "ray-dashboard-N"}
 MONITOR, GCS = 12, 11
 
 
-def test_ray_order_ends_a_head_on_sigterm_within_the_grace(namespace):
-    ns = namespace(FakeNamespace(RAY_HEAD, waits_on={MONITOR: GCS, GCS: MONITOR}))
-    assert supervisor.stop_everything(2.0, sorted(procs.STOP_FIRST), sorted(procs.STOP_LAST)) == 5
+def test_ray_order_ends_a_head_on_sigterm_within_the_grace():
+    ns = FakeNamespace(RAY_HEAD, waits_on={MONITOR: GCS, GCS: MONITOR})
+    assert supervisor.stop_everything(2.0, sorted(procs.STOP_FIRST), sorted(procs.STOP_LAST), ns=ns) == 5
     assert ns.table == {}
     assert ns.log[0] == ("raylet", signal.SIGTERM)
     assert ("gcs_server", signal.SIGTERM) not in ns.log[: ns.log.index(("python3", signal.SIGTERM)) + 1]
@@ -76,16 +72,16 @@ def test_ray_order_ends_a_head_on_sigterm_within_the_grace(namespace):
     assert ns.log[-1] == ("all", signal.SIGKILL)  # the sweep that ends anything forked meanwhile
 
 
-def test_all_at_once_waits_out_the_grace_then_kills(namespace):
-    ns = namespace(FakeNamespace(RAY_HEAD, waits_on={MONITOR: GCS, GCS: MONITOR}))
-    supervisor.stop_everything(2.0)
+def test_all_at_once_waits_out_the_grace_then_kills():
+    ns = FakeNamespace(RAY_HEAD, waits_on={MONITOR: GCS, GCS: MONITOR})
+    supervisor.stop_everything(2.0, ns=ns)
     assert ns.table == {}
     assert ns.now >= 2.0
     assert ns.log == [("all", signal.SIGTERM), ("all", signal.SIGKILL)]
 
 
-def test_a_process_that_ignores_sigterm_is_killed_at_the_end_of_the_grace(namespace):
-    ns = namespace(FakeNamespace({20: "raylet", 21: "stubborn"}, waits_on={21: 21}))
-    supervisor.stop_everything(1.5, ["raylet"], ["gcs_server"])
+def test_a_process_that_ignores_sigterm_is_killed_at_the_end_of_the_grace():
+    ns = FakeNamespace({20: "raylet", 21: "stubborn"}, waits_on={21: 21})
+    supervisor.stop_everything(1.5, ["raylet"], ["gcs_server"], ns=ns)
     assert ns.table == {}
     assert 1.5 <= ns.now < 1.6

@@ -468,7 +468,7 @@ def test_rsync_up_of_a_directory_sends_each_file(provider, platform, tmp_path):
 def test_rsync_down_writes_the_remote_file(provider, platform, tmp_path):
     nid = platform.add("head")
     data = b"log line\n\x01"
-    out = f"{len(data)}\n{command_runner._BEGIN}\n{base64.b64encode(data).decode()}\n{command_runner._END}\n"
+    out = f"{len(data)}\n{command_runner.FILE_BEGIN}\n{base64.b64encode(data).decode()}\n{command_runner.FILE_END}\n"
     platform.exec_results = [{"ok": True, "exit_code": 0, "output": out, "data": {}}]
     runner(provider, nid).run_rsync_down("~/logs/x.log", str(tmp_path / "x.log"))
     assert (tmp_path / "x.log").read_bytes() == data
@@ -477,7 +477,7 @@ def test_rsync_down_writes_the_remote_file(provider, platform, tmp_path):
 
 def test_rsync_down_detects_a_truncated_file(provider, platform, tmp_path):
     nid = platform.add("head")
-    out = f"999999\n{command_runner._BEGIN}\n{base64.b64encode(b'abc').decode()}\n{command_runner._END}\n"
+    out = f"999999\n{command_runner.FILE_BEGIN}\n{base64.b64encode(b'abc').decode()}\n{command_runner.FILE_END}\n"
     platform.exec_results = [{"ok": True, "exit_code": 0, "output": out, "data": {}}]
     with pytest.raises(ProcessRunnerError, match="48 KiB"):
         runner(provider, nid).run_rsync_down("~/big", str(tmp_path / "big"))

@@ -1,4 +1,5 @@
-"""A throwaway PostgreSQL server for the tests: initdb in a temp dir, its own port and socket, stopped by pg_ctl."""
+"""A throwaway PostgreSQL server (the store suite and the benchmarks): initdb in a temp dir, its own port and socket,
+stopped by pg_ctl."""
 
 from __future__ import annotations
 
