@@ -61,7 +61,8 @@ _KEY = sa.select(
 _ACCOUNT_BY_ID = sa.select(accounts).where(accounts.c.id == sa.bindparam("account_id"))
 _ACCOUNT_BY_NAME = sa.select(accounts).where(accounts.c.username == sa.bindparam("username"))
 _MACHINE_BY_ID = _MACHINE.where(machines.c.id == sa.bindparam("machine_id"))
-_MACHINES_BY_IDS = _MACHINE.where(machines.c.id.in_(sa.bindparam("ids", expanding=True)))
+# A batch of heartbeats reads its machines and writes their beats on the fast path (database.prepared).
+_MACHINES_BY_IDS = database.prepared(_MACHINE.where(machines.c.id.in_(sa.bindparam("ids", expanding=True))))
 _ONLINE_BY_MODEL = sa.case((machines.c.gpus > 0, machines.c.gpu_model)).label("model")
 _COUNT_ONLINE_BY_MODEL = (
     sa.select(_ONLINE_BY_MODEL, sa.func.count().label("machines")).where(online()).group_by(_ONLINE_BY_MODEL)
@@ -82,7 +83,7 @@ _ACTIVE_KEY = sa.select(machine_keys).where(
     machine_keys.c.machine_id == sa.bindparam("machine_id"), machine_keys.c.revoked_at.is_(None)
 )
 # A heartbeat: a gap since the last one of at most online_within_s counts as time online.
-_HEARTBEAT = (
+_HEARTBEAT = database.prepared(
     sa.update(machines)
     .where(machines.c.id == sa.bindparam("machine_id"))
     .values(
