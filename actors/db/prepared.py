@@ -149,6 +149,13 @@ def compile_form(prepared: Prepared, dialect: sa.Dialect, lengths: Mapping[str, 
     )
 
 
+def _items(params: Mapping[str, Any], key: str) -> Sequence[Any]:
+    items = params.get(key)
+    if not isinstance(items, list | tuple):  # a string would be a list of its characters
+        raise ValueError(f"the statement's parameter {key!r} takes a list or tuple, not {items!r}")
+    return items
+
+
 class Forms:
     """The compiled forms of the Prepared statements one database runs, made on first use."""
 
@@ -157,7 +164,7 @@ class Forms:
         self._forms: dict[tuple[Prepared, tuple[int, ...]], Form] = {}
 
     def form(self, prepared: Prepared, params: Mapping[str, Any]) -> Form:
-        lengths = tuple(padded_length(len(params[key])) for key in prepared.lists) if prepared.lists else ()
+        lengths = tuple(padded_length(len(_items(params, key))) for key in prepared.lists) if prepared.lists else ()
         found = self._forms.get((prepared, lengths))
         if found is None:
             found = compile_form(prepared, self._dialect, dict(zip(prepared.lists, lengths, strict=True)))

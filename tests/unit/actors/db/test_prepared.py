@@ -49,6 +49,9 @@ def test_a_form_fills_in_constants_parameters_and_padded_lists_in_order(dialect)
     assert len(arguments) == 5  # no item of the list: SQLAlchemy's empty IN, which matches nothing
     with pytest.raises(ValueError, match="'name'"):
         forms.bind(statement, {"ids": ["a"], "gpus": 0})
+    for not_a_list in ("abc", None):
+        with pytest.raises(ValueError, match="'ids' takes a list"):
+            forms.bind(statement, {"ids": not_a_list, "gpus": 0, "name": "m"})
 
 
 async def seed(db: database.Database) -> None:
