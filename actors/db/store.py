@@ -70,14 +70,16 @@ _COUNT_ONLINE_BY_MODEL = (
 _SILENT = sa.and_(machines.c.status == _ONLINE, sa.not_(online()))
 _SILENT_IDS = sa.select(machines.c.id).where(_SILENT)
 _SILENT_OFFLINE = sa.update(machines).where(_SILENT).values(status=domain.MachineStatus.OFFLINE.value)
-_LIVE_LEASE_IDS = sa.union(
-    sa.select(leases.c.id).where(
-        leases.c.machine_id == sa.bindparam("machine_id"),
-        leases.c.status.in_(ACTIVE_LEASE_STATUSES),
-    ),
-    sa.select(machines.c.gpu_check_lease).where(
-        machines.c.id == sa.bindparam("machine_id"), machines.c.gpu_check == domain.GpuVerification.CHECKING.value
-    ),
+_LIVE_LEASE_IDS = database.prepared(  # asked for every heartbeat that lists leases
+    sa.union(
+        sa.select(leases.c.id).where(
+            leases.c.machine_id == sa.bindparam("machine_id"),
+            leases.c.status.in_(ACTIVE_LEASE_STATUSES),
+        ),
+        sa.select(machines.c.gpu_check_lease).where(
+            machines.c.id == sa.bindparam("machine_id"), machines.c.gpu_check == domain.GpuVerification.CHECKING.value
+        ),
+    )
 )
 _ACTIVE_KEY = sa.select(machine_keys).where(
     machine_keys.c.machine_id == sa.bindparam("machine_id"), machine_keys.c.revoked_at.is_(None)

@@ -243,6 +243,38 @@ async def test_heartbeats_on_the_fast_path_count_time_online_as_before(db_locati
     assert json.loads(rows[ids[3]]["usage"])["cpu_percent"] == 30 and rows[ids[0]]["provider"] == "prov"
     slow = await s.fetch_all(store._MACHINES_BY_IDS.statement, {"ids": ids})
     assert _by_id(slow) == _by_id(list(rows.values()))
+    await s.insert_rows(
+        clusters,
+        [
+            {
+                "id": "c-1",
+                "owner_id": account["id"],
+                "name": "c",
+                "spec": "{}",
+                "status": "running",
+                "created_at": 1.0,
+                "updated_at": 1.0,
+                "expires_at": 9.0,
+            }
+        ],
+    )
+    await s.insert_rows(
+        leases,
+        [
+            {
+                "id": f"l-{n}",
+                "cluster_id": "c-1",
+                "machine_id": ids[1],
+                "role": "worker",
+                "gpus": "[]",
+                "cpus": 1,
+                "status": status,
+                "created_at": 1.0,
+            }
+            for n, status in enumerate(["open", "reserved", "closed"])
+        ],
+    )
+    assert await s.live_lease_ids(ids[1]) == {"l-0", "l-1"} and await s.live_lease_ids(ids[0]) == set()
 
 
 def test_a_prepared_write_on_a_locked_sqlite_file_gives_up_busy(tmp_path):
