@@ -14,6 +14,7 @@ from sqlalchemy.dialects.postgresql import asyncpg as pg_asyncpg
 from actors.db import busy, cluster_queries, cluster_store, database, prepared, store
 from actors.db.schema import accounts, clusters, leases, machines
 from dcl_core import domain
+from dcl_core.cluster_spec import ClusterSpec
 
 pytestmark = pytest.mark.anyio
 
@@ -88,7 +89,7 @@ async def seed(db: database.Database) -> None:
                 "id": cid,
                 "owner_id": 1,
                 "name": f"name of {cid}",
-                "spec": json.dumps({"num_workers": i}),
+                "spec": ClusterSpec(num_workers=i + 1, duration_s=600).model_dump_json(),
                 "status": "running" if i % 2 else "pending",
                 "reason": "a 'reason'" if i % 3 == 0 else None,
                 "created_at": 10.0 + i,
@@ -174,9 +175,10 @@ async def test_the_stores_batched_reads_answer_each_id_asked(seeded):
     asked = [CLUSTER_IDS[6], ODD_IDS[2], MISSING[0], CLUSTER_IDS[6], ODD_IDS[0]]
     found = await seeded.get_clusters(asked)
     assert sorted(found) == sorted({CLUSTER_IDS[6], ODD_IDS[2], ODD_IDS[0]})
-    row = found[ODD_IDS[2]]
-    assert row["name"] == f"name of {ODD_IDS[2]}" and row["expires_at"] == 1e9 + CLUSTER_IDS.index(ODD_IDS[2])
-    assert isinstance(row["owner_id"], int) and isinstance(row["created_at"], float)
+    cluster = found[ODD_IDS[2]]  # a record (actors.db.records), decoded from the fast path's row
+    assert cluster.name == f"name of {ODD_IDS[2]}" and cluster.expires_at == 1e9 + CLUSTER_IDS.index(ODD_IDS[2])
+    assert isinstance(cluster.owner_id, int) and isinstance(cluster.created_at, float)
+    assert cluster.spec.num_workers == CLUSTER_IDS.index(ODD_IDS[2]) + 1
     by_cluster = await seeded.leases_of_clusters(asked)
     assert sorted(by_cluster) == sorted(set(asked))
     assert by_cluster[MISSING[0]] == []
@@ -185,8 +187,8 @@ async def test_the_stores_batched_reads_answer_each_id_asked(seeded):
         assert len(by_cluster[cid]) == (CLUSTER_IDS.index(cid) % 4 if cid in CLUSTER_IDS else 0)
     assert await seeded.clusters_with_leases(asked) == (found, by_cluster)  # both in one hop
     assert await seeded.clusters_with_leases([]) == ({}, {})
-    lease = next(lease for lease in by_cluster[CLUSTER_IDS[6]] if lease["role"] == "worker")
-    assert lease["tags"] == {"n": 1} and lease["ports"] == {"gcs": 6380} and lease["gpus"] == []
+    lease = next(lease for lease in by_cluster[CLUSTER_IDS[6]] if lease.role == domain.NodeRole.WORKER)
+    assert lease.tags == {"n": 1} and lease.ports == {"gcs": 6380} and not lease.gpus
 
 
 async def test_a_prepared_write_counts_rows_once_however_its_list_is_padded(seeded):
@@ -198,7 +200,7 @@ async def test_a_prepared_write_counts_rows_once_however_its_list_is_padded(seed
     assert await seeded.write(rename, {"ids": [*ODD_IDS, MISSING[0]], "name": "it's renamed"}) == len(ODD_IDS)
     assert await seeded.write(rename, {"ids": [], "name": "none"}) == 0
     found = await seeded.get_clusters(CLUSTER_IDS)
-    names = {cid: row["name"] for cid, row in found.items()}
+    names = {cid: cluster.name for cid, cluster in found.items()}
     assert {cid for cid, name in names.items() if name == "it's renamed"} == set(ODD_IDS)
     assert names[CLUSTER_IDS[0]] == f"name of {CLUSTER_IDS[0]}"
 
