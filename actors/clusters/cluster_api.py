@@ -37,12 +37,10 @@ def check_owner(principal: auth.Principal, cluster_id: str, cluster: records.Clu
 async def read_clusters(
     store: cstore.ClusterStore, reads: list[tuple[auth.Principal, str]]
 ) -> list[dict[str, Any] | Exception]:
-    """Many get_cluster at once, as the API replica batches them (two queries in all): each read's cluster, or
+    """Many get_cluster at once, as the API replica batches them (two queries, one hop): each read's cluster, or
     the error it alone gets (not the caller's, no such cluster). The ClusterManager's, and the API replica's own
     where the database is at hand (no actor hop: serve_app.app)."""
-    cluster_ids = [cluster_id for _, cluster_id in reads]
-    found = await store.get_clusters(cluster_ids)
-    leases = await store.leases_of_clusters([c for c in cluster_ids if c in found])
+    found, leases = await store.clusters_with_leases([cluster_id for _, cluster_id in reads])
     answers: list[dict[str, Any] | Exception] = []
     for principal, cluster_id in reads:
         try:

@@ -7,6 +7,7 @@ import json
 
 import sqlalchemy as sa
 
+from actors.db import database
 from actors.db import store as store_mod
 from actors.db.database import Row
 from actors.db.schema import account_quotas, accounts, cluster_events, clusters, leases, machines
@@ -32,6 +33,23 @@ def lease_values(cluster_id: str, lease: Row, now: float) -> Row:
     }
 
 
+def leases_by_cluster(cluster_ids: list[str], rows: list[Row]) -> dict[str, list[Row]]:
+    """Lease rows decoded, under their cluster's id (each of cluster_ids, with none or more)."""
+    found: dict[str, list[Row]] = {cid: [] for cid in cluster_ids}
+    for r in rows:
+        found[r["cluster_id"]].append(decode_lease(r))
+    return found
+
+
+def decode_lease(row: Row) -> Row:
+    """A leases row with its JSON columns (gpus, tags, ports) decoded: what lease_values encoded."""
+    lease = dict(row)
+    lease["gpus"] = json.loads(row["gpus"])
+    lease["tags"] = json.loads(row["tags"] or "{}")
+    lease["ports"] = json.loads(row["ports"]) if row["ports"] else None
+    return lease
+
+
 # What placement reads of a machine (not the spec JSON: it runs over many machines).
 PLACEMENT_MACHINE = sa.select(
     machines.c.id,
@@ -47,16 +65,18 @@ PLACEMENT_MACHINE = sa.select(
     machines.c.gpu_check,
     accounts.c.username.label("provider"),
 ).join_from(machines, accounts, accounts.c.id == machines.c.provider_id)
-CLUSTER_BY_ID = sa.select(clusters).where(clusters.c.id == sa.bindparam("cluster_id"))
-CLUSTERS_BY_IDS = sa.select(clusters).where(clusters.c.id.in_(sa.bindparam("ids", expanding=True)))
-LEASES_OF_CLUSTERS = (
+# The reads of a cluster and its leases are on the fast path (database.prepared): the API answers every
+# GET /v1/clusters/{id} with them.
+CLUSTER_BY_ID = database.prepared(sa.select(clusters).where(clusters.c.id == sa.bindparam("cluster_id")))
+CLUSTERS_BY_IDS = database.prepared(sa.select(clusters).where(clusters.c.id.in_(sa.bindparam("ids", expanding=True))))
+LEASES_OF_CLUSTERS = database.prepared(
     sa.select(leases)
     .where(leases.c.cluster_id.in_(sa.bindparam("ids", expanding=True)))
     .order_by(leases.c.created_at, leases.c.id)
 )
 ACTIVE = leases.c.status.in_(store_mod.ACTIVE_LEASE_STATUSES)
 INSERT_LEASE = leases.insert()
-LEASES_OF = (
+LEASES_OF = database.prepared(
     sa.select(leases)
     .where(leases.c.cluster_id == sa.bindparam("cluster_id"))
     .order_by(leases.c.created_at, leases.c.id)

@@ -51,10 +51,16 @@ class ClusterStore(database.Database):
     async def get_clusters(self, cluster_ids: Sequence[str]) -> dict[str, Row]:
         """The clusters of these ids that exist, by id (one query)."""
         unique = sorted(set(cluster_ids))
-        if not unique:
-            return {}
-        rows = await self.fetch_all(q.CLUSTERS_BY_IDS, {"ids": unique})
-        return {r["id"]: r for r in rows}
+        return {r["id"]: r for r in await self.fetch_all(q.CLUSTERS_BY_IDS, {"ids": unique})} if unique else {}
+
+    @records.decoded(records.clusters_with_leases)
+    async def clusters_with_leases(self, cluster_ids: Sequence[str]) -> tuple[dict[str, Row], dict[str, list[Row]]]:
+        """get_clusters and leases_of_clusters at once, both read in one hop (the API's reads of clusters)."""
+        unique = sorted(set(cluster_ids))  # none: an empty IN, which matches nothing
+        rows, lease_rows = await self.fetch_each(
+            [(q.CLUSTERS_BY_IDS, {"ids": unique}), (q.LEASES_OF_CLUSTERS, {"ids": unique})]
+        )
+        return {r["id"]: r for r in rows}, q.leases_by_cluster(unique, lease_rows)
 
     @records.decoded(records.clusters)
     async def list_clusters(self, owner_id: int | None = None) -> list[Row]:
@@ -187,22 +193,20 @@ class ClusterStore(database.Database):
 
     @records.decoded(records.leases)
     async def leases_of(self, cluster_id: str) -> list[Row]:
-        return [decode_lease(r) for r in await self.fetch_all(q.LEASES_OF, {"cluster_id": cluster_id})]
+        return [q.decode_lease(r) for r in await self.fetch_all(q.LEASES_OF, {"cluster_id": cluster_id})]
 
     @records.decoded(records.leases_by_cluster)
     async def leases_of_clusters(self, cluster_ids: Sequence[str]) -> dict[str, list[Row]]:
         """leases_of for many clusters at once (one query): cluster id → its leases, each cluster asked for."""
         unique = sorted(set(cluster_ids))
-        found: dict[str, list[Row]] = {cid: [] for cid in unique}
-        if unique:
-            for r in await self.fetch_all(q.LEASES_OF_CLUSTERS, {"ids": unique}):
-                found[r["cluster_id"]].append(decode_lease(r))
-        return found
+        return q.leases_by_cluster(
+            unique, await self.fetch_all(q.LEASES_OF_CLUSTERS, {"ids": unique}) if unique else []
+        )
 
     @records.decoded(records.lease_or_none)
     async def get_lease(self, lease_id: str) -> Row | None:
         row = await self.fetch_one(q.LEASE_BY_ID, {"lease_id": lease_id})
-        return decode_lease(row) if row else None
+        return q.decode_lease(row) if row else None
 
     @records.decoded(records.leases)
     async def leases_in_window(
@@ -230,11 +234,11 @@ class ClusterStore(database.Database):
             query = query.where(clusters.c.owner_id == owner_id)
         if provider_id is not None:
             query = query.where(machines.c.provider_id == provider_id)
-        return [decode_lease(r) for r in await self.fetch_all(query)]
+        return [q.decode_lease(r) for r in await self.fetch_all(query)]
 
     @records.decoded(records.leases)
     async def active_leases(self) -> list[Row]:
-        return [decode_lease(r) for r in await self.fetch_all(q.ACTIVE_LEASES)]
+        return [q.decode_lease(r) for r in await self.fetch_all(q.ACTIVE_LEASES)]
 
     async def active_lease_ids(self) -> list[str]:
         return await self.fetch_column(q.ACTIVE_LEASE_IDS)
@@ -393,11 +397,3 @@ class ClusterStore(database.Database):
 
     async def assess_machine(self, machine_id: str, status: domain.GpuVerification, detail_json: str) -> None:
         await self.write(q.ASSESS_MACHINE, {"machine_id": machine_id, "outcome": status.value, "detail": detail_json})
-
-
-def decode_lease(row: Row) -> Row:
-    lease = dict(row)
-    lease["gpus"] = json.loads(row["gpus"])
-    lease["tags"] = json.loads(row["tags"] or "{}")
-    lease["ports"] = json.loads(row["ports"]) if row["ports"] else None
-    return lease

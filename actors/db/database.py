@@ -12,6 +12,7 @@ from typing import Any, Protocol, TypeVar
 import sqlalchemy as sa
 
 from actors.db import busy, migrate
+from actors.db import prepared as prepared_mod
 from actors.db.postgres_backend import PostgresBackend
 from actors.db.sqlite_backend import SqliteBackend
 from dcl_core import database_url
@@ -23,6 +24,10 @@ Row = dict[str, Any]
 SQLITE = SqliteBackend.name
 POSTGRESQL = PostgresBackend.name
 PLACEMENT_LOCK = 0x64636C_0002  # advisory lock key: every decide-then-reserve of machines, across processes
+
+# What the reads and writes below run: a SQLAlchemy statement, or one on the fast path (prepared()).
+Statement = sa.Executable | prepared_mod.Prepared
+prepared = prepared_mod.prepared
 
 # Raised for a constraint a statement broke (unique, foreign key, check): nothing was written.
 IntegrityError = sa.exc.IntegrityError
@@ -91,6 +96,7 @@ class Database:
         self._opened = False
         self._lock = asyncio.Lock()
         self._placement: Serial | None = None
+        self._forms: prepared_mod.Forms | None = None  # the prepared statements' compiled forms, once open
 
     @property
     def backend(self) -> str:
@@ -107,6 +113,7 @@ class Database:
             async with self._lock:
                 if not self._opened:
                     await self._backend.open(self._revision)
+                    self._forms = prepared_mod.Forms(self._backend.dialect())
                     self._opened = True
 
     async def schema_version(self) -> int:
@@ -134,28 +141,39 @@ class Database:
 
     # --- reads and writes (the stores' queries, and tests and benchmarks that seed or inspect rows) --------
 
-    async def fetch_all(self, statement: sa.Executable, params: dict[str, Any] | None = None) -> list[Row]:
-        return await self._read(statement, params, _dicts)
+    async def fetch_all(self, statement: Statement, params: dict[str, Any] | None = None) -> list[Row]:
+        return await self._read(statement, params, _dicts, _driver_dicts)
 
-    async def fetch_one(self, statement: sa.Executable, params: dict[str, Any] | None = None) -> Row | None:
-        rows = await self._read(statement, params, _dicts)
+    async def fetch_one(self, statement: Statement, params: dict[str, Any] | None = None) -> Row | None:
+        rows = await self._read(statement, params, _dicts, _driver_dicts)
         return rows[0] if rows else None
 
-    async def fetch_column(self, statement: sa.Executable, params: dict[str, Any] | None = None) -> list[Any]:
+    async def fetch_column(self, statement: Statement, params: dict[str, Any] | None = None) -> list[Any]:
         """The first column of every row (no dict per row: for long lists of ids)."""
-        return await self._read(statement, params, _first_column)
+        return await self._read(statement, params, _first_column, _driver_first_column)
+
+    async def fetch_each(self, reads: Sequence[tuple[prepared_mod.Prepared, dict[str, Any] | None]]) -> list[list[Row]]:
+        """Each prepared statement's rows, read one after the other in one hop (SQLite: one trip to the reader's
+        thread; PostgreSQL: one pooled connection): for reads that go together, as a cluster and its leases."""
+        return await self._read_prepared(reads, _driver_dicts)
 
     async def write(
-        self, statement: sa.Executable, params: dict[str, Any] | None = None, lock_wait_s: float | None = None
+        self, statement: Statement, params: dict[str, Any] | None = None, lock_wait_s: float | None = None
     ) -> int:
         """One statement in a transaction of its own; returns the rows it changed."""
+        if isinstance(statement, prepared_mod.Prepared):
+            return (await self._write_prepared(statement, [params or {}], lock_wait_s))[0]
         return (await self._write([(statement, params)], lock_wait_s))[0]
 
     async def write_many(
-        self, statement: sa.Executable, rows: Sequence[dict[str, Any]], lock_wait_s: float | None = None
+        self, statement: Statement, rows: Sequence[dict[str, Any]], lock_wait_s: float | None = None
     ) -> None:
         """One statement for each of many rows, in one transaction (executemany)."""
-        if rows:
+        if not rows:
+            return
+        if isinstance(statement, prepared_mod.Prepared):
+            await self._write_prepared(statement, rows, lock_wait_s)
+        else:
             await self._write([(statement, list(rows))], lock_wait_s)
 
     async def write_all(
@@ -182,12 +200,49 @@ class Database:
         with _busy_as_database_busy():
             return await self._backend.write(steps, lock_wait_s)
 
+    async def _write_prepared(
+        self, statement: prepared_mod.Prepared, rows: Sequence[dict[str, Any]], lock_wait_s: float | None
+    ) -> list[int]:
+        """Each row's arguments, rows of one compiled form (the same lengths of lists) run together."""
+        forms = await self._opened_forms()
+        steps: list[tuple[str, list[tuple[Any, ...]]]] = []
+        for row in rows:
+            sql, arguments = forms.bind(statement, row)
+            if steps and steps[-1][0] == sql:
+                steps[-1][1].append(arguments)
+            else:
+                steps.append((sql, [arguments]))
+        with _busy_as_database_busy():
+            return await self._backend.write_prepared(steps, lock_wait_s)
+
     async def _read(
-        self, statement: sa.Executable, params: dict[str, Any] | None, shape: Callable[[sa.CursorResult[Any]], T]
+        self,
+        statement: Statement,
+        params: dict[str, Any] | None,
+        shape: Callable[[sa.CursorResult[Any]], T],
+        driver_shape: prepared_mod.DriverShape[T],
     ) -> T:
+        if isinstance(statement, prepared_mod.Prepared):
+            return (await self._read_prepared([(statement, params)], driver_shape))[0]
         await self.open()
         with _busy_as_database_busy():
             return await self._backend.read(statement, params, shape)
+
+    async def _read_prepared(
+        self,
+        reads: Sequence[tuple[prepared_mod.Prepared, dict[str, Any] | None]],
+        shape: prepared_mod.DriverShape[T],
+    ) -> list[T]:
+        forms = await self._opened_forms()
+        bound = [forms.bind(statement, params) for statement, params in reads]
+        with _busy_as_database_busy():
+            return await self._backend.read_prepared(bound, shape)
+
+    async def _opened_forms(self) -> prepared_mod.Forms:
+        await self.open()
+        if self._forms is None:
+            raise RuntimeError(f"{self.describe()} is not open")
+        return self._forms
 
 
 @contextlib.contextmanager
@@ -195,9 +250,11 @@ def _busy_as_database_busy() -> Iterator[None]:
     """A driver's busy error, however SQLAlchemy wrapped it, leaves the store as the one DatabaseBusy."""
     try:
         yield
-    except sa.exc.DBAPIError as exc:
+    except busy.DatabaseBusy:
+        raise
+    except Exception as exc:  # SQLAlchemy's DBAPIError, or the driver's own on the fast path (prepared)
         if busy.is_busy(exc):
-            raise busy.DatabaseBusy(f"database busy: {exc.orig}") from None
+            raise busy.DatabaseBusy(f"database busy: {getattr(exc, 'orig', None) or exc}") from None
         raise
 
 
@@ -221,3 +278,11 @@ def _dicts(result: sa.CursorResult[Any]) -> list[Row]:
 
 def _first_column(result: sa.CursorResult[Any]) -> list[Any]:
     return [row[0] for row in _raw_rows(result)]
+
+
+def _driver_dicts(keys: list[str], rows: Sequence[Any]) -> list[Row]:
+    return [dict(zip(keys, row, strict=True)) for row in rows]
+
+
+def _driver_first_column(keys: list[str], rows: Sequence[Any]) -> list[Any]:
+    return [row[0] for row in rows]

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import asyncpg
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from actors.db import migrate
+from actors.db import migrate, prepared
 
 T = TypeVar("T")
 
@@ -79,6 +79,9 @@ class PostgresBackend:
             raise RuntimeError(f"{self.describe()} is not open")
         return self._engine, self._reads
 
+    def dialect(self) -> sa.Dialect:
+        return self._engines()[0].dialect
+
     async def revision(self) -> str | None:
         async with self._engines()[1].connect() as conn:
             return await conn.run_sync(migrate.current_revision)
@@ -93,6 +96,35 @@ class PostgresBackend:
     ) -> T:
         async with self._engines()[1].connect() as conn:
             return shape(await conn.execute(statement, params))
+
+    async def read_prepared(
+        self, reads: Sequence[tuple[str, tuple[Any, ...]]], shape: prepared.DriverShape[T]
+    ) -> list[T]:
+        """Prepared statements' rows, one after the other on one asyncpg connection itself (autocommit, as
+        read)."""
+        shaped = []
+        async with self._engines()[1].connect() as conn:
+            driver = await _driver(conn)
+            for sql, arguments in reads:
+                records = await driver.fetch(sql, *arguments)
+                shaped.append(shape(list(records[0].keys()) if records else [], records))
+        return shaped
+
+    async def write_prepared(
+        self, steps: Sequence[tuple[str, list[tuple[Any, ...]]]], lock_wait_s: float | None
+    ) -> list[int]:
+        """Prepared statements, each with its rows' arguments, in one transaction on the asyncpg connection
+        itself; shielded and bounded by lock_wait_s as atomic. The rows each changed."""
+
+        async def run() -> list[int]:
+            async with self._engines()[0].connect() as conn:
+                driver = await _driver(conn)
+                async with driver.transaction():
+                    if lock_wait_s is not None:
+                        await driver.execute(f"SET LOCAL lock_timeout = {max(1, int(lock_wait_s * 1000))}")
+                    return [await _execute(driver, sql, rows) for sql, rows in steps]
+
+        return await asyncio.shield(run())
 
     async def atomic(self, statements: Callable[[PostgresTransaction], Awaitable[T]], lock_wait_s: float | None) -> T:
         """One transaction; shielded like SQLite's, so a cancelled caller never splits it. With
@@ -123,3 +155,28 @@ class PostgresBackend:
         async with self._engines()[0].begin() as conn:
             await conn.execute(_LOCK, {"key": key})
             yield
+
+
+async def _driver(conn: AsyncConnection) -> asyncpg.Connection:
+    """The asyncpg connection under a pooled SQLAlchemy one (prepared statements run on it)."""
+    driver = (await conn.get_raw_connection()).driver_connection
+    if not isinstance(driver, asyncpg.Connection):
+        raise RuntimeError(f"not an asyncpg connection: {driver!r}")
+    return driver
+
+
+async def _execute(driver: asyncpg.Connection, sql: str, rows: list[tuple[Any, ...]]) -> int:
+    """One statement for each of rows; the rows it changed (-1 for many: executemany does not say)."""
+    try:
+        if len(rows) == 1:
+            return _rows_changed(await driver.execute(sql, *rows[0]))
+        await driver.executemany(sql, rows)
+        return -1
+    except asyncpg.IntegrityConstraintViolationError as exc:  # as SQLAlchemy raises it (database.IntegrityError)
+        raise sa.exc.IntegrityError(sql, rows, exc) from exc
+
+
+def _rows_changed(status: str) -> int:
+    """The row count in a command status ("UPDATE 3", "INSERT 0 1"); -1 where it has none."""
+    last = status.rsplit(" ", 1)[-1]
+    return int(last) if last.isdigit() else -1

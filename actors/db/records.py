@@ -141,6 +141,12 @@ def leases_by_cluster(rows: dict[str, list[dict[str, Any]]]) -> dict[str, list[L
     return {cid: leases(found) for cid, found in rows.items()}
 
 
+def clusters_with_leases(
+    rows: tuple[dict[str, dict[str, Any]], dict[str, list[dict[str, Any]]]],
+) -> tuple[dict[str, Cluster], dict[str, list[Lease]]]:
+    return clusters_by_id(rows[0]), leases_by_cluster(rows[1])
+
+
 def decoded(decode: Callable[[R], T]) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Awaitable[T]]]:
     """A store read whose rows its callers get as records: `@records.decoded(records.leases)` above it. The read
     itself keeps returning rows, so how it reads them (statements, fast paths) is its own business."""

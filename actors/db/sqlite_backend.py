@@ -6,14 +6,15 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.pool import NullPool
 
-from actors.db import busy, migrate
+from actors.db import busy, migrate, prepared
 from dcl_core import secret_files
 
 logger = logging.getLogger(__name__)
@@ -78,6 +79,13 @@ class _Connection:
             raise RuntimeError("the database is not open")
         return self.conn
 
+    def driver(self) -> sqlite3.Connection:
+        """The sqlite3 connection under the SQLAlchemy one (prepared statements run on it)."""
+        driver = self.connection().connection.driver_connection
+        if not isinstance(driver, sqlite3.Connection):
+            raise RuntimeError(f"not a sqlite3 connection: {driver!r}")
+        return driver
+
     async def close(self) -> None:
         if self.conn is not None:
             conn, self.conn = self.conn, None
@@ -128,6 +136,11 @@ class SqliteBackend:
 
     def describe(self) -> str:
         return str(self.path)
+
+    def dialect(self) -> sa.Dialect:
+        if self._engine is None:
+            raise RuntimeError(f"{self.path} is not open")
+        return self._engine.dialect
 
     def _connections(self) -> tuple[_Connection, _Connection]:
         if self._writer is None or self._reader is None:
@@ -197,6 +210,52 @@ class SqliteBackend:
         conn = reader.connection()
         return await reader.thread.run(lambda: shape(conn.execute(statement, params)))
 
+    async def read_prepared(
+        self, reads: Sequence[tuple[str, tuple[Any, ...]]], shape: prepared.DriverShape[T]
+    ) -> list[T]:
+        """Prepared statements' rows, one after the other in one hop to the reader's thread, each shaped there
+        and its cursor closed at once (as read)."""
+        reader = self._connections()[1]
+        driver = reader.driver()
+
+        def fetch() -> list[T]:
+            shaped = []
+            for sql, arguments in reads:
+                cursor = driver.execute(sql, arguments)
+                try:
+                    shaped.append(shape([column[0] for column in cursor.description or ()], cursor.fetchall()))
+                finally:
+                    cursor.close()
+            return shaped
+
+        return await reader.thread.run(fetch)
+
+    async def write_prepared(
+        self, steps: Sequence[tuple[str, list[tuple[Any, ...]]]], lock_wait_s: float | None
+    ) -> list[int]:
+        """Prepared statements, each with its rows' arguments, and their commit, as write: one hop, one
+        transaction (the driver's own: the SQLAlchemy connection holds none between transactions)."""
+        writer = self._connections()[0]
+        driver = writer.driver()
+
+        def execute_and_commit() -> list[int]:
+            try:
+                changed = []
+                for sql, rows in steps:
+                    try:
+                        cursor = driver.executemany(sql, rows)
+                    except sqlite3.IntegrityError as exc:  # as SQLAlchemy raises it (database.IntegrityError)
+                        raise sa.exc.IntegrityError(sql, rows, exc) from exc
+                    changed.append(cursor.rowcount)
+                    cursor.close()
+                driver.commit()
+                return changed
+            except BaseException:
+                driver.rollback()
+                raise
+
+        return await self._serialised(lambda: writer.thread.run(execute_and_commit), lock_wait_s)
+
     async def atomic(self, statements: Callable[[SqliteTransaction], Awaitable[T]], lock_wait_s: float | None) -> T:
         """Shielded: a caller cancelled half-way (an HTTP client that hung up, a cancelled actor call)
         must never leave a transaction open: it would hold SQLite's write lock and stall every other
@@ -248,11 +307,11 @@ class SqliteBackend:
                 while True:  # SQLite's busy handler waited _BUSY_POLL_S: again, until the deadline
                     try:
                         return await attempt()
-                    except sa.exc.OperationalError as exc:
+                    except (sa.exc.OperationalError, sqlite3.OperationalError) as exc:
                         if not busy.is_busy(exc):
                             raise
                         if loop.time() >= deadline:
-                            raise _locked(loop.time() - started, "SQLite's write lock") from exc.orig
+                            raise _locked(loop.time() - started, "SQLite's write lock") from getattr(exc, "orig", exc)
             finally:
                 self._write_lock.release()
 

@@ -61,7 +61,8 @@ _KEY = sa.select(
 _ACCOUNT_BY_ID = sa.select(accounts).where(accounts.c.id == sa.bindparam("account_id"))
 _ACCOUNT_BY_NAME = sa.select(accounts).where(accounts.c.username == sa.bindparam("username"))
 _MACHINE_BY_ID = _MACHINE.where(machines.c.id == sa.bindparam("machine_id"))
-_MACHINES_BY_IDS = _MACHINE.where(machines.c.id.in_(sa.bindparam("ids", expanding=True)))
+# A batch of heartbeats reads its machines and writes their beats on the fast path (database.prepared).
+_MACHINES_BY_IDS = database.prepared(_MACHINE.where(machines.c.id.in_(sa.bindparam("ids", expanding=True))))
 _ONLINE_BY_MODEL = sa.case((machines.c.gpus > 0, machines.c.gpu_model)).label("model")
 _COUNT_ONLINE_BY_MODEL = (
     sa.select(_ONLINE_BY_MODEL, sa.func.count().label("machines")).where(online()).group_by(_ONLINE_BY_MODEL)
@@ -69,20 +70,22 @@ _COUNT_ONLINE_BY_MODEL = (
 _SILENT = sa.and_(machines.c.status == _ONLINE, sa.not_(online()))
 _SILENT_IDS = sa.select(machines.c.id).where(_SILENT)
 _SILENT_OFFLINE = sa.update(machines).where(_SILENT).values(status=domain.MachineStatus.OFFLINE.value)
-_LIVE_LEASE_IDS = sa.union(
-    sa.select(leases.c.id).where(
-        leases.c.machine_id == sa.bindparam("machine_id"),
-        leases.c.status.in_(ACTIVE_LEASE_STATUSES),
-    ),
-    sa.select(machines.c.gpu_check_lease).where(
-        machines.c.id == sa.bindparam("machine_id"), machines.c.gpu_check == domain.GpuVerification.CHECKING.value
-    ),
+_LIVE_LEASE_IDS = database.prepared(  # asked for every heartbeat that lists leases
+    sa.union(
+        sa.select(leases.c.id).where(
+            leases.c.machine_id == sa.bindparam("machine_id"),
+            leases.c.status.in_(ACTIVE_LEASE_STATUSES),
+        ),
+        sa.select(machines.c.gpu_check_lease).where(
+            machines.c.id == sa.bindparam("machine_id"), machines.c.gpu_check == domain.GpuVerification.CHECKING.value
+        ),
+    )
 )
 _ACTIVE_KEY = sa.select(machine_keys).where(
     machine_keys.c.machine_id == sa.bindparam("machine_id"), machine_keys.c.revoked_at.is_(None)
 )
 # A heartbeat: a gap since the last one of at most online_within_s counts as time online.
-_HEARTBEAT = (
+_HEARTBEAT = database.prepared(
     sa.update(machines)
     .where(machines.c.id == sa.bindparam("machine_id"))
     .values(
