@@ -183,7 +183,7 @@ def _add_status(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
-def _format_status(st: dict) -> list[str]:
+def format_status(st: dict) -> list[str]:
     if st.get("status") == "absent":
         return [st["message"]]
     lines = [
@@ -225,7 +225,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(st, indent=2, default=str))
     else:
-        print("\n".join(_format_status(st)))
+        print("\n".join(format_status(st)))
     return 0
 
 

@@ -38,15 +38,15 @@ def missing(extra: str) -> list[str]:
         if wanted in seen:
             continue
         seen.add(wanted)
-        for name, extras in _named_by(requirements, wanted):
-            if _canonical(name) == _canonical(DISTRIBUTION):
+        for name, extras in named_by(requirements, wanted):
+            if canonical_name(name) == canonical_name(DISTRIBUTION):
                 todo.extend(extras)
-            elif not _installed(name) and name not in absent:
+            elif not is_installed(name) and name not in absent:
                 absent.append(name)
     return absent
 
 
-def _named_by(requirements: list[str], extra: str) -> list[tuple[str, list[str]]]:
+def named_by(requirements: list[str], extra: str) -> list[tuple[str, list[str]]]:
     out = []
     for text in requirements:
         match = _REQUIREMENT.match(text)
@@ -56,7 +56,7 @@ def _named_by(requirements: list[str], extra: str) -> list[tuple[str, list[str]]
     return out
 
 
-def _installed(name: str) -> bool:
+def is_installed(name: str) -> bool:
     try:
         importlib.metadata.distribution(name)
     except importlib.metadata.PackageNotFoundError:
@@ -64,5 +64,5 @@ def _installed(name: str) -> bool:
     return True
 
 
-def _canonical(name: str) -> str:
+def canonical_name(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()

@@ -42,9 +42,9 @@ def _path_regex(route: APIRoute, param: str, pattern: str) -> re.Pattern[str]:
 
 
 _HEARTBEAT = _route(routes_machines.router, routes_machines.heartbeat)
-_GET_CLUSTER = _route(routes_clusters.router, routes_clusters.get_cluster)
+GET_CLUSTER = _route(routes_clusters.router, routes_clusters.get_cluster)
 _HEARTBEAT_PATH = _path_regex(_HEARTBEAT, "machine_id", ids.MACHINE_ID_PATTERN)
-_GET_CLUSTER_PATH = _path_regex(_GET_CLUSTER, "cluster_id", ids.CLUSTER_ID_PATTERN)
+_GET_CLUSTER_PATH = _path_regex(GET_CLUSTER, "cluster_id", ids.CLUSTER_ID_PATTERN)
 
 
 def _bearer(scope: Scope) -> str | None:
@@ -86,12 +86,13 @@ def _replaying(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
-class _LastSerialized:
+class LastSerialized:
     """The bytes of the answers serialized last, by answer object: reads that shared one answer (a coalesced
     batch) are validated and serialized once. Holds the answers, so an id is never another object's."""
 
-    def __init__(self, size: int = 8):
+    def __init__(self, size: int = 8, serialize: Callable[[APIRoute, Any], bytes] | None = None):
         self._size = size
+        self._serialize = serialize or serialize_answer
         self._entries: dict[tuple[int, int], tuple[Any, bytes]] = {}  # (route, answer) ids → (answer, bytes)
 
     def __call__(self, route: APIRoute, answer: Any) -> bytes:
@@ -99,7 +100,7 @@ class _LastSerialized:
         entry = self._entries.get(key)
         if entry is not None and entry[0] is answer:
             return entry[1]
-        content = _serialize(route, answer)
+        content = self._serialize(route, answer)
         if len(self._entries) >= self._size:
             del self._entries[next(iter(self._entries))]  # the oldest
         self._entries[key] = (answer, content)
@@ -112,7 +113,7 @@ class HotRoutes:
     def __init__(self, app: ASGIApp, api_app: FastAPI):
         self.app = app
         self._state = api_app.state
-        self._serialized = _LastSerialized()
+        self._serialized = LastSerialized()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and not scope["query_string"] and not scope.get("root_path"):
@@ -156,7 +157,7 @@ class HotRoutes:
         except (domain_errors.Unauthenticated, domain_errors.Forbidden):
             return await self.app(scope, receive, send)
         await self._answer(
-            _GET_CLUSTER,
+            GET_CLUSTER,
             routes_clusters.get_cluster(cluster_id=cluster_id, principal=principal, reads=self._state.cluster_reads),
             scope,
             receive,
@@ -191,7 +192,7 @@ def _heartbeat_body(body: bytes) -> api.Heartbeat | None:
         return None
 
 
-def _serialize(route: APIRoute, answer: Any) -> bytes:
+def serialize_answer(route: APIRoute, answer: Any) -> bytes:
     """The route's response model applied to the answer, as FastAPI's serialize_response does it."""
     field = route.response_field
     assert field is not None  # both hot routes have a response model

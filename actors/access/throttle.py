@@ -57,6 +57,10 @@ class Limit:
         self._clock = clock
         self._buckets: dict[str | None, TokenBucket] = {}
 
+    def tracked_keys(self) -> int:
+        """How many keys (addresses, accounts) the limit holds a bucket for: bounded by MAX_TRACKED_KEYS."""
+        return len(self._buckets)
+
     def _bucket(self, key: str | None) -> TokenBucket:
         bucket = self._buckets.get(key)
         if bucket is None:

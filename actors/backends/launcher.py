@@ -18,7 +18,7 @@ logger = logging.getLogger(__name__)
 HEAD_NODE_RESOURCE = {"node:__internal_head__": 0.001}
 
 
-def _prepare_process(private_tmp: str) -> None:
+def prepare_process(private_tmp: str) -> None:
     """Launcher hygiene for this (fresh) worker process."""
     import os
     import tempfile
@@ -42,7 +42,7 @@ class _LaunchProcess:
     reach another cluster's launch."""
 
     def __init__(self, private_tmp: str):
-        _prepare_process(private_tmp)
+        prepare_process(private_tmp)
         from ray.autoscaler import sdk  # noqa: F401 - imported ahead, as each backend's own modules are
 
         catalog.warm_up()
@@ -57,15 +57,19 @@ class _LaunchProcess:
         sdk.create_or_update_cluster(config, no_restart=False, restart_only=False, no_config_cache=True)
 
 
-@ray.remote(num_cpus=0, max_calls=1, max_retries=0)
-def _teardown(config: dict[str, Any], private_tmp: str) -> None:
+def teardown(config: dict[str, Any], private_tmp: str) -> None:
+    """A cluster's teardown through Ray's SDK, between its backend's launch steps (in a fresh worker process)."""
     from ray.autoscaler import sdk
 
-    _prepare_process(private_tmp)
+    prepare_process(private_tmp)
     steps = catalog.launch_steps(config)
     config = steps.prepare(config)
     sdk.teardown_cluster(config, workers_only=False, keep_min_workers=False)
     steps.release(config)
+
+
+# One process a call: the SDK's process-wide globals never reach another cluster's teardown.
+teardown_task = ray.remote(num_cpus=0, max_calls=1, max_retries=0)(teardown)
 
 
 class RayClusterLauncher:
@@ -99,7 +103,7 @@ class RayClusterLauncher:
             self.prestart()
 
     async def teardown(self, config: dict[str, Any]) -> None:
-        await _run(_teardown.options(**self._options).remote(config, self._private_tmp))
+        await _run(teardown_task.options(**self._options).remote(config, self._private_tmp))
 
     async def _take_process(self) -> ActorHandle[_LaunchProcess]:
         process = self._next_process or self._start_process()

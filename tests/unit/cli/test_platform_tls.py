@@ -196,5 +196,5 @@ def test_up_and_status_print_the_fingerprint_and_how_to_sign_in(tmp_path):
         "head_processes": [],
         "agents": [],
     }
-    shown = "\n".join(cli_main._format_status(status))
+    shown = "\n".join(cli_main.format_status(status))
     assert "public URL: https://platform.example.com:8443" in shown and files.fingerprint in shown

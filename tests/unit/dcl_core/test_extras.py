@@ -16,20 +16,20 @@ from worker.agent import entry
 
 def _without(monkeypatch, *names: str) -> None:
     """As if these distributions were not installed."""
-    real = extras._installed
-    gone = {extras._canonical(n) for n in names}
-    monkeypatch.setattr(extras, "_installed", lambda name: extras._canonical(name) not in gone and real(name))
+    real = extras.is_installed
+    gone = {extras.canonical_name(n) for n in names}
+    monkeypatch.setattr(extras, "is_installed", lambda name: extras.canonical_name(name) not in gone and real(name))
 
 
 def test_each_extra_names_its_own_packages_and_follows_the_extras_it_names():
     requirements = importlib.metadata.requires(extras.DISTRIBUTION)
-    agent = dict(extras._named_by(requirements, "agent"))
-    platform = dict(extras._named_by(requirements, "platform"))
+    agent = dict(extras.named_by(requirements, "agent"))
+    platform = dict(extras.named_by(requirements, "platform"))
     assert agent["ray"] == ["default"] and {"nvidia-ml-py", "psutil"} <= set(agent)
     assert not {"fastapi", "boto3", "asyncpg", "sqlalchemy", "alembic"} & set(agent)
     assert platform[extras.DISTRIBUTION] == ["agent"] and platform["ray"] == ["default", "serve"]
     assert {"fastapi", "sqlalchemy", "alembic", "asyncpg", "bcrypt"} <= set(platform)
-    assert "boto3" not in platform and dict(extras._named_by(requirements, "aws")) == {"boto3": []}
+    assert "boto3" not in platform and dict(extras.named_by(requirements, "aws")) == {"boto3": []}
     assert extras.missing("platform") == extras.missing("agent") == extras.missing("aws") == []  # this venv: all
 
 
@@ -51,7 +51,7 @@ def test_a_source_tree_without_an_installed_distribution_has_nothing_to_compare(
 
 def test_requirements_with_platform_markers_are_optional_never_missing():
     requirements = ['uvloop>=0.19; sys_platform != "win32" and extra == "platform"', 'fastapi; extra == "platform"']
-    assert extras._named_by(requirements, "platform") == [("fastapi", [])]
+    assert extras.named_by(requirements, "platform") == [("fastapi", [])]
 
 
 @pytest.mark.parametrize("argv", [["up"], ["down"], ["status"], ["demo"]])

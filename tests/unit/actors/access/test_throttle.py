@@ -117,4 +117,4 @@ def test_tracked_addresses_stay_bounded(clock, monkeypatch):
     limit = throttle.Limit("failed sign-ins", 30, clock=clock)
     for i in range(1000):
         limit.take(f"10.0.{i // 256}.{i % 256}")
-    assert len(limit._buckets) <= 100
+    assert limit.tracked_keys() <= 100

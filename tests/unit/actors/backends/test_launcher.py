@@ -110,7 +110,7 @@ async def test_a_process_that_died_while_it_waited_is_replaced(killed):
 
 async def test_teardown_runs_one_task_with_the_private_temp_dir(monkeypatch):
     teardown = FakeTask()
-    monkeypatch.setattr(launcher, "_teardown", teardown)
+    monkeypatch.setattr(launcher, "teardown_task", teardown)
     await launcher.RayClusterLauncher("/state/launcher-tmp").teardown({"cluster_name": "c-1"})
     assert teardown.calls == [({"cluster_name": "c-1"}, "/state/launcher-tmp")]
     assert teardown.options_given == [{"resources": launcher.HEAD_NODE_RESOURCE}]
@@ -118,7 +118,7 @@ async def test_teardown_runs_one_task_with_the_private_temp_dir(monkeypatch):
 
 async def test_with_a_shared_database_the_launcher_runs_on_any_node(monkeypatch, killed):
     processes, teardown = FakeProcessClass(), FakeTask()
-    monkeypatch.setattr(launcher, "_teardown", teardown)
+    monkeypatch.setattr(launcher, "teardown_task", teardown)
     anywhere = launcher.RayClusterLauncher("/scratch/launcher-tmp", on_head=False, process_class=processes)
     await anywhere.create({"cluster_name": "c-2"})
     await anywhere.teardown({"cluster_name": "c-2"})
@@ -128,7 +128,7 @@ async def test_with_a_shared_database_the_launcher_runs_on_any_node(monkeypatch,
 async def test_a_caller_that_gives_up_stops_the_launch(monkeypatch, killed):
     cancelled = []
     processes = FakeProcessClass(delay_s=30)
-    monkeypatch.setattr(launcher, "_teardown", FakeTask(delay_s=30))
+    monkeypatch.setattr(launcher, "teardown_task", FakeTask(delay_s=30))
     monkeypatch.setattr(launcher.ray, "cancel", lambda ref, force: cancelled.append(force))
     real = launcher.RayClusterLauncher("/tmp/x", process_class=processes)
 
@@ -153,7 +153,7 @@ def test_process_hygiene_private_temp_dir_and_no_usage_stats(tmp_path, monkeypat
     monkeypatch.setenv("TMPDIR", os.environ.get("TMPDIR", "/tmp"))
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "1")
     private = tmp_path / "launcher-tmp"
-    launcher._prepare_process(str(private))
+    launcher.prepare_process(str(private))
     assert private.stat().st_mode & 0o777 == 0o700
     assert tempfile.tempdir == str(private) and os.environ["TMPDIR"] == str(private)
     assert os.environ["RAY_USAGE_STATS_ENABLED"] == "0"
@@ -194,5 +194,5 @@ def test_teardown_runs_the_launch_steps_of_the_configs_backend_around_the_sdk(tm
     monkeypatch.setattr(tempfile, "tempdir", tempfile.tempdir)
     monkeypatch.setenv("TMPDIR", os.environ.get("TMPDIR", "/tmp"))
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "1")
-    launcher._teardown._function({"provider": {"type": "fake"}}, str(tmp_path / "launcher-tmp"))
+    launcher.teardown({"provider": {"type": "fake"}}, str(tmp_path / "launcher-tmp"))
     assert calls == ["prepare", ("sdk", True), ("release", True)]
