@@ -14,6 +14,7 @@ import pytest
 
 from actors.clusters import node_observer
 from dcl_core import protocol, ray_ports
+from tests import typed_rows
 from tests.waiting import wait_until
 from worker import procs
 
@@ -94,9 +95,9 @@ async def test_observer_lists_alive_nodes_with_lease_labels(bare_cluster):
     by_lease = {n.lease_id: n for n in nodes}
     assert set(by_lease) == {"l-00000000000a", "l-00000000000b"}
     assert by_lease["l-00000000000a"].is_head and not by_lease["l-00000000000b"].is_head
-    assert node_observer.lease_alive(nodes, {"id": "l-00000000000a", "role": "head"})
-    assert node_observer.lease_alive(nodes, {"id": "l-00000000000b", "role": "worker"})
-    assert not node_observer.lease_alive(nodes, {"id": "l-00000000000c", "role": "worker"})
+    assert node_observer.lease_alive(nodes, typed_rows.lease(id="l-00000000000a", role="head"))
+    assert node_observer.lease_alive(nodes, typed_rows.lease(id="l-00000000000b", role="worker"))
+    assert not node_observer.lease_alive(nodes, typed_rows.lease(id="l-00000000000c", role="worker"))
 
 
 async def test_observer_needs_the_clusters_token(bare_cluster):

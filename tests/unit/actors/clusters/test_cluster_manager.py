@@ -412,7 +412,7 @@ async def test_proxy_targets_are_the_callers_own_joined_nodes_as_recorded(env):
 
 def test_a_node_address_that_is_not_a_plain_ip_is_never_a_proxy_target():
     from actors.clusters import cluster_views
-    from tests.unit.actors import typed_rows
+    from tests import typed_rows
 
     head = {"role": "head", "status": "open", "joined_at": 1.0, "ports": {"dashboard": 8265, "metrics_export": 8080}}
     running = domain.ClusterStatus.RUNNING

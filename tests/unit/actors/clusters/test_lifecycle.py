@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from actors.clusters import lifecycle
 from dcl_core import domain
-from tests.unit.actors import typed_rows
+from tests import typed_rows
 
 S = domain.ClusterStatus
 NOW = 10_000.0

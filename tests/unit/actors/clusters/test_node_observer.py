@@ -7,7 +7,7 @@ import pytest
 
 from actors.clusters import joins, node_observer
 from dcl_core import protocol
-from tests.unit.actors import typed_rows
+from tests import typed_rows
 
 pytestmark = pytest.mark.anyio
 

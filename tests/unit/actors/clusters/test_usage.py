@@ -1,5 +1,5 @@
 from actors.clusters import usage
-from tests.unit.actors import typed_rows
+from tests import typed_rows
 
 
 def lease(joined, left, gpus=(), cpus=1, gpu_price=2.0, cpu_price=0.36, cluster="c1", machine="m1"):

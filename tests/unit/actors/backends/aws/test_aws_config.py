@@ -33,7 +33,7 @@ from actors.backends.aws import launcher_config, rules
 from actors.settings import PlatformSettings
 from configs import aws, labels
 from dcl_core import cluster_spec, errors
-from tests.unit.actors import typed_rows
+from tests import typed_rows
 
 CID = "c-00112233aabb"
 CIDR = "203.0.113.0/24"
