@@ -8,16 +8,16 @@ from typing import Any
 from fastapi import Depends, Request
 
 from dcl_core import errors, protocol
+from serve_app import asgi_headers
 from serve_app import errors as http_errors
+
+_HEADER_NAME = protocol.PROTOCOL_HEADER.lower().encode()  # as ASGI names it
 
 
 def header(scope: Mapping[str, Any]) -> str | None:
     """The PROTOCOL_HEADER value of an ASGI scope (the first one), None when absent."""
-    wanted = protocol.PROTOCOL_HEADER.lower().encode()
-    for name, value in scope["headers"]:
-        if name == wanted:
-            return bytes(value).decode("latin-1")
-    return None
+    value = asgi_headers.first(scope, _HEADER_NAME)
+    return value.decode("latin-1") if value is not None else None
 
 
 async def check(request: Request) -> None:

@@ -27,7 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from actors.access import agent_keys, auth
 from dcl_core import api, ids, protocol
 from dcl_core import errors as domain_errors
-from serve_app import agent_protocol, deps, errors, input_policy, routes_clusters, routes_machines
+from serve_app import agent_protocol, asgi_headers, deps, errors, input_policy, routes_clusters, routes_machines
 
 
 def _route(router: APIRouter, endpoint: Callable[..., Any]) -> APIRoute:
@@ -49,19 +49,16 @@ _GET_CLUSTER_PATH = _path_regex(GET_CLUSTER, "cluster_id", ids.CLUSTER_ID_PATTER
 
 def _bearer(scope: Scope) -> str | None:
     """The bearer credential as fastapi.security.HTTPBearer reads it (the first Authorization header)."""
-    for name, value in scope["headers"]:
-        if name == b"authorization":
-            scheme, _, credentials = value.decode("latin-1").partition(" ")
-            credentials = credentials.strip()
-            return credentials if scheme.lower() == "bearer" and credentials else None
-    return None
+    value = asgi_headers.first(scope, b"authorization")
+    if value is None:
+        return None
+    scheme, _, credentials = value.decode("latin-1").partition(" ")
+    credentials = credentials.strip()
+    return credentials if scheme.lower() == "bearer" and credentials else None
 
 
 def _is_json(scope: Scope) -> bool:
-    for name, value in scope["headers"]:
-        if name == b"content-type":
-            return bool(value == b"application/json")
-    return False
+    return asgi_headers.first(scope, b"content-type") == b"application/json"
 
 
 async def _read_body(receive: Receive) -> bytes | None:
