@@ -162,14 +162,12 @@ class PlatformLauncher:
             raise PlatformError(f"{serve_deploy.SERVE_TEMPLATE} not found: the Serve config of the platform is missing")
         secret_files.ensure_private_dir(self.layout.home)
         secret_files.ensure_private_dir(self.layout.logs)
-        if previous is not None:
-            # Only the GCS port must be the same (the other nodes reconnect to it); the rest are picked afresh,
-            # since another node on this machine may hold one of the old ones by now.
-            gcs = ray_ports.RayPorts.from_dict(previous["ray_ports"]).gcs
-            ports = dataclasses.replace(procs.allocate_ray_ports(exclude=(self.port, gcs)), gcs=gcs)
-            logger.info("restarting the head on Redis %s: the GCS comes back at 127.0.0.1:%d", self.redis, gcs)
-        else:
-            ports = procs.allocate_ray_ports(exclude=(self.port,))
+        # A restarted head keeps only its GCS port (the other nodes reconnect to it); the rest are picked afresh,
+        # since another node on this machine may hold one of the old ones by now.
+        kept_gcs = ray_ports.RayPorts.from_dict(previous["ray_ports"]).gcs if previous is not None else None
+        if kept_gcs is not None:
+            logger.info("restarting the head on Redis %s: the GCS comes back at 127.0.0.1:%d", self.redis, kept_gcs)
+        ports = self._allocate_ports(kept_gcs)
         temp_dir = state.ray_temp_dir(self.state_dir)
         secret_files.ensure_private_dir(temp_dir)
         if previous is not None:
@@ -198,7 +196,9 @@ class PlatformLauncher:
             agent_cpus=self.agent_cpus,
         )
         self.layout.save(record)
-        try:
+
+        def start_head(ports: ray_ports.RayPorts) -> dict:
+            self._record_ports(record, ports)
             env = self._node_env(ports)
             if self.redis:
                 env.update(ray_node.gcs_fault_tolerance_env(os.environ, redis_url=self.redis, state_dir=self.state_dir))
@@ -210,6 +210,12 @@ class PlatformLauncher:
                 ports=ports,
                 core_processes=ray_node.HEAD_CORE_PROCESSES,
                 role=ROLE_HEAD,
+            )
+            return env
+
+        try:
+            ports, env = ray_node.on_free_ports(
+                ports, start_head, repick=lambda: self._allocate_ports(kept_gcs), kept_gcs=kept_gcs
             )
             self.layout.save(record)
             timings["ray_head"] = round(time.monotonic() - t0, 1)
@@ -247,6 +253,17 @@ class PlatformLauncher:
         self.layout.save(record)
         timings["total"] = round(time.monotonic() - t0, 1)
         return self._result(record, already_running=False, timings=timings)
+
+    def _allocate_ports(self, kept_gcs: int | None) -> ray_ports.RayPorts:
+        """Every port of a new Ray node, free right now; kept_gcs: the GCS port a restarted head must keep."""
+        if kept_gcs is None:
+            return procs.allocate_ray_ports(exclude=(self.port,))
+        return dataclasses.replace(procs.allocate_ray_ports(exclude=(self.port, kept_gcs)), gcs=kept_gcs)
+
+    def _record_ports(self, record: dict, ports: ray_ports.RayPorts) -> None:
+        if record["ray_ports"] != ports.to_dict():
+            record["ray_ports"] = ports.to_dict()
+            self.layout.save(record)
 
     def _deploy_serve(
         self, record: dict, env: dict, ports: ray_ports.RayPorts, temp_dir: Path, endpoint_settings: dict
@@ -293,14 +310,16 @@ class PlatformLauncher:
             )
         secret_files.ensure_private_dir(self.layout.home)
         secret_files.ensure_private_dir(self.layout.logs)
-        ports = procs.allocate_ray_ports(exclude=(self.port,))
+        ports = self._allocate_ports(kept_gcs=None)
         temp_dir = state.ray_temp_dir(self.state_dir)
         secret_files.ensure_private_dir(temp_dir)
         record = self._new_record(ROLE_MEMBER, ports, temp_dir)
         record.update(join=self.join, providers=0)
         self.layout.save(record)
         join = self.join
-        try:
+
+        def start_member(ports: ray_ports.RayPorts) -> None:
+            self._record_ports(record, ports)
             env = {**self._node_env(ports), ray_node.GCS_RECONNECT_ENV: str(ray_node.MEMBER_GCS_RECONNECT_S)}
             record["head_processes"] = ray_node.start_node(
                 layout=self.layout,
@@ -311,6 +330,9 @@ class PlatformLauncher:
                 core_processes=ray_node.MEMBER_CORE_PROCESSES,
                 role=ROLE_MEMBER,
             )
+
+        try:
+            ray_node.on_free_ports(ports, start_member, repick=lambda: self._allocate_ports(None), kept_gcs=None)
             self.layout.save(record)
         except BaseException as exc:
             self._failed(record, exc)

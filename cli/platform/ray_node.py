@@ -8,6 +8,7 @@ import re
 import subprocess
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TypeVar
 
 import psutil
 import tenacity
@@ -22,6 +23,8 @@ logger = logging.getLogger(__name__)
 HEAD_NUM_CPUS = 2
 RAY_START_TIMEOUT_S = 120.0
 START_ATTEMPTS = 5
+# Picks of a node's ports, when another process binds a picked one before `ray start` runs.
+PORT_ATTEMPTS = 3
 # What `ray start` prints when its raylet missed the fixed registration window (ray/_private/node.py).
 RAY_SLOW_START = "timed out during startup"
 STOP_GRACE_S = 5.0
@@ -42,6 +45,8 @@ GCS_RECONNECT_ENV = "RAY_gcs_rpc_server_reconnect_timeout_s"
 MEMBER_GCS_RECONNECT_S = 600
 # Ray's GCS keeps its tables in external Redis under this namespace: one per platform (so several share a Redis).
 REDIS_NAMESPACE_ENV = "RAY_external_storage_namespace"
+
+Started = TypeVar("Started")
 
 
 # --- environment and commands -------------------------------------------------------------
@@ -149,8 +154,37 @@ def record_alive(record: dict) -> bool:
     return procs.pid_alive(record["pid"], record.get("create_time"))
 
 
+class PortTaken(PlatformError):
+    """A port picked for the node was bound by another process before `ray start` ran (another Ray cluster's
+    worker may bind any port of its range at any moment)."""
+
+    def __init__(self, port: int):
+        super().__init__(f"port {port} was taken while starting; run `dcluster up` again")
+        self.port = port
+
+
 class _SlowStart(PlatformError):
     """`ray start` gave up waiting for its raylet to register: the machine is busy, not broken."""
+
+
+def on_free_ports(
+    ports: ray_ports.RayPorts,
+    start: Callable[[ray_ports.RayPorts], Started],
+    *,
+    repick: Callable[[], ray_ports.RayPorts],
+    kept_gcs: int | None,
+) -> tuple[ray_ports.RayPorts, Started]:
+    """start(ports), again on repicked ports when a picked port was bound by another process before `ray start`
+    ran; a kept GCS port (a restarted head's) cannot be repicked, so its being taken ends the start."""
+    for _ in range(PORT_ATTEMPTS - 1):
+        try:
+            return ports, start(ports)
+        except PortTaken as taken:
+            if taken.port == kept_gcs:
+                raise
+            logger.warning("port %d was taken before `ray start` ran; picking the node's ports again", taken.port)
+            ports = repick()
+    return ports, start(ports)
 
 
 def start_node(
@@ -170,7 +204,7 @@ def start_node(
     def attempt() -> None:
         for port in ports.listening():  # taken since allocation: a GCS port in use would join another cluster
             if not procs.port_is_free(port):
-                raise PlatformError(f"port {port} was taken while starting; run `dcluster up` again")
+                raise PortTaken(port)
         cmd = command()
         logger.info("starting the Ray %s: %s", role, " ".join(cmd[1:4]))
         log_start = log_tail.size(ray_log)

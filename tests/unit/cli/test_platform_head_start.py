@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import uuid
 from pathlib import Path
 
@@ -25,13 +26,17 @@ def fake_ray(tmp_path):
 
 
 def _start(tmp_path: Path, scripts: list[str], tag: str) -> list[dict]:
+    return _start_on(tmp_path, scripts, tag, procs.allocate_ray_ports())
+
+
+def _start_on(tmp_path: Path, scripts: list[str], tag: str, ports) -> list[dict]:
     layout = state.Layout(tmp_path / "state")
     return ray_node.start_node(
         layout=layout,
         owner_tag=tag,
         env=dict(os.environ),
         command=lambda: ["bash", "-c", scripts.pop(0)],
-        ports=procs.allocate_ray_ports(),
+        ports=ports,
         core_processes=ray_node.HEAD_CORE_PROCESSES,
         role="head",
     )
@@ -80,3 +85,37 @@ def test_other_failures_are_not_retried(fake_ray):
     with pytest.raises(platform_errors.PlatformError, match=r"exit 2"):
         _start(tmp_path, scripts, tag)
     assert len(scripts) == 1
+
+
+def test_a_port_taken_before_ray_start_is_picked_again(fake_ray):
+    tmp_path, scripts, tag = fake_ray
+    scripts += [_healthy(tmp_path)]
+    first = procs.allocate_ray_ports()
+    started_on = []
+
+    def start(ports):
+        started_on.append(ports)
+        return _start_on(tmp_path, scripts, tag, ports)
+
+    with socket.socket() as squatter:  # another process binds a picked port between picking and `ray start`
+        squatter.bind(("127.0.0.1", first.dashboard))
+        squatter.listen()
+        ports, core = ray_node.on_free_ports(first, start, repick=procs.allocate_ray_ports, kept_gcs=None)
+    assert started_on[0] == first and ports == started_on[1] != first
+    assert sorted(p["name"] for p in core) == ["gcs_server", "raylet"]
+
+
+def test_a_taken_kept_gcs_port_ends_the_start(fake_ray):
+    tmp_path, scripts, tag = fake_ray
+    first = procs.allocate_ray_ports()
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", first.gcs))
+        squatter.listen()
+        with pytest.raises(ray_node.PortTaken, match=f"port {first.gcs} was taken"):
+            ray_node.on_free_ports(
+                first,
+                lambda ports: _start_on(tmp_path, scripts, tag, ports),
+                repick=procs.allocate_ray_ports,
+                kept_gcs=first.gcs,
+            )
+    assert not procs.owned_processes(tag)
