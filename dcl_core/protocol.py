@@ -148,7 +148,7 @@ class WorkResult(Strict):
 
 
 # Environment variables an agent sets for every command of a lease (the launcher templates use them).
-ENV_PORT_FLAGS = "DCL_RAY_PORT_FLAGS"  # all `ray start` port flags and --temp-dir of this node
+ENV_PORT_FLAGS = "DCL_RAY_PORT_FLAGS"  # `ray start`: every port, --temp-dir and --node-ip-address of this node
 ENV_HEAD_GCS_PORT = "DCL_HEAD_GCS_PORT"
 ENV_LEASE_ID = "DCL_LEASE_ID"
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import dcluster
 from dcl_core import domain, protocol
-from worker.agent import detect, fake_nvml, lease_work, leases, outage
+from worker.agent import detect, fake_nvml, lease_work, leases, node_address, outage
 from worker.agent import sandbox as sandbox_mod
 from worker.agent.state import AgentSettings, MachineState, machine_name
 
@@ -69,6 +69,7 @@ class Agent:
             lease_runner = leases.LeaseRunner(
                 self._state.dir / LEASES_DIR,
                 machine_id_fn=lambda: self.machine_id,
+                node_ip=node_address.choose(settings.node_ip, settings.platform_url),
                 runtime=runtime,
                 limits_fn=lambda payload: settings.lease_limits(payload.cpus, self.spec),
                 check_env=({protocol.ENV_TEST_FAKE_NVML: settings.test_fake_nvml} if settings.test_fake_nvml else None),

@@ -93,6 +93,12 @@ def build_parser(
         help="Allow a plain http:// platform on another machine (the password and the agent key unencrypted)",
     )
     p.add_argument("--name", help="Display name of this machine (default: hostname)")
+    p.add_argument(
+        "--node-ip",
+        metavar="ADDRESS",
+        help="The address the platform, other providers' nodes and buyers reach this machine's leases at "
+        "(default: this machine's address on its route to the platform)",
+    )
     p.add_argument("--state-dir", type=Path, default=None, help="Where machine.json lives (default ~/.dcluster-agent)")
     p.add_argument(
         "--gpus",
@@ -290,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         "lease_pids": args.lease_pids,
         "gpu_device_dir": args.gpu_device_dir,
         "docker_image": args.docker_image,
+        "node_ip": args.node_ip,
         "test_fake_nvml": fake_nvml_text,
     }
     if args.state_dir is not None:

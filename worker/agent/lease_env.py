@@ -49,9 +49,9 @@ class LeaseEnvironment:
         env["RAY_AUTH_MODE"] = "token"
         env["RAY_AUTH_TOKEN_PATH"] = str(lease.token_path)
         env.update(lease.ports.env())
-        env[protocol.ENV_PORT_FLAGS] = " ".join(
-            lease.ports.start_flags(head=lease.role == domain.NodeRole.HEAD, temp_dir=lease.temp_dir)
-        )
+        # The node's address too: Ray's own guess may be one nothing else reaches (worker.agent.node_address).
+        flags = lease.ports.start_flags(head=lease.role == domain.NodeRole.HEAD, temp_dir=lease.temp_dir)
+        env[protocol.ENV_PORT_FLAGS] = " ".join([*flags, "--node-ip-address", lease.node_ip])
         env[protocol.ENV_LEASE_ID] = lease.lease_id
         if lease.role == domain.NodeRole.WORKER and lease.head_gcs_port is not None:
             env[protocol.ENV_HEAD_GCS_PORT] = str(lease.head_gcs_port)

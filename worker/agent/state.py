@@ -8,10 +8,10 @@ import os
 import re
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 
 from dcl_core import domain, ids, protocol, secret_files
-from worker.agent import detect
+from worker.agent import detect, node_address
 from worker.agent.sandbox import base as sandbox_base
 
 logger = logging.getLogger(__name__)
@@ -65,12 +65,22 @@ class AgentSettings(domain.StrictModel):
     lease_pids: int = Field(default=4096, ge=64, le=1_000_000, description="Most processes and threads in one lease")
     gpu_device_dir: Path = Field(default=Path("/dev"), description="Where the GPUs' device nodes are")
     docker_image: str | None = Field(default=None, max_length=256, description="Image of leases under docker")
+    node_ip: str | None = Field(
+        default=None,
+        description="The address this machine's leases advertise (worker.agent.node_address); "
+        "default: the one towards the platform",
+    )
     test_fake_nvml: str | None = Field(
         default=None,
         max_length=64 * 1024,
         description="Tests only: a fake NVML's description (worker.agent.fake_nvml) read instead of the GPUs; "
         "its GPU checks say so, and only a test platform counts them",
     )
+
+    @field_validator("node_ip")
+    @classmethod
+    def _an_ip_address(cls, value: str | None) -> str | None:
+        return None if value is None else node_address.parse(value)
 
     def lease_limits(self, cpus: int | None, machine: domain.MachineSpec | None) -> sandbox_base.LeaseLimits:
         """A lease's limits under this agent's caps (sandbox_base.LeaseLimits.for_lease)."""

@@ -149,6 +149,7 @@ def test_head_environment(runner):
     flags = env["DCL_RAY_PORT_FLAGS"]
     assert f"--temp-dir /tmp/dcl-{lease_id} " in flags and f"--port {ports.gcs} " in flags
     assert f"--node-manager-port {ports.node_manager}" in flags
+    assert flags.endswith(" --node-ip-address 127.0.0.1")  # the address the agent reports, not Ray's own guess
     assert env["AUTOSCALER_METRIC_PORT"] == str(ports.autoscaler_metric)
     assert env["DASHBOARD_METRIC_PORT"] == str(ports.dashboard_metric)
     assert env["DCL_LEASE_ID"] == lease_id and "DCL_HEAD_GCS_PORT" not in env
