@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         state_dir = args.state_dir if args.state_dir is not None else state_mod.default_state_dir()
         return doctor_run.run(
             args,
-            lambda url: platform_client(url, state_dir),
+            lambda url: platform_client(url, state_dir, fingerprint=args.fingerprint, insecure=args.insecure),
             nvml=fake_nvml.FakeNvml.from_json(fake_nvml_text) if fake_nvml_text else None,
         )
     if command == INSTALL_SERVICE:
@@ -351,9 +351,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def platform_client(platform_url: str, state_dir: Path) -> dcluster.Client:
-    """The client the doctor checks through: the agent's, trusting the certificate authority it pinned (if any)."""
-    return dcluster.Client(platform_url, trust=platform_trust.pinned(platform_url, state_dir))
+def platform_client(platform_url: str, state_dir: Path, *, fingerprint: str | None, insecure: bool) -> dcluster.Client:
+    """The client the doctor checks through: the agent's, trusting the certificate authority of --fingerprint, else
+    the one it pinned (if any); it pins nothing."""
+    trust = platform_trust.for_check(platform_url, state_dir, fingerprint=fingerprint, insecure=insecure)
+    return dcluster.Client(platform_url, trust=trust)
 
 
 if __name__ == "__main__":

@@ -177,11 +177,13 @@ def existing_parent(path: Path) -> Path:
 
 def platform(url: str, answer: dcluster.Probe | Exception) -> Check:
     name = f"platform {url}"
-    if isinstance(answer, Exception):
+    if isinstance(answer, dcluster.PlatformUnreachable):
         return fail(
             name,
             f"no answer ({answer}); check the URL, DNS, and that outbound HTTPS to it is allowed",
         )
+    if isinstance(answer, Exception):  # refused before asking: plain HTTP, a certificate not trusted
+        return fail(name, str(answer))
     body = answer.body if isinstance(answer.body, dict) else {}
     if answer.status_code != 200:
         detail = body.get("detail", answer.body)

@@ -35,7 +35,7 @@ def _docker_runtimes() -> str:
 
 
 def platform_checks(url: str | None, client_factory: Callable[[str], dcluster.Client]) -> list[doctor.Check]:
-    """Reachability and clock, from one real GET /healthz through the agent's own client."""
+    """Reachability and clock, from one real GET /healthz through the agent's own client (and its trust)."""
     if not url:
         return [
             doctor.fail("platform", "no --platform-url (nor DCLUSTER_PLATFORM_URL, nor platform_url in the config)"),
@@ -46,7 +46,7 @@ def platform_checks(url: str | None, client_factory: Callable[[str], dcluster.Cl
     try:
         with client_factory(url) as client:
             answer = client.probe()
-    except dcluster.PlatformUnreachable as exc:
+    except (dcluster.ClientError, ValueError) as exc:  # no answer, or not one this agent would trust
         answer = exc
     after = datetime.now(UTC)
     return [doctor.platform(url, answer), doctor.clock_skew(answer, before, after)]

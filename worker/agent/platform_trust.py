@@ -72,6 +72,16 @@ def pinned(url: str, state_dir: Path) -> dcluster.Trust:
     return dcluster.Trust(ca_pem=ca_pem)
 
 
+def for_check(url: str, state_dir: Path, *, fingerprint: str | None, insecure: bool) -> dcluster.Trust:
+    """The trust `doctor` checks the platform with, pinning nothing: the CA of --fingerprint (fetched once and
+    compared), else the one enrolled. Refused as the agent would refuse it: plain HTTP to another machine without
+    --insecure (InsecureTransport), a CA of another fingerprint (UntrustedPlatform), a malformed one (ValueError)."""
+    client_tls.refuse_plain_http(url, insecure=insecure)
+    if fingerprint and url.startswith("https://"):
+        return dcluster.Trust(ca_pem=client_tls.fetch_ca(url, expected=client_tls.parse_fingerprint(fingerprint)))
+    return pinned(url, state_dir)
+
+
 def _pin(machine: state_mod.MachineState, ca_pem: str) -> str:
     machine.platform_ca = ca_pem
     machine.save()

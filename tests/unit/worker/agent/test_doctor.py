@@ -20,7 +20,11 @@ import pytest
 
 import dcluster
 from dcl_core import domain, protocol
-from worker.agent import doctor
+from dcluster import tls as client_tls
+from tests import tls_server
+from worker.agent import cli as agent_cli
+from worker.agent import doctor, doctor_run
+from worker.agent import state as state_mod
 from worker.agent.sandbox import cgroups
 
 REPO = Path(__file__).resolve().parents[4]
@@ -221,3 +225,25 @@ def test_the_command_prints_one_line_per_check_and_exits_non_zero_on_a_fail(plat
     Platform.body = {"status": "ok", "protocol": protocol.PROTOCOL_VERSION + 1}
     refused = doctor_cmd(platform)
     assert refused.returncode == 1 and f"FAIL  platform {platform}" in refused.stdout
+
+
+def test_the_platform_check_trusts_what_the_agent_would_and_pins_nothing(tmp_path):
+    """Before enrollment nothing is pinned: a platform with a CA of its own fails naming --fingerprint; with the
+    right fingerprint it answers; a wrong one and plain HTTP to another machine fail, each saying why."""
+    platform_ca = tls_server.Authority.make("platform CA")
+    fingerprint = client_tls.fingerprint(platform_ca.ca_pem)
+
+    def check(url, **trust):
+        args = {"fingerprint": None, "insecure": False, **trust}
+        return doctor_run.platform_checks(url, lambda u: agent_cli.platform_client(u, tmp_path, **args))[0]
+
+    with tls_server.running(platform_ca) as server:
+        unpinned = check(server.url)
+        assert unpinned.level is FAIL and "--fingerprint" in unpinned.text, unpinned.text
+        pinned = check(server.url, fingerprint=fingerprint)
+        assert pinned.level is OK, pinned.text
+        wrong = check(server.url, fingerprint="SHA256:" + "2" * 64)
+        assert wrong.level is FAIL and fingerprint in wrong.text and "SHA256:" + "2" * 64 in wrong.text, wrong.text
+    assert state_mod.MachineState(tmp_path).platform_ca is None  # the doctor changes nothing
+    clear = check("http://198.51.100.7:8000")
+    assert clear.level is FAIL and "--insecure" in clear.text, clear.text
