@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 import time
 import uuid
@@ -14,6 +15,8 @@ import httpx
 from dcl_core import domain
 from tests.waiting import wait_for  # noqa: F401 (re-exported for the integration tests)
 from worker import procs
+
+BIN = Path(sys.executable).parent  # this venv's commands (dcluster, dcluster-agent)
 
 
 def unique(prefix: str) -> str:
@@ -53,6 +56,35 @@ def runtime_args() -> tuple[str, ...]:
     """
     runtime = os.environ.get("DCL_TEST_RUNTIME") or ("bwrap" if os.geteuid() == 0 and shutil.which("bwrap") else "none")
     return ("--runtime", runtime, *((domain.UNSANDBOXED_FLAG,) if runtime == domain.UNSANDBOXED else ()))
+
+
+class Commands:
+    """`dcluster` as a user runs it: its own HOME and config dir, none of the caller's RAY_*/DCLUSTER_* variables."""
+
+    def __init__(self, root: Path, state_dir: Path):
+        self.state_dir = state_dir
+        self.config_dir = root / "config"
+        home = root / "home"
+        home.mkdir()
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "DCLUSTER_"))}
+        self.env.update(
+            {
+                "DCLUSTER_CONFIG_DIR": str(self.config_dir),
+                "DCLUSTER_STATE_DIR": str(state_dir),
+                "HOME": str(home),
+                "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+            }
+        )
+
+    def __call__(self, *args: str, timeout_s: float = 400) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(BIN / "dcluster"), *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            stdin=subprocess.DEVNULL,
+        )
 
 
 class LocalAgent:

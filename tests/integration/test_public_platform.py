@@ -6,11 +6,8 @@ HTTP and another certificate are refused."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import stat
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -19,41 +16,10 @@ import pytest
 
 import dcluster
 from dcluster import tls as client_tls
-from tests.integration.helpers import LocalAgent, runtime_args, unique, wait_for
+from tests.integration.helpers import Commands, LocalAgent, runtime_args, unique, wait_for
 from worker import procs
 
 pytestmark = pytest.mark.slow
-
-BIN = Path(sys.executable).parent
-
-
-class Commands:
-    """`dcluster` as a user runs it: its own HOME and config dir, none of the caller's RAY_*/DCLUSTER_* variables."""
-
-    def __init__(self, root: Path, state_dir: Path):
-        self.state_dir = state_dir
-        self.config_dir = root / "config"
-        home = root / "home"
-        home.mkdir()
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "DCLUSTER_"))}
-        self.env.update(
-            {
-                "DCLUSTER_CONFIG_DIR": str(self.config_dir),
-                "DCLUSTER_STATE_DIR": str(state_dir),
-                "HOME": str(home),
-                "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-            }
-        )
-
-    def __call__(self, *args: str, timeout_s: float = 400) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [str(BIN / "dcluster"), *args],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
-            stdin=subprocess.DEVNULL,
-        )
 
 
 @pytest.fixture(scope="module")
