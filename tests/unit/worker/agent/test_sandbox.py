@@ -84,6 +84,7 @@ def test_bwrap_view_is_explicit(tmp_path):
         devices=devices,
         hostname="box",
         as_root=True,
+        seccomp_fd=7,
     )
     for flag in ("--unshare-pid", "--unshare-ipc", "--unshare-uts", "--die-with-parent", "--new-session"):
         assert flag in args
@@ -109,9 +110,16 @@ def test_bwrap_view_is_explicit(tmp_path):
 
 def test_bwrap_without_root_needs_a_user_namespace(tmp_path):
     args = bwrap.bwrap_args(
-        _spec(tmp_path), runtime_dirs=[], devices=gpu_devices.GpuDevices((), (), ()), hostname="box", as_root=False
+        _spec(tmp_path),
+        runtime_dirs=[],
+        devices=gpu_devices.GpuDevices((), (), ()),
+        hostname="box",
+        as_root=False,
+        seccomp_fd=7,
     )
     assert "--unshare-user" in args
+    assert "--disable-userns" in args  # and no user namespace inside that one (bubblewrap >= 0.8)
+    assert args[args.index("--seccomp") + 1] == "7"
 
 
 def test_privileges_are_dropped_for_good():
