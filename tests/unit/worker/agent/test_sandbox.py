@@ -232,6 +232,9 @@ def test_docker_run_is_locked_down(tmp_path):
     writable = [m for m in mounts if not m.endswith(",readonly")]
     assert sorted(writable) == sorted(f"type=bind,source={p},target={p}" for p in spec.writable)
     assert "--privileged" not in args and "--pid=host" not in joined and "--ipc=host" not in joined
+    # The daemon's seccomp profile applies: nothing turns it off or swaps it (DockerRuntime checks the daemon's).
+    assert [args[i + 1] for i, a in enumerate(args) if a == "--security-opt"] == ["no-new-privileges"]
+    assert "--userns" not in joined
     no_gpu = docker.docker_run_args(_spec(tmp_path), image="i", host_dirs=[], hostname="box")
     assert "--gpus" not in no_gpu
     # Without the NVIDIA Container Toolkit: exactly the leased GPUs' nodes, nothing else.
