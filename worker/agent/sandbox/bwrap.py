@@ -272,39 +272,40 @@ class BwrapRuntime(base.Runtime):
         cgroup = cgroups.LeaseCgroup(spec.lease_id, self.controllers, self.cgroup_root)
         cgroup.create(memory_mb=spec.limits.memory_mb, pids=spec.limits.pids, cpus=spec.limits.cpus)
         filter_fd = seccomp.filter_fd(self.seccomp_program)
-        argv = bwrap_args(
-            spec,
-            runtime_dirs=self.runtime_dirs,
-            devices=devices,
-            hostname=self.hostname,
-            as_root=self.as_root,
-            seccomp_fd=filter_fd,
-            cgroup_dirs={c: cgroup.path(c) for c in ("memory", "cpu") if c in cgroup.controllers},
-        )
-        argv += ["--"]
-        if spec.uid is not None:
-            argv += drop_privileges(spec.uid, spec.gid if spec.gid is not None else spec.uid)
-        argv += [sys.executable, "-I", "-S", str(supervised.SUPERVISOR)]
-        env = {
-            "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
-            procs.OWNER_ENV: spec.owner_tag,
-            "DCL_CGROUP_PROCS": " ".join(str(p) for p in cgroup.procs_files),
-        }
-        sandbox = BwrapSandbox(
-            spec.lease_id,
-            ["sh", "-c", _ENTER_CGROUPS, "sh", *argv],
-            env=env,
-            log_path=spec.log_path,
-            cgroup=cgroup,
-            cpus=spec.limits.cpus,
-            pass_fds=(filter_fd,),
-        )
         try:
-            return sandbox.start()
-        except BaseException:
-            cgroup.kill_all()
-            cgroup.remove()
-            raise
+            argv = bwrap_args(
+                spec,
+                runtime_dirs=self.runtime_dirs,
+                devices=devices,
+                hostname=self.hostname,
+                as_root=self.as_root,
+                seccomp_fd=filter_fd,
+                cgroup_dirs={c: cgroup.path(c) for c in ("memory", "cpu") if c in cgroup.controllers},
+            )
+            argv += ["--"]
+            if spec.uid is not None:
+                argv += drop_privileges(spec.uid, spec.gid if spec.gid is not None else spec.uid)
+            argv += [sys.executable, "-I", "-S", str(supervised.SUPERVISOR)]
+            env = {
+                "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+                procs.OWNER_ENV: spec.owner_tag,
+                "DCL_CGROUP_PROCS": " ".join(str(p) for p in cgroup.procs_files),
+            }
+            sandbox = BwrapSandbox(
+                spec.lease_id,
+                ["sh", "-c", _ENTER_CGROUPS, "sh", *argv],
+                env=env,
+                log_path=spec.log_path,
+                cgroup=cgroup,
+                cpus=spec.limits.cpus,
+                pass_fds=(filter_fd,),
+            )
+            try:
+                return sandbox.start()
+            except BaseException:
+                cgroup.kill_all()
+                cgroup.remove()
+                raise
         finally:
             os.close(filter_fd)  # bwrap has its own copy (it is running, or failed to start)
 
