@@ -218,6 +218,10 @@ def test_a_buyers_job_cannot_get_out_of_its_leases(gpu_market, platform, tmp_pat
     assert not Path("/escaped").exists() and not (platform.state_dir / "escaped").exists()
     assert not got["env_has_provider_password"] and not got["env_has_agent_key"]
     assert not {"DCLUSTER_AGENT_PASSWORD", "DCLUSTER_JWT_SECRET", "RAY_AUTH_TOKEN"} & set(got["env_names"])
+    # The job runs under a seccomp filter, and cannot make a user namespace (its uid 0 there is the door to most
+    # kernel escapes): bwrap's filter, or Docker's default profile.
+    assert got["kernel"]["seccomp"] == "2", got["kernel"]
+    assert "Operation not permitted" in got["kernel"]["unshare_user"], got["kernel"]
     assert got["pid_namespace_processes"] < 60  # the lease's own processes, not the machine's
     # The GPU worker: one device node whatever CUDA_VISIBLE_DEVICES says, and it is the leased one.
     gpu = got["gpu"]

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
+import subprocess
 import sys
 import textwrap
 import time
@@ -21,6 +23,7 @@ import pytest
 from tests.integration import sandboxes
 from worker import procs
 from worker.agent import leases
+from worker.agent.sandbox import bwrap
 from worker.agent.sandbox import docker as sandbox_docker
 
 pytestmark = sandboxes.NEEDS_ROOT_AND_BWRAP
@@ -244,3 +247,88 @@ def test_a_lease_runs_as_a_user_of_its_own_without_capabilities(agent_dir, runti
         assert runner.close(lease).ok and time.monotonic() - started < 10
     finally:
         runner.close_all(grace_s=0.5)
+
+
+KERNEL_PROBE = Path(__file__).resolve().parents[1] / "kernel_probe.py"
+
+
+def _sysctl(path: str, default: int) -> int:
+    try:
+        return int(Path("/proc/sys", path).read_text())
+    except (OSError, ValueError):
+        return default
+
+
+def _host_lets_users_make_user_namespaces() -> bool:
+    return (
+        _sysctl("user/max_user_namespaces", 1) > 0
+        and _sysctl("kernel/unprivileged_userns_clone", 1) == 1
+        and _sysctl("kernel/apparmor_restrict_unprivileged_userns", 0) == 0
+    )
+
+
+@pytest.mark.parametrize("runtime_name", RUNTIMES)
+def test_kernel_calls_a_lease_must_not_make_fail_inside_and_work_outside(agent_dir, runtime_name):
+    """User namespaces, keys, mounts, ptrace of a process outside, bpf, userfaultfd: each refused in the lease, by
+    its seccomp filter (`Seccomp: 2`). The control: the same probe outside the lease, as the lease's own uid without
+    capabilities, against the same target, succeeds wherever this host lets a user do it."""
+    runner = sandboxes.make_runner(agent_dir, runtime_name)
+    witness = None
+    try:
+        lease = sandboxes.open_lease(runner)
+        uid = runner.uid_of(lease)
+        as_lease_user = bwrap.drop_privileges(uid, uid)
+        # Outside every lease, the lease's own uid: only the sandbox stands between the lease and this process.
+        witness = subprocess.Popen([*as_lease_user, "sleep", "300"])
+        outside = agent_dir / "outside"
+        (outside / "mnt").mkdir(parents=True)
+        shutil.copy(KERNEL_PROBE, outside / "kernel_probe.py")
+        os.chown(outside / "mnt", uid, uid)
+        outside.chmod(0o755)
+        targets = {"ptrace_pid": witness.pid, "mount_dir": str(outside / "mnt")}
+        done = subprocess.run(
+            # The system's Python: the lease's uid may not reach this venv outside the lease.
+            [*as_lease_user, "/usr/bin/python3", str(outside / "kernel_probe.py"), json.dumps(targets)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        control = json.loads(done.stdout.strip().splitlines()[-1])
+
+        runner.put_file(lease, "~/kernel_probe.py", KERNEL_PROBE.read_bytes())
+        home = runner.root / lease / "home"
+        targets["mount_dir"] = str(home / "mnt")
+        result = runner.run(
+            lease,
+            f"mkdir -p {home}/mnt && {sys.executable} {home}/kernel_probe.py '{json.dumps(targets)}'",
+            timeout_s=60,
+        )
+        assert result.ok, result.output
+        got = json.loads(result.output.strip().splitlines()[-1])
+    finally:
+        runner.close_all(grace_s=0.5)
+        if witness is not None:
+            witness.kill()
+            witness.wait(5)
+
+    assert got["seccomp"] == "2", got  # SECCOMP_MODE_FILTER
+    refused = ("unshare_user", "unshare_user_command", "keyctl", "add_key", "bpf", "userfaultfd")
+    for attempt in (*refused, "mount_tmpfs", "mount_syscall", "mount_in_user_namespace"):
+        assert got[attempt] == "EPERM", (attempt, got)
+    assert got["thread_and_fork"] == "ok"
+    if runtime_name == "bwrap":  # our filter refuses ptrace itself
+        assert got["ptrace_outside"] == got["ptrace_own_child"] == "EPERM", got
+    else:  # Docker's default profile allows ptrace (kernel >= 4.8): the target is not in the container's pid namespace
+        assert got["ptrace_outside"] in ("EPERM", "ESRCH"), got
+
+    # The control, outside: the same calls reach the kernel and work, where this host lets a user do them.
+    assert control["seccomp"] == "0" and control["keyctl"] == control["add_key"] == "ok", control
+    if _host_lets_users_make_user_namespaces():
+        assert control["unshare_user"] == control["unshare_user_command"] == "ok", control
+        assert control["mount_in_user_namespace"] == "ok", control
+    # The host itself forbids a user without capabilities to mount outside a user namespace of its own: no control.
+    assert control["mount_tmpfs"] == control["mount_syscall"] == "EPERM"
+    if _sysctl("kernel/yama/ptrace_scope", 0) == 0:
+        assert control["ptrace_outside"] == "ok", control
+    assert control["ptrace_own_child"] == "ok", control

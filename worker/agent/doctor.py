@@ -59,10 +59,11 @@ def exit_code(checks: Sequence[Check]) -> int:
 
 
 def bwrap_probe_argv(as_root: bool) -> list[str]:
-    """A sandbox like a lease's (own pid, ipc, uts namespaces; a user namespace without root) that runs `true`."""
+    """A sandbox like a lease's (own pid, ipc, uts namespaces; without root, a user namespace that allows no other
+    inside it) that runs `true`."""
     argv = ["bwrap", "--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts"]
     if not as_root:
-        argv.append("--unshare-user")
+        argv += ["--unshare-user", "--disable-userns"]
     return [*argv, "--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev", "--", "true"]
 
 
@@ -94,6 +95,24 @@ def sandbox_runtime(
         hint = "" if as_root else " (without root bwrap needs unprivileged user namespaces; or run as root)"
         return fail(name, f"bwrap cannot make a sandbox here: {output.strip()[-200:] or f'exit {code}'}{hint}")
     return ok(name, "bwrap made a sandbox and ran a command in it")
+
+
+def kernel_surface(runtime: str, problem: str | None) -> Check:
+    """The seccomp filter every lease runs under (and no user namespaces in it); problem: why not, from the runtime."""
+    name = "kernel surface"
+    if runtime == domain.UNSANDBOXED:
+        return warn(name, "leases run unsandboxed: no seccomp filter")
+    if problem:
+        return fail(name, f"{problem}; so this machine cannot be offered as sandboxed")
+    if runtime == "docker":
+        return ok(
+            name, "the docker daemon's seccomp profile applies to every lease (no user namespaces, keyctl, mount)"
+        )
+    return ok(
+        name,
+        "every lease runs under a seccomp filter (Docker's default profile, stricter): "
+        "no user namespaces, keyctl, mount, ptrace, bpf",
+    )
 
 
 def cgroup_limits(root: Path, writable_v1: Sequence[str], wanted: Sequence[str]) -> Check:

@@ -52,6 +52,20 @@ def platform_checks(url: str | None, client_factory: Callable[[str], dcluster.Cl
     return [doctor.platform(url, answer), doctor.clock_skew(answer, before, after)]
 
 
+def _kernel_surface_problem(runtime: str, as_root: bool) -> str | None:
+    if runtime == "bwrap" and shutil.which("bwrap"):
+        from worker.agent.sandbox import bwrap_version
+
+        return bwrap_version.kernel_surface_problem(as_root=as_root)
+    if runtime == "docker" and sandbox.docker_answers():
+        from worker.agent.sandbox import docker
+
+        return docker.seccomp_problem(
+            doctor.run_quietly(["docker", "info", "--format", "{{json .SecurityOptions}}"])[1]
+        )
+    return None  # the runtime's own line says what is missing
+
+
 def checks(args: argparse.Namespace, client_factory: Callable[[str], dcluster.Client], nvml: Any = None) -> list:
     runtime = args.runtime or sandbox.default_runtime()
     as_root = os.geteuid() == 0
@@ -63,6 +77,7 @@ def checks(args: argparse.Namespace, client_factory: Callable[[str], dcluster.Cl
             docker_answers=sandbox.docker_answers,
             as_root=as_root,
         ),
+        doctor.kernel_surface(runtime, _kernel_surface_problem(runtime, as_root)),
         doctor.cgroup_limits(cgroups.ROOT, cgroups.available(), cgroups.CONTROLLERS),
         doctor.user(os.geteuid()),
     ]

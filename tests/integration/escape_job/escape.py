@@ -49,6 +49,13 @@ def gpu_view() -> dict:
     }
 
 
+def kernel_surface() -> dict:
+    """The job's seccomp mode (2: a filter), and whether it can make a user namespace (uid 0 in it)."""
+    seccomp = next((line.split()[1] for line in open("/proc/self/status") if line.startswith("Seccomp:")), "absent")
+    userns = subprocess.run(["unshare", "-U", "-r", "true"], capture_output=True, text=True)
+    return {"seccomp": seccomp, "unshare_user": "ok" if userns.returncode == 0 else userns.stderr.strip()[-200:]}
+
+
 def exec_attacks(canary: str) -> dict:
     """With its cluster's own launcher credential (the head's bootstrap config), ask the platform to run, on each
     node of the cluster, a command that puts the root-only canary at its own log's name; every answer comes back."""
@@ -95,6 +102,7 @@ def main() -> None:
         f"env -u DCLUSTER_OWNER setsid nohup sleep {marker} >/dev/null 2>&1 < /dev/null &", shell=True
     ).wait()
     out["gpu"] = ray.get(gpu_view.remote())
+    out["kernel"] = kernel_surface()
     out["pid_namespace_processes"] = len([p for p in os.listdir("/proc") if p.isdigit()])
     out["exec_attacks"] = exec_attacks(targets["canary"])
     print("ESCAPE_RESULT " + json.dumps(out), flush=True)

@@ -10,7 +10,10 @@ uid, which owns nothing but the lease's home, logs, temp dir and token. Inside: 
 other system dirs, a few /etc files, the Python runtime, the venv and this package read-only;
 the lease's dirs writable; a private /tmp; a minimal /dev plus the leased GPUs' nodes only; the
 host's network (every Ray port of a lease is explicit). The pid namespace keeps `ray stop` and
-`kill -1` inside; the cgroup holds the limits and finds every process at close.
+`kill -1` inside; the cgroup holds the limits and finds every process at close. Every process of the
+lease runs under a seccomp filter (worker.agent.sandbox.seccomp: Docker's default profile, stricter),
+which also refuses new user namespaces; where bwrap itself makes one (the agent is not root),
+`--disable-userns` closes that door a second time.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from pathlib import Path
 import psutil
 
 from worker import procs
-from worker.agent.sandbox import base, cgroups, gpu_devices, supervised
+from worker.agent.sandbox import base, bwrap_version, cgroups, gpu_devices, seccomp, supervised
 
 logger = logging.getLogger(__name__)
 
@@ -140,11 +143,13 @@ def bwrap_args(
     devices: gpu_devices.GpuDevices,
     hostname: str,
     as_root: bool,
+    seccomp_fd: int,
     cgroup_dirs: Mapping[str, Path] | None = None,
     etc_root: Path = Path("/etc"),
     root: Path = Path("/"),
 ) -> list[str]:
-    """The bwrap command line (without the command) for one lease: a pure function of its inputs."""
+    """The bwrap command line (without the command) for one lease: a pure function of its inputs.
+    seccomp_fd: the filter's program (seccomp.filter_fd), installed before the lease's first process runs."""
     tree = _Tree()
     for name in SYSTEM_DIRS:
         host = root / name.lstrip("/")
@@ -180,13 +185,16 @@ def bwrap_args(
             tree.args += ["--ro-bind", str(entry), f"/proc/driver/nvidia/gpus/{entry.name}"]
     namespaces = ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try"]
     if not as_root:
-        namespaces.append("--unshare-user")  # an unprivileged agent: bwrap needs a user namespace
+        # An unprivileged agent: bwrap needs a user namespace; the lease may not make another inside it.
+        namespaces += ["--unshare-user", "--disable-userns"]
     home = next((str(p) for p in spec.writable if p.name == "home"), "/")
     return [
         "bwrap",
         "--die-with-parent",
         "--new-session",
         *namespaces,
+        "--seccomp",
+        str(seccomp_fd),
         "--hostname",
         hostname,
         *tree.args,
@@ -226,6 +234,10 @@ class BwrapRuntime(base.Runtime):
         self.as_root = os.geteuid() == 0
         if self.as_root and shutil.which("setpriv") is None:
             raise base.SandboxError("setpriv is missing (Debian: util-linux); it drops each lease to its own user")
+        problem = bwrap_version.version_problem(bwrap_version.installed(), as_root=self.as_root)
+        if problem:
+            raise base.SandboxError(problem)
+        self.seccomp_program = seccomp.bpf()  # refuses (SandboxError) without libseccomp: no lease unfiltered
         self.gpu_dev_root = Path(gpu_dev_root)
         self.gpu_proc_root = Path(gpu_proc_root)
         self.cgroup_root = Path(cgroup_root)
@@ -259,37 +271,43 @@ class BwrapRuntime(base.Runtime):
         devices = gpu_devices.devices_for(spec.gpu_indices, dev_root=self.gpu_dev_root, proc_root=self.gpu_proc_root)
         cgroup = cgroups.LeaseCgroup(spec.lease_id, self.controllers, self.cgroup_root)
         cgroup.create(memory_mb=spec.limits.memory_mb, pids=spec.limits.pids, cpus=spec.limits.cpus)
-        argv = bwrap_args(
-            spec,
-            runtime_dirs=self.runtime_dirs,
-            devices=devices,
-            hostname=self.hostname,
-            as_root=self.as_root,
-            cgroup_dirs={c: cgroup.path(c) for c in ("memory", "cpu") if c in cgroup.controllers},
-        )
-        argv += ["--"]
-        if spec.uid is not None:
-            argv += drop_privileges(spec.uid, spec.gid if spec.gid is not None else spec.uid)
-        argv += [sys.executable, "-I", "-S", str(supervised.SUPERVISOR)]
-        env = {
-            "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
-            procs.OWNER_ENV: spec.owner_tag,
-            "DCL_CGROUP_PROCS": " ".join(str(p) for p in cgroup.procs_files),
-        }
-        sandbox = BwrapSandbox(
-            spec.lease_id,
-            ["sh", "-c", _ENTER_CGROUPS, "sh", *argv],
-            env=env,
-            log_path=spec.log_path,
-            cgroup=cgroup,
-            cpus=spec.limits.cpus,
-        )
+        filter_fd = seccomp.filter_fd(self.seccomp_program)
         try:
-            return sandbox.start()
-        except BaseException:
-            cgroup.kill_all()
-            cgroup.remove()
-            raise
+            argv = bwrap_args(
+                spec,
+                runtime_dirs=self.runtime_dirs,
+                devices=devices,
+                hostname=self.hostname,
+                as_root=self.as_root,
+                seccomp_fd=filter_fd,
+                cgroup_dirs={c: cgroup.path(c) for c in ("memory", "cpu") if c in cgroup.controllers},
+            )
+            argv += ["--"]
+            if spec.uid is not None:
+                argv += drop_privileges(spec.uid, spec.gid if spec.gid is not None else spec.uid)
+            argv += [sys.executable, "-I", "-S", str(supervised.SUPERVISOR)]
+            env = {
+                "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+                procs.OWNER_ENV: spec.owner_tag,
+                "DCL_CGROUP_PROCS": " ".join(str(p) for p in cgroup.procs_files),
+            }
+            sandbox = BwrapSandbox(
+                spec.lease_id,
+                ["sh", "-c", _ENTER_CGROUPS, "sh", *argv],
+                env=env,
+                log_path=spec.log_path,
+                cgroup=cgroup,
+                cpus=spec.limits.cpus,
+                pass_fds=(filter_fd,),
+            )
+            try:
+                return sandbox.start()
+            except BaseException:
+                cgroup.kill_all()
+                cgroup.remove()
+                raise
+        finally:
+            os.close(filter_fd)  # bwrap has its own copy (it is running, or failed to start)
 
     def cleanup_stale(self, lease_id: str) -> None:
         cgroup = cgroups.LeaseCgroup(lease_id, self.controllers, self.cgroup_root)
@@ -311,8 +329,9 @@ class BwrapSandbox(supervised.SupervisedSandbox):
         log_path: Path,
         cgroup: cgroups.LeaseCgroup,
         cpus: float | None = None,
+        pass_fds: Sequence[int] = (),
     ):
-        super().__init__(lease_id, argv, env=env, log_path=log_path)
+        super().__init__(lease_id, argv, env=env, log_path=log_path, pass_fds=pass_fds)
         self.cgroup = cgroup
         self.cpus = cpus
 

@@ -56,6 +56,16 @@ def platform_image() -> str:
     return f"{PLATFORM_IMAGE_REPO}:ray{ray.__version__}-py{_python_version()}"
 
 
+def seccomp_problem(security_options: str) -> str | None:
+    """Why the daemon would run leases without a seccomp filter (`docker info`'s SecurityOptions as JSON), or None.
+    Leases never ask for another profile: the daemon's own (Docker's default unless its operator set one) applies."""
+    if "name=seccomp" not in security_options:
+        return "the docker daemon applies no seccomp filter (built without seccomp): leases would run unfiltered"
+    if "profile=unconfined" in security_options:
+        return "the docker daemon's seccomp profile is `unconfined` (dockerd --seccomp-profile): set it back to default"
+    return None
+
+
 def docker_cli(*args: str, timeout_s: float = 60.0, input: bytes | None = None) -> subprocess.CompletedProcess:
     """`docker ARGS...`, its output captured: every call this runtime makes to docker."""
     return subprocess.run(["docker", *args], input=input, capture_output=True, timeout=timeout_s)
@@ -190,6 +200,10 @@ class DockerRuntime(base.Runtime):
 
         if not sandbox.docker_answers():
             raise base.SandboxError("no docker daemon answers `docker info`; start dockerd or pick --runtime bwrap")
+        options = docker_cli("info", "--format", "{{json .SecurityOptions}}").stdout.decode()
+        problem = seccomp_problem(options)
+        if problem:
+            raise base.SandboxError(problem)
         self.gpu_dev_root = Path(gpu_dev_root)
         self.image = image or ensure_platform_image()
         self.host_runtime = image is None  # the platform image has only what the host mounts into it

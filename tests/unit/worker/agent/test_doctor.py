@@ -25,7 +25,7 @@ from tests import tls_server
 from worker.agent import cli as agent_cli
 from worker.agent import doctor, doctor_run
 from worker.agent import state as state_mod
-from worker.agent.sandbox import cgroups
+from worker.agent.sandbox import bwrap_version, cgroups, docker
 
 REPO = Path(__file__).resolve().parents[4]
 OK, WARN, FAIL = doctor.Level.OK, doctor.Level.WARN, doctor.Level.FAIL
@@ -51,6 +51,29 @@ def test_sandbox_runtime_outcomes():
     assert check("docker", which=lambda _: None).level is FAIL
     assert check("none").level is FAIL and domain.UNSANDBOXED_FLAG in check("none").text
     assert check("none", unsandboxed_ok=True).level is WARN
+
+
+def test_kernel_surface_names_what_keeps_a_machine_from_being_offered_as_sandboxed():
+    assert doctor.kernel_surface("bwrap", None).level is OK
+    assert doctor.kernel_surface("docker", None).level is OK
+    assert doctor.kernel_surface("none", None).level is WARN
+    old = doctor.kernel_surface("bwrap", bwrap_version.version_problem((0, 7, 0), as_root=False))
+    assert old.level is FAIL and "bubblewrap 0.7.0 is too old" in old.text and "0.8.0 or newer" in old.text
+    assert "cannot be offered as sandboxed" in old.text
+    unconfined = doctor.kernel_surface("docker", docker.seccomp_problem('["name=seccomp,profile=unconfined"]'))
+    assert unconfined.level is FAIL and "unconfined" in unconfined.text
+    assert docker.seccomp_problem('["name=apparmor"]') and not docker.seccomp_problem(
+        '["name=seccomp,profile=builtin"]'
+    )
+
+
+def test_bwrap_versions():
+    assert bwrap_version.parse_version("bubblewrap 0.8.0\n") == (0, 8, 0)
+    assert bwrap_version.parse_version("bubblewrap 0.11") == (0, 11, 0)
+    assert bwrap_version.parse_version("bwrap: unknown") is None
+    assert bwrap_version.version_problem((0, 7, 9), as_root=True) is None  # root: the seccomp filter alone
+    assert bwrap_version.version_problem((0, 8, 0), as_root=False) is None
+    assert "unknown version" in bwrap_version.version_problem(None, as_root=False)
 
 
 @pytest.mark.skipif(shutil.which("bwrap") is None, reason="needs bubblewrap")
@@ -211,6 +234,7 @@ def test_the_command_prints_one_line_per_check_and_exits_non_zero_on_a_fail(plat
     names = [line.split(": ")[0].split(None, 1)[1] for line in lines[:-1]]
     assert names == [
         "sandbox runtime (bwrap)",
+        "kernel surface",
         "cgroups",
         "user",
         "GPUs",
@@ -220,6 +244,7 @@ def test_the_command_prints_one_line_per_check_and_exits_non_zero_on_a_fail(plat
         "clock",
         "overlay lighthouse",
     ], done.stdout
+    assert lines[1].startswith("ok    kernel surface: every lease runs under a seccomp filter"), done.stdout
     failed = [line for line in lines if line.startswith("FAIL")]
     assert done.returncode == (1 if failed else 0), done.stdout
     Platform.body = {"status": "ok", "protocol": protocol.PROTOCOL_VERSION + 1}

@@ -84,6 +84,7 @@ def test_bwrap_view_is_explicit(tmp_path):
         devices=devices,
         hostname="box",
         as_root=True,
+        seccomp_fd=7,
     )
     for flag in ("--unshare-pid", "--unshare-ipc", "--unshare-uts", "--die-with-parent", "--new-session"):
         assert flag in args
@@ -109,9 +110,16 @@ def test_bwrap_view_is_explicit(tmp_path):
 
 def test_bwrap_without_root_needs_a_user_namespace(tmp_path):
     args = bwrap.bwrap_args(
-        _spec(tmp_path), runtime_dirs=[], devices=gpu_devices.GpuDevices((), (), ()), hostname="box", as_root=False
+        _spec(tmp_path),
+        runtime_dirs=[],
+        devices=gpu_devices.GpuDevices((), (), ()),
+        hostname="box",
+        as_root=False,
+        seccomp_fd=7,
     )
     assert "--unshare-user" in args
+    assert "--disable-userns" in args  # and no user namespace inside that one (bubblewrap >= 0.8)
+    assert args[args.index("--seccomp") + 1] == "7"
 
 
 def test_privileges_are_dropped_for_good():
@@ -224,6 +232,9 @@ def test_docker_run_is_locked_down(tmp_path):
     writable = [m for m in mounts if not m.endswith(",readonly")]
     assert sorted(writable) == sorted(f"type=bind,source={p},target={p}" for p in spec.writable)
     assert "--privileged" not in args and "--pid=host" not in joined and "--ipc=host" not in joined
+    # The daemon's seccomp profile applies: nothing turns it off or swaps it (DockerRuntime checks the daemon's).
+    assert [args[i + 1] for i, a in enumerate(args) if a == "--security-opt"] == ["no-new-privileges"]
+    assert "--userns" not in joined
     no_gpu = docker.docker_run_args(_spec(tmp_path), image="i", host_dirs=[], hostname="box")
     assert "--gpus" not in no_gpu
     # Without the NVIDIA Container Toolkit: exactly the leased GPUs' nodes, nothing else.
