@@ -117,10 +117,9 @@ class BuyerApi:
                 return assignments
 
             leases, summary = await backend.reserve(cid, spec, place)
-            if (
-                placed and placed[0].request.python_version
-            ):  # the Python its nodes run (placement chose it), stored with its spec: later nodes match it
-                spec = spec.model_copy(update={"python_version": placed[0].request.python_version})
+            python = placed[0].request.python_version if placed else None
+            if python:  # the Python its nodes run (placement chose it), kept with its spec: later nodes match it
+                spec = spec.model_copy(update={"python_version": python})
             await self._store.create_cluster(
                 cluster={
                     "id": cid,

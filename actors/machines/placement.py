@@ -250,7 +250,7 @@ def place(machines: list[MachineCapacity], requests: list[NodeRequest]) -> list[
     wins (then the newest Ray, then the newest Python). Within one runtime, workers go first, biggest first;
     the head last; each on the machine it ranks first (rank).
     """
-    if all(r.runtime is not None for r in requests):
+    if not machines or all(r.runtime is not None for r in requests):
         return _place(machines, requests)
     runtimes = sorted(
         {m.runtime for m in machines if all(r.runs_on(m.runtime) for r in requests)},
@@ -264,12 +264,8 @@ def place(machines: list[MachineCapacity], requests: list[NodeRequest]) -> list[
             failures.append(exc)
     if placed:
         return min(placed, key=_hourly_cost)  # min keeps the first of equal costs: the newest
-    if failures or not machines:
-        raise (
-            failures[0]
-            if failures
-            else InsufficientCapacity(_shortage_message(machines, requests, requests[0], machines), available={})
-        )
+    if failures:
+        raise failures[0]  # the newest runtime's shortage, naming it
     raise InsufficientCapacity(_no_runtime_message(machines, requests), available=summarize(machines))
 
 
