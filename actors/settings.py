@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import importlib.metadata
 from pathlib import Path
 from typing import Annotated
 
@@ -14,6 +16,13 @@ NAMESPACE = "dcluster"
 
 
 DB_FILE = "platform.db"  # the SQLite database, in the state dir
+
+
+@functools.cache
+def launchable_ray_versions() -> tuple[str, ...]:
+    """The Ray versions the platform launches clusters of: the launcher runs the platform's own Ray, and a head
+    of another version would not take its commands. A cluster's spec may ask for one of these."""
+    return (importlib.metadata.version("ray"),)
 
 
 class PlatformSettings(domain.StrictModel):

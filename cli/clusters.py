@@ -26,6 +26,8 @@ CREATE_FLAGS = {
     "max_price_per_cpu_hour": "--max-price-per-cpu-hour",
     "min_reliability": "--min-reliability",
     "verified_gpus_only": "--verified-gpus-only",
+    "ray_version": "--ray-version",
+    "python_version": "--python-version",
 }
 
 
@@ -44,7 +46,13 @@ def cluster_body(args: argparse.Namespace) -> dict:
         body["gpu_model"] = args.gpu_model
     if args.name:
         body["name"] = args.name
-    for field in ("max_price_per_gpu_hour", "max_price_per_cpu_hour", "min_reliability"):
+    for field in (
+        "max_price_per_gpu_hour",
+        "max_price_per_cpu_hour",
+        "min_reliability",
+        "ray_version",
+        "python_version",
+    ):
         if getattr(args, field, None) is not None:
             body[field] = getattr(args, field)
     if getattr(args, "verified_gpus_only", False):
@@ -302,6 +310,16 @@ def add_cluster(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--verified-gpus-only",
         action="store_true",
         help="GPU workers only on machines whose GPUs a check lease verified (`dcluster offers` counts them)",
+    )
+    c.add_argument(
+        "--ray-version",
+        metavar="X.Y.Z",
+        help="the Ray version every node runs, one the platform launches (default: the platform's own)",
+    )
+    c.add_argument(
+        "--python-version",
+        metavar="3.N",
+        help="the Python minor version every node runs, e.g. 3.11, as your Ray client's (default: any)",
     )
     _wait_args(c, "show its events until it runs, then print its environment (`export` lines)")
     exits.json_arg(c)

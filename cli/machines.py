@@ -58,6 +58,8 @@ def offer_rows(offers: list[dict]) -> tuple[list[str], list[list]]:
                 _range(o["price_per_cpu_hour_min"], o["price_per_cpu_hour_max"], "{:.3f}"),
                 _range(o["reliability_min"], o["reliability_max"], "{:.2f}"),
                 "yes" if o["sandboxed"] else "NO",
+                f"{o.get('ray_version') or '?'} / {o.get('python_version') or '?'}"
+                + ("" if o.get("launchable", True) else " (not launched here)"),
             ]
         )
     return [
@@ -70,6 +72,7 @@ def offer_rows(offers: list[dict]) -> tuple[list[str], list[list]]:
         "$/CPU-h",
         "reliability",
         "sandboxed",
+        "Ray / Python",
     ], rows
 
 
@@ -94,6 +97,6 @@ def list_machines(args: argparse.Namespace) -> int:
 
 
 def add_offers(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = sub.add_parser("offers", help="online capacity by GPU model: prices, reliability, verified GPUs")
+    p = sub.add_parser("offers", help="online capacity by GPU model and Ray/Python: prices, reliability, verified GPUs")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     return p

@@ -163,6 +163,7 @@ def cluster_details(c: Mapping, now: float) -> str:
         f"  expires:  {clock_time(c.get('expires_at'))}",
         f"  ended:    {clock_time(c.get('ended_at'))}",
         f"  head IP:  {c.get('head_node_ip') or '-'}",
+        f"  runs:     Ray {c.get('ray_version') or '-'} on Python {c.get('python_version') or '-'}",
     ]
     nodes = c.get("nodes") or []
     if nodes:

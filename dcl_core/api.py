@@ -203,6 +203,12 @@ class Offer(Strict):
         description="False: these machines run leases unsandboxed, as their agent's own user "
         "(`dcluster-agent --runtime none`)"
     )
+    ray_version: str = Field(description="The Ray version a lease runs on these machines ('' unknown)")
+    python_version: str = Field(description="The Python minor version a lease runs on them, e.g. '3.11'")
+    launchable: bool = Field(
+        description="Whether the platform launches clusters of this Ray version (ClusterSpec.ray_version): "
+        "a cluster's nodes all run its Ray version and one Python minor version"
+    )
     machines: int
     gpus: int
     cpus: int
@@ -254,6 +260,10 @@ class ClusterPublic(Strict):
     backend: str
     max_price_per_gpu_hour: float | None = None
     max_price_per_cpu_hour: float | None = None
+    ray_version: str | None = Field(None, description="The Ray version every node runs (None: set before it was kept)")
+    python_version: str | None = Field(
+        None, description="The Python minor version every node runs (None: not placed on machines yet)"
+    )
     created_at: float
     expires_at: float
     running_at: float | None

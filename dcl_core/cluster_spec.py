@@ -8,6 +8,8 @@ from pydantic import Field
 
 from dcl_core import domain, ids
 
+RAY_VERSION_PATTERN = r"^[0-9][0-9a-z.+-]{0,31}$"
+PYTHON_MINOR_PATTERN = r"^3\.[0-9]{1,2}$"
 MIN_DURATION_S = 60
 MAX_DURATION_S = 7 * 24 * 3600
 
@@ -74,5 +76,23 @@ class ClusterSpec(domain.StrictModel):
             description="Container image of every node (machines with the docker "
             "runtime); it must have the platform's Ray and Python "
             "versions. Default: the platform image",
+        ),
+    ] = None
+    ray_version: Annotated[
+        str | None,
+        Field(
+            default=None,
+            pattern=RAY_VERSION_PATTERN,
+            description="The Ray version every node runs, one the platform can launch (GET /v1/offers names them); "
+            "default: the platform's own. Every node runs on a machine whose leases run it",
+        ),
+    ] = None
+    python_version: Annotated[
+        str | None,
+        Field(
+            default=None,
+            pattern=PYTHON_MINOR_PATTERN,
+            description="The Python minor version every node runs, e.g. '3.11' (a Ray client must use the same); "
+            "default: the one of the machines chosen. Set by the platform when the nodes are placed",
         ),
     ] = None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from typing import Annotated, Literal, get_args
+from typing import Annotated, Literal, NamedTuple, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -174,6 +174,27 @@ UNSANDBOXED = "none"
 UNSANDBOXED_FLAG = "--i-understand-leases-are-unsandboxed"
 
 
+def python_minor(version: str) -> str:
+    """'3.11.4' → '3.11' (Ray needs every node of a cluster on the same Python minor version); '' unknown."""
+    parts = version.split(".")
+    return ".".join(parts[:2]) if len(parts) >= 2 and all(p.isdigit() for p in parts[:2]) else ""
+
+
+class LeaseRuntime(NamedTuple):
+    """The Ray version and Python minor version a lease runs on a machine: every node of a cluster runs the same
+    (a Ray node joins a cluster of its own Ray version and Python minor version only). '' where unknown."""
+
+    ray: str
+    python: str  # major.minor
+
+    def __str__(self) -> str:
+        return f"Ray {self.ray or '(unknown)'} on Python {self.python or '(unknown)'}"
+
+    def newest_first(self) -> tuple[tuple[int, ...], ...]:
+        """A sort key: newer Ray first, then newer Python (unknown parts last)."""
+        return tuple(tuple(-int(p) if p.isdigit() else 1 for p in v.split(".")) for v in self)
+
+
 class MachineSpec(StrictModel):
     """What the agent found (or was told) about its machine."""
 
@@ -186,8 +207,12 @@ class MachineSpec(StrictModel):
     gpus_declared: Annotated[bool, Field(description="True when GPUs were declared with --gpus, not detected")] = False
     driver_version: Annotated[str | None, Field(max_length=64)] = None
     cuda_version: Annotated[str | None, Field(max_length=32)] = None
-    ray_version: Annotated[str, Field(max_length=32)] = ""
-    python_version: Annotated[str, Field(max_length=32)] = ""
+    ray_version: Annotated[
+        str, Field(max_length=32, description="The Ray a lease runs here (the agent's, or its docker image's)")
+    ] = ""
+    python_version: Annotated[
+        str, Field(max_length=32, description="The Python a lease runs here (the agent's, or its docker image's)")
+    ] = ""
     sandbox: Annotated[
         SandboxRuntime,
         Field(description="Where leases run: a container, a bubblewrap sandbox, or (none) as the agent's own user"),
@@ -201,6 +226,10 @@ class MachineSpec(StrictModel):
     def gpu_model(self) -> str | None:
         """The machine's GPU model, or None for a CPU-only machine."""
         return self.gpus[0].model if self.gpus else None
+
+    @property
+    def lease_runtime(self) -> LeaseRuntime:
+        return LeaseRuntime(self.ray_version, python_minor(self.python_version))
 
 
 class MachineUsage(StrictModel):

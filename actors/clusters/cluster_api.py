@@ -15,8 +15,9 @@ from actors.clusters import usage as usage_mod
 from actors.clusters.events import ClusterEvents
 from actors.db import cluster_store as cstore
 from actors.db import database, records
+from actors.machines import placement
 from actors.machines.placer import Placer
-from actors.settings import PlatformSettings
+from actors.settings import PlatformSettings, launchable_ray_versions
 from dcl_core import domain, errors, ids
 from dcl_core.cluster_spec import ClusterSpec
 
@@ -50,6 +51,21 @@ async def read_clusters(
         except errors.DClusterError as exc:
             answers.append(exc)
     return answers
+
+
+def with_ray_version(spec: ClusterSpec) -> ClusterSpec:
+    """The spec with the Ray version its cluster runs: the one asked for, if the platform can launch it (400
+    naming those it can otherwise), else the platform's own."""
+    launchable = launchable_ray_versions()
+    if spec.ray_version is None:
+        return spec.model_copy(update={"ray_version": launchable[0]})
+    if spec.ray_version not in launchable:
+        raise errors.InvalidInput(
+            f"ray_version {spec.ray_version} cannot be launched here: this platform launches clusters of Ray "
+            + ", ".join(launchable)
+            + " (its launcher runs its own Ray)"
+        )
+    return spec
 
 
 class BuyerApi:
@@ -86,13 +102,24 @@ class BuyerApi:
 
     async def create_cluster(self, principal: auth.Principal, spec: ClusterSpec) -> dict[str, Any]:
         views.require_buyer(principal)
+        spec = with_ray_version(spec)
         backend = self._backend(spec)
         backend.check(spec)
         now = self._clock()
         cid = ids.new_cluster_id()
         async with self._placement_lock:  # quota checks and placements see each other's reservations
             await self._quotas.check(principal.account_id, quotas.cluster_demand(spec))
-            leases, summary = await backend.reserve(cid, spec, self._placer.place)
+            placed: list[placement.Assignment] = []
+
+            async def place(cluster_id: str, requests: list[placement.NodeRequest]) -> list[placement.Assignment]:
+                assignments = await self._placer.place(cluster_id, requests)
+                placed.extend(assignments)
+                return assignments
+
+            leases, summary = await backend.reserve(cid, spec, place)
+            python = placed[0].request.python_version if placed else None
+            if python:  # the Python its nodes run (placement chose it), kept with its spec: later nodes match it
+                spec = spec.model_copy(update={"python_version": python})
             await self._store.create_cluster(
                 cluster={
                     "id": cid,

@@ -118,6 +118,8 @@ def public_cluster(cluster: records.Cluster, leases: list[records.Lease]) -> dic
         "backend": spec.backend,
         "max_price_per_gpu_hour": spec.max_price_per_gpu_hour,
         "max_price_per_cpu_hour": spec.max_price_per_cpu_hour,
+        "ray_version": spec.ray_version,
+        "python_version": spec.python_version,
         "created_at": cluster.created_at,
         "expires_at": cluster.expires_at,
         "running_at": cluster.running_at,

@@ -63,6 +63,8 @@ PLACEMENT_MACHINE = sa.select(
     machines.c.leases_completed,
     machines.c.leases_lost,
     machines.c.gpu_check,
+    machines.c.ray_version,
+    machines.c.python_version,
     accounts.c.username.label("provider"),
 ).join_from(machines, accounts, accounts.c.id == machines.c.provider_id)
 # The reads of a cluster and its leases are on the fast path (database.prepared): the API answers every

@@ -52,6 +52,9 @@ machines = sa.Table(
     sa.Column("gpu_check_lease", sa.Text),
     # when what placement reads of it last changed (actors.machines.machine_index reads only those again)
     sa.Column("changed_at", Seconds, nullable=False, server_default="0"),
+    # domain.LeaseRuntime: the Ray version and Python minor version a lease runs on it ('' unknown)
+    sa.Column("ray_version", sa.Text, nullable=False, server_default=""),
+    sa.Column("python_version", sa.Text, nullable=False, server_default=""),
     sa.UniqueConstraint("provider_id", "machine_key"),
     sa.Index("machines_status", "status", "gpu_model"),
     sa.Index("machines_changed", "changed_at"),

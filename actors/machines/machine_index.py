@@ -26,8 +26,8 @@ _ORDERS = (_WORKER_GPU, _WORKER_CPU, _HEAD)
 
 # A machine's place in one order (price or free GPUs first, then free CPUs, then its id).
 SortKey = tuple[float, int, int, str] | tuple[int, int, str]
-# Machines with the same GPU model and free GPUs: (GPU model or None, free GPUs).
-Bucket = tuple[str | None, int]
+# Machines whose leases run the same Ray and Python, with the same GPU model and free GPUs.
+Bucket = tuple[domain.LeaseRuntime, str | None, int]
 
 
 def _key(order: str, row: dict[str, Any], free_gpus: int, free_cpus: int) -> SortKey:
@@ -39,8 +39,9 @@ def _key(order: str, row: dict[str, Any], free_gpus: int, free_cpus: int) -> Sor
 
 
 def _may_fit(bucket: Bucket, r: placement.NodeRequest) -> bool:
-    model, free_gpus = bucket
-    return not r.gpus or (free_gpus >= r.gpus and (not r.gpu_model or model == r.gpu_model))
+    runtime, model, free_gpus = bucket
+    fits_gpus = not r.gpus or (free_gpus >= r.gpus and (not r.gpu_model or model == r.gpu_model))
+    return fits_gpus and r.runs_on(runtime)
 
 
 def _order_of(request: placement.NodeRequest) -> str:
@@ -52,7 +53,8 @@ def _order_of(request: placement.NodeRequest) -> str:
 class MachineIndex:
     """Machines rows by id (as ClusterStore.placement_machines returns them, each with `as_of`: when its
     reliability inputs were read), the leases holding capacity (by id: what a lease holds never changes
-    while it lives), and every machine's free capacity, kept sorted in buckets by GPU model and free GPUs
+    while it lives), and every machine's free capacity, kept sorted in buckets by what its leases run (Ray
+    and Python), GPU model and free GPUs
     as placement.rank orders them for a GPU worker, a CPU worker and a head. A lease or a row that changes
     moves its machine in the sorted orders (a bisection), so a placement costs the same among 100,000
     machines and 10,000 leases as among 100."""
@@ -62,7 +64,7 @@ class MachineIndex:
         self._leases: dict[str, dict[str, Any]] = {}  # lease id → holding (machine_id, cluster_id, gpus, cpus)
         self._by_machine: dict[str, dict[str, dict[str, Any]]] = collections.defaultdict(dict)
         self._by_cluster: dict[str, dict[str, dict[str, Any]]] = collections.defaultdict(dict)
-        # (GPU model, free GPUs) → each order → the keys of its machines, sorted.
+        # (Ray and Python, GPU model, free GPUs) → each order → the keys of its machines, sorted.
         self._buckets: dict[Bucket, dict[str, list[SortKey]]] = {}
         self._placed: dict[
             str, tuple[Bucket, dict[str, SortKey]]
@@ -151,7 +153,7 @@ class MachineIndex:
     def _file(self, mid: str, sort: bool = True) -> None:
         row = self._rows[mid]
         gpus, cpus = self._free(mid)
-        bucket = (row["gpu_model"] if row["gpus"] else None, len(gpus))
+        bucket = (placement.runtime_of(row), row["gpu_model"] if row["gpus"] else None, len(gpus))
         orders = self._buckets.setdefault(bucket, {order: [] for order in _ORDERS})
         keys = {order: _key(order, row, len(gpus), cpus) for order in _ORDERS}
         for order, key in keys.items():
@@ -194,6 +196,7 @@ class MachineIndex:
             leases_of_cluster,
             self.reliability(row, now),
             gpus_verified=row.get("gpu_check") == domain.GpuVerification.VERIFIED.value,
+            runtime=placement.runtime_of(row),
         )
 
     def candidates(
@@ -208,8 +211,9 @@ class MachineIndex:
         (`unplaceable`: not online, or held by a GPU check):
         those with this cluster's nodes on them (placement spreads away from them), and for each kind of
         request the best len(requests) of the others that fit it, along the sorted orders (no more can be
-        taken by the requests placed before it). Machines in `avoid` are not counted among the best but
-        come along (placement.replacement falls back on them)."""
+        taken by the requests placed before it); a request whose cluster has not chosen its Ray and Python yet
+        counts for each runtime it may run on (placement.place tries each). Machines in `avoid` are not
+        counted among the best but come along (placement.replacement falls back on them)."""
         want = len(requests) + len(avoid)
         mine = collections.Counter(l["machine_id"] for l in self._by_cluster.get(cluster_id, {}).values())
         chosen = {
@@ -218,7 +222,8 @@ class MachineIndex:
         for mid in avoid:
             if mid in self._rows and mid not in unplaceable and mid not in chosen:
                 chosen[mid] = self.capacity(mid, now)
-        for r in dict.fromkeys(requests):
+        runtimes = {bucket[0] for bucket in self._buckets}
+        for r in self._per_runtime(requests, runtimes):
             order, found = _order_of(r), 0
             for key in heapq.merge(*(orders[order] for bucket, orders in self._buckets.items() if _may_fit(bucket, r))):
                 mid = key[-1]
@@ -231,3 +236,16 @@ class MachineIndex:
                     if found >= want:
                         break
         return list(chosen.values())
+
+    @staticmethod
+    def _per_runtime(
+        requests: list[placement.NodeRequest], runtimes: set[domain.LeaseRuntime]
+    ) -> list[placement.NodeRequest]:
+        """Each distinct request, pinned to each runtime it may run on where its cluster has not chosen one."""
+        found: dict[placement.NodeRequest, None] = {}
+        for r in requests:
+            if r.runtime is not None:
+                found[r] = None
+            else:
+                found.update((r.pinned(rt), None) for rt in sorted(runtimes) if r.runs_on(rt))
+        return list(found)

@@ -1,10 +1,12 @@
-"""The marketplace view: online capacity grouped by GPU model (pure functions)."""
+"""The marketplace view: online capacity grouped by GPU model, sandboxing and what a lease runs (pure
+functions)."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
+from actors.machines import placement
 from dcl_core import domain
 
 
@@ -16,18 +18,23 @@ def sandboxed(machine: dict[str, Any]) -> bool:
     return bool(spec.get("sandbox", domain.UNSANDBOXED) != domain.UNSANDBOXED)
 
 
-def group_offers(machines: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Machines rows (online only) → one offer per GPU model and sandboxing, CPU-only machines under None;
-    each row's `gpu_verification` status (a domain.GpuVerification value) is counted per group."""
-    groups: dict[tuple[str | None, bool], dict[str, Any]] = {}
+def group_offers(machines: list[dict[str, Any]], launchable_ray: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Machines rows (online only) → one offer per GPU model, sandboxing, Ray version and Python minor version
+    (a cluster's nodes all run the same), CPU-only machines under None; each row's `gpu_verification` status (a
+    domain.GpuVerification value) is counted per group. launchable_ray: the Ray versions clusters may run."""
+    groups: dict[tuple[str | None, bool, domain.LeaseRuntime], dict[str, Any]] = {}
     for m in machines:
         model = m["gpu_model"] if m["gpus"] else None
         safe = sandboxed(m)
+        runtime = placement.runtime_of(m)
         g = groups.setdefault(
-            (model, safe),
+            (model, safe, runtime),
             {
                 "gpu_model": model,
                 "sandboxed": safe,
+                "ray_version": runtime.ray,
+                "python_version": runtime.python,
+                "launchable": runtime.ray in launchable_ray,
                 "machines": 0,
                 "gpus": 0,
                 "cpus": 0,
@@ -62,5 +69,17 @@ def group_offers(machines: list[dict[str, Any]]) -> list[dict[str, Any]]:
             reliability_max=max(reliability),
         )
         result.append(g)
-    # GPU models first (most GPUs first), CPU-only last; sandboxed machines before unsandboxed ones.
-    return sorted(result, key=lambda g: (g["gpu_model"] is None, -g["gpus"], g["gpu_model"] or "", not g["sandboxed"]))
+    # GPU models first, CPU-only last; what a cluster can run before what it cannot; most GPUs first; sandboxed
+    # machines before unsandboxed ones.
+    return sorted(
+        result,
+        key=lambda g: (
+            g["gpu_model"] is None,
+            not g["launchable"],
+            -g["gpus"],
+            g["gpu_model"] or "",
+            not g["sandboxed"],
+            g["ray_version"],
+            g["python_version"],
+        ),
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 from collections.abc import Callable
 from typing import Any
@@ -26,6 +27,7 @@ class MachineCapacity:
     leases_of_cluster: int = 0  # spread: prefer machines this cluster does not use yet
     reliability: float = 1.0  # actors.machines.reputation's score
     gpus_verified: bool = False  # a check lease saw the GPUs it claims (domain.GpuVerification.VERIFIED)
+    runtime: domain.LeaseRuntime = domain.LeaseRuntime("", "")  # the Ray and Python a lease runs there
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +41,26 @@ class NodeRequest:
     max_price: float | None = None
     min_reliability: float | None = None  # the buyer's floor: None, any machine
     verified_only: bool = False  # only machines whose GPUs were verified (GPU nodes)
+    # The cluster's Ray version and Python minor version (None: not chosen yet; place chooses one machine set
+    # that runs the same for every node of the cluster).
+    ray_version: str | None = None
+    python_version: str | None = None
+
+    @property
+    def runtime(self) -> domain.LeaseRuntime | None:
+        """What every node of the cluster runs, once both are chosen."""
+        if self.ray_version is None or self.python_version is None:
+            return None
+        return domain.LeaseRuntime(self.ray_version, self.python_version)
+
+    def runs_on(self, runtime: domain.LeaseRuntime) -> bool:
+        """Whether a machine whose leases run `runtime` may take this node."""
+        return (self.ray_version is None or runtime.ray == self.ray_version) and (
+            self.python_version is None or runtime.python == self.python_version
+        )
+
+    def pinned(self, runtime: domain.LeaseRuntime) -> NodeRequest:
+        return dataclasses.replace(self, ray_version=runtime.ray, python_version=runtime.python)
 
     def price_of(self, m: MachineCapacity) -> float:
         """What this node costs per billed unit-hour on machine m."""
@@ -88,9 +110,15 @@ def capacities(
                 m["price_per_cpu_hour"],
                 reliability=m.get("reliability", 1.0),
                 gpus_verified=m.get("gpu_check") == domain.GpuVerification.VERIFIED.value,
+                runtime=runtime_of(m),
             )
         )
     return result
+
+
+def runtime_of(machine: dict[str, Any]) -> domain.LeaseRuntime:
+    """A machines row's lease runtime (the columns placement reads)."""
+    return domain.LeaseRuntime(machine.get("ray_version") or "", machine.get("python_version") or "")
 
 
 def node_request(
@@ -103,11 +131,19 @@ def node_request(
     max_price_per_cpu_hour: float | None = None,
     min_reliability: float | None = None,
     verified_gpus_only: bool = False,
+    ray_version: str | None = None,
+    python_version: str | None = None,
 ) -> NodeRequest:
     """One node of a cluster: the head (CPU-only, billed per CPU-hour) or a worker as the spec asks."""
     if role == domain.NodeRole.HEAD:
         return NodeRequest(
-            domain.NodeRole.HEAD.value, 0, HEAD_CPUS, max_price=max_price_per_cpu_hour, min_reliability=min_reliability
+            domain.NodeRole.HEAD.value,
+            0,
+            HEAD_CPUS,
+            max_price=max_price_per_cpu_hour,
+            min_reliability=min_reliability,
+            ray_version=ray_version,
+            python_version=python_version,
         )
     return NodeRequest(
         domain.NodeRole.WORKER.value,
@@ -117,6 +153,8 @@ def node_request(
         max_price=max_price_per_gpu_hour if gpus_per_worker else max_price_per_cpu_hour,
         min_reliability=min_reliability,
         verified_only=verified_gpus_only and gpus_per_worker > 0,
+        ray_version=ray_version,
+        python_version=python_version,
     )
 
 
@@ -131,6 +169,8 @@ def cluster_requests(
     max_price_per_cpu_hour: float | None = None,
     min_reliability: float | None = None,
     verified_gpus_only: bool = False,
+    ray_version: str | None = None,
+    python_version: str | None = None,
 ) -> list[NodeRequest]:
     worker, head = (
         node_request(
@@ -142,6 +182,8 @@ def cluster_requests(
             max_price_per_cpu_hour=max_price_per_cpu_hour,
             min_reliability=min_reliability,
             verified_gpus_only=verified_gpus_only,
+            ray_version=ray_version,
+            python_version=python_version,
         )
         for role in (domain.NodeRole.WORKER, domain.NodeRole.HEAD)
     )
@@ -149,7 +191,8 @@ def cluster_requests(
 
 
 def spec_request(spec: ClusterSpec, role: str) -> NodeRequest:
-    """One node of the cluster the spec describes, at its buyer's price ceilings (stored with the spec)."""
+    """One node of the cluster the spec describes, at its buyer's price ceilings, on its Ray and Python (stored
+    with the spec once its nodes were first placed)."""
     return node_request(
         role,
         spec.gpus_per_worker,
@@ -159,6 +202,8 @@ def spec_request(spec: ClusterSpec, role: str) -> NodeRequest:
         max_price_per_cpu_hour=spec.max_price_per_cpu_hour,
         min_reliability=spec.min_reliability,
         verified_gpus_only=spec.verified_gpus_only,
+        ray_version=spec.ray_version,
+        python_version=spec.python_version,
     )
 
 
@@ -181,7 +226,12 @@ def _trusted(m: MachineCapacity, r: NodeRequest) -> bool:
 
 
 def fits(m: MachineCapacity, r: NodeRequest) -> bool:
-    return _fits_resources(m, r) and (r.max_price is None or r.price_of(m) <= r.max_price) and _trusted(m, r)
+    return (
+        r.runs_on(m.runtime)
+        and _fits_resources(m, r)
+        and (r.max_price is None or r.price_of(m) <= r.max_price)
+        and _trusted(m, r)
+    )
 
 
 def rank(r: NodeRequest) -> Callable[[MachineCapacity], tuple[Any, ...]]:
@@ -195,8 +245,38 @@ def rank(r: NodeRequest) -> Callable[[MachineCapacity], tuple[Any, ...]]:
 def place(machines: list[MachineCapacity], requests: list[NodeRequest]) -> list[Assignment]:
     """Assigns every request to a machine, or raises InsufficientCapacity naming what is available.
 
-    Workers go first, biggest first; the head last; each on the machine it ranks first (rank).
+    Every node of a cluster runs one Ray version and Python minor version: requests that have not chosen
+    theirs are placed on the machines of each runtime they may run on in turn, and the cheapest placement
+    wins (then the newest Ray, then the newest Python). Within one runtime, workers go first, biggest first;
+    the head last; each on the machine it ranks first (rank).
     """
+    if not machines or all(r.runtime is not None for r in requests):
+        return _place(machines, requests)
+    runtimes = sorted(
+        {m.runtime for m in machines if all(r.runs_on(m.runtime) for r in requests)},
+        key=domain.LeaseRuntime.newest_first,
+    )
+    placed, failures = [], []
+    for runtime in runtimes:
+        try:
+            placed.append(_place(machines, [r.pinned(runtime) for r in requests]))
+        except InsufficientCapacity as exc:
+            failures.append(exc)
+    if placed:
+        return min(placed, key=_hourly_cost)  # min keeps the first of equal costs: the newest
+    if failures:
+        raise failures[0]  # the newest runtime's shortage, naming it
+    raise InsufficientCapacity(_no_runtime_message(machines, requests), available=summarize(machines))
+
+
+def _hourly_cost(assignments: list[Assignment]) -> float:
+    return sum(
+        a.price_per_gpu_hour * a.request.gpus if a.request.gpus else a.price_per_cpu_hour * a.request.cpus
+        for a in assignments
+    )
+
+
+def _place(machines: list[MachineCapacity], requests: list[NodeRequest]) -> list[Assignment]:
     # Copy-on-pick: of 10,000 machines only the few chosen are copied and changed.
     picked: dict[str, MachineCapacity] = {}
     ordered = sorted(requests, key=lambda r: (r.role == domain.NodeRole.HEAD, -r.gpus, -r.cpus))
@@ -263,6 +343,12 @@ def _shortage_message(
         f"not enough capacity for {want} plus a head ({failed.role} could not be placed); "
         f"online now: {len(machines)} machine(s) with {free_gpus} free GPU(s) and {free_cpus} free CPU(s)"
     )
+    if failed.runtime is not None:
+        running = sum(1 for m in machines if m.runtime == failed.runtime)
+        message += (
+            f"; every node of a cluster runs the same Ray and Python minor version, here {failed.runtime}: "
+            f"{running} of the {len(machines)} machine(s) run it"
+        )
     if failed.min_reliability is not None:
         reliabilities = [m.reliability for m in left if _fits_resources(m, failed)]
         message += f"; a reliability of at least {failed.min_reliability:g} was asked: " + (
@@ -284,6 +370,17 @@ def _shortage_message(
             else f"no machine fits the {failed.role} at any price"
         )
     return message
+
+
+def _no_runtime_message(machines: list[MachineCapacity], requests: list[NodeRequest]) -> str:
+    r = requests[0]
+    asked = f"Ray {r.ray_version}" if r.ray_version is not None else "one Ray version"
+    if r.python_version is not None:
+        asked += f" on Python {r.python_version}"
+    counts = collections.Counter(str(m.runtime) for m in machines)
+    return f"not enough capacity: no online machine runs {asked}; online: " + ", ".join(
+        f"{n} machine(s) with {runtime}" for runtime, n in sorted(counts.items())
+    )
 
 
 def lease_row(a: Assignment) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from actors.access import throttle as throttle_mod
 from actors.db import database
 from actors.db import store as store_mod
 from actors.machines import gpu_verification, liveness, offers, reputation, work_channel
-from actors.settings import PlatformSettings
+from actors.settings import PlatformSettings, launchable_ray_versions
 from dcl_core import domain, errors, ids, protocol
 
 logger = logging.getLogger(__name__)
@@ -355,7 +355,7 @@ def _offers_of(rows: list[dict[str, Any]], now: float, cutoff: float) -> list[di
     for r in leasable:  # fresh rows of this call: scored in place
         r["reliability"] = reputation.of_machine(r, now)
         r["gpu_verification"] = gpu_verification.status(r)
-    return offers.group_offers(leasable)
+    return offers.group_offers(leasable, launchable_ray_versions())
 
 
 def _provider_scope(principal: auth.Principal) -> int | None:

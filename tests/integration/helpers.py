@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 
 from dcl_core import domain
+from tests import lease_versions
 from tests.waiting import wait_for  # noqa: F401 (re-exported for the integration tests)
 from worker import procs
 
@@ -196,6 +197,7 @@ class FakeMachines:
             "memory_mb": 4096,
             "gpus_declared": True,
             "gpus": [{"index": i, "model": model, "memory_mb": 16000} for i in range(gpus)],
+            **lease_versions.SPEC_FIELDS,
         }
 
     def _beat(self, machine_id: str) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from dcl_core import domain
+from tests import lease_versions
 from tests.integration.helpers import Api, LocalAgent, wait_for
 
 pytestmark = pytest.mark.slow
@@ -39,6 +41,13 @@ def test_agent_registers_heartbeats_goes_offline_and_comes_back(agents):
     offers = provider.get("/v1/offers").json()
     test_gpu = next(o for o in offers if o["gpu_model"] == "Test GPU 24GB")
     assert test_gpu["gpus"] >= 2 and test_gpu["price_per_gpu_hour_max"] >= 0.75
+    # Grouped by what its leases run (the agent's own Ray and Python here), which the platform launches.
+    here = domain.python_minor(lease_versions.PYTHON)
+    assert (test_gpu["ray_version"], test_gpu["python_version"], test_gpu["launchable"]) == (
+        lease_versions.RAY,
+        here,
+        True,
+    )
 
     agent.kill9()  # no graceful leave: the platform notices the silence
     wait_for(lambda: machines_of(provider)[0]["status"] == "offline", timeout_s=15, what="machine offline")

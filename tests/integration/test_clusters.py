@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from dcl_core import domain
+from tests import lease_versions
 from tests.integration.helpers import Api, wait_for
 from worker import procs
 
@@ -61,6 +63,9 @@ def test_cluster_runs_jobs_with_its_token_only(market, platform, tmp_path):
     assert r.json()["status"] in ("pending", "provisioning")
     cluster = wait_status(buyer, cid, "running")
     assert cluster["workers_joined"] == 2
+    # The real agents report what their leases run: the cluster runs the platform's Ray on their Python.
+    here = domain.python_minor(lease_versions.PYTHON)
+    assert (cluster["ray_version"], cluster["python_version"]) == (lease_versions.RAY, here)
     workers = [n for n in cluster["nodes"] if n["role"] == "worker"]
     assert sorted(n["machine_id"] for n in workers) == sorted(market)  # spread over both machines
 
@@ -172,11 +177,15 @@ def test_bad_cluster_requests_are_4xx(platform):
         {"num_workers": 1, "duration_s": 600, "backend": "gcp"},
         {"num_workers": 1, "duration_s": 600, "surprise": 1},
         {"num_workers": "two", "duration_s": 600},
+        {"num_workers": 1, "duration_s": 600, "ray_version": "latest"},
+        {"num_workers": 1, "duration_s": 600, "python_version": "3.11.4"},
     ):
         r = buyer.post("/v1/clusters", json=body)
         assert r.status_code == 422, (body, r.text)
     r = buyer.post("/v1/clusters", json={"num_workers": 1, "duration_s": 600, "backend": "aws"})
     assert r.status_code == 400 and "aws" in r.json()["detail"]
+    r = buyer.post("/v1/clusters", json={"num_workers": 1, "duration_s": 600, "ray_version": "2.9.3"})
+    assert r.status_code == 400 and f"launches clusters of Ray {lease_versions.RAY}" in r.json()["detail"], r.text
     provider = Api.sign_up(platform.url, "provider")
     assert provider.post("/v1/clusters", json={"num_workers": 1, "duration_s": 600}).status_code == 403
     assert buyer.get("/v1/clusters/not-an-id").status_code == 422

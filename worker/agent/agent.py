@@ -293,7 +293,12 @@ class Agent:
 
     def _register(self) -> None:
         # Detected again on each registration: drivers and GPUs change over days.
-        self.spec = self._detect().model_copy(update={"sandbox": self.leases.runtime.name})
+        runtime = self.leases.runtime
+        update: dict[str, str] = {"sandbox": runtime.name}
+        versions = runtime.lease_versions()  # leases in a docker image run its Ray and Python, not the agent's
+        if versions is not None:
+            update.update(ray_version=versions[0], python_version=versions[1])
+        self.spec = self._detect().model_copy(update=update)
         name = self.settings.name or machine_name(self.spec.hostname)
         answer = self.client.register_machine(
             self.machine_key, name, self.spec, self.settings.price_per_gpu_hour, self.settings.price_per_cpu_hour

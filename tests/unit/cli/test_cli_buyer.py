@@ -455,7 +455,10 @@ def test_token_refused_by_platform_exits_3(fake, capsys, tmp_path):
 
 def test_create_wait_prints_events_then_an_evalable_environment(fake, capsys, tmp_path):
     login(capsys, tmp_path)
-    code, out, err = run(capsys, "cluster", "create", "--workers", "2", "--duration", "30m", "--name", "exp", "--wait")
+    code, out, err = run(
+        capsys, "cluster", "create", "--workers", "2", "--duration", "30m", "--name", "exp", "--python-version", "3.11",
+        "--wait",
+    )  # fmt: skip
     assert code == 0, err
     post = next(r for r in fake.requests if r.method == "POST" and r.url.path == "/v1/clusters")
     body = json.loads(post.content)
@@ -466,6 +469,7 @@ def test_create_wait_prints_events_then_an_evalable_environment(fake, capsys, tm
         "duration_s": 1800,
         "backend": "market",
         "name": "exp",
+        "python_version": "3.11",
     }
     for kind in ("created", "provisioning", "running"):
         assert kind in err  # progress on stderr, in order

@@ -31,6 +31,9 @@ OFFER = {
     "reliability_max": 0.99,
     "verified_gpus": 16,
     "gpu_verification": {"verified": 2, "declared": 1},
+    "ray_version": "2.60.0",
+    "python_version": "3.11",
+    "launchable": True,
 }
 
 
@@ -48,6 +51,9 @@ def test_offer_rows_count_verified_gpus_and_machines_by_status():
     headers, rows = machines.offer_rows([OFFER])
     assert rows[0][headers.index("verified GPUs (machines)")] == "16 (1 declared, 2 verified)"
     assert rows[0][headers.index("$/GPU-h")] == "1.50-2.00"
+    assert rows[0][headers.index("Ray / Python")] == "2.60.0 / 3.11"
+    _, other = machines.offer_rows([{**OFFER, "ray_version": "2.9.3", "launchable": False}])
+    assert other[0][headers.index("Ray / Python")] == "2.9.3 / 3.11 (not launched here)"
 
 
 def test_offers_and_machine_list_commands(fake, capsys, tmp_path, monkeypatch):

@@ -55,6 +55,8 @@ def _cluster(cid="c-0123456789ab", status="running", **kw) -> dict:
         "workers_joined": 1,
         "head_node_ip": "127.0.0.1",
         "nodes": [],
+        "ray_version": "2.60.0",
+        "python_version": "3.11",
         **kw,
     }
 
@@ -83,6 +85,9 @@ class FakeRegistry:
                     "price_per_cpu_hour_max": 0.0,
                     "verified_gpus": 8,
                     "gpu_verification": {"verified": 1, "declared": 1},
+                    "ray_version": "2.60.0",
+                    "python_version": "3.11",
+                    "launchable": True,
                 },
                 {
                     "gpu_model": None,
@@ -94,6 +99,9 @@ class FakeRegistry:
                     "price_per_gpu_hour_max": 0.0,
                     "price_per_cpu_hour_min": 0.01,
                     "price_per_cpu_hour_max": 0.01,
+                    "ray_version": "2.9.3",
+                    "python_version": "3.10",
+                    "launchable": False,
                 },
             ]
         )
@@ -301,6 +309,7 @@ def test_buyer_home_lists_offers_clusters_and_spend(client):
     offers = client.get("/console/offers").text
     assert "NVIDIA A100" in offers and "1.10 – 1.50" in offers and "CPU only" in offers
     assert "8 of 16" in offers and "1 verified, 1 declared" in offers  # GPUs verified, machines by status
+    assert "2.60.0 / 3.11</td>" in offers and "2.9.3 / 3.10 (not launched here)" in offers  # what leases run
     assert "CPU only" not in client.get("/console/offers", params={"gpu_only": "true"}).text
     assert "No offer matches" in client.get("/console/offers", params={"max_price": "1.0", "gpu_only": "true"}).text
     assert "c-0123456789ab" in client.get("/console/clusters").text
@@ -312,6 +321,7 @@ def test_cluster_status_shows_steps_and_the_exact_submit_line(client):
     sign_in(client)
     page = client.get("/console/clusters/c-0123456789ab/status").text
     assert "every worker joined" in page and 'data-status="running"' in page
+    assert '<div id="runtime">Ray 2.60.0 on Python 3.11</div>' in page
     assert "ray job submit --working-dir . -- python train.py" in page
     assert '<div class="mono" id="conn-metrics">http://testserver/v1/clusters/c-0123456789ab/metrics</div>' in page
     # The token shows shortened; the hidden fields behind the copy buttons hold the whole text.

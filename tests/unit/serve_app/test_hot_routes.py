@@ -200,6 +200,8 @@ def test_cluster_reads_answer_as_fastapi_does_and_only_the_ordinary_one_skips_it
         **CLUSTER,
         "max_price_per_gpu_hour": None,
         "max_price_per_cpu_hour": None,
+        "ray_version": None,
+        "python_version": None,
     }
     admin = {"Authorization": "Bearer " + api.app.state.tokens.issue(auth.Principal(1, "root", domain.Role.ADMIN))}
     assert both_ways(api, "GET", path, expect_hot=True, headers=admin).status_code == 200

@@ -111,6 +111,11 @@ class Runtime(abc.ABC):
         """(uid, gid) the lease runs as; None: the agent's own user."""
         return None
 
+    def lease_versions(self) -> tuple[str, str] | None:
+        """(Ray version, Python version) a lease runs, where it is not the agent's own (an image's); None: the
+        agent's, which detection reports."""
+        return None
+
     def cleanup_stale(self, lease_id: str) -> None:  # noqa: B027 - a hook: nothing to clean by default
         """After an agent restart: end what a lease of the previous run may have left (container, cgroup)."""
 

@@ -9,9 +9,11 @@ the attached stdin/stdout like bwrap's; when the agent goes away, stdin closes a
 
 The default image is the platform image: built here (`docker import`, nothing pulled) from an empty
 root filesystem, with this machine's system dirs and Python runtime mounted read-only, so its Ray
-and Python are the agent's. Any other image must bring a Python and Ray of the same versions: they
-are checked when the lease opens, before the node can join, and a mismatch fails the lease with
-both versions named.
+and Python are the agent's. The provider may name another (`--docker-image`): its Ray and Python are
+read once when the agent starts (a container of it, no network) and reported as what the machine's
+leases run, which placement matches. A buyer's image (ClusterSpec.image) must bring the same Ray
+version and Python minor version as the machine's leases: they are checked when the lease opens,
+before the node can join, and a mismatch fails the lease with both versions named.
 """
 
 from __future__ import annotations
@@ -49,11 +51,31 @@ def _python_version() -> str:
     return ".".join(str(part) for part in sys.version_info[:3])
 
 
-def platform_image() -> str:
-    """The platform image's name: the Ray and Python versions are in its tag."""
+def _ray_version() -> str:
     import ray
 
-    return f"{PLATFORM_IMAGE_REPO}:ray{ray.__version__}-py{_python_version()}"
+    return str(ray.__version__)
+
+
+def platform_image() -> str:
+    """The platform image's name: the Ray and Python versions are in its tag."""
+    return f"{PLATFORM_IMAGE_REPO}:ray{_ray_version()}-py{_python_version()}"
+
+
+def image_versions(image: str) -> tuple[str, str]:
+    """(Ray version, Python version) of an image's `python3`, read in a container of it with no network, no
+    capabilities, as nobody; SandboxError naming the image where it has no usable Ray."""
+    result = docker_cli(
+        "run", "--rm", "--net=none", "--cap-drop", "ALL", "--user", "65534:65534", "--log-driver", "none",
+        "--entrypoint", "python3", image, "-c", _VERSION_PROBE,
+        timeout_s=300.0,
+    )  # fmt: skip
+    text = result.stdout.decode("utf-8", "replace").strip()
+    parts = text.splitlines()[-1].split()[:2] if result.returncode == 0 and text else []
+    if len(parts) != 2:
+        error = (result.stderr.decode("utf-8", "replace") or text).strip()[-300:]
+        raise base.SandboxError(f"the image {image} has no usable Ray: `python3 -c 'import ray'` failed ({error})")
+    return parts[0][:32], parts[1][:32]
 
 
 def seccomp_problem(security_options: str) -> str | None:
@@ -207,6 +229,8 @@ class DockerRuntime(base.Runtime):
         self.gpu_dev_root = Path(gpu_dev_root)
         self.image = image or ensure_platform_image()
         self.host_runtime = image is None  # the platform image has only what the host mounts into it
+        # What a lease runs: the agent's own Ray and Python in the platform image, else the image's.
+        self.versions = (_ray_version(), _python_version()) if self.host_runtime else image_versions(self.image)
         self.hostname = socket.gethostname()
         self.as_root = os.geteuid() == 0
         self.cgroup_parent = "/" + cgroups.PARENT if self.as_root and cgroups.weigh_parent() else None
@@ -252,21 +276,24 @@ class DockerRuntime(base.Runtime):
         )
         sandbox.start(timeout_s=120)
         try:
-            check_versions(sandbox, spec, python)
+            check_versions(sandbox, spec, python, self.versions)
         except BaseException:
             sandbox.close(0.5)
             raise
         return sandbox
 
+    def lease_versions(self) -> tuple[str, str] | None:
+        return None if self.host_runtime else self.versions
+
     def cleanup_stale(self, lease_id: str) -> None:
         remove_containers(lease_id)
 
 
-def check_versions(sandbox: supervised.SupervisedSandbox, spec: base.SandboxSpec, python: str) -> None:
-    """The image's Ray and Python must be the cluster's: checked before the node may join."""
-    import ray
-
-    want = (ray.__version__, _python_version())
+def check_versions(
+    sandbox: supervised.SupervisedSandbox, spec: base.SandboxSpec, python: str, want: tuple[str, str]
+) -> None:
+    """The image's Ray and Python must be the cluster's (`want`: what the machine's leases run, which placement
+    matched to the cluster's): checked before the node may join."""
     logs = next(p for p in spec.writable if p.name == "logs")
     # The image is the buyer's: its python may swap the log for a link. Read the file the agent made, never the name.
     fd = lease_fs.create_log(logs.parent, logs.name, _VERSIONS_LOG, spec.uid, spec.gid)

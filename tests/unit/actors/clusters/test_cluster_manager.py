@@ -15,7 +15,7 @@ from actors.machines import registry as registry_mod
 from actors.settings import PlatformSettings
 from dcl_core import domain, errors, protocol
 from dcl_core.cluster_spec import ClusterSpec
-from tests import waiting
+from tests import lease_versions, waiting
 from tests.protocols import assert_implements
 
 pytestmark = pytest.mark.anyio
@@ -204,7 +204,7 @@ async def seed_market(db, clock) -> dict:
             provider_id=prov["id"],
             machine_key=f"key-0000{i}",
             name=f"n{i}",
-            spec=domain.MachineSpec(hostname="h", cpus=4, memory_mb=1000),
+            spec=domain.MachineSpec(hostname="h", cpus=4, memory_mb=1000, **lease_versions.SPEC_FIELDS),
             price_per_gpu_hour=0,
             price_per_cpu_hour=0.1,
             now=clock(),
@@ -521,7 +521,7 @@ async def add_machine(
         provider_id=prov["id"],
         machine_key="key-" + machine_id,
         name=machine_id,
-        spec=domain.MachineSpec(hostname="h", cpus=cpus, memory_mb=1000, gpus=list(gpus)),
+        spec=domain.MachineSpec(hostname="h", cpus=cpus, memory_mb=1000, gpus=list(gpus), **lease_versions.SPEC_FIELDS),
         price_per_gpu_hour=price_per_gpu_hour,
         price_per_cpu_hour=price_per_cpu_hour,
         now=clock(),

@@ -135,6 +135,50 @@ def test_a_database_of_the_numbered_migrations_is_adopted_and_upgraded_with_its_
     assert schema_differences(db_location) == []
 
 
+def test_upgrading_fills_what_a_lease_runs_on_the_machines_already_registered(db_location):
+    """Revision 0010 adds the Ray and Python minor version a lease runs to every machine, read from the specs
+    the agents registered: placement matches them at once, before the agents register again."""
+    postgres = isinstance(db_location, str)
+    last = len(numbered_schema.MIGRATIONS)
+    spec = domain.MachineSpec(hostname="h", cpus=4, memory_mb=1024, ray_version="2.9.3", python_version="3.10.12")
+    rows = [("m-000000000001", spec.model_dump_json()), ("m-000000000002", '{"hostname": "old agent"}')]
+    insert = (
+        "INSERT INTO machines (id, provider_id, machine_key, name, spec, gpus, cpus, memory_mb, price_per_gpu_hour, "
+        "price_per_cpu_hour, status, registered_at) VALUES ({}, 1, {}, 'n', {}, 0, 4, 1024, 0, 0.1, 'online', 1)"
+    )
+    account = "INSERT INTO accounts (username, password_hash, role, created_at) VALUES ('p', 'h', 'provider', 1)"
+
+    async def go():
+        if postgres:
+            await numbered_schema.make_postgres(db_location, last)
+            conn = await asyncpg.connect(db_location)
+            try:
+                await conn.execute(account)
+                for mid, text in rows:
+                    await conn.execute(insert.format("$1", "$2", "$3"), mid, mid, text)
+            finally:
+                await conn.close()
+        else:
+            import sqlite3
+
+            numbered_schema.make_sqlite(db_location, last)
+            conn = sqlite3.connect(db_location)
+            conn.execute(account)
+            conn.executemany(insert.format("?", "?", "?"), [(mid, mid, text) for mid, text in rows])
+            conn.commit()
+            conn.close()
+        s = store.Store(db_location)
+        try:
+            return await s.schema_version(), [await s.get_machine(mid) for mid, _ in rows]
+        finally:
+            await s.close()
+
+    at, (known, unknown) = asyncio.run(go())
+    assert at == HEAD
+    assert (known["ray_version"], known["python_version"]) == ("2.9.3", "3.10")
+    assert (unknown["ray_version"], unknown["python_version"]) == ("", "")  # matched with no cluster until it says
+
+
 def test_a_database_newer_than_the_numbered_versions_is_refused(tmp_path):
     numbered_schema.make_sqlite(tmp_path / "p.db", 2)
     import sqlite3

@@ -9,6 +9,8 @@ import pytest
 from actors.machines import machine_index, placement, reputation
 
 MODELS = ["H100", "A100", None]
+# What leases run on the fleet's machines: a cluster's nodes all run one of these (the last: an unknown one).
+RUNTIMES = [("2.60.0", "3.11"), ("2.60.0", "3.12"), ("2.59.0", "3.11"), ("", "")]
 NOW = 1_000_000.0
 
 
@@ -32,6 +34,7 @@ def fleet(rng: random.Random, n: int) -> list[dict]:
                 "gpu_check": rng.choice([None, "verified", "declared"]) if gpus else "no_gpus",
             }
         )
+        rows[-1]["ray_version"], rows[-1]["python_version"] = rng.choice(RUNTIMES)
     return rows
 
 
@@ -63,6 +66,8 @@ def request_set(rng: random.Random) -> list[placement.NodeRequest]:
         max_price_per_cpu_hour=rng.choice([None, 0.02]),
         min_reliability=rng.choice([None, None, 0.8, 0.9]),
         verified_gpus_only=rng.random() < 0.3,
+        ray_version=rng.choice([None, "2.60.0", "2.60.0", "2.59.0", "9.9.9"]),
+        python_version=rng.choice([None, None, "3.11"]),
     )
 
 

@@ -28,6 +28,7 @@ from worker.agent import cli as agent_cli
 from worker.agent import lease_work, leases
 from worker.agent import state as state_mod
 from worker.agent.sandbox import base as sandbox_base
+from worker.agent.sandbox import unsandboxed
 
 PASSWORD = "s3cret-pass"
 SPEC = domain.MachineSpec(
@@ -41,6 +42,7 @@ class FakeClient:
 
     def __init__(self, interval_s: float = 7.0):
         self.interval_s = interval_s
+        self.specs: list[domain.MachineSpec] = []  # as registered
         self.script: dict[str, list] = {
             "login": [],
             "register_machine": [],
@@ -87,6 +89,7 @@ class FakeClient:
     ) -> dict:
         answer = self._next("register_machine")
         self.registrations.append((machine_key, name))
+        self.specs.append(spec)
         answer = answer or {"id": "m-1", "heartbeat_interval_s": self.interval_s}
         if self.token == "tok":  # the provider's sign-in enrolls the machine: a new agent key
             self.keys_minted += 1
@@ -660,6 +663,31 @@ def lease_root(tmp_path):
     # Whatever a failing test left running: stopped by its lease tags, never by name.
     for lease_dir in root.glob("l-*"):
         procs.stop_owned(leases.owner_tag(lease_dir.name), grace_s=0.5)
+
+
+def test_a_runtime_whose_leases_run_an_image_registers_the_image_s_versions(tmp_path):
+    """Leases in a provider's docker image run its Ray and Python (read from the image when the agent starts):
+    those are what the machine registers, for placement to match; elsewhere the agent's own, as detected."""
+
+    class InAnImage(unsandboxed.UnsandboxedRuntime):
+        def lease_versions(self):
+            return ("2.9.3", "3.10.12")
+
+    for runtime, want in (
+        (InAnImage(), ("2.9.3", "3.10.12")),
+        (unsandboxed.UnsandboxedRuntime(), ("2.60.0", "3.11.2")),
+    ):
+        client = FakeClient()
+        agent = agent_mod.Agent(
+            client,
+            make_settings(tmp_path),
+            detect_fn=lambda: SPEC.model_copy(update={"ray_version": "2.60.0", "python_version": "3.11.2"}),
+            usage_fn=lambda n: domain.MachineUsage(active_leases=n),
+            sleep=FakeWaits().sleep,
+            lease_runner=leases.LeaseRunner(tmp_path / "leases", node_ip="127.0.0.1", runtime=runtime),
+        )
+        agent.heartbeat_step()
+        assert (client.specs[-1].ray_version, client.specs[-1].python_version) == want
 
 
 def make_lease_agent(tmp_path, lease_root, client, waits=None, **kw):

@@ -261,8 +261,24 @@ def test_docker_version_mismatch_names_both(tmp_path):
             return type("P", (), {"wait": lambda self, t=None: 0})()
 
     with pytest.raises(base.SandboxError) as exc:
-        docker.check_versions(FakeSandbox(), _spec(tmp_path), "python3")
+        docker.check_versions(FakeSandbox(), _spec(tmp_path), "python3", (ray.__version__, "3.11.2"))
     assert "Ray 2.9.3 on Python 3.10.12" in str(exc.value) and ray.__version__ in str(exc.value)
+
+
+def test_docker_versions_match_on_ray_and_python_minor(tmp_path):
+    from worker.agent.sandbox import docker
+
+    logs = tmp_path / "leases" / "l-0123456789ab" / "logs"
+    logs.mkdir(parents=True)
+
+    class FakeSandbox:
+        def spawn(self, argv, *, env, cwd, log_path):
+            log_path.write_text("2.9.3 3.10.12\n")
+            return type("P", (), {"wait": lambda self, t=None: 0})()
+
+    docker.check_versions(FakeSandbox(), _spec(tmp_path), "python3", ("2.9.3", "3.10.4"))  # what the machine runs
+    with pytest.raises(base.SandboxError, match=r"the cluster runs Ray 2\.9\.3 on Python 3\.11\.1"):
+        docker.check_versions(FakeSandbox(), _spec(tmp_path), "python3", ("2.9.3", "3.11.1"))
 
 
 def test_bwrap_refuses_a_container_image(tmp_path, monkeypatch):
