@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import inspect
 import itertools
 import logging
@@ -40,14 +41,27 @@ class Core(Protocol):
 Forwarded = Callable[..., Awaitable[Any]]
 
 
+def freeze_heap() -> None:
+    """Leaves what exists now out of every later garbage collection, as Serve does for its replicas: an actor's
+    modules and recovered state (Ray, SQLAlchemy, pydantic: some 200,000 objects) live as long as it does, and a
+    full collection that walks them stalls every call on its loop for 0.1-0.4 s on a busy machine (the
+    registry's heartbeats waited behind one every 10-40 s at 10,000 machines)."""
+    gc.collect()
+    gc.freeze()
+
+
 def thin_actor(
-    core_cls: type[Core], build: Callable[..., Core], *, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    core_cls: type[Core],
+    build: Callable[..., Core],
+    *,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    settle_heap: Callable[[], None] = freeze_heap,
 ) -> type:
     """A class forwarding every public coroutine method of core_cls to an instance made by build(*args).
 
     The instance's `start()` runs on the actor's event loop from __init__ (recovery happens
     on every restart); calls wait for it. Background loops named `run_*` are started after it.
-    `sleep` waits out the backoff between failed starts.
+    `sleep` waits out the backoff between failed starts; `settle_heap` runs once start() succeeded.
     """
 
     class Wrapper:
@@ -79,6 +93,7 @@ def thin_actor(
                     self._last_error = f"{type(exc).__name__}: {exc}"
                     logger.exception("%s start failed (attempt %d); retrying", core_cls.__name__, attempt + 1)
                 await sleep(min(2**attempt, 10))
+            settle_heap()
             for name, _ in inspect.getmembers(core_cls, inspect.iscoroutinefunction):
                 if name.startswith("run_"):
                     self._loops.append(asyncio.create_task(getattr(self._core, name)()))

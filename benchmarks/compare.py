@@ -1,10 +1,11 @@
 """Before and after in one run: the same figures of two trees, alternated rep by rep on one machine.
 
-    python -m benchmarks.compare --base-tree ../base --only api_throughput head_limits [--reps 3] [-- ARGS...]
+    python -m benchmarks.compare --base-tree ../base --only api_throughput head_limits [--reps 3] [--keep DIR]
 
 The base tree is another checkout (e.g. `git worktree add ../base <commit>` and `make venv` there): each tree
 runs its own `python -m benchmarks` with its own virtualenv, one rep at a time, base then this tree, so a busy
-spell of the machine falls on both. Prints, per metric, the median of each side and after/before.
+spell of the machine falls on both. Prints, per metric, the median of each side and after/before. Arguments
+after `--` go to every `python -m benchmarks`; `--keep DIR` keeps each run's JSON (per-process CPU, samples).
 """
 
 from __future__ import annotations
@@ -51,15 +52,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base-tree", type=Path, required=True, help="the other checkout, with its .venv")
     parser.add_argument("--only", nargs="+", required=True, help="figures to run (benchmarks --only)")
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument(
+        "--keep", type=Path, default=None, metavar="DIR", help="keep each run's JSON (details, samples) in DIR"
+    )
     parser.add_argument("extra", nargs="*", help="more arguments for `python -m benchmarks` (after --)")
     args = parser.parse_args(argv)
     base_reps: list[list[dict]] = []
     this_reps: list[list[dict]] = []
     with tempfile.TemporaryDirectory(prefix="dcl-compare-") as scratch:
+        runs = args.keep or Path(scratch)
+        runs.mkdir(parents=True, exist_ok=True)
         for rep in range(args.reps):
             for label, tree, reps in (("base", args.base_tree.resolve(), base_reps), ("this", HERE, this_reps)):
                 print(f"rep {rep + 1}/{args.reps}: {label} ({tree})", file=sys.stderr, flush=True)
-                reps.append(_run(tree, args.only, Path(scratch) / f"{label}-{rep}.json", args.extra))
+                reps.append(_run(tree, args.only, runs / f"{label}-{rep}.json", args.extra))
     before, after = medians(base_reps), medians(this_reps)
     print(f"{'figure':<16} {'metric':<72} {'before':>12} {'after':>12} {'after/before':>12}")
     for key in sorted(set(before) | set(after)):

@@ -10,7 +10,7 @@ import functools
 import inspect
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 from actors import metrics as metrics_mod
@@ -43,7 +43,7 @@ class Registry(WorkSender, Protocol):
 
     async def signing_secret(self) -> str: ...
 
-    async def lease_liveness(self) -> liveness.LeaseLiveness: ...
+    async def lease_liveness(self, machine_ids: Sequence[str] | None = None) -> liveness.LeaseLiveness: ...
 
 
 class Reaper(Protocol):
@@ -198,8 +198,13 @@ class ClusterManager:
         live = await self._store.clusters_with_status(S.PROVISIONING, S.RUNNING, S.DEGRADED)
         # First: running never precedes a join. Clusters it read and had nothing to ask are not read again.
         leases_read = await self._joins.observe_all([cluster.id for cluster in live])
+        unread = [cluster.id for cluster in live if cluster.id not in leases_read]
+        if unread:
+            leases_read.update(await self._store.leases_of_clusters(unread))
         now = self._clock()
-        heard = await self._registry.lease_liveness()
+        # Only the machines this step judges: every machine's latest beat is a map of the whole fleet, which
+        # takes the registry tens of ms to build and send at 10,000 machines, on the loop that serves heartbeats.
+        heard = await self._registry.lease_liveness(_live_machines(leases_read.values()))
         for cluster in live:
             try:
                 await self._reconcile_cluster(cluster, now, heard, leases_read.get(cluster.id))
@@ -252,7 +257,7 @@ class ClusterManager:
                 leases = await self._store.leases_of(cluster.id)
             live = [l.machine_id for l in leases if l.status.holds_capacity()]
             if heard is None:
-                heard = await self._registry.lease_liveness()
+                heard = await self._registry.lease_liveness(live)
             machines = await self._store.machine_statuses(live, heard["silence_cutoff"])
             held = heard["held"]
         for action in lifecycle.decide(
@@ -322,6 +327,13 @@ class ClusterManager:
             await self._reaper.schedule(cluster_id)
         except Exception:  # the reaper reloads every deadline from the database when it (re)starts
             logger.exception("could not reach the expiry reaper for %s", cluster_id)
+
+
+def _live_machines(leases_by_cluster: Iterable[list[records.Lease]]) -> list[str]:
+    """The machines the clusters' leases that hold capacity are on (what a reconcile step judges), sorted."""
+    return sorted(
+        {lease.machine_id for leases in leases_by_cluster for lease in leases if lease.status.holds_capacity()}
+    )
 
 
 def _expose(host: type, part: str, part_cls: type) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import inspect
 
 import pytest
@@ -20,6 +21,7 @@ class SlowStart:
         self.failures = list(failures or [])
         self.starts = 0
         self.ticks = 0
+        self.settled_after_starts: int | None = None  # how many starts had run when the heap was settled
 
     async def start(self) -> None:
         self.starts += 1
@@ -68,8 +70,12 @@ def wrapped(backoff=None):
         cores.append(SlowStart(*args))
         return cores[-1]
 
+    def settle_heap():  # the real one freezes the test process's heap
+        for core in cores:
+            core.settled_after_starts = core.starts
+
     backoff = backoff or Backoff()
-    return actor_classes.thin_actor(SlowStart, build, sleep=backoff), cores, backoff
+    return actor_classes.thin_actor(SlowStart, build, sleep=backoff, settle_heap=settle_heap), cores, backoff
 
 
 Wrapped, _, _ = wrapped()
@@ -134,6 +140,26 @@ async def test_background_loops_start_only_after_recovery():
     for _ in range(10):
         await asyncio.sleep(0)
     assert await actor.ticks_seen() > 0
+
+
+async def test_the_heap_is_settled_once_after_the_start_that_succeeded():
+    cls, cores, _ = wrapped()
+    gate = asyncio.Event()
+    actor = cls(gate, [RuntimeError("database is locked")])
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert cores[0].settled_after_starts is None  # start() still waits
+    gate.set()
+    await asyncio.wait_for(actor.ready(), timeout=10)
+    assert cores[0].settled_after_starts == 2  # after the retry that succeeded, not the failed attempt
+
+
+def test_freeze_heap_leaves_what_exists_out_of_later_collections():
+    try:
+        actor_classes.freeze_heap()
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()  # the test process's heap collects as before
 
 
 async def test_actor_proxy_looks_the_actor_up_once_on_first_call(monkeypatch):

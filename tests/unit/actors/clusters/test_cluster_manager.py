@@ -30,12 +30,15 @@ class FakeRegistry:
         self.fail_opens_on: set[str] = set()  # machines whose agent cannot open a lease
         self.clock, self.offline_after_s = clock, offline_after_s
         self.held: dict[str, dict] = {}  # what agents' heartbeats said they hold
+        self.liveness_asked: list[list[str] | None] = []  # the machines each lease_liveness call asked about
         self.roles: dict[str, str] = {}  # lease id → role, from its LEASE_OPEN
         self.nodes: dict[str, str] = {}  # lease id → role of the Ray node `ray start` left running
         self.no_node_for: set[str] = set()  # roles whose agent answers ok to `ray start` and runs nothing
 
-    async def lease_liveness(self) -> dict:
-        return {"silence_cutoff": self.clock() - self.offline_after_s, "held": self.held}
+    async def lease_liveness(self, machine_ids=None) -> dict:
+        self.liveness_asked.append(machine_ids)
+        held = self.held if machine_ids is None else {m: h for m, h in self.held.items() if m in machine_ids}
+        return {"silence_cutoff": self.clock() - self.offline_after_s, "held": held}
 
     async def signing_secret(self) -> str:
         return "s" * 48
@@ -354,6 +357,7 @@ async def test_a_node_its_agent_no_longer_holds_is_lost(env, clock):
     registry.held = {m: {"at": clock(), "leases": []} for m in ("m-000000000000", "m-000000000001")}
     await manager.reconcile_once()
     assert (await manager.get_cluster(buyer, c["id"]))["status"] == "running"
+    assert registry.liveness_asked[-1] == sorted({n["machine_id"] for n in nodes})  # its nodes' machines alone
     # Later heartbeats still without the head: its agent no longer runs it.
     clock.advance(lifecycle.HELD_MARGIN_S + 1)
     for m in ("m-000000000000", "m-000000000001"):

@@ -276,7 +276,13 @@ async def test_heartbeats_on_the_fast_path_count_time_online_as_before(db_locati
             for n, status in enumerate(["open", "reserved", "closed"])
         ],
     )
-    assert await s.live_lease_ids(ids[1]) == {"l-0", "l-1"} and await s.live_lease_ids(ids[0]) == set()
+    assert await s.live_lease_ids([ids[1], ids[0]]) == {ids[1]: {"l-0", "l-1"}, ids[0]: set()}
+    await s.write(  # a GPU check running on the first machine: its check lease is live too
+        sa.update(machines).where(machines.c.id == ids[0]).values(gpu_check="checking", gpu_check_lease="l-check")
+    )
+    await s.write(sa.update(machines).where(machines.c.id == ids[2]).values(gpu_check_lease="l-done"))  # checked
+    assert await s.live_lease_ids(ids[:3]) == {ids[0]: {"l-check"}, ids[1]: {"l-0", "l-1"}, ids[2]: set()}
+    assert await s.live_lease_ids([]) == {}
 
 
 def test_a_prepared_write_on_a_locked_sqlite_file_gives_up_busy(tmp_path):

@@ -358,3 +358,20 @@ async def test_a_batch_of_heartbeats_answers_each_its_own_and_records_the_good_o
     assert answers[3]["status"] == "online" and isinstance(answers[4], errors.NotFound)
     assert machines[first["id"]]["usage"]["cpu_percent"] == 7.0
     assert machines[first["id"]]["last_heartbeat"] == machines[second["id"]]["last_heartbeat"]  # one write
+
+
+async def test_lease_liveness_answers_for_the_machines_asked_about(make_registry, clock):
+    reg = make_registry()
+    await reg.start()
+    p1 = await signed_in(reg, clock, "prov1", domain.Role.PROVIDER)
+    first = await reg.register_machine(p1, machine_request("mk-00000001"))
+    second = await reg.register_machine(p1, machine_request("mk-00000002"))
+    await reg.heartbeats([(p1, first["id"], {}, ["l-000000000001"]), (p1, second["id"], {}, [])])
+
+    asked = await reg.lease_liveness([first["id"], "m-ffffffffffff"])  # one never heard from
+    everyone = await reg.lease_liveness()
+
+    assert asked["held"] == {first["id"]: {"at": clock(), "leases": ["l-000000000001"]}}
+    assert set(everyone["held"]) == {first["id"], second["id"]}
+    assert (await reg.lease_liveness([]))["held"] == {}
+    assert asked["silence_cutoff"] == everyone["silence_cutoff"]
