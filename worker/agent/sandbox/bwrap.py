@@ -1,8 +1,13 @@
 """The bwrap runtime: each lease in a bubblewrap sandbox with an explicit filesystem view, its own user and cgroup.
 
-The agent (root) starts, per lease:
+The agent (root) starts, per lease, in a session of its own:
 
-    sh -c 'enter the lease's cgroups; exec bwrap ...' -- setpriv <lease uid, no caps, no-new-privs> python supervisor.py
+    sh -c 'enter the lease's cgroups; bwrap ...' -- setpriv <lease uid, no caps, no-new-privs> python supervisor.py
+
+The sh stays as the sandbox's keeper: bwrap's --die-with-parent ties the sandbox to it, not to the
+agent, so the lease runs on when the agent restarts (the supervisor listens on a unix socket in the
+lease's private dir, control_socket.py, and a restarted agent reattaches); killing the keeper's
+group ends the whole sandbox.
 
 bwrap runs as root to build the view (so it can bind a Python runtime under a 0700 home), makes
 new mount, pid, ipc, uts (and cgroup) namespaces, and the supervisor drops to the lease's own
@@ -23,6 +28,7 @@ import sys
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -52,7 +58,8 @@ ETC_FILES = (
 )
 LEASE_UID_BASE = 1_200_000_000  # lease users: far above any real account; gid = uid
 LEASE_UID_SPAN = 1 << 24
-_ENTER_CGROUPS = 'for f in $DCL_CGROUP_PROCS; do echo $$ > "$f" || exit 111; done; exec "$@"'
+# Not `exec "$@"`: the sh stays, as the parent bwrap's --die-with-parent watches (see above).
+_ENTER_CGROUPS = 'for f in $DCL_CGROUP_PROCS; do echo $$ > "$f" || exit 111; done; "$@"; exit $?'
 
 
 def installed() -> bool:
@@ -283,6 +290,7 @@ class BwrapRuntime(base.Runtime):
             log_path=spec.log_path,
             cgroup=cgroup,
             cpus=spec.limits.cpus,
+            socket_dir=spec.control_dir,
         )
         try:
             return sandbox.start()
@@ -290,6 +298,31 @@ class BwrapRuntime(base.Runtime):
             cgroup.kill_all()
             cgroup.remove()
             raise
+
+    def reattach(self, lease_id: str, control_dir: Path, saved: dict[str, Any]) -> base.Sandbox | None:
+        if saved.get("link") != "socket":
+            return None
+        try:
+            keeper = (int(saved["keeper_pid"]), float(saved["keeper_started"]))
+            cpus = float(saved["cpus"]) if saved.get("cpus") is not None else None
+            log_path = Path(str(saved["log_path"]))
+        except (KeyError, TypeError, ValueError):
+            return None
+        sandbox = BwrapSandbox(
+            lease_id,
+            [],
+            env={},
+            log_path=log_path,
+            cgroup=cgroups.LeaseCgroup(lease_id, self.controllers, self.cgroup_root),
+            cpus=cpus,
+            socket_dir=control_dir,
+            keeper=keeper,
+        )
+        try:
+            return sandbox.attach()
+        except base.SandboxError as exc:
+            logger.warning("lease %s: its sandbox is gone (%s)", lease_id, exc)
+            return None
 
     def cleanup_stale(self, lease_id: str) -> None:
         cgroup = cgroups.LeaseCgroup(lease_id, self.controllers, self.cgroup_root)
@@ -311,10 +344,16 @@ class BwrapSandbox(supervised.SupervisedSandbox):
         log_path: Path,
         cgroup: cgroups.LeaseCgroup,
         cpus: float | None = None,
+        socket_dir: Path | None = None,
+        keeper: tuple[int, float] | None = None,
     ):
-        super().__init__(lease_id, argv, env=env, log_path=log_path)
+        super().__init__(lease_id, argv, env=env, log_path=log_path, socket_dir=socket_dir, keeper=keeper)
         self.cgroup = cgroup
         self.cpus = cpus
+
+    def saved(self) -> dict[str, Any]:
+        saved = super().saved()
+        return {**saved, "cpus": self.cpus, "log_path": str(self._log_path)} if saved else {}
 
     def cap_cpu(self) -> None:
         self.cgroup.cap_cpu(self.cpus)
