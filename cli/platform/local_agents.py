@@ -11,9 +11,8 @@ import psutil
 import dcluster
 from cli.platform import accounts, install, log_tail, ray_node, state, waiting
 from cli.platform.errors import PlatformError
-from dcl_core import domain, secret_files
+from dcl_core import domain, protocol, secret_files
 from worker import procs
-from worker.agent import stopping
 
 logger = logging.getLogger(__name__)
 
@@ -201,7 +200,7 @@ def leave_agents(agents: list[dict]) -> None:
         if agent.get("pid") and procs.pid_alive(agent["pid"], agent.get("create_time")):
             try:
                 proc = psutil.Process(agent["pid"])
-                proc.send_signal(stopping.LEAVE_SIGNAL)
+                proc.send_signal(protocol.AGENT_LEAVE_SIGNAL)
                 roots.append(proc)
             except (psutil.NoSuchProcess, psutil.ZombieProcess):
                 pass

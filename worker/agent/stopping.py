@@ -20,10 +20,10 @@ from pathlib import Path
 
 import psutil
 
-from dcl_core import secret_files
+from dcl_core import protocol, secret_files
 from worker import procs
 
-LEAVE_SIGNAL = signal.SIGUSR1
+LEAVE_SIGNAL = protocol.AGENT_LEAVE_SIGNAL
 LEAVE_SIGNALS = (signal.SIGINT, LEAVE_SIGNAL)
 RESTART_SIGNALS = (signal.SIGTERM,)
 PID_FILE = "agent.pid"
