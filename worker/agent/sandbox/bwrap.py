@@ -277,7 +277,7 @@ class BwrapRuntime(base.Runtime):
         argv += ["--"]
         if spec.uid is not None:
             argv += drop_privileges(spec.uid, spec.gid if spec.gid is not None else spec.uid)
-        argv += [sys.executable, "-I", "-S", str(supervised.SUPERVISOR)]
+        argv += [sys.executable, "-I", "-S", str(supervised.SUPERVISOR), *supervised.OWN_PID_NAMESPACE]
         env = {
             "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
             procs.OWNER_ENV: spec.owner_tag,

@@ -27,6 +27,9 @@ logger = logging.getLogger(__name__)
 SUPERVISOR = Path(__file__).with_name("supervisor.py")
 READY_TIMEOUT_S = 60.0
 ATTACH_TIMEOUT_S = 15.0
+# Told to the supervisor by a runtime that starts it in a pid namespace of its own: only then may a stop signal
+# every process it sees (supervisor.may_signal_everything).
+OWN_PID_NAMESPACE = ["--pid-namespace", "own"]
 ORPHAN_S = 300.0  # a socket-linked lease ends itself when no agent came back for this long
 _KILLED_EXIT = 137  # what a shell reports for a process ended by SIGKILL
 

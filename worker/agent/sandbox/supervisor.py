@@ -87,6 +87,17 @@ def _processes():
     return found
 
 
+# Set by `--pid-namespace own`, which only a runtime that starts this in a pid namespace of its own passes
+# (bwrap, docker). Without it (say, run by hand or by a test on the host) a stop signals nothing: kill(-1) and a
+# scan of /proc on the host would reach every process of the user, or, as root, of the machine.
+_alone = {"namespace": False}
+
+
+def may_signal_everything():
+    """Only in a pid namespace of the lease's own, and never as root (a lease never runs as root)."""
+    return _alone["namespace"] and os.getuid() != 0
+
+
 class PidNamespace:
     """What a stop does to this pid namespace: list its processes, signal them, wait (a test gives a fake one)."""
 
@@ -118,6 +129,9 @@ def _terminate_stage(ns, pids, until):
 def stop_everything(grace_s, first=(), last=(), ns=PidNamespace):
     """SIGTERM every other process (the processes named in `first`, then all but those in `last`, each
     stage waited for, then everything), wait up to grace_s in all for them to go, then SIGKILL what is left."""
+    if ns is PidNamespace and not may_signal_everything():
+        sys.stderr.write("supervisor: not alone in a pid namespace of its own, or root: nothing signalled\n")
+        return 0
     deadline = ns.monotonic() + grace_s
     found = ns.processes()
     signalled = len(found)
@@ -278,6 +292,7 @@ def main(argv=None):
     # signal stays ignored across exec, and every command would then ignore SIGTERM too.
     signal.signal(signal.SIGTERM, lambda *_: None)
     options = _options(sys.argv[1:] if argv is None else argv)
+    _alone["namespace"] = options.get("pid_namespace") == "own"
     if "listen_fd" in options:
         listener = socket.socket(fileno=int(options["listen_fd"]))
         os.set_inheritable(listener.fileno(), False)  # no command of the lease gets it
