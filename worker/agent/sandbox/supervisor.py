@@ -21,13 +21,16 @@ reply or event a line, over one of two links:
     {"id": 3, "op": "stop", "grace_s": 2.0, "first": ["raylet"], "last": ["gcs_server"]}
         -> {"id": 3, "ok": true, "signalled": 5}, then it exits
 
-Stopping, and the end of stdin (the agent went away), signal every other process of the
-sandbox: kill(-1) reaches exactly the processes of the lease's user in this pid namespace,
+Stopping, the end of stdin (pipe link: the agent went away) and a socket link's orphan time signal
+every other process of the sandbox: kill(-1) reaches exactly the processes of the lease's user in this pid namespace,
 which is every process of the lease however it was forked. A stop first terminates them in
 stages by executable name, in Ray's own order (`first`, then the rest, `last` at the end, the
 names given by the agent), within the one grace: Ray's GCS and its autoscaler's monitor,
 terminated at once, wait on each other until the SIGKILL. The names only order; kill(-1) then
-reaches everything, and SIGKILL whatever is left at the end of the grace. Nothing here is trusted for
+reaches everything, and SIGKILL whatever is left at the end of the grace. All this only with
+`--pid-namespace own` (the runtime's word that this runs alone in a pid namespace of its own) and not as
+root: elsewhere kill(-1) would reach every process of the user, or of the machine, so a stop signals
+nothing. Nothing here is trusted for
 isolation: the sandbox around it does that; this only saves the agent a `docker exec` or an
 `nsenter` per command. It makes itself non-dumpable so that the lease's processes, which run
 as the same user, cannot take over its pipes through /proc.
