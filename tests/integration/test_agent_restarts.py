@@ -145,19 +145,21 @@ def test_restarting_the_agents_closes_no_lease(roomy_platform, tmp_path):
     for machine_id in hosts:
         assert "runs on: reattached" in machines[machine_id][0].log_text()
 
-    status = wait_for(
-        lambda: (
-            (s := _ray(["job", "status", "--address", conn["dashboard_url"], job_id], conn["env"], tmp_path))
-            and ("SUCCEEDED" in s.stdout or "FAILED" in s.stdout or "STOPPED" in s.stdout)
-            and s.stdout
-        ),
-        timeout_s=JOB_S + 120,
-        interval_s=2,
-        what="the job finished",
-    )
-    assert "SUCCEEDED" in status, status
+    seen = {}
+
+    def job_status() -> str | None:
+        done = _ray(["job", "status", "--address", conn["dashboard_url"], job_id], conn["env"], tmp_path)
+        seen["status"] = done.stdout + done.stderr
+        return next((w for w in ("SUCCEEDED", "FAILED", "STOPPED") if w in seen["status"]), None)
+
+    try:
+        status = wait_for(job_status, timeout_s=JOB_S + 120, interval_s=2, what="the job finished")
+    except AssertionError:
+        logs = _ray(["job", "logs", "--address", conn["dashboard_url"], job_id], conn["env"], tmp_path)
+        raise AssertionError(f"{seen.get('status')}\n{logs.stdout}{logs.stderr}") from None
+    assert status == "SUCCEEDED", seen["status"]
     logs = _ray(["job", "logs", "--address", conn["dashboard_url"], job_id], conn["env"], tmp_path)
-    assert "RESTART-JOB DONE" in logs.stdout, logs.stdout + logs.stderr
+    assert "RESTART-JOB DONE" in logs.stdout + logs.stderr, logs.stdout + logs.stderr
     c = buyer.get(f"/v1/clusters/{cid}").json()
     assert c["status"] == "running" and sorted(n["id"] for n in c["nodes"] if n["status"] == "open") == sorted(
         lease_ids
