@@ -150,14 +150,15 @@ def test_restarting_the_agents_closes_no_lease(roomy_platform, tmp_path):
     def job_status() -> str | None:
         done = _ray(["job", "status", "--address", conn["dashboard_url"], job_id], conn["env"], tmp_path)
         seen["status"] = done.stdout + done.stderr
-        return next((w for w in ("SUCCEEDED", "FAILED", "STOPPED") if w in seen["status"]), None)
+        said = seen["status"].lower()  # "Job '...' succeeded", or a status line: SUCCEEDED, FAILED, STOPPED
+        return next((w for w in ("succeeded", "failed", "stopped") if w in said), None)
 
     try:
         status = wait_for(job_status, timeout_s=JOB_S + 120, interval_s=2, what="the job finished")
     except AssertionError:
         logs = _ray(["job", "logs", "--address", conn["dashboard_url"], job_id], conn["env"], tmp_path)
         raise AssertionError(f"{seen.get('status')}\n{logs.stdout}{logs.stderr}") from None
-    assert status == "SUCCEEDED", seen["status"]
+    assert status == "succeeded", seen["status"]
     logs = _ray(["job", "logs", "--address", conn["dashboard_url"], job_id], conn["env"], tmp_path)
     assert "RESTART-JOB DONE" in logs.stdout + logs.stderr, logs.stdout + logs.stderr
     c = buyer.get(f"/v1/clusters/{cid}").json()
