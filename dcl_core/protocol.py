@@ -7,6 +7,7 @@ and a `WorkResult` body. Items of one lease are handled in order; leases run in 
 
 from __future__ import annotations
 
+import signal
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
@@ -20,6 +21,9 @@ PROTOCOL_VERSION = 1
 PROTOCOL_HEADER = "DCluster-Protocol"
 # Agents made before the header spoke this version: a call without the header is taken as speaking it.
 UNANNOUNCED_PROTOCOL = 1
+# Sent to a running agent to make it close every lease and leave the platform (`dcluster-agent leave`, a local
+# platform's `down`); SIGTERM only stops it for a restart, its leases running on (worker/agent/stopping.py).
+AGENT_LEAVE_SIGNAL = signal.SIGUSR1
 
 
 def mismatch_message(*, agent: object, platform: object) -> str:

@@ -11,7 +11,7 @@ import psutil
 import dcluster
 from cli.platform import accounts, install, log_tail, ray_node, state, waiting
 from cli.platform.errors import PlatformError
-from dcl_core import domain, secret_files
+from dcl_core import domain, protocol, secret_files
 from worker import procs
 
 logger = logging.getLogger(__name__)
@@ -193,13 +193,14 @@ def wait_for_machines(
 
 
 def leave_agents(agents: list[dict]) -> None:
-    """SIGTERM each agent's root so it can tell the platform it leaves, and give it a moment."""
+    """Send each agent the leave signal (it closes its leases and tells the platform it leaves: SIGTERM would
+    only stop it for a restart, its leases running on), and give it a moment."""
     roots = []
     for agent in agents:
         if agent.get("pid") and procs.pid_alive(agent["pid"], agent.get("create_time")):
             try:
                 proc = psutil.Process(agent["pid"])
-                proc.terminate()
+                proc.send_signal(protocol.AGENT_LEAVE_SIGNAL)
                 roots.append(proc)
             except (psutil.NoSuchProcess, psutil.ZombieProcess):
                 pass

@@ -64,15 +64,16 @@ class RunningPlatform:
 
 
 @contextlib.contextmanager
-def running_platform(prefix: str = "dcl-it-"):
-    """A real platform on free ports in a temp dir of its own; its agents, processes and files go after."""
+def running_platform(prefix: str = "dcl-it-", settings: dict | None = None):
+    """A real platform on free ports in a temp dir of its own (settings: over SETTINGS); its agents, processes and
+    files go after."""
     # Short paths: Ray's unix sockets live under the temp dir and are limited to ~107 bytes.
     root = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
     state_dir, work_dir = root / "state", root / "work"
     work_dir.mkdir()
     port = procs.free_port()
     launcher = platform_launcher.PlatformLauncher(
-        state_dir, port=port, providers=0, heartbeat_s=HEARTBEAT_S, settings=SETTINGS
+        state_dir, port=port, providers=0, heartbeat_s=HEARTBEAT_S, settings={**SETTINGS, **(settings or {})}
     )
     try:
         result = launcher.up()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ from dcl_core import domain
 from tests import lease_versions
 from tests.waiting import wait_for  # noqa: F401 (re-exported for the integration tests)
 from worker import procs
+from worker.agent import stopping
 
 BIN = Path(sys.executable).parent  # this venv's commands (dcluster, dcluster-agent)
 
@@ -137,7 +139,20 @@ class LocalAgent:
         return self
 
     def stop(self, grace_s: float = 10.0) -> None:
+        """Stop offering the machine (the agent's leave signal: it closes every lease and leaves), then make
+        sure nothing of the agent is left."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(stopping.LEAVE_SIGNAL)
+            try:
+                self.proc.wait(timeout=grace_s + 60)
+            except subprocess.TimeoutExpired:
+                pass
         procs.stop_owned(self.tag, grace_s=grace_s)
+
+    def terminate(self, timeout_s: float = 60.0) -> int:
+        """SIGTERM, as systemd sends on a restart or an upgrade: the agent exits, its leases run on."""
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=timeout_s)
 
     def kill9(self) -> None:
         for p in procs.owned_processes(self.tag):

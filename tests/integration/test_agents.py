@@ -136,7 +136,7 @@ def test_the_password_enrolls_once_then_a_revoked_machine_key_stops_the_agent(ag
             timeout_s=90,
             what="machine back online on its key",
         )
-        assert "signed in as" not in first.log_text().split("received SIGTERM")[-1]
+        assert "signed in as" not in first.log_text().split("received SIGUSR1")[-1]
 
         keys = provider.get("/v1/machine-keys").json()
         [mine] = [k for k in keys if k["machine_id"] == machine_id]

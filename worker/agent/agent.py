@@ -1,4 +1,5 @@
-"""The provider agent: registers this machine, heartbeats, long-polls for work, leaves on stop."""
+"""The provider agent: registers this machine, heartbeats, long-polls for work; on stop either leaves (closing
+every lease) or, for a restart, just exits and leaves its leases running for the next run (worker/agent/stopping.py)."""
 
 from __future__ import annotations
 
@@ -85,6 +86,7 @@ class Agent:
         self._password = settings.password
         self.revoked = False  # set when the platform refused the key: run() returns, the CLI says why
         self.protocol_refused: str | None = None  # the platform's 426: it speaks another protocol version
+        self.left = False  # stop() closed the leases and told the platform the machine leaves
         if self._state.agent_key:
             self.client.set_token(self._state.agent_key)
         self._hb_backoff = dcluster.Backoff(rand=rand)
@@ -104,15 +106,9 @@ class Agent:
         if self._threads:
             return
         try:
-            recovered = self.leases.recover()
-            if recovered:
-                logger.warning(
-                    "cleaned up %d lease(s) left by a previous run of the agent: %s",
-                    len(recovered),
-                    ", ".join(recovered),
-                )
+            self.leases.recover()  # before the first heartbeat, which reports the leases that run on (each logged)
         except Exception:
-            logger.exception("cleaning up leases of a previous run failed")
+            logger.exception("recovering the leases of a previous run failed")
         logger.info(
             "agent for %s as %s (machine_key %s, state %s)",
             self.settings.platform_url,
@@ -160,11 +156,13 @@ class Agent:
         """Work items waiting per lease thread (a lease's thread ends, and leaves this, when it is idle)."""
         return self._lease_work.queues()
 
-    def stop(self) -> None:
-        """Stop the loops, stop what the agent started, then tell the platform we leave (best effort)."""
+    def stop(self, *, leave: bool = True) -> None:
+        """Stop the loops; leaving, also close every lease and tell the platform the machine leaves (best effort).
+        leave=False, a restart: the leases run on, and the next run reattaches them (worker/agent/stopping.py)."""
         if self._stop_started:  # a second signal, or run() after the handler already stopped us
             return
         self._stop_started = True
+        self.left = leave
         self._stopping.set()
         self._poll_wakeup.set()
         deadline = time.monotonic() + self.settings.stop_join_s
@@ -174,6 +172,10 @@ class Agent:
             if name == "poll" and self._in_long_poll.is_set():
                 continue  # nothing to finish there, and the daemon thread never blocks exit
             thread.join(max(0.0, deadline - time.monotonic()))
+        if not leave:
+            logger.info("stopping for a restart; leases that keep running: %s", ", ".join(self.leases.lease_ids()))
+            self._stopped.set()
+            return
         try:
             self._stop_leases()
         except Exception:

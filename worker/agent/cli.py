@@ -17,7 +17,18 @@ import dcluster
 from dcl_core import domain
 from dcluster import versions
 from worker.agent import agent as agent_mod
-from worker.agent import config_file, detect, doctor_run, env_options, fake_nvml, platform_trust, sandbox, service
+from worker.agent import (
+    config_file,
+    detect,
+    doctor_run,
+    env_options,
+    fake_nvml,
+    leave_run,
+    platform_trust,
+    sandbox,
+    service,
+    stopping,
+)
 from worker.agent import state as state_mod
 from worker.agent.sandbox import base as sandbox_base
 
@@ -31,9 +42,12 @@ EXIT_PROTOCOL = 4  # the platform speaks another protocol version (426): run the
 # Subcommands beside running the agent; each takes the agent's own options (and its config file).
 DOCTOR = "doctor"
 INSTALL_SERVICE = "install-service"
+LEAVE = "leave"
 COMMANDS = {
     DOCTOR: "check this machine and its way to the platform, one line per check; exit 1 on any FAIL",
     INSTALL_SERVICE: "write the systemd unit and the config file (from these options), then enable and start it",
+    LEAVE: "stop offering this machine: the running agent closes every lease, leaves the platform and exits "
+    "(SIGTERM, as on a restart or an upgrade, keeps the leases running)",
 }
 
 
@@ -166,6 +180,8 @@ def build_parser(
         doctor_run.add_options(p)
     elif command == INSTALL_SERVICE:
         service.add_options(p)
+    elif command == LEAVE:
+        leave_run.add_options(p)
     p.epilog = (
         f"Every option can also come from the environment: {env_options.ENV_PREFIX}<OPTION> (e.g. "
         f"{env_options.ENV_PREFIX}PLATFORM_URL, {env_options.ENV_PREFIX}PRICE_PER_GPU_HOUR), or from the config "
@@ -230,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
             lambda url: platform_client(url, state_dir, fingerprint=args.fingerprint, insecure=args.insecure),
             nvml=fake_nvml.FakeNvml.from_json(fake_nvml_text) if fake_nvml_text else None,
         )
+    if command == LEAVE:
+        return leave_run.run(args, args.state_dir if args.state_dir is not None else state_mod.default_state_dir())
     if command == INSTALL_SERVICE:
         pristine = build_parser(INSTALL_SERVICE, environ={}, read_config=False)
         return service.install(parser, args, vars(pristine.parse_args([])))
@@ -334,14 +352,18 @@ def main(argv: list[str] | None = None) -> int:
     logger.info("leases run with --runtime %s", runtime)
 
     def _on_signal(signum, _frame):
-        logger.info("received %s; leaving the platform", signal.Signals(signum).name)
-        agent.stop()
+        leave = signum in stopping.LEAVE_SIGNALS
+        what = "closing every lease and leaving the platform" if leave else "a restart: the leases keep running"
+        logger.info("received %s; %s", signal.Signals(signum).name, what)
+        agent.stop(leave=leave)
 
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
+    for signum in (*stopping.RESTART_SIGNALS, *stopping.LEAVE_SIGNALS):
+        signal.signal(signum, _on_signal)
     try:
+        stopping.write_pid(settings.state_dir)
         agent.run()
     finally:
+        stopping.clear_pid(settings.state_dir)
         client.close()
     if agent.revoked:
         return EXIT_KEY_REFUSED

@@ -13,7 +13,8 @@ that tag is what `ray stop` and closing the lease go by.
 Layout (in a sandbox, only the paths marked "inside" are there, at the same place)::
 
     <root>/<lease id>/           0700  the agent's
-        lease.json               0600  what recover() needs after an agent restart
+        lease.json               0600  the lease's record: what recover() rebuilds it from after an agent restart
+        supervisor.sock          0600  bwrap: the lease's supervisor listens here (only the agent's user reaches it)
         sandbox.log              0600  the sandbox runtime's own output
         etc/passwd, etc/group    0644  the lease's user, bound as /etc/passwd and /etc/group inside
         ray_auth_token           0400  inside, read-only: the sub-cluster's token (RAY_AUTH_TOKEN_PATH)
@@ -27,7 +28,6 @@ The lease's own files belong to the lease's user (a uid of its own under bwrap a
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -39,11 +39,19 @@ from pathlib import Path
 from dcl_core import domain, ids, protocol, secret_files
 from dcl_core import ray_ports as ray_ports_mod
 from worker import procs
-from worker.agent import cpu_caps, lease_commands, lease_env, lease_files, lease_fs, lease_logs, start_once
+from worker.agent import (
+    cpu_caps,
+    lease_commands,
+    lease_env,
+    lease_files,
+    lease_fs,
+    lease_logs,
+    lease_recovery,
+    start_once,
+)
 from worker.agent.lease_files import (
     HOME_DIR,
     LOGS_DIR,
-    RECORD_FILE,
     TOKEN_FILE,
     LeaseError,
     owner_tag,
@@ -216,7 +224,7 @@ class LeaseRunner:
             lease_fs.give(
                 lease.dir, TOKEN_FILE, uid=lease.uid, gid=lease.gid, mode=0o400 if lease.uid is not None else 0o600
             )
-            secret_files.write_secret_file(lease.dir / RECORD_FILE, json.dumps(lease.record(), indent=2).encode())
+            lease.save()
             lease.sandbox = self.runtime.create(
                 sandbox.SandboxSpec(
                     lease_id=lease_id,
@@ -230,9 +238,13 @@ class LeaseRunner:
                     limits=self._limits_fn(payload),
                     image=payload.image,
                     log_path=lease.dir / "sandbox.log",
+                    control_dir=lease.dir,
                 )
             )
+            lease.save()  # with the sandbox's link: a restarted agent reattaches from it
         except BaseException as exc:
+            if lease.sandbox is not None:
+                lease.sandbox.close(1.0)
             with self._lock:
                 self._leases.pop(lease_id, None)
             lease_fs.remove_tree(lease.dir)
@@ -341,32 +353,21 @@ class LeaseRunner:
             thread.join()
         return results
 
-    def recover(self) -> list[str]:
-        """At agent start: stop and remove the leases a previous run of the agent left on disk."""
-        found = []
-        for entry in sorted(self.root.iterdir()):
-            lease_id = entry.name
-            if not _LEASE_ID_RE.match(lease_id) or not entry.is_dir() or entry.is_symlink():
-                continue
-            with self._lock:
-                if lease_id in self._leases:
-                    continue
-            found.append(lease_id)
-            self.runtime.cleanup_stale(lease_id)
-            summary = procs.stop_owned(owner_tag(lease_id), grace_s=2.0)
-            if not summary.clean:
-                logger.warning(
-                    "lease %s from a previous run: processes %s survive; its files stay", lease_id, summary.remaining
-                )
-                continue
-            lease_fs.remove_tree(temp_dir_for(lease_id))
-            lease_fs.remove_tree(entry)
-            logger.warning(
-                "lease %s from a previous run of the agent cleaned up: %d process(es) stopped",
-                lease_id,
-                len(summary.terminated),
-            )
-        return found
+    def recover(self) -> lease_recovery.Recovered:
+        """At agent start: reattach the leases a previous run of the agent left running, clean up the rest
+        (lease_recovery.py)."""
+        return lease_recovery.recover(self)
+
+    def adopt(self, lease: _Lease) -> bool:
+        """Hold a lease a previous run of the agent opened, its sandbox reached again; False when the runner
+        is closing or already holds it."""
+        assert lease.sandbox is not None
+        with self._lock:
+            if self._closed or lease.lease_id in self._leases:
+                return False
+            self._leases[lease.lease_id] = lease
+        self.cpu_caps.opened(lease.lease_id, lease.sandbox, ray_node=False)  # its start window is long over
+        return True
 
 
 def _check_id(lease_id: str) -> None:

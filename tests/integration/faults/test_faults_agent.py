@@ -21,9 +21,9 @@ def test_agent_restart_while_it_holds_leases(fault_market, platform):
     victim = next(m for m in fault_market if m["id"] == head["machine_id"])
 
     victim["agent"].kill9()
-    # Unsandboxed, the leases' Ray processes outlive the agent (they carry their own owner tags); in a
-    # sandbox they end with it (its supervisor stops everything when the agent's pipe closes): no lease
-    # runs unsupervised. Either way the platform must end up right, which is what is checked below.
+    # The leases' Ray processes outlive the agent (bwrap: the sandbox hangs off a keeper of its own; unsandboxed:
+    # they carry their own owner tags), and the restarted agent reattaches them if it is back within the
+    # platform's silence window. Either way the platform must end up right, which is what is checked below.
     head_outlived_agent = bool(faultkit.lease_process_tags().get(faultkit.LEASE_TAG_PREFIX + head["id"]))
     restarted_at = time.time()
     victim["agent"].start()

@@ -4,8 +4,9 @@ A runtime (docker, bwrap, none) makes one Sandbox per lease when the lease opens
 of the lease starts in it (`spawn`), files the launcher uploads are written from inside it
 (`put_file`, as the lease's user), and closing the lease ends it (`close`): every process in it,
 however it was forked. Sandboxed runtimes start worker/agent/sandbox/supervisor.py as the sandbox's
-first process and talk to it over its stdin/stdout (supervised.SupervisedSandbox); runtime none is
-unsandboxed.py.
+first process and talk to it (supervised.SupervisedSandbox); runtime none is unsandboxed.py. A sandbox
+that outlives the agent (bwrap, none) says in `saved()` how to reach it again, and after an agent
+restart `Runtime.reattach` gives it back from that.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import abc
 import dataclasses
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from dcl_core import domain
 from worker import procs
@@ -59,6 +60,7 @@ class SandboxSpec:
     limits: LeaseLimits = LeaseLimits()
     image: str | None = None  # docker only
     log_path: Path | None = None  # the sandbox's own output (runtime errors)
+    control_dir: Path | None = None  # the agent's own 0700 dir of the lease, outside the view: the supervisor's socket
 
 
 class Process(Protocol):
@@ -96,6 +98,11 @@ class Sandbox(abc.ABC):
         """From now on at most the lease's CPUs (LeaseLimits.cpus). Until then its CPU shares weigh it among
         the machine's leases: it may use idle cores, never another lease's share. Idempotent."""
 
+    def saved(self) -> dict[str, Any]:
+        """What Runtime.reattach needs to reach this sandbox after an agent restart (kept in the lease's
+        record); empty: the sandbox does not outlive the agent."""
+        return {}
+
 
 class Runtime(abc.ABC):
     """Makes the sandboxes of one agent: `--runtime docker|bwrap|none`."""
@@ -114,6 +121,12 @@ class Runtime(abc.ABC):
     def lease_versions(self) -> tuple[str, str] | None:
         """(Ray version, Python version) a lease runs, where it is not the agent's own (an image's); None: the
         agent's, which detection reports."""
+        return None
+
+    def reattach(self, lease_id: str, control_dir: Path, saved: dict[str, Any]) -> Sandbox | None:
+        """After an agent restart: the lease's sandbox, reached again from what its saved() gave, when it still
+        runs and is that lease's; None otherwise (then the caller cleans it up). By default none outlives the
+        agent."""
         return None
 
     def cleanup_stale(self, lease_id: str) -> None:  # noqa: B027 - a hook: nothing to clean by default

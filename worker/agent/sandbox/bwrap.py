@@ -1,8 +1,13 @@
 """The bwrap runtime: each lease in a bubblewrap sandbox with an explicit filesystem view, its own user and cgroup.
 
-The agent (root) starts, per lease:
+The agent (root) starts, per lease, in a session of its own:
 
-    sh -c 'enter the lease's cgroups; exec bwrap ...' -- setpriv <lease uid, no caps, no-new-privs> python supervisor.py
+    sh -c 'enter the lease's cgroups; bwrap ...' -- setpriv <lease uid, no caps, no-new-privs> python supervisor.py
+
+The sh stays as the sandbox's keeper: bwrap's --die-with-parent ties the sandbox to it, not to the
+agent, so the lease runs on when the agent restarts (the supervisor listens on a unix socket in the
+lease's private dir, control_socket.py, and a restarted agent reattaches); killing the keeper's
+group ends the whole sandbox.
 
 bwrap runs as root to build the view (so it can bind a Python runtime under a 0700 home), makes
 new mount, pid, ipc, uts (and cgroup) namespaces, and the supervisor drops to the lease's own
@@ -26,6 +31,7 @@ import sys
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -55,7 +61,8 @@ ETC_FILES = (
 )
 LEASE_UID_BASE = 1_200_000_000  # lease users: far above any real account; gid = uid
 LEASE_UID_SPAN = 1 << 24
-_ENTER_CGROUPS = 'for f in $DCL_CGROUP_PROCS; do echo $$ > "$f" || exit 111; done; exec "$@"'
+# Not `exec "$@"`: the sh stays, as the parent bwrap's --die-with-parent watches (see above).
+_ENTER_CGROUPS = 'for f in $DCL_CGROUP_PROCS; do echo $$ > "$f" || exit 111; done; "$@"; exit $?'
 
 
 def installed() -> bool:
@@ -285,7 +292,7 @@ class BwrapRuntime(base.Runtime):
             argv += ["--"]
             if spec.uid is not None:
                 argv += drop_privileges(spec.uid, spec.gid if spec.gid is not None else spec.uid)
-            argv += [sys.executable, "-I", "-S", str(supervised.SUPERVISOR)]
+            argv += [sys.executable, "-I", "-S", str(supervised.SUPERVISOR), *supervised.OWN_PID_NAMESPACE]
             env = {
                 "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
                 procs.OWNER_ENV: spec.owner_tag,
@@ -299,6 +306,7 @@ class BwrapRuntime(base.Runtime):
                 cgroup=cgroup,
                 cpus=spec.limits.cpus,
                 pass_fds=(filter_fd,),
+                socket_dir=spec.control_dir,
             )
             try:
                 return sandbox.start()
@@ -308,6 +316,31 @@ class BwrapRuntime(base.Runtime):
                 raise
         finally:
             os.close(filter_fd)  # bwrap has its own copy (it is running, or failed to start)
+
+    def reattach(self, lease_id: str, control_dir: Path, saved: dict[str, Any]) -> base.Sandbox | None:
+        if saved.get("link") != "socket":
+            return None
+        try:
+            keeper = (int(saved["keeper_pid"]), float(saved["keeper_started"]))
+            cpus = float(saved["cpus"]) if saved.get("cpus") is not None else None
+            log_path = Path(str(saved["log_path"]))
+        except (KeyError, TypeError, ValueError):
+            return None
+        sandbox = BwrapSandbox(
+            lease_id,
+            [],
+            env={},
+            log_path=log_path,
+            cgroup=cgroups.LeaseCgroup(lease_id, self.controllers, self.cgroup_root),
+            cpus=cpus,
+            socket_dir=control_dir,
+            keeper=keeper,
+        )
+        try:
+            return sandbox.attach()
+        except base.SandboxError as exc:
+            logger.warning("lease %s: its sandbox is gone (%s)", lease_id, exc)
+            return None
 
     def cleanup_stale(self, lease_id: str) -> None:
         cgroup = cgroups.LeaseCgroup(lease_id, self.controllers, self.cgroup_root)
@@ -330,10 +363,18 @@ class BwrapSandbox(supervised.SupervisedSandbox):
         cgroup: cgroups.LeaseCgroup,
         cpus: float | None = None,
         pass_fds: Sequence[int] = (),
+        socket_dir: Path | None = None,
+        keeper: tuple[int, float] | None = None,
     ):
-        super().__init__(lease_id, argv, env=env, log_path=log_path, pass_fds=pass_fds)
+        super().__init__(
+            lease_id, argv, env=env, log_path=log_path, pass_fds=pass_fds, socket_dir=socket_dir, keeper=keeper
+        )
         self.cgroup = cgroup
         self.cpus = cpus
+
+    def saved(self) -> dict[str, Any]:
+        saved = super().saved()
+        return {**saved, "cpus": self.cpus, "log_path": str(self._log_path)} if saved else {}
 
     def cap_cpu(self) -> None:
         self.cgroup.cap_cpu(self.cpus)

@@ -207,6 +207,7 @@ def docker_run_args(
     args += ["--mount", f"type=bind,source={supervisor},target={SUPERVISOR_INSIDE},readonly"]
     home = next((str(p) for p in spec.writable if p.name == "home"), "/")
     args += ["--workdir", home, "--entrypoint", python, image, "-I", "-S", SUPERVISOR_INSIDE]
+    args += supervised.OWN_PID_NAMESPACE
     return args
 
 

@@ -1,8 +1,17 @@
-"""The process inside every sandbox that starts a lease's commands: standard library only, JSON lines on stdio.
+"""The process inside every sandbox that starts a lease's commands: standard library only, JSON lines.
 
 It runs as the sandbox's first process of the lease's user (bwrap: pid 2 of the sandbox's pid
-namespace, docker: the container's entrypoint). The agent writes one request a line on its
-stdin and reads one reply or event a line from its stdout:
+namespace, docker: the container's entrypoint). The agent writes one request a line and reads one
+reply or event a line, over one of two links:
+
+- its stdin/stdout (docker): the end of stdin (the agent went away) ends the lease;
+- a unix socket (bwrap, `--listen-fd N --lease-id ID --agent-uid UID`): the agent made and bound the
+  listening socket in the lease's private dir (0700, the agent's, outside the sandbox's view) and
+  passed it in. Each connection from the agent's uid (SO_PEERCRED; any other is closed unanswered)
+  first gets {"event": "ready", "lease_id": ..., "next_id": ...} and replaces the one before: an
+  agent that restarts reconnects, and the lease runs on. With no agent connected for
+  `--orphan-s` seconds the lease ends itself (the agent is gone for good; the platform counted the
+  lease lost long before).
 
     {"id": 1, "op": "spawn", "argv": [...], "env": {...}, "cwd": "...", "log": "..."}
         -> {"id": 1, "pid": 12}                          or {"id": 1, "error": "..."}
@@ -12,13 +21,16 @@ stdin and reads one reply or event a line from its stdout:
     {"id": 3, "op": "stop", "grace_s": 2.0, "first": ["raylet"], "last": ["gcs_server"]}
         -> {"id": 3, "ok": true, "signalled": 5}, then it exits
 
-Stopping, and the end of stdin (the agent went away), signal every other process of the
-sandbox: kill(-1) reaches exactly the processes of the lease's user in this pid namespace,
+Stopping, the end of stdin (pipe link: the agent went away) and a socket link's orphan time signal
+every other process of the sandbox: kill(-1) reaches exactly the processes of the lease's user in this pid namespace,
 which is every process of the lease however it was forked. A stop first terminates them in
 stages by executable name, in Ray's own order (`first`, then the rest, `last` at the end, the
 names given by the agent), within the one grace: Ray's GCS and its autoscaler's monitor,
 terminated at once, wait on each other until the SIGKILL. The names only order; kill(-1) then
-reaches everything, and SIGKILL whatever is left at the end of the grace. Nothing here is trusted for
+reaches everything, and SIGKILL whatever is left at the end of the grace. All this only with
+`--pid-namespace own` (the runtime's word that this runs alone in a pid namespace of its own) and not as
+root: elsewhere kill(-1) would reach every process of the user, or of the machine, so a stop signals
+nothing. Nothing here is trusted for
 isolation: the sandbox around it does that; this only saves the agent a `docker exec` or an
 `nsenter` per command. It makes itself non-dumpable so that the lease's processes, which run
 as the same user, cannot take over its pipes through /proc.
@@ -29,6 +41,8 @@ import ctypes
 import json
 import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -36,13 +50,21 @@ import time
 
 _out_lock = threading.Lock()
 _children = {}  # request id -> Popen
+# Where replies and events go (None: no agent connected), its connection, the highest request id seen.
+_link = {"out": None, "conn": None, "top_id": 0}
 
 
 def _send(message):
-    line = json.dumps(message, separators=(",", ":")) + "\n"
+    line = (json.dumps(message, separators=(",", ":")) + "\n").encode()
     with _out_lock:
-        sys.stdout.write(line)
-        sys.stdout.flush()
+        out = _link["out"]
+        if out is None:
+            return  # no agent now: an exit it was not there to see is of no use to the next one
+        try:
+            out.write(line)
+            out.flush()
+        except (OSError, ValueError):
+            _link["out"] = None
 
 
 def _no_dump():
@@ -66,6 +88,17 @@ def _processes():
             if rest.split()[:1] != [b"Z"]:
                 found[int(name)] = head.partition(b"(")[2].decode(errors="replace")
     return found
+
+
+# Set by `--pid-namespace own`, which only a runtime that starts this in a pid namespace of its own passes
+# (bwrap, docker). Without it (say, run by hand or by a test on the host) a stop signals nothing: kill(-1) and a
+# scan of /proc on the host would reach every process of the user, or, as root, of the machine.
+_alone = {"namespace": False}
+
+
+def may_signal_everything():
+    """Only in a pid namespace of the lease's own, and never as root (a lease never runs as root)."""
+    return _alone["namespace"] and os.getuid() != 0
 
 
 class PidNamespace:
@@ -99,6 +132,9 @@ def _terminate_stage(ns, pids, until):
 def stop_everything(grace_s, first=(), last=(), ns=PidNamespace):
     """SIGTERM every other process (the processes named in `first`, then all but those in `last`, each
     stage waited for, then everything), wait up to grace_s in all for them to go, then SIGKILL what is left."""
+    if ns is PidNamespace and not may_signal_everything():
+        sys.stderr.write("supervisor: not alone in a pid namespace of its own, or root: nothing signalled\n")
+        return 0
     deadline = ns.monotonic() + grace_s
     found = ns.processes()
     signalled = len(found)
@@ -168,16 +204,14 @@ def _kill(request):
     return {"ok": True}
 
 
-def main():
-    _no_dump()
-    # Only the agent ends us (stop, or closing stdin). A handler, not SIG_IGN: an ignored signal stays
-    # ignored across exec, and every command would then ignore SIGTERM too.
-    signal.signal(signal.SIGTERM, lambda *_: None)
-    _send({"event": "ready", "pid": os.getpid(), "uid": os.getuid(), "python": sys.version.split()[0]})
-    for line in sys.stdin:
+def _serve(lines):
+    """Answer the requests read from lines; True once a stop ended the lease."""
+    for line in lines:
         request = None
         try:
             request = json.loads(line)
+            if isinstance(request.get("id"), int):
+                _link["top_id"] = max(_link["top_id"], request["id"])
             op = request["op"]
             if op == "spawn":
                 reply = _spawn(request)
@@ -191,13 +225,86 @@ def main():
                 )
                 reply = {"ok": True, "signalled": signalled}
                 _send({"id": request.get("id"), **reply})
-                return 0
+                return True
             else:
                 reply = {"error": f"unknown op {op!r}"}
         except Exception as exc:
             reply = {"error": f"{type(exc).__name__}: {exc}"}
         _send({"id": request.get("id") if isinstance(request, dict) else None, **reply})
-    stop_everything(0.5)  # stdin closed: the agent is gone, and so is the lease
+    return False
+
+
+def _ready(**extra):
+    return {"event": "ready", "pid": os.getpid(), "uid": os.getuid(), "python": sys.version.split()[0], **extra}
+
+
+def peer_uid(conn):
+    """The uid of the process at the other end of a unix socket connection (SO_PEERCRED)."""
+    _pid, uid, _gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+    return uid
+
+
+def _serve_connection(conn, done):
+    with conn, conn.makefile("rb") as lines:
+        if _serve(lines):
+            done.set()
+
+
+def serve_socket(listener, lease_id, agent_uid, orphan_s):
+    """Accept the agent's connections one after another until a stop, or until no agent came for orphan_s."""
+    done = threading.Event()
+    current = None
+    alone_since = time.monotonic()
+    listener.settimeout(1.0)
+    while not done.is_set():
+        if current is not None and not current.is_alive():
+            current, alone_since = None, time.monotonic()
+        if current is None and time.monotonic() - alone_since > orphan_s:
+            stop_everything(2.0)
+            return
+        try:
+            conn, _ = listener.accept()
+        except TimeoutError:
+            continue
+        conn.settimeout(None)
+        if peer_uid(conn) != agent_uid:
+            conn.close()  # another user, or a lease's own: never an answer
+            continue
+        with _out_lock:
+            old, _link["conn"], _link["out"] = _link["conn"], conn, conn.makefile("wb")
+        if old is not None:  # the agent came back: its old connection (if it lingers) reads no more
+            try:
+                old.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        _send(_ready(lease_id=lease_id, next_id=_link["top_id"] + 1))
+        current = threading.Thread(target=_serve_connection, args=(conn, done), daemon=True)
+        current.start()
+
+
+def _options(argv):
+    options = {}
+    for name, value in zip(argv[::2], argv[1::2], strict=False):
+        options[name.lstrip("-").replace("-", "_")] = value
+    return options
+
+
+def main(argv=None):
+    _no_dump()
+    # Only the agent ends us (a stop, closing stdin, or its long absence). A handler, not SIG_IGN: an ignored
+    # signal stays ignored across exec, and every command would then ignore SIGTERM too.
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    options = _options(sys.argv[1:] if argv is None else argv)
+    _alone["namespace"] = options.get("pid_namespace") == "own"
+    if "listen_fd" in options:
+        listener = socket.socket(fileno=int(options["listen_fd"]))
+        os.set_inheritable(listener.fileno(), False)  # no command of the lease gets it
+        serve_socket(listener, options["lease_id"], int(options["agent_uid"]), float(options["orphan_s"]))
+        return 0
+    _link["out"] = sys.stdout.buffer
+    _send(_ready())
+    if not _serve(sys.stdin.buffer):
+        stop_everything(0.5)  # stdin closed: the agent is gone, and so is the lease
     return 0
 
 

@@ -1,4 +1,8 @@
-"""Runtime none: a lease's processes run as the agent's user, each command in a process group of its own."""
+"""Runtime none: a lease's processes run as the agent's user, each command in a process group of its own.
+
+They are never the agent's to end by dying (each command leads a session of its own), so a lease
+outlives an agent restart: it is its owner tag, reattached as long as the machine has not rebooted.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +13,23 @@ import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from dcl_core import domain, secret_files
 from worker import procs
 from worker.agent.sandbox import base
 
 logger = logging.getLogger(__name__)
+
+BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+
+
+def boot_id() -> str:
+    """This boot of the machine: a lease recorded in another one has no process left."""
+    try:
+        return BOOT_ID.read_text().strip()
+    except OSError:
+        return ""
 
 
 class Unsandboxed(base.Sandbox):
@@ -37,6 +52,9 @@ class Unsandboxed(base.Sandbox):
     def close(self, grace_s: float) -> procs.StopSummary:
         return procs.stop_owned(self.spec.owner_tag, grace_s=grace_s)
 
+    def saved(self) -> dict[str, Any]:
+        return {"link": "owner-tag", "owner_tag": self.spec.owner_tag, "boot_id": boot_id()}
+
 
 class UnsandboxedRuntime(base.Runtime):
     name = domain.UNSANDBOXED
@@ -44,6 +62,14 @@ class UnsandboxedRuntime(base.Runtime):
 
     def create(self, spec: base.SandboxSpec) -> base.Sandbox:
         return Unsandboxed(spec)
+
+    def reattach(self, lease_id: str, control_dir: Path, saved: dict[str, Any]) -> base.Sandbox | None:
+        tag = saved.get("owner_tag")
+        if saved.get("link") != "owner-tag" or not isinstance(tag, str) or not tag.endswith(lease_id):
+            return None
+        if not saved.get("boot_id") or saved.get("boot_id") != boot_id():
+            return None  # the machine rebooted since: nothing of the lease runs
+        return Unsandboxed(base.SandboxSpec(lease_id=lease_id, owner_tag=tag, uid=None, gid=None, writable=()))
 
     def cuda_visible_devices(self, gpu_indices: Sequence[int]) -> str:
         return ",".join(str(i) for i in gpu_indices)  # every GPU of the machine is visible: name ours

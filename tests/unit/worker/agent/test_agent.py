@@ -54,6 +54,7 @@ class FakeClient:
         self.calls: list[str] = []
         self.registrations: list[tuple[str, str]] = []
         self.heartbeats: list[tuple[str, domain.MachineUsage]] = []
+        self.held: list[list[str]] = []  # the leases each heartbeat said the agent holds
         self.left: list[tuple[str, float | None]] = []
         self.work: queue.Queue = queue.Queue()
         self.results: list[tuple[str, str, dict]] = []  # (machine_id, item_id, WorkResult JSON) accepted
@@ -99,6 +100,7 @@ class FakeClient:
     def heartbeat(self, machine_id: str, usage: domain.MachineUsage, leases: Sequence[str] = ()) -> dict:
         answer = self._next("heartbeat")
         self.heartbeats.append((machine_id, usage))
+        self.held.append(sorted(leases))
         return answer or {"status": "online", "heartbeat_interval_s": self.interval_s}
 
     def poll_work(self, machine_id: str, wait_s: float = 20) -> list[dict]:
@@ -835,32 +837,43 @@ def test_result_posting_retries_then_gives_up_or_drops_on_404(tmp_path, lease_ro
     assert [item_id for _, item_id, _ in client.results] == ["w-1"]
 
 
-def test_stop_closes_leases_and_start_recovers_leftovers(tmp_path, lease_root):
-    # A previous agent run left a lease with a running process behind (it crashed: no close).
-    previous = leases.LeaseRunner(lease_root, node_ip="127.0.0.1")
-    left_over = _lease_id()
-    previous.open(
-        protocol.LeaseOpen(lease_id=left_over, cluster_id=CLUSTER_ID, role="worker", ray_auth_token=LEASE_TOKEN)
-    )
-    previous.run(left_over, "sleep 300 & echo $! > ~/pid", {}, 10)
-    old_sleeper = int((lease_root / left_over / "home" / "pid").read_text())
-
-    client = FakeClient(interval_s=0.05)
+def _run_agent(tmp_path, lease_root, client):
     runner = leases.LeaseRunner(lease_root, node_ip="127.0.0.1")
     agent = agent_mod.Agent(
         client, make_settings(tmp_path, poll_wait_s=30), detect_fn=lambda: SPEC, lease_runner=runner
     )  # real waits: stop() interrupts them
     agent.start()
-    assert not procs.pid_alive(old_sleeper) and not (lease_root / left_over).exists()
-    lease_id = _lease_id()
-    client.work.put(_open_item("w-1", lease_id))
-    client.wait_results(1)
-    client.work.put(_exec_item("w-2", lease_id, "sleep 300 & echo $! > ~/pid"))
-    client.wait_results(2)
-    sleeper = int((lease_root / lease_id / "home" / "pid").read_text())
-    assert procs.pid_alive(sleeper)
-    agent.stop()
-    assert not procs.pid_alive(sleeper) and runner.lease_ids() == [] and not (lease_root / lease_id).exists()
+    return agent, runner
+
+
+def test_a_restart_keeps_the_leases_and_leaving_closes_them(tmp_path, lease_root):
+    first_client = FakeClient(interval_s=0.05)
+    first, _ = _run_agent(tmp_path, lease_root, first_client)
+    kept = _lease_id()
+    first_client.work.put(_open_item("w-1", kept))
+    first_client.wait_results(1)
+    first_client.work.put(_exec_item("w-2", kept, "setsid sleep 300 & echo $! > ~/pid"))
+    first_client.wait_results(2)
+    sleeper = int((lease_root / kept / "home" / "pid").read_text())
+    first.stop(leave=False)  # SIGTERM: systemctl restart, an upgrade
+    assert first_client.left == [] and procs.pid_alive(sleeper) and (lease_root / kept).exists()
+
+    # A lease of an earlier run whose record is spoiled: cleaned up at the next start.
+    earlier = leases.LeaseRunner(lease_root, node_ip="127.0.0.1")
+    spoiled = _lease_id()
+    earlier.open(protocol.LeaseOpen(lease_id=spoiled, cluster_id=CLUSTER_ID, role="worker", ray_auth_token=LEASE_TOKEN))
+    earlier.run(spoiled, "setsid sleep 300 & echo $! > ~/pid", {}, 10)
+    old_sleeper = int((lease_root / spoiled / "home" / "pid").read_text())
+    (lease_root / spoiled / "lease.json").write_text("not json")
+
+    client = FakeClient(interval_s=0.05)
+    agent, runner = _run_agent(tmp_path, lease_root, client)
+    wait_for(lambda: client.held, timeout_s=10, what="the first heartbeat")
+    assert client.held[0] == [kept]  # the very first heartbeat holds the lease that ran on
+    assert runner.lease_ids() == [kept] and procs.pid_alive(sleeper)
+    assert not procs.pid_alive(old_sleeper) and not (lease_root / spoiled).exists()
+    agent.stop()  # leaving: SIGINT, SIGUSR1 (`dcluster-agent leave`)
+    assert not procs.pid_alive(sleeper) and runner.lease_ids() == [] and not (lease_root / kept).exists()
     assert client.left == [("m-1", 5.0)]
 
 

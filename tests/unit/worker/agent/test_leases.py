@@ -367,22 +367,6 @@ def test_close_all_refuses_new_work(runner):
         _open(runner)
 
 
-def test_recover_stops_and_removes_what_a_previous_run_left(tmp_path, base_env, outsider):
-    root = tmp_path / "state" / "leases"
-    previous = leases.LeaseRunner(root, node_ip="127.0.0.1", base_env=base_env)
-    lease_id = _open(previous)
-    previous.run(lease_id, "setsid sleep 300 & echo $! > ~/sleeper", {}, 10)
-    sleeper = _read_pid(root / lease_id / "home" / "sleeper")
-    (root / "not-a-lease").mkdir()
-    # The agent died here: `previous` is never closed. A new agent run starts on the same state dir.
-    current = leases.LeaseRunner(root, node_ip="127.0.0.1", base_env=base_env)
-    assert current.recover() == [lease_id]
-    assert not _alive(sleeper) and _alive(outsider.pid)
-    assert not (root / lease_id).exists() and not Path("/tmp/dcl-" + lease_id).exists()
-    assert (root / "not-a-lease").exists() and current.lease_ids() == []
-    assert current.recover() == []
-
-
 def test_run_never_logs_the_token(runner, caplog):
     caplog.set_level("DEBUG")
     lease_id = _open(runner)

@@ -44,7 +44,7 @@ def test_the_written_unit_passes_systemd_analyze_verify(tmp_path):
     assert (done.returncode, done.stderr) == (0, ""), done.stderr
     text = unit.read_text()
     assert f"ExecStart={service.agent_executable()} --config {tmp_path / 'etc' / 'agent.toml'}" in text
-    assert "Restart=on-failure" in text and "KillMode=mixed" in text
+    assert "Restart=on-failure" in text and "KillMode=process" in text
     assert stat.S_IMODE(unit.stat().st_mode) == 0o644
 
 
