@@ -247,19 +247,24 @@ def test_docker_run_is_locked_down(tmp_path):
     ]
 
 
+def _image_reporting(tmp_path, versions: str):
+    """A sandbox whose image prints `versions` (Ray, Python) as the agent's version probe asks."""
+    (tmp_path / "leases" / "l-0123456789ab" / "logs").mkdir(parents=True)
+
+    class FakeSandbox:
+        def spawn(self, argv, *, env, cwd, log_path):
+            log_path.write_text(versions + "\n")
+            return type("P", (), {"wait": lambda self, t=None: 0})()
+
+    return FakeSandbox
+
+
 def test_docker_version_mismatch_names_both(tmp_path):
     import ray
 
     from worker.agent.sandbox import docker
 
-    logs = tmp_path / "leases" / "l-0123456789ab" / "logs"
-    logs.mkdir(parents=True)
-
-    class FakeSandbox:
-        def spawn(self, argv, *, env, cwd, log_path):
-            log_path.write_text("2.9.3 3.10.12\n")
-            return type("P", (), {"wait": lambda self, t=None: 0})()
-
+    FakeSandbox = _image_reporting(tmp_path, "2.9.3 3.10.12")
     with pytest.raises(base.SandboxError) as exc:
         docker.check_versions(FakeSandbox(), _spec(tmp_path), "python3", (ray.__version__, "3.11.2"))
     assert "Ray 2.9.3 on Python 3.10.12" in str(exc.value) and ray.__version__ in str(exc.value)
@@ -268,14 +273,7 @@ def test_docker_version_mismatch_names_both(tmp_path):
 def test_docker_versions_match_on_ray_and_python_minor(tmp_path):
     from worker.agent.sandbox import docker
 
-    logs = tmp_path / "leases" / "l-0123456789ab" / "logs"
-    logs.mkdir(parents=True)
-
-    class FakeSandbox:
-        def spawn(self, argv, *, env, cwd, log_path):
-            log_path.write_text("2.9.3 3.10.12\n")
-            return type("P", (), {"wait": lambda self, t=None: 0})()
-
+    FakeSandbox = _image_reporting(tmp_path, "2.9.3 3.10.12")
     docker.check_versions(FakeSandbox(), _spec(tmp_path), "python3", ("2.9.3", "3.10.4"))  # what the machine runs
     with pytest.raises(base.SandboxError, match=r"the cluster runs Ray 2\.9\.3 on Python 3\.11\.1"):
         docker.check_versions(FakeSandbox(), _spec(tmp_path), "python3", ("2.9.3", "3.11.1"))
