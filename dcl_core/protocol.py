@@ -10,9 +10,9 @@ from __future__ import annotations
 import signal
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from dcl_core import domain, ids
+from dcl_core import domain, ids, node_addresses
 
 # The version of this contract. Agents send it in PROTOCOL_HEADER with every call; the platform answers it in
 # /healthz and refuses an agent that announces another one on the machine routes (426, naming both versions).
@@ -107,7 +107,17 @@ class LeaseOpened(Strict):
     """WorkResult.data of a LEASE_OPEN."""
 
     ports: dict[str, int]  # RayPorts.to_dict()
-    node_ip: str
+    node_ip: str  # the platform connects here (dashboard, metrics): a literal unicast IP only
+
+    @field_validator("node_ip")
+    @classmethod
+    def _unicast(cls, value: str) -> str:
+        return node_addresses.unicast_ip(value)
+
+    @field_validator("ports")
+    @classmethod
+    def _ports(cls, value: dict[str, int]) -> dict[str, int]:
+        return {name: node_addresses.port(number) for name, number in value.items()}
 
 
 MAX_COMMAND_TIMEOUT_S = 3600.0

@@ -5,21 +5,21 @@ Only GET. The upstream URL is built from parts: the node's recorded address and 
 `proxy_target`, never anything in the request) and a path whose every segment is checked here (no `..`, no
 empty segment, no `%`, no backslash), so nothing a caller sends can point the platform at another host, port
 or scheme. The caller's headers are not passed on (its platform token stays here); the dashboard gets the
-cluster's own Ray token. Bodies are capped and the whole exchange has a deadline.
+cluster's own Ray token. Every fetch is a bounded read (actors.bounded_http): identity encoding only, a byte cap,
+one deadline for the whole exchange.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
-import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import httpx
 from fastapi.responses import StreamingResponse
 
+from actors import bounded_http
 from dcl_core import errors
 
 logger = logging.getLogger(__name__)
@@ -27,16 +27,15 @@ logger = logging.getLogger(__name__)
 MAX_PATH_CHARS = 2048
 MAX_QUERY_CHARS = 4096
 MAX_BODY_BYTES = 64 << 20  # the dashboard's largest answers (its JS bundle, a big state listing) are a few MiB
-CONNECT_TIMEOUT_S = 5.0
-READ_TIMEOUT_S = 30.0  # between two chunks of an answer
 TOTAL_TIMEOUT_S = 120.0  # the whole exchange, body included
 METRICS_PATH = "/metrics"  # what Ray's metrics agent serves on a node's metrics export port
 
 # RFC 3986 pchar without percent-encoding: the path reaches the node exactly as checked here.
 _SEGMENT = re.compile(r"^[A-Za-z0-9._~!$&'()*+,;=:@-]+$")
 _QUERY = re.compile(r"^[\x21-\x7e]*$")  # printable ASCII, no space; '#' is refused below
-_PASSED_REQUEST_HEADERS = ("accept", "accept-encoding", "accept-language", "if-none-match", "if-modified-since")
-_PASSED_RESPONSE_HEADERS = ("content-type", "content-encoding", "content-length", "etag", "last-modified")
+# No accept-encoding: the node is asked for identity encoding only (actors.bounded_http).
+_PASSED_REQUEST_HEADERS = ("accept", "accept-language", "if-none-match", "if-modified-since")
+_PASSED_RESPONSE_HEADERS = ("content-type", "content-length", "etag", "last-modified")
 # Whatever the node answers is shown on the platform's origin only as inert content: a page a provider's machine
 # serves must never run script with the console's origin.
 _SAFETY_HEADERS = {
@@ -108,16 +107,11 @@ class HeadProxy:
         total_timeout_s: float = TOTAL_TIMEOUT_S,
     ):
         self._client = client
-        self._max_body_bytes = max_body_bytes
-        self._total_timeout_s = total_timeout_s
+        self._bounds = bounded_http.Bounds(max_bytes=max_body_bytes, total_s=total_timeout_s)
 
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:  # made on first use: inside the event loop that uses it
-            self._client = httpx.AsyncClient(
-                timeout=httpx.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
-                follow_redirects=False,
-                trust_env=False,
-            )  # never through a proxy named in the environment
+            self._client = bounded_http.client()
         return self._client
 
     async def fetch(
@@ -125,46 +119,26 @@ class HeadProxy:
     ) -> StreamingResponse:
         """GET url and stream its answer back (status, safe headers, body), within the size and time bounds."""
         headers = {k: v for k in _PASSED_REQUEST_HEADERS if (v := request_headers.get(k)) is not None}
-        headers.setdefault("accept-encoding", "identity")
         if token is not None:
             headers["Authorization"] = f"Bearer {token}"
-        deadline = time.monotonic() + self._total_timeout_s
-        client = self._http()
         try:
-            upstream = await asyncio.wait_for(
-                client.send(client.build_request("GET", url, headers=headers), stream=True),
-                timeout=self._total_timeout_s,
-            )
-        except (TimeoutError, httpx.HTTPError) as exc:
+            upstream = await bounded_http.open_get(self._http(), url, headers=headers, bounds=self._bounds)
+        except bounded_http.BoundedReadError as exc:
             raise errors.BadGateway(
-                f"{_names(url)} did not answer ({type(exc).__name__}); it may be starting "
-                "or gone, see GET /v1/clusters/{id}"
+                f"{_names(url)}: {exc}; it may be starting or gone, see GET /v1/clusters/{{id}}"
             ) from None
-        length = upstream.headers.get("content-length", "")
-        if length.isdigit() and int(length) > self._max_body_bytes:
-            await upstream.aclose()
-            raise errors.BadGateway(
-                f"{_names(url)} answered {length} bytes; the proxy passes at most {self._max_body_bytes}"
-            )
         passed = {k: v for k in _PASSED_RESPONSE_HEADERS if (v := upstream.headers.get(k)) is not None}
         return StreamingResponse(
-            self._body(upstream, url, deadline), status_code=upstream.status_code, headers={**passed, **_SAFETY_HEADERS}
+            self._body(upstream, url), status_code=upstream.status_code, headers={**passed, **_SAFETY_HEADERS}
         )
 
-    async def _body(self, upstream: httpx.Response, url: httpx.URL, deadline: float) -> AsyncIterator[bytes]:
-        sent = 0
+    async def _body(self, upstream: bounded_http.Answer, url: httpx.URL) -> AsyncIterator[bytes]:
         try:
-            async for chunk in upstream.aiter_raw():
-                sent += len(chunk)
-                if sent > self._max_body_bytes or time.monotonic() > deadline:
-                    # Headers are gone already: breaking the stream is how the client learns it is cut.
-                    raise _Cut(
-                        f"{_names(url)}: answer cut after {sent} bytes "
-                        f"(limits: {self._max_body_bytes} bytes, {self._total_timeout_s:.0f} s)"
-                    )
+            async for chunk in upstream.chunks():
                 yield chunk
-        except httpx.HTTPError as exc:
-            raise _Cut(f"{_names(url)}: answer broke off after {sent} bytes ({type(exc).__name__})") from None
+        except bounded_http.BoundedReadError as exc:
+            # Headers are gone already: breaking the stream is how the client learns it is cut.
+            raise _Cut(f"{_names(url)}: {exc}") from None
         finally:
             await upstream.aclose()
 

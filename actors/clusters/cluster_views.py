@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import shlex
 from collections.abc import Mapping
 from typing import Any
@@ -11,7 +10,7 @@ from typing import Any
 from actors.access import auth
 from actors.db import records
 from configs import labels
-from dcl_core import domain, errors
+from dcl_core import domain, errors, node_addresses
 
 
 def connection_details(node_ip: str, ports: Mapping[str, int], token: str, proxy_base: str) -> dict[str, Any]:
@@ -61,17 +60,16 @@ def proxy_target(
         node = next((l for l in live if l.id == node_id), None)
         if node is None:
             raise errors.NotFound(f"cluster {cluster_id} has no joined open node {node_id}")
-    try:
-        address = ipaddress.ip_address(node.node_ip or "")
-    except ValueError:
-        address = None
     # An agent reports its node's address: only a literal unicast IP is ever connected to.
-    if address is None or address.is_unspecified or address.is_multicast:
-        raise errors.Conflict(f"node {node.id} reported no usable address ({node.node_ip!r})")
-    port = (node.ports or {}).get(PROXIED_SERVICES[service])
-    if not isinstance(port, int) or not 0 < port < 65536:
-        raise errors.Conflict(f"node {node.id} reported no {service} port")
-    return {"host": str(address), "port": port}
+    try:
+        host = node_addresses.unicast_ip(node.node_ip)
+    except ValueError as exc:
+        raise errors.Conflict(f"node {node.id} reported no usable address: {exc}") from None
+    try:
+        port = node_addresses.port((node.ports or {}).get(PROXIED_SERVICES[service]))
+    except ValueError as exc:
+        raise errors.Conflict(f"node {node.id} reported no usable {service} port: {exc}") from None
+    return {"host": host, "port": port}
 
 
 def node_labels(cluster_id: str, lease: records.Lease, machine: Mapping[str, Any]) -> dict[str, str]:

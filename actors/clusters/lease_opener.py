@@ -7,6 +7,8 @@ import logging
 from collections.abc import Callable
 from typing import Protocol
 
+import pydantic
+
 from actors.access import platform_secrets
 from actors.clusters import cluster_logs
 from actors.clusters import cluster_views as views
@@ -154,7 +156,21 @@ class LeaseOpener:
                 f"not open {lease.role.value} node {lease.id}: {views.tail(result.output)}",
             )
             return None
-        opened = protocol.LeaseOpened.model_validate(result.data)
+        try:
+            opened = protocol.LeaseOpened.model_validate(result.data)
+        except pydantic.ValidationError as exc:
+            # The platform would connect to what the agent reported: a host name or a non-unicast address is
+            # refused, and the node it opened is closed again.
+            await self._close_on_machine(cluster.id, lease)
+            await self._store.end_lease(lease.id, domain.LeaseStatus.LOST, self._clock())
+            problems = "; ".join(str(e["msg"]) for e in exc.errors())
+            await self._events.record(
+                cluster.id,
+                domain.EventKind.LEASE_FAILED,
+                f"attempt {attempt} of {protocol.NODE_OPEN_ATTEMPTS}: machine {lease.machine_id} reported an "
+                f"unusable address for {lease.role.value} node {lease.id}: {problems[:500]}",
+            )
+            return None
         if not await self._store.open_lease(
             lease.id, node_type=node_type, tags=tags, ports=opened.ports, node_ip=opened.node_ip, now=self._clock()
         ):

@@ -10,37 +10,27 @@ ray/_private/authentication/http_token_authentication.py, reads `Authorization: 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
-from typing import Any, Protocol
+from typing import Protocol
 
 import httpx
 
+from actors import bounded_http
 from actors.db import records
-from dcl_core import domain, protocol
+from dcl_core import domain, node_addresses, protocol
 
 logger = logging.getLogger(__name__)
 
 NODES_PATH = "/api/v0/nodes"  # Ray's state API (ray/dashboard/modules/state/state_head.py)
 MAX_NODES = 10_000  # RAY_MAX_LIMIT_FROM_API_SERVER: the API's own ceiling
-REQUEST_TIMEOUT_S = 5.0
+# 10,000 nodes without detail are a few MiB of JSON; the head is a provider's machine, so its answer is capped.
+MAX_ANSWER_BYTES = 16 << 20
+REQUEST_TIMEOUT_S = 10.0  # the whole exchange, body included
 
 
 class ObserveError(Exception):
-    """The head's dashboard could not be read (not up yet, refused the token, or answered nonsense)."""
-
-
-class HttpResponse(Protocol):
-    status_code: int
-
-    def json(self) -> Any: ...
-
-
-class HttpClient(Protocol):
-    """The part of httpx.AsyncClient the observer uses (a fake in unit tests)."""
-
-    async def get(
-        self, url: str, *, headers: dict[str, Any], params: dict[str, Any], timeout: float
-    ) -> HttpResponse: ...
+    """The head's dashboard could not be read (not up yet, refused the token, answered nonsense or too much)."""
 
 
 class Observer(Protocol):
@@ -69,37 +59,49 @@ def lease_alive(nodes: list[ObservedNode], lease: records.Lease) -> bool:
 
 
 class NodeObserver:
-    """All HTTP calls to sub-clusters' heads go through here."""
+    """All HTTP calls to sub-clusters' heads go through here, each a bounded read (actors.bounded_http)."""
 
-    def __init__(self, http: HttpClient | None = None, *, timeout_s: float = REQUEST_TIMEOUT_S):
+    def __init__(
+        self,
+        http: httpx.AsyncClient | None = None,
+        *,
+        timeout_s: float = REQUEST_TIMEOUT_S,
+        max_bytes: int = MAX_ANSWER_BYTES,
+    ):
         self._http = http
-        self._timeout_s = timeout_s
+        self._bounds = bounded_http.Bounds(max_bytes=max_bytes, total_s=timeout_s)
 
-    def _client(self) -> HttpClient:
+    def _client(self) -> httpx.AsyncClient:
         if self._http is None:  # made on first use: inside the event loop that uses it
-            self._http = httpx.AsyncClient()
+            self._http = bounded_http.client()
         return self._http
 
     async def alive_nodes(self, node_ip: str, dashboard_port: int, token: str) -> list[ObservedNode]:
         """The ALIVE nodes of the cluster whose head dashboard listens at node_ip:dashboard_port."""
-        url = f"http://{node_ip}:{dashboard_port}{NODES_PATH}"
-        params = {
-            "limit": str(MAX_NODES),
-            "detail": "false",
-            "filter_keys": "state",
-            "filter_predicates": "=",
-            "filter_values": "ALIVE",
-        }
         try:
-            resp = await self._client().get(
-                url, headers={"Authorization": f"Bearer {token}"}, params=params, timeout=self._timeout_s
+            host, port = node_addresses.unicast_ip(node_ip), node_addresses.port(dashboard_port)
+        except ValueError as exc:
+            raise ObserveError(f"the head's dashboard cannot be asked: {exc}") from None
+        url = httpx.URL(scheme="http", host=host, port=port, path=NODES_PATH).copy_merge_params(
+            {
+                "limit": str(MAX_NODES),
+                "detail": "false",
+                "filter_keys": "state",
+                "filter_predicates": "=",
+                "filter_values": "ALIVE",
+            }
+        )
+        where = bounded_http.where(url)
+        try:
+            status, body = await bounded_http.get(
+                self._client(), url, headers={"Authorization": f"Bearer {token}"}, bounds=self._bounds
             )
-        except httpx.HTTPError as exc:
-            raise ObserveError(f"{url}: {type(exc).__name__}: {exc}") from None
-        if resp.status_code != 200:
-            raise ObserveError(f"{url}: HTTP {resp.status_code}")
+        except bounded_http.BoundedReadError as exc:
+            raise ObserveError(str(exc)) from None
+        if status != 200:
+            raise ObserveError(f"{where}: HTTP {status}")
         try:
-            rows = resp.json()["data"]["result"]["result"]
+            rows = json.loads(body)["data"]["result"]["result"]
             return [
                 ObservedNode(
                     node_id=r["node_id"],
@@ -110,9 +112,9 @@ class NodeObserver:
                 for r in rows
                 if r.get("state") == "ALIVE"
             ]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ObserveError(f"{url}: unexpected answer ({type(exc).__name__}: {exc})") from None
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ObserveError(f"{where}: unexpected answer ({type(exc).__name__}: {exc})") from None
 
     async def close(self) -> None:
-        if isinstance(self._http, httpx.AsyncClient):
+        if self._http is not None:
             await self._http.aclose()

@@ -3,6 +3,7 @@ that records what it is asked, and a "canary" on another port that no request ma
 
 from __future__ import annotations
 
+import gzip
 import http.server
 import threading
 
@@ -19,6 +20,7 @@ SECRET = "s" * 48
 CLUSTER = "c-0123456789ab"
 WORKER = "l-00000000000a"
 CLUSTER_TOKEN = "cluster-ray-token-" + "x" * 46
+BOMB = gzip.compress(b"\0" * (10 << 20))
 
 
 class Recorder(http.server.BaseHTTPRequestHandler):
@@ -34,13 +36,17 @@ class Recorder(http.server.BaseHTTPRequestHandler):
             for _ in range(100):
                 self.wfile.write(b"y" * 1000)
             return
+        if self.path == "/bomb":  # 10 MiB of zeros gzipped, though identity was asked for
+            return self._send(BOMB, content_encoding="gzip")
         if self.path == "/slow":  # answers only once the test lets it, long after the proxy gave up
             self.server.release.wait(30)
         self._send(f"{self.server.name} saw {self.path}".encode(), content_type="text/html")
 
-    def _send(self, body: bytes, content_type: str = "text/plain"):
+    def _send(self, body: bytes, content_type: str = "text/plain", content_encoding: str | None = None):
         self.send_response(200)
         self.send_header("Content-Type", content_type)
+        if content_encoding:
+            self.send_header("Content-Encoding", content_encoding)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Set-Cookie", "upstream=1")  # never passed on
         self.end_headers()
@@ -193,8 +199,17 @@ def test_answers_past_the_size_or_time_bound_are_refused_or_cut(servers):
     slow = client.get(f"{base}/slow", headers=ALICE)
     assert slow.status_code == 502 and "did not answer" in slow.json()["detail"]
     # The stream is broken off after 2000 bytes, never passed on whole.
-    with pytest.raises(Exception, match=r"answer cut after \d+ bytes \(limits: 2000 bytes"):
+    with pytest.raises(Exception, match=r"answer cut at \d+ bytes, over the 2000-byte cap"):
         client.get(f"{base}/endless", headers=ALICE)
+
+
+def test_a_gzip_bomb_from_the_head_is_502_undecoded_and_the_head_is_asked_for_identity_only(servers):
+    resp = client_for(servers).get(
+        f"/v1/clusters/{CLUSTER}/dashboard/bomb", headers={**ALICE, "Accept-Encoding": "gzip, deflate, br"}
+    )
+    assert resp.status_code == 502 and "Content-Encoding 'gzip'" in resp.json()["detail"]
+    assert "not decoded" in resp.json()["detail"]
+    assert servers["head"].seen[-1]["headers"]["accept-encoding"] == "identity"
 
 
 def test_a_head_that_does_not_answer_is_502_naming_it(servers):

@@ -1,6 +1,6 @@
-"""NodeObserver with a fake HTTP client; joins' pure decisions."""
+"""NodeObserver against a fake head behind httpx's in-process transport; joins' pure decisions."""
 
-import inspect
+import json
 
 import httpx
 import pytest
@@ -12,28 +12,24 @@ from tests import typed_rows
 pytestmark = pytest.mark.anyio
 
 
-class FakeResponse:
-    def __init__(self, status_code: int, body=None):
-        self.status_code, self._body = status_code, body
+class FakeHead:
+    """A head's dashboard behind httpx's in-process transport: answers as Ray 2.60's state API
+    (`GET /api/v0/nodes`) does, or as told (a status, a raw body, headers, or a transport error)."""
 
-    def json(self):
-        if isinstance(self._body, Exception):
-            raise self._body
-        return self._body
+    def __init__(self, status: int = 200, body=None, *, raw: bytes | None = None, headers=None, error=None):
+        self.status, self.body, self.raw, self.headers, self.error = status, body, raw, headers or {}, error
+        self.requests: list[httpx.Request] = []
 
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        if self.error is not None:
+            raise self.error
+        raw = self.raw if self.raw is not None else json.dumps(self.body).encode()
+        # A stream, as a socket's answer is: the observer reads it raw, chunk by chunk.
+        return httpx.Response(self.status, stream=httpx.ByteStream(raw), headers=self.headers)
 
-class FakeHttp:
-    """Answers as Ray 2.60's state API (`GET /api/v0/nodes`) does, or as told."""
-
-    def __init__(self, answer):
-        self.answer = answer
-        self.calls: list[tuple[str, dict, dict]] = []
-
-    async def get(self, url: str, *, headers: dict, params: dict, timeout: float):
-        self.calls.append((url, headers, params))
-        if isinstance(self.answer, Exception):
-            raise self.answer
-        return self.answer
+    def client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(transport=httpx.MockTransport(self.handle))
 
 
 def state_api(*nodes: dict) -> dict:
@@ -65,58 +61,85 @@ def node(node_id: str, *, head: bool = False, state: str = "ALIVE", lease: str |
     }
 
 
-async def alive(http, token="t" * 64):
-    return await node_observer.NodeObserver(http).alive_nodes("10.0.0.1", 8265, token)
-
-
-def test_fake_http_matches_httpx_for_what_the_observer_uses():
-    """The fake implements the same Protocol as httpx.AsyncClient.get, so it cannot drift."""
-    proto = inspect.signature(node_observer.HttpClient.get).parameters
-    assert list(inspect.signature(FakeHttp.get).parameters) == list(proto)
-    real = inspect.signature(httpx.AsyncClient.get).parameters
-    assert all(name in real for name in proto if name != "self")
+async def alive(head: FakeHead, token="t" * 64, *, ip="10.0.0.1", port=8265, **options):
+    observer = node_observer.NodeObserver(head.client(), **options)
+    try:
+        return await observer.alive_nodes(ip, port, token)
+    finally:
+        await observer.close()
 
 
 async def test_lists_alive_nodes_with_their_lease_labels_and_sends_the_token():
-    http = FakeHttp(
-        FakeResponse(
-            200,
-            state_api(
-                node("aa", head=True, lease="l-00000000000a"),
-                node("bb", lease="l-00000000000b"),
-                node("cc", state="DEAD"),
-            ),
+    head = FakeHead(
+        body=state_api(
+            node("aa", head=True, lease="l-00000000000a"),
+            node("bb", lease="l-00000000000b"),
+            node("cc", state="DEAD"),
         )
     )
-    nodes = await alive(http)
+    nodes = await alive(head)
     assert [(n.node_id, n.is_head, n.lease_id) for n in nodes] == [
         ("aa", True, "l-00000000000a"),
         ("bb", False, "l-00000000000b"),
     ]
-    ((url, headers, params),) = http.calls
-    assert url == "http://10.0.0.1:8265/api/v0/nodes"
-    assert headers == {"Authorization": "Bearer " + "t" * 64}
+    (request,) = head.requests
+    assert (request.url.scheme, request.url.host, request.url.port, request.url.path) == (
+        "http",
+        "10.0.0.1",
+        8265,
+        "/api/v0/nodes",
+    )
+    assert request.headers["authorization"] == "Bearer " + "t" * 64
+    assert request.headers["accept-encoding"] == "identity"
+    params = request.url.params
     assert params["filter_keys"] == "state" and params["filter_values"] == "ALIVE"
 
 
 @pytest.mark.parametrize(
-    "answer, match",
+    "head, match",
     [
-        (FakeResponse(401, None), "HTTP 401"),
-        (FakeResponse(403, None), "HTTP 403"),
-        (FakeResponse(200, ValueError("not JSON")), "unexpected answer"),
-        (FakeResponse(200, {"data": {}}), "unexpected answer"),
-        (httpx.ConnectError("refused"), "ConnectError"),
+        (FakeHead(401), "HTTP 401"),
+        (FakeHead(403), "HTTP 403"),
+        (FakeHead(raw=b"not JSON"), "unexpected answer"),
+        (FakeHead(body={"data": {}}), "unexpected answer"),
+        (FakeHead(body=["a list"]), "unexpected answer"),
+        (FakeHead(error=httpx.ConnectError("refused")), "did not answer \\(ConnectError\\)"),
+        (FakeHead(raw=b"\x1f\x8b", headers={"Content-Encoding": "gzip"}), "Content-Encoding 'gzip'"),
     ],
 )
-async def test_an_unreadable_head_is_an_observe_error(answer, match):
+async def test_an_unreadable_head_is_an_observe_error(head, match):
     with pytest.raises(node_observer.ObserveError, match=match):
-        await alive(FakeHttp(answer))
+        await alive(head)
+
+
+async def test_an_answer_over_the_cap_is_an_observe_error_not_a_parse_of_it():
+    head = FakeHead(body=state_api(*(node(f"n{i}") for i in range(100))))
+    with pytest.raises(node_observer.ObserveError, match="over the 1000-byte cap"):
+        await alive(head, max_bytes=1000)
+
+
+@pytest.mark.parametrize(
+    "ip, port, match",
+    [
+        ("head.example.com", 8265, "not a literal IP address"),
+        ("10.0.0.1/../x", 8265, "not a literal IP address"),
+        ("0.0.0.0", 8265, "not a unicast address"),
+        ("224.0.0.1", 8265, "not a unicast address"),
+        ("255.255.255.255", 8265, "not a unicast address"),
+        ("10.0.0.1", 0, "not an integer in 1-65535"),
+        ("10.0.0.1", 65536, "not an integer in 1-65535"),
+    ],
+)
+async def test_a_reported_address_that_is_not_a_unicast_ip_and_port_is_never_asked(ip, port, match):
+    head = FakeHead(body=state_api())
+    with pytest.raises(node_observer.ObserveError, match=match):
+        await alive(head, ip=ip, port=port)
+    assert head.requests == []
 
 
 async def test_the_error_never_shows_the_token():
     with pytest.raises(node_observer.ObserveError) as caught:
-        await alive(FakeHttp(FakeResponse(403, None)), token="secret-token-" + "x" * 40)
+        await alive(FakeHead(403), token="secret-token-" + "x" * 40)
     assert "secret-token" not in str(caught.value)
 
 
