@@ -420,7 +420,7 @@ def test_a_node_address_that_is_not_a_plain_ip_is_never_a_proxy_target():
 
     head = {"role": "head", "status": "open", "joined_at": 1.0, "ports": {"dashboard": 8265, "metrics_export": 8080}}
     running = domain.ClusterStatus.RUNNING
-    for address in ("evil.example.com", "0.0.0.0", "224.0.0.1", "127.0.0.1:9", "http://127.0.0.1"):
+    for address in ("evil.example.com", "0.0.0.0", "224.0.0.1", "255.255.255.255", "127.0.0.1:9", "http://127.0.0.1"):
         with pytest.raises(errors.Conflict, match="no usable address"):
             nodes = [typed_rows.lease(**head, node_ip=address)]
             cluster_views.proxy_target("c-000000000000", running, nodes, "dashboard", None)
@@ -494,6 +494,32 @@ async def test_a_node_that_fails_to_open_is_moved_to_another_machine(env):
     assert retries and all("attempt 2 of 3 on machine m-000000000001" in m for m in retries)
     # Nothing still holds capacity on the machine that failed.
     assert not [l for l in await e.store.active_leases() if l.machine_id == "m-000000000000"]
+
+
+async def test_a_machine_reporting_a_host_name_for_its_node_is_refused_and_the_node_closed_again(env):
+    e = await env()
+    manager, registry, _, buyer, db = e
+    answer = registry.answer
+
+    async def lying(machine_id, kind, payload, timeout_s):
+        got = await answer(machine_id, kind, payload, timeout_s)
+        if kind == protocol.LEASE_OPEN and machine_id == "m-000000000000":
+            got["data"]["node_ip"] = "metadata.internal.example"  # the platform would resolve and connect to it
+        return got
+
+    registry.answer = lying
+    c = await manager.create_cluster(buyer, ClusterSpec(num_workers=1, duration_s=600))
+    await settle(manager)
+    await manager.reconcile_once()
+    c = await manager.get_cluster(buyer, c["id"])
+    assert c["status"] == "running", c["reason"]
+    assert {n["machine_id"] for n in c["nodes"] if n["status"] == "open"} == {"m-000000000001"}
+    events = await manager.cluster_events(buyer, c["id"])
+    failed = [e["message"] for e in events if e["kind"] == "lease_failed"]
+    assert failed and all("unusable address" in m and "not a literal IP address" in m for m in failed)
+    closed = {p["lease_id"] for m, k, p in registry.sent if k == protocol.LEASE_CLOSE and m == "m-000000000000"}
+    opened = {p["lease_id"] for m, k, p in registry.sent if k == protocol.LEASE_OPEN and m == "m-000000000000"}
+    assert opened and closed == opened
 
 
 async def test_a_node_no_machine_can_open_fails_the_cluster_after_bounded_attempts(env):
