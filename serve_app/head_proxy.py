@@ -87,7 +87,8 @@ def _url(target: dict[str, Any], path: str, query: bytes) -> httpx.URL:
     url = httpx.URL(scheme="http", host=target["host"], port=target["port"], path=path)
     if query:
         url = url.copy_with(query=query)
-    if (url.scheme, url.host, url.port, url.path) != ("http", target["host"], target["port"], path):
+    port = 80 if url.port is None else url.port  # httpx names the scheme's default port None
+    if (url.scheme, url.host, port, url.path) != ("http", target["host"], target["port"], path):
         raise errors.InvalidInput("the request does not name a path on the cluster's node")  # belt and braces
     return url
 

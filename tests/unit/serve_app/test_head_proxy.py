@@ -231,6 +231,7 @@ def test_urls_are_built_from_parts_only():
     assert str(head_proxy.dashboard_url(target, "api/jobs/", "a=1")) == "http://10.0.0.5:8265/api/jobs/?a=1"
     assert str(head_proxy.metrics_url(target)) == "http://10.0.0.5:8265/metrics"
     assert str(head_proxy.dashboard_url({"host": "::1", "port": 1}, "")) == "http://[::1]:1/"
+    assert str(head_proxy.metrics_url({"host": "10.0.0.5", "port": 80})) == "http://10.0.0.5/metrics"
     with pytest.raises(errors.InvalidInput):
         head_proxy.dashboard_url(target, "x" * (head_proxy.MAX_PATH_CHARS + 1))
     assert isinstance(head_proxy.metrics_url(target), httpx.URL)
