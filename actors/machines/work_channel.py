@@ -11,6 +11,8 @@ import asyncio
 import collections
 from typing import Any
 
+import pydantic
+
 from dcl_core import errors, ids, protocol
 
 
@@ -24,7 +26,7 @@ class WorkChannel:
         self._queues: dict[str, collections.deque[dict[str, Any]]] = collections.defaultdict(collections.deque)
         self._ready: dict[str, asyncio.Event] = collections.defaultdict(asyncio.Event)
         # Items whose sender waits for the agent's answer: item id -> (machine id, future).
-        self._pending: dict[str, tuple[str, asyncio.Future[protocol.WorkResult]]] = {}
+        self._pending: dict[str, tuple[str, str, asyncio.Future[protocol.WorkResult]]] = {}
 
     async def wait(self, machine_id: str, wait_s: float) -> list[dict[str, Any]]:
         """The machine's queued items, waiting up to wait_s for one; each is handed over once."""
@@ -56,7 +58,7 @@ class WorkChannel:
         """Queues an item and waits for the agent's WorkResult; a silent agent gives ok=False."""
         item = self.push(machine_id, kind, payload.model_dump())
         future: asyncio.Future[protocol.WorkResult] = asyncio.get_running_loop().create_future()
-        self._pending[item["id"]] = (machine_id, future)
+        self._pending[item["id"]] = (machine_id, kind, future)
         try:
             return await asyncio.wait_for(future, timeout=timeout_s)
         except TimeoutError:
@@ -69,9 +71,19 @@ class WorkChannel:
                 queue.remove(item)
 
     def answer(self, machine_id: str, item_id: str, result: protocol.WorkResult) -> None:
-        """The agent's answer to an item it was sent; NotFound for an item of another machine or none."""
+        """The agent's answer to an item it was sent; NotFound for an item of another machine or none.
+
+        An opened lease whose reported address or ports the platform will not connect to is 400, naming why,
+        and is still handed to the waiting caller, which closes that node again."""
         pending = self._pending.get(item_id)
         if pending is None or pending[0] != machine_id:
             raise errors.NotFound(f"no work item {item_id} is waiting for an answer from machine {machine_id}")
-        if not pending[1].done():
-            pending[1].set_result(result)
+        _, kind, future = pending
+        if not future.done():
+            future.set_result(result)
+        if kind == protocol.LEASE_OPEN and result.ok:
+            try:
+                protocol.LeaseOpened.model_validate(result.data)
+            except pydantic.ValidationError as exc:
+                problems = "; ".join(str(e["msg"]) for e in exc.errors())
+                raise errors.InvalidInput(f"the opened lease's data is refused: {problems[:500]}") from None

@@ -52,3 +52,33 @@ async def test_wake_releases_a_poll_in_flight_with_nothing():
     await asyncio.sleep(0)
     channel.wake("m-1")
     assert await asyncio.wait_for(poll, 1) == []
+
+
+@pytest.mark.parametrize(
+    "data, named",
+    [
+        ({"ports": {"dashboard": 8265}, "node_ip": "head.example.com"}, "not a literal IP address"),
+        ({"ports": {"dashboard": 8265}, "node_ip": "255.255.255.255"}, "not a unicast address"),
+        ({"ports": {"dashboard": 0}, "node_ip": "10.0.0.1"}, "not an integer in 1-65535"),
+    ],
+)
+async def test_an_opened_lease_reporting_an_address_the_platform_will_not_connect_to_is_400(data, named):
+    channel = work_channel.WorkChannel()
+    opening = protocol.LeaseOpen(lease_id=LEASE, purpose=protocol.GPU_CHECK_LEASE, ray_auth_token="t" * 32)
+    sent = asyncio.create_task(channel.send("m-1", protocol.LEASE_OPEN, opening, 10))
+    (item,) = await channel.wait("m-1", 1)
+    answer = protocol.WorkResult(ok=True, data=data)
+    with pytest.raises(errors.InvalidInput, match=named):
+        channel.answer("m-1", item["id"], answer)
+    # The caller still gets the answer: it closes the node the agent opened (actors/clusters/lease_opener.py).
+    assert await asyncio.wait_for(sent, 1) == answer
+
+
+async def test_an_opened_lease_with_a_unicast_ip_and_valid_ports_is_taken():
+    channel = work_channel.WorkChannel()
+    opening = protocol.LeaseOpen(lease_id=LEASE, purpose=protocol.GPU_CHECK_LEASE, ray_auth_token="t" * 32)
+    sent = asyncio.create_task(channel.send("m-1", protocol.LEASE_OPEN, opening, 10))
+    (item,) = await channel.wait("m-1", 1)
+    answer = protocol.WorkResult(ok=True, data={"ports": {"dashboard": 8265}, "node_ip": "198.51.100.7"})
+    channel.answer("m-1", item["id"], answer)
+    assert await asyncio.wait_for(sent, 1) == answer
