@@ -148,13 +148,8 @@ class LeaseOpener:
             lease.machine_id, protocol.LEASE_OPEN, payload, timeout_s=protocol.LEASE_OPEN_TIMEOUT_S
         )
         if not result.ok:
-            await self._store.end_lease(lease.id, domain.LeaseStatus.LOST, self._clock())
-            await self._events.record(
-                cluster.id,
-                domain.EventKind.LEASE_FAILED,
-                f"attempt {attempt} of {protocol.NODE_OPEN_ATTEMPTS}: machine {lease.machine_id} could "
-                f"not open {lease.role.value} node {lease.id}: {views.tail(result.output)}",
-            )
+            what = f"could not open {lease.role.value} node {lease.id}: {views.tail(result.output)}"
+            await self._failed(cluster.id, lease, attempt, what)
             return None
         try:
             opened = protocol.LeaseOpened.model_validate(result.data)
@@ -162,14 +157,9 @@ class LeaseOpener:
             # The platform would connect to what the agent reported: a host name or a non-unicast address is
             # refused, and the node it opened is closed again.
             await self._close_on_machine(cluster.id, lease)
-            await self._store.end_lease(lease.id, domain.LeaseStatus.LOST, self._clock())
             problems = "; ".join(str(e["msg"]) for e in exc.errors())
-            await self._events.record(
-                cluster.id,
-                domain.EventKind.LEASE_FAILED,
-                f"attempt {attempt} of {protocol.NODE_OPEN_ATTEMPTS}: machine {lease.machine_id} reported an "
-                f"unusable address for {lease.role.value} node {lease.id}: {problems[:500]}",
-            )
+            what = f"reported an unusable address for {lease.role.value} node {lease.id}: {problems[:500]}"
+            await self._failed(cluster.id, lease, attempt, what)
             return None
         if not await self._store.open_lease(
             lease.id, node_type=node_type, tags=tags, ports=opened.ports, node_ip=opened.node_ip, now=self._clock()
@@ -202,6 +192,15 @@ class LeaseOpener:
                 domain.EventKind.NODE_CLOSED,
                 f"{lease.role.value} node {lease.id} was opened after the cluster ended: released",
             )
+
+    async def _failed(self, cluster_id: str, lease: records.Lease, attempt: int, what: str) -> None:
+        """The lease is lost and its cluster's events say what its machine did on this attempt."""
+        await self._store.end_lease(lease.id, domain.LeaseStatus.LOST, self._clock())
+        await self._events.record(
+            cluster_id,
+            domain.EventKind.LEASE_FAILED,
+            f"attempt {attempt} of {protocol.NODE_OPEN_ATTEMPTS}: machine {lease.machine_id} {what}",
+        )
 
     async def _close_on_machine(self, cluster_id: str, lease: records.Lease) -> bool:
         """Asks the lease's agent to close it (its logs are kept); False, with an event, when that failed."""
