@@ -19,10 +19,16 @@ DB_FILE = "platform.db"  # the SQLite database, in the state dir
 
 
 @functools.cache
+@functools.cache
+def platform_ray_version() -> str:
+    """The Ray installed with the platform (read once: its metadata is a file scan, and offers and creates ask)."""
+    return importlib.metadata.version("ray")
+
+
 def launchable_ray_versions() -> tuple[str, ...]:
     """The Ray versions the platform launches clusters of: the launcher runs the platform's own Ray, and a head
     of another version would not take its commands. A cluster's spec may ask for one of these."""
-    return (importlib.metadata.version("ray"),)
+    return (platform_ray_version(),)
 
 
 class PlatformSettings(domain.StrictModel):

@@ -4,12 +4,12 @@ no EC2 call (ec2.py makes them, in the launcher's process)."""
 from __future__ import annotations
 
 import dataclasses
-import importlib.metadata
 import os
 import re
 from typing import Any
 
 from actors.backends.aws import rules
+from actors.settings import platform_ray_version
 from configs import aws as aws_settings
 from configs import labels, templates
 from dcl_core import cluster_spec, errors, ids
@@ -136,6 +136,6 @@ def render_aws_config(
     worker["min_workers"] = worker["max_workers"] = spec.num_workers
 
     config["file_mounts"] = {TOKEN_REMOTE_PATH: ray_auth_token_path}
-    ray_version = importlib.metadata.version("ray")
+    ray_version = platform_ray_version()
     config["setup_commands"] = [cmd.replace("{ray_version}", ray_version) for cmd in config["setup_commands"]]
     return config

@@ -542,16 +542,27 @@ async def test_a_node_no_machine_can_open_fails_the_cluster_after_bounded_attemp
 
 
 async def add_machine(
-    db, clock, machine_id: str, *, cpus: int, gpus=(), price_per_gpu_hour: float = 0.0, price_per_cpu_hour: float = 0.1
+    db,
+    clock,
+    machine_id: str,
+    *,
+    cpus: int,
+    gpus=(),
+    price_per_gpu_hour: float = 0.0,
+    price_per_cpu_hour: float = 0.1,
+    ray: str = lease_versions.RAY,
+    python: str = lease_versions.PYTHON,
 ) -> None:
-    """One more online machine, of a provider of its own."""
+    """One more online machine, of a provider of its own, its leases running Ray `ray` on Python `python`."""
     prov = await db.create_account("prov-" + machine_id, "h", domain.Role.PROVIDER, clock())
     await db.upsert_machine(
         machine_id=machine_id,
         provider_id=prov["id"],
         machine_key="key-" + machine_id,
         name=machine_id,
-        spec=domain.MachineSpec(hostname="h", cpus=cpus, memory_mb=1000, gpus=list(gpus), **lease_versions.SPEC_FIELDS),
+        spec=domain.MachineSpec(
+            hostname="h", cpus=cpus, memory_mb=1000, gpus=list(gpus), ray_version=ray, python_version=python
+        ),
         price_per_gpu_hour=price_per_gpu_hour,
         price_per_cpu_hour=price_per_cpu_hour,
         now=clock(),

@@ -11,25 +11,11 @@ from actors.settings import launchable_ray_versions
 from dcl_core import domain, errors, protocol
 from dcl_core.cluster_spec import ClusterSpec
 from tests import lease_versions
-from tests.unit.actors.clusters.test_cluster_manager import env, settle  # noqa: F401 (the fixture)
+from tests.unit.actors.clusters.test_cluster_manager import add_machine, env, settle  # noqa: F401 (the fixture)
 
 pytestmark = pytest.mark.anyio
 
 OTHER_PYTHON = "3.99"  # no machine of the seeded market runs it
-
-
-async def add_machine(db, clock, machine_id: str, *, ray: str, python: str, price_per_cpu_hour: float) -> None:
-    prov = await db.create_account("prov-" + machine_id, "h", domain.Role.PROVIDER, clock())
-    await db.upsert_machine(
-        machine_id=machine_id,
-        provider_id=prov["id"],
-        machine_key="key-" + machine_id,
-        name=machine_id,
-        spec=domain.MachineSpec(hostname="h", cpus=8, memory_mb=1000, ray_version=ray, python_version=python),
-        price_per_gpu_hour=0,
-        price_per_cpu_hour=price_per_cpu_hour,
-        now=clock(),
-    )
 
 
 async def test_a_cluster_runs_the_platform_s_ray_and_its_view_says_which(env):
@@ -58,7 +44,7 @@ async def test_a_ray_version_the_platform_cannot_launch_is_400_naming_those_it_c
 
 async def test_nodes_never_go_where_another_ray_runs_even_when_cheaper(env, clock):
     manager, _, _, buyer, db = await env()
-    await add_machine(db, clock, "m-oldray000000", ray="2.9.3", python=lease_versions.PYTHON, price_per_cpu_hour=0)
+    await add_machine(db, clock, "m-oldray000000", cpus=8, ray="2.9.3", price_per_cpu_hour=0)
     c = await manager.create_cluster(buyer, ClusterSpec(num_workers=2, cpus_per_worker=2, duration_s=600))
     assert {n["machine_id"] for n in c["nodes"]} == {"m-000000000000", "m-000000000001"}
 
@@ -66,7 +52,7 @@ async def test_nodes_never_go_where_another_ray_runs_even_when_cheaper(env, cloc
 async def test_a_cluster_takes_one_python_and_its_replacements_follow_it(env, clock):
     manager, registry, _, buyer, db = await env()
     # Cheaper, with room for a whole cluster: the cheapest placement is all of it there, never half.
-    await add_machine(db, clock, "m-otherpy00000", ray=lease_versions.RAY, python="3.99.1", price_per_cpu_hour=0)
+    await add_machine(db, clock, "m-otherpy00000", cpus=8, python="3.99.1", price_per_cpu_hour=0)
     c = await manager.create_cluster(buyer, ClusterSpec(num_workers=2, cpus_per_worker=2, duration_s=600))
     assert {n["machine_id"] for n in c["nodes"]} == {"m-otherpy00000"} and c["python_version"] == OTHER_PYTHON
     # Five 2-CPU workers fit neither the 3.99 machine (8 CPUs) nor the two others (4 each) alone: all 16 together
